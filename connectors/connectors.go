@@ -1,0 +1,178 @@
+package connectors
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/apache/arrow-go/v18/arrow"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Format names an encoding of rows.
+type Format string
+
+// The formats rows may be passed in.
+const (
+	FormatArrow   Format = "arrow"
+	FormatJSONL   Format = "jsonl"
+	FormatCSV     Format = "csv"
+	FormatParquet Format = "parquet"
+)
+
+// Batch is a bounded group of whole rows handed from a Source to a Sink.
+// Exactly one of Record and Raw is set.
+type Batch struct {
+	// Record holds typed rows. The sink does not retain it after Write
+	// returns; the source releases it after emit returns.
+	Record arrow.RecordBatch
+	// Raw holds whole rows encoded in Format: for JSONL one object per line,
+	// each line ending in '\n'; for CSV data rows only (no header), RFC 4180.
+	Raw    []byte
+	Format Format
+	// Columns names the columns of a CSV Raw batch, in order.
+	Columns []string
+	// Rows is the number of rows in the batch.
+	Rows int64
+	// Position tells where the batch starts in the source, for error
+	// messages: "in/part-0003.jsonl:1201" (file and line), an LSN, an offset.
+	Position string
+}
+
+// Emit receives the batches of one partition, in source order. A returned
+// error stops the read and is returned by Read, wrapped.
+type Emit func(ctx context.Context, b Batch) error
+
+// PlanRequest describes the run a Source plans.
+type PlanRequest struct {
+	RunID    string
+	Pipeline string
+	// Params are the run's parameters (from a trigger or the command line).
+	Params map[string]string
+	// LogicalTime is the run's logical time; zero when the pattern has none.
+	LogicalTime time.Time
+	// Watermark is the position the previous committed run reached, opaque
+	// to everyone but the source; empty for a first run.
+	Watermark string
+	// Partitioning holds the pipeline's partitioning settings.
+	Partitioning Partitioning
+}
+
+// Partitioning bounds each task of a run. Zero values mean the source's
+// defaults.
+type Partitioning struct {
+	// TargetBytes is the input size a task should read, roughly.
+	TargetBytes int64 `json:"target_bytes,omitempty"`
+	// TargetRows is the number of rows a task should read, roughly.
+	TargetRows int64 `json:"target_rows,omitempty"`
+	// MaxFiles caps the number of files in one task.
+	MaxFiles int `json:"max_files,omitempty"`
+}
+
+// Plan is what a Source returns for a run: its bounded partitions and the
+// watermark the run reaches once committed.
+type Plan struct {
+	Partitions []protocol.Partition
+	// Watermark is stored with the commit of the run; empty for sources
+	// without one.
+	Watermark string
+}
+
+// Source reads a system. Plan is called by the coordinator leader only,
+// once per run; Read is called by workers, concurrently for different
+// partitions of the same run, and more than once for one partition when a
+// task is retried: it must read exactly the same rows each time.
+type Source interface {
+	// Plan splits the run's input into bounded partitions. ctx bounds the
+	// planning only.
+	Plan(ctx context.Context, req PlanRequest) (Plan, error)
+	// Read reads one partition and hands its rows to emit in order. ctx
+	// bounds the whole read; Read returns ctx.Err() when it is cancelled.
+	Read(ctx context.Context, p protocol.Partition, emit Emit) error
+	// Close releases what the source holds (connections, snapshots).
+	Close() error
+}
+
+// TaskRef identifies one attempt of one task.
+type TaskRef struct {
+	RunID    string
+	TaskID   string
+	Pipeline string
+	Attempt  int
+}
+
+// TaskOutput describes what a TaskWriter staged.
+type TaskOutput struct {
+	Rows     int64
+	Bytes    int64
+	Checksum Checksum
+	// Location is where the output lies in the staging place; the sink's
+	// Commit receives it back.
+	Location string
+}
+
+// TaskWriter writes the output of one task attempt. It is used by one
+// goroutine. Either Close or Abort is called, once.
+type TaskWriter interface {
+	// Write writes one batch. A partial write returns an error.
+	Write(ctx context.Context, b Batch) error
+	// Close makes the output durable in staging, replacing the output of any
+	// earlier attempt of the same task, and reports it.
+	Close(ctx context.Context) (TaskOutput, error)
+	// Abort discards what this attempt wrote; the output of an earlier
+	// attempt that closed stays.
+	Abort(ctx context.Context) error
+}
+
+// CommitRequest asks a sink to publish the outputs of all tasks of a run.
+type CommitRequest struct {
+	RunID    string
+	Pipeline string
+	// Version is the dataset version this run becomes; assigned by the
+	// leader and recorded in Raft before Commit is called, so a repeated
+	// commit uses the same version.
+	Version int64
+	// Tasks are the outputs of every task of the run, in task order.
+	Tasks []TaskOutput
+	// Watermark is the position the run reaches, for sinks that record it.
+	Watermark string
+}
+
+// CommitResult tells where a committed run is visible.
+type CommitResult struct {
+	// Location is where readers find the dataset.
+	Location string
+	// Marker is the readiness marker written after the commit, if any.
+	Marker string
+}
+
+// Sink writes a system. OpenTask is called by workers, concurrently for
+// different tasks, and again for a retried task; Commit and Abort are
+// called by the coordinator leader only.
+type Sink interface {
+	// OpenTask starts the output of one task attempt in the run's staging
+	// place. ctx bounds the opening only.
+	OpenTask(ctx context.Context, t TaskRef) (TaskWriter, error)
+	// Commit publishes all task outputs of a run atomically: readers see the
+	// whole run or the previous version. A commit repeated after a crash,
+	// with the same request, must succeed and change nothing more. The
+	// readiness marker, if any, is written last.
+	Commit(ctx context.Context, req CommitRequest) (CommitResult, error)
+	// Abort removes the staging output of a failed run; the previous
+	// version stays exposed.
+	Abort(ctx context.Context, runID string) error
+	// Close releases what the sink holds.
+	Close() error
+}
+
+// SourceFactory opens a source from its JSON configuration; the `${ENV}`
+// references in the configuration are already expanded. Configuration
+// errors are returned as *FieldError so the spec parser can name the line.
+type SourceFactory func(ctx context.Context, config json.RawMessage) (Source, error)
+
+// SinkFactory opens a sink from its JSON configuration.
+type SinkFactory func(ctx context.Context, config json.RawMessage) (Sink, error)
+
+// Validator checks a connector configuration without I/O.
+type Validator func(config json.RawMessage) error

@@ -1,0 +1,185 @@
+package connectors
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Registry maps connector kinds to their constructors. main builds one and
+// hands it to the coordinator and the workers; there is no global registry.
+type Registry struct {
+	sources    map[string]SourceFactory
+	sinks      map[string]SinkFactory
+	validators map[string]Validator
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{
+		sources:    map[string]SourceFactory{},
+		sinks:      map[string]SinkFactory{},
+		validators: map[string]Validator{},
+	}
+}
+
+// Connector is what a connector package registers.
+type Connector struct {
+	Kind string
+	// Source and Sink are nil when the connector is not one.
+	Source SourceFactory
+	Sink   SinkFactory
+	// Validate checks a configuration without I/O; may be nil.
+	Validate Validator
+}
+
+// Register adds a connector. Registering a kind twice panics: it is a wiring
+// bug in main.
+func (r *Registry) Register(c Connector) {
+	if _, dup := r.validators[c.Kind]; dup {
+		panic(fmt.Sprintf("connectors: kind %q registered twice", c.Kind))
+	}
+	if c.Source != nil {
+		r.sources[c.Kind] = c.Source
+	}
+	if c.Sink != nil {
+		r.sinks[c.Kind] = c.Sink
+	}
+	v := c.Validate
+	if v == nil {
+		v = func(json.RawMessage) error { return nil }
+	}
+	r.validators[c.Kind] = v
+}
+
+// Kinds lists the registered kinds, sorted.
+func (r *Registry) Kinds() []string {
+	var ks []string
+	for k := range r.validators {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// HasSource reports whether kind can be used as a source.
+func (r *Registry) HasSource(kind string) bool { _, ok := r.sources[kind]; return ok }
+
+// HasSink reports whether kind can be used as a sink.
+func (r *Registry) HasSink(kind string) bool { _, ok := r.sinks[kind]; return ok }
+
+// Validate checks the configuration of a connector of the given kind, after
+// expanding `${ENV}` references with lookup.
+func (r *Registry) Validate(kind string, config json.RawMessage, lookup func(string) (string, bool)) error {
+	v, ok := r.validators[kind]
+	if !ok {
+		return &FieldError{Field: "kind", Msg: fmt.Sprintf("unknown connector kind %q (known: %v)", kind, r.Kinds())}
+	}
+	expanded, err := ExpandEnv(config, lookup)
+	if err != nil {
+		return err
+	}
+	return v(expanded)
+}
+
+// OpenSource expands `${ENV}` references from the process environment and
+// opens a source of the given kind.
+func (r *Registry) OpenSource(ctx context.Context, kind string, config json.RawMessage) (Source, error) {
+	f, ok := r.sources[kind]
+	if !ok {
+		return nil, Permanent(fmt.Errorf("open source: unknown source kind %q", kind))
+	}
+	expanded, err := ExpandEnv(config, os.LookupEnv)
+	if err != nil {
+		return nil, Permanent(fmt.Errorf("open %s source: %w", kind, err))
+	}
+	s, err := f(ctx, expanded)
+	if err != nil {
+		return nil, fmt.Errorf("open %s source: %w", kind, err)
+	}
+	return s, nil
+}
+
+// OpenSink expands `${ENV}` references from the process environment and
+// opens a sink of the given kind.
+func (r *Registry) OpenSink(ctx context.Context, kind string, config json.RawMessage) (Sink, error) {
+	f, ok := r.sinks[kind]
+	if !ok {
+		return nil, Permanent(fmt.Errorf("open sink: unknown sink kind %q", kind))
+	}
+	expanded, err := ExpandEnv(config, os.LookupEnv)
+	if err != nil {
+		return nil, Permanent(fmt.Errorf("open %s sink: %w", kind, err))
+	}
+	s, err := f(ctx, expanded)
+	if err != nil {
+		return nil, fmt.Errorf("open %s sink: %w", kind, err)
+	}
+	return s, nil
+}
+
+var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// ExpandEnv replaces every `${NAME}` inside the string values of a JSON
+// configuration with the value lookup gives. An unset variable is an error
+// naming it; `$${NAME}` stays as the literal text `${NAME}`.
+func ExpandEnv(config json.RawMessage, lookup func(string) (string, bool)) (json.RawMessage, error) {
+	if len(config) == 0 {
+		return config, nil
+	}
+	var v any
+	if err := json.Unmarshal(config, &v); err != nil {
+		return nil, fmt.Errorf("config is not JSON: %w", err)
+	}
+	var missing error
+	var walk func(path string, v any) any
+	walk = func(path string, v any) any {
+		switch x := v.(type) {
+		case string:
+			return expandString(x, lookup, func(name string) {
+				if missing == nil {
+					missing = &FieldError{Field: path, Msg: fmt.Sprintf("environment variable %s is not set", name)}
+				}
+			})
+		case map[string]any:
+			for k, e := range x {
+				x[k] = walk(joinPath(path, k), e)
+			}
+		case []any:
+			for i, e := range x {
+				x[i] = walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		}
+		return v
+	}
+	v = walk("", v)
+	if missing != nil {
+		return nil, missing
+	}
+	return json.Marshal(v)
+}
+
+func joinPath(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+func expandString(s string, lookup func(string) (string, bool), unset func(string)) string {
+	const escaped = "\x00sluice-dollar\x00"
+	s = strings.ReplaceAll(s, "$${", escaped)
+	s = envRE.ReplaceAllStringFunc(s, func(m string) string {
+		name := m[2 : len(m)-1]
+		val, ok := lookup(name)
+		if !ok {
+			unset(name)
+		}
+		return val
+	})
+	return strings.ReplaceAll(s, escaped, "${")
+}

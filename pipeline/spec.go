@@ -1,0 +1,435 @@
+package pipeline
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Spec is one pipeline: what to move, from where, to where, how to bound
+// each task and when to run.
+type Spec struct {
+	Name        string                  `json:"name"`
+	Pattern     protocol.Pattern        `json:"pattern"`
+	Description string                  `json:"description,omitempty"`
+	Source      protocol.Endpoint       `json:"source"`
+	Sink        protocol.Endpoint       `json:"sink"`
+	Partition   connectors.Partitioning `json:"partitioning,omitzero"`
+	// Schedule is a cron expression or "@every <duration>"; empty means the
+	// pipeline runs only when asked or triggered.
+	Schedule string `json:"schedule,omitempty"`
+	Retry    Retry  `json:"retry,omitzero"`
+	// Text is the YAML the spec was parsed from, as the user wrote it.
+	Text string `json:"text,omitempty"`
+}
+
+// Retry bounds how often a failing task is tried.
+type Retry struct {
+	// MaxAttempts is how many deliveries a task gets before it is dead.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+	// Backoff is the delay before the first retry; it doubles each time.
+	Backoff time.Duration `json:"backoff,omitempty"`
+}
+
+// Patterns this build can run. Others parse but fail validation.
+var knownPatterns = map[protocol.Pattern]bool{
+	protocol.PatternFullLoad:    true,
+	protocol.PatternIncremental: true,
+	protocol.PatternCDC:         true,
+	protocol.PatternPassthrough: true,
+	protocol.PatternTransform:   true,
+	protocol.PatternCompact:     true,
+	protocol.PatternReadiness:   true,
+	protocol.PatternTrigger:     true,
+}
+
+// Problem is one thing wrong with a spec: the field, as a dotted path, and
+// the line it stands on (0 when the field is missing altogether).
+type Problem struct {
+	Field string
+	Line  int
+	Msg   string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Field, p.Msg)
+	}
+	return fmt.Sprintf("%s: %s", p.Field, p.Msg)
+}
+
+// Error lists every problem found in one spec.
+type Error struct {
+	File     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	name := e.File
+	if name == "" {
+		name = "pipeline spec"
+	}
+	fmt.Fprintf(&b, "%s: %d problem(s)", name, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// Parse reads one spec from YAML. file names it in errors. Parse checks the
+// shape and the fields every spec has; Validate checks the connector
+// configurations against a registry.
+func Parse(data []byte, file string) (Spec, error) {
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		return Spec{}, &Error{File: file, Problems: []Problem{{Field: "(document)", Line: yamlLine(err), Msg: err.Error()}}}
+	}
+	if len(root.Content) == 0 || root.Content[0].Kind != yaml.MappingNode {
+		return Spec{}, &Error{File: file, Problems: []Problem{{Field: "(document)", Line: root.Line, Msg: "a pipeline spec is a YAML mapping"}}}
+	}
+	doc := root.Content[0]
+	p := &parser{file: file}
+	s := Spec{Text: string(data)}
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		if _, dup := seen[k.Value]; dup {
+			p.add(k.Value, k.Line, "appears twice")
+			continue
+		}
+		seen[k.Value] = v
+		switch k.Value {
+		case "name":
+			s.Name = p.str(k.Value, v)
+			if s.Name != "" && !protocol.ValidName(s.Name) {
+				p.add("name", v.Line, fmt.Sprintf("%q is not a valid name: use lower-case letters, digits, '_' and '-', at most 63", s.Name))
+			}
+		case "pattern":
+			s.Pattern = protocol.Pattern(p.str(k.Value, v))
+			if s.Pattern != "" && !knownPatterns[s.Pattern] {
+				p.add("pattern", v.Line, fmt.Sprintf("unknown pattern %q (known: %s)", s.Pattern, patternList()))
+			}
+		case "description":
+			s.Description = p.str(k.Value, v)
+		case "source":
+			s.Source = p.endpoint("source", v)
+		case "sink":
+			s.Sink = p.endpoint("sink", v)
+		case "partitioning":
+			s.Partition = p.partitioning(v)
+		case "schedule":
+			s.Schedule = p.str(k.Value, v)
+		case "retry":
+			s.Retry = p.retry(v)
+		default:
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, retry)")
+		}
+	}
+	for _, f := range []string{"name", "pattern", "source", "sink"} {
+		if _, ok := seen[f]; !ok {
+			p.add(f, 0, "is required")
+		}
+	}
+	if len(p.problems) > 0 {
+		return s, &Error{File: file, Problems: p.problems}
+	}
+	return s, nil
+}
+
+// Validate checks the connector configurations of s with the registry's
+// validators, expanding `${ENV}` references with lookup (nil: every
+// reference counts as set, to an empty string). Problems name the field and,
+// when s was parsed from YAML, its line.
+func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bool)) error {
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", true }
+	}
+	var problems []Problem
+	lines := lineIndex(s.Text)
+	check := func(side string, e protocol.Endpoint, want func(string) bool, role string) {
+		if e.Kind == "" {
+			return
+		}
+		if !want(e.Kind) {
+			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
+				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.Kinds())})
+			return
+		}
+		if err := reg.Validate(e.Kind, e.Config, lookup); err != nil {
+			var fe *connectors.FieldError
+			if errors.As(err, &fe) {
+				field := side
+				if fe.Field != "" {
+					field = side + "." + fe.Field
+				}
+				problems = append(problems, Problem{Field: field, Line: lines.nearest(field), Msg: fe.Msg})
+				return
+			}
+			problems = append(problems, Problem{Field: side, Line: lines[side], Msg: err.Error()})
+		}
+	}
+	check("source", s.Source, reg.HasSource, "source")
+	check("sink", s.Sink, reg.HasSink, "sink")
+	if len(problems) > 0 {
+		return &Error{File: s.Name, Problems: problems}
+	}
+	return nil
+}
+
+// ResolvePaths makes relative filesystem paths in both endpoints absolute,
+// relative to dir (the directory of the spec file): every string field
+// named "path" or ending in "_path" or "_dir". Servers may run in another
+// directory than the one `sluice apply` runs in.
+func (s *Spec) ResolvePaths(dir string) error {
+	for _, e := range []*protocol.Endpoint{&s.Source, &s.Sink} {
+		if len(e.Config) == 0 {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(e.Config, &m); err != nil {
+			return fmt.Errorf("resolve paths: %w", err)
+		}
+		for k, v := range m {
+			str, ok := v.(string)
+			if !ok || str == "" || strings.Contains(str, "${") {
+				continue
+			}
+			if (k == "path" || strings.HasSuffix(k, "_path") || strings.HasSuffix(k, "_dir")) && !filepath.IsAbs(str) && !strings.Contains(str, "://") {
+				m[k] = filepath.Join(dir, str)
+			}
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("resolve paths: %w", err)
+		}
+		e.Config = b
+	}
+	return nil
+}
+
+// lines maps dotted field paths to the line they were written on.
+type lines map[string]int
+
+// nearest finds the line of field, or of its closest parent written.
+func (l lines) nearest(field string) int {
+	for f := field; f != ""; {
+		if n, ok := l[f]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(f, ".[")
+		if i < 0 {
+			break
+		}
+		f = f[:i]
+	}
+	return 0
+}
+
+func lineIndex(text string) lines {
+	l := lines{}
+	if text == "" {
+		return l
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(text), &root); err != nil || len(root.Content) == 0 {
+		return l
+	}
+	var walk func(path string, n *yaml.Node)
+	walk = func(path string, n *yaml.Node) {
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				p := n.Content[i].Value
+				if path != "" {
+					p = path + "." + p
+				}
+				l[p] = n.Content[i].Line
+				walk(p, n.Content[i+1])
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				l[p] = c.Line
+				walk(p, c)
+			}
+		}
+	}
+	walk("", root.Content[0])
+	return l
+}
+
+type parser struct {
+	file     string
+	problems []Problem
+}
+
+func (p *parser) add(field string, line int, msg string) {
+	p.problems = append(p.problems, Problem{Field: field, Line: line, Msg: msg})
+}
+
+func (p *parser) str(field string, v *yaml.Node) string {
+	if v.Kind != yaml.ScalarNode {
+		p.add(field, v.Line, "must be a string")
+		return ""
+	}
+	return v.Value
+}
+
+func (p *parser) endpoint(side string, v *yaml.Node) protocol.Endpoint {
+	if v.Kind != yaml.MappingNode {
+		p.add(side, v.Line, "must be a mapping with at least a \"kind\"")
+		return protocol.Endpoint{}
+	}
+	var e protocol.Endpoint
+	cfg := map[string]any{}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		if k.Value == "kind" {
+			e.Kind = p.str(side+".kind", val)
+			continue
+		}
+		var x any
+		if err := val.Decode(&x); err != nil {
+			p.add(side+"."+k.Value, val.Line, err.Error())
+			continue
+		}
+		cfg[k.Value] = jsonable(x)
+	}
+	if e.Kind == "" {
+		p.add(side+".kind", v.Line, "is required")
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		p.add(side, v.Line, err.Error())
+	}
+	e.Config = b
+	return e
+}
+
+// jsonable turns the map[any]any YAML may give into map[string]any.
+func jsonable(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = jsonable(e)
+		}
+		return x
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[fmt.Sprint(k)] = jsonable(e)
+		}
+		return m
+	case []any:
+		for i, e := range x {
+			x[i] = jsonable(e)
+		}
+		return x
+	case time.Time:
+		return x.Format(time.RFC3339Nano)
+	}
+	return v
+}
+
+func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
+	var out connectors.Partitioning
+	if v.Kind != yaml.MappingNode {
+		p.add("partitioning", v.Line, "must be a mapping")
+		return out
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		field := "partitioning." + k.Value
+		switch k.Value {
+		case "target_bytes":
+			n, err := ParseBytes(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a size (examples: 64MiB, 500k, 1048576)", val.Value))
+				continue
+			}
+			out.TargetBytes = n
+		case "target_rows":
+			n, err := ParseBytes(val.Value) // same suffixes: 100k, 1M
+			if err != nil || val.Kind != yaml.ScalarNode || n <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive row count (examples: 100000, 500k)", val.Value))
+				continue
+			}
+			out.TargetRows = n
+		case "max_files":
+			var n int
+			if err := val.Decode(&n); err != nil || n <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive whole number", val.Value))
+				continue
+			}
+			out.MaxFiles = n
+		default:
+			p.add(field, k.Line, "unknown field (known: target_bytes, target_rows, max_files)")
+		}
+	}
+	return out
+}
+
+func (p *parser) retry(v *yaml.Node) Retry {
+	var out Retry
+	if v.Kind != yaml.MappingNode {
+		p.add("retry", v.Line, "must be a mapping")
+		return out
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		field := "retry." + k.Value
+		switch k.Value {
+		case "max_attempts":
+			var n int
+			if err := val.Decode(&n); err != nil || n < 1 || n > 100 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to 100", val.Value))
+				continue
+			}
+			out.MaxAttempts = n
+		case "backoff":
+			d, err := time.ParseDuration(val.Value)
+			if err != nil || d <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive duration (examples: 500ms, 5s)", val.Value))
+				continue
+			}
+			out.Backoff = d
+		default:
+			p.add(field, k.Line, "unknown field (known: max_attempts, backoff)")
+		}
+	}
+	return out
+}
+
+func patternList() string {
+	var ps []string
+	for k := range knownPatterns {
+		ps = append(ps, string(k))
+	}
+	sort.Strings(ps)
+	return strings.Join(ps, ", ")
+}
+
+func yamlLine(err error) int {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return 0
+	}
+	var n int
+	if _, scanErr := fmt.Sscanf(err.Error(), "yaml: line %d:", &n); scanErr == nil {
+		return n
+	}
+	return 0
+}

@@ -1,0 +1,136 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTaskRoundTrip(t *testing.T) {
+	want := Task{
+		RunID: "orders-000001", TaskID: "t00003", Pipeline: "orders", Pattern: PatternFullLoad,
+		Source:    Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"/in"}`)},
+		Sink:      Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"/out"}`)},
+		Partition: Partition{Key: "files[0:4]", Spec: json.RawMessage(`{"files":["a"]}`), Rows: 10, Bytes: 100},
+		Enqueue:   1,
+		Trace:     map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+		Params:    map[string]string{"file_to_load": "a.jsonl"},
+	}
+	b, err := Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode[Task](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.V = Version
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestResultRoundTrip(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	want := Result{RunID: "r", TaskID: "t", Pipeline: "p", Attempt: 2, Worker: "w1", Rows: 5, Bytes: 50,
+		Checksum: "00ff", Location: "/out/_staging/r/t", ErrorClass: ErrorRetryable, Error: "boom", Started: now, Finished: now}
+	b, err := Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode[Result](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.V = Version
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+	if !got.Failed() {
+		t.Fatal("a result with an error class must report Failed")
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+		version        bool
+	}{
+		{"no version", `{"run":"r","task":"t","pipeline":"p"}`, `"v" is missing`, true},
+		{"future version", `{"v":99,"run":"r","task":"t","pipeline":"p"}`, "version 99, this build speaks 1", true},
+		{"not json", `{"v":1,`, "unexpected end", false},
+		{"no run", `{"v":1,"task":"t","pipeline":"p"}`, `field "run" is empty`, false},
+		{"no task", `{"v":1,"run":"r","pipeline":"p"}`, `field "task" is empty`, false},
+		{"wrong type", `{"v":1,"run":5,"task":"t","pipeline":"p"}`, "run", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode[Task]([]byte(tt.in))
+			if err == nil {
+				t.Fatalf("Decode(%s) succeeded, want error containing %q", tt.in, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+			if errors.Is(err, ErrVersion) != tt.version {
+				t.Fatalf("errors.Is(err, ErrVersion) = %v, want %v", !tt.version, tt.version)
+			}
+		})
+	}
+}
+
+func TestValidName(t *testing.T) {
+	for _, s := range []string{"orders", "a", "orders_v2", "x-1", "0abc"} {
+		if !ValidName(s) {
+			t.Errorf("ValidName(%q) = false, want true", s)
+		}
+	}
+	for _, s := range []string{"", "Orders", "a.b", "a b", "a>", "*", "-a", strings.Repeat("a", 64)} {
+		if ValidName(s) {
+			t.Errorf("ValidName(%q) = true, want false", s)
+		}
+	}
+}
+
+func FuzzDecodeTask(f *testing.F) {
+	b, _ := Encode(Task{RunID: "r", TaskID: "t", Pipeline: "p"})
+	f.Add(b)
+	f.Add([]byte(`{"v":1}`))
+	f.Add([]byte(`{"v":2,"run":"x"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		task, err := Decode[Task](data)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must survive a round trip unchanged.
+		again, err := Encode(task)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		back, err := Decode[Task](again)
+		if err != nil {
+			t.Fatalf("decode of re-encoded task: %v", err)
+		}
+		if task.RunID != back.RunID || task.TaskID != back.TaskID || task.Pipeline != back.Pipeline {
+			t.Fatalf("round trip changed identity: %+v vs %+v", task, back)
+		}
+	})
+}
+
+func FuzzDecodeTrigger(f *testing.F) {
+	b, _ := Encode(Trigger{Pipeline: "p", Params: map[string]string{"a": "b"}})
+	f.Add(b)
+	f.Add([]byte(`{"v":1,"pipeline":"A.B"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tr, err := Decode[Trigger](data)
+		if err != nil {
+			return
+		}
+		if tr.Pipeline != "" && !ValidName(tr.Pipeline) {
+			t.Fatalf("decoded a trigger with invalid pipeline name %q", tr.Pipeline)
+		}
+	})
+}

@@ -1,0 +1,148 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Version is the wire version this build speaks.
+const Version = 1
+
+// Pattern names the ingestion pattern a pipeline implements.
+type Pattern string
+
+// The ingestion patterns.
+const (
+	PatternFullLoad    Pattern = "full_load"
+	PatternIncremental Pattern = "incremental"
+	PatternCDC         Pattern = "cdc"
+	PatternPassthrough Pattern = "passthrough"
+	PatternTransform   Pattern = "transform"
+	PatternCompact     Pattern = "compact"
+	PatternReadiness   Pattern = "readiness"
+	PatternTrigger     Pattern = "trigger"
+)
+
+// Endpoint names a connector kind and carries its configuration as JSON.
+// The configuration is the one from the pipeline spec before `${ENV}`
+// expansion: secrets are expanded where the connector is opened, so they
+// never travel on the wire or sit in the coordinator's state.
+type Endpoint struct {
+	Kind   string          `json:"kind"`
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// Partition is one bounded piece of a run's input: a file set, a byte range,
+// a key range, a time window or an offset range. Spec is opaque to everyone
+// but the source connector that planned it.
+type Partition struct {
+	// Key identifies the partition within its run, for people: "files[0:4]".
+	Key string `json:"key"`
+	// Spec is the connector-specific description of the bounds.
+	Spec json.RawMessage `json:"spec"`
+	// Rows and Bytes are the planner's estimates; zero when unknown.
+	Rows  int64 `json:"rows,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
+}
+
+// Task is one bounded unit of work of a run, pulled by one worker.
+type Task struct {
+	V         int       `json:"v"`
+	RunID     string    `json:"run"`
+	TaskID    string    `json:"task"`
+	Pipeline  string    `json:"pipeline"`
+	Pattern   Pattern   `json:"pattern"`
+	Source    Endpoint  `json:"source"`
+	Sink      Endpoint  `json:"sink"`
+	Partition Partition `json:"partition"`
+	// Enqueue counts how many times the coordinator published this task
+	// (delivery attempts within one publication are counted by JetStream).
+	Enqueue int `json:"enqueue"`
+	// Trace holds the W3C trace context of the run (traceparent, tracestate).
+	Trace map[string]string `json:"trace,omitempty"`
+	// Params are the run's parameters (from a trigger or the command line).
+	Params map[string]string `json:"params,omitempty"`
+	// LogicalTime is the run's logical time, when the pattern has one.
+	LogicalTime time.Time `json:"logical_time,omitzero"`
+}
+
+// ErrorClass tells how a failed task should be handled.
+type ErrorClass string
+
+// The error classes.
+const (
+	// ErrorNone marks a success.
+	ErrorNone ErrorClass = ""
+	// ErrorRetryable is a failure that may pass on another attempt (I/O, network).
+	ErrorRetryable ErrorClass = "retryable"
+	// ErrorPermanent is a failure that will fail again (bad data, bad config).
+	ErrorPermanent ErrorClass = "permanent"
+)
+
+// Result reports the outcome of one task attempt to the coordinator.
+type Result struct {
+	V        int    `json:"v"`
+	RunID    string `json:"run"`
+	TaskID   string `json:"task"`
+	Pipeline string `json:"pipeline"`
+	// Attempt is the JetStream delivery count of the task message.
+	Attempt int    `json:"attempt"`
+	Worker  string `json:"worker"`
+	Rows    int64  `json:"rows"`
+	Bytes   int64  `json:"bytes"`
+	// Checksum is an order-independent checksum of the rows written, as hex.
+	Checksum string `json:"checksum,omitempty"`
+	// Location is where the task's staged output lies, for the sink's commit.
+	Location   string     `json:"location,omitempty"`
+	ErrorClass ErrorClass `json:"error_class,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	Started    time.Time  `json:"started,omitzero"`
+	Finished   time.Time  `json:"finished,omitzero"`
+}
+
+// Failed reports whether the result is a failure.
+func (r Result) Failed() bool { return r.ErrorClass != ErrorNone || r.Error != "" }
+
+// Trigger is the envelope of an event that asks for a run of a pipeline.
+type Trigger struct {
+	V         int               `json:"v"`
+	Pipeline  string            `json:"pipeline"`
+	Params    map[string]string `json:"params,omitempty"`
+	EventTime time.Time         `json:"event_time,omitzero"`
+	// LogicalTime is the run's logical time, for windowed and partitioned
+	// patterns; zero means "now" on the leader.
+	LogicalTime time.Time `json:"logical_time,omitzero"`
+	// Source names who published the trigger, for people.
+	Source string `json:"source,omitempty"`
+}
+
+// RunEvent is published by the leader when a run ends.
+type RunEvent struct {
+	V              int       `json:"v"`
+	RunID          string    `json:"run"`
+	Pipeline       string    `json:"pipeline"`
+	Outcome        string    `json:"outcome"`
+	Location       string    `json:"location,omitempty"`
+	DatasetVersion int64     `json:"dataset_version,omitempty"`
+	Rows           int64     `json:"rows"`
+	Bytes          int64     `json:"bytes"`
+	Checksum       string    `json:"checksum,omitempty"`
+	Error          string    `json:"error,omitempty"`
+	Time           time.Time `json:"time"`
+	TraceID        string    `json:"trace_id,omitempty"`
+}
+
+// Heartbeat is published by each worker every few seconds on
+// SubjectHeartbeat so that `sluice status` can list the live workers.
+type Heartbeat struct {
+	V       int       `json:"v"`
+	Worker  string    `json:"worker"`
+	Host    string    `json:"host,omitempty"`
+	Slots   int       `json:"slots"`
+	Busy    int       `json:"busy"`
+	Tasks   []string  `json:"tasks,omitempty"`
+	Done    int64     `json:"done"`
+	Failed  int64     `json:"failed"`
+	Started time.Time `json:"started"`
+	Time    time.Time `json:"time"`
+}

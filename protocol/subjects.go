@@ -1,0 +1,94 @@
+package protocol
+
+import (
+	"fmt"
+	"regexp"
+)
+
+// Stream names. Each stream captures the subjects listed beside it.
+const (
+	// StreamTasks is a work-queue stream of tasks; all workers pull from one
+	// shared durable consumer.
+	StreamTasks = "SLUICE_TASKS"
+	// StreamResults carries task results back to the coordinator leader.
+	StreamResults = "SLUICE_RESULTS"
+	// StreamTriggers captures trigger events that start runs.
+	StreamTriggers = "SLUICE_TRIGGERS"
+	// StreamEvents captures run events (committed, failed).
+	StreamEvents = "SLUICE_EVENTS"
+	// StreamDLQ keeps every task or trigger that could not be processed.
+	StreamDLQ = "SLUICE_DLQ"
+	// StreamCDC is the central change stream.
+	StreamCDC = "SLUICE_CDC"
+)
+
+// Subject wildcards captured by the streams.
+const (
+	SubjectTasksAll    = "sluice.tasks.>"
+	SubjectResultsAll  = "sluice.results.>"
+	SubjectTriggersAll = "sluice.trigger.>"
+	SubjectEventsAll   = "sluice.events.>"
+	SubjectDLQAll      = "sluice.dlq.>"
+	SubjectCDCAll      = "sluice.cdc.>"
+	// SubjectHeartbeat is a core NATS subject (no stream) on which workers
+	// announce themselves.
+	SubjectHeartbeat = "sluice.workers.heartbeat"
+	// SubjectAPIPrefix prefixes the request/reply control API served by the
+	// coordinator leader: sluice.api.<verb>.
+	SubjectAPIPrefix = "sluice.api."
+)
+
+// Durable consumer names.
+const (
+	ConsumerWorkers = "sluice-workers"
+	ConsumerLeader  = "sluice-leader"
+	// QueueLeader is the queue group the leader's API subscription joins.
+	QueueLeader = "sluice-leader"
+)
+
+// Header names set on messages in addition to the W3C trace context.
+const (
+	HeaderMsgID   = "Nats-Msg-Id"
+	HeaderRun     = "Sluice-Run"
+	HeaderTask    = "Sluice-Task"
+	HeaderVersion = "Sluice-Version"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// ValidName reports whether s can be used as a pipeline name: it becomes a
+// single subject token, so it holds only lower-case letters, digits, '_' and
+// '-', starts with a letter or digit and is at most 63 characters long.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// TaskSubject is the subject a task of pipeline is published on.
+func TaskSubject(pipeline string) string { return "sluice.tasks." + pipeline }
+
+// ResultSubject is the subject a result of a task of pipeline is published on.
+func ResultSubject(pipeline string) string { return "sluice.results." + pipeline }
+
+// TriggerSubject is the subject that starts a run of pipeline.
+func TriggerSubject(pipeline string) string { return "sluice.trigger." + pipeline }
+
+// RunEventSubject is the subject of a run event with the given outcome
+// ("committed" or "failed").
+func RunEventSubject(pipeline, outcome string) string {
+	return "sluice.events.run." + pipeline + "." + outcome
+}
+
+// DLQSubject is the subject a dead letter from the named origin stream goes to.
+func DLQSubject(kind, pipeline string) string { return "sluice.dlq." + kind + "." + pipeline }
+
+// APISubject is the subject of one control API verb.
+func APISubject(verb string) string { return SubjectAPIPrefix + verb }
+
+// TaskMsgID is the Nats-Msg-Id of a task publication; JetStream drops a
+// second publication with the same id inside its duplicate window.
+func TaskMsgID(runID, taskID string, enqueue int) string {
+	return fmt.Sprintf("task:%s:%s:%d", runID, taskID, enqueue)
+}
+
+// ResultMsgID is the Nats-Msg-Id of a result publication.
+func ResultMsgID(runID, taskID string, attempt int) string {
+	return fmt.Sprintf("result:%s:%s:%d", runID, taskID, attempt)
+}
