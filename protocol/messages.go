@@ -64,6 +64,11 @@ type Task struct {
 	Params map[string]string `json:"params,omitempty"`
 	// LogicalTime is the run's logical time, when the pattern has one.
 	LogicalTime time.Time `json:"logical_time,omitzero"`
+	// MaxAttempts is how many deliveries a retryable failure gets before the
+	// worker reports the task dead; Backoff is the delay before the first
+	// retry, doubled for each later one.
+	MaxAttempts int           `json:"max_attempts,omitempty"`
+	Backoff     time.Duration `json:"backoff,omitempty"`
 }
 
 // ErrorClass tells how a failed task should be handled.

@@ -1,0 +1,82 @@
+// Package embednats runs a NATS server with JetStream inside the process: the
+// message bus of `sluice dev` and `sluice demo`, and of the in-process tests.
+package embednats
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Config configures an embedded server.
+type Config struct {
+	// Host to listen on; default 127.0.0.1.
+	Host string
+	// Port to listen on; 0 picks a free port (4222 may be taken).
+	Port int
+	// StoreDir holds JetStream's files; required.
+	StoreDir string
+	// Name is the server name; default "sluice-dev".
+	Name string
+	// Log turns the server's own logging on (to stderr).
+	Log bool
+}
+
+// Server is a running embedded NATS server.
+type Server struct {
+	srv *server.Server
+}
+
+// Start starts a server and waits until it accepts connections.
+func Start(cfg Config) (*Server, error) {
+	if cfg.StoreDir == "" {
+		return nil, errors.New("embedded nats: StoreDir is required")
+	}
+	host := cfg.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	port := cfg.Port
+	if port == 0 {
+		port = -1
+	}
+	name := cfg.Name
+	if name == "" {
+		name = "sluice-dev"
+	}
+	opts := &server.Options{
+		ServerName: name,
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		NoLog:      !cfg.Log,
+		NoSigs:     true,
+		// Large enough for a task or result with a long file list.
+		MaxPayload: 8 << 20,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	if cfg.Log {
+		srv.ConfigureLogger()
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, errors.New("embedded nats: not ready after 10s")
+	}
+	return &Server{srv: srv}, nil
+}
+
+// ClientURL is the URL clients connect to.
+func (s *Server) ClientURL() string { return s.srv.ClientURL() }
+
+// Shutdown stops the server and waits for it to finish.
+func (s *Server) Shutdown() {
+	s.srv.Shutdown()
+	s.srv.WaitForShutdown()
+}
