@@ -1,0 +1,319 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// API error codes, as in protocol.APIError.
+const (
+	codeInvalid   = "invalid"
+	codeNotFound  = "not_found"
+	codeNotLeader = "not_leader"
+	codeInternal  = "internal"
+)
+
+// planWait bounds how long a run request waits for the run's plan before
+// it replies.
+const planWait = 30 * time.Second
+
+// apiErr is an error a handler replies with.
+type apiErr struct {
+	code string
+	msg  string
+}
+
+func (e *apiErr) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error {
+	return &apiErr{code: codeInvalid, msg: fmt.Sprintf(format, args...)}
+}
+
+func respondError(m *nats.Msg, code, msg string) {
+	b, _ := json.Marshal(protocol.APIError{Error: msg, Code: code})
+	m.Respond(b)
+}
+
+// serveAPI handles one control API request.
+func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
+	c := t.c
+	verb := strings.TrimPrefix(m.Subject, protocol.SubjectAPIPrefix)
+	var reply any
+	var err error
+	switch verb {
+	case protocol.VerbApply:
+		reply, err = t.apiApply(m.Data)
+	case protocol.VerbRun:
+		reply, err = t.apiRun(ctx, m.Data)
+	case protocol.VerbStatus:
+		reply, err = t.apiStatus(m.Data)
+	case protocol.VerbRunStatus:
+		reply, err = t.apiRunGet(m.Data)
+	case protocol.VerbPipelines:
+		reply, err = t.apiPipelines()
+	default:
+		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
+	}
+	if err != nil {
+		var ae *apiErr
+		switch {
+		case errors.As(err, &ae):
+			respondError(m, ae.code, ae.msg)
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown):
+			respondError(m, codeNotLeader, err.Error())
+		default:
+			c.log.Warn("control API", "verb", verb, "err", err)
+			respondError(m, codeInternal, err.Error())
+		}
+		return
+	}
+	b, err := json.Marshal(reply)
+	if err != nil {
+		respondError(m, codeInternal, err.Error())
+		return
+	}
+	if err := m.Respond(b); err != nil {
+		c.log.Debug("respond", "verb", verb, "err", err)
+	}
+}
+
+func decodeRequest(data []byte, v any) error {
+	if len(data) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return invalid("request: %v", err)
+	}
+	return nil
+}
+
+var patterns = []protocol.Pattern{
+	protocol.PatternFullLoad, protocol.PatternIncremental, protocol.PatternCDC, protocol.PatternPassthrough,
+	protocol.PatternTransform, protocol.PatternCompact, protocol.PatternReadiness, protocol.PatternTrigger,
+}
+
+// checkSpec checks a spec as the leader stores it: the fields every spec
+// has, then the connector configurations against the registry.
+func checkSpec(spec pipeline.Spec, reg *connectors.Registry) error {
+	var problems []pipeline.Problem
+	add := func(field, msg string) { problems = append(problems, pipeline.Problem{Field: field, Msg: msg}) }
+	switch {
+	case spec.Name == "":
+		add("name", "is required")
+	case !protocol.ValidName(spec.Name):
+		add("name", fmt.Sprintf("%q is not a valid name: use lower-case letters, digits, '_' and '-', at most 63", spec.Name))
+	}
+	switch {
+	case spec.Pattern == "":
+		add("pattern", "is required")
+	case !slices.Contains(patterns, spec.Pattern):
+		add("pattern", fmt.Sprintf("unknown pattern %q", spec.Pattern))
+	}
+	if spec.Source.Kind == "" {
+		add("source.kind", "is required")
+	}
+	if spec.Sink.Kind == "" {
+		add("sink.kind", "is required")
+	}
+	if err := spec.Validate(reg, nil); err != nil {
+		var pe *pipeline.Error
+		if !errors.As(err, &pe) {
+			return err
+		}
+		problems = append(problems, pe.Problems...)
+	}
+	if len(problems) > 0 {
+		return &pipeline.Error{File: spec.Name, Problems: problems}
+	}
+	return nil
+}
+
+func (t *leaderTerm) apiApply(data []byte) (any, error) {
+	var req protocol.ApplyRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Spec) == 0 {
+		return nil, invalid("spec: is required")
+	}
+	var spec pipeline.Spec
+	if err := json.Unmarshal(req.Spec, &spec); err != nil {
+		return nil, invalid("spec: %v", err)
+	}
+	if err := checkSpec(spec, t.c.reg); err != nil {
+		return nil, invalid("%v", err)
+	}
+	out, err := t.c.apply(cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: now()})
+	if err != nil {
+		return nil, err
+	}
+	t.c.log.Info("pipeline applied", "pipeline", spec.Name, "revision", out.Revision)
+	return protocol.ApplyReply{Pipeline: spec.Name, Revision: out.Revision, Created: out.Created}, nil
+}
+
+func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
+	c := t.c
+	var req protocol.RunRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if !protocol.ValidName(req.Pipeline) {
+		return nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
+	}
+	var id string
+	if req.RequestID != "" {
+		id, _ = c.fsm.requestRun(req.RequestID)
+	}
+	if id == "" {
+		if _, ok := c.fsm.pipeline(req.Pipeline); !ok {
+			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		}
+		// The run span is the root of the run's trace; it ends when the
+		// run does (on this leader) and its context is stored in the run.
+		sctx, span := c.tracer.Start(ctx, telemetry.SpanRun, trace.WithNewRoot(),
+			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline)))
+		out, err := c.apply(cmdRunCreate, runCreateCmd{
+			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
+			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
+		})
+		if err != nil {
+			span.End()
+			if errors.Is(err, errNoPipeline) {
+				return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+			}
+			return nil, err
+		}
+		id = out.RunID
+		if out.Reused {
+			span.End()
+		} else {
+			span.SetAttributes(telemetry.AttrRun.String(id))
+			c.spanMu.Lock()
+			c.spans[id] = span
+			c.spanMu.Unlock()
+			c.log.Info("run created", "run", id, "request", req.RequestID)
+		}
+		t.kick(ctx, id)
+	}
+	// Reply once the run is planned (or failed planning).
+	wctx, cancel := context.WithTimeout(ctx, planWait)
+	defer cancel()
+	for {
+		changed := c.fsm.watch()
+		r, ok := c.fsm.run(id)
+		if !ok {
+			return protocol.RunReply{RunID: id}, nil
+		}
+		if r.Planned || r.finished() {
+			return protocol.RunReply{RunID: id, Tasks: len(r.Tasks)}, nil
+		}
+		select {
+		case <-changed:
+		case <-wctx.Done():
+			return protocol.RunReply{RunID: id}, nil
+		}
+	}
+}
+
+func (t *leaderTerm) apiStatus(data []byte) (any, error) {
+	c := t.c
+	var req protocol.StatusRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if req.Limit <= 0 {
+		req.Limit = 20
+	}
+	reply := protocol.StatusReply{Leader: c.LeaderID(), Pipelines: []protocol.PipelineStatus{}, Runs: []protocol.RunStatus{}, Workers: c.liveWorkers()}
+	if r := c.raftNode(); r != nil {
+		if f := r.GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				reply.Nodes = append(reply.Nodes, protocol.NodeStatus{ID: string(s.ID), Address: string(s.Address),
+					Suffrage: s.Suffrage.String(), Leader: string(s.ID) == reply.Leader})
+			}
+		}
+	}
+	for _, p := range c.fsm.pipelines() {
+		if req.Pipeline == "" || p.Spec.Name == req.Pipeline {
+			reply.Pipelines = append(reply.Pipelines, pipelineStatus(p))
+		}
+	}
+	if req.Pipeline != "" && len(reply.Pipelines) == 0 {
+		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+	}
+	runs := c.fsm.runs(func(r *runState) bool { return req.Pipeline == "" || r.Pipeline == req.Pipeline })
+	for i, r := range runs {
+		if i == req.Limit {
+			break
+		}
+		reply.Runs = append(reply.Runs, runStatus(r, false))
+	}
+	return reply, nil
+}
+
+func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
+	var req protocol.RunGetRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	r, ok := t.c.fsm.run(req.RunID)
+	if !ok {
+		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("run %q not found", req.RunID)}
+	}
+	return runStatus(r, true), nil
+}
+
+func (t *leaderTerm) apiPipelines() (any, error) {
+	out := []protocol.PipelineStatus{}
+	for _, p := range t.c.fsm.pipelines() {
+		out = append(out, pipelineStatus(p))
+	}
+	return out, nil
+}
+
+func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
+	return protocol.PipelineStatus{Name: p.Spec.Name, Pattern: p.Spec.Pattern, Revision: p.Revision,
+		Schedule: p.Spec.Schedule, Version: p.Version, LastRun: p.LastRun, Watermark: p.Watermark}
+}
+
+func runStatus(r *runState, tasks bool) protocol.RunStatus {
+	s := protocol.RunStatus{RunID: r.ID, Pipeline: r.Pipeline, State: r.State, Tasks: len(r.Tasks),
+		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
+		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished}
+	var sum connectors.Checksum
+	for _, ts := range r.Tasks {
+		switch ts.State {
+		case protocol.TaskSucceeded:
+			s.TasksDone++
+		case protocol.TaskFailed:
+			s.TasksFailed++
+		}
+		s.Rows += ts.Rows
+		s.Bytes += ts.Bytes
+		if cs, err := connectors.ParseChecksum(ts.Checksum, ts.Rows); err == nil {
+			sum.Merge(cs)
+		}
+		if tasks {
+			s.TaskList = append(s.TaskList, protocol.TaskStatus{TaskID: ts.ID, Partition: ts.Partition.Key, State: ts.State,
+				Attempts: ts.Attempts, Worker: ts.Worker, Rows: ts.Rows, Bytes: ts.Bytes, Error: ts.Error})
+		}
+	}
+	if s.TasksDone > 0 {
+		s.Checksum = sum.String()
+	}
+	return s
+}

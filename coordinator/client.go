@@ -1,0 +1,188 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Errors an APIError matches with errors.Is, by its code.
+var (
+	// ErrNotFound: the pipeline or run asked for does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the request or the spec it carries is invalid.
+	ErrInvalid = errors.New("invalid request")
+)
+
+// APIError is a control API reply that reports a failure.
+type APIError struct {
+	// Code is "invalid", "not_found", "not_leader" or "internal".
+	Code string
+	// Msg is the leader's message; for an invalid spec it names each
+	// field at fault.
+	Msg string
+}
+
+func (e *APIError) Error() string { return e.Msg }
+
+// Is makes errors.Is(err, ErrNotFound) and errors.Is(err, ErrInvalid) work.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Code == codeNotFound
+	case ErrInvalid:
+		return e.Code == codeInvalid
+	}
+	return false
+}
+
+// Client calls the control API over NATS request/reply. It is safe for
+// concurrent use.
+type Client struct {
+	nc *nats.Conn
+	// attempt bounds one request; retry is the pause between requests
+	// while no leader answers.
+	attempt time.Duration
+	retry   time.Duration
+}
+
+// NewClient returns a client on nc.
+func NewClient(nc *nats.Conn) *Client {
+	return &Client{nc: nc, attempt: 10 * time.Second, retry: 100 * time.Millisecond}
+}
+
+// call sends req to verb and decodes the reply into reply. While no leader
+// answers (an election, no responders, a node stepping down) it retries
+// until ctx ends.
+func (c *Client) call(ctx context.Context, verb string, req, reply any, attempt time.Duration) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("%s: encode request: %w", verb, err)
+	}
+	wait := c.retry
+	for {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		msg, err := c.nc.RequestWithContext(actx, protocol.APISubject(verb), data)
+		cancel()
+		if err == nil {
+			var ae *APIError
+			ae, err = decodeReply(msg.Data, reply)
+			if err != nil {
+				return fmt.Errorf("%s: %w", verb, err)
+			}
+			if ae == nil {
+				return nil
+			}
+			if ae.Code != codeNotLeader {
+				return ae
+			}
+			err = ae
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: no leader answered: %w (last: %v)", verb, ctx.Err(), err)
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) &&
+			!errors.Is(err, nats.ErrTimeout) && !errors.As(err, new(*APIError)) {
+			return fmt.Errorf("%s: %w", verb, err)
+		}
+		if !sleep(ctx, wait) {
+			return fmt.Errorf("%s: no leader answered: %w (last: %v)", verb, ctx.Err(), err)
+		}
+		wait = min(wait*2, time.Second)
+	}
+}
+
+// decodeReply decodes a reply: an APIError (it has a "code") or reply.
+func decodeReply(data []byte, reply any) (*APIError, error) {
+	var probe struct {
+		Code  string `json:"code"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(data, &probe); err == nil && probe.Code != "" {
+		return &APIError{Code: probe.Code, Msg: probe.Error}, nil
+	}
+	if err := json.Unmarshal(data, reply); err != nil {
+		return nil, fmt.Errorf("decode reply: %w", err)
+	}
+	return nil, nil
+}
+
+// Apply stores or replaces a pipeline. An invalid spec gives an error
+// matching ErrInvalid whose message names the fields at fault.
+func (c *Client) Apply(ctx context.Context, spec pipeline.Spec) (protocol.ApplyReply, error) {
+	var reply protocol.ApplyReply
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return reply, fmt.Errorf("apply: encode spec: %w", err)
+	}
+	err = c.call(ctx, protocol.VerbApply, protocol.ApplyRequest{Spec: b}, &reply, c.attempt)
+	return reply, err
+}
+
+// Run starts a run and returns once it is planned. An empty RequestID is
+// filled with a random one, so a request retried after a lost reply gives
+// the same run. An unknown pipeline gives an error matching ErrNotFound.
+func (c *Client) Run(ctx context.Context, req protocol.RunRequest) (protocol.RunReply, error) {
+	var reply protocol.RunReply
+	if req.RequestID == "" {
+		var b [12]byte
+		rand.Read(b[:])
+		req.RequestID = hex.EncodeToString(b[:])
+	}
+	err := c.call(ctx, protocol.VerbRun, req, &reply, planWait+c.attempt)
+	return reply, err
+}
+
+// Status describes the cluster, its pipelines and the newest runs.
+func (c *Client) Status(ctx context.Context, req protocol.StatusRequest) (protocol.StatusReply, error) {
+	var reply protocol.StatusReply
+	err := c.call(ctx, protocol.VerbStatus, req, &reply, c.attempt)
+	return reply, err
+}
+
+// GetRun returns one run with its task list.
+func (c *Client) GetRun(ctx context.Context, runID string) (protocol.RunStatus, error) {
+	var reply protocol.RunStatus
+	err := c.call(ctx, protocol.VerbRunStatus, protocol.RunGetRequest{RunID: runID}, &reply, c.attempt)
+	return reply, err
+}
+
+// Pipelines lists the pipelines.
+func (c *Client) Pipelines(ctx context.Context) ([]protocol.PipelineStatus, error) {
+	var reply []protocol.PipelineStatus
+	err := c.call(ctx, protocol.VerbPipelines, struct{}{}, &reply, c.attempt)
+	return reply, err
+}
+
+// WaitRun polls a run every interval until it is committed or failed and
+// returns its last status; progress, when not nil, sees each poll. A failed
+// run is returned with a nil error: its State and Error tell.
+func (c *Client) WaitRun(ctx context.Context, runID string, every time.Duration, progress func(protocol.RunStatus)) (protocol.RunStatus, error) {
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	for {
+		st, err := c.GetRun(ctx, runID)
+		if err != nil {
+			return st, err
+		}
+		if progress != nil {
+			progress(st)
+		}
+		if st.State == protocol.RunCommitted || st.State == protocol.RunFailed {
+			return st, nil
+		}
+		if !sleep(ctx, every) {
+			return st, fmt.Errorf("wait for run %s: %w", runID, ctx.Err())
+		}
+	}
+}

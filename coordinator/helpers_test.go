@@ -1,0 +1,280 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/embednats"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+func testLogger() *slog.Logger {
+	if os.Getenv("SLUICE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startNATS starts an embedded NATS server with JetStream for one test.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv.ClientURL()
+}
+
+func connect(t *testing.T, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// node is one coordinator running for a test.
+type node struct {
+	*Coordinator
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startNode runs a coordinator until the test ends.
+func startNode(t *testing.T, cfg Config, url string, reg *connectors.Registry, tp trace.TracerProvider) *node {
+	t.Helper()
+	nc := connect(t, url)
+	c, err := New(cfg, nc, reg, testLogger(), tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{Coordinator: c, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-n.done; err != nil {
+			t.Errorf("node %s: Run: %v", cfg.NodeID, err)
+		}
+	})
+	return n
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// memConnectors is a test connector pair: "memsrc" plans {"parts": n}
+// partitions (or fails with "fail_plan"), "memsink" needs a "path" and
+// records commits and aborts.
+type memConnectors struct {
+	mu      sync.Mutex
+	commits []connectors.CommitRequest
+	aborts  []string
+}
+
+type memConfig struct {
+	Parts    int    `json:"parts"`
+	FailPlan string `json:"fail_plan"`
+	Path     string `json:"path"`
+}
+
+func (m *memConnectors) registry() *connectors.Registry {
+	reg := connectors.NewRegistry()
+	reg.Register(connectors.Connector{
+		Kind: "memsrc",
+		Source: func(_ context.Context, cfg json.RawMessage) (connectors.Source, error) {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil {
+				return nil, err
+			}
+			return memSource{c}, nil
+		},
+		Validate: func(cfg json.RawMessage) error {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil {
+				return &connectors.FieldError{Msg: err.Error()}
+			}
+			if c.Parts < 0 {
+				return &connectors.FieldError{Field: "parts", Msg: "must not be negative"}
+			}
+			return nil
+		},
+	})
+	reg.Register(connectors.Connector{
+		Kind: "memsink",
+		Sink: func(_ context.Context, cfg json.RawMessage) (connectors.Sink, error) {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil {
+				return nil, err
+			}
+			return &memSink{m: m, path: c.Path}, nil
+		},
+		Validate: func(cfg json.RawMessage) error {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil {
+				return &connectors.FieldError{Msg: err.Error()}
+			}
+			if c.Path == "" {
+				return &connectors.FieldError{Field: "path", Msg: "is required"}
+			}
+			return nil
+		},
+	})
+	return reg
+}
+
+func (m *memConnectors) committed() []connectors.CommitRequest {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]connectors.CommitRequest(nil), m.commits...)
+}
+
+func (m *memConnectors) aborted() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]string(nil), m.aborts...)
+}
+
+type memSource struct{ c memConfig }
+
+func (s memSource) Plan(_ context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	if s.c.FailPlan != "" {
+		return connectors.Plan{}, errors.New(s.c.FailPlan)
+	}
+	var p connectors.Plan
+	for i := range s.c.Parts {
+		p.Partitions = append(p.Partitions, protocol.Partition{Key: fmt.Sprintf("part-%d", i), Spec: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
+	}
+	p.Watermark = "wm-" + req.RunID
+	return p, nil
+}
+
+func (memSource) Read(context.Context, protocol.Partition, connectors.Emit) error {
+	return errors.New("memsrc: Read is not used by the coordinator")
+}
+
+func (memSource) Close() error { return nil }
+
+type memSink struct {
+	m    *memConnectors
+	path string
+}
+
+func (*memSink) OpenTask(context.Context, connectors.TaskRef) (connectors.TaskWriter, error) {
+	return nil, errors.New("memsink: OpenTask is not used by the coordinator")
+}
+
+func (s *memSink) Commit(_ context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.commits = append(s.m.commits, req)
+	return connectors.CommitResult{Location: fmt.Sprintf("%s/v%d", s.path, req.Version), Marker: s.path + "/_SUCCESS"}, nil
+}
+
+func (s *memSink) Abort(_ context.Context, runID string) error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.aborts = append(s.m.aborts, runID)
+	return nil
+}
+
+func (*memSink) Close() error { return nil }
+
+func memSpec(name string, parts int) pipeline.Spec {
+	return pipeline.Spec{Name: name, Pattern: protocol.PatternFullLoad,
+		Source: protocol.Endpoint{Kind: "memsrc", Config: json.RawMessage(fmt.Sprintf(`{"parts":%d}`, parts))},
+		Sink:   protocol.Endpoint{Kind: "memsink", Config: json.RawMessage(`{"path":"/out/` + name + `"}`)},
+	}
+}
+
+// fakeWorker pulls tasks from the workers' consumer and answers each with
+// what handle returns, until the test ends.
+func fakeWorker(t *testing.T, url string, handle func(task protocol.Task, attempt int) protocol.Result) {
+	t.Helper()
+	nc := connect(t, url)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		var cons jetstream.Consumer
+		for ctx.Err() == nil {
+			// The leader creates the consumer; wait for it.
+			c, err := js.Consumer(ctx, protocol.StreamTasks, protocol.ConsumerWorkers)
+			if err == nil {
+				cons = c
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for ctx.Err() == nil {
+			batch, err := cons.Fetch(10, jetstream.FetchMaxWait(200*time.Millisecond))
+			if err != nil {
+				continue
+			}
+			for m := range batch.Messages() {
+				task, err := protocol.Decode[protocol.Task](m.Data())
+				if err != nil {
+					t.Errorf("worker: %v", err)
+					m.Term()
+					continue
+				}
+				meta, err := m.Metadata()
+				if err != nil {
+					t.Errorf("worker: %v", err)
+					continue
+				}
+				res := handle(task, int(meta.NumDelivered))
+				res.RunID, res.TaskID, res.Pipeline, res.Attempt = task.RunID, task.TaskID, task.Pipeline, int(meta.NumDelivered)
+				data, err := protocol.Encode(res)
+				if err != nil {
+					t.Errorf("worker: %v", err)
+					continue
+				}
+				if _, err := js.Publish(ctx, protocol.ResultSubject(task.Pipeline), data,
+					jetstream.WithMsgID(protocol.ResultMsgID(task.RunID, task.TaskID, res.Attempt))); err != nil {
+					continue // not acked: redelivered
+				}
+				m.Ack()
+			}
+		}
+	}()
+}
+
+// succeed answers a task with 10 rows per partition.
+func succeed(task protocol.Task, _ int) protocol.Result {
+	return protocol.Result{Worker: "w1", Rows: 10, Bytes: 100, Checksum: "0000000000000001", Location: "stage/" + task.RunID + "/" + task.TaskID}
+}

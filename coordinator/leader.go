@@ -1,0 +1,629 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// Dead-letter headers, beside protocol.HeaderRun and protocol.HeaderTask.
+const (
+	headerReason   = "Sluice-Reason"
+	headerAttempts = "Sluice-Attempts"
+	headerTraceID  = "Sluice-Trace-Id"
+)
+
+// maxDeliveriesSubject is the advisory JetStream sends when a task message
+// reached the workers' consumer's MaxDeliver.
+var maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + protocol.StreamTasks + "." + protocol.ConsumerWorkers
+
+const (
+	sweepEvery     = 5 * time.Second
+	commitAttempts = 5
+)
+
+// leaderTerm is the work of one leadership term. Its goroutines stop when
+// the term's context ends; stop waits for all of them.
+type leaderTerm struct {
+	c      *Coordinator
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
+	// driving maps the runs being advanced to "kicked again meanwhile".
+	driving map[string]bool
+	// commitMu serialises sink commits per pipeline.
+	commitMu map[string]*sync.Mutex
+}
+
+func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
+	ctx, cancel := context.WithCancel(parent)
+	t := &leaderTerm{c: c, cancel: cancel, done: make(chan struct{}), driving: map[string]bool{}, commitMu: map[string]*sync.Mutex{}}
+	go func() {
+		defer close(t.done)
+		t.lead(ctx)
+	}()
+	return t
+}
+
+func (t *leaderTerm) stop() {
+	t.cancel()
+	<-t.done
+}
+
+// spawn runs f in a goroutine the term waits for; false once the term is
+// closing.
+func (t *leaderTerm) spawn(f func()) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
+// lead runs the term: catch up with the log, ensure the streams, serve the
+// API, consume results and advance every unfinished run.
+func (t *leaderTerm) lead(ctx context.Context) {
+	c := t.c
+	log := c.log.With("role", "leader")
+	defer func() {
+		t.mu.Lock()
+		t.closing = true
+		t.mu.Unlock()
+		t.wg.Wait()
+	}()
+	// The FSM must hold every entry committed by earlier leaders before
+	// this one acts on it.
+	for {
+		err := c.raftNode().Barrier(applyTimeout).Error()
+		if err == nil {
+			break
+		}
+		log.Warn("raft barrier", "err", err)
+		if !sleep(ctx, 200*time.Millisecond) {
+			return
+		}
+	}
+	for {
+		err := EnsureStreams(ctx, c.js, StreamConfig{Replicas: c.cfg.StreamReplicas, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver})
+		if err == nil {
+			break
+		}
+		log.Warn("ensure streams", "err", err)
+		if !sleep(ctx, time.Second) {
+			return
+		}
+	}
+
+	apiSub, err := c.nc.QueueSubscribe(protocol.SubjectAPIPrefix+">", protocol.QueueLeader, func(m *nats.Msg) {
+		if !t.spawn(func() { t.serveAPI(ctx, m) }) {
+			respondError(m, "not_leader", "this coordinator is stepping down")
+		}
+	})
+	if err != nil {
+		log.Error("subscribe control API", "err", err)
+	} else {
+		defer apiSub.Unsubscribe()
+	}
+
+	advSub, err := c.nc.Subscribe(maxDeliveriesSubject, func(m *nats.Msg) {
+		t.spawn(func() { t.onMaxDeliveries(ctx, m) })
+	})
+	if err != nil {
+		log.Error("subscribe max-deliveries advisory", "err", err)
+	} else {
+		defer advSub.Unsubscribe()
+	}
+
+	var cc jetstream.ConsumeContext
+	for cc == nil {
+		cons, err := c.js.Consumer(ctx, protocol.StreamResults, protocol.ConsumerLeader)
+		if err == nil {
+			cc, err = cons.Consume(func(m jetstream.Msg) { t.onResult(ctx, m) },
+				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+					log.Debug("consume results", "err", err)
+				}))
+		}
+		if err != nil {
+			log.Warn("consume results", "err", err)
+			if !sleep(ctx, time.Second) {
+				return
+			}
+		}
+	}
+	defer func() {
+		cc.Stop()
+		<-cc.Closed()
+	}()
+
+	log.Info("leading")
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+	for {
+		// Recovery: every run not finished, or whose end was not
+		// announced, is advanced from where the FSM says it is.
+		for _, r := range c.fsm.runs(func(r *runState) bool { return !r.finished() || !r.Notified }) {
+			t.kick(ctx, r.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+		}
+	}
+}
+
+// kick makes sure a goroutine advances run id; if one already does, it
+// makes another pass when done.
+func (t *leaderTerm) kick(ctx context.Context, id string) {
+	t.mu.Lock()
+	if _, ok := t.driving[id]; ok {
+		t.driving[id] = true
+		t.mu.Unlock()
+		return
+	}
+	t.driving[id] = false
+	t.mu.Unlock()
+	ok := t.spawn(func() {
+		for {
+			t.advance(ctx, id)
+			t.mu.Lock()
+			again := t.driving[id]
+			if !again || ctx.Err() != nil {
+				delete(t.driving, id)
+				t.mu.Unlock()
+				return
+			}
+			t.driving[id] = false
+			t.mu.Unlock()
+		}
+	})
+	if !ok {
+		t.mu.Lock()
+		delete(t.driving, id)
+		t.mu.Unlock()
+	}
+}
+
+// advance moves a run forward as far as it can without waiting for task
+// results.
+func (t *leaderTerm) advance(ctx context.Context, id string) {
+	c := t.c
+	log := c.log.With("run", id)
+	for ctx.Err() == nil {
+		r, ok := c.fsm.run(id)
+		if !ok {
+			return
+		}
+		var err error
+		switch {
+		case r.State == protocol.RunPlanning:
+			err = t.plan(ctx, log, r)
+		case r.State == protocol.RunRunning && !r.Published:
+			err = t.publish(ctx, log, r)
+		case r.State == protocol.RunRunning && r.allSucceeded():
+			_, err = c.apply(cmdRunCommitting, runCmd{Run: id, Time: now()})
+		case r.State == protocol.RunRunning:
+			return // waiting for results
+		case r.State == protocol.RunCommitting:
+			err = t.commit(ctx, log, r)
+		case r.finished() && !r.Notified:
+			err = t.announce(ctx, log, r)
+		default:
+			return
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("advance run", "state", r.State, "err", err)
+			}
+			return
+		}
+	}
+}
+
+func now() time.Time { return time.Now().UTC() }
+
+// runContext returns ctx carrying the run's stored span context, so spans
+// started from it join the run's trace on any leader.
+func runContext(ctx context.Context, r *runState) context.Context {
+	return telemetry.ExtractMap(ctx, r.Trace)
+}
+
+func (t *leaderTerm) failRun(r *runState, msg string) error {
+	_, err := t.c.apply(cmdRunFailed, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
+	return err
+}
+
+// plan asks the source for the run's partitions and records them.
+func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	p, ok := c.fsm.pipeline(r.Pipeline)
+	watermark := ""
+	if ok {
+		watermark = p.Watermark
+	}
+	sctx, span := c.tracer.Start(runContext(ctx, r), telemetry.SpanPlan, trace.WithAttributes(
+		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
+	defer span.End()
+	plan, err := func() (connectors.Plan, error) {
+		src, err := c.reg.OpenSource(sctx, r.Source.Kind, r.Source.Config)
+		if err != nil {
+			return connectors.Plan{}, err
+		}
+		defer func() {
+			if err := src.Close(); err != nil {
+				log.Warn("close source after planning", "err", err)
+			}
+		}()
+		return src.Plan(sctx, connectors.PlanRequest{
+			RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
+			Watermark: watermark, Partitioning: r.Partitioning,
+		})
+	}()
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		log.Warn("plan failed", "err", err)
+		return t.failRun(r, "plan: "+err.Error())
+	}
+	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
+	if _, err := c.apply(cmdRunPlanned, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Time: now()}); err != nil {
+		return err
+	}
+	log.Info("run planned", "tasks", len(plan.Partitions))
+	return nil
+}
+
+// taskOf builds the task message of one task of r.
+func (t *leaderTerm) taskOf(r *runState, ts taskState) protocol.Task {
+	return protocol.Task{
+		RunID: r.ID, TaskID: ts.ID, Pipeline: r.Pipeline, Pattern: r.Pattern,
+		Source: r.Source, Sink: r.Sink, Partition: ts.Partition, Enqueue: ts.Enqueue,
+		Trace: r.Trace, Params: r.Params, LogicalTime: r.LogicalTime,
+		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff,
+	}
+}
+
+// publish publishes every pending task of r with its msg id (a second
+// publication inside the duplicate window is dropped), waits for all acks
+// and records that the run is published. It retries until ctx ends.
+func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	tctx := runContext(ctx, r)
+	for attempt := 0; ; attempt++ {
+		err := func() error {
+			var futs []jetstream.PubAckFuture
+			for _, ts := range r.Tasks {
+				if ts.State != protocol.TaskPending {
+					continue
+				}
+				data, err := protocol.Encode(t.taskOf(r, ts))
+				if err != nil {
+					return err
+				}
+				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline))
+				m.Data = data
+				m.Header.Set(protocol.HeaderMsgID, protocol.TaskMsgID(r.ID, ts.ID, ts.Enqueue))
+				m.Header.Set(protocol.HeaderRun, r.ID)
+				m.Header.Set(protocol.HeaderTask, ts.ID)
+				m.Header.Set(protocol.HeaderVersion, strconv.Itoa(protocol.Version))
+				telemetry.Inject(tctx, m.Header)
+				f, err := c.js.PublishMsgAsync(m)
+				if err != nil {
+					return fmt.Errorf("publish task %s: %w", ts.ID, err)
+				}
+				futs = append(futs, f)
+			}
+			for _, f := range futs {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return fmt.Errorf("publish task %s: %w", f.Msg().Header.Get(protocol.HeaderTask), err)
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("publish tasks", "attempt", attempt+1, "err", err)
+		if !sleep(ctx, min(time.Duration(attempt+1)*500*time.Millisecond, 5*time.Second)) {
+			return ctx.Err()
+		}
+	}
+	if _, err := c.apply(cmdRunPublished, runCmd{Run: r.ID, Time: now()}); err != nil {
+		return err
+	}
+	log.Info("run published", "tasks", len(r.Tasks))
+	return nil
+}
+
+// onResult records one task result, then acks it.
+func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
+	c := t.c
+	res, err := protocol.Decode[protocol.Result](m.Data())
+	if err != nil {
+		c.log.Warn("drop undecodable result", "subject", m.Subject(), "err", err)
+		m.Term()
+		return
+	}
+	// A result the FSM would ignore (unknown or finished run, task already
+	// done: a task may run twice) needs no log entry. The leader's FSM is
+	// current: the term started with a barrier.
+	if r, ok := c.fsm.run(res.RunID); !ok || r.State != protocol.RunRunning || !taskPending(r, res.TaskID) {
+		c.log.Debug("ignore result", "run", res.RunID, "task", res.TaskID)
+		if err := m.Ack(); err != nil {
+			c.log.Warn("ack result", "run", res.RunID, "task", res.TaskID, "err", err)
+		}
+		return
+	}
+	out, err := c.apply(cmdTaskResult, taskResultCmd{
+		Run: res.RunID, Task: res.TaskID, Attempt: res.Attempt, Worker: res.Worker,
+		Rows: res.Rows, Bytes: res.Bytes, Checksum: res.Checksum, Location: res.Location,
+		ErrorClass: res.ErrorClass, Error: res.Error, Time: now(),
+	})
+	if err != nil {
+		c.log.Warn("record result", "run", res.RunID, "task", res.TaskID, "err", err)
+		m.NakWithDelay(time.Second)
+		return
+	}
+	if err := m.Ack(); err != nil {
+		c.log.Warn("ack result", "run", res.RunID, "task", res.TaskID, "err", err)
+	}
+	if out.Changed {
+		t.kick(ctx, res.RunID)
+	}
+}
+
+// maxDeliveries is the part of the JetStream advisory Sluice reads.
+type maxDeliveries struct {
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries int    `json:"deliveries"`
+}
+
+// onMaxDeliveries fails the task whose message JetStream gave up on, then
+// removes the message from the work queue.
+func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
+	c := t.c
+	var adv maxDeliveries
+	if err := json.Unmarshal(m.Data, &adv); err != nil {
+		c.log.Warn("bad max-deliveries advisory", "err", err)
+		return
+	}
+	stream, err := c.js.Stream(ctx, protocol.StreamTasks)
+	if err != nil {
+		c.log.Warn("max deliveries: open tasks stream", "err", err)
+		return
+	}
+	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			c.log.Warn("max deliveries: get task message", "seq", adv.StreamSeq, "err", err)
+		}
+		return
+	}
+	task, err := protocol.Decode[protocol.Task](raw.Data)
+	if err == nil {
+		out, err := c.apply(cmdTaskResult, taskResultCmd{
+			Run: task.RunID, Task: task.TaskID, Attempt: adv.Deliveries, Final: true,
+			ErrorClass: protocol.ErrorRetryable,
+			Error:      fmt.Sprintf("delivered %d times without a result", adv.Deliveries), Time: now(),
+		})
+		if err != nil {
+			c.log.Warn("max deliveries: record task failure", "run", task.RunID, "task", task.TaskID, "err", err)
+			return
+		}
+		if out.Changed {
+			c.log.Warn("task dead after max deliveries", "run", task.RunID, "task", task.TaskID, "deliveries", adv.Deliveries)
+			t.kick(ctx, task.RunID)
+		}
+	} else {
+		c.log.Warn("max deliveries: undecodable task message", "seq", adv.StreamSeq, "err", err)
+	}
+	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.log.Warn("max deliveries: delete task message", "seq", adv.StreamSeq, "err", err)
+	}
+}
+
+// commit publishes the run through its sink, with the version recorded in
+// the committing entry, and records the commit. A failing commit is retried
+// with backoff; then the run fails.
+func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	mu := t.pipelineLock(r.Pipeline)
+	mu.Lock()
+	defer mu.Unlock()
+	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark}
+	for _, ts := range r.Tasks {
+		sum, err := connectors.ParseChecksum(ts.Checksum, ts.Rows)
+		if err != nil {
+			return t.failRun(r, fmt.Sprintf("commit: task %s: %v", ts.ID, err))
+		}
+		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: sum, Location: ts.Location})
+	}
+	cctx, span := c.tracer.Start(runContext(ctx, r), telemetry.SpanCommit, trace.WithAttributes(
+		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),
+		telemetry.AttrVersion.Int64(r.Version), telemetry.AttrTasks.Int(len(r.Tasks))))
+	defer span.End()
+	var lastErr error
+	backoff := 250 * time.Millisecond
+	for attempt := 1; attempt <= commitAttempts; attempt++ {
+		res, err := func() (connectors.CommitResult, error) {
+			sink, err := c.reg.OpenSink(cctx, r.Sink.Kind, r.Sink.Config)
+			if err != nil {
+				return connectors.CommitResult{}, err
+			}
+			defer func() {
+				if err := sink.Close(); err != nil {
+					log.Warn("close sink after commit", "err", err)
+				}
+			}()
+			return sink.Commit(cctx, req)
+		}()
+		if err == nil {
+			if _, err := c.apply(cmdRunCommitted, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+				return err
+			}
+			log.Info("run committed", "version", r.Version, "location", res.Location)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		lastErr = err
+		log.Warn("commit", "attempt", attempt, "err", err)
+		if connectors.IsPermanent(err) || attempt == commitAttempts {
+			break
+		}
+		if !sleep(ctx, backoff) {
+			return ctx.Err()
+		}
+		backoff *= 2
+	}
+	span.RecordError(lastErr)
+	span.SetStatus(codes.Error, lastErr.Error())
+	return t.failRun(r, "commit: "+lastErr.Error())
+}
+
+func (t *leaderTerm) pipelineLock(name string) *sync.Mutex {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mu, ok := t.commitMu[name]
+	if !ok {
+		mu = &sync.Mutex{}
+		t.commitMu[name] = mu
+	}
+	return mu
+}
+
+// announce tells the world a run ended: for a failed run the sink's
+// staging output is removed and each failed task goes to the dead-letter
+// stream; then a run event is published and the FSM records that it was.
+func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	traceID := telemetry.TraceID(r.Trace)
+	ev := protocol.RunEvent{RunID: r.ID, Pipeline: r.Pipeline, Outcome: r.State, Location: r.Location,
+		Error: r.Error, Time: r.Finished, TraceID: traceID}
+	var sum connectors.Checksum
+	for _, ts := range r.Tasks {
+		ev.Rows += ts.Rows
+		ev.Bytes += ts.Bytes
+		if cs, err := connectors.ParseChecksum(ts.Checksum, ts.Rows); err == nil {
+			sum.Merge(cs)
+		}
+	}
+	if r.State == protocol.RunCommitted {
+		ev.DatasetVersion = r.Version
+		ev.Checksum = sum.String()
+	}
+	if r.State == protocol.RunFailed {
+		if r.Planned {
+			if err := t.abort(ctx, r); err != nil {
+				log.Warn("abort sink staging of failed run", "err", err)
+			}
+		}
+		for _, ts := range r.Tasks {
+			if ts.State != protocol.TaskFailed {
+				continue
+			}
+			if err := t.deadLetter(ctx, r, ts, traceID); err != nil {
+				return fmt.Errorf("dead-letter task %s: %w", ts.ID, err)
+			}
+		}
+	}
+	data, err := protocol.Encode(ev)
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(protocol.RunEventSubject(r.Pipeline, r.State))
+	m.Data = data
+	m.Header.Set(protocol.HeaderMsgID, "event:"+r.ID)
+	m.Header.Set(protocol.HeaderRun, r.ID)
+	telemetry.Inject(runContext(ctx, r), m.Header)
+	if _, err := c.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish run event: %w", err)
+	}
+	if _, err := c.apply(cmdRunNotified, runCmd{Run: r.ID, Time: now()}); err != nil {
+		return err
+	}
+	c.endSpan(r.ID)
+	return nil
+}
+
+func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
+	sink, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	return sink.Abort(ctx, r.ID)
+}
+
+func (t *leaderTerm) deadLetter(ctx context.Context, r *runState, ts taskState, traceID string) error {
+	data, err := protocol.Encode(t.taskOf(r, ts))
+	if err != nil {
+		return err
+	}
+	m := nats.NewMsg(protocol.DLQSubject("task", r.Pipeline))
+	m.Data = data
+	m.Header.Set(protocol.HeaderMsgID, "dlq:"+r.ID+":"+ts.ID)
+	m.Header.Set(protocol.HeaderRun, r.ID)
+	m.Header.Set(protocol.HeaderTask, ts.ID)
+	m.Header.Set(headerReason, ts.Error)
+	m.Header.Set(headerAttempts, strconv.Itoa(ts.Attempts))
+	if traceID != "" {
+		m.Header.Set(headerTraceID, traceID)
+	}
+	telemetry.Inject(runContext(ctx, r), m.Header)
+	if _, err := t.c.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	return nil
+}
+
+func taskPending(r *runState, taskID string) bool {
+	t := r.task(taskID)
+	return t != nil && t.State == protocol.TaskPending
+}

@@ -1,0 +1,8 @@
+// Package worker runs Sluice tasks. A Worker is a stateless process that
+// pulls tasks from the one durable JetStream consumer all workers share, runs
+// as many at once as it has slots (read a partition from the source, write it
+// to the sink's staging place), keeps each running task alive with
+// in-progress acks, and publishes each task's result before it acknowledges
+// the task. Adding a worker adds throughput; removing one, even with kill -9,
+// only delays its tasks until JetStream redelivers them.
+package worker
