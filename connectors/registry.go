@@ -15,15 +15,24 @@ import (
 type Registry struct {
 	sources    map[string]SourceFactory
 	sinks      map[string]SinkFactory
-	validators map[string]Validator
+	validators map[string]map[Role]Validator
 }
+
+// Role says which side of a pipeline a connector configuration is for.
+type Role string
+
+// The roles.
+const (
+	RoleSource Role = "source"
+	RoleSink   Role = "sink"
+)
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
 	return &Registry{
 		sources:    map[string]SourceFactory{},
 		sinks:      map[string]SinkFactory{},
-		validators: map[string]Validator{},
+		validators: map[string]map[Role]Validator{},
 	}
 }
 
@@ -33,8 +42,12 @@ type Connector struct {
 	// Source and Sink are nil when the connector is not one.
 	Source SourceFactory
 	Sink   SinkFactory
-	// Validate checks a configuration without I/O; may be nil.
-	Validate Validator
+	// ValidateSource and ValidateSink check a configuration for that role
+	// without I/O; Validate serves a role that has none of its own. All may
+	// be nil.
+	ValidateSource Validator
+	ValidateSink   Validator
+	Validate       Validator
 }
 
 // Register adds a connector. Registering a kind twice panics: it is a wiring
@@ -49,11 +62,16 @@ func (r *Registry) Register(c Connector) {
 	if c.Sink != nil {
 		r.sinks[c.Kind] = c.Sink
 	}
-	v := c.Validate
-	if v == nil {
-		v = func(json.RawMessage) error { return nil }
+	pick := func(v Validator) Validator {
+		switch {
+		case v != nil:
+			return v
+		case c.Validate != nil:
+			return c.Validate
+		}
+		return func(json.RawMessage) error { return nil }
 	}
-	r.validators[c.Kind] = v
+	r.validators[c.Kind] = map[Role]Validator{RoleSource: pick(c.ValidateSource), RoleSink: pick(c.ValidateSink)}
 }
 
 // Kinds lists the registered kinds, sorted.
@@ -72,10 +90,10 @@ func (r *Registry) HasSource(kind string) bool { _, ok := r.sources[kind]; retur
 // HasSink reports whether kind can be used as a sink.
 func (r *Registry) HasSink(kind string) bool { _, ok := r.sinks[kind]; return ok }
 
-// Validate checks the configuration of a connector of the given kind, after
-// expanding `${ENV}` references with lookup.
-func (r *Registry) Validate(kind string, config json.RawMessage, lookup func(string) (string, bool)) error {
-	v, ok := r.validators[kind]
+// Validate checks the configuration of a connector of the given kind in the
+// given role, after expanding `${ENV}` references with lookup.
+func (r *Registry) Validate(kind string, role Role, config json.RawMessage, lookup func(string) (string, bool)) error {
+	vs, ok := r.validators[kind]
 	if !ok {
 		return &FieldError{Field: "kind", Msg: fmt.Sprintf("unknown connector kind %q (known: %v)", kind, r.Kinds())}
 	}
@@ -83,7 +101,7 @@ func (r *Registry) Validate(kind string, config json.RawMessage, lookup func(str
 	if err != nil {
 		return err
 	}
-	return v(expanded)
+	return vs[role](expanded)
 }
 
 // OpenSource expands `${ENV}` references from the process environment and

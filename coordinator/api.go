@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -101,34 +100,10 @@ func decodeRequest(data []byte, v any) error {
 	return nil
 }
 
-var patterns = []protocol.Pattern{
-	protocol.PatternFullLoad, protocol.PatternIncremental, protocol.PatternCDC, protocol.PatternPassthrough,
-	protocol.PatternTransform, protocol.PatternCompact, protocol.PatternReadiness, protocol.PatternTrigger,
-}
-
 // checkSpec checks a spec as the leader stores it: the fields every spec
 // has, then the connector configurations against the registry.
 func checkSpec(spec pipeline.Spec, reg *connectors.Registry) error {
 	var problems []pipeline.Problem
-	add := func(field, msg string) { problems = append(problems, pipeline.Problem{Field: field, Msg: msg}) }
-	switch {
-	case spec.Name == "":
-		add("name", "is required")
-	case !protocol.ValidName(spec.Name):
-		add("name", fmt.Sprintf("%q is not a valid name: use lower-case letters, digits, '_' and '-', at most 63", spec.Name))
-	}
-	switch {
-	case spec.Pattern == "":
-		add("pattern", "is required")
-	case !slices.Contains(patterns, spec.Pattern):
-		add("pattern", fmt.Sprintf("unknown pattern %q", spec.Pattern))
-	}
-	if spec.Source.Kind == "" {
-		add("source.kind", "is required")
-	}
-	if spec.Sink.Kind == "" {
-		add("sink.kind", "is required")
-	}
 	if err := spec.Validate(reg, nil); err != nil {
 		var pe *pipeline.Error
 		if !errors.As(err, &pe) {

@@ -20,13 +20,6 @@ import (
 	"github.com/sluicehq/sluice/telemetry"
 )
 
-// Dead-letter headers, beside protocol.HeaderRun and protocol.HeaderTask.
-const (
-	headerReason   = "Sluice-Reason"
-	headerAttempts = "Sluice-Attempts"
-	headerTraceID  = "Sluice-Trace-Id"
-)
-
 // maxDeliveriesSubject is the advisory JetStream sends when a task message
 // reached the workers' consumer's MaxDeliver.
 var maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + protocol.StreamTasks + "." + protocol.ConsumerWorkers
@@ -338,7 +331,7 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 				if err != nil {
 					return err
 				}
-				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline))
+				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline, r.ID))
 				m.Data = data
 				m.Header.Set(protocol.HeaderMsgID, protocol.TaskMsgID(r.ID, ts.ID, ts.Enqueue))
 				m.Header.Set(protocol.HeaderRun, r.ID)
@@ -560,6 +553,11 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	}
 	if r.State == protocol.RunFailed {
 		if r.Planned {
+			// Tasks of the run still queued would only write staging
+			// output nobody commits: drop them before removing staging.
+			if err := t.purgeTasks(ctx, r); err != nil {
+				log.Warn("purge queued tasks of failed run", "err", err)
+			}
 			if err := t.abort(ctx, r); err != nil {
 				log.Warn("abort sink staging of failed run", "err", err)
 			}
@@ -592,6 +590,14 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	return nil
 }
 
+func (t *leaderTerm) purgeTasks(ctx context.Context, r *runState) error {
+	s, err := t.c.js.Stream(ctx, protocol.StreamTasks)
+	if err != nil {
+		return err
+	}
+	return s.Purge(ctx, jetstream.WithPurgeSubject(protocol.TaskSubject(r.Pipeline, r.ID)))
+}
+
 func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
 	sink, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
 	if err != nil {
@@ -611,10 +617,10 @@ func (t *leaderTerm) deadLetter(ctx context.Context, r *runState, ts taskState, 
 	m.Header.Set(protocol.HeaderMsgID, "dlq:"+r.ID+":"+ts.ID)
 	m.Header.Set(protocol.HeaderRun, r.ID)
 	m.Header.Set(protocol.HeaderTask, ts.ID)
-	m.Header.Set(headerReason, ts.Error)
-	m.Header.Set(headerAttempts, strconv.Itoa(ts.Attempts))
+	m.Header.Set(protocol.HeaderReason, ts.Error)
+	m.Header.Set(protocol.HeaderAttempts, strconv.Itoa(ts.Attempts))
 	if traceID != "" {
-		m.Header.Set(headerTraceID, traceID)
+		m.Header.Set(protocol.HeaderTraceID, traceID)
 	}
 	telemetry.Inject(runContext(ctx, r), m.Header)
 	if _, err := t.c.js.PublishMsg(ctx, m); err != nil {

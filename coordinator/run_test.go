@@ -197,7 +197,7 @@ func TestRunFailsAndDeadLetters(t *testing.T) {
 	if task.RunID != "orders-000002" || task.TaskID != "t00001" || task.Partition.Key != "part-1" {
 		t.Errorf("dead letter %+v", task)
 	}
-	if dl.Header.Get(headerReason) != "part-1.jsonl:3: bad row" || dl.Header.Get(protocol.HeaderTask) != "t00001" || dl.Header.Get(headerAttempts) != "1" {
+	if dl.Header.Get(protocol.HeaderReason) != "part-1.jsonl:3: bad row" || dl.Header.Get(protocol.HeaderTask) != "t00001" || dl.Header.Get(protocol.HeaderAttempts) != "1" {
 		t.Errorf("dead letter headers %v", dl.Header)
 	}
 	s, _ := js.Stream(ctx, protocol.StreamEvents)

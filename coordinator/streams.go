@@ -22,7 +22,7 @@ type StreamConfig struct {
 
 // resultsAckWait bounds how long a result the leader took but did not ack
 // (it lost leadership meanwhile) waits before the next leader gets it.
-const resultsAckWait = 10 * time.Second
+const resultsAckWait = 5 * time.Second
 
 // EnsureStreams creates or updates the Sluice streams (file storage) and the
 // durable consumers of the workers and of the leader. It is idempotent.
@@ -86,6 +86,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    cfg.MaxDeliver,
 		MaxAckPending: 10000,
+		// Every idle worker slot keeps one pull request waiting.
+		MaxWaiting:    4096,
 		FilterSubject: protocol.SubjectTasksAll,
 		Replicas:      cfg.Replicas,
 	}}, {protocol.StreamResults, jetstream.ConsumerConfig{

@@ -41,16 +41,31 @@ type Retry struct {
 	Backoff time.Duration `json:"backoff,omitempty"`
 }
 
-// Patterns this build can run. Others parse but fail validation.
+// knownPatterns are the patterns of the design; available says which of
+// them this build can run.
 var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternFullLoad:    true,
-	protocol.PatternIncremental: true,
-	protocol.PatternCDC:         true,
-	protocol.PatternPassthrough: true,
-	protocol.PatternTransform:   true,
-	protocol.PatternCompact:     true,
-	protocol.PatternReadiness:   true,
-	protocol.PatternTrigger:     true,
+	protocol.PatternIncremental: false,
+	protocol.PatternCDC:         false,
+	protocol.PatternPassthrough: false,
+	protocol.PatternTransform:   false,
+	protocol.PatternCompact:     false,
+	protocol.PatternReadiness:   false,
+	protocol.PatternTrigger:     false,
+}
+
+// CheckPattern says whether this build can run pattern p.
+func CheckPattern(p protocol.Pattern) error {
+	avail, known := knownPatterns[p]
+	switch {
+	case p == "":
+		return errors.New("is required")
+	case !known:
+		return fmt.Errorf("unknown pattern %q (known: %s)", p, patternList(false))
+	case !avail:
+		return fmt.Errorf("pattern %q is not available in this build yet (available: %s)", p, patternList(true))
+	}
+	return nil
 }
 
 // Problem is one thing wrong with a spec: the field, as a dotted path, and
@@ -119,8 +134,10 @@ func Parse(data []byte, file string) (Spec, error) {
 			}
 		case "pattern":
 			s.Pattern = protocol.Pattern(p.str(k.Value, v))
-			if s.Pattern != "" && !knownPatterns[s.Pattern] {
-				p.add("pattern", v.Line, fmt.Sprintf("unknown pattern %q (known: %s)", s.Pattern, patternList()))
+			if s.Pattern != "" {
+				if err := CheckPattern(s.Pattern); err != nil {
+					p.add("pattern", v.Line, err.Error())
+				}
 			}
 		case "description":
 			s.Description = p.str(k.Value, v)
@@ -149,7 +166,8 @@ func Parse(data []byte, file string) (Spec, error) {
 	return s, nil
 }
 
-// Validate checks the connector configurations of s with the registry's
+// Validate checks what every spec needs (a valid name, an available pattern,
+// both connector kinds) and the connector configurations with the registry's
 // validators, expanding `${ENV}` references with lookup (nil: every
 // reference counts as set, to an empty string). Problems name the field and,
 // when s was parsed from YAML, its line.
@@ -159,7 +177,21 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	}
 	var problems []Problem
 	lines := lineIndex(s.Text)
-	check := func(side string, e protocol.Endpoint, want func(string) bool, role string) {
+	if s.Name == "" || !protocol.ValidName(s.Name) {
+		problems = append(problems, Problem{Field: "name", Line: lines["name"], Msg: fmt.Sprintf("%q is not a valid name: use lower-case letters, digits, '_' and '-', at most 63", s.Name)})
+	}
+	if err := CheckPattern(s.Pattern); err != nil {
+		problems = append(problems, Problem{Field: "pattern", Line: lines["pattern"], Msg: err.Error()})
+	}
+	for _, side := range []struct {
+		name string
+		e    protocol.Endpoint
+	}{{"source", s.Source}, {"sink", s.Sink}} {
+		if side.e.Kind == "" {
+			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
+		}
+	}
+	check := func(side string, e protocol.Endpoint, want func(string) bool, role connectors.Role) {
 		if e.Kind == "" {
 			return
 		}
@@ -168,7 +200,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.Kinds())})
 			return
 		}
-		if err := reg.Validate(e.Kind, e.Config, lookup); err != nil {
+		if err := reg.Validate(e.Kind, role, e.Config, lookup); err != nil {
 			var fe *connectors.FieldError
 			if errors.As(err, &fe) {
 				field := side
@@ -181,8 +213,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 			problems = append(problems, Problem{Field: side, Line: lines[side], Msg: err.Error()})
 		}
 	}
-	check("source", s.Source, reg.HasSource, "source")
-	check("sink", s.Sink, reg.HasSink, "sink")
+	check("source", s.Source, reg.HasSource, connectors.RoleSource)
+	check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -413,10 +445,12 @@ func (p *parser) retry(v *yaml.Node) Retry {
 	return out
 }
 
-func patternList() string {
+func patternList(availableOnly bool) string {
 	var ps []string
-	for k := range knownPatterns {
-		ps = append(ps, string(k))
+	for k, avail := range knownPatterns {
+		if avail || !availableOnly {
+			ps = append(ps, string(k))
+		}
 	}
 	sort.Strings(ps)
 	return strings.Join(ps, ", ")
@@ -432,4 +466,44 @@ func yamlLine(err error) int {
 		return n
 	}
 	return 0
+}
+
+// Load parses a spec and validates it against reg in one go, so that one
+// error lists every problem of the file: those of its shape and those of
+// its connector configurations.
+func Load(data []byte, file string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
+	s, err := Parse(data, file)
+	var pe *Error
+	if err != nil && !errors.As(err, &pe) {
+		return s, err
+	}
+	var problems []Problem
+	if pe != nil {
+		problems = pe.Problems
+	}
+	seen := map[string]bool{}
+	for _, p := range problems {
+		seen[p.Field] = true
+	}
+	if verr := s.Validate(reg, lookup); verr != nil {
+		var ve *Error
+		if !errors.As(verr, &ve) {
+			return s, verr
+		}
+		for _, p := range ve.Problems {
+			if !seen[p.Field] {
+				problems = append(problems, p)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		sort.SliceStable(problems, func(i, j int) bool {
+			if (problems[i].Line == 0) != (problems[j].Line == 0) {
+				return problems[j].Line == 0
+			}
+			return problems[i].Line < problems[j].Line
+		})
+		return s, &Error{File: file, Problems: problems}
+	}
+	return s, nil
 }

@@ -52,6 +52,11 @@ const (
 	HeaderRun     = "Sluice-Run"
 	HeaderTask    = "Sluice-Task"
 	HeaderVersion = "Sluice-Version"
+	// Dead letters carry why they died, after how many attempts, and the
+	// trace of their run.
+	HeaderReason   = "Sluice-Reason"
+	HeaderAttempts = "Sluice-Attempts"
+	HeaderTraceID  = "Sluice-Trace-Id"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -61,8 +66,9 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 // '-', starts with a letter or digit and is at most 63 characters long.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
-// TaskSubject is the subject a task of pipeline is published on.
-func TaskSubject(pipeline string) string { return "sluice.tasks." + pipeline }
+// TaskSubject is the subject the tasks of one run are published on; a run's
+// tasks that are still queued can be purged by this subject when it fails.
+func TaskSubject(pipeline, runID string) string { return "sluice.tasks." + pipeline + "." + runID }
 
 // ResultSubject is the subject a result of a task of pipeline is published on.
 func ResultSubject(pipeline string) string { return "sluice.results." + pipeline }

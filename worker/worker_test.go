@@ -110,7 +110,7 @@ func (e *env) publishTask(task protocol.Task, h nats.Header) {
 
 func (e *env) publishRaw(data []byte, h nats.Header) {
 	e.t.Helper()
-	m := nats.NewMsg(protocol.TaskSubject("p"))
+	m := nats.NewMsg(protocol.TaskSubject("p", "r"))
 	m.Data = data
 	for k, v := range h {
 		m.Header[k] = v

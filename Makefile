@@ -1,0 +1,36 @@
+# Sluice: make test sets up what the tests need, then runs every test.
+GO      ?= go
+BIN     := $(CURDIR)/bin
+TIMEOUT ?= 25m
+
+.PHONY: test services unit vet build demo fuzz clean
+
+test: services vet
+	$(GO) test -race -timeout $(TIMEOUT) -count=1 ./...
+
+# services installs and starts what the tests need, idempotently.
+services:
+	@scripts/services.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -short -count=1 ./protocol/... ./pipeline/... ./connectors/... ./coordinator/...
+
+build:
+	$(GO) build -o $(BIN)/sluice ./cmd/sluice
+
+demo:
+	$(GO) run ./cmd/sluice demo
+
+# fuzz runs each fuzz target for a while (not part of make test).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTask -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN) .sluice .sluice-demo

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// newAPIHandler serves the HTTP API. Every call goes through the NATS
+// control API, so any node serves it, whoever the leader is.
+//
+//	GET  /healthz
+//	GET  /v1/status[?pipeline=NAME&limit=N]
+//	POST /v1/pipelines                 body: a pipeline spec in YAML
+//	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional)
+//	GET  /v1/runs/{id}
+func newAPIHandler(c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		st, err := c.Status(r.Context(), protocol.StatusRequest{Pipeline: r.URL.Query().Get("pipeline"), Limit: limit})
+		reply(w, log, st, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines", func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			reply(w, log, nil, err)
+			return
+		}
+		spec, err := pipeline.Load(body, "request body", reg, nil)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, protocol.APIError{Error: err.Error(), Code: "invalid"})
+			return
+		}
+		if wd, err := os.Getwd(); err == nil {
+			_ = spec.ResolvePaths(wd)
+		}
+		res, err := c.Apply(r.Context(), spec)
+		reply(w, log, res, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/runs", func(w http.ResponseWriter, r *http.Request) {
+		req := protocol.RunRequest{Pipeline: r.PathValue("name"), RequestID: r.Header.Get("Idempotency-Key")}
+		if r.ContentLength != 0 {
+			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+			dec.DisallowUnknownFields()
+			var body struct {
+				Params      map[string]string `json:"params"`
+				LogicalTime time.Time         `json:"logical_time"`
+			}
+			if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+				writeJSON(w, http.StatusBadRequest, protocol.APIError{Error: "request body: " + err.Error(), Code: "invalid"})
+				return
+			}
+			req.Params, req.LogicalTime = body.Params, body.LogicalTime
+		}
+		res, err := c.Run(r.Context(), req)
+		if err == nil {
+			writeJSON(w, http.StatusAccepted, res)
+			return
+		}
+		reply(w, log, nil, err)
+	})
+	mux.HandleFunc("GET /v1/runs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		st, err := c.GetRun(r.Context(), r.PathValue("id"))
+		reply(w, log, st, err)
+	})
+	if token == "" {
+		return mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			got := r.Header.Get("Authorization")
+			if subtle.ConstantTimeCompare([]byte(got), []byte("Bearer "+token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
+				writeJSON(w, http.StatusUnauthorized, protocol.APIError{Error: "missing or wrong bearer token", Code: "unauthorized"})
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func reply(w http.ResponseWriter, log *slog.Logger, v any, err error) {
+	if err == nil {
+		writeJSON(w, http.StatusOK, v)
+		return
+	}
+	status, code := http.StatusInternalServerError, "internal"
+	var apiErr *coordinator.APIError
+	if errors.As(err, &apiErr) {
+		code = apiErr.Code
+		switch apiErr.Code {
+		case "invalid":
+			status = http.StatusBadRequest
+		case "not_found":
+			status = http.StatusNotFound
+		}
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		status, code = http.StatusServiceUnavailable, "unavailable"
+	}
+	if status >= 500 {
+		log.Warn("http api", "err", err)
+	}
+	writeJSON(w, status, protocol.APIError{Error: err.Error(), Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// serveAPI serves the HTTP API on addr until the returned stop is called.
+func serveAPI(ctx context.Context, addr string, c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) (stop func(), err error) {
+	ln, err := listenOrFree(addr)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: newAPIHandler(c, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http api stopped", "err", err)
+		}
+	}()
+	log.Info("http api listening", "url", fmt.Sprintf("http://%s", ln.Addr()))
+	return func() {
+		_ = waitShutdown(ctx, 5*time.Second, srv.Shutdown)
+		<-done
+	}, nil
+}

@@ -1,0 +1,146 @@
+package files
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/file"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// ReadChecksum returns the checksum of every row of every data file of the
+// given format (jsonl, csv or parquet) under dir, computed the way the sink
+// computes it: JSONL lines as they are (CRLF normalized, blank lines
+// skipped), CSV records without their header and line ending, Parquet rows
+// rendered as canonical JSONL lines. Names starting with '_' or '.' are
+// skipped, as the source skips them.
+func ReadChecksum(dir string, format string) (connectors.Checksum, error) {
+	var sum connectors.Checksum
+	if err := checkFormat(format); err != nil || format == "" {
+		return sum, fmt.Errorf("read checksum: unknown format %q", format)
+	}
+	var paths []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && hidden(d.Name()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.IsDir() && formatOf(d.Name()) == format {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		c, err := fileChecksum(p, format)
+		if err != nil {
+			return connectors.Checksum{}, fmt.Errorf("read checksum of %s: %w", p, err)
+		}
+		sum.Merge(c)
+	}
+	return sum, nil
+}
+
+func fileChecksum(p, format string) (connectors.Checksum, error) {
+	var sum connectors.Checksum
+	f, err := os.Open(p)
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return sum, err
+	}
+	ctx := context.Background()
+	switch format {
+	case "jsonl":
+		err = scanRange(ctx, f, st.Size(), 0, st.Size(), func(line []byte, _ int64) error {
+			if line = normalizeLine(line); len(line) > 0 {
+				sum.Add(line)
+			}
+			return nil
+		})
+	case "csv":
+		s := newLineScanner(f, 0, st.Size())
+		var rec []byte
+		quoted, first := false, true
+		for {
+			line, _, lerr := s.next()
+			if errors.Is(lerr, io.EOF) {
+				break
+			}
+			if lerr != nil {
+				return sum, lerr
+			}
+			rec = append(rec, line...)
+			if bytes.Count(line, []byte{'"'})%2 == 1 {
+				quoted = !quoted
+			}
+			if quoted {
+				continue
+			}
+			if !first {
+				r := bytes.TrimSuffix(bytes.TrimSuffix(rec, []byte{'\n'}), []byte{'\r'})
+				sum.Add(r)
+			}
+			first = false
+			rec = rec[:0]
+		}
+		if len(rec) > 0 && !first {
+			sum.Add(bytes.TrimSuffix(rec, []byte{'\r'}))
+		}
+	case "parquet":
+		if st.Size() == 0 {
+			return sum, nil
+		}
+		pf, perr := file.NewParquetReader(io.NewSectionReader(f, 0, st.Size()))
+		if perr != nil {
+			return sum, perr
+		}
+		defer pf.Close()
+		if pf.NumRows() == 0 {
+			return sum, nil
+		}
+		fr, perr := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: parquetBatchRows}, memory.DefaultAllocator)
+		if perr != nil {
+			return sum, perr
+		}
+		rr, perr := fr.GetRecordReader(ctx, nil, nil)
+		if perr != nil {
+			return sum, perr
+		}
+		defer rr.Release()
+		var scratch []byte
+		for rr.Next() {
+			rec := rr.RecordBatch()
+			r := newRowRenderer(rec)
+			for i := 0; i < int(rec.NumRows()); i++ {
+				scratch = r.appendRow(scratch[:0], i)
+				sum.Add(scratch)
+			}
+		}
+		if perr := rr.Err(); perr != nil && !errors.Is(perr, io.EOF) {
+			return sum, perr
+		}
+	}
+	return sum, err
+}

@@ -1,0 +1,194 @@
+package files
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// Kind is the connector kind this package registers.
+const Kind = "files"
+
+// Defaults.
+const (
+	DefaultTargetBytes  = 64 << 20
+	DefaultMaxFiles     = 1000
+	DefaultKeepVersions = 3
+)
+
+// SourceConfig configures a files source.
+type SourceConfig struct {
+	// Path is the directory to read, or one file. A symlink (such as a
+	// dataset's "current") is resolved once, when the run is planned.
+	Path string `json:"path"`
+	// Format is jsonl, csv or parquet; empty means from the file extensions
+	// (.jsonl and .ndjson, .csv, .parquet), which must then agree.
+	Format string `json:"format"`
+	// Glob selects files by their slash-separated path relative to Path
+	// (path.Match syntax), or by base name when it holds no '/'. Empty means
+	// every file with the format's extension. Names starting with '_' or '.'
+	// are always skipped, and so are directories with such names.
+	Glob string `json:"glob"`
+}
+
+// SinkConfig configures a files sink.
+type SinkConfig struct {
+	// Path is the dataset directory.
+	Path string `json:"path"`
+	// Format is jsonl (the default), csv or parquet.
+	Format string `json:"format"`
+	// KeepVersions is how many committed versions stay; 0 means 3.
+	KeepVersions int `json:"keep_versions"`
+}
+
+var formats = []string{"jsonl", "csv", "parquet"}
+
+// extFormat maps file extensions to formats.
+var extFormat = map[string]string{".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+// formatOf returns the format of a file name from its extension, or "".
+func formatOf(name string) string { return extFormat[strings.ToLower(path.Ext(name))] }
+
+func checkFormat(f string) error {
+	if f != "" && !slices.Contains(formats, f) {
+		return &connectors.FieldError{Field: "format", Msg: fmt.Sprintf("unknown format %q (want one of %s)", f, strings.Join(formats, ", "))}
+	}
+	return nil
+}
+
+// Validate checks the configuration without I/O.
+func (c SourceConfig) Validate() error {
+	if c.Path == "" {
+		return &connectors.FieldError{Field: "path", Msg: "is required"}
+	}
+	if err := checkFormat(c.Format); err != nil {
+		return err
+	}
+	if c.Glob != "" {
+		if _, err := path.Match(c.Glob, ""); err != nil {
+			return &connectors.FieldError{Field: "glob", Msg: fmt.Sprintf("bad pattern %q: %v", c.Glob, err)}
+		}
+	}
+	return nil
+}
+
+// Validate checks the configuration without I/O.
+func (c SinkConfig) Validate() error {
+	if c.Path == "" {
+		return &connectors.FieldError{Field: "path", Msg: "is required"}
+	}
+	if err := checkFormat(c.Format); err != nil {
+		return err
+	}
+	if c.KeepVersions < 0 {
+		return &connectors.FieldError{Field: "keep_versions", Msg: fmt.Sprintf("must be at least 1, got %d", c.KeepVersions)}
+	}
+	return nil
+}
+
+func (c SinkConfig) withDefaults() SinkConfig {
+	if c.Format == "" {
+		c.Format = "jsonl"
+	}
+	if c.KeepVersions == 0 {
+		c.KeepVersions = DefaultKeepVersions
+	}
+	return c
+}
+
+// decodeStrict decodes a JSON object into v, naming an unknown field or a
+// field of the wrong type in a *connectors.FieldError.
+func decodeStrict(raw json.RawMessage, known []string, v any) error {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		raw = json.RawMessage("{}")
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return &connectors.FieldError{Msg: fmt.Sprintf("config is not a JSON object: %v", err)}
+	}
+	var names []string
+	for k := range fields {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if !slices.Contains(known, k) {
+			return &connectors.FieldError{Field: k, Msg: fmt.Sprintf("unknown field (known: %s)", strings.Join(known, ", "))}
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)}
+		}
+		return &connectors.FieldError{Msg: err.Error()}
+	}
+	return nil
+}
+
+func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
+	var c SourceConfig
+	if err := decodeStrict(raw, []string{"format", "glob", "path"}, &c); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+func parseSinkConfig(raw json.RawMessage) (SinkConfig, error) {
+	var c SinkConfig
+	if err := decodeStrict(raw, []string{"format", "keep_versions", "path"}, &c); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// ValidateSource checks a source configuration without I/O. Errors are
+// *connectors.FieldError naming the field.
+func ValidateSource(raw json.RawMessage) error {
+	_, err := parseSourceConfig(raw)
+	return err
+}
+
+// ValidateSink checks a sink configuration without I/O. Errors are
+// *connectors.FieldError naming the field.
+func ValidateSink(raw json.RawMessage) error {
+	_, err := parseSinkConfig(raw)
+	return err
+}
+
+// validate is the registered validator. A connector has one validator for
+// both roles, so a configuration with keep_versions is checked as a sink's
+// and any other as a source's (the two share path and format).
+// Register adds the "files" connector (source and sink, with Validate) to
+// reg.
+func Register(reg *connectors.Registry) {
+	reg.Register(connectors.Connector{
+		Kind: Kind,
+		Source: func(_ context.Context, raw json.RawMessage) (connectors.Source, error) {
+			c, err := parseSourceConfig(raw)
+			if err != nil {
+				return nil, err
+			}
+			return NewSource(c)
+		},
+		Sink: func(_ context.Context, raw json.RawMessage) (connectors.Sink, error) {
+			c, err := parseSinkConfig(raw)
+			if err != nil {
+				return nil, err
+			}
+			return NewSink(c)
+		},
+		ValidateSource: ValidateSource,
+		ValidateSink:   ValidateSink,
+	})
+}

@@ -1,0 +1,153 @@
+package files_test
+
+import (
+	"bytes"
+	"encoding/csv"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/conformance"
+	"github.com/sluicehq/sluice/connectors/files"
+)
+
+func rawJSONLBatches() []connectors.Batch {
+	var bs []connectors.Batch
+	id := 0
+	for n := range []int{0, 1, 2} {
+		var buf bytes.Buffer
+		for i := 0; i < 10+n*7; i++ {
+			fmt.Fprintf(&buf, `{"id":%d,"v":%d.25,"s":"x%d","b":%t,"n":null}`+"\n", id, id, id, id%2 == 0)
+			id++
+		}
+		bs = append(bs, connectors.Batch{Raw: buf.Bytes(), Format: connectors.FormatJSONL, Rows: int64(10 + n*7), Position: fmt.Sprintf("in.jsonl:%d", id)})
+	}
+	return bs
+}
+
+func rawCSVBatches() []connectors.Batch {
+	var bs []connectors.Batch
+	id := 0
+	for n := range []int{0, 1, 2} {
+		var buf bytes.Buffer
+		w := csv.NewWriter(&buf)
+		for i := 0; i < 5+n*3; i++ {
+			w.Write([]string{fmt.Sprint(id), fmt.Sprintf("a, \"b\"\nc%d", id), ""})
+			id++
+		}
+		w.Flush()
+		bs = append(bs, connectors.Batch{Raw: buf.Bytes(), Format: connectors.FormatCSV, Columns: []string{"id", "text", "empty"}, Rows: int64(5 + n*3), Position: "in.csv"})
+	}
+	return bs
+}
+
+func arrowBatches() []connectors.Batch {
+	sc := arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "name", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "f", Type: arrow.PrimitiveTypes.Float32, Nullable: true},
+	}, nil)
+	var bs []connectors.Batch
+	for n := 0; n < 3; n++ {
+		b := array.NewRecordBuilder(memory.DefaultAllocator, sc)
+		for i := 0; i < 4+n; i++ {
+			b.Field(0).(*array.Int64Builder).Append(int64(n*100 + i))
+			if i == 2 {
+				b.Field(1).AppendNull()
+			} else {
+				b.Field(1).(*array.StringBuilder).Append(fmt.Sprintf("row \"%d\",\n%d", n, i))
+			}
+			b.Field(2).(*array.Float32Builder).Append(float32(i) / 3)
+		}
+		rec := b.NewRecordBatch()
+		b.Release()
+		bs = append(bs, connectors.Batch{Record: rec, Format: connectors.FormatArrow, Rows: rec.NumRows(), Position: fmt.Sprintf("in.parquet:%d", n)})
+	}
+	return bs
+}
+
+func TestSinkConformance(t *testing.T) {
+	inputs := map[string]func() []connectors.Batch{"jsonl": rawJSONLBatches, "csv": rawCSVBatches, "arrow": arrowBatches}
+	for _, format := range []string{"jsonl", "csv", "parquet"} {
+		for _, in := range []string{"jsonl", "csv", "arrow"} {
+			t.Run(in+"_to_"+format, func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "out")
+				conformance.TestSink(t, conformance.SinkHarness{
+					Open: func(t *testing.T) connectors.Sink {
+						s, err := files.NewSink(files.SinkConfig{Path: dir, Format: format})
+						if err != nil {
+							t.Fatal(err)
+						}
+						return s
+					},
+					Batches: inputs[in],
+					ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
+						cur, err := files.Current(dir)
+						if err != nil {
+							return connectors.Checksum{}, err
+						}
+						return files.ReadChecksum(cur, format)
+					},
+				})
+			})
+		}
+	}
+}
+
+func TestSourceConformance(t *testing.T) {
+	t.Run("jsonl", func(t *testing.T) {
+		dir := t.TempDir()
+		var big bytes.Buffer
+		for i := 0; i < 3000; i++ {
+			fmt.Fprintf(&big, `{"i":%d,"pad":"%s"}`+"\n", i, bytes.Repeat([]byte{'x'}, i%50))
+		}
+		files.WriteFile(t, dir, "big.jsonl", big.String())
+		files.WriteFile(t, dir, "a.jsonl", "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}")
+		files.WriteFile(t, dir, "sub/b.ndjson", "{\"b\":1}\r\n  {\"b\":2}  \r\n\r\n")
+		files.WriteFile(t, dir, "_ignored.jsonl", "not json\n")
+		files.WriteFile(t, dir, ".hidden/c.jsonl", "not json\n")
+		files.WriteFile(t, dir, "notes.txt", "not json\n")
+		conformance.TestSource(t, conformance.SourceHarness{
+			Open:     func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: dir}) },
+			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 16 << 10}},
+			WantRows: 3000 + 3 + 2,
+		})
+	})
+	t.Run("csv", func(t *testing.T) {
+		dir := t.TempDir()
+		files.WriteFile(t, dir, "a.csv", files.CSVRows(0, 400))
+		files.WriteFile(t, dir, "b.csv", "\ufeff"+files.CSVRows(400, 10))
+		files.WriteFile(t, dir, "c.csv", "")
+		files.WriteFile(t, dir, "d/e.csv", "id,name,note\r\n1,x,y\r\n")
+		conformance.TestSource(t, conformance.SourceHarness{
+			Open: func(t *testing.T) connectors.Source {
+				return files.SmallBatches(t, files.SourceConfig{Path: dir, Format: "csv"})
+			},
+			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{MaxFiles: 2}},
+			WantRows: 411, WantPartitions: 2,
+		})
+	})
+	t.Run("parquet", func(t *testing.T) {
+		dir := t.TempDir()
+		files.WriteParquet(t, filepath.Join(dir, "a.parquet"), files.TestRecord(0, 100), files.TestRecord(100, 50), files.TestRecord(150, 7))
+		files.WriteParquet(t, filepath.Join(dir, "x/b.parquet"), files.TestRecord(0, 3))
+		conformance.TestSource(t, conformance.SourceHarness{
+			Open: func(t *testing.T) connectors.Source {
+				return files.SmallBatches(t, files.SourceConfig{Path: dir, Glob: "*.parquet"})
+			},
+			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 1}},
+			WantRows: 160, WantPartitions: 2,
+		})
+	})
+	t.Run("empty", func(t *testing.T) {
+		dir := t.TempDir()
+		conformance.TestSource(t, conformance.SourceHarness{
+			Open: func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: dir}) },
+		})
+	})
+}

@@ -1,0 +1,56 @@
+// Package files is the "files" connector: it reads and writes datasets of
+// JSONL, CSV or Parquet files under a local directory.
+//
+// As a source it plans a directory listing into partitions of whole files
+// (or byte ranges of large JSONL files), pins each file's size and
+// modification time in the partition spec, and reads a partition the same
+// way every time: JSONL and CSV pass through as canonical bytes, Parquet as
+// Arrow records.
+//
+// As a sink it keeps a versioned dataset:
+//
+//	<path>/_staging/<run>/part-<task>.<ext>   task outputs of a running run
+//	<path>/v000007/part-*.<ext>, _SUCCESS      committed versions
+//	<path>/current -> v000007                  the exposed version
+//
+// A task attempt writes a temporary file and renames it into place on Close,
+// so a retried task replaces its earlier output. Commit moves the outputs of
+// a run into a new version directory by renames, swaps the current symlink
+// atomically and writes the _SUCCESS marker last; every step can be repeated
+// after a crash.
+//
+// # Canonical rows and checksums
+//
+// Checksums (connectors.Checksum) are sums of one hash per row over the
+// row's canonical bytes: a JSONL line without its newline (CRLF normalized,
+// surrounding blanks trimmed), or a CSV record as encoding/csv writes it,
+// without its newline. A Parquet or Arrow row is rendered as the JSONL line
+// the jsonl writer produces: one object with the columns in schema order,
+// nulls written as null, integers and booleans as JSON literals, floats in
+// the shortest form that round-trips (as encoding/json writes them; NaN and
+// infinities as null), strings escaped minimally (only '"', '\\' and control
+// characters; invalid UTF-8 becomes U+FFFD), timestamps as RFC 3339 strings
+// in UTC, dates as "2006-01-02", and columns flagged as JSON (field metadata
+// "sluice.json") as their JSON text. JSONL input written in this canonical
+// form therefore gives the same checksum as its Parquet copy.
+//
+// # Schema inference
+//
+// A sink writing Parquet from JSONL or CSV bytes infers the Arrow schema from
+// the first batch of each task; later batches must fit it. Columns appear in
+// the order their keys (or CSV header) first appear. For JSONL values:
+// integer literals that fit are int64, other numbers float64 (int64 widens to
+// float64), true/false are bool, strings that are RFC 3339 UTC timestamps
+// with a 'Z', at most microsecond precision and written exactly as
+// time.RFC3339Nano would write them are timestamp[us, UTC], other strings are
+// string (a timestamp column seeing another string becomes string), objects
+// and arrays are JSON-flagged strings holding their compact JSON text, and
+// any other mix of kinds in one column makes it a JSON-flagged string too, so
+// every value keeps its JSON text. A column that is null in the whole first
+// batch is string. Missing keys are nulls; a key not in the schema, or a value
+// of another kind in a later batch, is a *connectors.RowError. For CSV values
+// the same rules apply to the text: an empty field is null, "true"/"false"
+// bool, integer and decimal literals int64/float64, canonical RFC 3339 UTC
+// timestamps timestamp[us, UTC], anything else string; mixed kinds become
+// string.
+package files

@@ -1,0 +1,329 @@
+package files
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// Sink writes a versioned dataset directory. It is safe for concurrent
+// use: tasks write distinct files; Commit and Abort are called by the
+// leader only.
+type Sink struct {
+	cfg  SinkConfig
+	root string
+	now  func() time.Time
+}
+
+var _ connectors.Sink = (*Sink)(nil)
+
+// NewSink returns a sink for cfg. It does no I/O.
+func NewSink(cfg SinkConfig) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	root, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		return nil, &connectors.FieldError{Field: "path", Msg: err.Error()}
+	}
+	return &Sink{cfg: cfg, root: root, now: time.Now}, nil
+}
+
+// Close does nothing: a Sink holds no resources between calls.
+func (s *Sink) Close() error { return nil }
+
+// checkName rejects identifiers that cannot be one path element.
+func checkName(what, name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\\x00") {
+		return connectors.Permanent(fmt.Errorf("bad %s %q: not usable as a file name", what, name))
+	}
+	return nil
+}
+
+// OpenTask starts the output of one task attempt in
+// _staging/<run>/.part-<task>.<attempt>.tmp.
+func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.TaskWriter, error) {
+	if err := checkName("run", t.RunID); err != nil {
+		return nil, err
+	}
+	if err := checkName("task", t.TaskID); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dir := stagingDir(s.root, t.RunID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open task %s: %w", t.TaskID, err)
+	}
+	tmp := filepath.Join(dir, tmpFileName(t))
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open task %s: %w", t.TaskID, err)
+	}
+	name := taskFileName(t.TaskID, s.cfg.Format)
+	w := &taskWriter{
+		tmp:      tmp,
+		final:    filepath.Join(dir, name),
+		location: path.Join("_staging", t.RunID, name),
+		dir:      dir,
+		f:        f,
+		bw:       bufio.NewWriterSize(f, 1<<20),
+	}
+	w.enc = newEncoder(s.cfg.Format, w.bw, &w.sum)
+	return w, nil
+}
+
+// versionName returns the directory name of a version.
+func versionName(v int64) string { return fmt.Sprintf("v%06d", v) }
+
+// parseVersion returns the version of a directory name, or false.
+func parseVersion(name string) (int64, bool) {
+	if len(name) < 7 || name[0] != 'v' {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(name[1:], 10, 64)
+	if err != nil || v < 0 || versionName(v) != name {
+		return 0, false
+	}
+	return v, true
+}
+
+// marker is the content of a version's _SUCCESS file.
+type marker struct {
+	Run      string    `json:"run"`
+	Pipeline string    `json:"pipeline,omitempty"`
+	Version  int64     `json:"version"`
+	Rows     int64     `json:"rows"`
+	Checksum string    `json:"checksum"`
+	Time     time.Time `json:"time"`
+}
+
+// Commit publishes the task outputs of a run as version req.Version:
+// it moves them into .v<N>.building, renames that to v<N>, swaps the
+// current symlink, writes v<N>/_SUCCESS, removes the run's staging
+// directory and prunes old versions. Each step is skipped when already
+// done, so a commit repeated after a crash at any point completes it.
+func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
+	if err := checkName("run", req.RunID); err != nil {
+		return connectors.CommitResult{}, err
+	}
+	if req.Version < 0 {
+		return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("commit run %s: bad version %d", req.RunID, req.Version))
+	}
+	name := versionName(req.Version)
+	vdir := filepath.Join(s.root, name)
+	fail := func(err error) (connectors.CommitResult, error) {
+		return connectors.CommitResult{}, fmt.Errorf("commit run %s as %s: %w", req.RunID, name, err)
+	}
+	// Check the request before touching anything.
+	staged := "_staging/" + req.RunID
+	want := map[string]string{} // file name -> staged location
+	var sum connectors.Checksum
+	for _, t := range req.Tasks {
+		dir, base := path.Split(t.Location)
+		if path.Clean(dir) != staged || !strings.HasPrefix(base, "part-") {
+			return fail(connectors.Permanent(fmt.Errorf("task output %q is not in %s", t.Location, staged)))
+		}
+		if _, dup := want[base]; dup {
+			return fail(connectors.Permanent(fmt.Errorf("task output %q listed twice", t.Location)))
+		}
+		want[base] = t.Location
+		sum.Merge(t.Checksum)
+	}
+	if err := ctx.Err(); err != nil {
+		return connectors.CommitResult{}, err
+	}
+
+	if _, err := os.Stat(vdir); errors.Is(err, fs.ErrNotExist) {
+		if err := s.build(ctx, name, want); err != nil {
+			return fail(err)
+		}
+	} else if err != nil {
+		return fail(err)
+	}
+	if err := s.swapCurrent(name); err != nil {
+		return fail(err)
+	}
+	markerPath := filepath.Join(vdir, "_SUCCESS")
+	if _, err := os.Stat(markerPath); errors.Is(err, fs.ErrNotExist) {
+		m := marker{Run: req.RunID, Pipeline: req.Pipeline, Version: req.Version, Rows: sum.Rows, Checksum: sum.String(), Time: s.now().UTC()}
+		if err := writeMarker(vdir, m); err != nil {
+			return fail(err)
+		}
+	} else if err != nil {
+		return fail(err)
+	}
+	if err := os.RemoveAll(stagingDir(s.root, req.RunID)); err != nil {
+		return fail(fmt.Errorf("remove staging: %w", err))
+	}
+	if err := s.prune(name); err != nil {
+		return fail(err)
+	}
+	return connectors.CommitResult{Location: vdir, Marker: markerPath}, nil
+}
+
+// build fills .<name>.building with the listed outputs and renames it to
+// name. Outputs moved by an earlier, interrupted commit are found in the
+// building directory; a listed output found nowhere fails the commit.
+func (s *Sink) build(ctx context.Context, name string, want map[string]string) error {
+	building := filepath.Join(s.root, "."+name+".building")
+	if err := os.MkdirAll(building, 0o755); err != nil {
+		return err
+	}
+	// Leftovers that are not part of this run never get published.
+	entries, err := os.ReadDir(building)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if _, ok := want[e.Name()]; !ok {
+			if err := os.RemoveAll(filepath.Join(building, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	names := make([]string, 0, len(want))
+	for base := range want {
+		names = append(names, base)
+	}
+	sort.Strings(names)
+	for _, base := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		src := filepath.Join(s.root, filepath.FromSlash(want[base]))
+		dst := filepath.Join(building, base)
+		err := os.Rename(src, dst)
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, serr := os.Stat(dst); serr == nil {
+				continue // moved by an earlier attempt
+			}
+			return connectors.Permanent(fmt.Errorf("task output %s is missing", want[base]))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := syncDir(building); err != nil {
+		return err
+	}
+	if err := os.Rename(building, filepath.Join(s.root, name)); err != nil {
+		return err
+	}
+	return syncDir(s.root)
+}
+
+// swapCurrent points the current symlink at name, atomically.
+func (s *Sink) swapCurrent(name string) error {
+	cur := filepath.Join(s.root, "current")
+	if target, err := os.Readlink(cur); err == nil && target == name {
+		return nil
+	}
+	tmp := filepath.Join(s.root, ".current."+name+".tmp")
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.Symlink(name, tmp); err != nil {
+		return fmt.Errorf("swap current: %w", err)
+	}
+	if err := os.Rename(tmp, cur); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("swap current: %w", err)
+	}
+	return syncDir(s.root)
+}
+
+func writeMarker(vdir string, m marker) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(vdir, "._SUCCESS.tmp")
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("write marker: %w", err)
+	}
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(vdir, "_SUCCESS"))
+	}
+	if err == nil {
+		err = syncDir(vdir)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write marker: %w", err)
+	}
+	return nil
+}
+
+// prune removes the versions older than the newest KeepVersions, never the
+// current one.
+func (s *Sink) prune(current string) error {
+	entries, err := os.ReadDir(s.root)
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	var versions []int64
+	for _, e := range entries {
+		if v, ok := parseVersion(e.Name()); ok && e.IsDir() {
+			versions = append(versions, v)
+		}
+	}
+	sort.Slice(versions, func(i, j int) bool { return versions[i] > versions[j] })
+	for i, v := range versions {
+		name := versionName(v)
+		if i < s.cfg.KeepVersions || name == current {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(s.root, name)); err != nil {
+			return fmt.Errorf("prune %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Abort removes the staging directory of a run; the current version stays.
+func (s *Sink) Abort(ctx context.Context, runID string) error {
+	if err := checkName("run", runID); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(stagingDir(s.root, runID)); err != nil {
+		return fmt.Errorf("abort run %s: %w", runID, err)
+	}
+	return nil
+}
+
+// Current returns the directory of the version a dataset exposes, root's
+// "current" symlink resolved. It wraps fs.ErrNotExist when no version was
+// committed.
+func Current(root string) (string, error) {
+	target, err := os.Readlink(filepath.Join(root, "current"))
+	if err != nil {
+		return "", fmt.Errorf("current version of %s: %w", root, err)
+	}
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(root, target)
+	}
+	return target, nil
+}

@@ -1,0 +1,551 @@
+package files
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/apache/arrow-go/v18/parquet/file"
+	"github.com/apache/arrow-go/v18/parquet/pqarrow"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Read batch sizes.
+const (
+	rawBatchBytes    = 1 << 20
+	parquetBatchRows = 64 << 10
+)
+
+// Source reads the files of a directory. It is safe for concurrent use.
+type Source struct {
+	cfg SourceConfig
+	// Batch sizes; tests make them small.
+	batchBytes int
+	batchRows  int64
+}
+
+var _ connectors.Source = (*Source)(nil)
+
+// NewSource returns a source for cfg. It does no I/O: a missing path is
+// reported by Plan.
+func NewSource(cfg SourceConfig) (*Source, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Source{cfg: cfg, batchBytes: rawBatchBytes, batchRows: parquetBatchRows}, nil
+}
+
+// Close does nothing: a Source holds no resources between calls.
+func (s *Source) Close() error { return nil }
+
+// partSpec is the Spec of a planned partition.
+type partSpec struct {
+	Format string `json:"format"`
+	// Base is the directory the paths are relative to, with symlinks
+	// resolved at planning time.
+	Base  string    `json:"base"`
+	Files []fileRef `json:"files"`
+}
+
+// fileRef is one file of a partition, as it was when the run was planned.
+type fileRef struct {
+	Path  string `json:"path"` // slash-separated, relative to Base
+	Size  int64  `json:"size"`
+	MTime int64  `json:"mtime"` // Unix nanoseconds
+	// Start and End bound a byte range of a JSONL file; End 0 means the
+	// whole file.
+	Start int64 `json:"start,omitempty"`
+	End   int64 `json:"end,omitempty"`
+}
+
+// Plan lists the files (sorted by relative path) and groups consecutive
+// files into partitions of about TargetBytes and at most MaxFiles files; a
+// JSONL file larger than TargetBytes is split into byte ranges. ctx bounds
+// the listing.
+func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	base, files, format, err := s.list(ctx)
+	if err != nil {
+		return connectors.Plan{}, err
+	}
+	target := req.Partitioning.TargetBytes
+	if target <= 0 {
+		target = DefaultTargetBytes
+	}
+	maxFiles := req.Partitioning.MaxFiles
+	if maxFiles <= 0 {
+		maxFiles = DefaultMaxFiles
+	}
+	var parts []protocol.Partition
+	add := func(key string, refs []fileRef, bytes int64) error {
+		spec, err := json.Marshal(partSpec{Format: format, Base: base, Files: refs})
+		if err != nil {
+			return fmt.Errorf("encode partition spec: %w", err)
+		}
+		parts = append(parts, protocol.Partition{Key: key, Spec: spec, Bytes: bytes})
+		return nil
+	}
+	var group []fileRef
+	var groupBytes int64
+	first := 0
+	flush := func(next int) error {
+		if len(group) == 0 {
+			first = next
+			return nil
+		}
+		err := add(fmt.Sprintf("files[%d:%d]", first, first+len(group)), group, groupBytes)
+		group, groupBytes, first = nil, 0, next
+		return err
+	}
+	for i, f := range files {
+		if format == "jsonl" && f.Size > target {
+			if err := flush(i); err != nil {
+				return connectors.Plan{}, err
+			}
+			for start := int64(0); start < f.Size; start += target {
+				r := f
+				r.Start, r.End = start, min(start+target, f.Size)
+				if err := add(fmt.Sprintf("%s@%d+%d", f.Path, r.Start, r.End-r.Start), []fileRef{r}, r.End-r.Start); err != nil {
+					return connectors.Plan{}, err
+				}
+			}
+			first = i + 1
+			continue
+		}
+		if len(group) > 0 && (groupBytes+f.Size > target || len(group) >= maxFiles) {
+			if err := flush(i); err != nil {
+				return connectors.Plan{}, err
+			}
+		}
+		group = append(group, f)
+		groupBytes += f.Size
+	}
+	if err := flush(len(files)); err != nil {
+		return connectors.Plan{}, err
+	}
+	return connectors.Plan{Partitions: parts}, nil
+}
+
+// list returns the resolved base directory, the selected files sorted by
+// relative path, and their format.
+func (s *Source) list(ctx context.Context) (string, []fileRef, string, error) {
+	base, err := filepath.EvalSymlinks(s.cfg.Path)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+	}
+	base, err = filepath.Abs(base)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+	}
+	st, err := os.Stat(base)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+	}
+	var rels []string
+	infos := map[string]fs.FileInfo{}
+	if !st.IsDir() {
+		rel := filepath.Base(base)
+		base = filepath.Dir(base)
+		rels, infos[rel] = []string{rel}, st
+	} else {
+		err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if p == base {
+				return nil
+			}
+			if hidden(d.Name()) {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if d.IsDir() {
+				return nil
+			}
+			info, err := os.Stat(p) // follows a symlink to a file
+			if err != nil {
+				return err
+			}
+			if !info.Mode().IsRegular() {
+				return nil
+			}
+			rel, err := filepath.Rel(base, p)
+			if err != nil {
+				return err
+			}
+			rel = filepath.ToSlash(rel)
+			rels = append(rels, rel)
+			infos[rel] = info
+			return nil
+		})
+		if err != nil {
+			return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+		}
+	}
+	sort.Strings(rels)
+
+	format := s.cfg.Format
+	var selected []string
+	found := map[string]bool{}
+	for _, rel := range rels {
+		ff := formatOf(rel)
+		switch {
+		case s.cfg.Glob != "":
+			target := rel
+			if !strings.Contains(s.cfg.Glob, "/") {
+				target = path.Base(rel)
+			}
+			if ok, _ := path.Match(s.cfg.Glob, target); !ok {
+				continue
+			}
+			if format == "" && ff == "" {
+				return "", nil, "", fmt.Errorf("list %s: cannot tell the format of %s from its extension: set format", s.cfg.Path, rel)
+			}
+		case format != "":
+			if ff != format {
+				continue
+			}
+		default:
+			if ff == "" {
+				continue
+			}
+		}
+		found[ff] = true
+		selected = append(selected, rel)
+	}
+	if format == "" {
+		var fs []string
+		for f := range found {
+			fs = append(fs, f)
+		}
+		sort.Strings(fs)
+		if len(fs) > 1 {
+			return "", nil, "", fmt.Errorf("list %s: files of several formats (%s): set format or glob", s.cfg.Path, strings.Join(fs, ", "))
+		}
+		if len(fs) == 1 {
+			format = fs[0]
+		}
+	}
+	refs := make([]fileRef, 0, len(selected))
+	for _, rel := range selected {
+		info := infos[rel]
+		refs = append(refs, fileRef{Path: rel, Size: info.Size(), MTime: info.ModTime().UnixNano()})
+	}
+	return base, refs, format, nil
+}
+
+// hidden reports whether a file or directory name is skipped.
+func hidden(name string) bool { return strings.HasPrefix(name, "_") || strings.HasPrefix(name, ".") }
+
+// Read reads one partition and hands its rows to emit: JSONL and CSV as Raw
+// batches of about 1 MiB of canonical lines, Parquet as Arrow records of up
+// to 64k rows. A file that changed since planning is a permanent error; a
+// missing file a retryable one. ctx bounds the whole read.
+func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
+	var spec partSpec
+	if err := json.Unmarshal(p.Spec, &spec); err != nil {
+		return connectors.Permanent(fmt.Errorf("read partition %s: bad spec: %w", p.Key, err))
+	}
+	base := spec.Base
+	if base == "" {
+		base = s.cfg.Path
+	}
+	var csvHeader []string
+	for _, ref := range spec.Files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !fs.ValidPath(ref.Path) {
+			return connectors.Permanent(fmt.Errorf("read partition %s: bad file path %q", p.Key, ref.Path))
+		}
+		var err error
+		switch spec.Format {
+		case "jsonl":
+			err = readFile(ctx, base, ref, func(f *os.File) error { return readJSONL(ctx, f, ref, s.batchBytes, emit) })
+		case "csv":
+			err = readFile(ctx, base, ref, func(f *os.File) error {
+				h, err := readCSV(ctx, f, ref, csvHeader, s.batchBytes, emit)
+				if csvHeader == nil {
+					csvHeader = h
+				}
+				return err
+			})
+		case "parquet":
+			err = readFile(ctx, base, ref, func(f *os.File) error { return readParquet(ctx, f, ref, s.batchRows, emit) })
+		default:
+			return connectors.Permanent(fmt.Errorf("read partition %s: unknown format %q", p.Key, spec.Format))
+		}
+		if err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
+				return ctxErr
+			}
+			return fmt.Errorf("read partition %s: %w", p.Key, err)
+		}
+	}
+	return nil
+}
+
+// readFile opens one file of a partition, checks it is the file that was
+// planned before and after read runs, and closes it.
+func readFile(ctx context.Context, base string, ref fileRef, read func(f *os.File) error) error {
+	f, err := os.Open(filepath.Join(base, filepath.FromSlash(ref.Path)))
+	if err != nil {
+		return fmt.Errorf("open %s: %w", ref.Path, err) // missing: retryable
+	}
+	defer f.Close()
+	if err := checkUnchanged(f, ref); err != nil {
+		return err
+	}
+	if err := read(f); err != nil {
+		return err
+	}
+	return checkUnchanged(f, ref)
+}
+
+func checkUnchanged(f *os.File, ref fileRef) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", ref.Path, err)
+	}
+	if st.Size() != ref.Size || st.ModTime().UnixNano() != ref.MTime {
+		return connectors.Permanent(fmt.Errorf("%s changed since the run was planned (size %d, was %d; mtime %s)",
+			ref.Path, st.Size(), ref.Size, st.ModTime().UTC().Format("2006-01-02T15:04:05.999999999Z")))
+	}
+	return nil
+}
+
+// readJSONL emits the lines of a JSONL file, or of its byte range.
+func readJSONL(ctx context.Context, f *os.File, ref fileRef, batchBytes int, emit connectors.Emit) error {
+	start, end := ref.Start, ref.End
+	if end == 0 {
+		start, end = 0, ref.Size
+	}
+	var (
+		buf     []byte
+		rows    int64
+		lineNo  int64 // 1-based number of the current line; known when start is 0
+		batchAt string
+	)
+	position := func(off int64) string {
+		if start == 0 {
+			return fmt.Sprintf("%s:%d", ref.Path, lineNo)
+		}
+		return fmt.Sprintf("%s@%d", ref.Path, off)
+	}
+	flush := func() error {
+		if rows == 0 {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := connectors.Batch{Raw: buf, Format: connectors.FormatJSONL, Rows: rows, Position: batchAt}
+		buf, rows = nil, 0
+		if err := emit(ctx, b); err != nil {
+			return fmt.Errorf("emit %s: %w", b.Position, err)
+		}
+		return nil
+	}
+	err := scanRange(ctx, f, ref.Size, start, end, func(line []byte, off int64) error {
+		lineNo++
+		line = normalizeLine(line)
+		if len(line) == 0 {
+			return nil
+		}
+		if !validJSONObject(line) {
+			n := lineNo
+			if start != 0 {
+				var err error
+				if n, err = lineNumber(f, off); err != nil {
+					return err
+				}
+			}
+			return &connectors.RowError{Location: ref.Path, Row: n, Err: errors.New("not a JSON object")}
+		}
+		if rows == 0 {
+			batchAt = position(off)
+			buf = make([]byte, 0, batchBytes+len(line)+1)
+		}
+		buf = append(buf, line...)
+		buf = append(buf, '\n')
+		rows++
+		if len(buf) >= batchBytes {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return flush()
+}
+
+// lineNumber returns the 1-based number of the line starting at off.
+func lineNumber(f io.ReaderAt, off int64) (int64, error) {
+	r := bufio.NewReaderSize(io.NewSectionReader(f, 0, off), 256<<10)
+	buf := make([]byte, 256<<10)
+	n := int64(1)
+	for {
+		k, err := r.Read(buf)
+		n += int64(bytes.Count(buf[:k], []byte{'\n'}))
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+
+// readCSV emits the data records of a CSV file, re-encoded canonically. The
+// first record is the header; it must equal want when want is not nil. It
+// returns the file's header.
+func readCSV(ctx context.Context, f *os.File, ref fileRef, want []string, batchBytes int, emit connectors.Emit) ([]string, error) {
+	br := bufio.NewReaderSize(f, 256<<10)
+	if b, err := br.Peek(3); err == nil && bytes.Equal(b, utf8BOM) {
+		br.Discard(3)
+	}
+	r := csv.NewReader(br)
+	r.ReuseRecord = true
+	rowErr := func(err error) error {
+		var pe *csv.ParseError
+		line := int64(0)
+		if errors.As(err, &pe) {
+			line = int64(pe.StartLine)
+			err = pe.Err
+		}
+		return &connectors.RowError{Location: ref.Path, Row: line, Err: err}
+	}
+	rec, err := r.Read()
+	if errors.Is(err, io.EOF) {
+		return want, nil // an empty file has no rows
+	}
+	if err != nil {
+		return nil, rowErr(err)
+	}
+	header := slices.Clone(rec)
+	if want != nil && !slices.Equal(header, want) {
+		return nil, &connectors.RowError{Location: ref.Path, Row: 1,
+			Err: fmt.Errorf("header %q differs from the header %q of the partition's first file", header, want)}
+	}
+	var (
+		buf     bytes.Buffer
+		w       = csv.NewWriter(&buf)
+		rows    int64
+		batchAt string
+	)
+	flush := func() error {
+		w.Flush()
+		if rows == 0 {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		b := connectors.Batch{Raw: bytes.Clone(buf.Bytes()), Format: connectors.FormatCSV, Columns: header, Rows: rows, Position: batchAt}
+		buf.Reset()
+		rows = 0
+		if err := emit(ctx, b); err != nil {
+			return fmt.Errorf("emit %s: %w", b.Position, err)
+		}
+		return nil
+	}
+	for n := 0; ; n++ {
+		if n&1023 == 0 {
+			if err := ctx.Err(); err != nil {
+				return header, err
+			}
+		}
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return header, rowErr(err)
+		}
+		if rows == 0 {
+			line, _ := r.FieldPos(0)
+			batchAt = fmt.Sprintf("%s:%d", ref.Path, line)
+		}
+		if err := w.Write(rec); err != nil {
+			return header, err
+		}
+		rows++
+		if n&63 == 0 || batchBytes < 64<<10 {
+			w.Flush()
+		}
+		if buf.Len() >= batchBytes {
+			if err := flush(); err != nil {
+				return header, err
+			}
+		}
+	}
+	return header, flush()
+}
+
+// readParquet emits the rows of a Parquet file as Arrow records.
+func readParquet(ctx context.Context, f *os.File, ref fileRef, batchRows int64, emit connectors.Emit) error {
+	if ref.Size == 0 {
+		return nil
+	}
+	pf, err := file.NewParquetReader(io.NewSectionReader(f, 0, ref.Size)) // pf.Close leaves f open
+	if err != nil {
+		return &connectors.RowError{Location: ref.Path, Row: 0, Err: fmt.Errorf("open parquet: %w", err)}
+	}
+	defer pf.Close()
+	if pf.NumRows() == 0 {
+		return nil // also a file with no columns, which the sink writes for an empty task
+	}
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: batchRows}, memory.DefaultAllocator)
+	if err != nil {
+		return &connectors.RowError{Location: ref.Path, Row: 0, Err: fmt.Errorf("open parquet: %w", err)}
+	}
+	rr, err := fr.GetRecordReader(ctx, nil, nil)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", ref.Path, err)
+	}
+	defer rr.Release()
+	row := int64(1)
+	for rr.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rec := rr.RecordBatch()
+		rec.Retain()
+		b := connectors.Batch{Record: rec, Format: connectors.FormatArrow, Rows: rec.NumRows(), Position: fmt.Sprintf("%s:%d", ref.Path, row)}
+		row += rec.NumRows()
+		err := emit(ctx, b)
+		rec.Release()
+		if err != nil {
+			return fmt.Errorf("emit %s: %w", b.Position, err)
+		}
+	}
+	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("read %s: %w", ref.Path, err)
+	}
+	return nil
+}

@@ -1,0 +1,289 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/embednats"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/worker"
+)
+
+// cluster is an in-process Sluice cluster: one embedded NATS server with
+// JetStream, three Raft coordinators on an in-memory transport, and workers.
+type cluster struct {
+	t       *testing.T
+	url     string
+	reg     *connectors.Registry
+	log     *slog.Logger
+	coords  []*node
+	workers []*workerProc
+	client  *coordinator.Client
+	js      jetstream.JetStream
+	cfg     clusterConfig
+}
+
+type node struct {
+	c      *coordinator.Coordinator
+	cancel context.CancelFunc
+	done   chan error
+	killed bool
+}
+
+type workerProc struct {
+	w      *worker.Worker
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type clusterConfig struct {
+	coordinators int
+	workers      int
+	slots        int
+	ackWait      time.Duration
+}
+
+func newCluster(t *testing.T, cfg clusterConfig) *cluster {
+	t.Helper()
+	if cfg.coordinators == 0 {
+		cfg.coordinators = 3
+	}
+	if cfg.slots == 0 {
+		cfg.slots = 2
+	}
+	if cfg.ackWait == 0 {
+		cfg.ackWait = 10 * time.Second
+	}
+	ns, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	level := slog.LevelWarn
+	if os.Getenv("SLUICE_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	c := &cluster{
+		t: t, url: ns.ClientURL(), reg: connectors.NewRegistry(), cfg: cfg,
+		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+	}
+	files.Register(c.reg)
+
+	// Raft nodes on an in-memory transport, fully connected.
+	var transports []*raft.InmemTransport
+	var peers []coordinator.Peer
+	for i := range cfg.coordinators {
+		addr, tr := raft.NewInmemTransport(raft.ServerAddress(fmt.Sprintf("node-%d", i)))
+		transports = append(transports, tr)
+		peers = append(peers, coordinator.Peer{ID: fmt.Sprintf("c%d", i), Addr: string(addr)})
+	}
+	for i, a := range transports {
+		for j, b := range transports {
+			if i != j {
+				a.Connect(b.LocalAddr(), b)
+			}
+		}
+	}
+	for i := range cfg.coordinators {
+		nc := c.connect(fmt.Sprintf("coordinator-%d", i))
+		co, err := coordinator.New(coordinator.Config{
+			NodeID: peers[i].ID, DataDir: t.TempDir(), Peers: peers, Bootstrap: i == 0,
+			Transport: transports[i], InmemStore: true, AckWait: cfg.ackWait,
+			DefaultBackoff: 100 * time.Millisecond,
+		}, nc, c.reg, c.log.With("node", peers[i].ID), noop.NewTracerProvider())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		n := &node{c: co, cancel: cancel, done: make(chan error, 1)}
+		go func() { n.done <- co.Run(ctx) }()
+		c.coords = append(c.coords, n)
+	}
+	t.Cleanup(func() {
+		for _, w := range c.workers {
+			w.cancel()
+			<-w.done
+		}
+		for _, n := range c.coords {
+			if !n.killed {
+				n.cancel()
+				<-n.done
+			}
+		}
+	})
+	c.client = coordinator.NewClient(c.connect("client"))
+	js, err := jetstream.New(c.connect("inspector"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.js = js
+	for range cfg.workers {
+		c.addWorker()
+	}
+	c.leader() // wait for an elected leader
+	return c
+}
+
+func (c *cluster) connect(name string) *nats.Conn {
+	c.t.Helper()
+	nc, err := nats.Connect(c.url, nats.Name(name))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	return nc
+}
+
+func (c *cluster) addWorker() *workerProc {
+	c.t.Helper()
+	// Not registered for cleanup: Kill closes it, Run's drain needs it open.
+	nc, err := nats.Connect(c.url, nats.Name(fmt.Sprintf("worker-%d", len(c.workers))))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3},
+		nc, c.reg, c.log.With("worker", len(c.workers)), noop.NewTracerProvider())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &workerProc{w: w, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		p.done <- w.Run(ctx)
+		nc.Close()
+	}()
+	c.workers = append(c.workers, p)
+	return p
+}
+
+// leader waits for a leader among the live coordinators and returns it.
+func (c *cluster) leader() *node {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range c.coords {
+			if !n.killed && n.c.IsLeader() {
+				return n
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatal("no coordinator became leader within 30s")
+	return nil
+}
+
+func (c *cluster) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	c.t.Cleanup(cancel)
+	return ctx
+}
+
+// apply stores a files-to-files pipeline.
+func (c *cluster) apply(name, in, out string, maxFiles int, extra string) pipeline.Spec {
+	c.t.Helper()
+	y := fmt.Sprintf("name: %s\npattern: full_load\nsource:\n  kind: files\n  path: %s\n  format: jsonl\nsink:\n  kind: files\n  path: %s\n  format: jsonl\npartitioning:\n  max_files: %d\n%s",
+		name, in, out, maxFiles, extra)
+	s, err := pipeline.Parse([]byte(y), name+".yaml")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.client.Apply(c.ctx(), s); err != nil {
+		c.t.Fatalf("apply %s: %v", name, err)
+	}
+	return s
+}
+
+func (c *cluster) run(pipeline string) protocol.RunReply {
+	c.t.Helper()
+	res, err := c.client.Run(c.ctx(), protocol.RunRequest{Pipeline: pipeline})
+	if err != nil {
+		c.t.Fatalf("run %s: %v", pipeline, err)
+	}
+	return res
+}
+
+func (c *cluster) wait(runID string) protocol.RunStatus {
+	c.t.Helper()
+	st, err := c.client.WaitRun(c.ctx(), runID, 100*time.Millisecond, nil)
+	if err != nil {
+		c.t.Fatalf("wait for %s: %v", runID, err)
+	}
+	return st
+}
+
+// countMessages counts the messages on subject in stream.
+func (c *cluster) countMessages(stream, subject string) int {
+	c.t.Helper()
+	s, err := c.js.Stream(c.ctx(), stream)
+	if err != nil {
+		c.t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(c.ctx(), jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		c.t.Fatalf("stream %s info: %v", stream, err)
+	}
+	var n uint64
+	for _, v := range info.State.Subjects {
+		n += v
+	}
+	return int(n)
+}
+
+// writeDataset writes nfiles JSONL files of rows rows each, with distinct
+// ids, and returns the directory.
+func writeDataset(t *testing.T, nfiles, rows int) string {
+	t.Helper()
+	dir := t.TempDir()
+	id := 0
+	for f := range nfiles {
+		var b bytes.Buffer
+		for range rows {
+			id++
+			line, _ := json.Marshal(map[string]any{"id": id, "file": f, "name": fmt.Sprintf("row-%d-ünï", id), "amount": float64(id) / 7, "ok": id%3 == 0})
+			b.Write(line)
+			b.WriteByte('\n')
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("part-%04d.jsonl", f)), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// assertSameRows checks that the exposed version of the dataset at out holds
+// exactly the rows of in: same count, same order-independent checksum.
+func assertSameRows(t *testing.T, in, out string) connectors.Checksum {
+	t.Helper()
+	want, err := files.ReadChecksum(in, "jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := files.Current(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := files.ReadChecksum(cur, "jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("output %s has %d rows checksum %s; source has %d rows checksum %s", cur, got.Rows, got, want.Rows, want)
+	}
+	return got
+}
