@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// The demo a new user runs first: it must load, commit and verify.
+func TestDemo(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err := run(ctx, []string{"demo", "--dir", dir, "--rows", "40000", "--files", "32"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	for _, want := range []string{
+		"split into 8 bounded tasks",
+		"committed dataset version 1: 40000 rows",
+		"OK: every source row is in the output exactly once",
+		"_SUCCESS",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// Check the claim independently of the demo's own verification.
+	src, err := files.ReadChecksum(filepath.Join(dir, "in"), "jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := files.Current(filepath.Join(dir, "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := files.ReadChecksum(cur, "jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != src || got.Rows != 40000 {
+		t.Fatalf("output %d rows %s, source %d rows %s", got.Rows, got, src.Rows, src)
+	}
+	// The trace file holds the run's spans: run, plan, 8 tasks, commit.
+	traces, err := os.ReadFile(filepath.Join(dir, "traces.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{`"Name":"run"`, `"Name":"plan"`, `"Name":"task"`, `"Name":"commit"`} {
+		if !bytes.Contains(traces, []byte(name)) {
+			t.Errorf("traces.jsonl has no span %s", name)
+		}
+	}
+	if n := bytes.Count(traces, []byte(`"Name":"task"`)); n < 8 {
+		t.Errorf("traces.jsonl has %d task spans, want at least 8", n)
+	}
+}
+
+// The HTTP API: bearer token, apply with errors naming the line, a run
+// started and followed to its commit.
+func TestHTTPAPI(t *testing.T) {
+	root := t.TempDir()
+	in := filepath.Join(root, "in")
+	if _, err := generateEvents(in, 3000, 6); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	err := runLocal(ctx, localConfig{
+		DataDir: filepath.Join(root, "cluster"), Workers: 1, Slots: 2, HTTPAddr: "127.0.0.1:0", APIToken: "s3cret",
+		Log: log, Tracer: noop.NewTracerProvider(), Registry: newRegistry(),
+	}, func(ctx context.Context, l *local) error {
+		call := func(method, path, token, body string) (int, []byte) {
+			t.Helper()
+			req, err := http.NewRequestWithContext(ctx, method, l.HTTPURL+path, strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, b
+		}
+		if code, _ := call("GET", "/healthz", "", ""); code != 200 {
+			t.Errorf("healthz: %d", code)
+		}
+		spec := fmt.Sprintf("name: api\npattern: full_load\nsource: {kind: files, path: %s, format: jsonl}\nsink: {kind: files, path: %s}\npartitioning: {max_files: 2}\n",
+			in, filepath.Join(root, "out"))
+		if code, _ := call("POST", "/v1/pipelines", "", spec); code != http.StatusUnauthorized {
+			t.Errorf("apply without token: %d, want 401", code)
+		}
+		if code, _ := call("POST", "/v1/pipelines", "wrong", spec); code != http.StatusUnauthorized {
+			t.Errorf("apply with a wrong token: %d, want 401", code)
+		}
+		code, body := call("POST", "/v1/pipelines", "s3cret", strings.Replace(spec, "full_load", "ful_load", 1))
+		if code != http.StatusBadRequest || !strings.Contains(string(body), `line 2: pattern: unknown pattern \"ful_load\"`) {
+			t.Errorf("bad spec: %d %s; want 400 naming line 2", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines", "s3cret", spec); code != 200 {
+			t.Fatalf("apply: %d %s", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/nope/runs", "s3cret", ""); code != http.StatusNotFound {
+			t.Errorf("run of an unknown pipeline: %d %s; want 404", code, body)
+		}
+		code, body = call("POST", "/v1/pipelines/api/runs", "s3cret", `{"params":{"why":"test"}}`)
+		if code != http.StatusAccepted {
+			t.Fatalf("run: %d %s", code, body)
+		}
+		var rr protocol.RunReply
+		if err := json.Unmarshal(body, &rr); err != nil || rr.Tasks != 3 {
+			t.Fatalf("run reply %s: %v; want 3 tasks", body, err)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for {
+			code, body := call("GET", "/v1/runs/"+rr.RunID, "s3cret", "")
+			var st protocol.RunStatus
+			if code != 200 || json.Unmarshal(body, &st) != nil {
+				t.Fatalf("get run: %d %s", code, body)
+			}
+			if st.State == protocol.RunCommitted {
+				if st.Rows != 3000 || len(st.TaskList) != 3 {
+					t.Fatalf("committed run: %d rows, %d tasks; want 3000 and 3", st.Rows, len(st.TaskList))
+				}
+				break
+			}
+			if st.State == protocol.RunFailed || time.Now().After(deadline) {
+				t.Fatalf("run %s: %s %s", rr.RunID, st.State, st.Error)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		code, body = call("GET", "/v1/status", "s3cret", "")
+		if code != 200 || !strings.Contains(string(body), `"name": "api"`) {
+			t.Errorf("status: %d %s", code, body)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sluice apply checks every file before sending anything and names the
+// file, line and field of each problem.
+func TestApplyNamesEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("name: good\npattern: full_load\nsource: {kind: files, path: in}\nsink: {kind: files, path: out}\n"), 0o644)
+	os.WriteFile(bad, []byte("name: bad\npattern: full_load\nsource:\n  kind: files\n  path: in\n  format: xml\nsink:\n  kind: files\n  keep_versions: -1\n"), 0o644)
+	var errb bytes.Buffer
+	// No cluster is running: the problems must be found before connecting.
+	err := run(context.Background(), []string{"apply", "--nats", "nats://127.0.0.1:1", "-f", good, "-f", bad}, io.Discard, &errb)
+	if err == nil {
+		t.Fatal("apply accepted a bad spec")
+	}
+	for _, want := range []string{bad, "line 6: source.format", "sink.path: is required"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "connect") {
+		t.Errorf("apply tried to connect before every spec was valid: %v", err)
+	}
+	specs, err := loadSpecs([]string{good}, newRegistry(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(specs[0].Source.Config), filepath.Join(dir, "in")) {
+		t.Errorf("relative source path not resolved against the spec's directory: %s", specs[0].Source.Config)
+	}
+}
