@@ -19,10 +19,14 @@ func TestLayering(t *testing.T) {
 		{pkg: "protocol", stdOnly: true},
 		{pkg: "connectors", allowed: []string{"protocol"}},
 		{pkg: "connectors/files", allowed: []string{"protocol", "connectors"}},
+		{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
+		{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}},
 		{pkg: "telemetry", allowed: []string{"protocol"}},
 		{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 		{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 		{pkg: "worker", allowed: []string{"protocol", "connectors", "telemetry"}},
+		{pkg: "devcluster", allowed: []string{"protocol", "connectors", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
+		{pkg: "embednats"},
 	}
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {

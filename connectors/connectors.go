@@ -94,6 +94,16 @@ type Source interface {
 	Close() error
 }
 
+// RunHolder is implemented by sources that hold something for a planned
+// run until it ends, such as a database snapshot that every task of the run
+// reads. The leader keeps such a source open after Plan and calls
+// ReleaseRun, then Close, once the run is committed or failed, or when it
+// loses leadership (the tasks of a run whose hold is gone fail, and the run
+// must be started again).
+type RunHolder interface {
+	ReleaseRun(runID string) error
+}
+
 // TaskRef identifies one attempt of one task.
 type TaskRef struct {
 	RunID    string

@@ -43,11 +43,13 @@ type leaderTerm struct {
 	driving map[string]bool
 	// commitMu serialises sink commits per pipeline.
 	commitMu map[string]*sync.Mutex
+	// held are the sources kept open for their runs (connectors.RunHolder).
+	held map[string]connectors.Source
 }
 
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
 	ctx, cancel := context.WithCancel(parent)
-	t := &leaderTerm{c: c, cancel: cancel, done: make(chan struct{}), driving: map[string]bool{}, commitMu: map[string]*sync.Mutex{}}
+	t := &leaderTerm{c: c, cancel: cancel, done: make(chan struct{}), driving: map[string]bool{}, commitMu: map[string]*sync.Mutex{}, held: map[string]connectors.Source{}}
 	go func() {
 		defer close(t.done)
 		t.lead(ctx)
@@ -98,6 +100,9 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		t.closing = true
 		t.mu.Unlock()
 		t.wg.Wait()
+		for id := range t.held {
+			t.release(log, id)
+		}
 	}()
 	// The FSM must hold every entry committed by earlier leaders before
 	// this one acts on it.
@@ -277,15 +282,21 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) er
 		if err != nil {
 			return connectors.Plan{}, err
 		}
-		defer func() {
-			if err := src.Close(); err != nil {
-				log.Warn("close source after planning", "err", err)
-			}
-		}()
-		return src.Plan(sctx, connectors.PlanRequest{
+		plan, err := src.Plan(sctx, connectors.PlanRequest{
 			RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
 			Watermark: watermark, Partitioning: r.Partitioning,
 		})
+		if _, holds := src.(connectors.RunHolder); holds && err == nil {
+			// The source holds the run's snapshot until the run ends.
+			t.mu.Lock()
+			t.held[r.ID] = src
+			t.mu.Unlock()
+			return plan, nil
+		}
+		if cerr := src.Close(); cerr != nil {
+			log.Warn("close source after planning", "err", cerr)
+		}
+		return plan, err
 	}()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -536,6 +547,7 @@ func (t *leaderTerm) pipelineLock(name string) *sync.Mutex {
 // stream; then a run event is published and the FSM records that it was.
 func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState) error {
 	c := t.c
+	t.release(log, r.ID)
 	traceID := telemetry.TraceID(r.Trace)
 	ev := protocol.RunEvent{RunID: r.ID, Pipeline: r.Pipeline, Outcome: r.State, Location: r.Location,
 		Error: r.Error, Time: r.Finished, TraceID: traceID}
@@ -588,6 +600,23 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	}
 	c.endSpan(r.ID)
 	return nil
+}
+
+// release lets go of what a source holds for run id, if anything.
+func (t *leaderTerm) release(log *slog.Logger, id string) {
+	t.mu.Lock()
+	src, ok := t.held[id]
+	delete(t.held, id)
+	t.mu.Unlock()
+	if !ok {
+		return
+	}
+	if err := src.(connectors.RunHolder).ReleaseRun(id); err != nil {
+		log.Warn("release source hold", "run", id, "err", err)
+	}
+	if err := src.Close(); err != nil {
+		log.Warn("close source", "run", id, "err", err)
+	}
 }
 
 func (t *leaderTerm) purgeTasks(ctx context.Context, r *runState) error {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/pipeline"
@@ -84,6 +85,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
 	files.Register(c.reg)
+	postgres.Register(c.reg)
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

@@ -66,7 +66,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	if *httpAddr != "" {
-		stop, err := serveAPI(ctx, *httpAddr, coordinator.NewClient(nc), reg, *token, log)
+		_, stop, err := serveAPI(ctx, *httpAddr, coordinator.NewClient(nc), reg, *token, log)
 		if err != nil {
 			return err
 		}

@@ -16,12 +16,14 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/postgres"
 )
 
 // newRegistry registers every connector this build has.
 func newRegistry() *connectors.Registry {
 	reg := connectors.NewRegistry()
 	files.Register(reg)
+	postgres.Register(reg)
 	return reg
 }
 

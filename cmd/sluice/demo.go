@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -92,10 +93,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	reg := newRegistry()
 	var final protocol.RunStatus
-	err = runLocal(ctx, localConfig{
+	err = devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(root, "cluster"), Workers: *workers, Slots: *slots,
 		Log: log, Tracer: tp, Registry: reg,
-	}, func(ctx context.Context, l *local) error {
+	}, func(ctx context.Context, l *devcluster.Cluster) error {
 		fmt.Fprintf(stdout, "2/5 embedded cluster up: NATS %s, 1 Raft coordinator, %d workers x %d slots\n", l.NATSURL, *workers, *slots)
 		specs, err := loadSpecs([]string{specPath}, reg, stderr)
 		if err != nil {

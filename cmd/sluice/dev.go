@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -38,8 +39,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	return runLocal(ctx, localConfig{
-		DataDir: abs, NATSPort: *port, Workers: *workers, Slots: *slots, HTTPAddr: *httpAddr, APIToken: *token,
-		Log: log, Tracer: tp, Registry: newRegistry(),
+		Config: devcluster.Config{DataDir: abs, NATSPort: *port, Workers: *workers, Slots: *slots,
+			Log: log, Tracer: tp, Registry: newRegistry()},
+		HTTPAddr: *httpAddr, APIToken: *token,
 	}, func(ctx context.Context, l *local) error {
 		fmt.Fprintf(stdout, "sluice dev is running\n  NATS:      %s (also in %s)\n", l.NATSURL, filepath.Join(abs, "nats.url"))
 		if l.HTTPURL != "" {

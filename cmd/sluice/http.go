@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -126,12 +128,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// serveAPI serves the HTTP API on addr until the returned stop is called.
-func serveAPI(ctx context.Context, addr string, c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) (stop func(), err error) {
+// serveAPI serves the HTTP API on addr (or a free port of its host when
+// addr is taken) until the returned stop is called; url is where it listens.
+func serveAPI(ctx context.Context, addr string, c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) (url string, stop func(), err error) {
 	ln, err := listenOrFree(addr)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
+	url = "http://" + ln.Addr().String()
 	srv := &http.Server{Handler: newAPIHandler(c, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
@@ -140,9 +144,57 @@ func serveAPI(ctx context.Context, addr string, c *coordinator.Client, reg *conn
 			log.Error("http api stopped", "err", err)
 		}
 	}()
-	log.Info("http api listening", "url", fmt.Sprintf("http://%s", ln.Addr()))
-	return func() {
+	log.Info("http api listening", "url", url)
+	return url, func() {
 		_ = waitShutdown(ctx, 5*time.Second, srv.Shutdown)
 		<-done
 	}, nil
+}
+
+// listenOrFree listens on addr, or on a free port of the same host when
+// addr's port is taken.
+func listenOrFree(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, nil
+	}
+	host, _, splitErr := net.SplitHostPort(addr)
+	if splitErr != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	ln, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err2 != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// localConfig configures `sluice dev` and `sluice demo`: an all-in-one
+// cluster, with the HTTP API when HTTPAddr is set.
+type localConfig struct {
+	devcluster.Config
+	HTTPAddr string
+	APIToken string
+}
+
+// local is a running all-in-one cluster.
+type local struct {
+	*devcluster.Cluster
+	HTTPURL string
+}
+
+// runLocal runs an all-in-one cluster with the HTTP API around body.
+func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Context, l *local) error) error {
+	return devcluster.Run(ctx, cfg.Config, func(ctx context.Context, c *devcluster.Cluster) error {
+		l := &local{Cluster: c}
+		if cfg.HTTPAddr != "" {
+			url, stop, err := serveAPI(ctx, cfg.HTTPAddr, c.Client, cfg.Registry, cfg.APIToken, cfg.Log)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			l.HTTPURL = url
+		}
+		return body(ctx, l)
+	})
 }

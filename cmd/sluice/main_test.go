@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -83,8 +84,9 @@ func TestHTTPAPI(t *testing.T) {
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	err := runLocal(ctx, localConfig{
-		DataDir: filepath.Join(root, "cluster"), Workers: 1, Slots: 2, HTTPAddr: "127.0.0.1:0", APIToken: "s3cret",
-		Log: log, Tracer: noop.NewTracerProvider(), Registry: newRegistry(),
+		Config: devcluster.Config{DataDir: filepath.Join(root, "cluster"), Workers: 1, Slots: 2,
+			Log: log, Tracer: noop.NewTracerProvider(), Registry: newRegistry()},
+		HTTPAddr: "127.0.0.1:0", APIToken: "s3cret",
 	}, func(ctx context.Context, l *local) error {
 		call := func(method, path, token, body string) (int, []byte) {
 			t.Helper()

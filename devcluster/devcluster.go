@@ -1,15 +1,16 @@
-package main
+// Package devcluster runs a whole Sluice cluster inside one process: an
+// embedded NATS server with JetStream, a single-node Raft coordinator and
+// workers. It is what `sluice dev` and `sluice demo` run, and what the
+// benchmarks measure.
+package devcluster
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
@@ -21,33 +22,34 @@ import (
 	"github.com/sluicehq/sluice/worker"
 )
 
-// localConfig configures an all-in-one cluster in this process.
-type localConfig struct {
+// Config configures an all-in-one cluster.
+type Config struct {
 	DataDir  string
 	NATSPort int
 	Workers  int
 	Slots    int
-	// HTTPAddr serves the HTTP API; empty turns it off.
-	HTTPAddr string
-	APIToken string
 	Log      *slog.Logger
 	Tracer   trace.TracerProvider
 	Registry *connectors.Registry
 }
 
-// local is a running all-in-one cluster.
-type local struct {
+// Cluster is a running all-in-one cluster.
+type Cluster struct {
+	// NATSURL is the embedded server's client URL.
 	NATSURL string
-	HTTPURL string
+	// NC is a connection clients in this process may share.
+	NC *nats.Conn
+	// Client talks to the coordinator.
 	Client  *coordinator.Client
 	Workers []*worker.Worker
 }
 
-// runLocal starts an embedded NATS server, a single-node coordinator, the
-// workers and the HTTP API, calls body, and shuts everything down in order
-// when body returns or ctx ends: workers drain first, then the coordinator
-// hands over, then NATS stops.
-func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Context, l *local) error) error {
+// Run starts an embedded NATS server, a single-node coordinator and the
+// workers, calls body, and shuts everything down in order when body returns:
+// workers drain first, then the coordinator stops, then NATS. The server's
+// URL is written to <DataDir>/nats.url while it runs, for the client
+// commands.
+func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Cluster) error) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -88,7 +90,7 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 		return err
 	}
 	defer clientNC.Close()
-	l := &local{NATSURL: url, Client: coordinator.NewClient(clientNC)}
+	l := &Cluster{NATSURL: url, NC: clientNC, Client: coordinator.NewClient(clientNC)}
 
 	var workerNCs []*nats.Conn
 	defer func() {
@@ -110,17 +112,6 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 		l.Workers = append(l.Workers, w)
 	}
 
-	var srv *http.Server
-	var ln net.Listener
-	if cfg.HTTPAddr != "" {
-		ln, err = listenOrFree(cfg.HTTPAddr)
-		if err != nil {
-			return err
-		}
-		l.HTTPURL = "http://" + ln.Addr().String()
-		srv = &http.Server{Handler: newAPIHandler(l.Client, cfg.Registry, cfg.APIToken, cfg.Log), ReadHeaderTimeout: 10 * time.Second}
-	}
-
 	// Each part gets its own context so that shutdown goes in order.
 	coordCtx, stopCoord := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCoord()
@@ -133,43 +124,14 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 	for _, w := range l.Workers {
 		workers.Go(func() error { return w.Run(workCtx) })
 	}
-	if srv != nil {
-		parts.Go(func() error {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("http api: %w", err)
-			}
-			return nil
-		})
-	}
 
 	bodyErr := body(ctx, l)
 
-	// Shutdown: stop taking work, drain the workers, stop the API, then the
+	// Shutdown: stop taking work, drain the workers, then the
 	// coordinator; NATS stops last (deferred).
 	stopWorkers()
 	werr := workers.Wait()
-	if srv != nil {
-		_ = waitShutdown(ctx, 5*time.Second, srv.Shutdown)
-	}
 	stopCoord()
 	perr := parts.Wait()
 	return errors.Join(bodyErr, werr, perr)
-}
-
-// listenOrFree listens on addr, or on a free port of the same host when
-// addr's port is taken.
-func listenOrFree(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if err == nil {
-		return ln, nil
-	}
-	host, _, splitErr := net.SplitHostPort(addr)
-	if splitErr != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	ln, err2 := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err2 != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	return ln, nil
 }

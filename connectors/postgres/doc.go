@@ -1,0 +1,85 @@
+// Package postgres is the "postgres" connector: a full-load source that
+// reads a table in bounded, parallel chunks of one consistent snapshot, and
+// a Full Loader sink that exposes each run as a new version behind a view.
+//
+// # Source
+//
+// Plan (on the coordinator leader) counts the table's rows (exactly, with
+// the filter, below 5M estimated rows; from pg_class.reltuples above) and
+// splits it into chunks of about Partitioning.TargetRows rows (250000 by
+// default): integer key ranges [lo, hi) when the configured key or the
+// single-column integer primary key allows it (even ranges over min..max,
+// or the keys' percentiles when the keys are sparse), else ctid block
+// ranges (`ctid >= '(a,0)'::tid AND ctid < '(b,0)'::tid`, a TID range scan)
+// over the table's blocks. The first and last chunks are open-ended, so
+// rows with a NULL key or in blocks added later are read once too.
+//
+// With snapshot "export" (the default), Plan opens a REPEATABLE READ
+// transaction, calls pg_export_snapshot() and writes the snapshot id in
+// every chunk's spec; that transaction stays open on the planning Source
+// until ReleaseRun(runID) or Close (or snapshot_timeout, enforced by the
+// server through idle_in_transaction_session_timeout). Read imports the
+// snapshot (SET TRANSACTION SNAPSHOT) before its COPY, so every chunk, and
+// every retry of a chunk, sees the same rows; once the snapshot is gone a
+// Read fails with a permanent error wrapping ErrSnapshotGone, and the run
+// must be planned again. The coordinator must therefore keep the planning
+// Source open for the run's lifetime and release it when the run ends.
+// Snapshot "none" reads each chunk in its own, later snapshot instead.
+//
+// Read runs `COPY (SELECT cols FROM t WHERE <bounds> [AND (where)]) TO
+// STDOUT WITH (FORMAT csv)` through pgconn's CopyTo and emits whole CSV
+// records, undecoded, as Raw batches of about 1 MiB (Format csv, Columns
+// set, no header): the splitter tracks double quotes, so records with
+// quoted newlines are never cut. A chunk with no rows emits one empty batch
+// carrying the columns.
+//
+// # Rendering
+//
+// Every session of the package starts with TimeZone UTC, DateStyle ISO,
+// IntervalStyle postgres, extra_float_digits 1 and bytea_output hex, so
+// values render the same text whatever the server's defaults; TableChecksum
+// uses the same settings.
+//
+// # Sink
+//
+// For a sink table "orders" (optionally schema-qualified) the sink keeps,
+// in the same schema:
+//
+//	orders                       the view readers query
+//	orders_v7, orders_v6, ...    one table per committed version (keep_versions)
+//	orders__stg_<hash>           the staging table of a running run (hash of the run ID)
+//	orders__stg_<hash>_t         the tasks staged in it: rows, bytes, checksum
+//	sluice_versions              table_name, version, run, rows, checksum, created, current, dropped
+//
+// Version tables take their columns from the configured columns, else from
+// the definition of a table orders_template (LIKE, with defaults,
+// constraints and indexes), else from the first batch's column names, all
+// as text (CSV text round-trips exactly through text columns).
+//
+// A task attempt writes in one transaction: it takes an advisory lock for
+// its task (so concurrent attempts of one task run one after the other),
+// deletes the rows an earlier attempt staged (marked in a hidden
+// _sluice_task column), COPYs its batches FROM STDIN (CSV bytes pass
+// straight through; Arrow records are rendered as CSV, see arrowCSV) and
+// records itself in the task list. A retried task thus replaces exactly its
+// own rows; an aborted attempt leaves the earlier one.
+//
+// Commit runs in one transaction, serialized per table by an advisory
+// lock: it checks every task's staged row count against its TaskOutput,
+// drops the _sluice_task column, renames the staging table to
+// orders_v<N> (no rows are copied), points the view at it (CREATE OR
+// REPLACE VIEW, or DROP and CREATE when the columns changed), records the
+// version as current in sluice_versions and drops versions beyond
+// keep_versions (never the current one). Readers see the old version or
+// the new one, never a part. A commit repeated for the same run and version
+// finds it recorded and does nothing. Abort drops the run's staging tables.
+// Rollback points the view at an older kept version; Versions lists them.
+//
+// # Checksums
+//
+// Checksums are connectors.Checksum over each CSV record line as
+// PostgreSQL's COPY wrote it (without the newline): the sink sums what it
+// loads, and TableChecksum sums a query's COPY output the same way, so a
+// target can be compared with its source, or with a files dataset the same
+// CSV bytes were written to.
+package postgres

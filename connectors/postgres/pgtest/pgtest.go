@@ -1,0 +1,71 @@
+// Package pgtest gives tests a PostgreSQL schema of their own on the server
+// `make services` starts. Outside CI a test skips when the server is not
+// reachable; in CI (CI=true) it fails loudly.
+package pgtest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DefaultDSN is the server and database scripts/services.sh prepares.
+const DefaultDSN = "postgres://sluice@127.0.0.1:5432/sluice_test?sslmode=disable"
+
+// DSN is $SLUICE_TEST_PG or DefaultDSN.
+func DSN() string {
+	if dsn := os.Getenv("SLUICE_TEST_PG"); dsn != "" {
+		return dsn
+	}
+	return DefaultDSN
+}
+
+// DB connects to the test server and creates a schema for the test, dropped
+// when the test ends.
+func DB(t testing.TB) (dsn, schema string, conn *pgx.Conn) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs PostgreSQL; skipped with -short")
+	}
+	dsn = DSN()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		msg := fmt.Sprintf("PostgreSQL is not reachable at %s (SLUICE_TEST_PG): %v; run `make services`", redact(dsn), err)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	schema = fmt.Sprintf("sluice_t_%d_%d", time.Now().UnixNano()%1e9, rand.IntN(1000))
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := conn.Exec(ctx, "SET lock_timeout = '20s'; DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+		conn.Close(ctx)
+	})
+	return dsn, schema, conn
+}
+
+func redact(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}

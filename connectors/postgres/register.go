@@ -1,0 +1,31 @@
+package postgres
+
+import (
+	"encoding/json"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// Register adds the "postgres" connector (source, sink and their
+// validators) to reg.
+func Register(reg *connectors.Registry) {
+	reg.Register(connectors.Connector{
+		Kind:           Kind,
+		Source:         openSource,
+		Sink:           openSink,
+		ValidateSource: ValidateSource,
+		ValidateSink:   ValidateSink,
+	})
+}
+
+// ValidateSource checks a source configuration without I/O.
+func ValidateSource(config json.RawMessage) error {
+	_, err := ParseSourceConfig(config)
+	return err
+}
+
+// ValidateSink checks a sink configuration without I/O.
+func ValidateSink(config json.RawMessage) error {
+	_, err := ParseSinkConfig(config)
+	return err
+}

@@ -1,0 +1,593 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// exactCountBelow is the estimated size under which Plan counts the rows
+// (honouring the filter) instead of trusting pg_class.reltuples.
+const exactCountBelow = 5_000_000
+
+// ErrSnapshotGone is wrapped (and marked permanent) by Read when the
+// snapshot its run was planned on no longer exists: the source that planned
+// the run closed, released it, or its session ended (a leader restart). The
+// run must be planned again.
+var ErrSnapshotGone = errors.New("the run's exported snapshot is gone (the source that planned it was closed or restarted): the run must be re-planned")
+
+// Source reads one PostgreSQL table as a full load. See the package
+// documentation for how it plans and what it holds.
+type Source struct {
+	cfg   SourceConfig
+	table pgx.Identifier
+
+	mu   sync.Mutex
+	runs map[string]*pgx.Conn // sessions holding a run's exported snapshot
+}
+
+var _ connectors.Source = (*Source)(nil)
+
+// NewSource returns a source for a validated configuration. It connects
+// only when it plans or reads.
+func NewSource(cfg SourceConfig) (*Source, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	table, _ := parseTable(cfg.Table, "table", 0)
+	return &Source{cfg: cfg, table: table, runs: map[string]*pgx.Conn{}}, nil
+}
+
+// openSource is the connectors.SourceFactory of the kind.
+func openSource(_ context.Context, config json.RawMessage) (connectors.Source, error) {
+	cfg, err := ParseSourceConfig(config)
+	if err != nil {
+		return nil, err
+	}
+	return NewSource(cfg)
+}
+
+// chunkSpec is the Spec of a partition: the bounds of one chunk, the
+// columns, and the snapshot every chunk of the run reads.
+type chunkSpec struct {
+	V        int      `json:"v"`
+	Run      string   `json:"run,omitempty"`
+	Snapshot string   `json:"snapshot,omitempty"`
+	Columns  []string `json:"columns"`
+	// Key is the integer column of a key-range chunk, with the range
+	// [Lo, Hi); a missing bound is open. The chunk without a lower bound
+	// also reads the rows whose key is NULL.
+	Key string `json:"key,omitempty"`
+	Lo  *int64 `json:"lo,omitempty"`
+	Hi  *int64 `json:"hi,omitempty"`
+	// BlockLo and BlockHi bound a ctid chunk: blocks [BlockLo, BlockHi);
+	// a missing bound is open. Ctid is set for ctid chunks.
+	Ctid    bool   `json:"ctid,omitempty"`
+	BlockLo *int64 `json:"block_lo,omitempty"`
+	BlockHi *int64 `json:"block_hi,omitempty"`
+}
+
+func (c chunkSpec) key() string {
+	b := func(p *int64) string {
+		if p == nil {
+			return ""
+		}
+		return strconv.FormatInt(*p, 10)
+	}
+	switch {
+	case c.Key != "":
+		return fmt.Sprintf("%s[%s:%s)", c.Key, b(c.Lo), b(c.Hi))
+	case c.Ctid:
+		return fmt.Sprintf("ctid[%s:%s)", b(c.BlockLo), b(c.BlockHi))
+	}
+	return "all"
+}
+
+// tableInfo is what Plan learns of the table.
+type tableInfo struct {
+	oid       uint32
+	kind      string
+	reltuples int64
+	blocks    int64
+	bytes     int64
+}
+
+// Plan splits the table into chunks of about TargetRows rows (250000 by
+// default). With snapshot "export" it opens a REPEATABLE READ transaction,
+// exports its snapshot into every chunk, and keeps the transaction open
+// until ReleaseRun or Close. ctx bounds the planning only.
+func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	conn, err := connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return connectors.Plan{}, err
+	}
+	held := false
+	defer func() {
+		if !held {
+			conn.Close(context.Background())
+		}
+	}()
+	export := s.cfg.Snapshot != SnapshotNone
+	if export {
+		ms := s.cfg.snapshotTimeout().Milliseconds()
+		if _, err := conn.Exec(ctx, fmt.Sprintf("SET idle_in_transaction_session_timeout = %d", ms)); err != nil {
+			return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+		}
+	}
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+	}
+	var snapshot string
+	if export {
+		if err := conn.QueryRow(ctx, "SELECT pg_export_snapshot()").Scan(&snapshot); err != nil {
+			return connectors.Plan{}, classify(fmt.Errorf("plan %s: export snapshot: %w", s.cfg.Table, err))
+		}
+	}
+	specs, info, rows, err := s.chunks(ctx, conn, req.Partitioning.TargetRows)
+	if err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+	}
+	plan := connectors.Plan{}
+	n := int64(len(specs))
+	for _, c := range specs {
+		c.V = 1
+		c.Run = req.RunID
+		c.Snapshot = snapshot
+		spec, err := json.Marshal(c)
+		if err != nil {
+			return connectors.Plan{}, err
+		}
+		plan.Partitions = append(plan.Partitions, protocol.Partition{
+			Key: c.key(), Spec: spec, Rows: rows / n, Bytes: info.bytes / n,
+		})
+	}
+	if export {
+		s.mu.Lock()
+		old := s.runs[req.RunID]
+		s.runs[req.RunID] = conn
+		s.mu.Unlock()
+		held = true
+		if old != nil {
+			old.Close(context.Background())
+		}
+	} else if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+	}
+	return plan, nil
+}
+
+// chunks computes the chunk bounds inside the planning transaction.
+func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) ([]chunkSpec, tableInfo, int64, error) {
+	var info tableInfo
+	var relkind byte
+	err := conn.QueryRow(ctx, `
+		SELECT c.oid, c.relkind, c.reltuples::bigint,
+		       CASE WHEN c.relkind IN ('r', 'm') THEN pg_relation_size(c.oid) ELSE 0 END
+		FROM pg_class c WHERE c.oid = $1::regclass`, s.table.Sanitize()).
+		Scan(&info.oid, &relkind, &info.reltuples, &info.bytes)
+	if err != nil {
+		return nil, info, 0, fmt.Errorf("look up table: %w", err)
+	}
+	info.kind = string(relkind)
+	var blockSize int64
+	if err := conn.QueryRow(ctx, "SELECT current_setting('block_size')::bigint").Scan(&blockSize); err != nil {
+		return nil, info, 0, err
+	}
+	info.blocks = info.bytes / blockSize
+
+	columns, err := s.columns(ctx, conn, info.oid)
+	if err != nil {
+		return nil, info, 0, err
+	}
+	key, err := s.key(ctx, conn, info.oid)
+	if err != nil {
+		return nil, info, 0, err
+	}
+
+	rows := info.reltuples
+	if rows < exactCountBelow { // reltuples is -1 before the first ANALYZE
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+s.table.Sanitize()+s.whereClause("")).Scan(&rows); err != nil {
+			return nil, info, 0, fmt.Errorf("count rows: %w", err)
+		}
+	}
+	if targetRows <= 0 {
+		targetRows = DefaultTargetRows
+	}
+	n := max(1, (rows+targetRows-1)/targetRows)
+	one := []chunkSpec{{Columns: columns}}
+	if n == 1 {
+		return one, info, rows, nil
+	}
+
+	if key != "" {
+		bounds, err := s.keyBounds(ctx, conn, key, n, rows)
+		if err != nil {
+			return nil, info, 0, err
+		}
+		if len(bounds) == 0 {
+			return one, info, rows, nil
+		}
+		specs := make([]chunkSpec, 0, len(bounds)+1)
+		for i := 0; i <= len(bounds); i++ {
+			c := chunkSpec{Columns: columns, Key: key}
+			if i > 0 {
+				c.Lo = &bounds[i-1]
+			}
+			if i < len(bounds) {
+				c.Hi = &bounds[i]
+			}
+			specs = append(specs, c)
+		}
+		return specs, info, rows, nil
+	}
+	if info.kind != "r" && info.kind != "m" || info.blocks < 2 {
+		// A partitioned table, a view or a foreign table has no blocks of
+		// its own: read it as one chunk unless a key is given.
+		return one, info, rows, nil
+	}
+	n = min(n, info.blocks)
+	specs := make([]chunkSpec, 0, n)
+	for i := range n {
+		c := chunkSpec{Columns: columns, Ctid: true}
+		if i > 0 {
+			lo := info.blocks * i / n
+			c.BlockLo = &lo
+		}
+		if i < n-1 {
+			hi := info.blocks * (i + 1) / n
+			c.BlockHi = &hi
+		}
+		specs = append(specs, c)
+	}
+	return specs, info, rows, nil
+}
+
+// columns returns the configured columns, checked, or every column.
+func (s *Source) columns(ctx context.Context, conn *pgx.Conn, oid uint32) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT attname FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("list columns: %w", err)
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list columns: %w", err)
+	}
+	if len(s.cfg.Columns) == 0 {
+		return all, nil
+	}
+	for i, c := range s.cfg.Columns {
+		if !slices.Contains(all, c) {
+			return nil, &connectors.FieldError{Field: fmt.Sprintf("columns[%d]", i), Msg: fmt.Sprintf("table %s has no column %q", s.cfg.Table, c)}
+		}
+	}
+	return s.cfg.Columns, nil
+}
+
+var integerTypes = []string{"smallint", "integer", "bigint"}
+
+// key returns the integer column to split on, or "" for ctid ranges.
+func (s *Source) key(ctx context.Context, conn *pgx.Conn, oid uint32) (string, error) {
+	if s.cfg.Key != "" {
+		var typ string
+		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+			WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, s.cfg.Key).Scan(&typ)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", &connectors.FieldError{Field: "key", Msg: fmt.Sprintf("table %s has no column %q", s.cfg.Table, s.cfg.Key)}
+		}
+		if err != nil {
+			return "", fmt.Errorf("look up key column: %w", err)
+		}
+		if !slices.Contains(integerTypes, typ) {
+			return "", &connectors.FieldError{Field: "key", Msg: fmt.Sprintf("column %q is %s; a key must be smallint, integer or bigint", s.cfg.Key, typ)}
+		}
+		return s.cfg.Key, nil
+	}
+	rows, err := conn.Query(ctx, `SELECT a.attname, format_type(a.atttypid, NULL)
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		WHERE i.indrelid = $1 AND i.indisprimary AND i.indnkeyatts = 1`, oid)
+	if err != nil {
+		return "", fmt.Errorf("look up primary key: %w", err)
+	}
+	var name, typ string
+	found := false
+	_, err = pgx.ForEachRow(rows, []any{&name, &typ}, func() error { found = true; return nil })
+	if err != nil {
+		return "", fmt.Errorf("look up primary key: %w", err)
+	}
+	if found && slices.Contains(integerTypes, typ) {
+		return name, nil
+	}
+	return "", nil
+}
+
+// keyBounds returns the n-1 inner bounds of n key ranges, increasing, or
+// none when the table is empty. Ranges are even over [min, max] unless the
+// keys are sparse (more than twice as many key values as rows), when they
+// come from the keys' percentiles.
+func (s *Source) keyBounds(ctx context.Context, conn *pgx.Conn, key string, n, rows int64) ([]int64, error) {
+	k := pgx.Identifier{key}.Sanitize()
+	var lo, hi *int64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT min(%s)::bigint, max(%s)::bigint FROM %s", k, k, s.table.Sanitize())).Scan(&lo, &hi); err != nil {
+		return nil, fmt.Errorf("key range: %w", err)
+	}
+	if lo == nil || hi == nil {
+		return nil, nil
+	}
+	span := float64(*hi) - float64(*lo) + 1
+	var bounds []int64
+	if rows > 0 && span > 2*float64(rows) {
+		fracs := make([]float64, n-1)
+		for i := range fracs {
+			fracs[i] = float64(i+1) / float64(n)
+		}
+		sample := ""
+		if rows > 1_000_000 {
+			// About 200k sampled rows are plenty for percentiles.
+			sample = fmt.Sprintf(" TABLESAMPLE SYSTEM (%g)", math.Min(100, 100*200_000/float64(rows)))
+		}
+		q := fmt.Sprintf("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY %s)::bigint[] FROM %s%s%s",
+			k, s.table.Sanitize(), sample, s.whereClause(k+" IS NOT NULL"))
+		var ps []*int64
+		if err := conn.QueryRow(ctx, q, fracs).Scan(&ps); err != nil {
+			return nil, fmt.Errorf("key percentiles: %w", err)
+		}
+		for _, p := range ps {
+			if p != nil {
+				bounds = append(bounds, *p)
+			}
+		}
+	}
+	if len(bounds) == 0 {
+		for i := int64(1); i < n; i++ {
+			bounds = append(bounds, *lo+int64(span*float64(i)/float64(n)))
+		}
+	}
+	// Keep strictly increasing bounds inside (min, max].
+	out := bounds[:0]
+	prev := *lo
+	for _, b := range bounds {
+		if b > prev && b <= *hi {
+			out = append(out, b)
+			prev = b
+		}
+	}
+	return out, nil
+}
+
+// whereClause returns " WHERE ..." with the configured filter and the extra
+// condition, or "".
+func (s *Source) whereClause(extra string) string {
+	var conds []string
+	if extra != "" {
+		conds = append(conds, extra)
+	}
+	if strings.TrimSpace(s.cfg.Where) != "" {
+		conds = append(conds, "("+s.cfg.Where+")")
+	}
+	if len(conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(conds, " AND ")
+}
+
+// query returns the SELECT of one chunk.
+func (s *Source) query(c chunkSpec) string {
+	cols := make([]string, len(c.Columns))
+	for i, col := range c.Columns {
+		cols[i] = pgx.Identifier{col}.Sanitize()
+	}
+	var conds []string
+	switch {
+	case c.Key != "":
+		k := pgx.Identifier{c.Key}.Sanitize()
+		if c.Lo != nil {
+			conds = append(conds, fmt.Sprintf("%s >= %d", k, *c.Lo))
+		}
+		if c.Hi != nil {
+			hi := fmt.Sprintf("%s < %d", k, *c.Hi)
+			if c.Lo == nil {
+				hi = fmt.Sprintf("(%s OR %s IS NULL)", hi, k)
+			}
+			conds = append(conds, hi)
+		}
+	case c.Ctid:
+		if c.BlockLo != nil {
+			conds = append(conds, fmt.Sprintf("ctid >= '(%d,0)'::tid", *c.BlockLo))
+		}
+		if c.BlockHi != nil {
+			conds = append(conds, fmt.Sprintf("ctid < '(%d,0)'::tid", *c.BlockHi))
+		}
+	}
+	return "SELECT " + strings.Join(cols, ", ") + " FROM " + s.table.Sanitize() + s.whereClause(strings.Join(conds, " AND "))
+}
+
+var snapshotIDRE = regexp.MustCompile(`^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$`)
+
+// Read copies one chunk with COPY ... TO STDOUT (FORMAT csv) and emits its
+// CSV records, undecoded, in Raw batches of about 1 MiB (Format csv,
+// Columns set, no header). A chunk without rows emits one empty batch, so
+// that a sink still learns the columns. With an exported snapshot the read
+// sees exactly the rows of the run's snapshot, however often it is
+// repeated; a snapshot that is gone fails with a permanent error wrapping
+// ErrSnapshotGone. ctx bounds the whole read.
+func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
+	var c chunkSpec
+	if err := json.Unmarshal(p.Spec, &c); err != nil {
+		return connectors.Permanent(fmt.Errorf("read %s %s: bad partition spec: %w", s.cfg.Table, p.Key, err))
+	}
+	if c.V != 1 || len(c.Columns) == 0 {
+		return connectors.Permanent(fmt.Errorf("read %s %s: partition spec version %d is not one this build reads", s.cfg.Table, p.Key, c.V))
+	}
+	if c.Snapshot != "" && !snapshotIDRE.MatchString(c.Snapshot) {
+		return connectors.Permanent(fmt.Errorf("read %s %s: bad snapshot id %q", s.cfg.Table, p.Key, c.Snapshot))
+	}
+	err := s.read(ctx, c, p.Key, emit)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connectors.Emit) error {
+	conn, err := connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	where := fmt.Sprintf("read %s %s", s.cfg.Table, key)
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return classify(fmt.Errorf("%s: %w", where, err))
+	}
+	if c.Snapshot != "" {
+		if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+c.Snapshot+"'"); err != nil {
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) && (pgErr.Code == "22023" || pgErr.Code == "0A000") {
+				return connectors.Permanent(fmt.Errorf("%s: snapshot %s of run %s: %w (%s)", where, c.Snapshot, c.Run, ErrSnapshotGone, pgErr.Message))
+			}
+			return classify(fmt.Errorf("%s: set snapshot: %w", where, err))
+		}
+	}
+	bw := &batchWriter{
+		emit: emit, columns: c.Columns,
+		split:    newRecordSplitter(batchBytes + batchBytes/8),
+		position: s.cfg.Table + " " + key,
+	}
+	sql := "COPY (" + s.query(c) + ") TO STDOUT WITH (FORMAT csv)"
+	tag, err := conn.PgConn().CopyTo(ctx, writerFunc(func(p []byte) (int, error) { return bw.write(ctx, p) }), sql)
+	if err != nil {
+		if bw.emitErr != nil {
+			return fmt.Errorf("%s: %w", where, bw.emitErr)
+		}
+		return classify(fmt.Errorf("%s: copy: %w", where, err))
+	}
+	if bw.split.Partial() {
+		return fmt.Errorf("%s: copy output ends inside a record", where)
+	}
+	if err := bw.flush(ctx); err != nil {
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	if bw.rows != tag.RowsAffected() {
+		return fmt.Errorf("%s: split %d records but COPY sent %d rows", where, bw.rows, tag.RowsAffected())
+	}
+	if bw.rows == 0 {
+		if err := emit(ctx, connectors.Batch{Format: connectors.FormatCSV, Columns: c.Columns, Position: bw.position + " row 1"}); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	_, err = conn.Exec(ctx, "COMMIT")
+	return err
+}
+
+// batchWriter receives COPY output and emits whole records in batches.
+type batchWriter struct {
+	emit     connectors.Emit
+	columns  []string
+	split    *recordSplitter
+	position string
+	rows     int64 // records emitted
+	emitErr  error
+}
+
+// write takes one piece of COPY output; ctx is the read's.
+func (w *batchWriter) write(ctx context.Context, p []byte) (int, error) {
+	w.split.Write(p)
+	if w.split.WholeLen() >= batchBytes {
+		if err := w.flush(ctx); err != nil {
+			w.emitErr = err
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (w *batchWriter) flush(ctx context.Context) error {
+	if w.split.WholeLen() == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err // no batch after a cancellation
+	}
+	raw, n := w.split.Take()
+	b := connectors.Batch{
+		Raw: raw, Format: connectors.FormatCSV, Columns: w.columns, Rows: n,
+		Position: fmt.Sprintf("%s row %d", w.position, w.rows+1),
+	}
+	w.rows += n
+	return w.emit(ctx, b)
+}
+
+// writerFunc is an io.Writer made of a function.
+type writerFunc func(p []byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// ReleaseRun ends the transaction that holds the exported snapshot of a
+// run; chunks of the run read after it fail with ErrSnapshotGone. The
+// coordinator leader calls it when the run ends (committed, failed or
+// aborted). Releasing a run that holds nothing does nothing.
+func (s *Source) ReleaseRun(runID string) error {
+	s.mu.Lock()
+	conn := s.runs[runID]
+	delete(s.runs, runID)
+	s.mu.Unlock()
+	if conn == nil {
+		return nil
+	}
+	return release(conn)
+}
+
+// release ends the session holding a snapshot: ending the session ends its
+// transaction, which is all a release needs, even when the session already
+// ended on the server (snapshot_timeout).
+func release(conn *pgx.Conn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return conn.Close(ctx)
+}
+
+// HeldRuns lists the runs whose snapshot the source holds, sorted.
+func (s *Source) HeldRuns() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.runs))
+	for id := range s.runs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Close releases the snapshots of every run the source planned.
+func (s *Source) Close() error {
+	var errs []error
+	for _, id := range s.HeldRuns() {
+		errs = append(errs, s.ReleaseRun(id))
+	}
+	return errors.Join(errs...)
+}
+
+// classify marks errors that another attempt would not cure as permanent:
+// SQL errors of class 42 (syntax, unknown table or column, privileges) and
+// 22 (bad data).
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || strings.HasPrefix(pgErr.Code, "22")) {
+		return connectors.Permanent(err)
+	}
+	return err
+}
