@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 TIMEOUT ?= 25m
 
-.PHONY: test services unit vet build demo fuzz clean
+.PHONY: test services unit vet build demo fuzz clean bench-fullload
 
 test: services vet
 	$(GO) test -race -timeout $(TIMEOUT) -count=1 ./...
@@ -31,6 +31,14 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTask -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+
+# bench-fullload times full loads of a 2M-row PostgreSQL table to CSV files and
+# to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped
+# COPY measured in the same run; it writes bench/results/fullload.json.
+# BENCH_FLAGS, e.g. "--keep --reps 2" (go run ./bench/fullload -h).
+BENCH_FLAGS ?=
+bench-fullload: services
+	$(GO) run ./bench/fullload $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) .sluice .sluice-demo
