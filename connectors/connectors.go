@@ -57,7 +57,19 @@ type PlanRequest struct {
 	Watermark string
 	// Partitioning holds the pipeline's partitioning settings.
 	Partitioning Partitioning
+	// Window is set for a run of an incremental (delta-column) pipeline:
+	// the source reads exactly the rows whose DeltaColumn lies in
+	// [Window.From, Window.To). The leader computed the window when it
+	// created the run and recorded it in Raft, so a plan repeated on
+	// another leader reads the same window. Nil for every other run.
+	Window *Window
+	// DeltaColumn is the column Window bounds (the spec's
+	// incremental.delta_column); empty when Window is nil.
+	DeltaColumn string
 }
+
+// Window is a half-open time range [From, To) of an incremental run.
+type Window = protocol.Window
 
 // Partitioning bounds each task of a run. Zero values mean the source's
 // defaults.
@@ -147,7 +159,27 @@ type CommitRequest struct {
 	Tasks []TaskOutput
 	// Watermark is the position the run reaches, for sinks that record it.
 	Watermark string
+	// Mode says how the run's output joins the dataset. ModeReplace (the
+	// zero value, full loads): the run becomes a new version that replaces
+	// the whole dataset. ModeAppend (incremental runs): the run's output
+	// replaces exactly the rows of Window, by DeltaColumn, and leaves every
+	// other row as it is, so a window committed twice (a re-run, a
+	// backfill with --replace) holds its rows once.
+	Mode CommitMode
+	// Window is the run's window in ModeAppend; nil otherwise.
+	Window *Window
+	// DeltaColumn is the column Window bounds, in ModeAppend.
+	DeltaColumn string
 }
+
+// CommitMode tells a sink how a run's output joins the dataset.
+type CommitMode string
+
+// The commit modes.
+const (
+	ModeReplace CommitMode = ""
+	ModeAppend  CommitMode = "append"
+)
 
 // CommitResult tells where a committed run is visible.
 type CommitResult struct {

@@ -3,6 +3,7 @@ package connectors
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -91,17 +92,33 @@ func (r *Registry) HasSource(kind string) bool { _, ok := r.sources[kind]; retur
 func (r *Registry) HasSink(kind string) bool { _, ok := r.sinks[kind]; return ok }
 
 // Validate checks the configuration of a connector of the given kind in the
-// given role, after expanding `${ENV}` references with lookup.
+// given role, after expanding `${ENV}` references with lookup (nil: none is
+// set). A field whose value refers to a variable lookup does not know
+// cannot be judged here, where the variable may be unset while it is set
+// where the connector runs: an error on such a field is not reported.
 func (r *Registry) Validate(kind string, role Role, config json.RawMessage, lookup func(string) (string, bool)) error {
 	vs, ok := r.validators[kind]
 	if !ok {
 		return &FieldError{Field: "kind", Msg: fmt.Sprintf("unknown connector kind %q (known: %v)", kind, r.Kinds())}
 	}
-	expanded, err := ExpandEnv(config, lookup)
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", false }
+	}
+	var unset []string
+	expanded, err := expandEnv(config, lookup, func(field, _ string) { unset = append(unset, field) })
 	if err != nil {
 		return err
 	}
-	return vs[role](expanded)
+	err = vs[role](expanded)
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		for _, f := range unset {
+			if fe.Field == f || strings.HasPrefix(f, fe.Field+".") || strings.HasPrefix(f, fe.Field+"[") {
+				return nil
+			}
+		}
+	}
+	return err
 }
 
 // OpenSource expands `${ENV}` references from the process environment and
@@ -146,6 +163,24 @@ var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 // configuration with the value lookup gives. An unset variable is an error
 // naming it; `$${NAME}` stays as the literal text `${NAME}`.
 func ExpandEnv(config json.RawMessage, lookup func(string) (string, bool)) (json.RawMessage, error) {
+	var missing error
+	out, err := expandEnv(config, lookup, func(field, name string) {
+		if missing == nil {
+			missing = &FieldError{Field: field, Msg: fmt.Sprintf("environment variable %s is not set", name)}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if missing != nil {
+		return nil, missing
+	}
+	return out, nil
+}
+
+// expandEnv expands like ExpandEnv, calling unset for each reference to a
+// variable lookup does not know (which expands to "").
+func expandEnv(config json.RawMessage, lookup func(string) (string, bool), unset func(field, name string)) (json.RawMessage, error) {
 	if len(config) == 0 {
 		return config, nil
 	}
@@ -153,16 +188,11 @@ func ExpandEnv(config json.RawMessage, lookup func(string) (string, bool)) (json
 	if err := json.Unmarshal(config, &v); err != nil {
 		return nil, fmt.Errorf("config is not JSON: %w", err)
 	}
-	var missing error
 	var walk func(path string, v any) any
 	walk = func(path string, v any) any {
 		switch x := v.(type) {
 		case string:
-			return expandString(x, lookup, func(name string) {
-				if missing == nil {
-					missing = &FieldError{Field: path, Msg: fmt.Sprintf("environment variable %s is not set", name)}
-				}
-			})
+			return expandString(x, lookup, func(name string) { unset(path, name) })
 		case map[string]any:
 			for k, e := range x {
 				x[k] = walk(joinPath(path, k), e)
@@ -175,9 +205,6 @@ func ExpandEnv(config json.RawMessage, lookup func(string) (string, bool)) (json
 		return v
 	}
 	v = walk("", v)
-	if missing != nil {
-		return nil, missing
-	}
 	return json.Marshal(v)
 }
 

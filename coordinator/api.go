@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -24,6 +25,16 @@ const (
 	codeNotFound  = "not_found"
 	codeNotLeader = "not_leader"
 	codeInternal  = "internal"
+	// codeConflict: the request does not fit the pipeline's state now
+	// (a live incremental run or a backfill still in flight).
+	codeConflict = "conflict"
+)
+
+// maxBackfillConcurrency bounds the windows of one backfill loading at
+// once; defaultBackfillConcurrency is used when the request sets none.
+const (
+	maxBackfillConcurrency     = 64
+	defaultBackfillConcurrency = 2
 )
 
 // planWait bounds how long a run request waits for the run's plan before
@@ -40,6 +51,26 @@ func (e *apiErr) Error() string { return e.msg }
 
 func invalid(format string, args ...any) error {
 	return &apiErr{code: codeInvalid, msg: fmt.Sprintf(format, args...)}
+}
+
+// fsmErr turns an FSM refusal (errConflict, errInvalidCmd) into the API
+// error a client sees, with the FSM's message; other errors pass.
+func fsmErr(err error) error {
+	code := ""
+	switch {
+	case errors.Is(err, errConflict):
+		code = codeConflict
+	case errors.Is(err, errInvalidCmd):
+		code = codeInvalid
+	default:
+		return err
+	}
+	msg := err.Error()
+	if inner := errors.Unwrap(err); inner != nil {
+		msg = inner.Error() // without "apply <command>: "
+	}
+	msg = strings.TrimSuffix(strings.TrimSuffix(msg, ": "+errConflict.Error()), ": "+errInvalidCmd.Error())
+	return &apiErr{code: code, msg: msg}
 }
 
 func respondError(m *nats.Msg, code, msg string) {
@@ -64,6 +95,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiRunGet(m.Data)
 	case protocol.VerbPipelines:
 		reply, err = t.apiPipelines()
+	case protocol.VerbBackfill:
+		reply, err = t.apiBackfill(ctx, m.Data)
+	case protocol.VerbBackfillGet:
+		reply, err = t.apiBackfillGet(m.Data)
 	default:
 		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
 	}
@@ -104,7 +139,7 @@ func decodeRequest(data []byte, v any) error {
 // has, then the connector configurations against the registry.
 func checkSpec(spec pipeline.Spec, reg *connectors.Registry) error {
 	var problems []pipeline.Problem
-	if err := spec.Validate(reg, nil); err != nil {
+	if err := spec.Validate(reg, os.LookupEnv); err != nil {
 		var pe *pipeline.Error
 		if !errors.As(err, &pe) {
 			return err
@@ -154,8 +189,22 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 		id, _ = c.fsm.requestRun(req.RequestID)
 	}
 	if id == "" {
-		if _, ok := c.fsm.pipeline(req.Pipeline); !ok {
+		p, ok := c.fsm.pipeline(req.Pipeline)
+		if !ok {
 			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		}
+		win, live, err := runWindow(p, req.Window, now())
+		if err != nil {
+			return nil, err
+		}
+		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
+			// Nothing to load yet: no run. The next window opens once
+			// now - lag passes the watermark.
+			return protocol.RunReply{UpToDate: true, Window: &win}, nil
+		}
+		var window *protocol.Window
+		if p.Spec.Pattern == protocol.PatternIncremental {
+			window = &win
 		}
 		// The run span is the root of the run's trace; it ends when the
 		// run does (on this leader) and its context is stored in the run.
@@ -163,14 +212,15 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline)))
 		out, err := c.apply(cmdRunCreate, runCreateCmd{
 			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
-			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
+			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
+			Window: window, Live: live, Time: now(),
 		})
 		if err != nil {
 			span.End()
 			if errors.Is(err, errNoPipeline) {
 				return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
 			}
-			return nil, err
+			return nil, fsmErr(err)
 		}
 		id = out.RunID
 		if out.Reused {
@@ -194,14 +244,136 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 			return protocol.RunReply{RunID: id}, nil
 		}
 		if r.Planned || r.finished() {
-			return protocol.RunReply{RunID: id, Tasks: len(r.Tasks)}, nil
+			return protocol.RunReply{RunID: id, Tasks: len(r.Tasks), Window: r.Window}, nil
 		}
 		select {
 		case <-changed:
 		case <-wctx.Done():
-			return protocol.RunReply{RunID: id}, nil
+			return protocol.RunReply{RunID: id, Window: r.Window}, nil
 		}
 	}
+}
+
+// runWindow returns the window of a new run of p at time now: for an
+// incremental pipeline the requested window (an explicit re-run: not
+// live), or [lo, hi) with lo the watermark (incremental.start before the
+// first commit) and hi = min(now - lag, lo + window), truncated to the
+// second (live: its commit moves the watermark to hi). hi <= lo means the
+// pipeline is up to date. Other patterns have no window.
+func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protocol.Window, bool, error) {
+	inc := p.Spec.Incremental
+	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil {
+		if asked != nil {
+			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for pattern incremental", p.Spec.Name, p.Spec.Pattern)
+		}
+		return protocol.Window{}, false, nil
+	}
+	if asked != nil {
+		w := protocol.Window{From: asked.From.UTC(), To: asked.To.UTC()}
+		if w.From.IsZero() || w.Empty() {
+			return w, false, invalid("window: %s is empty: want from < to", w)
+		}
+		return w, false, nil
+	}
+	from, err := p.nextFrom()
+	if err != nil {
+		return protocol.Window{}, false, invalid("%v", err)
+	}
+	hi := now.Add(-inc.Lag).Truncate(time.Second).UTC()
+	if end := from.Add(inc.Window); end.Before(hi) {
+		hi = end
+	}
+	return protocol.Window{From: from, To: hi}, true, nil
+}
+
+func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) {
+	c := t.c
+	var req protocol.BackfillRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if !protocol.ValidName(req.Pipeline) {
+		return nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
+	}
+	if req.RequestID != "" {
+		if id, ok := c.fsm.requestBackfill(req.RequestID); ok {
+			if b, ok := c.fsm.backfillByID(id); ok {
+				return backfillStatus(b), nil
+			}
+		}
+	}
+	p, ok := c.fsm.pipeline(req.Pipeline)
+	if !ok {
+		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+	}
+	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
+		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
+	}
+	from, to := req.From.UTC(), req.To.UTC()
+	if from.IsZero() || !from.Before(to) {
+		return nil, invalid("from and to: want from < to, not [%s, %s)", formatWatermark(from), formatWatermark(to))
+	}
+	if limit := now().Add(-p.Spec.Incremental.Lag); to.After(limit) {
+		return nil, invalid("to: %s is past now - lag (%s): the windows there may still receive rows; let live runs load them",
+			formatWatermark(to), formatWatermark(limit))
+	}
+	if req.Concurrency == 0 {
+		req.Concurrency = defaultBackfillConcurrency
+	}
+	if req.Concurrency < 1 || req.Concurrency > maxBackfillConcurrency {
+		return nil, invalid("concurrency: want 1 to %d, not %d", maxBackfillConcurrency, req.Concurrency)
+	}
+	out, err := c.apply(cmdBackfill, backfillCmd{
+		Pipeline: req.Pipeline, From: from, To: to, Concurrency: req.Concurrency, Replace: req.Replace,
+		RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
+	})
+	if err != nil {
+		if errors.Is(err, errNoPipeline) {
+			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		}
+		return nil, fsmErr(err)
+	}
+	t.kickStarted(ctx, req.Pipeline, out)
+	b, ok := c.fsm.backfillByID(out.Backfill)
+	if !ok {
+		return nil, fmt.Errorf("backfill %s vanished", out.Backfill)
+	}
+	c.log.Info("backfill started", "backfill", b.ID, "windows", len(b.Windows), "started", out.Started)
+	return backfillStatus(b), nil
+}
+
+func (t *leaderTerm) apiBackfillGet(data []byte) (any, error) {
+	var req protocol.BackfillGetRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	b, ok := t.c.fsm.backfillByID(req.ID)
+	if !ok {
+		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("backfill %q not found", req.ID)}
+	}
+	return backfillStatus(b), nil
+}
+
+func backfillStatus(b *backfillState) protocol.BackfillStatus {
+	s := protocol.BackfillStatus{ID: b.ID, Pipeline: b.Pipeline, From: b.From, To: b.To, Window: b.Window,
+		Concurrency: b.Concurrency, Replace: b.Replace, State: b.State, Windows: b.Windows,
+		Total: len(b.Windows), Created: b.Created, Finished: b.Finished}
+	for _, w := range b.Windows {
+		switch w.State {
+		case protocol.WindowQueued:
+			s.Queued++
+		case protocol.WindowRunning:
+			s.Running++
+		case protocol.WindowCommitted:
+			s.Committed++
+			s.Rows += w.Rows
+		case protocol.WindowFailed:
+			s.Failed++
+		case protocol.WindowSkipped:
+			s.Skipped++
+		}
+	}
+	return s
 }
 
 func (t *leaderTerm) apiStatus(data []byte) (any, error) {
@@ -268,7 +440,8 @@ func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 func runStatus(r *runState, tasks bool) protocol.RunStatus {
 	s := protocol.RunStatus{RunID: r.ID, Pipeline: r.Pipeline, State: r.State, Tasks: len(r.Tasks),
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
-		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished}
+		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished,
+		Window: r.Window, Live: r.Live, Backfill: r.Backfill}
 	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		switch ts.State {

@@ -21,11 +21,14 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrInvalid: the request or the spec it carries is invalid.
 	ErrInvalid = errors.New("invalid request")
+	// ErrConflict: the request does not fit the pipeline's state now: a
+	// live incremental run or a backfill of the pipeline is in flight.
+	ErrConflict = errors.New("conflict")
 )
 
 // APIError is a control API reply that reports a failure.
 type APIError struct {
-	// Code is "invalid", "not_found", "not_leader" or "internal".
+	// Code is "invalid", "not_found", "conflict", "not_leader" or "internal".
 	Code string
 	// Msg is the leader's message; for an invalid spec it names each
 	// field at fault.
@@ -41,6 +44,8 @@ func (e *APIError) Is(target error) bool {
 		return e.Code == codeNotFound
 	case ErrInvalid:
 		return e.Code == codeInvalid
+	case ErrConflict:
+		return e.Code == codeConflict
 	}
 	return false
 }
@@ -140,6 +145,53 @@ func (c *Client) Run(ctx context.Context, req protocol.RunRequest) (protocol.Run
 	}
 	err := c.call(ctx, protocol.VerbRun, req, &reply, planWait+c.attempt)
 	return reply, err
+}
+
+// Backfill starts a backfill of an incremental pipeline and returns its
+// status as started (windows already committed are marked skipped unless
+// req.Replace). An empty RequestID is filled with a random one, so a
+// request retried after a lost reply gives the same backfill. A backfill
+// of the pipeline still running gives an error matching ErrConflict.
+func (c *Client) Backfill(ctx context.Context, req protocol.BackfillRequest) (protocol.BackfillStatus, error) {
+	var reply protocol.BackfillStatus
+	if req.RequestID == "" {
+		var b [12]byte
+		rand.Read(b[:])
+		req.RequestID = hex.EncodeToString(b[:])
+	}
+	err := c.call(ctx, protocol.VerbBackfill, req, &reply, c.attempt)
+	return reply, err
+}
+
+// GetBackfill returns one backfill with its windows.
+func (c *Client) GetBackfill(ctx context.Context, id string) (protocol.BackfillStatus, error) {
+	var reply protocol.BackfillStatus
+	err := c.call(ctx, protocol.VerbBackfillGet, protocol.BackfillGetRequest{ID: id}, &reply, c.attempt)
+	return reply, err
+}
+
+// WaitBackfill polls a backfill every interval until it is done and
+// returns its last status; progress, when not nil, sees each poll. Failed
+// windows are in the status, not in the error.
+func (c *Client) WaitBackfill(ctx context.Context, id string, every time.Duration, progress func(protocol.BackfillStatus)) (protocol.BackfillStatus, error) {
+	if every <= 0 {
+		every = 500 * time.Millisecond
+	}
+	for {
+		st, err := c.GetBackfill(ctx, id)
+		if err != nil {
+			return st, err
+		}
+		if progress != nil {
+			progress(st)
+		}
+		if st.State == protocol.BackfillDone {
+			return st, nil
+		}
+		if !sleep(ctx, every) {
+			return st, fmt.Errorf("wait for backfill %s: %w", id, ctx.Err())
+		}
+	}
 }
 
 // Status describes the cluster, its pipelines and the newest runs.

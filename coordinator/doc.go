@@ -7,4 +7,39 @@
 // A new leader continues every unfinished run from the FSM and the durable
 // streams, so no run is lost and none is committed twice. The coordinator
 // never holds data rows. Client is the control API's client.
+//
+// # Incremental runs, watermarks and backfills
+//
+// A run of an incremental pipeline loads one window [lo, hi) of the
+// pipeline's delta column. For a live run (sluice run) the leader computes
+// it when it creates the run, with its own clock: lo is the pipeline's
+// watermark (incremental.start before the first commit) and hi = min(now -
+// lag, lo + window), truncated to the second. The window is recorded in
+// the run-create Raft entry, so planning it again (a retry, a new leader)
+// reads the same rows: the FSM never reads a clock. When hi <= lo the
+// pipeline is up to date: no run is created and the reply says so
+// (RunReply.UpToDate). The FSM refuses a live window that does not start
+// at the watermark, and a second live run while one is in flight
+// (ErrConflict), so live windows are consecutive and never overlap.
+//
+// The watermark moves to hi only in the Raft entry that commits the live
+// run, after the sink's commit succeeded (DESIGN rule 4): a failed run
+// leaves it, and the next run loads the same window again. Runs with an
+// explicit window (a re-run: RunRequest.Window, sluice run --window) and
+// backfill runs never move the watermark, forward or backward.
+//
+// A backfill (VerbBackfill, sluice backfill) splits [from, to) into windows
+// of the pipeline's window, starting at from (the last may be shorter).
+// The FSM keeps them queued and creates a run for the next queued window
+// each time one of the backfill's runs ends, so at most concurrency run at
+// once whatever the leader or the client does; a new leader just goes on.
+// Every committed window of a pipeline (live, re-run or backfill) is added
+// to the pipeline's loaded ranges; a backfill marks the windows those ranges
+// cover as skipped unless Replace is set, when they load again and their
+// rows are replaced. to must not pass now - lag. One backfill per pipeline
+// runs at a time.
+//
+// Sinks make windows idempotent: a commit in connectors.ModeAppend
+// replaces exactly the rows of its window. Delta-column loads never see
+// hard deletes (a deleted row simply stops appearing); use CDC for them.
 package coordinator

@@ -32,6 +32,7 @@ const (
 	cmdRunCommitted  cmdType = 7
 	cmdRunFailed     cmdType = 8
 	cmdRunNotified   cmdType = 9
+	cmdBackfill      cmdType = 10
 )
 
 func (t cmdType) String() string {
@@ -54,6 +55,8 @@ func (t cmdType) String() string {
 		return "run failed"
 	case cmdRunNotified:
 		return "run notified"
+	case cmdBackfill:
+		return "backfill"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -74,6 +77,27 @@ type runCreateCmd struct {
 	Trace       map[string]string `json:"trace,omitempty"`
 	// MaxAttempts and Backoff are the leader's defaults, used when the
 	// spec sets none.
+	MaxAttempts int           `json:"max_attempts"`
+	Backoff     time.Duration `json:"backoff"`
+	// Window is the window of a run of an incremental pipeline, computed
+	// by the leader from the watermark and its clock (or given by the
+	// request); Live marks a window that starts at the watermark: the
+	// run's commit moves the watermark to Window.To.
+	Window *protocol.Window `json:"window,omitempty"`
+	Live   bool             `json:"live,omitempty"`
+	Time   time.Time        `json:"time"`
+}
+
+// backfillCmd starts a backfill: the FSM splits [From, To) into windows,
+// marks those already loaded as skipped (unless Replace) and creates runs
+// for the first Concurrency windows; each run's end starts the next.
+type backfillCmd struct {
+	Pipeline    string        `json:"pipeline"`
+	From        time.Time     `json:"from"`
+	To          time.Time     `json:"to"`
+	Concurrency int           `json:"concurrency"`
+	Replace     bool          `json:"replace,omitempty"`
+	RequestID   string        `json:"request_id,omitempty"`
 	MaxAttempts int           `json:"max_attempts"`
 	Backoff     time.Duration `json:"backoff"`
 	Time        time.Time     `json:"time"`
@@ -127,13 +151,48 @@ type runFailedCmd struct {
 type state struct {
 	Pipelines map[string]*pipelineState `json:"pipelines"`
 	Runs      map[string]*runState      `json:"runs"`
-	// Requests maps a run request id to the run it created.
+	// Requests maps a run request id to the run it created, and
+	// "backfill:"+id to the backfill a backfill request created.
 	Requests map[string]string `json:"requests"`
+	// Backfills are the backfills of incremental pipelines, by id.
+	Backfills map[string]*backfillState `json:"backfills,omitempty"`
 }
 
 func newState() *state {
-	return &state{Pipelines: map[string]*pipelineState{}, Runs: map[string]*runState{}, Requests: map[string]string{}}
+	return &state{Pipelines: map[string]*pipelineState{}, Runs: map[string]*runState{}, Requests: map[string]string{}, Backfills: map[string]*backfillState{}}
 }
+
+// backfillState is one backfill: its windows and their progress.
+type backfillState struct {
+	ID          string                    `json:"id"`
+	Pipeline    string                    `json:"pipeline"`
+	Seq         int64                     `json:"seq"`
+	From        time.Time                 `json:"from"`
+	To          time.Time                 `json:"to"`
+	Window      time.Duration             `json:"window"`
+	Concurrency int                       `json:"concurrency"`
+	Replace     bool                      `json:"replace,omitempty"`
+	RequestID   string                    `json:"request_id,omitempty"`
+	MaxAttempts int                       `json:"max_attempts"`
+	Backoff     time.Duration             `json:"backoff"`
+	Windows     []protocol.BackfillWindow `json:"windows"`
+	State       string                    `json:"state"`
+	Created     time.Time                 `json:"created"`
+	Finished    time.Time                 `json:"finished,omitzero"`
+}
+
+func (b *backfillState) clone() *backfillState {
+	c := *b
+	c.Windows = slices.Clone(b.Windows)
+	return &c
+}
+
+// maxBackfillWindows bounds the windows of one backfill, and
+// keepBackfills the finished backfills kept per pipeline.
+const (
+	maxBackfillWindows = 100_000
+	keepBackfills      = 10
+)
 
 type pipelineState struct {
 	Spec     pipeline.Spec `json:"spec"`
@@ -144,10 +203,15 @@ type pipelineState struct {
 	VersionSeq int64           `json:"version_seq"`
 	Versions   []versionRecord `json:"versions,omitempty"`
 	Watermark  string          `json:"watermark,omitempty"`
-	RunSeq     int64           `json:"run_seq"`
-	LastRun    string          `json:"last_run,omitempty"`
-	Created    time.Time       `json:"created"`
-	Updated    time.Time       `json:"updated"`
+	// Loaded are the time ranges committed by the runs of an incremental
+	// pipeline (live runs, re-runs, backfills), merged and sorted: a
+	// backfill skips the windows they cover.
+	Loaded      []protocol.Window `json:"loaded,omitempty"`
+	BackfillSeq int64             `json:"backfill_seq,omitempty"`
+	RunSeq      int64             `json:"run_seq"`
+	LastRun     string            `json:"last_run,omitempty"`
+	Created     time.Time         `json:"created"`
+	Updated     time.Time         `json:"updated"`
 }
 
 type versionRecord struct {
@@ -175,6 +239,13 @@ type runState struct {
 	Partitioning connectors.Partitioning `json:"partitioning,omitzero"`
 	MaxAttempts  int                     `json:"max_attempts"`
 	Backoff      time.Duration           `json:"backoff"`
+	// Window is the window of an incremental run, DeltaColumn the column
+	// it bounds; Live tells that the commit moves the watermark to
+	// Window.To; Backfill names the backfill the run loads a window of.
+	Window      *protocol.Window `json:"window,omitempty"`
+	DeltaColumn string           `json:"delta_column,omitempty"`
+	Live        bool             `json:"live,omitempty"`
+	Backfill    string           `json:"backfill,omitempty"`
 
 	Planned   bool        `json:"planned"`
 	Tasks     []taskState `json:"tasks,omitempty"`
@@ -242,7 +313,58 @@ func (r *runState) clone() *runState {
 func (p *pipelineState) clone() *pipelineState {
 	c := *p
 	c.Versions = slices.Clone(p.Versions)
+	c.Loaded = slices.Clone(p.Loaded)
 	return &c
+}
+
+// nextFrom returns where the next live window of an incremental pipeline
+// starts: its watermark, or incremental.start before the first commit.
+func (p *pipelineState) nextFrom() (time.Time, error) {
+	if p.Watermark != "" {
+		t, err := time.Parse(time.RFC3339Nano, p.Watermark)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("pipeline %s: watermark %q is not a time (was the pipeline another pattern before?)", p.Spec.Name, p.Watermark)
+		}
+		return t.UTC(), nil
+	}
+	if p.Spec.Incremental == nil || p.Spec.Incremental.Start.IsZero() {
+		return time.Time{}, fmt.Errorf("pipeline %s has no watermark yet: set incremental.start", p.Spec.Name)
+	}
+	return p.Spec.Incremental.Start.UTC(), nil
+}
+
+// formatWatermark renders an incremental watermark.
+func formatWatermark(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// addLoaded merges w into the sorted, disjoint ranges of loaded.
+func addLoaded(loaded []protocol.Window, w protocol.Window) []protocol.Window {
+	out := make([]protocol.Window, 0, len(loaded)+1)
+	for _, l := range loaded {
+		switch {
+		case l.To.Before(w.From) || w.To.Before(l.From):
+			out = append(out, l)
+		default: // overlapping or touching: absorb
+			if l.From.Before(w.From) {
+				w.From = l.From
+			}
+			if l.To.After(w.To) {
+				w.To = l.To
+			}
+		}
+	}
+	out = append(out, w)
+	slices.SortFunc(out, func(a, b protocol.Window) int { return a.From.Compare(b.From) })
+	return out
+}
+
+// covered reports whether loaded covers all of w.
+func covered(loaded []protocol.Window, w protocol.Window) bool {
+	for _, l := range loaded {
+		if !l.From.After(w.From) && !l.To.Before(w.To) {
+			return true
+		}
+	}
+	return false
 }
 
 // Errors returned by Apply, as the response of a log entry.
@@ -250,6 +372,12 @@ var (
 	errNoPipeline = errors.New("no such pipeline")
 	errNoRun      = errors.New("no such run")
 	errRunState   = errors.New("run is not in the state the command needs")
+	// errConflict: the command does not fit the pipeline's state (a live
+	// window that no longer starts at the watermark, a second live run or
+	// backfill in flight).
+	errConflict = errors.New("conflict")
+	// errInvalidCmd: the command asks for something the pipeline cannot do.
+	errInvalidCmd = errors.New("invalid")
 )
 
 // applyResult is the response of an applied entry.
@@ -266,6 +394,11 @@ type applyResult struct {
 	RunFailed bool
 	// Run committing.
 	Version int64
+	// Started counts the runs an entry created besides RunID: backfill
+	// windows taken from the queue.
+	Started int
+	// Backfill is the id of the backfill a backfill entry created or found.
+	Backfill string
 }
 
 // fsm is the Raft state machine. Apply, Snapshot and Restore are called by
@@ -325,6 +458,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.st.runFailed(decodeBody[runFailedCmd](t, body, l.Index))
 	case cmdRunNotified:
 		return f.st.runNotified(decodeBody[runCmd](t, body, l.Index))
+	case cmdBackfill:
+		return f.st.backfill(decodeBody[backfillCmd](t, body, l.Index))
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
@@ -359,10 +494,39 @@ func (s *state) runCreate(c runCreateCmd) any {
 	if !ok {
 		return fmt.Errorf("create run of %q: %w", c.Pipeline, errNoPipeline)
 	}
+	if p.Spec.Pattern == protocol.PatternIncremental {
+		if c.Window == nil || c.Window.Empty() {
+			return fmt.Errorf("create run of %q: an incremental run needs a non-empty window: %w", c.Pipeline, errInvalidCmd)
+		}
+		if c.Live {
+			from, err := p.nextFrom()
+			if err != nil {
+				return fmt.Errorf("create run: %v: %w", err, errInvalidCmd)
+			}
+			if !from.Equal(c.Window.From) {
+				return fmt.Errorf("create run of %q: window %s does not start at the watermark %s: %w", c.Pipeline, c.Window, formatWatermark(from), errConflict)
+			}
+			if r := s.liveRun(c.Pipeline); r != nil {
+				return fmt.Errorf("run %s of %q is still loading window %s: an incremental pipeline loads one live window at a time: %w", r.ID, c.Pipeline, r.Window, errConflict)
+			}
+		}
+	} else if c.Window != nil {
+		return fmt.Errorf("create run of %q: a window is only for pattern incremental: %w", c.Pipeline, errInvalidCmd)
+	}
+	r := s.newRun(p, c)
+	if c.RequestID != "" {
+		s.Requests[c.RequestID] = r.ID
+	}
+	return applyResult{RunID: r.ID}
+}
+
+// newRun adds a run of p in state planning.
+func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	p.RunSeq++
+	name := p.Spec.Name
 	r := &runState{
-		ID:           fmt.Sprintf("%s-%06d", c.Pipeline, p.RunSeq),
-		Pipeline:     c.Pipeline,
+		ID:           fmt.Sprintf("%s-%06d", name, p.RunSeq),
+		Pipeline:     name,
 		Seq:          p.RunSeq,
 		RequestID:    c.RequestID,
 		Params:       c.Params,
@@ -383,12 +547,171 @@ func (s *state) runCreate(c runCreateCmd) any {
 	if r.Backoff == 0 {
 		r.Backoff = c.Backoff
 	}
+	if c.Window != nil {
+		w := *c.Window
+		r.Window = &w
+		r.Live = c.Live
+		if p.Spec.Incremental != nil {
+			r.DeltaColumn = p.Spec.Incremental.DeltaColumn
+		}
+		if c.Live {
+			// The position this run reaches; stored with its commit.
+			r.Watermark = formatWatermark(w.To)
+		}
+	}
 	s.Runs[r.ID] = r
 	p.LastRun = r.ID
-	if c.RequestID != "" {
-		s.Requests[c.RequestID] = r.ID
+	return r
+}
+
+// liveRun returns the unfinished live run of a pipeline, or nil.
+func (s *state) liveRun(pipelineName string) *runState {
+	var found *runState
+	for _, r := range s.Runs {
+		if r.Pipeline == pipelineName && r.Live && !r.finished() && (found == nil || r.Seq < found.Seq) {
+			found = r
+		}
 	}
-	return applyResult{RunID: r.ID}
+	return found
+}
+
+// backfill creates a backfill and starts its first windows.
+func (s *state) backfill(c backfillCmd) any {
+	if c.RequestID != "" {
+		if id, ok := s.Requests["backfill:"+c.RequestID]; ok {
+			return applyResult{Backfill: id, Reused: true}
+		}
+	}
+	p, ok := s.Pipelines[c.Pipeline]
+	if !ok {
+		return fmt.Errorf("backfill %q: %w", c.Pipeline, errNoPipeline)
+	}
+	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
+		return fmt.Errorf("backfill %q: only an incremental pipeline can be backfilled: %w", c.Pipeline, errInvalidCmd)
+	}
+	if !c.From.Before(c.To) || c.Concurrency < 1 {
+		return fmt.Errorf("backfill %q: want from < to and a concurrency of at least 1: %w", c.Pipeline, errInvalidCmd)
+	}
+	size := p.Spec.Incremental.Window
+	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
+		return fmt.Errorf("backfill %q: [%s, %s) makes more than %d windows of %s: %w", c.Pipeline,
+			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size, errInvalidCmd)
+	}
+	for _, b := range s.Backfills {
+		if b.Pipeline == c.Pipeline && b.State == protocol.BackfillRunning {
+			return fmt.Errorf("backfill %s of %q is still running: %w", b.ID, c.Pipeline, errConflict)
+		}
+	}
+	p.BackfillSeq++
+	b := &backfillState{
+		ID: fmt.Sprintf("%s-bf%04d", c.Pipeline, p.BackfillSeq), Pipeline: c.Pipeline, Seq: p.BackfillSeq,
+		From: c.From.UTC(), To: c.To.UTC(), Window: size, Concurrency: c.Concurrency, Replace: c.Replace,
+		RequestID: c.RequestID, MaxAttempts: c.MaxAttempts, Backoff: c.Backoff,
+		State: protocol.BackfillRunning, Created: c.Time,
+	}
+	for lo := b.From; lo.Before(b.To); {
+		hi := lo.Add(size)
+		if hi.After(b.To) {
+			hi = b.To
+		}
+		w := protocol.BackfillWindow{Window: protocol.Window{From: lo, To: hi}, State: protocol.WindowQueued}
+		if !c.Replace && covered(p.Loaded, w.Window) {
+			w.State = protocol.WindowSkipped
+		}
+		b.Windows = append(b.Windows, w)
+		lo = hi
+	}
+	s.Backfills[b.ID] = b
+	if c.RequestID != "" {
+		s.Requests["backfill:"+c.RequestID] = b.ID
+	}
+	s.pruneBackfills(c.Pipeline)
+	return applyResult{Backfill: b.ID, Started: len(s.pump(b, c.Time))}
+}
+
+// pump starts queued windows of b while fewer than its concurrency run,
+// and marks b done when none is queued or running.
+func (s *state) pump(b *backfillState, t time.Time) []string {
+	p, ok := s.Pipelines[b.Pipeline]
+	running := 0
+	for _, w := range b.Windows {
+		if w.State == protocol.WindowRunning {
+			running++
+		}
+	}
+	var started []string
+	for i := range b.Windows {
+		if running >= b.Concurrency || !ok {
+			break
+		}
+		w := &b.Windows[i]
+		if w.State != protocol.WindowQueued {
+			continue
+		}
+		win := w.Window
+		r := s.newRun(p, runCreateCmd{Pipeline: b.Pipeline, Window: &win, MaxAttempts: b.MaxAttempts, Backoff: b.Backoff, Time: t})
+		r.Backfill = b.ID
+		w.State, w.Run = protocol.WindowRunning, r.ID
+		started = append(started, r.ID)
+		running++
+	}
+	if running == 0 && b.State == protocol.BackfillRunning {
+		queued := slices.ContainsFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued })
+		if !queued || !ok {
+			b.State = protocol.BackfillDone
+			b.Finished = t
+		}
+	}
+	return started
+}
+
+// runEnded records the end of a backfill run in its window and starts
+// the next queued windows.
+func (s *state) runEnded(r *runState, t time.Time) []string {
+	if r.Backfill == "" {
+		return nil
+	}
+	b, ok := s.Backfills[r.Backfill]
+	if !ok {
+		return nil
+	}
+	for i := range b.Windows {
+		w := &b.Windows[i]
+		if w.Run != r.ID || w.State != protocol.WindowRunning {
+			continue
+		}
+		if r.State == protocol.RunCommitted {
+			w.State = protocol.WindowCommitted
+			for _, ts := range r.Tasks {
+				w.Rows += ts.Rows
+			}
+		} else {
+			w.State = protocol.WindowFailed
+			w.Error = r.Error
+		}
+	}
+	return s.pump(b, t)
+}
+
+// pruneBackfills keeps the newest keepBackfills finished backfills of a
+// pipeline.
+func (s *state) pruneBackfills(pipelineName string) {
+	var done []*backfillState
+	for _, b := range s.Backfills {
+		if b.Pipeline == pipelineName && b.State == protocol.BackfillDone {
+			done = append(done, b)
+		}
+	}
+	if len(done) <= keepBackfills {
+		return
+	}
+	slices.SortFunc(done, func(a, b *backfillState) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, b := range done[:len(done)-keepBackfills] {
+		delete(s.Backfills, b.ID)
+		if b.RequestID != "" && s.Requests["backfill:"+b.RequestID] == b.ID {
+			delete(s.Requests, "backfill:"+b.RequestID)
+		}
+	}
 }
 
 func (s *state) runIn(id string, states ...string) (*runState, error) {
@@ -412,7 +735,10 @@ func (s *state) runPlanned(c runPlannedCmd) any {
 		r.Tasks[i] = taskState{ID: fmt.Sprintf("t%05d", i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
 	}
 	r.Planned = true
-	r.Watermark = c.Watermark
+	if r.Window == nil {
+		// An incremental run's position is its window, set at creation.
+		r.Watermark = c.Watermark
+	}
 	r.State = protocol.RunRunning
 	return applyResult{Changed: true}
 }
@@ -451,8 +777,9 @@ func (s *state) taskResult(c taskResultCmd) any {
 	r.State = protocol.RunFailed
 	r.Error = fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error)
 	r.Finished = c.Time
+	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, 0)
-	return applyResult{Changed: true, RunFailed: true}
+	return applyResult{Changed: true, RunFailed: true, Started: len(started)}
 }
 
 func (s *state) runCommitting(c runCmd) any {
@@ -490,8 +817,17 @@ func (s *state) runCommitted(c runCommittedCmd) any {
 		// newer version.
 		if r.Version > p.Version {
 			p.Version = r.Version
-			if r.Watermark != "" {
+			if r.Window == nil && r.Watermark != "" {
 				p.Watermark = r.Watermark
+			}
+		}
+		if r.Window != nil {
+			p.Loaded = addLoaded(p.Loaded, *r.Window)
+			// Only a live window moves the watermark, and only forward.
+			if r.Live {
+				if cur, err := p.nextFrom(); err != nil || r.Window.To.After(cur) || p.Watermark == "" {
+					p.Watermark = formatWatermark(r.Window.To)
+				}
 			}
 		}
 		p.Versions = append(p.Versions, versionRecord{Version: r.Version, Run: r.ID, Location: c.Location, Time: c.Time})
@@ -499,8 +835,9 @@ func (s *state) runCommitted(c runCommittedCmd) any {
 			p.Versions = slices.Clone(p.Versions[len(p.Versions)-c.Keep:])
 		}
 	}
+	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return applyResult{Changed: true, Version: r.Version}
+	return applyResult{Changed: true, Version: r.Version, Started: len(started)}
 }
 
 func (s *state) runFailed(c runFailedCmd) any {
@@ -514,8 +851,9 @@ func (s *state) runFailed(c runFailedCmd) any {
 	r.State = protocol.RunFailed
 	r.Error = c.Error
 	r.Finished = c.Time
+	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return applyResult{Changed: true, RunFailed: true}
+	return applyResult{Changed: true, RunFailed: true, Started: len(started)}
 }
 
 func (s *state) runNotified(c runCmd) any {
@@ -579,6 +917,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	if st.Requests == nil {
 		st.Requests = map[string]string{}
+	}
+	if st.Backfills == nil {
+		st.Backfills = map[string]*backfillState{}
 	}
 	f.mu.Lock()
 	f.st = st
@@ -665,4 +1006,21 @@ func (f *fsm) runs(keep func(*runState) bool) []*runState {
 		return cmp.Compare(b.ID, a.ID)
 	})
 	return out
+}
+
+func (f *fsm) backfillByID(id string) (*backfillState, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	b, ok := f.st.Backfills[id]
+	if !ok {
+		return nil, false
+	}
+	return b.clone(), true
+}
+
+func (f *fsm) requestBackfill(requestID string) (string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	id, ok := f.st.Requests["backfill:"+requestID]
+	return id, ok
 }

@@ -261,9 +261,21 @@ func runContext(ctx context.Context, r *runState) context.Context {
 	return telemetry.ExtractMap(ctx, r.Trace)
 }
 
-func (t *leaderTerm) failRun(r *runState, msg string) error {
-	_, err := t.c.apply(cmdRunFailed, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
+func (t *leaderTerm) failRun(ctx context.Context, r *runState, msg string) error {
+	out, err := t.c.apply(cmdRunFailed, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
+	t.kickStarted(ctx, r.Pipeline, out)
 	return err
+}
+
+// kickStarted kicks the unfinished runs of a pipeline when an entry
+// started runs (backfill windows taken from the queue).
+func (t *leaderTerm) kickStarted(ctx context.Context, pipelineName string, out applyResult) {
+	if out.Started == 0 {
+		return
+	}
+	for _, r := range t.c.fsm.runs(func(r *runState) bool { return r.Pipeline == pipelineName && !r.finished() }) {
+		t.kick(ctx, r.ID)
+	}
 }
 
 // plan asks the source for the run's partitions and records them.
@@ -285,6 +297,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) er
 		plan, err := src.Plan(sctx, connectors.PlanRequest{
 			RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
 			Watermark: watermark, Partitioning: r.Partitioning,
+			Window: r.Window, DeltaColumn: r.DeltaColumn,
 		})
 		if _, holds := src.(connectors.RunHolder); holds && err == nil {
 			// The source holds the run's snapshot until the run ends.
@@ -305,7 +318,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) er
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		log.Warn("plan failed", "err", err)
-		return t.failRun(r, "plan: "+err.Error())
+		return t.failRun(ctx, r, "plan: "+err.Error())
 	}
 	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
 	if _, err := c.apply(cmdRunPlanned, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Time: now()}); err != nil {
@@ -419,6 +432,7 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 	if out.Changed {
 		t.kick(ctx, res.RunID)
 	}
+	t.kickStarted(ctx, res.Pipeline, out)
 }
 
 // maxDeliveries is the part of the JetStream advisory Sluice reads.
@@ -463,6 +477,7 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 			c.log.Warn("task dead after max deliveries", "run", task.RunID, "task", task.TaskID, "deliveries", adv.Deliveries)
 			t.kick(ctx, task.RunID)
 		}
+		t.kickStarted(ctx, task.Pipeline, out)
 	} else {
 		c.log.Warn("max deliveries: undecodable task message", "seq", adv.StreamSeq, "err", err)
 	}
@@ -480,10 +495,13 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	mu.Lock()
 	defer mu.Unlock()
 	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark}
+	if r.Window != nil {
+		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
+	}
 	for _, ts := range r.Tasks {
 		sum, err := connectors.ParseChecksum(ts.Checksum, ts.Rows)
 		if err != nil {
-			return t.failRun(r, fmt.Sprintf("commit: task %s: %v", ts.ID, err))
+			return t.failRun(ctx, r, fmt.Sprintf("commit: task %s: %v", ts.ID, err))
 		}
 		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: sum, Location: ts.Location})
 	}
@@ -507,9 +525,11 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
-			if _, err := c.apply(cmdRunCommitted, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+			out, err := c.apply(cmdRunCommitted, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()})
+			if err != nil {
 				return err
 			}
+			t.kickStarted(ctx, r.Pipeline, out)
 			log.Info("run committed", "version", r.Version, "location", res.Location)
 			return nil
 		}
@@ -528,7 +548,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	}
 	span.RecordError(lastErr)
 	span.SetStatus(codes.Error, lastErr.Error())
-	return t.failRun(r, "commit: "+lastErr.Error())
+	return t.failRun(ctx, r, "commit: "+lastErr.Error())
 }
 
 func (t *leaderTerm) pipelineLock(name string) *sync.Mutex {

@@ -86,8 +86,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    cfg.MaxDeliver,
 		MaxAckPending: 10000,
-		// Every idle worker slot keeps one pull request waiting.
-		MaxWaiting:    4096,
+		// Every idle worker slot keeps one pull request waiting: the
+		// server's default MaxWaiting (512) bounds the slots of all
+		// workers together. It cannot be changed on an existing consumer.
 		FilterSubject: protocol.SubjectTasksAll,
 		Replicas:      cfg.Replicas,
 	}}, {protocol.StreamResults, jetstream.ConsumerConfig{

@@ -29,6 +29,10 @@ type Spec struct {
 	// pipeline runs only when asked or triggered.
 	Schedule string `json:"schedule,omitempty"`
 	Retry    Retry  `json:"retry,omitzero"`
+	// Incremental configures the delta-column windows of a pipeline of
+	// pattern incremental; it is required for that pattern and refused
+	// for every other.
+	Incremental *Incremental `json:"incremental,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -41,11 +45,32 @@ type Retry struct {
 	Backoff time.Duration `json:"backoff,omitempty"`
 }
 
+// Incremental configures a delta-column incremental pipeline. A run covers
+// the window [lo, hi) with lo the pipeline's watermark (Start before the
+// first committed run) and hi = min(now - Lag, lo + Window), computed by
+// the coordinator leader when it creates the run.
+type Incremental struct {
+	// DeltaColumn is a timestamptz, timestamp or date column of the source
+	// that grows when a row is inserted or updated (updated_at). Rows whose
+	// DeltaColumn is NULL are never read.
+	DeltaColumn string `json:"delta_column"`
+	// Window is the most one run covers; backfills are split into windows
+	// of this length.
+	Window time.Duration `json:"window"`
+	// Lag is the late-data guard: a run never reads past now - Lag, so
+	// rows committed on the source up to Lag after their DeltaColumn value
+	// are still seen.
+	Lag time.Duration `json:"lag,omitempty"`
+	// Start is where the first run starts; it is required until the
+	// pipeline has a watermark.
+	Start time.Time `json:"start,omitzero"`
+}
+
 // knownPatterns are the patterns of the design; available says which of
 // them this build can run.
 var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternFullLoad:    true,
-	protocol.PatternIncremental: false,
+	protocol.PatternIncremental: true,
 	protocol.PatternCDC:         false,
 	protocol.PatternPassthrough: false,
 	protocol.PatternTransform:   false,
@@ -118,14 +143,14 @@ func Parse(data []byte, file string) (Spec, error) {
 	doc := root.Content[0]
 	p := &parser{file: file}
 	s := Spec{Text: string(data)}
-	seen := map[string]*yaml.Node{}
+	seen := map[string]*yaml.Node{} // top-level key -> the key's node
 	for i := 0; i+1 < len(doc.Content); i += 2 {
 		k, v := doc.Content[i], doc.Content[i+1]
 		if _, dup := seen[k.Value]; dup {
 			p.add(k.Value, k.Line, "appears twice")
 			continue
 		}
-		seen[k.Value] = v
+		seen[k.Value] = k
 		switch k.Value {
 		case "name":
 			s.Name = p.str(k.Value, v)
@@ -151,14 +176,21 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Schedule = p.str(k.Value, v)
 		case "retry":
 			s.Retry = p.retry(v)
+		case "incremental":
+			s.Incremental = p.incremental(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, retry)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, retry, incremental)")
 		}
 	}
 	for _, f := range []string{"name", "pattern", "source", "sink"} {
 		if _, ok := seen[f]; !ok {
 			p.add(f, 0, "is required")
 		}
+	}
+	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
+		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
+	} else if !ok && s.Pattern == protocol.PatternIncremental {
+		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start)")
 	}
 	if len(p.problems) > 0 {
 		return s, &Error{File: file, Problems: p.problems}
@@ -168,13 +200,10 @@ func Parse(data []byte, file string) (Spec, error) {
 
 // Validate checks what every spec needs (a valid name, an available pattern,
 // both connector kinds) and the connector configurations with the registry's
-// validators, expanding `${ENV}` references with lookup (nil: every
-// reference counts as set, to an empty string). Problems name the field and,
+// validators, expanding `${ENV}` references with lookup (nil: none is set;
+// a field that refers to an unset variable is left unjudged). Problems name the field and,
 // when s was parsed from YAML, its line.
 func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bool)) error {
-	if lookup == nil {
-		lookup = func(string) (string, bool) { return "", true }
-	}
 	var problems []Problem
 	lines := lineIndex(s.Text)
 	if s.Name == "" || !protocol.ValidName(s.Name) {
@@ -215,6 +244,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	}
 	check("source", s.Source, reg.HasSource, connectors.RoleSource)
 	check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
+	problems = append(problems, s.incrementalProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -441,6 +471,97 @@ func (p *parser) retry(v *yaml.Node) Retry {
 		default:
 			p.add(field, k.Line, "unknown field (known: max_attempts, backoff)")
 		}
+	}
+	return out
+}
+
+func (p *parser) incremental(v *yaml.Node) *Incremental {
+	out := &Incremental{}
+	if v.Kind != yaml.MappingNode {
+		p.add("incremental", v.Line, "must be a mapping (delta_column, window, lag, start)")
+		return out
+	}
+	has := map[string]bool{}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		field := "incremental." + k.Value
+		if has[k.Value] {
+			p.add(field, k.Line, "appears twice")
+			continue
+		}
+		has[k.Value] = true
+		switch k.Value {
+		case "delta_column":
+			out.DeltaColumn = p.str(field, val)
+			if val.Kind == yaml.ScalarNode && strings.TrimSpace(out.DeltaColumn) == "" {
+				p.add(field, val.Line, "must name a column")
+			}
+		case "window":
+			d, err := ParseDuration(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode || d <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive duration (examples: 1h, 15m, 1d)", val.Value))
+				continue
+			}
+			out.Window = d
+		case "lag":
+			d, err := ParseDuration(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode || d < 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a duration of 0 or more (examples: 0s, 5m, 1h)", val.Value))
+				continue
+			}
+			out.Lag = d
+		case "start":
+			t, err := time.Parse(time.RFC3339Nano, val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode {
+				p.add(field, val.Line, fmt.Sprintf("%q is not an RFC 3339 time (example: 2026-01-01T00:00:00Z)", val.Value))
+				continue
+			}
+			out.Start = t.UTC()
+		default:
+			p.add(field, k.Line, "unknown field (known: delta_column, window, lag, start)")
+		}
+	}
+	for _, f := range []string{"delta_column", "window"} {
+		if !has[f] {
+			p.add("incremental."+f, v.Line, "is required")
+		}
+	}
+	return out
+}
+
+// ParseDuration parses a Go duration ("90m", "1h30m") or a whole number of
+// days ("1d", "7d").
+func ParseDuration(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn.") {
+		var days int64
+		if _, err := fmt.Sscanf(n, "%d", &days); err != nil || fmt.Sprint(days) != n || days > 100_000 {
+			return 0, fmt.Errorf("bad duration %q", s)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
+}
+
+// incrementalProblems checks the incremental section against the pattern.
+func (s Spec) incrementalProblems(lines lines) []Problem {
+	var out []Problem
+	inc := s.Incremental
+	switch {
+	case s.Pattern == protocol.PatternIncremental && inc == nil:
+		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start)"}}
+	case s.Pattern != protocol.PatternIncremental && s.Pattern != "" && inc != nil:
+		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern)}}
+	case inc == nil:
+		return nil
+	}
+	if strings.TrimSpace(inc.DeltaColumn) == "" {
+		out = append(out, Problem{Field: "incremental.delta_column", Line: lines.nearest("incremental.delta_column"), Msg: "is required"})
+	}
+	if inc.Window <= 0 {
+		out = append(out, Problem{Field: "incremental.window", Line: lines.nearest("incremental.window"), Msg: "must be a positive duration"})
+	}
+	if inc.Lag < 0 {
+		out = append(out, Problem{Field: "incremental.lag", Line: lines.nearest("incremental.lag"), Msg: "must not be negative"})
 	}
 	return out
 }

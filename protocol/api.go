@@ -16,6 +16,10 @@ const (
 	VerbStatus    = "status"
 	VerbRunStatus = "run.get"
 	VerbPipelines = "pipelines"
+	// VerbBackfill starts a backfill of an incremental pipeline;
+	// VerbBackfillGet reports one.
+	VerbBackfill    = "backfill"
+	VerbBackfillGet = "backfill.get"
 )
 
 // APIError is the reply of a request that failed.
@@ -47,12 +51,22 @@ type RunRequest struct {
 	LogicalTime time.Time         `json:"logical_time,omitzero"`
 	// RequestID makes the request idempotent: the same id gives the same run.
 	RequestID string `json:"request_id,omitempty"`
+	// Window, for an incremental pipeline, asks for exactly this window
+	// (a re-run: its rows in the target are replaced, never doubled)
+	// instead of the next one after the watermark. A run with an explicit
+	// window never moves the watermark.
+	Window *Window `json:"window,omitempty"`
 }
 
-// RunReply names the run that was started.
+// RunReply names the run that was started. For an incremental pipeline
+// whose next window is empty (the watermark has reached now - lag), no run
+// is started: RunID is empty, UpToDate is true and Window is the empty
+// window [watermark, now - lag).
 type RunReply struct {
-	RunID string `json:"run"`
-	Tasks int    `json:"tasks"`
+	RunID    string  `json:"run"`
+	Tasks    int     `json:"tasks"`
+	UpToDate bool    `json:"up_to_date,omitempty"`
+	Window   *Window `json:"window,omitempty"`
 }
 
 // StatusRequest filters a status reply; empty fields mean all.
@@ -126,6 +140,13 @@ type RunStatus struct {
 	TraceID     string    `json:"trace_id,omitempty"`
 	Created     time.Time `json:"created"`
 	Finished    time.Time `json:"finished,omitzero"`
+	// Window is the window of an incremental run; Live tells whether the
+	// run advances the watermark (a window after it) or not (an explicit
+	// window: a re-run or a backfill). Backfill names the backfill the
+	// run belongs to.
+	Window   *Window `json:"window,omitempty"`
+	Live     bool    `json:"live,omitempty"`
+	Backfill string  `json:"backfill,omitempty"`
 	// TaskList is filled by run.get only.
 	TaskList []TaskStatus `json:"task_list,omitempty"`
 }
@@ -145,4 +166,72 @@ type TaskStatus struct {
 // RunGetRequest asks for one run with its tasks.
 type RunGetRequest struct {
 	RunID string `json:"run"`
+}
+
+// BackfillRequest asks for a backfill of an incremental pipeline: [From,
+// To) is split into windows of the pipeline's incremental.window (the last
+// one may be shorter), each loaded by its own run, at most Concurrency at
+// once (the leader queues the rest). Windows already committed for the
+// pipeline (by a live run or an earlier backfill) are skipped unless
+// Replace is set, when they are loaded again and replace their rows.
+// Backfill runs never move the watermark.
+type BackfillRequest struct {
+	Pipeline    string    `json:"pipeline"`
+	From        time.Time `json:"from"`
+	To          time.Time `json:"to"`
+	Concurrency int       `json:"concurrency,omitempty"`
+	Replace     bool      `json:"replace,omitempty"`
+	// RequestID makes the request idempotent: the same id gives the same
+	// backfill.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// BackfillGetRequest asks for one backfill.
+type BackfillGetRequest struct {
+	ID string `json:"id"`
+}
+
+// Backfill states, of a whole backfill and of its windows.
+const (
+	BackfillRunning = "running"
+	BackfillDone    = "done"
+	// Window states: queued (waiting for a slot), running (its run is in
+	// flight), committed, failed, skipped (committed before; not loaded).
+	WindowQueued    = "queued"
+	WindowRunning   = "running"
+	WindowCommitted = "committed"
+	WindowFailed    = "failed"
+	WindowSkipped   = "skipped"
+)
+
+// BackfillStatus describes a backfill.
+type BackfillStatus struct {
+	ID          string           `json:"id"`
+	Pipeline    string           `json:"pipeline"`
+	From        time.Time        `json:"from"`
+	To          time.Time        `json:"to"`
+	Window      time.Duration    `json:"window"`
+	Concurrency int              `json:"concurrency"`
+	Replace     bool             `json:"replace,omitempty"`
+	State       string           `json:"state"`
+	Windows     []BackfillWindow `json:"windows"`
+	// Counts of Windows by state, and the rows of committed windows.
+	Total     int       `json:"total"`
+	Queued    int       `json:"queued"`
+	Running   int       `json:"running"`
+	Committed int       `json:"committed"`
+	Failed    int       `json:"failed"`
+	Skipped   int       `json:"skipped"`
+	Rows      int64     `json:"rows"`
+	Created   time.Time `json:"created"`
+	Finished  time.Time `json:"finished,omitzero"`
+}
+
+// BackfillWindow is one window of a backfill.
+type BackfillWindow struct {
+	Window
+	State string `json:"state"`
+	Run   string `json:"run,omitempty"`
+	Rows  int64  `json:"rows,omitempty"`
+	Error string `json:"error,omitempty"`
 }

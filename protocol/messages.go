@@ -32,6 +32,21 @@ type Endpoint struct {
 	Config json.RawMessage `json:"config,omitempty"`
 }
 
+// Window is a half-open time range [From, To) of an incremental run: the
+// run reads the rows whose delta column is >= From and < To.
+type Window struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+// Empty reports whether the window holds no instant.
+func (w Window) Empty() bool { return !w.From.Before(w.To) }
+
+// String renders the window as "[from, to)" in RFC 3339, UTC.
+func (w Window) String() string {
+	return "[" + w.From.UTC().Format(time.RFC3339Nano) + ", " + w.To.UTC().Format(time.RFC3339Nano) + ")"
+}
+
 // Partition is one bounded piece of a run's input: a file set, a byte range,
 // a key range, a time window or an offset range. Spec is opaque to everyone
 // but the source connector that planned it.

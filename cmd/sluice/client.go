@@ -80,17 +80,16 @@ func loadSpecs(paths []string, reg *connectors.Registry, stderr io.Writer) ([]pi
 			v, ok := os.LookupEnv(k)
 			if !ok {
 				unset[k] = true
-				return "", true
 			}
-			return v, true
+			return v, ok
 		}
 		s, err := pipeline.Load(data, p, reg, lookup)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		for k := range unset {
-			fmt.Fprintf(stderr, "note: %s: ${%s} is not set here; it must be set where the coordinator and workers run\n", p, k)
+		for _, k := range sortedKeys(unset) {
+			fmt.Fprintf(stderr, "note: %s: %s is not set here, so the fields using it were not checked; it must be set where the coordinator and workers run\n", p, k)
 		}
 		abs, err := filepath.Abs(filepath.Dir(p))
 		if err != nil {
@@ -114,6 +113,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.Var(&params, "param", "run parameter k=v; repeat for several")
 	wait := fs.Bool("wait", false, "wait for the run to end, showing progress")
 	logical := fs.String("logical-time", "", "the run's logical time, RFC 3339 (windowed and partitioned patterns)")
+	window := fs.String("window", "", "incremental pipelines: load exactly FROM,TO (RFC 3339) again, replacing its rows; the watermark stays")
 	// Allow the pipeline name before the flags: sluice run orders --wait.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -143,6 +143,15 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		req.LogicalTime = t
 	}
+	if *window != "" {
+		a, b, ok := strings.Cut(*window, ",")
+		from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
+		to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
+		if !ok || err1 != nil || err2 != nil {
+			return fmt.Errorf("--window %q: want FROM,TO in RFC 3339", *window)
+		}
+		req.Window = &protocol.Window{From: from, To: to}
+	}
 	nc, err := cf.connect("sluice-run")
 	if err != nil {
 		return err
@@ -155,7 +164,15 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("run %s: %w", name, err)
 	}
-	fmt.Fprintf(stdout, "run %s started: %d tasks\n", res.RunID, res.Tasks)
+	if res.UpToDate {
+		fmt.Fprintf(stdout, "pipeline %s is up to date: the watermark %s has reached now - lag; no run\n", name, res.Window.From.Format(time.RFC3339Nano))
+		return nil
+	}
+	if res.Window != nil {
+		fmt.Fprintf(stdout, "run %s started: %d tasks, window %s\n", res.RunID, res.Tasks, res.Window)
+	} else {
+		fmt.Fprintf(stdout, "run %s started: %d tasks\n", res.RunID, res.Tasks)
+	}
 	if !*wait {
 		return nil
 	}
@@ -173,6 +190,9 @@ func printOutcome(w io.Writer, st protocol.RunStatus) error {
 		return fmt.Errorf("run %s %s: %s", st.RunID, st.State, st.Error)
 	}
 	fmt.Fprintf(w, "run %s committed: %d rows, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, humanBytes(st.Bytes), st.Version, st.Location)
+	if st.Window != nil {
+		fmt.Fprintf(w, "  window: %s\n", st.Window)
+	}
 	if st.Marker != "" {
 		fmt.Fprintf(w, "  marker: %s\n", st.Marker)
 	}
@@ -242,9 +262,9 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 		fmt.Fprintf(w, "  node %s %s %s%s\n", n.ID, n.Address, n.Suffrage, mark)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSCHEDULE")
+	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSCHEDULE\tWATERMARK")
 	for _, p := range st.Pipelines {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", p.Name, p.Pattern, p.Revision, p.Version, dash(p.LastRun), dash(p.Schedule))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, p.Version, dash(p.LastRun), dash(p.Schedule), dash(truncate(p.Watermark, 40)))
 	}
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {
@@ -263,6 +283,16 @@ func printRun(w io.Writer, r protocol.RunStatus) {
 	fmt.Fprintf(w, "run %s (%s): %s, %d/%d tasks, %d rows, %s\n", r.RunID, r.Pipeline, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes))
 	if r.Location != "" {
 		fmt.Fprintf(w, "  data:   %s (version %d)\n", r.Location, r.Version)
+	}
+	if r.Window != nil {
+		kind := "explicit window: the watermark stays"
+		switch {
+		case r.Live:
+			kind = "live: its commit moves the watermark"
+		case r.Backfill != "":
+			kind = "backfill " + r.Backfill
+		}
+		fmt.Fprintf(w, "  window: %s (%s)\n", r.Window, kind)
 	}
 	if r.Marker != "" {
 		fmt.Fprintf(w, "  marker: %s\n", r.Marker)
@@ -339,3 +369,12 @@ func (p *progress) update(st protocol.RunStatus) {
 }
 
 func (p *progress) done() { fmt.Fprintln(p.w) }
+
+func sortedKeys(m map[string]bool) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, "${"+k+"}")
+	}
+	sort.Strings(ks)
+	return ks
+}

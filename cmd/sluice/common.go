@@ -35,8 +35,8 @@ type clientFlags struct {
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.natsURL, "nats", "", "NATS server URL(s), comma-separated (default $SLUICE_NATS, then the URL `sluice dev` wrote in --data-dir, then nats://127.0.0.1:4222)")
-	fs.StringVar(&c.dataDir, "data-dir", ".sluice", "data directory of a local `sluice dev`, where it writes nats.url")
+	fs.StringVar(&c.natsURL, "nats", "", "NATS server `URL`(s), comma-separated (default $SLUICE_NATS, then the URL a local sluice dev wrote in --data-dir, then nats://127.0.0.1:4222)")
+	fs.StringVar(&c.dataDir, "data-dir", ".sluice", "data `directory` of a local sluice dev, where it writes nats.url")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for the cluster to answer")
 }
 

@@ -1,6 +1,6 @@
 // Command sluice is the one Sluice binary: an embedded all-in-one cluster
 // (dev, demo), the cluster's processes (coordinator, worker) and the client
-// commands (apply, run, status).
+// commands (apply, run, status, rollback).
 package main
 
 import (
@@ -38,6 +38,8 @@ func commands() []command {
 		{"apply", "store pipeline specs: sluice apply -f spec.yaml", runApply},
 		{"run", "start a run of a pipeline: sluice run <pipeline> [--wait]", runRun},
 		{"status", "show pipelines, runs, tasks and workers", runStatus},
+		{"backfill", "load a time range of an incremental pipeline in windows: sluice backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace]", runBackfill},
+		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
 	}
 }
 

@@ -53,4 +53,19 @@
 // bool, integer and decimal literals int64/float64, canonical RFC 3339 UTC
 // timestamps timestamp[us, UTC], anything else string; mixed kinds become
 // string.
+//
+// # Incremental windows
+//
+// A commit in connectors.ModeAppend (an incremental run) writes the run's
+// window as its own directory, <path>/window=<from>_<to>/ (UTC, such as
+// window=20260101T000000Z_20260101T010000Z), instead of a version: the task
+// outputs are moved into a hidden building directory, _SUCCESS (with the
+// run, rows, checksum and window) is written in it last, and it takes the
+// window's name in one rename. A window committed again (a re-run, a
+// backfill with --replace) is swapped with the earlier directory in one
+// atomic exchange (renameat2 RENAME_EXCHANGE on Linux) and the earlier one
+// removed: the window's rows are replaced, never doubled. Window
+// directories lying inside a new, larger window are removed once it is in
+// place; a partial overlap fails the commit, since rows cannot be split.
+// A files source cannot read delta-column windows.
 package files

@@ -110,6 +110,8 @@ type marker struct {
 	Rows     int64     `json:"rows"`
 	Checksum string    `json:"checksum"`
 	Time     time.Time `json:"time"`
+	// Window is the window of an incremental (append) commit.
+	Window *connectors.Window `json:"window,omitempty"`
 }
 
 // Commit publishes the task outputs of a run as version req.Version:
@@ -124,25 +126,18 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	if req.Version < 0 {
 		return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("commit run %s: bad version %d", req.RunID, req.Version))
 	}
+	if req.Mode == connectors.ModeAppend {
+		return s.commitWindow(ctx, req)
+	}
 	name := versionName(req.Version)
 	vdir := filepath.Join(s.root, name)
 	fail := func(err error) (connectors.CommitResult, error) {
 		return connectors.CommitResult{}, fmt.Errorf("commit run %s as %s: %w", req.RunID, name, err)
 	}
 	// Check the request before touching anything.
-	staged := "_staging/" + req.RunID
-	want := map[string]string{} // file name -> staged location
-	var sum connectors.Checksum
-	for _, t := range req.Tasks {
-		dir, base := path.Split(t.Location)
-		if path.Clean(dir) != staged || !strings.HasPrefix(base, "part-") {
-			return fail(connectors.Permanent(fmt.Errorf("task output %q is not in %s", t.Location, staged)))
-		}
-		if _, dup := want[base]; dup {
-			return fail(connectors.Permanent(fmt.Errorf("task output %q listed twice", t.Location)))
-		}
-		want[base] = t.Location
-		sum.Merge(t.Checksum)
+	want, sum, err := stagedOutputs(req)
+	if err != nil {
+		return fail(err)
 	}
 	if err := ctx.Err(); err != nil {
 		return connectors.CommitResult{}, err
@@ -176,11 +171,43 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	return connectors.CommitResult{Location: vdir, Marker: markerPath}, nil
 }
 
+// stagedOutputs checks the task outputs of a commit: file name -> staged
+// location, and their merged checksum.
+func stagedOutputs(req connectors.CommitRequest) (map[string]string, connectors.Checksum, error) {
+	staged := "_staging/" + req.RunID
+	want := map[string]string{}
+	var sum connectors.Checksum
+	for _, t := range req.Tasks {
+		dir, base := path.Split(t.Location)
+		if path.Clean(dir) != staged || !strings.HasPrefix(base, "part-") {
+			return nil, sum, connectors.Permanent(fmt.Errorf("task output %q is not in %s", t.Location, staged))
+		}
+		if _, dup := want[base]; dup {
+			return nil, sum, connectors.Permanent(fmt.Errorf("task output %q listed twice", t.Location))
+		}
+		want[base] = t.Location
+		sum.Merge(t.Checksum)
+	}
+	return want, sum, nil
+}
+
 // build fills .<name>.building with the listed outputs and renames it to
 // name. Outputs moved by an earlier, interrupted commit are found in the
 // building directory; a listed output found nowhere fails the commit.
 func (s *Sink) build(ctx context.Context, name string, want map[string]string) error {
 	building := filepath.Join(s.root, "."+name+".building")
+	if err := s.fill(ctx, building, want); err != nil {
+		return err
+	}
+	if err := os.Rename(building, filepath.Join(s.root, name)); err != nil {
+		return err
+	}
+	return syncDir(s.root)
+}
+
+// fill moves the listed outputs into the directory building, removing
+// anything else in it, and syncs it.
+func (s *Sink) fill(ctx context.Context, building string, want map[string]string) error {
 	if err := os.MkdirAll(building, 0o755); err != nil {
 		return err
 	}
@@ -218,13 +245,7 @@ func (s *Sink) build(ctx context.Context, name string, want map[string]string) e
 			return err
 		}
 	}
-	if err := syncDir(building); err != nil {
-		return err
-	}
-	if err := os.Rename(building, filepath.Join(s.root, name)); err != nil {
-		return err
-	}
-	return syncDir(s.root)
+	return syncDir(building)
 }
 
 // swapCurrent points the current symlink at name, atomically.

@@ -78,6 +78,9 @@ type fileRef struct {
 // JSONL file larger than TargetBytes is split into byte ranges. ctx bounds
 // the listing.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	if req.Window != nil {
+		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("plan %s: a files source cannot read a delta-column window %v (partition-based incremental loads are not built yet)", s.cfg.Path, req.Window))
+	}
 	base, files, format, err := s.list(ctx)
 	if err != nil {
 		return connectors.Plan{}, err

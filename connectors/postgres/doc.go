@@ -1,6 +1,8 @@
-// Package postgres is the "postgres" connector: a full-load source that
-// reads a table in bounded, parallel chunks of one consistent snapshot, and
-// a Full Loader sink that exposes each run as a new version behind a view.
+// Package postgres is the "postgres" connector: a source that reads a table
+// (whole, or one delta-column window of it) in bounded, parallel chunks of
+// one consistent snapshot, and a sink that exposes each full load as a new
+// version behind a view, or appends incremental windows idempotently to one
+// table.
 //
 // # Source
 //
@@ -74,6 +76,39 @@
 // the new one, never a part. A commit repeated for the same run and version
 // finds it recorded and does nothing. Abort drops the run's staging tables.
 // Rollback points the view at an older kept version; Versions lists them.
+//
+// # Incremental (delta-column) loads
+//
+// For a run of an incremental pipeline the leader passes the run's window
+// [from, to) and the delta column in the PlanRequest. The delta column must
+// be timestamptz, timestamp or date (timestamp and date values are taken as
+// UTC wall-clock times); Plan counts the rows inside the window exactly and
+// splits them by key ranges (or ctid ranges) as for a full load, every
+// chunk AND-ed with `delta_column >= from AND delta_column < to` (the bounds
+// written as literals of the column's type, so an index on it serves the
+// query), all chunks on the run's exported snapshot. Rows whose delta
+// column is NULL are never read.
+//
+// The sink commits such a run (connectors.ModeAppend) into ONE table,
+// <table>, with no versions or view: in one transaction it deletes the
+// table's rows whose delta column lies in the window, inserts the staged
+// rows (each column cast to the table's type; staging tables take the
+// table's shape when it exists), drops the staging tables and records the
+// run in sluice_windows (table_name, run, lo, hi, rows, deleted, checksum,
+// committed). A window committed again (a re-run, a backfill --replace)
+// thus holds its rows once; a commit repeated for the same run finds it
+// recorded and does nothing. A missing table is created like a version
+// table (configured columns, <table>_template, or text columns). Windows
+// lists what was committed.
+//
+// Limits of delta-column loads: a row deleted on the source is never seen
+// (nothing carries it: use the CDC pattern to capture deletes); a row
+// updated after its window was loaded appears again in a later window
+// with its new delta value, while its earlier version stays in the target
+// (append keeps both: do not put a unique key on the target, or dedupe
+// downstream); rows whose delta value is written more than lag after the
+// fact (a long transaction, a skewed clock) may land behind the watermark
+// and are missed until that window is re-run.
 //
 // # Checksums
 //

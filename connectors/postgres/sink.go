@@ -154,6 +154,16 @@ func (s *Sink) createTable(ctx context.Context, q querier, t pgx.Identifier, col
 				" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES INCLUDING COMMENTS)"
 			break
 		}
+		// An incremental target that is a table already: stage in its
+		// shape (a full load's target is a view, never a table).
+		ok, kind, err := exists(ctx, q, s.view())
+		if err != nil {
+			return false, err
+		}
+		if ok && (kind == "r" || kind == "p") && !slices.Equal(t, s.view()) {
+			sql = "CREATE TABLE " + t.Sanitize() + " (LIKE " + s.view().Sanitize() + " INCLUDING DEFAULTS)"
+			break
+		}
 		if len(columns) == 0 {
 			return false, nil
 		}
@@ -209,15 +219,26 @@ func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, 
 	return true, tx.Commit(ctx)
 }
 
-// committedRun reports whether runID is recorded as a committed version.
+// committedRun reports whether runID is recorded as a committed version
+// or a committed window.
 func (s *Sink) committedRun(ctx context.Context, q querier, runID string) (bool, error) {
-	ok, _, err := exists(ctx, q, s.versions())
-	if err != nil || !ok {
-		return false, err
+	for _, t := range []pgx.Identifier{s.versions(), s.windows()} {
+		ok, _, err := exists(ctx, q, t)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			continue
+		}
+		var n int
+		if err := q.QueryRow(ctx, "SELECT count(*) FROM "+t.Sanitize()+" WHERE table_name = $1 AND run = $2", s.name, runID).Scan(&n); err != nil {
+			return false, err
+		}
+		if n > 0 {
+			return true, nil
+		}
 	}
-	var n int
-	err = q.QueryRow(ctx, "SELECT count(*) FROM "+s.versions().Sanitize()+" WHERE table_name = $1 AND run = $2", s.name, runID).Scan(&n)
-	return n > 0, err
+	return false, nil
 }
 
 // OpenTask connects and starts the output of one task attempt. The rows go
@@ -498,7 +519,7 @@ func (w *taskWriter) Abort(ctx context.Context) error {
 // version recorded and changes nothing.
 func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
 	res := connectors.CommitResult{Location: s.cfg.Table}
-	if req.Version <= 0 {
+	if req.Version <= 0 && req.Mode != connectors.ModeAppend {
 		return res, connectors.Permanent(fmt.Errorf("commit run %s to %s: version %d is not positive", req.RunID, s.cfg.Table, req.Version))
 	}
 	conn, err := connect(ctx, s.cfg.DSN)
@@ -506,6 +527,12 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 		return res, err
 	}
 	defer conn.Close(context.Background())
+	if req.Mode == connectors.ModeAppend {
+		if err := s.commitWindow(ctx, conn, req); err != nil {
+			return res, classify(fmt.Errorf("commit run %s to %s for window %v: %w", req.RunID, s.cfg.Table, req.Window, err))
+		}
+		return res, nil
+	}
 	if err := s.commit(ctx, conn, req); err != nil {
 		return res, classify(fmt.Errorf("commit run %s to %s as version %d: %w", req.RunID, s.cfg.Table, req.Version, err))
 	}
@@ -574,29 +601,8 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 		sum.Merge(t.Checksum)
 	}
 	if staged {
-		rows, err := tx.Query(ctx, "SELECT task, rows FROM "+tasksT.Sanitize())
-		if err != nil {
+		if err := checkStaged(ctx, tx, tasksT, want); err != nil {
 			return err
-		}
-		got := map[string]int64{}
-		var task string
-		var n int64
-		if _, err := pgx.ForEachRow(rows, []any{&task, &n}, func() error { got[task] = n; return nil }); err != nil {
-			return err
-		}
-		for task, n := range got {
-			w, ok := want[task]
-			if !ok {
-				return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, which is not in the commit", n, task))
-			}
-			if w != n {
-				return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, its output says %d", n, task, w))
-			}
-		}
-		for task, w := range want {
-			if _, ok := got[task]; !ok && w != 0 {
-				return connectors.Permanent(fmt.Errorf("staging holds no rows of task %s, its output says %d", task, w))
-			}
 		}
 		for _, sql := range []string{
 			"ALTER TABLE " + rowsT.Sanitize() + " DROP COLUMN " + stagingTaskColumn,
@@ -633,6 +639,36 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 		return err
 	}
 	return tx.Commit(ctx)
+}
+
+// checkStaged compares the tasks a staging table lists with the task
+// outputs of the commit (want: location -> rows).
+func checkStaged(ctx context.Context, tx pgx.Tx, tasksT pgx.Identifier, want map[string]int64) error {
+	rows, err := tx.Query(ctx, "SELECT task, rows FROM "+tasksT.Sanitize())
+	if err != nil {
+		return err
+	}
+	got := map[string]int64{}
+	var task string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&task, &n}, func() error { got[task] = n; return nil }); err != nil {
+		return err
+	}
+	for task, n := range got {
+		w, ok := want[task]
+		if !ok {
+			return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, which is not in the commit", n, task))
+		}
+		if w != n {
+			return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, its output says %d", n, task, w))
+		}
+	}
+	for task, w := range want {
+		if _, ok := got[task]; !ok && w != 0 {
+			return connectors.Permanent(fmt.Errorf("staging holds no rows of task %s, its output says %d", task, w))
+		}
+	}
+	return nil
 }
 
 // pointView makes the view select every column of the version table t:
@@ -831,4 +867,226 @@ func (s *Sink) rollback(ctx context.Context, conn *pgx.Conn, to int64) error {
 		return err
 	}
 	return tx.Commit(ctx)
+}
+
+// windowsTable is the bookkeeping table of the incremental (append) loads
+// of a schema: one row per committed run and its window.
+const windowsTable = "sluice_windows"
+
+func (s *Sink) windows() pgx.Identifier { return s.ident(windowsTable) }
+
+// commitWindow commits an incremental run in ModeAppend into the one table
+// s.cfg.Table, in one transaction serialized with every other commit of
+// the schema: it deletes the target's rows whose delta column lies in
+// the window, inserts the staged rows (cast to the target's column types),
+// drops the staging tables and records the run and its window in
+// sluice_windows. A window committed again thus replaces its rows, never
+// doubles them; a commit repeated for the same run finds it recorded and
+// does nothing. The target is created on the first commit when missing,
+// like a full load's version table (configured columns, <table>_template,
+// or the staged columns as text).
+func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest) error {
+	if req.Window == nil || req.Window.Empty() || req.DeltaColumn == "" {
+		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
+	}
+	tx, err := s.lockTable(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.windows().Sanitize()+` (
+			table_name text NOT NULL,
+			run text NOT NULL,
+			lo timestamptz NOT NULL,
+			hi timestamptz NOT NULL,
+			rows bigint NOT NULL,
+			deleted bigint NOT NULL,
+			checksum text NOT NULL DEFAULT '',
+			committed timestamptz NOT NULL DEFAULT now(),
+			PRIMARY KEY (table_name, run))`); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+s.windows().Sanitize()+" WHERE table_name = $1 AND run = $2", s.name, req.RunID).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil // committed before: change nothing
+	}
+
+	target := s.view()
+	ok, kind, err := exists(ctx, tx, target)
+	if err != nil {
+		return err
+	}
+	if ok && kind != "r" && kind != "p" {
+		return connectors.Permanent(fmt.Errorf("%s is not a table (relkind %s): an incremental load appends to one table (is it a full load's view?)", target.Sanitize(), kind))
+	}
+	rowsT, tasksT := s.staging(req.RunID)
+	staged, _, err := exists(ctx, tx, rowsT)
+	if err != nil {
+		return err
+	}
+	want := map[string]int64{}
+	var total int64
+	var sum connectors.Checksum
+	for _, t := range req.Tasks {
+		want[t.Location] = t.Rows
+		total += t.Rows
+		sum.Merge(t.Checksum)
+	}
+	var stagedCols []string
+	if staged {
+		if err := checkStaged(ctx, tx, tasksT, want); err != nil {
+			return err
+		}
+		cols, err := tableColumns(ctx, tx, rowsT)
+		if err != nil {
+			return err
+		}
+		for _, c := range cols {
+			if c != stagingTaskColumn {
+				stagedCols = append(stagedCols, c)
+			}
+		}
+	} else if total != 0 {
+		return connectors.Permanent(fmt.Errorf("the run's staging table %s is missing (aborted?)", rowsT.Sanitize()))
+	}
+	if !ok {
+		created, err := s.createTable(ctx, tx, target, stagedCols)
+		if err != nil {
+			return err
+		}
+		ok = created
+	}
+	var deleted int64
+	if ok {
+		deleted, err = s.deleteWindow(ctx, tx, target, req)
+		if err != nil {
+			return err
+		}
+	}
+	if staged {
+		if total > 0 {
+			if err := s.insertStaged(ctx, tx, target, rowsT, stagedCols, total); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, "DROP TABLE "+rowsT.Sanitize()+", "+tasksT.Sanitize()); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		s.name, req.RunID, req.Window.From, req.Window.To, total, deleted, sum.String()); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// deleteWindow deletes the target's rows whose delta column lies in the
+// window and returns how many. The bounds are literals of the column's
+// type (timestamptz; timestamp and date as UTC wall-clock time), so an
+// index on the column serves the delete; a text column is cast.
+func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifier, req connectors.CommitRequest) (int64, error) {
+	var typ string
+	err := tx.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), req.DeltaColumn).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), req.DeltaColumn))
+	}
+	if err != nil {
+		return 0, err
+	}
+	k := pgx.Identifier{req.DeltaColumn}.Sanitize()
+	lo, hi := req.Window.From.UTC().Format(time.RFC3339Nano), req.Window.To.UTC().Format(time.RFC3339Nano)
+	var cond string
+	switch deltaTypes[typ] {
+	case "timestamptz":
+		cond = k + " >= $1::timestamptz AND " + k + " < $2::timestamptz"
+	case "timestamp":
+		cond = k + " >= $1::timestamp AND " + k + " < $2::timestamp"
+		lo, hi = req.Window.From.UTC().Format("2006-01-02 15:04:05.999999"), req.Window.To.UTC().Format("2006-01-02 15:04:05.999999")
+	default: // text as loaded without a typed target; the session is in UTC
+		cond = k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz"
+	}
+	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, lo, hi)
+	if err != nil {
+		return 0, fmt.Errorf("delete window rows: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// insertStaged copies the staged rows into the target, casting each
+// column to the target's type.
+func (s *Sink) insertStaged(ctx context.Context, tx pgx.Tx, target, rowsT pgx.Identifier, cols []string, want int64) error {
+	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, target.Sanitize())
+	if err != nil {
+		return err
+	}
+	types := map[string]string{}
+	var name, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error { types[name] = typ; return nil }); err != nil {
+		return err
+	}
+	names := make([]string, len(cols))
+	exprs := make([]string, len(cols))
+	for i, c := range cols {
+		t, ok := types[c]
+		if !ok {
+			return connectors.Permanent(fmt.Errorf("%s has no column %q, which the source sends", target.Sanitize(), c))
+		}
+		names[i] = pgx.Identifier{c}.Sanitize()
+		exprs[i] = names[i] + "::" + t
+	}
+	tag, err := tx.Exec(ctx, "INSERT INTO "+target.Sanitize()+" ("+strings.Join(names, ", ")+") SELECT "+strings.Join(exprs, ", ")+" FROM "+rowsT.Sanitize())
+	if err != nil {
+		return fmt.Errorf("insert staged rows: %w", err)
+	}
+	if tag.RowsAffected() != want {
+		return fmt.Errorf("inserted %d staged rows, the tasks staged %d", tag.RowsAffected(), want)
+	}
+	return nil
+}
+
+// Window is one committed window of an incremental table.
+type Window struct {
+	Run      string
+	From, To time.Time
+	Rows     int64
+	// Deleted counts the rows the commit replaced (a re-run of the window).
+	Deleted  int64
+	Checksum string
+}
+
+// Windows lists the windows committed into an incremental table, in
+// commit order. table is as in the sink's configuration.
+func Windows(ctx context.Context, dsn, table string) ([]Window, error) {
+	s, err := NewSink(SinkConfig{DSN: dsn, Table: table})
+	if err != nil {
+		return nil, err
+	}
+	conn, err := connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	ok, _, err := exists(ctx, conn, s.windows())
+	if err != nil || !ok {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, "SELECT run, lo, hi, rows, deleted, checksum FROM "+s.windows().Sanitize()+
+		" WHERE table_name = $1 ORDER BY committed, lo", s.name)
+	if err != nil {
+		return nil, fmt.Errorf("list windows of %s: %w", table, err)
+	}
+	ws, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Window, error) {
+		var w Window
+		err := r.Scan(&w.Run, &w.From, &w.To, &w.Rows, &w.Deleted, &w.Checksum)
+		return w, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list windows of %s: %w", table, err)
+	}
+	return ws, nil
 }

@@ -79,6 +79,67 @@ type chunkSpec struct {
 	Ctid    bool   `json:"ctid,omitempty"`
 	BlockLo *int64 `json:"block_lo,omitempty"`
 	BlockHi *int64 `json:"block_hi,omitempty"`
+	// Delta bounds every chunk of an incremental run to its window.
+	Delta *deltaSpec `json:"delta,omitempty"`
+}
+
+// deltaSpec is the window of an incremental run on its delta column.
+type deltaSpec struct {
+	Column string `json:"column"`
+	// Type is "timestamptz" for a timestamptz column, "timestamp" for a
+	// timestamp or date column (compared with the window's bounds as UTC
+	// wall-clock times).
+	Type string    `json:"type"`
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+// cond is the SQL condition `col >= from AND col < to`, with the bounds
+// rendered as literals of the column's type (so an index on the column
+// serves it).
+func (d *deltaSpec) cond() string {
+	if d == nil {
+		return ""
+	}
+	k := pgx.Identifier{d.Column}.Sanitize()
+	lit := func(t time.Time) string {
+		if d.Type == "timestamptz" {
+			return quoteLiteral(t.UTC().Format(time.RFC3339Nano)) + "::timestamptz"
+		}
+		return quoteLiteral(t.UTC().Format("2006-01-02 15:04:05.999999")) + "::timestamp"
+	}
+	return fmt.Sprintf("%s >= %s AND %s < %s", k, lit(d.From), k, lit(d.To))
+}
+
+// deltaTypes maps the types a delta column may have to deltaSpec.Type.
+var deltaTypes = map[string]string{
+	"timestamp with time zone":    "timestamptz",
+	"timestamp without time zone": "timestamp",
+	"date":                        "timestamp",
+}
+
+// deltaColumn looks up the delta column of an incremental run.
+func (s *Source) deltaColumn(ctx context.Context, conn *pgx.Conn, oid uint32, req connectors.PlanRequest) (*deltaSpec, error) {
+	if req.Window == nil {
+		return nil, nil
+	}
+	if req.DeltaColumn == "" {
+		return nil, connectors.Permanent(errors.New("an incremental run needs a delta column"))
+	}
+	var typ string
+	err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, req.DeltaColumn).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: table %s has no column %q", s.cfg.Table, req.DeltaColumn))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up delta column: %w", err)
+	}
+	t, ok := deltaTypes[typ]
+	if !ok {
+		return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: column %q of %s is %s; want timestamptz, timestamp or date", req.DeltaColumn, s.cfg.Table, typ))
+	}
+	return &deltaSpec{Column: req.DeltaColumn, Type: t, From: req.Window.From.UTC(), To: req.Window.To.UTC()}, nil
 }
 
 func (c chunkSpec) key() string {
@@ -109,7 +170,10 @@ type tableInfo struct {
 // Plan splits the table into chunks of about TargetRows rows (250000 by
 // default). With snapshot "export" it opens a REPEATABLE READ transaction,
 // exports its snapshot into every chunk, and keeps the transaction open
-// until ReleaseRun or Close. ctx bounds the planning only.
+// until ReleaseRun or Close. For an incremental run (req.Window set) every
+// chunk, and the count and key bounds that size them, is limited to
+// `delta_column >= from AND delta_column < to`. ctx bounds the planning
+// only.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
@@ -137,7 +201,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 			return connectors.Plan{}, classify(fmt.Errorf("plan %s: export snapshot: %w", s.cfg.Table, err))
 		}
 	}
-	specs, info, rows, err := s.chunks(ctx, conn, req.Partitioning.TargetRows)
+	specs, info, rows, err := s.chunks(ctx, conn, req)
 	if err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
@@ -171,7 +235,8 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 }
 
 // chunks computes the chunk bounds inside the planning transaction.
-func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) ([]chunkSpec, tableInfo, int64, error) {
+func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, req connectors.PlanRequest) ([]chunkSpec, tableInfo, int64, error) {
+	targetRows := req.Partitioning.TargetRows
 	var info tableInfo
 	var relkind byte
 	err := conn.QueryRow(ctx, `
@@ -197,10 +262,15 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) (
 	if err != nil {
 		return nil, info, 0, err
 	}
+	delta, err := s.deltaColumn(ctx, conn, info.oid, req)
+	if err != nil {
+		return nil, info, 0, err
+	}
+	window := delta.cond()
 
 	rows := info.reltuples
-	if rows < exactCountBelow { // reltuples is -1 before the first ANALYZE
-		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+s.table.Sanitize()+s.whereClause("")).Scan(&rows); err != nil {
+	if rows < exactCountBelow || delta != nil { // reltuples is -1 before the first ANALYZE
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+s.table.Sanitize()+s.whereClause(window)).Scan(&rows); err != nil {
 			return nil, info, 0, fmt.Errorf("count rows: %w", err)
 		}
 	}
@@ -208,13 +278,13 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) (
 		targetRows = DefaultTargetRows
 	}
 	n := max(1, (rows+targetRows-1)/targetRows)
-	one := []chunkSpec{{Columns: columns}}
+	one := []chunkSpec{{Columns: columns, Delta: delta}}
 	if n == 1 {
 		return one, info, rows, nil
 	}
 
 	if key != "" {
-		bounds, err := s.keyBounds(ctx, conn, key, n, rows)
+		bounds, err := s.keyBounds(ctx, conn, key, n, rows, window)
 		if err != nil {
 			return nil, info, 0, err
 		}
@@ -223,7 +293,7 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) (
 		}
 		specs := make([]chunkSpec, 0, len(bounds)+1)
 		for i := 0; i <= len(bounds); i++ {
-			c := chunkSpec{Columns: columns, Key: key}
+			c := chunkSpec{Columns: columns, Key: key, Delta: delta}
 			if i > 0 {
 				c.Lo = &bounds[i-1]
 			}
@@ -242,7 +312,7 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, targetRows int64) (
 	n = min(n, info.blocks)
 	specs := make([]chunkSpec, 0, n)
 	for i := range n {
-		c := chunkSpec{Columns: columns, Ctid: true}
+		c := chunkSpec{Columns: columns, Ctid: true, Delta: delta}
 		if i > 0 {
 			lo := info.blocks * i / n
 			c.BlockLo = &lo
@@ -319,10 +389,14 @@ func (s *Source) key(ctx context.Context, conn *pgx.Conn, oid uint32) (string, e
 // none when the table is empty. Ranges are even over [min, max] unless the
 // keys are sparse (more than twice as many key values as rows), when they
 // come from the keys' percentiles.
-func (s *Source) keyBounds(ctx context.Context, conn *pgx.Conn, key string, n, rows int64) ([]int64, error) {
+func (s *Source) keyBounds(ctx context.Context, conn *pgx.Conn, key string, n, rows int64, window string) ([]int64, error) {
 	k := pgx.Identifier{key}.Sanitize()
 	var lo, hi *int64
-	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT min(%s)::bigint, max(%s)::bigint FROM %s", k, k, s.table.Sanitize())).Scan(&lo, &hi); err != nil {
+	where := ""
+	if window != "" {
+		where = s.whereClause(window)
+	}
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT min(%s)::bigint, max(%s)::bigint FROM %s%s", k, k, s.table.Sanitize(), where)).Scan(&lo, &hi); err != nil {
 		return nil, fmt.Errorf("key range: %w", err)
 	}
 	if lo == nil || hi == nil {
@@ -341,7 +415,7 @@ func (s *Source) keyBounds(ctx context.Context, conn *pgx.Conn, key string, n, r
 			sample = fmt.Sprintf(" TABLESAMPLE SYSTEM (%g)", math.Min(100, 100*200_000/float64(rows)))
 		}
 		q := fmt.Sprintf("SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY %s)::bigint[] FROM %s%s%s",
-			k, s.table.Sanitize(), sample, s.whereClause(k+" IS NOT NULL"))
+			k, s.table.Sanitize(), sample, s.whereClause(joinConds(k+" IS NOT NULL", window)))
 		var ps []*int64
 		if err := conn.QueryRow(ctx, q, fracs).Scan(&ps); err != nil {
 			return nil, fmt.Errorf("key percentiles: %w", err)
@@ -413,7 +487,21 @@ func (s *Source) query(c chunkSpec) string {
 			conds = append(conds, fmt.Sprintf("ctid < '(%d,0)'::tid", *c.BlockHi))
 		}
 	}
+	if d := c.Delta.cond(); d != "" {
+		conds = append(conds, d)
+	}
 	return "SELECT " + strings.Join(cols, ", ") + " FROM " + s.table.Sanitize() + s.whereClause(strings.Join(conds, " AND "))
+}
+
+// joinConds AND-s the non-empty conditions.
+func joinConds(conds ...string) string {
+	var out []string
+	for _, c := range conds {
+		if c != "" {
+			out = append(out, c)
+		}
+	}
+	return strings.Join(out, " AND ")
 }
 
 var snapshotIDRE = regexp.MustCompile(`^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$`)

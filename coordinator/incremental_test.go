@@ -1,0 +1,284 @@
+package coordinator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+var start = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func putIncremental(name string) entry {
+	s := testSpec(name)
+	s.Pattern = protocol.PatternIncremental
+	s.Incremental = &pipeline.Incremental{DeltaColumn: "updated_at", Window: time.Hour, Lag: 5 * time.Minute, Start: start}
+	return entry{cmdPipelinePut, pipelinePutCmd{Spec: s, Time: t0}}
+}
+
+func win(fromHour, toHour int) *protocol.Window {
+	return &protocol.Window{From: start.Add(time.Duration(fromHour) * time.Hour), To: start.Add(time.Duration(toHour) * time.Hour)}
+}
+
+func createWindow(p string, w *protocol.Window, live bool) entry {
+	return entry{cmdRunCreate, runCreateCmd{Pipeline: p, MaxAttempts: 3, Backoff: time.Second, Window: w, Live: live, Time: t0}}
+}
+
+// commitEntries is the log of a planned run's one task succeeding and
+// the run committing.
+func commitEntries(run string, rows int64) []entry {
+	return []entry{planned(run, 1, "plan-watermark"), simple(cmdRunPublished, run), ok(run, "t00000", rows),
+		simple(cmdRunCommitting, run), committed(run, 50)}
+}
+
+// failEntries is the log of a planned run failing.
+func failEntries(run string) []entry {
+	return []entry{planned(run, 1, ""), simple(cmdRunPublished, run), runFailed(run, 50)}
+}
+
+func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, putIncremental("ev"))
+	resp := applyAll(t, f, createWindow("ev", win(0, 1), true))
+	if res, ok := resp.(applyResult); !ok || res.RunID != "ev-000001" {
+		t.Fatalf("create: %v", resp)
+	}
+	r := f.st.Runs["ev-000001"]
+	if r.Window == nil || *r.Window != *win(0, 1) || !r.Live || r.DeltaColumn != "updated_at" {
+		t.Fatalf("run window %v live %v column %q: the window must be recorded in the run", r.Window, r.Live, r.DeltaColumn)
+	}
+	p := f.st.Pipelines["ev"]
+
+	// A second live run while the first is in flight would skip or
+	// overlap windows: refused.
+	if err, _ := applyAll(t, f, createWindow("ev", win(1, 2), true)).(error); !errors.Is(err, errConflict) {
+		t.Fatalf("second live run: %v, want a conflict", err)
+	}
+	// Planned, tasks done, committing: the watermark has not moved.
+	log := commitEntries("ev-000001", 7)
+	applyAll(t, f, log[:len(log)-1]...)
+	if p.Watermark != "" {
+		t.Fatalf("watermark %q before the commit entry", p.Watermark)
+	}
+	if f.st.Runs["ev-000001"].Watermark != formatWatermark(win(0, 1).To) {
+		t.Fatalf("the plan's watermark replaced the window's: %q", f.st.Runs["ev-000001"].Watermark)
+	}
+	applyAll(t, f, log[len(log)-1])
+	if want := "2026-01-01T01:00:00Z"; p.Watermark != want {
+		t.Fatalf("watermark after commit = %q, want %q", p.Watermark, want)
+	}
+
+	// A live window must start at the watermark.
+	if err, _ := applyAll(t, f, createWindow("ev", win(0, 1), true)).(error); !errors.Is(err, errConflict) {
+		t.Fatalf("live window behind the watermark: %v, want a conflict", err)
+	}
+	// A failed run leaves the watermark; the next run loads the same window.
+	applyAll(t, f, createWindow("ev", win(1, 2), true))
+	applyAll(t, f, failEntries("ev-000002")...)
+	if p.Watermark != "2026-01-01T01:00:00Z" {
+		t.Fatalf("watermark after a failed run = %q", p.Watermark)
+	}
+	applyAll(t, f, createWindow("ev", win(1, 2), true))
+	applyAll(t, f, commitEntries("ev-000003", 3)...)
+	if p.Watermark != "2026-01-01T02:00:00Z" {
+		t.Fatalf("watermark = %q", p.Watermark)
+	}
+	// An explicit window (a re-run) never moves the watermark, even behind it.
+	applyAll(t, f, createWindow("ev", win(0, 1), false))
+	applyAll(t, f, commitEntries("ev-000004", 7)...)
+	if p.Watermark != "2026-01-01T02:00:00Z" {
+		t.Fatalf("a re-run moved the watermark to %q", p.Watermark)
+	}
+	if want := []protocol.Window{*win(0, 2)}; !reflect.DeepEqual(p.Loaded, want) {
+		t.Fatalf("loaded = %v, want %v", p.Loaded, want)
+	}
+	// An incremental run needs a window; a full load refuses one.
+	if err, _ := applyAll(t, f, createWindow("ev", nil, false)).(error); !errors.Is(err, errInvalidCmd) {
+		t.Fatalf("run without a window: %v", err)
+	}
+	applyAll(t, f, put("full"))
+	if err, _ := applyAll(t, f, createWindow("full", win(0, 1), false)).(error); !errors.Is(err, errInvalidCmd) {
+		t.Fatalf("full load with a window: %v", err)
+	}
+}
+
+func backfillEntry(p string, from, to, conc int, replace bool) entry {
+	return entry{cmdBackfill, backfillCmd{Pipeline: p, From: start.Add(time.Duration(from) * time.Hour), To: start.Add(time.Duration(to) * time.Hour),
+		Concurrency: conc, Replace: replace, MaxAttempts: 3, Backoff: time.Second, Time: t0}}
+}
+
+func windowStates(b *backfillState) []string {
+	var out []string
+	for _, w := range b.Windows {
+		out = append(out, w.State)
+	}
+	return out
+}
+
+func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, putIncremental("ev"))
+	// Hour 1 was loaded by a live run already.
+	applyAll(t, f, createWindow("ev", win(0, 1), true))
+	applyAll(t, f, commitEntries("ev-000001", 1)...)
+	resp := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false))
+	res, _ := resp.(applyResult)
+	if res.Backfill != "ev-bf0001" || res.Started != 2 {
+		t.Fatalf("backfill: %+v", resp)
+	}
+	b := f.st.Backfills["ev-bf0001"]
+	Q, R, C, F, S := protocol.WindowQueued, protocol.WindowRunning, protocol.WindowCommitted, protocol.WindowFailed, protocol.WindowSkipped
+	if got, want := windowStates(b), []string{S, R, R, Q, Q}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v (hour 0 loaded, 2 at once)", got, want)
+	}
+	if r := f.st.Runs[b.Windows[1].Run]; r.Window == nil || *r.Window != *win(1, 2) || r.Live || r.Backfill != b.ID {
+		t.Fatalf("backfill run %+v", r)
+	}
+	if err, _ := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false)).(error); !errors.Is(err, errConflict) {
+		t.Fatalf("second backfill while one runs: %v", err)
+	}
+	// One window commits: the next queued one starts; one fails: the last starts.
+	applyAll(t, f, commitEntries(b.Windows[1].Run, 10)...)
+	applyAll(t, f, failEntries(b.Windows[2].Run)...)
+	if got, want := windowStates(b), []string{S, C, F, R, R}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v", got, want)
+	}
+	applyAll(t, f, commitEntries(b.Windows[3].Run, 10)...)
+	applyAll(t, f, commitEntries(b.Windows[4].Run, 10)...)
+	if b.State != protocol.BackfillDone || b.Finished.IsZero() {
+		t.Fatalf("backfill %s finished %v", b.State, b.Finished)
+	}
+	if f.st.Pipelines["ev"].Watermark != "2026-01-01T01:00:00Z" {
+		t.Fatalf("a backfill moved the watermark to %q", f.st.Pipelines["ev"].Watermark)
+	}
+	// Run again: only the failed window loads.
+	applyAll(t, f, backfillEntry("ev", 0, 5, 4, false))
+	b2 := f.st.Backfills["ev-bf0002"]
+	if got, want := windowStates(b2), []string{S, S, R, S, S}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("re-run windows %v, want %v", got, want)
+	}
+	applyAll(t, f, commitEntries(b2.Windows[2].Run, 10)...)
+	// With replace every window loads again, four at once.
+	applyAll(t, f, backfillEntry("ev", 0, 5, 4, true))
+	if got, want := windowStates(f.st.Backfills["ev-bf0003"]), []string{R, R, R, R, Q}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("replace windows %v, want %v", got, want)
+	}
+	// A last window shorter than the pipeline's window.
+	applyAll(t, f, put("full"))
+	if err, _ := applyAll(t, f, backfillEntry("full", 0, 5, 4, true)).(error); !errors.Is(err, errInvalidCmd) {
+		t.Fatalf("backfill of a full load: %v", err)
+	}
+}
+
+func TestFSMBackfillSplitsRange(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, putIncremental("ev"))
+	c := backfillEntry("ev", 0, 0, 1, false)
+	body := c.body.(backfillCmd)
+	body.To = start.Add(150 * time.Minute)
+	applyAll(t, f, entry{cmdBackfill, body})
+	b := f.st.Backfills["ev-bf0001"]
+	var got []protocol.Window
+	for _, w := range b.Windows {
+		got = append(got, w.Window)
+	}
+	want := []protocol.Window{*win(0, 1), *win(1, 2), {From: start.Add(2 * time.Hour), To: start.Add(150 * time.Minute)}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v", got, want)
+	}
+}
+
+// incrementalLog exercises the incremental commands.
+func incrementalLog() []entry {
+	log := []entry{putIncremental("ev"), createWindow("ev", win(0, 1), true)}
+	log = append(log, commitEntries("ev-000001", 5)...)
+	log = append(log, backfillEntry("ev", 0, 6, 2, false))
+	log = append(log, commitEntries("ev-000002", 3)...)
+	log = append(log, failEntries("ev-000003")...)
+	log = append(log, createWindow("ev", win(1, 2), true))
+	return log
+}
+
+func TestFSMIncrementalReplayAndSnapshot(t *testing.T) {
+	a, b := newFSM(), newFSM()
+	applyAll(t, a, incrementalLog()...)
+	applyAll(t, b, incrementalLog()...)
+	ja, _ := json.Marshal(a.st)
+	jb, _ := json.Marshal(b.st)
+	if !bytes.Equal(ja, jb) {
+		t.Fatalf("same log, different states:\n%s\n%s", ja, jb)
+	}
+	// The replayed state has the windows, the watermark and the queue.
+	if p := a.st.Pipelines["ev"]; p.Watermark != "2026-01-01T01:00:00Z" || a.st.Runs["ev-000006"].Window == nil {
+		t.Fatalf("replayed watermark %q", p.Watermark)
+	}
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink bufSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := g.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.st, a.st) {
+		jg, _ := json.Marshal(g.st)
+		t.Fatalf("restored state differs:\n got %s\nwant %s", jg, ja)
+	}
+	// Both go on the same way: the backfill's next window starts on each.
+	more := commitEntries(a.st.Backfills["ev-bf0001"].Windows[3].Run, 2)
+	applyAll(t, a, more...)
+	applyAll(t, g, more...)
+	if !reflect.DeepEqual(g.st, a.st) {
+		t.Fatal("states differ after the same entries")
+	}
+}
+
+func TestRunWindow(t *testing.T) {
+	spec := putIncremental("ev").body.(pipelinePutCmd).Spec // window 1h, lag 5m, start 2026-01-01
+	at := func(h, m int) time.Time { return start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute) }
+	tests := []struct {
+		name      string
+		watermark string
+		now       time.Time
+		want      protocol.Window
+	}{
+		{"first run, far behind: a whole window from start", "", at(30, 0), protocol.Window{From: at(0, 0), To: at(1, 0)}},
+		{"from the watermark", "2026-01-01T03:00:00Z", at(30, 0), protocol.Window{From: at(3, 0), To: at(4, 0)}},
+		{"lag guard cuts the window", "2026-01-01T03:00:00Z", at(3, 35).Add(700 * time.Millisecond), protocol.Window{From: at(3, 0), To: at(3, 30)}},
+		{"up to date: empty window", "2026-01-01T03:00:00Z", at(3, 4), protocol.Window{From: at(3, 0), To: at(2, 59)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &pipelineState{Spec: spec, Watermark: tt.watermark}
+			got, live, err := runWindow(p, nil, tt.now)
+			if err != nil || !live || got != tt.want {
+				t.Fatalf("runWindow = %v live %v err %v; want %v", got, live, err, tt.want)
+			}
+		})
+	}
+	p := &pipelineState{Spec: spec}
+	asked := win(5, 6)
+	if got, live, err := runWindow(p, asked, at(30, 0)); err != nil || live || got != *asked {
+		t.Fatalf("explicit window: %v %v %v", got, live, err)
+	}
+	if _, _, err := runWindow(p, &protocol.Window{From: at(2, 0), To: at(1, 0)}, at(30, 0)); err == nil {
+		t.Fatal("an empty explicit window was accepted")
+	}
+	noStart := spec
+	inc := *spec.Incremental
+	inc.Start = time.Time{}
+	noStart.Incremental = &inc
+	if _, _, err := runWindow(&pipelineState{Spec: noStart}, nil, at(30, 0)); err == nil {
+		t.Fatal("a first run without incremental.start was accepted")
+	}
+}
