@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -101,5 +102,71 @@ func TestPostgresFullLoadThroughCluster(t *testing.T) {
 	}
 	if n, _ := filepath.Glob(filepath.Join(out, "v*")); len(n) != 1 {
 		t.Fatalf("versions %v", n)
+	}
+}
+
+// A worker killed in the middle of a PostgreSQL chunk: the chunk is
+// redelivered, read again on the run's snapshot, and the committed table
+// holds every source row exactly once.
+func TestPostgresWorkerKilledMidChunk(t *testing.T) {
+	dsn, schema, conn := pgtest.DB(t)
+	ctx := context.Background()
+	src := schema + ".big"
+	for _, q := range []string{
+		fmt.Sprintf(`CREATE TABLE %s (id bigint PRIMARY KEY, payload text, n numeric(14,4))`, src),
+		fmt.Sprintf(`INSERT INTO %s SELECT g, repeat(md5(g::text), 4), g / 3.0 FROM generate_series(1, 240000) g`, src),
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, clusterConfig{workers: 2, slots: 2, ackWait: 2 * time.Second})
+	y := fmt.Sprintf("name: pgkill\npattern: full_load\nsource:\n  kind: postgres\n  dsn: %s\n  table: %s\nsink:\n  kind: postgres\n  dsn: %s\n  table: %s.big_copy\npartitioning:\n  target_rows: 20000\n",
+		dsn, src, dsn, schema)
+	s, err := pipeline.Load([]byte(y), "pgkill.yaml", c.reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.Apply(c.ctx(), s); err != nil {
+		t.Fatal(err)
+	}
+	res := c.run("pgkill")
+	victim := c.workers[0]
+	deadline := time.Now().Add(time.Minute)
+	for victim.w.Stats().Busy == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("worker 0 never started a chunk")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	victim.w.Kill()
+
+	st := c.wait(res.RunID)
+	if st.State != protocol.RunCommitted {
+		t.Fatalf("run %s: %s (%s)", st.RunID, st.State, st.Error)
+	}
+	got, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+schema+".big_copy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Fatalf("target view has %d rows checksum %s; source has %d rows checksum %s", got.Rows, got, want.Rows, want)
+	}
+	full, err := c.client.GetRun(c.ctx(), res.RunID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	redelivered := 0
+	for _, task := range full.TaskList {
+		if task.Attempts > 1 {
+			redelivered++
+		}
+	}
+	if redelivered == 0 {
+		t.Fatalf("no chunk was delivered twice; the kill interrupted nothing: %+v", full.TaskList)
 	}
 }
