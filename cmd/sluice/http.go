@@ -28,6 +28,8 @@ import (
 //	GET  /v1/status[?pipeline=NAME&limit=N]
 //	POST /v1/pipelines                 body: a pipeline spec in YAML
 //	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional)
+//	POST /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
+//	GET  /v1/backfills/{id}
 //	GET  /v1/runs/{id}
 func newAPIHandler(c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
@@ -76,6 +78,31 @@ func newAPIHandler(c *coordinator.Client, reg *connectors.Registry, token string
 		}
 		reply(w, log, nil, err)
 	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/backfills", func(w http.ResponseWriter, r *http.Request) {
+		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		var body struct {
+			From        time.Time `json:"from"`
+			To          time.Time `json:"to"`
+			Concurrency int       `json:"concurrency"`
+			Replace     bool      `json:"replace"`
+		}
+		if err := dec.Decode(&body); err != nil {
+			writeJSON(w, http.StatusBadRequest, protocol.APIError{Error: "request body: " + err.Error() + ` (want {"from": RFC 3339, "to": RFC 3339, "concurrency": N, "replace": bool})`, Code: "invalid"})
+			return
+		}
+		res, err := c.Backfill(r.Context(), protocol.BackfillRequest{Pipeline: r.PathValue("name"), From: body.From, To: body.To,
+			Concurrency: body.Concurrency, Replace: body.Replace, RequestID: r.Header.Get("Idempotency-Key")})
+		if err == nil {
+			writeJSON(w, http.StatusAccepted, res)
+			return
+		}
+		reply(w, log, nil, err)
+	})
+	mux.HandleFunc("GET /v1/backfills/{id}", func(w http.ResponseWriter, r *http.Request) {
+		st, err := c.GetBackfill(r.Context(), r.PathValue("id"))
+		reply(w, log, st, err)
+	})
 	mux.HandleFunc("GET /v1/runs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		st, err := c.GetRun(r.Context(), r.PathValue("id"))
 		reply(w, log, st, err)
@@ -110,6 +137,8 @@ func reply(w http.ResponseWriter, log *slog.Logger, v any, err error) {
 			status = http.StatusBadRequest
 		case "not_found":
 			status = http.StatusNotFound
+		case "conflict":
+			status = http.StatusConflict
 		}
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		status, code = http.StatusServiceUnavailable, "unavailable"

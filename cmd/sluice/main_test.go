@@ -152,6 +152,15 @@ func TestHTTPAPI(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+		if code, body := call("POST", "/v1/pipelines/api/backfills", "s3cret", `{"from":"yesterday"}`); code != http.StatusBadRequest {
+			t.Errorf("backfill with a bad body: %d %s; want 400", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/nope/backfills", "s3cret", `{"from":"2026-01-01T00:00:00Z","to":"2026-01-02T00:00:00Z"}`); code != http.StatusNotFound {
+			t.Errorf("backfill of an unknown pipeline: %d %s; want 404", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/api/backfills", "s3cret", `{"from":"2026-01-01T00:00:00Z","to":"2026-01-02T00:00:00Z"}`); code != http.StatusBadRequest || !strings.Contains(string(body), "incremental") {
+			t.Errorf("backfill of a full-load pipeline: %d %s; want 400 saying it needs an incremental pipeline", code, body)
+		}
 		code, body = call("GET", "/v1/status", "s3cret", "")
 		if code != 200 || !strings.Contains(string(body), `"name": "api"`) {
 			t.Errorf("status: %d %s", code, body)
