@@ -36,9 +36,7 @@ func TestFiftyTaskLoadEqualsSource(t *testing.T) {
 	if _, err := os.Stat(st.Marker); err != nil {
 		t.Fatalf("readiness marker: %v", err)
 	}
-	if n := c.countMessages(protocol.StreamEvents, protocol.RunEventSubject("fifty", "committed")); n != 1 {
-		t.Fatalf("%d committed run events, want 1", n)
-	}
+	expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject("fifty", "committed"), 1)
 }
 
 // The Raft leader stopped mid-run: a new leader continues the run, which
@@ -87,9 +85,7 @@ func TestLeaderStoppedMidRunCommitsOnce(t *testing.T) {
 	if len(versions) != 1 {
 		t.Fatalf("versions on disk %v, want exactly one", versions)
 	}
-	if n := c.countMessages(protocol.StreamEvents, protocol.RunEventSubject("failover", "committed")); n != 1 {
-		t.Fatalf("%d committed run events, want 1", n)
-	}
+	expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject("failover", "committed"), 1)
 }
 
 // A worker stopped mid-task without acking: its task is redelivered to the
@@ -172,9 +168,7 @@ func TestFailingTaskRetriedThenDeadKeepsPreviousVersion(t *testing.T) {
 	if len(dead) != 1 || dead[0].Attempts != 3 || !strings.Contains(dead[0].Error, "part-0003.jsonl") {
 		t.Fatalf("dead tasks %+v; want one, after 3 attempts, naming part-0003.jsonl", dead)
 	}
-	if n := c.countMessages(protocol.StreamDLQ, protocol.DLQSubject("task", "flaky")); n != 1 {
-		t.Fatalf("%d dead letters, want 1", n)
-	}
+	expectMessages(t, c.js, protocol.StreamDLQ, protocol.DLQSubject("task", "flaky"), 1)
 
 	// The first version is still the exposed one, with the same rows.
 	cur, err := files.Current(out)
@@ -188,7 +182,14 @@ func TestFailingTaskRetriedThenDeadKeepsPreviousVersion(t *testing.T) {
 	if got != before || filepath.Base(cur) != "v000001" {
 		t.Fatalf("after the failed run, current is %s with %d rows %s; want v000001 with %d rows %s", cur, got.Rows, got, before.Rows, before)
 	}
-	if _, err := os.Stat(filepath.Join(out, "_staging", res.RunID)); !os.IsNotExist(err) {
-		t.Fatalf("staging of the failed run left behind: %v", err)
+	// The sink's staging is removed when the failure is announced, just
+	// after the Raft entry that failed the run.
+	staging := filepath.Join(out, "_staging", res.RunID)
+	deadline := time.Now().Add(15 * time.Second)
+	for _, err := os.Stat(staging); !os.IsNotExist(err); _, err = os.Stat(staging) {
+		if time.Now().After(deadline) {
+			t.Fatalf("staging of the failed run left behind: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

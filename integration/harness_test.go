@@ -229,22 +229,41 @@ func (c *cluster) wait(runID string) protocol.RunStatus {
 	return st
 }
 
-// countMessages counts the messages on subject in stream.
-func (c *cluster) countMessages(stream, subject string) int {
-	c.t.Helper()
-	s, err := c.js.Stream(c.ctx(), stream)
-	if err != nil {
-		c.t.Fatalf("stream %s: %v", stream, err)
+// expectMessages waits until stream holds want messages on subject (they
+// are published after the Raft entry that ends a run, so they may lag the
+// run's state a little), then checks that no more arrive.
+func expectMessages(t testing.TB, js jetstream.JetStream, stream, subject string, want int) {
+	t.Helper()
+	count := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatalf("stream %s: %v", stream, err)
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			t.Fatalf("stream %s info: %v", stream, err)
+		}
+		var n uint64
+		for _, v := range info.State.Subjects {
+			n += v
+		}
+		return int(n)
 	}
-	info, err := s.Info(c.ctx(), jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		c.t.Fatalf("stream %s info: %v", stream, err)
+	deadline := time.Now().Add(15 * time.Second)
+	n := count()
+	for n < want && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		n = count()
 	}
-	var n uint64
-	for _, v := range info.State.Subjects {
-		n += v
+	if n == want {
+		time.Sleep(300 * time.Millisecond)
+		n = count()
 	}
-	return int(n)
+	if n != want {
+		t.Fatalf("%d messages on %s in %s, want %d", n, subject, stream, want)
+	}
 }
 
 // writeDataset writes nfiles JSONL files of rows rows each, with distinct

@@ -456,25 +456,6 @@ func (c *procCluster) busyWorker(runID string, d time.Duration) (string, []strin
 	return "", nil
 }
 
-// countMessages counts the messages on subject in stream.
-func (c *procCluster) countMessages(stream, subject string) int {
-	c.t.Helper()
-	ctx := c.ctx(10 * time.Second)
-	s, err := c.js.Stream(ctx, stream)
-	if err != nil {
-		c.t.Fatalf("stream %s: %v", stream, err)
-	}
-	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		c.t.Fatalf("stream %s info: %v", stream, err)
-	}
-	var n uint64
-	for _, v := range info.State.Subjects {
-		n += v
-	}
-	return int(n)
-}
-
 // logLines returns the complete lines of p's log that contain every one of
 // words; a last line still being written is left out.
 func logLines(t *testing.T, p *proc, words ...string) []string {
@@ -654,9 +635,7 @@ func TestProcessLeaderKill9MidRun(t *testing.T) {
 		t.Errorf("versions on disk %v, want exactly one", versions)
 	}
 	assertSameRows(t, in, out)
-	if n := c.countMessages(protocol.StreamEvents, protocol.RunEventSubject("failover", "committed")); n != 1 {
-		t.Errorf("%d committed run events, want 1", n)
-	}
+	expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject("failover", "committed"), 1)
 }
 
 // A worker process sent SIGTERM with tasks in flight finishes them, reports
