@@ -38,6 +38,14 @@ type Batch struct {
 	// Position tells where the batch starts in the source, for error
 	// messages: "in/part-0003.jsonl:1201" (file and line), an LSN, an offset.
 	Position string
+	// Checksum, optional, is the checksum of the rows of a Raw batch,
+	// computed by the source over exactly the bytes of Raw the way the sink
+	// would compute it (one Checksum.Add per record, without its line
+	// ending), with Checksum.Rows == Rows. A sink that writes Raw as it is
+	// may add it to its task checksum instead of scanning Raw again; a sink
+	// that re-encodes the rows ignores it. Nil when the source did not
+	// compute it.
+	Checksum *Checksum
 }
 
 // Emit receives the batches of one partition, in source order. A returned
@@ -57,15 +65,37 @@ type PlanRequest struct {
 	Watermark string
 	// Partitioning holds the pipeline's partitioning settings.
 	Partitioning Partitioning
-	// Window is set for a run of an incremental (delta-column) pipeline:
-	// the source reads exactly the rows whose DeltaColumn lies in
-	// [Window.From, Window.To). The leader computed the window when it
-	// created the run and recorded it in Raft, so a plan repeated on
-	// another leader reads the same window. Nil for every other run.
+	// Window is set for a run of an incremental pipeline. With a
+	// DeltaColumn the source reads exactly the rows whose DeltaColumn lies
+	// in [Window.From, Window.To); without one (a partition-based
+	// pipeline) the source reads the one time partition Window is, such as
+	// the hour directory date=2026-11-25/hour=07. The leader computed the
+	// window when it created the run and recorded it in Raft, so a plan
+	// repeated on another leader reads the same window. Nil for every
+	// other run.
 	Window *Window
 	// DeltaColumn is the column Window bounds (the spec's
-	// incremental.delta_column); empty when Window is nil.
+	// incremental.delta_column); empty when Window is nil or the source is
+	// partition-based.
 	DeltaColumn string
+}
+
+// Readiness is implemented by sources whose input for a run may not be
+// complete when the run is created: a time partition a producer is still
+// writing, complete once it holds a _SUCCESS marker or the next partition
+// exists. The coordinator leader calls Ready before Plan, and again every
+// incremental.ready_check while it reports not ready; meanwhile the run is
+// "waiting": no task is published and no worker slot is held. Once Ready
+// reports ready the leader calls Plan with the same request. Ready only
+// looks (no writes); it may be called concurrently for different runs, and
+// ctx bounds the one check.
+type Readiness interface {
+	// Ready reports whether the input of the run req describes is complete.
+	// what names the input the run waits for (a partition's path), for the
+	// run's status and errors, whether it is ready or not. An error marked
+	// permanent (a window that is not one partition) fails the run; any
+	// other error is logged and the check repeated later.
+	Ready(ctx context.Context, req PlanRequest) (ready bool, what string, err error)
 }
 
 // Window is a half-open time range [From, To) of an incremental run.
@@ -168,7 +198,10 @@ type CommitRequest struct {
 	Mode CommitMode
 	// Window is the run's window in ModeAppend; nil otherwise.
 	Window *Window
-	// DeltaColumn is the column Window bounds, in ModeAppend.
+	// DeltaColumn is the column Window bounds, in ModeAppend; empty for a
+	// partition-based pipeline, whose rows carry no column the window
+	// bounds: a sink then replaces what it committed for Window before (the
+	// files sink's window=<from>_<to>/ directory), or refuses the commit.
 	DeltaColumn string
 }
 

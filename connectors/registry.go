@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Registry maps connector kinds to their constructors. main builds one and
@@ -17,6 +18,7 @@ type Registry struct {
 	sources    map[string]SourceFactory
 	sinks      map[string]SinkFactory
 	validators map[string]map[Role]Validator
+	partitions map[string]func(json.RawMessage) time.Duration
 }
 
 // Role says which side of a pipeline a connector configuration is for.
@@ -34,6 +36,7 @@ func NewRegistry() *Registry {
 		sources:    map[string]SourceFactory{},
 		sinks:      map[string]SinkFactory{},
 		validators: map[string]map[Role]Validator{},
+		partitions: map[string]func(json.RawMessage) time.Duration{},
 	}
 }
 
@@ -49,6 +52,12 @@ type Connector struct {
 	ValidateSource Validator
 	ValidateSink   Validator
 	Validate       Validator
+	// SourcePartitions returns the size of the time partitions a source
+	// configuration is laid out by (1h for date=.../hour=..., 24h for
+	// date=...), of which an incremental run reads exactly one, or 0 for a
+	// source that is not laid out by time (or a configuration that is not
+	// valid). Nil means never. It does no I/O.
+	SourcePartitions func(config json.RawMessage) time.Duration
 }
 
 // Register adds a connector. Registering a kind twice panics: it is a wiring
@@ -73,6 +82,20 @@ func (r *Registry) Register(c Connector) {
 		return func(json.RawMessage) error { return nil }
 	}
 	r.validators[c.Kind] = map[Role]Validator{RoleSource: pick(c.ValidateSource), RoleSink: pick(c.ValidateSink)}
+	if c.SourcePartitions != nil {
+		r.partitions[c.Kind] = c.SourcePartitions
+	}
+}
+
+// PartitionSize returns the size of the time partitions a source of the
+// given kind and configuration is laid out by, or 0 when it is not (see
+// Connector.SourcePartitions).
+func (r *Registry) PartitionSize(kind string, config json.RawMessage) time.Duration {
+	f, ok := r.partitions[kind]
+	if !ok {
+		return 0
+	}
+	return f(config)
 }
 
 // Kinds lists the registered kinds, sorted.

@@ -246,6 +246,9 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 		if r.Planned || r.finished() {
 			return protocol.RunReply{RunID: id, Tasks: len(r.Tasks), Window: r.Window}, nil
 		}
+		if r.State == protocol.RunWaiting {
+			return protocol.RunReply{RunID: id, Window: r.Window, WaitingFor: r.WaitingFor}, nil
+		}
 		select {
 		case <-changed:
 		case <-wctx.Done():
@@ -273,6 +276,10 @@ func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protoco
 		if w.From.IsZero() || w.Empty() {
 			return w, false, invalid("window: %s is empty: want from < to", w)
 		}
+		if inc.PartitionBased() && (!onPartition(w.From, inc.Window) || w.To.Sub(w.From) != inc.Window) {
+			return w, false, invalid("window: %s is not one partition of %s: the source of %s is partition-based (partitions start every %s from midnight UTC)",
+				w, inc.Window, p.Spec.Name, inc.Window)
+		}
 		return w, false, nil
 	}
 	from, err := p.nextFrom()
@@ -282,8 +289,18 @@ func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protoco
 	hi := now.Add(-inc.Lag).Truncate(time.Second).UTC()
 	if end := from.Add(inc.Window); end.Before(hi) {
 		hi = end
+	} else if inc.PartitionBased() && end.After(hi) {
+		// A partition is loaded whole, once its time is over (and lag
+		// more): until then the pipeline is up to date.
+		hi = from
 	}
 	return protocol.Window{From: from, To: hi}, true, nil
+}
+
+// onPartition reports whether t is where a partition of size starts
+// (partitions start every size from midnight UTC).
+func onPartition(t time.Time, size time.Duration) bool {
+	return t.UTC().Truncate(size).Equal(t)
 }
 
 func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) {
@@ -316,6 +333,10 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if limit := now().Add(-p.Spec.Incremental.Lag); to.After(limit) {
 		return nil, invalid("to: %s is past now - lag (%s): the windows there may still receive rows; let live runs load them",
 			formatWatermark(to), formatWatermark(limit))
+	}
+	if inc := p.Spec.Incremental; inc.PartitionBased() && (!onPartition(from, inc.Window) || !onPartition(to, inc.Window)) {
+		return nil, invalid("from and to: [%s, %s) does not start and end on partitions of %s: the source of %s is partition-based (one partition per window)",
+			formatWatermark(from), formatWatermark(to), inc.Window, req.Pipeline)
 	}
 	if req.Concurrency == 0 {
 		req.Concurrency = defaultBackfillConcurrency
@@ -442,6 +463,12 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill}
+	if r.State == protocol.RunWaiting {
+		s.WaitingFor, s.WaitingSince = r.WaitingFor, r.WaitingSince
+		if r.ReadyTimeout > 0 {
+			s.ReadyDeadline = r.WaitingSince.Add(r.ReadyTimeout)
+		}
+	}
 	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		switch ts.State {

@@ -42,4 +42,24 @@
 // Sinks make windows idempotent: a commit in connectors.ModeAppend
 // replaces exactly the rows of its window. Delta-column loads never see
 // hard deletes (a deleted row simply stops appearing); use CDC for them.
+//
+// # Partition-based runs and waiting
+//
+// A pipeline without incremental.delta_column reads a source laid out by
+// time (the files source's layout): each window is one partition (window
+// equals the partition size). A live window is created only whole, once
+// lo + window <= now - lag; explicit windows and backfill ranges must lie on
+// partition boundaries. Before planning any run, the leader asks a source
+// that implements connectors.Readiness whether the run's input is ready
+// (a partition's _SUCCESS, or the next partition). While it is not, the run
+// is in state "waiting": one Raft entry (cmdRunWaiting) records what it
+// waits for (the partition's path) and since when, no task is published
+// and no worker slot is held; the leader checks again every
+// incremental.ready_check (a timer per waiting run, within the leader's
+// term) and plans the run as soon as the input is ready. A run waiting
+// longer than incremental.ready_timeout (counted from the recorded start
+// of the wait, so a new leader keeps the deadline) fails with an error
+// naming the partition; its window is loaded by the next live run. Status
+// shows a waiting run with WaitingFor, WaitingSince and ReadyDeadline, and
+// a run request replies as soon as its run waits.
 package coordinator

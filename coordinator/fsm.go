@@ -33,6 +33,7 @@ const (
 	cmdRunFailed     cmdType = 8
 	cmdRunNotified   cmdType = 9
 	cmdBackfill      cmdType = 10
+	cmdRunWaiting    cmdType = 11
 )
 
 func (t cmdType) String() string {
@@ -57,6 +58,8 @@ func (t cmdType) String() string {
 		return "run notified"
 	case cmdBackfill:
 		return "backfill"
+	case cmdRunWaiting:
+		return "run waiting"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -112,6 +115,14 @@ type runPlannedCmd struct {
 
 type runCmd struct {
 	Run  string    `json:"run"`
+	Time time.Time `json:"time"`
+}
+
+// runWaitingCmd records that a run's source input is not ready: the run
+// waits (no task published) for What, a partition's path.
+type runWaitingCmd struct {
+	Run  string    `json:"run"`
+	What string    `json:"what"`
 	Time time.Time `json:"time"`
 }
 
@@ -246,6 +257,14 @@ type runState struct {
 	DeltaColumn string           `json:"delta_column,omitempty"`
 	Live        bool             `json:"live,omitempty"`
 	Backfill    string           `json:"backfill,omitempty"`
+	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
+	// and ready_check. WaitingFor is what a waiting run waits for (a
+	// partition's path), WaitingSince when it started waiting: the ready
+	// timeout counts from there, on any leader.
+	ReadyTimeout time.Duration `json:"ready_timeout,omitempty"`
+	ReadyCheck   time.Duration `json:"ready_check,omitempty"`
+	WaitingFor   string        `json:"waiting_for,omitempty"`
+	WaitingSince time.Time     `json:"waiting_since,omitzero"`
 
 	Planned   bool        `json:"planned"`
 	Tasks     []taskState `json:"tasks,omitempty"`
@@ -460,6 +479,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.st.runNotified(decodeBody[runCmd](t, body, l.Index))
 	case cmdBackfill:
 		return f.st.backfill(decodeBody[backfillCmd](t, body, l.Index))
+	case cmdRunWaiting:
+		return f.st.runWaiting(decodeBody[runWaitingCmd](t, body, l.Index))
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
@@ -551,8 +572,9 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		w := *c.Window
 		r.Window = &w
 		r.Live = c.Live
-		if p.Spec.Incremental != nil {
-			r.DeltaColumn = p.Spec.Incremental.DeltaColumn
+		if inc := p.Spec.Incremental; inc != nil {
+			r.DeltaColumn = inc.DeltaColumn
+			r.ReadyTimeout, r.ReadyCheck = inc.ReadyTimeout, inc.ReadyCheck
 		}
 		if c.Live {
 			// The position this run reaches; stored with its commit.
@@ -725,8 +747,25 @@ func (s *state) runIn(id string, states ...string) (*runState, error) {
 	return r, nil
 }
 
+// runWaiting moves a planning run to waiting, or changes what a waiting
+// run waits for; WaitingSince stays the time it first waited.
+func (s *state) runWaiting(c runWaitingCmd) any {
+	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
+	if err != nil {
+		return err
+	}
+	if r.State == protocol.RunWaiting && r.WaitingFor == c.What {
+		return applyResult{}
+	}
+	if r.State == protocol.RunPlanning {
+		r.WaitingSince = c.Time
+	}
+	r.State, r.WaitingFor = protocol.RunWaiting, c.What
+	return applyResult{Changed: true}
+}
+
 func (s *state) runPlanned(c runPlannedCmd) any {
-	r, err := s.runIn(c.Run, protocol.RunPlanning)
+	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
 	if err != nil {
 		return err
 	}

@@ -13,4 +13,22 @@
 //
 // window must be positive, lag zero or more; start is needed only until the
 // pipeline has a watermark (a run without either is refused).
+//
+// Without delta_column the pipeline is partition-based: its source must be
+// laid out by time (the files source's layout, such as
+// "date={date}/hour={hour}"), window must equal the partition size (1h or
+// 1d), start must lie on a partition boundary, and each run reads one whole
+// partition once it is ready:
+//
+//	incremental:
+//	  window: 1h                   # one partition per run
+//	  start: 2026-11-25T00:00:00Z  # a partition boundary
+//	  lag: 0s                      # a run for an hour is created once the hour is over, plus lag
+//	  ready_timeout: 6h            # a run waiting longer for its partition fails (0: no limit)
+//	  ready_check: 5s              # how often the leader checks a waiting run's partition
+//
+// Parse requires delta_column unless the source configuration has a
+// layout; Validate asks the registry for the source's partition size
+// (connectors.Registry.PartitionSize) and checks window and start against
+// it.
 package pipeline

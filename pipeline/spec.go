@@ -45,15 +45,26 @@ type Retry struct {
 	Backoff time.Duration `json:"backoff,omitempty"`
 }
 
-// Incremental configures a delta-column incremental pipeline. A run covers
-// the window [lo, hi) with lo the pipeline's watermark (Start before the
-// first committed run) and hi = min(now - Lag, lo + Window), computed by
-// the coordinator leader when it creates the run.
+// Incremental configures an incremental pipeline. A run covers the window
+// [lo, hi) with lo the pipeline's watermark (Start before the first
+// committed run) and hi = min(now - Lag, lo + Window), computed by the
+// coordinator leader when it creates the run.
+//
+// The source reads the window one of two ways. With a DeltaColumn it reads
+// the rows whose column lies in the window. Without one the source is
+// partition-based: laid out by time (the files source's layout, such as
+// date={date}/hour={hour}), it reads the one partition the window is;
+// Window must then equal the partition size, Start lie on a partition
+// boundary, and a live window is created only whole (lo + Window <=
+// now - Lag). A partition-based run waits on the coordinator until its
+// partition is ready (its _SUCCESS, or the next partition), checked every
+// ReadyCheck, and fails after ReadyTimeout.
 type Incremental struct {
 	// DeltaColumn is a timestamptz, timestamp or date column of the source
 	// that grows when a row is inserted or updated (updated_at). Rows whose
-	// DeltaColumn is NULL are never read.
-	DeltaColumn string `json:"delta_column"`
+	// DeltaColumn is NULL are never read. Empty for a partition-based
+	// source.
+	DeltaColumn string `json:"delta_column,omitempty"`
 	// Window is the most one run covers; backfills are split into windows
 	// of this length.
 	Window time.Duration `json:"window"`
@@ -64,7 +75,21 @@ type Incremental struct {
 	// Start is where the first run starts; it is required until the
 	// pipeline has a watermark.
 	Start time.Time `json:"start,omitzero"`
+	// ReadyTimeout is how long a run waits for its source input to be
+	// ready (a partition's _SUCCESS) before it fails; 0 means no limit.
+	ReadyTimeout time.Duration `json:"ready_timeout,omitempty"`
+	// ReadyCheck is how often the leader checks a waiting run's input;
+	// 0 means DefaultReadyCheck.
+	ReadyCheck time.Duration `json:"ready_check,omitempty"`
 }
+
+// DefaultReadyCheck is how often the leader checks whether the input of a
+// waiting run is ready when incremental.ready_check is not set.
+const DefaultReadyCheck = 5 * time.Second
+
+// PartitionBased reports whether the pipeline's runs read whole time
+// partitions (no delta column).
+func (inc *Incremental) PartitionBased() bool { return inc != nil && inc.DeltaColumn == "" }
 
 // knownPatterns are the patterns of the design; available says which of
 // them this build can run.
@@ -187,6 +212,9 @@ func Parse(data []byte, file string) (Spec, error) {
 			p.add(f, 0, "is required")
 		}
 	}
+	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !hasLayout(s.Source) {
+		p.add("incremental.delta_column", p.incLine, "is required (or lay the source out by time partitions: source.layout)")
+	}
 	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
 		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
@@ -244,7 +272,11 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	}
 	check("source", s.Source, reg.HasSource, connectors.RoleSource)
 	check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
-	problems = append(problems, s.incrementalProblems(lines)...)
+	var partition time.Duration
+	if s.Source.Kind != "" && reg.HasSource(s.Source.Kind) {
+		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
+	}
+	problems = append(problems, s.incrementalProblems(lines, partition)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -336,6 +368,21 @@ func lineIndex(text string) lines {
 type parser struct {
 	file     string
 	problems []Problem
+	// hasDelta tells whether the incremental section has a delta_column;
+	// incLine is the line of its first field.
+	hasDelta bool
+	incLine  int
+}
+
+// hasLayout reports whether a source configuration is laid out by time
+// partitions (has a "layout"); Validate asks the connector for the size.
+func hasLayout(e protocol.Endpoint) bool {
+	var m map[string]any
+	if json.Unmarshal(e.Config, &m) != nil {
+		return false
+	}
+	_, ok := m["layout"]
+	return ok
 }
 
 func (p *parser) add(field string, line int, msg string) {
@@ -478,7 +525,7 @@ func (p *parser) retry(v *yaml.Node) Retry {
 func (p *parser) incremental(v *yaml.Node) *Incremental {
 	out := &Incremental{}
 	if v.Kind != yaml.MappingNode {
-		p.add("incremental", v.Line, "must be a mapping (delta_column, window, lag, start)")
+		p.add("incremental", v.Line, "must be a mapping ("+incrementalFields+")")
 		return out
 	}
 	has := map[string]bool{}
@@ -517,17 +564,34 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 				continue
 			}
 			out.Start = t.UTC()
+		case "ready_timeout":
+			d, err := ParseDuration(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode || d < 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a duration of 0 or more (examples: 0s for no limit, 30m, 6h)", val.Value))
+				continue
+			}
+			out.ReadyTimeout = d
+		case "ready_check":
+			d, err := ParseDuration(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode || d <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive duration (examples: 5s, 1m)", val.Value))
+				continue
+			}
+			out.ReadyCheck = d
 		default:
-			p.add(field, k.Line, "unknown field (known: delta_column, window, lag, start)")
+			p.add(field, k.Line, "unknown field (known: "+incrementalFields+")")
 		}
 	}
-	for _, f := range []string{"delta_column", "window"} {
-		if !has[f] {
-			p.add("incremental."+f, v.Line, "is required")
-		}
+	if !has["window"] {
+		p.add("incremental.window", v.Line, "is required")
 	}
+	// delta_column is required unless the source is partition-based: Parse
+	// decides once the source is read too.
+	p.hasDelta, p.incLine = has["delta_column"], v.Line
 	return out
 }
+
+const incrementalFields = "delta_column, window, lag, start, ready_timeout, ready_check"
 
 // ParseDuration parses a Go duration ("90m", "1h30m") or a whole number of
 // days ("1d", "7d").
@@ -542,8 +606,10 @@ func ParseDuration(s string) (time.Duration, error) {
 	return time.ParseDuration(s)
 }
 
-// incrementalProblems checks the incremental section against the pattern.
-func (s Spec) incrementalProblems(lines lines) []Problem {
+// incrementalProblems checks the incremental section against the pattern
+// and the source: partition is the size of the source's time partitions,
+// 0 for a source not laid out by time.
+func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Problem {
 	var out []Problem
 	inc := s.Incremental
 	switch {
@@ -554,14 +620,31 @@ func (s Spec) incrementalProblems(lines lines) []Problem {
 	case inc == nil:
 		return nil
 	}
-	if strings.TrimSpace(inc.DeltaColumn) == "" {
-		out = append(out, Problem{Field: "incremental.delta_column", Line: lines.nearest("incremental.delta_column"), Msg: "is required"})
+	add := func(field, msg string) {
+		out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: msg})
+	}
+	switch {
+	case partition > 0 && inc.DeltaColumn != "":
+		add("incremental.delta_column", "must be left out: the source is laid out by time partitions (source.layout) and a run reads one whole partition")
+	case partition == 0 && strings.TrimSpace(inc.DeltaColumn) == "":
+		add("incremental.delta_column", "is required (or lay the source out by time partitions: source.layout)")
 	}
 	if inc.Window <= 0 {
-		out = append(out, Problem{Field: "incremental.window", Line: lines.nearest("incremental.window"), Msg: "must be a positive duration"})
+		add("incremental.window", "must be a positive duration")
+	} else if partition > 0 && inc.Window != partition {
+		add("incremental.window", fmt.Sprintf("%s must equal the size of the source's partitions, %s (source.layout): one partition per run", inc.Window, partition))
+	}
+	if partition > 0 && !inc.Start.IsZero() && !inc.Start.UTC().Truncate(partition).Equal(inc.Start) {
+		add("incremental.start", fmt.Sprintf("%s is not where a partition of %s starts (every %s from midnight UTC)", inc.Start.UTC().Format(time.RFC3339Nano), partition, partition))
 	}
 	if inc.Lag < 0 {
-		out = append(out, Problem{Field: "incremental.lag", Line: lines.nearest("incremental.lag"), Msg: "must not be negative"})
+		add("incremental.lag", "must not be negative")
+	}
+	if inc.ReadyTimeout < 0 {
+		add("incremental.ready_timeout", "must not be negative")
+	}
+	if inc.ReadyCheck < 0 {
+		add("incremental.ready_check", "must not be negative")
 	}
 	return out
 }

@@ -62,11 +62,15 @@ type RunRequest struct {
 // whose next window is empty (the watermark has reached now - lag), no run
 // is started: RunID is empty, UpToDate is true and Window is the empty
 // window [watermark, now - lag).
+//
+// A run whose source input is not ready yet is replied to while it waits:
+// Tasks is 0 and WaitingFor names the input (a partition's path).
 type RunReply struct {
-	RunID    string  `json:"run"`
-	Tasks    int     `json:"tasks"`
-	UpToDate bool    `json:"up_to_date,omitempty"`
-	Window   *Window `json:"window,omitempty"`
+	RunID      string  `json:"run"`
+	Tasks      int     `json:"tasks"`
+	UpToDate   bool    `json:"up_to_date,omitempty"`
+	Window     *Window `json:"window,omitempty"`
+	WaitingFor string  `json:"waiting_for,omitempty"`
 }
 
 // StatusRequest filters a status reply; empty fields mean all.
@@ -105,9 +109,12 @@ type PipelineStatus struct {
 	Watermark string `json:"watermark,omitempty"`
 }
 
-// Run states.
+// Run states. A run is waiting (between planning and running) while its
+// source input is not ready yet, such as a time partition without its
+// _SUCCESS: no task is published and no worker slot is held.
 const (
 	RunPlanning   = "planning"
+	RunWaiting    = "waiting"
 	RunRunning    = "running"
 	RunCommitting = "committing"
 	RunCommitted  = "committed"
@@ -147,6 +154,13 @@ type RunStatus struct {
 	Window   *Window `json:"window,omitempty"`
 	Live     bool    `json:"live,omitempty"`
 	Backfill string  `json:"backfill,omitempty"`
+	// WaitingFor names the source input a waiting run waits for (a
+	// partition's path), and WaitingSince when it started waiting; both
+	// are set in state waiting only. ReadyDeadline is when the run fails
+	// if the input is still not ready (zero: no limit).
+	WaitingFor    string    `json:"waiting_for,omitempty"`
+	WaitingSince  time.Time `json:"waiting_since,omitzero"`
+	ReadyDeadline time.Time `json:"ready_deadline,omitzero"`
 	// TaskList is filled by run.get only.
 	TaskList []TaskStatus `json:"task_list,omitempty"`
 }

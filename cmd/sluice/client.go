@@ -168,7 +168,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stdout, "pipeline %s is up to date: the watermark %s has reached now - lag; no run\n", name, res.Window.From.Format(time.RFC3339Nano))
 		return nil
 	}
-	if res.Window != nil {
+	if res.WaitingFor != "" {
+		fmt.Fprintf(stdout, "run %s waiting for its source input: %s (window %s); no task until it is ready\n", res.RunID, res.WaitingFor, res.Window)
+	} else if res.Window != nil {
 		fmt.Fprintf(stdout, "run %s started: %d tasks, window %s\n", res.RunID, res.Tasks, res.Window)
 	} else {
 		fmt.Fprintf(stdout, "run %s started: %d tasks\n", res.RunID, res.Tasks)
@@ -268,8 +270,12 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 	}
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {
+		note := r.Error
+		if r.WaitingFor != "" {
+			note = "waiting for " + r.WaitingFor
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%d\t%s\t%s\n", r.RunID, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes), r.Version,
-			r.Created.Local().Format(time.DateTime), dash(truncate(r.Error, 60)))
+			r.Created.Local().Format(time.DateTime), dash(truncate(note, 60)))
 	}
 	fmt.Fprintln(tw, "\nWORKER\tHOST\tBUSY\tDONE\tFAILED\tLAST SEEN")
 	sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].Worker < st.Workers[j].Worker })
@@ -293,6 +299,13 @@ func printRun(w io.Writer, r protocol.RunStatus) {
 			kind = "backfill " + r.Backfill
 		}
 		fmt.Fprintf(w, "  window: %s (%s)\n", r.Window, kind)
+	}
+	if r.WaitingFor != "" {
+		until := "no ready timeout"
+		if !r.ReadyDeadline.IsZero() {
+			until = "fails at " + r.ReadyDeadline.Local().Format(time.DateTime) + " if still not ready"
+		}
+		fmt.Fprintf(w, "  waiting: %s, since %s (%s)\n", r.WaitingFor, r.WaitingSince.Local().Format(time.DateTime), until)
 	}
 	if r.Marker != "" {
 		fmt.Fprintf(w, "  marker: %s\n", r.Marker)

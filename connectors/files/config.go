@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -37,7 +38,27 @@ type SourceConfig struct {
 	// every file with the format's extension. Names starting with '_' or '.'
 	// are always skipped, and so are directories with such names.
 	Glob string `json:"glob"`
+	// Layout makes the source partition-based: the directories under Path
+	// are time partitions named by this template, such as
+	// "date={date}/hour={hour}", and a run of an incremental pipeline reads
+	// the one partition its window is (Glob then applies inside it). The
+	// placeholders are {date} (2006-01-02), {year}, {month}, {day} and
+	// {hour} (two digits), in UTC; a layout names a day ({date}, or {year},
+	// {month} and {day}) and optionally an hour, which makes partitions of
+	// 1h or 24h. A run without a window (a full load) reads the whole tree.
+	Layout string `json:"layout"`
+	// Ready says when a partition is complete and a run may read it:
+	// "success_file" (the default) when it holds a _SUCCESS file;
+	// "next_partition" when the next partition's directory exists, or
+	// it holds a _SUCCESS file.
+	Ready string `json:"ready"`
 }
+
+// The readiness conventions of a partition-based source.
+const (
+	ReadySuccessFile   = "success_file"
+	ReadyNextPartition = "next_partition"
+)
 
 // SinkConfig configures a files sink.
 type SinkConfig struct {
@@ -76,6 +97,19 @@ func (c SourceConfig) Validate() error {
 		if _, err := path.Match(c.Glob, ""); err != nil {
 			return &connectors.FieldError{Field: "glob", Msg: fmt.Sprintf("bad pattern %q: %v", c.Glob, err)}
 		}
+	}
+	if c.Layout != "" {
+		if _, err := parseLayout(c.Layout); err != nil {
+			return &connectors.FieldError{Field: "layout", Msg: err.Error()}
+		}
+	}
+	switch c.Ready {
+	case "", ReadySuccessFile, ReadyNextPartition:
+		if c.Ready != "" && c.Layout == "" {
+			return &connectors.FieldError{Field: "ready", Msg: "is only for a partition-based source: set layout"}
+		}
+	default:
+		return &connectors.FieldError{Field: "ready", Msg: fmt.Sprintf("unknown convention %q (want %s or %s)", c.Ready, ReadySuccessFile, ReadyNextPartition)}
 	}
 	return nil
 }
@@ -138,7 +172,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 
 func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := decodeStrict(raw, []string{"format", "glob", "path"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "glob", "layout", "path", "ready"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -157,6 +191,21 @@ func parseSinkConfig(raw json.RawMessage) (SinkConfig, error) {
 func ValidateSource(raw json.RawMessage) error {
 	_, err := parseSourceConfig(raw)
 	return err
+}
+
+// PartitionSize returns the size of the time partitions of a source
+// configuration with a layout (1h with {hour}, 24h without), or 0 for one
+// without a layout or that is not valid. It does no I/O.
+func PartitionSize(raw json.RawMessage) time.Duration {
+	c, err := parseSourceConfig(raw)
+	if err != nil || c.Layout == "" {
+		return 0
+	}
+	l, err := parseLayout(c.Layout)
+	if err != nil {
+		return 0
+	}
+	return l.size
 }
 
 // ValidateSink checks a sink configuration without I/O. Errors are
@@ -188,7 +237,8 @@ func Register(reg *connectors.Registry) {
 			}
 			return NewSink(c)
 		},
-		ValidateSource: ValidateSource,
-		ValidateSink:   ValidateSink,
+		ValidateSource:   ValidateSource,
+		ValidateSink:     ValidateSink,
+		SourcePartitions: PartitionSize,
 	})
 }

@@ -67,5 +67,21 @@
 // removed: the window's rows are replaced, never doubled. Window
 // directories lying inside a new, larger window are removed once it is in
 // place; a partial overlap fails the commit, since rows cannot be split.
-// A files source cannot read delta-column windows.
+// A files source cannot read delta-column windows; it reads time
+// partitions.
+//
+// # Time partitions
+//
+// A source with a layout (SourceConfig.Layout, such as
+// "date={date}/hour={hour}") is partition-based: an incremental run reads
+// exactly the partition its window is, <path>/date=2026-11-25/hour=07/ for
+// the window [07:00, 08:00) UTC (Glob and the format apply inside it; names
+// starting with '_' or '.' are skipped, _SUCCESS among them). Partitions are
+// 1h with {hour} and 24h without; a window that is not exactly one
+// partition is a permanent error. The source implements
+// connectors.Readiness: a partition is ready when it holds a _SUCCESS file,
+// or, with ready: next_partition, also when the next partition's directory
+// exists (date=2026-11-26/hour=00 after date=2026-11-25/hour=23). Under
+// that convention an hour without a directory plans no task and commits an
+// empty window. A run without a window (a full load) reads the whole tree.
 package files

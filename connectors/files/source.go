@@ -34,6 +34,8 @@ const (
 // Source reads the files of a directory. It is safe for concurrent use.
 type Source struct {
 	cfg SourceConfig
+	// layout is the parsed cfg.Layout; nil without one.
+	layout *layout
 	// Batch sizes; tests make them small.
 	batchBytes int
 	batchRows  int64
@@ -47,7 +49,15 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Source{cfg: cfg, batchBytes: rawBatchBytes, batchRows: parquetBatchRows}, nil
+	src := &Source{cfg: cfg, batchBytes: rawBatchBytes, batchRows: parquetBatchRows}
+	if cfg.Layout != "" {
+		l, err := parseLayout(cfg.Layout)
+		if err != nil {
+			return nil, &connectors.FieldError{Field: "layout", Msg: err.Error()}
+		}
+		src.layout = &l
+	}
+	return src, nil
 }
 
 // Close does nothing: a Source holds no resources between calls.
@@ -75,13 +85,29 @@ type fileRef struct {
 
 // Plan lists the files (sorted by relative path) and groups consecutive
 // files into partitions of about TargetBytes and at most MaxFiles files; a
-// JSONL file larger than TargetBytes is split into byte ranges. ctx bounds
-// the listing.
+// JSONL file larger than TargetBytes is split into byte ranges. For a run
+// with a window (an incremental run of a source with a layout) it lists
+// the window's time partition only; a partition directory that does not
+// exist (an hour without data, under the next-partition convention) plans
+// no task. ctx bounds the listing.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	root := s.cfg.Path
 	if req.Window != nil {
-		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("plan %s: a files source cannot read a delta-column window %v (partition-based incremental loads are not built yet)", s.cfg.Path, req.Window))
+		if s.layout == nil {
+			return connectors.Plan{}, connectors.Permanent(fmt.Errorf("plan %s: a files source cannot read a delta-column window %v: lay the files out by time (layout) and leave incremental.delta_column out", s.cfg.Path, req.Window))
+		}
+		dir, _, err := s.partitionDirs(*req.Window)
+		if err != nil {
+			return connectors.Plan{}, fmt.Errorf("plan: %w", err)
+		}
+		if ok, err := exists(dir, true); err != nil {
+			return connectors.Plan{}, fmt.Errorf("plan %s: %w", dir, err)
+		} else if !ok {
+			return connectors.Plan{}, nil
+		}
+		root = dir
 	}
-	base, files, format, err := s.list(ctx)
+	base, files, format, err := s.list(ctx, root)
 	if err != nil {
 		return connectors.Plan{}, err
 	}
@@ -145,18 +171,18 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 
 // list returns the resolved base directory, the selected files sorted by
 // relative path, and their format.
-func (s *Source) list(ctx context.Context) (string, []fileRef, string, error) {
-	base, err := filepath.EvalSymlinks(s.cfg.Path)
+func (s *Source) list(ctx context.Context, root string) (string, []fileRef, string, error) {
+	base, err := filepath.EvalSymlinks(root)
 	if err != nil {
-		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 	}
 	base, err = filepath.Abs(base)
 	if err != nil {
-		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 	}
 	st, err := os.Stat(base)
 	if err != nil {
-		return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 	}
 	var rels []string
 	infos := map[string]fs.FileInfo{}
@@ -201,7 +227,7 @@ func (s *Source) list(ctx context.Context) (string, []fileRef, string, error) {
 			return nil
 		})
 		if err != nil {
-			return "", nil, "", fmt.Errorf("list %s: %w", s.cfg.Path, err)
+			return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 		}
 	}
 	sort.Strings(rels)
@@ -221,7 +247,7 @@ func (s *Source) list(ctx context.Context) (string, []fileRef, string, error) {
 				continue
 			}
 			if format == "" && ff == "" {
-				return "", nil, "", fmt.Errorf("list %s: cannot tell the format of %s from its extension: set format", s.cfg.Path, rel)
+				return "", nil, "", fmt.Errorf("list %s: cannot tell the format of %s from its extension: set format", root, rel)
 			}
 		case format != "":
 			if ff != format {
@@ -242,7 +268,7 @@ func (s *Source) list(ctx context.Context) (string, []fileRef, string, error) {
 		}
 		sort.Strings(fs)
 		if len(fs) > 1 {
-			return "", nil, "", fmt.Errorf("list %s: files of several formats (%s): set format or glob", s.cfg.Path, strings.Join(fs, ", "))
+			return "", nil, "", fmt.Errorf("list %s: files of several formats (%s): set format or glob", root, strings.Join(fs, ", "))
 		}
 		if len(fs) == 1 {
 			format = fs[0]
