@@ -181,58 +181,9 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
 	}
-	if !protocol.ValidName(req.Pipeline) {
-		return nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
-	}
-	var id string
-	if req.RequestID != "" {
-		id, _ = c.fsm.requestRun(req.RequestID)
-	}
-	if id == "" {
-		p, ok := c.fsm.pipeline(req.Pipeline)
-		if !ok {
-			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-		}
-		win, live, err := runWindow(p, req.Window, now())
-		if err != nil {
-			return nil, err
-		}
-		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
-			// Nothing to load yet: no run. The next window opens once
-			// now - lag passes the watermark.
-			return protocol.RunReply{UpToDate: true, Window: &win}, nil
-		}
-		var window *protocol.Window
-		if p.Spec.Pattern == protocol.PatternIncremental {
-			window = &win
-		}
-		// The run span is the root of the run's trace; it ends when the
-		// run does (on this leader) and its context is stored in the run.
-		sctx, span := c.tracer.Start(ctx, telemetry.SpanRun, trace.WithNewRoot(),
-			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline)))
-		out, err := c.apply(cmdRunCreate, runCreateCmd{
-			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
-			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
-			Window: window, Live: live, Time: now(),
-		})
-		if err != nil {
-			span.End()
-			if errors.Is(err, errNoPipeline) {
-				return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-			}
-			return nil, fsmErr(err)
-		}
-		id = out.RunID
-		if out.Reused {
-			span.End()
-		} else {
-			span.SetAttributes(telemetry.AttrRun.String(id))
-			c.spanMu.Lock()
-			c.spans[id] = span
-			c.spanMu.Unlock()
-			c.log.Info("run created", "run", id, "request", req.RequestID)
-		}
-		t.kick(ctx, id)
+	id, upToDate, err := t.startRun(ctx, req, nil)
+	if err != nil || upToDate != nil {
+		return upToDate, err
 	}
 	// Reply once the run is planned (or failed planning).
 	wctx, cancel := context.WithTimeout(ctx, planWait)
@@ -255,6 +206,78 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 			return protocol.RunReply{RunID: id, Window: r.Window}, nil
 		}
 	}
+}
+
+// startRun creates the run req asks for, or finds the one its RequestID
+// created before, and kicks it; trig, when not nil, is the context of the
+// trigger that asked (its processing time and handler version are set
+// here). For an incremental pipeline that is up to date no run is created
+// and upToDate is the reply.
+func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig *protocol.TriggerContext) (id string, upToDate *protocol.RunReply, err error) {
+	c := t.c
+	if !protocol.ValidName(req.Pipeline) {
+		return "", nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
+	}
+	if req.RequestID != "" {
+		id, _ = c.fsm.requestRun(req.RequestID)
+	}
+	if id == "" {
+		p, ok := c.fsm.pipeline(req.Pipeline)
+		if !ok {
+			return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		}
+		win, live, err := runWindow(p, req.Window, now())
+		if err != nil {
+			return "", nil, err
+		}
+		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
+			// Nothing to load yet: no run. The next window opens once
+			// now - lag passes the watermark.
+			return "", &protocol.RunReply{UpToDate: true, Window: &win}, nil
+		}
+		var window *protocol.Window
+		if p.Spec.Pattern == protocol.PatternIncremental {
+			window = &win
+		}
+		// The run span is the root of the run's trace; it ends when the
+		// run does (on this leader) and its context is stored in the run.
+		// A trigger that carried a trace context becomes the run's parent.
+		pctx, opts := ctx, []trace.SpanStartOption{trace.WithNewRoot(),
+			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline))}
+		tm := now()
+		if trig != nil {
+			trig.ProcessingTime = tm
+			trig.HandlerVersion = fmt.Sprintf("sluice protocol v%d, pipeline %s revision %d", protocol.Version, p.Spec.Name, p.Revision)
+			if len(trig.Trace) > 0 {
+				pctx, opts = telemetry.ExtractMap(ctx, trig.Trace), opts[1:]
+			}
+		}
+		sctx, span := c.tracer.Start(pctx, telemetry.SpanRun, opts...)
+		out, err := c.apply(cmdRunCreate, runCreateCmd{
+			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
+			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
+			Window: window, Live: live, Trigger: trig, Time: tm,
+		})
+		if err != nil {
+			span.End()
+			if errors.Is(err, errNoPipeline) {
+				return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+			}
+			return "", nil, fsmErr(err)
+		}
+		id = out.RunID
+		if out.Reused {
+			span.End()
+		} else {
+			span.SetAttributes(telemetry.AttrRun.String(id))
+			c.spanMu.Lock()
+			c.spans[id] = span
+			c.spanMu.Unlock()
+			c.log.Info("run created", "run", id, "request", req.RequestID)
+		}
+		t.kick(ctx, id)
+	}
+	return id, nil, nil
 }
 
 // runWindow returns the window of a new run of p at time now: for an
@@ -462,7 +485,7 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 	s := protocol.RunStatus{RunID: r.ID, Pipeline: r.Pipeline, State: r.State, Tasks: len(r.Tasks),
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished,
-		Window: r.Window, Live: r.Live, Backfill: r.Backfill}
+		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger}
 	if r.State == protocol.RunWaiting {
 		s.WaitingFor, s.WaitingSince = r.WaitingFor, r.WaitingSince
 		if r.ReadyTimeout > 0 {

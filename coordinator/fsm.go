@@ -88,7 +88,9 @@ type runCreateCmd struct {
 	// run's commit moves the watermark to Window.To.
 	Window *protocol.Window `json:"window,omitempty"`
 	Live   bool             `json:"live,omitempty"`
-	Time   time.Time        `json:"time"`
+	// Trigger is the context of the trigger that asked for the run.
+	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
+	Time    time.Time                `json:"time"`
 }
 
 // backfillCmd starts a backfill: the FSM splits [From, To) into windows,
@@ -265,6 +267,9 @@ type runState struct {
 	ReadyCheck   time.Duration `json:"ready_check,omitempty"`
 	WaitingFor   string        `json:"waiting_for,omitempty"`
 	WaitingSince time.Time     `json:"waiting_since,omitzero"`
+	// Trigger is the context of the trigger that started the run; the FSM
+	// never changes it after creation.
+	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
 
 	Planned   bool        `json:"planned"`
 	Tasks     []taskState `json:"tasks,omitempty"`
@@ -561,6 +566,7 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		Partitioning: p.Spec.Partition,
 		MaxAttempts:  p.Spec.Retry.MaxAttempts,
 		Backoff:      p.Spec.Retry.Backoff,
+		Trigger:      c.Trigger,
 	}
 	if r.MaxAttempts == 0 {
 		r.MaxAttempts = c.MaxAttempts

@@ -175,6 +175,37 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		<-cc.Closed()
 	}()
 
+	tadvSub, err := c.nc.Subscribe(triggerMaxDeliveriesSubject, func(m *nats.Msg) {
+		t.spawn(func() { t.onTriggerMaxDeliveries(ctx, m) })
+	})
+	if err != nil {
+		log.Error("subscribe trigger max-deliveries advisory", "err", err)
+	} else {
+		defer tadvSub.Unsubscribe()
+	}
+	// Triggers are consumed while leading, one at a time: each is a Raft
+	// entry, acked after it.
+	var tc jetstream.ConsumeContext
+	for tc == nil {
+		cons, err := c.js.Consumer(ctx, protocol.StreamTriggers, protocol.ConsumerTriggers)
+		if err == nil {
+			tc, err = cons.Consume(func(m jetstream.Msg) { t.onTrigger(ctx, m) },
+				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+					log.Debug("consume triggers", "err", err)
+				}))
+		}
+		if err != nil {
+			log.Warn("consume triggers", "err", err)
+			if !sleep(ctx, time.Second) {
+				return
+			}
+		}
+	}
+	defer func() {
+		tc.Stop()
+		<-tc.Closed()
+	}()
+
 	log.Info("leading")
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
@@ -714,7 +745,7 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	t.release(log, r.ID)
 	traceID := telemetry.TraceID(r.Trace)
 	ev := protocol.RunEvent{RunID: r.ID, Pipeline: r.Pipeline, Outcome: r.State, Location: r.Location,
-		Error: r.Error, Time: r.Finished, TraceID: traceID}
+		Error: r.Error, Time: r.Finished, TraceID: traceID, Trigger: r.Trigger}
 	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		ev.Rows += ts.Rows

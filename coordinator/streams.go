@@ -24,6 +24,13 @@ type StreamConfig struct {
 // (it lost leadership meanwhile) waits before the next leader gets it.
 const resultsAckWait = 5 * time.Second
 
+// The leader's consumer of SLUICE_TRIGGERS: a trigger not acked is
+// delivered again after each of triggerBackOff (the first is its ack
+// wait); the leader dead-letters it on delivery TriggerMaxDeliver.
+const TriggerMaxDeliver = 5
+
+var triggerBackOff = []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 15 * time.Second}
+
 // EnsureStreams creates or updates the Sluice streams (file storage) and the
 // durable consumers of the workers and of the leader. It is idempotent.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) error {
@@ -99,6 +106,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		MaxDeliver:    -1,
 		MaxAckPending: 10000,
 		FilterSubject: protocol.SubjectResultsAll,
+		Replicas:      cfg.Replicas,
+	}}, {protocol.StreamTriggers, jetstream.ConsumerConfig{
+		Durable:       protocol.ConsumerTriggers,
+		Description:   "The coordinator leader consumes triggers from here.",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       triggerBackOff[0],
+		BackOff:       triggerBackOff,
+		MaxDeliver:    TriggerMaxDeliver,
+		MaxAckPending: 1000,
+		FilterSubject: protocol.SubjectTriggersAll,
 		Replicas:      cfg.Replicas,
 	}}}
 	for _, c := range consumers {

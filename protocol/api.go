@@ -161,6 +161,9 @@ type RunStatus struct {
 	WaitingFor    string    `json:"waiting_for,omitempty"`
 	WaitingSince  time.Time `json:"waiting_since,omitzero"`
 	ReadyDeadline time.Time `json:"ready_deadline,omitzero"`
+	// Trigger is the context of the trigger that started the run (nil for
+	// a run started through the API).
+	Trigger *TriggerContext `json:"trigger,omitempty"`
 	// TaskList is filled by run.get only.
 	TaskList []TaskStatus `json:"task_list,omitempty"`
 }

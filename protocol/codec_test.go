@@ -134,3 +134,43 @@ func FuzzDecodeTrigger(f *testing.F) {
 		}
 	})
 }
+
+func TestParseTrigger(t *testing.T) {
+	for _, tc := range []struct {
+		in, wantErr string
+	}{
+		{"", ""},
+		{`{}`, ""},
+		{`{"params":{"file_to_load":"a.csv"},"logical_time":"2024-05-01T00:00:00Z","event_time":null}`, ""},
+		{`{"logical_time":"x"}`, `logical_time: "x" is not RFC 3339`},
+		{`{"event_time":5}`, `event_time: 5 is not an RFC 3339 string`},
+		{`{"params":{"n":5}}`, `params.n: 5 is not a string`},
+		{`{"params":[1]}`, `params: is not an object of strings`},
+		{`{"colour":"red"}`, `colour: unknown field`},
+		{`[1]`, `payload is not a JSON object`},
+	} {
+		tr, err := ParseTrigger([]byte(tc.in))
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("ParseTrigger(%s): %v", tc.in, err)
+		case tc.wantErr != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.wantErr)):
+			t.Errorf("ParseTrigger(%s) = %v, want error starting %q", tc.in, err, tc.wantErr)
+		}
+		if tc.wantErr == "" && strings.Contains(tc.in, "file_to_load") && (tr.Params["file_to_load"] != "a.csv" || tr.LogicalTime.IsZero()) {
+			t.Errorf("ParseTrigger(%s) = %+v", tc.in, tr)
+		}
+	}
+}
+
+func FuzzParseTrigger(f *testing.F) {
+	f.Add([]byte(`{"params":{"a":"b"},"logical_time":"2024-05-01T00:00:00Z"}`))
+	f.Add([]byte(`{"logical_time":"x"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := ParseTrigger(data); err != nil {
+			var te *TriggerError
+			if !errors.As(err, &te) {
+				t.Fatalf("error %v is not a *TriggerError", err)
+			}
+		}
+	})
+}

@@ -136,6 +136,34 @@ type Trigger struct {
 	Source string `json:"source,omitempty"`
 }
 
+// TriggerContext is what a run keeps of the trigger that started it.
+type TriggerContext struct {
+	// Subject is the subject the trigger was published on; MsgID its
+	// Nats-Msg-Id (empty when it had none) and StreamSeq its sequence in
+	// SLUICE_TRIGGERS.
+	Subject   string `json:"subject"`
+	MsgID     string `json:"msg_id,omitempty"`
+	StreamSeq uint64 `json:"stream_seq,omitempty"`
+	// Headers is the envelope: the message's headers, first value of each.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Source is who published the trigger, from its payload.
+	Source string `json:"source,omitempty"`
+	// EventTime is when the event happened, from its payload (zero when it
+	// gave none); PublishTime is when JetStream stored it; ProcessingTime
+	// is when the leader created the run.
+	EventTime      time.Time `json:"event_time,omitzero"`
+	PublishTime    time.Time `json:"publish_time,omitzero"`
+	ProcessingTime time.Time `json:"processing_time"`
+	// HandlerVersion names the code and the pipeline revision that
+	// handled the trigger.
+	HandlerVersion string `json:"handler_version"`
+	// Trace is the W3C trace context the trigger carried (traceparent,
+	// tracestate), if any.
+	Trace map[string]string `json:"trace,omitempty"`
+	// Deliveries is the JetStream delivery count when the run was created.
+	Deliveries int `json:"deliveries,omitempty"`
+}
+
 // RunEvent is published by the leader when a run ends.
 type RunEvent struct {
 	V              int       `json:"v"`
@@ -150,6 +178,8 @@ type RunEvent struct {
 	Error          string    `json:"error,omitempty"`
 	Time           time.Time `json:"time"`
 	TraceID        string    `json:"trace_id,omitempty"`
+	// Trigger is the context of the trigger that started the run, if one did.
+	Trigger *TriggerContext `json:"trigger,omitempty"`
 }
 
 // Heartbeat is published by each worker every few seconds on

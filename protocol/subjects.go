@@ -42,6 +42,8 @@ const (
 const (
 	ConsumerWorkers = "sluice-workers"
 	ConsumerLeader  = "sluice-leader"
+	// ConsumerTriggers is the leader's durable consumer of SLUICE_TRIGGERS.
+	ConsumerTriggers = "sluice-triggers"
 	// QueueLeader is the queue group the leader's API subscription joins.
 	QueueLeader = "sluice-leader"
 )
@@ -57,6 +59,11 @@ const (
 	HeaderReason   = "Sluice-Reason"
 	HeaderAttempts = "Sluice-Attempts"
 	HeaderTraceID  = "Sluice-Trace-Id"
+	// A dead trigger also names the subject, stream sequence and message
+	// id it had in SLUICE_TRIGGERS.
+	HeaderOrigSubject = "Sluice-Orig-Subject"
+	HeaderOrigSeq     = "Sluice-Orig-Seq"
+	HeaderOrigMsgID   = "Sluice-Orig-Msg-Id"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
@@ -75,6 +82,33 @@ func ResultSubject(pipeline string) string { return "sluice.results." + pipeline
 
 // TriggerSubject is the subject that starts a run of pipeline.
 func TriggerSubject(pipeline string) string { return "sluice.trigger." + pipeline }
+
+// TriggerPipeline returns the pipeline a trigger subject names; false when
+// subject is not sluice.trigger.<valid pipeline name>.
+func TriggerPipeline(subject string) (string, bool) {
+	const prefix = "sluice.trigger."
+	if len(subject) <= len(prefix) || subject[:len(prefix)] != prefix {
+		return "", false
+	}
+	name := subject[len(prefix):]
+	return name, ValidName(name)
+}
+
+// DLQKind returns the kind ("task" or "trigger") and the pipeline of a
+// dead-letter subject.
+func DLQKind(subject string) (kind, pipeline string, ok bool) {
+	const prefix = "sluice.dlq."
+	if len(subject) <= len(prefix) || subject[:len(prefix)] != prefix {
+		return "", "", false
+	}
+	rest := subject[len(prefix):]
+	for i := 0; i < len(rest); i++ {
+		if rest[i] == '.' {
+			return rest[:i], rest[i+1:], true
+		}
+	}
+	return "", "", false
+}
 
 // RunEventSubject is the subject of a run event with the given outcome
 // ("committed" or "failed").

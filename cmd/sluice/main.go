@@ -37,9 +37,11 @@ func commands() []command {
 		{"worker", "run a worker that pulls tasks from JetStream", runWorker},
 		{"apply", "store pipeline specs: sluice apply -f spec.yaml", runApply},
 		{"run", "start a run of a pipeline: sluice run <pipeline> [--wait]", runRun},
+		{"trigger", "publish a trigger that starts a run: sluice trigger <pipeline> [--param k=v] [--id MSGID]", runTrigger},
 		{"status", "show pipelines, runs, tasks and workers", runStatus},
 		{"backfill", "load a time range of an incremental pipeline in windows: sluice backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace]", runBackfill},
 		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
+		{"dlq", "dead letters: sluice dlq list | show <seq> | replay <seq> | purge (--all | <seq>)", runDLQ},
 	}
 }
 
