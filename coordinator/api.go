@@ -257,6 +257,7 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
 			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
 			Window: window, Live: live, Trigger: trig, Time: tm,
+			Schedule: scheduleOf(trig), Tick: tickOf(trig, req),
 		})
 		if err != nil {
 			span.End()
@@ -477,14 +478,26 @@ func (t *leaderTerm) apiPipelines() (any, error) {
 }
 
 func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
-	return protocol.PipelineStatus{Name: p.Spec.Name, Pattern: p.Spec.Pattern, Revision: p.Revision,
+	s := protocol.PipelineStatus{Name: p.Spec.Name, Pattern: p.Spec.Pattern, Revision: p.Revision,
 		Schedule: p.Spec.Schedule, Version: p.Version, LastRun: p.LastRun, Watermark: p.Watermark}
+	if p.Spec.Trigger != nil {
+		s.After = p.Spec.Trigger.After
+	}
+	if p.Spec.Schedule != "" {
+		if m := p.Scheduled; m != nil && m.Schedule == p.Spec.Schedule {
+			s.LastTick = m.Tick
+		}
+		if sched, err := pipeline.ParseSchedule(p.Spec.Schedule); err == nil {
+			s.NextTick = sched.Next(scheduleBase(p))
+		}
+	}
+	return s
 }
 
 func runStatus(r *runState, tasks bool) protocol.RunStatus {
 	s := protocol.RunStatus{RunID: r.ID, Pipeline: r.Pipeline, State: r.State, Tasks: len(r.Tasks),
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
-		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished,
+		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger}
 	if r.State == protocol.RunWaiting {
 		s.WaitingFor, s.WaitingSince = r.WaitingFor, r.WaitingSince

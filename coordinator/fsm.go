@@ -34,6 +34,7 @@ const (
 	cmdRunNotified   cmdType = 9
 	cmdBackfill      cmdType = 10
 	cmdRunWaiting    cmdType = 11
+	cmdScheduleTick  cmdType = 12
 )
 
 func (t cmdType) String() string {
@@ -60,6 +61,8 @@ func (t cmdType) String() string {
 		return "backfill"
 	case cmdRunWaiting:
 		return "run waiting"
+	case cmdScheduleTick:
+		return "schedule tick"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -90,7 +93,20 @@ type runCreateCmd struct {
 	Live   bool             `json:"live,omitempty"`
 	// Trigger is the context of the trigger that asked for the run.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
-	Time    time.Time                `json:"time"`
+	// Schedule and Tick are set for a scheduled run: the pipeline's last
+	// scheduled tick moves to Tick in the same entry.
+	Schedule string    `json:"schedule,omitempty"`
+	Tick     time.Time `json:"tick,omitzero"`
+	Time     time.Time `json:"time"`
+}
+
+// scheduleTickCmd records a schedule tick that started no run (an
+// incremental pipeline up to date): the tick is done all the same.
+type scheduleTickCmd struct {
+	Pipeline string    `json:"pipeline"`
+	Schedule string    `json:"schedule"`
+	Tick     time.Time `json:"tick"`
+	Time     time.Time `json:"time"`
 }
 
 // backfillCmd starts a backfill: the FSM splits [From, To) into windows,
@@ -223,8 +239,30 @@ type pipelineState struct {
 	BackfillSeq int64             `json:"backfill_seq,omitempty"`
 	RunSeq      int64             `json:"run_seq"`
 	LastRun     string            `json:"last_run,omitempty"`
-	Created     time.Time         `json:"created"`
-	Updated     time.Time         `json:"updated"`
+	// Scheduled is the last schedule tick handled (a run started, or
+	// none needed) and the schedule it was a tick of. A new leader
+	// starts from there: a tick is never started twice, and a missed
+	// tick is caught up.
+	Scheduled *scheduleMark `json:"scheduled,omitempty"`
+	Created   time.Time     `json:"created"`
+	Updated   time.Time     `json:"updated"`
+}
+
+// scheduleMark is the last handled tick of a schedule.
+type scheduleMark struct {
+	Schedule string    `json:"schedule"`
+	Tick     time.Time `json:"tick"`
+}
+
+// markTick records tick of schedule as handled; a tick never moves back.
+func (p *pipelineState) markTick(schedule string, tick time.Time) {
+	if schedule == "" || tick.IsZero() {
+		return
+	}
+	if m := p.Scheduled; m != nil && m.Schedule == schedule && !tick.After(m.Tick) {
+		return
+	}
+	p.Scheduled = &scheduleMark{Schedule: schedule, Tick: tick.UTC()}
 }
 
 type versionRecord struct {
@@ -338,6 +376,10 @@ func (p *pipelineState) clone() *pipelineState {
 	c := *p
 	c.Versions = slices.Clone(p.Versions)
 	c.Loaded = slices.Clone(p.Loaded)
+	if p.Scheduled != nil {
+		m := *p.Scheduled
+		c.Scheduled = &m
+	}
 	return &c
 }
 
@@ -486,6 +528,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.st.backfill(decodeBody[backfillCmd](t, body, l.Index))
 	case cmdRunWaiting:
 		return f.st.runWaiting(decodeBody[runWaitingCmd](t, body, l.Index))
+	case cmdScheduleTick:
+		return f.st.scheduleTick(decodeBody[scheduleTickCmd](t, body, l.Index))
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
@@ -543,7 +587,17 @@ func (s *state) runCreate(c runCreateCmd) any {
 	if c.RequestID != "" {
 		s.Requests[c.RequestID] = r.ID
 	}
+	p.markTick(c.Schedule, c.Tick)
 	return applyResult{RunID: r.ID}
+}
+
+func (s *state) scheduleTick(c scheduleTickCmd) any {
+	p, ok := s.Pipelines[c.Pipeline]
+	if !ok {
+		return fmt.Errorf("schedule tick of %q: %w", c.Pipeline, errNoPipeline)
+	}
+	p.markTick(c.Schedule, c.Tick)
+	return applyResult{Changed: true}
 }
 
 // newRun adds a run of p in state planning.

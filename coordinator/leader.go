@@ -207,6 +207,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	}()
 
 	log.Info("leading")
+	t.spawn(func() { t.schedule(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {
@@ -789,6 +790,11 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	telemetry.Inject(runContext(ctx, r), m.Header)
 	if _, err := c.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish run event: %w", err)
+	}
+	if r.State == protocol.RunCommitted {
+		if err := t.startDownstream(ctx, log, r); err != nil {
+			return err
+		}
 	}
 	if _, err := c.apply(cmdRunNotified, runCmd{Run: r.ID, Time: now()}); err != nil {
 		return err

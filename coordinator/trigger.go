@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -195,4 +196,48 @@ func (t *leaderTerm) onTriggerMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	if err := t.deadLetterTrigger(ctx, raw.Subject, raw.Header, raw.Data, adv.StreamSeq, adv.Deliveries, reason); err != nil {
 		c.log.Warn("trigger max deliveries: dead-letter", "seq", adv.StreamSeq, "err", err)
 	}
+}
+
+// afterRequestID is the run request id of the run of downstream started by
+// the commit of upstream run runID: announcing that commit again, on this
+// leader or the next, finds the run the first announcement created.
+func afterRequestID(runID, downstream string) string {
+	return "after:" + runID + ":" + downstream
+}
+
+// startDownstream starts a run of every pipeline whose trigger.after names
+// the pipeline of r, a committed run, before r is marked announced. Its
+// trigger context names r, its dataset location and version. A run that
+// cannot be started (the downstream pipeline is invalid for it, or up to
+// date) is logged and skipped; a transient error is returned, and the
+// announcement is tried again.
+func (t *leaderTerm) startDownstream(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	for _, p := range c.fsm.pipelines() {
+		if p.Spec.Trigger == nil || p.Spec.Trigger.After != r.Pipeline || p.Spec.Name == r.Pipeline {
+			continue
+		}
+		name := p.Spec.Name
+		trig := &protocol.TriggerContext{
+			Subject: protocol.RunEventSubject(r.Pipeline, r.State), MsgID: "event:" + r.ID,
+			Source: "after:" + r.Pipeline, EventTime: r.Finished,
+			After: &protocol.UpstreamRun{Pipeline: r.Pipeline, RunID: r.ID, Location: r.Location, Version: r.Version},
+		}
+		req := protocol.RunRequest{Pipeline: name, RequestID: afterRequestID(r.ID, name)}
+		id, upToDate, err := t.startRun(ctx, req, trig)
+		if err != nil {
+			var ae *apiErr
+			if errors.As(err, &ae) && (ae.code == codeInvalid || ae.code == codeNotFound) {
+				log.Warn("downstream run not started", "downstream", name, "err", err)
+				continue
+			}
+			return fmt.Errorf("start downstream run of %s: %w", name, err)
+		}
+		if upToDate != nil {
+			log.Info("downstream pipeline up to date, no run", "downstream", name)
+			continue
+		}
+		log.Info("downstream run started", "downstream", name, "downstream_run", id)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -25,16 +26,55 @@ type Spec struct {
 	Source      protocol.Endpoint       `json:"source"`
 	Sink        protocol.Endpoint       `json:"sink"`
 	Partition   connectors.Partitioning `json:"partitioning,omitzero"`
-	// Schedule is a cron expression or "@every <duration>"; empty means the
-	// pipeline runs only when asked or triggered.
+	// Schedule is a standard 5-field cron expression (minute hour
+	// day-of-month month day-of-week, UTC), a descriptor such as @hourly or
+	// @daily, or "@every <duration>"; empty means the pipeline runs only
+	// when asked or triggered. The coordinator leader starts one run per
+	// tick, with the tick as its logical time.
 	Schedule string `json:"schedule,omitempty"`
-	Retry    Retry  `json:"retry,omitzero"`
+	// Trigger starts runs on events other than a message on the
+	// pipeline's trigger subject: After starts a run each time a run of
+	// another pipeline commits.
+	Trigger *Trigger `json:"trigger,omitempty"`
+	Retry   Retry    `json:"retry,omitzero"`
 	// Incremental configures the delta-column windows of a pipeline of
 	// pattern incremental; it is required for that pattern and refused
 	// for every other.
 	Incremental *Incremental `json:"incremental,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
+}
+
+// Trigger is the trigger section of a spec.
+type Trigger struct {
+	// After names the upstream pipeline: each committed run of it starts
+	// one run of this pipeline, whose trigger context names the upstream
+	// run, its dataset location and version.
+	After string `json:"after,omitempty"`
+}
+
+// ParseSchedule parses a schedule as the coordinator does: a standard
+// 5-field cron expression, a descriptor (@hourly, @daily, ...) or
+// "@every <duration>" of at least a second.
+func ParseSchedule(spec string) (cron.Schedule, error) {
+	if strings.HasPrefix(strings.TrimSpace(spec), "TZ=") || strings.HasPrefix(strings.TrimSpace(spec), "CRON_TZ=") {
+		return nil, errors.New("time zones are not supported: schedules are in UTC")
+	}
+	if ds, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
+		// The library rounds silently: refuse what it would change.
+		d, err := time.ParseDuration(strings.TrimSpace(ds))
+		if err == nil && (d < time.Second || d%time.Second != 0) {
+			return nil, errors.New("@every needs a whole number of seconds, at least 1s")
+		}
+	}
+	return cron.ParseStandard(spec)
+}
+
+func scheduleProblem(spec string) string {
+	if _, err := ParseSchedule(spec); err != nil {
+		return fmt.Sprintf("%q is not a schedule: %v (examples: \"0 * * * *\", \"@hourly\", \"@every 10m\")", spec, err)
+	}
+	return ""
 }
 
 // Retry bounds how often a failing task is tried.
@@ -199,12 +239,19 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Partition = p.partitioning(v)
 		case "schedule":
 			s.Schedule = p.str(k.Value, v)
+			if v.Kind == yaml.ScalarNode {
+				if msg := scheduleProblem(s.Schedule); msg != "" {
+					p.add("schedule", v.Line, msg)
+				}
+			}
+		case "trigger":
+			s.Trigger = p.trigger(v)
 		case "retry":
 			s.Retry = p.retry(v)
 		case "incremental":
 			s.Incremental = p.incremental(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, retry, incremental)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental)")
 		}
 	}
 	for _, f := range []string{"name", "pattern", "source", "sink"} {
@@ -219,6 +266,9 @@ func Parse(data []byte, file string) (Spec, error) {
 		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
 		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start)")
+	}
+	if s.Trigger != nil && s.Trigger.After != "" && s.Trigger.After == s.Name {
+		p.add("trigger.after", p.afterLine, fmt.Sprintf("%q is this pipeline: a pipeline cannot run after itself", s.Name))
 	}
 	if len(p.problems) > 0 {
 		return s, &Error{File: file, Problems: p.problems}
@@ -277,6 +327,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
+	problems = append(problems, s.triggerProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -372,6 +423,8 @@ type parser struct {
 	// incLine is the line of its first field.
 	hasDelta bool
 	incLine  int
+	// afterLine is the line of trigger.after.
+	afterLine int
 }
 
 // hasLayout reports whether a source configuration is laid out by time
@@ -486,6 +539,54 @@ func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
 			out.MaxFiles = n
 		default:
 			p.add(field, k.Line, "unknown field (known: target_bytes, target_rows, max_files)")
+		}
+	}
+	return out
+}
+
+func (p *parser) trigger(v *yaml.Node) *Trigger {
+	out := &Trigger{}
+	if v.Kind != yaml.MappingNode {
+		p.add("trigger", v.Line, "must be a mapping (after)")
+		return out
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		field := "trigger." + k.Value
+		switch k.Value {
+		case "after":
+			out.After = p.str(field, val)
+			p.afterLine = val.Line
+			if val.Kind == yaml.ScalarNode && !protocol.ValidName(out.After) {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a valid pipeline name: use lower-case letters, digits, '_' and '-', at most 63", out.After))
+			}
+		default:
+			p.add(field, k.Line, "unknown field (known: after)")
+		}
+	}
+	if out.After == "" && len(v.Content) == 0 {
+		p.add("trigger.after", v.Line, "is required")
+	}
+	return out
+}
+
+// triggerProblems checks the schedule and the trigger section of a spec
+// that may not come from Parse.
+func (s Spec) triggerProblems(lines lines) []Problem {
+	var out []Problem
+	if s.Schedule != "" {
+		if msg := scheduleProblem(s.Schedule); msg != "" {
+			out = append(out, Problem{Field: "schedule", Line: lines["schedule"], Msg: msg})
+		}
+	}
+	if tr := s.Trigger; tr != nil {
+		switch {
+		case !protocol.ValidName(tr.After):
+			out = append(out, Problem{Field: "trigger.after", Line: lines.nearest("trigger.after"),
+				Msg: fmt.Sprintf("%q is not a valid pipeline name: use lower-case letters, digits, '_' and '-', at most 63", tr.After)})
+		case tr.After == s.Name:
+			out = append(out, Problem{Field: "trigger.after", Line: lines.nearest("trigger.after"),
+				Msg: fmt.Sprintf("%q is this pipeline: a pipeline cannot run after itself", s.Name)})
 		}
 	}
 	return out

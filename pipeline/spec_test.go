@@ -77,6 +77,13 @@ func TestParseProblemsNameFieldAndLine(t *testing.T) {
 		{"duplicate", "name: a\nname: b\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\n", []string{"line 2: name: appears twice"}},
 		{"not yaml", "name: [a\n", []string{"(document)"}},
 		{"not a mapping", "- a\n- b\n", []string{"a pipeline spec is a YAML mapping"}},
+		{"bad schedule", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nschedule: every hour\n", []string{`line 5: schedule: "every hour" is not a schedule`}},
+		{"six-field schedule", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nschedule: \"0 0 * * * *\"\n", []string{"line 5: schedule:"}},
+		{"sub-second every", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nschedule: \"@every 100ms\"\n", []string{"line 5: schedule:", "at least 1s"}},
+		{"after itself", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  after: a\n", []string{`line 6: trigger.after: "a" is this pipeline`}},
+		{"after bad name", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  after: Up.Stream\n", []string{`line 6: trigger.after: "Up.Stream" is not a valid pipeline name`}},
+		{"trigger unknown field", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  before: b\n", []string{"line 6: trigger.before: unknown field (known: after)"}},
+		{"trigger not a mapping", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger: b\n", []string{"line 5: trigger: must be a mapping"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,6 +98,27 @@ func TestParseProblemsNameFieldAndLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseScheduleAndTrigger(t *testing.T) {
+	for _, sched := range []string{"0 * * * *", "*/5 2 * * 1-5", "@hourly", "@daily", "@every 10s", "@every 1h30m"} {
+		in := "name: b\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nschedule: \"" + sched + "\"\ntrigger: {after: a}\n"
+		s, err := Parse([]byte(in), "b.yaml")
+		if err != nil {
+			t.Fatalf("schedule %q: %v", sched, err)
+		}
+		if s.Schedule != sched || s.Trigger == nil || s.Trigger.After != "a" {
+			t.Fatalf("schedule %q: parsed %q, trigger %+v", sched, s.Schedule, s.Trigger)
+		}
+	}
+	// Validate judges a spec built without Parse the same way.
+	s := Spec{Name: "a", Pattern: protocol.PatternFullLoad, Schedule: "@fortnightly", Trigger: &Trigger{After: "a"}}
+	err := s.Validate(connectors.NewRegistry(), nil)
+	for _, w := range []string{`schedule: "@fortnightly" is not a schedule`, `trigger.after: "a" is this pipeline`} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("Validate error %v does not contain %q", err, w)
+		}
 	}
 }
 

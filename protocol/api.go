@@ -103,6 +103,12 @@ type PipelineStatus struct {
 	Pattern  Pattern `json:"pattern"`
 	Revision int64   `json:"revision"`
 	Schedule string  `json:"schedule,omitempty"`
+	// After names the pipeline whose commits start runs of this one.
+	After string `json:"after,omitempty"`
+	// LastTick is the last schedule tick a run was started for (the
+	// run's logical time); NextTick the next one due.
+	LastTick time.Time `json:"last_tick,omitzero"`
+	NextTick time.Time `json:"next_tick,omitzero"`
 	// Version is the dataset version currently exposed (0 before any).
 	Version   int64  `json:"version"`
 	LastRun   string `json:"last_run,omitempty"`
@@ -147,6 +153,8 @@ type RunStatus struct {
 	TraceID     string    `json:"trace_id,omitempty"`
 	Created     time.Time `json:"created"`
 	Finished    time.Time `json:"finished,omitzero"`
+	// LogicalTime is the run's logical time (a scheduled run's tick).
+	LogicalTime time.Time `json:"logical_time,omitzero"`
 	// Window is the window of an incremental run; Live tells whether the
 	// run advances the watermark (a window after it) or not (an explicit
 	// window: a re-run or a backfill). Backfill names the backfill the

@@ -162,6 +162,21 @@ type TriggerContext struct {
 	Trace map[string]string `json:"trace,omitempty"`
 	// Deliveries is the JetStream delivery count when the run was created.
 	Deliveries int `json:"deliveries,omitempty"`
+	// After is the upstream run whose commit started this run (spec
+	// trigger.after); Subject and MsgID are then those of its run event.
+	After *UpstreamRun `json:"after,omitempty"`
+	// Schedule is the schedule that started the run; EventTime is then
+	// the schedule's tick, which is also the run's logical time.
+	Schedule string `json:"schedule,omitempty"`
+}
+
+// UpstreamRun is the committed run of an upstream pipeline that started a
+// downstream run: where its dataset is and which version it exposed.
+type UpstreamRun struct {
+	Pipeline string `json:"pipeline"`
+	RunID    string `json:"run"`
+	Location string `json:"location,omitempty"`
+	Version  int64  `json:"version"`
 }
 
 // RunEvent is published by the leader when a run ends.

@@ -264,9 +264,9 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 		fmt.Fprintf(w, "  node %s %s %s%s\n", n.ID, n.Address, n.Suffrage, mark)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSCHEDULE\tWATERMARK")
+	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSTARTS ON\tWATERMARK")
 	for _, p := range st.Pipelines {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, p.Version, dash(p.LastRun), dash(p.Schedule), dash(truncate(p.Watermark, 40)))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, p.Version, dash(p.LastRun), dash(startsOn(p)), dash(truncate(p.Watermark, 40)))
 	}
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {
@@ -285,8 +285,35 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 	tw.Flush()
 }
 
+// startsOn says what starts runs of p besides a trigger message: its
+// schedule (with its next tick) and the pipeline it runs after.
+func startsOn(p protocol.PipelineStatus) string {
+	var parts []string
+	if p.Schedule != "" {
+		s := p.Schedule
+		if !p.NextTick.IsZero() {
+			s += " (next " + p.NextTick.UTC().Format(time.RFC3339) + ")"
+		}
+		parts = append(parts, s)
+	}
+	if p.After != "" {
+		parts = append(parts, "after "+p.After)
+	}
+	return strings.Join(parts, ", ")
+}
+
 func printRun(w io.Writer, r protocol.RunStatus) {
 	fmt.Fprintf(w, "run %s (%s): %s, %d/%d tasks, %d rows, %s\n", r.RunID, r.Pipeline, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes))
+	if tr := r.Trigger; tr != nil {
+		switch {
+		case tr.After != nil:
+			fmt.Fprintf(w, "  after:  %s run %s (version %d, %s)\n", tr.After.Pipeline, tr.After.RunID, tr.After.Version, dash(tr.After.Location))
+		case tr.Schedule != "":
+			fmt.Fprintf(w, "  schedule: %s, tick %s\n", tr.Schedule, r.LogicalTime.UTC().Format(time.RFC3339))
+		case tr.Subject != "":
+			fmt.Fprintf(w, "  trigger: %s msg %s\n", tr.Subject, dash(tr.MsgID))
+		}
+	}
 	if r.Location != "" {
 		fmt.Fprintf(w, "  data:   %s (version %d)\n", r.Location, r.Version)
 	}
