@@ -80,6 +80,7 @@ type config struct {
 	targetRows int64
 	psql       string
 	cpuProfile string
+	only       string
 }
 
 func main() {
@@ -95,7 +96,12 @@ func main() {
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows of the Sluice pipelines")
 	flag.StringVar(&cfg.psql, "psql", "", "psql binary (default: from PATH, else /usr/lib/postgresql/15/bin/psql)")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.csv.pprof and FILE.pg.pprof")
+	flag.StringVar(&cfg.only, "only", "", `"csv" or "pg": time only that load and its baseline (for quick comparisons; a full run times both)`)
 	flag.Parse()
+	if cfg.only != "" && cfg.only != "csv" && cfg.only != "pg" {
+		fmt.Fprintln(os.Stderr, `fullload: --only must be "csv" or "pg"`)
+		os.Exit(2)
+	}
 	if cfg.rows < 1 || cfg.reps < 1 || cfg.workers < 1 || cfg.slots < 1 || cfg.targetRows < 1 {
 		fmt.Fprintln(os.Stderr, "fullload: --rows, --reps, --workers, --slots and --target-rows must be at least 1")
 		os.Exit(2)
@@ -297,62 +303,66 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 
 		for rep := 1; rep <= cfg.reps; rep++ {
 			fmt.Fprintf(stdout, "rep %d/%d:", rep, cfg.reps)
-			// (a) psql \copy to a CSV file.
-			secs, cpu, n, err := timePSQL(ctx, psql, cfg.dsn, psqlOut)
-			if err != nil {
-				return err
-			}
-			if csvBytes == 0 {
-				lines, err := countLines(psqlOut)
+			if cfg.only != "pg" {
+				// (a) psql \copy to a CSV file.
+				secs, cpu, n, err := timePSQL(ctx, psql, cfg.dsn, psqlOut)
 				if err != nil {
 					return err
 				}
-				if lines != cfg.rows {
-					return fmt.Errorf("psql wrote %d lines, want %d", lines, cfg.rows)
+				if csvBytes == 0 {
+					lines, err := countLines(psqlOut)
+					if err != nil {
+						return err
+					}
+					if lines != cfg.rows {
+						return fmt.Errorf("psql wrote %d lines, want %d", lines, cfg.rows)
+					}
+					csvBytes = n
+				} else if n != csvBytes {
+					return fmt.Errorf("psql wrote %d bytes, %d before", n, csvBytes)
 				}
-				csvBytes = n
-			} else if n != csvBytes {
-				return fmt.Errorf("psql wrote %d bytes, %d before", n, csvBytes)
-			}
-			ms["psql_copy_to_csv"].add(secs, cpu)
-			ms["psql_copy_to_csv"].Verified = "row count (lines of the file)"
-			os.Remove(psqlOut)
-			fmt.Fprintf(stdout, " psql %.2fs", secs)
+				ms["psql_copy_to_csv"].add(secs, cpu)
+				ms["psql_copy_to_csv"].Verified = "row count (lines of the file)"
+				os.Remove(psqlOut)
+				fmt.Fprintf(stdout, " psql %.2fs", secs)
 
-			// (b) Sluice PG -> CSV files.
-			secs, cpu, st, err := timeRun(ctx, c, "bench-pg-csv", nil)
-			if err != nil {
-				return err
+				// (b) Sluice PG -> CSV files.
+				secs, cpu, st, err := timeRun(ctx, c, "bench-pg-csv", nil)
+				if err != nil {
+					return err
+				}
+				if err := verifyCSV(csvOut, srcSum, st); err != nil {
+					return err
+				}
+				ms["sluice_pg_to_csv"].add(secs, cpu)
+				ms["sluice_pg_to_csv"].Tasks = st.Tasks
+				ms["sluice_pg_to_csv"].Verified = "row count and checksum of the committed CSV files (files.ReadChecksum) equal the source's"
+				fmt.Fprintf(stdout, ", sluice csv %.2fs", secs)
 			}
-			if err := verifyCSV(csvOut, srcSum, st); err != nil {
-				return err
-			}
-			ms["sluice_pg_to_csv"].add(secs, cpu)
-			ms["sluice_pg_to_csv"].Tasks = st.Tasks
-			ms["sluice_pg_to_csv"].Verified = "row count and checksum of the committed CSV files (files.ReadChecksum) equal the source's"
-			fmt.Fprintf(stdout, ", sluice csv %.2fs", secs)
+			if cfg.only != "csv" {
+				// (c) COPY TO STDOUT | COPY FROM STDIN.
+				secs, cpu, err := timePipe(ctx, conn, cfg.dsn, cfg.rows)
+				if err != nil {
+					return err
+				}
+				ms["piped_copy_pg_to_pg"].add(secs, cpu)
+				ms["piped_copy_pg_to_pg"].Verified = "row count (COPY FROM's)"
+				fmt.Fprintf(stdout, ", piped copy %.2fs", secs)
 
-			// (c) COPY TO STDOUT | COPY FROM STDIN.
-			secs, cpu, err = timePipe(ctx, conn, cfg.dsn, cfg.rows)
-			if err != nil {
-				return err
+				// (d) Sluice PG -> PG.
+				secs, cpu, st, err := timeRun(ctx, c, "bench-pg-pg", nil)
+				if err != nil {
+					return err
+				}
+				if err := verifyPG(ctx, conn, srcSum, st); err != nil {
+					return err
+				}
+				ms["sluice_pg_to_pg"].add(secs, cpu)
+				ms["sluice_pg_to_pg"].Tasks = st.Tasks
+				ms["sluice_pg_to_pg"].Verified = "row count and checksum of the view (postgres.TableChecksum) equal the source's"
+				fmt.Fprintf(stdout, ", sluice pg %.2fs", secs)
 			}
-			ms["piped_copy_pg_to_pg"].add(secs, cpu)
-			ms["piped_copy_pg_to_pg"].Verified = "row count (COPY FROM's)"
-			fmt.Fprintf(stdout, ", piped copy %.2fs", secs)
-
-			// (d) Sluice PG -> PG.
-			secs, cpu, st, err = timeRun(ctx, c, "bench-pg-pg", nil)
-			if err != nil {
-				return err
-			}
-			if err := verifyPG(ctx, conn, srcSum, st); err != nil {
-				return err
-			}
-			ms["sluice_pg_to_pg"].add(secs, cpu)
-			ms["sluice_pg_to_pg"].Tasks = st.Tasks
-			ms["sluice_pg_to_pg"].Verified = "row count and checksum of the view (postgres.TableChecksum) equal the source's"
-			fmt.Fprintf(stdout, ", sluice pg %.2fs\n", secs)
+			fmt.Fprintln(stdout)
 		}
 
 		if err := writeResults(cfg, stdout, ms, csvBytes, pgVersion, began, load); err != nil {
@@ -363,6 +373,9 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 				{"bench-pg-csv", cfg.cpuProfile + ".csv.pprof"},
 				{"bench-pg-pg", cfg.cpuProfile + ".pg.pprof"},
 			} {
+				if cfg.only != "" && !strings.HasSuffix(p.pipeline, "-"+cfg.only) {
+					continue
+				}
 				if err := os.MkdirAll(filepath.Dir(p.file), 0o755); err != nil {
 					return err
 				}
@@ -390,7 +403,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 // writeResults computes the best figures and ratios, prints them and
 // writes them to cfg.out.
 func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvBytes int64, pgVersion string, began time.Time, load string) error {
-	for _, m := range ms {
+	for k, m := range ms {
+		if len(m.Seconds) == 0 {
+			delete(ms, k) // not timed (--only)
+			continue
+		}
 		m.finish(cfg.rows, csvBytes)
 	}
 	res := results{
@@ -400,7 +417,7 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 		LoadAverage: [2]string{load, loadAverage()},
 		Rows:        cfg.rows, Columns: 7, SourceCSVBytes: csvBytes, Reps: cfg.reps,
 		Cluster: map[string]any{"nats": "embedded", "coordinators": 1, "workers": cfg.workers, "slots": cfg.slots,
-			"target_rows": cfg.targetRows, "tasks": ms["sluice_pg_to_csv"].Tasks},
+			"target_rows": cfg.targetRows},
 		Measurements: ms,
 		Ratios:       map[string]float64{},
 	}
@@ -408,6 +425,10 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 		{Name: "PG -> CSV files vs psql \\copy", Sluice: "sluice_pg_to_csv", Baseline: "psql_copy_to_csv", MinRatio: targetCSV},
 		{Name: "PG -> PG vs piped COPY", Sluice: "sluice_pg_to_pg", Baseline: "piped_copy_pg_to_pg", MinRatio: targetPG},
 	} {
+		if ms[t.Baseline] == nil || ms[t.Sluice] == nil {
+			continue
+		}
+		res.Cluster["tasks"] = ms[t.Sluice].Tasks
 		t.Ratio = round(ms[t.Baseline].BestSeconds/ms[t.Sluice].BestSeconds, 3)
 		t.Met = t.Ratio >= t.MinRatio
 		res.Ratios[t.Sluice+"_vs_"+t.Baseline] = t.Ratio
@@ -445,6 +466,9 @@ func report(w io.Writer, r results) {
 	fmt.Fprintln(tw, "measurement\tbest s\trows/s\tMB/s\tclient CPU s\tserver CPU s\tall reps (s)\t")
 	for _, k := range []string{"psql_copy_to_csv", "sluice_pg_to_csv", "piped_copy_pg_to_pg", "sluice_pg_to_pg"} {
 		m := r.Measurements[k]
+		if m == nil {
+			continue
+		}
 		reps := make([]string, len(m.Seconds))
 		for i, s := range m.Seconds {
 			reps[i] = fmt.Sprintf("%.2f", s)
@@ -457,7 +481,8 @@ func report(w io.Writer, r results) {
 	}
 	tw.Flush()
 	for _, k := range []string{"sluice_pg_to_csv", "sluice_pg_to_pg"} {
-		if p := r.Measurements[k].Phases; p != nil {
+		if m := r.Measurements[k]; m != nil && m.Phases != nil {
+			p := m.Phases
 			fmt.Fprintf(w, "%s, best run: plan %.2fs, %d tasks %.2fs, commit %.2fs\n", r.Measurements[k].Label, p.Plan, r.Measurements[k].Tasks, p.Tasks, p.Commit)
 		}
 	}

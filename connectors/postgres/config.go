@@ -1,17 +1,20 @@
 package postgres
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -59,9 +62,12 @@ type SourceConfig struct {
 	// Where is an SQL filter added to every chunk's query (AND-ed with the
 	// chunk bounds). It is trusted SQL from the pipeline's author.
 	Where string `json:"where,omitempty"`
-	// Key is an integer column to split the table on; empty means the
-	// primary key when it is a single integer column, and otherwise block
-	// (ctid) ranges.
+	// Key is an integer column to split the table on. Empty means block
+	// (ctid) ranges for a full load on an exported snapshot from
+	// PostgreSQL 14 on (TID Range Scans, cheaper than index range scans);
+	// otherwise (snapshot "none", an incremental window, an older server)
+	// the primary key when it is a single integer column, and block ranges
+	// when there is none.
 	Key string `json:"key,omitempty"`
 	// Format is the format of the rows read: "csv" (the default, and the
 	// only one so far).
@@ -335,6 +341,26 @@ var sessionParams = map[string]string{
 // connect opens one connection with the package's session settings. Errors
 // never show the DSN's password.
 func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	return connectConfig(ctx, dsn, nil)
+}
+
+// copyReadBuffer is the read buffer of a connection that reads a COPY:
+// the server sends a message per row, in 8 KiB writes, and pgx reads at
+// most 8 KiB at a time; one read may take all that is queued instead.
+const copyReadBuffer = 256 << 10
+
+// connectForCopy is connect for a session that reads a large COPY: its
+// reads from the socket go through a buffer of copyReadBuffer bytes. The
+// session must not be hijacked (pgconn does not see that buffer).
+func connectForCopy(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	return connectConfig(ctx, dsn, func(cfg *pgx.ConnConfig) {
+		cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+			return pgproto3.NewFrontend(bufio.NewReaderSize(r, copyReadBuffer), w)
+		}
+	})
+}
+
+func connectConfig(ctx context.Context, dsn string, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// pgx redacts what it recognizes only; say nothing of the input.
@@ -344,6 +370,9 @@ func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 		if _, set := cfg.RuntimeParams[k]; !set || k != "application_name" {
 			cfg.RuntimeParams[k] = v
 		}
+	}
+	if adjust != nil {
+		adjust(cfg)
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {

@@ -6,14 +6,20 @@
 //
 // # Source
 //
-// Plan (on the coordinator leader) counts the table's rows (exactly, with
-// the filter, below 5M estimated rows; from pg_class.reltuples above) and
+// Plan (on the coordinator leader) counts the table's rows (exactly below
+// 500k estimated rows, or before the first ANALYZE, or with a filter below
+// 5M; from pg_class.reltuples otherwise) and
 // splits it into chunks of about Partitioning.TargetRows rows (250000 by
-// default): integer key ranges [lo, hi) when the configured key or the
-// single-column integer primary key allows it (even ranges over min..max,
-// or the keys' percentiles when the keys are sparse), else ctid block
-// ranges (`ctid >= '(a,0)'::tid AND ctid < '(b,0)'::tid`, a TID range scan)
-// over the table's blocks. The first and last chunks are open-ended, so
+// default): ctid block ranges (`ctid >= '(a,0)'::tid AND ctid <
+// '(b,0)'::tid`, a TID range scan) over the table's blocks for a full load
+// on an exported snapshot from PostgreSQL 14 on, unless a key is
+// configured; else integer key ranges [lo, hi) when the configured key or
+// the single-column integer primary key allows it (even ranges over
+// min..max, or the keys' percentiles when the keys are sparse), else block
+// ranges. Block ranges are sequential reads, cheaper for the server than
+// index range scans, and exact on one snapshot (the row versions it sees
+// stay in their blocks while it is held); without a snapshot, or for an
+// incremental window, key ranges are used when there is a key. The first and last chunks are open-ended, so
 // rows with a NULL key or in blocks added later are read once too.
 //
 // With snapshot "export" (the default), Plan opens a REPEATABLE READ

@@ -135,6 +135,13 @@ func checkBatch(b connectors.Batch, width int) error {
 	if int64(len(recs)) != b.Rows {
 		return fmt.Errorf("batch at %s holds %d records, says %d", b.Position, len(recs), b.Rows)
 	}
+	// The checksum the source computed while splitting is the one a sink
+	// would compute from the bytes.
+	var sum connectors.Checksum
+	forEachRecord(b.Raw, func(rec []byte) error { sum.Add(rec); return nil })
+	if b.Rows > 0 && (b.Checksum == nil || *b.Checksum != sum) {
+		return fmt.Errorf("batch at %s: checksum %v, its records sum to %d rows %s", b.Position, b.Checksum, sum.Rows, sum)
+	}
 	return nil
 }
 
@@ -157,9 +164,31 @@ func TestSourceFullLoad(t *testing.T) {
 		t.Fatalf("planned %d chunks for 50000 rows of 8000, want about 7", len(plan.Partitions))
 	}
 	for _, p := range plan.Partitions {
-		if !strings.HasPrefix(p.Key, "id[") {
-			t.Fatalf("chunk %q: want primary-key ranges", p.Key)
+		// A full load on an exported snapshot reads block ranges, even
+		// with an integer primary key.
+		if !strings.HasPrefix(p.Key, "ctid[") {
+			t.Fatalf("chunk %q: want ctid block ranges", p.Key)
 		}
+	}
+	// A configured key, or no snapshot, splits on the key.
+	for _, cfg := range []map[string]any{
+		{"dsn": dsn, "table": table, "key": "id"},
+		{"dsn": dsn, "table": table, "snapshot": "none"},
+	} {
+		ksrc := newSource(t, cfg)
+		kplan, err := ksrc.Plan(ctx, connectors.PlanRequest{RunID: "k", Partitioning: connectors.Partitioning{TargetRows: 8000}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range kplan.Partitions {
+			if !strings.HasPrefix(p.Key, "id[") {
+				t.Fatalf("%v: chunk %q: want primary-key ranges", cfg, p.Key)
+			}
+		}
+		if got := readAll(t, ksrc, kplan, 9); got != want {
+			t.Fatalf("%v: key chunks read %d rows %s, want %d rows %s", cfg, got.Rows, got, want.Rows, want)
+		}
+		ksrc.ReleaseRun("k")
 	}
 
 	// Changes after the plan must not show: every chunk reads the run's

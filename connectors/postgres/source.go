@@ -20,9 +20,16 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// exactCountBelow is the estimated size under which Plan counts the rows
-// (honouring the filter) instead of trusting pg_class.reltuples.
-const exactCountBelow = 5_000_000
+// Plan counts the rows exactly (honouring the filter) instead of trusting
+// pg_class.reltuples when the table was never analyzed, for an incremental
+// window, below countBelow estimated rows, and with a filter below
+// exactCountBelow estimated rows (the estimate is the whole table's). A
+// count is a scan of the table before any chunk starts (about 0.15 s for
+// 2M rows), and the estimate only sizes the chunks.
+const (
+	countBelow      = 500_000
+	exactCountBelow = 5_000_000
+)
 
 // ErrSnapshotGone is wrapped (and marked permanent) by Read when the
 // snapshot its run was planned on no longer exists: the source that planned
@@ -262,14 +269,22 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, req connectors.Plan
 	if err != nil {
 		return nil, info, 0, err
 	}
+	if key != "" && s.cfg.Key == "" {
+		// A full load of a table on one exported snapshot reads block
+		// ranges even when it has an integer primary key.
+		if key, err = s.keyUnlessCtid(ctx, conn, key, info, req); err != nil {
+			return nil, info, 0, err
+		}
+	}
 	delta, err := s.deltaColumn(ctx, conn, info.oid, req)
 	if err != nil {
 		return nil, info, 0, err
 	}
 	window := delta.cond()
 
-	rows := info.reltuples
-	if rows < exactCountBelow || delta != nil { // reltuples is -1 before the first ANALYZE
+	rows := info.reltuples // -1 before the first ANALYZE
+	filtered := strings.TrimSpace(s.cfg.Where) != ""
+	if rows < countBelow || filtered && rows < exactCountBelow || delta != nil {
 		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+s.table.Sanitize()+s.whereClause(window)).Scan(&rows); err != nil {
 			return nil, info, 0, fmt.Errorf("count rows: %w", err)
 		}
@@ -381,6 +396,32 @@ func (s *Source) key(ctx context.Context, conn *pgx.Conn, oid uint32) (string, e
 	}
 	if found && slices.Contains(integerTypes, typ) {
 		return name, nil
+	}
+	return "", nil
+}
+
+// keyUnlessCtid returns "" (read ctid block ranges) instead of the primary
+// key when a run can read block ranges exactly and cheaply: a full load
+// (no delta window) of a table or materialized view, on one exported
+// snapshot, on PostgreSQL 14 or later. A block range is then a TID Range
+// Scan, sequential and about 25% cheaper for the server than an index
+// range scan (measured: 2M rows in 8 chunks, 4 at a time, 2.2 against 2.9
+// CPU-s), and exact: every chunk sees the snapshot's row versions, which
+// stay where they are while the snapshot is held. Without a snapshot
+// (snapshot "none") a row updated between two chunks may move from a
+// block range read later to one read earlier, so key ranges stay; a delta
+// window is best served by the key (or the delta column's) index. A
+// configured key always wins.
+func (s *Source) keyUnlessCtid(ctx context.Context, conn *pgx.Conn, key string, info tableInfo, req connectors.PlanRequest) (string, error) {
+	if req.Window != nil || s.cfg.Snapshot == SnapshotNone || info.kind != "r" && info.kind != "m" || info.blocks < 2 {
+		return key, nil
+	}
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return "", fmt.Errorf("server version: %w", err)
+	}
+	if version < 140000 { // TID Range Scans came with PostgreSQL 14
+		return key, nil
 	}
 	return "", nil
 }
@@ -508,7 +549,8 @@ var snapshotIDRE = regexp.MustCompile(`^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$`)
 
 // Read copies one chunk with COPY ... TO STDOUT (FORMAT csv) and emits its
 // CSV records, undecoded, in Raw batches of about 1 MiB (Format csv,
-// Columns set, no header). A chunk without rows emits one empty batch, so
+// Columns set, no header, Checksum set: summed while splitting, so that a
+// sink passing the bytes through need not scan them again). A chunk without rows emits one empty batch, so
 // that a sink still learns the columns. With an exported snapshot the read
 // sees exactly the rows of the run's snapshot, however often it is
 // repeated; a snapshot that is gone fails with a permanent error wrapping
@@ -532,7 +574,7 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 }
 
 func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connectors.Emit) error {
-	conn, err := connect(ctx, s.cfg.DSN)
+	conn, err := connectForCopy(ctx, s.cfg.DSN)
 	if err != nil {
 		return err
 	}
@@ -610,10 +652,12 @@ func (w *batchWriter) flush(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err // no batch after a cancellation
 	}
-	raw, n := w.split.Take()
+	raw, sum := w.split.TakeSummed()
+	n := sum.Rows
 	b := connectors.Batch{
 		Raw: raw, Format: connectors.FormatCSV, Columns: w.columns, Rows: n,
 		Position: fmt.Sprintf("%s row %d", w.position, w.rows+1),
+		Checksum: &sum,
 	}
 	w.rows += n
 	return w.emit(ctx, b)

@@ -1,6 +1,10 @@
 package postgres
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/sluicehq/sluice/connectors"
+)
 
 // recordSplitter finds the ends of CSV records (RFC 4180, as PostgreSQL's
 // COPY writes them) in a stream of bytes without decoding them: a record
@@ -20,6 +24,9 @@ type recordSplitter struct {
 	// '\n'); rows counts the whole records in buf[:end].
 	end  int
 	rows int64
+	// ends holds the index of the '\n' that ends each whole record of
+	// buf[:end], for the checksum Take computes.
+	ends []int
 }
 
 func newRecordSplitter(capacity int) *recordSplitter {
@@ -66,6 +73,7 @@ func (s *recordSplitter) scan() {
 			i = len(b)
 			break
 		}
+		s.ends = append(s.ends, s.nl)
 		i = s.nl + 1
 		s.end = i
 		s.rows++
@@ -73,20 +81,100 @@ func (s *recordSplitter) scan() {
 	s.scanned = i
 }
 
-// Take returns the whole records buffered so far, in a new slice of their
-// own, with their count, and keeps the rest of the buffer.
+// Take returns the whole records buffered so far, in a slice of their own
+// (the splitter keeps no reference to it), with their count, and keeps the
+// rest of the buffer.
 func (s *recordSplitter) Take() ([]byte, int64) {
-	out := make([]byte, s.end)
-	copy(out, s.buf[:s.end])
-	rows := s.rows
+	out, sum := s.TakeSummed()
+	return out, sum.Rows
+}
+
+// TakeSummed is Take that also returns the checksum of the records taken:
+// connectors.Checksum.Add of each record without its line ending ("\n" or
+// "\r\n"), as forEachRecord yields them, so it equals what a sink summing
+// the returned bytes record by record would get.
+func (s *recordSplitter) TakeSummed() ([]byte, connectors.Checksum) {
+	// The records keep the buffer they are in; the rest of the buffer (the
+	// start of the next record, usually short) moves to a new one.
+	out := s.buf[:s.end:s.end]
+	sum := connectors.Checksum{Sum: sumRecords(out, s.ends), Rows: s.rows}
+	rest := make([]byte, len(s.buf)-s.end, max(cap(s.buf), 64))
+	copy(rest, s.buf[s.end:])
+	s.buf = rest
+	s.discarded()
+	return out, sum
+}
+
+// Sum returns the checksum of the whole records buffered so far and drops
+// them, as TakeSummed without returning them.
+func (s *recordSplitter) Sum() connectors.Checksum {
+	sum := connectors.Checksum{Sum: sumRecords(s.buf[:s.end], s.ends), Rows: s.rows}
 	n := copy(s.buf, s.buf[s.end:])
 	s.buf = s.buf[:n]
+	s.discarded()
+	return sum
+}
+
+// discarded updates the positions once buf[:end] is gone.
+func (s *recordSplitter) discarded() {
 	s.scanned -= s.end
 	if s.nl >= 0 {
 		s.nl -= s.end
 	}
 	s.end, s.rows = 0, 0
-	return out, rows
+	s.ends = s.ends[:0]
+}
+
+// FNV-1a 64, the hash of connectors.Checksum.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+// sumRecords returns the sum, modulo 2^64, of the FNV-1a 64 hashes of the
+// records of data, record i ending just before the '\n' at ends[i] (and
+// before a '\r' that precedes it), the first starting at 0 and each next
+// one just after the previous '\n'. It is what connectors.Checksum.Add of
+// each record would sum, computed four records at a time: the hash of one
+// record is a chain of dependent multiplications, and four independent
+// chains keep the multiplier busy.
+func sumRecords(data []byte, ends []int) uint64 {
+	var sum uint64
+	start := 0
+	rec := func(i int) []byte {
+		r := data[start:ends[i]]
+		start = ends[i] + 1
+		if len(r) > 0 && r[len(r)-1] == '\r' {
+			r = r[:len(r)-1]
+		}
+		return r
+	}
+	i := 0
+	for ; i+4 <= len(ends); i += 4 {
+		a, b, c, d := rec(i), rec(i+1), rec(i+2), rec(i+3)
+		m := min(len(a), len(b), len(c), len(d))
+		h0, h1, h2, h3 := uint64(fnvOffset), uint64(fnvOffset), uint64(fnvOffset), uint64(fnvOffset)
+		a0, b0, c0, d0 := a[:m], b[:m], c[:m], d[:m]
+		for j := range a0 {
+			h0 = (h0 ^ uint64(a0[j])) * fnvPrime
+			h1 = (h1 ^ uint64(b0[j])) * fnvPrime
+			h2 = (h2 ^ uint64(c0[j])) * fnvPrime
+			h3 = (h3 ^ uint64(d0[j])) * fnvPrime
+		}
+		sum += fnvMore(h0, a[m:]) + fnvMore(h1, b[m:]) + fnvMore(h2, c[m:]) + fnvMore(h3, d[m:])
+	}
+	for ; i < len(ends); i++ {
+		sum += fnvMore(fnvOffset, rec(i))
+	}
+	return sum
+}
+
+// fnvMore continues the FNV-1a 64 hash h over p.
+func fnvMore(h uint64, p []byte) uint64 {
+	for _, c := range p {
+		h = (h ^ uint64(c)) * fnvPrime
+	}
+	return h
 }
 
 // Len is the number of bytes buffered.

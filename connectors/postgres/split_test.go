@@ -3,9 +3,12 @@ package postgres
 import (
 	"bytes"
 	"encoding/csv"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/connectors"
 )
 
 func records(data []byte) []string {
@@ -42,27 +45,81 @@ func TestForEachRecord(t *testing.T) {
 // splitInPieces feeds data to a recordSplitter in pieces of the given
 // sizes (cycled), taking whole records whenever more than take bytes of
 // them are buffered, and returns the batches taken.
+//
+// Each batch is taken with TakeSummed, and its checksum must be what
+// connectors.Checksum.Add of each record forEachRecord yields gives (the
+// sum a sink computes), else it panics.
 func splitInPieces(data []byte, sizes []int, take int) ([][]byte, []int64, bool) {
 	s := newRecordSplitter(16)
 	var batches [][]byte
 	var counts []int64
+	takeOne := func() {
+		b, sum := s.TakeSummed()
+		var want connectors.Checksum
+		forEachRecord(b, func(rec []byte) error { want.Add(rec); return nil })
+		if sum != want {
+			panic(fmt.Sprintf("TakeSummed of %q: %d rows %s, records summed one by one: %d rows %s", b, sum.Rows, sum, want.Rows, want))
+		}
+		batches = append(batches, b)
+		counts = append(counts, sum.Rows)
+	}
 	for i := 0; len(data) > 0; i++ {
 		n := min(max(1, sizes[i%len(sizes)]), len(data))
 		s.Write(data[:n])
 		data = data[n:]
 		if s.WholeLen() > take {
-			b, c := s.Take()
-			batches = append(batches, b)
-			counts = append(counts, c)
+			takeOne()
 		}
 	}
 	partial := s.Partial()
 	if s.WholeLen() > 0 {
-		b, c := s.Take()
-		batches = append(batches, b)
-		counts = append(counts, c)
+		takeOne()
 	}
 	return batches, counts, partial
+}
+
+func TestSumRecords(t *testing.T) {
+	// Records of every length from 0 to 40, in every order of four, with
+	// and without "\r" before the "\n".
+	var data []byte
+	var ends []int
+	var want connectors.Checksum
+	for i := range 400 {
+		rec := bytes.Repeat([]byte{byte('a' + i%26)}, (i*7)%41)
+		want.Add(rec)
+		data = append(data, rec...)
+		if i%3 == 0 {
+			data = append(data, '\r')
+		}
+		ends = append(ends, len(data))
+		data = append(data, '\n')
+		if got := sumRecords(data, ends); got != want.Sum {
+			t.Fatalf("after %d records: sum %016x, want %016x", i+1, got, want.Sum)
+		}
+	}
+}
+
+func BenchmarkSumRecords(b *testing.B) {
+	var data []byte
+	var ends []int
+	for i := range 12000 {
+		data = fmt.Appendf(data, "%d,customer %x,%d.%02d,2024-01-01 00:00:%02d.123457+00,%d,t,shipped", i, i*7919, i%100000, i%97, i%60, i%1000)
+		ends = append(ends, len(data))
+		data = append(data, '\n')
+	}
+	b.Run("fnv4", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			sumRecords(data, ends)
+		}
+	})
+	b.Run("add", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			var c connectors.Checksum
+			forEachRecord(data, func(rec []byte) error { c.Add(rec); return nil })
+		}
+	})
 }
 
 func TestRecordSplitter(t *testing.T) {
