@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/telemetry"
@@ -66,7 +67,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	if *httpAddr != "" {
-		_, stop, err := serveAPI(ctx, *httpAddr, coordinator.NewClient(nc), reg, *token, log)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		_, stop, err := serveAPI(ctx, *httpAddr, coordinator.NewClient(nc), js, reg, *token, log)
 		if err != nil {
 			return err
 		}

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go/jetstream"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -27,11 +30,12 @@ import (
 //	GET  /healthz
 //	GET  /v1/status[?pipeline=NAME&limit=N]
 //	POST /v1/pipelines                 body: a pipeline spec in YAML
-//	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional)
+//	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional);
+//	                                   publishes a trigger; header Idempotency-Key is its message id
 //	POST /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
 //	GET  /v1/backfills/{id}
 //	GET  /v1/runs/{id}
-func newAPIHandler(c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) http.Handler {
+func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -57,26 +61,44 @@ func newAPIHandler(c *coordinator.Client, reg *connectors.Registry, token string
 		reply(w, log, res, err)
 	})
 	mux.HandleFunc("POST /v1/pipelines/{name}/runs", func(w http.ResponseWriter, r *http.Request) {
-		req := protocol.RunRequest{Pipeline: r.PathValue("name"), RequestID: r.Header.Get("Idempotency-Key")}
+		// The request becomes a trigger on sluice.trigger.<name>, like any
+		// other event: the run keeps its context, and the same
+		// Idempotency-Key (the trigger's message id) starts one run.
+		name := r.PathValue("name")
+		var body struct {
+			Params      map[string]string `json:"params"`
+			LogicalTime time.Time         `json:"logical_time"`
+		}
 		if r.ContentLength != 0 {
 			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 			dec.DisallowUnknownFields()
-			var body struct {
-				Params      map[string]string `json:"params"`
-				LogicalTime time.Time         `json:"logical_time"`
-			}
 			if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
 				writeJSON(w, http.StatusBadRequest, protocol.APIError{Error: "request body: " + err.Error(), Code: "invalid"})
 				return
 			}
-			req.Params, req.LogicalTime = body.Params, body.LogicalTime
 		}
-		res, err := c.Run(r.Context(), req)
-		if err == nil {
-			writeJSON(w, http.StatusAccepted, res)
+		pipes, err := c.Pipelines(r.Context())
+		if err != nil {
+			reply(w, log, nil, err)
 			return
 		}
-		reply(w, log, nil, err)
+		if !slices.ContainsFunc(pipes, func(p protocol.PipelineStatus) bool { return p.Name == name }) {
+			writeJSON(w, http.StatusNotFound, protocol.APIError{Error: fmt.Sprintf("pipeline %q not found", name), Code: "not_found"})
+			return
+		}
+		msgID := r.Header.Get("Idempotency-Key")
+		if msgID == "" {
+			msgID = "http:" + rand.Text()
+		}
+		ack, err := coordinator.PublishTrigger(r.Context(), js, name, protocol.Trigger{
+			Params: body.Params, LogicalTime: body.LogicalTime, EventTime: time.Now().UTC(), Source: "http"}, msgID)
+		if err != nil {
+			reply(w, log, nil, err)
+			return
+		}
+		res := triggerReply{MsgID: msgID, StreamSeq: ack.Sequence, Duplicate: ack.Duplicate}
+		res.RunID, res.Tasks = waitTriggeredRun(r.Context(), c, name, msgID, 15*time.Second)
+		writeJSON(w, http.StatusAccepted, res)
 	})
 	mux.HandleFunc("POST /v1/pipelines/{name}/backfills", func(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
@@ -159,13 +181,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // serveAPI serves the HTTP API on addr (or a free port of its host when
 // addr is taken) until the returned stop is called; url is where it listens.
-func serveAPI(ctx context.Context, addr string, c *coordinator.Client, reg *connectors.Registry, token string, log *slog.Logger) (url string, stop func(), err error) {
+func serveAPI(ctx context.Context, addr string, c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, log *slog.Logger) (url string, stop func(), err error) {
 	ln, err := listenOrFree(addr)
 	if err != nil {
 		return "", nil, err
 	}
 	url = "http://" + ln.Addr().String()
-	srv := &http.Server{Handler: newAPIHandler(c, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: newAPIHandler(c, js, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -217,7 +239,11 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 	return devcluster.Run(ctx, cfg.Config, func(ctx context.Context, c *devcluster.Cluster) error {
 		l := &local{Cluster: c}
 		if cfg.HTTPAddr != "" {
-			url, stop, err := serveAPI(ctx, cfg.HTTPAddr, c.Client, cfg.Registry, cfg.APIToken, cfg.Log)
+			js, err := jetstream.New(c.NC)
+			if err != nil {
+				return err
+			}
+			url, stop, err := serveAPI(ctx, cfg.HTTPAddr, c.Client, js, cfg.Registry, cfg.APIToken, cfg.Log)
 			if err != nil {
 				return err
 			}
@@ -226,4 +252,39 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 		}
 		return body(ctx, l)
 	})
+}
+
+// triggerReply answers POST /v1/pipelines/{name}/runs: the trigger that
+// was published and, once the leader started it, the run.
+type triggerReply struct {
+	RunID     string `json:"run,omitempty"`
+	Tasks     int    `json:"tasks,omitempty"`
+	MsgID     string `json:"msg_id"`
+	StreamSeq uint64 `json:"stream_seq"`
+	// Duplicate: JetStream had this message id already; the run is the
+	// one the first request started.
+	Duplicate bool `json:"duplicate,omitempty"`
+}
+
+// waitTriggeredRun waits up to d for the run the trigger with msgID
+// started, and returns it; "" when none showed (a pipeline up to date, or
+// a leader still electing: the trigger stays queued and will start it).
+func waitTriggeredRun(ctx context.Context, c *coordinator.Client, pipeline, msgID string, d time.Duration) (string, int) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		st, err := c.Status(ctx, protocol.StatusRequest{Pipeline: pipeline, Limit: 50})
+		if err == nil {
+			for _, r := range st.Runs {
+				if r.Trigger != nil && r.Trigger.MsgID == msgID && r.State != protocol.RunPlanning {
+					return r.RunID, r.Tasks
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", 0
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

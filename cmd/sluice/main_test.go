@@ -126,13 +126,30 @@ func TestHTTPAPI(t *testing.T) {
 		if code, body := call("POST", "/v1/pipelines/nope/runs", "s3cret", ""); code != http.StatusNotFound {
 			t.Errorf("run of an unknown pipeline: %d %s; want 404", code, body)
 		}
-		code, body = call("POST", "/v1/pipelines/api/runs", "s3cret", `{"params":{"why":"test"}}`)
-		if code != http.StatusAccepted {
-			t.Fatalf("run: %d %s", code, body)
+		runReq := func(key string) triggerReply {
+			t.Helper()
+			req, _ := http.NewRequestWithContext(ctx, "POST", l.HTTPURL+"/v1/pipelines/api/runs", strings.NewReader(`{"params":{"why":"test"}}`))
+			req.Header.Set("Authorization", "Bearer s3cret")
+			req.Header.Set("Idempotency-Key", key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			var tr triggerReply
+			if resp.StatusCode != http.StatusAccepted || json.Unmarshal(b, &tr) != nil {
+				t.Fatalf("run: %d %s", resp.StatusCode, b)
+			}
+			return tr
 		}
-		var rr protocol.RunReply
-		if err := json.Unmarshal(body, &rr); err != nil || rr.Tasks != 3 {
-			t.Fatalf("run reply %s: %v; want 3 tasks", body, err)
+		rr := runReq("order-42")
+		if rr.RunID == "" || rr.Tasks != 3 || rr.MsgID != "order-42" {
+			t.Fatalf("run reply %+v; want a run of 3 tasks started by trigger order-42", rr)
+		}
+		// The same key again: JetStream drops the duplicate, same run.
+		if again := runReq("order-42"); !again.Duplicate || again.RunID != rr.RunID {
+			t.Fatalf("second request with the same key: %+v; want a duplicate of run %s", again, rr.RunID)
 		}
 		deadline := time.Now().Add(time.Minute)
 		for {
@@ -144,6 +161,9 @@ func TestHTTPAPI(t *testing.T) {
 			if st.State == protocol.RunCommitted {
 				if st.Rows != 3000 || len(st.TaskList) != 3 {
 					t.Fatalf("committed run: %d rows, %d tasks; want 3000 and 3", st.Rows, len(st.TaskList))
+				}
+				if st.Trigger == nil || st.Trigger.Source != "http" || st.Trigger.Subject != "sluice.trigger.api" {
+					t.Fatalf("run's trigger context %+v; want source http on sluice.trigger.api", st.Trigger)
 				}
 				break
 			}
