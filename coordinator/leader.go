@@ -849,6 +849,7 @@ func (t *leaderTerm) deadLetter(ctx context.Context, r *runState, ts taskState, 
 	m.Header.Set(protocol.HeaderTask, ts.ID)
 	m.Header.Set(protocol.HeaderReason, ts.Error)
 	m.Header.Set(protocol.HeaderAttempts, strconv.Itoa(ts.Attempts))
+	m.Header.Set(protocol.HeaderOrigSubject, protocol.TaskSubject(r.Pipeline, r.ID))
 	if traceID != "" {
 		m.Header.Set(protocol.HeaderTraceID, traceID)
 	}

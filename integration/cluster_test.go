@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -169,6 +170,16 @@ func TestFailingTaskRetriedThenDeadKeepsPreviousVersion(t *testing.T) {
 		t.Fatalf("dead tasks %+v; want one, after 3 attempts, naming part-0003.jsonl", dead)
 	}
 	expectMessages(t, c.js, protocol.StreamDLQ, protocol.DLQSubject("task", "flaky"), 1)
+	dl, err := coordinator.ListDLQ(c.ctx(), c.js, 0)
+	if err != nil || len(dl) != 1 {
+		t.Fatalf("dead letters %+v, %v", dl, err)
+	}
+	h := dl[0].Header
+	if dl[0].Kind != "task" || h.Get(protocol.HeaderRun) != res.RunID || h.Get(protocol.HeaderTask) != dead[0].TaskID ||
+		h.Get(protocol.HeaderAttempts) != "3" || !strings.Contains(h.Get(protocol.HeaderReason), "part-0003.jsonl") ||
+		h.Get(protocol.HeaderOrigSubject) != protocol.TaskSubject("flaky", res.RunID) {
+		t.Fatalf("dead letter %s headers %v; want the run, task, 3 attempts, the reason and the task subject", dl[0].Subject, h)
+	}
 
 	// The first version is still the exposed one, with the same rows.
 	cur, err := files.Current(out)
