@@ -66,15 +66,20 @@
 //
 // A task attempt writes in one transaction: it takes an advisory lock for
 // its task (so concurrent attempts of one task run one after the other),
-// deletes the rows an earlier attempt staged (marked in a hidden
-// _sluice_task column), COPYs its batches FROM STDIN (CSV bytes pass
-// straight through; Arrow records are rendered as CSV, see arrowCSV) and
-// records itself in the task list. A retried task thus replaces exactly its
-// own rows; an aborted attempt leaves the earlier one.
+// deletes the rows an earlier attempt staged, COPYs its batches FROM STDIN
+// (CSV bytes pass straight through; Arrow records are rendered as CSV, see
+// arrowCSV) and records itself in the task list with its transaction ID
+// (txid_current()). The staged rows carry no mark of their task: the rows
+// of an attempt are those its transaction inserted, so a retry deletes the
+// rows whose xmin is the ID its task's earlier attempt recorded (a per-row
+// marker column with a DEFAULT cost up to 0.9 s of server time per 2M
+// rows). A retried task thus replaces exactly its own rows; an aborted
+// attempt leaves the earlier one. (A staging table made by an earlier
+// release, with a hidden _sluice_task column, is still staged that way.)
 //
 // Commit runs in one transaction, serialized per table by an advisory
 // lock: it checks every task's staged row count against its TaskOutput,
-// drops the _sluice_task column, renames the staging table to
+// drops the _sluice_task column if any, renames the staging table to
 // orders_v<N> (no rows are copied), points the view at it (CREATE OR
 // REPLACE VIEW, or DROP and CREATE when the columns changed), records the
 // version as current in sluice_versions and drops versions beyond

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,5 +137,95 @@ func TestSourceReadCancelled(t *testing.T) {
 	}
 	if held := src.HeldRuns(); len(held) != 0 {
 		t.Fatalf("snapshot none holds runs %v", held)
+	}
+}
+
+// A retried task replaces exactly its own rows, also when other tasks
+// staged rows before and after its first attempt, and when the retry
+// writes fewer rows or none.
+func TestSinkRetryReplacesOwnRows(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	ctx := context.Background()
+	sink := newSink(t, map[string]any{"dsn": dsn, "table": schema + ".r"})
+	write := func(task string, attempt int, csv string) connectors.TaskOutput {
+		t.Helper()
+		tw, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: "run", TaskID: task, Attempt: attempt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if csv != "" {
+			rows := int64(strings.Count(csv, "\n"))
+			if err := tw.Write(ctx, connectors.Batch{Raw: []byte(csv), Format: connectors.FormatCSV, Columns: []string{"k", "v"}, Rows: rows}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := tw.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	write("a", 1, "1,a\n")
+	b1 := write("b", 1, "2,b\n3,b\n")
+	write("a", 2, "1,a\n4,a\n")
+	c := write("c", 1, "5,c\n")
+	a := write("a", 3, "6,a\n")
+	write("b", 2, "")
+	b := write("b", 3, "2,b\n3,b\n")
+	if b != b1 {
+		t.Fatalf("retried output %+v, first %+v", b, b1)
+	}
+	if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "run", Version: 1, Tasks: []connectors.TaskOutput{a, b, c}}); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := conn.QueryRow(ctx, "SELECT string_agg(k || v, ' ' ORDER BY k) FROM "+schema+".r").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != "2b 3b 5c 6a" {
+		t.Fatalf("view holds %q, want %q", got, "2b 3b 5c 6a")
+	}
+}
+
+// A run staged by an earlier release (rows marked in _sluice_task) is
+// staged and committed the way it began.
+func TestSinkLegacyStaging(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	ctx := context.Background()
+	sink := newSink(t, map[string]any{"dsn": dsn, "table": schema + ".l"})
+	rowsT, tasksT := sink.staging("run")
+	exec(t, conn, "CREATE TABLE "+rowsT.Sanitize()+" (k text, v text, "+stagingTaskColumn+" bigint NOT NULL)")
+	exec(t, conn, "ALTER TABLE "+rowsT.Sanitize()+" ALTER COLUMN "+stagingTaskColumn+" SET DEFAULT current_setting('sluice.task')::bigint")
+	exec(t, conn, "CREATE TABLE "+tasksT.Sanitize()+" (task text PRIMARY KEY, rows bigint NOT NULL, bytes bigint NOT NULL, checksum text NOT NULL, attempt int NOT NULL)")
+	var outs []connectors.TaskOutput
+	for i, w := range []struct{ task, csv string }{{"a", "1,a\n"}, {"b", "2,b\n"}, {"a", "3,a\n4,a\n"}} {
+		tw, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: "run", TaskID: w.task, Attempt: i + 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.Write(ctx, connectors.Batch{Raw: []byte(w.csv), Format: connectors.FormatCSV, Columns: []string{"k", "v"}, Rows: int64(strings.Count(w.csv, "\n"))}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := tw.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			outs = append(outs, out)
+		}
+	}
+	if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "run", Version: 1, Tasks: outs}); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := conn.QueryRow(ctx, "SELECT string_agg(k || v, ' ' ORDER BY k) FROM "+schema+".l").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != "2b 3a 4a" {
+		t.Fatalf("view holds %q, want %q", got, "2b 3a 4a")
+	}
+	cols, err := tableColumns(ctx, conn, sink.versionTable(1))
+	if err != nil || !slices.Equal(cols, []string{"k", "v"}) {
+		t.Fatalf("version table columns %q (%v), want k, v", cols, err)
 	}
 }

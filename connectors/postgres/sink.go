@@ -20,8 +20,9 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 )
 
-// stagingTaskColumn is the column of a staging table that tells which task
-// wrote a row; the commit drops it.
+// stagingTaskColumn is the column in which staging tables made by earlier
+// releases tell which task wrote a row (see taskWriter.begin); the commit
+// drops it. Its name stays reserved.
 const stagingTaskColumn = "_sluice_task"
 
 // versionsTable is the bookkeeping table of the versioned loads of a
@@ -89,7 +90,7 @@ func (s *Sink) staging(runID string) (rows, tasks pgx.Identifier) {
 	return s.ident(base), s.ident(base + "_t")
 }
 
-// taskNumber is the number a task's rows carry in the staging table.
+// taskNumber is the number a task's rows carry in stagingTaskColumn.
 func taskNumber(taskID string) int64 {
 	h := fnv.New64a()
 	h.Write([]byte(taskID))
@@ -202,18 +203,12 @@ func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, 
 	if err != nil || !ok {
 		return false, err
 	}
-	// The default is set apart from ADD COLUMN, which would evaluate it
-	// now, outside any task.
-	for _, sql := range []string{
-		"ALTER TABLE " + rowsT.Sanitize() + " ADD COLUMN " + stagingTaskColumn + " bigint NOT NULL",
-		"ALTER TABLE " + rowsT.Sanitize() + " ALTER COLUMN " + stagingTaskColumn + " SET DEFAULT current_setting('sluice.task')::bigint",
-	} {
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return false, err
-		}
-	}
+	// The rows carry no mark of their task: each task attempt writes in
+	// its own transaction and records its transaction ID (txid_current,
+	// with epoch) in the task list, so the rows of a task are those whose
+	// xmin is its recorded transaction's.
 	if _, err := tx.Exec(ctx, "CREATE TABLE "+tasksT.Sanitize()+
-		" (task text PRIMARY KEY, rows bigint NOT NULL, bytes bigint NOT NULL, checksum text NOT NULL, attempt int NOT NULL)"); err != nil {
+		" (task text PRIMARY KEY, rows bigint NOT NULL, bytes bigint NOT NULL, checksum text NOT NULL, attempt int NOT NULL, xid bigint NOT NULL)"); err != nil {
 		return false, err
 	}
 	return true, tx.Commit(ctx)
@@ -270,6 +265,7 @@ type taskWriter struct {
 	conn    *pgx.Conn
 	columns []string
 	inTx    bool // the task transaction is open
+	legacy  bool // the staging table marks rows in stagingTaskColumn
 	copying bool // the COPY goroutine runs
 	pw      *io.PipeWriter
 	pr      *io.PipeReader
@@ -304,17 +300,42 @@ func (w *taskWriter) begin(ctx context.Context, columns []string) (bool, error) 
 	if _, err := w.conn.Exec(ctx, lockSQL(rowsT.Sanitize()+"/"+w.ref.TaskID)); err != nil {
 		return false, err
 	}
-	tag, err := w.conn.Exec(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1", w.ref.TaskID)
+	// A staging table made by an earlier release marks each row's task in
+	// a column whose default reads sluice.task, and its task list has no
+	// xid: keep staging such a run that way.
+	if err := w.conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'xid' AND attnum > 0 AND NOT attisdropped)",
+		tasksT.Sanitize()).Scan(&w.legacy); err != nil {
+		return false, err
+	}
+	if w.legacy {
+		tag, err := w.conn.Exec(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1", w.ref.TaskID)
+		if err != nil {
+			return false, err
+		}
+		if tag.RowsAffected() > 0 {
+			if _, err := w.conn.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE "+stagingTaskColumn+" = $1", taskNumber(w.ref.TaskID)); err != nil {
+				return false, err
+			}
+		}
+		_, err = w.conn.Exec(ctx, "SELECT set_config('sluice.task', $1, true)", strconv.FormatInt(taskNumber(w.ref.TaskID), 10))
+		return err == nil, err
+	}
+	var xids []int64
+	rows, err := w.conn.Query(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1 RETURNING xid", w.ref.TaskID)
 	if err != nil {
 		return false, err
 	}
-	if tag.RowsAffected() > 0 {
-		if _, err := w.conn.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE "+stagingTaskColumn+" = $1", taskNumber(w.ref.TaskID)); err != nil {
+	if xids, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+		return false, err
+	}
+	for _, x := range xids {
+		// The rows of the earlier attempt are those its transaction
+		// inserted. xmin is the 32-bit transaction ID (kept as it is when
+		// a row is frozen); a staging table never lives through 2^32
+		// transactions.
+		if _, err := w.conn.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE xmin = $1::text::xid", strconv.FormatInt(x&0xffffffff, 10)); err != nil {
 			return false, err
 		}
-	}
-	if _, err := w.conn.Exec(ctx, "SELECT set_config('sluice.task', $1, true)", strconv.FormatInt(taskNumber(w.ref.TaskID), 10)); err != nil {
-		return false, err
 	}
 	return true, nil
 }
@@ -473,7 +494,11 @@ func (w *taskWriter) close(ctx context.Context) (connectors.TaskOutput, error) {
 		}
 	}
 	_, tasksT := w.s.staging(w.ref.RunID)
-	if _, err := w.conn.Exec(ctx, "INSERT INTO "+tasksT.Sanitize()+" (task, rows, bytes, checksum, attempt) VALUES ($1, $2, $3, $4, $5)",
+	sql := "INSERT INTO " + tasksT.Sanitize() + " (task, rows, bytes, checksum, attempt, xid) VALUES ($1, $2, $3, $4, $5, txid_current())"
+	if w.legacy {
+		sql = "INSERT INTO " + tasksT.Sanitize() + " (task, rows, bytes, checksum, attempt) VALUES ($1, $2, $3, $4, $5)"
+	}
+	if _, err := w.conn.Exec(ctx, sql,
 		w.ref.TaskID, w.sum.Rows, w.bytes, w.sum.String(), w.ref.Attempt); err != nil {
 		return connectors.TaskOutput{}, err
 	}
@@ -609,7 +634,8 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 			return err
 		}
 		for _, sql := range []string{
-			"ALTER TABLE " + rowsT.Sanitize() + " DROP COLUMN " + stagingTaskColumn,
+			// Staged by an earlier release (see taskWriter.begin).
+			"ALTER TABLE " + rowsT.Sanitize() + " DROP COLUMN IF EXISTS " + stagingTaskColumn,
 			"ALTER TABLE " + rowsT.Sanitize() + " RENAME TO " + pgx.Identifier{vt[len(vt)-1]}.Sanitize(),
 			"DROP TABLE " + tasksT.Sanitize(),
 		} {
