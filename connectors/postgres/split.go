@@ -125,56 +125,23 @@ func (s *recordSplitter) discarded() {
 	s.ends = s.ends[:0]
 }
 
-// FNV-1a 64, the hash of connectors.Checksum.
-const (
-	fnvOffset = 14695981039346656037
-	fnvPrime  = 1099511628211
-)
-
-// sumRecords returns the sum, modulo 2^64, of the FNV-1a 64 hashes of the
+// sumRecords returns the sum, modulo 2^64, of connectors.RowHash of the
 // records of data, record i ending just before the '\n' at ends[i] (and
 // before a '\r' that precedes it), the first starting at 0 and each next
 // one just after the previous '\n'. It is what connectors.Checksum.Add of
-// each record would sum, computed four records at a time: the hash of one
-// record is a chain of dependent multiplications, and four independent
-// chains keep the multiplier busy.
+// each record would sum.
 func sumRecords(data []byte, ends []int) uint64 {
 	var sum uint64
 	start := 0
-	rec := func(i int) []byte {
-		r := data[start:ends[i]]
-		start = ends[i] + 1
+	for _, end := range ends {
+		r := data[start:end]
+		start = end + 1
 		if len(r) > 0 && r[len(r)-1] == '\r' {
 			r = r[:len(r)-1]
 		}
-		return r
-	}
-	i := 0
-	for ; i+4 <= len(ends); i += 4 {
-		a, b, c, d := rec(i), rec(i+1), rec(i+2), rec(i+3)
-		m := min(len(a), len(b), len(c), len(d))
-		h0, h1, h2, h3 := uint64(fnvOffset), uint64(fnvOffset), uint64(fnvOffset), uint64(fnvOffset)
-		a0, b0, c0, d0 := a[:m], b[:m], c[:m], d[:m]
-		for j := range a0 {
-			h0 = (h0 ^ uint64(a0[j])) * fnvPrime
-			h1 = (h1 ^ uint64(b0[j])) * fnvPrime
-			h2 = (h2 ^ uint64(c0[j])) * fnvPrime
-			h3 = (h3 ^ uint64(d0[j])) * fnvPrime
-		}
-		sum += fnvMore(h0, a[m:]) + fnvMore(h1, b[m:]) + fnvMore(h2, c[m:]) + fnvMore(h3, d[m:])
-	}
-	for ; i < len(ends); i++ {
-		sum += fnvMore(fnvOffset, rec(i))
+		sum += connectors.RowHash(r)
 	}
 	return sum
-}
-
-// fnvMore continues the FNV-1a 64 hash h over p.
-func fnvMore(h uint64, p []byte) uint64 {
-	for _, c := range p {
-		h = (h ^ uint64(c)) * fnvPrime
-	}
-	return h
 }
 
 // Len is the number of bytes buffered.

@@ -1,0 +1,639 @@
+// Package pgcdc captures changes from PostgreSQL logical replication
+// (pgoutput) into the central SLUICE_CDC JetStream stream.
+//
+// A Reader streams one replication slot. Every change of the published
+// tables becomes a protocol.ChangeEvent on
+// sluice.cdc.<pipeline>.<schema>.<table>, published asynchronously in commit
+// order with the Nats-Msg-Id <slot>:<commit LSN>:<index in transaction>.
+// The slot's confirmed flush LSN advances only to the end of a transaction
+// whose every event JetStream acknowledged (or to a heartbeat message that
+// follows only acknowledged transactions), so a Reader stopped at any point
+// and started again on the same slot re-publishes the unconfirmed tail, and
+// JetStream's duplicate window drops what it already stored.
+//
+// Old values: with REPLICA IDENTITY DEFAULT PostgreSQL sends only the key
+// columns of the old row, on delete and on an update that changed the key;
+// with FULL it sends the whole old row on every update and delete. A TOASTed
+// value an update did not change is not sent: the event marks it
+// protocol.UnchangedValue, never NULL.
+package pgcdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Config configures a Reader.
+type Config struct {
+	// DSN of the source database (a user with the REPLICATION attribute,
+	// or superuser, that may create publications on Tables).
+	DSN string
+	// Slot is the logical replication slot name; Publication the
+	// publication name. Both are created when missing.
+	Slot        string
+	Publication string
+	// Tables lists the captured tables as "schema.table".
+	Tables []string
+	// Pipeline names the CDC pipeline: the subject token of its events.
+	Pipeline string
+	// Heartbeat is the interval of pg_logical_emit_message calls that let
+	// an idle or filtered slot advance; 0 means 10s, negative disables.
+	Heartbeat time.Duration
+	// StatusInterval is the interval of standby status updates; 0 means 10s.
+	StatusInterval time.Duration
+	// MaxInFlight bounds the events published but not yet acknowledged;
+	// 0 means 10000.
+	MaxInFlight int
+	// AckTimeout bounds how long an event may wait for its JetStream ack
+	// before Run fails; 0 means 30s.
+	AckTimeout time.Duration
+}
+
+var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Validate checks the configuration without I/O.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DSN == "" {
+		errs = append(errs, errors.New("dsn is required"))
+	} else if _, err := pgconn.ParseConfig(c.DSN); err != nil {
+		errs = append(errs, fmt.Errorf("dsn: %w", err))
+	}
+	if !slotNameRE.MatchString(c.Slot) {
+		errs = append(errs, fmt.Errorf("slot %q: want 1-63 of [a-z0-9_]", c.Slot))
+	}
+	if !slotNameRE.MatchString(c.Publication) {
+		errs = append(errs, fmt.Errorf("publication %q: want 1-63 of [a-z0-9_]", c.Publication))
+	}
+	if !protocol.ValidName(c.Pipeline) {
+		errs = append(errs, fmt.Errorf("pipeline %q is not a valid name", c.Pipeline))
+	}
+	if len(c.Tables) == 0 {
+		errs = append(errs, errors.New("tables: at least one is required"))
+	}
+	for _, t := range c.Tables {
+		if i := strings.IndexByte(t, '.'); i <= 0 || i == len(t)-1 {
+			errs = append(errs, fmt.Errorf("table %q: want schema.table", t))
+		}
+	}
+	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 {
+		errs = append(errs, errors.New("max_in_flight, status_interval and ack_timeout must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) withDefaults() Config {
+	if c.Heartbeat == 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 10000
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = 30 * time.Second
+	}
+	return c
+}
+
+// Status is a Reader's progress.
+type Status struct {
+	// ConfirmedLSN is the last position confirmed to the server (every
+	// event before it is in JetStream); ReceivedLSN the last WAL position
+	// received.
+	ConfirmedLSN string
+	ReceivedLSN  string
+	// AckedCommitTime is the commit time of the last transaction whose
+	// events JetStream acknowledged; time.Since gives the lag in time.
+	AckedCommitTime time.Time
+}
+
+// Reader streams one slot into SLUICE_CDC. Run may be called once at a
+// time; Status may be called concurrently with Run.
+type Reader struct {
+	cfg Config
+	js  jetstream.JetStream
+	log *slog.Logger
+
+	mu     sync.Mutex
+	status Status
+}
+
+// NewReader returns a Reader publishing through js. The SLUICE_CDC stream
+// must exist (EnsureStream).
+func NewReader(cfg Config, js jetstream.JetStream, log *slog.Logger) (*Reader, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("pgcdc config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	return &Reader{cfg: cfg, js: js, log: log.With("slot", cfg.Slot, "pipeline", cfg.Pipeline)}, nil
+}
+
+// Status returns the Reader's progress.
+func (r *Reader) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+// Run creates the publication and the slot when missing, then streams the
+// slot from its confirmed position until ctx ends (it then returns nil
+// after waiting briefly for in-flight acks and confirming what was acked)
+// or an error stops it. ctx bounds the replication connection, the
+// heartbeat connection and every publish.
+func (r *Reader) Run(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, r.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var database string
+	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&database); err != nil {
+		return fmt.Errorf("current database: %w", err)
+	}
+	if err := ensurePublication(ctx, conn, r.cfg); err != nil {
+		return err
+	}
+	start, err := ensureSlot(ctx, conn, r.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	r.log.Info("cdc reader starting", "start_lsn", start.String())
+
+	g, gctx := errgroup.WithContext(ctx)
+	if r.cfg.Heartbeat > 0 {
+		g.Go(func() error { r.heartbeat(gctx, conn); return nil })
+	}
+	g.Go(func() error { return r.stream(gctx, database, start) })
+	err = g.Wait()
+	if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		return nil
+	}
+	return err
+}
+
+// heartbeat emits a non-transactional logical message every interval. It
+// shares nothing with the replication connection; an error is logged and
+// the next tick tries again.
+func (r *Reader) heartbeat(ctx context.Context, conn *pgx.Conn) {
+	t := time.NewTicker(r.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if conn.IsClosed() {
+			c, err := pgx.Connect(ctx, r.cfg.DSN)
+			if err != nil {
+				r.log.Warn("cdc heartbeat connect", "err", err)
+				continue
+			}
+			defer c.Close(context.WithoutCancel(ctx))
+			conn = c
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, 'sluice', 'hb')"); err != nil && ctx.Err() == nil {
+			r.log.Warn("cdc heartbeat", "err", err)
+		}
+	}
+}
+
+type column struct {
+	name string
+	key  bool
+}
+
+type relation struct {
+	schema, table string
+	cols          []column
+	keys          []string
+	subject       string
+}
+
+// pending is a transaction (or a heartbeat) whose events were published and
+// which may be confirmed once they are all acknowledged and every earlier
+// entry was.
+type pending struct {
+	end        pglogrepl.LSN
+	commitTime time.Time
+	futs       []jetstream.PubAckFuture
+	next       int // futs[:next] are acknowledged
+	since      time.Time
+}
+
+type streamState struct {
+	database string
+	meta     *pgx.Conn // catalog lookups, opened on first use
+	rels     map[uint32]*relation
+	// the transaction being received
+	inTx      bool
+	commitLSN string
+	xid       uint32
+	time      time.Time
+	index     int
+	futs      []jetstream.PubAckFuture
+
+	queue    []*pending
+	inFlight int
+	acked    pglogrepl.LSN
+	received pglogrepl.LSN
+}
+
+func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LSN) error {
+	pcfg, err := pgconn.ParseConfig(r.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("parse dsn: %w", err)
+	}
+	pcfg.RuntimeParams["replication"] = "database"
+	rc, err := pgconn.ConnectConfig(ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("replication connect: %w", err)
+	}
+	defer rc.Close(context.WithoutCancel(ctx))
+	err = pglogrepl.StartReplication(ctx, rc, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.cfg.Publication + "'", "messages 'true'"},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
+	}
+	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start}
+	defer func() {
+		if st.meta != nil {
+			st.meta.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	r.setStatus(st, time.Time{})
+	confirmed := pglogrepl.LSN(0)
+	sendStatus := func(ctx context.Context) error {
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, rc, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: st.acked, WALFlushPosition: st.acked, WALApplyPosition: st.acked,
+		})
+		if err != nil {
+			return fmt.Errorf("standby status update: %w", err)
+		}
+		confirmed = st.acked
+		return nil
+	}
+	nextStatus := time.Now().Add(r.cfg.StatusInterval)
+	for {
+		if err := r.reap(ctx, st, false); err != nil {
+			return err
+		}
+		now := time.Now()
+		if !now.Before(nextStatus) {
+			if err := sendStatus(ctx); err != nil {
+				return err
+			}
+			nextStatus = now.Add(r.cfg.StatusInterval)
+		}
+		deadline := nextStatus
+		if len(st.queue) > 0 || st.acked != confirmed {
+			// acks are pending: look at them again soon.
+			if d := now.Add(20 * time.Millisecond); d.Before(deadline) {
+				deadline = d
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		raw, err := rc.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			// Checked first: pgconn reports a context that was already done
+			// as a timeout.
+			if ctx.Err() != nil {
+				return r.shutdown(st, rc)
+			}
+			if pgconn.Timeout(err) {
+				if st.acked != confirmed && len(st.queue) == 0 {
+					// everything is acked: confirm it without waiting for the interval.
+					if err := sendStatus(ctx); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse keepalive: %w", err)
+				}
+				if ka.ReplyRequested {
+					nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("parse xlog data: %w", err)
+				}
+				if err := r.handle(ctx, st, xld); err != nil {
+					return err
+				}
+			}
+		default:
+			return fmt.Errorf("replication: unexpected message %T", raw)
+		}
+	}
+}
+
+// shutdown waits briefly for in-flight acks and confirms what was acked.
+func (r *Reader) shutdown(st *streamState, rc *pgconn.PgConn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.reap(ctx, st, true); err != nil {
+		r.log.Warn("cdc reader stopping with unacknowledged events", "err", err)
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, rc, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: st.acked, WALFlushPosition: st.acked, WALApplyPosition: st.acked,
+	})
+	if err != nil {
+		r.log.Warn("cdc reader final status update", "err", err)
+	}
+	r.log.Info("cdc reader stopped", "confirmed_lsn", st.acked.String())
+	return nil
+}
+
+// reap moves st.acked past the leading queue entries whose events are all
+// acknowledged. With wait it blocks until the queue is empty or ctx ends;
+// without, it does not block.
+func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
+	advanced := false
+	var commitTime time.Time
+	defer func() {
+		if advanced {
+			r.setStatus(st, commitTime)
+		}
+	}()
+	for len(st.queue) > 0 {
+		p := st.queue[0]
+		for p.next < len(p.futs) {
+			f := p.futs[p.next]
+			if wait {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			} else {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+				default:
+					if time.Since(p.since) > r.cfg.AckTimeout {
+						return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
+					}
+					return nil
+				}
+			}
+			p.futs[p.next] = nil
+			p.next++
+			st.inFlight--
+		}
+		st.queue[0] = nil
+		st.queue = st.queue[1:]
+		if p.end > st.acked {
+			st.acked = p.end
+		}
+		if !p.commitTime.IsZero() {
+			commitTime = p.commitTime
+		}
+		advanced = true
+	}
+	return nil
+}
+
+func (r *Reader) setStatus(st *streamState, commitTime time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.ConfirmedLSN = st.acked.String()
+	r.status.ReceivedLSN = st.received.String()
+	if !commitTime.IsZero() {
+		r.status.AckedCommitTime = commitTime
+	}
+}
+
+func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLogData) error {
+	if xld.WALStart > st.received {
+		st.received = xld.WALStart
+	}
+	msg, err := pglogrepl.Parse(xld.WALData)
+	if err != nil {
+		return fmt.Errorf("decode pgoutput at %s: %w", xld.WALStart, err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rel := &relation{schema: m.Namespace, table: m.RelationName, subject: protocol.CDCSubject(r.cfg.Pipeline, m.Namespace, m.RelationName)}
+		for _, c := range m.Columns {
+			key := c.Flags&1 != 0
+			rel.cols = append(rel.cols, column{name: c.Name, key: key})
+			if key {
+				rel.keys = append(rel.keys, c.Name)
+			}
+		}
+		if m.ReplicaIdentity == 'f' {
+			// FULL flags every column as identity: the key is the primary key.
+			keys, err := r.primaryKey(ctx, st, m.RelationID)
+			if err != nil {
+				return err
+			}
+			if len(keys) > 0 {
+				rel.keys = keys
+			}
+		}
+		st.rels[m.RelationID] = rel
+	case *pglogrepl.BeginMessage:
+		st.inTx = true
+		st.commitLSN = m.FinalLSN.String()
+		st.xid = m.Xid
+		st.time = m.CommitTime
+		st.index = 0
+		st.futs = nil
+	case *pglogrepl.CommitMessage:
+		if !st.inTx {
+			return fmt.Errorf("commit at %s without begin", m.CommitLSN)
+		}
+		st.queue = append(st.queue, &pending{end: m.TransactionEndLSN, commitTime: m.CommitTime, futs: st.futs, since: time.Now()})
+		st.inTx = false
+		st.futs = nil
+	case *pglogrepl.InsertMessage:
+		rel, err := st.relation(m.RelationID)
+		if err != nil {
+			return err
+		}
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpInsert, nil, rel.row(m.Tuple, false))
+	case *pglogrepl.UpdateMessage:
+		rel, err := st.relation(m.RelationID)
+		if err != nil {
+			return err
+		}
+		var before protocol.Row
+		if m.OldTuple != nil {
+			before = rel.row(m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
+		}
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpUpdate, before, rel.row(m.NewTuple, false))
+	case *pglogrepl.DeleteMessage:
+		rel, err := st.relation(m.RelationID)
+		if err != nil {
+			return err
+		}
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpDelete, rel.row(m.OldTuple, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey), nil)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			rel, err := st.relation(id)
+			if err != nil {
+				return err
+			}
+			if err := r.publish(ctx, st, rel, xld.WALStart, protocol.OpTruncate, nil, nil); err != nil {
+				return err
+			}
+		}
+	case *pglogrepl.LogicalDecodingMessage:
+		if !m.Transactional && !st.inTx {
+			// A heartbeat (ours or anyone's): every transaction committed
+			// before it was received, so it may be confirmed once they are.
+			st.queue = append(st.queue, &pending{end: m.LSN, since: time.Now()})
+		}
+	}
+	return nil
+}
+
+// primaryKey looks up the primary key columns of a relation, in key order,
+// on a catalog connection opened on first use.
+func (r *Reader) primaryKey(ctx context.Context, st *streamState, relid uint32) ([]string, error) {
+	if st.meta == nil {
+		c, err := pgx.Connect(ctx, r.cfg.DSN)
+		if err != nil {
+			return nil, fmt.Errorf("catalog connect: %w", err)
+		}
+		st.meta = c
+	}
+	rows, err := st.meta.Query(ctx, `SELECT a.attname FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+		WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)`, relid)
+	if err != nil {
+		return nil, fmt.Errorf("primary key of relation %d: %w", relid, err)
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("primary key of relation %d: %w", relid, err)
+	}
+	return keys, nil
+}
+
+func (st *streamState) relation(id uint32) (*relation, error) {
+	rel, ok := st.rels[id]
+	if !ok {
+		return nil, fmt.Errorf("change for relation %d before its Relation message", id)
+	}
+	return rel, nil
+}
+
+// row converts a tuple. keyOnly keeps only the key columns (an old tuple of
+// REPLICA IDENTITY DEFAULT sends NULL for the others).
+func (rel *relation) row(t *pglogrepl.TupleData, keyOnly bool) protocol.Row {
+	if t == nil {
+		return nil
+	}
+	row := make(protocol.Row, len(t.Columns))
+	for i, c := range t.Columns {
+		if i >= len(rel.cols) {
+			break
+		}
+		if keyOnly && !rel.cols[i].key {
+			continue
+		}
+		name := rel.cols[i].name
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			row[name] = protocol.NullValue
+		case pglogrepl.TupleDataTypeToast:
+			row[name] = protocol.UnchangedValue
+		default:
+			row[name] = protocol.Text(string(c.Data))
+		}
+	}
+	return row
+}
+
+func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, lsn pglogrepl.LSN, op protocol.Op, before, after protocol.Row) error {
+	if !st.inTx {
+		return fmt.Errorf("%s on %s.%s at %s outside a transaction", op, rel.schema, rel.table, lsn)
+	}
+	ev := protocol.ChangeEvent{
+		Op: op, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: rel.schema, Table: rel.table,
+		Key: rel.keys, Before: before, After: after,
+		LSN: lsn.String(), CommitLSN: st.commitLSN, Index: st.index, Xid: st.xid, CommitTime: st.time,
+	}
+	data, err := ev.Encode()
+	if err != nil {
+		return err
+	}
+	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, st.index)
+	st.index++
+	for st.inFlight >= r.cfg.MaxInFlight {
+		if len(st.queue) == 0 {
+			break // the current transaction alone exceeds the bound
+		}
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
+		err := r.reapOne(wctx, st)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	msg := &nats.Msg{Subject: rel.subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	f, err := r.js.PublishMsgAsync(msg, jetstream.WithExpectStream(protocol.StreamCDC))
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", id, err)
+	}
+	st.futs = append(st.futs, f)
+	st.inFlight++
+	return nil
+}
+
+// reapOne waits for the oldest queued entry to be acknowledged.
+func (r *Reader) reapOne(ctx context.Context, st *streamState) error {
+	q := st.queue
+	st.queue = q[:1]
+	err := r.reap(ctx, st, true)
+	if len(st.queue) == 0 {
+		st.queue = q[1:]
+	} else {
+		st.queue = q
+	}
+	return err
+}

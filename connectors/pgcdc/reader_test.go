@@ -1,0 +1,458 @@
+package pgcdc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
+	"github.com/sluicehq/sluice/embednats"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+func TestConfigValidate(t *testing.T) {
+	good := pgcdc.Config{DSN: "postgres://u@h/db", Slot: "s1", Publication: "p1", Tables: []string{"public.t"}, Pipeline: "cdc1"}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*pgcdc.Config){
+		"no dsn":      func(c *pgcdc.Config) { c.DSN = "" },
+		"bad slot":    func(c *pgcdc.Config) { c.Slot = "Bad-Slot" },
+		"bad pub":     func(c *pgcdc.Config) { c.Publication = "x'y" },
+		"no tables":   func(c *pgcdc.Config) { c.Tables = nil },
+		"unqualified": func(c *pgcdc.Config) { c.Tables = []string{"t"} },
+		"pipeline":    func(c *pgcdc.Config) { c.Pipeline = "a.b" },
+	} {
+		c := good
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted %+v", name, c)
+		}
+	}
+}
+
+type env struct {
+	dsn, schema string
+	conn        *pgx.Conn
+	js          jetstream.JetStream
+	cfg         pgcdc.Config
+}
+
+func setup(t *testing.T, tables ...string) *env {
+	t.Helper()
+	dsn, schema, conn := pgtest.DB(t)
+	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := pgcdc.EnsureStream(ctx, js, pgcdc.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgcdc.EnsureStream(ctx, js, pgcdc.StreamConfig{}); err != nil {
+		t.Fatalf("EnsureStream is not idempotent: %v", err)
+	}
+	e := &env{dsn: dsn, schema: schema, conn: conn, js: js}
+	var qualified []string
+	for _, tb := range tables {
+		qualified = append(qualified, schema+"."+tb)
+	}
+	e.cfg = pgcdc.Config{
+		DSN: dsn, Slot: schema + "_slot", Publication: schema + "_pub", Tables: qualified, Pipeline: "p1",
+		Heartbeat: 200 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
+	}
+	e.cleanupSlot(t)
+	return e
+}
+
+// cleanupSlot drops the slot and publication; registered after the Readers
+// stop, it runs before the schema is dropped.
+func (e *env) cleanupSlot(t *testing.T) {
+	t.Cleanup(func() {
+		var err error
+		for i := 0; i < 50; i++ { // the walsender may still be exiting
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = pgcdc.DropSlot(ctx, e.dsn, e.cfg.Slot, e.cfg.Publication)
+			cancel()
+			if err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("drop slot: %v", err)
+	})
+}
+
+func (e *env) exec(t *testing.T, sql string, args ...any) {
+	t.Helper()
+	if _, err := e.conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// start runs a Reader until the returned stop is called; stop returns Run's
+// error. done is closed when Run returns. start returns once the slot streams.
+func (e *env) start(t *testing.T) (r *pgcdc.Reader, stop func() error, done <-chan struct{}) {
+	t.Helper()
+	r, err := pgcdc.NewReader(e.cfg, e.js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan struct{})
+	var result error
+	go func() { result = r.Run(ctx); close(ch) }()
+	stop = func() error {
+		cancel()
+		<-ch
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	deadline := time.Now().Add(30 * time.Second)
+	for r.Status().ConfirmedLSN == "" {
+		select {
+		case <-ch:
+			t.Fatalf("Run ended early: %v", result)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("reader did not start streaming in 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return r, stop, ch
+}
+
+type stored struct {
+	id string
+	ev protocol.ChangeEvent
+}
+
+// waitEvents waits until the stream holds n messages and returns them in
+// stream order.
+func (e *env) waitEvents(t *testing.T, n int) []stored {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := e.js.Stream(ctx, protocol.StreamCDC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var have uint64
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		have = info.State.Msgs
+		if have >= uint64(n) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("stream holds %d events, want %d", have, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if have != uint64(n) {
+		t.Fatalf("stream holds %d events, want %d", have, n)
+	}
+	var out []stored
+	for seq := uint64(1); seq <= have; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := protocol.DecodeChangeEvent(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := protocol.CDCSubject("p1", ev.Schema, ev.Table); m.Subject != want {
+			t.Errorf("event on %s, want %s", m.Subject, want)
+		}
+		out = append(out, stored{id: m.Header.Get(jetstream.MsgIDHeader), ev: ev})
+	}
+	return out
+}
+
+func lsn(t *testing.T, s string) pglogrepl.LSN {
+	t.Helper()
+	l, err := pglogrepl.ParseLSN(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func (e *env) confirmedFlush(t *testing.T) pglogrepl.LSN {
+	t.Helper()
+	lag, err := pgcdc.SlotLag(context.Background(), e.dsn, e.cfg.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn(t, lag.ConfirmedFlushLSN)
+}
+
+func TestChangesTOASTAndSchemaChange(t *testing.T) {
+	e := setup(t, "a", "b")
+	s := e.schema
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %[1]s.a (id int PRIMARY KEY, v text, big text);
+		ALTER TABLE %[1]s.a REPLICA IDENTITY FULL;
+		CREATE TABLE %[1]s.b (id int PRIMARY KEY, v text)`, s))
+	_, stop, _ := e.start(t)
+
+	const bigSQL = "(SELECT string_agg(md5(i::text), '') FROM generate_series(1, 1000) i)"
+	var big string
+	if err := e.conn.QueryRow(context.Background(), "SELECT "+bigSQL).Scan(&big); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, fmt.Sprintf(`BEGIN;
+		INSERT INTO %[1]s.a VALUES (1, 'x', %[2]s);
+		INSERT INTO %[1]s.b VALUES (1, 'y'), (2, 'z');
+		COMMIT`, s, bigSQL))
+	e.exec(t, fmt.Sprintf(`UPDATE %s.a SET v = 'x2' WHERE id = 1`, s))
+	e.exec(t, fmt.Sprintf(`BEGIN; UPDATE %[1]s.b SET v = 'y2' WHERE id = 1; DELETE FROM %[1]s.b WHERE id = 2; COMMIT`, s))
+	e.exec(t, fmt.Sprintf(`ALTER TABLE %s.a ADD COLUMN c int`, s))
+	e.exec(t, fmt.Sprintf(`BEGIN; INSERT INTO %[1]s.a VALUES (2, 'w', 'small', 7); UPDATE %[1]s.a SET c = 8 WHERE id = 1; COMMIT`, s))
+	e.exec(t, fmt.Sprintf(`TRUNCATE %s.b`, s))
+
+	evs := e.waitEvents(t, 9)
+	type want struct {
+		table  string
+		op     protocol.Op
+		index  int
+		before protocol.Row
+		after  protocol.Row
+	}
+	T, N, U := protocol.Text, protocol.NullValue, protocol.UnchangedValue
+	wants := []want{
+		{"a", protocol.OpInsert, 0, nil, protocol.Row{"id": T("1"), "v": T("x"), "big": T(big)}},
+		{"b", protocol.OpInsert, 1, nil, protocol.Row{"id": T("1"), "v": T("y")}},
+		{"b", protocol.OpInsert, 2, nil, protocol.Row{"id": T("2"), "v": T("z")}},
+		// FULL: the whole old row; the untouched TOAST value is marked unchanged in the new row.
+		{"a", protocol.OpUpdate, 0, protocol.Row{"id": T("1"), "v": T("x"), "big": T(big)}, protocol.Row{"id": T("1"), "v": T("x2"), "big": U}},
+		// DEFAULT: no old row on an update that keeps the key, only the key on delete.
+		{"b", protocol.OpUpdate, 0, nil, protocol.Row{"id": T("1"), "v": T("y2")}},
+		{"b", protocol.OpDelete, 1, protocol.Row{"id": T("2")}, nil},
+		// The column added mid-stream shows up.
+		{"a", protocol.OpInsert, 0, nil, protocol.Row{"id": T("2"), "v": T("w"), "big": T("small"), "c": T("7")}},
+		{"a", protocol.OpUpdate, 1, protocol.Row{"id": T("1"), "v": T("x2"), "big": T(big), "c": N}, protocol.Row{"id": T("1"), "v": T("x2"), "big": U, "c": T("8")}},
+		{"b", protocol.OpTruncate, 0, nil, nil},
+	}
+	var prevCommit pglogrepl.LSN
+	for i, w := range wants {
+		got := evs[i].ev
+		if got.Table != w.table || got.Schema != s || got.Op != w.op || got.Index != w.index {
+			t.Errorf("event %d: %s.%s %s #%d, want %s.%s %s #%d", i, got.Schema, got.Table, got.Op, got.Index, s, w.table, w.op, w.index)
+		}
+		if !rowsEqual(got.Before, w.before) || !rowsEqual(got.After, w.after) {
+			t.Errorf("event %d (%s %s): before %v after %v, want before %v after %v", i, w.table, w.op, short(got.Before), short(got.After), short(w.before), short(w.after))
+		}
+		if got.Pipeline != "p1" || got.Database == "" || got.Xid == 0 || got.CommitTime.IsZero() || len(got.Key) != 1 || got.Key[0] != "id" {
+			t.Errorf("event %d: pipeline %q database %q xid %d commit time %v key %v", i, got.Pipeline, got.Database, got.Xid, got.CommitTime, got.Key)
+		}
+		commit, at := lsn(t, got.CommitLSN), lsn(t, got.LSN)
+		if commit < prevCommit || at == 0 || at > commit {
+			t.Errorf("event %d: lsn %s commit lsn %s after commit lsn %s", i, got.LSN, got.CommitLSN, prevCommit)
+		}
+		prevCommit = commit
+		if wantID := protocol.CDCMsgID(e.cfg.Slot, got.CommitLSN, got.Index); evs[i].id != wantID {
+			t.Errorf("event %d: msg id %q, want %q", i, evs[i].id, wantID)
+		}
+	}
+
+	// An idle slot advances with the heartbeat: its confirmed position
+	// passes the WAL position taken now, with no change to the tables.
+	var now string
+	if err := e.conn.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for e.confirmedFlush(t) < lsn(t, now) {
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed flush %s stayed behind %s with the heartbeat on", e.confirmedFlush(t), now)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lag, err := pgcdc.SlotLag(context.Background(), e.dsn, e.cfg.Slot)
+	if err != nil || !lag.Active || lag.Bytes < 0 {
+		t.Fatalf("SlotLag = %+v, %v", lag, err)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func rowsEqual(a, b protocol.Row) bool {
+	if len(a) != len(b) || (a == nil) != (b == nil) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+func short(r protocol.Row) string {
+	if r == nil {
+		return "nil"
+	}
+	var parts []string
+	for k, v := range r {
+		b, _ := v.MarshalJSON()
+		s := string(b)
+		if len(s) > 20 {
+			s = s[:20] + "..."
+		}
+		parts = append(parts, k+"="+s)
+	}
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+// TestNoLossNoDuplicates: a Reader whose publishes are refused stops
+// without confirming past the last acknowledged transaction; the next
+// Reader re-publishes the tail (JetStream drops what was stored); a Reader
+// cancelled mid-stream hands over to the next with no event missing or
+// duplicated.
+func TestNoLossNoDuplicates(t *testing.T) {
+	e := setup(t, "a")
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.a (id int PRIMARY KEY, v text)`, e.schema))
+	ctx := context.Background()
+	// Refuse events past the 50th: the 17th transaction is stored in part.
+	setLimit := func(max int64) {
+		_, err := e.js.UpdateStream(ctx, jetstream.StreamConfig{
+			Name: protocol.StreamCDC, Subjects: []string{protocol.SubjectCDCAll}, Storage: jetstream.FileStorage,
+			Duplicates: pgcdc.DuplicateWindow, MaxMsgs: max, Discard: jetstream.DiscardNew,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	setLimit(50)
+	_, stop1, done1 := e.start(t)
+	insertTx := func(from, to int) { // one transaction of 3 rows per id triple
+		for i := from; i < to; i += 3 {
+			e.exec(t, fmt.Sprintf(`INSERT INTO %s.a SELECT g, 'v' FROM generate_series($1::int, $2::int) g`, e.schema), i, i+2)
+		}
+	}
+	insertTx(0, 120) // 40 transactions, 120 events
+	select {
+	case <-done1:
+		err := stop1()
+		if err == nil {
+			t.Fatal("Run returned nil after JetStream refused events")
+		}
+		t.Logf("first reader stopped: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("first reader did not fail when JetStream refused events")
+	}
+	evs := e.waitEvents(t, 50)
+	partial := evs[48].ev // first event of the 17th transaction, which was not wholly stored
+	if partial.Index != 0 || evs[47].ev.Index != 2 {
+		t.Fatalf("events 47, 48 have indexes %d, %d", evs[47].ev.Index, evs[48].ev.Index)
+	}
+	confirmed := e.confirmedFlush(t)
+	if confirmed >= lsn(t, partial.CommitLSN) {
+		t.Fatalf("slot confirmed %s, past the unacknowledged transaction committed at %s", confirmed, partial.CommitLSN)
+	}
+	t.Logf("confirmed flush %s, last fully acked commit %s, partial commit %s", confirmed, evs[47].ev.CommitLSN, partial.CommitLSN)
+
+	setLimit(-1)
+	_, stop2, _ := e.start(t)
+	e.waitEvents(t, 120)
+	// Cancel the second Reader while transactions keep coming.
+	errc := make(chan error, 1)
+	go func() {
+		c, err := pgx.Connect(ctx, e.dsn)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer c.Close(ctx)
+		for i := 120; i < 420; i += 3 {
+			if _, err := c.Exec(ctx, fmt.Sprintf(`INSERT INTO %s.a SELECT g, 'v' FROM generate_series($1::int, $2::int) g`, e.schema), i, i+2); err != nil {
+				errc <- err
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		errc <- nil
+	}()
+	s, _ := e.js.Stream(ctx, protocol.StreamCDC)
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= 200 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := stop2(); err != nil {
+		t.Fatalf("second Run: %v", err)
+	}
+	_, stop3, _ := e.start(t)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	evs = e.waitEvents(t, 420)
+	ids := map[string]bool{}
+	for i, ev := range evs {
+		if want := fmt.Sprint(i); ev.ev.After["id"] != protocol.Text(want) || ev.ev.Op != protocol.OpInsert {
+			t.Fatalf("event %d: %s id %v, want insert id %s", i, ev.ev.Op, ev.ev.After["id"], want)
+		}
+		if ids[ev.id] {
+			t.Fatalf("msg id %s twice", ev.id)
+		}
+		ids[ev.id] = true
+	}
+	if err := stop3(); err != nil {
+		t.Fatalf("third Run: %v", err)
+	}
+	// Nothing more arrives: a stray duplicate would show up here.
+	time.Sleep(300 * time.Millisecond)
+	e.waitEvents(t, 420)
+	if confirmed := e.confirmedFlush(t); confirmed < lsn(t, evs[419].ev.CommitLSN) {
+		t.Errorf("after a clean stop the slot confirmed %s, before the last commit %s", confirmed, evs[419].ev.CommitLSN)
+	}
+}
+
+func TestChangeEventCodec(t *testing.T) {
+	ev := protocol.ChangeEvent{Op: protocol.OpUpdate, Schema: "s", Table: "t",
+		Before: protocol.Row{"a": protocol.NullValue}, After: protocol.Row{"a": protocol.Text("1"), "b": protocol.UnchangedValue, "c": protocol.Text("")}}
+	b, err := ev.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := protocol.DecodeChangeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.V != protocol.Version || !rowsEqual(got.Before, ev.Before) || !rowsEqual(got.After, ev.After) {
+		t.Fatalf("round trip: %s -> %+v", b, got)
+	}
+	if _, err := protocol.DecodeChangeEvent([]byte(`{"op":"insert","schema":"s","table":"t"}`)); !errors.Is(err, protocol.ErrVersion) {
+		t.Fatalf("no version: %v", err)
+	}
+}
