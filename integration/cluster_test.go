@@ -97,34 +97,14 @@ func TestWorkerKilledMidTaskNoDuplicates(t *testing.T) {
 	out := t.TempDir()
 	c.apply("crash", in, out, 1, "")
 	res := c.run("crash")
-	victim := c.workers[0]
-	deadline := time.Now().Add(time.Minute)
-	for victim.w.Stats().Busy == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("worker 0 never started a task")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	victim.w.Kill()
+	c.killWhenBusy(0)
 
 	st := c.wait(res.RunID)
 	if st.State != protocol.RunCommitted {
 		t.Fatalf("run %s: %s (%s)", st.RunID, st.State, st.Error)
 	}
 	assertSameRows(t, in, out)
-	full, err := c.client.GetRun(c.ctx(), res.RunID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	redelivered := 0
-	for _, task := range full.TaskList {
-		if task.Attempts > 1 {
-			redelivered++
-		}
-	}
-	if redelivered == 0 {
-		t.Fatalf("no task was delivered twice; the kill did not interrupt a task: %+v", full.TaskList)
-	}
+	c.assertRedelivered(res.RunID)
 }
 
 // A task that keeps failing is retried with backoff, then dead: the run

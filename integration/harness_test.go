@@ -308,3 +308,34 @@ func assertSameRows(t *testing.T, in, out string) connectors.Checksum {
 	}
 	return got
 }
+
+// killWhenBusy waits until worker i runs a task, then kills it (no ack, no
+// nak, no result: a crash).
+func (c *cluster) killWhenBusy(i int) {
+	c.t.Helper()
+	victim := c.workers[i]
+	deadline := time.Now().Add(time.Minute)
+	for victim.w.Stats().Busy == 0 {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("worker %d never started a task", i)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	victim.w.Kill()
+}
+
+// assertRedelivered checks that some task of the run was delivered more
+// than once: the kill really interrupted a task.
+func (c *cluster) assertRedelivered(runID string) {
+	c.t.Helper()
+	full, err := c.client.GetRun(c.ctx(), runID)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, task := range full.TaskList {
+		if task.Attempts > 1 {
+			return
+		}
+	}
+	c.t.Fatalf("no task of %s was delivered twice; the kill interrupted nothing: %+v", runID, full.TaskList)
+}

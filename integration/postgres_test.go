@@ -135,15 +135,7 @@ func TestPostgresWorkerKilledMidChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := c.run("pgkill")
-	victim := c.workers[0]
-	deadline := time.Now().Add(time.Minute)
-	for victim.w.Stats().Busy == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("worker 0 never started a chunk")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	victim.w.Kill()
+	c.killWhenBusy(0)
 
 	st := c.wait(res.RunID)
 	if st.State != protocol.RunCommitted {
@@ -156,17 +148,5 @@ func TestPostgresWorkerKilledMidChunk(t *testing.T) {
 	if got != want {
 		t.Fatalf("target view has %d rows checksum %s; source has %d rows checksum %s", got.Rows, got, want.Rows, want)
 	}
-	full, err := c.client.GetRun(c.ctx(), res.RunID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	redelivered := 0
-	for _, task := range full.TaskList {
-		if task.Attempts > 1 {
-			redelivered++
-		}
-	}
-	if redelivered == 0 {
-		t.Fatalf("no chunk was delivered twice; the kill interrupted nothing: %+v", full.TaskList)
-	}
+	c.assertRedelivered(res.RunID)
 }
