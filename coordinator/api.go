@@ -99,6 +99,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiBackfill(ctx, m.Data)
 	case protocol.VerbBackfillGet:
 		reply, err = t.apiBackfillGet(m.Data)
+	case protocol.VerbLeaseRenew:
+		reply, err = t.apiLeaseRenew(m.Data)
+	case protocol.VerbCDCStatus:
+		reply, err = t.apiCDCStatus()
 	default:
 		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
 	}

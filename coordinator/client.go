@@ -201,6 +201,13 @@ func (c *Client) Status(ctx context.Context, req protocol.StatusRequest) (protoc
 	return reply, err
 }
 
+// CDCStatus lists the streams of the cdc and cdc_apply pipelines.
+func (c *Client) CDCStatus(ctx context.Context) (protocol.CDCStatusReply, error) {
+	var reply protocol.CDCStatusReply
+	err := c.call(ctx, protocol.VerbCDCStatus, struct{}{}, &reply, c.attempt)
+	return reply, err
+}
+
 // GetRun returns one run with its task list.
 func (c *Client) GetRun(ctx context.Context, runID string) (protocol.RunStatus, error) {
 	var reply protocol.RunStatus

@@ -35,6 +35,7 @@ const (
 	cmdBackfill      cmdType = 10
 	cmdRunWaiting    cmdType = 11
 	cmdScheduleTick  cmdType = 12
+	cmdLeaseGrant    cmdType = 13
 )
 
 func (t cmdType) String() string {
@@ -63,6 +64,8 @@ func (t cmdType) String() string {
 		return "run waiting"
 	case cmdScheduleTick:
 		return "schedule tick"
+	case cmdLeaseGrant:
+		return "lease grant"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -97,6 +100,23 @@ type runCreateCmd struct {
 	// scheduled tick moves to Tick in the same entry.
 	Schedule string    `json:"schedule,omitempty"`
 	Tick     time.Time `json:"tick,omitzero"`
+	// Snapshot marks the initial snapshot run of a cdc pipeline, whose
+	// Source and Sink the leader derives from the spec (the snapshot
+	// source on the slot's exported snapshot, the SLUICE_CDC events sink).
+	Snapshot bool               `json:"snapshot,omitempty"`
+	Source   *protocol.Endpoint `json:"source,omitempty"`
+	Sink     *protocol.Endpoint `json:"sink,omitempty"`
+	Time     time.Time          `json:"time"`
+}
+
+// leaseGrantCmd gives the stream of a cdc or cdc_apply pipeline to a
+// worker under a new epoch. Epoch must be the current epoch + 1: two
+// grants computed from the same state cannot both apply.
+type leaseGrantCmd struct {
+	Pipeline string    `json:"pipeline"`
+	Worker   string    `json:"worker"`
+	Epoch    uint64    `json:"epoch"`
+	Revision int64     `json:"revision"`
 	Time     time.Time `json:"time"`
 }
 
@@ -244,8 +264,29 @@ type pipelineState struct {
 	// starts from there: a tick is never started twice, and a missed
 	// tick is caught up.
 	Scheduled *scheduleMark `json:"scheduled,omitempty"`
-	Created   time.Time     `json:"created"`
-	Updated   time.Time     `json:"updated"`
+	// Stream is the lease and snapshot state of a cdc or cdc_apply
+	// pipeline.
+	Stream  *streamState `json:"stream,omitempty"`
+	Created time.Time    `json:"created"`
+	Updated time.Time    `json:"updated"`
+}
+
+// streamState is the lease of a streamed pipeline and, for a cdc
+// pipeline, the progress of its initial snapshot. Lease renewals are not
+// entries: the leader keeps them in memory and gives a whole lease of grace
+// to every stream when it starts leading.
+type streamState struct {
+	Worker   string    `json:"worker,omitempty"`
+	Epoch    uint64    `json:"epoch"`
+	Revision int64     `json:"revision,omitempty"`
+	Granted  time.Time `json:"granted,omitzero"`
+	// SnapshotRun is the last snapshot run created; SnapshotAttempts
+	// counts them; SnapshotDone is set when one committed, with the slot
+	// position its snapshot is consistent with.
+	SnapshotRun      string `json:"snapshot_run,omitempty"`
+	SnapshotAttempts int    `json:"snapshot_attempts,omitempty"`
+	SnapshotDone     bool   `json:"snapshot_done,omitempty"`
+	ConsistentLSN    string `json:"consistent_lsn,omitempty"`
 }
 
 // scheduleMark is the last handled tick of a schedule.
@@ -379,6 +420,10 @@ func (p *pipelineState) clone() *pipelineState {
 	if p.Scheduled != nil {
 		m := *p.Scheduled
 		c.Scheduled = &m
+	}
+	if p.Stream != nil {
+		st := *p.Stream
+		c.Stream = &st
 	}
 	return &c
 }
@@ -530,6 +575,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.st.runWaiting(decodeBody[runWaitingCmd](t, body, l.Index))
 	case cmdScheduleTick:
 		return f.st.scheduleTick(decodeBody[scheduleTickCmd](t, body, l.Index))
+	case cmdLeaseGrant:
+		return f.st.leaseGrant(decodeBody[leaseGrantCmd](t, body, l.Index))
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
@@ -583,12 +630,56 @@ func (s *state) runCreate(c runCreateCmd) any {
 	} else if c.Window != nil {
 		return fmt.Errorf("create run of %q: a window is only for pattern incremental: %w", c.Pipeline, errInvalidCmd)
 	}
+	switch {
+	case c.Snapshot:
+		if !p.Spec.InitialSnapshot() || c.Source == nil || c.Sink == nil {
+			return fmt.Errorf("create snapshot run of %q: not a cdc pipeline with an initial snapshot: %w", c.Pipeline, errInvalidCmd)
+		}
+		st := p.stream()
+		if st.SnapshotDone {
+			return fmt.Errorf("create snapshot run of %q: the snapshot is done: %w", c.Pipeline, errConflict)
+		}
+		if r, ok := s.Runs[st.SnapshotRun]; ok && !r.finished() {
+			return fmt.Errorf("create snapshot run of %q: run %s is loading it: %w", c.Pipeline, r.ID, errConflict)
+		}
+	case p.Spec.Streamed():
+		return fmt.Errorf("pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status): %w", c.Pipeline, p.Spec.Pattern, errInvalidCmd)
+	}
 	r := s.newRun(p, c)
+	if c.Snapshot {
+		st := p.stream()
+		st.SnapshotRun = r.ID
+		st.SnapshotAttempts++
+	}
 	if c.RequestID != "" {
 		s.Requests[c.RequestID] = r.ID
 	}
 	p.markTick(c.Schedule, c.Tick)
 	return applyResult{RunID: r.ID}
+}
+
+// stream returns the stream state of p, creating it.
+func (p *pipelineState) stream() *streamState {
+	if p.Stream == nil {
+		p.Stream = &streamState{}
+	}
+	return p.Stream
+}
+
+func (s *state) leaseGrant(c leaseGrantCmd) any {
+	p, ok := s.Pipelines[c.Pipeline]
+	if !ok {
+		return fmt.Errorf("grant lease of %q: %w", c.Pipeline, errNoPipeline)
+	}
+	if !p.Spec.Streamed() {
+		return fmt.Errorf("grant lease of %q: pattern %s does not stream: %w", c.Pipeline, p.Spec.Pattern, errInvalidCmd)
+	}
+	st := p.stream()
+	if c.Epoch != st.Epoch+1 {
+		return fmt.Errorf("grant lease of %q: epoch %d, want %d: %w", c.Pipeline, c.Epoch, st.Epoch+1, errConflict)
+	}
+	st.Worker, st.Epoch, st.Revision, st.Granted = c.Worker, c.Epoch, c.Revision, c.Time
+	return applyResult{Changed: true}
 }
 
 func (s *state) scheduleTick(c scheduleTickCmd) any {
@@ -621,6 +712,12 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		MaxAttempts:  p.Spec.Retry.MaxAttempts,
 		Backoff:      p.Spec.Retry.Backoff,
 		Trigger:      c.Trigger,
+	}
+	if c.Source != nil {
+		r.Source = *c.Source
+	}
+	if c.Sink != nil {
+		r.Sink = *c.Sink
 	}
 	if r.MaxAttempts == 0 {
 		r.MaxAttempts = c.MaxAttempts
@@ -928,6 +1025,10 @@ func (s *state) runCommitted(c runCommittedCmd) any {
 					p.Watermark = formatWatermark(r.Window.To)
 				}
 			}
+		}
+		if st := p.Stream; st != nil && st.SnapshotRun == r.ID {
+			st.SnapshotDone = true
+			st.ConsistentLSN = r.Watermark
 		}
 		p.Versions = append(p.Versions, versionRecord{Version: r.Version, Run: r.ID, Location: c.Location, Time: c.Time})
 		if c.Keep > 0 && len(p.Versions) > c.Keep {

@@ -51,12 +51,15 @@ type leaderTerm struct {
 	// rechecking marks the waiting runs with a timer that kicks them then.
 	checkAt    map[string]time.Time
 	rechecking map[string]bool
+	// leases are the stream leases' renewals seen this term.
+	leaseMu sync.Mutex
+	leases  map[string]leaseSeen
 }
 
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
 	ctx, cancel := context.WithCancel(parent)
 	t := &leaderTerm{c: c, cancel: cancel, done: make(chan struct{}), driving: map[string]bool{}, commitMu: map[string]*sync.Mutex{}, held: map[string]connectors.Source{},
-		checkAt: map[string]time.Time{}, rechecking: map[string]bool{}}
+		checkAt: map[string]time.Time{}, rechecking: map[string]bool{}, leases: map[string]leaseSeen{}}
 	go func() {
 		defer close(t.done)
 		t.lead(ctx)
@@ -208,6 +211,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 
 	log.Info("leading")
 	t.spawn(func() { t.schedule(ctx) })
+	t.spawn(func() { t.streams(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {

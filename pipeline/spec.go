@@ -41,6 +41,8 @@ type Spec struct {
 	// pattern incremental; it is required for that pattern and refused
 	// for every other.
 	Incremental *Incremental `json:"incremental,omitempty"`
+	// CDC configures a pipeline of pattern cdc; refused for every other.
+	CDC *CDC `json:"cdc,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -136,7 +138,8 @@ func (inc *Incremental) PartitionBased() bool { return inc != nil && inc.DeltaCo
 var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternFullLoad:    true,
 	protocol.PatternIncremental: true,
-	protocol.PatternCDC:         false,
+	protocol.PatternCDC:         true,
+	protocol.PatternCDCApply:    true,
 	protocol.PatternPassthrough: false,
 	protocol.PatternTransform:   false,
 	protocol.PatternCompact:     false,
@@ -250,11 +253,16 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Retry = p.retry(v)
 		case "incremental":
 			s.Incremental = p.incremental(v)
+		case "cdc":
+			s.CDC = p.cdc(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc)")
 		}
 	}
 	for _, f := range []string{"name", "pattern", "source", "sink"} {
+		if f == "sink" && s.Pattern == protocol.PatternCDC {
+			continue // the SLUICE_CDC stream
+		}
 		if _, ok := seen[f]; !ok {
 			p.add(f, 0, "is required")
 		}
@@ -294,7 +302,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		name string
 		e    protocol.Endpoint
 	}{{"source", s.Source}, {"sink", s.Sink}} {
-		if side.e.Kind == "" {
+		if side.e.Kind == "" && !(side.name == "sink" && s.Pattern == protocol.PatternCDC) {
 			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
 		}
 	}
@@ -320,10 +328,13 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 			problems = append(problems, Problem{Field: side, Line: lines[side], Msg: err.Error()})
 		}
 	}
-	check("source", s.Source, reg.HasSource, connectors.RoleSource)
-	check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
+	if !s.Streamed() {
+		check("source", s.Source, reg.HasSource, connectors.RoleSource)
+		check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
+	}
+	problems = append(problems, s.streamProblems(lines)...)
 	var partition time.Duration
-	if s.Source.Kind != "" && reg.HasSource(s.Source.Kind) {
+	if s.Source.Kind != "" && !s.Streamed() && reg.HasSource(s.Source.Kind) {
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)

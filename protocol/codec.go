@@ -12,7 +12,7 @@ var ErrVersion = errors.New("unsupported protocol version")
 
 // Message is any wire message: it can report and set its version.
 type Message interface {
-	Task | Result | Trigger | RunEvent | Heartbeat
+	Task | Result | Trigger | RunEvent | Heartbeat | StreamAssignment
 }
 
 // Encode stamps msg with the current version and encodes it.
@@ -27,6 +27,8 @@ func Encode[M Message](msg M) ([]byte, error) {
 	case *RunEvent:
 		m.V = Version
 	case *Heartbeat:
+		m.V = Version
+	case *StreamAssignment:
 		m.V = Version
 	}
 	b, err := json.Marshal(msg)
@@ -83,6 +85,15 @@ func check(msg any) error {
 	case Trigger:
 		if m.Pipeline != "" && !ValidName(m.Pipeline) {
 			return fmt.Errorf(`field "pipeline": %q is not a valid pipeline name`, m.Pipeline)
+		}
+	case StreamAssignment:
+		switch {
+		case !ValidName(m.Pipeline):
+			return fmt.Errorf(`field "pipeline": %q is not a valid pipeline name`, m.Pipeline)
+		case m.Epoch == 0:
+			return errors.New(`field "epoch" is 0`)
+		case m.Lease <= 0:
+			return errors.New(`field "lease" is not positive`)
 		}
 	}
 	return nil

@@ -16,6 +16,9 @@ const (
 	PatternFullLoad    Pattern = "full_load"
 	PatternIncremental Pattern = "incremental"
 	PatternCDC         Pattern = "cdc"
+	// PatternCDCApply applies the change events of a cdc pipeline to a
+	// target (a PostgreSQL replica, a change log of files).
+	PatternCDCApply    Pattern = "cdc_apply"
 	PatternPassthrough Pattern = "passthrough"
 	PatternTransform   Pattern = "transform"
 	PatternCompact     Pattern = "compact"

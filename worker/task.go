@@ -144,6 +144,7 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 			err = connectors.Permanent(fmt.Errorf("connector panic: %v", r))
 		}
 	}()
+	ctx = connectors.WithJetStream(ctx, w.js)
 	src, err := w.sources.get(ctx, task.Source.Kind, task.Source.Config)
 	if err != nil {
 		return out, err

@@ -73,6 +73,7 @@ type Worker struct {
 	mu      sync.Mutex
 	kill    context.CancelFunc // cancels everything Run started; set while Run runs
 	running map[uint64]string  // "run/task" by stream sequence of the task message
+	streams map[string]*held   // the streams held, by pipeline
 }
 
 // New returns a worker that pulls tasks over nc and opens connectors from
@@ -109,6 +110,7 @@ func New(cfg Config, nc *nats.Conn, reg *connectors.Registry, log *slog.Logger, 
 		sources: newOpenCache(reg.OpenSource),
 		sinks:   newOpenCache(reg.OpenSink),
 		running: map[uint64]string{},
+		streams: map[string]*held{},
 	}, nil
 }
 
@@ -156,6 +158,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	taskCtx, cancelTasks := context.WithCancel(base)
 	defer cancelTasks()
 
+	// Streams stop with pulling: on shutdown they stop renewing their
+	// leases, and the leader gives them to other workers.
+	assignSub, err := w.nc.Subscribe(protocol.WorkerStreamSubject(w.cfg.ID), func(m *nats.Msg) { w.onAssign(fetchCtx, m) })
+	if err != nil {
+		return fmt.Errorf("worker: subscribe stream assignments: %w", err)
+	}
+	defer w.stopStreams()
+	defer assignSub.Unsubscribe()
+
 	w.log.Info("worker starting", "slots", w.cfg.Slots)
 	var aux errgroup.Group
 	slotsDone := make(chan struct{})
@@ -165,7 +176,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return nil
 	})
 
-	err := w.runSlots(fetchCtx, taskCtx, base)
+	err = w.runSlots(fetchCtx, taskCtx, base)
 	close(slotsDone)
 	_ = aux.Wait()
 
@@ -324,9 +335,12 @@ func (w *Worker) heartbeats(base context.Context, slotsDone <-chan struct{}) {
 
 func (w *Worker) heartbeat() error {
 	w.mu.Lock()
-	tasks := make([]string, 0, len(w.running))
+	tasks := make([]string, 0, len(w.running)+len(w.streams))
 	for _, t := range w.running {
 		tasks = append(tasks, t)
+	}
+	for p, h := range w.streams {
+		tasks = append(tasks, fmt.Sprintf("stream %s (epoch %d)", p, h.epoch))
 	}
 	w.mu.Unlock()
 	slices.Sort(tasks)

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// runCDC is `sluice cdc status [pipeline] [--json]`.
+func runCDC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "status" {
+		return errors.New("usage: sluice cdc status [pipeline] [--json]")
+	}
+	args = args[1:]
+	fs := newFlagSet("cdc status", "cdc status [pipeline] [--json]", stderr)
+	var cf clientFlags
+	cf.register(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	nc, err := cf.connect("sluice-cdc-status")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	st, err := coordinator.NewClient(nc).CDCStatus(ctx)
+	if err != nil {
+		return err
+	}
+	if name != "" {
+		kept := st.Streams[:0]
+		for _, s := range st.Streams {
+			if s.Pipeline == name {
+				kept = append(kept, s)
+			}
+		}
+		if len(kept) == 0 {
+			return fmt.Errorf("no cdc or cdc_apply pipeline %q", name)
+		}
+		st.Streams = kept
+	}
+	if *asJSON {
+		return printJSON(stdout, st)
+	}
+	printCDCStatus(stdout, st, time.Now())
+	return nil
+}
+
+func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
+	if len(st.Streams) == 0 {
+		fmt.Fprintln(w, "no cdc or cdc_apply pipelines")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PIPELINE\tPATTERN\tPHASE\tWORKER (EPOCH)\tRENEWED\tSTATE\tCONFIRMED LSN\tLAG BYTES\tLAG TIME\tEVENTS\tLAST COMMIT")
+	for _, s := range st.Streams {
+		holder, renewed := "-", "-"
+		if s.Worker != "" {
+			holder = fmt.Sprintf("%s (%d)", s.Worker, s.Epoch)
+		}
+		if !s.Renewed.IsZero() {
+			renewed = now.Sub(s.Renewed).Round(100*time.Millisecond).String() + " ago"
+		}
+		phase := s.Phase
+		if s.SnapshotRun != "" && s.Phase == "snapshot" {
+			phase += " (" + s.SnapshotRun + ")"
+		}
+		state, confirmed, lagBytes, lagTime, last := dash(s.Status.State), "-", "-", "-", "-"
+		if s.Pattern == protocol.PatternCDC {
+			confirmed = dash(s.Status.ConfirmedLSN)
+			lagBytes = fmt.Sprint(s.Status.LagBytes)
+		} else if s.Status.Applied > 0 {
+			confirmed = fmt.Sprintf("seq %d (%d pending)", s.Status.Applied, s.Status.Pending)
+		}
+		if s.Status.State != "" {
+			lagTime = s.Status.LagTime.Round(time.Millisecond).String()
+		}
+		if !s.Status.LastCommit.IsZero() {
+			last = s.Status.LastCommit.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Pipeline, s.Pattern, phase, holder, renewed,
+			state, confirmed, lagBytes, lagTime, s.Status.Events, last)
+		if s.Status.Error != "" {
+			fmt.Fprintf(tw, "  last error: %s\n", s.Status.Error)
+		}
+	}
+	tw.Flush()
+}

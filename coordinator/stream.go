@@ -1,0 +1,303 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// Connector kinds of the initial snapshot run of a cdc pipeline, registered
+// by connectors/pgcdc: the source plans the tables' chunks on the snapshot
+// exported when it creates the slot, the sink publishes each row as a read
+// event to SLUICE_CDC.
+const (
+	SnapshotSourceKind = "postgres_cdc_snapshot"
+	SnapshotSinkKind   = "sluice_cdc"
+)
+
+const (
+	// streamTick is how often the leader looks after the streams.
+	streamTick = 500 * time.Millisecond
+	// assignTimeout bounds a worker's answer to an assignment.
+	assignTimeout = 5 * time.Second
+	// maxSnapshotBackoff bounds the wait before a failed snapshot is tried
+	// again.
+	maxSnapshotBackoff = 2 * time.Minute
+)
+
+// leaseSeen is what the leader knows of a stream's lease beyond the FSM:
+// when it was last renewed (or granted, or this term began) and the
+// holder's last report.
+type leaseSeen struct {
+	renewed time.Time
+	status  protocol.StreamStatus
+}
+
+// streams looks after the streams of the cdc and cdc_apply pipelines
+// while leading: runs the initial snapshot of a cdc pipeline, then grants
+// the stream to a live worker whenever nobody holds a lease on it.
+func (t *leaderTerm) streams(ctx context.Context) {
+	log := t.c.log.With("role", "leader")
+	tick := time.NewTicker(streamTick)
+	defer tick.Stop()
+	for {
+		for _, p := range t.c.fsm.pipelines() {
+			if !p.Spec.Streamed() {
+				continue
+			}
+			if err := t.tendStream(ctx, log.With("pipeline", p.Spec.Name), p); err != nil && ctx.Err() == nil {
+				log.Warn("stream", "pipeline", p.Spec.Name, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// seen returns the lease bookkeeping of a pipeline. A pipeline this term
+// has not seen yet gets a whole lease of grace from now: the holder of the
+// last term's lease may still be streaming.
+func (t *leaderTerm) seen(name string) leaseSeen {
+	t.leaseMu.Lock()
+	defer t.leaseMu.Unlock()
+	s, ok := t.leases[name]
+	if !ok {
+		s = leaseSeen{renewed: time.Now()}
+		t.leases[name] = s
+	}
+	return s
+}
+
+func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipelineState) error {
+	st := p.Stream
+	if p.Spec.InitialSnapshot() && (st == nil || !st.SnapshotDone) {
+		return t.tendSnapshot(ctx, log, p)
+	}
+	seen := t.seen(p.Spec.Name)
+	lease := p.Spec.LeaseDuration()
+	if st != nil && st.Worker != "" && time.Since(seen.renewed) <= lease {
+		return nil
+	}
+	w, ok := t.pickWorker(p)
+	if !ok {
+		return nil // no live worker: try again next tick
+	}
+	epoch := uint64(1)
+	if st != nil {
+		epoch = st.Epoch + 1
+	}
+	if _, err := t.c.apply(cmdLeaseGrant, leaseGrantCmd{Pipeline: p.Spec.Name, Worker: w, Epoch: epoch, Revision: p.Revision, Time: now()}); err != nil {
+		return fmt.Errorf("grant lease: %w", err)
+	}
+	t.leaseMu.Lock()
+	t.leases[p.Spec.Name] = leaseSeen{renewed: time.Now(), status: protocol.StreamStatus{State: protocol.StreamStarting, Time: now()}}
+	t.leaseMu.Unlock()
+	prev := ""
+	if st != nil {
+		prev = st.Worker
+	}
+	log.Info("stream lease granted", "worker", w, "epoch", epoch, "previous", prev)
+	spec, err := json.Marshal(p.Spec)
+	if err != nil {
+		return err
+	}
+	a := protocol.StreamAssignment{Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision, Spec: spec, Lease: lease}
+	data, err := protocol.Encode(a)
+	if err != nil {
+		return err
+	}
+	// A worker that does not answer keeps the lease until it expires;
+	// then the stream goes to another.
+	msg, err := t.c.nc.RequestWithContext(ctxTimeout(ctx, assignTimeout), protocol.WorkerStreamSubject(w), data)
+	if err != nil {
+		return fmt.Errorf("assign stream to worker %s: %w", w, err)
+	}
+	var reply protocol.AssignReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || !reply.OK {
+		return fmt.Errorf("worker %s refused the stream: %s", w, cmp.Or(reply.Error, fmt.Sprint(err)))
+	}
+	return nil
+}
+
+func ctxTimeout(ctx context.Context, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(ctx, d)
+	context.AfterFunc(c, cancel)
+	return c
+}
+
+// pickWorker chooses the live worker holding the fewest streams, avoiding
+// the last holder of p's lease when another is live.
+func (t *leaderTerm) pickWorker(p *pipelineState) (string, bool) {
+	live := t.c.liveWorkers()
+	if len(live) == 0 {
+		return "", false
+	}
+	load := map[string]int{}
+	for _, q := range t.c.fsm.pipelines() {
+		if q.Stream != nil && q.Stream.Worker != "" && q.Spec.Name != p.Spec.Name {
+			load[q.Stream.Worker]++
+		}
+	}
+	last := ""
+	if p.Stream != nil {
+		last = p.Stream.Worker
+	}
+	names := make([]string, 0, len(live))
+	for _, w := range live {
+		names = append(names, w.Worker)
+	}
+	slices.SortStableFunc(names, func(a, b string) int {
+		if (a == last) != (b == last) {
+			if a == last {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Compare(load[a], load[b])
+	})
+	return names[0], true
+}
+
+// tendSnapshot starts the initial snapshot run of a cdc pipeline when none
+// runs, after a backoff when the last one failed. The run machinery plans,
+// publishes and commits it; its commit marks the snapshot done.
+func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipelineState) error {
+	c := t.c
+	attempts := 0
+	if st := p.Stream; st != nil && st.SnapshotRun != "" {
+		attempts = st.SnapshotAttempts
+		if r, ok := c.fsm.run(st.SnapshotRun); ok {
+			if !r.finished() {
+				return nil
+			}
+			backoff := min(time.Duration(1<<min(attempts, 7))*time.Second, maxSnapshotBackoff)
+			if time.Since(r.Finished) < backoff {
+				return nil
+			}
+			log.Warn("initial snapshot failed: starting it again on a new slot", "run", r.ID, "error", r.Error, "attempt", attempts+1)
+		}
+	}
+	src, sink, err := snapshotEndpoints(p.Spec)
+	if err != nil {
+		return err
+	}
+	sctx, span := c.tracer.Start(ctx, telemetry.SpanRun, trace.WithNewRoot(),
+		trace.WithAttributes(telemetry.AttrPipeline.String(p.Spec.Name)))
+	out, err := c.apply(cmdRunCreate, runCreateCmd{
+		Pipeline: p.Spec.Name, Snapshot: true, Source: &src, Sink: &sink,
+		Params: map[string]string{"snapshot_attempt": fmt.Sprint(attempts + 1)},
+		Trace:  telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
+		Time: now(),
+	})
+	if err != nil {
+		span.End()
+		if errors.Is(err, errConflict) {
+			return nil
+		}
+		return fmt.Errorf("create snapshot run: %w", err)
+	}
+	span.SetAttributes(telemetry.AttrRun.String(out.RunID))
+	c.spanMu.Lock()
+	c.spans[out.RunID] = span
+	c.spanMu.Unlock()
+	log.Info("initial snapshot run created", "run", out.RunID, "attempt", attempts+1)
+	t.kick(ctx, out.RunID)
+	return nil
+}
+
+// snapshotEndpoints derives the snapshot run's source and sink from a cdc
+// spec. The DSN stays as written (${ENV} expanded where it is opened).
+func snapshotEndpoints(spec pipeline.Spec) (src, sink protocol.Endpoint, err error) {
+	var cfg pipeline.CDCSourceConfig
+	if err := json.Unmarshal(spec.Source.Config, &cfg); err != nil {
+		return src, sink, fmt.Errorf("cdc source: %w", err)
+	}
+	var rows int64
+	if spec.CDC != nil {
+		rows = spec.CDC.TargetRows
+	}
+	sc, err := json.Marshal(map[string]any{
+		"dsn": cfg.DSN, "tables": cfg.Tables, "slot": spec.SlotName(), "publication": spec.PublicationName(),
+		"target_rows": rows, "replace_slot": true,
+	})
+	if err != nil {
+		return src, sink, err
+	}
+	kc, err := json.Marshal(map[string]any{"pipeline": spec.Name, "slot": spec.SlotName()})
+	if err != nil {
+		return src, sink, err
+	}
+	return protocol.Endpoint{Kind: SnapshotSourceKind, Config: sc}, protocol.Endpoint{Kind: SnapshotSinkKind, Config: kc}, nil
+}
+
+// apiLeaseRenew renews a stream lease. A renewal is refused when the lease
+// moved to another epoch or the pipeline was revised or removed: the
+// worker then stops, and the stream is granted again (with the new spec)
+// a whole lease after the last renewal.
+func (t *leaderTerm) apiLeaseRenew(data []byte) (any, error) {
+	var req protocol.LeaseRenewRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	p, ok := t.c.fsm.pipeline(req.Pipeline)
+	switch {
+	case !ok:
+		return protocol.LeaseRenewReply{Reason: fmt.Sprintf("pipeline %q not found", req.Pipeline)}, nil
+	case p.Stream == nil || p.Stream.Epoch != req.Epoch || p.Stream.Worker != req.Worker:
+		holder, epoch := "", uint64(0)
+		if p.Stream != nil {
+			holder, epoch = p.Stream.Worker, p.Stream.Epoch
+		}
+		return protocol.LeaseRenewReply{Reason: fmt.Sprintf("lease lost: epoch %d is held by %s", epoch, holder)}, nil
+	case p.Stream.Revision != p.Revision:
+		return protocol.LeaseRenewReply{Reason: fmt.Sprintf("pipeline revised (revision %d): the stream restarts with the new spec", p.Revision)}, nil
+	}
+	req.Status.Time = now()
+	t.leaseMu.Lock()
+	t.leases[req.Pipeline] = leaseSeen{renewed: time.Now(), status: req.Status}
+	t.leaseMu.Unlock()
+	return protocol.LeaseRenewReply{OK: true}, nil
+}
+
+// apiCDCStatus lists the streams.
+func (t *leaderTerm) apiCDCStatus() (any, error) {
+	out := protocol.CDCStatusReply{Streams: []protocol.StreamInfo{}}
+	for _, p := range t.c.fsm.pipelines() {
+		if !p.Spec.Streamed() {
+			continue
+		}
+		info := protocol.StreamInfo{Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Phase: "streaming"}
+		if p.Spec.Pattern == protocol.PatternCDC {
+			info.Slot = p.Spec.SlotName()
+		}
+		if st := p.Stream; st != nil {
+			info.Worker, info.Epoch = st.Worker, st.Epoch
+			info.SnapshotRun, info.ConsistentLSN = st.SnapshotRun, st.ConsistentLSN
+		}
+		if p.Spec.InitialSnapshot() && (p.Stream == nil || !p.Stream.SnapshotDone) {
+			info.Phase = "snapshot"
+		}
+		t.leaseMu.Lock()
+		if s, ok := t.leases[p.Spec.Name]; ok && info.Worker != "" {
+			info.Renewed = s.renewed.UTC()
+			info.Status = s.status
+		}
+		t.leaseMu.Unlock()
+		out.Streams = append(out.Streams, info)
+	}
+	return out, nil
+}

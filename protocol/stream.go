@@ -1,0 +1,122 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Streams are the long-running parts of the cdc and cdc_apply pipelines:
+// a slot streamed into SLUICE_CDC, or SLUICE_CDC applied to a target. Each
+// runs on exactly one worker at a time, under a lease the coordinator
+// leader grants in Raft: the leader sends the worker a StreamAssignment on
+// WorkerStreamSubject, the worker renews it with a LeaseRenewRequest on the
+// control API every third of the lease and stops when a renewal is refused
+// or none succeeded for a whole lease. The leader grants the stream to
+// another worker only after a whole lease without a renewal.
+
+// VerbLeaseRenew renews a stream lease; VerbCDCStatus reports every
+// stream (`sluice cdc status`).
+const (
+	VerbLeaseRenew = "lease.renew"
+	VerbCDCStatus  = "cdc.status"
+)
+
+// WorkerStreamSubject is the core NATS subject a worker receives stream
+// assignments on.
+func WorkerStreamSubject(worker string) string { return "sluice.workers." + worker + ".stream" }
+
+// StreamAssignment gives a stream to a worker.
+type StreamAssignment struct {
+	V        int     `json:"v"`
+	Pipeline string  `json:"pipeline"`
+	Pattern  Pattern `json:"pattern"`
+	// Epoch fences the lease: a renewal of an older epoch is refused.
+	Epoch uint64 `json:"epoch"`
+	// Revision is the pipeline's revision the Spec is of.
+	Revision int64 `json:"revision"`
+	// Spec is the pipeline spec (pipeline.Spec as JSON, ${ENV} not
+	// expanded).
+	Spec  json.RawMessage `json:"spec"`
+	Lease time.Duration   `json:"lease"`
+}
+
+// AssignReply is a worker's answer to a StreamAssignment.
+type AssignReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// LeaseRenewRequest renews a stream lease and reports the stream's progress.
+type LeaseRenewRequest struct {
+	Pipeline string       `json:"pipeline"`
+	Worker   string       `json:"worker"`
+	Epoch    uint64       `json:"epoch"`
+	Status   StreamStatus `json:"status"`
+}
+
+// LeaseRenewReply answers a renewal. A refused renewal (OK false) means the
+// worker must stop the stream now.
+type LeaseRenewReply struct {
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Stream states reported by the worker holding a stream.
+const (
+	StreamStarting  = "starting"
+	StreamStreaming = "streaming"
+	StreamRetrying  = "retrying"
+)
+
+// StreamStatus is a stream's progress, as its worker last reported it.
+type StreamStatus struct {
+	State string `json:"state"`
+	// ConfirmedLSN, ReceivedLSN and LagBytes describe a cdc pipeline's
+	// slot: the position confirmed to the server (everything before it is
+	// in SLUICE_CDC), the last position received, and the WAL the server
+	// retains for the slot beyond ConfirmedLSN.
+	ConfirmedLSN string `json:"confirmed_lsn,omitempty"`
+	ReceivedLSN  string `json:"received_lsn,omitempty"`
+	LagBytes     int64  `json:"lag_bytes"`
+	// LagTime is how far behind the source the stream is: for a slot,
+	// the age of the oldest transaction received but not yet confirmed
+	// (0 when everything received is confirmed); for an apply, the age of
+	// the last event applied while events are pending.
+	LagTime time.Duration `json:"lag_time"`
+	// LastCommit is the commit time of the last transaction confirmed
+	// (cdc) or applied (cdc_apply).
+	LastCommit time.Time `json:"last_commit,omitzero"`
+	// Events counts events published (cdc) or applied (cdc_apply) by this
+	// holder of the lease; Applied is the stream sequence applied last and
+	// Pending the events not yet applied (cdc_apply).
+	Events  int64  `json:"events"`
+	Applied uint64 `json:"applied,omitempty"`
+	Pending uint64 `json:"pending,omitempty"`
+	// Error is the last error, while State is retrying.
+	Error string    `json:"error,omitempty"`
+	Time  time.Time `json:"time"`
+}
+
+// CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.
+type CDCStatusReply struct {
+	Streams []StreamInfo `json:"streams"`
+}
+
+// StreamInfo is one stream as the leader knows it.
+type StreamInfo struct {
+	Pipeline string  `json:"pipeline"`
+	Pattern  Pattern `json:"pattern"`
+	// Phase is "snapshot" while a cdc pipeline's initial snapshot runs,
+	// else "streaming".
+	Phase string `json:"phase"`
+	// SnapshotRun is the run that loaded (or loads) the initial snapshot;
+	// ConsistentLSN the slot position the snapshot is consistent with.
+	SnapshotRun   string `json:"snapshot_run,omitempty"`
+	ConsistentLSN string `json:"consistent_lsn,omitempty"`
+	Slot          string `json:"slot,omitempty"`
+	// Worker holds the lease of Epoch; Renewed is when it last renewed.
+	Worker  string       `json:"worker,omitempty"`
+	Epoch   uint64       `json:"epoch"`
+	Renewed time.Time    `json:"renewed,omitzero"`
+	Status  StreamStatus `json:"status"`
+}

@@ -1,0 +1,223 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// Stream is the long-running part of a cdc or cdc_apply pipeline held by
+// this worker under a lease. Run streams until ctx ends (then it returns
+// nil) or an error stops it; Status may be called concurrently with Run.
+type Stream interface {
+	Run(ctx context.Context) error
+	Status(ctx context.Context) protocol.StreamStatus
+}
+
+// StreamOpener builds the stream of an assignment; cmd/sluice wires the
+// one that knows the cdc connectors.
+type StreamOpener interface {
+	OpenStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (Stream, error)
+}
+
+// held is a stream this worker holds.
+type held struct {
+	epoch  uint64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// onAssign takes a stream assignment from the coordinator leader: it stops
+// an older epoch of the same pipeline, starts holding the new one and
+// replies at once.
+func (w *Worker) onAssign(base context.Context, m *nats.Msg) {
+	reply := func(err error) {
+		r := protocol.AssignReply{OK: err == nil}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		b, _ := json.Marshal(r)
+		_ = m.Respond(b)
+	}
+	a, err := protocol.Decode[protocol.StreamAssignment](m.Data)
+	if err != nil {
+		reply(err)
+		return
+	}
+	if w.cfg.Streams == nil {
+		reply(errors.New("this worker runs no streams"))
+		return
+	}
+	w.mu.Lock()
+	old := w.streams[a.Pipeline]
+	if old != nil && old.epoch >= a.Epoch {
+		w.mu.Unlock()
+		reply(nil) // a repeated assignment
+		return
+	}
+	ctx, cancel := context.WithCancel(base)
+	h := &held{epoch: a.Epoch, cancel: cancel, done: make(chan struct{})}
+	w.streams[a.Pipeline] = h
+	w.mu.Unlock()
+	reply(nil)
+	go func() {
+		defer close(h.done)
+		if old != nil {
+			old.cancel()
+			<-old.done
+		}
+		w.hold(ctx, a)
+		w.mu.Lock()
+		if w.streams[a.Pipeline] == h {
+			delete(w.streams, a.Pipeline)
+		}
+		w.mu.Unlock()
+	}()
+}
+
+// hold runs the stream of a while the lease lasts: it renews the lease
+// every third of it, stops when a renewal is refused or none succeeded for
+// two thirds of it (the leader waits a whole lease after the last renewal
+// it saw before granting the stream to another worker), and restarts the
+// stream after an error with a backoff.
+func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
+	log := w.log.With("pipeline", a.Pipeline, "epoch", a.Epoch)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	var (
+		mu      sync.Mutex // guards cur and lastErr
+		cur     Stream
+		lastErr error
+	)
+	set := func(s Stream, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if s != nil {
+			cur = s
+		}
+		lastErr = err
+	}
+	status := func() protocol.StreamStatus {
+		mu.Lock()
+		s, e := cur, lastErr
+		mu.Unlock()
+		var st protocol.StreamStatus
+		if s != nil {
+			sctx, cancel := context.WithTimeout(ctx, a.Lease/3)
+			st = s.Status(sctx)
+			cancel()
+		} else {
+			st.State = protocol.StreamStarting
+		}
+		if e != nil {
+			st.State, st.Error = protocol.StreamRetrying, e.Error()
+		}
+		return st
+	}
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		w.renewLoop(ctx, a, status, stop, log)
+	}()
+	defer func() { <-renewed }()
+
+	log.Info("stream lease held")
+	backoff := time.Second
+	for ctx.Err() == nil {
+		s, err := w.cfg.Streams.OpenStream(ctx, a, log)
+		if err == nil {
+			set(s, nil)
+			started := time.Now()
+			err = s.Run(ctx)
+			if time.Since(started) > time.Minute {
+				backoff = time.Second
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if err == nil {
+			err = errors.New("stream ended by itself")
+		}
+		set(nil, err)
+		log.Warn("stream stopped: starting it again", "err", err, "in", backoff)
+		if !sleep(ctx, backoff) {
+			break
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+	log.Info("stream lease given up", "reason", context.Cause(ctx))
+}
+
+func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, status func() protocol.StreamStatus, stop context.CancelCauseFunc, log *slog.Logger) {
+	every := a.Lease / 3
+	lastOK := time.Now()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		sent := time.Now()
+		ok, reason, err := w.renew(ctx, a, status())
+		switch {
+		case err != nil:
+			log.Warn("renew stream lease", "err", err)
+		case !ok:
+			stop(fmt.Errorf("lease refused: %s", reason))
+			return
+		default:
+			lastOK = sent
+		}
+		if time.Since(lastOK) > 2*a.Lease/3 {
+			stop(fmt.Errorf("lease not renewed since %s", lastOK.Format(time.RFC3339Nano)))
+			return
+		}
+	}
+}
+
+func (w *Worker) renew(ctx context.Context, a protocol.StreamAssignment, st protocol.StreamStatus) (bool, string, error) {
+	data, err := json.Marshal(protocol.LeaseRenewRequest{Pipeline: a.Pipeline, Worker: w.cfg.ID, Epoch: a.Epoch, Status: st})
+	if err != nil {
+		return false, "", err
+	}
+	rctx, cancel := context.WithTimeout(ctx, a.Lease/3)
+	defer cancel()
+	m, err := w.nc.RequestWithContext(rctx, protocol.SubjectAPIPrefix+protocol.VerbLeaseRenew, data)
+	if err != nil {
+		return false, "", err
+	}
+	var apiErr protocol.APIError
+	if json.Unmarshal(m.Data, &apiErr) == nil && apiErr.Code != "" {
+		return false, "", fmt.Errorf("%s: %s", apiErr.Code, apiErr.Error)
+	}
+	var r protocol.LeaseRenewReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		return false, "", fmt.Errorf("lease reply: %w", err)
+	}
+	return r.OK, r.Reason, nil
+}
+
+// stopStreams stops every held stream and waits for them.
+func (w *Worker) stopStreams() {
+	w.mu.Lock()
+	hs := make([]*held, 0, len(w.streams))
+	for _, h := range w.streams {
+		hs = append(hs, h)
+	}
+	w.mu.Unlock()
+	for _, h := range hs {
+		h.cancel()
+		<-h.done
+	}
+}
