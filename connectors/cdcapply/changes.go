@@ -1,0 +1,231 @@
+package cdcapply
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// tableChanges is the net effect of one batch's events on one source table:
+// whether the table was truncated (everything before the last truncate is
+// discarded), then the final state of every key touched after it.
+type tableChanges struct {
+	schema, table string
+	key           []string
+	truncate      bool
+	// cols lists every column of the row images, key columns first, then
+	// in order of first appearance.
+	cols   []string
+	colSet map[string]bool
+	rows   map[string]*rowChange
+	order  []*rowChange // rows in order of first touch
+	// unchanged and absent report whether some image has an unchanged
+	// (TOAST) value or lacks a column of cols.
+	unchanged, absent bool
+}
+
+// rowChange is the final state of one key after a batch.
+type rowChange struct {
+	keyVals []string
+	deleted bool
+	// row is the final image when not deleted. An Unchanged value in it
+	// could not be resolved within the batch: it is the value of the
+	// target row with key origin (the row's key before a key change).
+	row    protocol.Row
+	origin []string
+}
+
+func (t *tableChanges) name() string { return t.schema + "." + t.table }
+
+// collect collapses a batch of events (in stream order) per table and key.
+// Tables come back in order of first appearance.
+func collect(events []Event) ([]*tableChanges, error) {
+	byName := map[string]*tableChanges{}
+	var out []*tableChanges
+	for _, ev := range events {
+		id := ev.Schema + "\x00" + ev.Table
+		t := byName[id]
+		if t == nil {
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+			byName[id] = t
+			out = append(out, t)
+		}
+		if err := t.add(ev); err != nil {
+			return nil, fmt.Errorf("table %s, event at sequence %d (%s): %w", t.name(), ev.Seq, ev.Op, err)
+		}
+	}
+	for _, t := range out {
+		for _, rc := range t.order {
+			if rc.deleted {
+				continue
+			}
+			for _, c := range t.cols {
+				v, ok := rc.row[c]
+				switch {
+				case !ok:
+					t.absent = true
+				case v.Unchanged:
+					t.unchanged = true
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (t *tableChanges) add(ev Event) error {
+	if ev.Op == protocol.OpTruncate {
+		t.truncate = true
+		t.rows = map[string]*rowChange{}
+		t.order = nil
+		return nil
+	}
+	if len(ev.Key) == 0 {
+		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")
+	}
+	if t.key == nil {
+		t.key = slices.Clone(ev.Key)
+		for _, k := range t.key {
+			t.addCol(k)
+		}
+	} else if !slices.Equal(t.key, ev.Key) {
+		return fmt.Errorf("key columns changed from %v to %v within one batch: not handled", t.key, ev.Key)
+	}
+	switch ev.Op {
+	case protocol.OpDelete:
+		keyVals, err := t.keyValues(ev.Before, "old row")
+		if err != nil {
+			return err
+		}
+		rc := t.row(keyVals)
+		rc.deleted, rc.row, rc.origin = true, nil, nil
+		return nil
+	case protocol.OpInsert, protocol.OpRead, protocol.OpUpdate:
+	default:
+		return fmt.Errorf("unknown op %q", ev.Op)
+	}
+	if ev.After == nil {
+		return fmt.Errorf("no new row")
+	}
+	newKey, err := t.keyValues(ev.After, "new row")
+	if err != nil {
+		return err
+	}
+	oldKey := newKey
+	if ev.Op == protocol.OpUpdate && hasKey(ev.Before, t.key) {
+		if oldKey, err = t.keyValues(ev.Before, "old row"); err != nil {
+			return err
+		}
+	}
+	base := t.rows[keyString(oldKey)]
+	t.addCols(ev.After)
+	img := make(protocol.Row, len(ev.After))
+	for c, v := range ev.After {
+		if v.Unchanged {
+			switch {
+			case base != nil && !base.deleted:
+				if bv, ok := base.row[c]; ok {
+					v = bv // may itself be unchanged: then it comes from base.origin
+				}
+			case base == nil:
+				if bv, ok := ev.Before[c]; ok && !bv.Unchanged {
+					v = bv // REPLICA IDENTITY FULL sent the old value
+				}
+			}
+		}
+		img[c] = v
+	}
+	origin := oldKey
+	if base != nil && !base.deleted {
+		origin = base.origin
+	}
+	if base != nil && base.deleted && hasUnchanged(img) {
+		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
+	}
+	if !slices.Equal(oldKey, newKey) {
+		old := t.row(oldKey)
+		old.deleted, old.row, old.origin = true, nil, nil
+	}
+	rc := t.row(newKey)
+	rc.deleted, rc.row, rc.origin = false, img, origin
+	return nil
+}
+
+// addCols adds the columns of r that are new, in name order (a batch's
+// column order, and with it its statements, does not depend on map order).
+func (t *tableChanges) addCols(r protocol.Row) {
+	var added []string
+	for c := range r {
+		if !t.colSet[c] {
+			added = append(added, c)
+		}
+	}
+	slices.Sort(added)
+	for _, c := range added {
+		t.addCol(c)
+	}
+}
+
+func (t *tableChanges) addCol(c string) {
+	if !t.colSet[c] {
+		t.colSet[c] = true
+		t.cols = append(t.cols, c)
+	}
+}
+
+// row returns the state of a key, adding it when new.
+func (t *tableChanges) row(keyVals []string) *rowChange {
+	k := keyString(keyVals)
+	rc := t.rows[k]
+	if rc == nil {
+		rc = &rowChange{keyVals: keyVals}
+		t.rows[k] = rc
+		t.order = append(t.order, rc)
+	}
+	return rc
+}
+
+// keyValues returns the key column values of a row; each must be a value
+// (not NULL, not unchanged).
+func (t *tableChanges) keyValues(r protocol.Row, which string) ([]string, error) {
+	out := make([]string, len(t.key))
+	for i, k := range t.key {
+		v, ok := r[k]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("the %s lacks key column %q", which, k)
+		case v.Null || v.Unchanged:
+			return nil, fmt.Errorf("key column %q of the %s is NULL or unchanged", k, which)
+		}
+		out[i] = v.Text
+	}
+	return out, nil
+}
+
+func hasKey(r protocol.Row, key []string) bool {
+	if r == nil {
+		return false
+	}
+	for _, k := range key {
+		if v, ok := r[k]; !ok || v.Null || v.Unchanged {
+			return false
+		}
+	}
+	return true
+}
+
+func hasUnchanged(r protocol.Row) bool {
+	for _, v := range r {
+		if v.Unchanged {
+			return true
+		}
+	}
+	return false
+}
+
+// keyString joins key values unambiguously (PostgreSQL text holds no NUL).
+func keyString(vals []string) string {
+	return strings.Join(vals, "\x00")
+}

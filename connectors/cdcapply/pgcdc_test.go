@@ -1,0 +1,186 @@
+package cdcapply_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// TestPgcdcToPostgres: real DML on a source schema, captured by a pgcdc
+// Reader into SLUICE_CDC, applied by Runs that are stopped and restarted in
+// between, leaves target tables equal to the source tables: inserts,
+// updates leaving TOASTed values unchanged (REPLICA IDENTITY DEFAULT and
+// FULL), key changes, deletes and a truncate, on every common type.
+func TestPgcdcToPostgres(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := startJS(t)
+	ctx := context.Background()
+	const ordersDDL = `CREATE TABLE %s.orders (id int PRIMARY KEY, k text, v text, big text)`
+	for _, s := range []string{src, dst} {
+		exec(t, conn, fmt.Sprintf(typesDDL, s))
+		exec(t, conn, fmt.Sprintf(ordersDDL, s))
+		exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.types ADD COLUMN big text`, s))
+	}
+	exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.orders REPLICA IDENTITY FULL`, src))
+	cols := append(append([]string{}, typesCols...), "big")
+
+	cfg := pgcdc.Config{
+		DSN: dsn, Slot: src + "_slot", Publication: src + "_pub", Tables: []string{src + ".types", src + ".orders"},
+		Pipeline: "up", Heartbeat: 200 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
+	}
+	t.Cleanup(func() { // after the Reader stops, before the schema is dropped
+		var err error
+		for range 50 { // the walsender may still be exiting
+			if err = pgcdc.DropSlot(context.Background(), dsn, cfg.Slot, cfg.Publication); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("drop slot: %v", err)
+	})
+	reader, err := pgcdc.NewReader(cfg, js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stopReader := context.WithCancel(ctx)
+	readerDone := make(chan error, 1)
+	go func() { readerDone <- reader.Run(rctx) }()
+	t.Cleanup(func() { stopReader(); <-readerDone })
+	deadline := time.Now().Add(30 * time.Second)
+	for reader.Status().ConfirmedLSN == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("reader did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// published waits until the reader confirmed everything committed so
+	// far, and returns the stream's last sequence.
+	published := func() uint64 {
+		t.Helper()
+		var now string
+		if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := pglogrepl.ParseLSN(now)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			got, _ := pglogrepl.ParseLSN(reader.Status().ConfirmedLSN)
+			if got >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("reader confirmed %s, not %s", reader.Status().ConfirmedLSN, now)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		st, err := js.Stream(ctx, protocol.StreamCDC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+
+	const bigSQL = "(SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 300) i)"
+	exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.types SELECT g, g * 1000.000001, E'row ''%%s'' "q" \\ \n ü ' || g, jsonb_build_object('g', g, 'a', ARRAY[g, g+1]),
+		ARRAY[g, NULL, -g], ARRAY['a,b', NULL, '', E'x\\y', g::text], decode(md5(g::text), 'hex'), '2024-05-01 10:00:00.5+02'::timestamptz + g * interval '1 hour',
+		'2024-01-01'::date + g, g / 7.0, g %% 2 = 0, md5(g::text)::uuid, g * interval '1 minute', 'vc' || g, CASE WHEN g %% 3 = 0 THEN '' END,
+		CASE WHEN g %% 10 = 0 THEN %[2]s END
+		FROM generate_series(1, 300) g`, src, bigSQL))
+	exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.orders SELECT g, 'k' || g, 'v', %[2]s FROM generate_series(1, 40) g`, src, bigSQL))
+	phase1 := published()
+
+	pg := newPostgres(t, cdcapply.PostgresConfig{DSN: dsn, Schema: dst, Pipeline: "apply1"})
+	acfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchSize: 40, BatchWait: 50 * time.Millisecond}
+	r, stop, done := run(t, js, acfg, pg)
+	waitFor(t, "some batches", done, func() bool { return r.Status().Applied >= 120 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Status().Applied; got >= phase1 {
+		t.Logf("the first Run applied everything (%d) before it was stopped", got)
+	}
+
+	// Changes while no Run applies them.
+	for _, sql := range []string{
+		// Updates leaving the TOASTed big unchanged (DEFAULT identity).
+		`UPDATE %[1]s.types SET n = n * 3, j = j || '{"u": 1}' WHERE id %% 10 = 0`,
+		// Key changes, with big unchanged.
+		`UPDATE %[1]s.types SET id = id + 1000 WHERE id %% 20 = 0`,
+		`DELETE FROM %[1]s.types WHERE id %% 7 = 0`,
+		`BEGIN; UPDATE %[1]s.orders SET v = 'v2' WHERE id <= 20; DELETE FROM %[1]s.orders WHERE id > 35; COMMIT`,
+		`UPDATE %[1]s.orders SET id = id + 100 WHERE id <= 5`,
+		`UPDATE %[1]s.types SET t = NULL, e = '' WHERE id %% 11 = 0`,
+	} {
+		exec(t, conn, fmt.Sprintf(sql, src))
+	}
+	published()
+	r, stop, done = run(t, js, acfg, pg)
+	waitFor(t, "some more", done, func() bool { return r.Status().Applied > phase1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`TRUNCATE %[1]s.orders`,
+		`INSERT INTO %[1]s.orders SELECT g, 'k' || g, 'again', %[2]s FROM generate_series(1, 10) g`,
+		`UPDATE %[1]s.orders SET v = 'again2' WHERE id %% 2 = 0`,
+		`BEGIN; DELETE FROM %[1]s.types WHERE id = 1; INSERT INTO %[1]s.types (id, t) VALUES (1, 'reinserted'); UPDATE %[1]s.types SET id = 5000 WHERE id = 1; COMMIT`,
+	} {
+		exec(t, conn, fmt.Sprintf(sql, src, bigSQL))
+	}
+	last := published()
+	r, stop, done = run(t, js, acfg, pg)
+	waitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	sameRows(t, conn, src+".types", dst+".types", cols)
+	sameRows(t, conn, src+".orders", dst+".orders", []string{"id", "k", "v", "big"})
+	var bigs int
+	if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s.types WHERE length(big) > 8000`, dst)).Scan(&bigs); err != nil || bigs == 0 {
+		t.Errorf("no big value survived in the target (%d, %v)", bigs, err)
+	}
+	// The stream did exercise unchanged TOAST values and key changes.
+	st, err := js.Stream(ctx, protocol.StreamCDC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unchanged, keyChanges, truncates int
+	for seq := uint64(1); seq <= last; seq++ {
+		msg, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := protocol.DecodeChangeEvent(msg.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.After["big"].Unchanged {
+			unchanged++
+		}
+		if e.Op == protocol.OpUpdate && e.Before != nil && e.Before["id"] != e.After["id"] {
+			keyChanges++
+		}
+		if e.Op == protocol.OpTruncate {
+			truncates++
+		}
+	}
+	if unchanged == 0 || keyChanges == 0 || truncates == 0 {
+		t.Errorf("the source sent %d unchanged TOAST values, %d key changes, %d truncates: want some of each", unchanged, keyChanges, truncates)
+	}
+	n, sum := checksum(t, conn, dst+".types", "id")
+	t.Logf("%d events (%d with an unchanged TOAST value, %d key changes); types %d rows md5 %s", last, unchanged, keyChanges, n, sum)
+}
