@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 TIMEOUT ?= 25m
 
-.PHONY: test services unit vet build demo fuzz clean bench-fullload
+.PHONY: test services unit vet build demo fuzz clean bench-fullload bench-cdc
 
 test: services vet
 	$(GO) test -race -timeout $(TIMEOUT) -count=1 ./...
@@ -39,6 +39,13 @@ fuzz:
 BENCH_FLAGS ?=
 bench-fullload: services
 	$(GO) run ./bench/fullload $(BENCH_FLAGS)
+
+# bench-cdc times the CDC Reader decoding a 200k-change workload into
+# JetStream beside a bare pglogrepl loop on the same WAL, and the latency
+# from COMMIT to the stored event at 500 inserts/s; it writes
+# bench/results/cdc.json. BENCH_FLAGS, e.g. "--reps 5 --duration 10s" (go run ./bench/cdc -h).
+bench-cdc: services
+	$(GO) run ./bench/cdc $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) .sluice .sluice-demo
