@@ -1,21 +1,3 @@
-// Package pgcdc captures changes from PostgreSQL logical replication
-// (pgoutput) into the central SLUICE_CDC JetStream stream.
-//
-// A Reader streams one replication slot. Every change of the published
-// tables becomes a protocol.ChangeEvent on
-// sluice.cdc.<pipeline>.<schema>.<table>, published asynchronously in commit
-// order with the Nats-Msg-Id <slot>:<commit LSN>:<index in transaction>.
-// The slot's confirmed flush LSN advances only to the end of a transaction
-// whose every event JetStream acknowledged (or to a heartbeat message that
-// follows only acknowledged transactions), so a Reader stopped at any point
-// and started again on the same slot re-publishes the unconfirmed tail, and
-// JetStream's duplicate window drops what it already stored.
-//
-// Old values: with REPLICA IDENTITY DEFAULT PostgreSQL sends only the key
-// columns of the old row, on delete and on an update that changed the key;
-// with FULL it sends the whole old row on every update and delete. A TOASTed
-// value an update did not change is not sent: the event marks it
-// protocol.UnchangedValue, never NULL.
 package pgcdc
 
 import (
@@ -36,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -57,8 +40,8 @@ type Config struct {
 	Heartbeat time.Duration
 	// StatusInterval is the interval of standby status updates; 0 means 10s.
 	StatusInterval time.Duration
-	// MaxInFlight bounds the events published but not yet acknowledged;
-	// 0 means 10000.
+	// MaxInFlight bounds the events published but not yet acknowledged,
+	// within one transaction too; 0 means 10000.
 	MaxInFlight int
 	// AckTimeout bounds how long an event may wait for its JetStream ack
 	// before Run fails; 0 means 30s.
@@ -122,8 +105,14 @@ type Status struct {
 	ConfirmedLSN string
 	ReceivedLSN  string
 	// AckedCommitTime is the commit time of the last transaction whose
-	// events JetStream acknowledged; time.Since gives the lag in time.
+	// events JetStream acknowledged.
 	AckedCommitTime time.Time
+	// OldestPending is the commit time of the oldest transaction received
+	// whose events are not all acknowledged yet (zero when none is):
+	// time.Since gives how far behind the source the stream is.
+	OldestPending time.Time
+	// Events counts the events JetStream acknowledged since Run started.
+	Events int64
 }
 
 // Reader streams one slot into SLUICE_CDC. Run may be called once at a
@@ -259,6 +248,7 @@ type streamState struct {
 	inFlight int
 	acked    pglogrepl.LSN
 	received pglogrepl.LSN
+	events   int64 // acknowledged
 }
 
 func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LSN) error {
@@ -267,6 +257,14 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		return fmt.Errorf("parse dsn: %w", err)
 	}
 	pcfg.RuntimeParams["replication"] = "database"
+	// The walsender renders the values of changes under its session
+	// settings: the same as the snapshot's reads (postgres.ReadText), so
+	// that a change applies over a read row value for value.
+	for k, v := range postgres.SessionParams() {
+		if _, set := pcfg.RuntimeParams[k]; !set || k != "application_name" {
+			pcfg.RuntimeParams[k] = v
+		}
+	}
 	rc, err := pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("replication connect: %w", err)
@@ -421,6 +419,7 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 			p.futs[p.next] = nil
 			p.next++
 			st.inFlight--
+			st.events++
 		}
 		st.queue[0] = nil
 		st.queue = st.queue[1:]
@@ -440,6 +439,14 @@ func (r *Reader) setStatus(st *streamState, commitTime time.Time) {
 	defer r.mu.Unlock()
 	r.status.ConfirmedLSN = st.acked.String()
 	r.status.ReceivedLSN = st.received.String()
+	r.status.Events = st.events
+	r.status.OldestPending = time.Time{}
+	for _, p := range st.queue[:min(len(st.queue), 2)] { // a heartbeat has no commit time
+		if !p.commitTime.IsZero() {
+			r.status.OldestPending = p.commitTime
+			break
+		}
+	}
 	if !commitTime.IsZero() {
 		r.status.AckedCommitTime = commitTime
 	}
@@ -488,6 +495,9 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		st.queue = append(st.queue, &pending{end: m.TransactionEndLSN, commitTime: m.CommitTime, futs: st.futs, since: time.Now()})
 		st.inTx = false
 		st.futs = nil
+		if len(st.queue) <= 2 {
+			r.setStatus(st, time.Time{}) // the oldest pending transaction changed
+		}
 	case *pglogrepl.InsertMessage:
 		rel, err := st.relation(m.RelationID)
 		if err != nil {
@@ -604,11 +614,16 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, st.index)
 	st.index++
 	for st.inFlight >= r.cfg.MaxInFlight {
-		if len(st.queue) == 0 {
-			break // the current transaction alone exceeds the bound
-		}
 		wctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
-		err := r.reapOne(wctx, st)
+		var err error
+		if len(st.queue) > 0 {
+			err = r.reapOne(wctx, st)
+		} else {
+			// The current transaction alone fills the bound: wait for its
+			// oldest event, confirming nothing (the slot may only be
+			// confirmed at the end of a transaction).
+			err = r.waitCurrent(wctx, st)
+		}
 		cancel()
 		if err != nil {
 			return err
@@ -622,6 +637,31 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 	}
 	st.futs = append(st.futs, f)
 	st.inFlight++
+	return nil
+}
+
+// waitCurrent waits for the oldest unacknowledged event of the transaction
+// being received and drops it from st.futs, so that the entry queued at its
+// commit holds only the events still unacknowledged. ctx bounds the wait.
+func (r *Reader) waitCurrent(ctx context.Context, st *streamState) error {
+	if len(st.futs) == 0 {
+		return fmt.Errorf("%d events in flight, none of them in a queued or the current transaction", st.inFlight)
+	}
+	f := st.futs[0]
+	select {
+	case <-f.Ok():
+	case err := <-f.Err():
+		return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
+		}
+		return ctx.Err()
+	}
+	st.futs[0] = nil
+	st.futs = st.futs[1:]
+	st.inFlight--
+	st.events++
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,4 +456,140 @@ func TestChangeEventCodec(t *testing.T) {
 	if _, err := protocol.DecodeChangeEvent([]byte(`{"op":"insert","schema":"s","table":"t"}`)); !errors.Is(err, protocol.ErrVersion) {
 		t.Fatalf("no version: %v", err)
 	}
+}
+
+// TestLargeTransactionBounded: one transaction of 100k rows (25k under the
+// race detector, still 25 times the bound) streams completely with
+// MaxInFlight far below its size: the Reader waits for the transaction's own
+// oldest events instead of publishing without bound, and confirms the slot
+// only past the commit.
+func TestLargeTransactionBounded(t *testing.T) {
+	e := setup(t, "big")
+	e.cfg.MaxInFlight = 1000
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.big (id int PRIMARY KEY, v text)`, e.schema))
+	js := &pendingJS{JetStream: e.js}
+	e.js = js
+	_, stop, _ := e.start(t)
+	e.js = js.JetStream
+	n := 100_000
+	if raceEnabled {
+		n = 25_000
+	}
+	began := time.Now()
+	e.exec(t, fmt.Sprintf(`INSERT INTO %s.big SELECT g, 'v' || g FROM generate_series(1, %d) g`, e.schema, n))
+	msgs := e.allMsgs(t, n)
+	t.Logf("%d events of one transaction in the stream after %s", n, time.Since(began).Round(time.Millisecond))
+	first, last := msgs[0].decode(t), msgs[n-1].decode(t)
+	commit := first.CommitLSN
+	if first.Op != protocol.OpInsert || first.After["id"] != protocol.Text("1") || last.After["id"] != protocol.Text(fmt.Sprint(n)) || last.CommitLSN != commit {
+		t.Fatalf("first event %s id %v commit %s, last id %v commit %s", first.Op, first.After["id"], commit, last.After["id"], last.CommitLSN)
+	}
+	// The ids are the transaction's n indexes in order: no event is
+	// missing or repeated.
+	for i, m := range msgs {
+		if want := protocol.CDCMsgID(e.cfg.Slot, commit, i); m.id != want {
+			t.Fatalf("message %d: msg id %q, want %q", i, m.id, want)
+		}
+	}
+	if got := js.maxPending.Load(); got > int64(e.cfg.MaxInFlight) {
+		t.Errorf("%d publishes awaited their ack at once, above MaxInFlight %d", got, e.cfg.MaxInFlight)
+	} else {
+		t.Logf("at most %d publishes awaited their ack at once (MaxInFlight %d)", got, e.cfg.MaxInFlight)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for e.confirmedFlush(t) <= lsn(t, commit) {
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed flush %s did not pass the commit at %s", e.confirmedFlush(t), commit)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// rawMsg is a message of the stream, undecoded.
+type rawMsg struct {
+	id, subject string
+	data        []byte
+}
+
+func (m rawMsg) decode(t *testing.T) protocol.ChangeEvent {
+	t.Helper()
+	ev, err := protocol.DecodeChangeEvent(m.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := protocol.CDCSubject("p1", ev.Schema, ev.Table); m.subject != want {
+		t.Errorf("event on %s, want %s", m.subject, want)
+	}
+	return ev
+}
+
+// allMsgs waits until the stream holds n messages and returns them in
+// stream order, read with an ordered consumer (far faster than GetMsg per
+// sequence for large n).
+func (e *env) allMsgs(t *testing.T, n int) []rawMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	s, err := e.js.Stream(ctx, protocol.StreamCDC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs >= uint64(n) {
+			if info.State.Msgs != uint64(n) {
+				t.Fatalf("stream holds %d events, want %d", info.State.Msgs, n)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("stream holds %d events, want %d", info.State.Msgs, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]rawMsg, 0, n)
+	for len(out) < n {
+		batch, err := cons.Fetch(min(n-len(out), 5000), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			out = append(out, rawMsg{id: m.Headers().Get(jetstream.MsgIDHeader), subject: m.Subject(), data: m.Data()})
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d events", len(out), n)
+		}
+	}
+	return out
+}
+
+// pendingJS records the largest number of async publishes awaiting their
+// ack when another one is published.
+type pendingJS struct {
+	jetstream.JetStream
+	maxPending atomic.Int64
+}
+
+func (j *pendingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	n := int64(j.PublishAsyncPending())
+	for {
+		old := j.maxPending.Load()
+		if n <= old || j.maxPending.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	return j.JetStream.PublishMsgAsync(m, opts...)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
@@ -723,3 +724,143 @@ func classify(err error) error {
 	}
 	return err
 }
+
+// PlanSnapshot plans the table's chunks like Plan, but on snapshot: a
+// snapshot another session exported (pg_export_snapshot, or the
+// CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT of a logical replication
+// slot). Inside BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY and SET
+// TRANSACTION SNAPSHOT it counts and bounds the chunks, stamps snapshot into
+// every chunk, and commits. It holds nothing: the session that exported
+// snapshot must stay open until every chunk is read (a chunk read after it
+// ended fails with ErrSnapshotGone), and ReleaseRun has nothing to release
+// for the run. A snapshot that is already gone fails with a permanent error
+// wrapping ErrSnapshotGone. ctx bounds the planning only.
+func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, snapshot string) (connectors.Plan, error) {
+	where := "plan " + s.cfg.Table
+	if !snapshotIDRE.MatchString(snapshot) {
+		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("%s: bad snapshot id %q", where, snapshot))
+	}
+	conn, err := connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return connectors.Plan{}, err
+	}
+	defer conn.Close(context.Background())
+	if err := beginInSnapshot(ctx, conn, snapshot, req.RunID, where); err != nil {
+		return connectors.Plan{}, err
+	}
+	specs, info, rows, err := s.chunks(ctx, conn, req)
+	if err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
+	}
+	plan := connectors.Plan{}
+	n := int64(len(specs))
+	for _, c := range specs {
+		c.V = 1
+		c.Run = req.RunID
+		c.Snapshot = snapshot
+		spec, err := json.Marshal(c)
+		if err != nil {
+			return connectors.Plan{}, err
+		}
+		plan.Partitions = append(plan.Partitions, protocol.Partition{
+			Key: c.key(), Spec: spec, Rows: rows / n, Bytes: info.bytes / n,
+		})
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
+	}
+	return plan, nil
+}
+
+// beginInSnapshot starts a REPEATABLE READ READ ONLY transaction on
+// snapshot; a snapshot that is gone is a permanent error wrapping
+// ErrSnapshotGone.
+func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot, run, where string) error {
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return classify(fmt.Errorf("%s: %w", where, err))
+	}
+	if snapshot == "" {
+		return nil
+	}
+	if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && (pgErr.Code == "22023" || pgErr.Code == "0A000") {
+			return connectors.Permanent(fmt.Errorf("%s: snapshot %s of run %s: %w (%s)", where, snapshot, run, ErrSnapshotGone, pgErr.Message))
+		}
+		return classify(fmt.Errorf("%s: set snapshot: %w", where, err))
+	}
+	return nil
+}
+
+// ReadText reads one chunk planned by Plan or PlanSnapshot and calls fn once
+// per row with the chunk's columns and the row's values in PostgreSQL's text
+// output format, rendered under this package's session settings (UTC, ISO
+// dates, hex bytea): a nil value is SQL NULL, a non-nil empty one the empty
+// string. columns, values and the values' bytes are valid only during the
+// call.
+//
+// Rows come in the same order on every read of the chunk: block order for a
+// block range or a one-chunk table (the read runs without parallel workers
+// or synchronized scans, which would change it), key order for a key range.
+// Like Read, it sees exactly the rows of the chunk's snapshot however often
+// it is repeated; a snapshot that is gone fails with a permanent error
+// wrapping ErrSnapshotGone. An error from fn stops the read and is returned
+// wrapped. ctx bounds the whole read; ReadText returns ctx.Err() when it is
+// cancelled.
+func (s *Source) ReadText(ctx context.Context, p protocol.Partition, fn func(columns []string, values [][]byte) error) error {
+	var c chunkSpec
+	if err := json.Unmarshal(p.Spec, &c); err != nil {
+		return connectors.Permanent(fmt.Errorf("read %s %s: bad partition spec: %w", s.cfg.Table, p.Key, err))
+	}
+	if c.V != 1 || len(c.Columns) == 0 {
+		return connectors.Permanent(fmt.Errorf("read %s %s: partition spec version %d is not one this build reads", s.cfg.Table, p.Key, c.V))
+	}
+	if c.Snapshot != "" && !snapshotIDRE.MatchString(c.Snapshot) {
+		return connectors.Permanent(fmt.Errorf("read %s %s: bad snapshot id %q", s.cfg.Table, p.Key, c.Snapshot))
+	}
+	err := s.readText(ctx, c, p.Key, fn)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (s *Source) readText(ctx context.Context, c chunkSpec, key string, fn func(columns []string, values [][]byte) error) error {
+	conn, err := connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	where := fmt.Sprintf("read %s %s", s.cfg.Table, key)
+	if err := beginInSnapshot(ctx, conn, c.Snapshot, c.Run, where); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL synchronize_seqscans = off"); err != nil {
+		return classify(fmt.Errorf("%s: %w", where, err))
+	}
+	sql := s.query(c)
+	if c.Key != "" {
+		sql += " ORDER BY " + pgx.Identifier{c.Key}.Sanitize()
+	}
+	rr := conn.PgConn().ExecParams(ctx, sql, nil, nil, nil, nil)
+	for rr.NextRow() {
+		if err := fn(c.Columns, rr.Values()); err != nil {
+			// Closing the session (deferred) ends the query at once;
+			// rr.Close would read the rest of the chunk first.
+			return fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	if _, err := rr.Close(); err != nil {
+		return classify(fmt.Errorf("%s: %w", where, err))
+	}
+	_, err = conn.Exec(ctx, "COMMIT")
+	return err
+}
+
+// SessionParams returns the session settings every connection of this
+// package runs with (TimeZone UTC, DateStyle ISO, hex bytea, ...), which fix
+// how values are rendered as text whatever the server's or the DSN's
+// defaults. Another session that must render values exactly as ReadText
+// does, such as a logical replication connection whose changes are applied
+// over rows ReadText read, sets the same.
+func SessionParams() map[string]string { return maps.Clone(sessionParams) }

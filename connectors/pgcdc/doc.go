@@ -1,0 +1,52 @@
+// Package pgcdc captures changes from PostgreSQL logical replication
+// (pgoutput) into the central SLUICE_CDC JetStream stream, after an initial
+// snapshot consistent with the slot.
+//
+// A Reader streams one replication slot. Every change of the published
+// tables becomes a protocol.ChangeEvent on
+// sluice.cdc.<pipeline>.<schema>.<table>, published asynchronously in commit
+// order with the Nats-Msg-Id <slot>:<commit LSN>:<index in transaction>.
+// At most MaxInFlight events await their ack, even within one transaction
+// larger than that. The slot's confirmed flush LSN advances only to the end
+// of a transaction whose every event JetStream acknowledged (or to a
+// heartbeat message that follows only acknowledged transactions), so a
+// Reader stopped at any point and started again on the same slot
+// re-publishes the unconfirmed tail, and JetStream's duplicate window drops
+// what it already stored.
+//
+// Old values: with REPLICA IDENTITY DEFAULT PostgreSQL sends only the key
+// columns of the old row, on delete and on an update that changed the key;
+// with FULL it sends the whole old row on every update and delete. A TOASTed
+// value an update did not change is not sent: the event marks it
+// protocol.UnchangedValue, never NULL. Values are rendered as text under the
+// postgres package's session settings (postgres.SessionParams: UTC, ISO
+// dates, hex bytea), the same as the snapshot's.
+//
+// # Snapshot, then stream
+//
+// The initial snapshot of a pipeline is a run of two connectors: the
+// SnapshotKind source plans it (creating the slot with an exported snapshot,
+// CreateSlotWithSnapshot, and splitting every table into chunk tasks on that
+// snapshot) and reads one chunk per task; the EventsKind sink publishes each
+// row as a protocol.ChangeEvent with Op read, LSN and CommitLSN the slot's
+// consistent LSN, on the same subjects as the Reader, with the Nats-Msg-Id
+// <slot>:snapshot:<schema>.<table>:<chunk>:<row in chunk> (SnapshotMsgID).
+// The snapshot holds exactly the transactions committed before the
+// consistent LSN and the slot streams exactly those committed after it, so
+// when the Reader starts on the slot once the snapshot run has committed,
+// the stream holds, per table:
+//
+//   - every row of the snapshot as one read event, all of them before any
+//     change event of that table;
+//   - then every change committed after the snapshot, in commit order (each
+//     with a commit LSN past the consistent LSN).
+//
+// Applying the events in stream order (read, insert and update as upserts
+// by key, delete as a delete) rebuilds each table. A chunk retried within
+// the 2-minute duplicate window (DuplicateWindow) publishes nothing twice; a
+// chunk retried after it repeats identical read events, still before any
+// change event, which an upsert absorbs. A failed snapshot run leaves the
+// read events it published in the stream (the sink's Commit and Abort do
+// nothing) and its slot behind: a snapshot starts only with its slot, so
+// the pipeline starts over by dropping the slot.
+package pgcdc

@@ -1,0 +1,256 @@
+package pgcdc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// EventsKind is the kind of the sink connector that publishes snapshot rows
+// as read events into SLUICE_CDC.
+const EventsKind = "sluice_cdc"
+
+// DefaultEventsInFlight is EventsConfig.MaxInFlight's default.
+const DefaultEventsInFlight = 1000
+
+// eventsAckTimeout bounds the wait for one event's JetStream ack.
+const eventsAckTimeout = 30 * time.Second
+
+// EventsConfig configures the sluice_cdc sink.
+type EventsConfig struct {
+	// Pipeline names the CDC pipeline whose subjects the read events go to,
+	// sluice.cdc.<pipeline>.<schema>.<table>: the Reader's Config.Pipeline.
+	Pipeline string `json:"pipeline"`
+	// Slot is the CDC pipeline's slot, the first part of every event's
+	// Nats-Msg-Id.
+	Slot string `json:"slot"`
+	// MaxInFlight bounds the events of one task published but not yet
+	// acknowledged; 0 means DefaultEventsInFlight.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+}
+
+// Validate checks the configuration without I/O. Errors are
+// *connectors.FieldError naming the field.
+func (c EventsConfig) Validate() error {
+	if !protocol.ValidName(c.Pipeline) {
+		return &connectors.FieldError{Field: "pipeline", Msg: fmt.Sprintf("pipeline %q is not a valid name", c.Pipeline)}
+	}
+	if !slotNameRE.MatchString(c.Slot) {
+		return &connectors.FieldError{Field: "slot", Msg: fmt.Sprintf("slot %q: want 1-63 of [a-z0-9_]", c.Slot)}
+	}
+	if c.MaxInFlight < 0 {
+		return &connectors.FieldError{Field: "max_in_flight", Msg: "must not be negative (0 means 1000)"}
+	}
+	return nil
+}
+
+// ParseEventsConfig decodes and validates a sluice_cdc sink configuration;
+// unknown fields are errors.
+func ParseEventsConfig(config json.RawMessage) (EventsConfig, error) {
+	var c EventsConfig
+	if err := decodeStrict(config, &c); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// ValidateEventsConfig checks a sluice_cdc sink configuration without I/O.
+func ValidateEventsConfig(config json.RawMessage) error {
+	_, err := ParseEventsConfig(config)
+	return err
+}
+
+// SnapshotMsgID is the Nats-Msg-Id of a read event:
+// <slot>:snapshot:<schema>.<table>:<chunk>:<row>, row being the 1-based
+// number of the row in its chunk. A chunk read again gets the same ids, so
+// JetStream drops the events it stored within its duplicate window.
+func SnapshotMsgID(slot, schema, table, chunk string, row int64) string {
+	return fmt.Sprintf("%s:snapshot:%s.%s:%s:%d", slot, schema, table, chunk, row)
+}
+
+// EventsSink publishes the rows of a snapshot source (SnapshotRow lines) as
+// protocol.ChangeEvent{Op: read} into SLUICE_CDC. Its output goes straight
+// to the stream: there is no staging place, and nothing to commit or roll
+// back. A snapshot run that fails leaves the read events it published
+// behind; the pipeline must then start over with a new slot, whose events
+// supersede them for a consumer that applies the stream in order.
+type EventsSink struct {
+	cfg EventsConfig
+	js  jetstream.JetStream
+}
+
+var _ connectors.Sink = (*EventsSink)(nil)
+
+// NewEventsSink returns a sink publishing through js, which may be nil in a
+// process that only plans and commits (the coordinator): OpenTask then
+// fails. The SLUICE_CDC stream must exist (EnsureStream).
+func NewEventsSink(cfg EventsConfig, js jetstream.JetStream) (*EventsSink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultEventsInFlight
+	}
+	return &EventsSink{cfg: cfg, js: js}, nil
+}
+
+// OpenTask starts publishing one task attempt's rows. It fails when the
+// sink has no JetStream connection (it was registered with a nil one).
+func (s *EventsSink) OpenTask(_ context.Context, t connectors.TaskRef) (connectors.TaskWriter, error) {
+	if s.js == nil {
+		return nil, fmt.Errorf("%s sink of task %s: this process registered the sink without a JetStream connection (it plans only); run the task on a worker", EventsKind, t.TaskID)
+	}
+	return &eventsWriter{cfg: s.cfg, js: s.js}, nil
+}
+
+// Commit does nothing: every task's events are already in the stream. It
+// reports where they are.
+func (s *EventsSink) Commit(_ context.Context, _ connectors.CommitRequest) (connectors.CommitResult, error) {
+	return connectors.CommitResult{Location: s.location()}, nil
+}
+
+// Abort does nothing: events published by the run's tasks stay in the
+// stream (see EventsSink).
+func (s *EventsSink) Abort(context.Context, string) error { return nil }
+
+// Close does nothing: the JetStream connection is the caller's.
+func (s *EventsSink) Close() error { return nil }
+
+func (s *EventsSink) location() string { return location(s.cfg.Pipeline) }
+
+// location is where the events of a pipeline are:
+// "stream SLUICE_CDC sluice.cdc.<pipeline>.>".
+func location(pipeline string) string {
+	return "stream " + protocol.StreamCDC + " " + strings.TrimSuffix(protocol.SubjectCDCAll, ">") + pipeline + ".>"
+}
+
+// eventsWriter publishes the events of one task attempt asynchronously,
+// with at most cfg.MaxInFlight awaiting their ack.
+type eventsWriter struct {
+	cfg  EventsConfig
+	js   jetstream.JetStream
+	futs []jetstream.PubAckFuture // unacknowledged, oldest first
+	out  connectors.TaskOutput
+}
+
+// Write publishes one event per SnapshotRow line of b. A line that is not a
+// SnapshotRow is a permanent *connectors.RowError.
+func (w *eventsWriter) Write(ctx context.Context, b connectors.Batch) error {
+	if b.Record != nil || b.Format != connectors.FormatJSONL {
+		return connectors.Permanent(fmt.Errorf("%s sink: want JSONL snapshot rows (from a %s source), got a %s batch", EventsKind, SnapshotKind, b.Format))
+	}
+	raw := b.Raw
+	var lines int64
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		lines++
+		if err := w.publish(ctx, line, b.Position, lines); err != nil {
+			return err
+		}
+	}
+	if lines != b.Rows {
+		return fmt.Errorf("%s sink: batch at %s holds %d lines, says %d rows", EventsKind, b.Position, lines, b.Rows)
+	}
+	return nil
+}
+
+func (w *eventsWriter) publish(ctx context.Context, line []byte, position string, lineNo int64) error {
+	var r SnapshotRow
+	if err := json.Unmarshal(line, &r); err != nil {
+		return &connectors.RowError{Location: position, Row: lineNo, Err: err}
+	}
+	if r.Schema == "" || r.Table == "" || r.Chunk == "" || r.LSN == "" || r.N <= 0 || r.Row == nil {
+		return &connectors.RowError{Location: position, Row: lineNo, Err: errors.New("not a snapshot row: schema, table, chunk, lsn, n and row are required")}
+	}
+	ev := protocol.ChangeEvent{
+		Op: protocol.OpRead, Pipeline: w.cfg.Pipeline, Database: r.Database, Schema: r.Schema, Table: r.Table,
+		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time,
+	}
+	data, err := ev.Encode()
+	if err != nil {
+		return connectors.Permanent(err)
+	}
+	id := SnapshotMsgID(w.cfg.Slot, r.Schema, r.Table, r.Chunk, r.N)
+	msg := &nats.Msg{Subject: protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), Data: data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	for len(w.futs) >= w.cfg.MaxInFlight {
+		if err := w.waitOldest(ctx); err != nil {
+			return err
+		}
+	}
+	for {
+		f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(protocol.StreamCDC))
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && len(w.futs) > 0 {
+			// Other publishers of the connection fill nats.go's own bound:
+			// let one of ours through first.
+			if err := w.waitOldest(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", id, err)
+		}
+		w.futs = append(w.futs, f)
+		break
+	}
+	w.out.Rows++
+	w.out.Bytes += int64(len(data))
+	w.out.Checksum.Add(line)
+	return nil
+}
+
+// waitOldest waits for the oldest unacknowledged event's ack.
+func (w *eventsWriter) waitOldest(ctx context.Context) error {
+	f := w.futs[0]
+	t := time.NewTimer(eventsAckTimeout)
+	defer t.Stop()
+	select {
+	case <-f.Ok():
+	case err := <-f.Err():
+		return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+	case <-t.C:
+		return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), eventsAckTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.futs[0] = nil
+	w.futs = w.futs[1:]
+	return nil
+}
+
+// Close waits until JetStream acknowledged every event of the attempt and
+// reports them: Rows events, Bytes their encoded size, Checksum over the
+// SnapshotRow lines.
+func (w *eventsWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
+	for len(w.futs) > 0 {
+		if err := w.waitOldest(ctx); err != nil {
+			return connectors.TaskOutput{}, err
+		}
+	}
+	w.out.Location = location(w.cfg.Pipeline)
+	return w.out, nil
+}
+
+// Abort stops waiting for acks. Events already published stay in the
+// stream; a retried attempt publishes them again with the same ids, which
+// JetStream drops within its duplicate window.
+func (w *eventsWriter) Abort(context.Context) error {
+	w.futs = nil
+	return nil
+}
