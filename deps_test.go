@@ -21,11 +21,14 @@ func TestLayering(t *testing.T) {
 		{pkg: "connectors/files", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}},
+		{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
+		{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
 		{pkg: "telemetry", allowed: []string{"protocol"}},
 		{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 		{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 		{pkg: "worker", allowed: []string{"protocol", "connectors", "telemetry"}},
 		{pkg: "devcluster", allowed: []string{"protocol", "connectors", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
+		{pkg: "cdcstream", allowed: []string{"protocol", "connectors", "connectors/pgcdc", "connectors/cdcapply", "connectors/postgres", "pipeline", "worker", "telemetry"}},
 		{pkg: "embednats"},
 	}
 	for _, r := range rules {

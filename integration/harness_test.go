@@ -16,8 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/sluicehq/sluice/cdcstream"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/embednats"
@@ -86,6 +88,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	}
 	files.Register(c.reg)
 	postgres.Register(c.reg)
+	pgcdc.Register(c.reg, nil)
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport
@@ -159,7 +162,12 @@ func (c *cluster) addWorker() *workerProc {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3},
+	js, err := jetstream.New(nc)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3,
+		Streams: cdcstream.Opener{JS: js}},
 		nc, c.reg, c.log.With("worker", len(c.workers)), noop.NewTracerProvider())
 	if err != nil {
 		c.t.Fatal(err)

@@ -346,6 +346,15 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 				if err != nil {
 					return fmt.Errorf("parse keepalive: %w", err)
 				}
+				// A keepalive carries the position the walsender sent up
+				// to. With no transaction open, queued or unacknowledged,
+				// every change before it is in JetStream: confirm it, or
+				// the walsender of a server shutting down waits for a
+				// confirmation of its last records forever.
+				if !st.inTx && len(st.queue) == 0 && st.inFlight == 0 && ka.ServerWALEnd > st.acked {
+					st.acked = ka.ServerWALEnd
+					r.setStatus(st, time.Time{})
+				}
 				if ka.ReplyRequested {
 					nextStatus = time.Time{}
 				}
@@ -358,6 +367,8 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 					return err
 				}
 			}
+		case *pgproto3.CopyDone, *pgproto3.CommandComplete:
+			return errors.New("replication: the server ended the stream (shutting down?)")
 		default:
 			return fmt.Errorf("replication: unexpected message %T", raw)
 		}

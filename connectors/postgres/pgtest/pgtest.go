@@ -44,6 +44,13 @@ func DB(t testing.TB) (dsn, schema string, conn *pgx.Conn) {
 		}
 		t.Skip(msg)
 	}
+	// A test killed mid-way leaves its replication slots behind, holding
+	// WAL: drop the inactive ones of test schemas that are gone.
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots s
+		WHERE NOT active AND slot_name LIKE 'sluice\_t\_%'
+		AND NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE s.slot_name LIKE n.nspname || '%')`); err != nil {
+		t.Logf("drop stale test slots: %v", err)
+	}
 	schema = fmt.Sprintf("sluice_t_%d_%d", time.Now().UnixNano()%1e9, rand.IntN(1000))
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		t.Fatal(err)
@@ -51,10 +58,21 @@ func DB(t testing.TB) (dsn, schema string, conn *pgx.Conn) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := conn.Exec(ctx, "SET lock_timeout = '20s'; DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Errorf("drop schema: %v", err)
-		}
+		drop := "SET lock_timeout = '20s'; DROP SCHEMA " + schema + " CASCADE"
+		_, err := conn.Exec(ctx, drop)
 		conn.Close(ctx)
+		if err != nil {
+			// The server may have been restarted under the connection.
+			c, cerr := pgx.Connect(ctx, dsn)
+			if cerr != nil {
+				t.Errorf("drop schema: %v; reconnect: %v", err, cerr)
+				return
+			}
+			defer c.Close(ctx)
+			if _, err := c.Exec(ctx, drop); err != nil {
+				t.Errorf("drop schema: %v", err)
+			}
+		}
 	})
 	return dsn, schema, conn
 }

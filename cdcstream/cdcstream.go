@@ -1,0 +1,203 @@
+// Package cdcstream runs, on a worker, the streams of the cdc and
+// cdc_apply pipelines the coordinator leader gives it under a lease: a
+// PostgreSQL slot streamed into SLUICE_CDC (connectors/pgcdc), or the
+// events of a cdc pipeline applied to a target (connectors/cdcapply).
+package cdcstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/worker"
+)
+
+// Opener opens the streams of one worker. It implements
+// worker.StreamOpener.
+type Opener struct {
+	// JS publishes and consumes; the worker's own connection.
+	JS jetstream.JetStream
+	// Lookup expands ${ENV} references of the specs; nil means none is set.
+	Lookup func(string) (string, bool)
+	// Stream sizes the SLUICE_CDC stream when a reader creates it.
+	Stream pgcdc.StreamConfig
+}
+
+// OpenStream builds the stream of an assignment.
+func (o Opener) OpenStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (worker.Stream, error) {
+	var spec pipeline.Spec
+	if err := json.Unmarshal(a.Spec, &spec); err != nil {
+		return nil, fmt.Errorf("stream %s: spec: %w", a.Pipeline, err)
+	}
+	switch spec.Pattern {
+	case protocol.PatternCDC:
+		return o.openReader(ctx, spec, log)
+	case protocol.PatternCDCApply:
+		return o.openApply(ctx, spec, log)
+	}
+	return nil, fmt.Errorf("stream %s: pattern %s does not stream", a.Pipeline, spec.Pattern)
+}
+
+func (o Opener) expand(config json.RawMessage, v any) error {
+	lookup := o.Lookup
+	if lookup == nil {
+		lookup = func(string) (string, bool) { return "", false }
+	}
+	cfg, err := connectors.ExpandEnv(config, lookup)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(cfg, v)
+}
+
+func (o Opener) openReader(ctx context.Context, spec pipeline.Spec, log *slog.Logger) (worker.Stream, error) {
+	var src pipeline.CDCSourceConfig
+	if err := o.expand(spec.Source.Config, &src); err != nil {
+		return nil, fmt.Errorf("cdc source: %w", err)
+	}
+	if err := pgcdc.EnsureStream(ctx, o.JS, o.Stream); err != nil {
+		return nil, err
+	}
+	cfg := pgcdc.Config{
+		DSN: src.DSN, Slot: spec.SlotName(), Publication: spec.PublicationName(),
+		Tables: src.Tables, Pipeline: spec.Name,
+	}
+	if spec.CDC != nil {
+		cfg.Heartbeat = spec.CDC.Heartbeat
+	}
+	r, err := pgcdc.NewReader(cfg, o.JS, log)
+	if err != nil {
+		return nil, err
+	}
+	return &reader{r: r, dsn: src.DSN, slot: cfg.Slot, log: log}, nil
+}
+
+// reader is the stream of a cdc pipeline.
+type reader struct {
+	r    *pgcdc.Reader
+	dsn  string
+	slot string
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	lag   pgcdc.Lag
+	lagAt time.Time
+}
+
+func (s *reader) Run(ctx context.Context) error { return s.r.Run(ctx) }
+
+// Status reports the slot's progress and its lag: in bytes as the server
+// counts it (asked at most every few seconds), in time as the age of what
+// was received but is not confirmed yet.
+func (s *reader) Status(ctx context.Context) protocol.StreamStatus {
+	st := s.r.Status()
+	out := protocol.StreamStatus{
+		State: protocol.StreamStreaming, ConfirmedLSN: st.ConfirmedLSN, ReceivedLSN: st.ReceivedLSN,
+		LastCommit: st.AckedCommitTime, Events: st.Events, Time: time.Now().UTC(),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.lagAt) > 2*time.Second {
+		lag, err := pgcdc.SlotLag(ctx, s.dsn, s.slot)
+		if err != nil {
+			s.log.Debug("slot lag", "err", err)
+		} else {
+			s.lag, s.lagAt = lag, time.Now()
+		}
+	}
+	out.LagBytes = s.lag.Bytes
+	if !st.OldestPending.IsZero() {
+		out.LagTime = time.Since(st.OldestPending)
+	}
+	return out
+}
+
+// applySinkConfig is the sink of a cdc_apply pipeline: postgres (dsn,
+// schema, create_tables) or files (path, close_after).
+type applySinkConfig struct {
+	DSN          string `json:"dsn"`
+	Schema       string `json:"schema"`
+	CreateTables bool   `json:"create_tables"`
+	Path         string `json:"path"`
+	CloseAfter   string `json:"close_after"`
+}
+
+func (o Opener) openApply(ctx context.Context, spec pipeline.Spec, log *slog.Logger) (worker.Stream, error) {
+	var src pipeline.ApplySourceConfig
+	if err := o.expand(spec.Source.Config, &src); err != nil {
+		return nil, fmt.Errorf("cdc_apply source: %w", err)
+	}
+	var sink applySinkConfig
+	if err := o.expand(spec.Sink.Config, &sink); err != nil {
+		return nil, fmt.Errorf("cdc_apply sink: %w", err)
+	}
+	if err := pgcdc.EnsureStream(ctx, o.JS, o.Stream); err != nil {
+		return nil, err
+	}
+	var a cdcapply.Applier
+	switch spec.Sink.Kind {
+	case "postgres":
+		p, err := cdcapply.NewPostgres(ctx, cdcapply.PostgresConfig{
+			DSN: sink.DSN, Schema: sink.Schema, Pipeline: spec.Name, CreateTables: sink.CreateTables, Log: log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		a = p
+	case "files":
+		var closeAfter time.Duration
+		if sink.CloseAfter != "" {
+			d, err := pipeline.ParseDuration(sink.CloseAfter)
+			if err != nil {
+				return nil, fmt.Errorf("cdc_apply sink.close_after: %w", err)
+			}
+			closeAfter = d
+		}
+		f, err := cdcapply.NewFiles(cdcapply.FilesConfig{Path: sink.Path, CloseAfter: closeAfter})
+		if err != nil {
+			return nil, err
+		}
+		a = f
+	default:
+		return nil, fmt.Errorf("cdc_apply sink kind %q: want postgres or files", spec.Sink.Kind)
+	}
+	r, err := cdcapply.NewRunner(o.JS, cdcapply.Config{Pipeline: spec.Name, Upstream: src.Pipeline}, a, log)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	return &apply{r: r, a: a}, nil
+}
+
+// apply is the stream of a cdc_apply pipeline.
+type apply struct {
+	r *cdcapply.Runner
+	a cdcapply.Applier
+}
+
+func (s *apply) Run(ctx context.Context) error {
+	defer s.a.Close()
+	return s.r.Run(ctx)
+}
+
+func (s *apply) Status(context.Context) protocol.StreamStatus {
+	st := s.r.Status()
+	out := protocol.StreamStatus{
+		State: protocol.StreamStreaming, Applied: st.Applied, Pending: st.Pending,
+		Events: int64(st.Events), LastCommit: st.CommitTime, Time: time.Now().UTC(),
+	}
+	if !st.CaughtUp && !st.CommitTime.IsZero() {
+		out.LagTime = time.Since(st.CommitTime)
+	}
+	return out
+}
