@@ -33,8 +33,9 @@ var cdcTables = []string{"accounts", "orders", "events"}
 // as chunk tasks, then the slot streamed into SLUICE_CDC and applied to a
 // replica by a cdc_apply pipeline, while about 50k inserts, updates and
 // deletes run on the source; mid-stream the worker streaming the slot is
-// killed (another takes the lease and resumes from the confirmed LSN), a
-// column is added to a source table and PostgreSQL is restarted. At the
+// killed (another takes the lease and resumes from the confirmed LSN), the
+// Raft leader is killed (the leases outlive it), a column is added to a
+// source table and PostgreSQL is restarted. At the
 // end every replica table equals its source (count and checksum), and
 // SLUICE_CDC holds exactly one read event per snapshot row and one change
 // event per committed change, none twice.
@@ -138,6 +139,11 @@ func TestCDCFaults(t *testing.T) {
 	holder := c.streamHolder("shop")
 	c.workerByID(holder).w.Kill()
 	t.Logf("killed worker %s streaming the slot at %d changes", holder, done.Load())
+	at(total * 4 / 10)
+	old := c.leader()
+	old.c.Kill()
+	old.killed = true
+	t.Logf("killed the Raft leader at %d changes; new leader %s", done.Load(), c.leader().c.LeaderID())
 	at(total / 2)
 	w.addColumn(ctx, t)
 	at(total * 6 / 10)

@@ -471,10 +471,7 @@ func TestLargeTransactionBounded(t *testing.T) {
 	e.js = js
 	_, stop, _ := e.start(t)
 	e.js = js.JetStream
-	n := 100_000
-	if raceEnabled {
-		n = 25_000
-	}
+	const n = 100_000
 	began := time.Now()
 	e.exec(t, fmt.Sprintf(`INSERT INTO %s.big SELECT g, 'v' || g FROM generate_series(1, %d) g`, e.schema, n))
 	msgs := e.allMsgs(t, n)
