@@ -196,7 +196,7 @@ func (s *apply) Status(context.Context) protocol.StreamStatus {
 		State: protocol.StreamStreaming, Applied: st.Applied, Pending: st.Pending,
 		Events: int64(st.Events), LastCommit: st.CommitTime, Time: time.Now().UTC(),
 	}
-	if !st.CaughtUp && !st.CommitTime.IsZero() {
+	if !st.CaughtUp && st.Pending > 0 && !st.CommitTime.IsZero() {
 		out.LagTime = time.Since(st.CommitTime)
 	}
 	return out

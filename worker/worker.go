@@ -339,6 +339,7 @@ func (w *Worker) heartbeat() error {
 	for _, t := range w.running {
 		tasks = append(tasks, t)
 	}
+	busy := len(tasks) // streams hold no task slot
 	for p, h := range w.streams {
 		tasks = append(tasks, fmt.Sprintf("stream %s (epoch %d)", p, h.epoch))
 	}
@@ -348,7 +349,7 @@ func (w *Worker) heartbeat() error {
 		Worker:  w.cfg.ID,
 		Host:    w.host,
 		Slots:   w.cfg.Slots,
-		Busy:    len(tasks),
+		Busy:    busy,
 		Tasks:   tasks,
 		Done:    w.done.Load(),
 		Failed:  w.failed.Load(),
