@@ -59,6 +59,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/embednats"
@@ -169,7 +170,7 @@ type measurement struct {
 type cpuUse struct{ client, server float64 }
 
 func (m *measurement) add(r decodeResult) {
-	m.Seconds = append(m.Seconds, round(r.secs, 3))
+	m.Seconds = append(m.Seconds, measure.Round(r.secs, 3))
 	m.cpu = append(m.cpu, r.cpu)
 	m.confirmed = append(m.confirmed, r.confirmed)
 	if r.streamBytes > 0 {
@@ -185,11 +186,11 @@ func (m *measurement) finish(changes, walBytes int64) {
 		}
 	}
 	m.BestSeconds = m.Seconds[i]
-	m.ChangesPerSec = round(float64(changes)/m.BestSeconds, 0)
-	m.WALMBPerSec = round(float64(walBytes)/1e6/m.BestSeconds, 2)
-	m.ClientCPU, m.ServerCPU = round(m.cpu[i].client, 2), round(m.cpu[i].server, 2)
-	m.ClientCPUPerChange = round(m.cpu[i].client/float64(changes)*1e6, 1)
-	m.ConfirmedSeconds = round(m.confirmed[i], 3)
+	m.ChangesPerSec = measure.Round(float64(changes)/m.BestSeconds, 0)
+	m.WALMBPerSec = measure.Round(float64(walBytes)/1e6/m.BestSeconds, 2)
+	m.ClientCPU, m.ServerCPU = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2)
+	m.ClientCPUPerChange = measure.Round(m.cpu[i].client/float64(changes)*1e6, 1)
+	m.ConfirmedSeconds = measure.Round(m.confirmed[i], 3)
 }
 
 type workload struct {
@@ -298,7 +299,7 @@ type bench struct {
 }
 
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
-	began, load := time.Now(), loadAverage()
+	began, load := time.Now(), measure.LoadAverage()
 	conn, err := pgx.Connect(ctx, cfg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect to %s (run `make services`): %w", cfg.dsn, err)
@@ -377,8 +378,8 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 			Value: lat.Stored.P99, Met: lat.Stored.P99 < targetP99Ms && lat.StoredMissing == 0})
 	}
 	res.Date = time.Now().UTC().Truncate(time.Second)
-	res.LoadAverage = [2]string{load, loadAverage()}
-	res.TotalSeconds = round(time.Since(began).Seconds(), 1)
+	res.LoadAverage = [2]string{load, measure.LoadAverage()}
+	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	return writeResults(cfg, stdout, res)
 }
 
@@ -548,8 +549,8 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 	bareJS.finish(wl.Changes, wl.WALBytes)
 	sluice.finish(wl.Changes, wl.WALBytes)
 	res.Measurements = map[string]*measurement{"bare_pglogrepl": bare, "bare_pglogrepl_jetstream": bareJS, "sluice_reader": sluice}
-	res.Ratio = round(sluice.ChangesPerSec/bare.ChangesPerSec, 3)
-	res.RatioToBareJetStream = round(sluice.ChangesPerSec/bareJS.ChangesPerSec, 3)
+	res.Ratio = measure.Round(sluice.ChangesPerSec/bare.ChangesPerSec, 3)
+	res.RatioToBareJetStream = measure.Round(sluice.ChangesPerSec/bareJS.ChangesPerSec, 3)
 	res.Targets = append(res.Targets, target{Name: "throughput: Sluice Reader / bare pglogrepl loop", Want: fmt.Sprintf(">= %.1fx", targetRatio),
 		Value: res.Ratio, Met: res.Ratio >= targetRatio})
 
@@ -592,7 +593,7 @@ func (b *bench) generate(ctx context.Context, start pglogrepl.LSN) (*workload, e
 		sql  string
 	}{
 		{cfg.inserts, `INSERT INTO ` + srcTable + `
-			SELECT i, 'customer ' || substr(md5(i::text), 1, 12), round(i * 1.37 % 100000, 2),
+			SELECT i, 'customer ' || substr(md5(i::text), 1, 12), measure.Round(i * 1.37 % 100000, 2),
 				timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
 				jsonb_build_object('tier', i % 5, 'tags', jsonb_build_array('a', i % 7), 'ref', md5(i::text)),
 				CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END
@@ -622,7 +623,7 @@ func (b *bench) generate(ctx context.Context, start pglogrepl.LSN) (*workload, e
 		return nil, err
 	}
 	wl.EndLSN = end.String()
-	wl.Seconds = round(time.Since(began).Seconds(), 2)
+	wl.Seconds = measure.Round(time.Since(began).Seconds(), 2)
 	fmt.Fprintf(b.stdout, "%.1fs, %d transactions, %.1f MB of WAL\n", wl.Seconds, wl.Transactions, float64(wl.WALBytes)/1e6)
 	return wl, nil
 }
@@ -658,7 +659,7 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publi
 	}
 	subject := protocol.CDCSubject(pipelineThroughput+"-raw", schema, tableName)
 	runtime.GC()
-	cpu0, srv0 := selfCPU(), serverCPU()
+	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
 	rc, err := pgconn.ConnectConfig(ctx, pcfg)
 	if err != nil {
@@ -744,7 +745,7 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publi
 						return decodeResult{}, fmt.Errorf("bare loop: %w", err)
 					}
 					res.secs = time.Since(start).Seconds()
-					res.cpu = cpuUse{client: selfCPU() - cpu0, server: serverCPU() - srv0}
+					res.cpu = cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
 					return res, b.verifyStream(ctx, wl, &res, false)
 				}
 			default:
@@ -759,7 +760,7 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publi
 			}
 			if !publish && change && ins+upd+del == wl.Changes {
 				res.secs = time.Since(start).Seconds()
-				res.cpu = cpuUse{client: selfCPU() - cpu0, server: serverCPU() - srv0}
+				res.cpu = cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
 			}
 		}
 	}
@@ -812,7 +813,7 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 		defer pprof.StopCPUProfile()
 	}
 	runtime.GC()
-	cpu0, srv0 := selfCPU(), serverCPU()
+	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -822,7 +823,7 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 	if err := b.waitStored(ctx, wl.Changes, done); err != nil {
 		return decodeResult{}, fmt.Errorf("reader on %s: %w", slot, err)
 	}
-	res := decodeResult{secs: time.Since(start).Seconds(), cpu: cpuUse{client: selfCPU() - cpu0, server: serverCPU() - srv0}}
+	res := decodeResult{secs: time.Since(start).Seconds(), cpu: cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}}
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for endLSN != 0 {
@@ -1035,8 +1036,8 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 	if err != nil {
 		return err
 	}
-	lat.Seconds = round(secs, 2)
-	lat.AchievedTPS = round(float64(n)/secs, 1)
+	lat.Seconds = measure.Round(secs, 2)
+	lat.AchievedTPS = measure.Round(float64(n)/secs, 1)
 	drain(cfg.drain, func() bool { return stored.complete() && published.complete() })
 	cc.Stop()
 	stop()
@@ -1259,7 +1260,7 @@ func summarize(ds []time.Duration) percentiles {
 		return percentiles{}
 	}
 	slices.Sort(ds)
-	ms := func(d time.Duration) float64 { return round(float64(d)/1e6, 2) }
+	ms := func(d time.Duration) float64 { return measure.Round(float64(d)/1e6, 2) }
 	// nearest rank
 	at := func(p float64) time.Duration {
 		i := int(p*float64(len(ds))+0.999999) - 1
@@ -1302,8 +1303,8 @@ func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "%s; load average before and after: %s, %s\n", r.Note, r.LoadAverage[0], r.LoadAverage[1])
 	if wl := r.Workload; wl != nil {
 		fmt.Fprintf(w, "workload: %s changes on %s (%d columns): %s inserts, %s updates, %s deletes in %s transactions of %d rows; %.1f MB of WAL\n\n",
-			thousands(float64(wl.Changes)), wl.Table, wl.Columns, thousands(float64(wl.Inserts)), thousands(float64(wl.Updates)),
-			thousands(float64(wl.Deletes)), thousands(float64(wl.Transactions)), wl.TxRows, float64(wl.WALBytes)/1e6)
+			measure.Thousands(float64(wl.Changes)), wl.Table, wl.Columns, measure.Thousands(float64(wl.Inserts)), measure.Thousands(float64(wl.Updates)),
+			measure.Thousands(float64(wl.Deletes)), measure.Thousands(float64(wl.Transactions)), wl.TxRows, float64(wl.WALBytes)/1e6)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "measurement\tbest s\tchanges/s\tWAL MB/s\tclient CPU s\tclient CPU µs/change\tserver CPU s\tstream MB\tall reps (s)\t")
 		for _, k := range []string{"bare_pglogrepl", "bare_pglogrepl_jetstream", "sluice_reader"} {
@@ -1320,7 +1321,7 @@ func report(w io.Writer, r results) {
 			if m.StreamBytes > 0 {
 				stream = fmt.Sprintf("%.1f", float64(m.StreamBytes)/1e6)
 			}
-			fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t\n", m.Label, m.BestSeconds, thousands(m.ChangesPerSec), m.WALMBPerSec,
+			fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t\n", m.Label, m.BestSeconds, measure.Thousands(m.ChangesPerSec), m.WALMBPerSec,
 				m.ClientCPU, m.ClientCPUPerChange, server, stream, strings.Join(reps, " "))
 		}
 		tw.Flush()
@@ -1332,7 +1333,7 @@ func report(w io.Writer, r results) {
 	}
 	if l := r.Latency; l != nil {
 		fmt.Fprintf(w, "\nlatency: %s single-row INSERT transactions at %d/s (achieved %.0f/s) over %.1fs from %d connections; Reader defaults (heartbeat and status interval 10s)\n",
-			thousands(float64(l.Sent)), l.Rate, l.AchievedTPS, l.Seconds, l.Conns)
+			measure.Thousands(float64(l.Sent)), l.Rate, l.AchievedTPS, l.Seconds, l.Conns)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "from COMMIT returned to\tp50 ms\tp90 ms\tp99 ms\tmax ms\tmean ms\treceived\tmissing\t")
 		row := func(label string, p percentiles, missing string) {
@@ -1358,89 +1359,4 @@ func report(w io.Writer, r results) {
 		}
 		fmt.Fprintf(w, "%-50s %.3g (target %s): %s\n", t.Name, t.Value, t.Want, verdict)
 	}
-}
-
-// loadAverage is the first three fields of /proc/loadavg, or "".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func round(f float64, digits int) float64 {
-	p, _ := strconv.ParseFloat(strconv.FormatFloat(f, 'f', digits, 64), 64)
-	return p
-}
-
-// thousands formats f rounded, with a comma every three digits.
-func thousands(f float64) string {
-	s := strconv.FormatInt(int64(f+0.5), 10)
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
-}
-
-// selfCPU is this process's user and system CPU time in seconds.
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on Linux
-// everywhere in practice).
-const clockTicks = 100
-
-// serverCPU is the CPU time, in seconds, of every PostgreSQL server process
-// on this machine: the live ones, plus what the postmaster's exited children
-// (backends, walsenders) used. It is 0 when /proc cannot tell.
-func serverCPU() float64 {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	type proc struct {
-		ppid           int
-		self, children float64
-	}
-	procs := map[int]proc{}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ... utime(14) stime(15) cutime(16) cstime(17)
-		open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-		if open < 0 || close < open || string(b[open+1:close]) != "postgres" {
-			continue
-		}
-		f := strings.Fields(string(b[close+2:]))
-		if len(f) < 15 {
-			continue
-		}
-		num := func(i int) float64 { v, _ := strconv.ParseFloat(f[i], 64); return v / clockTicks }
-		ppid, _ := strconv.Atoi(f[1])
-		procs[pid] = proc{ppid: ppid, self: num(11) + num(12), children: num(13) + num(14)}
-	}
-	total := 0.0
-	for _, p := range procs {
-		total += p.self
-		if _, child := procs[p.ppid]; !child {
-			total += p.children // the postmaster: its exited children
-		}
-	}
-	return total
 }

@@ -41,6 +41,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -153,7 +154,7 @@ type phases struct {
 }
 
 func (m *measurement) add(secs float64, cpu cpuUse) {
-	m.Seconds = append(m.Seconds, round(secs, 3))
+	m.Seconds = append(m.Seconds, measure.Round(secs, 3))
 	m.cpu = append(m.cpu, cpu)
 }
 
@@ -165,9 +166,9 @@ func (m *measurement) finish(rows, csvBytes int64) {
 		}
 	}
 	m.BestSeconds = m.Seconds[i]
-	m.RowsPerSec = round(float64(rows)/m.BestSeconds, 0)
-	m.MBPerSec = round(float64(csvBytes)/1e6/m.BestSeconds, 2)
-	m.ClientCPU, m.ServerCPU, m.Phases = round(m.cpu[i].client, 2), round(m.cpu[i].server, 2), m.cpu[i].phases
+	m.RowsPerSec = measure.Round(float64(rows)/m.BestSeconds, 0)
+	m.MBPerSec = measure.Round(float64(csvBytes)/1e6/m.BestSeconds, 2)
+	m.ClientCPU, m.ServerCPU, m.Phases = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2), m.cpu[i].phases
 }
 
 type target struct {
@@ -199,21 +200,8 @@ type results struct {
 	TotalSeconds   float64                 `json:"total_seconds"`
 }
 
-// loadAverage is the first three fields of /proc/loadavg, or "".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
-	began, load := time.Now(), loadAverage()
+	began, load := time.Now(), measure.LoadAverage()
 	psql, err := findPSQL(cfg.psql)
 	if err != nil {
 		return err
@@ -414,7 +402,7 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 		Benchmark: "fullload", Date: time.Now().UTC().Truncate(time.Second), GoVersion: runtime.Version(),
 		NumCPU: runtime.NumCPU(), OS: runtime.GOOS + "/" + runtime.GOARCH, PostgreSQL: pgVersion,
 		Note:        fmt.Sprintf("shared, noisy machine: best of %d interleaved repetitions; trust the ratios more than the absolute figures", cfg.reps),
-		LoadAverage: [2]string{load, loadAverage()},
+		LoadAverage: [2]string{load, measure.LoadAverage()},
 		Rows:        cfg.rows, Columns: 7, SourceCSVBytes: csvBytes, Reps: cfg.reps,
 		Cluster: map[string]any{"nats": "embedded", "coordinators": 1, "workers": cfg.workers, "slots": cfg.slots,
 			"target_rows": cfg.targetRows},
@@ -429,12 +417,12 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 			continue
 		}
 		res.Cluster["tasks"] = ms[t.Sluice].Tasks
-		t.Ratio = round(ms[t.Baseline].BestSeconds/ms[t.Sluice].BestSeconds, 3)
+		t.Ratio = measure.Round(ms[t.Baseline].BestSeconds/ms[t.Sluice].BestSeconds, 3)
 		t.Met = t.Ratio >= t.MinRatio
 		res.Ratios[t.Sluice+"_vs_"+t.Baseline] = t.Ratio
 		res.Targets = append(res.Targets, t)
 	}
-	res.TotalSeconds = round(time.Since(began).Seconds(), 1)
+	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	report(stdout, res)
 	if err := os.MkdirAll(filepath.Dir(cfg.out), 0o755); err != nil {
 		return err
@@ -451,11 +439,6 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 	}
 	fmt.Fprintf(stdout, "results: %s\n", cfg.out)
 	return nil
-}
-
-func round(f float64, digits int) float64 {
-	p, _ := strconv.ParseFloat(strconv.FormatFloat(f, 'f', digits, 64), 64)
-	return p
 }
 
 func report(w io.Writer, r results) {
@@ -477,7 +460,7 @@ func report(w io.Writer, r results) {
 		if m.ServerCPU > 0 {
 			server = fmt.Sprintf("%.1f", m.ServerCPU)
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%s\t%s\t\n", m.Label, m.BestSeconds, thousands(m.RowsPerSec), m.MBPerSec, m.ClientCPU, server, strings.Join(reps, " "))
+		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%s\t%s\t\n", m.Label, m.BestSeconds, measure.Thousands(m.RowsPerSec), m.MBPerSec, m.ClientCPU, server, strings.Join(reps, " "))
 	}
 	tw.Flush()
 	for _, k := range []string{"sluice_pg_to_csv", "sluice_pg_to_pg"} {
@@ -496,15 +479,6 @@ func report(w io.Writer, r results) {
 	}
 	fmt.Fprintln(w, "every Sluice output was verified against the source (row count and checksum);")
 	fmt.Fprintln(w, "client CPU: psql, or this process (cluster, Go pipe); server CPU: every postgres process on the machine")
-}
-
-// thousands formats f rounded, with a comma every three digits.
-func thousands(f float64) string {
-	s := strconv.FormatInt(int64(f+0.5), 10)
-	for i := len(s) - 3; i > 0; i -= 3 {
-		s = s[:i] + "," + s[i:]
-	}
-	return s
 }
 
 // findPSQL finds the psql binary.
@@ -560,7 +534,7 @@ func ensureSource(ctx context.Context, conn *pgx.Conn, rows int64, stdout io.Wri
 		`INSERT INTO ` + srcTable + `
 		SELECT i,
 			CASE WHEN i % 10 = 0 THEN 'Smith, ' ELSE '' END || 'customer ' || substr(md5(i::text), 1, 12),
-			round((i % 100000) * 1.37 + (i % 97) / 100.0, 2),
+			measure.Round((i % 100000) * 1.37 + (i % 97) / 100.0, 2),
 			timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
 			CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END,
 			i % 3 = 0,
@@ -602,11 +576,11 @@ func timePSQL(ctx context.Context, psql, dsn, file string) (float64, cpuUse, int
 		"-c", `\copy (SELECT `+columns+` FROM `+srcTable+`) TO '`+file+`' csv`)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	srv0 := serverCPU()
+	srv0 := measure.ServerCPU()
 	start := time.Now()
 	err := cmd.Run()
 	secs := time.Since(start).Seconds()
-	srv1 := serverCPU()
+	srv1 := measure.ServerCPU()
 	if err != nil {
 		return 0, cpuUse{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
@@ -628,7 +602,7 @@ func timeRun(ctx context.Context, c *devcluster.Cluster, name string, profile io
 		defer pprof.StopCPUProfile()
 	}
 	runtime.GC()
-	cpu0, srv0 := selfCPU(), serverCPU()
+	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
 	res, err := c.Client.Run(ctx, protocol.RunRequest{Pipeline: name})
 	if err != nil {
@@ -645,8 +619,8 @@ func timeRun(ctx context.Context, c *devcluster.Cluster, name string, profile io
 	if tasksDone == 0 {
 		tasksDone = secs
 	}
-	cpu := cpuUse{client: selfCPU() - cpu0, server: serverCPU() - srv0,
-		phases: &phases{Plan: round(planned, 3), Tasks: round(tasksDone-planned, 3), Commit: round(secs-tasksDone, 3)}}
+	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0,
+		phases: &phases{Plan: measure.Round(planned, 3), Tasks: measure.Round(tasksDone-planned, 3), Commit: measure.Round(secs-tasksDone, 3)}}
 	if err != nil {
 		return 0, cpuUse{}, st, err
 	}
@@ -680,7 +654,7 @@ func timePipe(ctx context.Context, conn *pgx.Conn, dsn string, rows int64) (floa
 	defer dst.Close(context.Background())
 
 	runtime.GC()
-	cpu0, srv0 := selfCPU(), serverCPU()
+	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
 	pr, pw := io.Pipe()
 	var g errgroup.Group
@@ -699,7 +673,7 @@ func timePipe(ctx context.Context, conn *pgx.Conn, dsn string, rows int64) (floa
 		err = gerr
 	}
 	secs := time.Since(start).Seconds()
-	cpu := cpuUse{client: selfCPU() - cpu0, server: serverCPU() - srv0}
+	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
 	if err != nil {
 		return 0, cpuUse{}, fmt.Errorf("piped copy: %w", err)
 	}
@@ -761,62 +735,4 @@ func countLines(path string) (int64, error) {
 			return n, err
 		}
 	}
-}
-
-// selfCPU is this process's user and system CPU time in seconds.
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
-// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on Linux
-// everywhere in practice).
-const clockTicks = 100
-
-// serverCPU is the CPU time, in seconds, of every PostgreSQL server process
-// on this machine: the live ones, plus what the postmaster's exited children
-// (backends, parallel workers) used. It is 0 when /proc cannot tell.
-func serverCPU() float64 {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	type proc struct {
-		ppid           int
-		self, children float64
-	}
-	procs := map[int]proc{}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ... utime(14) stime(15) cutime(16) cstime(17)
-		open, close := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-		if open < 0 || close < open || string(b[open+1:close]) != "postgres" {
-			continue
-		}
-		f := strings.Fields(string(b[close+2:]))
-		if len(f) < 15 {
-			continue
-		}
-		num := func(i int) float64 { v, _ := strconv.ParseFloat(f[i], 64); return v / clockTicks }
-		ppid, _ := strconv.Atoi(f[1])
-		procs[pid] = proc{ppid: ppid, self: num(11) + num(12), children: num(13) + num(14)}
-	}
-	total := 0.0
-	for _, p := range procs {
-		total += p.self
-		if _, child := procs[p.ppid]; !child {
-			total += p.children // the postmaster: its exited children
-		}
-	}
-	return total
 }
