@@ -1,9 +1,15 @@
 package coordinator
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
@@ -79,5 +85,140 @@ func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 	applyAll(t, f, put("plain"))
 	if err, _ := applyAll(t, f, grant("plain", "w1", 1)).(error); !errors.Is(err, errInvalidCmd) {
 		t.Fatalf("lease of a full_load pipeline: %v", err)
+	}
+}
+
+// simWorker is a worker as the leader sees it: heartbeats, stream
+// assignments received, lease renewals sent.
+type simWorker struct {
+	t      *testing.T
+	id     string
+	nc     *nats.Conn
+	mu     sync.Mutex
+	got    []protocol.StreamAssignment
+	stopHB chan struct{}
+}
+
+func newSimWorker(t *testing.T, url, id string) *simWorker {
+	w := &simWorker{t: t, id: id, nc: connect(t, url), stopHB: make(chan struct{})}
+	if _, err := w.nc.Subscribe(protocol.WorkerStreamSubject(id), func(m *nats.Msg) {
+		a, err := protocol.Decode[protocol.StreamAssignment](m.Data)
+		if err != nil {
+			t.Errorf("assignment: %v", err)
+			return
+		}
+		w.mu.Lock()
+		w.got = append(w.got, a)
+		w.mu.Unlock()
+		b, _ := json.Marshal(protocol.AssignReply{OK: true})
+		m.Respond(b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			data, _ := protocol.Encode(protocol.Heartbeat{Worker: id, Slots: 1, Time: time.Now()})
+			w.nc.Publish(protocol.SubjectHeartbeat, data)
+			select {
+			case <-w.stopHB:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return w
+}
+
+func (w *simWorker) assignments() []protocol.StreamAssignment {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]protocol.StreamAssignment(nil), w.got...)
+}
+
+func (w *simWorker) renew(pipeline string, epoch uint64) protocol.LeaseRenewReply {
+	w.t.Helper()
+	data, _ := json.Marshal(protocol.LeaseRenewRequest{Pipeline: pipeline, Worker: w.id, Epoch: epoch,
+		Status: protocol.StreamStatus{State: protocol.StreamStreaming, Events: 42}})
+	m, err := w.nc.Request(protocol.APISubject(protocol.VerbLeaseRenew), data, 5*time.Second)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	var r protocol.LeaseRenewReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		w.t.Fatal(err)
+	}
+	return r
+}
+
+// The lease protocol: a stream goes to a live worker; renewals keep it
+// there; a renewal of another epoch is refused; once its holder stops
+// renewing for a whole lease the stream goes to another worker under the
+// next epoch and the old holder's renewals are refused; a revised spec
+// refuses the holder's renewal, and the stream is granted again with the
+// new revision.
+func TestStreamLeases(t *testing.T) {
+	url := startNATS(t)
+	mem := &memConnectors{}
+	startNode(t, Config{NodeID: "n1", InmemStore: true, RaftBind: "127.0.0.1:0", Bootstrap: true}, url, mem.registry(), nil)
+	cl := NewClient(connect(t, url))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	a := newSimWorker(t, url, "wa")
+	spec := pipeline.Spec{Name: "replica", Pattern: protocol.PatternCDCApply,
+		Source: protocol.Endpoint{Kind: pipeline.ApplySourceKind, Config: json.RawMessage(`{"pipeline":"shop"}`)},
+		Sink:   protocol.Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"/tmp/x"}`)},
+		CDC:    &pipeline.CDC{Lease: time.Second}}
+	lease := spec.LeaseDuration()
+	if _, err := cl.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Run(ctx, protocol.RunRequest{Pipeline: "replica"}); err == nil || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("run of a streamed pipeline: %v", err)
+	}
+	eventually(t, 10*time.Second, "the stream assigned to wa", func() bool { return len(a.assignments()) == 1 })
+	got := a.assignments()[0]
+	if got.Pipeline != "replica" || got.Epoch != 1 || got.Lease != lease || got.Revision != 1 {
+		t.Fatalf("assignment %+v", got)
+	}
+	if r := a.renew("replica", 1); !r.OK {
+		t.Fatalf("renewal of the held epoch refused: %s", r.Reason)
+	}
+	if r := a.renew("replica", 7); r.OK {
+		t.Fatal("renewal of another epoch accepted")
+	}
+	st, err := cl.CDCStatus(ctx)
+	if err != nil || len(st.Streams) != 1 || st.Streams[0].Worker != "wa" || st.Streams[0].Status.Events != 42 {
+		t.Fatalf("cdc status %+v %v", st, err)
+	}
+
+	// A revised spec: the holder's renewal is refused.
+	spec.Description = "revised"
+	if _, err := cl.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if r := a.renew("replica", 1); r.OK || !strings.Contains(r.Reason, "revised") {
+		t.Fatalf("renewal after a revision: %+v", r)
+	}
+	eventually(t, 5*lease, "the revised stream granted again", func() bool {
+		as := a.assignments()
+		return len(as) == 2 && as[1].Epoch == 2 && as[1].Revision == 2
+	})
+
+	// wa dies (no heartbeat, no renewal); wb takes over after the lease.
+	close(a.stopHB)
+	b := newSimWorker(t, url, "wb")
+	began := time.Now()
+	eventually(t, 5*lease, "the stream moved to wb", func() bool { return len(b.assignments()) == 1 })
+	if d := time.Since(began); d > lease+time.Second {
+		t.Errorf("stream moved after %s, lease %s", d, lease)
+	}
+	if e := b.assignments()[0].Epoch; e != 3 {
+		t.Fatalf("wb got epoch %d, want 3", e)
+	}
+	if r := a.renew("replica", 2); r.OK || !strings.Contains(r.Reason, "lease lost") {
+		t.Fatalf("the old holder's renewal: %+v", r)
 	}
 }

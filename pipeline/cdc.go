@@ -12,7 +12,8 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// CDC configures a pipeline of pattern cdc: a PostgreSQL logical
+// CDC configures a pipeline of pattern cdc (and the lease of one of
+// pattern cdc_apply): a PostgreSQL logical
 // replication slot streamed into the SLUICE_CDC stream, after an initial
 // snapshot of the tables' rows. The source is `kind: postgres` with a dsn
 // and the captured tables (source.tables, "schema.table").
@@ -162,8 +163,12 @@ func (s Spec) streamProblems(lines lines) []Problem {
 	add := func(field, msg string) {
 		out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: msg})
 	}
-	if s.CDC != nil && s.Pattern != protocol.PatternCDC && s.Pattern != "" {
-		add("cdc", fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternCDC, s.Pattern))
+	if s.CDC != nil && !s.Streamed() && s.Pattern != "" {
+		add("cdc", fmt.Sprintf("is only for patterns %s and %s, not %s", protocol.PatternCDC, protocol.PatternCDCApply, s.Pattern))
+	}
+	if c := s.CDC; c != nil && s.Pattern == protocol.PatternCDCApply &&
+		(c.Slot != "" || c.Publication != "" || c.Snapshot != "" || c.Heartbeat != 0 || c.TargetRows != 0) {
+		add("cdc", "a cdc_apply pipeline takes only cdc.lease (slot, publication, snapshot, heartbeat and target_rows are the cdc pipeline's)")
 	}
 	if s.Streamed() {
 		if s.Schedule != "" {

@@ -65,7 +65,13 @@ pattern: full_load
 source: {kind: files, path: /x}
 sink: {kind: files, path: /y}
 cdc: {lease: 5s}
-`, []string{"cdc: is only for pattern cdc"}},
+`, []string{"cdc: is only for patterns cdc and cdc_apply"}},
+		{"apply with a slot", `name: a
+pattern: cdc_apply
+source: {kind: cdc, pipeline: up}
+sink: {kind: files, path: /x}
+cdc: {slot: s, lease: 5s}
+`, []string{"cdc: a cdc_apply pipeline takes only cdc.lease"}},
 		{"apply with a bad source and sink", `name: a
 pattern: cdc_apply
 source: {kind: cdc, pipeline: "Not A Name"}

@@ -41,7 +41,8 @@ type Spec struct {
 	// pattern incremental; it is required for that pattern and refused
 	// for every other.
 	Incremental *Incremental `json:"incremental,omitempty"`
-	// CDC configures a pipeline of pattern cdc; refused for every other.
+	// CDC configures a pipeline of pattern cdc; a cdc_apply pipeline may
+	// set its lease; refused for every other pattern.
 	CDC *CDC `json:"cdc,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
