@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Op is the operation of a change event.
@@ -53,7 +56,19 @@ func (v Value) MarshalJSON() ([]byte, error) {
 	case v.Null:
 		return []byte("null"), nil
 	default:
-		return json.Marshal(v.Text)
+		return appendString(make([]byte, 0, len(v.Text)+2), v.Text), nil
+	}
+}
+
+// appendJSON appends v as MarshalJSON encodes it.
+func (v Value) appendJSON(dst []byte) []byte {
+	switch {
+	case v.Unchanged:
+		return append(dst, unchangedJSON...)
+	case v.Null:
+		return append(dst, "null"...)
+	default:
+		return appendString(dst, v.Text)
 	}
 }
 
@@ -125,14 +140,322 @@ type ChangeEvent struct {
 	CommitTime time.Time `json:"commit_time"`
 }
 
-// Encode stamps e with the current version and encodes it.
+// Encode stamps e with the current version and encodes it: the bytes of
+// AppendJSON. It fails on a CommitTime that JSON cannot carry (see
+// AppendJSON).
 func (e ChangeEvent) Encode() ([]byte, error) {
-	e.V = Version
-	b, err := json.Marshal(e)
-	if err != nil {
-		return nil, fmt.Errorf("encode change event: %w", err)
+	b := e.appendHead(make([]byte, 0, e.sizeHint()))
+	b = appendRow(b, `,"before":`, e.Before)
+	b = appendRow(b, `,"after":`, e.After)
+	b, ok := e.appendTail(b)
+	if !ok {
+		return nil, e.timeError()
 	}
 	return b, nil
+}
+
+// AppendJSON appends e, stamped with the current version as Encode stamps
+// it, to dst: byte for byte what json.Marshal returns for e with V set to
+// Version (fields in declaration order, empty Key, Before and After left
+// out, row keys sorted by their bytes, strings escaped as encoding/json
+// escapes them, HTML characters and invalid UTF-8 included). A CommitTime
+// that json.Marshal rejects (a year outside [0,9999], a zone offset of 24
+// hours or more) is appended in its RFC 3339 form all the same; Encode
+// reports it as an error instead.
+func (e ChangeEvent) AppendJSON(dst []byte) []byte {
+	dst = e.appendHead(dst)
+	dst = appendRow(dst, `,"before":`, e.Before)
+	dst = appendRow(dst, `,"after":`, e.After)
+	dst, _ = e.appendTail(dst)
+	return dst
+}
+
+// AppendJSONCells appends what AppendJSON appends for e with Before and
+// After replaced by the rows that before and after describe over cols:
+// cell i is the value of column i; cells past the last column are
+// ignored, and a CellAbsent or missing cell leaves its column out. A row
+// left without any column is omitted, as an empty Row is. e.Before and
+// e.After are ignored. It lets a source encode a decoded tuple without
+// building a Row.
+func (e ChangeEvent) AppendJSONCells(dst []byte, cols *Columns, before, after []Cell) []byte {
+	dst = e.appendHead(dst)
+	dst = cols.appendRow(dst, `,"before":`, before)
+	dst = cols.appendRow(dst, `,"after":`, after)
+	dst, _ = e.appendTail(dst)
+	return dst
+}
+
+// appendHead appends the fields before Before: {"v":...,"key":[...].
+func (e *ChangeEvent) appendHead(dst []byte) []byte {
+	dst = append(dst, `{"v":`...)
+	dst = strconv.AppendInt(dst, Version, 10)
+	dst = append(dst, `,"op":`...)
+	dst = appendString(dst, string(e.Op))
+	dst = append(dst, `,"pipeline":`...)
+	dst = appendString(dst, e.Pipeline)
+	dst = append(dst, `,"database":`...)
+	dst = appendString(dst, e.Database)
+	dst = append(dst, `,"schema":`...)
+	dst = appendString(dst, e.Schema)
+	dst = append(dst, `,"table":`...)
+	dst = appendString(dst, e.Table)
+	if len(e.Key) > 0 {
+		dst = append(dst, `,"key":[`...)
+		for i, k := range e.Key {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, k)
+		}
+		dst = append(dst, ']')
+	}
+	return dst
+}
+
+// appendTail appends the fields after After and the closing brace. ok is
+// false when CommitTime is one json.Marshal rejects.
+func (e *ChangeEvent) appendTail(dst []byte) (_ []byte, ok bool) {
+	dst = append(dst, `,"lsn":`...)
+	dst = appendString(dst, e.LSN)
+	dst = append(dst, `,"commit_lsn":`...)
+	dst = appendString(dst, e.CommitLSN)
+	dst = append(dst, `,"index":`...)
+	dst = strconv.AppendInt(dst, int64(e.Index), 10)
+	dst = append(dst, `,"xid":`...)
+	dst = strconv.AppendUint(dst, uint64(e.Xid), 10)
+	dst = append(dst, `,"commit_time":"`...)
+	n := len(dst)
+	dst = e.CommitTime.AppendFormat(dst, time.RFC3339Nano)
+	ok = validRFC3339(dst[n:])
+	return append(dst, `"}`...), ok
+}
+
+// validRFC3339 reports whether b, a time in time.RFC3339Nano, is one
+// time.Time.MarshalJSON accepts: a four-digit year and a zone offset under
+// 24 hours (the checks of the time package).
+func validRFC3339(b []byte) bool {
+	if len(b) < len("2006-01-02T15:04:05Z") || b[4] != '-' {
+		return false
+	}
+	if b[len(b)-1] == 'Z' {
+		return true
+	}
+	c := b[len(b)-len("Z07:00")]
+	h := 10*int(b[len(b)-len("07:00")]-'0') + int(b[len(b)-len("7:00")]-'0')
+	return (c < '0' || c > '9') && h < 24
+}
+
+// timeError is the error json.Marshal reports for e: only its CommitTime
+// can make it fail.
+func (e ChangeEvent) timeError() error {
+	e.V = Version
+	if _, err := json.Marshal(e); err != nil {
+		return fmt.Errorf("encode change event: %w", err)
+	}
+	return fmt.Errorf("encode change event: commit time %s cannot be encoded", e.CommitTime)
+}
+
+// sizeHint is about the size of e's JSON, escapes aside.
+func (e *ChangeEvent) sizeHint() int {
+	n := 220 + len(e.Op) + len(e.Pipeline) + len(e.Database) + len(e.Schema) + len(e.Table) + len(e.LSN) + len(e.CommitLSN)
+	for _, k := range e.Key {
+		n += len(k) + 3
+	}
+	for _, row := range [2]Row{e.Before, e.After} {
+		for k, v := range row {
+			n += len(k) + len(v.Text) + 28 // "k":{"unchanged_toast":true},
+		}
+	}
+	return n
+}
+
+// appendRow appends name and row as encoding/json encodes a map: keys in
+// the order of their bytes. An empty row appends nothing (omitempty).
+func appendRow(dst []byte, name string, row Row) []byte {
+	if len(row) == 0 {
+		return dst
+	}
+	var stack [32]string
+	keys := stack[:0]
+	for k := range row {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	dst = append(dst, name...)
+	dst = append(dst, '{')
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		dst = row[k].appendJSON(dst)
+	}
+	return append(dst, '}')
+}
+
+// CellKind is the state of a Cell.
+type CellKind uint8
+
+// The cell kinds. The zero Cell is absent.
+const (
+	// CellAbsent leaves the column out of the row: a value the source did
+	// not send, which is not NULL.
+	CellAbsent CellKind = iota
+	// CellText is a value in text format, Cell.Text (Value.Text).
+	CellText
+	// CellNull is SQL NULL (NullValue).
+	CellNull
+	// CellUnchanged is an unchanged TOAST value (UnchangedValue).
+	CellUnchanged
+)
+
+// Cell is one column value of a row given column by column in table order,
+// for ChangeEvent.AppendJSONCells. Text may alias a decoder's buffer: it is
+// read only during the call.
+type Cell struct {
+	Text []byte
+	Kind CellKind
+}
+
+// Columns holds the column names of a table, in table order, prepared for
+// ChangeEvent.AppendJSONCells. It is immutable once made and may be shared.
+type Columns struct {
+	// keys[i] is column i's JSON object key with its colon: "name":
+	keys [][]byte
+	// order lists the column indexes in the order encoding/json sorts the
+	// keys of a Row (by their bytes); a repeated name keeps table order.
+	order []int
+	// same[k] reports that order[k+1] has the name of order[k].
+	same []bool
+}
+
+// NewColumns prepares the column names of a table, in table order. A name
+// given twice is one key, whose value is the last present cell of that
+// name, as in a Row filled column by column.
+func NewColumns(names []string) *Columns {
+	c := &Columns{keys: make([][]byte, len(names)), order: make([]int, len(names)), same: make([]bool, len(names))}
+	for i, name := range names {
+		c.keys[i] = append(appendString(nil, name), ':')
+		c.order[i] = i
+	}
+	slices.SortStableFunc(c.order, func(a, b int) int { return strings.Compare(names[a], names[b]) })
+	for k := 0; k+1 < len(c.order); k++ {
+		c.same[k] = names[c.order[k]] == names[c.order[k+1]]
+	}
+	return c
+}
+
+// appendRow appends name and the row of cells, as appendRow appends the
+// Row they describe.
+func (c *Columns) appendRow(dst []byte, name string, cells []Cell) []byte {
+	if c == nil || len(cells) == 0 {
+		return dst
+	}
+	n0 := len(dst)
+	dst = append(dst, name...)
+	dst = append(dst, '{')
+	open := len(dst)
+	for k := 0; k < len(c.order); k++ {
+		i := -1
+		for {
+			if j := c.order[k]; j < len(cells) && cells[j].Kind != CellAbsent {
+				i = j
+			}
+			if !c.same[k] {
+				break
+			}
+			k++
+		}
+		if i < 0 {
+			continue
+		}
+		if len(dst) > open {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, c.keys[i]...)
+		switch cells[i].Kind {
+		case CellNull:
+			dst = append(dst, "null"...)
+		case CellUnchanged:
+			dst = append(dst, unchangedJSON...)
+		default:
+			dst = appendString(dst, cells[i].Text)
+		}
+	}
+	if len(dst) == open {
+		return dst[:n0]
+	}
+	return append(dst, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// htmlSafeLo and htmlSafeHi are the ASCII bytes encoding/json writes as
+// they are in a string, HTML escaping on: ' ' and above but '"', '\\',
+// '<', '>' and '&'. Bit b of htmlSafeLo is byte b, of htmlSafeHi byte 64+b.
+const (
+	htmlSafeLo = ^uint64(1<<' '-1) &^ (1<<'"' | 1<<'&' | 1<<'<' | 1<<'>')
+	htmlSafeHi = ^uint64(1 << ('\\' - 64))
+)
+
+// htmlSafe reports whether encoding/json writes the ASCII byte b as it is.
+// A shift by 64 or more gives 0, and for b below 64, b-64 wraps to 192 or
+// more.
+func htmlSafe(b byte) bool {
+	return (htmlSafeLo>>b|htmlSafeHi>>(b-64))&1 != 0
+}
+
+// appendString appends s as encoding/json encodes a string (HTML escaping
+// on): '"', '\\', control characters, '<', '>', '&', U+2028 and U+2029
+// escaped, each byte of invalid UTF-8 replaced by U+FFFD.
+func appendString[T string | []byte](dst []byte, s T) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if htmlSafe(b) {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '\\', '"':
+				dst = append(dst, '\\', b)
+			case '\b':
+				dst = append(dst, '\\', 'b')
+			case '\f':
+				dst = append(dst, '\\', 'f')
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[b>>4], hexDigits[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }
 
 // DecodeChangeEvent decodes a change event and checks its version and op.
@@ -176,7 +499,8 @@ func CDCSubject(pipeline, schema, table string) string {
 // its transaction and its index in the transaction. A change re-published
 // after a restart gets the same id.
 func CDCMsgID(slot, commitLSN string, index int) string {
-	return fmt.Sprintf("%s:%s:%d", slot, commitLSN, index)
+	var n [20]byte
+	return slot + ":" + commitLSN + ":" + string(strconv.AppendInt(n[:0], int64(index), 10))
 }
 
 func subjectToken(s string) string {

@@ -593,7 +593,7 @@ func (b *bench) generate(ctx context.Context, start pglogrepl.LSN) (*workload, e
 		sql  string
 	}{
 		{cfg.inserts, `INSERT INTO ` + srcTable + `
-			SELECT i, 'customer ' || substr(md5(i::text), 1, 12), measure.Round(i * 1.37 % 100000, 2),
+			SELECT i, 'customer ' || substr(md5(i::text), 1, 12), round(i * 1.37 % 100000, 2),
 				timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
 				jsonb_build_object('tier', i % 5, 'tags', jsonb_build_array('a', i % 7), 'ref', md5(i::text)),
 				CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -209,16 +210,14 @@ func (r *Reader) heartbeat(ctx context.Context, conn *pgx.Conn) {
 	}
 }
 
-type column struct {
-	name string
-	key  bool
-}
-
 type relation struct {
 	schema, table string
-	cols          []column
-	keys          []string
-	subject       string
+	// columns names the columns, identity flags those of the replica
+	// identity (the key), both in table order.
+	columns  *protocol.Columns
+	identity []bool
+	keys     []string
+	subject  string
 }
 
 // pending is a transaction (or a heartbeat) whose events were published and
@@ -241,8 +240,17 @@ type streamState struct {
 	commitLSN string
 	xid       uint32
 	time      time.Time
+	timeErr   error // Encode's error for time, which JSON cannot carry
 	index     int
 	futs      []jetstream.PubAckFuture
+
+	// reused by each event: its encoding before the copy it is published
+	// in, and the cells of its rows.
+	buf           []byte
+	before, after []protocol.Cell
+	// expectStream is the Nats-Expected-Stream header value of every
+	// event; nats.go only reads it.
+	expectStream []string
 
 	queue    []*pending
 	inFlight int
@@ -276,7 +284,7 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
 	}
-	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start}
+	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, expectStream: []string{protocol.StreamCDC}}
 	defer func() {
 		if st.meta != nil {
 			st.meta.Close(context.WithoutCancel(ctx))
@@ -295,6 +303,12 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		return nil
 	}
 	nextStatus := time.Now().Add(r.cfg.StatusInterval)
+	// A receive context is reused while it is live and ends no later than
+	// the wanted deadline: one per message would cost a timer each.
+	var rctx context.Context
+	rcancel := context.CancelFunc(func() {})
+	var rdeadline time.Time
+	defer func() { rcancel() }()
 	for {
 		if err := r.reap(ctx, st, false); err != nil {
 			return err
@@ -313,9 +327,12 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 				deadline = d
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
+		if rctx == nil || rctx.Err() != nil || deadline.Before(rdeadline) {
+			c, cancel := context.WithDeadline(ctx, deadline)
+			rcancel()
+			rctx, rcancel, rdeadline = c, cancel, deadline
+		}
 		raw, err := rc.ReceiveMessage(rctx)
-		cancel()
 		if err != nil {
 			// Checked first: pgconn reports a context that was already done
 			// as a timeout.
@@ -416,15 +433,20 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 					return ctx.Err()
 				}
 			} else {
+				// Err only when not acknowledged: Ok and Err each take the
+				// publisher's lock and make a channel on first use.
 				select {
 				case <-f.Ok():
-				case err := <-f.Err():
-					return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
 				default:
-					if time.Since(p.since) > r.cfg.AckTimeout {
-						return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
+					select {
+					case err := <-f.Err():
+						return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
+					default:
+						if time.Since(p.since) > r.cfg.AckTimeout {
+							return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
+						}
+						return nil
 					}
-					return nil
 				}
 			}
 			p.futs[p.next] = nil
@@ -474,13 +496,16 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		rel := &relation{schema: m.Namespace, table: m.RelationName, subject: protocol.CDCSubject(r.cfg.Pipeline, m.Namespace, m.RelationName)}
+		names := make([]string, 0, len(m.Columns))
 		for _, c := range m.Columns {
 			key := c.Flags&1 != 0
-			rel.cols = append(rel.cols, column{name: c.Name, key: key})
+			names = append(names, c.Name)
+			rel.identity = append(rel.identity, key)
 			if key {
 				rel.keys = append(rel.keys, c.Name)
 			}
 		}
+		rel.columns = protocol.NewColumns(names)
 		if m.ReplicaIdentity == 'f' {
 			// FULL flags every column as identity: the key is the primary key.
 			keys, err := r.primaryKey(ctx, st, m.RelationID)
@@ -494,9 +519,14 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		st.rels[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
 		st.inTx = true
-		st.commitLSN = m.FinalLSN.String()
+		st.commitLSN = formatLSN(m.FinalLSN)
 		st.xid = m.Xid
 		st.time = m.CommitTime
+		st.timeErr = nil
+		if _, err := m.CommitTime.MarshalJSON(); err != nil {
+			// Encode fails on it: so does every event of the transaction.
+			_, st.timeErr = protocol.ChangeEvent{CommitTime: m.CommitTime}.Encode()
+		}
 		st.index = 0
 		st.futs = nil
 	case *pglogrepl.CommitMessage:
@@ -514,23 +544,23 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		if err != nil {
 			return err
 		}
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpInsert, nil, rel.row(m.Tuple, false))
+		st.after = rel.cells(st.after, m.Tuple, false)
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpInsert, nil, st.after)
 	case *pglogrepl.UpdateMessage:
 		rel, err := st.relation(m.RelationID)
 		if err != nil {
 			return err
 		}
-		var before protocol.Row
-		if m.OldTuple != nil {
-			before = rel.row(m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
-		}
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpUpdate, before, rel.row(m.NewTuple, false))
+		st.before = rel.cells(st.before, m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
+		st.after = rel.cells(st.after, m.NewTuple, false)
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpUpdate, st.before, st.after)
 	case *pglogrepl.DeleteMessage:
 		rel, err := st.relation(m.RelationID)
 		if err != nil {
 			return err
 		}
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpDelete, rel.row(m.OldTuple, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey), nil)
+		st.before = rel.cells(st.before, m.OldTuple, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey)
+		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpDelete, st.before, nil)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			rel, err := st.relation(id)
@@ -582,73 +612,112 @@ func (st *streamState) relation(id uint32) (*relation, error) {
 	return rel, nil
 }
 
-// row converts a tuple. keyOnly keeps only the key columns (an old tuple of
-// REPLICA IDENTITY DEFAULT sends NULL for the others).
-func (rel *relation) row(t *pglogrepl.TupleData, keyOnly bool) protocol.Row {
+// cells converts tuple t into cells of rel's columns, reusing dst's
+// memory: a row of protocol.ChangeEvent.AppendJSONCells. keyOnly leaves
+// out the non-key columns (an old tuple of REPLICA IDENTITY DEFAULT sends
+// NULL for them). A nil tuple gives no cells: no row. The cells alias t's
+// data, valid until the next message is received.
+func (rel *relation) cells(dst []protocol.Cell, t *pglogrepl.TupleData, keyOnly bool) []protocol.Cell {
+	dst = dst[:0]
 	if t == nil {
-		return nil
+		return dst
 	}
-	row := make(protocol.Row, len(t.Columns))
-	for i, c := range t.Columns {
-		if i >= len(rel.cols) {
-			break
-		}
-		if keyOnly && !rel.cols[i].key {
-			continue
-		}
-		name := rel.cols[i].name
-		switch c.DataType {
-		case pglogrepl.TupleDataTypeNull:
-			row[name] = protocol.NullValue
-		case pglogrepl.TupleDataTypeToast:
-			row[name] = protocol.UnchangedValue
+	for i, c := range t.Columns[:min(len(t.Columns), len(rel.identity))] {
+		var cell protocol.Cell
+		switch {
+		case keyOnly && !rel.identity[i]:
+			// absent
+		case c.DataType == pglogrepl.TupleDataTypeNull:
+			cell.Kind = protocol.CellNull
+		case c.DataType == pglogrepl.TupleDataTypeToast:
+			cell.Kind = protocol.CellUnchanged
 		default:
-			row[name] = protocol.Text(string(c.Data))
+			cell = protocol.Cell{Kind: protocol.CellText, Text: c.Data}
 		}
+		dst = append(dst, cell)
 	}
-	return row
+	return dst
 }
 
-func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, lsn pglogrepl.LSN, op protocol.Op, before, after protocol.Row) error {
+// formatLSN formats lsn as pglogrepl.LSN.String does (%X/%X), without fmt.
+func formatLSN(lsn pglogrepl.LSN) string {
+	var b [17]byte
+	return string(appendHex(append(appendHex(b[:0], uint32(lsn>>32)), '/'), uint32(lsn)))
+}
+
+// appendHex appends v in upper-case hexadecimal.
+func appendHex(dst []byte, v uint32) []byte {
+	n := len(dst)
+	dst = strconv.AppendUint(dst, uint64(v), 16)
+	for i := n; i < len(dst); i++ {
+		if c := dst[i]; c >= 'a' {
+			dst[i] = c - 'a' + 'A'
+		}
+	}
+	return dst
+}
+
+// publish publishes the event of one change: before and after are its rows
+// as cells of rel's columns.
+func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, lsn pglogrepl.LSN, op protocol.Op, before, after []protocol.Cell) error {
 	if !st.inTx {
 		return fmt.Errorf("%s on %s.%s at %s outside a transaction", op, rel.schema, rel.table, lsn)
 	}
+	if st.timeErr != nil {
+		return st.timeErr
+	}
 	ev := protocol.ChangeEvent{
-		Op: op, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: rel.schema, Table: rel.table,
-		Key: rel.keys, Before: before, After: after,
-		LSN: lsn.String(), CommitLSN: st.commitLSN, Index: st.index, Xid: st.xid, CommitTime: st.time,
+		Op: op, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: rel.schema, Table: rel.table, Key: rel.keys,
+		LSN: formatLSN(lsn), CommitLSN: st.commitLSN, Index: st.index, Xid: st.xid, CommitTime: st.time,
 	}
-	data, err := ev.Encode()
-	if err != nil {
-		return err
-	}
+	st.buf = ev.AppendJSONCells(st.buf[:0], rel.columns, before, after)
+	// nats.go keeps msg.Data until the ack (it publishes it again after a
+	// no-responders reply): each event has a slice of its own.
+	data := make([]byte, len(st.buf))
+	copy(data, st.buf)
 	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, st.index)
 	st.index++
 	for st.inFlight >= r.cfg.MaxInFlight {
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
-		var err error
-		if len(st.queue) > 0 {
-			err = r.reapOne(wctx, st)
-		} else {
-			// The current transaction alone fills the bound: wait for its
-			// oldest event, confirming nothing (the slot may only be
-			// confirmed at the end of a transaction).
-			err = r.waitCurrent(wctx, st)
-		}
-		cancel()
-		if err != nil {
+		if err := r.waitOne(ctx, st); err != nil {
 			return err
 		}
 	}
-	msg := &nats.Msg{Subject: rel.subject, Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	f, err := r.js.PublishMsgAsync(msg, jetstream.WithExpectStream(protocol.StreamCDC))
-	if err != nil {
-		return fmt.Errorf("publish %s: %w", id, err)
+	// The headers jetstream.WithExpectStream(protocol.StreamCDC) sets,
+	// without an option and its allocations per event.
+	msg := &nats.Msg{Subject: rel.subject, Data: data, Header: nats.Header{
+		jetstream.MsgIDHeader:          []string{id},
+		jetstream.ExpectedStreamHeader: st.expectStream,
+	}}
+	for {
+		f, err := r.js.PublishMsgAsync(msg)
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && st.inFlight > 0 {
+			// nats.go's own bound of pending acks stayed full: let one of
+			// ours through, then try again (nothing was sent).
+			if err := r.waitOne(ctx, st); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", id, err)
+		}
+		st.futs = append(st.futs, f)
+		st.inFlight++
+		return nil
 	}
-	st.futs = append(st.futs, f)
-	st.inFlight++
-	return nil
+}
+
+// waitOne waits, at most AckTimeout, for the oldest event in flight: the
+// oldest queued entry, else the oldest event of the transaction being
+// received (confirming nothing: the slot may only be confirmed at the end
+// of a transaction).
+func (r *Reader) waitOne(ctx context.Context, st *streamState) error {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
+	defer cancel()
+	if len(st.queue) > 0 {
+		return r.reapOne(ctx, st)
+	}
+	return r.waitCurrent(ctx, st)
 }
 
 // waitCurrent waits for the oldest unacknowledged event of the transaction
