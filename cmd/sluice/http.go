@@ -43,6 +43,10 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 		st, err := c.Status(r.Context(), protocol.StatusRequest{Pipeline: r.URL.Query().Get("pipeline"), Limit: limit})
 		reply(w, log, st, err)
 	})
+	mux.HandleFunc("GET /v1/cdc", func(w http.ResponseWriter, r *http.Request) {
+		st, err := c.CDCStatus(r.Context())
+		reply(w, log, st, err)
+	})
 	mux.HandleFunc("POST /v1/pipelines", func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {

@@ -185,6 +185,9 @@ func TestHTTPAPI(t *testing.T) {
 		if code != 200 || !strings.Contains(string(body), `"name": "api"`) {
 			t.Errorf("status: %d %s", code, body)
 		}
+		if code, body = call("GET", "/v1/cdc", "s3cret", ""); code != 200 || !strings.Contains(string(body), `"streams": []`) {
+			t.Errorf("cdc status without cdc pipelines: %d %s", code, body)
+		}
 		return nil
 	})
 	if err != nil {
