@@ -122,7 +122,9 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	}
 	// A worker that does not answer keeps the lease until it expires;
 	// then the stream goes to another.
-	msg, err := t.c.nc.RequestWithContext(ctxTimeout(ctx, assignTimeout), protocol.WorkerStreamSubject(w), data)
+	actx, cancel := context.WithTimeout(ctx, assignTimeout)
+	defer cancel()
+	msg, err := t.c.nc.RequestWithContext(actx, protocol.WorkerStreamSubject(w), data)
 	if err != nil {
 		return fmt.Errorf("assign stream to worker %s: %w", w, err)
 	}
@@ -131,12 +133,6 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 		return fmt.Errorf("worker %s refused the stream: %s", w, cmp.Or(reply.Error, fmt.Sprint(err)))
 	}
 	return nil
-}
-
-func ctxTimeout(ctx context.Context, d time.Duration) context.Context {
-	c, cancel := context.WithTimeout(ctx, d)
-	context.AfterFunc(c, cancel)
-	return c
 }
 
 // pickWorker chooses the live worker holding the fewest streams, avoiding
