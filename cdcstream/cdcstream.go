@@ -171,7 +171,12 @@ func (o Opener) openApply(ctx context.Context, spec pipeline.Spec, log *slog.Log
 	default:
 		return nil, fmt.Errorf("cdc_apply sink kind %q: want postgres or files", spec.Sink.Kind)
 	}
-	r, err := cdcapply.NewRunner(o.JS, cdcapply.Config{Pipeline: spec.Name, Upstream: src.Pipeline}, a, log)
+	cfg := cdcapply.Config{Pipeline: spec.Name, Upstream: src.Pipeline}
+	if spec.Sink.Kind == "files" {
+		// Fewer, larger part files: a batch is a file per table and hour.
+		cfg.BatchSize, cfg.BatchWait = 10_000, time.Second
+	}
+	r, err := cdcapply.NewRunner(o.JS, cfg, a, log)
 	if err != nil {
 		a.Close()
 		return nil, err
