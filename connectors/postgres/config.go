@@ -1,20 +1,17 @@
 package postgres
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -342,22 +339,6 @@ var sessionParams = map[string]string{
 // never show the DSN's password.
 func connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
 	return connectConfig(ctx, dsn, nil)
-}
-
-// copyReadBuffer is the read buffer of a connection that reads a COPY:
-// the server sends a message per row, in 8 KiB writes, and pgx reads at
-// most 8 KiB at a time; one read may take all that is queued instead.
-const copyReadBuffer = 256 << 10
-
-// connectForCopy is connect for a session that reads a large COPY: its
-// reads from the socket go through a buffer of copyReadBuffer bytes. The
-// session must not be hijacked (pgconn does not see that buffer).
-func connectForCopy(ctx context.Context, dsn string) (*pgx.Conn, error) {
-	return connectConfig(ctx, dsn, func(cfg *pgx.ConnConfig) {
-		cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-			return pgproto3.NewFrontend(bufio.NewReaderSize(r, copyReadBuffer), w)
-		}
-	})
 }
 
 func connectConfig(ctx context.Context, dsn string, adjust func(*pgx.ConnConfig)) (*pgx.Conn, error) {

@@ -35,12 +35,18 @@ func newRecordSplitter(capacity int) *recordSplitter {
 
 // Write appends p to the buffer and scans it. It never fails.
 func (s *recordSplitter) Write(p []byte) (int, error) {
+	s.add(p)
+	s.scan()
+	return len(p), nil
+}
+
+// add appends p to the buffer without scanning it: a caller that adds
+// many small pieces scans once after them.
+func (s *recordSplitter) add(p []byte) {
 	if s.nl == len(s.buf) {
 		s.nl = -1 // new bytes may hold a newline
 	}
 	s.buf = append(s.buf, p...)
-	s.scan()
-	return len(p), nil
 }
 
 func (s *recordSplitter) scan() {
