@@ -29,8 +29,6 @@ type Opener struct {
 	JS jetstream.JetStream
 	// Lookup expands ${ENV} references of the specs; nil means none is set.
 	Lookup func(string) (string, bool)
-	// Stream sizes the SLUICE_CDC stream when a reader creates it.
-	Stream pgcdc.StreamConfig
 }
 
 // OpenStream builds the stream of an assignment.
@@ -65,9 +63,8 @@ func (o Opener) openReader(ctx context.Context, spec pipeline.Spec, log *slog.Lo
 	if err := o.expand(spec.Source.Config, &src); err != nil {
 		return nil, fmt.Errorf("cdc source: %w", err)
 	}
-	if err := pgcdc.EnsureStream(ctx, o.JS, o.Stream); err != nil {
-		return nil, err
-	}
+	// SLUICE_CDC is the leader's to create (EnsureStreams): a reader
+	// creating it would set its own replicas.
 	cfg := pgcdc.Config{
 		DSN: src.DSN, Slot: spec.SlotName(), Publication: spec.PublicationName(),
 		Tables: src.Tables, Pipeline: spec.Name,
@@ -140,9 +137,6 @@ func (o Opener) openApply(ctx context.Context, spec pipeline.Spec, log *slog.Log
 	var sink applySinkConfig
 	if err := o.expand(spec.Sink.Config, &sink); err != nil {
 		return nil, fmt.Errorf("cdc_apply sink: %w", err)
-	}
-	if err := pgcdc.EnsureStream(ctx, o.JS, o.Stream); err != nil {
-		return nil, err
 	}
 	var a cdcapply.Applier
 	switch spec.Sink.Kind {

@@ -75,6 +75,15 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      7 * 24 * time.Hour,
 		Duplicates:  2 * time.Minute,
+	}, {
+		// The central change stream: created here, with the cluster's
+		// replicas, before any stream lease is granted.
+		Name:        protocol.StreamCDC,
+		Description: "Sluice change events of every CDC pipeline.",
+		Subjects:    []string{protocol.SubjectCDCAll},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      protocol.CDCRetention,
+		Duplicates:  protocol.CDCDuplicateWindow,
 	}}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage

@@ -3,6 +3,7 @@ package protocol
 import (
 	"fmt"
 	"regexp"
+	"time"
 )
 
 // Stream names. Each stream captures the subjects listed beside it.
@@ -20,6 +21,15 @@ const (
 	StreamDLQ = "SLUICE_DLQ"
 	// StreamCDC is the central change stream.
 	StreamCDC = "SLUICE_CDC"
+)
+
+// CDCDuplicateWindow is the SLUICE_CDC dedupe window: a reader restarted
+// within it re-publishes the unconfirmed tail of its slot without
+// duplicates. CDCRetention is how long SLUICE_CDC keeps an event: a
+// cdc_apply pipeline stopped for longer misses what expired.
+const (
+	CDCDuplicateWindow = 2 * time.Minute
+	CDCRetention       = 7 * 24 * time.Hour
 )
 
 // Subject wildcards captured by the streams.

@@ -80,18 +80,26 @@ func (l *fakeLeader) count() int {
 	return len(l.renewed)
 }
 
-func assign(t *testing.T, nc *nats.Conn, worker string, epoch uint64, lease time.Duration) protocol.AssignReply {
-	t.Helper()
+// tryAssign sends a stream assignment to a worker; "no responders" until
+// the worker subscribed.
+func tryAssign(nc *nats.Conn, worker string, epoch uint64, lease time.Duration) (protocol.AssignReply, error) {
+	var r protocol.AssignReply
 	data, err := protocol.Encode(protocol.StreamAssignment{Pipeline: "replica", Pattern: protocol.PatternCDCApply, Epoch: epoch, Lease: lease, Spec: json.RawMessage(`{}`)})
 	if err != nil {
-		t.Fatal(err)
+		return r, err
 	}
 	m, err := nc.Request(protocol.WorkerStreamSubject(worker), data, 5*time.Second)
 	if err != nil {
-		t.Fatal(err)
+		return r, err
 	}
-	var r protocol.AssignReply
-	if err := json.Unmarshal(m.Data, &r); err != nil {
+	err = json.Unmarshal(m.Data, &r)
+	return r, err
+}
+
+func assign(t *testing.T, nc *nats.Conn, worker string, epoch uint64, lease time.Duration) protocol.AssignReply {
+	t.Helper()
+	r, err := tryAssign(nc, worker, epoch, lease)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -114,7 +122,8 @@ func TestStreamLease(t *testing.T) {
 	r := e.start(cfg, nil)
 	const lease = 900 * time.Millisecond
 	e.waitFor("the worker listening", func() bool {
-		return assign(t, e.nc, cfg.ID, 1, lease).OK
+		r, err := tryAssign(e.nc, cfg.ID, 1, lease)
+		return err == nil && r.OK
 	})
 	e.waitFor("the stream running and renewing", func() bool { return o.running.Load() == 1 && leader.count() >= 3 })
 	leader.mu.Lock()

@@ -26,11 +26,13 @@ type StreamConfig struct {
 
 // DuplicateWindow is the SLUICE_CDC dedupe window: a Reader restarted within
 // it re-publishes the unconfirmed tail of its slot without duplicates.
-const DuplicateWindow = 2 * time.Minute
+const DuplicateWindow = protocol.CDCDuplicateWindow
 
 // EnsureStream creates or updates the central SLUICE_CDC stream (subjects
 // sluice.cdc.>, file storage, limits retention, 2 min duplicate window). It
-// is idempotent.
+// is idempotent. In a cluster the coordinator leader creates the stream
+// (with the cluster's replicas and 7 days of retention); this is for tests
+// and tools that run a Reader alone.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) error {
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
