@@ -56,7 +56,7 @@ func (v Value) MarshalJSON() ([]byte, error) {
 	case v.Null:
 		return []byte("null"), nil
 	default:
-		return appendString(make([]byte, 0, len(v.Text)+2), v.Text), nil
+		return AppendJSONString(make([]byte, 0, len(v.Text)+2), v.Text), nil
 	}
 }
 
@@ -68,7 +68,7 @@ func (v Value) appendJSON(dst []byte) []byte {
 	case v.Null:
 		return append(dst, "null"...)
 	default:
-		return appendString(dst, v.Text)
+		return AppendJSONString(dst, v.Text)
 	}
 }
 
@@ -190,22 +190,22 @@ func (e *ChangeEvent) appendHead(dst []byte) []byte {
 	dst = append(dst, `{"v":`...)
 	dst = strconv.AppendInt(dst, Version, 10)
 	dst = append(dst, `,"op":`...)
-	dst = appendString(dst, string(e.Op))
+	dst = AppendJSONString(dst, string(e.Op))
 	dst = append(dst, `,"pipeline":`...)
-	dst = appendString(dst, e.Pipeline)
+	dst = AppendJSONString(dst, e.Pipeline)
 	dst = append(dst, `,"database":`...)
-	dst = appendString(dst, e.Database)
+	dst = AppendJSONString(dst, e.Database)
 	dst = append(dst, `,"schema":`...)
-	dst = appendString(dst, e.Schema)
+	dst = AppendJSONString(dst, e.Schema)
 	dst = append(dst, `,"table":`...)
-	dst = appendString(dst, e.Table)
+	dst = AppendJSONString(dst, e.Table)
 	if len(e.Key) > 0 {
 		dst = append(dst, `,"key":[`...)
 		for i, k := range e.Key {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, k)
+			dst = AppendJSONString(dst, k)
 		}
 		dst = append(dst, ']')
 	}
@@ -216,9 +216,9 @@ func (e *ChangeEvent) appendHead(dst []byte) []byte {
 // false when CommitTime is one json.Marshal rejects.
 func (e *ChangeEvent) appendTail(dst []byte) (_ []byte, ok bool) {
 	dst = append(dst, `,"lsn":`...)
-	dst = appendString(dst, e.LSN)
+	dst = AppendJSONString(dst, e.LSN)
 	dst = append(dst, `,"commit_lsn":`...)
-	dst = appendString(dst, e.CommitLSN)
+	dst = AppendJSONString(dst, e.CommitLSN)
 	dst = append(dst, `,"index":`...)
 	dst = strconv.AppendInt(dst, int64(e.Index), 10)
 	dst = append(dst, `,"xid":`...)
@@ -287,7 +287,7 @@ func appendRow(dst []byte, name string, row Row) []byte {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, k)
+		dst = AppendJSONString(dst, k)
 		dst = append(dst, ':')
 		dst = row[k].appendJSON(dst)
 	}
@@ -336,7 +336,7 @@ type Columns struct {
 func NewColumns(names []string) *Columns {
 	c := &Columns{keys: make([][]byte, len(names)), order: make([]int, len(names)), same: make([]bool, len(names))}
 	for i, name := range names {
-		c.keys[i] = append(appendString(nil, name), ':')
+		c.keys[i] = append(AppendJSONString(nil, name), ':')
 		c.order[i] = i
 	}
 	slices.SortStableFunc(c.order, func(a, b int) int { return strings.Compare(names[a], names[b]) })
@@ -380,7 +380,7 @@ func (c *Columns) appendRow(dst []byte, name string, cells []Cell) []byte {
 		case CellUnchanged:
 			dst = append(dst, unchangedJSON...)
 		default:
-			dst = appendString(dst, cells[i].Text)
+			dst = AppendJSONString(dst, cells[i].Text)
 		}
 	}
 	if len(dst) == open {
@@ -406,10 +406,10 @@ func htmlSafe(b byte) bool {
 	return (htmlSafeLo>>b|htmlSafeHi>>(b-64))&1 != 0
 }
 
-// appendString appends s as encoding/json encodes a string (HTML escaping
-// on): '"', '\\', control characters, '<', '>', '&', U+2028 and U+2029
-// escaped, each byte of invalid UTF-8 replaced by U+FFFD.
-func appendString[T string | []byte](dst []byte, s T) []byte {
+// AppendJSONString appends s as encoding/json encodes a string (HTML
+// escaping on): '"', '\\', control characters, '<', '>', '&', U+2028 and
+// U+2029 escaped, each byte of invalid UTF-8 replaced by U+FFFD.
+func AppendJSONString[T string | []byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {

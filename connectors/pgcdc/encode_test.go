@@ -8,28 +8,6 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// FuzzAppendJSONString: appendJSONString writes valid JSON that decodes to
-// what encoding/json's own encoding of the same bytes decodes to (invalid
-// UTF-8 becomes U+FFFD in both).
-func FuzzAppendJSONString(f *testing.F) {
-	for _, s := range []string{"", "plain", `q"uote\back`, "tab\tnl\nnul\x00\x1f", "日本語 ünï", "\xff\xfebad", "a\u2028b<>&"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		var got, want string
-		if err := json.Unmarshal(appendJSONString(nil, []byte(s)), &got); err != nil {
-			t.Fatalf("appendJSONString(%q) = %s: %v", s, appendJSONString(nil, s), err)
-		}
-		std, _ := json.Marshal(s)
-		if err := json.Unmarshal(std, &want); err != nil {
-			t.Fatal(err)
-		}
-		if got != want {
-			t.Fatalf("appendJSONString(%q) decodes to %q, encoding/json's to %q", s, got, want)
-		}
-	})
-}
-
 // TestRowEncoder: a line decodes as the SnapshotRow it encodes, NULL apart
 // from the empty string.
 func TestRowEncoder(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -538,7 +537,7 @@ func (e *rowEncoder) append(buf []byte, n int64, columns []string, values [][]by
 		e.columns = slices.Clone(columns)
 		e.names = make([][]byte, len(columns))
 		for i, c := range columns {
-			e.names[i] = append(appendJSONString(nil, c), ':')
+			e.names[i] = append(protocol.AppendJSONString(nil, c), ':')
 		}
 	}
 	buf = append(buf, e.prefix...)
@@ -552,55 +551,10 @@ func (e *rowEncoder) append(buf []byte, n int64, columns []string, values [][]by
 		if v == nil {
 			buf = append(buf, "null"...)
 		} else {
-			buf = appendJSONString(buf, v)
+			buf = protocol.AppendJSONString(buf, v)
 		}
 	}
 	return append(buf, "}}"...)
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string. Invalid UTF-8 becomes
-// U+FFFD, as encoding/json does.
-func appendJSONString[T string | []byte](buf []byte, s T) []byte {
-	buf = append(buf, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			buf = append(buf, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				buf = append(buf, '\\', c)
-			case '\n':
-				buf = append(buf, '\\', 'n')
-			case '\r':
-				buf = append(buf, '\\', 'r')
-			case '\t':
-				buf = append(buf, '\\', 't')
-			default:
-				buf = append(buf, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRune([]byte(s[i:min(i+utf8.UTFMax, len(s))]))
-		if r == utf8.RuneError && size == 1 {
-			buf = append(buf, s[start:i]...)
-			buf = append(buf, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	buf = append(buf, s[start:]...)
-	return append(buf, '"')
 }
 
 // splitTable splits "schema.table".
