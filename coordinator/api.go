@@ -171,6 +171,14 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	if err := checkSpec(spec, t.c.reg); err != nil {
 		return nil, invalid("%v", err)
 	}
+	if spec.Pattern == protocol.PatternCDCApply {
+		// A misspelt upstream would apply nothing, silently, forever.
+		var src pipeline.ApplySourceConfig
+		_ = json.Unmarshal(spec.Source.Config, &src)
+		if up, ok := t.c.fsm.pipeline(src.Pipeline); !ok || up.Spec.Pattern != protocol.PatternCDC {
+			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, src.Pipeline)
+		}
+	}
 	out, err := t.c.apply(cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: now()})
 	if err != nil {
 		return nil, err

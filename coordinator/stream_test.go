@@ -131,10 +131,17 @@ func newSimWorker(t *testing.T, url, id string) *simWorker {
 	return w
 }
 
+// assignments returns the assignments of the pipeline "replica".
 func (w *simWorker) assignments() []protocol.StreamAssignment {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]protocol.StreamAssignment(nil), w.got...)
+	var out []protocol.StreamAssignment
+	for _, a := range w.got {
+		if a.Pipeline == "replica" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (w *simWorker) renew(pipeline string, epoch uint64) protocol.LeaseRenewReply {
@@ -172,6 +179,14 @@ func TestStreamLeases(t *testing.T) {
 		Sink:   protocol.Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"/tmp/x"}`)},
 		CDC:    &pipeline.CDC{Lease: time.Second}}
 	lease := spec.LeaseDuration()
+	if _, err := cl.Apply(ctx, spec); err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `source.pipeline: "shop"`) {
+		t.Fatalf("apply before its upstream: %v", err)
+	}
+	up := cdcSpec("shop")
+	up.CDC = &pipeline.CDC{Snapshot: pipeline.SnapshotNever, Lease: time.Hour}
+	if _, err := cl.Apply(ctx, up); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := cl.Apply(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +205,7 @@ func TestStreamLeases(t *testing.T) {
 		t.Fatal("renewal of another epoch accepted")
 	}
 	st, err := cl.CDCStatus(ctx)
-	if err != nil || len(st.Streams) != 1 || st.Streams[0].Worker != "wa" || st.Streams[0].Status.Events != 42 {
+	if err != nil || len(st.Streams) != 2 || st.Streams[0].Pipeline != "replica" || st.Streams[0].Worker != "wa" || st.Streams[0].Status.Events != 42 {
 		t.Fatalf("cdc status %+v %v", st, err)
 	}
 

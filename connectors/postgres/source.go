@@ -561,21 +561,30 @@ var snapshotIDRE = regexp.MustCompile(`^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$`)
 // repeated; a snapshot that is gone fails with a permanent error wrapping
 // ErrSnapshotGone. ctx bounds the whole read.
 func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
-	var c chunkSpec
-	if err := json.Unmarshal(p.Spec, &c); err != nil {
-		return connectors.Permanent(fmt.Errorf("read %s %s: bad partition spec: %w", s.cfg.Table, p.Key, err))
+	c, err := s.chunk(p)
+	if err != nil {
+		return err
 	}
-	if c.V != 1 || len(c.Columns) == 0 {
-		return connectors.Permanent(fmt.Errorf("read %s %s: partition spec version %d is not one this build reads", s.cfg.Table, p.Key, c.V))
-	}
-	if c.Snapshot != "" && !snapshotIDRE.MatchString(c.Snapshot) {
-		return connectors.Permanent(fmt.Errorf("read %s %s: bad snapshot id %q", s.cfg.Table, p.Key, c.Snapshot))
-	}
-	err := s.read(ctx, c, p.Key, emit)
+	err = s.read(ctx, c, p.Key, emit)
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return err
+}
+
+// chunk decodes and checks a partition's chunk spec.
+func (s *Source) chunk(p protocol.Partition) (chunkSpec, error) {
+	var c chunkSpec
+	if err := json.Unmarshal(p.Spec, &c); err != nil {
+		return c, connectors.Permanent(fmt.Errorf("read %s %s: bad partition spec: %w", s.cfg.Table, p.Key, err))
+	}
+	if c.V != 1 || len(c.Columns) == 0 {
+		return c, connectors.Permanent(fmt.Errorf("read %s %s: partition spec version %d is not one this build reads", s.cfg.Table, p.Key, c.V))
+	}
+	if c.Snapshot != "" && !snapshotIDRE.MatchString(c.Snapshot) {
+		return c, connectors.Permanent(fmt.Errorf("read %s %s: bad snapshot id %q", s.cfg.Table, p.Key, c.Snapshot))
+	}
+	return c, nil
 }
 
 func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connectors.Emit) error {
@@ -949,17 +958,11 @@ func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot, run, where s
 // wrapped. ctx bounds the whole read; ReadText returns ctx.Err() when it is
 // cancelled.
 func (s *Source) ReadText(ctx context.Context, p protocol.Partition, fn func(columns []string, values [][]byte) error) error {
-	var c chunkSpec
-	if err := json.Unmarshal(p.Spec, &c); err != nil {
-		return connectors.Permanent(fmt.Errorf("read %s %s: bad partition spec: %w", s.cfg.Table, p.Key, err))
+	c, err := s.chunk(p)
+	if err != nil {
+		return err
 	}
-	if c.V != 1 || len(c.Columns) == 0 {
-		return connectors.Permanent(fmt.Errorf("read %s %s: partition spec version %d is not one this build reads", s.cfg.Table, p.Key, c.V))
-	}
-	if c.Snapshot != "" && !snapshotIDRE.MatchString(c.Snapshot) {
-		return connectors.Permanent(fmt.Errorf("read %s %s: bad snapshot id %q", s.cfg.Table, p.Key, c.Snapshot))
-	}
-	err := s.readText(ctx, c, p.Key, fn)
+	err = s.readText(ctx, c, p.Key, fn)
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
