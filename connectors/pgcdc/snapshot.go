@@ -88,6 +88,10 @@ func (e *ExportedSlot) Close() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// A command on the connection ends the exported snapshot before its
+	// reply; closing alone ends it when the server gets round to it. An
+	// error means the connection is gone already.
+	_, _ = pglogrepl.IdentifySystem(ctx, conn)
 	return conn.Close(ctx)
 }
 

@@ -840,6 +840,10 @@ func (s *Source) ReleaseRun(runID string) error {
 func release(conn *pgx.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// ROLLBACK first: closing alone ends the session asynchronously on the
+	// server, and a chunk read right after could still import the
+	// snapshot. An error means the session is gone already.
+	_, _ = conn.Exec(ctx, "ROLLBACK")
 	return conn.Close(ctx)
 }
 
