@@ -71,6 +71,7 @@ func (o Opener) openReader(ctx context.Context, spec pipeline.Spec, log *slog.Lo
 	}
 	if spec.CDC != nil {
 		cfg.Heartbeat = spec.CDC.Heartbeat
+		cfg.MessageEvents = spec.CDC.MessageEvents
 	}
 	r, err := pgcdc.NewReader(cfg, o.JS, log)
 	if err != nil {

@@ -223,8 +223,9 @@ func snapshotEndpoints(spec pipeline.Spec) (src, sink protocol.Endpoint, err err
 		return src, sink, fmt.Errorf("cdc source: %w", err)
 	}
 	var rows int64
+	var perMessage int
 	if spec.CDC != nil {
-		rows = spec.CDC.TargetRows
+		rows, perMessage = spec.CDC.TargetRows, spec.CDC.MessageEvents
 	}
 	sc, err := json.Marshal(map[string]any{
 		"dsn": cfg.DSN, "tables": cfg.Tables, "slot": spec.SlotName(), "publication": spec.PublicationName(),
@@ -233,7 +234,7 @@ func snapshotEndpoints(spec pipeline.Spec) (src, sink protocol.Endpoint, err err
 	if err != nil {
 		return src, sink, err
 	}
-	kc, err := json.Marshal(map[string]any{"pipeline": spec.Name, "slot": spec.SlotName()})
+	kc, err := json.Marshal(map[string]any{"pipeline": spec.Name, "slot": spec.SlotName(), "message_events": perMessage})
 	if err != nil {
 		return src, sink, err
 	}

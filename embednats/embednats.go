@@ -22,6 +22,8 @@ type Config struct {
 	Name string
 	// Log turns the server's own logging on (to stderr).
 	Log bool
+	// MaxPayload is the largest message the server accepts; 0 means 8 MiB.
+	MaxPayload int32
 }
 
 // Server is a running embedded NATS server.
@@ -56,6 +58,9 @@ func Start(cfg Config) (*Server, error) {
 		NoSigs:     true,
 		// Large enough for a task or result with a long file list.
 		MaxPayload: 8 << 20,
+	}
+	if cfg.MaxPayload > 0 {
+		opts.MaxPayload = cfg.MaxPayload
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

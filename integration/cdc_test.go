@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -224,6 +225,7 @@ func TestCDCFaults(t *testing.T) {
 	if got.afterColumn == 0 {
 		t.Error("no event carries the column added mid-stream")
 	}
+	t.Logf("SLUICE_CDC: %d read and %d change events in %d messages", 3*initial, changes, got.msgs)
 }
 
 // writer runs random transactions of inserts, updates and deletes on the
@@ -398,6 +400,7 @@ type cdcCount struct {
 	reads, changes map[string]int // by schema.table
 	dups           int
 	afterColumn    int // events carrying orders.coupon
+	msgs           int // messages holding them
 }
 
 // cdcEvents reads every event of a cdc pipeline in SLUICE_CDC.
@@ -423,34 +426,46 @@ func (c *cluster) cdcEvents(name string) cdcCount {
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			ev, err := protocol.DecodeChangeEvent(m.Data())
+			evs, err := protocol.DecodeChangeEvents(m.Data())
 			if err != nil {
-				c.t.Fatalf("event %s: %v", m.Subject(), err)
+				c.t.Fatalf("message on %s: %v", m.Subject(), err)
 			}
-			key := ev.Schema + "." + ev.Table
-			if ev.Op == protocol.OpRead {
-				out.reads[key]++
-				continue
+			if h := m.Headers().Get(protocol.HeaderEvents); h != strconv.Itoa(len(evs)) {
+				c.t.Fatalf("message on %s: %s header %q, holds %d events", m.Subject(), protocol.HeaderEvents, h, len(evs))
 			}
-			out.changes[key]++
-			id := fmt.Sprintf("%s:%d", ev.CommitLSN, ev.Index)
-			if seen[id] {
-				out.dups++
-			}
-			seen[id] = true
-			if _, ok := ev.After["coupon"]; ok {
-				out.afterColumn++
+			out.msgs++
+			for _, ev := range evs {
+				out.add(ev, seen)
 			}
 		}
 		if err := batch.Error(); err != nil {
 			c.t.Fatal(err)
 		}
 		if n == 0 {
-			c.t.Fatalf("stream stopped delivering with %d events left", left)
+			c.t.Fatalf("stream stopped delivering with %d messages left", left)
 		}
 		left -= uint64(n)
 	}
 	return out
+}
+
+// add counts one event; seen holds the positions of the change events
+// counted.
+func (out *cdcCount) add(ev protocol.ChangeEvent, seen map[string]bool) {
+	key := ev.Schema + "." + ev.Table
+	if ev.Op == protocol.OpRead {
+		out.reads[key]++
+		return
+	}
+	out.changes[key]++
+	id := fmt.Sprintf("%s:%d", ev.CommitLSN, ev.Index)
+	if seen[id] {
+		out.dups++
+	}
+	seen[id] = true
+	if _, ok := ev.After["coupon"]; ok {
+		out.afterColumn++
+	}
 }
 
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {

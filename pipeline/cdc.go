@@ -37,6 +37,10 @@ type CDC struct {
 	// TargetRows bounds the rows of one snapshot chunk task; 0 means the
 	// PostgreSQL source's default.
 	TargetRows int64 `json:"target_rows,omitempty"`
+	// MessageEvents is the most events packed into one SLUICE_CDC message
+	// (consecutive changes of one table in one transaction, or rows of one
+	// snapshot chunk); 0 means 1000, 1 publishes every event alone.
+	MessageEvents int `json:"message_events,omitempty"`
 }
 
 // Snapshot modes of a cdc pipeline.
@@ -147,6 +151,13 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 				continue
 			}
 			out.TargetRows = n
+		case "message_events":
+			var n int
+			if err := val.Decode(&n); err != nil || n < 1 || n > maxMessageEvents {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to %d", val.Value, maxMessageEvents))
+				continue
+			}
+			out.MessageEvents = n
 		default:
 			p.add(field, k.Line, "unknown field (known: "+cdcFields+")")
 		}
@@ -154,7 +165,10 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 	return out
 }
 
-const cdcFields = "slot, publication, snapshot, heartbeat, lease, target_rows"
+const cdcFields = "slot, publication, snapshot, heartbeat, lease, target_rows, message_events"
+
+// maxMessageEvents bounds cdc.message_events.
+const maxMessageEvents = 100_000
 
 // streamProblems checks the source and sink of cdc and cdc_apply
 // pipelines, which are not connectors of the registry's kind.
@@ -167,8 +181,8 @@ func (s Spec) streamProblems(lines lines) []Problem {
 		add("cdc", fmt.Sprintf("is only for patterns %s and %s, not %s", protocol.PatternCDC, protocol.PatternCDCApply, s.Pattern))
 	}
 	if c := s.CDC; c != nil && s.Pattern == protocol.PatternCDCApply &&
-		(c.Slot != "" || c.Publication != "" || c.Snapshot != "" || c.Heartbeat != 0 || c.TargetRows != 0) {
-		add("cdc", "a cdc_apply pipeline takes only cdc.lease (slot, publication, snapshot, heartbeat and target_rows are the cdc pipeline's)")
+		(c.Slot != "" || c.Publication != "" || c.Snapshot != "" || c.Heartbeat != 0 || c.TargetRows != 0 || c.MessageEvents != 0) {
+		add("cdc", "a cdc_apply pipeline takes only cdc.lease (slot, publication, snapshot, heartbeat, target_rows and message_events are the cdc pipeline's)")
 	}
 	if s.Streamed() {
 		if s.Schedule != "" {

@@ -20,6 +20,7 @@ cdc:
   heartbeat: 5s
   lease: 6s
   target_rows: 1000
+  message_events: 200
 `), "shop.yaml", connectors.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +28,7 @@ cdc:
 	if spec.SlotName() != "sluice_shop_cdc" || spec.PublicationName() != "sluice_shop_cdc" {
 		t.Errorf("slot %q publication %q", spec.SlotName(), spec.PublicationName())
 	}
-	if !spec.InitialSnapshot() || !spec.Streamed() || spec.LeaseDuration() != 6*time.Second || spec.CDC.Heartbeat != 5*time.Second || spec.CDC.TargetRows != 1000 {
+	if !spec.InitialSnapshot() || !spec.Streamed() || spec.LeaseDuration() != 6*time.Second || spec.CDC.Heartbeat != 5*time.Second || spec.CDC.TargetRows != 1000 || spec.CDC.MessageEvents != 200 {
 		t.Errorf("spec %+v cdc %+v", spec, spec.CDC)
 	}
 
@@ -54,8 +55,8 @@ pattern: cdc
 source: {kind: postgres, dsn: "postgres://h/db"}
 sink: {kind: files, path: /tmp/x}
 schedule: "@hourly"
-cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot}
-`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`}},
+cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot, message_events: 0}
+`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not a whole number from 1 to 100000`}},
 		{"cdc from another kind", `name: a
 pattern: cdc
 source: {kind: files, path: /x}

@@ -487,6 +487,40 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 	return e, nil
 }
 
+// DecodeChangeEvents decodes the change events of one SLUICE_CDC message:
+// one or more encoded ChangeEvents, one per line ('\n' between them, none
+// after the last). Every event of a message belongs to the same table and
+// the same transaction, in change order. An error names the event's
+// 1-based place in the message.
+func DecodeChangeEvents(data []byte) ([]ChangeEvent, error) {
+	return AppendChangeEvents(nil, data)
+}
+
+// AppendChangeEvents is DecodeChangeEvents appending to dst.
+func AppendChangeEvents(dst []ChangeEvent, data []byte) ([]ChangeEvent, error) {
+	for n := 1; ; n++ {
+		line, rest, more := bytes.Cut(data, []byte{'\n'})
+		ev, err := DecodeChangeEvent(line)
+		if err != nil {
+			if n == 1 && !more {
+				return dst, err
+			}
+			return dst, fmt.Errorf("event %d of the message: %w", n, err)
+		}
+		dst = append(dst, ev)
+		if !more {
+			return dst, nil
+		}
+		data = rest
+	}
+}
+
+// CountChangeEvents returns the number of events of a SLUICE_CDC message
+// without decoding them: its lines.
+func CountChangeEvents(data []byte) int {
+	return bytes.Count(data, []byte{'\n'}) + 1
+}
+
 // CDCSubject is the subject the change events of one table of a CDC
 // pipeline are published on: sluice.cdc.<pipeline>.<schema>.<table>. A
 // character that cannot appear in a subject token ('.', '*', '>', white
@@ -495,9 +529,10 @@ func CDCSubject(pipeline, schema, table string) string {
 	return "sluice.cdc." + pipeline + "." + subjectToken(schema) + "." + subjectToken(table)
 }
 
-// CDCMsgID is the Nats-Msg-Id of a change event: the slot, the commit LSN of
-// its transaction and its index in the transaction. A change re-published
-// after a restart gets the same id.
+// CDCMsgID is the Nats-Msg-Id of a SLUICE_CDC message: the slot, the commit
+// LSN of its transaction and the index in the transaction of its first
+// event. A message re-published after a restart gets the same id (the
+// events of a transaction are packed into messages the same way each time).
 func CDCMsgID(slot, commitLSN string, index int) string {
 	var n [20]byte
 	return slot + ":" + commitLSN + ":" + string(strconv.AppendInt(n[:0], int64(index), 10))

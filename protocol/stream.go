@@ -88,7 +88,8 @@ type StreamStatus struct {
 	LastCommit time.Time `json:"last_commit,omitzero"`
 	// Events counts events published (cdc) or applied (cdc_apply) by this
 	// holder of the lease; Applied is the stream sequence applied last and
-	// Pending the events not yet applied (cdc_apply).
+	// Pending the messages (of one or more events) not yet applied
+	// (cdc_apply).
 	Events  int64  `json:"events"`
 	Applied uint64 `json:"applied,omitempty"`
 	Pending uint64 `json:"pending,omitempty"`

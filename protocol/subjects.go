@@ -74,6 +74,9 @@ const (
 	HeaderOrigSubject = "Sluice-Orig-Subject"
 	HeaderOrigSeq     = "Sluice-Orig-Seq"
 	HeaderOrigMsgID   = "Sluice-Orig-Msg-Id"
+	// HeaderEvents is the number of change events a SLUICE_CDC message
+	// holds (see DecodeChangeEvents).
+	HeaderEvents = "Sluice-Events"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)

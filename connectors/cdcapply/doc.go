@@ -5,25 +5,31 @@
 // Run reads the events of the upstream pipeline (subjects
 // sluice.cdc.<upstream>.>) through the durable pull consumer
 // cdc_apply_<pipeline> and hands them to an Applier batch by batch, in stream
-// order. The Applier is the source of truth for progress: it stores the
-// stream sequence of the last event it made durable together with the events
-// themselves (Postgres: an upsert into sluice_cdc_offsets in the same
-// transaction; Files: an offset file renamed into place after the part
-// files), and skips events at or below it. At start Run asks the Applier for
-// that sequence and resets the consumer to the next one, so a batch applied
-// but not acknowledged is not applied again, a batch fetched but not applied
-// is delivered again before anything after it, and the offset alone decides
-// where applying resumes. Within one Run a gap in the consumer's delivery
-// sequence (a message delivered to a pull request nobody read) also resets
-// the consumer. Together: each event is applied exactly once and in stream
-// order, across crashes and restarts at any point. Run acknowledges a batch
-// (AckAll, so one ack covers the batch) only after Apply returned nil; the
-// acknowledgement is bookkeeping, not a correctness condition.
+// order. A message holds one or more events (protocol.DecodeChangeEvents),
+// all carrying the message's stream sequence, and a batch holds whole
+// messages: up to Config.BatchSize events, or one message that alone holds
+// more. Messages fetched beyond a batch wait, in order, for the next one;
+// fetches are bounded by message count and bytes. The Applier is the source
+// of truth for progress: it stores the stream sequence of the last message
+// it made durable together with the events themselves (Postgres: an upsert
+// into sluice_cdc_offsets in the same transaction; Files: an offset file
+// renamed into place after the part files), and skips events at or below
+// it. At start Run asks the Applier for that sequence and resets the
+// consumer to the next one, so a batch applied but not acknowledged is not
+// applied again, a message fetched but not applied is delivered again before
+// anything after it, and the offset alone decides where applying resumes.
+// Within one Run a gap in the consumer's delivery sequence (a message
+// delivered to a pull request nobody read) also resets the consumer.
+// Together: each event is applied exactly once and in stream order, across
+// crashes and restarts at any point. Run acknowledges a batch (AckAll, so one
+// ack covers the batch) only after Apply returned nil, and never a message
+// still waiting for a later batch; the acknowledgement is bookkeeping, not a
+// correctness condition.
 //
-// A message that is not a valid change event stops Run with an error naming
-// its stream sequence and subject; the events before it are applied first,
-// and nothing after it is. Run does not skip it: an operator must remove it
-// from the stream (or fix the build that cannot read it).
+// A message that does not hold valid change events stops Run with an error
+// naming its stream sequence and subject; the messages before it are applied
+// first, and nothing of it or after it is. Run does not skip it: an operator
+// must remove it from the stream (or fix the build that cannot read it).
 //
 // PostgreSQL target (Postgres): the source table <schema>.<table> maps to the
 // target table <Schema>.<table> (PostgresConfig.Schema, or the source schema
@@ -66,8 +72,8 @@
 // keeps a batch from being applied twice, but two Runs would split the
 // stream between them).
 //
-// Files target: each event becomes one JSON line (the event with its stream
-// sequence) in <Path>/<schema>.<table>/date=YYYY-MM-DD/hour=HH/part-<seq>.jsonl
+// Files target: each event becomes one JSON line (the event with the stream
+// sequence of its message) in <Path>/<schema>.<table>/date=YYYY-MM-DD/hour=HH/part-<seq>.jsonl
 // by its commit time (UTC); see Files for the write protocol and for when an
 // hour is closed with a _SUCCESS marker.
 package cdcapply

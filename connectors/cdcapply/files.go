@@ -20,7 +20,7 @@ import (
 // Names of the bookkeeping files at the root of a Files directory and in its
 // hour directories.
 const (
-	// OffsetFile holds the stream sequence of the last event written.
+	// OffsetFile holds the stream sequence of the last message written.
 	OffsetFile = "_sluice_offset"
 	// PendingFile lists the part files of the batch being written.
 	PendingFile = "_sluice_pending"
@@ -58,7 +58,9 @@ func (c FilesConfig) Validate() error {
 //
 // where the hour is the event's commit time in UTC and <seq> is the stream
 // sequence of the table's first event in the batch, zero-padded to 20
-// digits. Each line is the event's JSON with its stream sequence ("seq").
+// digits. Each line is the event's JSON with the stream sequence of its
+// message ("seq"): the events of one message share it, in change order
+// (their position is in "commit_lsn" and "index").
 //
 // Apply writes a batch in this order, each file to a temporary name, fsynced
 // and renamed, and each changed directory fsynced: the list of the batch's
@@ -70,7 +72,9 @@ func (c FilesConfig) Validate() error {
 // same first event per table (the first after the offset), so it writes the
 // same part names again and replaces them; and a part of the crashed attempt
 // that the new batch does not replace (the new batch ending earlier, or no
-// longer reaching an hour) is removed before anything is written.
+// longer reaching an hour) is removed before anything is written. This
+// relies on batches of whole messages (see Applier): a later batch starts
+// after the offset, so it never reuses a part name of an earlier one.
 //
 // Closing hours: an hour is closed when the applier is caught up with the
 // stream (every event of the upstream in SLUICE_CDC is applied) and the hour
@@ -223,7 +227,7 @@ func (f *Files) Apply(ctx context.Context, events []Event) (err error) {
 	byRel := map[string]*part{}
 	first := map[string]uint64{} // table directory -> its first seq in the batch
 	for i, ev := range events {
-		if i > 0 && ev.Seq <= events[i-1].Seq {
+		if i > 0 && ev.Seq < events[i-1].Seq {
 			return fmt.Errorf("events out of order: sequence %d after %d", ev.Seq, events[i-1].Seq)
 		}
 		table := pathToken(ev.Schema) + "." + pathToken(ev.Table)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -42,19 +43,42 @@ func startJS(t testing.TB) jetstream.JetStream {
 	return js
 }
 
-// publish publishes events on their CDC subjects and returns their stream
-// sequences.
+// publish publishes events on their CDC subjects, one message each, and
+// returns their stream sequences.
 func publish(t testing.TB, js jetstream.JetStream, evs ...protocol.ChangeEvent) []uint64 {
+	t.Helper()
+	msgs := make([][]protocol.ChangeEvent, len(evs))
+	for i := range evs {
+		msgs[i] = evs[i : i+1]
+	}
+	return publishPacked(t, js, msgs...)
+}
+
+// publishPacked publishes each group of events as one message on the CDC
+// subject of its first event, packed as the pgcdc Reader packs them (the
+// encoded events joined by '\n', their count in the Sluice-Events header),
+// and returns the messages' stream sequences.
+func publishPacked(t testing.TB, js jetstream.JetStream, msgs ...[]protocol.ChangeEvent) []uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var futs []jetstream.PubAckFuture
-	for _, ev := range evs {
-		data, err := ev.Encode()
-		if err != nil {
-			t.Fatal(err)
+	for _, evs := range msgs {
+		var data []byte
+		for i, ev := range evs {
+			b, err := ev.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i > 0 {
+				data = append(data, '\n')
+			}
+			data = append(data, b...)
 		}
-		f, err := js.PublishAsync(protocol.CDCSubject(ev.Pipeline, ev.Schema, ev.Table), data)
+		m := nats.NewMsg(protocol.CDCSubject(evs[0].Pipeline, evs[0].Schema, evs[0].Table))
+		m.Data = data
+		m.Header.Set(protocol.HeaderEvents, strconv.Itoa(len(evs)))
+		f, err := js.PublishMsgAsync(m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,11 +168,14 @@ func (m *memory) Apply(_ context.Context, events []cdcapply.Event) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var applied uint64 // the offset: events of one message share their Seq
+	if len(m.events) > 0 {
+		applied = m.events[len(m.events)-1].Seq
+	}
 	for _, ev := range events {
-		if len(m.events) > 0 && ev.Seq <= m.events[len(m.events)-1].Seq {
-			continue
+		if ev.Seq > applied {
+			m.events = append(m.events, ev)
 		}
-		m.events = append(m.events, ev)
 	}
 	return nil
 }

@@ -172,14 +172,16 @@ func (p *Postgres) Applied(ctx context.Context) (uint64, error) {
 }
 
 // Apply applies the events after the stored offset in one transaction that
-// also stores the last event's sequence. On error nothing of the batch is
-// applied and the connection is dropped (the next call reconnects).
+// also stores the last event's sequence. The events of one sequence (one
+// message) are applied together or skipped together. On error nothing of
+// the batch is applied and the connection is dropped (the next call
+// reconnects).
 func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
 	if len(events) == 0 {
 		return nil
 	}
 	for i := 1; i < len(events); i++ {
-		if events[i].Seq <= events[i-1].Seq {
+		if events[i].Seq < events[i-1].Seq {
 			return fmt.Errorf("events out of order: sequence %d after %d", events[i].Seq, events[i-1].Seq)
 		}
 	}
@@ -201,6 +203,7 @@ func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("lock offset of %q: %w", p.cfg.Pipeline, err)
 	}
+	// The first event after the offset (Seq never decreases).
 	i, _ := slices.BinarySearchFunc(events, uint64(applied)+1, func(e Event, s uint64) int {
 		switch {
 		case e.Seq < s:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +14,9 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// Event is a change event with its SLUICE_CDC stream sequence.
+// Event is a change event with the SLUICE_CDC stream sequence of its
+// message. A message holds one or more events (of one table and one
+// transaction, or one snapshot chunk), so consecutive events may share a Seq.
 type Event struct {
 	Seq uint64 `json:"seq"`
 	protocol.ChangeEvent
@@ -23,12 +26,14 @@ type Event struct {
 // the sequence of the last one. Run calls its methods from one goroutine, one
 // at a time; ctx bounds each call.
 type Applier interface {
-	// Applied returns the stream sequence of the last event made durable
+	// Applied returns the stream sequence of the last message made durable
 	// (0: none).
 	Applied(ctx context.Context) (uint64, error)
 	// Apply makes events durable; events with Seq <= Applied are skipped.
 	// Either the whole batch and its last Seq are durable, or an error is
-	// returned and nothing of it is. Events are in stream order.
+	// returned and nothing of it is. Events are in stream order (Seq never
+	// decreases), and a batch holds every event of each of its messages:
+	// the events of one Seq are applied together or not at all.
 	Apply(ctx context.Context, events []Event) error
 	// Close releases the Applier's resources.
 	Close() error
@@ -50,7 +55,9 @@ type Config struct {
 	// Upstream is the cdc pipeline whose events are applied: the filter
 	// subject is sluice.cdc.<upstream>.>.
 	Upstream string
-	// BatchSize is the most events per Apply; 0 means 1000.
+	// BatchSize is the most events per Apply; 0 means 1000. A batch holds
+	// whole messages, and at least one: a message of more events than
+	// BatchSize is a batch of its own.
 	BatchSize int
 	// BatchWait is the longest wait to fill a batch; 0 means 200ms. Run
 	// returns within about BatchWait after its context ends.
@@ -97,14 +104,17 @@ func FilterSubject(upstream string) string { return "sluice.cdc." + upstream + "
 
 // Status is a Runner's progress.
 type Status struct {
-	// Applied is the stream sequence of the last event applied (0: none).
+	// Applied is the stream sequence of the last message applied (0:
+	// none).
 	Applied uint64
-	// Events counts the events this Runner applied (skipped ones excluded).
+	// Events counts the events this Runner applied (skipped ones
+	// excluded); a message holds one or more.
 	Events uint64
-	// Pending is the consumer's count of events not yet delivered, as of
-	// the last batch or check.
+	// Pending counts the upstream's messages (of one or more events each)
+	// not applied yet, as of the last batch or check: not yet delivered,
+	// or fetched and waiting for a batch.
 	Pending uint64
-	// CaughtUp reports whether, at the last check, every event of the
+	// CaughtUp reports whether, at the last check, every message of the
 	// upstream in the stream was applied.
 	CaughtUp bool
 	// CommitTime is the source commit time of the last event applied;
@@ -156,11 +166,12 @@ func (r *Runner) Status() Status {
 }
 
 // Run creates the consumer when missing, positions it after the Applier's
-// last applied event, and applies batches until ctx ends (it returns nil) or
-// an error stops it: a fetch, apply or consumer error, or a malformed event
-// (after applying the events before it). ctx bounds every call Run makes;
-// Run does not close the Applier. A batch is acknowledged only after Apply
-// returned nil.
+// last applied message, and applies batches until ctx ends (it returns nil)
+// or an error stops it: a fetch, apply or consumer error, or a malformed
+// message (after applying the messages before it, and none of its events).
+// ctx bounds every call Run makes; Run does not close the Applier. A batch
+// is acknowledged only after Apply returned nil, and never a message
+// fetched for a later batch.
 func (r *Runner) Run(ctx context.Context) error {
 	err := r.run(ctx)
 	if ctx.Err() != nil {
@@ -182,6 +193,7 @@ func (r *Runner) run(ctx context.Context) error {
 		FilterSubject: FilterSubject(r.cfg.Upstream),
 		AckPolicy:     jetstream.AckAllPolicy,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
+		// The batcher holds at most BatchSize messages unacknowledged.
 		MaxAckPending: 2 * r.cfg.BatchSize,
 	})
 	if err != nil {
@@ -210,7 +222,7 @@ func (r *Runner) run(ctx context.Context) error {
 	r.setApplied(applied)
 	r.log.Info("cdc apply starting", "applied", applied)
 
-	b := &batcher{r: r, cons: cons, applied: applied}
+	b := newBatcher(r, cons, applied)
 	if err := b.reset(ctx); err != nil {
 		return err
 	}
@@ -221,7 +233,7 @@ func (r *Runner) run(ctx context.Context) error {
 			return err
 		}
 		if time.Since(lastCheck) >= r.cfg.CheckInterval {
-			if err := r.check(ctx, cons, closer); err != nil {
+			if err := r.check(ctx, cons, closer, len(b.carry)); err != nil {
 				return err
 			}
 			lastCheck = time.Now()
@@ -232,22 +244,83 @@ func (r *Runner) run(ctx context.Context) error {
 	}
 }
 
+// fetchBytesPerEvent sizes the byte budget of a fetch: a full batch of
+// events of about this size. A message may hold many events, so a fetch is
+// bounded by bytes as well as by its count of messages.
+const fetchBytesPerEvent = 1 << 10
+
+// fetchOverhead is what a delivered message adds to its headers and data in
+// the byte count of a pull request (its subject and ack reply subject), with
+// room to spare.
+const fetchOverhead = 64 << 10
+
+// defaultMaxPayload is NATS's default max_payload, assumed when the
+// connection does not report the server's.
+const defaultMaxPayload = 1 << 20
+
 // batcher fetches, applies and acknowledges batches. It tracks the
 // consumer's delivery sequence: the server numbers every delivery, so a
 // delivery Run did not see (sent to a pull request that had already ended)
-// shows up as a gap, and the consumer is reset to the event after the last
-// applied one.
+// shows up as a gap, and the consumer is reset to the message after the
+// last applied one.
+//
+// A message holds one or more events and a batch holds whole messages: the
+// offset is a stream sequence, so a message is applied whole or not at all.
+// The messages fetched beyond a batch wait in the carry for the next
+// batches, in stream order. A fetch happens only when the carry does not
+// fill a batch, and asks for no more messages than events are missing from
+// it (each message holds at least one) and for about the bytes of a full
+// batch, less what the carry holds (but room for one message of the largest
+// size the server accepts). So the carry holds less than a batch of events
+// plus one fetch's bytes, at most BatchSize messages unacknowledged
+// (MaxAckPending allows twice that), and only one batch is decoded at a
+// time.
 type batcher struct {
 	r       *Runner
 	cons    jetstream.Consumer
 	applied uint64
 	// nextDelivery is the consumer sequence the next message must carry.
 	nextDelivery uint64
+	// carry holds the messages fetched and not applied yet, in stream
+	// order, all after applied; carryEvents and carryBytes sum their events
+	// and data.
+	carry       []held
+	carryEvents int
+	carryBytes  int
+	// stop, once set, ends fetching; next returns it once every message
+	// held before its cause is applied.
+	stop error
+	// fetchBytes is the byte budget of a fetch; minFetchBytes the least a
+	// fetch asks for: room for the largest message the server accepts,
+	// since the server never delivers a message over a request's budget.
+	fetchBytes, minFetchBytes int
+	// decoded is reused to decode each message.
+	decoded []protocol.ChangeEvent
 }
 
-// reset positions the consumer at the event after the last applied one and
-// forgets every delivery made so far.
+// held is a message fetched and not applied yet.
+type held struct {
+	msg     jetstream.Msg
+	seq     uint64 // stream sequence
+	pending uint64 // the consumer's undelivered messages at its delivery
+	events  int
+	bytes   int
+}
+
+func newBatcher(r *Runner, cons jetstream.Consumer, applied uint64) *batcher {
+	maxPayload := defaultMaxPayload
+	if nc := r.js.Conn(); nc != nil && nc.MaxPayload() > 0 {
+		maxPayload = int(nc.MaxPayload())
+	}
+	b := &batcher{r: r, cons: cons, applied: applied, minFetchBytes: maxPayload + fetchOverhead}
+	b.fetchBytes = max(r.cfg.BatchSize*fetchBytesPerEvent, b.minFetchBytes)
+	return b
+}
+
+// reset positions the consumer at the message after the last applied one
+// and forgets every delivery made so far, the carry included.
 func (b *batcher) reset(ctx context.Context) error {
+	b.drop(0)
 	name := ConsumerName(b.r.cfg.Pipeline)
 	if _, err := b.r.js.ResetConsumerToSequence(ctx, protocol.StreamCDC, name, b.applied+1); err != nil {
 		return fmt.Errorf("reset consumer %s to sequence %d: %w", name, b.applied+1, err)
@@ -256,77 +329,81 @@ func (b *batcher) reset(ctx context.Context) error {
 	return nil
 }
 
+// drop removes the messages of the carry from index i on.
+func (b *batcher) drop(i int) {
+	for _, h := range b.carry[i:] {
+		b.carryEvents -= h.events
+		b.carryBytes -= h.bytes
+	}
+	clear(b.carry[i:])
+	b.carry = b.carry[:i]
+}
+
+// remove removes the first n messages of the carry.
+func (b *batcher) remove(n int) {
+	for _, h := range b.carry[:n] {
+		b.carryEvents -= h.events
+		b.carryBytes -= h.bytes
+	}
+	b.carry = slices.Delete(b.carry, 0, n)
+}
+
+// tail is the stream sequence of the last message held, or else of the
+// last one applied.
+func (b *batcher) tail() uint64 {
+	if len(b.carry) > 0 {
+		return b.carry[len(b.carry)-1].seq
+	}
+	return b.applied
+}
+
+// next fetches when the carry does not fill a batch, then applies a batch
+// from the head of the carry and acknowledges it.
 func (b *batcher) next(ctx context.Context) error {
 	r := b.r
-	batch, err := b.cons.Fetch(r.cfg.BatchSize, jetstream.FetchMaxWait(r.cfg.BatchWait))
-	if err != nil {
-		return fmt.Errorf("fetch: %w", err)
-	}
-	var msgs []jetstream.Msg
-	for m := range batch.Messages() {
-		msgs = append(msgs, m)
-	}
-	if err := batch.Error(); err != nil {
-		return fmt.Errorf("fetch: %w", err)
-	}
-	if len(msgs) == 0 {
-		return nil
-	}
-	events := make([]Event, 0, len(msgs))
 	var (
-		last    jetstream.Msg // the last message to acknowledge
-		pending uint64
-		stop    error // returned after the events before it are applied
 		gap     bool
+		skipped jetstream.Msg // delivered again, applied before
 	)
-	for _, m := range msgs {
-		md, err := m.Metadata()
-		if err != nil {
-			stop = fmt.Errorf("message on %s: metadata: %w", m.Subject(), err)
-			break
+	if b.stop == nil && b.carryEvents < r.cfg.BatchSize {
+		var err error
+		if gap, skipped, err = b.fetch(); err != nil {
+			return err
 		}
-		if md.Sequence.Consumer != b.nextDelivery {
-			r.log.Warn("cdc apply: delivery sequence gap, repositioning the consumer",
-				"want", b.nextDelivery, "got", md.Sequence.Consumer, "stream_seq", md.Sequence.Stream)
-			gap = true
-			break
-		}
-		b.nextDelivery++
-		seq := md.Sequence.Stream
-		ev, err := protocol.DecodeChangeEvent(m.Data())
-		if err != nil {
-			stop = fmt.Errorf("malformed event at stream sequence %d on %s: %w", seq, m.Subject(), err)
-			break
-		}
-		last, pending = m, md.NumPending
-		if seq <= b.applied {
-			continue
-		}
-		events = append(events, Event{Seq: seq, ChangeEvent: ev})
 	}
-	if len(events) > 0 {
+	n, events := b.take()
+	var ack jetstream.Msg // the last message to acknowledge
+	if n > 0 {
 		if err := r.a.Apply(ctx, events); err != nil {
 			return fmt.Errorf("apply events %d-%d: %w", events[0].Seq, events[len(events)-1].Seq, err)
 		}
-		b.applied = events[len(events)-1].Seq
+		last := b.carry[n-1]
+		b.applied, ack = last.seq, last.msg
 		r.mu.Lock()
 		r.status.Applied = b.applied
 		r.status.Events += uint64(len(events))
-		r.status.Pending = pending
+		r.status.Pending = last.pending
 		r.status.CommitTime = events[len(events)-1].CommitTime
 		r.mu.Unlock()
-		r.log.Debug("cdc apply batch", "from", events[0].Seq, "to", b.applied, "events", len(events))
+		r.log.Debug("cdc apply batch", "from", events[0].Seq, "to", b.applied, "messages", n, "events", len(events))
+		b.remove(n)
+	} else if skipped != nil && len(b.carry) == 0 {
+		ack = skipped
 	}
-	if last != nil {
-		// With AckAll one ack covers every message up to last, all of them
-		// applied or skipped. A lost ack costs nothing: the next ack covers
-		// it too, and a restart resets the consumer from the applied offset.
-		if err := last.DoubleAck(ctx); err != nil && ctx.Err() == nil {
+	if ack != nil {
+		// With AckAll one ack covers every message up to ack's stream
+		// sequence, all of them applied: never a held one. A redelivered
+		// message is acknowledged only when nothing is held, as the server
+		// ignores an ack below its floor of delivery sequences, which that
+		// later delivery would raise past the held messages. A lost ack
+		// costs nothing: the next ack covers it too, and a restart resets
+		// the consumer from the applied offset.
+		if err := ack.DoubleAck(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("cdc apply: ack", "err", err)
 		}
 	}
-	if stop != nil {
-		return stop
+	if b.stop != nil && len(b.carry) == 0 {
+		return b.stop
 	}
 	if gap {
 		return b.reset(ctx)
@@ -334,15 +411,95 @@ func (b *batcher) next(ctx context.Context) error {
 	return nil
 }
 
-// check reads the consumer's counts and lets an HourCloser close hours.
-func (r *Runner) check(ctx context.Context, cons jetstream.Consumer, closer HourCloser) error {
+// fetch adds the messages of one pull request to the carry. It reports a
+// gap in the delivery sequence (the messages from the gap on are left out),
+// and returns the last message delivered again that was applied before,
+// which has to be acknowledged. A message without metadata sets b.stop.
+func (b *batcher) fetch() (gap bool, skipped jetstream.Msg, err error) {
+	r := b.r
+	need := r.cfg.BatchSize - b.carryEvents
+	budget := max(b.fetchBytes-b.carryBytes, b.minFetchBytes)
+	batch, err := b.cons.Fetch(need, jetstream.FetchMaxWait(r.cfg.BatchWait), jetstream.FetchMaxBytes(budget))
+	if err != nil {
+		return false, nil, fmt.Errorf("fetch: %w", err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil {
+		return false, nil, fmt.Errorf("fetch: %w", err)
+	}
+	for _, m := range msgs {
+		md, err := m.Metadata()
+		if err != nil {
+			b.stop = fmt.Errorf("message on %s: metadata: %w", m.Subject(), err)
+			return false, skipped, nil
+		}
+		if md.Sequence.Consumer != b.nextDelivery {
+			r.log.Warn("cdc apply: delivery sequence gap, repositioning the consumer",
+				"want", b.nextDelivery, "got", md.Sequence.Consumer, "stream_seq", md.Sequence.Stream)
+			return true, skipped, nil
+		}
+		b.nextDelivery++
+		seq := md.Sequence.Stream
+		if seq <= b.tail() {
+			// Delivered again after its ack wait ran out: applied
+			// already, or held.
+			if seq <= b.applied {
+				skipped = m
+			}
+			continue
+		}
+		data := m.Data()
+		h := held{msg: m, seq: seq, pending: md.NumPending, events: protocol.CountChangeEvents(data), bytes: len(data)}
+		b.carry = append(b.carry, h)
+		b.carryEvents += h.events
+		b.carryBytes += h.bytes
+	}
+	return false, skipped, nil
+}
+
+// take decodes the batch at the head of the carry: whole messages up to
+// BatchSize events, and at least one message. n is the number of messages
+// taken. A malformed message sets b.stop and is dropped from the carry with
+// every message after it; the messages before it are taken.
+func (b *batcher) take() (n int, events []Event) {
+	size := 0
+	for n < len(b.carry) && (n == 0 || size+b.carry[n].events <= b.r.cfg.BatchSize) {
+		size += b.carry[n].events
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	events = make([]Event, 0, size)
+	defer func() { clear(b.decoded[:cap(b.decoded)]) }() // keep no rows alive
+	for i, h := range b.carry[:n] {
+		var err error
+		b.decoded, err = protocol.AppendChangeEvents(b.decoded[:0], h.msg.Data())
+		if err != nil {
+			b.stop = fmt.Errorf("malformed message at stream sequence %d on %s: %w", h.seq, h.msg.Subject(), err)
+			b.drop(i)
+			return i, events
+		}
+		for _, ev := range b.decoded {
+			events = append(events, Event{Seq: h.seq, ChangeEvent: ev})
+		}
+	}
+	return n, events
+}
+
+// check reads the consumer's counts and lets an HourCloser close hours;
+// held is the number of messages fetched and not applied yet.
+func (r *Runner) check(ctx context.Context, cons jetstream.Consumer, closer HourCloser, held int) error {
 	info, err := cons.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("consumer info: %w", err)
 	}
-	caughtUp := info.NumPending == 0 && info.NumAckPending == 0
+	caughtUp := info.NumPending == 0 && info.NumAckPending == 0 && held == 0
 	r.mu.Lock()
-	r.status.Pending = info.NumPending
+	r.status.Pending = info.NumPending + uint64(held)
 	r.status.CaughtUp = caughtUp
 	r.mu.Unlock()
 	if closer != nil {

@@ -102,7 +102,8 @@ func workload(s string, n int, seed uint64) []protocol.ChangeEvent {
 
 // flaky fails chosen calls of Apply, before or after the inner applier
 // made the batch durable (a crash before the ack). At call stopAt it closes
-// stopping and waits for ctx to end before applying.
+// stopping and waits for ctx to end before applying. given records every
+// call's batch, lastBatches the batches made durable.
 type flaky struct {
 	cdcapply.Applier
 	calls       int
@@ -110,11 +111,13 @@ type flaky struct {
 	failAfter   map[int]bool
 	stopAt      int
 	stopping    chan struct{}
+	given       [][]cdcapply.Event
 	lastBatches [][]cdcapply.Event
 }
 
 func (f *flaky) Apply(ctx context.Context, events []cdcapply.Event) error {
 	f.calls++
+	f.given = append(f.given, events)
 	if f.calls == f.stopAt {
 		close(f.stopping)
 		<-ctx.Done()

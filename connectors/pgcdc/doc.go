@@ -5,9 +5,15 @@
 // A Reader streams one replication slot. Every change of the published
 // tables becomes a protocol.ChangeEvent on
 // sluice.cdc.<pipeline>.<schema>.<table>, published asynchronously in commit
-// order with the Nats-Msg-Id <slot>:<commit LSN>:<index in transaction>.
-// At most MaxInFlight events await their ack, even within one transaction
-// larger than that. The slot's confirmed flush LSN advances only to the end
+// order. Consecutive events of one table in one transaction are packed into
+// one message (one event per line, see protocol.DecodeChangeEvents), ended
+// by a change of table, the commit, Config.MessageEvents events or
+// MaxMessageBytes; its Nats-Msg-Id is <slot>:<commit LSN>:<index in
+// transaction of its first event> and its Sluice-Events header the count.
+// The packing depends only on the WAL and those two bounds, so a
+// transaction published again gets the same messages and ids. At most
+// MaxInFlight events await their ack, even within one transaction larger
+// than that. The slot's confirmed flush LSN advances only to the end
 // of a transaction whose every event JetStream acknowledged (or to a
 // heartbeat message that follows only acknowledged transactions), so a
 // Reader stopped at any point and started again on the same slot
@@ -29,8 +35,10 @@
 // CreateSlotWithSnapshot, and splitting every table into chunk tasks on that
 // snapshot) and reads one chunk per task; the EventsKind sink publishes each
 // row as a protocol.ChangeEvent with Op read, LSN and CommitLSN the slot's
-// consistent LSN, on the same subjects as the Reader, with the Nats-Msg-Id
-// <slot>:snapshot:<schema>.<table>:<chunk>:<row in chunk> (SnapshotMsgID).
+// consistent LSN, on the same subjects as the Reader, packed into messages
+// of consecutive rows of one chunk with the Nats-Msg-Id
+// <slot>:snapshot:<schema>.<table>:<chunk>:<first row in chunk>
+// (SnapshotMsgID).
 // The snapshot holds exactly the transactions committed before the
 // consistent LSN and the slot streams exactly those committed after it, so
 // when the Reader starts on the slot once the snapshot run has committed,

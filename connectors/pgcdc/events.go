@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,10 @@ type EventsConfig struct {
 	// MaxInFlight bounds the events of one task published but not yet
 	// acknowledged; 0 means DefaultEventsInFlight.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
+	// MessageEvents is the most read events packed into one message (rows
+	// of one chunk, in chunk order); 0 means DefaultMessageEvents, 1
+	// publishes every row alone.
+	MessageEvents int `json:"message_events,omitempty"`
 }
 
 // Validate checks the configuration without I/O. Errors are
@@ -50,6 +55,9 @@ func (c EventsConfig) Validate() error {
 	}
 	if c.MaxInFlight < 0 {
 		return &connectors.FieldError{Field: "max_in_flight", Msg: "must not be negative (0 means 1000)"}
+	}
+	if c.MessageEvents < 0 {
+		return &connectors.FieldError{Field: "message_events", Msg: fmt.Sprintf("must not be negative (0 means %d)", DefaultMessageEvents)}
 	}
 	return nil
 }
@@ -70,10 +78,11 @@ func ValidateEventsConfig(config json.RawMessage) error {
 	return err
 }
 
-// SnapshotMsgID is the Nats-Msg-Id of a read event:
+// SnapshotMsgID is the Nats-Msg-Id of a message of read events:
 // <slot>:snapshot:<schema>.<table>:<chunk>:<row>, row being the 1-based
-// number of the row in its chunk. A chunk read again gets the same ids, so
-// JetStream drops the events it stored within its duplicate window.
+// number in its chunk of the message's first row. A chunk read again is
+// packed into the same messages with the same ids, so JetStream drops the
+// messages it stored within its duplicate window.
 func SnapshotMsgID(slot, schema, table, chunk string, row int64) string {
 	return fmt.Sprintf("%s:snapshot:%s.%s:%s:%d", slot, schema, table, chunk, row)
 }
@@ -101,6 +110,9 @@ func NewEventsSink(cfg EventsConfig, js jetstream.JetStream) (*EventsSink, error
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultEventsInFlight
 	}
+	if cfg.MessageEvents == 0 {
+		cfg.MessageEvents = DefaultMessageEvents
+	}
 	return &EventsSink{cfg: cfg, js: js}, nil
 }
 
@@ -110,7 +122,13 @@ func (s *EventsSink) OpenTask(_ context.Context, t connectors.TaskRef) (connecto
 	if s.js == nil {
 		return nil, fmt.Errorf("%s sink of task %s: this process registered the sink without a JetStream connection (it plans only); run the task on a worker", EventsKind, t.TaskID)
 	}
-	return &eventsWriter{cfg: s.cfg, js: s.js}, nil
+	w := &eventsWriter{cfg: s.cfg, js: s.js, maxBytes: MaxMessageBytes}
+	if nc := s.js.Conn(); nc != nil {
+		if mp := int(nc.MaxPayload()); mp > 0 && mp/2 < w.maxBytes {
+			w.maxBytes = mp / 2
+		}
+	}
+	return w, nil
 }
 
 // Commit does nothing: every task's events are already in the stream. It
@@ -135,12 +153,21 @@ func location(pipeline string) string {
 }
 
 // eventsWriter publishes the events of one task attempt asynchronously,
-// with at most cfg.MaxInFlight awaiting their ack.
+// packed into messages of consecutive rows of one chunk, with at most
+// cfg.MaxInFlight events awaiting their ack.
 type eventsWriter struct {
-	cfg  EventsConfig
-	js   jetstream.JetStream
-	futs []jetstream.PubAckFuture // unacknowledged, oldest first
-	out  connectors.TaskOutput
+	cfg      EventsConfig
+	js       jetstream.JetStream
+	maxBytes int
+	futs     []flight // unacknowledged, oldest first
+	inFlight int      // events in futs
+	out      connectors.TaskOutput
+
+	// the message being packed: rows of one chunk from row first on
+	subject, schema, table, chunk string
+	first                         int64
+	data                          []byte
+	n                             int
 }
 
 // Write publishes one event per SnapshotRow line of b. A line that is not a
@@ -159,7 +186,7 @@ func (w *eventsWriter) Write(ctx context.Context, b connectors.Batch) error {
 			raw = nil
 		}
 		lines++
-		if err := w.publish(ctx, line, b.Position, lines); err != nil {
+		if err := w.add(ctx, line, b.Position, lines); err != nil {
 			return err
 		}
 	}
@@ -169,7 +196,10 @@ func (w *eventsWriter) Write(ctx context.Context, b connectors.Batch) error {
 	return nil
 }
 
-func (w *eventsWriter) publish(ctx context.Context, line []byte, position string, lineNo int64) error {
+// add adds the read event of one SnapshotRow line to the message being
+// packed, publishing that message first when it holds another chunk's
+// rows, is full, or would grow past maxBytes.
+func (w *eventsWriter) add(ctx context.Context, line []byte, position string, lineNo int64) error {
 	var r SnapshotRow
 	if err := json.Unmarshal(line, &r); err != nil {
 		return &connectors.RowError{Location: position, Row: lineNo, Err: err}
@@ -185,14 +215,40 @@ func (w *eventsWriter) publish(ctx context.Context, line []byte, position string
 	if err != nil {
 		return connectors.Permanent(err)
 	}
-	id := SnapshotMsgID(w.cfg.Slot, r.Schema, r.Table, r.Chunk, r.N)
-	msg := &nats.Msg{Subject: protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), Data: data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	for len(w.futs) >= w.cfg.MaxInFlight {
+	if w.n > 0 && (w.schema != r.Schema || w.table != r.Table || w.chunk != r.Chunk || r.N != w.first+int64(w.n) ||
+		w.n >= w.cfg.MessageEvents || len(w.data)+1+len(data) > w.maxBytes) {
+		if err := w.flush(ctx); err != nil {
+			return err
+		}
+	}
+	if w.n == 0 {
+		w.subject, w.schema, w.table, w.chunk, w.first = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), r.Schema, r.Table, r.Chunk, r.N
+	} else {
+		w.data = append(w.data, '\n')
+	}
+	w.data = append(w.data, data...)
+	w.n++
+	w.out.Rows++
+	w.out.Bytes += int64(len(data))
+	w.out.Checksum.Add(line)
+	return nil
+}
+
+// flush publishes the message being packed, if it holds any row, once the
+// events in flight leave room for its own.
+func (w *eventsWriter) flush(ctx context.Context) error {
+	if w.n == 0 {
+		return nil
+	}
+	for w.inFlight > 0 && w.inFlight+w.n > w.cfg.MaxInFlight {
 		if err := w.waitOldest(ctx); err != nil {
 			return err
 		}
 	}
+	id := SnapshotMsgID(w.cfg.Slot, w.schema, w.table, w.chunk, w.first)
+	msg := &nats.Msg{Subject: w.subject, Data: w.data, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	msg.Header.Set(protocol.HeaderEvents, strconv.Itoa(w.n))
 	for {
 		f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(protocol.StreamCDC))
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && len(w.futs) > 0 {
@@ -206,18 +262,18 @@ func (w *eventsWriter) publish(ctx context.Context, line []byte, position string
 		if err != nil {
 			return fmt.Errorf("publish %s: %w", id, err)
 		}
-		w.futs = append(w.futs, f)
-		break
+		w.futs = append(w.futs, flight{f: f, n: w.n})
+		w.inFlight += w.n
+		// nats.go keeps msg.Data until the ack.
+		w.data = make([]byte, 0, min(cap(w.data), w.maxBytes+w.maxBytes/8))
+		w.n = 0
+		return nil
 	}
-	w.out.Rows++
-	w.out.Bytes += int64(len(data))
-	w.out.Checksum.Add(line)
-	return nil
 }
 
-// waitOldest waits for the oldest unacknowledged event's ack.
+// waitOldest waits for the oldest unacknowledged message's ack.
 func (w *eventsWriter) waitOldest(ctx context.Context) error {
-	f := w.futs[0]
+	f := w.futs[0].f
 	t := time.NewTimer(eventsAckTimeout)
 	defer t.Stop()
 	select {
@@ -229,15 +285,19 @@ func (w *eventsWriter) waitOldest(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	w.futs[0] = nil
+	w.inFlight -= w.futs[0].n
+	w.futs[0] = flight{}
 	w.futs = w.futs[1:]
 	return nil
 }
 
-// Close waits until JetStream acknowledged every event of the attempt and
-// reports them: Rows events, Bytes their encoded size, Checksum over the
-// SnapshotRow lines.
+// Close publishes the last message and waits until JetStream acknowledged
+// every event of the attempt, and reports them: Rows events, Bytes their
+// encoded size, Checksum over the SnapshotRow lines.
 func (w *eventsWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
+	if err := w.flush(ctx); err != nil {
+		return connectors.TaskOutput{}, err
+	}
 	for len(w.futs) > 0 {
 		if err := w.waitOldest(ctx); err != nil {
 			return connectors.TaskOutput{}, err
@@ -252,5 +312,6 @@ func (w *eventsWriter) Close(ctx context.Context) (connectors.TaskOutput, error)
 // JetStream drops within its duplicate window.
 func (w *eventsWriter) Abort(context.Context) error {
 	w.futs = nil
+	w.data, w.n = nil, 0
 	return nil
 }

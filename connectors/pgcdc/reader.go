@@ -44,10 +44,23 @@ type Config struct {
 	// MaxInFlight bounds the events published but not yet acknowledged,
 	// within one transaction too; 0 means 10000.
 	MaxInFlight int
+	// MessageEvents is the most events packed into one message; 0 means
+	// DefaultMessageEvents, 1 publishes every event alone. A message holds
+	// consecutive events of one table in one transaction.
+	MessageEvents int
 	// AckTimeout bounds how long an event may wait for its JetStream ack
 	// before Run fails; 0 means 30s.
 	AckTimeout time.Duration
 }
+
+// DefaultMessageEvents is Config.MessageEvents' default: the most events of
+// one table and one transaction packed into one SLUICE_CDC message.
+const DefaultMessageEvents = 1000
+
+// MaxMessageBytes bounds the encoded events of one message (a single event
+// larger than it goes alone), well under NATS's default max_payload of
+// 1 MiB; a server with a smaller max_payload lowers it to half of that.
+const MaxMessageBytes = 512 << 10
 
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
@@ -76,8 +89,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("table %q: want schema.table", t))
 		}
 	}
-	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 {
-		errs = append(errs, errors.New("max_in_flight, status_interval and ack_timeout must not be negative"))
+	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 || c.MessageEvents < 0 {
+		errs = append(errs, errors.New("max_in_flight, status_interval, ack_timeout and message_events must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -91,6 +104,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = 10000
+	}
+	if c.MessageEvents == 0 {
+		c.MessageEvents = DefaultMessageEvents
 	}
 	if c.AckTimeout == 0 {
 		c.AckTimeout = 30 * time.Second
@@ -226,9 +242,24 @@ type relation struct {
 type pending struct {
 	end        pglogrepl.LSN
 	commitTime time.Time
-	futs       []jetstream.PubAckFuture
+	futs       []flight
 	next       int // futs[:next] are acknowledged
 	since      time.Time
+}
+
+// flight is one published message awaiting its ack, and its event count.
+type flight struct {
+	f jetstream.PubAckFuture
+	n int
+}
+
+// packing is the message being filled: consecutive events of one table in
+// the transaction being received.
+type packing struct {
+	subject string
+	data    []byte // the events, '\n' between them
+	n       int    // events in data
+	first   int    // index in the transaction of the first
 }
 
 type streamState struct {
@@ -242,18 +273,19 @@ type streamState struct {
 	time      time.Time
 	timeErr   error // Encode's error for time, which JSON cannot carry
 	index     int
-	futs      []jetstream.PubAckFuture
+	futs      []flight
+	pack      packing
 
-	// reused by each event: its encoding before the copy it is published
-	// in, and the cells of its rows.
-	buf           []byte
+	// reused by each event: the cells of its rows.
 	before, after []protocol.Cell
+	// maxBytes bounds a message's data (see MaxMessageBytes).
+	maxBytes int
 	// expectStream is the Nats-Expected-Stream header value of every
 	// event; nats.go only reads it.
 	expectStream []string
 
 	queue    []*pending
-	inFlight int
+	inFlight int // events
 	acked    pglogrepl.LSN
 	received pglogrepl.LSN
 	events   int64 // acknowledged
@@ -284,7 +316,12 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
 	}
-	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, expectStream: []string{protocol.StreamCDC}}
+	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, expectStream: []string{protocol.StreamCDC}, maxBytes: MaxMessageBytes}
+	if nc := r.js.Conn(); nc != nil {
+		if mp := int(nc.MaxPayload()); mp > 0 && mp/2 < st.maxBytes {
+			st.maxBytes = mp / 2
+		}
+	}
 	defer func() {
 		if st.meta != nil {
 			st.meta.Close(context.WithoutCancel(ctx))
@@ -423,7 +460,7 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 	for len(st.queue) > 0 {
 		p := st.queue[0]
 		for p.next < len(p.futs) {
-			f := p.futs[p.next]
+			f := p.futs[p.next].f
 			if wait {
 				select {
 				case <-f.Ok():
@@ -449,10 +486,11 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 					}
 				}
 			}
-			p.futs[p.next] = nil
+			n := p.futs[p.next].n
+			p.futs[p.next] = flight{}
 			p.next++
-			st.inFlight--
-			st.events++
+			st.inFlight -= n
+			st.events += int64(n)
 		}
 		st.queue[0] = nil
 		st.queue = st.queue[1:]
@@ -532,6 +570,9 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 	case *pglogrepl.CommitMessage:
 		if !st.inTx {
 			return fmt.Errorf("commit at %s without begin", m.CommitLSN)
+		}
+		if err := r.flush(ctx, st); err != nil {
+			return err
 		}
 		st.queue = append(st.queue, &pending{end: m.TransactionEndLSN, commitTime: m.CommitTime, futs: st.futs, since: time.Now()})
 		st.inTx = false
@@ -657,8 +698,10 @@ func appendHex(dst []byte, v uint32) []byte {
 	return dst
 }
 
-// publish publishes the event of one change: before and after are its rows
-// as cells of rel's columns.
+// publish adds the event of one change to the message being packed:
+// before and after are its rows as cells of rel's columns. The message is
+// published first when it holds another table's events, is full, or would
+// grow past st.maxBytes with this event.
 func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, lsn pglogrepl.LSN, op protocol.Op, before, after []protocol.Cell) error {
 	if !st.inTx {
 		return fmt.Errorf("%s on %s.%s at %s outside a transaction", op, rel.schema, rel.table, lsn)
@@ -666,27 +709,62 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 	if st.timeErr != nil {
 		return st.timeErr
 	}
+	p := &st.pack
+	if p.n > 0 && (p.subject != rel.subject || p.n >= r.cfg.MessageEvents) {
+		if err := r.flush(ctx, st); err != nil {
+			return err
+		}
+	}
 	ev := protocol.ChangeEvent{
 		Op: op, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: rel.schema, Table: rel.table, Key: rel.keys,
 		LSN: formatLSN(lsn), CommitLSN: st.commitLSN, Index: st.index, Xid: st.xid, CommitTime: st.time,
 	}
-	st.buf = ev.AppendJSONCells(st.buf[:0], rel.columns, before, after)
-	// nats.go keeps msg.Data until the ack (it publishes it again after a
-	// no-responders reply): each event has a slice of its own.
-	data := make([]byte, len(st.buf))
-	copy(data, st.buf)
-	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, st.index)
+	if p.n == 0 {
+		p.subject, p.first = rel.subject, st.index
+	}
 	st.index++
-	for st.inFlight >= r.cfg.MaxInFlight {
+	start := len(p.data)
+	if p.n > 0 {
+		p.data = append(p.data, '\n')
+	}
+	p.data = ev.AppendJSONCells(p.data, rel.columns, before, after)
+	p.n++
+	if p.n == 1 || len(p.data) <= st.maxBytes {
+		return nil
+	}
+	// Too big with this event: publish the others, then start the next
+	// message with it.
+	data := p.data[start+1:]
+	p.data, p.n = p.data[:start], p.n-1
+	if err := r.flush(ctx, st); err != nil {
+		return err
+	}
+	p.data = append(p.data, data...)
+	p.subject, p.first, p.n = rel.subject, st.index-1, 1
+	return nil
+}
+
+// flush publishes the message being packed, if it holds any event, with
+// the Nats-Msg-Id of its first event. It first waits until the events in
+// flight leave room for its own (all of them when it alone exceeds
+// MaxInFlight).
+func (r *Reader) flush(ctx context.Context, st *streamState) error {
+	p := &st.pack
+	if p.n == 0 {
+		return nil
+	}
+	for st.inFlight > 0 && st.inFlight+p.n > r.cfg.MaxInFlight {
 		if err := r.waitOne(ctx, st); err != nil {
 			return err
 		}
 	}
+	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, p.first)
 	// The headers jetstream.WithExpectStream(protocol.StreamCDC) sets,
-	// without an option and its allocations per event.
-	msg := &nats.Msg{Subject: rel.subject, Data: data, Header: nats.Header{
+	// without an option and its allocations per message.
+	msg := &nats.Msg{Subject: p.subject, Data: p.data, Header: nats.Header{
 		jetstream.MsgIDHeader:          []string{id},
 		jetstream.ExpectedStreamHeader: st.expectStream,
+		protocol.HeaderEvents:          []string{strconv.Itoa(p.n)},
 	}}
 	for {
 		f, err := r.js.PublishMsgAsync(msg)
@@ -701,8 +779,13 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 		if err != nil {
 			return fmt.Errorf("publish %s: %w", id, err)
 		}
-		st.futs = append(st.futs, f)
-		st.inFlight++
+		st.futs = append(st.futs, flight{f: f, n: p.n})
+		st.inFlight += p.n
+		// nats.go keeps msg.Data until the ack (it publishes it again
+		// after a no-responders reply): the next message gets a buffer of
+		// its own, sized like this one.
+		p.data = make([]byte, 0, min(cap(p.data), st.maxBytes+st.maxBytes/8))
+		p.n = 0
 		return nil
 	}
 }
@@ -720,14 +803,15 @@ func (r *Reader) waitOne(ctx context.Context, st *streamState) error {
 	return r.waitCurrent(ctx, st)
 }
 
-// waitCurrent waits for the oldest unacknowledged event of the transaction
-// being received and drops it from st.futs, so that the entry queued at its
-// commit holds only the events still unacknowledged. ctx bounds the wait.
+// waitCurrent waits for the oldest unacknowledged message of the
+// transaction being received and drops it from st.futs, so that the entry
+// queued at its commit holds only the messages still unacknowledged. ctx
+// bounds the wait.
 func (r *Reader) waitCurrent(ctx context.Context, st *streamState) error {
 	if len(st.futs) == 0 {
 		return fmt.Errorf("%d events in flight, none of them in a queued or the current transaction", st.inFlight)
 	}
-	f := st.futs[0]
+	f, n := st.futs[0].f, st.futs[0].n
 	select {
 	case <-f.Ok():
 	case err := <-f.Err():
@@ -738,10 +822,10 @@ func (r *Reader) waitCurrent(ctx context.Context, st *streamState) error {
 		}
 		return ctx.Err()
 	}
-	st.futs[0] = nil
+	st.futs[0] = flight{}
 	st.futs = st.futs[1:]
-	st.inFlight--
-	st.events++
+	st.inFlight -= n
+	st.events += int64(n)
 	return nil
 }
 

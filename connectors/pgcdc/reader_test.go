@@ -50,8 +50,13 @@ type env struct {
 
 func setup(t *testing.T, tables ...string) *env {
 	t.Helper()
+	return setupNATS(t, embednats.Config{StoreDir: t.TempDir()}, tables...)
+}
+
+func setupNATS(t *testing.T, ncfg embednats.Config, tables ...string) *env {
+	t.Helper()
 	dsn, schema, conn := pgtest.DB(t)
-	srv, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	srv, err := embednats.Start(ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,55 +148,113 @@ func (e *env) start(t *testing.T) (r *pgcdc.Reader, stop func() error, done <-ch
 	return r, stop, ch
 }
 
+// stored is one event of the stream and the message that carried it.
 type stored struct {
-	id string
-	ev protocol.ChangeEvent
+	id    string // the message's Nats-Msg-Id
+	seq   uint64 // the message's stream sequence
+	first bool   // the first event of its message
+	ev    protocol.ChangeEvent
 }
 
-// waitEvents waits until the stream holds n messages and returns them in
-// stream order.
+// waitEvents waits until the stream holds n events and returns them in
+// stream order (see events).
 func (e *env) waitEvents(t *testing.T, n int) []stored {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return e.events(t, n)
+}
+
+// events waits until the stream holds n events and returns them in stream
+// order, read with an ordered consumer. It checks every message: its
+// Sluice-Events header counts its events, which share its subject, table
+// and commit LSN; and that the stream holds nothing more.
+func (e *env) events(t *testing.T, n int) []stored {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	s, err := e.js.Stream(ctx, protocol.StreamCDC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var have uint64
-	for {
-		info, err := s.Info(ctx)
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]stored, 0, n)
+	var lastSeq uint64
+	for len(out) < n {
+		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(200*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
-		have = info.State.Msgs
-		if have >= uint64(n) {
-			break
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lastSeq = md.Sequence.Stream
+			out = append(out, decodeMsg(t, m.Subject(), m.Headers(), m.Data(), lastSeq)...)
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("stream holds %d events, want %d", have, n)
+			t.Fatalf("stream holds %d events, want %d", len(out), n)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	if have != uint64(n) {
-		t.Fatalf("stream holds %d events, want %d", have, n)
+	if len(out) != n {
+		t.Fatalf("stream holds %d events (or more), want %d", len(out), n)
 	}
-	var out []stored
-	for seq := uint64(1); seq <= have; seq++ {
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ev, err := protocol.DecodeChangeEvent(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := protocol.CDCSubject("p1", ev.Schema, ev.Table); m.Subject != want {
-			t.Errorf("event on %s, want %s", m.Subject, want)
-		}
-		out = append(out, stored{id: m.Header.Get(jetstream.MsgIDHeader), ev: ev})
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.LastSeq != lastSeq {
+		t.Fatalf("stream holds messages past the %d events wanted (last sequence %d, read to %d)", n, info.State.LastSeq, lastSeq)
 	}
 	return out
+}
+
+// decodeMsg decodes the events of one message and checks it is well formed.
+func decodeMsg(t *testing.T, subject string, h nats.Header, data []byte, seq uint64) []stored {
+	t.Helper()
+	evs, err := protocol.DecodeChangeEvents(data)
+	if err != nil {
+		t.Fatalf("message %d: %v", seq, err)
+	}
+	if got := h.Get(protocol.HeaderEvents); got != fmt.Sprint(len(evs)) {
+		t.Errorf("message %d: %s header %q, holds %d events", seq, protocol.HeaderEvents, got, len(evs))
+	}
+	id := h.Get(jetstream.MsgIDHeader)
+	out := make([]stored, 0, len(evs))
+	for i, ev := range evs {
+		if want := protocol.CDCSubject("p1", ev.Schema, ev.Table); subject != want {
+			t.Errorf("message %d: event %d on %s, want %s", seq, i, subject, want)
+		}
+		if ev.CommitLSN != evs[0].CommitLSN {
+			t.Errorf("message %d: events of commits %s and %s", seq, evs[0].CommitLSN, ev.CommitLSN)
+		}
+		out = append(out, stored{id: id, seq: seq, first: i == 0, ev: ev})
+	}
+	return out
+}
+
+// checkIDs checks that every message of change events has the id of its
+// first event, and no id is used twice.
+func checkIDs(t *testing.T, slot string, evs []stored) {
+	t.Helper()
+	ids := map[string]bool{}
+	for i, s := range evs {
+		if !s.first {
+			continue
+		}
+		if want := protocol.CDCMsgID(slot, s.ev.CommitLSN, s.ev.Index); s.id != want {
+			t.Errorf("event %d: first of message %d with id %q, want %q", i, s.seq, s.id, want)
+		}
+		if ids[s.id] {
+			t.Errorf("msg id %s twice", s.id)
+		}
+		ids[s.id] = true
+	}
 }
 
 func lsn(t *testing.T, s string) pglogrepl.LSN {
@@ -275,9 +338,17 @@ func TestChangesTOASTAndSchemaChange(t *testing.T) {
 			t.Errorf("event %d: lsn %s commit lsn %s after commit lsn %s", i, got.LSN, got.CommitLSN, prevCommit)
 		}
 		prevCommit = commit
-		if wantID := protocol.CDCMsgID(e.cfg.Slot, got.CommitLSN, got.Index); evs[i].id != wantID {
-			t.Errorf("event %d: msg id %q, want %q", i, evs[i].id, wantID)
+	}
+	// Consecutive events of one table in one transaction share a message.
+	checkIDs(t, e.cfg.Slot, evs)
+	var msgs []int
+	for i, ev := range evs {
+		if ev.first {
+			msgs = append(msgs, i)
 		}
+	}
+	if want := []int{0, 1, 3, 4, 6, 8}; fmt.Sprint(msgs) != fmt.Sprint(want) {
+		t.Errorf("messages start at events %v, want %v", msgs, want)
 	}
 
 	// An idle slot advances with the heartbeat: its confirmed position
@@ -337,9 +408,11 @@ func short(r protocol.Row) string {
 // duplicated.
 func TestNoLossNoDuplicates(t *testing.T) {
 	e := setup(t, "a")
+	e.cfg.MessageEvents = 2 // a transaction of 3 rows is 2 messages
 	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.a (id int PRIMARY KEY, v text)`, e.schema))
 	ctx := context.Background()
-	// Refuse events past the 50th: the 17th transaction is stored in part.
+	// Refuse messages past the 33rd (events past the 50th): the 17th
+	// transaction is stored in part.
 	setLimit := func(max int64) {
 		_, err := e.js.UpdateStream(ctx, jetstream.StreamConfig{
 			Name: protocol.StreamCDC, Subjects: []string{protocol.SubjectCDCAll}, Storage: jetstream.FileStorage,
@@ -349,7 +422,7 @@ func TestNoLossNoDuplicates(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	setLimit(50)
+	setLimit(33)
 	_, stop1, done1 := e.start(t)
 	insertTx := func(from, to int) { // one transaction of 3 rows per id triple
 		for i := from; i < to; i += 3 {
@@ -369,8 +442,8 @@ func TestNoLossNoDuplicates(t *testing.T) {
 	}
 	evs := e.waitEvents(t, 50)
 	partial := evs[48].ev // first event of the 17th transaction, which was not wholly stored
-	if partial.Index != 0 || evs[47].ev.Index != 2 {
-		t.Fatalf("events 47, 48 have indexes %d, %d", evs[47].ev.Index, evs[48].ev.Index)
+	if partial.Index != 0 || evs[47].ev.Index != 2 || evs[49].ev.Index != 1 || evs[49].seq != evs[48].seq {
+		t.Fatalf("events 47, 48, 49 have indexes %d, %d, %d", evs[47].ev.Index, evs[48].ev.Index, evs[49].ev.Index)
 	}
 	confirmed := e.confirmedFlush(t)
 	if confirmed >= lsn(t, partial.CommitLSN) {
@@ -405,7 +478,7 @@ func TestNoLossNoDuplicates(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.State.Msgs >= 200 {
+		if info.State.Msgs >= 140 { // about 210 events
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -418,16 +491,12 @@ func TestNoLossNoDuplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	evs = e.waitEvents(t, 420)
-	ids := map[string]bool{}
 	for i, ev := range evs {
 		if want := fmt.Sprint(i); ev.ev.After["id"] != protocol.Text(want) || ev.ev.Op != protocol.OpInsert {
 			t.Fatalf("event %d: %s id %v, want insert id %s", i, ev.ev.Op, ev.ev.After["id"], want)
 		}
-		if ids[ev.id] {
-			t.Fatalf("msg id %s twice", ev.id)
-		}
-		ids[ev.id] = true
 	}
+	checkIDs(t, e.cfg.Slot, evs)
 	if err := stop3(); err != nil {
 		t.Fatalf("third Run: %v", err)
 	}
@@ -458,14 +527,14 @@ func TestChangeEventCodec(t *testing.T) {
 	}
 }
 
-// TestLargeTransactionBounded: one transaction of 100k rows (25k under the
-// race detector, still 25 times the bound) streams completely with
-// MaxInFlight far below its size: the Reader waits for the transaction's own
-// oldest events instead of publishing without bound, and confirms the slot
-// only past the commit.
+// TestLargeTransactionBounded: one transaction of 100k rows streams
+// completely with MaxInFlight far below its size: the Reader waits for the
+// transaction's own oldest messages instead of publishing without bound,
+// and confirms the slot only past the commit.
 func TestLargeTransactionBounded(t *testing.T) {
 	e := setup(t, "big")
 	e.cfg.MaxInFlight = 1000
+	e.cfg.MessageEvents = 100
 	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.big (id int PRIMARY KEY, v text)`, e.schema))
 	js := &pendingJS{JetStream: e.js}
 	e.js = js
@@ -474,24 +543,27 @@ func TestLargeTransactionBounded(t *testing.T) {
 	const n = 100_000
 	began := time.Now()
 	e.exec(t, fmt.Sprintf(`INSERT INTO %s.big SELECT g, 'v' || g FROM generate_series(1, %d) g`, e.schema, n))
-	msgs := e.allMsgs(t, n)
+	evs := e.events(t, n)
 	t.Logf("%d events of one transaction in the stream after %s", n, time.Since(began).Round(time.Millisecond))
-	first, last := msgs[0].decode(t), msgs[n-1].decode(t)
+	first, last := evs[0].ev, evs[n-1].ev
 	commit := first.CommitLSN
 	if first.Op != protocol.OpInsert || first.After["id"] != protocol.Text("1") || last.After["id"] != protocol.Text(fmt.Sprint(n)) || last.CommitLSN != commit {
 		t.Fatalf("first event %s id %v commit %s, last id %v commit %s", first.Op, first.After["id"], commit, last.After["id"], last.CommitLSN)
 	}
-	// The ids are the transaction's n indexes in order: no event is
-	// missing or repeated.
-	for i, m := range msgs {
-		if want := protocol.CDCMsgID(e.cfg.Slot, commit, i); m.id != want {
-			t.Fatalf("message %d: msg id %q, want %q", i, m.id, want)
+	// The events are the transaction's n indexes in order, 100 a message:
+	// no event is missing or repeated.
+	for i, s := range evs {
+		if s.ev.Index != i || s.first != (i%100 == 0) || s.ev.After["id"] != protocol.Text(fmt.Sprint(i+1)) {
+			t.Fatalf("event %d: index %d, id %v, first of its message %v", i, s.ev.Index, s.ev.After["id"], s.first)
 		}
 	}
-	if got := js.maxPending.Load(); got > int64(e.cfg.MaxInFlight) {
-		t.Errorf("%d publishes awaited their ack at once, above MaxInFlight %d", got, e.cfg.MaxInFlight)
+	checkIDs(t, e.cfg.Slot, evs)
+	// Messages of 100 events, at most 1000 events in flight: at most 10
+	// messages await their ack.
+	if got := js.maxPending.Load(); got > 10 {
+		t.Errorf("%d publishes of 100 events awaited their ack at once, above MaxInFlight %d events", got, e.cfg.MaxInFlight)
 	} else {
-		t.Logf("at most %d publishes awaited their ack at once (MaxInFlight %d)", got, e.cfg.MaxInFlight)
+		t.Logf("at most %d publishes of 100 events awaited their ack at once (MaxInFlight %d events)", got, e.cfg.MaxInFlight)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for e.confirmedFlush(t) <= lsn(t, commit) {
@@ -503,74 +575,6 @@ func TestLargeTransactionBounded(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-}
-
-// rawMsg is a message of the stream, undecoded.
-type rawMsg struct {
-	id, subject string
-	data        []byte
-}
-
-func (m rawMsg) decode(t *testing.T) protocol.ChangeEvent {
-	t.Helper()
-	ev, err := protocol.DecodeChangeEvent(m.data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := protocol.CDCSubject("p1", ev.Schema, ev.Table); m.subject != want {
-		t.Errorf("event on %s, want %s", m.subject, want)
-	}
-	return ev
-}
-
-// allMsgs waits until the stream holds n messages and returns them in
-// stream order, read with an ordered consumer (far faster than GetMsg per
-// sequence for large n).
-func (e *env) allMsgs(t *testing.T, n int) []rawMsg {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	s, err := e.js.Stream(ctx, protocol.StreamCDC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		info, err := s.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.State.Msgs >= uint64(n) {
-			if info.State.Msgs != uint64(n) {
-				t.Fatalf("stream holds %d events, want %d", info.State.Msgs, n)
-			}
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("stream holds %d events, want %d", info.State.Msgs, n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := make([]rawMsg, 0, n)
-	for len(out) < n {
-		batch, err := cons.Fetch(min(n-len(out), 5000), jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			out = append(out, rawMsg{id: m.Headers().Get(jetstream.MsgIDHeader), subject: m.Subject(), data: m.Data()})
-		}
-		if err := batch.Error(); err != nil {
-			t.Fatal(err)
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("read %d of %d events", len(out), n)
-		}
-	}
-	return out
 }
 
 // pendingJS records the largest number of async publishes awaiting their
@@ -589,4 +593,44 @@ func (j *pendingJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (
 		}
 	}
 	return j.JetStream.PublishMsgAsync(m, opts...)
+}
+
+// TestMessagesBoundedByBytes: with a server's max_payload of 64 KiB the
+// Reader packs at most 32 KiB of events into a message, a larger event goes
+// alone, and every event arrives once, in order, across the split.
+func TestMessagesBoundedByBytes(t *testing.T) {
+	e := setupNATS(t, embednats.Config{StoreDir: t.TempDir(), MaxPayload: 64 << 10}, "w")
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.w (id int PRIMARY KEY, v text)`, e.schema))
+	_, stop, _ := e.start(t)
+	// 20 rows of 10,000 characters, one of 40,000 as the 8th, in one
+	// transaction; then a small transaction.
+	e.exec(t, fmt.Sprintf(`INSERT INTO %s.w SELECT g, repeat(md5(g::text), CASE WHEN g = 8 THEN 1250 ELSE 312 END) FROM generate_series(1, 20) g`, e.schema))
+	e.exec(t, fmt.Sprintf(`INSERT INTO %s.w VALUES (21, 'small')`, e.schema))
+	evs := e.events(t, 21)
+	checkIDs(t, e.cfg.Slot, evs)
+	sizes := map[uint64]int{}
+	counts := map[uint64]int{}
+	for i, s := range evs {
+		if s.ev.After["id"] != protocol.Text(fmt.Sprint(i+1)) {
+			t.Fatalf("event %d: id %v", i, s.ev.After["id"])
+		}
+		b, _ := s.ev.Encode()
+		sizes[s.seq] += len(b) + 1
+		counts[s.seq]++
+	}
+	for seq, size := range sizes {
+		if size-1 > 32<<10 && counts[seq] > 1 {
+			t.Errorf("message %d: %d events in %d bytes, above 32 KiB", seq, counts[seq], size-1)
+		}
+	}
+	if s := evs[7]; !s.first || evs[8].seq == s.seq || counts[s.seq] != 1 {
+		t.Errorf("the 40,000-character row shares message %d (%d events)", s.seq, counts[s.seq])
+	}
+	if len(counts) < 8 || len(counts) > 12 {
+		t.Errorf("21 events in %d messages, want 3 of 10,000 characters a message", len(counts))
+	}
+	t.Logf("21 events in %d messages", len(counts))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,17 +188,49 @@ func task(ctx context.Context, src connectors.Source, sink connectors.Sink, run 
 	return tw.Close(ctx)
 }
 
-func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+// streamEvents counts the events and messages of SLUICE_CDC (by their
+// Sluice-Events headers).
+func streamEvents(t *testing.T, js jetstream.JetStream) (events, msgs uint64) {
 	t.Helper()
-	s, err := js.Stream(context.Background(), protocol.StreamCDC)
+	ctx := context.Background()
+	s, err := js.Stream(ctx, protocol.StreamCDC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(context.Background())
+	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	if info.State.Msgs == 0 {
+		return 0, 0
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msgs < info.State.Msgs {
+		batch, err := cons.Fetch(int(min(info.State.Msgs-msgs, 5000)), jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			n, err := strconv.Atoi(m.Headers().Get(protocol.HeaderEvents))
+			if err != nil || n != protocol.CountChangeEvents(m.Data()) {
+				t.Fatalf("message on %s: %s header %q, holds %d events", m.Subject(), protocol.HeaderEvents, m.Headers().Get(protocol.HeaderEvents), protocol.CountChangeEvents(m.Data()))
+			}
+			events += uint64(n)
+			msgs++
+			got++
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+		if got == 0 {
+			t.Fatalf("read %d of %d messages", msgs, info.State.Msgs)
+		}
+	}
+	return events, msgs
 }
 
 // TestSnapshotThenStream: three tables (NULL and the empty string, unicode,
@@ -337,9 +370,11 @@ func TestSnapshotThenStream(t *testing.T) {
 		snapRows += o.Rows
 	}
 	t.Logf("snapshot: %d read events in %s", snapRows, time.Since(began).Round(time.Millisecond))
-	if got := streamMsgs(t, e.js); got != uint64(snapRows) {
-		t.Fatalf("stream holds %d events after the snapshot tasks reported %d rows", got, snapRows)
+	snapEvents, snapMsgs := streamEvents(t, e.js)
+	if snapEvents != uint64(snapRows) {
+		t.Fatalf("stream holds %d events after the snapshot tasks reported %d rows", snapEvents, snapRows)
 	}
+	t.Logf("%d read events in %d messages", snapEvents, snapMsgs)
 	// A chunk read again (a retried task) publishes nothing new.
 	again, err := task(ctx, workerSrc, sink, "snap1", 2, plan.Partitions[1])
 	if err != nil {
@@ -348,8 +383,8 @@ func TestSnapshotThenStream(t *testing.T) {
 	if again.Rows == 0 {
 		t.Fatalf("chunk %s read no rows", plan.Partitions[1].Key)
 	}
-	if got := streamMsgs(t, e.js); got != uint64(snapRows) {
-		t.Fatalf("stream holds %d events after a chunk was read again, want %d", got, snapRows)
+	if got, gotMsgs := streamEvents(t, e.js); got != uint64(snapRows) || gotMsgs != snapMsgs {
+		t.Fatalf("stream holds %d events in %d messages after a chunk was read again, want %d in %d", got, gotMsgs, snapRows, snapMsgs)
 	}
 	if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "snap1", Tasks: outs, Watermark: plan.Watermark}); err != nil {
 		t.Fatal(err)
@@ -402,8 +437,10 @@ func TestSnapshotThenStream(t *testing.T) {
 	if err := stopReader(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	total := int(streamMsgs(t, e.js))
-	msgs := e.allMsgs(t, total)
+	totalEvents, _ := streamEvents(t, e.js)
+	total := int(totalEvents)
+	msgs := e.events(t, total)
+	checkIDs(t, e.cfg.Slot, slices.DeleteFunc(slices.Clone(msgs), func(s stored) bool { return s.ev.Op == protocol.OpRead }))
 	t.Logf("%d transactions by the writers; stream: %d read events then %d change events", n, snapRows, total-int(snapRows))
 
 	// Apply the stream in order.
@@ -411,10 +448,10 @@ func TestSnapshotThenStream(t *testing.T) {
 	read := map[string]map[string]protocol.Row{"a": {}, "b": {}, "c": {}}
 	changed := map[string]bool{}
 	ids := map[string]bool{}
-	reads, changes := 0, 0
+	reads, changes, readMsgs := 0, 0, 0
 	for i, m := range msgs {
-		ev := m.decode(t)
-		if ids[m.id] {
+		ev := m.ev
+		if m.first && ids[m.id] {
 			t.Fatalf("message %d: msg id %s twice", i, m.id)
 		}
 		ids[m.id] = true
@@ -437,6 +474,9 @@ func TestSnapshotThenStream(t *testing.T) {
 			}
 			if !strings.HasPrefix(m.id, e.cfg.Slot+":snapshot:"+s+"."+ev.Table+":") {
 				t.Fatalf("message %d: read event msg id %q", i, m.id)
+			}
+			if m.first {
+				readMsgs++
 			}
 			k := keyOf(t, ev.After, key)
 			if _, dup := read[ev.Table][k]; dup {
@@ -462,6 +502,9 @@ func TestSnapshotThenStream(t *testing.T) {
 	}
 	if int64(reads) != snapRows || changes == 0 {
 		t.Fatalf("%d read events (the tasks reported %d) and %d change events", reads, snapRows, changes)
+	}
+	if readMsgs != int(snapMsgs) || readMsgs >= reads/10 {
+		t.Errorf("%d read events in %d messages (%d before the stream): want rows of a chunk packed together", reads, readMsgs, snapMsgs)
 	}
 	for _, table := range []string{"a", "b", "c"} {
 		// The read events are exactly the snapshot's rows, and the stream
