@@ -6,32 +6,42 @@
 //	    pglogrepl.Parse of every XLogData, a count of the inserts, updates
 //	    and deletes, standby status updates     baseline of (b)
 //	(b) Sluice pgcdc Reader -> JetStream: every change encoded as a
-//	    protocol.ChangeEvent and published to SLUICE_CDC (file storage) on
-//	    an embedded NATS server, until JetStream stored every event
-//	(c) the bare loop of (a) also publishing each raw pgoutput message to
-//	    SLUICE_CDC as the Reader publishes (async, same headers): the floor
-//	    of any pgoutput -> JetStream path on this machine
+//	    protocol.ChangeEvent, the events of one table in one transaction
+//	    packed into SLUICE_CDC messages (file storage) on an embedded NATS
+//	    server, until JetStream stored every event
+//	(c) the bare loop of (a) also publishing the raw pgoutput messages of
+//	    the changes to SLUICE_CDC, packed as the Reader packs its events
+//	    (async, same headers): the floor of this design of a pgoutput ->
+//	    JetStream path on this machine
+//	(d) the same with one message per change, as the Reader published
+//	    before it packed (--no-unpacked skips it): what packing saves
 //	latency: the Reader streaming live while single-row INSERT
 //	    transactions arrive at a steady rate, from the return of each
 //	    COMMIT to the event's arrival at an ordered consumer of the stream
 //	    (and at a core NATS subscriber); then the same load decoded by a
 //	    bare loop, its baseline
 //
-// For (a) to (c) it creates a 6-column table in the schema
+// For (a) to (d) it creates a 6-column table in the schema
 // sluice_bench_cdc, a publication and a template slot, then generates the
 // workload (--inserts, then --updates, then --deletes, in transactions of
 // --tx-rows rows). Each measurement decodes its own copy of the template
 // slot (pg_copy_logical_replication_slot), so all decode the same WAL,
 // one after the other, --reps times in rotating order; the best time of
-// each counts (the machine is shared). It prints changes/s, MB/s of WAL,
-// CPU per change, the ratios and the latency percentiles, and writes every
-// figure to --out. Slots, the publication and the schema are dropped at
+// each counts (the machine is shared). A message of SLUICE_CDC holds one or
+// more events (its Sluice-Events header counts them), so the clock of (b)
+// and (c) stops when the headers of the stored messages, followed by a
+// headers-only consumer, add up to the workload's change count; after each
+// run every message is read back and checked: every change of every
+// transaction exactly once. It prints changes/s, MB/s of WAL, CPU per
+// change, messages and events per message, the ratios and the latency
+// percentiles, and writes every figure to --out. Slots, the publication and the schema are dropped at
 // the end, also on error. Run it with `make bench-cdc`.
 package main
 
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -101,7 +111,18 @@ type config struct {
 	skipLatency               bool
 	skipThroughput            bool
 	skipLatencyBaseline       bool
+	skipUnpacked              bool
 	maxInFlight               int
+	messageEvents             int
+}
+
+// msgEvents is the most events (changes, in (c)) of one message: the
+// Readers' MessageEvents.
+func (c config) msgEvents() int {
+	if c.messageEvents == 0 {
+		return pgcdc.DefaultMessageEvents
+	}
+	return c.messageEvents
 }
 
 func main() {
@@ -120,13 +141,15 @@ func main() {
 	flag.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "bound of each throughput decode")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more (untimed) Reader decode of the workload into FILE")
 	flag.IntVar(&cfg.maxInFlight, "max-in-flight", 0, "the Readers' MaxInFlight (0: the Reader's default)")
+	flag.IntVar(&cfg.messageEvents, "message-events", 0, "the Readers' MessageEvents, and the most changes of a message in (c) (0: the Reader's default, 1000)")
 	flag.BoolVar(&cfg.skipLatency, "no-latency", false, "skip the latency measurement")
 	flag.BoolVar(&cfg.skipLatencyBaseline, "no-latency-baseline", false, "skip the latency of the bare pglogrepl loop")
 	flag.BoolVar(&cfg.skipThroughput, "no-throughput", false, "skip the throughput measurements")
+	flag.BoolVar(&cfg.skipUnpacked, "no-unpacked", false, "skip (d), the bare loop publishing one message per change")
 	flag.Parse()
 	if cfg.inserts < 1 || cfg.updates < 0 || cfg.deletes < 0 || cfg.updates > cfg.inserts || cfg.deletes > cfg.inserts ||
-		cfg.txRows < 1 || cfg.reps < 1 || cfg.rate < 1 || cfg.conns < 1 || cfg.duration <= 0 {
-		fmt.Fprintln(os.Stderr, "cdc: --inserts, --tx-rows, --reps, --rate, --conns and --duration must be positive; --updates and --deletes between 0 and --inserts")
+		cfg.txRows < 1 || cfg.reps < 1 || cfg.rate < 1 || cfg.conns < 1 || cfg.duration <= 0 || cfg.messageEvents < 0 {
+		fmt.Fprintln(os.Stderr, "cdc: --inserts, --tx-rows, --reps, --rate, --conns and --duration must be positive; --updates and --deletes between 0 and --inserts; --message-events not negative")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -156,8 +179,13 @@ type measurement struct {
 	ClientCPUPerChange float64 `json:"client_cpu_us_per_change"`
 	ServerCPU          float64 `json:"server_cpu_seconds,omitempty"`
 	// StreamBytes is what SLUICE_CDC stored (messages with their subjects
-	// and headers), for the measurements that publish.
-	StreamBytes int64 `json:"stream_bytes,omitempty"`
+	// and headers), for the measurements that publish; Messages how many
+	// messages, EventsPerMessage the changes over them and
+	// MaxEventsPerMessage the most changes one message held.
+	StreamBytes         int64   `json:"stream_bytes,omitempty"`
+	Messages            int64   `json:"messages_per_run,omitempty"`
+	EventsPerMessage    float64 `json:"events_per_message,omitempty"`
+	MaxEventsPerMessage int     `json:"max_events_per_message,omitempty"`
 	// ConfirmedSeconds (Sluice only) is when, in the best repetition,
 	// Reader.Status().ConfirmedLSN reached the end of the last transaction:
 	// every ack seen by the Reader, the slot confirmable.
@@ -173,8 +201,8 @@ func (m *measurement) add(r decodeResult) {
 	m.Seconds = append(m.Seconds, measure.Round(r.secs, 3))
 	m.cpu = append(m.cpu, r.cpu)
 	m.confirmed = append(m.confirmed, r.confirmed)
-	if r.streamBytes > 0 {
-		m.StreamBytes = r.streamBytes
+	if r.messages > 0 {
+		m.StreamBytes, m.Messages, m.MaxEventsPerMessage = r.streamBytes, r.messages, r.maxEvents
 	}
 }
 
@@ -191,6 +219,9 @@ func (m *measurement) finish(changes, walBytes int64) {
 	m.ClientCPU, m.ServerCPU = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2)
 	m.ClientCPUPerChange = measure.Round(m.cpu[i].client/float64(changes)*1e6, 1)
 	m.ConfirmedSeconds = measure.Round(m.confirmed[i], 3)
+	if m.Messages > 0 {
+		m.EventsPerMessage = measure.Round(float64(changes)/float64(m.Messages), 1)
+	}
 }
 
 type workload struct {
@@ -271,17 +302,22 @@ type results struct {
 	Reps        int            `json:"reps"`
 	NATS        map[string]any `json:"nats"`
 	// MaxInFlight is the Readers' MaxInFlight when --max-in-flight set it.
-	MaxInFlight  int                     `json:"reader_max_in_flight,omitempty"`
+	MaxInFlight int `json:"reader_max_in_flight,omitempty"`
+	// Packing is how the events (and, in (c), the raw changes) are packed
+	// into SLUICE_CDC messages.
+	Packing      map[string]any          `json:"packing"`
 	Measurements map[string]*measurement `json:"measurements,omitempty"`
 	// Ratio is Sluice's changes/s over the bare loop's (the target);
 	// RatioToBareJetStream over the bare loop that also publishes the raw
-	// pgoutput messages to JetStream: the share of the gap that is the
-	// Reader's own.
-	Ratio                float64  `json:"ratio,omitempty"`
-	RatioToBareJetStream float64  `json:"ratio_to_bare_jetstream,omitempty"`
-	Latency              *latency `json:"latency,omitempty"`
-	Targets              []target `json:"targets"`
-	TotalSeconds         float64  `json:"total_seconds"`
+	// pgoutput messages to JetStream, packed the same way: the share of
+	// the gap that is the Reader's own; RatioToBareJetStreamUnpacked over
+	// the bare loop publishing one message per change.
+	Ratio                        float64  `json:"ratio,omitempty"`
+	RatioToBareJetStream         float64  `json:"ratio_to_bare_jetstream,omitempty"`
+	RatioToBareJetStreamUnpacked float64  `json:"ratio_to_bare_jetstream_unpacked,omitempty"`
+	Latency                      *latency `json:"latency,omitempty"`
+	Targets                      []target `json:"targets"`
+	TotalSeconds                 float64  `json:"total_seconds"`
 }
 
 // bench holds what the measurements share.
@@ -362,6 +398,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		Note: fmt.Sprintf("shared, noisy machine: throughput is the best of %d interleaved repetitions, each decoding the same WAL from its own copy of one slot; trust the ratio more than the absolute figures", cfg.reps),
 		NATS: map[string]any{"server": "embedded (embednats), in this process", "stream": protocol.StreamCDC,
 			"storage": "file", "replicas": 1},
+		Packing: map[string]any{
+			"unit":       "one transaction's consecutive changes of one table, in change order",
+			"max_events": cfg.msgEvents(), "max_bytes": pgcdc.MaxMessageBytes,
+			"events": "the encoded protocol.ChangeEvents joined by '\\n' (the Reader's packing)",
+			"raw":    "each pgoutput message after its length (4 bytes, big-endian), in (c) and (d)",
+		},
 	}
 	if !cfg.skipThroughput {
 		if err := b.throughput(ctx, &res); err != nil {
@@ -496,10 +538,12 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 
 	bare := &measurement{Label: "(a) bare pglogrepl loop (parse + count)",
 		EndCondition: "the last insert/update/delete message decoded (change count reached)"}
-	bareJS := &measurement{Label: "(c) bare loop + raw JetStream publish",
-		EndCondition: "SLUICE_CDC holds every event (stream message count reached)"}
+	bareJS := &measurement{Label: fmt.Sprintf("(c) bare loop + raw JetStream publish, packed as the Reader packs (per transaction and table run, <= %d changes, <= %d KiB)", cfg.msgEvents(), pgcdc.MaxMessageBytes>>10),
+		EndCondition: "SLUICE_CDC holds every change: the Sluice-Events headers of the stored messages, followed by a headers-only ordered consumer, add up to the change count"}
+	bareJSEach := &measurement{Label: "(d) bare loop + raw JetStream publish, one message per change (unpacked)",
+		EndCondition: "SLUICE_CDC holds every change (stream message count reached: one message per change)"}
 	sluice := &measurement{Label: "(b) Sluice pgcdc Reader -> JetStream",
-		EndCondition: "SLUICE_CDC holds every event (stream message count reached, so JetStream stored and acknowledged every publish)"}
+		EndCondition: "SLUICE_CDC holds every event: the Sluice-Events headers of the stored messages, followed by a headers-only ordered consumer, add up to the change count (so JetStream stored and acknowledged every publish)"}
 	var endLSN pglogrepl.LSN // of the last transaction, from the bare loop
 	decode := func(which string, slot string, profile io.Writer) (decodeResult, error) {
 		if err := b.copySlot(ctx, template, slot); err != nil {
@@ -508,16 +552,24 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 		defer b.dropSlot(slot)
 		switch which {
 		case "bare":
-			return b.bareDecode(ctx, slot, wl, false)
+			return b.bareDecode(ctx, slot, wl, publishNone)
 		case "bare+js":
-			return b.bareDecode(ctx, slot, wl, true)
+			return b.bareDecode(ctx, slot, wl, publishPacked)
+		case "bare+js1":
+			return b.bareDecode(ctx, slot, wl, publishEach)
 		default:
 			return b.sluiceDecode(ctx, slot, wl, endLSN, profile)
 		}
 	}
 	// Rep 1 starts with the bare loop (which learns the end LSN of the last
 	// transaction); then the order rotates.
-	order := []string{"bare", "bare+js", "sluice"}
+	order := []string{"bare", "bare+js", "bare+js1", "sluice"}
+	if cfg.skipUnpacked {
+		order = slices.DeleteFunc(order, func(s string) bool { return s == "bare+js1" })
+	}
+	verifiedRaw := "counts as (a); after the loop stopped, SLUICE_CDC held every change of every transaction exactly once " +
+		"(read back: each message's length-prefixed pgoutput messages are inserts, updates or deletes of one relation, as many as its Sluice-Events; " +
+		"per commit LSN the index spans of the Nats-Msg-Ids tile the transaction), at most %d per message, and as many inserts, updates and deletes as the workload"
 	for rep := 1; rep <= cfg.reps; rep++ {
 		fmt.Fprintf(b.stdout, "rep %d/%d:", rep, cfg.reps)
 		for k := range order {
@@ -536,12 +588,21 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 				bare.Verified = fmt.Sprintf("counts of inserts, updates and deletes equal the workload's; last transaction ends at %s", endLSN)
 			case "bare+js":
 				bareJS.add(r)
-				bareJS.Verified = "counts as (a); after the loop stopped, SLUICE_CDC held exactly the workload's event count"
+				bareJS.Verified = fmt.Sprintf(verifiedRaw, cfg.msgEvents())
+			case "bare+js1":
+				bareJSEach.add(r)
+				bareJSEach.Verified = fmt.Sprintf(verifiedRaw, 1)
 			case "sluice":
 				sluice.add(r)
-				sluice.Verified = "after the Reader stopped, SLUICE_CDC held exactly the workload's event count; the last event is the delete of the last deleted id"
+				sluice.Verified = "after the Reader stopped, SLUICE_CDC held every change of every transaction exactly once: every message read back and " +
+					"every event decoded; a message's events are of one table and one transaction with consecutive indexes, its Nats-Msg-Id is that of its first event, " +
+					fmt.Sprintf("its Sluice-Events their count (<= %d, <= %d KiB unless one event); per commit LSN the events' indexes tile the transaction; ", cfg.msgEvents(), pgcdc.MaxMessageBytes>>10) +
+					"inserts, updates and deletes as the workload; the last event is the delete of the last deleted id"
 			}
 			fmt.Fprintf(b.stdout, " %s %.2fs", which, r.secs)
+			if r.checkSecs > 0 {
+				fmt.Fprintf(b.stdout, " (read back in %.1fs)", r.checkSecs)
+			}
 		}
 		fmt.Fprintln(b.stdout)
 	}
@@ -551,6 +612,11 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 	res.Measurements = map[string]*measurement{"bare_pglogrepl": bare, "bare_pglogrepl_jetstream": bareJS, "sluice_reader": sluice}
 	res.Ratio = measure.Round(sluice.ChangesPerSec/bare.ChangesPerSec, 3)
 	res.RatioToBareJetStream = measure.Round(sluice.ChangesPerSec/bareJS.ChangesPerSec, 3)
+	if !cfg.skipUnpacked {
+		bareJSEach.finish(wl.Changes, wl.WALBytes)
+		res.Measurements["bare_pglogrepl_jetstream_unpacked"] = bareJSEach
+		res.RatioToBareJetStreamUnpacked = measure.Round(sluice.ChangesPerSec/bareJSEach.ChangesPerSec, 3)
+	}
 	res.Targets = append(res.Targets, target{Name: "throughput: Sluice Reader / bare pglogrepl loop", Want: fmt.Sprintf(">= %.1fx", targetRatio),
 		Value: res.Ratio, Met: res.Ratio >= targetRatio})
 
@@ -633,18 +699,32 @@ type decodeResult struct {
 	confirmed float64
 	cpu       cpuUse
 	endLSN    pglogrepl.LSN
-	// streamBytes is what SLUICE_CDC stored, when the decode published.
+	// streamBytes is what SLUICE_CDC stored, when the decode published;
+	// messages how many messages, maxEvents the most events of one.
 	streamBytes int64
+	messages    int64
+	maxEvents   int
+	// checkSecs is how long reading the stream back took (not timed).
+	checkSecs float64
 }
+
+// publishMode is what a bare loop publishes to SLUICE_CDC.
+type publishMode int
+
+const (
+	publishNone   publishMode = iota // (a): nothing
+	publishPacked                    // (c): the raw changes, packed as the Reader packs its events
+	publishEach                      // (d): the raw changes, one message each
+)
 
 // bareDecode streams slot with a minimal pglogrepl loop until it has seen
 // every change of the workload, and returns the time to the last change.
 // It confirms the received position on each standby status update (every
-// 10 s, as the Reader's default, and when the server asks). With publish,
-// it also publishes each change's raw pgoutput message to SLUICE_CDC
-// (PublishMsgAsync, with a Nats-Msg-Id and the expected stream, as the
-// Reader) and stops the clock when the stream holds them all.
-func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publish bool) (decodeResult, error) {
+// 10 s, as the Reader's default, and when the server asks). With a publish
+// mode, it also publishes the raw pgoutput message of each change to
+// SLUICE_CDC (see rawPacker) and stops the clock when the stream holds
+// them all, then reads them back (verifyRaw).
+func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, mode publishMode) (decodeResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.timeout)
 	defer cancel()
 	pcfg, err := pgconn.ParseConfig(b.cfg.dsn)
@@ -652,12 +732,21 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publi
 		return decodeResult{}, err
 	}
 	pcfg.RuntimeParams["replication"] = "database"
-	if publish {
+	var pack *rawPacker
+	var counter *eventCounter
+	if mode != publishNone {
 		if err := b.stream.Purge(ctx); err != nil {
 			return decodeResult{}, err
 		}
+		limit := b.cfg.msgEvents()
+		if mode == publishEach {
+			limit = 1
+		} else if counter, err = b.countEvents(ctx, wl.Changes); err != nil {
+			return decodeResult{}, err
+		}
+		defer counter.stop()
+		pack = &rawPacker{js: b.js, slot: slot, limit: limit, subjects: map[uint32]string{}, expect: []string{protocol.StreamCDC}}
 	}
-	subject := protocol.CDCSubject(pipelineThroughput+"-raw", schema, tableName)
 	runtime.GC()
 	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
@@ -722,48 +811,167 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, publi
 				return decodeResult{}, fmt.Errorf("bare loop: parse at %s: %w", xld.WALStart, err)
 			}
 			pos = xld.WALStart + pglogrepl.LSN(len(xld.WALData))
-			change := true
+			var rel uint32
 			switch msg := msg.(type) {
 			case *pglogrepl.InsertMessage:
-				ins++
+				ins, rel = ins+1, msg.RelationID
 			case *pglogrepl.UpdateMessage:
-				upd++
+				upd, rel = upd+1, msg.RelationID
 			case *pglogrepl.DeleteMessage:
-				del++
+				del, rel = del+1, msg.RelationID
+			case *pglogrepl.RelationMessage:
+				if pack != nil {
+					pack.subjects[msg.RelationID] = protocol.CDCSubject(pipelineThroughput+"-raw", msg.Namespace, msg.RelationName)
+				}
+				continue
+			case *pglogrepl.BeginMessage:
+				if pack != nil {
+					pack.commitLSN, pack.index = msg.FinalLSN.String(), 0
+				}
+				continue
 			case *pglogrepl.CommitMessage:
-				change = false
-				if ins+upd+del == wl.Changes {
-					if ins != wl.Inserts || upd != wl.Updates || del != wl.Deletes {
-						return decodeResult{}, fmt.Errorf("bare loop: %d inserts, %d updates, %d deletes; want %d, %d, %d",
-							ins, upd, del, wl.Inserts, wl.Updates, wl.Deletes)
+				if pack != nil {
+					if err := pack.flush(); err != nil {
+						return decodeResult{}, err
 					}
-					res.endLSN = msg.TransactionEndLSN
-					if !publish {
-						return res, nil
+				}
+				if ins+upd+del < wl.Changes {
+					continue
+				}
+				if ins != wl.Inserts || upd != wl.Updates || del != wl.Deletes {
+					return decodeResult{}, fmt.Errorf("bare loop: %d inserts, %d updates, %d deletes; want %d, %d, %d",
+						ins, upd, del, wl.Inserts, wl.Updates, wl.Deletes)
+				}
+				res.endLSN = msg.TransactionEndLSN
+				switch mode {
+				case publishNone:
+					return res, nil
+				case publishPacked:
+					at, err := counter.wait(ctx, nil)
+					if err != nil {
+						return decodeResult{}, fmt.Errorf("bare loop: %w", err)
 					}
+					res.secs = at.Sub(start).Seconds()
+				case publishEach:
 					if err := b.waitStored(ctx, wl.Changes, nil); err != nil {
 						return decodeResult{}, fmt.Errorf("bare loop: %w", err)
 					}
 					res.secs = time.Since(start).Seconds()
-					res.cpu = cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
-					return res, b.verifyStream(ctx, wl, &res, false)
 				}
+				res.cpu = cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
+				counter.stop()
+				// Not return res, b.verifyRaw(..., &res): the order of the
+				// two is unspecified.
+				err = b.verifyRaw(ctx, wl, slot, pack.limit, &res)
+				return res, err
 			default:
-				change = false
+				continue
 			}
-			if change && publish {
-				pm := &nats.Msg{Subject: subject, Data: bytes.Clone(xld.WALData), Header: nats.Header{}}
-				pm.Header.Set(jetstream.MsgIDHeader, slot+":"+strconv.FormatInt(ins+upd+del, 10))
-				if _, err := b.js.PublishMsgAsync(pm, jetstream.WithExpectStream(protocol.StreamCDC)); err != nil {
-					return decodeResult{}, fmt.Errorf("bare loop: publish: %w", err)
+			// A change.
+			if pack != nil {
+				if err := pack.add(rel, xld.WALData); err != nil {
+					return decodeResult{}, err
 				}
 			}
-			if !publish && change && ins+upd+del == wl.Changes {
+			if mode == publishNone && ins+upd+del == wl.Changes {
 				res.secs = time.Since(start).Seconds()
 				res.cpu = cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
 			}
 		}
 	}
+}
+
+// rawPacker packs the raw pgoutput messages of the changes of each
+// transaction into SLUICE_CDC messages as the Reader packs their events: a
+// message holds consecutive changes of one table, at most limit of them and
+// at most pgcdc.MaxMessageBytes (a single larger change goes alone), each
+// as its length (4 bytes, big-endian) then the pgoutput message. It
+// publishes each with PublishMsgAsync and the Reader's headers: the
+// Nats-Msg-Id of its first change (protocol.CDCMsgID), the expected
+// stream, and Sluice-Events. It does not bound the publishes in flight
+// beyond nats.go's own bound: the floor of the Reader's publishing.
+type rawPacker struct {
+	js    jetstream.JetStream
+	slot  string
+	limit int
+	// subjects holds the subject of each relation, by its ID, from the
+	// Relation messages.
+	subjects map[uint32]string
+	expect   []string
+
+	commitLSN string // of the transaction being received
+	index     int    // of its next change
+
+	// The message being packed: its subject, the index of its first
+	// change, its change count and its records.
+	subject  string
+	first, n int
+	data     []byte
+}
+
+// add adds a change of relation rel, the pgoutput message rec, to the
+// message being packed, after publishing that message when it holds
+// another table's changes, is full, or would grow past
+// pgcdc.MaxMessageBytes with rec.
+func (p *rawPacker) add(rel uint32, rec []byte) error {
+	subject, ok := p.subjects[rel]
+	if !ok {
+		return fmt.Errorf("bare loop: change of relation %d before its Relation message", rel)
+	}
+	if p.n > 0 && (subject != p.subject || p.n >= p.limit) {
+		if err := p.flush(); err != nil {
+			return err
+		}
+	}
+	if p.n == 0 {
+		p.subject, p.first = subject, p.index
+	}
+	p.index++
+	start := len(p.data)
+	p.data = binary.BigEndian.AppendUint32(p.data, uint32(len(rec)))
+	p.data = append(p.data, rec...)
+	p.n++
+	if p.n == 1 || len(p.data) <= pgcdc.MaxMessageBytes {
+		return nil
+	}
+	// Too big with rec: publish the others, then start the next message
+	// with it (flush leaves the published buffer as it is).
+	moved := p.data[start:]
+	p.data, p.n = p.data[:start], p.n-1
+	if err := p.flush(); err != nil {
+		return err
+	}
+	p.data = append(p.data, moved...)
+	p.subject, p.first, p.n = subject, p.index-1, 1
+	return nil
+}
+
+// flush publishes the message being packed, if it holds any change.
+func (p *rawPacker) flush() error {
+	if p.n == 0 {
+		return nil
+	}
+	id := protocol.CDCMsgID(p.slot, p.commitLSN, p.first)
+	msg := &nats.Msg{Subject: p.subject, Data: p.data, Header: nats.Header{
+		jetstream.MsgIDHeader:          []string{id},
+		jetstream.ExpectedStreamHeader: p.expect,
+		protocol.HeaderEvents:          []string{strconv.Itoa(p.n)},
+	}}
+	for {
+		_, err := p.js.PublishMsgAsync(msg)
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			continue // nats.go's bound of pending acks stayed full: nothing was sent
+		}
+		if err != nil {
+			return fmt.Errorf("bare loop: publish %s: %w", id, err)
+		}
+		break
+	}
+	// nats.go keeps msg.Data until the ack: the next message gets a buffer
+	// of its own, as the Reader's do.
+	p.data = make([]byte, 0, min(cap(p.data), pgcdc.MaxMessageBytes+pgcdc.MaxMessageBytes/8))
+	p.n = 0
+	return nil
 }
 
 // waitStored polls SLUICE_CDC every 5 ms until it holds want messages, or
@@ -789,6 +997,88 @@ func (b *bench) waitStored(ctx context.Context, want int64, stop <-chan error) e
 	}
 }
 
+// eventCounter follows SLUICE_CDC from its first message with a
+// headers-only ordered consumer on the monitoring connection and adds up
+// the messages' Sluice-Events headers: the events JetStream stored (it
+// delivers a message only once stored). It tells when they reach want.
+type eventCounter struct {
+	want    int64
+	cc      jetstream.ConsumeContext
+	reached chan struct{} // closed when the sum reached want, or on err
+
+	mu  sync.Mutex
+	sum int64
+	at  time.Time // when the sum reached want
+	err error
+}
+
+// countEvents starts an eventCounter on SLUICE_CDC, which should be empty.
+func (b *bench) countEvents(ctx context.Context, want int64) (*eventCounter, error) {
+	c := &eventCounter{want: want, reached: make(chan struct{})}
+	oc, err := b.mon.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("event counter: %w", err)
+	}
+	if c.cc, err = oc.Consume(c.record); err != nil {
+		return nil, fmt.Errorf("event counter: %w", err)
+	}
+	return c, nil
+}
+
+func (c *eventCounter) record(m jetstream.Msg) {
+	now := time.Now()
+	n, err := eventsHeader(m)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil || !c.at.IsZero() {
+		return
+	}
+	if err != nil {
+		c.err = err
+		close(c.reached)
+		return
+	}
+	if c.sum += int64(n); c.sum >= c.want {
+		c.at = now
+		close(c.reached)
+	}
+}
+
+// wait waits until the stored events reach want and returns when they did,
+// or until stop delivers (a Reader that stopped).
+func (c *eventCounter) wait(ctx context.Context, stop <-chan error) (time.Time, error) {
+	select {
+	case <-c.reached:
+	case err := <-stop:
+		return time.Time{}, fmt.Errorf("stopped early: %v", err)
+	case <-ctx.Done():
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return time.Time{}, fmt.Errorf("%d of %d events stored: %w", c.sum, c.want, ctx.Err())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.at, c.err
+}
+
+// stop stops the consumer, once; a nil counter is left alone.
+func (c *eventCounter) stop() {
+	if c != nil && c.cc != nil {
+		c.cc.Stop()
+		c.cc = nil
+	}
+}
+
+// eventsHeader returns a message's Sluice-Events header.
+func eventsHeader(m jetstream.Msg) (int, error) {
+	h := m.Headers().Get(protocol.HeaderEvents)
+	n, err := strconv.Atoi(h)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("message %s: %s header %q, want a positive count", m.Headers().Get(jetstream.MsgIDHeader), protocol.HeaderEvents, h)
+	}
+	return n, nil
+}
+
 // sluiceDecode runs a Reader on slot until SLUICE_CDC holds every event of
 // the workload and its status confirms endLSN, then stops it and checks
 // the stream. With profile set, it records a CPU profile of the run into
@@ -801,11 +1091,16 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 	}
 	r, err := pgcdc.NewReader(pgcdc.Config{
 		DSN: b.cfg.dsn, Slot: slot, Publication: publication, Tables: []string{srcTable}, Pipeline: pipelineThroughput,
-		MaxInFlight: b.cfg.maxInFlight,
+		MaxInFlight: b.cfg.maxInFlight, MessageEvents: b.cfg.messageEvents,
 	}, b.js, b.log)
 	if err != nil {
 		return decodeResult{}, err
 	}
+	counter, err := b.countEvents(ctx, wl.Changes)
+	if err != nil {
+		return decodeResult{}, err
+	}
+	defer counter.stop()
 	if profile != nil {
 		if err := pprof.StartCPUProfile(profile); err != nil {
 			return decodeResult{}, err
@@ -820,10 +1115,12 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 	done := make(chan error, 1)
 	go func() { done <- r.Run(rctx) }()
 
-	if err := b.waitStored(ctx, wl.Changes, done); err != nil {
+	at, err := counter.wait(ctx, done)
+	if err != nil {
 		return decodeResult{}, fmt.Errorf("reader on %s: %w", slot, err)
 	}
-	res := decodeResult{secs: time.Since(start).Seconds(), cpu: cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}}
+	res := decodeResult{secs: at.Sub(start).Seconds(), cpu: cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}}
+	counter.stop()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for endLSN != 0 {
@@ -843,43 +1140,239 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 	if err := <-done; err != nil {
 		return decodeResult{}, fmt.Errorf("reader on %s: %w", slot, err)
 	}
-	return res, b.verifyStream(ctx, wl, &res, true)
+	err = b.verifyEvents(ctx, wl, slot, &res)
+	return res, err
 }
 
-// verifyStream checks that SLUICE_CDC holds exactly the workload's events,
-// records their size in res, and with events, that the last one is a
-// change event of the last change.
-func (b *bench) verifyStream(ctx context.Context, wl *workload, res *decodeResult, events bool) error {
+// readStream reads every message of SLUICE_CDC in order, with an ordered
+// consumer on the monitoring connection, calls fn on each, and returns the
+// stream's state as it was before reading.
+func (b *bench) readStream(ctx context.Context, fn func(jetstream.Msg) error) (jetstream.StreamState, error) {
 	info, err := b.mon.Info(ctx)
 	if err != nil {
-		return err
+		return jetstream.StreamState{}, err
 	}
-	if int64(info.State.Msgs) != wl.Changes {
-		return fmt.Errorf("verify: SLUICE_CDC holds %d events, want %d", info.State.Msgs, wl.Changes)
+	state := info.State
+	if state.Msgs == 0 {
+		return state, nil
 	}
-	res.streamBytes = int64(info.State.Bytes)
-	if !events {
+	oc, err := b.mon.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return state, err
+	}
+	it, err := oc.Messages(jetstream.PullMaxBytes(16 << 20))
+	if err != nil {
+		return state, err
+	}
+	defer it.Stop()
+	for {
+		m, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return state, fmt.Errorf("read SLUICE_CDC back: %w", err)
+		}
+		if err := fn(m); err != nil {
+			return state, err
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return state, err
+		}
+		if md.Sequence.Stream >= state.LastSeq {
+			return state, nil
+		}
+	}
+}
+
+// tally checks the messages of SLUICE_CDC read back: every change of every
+// transaction exactly once, that is, per commit LSN the index spans of the
+// messages ([first, first+events), from their Nats-Msg-Id and
+// Sluice-Events) tile [0, changes of the transaction), and counts them.
+type tally struct {
+	spans         map[string][][2]int // by commit LSN: first index, events
+	msgs, events  int64
+	maxEvents     int
+	ins, upd, del int64
+}
+
+func (t *tally) add(commitLSN string, first, n int) {
+	if t.spans == nil {
+		t.spans = map[string][][2]int{}
+	}
+	t.spans[commitLSN] = append(t.spans[commitLSN], [2]int{first, n})
+	t.msgs++
+	t.events += int64(n)
+	t.maxEvents = max(t.maxEvents, n)
+}
+
+func (t *tally) check(wl *workload, state jetstream.StreamState) error {
+	if t.msgs != int64(state.Msgs) {
+		return fmt.Errorf("verify: read %d messages back, SLUICE_CDC holds %d", t.msgs, state.Msgs)
+	}
+	if t.events != wl.Changes || t.ins != wl.Inserts || t.upd != wl.Updates || t.del != wl.Deletes {
+		return fmt.Errorf("verify: SLUICE_CDC holds %d events (%d inserts, %d updates, %d deletes), want %d (%d, %d, %d)",
+			t.events, t.ins, t.upd, t.del, wl.Changes, wl.Inserts, wl.Updates, wl.Deletes)
+	}
+	if int64(len(t.spans)) != wl.Transactions {
+		return fmt.Errorf("verify: events of %d transactions, want %d", len(t.spans), wl.Transactions)
+	}
+	for commit, spans := range t.spans {
+		slices.SortFunc(spans, func(a, b [2]int) int { return a[0] - b[0] })
+		next := 0
+		for _, s := range spans {
+			if s[0] != next {
+				return fmt.Errorf("verify: transaction %s: a message starts at index %d, want %d (an event twice or missing)", commit, s[0], next)
+			}
+			next = s[0] + s[1]
+		}
+	}
+	return nil
+}
+
+// parseMsgID splits a Nats-Msg-Id of protocol.CDCMsgID into its commit LSN
+// and index, and checks its slot.
+func parseMsgID(id, slot string) (commitLSN string, index int, err error) {
+	parts := strings.Split(id, ":")
+	if len(parts) == 3 && parts[0] == slot {
+		if index, err = strconv.Atoi(parts[2]); err == nil && index >= 0 {
+			return parts[1], index, nil
+		}
+	}
+	return "", 0, fmt.Errorf("verify: Nats-Msg-Id %q, want %s:<commit LSN>:<index>", id, slot)
+}
+
+// verifyRaw reads back what a bare loop published to SLUICE_CDC (see
+// rawPacker) and checks it holds every change of the workload exactly
+// once, at most limit per message; it records the stream's figures in res.
+func (b *bench) verifyRaw(ctx context.Context, wl *workload, slot string, limit int, res *decodeResult) error {
+	defer func(began time.Time) { res.checkSecs = time.Since(began).Seconds() }(time.Now())
+	var t tally
+	state, err := b.readStream(ctx, func(m jetstream.Msg) error {
+		id := m.Headers().Get(jetstream.MsgIDHeader)
+		commit, first, err := parseMsgID(id, slot)
+		if err != nil {
+			return err
+		}
+		n, err := eventsHeader(m)
+		if err != nil {
+			return err
+		}
+		data := m.Data()
+		if n > limit || (n > 1 && len(data) > pgcdc.MaxMessageBytes) {
+			return fmt.Errorf("verify: message %s holds %d changes in %d bytes, over %d or %d", id, n, len(data), limit, pgcdc.MaxMessageBytes)
+		}
+		var rel uint32
+		for k := range n {
+			if len(data) < 4 || len(data)-4 < int(binary.BigEndian.Uint32(data)) {
+				return fmt.Errorf("verify: message %s: change %d of %d is cut short", id, k+1, n)
+			}
+			rec := data[4 : 4+binary.BigEndian.Uint32(data)]
+			data = data[4+len(rec):]
+			msg, err := pglogrepl.Parse(rec)
+			if err != nil {
+				return fmt.Errorf("verify: message %s: change %d: %w", id, k+1, err)
+			}
+			var r uint32
+			switch msg := msg.(type) {
+			case *pglogrepl.InsertMessage:
+				t.ins, r = t.ins+1, msg.RelationID
+			case *pglogrepl.UpdateMessage:
+				t.upd, r = t.upd+1, msg.RelationID
+			case *pglogrepl.DeleteMessage:
+				t.del, r = t.del+1, msg.RelationID
+			default:
+				return fmt.Errorf("verify: message %s: change %d is a %T", id, k+1, msg)
+			}
+			if k > 0 && r != rel {
+				return fmt.Errorf("verify: message %s holds changes of relations %d and %d", id, rel, r)
+			}
+			rel = r
+		}
+		if len(data) > 0 {
+			return fmt.Errorf("verify: message %s holds more than its %d changes", id, n)
+		}
+		t.add(commit, first, n)
 		return nil
-	}
-	last, err := b.mon.GetMsg(ctx, info.State.LastSeq)
+	})
 	if err != nil {
 		return err
 	}
-	ev, err := protocol.DecodeChangeEvent(last.Data)
+	if err := t.check(wl, state); err != nil {
+		return err
+	}
+	res.streamBytes, res.messages, res.maxEvents = int64(state.Bytes), t.msgs, t.maxEvents
+	return nil
+}
+
+// verifyEvents reads back what a Reader published to SLUICE_CDC, decodes
+// every event, and checks it holds every change of the workload exactly
+// once, packed as the Reader packs, the last one the last change; it
+// records the stream's figures in res.
+func (b *bench) verifyEvents(ctx context.Context, wl *workload, slot string, res *decodeResult) error {
+	defer func(began time.Time) { res.checkSecs = time.Since(began).Seconds() }(time.Now())
+	var t tally
+	var evs []protocol.ChangeEvent
+	var last protocol.ChangeEvent
+	state, err := b.readStream(ctx, func(m jetstream.Msg) error {
+		id := m.Headers().Get(jetstream.MsgIDHeader)
+		n, err := eventsHeader(m)
+		if err != nil {
+			return err
+		}
+		data := m.Data()
+		if c := protocol.CountChangeEvents(data); c != n {
+			return fmt.Errorf("verify: message %s holds %d events, its %s header says %d", id, c, protocol.HeaderEvents, n)
+		}
+		if evs, err = protocol.AppendChangeEvents(evs[:0], data); err != nil {
+			return fmt.Errorf("verify: message %s: %w", id, err)
+		}
+		if limit := b.cfg.msgEvents(); n > limit || (n > 1 && len(data) > pgcdc.MaxMessageBytes) {
+			return fmt.Errorf("verify: message %s holds %d events in %d bytes, over %d or %d", id, n, len(data), limit, pgcdc.MaxMessageBytes)
+		}
+		first := evs[0]
+		if want := protocol.CDCMsgID(slot, first.CommitLSN, first.Index); id != want {
+			return fmt.Errorf("verify: message %s, want the Nats-Msg-Id of its first event, %s", id, want)
+		}
+		if want := protocol.CDCSubject(pipelineThroughput, first.Schema, first.Table); m.Subject() != want {
+			return fmt.Errorf("verify: message %s on %s, want %s", id, m.Subject(), want)
+		}
+		for k, ev := range evs {
+			if ev.CommitLSN != first.CommitLSN || ev.Index != first.Index+k || ev.Schema != first.Schema || ev.Table != first.Table {
+				return fmt.Errorf("verify: message %s: event %d is index %d of %s on %s.%s, want index %d of %s on %s.%s", id, k+1,
+					ev.Index, ev.CommitLSN, ev.Schema, ev.Table, first.Index+k, first.CommitLSN, first.Schema, first.Table)
+			}
+			switch ev.Op {
+			case protocol.OpInsert:
+				t.ins++
+			case protocol.OpUpdate:
+				t.upd++
+			case protocol.OpDelete:
+				t.del++
+			default:
+				return fmt.Errorf("verify: message %s: event %d is a %s", id, k+1, ev.Op)
+			}
+		}
+		t.add(first.CommitLSN, first.Index, n)
+		last = evs[n-1]
+		return nil
+	})
 	if err != nil {
 		return err
 	}
+	if err := t.check(wl, state); err != nil {
+		return err
+	}
+	res.streamBytes, res.messages, res.maxEvents = int64(state.Bytes), t.msgs, t.maxEvents
 	// The last change: the last delete, else the last update, else the
 	// last insert.
-	op, row, want := protocol.OpInsert, ev.After, wl.Inserts
+	op, row, want := protocol.OpInsert, last.After, wl.Inserts
 	if wl.Deletes > 0 {
-		op, row, want = protocol.OpDelete, ev.Before, wl.Deletes
+		op, row, want = protocol.OpDelete, last.Before, wl.Deletes
 	} else if wl.Updates > 0 {
-		op, row, want = protocol.OpUpdate, ev.After, wl.Updates
+		op, row, want = protocol.OpUpdate, last.After, wl.Updates
 	}
 	id := row["id"]
-	if ev.Op != op || id != protocol.Text(strconv.FormatInt(want, 10)) {
-		return fmt.Errorf("verify: last event is the %s of id %v, want the %s of id %d", ev.Op, id.Text, op, want)
+	if last.Op != op || id != protocol.Text(strconv.FormatInt(want, 10)) {
+		return fmt.Errorf("verify: last event is the %s of id %v, want the %s of id %d", last.Op, id.Text, op, want)
 	}
 	return nil
 }
@@ -921,14 +1414,14 @@ func (a *arrivals) record(id int64, now time.Time) {
 	}
 }
 
-// recordEvent records a change event by the id of its After row.
-func (a *arrivals) recordEvent(data []byte, now time.Time) {
-	ev, err := protocol.DecodeChangeEvent(data)
-	if err != nil {
-		return
-	}
-	if id, err := strconv.ParseInt(ev.After["id"].Text, 10, 64); err == nil {
-		a.record(id, now)
+// recordEvents records the change events of a SLUICE_CDC message (one or
+// more; those before an undecodable one) by the id of their After rows.
+func (a *arrivals) recordEvents(data []byte, now time.Time) {
+	evs, _ := protocol.DecodeChangeEvents(data)
+	for _, ev := range evs {
+		if id, err := strconv.ParseInt(ev.After["id"].Text, 10, 64); err == nil {
+			a.record(id, now)
+		}
 	}
 }
 
@@ -961,7 +1454,7 @@ func (b *bench) latency(ctx context.Context) (*latency, error) {
 	n := int(float64(cfg.rate) * cfg.duration.Seconds())
 	lat := &latency{
 		Definition: "from the return of each single-row INSERT's COMMIT at the client to the arrival of its event " +
-			"(keyed by the row id in After) at an ordered consumer of SLUICE_CDC: JetStream stores an event before it " +
+			"(keyed by the row id in After, every event of each message decoded) at an ordered consumer of SLUICE_CDC: JetStream stores an event before it " +
 			"acks the Reader's publish and before it delivers it, so this bounds commit-to-JetStream-ack from above; " +
 			"commit_to_published_event (a core NATS subscriber on the subject) bounds it from below; " +
 			"commit_to_bare_decode is the same load decoded by a bare pglogrepl loop (no JetStream), measured after",
@@ -970,6 +1463,10 @@ func (b *bench) latency(ctx context.Context) (*latency, error) {
 	}
 	if cfg.maxInFlight != 0 {
 		lat.Reader["max_in_flight"] = cfg.maxInFlight
+	}
+	lat.Reader["message_events"] = fmt.Sprintf("default (%d)", pgcdc.DefaultMessageEvents)
+	if cfg.messageEvents != 0 {
+		lat.Reader["message_events"] = cfg.messageEvents
 	}
 	if err := b.latencySluice(ctx, lat, n); err != nil {
 		return nil, err
@@ -998,7 +1495,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 	if err != nil {
 		return err
 	}
-	cc, err := oc.Consume(func(m jetstream.Msg) { stored.recordEvent(m.Data(), time.Now()) })
+	cc, err := oc.Consume(func(m jetstream.Msg) { stored.recordEvents(m.Data(), time.Now()) })
 	if err != nil {
 		return err
 	}
@@ -1008,7 +1505,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 		return err
 	}
 	defer subNC.Close()
-	sub, err := subNC.Subscribe(subject, func(m *nats.Msg) { published.recordEvent(m.Data, time.Now()) })
+	sub, err := subNC.Subscribe(subject, func(m *nats.Msg) { published.recordEvents(m.Data, time.Now()) })
 	if err != nil {
 		return err
 	}
@@ -1016,7 +1513,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 
 	r, err := pgcdc.NewReader(pgcdc.Config{
 		DSN: cfg.dsn, Slot: slot, Publication: publication, Tables: []string{srcTable}, Pipeline: pipelineLatency,
-		MaxInFlight: cfg.maxInFlight,
+		MaxInFlight: cfg.maxInFlight, MessageEvents: cfg.messageEvents,
 	}, b.js, b.log)
 	if err != nil {
 		return err
@@ -1306,9 +1803,12 @@ func report(w io.Writer, r results) {
 			measure.Thousands(float64(wl.Changes)), wl.Table, wl.Columns, measure.Thousands(float64(wl.Inserts)), measure.Thousands(float64(wl.Updates)),
 			measure.Thousands(float64(wl.Deletes)), measure.Thousands(float64(wl.Transactions)), wl.TxRows, float64(wl.WALBytes)/1e6)
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "measurement\tbest s\tchanges/s\tWAL MB/s\tclient CPU s\tclient CPU µs/change\tserver CPU s\tstream MB\tall reps (s)\t")
-		for _, k := range []string{"bare_pglogrepl", "bare_pglogrepl_jetstream", "sluice_reader"} {
+		fmt.Fprintln(tw, "measurement\tbest s\tchanges/s\tWAL MB/s\tclient CPU s\tclient CPU µs/change\tserver CPU s\tstream MB\tmessages\tevents/message\tall reps (s)\t")
+		for _, k := range []string{"bare_pglogrepl", "bare_pglogrepl_jetstream", "bare_pglogrepl_jetstream_unpacked", "sluice_reader"} {
 			m := r.Measurements[k]
+			if m == nil {
+				continue
+			}
 			reps := make([]string, len(m.Seconds))
 			for i, s := range m.Seconds {
 				reps[i] = fmt.Sprintf("%.2f", s)
@@ -1317,19 +1817,30 @@ func report(w io.Writer, r results) {
 			if m.ServerCPU > 0 {
 				server = fmt.Sprintf("%.1f", m.ServerCPU)
 			}
-			stream := "-"
-			if m.StreamBytes > 0 {
+			stream, msgs, perMsg := "-", "-", "-"
+			if m.Messages > 0 {
 				stream = fmt.Sprintf("%.1f", float64(m.StreamBytes)/1e6)
+				msgs = measure.Thousands(float64(m.Messages))
+				perMsg = fmt.Sprintf("%.1f (max %d)", m.EventsPerMessage, m.MaxEventsPerMessage)
 			}
-			fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t\n", m.Label, m.BestSeconds, measure.Thousands(m.ChangesPerSec), m.WALMBPerSec,
-				m.ClientCPU, m.ClientCPUPerChange, server, stream, strings.Join(reps, " "))
+			label, _, _ := strings.Cut(m.Label, " as the Reader packs")
+			fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t\n", label, m.BestSeconds, measure.Thousands(m.ChangesPerSec), m.WALMBPerSec,
+				m.ClientCPU, m.ClientCPUPerChange, server, stream, msgs, perMsg, strings.Join(reps, " "))
 		}
 		tw.Flush()
 		fmt.Fprintf(w, "(a) stops at: %s\n(b) and (c) stop at: %s;\n    in (b)'s best rep, Reader.Status().ConfirmedLSN reached the end of the last transaction at %.2fs\n",
 			r.Measurements["bare_pglogrepl"].EndCondition, r.Measurements["sluice_reader"].EndCondition, r.Measurements["sluice_reader"].ConfirmedSeconds)
-		fmt.Fprintln(w, "(c) publishes each raw pgoutput message as it is, with the Reader's headers: the floor of any pgoutput -> JetStream path here")
-		fmt.Fprintln(w, "client CPU: this process (for (b) and (c) with the embedded NATS server); server CPU: every postgres process on the machine")
-		fmt.Fprintf(w, "Sluice / (c): %.2fx\n", r.RatioToBareJetStream)
+		fmt.Fprintf(w, "(c) publishes the raw pgoutput messages of the changes, packed as the Reader packs its events (a transaction's consecutive changes of one table, <= %v and <= %d KiB a message), with the Reader's headers: the floor of this design of a pgoutput -> JetStream path here\n",
+			r.Packing["max_events"], pgcdc.MaxMessageBytes>>10)
+		if m := r.Measurements["bare_pglogrepl_jetstream_unpacked"]; m != nil {
+			fmt.Fprintf(w, "(d) publishes them one message per change (as the Reader did before packing); it stops at: %s\n", m.EndCondition)
+		}
+		fmt.Fprintln(w, "client CPU: this process (for (b) to (d) with the embedded NATS server); server CPU: every postgres process on the machine")
+		fmt.Fprintf(w, "Sluice / (c): %.2fx", r.RatioToBareJetStream)
+		if r.RatioToBareJetStreamUnpacked > 0 {
+			fmt.Fprintf(w, "; Sluice / (d): %.2fx", r.RatioToBareJetStreamUnpacked)
+		}
+		fmt.Fprintln(w)
 	}
 	if l := r.Latency; l != nil {
 		fmt.Fprintf(w, "\nlatency: %s single-row INSERT transactions at %d/s (achieved %.0f/s) over %.1fs from %d connections; Reader defaults (heartbeat and status interval 10s)\n",
