@@ -191,6 +191,11 @@ func (e *ChangeEvent) appendHead(dst []byte) []byte {
 	dst = strconv.AppendInt(dst, Version, 10)
 	dst = append(dst, `,"op":`...)
 	dst = AppendJSONString(dst, string(e.Op))
+	return e.appendTable(dst)
+}
+
+// appendTable appends the fields from Pipeline to Key.
+func (e *ChangeEvent) appendTable(dst []byte) []byte {
 	dst = append(dst, `,"pipeline":`...)
 	dst = AppendJSONString(dst, e.Pipeline)
 	dst = append(dst, `,"database":`...)

@@ -243,6 +243,61 @@ func checkCells(t *testing.T, name string, e ChangeEvent, names []string, before
 	if got := e.AppendJSONCells([]byte("pre"), NewColumns(names), before, after); string(got) != "pre"+string(want) {
 		t.Errorf("%s: AppendJSONCells\n got %s\nwant pre%s", name, got, want)
 	}
+	checkAppendChange(t, name, e, names, before, after)
+}
+
+// checkAppendChange checks AppendChange against AppendJSONCells for e (at
+// WAL position 0x1_2345ABCD, which it sets in e.LSN).
+func checkAppendChange(t *testing.T, name string, e ChangeEvent, names []string, before, after []Cell) {
+	t.Helper()
+	const lsn = 0x1_2345ABCD
+	e.LSN = "1/2345ABCD"
+	var tx TxFields
+	if err := tx.Set("old/lsn", 1, time.Time{}); err != nil { // overwritten: Set reuses nothing stale
+		t.Fatal(err)
+	}
+	if err := tx.Set(e.CommitLSN, e.Xid, e.CommitTime); err != nil {
+		t.Fatalf("%s: TxFields.Set: %v", name, err)
+	}
+	cols := NewColumns(names)
+	want := e.AppendJSONCells([]byte("pre"), cols, before, after)
+	got := AppendChange([]byte("pre"), e.Op, NewTableFields(e.Pipeline, e.Database, e.Schema, e.Table, e.Key), cols, before, after, lsn, e.Index, &tx)
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s: AppendChange\n got %s\nwant %s", name, got, want)
+	}
+}
+
+func TestAppendLSN(t *testing.T) {
+	for _, l := range []uint64{0, 1, 0xA, 0x1_00000000, 0xFFFFFFFF_FFFFFFFF, 0x5_C4F63830, 0xABCDEF_0123ABCD} {
+		if got, want := string(AppendLSN([]byte("x"), l)), fmt.Sprintf("x%X/%X", l>>32, uint32(l)); got != want {
+			t.Errorf("AppendLSN(%#x) = %q, want %q", l, got, want)
+		}
+	}
+}
+
+func TestTxFieldsTimeError(t *testing.T) {
+	var tx TxFields
+	bad := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	_, want := ChangeEvent{CommitTime: bad}.Encode()
+	if err := tx.Set("1/2", 3, bad); err == nil || want == nil || err.Error() != want.Error() {
+		t.Fatalf("TxFields.Set(year 10000) = %v, want Encode's %v", err, want)
+	}
+}
+
+func TestAppendChangeAllocs(t *testing.T) {
+	e, names, cells := benchEvent()
+	cols := NewColumns(names)
+	table := NewTableFields(e.Pipeline, e.Database, e.Schema, e.Table, e.Key)
+	var tx TxFields
+	if err := tx.Set(e.CommitLSN, e.Xid, e.CommitTime); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 0, 4096)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendChange(buf[:0], OpUpdate, table, cols, nil, cells, 0x5_C4F63830, 7, &tx)
+	}); n != 0 {
+		t.Errorf("AppendChange allocates %v times, want 0", n)
+	}
 }
 
 func TestAppendJSONCells(t *testing.T) {
@@ -338,6 +393,7 @@ func FuzzAppendJSON(f *testing.F) {
 		if got := e.AppendJSONCells(nil, NewColumns(names), before, after); !bytes.Equal(got, want) {
 			t.Fatalf("AppendJSONCells\n got %s\nwant %s", got, want)
 		}
+		checkAppendChange(t, "fuzzed", e, names, before, after)
 	})
 }
 
@@ -402,6 +458,19 @@ func BenchmarkChangeEventEncode(b *testing.B) {
 		var buf []byte
 		for b.Loop() {
 			buf = e.AppendJSONCells(buf[:0], cols, nil, cells)
+		}
+	})
+	b.Run("AppendChange", func(b *testing.B) {
+		b.ReportAllocs()
+		cols := NewColumns(names)
+		table := NewTableFields(e.Pipeline, e.Database, e.Schema, e.Table, e.Key)
+		var tx TxFields
+		if err := tx.Set(e.CommitLSN, e.Xid, e.CommitTime); err != nil {
+			b.Fatal(err)
+		}
+		var buf []byte
+		for b.Loop() {
+			buf = AppendChange(buf[:0], e.Op, table, cols, nil, cells, 0x5_78D46650, e.Index, &tx)
 		}
 	})
 }

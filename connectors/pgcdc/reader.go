@@ -234,6 +234,8 @@ type relation struct {
 	identity []bool
 	keys     []string
 	subject  string
+	// fields are the encoded fields its events share.
+	fields *protocol.TableFields
 }
 
 // pending is a transaction (or a heartbeat) whose events were published and
@@ -269,9 +271,8 @@ type streamState struct {
 	// the transaction being received
 	inTx      bool
 	commitLSN string
-	xid       uint32
-	time      time.Time
-	timeErr   error // Encode's error for time, which JSON cannot carry
+	tx        protocol.TxFields // commit LSN, xid and commit time, encoded
+	timeErr   error             // tx.Set's error: a commit time JSON cannot carry
 	index     int
 	futs      []flight
 	pack      packing
@@ -554,17 +555,14 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 				rel.keys = keys
 			}
 		}
+		rel.fields = protocol.NewTableFields(r.cfg.Pipeline, st.database, rel.schema, rel.table, rel.keys)
 		st.rels[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
 		st.inTx = true
 		st.commitLSN = formatLSN(m.FinalLSN)
-		st.xid = m.Xid
-		st.time = m.CommitTime
-		st.timeErr = nil
-		if _, err := m.CommitTime.MarshalJSON(); err != nil {
-			// Encode fails on it: so does every event of the transaction.
-			_, st.timeErr = protocol.ChangeEvent{CommitTime: m.CommitTime}.Encode()
-		}
+		// A commit time JSON cannot carry fails every event of the
+		// transaction, as Encode would.
+		st.timeErr = st.tx.Set(st.commitLSN, m.Xid, m.CommitTime)
 		st.index = 0
 		st.futs = nil
 	case *pglogrepl.CommitMessage:
@@ -683,19 +681,7 @@ func (rel *relation) cells(dst []protocol.Cell, t *pglogrepl.TupleData, keyOnly 
 // formatLSN formats lsn as pglogrepl.LSN.String does (%X/%X), without fmt.
 func formatLSN(lsn pglogrepl.LSN) string {
 	var b [17]byte
-	return string(appendHex(append(appendHex(b[:0], uint32(lsn>>32)), '/'), uint32(lsn)))
-}
-
-// appendHex appends v in upper-case hexadecimal.
-func appendHex(dst []byte, v uint32) []byte {
-	n := len(dst)
-	dst = strconv.AppendUint(dst, uint64(v), 16)
-	for i := n; i < len(dst); i++ {
-		if c := dst[i]; c >= 'a' {
-			dst[i] = c - 'a' + 'A'
-		}
-	}
-	return dst
+	return string(protocol.AppendLSN(b[:0], uint64(lsn)))
 }
 
 // publish adds the event of one change to the message being packed:
@@ -715,19 +701,16 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 			return err
 		}
 	}
-	ev := protocol.ChangeEvent{
-		Op: op, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: rel.schema, Table: rel.table, Key: rel.keys,
-		LSN: formatLSN(lsn), CommitLSN: st.commitLSN, Index: st.index, Xid: st.xid, CommitTime: st.time,
-	}
-	if p.n == 0 {
-		p.subject, p.first = rel.subject, st.index
-	}
+	index := st.index
 	st.index++
+	if p.n == 0 {
+		p.subject, p.first = rel.subject, index
+	}
 	start := len(p.data)
 	if p.n > 0 {
 		p.data = append(p.data, '\n')
 	}
-	p.data = ev.AppendJSONCells(p.data, rel.columns, before, after)
+	p.data = protocol.AppendChange(p.data, op, rel.fields, rel.columns, before, after, uint64(lsn), index, &st.tx)
 	p.n++
 	if p.n == 1 || len(p.data) <= st.maxBytes {
 		return nil
@@ -740,7 +723,7 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 		return err
 	}
 	p.data = append(p.data, data...)
-	p.subject, p.first, p.n = rel.subject, st.index-1, 1
+	p.subject, p.first, p.n = rel.subject, index, 1
 	return nil
 }
 
