@@ -528,6 +528,30 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 	if xld.WALStart > st.received {
 		st.received = xld.WALStart
 	}
+	if len(xld.WALData) == 0 {
+		return fmt.Errorf("decode pgoutput at %s: empty message", xld.WALStart)
+	}
+	// Inserts, updates and deletes, nearly every message, are decoded in
+	// place (decodeChange); the rest by pglogrepl.
+	if c, ok, err := decodeChange(xld.WALData); ok {
+		if err != nil {
+			return fmt.Errorf("decode pgoutput at %s: %w", xld.WALStart, err)
+		}
+		rel, err := st.relation(c.relation)
+		if err != nil {
+			return err
+		}
+		st.before = appendCells(st.before[:0], c.old, rel.identity, c.oldKind == 'K')
+		st.after = appendCells(st.after[:0], c.new, rel.identity, false)
+		op := protocol.OpInsert
+		switch c.op {
+		case 'U':
+			op = protocol.OpUpdate
+		case 'D':
+			op = protocol.OpDelete
+		}
+		return r.publish(ctx, st, rel, xld.WALStart, op, st.before, st.after)
+	}
 	msg, err := pglogrepl.Parse(xld.WALData)
 	if err != nil {
 		return fmt.Errorf("decode pgoutput at %s: %w", xld.WALStart, err)
@@ -578,28 +602,6 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		if len(st.queue) <= 2 {
 			r.setStatus(st, time.Time{}) // the oldest pending transaction changed
 		}
-	case *pglogrepl.InsertMessage:
-		rel, err := st.relation(m.RelationID)
-		if err != nil {
-			return err
-		}
-		st.after = rel.cells(st.after, m.Tuple, false)
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpInsert, nil, st.after)
-	case *pglogrepl.UpdateMessage:
-		rel, err := st.relation(m.RelationID)
-		if err != nil {
-			return err
-		}
-		st.before = rel.cells(st.before, m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey)
-		st.after = rel.cells(st.after, m.NewTuple, false)
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpUpdate, st.before, st.after)
-	case *pglogrepl.DeleteMessage:
-		rel, err := st.relation(m.RelationID)
-		if err != nil {
-			return err
-		}
-		st.before = rel.cells(st.before, m.OldTuple, m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey)
-		return r.publish(ctx, st, rel, xld.WALStart, protocol.OpDelete, st.before, nil)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			rel, err := st.relation(id)
@@ -649,33 +651,6 @@ func (st *streamState) relation(id uint32) (*relation, error) {
 		return nil, fmt.Errorf("change for relation %d before its Relation message", id)
 	}
 	return rel, nil
-}
-
-// cells converts tuple t into cells of rel's columns, reusing dst's
-// memory: a row of protocol.ChangeEvent.AppendJSONCells. keyOnly leaves
-// out the non-key columns (an old tuple of REPLICA IDENTITY DEFAULT sends
-// NULL for them). A nil tuple gives no cells: no row. The cells alias t's
-// data, valid until the next message is received.
-func (rel *relation) cells(dst []protocol.Cell, t *pglogrepl.TupleData, keyOnly bool) []protocol.Cell {
-	dst = dst[:0]
-	if t == nil {
-		return dst
-	}
-	for i, c := range t.Columns[:min(len(t.Columns), len(rel.identity))] {
-		var cell protocol.Cell
-		switch {
-		case keyOnly && !rel.identity[i]:
-			// absent
-		case c.DataType == pglogrepl.TupleDataTypeNull:
-			cell.Kind = protocol.CellNull
-		case c.DataType == pglogrepl.TupleDataTypeToast:
-			cell.Kind = protocol.CellUnchanged
-		default:
-			cell = protocol.Cell{Kind: protocol.CellText, Text: c.Data}
-		}
-		dst = append(dst, cell)
-	}
-	return dst
 }
 
 // formatLSN formats lsn as pglogrepl.LSN.String does (%X/%X), without fmt.
