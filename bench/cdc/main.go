@@ -131,7 +131,7 @@ func main() {
 	flag.Int64Var(&cfg.updates, "updates", 50_000, "rows then updated (at most --inserts)")
 	flag.Int64Var(&cfg.deletes, "deletes", 50_000, "rows then deleted (at most --inserts)")
 	flag.Int64Var(&cfg.txRows, "tx-rows", 100, "rows per transaction of the throughput workload")
-	flag.IntVar(&cfg.reps, "reps", 3, "repetitions of each throughput measurement, interleaved, each on its own copy of the slot; the best counts")
+	flag.IntVar(&cfg.reps, "reps", 5, "repetitions of each throughput measurement, interleaved, each on its own copy of the slot; the best counts")
 	flag.StringVar(&cfg.out, "out", "bench/results/cdc.json", "where to write the results (JSON)")
 	flag.StringVar(&cfg.dsn, "dsn", pgtest.DSN(), "PostgreSQL to use ($SLUICE_TEST_PG)")
 	flag.IntVar(&cfg.rate, "rate", 500, "latency: single-row INSERT transactions per second")
@@ -169,6 +169,7 @@ type measurement struct {
 	// Seconds are the wall times of each repetition.
 	Seconds       []float64 `json:"seconds"`
 	BestSeconds   float64   `json:"best_seconds"`
+	MedianSeconds float64   `json:"median_seconds"`
 	ChangesPerSec float64   `json:"changes_per_sec"`
 	WALMBPerSec   float64   `json:"wal_mb_per_sec"`
 	// ClientCPU is this process's CPU time in the best repetition (for
@@ -214,6 +215,11 @@ func (m *measurement) finish(changes, walBytes int64) {
 		}
 	}
 	m.BestSeconds = m.Seconds[i]
+	sorted := slices.Sorted(slices.Values(m.Seconds))
+	m.MedianSeconds = sorted[len(sorted)/2]
+	if len(sorted)%2 == 0 {
+		m.MedianSeconds = measure.Round((sorted[len(sorted)/2-1]+sorted[len(sorted)/2])/2, 3)
+	}
 	m.ChangesPerSec = measure.Round(float64(changes)/m.BestSeconds, 0)
 	m.WALMBPerSec = measure.Round(float64(walBytes)/1e6/m.BestSeconds, 2)
 	m.ClientCPU, m.ServerCPU = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2)
@@ -312,7 +318,10 @@ type results struct {
 	// pgoutput messages to JetStream, packed the same way: the share of
 	// the gap that is the Reader's own; RatioToBareJetStreamUnpacked over
 	// the bare loop publishing one message per change.
-	Ratio                        float64  `json:"ratio,omitempty"`
+	Ratio float64 `json:"ratio,omitempty"`
+	// RatioOfMedians is the bare loop's median time over Sluice's: the
+	// ratio less the luck of one repetition on a noisy machine.
+	RatioOfMedians               float64  `json:"ratio_of_medians,omitempty"`
 	RatioToBareJetStream         float64  `json:"ratio_to_bare_jetstream,omitempty"`
 	RatioToBareJetStreamUnpacked float64  `json:"ratio_to_bare_jetstream_unpacked,omitempty"`
 	Latency                      *latency `json:"latency,omitempty"`
@@ -574,6 +583,11 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 		fmt.Fprintf(b.stdout, "rep %d/%d:", rep, cfg.reps)
 		for k := range order {
 			which := order[(k+len(order)-(rep-1)%len(order))%len(order)]
+			// Each measurement starts without dirty buffers: a checkpoint
+			// writing the workload's pages would slow whichever ran then.
+			if _, err := b.conn.Exec(ctx, "CHECKPOINT"); err != nil {
+				return fmt.Errorf("checkpoint before %s: %w", which, err)
+			}
 			r, err := decode(which, fmt.Sprintf("%s%s_%d", slotPrefix, strings.ReplaceAll(which, "+", "_"), rep), nil)
 			if err != nil {
 				return err
@@ -612,6 +626,7 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 	res.Measurements = map[string]*measurement{"bare_pglogrepl": bare, "bare_pglogrepl_jetstream": bareJS, "sluice_reader": sluice}
 	res.Ratio = measure.Round(sluice.ChangesPerSec/bare.ChangesPerSec, 3)
 	res.RatioToBareJetStream = measure.Round(sluice.ChangesPerSec/bareJS.ChangesPerSec, 3)
+	res.RatioOfMedians = measure.Round(bare.MedianSeconds/sluice.MedianSeconds, 3)
 	if !cfg.skipUnpacked {
 		bareJSEach.finish(wl.Changes, wl.WALBytes)
 		res.Measurements["bare_pglogrepl_jetstream_unpacked"] = bareJSEach
@@ -1836,7 +1851,7 @@ func report(w io.Writer, r results) {
 			fmt.Fprintf(w, "(d) publishes them one message per change (as the Reader did before packing); it stops at: %s\n", m.EndCondition)
 		}
 		fmt.Fprintln(w, "client CPU: this process (for (b) to (d) with the embedded NATS server); server CPU: every postgres process on the machine")
-		fmt.Fprintf(w, "Sluice / (c): %.2fx", r.RatioToBareJetStream)
+		fmt.Fprintf(w, "Sluice / (a) by median times: %.2fx; Sluice / (c): %.2fx", r.RatioOfMedians, r.RatioToBareJetStream)
 		if r.RatioToBareJetStreamUnpacked > 0 {
 			fmt.Fprintf(w, "; Sluice / (d): %.2fx", r.RatioToBareJetStreamUnpacked)
 		}
