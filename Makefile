@@ -36,6 +36,7 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
 
 # bench-fullload times full loads of a 2M-row PostgreSQL table to CSV files and

@@ -75,6 +75,14 @@ func (v Value) appendJSON(dst []byte) []byte {
 // UnmarshalJSON implements json.Unmarshaler.
 func (v *Value) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
+	// encoding/json hands over a valid JSON value: a string without a
+	// backslash is its bytes between the quotes (no escape to undo, and
+	// encoding/json would keep invalid UTF-8 as U+FFFD: so only valid
+	// UTF-8 takes this way).
+	if len(b) >= 2 && b[0] == '"' && bytes.IndexByte(b, '\\') < 0 && utf8.Valid(b[1:len(b)-1]) {
+		*v = Text(string(b[1 : len(b)-1]))
+		return nil
+	}
 	switch {
 	case bytes.Equal(b, []byte("null")):
 		*v = NullValue
@@ -465,21 +473,12 @@ func AppendJSONString[T string | []byte](dst []byte, s T) []byte {
 
 // DecodeChangeEvent decodes a change event and checks its version and op.
 func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
-	var e ChangeEvent
-	var head struct {
-		V *int `json:"v"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return e, fmt.Errorf("decode change event: %w", err)
-	}
-	if head.V == nil {
-		return e, fmt.Errorf("decode change event: field \"v\" is missing: %w", ErrVersion)
-	}
-	if *head.V != Version {
-		return e, fmt.Errorf("decode change event: version %d, this build speaks %d: %w", *head.V, Version, ErrVersion)
-	}
-	if err := json.Unmarshal(data, &e); err != nil {
-		return e, fmt.Errorf("decode change event: %w", err)
+	e, ok := decodeEventFast(data)
+	if !ok {
+		var err error
+		if e, err = decodeEventJSON(data); err != nil {
+			return e, err
+		}
 	}
 	switch e.Op {
 	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead:
@@ -489,6 +488,32 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 	if e.Schema == "" || e.Table == "" {
 		return e, errors.New("decode change event: schema and table are required")
 	}
+	return e, nil
+}
+
+// decodeEventJSON decodes a change event with encoding/json and checks its
+// version.
+func decodeEventJSON(data []byte) (ChangeEvent, error) {
+	// One pass: V decoded beside the event's fields (ChangeEvent's own V
+	// is shadowed), and checked before anything else is looked at.
+	var in struct {
+		V *int `json:"v"`
+		ChangeEvent
+	}
+	if err := json.Unmarshal(data, &in); err != nil {
+		if in.V != nil && *in.V != Version {
+			return ChangeEvent{}, fmt.Errorf("decode change event: version %d, this build speaks %d: %w", *in.V, Version, ErrVersion)
+		}
+		return ChangeEvent{}, fmt.Errorf("decode change event: %w", err)
+	}
+	if in.V == nil {
+		return ChangeEvent{}, fmt.Errorf("decode change event: field \"v\" is missing: %w", ErrVersion)
+	}
+	if *in.V != Version {
+		return ChangeEvent{}, fmt.Errorf("decode change event: version %d, this build speaks %d: %w", *in.V, Version, ErrVersion)
+	}
+	e := in.ChangeEvent
+	e.V = *in.V
 	return e, nil
 }
 

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -54,4 +55,58 @@ func TestDecodeChangeEventsPacked(t *testing.T) {
 	if _, err := DecodeChangeEvents(append(append([]byte{}, msg...), '\n')); err == nil || !strings.Contains(err.Error(), "event 4") {
 		t.Fatalf("trailing newline: err = %v, want an error naming event 4", err)
 	}
+}
+
+func BenchmarkDecodeChangeEvent(b *testing.B) {
+	e, _, _ := benchEvent()
+	e.Before = Row{"id": Text("123456"), "note": NullValue, "big": UnchangedValue}
+	data, err := e.Encode()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := DecodeChangeEvent(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// FuzzDecodeChangeEvent: the fast decoder takes every event AppendJSON
+// writes, and whatever it takes, encoding/json decodes to the same event.
+func FuzzDecodeChangeEvent(f *testing.F) {
+	e, _, _ := benchEvent()
+	e.Before = Row{"id": Text("1"), "n": NullValue, "t": UnchangedValue}
+	seed, _ := e.Encode()
+	f.Add(seed, "a", "b")
+	f.Add([]byte(` { "v" : 1 , "op":"read","schema":"s","table":"t","key":[],"after":{},"before":null,"xid":4294967295,"index":-3} `), "\\", "\u2028")
+	f.Add([]byte(`{"v":1,"op":"insert","schema":"s\u00e9\"","table":"t","after":{"a\/b":"x\ud83d\ude00"}}`), "<>&", "\x00\x1f")
+	f.Add([]byte(`{"v":1,"op":"insert","schema":"s","table":"t","after":{"a":{"unchanged_toast":true}},"commit_time":"2026-01-02T03:04:05.123+01:00"}`), "\xff", "日本")
+	for _, s := range trickyStrings {
+		f.Add([]byte(`{"v":1,"op":"update","schema":"`+s+`","table":"t"}`), s, s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, s1, s2 string) {
+		check := func(data []byte, mustTake bool) {
+			fast, ok := decodeEventFast(data)
+			if !ok {
+				if mustTake {
+					t.Fatalf("the fast decoder refused %s", data)
+				}
+				return
+			}
+			slow, err := decodeEventJSON(data)
+			if err != nil {
+				t.Fatalf("fast decoder took %s, encoding/json: %v", data, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%s\nfast %#v\nslow %#v", data, fast, slow)
+			}
+		}
+		check(data, false)
+		ev := ChangeEvent{Op: Op(s1), Pipeline: s2, Database: s1, Schema: s2, Table: s1, Key: []string{s1, s2},
+			Before: Row{s1: Text(s2), s2 + "x": NullValue}, After: Row{s2: Text(s1), s1 + "y": UnchangedValue},
+			LSN: s1, CommitLSN: s2, Index: len(s1) - 5, Xid: uint32(len(s2)), CommitTime: time.Unix(int64(len(s1))*1e8, int64(len(s2))).UTC()}
+		check(ev.AppendJSON(nil), true)
+	})
 }
