@@ -37,8 +37,8 @@
 // row as a protocol.ChangeEvent with Op read, LSN and CommitLSN the slot's
 // consistent LSN, on the same subjects as the Reader, packed into messages
 // of consecutive rows of one chunk with the Nats-Msg-Id
-// <slot>:snapshot:<schema>.<table>:<chunk>:<first row in chunk>
-// (SnapshotMsgID).
+// <slot>:snapshot:<consistent LSN>:<schema>.<table>:<chunk>:<first row in
+// chunk> (SnapshotMsgID).
 // The snapshot holds exactly the transactions committed before the
 // consistent LSN and the slot streams exactly those committed after it, so
 // when the Reader starts on the slot once the snapshot run has committed,

@@ -79,12 +79,15 @@ func ValidateEventsConfig(config json.RawMessage) error {
 }
 
 // SnapshotMsgID is the Nats-Msg-Id of a message of read events:
-// <slot>:snapshot:<schema>.<table>:<chunk>:<row>, row being the 1-based
-// number in its chunk of the message's first row. A chunk read again is
-// packed into the same messages with the same ids, so JetStream drops the
-// messages it stored within its duplicate window.
-func SnapshotMsgID(slot, schema, table, chunk string, row int64) string {
-	return fmt.Sprintf("%s:snapshot:%s.%s:%s:%d", slot, schema, table, chunk, row)
+// <slot>:snapshot:<lsn>:<schema>.<table>:<chunk>:<row>, lsn being the
+// snapshot's consistent LSN and row the 1-based number in its chunk of the
+// message's first row. A chunk read again is packed into the same messages
+// with the same ids, so JetStream drops the messages it stored within its
+// duplicate window; another snapshot (a retried one, or a pipeline applied
+// again after a delete, on a slot of the same name) has another consistent
+// LSN, so its messages are never taken for the first one's.
+func SnapshotMsgID(slot, lsn, schema, table, chunk string, row int64) string {
+	return fmt.Sprintf("%s:snapshot:%s:%s.%s:%s:%d", slot, lsn, schema, table, chunk, row)
 }
 
 // EventsSink publishes the rows of a snapshot source (SnapshotRow lines) as
@@ -164,10 +167,10 @@ type eventsWriter struct {
 	out      connectors.TaskOutput
 
 	// the message being packed: rows of one chunk from row first on
-	subject, schema, table, chunk string
-	first                         int64
-	data                          []byte
-	n                             int
+	subject, lsn, schema, table, chunk string
+	first                              int64
+	data                               []byte
+	n                                  int
 }
 
 // Write publishes one event per SnapshotRow line of b. A line that is not a
@@ -215,14 +218,14 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	if err != nil {
 		return connectors.Permanent(err)
 	}
-	if w.n > 0 && (w.schema != r.Schema || w.table != r.Table || w.chunk != r.Chunk || r.N != w.first+int64(w.n) ||
+	if w.n > 0 && (w.lsn != r.LSN || w.schema != r.Schema || w.table != r.Table || w.chunk != r.Chunk || r.N != w.first+int64(w.n) ||
 		w.n >= w.cfg.MessageEvents || len(w.data)+1+len(data) > w.maxBytes) {
 		if err := w.flush(ctx); err != nil {
 			return err
 		}
 	}
 	if w.n == 0 {
-		w.subject, w.schema, w.table, w.chunk, w.first = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), r.Schema, r.Table, r.Chunk, r.N
+		w.subject, w.lsn, w.schema, w.table, w.chunk, w.first = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), r.LSN, r.Schema, r.Table, r.Chunk, r.N
 	} else {
 		w.data = append(w.data, '\n')
 	}
@@ -245,7 +248,7 @@ func (w *eventsWriter) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	id := SnapshotMsgID(w.cfg.Slot, w.schema, w.table, w.chunk, w.first)
+	id := SnapshotMsgID(w.cfg.Slot, w.lsn, w.schema, w.table, w.chunk, w.first)
 	msg := &nats.Msg{Subject: w.subject, Data: w.data, Header: nats.Header{}}
 	msg.Header.Set(jetstream.MsgIDHeader, id)
 	msg.Header.Set(protocol.HeaderEvents, strconv.Itoa(w.n))

@@ -472,7 +472,7 @@ func TestSnapshotThenStream(t *testing.T) {
 			if lsn(t, ev.LSN) != consistent || lsn(t, ev.CommitLSN) != consistent || ev.Pipeline != "p1" || ev.Database == "" {
 				t.Fatalf("message %d: read event lsn %s commit %s pipeline %q database %q, want lsn %s", i, ev.LSN, ev.CommitLSN, ev.Pipeline, ev.Database, plan.Watermark)
 			}
-			if !strings.HasPrefix(m.id, e.cfg.Slot+":snapshot:"+s+"."+ev.Table+":") {
+			if !strings.HasPrefix(m.id, e.cfg.Slot+":snapshot:"+ev.LSN+":"+s+"."+ev.Table+":") {
 				t.Fatalf("message %d: read event msg id %q", i, m.id)
 			}
 			if m.first {
