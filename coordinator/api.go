@@ -103,6 +103,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiLeaseRenew(m.Data)
 	case protocol.VerbCDCStatus:
 		reply, err = t.apiCDCStatus()
+	case protocol.VerbDelete:
+		reply, err = t.apiDelete(m.Data)
 	default:
 		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
 	}
@@ -179,12 +181,40 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, src.Pipeline)
 		}
 	}
+	for _, cl := range t.c.fsm.cleanups() {
+		// A cleanup would drop what the new pipeline uses.
+		if cl.Pipeline == spec.Name || spec.Pattern == protocol.PatternCDC && cl.Slot == spec.SlotName() {
+			return nil, &apiErr{code: codeConflict, msg: fmt.Sprintf("%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())}
+		}
+	}
 	out, err := t.c.apply(cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: now()})
 	if err != nil {
 		return nil, err
 	}
 	t.c.log.Info("pipeline applied", "pipeline", spec.Name, "revision", out.Revision)
 	return protocol.ApplyReply{Pipeline: spec.Name, Revision: out.Revision, Created: out.Created}, nil
+}
+
+func (t *leaderTerm) apiDelete(data []byte) (any, error) {
+	var req protocol.DeleteRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if _, ok := t.c.fsm.pipeline(req.Pipeline); !ok {
+		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+	}
+	out, err := t.c.apply(cmdPipelineDelete, pipelineDeleteCmd{Name: req.Pipeline, Time: now()})
+	if err != nil {
+		return nil, fsmErr(err)
+	}
+	reply := protocol.DeleteReply{Pipeline: req.Pipeline}
+	for _, cl := range t.c.fsm.cleanups() {
+		if cl.Pipeline == req.Pipeline {
+			reply.Cleanup = cl.what()
+		}
+	}
+	t.c.log.Info("pipeline deleted", "pipeline", req.Pipeline, "revision", out.Revision, "cleanup", reply.Cleanup)
+	return reply, nil
 }
 
 func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {

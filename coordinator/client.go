@@ -215,6 +215,13 @@ func (c *Client) GetRun(ctx context.Context, runID string) (protocol.RunStatus, 
 	return reply, err
 }
 
+// Delete deletes a pipeline (see protocol.DeleteRequest).
+func (c *Client) Delete(ctx context.Context, pipeline string) (protocol.DeleteReply, error) {
+	var reply protocol.DeleteReply
+	err := c.call(ctx, protocol.VerbDelete, protocol.DeleteRequest{Pipeline: pipeline}, &reply, c.attempt)
+	return reply, err
+}
+
 // Pipelines lists the pipelines.
 func (c *Client) Pipelines(ctx context.Context) ([]protocol.PipelineStatus, error) {
 	var reply []protocol.PipelineStatus

@@ -23,19 +23,21 @@ type cmdType byte
 
 // Command types. Values are stored in the Raft log: never renumber them.
 const (
-	cmdPipelinePut   cmdType = 1
-	cmdRunCreate     cmdType = 2
-	cmdRunPlanned    cmdType = 3
-	cmdRunPublished  cmdType = 4
-	cmdTaskResult    cmdType = 5
-	cmdRunCommitting cmdType = 6
-	cmdRunCommitted  cmdType = 7
-	cmdRunFailed     cmdType = 8
-	cmdRunNotified   cmdType = 9
-	cmdBackfill      cmdType = 10
-	cmdRunWaiting    cmdType = 11
-	cmdScheduleTick  cmdType = 12
-	cmdLeaseGrant    cmdType = 13
+	cmdPipelinePut    cmdType = 1
+	cmdRunCreate      cmdType = 2
+	cmdRunPlanned     cmdType = 3
+	cmdRunPublished   cmdType = 4
+	cmdTaskResult     cmdType = 5
+	cmdRunCommitting  cmdType = 6
+	cmdRunCommitted   cmdType = 7
+	cmdRunFailed      cmdType = 8
+	cmdRunNotified    cmdType = 9
+	cmdBackfill       cmdType = 10
+	cmdRunWaiting     cmdType = 11
+	cmdScheduleTick   cmdType = 12
+	cmdLeaseGrant     cmdType = 13
+	cmdPipelineDelete cmdType = 14
+	cmdCleanupDone    cmdType = 15
 )
 
 func (t cmdType) String() string {
@@ -66,6 +68,10 @@ func (t cmdType) String() string {
 		return "schedule tick"
 	case cmdLeaseGrant:
 		return "lease grant"
+	case cmdPipelineDelete:
+		return "pipeline delete"
+	case cmdCleanupDone:
+		return "cleanup done"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -76,6 +82,15 @@ func (t cmdType) String() string {
 type pipelinePutCmd struct {
 	Spec pipeline.Spec `json:"spec"`
 	Time time.Time     `json:"time"`
+}
+
+type pipelineDeleteCmd struct {
+	Name string    `json:"name"`
+	Time time.Time `json:"time"`
+}
+
+type cleanupDoneCmd struct {
+	ID string `json:"id"`
 }
 
 type runCreateCmd struct {
@@ -205,6 +220,29 @@ type state struct {
 	Requests map[string]string `json:"requests"`
 	// Backfills are the backfills of incremental pipelines, by id.
 	Backfills map[string]*backfillState `json:"backfills,omitempty"`
+	// Cleanups are what deleted pipelines left outside the cluster's
+	// state, for the leader to remove, oldest first.
+	Cleanups []cleanup `json:"cleanups,omitempty"`
+	// CleanupSeq numbers the cleanups.
+	CleanupSeq int64 `json:"cleanup_seq,omitempty"`
+}
+
+// cleanup is what a deleted streamed pipeline left behind: a cdc
+// pipeline's replication slot and publication (and its events in
+// SLUICE_CDC), a cdc_apply pipeline's durable consumer.
+type cleanup struct {
+	ID       string           `json:"id"`
+	Pipeline string           `json:"pipeline"`
+	Pattern  protocol.Pattern `json:"pattern"`
+	// Source is a cdc pipeline's source configuration, ${ENV} references
+	// unexpanded; Slot and Publication its names.
+	Source      json.RawMessage `json:"source,omitempty"`
+	Slot        string          `json:"slot,omitempty"`
+	Publication string          `json:"publication,omitempty"`
+	// Lease is the deleted pipeline's: its holder may go on for that long
+	// after the delete, so the cleanup waits as long.
+	Lease   time.Duration `json:"lease"`
+	Created time.Time     `json:"created"`
 }
 
 func newState() *state {
@@ -269,6 +307,10 @@ type pipelineState struct {
 	Stream  *streamState `json:"stream,omitempty"`
 	Created time.Time    `json:"created"`
 	Updated time.Time    `json:"updated"`
+	// Deleted is set while the pipeline is deleted: it is kept, unlisted,
+	// so that applying it again goes on from its run and version numbers
+	// (a new run or version never reuses an old one's name).
+	Deleted time.Time `json:"deleted,omitzero"`
 }
 
 // streamState is the lease of a streamed pipeline and, for a cdc
@@ -577,6 +619,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return f.st.scheduleTick(decodeBody[scheduleTickCmd](t, body, l.Index))
 	case cmdLeaseGrant:
 		return f.st.leaseGrant(decodeBody[leaseGrantCmd](t, body, l.Index))
+	case cmdPipelineDelete:
+		return f.st.pipelineDelete(decodeBody[pipelineDeleteCmd](t, body, l.Index))
+	case cmdCleanupDone:
+		return f.st.cleanupDone(decodeBody[cleanupDoneCmd](t, body, l.Index))
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
@@ -595,10 +641,81 @@ func (s *state) pipelinePut(c pipelinePutCmd) any {
 		p = &pipelineState{Created: c.Time}
 		s.Pipelines[c.Spec.Name] = p
 	}
+	created := !ok || !p.Deleted.IsZero()
+	if created && ok {
+		// applied again after a delete: a new pipeline, with the old
+		// one's run and version numbers
+		p.Created, p.Deleted = c.Time, time.Time{}
+	}
 	p.Spec = c.Spec
 	p.Revision++
 	p.Updated = c.Time
-	return applyResult{Revision: p.Revision, Created: !ok}
+	return applyResult{Revision: p.Revision, Created: created}
+}
+
+// pipelineDelete deletes a pipeline that has no run or backfill in
+// progress and no cdc_apply pipeline applying its events: it is no longer
+// listed, scheduled, triggered or streamed (its lease's next renewal is
+// refused), and what a streamed pipeline left outside the state is queued
+// as a cleanup.
+func (s *state) pipelineDelete(c pipelineDeleteCmd) any {
+	p, ok := s.live(c.Name)
+	if !ok {
+		return fmt.Errorf("delete %q: %w", c.Name, errNoPipeline)
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.Runs)) {
+		if r := s.Runs[id]; r.Pipeline == c.Name && !r.finished() {
+			return fmt.Errorf("delete %q: run %s is %s; wait for it to end: %w", c.Name, r.ID, r.State, errConflict)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.Backfills)) {
+		if b := s.Backfills[id]; b.Pipeline == c.Name && b.State == protocol.BackfillRunning {
+			return fmt.Errorf("delete %q: backfill %s is running; wait for it to end: %w", c.Name, b.ID, errConflict)
+		}
+	}
+	if deps := s.appliersOf(c.Name); len(deps) > 0 {
+		return fmt.Errorf("delete %q: the cdc_apply pipelines %v apply its events; delete them first: %w", c.Name, deps, errConflict)
+	}
+	switch p.Spec.Pattern {
+	case protocol.PatternCDC, protocol.PatternCDCApply:
+		s.CleanupSeq++
+		cl := cleanup{ID: fmt.Sprintf("cleanup-%06d", s.CleanupSeq), Pipeline: c.Name, Pattern: p.Spec.Pattern, Lease: p.Spec.LeaseDuration(), Created: c.Time}
+		if p.Spec.Pattern == protocol.PatternCDC {
+			cl.Source, cl.Slot, cl.Publication = p.Spec.Source.Config, p.Spec.SlotName(), p.Spec.PublicationName()
+		}
+		s.Cleanups = append(s.Cleanups, cl)
+	}
+	p.Deleted, p.Updated = c.Time, c.Time
+	p.Revision++
+	p.Stream, p.Scheduled = nil, nil
+	return applyResult{Revision: p.Revision}
+}
+
+// appliersOf lists the live cdc_apply pipelines applying the events of
+// the cdc pipeline name, sorted.
+func (s *state) appliersOf(name string) []string {
+	var out []string
+	for n, p := range s.Pipelines {
+		if p.Deleted.IsZero() && p.Spec.Pattern == protocol.PatternCDCApply && p.Spec.ApplyUpstream() == name {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *state) cleanupDone(c cleanupDoneCmd) any {
+	s.Cleanups = slices.DeleteFunc(s.Cleanups, func(cl cleanup) bool { return cl.ID == c.ID })
+	return applyResult{}
+}
+
+// live returns the pipeline name unless it is missing or deleted.
+func (s *state) live(name string) (*pipelineState, bool) {
+	p, ok := s.Pipelines[name]
+	if !ok || !p.Deleted.IsZero() {
+		return nil, false
+	}
+	return p, true
 }
 
 func (s *state) runCreate(c runCreateCmd) any {
@@ -607,7 +724,7 @@ func (s *state) runCreate(c runCreateCmd) any {
 			return applyResult{RunID: id, Reused: true}
 		}
 	}
-	p, ok := s.Pipelines[c.Pipeline]
+	p, ok := s.live(c.Pipeline)
 	if !ok {
 		return fmt.Errorf("create run of %q: %w", c.Pipeline, errNoPipeline)
 	}
@@ -667,7 +784,7 @@ func (p *pipelineState) stream() *streamState {
 }
 
 func (s *state) leaseGrant(c leaseGrantCmd) any {
-	p, ok := s.Pipelines[c.Pipeline]
+	p, ok := s.live(c.Pipeline)
 	if !ok {
 		return fmt.Errorf("grant lease of %q: %w", c.Pipeline, errNoPipeline)
 	}
@@ -683,7 +800,7 @@ func (s *state) leaseGrant(c leaseGrantCmd) any {
 }
 
 func (s *state) scheduleTick(c scheduleTickCmd) any {
-	p, ok := s.Pipelines[c.Pipeline]
+	p, ok := s.live(c.Pipeline)
 	if !ok {
 		return fmt.Errorf("schedule tick of %q: %w", c.Pipeline, errNoPipeline)
 	}
@@ -761,7 +878,7 @@ func (s *state) backfill(c backfillCmd) any {
 			return applyResult{Backfill: id, Reused: true}
 		}
 	}
-	p, ok := s.Pipelines[c.Pipeline]
+	p, ok := s.live(c.Pipeline)
 	if !ok {
 		return fmt.Errorf("backfill %q: %w", c.Pipeline, errNoPipeline)
 	}
@@ -811,7 +928,7 @@ func (s *state) backfill(c backfillCmd) any {
 // pump starts queued windows of b while fewer than its concurrency run,
 // and marks b done when none is queued or running.
 func (s *state) pump(b *backfillState, t time.Time) []string {
-	p, ok := s.Pipelines[b.Pipeline]
+	p, ok := s.live(b.Pipeline)
 	running := 0
 	for _, w := range b.Windows {
 		if w.State == protocol.WindowRunning {
@@ -1153,11 +1270,18 @@ func (f *fsm) watch() <-chan struct{} {
 func (f *fsm) pipeline(name string) (*pipelineState, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	p, ok := f.st.Pipelines[name]
+	p, ok := f.st.live(name)
 	if !ok {
 		return nil, false
 	}
 	return p.clone(), true
+}
+
+// cleanups returns the pending cleanups, oldest first.
+func (f *fsm) cleanups() []cleanup {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return slices.Clone(f.st.Cleanups)
 }
 
 func (f *fsm) pipelines() []*pipelineState {
@@ -1165,7 +1289,9 @@ func (f *fsm) pipelines() []*pipelineState {
 	defer f.mu.RUnlock()
 	out := make([]*pipelineState, 0, len(f.st.Pipelines))
 	for _, p := range f.st.Pipelines {
-		out = append(out, p.clone())
+		if p.Deleted.IsZero() {
+			out = append(out, p.clone())
+		}
 	}
 	slices.SortFunc(out, func(a, b *pipelineState) int { return cmp.Compare(a.Spec.Name, b.Spec.Name) })
 	return out

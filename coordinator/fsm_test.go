@@ -358,6 +358,8 @@ func fullLog() []entry {
 	log = append(log, create("orders", "r2"), planned("orders-000002", 3, "wm2"), simple(cmdRunPublished, "orders-000002"),
 		ok("orders-000002", "t00000", 4), failed("orders-000002", "t00001", protocol.ErrorRetryable, 1))
 	log = append(log, create("users", ""), runFailed("users-000001", 50))
+	// a deleted cdc pipeline, its cleanup pending
+	log = append(log, entry{cmdPipelinePut, pipelinePutCmd{Spec: cdcSpec("gone"), Time: t0}}, del("gone"))
 	return log
 }
 

@@ -52,6 +52,7 @@ func (t *leaderTerm) streams(ctx context.Context) {
 	tick := time.NewTicker(streamTick)
 	defer tick.Stop()
 	for {
+		t.cleanUp(ctx, log)
 		for _, p := range t.c.fsm.pipelines() {
 			if !p.Spec.Streamed() {
 				continue
@@ -295,6 +296,9 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 		}
 		t.leaseMu.Unlock()
 		out.Streams = append(out.Streams, info)
+	}
+	for _, cl := range t.c.fsm.cleanups() {
+		out.Cleanups = append(out.Cleanups, protocol.CleanupInfo{Pipeline: cl.Pipeline, What: cl.what(), Deleted: cl.Created.UTC()})
 	}
 	return out, nil
 }

@@ -97,6 +97,20 @@ func (s Spec) LeaseDuration() time.Duration {
 	return DefaultLease
 }
 
+// ApplyUpstream is the cdc pipeline whose events a cdc_apply pipeline
+// applies (source.pipeline); "" for another pattern or a source that does
+// not decode.
+func (s Spec) ApplyUpstream() string {
+	if s.Pattern != protocol.PatternCDCApply {
+		return ""
+	}
+	var src ApplySourceConfig
+	if err := json.Unmarshal(s.Source.Config, &src); err != nil {
+		return ""
+	}
+	return src.Pipeline
+}
+
 // Streamed reports whether the pipeline runs as a leased stream.
 func (s Spec) Streamed() bool {
 	return s.Pattern == protocol.PatternCDC || s.Pattern == protocol.PatternCDCApply

@@ -20,6 +20,8 @@ const (
 	// VerbBackfillGet reports one.
 	VerbBackfill    = "backfill"
 	VerbBackfillGet = "backfill.get"
+	// VerbDelete deletes a pipeline.
+	VerbDelete = "delete"
 )
 
 // APIError is the reply of a request that failed.
@@ -42,6 +44,22 @@ type ApplyReply struct {
 	// Revision counts how many times the pipeline was applied.
 	Revision int64 `json:"revision"`
 	Created  bool  `json:"created"`
+}
+
+// DeleteRequest deletes a pipeline that has no run or backfill in
+// progress (and, for a cdc pipeline, no cdc_apply pipeline applying its
+// events).
+type DeleteRequest struct {
+	Pipeline string `json:"pipeline"`
+}
+
+// DeleteReply tells what the delete left for the leader to clean up, if
+// anything: a cdc pipeline's slot and publication (dropped once the worker
+// streaming it let go) and its events in SLUICE_CDC, a cdc_apply
+// pipeline's consumer.
+type DeleteReply struct {
+	Pipeline string `json:"pipeline"`
+	Cleanup  string `json:"cleanup,omitempty"`
 }
 
 // RunRequest asks for a run of a pipeline now.

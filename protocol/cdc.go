@@ -556,8 +556,12 @@ func CountChangeEvents(data []byte) int {
 // character that cannot appear in a subject token ('.', '*', '>', white
 // space, control characters) is replaced by '_' in schema and table.
 func CDCSubject(pipeline, schema, table string) string {
-	return "sluice.cdc." + pipeline + "." + subjectToken(schema) + "." + subjectToken(table)
+	return CDCSubjectPrefix(pipeline) + subjectToken(schema) + "." + subjectToken(table)
 }
+
+// CDCSubjectPrefix begins the subjects of a CDC pipeline's events:
+// "sluice.cdc.<pipeline>.".
+func CDCSubjectPrefix(pipeline string) string { return "sluice.cdc." + pipeline + "." }
 
 // CDCMsgID is the Nats-Msg-Id of a SLUICE_CDC message: the slot, the commit
 // LSN of its transaction and the index in the transaction of its first

@@ -101,6 +101,16 @@ type StreamStatus struct {
 // CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.
 type CDCStatusReply struct {
 	Streams []StreamInfo `json:"streams"`
+	// Cleanups are what deleted cdc and cdc_apply pipelines left behind
+	// and the leader has yet to remove.
+	Cleanups []CleanupInfo `json:"cleanups,omitempty"`
+}
+
+// CleanupInfo is what a deleted pipeline left behind, pending removal.
+type CleanupInfo struct {
+	Pipeline string    `json:"pipeline"`
+	What     string    `json:"what"`
+	Deleted  time.Time `json:"deleted"`
 }
 
 // StreamInfo is one stream as the leader knows it.

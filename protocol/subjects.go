@@ -48,6 +48,10 @@ const (
 	SubjectAPIPrefix = "sluice.api."
 )
 
+// CDCApplyConsumer is the durable SLUICE_CDC consumer of a cdc_apply
+// pipeline.
+func CDCApplyConsumer(pipeline string) string { return "cdc_apply_" + pipeline }
+
 // Durable consumer names.
 const (
 	ConsumerWorkers = "sluice-workers"

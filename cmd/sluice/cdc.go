@@ -61,6 +61,11 @@ func runCDC(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
+	defer func() {
+		for _, cl := range st.Cleanups {
+			fmt.Fprintf(w, "deleted %s (%s ago): removing %s\n", cl.Pipeline, now.Sub(cl.Deleted).Round(time.Second), cl.What)
+		}
+	}()
 	if len(st.Streams) == 0 {
 		fmt.Fprintln(w, "no cdc or cdc_apply pipelines")
 		return
@@ -99,4 +104,37 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		}
 	}
 	tw.Flush()
+}
+
+// runDelete is `sluice delete <pipeline>`.
+func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("delete", "delete <pipeline>", stderr)
+	var cf clientFlags
+	cf.register(fs)
+	var name string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		name, args = args[0], args[1:]
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if name == "" {
+		return errors.New("usage: sluice delete <pipeline>")
+	}
+	nc, err := cf.connect("sluice-delete")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	reply, err := coordinator.NewClient(nc).Delete(ctx, name)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "pipeline %s deleted\n", reply.Pipeline)
+	if reply.Cleanup != "" {
+		fmt.Fprintf(stdout, "the leader removes the %s once the stream stopped (sluice cdc status shows it until then)\n", reply.Cleanup)
+	}
+	return nil
 }

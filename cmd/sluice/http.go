@@ -64,6 +64,10 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 		res, err := c.Apply(r.Context(), spec)
 		reply(w, log, res, err)
 	})
+	mux.HandleFunc("DELETE /v1/pipelines/{name}", func(w http.ResponseWriter, r *http.Request) {
+		res, err := c.Delete(r.Context(), r.PathValue("name"))
+		reply(w, log, res, err)
+	})
 	mux.HandleFunc("POST /v1/pipelines/{name}/runs", func(w http.ResponseWriter, r *http.Request) {
 		// The request becomes a trigger on sluice.trigger.<name>, like any
 		// other event: the run keeps its context, and the same

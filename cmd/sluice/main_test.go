@@ -188,6 +188,18 @@ func TestHTTPAPI(t *testing.T) {
 		if code, body = call("GET", "/v1/cdc", "s3cret", ""); code != 200 || !strings.Contains(string(body), `"streams": []`) {
 			t.Errorf("cdc status without cdc pipelines: %d %s", code, body)
 		}
+		if code, body = call("DELETE", "/v1/pipelines/api", "", ""); code != http.StatusUnauthorized {
+			t.Errorf("delete without the token: %d %s; want 401", code, body)
+		}
+		if code, body = call("DELETE", "/v1/pipelines/api", "s3cret", ""); code != 200 || !strings.Contains(string(body), `"pipeline": "api"`) {
+			t.Errorf("delete: %d %s", code, body)
+		}
+		if code, body = call("DELETE", "/v1/pipelines/api", "s3cret", ""); code != http.StatusNotFound {
+			t.Errorf("delete of a deleted pipeline: %d %s; want 404", code, body)
+		}
+		if code, body = call("GET", "/v1/status", "s3cret", ""); code != 200 || strings.Contains(string(body), `"name": "api"`) {
+			t.Errorf("status after the delete: %d %s; want the pipeline gone", code, body)
+		}
 		return nil
 	})
 	if err != nil {

@@ -96,11 +96,11 @@ func (c Config) withDefaults() Config {
 }
 
 // ConsumerName is the durable consumer of a cdc_apply pipeline.
-func ConsumerName(pipeline string) string { return "cdc_apply_" + pipeline }
+func ConsumerName(pipeline string) string { return protocol.CDCApplyConsumer(pipeline) }
 
 // FilterSubject is the subject filter of the events of an upstream cdc
 // pipeline.
-func FilterSubject(upstream string) string { return "sluice.cdc." + upstream + ".>" }
+func FilterSubject(upstream string) string { return protocol.CDCSubjectPrefix(upstream) + ">" }
 
 // Status is a Runner's progress.
 type Status struct {

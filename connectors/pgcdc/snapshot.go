@@ -476,6 +476,14 @@ func (s *SnapshotSource) ReleaseRun(runID string) error {
 	return slot.Close()
 }
 
+// DropReplication drops the slot and the publication of the configuration
+// (what a deleted cdc pipeline leaves behind); both may be missing. It
+// fails while a walsender streams the slot: try again once the reader
+// stopped.
+func (s *SnapshotSource) DropReplication(ctx context.Context) error {
+	return DropSlot(ctx, s.cfg.DSN, s.cfg.Slot, s.cfg.Publication)
+}
+
 // Close releases the snapshots of every run the source planned.
 func (s *SnapshotSource) Close() error {
 	s.mu.Lock()

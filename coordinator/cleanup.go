@@ -1,0 +1,100 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// cleanupWarnAfter is how long a cleanup may keep failing before each
+// failure is logged as a warning: a deleted cdc pipeline's slot stays
+// active until its reader notices that its lease is gone.
+const cleanupWarnAfter = time.Minute
+
+// replicationDropper is a cdc snapshot source that can drop the slot and
+// publication of its configuration (pgcdc.SnapshotSource).
+type replicationDropper interface {
+	DropReplication(ctx context.Context) error
+}
+
+// what says what a cleanup removes.
+func (cl cleanup) what() string {
+	switch cl.Pattern {
+	case protocol.PatternCDC:
+		return fmt.Sprintf("replication slot %s, publication %s and the events of %s in %s", cl.Slot, cl.Publication, cl.Pipeline, protocol.StreamCDC)
+	case protocol.PatternCDCApply:
+		return fmt.Sprintf("consumer %s of %s", protocol.CDCApplyConsumer(cl.Pipeline), protocol.StreamCDC)
+	}
+	return "nothing"
+}
+
+// cleanUp removes what deleted pipelines left behind, each cleanup once it
+// succeeds; a failed one is tried again at the next tick.
+func (t *leaderTerm) cleanUp(ctx context.Context, log *slog.Logger) {
+	for _, cl := range t.c.fsm.cleanups() {
+		if err := t.cleanUpOne(ctx, cl); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			level := slog.LevelDebug
+			if time.Since(cl.Created) > cleanupWarnAfter {
+				level = slog.LevelWarn
+			}
+			log.Log(ctx, level, "clean up deleted pipeline", "pipeline", cl.Pipeline, "cleanup", cl.what(), "err", err)
+			continue
+		}
+		if _, err := t.c.apply(cmdCleanupDone, cleanupDoneCmd{ID: cl.ID}); err != nil {
+			log.Warn("clean up deleted pipeline: record", "pipeline", cl.Pipeline, "err", err)
+			return
+		}
+		log.Info("deleted pipeline cleaned up", "pipeline", cl.Pipeline, "removed", cl.what())
+	}
+}
+
+func (t *leaderTerm) cleanUpOne(ctx context.Context, cl cleanup) error {
+	if wait := cl.Lease - time.Since(cl.Created); wait > 0 {
+		return fmt.Errorf("waiting %s for the holder of the lease to stop", wait.Round(time.Millisecond))
+	}
+	switch cl.Pattern {
+	case protocol.PatternCDC:
+		spec := pipeline.Spec{Name: cl.Pipeline, Pattern: cl.Pattern, CDC: &pipeline.CDC{Slot: cl.Slot, Publication: cl.Publication}}
+		spec.Source.Config = cl.Source
+		src, _, err := snapshotEndpoints(spec)
+		if err != nil {
+			return err
+		}
+		s, err := t.c.reg.OpenSource(ctx, src.Kind, src.Config)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		d, ok := s.(replicationDropper)
+		if !ok {
+			return fmt.Errorf("source kind %s cannot drop a replication slot", src.Kind)
+		}
+		if err := d.DropReplication(ctx); err != nil {
+			return err
+		}
+		stream, err := t.c.js.Stream(ctx, protocol.StreamCDC)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", protocol.StreamCDC, err)
+		}
+		subject := protocol.CDCSubjectPrefix(cl.Pipeline) + ">"
+		if err := stream.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
+			return fmt.Errorf("purge %s of %s: %w", subject, protocol.StreamCDC, err)
+		}
+	case protocol.PatternCDCApply:
+		err := t.c.js.DeleteConsumer(ctx, protocol.StreamCDC, protocol.CDCApplyConsumer(cl.Pipeline))
+		if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("delete consumer %s: %w", protocol.CDCApplyConsumer(cl.Pipeline), err)
+		}
+	}
+	return nil
+}
