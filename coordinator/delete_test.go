@@ -84,10 +84,14 @@ func TestFSMDeleteStreamedPipelines(t *testing.T) {
 	if !strings.Contains(cls[1].what(), "sluice_shop") || !strings.Contains(cls[0].what(), protocol.CDCApplyConsumer("replica")) {
 		t.Errorf("cleanups say %q and %q", cls[0].what(), cls[1].what())
 	}
-	// Applied again, the cdc pipeline starts over: no lease, no snapshot.
+	// Applied again, the cdc pipeline starts over: no lease, no snapshot,
+	// and the next lease has the next epoch.
 	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: shop, Time: t0}})
-	if p, _ := f.pipeline("shop"); p.Stream != nil {
-		t.Errorf("stream state survived the delete: %+v", p.Stream)
+	if p, _ := f.pipeline("shop"); p.Stream == nil || *p.Stream != (streamState{Epoch: 1}) {
+		t.Errorf("stream state after the delete: %+v, want only epoch 1", p.Stream)
+	}
+	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !errors.Is(err, errConflict) && !errors.Is(err, errInvalidCmd) {
+		t.Errorf("a lease of the old epoch granted again: %v", err)
 	}
 	applyAll(t, f, entry{cmdCleanupDone, cleanupDoneCmd{ID: cls[0].ID}})
 	if got := f.cleanups(); len(got) != 1 || got[0].ID != cls[1].ID {

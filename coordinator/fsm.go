@@ -687,7 +687,13 @@ func (s *state) pipelineDelete(c pipelineDeleteCmd) any {
 	}
 	p.Deleted, p.Updated = c.Time, c.Time
 	p.Revision++
-	p.Stream, p.Scheduled = nil, nil
+	p.Scheduled = nil
+	if p.Stream != nil {
+		// Applied again, the pipeline starts over (a new snapshot, no
+		// holder), with epochs after the old ones: a holder of the old
+		// stream is never taken for one of the new.
+		p.Stream = &streamState{Epoch: p.Stream.Epoch}
+	}
 	return applyResult{Revision: p.Revision}
 }
 
