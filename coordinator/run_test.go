@@ -200,11 +200,16 @@ func TestRunFailsAndDeadLetters(t *testing.T) {
 	if dl.Header.Get(protocol.HeaderReason) != "part-1.jsonl:3: bad row" || dl.Header.Get(protocol.HeaderTask) != "t00001" || dl.Header.Get(protocol.HeaderAttempts) != "1" {
 		t.Errorf("dead letter headers %v", dl.Header)
 	}
-	s, _ := js.Stream(ctx, protocol.StreamEvents)
-	m, err := s.GetLastMsgForSubject(ctx, protocol.RunEventSubject("orders", protocol.RunFailed))
-	if err != nil {
-		t.Fatalf("failed run event: %v", err)
-	}
+	// The run event is published after the run failed, not with it.
+	var m *jetstream.RawStreamMsg
+	eventually(t, 10*time.Second, "failed run event", func() bool {
+		s, err := js.Stream(ctx, protocol.StreamEvents)
+		if err != nil {
+			return false
+		}
+		m, err = s.GetLastMsgForSubject(ctx, protocol.RunEventSubject("orders", protocol.RunFailed))
+		return err == nil
+	})
 	var ev protocol.RunEvent
 	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.RunID != "orders-000002" || ev.Outcome != protocol.RunFailed {
 		t.Errorf("failed run event %+v, %v", ev, err)
