@@ -13,6 +13,14 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
+// cleanupEvery is how often the leader tries the pending cleanups;
+// cleanupTimeout bounds one try of one cleanup (a source that does not
+// answer must not hold up the others for long).
+const (
+	cleanupEvery   = time.Second
+	cleanupTimeout = 30 * time.Second
+)
+
 // cleanupWarnAfter is how long a cleanup may keep failing before each
 // failure is logged as a warning: a deleted cdc pipeline's slot stays
 // active until its reader notices that its lease is gone.
@@ -35,11 +43,30 @@ func (cl cleanup) what() string {
 	return "nothing"
 }
 
-// cleanUp removes what deleted pipelines left behind, each cleanup once it
-// succeeds; a failed one is tried again at the next tick.
+// cleanUps removes what deleted pipelines left behind while leading, apart
+// from the streams' loop: dropping a slot waits on the source database.
+func (t *leaderTerm) cleanUps(ctx context.Context) {
+	log := t.c.log.With("role", "leader")
+	tick := time.NewTicker(cleanupEvery)
+	defer tick.Stop()
+	for {
+		t.cleanUp(ctx, log)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// cleanUp tries each pending cleanup once and records those that
+// succeeded; a failed one is tried again at the next tick.
 func (t *leaderTerm) cleanUp(ctx context.Context, log *slog.Logger) {
 	for _, cl := range t.c.fsm.cleanups() {
-		if err := t.cleanUpOne(ctx, cl); err != nil {
+		cctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		err := t.cleanUpOne(cctx, cl)
+		cancel()
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}

@@ -212,6 +212,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	log.Info("leading")
 	t.spawn(func() { t.schedule(ctx) })
 	t.spawn(func() { t.streams(ctx) })
+	t.spawn(func() { t.cleanUps(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {

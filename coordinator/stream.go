@@ -52,7 +52,6 @@ func (t *leaderTerm) streams(ctx context.Context) {
 	tick := time.NewTicker(streamTick)
 	defer tick.Stop()
 	for {
-		t.cleanUp(ctx, log)
 		for _, p := range t.c.fsm.pipelines() {
 			if !p.Spec.Streamed() {
 				continue
