@@ -783,7 +783,22 @@ func (s *Sink) Abort(ctx context.Context, runID string) error {
 	}
 	defer conn.Close(context.Background())
 	rowsT, tasksT := s.staging(runID)
-	_, err = conn.Exec(ctx, "DROP TABLE IF EXISTS "+rowsT.Sanitize()+", "+tasksT.Sanitize())
+	// A task attempt aborted just before may still hold its staging
+	// locks: its server process ends after the client closed the
+	// connection. Should the DROP and it deadlock, PostgreSQL cancels one
+	// of them, and the DROP is tried again.
+	for attempt := 1; ; attempt++ {
+		_, err = conn.Exec(ctx, "DROP TABLE IF EXISTS "+rowsT.Sanitize()+", "+tasksT.Sanitize())
+		var pe *pgconn.PgError
+		if err == nil || attempt == 5 || !errors.As(err, &pe) || pe.Code != "40P01" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return classify(fmt.Errorf("abort run %s of %s: %w", runID, s.cfg.Table, err))
 	}
