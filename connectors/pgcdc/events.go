@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -248,30 +246,16 @@ func (w *eventsWriter) flush(ctx context.Context) error {
 			return err
 		}
 	}
-	id := SnapshotMsgID(w.cfg.Slot, w.lsn, w.schema, w.table, w.chunk, w.first)
-	msg := &nats.Msg{Subject: w.subject, Data: w.data, Header: nats.Header{}}
-	msg.Header.Set(jetstream.MsgIDHeader, id)
-	msg.Header.Set(protocol.HeaderEvents, strconv.Itoa(w.n))
-	for {
-		f, err := w.js.PublishMsgAsync(msg, jetstream.WithExpectStream(protocol.StreamCDC))
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && len(w.futs) > 0 {
-			// Other publishers of the connection fill nats.go's own bound:
-			// let one of ours through first.
-			if err := w.waitOldest(ctx); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("publish %s: %w", id, err)
-		}
-		w.futs = append(w.futs, flight{f: f, n: w.n})
-		w.inFlight += w.n
-		// nats.go keeps msg.Data until the ack.
-		w.data = make([]byte, 0, min(cap(w.data), w.maxBytes+w.maxBytes/8))
-		w.n = 0
-		return nil
+	msg := cdcMsg(w.subject, SnapshotMsgID(w.cfg.Slot, w.lsn, w.schema, w.table, w.chunk, w.first), w.data, w.n)
+	f, err := publishAsync(ctx, w.js, msg, func() bool { return len(w.futs) > 0 }, w.waitOldest)
+	if err != nil {
+		return err
 	}
+	w.futs = append(w.futs, flight{f: f, n: w.n})
+	w.inFlight += w.n
+	w.data = make([]byte, 0, min(cap(w.data), w.maxBytes+w.maxBytes/8))
+	w.n = 0
+	return nil
 }
 
 // waitOldest waits for the oldest unacknowledged message's ack.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
@@ -281,9 +279,6 @@ type streamState struct {
 	before, after []protocol.Cell
 	// maxBytes bounds a message's data (see MaxMessageBytes).
 	maxBytes int
-	// expectStream is the Nats-Expected-Stream header value of every
-	// event; nats.go only reads it.
-	expectStream []string
 
 	queue    []*pending
 	inFlight int // events
@@ -317,7 +312,7 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
 	}
-	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, expectStream: []string{protocol.StreamCDC}, maxBytes: MaxMessageBytes}
+	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, maxBytes: MaxMessageBytes}
 	if nc := r.js.Conn(); nc != nil {
 		if mp := int(nc.MaxPayload()); mp > 0 && mp/2 < st.maxBytes {
 			st.maxBytes = mp / 2
@@ -716,36 +711,17 @@ func (r *Reader) flush(ctx context.Context, st *streamState) error {
 			return err
 		}
 	}
-	id := protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, p.first)
-	// The headers jetstream.WithExpectStream(protocol.StreamCDC) sets,
-	// without an option and its allocations per message.
-	msg := &nats.Msg{Subject: p.subject, Data: p.data, Header: nats.Header{
-		jetstream.MsgIDHeader:          []string{id},
-		jetstream.ExpectedStreamHeader: st.expectStream,
-		protocol.HeaderEvents:          []string{strconv.Itoa(p.n)},
-	}}
-	for {
-		f, err := r.js.PublishMsgAsync(msg)
-		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && st.inFlight > 0 {
-			// nats.go's own bound of pending acks stayed full: let one of
-			// ours through, then try again (nothing was sent).
-			if err := r.waitOne(ctx, st); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("publish %s: %w", id, err)
-		}
-		st.futs = append(st.futs, flight{f: f, n: p.n})
-		st.inFlight += p.n
-		// nats.go keeps msg.Data until the ack (it publishes it again
-		// after a no-responders reply): the next message gets a buffer of
-		// its own, sized like this one.
-		p.data = make([]byte, 0, min(cap(p.data), st.maxBytes+st.maxBytes/8))
-		p.n = 0
-		return nil
+	msg := cdcMsg(p.subject, protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, p.first), p.data, p.n)
+	f, err := publishAsync(ctx, r.js, msg, func() bool { return st.inFlight > 0 }, func(ctx context.Context) error { return r.waitOne(ctx, st) })
+	if err != nil {
+		return err
 	}
+	st.futs = append(st.futs, flight{f: f, n: p.n})
+	st.inFlight += p.n
+	// The next message gets a buffer of its own, sized like this one.
+	p.data = make([]byte, 0, min(cap(p.data), st.maxBytes+st.maxBytes/8))
+	p.n = 0
+	return nil
 }
 
 // waitOne waits, at most AckTimeout, for the oldest event in flight: the
