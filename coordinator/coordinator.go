@@ -364,7 +364,18 @@ func (c *Coordinator) apply(t cmdType, body any) (applyResult, error) {
 		return applyResult{}, err
 	}
 	f := r.Apply(b, applyTimeout)
-	if err := f.Error(); err != nil {
+	// hashicorp/raft answers an entry it took only from its leader loop:
+	// one taken just as Kill shut the node down is never answered (its
+	// future has no shutdown channel), and waiting for it would hang the
+	// term, and Kill with it.
+	errc := make(chan error, 1)
+	go func() { errc <- f.Error() }()
+	select {
+	case err = <-errc:
+	case <-c.killed:
+		err = raft.ErrRaftShutdown
+	}
+	if err != nil {
 		return applyResult{}, fmt.Errorf("raft apply %s: %w", t, err)
 	}
 	switch v := f.Response().(type) {
