@@ -119,6 +119,27 @@ type Plan struct {
 	// Watermark is stored with the commit of the run; empty for sources
 	// without one.
 	Watermark string
+	// Schema describes the columns every partition's batches carry, as the
+	// source's catalog declares them; nil when the source does not know
+	// them (a sink then takes the columns from the batches). It reaches
+	// every task (TaskRef.Schema) and the commit (CommitRequest.Schema).
+	Schema *Schema
+}
+
+// Schema describes the columns of a dataset as its source declares them.
+type Schema = protocol.Schema
+
+// Column is one column of a Schema.
+type Column = protocol.Column
+
+// SchemaChecker is implemented by sinks that need typed columns. The
+// coordinator leader calls CheckSchema once a run is planned, before any
+// task is published, with the plan's schema (nil when the source gave
+// none); an error fails the run before anything is read, and should name
+// the column and its type (a type the sink cannot hold, a column missing
+// from an existing target). ctx bounds the check; it may do I/O.
+type SchemaChecker interface {
+	CheckSchema(ctx context.Context, s *Schema) error
 }
 
 // Source reads a system. Plan is called by the coordinator leader only,
@@ -152,6 +173,8 @@ type TaskRef struct {
 	TaskID   string
 	Pipeline string
 	Attempt  int
+	// Schema is the run's plan's schema; nil when the source gave none.
+	Schema *Schema
 }
 
 // TaskOutput describes what a TaskWriter staged.
@@ -203,6 +226,8 @@ type CommitRequest struct {
 	// bounds: a sink then replaces what it committed for Window before (the
 	// files sink's window=<from>_<to>/ directory), or refuses the commit.
 	DeltaColumn string
+	// Schema is the run's plan's schema; nil when the source gave none.
+	Schema *Schema
 }
 
 // CommitMode tells a sink how a run's output joins the dataset.

@@ -87,6 +87,9 @@ type Task struct {
 	// retry, doubled for each later one.
 	MaxAttempts int           `json:"max_attempts,omitempty"`
 	Backoff     time.Duration `json:"backoff,omitempty"`
+	// Schema is the run's plan's schema, for the sink; nil when the source
+	// gave none.
+	Schema *Schema `json:"schema,omitempty"`
 }
 
 // ErrorClass tells how a failed task should be handled.
