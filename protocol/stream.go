@@ -40,6 +40,30 @@ type StreamAssignment struct {
 	Lease time.Duration   `json:"lease"`
 }
 
+// StreamSettings are the settings of a streamed pipeline that are not the
+// configuration of one of its connectors: those of its spec's cdc section,
+// and the upstream of a cdc_apply pipeline. Zero values mean the
+// connector's defaults.
+type StreamSettings struct {
+	// Slot and Publication name a cdc pipeline's replication slot and
+	// publication (the spec's cdc.slot and cdc.publication, defaulting to
+	// sluice_<name>).
+	Slot        string `json:"slot,omitempty"`
+	Publication string `json:"publication,omitempty"`
+	// Heartbeat is the interval of the heartbeat that lets an idle slot
+	// advance (cdc.heartbeat).
+	Heartbeat time.Duration `json:"heartbeat,omitempty"`
+	// MessageEvents is the most events packed into one SLUICE_CDC message
+	// (cdc.message_events).
+	MessageEvents int `json:"message_events,omitempty"`
+	// TargetRows bounds the rows of one task of the initial snapshot
+	// (cdc.target_rows).
+	TargetRows int64 `json:"target_rows,omitempty"`
+	// Upstream is the cdc pipeline whose events a cdc_apply pipeline
+	// applies (its source.pipeline).
+	Upstream string `json:"upstream,omitempty"`
+}
+
 // AssignReply is a worker's answer to a StreamAssignment.
 type AssignReply struct {
 	OK    bool   `json:"ok"`

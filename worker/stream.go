@@ -11,16 +11,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // Stream is the long-running part of a cdc or cdc_apply pipeline held by
-// this worker under a lease. Run streams until ctx ends (then it returns
-// nil) or an error stops it; Status may be called concurrently with Run.
-type Stream interface {
-	Run(ctx context.Context) error
-	Status(ctx context.Context) protocol.StreamStatus
-}
+// this worker under a lease (connectors.Stream).
+type Stream = connectors.Stream
 
 // StreamOpener builds the stream of an assignment; cmd/sluice wires the
 // one that knows the cdc connectors.
