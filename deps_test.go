@@ -28,7 +28,7 @@ func TestLayering(t *testing.T) {
 		{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 		{pkg: "worker", allowed: []string{"protocol", "connectors", "telemetry"}},
 		{pkg: "devcluster", allowed: []string{"protocol", "connectors", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
-		{pkg: "cdcstream", allowed: []string{"protocol", "connectors", "connectors/pgcdc", "connectors/cdcapply", "connectors/postgres", "pipeline", "worker", "telemetry"}},
+		{pkg: "cdcstream", allowed: []string{"protocol", "connectors", "connectors/pgcdc", "connectors/cdcapply", "connectors/postgres", "connectors/files", "pipeline", "worker", "telemetry"}},
 		{pkg: "embednats"},
 	}
 	for _, r := range rules {

@@ -16,7 +16,9 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/worker"
@@ -120,45 +122,34 @@ func (s *reader) Status(ctx context.Context) protocol.StreamStatus {
 	return out
 }
 
-// applySinkConfig is the sink of a cdc_apply pipeline: postgres (dsn,
-// schema, create_tables) or files (path, close_after).
-type applySinkConfig struct {
-	DSN          string `json:"dsn"`
-	Schema       string `json:"schema"`
-	CreateTables bool   `json:"create_tables"`
-	Path         string `json:"path"`
-	CloseAfter   string `json:"close_after"`
-}
-
 func (o Opener) openApply(ctx context.Context, spec pipeline.Spec, log *slog.Logger) (worker.Stream, error) {
 	var src pipeline.ApplySourceConfig
 	if err := o.expand(spec.Source.Config, &src); err != nil {
 		return nil, fmt.Errorf("cdc_apply source: %w", err)
 	}
-	var sink applySinkConfig
+	var sink json.RawMessage
 	if err := o.expand(spec.Sink.Config, &sink); err != nil {
 		return nil, fmt.Errorf("cdc_apply sink: %w", err)
 	}
 	var a cdcapply.Applier
 	switch spec.Sink.Kind {
 	case "postgres":
-		p, err := cdcapply.NewPostgres(ctx, cdcapply.PostgresConfig{
-			DSN: sink.DSN, Schema: sink.Schema, Pipeline: spec.Name, CreateTables: sink.CreateTables, Log: log,
-		})
+		c, err := postgres.ParseApplierConfig(sink)
+		if err != nil {
+			return nil, err
+		}
+		c.Pipeline, c.Log = spec.Name, log
+		p, err := postgres.NewApplier(ctx, c)
 		if err != nil {
 			return nil, err
 		}
 		a = p
 	case "files":
-		var closeAfter time.Duration
-		if sink.CloseAfter != "" {
-			d, err := pipeline.ParseDuration(sink.CloseAfter)
-			if err != nil {
-				return nil, fmt.Errorf("cdc_apply sink.close_after: %w", err)
-			}
-			closeAfter = d
+		c, err := files.ParseApplierConfig(sink)
+		if err != nil {
+			return nil, err
 		}
-		f, err := cdcapply.NewFiles(cdcapply.FilesConfig{Path: sink.Path, CloseAfter: closeAfter})
+		f, err := files.NewApplier(c)
 		if err != nil {
 			return nil, err
 		}
@@ -166,38 +157,5 @@ func (o Opener) openApply(ctx context.Context, spec pipeline.Spec, log *slog.Log
 	default:
 		return nil, fmt.Errorf("cdc_apply sink kind %q: want postgres or files", spec.Sink.Kind)
 	}
-	cfg := cdcapply.Config{Pipeline: spec.Name, Upstream: src.Pipeline}
-	if spec.Sink.Kind == "files" {
-		// Fewer, larger part files: a batch is a file per table and hour.
-		cfg.BatchSize, cfg.BatchWait = 10_000, time.Second
-	}
-	r, err := cdcapply.NewRunner(o.JS, cfg, a, log)
-	if err != nil {
-		a.Close()
-		return nil, err
-	}
-	return &apply{r: r, a: a}, nil
-}
-
-// apply is the stream of a cdc_apply pipeline.
-type apply struct {
-	r *cdcapply.Runner
-	a cdcapply.Applier
-}
-
-func (s *apply) Run(ctx context.Context) error {
-	defer s.a.Close()
-	return s.r.Run(ctx)
-}
-
-func (s *apply) Status(context.Context) protocol.StreamStatus {
-	st := s.r.Status()
-	out := protocol.StreamStatus{
-		State: protocol.StreamStreaming, Applied: st.Applied, Pending: st.Pending,
-		Events: int64(st.Events), LastCommit: st.CommitTime, Time: time.Now().UTC(),
-	}
-	if !st.CaughtUp && st.Pending > 0 && !st.CommitTime.IsZero() {
-		out.LagTime = time.Since(st.CommitTime)
-	}
-	return out
+	return cdcapply.NewStream(o.JS, cdcapply.Config{Pipeline: spec.Name, Upstream: src.Pipeline}, a, log)
 }

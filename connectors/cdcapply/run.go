@@ -110,10 +110,15 @@ type Runner struct {
 	status Status
 }
 
-// NewRunner returns a Runner applying cfg.Upstream's events to a.
+// NewRunner returns a Runner applying cfg.Upstream's events to a. When cfg
+// leaves BatchSize and BatchWait zero, an Applier that is a
+// connectors.BatchSizer chooses them.
 func NewRunner(js jetstream.JetStream, cfg Config, a Applier, log *slog.Logger) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cdc apply config: %w", err)
+	}
+	if bs, ok := a.(connectors.BatchSizer); ok && cfg.BatchSize == 0 && cfg.BatchWait == 0 {
+		cfg.BatchSize, cfg.BatchWait = bs.BatchSize()
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
