@@ -26,9 +26,8 @@ func TestLayering(t *testing.T) {
 		{pkg: "telemetry", allowed: []string{"protocol"}},
 		{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 		{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
-		{pkg: "worker", allowed: []string{"protocol", "connectors", "telemetry"}},
-		{pkg: "devcluster", allowed: []string{"protocol", "connectors", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
-		{pkg: "cdcstream", allowed: []string{"protocol", "connectors", "connectors/pgcdc", "connectors/cdcapply", "connectors/postgres", "connectors/files", "pipeline", "worker", "telemetry"}},
+		{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
+		{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 		{pkg: "embednats"},
 	}
 	for _, r := range rules {

@@ -175,10 +175,9 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	}
 	if spec.Pattern == protocol.PatternCDCApply {
 		// A misspelt upstream would apply nothing, silently, forever.
-		var src pipeline.ApplySourceConfig
-		_ = json.Unmarshal(spec.Source.Config, &src)
-		if up, ok := t.c.fsm.pipeline(src.Pipeline); !ok || up.Spec.Pattern != protocol.PatternCDC {
-			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, src.Pipeline)
+		upstream := spec.ApplyUpstream()
+		if up, ok := t.c.fsm.pipeline(upstream); !ok || up.Spec.Pattern != protocol.PatternCDC {
+			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, upstream)
 		}
 	}
 	for _, cl := range t.c.fsm.cleanups() {

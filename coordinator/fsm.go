@@ -234,8 +234,10 @@ type cleanup struct {
 	ID       string           `json:"id"`
 	Pipeline string           `json:"pipeline"`
 	Pattern  protocol.Pattern `json:"pattern"`
-	// Source is a cdc pipeline's source configuration, ${ENV} references
-	// unexpanded; Slot and Publication its names.
+	// SourceKind and Source are a cdc pipeline's source kind and
+	// configuration, ${ENV} references unexpanded; Slot and Publication its
+	// names.
+	SourceKind  string          `json:"source_kind,omitempty"`
 	Source      json.RawMessage `json:"source,omitempty"`
 	Slot        string          `json:"slot,omitempty"`
 	Publication string          `json:"publication,omitempty"`
@@ -681,7 +683,7 @@ func (s *state) pipelineDelete(c pipelineDeleteCmd) any {
 		s.CleanupSeq++
 		cl := cleanup{ID: fmt.Sprintf("cleanup-%06d", s.CleanupSeq), Pipeline: c.Name, Pattern: p.Spec.Pattern, Lease: p.Spec.LeaseDuration(), Created: c.Time}
 		if p.Spec.Pattern == protocol.PatternCDC {
-			cl.Source, cl.Slot, cl.Publication = p.Spec.Source.Config, p.Spec.SlotName(), p.Spec.PublicationName()
+			cl.SourceKind, cl.Source, cl.Slot, cl.Publication = p.Spec.Source.Kind, p.Spec.Source.Config, p.Spec.SlotName(), p.Spec.PublicationName()
 		}
 		s.Cleanups = append(s.Cleanups, cl)
 	}

@@ -146,6 +146,32 @@ func (m *memConnectors) registry() *connectors.Registry {
 			return nil
 		},
 	})
+	// A cdc source whose initial snapshot is a run from memsrc to memsink,
+	// and memsink as a cdc target; neither streams in these tests.
+	reg.Register(connectors.Connector{Kind: "memcdc", CDCSource: &connectors.CDCSource{
+		Open: func(context.Context, connectors.StreamRequest) (connectors.Stream, error) {
+			return nil, errors.New("memcdc does not stream")
+		},
+		Snapshot: func(req connectors.SnapshotRequest) (connectors.SnapshotEndpoints, error) {
+			sink, err := json.Marshal(memConfig{Path: req.Pipeline + "/" + req.Settings.Slot})
+			return connectors.SnapshotEndpoints{
+				Source: protocol.Endpoint{Kind: "memsrc", Config: req.Config},
+				Sink:   protocol.Endpoint{Kind: "memsink", Config: sink},
+			}, err
+		},
+	}})
+	reg.Register(connectors.Connector{Kind: "memsink", CDCTarget: &connectors.CDCTarget{
+		Open: func(context.Context, connectors.StreamRequest) (connectors.Applier, error) {
+			return nil, errors.New("memsink does not apply")
+		},
+		Validate: func(cfg json.RawMessage) error {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil || c.Path == "" {
+				return &connectors.FieldError{Field: "path", Msg: "is required"}
+			}
+			return nil
+		},
+	}})
 	return reg
 }
 

@@ -237,3 +237,34 @@ func TestApplyNamesEveryProblem(t *testing.T) {
 		t.Errorf("relative source path not resolved against the spec's directory: %s", specs[0].Source.Config)
 	}
 }
+
+// Every example spec is valid with this build's connectors, and the
+// streamed ones' connector configurations are checked by their kinds:
+// the cdc source, the cdc_apply sinks.
+func TestExamplesAndStreamedSpecs(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("..", "..", "examples", "*.yaml"))
+	if err != nil || len(paths) < 3 {
+		t.Fatalf("examples: %v %v", paths, err)
+	}
+	if _, err := loadSpecs(paths, newRegistry(), io.Discard); err != nil {
+		t.Fatalf("the examples do not load: %v", err)
+	}
+	dir := t.TempDir()
+	for _, c := range []struct{ yaml, want string }{
+		{"name: a\npattern: cdc\nsource: {kind: postgres, dsn: \"postgres://h/db\"}\n", "source.tables: at least one table is required"},
+		{"name: a\npattern: cdc\nsource: {kind: files, path: in}\n", `source.kind: connector "files" cannot be a cdc source (kinds: [postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [files postgres])`},
+	} {
+		p := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadSpecs([]string{p}, newRegistry(), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
+		}
+	}
+}
