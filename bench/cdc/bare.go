@@ -23,6 +23,29 @@ const (
 	publishEach                      // (d): the raw changes, one message each
 )
 
+// startReplication opens a replication connection and starts streaming
+// slot with pgoutput (protocol version 1, the benchmark's publication), as
+// the bare loops read it.
+func (b *bench) startReplication(ctx context.Context, slot string) (*pgconn.PgConn, error) {
+	pcfg, err := pgconn.ParseConfig(b.cfg.dsn)
+	if err != nil {
+		return nil, err
+	}
+	pcfg.RuntimeParams["replication"] = "database"
+	rc, err := pgconn.ConnectConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("replication connect: %w", err)
+	}
+	err = pglogrepl.StartReplication(ctx, rc, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + b.cfg.publication() + "'", "messages 'true'"},
+	})
+	if err != nil {
+		rc.Close(context.Background())
+		return nil, fmt.Errorf("start replication on %s: %w", slot, err)
+	}
+	return rc, nil
+}
+
 // bareDecode streams slot with a minimal pglogrepl loop until it has seen
 // every change of the workload, and returns the time to the last change.
 // It confirms the received position on each standby status update (every
@@ -33,13 +56,9 @@ const (
 func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, mode publishMode) (decodeResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.timeout)
 	defer cancel()
-	pcfg, err := pgconn.ParseConfig(b.cfg.dsn)
-	if err != nil {
-		return decodeResult{}, err
-	}
-	pcfg.RuntimeParams["replication"] = "database"
 	var pack *rawPacker
 	var counter *eventCounter
+	var err error
 	if mode != publishNone {
 		if err := b.stream.Purge(ctx); err != nil {
 			return decodeResult{}, err
@@ -56,17 +75,11 @@ func (b *bench) bareDecode(ctx context.Context, slot string, wl *workload, mode 
 	runtime.GC()
 	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
-	rc, err := pgconn.ConnectConfig(ctx, pcfg)
+	rc, err := b.startReplication(ctx, slot)
 	if err != nil {
-		return decodeResult{}, fmt.Errorf("bare loop: replication connect: %w", err)
+		return decodeResult{}, fmt.Errorf("bare loop: %w", err)
 	}
 	defer rc.Close(context.Background())
-	err = pglogrepl.StartReplication(ctx, rc, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'", "messages 'true'"},
-	})
-	if err != nil {
-		return decodeResult{}, fmt.Errorf("bare loop: start replication on %s: %w", slot, err)
-	}
 	const statusInterval = 10 * time.Second
 	var pos pglogrepl.LSN
 	var ins, upd, del int64

@@ -172,8 +172,8 @@ func (b *bench) latency(ctx context.Context) (*latency, error) {
 func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 	cfg := b.cfg
 	const base = 1_000_000_000
-	subject := protocol.CDCSubject(pipelineLatency, schema, tableName)
-	slot := slotPrefix + "lat"
+	subject := protocol.CDCSubject(pipelineLatency, cfg.schema, tableName)
+	slot := cfg.slotPrefix() + "lat"
 	b.slots = append(b.slots, slot)
 	defer b.dropSlot(slot)
 
@@ -200,7 +200,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 	defer sub.Unsubscribe()
 
 	r, err := pgcdc.NewReader(pgcdc.Config{
-		DSN: cfg.dsn, Slot: slot, Publication: publication, Tables: []string{srcTable}, Pipeline: pipelineLatency,
+		DSN: cfg.dsn, Slot: slot, Publication: cfg.publication(), Tables: []string{cfg.srcTable()}, Pipeline: pipelineLatency,
 		MaxInFlight: cfg.maxInFlight, MessageEvents: cfg.messageEvents,
 	}, b.js, b.log)
 	if err != nil {
@@ -233,6 +233,9 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 	lat.Stored, lat.StoredMissing = stored.since(committed)
 	lat.Published, lat.PublishedMissing = published.since(committed)
 	lat.Commit = summarize(durs)
+	if lat.StoredMissing > 0 {
+		return fmt.Errorf("latency: %d of the %d inserted rows have no event in SLUICE_CDC %s after the last commit", lat.StoredMissing, n, cfg.drain)
+	}
 	return nil
 }
 
@@ -241,7 +244,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 func (b *bench) latencyBare(ctx context.Context, lat *latency, n int) error {
 	cfg := b.cfg
 	const base = 2_000_000_000
-	slot := slotPrefix + "lat_bare"
+	slot := cfg.slotPrefix() + "lat_bare"
 	if _, err := b.createSlot(ctx, slot); err != nil {
 		return err
 	}
@@ -267,28 +270,20 @@ func (b *bench) latencyBare(ctx context.Context, lat *latency, n int) error {
 	}
 	fmt.Fprintf(b.stdout, "%.1fs\n", secs)
 	lat.BareDecode, lat.BareDecodeMissing = decoded.since(committed)
+	if lat.BareDecodeMissing > 0 {
+		return fmt.Errorf("latency: the bare loop decoded no insert of %d of the %d inserted rows %s after the last commit", lat.BareDecodeMissing, n, cfg.drain)
+	}
 	return nil
 }
 
 // bareStream streams slot until ctx ends and records the arrival of each
 // insert by its first column (the id).
 func (b *bench) bareStream(ctx context.Context, slot string, a *arrivals) error {
-	pcfg, err := pgconn.ParseConfig(b.cfg.dsn)
+	rc, err := b.startReplication(ctx, slot)
 	if err != nil {
-		return err
-	}
-	pcfg.RuntimeParams["replication"] = "database"
-	rc, err := pgconn.ConnectConfig(ctx, pcfg)
-	if err != nil {
-		return fmt.Errorf("bare latency loop: replication connect: %w", err)
+		return fmt.Errorf("bare latency loop: %w", err)
 	}
 	defer rc.Close(context.Background())
-	err = pglogrepl.StartReplication(ctx, rc, slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'", "messages 'true'"},
-	})
-	if err != nil {
-		return fmt.Errorf("bare latency loop: start replication on %s: %w", slot, err)
-	}
 	const statusInterval = 10 * time.Second
 	var pos pglogrepl.LSN
 	nextStatus := time.Now().Add(statusInterval)
@@ -355,7 +350,7 @@ func (b *bench) bareStream(ctx context.Context, slot string, a *arrivals) error 
 func (b *bench) warmUp(ctx context.Context, base int64, warm <-chan struct{}, stopped <-chan error) error {
 	began := time.Now()
 	for k := int64(0); ; k++ {
-		if _, err := b.conn.Exec(ctx, "INSERT INTO "+srcTable+" VALUES ($1, 'warm-up', 0, now(), '{}', 0)", base-warmupSpan+k); err != nil {
+		if _, err := b.conn.Exec(ctx, "INSERT INTO "+b.cfg.srcTable()+" VALUES ($1, 'warm-up', 0, now(), '{}', 0)", base-warmupSpan+k); err != nil {
 			return err
 		}
 		select {
@@ -389,7 +384,7 @@ func (b *bench) paced(ctx context.Context, base int64, n int) ([]time.Time, []ti
 		}
 		defer c.Close(context.Background())
 		// Prepared once, off the clock.
-		if _, err := c.Prepare(ctx, "ins", "INSERT INTO "+srcTable+" VALUES ($1, 'latency', 1.5, now(), '{\"k\": 1}', 1)"); err != nil {
+		if _, err := c.Prepare(ctx, "ins", "INSERT INTO "+b.cfg.srcTable()+" VALUES ($1, 'latency', 1.5, now(), '{\"k\": 1}', 1)"); err != nil {
 			return nil, nil, 0, err
 		}
 		g.Go(func() error {

@@ -21,8 +21,8 @@
 //	    (and at a core NATS subscriber); then the same load decoded by a
 //	    bare loop, its baseline
 //
-// For (a) to (d) it creates a 6-column table in the schema
-// sluice_bench_cdc, a publication and a template slot, then generates the
+// For (a) to (d) it creates a 6-column table in the schema --schema
+// (sluice_bench_cdc), a publication and a template slot, then generates the
 // workload (--inserts, then --updates, then --deletes, in transactions of
 // --tx-rows rows). Each measurement decodes its own copy of the template
 // slot (pg_copy_logical_replication_slot), so all decode the same WAL,
@@ -34,8 +34,11 @@
 // run every message is read back and checked: every change of every
 // transaction exactly once. It prints changes/s, MB/s of WAL, CPU per
 // change, messages and events per message, the ratios and the latency
-// percentiles, and writes every figure to --out. Slots, the publication and the schema are dropped at
-// the end, also on error. Run it with `make bench-cdc`.
+// percentiles, and writes every figure to --out. Slots, the publication
+// and the schema are dropped at the end, also on error; a run waits for
+// another on the same schema and database to end. Run it with `make
+// bench-cdc`; --smoke runs it at a small size with the same checks (`make
+// bench-smoke`).
 package main
 
 import (
@@ -46,7 +49,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -54,6 +56,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
@@ -62,14 +65,8 @@ import (
 )
 
 const (
-	schema      = "sluice_bench_cdc"
-	tableName   = "cdc_src"
-	srcTable    = schema + "." + tableName
-	publication = "sluice_bench_cdc_pub"
-	// slotPrefix starts the name of every slot the benchmark creates; an
-	// inactive slot with it is a leftover of a killed run and is dropped at
-	// the start.
-	slotPrefix = "sluice_bench_cdc_"
+	// tableName is the source table in the benchmark's schema.
+	tableName = "cdc_src"
 	// The pipelines (subject tokens) of the throughput and latency events.
 	pipelineThroughput = "bench-cdc"
 	pipelineLatency    = "bench-cdc-lat"
@@ -82,6 +79,8 @@ const (
 )
 
 type config struct {
+	smoke                     bool
+	schema                    string
 	inserts, updates, deletes int64
 	txRows                    int64
 	reps                      int
@@ -101,6 +100,17 @@ type config struct {
 	messageEvents             int
 }
 
+// srcTable is the source table, schema-qualified.
+func (c config) srcTable() string { return c.schema + "." + tableName }
+
+// publication is the publication of the source table.
+func (c config) publication() string { return c.schema + "_pub" }
+
+// slotPrefix starts the name of every slot the benchmark creates; an
+// inactive slot with it is a leftover of a killed run and is dropped at the
+// start.
+func (c config) slotPrefix() string { return c.schema + "_" }
+
 // msgEvents is the most events (changes, in (c)) of one message: the
 // Readers' MessageEvents.
 func (c config) msgEvents() int {
@@ -112,6 +122,8 @@ func (c config) msgEvents() int {
 
 func main() {
 	var cfg config
+	flag.BoolVar(&cfg.smoke, "smoke", false, "a small run (make bench-smoke): 40k changes, 1 rep, 2 s of latency, schema sluice_bench_smoke_cdc, results in a temporary file; flags given override it")
+	flag.StringVar(&cfg.schema, "schema", "sluice_bench_cdc", "the schema the benchmark creates and drops; it also names the publication and the slots")
 	flag.Int64Var(&cfg.inserts, "inserts", 100_000, "rows inserted by the throughput workload")
 	flag.Int64Var(&cfg.updates, "updates", 50_000, "rows then updated (at most --inserts)")
 	flag.Int64Var(&cfg.deletes, "deletes", 50_000, "rows then deleted (at most --inserts)")
@@ -132,6 +144,20 @@ func main() {
 	flag.BoolVar(&cfg.skipThroughput, "no-throughput", false, "skip the throughput measurements")
 	flag.BoolVar(&cfg.skipUnpacked, "no-unpacked", false, "skip (d), the bare loop publishing one message per change")
 	flag.Parse()
+	if cfg.smoke {
+		err := harness.Smoke(flag.CommandLine, "cdc", map[string]string{
+			"schema": "sluice_bench_smoke_cdc", "inserts": "20000", "updates": "10000", "deletes": "10000",
+			"reps": "1", "rate": "200", "duration": "2s", "timeout": "2m",
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cdc:", err)
+			os.Exit(2)
+		}
+	}
+	if err := harness.CheckSchema(cfg.schema); err != nil {
+		fmt.Fprintln(os.Stderr, "cdc: --schema:", err)
+		os.Exit(2)
+	}
 	if cfg.inserts < 1 || cfg.updates < 0 || cfg.deletes < 0 || cfg.updates > cfg.inserts || cfg.deletes > cfg.inserts ||
 		cfg.txRows < 1 || cfg.reps < 1 || cfg.rate < 1 || cfg.conns < 1 || cfg.duration <= 0 || cfg.messageEvents < 0 {
 		fmt.Fprintln(os.Stderr, "cdc: --inserts, --tx-rows, --reps, --rate, --conns and --duration must be positive; --updates and --deletes between 0 and --inserts; --message-events not negative")
@@ -160,15 +186,21 @@ type bench struct {
 	slots []string // created by this run, dropped at the end
 }
 
+// run sets up the benchmark (its schema, an embedded NATS server), runs
+// the measurements cfg asks for, and writes the results.
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
-	began, load := time.Now(), measure.LoadAverage()
+	began := time.Now()
+	hdr := harness.NewHeader("cdc", cfg.smoke, fmt.Sprintf("shared, noisy machine: throughput is the best of %d interleaved repetitions, "+
+		"each decoding the same WAL from its own copy of one slot; trust the ratio more than the absolute figures", cfg.reps))
 	conn, err := pgx.Connect(ctx, cfg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect to %s (run `make services`): %w", cfg.dsn, err)
 	}
 	defer conn.Close(context.Background())
-	var pgVersion string
-	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion); err != nil {
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&hdr.PostgreSQL); err != nil {
+		return err
+	}
+	if err := harness.Lock(ctx, conn, cfg.schema, stdout); err != nil {
 		return err
 	}
 	b := &bench{cfg: cfg, stdout: stdout, conn: conn,
@@ -219,9 +251,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	}
 
 	res := results{
-		Benchmark: "cdc", GoVersion: runtime.Version(), NumCPU: runtime.NumCPU(),
-		OS: runtime.GOOS + "/" + runtime.GOARCH, PostgreSQL: pgVersion, Reps: cfg.reps, MaxInFlight: cfg.maxInFlight,
-		Note: fmt.Sprintf("shared, noisy machine: throughput is the best of %d interleaved repetitions, each decoding the same WAL from its own copy of one slot; trust the ratio more than the absolute figures", cfg.reps),
+		Header: hdr, Reps: cfg.reps, MaxInFlight: cfg.maxInFlight,
 		NATS: map[string]any{"server": "embedded (embednats), in this process", "stream": protocol.StreamCDC,
 			"storage": "file", "replicas": 1},
 		Packing: map[string]any{
@@ -245,8 +275,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		res.Targets = append(res.Targets, target{Name: "latency: commit -> stored event, p99", Want: fmt.Sprintf("< %d ms", targetP99Ms),
 			Value: lat.Stored.P99, Met: lat.Stored.P99 < targetP99Ms && lat.StoredMissing == 0})
 	}
-	res.Date = time.Now().UTC().Truncate(time.Second)
-	res.LoadAverage = [2]string{load, measure.LoadAverage()}
+	res.Finish()
 	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	return writeResults(cfg, stdout, res)
 }

@@ -165,9 +165,8 @@ func (b *bench) verifyRaw(ctx context.Context, wl *workload, slot string, limit 
 	if err != nil {
 		return err
 	}
-	if err := t.check(wl, state); err != nil {
+	if err := t.check(wl, state, res); err != nil {
 		return err
 	}
-	res.streamBytes, res.messages, res.maxEvents = int64(state.Bytes), t.msgs, t.maxEvents
 	return nil
 }

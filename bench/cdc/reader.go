@@ -28,7 +28,7 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 		return decodeResult{}, err
 	}
 	r, err := pgcdc.NewReader(pgcdc.Config{
-		DSN: b.cfg.dsn, Slot: slot, Publication: publication, Tables: []string{srcTable}, Pipeline: pipelineThroughput,
+		DSN: b.cfg.dsn, Slot: slot, Publication: b.cfg.publication(), Tables: []string{b.cfg.srcTable()}, Pipeline: pipelineThroughput,
 		MaxInFlight: b.cfg.maxInFlight, MessageEvents: b.cfg.messageEvents,
 	}, b.js, b.log)
 	if err != nil {
@@ -137,10 +137,9 @@ func (b *bench) verifyEvents(ctx context.Context, wl *workload, slot string, res
 	if err != nil {
 		return err
 	}
-	if err := t.check(wl, state); err != nil {
+	if err := t.check(wl, state, res); err != nil {
 		return err
 	}
-	res.streamBytes, res.messages, res.maxEvents = int64(state.Bytes), t.msgs, t.maxEvents
 	// The last change: the last delete, else the last update, else the
 	// last insert.
 	op, row, want := protocol.OpInsert, last.After, wl.Inserts

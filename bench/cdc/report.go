@@ -1,21 +1,19 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 )
 
+// target is one of the benchmark's targets and whether this run met it.
 type target struct {
 	Name  string  `json:"name"`
 	Want  string  `json:"want"`
@@ -23,18 +21,12 @@ type target struct {
 	Met   bool    `json:"met"`
 }
 
+// results are what a run writes to --out.
 type results struct {
-	Benchmark   string         `json:"benchmark"`
-	Date        time.Time      `json:"date"`
-	GoVersion   string         `json:"go_version"`
-	NumCPU      int            `json:"num_cpu"`
-	OS          string         `json:"os"`
-	Note        string         `json:"note"`
-	PostgreSQL  string         `json:"postgresql"`
-	LoadAverage [2]string      `json:"load_average_before_after"`
-	Workload    *workload      `json:"workload,omitempty"`
-	Reps        int            `json:"reps"`
-	NATS        map[string]any `json:"nats"`
+	harness.Header
+	Workload *workload      `json:"workload,omitempty"`
+	Reps     int            `json:"reps"`
+	NATS     map[string]any `json:"nats"`
 	// MaxInFlight is the Readers' MaxInFlight when --max-in-flight set it.
 	MaxInFlight int `json:"reader_max_in_flight,omitempty"`
 	// Packing is how the events (and, in (c), the raw changes) are packed
@@ -60,23 +52,14 @@ type results struct {
 // writeResults prints the results and writes them to cfg.out.
 func writeResults(cfg config, stdout io.Writer, res results) error {
 	report(stdout, res)
-	if err := os.MkdirAll(filepath.Dir(cfg.out), 0o755); err != nil {
-		return err
-	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(res); err != nil {
-		return err
-	}
-	if err := os.WriteFile(cfg.out, b.Bytes(), 0o644); err != nil {
+	if err := harness.WriteJSON(cfg.out, res); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "results: %s\n", cfg.out)
 	return nil
 }
 
+// report prints the results.
 func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "\ncdc: %d CPUs, %s, PostgreSQL %s, %s\n", r.NumCPU, r.GoVersion, r.PostgreSQL, r.Date.Format(time.RFC3339))
 	fmt.Fprintf(w, "%s; load average before and after: %s, %s\n", r.Note, r.LoadAverage[0], r.LoadAverage[1])

@@ -179,7 +179,9 @@ func (t *tally) add(commitLSN string, first, n int) {
 	t.maxEvents = max(t.maxEvents, n)
 }
 
-func (t *tally) check(wl *workload, state jetstream.StreamState) error {
+// check checks the tally against the workload and the stream's state as
+// read, and records the stream's figures in res.
+func (t *tally) check(wl *workload, state jetstream.StreamState, res *decodeResult) error {
 	if t.msgs != int64(state.Msgs) {
 		return fmt.Errorf("verify: read %d messages back, SLUICE_CDC holds %d", t.msgs, state.Msgs)
 	}
@@ -200,6 +202,7 @@ func (t *tally) check(wl *workload, state jetstream.StreamState) error {
 			next = s[0] + s[1]
 		}
 	}
+	res.streamBytes, res.messages, res.maxEvents = int64(state.Bytes), t.msgs, t.maxEvents
 	return nil
 }
 

@@ -62,12 +62,7 @@ func (m *measurement) add(r decodeResult) {
 }
 
 func (m *measurement) finish(changes, walBytes int64) {
-	i := 0
-	for j, s := range m.Seconds {
-		if s < m.Seconds[i] {
-			i = j
-		}
-	}
+	i := measure.Best(m.Seconds)
 	m.BestSeconds = m.Seconds[i]
 	sorted := slices.Sorted(slices.Values(m.Seconds))
 	m.MedianSeconds = sorted[len(sorted)/2]
@@ -103,7 +98,7 @@ type decodeResult struct {
 // template slot made just before and dropped just after.
 func (b *bench) throughput(ctx context.Context, res *results) error {
 	cfg := b.cfg
-	template := slotPrefix + "template"
+	template := cfg.slotPrefix() + "template"
 	start, err := b.createSlot(ctx, template)
 	if err != nil {
 		return err
@@ -157,7 +152,7 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 			if _, err := b.conn.Exec(ctx, "CHECKPOINT"); err != nil {
 				return fmt.Errorf("checkpoint before %s: %w", which, err)
 			}
-			r, err := decode(which, fmt.Sprintf("%s%s_%d", slotPrefix, strings.ReplaceAll(which, "+", "_"), rep), nil)
+			r, err := decode(which, fmt.Sprintf("%s%s_%d", cfg.slotPrefix(), strings.ReplaceAll(which, "+", "_"), rep), nil)
 			if err != nil {
 				return err
 			}
@@ -212,7 +207,7 @@ func (b *bench) throughput(ctx context.Context, res *results) error {
 		if err != nil {
 			return err
 		}
-		r, err := decode("sluice", slotPrefix+"sluice_profile", f)
+		r, err := decode("sluice", cfg.slotPrefix()+"sluice_profile", f)
 		f.Close()
 		if err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/bench/measure"
 )
 
+// workload describes the throughput workload as generated.
 type workload struct {
 	Table        string  `json:"table"`
 	Columns      int     `json:"columns"`
@@ -31,12 +32,12 @@ type workload struct {
 // the benchmark, the publication and the schema.
 func (b *bench) dropLeftovers(ctx context.Context) error {
 	if _, err := b.conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-		WHERE slot_name LIKE $1 AND NOT active`, slotPrefix+"%"); err != nil {
+		WHERE starts_with(slot_name::text, $1) AND NOT active`, b.cfg.slotPrefix()); err != nil {
 		return fmt.Errorf("drop leftover slots: %w", err)
 	}
 	for _, sql := range []string{
-		"DROP PUBLICATION IF EXISTS " + publication,
-		"DROP SCHEMA IF EXISTS " + schema + " CASCADE",
+		"DROP PUBLICATION IF EXISTS " + b.cfg.publication(),
+		"DROP SCHEMA IF EXISTS " + b.cfg.schema + " CASCADE",
 	} {
 		if _, err := b.conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("drop leftovers: %w", err)
@@ -54,8 +55,8 @@ func (b *bench) cleanup() {
 		b.dropSlot(slot)
 	}
 	for _, sql := range []string{
-		"DROP PUBLICATION IF EXISTS " + publication,
-		"DROP SCHEMA IF EXISTS " + schema + " CASCADE",
+		"DROP PUBLICATION IF EXISTS " + b.cfg.publication(),
+		"DROP SCHEMA IF EXISTS " + b.cfg.schema + " CASCADE",
 	} {
 		if _, err := b.conn.Exec(ctx, sql); err != nil {
 			fmt.Fprintf(os.Stderr, "cdc: %s: %v\n", sql, err)
@@ -68,15 +69,15 @@ func (b *bench) cleanup() {
 // position it decodes.
 func (b *bench) createTable(ctx context.Context) error {
 	for _, sql := range []string{
-		"CREATE SCHEMA " + schema,
-		`CREATE TABLE ` + srcTable + ` (
+		"CREATE SCHEMA " + b.cfg.schema,
+		`CREATE TABLE ` + b.cfg.srcTable() + ` (
 			id         bigint PRIMARY KEY,
 			customer   text NOT NULL,
 			amount     numeric(12,2) NOT NULL,
 			created_at timestamptz NOT NULL,
 			attrs      jsonb,
 			quantity   integer)`,
-		"CREATE PUBLICATION " + publication + " FOR TABLE " + srcTable,
+		"CREATE PUBLICATION " + b.cfg.publication() + " FOR TABLE " + b.cfg.srcTable(),
 	} {
 		if _, err := b.conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("create the source table: %w", err)
@@ -126,7 +127,7 @@ func (b *bench) dropSlot(slot string) {
 // transactions of cfg.txRows rows.
 func (b *bench) generate(ctx context.Context, start pglogrepl.LSN) (*workload, error) {
 	cfg := b.cfg
-	wl := &workload{Table: srcTable, Columns: 6, Inserts: cfg.inserts, Updates: cfg.updates, Deletes: cfg.deletes,
+	wl := &workload{Table: cfg.srcTable(), Columns: 6, Inserts: cfg.inserts, Updates: cfg.updates, Deletes: cfg.deletes,
 		TxRows: cfg.txRows, Changes: cfg.inserts + cfg.updates + cfg.deletes, StartLSN: start.String()}
 	fmt.Fprintf(b.stdout, "workload: %d inserts, %d updates, %d deletes in transactions of %d rows ... ", cfg.inserts, cfg.updates, cfg.deletes, cfg.txRows)
 	began := time.Now()
@@ -140,16 +141,16 @@ func (b *bench) generate(ctx context.Context, start pglogrepl.LSN) (*workload, e
 		rows int64
 		sql  string
 	}{
-		{cfg.inserts, `INSERT INTO ` + srcTable + `
+		{cfg.inserts, `INSERT INTO ` + cfg.srcTable() + `
 			SELECT i, 'customer ' || substr(md5(i::text), 1, 12), round(i * 1.37 % 100000, 2),
 				timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
 				jsonb_build_object('tier', i % 5, 'tags', jsonb_build_array('a', i % 7), 'ref', md5(i::text)),
 				CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END
 			FROM generate_series($1::bigint, $2::bigint) AS i`},
-		{cfg.updates, `UPDATE ` + srcTable + ` SET amount = amount + 1, quantity = coalesce(quantity, 0) + 1,
+		{cfg.updates, `UPDATE ` + cfg.srcTable() + ` SET amount = amount + 1, quantity = coalesce(quantity, 0) + 1,
 			attrs = attrs || '{"updated": true}', created_at = created_at + interval '1 day'
 			WHERE id BETWEEN $1 AND $2`},
-		{cfg.deletes, `DELETE FROM ` + srcTable + ` WHERE id BETWEEN $1 AND $2`},
+		{cfg.deletes, `DELETE FROM ` + cfg.srcTable() + ` WHERE id BETWEEN $1 AND $2`},
 	} {
 		for lo := int64(1); lo <= step.rows; lo += cfg.txRows {
 			hi := min(lo+cfg.txRows-1, step.rows)

@@ -34,12 +34,40 @@ func findPSQL(flagValue string) (string, error) {
 	return p, nil
 }
 
-// timePSQL runs psql's \copy of the source to a CSV file and returns its
-// wall time, the psql process's CPU, PostgreSQL's CPU and the file's size.
-func timePSQL(ctx context.Context, psql, dsn, file string) (float64, cpuUse, int64, error) {
+// psqlCopy times (a), psql's \copy of the source to a CSV file, and checks
+// the file: as many lines as the source has rows on the first repetition,
+// the same size on the others.
+func (b *bench) psqlCopy(ctx context.Context) error {
+	secs, cpu, n, err := timePSQL(ctx, b.psql, b.cfg.dsn, b.cfg.srcTable(), b.psqlOut)
+	if err != nil {
+		return err
+	}
+	if b.csvBytes == 0 {
+		lines, err := countLines(b.psqlOut)
+		if err != nil {
+			return err
+		}
+		if lines != b.cfg.rows {
+			return fmt.Errorf("psql wrote %d lines, want %d", lines, b.cfg.rows)
+		}
+		b.csvBytes = n
+	} else if n != b.csvBytes {
+		return fmt.Errorf("psql wrote %d bytes, %d before", n, b.csvBytes)
+	}
+	m := b.ms["psql_copy_to_csv"]
+	m.add(secs, cpu)
+	m.Verified = "row count (lines of the file)"
+	os.Remove(b.psqlOut)
+	fmt.Fprintf(b.stdout, " psql %.2fs", secs)
+	return nil
+}
+
+// timePSQL runs psql's \copy of table to a CSV file and returns its wall
+// time, the psql process's CPU, PostgreSQL's CPU and the file's size.
+func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuUse, int64, error) {
 	os.Remove(file)
 	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn,
-		"-c", `\copy (SELECT `+columns+` FROM `+srcTable+`) TO '`+file+`' csv`)
+		"-c", `\copy (SELECT `+columns+` FROM `+table+`) TO '`+file+`' csv`)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	srv0 := measure.ServerCPU()
@@ -58,6 +86,7 @@ func timePSQL(ctx context.Context, psql, dsn, file string) (float64, cpuUse, int
 	return secs, cpuUse{client: client, server: srv1 - srv0}, st.Size(), nil
 }
 
+// countLines counts the newlines of a file.
 func countLines(path string) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -78,10 +107,26 @@ func countLines(path string) (int64, error) {
 	}
 }
 
+// pipedCopy times (c), the source piped from COPY TO STDOUT into COPY FROM
+// STDIN, and checks the row count COPY FROM reports.
+func (b *bench) pipedCopy(ctx context.Context) error {
+	secs, cpu, err := b.timePipe(ctx)
+	if err != nil {
+		return err
+	}
+	m := b.ms["piped_copy_pg_to_pg"]
+	m.add(secs, cpu)
+	m.Verified = "row count (COPY FROM's)"
+	fmt.Fprintf(b.stdout, ", piped copy %.2fs", secs)
+	return nil
+}
+
 // timePipe copies the source into a fresh table through COPY TO STDOUT and
 // COPY FROM STDIN on two connections, the bytes piped between them through
 // a 256 KiB buffer (as a shell pipe between two psql would).
-func timePipe(ctx context.Context, conn *pgx.Conn, dsn string, rows int64) (float64, cpuUse, error) {
+func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
+	conn, dsn, rows := b.conn, b.cfg.dsn, b.cfg.rows
+	srcTable, pipeTable := b.cfg.srcTable(), b.cfg.pipeTable()
 	for _, sql := range []string{
 		"DROP TABLE IF EXISTS " + pipeTable,
 		"CREATE TABLE " + pipeTable + " (LIKE " + srcTable + ")",

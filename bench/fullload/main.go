@@ -7,12 +7,17 @@
 //	    connections in Go                       baseline of (d)
 //	(d) Sluice PostgreSQL -> PostgreSQL         through the same cluster
 //
-// It creates (or reuses) a table of --rows rows and 7 mixed columns in the
-// schema sluice_bench of the test database, runs each measurement --reps
-// times interleaved, keeps the best time of each (the machine is shared),
-// verifies every Sluice output against the source by row count and
-// checksum, prints rows/s, MB/s and each ratio to its baseline, and writes
-// every figure to --out. Run it with `make bench-fullload`.
+// It creates (or, with --keep, reuses) a table of --rows rows and 7 mixed
+// columns in the schema --schema (sluice_bench_fullload) of the test
+// database and writes into the schema <schema>_out; it runs each
+// measurement --reps times interleaved, keeps the best time of each (the
+// machine is shared), verifies every output against the source (the Sluice
+// ones by row count and checksum), prints rows/s, MB/s and each ratio to
+// its baseline, and writes every figure to --out. Both schemas are dropped
+// at the end (the source's kept with --keep), also on error; a run waits
+// for another on the same schema and database to end. Run it with `make
+// bench-fullload`; --smoke runs it at a small size with the same checks
+// (`make bench-smoke`).
 package main
 
 import (
@@ -31,7 +36,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/sluicehq/sluice/bench/measure"
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -40,17 +45,8 @@ import (
 	"github.com/sluicehq/sluice/pipeline"
 )
 
-const (
-	srcSchema = "sluice_bench"
-	srcTable  = srcSchema + ".fullload_src"
-	// outSchema holds everything the benchmark writes into PostgreSQL; it
-	// is dropped before and after each run, so that the versions of a new
-	// cluster (which start at 1) never meet those of an earlier one.
-	outSchema = "sluice_bench_out"
-	pipeTable = outSchema + ".fullload_pipe"
-	copyTable = outSchema + ".fullload_copy"
-	columns   = "id, customer, amount, created_at, quantity, paid, status"
-)
+// columns are the source table's columns.
+const columns = "id, customer, amount, created_at, quantity, paid, status"
 
 // Targets of issue 3 item 8 on a 2-core machine.
 const (
@@ -59,6 +55,8 @@ const (
 )
 
 type config struct {
+	smoke      bool
+	schema     string
 	rows       int64
 	reps       int
 	keep       bool
@@ -73,8 +71,24 @@ type config struct {
 	only       string
 }
 
+// srcTable is the source table.
+func (c config) srcTable() string { return c.schema + ".fullload_src" }
+
+// outSchema holds everything the benchmark writes into PostgreSQL; it is
+// dropped before and after each run, so that the versions of a new cluster
+// (which start at 1) never meet those of an earlier one.
+func (c config) outSchema() string { return c.schema + "_out" }
+
+// pipeTable is the target of the piped COPY, (c).
+func (c config) pipeTable() string { return c.outSchema() + ".fullload_pipe" }
+
+// copyTable is the view of the Sluice PostgreSQL sink, (d).
+func (c config) copyTable() string { return c.outSchema() + ".fullload_copy" }
+
 func main() {
 	var cfg config
+	flag.BoolVar(&cfg.smoke, "smoke", false, "a small run (make bench-smoke): 20k rows, 1 rep, 4 tasks a load, schema sluice_bench_smoke_fullload, results in a temporary file; flags given override it")
+	flag.StringVar(&cfg.schema, "schema", "sluice_bench_fullload", "the schema of the source table, which the benchmark creates (and drops unless --keep); it writes into <schema>_out")
 	flag.Int64Var(&cfg.rows, "rows", 2_000_000, "rows in the source table")
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions of each measurement; the best counts")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the source table for the next run (it is reused when its row count matches)")
@@ -88,6 +102,19 @@ func main() {
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.csv.pprof and FILE.pg.pprof")
 	flag.StringVar(&cfg.only, "only", "", `"csv" or "pg": time only that load and its baseline (for quick comparisons; a full run times both)`)
 	flag.Parse()
+	if cfg.smoke {
+		err := harness.Smoke(flag.CommandLine, "fullload", map[string]string{
+			"schema": "sluice_bench_smoke_fullload", "rows": "20000", "reps": "1", "target-rows": "5000",
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fullload:", err)
+			os.Exit(2)
+		}
+	}
+	if err := harness.CheckSchema(cfg.schema); err != nil {
+		fmt.Fprintln(os.Stderr, "fullload: --schema:", err)
+		os.Exit(2)
+	}
 	if cfg.only != "" && cfg.only != "csv" && cfg.only != "pg" {
 		fmt.Fprintln(os.Stderr, `fullload: --only must be "csv" or "pg"`)
 		os.Exit(2)
@@ -105,8 +132,27 @@ func main() {
 	}
 }
 
+// bench holds what the measurements share.
+type bench struct {
+	cfg    config
+	stdout io.Writer
+	conn   *pgx.Conn // setup, the pipe's target, verification and cleanup
+	psql   string    // the psql binary
+	src    connectors.Checksum
+	// psqlOut is the file of (a), csvOut the dataset of (b).
+	psqlOut, csvOut string
+	ms              map[string]*measurement
+	// csvBytes is the size of the source as CSV, from (a).
+	csvBytes int64
+}
+
+// run sets up the benchmark (the source table, the output schema, an
+// all-in-one cluster), runs the measurements cfg asks for, and writes the
+// results.
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
-	began, load := time.Now(), measure.LoadAverage()
+	began := time.Now()
+	hdr := harness.NewHeader("fullload", cfg.smoke,
+		fmt.Sprintf("shared, noisy machine: best of %d interleaved repetitions; trust the ratios more than the absolute figures", cfg.reps))
 	psql, err := findPSQL(cfg.psql)
 	if err != nil {
 		return err
@@ -116,35 +162,32 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		return fmt.Errorf("connect to %s (run `make services`): %w", cfg.dsn, err)
 	}
 	defer conn.Close(context.Background())
-	var pgVersion string
-	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&pgVersion); err != nil {
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&hdr.PostgreSQL); err != nil {
 		return err
 	}
-
-	if err := ensureSource(ctx, conn, cfg.rows, stdout); err != nil {
+	if err := harness.Lock(ctx, conn, cfg.schema, stdout); err != nil {
 		return err
 	}
+	b := &bench{cfg: cfg, stdout: stdout, conn: conn, psql: psql}
 	if !cfg.keep {
-		defer func() {
-			if _, err := conn.Exec(context.Background(), "DROP TABLE IF EXISTS "+srcTable); err != nil {
-				fmt.Fprintln(os.Stderr, "fullload: drop the source table:", err)
-			}
-		}()
+		defer b.drop(cfg.schema)
 	}
-	if err := resetOut(ctx, conn); err != nil {
+	if err := b.ensureSource(ctx); err != nil {
 		return err
 	}
-	defer conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+outSchema+" CASCADE")
+	defer b.drop(cfg.outSchema())
+	if err := b.resetOut(ctx); err != nil {
+		return err
+	}
 
 	fmt.Fprintf(stdout, "checksumming the source ... ")
-	srcSum, err := postgres.TableChecksum(ctx, conn, "SELECT "+columns+" FROM "+srcTable)
-	if err != nil {
+	if b.src, err = postgres.TableChecksum(ctx, conn, "SELECT "+columns+" FROM "+cfg.srcTable()); err != nil {
 		return err
 	}
-	if srcSum.Rows != cfg.rows {
-		return fmt.Errorf("source has %d rows, want %d", srcSum.Rows, cfg.rows)
+	if b.src.Rows != cfg.rows {
+		return fmt.Errorf("source has %d rows, want %d", b.src.Rows, cfg.rows)
 	}
-	fmt.Fprintf(stdout, "%d rows\n", srcSum.Rows)
+	fmt.Fprintf(stdout, "%d rows\n", b.src.Rows)
 
 	dir := cfg.dir
 	if dir == "" {
@@ -159,30 +202,29 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	csvOut := filepath.Join(dir, "sluice-csv")
-	psqlOut := filepath.Join(dir, "psql.csv")
+	b.csvOut = filepath.Join(dir, "sluice-csv")
+	b.psqlOut = filepath.Join(dir, "psql.csv")
 
-	ms := map[string]*measurement{
+	b.ms = map[string]*measurement{
 		"psql_copy_to_csv":    {Key: "psql_copy_to_csv", Label: `(a) psql \copy (select ...) to file csv`},
 		"sluice_pg_to_csv":    {Key: "sluice_pg_to_csv", Label: "(b) Sluice PG -> CSV files"},
 		"piped_copy_pg_to_pg": {Key: "piped_copy_pg_to_pg", Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
 		"sluice_pg_to_pg":     {Key: "sluice_pg_to_pg", Label: "(d) Sluice PG -> PG (versioned table + view)"},
 	}
-	var csvBytes int64
 
 	reg := connectors.NewRegistry()
 	files.Register(reg)
 	postgres.Register(reg)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	err = devcluster.Run(ctx, devcluster.Config{
+	return devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(dir, "cluster"), Workers: cfg.workers, Slots: cfg.slots,
 		Log: log, Tracer: noop.NewTracerProvider(), Registry: reg,
 	}, func(ctx context.Context, c *devcluster.Cluster) error {
 		common := fmt.Sprintf("pattern: full_load\nsource: {kind: postgres, dsn: %q, table: %s}\npartitioning: {target_rows: %d}\nretry: {max_attempts: 3, backoff: 1s}\n",
-			cfg.dsn, srcTable, cfg.targetRows)
+			cfg.dsn, cfg.srcTable(), cfg.targetRows)
 		for _, text := range []string{
-			"name: bench-pg-csv\n" + common + fmt.Sprintf("sink: {kind: files, path: %q, format: csv, keep_versions: 1}\n", csvOut),
-			"name: bench-pg-pg\n" + common + fmt.Sprintf("sink: {kind: postgres, dsn: %q, table: %s, keep_versions: 1}\n", cfg.dsn, copyTable),
+			"name: bench-pg-csv\n" + common + fmt.Sprintf("sink: {kind: files, path: %q, format: csv, keep_versions: 1}\n", b.csvOut),
+			"name: bench-pg-pg\n" + common + fmt.Sprintf("sink: {kind: postgres, dsn: %q, table: %s, keep_versions: 1}\n", cfg.dsn, cfg.copyTable()),
 		} {
 			spec, err := pipeline.Load([]byte(text), "bench", reg, os.LookupEnv)
 			if err != nil {
@@ -197,68 +239,25 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		for rep := 1; rep <= cfg.reps; rep++ {
 			fmt.Fprintf(stdout, "rep %d/%d:", rep, cfg.reps)
 			if cfg.only != "pg" {
-				// (a) psql \copy to a CSV file.
-				secs, cpu, n, err := timePSQL(ctx, psql, cfg.dsn, psqlOut)
-				if err != nil {
+				if err := b.psqlCopy(ctx); err != nil {
 					return err
 				}
-				if csvBytes == 0 {
-					lines, err := countLines(psqlOut)
-					if err != nil {
-						return err
-					}
-					if lines != cfg.rows {
-						return fmt.Errorf("psql wrote %d lines, want %d", lines, cfg.rows)
-					}
-					csvBytes = n
-				} else if n != csvBytes {
-					return fmt.Errorf("psql wrote %d bytes, %d before", n, csvBytes)
-				}
-				ms["psql_copy_to_csv"].add(secs, cpu)
-				ms["psql_copy_to_csv"].Verified = "row count (lines of the file)"
-				os.Remove(psqlOut)
-				fmt.Fprintf(stdout, " psql %.2fs", secs)
-
-				// (b) Sluice PG -> CSV files.
-				secs, cpu, st, err := timeRun(ctx, c, "bench-pg-csv", nil)
-				if err != nil {
+				if err := b.sluiceCSV(ctx, c); err != nil {
 					return err
 				}
-				if err := verifyCSV(csvOut, srcSum, st); err != nil {
-					return err
-				}
-				ms["sluice_pg_to_csv"].add(secs, cpu)
-				ms["sluice_pg_to_csv"].Tasks = st.Tasks
-				ms["sluice_pg_to_csv"].Verified = "row count and checksum of the committed CSV files (files.ReadChecksum) equal the source's"
-				fmt.Fprintf(stdout, ", sluice csv %.2fs", secs)
 			}
 			if cfg.only != "csv" {
-				// (c) COPY TO STDOUT | COPY FROM STDIN.
-				secs, cpu, err := timePipe(ctx, conn, cfg.dsn, cfg.rows)
-				if err != nil {
+				if err := b.pipedCopy(ctx); err != nil {
 					return err
 				}
-				ms["piped_copy_pg_to_pg"].add(secs, cpu)
-				ms["piped_copy_pg_to_pg"].Verified = "row count (COPY FROM's)"
-				fmt.Fprintf(stdout, ", piped copy %.2fs", secs)
-
-				// (d) Sluice PG -> PG.
-				secs, cpu, st, err := timeRun(ctx, c, "bench-pg-pg", nil)
-				if err != nil {
+				if err := b.sluicePG(ctx, c); err != nil {
 					return err
 				}
-				if err := verifyPG(ctx, conn, srcSum, st); err != nil {
-					return err
-				}
-				ms["sluice_pg_to_pg"].add(secs, cpu)
-				ms["sluice_pg_to_pg"].Tasks = st.Tasks
-				ms["sluice_pg_to_pg"].Verified = "row count and checksum of the view (postgres.TableChecksum) equal the source's"
-				fmt.Fprintf(stdout, ", sluice pg %.2fs", secs)
 			}
 			fmt.Fprintln(stdout)
 		}
 
-		if err := writeResults(cfg, stdout, ms, csvBytes, pgVersion, began, load); err != nil {
+		if err := writeResults(cfg, stdout, hdr, b.ms, b.csvBytes, began); err != nil {
 			return err
 		}
 		if cfg.cpuProfile != "" {
@@ -286,9 +285,4 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		}
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-
-	return nil
 }

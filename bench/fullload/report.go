@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 )
 
@@ -46,30 +42,29 @@ type cpuUse struct {
 	phases         *phases
 }
 
+// phases splits a Sluice run (see measurement.Phases).
 type phases struct {
 	Plan   float64 `json:"plan"`
 	Tasks  float64 `json:"tasks"`
 	Commit float64 `json:"commit"`
 }
 
+// add records a repetition.
 func (m *measurement) add(secs float64, cpu cpuUse) {
 	m.Seconds = append(m.Seconds, measure.Round(secs, 3))
 	m.cpu = append(m.cpu, cpu)
 }
 
+// finish computes the figures of the best repetition.
 func (m *measurement) finish(rows, csvBytes int64) {
-	i := 0
-	for j, s := range m.Seconds {
-		if s < m.Seconds[i] {
-			i = j
-		}
-	}
+	i := measure.Best(m.Seconds)
 	m.BestSeconds = m.Seconds[i]
 	m.RowsPerSec = measure.Round(float64(rows)/m.BestSeconds, 0)
 	m.MBPerSec = measure.Round(float64(csvBytes)/1e6/m.BestSeconds, 2)
 	m.ClientCPU, m.ServerCPU, m.Phases = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2), m.cpu[i].phases
 }
 
+// target is one of the benchmark's targets and whether this run met it.
 type target struct {
 	Name     string  `json:"name"`
 	Sluice   string  `json:"sluice"`
@@ -79,15 +74,9 @@ type target struct {
 	Met      bool    `json:"met"`
 }
 
+// results are what a run writes to --out.
 type results struct {
-	Benchmark      string                  `json:"benchmark"`
-	Date           time.Time               `json:"date"`
-	GoVersion      string                  `json:"go_version"`
-	NumCPU         int                     `json:"num_cpu"`
-	OS             string                  `json:"os"`
-	Note           string                  `json:"note"`
-	PostgreSQL     string                  `json:"postgresql"`
-	LoadAverage    [2]string               `json:"load_average_before_after"`
+	harness.Header
 	Rows           int64                   `json:"rows"`
 	Columns        int                     `json:"columns"`
 	SourceCSVBytes int64                   `json:"source_csv_bytes"`
@@ -101,7 +90,7 @@ type results struct {
 
 // writeResults computes the best figures and ratios, prints them and
 // writes them to cfg.out.
-func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvBytes int64, pgVersion string, began time.Time, load string) error {
+func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[string]*measurement, csvBytes int64, began time.Time) error {
 	for k, m := range ms {
 		if len(m.Seconds) == 0 {
 			delete(ms, k) // not timed (--only)
@@ -110,11 +99,8 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 		m.finish(cfg.rows, csvBytes)
 	}
 	res := results{
-		Benchmark: "fullload", Date: time.Now().UTC().Truncate(time.Second), GoVersion: runtime.Version(),
-		NumCPU: runtime.NumCPU(), OS: runtime.GOOS + "/" + runtime.GOARCH, PostgreSQL: pgVersion,
-		Note:        fmt.Sprintf("shared, noisy machine: best of %d interleaved repetitions; trust the ratios more than the absolute figures", cfg.reps),
-		LoadAverage: [2]string{load, measure.LoadAverage()},
-		Rows:        cfg.rows, Columns: 7, SourceCSVBytes: csvBytes, Reps: cfg.reps,
+		Header: hdr,
+		Rows:   cfg.rows, Columns: 7, SourceCSVBytes: csvBytes, Reps: cfg.reps,
 		Cluster: map[string]any{"nats": "embedded", "coordinators": 1, "workers": cfg.workers, "slots": cfg.slots,
 			"target_rows": cfg.targetRows},
 		Measurements: ms,
@@ -133,25 +119,17 @@ func writeResults(cfg config, stdout io.Writer, ms map[string]*measurement, csvB
 		res.Ratios[t.Sluice+"_vs_"+t.Baseline] = t.Ratio
 		res.Targets = append(res.Targets, t)
 	}
+	res.Finish()
 	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	report(stdout, res)
-	if err := os.MkdirAll(filepath.Dir(cfg.out), 0o755); err != nil {
-		return err
-	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(res); err != nil {
-		return err
-	}
-	if err := os.WriteFile(cfg.out, b.Bytes(), 0o644); err != nil {
+	if err := harness.WriteJSON(cfg.out, res); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "results: %s\n", cfg.out)
 	return nil
 }
 
+// report prints the results.
 func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "\nfullload: %d rows x %d columns, %.1f MB as CSV; %d CPUs, %s, PostgreSQL %s, %s\n",
 		r.Rows, r.Columns, float64(r.SourceCSVBytes)/1e6, r.NumCPU, r.GoVersion, r.PostgreSQL, r.Date.Format(time.RFC3339))

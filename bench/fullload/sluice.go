@@ -19,6 +19,42 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
+// sluiceCSV times (b), a run of the pipeline bench-pg-csv, and checks the
+// committed CSV files against the source.
+func (b *bench) sluiceCSV(ctx context.Context, c *devcluster.Cluster) error {
+	secs, cpu, st, err := timeRun(ctx, c, "bench-pg-csv", nil)
+	if err != nil {
+		return err
+	}
+	if err := verifyCSV(b.csvOut, b.src, st); err != nil {
+		return err
+	}
+	m := b.ms["sluice_pg_to_csv"]
+	m.add(secs, cpu)
+	m.Tasks = st.Tasks
+	m.Verified = "row count and checksum of the committed CSV files (files.ReadChecksum) equal the source's"
+	fmt.Fprintf(b.stdout, ", sluice csv %.2fs", secs)
+	return nil
+}
+
+// sluicePG times (d), a run of the pipeline bench-pg-pg, and checks the
+// sink's view against the source.
+func (b *bench) sluicePG(ctx context.Context, c *devcluster.Cluster) error {
+	secs, cpu, st, err := timeRun(ctx, c, "bench-pg-pg", nil)
+	if err != nil {
+		return err
+	}
+	if err := verifyPG(ctx, b.conn, b.cfg.copyTable(), b.src, st); err != nil {
+		return err
+	}
+	m := b.ms["sluice_pg_to_pg"]
+	m.add(secs, cpu)
+	m.Tasks = st.Tasks
+	m.Verified = "row count and checksum of the view (postgres.TableChecksum) equal the source's"
+	fmt.Fprintf(b.stdout, ", sluice pg %.2fs", secs)
+	return nil
+}
+
 // timeRun runs a pipeline on the cluster and waits for its commit. With
 // profile set, it records a CPU profile of the run into it.
 func timeRun(ctx context.Context, c *devcluster.Cluster, name string, profile io.Writer) (float64, cpuUse, protocol.RunStatus, error) {
@@ -77,7 +113,7 @@ func verifyCSV(root string, src connectors.Checksum, st protocol.RunStatus) erro
 }
 
 // verifyPG compares the view of the PostgreSQL sink with the source.
-func verifyPG(ctx context.Context, conn *pgx.Conn, src connectors.Checksum, st protocol.RunStatus) error {
+func verifyPG(ctx context.Context, conn *pgx.Conn, copyTable string, src connectors.Checksum, st protocol.RunStatus) error {
 	got, err := postgres.TableChecksum(ctx, conn, "SELECT "+columns+" FROM "+copyTable)
 	if err != nil {
 		return err
