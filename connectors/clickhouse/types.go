@@ -59,16 +59,16 @@ type column struct {
 type encKind int
 
 const (
-	encString encKind = iota // text as it is (strings, JSON, time, enums, ...)
-	encRaw                   // digits as they are: integers, UUIDs
-	encDecimal               // digits as they are; NaN refused
-	encFloat                 // NaN and Infinity renamed
-	encBool                  // t/f to 1/0 (or true/false)
-	encBytes                 // \x hex to the bytes
-	encDate                  // range-checked date
-	encMicros                // timestamp to Int64 microseconds since 1970 UTC
-	encDateTime64            // timestamp to DateTime64(6), range-checked
-	encList                  // PostgreSQL array to ClickHouse array
+	encString     encKind = iota // text as it is (strings, JSON, time, enums, ...)
+	encRaw                       // digits as they are: integers, UUIDs
+	encDecimal                   // digits as they are; NaN refused
+	encFloat                     // NaN and Infinity renamed
+	encBool                      // t/f to 1/0 (or true/false)
+	encBytes                     // \x hex to the bytes
+	encDate                      // range-checked date
+	encMicros                    // timestamp to Int64 microseconds since 1970 UTC
+	encDateTime64                // timestamp to DateTime64(6), range-checked
+	encList                      // PostgreSQL array to ClickHouse array
 )
 
 // valueEnc converts the values of one column (or array element).
