@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 TIMEOUT ?= 25m
 
-.PHONY: test services unit vet build demo fuzz clean bench-fullload bench-cdc
+.PHONY: test services unit vet build demo fuzz clean bench-fullload bench-cdc bench-clickhouse
 
 # Tests that restart PostgreSQL run alone, after the others: a restart would
 # break every package's tests running at that moment.
@@ -53,6 +53,14 @@ bench-fullload: services
 # bench/results/cdc.json. BENCH_FLAGS, e.g. "--reps 5 --duration 10s" (go run ./bench/cdc -h).
 bench-cdc: services
 	$(GO) run ./bench/cdc $(BENCH_FLAGS)
+
+# bench-clickhouse times a full load of a 2M-row PostgreSQL table into
+# ClickHouse through an all-in-one cluster beside psql \copy piped into
+# clickhouse-client, measured in the same run; it writes
+# bench/results/clickhouse.json. BENCH_FLAGS, e.g. "--reps 2" or "--smoke"
+# (go run ./bench/clickhouse -h).
+bench-clickhouse: services
+	$(GO) run ./bench/clickhouse $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN) .sluice .sluice-demo
