@@ -36,7 +36,7 @@ func (s *Sink) ensureMeta(ctx context.Context) error {
 			ENGINE = MergeTree ORDER BY (table_name, version, seq)`,
 		"CREATE TABLE IF NOT EXISTS " + s.ident(windowsTable) + ` (
 			table_name String, run String, lo String, hi String,
-			rows Int64, deleted Int64, checksum String, at DateTime)
+			rows Int64, deleted Int64, checksum String, at DateTime, seq UInt64)
 			ENGINE = MergeTree ORDER BY (table_name, run)`,
 	} {
 		if err := s.cl.Exec(ctx, q); err != nil {

@@ -40,7 +40,10 @@ func deltaKindOf(chType string) (deltaKind, error) {
 // partitionExpr is the PARTITION BY expression of an incremental table:
 // the day of its delta column.
 func partitionExpr(col string, k deltaKind) string {
-	c := "assumeNotNull(" + quoteIdent(col) + ")"
+	// The incremental table's delta column is never Nullable: 18.16
+	// crashes inserting into a table partitioned by an expression of a
+	// Nullable column (and the source never sends a NULL delta value).
+	c := quoteIdent(col)
 	switch k {
 	case deltaMicros:
 		return "intDiv(" + c + ", 86400000000)"
@@ -228,6 +231,8 @@ func (s *Sink) createWindowTable(ctx context.Context, like string, req connector
 	for _, r := range rows {
 		cols = append(cols, column{name: string(r[0]), chType: string(r[1]), nullable: strings.HasPrefix(string(r[1]), "Nullable(")})
 		if string(r[0]) == req.DeltaColumn {
+			cols[len(cols)-1].chType = strings.TrimSuffix(strings.TrimPrefix(string(r[1]), "Nullable("), ")")
+			cols[len(cols)-1].nullable = false
 			if kind, err = deltaKindOf(string(r[1])); err != nil {
 				return connectors.Permanent(err)
 			}
@@ -246,9 +251,9 @@ func (s *Sink) createWindowTable(ctx context.Context, like string, req connector
 }
 
 func (s *Sink) recordWindow(ctx context.Context, req connectors.CommitRequest, rows, deleted int64, sum connectors.Checksum) error {
-	return s.cl.Exec(ctx, fmt.Sprintf("INSERT INTO %s (table_name, run, lo, hi, rows, deleted, checksum, at) VALUES (%s, %s, %s, %s, %d, %d, %s, now())",
+	return s.cl.Exec(ctx, fmt.Sprintf("INSERT INTO %s (table_name, run, lo, hi, rows, deleted, checksum, at, seq) VALUES (%s, %s, %s, %s, %d, %d, %s, now(), %d)",
 		s.ident(windowsTable), quoteString(s.name), quoteString(req.RunID), quoteString(req.Window.From.UTC().Format(time.RFC3339Nano)),
-		quoteString(req.Window.To.UTC().Format(time.RFC3339Nano)), rows, deleted, quoteString(sum.String())))
+		quoteString(req.Window.To.UTC().Format(time.RFC3339Nano)), rows, deleted, quoteString(sum.String()), time.Now().UnixNano()))
 }
 
 // Window is one committed window of an incremental table.
@@ -273,7 +278,7 @@ func Windows(ctx context.Context, cfg SinkConfig) ([]Window, error) {
 		return nil, err
 	}
 	rows, err := s.cl.Rows(ctx, "SELECT run, lo, hi, rows, deleted, checksum FROM "+s.ident(windowsTable)+
-		" WHERE table_name = "+quoteString(s.name)+" ORDER BY at, lo")
+		" WHERE table_name = "+quoteString(s.name)+" ORDER BY seq")
 	if err != nil {
 		return nil, fmt.Errorf("list windows of %s: %w", cfg.Table, err)
 	}
