@@ -20,6 +20,7 @@ func TestLayering(t *testing.T) {
 		{pkg: "connectors", allowed: []string{"protocol"}},
 		{pkg: "connectors/files", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
+		{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 		{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicehq/sluice/cdcstream"
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -39,6 +40,7 @@ func newRegistry() *connectors.Registry {
 	files.Register(reg)
 	postgres.Register(reg)
 	pgcdc.Register(reg, nil) // snapshot sink publishes through each worker's connection
+	clickhouse.Register(reg)
 	return reg
 }
 
