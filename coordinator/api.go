@@ -41,36 +41,22 @@ const (
 // it replies.
 const planWait = 30 * time.Second
 
-// apiErr is an error a handler replies with.
-type apiErr struct {
-	code string
-	msg  string
-}
-
-func (e *apiErr) Error() string { return e.msg }
-
+// invalid refuses a request that asks for something impossible.
 func invalid(format string, args ...any) error {
-	return &apiErr{code: codeInvalid, msg: fmt.Sprintf(format, args...)}
+	return refuse(refusedInvalid, format, args...)
 }
 
-// fsmErr turns an FSM refusal (errConflict, errInvalidCmd) into the API
-// error a client sees, with the FSM's message; other errors pass.
-func fsmErr(err error) error {
-	code := ""
-	switch {
-	case errors.Is(err, errConflict):
-		code = codeConflict
-	case errors.Is(err, errInvalidCmd):
-		code = codeInvalid
-	default:
-		return err
+// apiCode is the API error code (protocol.APIError.Code) of a refusal.
+func apiCode(c refusalCode) string {
+	switch c {
+	case refusedNotFound:
+		return codeNotFound
+	case refusedInvalid:
+		return codeInvalid
+	case refusedConflict, refusedRunState:
+		return codeConflict
 	}
-	msg := err.Error()
-	if inner := errors.Unwrap(err); inner != nil {
-		msg = inner.Error() // without "apply <command>: "
-	}
-	msg = strings.TrimSuffix(strings.TrimSuffix(msg, ": "+errConflict.Error()), ": "+errInvalidCmd.Error())
-	return &apiErr{code: code, msg: msg}
+	return codeInternal
 }
 
 func respondError(m *nats.Msg, code, msg string) {
@@ -106,13 +92,13 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 	case protocol.VerbDelete:
 		reply, err = t.apiDelete(m.Data)
 	default:
-		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
+		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}
 	if err != nil {
-		var ae *apiErr
+		rf := refusalOf(err)
 		switch {
-		case errors.As(err, &ae):
-			respondError(m, ae.code, ae.msg)
+		case rf != nil:
+			respondError(m, apiCode(rf.code), rf.msg)
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown):
 			respondError(m, codeNotLeader, err.Error())
 		default:
@@ -184,10 +170,10 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	for _, cl := range t.c.fsm.cleanups() {
 		// A cleanup would drop what the new pipeline uses.
 		if cl.Pipeline == spec.Name || spec.Pattern == protocol.PatternCDC && cl.Slot == spec.SlotName() {
-			return nil, &apiErr{code: codeConflict, msg: fmt.Sprintf("%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())}
+			return nil, refuse(refusedConflict, "%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())
 		}
 	}
-	out, err := t.c.apply(cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: now()})
+	out, err := apply(t.c, pipelinePutCmd{Spec: spec, Time: now()})
 	if err != nil {
 		return nil, err
 	}
@@ -201,11 +187,11 @@ func (t *leaderTerm) apiDelete(data []byte) (any, error) {
 		return nil, err
 	}
 	if _, ok := t.c.fsm.pipeline(req.Pipeline); !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
-	out, err := t.c.apply(cmdPipelineDelete, pipelineDeleteCmd{Name: req.Pipeline, Time: now()})
+	out, err := apply(t.c, pipelineDeleteCmd{Name: req.Pipeline, Time: now()})
 	if err != nil {
-		return nil, fsmErr(err)
+		return nil, err
 	}
 	reply := protocol.DeleteReply{Pipeline: req.Pipeline}
 	for _, cl := range t.c.fsm.cleanups() {
@@ -266,7 +252,7 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 	if id == "" {
 		p, ok := c.fsm.pipeline(req.Pipeline)
 		if !ok {
-			return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+			return "", nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 		}
 		win, live, err := runWindow(p, req.Window, now())
 		if err != nil {
@@ -295,7 +281,7 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 			}
 		}
 		sctx, span := c.tracer.Start(pctx, telemetry.SpanRun, opts...)
-		out, err := c.apply(cmdRunCreate, runCreateCmd{
+		out, err := apply(c, runCreateCmd{
 			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
 			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
 			Window: window, Live: live, Trigger: trig, Time: tm,
@@ -303,10 +289,7 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 		})
 		if err != nil {
 			span.End()
-			if errors.Is(err, errNoPipeline) {
-				return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-			}
-			return "", nil, fsmErr(err)
+			return "", nil, err
 		}
 		id = out.RunID
 		if out.Reused {
@@ -387,7 +370,7 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	}
 	p, ok := c.fsm.pipeline(req.Pipeline)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
 	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
@@ -410,17 +393,14 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if req.Concurrency < 1 || req.Concurrency > maxBackfillConcurrency {
 		return nil, invalid("concurrency: want 1 to %d, not %d", maxBackfillConcurrency, req.Concurrency)
 	}
-	out, err := c.apply(cmdBackfill, backfillCmd{
+	out, err := apply(c, backfillCmd{
 		Pipeline: req.Pipeline, From: from, To: to, Concurrency: req.Concurrency, Replace: req.Replace,
 		RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
 	})
 	if err != nil {
-		if errors.Is(err, errNoPipeline) {
-			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-		}
-		return nil, fsmErr(err)
+		return nil, err
 	}
-	t.kickStarted(ctx, req.Pipeline, out)
+	t.kickStarted(ctx, req.Pipeline, out.Started)
 	b, ok := c.fsm.backfillByID(out.Backfill)
 	if !ok {
 		return nil, fmt.Errorf("backfill %s vanished", out.Backfill)
@@ -436,7 +416,7 @@ func (t *leaderTerm) apiBackfillGet(data []byte) (any, error) {
 	}
 	b, ok := t.c.fsm.backfillByID(req.ID)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("backfill %q not found", req.ID)}
+		return nil, refuse(refusedNotFound, "backfill %q not found", req.ID)
 	}
 	return backfillStatus(b), nil
 }
@@ -487,7 +467,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 		}
 	}
 	if req.Pipeline != "" && len(reply.Pipelines) == 0 {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
 	runs := c.fsm.runs(func(r *runState) bool { return req.Pipeline == "" || r.Pipeline == req.Pipeline })
 	for i, r := range runs {
@@ -506,7 +486,7 @@ func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
 	}
 	r, ok := t.c.fsm.run(req.RunID)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("run %q not found", req.RunID)}
+		return nil, refuse(refusedNotFound, "run %q not found", req.RunID)
 	}
 	return runStatus(r, true), nil
 }

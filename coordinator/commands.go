@@ -66,6 +66,30 @@ func (t cmdType) String() string {
 	return fmt.Sprintf("command %d", byte(t))
 }
 
+// commandBody is what every command body is: it names its command's type
+// byte, so that a body is always logged under its own.
+type commandBody interface {
+	cmdType() cmdType
+}
+
+// command is a command body whose handler replies R. apply logs a command
+// with its own type byte and returns its handler's reply; the FSM's Apply
+// decodes the body the byte names and calls the handler.
+//
+// Adding a command: a new type byte (the next number, never a reused one),
+// its name in String, a body type with cmdType and applyTo, a reply type
+// (noReply when the caller needs none), and a case in Apply.
+type command[R any] interface {
+	commandBody
+	// applyTo applies the command to s. It is deterministic: no clock,
+	// no randomness, no I/O (every time comes in the body). A command
+	// that cannot apply returns a *refusal and leaves s as it was.
+	applyTo(s *state) (R, error)
+}
+
+// noReply is the reply of a command whose caller needs none.
+type noReply struct{}
+
 // Command bodies. Every time in them is put there by the leader: Apply
 // never reads a clock.
 
@@ -74,14 +98,32 @@ type pipelinePutCmd struct {
 	Time time.Time     `json:"time"`
 }
 
+func (pipelinePutCmd) cmdType() cmdType { return cmdPipelinePut }
+
+// pipelinePutReply is the pipeline's new revision; Created is set when
+// the entry created it (or applied it again after a delete).
+type pipelinePutReply struct {
+	Revision int64
+	Created  bool
+}
+
 type pipelineDeleteCmd struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"`
 }
 
+func (pipelineDeleteCmd) cmdType() cmdType { return cmdPipelineDelete }
+
+// pipelineDeleteReply is the deleted pipeline's last revision.
+type pipelineDeleteReply struct {
+	Revision int64
+}
+
 type cleanupDoneCmd struct {
 	ID string `json:"id"`
 }
+
+func (cleanupDoneCmd) cmdType() cmdType { return cmdCleanupDone }
 
 type runCreateCmd struct {
 	Pipeline    string            `json:"pipeline"`
@@ -114,6 +156,15 @@ type runCreateCmd struct {
 	Time     time.Time          `json:"time"`
 }
 
+func (runCreateCmd) cmdType() cmdType { return cmdRunCreate }
+
+// runCreateReply names the run created, or the one the request id
+// created before (Reused).
+type runCreateReply struct {
+	RunID  string
+	Reused bool
+}
+
 // leaseGrantCmd gives the stream of a cdc or cdc_apply pipeline to a
 // worker under a new epoch. Epoch must be the current epoch + 1: two
 // grants computed from the same state cannot both apply.
@@ -125,6 +176,8 @@ type leaseGrantCmd struct {
 	Time     time.Time `json:"time"`
 }
 
+func (leaseGrantCmd) cmdType() cmdType { return cmdLeaseGrant }
+
 // scheduleTickCmd records a schedule tick that started no run (an
 // incremental pipeline up to date): the tick is done all the same.
 type scheduleTickCmd struct {
@@ -133,6 +186,8 @@ type scheduleTickCmd struct {
 	Tick     time.Time `json:"tick"`
 	Time     time.Time `json:"time"`
 }
+
+func (scheduleTickCmd) cmdType() cmdType { return cmdScheduleTick }
 
 // backfillCmd starts a backfill: the FSM splits [From, To) into windows,
 // marks those already loaded as skipped (unless Replace) and creates runs
@@ -149,6 +204,16 @@ type backfillCmd struct {
 	Time        time.Time     `json:"time"`
 }
 
+func (backfillCmd) cmdType() cmdType { return cmdBackfill }
+
+// backfillReply names the backfill created, or the one the request id
+// created before (Reused); Started counts the window runs it created.
+type backfillReply struct {
+	Backfill string
+	Reused   bool
+	Started  int
+}
+
 type runPlannedCmd struct {
 	Run        string               `json:"run"`
 	Partitions []protocol.Partition `json:"partitions"`
@@ -156,10 +221,35 @@ type runPlannedCmd struct {
 	Time       time.Time            `json:"time"`
 }
 
-type runCmd struct {
+func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }
+
+// runRef names a run, with the leader's time: the body of the commands
+// that need nothing more.
+type runRef struct {
 	Run  string    `json:"run"`
 	Time time.Time `json:"time"`
 }
+
+// runPublishedCmd records that every pending task of a run is published.
+type runPublishedCmd runRef
+
+func (runPublishedCmd) cmdType() cmdType { return cmdRunPublished }
+
+// runCommittingCmd assigns a run whose tasks all succeeded its dataset
+// version, before the sink's commit.
+type runCommittingCmd runRef
+
+func (runCommittingCmd) cmdType() cmdType { return cmdRunCommitting }
+
+// runCommittingReply is the dataset version the run commits as.
+type runCommittingReply struct {
+	Version int64
+}
+
+// runNotifiedCmd records that the leader announced a run's end.
+type runNotifiedCmd runRef
+
+func (runNotifiedCmd) cmdType() cmdType { return cmdRunNotified }
 
 // runWaitingCmd records that a run's source input is not ready: the run
 // waits (no task published) for What, a partition's path.
@@ -167,6 +257,14 @@ type runWaitingCmd struct {
 	Run  string    `json:"run"`
 	What string    `json:"what"`
 	Time time.Time `json:"time"`
+}
+
+func (runWaitingCmd) cmdType() cmdType { return cmdRunWaiting }
+
+// runWaitingReply tells whether the entry changed the run (false when it
+// already waited for the same input).
+type runWaitingReply struct {
+	Changed bool
 }
 
 type taskResultCmd struct {
@@ -186,6 +284,17 @@ type taskResultCmd struct {
 	Time  time.Time `json:"time"`
 }
 
+func (taskResultCmd) cmdType() cmdType { return cmdTaskResult }
+
+// taskResultReply tells whether the result was recorded (false when it was
+// ignored: an unknown or finished run, a task already done), whether it
+// failed the run, and how many backfill window runs the run's end started.
+type taskResultReply struct {
+	Changed   bool
+	RunFailed bool
+	Started   int
+}
+
 type runCommittedCmd struct {
 	Run      string    `json:"run"`
 	Location string    `json:"location,omitempty"`
@@ -194,9 +303,18 @@ type runCommittedCmd struct {
 	Time     time.Time `json:"time"`
 }
 
+func (runCommittedCmd) cmdType() cmdType { return cmdRunCommitted }
+
+// runEndReply counts the backfill window runs a run's end started.
+type runEndReply struct {
+	Started int
+}
+
 type runFailedCmd struct {
 	Run   string    `json:"run"`
 	Error string    `json:"error"`
 	Keep  int       `json:"keep"`
 	Time  time.Time `json:"time"`
 }
+
+func (runFailedCmd) cmdType() cmdType { return cmdRunFailed }

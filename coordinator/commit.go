@@ -53,11 +53,11 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
-			out, err := c.apply(cmdRunCommitted, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()})
+			out, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()})
 			if err != nil {
 				return err
 			}
-			t.kickStarted(ctx, r.Pipeline, out)
+			t.kickStarted(ctx, r.Pipeline, out.Started)
 			log.Info("run committed", "version", r.Version, "location", res.Location)
 			return nil
 		}

@@ -2,46 +2,11 @@ package coordinator
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/hashicorp/raft"
 )
-
-// Errors returned by Apply, as the response of a log entry.
-var (
-	errNoPipeline = errors.New("no such pipeline")
-	errNoRun      = errors.New("no such run")
-	errRunState   = errors.New("run is not in the state the command needs")
-	// errConflict: the command does not fit the pipeline's state (a live
-	// window that no longer starts at the watermark, a second live run or
-	// backfill in flight).
-	errConflict = errors.New("conflict")
-	// errInvalidCmd: the command asks for something the pipeline cannot do.
-	errInvalidCmd = errors.New("invalid")
-)
-
-// applyResult is the response of an applied entry.
-type applyResult struct {
-	// Pipeline put.
-	Revision int64
-	Created  bool
-	// Run create.
-	RunID  string
-	Reused bool
-	// Task result: Changed is false when the result was ignored;
-	// RunFailed when it failed the run.
-	Changed   bool
-	RunFailed bool
-	// Run committing.
-	Version int64
-	// Started counts the runs an entry created besides RunID: backfill
-	// windows taken from the queue.
-	Started int
-	// Backfill is the id of the backfill a backfill entry created or found.
-	Backfill string
-}
 
 // fsm is the Raft state machine. Apply, Snapshot and Restore are called by
 // Raft; the leader and the API read the state through the query methods,
@@ -55,18 +20,21 @@ type fsm struct {
 
 func newFSM() *fsm { return &fsm{st: newState(), changed: make(chan struct{})} }
 
-// encodeCmd builds a log entry: the type byte, then the JSON body.
-func encodeCmd(t cmdType, body any) ([]byte, error) {
-	b, err := json.Marshal(body)
+// encodeCmd builds the log entry of a command: its type byte, then its
+// JSON body.
+func encodeCmd(c commandBody) ([]byte, error) {
+	b, err := json.Marshal(c)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", t, err)
+		return nil, fmt.Errorf("encode %s: %w", c.cmdType(), err)
 	}
-	return append([]byte{byte(t)}, b...), nil
+	return append([]byte{byte(c.cmdType())}, b...), nil
 }
 
 // Apply applies one log entry. It is deterministic: the same entries give
-// the same state on every node. An unknown command type or a body that
-// does not decode panics: diverging state is worse than a crash.
+// the same state on every node. Its response is the handler's reply, or
+// the *refusal of a command that did not apply. An unknown command type
+// or a body that does not decode panics: diverging state is worse than a
+// crash.
 func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
@@ -74,7 +42,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if len(l.Data) == 0 {
 		panic(fmt.Sprintf("coordinator fsm: empty log entry at index %d", l.Index))
 	}
-	t, body := cmdType(l.Data[0]), l.Data[1:]
+	t := cmdType(l.Data[0])
 	f.mu.Lock()
 	defer func() {
 		close(f.changed)
@@ -83,43 +51,53 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}()
 	switch t {
 	case cmdPipelinePut:
-		return f.st.pipelinePut(decodeBody[pipelinePutCmd](t, body, l.Index))
+		return dispatch[pipelinePutCmd](f.st, l)
 	case cmdRunCreate:
-		return f.st.runCreate(decodeBody[runCreateCmd](t, body, l.Index))
+		return dispatch[runCreateCmd](f.st, l)
 	case cmdRunPlanned:
-		return f.st.runPlanned(decodeBody[runPlannedCmd](t, body, l.Index))
+		return dispatch[runPlannedCmd](f.st, l)
 	case cmdRunPublished:
-		return f.st.runPublished(decodeBody[runCmd](t, body, l.Index))
+		return dispatch[runPublishedCmd](f.st, l)
 	case cmdTaskResult:
-		return f.st.taskResult(decodeBody[taskResultCmd](t, body, l.Index))
+		return dispatch[taskResultCmd](f.st, l)
 	case cmdRunCommitting:
-		return f.st.runCommitting(decodeBody[runCmd](t, body, l.Index))
+		return dispatch[runCommittingCmd](f.st, l)
 	case cmdRunCommitted:
-		return f.st.runCommitted(decodeBody[runCommittedCmd](t, body, l.Index))
+		return dispatch[runCommittedCmd](f.st, l)
 	case cmdRunFailed:
-		return f.st.runFailed(decodeBody[runFailedCmd](t, body, l.Index))
+		return dispatch[runFailedCmd](f.st, l)
 	case cmdRunNotified:
-		return f.st.runNotified(decodeBody[runCmd](t, body, l.Index))
+		return dispatch[runNotifiedCmd](f.st, l)
 	case cmdBackfill:
-		return f.st.backfill(decodeBody[backfillCmd](t, body, l.Index))
+		return dispatch[backfillCmd](f.st, l)
 	case cmdRunWaiting:
-		return f.st.runWaiting(decodeBody[runWaitingCmd](t, body, l.Index))
+		return dispatch[runWaitingCmd](f.st, l)
 	case cmdScheduleTick:
-		return f.st.scheduleTick(decodeBody[scheduleTickCmd](t, body, l.Index))
+		return dispatch[scheduleTickCmd](f.st, l)
 	case cmdLeaseGrant:
-		return f.st.leaseGrant(decodeBody[leaseGrantCmd](t, body, l.Index))
+		return dispatch[leaseGrantCmd](f.st, l)
 	case cmdPipelineDelete:
-		return f.st.pipelineDelete(decodeBody[pipelineDeleteCmd](t, body, l.Index))
+		return dispatch[pipelineDeleteCmd](f.st, l)
 	case cmdCleanupDone:
-		return f.st.cleanupDone(decodeBody[cleanupDoneCmd](t, body, l.Index))
+		return dispatch[cleanupDoneCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
 
-func decodeBody[T any](t cmdType, body []byte, index uint64) T {
-	var c T
-	if err := json.Unmarshal(body, &c); err != nil {
-		panic(fmt.Sprintf("coordinator fsm: decode %s at index %d: %v", t, index, err))
+// dispatch decodes the body of entry l as a C and applies it to s. A C
+// whose own type byte is not the entry's (a wrong case in Apply) panics,
+// as does a body that does not decode.
+func dispatch[C command[R], R any](s *state, l *raft.Log) any {
+	var c C
+	if t := cmdType(l.Data[0]); c.cmdType() != t {
+		panic(fmt.Sprintf("coordinator fsm: entry of type %s at index %d dispatched as %T, a %s", t, l.Index, c, c.cmdType()))
 	}
-	return c
+	if err := json.Unmarshal(l.Data[1:], &c); err != nil {
+		panic(fmt.Sprintf("coordinator fsm: decode %s at index %d: %v", c.cmdType(), l.Index, err))
+	}
+	r, err := c.applyTo(s)
+	if err != nil {
+		return err
+	}
+	return r
 }

@@ -9,31 +9,32 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// backfill creates a backfill and starts its first windows.
-func (s *state) backfill(c backfillCmd) any {
+// applyTo creates a backfill and starts its first windows, or finds the
+// backfill its request id created before.
+func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	if c.RequestID != "" {
 		if id, ok := s.Requests["backfill:"+c.RequestID]; ok {
-			return applyResult{Backfill: id, Reused: true}
+			return backfillReply{Backfill: id, Reused: true}, nil
 		}
 	}
 	p, ok := s.live(c.Pipeline)
 	if !ok {
-		return fmt.Errorf("backfill %q: %w", c.Pipeline, errNoPipeline)
+		return backfillReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
 	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
-		return fmt.Errorf("backfill %q: only an incremental pipeline can be backfilled: %w", c.Pipeline, errInvalidCmd)
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline can be backfilled", c.Pipeline)
 	}
 	if !c.From.Before(c.To) || c.Concurrency < 1 {
-		return fmt.Errorf("backfill %q: want from < to and a concurrency of at least 1: %w", c.Pipeline, errInvalidCmd)
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: want from < to and a concurrency of at least 1", c.Pipeline)
 	}
 	size := p.Spec.Incremental.Window
 	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
-		return fmt.Errorf("backfill %q: [%s, %s) makes more than %d windows of %s: %w", c.Pipeline,
-			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size, errInvalidCmd)
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: [%s, %s) makes more than %d windows of %s", c.Pipeline,
+			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size)
 	}
 	for _, b := range s.Backfills {
 		if b.Pipeline == c.Pipeline && b.State == protocol.BackfillRunning {
-			return fmt.Errorf("backfill %s of %q is still running: %w", b.ID, c.Pipeline, errConflict)
+			return backfillReply{}, refuse(refusedConflict, "backfill %s of %q is still running", b.ID, c.Pipeline)
 		}
 	}
 	p.BackfillSeq++
@@ -60,7 +61,7 @@ func (s *state) backfill(c backfillCmd) any {
 		s.Requests["backfill:"+c.RequestID] = b.ID
 	}
 	s.pruneBackfills(c.Pipeline)
-	return applyResult{Backfill: b.ID, Started: len(s.pump(b, c.Time))}
+	return backfillReply{Backfill: b.ID, Started: len(s.pump(b, c.Time))}, nil
 }
 
 // pump starts queued windows of b while fewer than its concurrency run,

@@ -9,7 +9,8 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-func (s *state) pipelinePut(c pipelinePutCmd) any {
+// applyTo creates or revises a pipeline.
+func (c pipelinePutCmd) applyTo(s *state) (pipelinePutReply, error) {
 	p, ok := s.Pipelines[c.Spec.Name]
 	if !ok {
 		p = &pipelineState{Created: c.Time}
@@ -24,31 +25,31 @@ func (s *state) pipelinePut(c pipelinePutCmd) any {
 	p.Spec = c.Spec
 	p.Revision++
 	p.Updated = c.Time
-	return applyResult{Revision: p.Revision, Created: created}
+	return pipelinePutReply{Revision: p.Revision, Created: created}, nil
 }
 
-// pipelineDelete deletes a pipeline that has no run or backfill in
+// applyTo deletes a pipeline that has no run or backfill in
 // progress and no cdc_apply pipeline applying its events: it is no longer
 // listed, scheduled, triggered or streamed (its lease's next renewal is
 // refused), and what a streamed pipeline left outside the state is queued
 // as a cleanup.
-func (s *state) pipelineDelete(c pipelineDeleteCmd) any {
+func (c pipelineDeleteCmd) applyTo(s *state) (pipelineDeleteReply, error) {
 	p, ok := s.live(c.Name)
 	if !ok {
-		return fmt.Errorf("delete %q: %w", c.Name, errNoPipeline)
+		return pipelineDeleteReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Name)
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.Runs)) {
 		if r := s.Runs[id]; r.Pipeline == c.Name && !r.finished() {
-			return fmt.Errorf("delete %q: run %s is %s; wait for it to end: %w", c.Name, r.ID, r.State, errConflict)
+			return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: run %s is %s; wait for it to end", c.Name, r.ID, r.State)
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(s.Backfills)) {
 		if b := s.Backfills[id]; b.Pipeline == c.Name && b.State == protocol.BackfillRunning {
-			return fmt.Errorf("delete %q: backfill %s is running; wait for it to end: %w", c.Name, b.ID, errConflict)
+			return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: backfill %s is running; wait for it to end", c.Name, b.ID)
 		}
 	}
 	if deps := s.appliersOf(c.Name); len(deps) > 0 {
-		return fmt.Errorf("delete %q: the cdc_apply pipelines %v apply its events; delete them first: %w", c.Name, deps, errConflict)
+		return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: the cdc_apply pipelines %v apply its events; delete them first", c.Name, deps)
 	}
 	switch p.Spec.Pattern {
 	case protocol.PatternCDC, protocol.PatternCDCApply:
@@ -68,7 +69,7 @@ func (s *state) pipelineDelete(c pipelineDeleteCmd) any {
 		// stream is never taken for one of the new.
 		p.Stream = &streamState{Epoch: p.Stream.Epoch}
 	}
-	return applyResult{Revision: p.Revision}
+	return pipelineDeleteReply{Revision: p.Revision}, nil
 }
 
 // appliersOf lists the live cdc_apply pipelines applying the events of
@@ -84,16 +85,18 @@ func (s *state) appliersOf(name string) []string {
 	return out
 }
 
-func (s *state) cleanupDone(c cleanupDoneCmd) any {
+// applyTo forgets a cleanup the leader carried out.
+func (c cleanupDoneCmd) applyTo(s *state) (noReply, error) {
 	s.Cleanups = slices.DeleteFunc(s.Cleanups, func(cl cleanup) bool { return cl.ID == c.ID })
-	return applyResult{}
+	return noReply{}, nil
 }
 
-func (s *state) scheduleTick(c scheduleTickCmd) any {
+// applyTo records a schedule tick as handled.
+func (c scheduleTickCmd) applyTo(s *state) (noReply, error) {
 	p, ok := s.live(c.Pipeline)
 	if !ok {
-		return fmt.Errorf("schedule tick of %q: %w", c.Pipeline, errNoPipeline)
+		return noReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
 	p.markTick(c.Schedule, c.Tick)
-	return applyResult{Changed: true}
+	return noReply{}, nil
 }

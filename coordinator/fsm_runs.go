@@ -8,49 +8,51 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-func (s *state) runCreate(c runCreateCmd) any {
+// applyTo creates a run of a pipeline, or finds the one its request id
+// created before.
+func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if c.RequestID != "" {
 		if id, ok := s.Requests[c.RequestID]; ok {
-			return applyResult{RunID: id, Reused: true}
+			return runCreateReply{RunID: id, Reused: true}, nil
 		}
 	}
 	p, ok := s.live(c.Pipeline)
 	if !ok {
-		return fmt.Errorf("create run of %q: %w", c.Pipeline, errNoPipeline)
+		return runCreateReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
 	if p.Spec.Pattern == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
-			return fmt.Errorf("create run of %q: an incremental run needs a non-empty window: %w", c.Pipeline, errInvalidCmd)
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
 		}
 		if c.Live {
 			from, err := p.nextFrom()
 			if err != nil {
-				return fmt.Errorf("create run: %v: %w", err, errInvalidCmd)
+				return runCreateReply{}, refuse(refusedInvalid, "create run: %v", err)
 			}
 			if !from.Equal(c.Window.From) {
-				return fmt.Errorf("create run of %q: window %s does not start at the watermark %s: %w", c.Pipeline, c.Window, formatWatermark(from), errConflict)
+				return runCreateReply{}, refuse(refusedConflict, "create run of %q: window %s does not start at the watermark %s", c.Pipeline, c.Window, formatWatermark(from))
 			}
 			if r := s.liveRun(c.Pipeline); r != nil {
-				return fmt.Errorf("run %s of %q is still loading window %s: an incremental pipeline loads one live window at a time: %w", r.ID, c.Pipeline, r.Window, errConflict)
+				return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading window %s: an incremental pipeline loads one live window at a time", r.ID, c.Pipeline, r.Window)
 			}
 		}
 	} else if c.Window != nil {
-		return fmt.Errorf("create run of %q: a window is only for pattern incremental: %w", c.Pipeline, errInvalidCmd)
+		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for pattern incremental", c.Pipeline)
 	}
 	switch {
 	case c.Snapshot:
 		if !p.Spec.InitialSnapshot() || c.Source == nil || c.Sink == nil {
-			return fmt.Errorf("create snapshot run of %q: not a cdc pipeline with an initial snapshot: %w", c.Pipeline, errInvalidCmd)
+			return runCreateReply{}, refuse(refusedInvalid, "create snapshot run of %q: not a cdc pipeline with an initial snapshot", c.Pipeline)
 		}
 		st := p.stream()
 		if st.SnapshotDone {
-			return fmt.Errorf("create snapshot run of %q: the snapshot is done: %w", c.Pipeline, errConflict)
+			return runCreateReply{}, refuse(refusedConflict, "create snapshot run of %q: the snapshot is done", c.Pipeline)
 		}
 		if r, ok := s.Runs[st.SnapshotRun]; ok && !r.finished() {
-			return fmt.Errorf("create snapshot run of %q: run %s is loading it: %w", c.Pipeline, r.ID, errConflict)
+			return runCreateReply{}, refuse(refusedConflict, "create snapshot run of %q: run %s is loading it", c.Pipeline, r.ID)
 		}
 	case p.Spec.Streamed():
-		return fmt.Errorf("pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status): %w", c.Pipeline, p.Spec.Pattern, errInvalidCmd)
+		return runCreateReply{}, refuse(refusedInvalid, "pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status)", c.Pipeline, p.Spec.Pattern)
 	}
 	r := s.newRun(p, c)
 	if c.Snapshot {
@@ -62,7 +64,7 @@ func (s *state) runCreate(c runCreateCmd) any {
 		s.Requests[c.RequestID] = r.ID
 	}
 	p.markTick(c.Schedule, c.Tick)
-	return applyResult{RunID: r.ID}
+	return runCreateReply{RunID: r.ID}, nil
 }
 
 // newRun adds a run of p in state planning.
@@ -117,27 +119,29 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	return r
 }
 
-// runWaiting moves a planning run to waiting, or changes what a waiting
+// applyTo moves a planning run to waiting, or changes what a waiting
 // run waits for; WaitingSince stays the time it first waited.
-func (s *state) runWaiting(c runWaitingCmd) any {
+func (c runWaitingCmd) applyTo(s *state) (runWaitingReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
 	if err != nil {
-		return err
+		return runWaitingReply{}, err
 	}
 	if r.State == protocol.RunWaiting && r.WaitingFor == c.What {
-		return applyResult{}
+		return runWaitingReply{}, nil
 	}
 	if r.State == protocol.RunPlanning {
 		r.WaitingSince = c.Time
 	}
 	r.State, r.WaitingFor = protocol.RunWaiting, c.What
-	return applyResult{Changed: true}
+	return runWaitingReply{Changed: true}, nil
 }
 
-func (s *state) runPlanned(c runPlannedCmd) any {
+// applyTo records the tasks of a run, one per partition of its plan, and
+// starts running it.
+func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
 	if err != nil {
-		return err
+		return noReply{}, err
 	}
 	r.Tasks = make([]taskState, len(c.Partitions))
 	for i, p := range c.Partitions {
@@ -149,38 +153,42 @@ func (s *state) runPlanned(c runPlannedCmd) any {
 		r.Watermark = c.Watermark
 	}
 	r.State = protocol.RunRunning
-	return applyResult{Changed: true}
+	return noReply{}, nil
 }
 
-func (s *state) runPublished(c runCmd) any {
+// applyTo marks a run published.
+func (c runPublishedCmd) applyTo(s *state) (noReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunRunning, protocol.RunCommitting, protocol.RunCommitted, protocol.RunFailed)
 	if err != nil {
-		return err
+		return noReply{}, err
 	}
 	r.Published = true
-	return applyResult{Changed: true}
+	return noReply{}, nil
 }
 
-func (s *state) taskResult(c taskResultCmd) any {
+// applyTo records the result of a task attempt: a success, a failure the
+// worker retries, or the task's last failure, which fails the run. A
+// result for a task that is not pending is ignored (a task may run twice).
+func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 	r, ok := s.Runs[c.Run]
 	if !ok || r.State != protocol.RunRunning {
-		return applyResult{}
+		return taskResultReply{}, nil
 	}
 	t := r.task(c.Task)
 	if t == nil || t.State != protocol.TaskPending {
-		return applyResult{}
+		return taskResultReply{}, nil
 	}
 	t.Attempts = max(t.Attempts, c.Attempt)
 	t.Worker = c.Worker
 	if c.ErrorClass == protocol.ErrorNone && c.Error == "" && !c.Final {
 		t.State = protocol.TaskSucceeded
 		t.Rows, t.Bytes, t.Checksum, t.Location, t.Error = c.Rows, c.Bytes, c.Checksum, c.Location, ""
-		return applyResult{Changed: true}
+		return taskResultReply{Changed: true}, nil
 	}
 	t.Error = c.Error
 	if !c.Final && c.ErrorClass != protocol.ErrorPermanent && c.Attempt < r.MaxAttempts {
 		// The worker retries it.
-		return applyResult{Changed: true}
+		return taskResultReply{Changed: true}, nil
 	}
 	t.State = protocol.TaskFailed
 	r.State = protocol.RunFailed
@@ -188,34 +196,38 @@ func (s *state) taskResult(c taskResultCmd) any {
 	r.Finished = c.Time
 	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, 0)
-	return applyResult{Changed: true, RunFailed: true, Started: len(started)}
+	return taskResultReply{Changed: true, RunFailed: true, Started: len(started)}, nil
 }
 
-func (s *state) runCommitting(c runCmd) any {
+// applyTo assigns a run whose tasks all succeeded the next dataset
+// version; again, it keeps the version assigned.
+func (c runCommittingCmd) applyTo(s *state) (runCommittingReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunRunning, protocol.RunCommitting)
 	if err != nil {
-		return err
+		return runCommittingReply{}, err
 	}
 	if r.State == protocol.RunCommitting {
-		return applyResult{Version: r.Version}
+		return runCommittingReply{Version: r.Version}, nil
 	}
 	if !r.allSucceeded() {
-		return fmt.Errorf("commit run %q before all its tasks succeeded: %w", c.Run, errRunState)
+		return runCommittingReply{}, refuse(refusedRunState, "commit run %q before all its tasks succeeded", c.Run)
 	}
 	p, ok := s.Pipelines[r.Pipeline]
 	if !ok {
-		return fmt.Errorf("commit run %q: %w", c.Run, errNoPipeline)
+		return runCommittingReply{}, refuse(refusedNotFound, "commit run %q: its pipeline %q is not found", c.Run, r.Pipeline)
 	}
 	p.VersionSeq = max(p.VersionSeq, p.Version) + 1
 	r.Version = p.VersionSeq
 	r.State = protocol.RunCommitting
-	return applyResult{Version: r.Version}
+	return runCommittingReply{Version: r.Version}, nil
 }
 
-func (s *state) runCommitted(c runCommittedCmd) any {
+// applyTo records a run's commit: its version is exposed and its
+// watermark moves, in this one entry.
+func (c runCommittedCmd) applyTo(s *state) (runEndReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunCommitting)
 	if err != nil {
-		return err
+		return runEndReply{}, err
 	}
 	r.State = protocol.RunCommitted
 	r.Location, r.Marker = c.Location, c.Marker
@@ -250,33 +262,35 @@ func (s *state) runCommitted(c runCommittedCmd) any {
 	}
 	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return applyResult{Changed: true, Version: r.Version, Started: len(started)}
+	return runEndReply{Started: len(started)}, nil
 }
 
-func (s *state) runFailed(c runFailedCmd) any {
+// applyTo fails a run that has not ended; the version and watermark stay.
+func (c runFailedCmd) applyTo(s *state) (runEndReply, error) {
 	r, ok := s.Runs[c.Run]
 	if !ok {
-		return fmt.Errorf("fail run %q: %w", c.Run, errNoRun)
+		return runEndReply{}, refuse(refusedNotFound, "run %q not found", c.Run)
 	}
 	if r.finished() {
-		return applyResult{}
+		return runEndReply{}, nil
 	}
 	r.State = protocol.RunFailed
 	r.Error = c.Error
 	r.Finished = c.Time
 	started := s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return applyResult{Changed: true, RunFailed: true, Started: len(started)}
+	return runEndReply{Started: len(started)}, nil
 }
 
-func (s *state) runNotified(c runCmd) any {
+// applyTo marks a run's end announced.
+func (c runNotifiedCmd) applyTo(s *state) (noReply, error) {
 	r, ok := s.Runs[c.Run]
 	if !ok {
 		// Pruned already: nothing left to mark.
-		return applyResult{}
+		return noReply{}, nil
 	}
 	r.Notified = true
-	return applyResult{Changed: true}
+	return noReply{}, nil
 }
 
 // prune keeps the newest keep finished runs of a pipeline (by run

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"io"
 	"reflect"
 	"testing"
@@ -19,7 +18,7 @@ func putIncremental(name string) entry {
 	s := testSpec(name)
 	s.Pattern = protocol.PatternIncremental
 	s.Incremental = &pipeline.Incremental{DeltaColumn: "updated_at", Window: time.Hour, Lag: 5 * time.Minute, Start: start}
-	return entry{cmdPipelinePut, pipelinePutCmd{Spec: s, Time: t0}}
+	return pipelinePutCmd{Spec: s, Time: t0}
 }
 
 func win(fromHour, toHour int) *protocol.Window {
@@ -27,26 +26,26 @@ func win(fromHour, toHour int) *protocol.Window {
 }
 
 func createWindow(p string, w *protocol.Window, live bool) entry {
-	return entry{cmdRunCreate, runCreateCmd{Pipeline: p, MaxAttempts: 3, Backoff: time.Second, Window: w, Live: live, Time: t0}}
+	return runCreateCmd{Pipeline: p, MaxAttempts: 3, Backoff: time.Second, Window: w, Live: live, Time: t0}
 }
 
 // commitEntries is the log of a planned run's one task succeeding and
 // the run committing.
 func commitEntries(run string, rows int64) []entry {
-	return []entry{planned(run, 1, "plan-watermark"), simple(cmdRunPublished, run), ok(run, "t00000", rows),
-		simple(cmdRunCommitting, run), committed(run, 50)}
+	return []entry{planned(run, 1, "plan-watermark"), published(run), ok(run, "t00000", rows),
+		committing(run), committed(run, 50)}
 }
 
 // failEntries is the log of a planned run failing.
 func failEntries(run string) []entry {
-	return []entry{planned(run, 1, ""), simple(cmdRunPublished, run), runFailed(run, 50)}
+	return []entry{planned(run, 1, ""), published(run), runFailed(run, 50)}
 }
 
 func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
 	f := newFSM()
 	applyAll(t, f, putIncremental("ev"))
 	resp := applyAll(t, f, createWindow("ev", win(0, 1), true))
-	if res, ok := resp.(applyResult); !ok || res.RunID != "ev-000001" {
+	if res, ok := resp.(runCreateReply); !ok || res.RunID != "ev-000001" {
 		t.Fatalf("create: %v", resp)
 	}
 	r := f.st.Runs["ev-000001"]
@@ -57,7 +56,7 @@ func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
 
 	// A second live run while the first is in flight would skip or
 	// overlap windows: refused.
-	if err, _ := applyAll(t, f, createWindow("ev", win(1, 2), true)).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, createWindow("ev", win(1, 2), true)).(error); !refused(err, refusedConflict) {
 		t.Fatalf("second live run: %v, want a conflict", err)
 	}
 	// Planned, tasks done, committing: the watermark has not moved.
@@ -75,7 +74,7 @@ func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
 	}
 
 	// A live window must start at the watermark.
-	if err, _ := applyAll(t, f, createWindow("ev", win(0, 1), true)).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, createWindow("ev", win(0, 1), true)).(error); !refused(err, refusedConflict) {
 		t.Fatalf("live window behind the watermark: %v, want a conflict", err)
 	}
 	// A failed run leaves the watermark; the next run loads the same window.
@@ -99,18 +98,18 @@ func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
 		t.Fatalf("loaded = %v, want %v", p.Loaded, want)
 	}
 	// An incremental run needs a window; a full load refuses one.
-	if err, _ := applyAll(t, f, createWindow("ev", nil, false)).(error); !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, createWindow("ev", nil, false)).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("run without a window: %v", err)
 	}
 	applyAll(t, f, put("full"))
-	if err, _ := applyAll(t, f, createWindow("full", win(0, 1), false)).(error); !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, createWindow("full", win(0, 1), false)).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("full load with a window: %v", err)
 	}
 }
 
 func backfillEntry(p string, from, to, conc int, replace bool) entry {
-	return entry{cmdBackfill, backfillCmd{Pipeline: p, From: start.Add(time.Duration(from) * time.Hour), To: start.Add(time.Duration(to) * time.Hour),
-		Concurrency: conc, Replace: replace, MaxAttempts: 3, Backoff: time.Second, Time: t0}}
+	return backfillCmd{Pipeline: p, From: start.Add(time.Duration(from) * time.Hour), To: start.Add(time.Duration(to) * time.Hour),
+		Concurrency: conc, Replace: replace, MaxAttempts: 3, Backoff: time.Second, Time: t0}
 }
 
 func windowStates(b *backfillState) []string {
@@ -128,7 +127,7 @@ func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	applyAll(t, f, createWindow("ev", win(0, 1), true))
 	applyAll(t, f, commitEntries("ev-000001", 1)...)
 	resp := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false))
-	res, _ := resp.(applyResult)
+	res, _ := resp.(backfillReply)
 	if res.Backfill != "ev-bf0001" || res.Started != 2 {
 		t.Fatalf("backfill: %+v", resp)
 	}
@@ -140,7 +139,7 @@ func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	if r := f.st.Runs[b.Windows[1].Run]; r.Window == nil || *r.Window != *win(1, 2) || r.Live || r.Backfill != b.ID {
 		t.Fatalf("backfill run %+v", r)
 	}
-	if err, _ := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false)).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false)).(error); !refused(err, refusedConflict) {
 		t.Fatalf("second backfill while one runs: %v", err)
 	}
 	// One window commits: the next queued one starts; one fails: the last starts.
@@ -171,7 +170,7 @@ func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	}
 	// A last window shorter than the pipeline's window.
 	applyAll(t, f, put("full"))
-	if err, _ := applyAll(t, f, backfillEntry("full", 0, 5, 4, true)).(error); !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, backfillEntry("full", 0, 5, 4, true)).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("backfill of a full load: %v", err)
 	}
 }
@@ -180,9 +179,9 @@ func TestFSMBackfillSplitsRange(t *testing.T) {
 	f := newFSM()
 	applyAll(t, f, putIncremental("ev"))
 	c := backfillEntry("ev", 0, 0, 1, false)
-	body := c.body.(backfillCmd)
+	body := c.(backfillCmd)
 	body.To = start.Add(150 * time.Minute)
-	applyAll(t, f, entry{cmdBackfill, body})
+	applyAll(t, f, body)
 	b := f.st.Backfills["ev-bf0001"]
 	var got []protocol.Window
 	for _, w := range b.Windows {
@@ -244,7 +243,7 @@ func TestFSMIncrementalReplayAndSnapshot(t *testing.T) {
 }
 
 func TestRunWindow(t *testing.T) {
-	spec := putIncremental("ev").body.(pipelinePutCmd).Spec // window 1h, lag 5m, start 2026-01-01
+	spec := putIncremental("ev").(pipelinePutCmd).Spec // window 1h, lag 5m, start 2026-01-01
 	at := func(h, m int) time.Time { return start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute) }
 	tests := []struct {
 		name      string

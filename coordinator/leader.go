@@ -269,7 +269,7 @@ func (t *leaderTerm) advance(ctx context.Context, id string) {
 		case r.State == protocol.RunRunning && !r.Published:
 			err = t.publish(ctx, log, r)
 		case r.State == protocol.RunRunning && r.allSucceeded():
-			_, err = c.apply(cmdRunCommitting, runCmd{Run: id, Time: now()})
+			_, err = apply(c, runCommittingCmd{Run: id, Time: now()})
 		case r.State == protocol.RunRunning:
 			return // waiting for results
 		case r.State == protocol.RunCommitting:
@@ -297,15 +297,15 @@ func runContext(ctx context.Context, r *runState) context.Context {
 }
 
 func (t *leaderTerm) failRun(ctx context.Context, r *runState, msg string) error {
-	out, err := t.c.apply(cmdRunFailed, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
-	t.kickStarted(ctx, r.Pipeline, out)
+	out, err := apply(t.c, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
+	t.kickStarted(ctx, r.Pipeline, out.Started)
 	return err
 }
 
 // kickStarted kicks the unfinished runs of a pipeline when an entry
 // started runs (backfill windows taken from the queue).
-func (t *leaderTerm) kickStarted(ctx context.Context, pipelineName string, out applyResult) {
-	if out.Started == 0 {
+func (t *leaderTerm) kickStarted(ctx context.Context, pipelineName string, started int) {
+	if started == 0 {
 		return
 	}
 	for _, r := range t.c.fsm.runs(func(r *runState) bool { return r.Pipeline == pipelineName && !r.finished() }) {

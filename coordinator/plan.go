@@ -103,7 +103,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	t.doneWaiting(r.ID)
 	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
-	if _, err := c.apply(cmdRunPlanned, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Time: now()}); err != nil {
+	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Time: now()}); err != nil {
 		return false, err
 	}
 	log.Info("run planned", "tasks", len(plan.Partitions))
@@ -121,7 +121,7 @@ func (t *leaderTerm) wait(ctx context.Context, log *slog.Logger, r *runState, wh
 	tm := now()
 	since := r.WaitingSince
 	if r.State != protocol.RunWaiting || r.WaitingFor != what {
-		if _, err := c.apply(cmdRunWaiting, runWaitingCmd{Run: r.ID, What: what, Time: tm}); err != nil {
+		if _, err := apply(c, runWaitingCmd{Run: r.ID, What: what, Time: tm}); err != nil {
 			return err
 		}
 		if r.State != protocol.RunWaiting {

@@ -76,7 +76,7 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 			return ctx.Err()
 		}
 	}
-	if _, err := c.apply(cmdRunPublished, runCmd{Run: r.ID, Time: now()}); err != nil {
+	if _, err := apply(c, runPublishedCmd{Run: r.ID, Time: now()}); err != nil {
 		return err
 	}
 	log.Info("run published", "tasks", len(r.Tasks))

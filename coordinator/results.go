@@ -36,7 +36,7 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 		}
 		return
 	}
-	out, err := c.apply(cmdTaskResult, taskResultCmd{
+	out, err := apply(c, taskResultCmd{
 		Run: res.RunID, Task: res.TaskID, Attempt: res.Attempt, Worker: res.Worker,
 		Rows: res.Rows, Bytes: res.Bytes, Checksum: res.Checksum, Location: res.Location,
 		ErrorClass: res.ErrorClass, Error: res.Error, Time: now(),
@@ -52,7 +52,7 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 	if out.Changed {
 		t.kick(ctx, res.RunID)
 	}
-	t.kickStarted(ctx, res.Pipeline, out)
+	t.kickStarted(ctx, res.Pipeline, out.Started)
 }
 
 // maxDeliveries is the part of the JetStream advisory Sluice reads.
@@ -84,7 +84,7 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	}
 	task, err := protocol.Decode[protocol.Task](raw.Data)
 	if err == nil {
-		out, err := c.apply(cmdTaskResult, taskResultCmd{
+		out, err := apply(c, taskResultCmd{
 			Run: task.RunID, Task: task.TaskID, Attempt: adv.Deliveries, Final: true,
 			ErrorClass: protocol.ErrorRetryable,
 			Error:      fmt.Sprintf("delivered %d times without a result", adv.Deliveries), Time: now(),
@@ -97,7 +97,7 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 			c.log.Warn("task dead after max deliveries", "run", task.RunID, "task", task.TaskID, "deliveries", adv.Deliveries)
 			t.kick(ctx, task.RunID)
 		}
-		t.kickStarted(ctx, task.Pipeline, out)
+		t.kickStarted(ctx, task.Pipeline, out.Started)
 	} else {
 		c.log.Warn("max deliveries: undecodable task message", "seq", adv.StreamSeq, "err", err)
 	}

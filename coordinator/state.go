@@ -352,10 +352,10 @@ func (s *state) liveRun(pipelineName string) *runState {
 func (s *state) runIn(id string, states ...string) (*runState, error) {
 	r, ok := s.Runs[id]
 	if !ok {
-		return nil, fmt.Errorf("run %q: %w", id, errNoRun)
+		return nil, refuse(refusedNotFound, "run %q not found", id)
 	}
 	if !slices.Contains(states, r.State) {
-		return nil, fmt.Errorf("run %q is %s, want %v: %w", id, r.State, states, errRunState)
+		return nil, refuse(refusedRunState, "run %q is %s, want %v", id, r.State, states)
 	}
 	return r, nil
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -100,7 +99,7 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	if st != nil {
 		epoch = st.Epoch + 1
 	}
-	if _, err := t.c.apply(cmdLeaseGrant, leaseGrantCmd{Pipeline: p.Spec.Name, Worker: w, Epoch: epoch, Revision: p.Revision, Time: now()}); err != nil {
+	if _, err := apply(t.c, leaseGrantCmd{Pipeline: p.Spec.Name, Worker: w, Epoch: epoch, Revision: p.Revision, Time: now()}); err != nil {
 		return fmt.Errorf("grant lease: %w", err)
 	}
 	t.leaseMu.Lock()
@@ -193,7 +192,7 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 	}
 	sctx, span := c.tracer.Start(ctx, telemetry.SpanRun, trace.WithNewRoot(),
 		trace.WithAttributes(telemetry.AttrPipeline.String(p.Spec.Name)))
-	out, err := c.apply(cmdRunCreate, runCreateCmd{
+	out, err := apply(c, runCreateCmd{
 		Pipeline: p.Spec.Name, Snapshot: true, Source: &src, Sink: &sink,
 		Params: map[string]string{"snapshot_attempt": fmt.Sprint(attempts + 1)},
 		Trace:  telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
@@ -201,7 +200,7 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 	})
 	if err != nil {
 		span.End()
-		if errors.Is(err, errConflict) {
+		if refused(err, refusedConflict) {
 			return nil
 		}
 		return fmt.Errorf("create snapshot run: %w", err)
