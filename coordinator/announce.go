@@ -23,17 +23,13 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	traceID := telemetry.TraceID(r.Trace)
 	ev := protocol.RunEvent{RunID: r.ID, Pipeline: r.Pipeline, Outcome: r.State, Location: r.Location,
 		Error: r.Error, Time: r.Finished, TraceID: traceID, Trigger: r.Trigger}
-	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		ev.Rows += ts.Rows
 		ev.Bytes += ts.Bytes
-		if cs, err := connectors.ParseChecksum(ts.Checksum, ts.Rows); err == nil {
-			sum.Merge(cs)
-		}
 	}
 	if r.State == protocol.RunCommitted {
 		ev.DatasetVersion = r.Version
-		ev.Checksum = sum.String()
+		ev.Checksum = r.checksum().String()
 	}
 	if r.State == protocol.RunFailed {
 		if r.Planned {

@@ -527,7 +527,6 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 			s.ReadyDeadline = r.WaitingSince.Add(r.ReadyTimeout)
 		}
 	}
-	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		switch ts.State {
 		case protocol.TaskSucceeded:
@@ -537,16 +536,13 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		}
 		s.Rows += ts.Rows
 		s.Bytes += ts.Bytes
-		if cs, err := connectors.ParseChecksum(ts.Checksum, ts.Rows); err == nil {
-			sum.Merge(cs)
-		}
 		if tasks {
 			s.TaskList = append(s.TaskList, protocol.TaskStatus{TaskID: ts.ID, Partition: ts.Partition.Key, State: ts.State,
 				Attempts: ts.Attempts, Worker: ts.Worker, Rows: ts.Rows, Bytes: ts.Bytes, Error: ts.Error})
 		}
 	}
 	if s.TasksDone > 0 {
-		s.Checksum = sum.String()
+		s.Checksum = r.checksum().String()
 	}
 	return s
 }

@@ -274,7 +274,7 @@ type taskResultCmd struct {
 	Worker     string              `json:"worker,omitempty"`
 	Rows       int64               `json:"rows"`
 	Bytes      int64               `json:"bytes"`
-	Checksum   string              `json:"checksum,omitempty"`
+	Checksum   protocol.Sum        `json:"checksum,omitempty"`
 	Location   string              `json:"location,omitempty"`
 	ErrorClass protocol.ErrorClass `json:"error_class,omitempty"`
 	Error      string              `json:"error,omitempty"`

@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -27,11 +26,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
 	}
 	for _, ts := range r.Tasks {
-		sum, err := connectors.ParseChecksum(ts.Checksum, ts.Rows)
-		if err != nil {
-			return t.failRun(ctx, r, fmt.Sprintf("commit: task %s: %v", ts.ID, err))
-		}
-		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: sum, Location: ts.Location})
+		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: ts.checksum(), Location: ts.Location})
 	}
 	cctx, span := c.tracer.Start(runContext(ctx, r), telemetry.SpanCommit, trace.WithAttributes(
 		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sluicehq/sluice/connectors"
 )
 
 // The files in testdata were written by the FSM before its commands were
@@ -67,6 +69,10 @@ func TestFSMReplaysOldLogAndSnapshot(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("the old log replays to another state:\n got %s\nwant %s", got, want)
+	}
+	// The checksums of the old entries, strings then, are typed sums.
+	if ts := f.st.Runs["orders-000002"].Tasks[0]; ts.Checksum != 0xff || ts.checksum() != (connectors.Checksum{Sum: 0xff, Rows: 4}) {
+		t.Errorf("task checksum %v (%+v), want 0xff over 4 rows", ts.Checksum, ts.checksum())
 	}
 	g := newFSM()
 	if err := g.Restore(io.NopCloser(bytes.NewReader(want))); err != nil {

@@ -46,7 +46,7 @@ func planned(run string, n int, wm string) entry {
 
 func ok(run, task string, rows int64) entry {
 	return taskResultCmd{Run: run, Task: task, Attempt: 1, Worker: "w1", Rows: rows, Bytes: rows * 10,
-		Checksum: "00000000000000ff", Location: "stage/" + task, Time: t0}
+		Checksum: 0xff, Location: "stage/" + task, Time: t0}
 }
 
 func failed(run, task string, class protocol.ErrorClass, attempt int) entry {

@@ -276,5 +276,5 @@ func fakeWorker(t *testing.T, url string, handle func(task protocol.Task, attemp
 
 // succeed answers a task with 10 rows per partition.
 func succeed(task protocol.Task, _ int) protocol.Result {
-	return protocol.Result{Worker: "w1", Rows: 10, Bytes: 100, Checksum: "0000000000000001", Location: "stage/" + task.RunID + "/" + task.TaskID}
+	return protocol.Result{Worker: "w1", Rows: 10, Bytes: 100, Checksum: 1, Location: "stage/" + task.RunID + "/" + task.TaskID}
 }

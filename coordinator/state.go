@@ -215,9 +215,23 @@ type taskState struct {
 	Worker    string             `json:"worker,omitempty"`
 	Rows      int64              `json:"rows"`
 	Bytes     int64              `json:"bytes"`
-	Checksum  string             `json:"checksum,omitempty"`
+	Checksum  protocol.Sum       `json:"checksum,omitempty"`
 	Location  string             `json:"location,omitempty"`
 	Error     string             `json:"error,omitempty"`
+}
+
+// checksum is the checksum of the rows the task wrote.
+func (t taskState) checksum() connectors.Checksum {
+	return connectors.Checksum{Sum: uint64(t.Checksum), Rows: t.Rows}
+}
+
+// checksum is the checksum of the rows r's tasks wrote.
+func (r *runState) checksum() connectors.Checksum {
+	var sum connectors.Checksum
+	for _, t := range r.Tasks {
+		sum.Merge(t.checksum())
+	}
+	return sum
 }
 
 func (r *runState) finished() bool {

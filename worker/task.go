@@ -92,7 +92,7 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 	if err == nil {
 		span.SetAttributes(telemetry.AttrRows.Int64(out.Rows), telemetry.AttrBytes.Int64(out.Bytes))
 		res.Rows, res.Bytes = out.Rows, out.Bytes
-		res.Checksum = out.Checksum.String()
+		res.Checksum = protocol.Sum(out.Checksum.Sum)
 		res.Location = out.Location
 		w.succeed(sctx, msg, res, log)
 		return

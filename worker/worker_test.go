@@ -288,9 +288,9 @@ func checkSuccess(t *testing.T, c *testConn, r protocol.Result, part int) {
 	if r.Failed() {
 		t.Fatalf("task %s failed: %s %s", r.TaskID, r.ErrorClass, r.Error)
 	}
-	if r.Rows != int64(c.rows) || r.Bytes != int64(len(want)) || r.Checksum != sum.String() {
+	if r.Rows != int64(c.rows) || r.Bytes != int64(len(want)) || r.Checksum != protocol.Sum(sum.Sum) {
 		t.Errorf("task %s: rows %d bytes %d checksum %s, want %d %d %s",
-			r.TaskID, r.Rows, r.Bytes, r.Checksum, c.rows, len(want), sum.String())
+			r.TaskID, r.Rows, r.Bytes, r.Checksum, c.rows, len(want), sum)
 	}
 	got, err := os.ReadFile(r.Location)
 	if err != nil {
