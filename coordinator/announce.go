@@ -20,6 +20,12 @@ import (
 func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState) error {
 	c := t.c
 	t.release(log, r.ID)
+	if r.Backfill != "" {
+		// The run's end frees a window of its backfill for the next.
+		if _, err := t.startWindows(ctx, r.Backfill); err != nil && ctx.Err() == nil {
+			log.Warn("start backfill windows", "backfill", r.Backfill, "err", err)
+		}
+	}
 	traceID := telemetry.TraceID(r.Trace)
 	ev := protocol.RunEvent{RunID: r.ID, Pipeline: r.Pipeline, Outcome: r.State, Location: r.Location,
 		Error: r.Error, Time: r.Finished, TraceID: traceID, Trigger: r.Trigger}

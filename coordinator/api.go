@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/nats-io/nats.go"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
@@ -236,122 +235,6 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 	}
 }
 
-// startRun creates the run req asks for, or finds the one its RequestID
-// created before, and kicks it; trig, when not nil, is the context of the
-// trigger that asked (its processing time and handler version are set
-// here). For an incremental pipeline that is up to date no run is created
-// and upToDate is the reply.
-func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig *protocol.TriggerContext) (id string, upToDate *protocol.RunReply, err error) {
-	c := t.c
-	if !protocol.ValidName(req.Pipeline) {
-		return "", nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
-	}
-	if req.RequestID != "" {
-		id, _ = c.fsm.requestRun(req.RequestID)
-	}
-	if id == "" {
-		p, ok := c.fsm.pipeline(req.Pipeline)
-		if !ok {
-			return "", nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
-		}
-		win, live, err := runWindow(p, req.Window, now())
-		if err != nil {
-			return "", nil, err
-		}
-		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
-			// Nothing to load yet: no run. The next window opens once
-			// now - lag passes the watermark.
-			return "", &protocol.RunReply{UpToDate: true, Window: &win}, nil
-		}
-		var window *protocol.Window
-		if p.Spec.Pattern == protocol.PatternIncremental {
-			window = &win
-		}
-		// The run span is the root of the run's trace; it ends when the
-		// run does (on this leader) and its context is stored in the run.
-		// A trigger that carried a trace context becomes the run's parent.
-		pctx, opts := ctx, []trace.SpanStartOption{trace.WithNewRoot(),
-			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline))}
-		tm := now()
-		if trig != nil {
-			trig.ProcessingTime = tm
-			trig.HandlerVersion = fmt.Sprintf("sluice protocol v%d, pipeline %s revision %d", protocol.Version, p.Spec.Name, p.Revision)
-			if len(trig.Trace) > 0 {
-				pctx, opts = telemetry.ExtractMap(ctx, trig.Trace), opts[1:]
-			}
-		}
-		sctx, span := c.tracer.Start(pctx, telemetry.SpanRun, opts...)
-		out, err := apply(c, runCreateCmd{
-			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
-			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
-			Window: window, Live: live, Trigger: trig, Time: tm,
-			Schedule: scheduleOf(trig), Tick: tickOf(trig, req),
-		})
-		if err != nil {
-			span.End()
-			return "", nil, err
-		}
-		id = out.RunID
-		if out.Reused {
-			span.End()
-		} else {
-			span.SetAttributes(telemetry.AttrRun.String(id))
-			c.spanMu.Lock()
-			c.spans[id] = span
-			c.spanMu.Unlock()
-			c.log.Info("run created", "run", id, "request", req.RequestID)
-		}
-		t.kick(ctx, id)
-	}
-	return id, nil, nil
-}
-
-// runWindow returns the window of a new run of p at time now: for an
-// incremental pipeline the requested window (an explicit re-run: not
-// live), or [lo, hi) with lo the watermark (incremental.start before the
-// first commit) and hi = min(now - lag, lo + window), truncated to the
-// second (live: its commit moves the watermark to hi). hi <= lo means the
-// pipeline is up to date. Other patterns have no window.
-func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protocol.Window, bool, error) {
-	inc := p.Spec.Incremental
-	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil {
-		if asked != nil {
-			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for pattern incremental", p.Spec.Name, p.Spec.Pattern)
-		}
-		return protocol.Window{}, false, nil
-	}
-	if asked != nil {
-		w := protocol.Window{From: asked.From.UTC(), To: asked.To.UTC()}
-		if w.From.IsZero() || w.Empty() {
-			return w, false, invalid("window: %s is empty: want from < to", w)
-		}
-		if inc.PartitionBased() && (!onPartition(w.From, inc.Window) || w.To.Sub(w.From) != inc.Window) {
-			return w, false, invalid("window: %s is not one partition of %s: the source of %s is partition-based (partitions start every %s from midnight UTC)",
-				w, inc.Window, p.Spec.Name, inc.Window)
-		}
-		return w, false, nil
-	}
-	from, err := p.nextFrom()
-	if err != nil {
-		return protocol.Window{}, false, invalid("%v", err)
-	}
-	hi := now.Add(-inc.Lag).Truncate(time.Second).UTC()
-	if end := from.Add(inc.Window); end.Before(hi) {
-		hi = end
-	} else if inc.PartitionBased() && end.After(hi) {
-		// A partition is loaded whole, once its time is over (and lag
-		// more): until then the pipeline is up to date.
-		hi = from
-	}
-	return protocol.Window{From: from, To: hi}, true, nil
-}
-
-// onPartition reports whether t is where a partition of size starts
-// (partitions start every size from midnight UTC).
-func onPartition(t time.Time, size time.Duration) bool {
-	return t.UTC().Truncate(size).Equal(t)
-}
-
 func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) {
 	c := t.c
 	var req protocol.BackfillRequest
@@ -396,16 +279,24 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	out, err := apply(c, backfillCmd{
 		Pipeline: req.Pipeline, From: from, To: to, Concurrency: req.Concurrency, Replace: req.Replace,
 		RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
+		LeaderStarts: true,
 	})
 	if err != nil {
 		return nil, err
 	}
-	t.kickStarted(ctx, req.Pipeline, out.Started)
+	// The reply shows the first windows running; what could not start now
+	// starts on the next sweep.
+	started, err := t.startWindows(ctx, out.Backfill)
+	if err != nil {
+		c.log.Warn("start backfill windows", "backfill", out.Backfill, "err", err)
+	}
 	b, ok := c.fsm.backfillByID(out.Backfill)
 	if !ok {
 		return nil, fmt.Errorf("backfill %s vanished", out.Backfill)
 	}
-	c.log.Info("backfill started", "backfill", b.ID, "windows", len(b.Windows), "started", out.Started)
+	if !out.Reused {
+		c.log.Info("backfill started", "backfill", b.ID, "windows", len(b.Windows), "started", started)
+	}
 	return backfillStatus(b), nil
 }
 

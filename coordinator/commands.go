@@ -154,6 +154,10 @@ type runCreateCmd struct {
 	Source   *protocol.Endpoint `json:"source,omitempty"`
 	Sink     *protocol.Endpoint `json:"sink,omitempty"`
 	Time     time.Time          `json:"time"`
+	// Backfill names the backfill whose window Window the run loads (not
+	// live): the window must be queued and fewer than the backfill's
+	// concurrency running; it is marked running in the same entry.
+	Backfill string `json:"backfill,omitempty"`
 }
 
 func (runCreateCmd) cmdType() cmdType { return cmdRunCreate }
@@ -189,9 +193,13 @@ type scheduleTickCmd struct {
 
 func (scheduleTickCmd) cmdType() cmdType { return cmdScheduleTick }
 
-// backfillCmd starts a backfill: the FSM splits [From, To) into windows,
-// marks those already loaded as skipped (unless Replace) and creates runs
-// for the first Concurrency windows; each run's end starts the next.
+// backfillCmd starts a backfill: the FSM splits [From, To) into windows
+// and marks those already loaded as skipped (unless Replace). With
+// LeaderStarts the other windows stay queued, and the leader creates their
+// runs, Concurrency at a time, with run-create entries naming the backfill
+// (runCreateCmd.Backfill). A backfill entry of an earlier version has no
+// LeaderStarts: the FSM creates the runs of its first Concurrency windows,
+// and each run's end starts the next, as that version did.
 type backfillCmd struct {
 	Pipeline    string        `json:"pipeline"`
 	From        time.Time     `json:"from"`
@@ -202,16 +210,17 @@ type backfillCmd struct {
 	MaxAttempts int           `json:"max_attempts"`
 	Backoff     time.Duration `json:"backoff"`
 	Time        time.Time     `json:"time"`
+	// LeaderStarts is set by this version's leader: it starts the windows.
+	LeaderStarts bool `json:"leader_starts,omitempty"`
 }
 
 func (backfillCmd) cmdType() cmdType { return cmdBackfill }
 
 // backfillReply names the backfill created, or the one the request id
-// created before (Reused); Started counts the window runs it created.
+// created before (Reused).
 type backfillReply struct {
 	Backfill string
 	Reused   bool
-	Started  int
 }
 
 type runPlannedCmd struct {
@@ -287,12 +296,11 @@ type taskResultCmd struct {
 func (taskResultCmd) cmdType() cmdType { return cmdTaskResult }
 
 // taskResultReply tells whether the result was recorded (false when it was
-// ignored: an unknown or finished run, a task already done), whether it
-// failed the run, and how many backfill window runs the run's end started.
+// ignored: an unknown or finished run, a task already done) and whether it
+// failed the run.
 type taskResultReply struct {
 	Changed   bool
 	RunFailed bool
-	Started   int
 }
 
 type runCommittedCmd struct {
@@ -304,11 +312,6 @@ type runCommittedCmd struct {
 }
 
 func (runCommittedCmd) cmdType() cmdType { return cmdRunCommitted }
-
-// runEndReply counts the backfill window runs a run's end started.
-type runEndReply struct {
-	Started int
-}
 
 type runFailedCmd struct {
 	Run   string    `json:"run"`

@@ -48,11 +48,9 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
-			out, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()})
-			if err != nil {
+			if _, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
 				return err
 			}
-			t.kickStarted(ctx, r.Pipeline, out.Started)
 			log.Info("run committed", "version", r.Version, "location", res.Location)
 			return nil
 		}
@@ -71,7 +69,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	}
 	span.RecordError(lastErr)
 	span.SetStatus(codes.Error, lastErr.Error())
-	return t.failRun(ctx, r, "commit: "+lastErr.Error())
+	return t.failRun(r, "commit: "+lastErr.Error())
 }
 
 func (t *leaderTerm) pipelineLock(name string) *sync.Mutex {

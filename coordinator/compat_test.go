@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // The files in testdata were written by the FSM before its commands were
@@ -80,5 +81,28 @@ func TestFSMReplaysOldLogAndSnapshot(t *testing.T) {
 	}
 	if again, _ := json.Marshal(g.st); !bytes.Equal(again, want) {
 		t.Fatalf("the old snapshot restores to another state:\n got %s\nwant %s", again, want)
+	}
+}
+
+// A backfill of the old log started its windows in Apply; it goes on
+// that way on this version (a run's end starts the next queued window in
+// the same entry), so the rest of an old log still replays as written.
+// The leader starts only the windows of a backfill this version created.
+func TestFSMOldBackfillGoesOn(t *testing.T) {
+	f := oldFSM(t)
+	b := f.st.Backfills["ev-bf0001"]
+	if b.LeaderStarts || b.State != protocol.BackfillRunning || b.Windows[5].State != protocol.WindowQueued {
+		t.Fatalf("old backfill %+v", b)
+	}
+	applyAll(t, f, commitEntries(b.Windows[3].Run, 2)...)
+	w := b.Windows[5]
+	if w.State != protocol.WindowRunning || w.Run == "" {
+		t.Fatalf("the next window after a run of an old backfill ended: %+v, want running", w)
+	}
+	if r := f.st.Runs[w.Run]; r.Backfill != b.ID || *r.Window != *win(5, 6) || r.State != protocol.RunPlanning {
+		t.Fatalf("its run %+v", r)
+	}
+	if err, _ := applyAll(t, f, windowRun("ev", b.ID, win(5, 6))).(error); !refused(err, refusedInvalid) {
+		t.Fatalf("a leader's window run of an old backfill: %v, want refused", err)
 	}
 }

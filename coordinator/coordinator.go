@@ -392,6 +392,13 @@ func apply[R any](c *Coordinator, cmd command[R]) (R, error) {
 	}
 }
 
+// keepSpan keeps the span of run runID until the run ends.
+func (c *Coordinator) keepSpan(runID string, s trace.Span) {
+	c.spanMu.Lock()
+	defer c.spanMu.Unlock()
+	c.spans[runID] = s
+}
+
 func (c *Coordinator) endSpans() {
 	c.spanMu.Lock()
 	defer c.spanMu.Unlock()

@@ -9,8 +9,10 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// applyTo creates a backfill and starts its first windows, or finds the
-// backfill its request id created before.
+// applyTo creates a backfill, its windows queued (those loaded already
+// skipped, unless Replace), or finds the backfill its request id created
+// before. The leader starts the windows (windowRun); a backfill entry of
+// an earlier version's log starts its first windows here (pump).
 func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	if c.RequestID != "" {
 		if id, ok := s.Requests["backfill:"+c.RequestID]; ok {
@@ -41,7 +43,7 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	b := &backfillState{
 		ID: fmt.Sprintf("%s-bf%04d", c.Pipeline, p.BackfillSeq), Pipeline: c.Pipeline, Seq: p.BackfillSeq,
 		From: c.From.UTC(), To: c.To.UTC(), Window: size, Concurrency: c.Concurrency, Replace: c.Replace,
-		RequestID: c.RequestID, MaxAttempts: c.MaxAttempts, Backoff: c.Backoff,
+		RequestID: c.RequestID, MaxAttempts: c.MaxAttempts, Backoff: c.Backoff, LeaderStarts: c.LeaderStarts,
 		State: protocol.BackfillRunning, Created: c.Time,
 	}
 	for lo := b.From; lo.Before(b.To); {
@@ -61,54 +63,90 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 		s.Requests["backfill:"+c.RequestID] = b.ID
 	}
 	s.pruneBackfills(c.Pipeline)
-	return backfillReply{Backfill: b.ID, Started: len(s.pump(b, c.Time))}, nil
+	s.pump(b, c.Time)
+	return backfillReply{Backfill: b.ID}, nil
 }
 
-// pump starts queued windows of b while fewer than its concurrency run,
-// and marks b done when none is queued or running.
-func (s *state) pump(b *backfillState, t time.Time) []string {
-	p, ok := s.live(b.Pipeline)
-	running := 0
-	for _, w := range b.Windows {
-		if w.State == protocol.WindowRunning {
-			running++
-		}
+// windowRun creates the run of window c.Window of backfill c.Backfill: the
+// window must be queued and fewer than the backfill's concurrency running.
+// The window is marked running, with its run, in the same entry.
+func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, error) {
+	b, ok := s.Backfills[c.Backfill]
+	if !ok || b.Pipeline != c.Pipeline {
+		return runCreateReply{}, refuse(refusedNotFound, "backfill %q of %q not found", c.Backfill, c.Pipeline)
 	}
-	var started []string
-	for i := range b.Windows {
-		if running >= b.Concurrency || !ok {
+	if !b.LeaderStarts {
+		return runCreateReply{}, refuse(refusedInvalid, "backfill %s starts its window runs itself", b.ID)
+	}
+	if b.State != protocol.BackfillRunning {
+		return runCreateReply{}, refuse(refusedConflict, "backfill %s is %s", b.ID, b.State)
+	}
+	if c.Window == nil || c.Live {
+		return runCreateReply{}, refuse(refusedInvalid, "create run of backfill %s: want one of its windows, not live", b.ID)
+	}
+	i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool {
+		return w.Window.From.Equal(c.Window.From) && w.Window.To.Equal(c.Window.To)
+	})
+	if i < 0 {
+		return runCreateReply{}, refuse(refusedInvalid, "backfill %s has no window %s", b.ID, c.Window)
+	}
+	w := &b.Windows[i]
+	if w.State != protocol.WindowQueued {
+		return runCreateReply{}, refuse(refusedConflict, "window %s of backfill %s is %s", w.Window, b.ID, w.State)
+	}
+	if n := b.running(); n >= b.Concurrency {
+		return runCreateReply{}, refuse(refusedConflict, "backfill %s loads %d windows at once already (its concurrency)", b.ID, n)
+	}
+	r := s.newRun(p, c)
+	r.Backfill = b.ID
+	w.State, w.Run = protocol.WindowRunning, r.ID
+	return runCreateReply{RunID: r.ID}, nil
+}
+
+// pump starts the queued windows of a backfill of an earlier version's
+// log (not LeaderStarts) while fewer than its concurrency run, creating
+// their runs in Apply as that version did, so that its log replays to the
+// same state; then it settles b. The leader starts the windows of every
+// other backfill (windowRun).
+func (s *state) pump(b *backfillState, t time.Time) {
+	p, ok := s.live(b.Pipeline)
+	for running := b.running(); ok && !b.LeaderStarts && running < b.Concurrency; running++ {
+		i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued })
+		if i < 0 {
 			break
 		}
 		w := &b.Windows[i]
-		if w.State != protocol.WindowQueued {
-			continue
-		}
 		win := w.Window
 		r := s.newRun(p, runCreateCmd{Pipeline: b.Pipeline, Window: &win, MaxAttempts: b.MaxAttempts, Backoff: b.Backoff, Time: t})
 		r.Backfill = b.ID
 		w.State, w.Run = protocol.WindowRunning, r.ID
-		started = append(started, r.ID)
-		running++
 	}
-	if running == 0 && b.State == protocol.BackfillRunning {
-		queued := slices.ContainsFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued })
-		if !queued || !ok {
-			b.State = protocol.BackfillDone
-			b.Finished = t
-		}
-	}
-	return started
+	s.settle(b, t)
 }
 
-// runEnded records the end of a backfill run in its window and starts
-// the next queued windows.
-func (s *state) runEnded(r *runState, t time.Time) []string {
+// settle marks b done when none of its windows runs and none is queued
+// (or its pipeline is gone).
+func (s *state) settle(b *backfillState, t time.Time) {
+	if b.State != protocol.BackfillRunning || b.running() > 0 {
+		return
+	}
+	_, live := s.live(b.Pipeline)
+	if !live || !slices.ContainsFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued }) {
+		b.State = protocol.BackfillDone
+		b.Finished = t
+	}
+}
+
+// runEnded records the end of a backfill run in its window and settles
+// the backfill (a backfill of an earlier version's log starts its next
+// windows).
+func (s *state) runEnded(r *runState, t time.Time) {
 	if r.Backfill == "" {
-		return nil
+		return
 	}
 	b, ok := s.Backfills[r.Backfill]
 	if !ok {
-		return nil
+		return
 	}
 	for i := range b.Windows {
 		w := &b.Windows[i]
@@ -125,7 +163,7 @@ func (s *state) runEnded(r *runState, t time.Time) []string {
 			w.Error = r.Error
 		}
 	}
-	return s.pump(b, t)
+	s.pump(b, t)
 }
 
 // pruneBackfills keeps the newest keepBackfills finished backfills of a

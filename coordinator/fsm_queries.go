@@ -3,6 +3,8 @@ package coordinator
 import (
 	"cmp"
 	"slices"
+
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // Queries. Each returns copies the caller may keep.
@@ -89,6 +91,20 @@ func (f *fsm) backfillByID(id string) (*backfillState, bool) {
 		return nil, false
 	}
 	return b.clone(), true
+}
+
+// runningBackfills lists the ids of the running backfills, sorted.
+func (f *fsm) runningBackfills() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []string
+	for id, b := range f.st.Backfills {
+		if b.State == protocol.BackfillRunning {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (f *fsm) requestBackfill(requestID string) (string, bool) {

@@ -20,6 +20,9 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if !ok {
 		return runCreateReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
+	if c.Backfill != "" {
+		return s.windowRun(p, c)
+	}
 	if p.Spec.Pattern == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
@@ -194,9 +197,9 @@ func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 	r.State = protocol.RunFailed
 	r.Error = fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error)
 	r.Finished = c.Time
-	started := s.runEnded(r, c.Time)
+	s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, 0)
-	return taskResultReply{Changed: true, RunFailed: true, Started: len(started)}, nil
+	return taskResultReply{Changed: true, RunFailed: true}, nil
 }
 
 // applyTo assigns a run whose tasks all succeeded the next dataset
@@ -224,10 +227,10 @@ func (c runCommittingCmd) applyTo(s *state) (runCommittingReply, error) {
 
 // applyTo records a run's commit: its version is exposed and its
 // watermark moves, in this one entry.
-func (c runCommittedCmd) applyTo(s *state) (runEndReply, error) {
+func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 	r, err := s.runIn(c.Run, protocol.RunCommitting)
 	if err != nil {
-		return runEndReply{}, err
+		return noReply{}, err
 	}
 	r.State = protocol.RunCommitted
 	r.Location, r.Marker = c.Location, c.Marker
@@ -260,26 +263,26 @@ func (c runCommittedCmd) applyTo(s *state) (runEndReply, error) {
 			p.Versions = slices.Clone(p.Versions[len(p.Versions)-c.Keep:])
 		}
 	}
-	started := s.runEnded(r, c.Time)
+	s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return runEndReply{Started: len(started)}, nil
+	return noReply{}, nil
 }
 
 // applyTo fails a run that has not ended; the version and watermark stay.
-func (c runFailedCmd) applyTo(s *state) (runEndReply, error) {
+func (c runFailedCmd) applyTo(s *state) (noReply, error) {
 	r, ok := s.Runs[c.Run]
 	if !ok {
-		return runEndReply{}, refuse(refusedNotFound, "run %q not found", c.Run)
+		return noReply{}, refuse(refusedNotFound, "run %q not found", c.Run)
 	}
 	if r.finished() {
-		return runEndReply{}, nil
+		return noReply{}, nil
 	}
 	r.State = protocol.RunFailed
 	r.Error = c.Error
 	r.Finished = c.Time
-	started := s.runEnded(r, c.Time)
+	s.runEnded(r, c.Time)
 	s.prune(r.Pipeline, c.Keep)
-	return runEndReply{Started: len(started)}, nil
+	return noReply{}, nil
 }
 
 // applyTo marks a run's end announced.

@@ -272,7 +272,7 @@ func TestFSMCommands(t *testing.T) {
 			}},
 		{"a finished run cannot fail", append(committedRun("orders", run, "", 50), runFailed(run, 50)),
 			func(t *testing.T, st *state, resp any) {
-				if st.Runs[run].State != protocol.RunCommitted || resp != (runEndReply{}) {
+				if st.Runs[run].State != protocol.RunCommitted || resp != (noReply{}) {
 					t.Errorf("run %+v, response %+v", st.Runs[run], resp)
 				}
 			}},

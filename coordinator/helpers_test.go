@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -75,6 +77,17 @@ func startNode(t *testing.T, cfg Config, url string, reg *connectors.Registry, t
 		}
 	})
 	return n
+}
+
+// tracedLeader starts a single-node coordinator that records its spans in
+// rec, and waits until it leads.
+func tracedLeader(t *testing.T, url string, mem *memConnectors) (*node, *tracetest.SpanRecorder) {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	n := startNode(t, Config{NodeID: "n1", InmemStore: true, RaftBind: "127.0.0.1:0", Bootstrap: true}, url, mem.registry(), tp)
+	eventually(t, 20*time.Second, "n1 leads", n.IsLeader)
+	return n, rec
 }
 
 // eventually polls cond until it holds or the deadline passes.

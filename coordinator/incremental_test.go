@@ -109,7 +109,36 @@ func TestFSMIncrementalWindowAndWatermark(t *testing.T) {
 
 func backfillEntry(p string, from, to, conc int, replace bool) entry {
 	return backfillCmd{Pipeline: p, From: start.Add(time.Duration(from) * time.Hour), To: start.Add(time.Duration(to) * time.Hour),
-		Concurrency: conc, Replace: replace, MaxAttempts: 3, Backoff: time.Second, Time: t0}
+		Concurrency: conc, Replace: replace, MaxAttempts: 3, Backoff: time.Second, Time: t0, LeaderStarts: true}
+}
+
+// windowRun is the leader's entry creating the run of window w of
+// backfill id of pipeline p.
+func windowRun(p, id string, w *protocol.Window) entry {
+	return runCreateCmd{Pipeline: p, Backfill: id, Window: w, MaxAttempts: 3, Backoff: time.Second, Time: t0}
+}
+
+// startWindows does what the leader does for backfill id: it creates the
+// runs of its queued windows while fewer than its concurrency run, and
+// returns them.
+func startWindows(t *testing.T, f *fsm, id string) []string {
+	t.Helper()
+	var started []string
+	for {
+		b, ok := f.backfillByID(id)
+		if !ok {
+			return started
+		}
+		w, ok := b.nextWindow()
+		if !ok {
+			return started
+		}
+		out, isReply := applyAll(t, f, windowRun(b.Pipeline, id, &w)).(runCreateReply)
+		if !isReply {
+			t.Fatalf("window %s of %s not started", w, id)
+		}
+		started = append(started, out.RunID)
+	}
 }
 
 func windowStates(b *backfillState) []string {
@@ -120,6 +149,9 @@ func windowStates(b *backfillState) []string {
 	return out
 }
 
+// A backfill queues its windows (skipping those loaded, unless replace);
+// the leader starts them, each with an entry the FSM checks: the window
+// must be queued and fewer than the concurrency running.
 func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	f := newFSM()
 	applyAll(t, f, putIncremental("ev"))
@@ -127,31 +159,67 @@ func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	applyAll(t, f, createWindow("ev", win(0, 1), true))
 	applyAll(t, f, commitEntries("ev-000001", 1)...)
 	resp := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false))
-	res, _ := resp.(backfillReply)
-	if res.Backfill != "ev-bf0001" || res.Started != 2 {
+	if res, _ := resp.(backfillReply); res.Backfill != "ev-bf0001" || res.Reused {
 		t.Fatalf("backfill: %+v", resp)
 	}
 	b := f.st.Backfills["ev-bf0001"]
 	Q, R, C, F, S := protocol.WindowQueued, protocol.WindowRunning, protocol.WindowCommitted, protocol.WindowFailed, protocol.WindowSkipped
-	if got, want := windowStates(b), []string{S, R, R, Q, Q}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("windows %v, want %v (hour 0 loaded, 2 at once)", got, want)
+	if got, want := windowStates(b), []string{S, Q, Q, Q, Q}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v (hour 0 loaded, the rest queued for the leader)", got, want)
 	}
-	if r := f.st.Runs[b.Windows[1].Run]; r.Window == nil || *r.Window != *win(1, 2) || r.Live || r.Backfill != b.ID {
+	if len(f.st.Runs) != 1 {
+		t.Fatalf("the backfill entry created runs: %d runs", len(f.st.Runs))
+	}
+	if got := startWindows(t, f, b.ID); len(got) != 2 {
+		t.Fatalf("started %v, want 2 windows (concurrency 2)", got)
+	}
+	if got, want := windowStates(b), []string{S, R, R, Q, Q}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v (2 at once)", got, want)
+	}
+	if r := f.st.Runs[b.Windows[1].Run]; r.Window == nil || *r.Window != *win(1, 2) || r.Live || r.Backfill != b.ID || r.MaxAttempts != 3 {
 		t.Fatalf("backfill run %+v", r)
+	}
+	// The FSM refuses a third window (concurrency), a window not queued, a
+	// window the backfill does not have, a live one, an unknown backfill.
+	for _, tt := range []struct {
+		e    entry
+		code refusalCode
+	}{
+		{windowRun("ev", b.ID, win(3, 4)), refusedConflict},
+		{windowRun("ev", b.ID, win(1, 2)), refusedConflict},
+		{windowRun("ev", b.ID, win(0, 1)), refusedConflict},
+		{windowRun("ev", b.ID, win(7, 8)), refusedInvalid},
+		{runCreateCmd{Pipeline: "ev", Backfill: b.ID, Window: win(3, 4), Live: true, Time: t0}, refusedInvalid},
+		{windowRun("ev", "ev-bf0009", win(3, 4)), refusedNotFound},
+	} {
+		if err, _ := applyAll(t, f, tt.e).(error); !refused(err, tt.code) {
+			t.Errorf("%+v: %v, want a %s refusal", tt.e, err, tt.code)
+		}
 	}
 	if err, _ := applyAll(t, f, backfillEntry("ev", 0, 5, 2, false)).(error); !refused(err, refusedConflict) {
 		t.Fatalf("second backfill while one runs: %v", err)
 	}
-	// One window commits: the next queued one starts; one fails: the last starts.
+	// One window commits, one fails: their runs' ends free two windows,
+	// which the leader starts.
 	applyAll(t, f, commitEntries(b.Windows[1].Run, 10)...)
 	applyAll(t, f, failEntries(b.Windows[2].Run)...)
+	if got, want := windowStates(b), []string{S, C, F, Q, Q}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("windows %v, want %v", got, want)
+	}
+	startWindows(t, f, b.ID)
 	if got, want := windowStates(b), []string{S, C, F, R, R}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("windows %v, want %v", got, want)
 	}
 	applyAll(t, f, commitEntries(b.Windows[3].Run, 10)...)
+	if b.State != protocol.BackfillRunning {
+		t.Fatalf("backfill %s with a window running", b.State)
+	}
 	applyAll(t, f, commitEntries(b.Windows[4].Run, 10)...)
 	if b.State != protocol.BackfillDone || b.Finished.IsZero() {
 		t.Fatalf("backfill %s finished %v", b.State, b.Finished)
+	}
+	if err, _ := applyAll(t, f, windowRun("ev", b.ID, win(2, 3))).(error); !refused(err, refusedConflict) {
+		t.Fatalf("window of a finished backfill: %v", err)
 	}
 	if f.st.Pipelines["ev"].Watermark != "2026-01-01T01:00:00Z" {
 		t.Fatalf("a backfill moved the watermark to %q", f.st.Pipelines["ev"].Watermark)
@@ -159,19 +227,28 @@ func TestFSMBackfillQueuesSkipsAndReplaces(t *testing.T) {
 	// Run again: only the failed window loads.
 	applyAll(t, f, backfillEntry("ev", 0, 5, 4, false))
 	b2 := f.st.Backfills["ev-bf0002"]
+	startWindows(t, f, b2.ID)
 	if got, want := windowStates(b2), []string{S, S, R, S, S}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("re-run windows %v, want %v", got, want)
 	}
 	applyAll(t, f, commitEntries(b2.Windows[2].Run, 10)...)
 	// With replace every window loads again, four at once.
 	applyAll(t, f, backfillEntry("ev", 0, 5, 4, true))
+	startWindows(t, f, "ev-bf0003")
 	if got, want := windowStates(f.st.Backfills["ev-bf0003"]), []string{R, R, R, R, Q}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("replace windows %v, want %v", got, want)
 	}
-	// A last window shorter than the pipeline's window.
+	// A backfill with every window loaded is done at once.
 	applyAll(t, f, put("full"))
 	if err, _ := applyAll(t, f, backfillEntry("full", 0, 5, 4, true)).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("backfill of a full load: %v", err)
+	}
+	g := newFSM()
+	applyAll(t, g, putIncremental("ev"), createWindow("ev", win(0, 2), true))
+	applyAll(t, g, commitEntries("ev-000001", 1)...)
+	applyAll(t, g, backfillEntry("ev", 0, 2, 1, false))
+	if b := g.st.Backfills["ev-bf0001"]; b.State != protocol.BackfillDone || !reflect.DeepEqual(windowStates(b), []string{S, S}) {
+		t.Fatalf("backfill of loaded windows: %s %v, want done at once", b.State, windowStates(b))
 	}
 }
 
@@ -197,9 +274,11 @@ func TestFSMBackfillSplitsRange(t *testing.T) {
 func incrementalLog() []entry {
 	log := []entry{putIncremental("ev"), createWindow("ev", win(0, 1), true)}
 	log = append(log, commitEntries("ev-000001", 5)...)
-	log = append(log, backfillEntry("ev", 0, 6, 2, false))
+	log = append(log, backfillEntry("ev", 0, 6, 2, false),
+		windowRun("ev", "ev-bf0001", win(1, 2)), windowRun("ev", "ev-bf0001", win(2, 3)))
 	log = append(log, commitEntries("ev-000002", 3)...)
 	log = append(log, failEntries("ev-000003")...)
+	log = append(log, windowRun("ev", "ev-bf0001", win(3, 4)), windowRun("ev", "ev-bf0001", win(4, 5)))
 	log = append(log, createWindow("ev", win(1, 2), true))
 	return log
 }
@@ -234,7 +313,7 @@ func TestFSMIncrementalReplayAndSnapshot(t *testing.T) {
 		t.Fatalf("restored state differs:\n got %s\nwant %s", jg, ja)
 	}
 	// Both go on the same way: the backfill's next window starts on each.
-	more := commitEntries(a.st.Backfills["ev-bf0001"].Windows[3].Run, 2)
+	more := append(commitEntries(a.st.Backfills["ev-bf0001"].Windows[3].Run, 2), windowRun("ev", "ev-bf0001", win(5, 6)))
 	applyAll(t, a, more...)
 	applyAll(t, g, more...)
 	if !reflect.DeepEqual(g.st, a.st) {

@@ -41,6 +41,8 @@ type leaderTerm struct {
 	// leases are the stream leases' renewals seen this term.
 	leaseMu sync.Mutex
 	leases  map[string]leaseSeen
+	// windowsMu serialises the starts of backfill windows.
+	windowsMu sync.Mutex
 }
 
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
@@ -208,6 +210,8 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		for _, r := range c.fsm.runs(func(r *runState) bool { return !r.finished() || !r.Notified }) {
 			t.kick(ctx, r.ID)
 		}
+		// Backfills go on from the windows the FSM has queued.
+		t.spawn(func() { t.startAllWindows(ctx) })
 		select {
 		case <-ctx.Done():
 			return
@@ -296,19 +300,8 @@ func runContext(ctx context.Context, r *runState) context.Context {
 	return telemetry.ExtractMap(ctx, r.Trace)
 }
 
-func (t *leaderTerm) failRun(ctx context.Context, r *runState, msg string) error {
-	out, err := apply(t.c, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
-	t.kickStarted(ctx, r.Pipeline, out.Started)
+// failRun fails run r with msg; its announcement follows.
+func (t *leaderTerm) failRun(r *runState, msg string) error {
+	_, err := apply(t.c, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
 	return err
-}
-
-// kickStarted kicks the unfinished runs of a pipeline when an entry
-// started runs (backfill windows taken from the queue).
-func (t *leaderTerm) kickStarted(ctx context.Context, pipelineName string, started int) {
-	if started == 0 {
-		return
-	}
-	for _, r := range t.c.fsm.runs(func(r *runState) bool { return r.Pipeline == pipelineName && !r.finished() }) {
-		t.kick(ctx, r.ID)
-	}
 }

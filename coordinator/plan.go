@@ -96,7 +96,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		log.Warn("plan failed", "err", err)
-		return false, t.failRun(ctx, r, "plan: "+err.Error())
+		return false, t.failRun(r, "plan: "+err.Error())
 	}
 	if waiting {
 		return true, t.wait(ctx, log, r, what)
@@ -138,7 +138,7 @@ func (t *leaderTerm) wait(ctx context.Context, log *slog.Logger, r *runState, wh
 		if !tm.Before(deadline) {
 			t.doneWaiting(r.ID)
 			log.Warn("run not ready in time", "for", what, "ready_timeout", r.ReadyTimeout)
-			return t.failRun(ctx, r, fmt.Sprintf("ready_timeout: %s is still not ready after %s (waiting since %s)",
+			return t.failRun(r, fmt.Sprintf("ready_timeout: %s is still not ready after %s (waiting since %s)",
 				what, r.ReadyTimeout, since.Format(time.RFC3339)))
 		}
 		every = min(every, deadline.Sub(tm))

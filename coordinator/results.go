@@ -52,7 +52,6 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 	if out.Changed {
 		t.kick(ctx, res.RunID)
 	}
-	t.kickStarted(ctx, res.Pipeline, out.Started)
 }
 
 // maxDeliveries is the part of the JetStream advisory Sluice reads.
@@ -97,7 +96,6 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 			c.log.Warn("task dead after max deliveries", "run", task.RunID, "task", task.TaskID, "deliveries", adv.Deliveries)
 			t.kick(ctx, task.RunID)
 		}
-		t.kickStarted(ctx, task.Pipeline, out.Started)
 	} else {
 		c.log.Warn("max deliveries: undecodable task message", "seq", adv.StreamSeq, "err", err)
 	}

@@ -67,6 +67,36 @@ type backfillState struct {
 	State       string                    `json:"state"`
 	Created     time.Time                 `json:"created"`
 	Finished    time.Time                 `json:"finished,omitzero"`
+	// LeaderStarts is set when the leader creates the window runs, each
+	// through a run-create entry naming the backfill and its window. A
+	// backfill of an earlier version's log has it unset: Apply starts its
+	// windows (state.pump), as that version did.
+	LeaderStarts bool `json:"leader_starts,omitempty"`
+}
+
+// running counts the windows of b that are running.
+func (b *backfillState) running() int {
+	n := 0
+	for _, w := range b.Windows {
+		if w.State == protocol.WindowRunning {
+			n++
+		}
+	}
+	return n
+}
+
+// nextWindow returns the first queued window of b, while fewer than its
+// concurrency run; false when none is to start now.
+func (b *backfillState) nextWindow() (protocol.Window, bool) {
+	if b.State != protocol.BackfillRunning || b.running() >= b.Concurrency {
+		return protocol.Window{}, false
+	}
+	for _, w := range b.Windows {
+		if w.State == protocol.WindowQueued {
+			return w.Window, true
+		}
+	}
+	return protocol.Window{}, false
 }
 
 func (b *backfillState) clone() *backfillState {
