@@ -223,11 +223,15 @@ type backfillReply struct {
 	Reused   bool
 }
 
+// runPlannedCmd records a run's plan: a task per partition, the position
+// the run reaches and the schema of its rows.
 type runPlannedCmd struct {
 	Run        string               `json:"run"`
 	Partitions []protocol.Partition `json:"partitions"`
 	Watermark  string               `json:"watermark,omitempty"`
 	Time       time.Time            `json:"time"`
+	// Schema is the plan's schema; nil when the source gave none.
+	Schema *protocol.Schema `json:"schema,omitempty"`
 }
 
 func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }

@@ -21,7 +21,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	mu := t.pipelineLock(r.Pipeline)
 	mu.Lock()
 	defer mu.Unlock()
-	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark}
+	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
 	if r.Window != nil {
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
 	}

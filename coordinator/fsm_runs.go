@@ -151,6 +151,7 @@ func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
 		r.Tasks[i] = taskState{ID: fmt.Sprintf("t%05d", i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
 	}
 	r.Planned = true
+	r.Schema = c.Schema
 	if r.Window == nil {
 		// An incremental run's position is its window, set at creation.
 		r.Watermark = c.Watermark

@@ -103,18 +103,22 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // memConnectors is a test connector pair: "memsrc" plans {"parts": n}
-// partitions (or fails with "fail_plan"), "memsink" needs a "path" and
-// records commits and aborts.
+// partitions with the "schema" given (or fails with "fail_plan"),
+// "memsink" needs a "path", records commits, aborts and schema checks, and
+// refuses a schema with the column named "refuse".
 type memConnectors struct {
 	mu      sync.Mutex
 	commits []connectors.CommitRequest
 	aborts  []string
+	checks  []*protocol.Schema
 }
 
 type memConfig struct {
-	Parts    int    `json:"parts"`
-	FailPlan string `json:"fail_plan"`
-	Path     string `json:"path"`
+	Parts    int              `json:"parts"`
+	FailPlan string           `json:"fail_plan"`
+	Schema   *protocol.Schema `json:"schema"`
+	Path     string           `json:"path"`
+	Refuse   string           `json:"refuse"`
 }
 
 func (m *memConnectors) registry() *connectors.Registry {
@@ -146,7 +150,7 @@ func (m *memConnectors) registry() *connectors.Registry {
 			if err := json.Unmarshal(cfg, &c); err != nil {
 				return nil, err
 			}
-			return &memSink{m: m, path: c.Path}, nil
+			return &memSink{m: m, path: c.Path, refuse: c.Refuse}, nil
 		},
 		Validate: func(cfg json.RawMessage) error {
 			var c memConfig
@@ -168,6 +172,12 @@ func (m *memConnectors) committed() []connectors.CommitRequest {
 	return append([]connectors.CommitRequest(nil), m.commits...)
 }
 
+func (m *memConnectors) checked() []*protocol.Schema {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*protocol.Schema(nil), m.checks...)
+}
+
 func (m *memConnectors) aborted() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -185,6 +195,7 @@ func (s memSource) Plan(_ context.Context, req connectors.PlanRequest) (connecto
 		p.Partitions = append(p.Partitions, protocol.Partition{Key: fmt.Sprintf("part-%d", i), Spec: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
 	}
 	p.Watermark = "wm-" + req.RunID
+	p.Schema = s.c.Schema
 	return p, nil
 }
 
@@ -195,8 +206,19 @@ func (memSource) Read(context.Context, protocol.Partition, connectors.Emit) erro
 func (memSource) Close() error { return nil }
 
 type memSink struct {
-	m    *memConnectors
-	path string
+	m      *memConnectors
+	path   string
+	refuse string
+}
+
+func (s *memSink) CheckSchema(_ context.Context, schema *protocol.Schema) error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.checks = append(s.m.checks, schema)
+	if c, ok := schema.Column(s.refuse); ok {
+		return connectors.Permanent(fmt.Errorf("column %q: memsink cannot hold a %s", c.Name, c))
+	}
+	return nil
 }
 
 func (*memSink) OpenTask(context.Context, connectors.TaskRef) (connectors.TaskWriter, error) {

@@ -22,7 +22,8 @@ import (
 // Raft once, with what it waits for), no task is published, and a timer
 // kicks the run again after its ready check interval; waiting is true
 // then. A run waiting longer than its ready timeout fails, naming what it
-// waited for.
+// waited for. A plan whose schema the run's sink cannot hold fails the run
+// before any task is recorded (checkSchema).
 func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (waiting bool, err error) {
 	c := t.c
 	if t.notYet(r.ID) {
@@ -69,6 +70,9 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		sctx, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
 			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
 		plan, err := src.Plan(sctx, req)
+		if err == nil {
+			err = t.checkSchema(sctx, r, plan.Schema)
+		}
 		if _, holds := src.(connectors.RunHolder); holds && err == nil {
 			// The source holds the run's snapshot until the run ends.
 			t.mu.Lock()
@@ -103,7 +107,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	t.doneWaiting(r.ID)
 	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
-	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Time: now()}); err != nil {
+	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Time: now()}); err != nil {
 		return false, err
 	}
 	log.Info("run planned", "tasks", len(plan.Partitions))
@@ -197,4 +201,27 @@ func (t *leaderTerm) doneWaiting(id string) {
 	t.mu.Lock()
 	delete(t.checkAt, id)
 	t.mu.Unlock()
+}
+
+// checkSchema checks the schema of r's plan before any task is published:
+// that it is well formed, and, when r's sink needs typed columns
+// (connectors.SchemaChecker), that the sink can hold it. An error fails
+// the run; it names the source or the sink.
+func (t *leaderTerm) checkSchema(ctx context.Context, r *runState, s *protocol.Schema) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("source %s: %w", r.Source.Kind, err)
+	}
+	sink, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
+	if err != nil {
+		return fmt.Errorf("check the schema: %w", err)
+	}
+	defer sink.Close()
+	sc, ok := sink.(connectors.SchemaChecker)
+	if !ok {
+		return nil
+	}
+	if err := sc.CheckSchema(ctx, s); err != nil {
+		return fmt.Errorf("sink %s refuses the schema: %w", r.Sink.Kind, err)
+	}
+	return nil
 }

@@ -20,7 +20,7 @@ func (t *leaderTerm) taskOf(r *runState, ts taskState) protocol.Task {
 		RunID: r.ID, TaskID: ts.ID, Pipeline: r.Pipeline, Pattern: r.Pattern,
 		Source: r.Source, Sink: r.Sink, Partition: ts.Partition, Enqueue: ts.Enqueue,
 		Trace: r.Trace, Params: r.Params, LogicalTime: r.LogicalTime,
-		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff,
+		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema,
 	}
 }
 

@@ -223,14 +223,17 @@ type runState struct {
 	// never changes it after creation.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
 
-	Planned   bool        `json:"planned"`
-	Tasks     []taskState `json:"tasks,omitempty"`
-	Watermark string      `json:"watermark,omitempty"`
-	Published bool        `json:"published"`
-	Version   int64       `json:"version,omitempty"`
-	Location  string      `json:"location,omitempty"`
-	Marker    string      `json:"marker,omitempty"`
-	Error     string      `json:"error,omitempty"`
+	Planned bool        `json:"planned"`
+	Tasks   []taskState `json:"tasks,omitempty"`
+	// Schema is the schema of the run's rows, from its plan: every task
+	// and the commit carry it. Nil when the source gave none.
+	Schema    *protocol.Schema `json:"schema,omitempty"`
+	Watermark string           `json:"watermark,omitempty"`
+	Published bool             `json:"published"`
+	Version   int64            `json:"version,omitempty"`
+	Location  string           `json:"location,omitempty"`
+	Marker    string           `json:"marker,omitempty"`
+	Error     string           `json:"error,omitempty"`
 	// Notified is set once the leader published the run's end (event, dead
 	// letters, sink abort).
 	Notified bool `json:"notified"`

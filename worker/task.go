@@ -154,7 +154,7 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		return out, err
 	}
 	tw, err := sink.OpenTask(ctx, connectors.TaskRef{
-		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt,
+		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
 	})
 	if err != nil {
 		return out, fmt.Errorf("open %s output of task: %w", task.Sink.Kind, err)
