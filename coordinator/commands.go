@@ -78,7 +78,8 @@ type commandBody interface {
 //
 // Adding a command: a new type byte (the next number, never a reused one),
 // its name in String, a body type with cmdType and applyTo, a reply type
-// (noReply when the caller needs none), and a case in Apply.
+// (noReply when the caller needs none), a case in Apply, and the body in
+// the tests' allCommands.
 type command[R any] interface {
 	commandBody
 	// applyTo applies the command to s. It is deterministic: no clock,
@@ -93,6 +94,8 @@ type noReply struct{}
 // Command bodies. Every time in them is put there by the leader: Apply
 // never reads a clock.
 
+// pipelinePutCmd stores a pipeline's spec, as a new pipeline or a new
+// revision.
 type pipelinePutCmd struct {
 	Spec pipeline.Spec `json:"spec"`
 	Time time.Time     `json:"time"`
@@ -107,6 +110,7 @@ type pipelinePutReply struct {
 	Created  bool
 }
 
+// pipelineDeleteCmd deletes a pipeline.
 type pipelineDeleteCmd struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"`
@@ -119,12 +123,15 @@ type pipelineDeleteReply struct {
 	Revision int64
 }
 
+// cleanupDoneCmd records that the leader removed what a deleted pipeline
+// left behind.
 type cleanupDoneCmd struct {
 	ID string `json:"id"`
 }
 
 func (cleanupDoneCmd) cmdType() cmdType { return cmdCleanupDone }
 
+// runCreateCmd creates a run; the leader sends it through createRun only.
 type runCreateCmd struct {
 	Pipeline    string            `json:"pipeline"`
 	Params      map[string]string `json:"params,omitempty"`
@@ -280,6 +287,8 @@ type runWaitingReply struct {
 	Changed bool
 }
 
+// taskResultCmd records the result of one task attempt, or (Final) that
+// the task will get no more deliveries.
 type taskResultCmd struct {
 	Run        string              `json:"run"`
 	Task       string              `json:"task"`
@@ -307,6 +316,8 @@ type taskResultReply struct {
 	RunFailed bool
 }
 
+// runCommittedCmd records that the run's sink committed it, keeping the
+// newest Keep finished runs and versions of its pipeline.
 type runCommittedCmd struct {
 	Run      string    `json:"run"`
 	Location string    `json:"location,omitempty"`
@@ -317,6 +328,7 @@ type runCommittedCmd struct {
 
 func (runCommittedCmd) cmdType() cmdType { return cmdRunCommitted }
 
+// runFailedCmd fails a run with Error.
 type runFailedCmd struct {
 	Run   string    `json:"run"`
 	Error string    `json:"error"`

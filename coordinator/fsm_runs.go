@@ -44,24 +44,15 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	}
 	switch {
 	case c.Snapshot:
-		if !p.Spec.InitialSnapshot() || c.Source == nil || c.Sink == nil {
-			return runCreateReply{}, refuse(refusedInvalid, "create snapshot run of %q: not a cdc pipeline with an initial snapshot", c.Pipeline)
-		}
-		st := p.stream()
-		if st.SnapshotDone {
-			return runCreateReply{}, refuse(refusedConflict, "create snapshot run of %q: the snapshot is done", c.Pipeline)
-		}
-		if r, ok := s.Runs[st.SnapshotRun]; ok && !r.finished() {
-			return runCreateReply{}, refuse(refusedConflict, "create snapshot run of %q: run %s is loading it", c.Pipeline, r.ID)
+		if err := s.checkSnapshotRun(p, c); err != nil {
+			return runCreateReply{}, err
 		}
 	case p.Spec.Streamed():
 		return runCreateReply{}, refuse(refusedInvalid, "pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status)", c.Pipeline, p.Spec.Pattern)
 	}
 	r := s.newRun(p, c)
 	if c.Snapshot {
-		st := p.stream()
-		st.SnapshotRun = r.ID
-		st.SnapshotAttempts++
+		p.stream().snapshotStarted(r.ID)
 	}
 	if c.RequestID != "" {
 		s.Requests[c.RequestID] = r.ID

@@ -377,14 +377,6 @@ func (s *state) live(name string) (*pipelineState, bool) {
 	return p, true
 }
 
-// stream returns the stream state of p, creating it.
-func (p *pipelineState) stream() *streamState {
-	if p.Stream == nil {
-		p.Stream = &streamState{}
-	}
-	return p.Stream
-}
-
 // liveRun returns the unfinished live run of a pipeline, or nil.
 func (s *state) liveRun(pipelineName string) *runState {
 	var found *runState
