@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := $(CURDIR)/bin
 TIMEOUT ?= 25m
 
-.PHONY: test services unit vet build demo fuzz clean bench-fullload bench-cdc
+.PHONY: test services unit vet build demo fuzz clean
 
 # Tests that restart PostgreSQL run alone, after the others: a restart would
 # break every package's tests running at that moment.
@@ -11,6 +11,7 @@ PG_RESTART_TESTS := TestCDCFaults
 test: services vet
 	$(GO) test -race -timeout $(TIMEOUT) -count=1 -skip '$(PG_RESTART_TESTS)' ./...
 	SLUICE_TEST_PG_RESTART=1 $(GO) test -race -timeout 10m -count=1 -run '$(PG_RESTART_TESTS)' -v ./integration
+	@$(MAKE) --no-print-directory bench-smoke
 
 # services installs and starts what the tests need, idempotently.
 services:
@@ -39,20 +40,32 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
 
-# bench-fullload times full loads of a 2M-row PostgreSQL table to CSV files and
-# to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped
-# COPY measured in the same run; it writes bench/results/fullload.json.
-# BENCH_FLAGS, e.g. "--keep --reps 2" (go run ./bench/fullload -h).
+# BENCHES lists the benchmarks, one a line: bench-<name> runs bench/<name>
+# (go run ./bench/<name> -h lists its flags) at full size, beside its
+# baselines, and writes bench/results/<name>.json. BENCH_FLAGS, e.g.
+# "--reps 2" (make bench-fullload BENCH_FLAGS="--keep --only pg").
+BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
+BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
+BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
 BENCH_FLAGS ?=
-bench-fullload: services
-	$(GO) run ./bench/fullload $(BENCH_FLAGS)
+BENCH_TARGETS := $(addprefix bench-,$(BENCHES))
+.PHONY: $(BENCH_TARGETS) bench-smoke
+$(BENCH_TARGETS): bench-%: services
+	$(GO) run ./bench/$* $(BENCH_FLAGS)
 
-# bench-cdc times the CDC Reader decoding a 200k-change workload into
-# JetStream beside a bare pglogrepl loop on the same WAL, and the latency
-# from COMMIT to the stored event at 500 inserts/s; it writes
-# bench/results/cdc.json. BENCH_FLAGS, e.g. "--reps 5 --duration 10s" (go run ./bench/cdc -h).
-bench-cdc: services
-	$(GO) run ./bench/cdc $(BENCH_FLAGS)
+# bench-smoke runs every benchmark once at a small size (--smoke: well under
+# a minute each) with the checks of its output against its source that a
+# full run makes, its results in a temporary directory (never
+# bench/results), so that a broken benchmark fails make test.
+BENCH_SMOKE_TIMEOUT ?= 5m
+bench-smoke: services
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/sluice-bench-smoke.XXXXXX") && trap 'rm -rf "$$dir"' EXIT && \
+	$(GO) build -o "$$dir/" $(addprefix ./bench/,$(BENCHES)) && \
+	for b in $(BENCHES); do \
+		echo "bench-smoke: $$b"; \
+		timeout -k 30s $(BENCH_SMOKE_TIMEOUT) "$$dir/$$b" --smoke --out "$$dir/$$b.json" || \
+			{ echo "bench-smoke: $$b failed"; exit 1; }; \
+	done && echo "bench-smoke: $(strip $(BENCHES)) passed"
 
 clean:
 	rm -rf $(BIN) .sluice .sluice-demo

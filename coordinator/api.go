@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/nats-io/nats.go"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
@@ -41,36 +40,22 @@ const (
 // it replies.
 const planWait = 30 * time.Second
 
-// apiErr is an error a handler replies with.
-type apiErr struct {
-	code string
-	msg  string
-}
-
-func (e *apiErr) Error() string { return e.msg }
-
+// invalid refuses a request that asks for something impossible.
 func invalid(format string, args ...any) error {
-	return &apiErr{code: codeInvalid, msg: fmt.Sprintf(format, args...)}
+	return refuse(refusedInvalid, format, args...)
 }
 
-// fsmErr turns an FSM refusal (errConflict, errInvalidCmd) into the API
-// error a client sees, with the FSM's message; other errors pass.
-func fsmErr(err error) error {
-	code := ""
-	switch {
-	case errors.Is(err, errConflict):
-		code = codeConflict
-	case errors.Is(err, errInvalidCmd):
-		code = codeInvalid
-	default:
-		return err
+// apiCode is the API error code (protocol.APIError.Code) of a refusal.
+func apiCode(c refusalCode) string {
+	switch c {
+	case refusedNotFound:
+		return codeNotFound
+	case refusedInvalid:
+		return codeInvalid
+	case refusedConflict, refusedRunState:
+		return codeConflict
 	}
-	msg := err.Error()
-	if inner := errors.Unwrap(err); inner != nil {
-		msg = inner.Error() // without "apply <command>: "
-	}
-	msg = strings.TrimSuffix(strings.TrimSuffix(msg, ": "+errConflict.Error()), ": "+errInvalidCmd.Error())
-	return &apiErr{code: code, msg: msg}
+	return codeInternal
 }
 
 func respondError(m *nats.Msg, code, msg string) {
@@ -106,13 +91,13 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 	case protocol.VerbDelete:
 		reply, err = t.apiDelete(m.Data)
 	default:
-		err = &apiErr{code: codeNotFound, msg: fmt.Sprintf("unknown API verb %q", verb)}
+		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}
 	if err != nil {
-		var ae *apiErr
+		rf := refusalOf(err)
 		switch {
-		case errors.As(err, &ae):
-			respondError(m, ae.code, ae.msg)
+		case rf != nil:
+			respondError(m, apiCode(rf.code), rf.msg)
 		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown):
 			respondError(m, codeNotLeader, err.Error())
 		default:
@@ -183,10 +168,10 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	for _, cl := range t.c.fsm.cleanups() {
 		// A cleanup would drop what the new pipeline uses.
 		if cl.Pipeline == spec.Name || spec.Pattern == protocol.PatternCDC && cl.Slot == spec.SlotName() {
-			return nil, &apiErr{code: codeConflict, msg: fmt.Sprintf("%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())}
+			return nil, refuse(refusedConflict, "%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())
 		}
 	}
-	out, err := t.c.apply(cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: now()})
+	out, err := apply(t.c, pipelinePutCmd{Spec: spec, Time: now()})
 	if err != nil {
 		return nil, err
 	}
@@ -200,11 +185,11 @@ func (t *leaderTerm) apiDelete(data []byte) (any, error) {
 		return nil, err
 	}
 	if _, ok := t.c.fsm.pipeline(req.Pipeline); !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
-	out, err := t.c.apply(cmdPipelineDelete, pipelineDeleteCmd{Name: req.Pipeline, Time: now()})
+	out, err := apply(t.c, pipelineDeleteCmd{Name: req.Pipeline, Time: now()})
 	if err != nil {
-		return nil, fsmErr(err)
+		return nil, err
 	}
 	reply := protocol.DeleteReply{Pipeline: req.Pipeline}
 	for _, cl := range t.c.fsm.cleanups() {
@@ -249,125 +234,6 @@ func (t *leaderTerm) apiRun(ctx context.Context, data []byte) (any, error) {
 	}
 }
 
-// startRun creates the run req asks for, or finds the one its RequestID
-// created before, and kicks it; trig, when not nil, is the context of the
-// trigger that asked (its processing time and handler version are set
-// here). For an incremental pipeline that is up to date no run is created
-// and upToDate is the reply.
-func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig *protocol.TriggerContext) (id string, upToDate *protocol.RunReply, err error) {
-	c := t.c
-	if !protocol.ValidName(req.Pipeline) {
-		return "", nil, invalid("pipeline: %q is not a valid pipeline name", req.Pipeline)
-	}
-	if req.RequestID != "" {
-		id, _ = c.fsm.requestRun(req.RequestID)
-	}
-	if id == "" {
-		p, ok := c.fsm.pipeline(req.Pipeline)
-		if !ok {
-			return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-		}
-		win, live, err := runWindow(p, req.Window, now())
-		if err != nil {
-			return "", nil, err
-		}
-		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
-			// Nothing to load yet: no run. The next window opens once
-			// now - lag passes the watermark.
-			return "", &protocol.RunReply{UpToDate: true, Window: &win}, nil
-		}
-		var window *protocol.Window
-		if p.Spec.Pattern == protocol.PatternIncremental {
-			window = &win
-		}
-		// The run span is the root of the run's trace; it ends when the
-		// run does (on this leader) and its context is stored in the run.
-		// A trigger that carried a trace context becomes the run's parent.
-		pctx, opts := ctx, []trace.SpanStartOption{trace.WithNewRoot(),
-			trace.WithAttributes(telemetry.AttrPipeline.String(req.Pipeline))}
-		tm := now()
-		if trig != nil {
-			trig.ProcessingTime = tm
-			trig.HandlerVersion = fmt.Sprintf("sluice protocol v%d, pipeline %s revision %d", protocol.Version, p.Spec.Name, p.Revision)
-			if len(trig.Trace) > 0 {
-				pctx, opts = telemetry.ExtractMap(ctx, trig.Trace), opts[1:]
-			}
-		}
-		sctx, span := c.tracer.Start(pctx, telemetry.SpanRun, opts...)
-		out, err := c.apply(cmdRunCreate, runCreateCmd{
-			Pipeline: req.Pipeline, Params: req.Params, LogicalTime: req.LogicalTime, RequestID: req.RequestID,
-			Trace: telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
-			Window: window, Live: live, Trigger: trig, Time: tm,
-			Schedule: scheduleOf(trig), Tick: tickOf(trig, req),
-		})
-		if err != nil {
-			span.End()
-			if errors.Is(err, errNoPipeline) {
-				return "", nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-			}
-			return "", nil, fsmErr(err)
-		}
-		id = out.RunID
-		if out.Reused {
-			span.End()
-		} else {
-			span.SetAttributes(telemetry.AttrRun.String(id))
-			c.spanMu.Lock()
-			c.spans[id] = span
-			c.spanMu.Unlock()
-			c.log.Info("run created", "run", id, "request", req.RequestID)
-		}
-		t.kick(ctx, id)
-	}
-	return id, nil, nil
-}
-
-// runWindow returns the window of a new run of p at time now: for an
-// incremental pipeline the requested window (an explicit re-run: not
-// live), or [lo, hi) with lo the watermark (incremental.start before the
-// first commit) and hi = min(now - lag, lo + window), truncated to the
-// second (live: its commit moves the watermark to hi). hi <= lo means the
-// pipeline is up to date. Other patterns have no window.
-func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protocol.Window, bool, error) {
-	inc := p.Spec.Incremental
-	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil {
-		if asked != nil {
-			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for pattern incremental", p.Spec.Name, p.Spec.Pattern)
-		}
-		return protocol.Window{}, false, nil
-	}
-	if asked != nil {
-		w := protocol.Window{From: asked.From.UTC(), To: asked.To.UTC()}
-		if w.From.IsZero() || w.Empty() {
-			return w, false, invalid("window: %s is empty: want from < to", w)
-		}
-		if inc.PartitionBased() && (!onPartition(w.From, inc.Window) || w.To.Sub(w.From) != inc.Window) {
-			return w, false, invalid("window: %s is not one partition of %s: the source of %s is partition-based (partitions start every %s from midnight UTC)",
-				w, inc.Window, p.Spec.Name, inc.Window)
-		}
-		return w, false, nil
-	}
-	from, err := p.nextFrom()
-	if err != nil {
-		return protocol.Window{}, false, invalid("%v", err)
-	}
-	hi := now.Add(-inc.Lag).Truncate(time.Second).UTC()
-	if end := from.Add(inc.Window); end.Before(hi) {
-		hi = end
-	} else if inc.PartitionBased() && end.After(hi) {
-		// A partition is loaded whole, once its time is over (and lag
-		// more): until then the pipeline is up to date.
-		hi = from
-	}
-	return protocol.Window{From: from, To: hi}, true, nil
-}
-
-// onPartition reports whether t is where a partition of size starts
-// (partitions start every size from midnight UTC).
-func onPartition(t time.Time, size time.Duration) bool {
-	return t.UTC().Truncate(size).Equal(t)
-}
-
 func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) {
 	c := t.c
 	var req protocol.BackfillRequest
@@ -386,7 +252,7 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	}
 	p, ok := c.fsm.pipeline(req.Pipeline)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
 	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
@@ -409,22 +275,27 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if req.Concurrency < 1 || req.Concurrency > maxBackfillConcurrency {
 		return nil, invalid("concurrency: want 1 to %d, not %d", maxBackfillConcurrency, req.Concurrency)
 	}
-	out, err := c.apply(cmdBackfill, backfillCmd{
+	out, err := apply(c, backfillCmd{
 		Pipeline: req.Pipeline, From: from, To: to, Concurrency: req.Concurrency, Replace: req.Replace,
 		RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
+		LeaderStarts: true,
 	})
 	if err != nil {
-		if errors.Is(err, errNoPipeline) {
-			return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
-		}
-		return nil, fsmErr(err)
+		return nil, err
 	}
-	t.kickStarted(ctx, req.Pipeline, out)
+	// The reply shows the first windows running; what could not start now
+	// starts on the next sweep.
+	started, err := t.startWindows(ctx, out.Backfill)
+	if err != nil {
+		c.log.Warn("start backfill windows", "backfill", out.Backfill, "err", err)
+	}
 	b, ok := c.fsm.backfillByID(out.Backfill)
 	if !ok {
 		return nil, fmt.Errorf("backfill %s vanished", out.Backfill)
 	}
-	c.log.Info("backfill started", "backfill", b.ID, "windows", len(b.Windows), "started", out.Started)
+	if !out.Reused {
+		c.log.Info("backfill started", "backfill", b.ID, "windows", len(b.Windows), "started", started)
+	}
 	return backfillStatus(b), nil
 }
 
@@ -435,7 +306,7 @@ func (t *leaderTerm) apiBackfillGet(data []byte) (any, error) {
 	}
 	b, ok := t.c.fsm.backfillByID(req.ID)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("backfill %q not found", req.ID)}
+		return nil, refuse(refusedNotFound, "backfill %q not found", req.ID)
 	}
 	return backfillStatus(b), nil
 }
@@ -486,7 +357,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 		}
 	}
 	if req.Pipeline != "" && len(reply.Pipelines) == 0 {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("pipeline %q not found", req.Pipeline)}
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
 	runs := c.fsm.runs(func(r *runState) bool { return req.Pipeline == "" || r.Pipeline == req.Pipeline })
 	for i, r := range runs {
@@ -505,7 +376,7 @@ func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
 	}
 	r, ok := t.c.fsm.run(req.RunID)
 	if !ok {
-		return nil, &apiErr{code: codeNotFound, msg: fmt.Sprintf("run %q not found", req.RunID)}
+		return nil, refuse(refusedNotFound, "run %q not found", req.RunID)
 	}
 	return runStatus(r, true), nil
 }
@@ -546,7 +417,6 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 			s.ReadyDeadline = r.WaitingSince.Add(r.ReadyTimeout)
 		}
 	}
-	var sum connectors.Checksum
 	for _, ts := range r.Tasks {
 		switch ts.State {
 		case protocol.TaskSucceeded:
@@ -556,16 +426,13 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		}
 		s.Rows += ts.Rows
 		s.Bytes += ts.Bytes
-		if cs, err := connectors.ParseChecksum(ts.Checksum, ts.Rows); err == nil {
-			sum.Merge(cs)
-		}
 		if tasks {
 			s.TaskList = append(s.TaskList, protocol.TaskStatus{TaskID: ts.ID, Partition: ts.Partition.Key, State: ts.State,
 				Attempts: ts.Attempts, Worker: ts.Worker, Rows: ts.Rows, Bytes: ts.Bytes, Error: ts.Error})
 		}
 	}
 	if s.TasksDone > 0 {
-		s.Checksum = sum.String()
+		s.Checksum = r.checksum().String()
 	}
 	return s
 }

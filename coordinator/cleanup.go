@@ -78,7 +78,7 @@ func (t *leaderTerm) cleanUp(ctx context.Context, log *slog.Logger) {
 			log.Log(ctx, level, "clean up deleted pipeline", "pipeline", cl.Pipeline, "cleanup", cl.what(), "err", err)
 			continue
 		}
-		if _, err := t.c.apply(cmdCleanupDone, cleanupDoneCmd{ID: cl.ID}); err != nil {
+		if _, err := apply(t.c, cleanupDoneCmd{ID: cl.ID}); err != nil {
 			log.Warn("clean up deleted pipeline: record", "pipeline", cl.Pipeline, "err", err)
 			return
 		}

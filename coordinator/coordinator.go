@@ -353,15 +353,19 @@ func (c *Coordinator) liveWorkers() []protocol.Heartbeat {
 	return out
 }
 
-// apply appends a command to the Raft log and returns the FSM's response.
-func (c *Coordinator) apply(t cmdType, body any) (applyResult, error) {
+// apply appends cmd to the Raft log, under its own type byte, and returns
+// its handler's reply, or the *refusal of a command the FSM did not apply
+// (wrapped: errors.As finds it).
+func apply[R any](c *Coordinator, cmd command[R]) (R, error) {
+	var zero R
+	t := cmd.cmdType()
 	r := c.raftNode()
 	if r == nil {
-		return applyResult{}, raft.ErrNotLeader
+		return zero, raft.ErrNotLeader
 	}
-	b, err := encodeCmd(t, body)
+	b, err := encodeCmd(cmd)
 	if err != nil {
-		return applyResult{}, err
+		return zero, err
 	}
 	f := r.Apply(b, applyTimeout)
 	// hashicorp/raft answers an entry it took only from its leader loop:
@@ -376,15 +380,23 @@ func (c *Coordinator) apply(t cmdType, body any) (applyResult, error) {
 		err = raft.ErrRaftShutdown
 	}
 	if err != nil {
-		return applyResult{}, fmt.Errorf("raft apply %s: %w", t, err)
+		return zero, fmt.Errorf("raft apply %s: %w", t, err)
 	}
 	switch v := f.Response().(type) {
 	case error:
-		return applyResult{}, fmt.Errorf("apply %s: %w", t, v)
-	case applyResult:
+		return zero, fmt.Errorf("apply %s: %w", t, v)
+	case R:
 		return v, nil
+	default:
+		return zero, fmt.Errorf("apply %s: the FSM replied %T, not %T", t, v, zero)
 	}
-	return applyResult{}, nil
+}
+
+// keepSpan keeps the span of run runID until the run ends.
+func (c *Coordinator) keepSpan(runID string, s trace.Span) {
+	c.spanMu.Lock()
+	defer c.spanMu.Unlock()
+	c.spans[runID] = s
 }
 
 func (c *Coordinator) endSpans() {

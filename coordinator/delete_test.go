@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +11,7 @@ import (
 )
 
 func del(name string) entry {
-	return entry{cmdPipelineDelete, pipelineDeleteCmd{Name: name, Time: t0.Add(time.Hour)}}
+	return pipelineDeleteCmd{Name: name, Time: t0.Add(time.Hour)}
 }
 
 func applySpecOf(name, upstream string) pipeline.Spec {
@@ -30,28 +29,28 @@ func TestFSMPipelineDelete(t *testing.T) {
 	applyAll(t, f, committedRun("orders", "orders-000001", "wm1", 10)...)
 	applyAll(t, f, create("orders", ""))
 	err, _ := applyAll(t, f, del("orders")).(error)
-	if !errors.Is(err, errConflict) || !strings.Contains(err.Error(), "orders-000002") {
+	if !refused(err, refusedConflict) || !strings.Contains(err.Error(), "orders-000002") {
 		t.Fatalf("delete with a run in progress: %v, want a conflict naming the run", err)
 	}
 	applyAll(t, f, runFailed("orders-000002", 10))
-	if resp := applyAll(t, f, del("orders")); resp != (applyResult{Revision: 2}) {
+	if resp := applyAll(t, f, del("orders")); resp != (pipelineDeleteReply{Revision: 2}) {
 		t.Fatalf("delete: %+v", resp)
 	}
 	if _, ok := f.pipeline("orders"); ok || len(f.pipelines()) != 0 {
 		t.Fatal("a deleted pipeline is still listed")
 	}
 	for _, e := range []entry{del("orders"), create("orders", ""), grant("orders", "w1", 1)} {
-		if err, _ := applyAll(t, f, e).(error); !errors.Is(err, errNoPipeline) {
-			t.Errorf("%s of a deleted pipeline: %v, want errNoPipeline", e.t, err)
+		if err, _ := applyAll(t, f, e).(error); !refused(err, refusedNotFound) {
+			t.Errorf("%s of a deleted pipeline: %v, want not found", e.cmdType(), err)
 		}
 	}
 	if len(f.cleanups()) != 0 {
 		t.Errorf("a full-load pipeline left cleanups %+v", f.cleanups())
 	}
-	if resp := applyAll(t, f, put("orders")); resp != (applyResult{Revision: 3, Created: true}) {
+	if resp := applyAll(t, f, put("orders")); resp != (pipelinePutReply{Revision: 3, Created: true}) {
 		t.Fatalf("apply after delete: %+v", resp)
 	}
-	if id := applyAll(t, f, create("orders", "")).(applyResult).RunID; id != "orders-000003" {
+	if id := applyAll(t, f, create("orders", "")).(runCreateReply).RunID; id != "orders-000003" {
 		t.Errorf("first run after the delete is %s, want orders-000003 (no run name reused)", id)
 	}
 }
@@ -62,10 +61,10 @@ func TestFSMDeleteStreamedPipelines(t *testing.T) {
 	f := newFSM()
 	shop := cdcSpec("shop")
 	shop.CDC.Lease = 7 * time.Second
-	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: shop, Time: t0}},
-		entry{cmdPipelinePut, pipelinePutCmd{Spec: applySpecOf("replica", "shop"), Time: t0}}, grant("shop", "w1", 1))
+	applyAll(t, f, pipelinePutCmd{Spec: shop, Time: t0},
+		pipelinePutCmd{Spec: applySpecOf("replica", "shop"), Time: t0}, grant("shop", "w1", 1))
 	err, _ := applyAll(t, f, del("shop")).(error)
-	if !errors.Is(err, errConflict) || !strings.Contains(err.Error(), "replica") {
+	if !refused(err, refusedConflict) || !strings.Contains(err.Error(), "replica") {
 		t.Fatalf("delete of a cdc pipeline with an applier: %v", err)
 	}
 	applyAll(t, f, del("replica"))
@@ -86,14 +85,14 @@ func TestFSMDeleteStreamedPipelines(t *testing.T) {
 	}
 	// Applied again, the cdc pipeline starts over: no lease, no snapshot,
 	// and the next lease has the next epoch.
-	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: shop, Time: t0}})
+	applyAll(t, f, pipelinePutCmd{Spec: shop, Time: t0})
 	if p, _ := f.pipeline("shop"); p.Stream == nil || *p.Stream != (streamState{Epoch: 1}) {
 		t.Errorf("stream state after the delete: %+v, want only epoch 1", p.Stream)
 	}
-	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !errors.Is(err, errConflict) && !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !refused(err, refusedConflict) && !refused(err, refusedInvalid) {
 		t.Errorf("a lease of the old epoch granted again: %v", err)
 	}
-	applyAll(t, f, entry{cmdCleanupDone, cleanupDoneCmd{ID: cls[0].ID}})
+	applyAll(t, f, cleanupDoneCmd{ID: cls[0].ID})
 	if got := f.cleanups(); len(got) != 1 || got[0].ID != cls[1].ID {
 		t.Errorf("after one is done: %+v", got)
 	}

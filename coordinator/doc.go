@@ -30,9 +30,13 @@
 //
 // A backfill (VerbBackfill, sluice backfill) splits [from, to) into windows
 // of the pipeline's window, starting at from (the last may be shorter).
-// The FSM keeps them queued and creates a run for the next queued window
-// each time one of the backfill's runs ends, so at most concurrency run at
-// once whatever the leader or the client does; a new leader just goes on.
+// The FSM keeps them queued; the leader creates their runs, the way it
+// creates every run (each with a trace of its own), when the backfill
+// starts, when one of its runs ends and on every sweep. Each run-create
+// entry names the backfill and the window, and the FSM creates the run
+// only while the window is queued and fewer than concurrency run, marking
+// it running in the same entry: at most concurrency run at once whatever
+// the leader or the client does, and a new leader goes on from the queue.
 // Every committed window of a pipeline (live, re-run or backfill) is added
 // to the pipeline's loaded ranges; a backfill marks the windows those ranges
 // cover as skipped unless Replace is set, when they load again and their

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"reflect"
@@ -19,14 +18,11 @@ import (
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// entry is one log entry of a test: a command type and its body.
-type entry struct {
-	t    cmdType
-	body any
-}
+// entry is one log entry of a test: a command body.
+type entry = commandBody
 
 func put(name string) entry {
-	return entry{cmdPipelinePut, pipelinePutCmd{Spec: testSpec(name), Time: t0}}
+	return pipelinePutCmd{Spec: testSpec(name), Time: t0}
 }
 
 func testSpec(name string) pipeline.Spec {
@@ -36,8 +32,8 @@ func testSpec(name string) pipeline.Spec {
 }
 
 func create(p, req string) entry {
-	return entry{cmdRunCreate, runCreateCmd{Pipeline: p, RequestID: req, MaxAttempts: 3, Backoff: time.Second,
-		Trace: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, Time: t0}}
+	return runCreateCmd{Pipeline: p, RequestID: req, MaxAttempts: 3, Backoff: time.Second,
+		Trace: map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, Time: t0}
 }
 
 func planned(run string, n int, wm string) entry {
@@ -45,32 +41,34 @@ func planned(run string, n int, wm string) entry {
 	for i := range n {
 		parts = append(parts, protocol.Partition{Key: fmt.Sprintf("p%d", i), Spec: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
 	}
-	return entry{cmdRunPlanned, runPlannedCmd{Run: run, Partitions: parts, Watermark: wm, Time: t0}}
+	return runPlannedCmd{Run: run, Partitions: parts, Watermark: wm, Time: t0}
 }
 
 func ok(run, task string, rows int64) entry {
-	return entry{cmdTaskResult, taskResultCmd{Run: run, Task: task, Attempt: 1, Worker: "w1", Rows: rows, Bytes: rows * 10,
-		Checksum: "00000000000000ff", Location: "stage/" + task, Time: t0}}
+	return taskResultCmd{Run: run, Task: task, Attempt: 1, Worker: "w1", Rows: rows, Bytes: rows * 10,
+		Checksum: 0xff, Location: "stage/" + task, Time: t0}
 }
 
 func failed(run, task string, class protocol.ErrorClass, attempt int) entry {
-	return entry{cmdTaskResult, taskResultCmd{Run: run, Task: task, Attempt: attempt, Worker: "w1", ErrorClass: class, Error: "boom", Time: t0}}
+	return taskResultCmd{Run: run, Task: task, Attempt: attempt, Worker: "w1", ErrorClass: class, Error: "boom", Time: t0}
 }
 
-func simple(t cmdType, run string) entry { return entry{t, runCmd{Run: run, Time: t0}} }
+func published(run string) entry  { return runPublishedCmd{Run: run, Time: t0} }
+func committing(run string) entry { return runCommittingCmd{Run: run, Time: t0} }
+func notified(run string) entry   { return runNotifiedCmd{Run: run, Time: t0} }
 
 func committed(run string, keep int) entry {
-	return entry{cmdRunCommitted, runCommittedCmd{Run: run, Location: "/out/v", Marker: "/out/_SUCCESS", Keep: keep, Time: t0.Add(time.Minute)}}
+	return runCommittedCmd{Run: run, Location: "/out/v", Marker: "/out/_SUCCESS", Keep: keep, Time: t0.Add(time.Minute)}
 }
 
 func runFailed(run string, keep int) entry {
-	return entry{cmdRunFailed, runFailedCmd{Run: run, Error: "plan: no input", Keep: keep, Time: t0.Add(time.Minute)}}
+	return runFailedCmd{Run: run, Error: "plan: no input", Keep: keep, Time: t0.Add(time.Minute)}
 }
 
 // committedRun is the log of one whole committed run of pipeline p.
 func committedRun(p, run, wm string, keep int) []entry {
-	return []entry{create(p, ""), planned(run, 2, wm), simple(cmdRunPublished, run), ok(run, "t00000", 1), ok(run, "t00001", 2),
-		simple(cmdRunCommitting, run), committed(run, keep)}
+	return []entry{create(p, ""), planned(run, 2, wm), published(run), ok(run, "t00000", 1), ok(run, "t00001", 2),
+		committing(run), committed(run, keep)}
 }
 
 // applyAll applies entries to f from log index 1 and returns the last
@@ -79,7 +77,7 @@ func applyAll(t *testing.T, f *fsm, entries ...entry) any {
 	t.Helper()
 	var resp any
 	for i, e := range entries {
-		b, err := encodeCmd(e.t, e.body)
+		b, err := encodeCmd(e)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +94,7 @@ func TestFSMCommands(t *testing.T) {
 		check func(t *testing.T, st *state, resp any)
 	}{
 		{"pipeline put creates", []entry{put("users")}, func(t *testing.T, st *state, resp any) {
-			if got, want := resp, (applyResult{Revision: 1, Created: true}); got != want {
+			if got, want := resp, (pipelinePutReply{Revision: 1, Created: true}); got != want {
 				t.Errorf("response %+v, want %+v", got, want)
 			}
 			if st.Pipelines["users"].Spec.Source.Kind != "mem" {
@@ -104,18 +102,18 @@ func TestFSMCommands(t *testing.T) {
 			}
 		}},
 		{"pipeline put again bumps revision", []entry{put("users"), put("users")}, func(t *testing.T, st *state, resp any) {
-			if got, want := resp, (applyResult{Revision: 2}); got != want {
+			if got, want := resp, (pipelinePutReply{Revision: 2}); got != want {
 				t.Errorf("response %+v, want %+v", got, want)
 			}
 		}},
 		{"run create of unknown pipeline", []entry{create("nope", "")}, func(t *testing.T, st *state, resp any) {
-			if err, _ := resp.(error); !errors.Is(err, errNoPipeline) {
-				t.Errorf("response %v, want errNoPipeline", resp)
+			if err, _ := resp.(error); !refused(err, refusedNotFound) {
+				t.Errorf("response %v, want a not-found refusal", resp)
 			}
 		}},
 		{"run create numbers runs per pipeline", []entry{put("orders"), put("users"), create("orders", ""), create("users", ""), create("orders", "")},
 			func(t *testing.T, st *state, resp any) {
-				if got := resp.(applyResult).RunID; got != "orders-000002" {
+				if got := resp.(runCreateReply).RunID; got != "orders-000002" {
 					t.Errorf("run id %q, want orders-000002", got)
 				}
 				r := st.Runs["orders-000002"]
@@ -131,7 +129,7 @@ func TestFSMCommands(t *testing.T) {
 			}},
 		{"run create with a known request id reuses the run", []entry{put("orders"), create("orders", "req1"), create("orders", "req1")},
 			func(t *testing.T, st *state, resp any) {
-				if got, want := resp, (applyResult{RunID: run, Reused: true}); got != want {
+				if got, want := resp, (runCreateReply{RunID: run, Reused: true}); got != want {
 					t.Errorf("response %+v, want %+v", got, want)
 				}
 				if len(st.Runs) != 1 || st.Requests["req1"] != run {
@@ -139,11 +137,11 @@ func TestFSMCommands(t *testing.T) {
 				}
 			}},
 		{"spec retry overrides the defaults", []entry{
-			{cmdPipelinePut, pipelinePutCmd{Spec: func() pipeline.Spec {
+			pipelinePutCmd{Spec: func() pipeline.Spec {
 				s := testSpec("orders")
 				s.Retry = pipeline.Retry{MaxAttempts: 7, Backoff: 5 * time.Second}
 				return s
-			}()}}, create("orders", "")},
+			}()}, create("orders", "")},
 			func(t *testing.T, st *state, resp any) {
 				if r := st.Runs[run]; r.MaxAttempts != 7 || r.Backoff != 5*time.Second {
 					t.Errorf("attempts %d backoff %v, want 7 5s", r.MaxAttempts, r.Backoff)
@@ -163,11 +161,11 @@ func TestFSMCommands(t *testing.T) {
 			}},
 		{"run planned twice is refused", []entry{put("orders"), create("orders", ""), planned(run, 1, ""), planned(run, 1, "")},
 			func(t *testing.T, st *state, resp any) {
-				if err, _ := resp.(error); !errors.Is(err, errRunState) {
-					t.Errorf("response %v, want errRunState", resp)
+				if err, _ := resp.(error); !refused(err, refusedRunState) {
+					t.Errorf("response %v, want a run-state refusal", resp)
 				}
 			}},
-		{"run published", []entry{put("orders"), create("orders", ""), planned(run, 1, ""), simple(cmdRunPublished, run)},
+		{"run published", []entry{put("orders"), create("orders", ""), planned(run, 1, ""), published(run)},
 			func(t *testing.T, st *state, resp any) {
 				if !st.Runs[run].Published {
 					t.Error("not published")
@@ -179,19 +177,19 @@ func TestFSMCommands(t *testing.T) {
 				if ts.State != protocol.TaskSucceeded || ts.Rows != 5 || ts.Bytes != 50 || ts.Location != "stage/t00001" || ts.Worker != "w1" || ts.Attempts != 1 {
 					t.Errorf("task %+v", ts)
 				}
-				if resp.(applyResult).Changed != true {
+				if resp.(taskResultReply).Changed != true {
 					t.Error("not changed")
 				}
 			}},
 		{"a result for a succeeded task is ignored", []entry{put("orders"), create("orders", ""), planned(run, 1, ""), ok(run, "t00000", 5), failed(run, "t00000", protocol.ErrorPermanent, 2)},
 			func(t *testing.T, st *state, resp any) {
-				if resp != (applyResult{}) || st.Runs[run].Tasks[0].State != protocol.TaskSucceeded || st.Runs[run].State != protocol.RunRunning {
+				if resp != (taskResultReply{}) || st.Runs[run].Tasks[0].State != protocol.TaskSucceeded || st.Runs[run].State != protocol.RunRunning {
 					t.Errorf("response %+v, run %+v", resp, st.Runs[run])
 				}
 			}},
 		{"a result for an unknown run is ignored", []entry{ok("x-000001", "t00000", 1)},
 			func(t *testing.T, st *state, resp any) {
-				if resp != (applyResult{}) {
+				if resp != (taskResultReply{}) {
 					t.Errorf("response %+v", resp)
 				}
 			}},
@@ -208,7 +206,7 @@ func TestFSMCommands(t *testing.T) {
 				if r.Tasks[0].State != protocol.TaskFailed || r.State != protocol.RunFailed || !strings.Contains(r.Error, "boom") || r.Finished != t0 {
 					t.Errorf("run %+v", r)
 				}
-				if !resp.(applyResult).RunFailed {
+				if !resp.(taskResultReply).RunFailed {
 					t.Error("RunFailed not reported")
 				}
 			}},
@@ -219,24 +217,24 @@ func TestFSMCommands(t *testing.T) {
 				}
 			}},
 		{"max deliveries fails the task", []entry{put("orders"), create("orders", ""), planned(run, 1, ""),
-			{cmdTaskResult, taskResultCmd{Run: run, Task: "t00000", Attempt: 10, Final: true, ErrorClass: protocol.ErrorRetryable, Error: "delivered 10 times without a result"}}},
+			taskResultCmd{Run: run, Task: "t00000", Attempt: 10, Final: true, ErrorClass: protocol.ErrorRetryable, Error: "delivered 10 times without a result"}},
 			func(t *testing.T, st *state, resp any) {
 				if r := st.Runs[run]; r.State != protocol.RunFailed || !strings.Contains(r.Error, "delivered 10 times") {
 					t.Errorf("run %+v", r)
 				}
 			}},
-		{"committing before all tasks succeeded is refused", []entry{put("orders"), create("orders", ""), planned(run, 2, ""), ok(run, "t00000", 1), simple(cmdRunCommitting, run)},
+		{"committing before all tasks succeeded is refused", []entry{put("orders"), create("orders", ""), planned(run, 2, ""), ok(run, "t00000", 1), committing(run)},
 			func(t *testing.T, st *state, resp any) {
-				if err, _ := resp.(error); !errors.Is(err, errRunState) || st.Runs[run].State != protocol.RunRunning {
+				if err, _ := resp.(error); !refused(err, refusedRunState) || st.Runs[run].State != protocol.RunRunning {
 					t.Errorf("response %v", resp)
 				}
 			}},
-		{"committing assigns the next version", append(committedRun("orders", run, "wm1", 50)[:6:6], create("orders", ""), planned("orders-000002", 0, ""), simple(cmdRunCommitting, "orders-000002")),
+		{"committing assigns the next version", append(committedRun("orders", run, "wm1", 50)[:6:6], create("orders", ""), planned("orders-000002", 0, ""), committing("orders-000002")),
 			func(t *testing.T, st *state, resp any) {
-				if got, _ := resp.(applyResult); got.Version != 2 {
+				if got, _ := resp.(runCommittingReply); got.Version != 2 {
 					t.Fatalf("response %v, want version 2", resp)
 				}
-				if got := resp.(applyResult).Version; got != 2 {
+				if got := resp.(runCommittingReply).Version; got != 2 {
 					t.Errorf("version %d, want 2", got)
 				}
 				if st.Runs[run].Version != 1 || st.Runs[run].State != protocol.RunCommitting {
@@ -246,9 +244,9 @@ func TestFSMCommands(t *testing.T) {
 					t.Errorf("exposed version %d before any commit", st.Pipelines["orders"].Version)
 				}
 			}},
-		{"committing again keeps the version", append(committedRun("orders", run, "", 50)[:6:6], simple(cmdRunCommitting, run)),
+		{"committing again keeps the version", append(committedRun("orders", run, "", 50)[:6:6], committing(run)),
 			func(t *testing.T, st *state, resp any) {
-				if got := resp.(applyResult).Version; got != 1 || st.Pipelines["orders"].VersionSeq != 1 {
+				if got := resp.(runCommittingReply).Version; got != 1 || st.Pipelines["orders"].VersionSeq != 1 {
 					t.Errorf("version %d, seq %d, want 1 1", got, st.Pipelines["orders"].VersionSeq)
 				}
 			}},
@@ -274,17 +272,17 @@ func TestFSMCommands(t *testing.T) {
 			}},
 		{"a finished run cannot fail", append(committedRun("orders", run, "", 50), runFailed(run, 50)),
 			func(t *testing.T, st *state, resp any) {
-				if st.Runs[run].State != protocol.RunCommitted || resp != (applyResult{}) {
+				if st.Runs[run].State != protocol.RunCommitted || resp != (noReply{}) {
 					t.Errorf("run %+v, response %+v", st.Runs[run], resp)
 				}
 			}},
 		{"results after the run failed are ignored", []entry{put("orders"), create("orders", ""), planned(run, 2, ""), failed(run, "t00000", protocol.ErrorPermanent, 1), ok(run, "t00001", 1)},
 			func(t *testing.T, st *state, resp any) {
-				if resp != (applyResult{}) || st.Runs[run].Tasks[1].State != protocol.TaskPending {
+				if resp != (taskResultReply{}) || st.Runs[run].Tasks[1].State != protocol.TaskPending {
 					t.Errorf("response %+v, task %+v", resp, st.Runs[run].Tasks[1])
 				}
 			}},
-		{"notified", append(committedRun("orders", run, "", 50), simple(cmdRunNotified, run)),
+		{"notified", append(committedRun("orders", run, "", 50), notified(run)),
 			func(t *testing.T, st *state, resp any) {
 				if !st.Runs[run].Notified {
 					t.Error("not notified")
@@ -354,12 +352,12 @@ func equalSet(a, b []string) bool {
 func fullLog() []entry {
 	log := []entry{put("orders"), put("users")}
 	log = append(log, committedRun("orders", "orders-000001", "wm1", 50)...)
-	log = append(log, simple(cmdRunNotified, "orders-000001"))
-	log = append(log, create("orders", "r2"), planned("orders-000002", 3, "wm2"), simple(cmdRunPublished, "orders-000002"),
+	log = append(log, notified("orders-000001"))
+	log = append(log, create("orders", "r2"), planned("orders-000002", 3, "wm2"), published("orders-000002"),
 		ok("orders-000002", "t00000", 4), failed("orders-000002", "t00001", protocol.ErrorRetryable, 1))
 	log = append(log, create("users", ""), runFailed("users-000001", 50))
 	// a deleted cdc pipeline, its cleanup pending
-	log = append(log, entry{cmdPipelinePut, pipelinePutCmd{Spec: cdcSpec("gone"), Time: t0}}, del("gone"))
+	log = append(log, pipelinePutCmd{Spec: cdcSpec("gone"), Time: t0}, del("gone"))
 	return log
 }
 
@@ -423,5 +421,46 @@ func TestFSMUnknownCommandPanics(t *testing.T) {
 			}()
 			newFSM().Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: data})
 		}()
+	}
+}
+
+// allCommands holds a body of every command type.
+var allCommands = []commandBody{
+	pipelinePutCmd{}, runCreateCmd{}, runPlannedCmd{}, runPublishedCmd{}, taskResultCmd{}, runCommittingCmd{},
+	runCommittedCmd{}, runFailedCmd{}, runNotifiedCmd{}, backfillCmd{}, runWaitingCmd{}, scheduleTickCmd{},
+	leaseGrantCmd{}, pipelineDeleteCmd{}, cleanupDoneCmd{},
+}
+
+// Every command body has its own type byte, with a name; the bytes run
+// from 1 without a gap; Apply dispatches each byte to the body that
+// carries it (a case that decoded another body would panic).
+func TestFSMDispatchesEveryCommand(t *testing.T) {
+	seen := map[cmdType]bool{}
+	for _, c := range allCommands {
+		ct := c.cmdType()
+		if seen[ct] {
+			t.Errorf("%T: type byte %d is taken", c, byte(ct))
+		}
+		seen[ct] = true
+		if strings.HasPrefix(ct.String(), "command ") {
+			t.Errorf("%T: type byte %d has no name", c, byte(ct))
+		}
+		b, err := encodeCmd(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("%T: Apply panicked: %v", c, r)
+				}
+			}()
+			newFSM().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: b})
+		}()
+	}
+	for ct := cmdType(1); ct <= cmdType(len(allCommands)); ct++ {
+		if !seen[ct] {
+			t.Errorf("type byte %d has no command", byte(ct))
+		}
 	}
 }

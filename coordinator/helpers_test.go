@@ -14,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -77,6 +79,17 @@ func startNode(t *testing.T, cfg Config, url string, reg *connectors.Registry, t
 	return n
 }
 
+// tracedLeader starts a single-node coordinator that records its spans in
+// rec, and waits until it leads.
+func tracedLeader(t *testing.T, url string, mem *memConnectors) (*node, *tracetest.SpanRecorder) {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	n := startNode(t, Config{NodeID: "n1", InmemStore: true, RaftBind: "127.0.0.1:0", Bootstrap: true}, url, mem.registry(), tp)
+	eventually(t, 20*time.Second, "n1 leads", n.IsLeader)
+	return n, rec
+}
+
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -90,18 +103,22 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // memConnectors is a test connector pair: "memsrc" plans {"parts": n}
-// partitions (or fails with "fail_plan"), "memsink" needs a "path" and
-// records commits and aborts.
+// partitions with the "schema" given (or fails with "fail_plan"),
+// "memsink" needs a "path", records commits, aborts and schema checks, and
+// refuses a schema with the column named "refuse".
 type memConnectors struct {
 	mu      sync.Mutex
 	commits []connectors.CommitRequest
 	aborts  []string
+	checks  []*protocol.Schema
 }
 
 type memConfig struct {
-	Parts    int    `json:"parts"`
-	FailPlan string `json:"fail_plan"`
-	Path     string `json:"path"`
+	Parts    int              `json:"parts"`
+	FailPlan string           `json:"fail_plan"`
+	Schema   *protocol.Schema `json:"schema"`
+	Path     string           `json:"path"`
+	Refuse   string           `json:"refuse"`
 }
 
 func (m *memConnectors) registry() *connectors.Registry {
@@ -133,7 +150,7 @@ func (m *memConnectors) registry() *connectors.Registry {
 			if err := json.Unmarshal(cfg, &c); err != nil {
 				return nil, err
 			}
-			return &memSink{m: m, path: c.Path}, nil
+			return &memSink{m: m, path: c.Path, refuse: c.Refuse}, nil
 		},
 		Validate: func(cfg json.RawMessage) error {
 			var c memConfig
@@ -181,6 +198,12 @@ func (m *memConnectors) committed() []connectors.CommitRequest {
 	return append([]connectors.CommitRequest(nil), m.commits...)
 }
 
+func (m *memConnectors) checked() []*protocol.Schema {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*protocol.Schema(nil), m.checks...)
+}
+
 func (m *memConnectors) aborted() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -198,6 +221,7 @@ func (s memSource) Plan(_ context.Context, req connectors.PlanRequest) (connecto
 		p.Partitions = append(p.Partitions, protocol.Partition{Key: fmt.Sprintf("part-%d", i), Spec: json.RawMessage(fmt.Sprintf(`{"i":%d}`, i))})
 	}
 	p.Watermark = "wm-" + req.RunID
+	p.Schema = s.c.Schema
 	return p, nil
 }
 
@@ -208,8 +232,19 @@ func (memSource) Read(context.Context, protocol.Partition, connectors.Emit) erro
 func (memSource) Close() error { return nil }
 
 type memSink struct {
-	m    *memConnectors
-	path string
+	m      *memConnectors
+	path   string
+	refuse string
+}
+
+func (s *memSink) CheckSchema(_ context.Context, schema *protocol.Schema) error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.checks = append(s.m.checks, schema)
+	if c, ok := schema.Column(s.refuse); ok {
+		return connectors.Permanent(fmt.Errorf("column %q: memsink cannot hold a %s", c.Name, c))
+	}
+	return nil
 }
 
 func (*memSink) OpenTask(context.Context, connectors.TaskRef) (connectors.TaskWriter, error) {
@@ -302,5 +337,5 @@ func fakeWorker(t *testing.T, url string, handle func(task protocol.Task, attemp
 
 // succeed answers a task with 10 rows per partition.
 func succeed(task protocol.Task, _ int) protocol.Result {
-	return protocol.Result{Worker: "w1", Rows: 10, Bytes: 100, Checksum: "0000000000000001", Location: "stage/" + task.RunID + "/" + task.TaskID}
+	return protocol.Result{Worker: "w1", Rows: 10, Bytes: 100, Checksum: 1, Location: "stage/" + task.RunID + "/" + task.TaskID}
 }

@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -13,7 +12,7 @@ func putPartitioned(name string) entry {
 	s := testSpec(name)
 	s.Pattern = protocol.PatternIncremental
 	s.Incremental = &pipeline.Incremental{Window: time.Hour, Start: start, ReadyTimeout: time.Hour, ReadyCheck: time.Second}
-	return entry{cmdPipelinePut, pipelinePutCmd{Spec: s, Time: t0}}
+	return pipelinePutCmd{Spec: s, Time: t0}
 }
 
 // A partition-based run waits (recorded in Raft) while its partition is
@@ -27,15 +26,15 @@ func TestFSMRunWaiting(t *testing.T) {
 		t.Fatalf("run copies column %q, ready timeout %s, check %s from the spec", r.DeltaColumn, r.ReadyTimeout, r.ReadyCheck)
 	}
 	t1 := t0.Add(time.Minute)
-	res := applyAll(t, f, entry{cmdRunWaiting, runWaitingCmd{Run: r.ID, What: "/in/date=2026-01-01/hour=00", Time: t1}})
-	if out, _ := res.(applyResult); !out.Changed || r.State != protocol.RunWaiting || r.WaitingFor != "/in/date=2026-01-01/hour=00" || !r.WaitingSince.Equal(t1) {
+	res := applyAll(t, f, runWaitingCmd{Run: r.ID, What: "/in/date=2026-01-01/hour=00", Time: t1})
+	if out, _ := res.(runWaitingReply); !out.Changed || r.State != protocol.RunWaiting || r.WaitingFor != "/in/date=2026-01-01/hour=00" || !r.WaitingSince.Equal(t1) {
 		t.Fatalf("after run waiting: %v, state %s, for %q since %v", res, r.State, r.WaitingFor, r.WaitingSince)
 	}
 	// The same again changes nothing; another input keeps the start.
-	if out, _ := applyAll(t, f, entry{cmdRunWaiting, runWaitingCmd{Run: r.ID, What: "/in/date=2026-01-01/hour=00", Time: t1.Add(time.Minute)}}).(applyResult); out.Changed {
+	if out, _ := applyAll(t, f, runWaitingCmd{Run: r.ID, What: "/in/date=2026-01-01/hour=00", Time: t1.Add(time.Minute)}).(runWaitingReply); out.Changed {
 		t.Fatal("the same waiting entry changed the run")
 	}
-	applyAll(t, f, entry{cmdRunWaiting, runWaitingCmd{Run: r.ID, What: "other", Time: t1.Add(2 * time.Minute)}})
+	applyAll(t, f, runWaitingCmd{Run: r.ID, What: "other", Time: t1.Add(2 * time.Minute)})
 	if r.WaitingFor != "other" || !r.WaitingSince.Equal(t1) {
 		t.Fatalf("waiting for %q since %v; want other since %v", r.WaitingFor, r.WaitingSince, t1)
 	}
@@ -49,7 +48,7 @@ func TestFSMRunWaiting(t *testing.T) {
 	if st := runStatus(r, false); st.WaitingFor != "" {
 		t.Fatalf("a committed run shows waiting for %q", st.WaitingFor)
 	}
-	if err, _ := applyAll(t, f, entry{cmdRunWaiting, runWaitingCmd{Run: r.ID, What: "x", Time: t1}}).(error); !errors.Is(err, errRunState) {
+	if err, _ := applyAll(t, f, runWaitingCmd{Run: r.ID, What: "x", Time: t1}).(error); !refused(err, refusedRunState) {
 		t.Fatalf("waiting entry for a committed run: %v", err)
 	}
 }
@@ -58,7 +57,7 @@ func TestFSMRunWaiting(t *testing.T) {
 // once the partition's time is over (plus lag), explicit windows and
 // backfill ranges on partition boundaries.
 func TestRunWindowPartitioned(t *testing.T) {
-	spec := putPartitioned("ev").body.(pipelinePutCmd).Spec
+	spec := putPartitioned("ev").(pipelinePutCmd).Spec
 	at := func(h, m int) time.Time { return start.Add(time.Duration(h)*time.Hour + time.Duration(m)*time.Minute) }
 	p := &pipelineState{Spec: spec, Watermark: "2026-01-01T03:00:00Z"}
 	if got, live, err := runWindow(p, nil, at(30, 0)); err != nil || !live || got != *win(3, 4) {

@@ -68,6 +68,20 @@ func leaderOf(t *testing.T, nodes []*node) int {
 	return idx
 }
 
+// killLeader kills node first, the leader, cuts it off the others, and
+// returns the new leader.
+func killLeader(t *testing.T, nodes []*node, trans []*raft.InmemTransport, first int) int {
+	t.Helper()
+	nodes[first].Kill()
+	for i, tr := range trans {
+		if i != first {
+			tr.Disconnect(trans[first].LocalAddr())
+		}
+	}
+	nodes[first] = nil
+	return leaderOf(t, nodes)
+}
+
 func TestRaftFailover(t *testing.T) {
 	url := startNATS(t)
 	mem := &memConnectors{}
@@ -98,14 +112,7 @@ func TestRaftFailover(t *testing.T) {
 	}
 
 	killed := nodes[first].cfg.NodeID
-	nodes[first].Kill()
-	for i, tr := range trans {
-		if i != first {
-			tr.Disconnect(trans[first].LocalAddr())
-		}
-	}
-	nodes[first] = nil
-	second := leaderOf(t, nodes)
+	second := killLeader(t, nodes, trans, first)
 	if nodes[second].cfg.NodeID == killed {
 		t.Fatalf("killed node %s still leads", killed)
 	}

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
@@ -19,10 +17,7 @@ import (
 func TestRunCommits(t *testing.T) {
 	url := startNATS(t)
 	mem := &memConnectors{}
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	n := startNode(t, Config{NodeID: "n1", InmemStore: true, RaftBind: "127.0.0.1:0", Bootstrap: true}, url, mem.registry(), tp)
-	eventually(t, 20*time.Second, "n1 leads", n.IsLeader)
+	_, rec := tracedLeader(t, url, mem)
 
 	tasks := make(chan protocol.Task, 10)
 	fakeWorker(t, url, func(task protocol.Task, attempt int) protocol.Result {

@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -134,8 +133,7 @@ func (t *leaderTerm) startTick(ctx context.Context, name, spec string, tick time
 	req := protocol.RunRequest{Pipeline: name, LogicalTime: tick, RequestID: scheduleRequestID(name, tick)}
 	id, upToDate, err := t.startRun(ctx, req, trig)
 	if err != nil {
-		var ae *apiErr
-		if errors.As(err, &ae) && ae.code == codeInvalid {
+		if refused(err, refusedInvalid) {
 			// The run cannot be started for this tick: the tick is done.
 			c.log.Warn("scheduled run refused: tick skipped", "pipeline", name, "tick", tick, "err", err)
 			return t.markTick(name, spec, tick)
@@ -151,7 +149,7 @@ func (t *leaderTerm) startTick(ctx context.Context, name, spec string, tick time
 }
 
 func (t *leaderTerm) markTick(name, spec string, tick time.Time) error {
-	if _, err := t.c.apply(cmdScheduleTick, scheduleTickCmd{Pipeline: name, Schedule: spec, Tick: tick, Time: now()}); err != nil {
+	if _, err := apply(t.c, scheduleTickCmd{Pipeline: name, Schedule: spec, Tick: tick, Time: now()}); err != nil {
 		return fmt.Errorf("record schedule tick: %w", err)
 	}
 	return nil

@@ -53,28 +53,28 @@ func TestFSMScheduleTicks(t *testing.T) {
 	spec := testSpec("s")
 	spec.Schedule = "@every 1s"
 	tick := t0.Add(5 * time.Second)
-	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: t0}})
+	applyAll(t, f, pipelinePutCmd{Spec: spec, Time: t0})
 	p, _ := f.pipeline("s")
 	if !scheduleBase(p).Equal(t0) {
 		t.Fatalf("base before any tick %s, want the spec's time %s", scheduleBase(p), t0)
 	}
 	req := scheduleRequestID("s", tick)
-	res := applyAll(t, f, entry{cmdRunCreate, runCreateCmd{Pipeline: "s", RequestID: req, LogicalTime: tick, Schedule: spec.Schedule, Tick: tick, Time: tick}})
-	first := res.(applyResult).RunID
-	res = applyAll(t, f, entry{cmdRunCreate, runCreateCmd{Pipeline: "s", RequestID: req, LogicalTime: tick, Schedule: spec.Schedule, Tick: tick, Time: tick}})
-	if r := res.(applyResult); !r.Reused || r.RunID != first {
+	res := applyAll(t, f, runCreateCmd{Pipeline: "s", RequestID: req, LogicalTime: tick, Schedule: spec.Schedule, Tick: tick, Time: tick})
+	first := res.(runCreateReply).RunID
+	res = applyAll(t, f, runCreateCmd{Pipeline: "s", RequestID: req, LogicalTime: tick, Schedule: spec.Schedule, Tick: tick, Time: tick})
+	if r := res.(runCreateReply); !r.Reused || r.RunID != first {
 		t.Fatalf("the same tick again: %+v, want run %s reused", r, first)
 	}
 	p, _ = f.pipeline("s")
 	if !scheduleBase(p).Equal(tick) {
 		t.Fatalf("base %s, want the tick %s", scheduleBase(p), tick)
 	}
-	applyAll(t, f, entry{cmdScheduleTick, scheduleTickCmd{Pipeline: "s", Schedule: spec.Schedule, Tick: t0.Add(2 * time.Second), Time: tick}})
+	applyAll(t, f, scheduleTickCmd{Pipeline: "s", Schedule: spec.Schedule, Tick: t0.Add(2 * time.Second), Time: tick})
 	p, _ = f.pipeline("s")
 	if !scheduleBase(p).Equal(tick) {
 		t.Fatalf("base moved back to %s", scheduleBase(p))
 	}
-	applyAll(t, f, entry{cmdScheduleTick, scheduleTickCmd{Pipeline: "s", Schedule: spec.Schedule, Tick: tick.Add(time.Second), Time: tick}})
+	applyAll(t, f, scheduleTickCmd{Pipeline: "s", Schedule: spec.Schedule, Tick: tick.Add(time.Second), Time: tick})
 	p, _ = f.pipeline("s")
 	if !scheduleBase(p).Equal(tick.Add(time.Second)) {
 		t.Fatalf("base %s after a tick without a run", scheduleBase(p))
@@ -82,7 +82,7 @@ func TestFSMScheduleTicks(t *testing.T) {
 	// A changed schedule starts from the time it was applied.
 	spec.Schedule = "@every 2s"
 	later := t0.Add(time.Minute)
-	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: later}})
+	applyAll(t, f, pipelinePutCmd{Spec: spec, Time: later})
 	p, _ = f.pipeline("s")
 	if !scheduleBase(p).Equal(later) {
 		t.Fatalf("base of a changed schedule %s, want %s", scheduleBase(p), later)

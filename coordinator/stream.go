@@ -4,18 +4,14 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"time"
 
-	"go.opentelemetry.io/otel/trace"
-
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
-	"github.com/sluicehq/sluice/telemetry"
 )
 
 const (
@@ -92,7 +88,7 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	if st != nil {
 		epoch = st.Epoch + 1
 	}
-	if _, err := t.c.apply(cmdLeaseGrant, leaseGrantCmd{Pipeline: p.Spec.Name, Worker: w, Epoch: epoch, Revision: p.Revision, Time: now()}); err != nil {
+	if _, err := apply(t.c, leaseGrantCmd{Pipeline: p.Spec.Name, Worker: w, Epoch: epoch, Revision: p.Revision, Time: now()}); err != nil {
 		return fmt.Errorf("grant lease: %w", err)
 	}
 	t.leaseMu.Lock()
@@ -182,27 +178,16 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 	if err != nil {
 		return err
 	}
-	sctx, span := c.tracer.Start(ctx, telemetry.SpanRun, trace.WithNewRoot(),
-		trace.WithAttributes(telemetry.AttrPipeline.String(p.Spec.Name)))
-	out, err := c.apply(cmdRunCreate, runCreateCmd{
+	_, err = t.createRun(ctx, runCreateCmd{
 		Pipeline: p.Spec.Name, Snapshot: true, Source: &src, Sink: &sink,
 		Params: map[string]string{"snapshot_attempt": fmt.Sprint(attempts + 1)},
-		Trace:  telemetry.InjectMap(sctx), MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff,
-		Time: now(),
 	})
 	if err != nil {
-		span.End()
-		if errors.Is(err, errConflict) {
+		if refused(err, refusedConflict) {
 			return nil
 		}
 		return fmt.Errorf("create snapshot run: %w", err)
 	}
-	span.SetAttributes(telemetry.AttrRun.String(out.RunID))
-	c.spanMu.Lock()
-	c.spans[out.RunID] = span
-	c.spanMu.Unlock()
-	log.Info("initial snapshot run created", "run", out.RunID, "attempt", attempts+1)
-	t.kick(ctx, out.RunID)
 	return nil
 }
 

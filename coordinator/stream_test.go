@@ -22,7 +22,7 @@ func cdcSpec(name string) pipeline.Spec {
 }
 
 func grant(p, w string, epoch uint64) entry {
-	return entry{cmdLeaseGrant, leaseGrantCmd{Pipeline: p, Worker: w, Epoch: epoch, Revision: 1, Time: t0}}
+	return leaseGrantCmd{Pipeline: p, Worker: w, Epoch: epoch, Revision: 1, Time: t0}
 }
 
 // The initial snapshot of a cdc pipeline is a run with the derived
@@ -39,26 +39,30 @@ func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if src.Kind != "memsrc" || string(src.Config) != string(spec.Source.Config) || sink.Kind != "memsink" || string(sink.Config) != `{"parts":0,"fail_plan":"","path":"shop/sluice_shop"}` {
-		t.Fatalf("endpoints %+v %+v", src, sink)
+	var sinkCfg memConfig
+	if err := json.Unmarshal(sink.Config, &sinkCfg); err != nil {
+		t.Fatal(err)
+	}
+	if src.Kind != "memsrc" || string(src.Config) != string(spec.Source.Config) || sink.Kind != "memsink" || sinkCfg.Path != "shop/sluice_shop" {
+		t.Fatalf("endpoints %s %s, %s %s", src.Kind, src.Config, sink.Kind, sink.Config)
 	}
 	other := spec
 	other.Source.Kind = "memsrc"
 	if _, _, err := snapshotEndpoints(reg, other); err == nil {
 		t.Fatal("snapshot endpoints of a kind without an initial snapshot")
 	}
-	applyAll(t, f, entry{cmdPipelinePut, pipelinePutCmd{Spec: spec, Time: t0}})
+	applyAll(t, f, pipelinePutCmd{Spec: spec, Time: t0})
 
-	if err, _ := applyAll(t, f, create("shop", "")).(error); !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, create("shop", "")).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("ordinary run of a cdc pipeline: %v", err)
 	}
-	snap := entry{cmdRunCreate, runCreateCmd{Pipeline: "shop", Snapshot: true, Source: &src, Sink: &sink, MaxAttempts: 3, Time: t0}}
-	out := applyAll(t, f, snap).(applyResult)
+	snap := runCreateCmd{Pipeline: "shop", Snapshot: true, Source: &src, Sink: &sink, MaxAttempts: 3, Time: t0}
+	out := applyAll(t, f, snap).(runCreateReply)
 	r, _ := f.run(out.RunID)
 	if r.Source.Kind != "memsrc" || r.Sink.Kind != "memsink" {
 		t.Fatalf("snapshot run endpoints %+v %+v", r.Source, r.Sink)
 	}
-	if err, _ := applyAll(t, f, snap).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, snap).(error); !refused(err, refusedConflict) {
 		t.Fatalf("second snapshot run while one loads: %v", err)
 	}
 	applyAll(t, f, runFailed(out.RunID, 10))
@@ -66,19 +70,19 @@ func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 	if p.Stream.SnapshotDone || p.Stream.SnapshotAttempts != 1 {
 		t.Fatalf("after a failed snapshot: %+v", p.Stream)
 	}
-	out = applyAll(t, f, snap).(applyResult)
-	applyAll(t, f, planned(out.RunID, 1, "0/16B3748"), simple(cmdRunPublished, out.RunID), ok(out.RunID, "t00000", 10),
-		simple(cmdRunCommitting, out.RunID), committed(out.RunID, 10))
+	out = applyAll(t, f, snap).(runCreateReply)
+	applyAll(t, f, planned(out.RunID, 1, "0/16B3748"), published(out.RunID), ok(out.RunID, "t00000", 10),
+		committing(out.RunID), committed(out.RunID, 10))
 	p, _ = f.pipeline("shop")
 	if !p.Stream.SnapshotDone || p.Stream.ConsistentLSN != "0/16B3748" || p.Stream.SnapshotAttempts != 2 || p.Stream.SnapshotRun != out.RunID {
 		t.Fatalf("after the snapshot committed: %+v", p.Stream)
 	}
-	if err, _ := applyAll(t, f, snap).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, snap).(error); !refused(err, refusedConflict) {
 		t.Fatalf("snapshot run after the snapshot is done: %v", err)
 	}
 
 	applyAll(t, f, grant("shop", "w1", 1))
-	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !errors.Is(err, errConflict) {
+	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !refused(err, refusedConflict) {
 		t.Fatalf("a second grant of epoch 1: %v", err)
 	}
 	applyAll(t, f, grant("shop", "w2", 2))
@@ -87,7 +91,7 @@ func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 		t.Fatalf("after two grants: %+v", p.Stream)
 	}
 	applyAll(t, f, put("plain"))
-	if err, _ := applyAll(t, f, grant("plain", "w1", 1)).(error); !errors.Is(err, errInvalidCmd) {
+	if err, _ := applyAll(t, f, grant("plain", "w1", 1)).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("lease of a full_load pipeline: %v", err)
 	}
 }

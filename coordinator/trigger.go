@@ -123,9 +123,8 @@ func (t *leaderTerm) handleTrigger(ctx context.Context, m jetstream.Msg, seq uin
 		RequestID: triggerRequestID(name, msgID, seq)}
 	id, upToDate, err := t.startRun(ctx, req, trig)
 	if err != nil {
-		var ae *apiErr
-		if errors.As(err, &ae) && (ae.code == codeInvalid || ae.code == codeNotFound) {
-			return "", &permanentError{ae.msg}
+		if rf := refusalOf(err); rf != nil && (rf.code == refusedInvalid || rf.code == refusedNotFound) {
+			return "", &permanentError{rf.msg}
 		}
 		return "", err // transient: no leader, a Raft error, a conflict
 	}
@@ -226,8 +225,7 @@ func (t *leaderTerm) startDownstream(ctx context.Context, log *slog.Logger, r *r
 		req := protocol.RunRequest{Pipeline: name, RequestID: afterRequestID(r.ID, name)}
 		id, upToDate, err := t.startRun(ctx, req, trig)
 		if err != nil {
-			var ae *apiErr
-			if errors.As(err, &ae) && (ae.code == codeInvalid || ae.code == codeNotFound) {
+			if refused(err, refusedInvalid, refusedNotFound) {
 				log.Warn("downstream run not started", "downstream", name, "err", err)
 				continue
 			}

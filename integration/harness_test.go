@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -88,6 +89,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	files.Register(c.reg)
 	postgres.Register(c.reg)
 	pgcdc.Register(c.reg, nil)
+	clickhouse.Register(c.reg)
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/protocol"
@@ -96,15 +97,24 @@ func TestTriggerSameMsgIDOneRun(t *testing.T) {
 	if _, err := c.js.UpdateStream(c.ctx(), scfg); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2500 * time.Millisecond)
-	m := nats.NewMsg(protocol.TriggerSubject("trig"))
-	m.Header.Set(protocol.HeaderMsgID, "order-42")
-	ack, err := c.js.PublishMsg(c.ctx(), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ack.Duplicate {
-		t.Fatal("JetStream deduped the publication after its window: the coordinator's dedupe is not exercised")
+	// JetStream forgets a message id on a timer some time after the
+	// window: a publication it still dedupes stores nothing, so it is
+	// published again until it is stored.
+	var ack *jetstream.PubAck
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		time.Sleep(500 * time.Millisecond)
+		m := nats.NewMsg(protocol.TriggerSubject("trig"))
+		m.Header.Set(protocol.HeaderMsgID, "order-42")
+		ack, err = c.js.PublishMsg(c.ctx(), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ack.Duplicate {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("JetStream still dedupes the message id 20s after its 1s window: the coordinator's dedupe is not exercised")
+		}
 	}
 	c.runsOf("trig", 1)
 	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)

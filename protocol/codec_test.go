@@ -36,7 +36,7 @@ func TestTaskRoundTrip(t *testing.T) {
 func TestResultRoundTrip(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	want := Result{RunID: "r", TaskID: "t", Pipeline: "p", Attempt: 2, Worker: "w1", Rows: 5, Bytes: 50,
-		Checksum: "00ff", Location: "/out/_staging/r/t", ErrorClass: ErrorRetryable, Error: "boom", Started: now, Finished: now}
+		Checksum: 0xff, Location: "/out/_staging/r/t", ErrorClass: ErrorRetryable, Error: "boom", Started: now, Finished: now}
 	b, err := Encode(want)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +89,40 @@ func TestStreamAssignmentRoundTrip(t *testing.T) {
 		if _, err := Decode[StreamAssignment](b); err == nil {
 			t.Errorf("%s: decoded %s", name, b)
 		}
+	}
+}
+
+// A checksum travels as 16 hex digits, as it did when it was a string:
+// a result from a worker of either form decodes to the same sum, and a
+// zero sum (or none) is left out.
+func TestResultChecksumJSON(t *testing.T) {
+	b, err := json.Marshal(Result{RunID: "r", TaskID: "t", Checksum: 0xff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"checksum":"00000000000000ff"`) {
+		t.Fatalf("encoded %s, want the checksum as 16 hex digits", b)
+	}
+	for in, want := range map[string]Sum{
+		`{"checksum":"00000000000000ff"}`: 0xff,
+		`{"checksum":"ffffffffffffffff"}`: 1<<64 - 1,
+		`{"checksum":"00ff"}`:             0xff,
+		`{"checksum":""}`:                 0,
+		`{}`:                              0,
+	} {
+		var r Result
+		if err := json.Unmarshal([]byte(in), &r); err != nil || r.Checksum != want {
+			t.Errorf("decode %s: %v, %v; want %v", in, r.Checksum, err, want)
+		}
+	}
+	for _, in := range []string{`{"checksum":"xyz"}`, `{"checksum":"10000000000000000"}`, `{"checksum":255}`} {
+		var r Result
+		if err := json.Unmarshal([]byte(in), &r); err == nil {
+			t.Errorf("decode %s: %v, want an error", in, r.Checksum)
+		}
+	}
+	if b, _ := json.Marshal(Result{}); strings.Contains(string(b), "checksum") {
+		t.Errorf("a zero checksum encoded: %s", b)
 	}
 }
 

@@ -2,6 +2,8 @@ package protocol
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -116,14 +118,42 @@ type Result struct {
 	Worker  string `json:"worker"`
 	Rows    int64  `json:"rows"`
 	Bytes   int64  `json:"bytes"`
-	// Checksum is an order-independent checksum of the rows written, as hex.
-	Checksum string `json:"checksum,omitempty"`
+	// Checksum is the order-independent checksum of the rows written (the
+	// sum of connectors.Checksum; its row count is Rows).
+	Checksum Sum `json:"checksum,omitempty"`
 	// Location is where the task's staged output lies, for the sink's commit.
 	Location   string     `json:"location,omitempty"`
 	ErrorClass ErrorClass `json:"error_class,omitempty"`
 	Error      string     `json:"error,omitempty"`
 	Started    time.Time  `json:"started,omitzero"`
 	Finished   time.Time  `json:"finished,omitzero"`
+}
+
+// Sum is the sum of an order-independent checksum of rows: the sum,
+// modulo 2^64, of one 64-bit hash per row (connectors.Checksum.Sum). Its
+// text and JSON form is 16 lower-case hex digits, the form it had as a
+// string: a result, log entry or snapshot written with the string still
+// decodes, and "" decodes as 0.
+type Sum uint64
+
+// String formats s as 16 hex digits.
+func (s Sum) String() string { return fmt.Sprintf("%016x", uint64(s)) }
+
+// MarshalText formats s as 16 hex digits.
+func (s Sum) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses up to 16 hex digits; an empty text is 0.
+func (s *Sum) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*s = 0
+		return nil
+	}
+	v, err := strconv.ParseUint(string(b), 16, 64)
+	if err != nil {
+		return fmt.Errorf("checksum %q: want up to 16 hex digits", b)
+	}
+	*s = Sum(v)
+	return nil
 }
 
 // Failed reports whether the result is a failure.

@@ -93,3 +93,80 @@ if [ "${pg_state#*,}" = 0 ]; then
   pg_psql -c "create database sluice_test owner sluice"
 fi
 echo "services: PostgreSQL $pg_ver ready on 127.0.0.1:5432 (wal_level $(pg_psql -c 'show wal_level'), database sluice_test, role sluice)"
+
+# ClickHouse for the clickhouse connector's tests and benchmark
+# (SLUICE_TEST_CLICKHOUSE, default http://127.0.0.1:8123). Debian bookworm
+# ships 18.16; it runs without systemd as the clickhouse user, from a
+# configuration this script owns under /var/lib/sluice-clickhouse (data,
+# logs, pid file beside it), listening on 127.0.0.1 only: HTTP 8123, native
+# 9000 (for clickhouse-client). The default user has no password: a test
+# server, never a product one.
+ch_dir=/var/lib/sluice-clickhouse
+ch_ready() { curl -fsS --max-time 2 'http://127.0.0.1:8123/?query=SELECT%20version()' 2>/dev/null; }
+if [ ! -x /usr/sbin/clickhouse-server ] || ! command -v clickhouse-client >/dev/null || ! command -v curl >/dev/null; then
+  echo "services: installing clickhouse-server and clickhouse-client"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq clickhouse-server clickhouse-client curl >/dev/null
+fi
+ch_user=clickhouse
+id "$ch_user" >/dev/null 2>&1 || ch_user=root
+mkdir -p "$ch_dir"/{data,tmp,user_files,format_schemas,log}
+ch_config="<?xml version=\"1.0\"?>
+<!-- Written by sluice scripts/services.sh. -->
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>$ch_dir/log/clickhouse-server.log</log>
+        <errorlog>$ch_dir/log/clickhouse-server.err.log</errorlog>
+        <size>100M</size>
+        <count>3</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>8123</http_port>
+    <tcp_port>9000</tcp_port>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <mark_cache_size>268435456</mark_cache_size>
+    <path>$ch_dir/data/</path>
+    <tmp_path>$ch_dir/tmp/</tmp_path>
+    <user_files_path>$ch_dir/user_files/</user_files_path>
+    <format_schema_path>$ch_dir/format_schemas/</format_schema_path>
+    <users_config>$ch_dir/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+</yandex>"
+ch_users="<?xml version=\"1.0\"?>
+<!-- Written by sluice scripts/services.sh. -->
+<yandex>
+    <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>"
+ch_changed=0
+[ "$(cat "$ch_dir/config.xml" 2>/dev/null)" = "$ch_config" ] || { printf '%s\n' "$ch_config" >"$ch_dir/config.xml"; ch_changed=1; }
+[ "$(cat "$ch_dir/users.xml" 2>/dev/null)" = "$ch_users" ] || { printf '%s\n' "$ch_users" >"$ch_dir/users.xml"; ch_changed=1; }
+chown -R "$ch_user": "$ch_dir"
+ch_pid=$(cat "$ch_dir/clickhouse-server.pid" 2>/dev/null || true)
+if [ "$ch_changed" = 1 ] && [ -n "$ch_pid" ] && kill -0 "$ch_pid" 2>/dev/null; then
+  echo "services: restarting ClickHouse for its new configuration"
+  kill "$ch_pid"
+  for _ in $(seq 1 100); do kill -0 "$ch_pid" 2>/dev/null || break; sleep 0.1; done
+fi
+if ! ch_ready >/dev/null; then
+  echo "services: starting ClickHouse"
+  (cd "$ch_dir" && runuser -u "$ch_user" -- /usr/sbin/clickhouse-server --daemon \
+    --config-file="$ch_dir/config.xml" --pid-file="$ch_dir/clickhouse-server.pid")
+  for _ in $(seq 1 150); do ch_ready >/dev/null && break; sleep 0.2; done
+fi
+ch_version=$(ch_ready) || { echo "services: ClickHouse did not become ready (see $ch_dir/log/)" >&2; exit 1; }
+echo "services: ClickHouse $ch_version ready on 127.0.0.1:8123 (HTTP) and :9000 (native), data in $ch_dir"

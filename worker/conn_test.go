@@ -43,6 +43,7 @@ type testConn struct {
 
 	mu        sync.Mutex
 	reads     map[string][]time.Time // read start times by partition key
+	refs      []connectors.TaskRef   // the task writers opened
 	active    int
 	maxActive int
 
@@ -80,6 +81,13 @@ func (c *testConn) readTimes(key string) []time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]time.Time(nil), c.reads[key]...)
+}
+
+// opened returns the task writers the sink opened.
+func (c *testConn) opened() []connectors.TaskRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]connectors.TaskRef(nil), c.refs...)
 }
 
 func (c *testConn) maxConcurrent() int {
@@ -167,6 +175,9 @@ func (s testSource) Close() error { s.c.srcClosed.Add(1); return nil }
 type testSink struct{ c *testConn }
 
 func (s testSink) OpenTask(_ context.Context, t connectors.TaskRef) (connectors.TaskWriter, error) {
+	s.c.mu.Lock()
+	s.c.refs = append(s.c.refs, t)
+	s.c.mu.Unlock()
 	dir := filepath.Join(s.c.dir, t.RunID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err

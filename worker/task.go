@@ -92,7 +92,7 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 	if err == nil {
 		span.SetAttributes(telemetry.AttrRows.Int64(out.Rows), telemetry.AttrBytes.Int64(out.Bytes))
 		res.Rows, res.Bytes = out.Rows, out.Bytes
-		res.Checksum = out.Checksum.String()
+		res.Checksum = protocol.Sum(out.Checksum.Sum)
 		res.Location = out.Location
 		w.succeed(sctx, msg, res, log)
 		return
@@ -154,7 +154,7 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		return out, err
 	}
 	tw, err := sink.OpenTask(ctx, connectors.TaskRef{
-		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt,
+		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
 	})
 	if err != nil {
 		return out, fmt.Errorf("open %s output of task: %w", task.Sink.Kind, err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -288,9 +289,9 @@ func checkSuccess(t *testing.T, c *testConn, r protocol.Result, part int) {
 	if r.Failed() {
 		t.Fatalf("task %s failed: %s %s", r.TaskID, r.ErrorClass, r.Error)
 	}
-	if r.Rows != int64(c.rows) || r.Bytes != int64(len(want)) || r.Checksum != sum.String() {
+	if r.Rows != int64(c.rows) || r.Bytes != int64(len(want)) || r.Checksum != protocol.Sum(sum.Sum) {
 		t.Errorf("task %s: rows %d bytes %d checksum %s, want %d %d %s",
-			r.TaskID, r.Rows, r.Bytes, r.Checksum, c.rows, len(want), sum.String())
+			r.TaskID, r.Rows, r.Bytes, r.Checksum, c.rows, len(want), sum)
 	}
 	got, err := os.ReadFile(r.Location)
 	if err != nil {
@@ -613,6 +614,25 @@ func TestPermanentFailure(t *testing.T) {
 		t.Errorf("stats %+v, want 1 failed", s)
 	}
 	r.stop(t)
+}
+
+// TestTaskSchemaReachesWriter checks that the sink's task writer is opened
+// with the task's schema, the run's.
+func TestTaskSchemaReachesWriter(t *testing.T) {
+	e := newEnv(t)
+	e.createStreams(30 * time.Second)
+	schema := &protocol.Schema{Columns: []protocol.Column{{Name: "part", Type: protocol.TypeInt32, NotNull: true},
+		{Name: "amount", Type: protocol.TypeDecimal, Precision: 38, Scale: 10, Native: "numeric(38,10)"}}, Key: []string{"part"}, System: "postgres"}
+	task := e.task(1)
+	task.Schema = schema
+	e.publishTask(task, nil)
+	r := e.start(fastConfig(1), nil)
+	e.waitResults(1)
+	r.stop(t)
+	refs := e.conn.opened()
+	if len(refs) != 1 || !reflect.DeepEqual(refs[0].Schema, schema) {
+		t.Fatalf("task writers opened with %+v, want one with schema %+v", refs, schema)
+	}
 }
 
 // TestSinkWriteFailure checks that a batch the sink rejects fails the task

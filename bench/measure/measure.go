@@ -29,6 +29,19 @@ func LoadAverage() string {
 	return strings.Join(f[:3], " ")
 }
 
+// Best returns the index of the smallest of secs, the best repetition of a
+// measurement (0 when secs is empty).
+func Best(secs []float64) int {
+	i := 0
+	for j, s := range secs {
+		if s < secs[i] {
+			i = j
+		}
+	}
+	return i
+}
+
+// Round rounds f to digits decimal places.
 func Round(f float64, digits int) float64 {
 	p, _ := strconv.ParseFloat(strconv.FormatFloat(f, 'f', digits, 64), 64)
 	return p

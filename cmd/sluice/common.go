@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -26,6 +27,7 @@ func newRegistry() *connectors.Registry {
 	files.Register(reg)
 	postgres.Register(reg)
 	pgcdc.Register(reg, nil) // snapshot sink publishes through each worker's connection
+	clickhouse.Register(reg)
 	return reg
 }
 

@@ -185,7 +185,8 @@ type tableInfo struct {
 // until ReleaseRun or Close. For an incremental run (req.Window set) every
 // chunk, and the count and key bounds that size them, is limited to
 // `delta_column >= from AND delta_column < to`. ctx bounds the planning
-// only.
+// only. The plan's Schema describes the columns read, from the catalog
+// (see logicalType), with the primary key as its key.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
@@ -218,6 +219,9 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	plan := connectors.Plan{}
+	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+	}
 	n := int64(len(specs))
 	for _, c := range specs {
 		c.V = 1
@@ -907,6 +911,9 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
 	plan := connectors.Plan{}
+	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
+	}
 	n := int64(len(specs))
 	for _, c := range specs {
 		c.V = 1

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sluicehq/sluice/bench/measure"
+)
+
+// findPSQL finds the psql binary.
+func findPSQL(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if p, err := exec.LookPath("psql"); err == nil {
+		return p, nil
+	}
+	p := "/usr/lib/postgresql/15/bin/psql"
+	if _, err := os.Stat(p); err != nil {
+		return "", errors.New("psql not found: install postgresql-client or give --psql")
+	}
+	return p, nil
+}
+
+// psqlCopy times (a), psql's \copy of the source to a CSV file, and checks
+// the file: as many lines as the source has rows on the first repetition,
+// the same size on the others.
+func (b *bench) psqlCopy(ctx context.Context) error {
+	secs, cpu, n, err := timePSQL(ctx, b.psql, b.cfg.dsn, b.cfg.srcTable(), b.psqlOut)
+	if err != nil {
+		return err
+	}
+	if b.csvBytes == 0 {
+		lines, err := countLines(b.psqlOut)
+		if err != nil {
+			return err
+		}
+		if lines != b.cfg.rows {
+			return fmt.Errorf("psql wrote %d lines, want %d", lines, b.cfg.rows)
+		}
+		b.csvBytes = n
+	} else if n != b.csvBytes {
+		return fmt.Errorf("psql wrote %d bytes, %d before", n, b.csvBytes)
+	}
+	m := b.ms["psql_copy_to_csv"]
+	m.add(secs, cpu)
+	m.Verified = "row count (lines of the file)"
+	os.Remove(b.psqlOut)
+	fmt.Fprintf(b.stdout, " psql %.2fs", secs)
+	return nil
+}
+
+// timePSQL runs psql's \copy of table to a CSV file and returns its wall
+// time, the psql process's CPU, PostgreSQL's CPU and the file's size.
+func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuUse, int64, error) {
+	os.Remove(file)
+	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn,
+		"-c", `\copy (SELECT `+columns+` FROM `+table+`) TO '`+file+`' csv`)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	srv0 := measure.ServerCPU()
+	start := time.Now()
+	err := cmd.Run()
+	secs := time.Since(start).Seconds()
+	srv1 := measure.ServerCPU()
+	if err != nil {
+		return 0, cpuUse{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	st, err := os.Stat(file)
+	if err != nil {
+		return 0, cpuUse{}, 0, err
+	}
+	client := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	return secs, cpuUse{client: client, server: srv1 - srv0}, st.Size(), nil
+}
+
+// countLines counts the newlines of a file.
+func countLines(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var n int64
+	buf := make([]byte, 1<<20)
+	for {
+		k, err := f.Read(buf)
+		n += int64(bytes.Count(buf[:k], []byte{'\n'}))
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// pipedCopy times (c), the source piped from COPY TO STDOUT into COPY FROM
+// STDIN, and checks the row count COPY FROM reports.
+func (b *bench) pipedCopy(ctx context.Context) error {
+	secs, cpu, err := b.timePipe(ctx)
+	if err != nil {
+		return err
+	}
+	m := b.ms["piped_copy_pg_to_pg"]
+	m.add(secs, cpu)
+	m.Verified = "row count (COPY FROM's)"
+	fmt.Fprintf(b.stdout, ", piped copy %.2fs", secs)
+	return nil
+}
+
+// timePipe copies the source into a fresh table through COPY TO STDOUT and
+// COPY FROM STDIN on two connections, the bytes piped between them through
+// a 256 KiB buffer (as a shell pipe between two psql would).
+func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
+	conn, dsn, rows := b.conn, b.cfg.dsn, b.cfg.rows
+	srcTable, pipeTable := b.cfg.srcTable(), b.cfg.pipeTable()
+	for _, sql := range []string{
+		"DROP TABLE IF EXISTS " + pipeTable,
+		"CREATE TABLE " + pipeTable + " (LIKE " + srcTable + ")",
+	} {
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return 0, cpuUse{}, err
+		}
+	}
+	src, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, cpuUse{}, err
+	}
+	defer src.Close(context.Background())
+	dst, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, cpuUse{}, err
+	}
+	defer dst.Close(context.Background())
+
+	runtime.GC()
+	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
+	start := time.Now()
+	pr, pw := io.Pipe()
+	var g errgroup.Group
+	g.Go(func() error {
+		bw := bufio.NewWriterSize(pw, 256<<10)
+		_, err := src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+columns+" FROM "+srcTable+") TO STDOUT")
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+		return err
+	})
+	tag, err := dst.PgConn().CopyFrom(ctx, pr, "COPY "+pipeTable+" ("+columns+") FROM STDIN")
+	pr.CloseWithError(errors.New("copy from ended"))
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	secs := time.Since(start).Seconds()
+	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
+	if err != nil {
+		return 0, cpuUse{}, fmt.Errorf("piped copy: %w", err)
+	}
+	if tag.RowsAffected() != rows {
+		return 0, cpuUse{}, fmt.Errorf("piped copy loaded %d rows, want %d", tag.RowsAffected(), rows)
+	}
+	if _, err := conn.Exec(ctx, "DROP TABLE "+pipeTable); err != nil {
+		return 0, cpuUse{}, err
+	}
+	return secs, cpu, nil
+}

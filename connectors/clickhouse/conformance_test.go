@@ -1,0 +1,43 @@
+package clickhouse
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/clickhouse/chtest"
+	"github.com/sluicehq/sluice/connectors/conformance"
+)
+
+// testSink opens a sink on table in the test's database.
+func testSink(t *testing.T, url, db, table string, mod func(*SinkConfig)) *Sink {
+	t.Helper()
+	cfg := SinkConfig{URL: url, Table: db + "." + table}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := NewSink(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformanceSink(t *testing.T) {
+	url, db := chtest.DB(t)
+	conformance.TestSink(t, conformance.SinkHarness{
+		Open: func(t *testing.T) connectors.Sink { return testSink(t, url, db, "conf", nil) },
+		Batches: func() []connectors.Batch {
+			var bs []connectors.Batch
+			for i := range 6 {
+				raw := fmt.Appendf(nil, "%d,\"multi\nline, %d\"\n%d,\n%d,\"\"\n", 3*i, i, 3*i+1, 3*i+2)
+				bs = append(bs, connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: []string{"id", "v"}, Rows: 3})
+			}
+			return bs
+		},
+		ReadCommitted: func(t *testing.T, s connectors.Sink) (connectors.Checksum, error) {
+			return TextChecksum(context.Background(), s.(*Sink).cl, "SELECT id, v FROM "+db+".conf")
+		},
+	})
+}

@@ -1,0 +1,89 @@
+// Package clickhouse is the "clickhouse" connector: a sink that exposes
+// each full load as a new version under one table name, swapped in
+// atomically, and replaces the rows of an incremental window exactly. It
+// speaks ClickHouse's HTTP interface itself (Client): the Go driver
+// (clickhouse-go/v2 v2.51.0) cannot talk to the 18.16 server Debian ships
+// (its HTTP mode sends settings 18.16 does not know; its native mode
+// inserts only with an explicit column list), while the HTTP interface is
+// the same from 18.x to 25.x and lets rows stream as text.
+//
+// # Tables
+//
+// For a sink table "db.orders" the sink keeps, in database db:
+//
+//	orders                         the table readers query: the current version
+//	orders_v6, orders_v5, ...      the kept earlier versions (keep_versions)
+//	orders__s_<run>_<task>         a task's staged rows, while its run is open
+//	orders__s_<run>_<task>_a<N>_<rand>  one task attempt's rows, until it closes
+//	orders__b_<run>                a run's version being assembled
+//	sluice_versions                the event log of versions: pending, committed, rollback, dropped
+//	sluice_windows                 the windows committed into incremental tables
+//
+// Every table is a MergeTree, ordered by the source's primary key when it
+// has one of plain columns, else not sorted (ORDER BY tuple()).
+//
+// # Types
+//
+// Columns take their types from the run's schema (TaskRef.Schema) and the
+// server's version (SELECT version()): bool as Bool (21.12+) or UInt8 0/1;
+// int16/32/64 as Int16/32/64; float32/64 as Float32/64 (NaN and infinities
+// kept); decimal(p,s) as Decimal(p, s) up to 38 digits (76 from 22.1),
+// refused above; a bare numeric as String (its exact text); string, JSON,
+// time of day and every type without a lossless match as String; bytes as
+// String holding the bytes; uuid as UUID; date as Date32 (21.9+) or Date,
+// a value outside its range (1970 to 2105 on 18.x) refused with its row;
+// timestamp and timestamptz as DateTime64(6, 'UTC') (20.1+) or, without
+// it, Int64 microseconds since 1970-01-01 UTC (infinity and -infinity as
+// the largest and smallest Int64, as PostgreSQL stores them); a list as
+// Array(Nullable(T)). A column that may be NULL is Nullable(T), except an
+// array, which ClickHouse cannot make Nullable: such a column is refused
+// at plan time unless null_arrays is "empty" (a NULL array stored as []).
+// CheckSchema refuses, at plan time and naming the column and its type,
+// what the server cannot hold. Without a schema every column is
+// Nullable(String), named from the batch, holding the source's text.
+//
+// Rows arrive as PostgreSQL COPY CSV and are re-encoded into TabSeparated
+// (NULL as \N, values converted as above, every date and timestamp checked
+// against the column's range: 18.16 would store an out-of-range date as
+// 0000-00-00 without a word). The task checksum is that of the CSV records
+// received (the source's own when it sends one), so a run's checksum
+// equals the source table's.
+//
+// # Staging and commit of a full load
+//
+// A task attempt creates a table of its own and streams its rows into it
+// with one INSERT; Close checks the row count and swaps the table in as
+// the task's staging table, dropping an earlier attempt's. An attempt
+// that dies, or one still running somewhere after its task was given to
+// another worker, never touches another attempt's rows. Commit assembles
+// the task tables into orders__b_<run> with ALTER TABLE ... ATTACH
+// PARTITION tuple() FROM (hard links, no copy), checks every count,
+// records the version as pending, then swaps it in under the table's
+// name, the previous version moving to orders_v<N>: in one RENAME TABLE of
+// both tables on servers whose databases are Ordinary (18.x to 20.x; the
+// server runs a RENAME of several tables under its global lock, so no
+// reader sees the table missing), or with EXCHANGE TABLES on an Atomic
+// database (20.10+). It then records the version as committed and drops
+// the staging tables and the versions beyond keep_versions. A commit
+// repeated after a crash goes on from the last recorded step: a pending
+// version whose build table is gone was swapped in. Rollback swaps a kept
+// version back the same way; Versions lists them.
+//
+// # Incremental windows
+//
+// A run of an incremental pipeline (ModeAppend) commits into the one
+// table orders, created on the first commit and partitioned by the day
+// (UTC) of the delta column, which is never Nullable there. For each day
+// the window touches, the commit builds the day anew (the table's rows of
+// that day outside the window, then the run's staged rows of that day)
+// and swaps it in with ALTER TABLE ... REPLACE PARTITION: a window inside
+// one day is replaced atomically, a longer one a day at a time. The run is
+// recorded in sluice_windows last; a commit repeated before gives the same
+// table again, one repeated after only tidies up.
+//
+// # Limits
+//
+// Only CSV batches (the postgres source's) are loaded; Arrow and JSONL
+// batches are refused. Two pipelines must not load the same table (the
+// leader serializes the commits of one pipeline only).
+package clickhouse

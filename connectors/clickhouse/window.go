@@ -1,0 +1,297 @@
+package clickhouse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// deltaKind says how the delta column of an incremental table is stored,
+// which fixes its day partitions and how a window bounds it.
+type deltaKind int
+
+const (
+	deltaMicros deltaKind = iota // Int64 microseconds since 1970 UTC
+	deltaDate                    // Date or Date32
+	deltaTime                    // DateTime or DateTime64 in UTC
+	deltaText                    // text in PostgreSQL's ISO form (no schema)
+)
+
+func deltaKindOf(chType string) (deltaKind, error) {
+	t := strings.TrimSuffix(strings.TrimPrefix(chType, "Nullable("), ")")
+	switch {
+	case t == "Int64":
+		return deltaMicros, nil
+	case t == "Date" || t == "Date32":
+		return deltaDate, nil
+	case strings.HasPrefix(t, "DateTime"):
+		return deltaTime, nil
+	case t == "String":
+		return deltaText, nil
+	}
+	return 0, fmt.Errorf("a delta column of type %s cannot bound a window (want a timestamp, a date, or text)", chType)
+}
+
+// partitionExpr is the PARTITION BY expression of an incremental table:
+// the day of its delta column.
+func partitionExpr(col string, k deltaKind) string {
+	// The incremental table's delta column is never Nullable: 18.16
+	// crashes inserting into a table partitioned by an expression of a
+	// Nullable column (and the source never sends a NULL delta value).
+	c := quoteIdent(col)
+	switch k {
+	case deltaMicros:
+		return "intDiv(" + c + ", 86400000000)"
+	case deltaText:
+		return "substring(" + c + ", 1, 10)"
+	}
+	return "toYYYYMMDD(" + c + ")"
+}
+
+// partitionLiteral is the partition of the day d (midnight UTC).
+func partitionLiteral(d time.Time, k deltaKind) string {
+	switch k {
+	case deltaMicros:
+		return strconv.FormatInt(d.Unix()/86400, 10)
+	case deltaText:
+		return quoteString(d.Format("2006-01-02"))
+	}
+	return d.Format("20060102")
+}
+
+// inWindow is the condition "the delta column lies in [lo, hi)"; for a
+// date, its midnight UTC does. Text is compared as text, which orders
+// PostgreSQL's ISO timestamps, dates and timestamps with +00 alike (a date
+// is taken as its midnight).
+func inWindow(col string, k deltaKind, w connectors.Window) string {
+	c := quoteIdent(col)
+	lo, hi := w.From.UTC(), w.To.UTC()
+	switch k {
+	case deltaMicros:
+		return fmt.Sprintf("%s >= %d AND %s < %d", c, lo.UnixMicro(), c, hi.UnixMicro())
+	case deltaDate:
+		ceil := func(t time.Time) string {
+			d := t.Truncate(24 * time.Hour)
+			if d.Before(t) {
+				d = d.Add(24 * time.Hour)
+			}
+			return quoteString(d.Format("2006-01-02"))
+		}
+		return fmt.Sprintf("%s >= toDate(%s) AND %s < toDate(%s)", c, ceil(lo), c, ceil(hi))
+	case deltaTime:
+		f := func(t time.Time) string {
+			return fmt.Sprintf("toDateTime64(%s, 6, 'UTC')", quoteString(t.Format("2006-01-02 15:04:05.000000")))
+		}
+		return fmt.Sprintf("%s >= %s AND %s < %s", c, f(lo), c, f(hi))
+	}
+	f := func(t time.Time) string { return quoteString(t.Format("2006-01-02 15:04:05.999999")) }
+	v := fmt.Sprintf("if(length(%s) = 10, concat(%s, ' 00:00:00'), %s)", c, c, c)
+	return fmt.Sprintf("%s >= %s AND %s < %s", v, f(lo), v, f(hi))
+}
+
+// commitWindow commits an incremental run (ModeAppend) into the one table
+// <table>, partitioned by the day of its delta column: for each day the
+// window touches, it builds the day anew (the table's rows of that day
+// outside the window, and the run's staged rows of that day) and swaps it
+// in with ALTER TABLE ... REPLACE PARTITION, which readers see whole. A
+// window inside one day is thus replaced atomically; one spanning several
+// days is replaced a day at a time. The run is recorded in sluice_windows
+// last; a commit repeated before that does the same again, which gives the
+// same table (the window's rows are replaced, never added to), and one
+// repeated after finds it recorded and only tidies up.
+func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) error {
+	if req.Window == nil || req.Window.Empty() || req.DeltaColumn == "" {
+		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
+	}
+	w := *req.Window
+	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return s.dropRunTables(ctx, req.RunID) // committed before
+	}
+	var total int64
+	var sum connectors.Checksum
+	var staged []string
+	for _, t := range req.Tasks {
+		total += t.Rows
+		sum.Merge(t.Checksum)
+		ok, err := s.exists(ctx, t.Location)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ok:
+			staged = append(staged, t.Location)
+		case t.Rows != 0:
+			return connectors.Permanent(fmt.Errorf("the staging table %s of %d rows is missing (aborted?)", t.Location, t.Rows))
+		}
+	}
+	present, err := s.exists(ctx, s.name)
+	if err != nil {
+		return err
+	}
+	if !present {
+		if len(staged) == 0 {
+			// Nothing to add and nothing to replace.
+			return s.recordWindow(ctx, req, 0, 0, sum)
+		}
+		if err := s.createWindowTable(ctx, staged[0], req); err != nil {
+			return err
+		}
+	}
+	colRows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
+	if err != nil {
+		return err
+	}
+	var names []string
+	var kind deltaKind
+	found := false
+	for _, r := range colRows {
+		names = append(names, quoteIdent(string(r[0])))
+		if string(r[0]) == req.DeltaColumn {
+			if kind, err = deltaKindOf(string(r[1])); err != nil {
+				return connectors.Permanent(err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return connectors.Permanent(fmt.Errorf("%s has no delta column %q", s.ident(s.name), req.DeltaColumn))
+	}
+	in := inWindow(req.DeltaColumn, kind, w)
+	var got int64
+	for _, t := range staged {
+		out, err := s.cl.Int(ctx, "SELECT countIf(NOT ifNull("+in+", 0)) FROM "+s.ident(t))
+		if err != nil {
+			return err
+		}
+		if out > 0 {
+			return connectors.Permanent(fmt.Errorf("the staging table %s holds %d rows outside the window %v", t, out, w))
+		}
+		c, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(t))
+		if err != nil {
+			return err
+		}
+		got += c
+	}
+	if got != total {
+		return connectors.Permanent(fmt.Errorf("the staging tables hold %d rows, the tasks' outputs say %d", got, total))
+	}
+	deleted, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(s.name)+" WHERE "+in)
+	if err != nil {
+		return err
+	}
+	part := partitionExpr(req.DeltaColumn, kind)
+	cols := strings.Join(names, ", ")
+	last := w.To.UTC().Add(-time.Microsecond)
+	for d := w.From.UTC().Truncate(24 * time.Hour); !d.After(last); d = d.Add(24 * time.Hour) {
+		lit := partitionLiteral(d, kind)
+		build := s.buildTable(req.RunID) + "_" + d.Format("20060102")
+		if err := s.drop(ctx, build); err != nil {
+			return err
+		}
+		qs := []string{
+			"CREATE TABLE " + s.ident(build) + " AS " + s.ident(s.name),
+			"INSERT INTO " + s.ident(build) + " (" + cols + ") SELECT " + cols + " FROM " + s.ident(s.name) +
+				" WHERE " + part + " = " + lit + " AND NOT ifNull(" + in + ", 0)",
+		}
+		for _, t := range staged {
+			qs = append(qs, "INSERT INTO "+s.ident(build)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t)+" WHERE "+part+" = "+lit)
+		}
+		qs = append(qs, "ALTER TABLE "+s.ident(s.name)+" REPLACE PARTITION "+lit+" FROM "+s.ident(build), "DROP TABLE "+s.ident(build))
+		for _, q := range qs {
+			if err := s.cl.Exec(ctx, q); err != nil {
+				return fmt.Errorf("replace the day %s: %w", d.Format("2006-01-02"), err)
+			}
+		}
+	}
+	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
+		return err
+	}
+	return s.dropRunTables(ctx, req.RunID)
+}
+
+// createWindowTable creates the incremental table with the columns of a
+// staging table, partitioned by the day of the delta column.
+func (s *Sink) createWindowTable(ctx context.Context, like string, req connectors.CommitRequest) error {
+	rows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(like))
+	if err != nil {
+		return err
+	}
+	var cols []column
+	var kind deltaKind
+	found := false
+	for _, r := range rows {
+		cols = append(cols, column{name: string(r[0]), chType: string(r[1]), nullable: strings.HasPrefix(string(r[1]), "Nullable(")})
+		if string(r[0]) == req.DeltaColumn {
+			cols[len(cols)-1].chType = strings.TrimSuffix(strings.TrimPrefix(string(r[1]), "Nullable("), ")")
+			cols[len(cols)-1].nullable = false
+			if kind, err = deltaKindOf(string(r[1])); err != nil {
+				return connectors.Permanent(err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return connectors.Permanent(fmt.Errorf("the staged rows have no delta column %q", req.DeltaColumn))
+	}
+	defs := make([]string, len(cols))
+	for i, c := range cols {
+		defs[i] = quoteIdent(c.name) + " " + c.chType
+	}
+	return s.cl.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.ident(s.name)+" ("+strings.Join(defs, ", ")+") ENGINE = MergeTree PARTITION BY "+
+		partitionExpr(req.DeltaColumn, kind)+" ORDER BY "+orderBy(req.Schema, cols))
+}
+
+func (s *Sink) recordWindow(ctx context.Context, req connectors.CommitRequest, rows, deleted int64, sum connectors.Checksum) error {
+	return s.cl.Exec(ctx, fmt.Sprintf("INSERT INTO %s (table_name, run, lo, hi, rows, deleted, checksum, at, seq) VALUES (%s, %s, %s, %s, %d, %d, %s, now(), %d)",
+		s.ident(windowsTable), quoteString(s.name), quoteString(req.RunID), quoteString(req.Window.From.UTC().Format(time.RFC3339Nano)),
+		quoteString(req.Window.To.UTC().Format(time.RFC3339Nano)), rows, deleted, quoteString(sum.String()), time.Now().UnixNano()))
+}
+
+// Window is one committed window of an incremental table.
+type Window struct {
+	Run      string
+	From, To time.Time
+	Rows     int64
+	// Deleted counts the rows the commit replaced (a re-run of the window).
+	Deleted  int64
+	Checksum string
+}
+
+// Windows lists the windows committed into an incremental table, in
+// commit order.
+func Windows(ctx context.Context, cfg SinkConfig) ([]Window, error) {
+	s, err := NewSink(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if err := s.ensureMeta(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := s.cl.Rows(ctx, "SELECT run, lo, hi, rows, deleted, checksum FROM "+s.ident(windowsTable)+
+		" WHERE table_name = "+quoteString(s.name)+" ORDER BY seq")
+	if err != nil {
+		return nil, fmt.Errorf("list windows of %s: %w", cfg.Table, err)
+	}
+	var out []Window
+	for _, r := range rows {
+		var w Window
+		w.Run = string(r[0])
+		w.From, _ = time.Parse(time.RFC3339Nano, string(r[1]))
+		w.To, _ = time.Parse(time.RFC3339Nano, string(r[2]))
+		w.Rows, _ = strconv.ParseInt(string(r[3]), 10, 64)
+		w.Deleted, _ = strconv.ParseInt(string(r[4]), 10, 64)
+		w.Checksum = string(r[5])
+		out = append(out, w)
+	}
+	return out, nil
+}

@@ -1,0 +1,234 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// commitLockTimeout bounds how long a commit or rollback waits for readers
+// of the view (or of a version it drops) to let go of it.
+const commitLockTimeout = "60s"
+
+// lockTable opens the transaction of a commit or rollback: it makes sure
+// the bookkeeping table exists and serializes the changes of one view.
+func (s *Sink) lockTable(ctx context.Context, conn *pgx.Conn) (pgx.Tx, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, sql := range []string{
+		"SET LOCAL lock_timeout = '" + commitLockTimeout + "'",
+		lockSQL(s.versions().Sanitize()),
+		"CREATE TABLE IF NOT EXISTS " + s.versions().Sanitize() + ` (
+			table_name text NOT NULL,
+			version bigint NOT NULL,
+			run text NOT NULL,
+			rows bigint NOT NULL,
+			checksum text NOT NULL DEFAULT '',
+			created timestamptz NOT NULL DEFAULT now(),
+			current boolean NOT NULL DEFAULT false,
+			dropped timestamptz,
+			PRIMARY KEY (table_name, version))`,
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			tx.Rollback(context.Background())
+			return nil, err
+		}
+	}
+	return tx, nil
+}
+
+// commit publishes a full load as version req.Version (see Commit).
+func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest) error {
+	tx, err := s.lockTable(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+
+	var run string
+	err = tx.QueryRow(ctx, "SELECT run FROM "+s.versions().Sanitize()+" WHERE table_name = $1 AND version = $2", s.name, req.Version).Scan(&run)
+	switch {
+	case err == nil && run == req.RunID:
+		return nil // committed before: change nothing
+	case err == nil:
+		return connectors.Permanent(fmt.Errorf("version %d already holds run %s", req.Version, run))
+	case !errors.Is(err, pgx.ErrNoRows):
+		return err
+	}
+
+	rowsT, tasksT := s.staging(req.RunID)
+	vt := s.versionTable(req.Version)
+	staged, total, sum, err := s.checkRun(ctx, tx, req)
+	if err != nil {
+		return err
+	}
+	if staged {
+		for _, sql := range []string{
+			// Staged by an earlier release (see taskWriter.begin).
+			"ALTER TABLE " + rowsT.Sanitize() + " DROP COLUMN IF EXISTS " + stagingTaskColumn,
+			"ALTER TABLE " + rowsT.Sanitize() + " RENAME TO " + pgx.Identifier{vt[len(vt)-1]}.Sanitize(),
+			"DROP TABLE " + tasksT.Sanitize(),
+		} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+		}
+	} else {
+		ok, err := s.createTable(ctx, tx, vt, nil)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return connectors.Permanent(errors.New("the run has no rows and no columns are known: configure columns or create the table " + s.template().Sanitize()))
+		}
+	}
+	if err := s.pointView(ctx, tx, vt); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "UPDATE "+s.versions().Sanitize()+" SET current = false WHERE table_name = $1 AND current", s.name); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.versions().Sanitize()+" (table_name, version, run, rows, checksum, current) VALUES ($1, $2, $3, $4, $5, true)",
+		s.name, req.Version, req.RunID, total, sum.String()); err != nil {
+		return err
+	}
+	if err := s.prune(ctx, tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// checkRun checks the staging of a run against the task outputs of its
+// commit: the task list of the staging table, when it exists, must match
+// them; when it does not, they must hold no rows. It returns whether the
+// staging table exists, and the run's row count and checksum.
+func (s *Sink) checkRun(ctx context.Context, tx pgx.Tx, req connectors.CommitRequest) (staged bool, rows int64, sum connectors.Checksum, err error) {
+	rowsT, tasksT := s.staging(req.RunID)
+	staged, _, err = exists(ctx, tx, rowsT)
+	if err != nil {
+		return false, 0, sum, err
+	}
+	want := map[string]int64{}
+	for _, t := range req.Tasks {
+		want[t.Location] = t.Rows
+		rows += t.Rows
+		sum.Merge(t.Checksum)
+	}
+	if staged {
+		err = checkStaged(ctx, tx, tasksT, want)
+	} else if rows != 0 {
+		err = connectors.Permanent(fmt.Errorf("the run's staging table %s is missing (aborted?)", rowsT.Sanitize()))
+	}
+	return staged, rows, sum, err
+}
+
+// checkStaged compares the tasks a staging table lists with the task
+// outputs of the commit (want: location -> rows).
+func checkStaged(ctx context.Context, tx pgx.Tx, tasksT pgx.Identifier, want map[string]int64) error {
+	rows, err := tx.Query(ctx, "SELECT task, rows FROM "+tasksT.Sanitize())
+	if err != nil {
+		return err
+	}
+	got := map[string]int64{}
+	var task string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&task, &n}, func() error { got[task] = n; return nil }); err != nil {
+		return err
+	}
+	for task, n := range got {
+		w, ok := want[task]
+		if !ok {
+			return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, which is not in the commit", n, task))
+		}
+		if w != n {
+			return connectors.Permanent(fmt.Errorf("staging holds %d rows of task %s, its output says %d", n, task, w))
+		}
+	}
+	for task, w := range want {
+		if _, ok := got[task]; !ok && w != 0 {
+			return connectors.Permanent(fmt.Errorf("staging holds no rows of task %s, its output says %d", task, w))
+		}
+	}
+	return nil
+}
+
+// pointView makes the view select every column of the version table t:
+// CREATE OR REPLACE VIEW, or DROP and CREATE when the columns changed in a
+// way that REPLACE refuses. Both happen inside the caller's transaction, so
+// readers see the old view or the new one.
+func (s *Sink) pointView(ctx context.Context, tx pgx.Tx, t pgx.Identifier) error {
+	ok, kind, err := exists(ctx, tx, s.view())
+	if err != nil {
+		return err
+	}
+	if ok && kind != "v" {
+		return connectors.Permanent(fmt.Errorf("%s exists and is not a view", s.view().Sanitize()))
+	}
+	cols, err := tableColumns(ctx, tx, t)
+	if err != nil {
+		return err
+	}
+	for i, c := range cols {
+		cols[i] = pgx.Identifier{c}.Sanitize()
+	}
+	body := " AS SELECT " + strings.Join(cols, ", ") + " FROM " + t.Sanitize()
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := sp.Exec(ctx, "CREATE OR REPLACE VIEW "+s.view().Sanitize()+body); err == nil {
+		return sp.Commit(ctx)
+	}
+	if err := sp.Rollback(ctx); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "DROP VIEW IF EXISTS "+s.view().Sanitize()); err != nil {
+		return fmt.Errorf("replace view with other columns: %w", err)
+	}
+	_, err = tx.Exec(ctx, "CREATE VIEW "+s.view().Sanitize()+body)
+	return err
+}
+
+// prune drops the versions beyond keep_versions, newest kept, the current
+// one always kept.
+func (s *Sink) prune(ctx context.Context, tx pgx.Tx) error {
+	rows, err := tx.Query(ctx, "SELECT version, current FROM "+s.versions().Sanitize()+
+		" WHERE table_name = $1 AND dropped IS NULL ORDER BY version DESC", s.name)
+	if err != nil {
+		return err
+	}
+	var v int64
+	var cur bool
+	var drop []int64
+	kept := 0
+	keep := s.cfg.keepVersions()
+	_, err = pgx.ForEachRow(rows, []any{&v, &cur}, func() error {
+		if cur || kept < keep-1 {
+			if !cur {
+				kept++
+			}
+			return nil
+		}
+		drop = append(drop, v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, v := range drop {
+		if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+s.versionTable(v).Sanitize()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "UPDATE "+s.versions().Sanitize()+" SET dropped = now() WHERE table_name = $1 AND version = $2", s.name, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,174 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// commitWindow commits an incremental run in ModeAppend into the one table
+// s.cfg.Table, in one transaction serialized with every other commit of
+// the schema: it deletes the target's rows whose delta column lies in
+// the window, inserts the staged rows (cast to the target's column types),
+// drops the staging tables and records the run and its window in
+// sluice_windows. A window committed again thus replaces its rows, never
+// doubles them; a commit repeated for the same run finds it recorded and
+// does nothing. The target is created on the first commit when missing,
+// like a full load's version table (configured columns, <table>_template,
+// or the staged columns as text).
+func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest) error {
+	if req.Window == nil || req.Window.Empty() || req.DeltaColumn == "" {
+		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
+	}
+	tx, err := s.lockTable(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.windows().Sanitize()+` (
+			table_name text NOT NULL,
+			run text NOT NULL,
+			lo timestamptz NOT NULL,
+			hi timestamptz NOT NULL,
+			rows bigint NOT NULL,
+			deleted bigint NOT NULL,
+			checksum text NOT NULL DEFAULT '',
+			committed timestamptz NOT NULL DEFAULT now(),
+			PRIMARY KEY (table_name, run))`); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+s.windows().Sanitize()+" WHERE table_name = $1 AND run = $2", s.name, req.RunID).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil // committed before: change nothing
+	}
+
+	target := s.view()
+	ok, kind, err := exists(ctx, tx, target)
+	if err != nil {
+		return err
+	}
+	if ok && kind != "r" && kind != "p" {
+		return connectors.Permanent(fmt.Errorf("%s is not a table (relkind %s): an incremental load appends to one table (is it a full load's view?)", target.Sanitize(), kind))
+	}
+	rowsT, tasksT := s.staging(req.RunID)
+	staged, total, sum, err := s.checkRun(ctx, tx, req)
+	if err != nil {
+		return err
+	}
+	var stagedCols []string
+	if staged {
+		cols, err := tableColumns(ctx, tx, rowsT)
+		if err != nil {
+			return err
+		}
+		for _, c := range cols {
+			if c != stagingTaskColumn {
+				stagedCols = append(stagedCols, c)
+			}
+		}
+	}
+	if !ok {
+		created, err := s.createTable(ctx, tx, target, stagedCols)
+		if err != nil {
+			return err
+		}
+		ok = created
+	}
+	var deleted int64
+	if ok {
+		deleted, err = s.deleteWindow(ctx, tx, target, req)
+		if err != nil {
+			return err
+		}
+	}
+	if staged {
+		if total > 0 {
+			if err := s.insertStaged(ctx, tx, target, rowsT, stagedCols, total); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, "DROP TABLE "+rowsT.Sanitize()+", "+tasksT.Sanitize()); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+		s.name, req.RunID, req.Window.From, req.Window.To, total, deleted, sum.String()); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// deleteWindow deletes the target's rows whose delta column lies in the
+// window and returns how many. The bounds are literals of the column's
+// type (timestamptz; timestamp and date as UTC wall-clock time), so an
+// index on the column serves the delete; a text column is cast.
+func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifier, req connectors.CommitRequest) (int64, error) {
+	var typ string
+	err := tx.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), req.DeltaColumn).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), req.DeltaColumn))
+	}
+	if err != nil {
+		return 0, err
+	}
+	k := pgx.Identifier{req.DeltaColumn}.Sanitize()
+	lo, hi := req.Window.From.UTC().Format(time.RFC3339Nano), req.Window.To.UTC().Format(time.RFC3339Nano)
+	var cond string
+	switch deltaTypes[typ] {
+	case "timestamptz":
+		cond = k + " >= $1::timestamptz AND " + k + " < $2::timestamptz"
+	case "timestamp":
+		cond = k + " >= $1::timestamp AND " + k + " < $2::timestamp"
+		lo, hi = req.Window.From.UTC().Format("2006-01-02 15:04:05.999999"), req.Window.To.UTC().Format("2006-01-02 15:04:05.999999")
+	default: // text as loaded without a typed target; the session is in UTC
+		cond = k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz"
+	}
+	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, lo, hi)
+	if err != nil {
+		return 0, fmt.Errorf("delete window rows: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// insertStaged copies the staged rows into the target, casting each
+// column to the target's type.
+func (s *Sink) insertStaged(ctx context.Context, tx pgx.Tx, target, rowsT pgx.Identifier, cols []string, want int64) error {
+	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, target.Sanitize())
+	if err != nil {
+		return err
+	}
+	types := map[string]string{}
+	var name, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error { types[name] = typ; return nil }); err != nil {
+		return err
+	}
+	names := make([]string, len(cols))
+	exprs := make([]string, len(cols))
+	for i, c := range cols {
+		t, ok := types[c]
+		if !ok {
+			return connectors.Permanent(fmt.Errorf("%s has no column %q, which the source sends", target.Sanitize(), c))
+		}
+		names[i] = pgx.Identifier{c}.Sanitize()
+		exprs[i] = names[i] + "::" + t
+	}
+	tag, err := tx.Exec(ctx, "INSERT INTO "+target.Sanitize()+" ("+strings.Join(names, ", ")+") SELECT "+strings.Join(exprs, ", ")+" FROM "+rowsT.Sanitize())
+	if err != nil {
+		return fmt.Errorf("insert staged rows: %w", err)
+	}
+	if tag.RowsAffected() != want {
+		return fmt.Errorf("inserted %d staged rows, the tasks staged %d", tag.RowsAffected(), want)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// commit publishes the run through its sink, with the version recorded in
+// the committing entry, and records the commit. A failing commit is retried
+// with backoff; then the run fails.
+func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	mu := t.pipelineLock(r.Pipeline)
+	mu.Lock()
+	defer mu.Unlock()
+	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
+	if r.Window != nil {
+		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
+	}
+	for _, ts := range r.Tasks {
+		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: ts.checksum(), Location: ts.Location})
+	}
+	cctx, span := c.tracer.Start(runContext(ctx, r), telemetry.SpanCommit, trace.WithAttributes(
+		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),
+		telemetry.AttrVersion.Int64(r.Version), telemetry.AttrTasks.Int(len(r.Tasks))))
+	defer span.End()
+	var lastErr error
+	backoff := 250 * time.Millisecond
+	for attempt := 1; attempt <= commitAttempts; attempt++ {
+		res, err := func() (connectors.CommitResult, error) {
+			sink, err := c.reg.OpenSink(cctx, r.Sink.Kind, r.Sink.Config)
+			if err != nil {
+				return connectors.CommitResult{}, err
+			}
+			defer func() {
+				if err := sink.Close(); err != nil {
+					log.Warn("close sink after commit", "err", err)
+				}
+			}()
+			return sink.Commit(cctx, req)
+		}()
+		if err == nil {
+			if _, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+				return err
+			}
+			log.Info("run committed", "version", r.Version, "location", res.Location)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		lastErr = err
+		log.Warn("commit", "attempt", attempt, "err", err)
+		if connectors.IsPermanent(err) || attempt == commitAttempts {
+			break
+		}
+		if !sleep(ctx, backoff) {
+			return ctx.Err()
+		}
+		backoff *= 2
+	}
+	span.RecordError(lastErr)
+	span.SetStatus(codes.Error, lastErr.Error())
+	return t.failRun(r, "commit: "+lastErr.Error())
+}
+
+func (t *leaderTerm) pipelineLock(name string) *sync.Mutex {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	mu, ok := t.commitMu[name]
+	if !ok {
+		mu = &sync.Mutex{}
+		t.commitMu[name] = mu
+	}
+	return mu
+}

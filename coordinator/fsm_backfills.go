@@ -1,0 +1,188 @@
+package coordinator
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// applyTo creates a backfill, its windows queued (those loaded already
+// skipped, unless Replace), or finds the backfill its request id created
+// before. The leader starts the windows (windowRun); a backfill entry of
+// an earlier version's log starts its first windows here (pump).
+func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
+	if c.RequestID != "" {
+		if id, ok := s.Requests["backfill:"+c.RequestID]; ok {
+			return backfillReply{Backfill: id, Reused: true}, nil
+		}
+	}
+	p, ok := s.live(c.Pipeline)
+	if !ok {
+		return backfillReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
+	}
+	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline can be backfilled", c.Pipeline)
+	}
+	if !c.From.Before(c.To) || c.Concurrency < 1 {
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: want from < to and a concurrency of at least 1", c.Pipeline)
+	}
+	size := p.Spec.Incremental.Window
+	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: [%s, %s) makes more than %d windows of %s", c.Pipeline,
+			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size)
+	}
+	for _, b := range s.Backfills {
+		if b.Pipeline == c.Pipeline && b.State == protocol.BackfillRunning {
+			return backfillReply{}, refuse(refusedConflict, "backfill %s of %q is still running", b.ID, c.Pipeline)
+		}
+	}
+	p.BackfillSeq++
+	b := &backfillState{
+		ID: fmt.Sprintf("%s-bf%04d", c.Pipeline, p.BackfillSeq), Pipeline: c.Pipeline, Seq: p.BackfillSeq,
+		From: c.From.UTC(), To: c.To.UTC(), Window: size, Concurrency: c.Concurrency, Replace: c.Replace,
+		RequestID: c.RequestID, MaxAttempts: c.MaxAttempts, Backoff: c.Backoff, LeaderStarts: c.LeaderStarts,
+		State: protocol.BackfillRunning, Created: c.Time,
+	}
+	for lo := b.From; lo.Before(b.To); {
+		hi := lo.Add(size)
+		if hi.After(b.To) {
+			hi = b.To
+		}
+		w := protocol.BackfillWindow{Window: protocol.Window{From: lo, To: hi}, State: protocol.WindowQueued}
+		if !c.Replace && covered(p.Loaded, w.Window) {
+			w.State = protocol.WindowSkipped
+		}
+		b.Windows = append(b.Windows, w)
+		lo = hi
+	}
+	s.Backfills[b.ID] = b
+	if c.RequestID != "" {
+		s.Requests["backfill:"+c.RequestID] = b.ID
+	}
+	s.pruneBackfills(c.Pipeline)
+	s.pump(b, c.Time)
+	return backfillReply{Backfill: b.ID}, nil
+}
+
+// windowRun creates the run of window c.Window of backfill c.Backfill: the
+// window must be queued and fewer than the backfill's concurrency running.
+// The window is marked running, with its run, in the same entry.
+func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, error) {
+	b, ok := s.Backfills[c.Backfill]
+	if !ok || b.Pipeline != c.Pipeline {
+		return runCreateReply{}, refuse(refusedNotFound, "backfill %q of %q not found", c.Backfill, c.Pipeline)
+	}
+	if !b.LeaderStarts {
+		return runCreateReply{}, refuse(refusedInvalid, "backfill %s starts its window runs itself", b.ID)
+	}
+	if b.State != protocol.BackfillRunning {
+		return runCreateReply{}, refuse(refusedConflict, "backfill %s is %s", b.ID, b.State)
+	}
+	if c.Window == nil || c.Live {
+		return runCreateReply{}, refuse(refusedInvalid, "create run of backfill %s: want one of its windows, not live", b.ID)
+	}
+	i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool {
+		return w.Window.From.Equal(c.Window.From) && w.Window.To.Equal(c.Window.To)
+	})
+	if i < 0 {
+		return runCreateReply{}, refuse(refusedInvalid, "backfill %s has no window %s", b.ID, c.Window)
+	}
+	w := &b.Windows[i]
+	if w.State != protocol.WindowQueued {
+		return runCreateReply{}, refuse(refusedConflict, "window %s of backfill %s is %s", w.Window, b.ID, w.State)
+	}
+	if n := b.running(); n >= b.Concurrency {
+		return runCreateReply{}, refuse(refusedConflict, "backfill %s loads %d windows at once already (its concurrency)", b.ID, n)
+	}
+	r := s.newRun(p, c)
+	r.Backfill = b.ID
+	w.State, w.Run = protocol.WindowRunning, r.ID
+	return runCreateReply{RunID: r.ID}, nil
+}
+
+// pump starts the queued windows of a backfill of an earlier version's
+// log (not LeaderStarts) while fewer than its concurrency run, creating
+// their runs in Apply as that version did, so that its log replays to the
+// same state; then it settles b. The leader starts the windows of every
+// other backfill (windowRun).
+func (s *state) pump(b *backfillState, t time.Time) {
+	p, ok := s.live(b.Pipeline)
+	for running := b.running(); ok && !b.LeaderStarts && running < b.Concurrency; running++ {
+		i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued })
+		if i < 0 {
+			break
+		}
+		w := &b.Windows[i]
+		win := w.Window
+		r := s.newRun(p, runCreateCmd{Pipeline: b.Pipeline, Window: &win, MaxAttempts: b.MaxAttempts, Backoff: b.Backoff, Time: t})
+		r.Backfill = b.ID
+		w.State, w.Run = protocol.WindowRunning, r.ID
+	}
+	s.settle(b, t)
+}
+
+// settle marks b done when none of its windows runs and none is queued
+// (or its pipeline is gone).
+func (s *state) settle(b *backfillState, t time.Time) {
+	if b.State != protocol.BackfillRunning || b.running() > 0 {
+		return
+	}
+	_, live := s.live(b.Pipeline)
+	if !live || !slices.ContainsFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued }) {
+		b.State = protocol.BackfillDone
+		b.Finished = t
+	}
+}
+
+// runEnded records the end of a backfill run in its window and settles
+// the backfill (a backfill of an earlier version's log starts its next
+// windows).
+func (s *state) runEnded(r *runState, t time.Time) {
+	if r.Backfill == "" {
+		return
+	}
+	b, ok := s.Backfills[r.Backfill]
+	if !ok {
+		return
+	}
+	for i := range b.Windows {
+		w := &b.Windows[i]
+		if w.Run != r.ID || w.State != protocol.WindowRunning {
+			continue
+		}
+		if r.State == protocol.RunCommitted {
+			w.State = protocol.WindowCommitted
+			for _, ts := range r.Tasks {
+				w.Rows += ts.Rows
+			}
+		} else {
+			w.State = protocol.WindowFailed
+			w.Error = r.Error
+		}
+	}
+	s.pump(b, t)
+}
+
+// pruneBackfills keeps the newest keepBackfills finished backfills of a
+// pipeline.
+func (s *state) pruneBackfills(pipelineName string) {
+	var done []*backfillState
+	for _, b := range s.Backfills {
+		if b.Pipeline == pipelineName && b.State == protocol.BackfillDone {
+			done = append(done, b)
+		}
+	}
+	if len(done) <= keepBackfills {
+		return
+	}
+	slices.SortFunc(done, func(a, b *backfillState) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, b := range done[:len(done)-keepBackfills] {
+		delete(s.Backfills, b.ID)
+		if b.RequestID != "" && s.Requests["backfill:"+b.RequestID] == b.ID {
+			delete(s.Requests, "backfill:"+b.RequestID)
+		}
+	}
+}

@@ -1,0 +1,313 @@
+package coordinator
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// applyTo creates a run of a pipeline, or finds the one its request id
+// created before.
+func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
+	if c.RequestID != "" {
+		if id, ok := s.Requests[c.RequestID]; ok {
+			return runCreateReply{RunID: id, Reused: true}, nil
+		}
+	}
+	p, ok := s.live(c.Pipeline)
+	if !ok {
+		return runCreateReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
+	}
+	if c.Backfill != "" {
+		return s.windowRun(p, c)
+	}
+	if p.Spec.Pattern == protocol.PatternIncremental {
+		if c.Window == nil || c.Window.Empty() {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
+		}
+		if c.Live {
+			from, err := p.nextFrom()
+			if err != nil {
+				return runCreateReply{}, refuse(refusedInvalid, "create run: %v", err)
+			}
+			if !from.Equal(c.Window.From) {
+				return runCreateReply{}, refuse(refusedConflict, "create run of %q: window %s does not start at the watermark %s", c.Pipeline, c.Window, formatWatermark(from))
+			}
+			if r := s.liveRun(c.Pipeline); r != nil {
+				return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading window %s: an incremental pipeline loads one live window at a time", r.ID, c.Pipeline, r.Window)
+			}
+		}
+	} else if c.Window != nil {
+		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for pattern incremental", c.Pipeline)
+	}
+	switch {
+	case c.Snapshot:
+		if err := s.checkSnapshotRun(p, c); err != nil {
+			return runCreateReply{}, err
+		}
+	case p.Spec.Streamed():
+		return runCreateReply{}, refuse(refusedInvalid, "pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status)", c.Pipeline, p.Spec.Pattern)
+	}
+	r := s.newRun(p, c)
+	if c.Snapshot {
+		p.stream().snapshotStarted(r.ID)
+	}
+	if c.RequestID != "" {
+		s.Requests[c.RequestID] = r.ID
+	}
+	p.markTick(c.Schedule, c.Tick)
+	return runCreateReply{RunID: r.ID}, nil
+}
+
+// newRun adds a run of p in state planning.
+func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
+	p.RunSeq++
+	name := p.Spec.Name
+	r := &runState{
+		ID:           fmt.Sprintf("%s-%06d", name, p.RunSeq),
+		Pipeline:     name,
+		Seq:          p.RunSeq,
+		RequestID:    c.RequestID,
+		Params:       c.Params,
+		LogicalTime:  c.LogicalTime,
+		Created:      c.Time,
+		State:        protocol.RunPlanning,
+		Trace:        c.Trace,
+		Pattern:      p.Spec.Pattern,
+		Source:       p.Spec.Source,
+		Sink:         p.Spec.Sink,
+		Partitioning: p.Spec.Partition,
+		MaxAttempts:  p.Spec.Retry.MaxAttempts,
+		Backoff:      p.Spec.Retry.Backoff,
+		Trigger:      c.Trigger,
+	}
+	if c.Source != nil {
+		r.Source = *c.Source
+	}
+	if c.Sink != nil {
+		r.Sink = *c.Sink
+	}
+	if r.MaxAttempts == 0 {
+		r.MaxAttempts = c.MaxAttempts
+	}
+	if r.Backoff == 0 {
+		r.Backoff = c.Backoff
+	}
+	if c.Window != nil {
+		w := *c.Window
+		r.Window = &w
+		r.Live = c.Live
+		if inc := p.Spec.Incremental; inc != nil {
+			r.DeltaColumn = inc.DeltaColumn
+			r.ReadyTimeout, r.ReadyCheck = inc.ReadyTimeout, inc.ReadyCheck
+		}
+		if c.Live {
+			// The position this run reaches; stored with its commit.
+			r.Watermark = formatWatermark(w.To)
+		}
+	}
+	s.Runs[r.ID] = r
+	p.LastRun = r.ID
+	return r
+}
+
+// applyTo moves a planning run to waiting, or changes what a waiting
+// run waits for; WaitingSince stays the time it first waited.
+func (c runWaitingCmd) applyTo(s *state) (runWaitingReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
+	if err != nil {
+		return runWaitingReply{}, err
+	}
+	if r.State == protocol.RunWaiting && r.WaitingFor == c.What {
+		return runWaitingReply{}, nil
+	}
+	if r.State == protocol.RunPlanning {
+		r.WaitingSince = c.Time
+	}
+	r.State, r.WaitingFor = protocol.RunWaiting, c.What
+	return runWaitingReply{Changed: true}, nil
+}
+
+// applyTo records the tasks of a run, one per partition of its plan, and
+// starts running it.
+func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunPlanning, protocol.RunWaiting)
+	if err != nil {
+		return noReply{}, err
+	}
+	r.Tasks = make([]taskState, len(c.Partitions))
+	for i, p := range c.Partitions {
+		r.Tasks[i] = taskState{ID: fmt.Sprintf("t%05d", i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
+	}
+	r.Planned = true
+	r.Schema = c.Schema
+	if r.Window == nil {
+		// An incremental run's position is its window, set at creation.
+		r.Watermark = c.Watermark
+	}
+	r.State = protocol.RunRunning
+	return noReply{}, nil
+}
+
+// applyTo marks a run published.
+func (c runPublishedCmd) applyTo(s *state) (noReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunRunning, protocol.RunCommitting, protocol.RunCommitted, protocol.RunFailed)
+	if err != nil {
+		return noReply{}, err
+	}
+	r.Published = true
+	return noReply{}, nil
+}
+
+// applyTo records the result of a task attempt: a success, a failure the
+// worker retries, or the task's last failure, which fails the run. A
+// result for a task that is not pending is ignored (a task may run twice).
+func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
+	r, ok := s.Runs[c.Run]
+	if !ok || r.State != protocol.RunRunning {
+		return taskResultReply{}, nil
+	}
+	t := r.task(c.Task)
+	if t == nil || t.State != protocol.TaskPending {
+		return taskResultReply{}, nil
+	}
+	t.Attempts = max(t.Attempts, c.Attempt)
+	t.Worker = c.Worker
+	if c.ErrorClass == protocol.ErrorNone && c.Error == "" && !c.Final {
+		t.State = protocol.TaskSucceeded
+		t.Rows, t.Bytes, t.Checksum, t.Location, t.Error = c.Rows, c.Bytes, c.Checksum, c.Location, ""
+		return taskResultReply{Changed: true}, nil
+	}
+	t.Error = c.Error
+	if !c.Final && c.ErrorClass != protocol.ErrorPermanent && c.Attempt < r.MaxAttempts {
+		// The worker retries it.
+		return taskResultReply{Changed: true}, nil
+	}
+	t.State = protocol.TaskFailed
+	r.State = protocol.RunFailed
+	r.Error = fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error)
+	r.Finished = c.Time
+	s.runEnded(r, c.Time)
+	s.prune(r.Pipeline, 0)
+	return taskResultReply{Changed: true, RunFailed: true}, nil
+}
+
+// applyTo assigns a run whose tasks all succeeded the next dataset
+// version; again, it keeps the version assigned.
+func (c runCommittingCmd) applyTo(s *state) (runCommittingReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunRunning, protocol.RunCommitting)
+	if err != nil {
+		return runCommittingReply{}, err
+	}
+	if r.State == protocol.RunCommitting {
+		return runCommittingReply{Version: r.Version}, nil
+	}
+	if !r.allSucceeded() {
+		return runCommittingReply{}, refuse(refusedRunState, "commit run %q before all its tasks succeeded", c.Run)
+	}
+	p, ok := s.Pipelines[r.Pipeline]
+	if !ok {
+		return runCommittingReply{}, refuse(refusedNotFound, "commit run %q: its pipeline %q is not found", c.Run, r.Pipeline)
+	}
+	p.VersionSeq = max(p.VersionSeq, p.Version) + 1
+	r.Version = p.VersionSeq
+	r.State = protocol.RunCommitting
+	return runCommittingReply{Version: r.Version}, nil
+}
+
+// applyTo records a run's commit: its version is exposed and its
+// watermark moves, in this one entry.
+func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunCommitting)
+	if err != nil {
+		return noReply{}, err
+	}
+	r.State = protocol.RunCommitted
+	r.Location, r.Marker = c.Location, c.Marker
+	r.Finished = c.Time
+	if p, ok := s.Pipelines[r.Pipeline]; ok {
+		// The version and the watermark move in the same entry
+		// (DESIGN rule 4); a run committed out of order does not hide a
+		// newer version.
+		if r.Version > p.Version {
+			p.Version = r.Version
+			if r.Window == nil && r.Watermark != "" {
+				p.Watermark = r.Watermark
+			}
+		}
+		if r.Window != nil {
+			p.Loaded = addLoaded(p.Loaded, *r.Window)
+			// Only a live window moves the watermark, and only forward.
+			if r.Live {
+				if cur, err := p.nextFrom(); err != nil || r.Window.To.After(cur) || p.Watermark == "" {
+					p.Watermark = formatWatermark(r.Window.To)
+				}
+			}
+		}
+		if st := p.Stream; st != nil && st.SnapshotRun == r.ID {
+			st.SnapshotDone = true
+			st.ConsistentLSN = r.Watermark
+		}
+		p.Versions = append(p.Versions, versionRecord{Version: r.Version, Run: r.ID, Location: c.Location, Time: c.Time})
+		if c.Keep > 0 && len(p.Versions) > c.Keep {
+			p.Versions = slices.Clone(p.Versions[len(p.Versions)-c.Keep:])
+		}
+	}
+	s.runEnded(r, c.Time)
+	s.prune(r.Pipeline, c.Keep)
+	return noReply{}, nil
+}
+
+// applyTo fails a run that has not ended; the version and watermark stay.
+func (c runFailedCmd) applyTo(s *state) (noReply, error) {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		return noReply{}, refuse(refusedNotFound, "run %q not found", c.Run)
+	}
+	if r.finished() {
+		return noReply{}, nil
+	}
+	r.State = protocol.RunFailed
+	r.Error = c.Error
+	r.Finished = c.Time
+	s.runEnded(r, c.Time)
+	s.prune(r.Pipeline, c.Keep)
+	return noReply{}, nil
+}
+
+// applyTo marks a run's end announced.
+func (c runNotifiedCmd) applyTo(s *state) (noReply, error) {
+	r, ok := s.Runs[c.Run]
+	if !ok {
+		// Pruned already: nothing left to mark.
+		return noReply{}, nil
+	}
+	r.Notified = true
+	return noReply{}, nil
+}
+
+// prune keeps the newest keep finished runs of a pipeline (by run
+// sequence); keep <= 0 changes nothing.
+func (s *state) prune(pipelineName string, keep int) {
+	if keep <= 0 {
+		return
+	}
+	var done []*runState
+	for _, r := range s.Runs {
+		if r.Pipeline == pipelineName && r.finished() {
+			done = append(done, r)
+		}
+	}
+	if len(done) <= keep {
+		return
+	}
+	slices.SortFunc(done, func(a, b *runState) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, r := range done[:len(done)-keep] {
+		delete(s.Runs, r.ID)
+		if r.RequestID != "" && s.Requests[r.RequestID] == r.ID {
+			delete(s.Requests, r.RequestID)
+		}
+	}
+}

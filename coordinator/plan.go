@@ -1,0 +1,227 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// plan asks the source for the run's partitions and records them. A
+// source that implements connectors.Readiness is asked first whether the
+// run's input is complete: while it is not, the run waits (recorded in
+// Raft once, with what it waits for), no task is published, and a timer
+// kicks the run again after its ready check interval; waiting is true
+// then. A run waiting longer than its ready timeout fails, naming what it
+// waited for. A plan whose schema the run's sink cannot hold fails the run
+// before any task is recorded (checkSchema).
+func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (waiting bool, err error) {
+	c := t.c
+	if t.notYet(r.ID) {
+		return true, nil
+	}
+	p, ok := c.fsm.pipeline(r.Pipeline)
+	watermark := ""
+	if ok {
+		watermark = p.Watermark
+	}
+	req := connectors.PlanRequest{
+		RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
+		Watermark: watermark, Partitioning: r.Partitioning,
+		Window: r.Window, DeltaColumn: r.DeltaColumn,
+	}
+	rctx := runContext(ctx, r)
+	var span trace.Span
+	var what string
+	plan, err := func() (connectors.Plan, error) {
+		src, err := c.reg.OpenSource(rctx, r.Source.Kind, r.Source.Config)
+		if err != nil {
+			return connectors.Plan{}, err
+		}
+		if rd, ok := src.(connectors.Readiness); ok {
+			var ready bool
+			ready, what, err = rd.Ready(rctx, req)
+			switch {
+			case err != nil && !connectors.IsPermanent(err):
+				log.Warn("check source readiness", "err", err)
+				waiting, err = true, nil
+			case err == nil && !ready:
+				waiting = true
+			}
+			if waiting || err != nil {
+				if cerr := src.Close(); cerr != nil {
+					log.Warn("close source after readiness check", "err", cerr)
+				}
+				return connectors.Plan{}, err
+			}
+		}
+		// The plan span starts once the input is ready: a long wait is
+		// no span per check.
+		var sctx context.Context
+		sctx, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
+			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
+		plan, err := src.Plan(sctx, req)
+		if err == nil {
+			err = t.checkSchema(sctx, r, plan.Schema)
+		}
+		if _, holds := src.(connectors.RunHolder); holds && err == nil {
+			// The source holds the run's snapshot until the run ends.
+			t.mu.Lock()
+			t.held[r.ID] = src
+			t.mu.Unlock()
+			return plan, nil
+		}
+		if cerr := src.Close(); cerr != nil {
+			log.Warn("close source after planning", "err", cerr)
+		}
+		return plan, err
+	}()
+	if span != nil {
+		defer span.End()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if span == nil { // failed before planning: opening or checking the source
+			_, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
+				telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
+			defer span.End()
+		}
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		log.Warn("plan failed", "err", err)
+		return false, t.failRun(r, "plan: "+err.Error())
+	}
+	if waiting {
+		return true, t.wait(ctx, log, r, what)
+	}
+	t.doneWaiting(r.ID)
+	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
+	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Time: now()}); err != nil {
+		return false, err
+	}
+	log.Info("run planned", "tasks", len(plan.Partitions))
+	return false, nil
+}
+
+// wait records that run r waits for what (once, or when what changed),
+// fails it when its ready timeout has passed, and otherwise schedules the
+// next check.
+func (t *leaderTerm) wait(ctx context.Context, log *slog.Logger, r *runState, what string) error {
+	c := t.c
+	if what == "" { // a failed check: keep what the run waits for
+		what = cmp.Or(r.WaitingFor, "source input")
+	}
+	tm := now()
+	since := r.WaitingSince
+	if r.State != protocol.RunWaiting || r.WaitingFor != what {
+		if _, err := apply(c, runWaitingCmd{Run: r.ID, What: what, Time: tm}); err != nil {
+			return err
+		}
+		if r.State != protocol.RunWaiting {
+			since = tm
+			log.Info("run waiting for its source input", "for", what)
+		}
+	}
+	every := r.ReadyCheck
+	if every <= 0 {
+		every = pipeline.DefaultReadyCheck
+	}
+	if r.ReadyTimeout > 0 {
+		deadline := since.Add(r.ReadyTimeout)
+		if !tm.Before(deadline) {
+			t.doneWaiting(r.ID)
+			log.Warn("run not ready in time", "for", what, "ready_timeout", r.ReadyTimeout)
+			return t.failRun(r, fmt.Sprintf("ready_timeout: %s is still not ready after %s (waiting since %s)",
+				what, r.ReadyTimeout, since.Format(time.RFC3339)))
+		}
+		every = min(every, deadline.Sub(tm))
+	}
+	t.recheck(ctx, r.ID, every)
+	return nil
+}
+
+// notYet reports whether run id waits and its next check is not due (a
+// kick from the sweep, or from an event, between two checks).
+func (t *leaderTerm) notYet(id string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.checkAt[id]
+	return ok && time.Now().Before(at)
+}
+
+// recheck kicks run id again after d, once: a run has at most one timer.
+func (t *leaderTerm) recheck(ctx context.Context, id string, d time.Duration) {
+	t.mu.Lock()
+	t.checkAt[id] = time.Now().Add(d)
+	if t.rechecking[id] {
+		t.mu.Unlock()
+		return
+	}
+	t.rechecking[id] = true
+	t.mu.Unlock()
+	ok := t.spawn(func() {
+		awake := sleep(ctx, d)
+		for awake {
+			t.mu.Lock()
+			at := t.checkAt[id]
+			t.mu.Unlock()
+			if wait := time.Until(at); wait > 0 {
+				awake = sleep(ctx, wait) // moved by a check meanwhile
+				continue
+			}
+			break
+		}
+		t.mu.Lock()
+		delete(t.rechecking, id)
+		t.mu.Unlock()
+		if awake {
+			t.kick(ctx, id)
+		}
+	})
+	if !ok {
+		t.mu.Lock()
+		delete(t.rechecking, id)
+		t.mu.Unlock()
+	}
+}
+
+// doneWaiting forgets the checks of run id.
+func (t *leaderTerm) doneWaiting(id string) {
+	t.mu.Lock()
+	delete(t.checkAt, id)
+	t.mu.Unlock()
+}
+
+// checkSchema checks the schema of r's plan before any task is published:
+// that it is well formed, and, when r's sink needs typed columns
+// (connectors.SchemaChecker), that the sink can hold it. An error fails
+// the run; it names the source or the sink.
+func (t *leaderTerm) checkSchema(ctx context.Context, r *runState, s *protocol.Schema) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("source %s: %w", r.Source.Kind, err)
+	}
+	sink, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
+	if err != nil {
+		return fmt.Errorf("check the schema: %w", err)
+	}
+	defer sink.Close()
+	sc, ok := sink.(connectors.SchemaChecker)
+	if !ok {
+		return nil
+	}
+	if err := sc.CheckSchema(ctx, s); err != nil {
+		return fmt.Errorf("sink %s refuses the schema: %w", r.Sink.Kind, err)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
+)
+
+// taskOf builds the task message of one task of r.
+func (t *leaderTerm) taskOf(r *runState, ts taskState) protocol.Task {
+	return protocol.Task{
+		RunID: r.ID, TaskID: ts.ID, Pipeline: r.Pipeline, Pattern: r.Pattern,
+		Source: r.Source, Sink: r.Sink, Partition: ts.Partition, Enqueue: ts.Enqueue,
+		Trace: r.Trace, Params: r.Params, LogicalTime: r.LogicalTime,
+		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema,
+	}
+}
+
+// publish publishes every pending task of r with its msg id (a second
+// publication inside the duplicate window is dropped), waits for all acks
+// and records that the run is published. It retries until ctx ends.
+func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState) error {
+	c := t.c
+	tctx := runContext(ctx, r)
+	for attempt := 0; ; attempt++ {
+		err := func() error {
+			var futs []jetstream.PubAckFuture
+			for _, ts := range r.Tasks {
+				if ts.State != protocol.TaskPending {
+					continue
+				}
+				data, err := protocol.Encode(t.taskOf(r, ts))
+				if err != nil {
+					return err
+				}
+				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline, r.ID))
+				m.Data = data
+				m.Header.Set(protocol.HeaderMsgID, protocol.TaskMsgID(r.ID, ts.ID, ts.Enqueue))
+				m.Header.Set(protocol.HeaderRun, r.ID)
+				m.Header.Set(protocol.HeaderTask, ts.ID)
+				m.Header.Set(protocol.HeaderVersion, strconv.Itoa(protocol.Version))
+				telemetry.Inject(tctx, m.Header)
+				f, err := c.js.PublishMsgAsync(m)
+				if err != nil {
+					return fmt.Errorf("publish task %s: %w", ts.ID, err)
+				}
+				futs = append(futs, f)
+			}
+			for _, f := range futs {
+				select {
+				case <-f.Ok():
+				case err := <-f.Err():
+					return fmt.Errorf("publish task %s: %w", f.Msg().Header.Get(protocol.HeaderTask), err)
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("publish tasks", "attempt", attempt+1, "err", err)
+		if !sleep(ctx, min(time.Duration(attempt+1)*500*time.Millisecond, 5*time.Second)) {
+			return ctx.Err()
+		}
+	}
+	if _, err := apply(c, runPublishedCmd{Run: r.ID, Time: now()}); err != nil {
+		return err
+	}
+	log.Info("run published", "tasks", len(r.Tasks))
+	return nil
+}

@@ -1,0 +1,110 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// maxDeliveriesSubject is the advisory JetStream sends when a task message
+// reached the workers' consumer's MaxDeliver.
+var maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + protocol.StreamTasks + "." + protocol.ConsumerWorkers
+
+// onResult records one task result, then acks it.
+func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
+	c := t.c
+	res, err := protocol.Decode[protocol.Result](m.Data())
+	if err != nil {
+		c.log.Warn("drop undecodable result", "subject", m.Subject(), "err", err)
+		m.Term()
+		return
+	}
+	// A result the FSM would ignore (unknown or finished run, task already
+	// done: a task may run twice) needs no log entry. The leader's FSM is
+	// current: the term started with a barrier.
+	if r, ok := c.fsm.run(res.RunID); !ok || r.State != protocol.RunRunning || !taskPending(r, res.TaskID) {
+		c.log.Debug("ignore result", "run", res.RunID, "task", res.TaskID)
+		if err := m.Ack(); err != nil {
+			c.log.Warn("ack result", "run", res.RunID, "task", res.TaskID, "err", err)
+		}
+		return
+	}
+	out, err := apply(c, taskResultCmd{
+		Run: res.RunID, Task: res.TaskID, Attempt: res.Attempt, Worker: res.Worker,
+		Rows: res.Rows, Bytes: res.Bytes, Checksum: res.Checksum, Location: res.Location,
+		ErrorClass: res.ErrorClass, Error: res.Error, Time: now(),
+	})
+	if err != nil {
+		c.log.Warn("record result", "run", res.RunID, "task", res.TaskID, "err", err)
+		m.NakWithDelay(time.Second)
+		return
+	}
+	if err := m.Ack(); err != nil {
+		c.log.Warn("ack result", "run", res.RunID, "task", res.TaskID, "err", err)
+	}
+	if out.Changed {
+		t.kick(ctx, res.RunID)
+	}
+}
+
+// maxDeliveries is the part of the JetStream advisory Sluice reads.
+type maxDeliveries struct {
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries int    `json:"deliveries"`
+}
+
+// onMaxDeliveries fails the task whose message JetStream gave up on, then
+// removes the message from the work queue.
+func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
+	c := t.c
+	var adv maxDeliveries
+	if err := json.Unmarshal(m.Data, &adv); err != nil {
+		c.log.Warn("bad max-deliveries advisory", "err", err)
+		return
+	}
+	stream, err := c.js.Stream(ctx, protocol.StreamTasks)
+	if err != nil {
+		c.log.Warn("max deliveries: open tasks stream", "err", err)
+		return
+	}
+	raw, err := stream.GetMsg(ctx, adv.StreamSeq)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			c.log.Warn("max deliveries: get task message", "seq", adv.StreamSeq, "err", err)
+		}
+		return
+	}
+	task, err := protocol.Decode[protocol.Task](raw.Data)
+	if err == nil {
+		out, err := apply(c, taskResultCmd{
+			Run: task.RunID, Task: task.TaskID, Attempt: adv.Deliveries, Final: true,
+			ErrorClass: protocol.ErrorRetryable,
+			Error:      fmt.Sprintf("delivered %d times without a result", adv.Deliveries), Time: now(),
+		})
+		if err != nil {
+			c.log.Warn("max deliveries: record task failure", "run", task.RunID, "task", task.TaskID, "err", err)
+			return
+		}
+		if out.Changed {
+			c.log.Warn("task dead after max deliveries", "run", task.RunID, "task", task.TaskID, "deliveries", adv.Deliveries)
+			t.kick(ctx, task.RunID)
+		}
+	} else {
+		c.log.Warn("max deliveries: undecodable task message", "seq", adv.StreamSeq, "err", err)
+	}
+	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		c.log.Warn("max deliveries: delete task message", "seq", adv.StreamSeq, "err", err)
+	}
+}
+
+func taskPending(r *runState, taskID string) bool {
+	t := r.task(taskID)
+	return t != nil && t.State == protocol.TaskPending
+}

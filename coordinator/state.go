@@ -1,0 +1,402 @@
+package coordinator
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// state is everything the FSM holds. It is encoded whole in snapshots.
+type state struct {
+	Pipelines map[string]*pipelineState `json:"pipelines"`
+	Runs      map[string]*runState      `json:"runs"`
+	// Requests maps a run request id to the run it created, and
+	// "backfill:"+id to the backfill a backfill request created.
+	Requests map[string]string `json:"requests"`
+	// Backfills are the backfills of incremental pipelines, by id.
+	Backfills map[string]*backfillState `json:"backfills,omitempty"`
+	// Cleanups are what deleted pipelines left outside the cluster's
+	// state, for the leader to remove, oldest first.
+	Cleanups []cleanup `json:"cleanups,omitempty"`
+	// CleanupSeq numbers the cleanups.
+	CleanupSeq int64 `json:"cleanup_seq,omitempty"`
+}
+
+// cleanup is what a deleted streamed pipeline left behind: a cdc
+// pipeline's replication slot and publication (and its events in
+// SLUICE_CDC), a cdc_apply pipeline's durable consumer.
+type cleanup struct {
+	ID       string           `json:"id"`
+	Pipeline string           `json:"pipeline"`
+	Pattern  protocol.Pattern `json:"pattern"`
+	// SourceKind and Source are a cdc pipeline's source kind and
+	// configuration, ${ENV} references unexpanded; Slot and Publication its
+	// names.
+	SourceKind  string          `json:"source_kind,omitempty"`
+	Source      json.RawMessage `json:"source,omitempty"`
+	Slot        string          `json:"slot,omitempty"`
+	Publication string          `json:"publication,omitempty"`
+	// Lease is the deleted pipeline's: its holder may go on for that long
+	// after the delete, so the cleanup waits as long.
+	Lease   time.Duration `json:"lease"`
+	Created time.Time     `json:"created"`
+}
+
+func newState() *state {
+	return &state{Pipelines: map[string]*pipelineState{}, Runs: map[string]*runState{}, Requests: map[string]string{}, Backfills: map[string]*backfillState{}}
+}
+
+// backfillState is one backfill: its windows and their progress.
+type backfillState struct {
+	ID          string                    `json:"id"`
+	Pipeline    string                    `json:"pipeline"`
+	Seq         int64                     `json:"seq"`
+	From        time.Time                 `json:"from"`
+	To          time.Time                 `json:"to"`
+	Window      time.Duration             `json:"window"`
+	Concurrency int                       `json:"concurrency"`
+	Replace     bool                      `json:"replace,omitempty"`
+	RequestID   string                    `json:"request_id,omitempty"`
+	MaxAttempts int                       `json:"max_attempts"`
+	Backoff     time.Duration             `json:"backoff"`
+	Windows     []protocol.BackfillWindow `json:"windows"`
+	State       string                    `json:"state"`
+	Created     time.Time                 `json:"created"`
+	Finished    time.Time                 `json:"finished,omitzero"`
+	// LeaderStarts is set when the leader creates the window runs, each
+	// through a run-create entry naming the backfill and its window. A
+	// backfill of an earlier version's log has it unset: Apply starts its
+	// windows (state.pump), as that version did.
+	LeaderStarts bool `json:"leader_starts,omitempty"`
+}
+
+// running counts the windows of b that are running.
+func (b *backfillState) running() int {
+	n := 0
+	for _, w := range b.Windows {
+		if w.State == protocol.WindowRunning {
+			n++
+		}
+	}
+	return n
+}
+
+// nextWindow returns the first queued window of b, while fewer than its
+// concurrency run; false when none is to start now.
+func (b *backfillState) nextWindow() (protocol.Window, bool) {
+	if b.State != protocol.BackfillRunning || b.running() >= b.Concurrency {
+		return protocol.Window{}, false
+	}
+	for _, w := range b.Windows {
+		if w.State == protocol.WindowQueued {
+			return w.Window, true
+		}
+	}
+	return protocol.Window{}, false
+}
+
+func (b *backfillState) clone() *backfillState {
+	c := *b
+	c.Windows = slices.Clone(b.Windows)
+	return &c
+}
+
+// maxBackfillWindows bounds the windows of one backfill, and
+// keepBackfills the finished backfills kept per pipeline.
+const (
+	maxBackfillWindows = 100_000
+	keepBackfills      = 10
+)
+
+type pipelineState struct {
+	Spec     pipeline.Spec `json:"spec"`
+	Revision int64         `json:"revision"`
+	// Version is the dataset version exposed; VersionSeq the last version
+	// assigned to a committing run.
+	Version    int64           `json:"version"`
+	VersionSeq int64           `json:"version_seq"`
+	Versions   []versionRecord `json:"versions,omitempty"`
+	Watermark  string          `json:"watermark,omitempty"`
+	// Loaded are the time ranges committed by the runs of an incremental
+	// pipeline (live runs, re-runs, backfills), merged and sorted: a
+	// backfill skips the windows they cover.
+	Loaded      []protocol.Window `json:"loaded,omitempty"`
+	BackfillSeq int64             `json:"backfill_seq,omitempty"`
+	RunSeq      int64             `json:"run_seq"`
+	LastRun     string            `json:"last_run,omitempty"`
+	// Scheduled is the last schedule tick handled (a run started, or
+	// none needed) and the schedule it was a tick of. A new leader
+	// starts from there: a tick is never started twice, and a missed
+	// tick is caught up.
+	Scheduled *scheduleMark `json:"scheduled,omitempty"`
+	// Stream is the lease and snapshot state of a cdc or cdc_apply
+	// pipeline.
+	Stream  *streamState `json:"stream,omitempty"`
+	Created time.Time    `json:"created"`
+	Updated time.Time    `json:"updated"`
+	// Deleted is set while the pipeline is deleted: it is kept, unlisted,
+	// so that applying it again goes on from its run and version numbers
+	// (a new run or version never reuses an old one's name).
+	Deleted time.Time `json:"deleted,omitzero"`
+}
+
+// streamState is the lease of a streamed pipeline and, for a cdc
+// pipeline, the progress of its initial snapshot. Lease renewals are not
+// entries: the leader keeps them in memory and gives a whole lease of grace
+// to every stream when it starts leading.
+type streamState struct {
+	Worker   string    `json:"worker,omitempty"`
+	Epoch    uint64    `json:"epoch"`
+	Revision int64     `json:"revision,omitempty"`
+	Granted  time.Time `json:"granted,omitzero"`
+	// SnapshotRun is the last snapshot run created; SnapshotAttempts
+	// counts them; SnapshotDone is set when one committed, with the slot
+	// position its snapshot is consistent with.
+	SnapshotRun      string `json:"snapshot_run,omitempty"`
+	SnapshotAttempts int    `json:"snapshot_attempts,omitempty"`
+	SnapshotDone     bool   `json:"snapshot_done,omitempty"`
+	ConsistentLSN    string `json:"consistent_lsn,omitempty"`
+}
+
+// scheduleMark is the last handled tick of a schedule.
+type scheduleMark struct {
+	Schedule string    `json:"schedule"`
+	Tick     time.Time `json:"tick"`
+}
+
+// markTick records tick of schedule as handled; a tick never moves back.
+func (p *pipelineState) markTick(schedule string, tick time.Time) {
+	if schedule == "" || tick.IsZero() {
+		return
+	}
+	if m := p.Scheduled; m != nil && m.Schedule == schedule && !tick.After(m.Tick) {
+		return
+	}
+	p.Scheduled = &scheduleMark{Schedule: schedule, Tick: tick.UTC()}
+}
+
+type versionRecord struct {
+	Version  int64     `json:"version"`
+	Run      string    `json:"run"`
+	Location string    `json:"location,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+type runState struct {
+	ID          string            `json:"id"`
+	Pipeline    string            `json:"pipeline"`
+	Seq         int64             `json:"seq"`
+	RequestID   string            `json:"request_id,omitempty"`
+	Params      map[string]string `json:"params,omitempty"`
+	LogicalTime time.Time         `json:"logical_time,omitzero"`
+	Created     time.Time         `json:"created"`
+	Finished    time.Time         `json:"finished,omitzero"`
+	State       string            `json:"state"`
+	Trace       map[string]string `json:"trace,omitempty"`
+	// The pipeline as it was when the run was created.
+	Pattern      protocol.Pattern        `json:"pattern"`
+	Source       protocol.Endpoint       `json:"source"`
+	Sink         protocol.Endpoint       `json:"sink"`
+	Partitioning connectors.Partitioning `json:"partitioning,omitzero"`
+	MaxAttempts  int                     `json:"max_attempts"`
+	Backoff      time.Duration           `json:"backoff"`
+	// Window is the window of an incremental run, DeltaColumn the column
+	// it bounds; Live tells that the commit moves the watermark to
+	// Window.To; Backfill names the backfill the run loads a window of.
+	Window      *protocol.Window `json:"window,omitempty"`
+	DeltaColumn string           `json:"delta_column,omitempty"`
+	Live        bool             `json:"live,omitempty"`
+	Backfill    string           `json:"backfill,omitempty"`
+	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
+	// and ready_check. WaitingFor is what a waiting run waits for (a
+	// partition's path), WaitingSince when it started waiting: the ready
+	// timeout counts from there, on any leader.
+	ReadyTimeout time.Duration `json:"ready_timeout,omitempty"`
+	ReadyCheck   time.Duration `json:"ready_check,omitempty"`
+	WaitingFor   string        `json:"waiting_for,omitempty"`
+	WaitingSince time.Time     `json:"waiting_since,omitzero"`
+	// Trigger is the context of the trigger that started the run; the FSM
+	// never changes it after creation.
+	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
+
+	Planned bool        `json:"planned"`
+	Tasks   []taskState `json:"tasks,omitempty"`
+	// Schema is the schema of the run's rows, from its plan: every task
+	// and the commit carry it. Nil when the source gave none.
+	Schema    *protocol.Schema `json:"schema,omitempty"`
+	Watermark string           `json:"watermark,omitempty"`
+	Published bool             `json:"published"`
+	Version   int64            `json:"version,omitempty"`
+	Location  string           `json:"location,omitempty"`
+	Marker    string           `json:"marker,omitempty"`
+	Error     string           `json:"error,omitempty"`
+	// Notified is set once the leader published the run's end (event, dead
+	// letters, sink abort).
+	Notified bool `json:"notified"`
+}
+
+type taskState struct {
+	ID        string             `json:"id"`
+	Partition protocol.Partition `json:"partition"`
+	Enqueue   int                `json:"enqueue"`
+	State     string             `json:"state"`
+	Attempts  int                `json:"attempts"`
+	Worker    string             `json:"worker,omitempty"`
+	Rows      int64              `json:"rows"`
+	Bytes     int64              `json:"bytes"`
+	Checksum  protocol.Sum       `json:"checksum,omitempty"`
+	Location  string             `json:"location,omitempty"`
+	Error     string             `json:"error,omitempty"`
+}
+
+// checksum is the checksum of the rows the task wrote.
+func (t taskState) checksum() connectors.Checksum {
+	return connectors.Checksum{Sum: uint64(t.Checksum), Rows: t.Rows}
+}
+
+// checksum is the checksum of the rows r's tasks wrote.
+func (r *runState) checksum() connectors.Checksum {
+	var sum connectors.Checksum
+	for _, t := range r.Tasks {
+		sum.Merge(t.checksum())
+	}
+	return sum
+}
+
+func (r *runState) finished() bool {
+	return r.State == protocol.RunCommitted || r.State == protocol.RunFailed
+}
+
+// allSucceeded reports whether every task of a planned run succeeded.
+func (r *runState) allSucceeded() bool {
+	if !r.Planned {
+		return false
+	}
+	for _, t := range r.Tasks {
+		if t.State != protocol.TaskSucceeded {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *runState) task(id string) *taskState {
+	for i := range r.Tasks {
+		if r.Tasks[i].ID == id {
+			return &r.Tasks[i]
+		}
+	}
+	return nil
+}
+
+// clone copies r deeply enough that the copy can be read without the FSM
+// lock (the FSM replaces, never mutates in place, maps and partitions).
+func (r *runState) clone() *runState {
+	c := *r
+	c.Tasks = slices.Clone(r.Tasks)
+	c.Params = maps.Clone(r.Params)
+	c.Trace = maps.Clone(r.Trace)
+	return &c
+}
+
+func (p *pipelineState) clone() *pipelineState {
+	c := *p
+	c.Versions = slices.Clone(p.Versions)
+	c.Loaded = slices.Clone(p.Loaded)
+	if p.Scheduled != nil {
+		m := *p.Scheduled
+		c.Scheduled = &m
+	}
+	if p.Stream != nil {
+		st := *p.Stream
+		c.Stream = &st
+	}
+	return &c
+}
+
+// nextFrom returns where the next live window of an incremental pipeline
+// starts: its watermark, or incremental.start before the first commit.
+func (p *pipelineState) nextFrom() (time.Time, error) {
+	if p.Watermark != "" {
+		t, err := time.Parse(time.RFC3339Nano, p.Watermark)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("pipeline %s: watermark %q is not a time (was the pipeline another pattern before?)", p.Spec.Name, p.Watermark)
+		}
+		return t.UTC(), nil
+	}
+	if p.Spec.Incremental == nil || p.Spec.Incremental.Start.IsZero() {
+		return time.Time{}, fmt.Errorf("pipeline %s has no watermark yet: set incremental.start", p.Spec.Name)
+	}
+	return p.Spec.Incremental.Start.UTC(), nil
+}
+
+// formatWatermark renders an incremental watermark.
+func formatWatermark(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// addLoaded merges w into the sorted, disjoint ranges of loaded.
+func addLoaded(loaded []protocol.Window, w protocol.Window) []protocol.Window {
+	out := make([]protocol.Window, 0, len(loaded)+1)
+	for _, l := range loaded {
+		switch {
+		case l.To.Before(w.From) || w.To.Before(l.From):
+			out = append(out, l)
+		default: // overlapping or touching: absorb
+			if l.From.Before(w.From) {
+				w.From = l.From
+			}
+			if l.To.After(w.To) {
+				w.To = l.To
+			}
+		}
+	}
+	out = append(out, w)
+	slices.SortFunc(out, func(a, b protocol.Window) int { return a.From.Compare(b.From) })
+	return out
+}
+
+// covered reports whether loaded covers all of w.
+func covered(loaded []protocol.Window, w protocol.Window) bool {
+	for _, l := range loaded {
+		if !l.From.After(w.From) && !l.To.Before(w.To) {
+			return true
+		}
+	}
+	return false
+}
+
+// live returns the pipeline name unless it is missing or deleted.
+func (s *state) live(name string) (*pipelineState, bool) {
+	p, ok := s.Pipelines[name]
+	if !ok || !p.Deleted.IsZero() {
+		return nil, false
+	}
+	return p, true
+}
+
+// liveRun returns the unfinished live run of a pipeline, or nil.
+func (s *state) liveRun(pipelineName string) *runState {
+	var found *runState
+	for _, r := range s.Runs {
+		if r.Pipeline == pipelineName && r.Live && !r.finished() && (found == nil || r.Seq < found.Seq) {
+			found = r
+		}
+	}
+	return found
+}
+
+func (s *state) runIn(id string, states ...string) (*runState, error) {
+	r, ok := s.Runs[id]
+	if !ok {
+		return nil, refuse(refusedNotFound, "run %q not found", id)
+	}
+	if !slices.Contains(states, r.State) {
+		return nil, refuse(refusedRunState, "run %q is %s, want %v", id, r.State, states)
+	}
+	return r, nil
+}
