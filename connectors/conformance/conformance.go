@@ -2,8 +2,9 @@
 // its own tests: a source must plan bounded partitions and read each one the
 // same way every time, concurrently, stopping on cancellation; a sink must
 // replace a retried task's output, commit a run atomically and repeatably,
-// and leave the previous version exposed when a run fails. Both must leave
-// no goroutine behind.
+// and leave the previous version exposed when a run fails; a sink that
+// keeps versions (connectors.Versioned) must list them and expose a kept
+// one again. All must leave no goroutine behind.
 package conformance
 
 import (
