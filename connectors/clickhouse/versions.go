@@ -346,42 +346,6 @@ func keptVersions(vs []Version) []connectors.Version {
 	return out
 }
 
-// Rollback exposes a kept version of the table again: toVersion, or when
-// toVersion is 0 the newest kept version older than the current one. The
-// swap is atomic for readers; versions newer than it stay kept (a later
-// Rollback can go forward again) until a commit prunes them.
-func Rollback(ctx context.Context, cfg SinkConfig, toVersion int64) error {
-	s, err := NewSink(cfg)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	if toVersion <= 0 {
-		vs, err := s.kept(ctx)
-		if err != nil {
-			return fmt.Errorf("roll %s back: %w", cfg.Table, err)
-		}
-		var cur int64
-		for _, v := range vs {
-			if v.Current {
-				cur = v.Version
-			}
-		}
-		for _, v := range vs {
-			if v.Version < cur {
-				toVersion = v.Version
-			}
-		}
-		if toVersion <= 0 {
-			return connectors.Permanent(fmt.Errorf("roll %s back: no kept version older than the current one", cfg.Table))
-		}
-	}
-	if err := s.expose(ctx, toVersion); err != nil {
-		return fmt.Errorf("roll %s back: %w", cfg.Table, err)
-	}
-	return nil
-}
-
 // expose swaps kept version to in (see Expose) and records it.
 func (s *Sink) expose(ctx context.Context, to int64) error {
 	if _, err := s.serverCaps(ctx); err != nil {

@@ -43,7 +43,7 @@ func Versions(ctx context.Context, dsn, table string) ([]Version, error) {
 }
 
 // adminConn returns the sink of a table, as the admin functions (Versions,
-// Rollback, Windows) know it, and a connection, which the caller closes.
+// Windows) know it, and a connection, which the caller closes.
 func adminConn(ctx context.Context, dsn, table string) (*Sink, *pgx.Conn, error) {
 	s, err := NewSink(SinkConfig{DSN: dsn, Table: table})
 	if err != nil {
@@ -115,42 +115,6 @@ func keptVersions(vs []Version) []connectors.Version {
 		out[i] = connectors.Version{Version: v.Version, Run: v.Run, Rows: v.Rows, Location: v.Table, Time: v.Created, Exposed: v.Current}
 	}
 	return out
-}
-
-// Rollback points the view of table back at a kept version: toVersion, or
-// when toVersion is 0 the newest kept version older than the current one.
-// Versions newer than it stay kept (a later Rollback can go forward again)
-// until a commit prunes them.
-func Rollback(ctx context.Context, dsn, table string, toVersion int64) error {
-	s, conn, err := adminConn(ctx, dsn, table)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	if toVersion <= 0 {
-		vs, err := s.listVersions(ctx, conn)
-		if err != nil {
-			return err
-		}
-		var cur int64
-		for _, v := range vs {
-			if v.Current {
-				cur = v.Version
-			}
-		}
-		for _, v := range vs {
-			if v.Version < cur {
-				toVersion = v.Version
-			}
-		}
-		if toVersion <= 0 {
-			return connectors.Permanent(errors.New("no kept version older than the current one"))
-		}
-	}
-	if err := s.expose(ctx, conn, toVersion); err != nil {
-		return classify(fmt.Errorf("roll %s back: %w", table, err))
-	}
-	return nil
 }
 
 // expose points the view at kept version to (see Expose), in a
