@@ -28,7 +28,7 @@ const (
 	cmdLeaseGrant     cmdType = 13
 	cmdPipelineDelete cmdType = 14
 	cmdCleanupDone    cmdType = 15
-	// 16: a rollback's intent or outcome.
+	// A rollback's intent or its outcome.
 	cmdPipelineRollback cmdType = 16
 )
 

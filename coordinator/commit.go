@@ -21,9 +21,8 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	mu := t.pipelineLock(r.Pipeline)
 	mu.Lock()
 	defer mu.Unlock()
-	// A rollback recorded before this commit is finished first: commits
-	// and rollbacks of a pipeline reach its sink in the order of their
-	// entries.
+	// A rollback recorded and not finished (its leader died midway) is
+	// finished first: a commit never overtakes a recorded rollback.
 	if _, err := t.finishRollback(ctx, log, r.Pipeline); err != nil && refusalOf(err) == nil {
 		return err
 	}
