@@ -48,6 +48,9 @@ func (c pipelineDeleteCmd) applyTo(s *state) (pipelineDeleteReply, error) {
 			return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: backfill %s is running; wait for it to end", c.Name, b.ID)
 		}
 	}
+	if p.Rollback.pending() {
+		return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: its rollback to version %d is not finished yet; wait for it to end", c.Name, p.Rollback.To)
+	}
 	if deps := s.appliersOf(c.Name); len(deps) > 0 {
 		return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: the cdc_apply pipelines %v apply its events; delete them first", c.Name, deps)
 	}

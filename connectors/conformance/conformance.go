@@ -3,9 +3,11 @@
 // same way every time, concurrently, stopping on cancellation; a sink must
 // replace a retried task's output, commit a run atomically and repeatably,
 // and leave the previous version exposed when a run fails (or, publishing
-// as it writes, publish a retried task's rows once); the Applier of a
-// cdc_apply target must apply each event exactly once across repeated
-// batches, reopens and cancellations. All must leave no goroutine behind.
+// as it writes, publish a retried task's rows once); a sink that keeps
+// versions (connectors.Versioned) must list them and expose a kept one
+// again; the Applier of a cdc_apply target must apply each event exactly
+// once across repeated batches, reopens and cancellations. All must leave
+// no goroutine behind.
 package conformance
 
 import (

@@ -102,6 +102,33 @@ func TestSinkConformance(t *testing.T) {
 	}
 }
 
+// The files sink keeps versions for rollback: v<N> directories behind
+// the current symlink.
+func TestVersionedConformance(t *testing.T) {
+	for _, format := range []string{"jsonl", "parquet"} {
+		t.Run(format, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "out")
+			conformance.TestVersioned(t, conformance.SinkHarness{
+				Open: func(t *testing.T) connectors.Sink {
+					s, err := files.NewSink(files.SinkConfig{Path: dir, Format: format})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return s
+				},
+				Batches: rawJSONLBatches,
+				ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
+					cur, err := files.Current(dir)
+					if err != nil {
+						return connectors.Checksum{}, err
+					}
+					return files.ReadChecksum(cur, format)
+				},
+			})
+		})
+	}
+}
+
 func TestSourceConformance(t *testing.T) {
 	t.Run("jsonl", func(t *testing.T) {
 		dir := t.TempDir()

@@ -36,8 +36,19 @@ func TestConformanceSource(t *testing.T) {
 
 func TestConformanceSink(t *testing.T) {
 	dsn, schema, conn := testDB(t)
-	view := schema + ".conf"
-	conformance.TestSink(t, conformance.SinkHarness{
+	conformance.TestSink(t, confHarness(dsn, schema+".conf", conn))
+}
+
+// The sink keeps versions for rollback: a table per version behind the
+// view.
+func TestConformanceVersioned(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	conformance.TestVersioned(t, confHarness(dsn, schema+".conf", conn))
+}
+
+// confHarness is the conformance harness of a sink loading view.
+func confHarness(dsn, view string, conn *pgx.Conn) conformance.SinkHarness {
+	return conformance.SinkHarness{
 		Open: func(t *testing.T) connectors.Sink {
 			s, err := NewSink(SinkConfig{DSN: dsn, Table: view})
 			if err != nil {
@@ -56,7 +67,7 @@ func TestConformanceSink(t *testing.T) {
 		ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
 			return TableChecksum(context.Background(), conn, "SELECT id, v FROM "+view)
 		},
-	})
+	}
 }
 
 // The replica Applier passes the applier conformance suite, each target a

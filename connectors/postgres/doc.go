@@ -88,7 +88,8 @@
 // keep_versions (never the current one). Readers see the old version or
 // the new one, never a part. A commit repeated for the same run and version
 // finds it recorded and does nothing. Abort drops the run's staging tables.
-// Rollback points the view at an older kept version; Versions lists them.
+// Expose (rollback, connectors.Versioned) points the view at another kept
+// version in the same kind of transaction; Versions lists them.
 //
 // # Incremental (delta-column) loads
 //
