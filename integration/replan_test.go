@@ -15,8 +15,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/builtin"
 	"github.com/sluicehq/sluice/connectors/files"
-	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/devcluster"
@@ -229,10 +229,7 @@ func TestDevRestartMidRunReplans(t *testing.T) {
 	dsn, schema, conn := pgtest.DB(t)
 	src, dst := schema+".orders", schema+".orders_copy"
 	createOrders(t, conn, src, 20000)
-	reg := connectors.NewRegistry()
-	files.Register(reg)
-	postgres.Register(reg)
-	pgcdc.Register(reg, nil)
+	reg := builtin.Registry()
 	cfg := devcluster.Config{DataDir: filepath.Join(t.TempDir(), "dev"), Workers: 1, Slots: 1,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Registry: reg}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
