@@ -22,6 +22,7 @@ func TestLayering(t *testing.T) {
 		{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}},
+		{pkg: "connectors/arrowconv", allowed: []string{"protocol", "connectors"}},
 		{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 		{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
 		{pkg: "telemetry", allowed: []string{"protocol"}},
