@@ -266,6 +266,32 @@ type Sink interface {
 	Close() error
 }
 
+// Versioned is implemented by sinks that keep earlier versions of a full
+// load beside the one readers see (a directory per version behind a
+// current symlink, a table per version behind a view), so that a kept
+// version can be exposed again: a rollback. Only the coordinator leader
+// calls it, and it serialises these calls with the commits of the
+// pipeline: no Commit of the same dataset runs meanwhile, and a rollback
+// is recorded in Raft before Expose and after it. ctx bounds the one call.
+type Versioned interface {
+	// Versions lists the kept versions, oldest first: every version whose
+	// commit completed and that keep_versions has not pruned, the one
+	// readers see marked Exposed. A dataset nothing was committed to has
+	// none, without an error.
+	Versions(ctx context.Context) ([]Version, error)
+	// Expose makes kept version v the one readers see, atomically: a
+	// reader sees the version exposed before or v, never a part of either
+	// and never nothing. Exposing the exposed version changes nothing.
+	// Versions newer than v stay kept (exposing one of them goes forward
+	// again) until a commit prunes them. A version that is not kept (never
+	// committed, pruned, incomplete) is refused with a permanent error
+	// naming the kept versions (VersionNotKept); the exposed version stays.
+	Expose(ctx context.Context, v int64) error
+}
+
+// Version is one kept version of a dataset.
+type Version = protocol.DatasetVersion
+
 // SourceFactory opens a source from its JSON configuration; the `${ENV}`
 // references in the configuration are already expanded. Configuration
 // errors are returned as *FieldError so the spec parser can name the line.

@@ -5,42 +5,57 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
 
-// Registry maps connector kinds to their constructors. main builds one and
-// hands it to the coordinator and the workers; there is no global registry.
+// Registry maps connector kinds to their code: the only place that does.
+// main builds one and hands it to the coordinator and the workers; there is
+// no global registry. What a kind can be is a Role: the coordinator,
+// pipeline validation and workers ask whether a kind has a role, and open
+// it through the registry, never by its name.
 type Registry struct {
-	sources    map[string]SourceFactory
-	sinks      map[string]SinkFactory
-	validators map[string]map[Role]Validator
-	partitions map[string]func(json.RawMessage) time.Duration
+	kinds map[string]*entry
 }
 
-// Role says which side of a pipeline a connector configuration is for.
+// entry is what is registered of one kind, possibly by several packages.
+type entry struct {
+	source     SourceFactory
+	sink       SinkFactory
+	cdc        *CDCSource
+	target     *CDCTarget
+	validators map[Role]Validator
+	partitions func(json.RawMessage) time.Duration
+}
+
+// Role says what a connector kind is used as in a pipeline.
 type Role string
 
 // The roles.
 const (
+	// RoleSource and RoleSink are the source and sink of a pipeline made
+	// of runs (full_load, incremental).
 	RoleSource Role = "source"
 	RoleSink   Role = "sink"
+	// RoleCDCSource is the source of a cdc pipeline (CDCSource).
+	RoleCDCSource Role = "cdc source"
+	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
+	RoleCDCTarget Role = "cdc target"
 )
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{
-		sources:    map[string]SourceFactory{},
-		sinks:      map[string]SinkFactory{},
-		validators: map[string]map[Role]Validator{},
-		partitions: map[string]func(json.RawMessage) time.Duration{},
-	}
+	return &Registry{kinds: map[string]*entry{}}
 }
 
-// Connector is what a connector package registers.
+// Connector is what a connector package registers: a kind and the roles it
+// provides. A kind may be registered in parts, by several calls: a package
+// adding a capability to another's kind (connectors/pgcdc adds CDCSource
+// to the postgres kind, whose package it builds on).
 type Connector struct {
 	Kind string
 	// Source and Sink are nil when the connector is not one.
@@ -58,19 +73,22 @@ type Connector struct {
 	// source that is not laid out by time (or a configuration that is not
 	// valid). Nil means never. It does no I/O.
 	SourcePartitions func(config json.RawMessage) time.Duration
+	// CDCSource, when set, makes the kind the source of cdc pipelines;
+	// CDCTarget the sink of cdc_apply pipelines.
+	CDCSource *CDCSource
+	CDCTarget *CDCTarget
 }
 
-// Register adds a connector. Registering a kind twice panics: it is a wiring
-// bug in main.
+// Register adds a connector, or parts of one to a kind registered before.
+// Registering a part of a kind twice, or a Connector without any part,
+// panics: it is a wiring bug in main.
 func (r *Registry) Register(c Connector) {
-	if _, dup := r.validators[c.Kind]; dup {
-		panic(fmt.Sprintf("connectors: kind %q registered twice", c.Kind))
+	e := r.kinds[c.Kind]
+	if e == nil {
+		e = &entry{validators: map[Role]Validator{}}
 	}
-	if c.Source != nil {
-		r.sources[c.Kind] = c.Source
-	}
-	if c.Sink != nil {
-		r.sinks[c.Kind] = c.Sink
+	dup := func(what string) {
+		panic(fmt.Sprintf("connectors: %s of kind %q registered twice", what, c.Kind))
 	}
 	pick := func(v Validator) Validator {
 		switch {
@@ -81,38 +99,122 @@ func (r *Registry) Register(c Connector) {
 		}
 		return func(json.RawMessage) error { return nil }
 	}
-	r.validators[c.Kind] = map[Role]Validator{RoleSource: pick(c.ValidateSource), RoleSink: pick(c.ValidateSink)}
-	if c.SourcePartitions != nil {
-		r.partitions[c.Kind] = c.SourcePartitions
+	add := func(role Role, v Validator) {
+		if _, ok := e.validators[role]; ok {
+			dup(string(role))
+		}
+		e.validators[role] = v
 	}
+	parts := 0
+	if c.Source != nil || c.ValidateSource != nil {
+		if e.source != nil && c.Source != nil {
+			dup("source")
+		}
+		if c.Source != nil {
+			e.source = c.Source
+		}
+		add(RoleSource, pick(c.ValidateSource))
+		parts++
+	}
+	if c.Sink != nil || c.ValidateSink != nil {
+		if e.sink != nil && c.Sink != nil {
+			dup("sink")
+		}
+		if c.Sink != nil {
+			e.sink = c.Sink
+		}
+		add(RoleSink, pick(c.ValidateSink))
+		parts++
+	}
+	if c.SourcePartitions != nil {
+		if e.partitions != nil {
+			dup("source partitions")
+		}
+		e.partitions = c.SourcePartitions
+		parts++
+	}
+	if c.CDCSource != nil {
+		if e.cdc != nil {
+			dup(string(RoleCDCSource))
+		}
+		cdc := *c.CDCSource
+		e.cdc = &cdc
+		add(RoleCDCSource, pick(cdc.Validate))
+		parts++
+	}
+	if c.CDCTarget != nil {
+		if e.target != nil {
+			dup(string(RoleCDCTarget))
+		}
+		target := *c.CDCTarget
+		e.target = &target
+		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if parts == 0 {
+		panic(fmt.Sprintf("connectors: kind %q registered without a source, sink or capability", c.Kind))
+	}
+	r.kinds[c.Kind] = e
 }
 
 // PartitionSize returns the size of the time partitions a source of the
 // given kind and configuration is laid out by, or 0 when it is not (see
 // Connector.SourcePartitions).
 func (r *Registry) PartitionSize(kind string, config json.RawMessage) time.Duration {
-	f, ok := r.partitions[kind]
-	if !ok {
+	e, ok := r.kinds[kind]
+	if !ok || e.partitions == nil {
 		return 0
 	}
-	return f(config)
+	return e.partitions(config)
 }
 
 // Kinds lists the registered kinds, sorted.
 func (r *Registry) Kinds() []string {
+	return slices.Sorted(maps.Keys(r.kinds))
+}
+
+// KindsOf lists the kinds that have role, sorted.
+func (r *Registry) KindsOf(role Role) []string {
 	var ks []string
-	for k := range r.validators {
-		ks = append(ks, k)
+	for _, k := range r.Kinds() {
+		if r.Has(k, role) {
+			ks = append(ks, k)
+		}
 	}
-	sort.Strings(ks)
 	return ks
 }
 
+// Has reports whether kind can be used in role.
+func (r *Registry) Has(kind string, role Role) bool {
+	e, ok := r.kinds[kind]
+	if !ok {
+		return false
+	}
+	switch role {
+	case RoleSource:
+		return e.source != nil
+	case RoleSink:
+		return e.sink != nil
+	case RoleCDCSource:
+		return e.cdc != nil && e.cdc.Open != nil
+	case RoleCDCTarget:
+		return e.target != nil && e.target.Open != nil
+	}
+	return false
+}
+
 // HasSource reports whether kind can be used as a source.
-func (r *Registry) HasSource(kind string) bool { _, ok := r.sources[kind]; return ok }
+func (r *Registry) HasSource(kind string) bool { return r.Has(kind, RoleSource) }
 
 // HasSink reports whether kind can be used as a sink.
-func (r *Registry) HasSink(kind string) bool { _, ok := r.sinks[kind]; return ok }
+func (r *Registry) HasSink(kind string) bool { return r.Has(kind, RoleSink) }
+
+// HasInitialSnapshot reports whether kind, as the source of a cdc
+// pipeline, says how its initial snapshot is made (CDCSource.Snapshot).
+func (r *Registry) HasInitialSnapshot(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.cdc != nil && e.cdc.Snapshot != nil
+}
 
 // Validate checks the configuration of a connector of the given kind in the
 // given role, after expanding `${ENV}` references with lookup (nil: none is
@@ -120,9 +222,13 @@ func (r *Registry) HasSink(kind string) bool { _, ok := r.sinks[kind]; return ok
 // cannot be judged here, where the variable may be unset while it is set
 // where the connector runs: an error on such a field is not reported.
 func (r *Registry) Validate(kind string, role Role, config json.RawMessage, lookup func(string) (string, bool)) error {
-	vs, ok := r.validators[kind]
+	e, ok := r.kinds[kind]
 	if !ok {
 		return &FieldError{Field: "kind", Msg: fmt.Sprintf("unknown connector kind %q (known: %v)", kind, r.Kinds())}
+	}
+	v, ok := e.validators[role]
+	if !ok {
+		return &FieldError{Field: "kind", Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", kind, role, r.KindsOf(role))}
 	}
 	if lookup == nil {
 		lookup = func(string) (string, bool) { return "", false }
@@ -132,7 +238,7 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 	if err != nil {
 		return err
 	}
-	err = vs[role](expanded)
+	err = v(expanded)
 	var fe *FieldError
 	if errors.As(err, &fe) {
 		for _, f := range unset {
@@ -147,37 +253,78 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 // OpenSource expands `${ENV}` references from the process environment and
 // opens a source of the given kind.
 func (r *Registry) OpenSource(ctx context.Context, kind string, config json.RawMessage) (Source, error) {
-	f, ok := r.sources[kind]
-	if !ok {
-		return nil, Permanent(fmt.Errorf("open source: unknown source kind %q", kind))
+	var f SourceFactory
+	if e, ok := r.kinds[kind]; ok {
+		f = e.source
 	}
-	expanded, err := ExpandEnv(config, os.LookupEnv)
-	if err != nil {
-		return nil, Permanent(fmt.Errorf("open %s source: %w", kind, err))
-	}
-	s, err := f(ctx, expanded)
-	if err != nil {
-		return nil, fmt.Errorf("open %s source: %w", kind, err)
-	}
-	return s, nil
+	return open(ctx, kind, RoleSource, r, config, f)
 }
 
 // OpenSink expands `${ENV}` references from the process environment and
 // opens a sink of the given kind.
 func (r *Registry) OpenSink(ctx context.Context, kind string, config json.RawMessage) (Sink, error) {
-	f, ok := r.sinks[kind]
-	if !ok {
-		return nil, Permanent(fmt.Errorf("open sink: unknown sink kind %q", kind))
+	var f SinkFactory
+	if e, ok := r.kinds[kind]; ok {
+		f = e.sink
+	}
+	return open(ctx, kind, RoleSink, r, config, f)
+}
+
+// OpenCDCSource expands the `${ENV}` references of req.Config from the
+// process environment and opens the change reader of a cdc pipeline whose
+// source is of the given kind.
+func (r *Registry) OpenCDCSource(ctx context.Context, kind string, req StreamRequest) (Stream, error) {
+	var f StreamFactory
+	if e, ok := r.kinds[kind]; ok && e.cdc != nil {
+		f = e.cdc.Open
+	}
+	return open(ctx, kind, RoleCDCSource, r, req.Config, func(ctx context.Context, config json.RawMessage) (Stream, error) {
+		req.Config = config
+		return f(ctx, req)
+	})
+}
+
+// OpenApplier expands the `${ENV}` references of req.Config from the
+// process environment and opens the Applier of a cdc_apply pipeline whose
+// sink is of the given kind.
+func (r *Registry) OpenApplier(ctx context.Context, kind string, req StreamRequest) (Applier, error) {
+	var f ApplierFactory
+	if e, ok := r.kinds[kind]; ok && e.target != nil {
+		f = e.target.Open
+	}
+	return open(ctx, kind, RoleCDCTarget, r, req.Config, func(ctx context.Context, config json.RawMessage) (Applier, error) {
+		req.Config = config
+		return f(ctx, req)
+	})
+}
+
+// open opens a connector of kind in role with f, after expanding `${ENV}`
+// references in config from the process environment. A kind that does not
+// have the role (f nil) or a variable that is not set is a permanent error.
+func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx context.Context, kind string, role Role, r *Registry, config json.RawMessage, f F) (T, error) {
+	var zero T
+	if !r.Has(kind, role) {
+		return zero, Permanent(fmt.Errorf("open %s: kind %q cannot be a %s (kinds: %v)", role, kind, role, r.KindsOf(role)))
 	}
 	expanded, err := ExpandEnv(config, os.LookupEnv)
 	if err != nil {
-		return nil, Permanent(fmt.Errorf("open %s sink: %w", kind, err))
+		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
 	}
-	s, err := f(ctx, expanded)
+	c, err := f(ctx, expanded)
 	if err != nil {
-		return nil, fmt.Errorf("open %s sink: %w", kind, err)
+		return zero, fmt.Errorf("open %s %s: %w", kind, role, err)
 	}
-	return s, nil
+	return c, nil
+}
+
+// InitialSnapshot returns the endpoints of the initial snapshot run of a
+// cdc pipeline whose source is of the given kind (see CDCSource.Snapshot).
+// It does no I/O and expands nothing.
+func (r *Registry) InitialSnapshot(kind string, req SnapshotRequest) (SnapshotEndpoints, error) {
+	if !r.HasInitialSnapshot(kind) {
+		return SnapshotEndpoints{}, fmt.Errorf("initial snapshot: a cdc source of kind %q has none", kind)
+	}
+	return r.kinds[kind].cdc.Snapshot(req)
 }
 
 var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)

@@ -90,6 +90,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiCDCStatus()
 	case protocol.VerbDelete:
 		reply, err = t.apiDelete(m.Data)
+	case protocol.VerbRollback:
+		reply, err = t.apiRollback(ctx, m.Data)
+	case protocol.VerbPipelineGet:
+		reply, err = t.apiPipelineGet(m.Data)
 	default:
 		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}
@@ -160,10 +164,9 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	}
 	if spec.Pattern == protocol.PatternCDCApply {
 		// A misspelt upstream would apply nothing, silently, forever.
-		var src pipeline.ApplySourceConfig
-		_ = json.Unmarshal(spec.Source.Config, &src)
-		if up, ok := t.c.fsm.pipeline(src.Pipeline); !ok || up.Spec.Pattern != protocol.PatternCDC {
-			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, src.Pipeline)
+		upstream := spec.ApplyUpstream()
+		if up, ok := t.c.fsm.pipeline(upstream); !ok || up.Spec.Pattern != protocol.PatternCDC {
+			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, upstream)
 		}
 	}
 	for _, cl := range t.c.fsm.cleanups() {
@@ -390,11 +393,33 @@ func (t *leaderTerm) apiPipelines() (any, error) {
 	return out, nil
 }
 
+// apiPipelineGet returns a pipeline's status and its spec as stored:
+// `${ENV}` references as written, never expanded (they are expanded only
+// where a connector opens).
+func (t *leaderTerm) apiPipelineGet(data []byte) (any, error) {
+	var req protocol.PipelineGetRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	p, ok := t.c.fsm.pipeline(req.Pipeline)
+	if !ok {
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
+	}
+	spec, err := json.Marshal(p.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("encode the spec of %s: %w", req.Pipeline, err)
+	}
+	return protocol.PipelineGetReply{Status: pipelineStatus(p), Spec: spec}, nil
+}
+
 func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	s := protocol.PipelineStatus{Name: p.Spec.Name, Pattern: p.Spec.Pattern, Revision: p.Revision,
 		Schedule: p.Spec.Schedule, Version: p.Version, LastRun: p.LastRun, Watermark: p.Watermark}
 	if p.Spec.Trigger != nil {
 		s.After = p.Spec.Trigger.After
+	}
+	if p.Rollback.pending() {
+		s.RollbackTo = p.Rollback.To
 	}
 	if p.Spec.Schedule != "" {
 		if m := p.Scheduled; m != nil && m.Schedule == p.Spec.Schedule {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -92,8 +93,13 @@ func (t *leaderTerm) cleanUpOne(ctx context.Context, cl cleanup) error {
 	switch cl.Pattern {
 	case protocol.PatternCDC:
 		spec := pipeline.Spec{Name: cl.Pipeline, Pattern: cl.Pattern, CDC: &pipeline.CDC{Slot: cl.Slot, Publication: cl.Publication}}
-		spec.Source.Config = cl.Source
-		src, _, err := snapshotEndpoints(spec)
+		spec.Source = protocol.Endpoint{Kind: cl.SourceKind, Config: cl.Source}
+		if kinds := t.c.reg.KindsOf(connectors.RoleCDCSource); spec.Source.Kind == "" && len(kinds) == 1 {
+			// Recorded before cleanups kept the source kind: the one kind
+			// that can be a cdc source.
+			spec.Source.Kind = kinds[0]
+		}
+		src, _, err := snapshotEndpoints(t.c.reg, spec)
 		if err != nil {
 			return err
 		}

@@ -139,9 +139,7 @@ func (c *Client) Apply(ctx context.Context, spec pipeline.Spec) (protocol.ApplyR
 func (c *Client) Run(ctx context.Context, req protocol.RunRequest) (protocol.RunReply, error) {
 	var reply protocol.RunReply
 	if req.RequestID == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		req.RequestID = hex.EncodeToString(b[:])
+		req.RequestID = newRequestID()
 	}
 	err := c.call(ctx, protocol.VerbRun, req, &reply, planWait+c.attempt)
 	return reply, err
@@ -155,11 +153,40 @@ func (c *Client) Run(ctx context.Context, req protocol.RunRequest) (protocol.Run
 func (c *Client) Backfill(ctx context.Context, req protocol.BackfillRequest) (protocol.BackfillStatus, error) {
 	var reply protocol.BackfillStatus
 	if req.RequestID == "" {
-		var b [12]byte
-		rand.Read(b[:])
-		req.RequestID = hex.EncodeToString(b[:])
+		req.RequestID = newRequestID()
 	}
 	err := c.call(ctx, protocol.VerbBackfill, req, &reply, c.attempt)
+	return reply, err
+}
+
+// newRequestID returns a random request id.
+func newRequestID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Rollback exposes an earlier kept version of a full_load pipeline's
+// dataset again (see protocol.RollbackRequest) and returns what it
+// exposed. An empty RequestID is filled with a random one, so a request
+// retried after a lost reply rolls back once. A pipeline whose sink keeps
+// no versions or whose pattern has none (incremental, streams), or a
+// version not kept, gives an error matching ErrInvalid.
+func (c *Client) Rollback(ctx context.Context, req protocol.RollbackRequest) (protocol.RollbackReply, error) {
+	var reply protocol.RollbackReply
+	if req.RequestID == "" {
+		req.RequestID = newRequestID()
+	}
+	// The leader may wait for a commit of the pipeline to end first.
+	err := c.call(ctx, protocol.VerbRollback, req, &reply, planWait+c.attempt)
+	return reply, err
+}
+
+// GetPipeline returns a pipeline's status and its stored spec, `${ENV}`
+// references unexpanded.
+func (c *Client) GetPipeline(ctx context.Context, pipeline string) (protocol.PipelineGetReply, error) {
+	var reply protocol.PipelineGetReply
+	err := c.call(ctx, protocol.VerbPipelineGet, protocol.PipelineGetRequest{Pipeline: pipeline}, &reply, c.attempt)
 	return reply, err
 }
 

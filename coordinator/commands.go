@@ -28,6 +28,8 @@ const (
 	cmdLeaseGrant     cmdType = 13
 	cmdPipelineDelete cmdType = 14
 	cmdCleanupDone    cmdType = 15
+	// A rollback's intent or its outcome.
+	cmdPipelineRollback cmdType = 16
 )
 
 func (t cmdType) String() string {
@@ -62,6 +64,8 @@ func (t cmdType) String() string {
 		return "pipeline delete"
 	case cmdCleanupDone:
 		return "cleanup done"
+	case cmdPipelineRollback:
+		return "pipeline rollback"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -337,3 +341,32 @@ type runFailedCmd struct {
 }
 
 func (runFailedCmd) cmdType() cmdType { return cmdRunFailed }
+
+// pipelineRollbackCmd records a rollback of a pipeline's dataset to
+// version To in two entries: the intent, before the leader asks the sink
+// to expose To, and the outcome (Done), after. A leader that finds an
+// intent without its outcome (the one before it died in between, or the
+// sink failed) finishes it before it commits anything of the pipeline.
+type pipelineRollbackCmd struct {
+	Pipeline string `json:"pipeline"`
+	To       int64  `json:"to"`
+	// RequestID, on an intent, names the request that asked for it: the
+	// same request again is answered with this rollback.
+	RequestID string `json:"request_id,omitempty"`
+	// Done marks the outcome: the sink exposes To, or, with Error, it
+	// refused and the version exposed before stays.
+	Done  bool      `json:"done,omitempty"`
+	Error string    `json:"error,omitempty"`
+	Time  time.Time `json:"time"`
+}
+
+func (pipelineRollbackCmd) cmdType() cmdType { return cmdPipelineRollback }
+
+// pipelineRollbackReply is the version exposed before the rollback (From)
+// and the version exposed after the entry. Reused is set when the
+// intent's request id asked for the pipeline's last rollback already.
+type pipelineRollbackReply struct {
+	From    int64
+	Version int64
+	Reused  bool
+}

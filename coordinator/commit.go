@@ -21,6 +21,11 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	mu := t.pipelineLock(r.Pipeline)
 	mu.Lock()
 	defer mu.Unlock()
+	// A rollback recorded and not finished (its leader died midway) is
+	// finished first: a commit never overtakes a recorded rollback.
+	if _, err := t.finishRollback(ctx, log, r.Pipeline); err != nil && refusalOf(err) == nil {
+		return err
+	}
 	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
 	if r.Window != nil {
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn

@@ -17,7 +17,7 @@ func del(name string) entry {
 func applySpecOf(name, upstream string) pipeline.Spec {
 	return pipeline.Spec{Name: name, Pattern: protocol.PatternCDCApply,
 		Source: protocol.Endpoint{Kind: pipeline.ApplySourceKind, Config: json.RawMessage(`{"pipeline":"` + upstream + `"}`)},
-		Sink:   protocol.Endpoint{Kind: "postgres", Config: json.RawMessage(`{"dsn":"${DSN}"}`)}}
+		Sink:   protocol.Endpoint{Kind: "memsink", Config: json.RawMessage(`{"path":"${OUT}"}`)}}
 }
 
 // A pipeline is deleted only when nothing of it is in progress; a deleted
@@ -77,7 +77,7 @@ func TestFSMDeleteStreamedPipelines(t *testing.T) {
 		t.Errorf("replica cleanup %+v", c)
 	}
 	if c := cls[1]; c.Pipeline != "shop" || c.Slot != "sluice_shop" || c.Publication != "sluice_shop" || c.Lease != 7*time.Second ||
-		string(c.Source) != string(shop.Source.Config) || !c.Created.Equal(t0.Add(time.Hour)) {
+		c.SourceKind != "memcdc" || string(c.Source) != string(shop.Source.Config) || !c.Created.Equal(t0.Add(time.Hour)) {
 		t.Errorf("shop cleanup %+v", c)
 	}
 	if !strings.Contains(cls[1].what(), "sluice_shop") || !strings.Contains(cls[0].what(), protocol.CDCApplyConsumer("replica")) {

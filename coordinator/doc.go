@@ -66,4 +66,17 @@
 // naming the partition; its window is loaded by the next live run. Status
 // shows a waiting run with WaitingFor, WaitingSince and ReadyDeadline, and
 // a run request replies as soon as its run waits.
+//
+// # Rollback
+//
+// A rollback (VerbRollback, sluice rollback) exposes an earlier version a
+// full load's sink keeps, through the sink's connectors.Versioned
+// capability. The leader runs it under the pipeline's commit lock, so the
+// commits and rollbacks of a pipeline reach its sink one at a time, and
+// records it in two entries (pipelineRollbackCmd): the intent, before it
+// asks the sink, and the outcome, which moves the pipeline's exposed
+// version, after. A leader that finds an intent without its outcome (its
+// predecessor died in between) finishes it before any commit of the
+// pipeline, and on every sweep. A rollback never reuses a version number:
+// the next commit gets the next new one.
 package coordinator

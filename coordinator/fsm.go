@@ -80,6 +80,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[pipelineDeleteCmd](f.st, l)
 	case cmdCleanupDone:
 		return dispatch[cleanupDoneCmd](f.st, l)
+	case cmdPipelineRollback:
+		return dispatch[pipelineRollbackCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }

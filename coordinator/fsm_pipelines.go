@@ -48,6 +48,9 @@ func (c pipelineDeleteCmd) applyTo(s *state) (pipelineDeleteReply, error) {
 			return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: backfill %s is running; wait for it to end", c.Name, b.ID)
 		}
 	}
+	if p.Rollback.pending() {
+		return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: its rollback to version %d is not finished yet; wait for it to end", c.Name, p.Rollback.To)
+	}
 	if deps := s.appliersOf(c.Name); len(deps) > 0 {
 		return pipelineDeleteReply{}, refuse(refusedConflict, "delete %q: the cdc_apply pipelines %v apply its events; delete them first", c.Name, deps)
 	}
@@ -56,7 +59,7 @@ func (c pipelineDeleteCmd) applyTo(s *state) (pipelineDeleteReply, error) {
 		s.CleanupSeq++
 		cl := cleanup{ID: fmt.Sprintf("cleanup-%06d", s.CleanupSeq), Pipeline: c.Name, Pattern: p.Spec.Pattern, Lease: p.Spec.LeaseDuration(), Created: c.Time}
 		if p.Spec.Pattern == protocol.PatternCDC {
-			cl.Source, cl.Slot, cl.Publication = p.Spec.Source.Config, p.Spec.SlotName(), p.Spec.PublicationName()
+			cl.SourceKind, cl.Source, cl.Slot, cl.Publication = p.Spec.Source.Kind, p.Spec.Source.Config, p.Spec.SlotName(), p.Spec.PublicationName()
 		}
 		s.Cleanups = append(s.Cleanups, cl)
 	}

@@ -113,3 +113,18 @@ func (f *fsm) requestBackfill(requestID string) (string, bool) {
 	id, ok := f.st.Requests["backfill:"+requestID]
 	return id, ok
 }
+
+// pendingRollbacks lists the live pipelines with a rollback recorded and
+// not finished, by name.
+func (f *fsm) pendingRollbacks() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []string
+	for name, p := range f.st.Pipelines {
+		if p.Deleted.IsZero() && p.Rollback.pending() {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

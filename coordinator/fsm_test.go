@@ -358,6 +358,8 @@ func fullLog() []entry {
 	log = append(log, create("users", ""), runFailed("users-000001", 50))
 	// a deleted cdc pipeline, its cleanup pending
 	log = append(log, pipelinePutCmd{Spec: cdcSpec("gone"), Time: t0}, del("gone"))
+	// a rollback of orders recorded, not finished
+	log = append(log, rollbackIntent("orders", 1, "rb1"))
 	return log
 }
 
@@ -428,7 +430,7 @@ func TestFSMUnknownCommandPanics(t *testing.T) {
 var allCommands = []commandBody{
 	pipelinePutCmd{}, runCreateCmd{}, runPlannedCmd{}, runPublishedCmd{}, taskResultCmd{}, runCommittingCmd{},
 	runCommittedCmd{}, runFailedCmd{}, runNotifiedCmd{}, backfillCmd{}, runWaitingCmd{}, scheduleTickCmd{},
-	leaseGrantCmd{}, pipelineDeleteCmd{}, cleanupDoneCmd{},
+	leaseGrantCmd{}, pipelineDeleteCmd{}, cleanupDoneCmd{}, pipelineRollbackCmd{},
 }
 
 // Every command body has its own type byte, with a name; the bytes run

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -106,19 +107,31 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // partitions with the "schema" given (or fails with "fail_plan"),
 // "memsink" needs a "path", records commits, aborts and schema checks, and
 // refuses a schema with the column named "refuse".
+//
+// A memsink keeps the versions committed to each path and exposes one
+// (connectors.Versioned), unless its configuration says "unversioned".
+// While exposeGate is not nil, Expose signals exposing and waits for the
+// gate to close (or its context to end).
 type memConnectors struct {
 	mu      sync.Mutex
 	commits []connectors.CommitRequest
 	aborts  []string
 	checks  []*protocol.Schema
+	// versions are the kept versions by path; events the commits and
+	// exposes of every path, in order ("commit 2", "expose 1").
+	versions   map[string][]connectors.Version
+	events     []string
+	exposeGate chan struct{}
+	exposing   chan int64
 }
 
 type memConfig struct {
-	Parts    int              `json:"parts"`
-	FailPlan string           `json:"fail_plan"`
-	Schema   *protocol.Schema `json:"schema"`
-	Path     string           `json:"path"`
-	Refuse   string           `json:"refuse"`
+	Parts       int              `json:"parts"`
+	FailPlan    string           `json:"fail_plan"`
+	Schema      *protocol.Schema `json:"schema"`
+	Path        string           `json:"path"`
+	Refuse      string           `json:"refuse"`
+	Unversioned bool             `json:"unversioned"`
 }
 
 func (m *memConnectors) registry() *connectors.Registry {
@@ -150,7 +163,11 @@ func (m *memConnectors) registry() *connectors.Registry {
 			if err := json.Unmarshal(cfg, &c); err != nil {
 				return nil, err
 			}
-			return &memSink{m: m, path: c.Path, refuse: c.Refuse}, nil
+			s := &memSink{m: m, path: c.Path, refuse: c.Refuse}
+			if c.Unversioned {
+				return s, nil
+			}
+			return &memVersionedSink{s}, nil
 		},
 		Validate: func(cfg json.RawMessage) error {
 			var c memConfig
@@ -163,6 +180,32 @@ func (m *memConnectors) registry() *connectors.Registry {
 			return nil
 		},
 	})
+	// A cdc source whose initial snapshot is a run from memsrc to memsink,
+	// and memsink as a cdc target; neither streams in these tests.
+	reg.Register(connectors.Connector{Kind: "memcdc", CDCSource: &connectors.CDCSource{
+		Open: func(context.Context, connectors.StreamRequest) (connectors.Stream, error) {
+			return nil, errors.New("memcdc does not stream")
+		},
+		Snapshot: func(req connectors.SnapshotRequest) (connectors.SnapshotEndpoints, error) {
+			sink, err := json.Marshal(memConfig{Path: req.Pipeline + "/" + req.Settings.Slot})
+			return connectors.SnapshotEndpoints{
+				Source: protocol.Endpoint{Kind: "memsrc", Config: req.Config},
+				Sink:   protocol.Endpoint{Kind: "memsink", Config: sink},
+			}, err
+		},
+	}})
+	reg.Register(connectors.Connector{Kind: "memsink", CDCTarget: &connectors.CDCTarget{
+		Open: func(context.Context, connectors.StreamRequest) (connectors.Applier, error) {
+			return nil, errors.New("memsink does not apply")
+		},
+		Validate: func(cfg json.RawMessage) error {
+			var c memConfig
+			if err := json.Unmarshal(cfg, &c); err != nil || c.Path == "" {
+				return &connectors.FieldError{Field: "path", Msg: "is required"}
+			}
+			return nil
+		},
+	}})
 	return reg
 }
 
@@ -229,7 +272,86 @@ func (s *memSink) Commit(_ context.Context, req connectors.CommitRequest) (conne
 	s.m.mu.Lock()
 	defer s.m.mu.Unlock()
 	s.m.commits = append(s.m.commits, req)
-	return connectors.CommitResult{Location: fmt.Sprintf("%s/v%d", s.path, req.Version), Marker: s.path + "/_SUCCESS"}, nil
+	loc := fmt.Sprintf("%s/v%d", s.path, req.Version)
+	if s.m.versions == nil {
+		s.m.versions = map[string][]connectors.Version{}
+	}
+	vs := s.m.versions[s.path]
+	if !slices.ContainsFunc(vs, func(v connectors.Version) bool { return v.Version == req.Version }) {
+		var rows int64
+		for _, t := range req.Tasks {
+			rows += t.Rows
+		}
+		for i := range vs {
+			vs[i].Exposed = false
+		}
+		vs = append(vs, connectors.Version{Version: req.Version, Run: req.RunID, Rows: rows, Location: loc, Time: t0, Exposed: true})
+		s.m.versions[s.path] = vs
+		s.m.events = append(s.m.events, fmt.Sprintf("commit %d", req.Version))
+	}
+	return connectors.CommitResult{Location: loc, Marker: s.path + "/_SUCCESS"}, nil
+}
+
+// memVersionedSink is a memSink with the Versioned capability.
+type memVersionedSink struct{ *memSink }
+
+func (s *memVersionedSink) Versions(context.Context) ([]connectors.Version, error) {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	return slices.Clone(s.m.versions[s.path]), nil
+}
+
+func (s *memVersionedSink) Expose(ctx context.Context, v int64) error {
+	s.m.mu.Lock()
+	gate, exposing := s.m.exposeGate, s.m.exposing
+	s.m.mu.Unlock()
+	if gate != nil {
+		exposing <- v
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	vs := s.m.versions[s.path]
+	if !slices.ContainsFunc(vs, func(k connectors.Version) bool { return k.Version == v }) {
+		return connectors.VersionNotKept(v, "was never committed", vs)
+	}
+	for i := range vs {
+		vs[i].Exposed = vs[i].Version == v
+	}
+	s.m.events = append(s.m.events, fmt.Sprintf("expose %d", v))
+	return nil
+}
+
+// exposed is the version path exposes, 0 when none.
+func (m *memConnectors) exposed(path string) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, v := range m.versions[path] {
+		if v.Exposed {
+			return v.Version
+		}
+	}
+	return 0
+}
+
+func (m *memConnectors) sinkEvents() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.events)
+}
+
+// gateExposes makes every Expose wait until the returned function is
+// called; each one started is sent on the returned channel.
+func (m *memConnectors) gateExposes() (<-chan int64, func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gate := make(chan struct{})
+	m.exposeGate, m.exposing = gate, make(chan int64, 16)
+	return m.exposing, func() { close(gate) }
 }
 
 func (s *memSink) Abort(_ context.Context, runID string) error {

@@ -212,6 +212,8 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		}
 		// Backfills go on from the windows the FSM has queued.
 		t.spawn(func() { t.startAllWindows(ctx) })
+		// Rollbacks an earlier leader recorded and did not finish.
+		t.spawn(func() { t.finishRollbacks(ctx) })
 		select {
 		case <-ctx.Done():
 			return

@@ -35,8 +35,10 @@ type cleanup struct {
 	ID       string           `json:"id"`
 	Pipeline string           `json:"pipeline"`
 	Pattern  protocol.Pattern `json:"pattern"`
-	// Source is a cdc pipeline's source configuration, ${ENV} references
-	// unexpanded; Slot and Publication its names.
+	// SourceKind and Source are a cdc pipeline's source kind and
+	// configuration, ${ENV} references unexpanded; Slot and Publication its
+	// names.
+	SourceKind  string          `json:"source_kind,omitempty"`
 	Source      json.RawMessage `json:"source,omitempty"`
 	Slot        string          `json:"slot,omitempty"`
 	Publication string          `json:"publication,omitempty"`
@@ -142,7 +144,29 @@ type pipelineState struct {
 	// so that applying it again goes on from its run and version numbers
 	// (a new run or version never reuses an old one's name).
 	Deleted time.Time `json:"deleted,omitzero"`
+	// Rollback is the pipeline's last rollback, pending from its intent
+	// entry until its outcome entry.
+	Rollback *rollbackState `json:"rollback,omitempty"`
 }
+
+// rollbackState is a rollback of a pipeline's dataset to version To.
+type rollbackState struct {
+	To   int64 `json:"to"`
+	From int64 `json:"from"`
+	// RequestID names the request that asked for it.
+	RequestID string `json:"request_id,omitempty"`
+	// Sink is the pipeline's sink when the rollback was asked for: the
+	// leader that finishes it exposes To there.
+	Sink      protocol.Endpoint `json:"sink"`
+	Requested time.Time         `json:"requested"`
+	// Done is set by the outcome entry; Error when the sink refused.
+	Done     bool      `json:"done,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Finished time.Time `json:"finished,omitzero"`
+}
+
+// pending reports whether r was asked for and is not finished.
+func (r *rollbackState) pending() bool { return r != nil && !r.Done }
 
 // streamState is the lease of a streamed pipeline and, for a cdc
 // pipeline, the progress of its initial snapshot. Lease renewals are not
@@ -314,6 +338,10 @@ func (p *pipelineState) clone() *pipelineState {
 	if p.Stream != nil {
 		st := *p.Stream
 		c.Stream = &st
+	}
+	if p.Rollback != nil {
+		rb := *p.Rollback
+		c.Rollback = &rb
 	}
 	return &c
 }

@@ -9,17 +9,9 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
-)
-
-// Connector kinds of the initial snapshot run of a cdc pipeline, registered
-// by connectors/pgcdc: the source plans the tables' chunks on the snapshot
-// exported when it creates the slot, the sink publishes each row as a read
-// event to SLUICE_CDC.
-const (
-	SnapshotSourceKind = "postgres_cdc_snapshot"
-	SnapshotSinkKind   = "sluice_cdc"
 )
 
 const (
@@ -107,11 +99,10 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 		prev = st.Worker
 	}
 	log.Info("stream lease granted", "worker", w, "epoch", epoch, "previous", prev)
-	spec, err := json.Marshal(p.Spec)
-	if err != nil {
-		return err
+	a := protocol.StreamAssignment{
+		Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision,
+		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: p.Spec.StreamSettings(), Lease: lease,
 	}
-	a := protocol.StreamAssignment{Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision, Spec: spec, Lease: lease}
 	data, err := protocol.Encode(a)
 	if err != nil {
 		return err
@@ -183,7 +174,7 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 			log.Warn("initial snapshot failed: starting it again on a new slot", "run", r.ID, "error", r.Error, "attempt", attempts+1)
 		}
 	}
-	src, sink, err := snapshotEndpoints(p.Spec)
+	src, sink, err := snapshotEndpoints(t.c.reg, p.Spec)
 	if err != nil {
 		return err
 	}
@@ -200,30 +191,18 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 	return nil
 }
 
-// snapshotEndpoints derives the snapshot run's source and sink from a cdc
-// spec. The DSN stays as written (${ENV} expanded where it is opened).
-func snapshotEndpoints(spec pipeline.Spec) (src, sink protocol.Endpoint, err error) {
-	var cfg pipeline.CDCSourceConfig
-	if err := json.Unmarshal(spec.Source.Config, &cfg); err != nil {
-		return src, sink, fmt.Errorf("cdc source: %w", err)
-	}
-	var rows int64
-	var perMessage int
-	if spec.CDC != nil {
-		rows, perMessage = spec.CDC.TargetRows, spec.CDC.MessageEvents
-	}
-	sc, err := json.Marshal(map[string]any{
-		"dsn": cfg.DSN, "tables": cfg.Tables, "slot": spec.SlotName(), "publication": spec.PublicationName(),
-		"target_rows": rows, "replace_slot": true,
+// snapshotEndpoints asks the registry for the source and sink of the
+// initial snapshot run of a cdc pipeline: its source kind says how the run
+// is made. The configurations keep the spec's ${ENV} references, expanded
+// where they are opened.
+func snapshotEndpoints(reg *connectors.Registry, spec pipeline.Spec) (src, sink protocol.Endpoint, err error) {
+	ep, err := reg.InitialSnapshot(spec.Source.Kind, connectors.SnapshotRequest{
+		Pipeline: spec.Name, Config: spec.Source.Config, Settings: spec.StreamSettings(),
 	})
 	if err != nil {
 		return src, sink, err
 	}
-	kc, err := json.Marshal(map[string]any{"pipeline": spec.Name, "slot": spec.SlotName(), "message_events": perMessage})
-	if err != nil {
-		return src, sink, err
-	}
-	return protocol.Endpoint{Kind: SnapshotSourceKind, Config: sc}, protocol.Endpoint{Kind: SnapshotSinkKind, Config: kc}, nil
+	return ep.Source, ep.Sink, nil
 }
 
 // apiLeaseRenew renews a stream lease. A renewal is refused when the lease

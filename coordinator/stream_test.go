@@ -17,7 +17,7 @@ import (
 
 func cdcSpec(name string) pipeline.Spec {
 	return pipeline.Spec{Name: name, Pattern: protocol.PatternCDC,
-		Source: protocol.Endpoint{Kind: "postgres", Config: json.RawMessage(`{"dsn":"${DSN}","tables":["public.a","public.b"]}`)},
+		Source: protocol.Endpoint{Kind: "memcdc", Config: json.RawMessage(`{"parts":2,"path":"${DSN}"}`)},
 		CDC:    &pipeline.CDC{TargetRows: 500}}
 }
 
@@ -32,16 +32,24 @@ func grant(p, w string, epoch uint64) entry {
 func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 	f := newFSM()
 	spec := cdcSpec("shop")
-	src, sink, err := snapshotEndpoints(spec)
+	// The endpoints are the source kind's, made from the spec's source
+	// configuration (its ${ENV} references kept) and stream settings.
+	reg := (&memConnectors{}).registry()
+	src, sink, err := snapshotEndpoints(reg, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg map[string]any
-	if err := json.Unmarshal(src.Config, &cfg); err != nil {
+	var sinkCfg memConfig
+	if err := json.Unmarshal(sink.Config, &sinkCfg); err != nil {
 		t.Fatal(err)
 	}
-	if src.Kind != SnapshotSourceKind || sink.Kind != SnapshotSinkKind || cfg["slot"] != "sluice_shop" || cfg["dsn"] != "${DSN}" || cfg["target_rows"] != 500.0 {
-		t.Fatalf("endpoints %s %s", src.Config, sink.Config)
+	if src.Kind != "memsrc" || string(src.Config) != string(spec.Source.Config) || sink.Kind != "memsink" || sinkCfg.Path != "shop/sluice_shop" {
+		t.Fatalf("endpoints %s %s, %s %s", src.Kind, src.Config, sink.Kind, sink.Config)
+	}
+	other := spec
+	other.Source.Kind = "memsrc"
+	if _, _, err := snapshotEndpoints(reg, other); err == nil {
+		t.Fatal("snapshot endpoints of a kind without an initial snapshot")
 	}
 	applyAll(t, f, pipelinePutCmd{Spec: spec, Time: t0})
 
@@ -51,7 +59,7 @@ func TestFSMStreamLeaseAndSnapshot(t *testing.T) {
 	snap := runCreateCmd{Pipeline: "shop", Snapshot: true, Source: &src, Sink: &sink, MaxAttempts: 3, Time: t0}
 	out := applyAll(t, f, snap).(runCreateReply)
 	r, _ := f.run(out.RunID)
-	if r.Source.Kind != SnapshotSourceKind || r.Sink.Kind != SnapshotSinkKind {
+	if r.Source.Kind != "memsrc" || r.Sink.Kind != "memsink" {
 		t.Fatalf("snapshot run endpoints %+v %+v", r.Source, r.Sink)
 	}
 	if err, _ := applyAll(t, f, snap).(error); !refused(err, refusedConflict) {
@@ -176,7 +184,7 @@ func TestStreamLeases(t *testing.T) {
 	a := newSimWorker(t, url, "wa")
 	spec := pipeline.Spec{Name: "replica", Pattern: protocol.PatternCDCApply,
 		Source: protocol.Endpoint{Kind: pipeline.ApplySourceKind, Config: json.RawMessage(`{"pipeline":"shop"}`)},
-		Sink:   protocol.Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"/tmp/x"}`)},
+		Sink:   protocol.Endpoint{Kind: "memsink", Config: json.RawMessage(`{"path":"/tmp/x"}`)},
 		CDC:    &pipeline.CDC{Lease: time.Second}}
 	lease := spec.LeaseDuration()
 	if _, err := cl.Apply(ctx, spec); err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `source.pipeline: "shop"`) {
@@ -195,7 +203,8 @@ func TestStreamLeases(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the stream assigned to wa", func() bool { return len(a.assignments()) == 1 })
 	got := a.assignments()[0]
-	if got.Pipeline != "replica" || got.Epoch != 1 || got.Lease != lease || got.Revision != 1 {
+	if got.Pipeline != "replica" || got.Pattern != protocol.PatternCDCApply || got.Epoch != 1 || got.Lease != lease || got.Revision != 1 ||
+		got.Sink.Kind != "memsink" || string(got.Sink.Config) != `{"path":"/tmp/x"}` || got.Source.Kind != pipeline.ApplySourceKind || got.Settings != (protocol.StreamSettings{Upstream: "shop"}) {
 		t.Fatalf("assignment %+v", got)
 	}
 	if r := a.renew("replica", 1); !r.OK {

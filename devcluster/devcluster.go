@@ -31,9 +31,6 @@ type Config struct {
 	Log      *slog.Logger
 	Tracer   trace.TracerProvider
 	Registry *connectors.Registry
-	// Streams, when set, gives each worker the opener of its cdc and
-	// cdc_apply streams, built on the worker's own connection.
-	Streams func(nc *nats.Conn) (worker.StreamOpener, error)
 }
 
 // Cluster is a running all-in-one cluster.
@@ -108,11 +105,6 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		}
 		workerNCs = append(workerNCs, nc)
 		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots}
-		if cfg.Streams != nil {
-			if wcfg.Streams, err = cfg.Streams(nc); err != nil {
-				return err
-			}
-		}
 		w, err := worker.New(wcfg, nc, cfg.Registry,
 			cfg.Log.With("component", "worker"), cfg.Tracer)
 		if err != nil {

@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/sluicehq/sluice/cdcstream"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
@@ -164,12 +163,7 @@ func (c *cluster) addWorker() *workerProc {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3,
-		Streams: cdcstream.Opener{JS: js}},
+	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3},
 		nc, c.reg, c.log.With("worker", len(c.workers)), noop.NewTracerProvider())
 	if err != nil {
 		c.t.Fatal(err)

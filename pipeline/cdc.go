@@ -9,14 +9,16 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // CDC configures a pipeline of pattern cdc (and the lease of one of
-// pattern cdc_apply): a PostgreSQL logical
-// replication slot streamed into the SLUICE_CDC stream, after an initial
-// snapshot of the tables' rows. The source is `kind: postgres` with a dsn
-// and the captured tables (source.tables, "schema.table").
+// pattern cdc_apply): the changes of its source captured into the
+// SLUICE_CDC stream (for PostgreSQL, a logical replication slot), after an
+// initial snapshot of the tables' rows. The source is a connector kind that
+// can be a cdc source (connectors.RoleCDCSource), whose configuration that
+// kind checks; these settings reach it as connectors.StreamSettings.
 type CDC struct {
 	// Slot and Publication name the replication slot and the publication;
 	// both default to "sluice_" + the pipeline name ('-' becomes '_').
@@ -52,12 +54,6 @@ const (
 // DefaultLease is the stream lease of cdc and cdc_apply pipelines unless
 // the spec sets cdc.lease.
 const DefaultLease = 10 * time.Second
-
-// CDCSourceConfig is the source of a cdc pipeline.
-type CDCSourceConfig struct {
-	DSN    string   `json:"dsn"`
-	Tables []string `json:"tables"`
-}
 
 // ApplySourceConfig is the source of a cdc_apply pipeline: the cdc
 // pipeline whose events it applies (`kind: cdc`).
@@ -109,6 +105,24 @@ func (s Spec) ApplyUpstream() string {
 		return ""
 	}
 	return src.Pipeline
+}
+
+// StreamSettings are the settings of a cdc or cdc_apply pipeline's stream
+// beside its connectors' configurations: its cdc section (with the default
+// slot and publication) for a cdc pipeline, its upstream for a cdc_apply
+// pipeline; zero for another pattern.
+func (s Spec) StreamSettings() protocol.StreamSettings {
+	var out protocol.StreamSettings
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		out.Slot, out.Publication = s.SlotName(), s.PublicationName()
+		if c := s.CDC; c != nil {
+			out.Heartbeat, out.MessageEvents, out.TargetRows = c.Heartbeat, c.MessageEvents, c.TargetRows
+		}
+	case protocol.PatternCDCApply:
+		out.Upstream = s.ApplyUpstream()
+	}
+	return out
 }
 
 // Streamed reports whether the pipeline runs as a leased stream.
@@ -184,9 +198,12 @@ const cdcFields = "slot, publication, snapshot, heartbeat, lease, target_rows, m
 // maxMessageEvents bounds cdc.message_events.
 const maxMessageEvents = 100_000
 
-// streamProblems checks the source and sink of cdc and cdc_apply
-// pipelines, which are not connectors of the registry's kind.
-func (s Spec) streamProblems(lines lines) []Problem {
+// streamProblems checks what the patterns cdc and cdc_apply require
+// beyond their connectors' configurations, which the registry's kinds check
+// (Spec.Validate): the cdc section, no schedule or trigger, no sink for a
+// cdc pipeline, an initial snapshot its source kind can make, and the
+// source of a cdc_apply pipeline, the events of a cdc pipeline.
+func (s Spec) streamProblems(lines lines, reg *connectors.Registry) []Problem {
 	var out []Problem
 	add := func(field, msg string) {
 		out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: msg})
@@ -208,28 +225,11 @@ func (s Spec) streamProblems(lines lines) []Problem {
 	}
 	switch s.Pattern {
 	case protocol.PatternCDC:
-		if s.Source.Kind != "" && s.Source.Kind != "postgres" {
-			add("source.kind", fmt.Sprintf("%q: a cdc pipeline reads PostgreSQL logical replication: kind postgres", s.Source.Kind))
-			break
-		}
-		var cfg CDCSourceConfig
-		if err := strictJSON(s.Source.Config, &cfg); err != nil {
-			add("source", fmt.Sprintf("%v (a cdc source has dsn and tables)", err))
-			break
-		}
-		if strings.TrimSpace(cfg.DSN) == "" {
-			add("source.dsn", "is required")
-		}
-		if len(cfg.Tables) == 0 {
-			add("source.tables", "is required: the captured tables, as schema.table")
-		}
-		for _, t := range cfg.Tables {
-			if i := strings.IndexByte(t, '.'); i <= 0 || i == len(t)-1 {
-				add("source.tables", fmt.Sprintf("%q: want schema.table", t))
-			}
-		}
 		if s.Sink.Kind != "" {
 			add("sink", "must be left out: a cdc pipeline's events go to the SLUICE_CDC stream; apply them with a cdc_apply pipeline")
+		}
+		if s.InitialSnapshot() && reg.Has(s.Source.Kind, connectors.RoleCDCSource) && !reg.HasInitialSnapshot(s.Source.Kind) {
+			add("cdc.snapshot", fmt.Sprintf("a cdc source of kind %q has no initial snapshot: set cdc.snapshot to %s", s.Source.Kind, SnapshotNever))
 		}
 		if !slotRE.MatchString(s.SlotName()) {
 			add("cdc.slot", fmt.Sprintf("%q (from the name) is not a slot name: set cdc.slot", s.SlotName()))
@@ -244,37 +244,6 @@ func (s Spec) streamProblems(lines lines) []Problem {
 			} else if !protocol.ValidName(cfg.Pipeline) {
 				add("source.pipeline", fmt.Sprintf("%q is not a pipeline name", cfg.Pipeline))
 			}
-		}
-		var m map[string]any
-		_ = json.Unmarshal(s.Sink.Config, &m)
-		switch s.Sink.Kind {
-		case "postgres":
-			if v, _ := m["dsn"].(string); strings.TrimSpace(v) == "" {
-				add("sink.dsn", "is required")
-			}
-			for k := range m {
-				if k != "dsn" && k != "schema" && k != "create_tables" {
-					add("sink."+k, "unknown field (known: dsn, schema, create_tables)")
-				}
-			}
-		case "files":
-			if v, _ := m["path"].(string); strings.TrimSpace(v) == "" {
-				add("sink.path", "is required")
-			}
-			for k, v := range m {
-				switch k {
-				case "path":
-				case "close_after":
-					if d, err := ParseDuration(fmt.Sprint(v)); err != nil || d < 0 {
-						add("sink.close_after", fmt.Sprintf("%v is not a duration (examples: 1m, 10m)", v))
-					}
-				default:
-					add("sink."+k, "unknown field (known: path, close_after)")
-				}
-			}
-		case "":
-		default:
-			add("sink.kind", fmt.Sprintf("%q: a cdc_apply pipeline writes to postgres (a replica kept equal to the source) or files (a change log by table and hour)", s.Sink.Kind))
 		}
 	}
 	return out

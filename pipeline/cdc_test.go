@@ -1,6 +1,9 @@
 package pipeline
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -9,11 +12,55 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
+// streamRegistry has the kinds "db" (a source, and a cdc source with an
+// initial snapshot that wants a dsn and tables), "log" (a cdc source
+// without an initial snapshot) and "dir" (a sink, and a cdc target that
+// wants a path).
+func streamRegistry() *connectors.Registry {
+	reg := connectors.NewRegistry()
+	need := func(fields ...string) connectors.Validator {
+		return func(config json.RawMessage) error {
+			var m map[string]any
+			_ = json.Unmarshal(config, &m)
+			for _, f := range fields {
+				if v, ok := m[f]; !ok || v == "" {
+					return &connectors.FieldError{Field: f, Msg: "is required"}
+				}
+			}
+			return nil
+		}
+	}
+	open := func(context.Context, connectors.StreamRequest) (connectors.Stream, error) {
+		return nil, errors.New("no streams here")
+	}
+	reg.Register(connectors.Connector{
+		Kind: "db",
+		Source: func(context.Context, json.RawMessage) (connectors.Source, error) {
+			return nil, errors.New("no reads here")
+		},
+		CDCSource: &connectors.CDCSource{Validate: need("dsn", "tables"), Open: open,
+			Snapshot: func(connectors.SnapshotRequest) (connectors.SnapshotEndpoints, error) {
+				return connectors.SnapshotEndpoints{}, nil
+			}},
+	})
+	reg.Register(connectors.Connector{Kind: "log", CDCSource: &connectors.CDCSource{Open: open}})
+	reg.Register(connectors.Connector{
+		Kind: "dir",
+		Sink: func(context.Context, json.RawMessage) (connectors.Sink, error) {
+			return nil, errors.New("no writes here")
+		},
+		CDCTarget: &connectors.CDCTarget{Validate: need("path"), Open: func(context.Context, connectors.StreamRequest) (connectors.Applier, error) {
+			return nil, errors.New("no applies here")
+		}},
+	})
+	return reg
+}
+
 func TestCDCSpec(t *testing.T) {
 	spec, err := Load([]byte(`name: shop-cdc
 pattern: cdc
 source:
-  kind: postgres
+  kind: db
   dsn: ${SHOP_DSN}
   tables: [public.orders, public.customers]
 cdc:
@@ -21,7 +68,7 @@ cdc:
   lease: 6s
   target_rows: 1000
   message_events: 200
-`), "shop.yaml", connectors.NewRegistry(), nil)
+`), "shop.yaml", streamRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,20 +78,29 @@ cdc:
 	if !spec.InitialSnapshot() || !spec.Streamed() || spec.LeaseDuration() != 6*time.Second || spec.CDC.Heartbeat != 5*time.Second || spec.CDC.TargetRows != 1000 || spec.CDC.MessageEvents != 200 {
 		t.Errorf("spec %+v cdc %+v", spec, spec.CDC)
 	}
+	want := protocol.StreamSettings{Slot: "sluice_shop_cdc", Publication: "sluice_shop_cdc", Heartbeat: 5 * time.Second, MessageEvents: 200, TargetRows: 1000}
+	if got := spec.StreamSettings(); got != want {
+		t.Errorf("stream settings %+v, want %+v", got, want)
+	}
 
 	apply, err := Load([]byte(`name: shop-replica
 pattern: cdc_apply
 source: {kind: cdc, pipeline: shop-cdc}
-sink: {kind: postgres, dsn: "postgres://x@h/db", schema: replica, create_tables: true}
-`), "replica.yaml", connectors.NewRegistry(), nil)
+sink: {kind: dir, path: /replica}
+`), "replica.yaml", streamRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if apply.Pattern != protocol.PatternCDCApply || apply.LeaseDuration() != DefaultLease || apply.InitialSnapshot() {
 		t.Errorf("apply spec %+v", apply)
 	}
+	if got := apply.StreamSettings(); got != (protocol.StreamSettings{Upstream: "shop-cdc"}) {
+		t.Errorf("apply stream settings %+v", got)
+	}
 }
 
+// The patterns' own rules, and the connectors' configurations checked by
+// their kinds through the registry in the role the pattern gives them.
 func TestCDCSpecProblems(t *testing.T) {
 	for _, tc := range []struct {
 		name, yaml string
@@ -52,40 +108,44 @@ func TestCDCSpecProblems(t *testing.T) {
 	}{
 		{"cdc without tables, with a sink and a schedule", `name: a
 pattern: cdc
-source: {kind: postgres, dsn: "postgres://h/db"}
-sink: {kind: files, path: /tmp/x}
+source: {kind: db, dsn: "postgres://h/db"}
+sink: {kind: dir, path: /tmp/x}
 schedule: "@hourly"
 cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot, message_events: 0}
 `, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not a whole number from 1 to 100000`}},
-		{"cdc from another kind", `name: a
+		{"cdc from a kind that is no cdc source", `name: a
 pattern: cdc
-source: {kind: files, path: /x}
-`, []string{`source.kind: "files"`}},
+source: {kind: dir, path: /x}
+`, []string{`source.kind: connector "dir" cannot be a cdc source (kinds: [db log])`}},
+		{"cdc with a snapshot its source cannot make", `name: a
+pattern: cdc
+source: {kind: log}
+`, []string{`cdc.snapshot: a cdc source of kind "log" has no initial snapshot: set cdc.snapshot to never`}},
 		{"cdc section on another pattern", `name: a
 pattern: full_load
-source: {kind: files, path: /x}
-sink: {kind: files, path: /y}
+source: {kind: db, path: /x}
+sink: {kind: dir, path: /y}
 cdc: {lease: 5s}
 `, []string{"cdc: is only for patterns cdc and cdc_apply"}},
 		{"apply with a slot", `name: a
 pattern: cdc_apply
 source: {kind: cdc, pipeline: up}
-sink: {kind: files, path: /x}
+sink: {kind: dir, path: /x}
 cdc: {slot: s, lease: 5s}
 `, []string{"cdc: a cdc_apply pipeline takes only cdc.lease"}},
 		{"apply with a bad source and sink", `name: a
 pattern: cdc_apply
 source: {kind: cdc, pipeline: "Not A Name"}
 sink: {kind: kafka, topic: x}
-`, []string{`source.pipeline: "Not A Name"`, `sink.kind: "kafka"`}},
-		{"apply without dsn, unknown field", `name: a
+`, []string{`source.pipeline: "Not A Name"`, `sink.kind: connector "kafka" cannot be a cdc target (kinds: [dir])`}},
+		{"apply from another source, to a target without its path", `name: a
 pattern: cdc_apply
-source: {kind: cdc, pipeline: up}
-sink: {kind: postgres, schemaa: x}
-`, []string{"sink.dsn: is required", "sink.schemaa: unknown field"}},
+source: {kind: db, dsn: x}
+sink: {kind: dir, paths: x}
+`, []string{`source.kind: "db": a cdc_apply pipeline reads the events of a cdc pipeline: kind cdc`, "sink.path: is required"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Load([]byte(tc.yaml), "x.yaml", connectors.NewRegistry(), nil)
+			_, err := Load([]byte(tc.yaml), "x.yaml", streamRegistry(), nil)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -95,5 +155,10 @@ sink: {kind: postgres, schemaa: x}
 				}
 			}
 		})
+	}
+	// A cdc pipeline whose source kind has no initial snapshot streams
+	// from the slot's creation on.
+	if _, err := Load([]byte("name: a\npattern: cdc\nsource: {kind: log}\ncdc: {snapshot: never}\n"), "x.yaml", streamRegistry(), nil); err != nil {
+		t.Errorf("cdc without a snapshot from a kind without one: %v", err)
 	}
 }

@@ -307,13 +307,13 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
 		}
 	}
-	check := func(side string, e protocol.Endpoint, want func(string) bool, role connectors.Role) {
+	check := func(side string, e protocol.Endpoint, role connectors.Role) {
 		if e.Kind == "" {
 			return
 		}
-		if !want(e.Kind) {
+		if !reg.Has(e.Kind, role) {
 			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
-				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.Kinds())})
+				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.KindsOf(role))})
 			return
 		}
 		if err := reg.Validate(e.Kind, role, e.Config, lookup); err != nil {
@@ -329,11 +329,18 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 			problems = append(problems, Problem{Field: side, Line: lines[side], Msg: err.Error()})
 		}
 	}
-	if !s.Streamed() {
-		check("source", s.Source, reg.HasSource, connectors.RoleSource)
-		check("sink", s.Sink, reg.HasSink, connectors.RoleSink)
+	// The roles each pattern's connectors play; the source of a cdc_apply
+	// pipeline is the events of a cdc pipeline (streamProblems).
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		check("source", s.Source, connectors.RoleCDCSource)
+	case protocol.PatternCDCApply:
+		check("sink", s.Sink, connectors.RoleCDCTarget)
+	default:
+		check("source", s.Source, connectors.RoleSource)
+		check("sink", s.Sink, connectors.RoleSink)
 	}
-	problems = append(problems, s.streamProblems(lines)...)
+	problems = append(problems, s.streamProblems(lines, reg)...)
 	var partition time.Duration
 	if s.Source.Kind != "" && !s.Streamed() && reg.HasSource(s.Source.Kind) {
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
@@ -707,17 +714,8 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 const incrementalFields = "delta_column, window, lag, start, ready_timeout, ready_check"
 
 // ParseDuration parses a Go duration ("90m", "1h30m") or a whole number of
-// days ("1d", "7d").
-func ParseDuration(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok && n != "" && !strings.ContainsAny(n, "hmsuµn.") {
-		var days int64
-		if _, err := fmt.Sscanf(n, "%d", &days); err != nil || fmt.Sprint(days) != n || days > 100_000 {
-			return 0, fmt.Errorf("bad duration %q", s)
-		}
-		return time.Duration(days) * 24 * time.Hour, nil
-	}
-	return time.ParseDuration(s)
-}
+// days ("1d", "7d"), as connectors.ParseDuration.
+func ParseDuration(s string) (time.Duration, error) { return connectors.ParseDuration(s) }
 
 // incrementalProblems checks the incremental section against the pattern
 // and the source: partition is the size of the source's time partitions,

@@ -131,6 +131,10 @@ type PipelineStatus struct {
 	Version   int64  `json:"version"`
 	LastRun   string `json:"last_run,omitempty"`
 	Watermark string `json:"watermark,omitempty"`
+	// RollbackTo is the version a rollback recorded but not finished yet
+	// exposes (0: none pending); the leader finishes it before it commits
+	// anything of the pipeline.
+	RollbackTo int64 `json:"rollback_to,omitempty"`
 }
 
 // Run states. A run is waiting (between planning and running) while its
@@ -277,4 +281,63 @@ type BackfillWindow struct {
 	Run   string `json:"run,omitempty"`
 	Rows  int64  `json:"rows,omitempty"`
 	Error string `json:"error,omitempty"`
+}
+
+// VerbRollback exposes an earlier kept version of a pipeline's dataset
+// again; VerbPipelineGet returns a pipeline's stored spec.
+const (
+	VerbRollback    = "rollback"
+	VerbPipelineGet = "pipeline.get"
+)
+
+// RollbackRequest asks the leader to expose version To of a pipeline's
+// dataset again; To 0 means the newest kept version older than the exposed
+// one. Only a full_load pipeline whose sink keeps versions can be rolled
+// back.
+type RollbackRequest struct {
+	Pipeline string `json:"pipeline"`
+	To       int64  `json:"to,omitempty"`
+	// RequestID makes the request idempotent: a request repeated with the
+	// same id (after a lost reply) is answered with the rollback the first
+	// one made, and rolls back no further.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// RollbackReply tells what a rollback exposed.
+type RollbackReply struct {
+	Pipeline string `json:"pipeline"`
+	// From is the version exposed before the rollback, Version the one
+	// exposed now; they are equal when the version asked for was exposed
+	// already.
+	From    int64 `json:"from"`
+	Version int64 `json:"version"`
+	// Versions are the versions the sink keeps now, oldest first.
+	Versions []DatasetVersion `json:"versions"`
+}
+
+// DatasetVersion is one version of a dataset that a sink keeps.
+type DatasetVersion struct {
+	Version int64  `json:"version"`
+	Run     string `json:"run,omitempty"`
+	Rows    int64  `json:"rows"`
+	// Location is where the version's data lies: a directory, a table.
+	Location string `json:"location,omitempty"`
+	// Time is when the version was committed.
+	Time time.Time `json:"time,omitzero"`
+	// Exposed tells whether readers see this version now.
+	Exposed bool `json:"exposed,omitempty"`
+}
+
+// PipelineGetRequest asks for one pipeline.
+type PipelineGetRequest struct {
+	Pipeline string `json:"pipeline"`
+}
+
+// PipelineGetReply is a pipeline's status and its spec as the cluster
+// stores it (a pipeline.Spec as JSON, with the YAML it was applied from
+// under "text"): `${ENV}` references stay as written, never expanded, and
+// relative paths are resolved against the directory of the spec file.
+type PipelineGetReply struct {
+	Status PipelineStatus  `json:"status"`
+	Spec   json.RawMessage `json:"spec"`
 }

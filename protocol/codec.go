@@ -94,6 +94,8 @@ func check(msg any) error {
 			return errors.New(`field "epoch" is 0`)
 		case m.Lease <= 0:
 			return errors.New(`field "lease" is not positive`)
+		case m.Source.Kind == "":
+			return errors.New(`field "source": kind is empty`)
 		}
 	}
 	return nil

@@ -54,6 +54,44 @@ func TestResultRoundTrip(t *testing.T) {
 	}
 }
 
+// A stream assignment carries the pipeline's endpoints and stream
+// settings; one without a source, an epoch or a lease is refused.
+func TestStreamAssignmentRoundTrip(t *testing.T) {
+	want := StreamAssignment{
+		Pipeline: "replica", Pattern: PatternCDCApply, Epoch: 3, Revision: 2, Lease: 10 * time.Second,
+		Source:   Endpoint{Kind: "cdc", Config: json.RawMessage(`{"pipeline":"shop"}`)},
+		Sink:     Endpoint{Kind: "files", Config: json.RawMessage(`{"path":"${OUT}"}`)},
+		Settings: StreamSettings{Upstream: "shop"},
+	}
+	b, err := Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode[StreamAssignment](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.V = Version
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip:\n got %+v\nwant %+v", got, want)
+	}
+	for name, edit := range map[string]func(a *StreamAssignment){
+		"no source": func(a *StreamAssignment) { a.Source = Endpoint{} },
+		"no epoch":  func(a *StreamAssignment) { a.Epoch = 0 },
+		"no lease":  func(a *StreamAssignment) { a.Lease = 0 },
+	} {
+		a := want
+		edit(&a)
+		b, err := Encode(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Decode[StreamAssignment](b); err == nil {
+			t.Errorf("%s: decoded %s", name, b)
+		}
+	}
+}
+
 // A checksum travels as 16 hex digits, as it did when it was a string:
 // a result from a worker of either form decodes to the same sum, and a
 // zero sum (or none) is left out.

@@ -1,9 +1,6 @@
 package protocol
 
-import (
-	"encoding/json"
-	"time"
-)
+import "time"
 
 // Streams are the long-running parts of the cdc and cdc_apply pipelines:
 // a slot streamed into SLUICE_CDC, or SLUICE_CDC applied to a target. Each
@@ -25,19 +22,51 @@ const (
 // assignments on.
 func WorkerStreamSubject(worker string) string { return "sluice.workers." + worker + ".stream" }
 
-// StreamAssignment gives a stream to a worker.
+// StreamAssignment gives a stream to a worker. It carries what the
+// worker needs to open the stream, not the whole pipeline spec: the
+// pipeline's connectors and the settings of its cdc section.
 type StreamAssignment struct {
 	V        int     `json:"v"`
 	Pipeline string  `json:"pipeline"`
 	Pattern  Pattern `json:"pattern"`
 	// Epoch fences the lease: a renewal of an older epoch is refused.
 	Epoch uint64 `json:"epoch"`
-	// Revision is the pipeline's revision the Spec is of.
+	// Revision is the pipeline's revision the endpoints and settings are
+	// of.
 	Revision int64 `json:"revision"`
-	// Spec is the pipeline spec (pipeline.Spec as JSON, ${ENV} not
-	// expanded).
-	Spec  json.RawMessage `json:"spec"`
-	Lease time.Duration   `json:"lease"`
+	// Source and Sink are the pipeline's connectors, their configurations
+	// as the spec holds them (${ENV} references are expanded by the worker
+	// that opens them). A cdc pipeline has no Sink: its events go to
+	// SLUICE_CDC.
+	Source Endpoint `json:"source"`
+	Sink   Endpoint `json:"sink,omitzero"`
+	// Settings are the stream's settings beside its connectors'.
+	Settings StreamSettings `json:"settings,omitzero"`
+	Lease    time.Duration  `json:"lease"`
+}
+
+// StreamSettings are the settings of a streamed pipeline that are not the
+// configuration of one of its connectors: those of its spec's cdc section,
+// and the upstream of a cdc_apply pipeline. Zero values mean the
+// connector's defaults.
+type StreamSettings struct {
+	// Slot and Publication name a cdc pipeline's replication slot and
+	// publication (the spec's cdc.slot and cdc.publication, defaulting to
+	// sluice_<name>).
+	Slot        string `json:"slot,omitempty"`
+	Publication string `json:"publication,omitempty"`
+	// Heartbeat is the interval of the heartbeat that lets an idle slot
+	// advance (cdc.heartbeat).
+	Heartbeat time.Duration `json:"heartbeat,omitempty"`
+	// MessageEvents is the most events packed into one SLUICE_CDC message
+	// (cdc.message_events).
+	MessageEvents int `json:"message_events,omitempty"`
+	// TargetRows bounds the rows of one task of the initial snapshot
+	// (cdc.target_rows).
+	TargetRows int64 `json:"target_rows,omitempty"`
+	// Upstream is the cdc pipeline whose events a cdc_apply pipeline
+	// applies (its source.pipeline).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // AssignReply is a worker's answer to a StreamAssignment.

@@ -33,9 +33,6 @@ type Config struct {
 	DrainTimeout time.Duration
 	// HeartbeatEvery is the interval of heartbeats; default 2s.
 	HeartbeatEvery time.Duration
-	// Streams opens the streams of cdc and cdc_apply pipelines the leader
-	// gives this worker; nil makes the worker refuse them.
-	Streams StreamOpener
 }
 
 // Validate checks the configuration without I/O.

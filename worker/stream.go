@@ -11,21 +11,30 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// Stream is the long-running part of a cdc or cdc_apply pipeline held by
-// this worker under a lease. Run streams until ctx ends (then it returns
-// nil) or an error stops it; Status may be called concurrently with Run.
-type Stream interface {
-	Run(ctx context.Context) error
-	Status(ctx context.Context) protocol.StreamStatus
-}
-
-// StreamOpener builds the stream of an assignment; cmd/sluice wires the
-// one that knows the cdc connectors.
-type StreamOpener interface {
-	OpenStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (Stream, error)
+// openStream opens the stream of an assignment through the registry: the
+// change reader of a cdc pipeline's source kind, or the Applier of a
+// cdc_apply pipeline's sink kind run by the generic runner. ctx bounds the
+// opening only.
+func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (connectors.Stream, error) {
+	req := connectors.StreamRequest{Pipeline: a.Pipeline, Settings: a.Settings, JS: w.js, Log: log}
+	switch a.Pattern {
+	case protocol.PatternCDC:
+		req.Config = a.Source.Config
+		return w.reg.OpenCDCSource(ctx, a.Source.Kind, req)
+	case protocol.PatternCDCApply:
+		req.Config = a.Sink.Config
+		ap, err := w.reg.OpenApplier(ctx, a.Sink.Kind, req)
+		if err != nil {
+			return nil, err
+		}
+		return cdcapply.NewStream(w.js, cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream}, ap, log)
+	}
+	return nil, fmt.Errorf("stream %s: pattern %s does not stream", a.Pipeline, a.Pattern)
 }
 
 // held is a stream this worker holds.
@@ -50,10 +59,6 @@ func (w *Worker) onAssign(base context.Context, m *nats.Msg) {
 	a, err := protocol.Decode[protocol.StreamAssignment](m.Data)
 	if err != nil {
 		reply(err)
-		return
-	}
-	if w.cfg.Streams == nil {
-		reply(errors.New("this worker runs no streams"))
 		return
 	}
 	w.mu.Lock()
@@ -94,10 +99,10 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 	defer stop(nil)
 	var (
 		mu      sync.Mutex // guards cur and lastErr
-		cur     Stream
+		cur     connectors.Stream
 		lastErr error
 	)
-	set := func(s Stream, err error) {
+	set := func(s connectors.Stream, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if s != nil {
@@ -132,7 +137,7 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 	log.Info("stream lease held")
 	backoff := time.Second
 	for ctx.Err() == nil {
-		s, err := w.cfg.Streams.OpenStream(ctx, a, log)
+		s, err := w.openStream(ctx, a, log)
 		if err == nil {
 			set(s, nil)
 			started := time.Now()

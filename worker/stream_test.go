@@ -3,7 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
-	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -30,14 +31,25 @@ func (s blockingStream) Status(context.Context) protocol.StreamStatus {
 	return protocol.StreamStatus{State: protocol.StreamStreaming, Events: 7}
 }
 
+// streamOpener is the cdc source capability of the kind "memcdc": it
+// opens blockingStreams and records the last request.
 type streamOpener struct {
 	running atomic.Int32
 	opened  atomic.Int32
+	mu      sync.Mutex
+	last    connectors.StreamRequest
 }
 
-func (o *streamOpener) OpenStream(context.Context, protocol.StreamAssignment, *slog.Logger) (Stream, error) {
-	o.opened.Add(1)
-	return blockingStream{o}, nil
+func (o *streamOpener) register(reg *connectors.Registry) {
+	reg.Register(connectors.Connector{Kind: "memcdc", CDCSource: &connectors.CDCSource{
+		Open: func(_ context.Context, req connectors.StreamRequest) (connectors.Stream, error) {
+			o.opened.Add(1)
+			o.mu.Lock()
+			o.last = req
+			o.mu.Unlock()
+			return blockingStream{o}, nil
+		},
+	}})
 }
 
 // fakeLeader answers lease renewals with what answer returns (nil: no
@@ -80,11 +92,19 @@ func (l *fakeLeader) count() int {
 	return len(l.renewed)
 }
 
-// tryAssign sends a stream assignment to a worker; "no responders" until
-// the worker subscribed.
+// tryAssign sends a stream assignment of kind memcdc to a worker; "no
+// responders" until the worker subscribed.
 func tryAssign(nc *nats.Conn, worker string, epoch uint64, lease time.Duration) (protocol.AssignReply, error) {
+	return tryAssignKind(nc, worker, "memcdc", epoch, lease)
+}
+
+// tryAssignKind sends the assignment of the cdc pipeline "shop", whose
+// source is of kind.
+func tryAssignKind(nc *nats.Conn, worker, kind string, epoch uint64, lease time.Duration) (protocol.AssignReply, error) {
 	var r protocol.AssignReply
-	data, err := protocol.Encode(protocol.StreamAssignment{Pipeline: "replica", Pattern: protocol.PatternCDCApply, Epoch: epoch, Lease: lease, Spec: json.RawMessage(`{}`)})
+	data, err := protocol.Encode(protocol.StreamAssignment{Pipeline: "shop", Pattern: protocol.PatternCDC, Epoch: epoch, Lease: lease,
+		Source:   protocol.Endpoint{Kind: kind, Config: json.RawMessage(`{"dsn":"postgres://h/db"}`)},
+		Settings: protocol.StreamSettings{Slot: "sluice_shop", Heartbeat: time.Second}})
 	if err != nil {
 		return r, err
 	}
@@ -117,8 +137,8 @@ func TestStreamLease(t *testing.T) {
 	}}
 	leader.serve(t, e.nc)
 	o := &streamOpener{}
+	o.register(e.reg)
 	cfg := fastConfig(1)
-	cfg.Streams = o
 	r := e.start(cfg, nil)
 	const lease = 900 * time.Millisecond
 	e.waitFor("the worker listening", func() bool {
@@ -134,6 +154,14 @@ func TestStreamLease(t *testing.T) {
 	}
 	if st := r.w.Stats(); st.Busy != 0 {
 		t.Errorf("a stream takes a task slot: busy %d", st.Busy)
+	}
+	// The stream was opened through the registry with the assignment's
+	// source, settings and the worker's JetStream context.
+	o.mu.Lock()
+	req := o.last
+	o.mu.Unlock()
+	if req.Pipeline != "shop" || string(req.Config) != `{"dsn":"postgres://h/db"}` || req.Settings.Slot != "sluice_shop" || req.Settings.Heartbeat != time.Second || req.JS == nil || req.Log == nil {
+		t.Errorf("stream opened with %+v", req)
 	}
 
 	// Refused: the stream stops at the next renewal.
@@ -168,4 +196,32 @@ func TestStreamLease(t *testing.T) {
 	if n := o.running.Load(); n != 0 {
 		t.Fatalf("%d streams still running after shutdown", n)
 	}
+}
+
+// A stream whose source kind cannot be a cdc source is held and reported
+// retrying with the error, until the lease is given up.
+func TestStreamOfUnknownKind(t *testing.T) {
+	e := newEnv(t)
+	e.createStreams(10 * time.Second)
+	leader := &fakeLeader{answer: func(protocol.LeaseRenewRequest) *protocol.LeaseRenewReply {
+		return &protocol.LeaseRenewReply{OK: true}
+	}}
+	leader.serve(t, e.nc)
+	cfg := fastConfig(1)
+	r := e.start(cfg, nil)
+	e.waitFor("the worker listening", func() bool {
+		r, err := tryAssignKind(e.nc, cfg.ID, "nowhere", 1, 900*time.Millisecond)
+		return err == nil && r.OK
+	})
+	e.waitFor("a renewal reporting the error", func() bool {
+		leader.mu.Lock()
+		defer leader.mu.Unlock()
+		for _, req := range leader.renewed {
+			if req.Status.State == protocol.StreamRetrying && strings.Contains(req.Status.Error, `"nowhere" cannot be a cdc source`) {
+				return true
+			}
+		}
+		return false
+	})
+	r.stop(t)
 }

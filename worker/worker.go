@@ -62,6 +62,7 @@ type Worker struct {
 	host    string
 	started time.Time
 
+	reg     *connectors.Registry
 	sources *openCache[connectors.Source]
 	sinks   *openCache[connectors.Sink]
 
@@ -107,6 +108,7 @@ func New(cfg Config, nc *nats.Conn, reg *connectors.Registry, log *slog.Logger, 
 		log:     log.With("worker", cfg.ID),
 		tracer:  tp.Tracer(telemetry.TracerName),
 		host:    host,
+		reg:     reg,
 		sources: newOpenCache(reg.OpenSource),
 		sinks:   newOpenCache(reg.OpenSink),
 		running: map[uint64]string{},

@@ -266,7 +266,11 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSTARTS ON\tWATERMARK")
 	for _, p := range st.Pipelines {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, p.Version, dash(p.LastRun), dash(startsOn(p)), dash(truncate(p.Watermark, 40)))
+		version := fmt.Sprint(p.Version)
+		if p.RollbackTo != 0 {
+			version += fmt.Sprintf(" (rolling back to %d)", p.RollbackTo)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, version, dash(p.LastRun), dash(startsOn(p)), dash(truncate(p.Watermark, 40)))
 	}
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {

@@ -121,11 +121,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("connect to NATS at %s: %w", cf.url(), err)
 	}
 	defer nc.Close()
-	streams, err := newStreams(nc)
-	if err != nil {
-		return err
-	}
-	w, err := worker.New(worker.Config{ID: *id, Slots: *slots, DrainTimeout: *drain, Streams: streams}, nc, newRegistry(), log, tp)
+	w, err := worker.New(worker.Config{ID: *id, Slots: *slots, DrainTimeout: *drain}, nc, newRegistry(), log, tp)
 	if err != nil {
 		return err
 	}

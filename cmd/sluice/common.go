@@ -13,26 +13,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/cdcstream"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
-	"github.com/sluicehq/sluice/worker"
 )
-
-// newStreams returns the opener of the cdc and cdc_apply streams of a
-// worker connected with nc.
-func newStreams(nc *nats.Conn) (worker.StreamOpener, error) {
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream: %w", err)
-	}
-	return cdcstream.Opener{JS: js, Lookup: os.LookupEnv}, nil
-}
 
 // newRegistry registers every connector this build has.
 func newRegistry() *connectors.Registry {

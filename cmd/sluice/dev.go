@@ -40,7 +40,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	return runLocal(ctx, localConfig{
 		Config: devcluster.Config{DataDir: abs, NATSPort: *port, Workers: *workers, Slots: *slots,
-			Log: log, Tracer: tp, Registry: newRegistry(), Streams: newStreams},
+			Log: log, Tracer: tp, Registry: newRegistry()},
 		HTTPAddr: *httpAddr, APIToken: *token,
 	}, func(ctx context.Context, l *local) error {
 		fmt.Fprintf(stdout, "sluice dev is running\n  NATS:      %s (also in %s)\n", l.NATSURL, filepath.Join(abs, "nats.url"))

@@ -30,6 +30,8 @@ import (
 //	GET  /healthz
 //	GET  /v1/status[?pipeline=NAME&limit=N]
 //	POST /v1/pipelines                 body: a pipeline spec in YAML
+//	GET  /v1/pipelines/{name}          the stored spec, ${ENV} references unexpanded
+//	POST /v1/pipelines/{name}/rollback  body: {"to":N} (optional); header Idempotency-Key rolls back once
 //	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional);
 //	                                   publishes a trigger; header Idempotency-Key is its message id
 //	POST /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
@@ -62,6 +64,25 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 			_ = spec.ResolvePaths(wd)
 		}
 		res, err := c.Apply(r.Context(), spec)
+		reply(w, log, res, err)
+	})
+	mux.HandleFunc("GET /v1/pipelines/{name}", func(w http.ResponseWriter, r *http.Request) {
+		res, err := c.GetPipeline(r.Context(), r.PathValue("name"))
+		reply(w, log, res, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/rollback", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			To int64 `json:"to"`
+		}
+		if r.ContentLength != 0 {
+			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) {
+				writeJSON(w, http.StatusBadRequest, protocol.APIError{Error: "request body: " + err.Error() + ` (want {"to": N} or nothing)`, Code: "invalid"})
+				return
+			}
+		}
+		res, err := c.Rollback(r.Context(), protocol.RollbackRequest{Pipeline: r.PathValue("name"), To: body.To, RequestID: r.Header.Get("Idempotency-Key")})
 		reply(w, log, res, err)
 	})
 	mux.HandleFunc("DELETE /v1/pipelines/{name}", func(w http.ResponseWriter, r *http.Request) {

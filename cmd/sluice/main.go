@@ -1,6 +1,6 @@
 // Command sluice is the one Sluice binary: an embedded all-in-one cluster
 // (dev, demo), the cluster's processes (coordinator, worker) and the client
-// commands (apply, run, status, rollback).
+// commands (apply, run, status, rollback, pipelines).
 package main
 
 import (
@@ -41,6 +41,7 @@ func commands() []command {
 		{"status", "show pipelines, runs, tasks and workers", runStatus},
 		{"backfill", "load a time range of an incremental pipeline in windows: sluice backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace]", runBackfill},
 		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
+		{"pipelines", "show a pipeline's stored spec: sluice pipelines get <pipeline> [--json]", runPipelines},
 		{"delete", "delete a pipeline (a cdc pipeline's slot, publication and events go with it): sluice delete <pipeline>", runDelete},
 		{"cdc", "change data capture: sluice cdc status [pipeline] [--json]", runCDC},
 		{"dlq", "dead letters: sluice dlq list | show <seq> | replay <seq> | purge (--all | <seq>)", runDLQ},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/devcluster"
+	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -151,26 +152,84 @@ func TestHTTPAPI(t *testing.T) {
 		if again := runReq("order-42"); !again.Duplicate || again.RunID != rr.RunID {
 			t.Fatalf("second request with the same key: %+v; want a duplicate of run %s", again, rr.RunID)
 		}
-		deadline := time.Now().Add(time.Minute)
-		for {
-			code, body := call("GET", "/v1/runs/"+rr.RunID, "s3cret", "")
-			var st protocol.RunStatus
-			if code != 200 || json.Unmarshal(body, &st) != nil {
-				t.Fatalf("get run: %d %s", code, body)
-			}
-			if st.State == protocol.RunCommitted {
-				if st.Rows != 3000 || len(st.TaskList) != 3 {
-					t.Fatalf("committed run: %d rows, %d tasks; want 3000 and 3", st.Rows, len(st.TaskList))
+		waitCommitted := func(id string) protocol.RunStatus {
+			t.Helper()
+			deadline := time.Now().Add(time.Minute)
+			for {
+				code, body := call("GET", "/v1/runs/"+id, "s3cret", "")
+				var st protocol.RunStatus
+				if code != 200 || json.Unmarshal(body, &st) != nil {
+					t.Fatalf("get run: %d %s", code, body)
 				}
-				if st.Trigger == nil || st.Trigger.Source != "http" || st.Trigger.Subject != "sluice.trigger.api" {
-					t.Fatalf("run's trigger context %+v; want source http on sluice.trigger.api", st.Trigger)
+				if st.State == protocol.RunCommitted {
+					return st
 				}
-				break
+				if st.State == protocol.RunFailed || time.Now().After(deadline) {
+					t.Fatalf("run %s: %s %s", id, st.State, st.Error)
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			if st.State == protocol.RunFailed || time.Now().After(deadline) {
-				t.Fatalf("run %s: %s %s", rr.RunID, st.State, st.Error)
+		}
+		st := waitCommitted(rr.RunID)
+		if st.Rows != 3000 || len(st.TaskList) != 3 {
+			t.Fatalf("committed run: %d rows, %d tasks; want 3000 and 3", st.Rows, len(st.TaskList))
+		}
+		if st.Trigger == nil || st.Trigger.Source != "http" || st.Trigger.Subject != "sluice.trigger.api" {
+			t.Fatalf("run's trigger context %+v; want source http on sluice.trigger.api", st.Trigger)
+		}
+
+		// The stored spec, and rollback through the leader.
+		code, body = call("GET", "/v1/pipelines/api", "s3cret", "")
+		var got protocol.PipelineGetReply
+		var stored pipeline.Spec
+		if code != 200 || json.Unmarshal(body, &got) != nil || json.Unmarshal(got.Spec, &stored) != nil ||
+			got.Status.Name != "api" || got.Status.Version != 1 || stored.Text != spec || stored.Sink.Kind != "files" {
+			t.Errorf("get pipeline: %d %s; want its status and the spec as applied", code, body)
+		}
+		if code, body := call("GET", "/v1/pipelines/nope", "s3cret", ""); code != http.StatusNotFound {
+			t.Errorf("get of an unknown pipeline: %d %s; want 404", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/api/rollback", "", ""); code != http.StatusUnauthorized {
+			t.Errorf("rollback without the token: %d %s; want 401", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/api/rollback", "s3cret", `{"to":"one"}`); code != http.StatusBadRequest {
+			t.Errorf("rollback with a bad body: %d %s; want 400", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/api/rollback", "s3cret", ""); code != http.StatusBadRequest || !strings.Contains(string(body), "no kept version older than the exposed version 1") {
+			t.Errorf("rollback with one version: %d %s; want 400 saying none is older", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/nope/rollback", "s3cret", ""); code != http.StatusNotFound {
+			t.Errorf("rollback of an unknown pipeline: %d %s; want 404", code, body)
+		}
+		if st := waitCommitted(runReq("order-43").RunID); st.Version != 2 {
+			t.Fatalf("second run committed as version %d, want 2", st.Version)
+		}
+		rollback := func(key string) (int, protocol.RollbackReply) {
+			t.Helper()
+			req, _ := http.NewRequestWithContext(ctx, "POST", l.HTTPURL+"/v1/pipelines/api/rollback", strings.NewReader(`{"to":1}`))
+			req.Header.Set("Authorization", "Bearer s3cret")
+			req.Header.Set("Idempotency-Key", key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
 			}
-			time.Sleep(50 * time.Millisecond)
+			defer resp.Body.Close()
+			var rb protocol.RollbackReply
+			b, _ := io.ReadAll(resp.Body)
+			if err := json.Unmarshal(b, &rb); err != nil {
+				t.Fatalf("rollback reply %s: %v", b, err)
+			}
+			return resp.StatusCode, rb
+		}
+		if code, rb := rollback("rb-1"); code != 200 || rb.From != 2 || rb.Version != 1 || len(rb.Versions) != 2 || !rb.Versions[0].Exposed {
+			t.Fatalf("rollback: %d %+v; want 200, 2 -> 1", code, rb)
+		}
+		if code, body = call("GET", "/v1/status?pipeline=api", "s3cret", ""); code != 200 || !strings.Contains(string(body), `"version": 1,`) {
+			t.Errorf("status right after the rollback: %d %s; want version 1", code, body)
+		}
+		// The same key again: the first request's answer.
+		if code, rb := rollback("rb-1"); code != 200 || rb.From != 2 || rb.Version != 1 {
+			t.Errorf("rollback repeated with its key: %d %+v", code, rb)
 		}
 		if code, body := call("POST", "/v1/pipelines/api/backfills", "s3cret", `{"from":"yesterday"}`); code != http.StatusBadRequest {
 			t.Errorf("backfill with a bad body: %d %s; want 400", code, body)
@@ -235,5 +294,36 @@ func TestApplyNamesEveryProblem(t *testing.T) {
 	}
 	if !strings.Contains(string(specs[0].Source.Config), filepath.Join(dir, "in")) {
 		t.Errorf("relative source path not resolved against the spec's directory: %s", specs[0].Source.Config)
+	}
+}
+
+// Every example spec is valid with this build's connectors, and the
+// streamed ones' connector configurations are checked by their kinds:
+// the cdc source, the cdc_apply sinks.
+func TestExamplesAndStreamedSpecs(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("..", "..", "examples", "*.yaml"))
+	if err != nil || len(paths) < 3 {
+		t.Fatalf("examples: %v %v", paths, err)
+	}
+	if _, err := loadSpecs(paths, newRegistry(), io.Discard); err != nil {
+		t.Fatalf("the examples do not load: %v", err)
+	}
+	dir := t.TempDir()
+	for _, c := range []struct{ yaml, want string }{
+		{"name: a\npattern: cdc\nsource: {kind: postgres, dsn: \"postgres://h/db\"}\n", "source.tables: at least one table is required"},
+		{"name: a\npattern: cdc\nsource: {kind: files, path: in}\n", `source.kind: connector "files" cannot be a cdc source (kinds: [postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [files postgres])`},
+	} {
+		p := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := loadSpecs([]string{p}, newRegistry(), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
+		}
 	}
 }

@@ -9,7 +9,9 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -22,16 +24,16 @@ import (
 func TestPgcdcToPostgres(t *testing.T) {
 	dsn, src, conn := pgtest.DB(t)
 	_, dst, _ := pgtest.DB(t)
-	js := startJS(t)
+	js := cdctest.StartJS(t)
 	ctx := context.Background()
 	const ordersDDL = `CREATE TABLE %s.orders (id int PRIMARY KEY, k text, v text, big text)`
 	for _, s := range []string{src, dst} {
-		exec(t, conn, fmt.Sprintf(typesDDL, s))
-		exec(t, conn, fmt.Sprintf(ordersDDL, s))
-		exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.types ADD COLUMN big text`, s))
+		pgtest.Exec(t, conn, fmt.Sprintf(pgtest.TypesDDL, s))
+		pgtest.Exec(t, conn, fmt.Sprintf(ordersDDL, s))
+		pgtest.Exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.types ADD COLUMN big text`, s))
 	}
-	exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.orders REPLICA IDENTITY FULL`, src))
-	cols := append(append([]string{}, typesCols...), "big")
+	pgtest.Exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.orders REPLICA IDENTITY FULL`, src))
+	cols := append(append([]string{}, pgtest.TypesColumns...), "big")
 
 	cfg := pgcdc.Config{
 		DSN: dsn, Slot: src + "_slot", Publication: src + "_pub", Tables: []string{src + ".types", src + ".orders"},
@@ -94,18 +96,18 @@ func TestPgcdcToPostgres(t *testing.T) {
 	}
 
 	const bigSQL = "(SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 300) i)"
-	exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.types SELECT g, g * 1000.000001, E'row ''%%s'' "q" \\ \n ü ' || g, jsonb_build_object('g', g, 'a', ARRAY[g, g+1]),
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.types SELECT g, g * 1000.000001, E'row ''%%s'' "q" \\ \n ü ' || g, jsonb_build_object('g', g, 'a', ARRAY[g, g+1]),
 		ARRAY[g, NULL, -g], ARRAY['a,b', NULL, '', E'x\\y', g::text], decode(md5(g::text), 'hex'), '2024-05-01 10:00:00.5+02'::timestamptz + g * interval '1 hour',
 		'2024-01-01'::date + g, g / 7.0, g %% 2 = 0, md5(g::text)::uuid, g * interval '1 minute', 'vc' || g, CASE WHEN g %% 3 = 0 THEN '' END,
 		CASE WHEN g %% 10 = 0 THEN %[2]s END
 		FROM generate_series(1, 300) g`, src, bigSQL))
-	exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.orders SELECT g, 'k' || g, 'v', %[2]s FROM generate_series(1, 40) g`, src, bigSQL))
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.orders SELECT g, 'k' || g, 'v', %[2]s FROM generate_series(1, 40) g`, src, bigSQL))
 	phase1 := published()
 
-	pg := newPostgres(t, cdcapply.PostgresConfig{DSN: dsn, Schema: dst, Pipeline: "apply1"})
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "apply1"})
 	acfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchSize: 40, BatchWait: 50 * time.Millisecond}
-	r, stop, done := run(t, js, acfg, pg)
-	waitFor(t, "some batches", done, func() bool { return r.Status().Events >= 120 })
+	r, stop, done := cdctest.Run(t, js, acfg, pg)
+	cdctest.WaitFor(t, "some batches", done, func() bool { return r.Status().Events >= 120 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -124,11 +126,11 @@ func TestPgcdcToPostgres(t *testing.T) {
 		`UPDATE %[1]s.orders SET id = id + 100 WHERE id <= 5`,
 		`UPDATE %[1]s.types SET t = NULL, e = '' WHERE id %% 11 = 0`,
 	} {
-		exec(t, conn, fmt.Sprintf(sql, src))
+		pgtest.Exec(t, conn, fmt.Sprintf(sql, src))
 	}
 	published()
-	r, stop, done = run(t, js, acfg, pg)
-	waitFor(t, "some more", done, func() bool { return r.Status().Applied > phase1 })
+	r, stop, done = cdctest.Run(t, js, acfg, pg)
+	cdctest.WaitFor(t, "some more", done, func() bool { return r.Status().Applied > phase1 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,17 +140,17 @@ func TestPgcdcToPostgres(t *testing.T) {
 		`UPDATE %[1]s.orders SET v = 'again2' WHERE id %% 2 = 0`,
 		`BEGIN; DELETE FROM %[1]s.types WHERE id = 1; INSERT INTO %[1]s.types (id, t) VALUES (1, 'reinserted'); UPDATE %[1]s.types SET id = 5000 WHERE id = 1; COMMIT`,
 	} {
-		exec(t, conn, fmt.Sprintf(sql, src, bigSQL))
+		pgtest.Exec(t, conn, fmt.Sprintf(sql, src, bigSQL))
 	}
 	last := published()
-	r, stop, done = run(t, js, acfg, pg)
-	waitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	r, stop, done = cdctest.Run(t, js, acfg, pg)
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 
-	sameRows(t, conn, src+".types", dst+".types", cols)
-	sameRows(t, conn, src+".orders", dst+".orders", []string{"id", "k", "v", "big"})
+	pgtest.SameRows(t, conn, src+".types", dst+".types", cols)
+	pgtest.SameRows(t, conn, src+".orders", dst+".orders", []string{"id", "k", "v", "big"})
 	var bigs int
 	if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s.types WHERE length(big) > 8000`, dst)).Scan(&bigs); err != nil || bigs == 0 {
 		t.Errorf("no big value survived in the target (%d, %v)", bigs, err)
@@ -184,6 +186,6 @@ func TestPgcdcToPostgres(t *testing.T) {
 	if unchanged == 0 || keyChanges == 0 || truncates == 0 {
 		t.Errorf("the source sent %d unchanged TOAST values, %d key changes, %d truncates: want some of each", unchanged, keyChanges, truncates)
 	}
-	n, sum := checksum(t, conn, dst+".types", "id")
+	n, sum := pgtest.Checksum(t, conn, dst+".types", "id")
 	t.Logf("%d events in %d messages (%d with an unchanged TOAST value, %d key changes); types %d rows md5 %s", events, last, unchanged, keyChanges, n, sum)
 }

@@ -11,41 +11,17 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// Event is a change event with the SLUICE_CDC stream sequence of its
-// message. A message holds one or more events (of one table and one
-// transaction, or one snapshot chunk), so consecutive events may share a Seq.
-type Event struct {
-	Seq uint64 `json:"seq"`
-	protocol.ChangeEvent
-}
-
-// Applier makes batches of events durable, in stream order, together with
-// the sequence of the last one. Run calls its methods from one goroutine, one
-// at a time; ctx bounds each call.
-type Applier interface {
-	// Applied returns the stream sequence of the last message made durable
-	// (0: none).
-	Applied(ctx context.Context) (uint64, error)
-	// Apply makes events durable; events with Seq <= Applied are skipped.
-	// Either the whole batch and its last Seq are durable, or an error is
-	// returned and nothing of it is. Events are in stream order (Seq never
-	// decreases), and a batch holds every event of each of its messages:
-	// the events of one Seq are applied together or not at all.
-	Apply(ctx context.Context, events []Event) error
-	// Close releases the Applier's resources.
-	Close() error
-}
-
-// HourCloser is implemented by an Applier that finishes time partitions when
-// it is caught up with the stream (Files). Run calls CloseHours at least
-// every Config.CheckInterval, between batches, with caughtUp true when the
-// consumer had no message left to deliver or to acknowledge.
-type HourCloser interface {
-	CloseHours(ctx context.Context, now time.Time, caughtUp bool) error
-}
+// Event, Applier and HourCloser are the cdc_apply part of the connector
+// contract (connectors.Event, connectors.Applier, connectors.HourCloser).
+type (
+	Event      = connectors.Event
+	Applier    = connectors.Applier
+	HourCloser = connectors.HourCloser
+)
 
 // Config configures Run.
 type Config struct {
@@ -134,10 +110,15 @@ type Runner struct {
 	status Status
 }
 
-// NewRunner returns a Runner applying cfg.Upstream's events to a.
+// NewRunner returns a Runner applying cfg.Upstream's events to a. When cfg
+// leaves BatchSize and BatchWait zero, an Applier that is a
+// connectors.BatchSizer chooses them.
 func NewRunner(js jetstream.JetStream, cfg Config, a Applier, log *slog.Logger) (*Runner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cdc apply config: %w", err)
+	}
+	if bs, ok := a.(connectors.BatchSizer); ok && cfg.BatchSize == 0 && cfg.BatchWait == 0 {
+		cfg.BatchSize, cfg.BatchWait = bs.BatchSize()
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -13,7 +13,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -32,15 +35,6 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted %+v", name, c)
 		}
-	}
-	if err := (cdcapply.PostgresConfig{DSN: "postgres://u@h/db", Pipeline: "p"}).Validate(); err != nil {
-		t.Error(err)
-	}
-	if err := (cdcapply.PostgresConfig{Pipeline: "p"}).Validate(); err == nil {
-		t.Error("PostgresConfig without DSN accepted")
-	}
-	if err := (cdcapply.FilesConfig{}).Validate(); err == nil {
-		t.Error("FilesConfig without Path accepted")
 	}
 }
 
@@ -76,23 +70,23 @@ func workload(s string, n int, seed uint64) []protocol.ChangeEvent {
 		case len(out) == n/6:
 			tb = "r2"
 			live[tb] = map[int]bool{}
-			e = ev(protocol.OpTruncate, s, tb, nil, nil)
+			e = cdctest.Change(protocol.OpTruncate, s, tb, nil, nil)
 		case r < 40 || !ok:
 			next[tb]++
 			id = next[tb]
 			live[tb][id] = true
-			e = ev(protocol.OpInsert, s, tb, nil, row(id))
+			e = cdctest.Change(protocol.OpInsert, s, tb, nil, row(id))
 		case r < 70:
-			e = ev(protocol.OpUpdate, s, tb, nil, row(id))
+			e = cdctest.Change(protocol.OpUpdate, s, tb, nil, row(id))
 		case r < 80:
 			next[tb]++
 			nid := next[tb]
 			delete(live[tb], id)
 			live[tb][nid] = true
-			e = ev(protocol.OpUpdate, s, tb, protocol.Row{"id": T(fmt.Sprint(id))}, row(nid))
+			e = cdctest.Change(protocol.OpUpdate, s, tb, protocol.Row{"id": T(fmt.Sprint(id))}, row(nid))
 		default:
 			delete(live[tb], id)
-			e = ev(protocol.OpDelete, s, tb, protocol.Row{"id": T(fmt.Sprint(id))}, nil)
+			e = cdctest.Change(protocol.OpDelete, s, tb, protocol.Row{"id": T(fmt.Sprint(id))}, nil)
 		}
 		e.CommitTime = at
 		out = append(out, e)
@@ -100,74 +94,39 @@ func workload(s string, n int, seed uint64) []protocol.ChangeEvent {
 	return out
 }
 
-// flaky fails chosen calls of Apply, before or after the inner applier
-// made the batch durable (a crash before the ack). At call stopAt it closes
-// stopping and waits for ctx to end before applying. given records every
-// call's batch, lastBatches the batches made durable.
-type flaky struct {
-	cdcapply.Applier
-	calls       int
-	failBefore  map[int]bool
-	failAfter   map[int]bool
-	stopAt      int
-	stopping    chan struct{}
-	given       [][]cdcapply.Event
-	lastBatches [][]cdcapply.Event
-}
-
-func (f *flaky) Apply(ctx context.Context, events []cdcapply.Event) error {
-	f.calls++
-	f.given = append(f.given, events)
-	if f.calls == f.stopAt {
-		close(f.stopping)
-		<-ctx.Done()
-	}
-	if f.failBefore[f.calls] {
-		return fmt.Errorf("injected failure before batch %d", f.calls)
-	}
-	if err := f.Applier.Apply(ctx, events); err != nil {
-		return err
-	}
-	f.lastBatches = append(f.lastBatches, events)
-	if f.failAfter[f.calls] {
-		return fmt.Errorf("injected failure after batch %d", f.calls)
-	}
-	return nil
-}
-
 // TestRunExactlyOnce: Runs that fail before and after a batch is durable,
 // and a Run stopped mid-way, hand over to the next Run with no event lost or
 // applied twice: the target equals the expected state, computed without SQL.
 // Batches applied again are skipped.
 func TestRunExactlyOnce(t *testing.T) {
-	js := startJS(t)
+	js := cdctest.StartJS(t)
 	dsn, s, conn := pgtest.DB(t)
-	exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.r1 (id int PRIMARY KEY, v text); CREATE TABLE %[1]s.r2 (id int PRIMARY KEY, v text)`, s))
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.r1 (id int PRIMARY KEY, v text); CREATE TABLE %[1]s.r2 (id int PRIMARY KEY, v text)`, s))
 	// Events of another upstream in the same stream must be left alone.
-	other := ev(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T("999999"), "v": T("other")})
+	other := cdctest.Change(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T("999999"), "v": T("other")})
 	other.Pipeline = "other"
 	evs := workload(s, 600, 1)
 	var seqs []uint64
 	for i := 0; i < len(evs); i += 100 {
-		seqs = append(seqs, publish(t, js, evs[i:min(i+100, len(evs))]...)...)
-		publish(t, js, other)
+		seqs = append(seqs, cdctest.Publish(t, js, evs[i:min(i+100, len(evs))]...)...)
+		cdctest.Publish(t, js, other)
 	}
-	m := model{}
-	m.apply(t, evs...)
+	m := cdctest.Model{}
+	m.Apply(t, evs...)
 
-	pg := newPostgres(t, cdcapply.PostgresConfig{DSN: dsn, Schema: s, Pipeline: "apply1"})
-	f := &flaky{Applier: pg, failBefore: map[int]bool{3: true}, failAfter: map[int]bool{6: true}, stopAt: 12, stopping: make(chan struct{})}
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "apply1"})
+	f := &cdctest.Flaky{Applier: pg, FailBefore: map[int]bool{3: true}, FailAfter: map[int]bool{6: true}, StopAt: 12, Stopping: make(chan struct{})}
 	cfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchSize: 25, BatchWait: 50 * time.Millisecond, CheckInterval: 50 * time.Millisecond}
 
 	lastApplied := func() uint64 {
-		b := f.lastBatches[len(f.lastBatches)-1]
+		b := f.LastBatches[len(f.LastBatches)-1]
 		return b[len(b)-1].Seq
 	}
 	for i, want := range []struct {
 		err     string
 		batches int
 	}{{"before batch 3", 2}, {"after batch 6", 5}} {
-		_, stop, done := run(t, js, cfg, f)
+		_, stop, done := cdctest.Run(t, js, cfg, f)
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
@@ -176,39 +135,39 @@ func TestRunExactlyOnce(t *testing.T) {
 		if err := stop(); err == nil || !strings.Contains(err.Error(), want.err) {
 			t.Fatalf("run %d: %v, want the injected failure %s", i+1, err, want.err)
 		}
-		if len(f.lastBatches) != want.batches || applied(t, pg) != lastApplied() {
-			t.Fatalf("run %d: %d batches durable, Applied %d, want %d batches up to %d", i+1, len(f.lastBatches), applied(t, pg), want.batches, lastApplied())
+		if len(f.LastBatches) != want.batches || cdctest.Applied(t, pg) != lastApplied() {
+			t.Fatalf("run %d: %d batches durable, Applied %d, want %d batches up to %d", i+1, len(f.LastBatches), cdctest.Applied(t, pg), want.batches, lastApplied())
 		}
 	}
 
 	// A Run stopped mid-way, in the middle of an Apply, then one to the end.
-	_, stop, _ := run(t, js, cfg, f)
+	_, stop, _ := cdctest.Run(t, js, cfg, f)
 	select {
-	case <-f.stopping:
+	case <-f.Stopping:
 	case <-time.After(30 * time.Second):
 		t.Fatal("no call to Apply number 12")
 	}
-	before := applied(t, pg)
+	before := cdctest.Applied(t, pg)
 	if err := stop(); err != nil {
 		t.Fatalf("Run stopped during Apply: %v, want nil", err)
 	}
-	if got := applied(t, pg); got != before || got != lastApplied() {
+	if got := cdctest.Applied(t, pg); got != before || got != lastApplied() {
 		t.Fatalf("the cancelled Apply moved the offset from %d to %d", before, got)
 	}
-	r, stop, done := run(t, js, cfg, f)
+	r, stop, done := cdctest.Run(t, js, cfg, f)
 	last := seqs[len(seqs)-1]
-	waitFor(t, "all events", done, func() bool { return r.Status().Applied == last })
+	cdctest.WaitFor(t, "all events", done, func() bool { return r.Status().Applied == last })
 	// Live events after catching up.
 	var more []protocol.ChangeEvent
 	for i := range 40 {
-		e := ev(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T(fmt.Sprint(100000 + i)), "v": T("live")})
+		e := cdctest.Change(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T(fmt.Sprint(100000 + i)), "v": T("live")})
 		e.CommitTime = time.Date(2024, 5, 2, 0, 0, i, 0, time.UTC)
 		more = append(more, e)
 	}
-	moreSeqs := publish(t, js, more...)
-	m.apply(t, more...)
-	waitFor(t, "live events", done, func() bool { return r.Status().Applied == moreSeqs[len(moreSeqs)-1] })
-	waitFor(t, "caught up", done, func() bool { st := r.Status(); return st.CaughtUp && st.Pending == 0 })
+	moreSeqs := cdctest.Publish(t, js, more...)
+	m.Apply(t, more...)
+	cdctest.WaitFor(t, "live events", done, func() bool { return r.Status().Applied == moreSeqs[len(moreSeqs)-1] })
+	cdctest.WaitFor(t, "caught up", done, func() bool { st := r.Status(); return st.CaughtUp && st.Pending == 0 })
 	if st := r.Status(); !st.CommitTime.Equal(more[len(more)-1].CommitTime) || st.Events == 0 {
 		t.Errorf("status %+v: want commit time %v", st, more[len(more)-1].CommitTime)
 	}
@@ -219,8 +178,8 @@ func TestRunExactlyOnce(t *testing.T) {
 	check := func(what string) {
 		t.Helper()
 		for _, tb := range []string{"r1", "r2"} {
-			got := tableRows(t, conn, s+"."+tb, []string{"id", "v"})
-			if want := m.rows(s+"."+tb, []string{"id", "v"}); !reflect.DeepEqual(got, want) {
+			got := pgtest.Rows(t, conn, s+"."+tb, []string{"id", "v"})
+			if want := m.Rows(s+"."+tb, []string{"id", "v"}); !reflect.DeepEqual(got, want) {
 				t.Fatalf("%s: %s holds %d rows, want %d", what, tb, len(got), len(want))
 			}
 		}
@@ -228,7 +187,7 @@ func TestRunExactlyOnce(t *testing.T) {
 	check("after restarts")
 	// Every event reached the target once, in stream order.
 	var got []uint64
-	for _, b := range f.lastBatches {
+	for _, b := range f.LastBatches {
 		for _, e := range b {
 			got = append(got, e.Seq)
 		}
@@ -236,39 +195,39 @@ func TestRunExactlyOnce(t *testing.T) {
 	if want := append(slices.Clone(seqs), moreSeqs...); !slices.Equal(got, want) {
 		t.Fatalf("the applier was given %d events, want the %d published once each in order", len(got), len(want))
 	}
-	n1, sum1 := checksum(t, conn, s+".r1", "id")
+	n1, sum1 := pgtest.Checksum(t, conn, s+".r1", "id")
 	// Every batch applied again: nothing changes.
-	for _, b := range f.lastBatches {
+	for _, b := range f.LastBatches {
 		if err := pg.Apply(context.Background(), b); err != nil {
 			t.Fatal(err)
 		}
 	}
 	check("after re-applying every batch")
-	if n, sum := checksum(t, conn, s+".r1", "id"); n != n1 || sum != sum1 {
+	if n, sum := pgtest.Checksum(t, conn, s+".r1", "id"); n != n1 || sum != sum1 {
 		t.Errorf("re-applying changed r1: %d rows %s, was %d rows %s", n, sum, n1, sum1)
 	}
-	t.Logf("%d events in %d batches after 2 injected failures and a stop; r1 holds %d rows", len(evs)+len(more), len(f.lastBatches), n1)
+	t.Logf("%d events in %d batches after 2 injected failures and a stop; r1 holds %d rows", len(evs)+len(more), len(f.LastBatches), n1)
 }
 
 // TestRunMalformed: a message that is not a change event stops Run with an
 // error naming its sequence and subject, after the events before it; the
 // next Run stops at it again.
 func TestRunMalformed(t *testing.T) {
-	js := startJS(t)
+	js := cdctest.StartJS(t)
 	good := func(id int) protocol.ChangeEvent {
-		return ev(protocol.OpInsert, "s", "t", nil, protocol.Row{"id": T(fmt.Sprint(id))})
+		return cdctest.Change(protocol.OpInsert, "s", "t", nil, protocol.Row{"id": T(fmt.Sprint(id))})
 	}
-	publish(t, js, good(1), good(2), good(3))
+	cdctest.Publish(t, js, good(1), good(2), good(3))
 	subject := protocol.CDCSubject("up", "s", "t")
 	ack, err := js.Publish(context.Background(), subject, []byte(`{"v":1,"op":"explode","schema":"s","table":"t"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish(t, js, good(5), good(6))
+	cdctest.Publish(t, js, good(5), good(6))
 	m := &memory{}
 	cfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchWait: 50 * time.Millisecond}
 	for i := range 2 {
-		_, stop, done := run(t, js, cfg, m)
+		_, stop, done := cdctest.Run(t, js, cfg, m)
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -288,14 +247,14 @@ func TestRunMalformed(t *testing.T) {
 // Run did not read) is not lost: Run sees the gap in the delivery sequence
 // and repositions the consumer, so every event is applied once, in order.
 func TestRunDeliveryGap(t *testing.T) {
-	js := startJS(t)
+	js := cdctest.StartJS(t)
 	ctx := context.Background()
 	one := func(id int) protocol.ChangeEvent {
-		return ev(protocol.OpInsert, "s", "t", nil, protocol.Row{"id": T(fmt.Sprint(id))})
+		return cdctest.Change(protocol.OpInsert, "s", "t", nil, protocol.Row{"id": T(fmt.Sprint(id))})
 	}
 	release := make(chan struct{})
 	blocked := make(chan struct{})
-	m := &memory{hook: func(_ int, events []cdcapply.Event) error {
+	m := &memory{hook: func(_ int, events []connectors.Event) error {
 		if events[0].Seq == 4 {
 			close(blocked)
 			<-release
@@ -303,12 +262,12 @@ func TestRunDeliveryGap(t *testing.T) {
 		return nil
 	}}
 	cfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchWait: 50 * time.Millisecond}
-	r, stop, done := run(t, js, cfg, m)
-	publish(t, js, one(1), one(2), one(3))
-	waitFor(t, "first batch", done, func() bool { return r.Status().Applied == 3 })
-	publish(t, js, one(4))
+	r, stop, done := cdctest.Run(t, js, cfg, m)
+	cdctest.Publish(t, js, one(1), one(2), one(3))
+	cdctest.WaitFor(t, "first batch", done, func() bool { return r.Status().Applied == 3 })
+	cdctest.Publish(t, js, one(4))
 	<-blocked // Run's pull request ended before Apply
-	publish(t, js, one(5), one(6), one(7))
+	cdctest.Publish(t, js, one(5), one(6), one(7))
 	cons, err := js.Consumer(ctx, protocol.StreamCDC, cdcapply.ConsumerName("apply1"))
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +285,7 @@ func TestRunDeliveryGap(t *testing.T) {
 		t.Fatalf("stole %v, want [5]", got)
 	}
 	close(release)
-	waitFor(t, "all events", done, func() bool { return r.Status().Applied == 7 })
+	cdctest.WaitFor(t, "all events", done, func() bool { return r.Status().Applied == 7 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -338,8 +297,8 @@ func TestRunDeliveryGap(t *testing.T) {
 // TestRunStopsOnContext: Run returns nil soon after its context ends, also
 // while idle.
 func TestRunStopsOnContext(t *testing.T) {
-	js := startJS(t)
-	_, stop, _ := run(t, js, cdcapply.Config{Pipeline: "apply1", Upstream: "up"}, &memory{})
+	js := cdctest.StartJS(t)
+	_, stop, _ := cdctest.Run(t, js, cdcapply.Config{Pipeline: "apply1", Upstream: "up"}, &memory{})
 	time.Sleep(100 * time.Millisecond)
 	start := time.Now()
 	if err := stop(); err != nil && !errors.Is(err, context.Canceled) {
@@ -360,14 +319,14 @@ func BenchmarkRunPostgres(b *testing.B) {
 	var total time.Duration
 	var events int
 	for i := range b.N {
-		js := startJS(b)
+		js := cdctest.StartJS(b)
 		evs := workload(s, 20000, uint64(i))
 		var last uint64
 		for j := 0; j < len(evs); j += 5000 {
-			seqs := publish(b, js, evs[j:min(j+5000, len(evs))]...)
+			seqs := cdctest.Publish(b, js, evs[j:min(j+5000, len(evs))]...)
 			last = seqs[len(seqs)-1]
 		}
-		pg, err := cdcapply.NewPostgres(context.Background(), cdcapply.PostgresConfig{DSN: dsn, Schema: s, Pipeline: fmt.Sprintf("bench%d", i)})
+		pg, err := postgres.NewApplier(context.Background(), postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: fmt.Sprintf("bench%d", i)})
 		if err != nil {
 			b.Fatal(err)
 		}

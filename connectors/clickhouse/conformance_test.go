@@ -26,7 +26,18 @@ func testSink(t *testing.T, url, db, table string, mod func(*SinkConfig)) *Sink 
 
 func TestConformanceSink(t *testing.T) {
 	url, db := chtest.DB(t)
-	conformance.TestSink(t, conformance.SinkHarness{
+	conformance.TestSink(t, confHarness(url, db))
+}
+
+// The sink keeps versions for rollback: <table>_v<N> beside the table.
+func TestConformanceVersioned(t *testing.T) {
+	url, db := chtest.DB(t)
+	conformance.TestVersioned(t, confHarness(url, db))
+}
+
+// confHarness is the conformance harness of a sink loading db.conf.
+func confHarness(url, db string) conformance.SinkHarness {
+	return conformance.SinkHarness{
 		Open: func(t *testing.T) connectors.Sink { return testSink(t, url, db, "conf", nil) },
 		Batches: func() []connectors.Batch {
 			var bs []connectors.Batch
@@ -39,5 +50,5 @@ func TestConformanceSink(t *testing.T) {
 		ReadCommitted: func(t *testing.T, s connectors.Sink) (connectors.Checksum, error) {
 			return TextChecksum(context.Background(), s.(*Sink).cl, "SELECT id, v FROM "+db+".conf")
 		},
-	})
+	}
 }

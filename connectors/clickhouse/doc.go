@@ -66,8 +66,9 @@
 // database (20.10+). It then records the version as committed and drops
 // the staging tables and the versions beyond keep_versions. A commit
 // repeated after a crash goes on from the last recorded step: a pending
-// version whose build table is gone was swapped in. Rollback swaps a kept
-// version back the same way; Versions lists them.
+// version whose build table is gone was swapped in. Expose (rollback,
+// connectors.Versioned) swaps a kept version back the same way; Versions
+// lists them.
 //
 // # Incremental windows
 //

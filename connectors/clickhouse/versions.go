@@ -276,13 +276,28 @@ func Versions(ctx context.Context, cfg SinkConfig) ([]Version, error) {
 		return nil, err
 	}
 	defer s.Close()
-	if err := s.ensureMeta(ctx); err != nil {
-		return nil, fmt.Errorf("list versions of %s: %w", cfg.Table, err)
-	}
-	st, err := s.loadState(ctx)
+	vs, err := s.kept(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list versions of %s: %w", cfg.Table, err)
 	}
+	return vs, nil
+}
+
+// kept lists the kept versions of the sink's table, oldest first.
+func (s *Sink) kept(ctx context.Context) ([]Version, error) {
+	if err := s.ensureMeta(ctx); err != nil {
+		return nil, err
+	}
+	st, err := s.loadState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.kept(s), nil
+}
+
+// kept lists the versions st holds committed and not dropped, oldest
+// first.
+func (st versionState) kept(s *Sink) []Version {
 	var out []Version
 	for v, vi := range st.versions {
 		if !vi.committed || vi.dropped {
@@ -296,26 +311,43 @@ func Versions(ctx context.Context, cfg SinkConfig) ([]Version, error) {
 		out = append(out, ver)
 	}
 	slices.SortFunc(out, func(a, b Version) int { return int(a.Version - b.Version) })
-	return out, nil
+	return out
 }
 
-// Rollback exposes a kept version of the table again: toVersion, or when
-// toVersion is 0 the newest kept version older than the current one. The
-// swap is atomic for readers; versions newer than it stay kept (a later
-// Rollback can go forward again) until a commit prunes them.
-func Rollback(ctx context.Context, cfg SinkConfig, toVersion int64) error {
-	s, err := NewSink(cfg)
+var _ connectors.Versioned = (*Sink)(nil)
+
+// Versions lists the kept versions of the table (see connectors.Versioned),
+// each located where its rows lie: the table's own name for the exposed
+// one, <table>_v<N> for the others.
+func (s *Sink) Versions(ctx context.Context) ([]connectors.Version, error) {
+	vs, err := s.kept(ctx)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("list versions of %s: %w", s.cfg.Table, err)
 	}
-	defer s.Close()
-	if err := s.rollback(ctx, toVersion); err != nil {
-		return fmt.Errorf("roll %s back: %w", cfg.Table, err)
+	return keptVersions(vs), nil
+}
+
+// Expose makes kept version v the table readers query, in one swap (the
+// commit's): the version exposed before moves to <table>_v<N>, v's table
+// takes the table's name. It does nothing when v is exposed already.
+func (s *Sink) Expose(ctx context.Context, v int64) error {
+	if err := s.expose(ctx, v); err != nil {
+		return fmt.Errorf("expose version %d of %s: %w", v, s.cfg.Table, err)
 	}
 	return nil
 }
 
-func (s *Sink) rollback(ctx context.Context, to int64) error {
+// keptVersions converts the sink's versions to the capability's.
+func keptVersions(vs []Version) []connectors.Version {
+	out := make([]connectors.Version, len(vs))
+	for i, v := range vs {
+		out[i] = connectors.Version{Version: v.Version, Run: v.Run, Rows: v.Rows, Location: v.Table, Time: v.Created, Exposed: v.Current}
+	}
+	return out
+}
+
+// expose swaps kept version to in (see Expose) and records it.
+func (s *Sink) expose(ctx context.Context, to int64) error {
 	if _, err := s.serverCaps(ctx); err != nil {
 		return err
 	}
@@ -326,25 +358,12 @@ func (s *Sink) rollback(ctx context.Context, to int64) error {
 	if err != nil {
 		return err
 	}
-	if st.current == 0 {
-		return connectors.Permanent(errors.New("no version was committed"))
-	}
-	if to <= 0 {
-		for v, vi := range st.versions {
-			if vi.committed && !vi.dropped && v < st.current && v > to {
-				to = v
-			}
-		}
-		if to <= 0 {
-			return connectors.Permanent(errors.New("no kept version older than the current one"))
-		}
-	}
 	vi := st.versions[to]
 	switch {
 	case vi == nil || !vi.committed:
-		return connectors.Permanent(fmt.Errorf("version %d was never committed", to))
+		return connectors.VersionNotKept(to, "was never committed", keptVersions(st.kept(s)))
 	case vi.dropped:
-		return connectors.Permanent(fmt.Errorf("version %d was dropped (keep_versions)", to))
+		return connectors.VersionNotKept(to, "was dropped (keep_versions)", keptVersions(st.kept(s)))
 	case to == st.current:
 		return nil
 	}

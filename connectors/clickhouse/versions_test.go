@@ -121,16 +121,16 @@ func TestVersionsAndRollback(t *testing.T) {
 	if len(vs) != 2 || vs[0].Version != 2 || vs[1].Version != 3 || !vs[1].Current || vs[0].Rows != 2000 {
 		t.Fatalf("versions %+v, want 2 and 3 (current) kept", vs)
 	}
-	if err := Rollback(ctx, cfg, 0); err != nil {
+	if err := s.Expose(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, s, "SELECT count() FROM "+db+".ver"); n != 2000 {
 		t.Fatalf("after rollback: %d rows, want 2000", n)
 	}
-	if err := Rollback(ctx, cfg, 1); err == nil || !strings.Contains(err.Error(), "dropped") {
+	if err := s.Expose(ctx, 1); err == nil || !strings.Contains(err.Error(), "version 1 was dropped") || !connectors.IsPermanent(err) {
 		t.Errorf("rollback to a dropped version = %v", err)
 	}
-	if err := Rollback(ctx, cfg, 3); err != nil {
+	if err := s.Expose(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, s, "SELECT count() FROM "+db+".ver"); n != 3000 {

@@ -215,11 +215,9 @@ func ValidateSink(raw json.RawMessage) error {
 	return err
 }
 
-// validate is the registered validator. A connector has one validator for
-// both roles, so a configuration with keep_versions is checked as a sink's
-// and any other as a source's (the two share path and format).
-// Register adds the "files" connector (source and sink, with Validate) to
-// reg.
+// Register adds the "files" connector to reg: source and sink with their
+// validators, and the change log Applier of cdc_apply pipelines
+// (CDCTarget).
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
 		Kind: Kind,
@@ -240,5 +238,6 @@ func Register(reg *connectors.Registry) {
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
 		SourcePartitions: PartitionSize,
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }

@@ -19,6 +19,10 @@
 // atomically and writes the _SUCCESS marker last; every step can be repeated
 // after a crash.
 //
+// As the sink of a cdc_apply pipeline, an Applier writes the change events
+// of a cdc pipeline as a change log of JSON lines by table and hour,
+// closing each hour with _SUCCESS once it is complete (see Applier).
+//
 // # Canonical rows and checksums
 //
 // Checksums (connectors.Checksum) are sums of one hash per row over the

@@ -17,3 +17,7 @@ var WriteFile = writeFile
 var CSVRows = csvRows
 var TestRecord = testRecord
 var WriteParquet = writeParquet
+
+// SetBeforeOffset makes Apply call fn between writing the part files and the
+// offset; an error from fn stops Apply there, as a crash would.
+func SetBeforeOffset(f *Applier, fn func() error) { f.beforeOffset = fn }

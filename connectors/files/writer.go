@@ -322,13 +322,18 @@ func (o *fileOut) release() {
 	}
 }
 
+// syncDir fsyncs a directory, making the entries created or renamed in it
+// durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	defer d.Close()
-	return d.Sync()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 func newEncoder(format string, w *bufio.Writer, sum *connectors.Checksum) encoder {

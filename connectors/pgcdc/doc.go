@@ -57,4 +57,15 @@
 // read events it published in the stream (the sink's Commit and Abort do
 // nothing) and its slot behind: a snapshot starts only with its slot, so
 // the pipeline starts over by dropping the slot.
+//
+// # The source of cdc pipelines
+//
+// Register adds the Reader to the postgres kind as its
+// connectors.CDCSource. A worker holding a cdc pipeline's lease opens it
+// through the registry with the pipeline's source configuration
+// (SourceConfig: dsn and tables) and stream settings (slot, publication,
+// heartbeat, message events); its Status reports the slot's position and
+// lag. The coordinator leader asks the same capability how the initial
+// snapshot run is made: from the SnapshotKind source into the EventsKind
+// sink, both registered by Register too.
 package pgcdc

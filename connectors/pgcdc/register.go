@@ -15,14 +15,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/postgres"
 )
 
-// Register adds the snapshot source (SnapshotKind) and the read-event sink
-// (EventsKind) to reg. The sink publishes through js or, when js is nil,
-// through the JetStream context of the context it is opened with
+// Register adds to reg the source of cdc pipelines, as a capability of the
+// postgres kind (connectors.CDCSource: the Reader as the pipeline's
+// stream, and its initial snapshot run), and the two connectors of that
+// run: the snapshot source (SnapshotKind) and the read-event sink
+// (EventsKind). The sink publishes through js or, when js is nil, through
+// the JetStream context of the context it is opened with
 // (connectors.WithJetStream: a worker's own); a sink opened with neither,
 // as a coordinator would, fails its tasks.
 func Register(reg *connectors.Registry, js jetstream.JetStream) {
+	reg.Register(connectors.Connector{
+		Kind:      postgres.Kind,
+		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints},
+	})
 	reg.Register(connectors.Connector{
 		Kind: SnapshotKind,
 		Source: func(_ context.Context, config json.RawMessage) (connectors.Source, error) {

@@ -123,22 +123,8 @@ type SnapshotConfig struct {
 // Validate checks the configuration without I/O. Errors are
 // *connectors.FieldError naming the field.
 func (c SnapshotConfig) Validate() error {
-	if err := validateDSN(c.DSN); err != nil {
+	if err := (SourceConfig{DSN: c.DSN, Tables: c.Tables}).Validate(); err != nil {
 		return err
-	}
-	if len(c.Tables) == 0 {
-		return &connectors.FieldError{Field: "tables", Msg: "at least one table is required"}
-	}
-	seen := map[string]bool{}
-	for i, t := range c.Tables {
-		f := fmt.Sprintf("tables[%d]", i)
-		if _, _, err := splitTable(t); err != nil {
-			return &connectors.FieldError{Field: f, Msg: err.Error()}
-		}
-		if seen[t] {
-			return &connectors.FieldError{Field: f, Msg: fmt.Sprintf("table %q is listed twice", t)}
-		}
-		seen[t] = true
 	}
 	if !slotNameRE.MatchString(c.Slot) {
 		return &connectors.FieldError{Field: "slot", Msg: fmt.Sprintf("slot %q: want 1-63 of [a-z0-9_]", c.Slot)}

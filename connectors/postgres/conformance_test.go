@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
 )
@@ -34,8 +36,19 @@ func TestConformanceSource(t *testing.T) {
 
 func TestConformanceSink(t *testing.T) {
 	dsn, schema, conn := testDB(t)
-	view := schema + ".conf"
-	conformance.TestSink(t, conformance.SinkHarness{
+	conformance.TestSink(t, confHarness(dsn, schema+".conf", conn))
+}
+
+// The sink keeps versions for rollback: a table per version behind the
+// view.
+func TestConformanceVersioned(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	conformance.TestVersioned(t, confHarness(dsn, schema+".conf", conn))
+}
+
+// confHarness is the conformance harness of a sink loading view.
+func confHarness(dsn, view string, conn *pgx.Conn) conformance.SinkHarness {
+	return conformance.SinkHarness{
 		Open: func(t *testing.T) connectors.Sink {
 			s, err := NewSink(SinkConfig{DSN: dsn, Table: view})
 			if err != nil {
@@ -54,5 +67,53 @@ func TestConformanceSink(t *testing.T) {
 		ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
 			return TableChecksum(context.Background(), conn, "SELECT id, v FROM "+view)
 		},
+	}
+}
+
+// The replica Applier passes the applier conformance suite, each target a
+// schema of its own with tables created on demand; its dump is every row
+// of every table but the offsets.
+func TestConformanceApplier(t *testing.T) {
+	dsn, base, conn := testDB(t)
+	schema := func(target string) string { return base + "_" + target }
+	t.Cleanup(func() {
+		for _, target := range []string{"ref", "a", "cancel"} {
+			conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+schema(target)+" CASCADE")
+		}
+	})
+	conformance.TestApplier(t, conformance.ApplierHarness{
+		Open: func(t *testing.T, target string) connectors.Applier {
+			a, err := NewApplier(context.Background(), ApplierConfig{DSN: dsn, Schema: schema(target), Pipeline: "conformance", CreateTables: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
+		},
+		Dump: func(t *testing.T, target string) []string {
+			rows, err := conn.Query(context.Background(), `SELECT table_name FROM information_schema.tables
+				WHERE table_schema = $1 AND table_name <> $2 ORDER BY 1`, schema(target), OffsetsTable)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, tb := range tables {
+				rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT %[1]s || ' ' || to_jsonb(x)::text FROM %[2]s.%[3]s x ORDER BY 1`,
+					quoteLiteral(tb), pgx.Identifier{schema(target)}.Sanitize(), pgx.Identifier{tb}.Sanitize()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, lines...)
+			}
+			return out
+		},
+		Events: conformance.ChangeEvents(),
 	})
 }

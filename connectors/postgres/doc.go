@@ -2,7 +2,9 @@
 // (whole, or one delta-column window of it) in bounded, parallel chunks of
 // one consistent snapshot, and a sink that exposes each full load as a new
 // version behind a view, or appends incremental windows idempotently to one
-// table.
+// table; as the sink of a cdc_apply pipeline, an Applier keeping replica
+// tables equal to a cdc pipeline's sources. (The source of cdc pipelines,
+// logical replication, is connectors/pgcdc's.)
 //
 // # Source
 //
@@ -86,7 +88,8 @@
 // keep_versions (never the current one). Readers see the old version or
 // the new one, never a part. A commit repeated for the same run and version
 // finds it recorded and does nothing. Abort drops the run's staging tables.
-// Rollback points the view at an older kept version; Versions lists them.
+// Expose (rollback, connectors.Versioned) points the view at another kept
+// version in the same kind of transaction; Versions lists them.
 //
 // # Incremental (delta-column) loads
 //
@@ -120,6 +123,51 @@
 // downstream); rows whose delta value is written more than lag after the
 // fact (a long transaction, a skewed clock) may land behind the watermark
 // and are missed until that window is re-run.
+//
+// # Applying change events (cdc_apply)
+//
+// Applier is the sink of cdc_apply pipelines (registered as the postgres
+// kind's connectors.CDCTarget): it keeps target tables equal to the source
+// tables of a cdc pipeline. The source table <schema>.<table> maps to the
+// target table <Schema>.<table> (ApplierConfig.Schema, or the source schema
+// when empty). One batch is one transaction: its events, collapsed per table
+// and key (the last image wins; a truncate discards what came before it in
+// the batch), go through one COPY into a staging table and set-based
+// statements (DELETE, INSERT ... ON CONFLICT on the key) per table, and the
+// offset row of the pipeline in sluice_cdc_offsets (in ApplierConfig.Schema,
+// or in public when Schema is empty) is updated in the same transaction. The
+// offset row is read under a row lock, so a batch delivered twice is applied
+// once. Values arrive in PostgreSQL's text output format and are converted by
+// the target column type's input function (a cast of text to the type), so
+// numeric, jsonb, arrays, bytea and timestamptz round-trip exactly.
+//
+// TOAST: a value the source marks unchanged (an update that did not touch a
+// TOASTed column) keeps the value the row had: from an earlier image of the
+// row in the same batch, from the event's old row (REPLICA IDENTITY FULL), or
+// else from the target row, read before the batch changes it (for an update
+// that changed the key, the row under the old key). It is never written as
+// NULL: when the target has no such row the batch fails with an error.
+//
+// Schema changes: a column that appears in events but not in the target
+// table is added as text (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) in the
+// batch's transaction, and logged. A row image without a column the batch
+// knows (an event from before the column existed) keeps the target's value
+// of that column, or NULL for a new row; a target column that no event
+// carries is left alone (its default for a new row). A missing target table
+// is created (columns as text, the event key as primary key) only with
+// ApplierConfig.CreateTables; otherwise the batch fails with an error naming
+// the table. The target needs a unique index (the primary key) on exactly the
+// event's key columns.
+//
+// Not handled: dropped or renamed source columns (the target column stays and
+// is no longer written), column type changes (values must still be valid
+// input for the target type), a change of a table's key columns within one
+// batch, tables without a primary key or replica identity (an error names the
+// table), foreign keys between target tables (tables are applied one after
+// the other, not in source order; within a table deletes go before upserts),
+// and several Runners of one pipeline at the same time (the offset row lock
+// keeps a batch from being applied twice, but two Runners would split the
+// stream between them).
 //
 // # Checksums
 //

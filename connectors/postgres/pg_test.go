@@ -509,8 +509,8 @@ func TestSinkFullLoader(t *testing.T) {
 		t.Fatalf("commit of another run as version 2: %v, want a permanent error", err)
 	}
 
-	// Rollback to run 1, then to the version before it: none.
-	if err := Rollback(ctx, dsn, view, 1); err != nil {
+	// Rollback to run 1; version 0 is no version.
+	if err := sink.Expose(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	if got := checksumOf(t, conn, viewQuery); got != sum1 {
@@ -519,8 +519,8 @@ func TestSinkFullLoader(t *testing.T) {
 	if _, cur := versionNumbers(t, dsn, view); cur != 1 {
 		t.Fatalf("current version %d after rollback, want 1", cur)
 	}
-	if err := Rollback(ctx, dsn, view, 0); err == nil {
-		t.Fatal("rollback past the oldest version succeeded")
+	if err := sink.Expose(ctx, 0); err == nil {
+		t.Fatal("rollback to version 0 succeeded")
 	}
 
 	// keep_versions 3: runs 4 and 5 push version 1 out.
@@ -543,18 +543,17 @@ func TestSinkFullLoader(t *testing.T) {
 	if v1 != nil {
 		t.Fatalf("table %s still exists after pruning", *v1)
 	}
-	if err := Rollback(ctx, dsn, view, 1); err == nil {
-		t.Fatal("rollback to a pruned version succeeded")
+	if err := sink.Expose(ctx, 1); err == nil || !connectors.IsPermanent(err) || !strings.Contains(err.Error(), "version 1 was dropped on") || !strings.Contains(err.Error(), "kept: 2, 3, 4; exposed: 4") {
+		t.Fatalf("rollback to a pruned version: %v, want a permanent error saying it was dropped, listing the kept versions", err)
 	}
 	if got := checksumOf(t, conn, viewQuery); got != sum2 {
 		t.Fatalf("view after run 5: %d rows, want %d", got.Rows, sum2.Rows)
 	}
-	// Rollback without a version goes one back.
-	if err := Rollback(ctx, dsn, view, 0); err != nil {
+	if err := sink.Expose(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
 	if _, cur := versionNumbers(t, dsn, view); cur != 3 {
-		t.Fatalf("current %d after rollback by one, want 3", cur)
+		t.Fatalf("current %d after rollback to 3, want 3", cur)
 	}
 }
 

@@ -6,8 +6,9 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 )
 
-// Register adds the "postgres" connector (source, sink and their
-// validators) to reg.
+// Register adds the "postgres" connector to reg: source, sink, their
+// validators, and the Applier of cdc_apply pipelines (CDCTarget). The
+// source of cdc pipelines is added by connectors/pgcdc.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
 		Kind:           Kind,
@@ -15,6 +16,7 @@ func Register(reg *connectors.Registry) {
 		Sink:           openSink,
 		ValidateSource: ValidateSource,
 		ValidateSink:   ValidateSink,
+		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }
 

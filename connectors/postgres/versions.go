@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,7 +43,7 @@ func Versions(ctx context.Context, dsn, table string) ([]Version, error) {
 }
 
 // adminConn returns the sink of a table, as the admin functions (Versions,
-// Rollback, Windows) know it, and a connection, which the caller closes.
+// Windows) know it, and a connection, which the caller closes.
 func adminConn(ctx context.Context, dsn, table string) (*Sink, *pgx.Conn, error) {
 	s, err := NewSink(SinkConfig{DSN: dsn, Table: table})
 	if err != nil {
@@ -74,58 +75,80 @@ func (s *Sink) listVersions(ctx context.Context, q querier) ([]Version, error) {
 	})
 }
 
-// Rollback points the view of table back at a kept version: toVersion, or
-// when toVersion is 0 the newest kept version older than the current one.
-// Versions newer than it stay kept (a later Rollback can go forward again)
-// until a commit prunes them.
-func Rollback(ctx context.Context, dsn, table string, toVersion int64) error {
-	s, conn, err := adminConn(ctx, dsn, table)
+var _ connectors.Versioned = (*Sink)(nil)
+
+// Versions lists the kept versions of the view's table (see
+// connectors.Versioned): those recorded in sluice_versions and not
+// dropped, each located at its table.
+func (s *Sink) Versions(ctx context.Context) ([]connectors.Version, error) {
+	conn, err := connect(ctx, s.cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	vs, err := s.listVersions(ctx, conn)
+	if err != nil {
+		return nil, classify(fmt.Errorf("list versions of %s: %w", s.cfg.Table, err))
+	}
+	return keptVersions(vs), nil
+}
+
+// Expose points the view at kept version v, in one transaction serialised
+// with the commits of the view: readers see the version before or v. It
+// does nothing when the view shows v already.
+func (s *Sink) Expose(ctx context.Context, v int64) error {
+	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := s.rollback(ctx, conn, toVersion); err != nil {
-		return classify(fmt.Errorf("roll %s back: %w", table, err))
+	if err := s.expose(ctx, conn, v); err != nil {
+		return classify(fmt.Errorf("expose version %d of %s: %w", v, s.cfg.Table, err))
 	}
 	return nil
 }
 
-// rollback points the view at version to (see Rollback), in a transaction
-// serialized with the commits of the schema.
-func (s *Sink) rollback(ctx context.Context, conn *pgx.Conn, to int64) error {
+// keptVersions converts the sink's versions to the capability's.
+func keptVersions(vs []Version) []connectors.Version {
+	out := make([]connectors.Version, len(vs))
+	for i, v := range vs {
+		out[i] = connectors.Version{Version: v.Version, Run: v.Run, Rows: v.Rows, Location: v.Table, Time: v.Created, Exposed: v.Current}
+	}
+	return out
+}
+
+// expose points the view at kept version to (see Expose), in a
+// transaction serialized with the commits of the view.
+func (s *Sink) expose(ctx context.Context, conn *pgx.Conn, to int64) error {
 	tx, err := s.lockTable(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.Background())
-	vt := s.versions().Sanitize()
-	if to <= 0 {
-		var v *int64
-		err := tx.QueryRow(ctx, "SELECT max(version) FROM "+vt+" WHERE table_name = $1 AND dropped IS NULL AND version < "+
-			"(SELECT version FROM "+vt+" WHERE table_name = $1 AND current)", s.name).Scan(&v)
-		if err != nil {
-			return err
-		}
-		if v == nil {
-			return connectors.Permanent(errors.New("no kept version older than the current one"))
-		}
-		to = *v
-	}
-	var dropped *time.Time
-	err = tx.QueryRow(ctx, "SELECT dropped FROM "+vt+" WHERE table_name = $1 AND version = $2", s.name, to).Scan(&dropped)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return connectors.Permanent(fmt.Errorf("version %d was never committed", to))
-	}
+	vs, err := s.listVersions(ctx, tx)
 	if err != nil {
 		return err
 	}
-	if dropped != nil {
-		return connectors.Permanent(fmt.Errorf("version %d was dropped on %s (keep_versions)", to, dropped.Format(time.RFC3339)))
+	i := slices.IndexFunc(vs, func(v Version) bool { return v.Version == to })
+	if i < 0 {
+		why := "was never committed"
+		var dropped *time.Time
+		err := tx.QueryRow(ctx, "SELECT dropped FROM "+s.versions().Sanitize()+" WHERE table_name = $1 AND version = $2", s.name, to).Scan(&dropped)
+		switch {
+		case err == nil && dropped != nil:
+			why = fmt.Sprintf("was dropped on %s (keep_versions)", dropped.UTC().Format(time.RFC3339))
+		case err != nil && !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		return connectors.VersionNotKept(to, why, keptVersions(vs))
+	}
+	if vs[i].Current {
+		return nil
 	}
 	if err := s.pointView(ctx, tx, s.versionTable(to)); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, "UPDATE "+vt+" SET current = (version = $2) WHERE table_name = $1 AND (current OR version = $2)", s.name, to); err != nil {
+	if _, err := tx.Exec(ctx, "UPDATE "+s.versions().Sanitize()+" SET current = (version = $2) WHERE table_name = $1 AND (current OR version = $2)", s.name, to); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

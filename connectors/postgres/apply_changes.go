@@ -1,10 +1,11 @@
-package cdcapply
+package postgres
 
 import (
 	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -41,7 +42,7 @@ func (t *tableChanges) name() string { return t.schema + "." + t.table }
 
 // collect collapses a batch of events (in stream order) per table and key.
 // Tables come back in order of first appearance.
-func collect(events []Event) ([]*tableChanges, error) {
+func collect(events []connectors.Event) ([]*tableChanges, error) {
 	byName := map[string]*tableChanges{}
 	var out []*tableChanges
 	for _, ev := range events {
@@ -75,7 +76,7 @@ func collect(events []Event) ([]*tableChanges, error) {
 	return out, nil
 }
 
-func (t *tableChanges) add(ev Event) error {
+func (t *tableChanges) add(ev connectors.Event) error {
 	if ev.Op == protocol.OpTruncate {
 		t.truncate = true
 		t.rows = map[string]*rowChange{}

@@ -1,8 +1,9 @@
-package cdcapply
+package postgres
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,34 +14,37 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// OffsetsTable is the table in which Postgres keeps each pipeline's applied
-// stream sequence: in PostgresConfig.Schema, or in public when that is empty.
+// OffsetsTable is the table in which an Applier keeps each pipeline's applied
+// stream sequence: in ApplierConfig.Schema, or in public when that is empty.
 const OffsetsTable = "sluice_cdc_offsets"
 
-// PostgresConfig configures a Postgres applier.
-type PostgresConfig struct {
+// ApplierConfig configures an Applier. As the sink of a cdc_apply
+// pipeline its configuration is {dsn, schema, create_tables}
+// (ParseApplierConfig); the runner sets Pipeline and Log.
+type ApplierConfig struct {
 	// DSN of the target database.
-	DSN string
+	DSN string `json:"dsn"`
 	// Schema is the target schema of every table; empty keeps each
 	// table's source schema. It also holds the offsets table, which is in
 	// public when Schema is empty.
-	Schema string
+	Schema string `json:"schema,omitempty"`
 	// Pipeline is the cdc_apply pipeline's name: the key of its offset row.
-	Pipeline string
+	Pipeline string `json:"-"`
 	// CreateTables creates a missing target table (every column text, the
 	// event's key as primary key) and a missing Schema; without it a
 	// missing table fails the batch.
-	CreateTables bool
+	CreateTables bool `json:"create_tables,omitempty"`
 	// Log receives schema changes (added columns, created tables); nil
 	// discards them.
-	Log *slog.Logger
+	Log *slog.Logger `json:"-"`
 }
 
 // Validate checks the configuration without I/O.
-func (c PostgresConfig) Validate() error {
+func (c ApplierConfig) Validate() error {
 	var errs []error
 	if c.DSN == "" {
 		errs = append(errs, errors.New("dsn is required"))
@@ -53,23 +57,59 @@ func (c PostgresConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Postgres applies change events to a PostgreSQL database, one transaction
+// ParseApplierConfig decodes the sink configuration of a cdc_apply
+// pipeline and checks it without I/O; errors are *connectors.FieldError
+// naming the field.
+func ParseApplierConfig(config json.RawMessage) (ApplierConfig, error) {
+	var c ApplierConfig
+	if err := decodeStrict(config, &c); err != nil {
+		return c, err
+	}
+	if err := validateDSN(c.DSN); err != nil {
+		return c, err
+	}
+	if c.Schema != "" {
+		if err := checkName(c.Schema, "schema"); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// ValidateApplier checks the sink configuration of a cdc_apply pipeline
+// without I/O.
+func ValidateApplier(config json.RawMessage) error {
+	_, err := ParseApplierConfig(config)
+	return err
+}
+
+// openApplier opens the Applier of a cdc_apply pipeline's sink.
+func openApplier(ctx context.Context, req connectors.StreamRequest) (connectors.Applier, error) {
+	c, err := ParseApplierConfig(req.Config)
+	if err != nil {
+		return nil, err
+	}
+	c.Pipeline, c.Log = req.Pipeline, req.Log
+	return NewApplier(ctx, c)
+}
+
+// Applier applies change events to a PostgreSQL database, one transaction
 // per batch together with the pipeline's offset row. It holds one
 // connection. Its methods must not be called concurrently (Run calls them
 // one at a time).
-type Postgres struct {
-	cfg     PostgresConfig
+type Applier struct {
+	cfg     ApplierConfig
 	log     *slog.Logger
 	offsets pgx.Identifier
 
 	conn *pgx.Conn
 	// Caches, valid for conn; dropped with it after a failed Apply.
-	tables map[string]*target // by schema NUL table
-	stages map[string]bool    // staging tables created on conn
+	tables map[string]*targetTable // by schema NUL table
+	stages map[string]bool         // staging tables created on conn
 }
 
-// target is what Apply knows of a target table.
-type target struct {
+// targetTable is what Apply knows of a target table.
+type targetTable struct {
 	ident pgx.Identifier
 	name  string
 	// types maps each column to its type without modifier: values are cast
@@ -82,9 +122,9 @@ type target struct {
 	uniques [][]string
 }
 
-// NewPostgres connects to the target and creates the offsets table and the
+// NewApplier connects to the target and creates the offsets table and the
 // pipeline's offset row when missing. ctx bounds the setup only.
-func NewPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
+func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cdc apply postgres config: %w", err)
 	}
@@ -96,7 +136,7 @@ func NewPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	if schema == "" {
 		schema = "public"
 	}
-	p := &Postgres{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}}
+	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -124,7 +164,7 @@ func NewPostgres(ctx context.Context, cfg PostgresConfig) (*Postgres, error) {
 	return p, nil
 }
 
-func (p *Postgres) connect(ctx context.Context) error {
+func (p *Applier) connect(ctx context.Context) error {
 	if p.conn != nil && !p.conn.IsClosed() {
 		return nil
 	}
@@ -133,13 +173,13 @@ func (p *Postgres) connect(ctx context.Context) error {
 		return fmt.Errorf("connect to target: %w", err)
 	}
 	p.conn = conn
-	p.tables = map[string]*target{}
+	p.tables = map[string]*targetTable{}
 	p.stages = map[string]bool{}
 	return nil
 }
 
 // drop closes the connection and forgets what was known on it.
-func (p *Postgres) drop() {
+func (p *Applier) drop() {
 	if p.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		p.conn.Close(ctx)
@@ -149,14 +189,14 @@ func (p *Postgres) drop() {
 }
 
 // Close closes the connection.
-func (p *Postgres) Close() error {
+func (p *Applier) Close() error {
 	p.drop()
 	return nil
 }
 
 // Applied returns the pipeline's offset: the stream sequence of the last
 // event applied.
-func (p *Postgres) Applied(ctx context.Context) (uint64, error) {
+func (p *Applier) Applied(ctx context.Context) (uint64, error) {
 	if err := p.connect(ctx); err != nil {
 		return 0, err
 	}
@@ -176,7 +216,7 @@ func (p *Postgres) Applied(ctx context.Context) (uint64, error) {
 // message) are applied together or skipped together. On error nothing of
 // the batch is applied and the connection is dropped (the next call
 // reconnects).
-func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
+func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
 	if len(events) == 0 {
 		return nil
 	}
@@ -204,7 +244,7 @@ func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
 		return fmt.Errorf("lock offset of %q: %w", p.cfg.Pipeline, err)
 	}
 	// The first event after the offset (Seq never decreases).
-	i, _ := slices.BinarySearchFunc(events, uint64(applied)+1, func(e Event, s uint64) int {
+	i, _ := slices.BinarySearchFunc(events, uint64(applied)+1, func(e connectors.Event, s uint64) int {
 		switch {
 		case e.Seq < s:
 			return -1
@@ -221,7 +261,7 @@ func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
 	if err != nil {
 		return err
 	}
-	var notes []note
+	var notes []schemaNote
 	uses := map[string]int{} // staging shape -> uses in this transaction
 	for _, t := range changes {
 		tg, n, err := p.prepare(ctx, tx, t)
@@ -251,8 +291,8 @@ func (p *Postgres) Apply(ctx context.Context, events []Event) (err error) {
 	return nil
 }
 
-// note is a schema change to log once its transaction committed.
-type note struct {
+// schemaNote is a schema change to log once its transaction committed.
+type schemaNote struct {
 	msg  string
 	args []any
 }
@@ -260,14 +300,14 @@ type note struct {
 // prepare returns the target of t, creating the table or adding columns as
 // needed, and checks it can take t's changes. It returns a nil target for a
 // truncate of a table that does not exist when tables are created on demand.
-func (p *Postgres) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*target, []note, error) {
+func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*targetTable, []schemaNote, error) {
 	schema := p.cfg.Schema
 	if schema == "" {
 		schema = t.schema
 	}
 	id := schema + "\x00" + t.table
 	tg := p.tables[id]
-	var notes []note
+	var notes []schemaNote
 	if tg == nil {
 		var err error
 		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
@@ -299,7 +339,7 @@ func (p *Postgres) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*ta
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			return nil, nil, fmt.Errorf("create target table %s: %w", name, err)
 		}
-		notes = append(notes, note{"cdc apply: created target table (columns as text)", []any{"table", name, "primary_key", t.key}})
+		notes = append(notes, schemaNote{"cdc apply: created target table (columns as text)", []any{"table", name, "primary_key", t.key}})
 		var err error
 		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
 			return nil, nil, err
@@ -320,7 +360,7 @@ func (p *Postgres) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*ta
 			return nil, nil, fmt.Errorf("add column %q to target table %s: %w", c, name, err)
 		}
 		tg.types[c] = "text"
-		notes = append(notes, note{"cdc apply: added a column that appeared in the source's events (as text)", []any{"table", name, "column", c}})
+		notes = append(notes, schemaNote{"cdc apply: added a column that appeared in the source's events (as text)", []any{"table", name, "column", c}})
 	}
 	if len(t.order) > 0 {
 		key := slices.Sorted(slices.Values(t.key))
@@ -333,7 +373,7 @@ func (p *Postgres) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*ta
 
 // loadTarget reads a table's columns and unique indexes; nil when the table
 // does not exist.
-func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*target, error) {
+func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTable, error) {
 	name := schema + "." + table
 	var oid uint32
 	err := tx.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -344,7 +384,7 @@ func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*target, 
 	if err != nil {
 		return nil, fmt.Errorf("look up target table %s: %w", name, err)
 	}
-	tg := &target{ident: pgx.Identifier{schema, table}, name: name, types: map[string]string{}, generated: map[string]bool{}}
+	tg := &targetTable{ident: pgx.Identifier{schema, table}, name: name, types: map[string]string{}, generated: map[string]bool{}}
 	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, NULL), attgenerated <> '' FROM pg_attribute
 		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
 	if err != nil {
@@ -381,7 +421,7 @@ func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*target, 
 // COPY of the final rows and keys into a staging table, then set-based
 // statements in one round trip: fill unchanged (TOAST) and absent values
 // from the target, delete the deleted keys, upsert the rest.
-func (p *Postgres) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *target, uses map[string]int) error {
+func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable, uses map[string]int) error {
 	if t.truncate {
 		if _, err := tx.Exec(ctx, "TRUNCATE "+tg.ident.Sanitize()); err != nil {
 			return fmt.Errorf("truncate: %w", err)
@@ -617,3 +657,5 @@ func keyText(key []string, vals []*string) string {
 	}
 	return "(" + strings.Join(parts, ", ") + ")"
 }
+
+var _ connectors.Applier = (*Applier)(nil)

@@ -1,4 +1,4 @@
-package cdcapply
+package files
 
 import (
 	"bytes"
@@ -15,21 +15,23 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/connectors"
 )
 
-// Names of the bookkeeping files at the root of a Files directory and in its
-// hour directories.
+// Names of the bookkeeping files at the root of a change log (Applier) and
+// in its hour directories (which are closed with SuccessFile).
 const (
 	// OffsetFile holds the stream sequence of the last message written.
 	OffsetFile = "_sluice_offset"
 	// PendingFile lists the part files of the batch being written.
 	PendingFile = "_sluice_pending"
-	// SuccessFile marks a closed hour.
-	SuccessFile = "_SUCCESS"
 )
 
-// FilesConfig configures a Files applier.
-type FilesConfig struct {
+// ApplierConfig configures an Applier. As the sink of a cdc_apply pipeline
+// its configuration is {path, close_after} (ParseApplierConfig); the runner
+// sets Log.
+type ApplierConfig struct {
 	// Path is the root directory; created when missing.
 	Path string
 	// CloseAfter is how long after its end an hour is closed (once the
@@ -40,7 +42,7 @@ type FilesConfig struct {
 }
 
 // Validate checks the configuration without I/O.
-func (c FilesConfig) Validate() error {
+func (c ApplierConfig) Validate() error {
 	var errs []error
 	if c.Path == "" {
 		errs = append(errs, errors.New("path is required"))
@@ -51,8 +53,50 @@ func (c FilesConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Files writes change events as JSON lines, one file per table, hour and
-// batch:
+// ParseApplierConfig decodes the sink configuration of a cdc_apply
+// pipeline, {path, close_after}, and checks it without I/O; errors are
+// *connectors.FieldError naming the field.
+func ParseApplierConfig(raw json.RawMessage) (ApplierConfig, error) {
+	var in struct {
+		Path       string `json:"path"`
+		CloseAfter string `json:"close_after"`
+	}
+	if err := decodeStrict(raw, []string{"close_after", "path"}, &in); err != nil {
+		return ApplierConfig{}, err
+	}
+	c := ApplierConfig{Path: in.Path}
+	if c.Path == "" {
+		return c, &connectors.FieldError{Field: "path", Msg: "is required"}
+	}
+	if in.CloseAfter != "" {
+		d, err := connectors.ParseDuration(in.CloseAfter)
+		if err != nil || d < 0 {
+			return c, &connectors.FieldError{Field: "close_after", Msg: fmt.Sprintf("%q is not a duration (examples: 1m, 10m)", in.CloseAfter)}
+		}
+		c.CloseAfter = d
+	}
+	return c, nil
+}
+
+// ValidateApplier checks the sink configuration of a cdc_apply pipeline
+// without I/O.
+func ValidateApplier(raw json.RawMessage) error {
+	_, err := ParseApplierConfig(raw)
+	return err
+}
+
+// openApplier opens the Applier of a cdc_apply pipeline's sink.
+func openApplier(_ context.Context, req connectors.StreamRequest) (connectors.Applier, error) {
+	c, err := ParseApplierConfig(req.Config)
+	if err != nil {
+		return nil, err
+	}
+	c.Log = req.Log
+	return NewApplier(c)
+}
+
+// Applier writes the change events of a cdc_apply pipeline as a change log
+// of JSON lines, one file per table, hour and batch:
 //
 //	<Path>/<schema>.<table>/date=YYYY-MM-DD/hour=HH/part-<seq>.jsonl
 //
@@ -73,7 +117,7 @@ func (c FilesConfig) Validate() error {
 // same part names again and replaces them; and a part of the crashed attempt
 // that the new batch does not replace (the new batch ending earlier, or no
 // longer reaching an hour) is removed before anything is written. This
-// relies on batches of whole messages (see Applier): a later batch starts
+// relies on batches of whole messages (see connectors.Applier): a later batch starts
 // after the offset, so it never reuses a part name of an earlier one.
 //
 // Closing hours: an hour is closed when the applier is caught up with the
@@ -85,10 +129,10 @@ func (c FilesConfig) Validate() error {
 // reader's lag. An event that still arrives for a closed hour is written,
 // and logged as late.
 //
-// The methods of Files may be called concurrently; Run calls them one at a
-// time.
-type Files struct {
-	cfg FilesConfig
+// The methods of Applier may be called concurrently; the runner calls them
+// one at a time.
+type Applier struct {
+	cfg ApplierConfig
 	log *slog.Logger
 
 	mu sync.Mutex
@@ -105,8 +149,8 @@ type Files struct {
 	beforeOffset func() error
 }
 
-// NewFiles returns a Files applier writing under cfg.Path, creating it.
-func NewFiles(cfg FilesConfig) (*Files, error) {
+// NewApplier returns an Applier writing under cfg.Path, creating it.
+func NewApplier(cfg ApplierConfig) (*Applier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("cdc apply files config: %w", err)
 	}
@@ -120,18 +164,23 @@ func NewFiles(cfg FilesConfig) (*Files, error) {
 	if err := os.MkdirAll(cfg.Path, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", cfg.Path, err)
 	}
-	return &Files{cfg: cfg, log: log.With("path", cfg.Path), open: map[string]time.Time{}}, nil
+	return &Applier{cfg: cfg, log: log.With("path", cfg.Path), open: map[string]time.Time{}}, nil
 }
 
-// Close does nothing: Files holds no open file between calls.
-func (f *Files) Close() error { return nil }
+// BatchSize asks the runner for batches of up to 10,000 events, filled
+// for up to a second: a batch is a file per table and hour, so larger
+// batches make fewer, larger part files.
+func (f *Applier) BatchSize() (int, time.Duration) { return 10_000, time.Second }
+
+// Close does nothing: an Applier holds no open file between calls.
+func (f *Applier) Close() error { return nil }
 
 // Applied returns the sequence in the offset file (0 when there is none).
-func (f *Files) Applied(context.Context) (uint64, error) {
+func (f *Applier) Applied(context.Context) (uint64, error) {
 	return f.readOffset()
 }
 
-func (f *Files) readOffset() (uint64, error) {
+func (f *Applier) readOffset() (uint64, error) {
 	b, err := os.ReadFile(filepath.Join(f.cfg.Path, OffsetFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -153,7 +202,7 @@ type pending struct {
 }
 
 // recover removes the part files of a batch whose offset was not written.
-func (f *Files) recover() error {
+func (f *Applier) recover() error {
 	if f.recovered {
 		return nil
 	}
@@ -201,8 +250,8 @@ type part struct {
 	buf       bytes.Buffer
 }
 
-// Apply writes the events after the offset (see Files for the protocol).
-func (f *Files) Apply(ctx context.Context, events []Event) (err error) {
+// Apply writes the events after the offset (see Applier for the protocol).
+func (f *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer func() {
@@ -317,7 +366,7 @@ func (f *Files) Apply(ctx context.Context, events []Event) (err error) {
 // whose hour ended more than CloseAfter before now, when caughtUp; it does
 // nothing when not caughtUp. The first call also finds the open hours of
 // earlier runs on disk.
-func (f *Files) CloseHours(ctx context.Context, now time.Time, caughtUp bool) error {
+func (f *Applier) CloseHours(ctx context.Context, now time.Time, caughtUp bool) error {
 	if !caughtUp {
 		return nil
 	}
@@ -354,7 +403,7 @@ func (f *Files) CloseHours(ctx context.Context, now time.Time, caughtUp bool) er
 }
 
 // scan adds the hour directories on disk without SuccessFile to f.open.
-func (f *Files) scan() error {
+func (f *Applier) scan() error {
 	tables, err := os.ReadDir(f.cfg.Path)
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", f.cfg.Path, err)
@@ -469,14 +518,8 @@ func mkdirAllSync(root, rel string) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
+var (
+	_ connectors.Applier    = (*Applier)(nil)
+	_ connectors.HourCloser = (*Applier)(nil)
+	_ connectors.BatchSizer = (*Applier)(nil)
+)

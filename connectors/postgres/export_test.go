@@ -1,8 +1,4 @@
-package cdcapply
-
-// SetBeforeOffset makes Apply call fn between writing the part files and the
-// offset; an error from fn stops Apply there, as a crash would.
-func SetBeforeOffset(f *Files, fn func() error) { f.beforeOffset = fn }
+package postgres
 
 // Collapse exposes collect for tests: per table "schema.table", whether it
 // was truncated and the final state of each key ("key -> deleted" or

@@ -1,4 +1,4 @@
-package cdcapply_test
+package postgres_test
 
 import (
 	"fmt"
@@ -6,13 +6,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
+	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // describe renders collect's result: per table, truncate first, then each
 // key's final state in order of first touch.
-func describe(ts []*cdcapply.TableChanges) []string {
+func describe(ts []*postgres.TableChanges) []string {
 	var out []string
 	for _, t := range ts {
 		if t.Truncated() {
@@ -51,47 +52,47 @@ func TestCollapse(t *testing.T) {
 		{
 			name: "last image wins, delete wins over earlier images",
 			evs: []protocol.ChangeEvent{
-				ev(I, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x")}),
-				ev(I, "s", "a", nil, protocol.Row{"id": T("2"), "v": T("y")}),
-				ev(Up, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x2")}),
-				ev(D, "s", "a", protocol.Row{"id": T("2")}, nil),
-				ev(D, "s", "a", protocol.Row{"id": T("3")}, nil),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x")}),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("2"), "v": T("y")}),
+				cdctest.Change(Up, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x2")}),
+				cdctest.Change(D, "s", "a", protocol.Row{"id": T("2")}, nil),
+				cdctest.Change(D, "s", "a", protocol.Row{"id": T("3")}, nil),
 			},
 			want: []string{"s.a 1 {id=1 v=x2}", "s.a 2 deleted", "s.a 3 deleted"},
 		},
 		{
 			name: "unchanged values resolved from an earlier image or the FULL old row, else kept with their origin",
 			evs: []protocol.ChangeEvent{
-				ev(I, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x"), "big": T("B1")}),
-				ev(Up, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x2"), "big": U}),
-				ev(Up, "s", "a", protocol.Row{"id": T("2"), "v": T("y"), "big": T("B2")}, protocol.Row{"id": T("2"), "v": T("y2"), "big": U}),
-				ev(Up, "s", "a", nil, protocol.Row{"id": T("3"), "v": T("z"), "big": U}),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x"), "big": T("B1")}),
+				cdctest.Change(Up, "s", "a", nil, protocol.Row{"id": T("1"), "v": T("x2"), "big": U}),
+				cdctest.Change(Up, "s", "a", protocol.Row{"id": T("2"), "v": T("y"), "big": T("B2")}, protocol.Row{"id": T("2"), "v": T("y2"), "big": U}),
+				cdctest.Change(Up, "s", "a", nil, protocol.Row{"id": T("3"), "v": T("z"), "big": U}),
 			},
 			want: []string{"s.a 1 {id=1 big=B1 v=x2}", "s.a 2 {id=2 big=B2 v=y2}", "s.a 3 {id=3 big=<unchanged> v=z}"},
 		},
 		{
 			name: "key change deletes the old key; an unchanged value then comes from the old key's row",
 			evs: []protocol.ChangeEvent{
-				ev(Up, "s", "a", protocol.Row{"id": T("1")}, protocol.Row{"id": T("10"), "big": U}),
-				ev(Up, "s", "a", protocol.Row{"id": T("10")}, protocol.Row{"id": T("11"), "big": U}),
-				ev(I, "s", "a", nil, protocol.Row{"id": T("1"), "big": T("new")}),
+				cdctest.Change(Up, "s", "a", protocol.Row{"id": T("1")}, protocol.Row{"id": T("10"), "big": U}),
+				cdctest.Change(Up, "s", "a", protocol.Row{"id": T("10")}, protocol.Row{"id": T("11"), "big": U}),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("1"), "big": T("new")}),
 			},
 			want: []string{"s.a 1 {id=1 big=new}", "s.a 10 deleted", "s.a 11 {id=11 big=<unchanged>} from 1"},
 		},
 		{
 			name: "truncate discards what came before it, per table",
 			evs: []protocol.ChangeEvent{
-				ev(I, "s", "a", nil, protocol.Row{"id": T("1")}),
-				ev(I, "s", "b", nil, protocol.Row{"id": T("1")}),
-				ev(Tr, "s", "a", nil, nil),
-				ev(I, "s", "a", nil, protocol.Row{"id": T("2")}),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("1")}),
+				cdctest.Change(I, "s", "b", nil, protocol.Row{"id": T("1")}),
+				cdctest.Change(Tr, "s", "a", nil, nil),
+				cdctest.Change(I, "s", "a", nil, protocol.Row{"id": T("2")}),
 			},
 			want: []string{"s.a truncate", "s.a 2 {id=2}", "s.b 1 {id=1}"},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ts, err := cdcapply.Collapse(withSeqs(1, tc.evs...))
+			ts, err := postgres.Collapse(cdctest.Numbered(1, tc.evs...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,9 +102,9 @@ func TestCollapse(t *testing.T) {
 		})
 	}
 
-	noKey := ev(I, "s", "nokey", nil, protocol.Row{"v": T("1")})
+	noKey := cdctest.Change(I, "s", "nokey", nil, protocol.Row{"v": T("1")})
 	noKey.Key = nil
-	if _, err := cdcapply.Collapse(withSeqs(7, noKey)); err == nil || !strings.Contains(err.Error(), "s.nokey") || !strings.Contains(err.Error(), "key") {
+	if _, err := postgres.Collapse(cdctest.Numbered(7, noKey)); err == nil || !strings.Contains(err.Error(), "s.nokey") || !strings.Contains(err.Error(), "key") {
 		t.Errorf("event without key columns: %v, want an error naming s.nokey", err)
 	}
 }
