@@ -45,6 +45,8 @@ var rules = []rule{
 	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 	{pkg: "connectors/arrowconv", allowed: []string{"protocol", "connectors"}},
+	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/iceberg/s3test", testSupport: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},

@@ -43,7 +43,7 @@ func Schema(s *protocol.Schema) (*arrow.Schema, error) {
 func Field(c protocol.Column) (arrow.Field, error) {
 	t, err := dataType(c)
 	if err != nil {
-		return arrow.Field{}, fmt.Errorf("column %q (%s): %w", c.Name, describe(c), err)
+		return arrow.Field{}, fmt.Errorf("column %q (%s): %w", c.Name, Describe(c), err)
 	}
 	return arrow.Field{Name: c.Name, Type: t, Nullable: !c.NotNull}, nil
 }
@@ -100,9 +100,10 @@ func dataType(c protocol.Column) (arrow.DataType, error) {
 	return nil, fmt.Errorf("unknown type %q", c.Type)
 }
 
-// describe renders a column's type for messages: its logical type, and
-// the source's own name for it when there is one.
-func describe(c protocol.Column) string {
+// Describe renders a column's type for messages: its logical type, and
+// the source's own name for it when there is one ("decimal,
+// numeric").
+func Describe(c protocol.Column) string {
 	if c.Native != "" && c.Native != c.String() {
 		return c.String() + ", " + c.Native
 	}
