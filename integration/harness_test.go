@@ -19,6 +19,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/coordinator"
@@ -90,6 +91,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	postgres.Register(c.reg)
 	pgcdc.Register(c.reg, nil)
 	clickhouse.Register(c.reg)
+	iceberg.Register(c.reg)
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

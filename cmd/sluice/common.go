@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 )
@@ -28,6 +29,7 @@ func newRegistry() *connectors.Registry {
 	postgres.Register(reg)
 	pgcdc.Register(reg, nil) // snapshot sink publishes through each worker's connection
 	clickhouse.Register(reg)
+	iceberg.Register(reg)
 	return reg
 }
 

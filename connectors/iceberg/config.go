@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // Kind is the connector kind this package registers.
@@ -91,6 +92,14 @@ type SinkConfig struct {
 	// CommitAttempts bounds how often a commit that another writer beat
 	// is reloaded and tried again; 0 means 8.
 	CommitAttempts int `json:"commit_attempts,omitempty"`
+	// Columns declare the table's columns for a source that does not
+	// describe them (CSV or JSONL files): the table is created from them,
+	// and rows are converted by them. A source that describes its columns
+	// (PostgreSQL) needs none. Each is {name, type, not_null, precision,
+	// scale, elem} as in a schema: type bool, int16, int32, int64,
+	// float32, float64, decimal, string, json, bytes, date, time,
+	// timestamp, timestamptz, uuid or list (elem: {type: ...}).
+	Columns []protocol.Column `json:"columns,omitempty"`
 }
 
 // The values of SourceConfig.Read.
@@ -275,7 +284,23 @@ func (c SinkConfig) Validate() error {
 	default:
 		return &connectors.FieldError{Field: "compression", Msg: fmt.Sprintf("%q is not zstd, snappy, gzip or none", c.Compression)}
 	}
+	if sc := c.schema(); sc != nil {
+		if err := sc.Validate(); err != nil {
+			return &connectors.FieldError{Field: "columns", Msg: err.Error()}
+		}
+		if _, err := newSchema(sc); err != nil {
+			return &connectors.FieldError{Field: "columns", Msg: err.Error()}
+		}
+	}
 	return nil
+}
+
+// schema returns the declared columns as a schema; nil without any.
+func (c SinkConfig) schema() *protocol.Schema {
+	if len(c.Columns) == 0 {
+		return nil
+	}
+	return &protocol.Schema{Columns: c.Columns}
 }
 
 func (c SinkConfig) keepVersions() int {

@@ -1,6 +1,7 @@
 package iceberg
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -72,16 +73,19 @@ func (s *Sink) CheckSchema(ctx context.Context, sc *connectors.Schema) error {
 	return nil
 }
 
-// prepare loads the table, creating or evolving it for sc as CheckSchema
-// says.
+// prepare loads the table, creating or evolving it for sc (the columns
+// the configuration declares when sc is nil) as CheckSchema says.
 func (s *Sink) prepare(ctx context.Context, sc *connectors.Schema) (*table.Table, error) {
+	if sc == nil {
+		sc = s.cfg.schema()
+	}
 	l, tbl, err := s.load(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if tbl == nil {
 		if sc == nil {
-			return nil, connectors.Permanent(fmt.Errorf("table %s does not exist, and the source does not describe its columns to create it from: create the table first", s.cfg.Table))
+			return nil, connectors.Permanent(fmt.Errorf("table %s does not exist, and the source does not describe its columns to create it from: declare them in the sink's columns, or create the table first", s.cfg.Table))
 		}
 		isc, err := newSchema(sc)
 		if err != nil {
@@ -192,8 +196,8 @@ func (s *Sink) prepareTask(ctx context.Context, t connectors.TaskRef) (*table.Ta
 	if err := writable(tbl, s.cfg.Table); err != nil {
 		return nil, err
 	}
-	if t.Schema != nil {
-		added, err := schemaDiff(t.Schema, tbl.Schema(), s.cfg.Table)
+	if sc := cmp.Or(t.Schema, s.cfg.schema()); sc != nil {
+		added, err := schemaDiff(sc, tbl.Schema(), s.cfg.Table)
 		if err != nil {
 			return nil, err
 		}

@@ -299,3 +299,36 @@ func TestConcurrentCommits(t *testing.T) {
 	}
 	t.Logf("retries: %d and %d", a.retries.Load(), b.retries.Load())
 }
+
+// A source that does not describe its columns (JSONL files) loads into a
+// table created from the columns the sink's configuration declares.
+func TestDeclaredColumns(t *testing.T) {
+	ctx := context.Background()
+	cfg := localConfig(t, "declared")
+	cfg.Columns = []protocol.Column{
+		{Name: "id", Type: protocol.TypeInt64, NotNull: true},
+		{Name: "amount", Type: protocol.TypeDecimal, Precision: 12, Scale: 2},
+		{Name: "tags", Type: protocol.TypeList, Elem: &protocol.Column{Name: "element", Type: protocol.TypeString}},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s := newSink(t, cfg)
+	defer s.Close()
+	if err := s.CheckSchema(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	lines := "{\"id\":1,\"amount\":1234.5,\"tags\":[\"a\",null]}\n{\"id\":2}\n"
+	out := write(t, s, "run-1", "t1", 1, nil, []connectors.Batch{{Raw: []byte(lines), Format: connectors.FormatJSONL, Rows: 2}})
+	commit(t, s, "run-1", 1, out)
+	at := scanRecords(t, load(t, cfg.Config), 0)
+	if got := at.Column(1).Data().Chunk(0).(*array.Decimal128).Value(0).ToString(2); at.NumRows() != 2 || got != "1234.50" {
+		t.Errorf("%d rows, amount %s; want 2 rows, 1234.50", at.NumRows(), got)
+	}
+	bad := cfg
+	bad.Columns = []protocol.Column{{Name: "n", Type: protocol.TypeDecimal}}
+	var fe *connectors.FieldError
+	if err := bad.Validate(); !errors.As(err, &fe) || fe.Field != "columns" {
+		t.Errorf("a declared bare decimal: %v, want a FieldError on columns", err)
+	}
+}

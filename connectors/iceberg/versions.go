@@ -183,3 +183,37 @@ func (s *Sink) prune(ctx context.Context, tbl *table.Table) (*table.Table, error
 	}
 	return post, nil
 }
+
+// TableSnapshot describes a table's current snapshot, from its summary.
+type TableSnapshot struct {
+	// Location is the table's location in the warehouse.
+	Location string
+	// ID is the snapshot's id; Run the run that committed it, if any.
+	ID  int64
+	Run string
+	// Rows and Files are the snapshot's totals.
+	Rows, Files int64
+	Time        time.Time
+}
+
+// CurrentSnapshot describes the current snapshot of the configured table;
+// an error when the table does not exist or has none.
+func CurrentSnapshot(ctx context.Context, cfg Config) (TableSnapshot, error) {
+	z := lazyLake{cfg: cfg}
+	defer z.Close()
+	_, tbl, err := z.load(ctx)
+	if err != nil {
+		return TableSnapshot{}, err
+	}
+	if tbl == nil || tbl.CurrentSnapshot() == nil {
+		return TableSnapshot{}, fmt.Errorf("table %s has no snapshot", cfg.Table)
+	}
+	sn := tbl.CurrentSnapshot()
+	out := TableSnapshot{Location: tbl.Location(), ID: sn.SnapshotID, Time: time.UnixMilli(sn.TimestampMs).UTC()}
+	if sn.Summary != nil {
+		out.Run = sn.Summary.Properties[propRun]
+		out.Rows, _ = strconv.ParseInt(sn.Summary.Properties["total-records"], 10, 64)
+		out.Files, _ = strconv.ParseInt(sn.Summary.Properties["total-data-files"], 10, 64)
+	}
+	return out, nil
+}
