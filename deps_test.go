@@ -42,7 +42,7 @@ var rules = []rule{
 	{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
 	{pkg: "connectors/files", allowed: []string{"protocol", "connectors"}},
 	{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
-	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors"}},
+	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 	{pkg: "connectors/arrowconv", allowed: []string{"protocol", "connectors"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
@@ -64,6 +64,7 @@ var rules = []rule{
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
+	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 

@@ -46,7 +46,7 @@ import (
 )
 
 // columns are the source table's columns.
-const columns = "id, customer, amount, created_at, quantity, paid, status"
+const columns = harness.OrdersColumns
 
 // Targets of issue 3 item 8 on a 2-core machine.
 const (

@@ -97,10 +97,26 @@ func (b *Builder) Len() int { return b.rows }
 func (b *Builder) TextBytes() int64 { return b.bytes }
 
 // NewRecord returns the rows appended so far as a record (the caller
-// releases it) and starts a new one.
+// releases it) and starts a new one, its buffers reserved at this one's
+// sizes: records of a task are alike, and buffers grown by doubling cost
+// a copy and a clearing each time.
 func (b *Builder) NewRecord() arrow.RecordBatch {
 	b.rows, b.bytes = 0, 0
-	return b.rb.NewRecordBatch()
+	rec := b.rb.NewRecordBatch()
+	n := int(rec.NumRows())
+	b.rb.Reserve(n)
+	for i, c := range b.cols {
+		if c.binB == nil {
+			continue
+		}
+		switch a := rec.Column(i).(type) {
+		case *array.String:
+			c.binB.ReserveData(len(a.ValueBytes()))
+		case *array.Binary:
+			c.binB.ReserveData(len(a.ValueBytes()))
+		}
+	}
+	return rec
 }
 
 // Release releases the builders' memory.
@@ -284,7 +300,7 @@ func (c *column) appendText(v []byte, s *arrayScratch) error {
 		}
 		c.binB.Append(c.buf)
 	case kDate:
-		d, err := parseDate(v)
+		d, err := ParseDate(v)
 		if err != nil {
 			return err
 		}
@@ -296,7 +312,7 @@ func (c *column) appendText(v []byte, s *arrayScratch) error {
 		}
 		c.timeB.Append(arrow.Time64(t))
 	case kTimestamp:
-		t, err := parseTimestamp(v)
+		t, err := ParseTimestamp(v)
 		if err != nil {
 			return err
 		}
@@ -323,7 +339,7 @@ type arrayScratch struct {
 // appendArrayLiteral appends a PostgreSQL array literal as a list.
 func (c *column) appendArrayLiteral(v []byte, s *arrayScratch) error {
 	var err error
-	s.elems, s.nulls, s.buf, err = splitArray(v, s.elems[:0], s.nulls[:0], s.buf)
+	s.elems, s.nulls, s.buf, err = SplitArray(v, s.elems[:0], s.nulls[:0], s.buf)
 	if err != nil {
 		return err
 	}

@@ -232,9 +232,9 @@ func scaleDigits(v []byte, digits []byte, frac, exp int, neg bool, precision, sc
 	return n, nil
 }
 
-// parseDate parses YYYY-MM-DD (four or more year digits, optionally " BC")
+// ParseDate parses YYYY-MM-DD (four or more year digits, optionally " BC")
 // into days since 1970-01-01.
-func parseDate(v []byte) (int32, error) {
+func ParseDate(v []byte) (int32, error) {
 	y, m, d, rest, ok := parseYMD(v)
 	if !ok || len(rest) > 0 && string(rest) != " BC" {
 		if string(v) == "infinity" || string(v) == "-infinity" {
@@ -252,12 +252,12 @@ func parseDate(v []byte) (int32, error) {
 	return int32(days), nil
 }
 
-// parseTimestamp parses a date and time: "YYYY-MM-DD HH:MM:SS[.ffffff]"
+// ParseTimestamp parses a date and time: "YYYY-MM-DD HH:MM:SS[.ffffff]"
 // or with a 'T', then an optional UTC offset (+HH, +HH:MM, +HH:MM:SS, or
 // Z) and " BC", into microseconds since 1970-01-01 00:00 UTC (the time is
 // taken as UTC when no offset is given). infinity and -infinity are
 // refused: no timestamp holds them.
-func parseTimestamp(v []byte) (int64, error) {
+func ParseTimestamp(v []byte) (int64, error) {
 	bad := func() (int64, error) { return 0, fmt.Errorf("%q is not a timestamp", clip(v)) }
 	y, mo, d, rest, ok := parseYMD(v)
 	if !ok {
@@ -482,13 +482,13 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-// splitArray splits a one-dimensional PostgreSQL array literal
+// SplitArray splits a one-dimensional PostgreSQL array literal
 // ({a,"b c",NULL}) into its elements (unquoted, unescaped) and which of
 // them are NULL, appending to elems and nulls; the unescaped bytes of
 // quoted elements are appended to buf, which the elements may point into.
 // A literal with dimension bounds ([0:1]={...}) or of more dimensions is
 // refused.
-func splitArray(v []byte, elems [][]byte, nulls []bool, buf []byte) ([][]byte, []bool, []byte, error) {
+func SplitArray(v []byte, elems [][]byte, nulls []bool, buf []byte) ([][]byte, []bool, []byte, error) {
 	if len(v) < 2 || v[0] != '{' || v[len(v)-1] != '}' {
 		return elems, nulls, buf, fmt.Errorf("%q is not a one-dimensional array literal {...}", clip(v))
 	}

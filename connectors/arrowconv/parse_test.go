@@ -114,14 +114,14 @@ func TestParseDateTime(t *testing.T) {
 		"1970-01-01": 0, "2024-02-29": days("2024-02-29"), "1969-12-31": -1, "0001-01-01": days("0001-01-01"),
 		"9999-12-31": days("9999-12-31"), "0001-12-31 BC": days("0000-12-31"), "12345-01-01": int32(time.Date(12345, 1, 1, 0, 0, 0, 0, time.UTC).Unix() / 86400),
 	} {
-		got, err := parseDate([]byte(in))
+		got, err := ParseDate([]byte(in))
 		if err != nil || got != want {
-			t.Errorf("parseDate(%q) = %d, %v; want %d", in, got, err, want)
+			t.Errorf("ParseDate(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"2023-02-29", "2024-13-01", "2024-1-01", "infinity", "-infinity", "2024-01-01x", ""} {
-		if got, err := parseDate([]byte(in)); err == nil {
-			t.Errorf("parseDate(%q) = %d, want an error", in, got)
+		if got, err := ParseDate([]byte(in)); err == nil {
+			t.Errorf("ParseDate(%q) = %d, want an error", in, got)
 		}
 	}
 
@@ -149,21 +149,21 @@ func TestParseDateTime(t *testing.T) {
 		"2000-02-29 23:59:59.1+00":         micros("2000-02-29T23:59:59.1Z"),
 		"2024-01-01 00:00:00.123456789+00": 0, // seven or more digits: refused below
 	} {
-		got, err := parseTimestamp([]byte(in))
+		got, err := ParseTimestamp([]byte(in))
 		if strings.Contains(in, "123456789") {
 			if err == nil {
-				t.Errorf("parseTimestamp(%q) = %d, want an error (nanoseconds)", in, got)
+				t.Errorf("ParseTimestamp(%q) = %d, want an error (nanoseconds)", in, got)
 			}
 			continue
 		}
 		if err != nil || got != want {
-			t.Errorf("parseTimestamp(%q) = %d, %v; want %d", in, got, err, want)
+			t.Errorf("ParseTimestamp(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
 	// PostgreSQL's latest timestamp is beyond 64-bit microseconds since 1970.
 	for _, in := range []string{"294276-12-31 23:59:59.999999+00", "infinity", "-infinity", "2024-01-01 25:00:00", "2024-01-01 00:00", "2024-01-01 00:00:00+", "2024-01-01 00:00:00 AD"} {
-		if got, err := parseTimestamp([]byte(in)); err == nil {
-			t.Errorf("parseTimestamp(%q) = %d, want an error", in, got)
+		if got, err := ParseTimestamp([]byte(in)); err == nil {
+			t.Errorf("ParseTimestamp(%q) = %d, want an error", in, got)
 		}
 	}
 
@@ -200,7 +200,7 @@ func TestBytesUUIDArrays(t *testing.T) {
 		}
 	}
 
-	elems, nulls, _, err := splitArray([]byte(`{1,"b \"c\"",NULL,"NULL",""}`), nil, nil, nil)
+	elems, nulls, _, err := SplitArray([]byte(`{1,"b \"c\"",NULL,"NULL",""}`), nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,8 +212,8 @@ func TestBytesUUIDArrays(t *testing.T) {
 		}
 	}
 	for _, in := range []string{`{{1,2},{3,4}}`, `[0:1]={1,2}`, `{"a}`, `1,2`} {
-		if _, _, _, err := splitArray([]byte(in), nil, nil, nil); err == nil {
-			t.Errorf("splitArray(%q) succeeded", in)
+		if _, _, _, err := SplitArray([]byte(in), nil, nil, nil); err == nil {
+			t.Errorf("SplitArray(%q) succeeded", in)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package iceberg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math"
 	"os"
@@ -331,4 +332,65 @@ func TestDeclaredColumns(t *testing.T) {
 	if err := bad.Validate(); !errors.As(err, &fe) || fe.Field != "columns" {
 		t.Errorf("a declared bare decimal: %v, want a FieldError on columns", err)
 	}
+}
+
+// BenchmarkTaskWrite converts and writes rows shaped like the benchmark's
+// orders table (bigint, text, numeric(12,2), timestamptz, integer,
+// boolean, text) in CSV batches of about 1 MB, as the postgres source
+// sends them, into one task's Parquet file on local disk.
+func BenchmarkTaskWrite(b *testing.B) {
+	orders := &protocol.Schema{Columns: []protocol.Column{
+		{Name: "id", Type: protocol.TypeInt64, NotNull: true},
+		{Name: "customer", Type: protocol.TypeString, NotNull: true},
+		{Name: "amount", Type: protocol.TypeDecimal, Precision: 12, Scale: 2, NotNull: true},
+		{Name: "created_at", Type: protocol.TypeTimestampTZ, NotNull: true},
+		{Name: "quantity", Type: protocol.TypeInt32},
+		{Name: "paid", Type: protocol.TypeBool, NotNull: true},
+		{Name: "status", Type: protocol.TypeString, NotNull: true},
+	}}
+	const rows = 250_000
+	var batches []connectors.Batch
+	var raw []byte
+	n := 0
+	statuses := []string{"new", "paid", "shipped", "returned", "cancelled"}
+	base := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 1; i <= rows; i++ {
+		cust := fmt.Sprintf("customer %012x", i*7919)
+		if i%10 == 0 {
+			cust = `"Smith, ` + cust + `"`
+		}
+		qty := fmt.Sprint(i * 7 % 1000)
+		if i%50 == 0 {
+			qty = ""
+		}
+		at := base.Add(time.Duration(i) * 15123457 * time.Microsecond).Format("2006-01-02 15:04:05.999999-07")
+		raw = fmt.Appendf(raw, "%d,%s,%d.%02d,%s,%s,%c,%s\n", i, cust, i%100000, i%97, at, qty, "ft"[i%3/2], statuses[i%5])
+		n++
+		if len(raw) >= 1<<20 || i == rows {
+			batches = append(batches, connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: orders.Names(), Rows: int64(n)})
+			raw, n = nil, 0
+		}
+	}
+	s := newSink(&testing.T{}, SinkConfig{Config: Config{Table: "bench.orders", Warehouse: b.TempDir()}})
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.CheckSchema(ctx, orders); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		w, err := s.OpenTask(ctx, connectors.TaskRef{RunID: "bench", TaskID: fmt.Sprint(i), Attempt: 1, Schema: orders})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, bt := range batches {
+			if err := w.Write(ctx, bt); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := w.Close(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
 }

@@ -426,6 +426,7 @@ func parquetProps(as *arrow.Schema, compression string, arrp pqarrow.ArrowWriter
 		parquet.WithCompression(codec), parquet.WithCompressionLevel(level),
 		parquet.WithDictionaryDefault(true), parquet.WithStats(true),
 		parquet.WithMaxRowGroupLength(8 << 20), parquet.WithCreatedBy("sluice"),
+		parquet.WithStoreDecimalAsInteger(true),
 	}
 	ps, err := pqarrow.ToParquet(as, parquet.NewWriterProperties(base...), arrp)
 	if err != nil {
