@@ -209,10 +209,10 @@ func (b *bench) checkObject(ctx context.Context, cl *s3.Client, key string, n in
 	return nil
 }
 
-// bareUpload uploads data as one object in a multipart upload of 16 MiB
+// bareUpload uploads data as one object in a multipart upload of 8 MiB
 // parts, four in flight at a time.
 func bareUpload(ctx context.Context, cl *s3.Client, bucket, key string, data []byte) error {
-	const part = 16 << 20
+	const part = 8 << 20
 	up, err := cl.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: aws.String(bucket), Key: aws.String(key)})
 	if err != nil {
 		return err

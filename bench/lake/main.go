@@ -9,7 +9,7 @@
 //	    the S3 server `make services` starts (versitygw)
 //	(d) the sink's S3 upload of (c)'s Parquet bytes, as one object
 //	(e) a bare multipart upload of the same bytes with the same SDK client
-//	    settings, 16 MiB parts four at a time   the baseline of (d)
+//	    settings, 8 MiB parts four at a time    the baseline of (d)
 //
 // It creates (or, with --keep, reuses) a table of --rows rows and 7 mixed
 // columns in the schema --schema (sluice_bench_lake), runs each
@@ -203,7 +203,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		"sluice_iceberg_local": {Label: "(b) Sluice PG -> Iceberg, local disk (typed Parquet, zstd; SQLite catalog)"},
 		"sluice_iceberg_s3":    {Label: "(c) Sluice PG -> Iceberg on S3 (versitygw; SQLite catalog)"},
 		"sink_s3_upload":       {Label: "(d) the sink's S3 upload of (c)'s Parquet bytes, one object"},
-		"bare_s3_upload":       {Label: "(e) bare multipart upload of the same bytes, same SDK client settings, 16 MiB parts, 4 at a time"},
+		"bare_s3_upload":       {Label: "(e) bare multipart upload of the same bytes, same SDK client settings, 8 MiB parts, 4 at a time"},
 	}
 
 	reg := connectors.NewRegistry()

@@ -51,7 +51,7 @@ func TestKilledMidUploadS3(t *testing.T) {
 	if err := tw.closeFile(); err != nil {
 		t.Fatal(err)
 	}
-	// The upload is one PUT up to 16 MiB, multipart beyond.
+	// The upload is one PUT under 8 MiB, multipart beyond.
 	for i := 0; tw.file == nil || tw.file.cw.n < 20<<20; i++ {
 		if err := tw.Write(ctx, randomRows(100+2000*i, 2000)); err != nil {
 			t.Fatal(err)

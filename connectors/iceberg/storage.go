@@ -1,6 +1,7 @@
 package iceberg
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,18 +11,21 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	icebergio "github.com/apache/iceberg-go/io"
 	"github.com/apache/iceberg-go/io/gocloud/blobfs"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"gocloud.dev/blob"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
 )
 
-// S3 uploads: parts of 16 MiB, four at a time, while the writer goes on
-// (an object up to 16 MiB is one PUT).
+// S3 uploads: parts of 8 MiB, four in flight while the writer goes on (an
+// object smaller than a part is one PUT).
 const (
-	uploadPartSize    = 16 << 20
+	uploadPartSize    = 8 << 20
 	uploadConcurrency = 4
 )
 
@@ -39,15 +43,8 @@ type objectWriter interface {
 
 // create starts writing the object at path, replacing any.
 func (s store) create(ctx context.Context, path string) (objectWriter, error) {
-	if b, ok := s.fs.(*blobfs.FileIO); ok {
-		// Cancelling the writer's context aborts the upload.
-		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		w, err := b.NewWriter(wctx, path, true, &blob.WriterOptions{BufferSize: uploadPartSize, MaxConcurrency: uploadConcurrency})
-		if err != nil {
-			cancel()
-			return nil, fmt.Errorf("create %s: %w", path, err)
-		}
-		return &blobWriter{w: w, cancel: cancel}, nil
+	if cl, bucket, key, ok := s.s3(path); ok {
+		return newS3Writer(ctx, cl, bucket, key), nil
 	}
 	wf, ok := s.fs.(icebergio.WriteFileIO)
 	if !ok {
@@ -60,22 +57,141 @@ func (s store) create(ctx context.Context, path string) (objectWriter, error) {
 	return &localWriter{f: f, fs: s.fs, path: path}, nil
 }
 
-type blobWriter struct {
-	w      *blobfs.Writer
+// s3 returns the S3 client of an S3 warehouse's FileIO, and the bucket
+// and key of location in it.
+func (s store) s3(location string) (cl *s3.Client, bucket, key string, ok bool) {
+	b, isBlob := s.fs.(*blobfs.FileIO)
+	if !isBlob || !b.Bucket.As(&cl) {
+		return nil, "", "", false
+	}
+	u, err := url.Parse(location)
+	if err != nil || u.Host == "" {
+		return nil, "", "", false
+	}
+	return cl, u.Host, strings.TrimPrefix(u.Path, "/"), true
+}
+
+// s3Writer uploads an object as it is written: parts of uploadPartSize,
+// uploadConcurrency of them in flight while the writer goes on (a Write
+// waits when they all are), completed by Close; an object smaller than a
+// part is one PUT at Close. Abort aborts the upload.
+type s3Writer struct {
+	ctx    context.Context
 	cancel context.CancelFunc
+	cl     *s3.Client
+	bucket string
+	key    string
+	g      *errgroup.Group
+	gctx   context.Context
+
+	buf   []byte
+	id    *string // the multipart upload, once started
+	parts []types.CompletedPart
+
+	mu   sync.Mutex // guards the ETags of parts and free
+	free [][]byte   // part buffers whose upload ended
 }
 
-func (w *blobWriter) Write(p []byte) (int, error) { return w.w.Write(p) }
-
-func (w *blobWriter) Close() error {
-	defer w.cancel()
-	return w.w.Close()
+func newS3Writer(ctx context.Context, cl *s3.Client, bucket, key string) *s3Writer {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	g, gctx := errgroup.WithContext(wctx)
+	g.SetLimit(uploadConcurrency)
+	return &s3Writer{ctx: wctx, cancel: cancel, cl: cl, bucket: bucket, key: key, g: g, gctx: gctx,
+		buf: make([]byte, 0, uploadPartSize)}
 }
 
-func (w *blobWriter) Abort() error {
-	w.cancel()
-	w.w.Close() // fails: the context is cancelled, and the upload aborted
+func (w *s3Writer) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), uploadPartSize-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p, n = p[k:], n+k
+		if len(w.buf) == uploadPartSize {
+			if err := w.sendPart(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
+
+// sendPart starts the upload of the buffered part, once one of the
+// uploads in flight has ended when they all are.
+func (w *s3Writer) sendPart() error {
+	if w.gctx.Err() != nil {
+		return w.g.Wait()
+	}
+	if w.id == nil {
+		out, err := w.cl.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{Bucket: aws.String(w.bucket), Key: aws.String(w.key)})
+		if err != nil {
+			return fmt.Errorf("start the upload of %s: %w", w.key, err)
+		}
+		w.id = out.UploadId
+	}
+	body, num := w.buf, int32(len(w.parts)+1)
+	w.mu.Lock()
+	w.parts = append(w.parts, types.CompletedPart{PartNumber: aws.Int32(num)})
+	w.mu.Unlock()
+	w.g.Go(func() error {
+		out, err := w.cl.UploadPart(w.gctx, &s3.UploadPartInput{Bucket: aws.String(w.bucket), Key: aws.String(w.key),
+			UploadId: w.id, PartNumber: aws.Int32(num), Body: bytes.NewReader(body)})
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.free = append(w.free, body[:0])
+		if err != nil {
+			return fmt.Errorf("upload part %d of %s: %w", num, w.key, err)
+		}
+		w.parts[num-1].ETag = out.ETag
+		return nil
+	})
+	w.mu.Lock()
+	if n := len(w.free); n > 0 {
+		w.buf, w.free = w.free[n-1], w.free[:n-1]
+	} else {
+		w.buf = make([]byte, 0, uploadPartSize)
+	}
+	w.mu.Unlock()
 	return nil
+}
+
+func (w *s3Writer) Close() error {
+	defer w.cancel()
+	if w.id == nil {
+		_, err := w.cl.PutObject(w.ctx, &s3.PutObjectInput{Bucket: aws.String(w.bucket), Key: aws.String(w.key), Body: bytes.NewReader(w.buf)})
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", w.key, err)
+		}
+		return nil
+	}
+	if len(w.buf) > 0 {
+		if err := w.sendPart(); err != nil {
+			w.Abort()
+			return err
+		}
+	}
+	if err := w.g.Wait(); err != nil {
+		w.Abort()
+		return err
+	}
+	_, err := w.cl.CompleteMultipartUpload(w.ctx, &s3.CompleteMultipartUploadInput{Bucket: aws.String(w.bucket), Key: aws.String(w.key),
+		UploadId: w.id, MultipartUpload: &types.CompletedMultipartUpload{Parts: w.parts}})
+	if err != nil {
+		return fmt.Errorf("complete the upload of %s: %w", w.key, err)
+	}
+	return nil
+}
+
+func (w *s3Writer) Abort() error {
+	w.cancel()
+	w.g.Wait()
+	if w.id == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := w.cl.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: aws.String(w.bucket), Key: aws.String(w.key), UploadId: w.id})
+	w.id = nil
+	return err
 }
 
 type localWriter struct {
@@ -199,19 +315,11 @@ func (s store) remove(ctx context.Context, paths []string) error {
 // uploading (their objects never appear, but the parts stay stored until
 // aborted). A local warehouse has none.
 func (s store) abortUploads(ctx context.Context, prefix string) error {
-	b, ok := s.fs.(*blobfs.FileIO)
+	cl, bucket, key, ok := s.s3(prefix)
 	if !ok {
 		return nil
 	}
-	var cl *s3.Client
-	if !b.Bucket.As(&cl) {
-		return nil
-	}
-	u, err := url.Parse(prefix)
-	if err != nil {
-		return err
-	}
-	bucket, key := u.Host, strings.TrimPrefix(u.Path, "/")+"/"
+	key += "/"
 	var errs []error
 	in := &s3.ListMultipartUploadsInput{Bucket: aws.String(bucket), Prefix: aws.String(key)}
 	for {
@@ -244,7 +352,7 @@ func localPath(loc string) (string, bool) {
 
 // Upload writes what r holds as the object at location (s3://bucket/key,
 // or a local path) the way a task writes its data files: on S3 an upload
-// in parts of 16 MiB, four at a time, while r is read in 1 MiB pieces;
+// in parts of 8 MiB, four in flight, while r is read in 1 MiB pieces;
 // cfg gives the S3 settings. It returns the bytes written. The benchmark
 // compares it with a bare upload.
 func Upload(ctx context.Context, cfg Config, location string, r io.Reader) (int64, error) {
