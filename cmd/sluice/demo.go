@@ -235,7 +235,7 @@ func verifyIcebergDemo(ctx context.Context, stdout io.Writer, in, lake string, s
 	spans, _ := countSpans(traceFile, st.TraceID)
 	fmt.Fprintf(stdout, "\nWhere things are:\n  table:   demo.events at %s (catalog %s)\n  trace:   %s, %d spans in %s\n  spec:    %s\n",
 		sn.Location, filepath.Join(lake, "catalog.db"), st.TraceID, spans, traceFile, specPath)
-	fmt.Fprintf(stdout, "\nRead it with DuckDB: INSTALL iceberg; LOAD iceberg; SELECT count(*) FROM iceberg_scan('%s');\n", sn.Location)
+	fmt.Fprintf(stdout, "\nRead it with DuckDB: INSTALL iceberg; LOAD iceberg; SELECT count(*) FROM iceberg_scan('%s');\n", sn.Metadata)
 	return nil
 }
 

@@ -394,3 +394,31 @@ func BenchmarkTaskWrite(b *testing.B) {
 	}
 	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
 }
+
+// Full loads beyond keep_versions expire: their snapshots leave the
+// table, and the data files only they referenced leave the disk.
+func TestKeepVersions(t *testing.T) {
+	ctx := context.Background()
+	cfg := localConfig(t, "keep")
+	cfg.KeepVersions = 2
+	s := newSink(t, cfg)
+	defer s.Close()
+	if err := s.CheckSchema(ctx, idv); err != nil {
+		t.Fatal(err)
+	}
+	for v := int64(1); v <= 4; v++ {
+		run := fmt.Sprintf("run-%d", v)
+		commit(t, s, run, v, write(t, s, run, "t1", 1, idv, idvBatches(int(v))))
+	}
+	vs, err := s.Versions(ctx)
+	if err != nil || len(vs) != 2 || vs[0].Version != 3 || vs[1].Version != 4 || !vs[1].Exposed {
+		t.Fatalf("versions %+v %v, want 3 and 4, 4 exposed", vs, err)
+	}
+	tbl := load(t, cfg.Config)
+	for v := 1; v <= 4; v++ {
+		files := listFiles(t, runDir(tbl, fmt.Sprintf("run-%d", v)))
+		if want := v >= 3; (len(files) == 1) != want {
+			t.Errorf("run-%d's directory holds %v; want its file kept: %t", v, files, want)
+		}
+	}
+}

@@ -3,7 +3,9 @@ package iceberg
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strconv"
 	"time"
@@ -177,17 +179,34 @@ func (s *Sink) prune(ctx context.Context, tbl *table.Table) (*table.Table, error
 	if err != nil || post == nil {
 		return tbl, err
 	}
-	// The files only the expired snapshots referenced.
-	if err := u.PostCommit(ctx, tbl, post); err != nil {
+	// The files only the expired snapshots referenced; files already
+	// gone (those an earlier expiry deleted, which a later snapshot lists
+	// as deleted) are no error.
+	if err := u.PostCommit(ctx, tbl, post); err != nil && !allNotExist(err) {
 		return post, err
 	}
 	return post, nil
 }
 
+// allNotExist reports whether err, and every error it joins, says a file
+// does not exist.
+func allNotExist(err error) bool {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if !allNotExist(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return errors.Is(err, fs.ErrNotExist)
+}
+
 // TableSnapshot describes a table's current snapshot, from its summary.
 type TableSnapshot struct {
-	// Location is the table's location in the warehouse.
-	Location string
+	// Location is the table's location in the warehouse, Metadata its
+	// current metadata file (what a reader without the catalog opens).
+	Location, Metadata string
 	// ID is the snapshot's id; Run the run that committed it, if any.
 	ID  int64
 	Run string
@@ -209,7 +228,7 @@ func CurrentSnapshot(ctx context.Context, cfg Config) (TableSnapshot, error) {
 		return TableSnapshot{}, fmt.Errorf("table %s has no snapshot", cfg.Table)
 	}
 	sn := tbl.CurrentSnapshot()
-	out := TableSnapshot{Location: tbl.Location(), ID: sn.SnapshotID, Time: time.UnixMilli(sn.TimestampMs).UTC()}
+	out := TableSnapshot{Location: tbl.Location(), Metadata: tbl.MetadataLocation(), ID: sn.SnapshotID, Time: time.UnixMilli(sn.TimestampMs).UTC()}
 	if sn.Summary != nil {
 		out.Run = sn.Summary.Properties[propRun]
 		out.Rows, _ = strconv.ParseInt(sn.Summary.Properties["total-records"], 10, 64)
