@@ -2,8 +2,11 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"strconv"
 	"time"
 
@@ -70,4 +73,20 @@ func Orders(ctx context.Context, conn *pgx.Conn, schema, name string, rows int64
 	}
 	fmt.Fprintf(w, "%.1fs\n", time.Since(start).Seconds())
 	return nil
+}
+
+// FindPSQL finds the psql binary: flagValue when given, else psql on the
+// PATH, else PostgreSQL 15's.
+func FindPSQL(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if p, err := exec.LookPath("psql"); err == nil {
+		return p, nil
+	}
+	p := "/usr/lib/postgresql/15/bin/psql"
+	if _, err := os.Stat(p); err != nil {
+		return "", errors.New("psql not found: install postgresql-client or give --psql")
+	}
+	return p, nil
 }

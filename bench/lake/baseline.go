@@ -30,21 +30,6 @@ func (b *bench) ensureSource(ctx context.Context) error {
 	return harness.Orders(ctx, b.conn, b.cfg.schema, "lake_src", b.cfg.rows, b.stdout)
 }
 
-// findPSQL finds the psql binary.
-func findPSQL(flagValue string) (string, error) {
-	if flagValue != "" {
-		return flagValue, nil
-	}
-	if p, err := exec.LookPath("psql"); err == nil {
-		return p, nil
-	}
-	p := "/usr/lib/postgresql/15/bin/psql"
-	if _, err := os.Stat(p); err != nil {
-		return "", errors.New("psql not found: install postgresql-client or give --psql")
-	}
-	return p, nil
-}
-
 // psqlCopy times (a), psql's \copy of the source to a CSV file, and checks
 // the file's size: the same on every repetition (its line count is the
 // row count on the first).
