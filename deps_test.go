@@ -41,9 +41,12 @@ var rules = []rule{
 	{pkg: "protocol", stdOnly: true},
 	{pkg: "connectors", allowed: []string{"protocol"}},
 	{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
-	// connectors/files, connectors/postgres, connectors/clickhouse and any
+	// connectors/files, connectors/postgres, connectors/arrowconv and any
 	// new connectors/<kind> take connectorRule.
+	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
+	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/iceberg/s3test", testSupport: true},
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
@@ -62,6 +65,7 @@ var rules = []rule{
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
+	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 
@@ -172,9 +176,10 @@ func TestLayering(t *testing.T) {
 // spell some of its kinds (nil: any kind), by path (a directory covers all
 // below it).
 var kindExemptions = map[string][]string{
-	// The demo's pipeline, which `sluice demo` prints for a new user to
-	// read, and its --files flag (a number of files, not the kind).
-	"cmd/sluice/demo.go": {"files"},
+	// The demo's pipelines, which `sluice demo` prints for a new user to
+	// read, its --files flag (a number of files, not the kind) and its
+	// --sink flag.
+	"cmd/sluice/demo.go": {"files", "iceberg"},
 	// Benchmarks measure particular connectors, and bench/measure reads
 	// the PostgreSQL server's processes by their name.
 	"bench": nil,
