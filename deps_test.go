@@ -54,6 +54,8 @@ var rules = []rule{
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
 	{pkg: "embednats"},
+	{pkg: "objstore"},
+	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
