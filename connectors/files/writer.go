@@ -31,32 +31,46 @@ type encoder interface {
 	finish() error
 }
 
+// attempt is what a task writer knows of its attempt's state: closed or
+// aborted, and the first write error, after which it can only abort.
+type attempt struct {
+	done bool
+	err  error
+}
+
+// usable returns why the attempt cannot take a batch (closing: be closed)
+// now: it ended, a write failed, or ctx ended.
+func (a *attempt) usable(ctx context.Context, closing bool) error {
+	switch {
+	case a.done && closing:
+		return errors.New("task output closed twice")
+	case a.done:
+		return errors.New("write to a closed task output")
+	case a.err != nil:
+		return a.err
+	}
+	return ctx.Err()
+}
+
 // taskWriter writes one task attempt to a temporary file in staging.
 type taskWriter struct {
+	attempt
 	tmp, final, location string
 	dir                  string
 	f                    *os.File
 	bw                   *bufio.Writer
 	// out, set at the first Write, writes f from a goroutine; bw then
 	// writes to out instead of f.
-	out  *fileOut
-	enc  encoder
-	sum  connectors.Checksum
-	done bool
-	err  error // first write error; the attempt cannot close
+	out *fileOut
+	enc encoder
+	sum connectors.Checksum
 }
 
 var _ connectors.TaskWriter = (*taskWriter)(nil)
 
 // Write writes one batch. After an error the attempt can only be aborted.
 func (w *taskWriter) Write(ctx context.Context, b connectors.Batch) error {
-	if w.done {
-		return errors.New("write to a closed task output")
-	}
-	if w.err != nil {
-		return w.err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := w.usable(ctx, false); err != nil {
 		return err
 	}
 	if w.out == nil {
@@ -76,13 +90,7 @@ func (w *taskWriter) Write(ctx context.Context, b connectors.Batch) error {
 // Close makes the output durable and renames it over the output of any
 // earlier attempt of the task.
 func (w *taskWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
-	if w.done {
-		return connectors.TaskOutput{}, errors.New("task output closed twice")
-	}
-	if w.err != nil {
-		return connectors.TaskOutput{}, w.err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := w.usable(ctx, true); err != nil {
 		return connectors.TaskOutput{}, err
 	}
 	w.done = true
