@@ -382,7 +382,13 @@ func (e *jsonlEncoder) write(b connectors.Batch) error {
 		}
 		return nil
 	case b.Format == connectors.FormatJSONL:
-		// Straight through: each non-blank line is one row.
+		// Straight through: each non-blank line is one row. A batch whose
+		// lines are canonical already (a files source's) is written in one
+		// piece once its rows are summed.
+		if canonicalJSONL(b.Raw, e.sum) {
+			_, err := e.w.Write(b.Raw)
+			return err
+		}
 		return forEachLine(b.Raw, func(_ int, line []byte) error { return e.line(line) })
 	case b.Format == connectors.FormatCSV:
 		keys := make([][]byte, len(b.Columns))
@@ -405,6 +411,28 @@ func (e *jsonlEncoder) write(b connectors.Batch) error {
 }
 
 func (e *jsonlEncoder) finish() error { return nil }
+
+// canonicalJSONL reports whether every line of raw is canonical (no blank
+// line, no surrounding blanks, no CR) and raw ends with a newline, and
+// then only adds each line to sum: raw is then exactly the lines the
+// encoder would write one by one.
+func canonicalJSONL(raw []byte, sum *connectors.Checksum) bool {
+	if len(raw) == 0 || raw[len(raw)-1] != '\n' {
+		return false
+	}
+	var batch connectors.Checksum
+	for rest := raw; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		line := rest[:i]
+		rest = rest[i+1:]
+		if len(line) == 0 || len(normalizeLine(line)) != len(line) {
+			return false
+		}
+		batch.Add(line)
+	}
+	sum.Merge(batch)
+	return true
+}
 
 // csvEncoder writes CSV with a header line per file: CSV bytes with the
 // same columns pass through; JSONL objects and Arrow rows are encoded with
