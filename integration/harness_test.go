@@ -60,6 +60,9 @@ type clusterConfig struct {
 	workers      int
 	slots        int
 	ackWait      time.Duration
+	// register, when set, adds connectors of the test's own to the
+	// registry before anything uses it.
+	register func(*connectors.Registry)
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -90,6 +93,9 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	postgres.Register(c.reg)
 	pgcdc.Register(c.reg, nil)
 	clickhouse.Register(c.reg)
+	if cfg.register != nil {
+		cfg.register(c.reg)
+	}
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

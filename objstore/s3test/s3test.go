@@ -40,7 +40,8 @@ func Endpoint() string {
 
 // Env points the standard AWS environment at the test server for the rest
 // of the test (AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY; no profile), makes sure the shared bucket exists,
+// AWS_SECRET_ACCESS_KEY; no profile, no shared files, no instance
+// metadata), makes sure the shared bucket exists,
 // and returns an s3:// location that is the test's alone (removed, with
 // everything under it, when the test ends). It skips the test when the
 // server is not reachable, or fails it in CI.
@@ -68,6 +69,7 @@ func Env(t testing.TB) objstore.Location {
 		"AWS_ACCESS_KEY_ID": AccessKey, "AWS_SECRET_ACCESS_KEY": SecretKey,
 		"AWS_SESSION_TOKEN": "", "AWS_PROFILE": "", "AWS_ENDPOINT_URL": "",
 		"AWS_CONFIG_FILE": os.DevNull, "AWS_SHARED_CREDENTIALS_FILE": os.DevNull,
+		"AWS_EC2_METADATA_DISABLED": "true",
 	} {
 		t.Setenv(k, v)
 	}
