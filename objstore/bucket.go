@@ -47,6 +47,9 @@ const (
 type Bucket struct {
 	client *s3.Client
 	name   string
+	// transport carries the client's requests; nil for a client made
+	// elsewhere.
+	transport *http.Transport
 	// Tunables; tests make them small.
 	partSize  int
 	uploads   int
@@ -62,6 +65,15 @@ func newBucket(client *s3.Client, name string) *Bucket {
 		maxCopy: maxCopy, copyPart: copyPartSize, readAhead: maxReadAhead}
 	b.partBufs.New = func() any { buf := make([]byte, 0, b.partSize); return &buf }
 	return b
+}
+
+// Close releases the idle connections of the client; requests made later
+// open new ones.
+func (b *Bucket) Close() error {
+	if b.transport != nil {
+		b.transport.CloseIdleConnections()
+	}
+	return nil
 }
 
 // Name returns the bucket's name.

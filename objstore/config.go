@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
@@ -133,6 +135,19 @@ func Open(ctx context.Context, cfg Config, bucket string) (*Bucket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}
+	// The transport the SDK configured (a custom CA bundle included), in
+	// a client of the bucket's own, so that Close can release its
+	// connections. Redirects are not followed: the SDK reports them.
+	var tr *http.Transport
+	bc, ok := acfg.HTTPClient.(*awshttp.BuildableClient)
+	if acfg.HTTPClient == nil {
+		bc, ok = awshttp.NewBuildableClient(), true
+	}
+	if ok {
+		tr = bc.GetTransport()
+		acfg.HTTPClient = &http.Client{Transport: tr,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
 	client := s3.NewFromConfig(acfg, func(o *s3.Options) {
 		if cfg.Endpoint != "" {
 			o.BaseEndpoint = aws.String(cfg.Endpoint)
@@ -155,5 +170,7 @@ func Open(ctx context.Context, cfg Config, bucket string) (*Bucket, error) {
 	if client.Options().Region == "" {
 		return nil, errors.New("no AWS region: set AWS_REGION (or the region in the shared config, or s3.region)")
 	}
-	return newBucket(client, bucket), nil
+	b := newBucket(client, bucket)
+	b.transport = tr
+	return b, nil
 }

@@ -200,8 +200,9 @@ func NewApplier(cfg ApplierConfig) (*Applier, error) {
 // batches make fewer, larger part files.
 func (f *Applier) BatchSize() (int, time.Duration) { return 10_000, time.Second }
 
-// Close does nothing: an Applier holds no open file between calls.
-func (f *Applier) Close() error { return nil }
+// Close releases the idle connections of a change log on S3; one on disk
+// holds no open file between calls.
+func (f *Applier) Close() error { return f.store.close() }
 
 // Applied returns the sequence in the offset file (0 when there is none).
 func (f *Applier) Applied(ctx context.Context) (uint64, error) {

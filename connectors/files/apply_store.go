@@ -34,6 +34,8 @@ type logStore interface {
 	dirs(ctx context.Context, rel string) ([]string, error)
 	// describe names rel for messages: a path or an s3:// URL.
 	describe(rel string) string
+	// close releases what the store holds between calls.
+	close() error
 }
 
 // logFile is one file for logStore.write.
@@ -50,6 +52,8 @@ type localLog string
 func (l localLog) path(rel string) string { return filepath.Join(string(l), filepath.FromSlash(rel)) }
 
 func (l localLog) describe(rel string) string { return l.path(rel) }
+
+func (l localLog) close() error { return nil }
 
 func (l localLog) read(_ context.Context, rel string) ([]byte, error) {
 	return os.ReadFile(l.path(rel))
@@ -128,6 +132,8 @@ type s3Log struct{ r *s3Root }
 const logPuts = 8
 
 func (l s3Log) describe(rel string) string { return l.r.url(rel) }
+
+func (l s3Log) close() error { return l.r.b.Close() }
 
 func (l s3Log) read(ctx context.Context, rel string) ([]byte, error) {
 	return l.r.b.Get(ctx, l.r.key(rel))

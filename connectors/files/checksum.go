@@ -86,6 +86,7 @@ func readChecksumS3(dir, format string) (connectors.Checksum, error) {
 	if err != nil {
 		return sum, err
 	}
+	defer r.b.Close()
 	base, found, err := r.walk(ctx, dir)
 	if err != nil {
 		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)

@@ -58,8 +58,14 @@ func NewSink(cfg SinkConfig) (*Sink, error) {
 	return &Sink{cfg: cfg, root: root, now: time.Now}, nil
 }
 
-// Close does nothing: a Sink holds no resources between calls.
-func (s *Sink) Close() error { return nil }
+// Close releases the idle connections of an S3 sink; a local one holds
+// nothing between calls.
+func (s *Sink) Close() error {
+	if s.s3 != nil {
+		return s.s3.b.Close()
+	}
+	return nil
+}
 
 // checkName rejects identifiers that cannot be one path element.
 func checkName(what, name string) error {
@@ -381,6 +387,7 @@ func Current(root string) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		defer r.b.Close()
 		cur, err := r.readPointer(context.Background(), r.key(PointerFile))
 		if err != nil {
 			return "", fmt.Errorf("current version of %s: %w", root, err)

@@ -390,6 +390,20 @@ func TestSourceS3Paths(t *testing.T) {
 	if n, err := rows(src, plan.Partitions[0]); err != nil || n != 2 {
 		t.Errorf("the dataset root reads %d rows, %v; want the exposed version's 2", n, err)
 	}
+	// Objects named current that are not pointers to a directory beside
+	// them are files like any other.
+	put("junk/current", "not a pointer\n")
+	put("junk/sub/current", "nowhere\n")
+	put("junk/a.jsonl", "{\"a\":1}\n")
+	put("junk/sub/b.jsonl", "{\"b\":1}\n")
+	src, _ = NewSource(SourceConfig{Path: loc.Join("junk").String()})
+	plan, err = src.Plan(ctx, connectors.PlanRequest{})
+	if err != nil || len(plan.Partitions) != 1 {
+		t.Fatalf("Plan of a tree with files named current = %+v, %v", plan, err)
+	}
+	if n, err := rows(src, plan.Partitions[0]); err != nil || n != 2 {
+		t.Errorf("a tree with files named current reads %d rows, %v; want 2", n, err)
+	}
 	// One object; then it is replaced, then removed.
 	put("one/a.jsonl", "{\"a\":1}\n")
 	src, _ = NewSource(SourceConfig{Path: loc.Join("one/a.jsonl").String()})

@@ -80,8 +80,14 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 	return src, nil
 }
 
-// Close does nothing: a Source holds no resources between calls.
-func (s *Source) Close() error { return nil }
+// Close releases the idle connections of an S3 source; a local one holds
+// nothing between calls.
+func (s *Source) Close() error {
+	if s.s3 != nil {
+		return s.s3.b.Close()
+	}
+	return nil
+}
 
 // path returns the root to read: a local path, or the s3:// URL.
 func (s *Source) path() string {

@@ -21,8 +21,13 @@ const PointerFile = "current"
 // maxPointer bounds the size of an object read as a pointer.
 const maxPointer = 1 << 10
 
+// errNotPointer is wrapped by the error of readPointer for an object that
+// does not hold one directory name.
+var errNotPointer = errors.New("not a pointer to a directory beside it")
+
 // readPointer returns the name a pointer object holds; an error wrapping
-// fs.ErrNotExist when there is none.
+// fs.ErrNotExist when there is none, errNotPointer when it holds
+// something else.
 func (r *s3Root) readPointer(ctx context.Context, key string) (string, error) {
 	data, err := r.b.Get(ctx, key)
 	if err != nil {
@@ -30,7 +35,7 @@ func (r *s3Root) readPointer(ctx context.Context, key string) (string, error) {
 	}
 	name := strings.TrimSpace(string(data))
 	if len(data) > maxPointer || name == "" || strings.ContainsAny(name, "/\\\n\x00") || name == "." || name == ".." {
-		return "", fmt.Errorf("%s is not a pointer to a directory beside it", r.b.URL(key))
+		return "", fmt.Errorf("%s: %w", r.b.URL(key), errNotPointer)
 	}
 	return name, nil
 }
@@ -54,19 +59,21 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 	}
 	if loc.Key != "" {
 		obj, err := r.b.Head(ctx, loc.Key)
-		switch {
-		case err == nil && path.Base(loc.Key) == PointerFile && obj.Size <= maxPointer:
-			target, err := r.readPointer(ctx, loc.Key)
-			if err != nil {
-				return "", nil, err
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", nil, err
+		}
+		if err == nil {
+			target := ""
+			if path.Base(loc.Key) == PointerFile && obj.Size <= maxPointer {
+				if target, err = r.readPointer(ctx, loc.Key); err != nil && !errors.Is(err, errNotPointer) {
+					return "", nil, err
+				}
+			}
+			if target == "" { // one object to read
+				rel := path.Base(loc.Key)
+				return s3URL(loc.Bucket, path.Dir(loc.Key)), map[string]fileRef{rel: ref(rel, obj)}, nil
 			}
 			loc.Key = path.Join(path.Dir(loc.Key), target)
-		case err == nil:
-			dir := s3URL(loc.Bucket, path.Dir(loc.Key))
-			rel := path.Base(loc.Key)
-			return dir, map[string]fileRef{rel: ref(rel, obj)}, nil
-		case !errors.Is(err, fs.ErrNotExist):
-			return "", nil, err
 		}
 	}
 	prefix := ""
@@ -74,7 +81,7 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 		prefix = loc.Key + "/"
 	}
 	found := map[string]fileRef{}
-	var pointers []string // directories (relative, "" for the root) holding a pointer
+	var pointers []string // relative paths of the objects that may be pointers
 	err = r.b.List(ctx, prefix, func(o objstore.Object) error {
 		rel := strings.TrimPrefix(o.Key, prefix)
 		for _, seg := range strings.Split(rel, "/") {
@@ -83,8 +90,7 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 			}
 		}
 		if path.Base(rel) == PointerFile && o.Size <= maxPointer {
-			pointers = append(pointers, dirOf(rel))
-			return nil
+			pointers = append(pointers, rel)
 		}
 		found[rel] = ref(rel, o)
 		return nil
@@ -92,15 +98,19 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 	if err != nil {
 		return "", nil, err
 	}
-	for _, d := range pointers {
-		target, err := r.readPointer(ctx, prefix+joinRel(d, PointerFile))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile
+	for _, p := range pointers {
+		target, err := r.readPointer(ctx, prefix+p)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotPointer) {
+			continue // removed meanwhile, or a file of that name
 		}
 		if err != nil {
 			return "", nil, err
 		}
+		d := dirOf(p)
 		keep := joinRel(d, target) + "/"
+		if !hasPrefix(found, keep) {
+			continue // names no directory: a file of that name
+		}
 		within := ""
 		if d != "" {
 			within = d + "/"
@@ -112,6 +122,16 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 		}
 	}
 	return s3URL(loc.Bucket, loc.Key), found, nil
+}
+
+// hasPrefix reports whether a path of found starts with prefix.
+func hasPrefix(found map[string]fileRef, prefix string) bool {
+	for rel := range found {
+		if strings.HasPrefix(rel, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // s3URL returns the s3:// URL of key in bucket.
