@@ -100,7 +100,7 @@ func decodeStrict(config json.RawMessage, v any) error {
 	if err := json.Unmarshal(config, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not a JSON %s", te.Type, te.Value)}
+			return connectors.TypeError(te)
 		}
 		return &connectors.FieldError{Msg: fmt.Sprintf("config: %v", err)}
 	}
