@@ -288,7 +288,7 @@ func TestApplyNamesEveryProblem(t *testing.T) {
 	if strings.Contains(err.Error(), "connect") {
 		t.Errorf("apply tried to connect before every spec was valid: %v", err)
 	}
-	specs, err := loadSpecs([]string{good}, newRegistry(), io.Discard)
+	specs, err := loadSpecs([]string{good}, newRegistry(), nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +305,7 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 	if err != nil || len(paths) < 3 {
 		t.Fatalf("examples: %v %v", paths, err)
 	}
-	if _, err := loadSpecs(paths, newRegistry(), io.Discard); err != nil {
+	if _, err := loadSpecs(paths, newRegistry(), nil, io.Discard); err != nil {
 		t.Fatalf("the examples do not load: %v", err)
 	}
 	dir := t.TempDir()
@@ -321,7 +321,7 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := loadSpecs([]string{p}, newRegistry(), io.Discard)
+		_, err := loadSpecs([]string{p}, newRegistry(), nil, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
 		}
