@@ -30,6 +30,7 @@ type entry struct {
 	target     *CDCTarget
 	validators map[Role]Validator
 	partitions func(json.RawMessage) time.Duration
+	internal   bool
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -77,6 +78,11 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Internal marks a kind that serves runs the cluster makes itself (the
+	// initial snapshot run of a cdc pipeline) and that no spec names: the
+	// kinds a message lists leave it out, and a spec naming it is refused
+	// (see Internal).
+	Internal bool
 }
 
 // Register adds a connector, or parts of one to a kind registered before.
@@ -154,6 +160,7 @@ func (r *Registry) Register(c Connector) {
 	if parts == 0 {
 		panic(fmt.Sprintf("connectors: kind %q registered without a source, sink or capability", c.Kind))
 	}
+	e.internal = e.internal || c.Internal
 	r.kinds[c.Kind] = e
 }
 
@@ -168,12 +175,26 @@ func (r *Registry) PartitionSize(kind string, config json.RawMessage) time.Durat
 	return e.partitions(config)
 }
 
-// Kinds lists the registered kinds, sorted.
+// Kinds lists the registered kinds a spec may name, sorted: internal ones
+// are left out.
 func (r *Registry) Kinds() []string {
-	return slices.Sorted(maps.Keys(r.kinds))
+	var ks []string
+	for _, k := range slices.Sorted(maps.Keys(r.kinds)) {
+		if !r.kinds[k].internal {
+			ks = append(ks, k)
+		}
+	}
+	return ks
 }
 
-// KindsOf lists the kinds that have role, sorted.
+// Internal reports whether kind is registered as internal: only the
+// cluster itself opens it, for runs it makes.
+func (r *Registry) Internal(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.internal
+}
+
+// KindsOf lists the kinds a spec may name that have role, sorted.
 func (r *Registry) KindsOf(role Role) []string {
 	var ks []string
 	for _, k := range r.Kinds() {

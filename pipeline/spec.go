@@ -313,7 +313,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		if e.Kind == "" {
 			return
 		}
-		if !reg.Has(e.Kind, role) {
+		if !reg.Has(e.Kind, role) || reg.Internal(e.Kind) {
 			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
 				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.KindsOf(role))})
 			return

@@ -41,6 +41,7 @@ func Register(reg *connectors.Registry, js jetstream.JetStream) {
 			return NewSnapshotSource(cfg)
 		},
 		ValidateSource: ValidateSnapshotConfig,
+		Internal:       true,
 	})
 	reg.Register(connectors.Connector{
 		Kind: EventsKind,
@@ -56,6 +57,7 @@ func Register(reg *connectors.Registry, js jetstream.JetStream) {
 			return NewEventsSink(cfg, pub)
 		},
 		ValidateSink: ValidateEventsConfig,
+		Internal:     true,
 	})
 }
 
