@@ -134,6 +134,9 @@ type ApplyOptions struct {
 	Check bool
 	// DryRun stores nothing.
 	DryRun bool
+	// Along are the other pipelines of the same dry run (see
+	// protocol.ApplyRequest).
+	Along map[string]protocol.Pattern
 }
 
 // ApplyWith applies a spec as opts ask. A failed check gives an error
@@ -148,7 +151,7 @@ func (c *Client) ApplyWith(ctx context.Context, spec pipeline.Spec, opts ApplyOp
 	if opts.Check {
 		attempt += checkTimeout // the leader connects to the source and sink
 	}
-	err = c.call(ctx, protocol.VerbApply, protocol.ApplyRequest{Spec: b, Check: opts.Check, DryRun: opts.DryRun}, &reply, attempt)
+	err = c.call(ctx, protocol.VerbApply, protocol.ApplyRequest{Spec: b, Check: opts.Check, DryRun: opts.DryRun, Along: opts.Along}, &reply, attempt)
 	return reply, err
 }
 

@@ -417,6 +417,11 @@ func (s *Spec) relativePaths(visit func(field, path string) (resolved string, re
 	return nil
 }
 
+// Line returns the line of the spec's text a field (a dotted path, such as
+// "source.table") or its closest parent was written on; 0 when the spec
+// has no text or the field is not in it.
+func (s Spec) Line(field string) int { return lineIndex(s.Text).nearest(field) }
+
 // lines maps dotted field paths to the line they were written on.
 type lines map[string]int
 

@@ -43,6 +43,10 @@ type ApplyRequest struct {
 	// DryRun validates (and with Check, checks) the spec and stores
 	// nothing.
 	DryRun bool `json:"dry_run,omitempty"`
+	// Along names the other pipelines of the same dry run, with their
+	// patterns: stored before this one when the whole batch is applied, a
+	// cdc pipeline among them may be this cdc_apply pipeline's upstream.
+	Along map[string]Pattern `json:"along,omitempty"`
 }
 
 // ApplyReply tells what was stored.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 func newApplyCmd() *cobra.Command {
@@ -75,10 +77,18 @@ or paths the specs name are there; nothing is stored unless all pass.`,
 // applySpecs sends the specs, all checked first when opts ask for it: a
 // check that fails stores none of them.
 func applySpecs(ctx context.Context, c *coordinator.Client, specs []pipeline.Spec, opts coordinator.ApplyOptions, stdout io.Writer) error {
+	// A cdc_apply pipeline needs its cdc pipeline stored first.
+	slices.SortStableFunc(specs, func(a, b pipeline.Spec) int {
+		return cmp.Compare(btoi(a.Pattern == protocol.PatternCDCApply), btoi(b.Pattern == protocol.PatternCDCApply))
+	})
 	if opts.Check {
+		along := map[string]protocol.Pattern{}
+		for _, s := range specs {
+			along[s.Name] = s.Pattern
+		}
 		var errs []error
 		for _, s := range specs {
-			res, err := c.ApplyWith(ctx, s, coordinator.ApplyOptions{Check: true, DryRun: true})
+			res, err := c.ApplyWith(ctx, s, coordinator.ApplyOptions{Check: true, DryRun: true, Along: along})
 			if err != nil {
 				errs = append(errs, fmt.Errorf("check %s: %w", s.Name, err))
 				continue
@@ -115,6 +125,13 @@ func applySpecs(ctx context.Context, c *coordinator.Client, specs []pipeline.Spe
 		fmt.Fprintf(stdout, "pipeline %s %s (revision %d)\n", res.Pipeline, verb, res.Revision)
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // specSource is one place specs come from: a file, or standard input.
@@ -212,6 +229,7 @@ func loadSpecs(paths []string, reg *connectors.Registry, stdin io.Reader, stderr
 			fmt.Fprintf(stderr, "note: %s: %s is not set here, so the fields using it were not checked; it must be set where the coordinator and workers run\n", src.name, k)
 		}
 		for _, s := range loaded {
+			warnLiteralSecrets(stderr, src.name, s)
 			if prev, dup := from[s.Name]; dup && prev != src.name {
 				errs = append(errs, fmt.Errorf("%s: pipeline %q is also defined in %s", src.name, s.Name, prev))
 				continue
@@ -225,6 +243,20 @@ func loadSpecs(paths []string, reg *connectors.Registry, stdin io.Reader, stderr
 		}
 	}
 	return specs, errors.Join(errs...)
+}
+
+// warnLiteralSecrets warns of a password written in a spec: it would be
+// stored in the cluster's state and travel in every task.
+func warnLiteralSecrets(w io.Writer, file string, s pipeline.Spec) {
+	for _, side := range []struct {
+		name string
+		e    protocol.Endpoint
+	}{{"source", s.Source}, {"sink", s.Sink}} {
+		for _, f := range connectors.LiteralSecrets(side.e.Config) {
+			fmt.Fprintf(w, "warning: %s: pipeline %s: %s.%s holds a password as written: it would be stored in the cluster and sent with every task (shown as %s); write a reference such as ${SLUICE_PG_DSN} instead and set that variable where the coordinator and workers run\n",
+				file, s.Name, side.name, f, connectors.Redacted)
+		}
+	}
 }
 
 func sortedKeys(m map[string]bool) []string {

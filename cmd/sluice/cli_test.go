@@ -17,6 +17,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -33,13 +34,20 @@ func sluice(ctx context.Context, args ...string) (stdout, stderr string, err err
 // temporary directory; root is a directory for the test's files.
 func withCluster(t *testing.T, body func(ctx context.Context, l *local, root string)) {
 	t.Helper()
+	runCluster(t, newRegistry(), 1, body)
+}
+
+// runCluster runs body against an all-in-one cluster of workers with the
+// HTTP API, its connectors in reg.
+func runCluster(t *testing.T, reg *connectors.Registry, workers int, body func(ctx context.Context, l *local, root string)) {
+	t.Helper()
 	root := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	err := runLocal(ctx, localConfig{
-		Config: devcluster.Config{DataDir: filepath.Join(root, ".sluice"), Workers: 1, Slots: 2,
-			Log: log, Tracer: noop.NewTracerProvider(), Registry: newRegistry()},
+		Config: devcluster.Config{DataDir: filepath.Join(root, ".sluice"), Workers: workers, Slots: 2,
+			Log: log, Tracer: noop.NewTracerProvider(), Registry: reg},
 		HTTPAddr: "127.0.0.1:0",
 	}, func(ctx context.Context, l *local) error {
 		body(ctx, l, root)

@@ -89,7 +89,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	}
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
-	reg := newRegistry()
+	reg := newRegistryIn("the coordinator " + o.nodeID)
 	c, err := coordinator.New(coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
 		StreamReplicas: o.replicas,
@@ -167,10 +167,12 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	defer nc.Close()
-	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, newRegistry(), log, tp)
+	reg := newRegistryIn("a worker")
+	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}
+	reg.SetProcess(fmt.Sprintf("the worker %s (pid %d)", w.ID(), os.Getpid()))
 	log.Info("worker started", "id", w.ID(), "slots", o.slots, "nats", url, "nats_from", from)
 	return w.Run(ctx)
 }

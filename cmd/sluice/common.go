@@ -22,7 +22,17 @@ import (
 
 // newRegistry registers every connector this build has.
 func newRegistry() *connectors.Registry {
+	return newRegistryIn("")
+}
+
+// newRegistryIn registers every connector this build has, for a process
+// that opens connectors: an unset `${NAME}` is said to be missing from the
+// environment of what (its pid added).
+func newRegistryIn(what string) *connectors.Registry {
 	reg := connectors.NewRegistry()
+	if what != "" {
+		reg.SetProcess(fmt.Sprintf("%s (pid %d)", what, os.Getpid()))
+	}
 	files.Register(reg)
 	postgres.Register(reg)
 	pgcdc.Register(reg, nil) // snapshot sink publishes through each worker's connection

@@ -113,7 +113,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	reg := newRegistry()
+	reg := newRegistryIn("sluice demo")
 	var final protocol.RunStatus
 	err = devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(root, "cluster"), Workers: o.workers, Slots: o.slots,

@@ -110,7 +110,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: newRegistry(), Lock: lock},
+				Log: log, Tracer: tp, Registry: newRegistryIn("sluice dev"), Lock: lock},
 			Listener: ln, APIToken: o.token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))

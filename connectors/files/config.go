@@ -238,6 +238,6 @@ func Register(reg *connectors.Registry) {
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
 		SourcePartitions: PartitionSize,
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }
