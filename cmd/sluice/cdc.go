@@ -18,7 +18,7 @@ func newCDCCmd() *cobra.Command {
 	cmd := group(&cobra.Command{
 		Use:   "cdc",
 		Short: "change data capture: the streams of cdc and cdc_apply pipelines",
-	}, newCDCStatusCmd(&cf))
+	}, newCDCStatusCmd(&cf), newCDCWaitCmd(&cf))
 	cf.register(cmd.PersistentFlags())
 	return cmd
 }
@@ -50,6 +50,18 @@ func newCDCStatusCmd(cf *clientFlags) *cobra.Command {
 		})
 	}
 	return cmd
+}
+
+// describeSnapshot says how far an initial snapshot got.
+func describeSnapshot(sp *protocol.SnapshotProgress) string {
+	what := "snapshot"
+	switch sp.State {
+	case protocol.RunCommitted:
+		what += " done"
+	case protocol.RunFailed:
+		what += " failed (started again on a new slot)"
+	}
+	return fmt.Sprintf("%s: %d/%d tables, %d/%d chunks, %d rows (run %s)", what, sp.TablesDone, sp.Tables, sp.ChunksDone, sp.Chunks, sp.Rows, sp.Run)
 }
 
 // streamsOf keeps the stream of pipeline name.
@@ -84,8 +96,8 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 			renewed = now.Sub(s.Renewed).Round(100*time.Millisecond).String() + " ago"
 		}
 		phase := s.Phase
-		if s.SnapshotRun != "" && s.Phase == "snapshot" {
-			phase += " (" + s.SnapshotRun + ")"
+		if sp := s.Snapshot; sp != nil && s.Phase == "snapshot" {
+			phase += fmt.Sprintf(" %d/%d", sp.ChunksDone, sp.Chunks)
 		}
 		state, confirmed, lagBytes, lagTime, last := dash(s.Status.State), "-", "-", "-", "-"
 		if s.Pattern == protocol.PatternCDC {
@@ -102,6 +114,9 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Pipeline, s.Pattern, phase, holder, renewed,
 			state, confirmed, lagBytes, lagTime, s.Status.Events, last)
+		if sp := s.Snapshot; sp != nil {
+			fmt.Fprintf(tw, "  %s\n", describeSnapshot(sp))
+		}
 		if s.Status.Error != "" {
 			fmt.Fprintf(tw, "  last error: %s\n", s.Status.Error)
 		}
