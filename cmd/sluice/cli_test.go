@@ -128,6 +128,20 @@ func TestCLIFlagsAnywhereAndOutput(t *testing.T) {
 			t.Errorf("pipelines list: %v\n%s", err, out)
 		}
 
+		// Item 7: a trigger of an unknown pipeline is refused, not
+		// published; a duplicate says one thing: no new run, and which.
+		if _, _, err := sluice(ctx, "trigger", "nosuch", "--nats", url); err == nil || !strings.Contains(err.Error(), `pipeline "nosuch" not found: nothing published`) {
+			t.Errorf("trigger nosuch: %v", err)
+		}
+		out, _, err = sluice(ctx, "trigger", "events", "--id", "upload-1", "--nats", url)
+		if err != nil || !strings.Contains(out, "run events-000003 started") {
+			t.Fatalf("trigger events: %v\n%s", err, out)
+		}
+		out, _, err = sluice(ctx, "trigger", "events", "--id", "upload-1", "--nats", url)
+		if err != nil || !strings.Contains(out, "duplicate trigger: id upload-1 was published before") || !strings.Contains(out, "its run is events-000003") || strings.Contains(out, "started") {
+			t.Errorf("a duplicate trigger: %v\n%s", err, out)
+		}
+
 		// Completion asks the cluster for pipeline names.
 		out, _, err = sluice(ctx, "__complete", "run", "--nats", url, "ev")
 		if err != nil || !strings.Contains(out, "events\tfull_load") {

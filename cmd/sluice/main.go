@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/sluicehq/sluice/connectors"
 )
 
 func main() {
@@ -22,7 +24,8 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "sluice:", err)
+		// Errors may quote a server's: never show a password they hold.
+		fmt.Fprintln(os.Stderr, "sluice:", connectors.Redact(err.Error()))
 		var ue *usageError
 		if errors.As(err, &ue) {
 			os.Exit(2)
