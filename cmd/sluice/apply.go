@@ -90,7 +90,7 @@ func applySpecs(ctx context.Context, c *coordinator.Client, specs []pipeline.Spe
 		for _, s := range specs {
 			res, err := c.ApplyWith(ctx, s, coordinator.ApplyOptions{Check: true, DryRun: true, Along: along})
 			if err != nil {
-				errs = append(errs, fmt.Errorf("check %s: %w", s.Name, err))
+				errs = append(errs, err) // the leader's refusal names the pipeline
 				continue
 			}
 			for _, line := range res.Checked {
