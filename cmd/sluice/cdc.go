@@ -87,6 +87,7 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PIPELINE\tPATTERN\tPHASE\tWORKER (EPOCH)\tRENEWED\tSTATE\tCONFIRMED LSN\tLAG BYTES\tLAG TIME\tEVENTS\tLAST COMMIT")
+	var notes []string // below the table, which they would break
 	for _, s := range st.Streams {
 		holder, renewed := "-", "-"
 		if s.Worker != "" {
@@ -115,13 +116,16 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Pipeline, s.Pattern, phase, holder, renewed,
 			state, confirmed, lagBytes, lagTime, s.Status.Events, last)
 		if sp := s.Snapshot; sp != nil {
-			fmt.Fprintf(tw, "  %s\n", describeSnapshot(sp))
+			notes = append(notes, s.Pipeline+" "+describeSnapshot(sp))
 		}
 		if s.Status.Error != "" {
-			fmt.Fprintf(tw, "  last error: %s\n", s.Status.Error)
+			notes = append(notes, s.Pipeline+" last error: "+s.Status.Error)
 		}
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
 }
 
 // newDeleteCmd is `sluice delete <pipeline>`.

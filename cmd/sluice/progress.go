@@ -51,9 +51,10 @@ func (l *liveLine) end() {
 	}
 }
 
+// bar draws done of total; nothing to do is an empty bar.
 func bar(done, total int) string {
 	const width = 24
-	filled := width
+	filled := 0
 	if total > 0 {
 		filled = min(width, width*done/total)
 	}
@@ -98,8 +99,12 @@ func newBackfillProgress(w io.Writer) *backfillProgress {
 func (p *backfillProgress) update(st protocol.BackfillStatus) {
 	todo := st.Total - st.Skipped
 	done := st.Committed + st.Failed
+	b := bar(done, todo)
+	if todo == 0 {
+		b = bar(1, 1) // every window was committed before
+	}
 	line := fmt.Sprintf("%s windows %d/%d done  %d running  %d queued  %d failed  %d rows  %.1fs",
-		bar(done, todo), done, todo, st.Running, st.Queued, st.Failed, st.Rows, time.Since(p.start).Seconds())
+		b, done, todo, st.Running, st.Queued, st.Failed, st.Rows, time.Since(p.start).Seconds())
 	p.line.show(line, !p.shown)
 	p.shown = true
 }
