@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -69,7 +70,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	if dir == "" {
 		dir = o.cf.dataDir + "/raft-" + o.nodeID
 	}
-	var ln listener
+	var ln net.Listener
 	if o.httpAddr != "" {
 		// Refuse a taken address before joining the cluster.
 		if ln, err = listenAPI(o.httpAddr); err != nil {

@@ -65,6 +65,9 @@ func (e *noClusterError) Error() string {
 	return fmt.Sprintf("no cluster to talk to: no --nats, no $SLUICE_NATS and no %s here; start one with `sluice dev` in this directory, or name one with --nats nats://host:4222", file)
 }
 
+// named reports whether the user named the cluster: --nats or $SLUICE_NATS.
+func (c *clientFlags) named() bool { return c.natsURL != "" || os.Getenv("SLUICE_NATS") != "" }
+
 // resolve finds the cluster's NATS URL and says where it came from: the
 // flag, $SLUICE_NATS or the nats.url a local dev wrote. It never falls
 // back to a default.
@@ -101,7 +104,7 @@ func (c *clientFlags) connect(name string, stderr io.Writer) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if stderr != nil && from != "--nats" && from != "$SLUICE_NATS" {
+	if stderr != nil && !c.named() {
 		fmt.Fprintf(stderr, "using %s from %s\n", url, from)
 	}
 	cl := &cluster{url: url}
@@ -128,7 +131,7 @@ func (c *clientFlags) connect(name string, stderr io.Writer) (*cluster, error) {
 		nats.ClosedHandler(func(*nats.Conn) { cl.markGone(errors.New("connection closed")) }))
 	if err != nil {
 		hint := "is a cluster running there?"
-		if from != "--nats" && from != "$SLUICE_NATS" {
+		if !c.named() {
 			if _, held := devcluster.LockHolder(c.dataDir); !held {
 				hint = fmt.Sprintf("the sluice dev that wrote %s is no longer running: start it again with `sluice dev`", from)
 			}
@@ -145,7 +148,7 @@ func (cl *cluster) Close() { cl.nc.Close() }
 // session connects to the cluster the flags name and calls fn with a
 // context bounded by --timeout: one command's requests.
 func (c *clientFlags) session(cmd *cobra.Command, fn func(ctx context.Context, cl *cluster) error) error {
-	cl, err := c.connect("sluice-"+strings.ReplaceAll(cmd.CommandPath(), " ", "-"), cmd.ErrOrStderr())
+	cl, err := c.connect(strings.ReplaceAll(cmd.CommandPath(), " ", "-"), cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}

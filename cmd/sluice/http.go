@@ -479,9 +479,6 @@ func listenAPI(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// listener is where the HTTP API listens.
-type listener = net.Listener
-
 // serveAPI serves the HTTP API on ln until the returned stop is called.
 func serveAPI(ctx context.Context, ln net.Listener, c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, log *slog.Logger) (stop func()) {
 	srv := &http.Server{Handler: newAPIHandler(c, js, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
