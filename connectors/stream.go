@@ -112,6 +112,11 @@ type CDCSource struct {
 	// means the kind has no initial snapshot: its pipelines must set
 	// cdc.snapshot to never.
 	Snapshot func(req SnapshotRequest) (SnapshotEndpoints, error)
+	// Check, when set, checks that the source can capture what the
+	// configuration names (the server's settings, the role's rights, each
+	// table and its replica identity), as Checker does; nil means the kind
+	// has no check.
+	Check CheckFunc
 }
 
 // CDCTarget is the capability of a connector kind to be the sink of a
@@ -123,6 +128,10 @@ type CDCTarget struct {
 	Validate Validator
 	// Open opens the Applier.
 	Open ApplierFactory
+	// Check, when set, checks that the target can take the events (a
+	// directory, a schema), as Checker does; nil means the kind has no
+	// check.
+	Check CheckFunc
 }
 
 // Event is a change event as an Applier receives it: the event and the

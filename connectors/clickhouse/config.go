@@ -128,7 +128,7 @@ func ParseSinkConfig(config json.RawMessage) (SinkConfig, error) {
 	if err := dec.Decode(&c); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return c, &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not a JSON %s", te.Type, te.Value)}
+			return c, connectors.TypeError(te)
 		}
 		field := ""
 		if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {

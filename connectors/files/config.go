@@ -188,7 +188,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)}
+			return connectors.TypeError(te)
 		}
 		return &connectors.FieldError{Msg: err.Error()}
 	}
@@ -263,6 +263,6 @@ func Register(reg *connectors.Registry) {
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
 		SourcePartitions: PartitionSize,
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }

@@ -16,7 +16,7 @@ func Register(reg *connectors.Registry) {
 		Sink:           openSink,
 		ValidateSource: ValidateSource,
 		ValidateSink:   ValidateSink,
-		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }
 
