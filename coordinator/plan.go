@@ -38,7 +38,11 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
-	if ok {
+	switch {
+	case r.positioned():
+		// The position the run was created at: every attempt plans from it.
+		watermark = r.Since
+	case ok:
 		watermark = p.Watermark
 	}
 	req := connectors.PlanRequest{

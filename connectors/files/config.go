@@ -237,6 +237,7 @@ func Register(reg *connectors.Registry) {
 		},
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
+		SinkAppends:      true,
 		SourcePartitions: PartitionSize,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
