@@ -62,9 +62,15 @@ type PlanRequest struct {
 	LogicalTime time.Time
 	// Watermark is the position the previous committed run reached, opaque
 	// to everyone but the source; empty for a first run. For a run by
-	// position (an incremental run without Window, see Positions) it is
-	// where the run starts: the source plans what is new since it.
+	// position (ByPosition) it is where the run starts: the source plans
+	// what is new since it.
 	Watermark string
+	// ByPosition is set for a run by position, of a pipeline read by the
+	// source's own position (incremental.by; see Positions): Window is
+	// nil, and the source plans what is new since Watermark. Unset for
+	// every other run (a full load reads everything, whatever Watermark
+	// holds).
+	ByPosition bool
 	// Partitioning holds the pipeline's partitioning settings.
 	Partitioning Partitioning
 	// Window is set for a run of an incremental pipeline. With a
@@ -115,14 +121,18 @@ type Window = protocol.Window
 // A run by position has no window. The coordinator leader creates at
 // most one run at a time per pipeline (the Raft state refuses a second
 // while one is in flight, so two runs never plan from the same
-// position), and calls Plan with PlanRequest.Watermark set to the
-// pipeline's watermark (empty before the first commit) and Window nil.
+// position), and calls Plan with PlanRequest.ByPosition set,
+// PlanRequest.Watermark set to the pipeline's watermark (empty before the
+// first commit) and Window nil.
 // Plan returns the bounded partitions of what is new since that position
 // (bounded per run, as the source's configuration says) and, in
 // Plan.Watermark, the position the run reaches; it must not move
-// anything itself (consumer group offsets, markers): the position moves
-// in the Raft entry that commits the run, after the sink appended its
-// output (CommitRequest, ModeAppend without Window). A run that fails
+// anything another run plans from (consumer group offsets, markers): the
+// position moves in the Raft entry that commits the run, after the sink
+// appended its output (CommitRequest, ModeAppend without Window). A
+// position too large for a Raft entry is kept by the source outside the
+// cluster, written immutably at planning (a manifest named by its
+// content, say), the watermark naming it. A run that fails
 // leaves the watermark, so the next run plans from the same position and
 // reads the same data again. A run planned again (a new attempt) is
 // planned from the same watermark.

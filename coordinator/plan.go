@@ -47,7 +47,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	req := connectors.PlanRequest{
 		RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
-		Watermark: watermark, Partitioning: r.Partitioning,
+		Watermark: watermark, ByPosition: r.positioned(), Partitioning: r.Partitioning,
 		Window: r.Window, DeltaColumn: r.DeltaColumn,
 	}
 	rctx := runContext(ctx, r)

@@ -252,7 +252,7 @@ func TestPositionedRunsThroughLeader(t *testing.T) {
 		t.Fatalf("run after the failure %+v: want from 7 to 10", st)
 	}
 	reqs := mem.planned(st.RunID)
-	if len(reqs) != 1 || reqs[0].Watermark != "7" || reqs[0].Window != nil {
+	if len(reqs) != 1 || reqs[0].Watermark != "7" || reqs[0].Window != nil || !reqs[0].ByPosition {
 		t.Fatalf("plan requests %+v: want one from watermark 7 without a window", reqs)
 	}
 	// No window, no backfill.

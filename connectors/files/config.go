@@ -52,6 +52,10 @@ type SourceConfig struct {
 	// "next_partition" when the next partition's directory exists, or
 	// it holds a _SUCCESS file.
 	Ready string `json:"ready"`
+	// ManifestDir is where a source read by arrival (incremental.by:
+	// modified) keeps its manifests, a directory per pipeline; empty means
+	// <Path>/_sluice/manifests (hidden from every listing).
+	ManifestDir string `json:"manifest_dir"`
 }
 
 // The readiness conventions of a partition-based source.
@@ -172,7 +176,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 
 func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := decodeStrict(raw, []string{"format", "glob", "layout", "path", "ready"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "glob", "layout", "manifest_dir", "path", "ready"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -239,6 +243,7 @@ func Register(reg *connectors.Registry) {
 		ValidateSink:     ValidateSink,
 		SinkAppends:      true,
 		SourcePartitions: PartitionSize,
+		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }
