@@ -35,6 +35,8 @@ type entry struct {
 	validators map[Role]Validator
 	partitions func(json.RawMessage) time.Duration
 	internal   bool
+	positions  *Positions
+	appends    bool
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -84,6 +86,13 @@ type Connector struct {
 	// source that is not laid out by time (or a configuration that is not
 	// valid). Nil means never. It does no I/O.
 	SourcePartitions func(config json.RawMessage) time.Duration
+	// Positions, when set, says the source keeps a position of its own
+	// and can be read by it (incremental.by: position; see Positions).
+	Positions *Positions
+	// SinkAppends says the sink commits a run in ModeAppend without a
+	// Window: it appends the run's output exactly once (see
+	// CommitRequest.Mode), which runs by position need. It goes with Sink.
+	SinkAppends bool
 	// CDCSource, when set, makes the kind the source of cdc pipelines;
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
@@ -140,6 +149,7 @@ func (r *Registry) Register(c Connector) {
 			e.sink = c.Sink
 		}
 		add(RoleSink, pick(c.ValidateSink))
+		e.appends = e.appends || c.SinkAppends
 		parts++
 	}
 	if c.SourcePartitions != nil {
@@ -147,6 +157,14 @@ func (r *Registry) Register(c Connector) {
 			dup("source partitions")
 		}
 		e.partitions = c.SourcePartitions
+		parts++
+	}
+	if c.Positions != nil {
+		if e.positions != nil {
+			dup("positions")
+		}
+		pos := *c.Positions
+		e.positions = &pos
 		parts++
 	}
 	if c.CDCSource != nil {
@@ -183,6 +201,40 @@ func (r *Registry) PartitionSize(kind string, config json.RawMessage) time.Durat
 		return 0
 	}
 	return e.partitions(config)
+}
+
+// CheckPosition says whether a source of the given kind and
+// configuration can be read by position, as incremental.by says (by is
+// PositionBy or the kind's Positions.Name): nil when it can, else an
+// error in the spec's terms. It does no I/O.
+func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string) error {
+	e, ok := r.kinds[kind]
+	if !ok || e.positions == nil {
+		var kinds []string
+		for _, k := range r.Kinds() {
+			if r.kinds[k].positions != nil {
+				kinds = append(kinds, k)
+			}
+		}
+		return fmt.Errorf("a %s source keeps no position of its own to be read by (sources that do: %v); use incremental.delta_column or a source layout", kind, kinds)
+	}
+	if by != PositionBy && by != e.positions.Name {
+		if e.positions.Name == "" {
+			return fmt.Errorf("%q is not how a %s source is read: want %q", by, kind, PositionBy)
+		}
+		return fmt.Errorf("%q is not how a %s source is read: want %q (or %q)", by, kind, e.positions.Name, PositionBy)
+	}
+	if e.positions.Check != nil {
+		return e.positions.Check(config)
+	}
+	return nil
+}
+
+// SinkAppends reports whether a sink of the given kind appends runs
+// without a window (Connector.SinkAppends).
+func (r *Registry) SinkAppends(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.appends
 }
 
 // Kinds lists the registered kinds a spec may name, sorted: internal ones

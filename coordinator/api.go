@@ -276,6 +276,9 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
 	}
+	if inc := p.Spec.Incremental; inc.Positioned() {
+		return nil, invalid("pipeline %s is read by its source's position (incremental.by: %s): it has no windows to backfill; each run loads what is new since the watermark", req.Pipeline, inc.By)
+	}
 	from, to := req.From.UTC(), req.To.UTC()
 	if from.IsZero() || !from.Before(to) {
 		return nil, invalid("from and to: want from < to, not [%s, %s)", formatWatermark(from), formatWatermark(to))
@@ -453,6 +456,9 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
 		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
+	if r.positioned() {
+		s.Since, s.Reaches = r.Since, r.Watermark
+	}
 	if r.State == protocol.RunWaiting {
 		s.WaitingFor, s.WaitingSince = r.WaitingFor, r.WaitingSince
 		if r.ReadyTimeout > 0 {

@@ -200,6 +200,12 @@ type RunStatus struct {
 	Window   *Window `json:"window,omitempty"`
 	Live     bool    `json:"live,omitempty"`
 	Backfill string  `json:"backfill,omitempty"`
+	// Since and Reaches are the positions a run by position (an
+	// incremental run of a source that keeps its own position) reads
+	// from and, once planned, reaches: its commit moves the pipeline's
+	// watermark from Since to Reaches. Since is empty for a first run.
+	Since   string `json:"since,omitempty"`
+	Reaches string `json:"reaches,omitempty"`
 	// WaitingFor names the source input a waiting run waits for (a
 	// partition's path), and WaitingSince when it started waiting; both
 	// are set in state waiting only. ReadyDeadline is when the run fails

@@ -181,6 +181,9 @@ func printOutcome(w io.Writer, st protocol.RunStatus) error {
 	if st.Window != nil {
 		fmt.Fprintf(w, "  window: %s\n", st.Window)
 	}
+	if st.Reaches != "" {
+		fmt.Fprintf(w, "  position: %s -> %s\n", dash(st.Since), st.Reaches)
+	}
 	if st.Marker != "" {
 		fmt.Fprintf(w, "  marker: %s\n", st.Marker)
 	}
@@ -330,6 +333,9 @@ func printRun(w io.Writer, r protocol.RunStatus) {
 			kind = "backfill " + r.Backfill
 		}
 		fmt.Fprintf(w, "  window: %s (%s)\n", r.Window, kind)
+	}
+	if r.Live && r.Window == nil && (r.Since != "" || r.Reaches != "") {
+		fmt.Fprintf(w, "  position: from %s to %s (its commit moves the watermark)\n", dash(r.Since), dash(r.Reaches))
 	}
 	if r.WaitingFor != "" {
 		until := "no ready timeout"
