@@ -72,6 +72,21 @@ type Column struct {
 	// for a sink of the same system: "numeric(38,10)", "timestamp with time
 	// zone", "public.mood".
 	Native string `json:"native,omitempty"`
+	// Default is the column's default expression as the source system
+	// writes it ("'new'::text", "0"), for a sink of the same system; empty
+	// when the column has none, or when it refers to objects another
+	// database would lack (a sequence, a function the source defined).
+	Default string `json:"default,omitempty"`
+	// Generated is the expression of a generated (computed) column as the
+	// source system writes it, for a sink of the same system. A generated
+	// column's values are computed by the database: batches and change
+	// events do not carry them.
+	Generated string `json:"generated,omitempty"`
+	// ID identifies the column within its table: it stays when the column
+	// is renamed and is never given to another column after a drop
+	// (PostgreSQL's attnum); 0 when unknown. It lets a consumer of change
+	// events tell a renamed column from a dropped one and an added one.
+	ID int `json:"id,omitempty"`
 }
 
 // String renders the column's logical type: "decimal(38,10)",

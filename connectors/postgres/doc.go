@@ -63,8 +63,11 @@
 //
 // Version tables take their columns from the configured columns, else from
 // the definition of a table orders_template (LIKE, with defaults,
-// constraints and indexes), else from the first batch's column names, all
-// as text (CSV text round-trips exactly through text columns).
+// constraints and indexes), else from the run's schema (the source's
+// description of its columns: typed DDL, see CreateTableSQL, with the
+// source's types, NOT NULL and defaults, and no primary key), else from the
+// first batch's column names, all as text (CSV text round-trips exactly
+// through text columns).
 //
 // A task attempt writes in one transaction: it takes an advisory lock for
 // its task (so concurrent attempts of one task run one after the other),
@@ -112,7 +115,8 @@
 // committed). A window committed again (a re-run, a backfill --replace)
 // thus holds its rows once; a commit repeated for the same run finds it
 // recorded and does nothing. A missing table is created like a version
-// table (configured columns, <table>_template, or text columns). Windows
+// table (configured columns, <table>_template, the run's schema, or text
+// columns). Windows
 // lists what was committed.
 //
 // Limits of delta-column loads: a row deleted on the source is never seen
