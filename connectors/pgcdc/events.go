@@ -210,7 +210,7 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	}
 	ev := protocol.ChangeEvent{
 		Op: protocol.OpRead, Pipeline: w.cfg.Pipeline, Database: r.Database, Schema: r.Schema, Table: r.Table,
-		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time,
+		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time, Relation: r.Relation,
 	}
 	data, err := ev.Encode()
 	if err != nil {

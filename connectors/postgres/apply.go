@@ -34,12 +34,15 @@ type ApplierConfig struct {
 	Schema string `json:"schema,omitempty"`
 	// Pipeline is the cdc_apply pipeline's name: the key of its offset row.
 	Pipeline string `json:"-"`
-	// CreateTables creates a missing target table (every column text, the
-	// event's key as primary key) and a missing Schema; without it a
-	// missing table fails the batch.
+	// CreateTables creates a missing target table and a missing Schema;
+	// without it a missing table fails the batch. The table gets the
+	// source's column types, NOT NULL, defaults and generated columns,
+	// and the events' key as primary key, from the description of the
+	// source table the events carry (protocol.ChangeEvent.Relation); when
+	// they carry none, every column is text.
 	CreateTables bool `json:"create_tables,omitempty"`
-	// Log receives schema changes (added columns, created tables); nil
-	// discards them.
+	// Log receives schema changes (created tables, added, dropped,
+	// renamed and retyped columns); nil discards them.
 	Log *slog.Logger `json:"-"`
 }
 
@@ -100,26 +103,14 @@ func openApplier(ctx context.Context, req connectors.StreamRequest) (connectors.
 type Applier struct {
 	cfg     ApplierConfig
 	log     *slog.Logger
-	offsets pgx.Identifier
+	offsets pgx.Identifier // OffsetsTable
+	state   pgx.Identifier // TablesTable
 
 	conn *pgx.Conn
 	// Caches, valid for conn; dropped with it after a failed Apply.
-	tables map[string]*targetTable // by schema NUL table
-	stages map[string]bool         // staging tables created on conn
-}
-
-// targetTable is what Apply knows of a target table.
-type targetTable struct {
-	ident pgx.Identifier
-	name  string
-	// types maps each column to its type without modifier: values are cast
-	// to it, and an assignment applies the modifier (a too long varchar
-	// fails rather than being cut).
-	types     map[string]string
-	generated map[string]bool
-	// uniques lists the column sets (sorted) of the table's immediate,
-	// plain unique indexes.
-	uniques [][]string
+	tables  map[string]*targetTable // by target schema NUL table
+	sources map[string]*sourceState // by source schema NUL table
+	stages  map[string]bool         // staging tables created on conn
 }
 
 // NewApplier connects to the target and creates the offsets table and the
@@ -136,7 +127,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if schema == "" {
 		schema = "public"
 	}
-	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}}
+	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}, state: pgx.Identifier{schema, TablesTable}}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -146,16 +137,12 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 			return nil, fmt.Errorf("create schema %q: %w", schema, err)
 		}
 	}
-	_, err := p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
-		pipeline text PRIMARY KEY,
-		seq bigint NOT NULL,
-		updated_at timestamptz NOT NULL DEFAULT now())`)
-	if err != nil {
+	if err := p.createStateTables(ctx, schema); err != nil {
 		p.Close()
-		return nil, fmt.Errorf("create offsets table %s.%s: %w", schema, OffsetsTable, err)
+		return nil, err
 	}
 	// The row exists before the first batch, so Apply always locks it.
-	_, err = p.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
+	_, err := p.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
 		ON CONFLICT (pipeline) DO NOTHING`, cfg.Pipeline)
 	if err != nil {
 		p.Close()
@@ -174,6 +161,7 @@ func (p *Applier) connect(ctx context.Context) error {
 	}
 	p.conn = conn
 	p.tables = map[string]*targetTable{}
+	p.sources = map[string]*sourceState{}
 	p.stages = map[string]bool{}
 	return nil
 }
@@ -185,7 +173,7 @@ func (p *Applier) drop() {
 		p.conn.Close(ctx)
 		cancel()
 	}
-	p.conn, p.tables, p.stages = nil, nil, nil
+	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
 }
 
 // Close closes the connection.
@@ -289,132 +277,6 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		p.log.Info(n.msg, n.args...)
 	}
 	return nil
-}
-
-// schemaNote is a schema change to log once its transaction committed.
-type schemaNote struct {
-	msg  string
-	args []any
-}
-
-// prepare returns the target of t, creating the table or adding columns as
-// needed, and checks it can take t's changes. It returns a nil target for a
-// truncate of a table that does not exist when tables are created on demand.
-func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*targetTable, []schemaNote, error) {
-	schema := p.cfg.Schema
-	if schema == "" {
-		schema = t.schema
-	}
-	id := schema + "\x00" + t.table
-	tg := p.tables[id]
-	var notes []schemaNote
-	if tg == nil {
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-	}
-	name := schema + "." + t.table
-	if tg != nil && slices.ContainsFunc(t.cols, func(c string) bool { _, ok := tg.types[c]; return !ok }) {
-		// A column may have been added to the target since it was loaded.
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-	}
-	if tg == nil {
-		if !p.cfg.CreateTables {
-			return nil, nil, fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name())
-		}
-		if len(t.order) == 0 {
-			return nil, nil, nil // only a truncate: nothing to do on a table that does not exist
-		}
-		ident := pgx.Identifier{schema, t.table}
-		var defs []string
-		for _, c := range t.cols {
-			defs = append(defs, pgx.Identifier{c}.Sanitize()+" text")
-		}
-		defs = append(defs, "PRIMARY KEY ("+idents(t.key)+")")
-		sql := "CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{schema}.Sanitize() + "; CREATE TABLE " + ident.Sanitize() + " (" + strings.Join(defs, ", ") + ")"
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return nil, nil, fmt.Errorf("create target table %s: %w", name, err)
-		}
-		notes = append(notes, schemaNote{"cdc apply: created target table (columns as text)", []any{"table", name, "primary_key", t.key}})
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-		if tg == nil {
-			return nil, nil, fmt.Errorf("target table %s vanished after creation", name)
-		}
-	}
-	p.tables[id] = tg
-	for _, c := range t.cols {
-		if _, ok := tg.types[c]; ok {
-			if tg.generated[c] {
-				return nil, nil, fmt.Errorf("column %q of target table %s is generated: it cannot take the source's values", c, name)
-			}
-			continue
-		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+tg.ident.Sanitize()+" ADD COLUMN IF NOT EXISTS "+pgx.Identifier{c}.Sanitize()+" text"); err != nil {
-			return nil, nil, fmt.Errorf("add column %q to target table %s: %w", c, name, err)
-		}
-		tg.types[c] = "text"
-		notes = append(notes, schemaNote{"cdc apply: added a column that appeared in the source's events (as text)", []any{"table", name, "column", c}})
-	}
-	if len(t.order) > 0 {
-		key := slices.Sorted(slices.Values(t.key))
-		if !slices.ContainsFunc(tg.uniques, func(u []string) bool { return slices.Equal(u, key) }) {
-			return nil, nil, fmt.Errorf("target table %s has no primary key or unique index on exactly the source's key columns %v: add one", name, t.key)
-		}
-	}
-	return tg, notes, nil
-}
-
-// loadTarget reads a table's columns and unique indexes; nil when the table
-// does not exist.
-func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTable, error) {
-	name := schema + "." + table
-	var oid uint32
-	err := tx.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, table).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up target table %s: %w", name, err)
-	}
-	tg := &targetTable{ident: pgx.Identifier{schema, table}, name: name, types: map[string]string{}, generated: map[string]bool{}}
-	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, NULL), attgenerated <> '' FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
-	if err != nil {
-		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
-	}
-	var col, typ string
-	var gen bool
-	_, err = pgx.ForEachRow(rows, []any{&col, &typ, &gen}, func() error {
-		tg.types[col], tg.generated[col] = typ, gen
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
-	}
-	rows, err = tx.Query(ctx, `SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid
-			AND i.indpred IS NULL AND i.indexprs IS NULL
-		GROUP BY i.indexrelid`, oid)
-	if err != nil {
-		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
-	}
-	if tg.uniques, err = pgx.CollectRows(rows, pgx.RowTo[[]string]); err != nil {
-		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
-	}
-	for _, u := range tg.uniques {
-		// ORDER BY uses the column collation; Go's order is byte order.
-		slices.Sort(u)
-	}
-	return tg, nil
 }
 
 // applyTable applies one table's collapsed changes: the truncate, then one

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -9,13 +10,17 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// tableChanges is the net effect of one batch's events on one source table:
-// whether the table was truncated (everything before the last truncate is
-// discarded), then the final state of every key touched after it.
+// tableChanges is the net effect of consecutive events of one batch on one
+// source table, all of one shape of the table: whether the table was
+// truncated (everything before the last truncate is discarded), then the
+// final state of every key touched after it.
 type tableChanges struct {
 	schema, table string
-	key           []string
-	truncate      bool
+	// relation is the source's description of the table that its events
+	// came with (the first event's Relation); nil when none did.
+	relation *protocol.Schema
+	key      []string
+	truncate bool
 	// cols lists every column of the row images, key columns first, then
 	// in order of first appearance.
 	cols   []string
@@ -41,15 +46,25 @@ type rowChange struct {
 func (t *tableChanges) name() string { return t.schema + "." + t.table }
 
 // collect collapses a batch of events (in stream order) per table and key.
-// Tables come back in order of first appearance.
+// An event that carries another description of its table (Relation) than
+// the one its table's events came with so far starts a new part of that
+// table, applied after the earlier ones: the target follows the source's
+// shape between them. Parts come back in order of their first event.
 func collect(events []connectors.Event) ([]*tableChanges, error) {
 	byName := map[string]*tableChanges{}
 	var out []*tableChanges
 	for _, ev := range events {
 		id := ev.Schema + "\x00" + ev.Table
 		t := byName[id]
+		if t != nil && ev.Relation != nil && !reflect.DeepEqual(t.relation, ev.Relation) {
+			if t.truncate || len(t.order) > 0 {
+				t = nil // a new shape: a new part
+			} else {
+				t.relation = ev.Relation
+			}
+		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, relation: ev.Relation, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
 			byName[id] = t
 			out = append(out, t)
 		}

@@ -152,21 +152,33 @@
 // that changed the key, the row under the old key). It is never written as
 // NULL: when the target has no such row the batch fails with an error.
 //
-// Schema changes: a column that appears in events but not in the target
-// table is added as text (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) in the
-// batch's transaction, and logged. A row image without a column the batch
-// knows (an event from before the column existed) keeps the target's value
-// of that column, or NULL for a new row; a target column that no event
-// carries is left alone (its default for a new row). A missing target table
-// is created (columns as text, the event key as primary key) only with
-// ApplierConfig.CreateTables; otherwise the batch fails with an error naming
-// the table. The target needs a unique index (the primary key) on exactly the
-// event's key columns.
+// Typed replicas: events carry, on the first event of a table after each
+// change of its shape, the source's description of the table
+// (protocol.ChangeEvent.Relation). A missing target table is created, only
+// with ApplierConfig.CreateTables (otherwise the batch fails with an error
+// naming the table), from that description (typed DDL: the source's types,
+// NOT NULL, defaults and generated columns, the event key as primary key),
+// or with text columns when the events carry none. The description last
+// applied to each source table is kept in sluice_cdc_tables, in the batch's
+// transaction.
 //
-// Not handled: dropped or renamed source columns (the target column stays and
-// is no longer written), column type changes (values must still be valid
-// input for the target type), a change of a table's key columns within one
-// batch, tables without a primary key or replica identity (an error names the
+// Schema changes: a batch's events of one table are applied in parts, one
+// per shape of the table; before a part whose description differs from the
+// one last applied, the target follows it (see alterTarget): dropped
+// columns are dropped, renamed ones (the same column ID) renamed, retyped
+// ones altered with a cast of their values, NOT NULL and defaults changed,
+// added ones added with their type and default, so that a constant default
+// reaches the rows the target already has, as it did at the source. Each
+// change is logged once its transaction committed. A column that appears
+// in events without a description of it is added as text. A row image
+// without a column the batch knows (an event from before the column
+// existed) keeps the target's value of that column, or NULL for a new row;
+// a target column that no event carries is left alone (its default for a
+// new row). The target needs a unique index (the primary key) on exactly
+// the event's key columns.
+//
+// Not handled: a change of a table's key columns (the target's key stays),
+// tables without a primary key or replica identity (an error names the
 // table), foreign keys between target tables (tables are applied one after
 // the other, not in source order; within a table deletes go before upserts),
 // and several Runners of one pipeline at the same time (the offset row lock

@@ -1,0 +1,398 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// TablesTable is the table in which an Applier keeps what it knows of each
+// source table of a pipeline: the source's description it last applied
+// (protocol.ChangeEvent.Relation), against which the next one is compared.
+// It lives beside OffsetsTable.
+const TablesTable = "sluice_cdc_tables"
+
+// targetTable is what Apply knows of a target table.
+type targetTable struct {
+	ident pgx.Identifier
+	name  string
+	// types maps each column to its type without modifier: values are cast
+	// to it, and an assignment applies the modifier (a too long varchar
+	// fails rather than being cut).
+	types     map[string]string
+	generated map[string]bool
+	// uniques lists the column sets (sorted) of the table's immediate,
+	// plain unique indexes.
+	uniques [][]string
+}
+
+// schemaNote is a schema change to log once its transaction committed.
+type schemaNote struct {
+	msg  string
+	args []any
+}
+
+// createStateTables creates the offsets table and the tables table in
+// schema when missing.
+func (p *Applier) createStateTables(ctx context.Context, schema string) error {
+	_, err := p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
+		pipeline text PRIMARY KEY,
+		seq bigint NOT NULL,
+		updated_at timestamptz NOT NULL DEFAULT now())`)
+	if err != nil {
+		return fmt.Errorf("create offsets table %s.%s: %w", schema, OffsetsTable, err)
+	}
+	_, err = p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.state.Sanitize()+` (
+		pipeline text NOT NULL,
+		source_schema text NOT NULL,
+		source_table text NOT NULL,
+		relation jsonb,
+		updated_at timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (pipeline, source_schema, source_table))`)
+	if err != nil {
+		return fmt.Errorf("create tables table %s.%s: %w", schema, TablesTable, err)
+	}
+	return nil
+}
+
+// sourceState is what the Applier keeps of one source table in
+// TablesTable.
+type sourceState struct {
+	// relation is the source's description last applied; nil when none
+	// was.
+	relation *protocol.Schema
+}
+
+// source returns the state of a source table, reading it on first use.
+func (p *Applier) source(ctx context.Context, tx pgx.Tx, t *tableChanges) (*sourceState, error) {
+	id := t.schema + "\x00" + t.table
+	if st, ok := p.sources[id]; ok {
+		return st, nil
+	}
+	st := &sourceState{}
+	var rel []byte
+	err := tx.QueryRow(ctx, "SELECT relation FROM "+p.state.Sanitize()+" WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
+		p.cfg.Pipeline, t.schema, t.table).Scan(&rel)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("read the state of source table %s: %w", t.name(), err)
+	}
+	if len(rel) > 0 {
+		if err := json.Unmarshal(rel, &st.relation); err != nil {
+			return nil, fmt.Errorf("read the state of source table %s: relation: %w", t.name(), err)
+		}
+	}
+	p.sources[id] = st
+	return st, nil
+}
+
+// storeRelation records rel as the last description of t's source table
+// applied, in the batch's transaction.
+func (p *Applier) storeRelation(ctx context.Context, tx pgx.Tx, t *tableChanges, st *sourceState, rel *protocol.Schema) error {
+	b, err := json.Marshal(rel)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO `+p.state.Sanitize()+` (pipeline, source_schema, source_table, relation, updated_at)
+		VALUES ($1, $2, $3, $4, now())
+		ON CONFLICT (pipeline, source_schema, source_table) DO UPDATE SET relation = EXCLUDED.relation, updated_at = EXCLUDED.updated_at`,
+		p.cfg.Pipeline, t.schema, t.table, b)
+	if err != nil {
+		return fmt.Errorf("store the description of source table %s: %w", t.name(), err)
+	}
+	st.relation = rel
+	return nil
+}
+
+// prepare returns the target of t, creating the table, or changing its
+// columns to follow the source's description, as needed, and checks it can
+// take t's changes. It returns a nil target for a truncate of a table that
+// does not exist when tables are created on demand.
+func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*targetTable, []schemaNote, error) {
+	schema := p.cfg.Schema
+	if schema == "" {
+		schema = t.schema
+	}
+	id := schema + "\x00" + t.table
+	name := schema + "." + t.table
+	tg := p.tables[id]
+	var notes []schemaNote
+	if tg == nil {
+		var err error
+		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
+			return nil, nil, err
+		}
+	}
+	rel := t.relation
+	if rel != nil && len(t.key) > 0 && !slices.Equal(rel.Key, t.key) {
+		c := *rel
+		c.Key = t.key
+		rel = &c
+	}
+	if rel != nil && rel.Validate() != nil {
+		rel = nil // not a description DDL can follow: columns are added as text
+	}
+	var st *sourceState
+	if rel != nil {
+		var err error
+		if st, err = p.source(ctx, tx, t); err != nil {
+			return nil, nil, err
+		}
+	}
+	if tg == nil {
+		if !p.cfg.CreateTables {
+			return nil, nil, fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name())
+		}
+		if len(t.order) == 0 {
+			return nil, nil, nil // only a truncate: nothing to do on a table that does not exist
+		}
+		ident := pgx.Identifier{schema, t.table}
+		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+			return nil, nil, fmt.Errorf("create schema %q: %w", schema, err)
+		}
+		if rel != nil {
+			if err := CreateTable(ctx, tx, ident, rel, DDLOptions{PrimaryKey: true, Generated: true}); err != nil {
+				return nil, nil, fmt.Errorf("create target table %s: %w", name, err)
+			}
+			if err := p.storeRelation(ctx, tx, t, st, rel); err != nil {
+				return nil, nil, err
+			}
+			notes = append(notes, schemaNote{"cdc apply: created target table with the source's types", []any{"table", name, "primary_key", rel.Key}})
+		} else {
+			var defs []string
+			for _, c := range t.cols {
+				defs = append(defs, pgx.Identifier{c}.Sanitize()+" text")
+			}
+			defs = append(defs, "PRIMARY KEY ("+idents(t.key)+")")
+			if _, err := tx.Exec(ctx, "CREATE TABLE "+ident.Sanitize()+" ("+strings.Join(defs, ", ")+")"); err != nil {
+				return nil, nil, fmt.Errorf("create target table %s: %w", name, err)
+			}
+			notes = append(notes, schemaNote{"cdc apply: created target table (columns as text: the events carry no description of the source table)", []any{"table", name, "primary_key", t.key}})
+		}
+		var err error
+		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
+			return nil, nil, err
+		}
+		if tg == nil {
+			return nil, nil, fmt.Errorf("target table %s vanished after creation", name)
+		}
+	} else if rel != nil && !reflect.DeepEqual(st.relation, rel) {
+		n, err := alterTarget(ctx, tx, tg, st.relation, rel)
+		if err != nil {
+			return nil, nil, err
+		}
+		notes = append(notes, n...)
+		if err := p.storeRelation(ctx, tx, t, st, rel); err != nil {
+			return nil, nil, err
+		}
+		if len(n) > 0 {
+			if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	if slices.ContainsFunc(t.cols, func(c string) bool { _, ok := tg.types[c]; return !ok }) {
+		// A column may have been added to the target since it was loaded.
+		var err error
+		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
+			return nil, nil, err
+		}
+		if tg == nil {
+			return nil, nil, fmt.Errorf("target table %s (of source table %s) was dropped", name, t.name())
+		}
+	}
+	p.tables[id] = tg
+	for _, c := range t.cols {
+		if _, ok := tg.types[c]; ok {
+			if tg.generated[c] {
+				return nil, nil, fmt.Errorf("column %q of target table %s is generated: it cannot take the source's values", c, name)
+			}
+			continue
+		}
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+tg.ident.Sanitize()+" ADD COLUMN IF NOT EXISTS "+pgx.Identifier{c}.Sanitize()+" text"); err != nil {
+			return nil, nil, fmt.Errorf("add column %q to target table %s: %w", c, name, err)
+		}
+		tg.types[c] = "text"
+		notes = append(notes, schemaNote{"cdc apply: added a column that appeared in the source's events (as text: no description of it came with them)", []any{"table", name, "column", c}})
+	}
+	if len(t.order) > 0 {
+		key := slices.Sorted(slices.Values(t.key))
+		if !slices.ContainsFunc(tg.uniques, func(u []string) bool { return slices.Equal(u, key) }) {
+			return nil, nil, fmt.Errorf("target table %s has no primary key or unique index on exactly the source's key columns %v: add one", name, t.key)
+		}
+	}
+	return tg, notes, nil
+}
+
+// alterTarget changes the columns of target table tg from the source's
+// description old (nil when none was applied) to rel: columns of old that
+// rel lacks are dropped, renamed ones (the same ID under another name)
+// renamed, retyped ones (another type) altered with a cast of their
+// values, NOT NULL and defaults changed, and new ones added with their
+// type, NOT NULL and default (so a constant default reaches the rows the
+// target has, as it did at the source). Without old it only adds the
+// columns of rel the target lacks: the target's columns are not known to
+// be the source's. A change the target refuses (a cast that fails on a
+// value) is an error naming the table and the column. Each change is
+// logged by its note.
+func alterTarget(ctx context.Context, tx pgx.Tx, tg *targetTable, old, rel *protocol.Schema) ([]schemaNote, error) {
+	unknown, err := UnknownTypes(ctx, tx, rel)
+	if err != nil {
+		return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+	}
+	o := DDLOptions{Generated: true, Unknown: unknown}
+	alter := "ALTER TABLE " + tg.ident.Sanitize() + " "
+	has := func(c string) bool { _, ok := tg.types[c]; return ok }
+	var notes []schemaNote
+	exec := func(sql, what string, col string, args ...any) error {
+		if _, err := tx.Exec(ctx, alter+sql); err != nil {
+			return fmt.Errorf("%s column %q of target table %s, following the source table: %w", what, col, tg.name, err)
+		}
+		notes = append(notes, schemaNote{"cdc apply: " + what + " a column, following the source table", append([]any{"table", tg.name, "column", col}, args...)})
+		return nil
+	}
+	matched := map[int]bool{} // indexes in old.Columns
+	var added []protocol.Column
+	type pair struct{ old, new protocol.Column }
+	var kept []pair
+	for _, c := range rel.Columns {
+		i := -1
+		if old != nil {
+			i = slices.IndexFunc(old.Columns, func(o protocol.Column) bool {
+				if o.ID != 0 && c.ID != 0 {
+					return o.ID == c.ID
+				}
+				return o.Name == c.Name
+			})
+		}
+		if i < 0 || matched[i] {
+			added = append(added, c)
+			continue
+		}
+		matched[i] = true
+		kept = append(kept, pair{old.Columns[i], c})
+	}
+	if old != nil {
+		for i, c := range old.Columns {
+			if matched[i] || !has(c.Name) {
+				continue
+			}
+			if err := exec("DROP COLUMN "+pgx.Identifier{c.Name}.Sanitize(), "dropped", c.Name); err != nil {
+				return nil, err
+			}
+			delete(tg.types, c.Name)
+		}
+	}
+	for _, k := range kept {
+		name := pgx.Identifier{k.new.Name}.Sanitize()
+		if k.old.Name != k.new.Name && has(k.old.Name) && !has(k.new.Name) {
+			if err := exec("RENAME COLUMN "+pgx.Identifier{k.old.Name}.Sanitize()+" TO "+name, "renamed", k.new.Name, "from", k.old.Name); err != nil {
+				return nil, err
+			}
+			tg.types[k.new.Name] = tg.types[k.old.Name]
+			delete(tg.types, k.old.Name)
+		}
+		if !has(k.new.Name) {
+			added = append(added, k.new)
+			continue
+		}
+		if k.new.Generated != "" || k.old.Generated != "" {
+			continue // computed by the target
+		}
+		oldType, _, errO := ColumnType(k.old, old.System, unknown)
+		newType, native, errN := ColumnType(k.new, rel.System, unknown)
+		if err := errors.Join(errO, errN); err != nil {
+			return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+		}
+		if oldType != newType {
+			if err := exec("ALTER COLUMN "+name+" TYPE "+newType+" USING "+name+"::"+newType, "retyped", k.new.Name, "from", oldType, "to", newType); err != nil {
+				return nil, err
+			}
+		}
+		if k.old.NotNull != k.new.NotNull {
+			sql, what := "ALTER COLUMN "+name+" DROP NOT NULL", "dropped NOT NULL of"
+			if k.new.NotNull {
+				sql, what = "ALTER COLUMN "+name+" SET NOT NULL", "set NOT NULL on"
+			}
+			if err := exec(sql, what, k.new.Name); err != nil {
+				return nil, err
+			}
+		}
+		if native && k.old.Default != k.new.Default {
+			sql, what := "ALTER COLUMN "+name+" DROP DEFAULT", "dropped the default of"
+			if k.new.Default != "" {
+				sql, what = "ALTER COLUMN "+name+" SET DEFAULT "+k.new.Default, "set the default of"
+			}
+			if err := exec(sql, what, k.new.Name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, c := range added {
+		if has(c.Name) {
+			continue
+		}
+		def, err := ColumnSQL(c, rel.System, o)
+		if err != nil {
+			return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+		}
+		if err := exec("ADD COLUMN "+def, "added", c.Name, "definition", def); err != nil {
+			return nil, err
+		}
+		tg.types[c.Name] = ""
+	}
+	return notes, nil
+}
+
+// loadTarget reads a table's columns and unique indexes; nil when the table
+// does not exist.
+func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTable, error) {
+	name := schema + "." + table
+	var oid uint32
+	err := tx.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, table).Scan(&oid)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up target table %s: %w", name, err)
+	}
+	tg := &targetTable{ident: pgx.Identifier{schema, table}, name: name, types: map[string]string{}, generated: map[string]bool{}}
+	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, NULL), attgenerated <> '' FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
+	}
+	var col, typ string
+	var gen bool
+	_, err = pgx.ForEachRow(rows, []any{&col, &typ, &gen}, func() error {
+		tg.types[col], tg.generated[col] = typ, gen
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
+	}
+	rows, err = tx.Query(ctx, `SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_index i
+		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid
+			AND i.indpred IS NULL AND i.indexprs IS NULL
+		GROUP BY i.indexrelid`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
+	}
+	if tg.uniques, err = pgx.CollectRows(rows, pgx.RowTo[[]string]); err != nil {
+		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
+	}
+	for _, u := range tg.uniques {
+		// ORDER BY uses the column collation; Go's order is byte order.
+		slices.Sort(u)
+	}
+	return tg, nil
+}
