@@ -20,6 +20,13 @@
 // re-publishes the unconfirmed tail, and JetStream's duplicate window drops
 // what it already stored.
 //
+// A table joins the publication only if it has a primary key or a replica
+// identity (FULL, or USING INDEX): PostgreSQL refuses UPDATE and DELETE on
+// a published table that has neither, so the Reader and the snapshot
+// refuse such a table first, with a permanent error wrapping
+// ErrNoReplicaIdentity that names it and the fix, and leave the
+// publication as it was.
+//
 // Old values: with REPLICA IDENTITY DEFAULT PostgreSQL sends only the key
 // columns of the old row, on delete and on an update that changed the key;
 // with FULL it sends the whole old row on every update and delete. A TOASTed

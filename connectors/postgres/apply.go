@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -111,6 +112,12 @@ type Applier struct {
 	tables  map[string]*targetTable // by target schema NUL table
 	sources map[string]*sourceState // by source schema NUL table
 	stages  map[string]bool         // staging tables created on conn
+	// stopped holds the stopped source tables (by schema NUL table), as
+	// TablesTable records them; nil until read on conn.
+	stopped map[string]*protocol.TableStatus
+
+	mu     sync.Mutex
+	status []protocol.TableStatus // what TableStatus reports
 }
 
 // NewApplier connects to the target and creates the offsets table and the
@@ -160,10 +167,16 @@ func (p *Applier) connect(ctx context.Context) error {
 		return fmt.Errorf("connect to target: %w", err)
 	}
 	p.conn = conn
+	p.forget()
+	return nil
+}
+
+// forget empties the caches: what they hold may have been rolled back.
+func (p *Applier) forget() {
 	p.tables = map[string]*targetTable{}
 	p.sources = map[string]*sourceState{}
 	p.stages = map[string]bool{}
-	return nil
+	p.stopped = nil
 }
 
 // drop closes the connection and forgets what was known on it.
@@ -173,7 +186,7 @@ func (p *Applier) drop() {
 		p.conn.Close(ctx)
 		cancel()
 	}
-	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
+	p.conn, p.tables, p.sources, p.stages, p.stopped = nil, nil, nil, nil, nil
 }
 
 // Close closes the connection.
@@ -196,14 +209,26 @@ func (p *Applier) Applied(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read offset of %q: %w", p.cfg.Pipeline, err)
 	}
+	if p.stopped == nil {
+		if err := p.loadStopped(ctx, p.conn); err != nil {
+			return 0, err
+		}
+		p.report()
+	}
 	return uint64(seq), nil
 }
 
 // Apply applies the events after the stored offset in one transaction that
 // also stores the last event's sequence. The events of one sequence (one
-// message) are applied together or skipped together. On error nothing of
-// the batch is applied and the connection is dropped (the next call
-// reconnects).
+// message) are applied together or skipped together. A permanent error on
+// one source table (a value its target column refuses, a change its
+// target cannot follow, an inconsistent stream of it) stops that table
+// only: the transaction is rolled back and the batch applied again without
+// the table's events, which from then on are skipped, while the table's
+// stop (the sequence of its first event not applied, and the error) is
+// recorded in TablesTable in the same transaction and reported by
+// TableStatus. On any other error nothing of the batch is applied and the
+// connection is dropped (the next call reconnects).
 func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
 	if len(events) == 0 {
 		return nil
@@ -213,14 +238,31 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			return fmt.Errorf("events out of order: sequence %d after %d", events[i].Seq, events[i-1].Seq)
 		}
 	}
-	if err := p.connect(ctx); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			p.drop()
 		}
 	}()
+	stops := map[string]*tableError{}
+	for {
+		if err := p.connect(ctx); err != nil {
+			return err
+		}
+		err := p.apply(ctx, events, stops)
+		var te *tableError
+		if err == nil || !errors.As(err, &te) || !te.permanent || stops[te.id()] != nil || ctx.Err() != nil {
+			return err
+		}
+		// The transaction was rolled back: what it created is gone.
+		p.forget()
+		stops[te.id()] = te
+		p.log.Warn("cdc apply: stopping a table on a permanent error, the others go on", "table", te.name(), "seq", te.seq, "err", te.err)
+	}
+}
+
+// apply applies events in one transaction, skipping the tables stopped
+// before and those of stops, whose stops it records.
+func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops map[string]*tableError) error {
 	tx, err := p.conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -245,7 +287,15 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if len(events) == 0 {
 		return tx.Commit(ctx)
 	}
-	changes, err := collect(events)
+	if err := p.loadStopped(ctx, tx); err != nil {
+		return err
+	}
+	for _, te := range stops {
+		if err := p.recordStop(ctx, tx, te); err != nil {
+			return err
+		}
+	}
+	changes, err := collect(events, func(id string) bool { return p.stopped[id] != nil })
 	if err != nil {
 		return err
 	}
@@ -254,14 +304,14 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	for _, t := range changes {
 		tg, n, err := p.prepare(ctx, tx, t)
 		if err != nil {
-			return err
+			return t.fail(err)
 		}
 		notes = append(notes, n...)
 		if tg == nil {
 			continue // a truncate of a table that does not exist yet
 		}
 		if err := p.applyTable(ctx, tx, t, tg, uses); err != nil {
-			return fmt.Errorf("apply to %s: %w", tg.name, err)
+			return t.fail(fmt.Errorf("apply to %s: %w", tg.name, err))
 		}
 	}
 	last := events[len(events)-1].Seq
@@ -273,6 +323,7 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d-%d: %w", events[0].Seq, last, err)
 	}
+	p.report()
 	for _, n := range notes {
 		p.log.Info(n.msg, n.args...)
 	}
@@ -455,8 +506,8 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 			err := br.QueryRow().Scan(&missing)
 			if err == nil {
 				br.Close()
-				return fmt.Errorf("an update leaves a value unchanged (TOAST) that is in no earlier image of the batch, and the target has no row with key %s to keep it from: the target is missing rows of the source (load a snapshot first)",
-					keyText(t.key, missing))
+				return connectors.Permanent(fmt.Errorf("an update leaves a value unchanged (TOAST) that is in no earlier image of the batch, and the target has no row with key %s to keep it from: the target is missing rows of the source (load a snapshot first)",
+					keyText(t.key, missing)))
 			}
 			if !errors.Is(err, pgx.ErrNoRows) {
 				br.Close()

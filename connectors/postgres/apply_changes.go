@@ -16,6 +16,9 @@ import (
 // final state of every key touched after it.
 type tableChanges struct {
 	schema, table string
+	// first is the stream sequence of the batch's first event of the
+	// table (of any of its parts).
+	first uint64
 	// relation is the source's description of the table that its events
 	// came with (the first event's Relation); nil when none did.
 	relation *protocol.Schema
@@ -45,16 +48,32 @@ type rowChange struct {
 
 func (t *tableChanges) name() string { return t.schema + "." + t.table }
 
+// fail returns err as an error of t's table: permanent (see
+// isPermanentApply) or not.
+func (t *tableChanges) fail(err error) error {
+	return &tableError{schema: t.schema, table: t.table, seq: t.first, permanent: isPermanentApply(err), err: err}
+}
+
 // collect collapses a batch of events (in stream order) per table and key.
 // An event that carries another description of its table (Relation) than
 // the one its table's events came with so far starts a new part of that
 // table, applied after the earlier ones: the target follows the source's
-// shape between them. Parts come back in order of their first event.
-func collect(events []connectors.Event) ([]*tableChanges, error) {
+// shape between them. Parts come back in order of their first event. The
+// events of a table for which skip (given "schema NUL table") is true are
+// left out. An event the table's changes cannot take (no key, an
+// inconsistent stream) fails with a permanent *tableError.
+func collect(events []connectors.Event, skip func(id string) bool) ([]*tableChanges, error) {
 	byName := map[string]*tableChanges{}
+	first := map[string]uint64{}
 	var out []*tableChanges
 	for _, ev := range events {
 		id := ev.Schema + "\x00" + ev.Table
+		if skip != nil && skip(id) {
+			continue
+		}
+		if _, ok := first[id]; !ok {
+			first[id] = ev.Seq
+		}
 		t := byName[id]
 		if t != nil && ev.Relation != nil && !reflect.DeepEqual(t.relation, ev.Relation) {
 			if t.truncate || len(t.order) > 0 {
@@ -64,12 +83,12 @@ func collect(events []connectors.Event) ([]*tableChanges, error) {
 			}
 		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, relation: ev.Relation, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
 			byName[id] = t
 			out = append(out, t)
 		}
 		if err := t.add(ev); err != nil {
-			return nil, fmt.Errorf("table %s, event at sequence %d (%s): %w", t.name(), ev.Seq, ev.Op, err)
+			return nil, t.fail(connectors.Permanent(fmt.Errorf("event at sequence %d (%s): %w", ev.Seq, ev.Op, err)))
 		}
 	}
 	for _, t := range out {

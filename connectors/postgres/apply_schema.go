@@ -8,16 +8,20 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // TablesTable is the table in which an Applier keeps what it knows of each
 // source table of a pipeline: the source's description it last applied
-// (protocol.ChangeEvent.Relation), against which the next one is compared.
-// It lives beside OffsetsTable.
+// (protocol.ChangeEvent.Relation), against which the next one is compared,
+// and whether the table stopped (the sequence of its first event not
+// applied, the error, when). It lives beside OffsetsTable.
 const TablesTable = "sluice_cdc_tables"
 
 // targetTable is what Apply knows of a target table.
@@ -55,8 +59,16 @@ func (p *Applier) createStateTables(ctx context.Context, schema string) error {
 		source_schema text NOT NULL,
 		source_table text NOT NULL,
 		relation jsonb,
+		stopped_seq bigint,
+		stopped_error text,
+		stopped_at timestamptz,
 		updated_at timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (pipeline, source_schema, source_table))`)
+	if err == nil {
+		// Made by a build that kept less.
+		_, err = p.conn.Exec(ctx, `ALTER TABLE `+p.state.Sanitize()+` ADD COLUMN IF NOT EXISTS stopped_seq bigint,
+			ADD COLUMN IF NOT EXISTS stopped_error text, ADD COLUMN IF NOT EXISTS stopped_at timestamptz`)
+	}
 	if err != nil {
 		return fmt.Errorf("create tables table %s.%s: %w", schema, TablesTable, err)
 	}
@@ -148,7 +160,7 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 	}
 	if tg == nil {
 		if !p.cfg.CreateTables {
-			return nil, nil, fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name())
+			return nil, nil, connectors.Permanent(fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name()))
 		}
 		if len(t.order) == 0 {
 			return nil, nil, nil // only a truncate: nothing to do on a table that does not exist
@@ -205,14 +217,14 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 			return nil, nil, err
 		}
 		if tg == nil {
-			return nil, nil, fmt.Errorf("target table %s (of source table %s) was dropped", name, t.name())
+			return nil, nil, connectors.Permanent(fmt.Errorf("target table %s (of source table %s) was dropped", name, t.name()))
 		}
 	}
 	p.tables[id] = tg
 	for _, c := range t.cols {
 		if _, ok := tg.types[c]; ok {
 			if tg.generated[c] {
-				return nil, nil, fmt.Errorf("column %q of target table %s is generated: it cannot take the source's values", c, name)
+				return nil, nil, connectors.Permanent(fmt.Errorf("column %q of target table %s is generated: it cannot take the source's values", c, name))
 			}
 			continue
 		}
@@ -225,7 +237,7 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 	if len(t.order) > 0 {
 		key := slices.Sorted(slices.Values(t.key))
 		if !slices.ContainsFunc(tg.uniques, func(u []string) bool { return slices.Equal(u, key) }) {
-			return nil, nil, fmt.Errorf("target table %s has no primary key or unique index on exactly the source's key columns %v: add one", name, t.key)
+			return nil, nil, connectors.Permanent(fmt.Errorf("target table %s has no primary key or unique index on exactly the source's key columns %v: add one", name, t.key))
 		}
 	}
 	return tg, notes, nil
@@ -395,4 +407,110 @@ func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTa
 		slices.Sort(u)
 	}
 	return tg, nil
+}
+
+// tableError is an error applying the events of one source table.
+type tableError struct {
+	schema, table string
+	// seq is the stream sequence of the table's first event in the batch:
+	// the first not applied when the table stops.
+	seq uint64
+	// permanent reports an error another attempt would not cure, which
+	// stops the table (see isPermanentApply).
+	permanent bool
+	err       error
+}
+
+func (e *tableError) Error() string { return fmt.Sprintf("source table %s: %v", e.name(), e.err) }
+func (e *tableError) Unwrap() error { return e.err }
+func (e *tableError) name() string  { return e.schema + "." + e.table }
+func (e *tableError) id() string    { return e.schema + "\x00" + e.table }
+
+// isPermanentApply reports whether an error applying a table's events
+// would come back on every attempt: one marked connectors.Permanent (the
+// applier's own checks), or an error of PostgreSQL of the classes data
+// exception (22), integrity constraint violation (23), syntax error or
+// access rule violation (42: a missing column, a type mismatch, no
+// privilege), cardinality violation (21), feature not supported (0A), WITH
+// CHECK OPTION violation (44), program limit exceeded (54) or raised by a
+// trigger's PL/pgSQL (P0). Lost connections, deadlocks, serialization
+// failures, cancellations and other errors are not.
+func isPermanentApply(err error) bool {
+	if connectors.IsPermanent(err) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "21", "22", "23", "42", "0A", "44", "54", "P0":
+		return true
+	}
+	return false
+}
+
+// loadStopped reads the stopped tables of the pipeline from TablesTable,
+// unless they were read on this connection already.
+func (p *Applier) loadStopped(ctx context.Context, q Querier) error {
+	if p.stopped != nil {
+		return nil
+	}
+	rows, err := q.Query(ctx, `SELECT source_schema, source_table, stopped_seq, coalesce(stopped_error, ''), coalesce(stopped_at, now())
+		FROM `+p.state.Sanitize()+` WHERE pipeline = $1 AND stopped_seq IS NOT NULL`, p.cfg.Pipeline)
+	if err != nil {
+		return fmt.Errorf("read the stopped tables: %w", err)
+	}
+	stopped := map[string]*protocol.TableStatus{}
+	var schema, table string
+	var ts protocol.TableStatus
+	var seq int64
+	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &seq, &ts.Error, &ts.Since}, func() error {
+		st := ts
+		st.Table, st.State, st.Seq, st.Since = schema+"."+table, protocol.TableStopped, uint64(seq), ts.Since.UTC()
+		stopped[schema+"\x00"+table] = &st
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read the stopped tables: %w", err)
+	}
+	p.stopped = stopped
+	return nil
+}
+
+// recordStop records in the transaction that the table of te stops at its
+// sequence.
+func (p *Applier) recordStop(ctx context.Context, tx pgx.Tx, te *tableError) error {
+	var at time.Time
+	err := tx.QueryRow(ctx, `INSERT INTO `+p.state.Sanitize()+` AS s (pipeline, source_schema, source_table, stopped_seq, stopped_error, stopped_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, now(), now())
+		ON CONFLICT (pipeline, source_schema, source_table) DO UPDATE SET stopped_seq = EXCLUDED.stopped_seq,
+			stopped_error = EXCLUDED.stopped_error, stopped_at = EXCLUDED.stopped_at, updated_at = EXCLUDED.updated_at
+		RETURNING stopped_at`, p.cfg.Pipeline, te.schema, te.table, int64(te.seq), te.err.Error()).Scan(&at)
+	if err != nil {
+		return fmt.Errorf("record the stop of source table %s: %w", te.name(), err)
+	}
+	p.stopped[te.id()] = &protocol.TableStatus{Table: te.name(), State: protocol.TableStopped, Error: te.err.Error(), Seq: te.seq, Since: at.UTC()}
+	return nil
+}
+
+// report publishes the stopped tables for TableStatus.
+func (p *Applier) report() {
+	out := make([]protocol.TableStatus, 0, len(p.stopped))
+	for _, st := range p.stopped {
+		out = append(out, *st)
+	}
+	slices.SortFunc(out, func(a, b protocol.TableStatus) int { return strings.Compare(a.Table, b.Table) })
+	p.mu.Lock()
+	p.status = out
+	p.mu.Unlock()
+}
+
+// TableStatus reports the source tables whose events the Applier no
+// longer applies (connectors.TableReporter). It may be called
+// concurrently with the other methods.
+func (p *Applier) TableStatus() []protocol.TableStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.status)
 }

@@ -141,7 +141,14 @@
 // offset row of the pipeline in sluice_cdc_offsets (in ApplierConfig.Schema,
 // or in public when Schema is empty) is updated in the same transaction. The
 // offset row is read under a row lock, so a batch delivered twice is applied
-// once. Values arrive in PostgreSQL's text output format and are converted by
+// once. A permanent error on one source table (see isPermanentApply: a
+// value the target refuses, a target without the key, a missing target
+// table, an inconsistent stream of the table) stops that table alone: the
+// batch is applied again without its events, the table's stop (the
+// sequence of its first event not applied, and the error) is recorded in
+// sluice_cdc_tables in the same transaction, its later events are
+// skipped, and Applier.TableStatus reports it (connectors.TableReporter).
+// Values arrive in PostgreSQL's text output format and are converted by
 // the target column type's input function (a cast of text to the type), so
 // numeric, jsonb, arrays, bytea and timestamptz round-trip exactly.
 //
