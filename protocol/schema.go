@@ -77,6 +77,13 @@ type Column struct {
 	// when the column has none, or when it refers to objects another
 	// database would lack (a sequence, a function the source defined).
 	Default string `json:"default,omitempty"`
+	// Backfill is, for a column added to a table that had rows, the value
+	// those rows took, as an expression of the source system (PostgreSQL:
+	// the "missing value" of a column added with a constant default,
+	// which stays when the default changes later); empty when they took
+	// NULL or the value is not known. A consumer adding the column to a
+	// copy of the table gives it to the copy's rows.
+	Backfill string `json:"backfill,omitempty"`
 	// Generated is the expression of a generated (computed) column as the
 	// source system writes it, for a sink of the same system. A generated
 	// column's values are computed by the database: batches and change

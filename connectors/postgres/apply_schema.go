@@ -195,13 +195,13 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 		if tg == nil {
 			return nil, nil, fmt.Errorf("target table %s vanished after creation", name)
 		}
-	} else if rel != nil && !reflect.DeepEqual(st.relation, rel) {
-		n, err := alterTarget(ctx, tx, tg, st.relation, rel)
+	} else if rel != nil && !sameRelation(st.relation, rel) {
+		applied, n, err := alterTarget(ctx, tx, tg, st.relation, rel)
 		if err != nil {
 			return nil, nil, err
 		}
 		notes = append(notes, n...)
-		if err := p.storeRelation(ctx, tx, t, st, rel); err != nil {
+		if err := p.storeRelation(ctx, tx, t, st, applied); err != nil {
 			return nil, nil, err
 		}
 		if len(n) > 0 {
@@ -248,48 +248,80 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 // rel lacks are dropped, renamed ones (the same ID under another name)
 // renamed, retyped ones (another type) altered with a cast of their
 // values, NOT NULL and defaults changed, and new ones added with their
-// type, NOT NULL and default (so a constant default reaches the rows the
-// target has, as it did at the source). Without old it only adds the
-// columns of rel the target lacks: the target's columns are not known to
-// be the source's. A change the target refuses (a cast that fails on a
-// value) is an error naming the table and the column. Each change is
-// logged by its note.
-func alterTarget(ctx context.Context, tx pgx.Tx, tg *targetTable, old, rel *protocol.Schema) ([]schemaNote, error) {
+// type and default, the rows the target has taking the column's Backfill
+// (so a constant default reaches them, as it did at the source, even when
+// the default changed since). Without old it only adds the columns of rel
+// the target lacks: the target's columns are not known to be the
+// source's. A change the target refuses (a cast that fails on a value) is
+// an error naming the table and the column.
+//
+// The catalog describes a table as it is when the reader meets the
+// change, which may be ahead of the events applied so far: NOT NULL is
+// set only when the target's rows allow it, and otherwise left for a later
+// description. It returns rel as applied (without the NOT NULL that could
+// not be set yet), to be compared with the next description, and a note
+// per change.
+func alterTarget(ctx context.Context, tx pgx.Tx, tg *targetTable, old, rel *protocol.Schema) (*protocol.Schema, []schemaNote, error) {
 	unknown, err := UnknownTypes(ctx, tx, rel)
 	if err != nil {
-		return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+		return nil, nil, fmt.Errorf("target table %s: %w", tg.name, err)
 	}
-	o := DDLOptions{Generated: true, Unknown: unknown}
 	alter := "ALTER TABLE " + tg.ident.Sanitize() + " "
 	has := func(c string) bool { _, ok := tg.types[c]; return ok }
 	var notes []schemaNote
+	note := func(what, col string, args ...any) {
+		notes = append(notes, schemaNote{"cdc apply: " + what + " a column, following the source table", append([]any{"table", tg.name, "column", col}, args...)})
+	}
 	exec := func(sql, what string, col string, args ...any) error {
 		if _, err := tx.Exec(ctx, alter+sql); err != nil {
 			return fmt.Errorf("%s column %q of target table %s, following the source table: %w", what, col, tg.name, err)
 		}
-		notes = append(notes, schemaNote{"cdc apply: " + what + " a column, following the source table", append([]any{"table", tg.name, "column", col}, args...)})
+		note(what, col, args...)
 		return nil
 	}
-	matched := map[int]bool{} // indexes in old.Columns
-	var added []protocol.Column
-	type pair struct{ old, new protocol.Column }
-	var kept []pair
-	for _, c := range rel.Columns {
-		i := -1
-		if old != nil {
-			i = slices.IndexFunc(old.Columns, func(o protocol.Column) bool {
-				if o.ID != 0 && c.ID != 0 {
-					return o.ID == c.ID
-				}
-				return o.Name == c.Name
-			})
+	applied := *rel
+	applied.Columns = slices.Clone(rel.Columns)
+	// notNull sets NOT NULL on column j of rel when the target's rows
+	// allow it; else it leaves it for a later description.
+	notNull := func(j int) error {
+		c := rel.Columns[j]
+		sql := alter + "ALTER COLUMN " + pgx.Identifier{c.Name}.Sanitize() + " SET NOT NULL"
+		_, err := tx.Exec(ctx, "SAVEPOINT sluice_not_null; "+sql+"; RELEASE SAVEPOINT sluice_not_null")
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23502" {
+			if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT sluice_not_null; RELEASE SAVEPOINT sluice_not_null"); err != nil {
+				return fmt.Errorf("target table %s: %w", tg.name, err)
+			}
+			applied.Columns[j].NotNull = false
+			note("left NOT NULL for later (rows of the target hold NULL yet) on", c.Name)
+			return nil
 		}
-		if i < 0 || matched[i] {
-			added = append(added, c)
+		if err != nil {
+			return fmt.Errorf("set NOT NULL on column %q of target table %s, following the source table: %w", c.Name, tg.name, err)
+		}
+		note("set NOT NULL on", c.Name)
+		return nil
+	}
+	setDefault := func(c protocol.Column, from string) error {
+		if c.Default == from {
+			return nil
+		}
+		name := pgx.Identifier{c.Name}.Sanitize()
+		if c.Default == "" {
+			return exec("ALTER COLUMN "+name+" DROP DEFAULT", "dropped the default of", c.Name)
+		}
+		return exec("ALTER COLUMN "+name+" SET DEFAULT "+c.Default, "set the default of", c.Name)
+	}
+	matched := map[int]bool{} // indexes in old.Columns
+	var added, kept []int     // indexes in rel.Columns
+	match := matchColumns(old, rel)
+	for j, i := range match {
+		if i < 0 {
+			added = append(added, j)
 			continue
 		}
 		matched[i] = true
-		kept = append(kept, pair{old.Columns[i], c})
+		kept = append(kept, j)
 	}
 	if old != nil {
 		for i, c := range old.Columns {
@@ -297,70 +329,148 @@ func alterTarget(ctx context.Context, tx pgx.Tx, tg *targetTable, old, rel *prot
 				continue
 			}
 			if err := exec("DROP COLUMN "+pgx.Identifier{c.Name}.Sanitize(), "dropped", c.Name); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			delete(tg.types, c.Name)
 		}
 	}
-	for _, k := range kept {
-		name := pgx.Identifier{k.new.Name}.Sanitize()
-		if k.old.Name != k.new.Name && has(k.old.Name) && !has(k.new.Name) {
-			if err := exec("RENAME COLUMN "+pgx.Identifier{k.old.Name}.Sanitize()+" TO "+name, "renamed", k.new.Name, "from", k.old.Name); err != nil {
-				return nil, err
+	for _, j := range kept {
+		o, c := old.Columns[match[j]], rel.Columns[j]
+		name := pgx.Identifier{c.Name}.Sanitize()
+		if o.Name != c.Name && has(o.Name) && !has(c.Name) {
+			if err := exec("RENAME COLUMN "+pgx.Identifier{o.Name}.Sanitize()+" TO "+name, "renamed", c.Name, "from", o.Name); err != nil {
+				return nil, nil, err
 			}
-			tg.types[k.new.Name] = tg.types[k.old.Name]
-			delete(tg.types, k.old.Name)
+			tg.types[c.Name] = tg.types[o.Name]
+			delete(tg.types, o.Name)
 		}
-		if !has(k.new.Name) {
-			added = append(added, k.new)
+		if !has(c.Name) {
+			added = append(added, j)
 			continue
 		}
-		if k.new.Generated != "" || k.old.Generated != "" {
+		if c.Generated != "" || o.Generated != "" {
 			continue // computed by the target
 		}
-		oldType, _, errO := ColumnType(k.old, old.System, unknown)
-		newType, native, errN := ColumnType(k.new, rel.System, unknown)
+		oldType, _, errO := ColumnType(o, old.System, unknown)
+		newType, native, errN := ColumnType(c, rel.System, unknown)
 		if err := errors.Join(errO, errN); err != nil {
-			return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+			return nil, nil, fmt.Errorf("target table %s: %w", tg.name, err)
 		}
 		if oldType != newType {
-			if err := exec("ALTER COLUMN "+name+" TYPE "+newType+" USING "+name+"::"+newType, "retyped", k.new.Name, "from", oldType, "to", newType); err != nil {
-				return nil, err
+			if err := exec("ALTER COLUMN "+name+" TYPE "+newType+" USING "+name+"::"+newType, "retyped", c.Name, "from", oldType, "to", newType); err != nil {
+				return nil, nil, err
 			}
 		}
-		if k.old.NotNull != k.new.NotNull {
-			sql, what := "ALTER COLUMN "+name+" DROP NOT NULL", "dropped NOT NULL of"
-			if k.new.NotNull {
-				sql, what = "ALTER COLUMN "+name+" SET NOT NULL", "set NOT NULL on"
+		switch {
+		case o.NotNull && !c.NotNull:
+			if err := exec("ALTER COLUMN "+name+" DROP NOT NULL", "dropped NOT NULL of", c.Name); err != nil {
+				return nil, nil, err
 			}
-			if err := exec(sql, what, k.new.Name); err != nil {
-				return nil, err
+		case !o.NotNull && c.NotNull:
+			if err := notNull(j); err != nil {
+				return nil, nil, err
 			}
 		}
-		if native && k.old.Default != k.new.Default {
-			sql, what := "ALTER COLUMN "+name+" DROP DEFAULT", "dropped the default of"
-			if k.new.Default != "" {
-				sql, what = "ALTER COLUMN "+name+" SET DEFAULT "+k.new.Default, "set the default of"
-			}
-			if err := exec(sql, what, k.new.Name); err != nil {
-				return nil, err
+		if native {
+			if err := setDefault(c, o.Default); err != nil {
+				return nil, nil, err
 			}
 		}
 	}
-	for _, c := range added {
+	for _, j := range added {
+		c := rel.Columns[j]
 		if has(c.Name) {
 			continue
 		}
-		def, err := ColumnSQL(c, rel.System, o)
+		typ, native, err := ColumnType(c, rel.System, unknown)
 		if err != nil {
-			return nil, fmt.Errorf("target table %s: %w", tg.name, err)
+			return nil, nil, fmt.Errorf("target table %s: %w", tg.name, err)
+		}
+		def := pgx.Identifier{c.Name}.Sanitize() + " " + typ
+		filled := ""
+		switch {
+		case native && c.Generated != "":
+			def += " GENERATED ALWAYS AS (" + c.Generated + ") STORED"
+		case native && c.Backfill != "":
+			def += " DEFAULT " + c.Backfill
+			filled = c.Backfill
 		}
 		if err := exec("ADD COLUMN "+def, "added", c.Name, "definition", def); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		tg.types[c.Name] = ""
+		tg.types[c.Name] = typ
+		if native && c.Generated == "" {
+			if err := setDefault(c, filled); err != nil {
+				return nil, nil, err
+			}
+		}
+		if c.NotNull {
+			if err := notNull(j); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
-	return notes, nil
+	return &applied, notes, nil
+}
+
+// sameRelation reports whether the description applied, old, is rel's,
+// Backfill values aside (they matter only when a column is added, and a
+// rewrite of the source table clears them). A NOT NULL that could not be
+// set yet makes them differ, so the next description tries again.
+func sameRelation(old, rel *protocol.Schema) bool {
+	if old == nil || len(old.Columns) != len(rel.Columns) {
+		return false
+	}
+	a, b := *old, *rel
+	a.Columns, b.Columns = slices.Clone(old.Columns), slices.Clone(rel.Columns)
+	for i := range a.Columns {
+		a.Columns[i].Backfill, b.Columns[i].Backfill = "", ""
+	}
+	return reflect.DeepEqual(&a, &b)
+}
+
+// matchColumns finds, for each column of rel, the column of old it is (its
+// index in old.Columns), or -1 for a new column: the column of the same ID
+// when both IDs are known; else the one of the same name, unless both IDs
+// are known (another column was added under a dropped one's name); else,
+// when one of the IDs is unknown (a column renamed again before the source
+// was described), the one at the same place of the same type whose name
+// is gone. Each column of old is matched at most once. A nil old matches
+// nothing.
+func matchColumns(old, rel *protocol.Schema) []int {
+	out := make([]int, len(rel.Columns))
+	for j := range out {
+		out[j] = -1
+	}
+	if old == nil {
+		return out
+	}
+	taken := make([]bool, len(old.Columns))
+	match := func(ok func(i, j int) bool) {
+		for j := range rel.Columns {
+			if out[j] >= 0 {
+				continue
+			}
+			for i := range old.Columns {
+				if !taken[i] && ok(i, j) {
+					out[j], taken[i] = i, true
+					break
+				}
+			}
+		}
+	}
+	known := func(i, j int) bool { return old.Columns[i].ID != 0 && rel.Columns[j].ID != 0 }
+	match(func(i, j int) bool { return known(i, j) && old.Columns[i].ID == rel.Columns[j].ID })
+	match(func(i, j int) bool { return !known(i, j) && old.Columns[i].Name == rel.Columns[j].Name })
+	names := make(map[string]bool, len(rel.Columns))
+	for _, c := range rel.Columns {
+		names[c.Name] = true
+	}
+	match(func(i, j int) bool {
+		o, n := old.Columns[i], rel.Columns[j]
+		return i == j && !known(i, j) && !names[o.Name] && o.Native == n.Native && o.String() == n.String()
+	})
+	return out
 }
 
 // loadTarget reads a table's columns and unique indexes; nil when the table

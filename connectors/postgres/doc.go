@@ -173,10 +173,12 @@
 // per shape of the table; before a part whose description differs from the
 // one last applied, the target follows it (see alterTarget): dropped
 // columns are dropped, renamed ones (the same column ID) renamed, retyped
-// ones altered with a cast of their values, NOT NULL and defaults changed,
-// added ones added with their type and default, so that a constant default
-// reaches the rows the target already has, as it did at the source. Each
-// change is logged once its transaction committed. A column that appears
+// ones altered with a cast of their values, NOT NULL and defaults changed
+// (NOT NULL once the target's rows allow it), added ones added with their
+// type and default, the rows the target already has taking the column's
+// Backfill (the value the source's rows took: a constant default, even if
+// the default changed since). Each change is logged once its transaction
+// committed. A column that appears
 // in events without a description of it is added as text. A row image
 // without a column the batch knows (an event from before the column
 // existed) keeps the target's value of that column, or NULL for a new row;

@@ -5,6 +5,9 @@ import "github.com/sluicehq/sluice/connectors"
 // Collapse exposes collect for tests: per table "schema.table", whether it
 // was truncated and the final state of each key ("key -> deleted" or
 // "key -> image, origin").
+// MatchColumns exposes matchColumns for tests.
+var MatchColumns = matchColumns
+
 func Collapse(events []connectors.Event) ([]*TableChanges, error) { return collect(events, nil) }
 
 // TableChanges and RowChange expose the result of collect.

@@ -25,6 +25,9 @@ type pgTypeInfo struct {
 	// portable reports that the default refers to no sequence and no
 	// function of the database's own (only to built-in objects and types).
 	portable bool
+	// backfill is the value, as a literal cast to the column's type, that
+	// rows older than the column have (attmissingval), "" when none.
+	backfill string
 }
 
 // RelationColumn is a table's column as logical replication describes it
@@ -40,8 +43,9 @@ type RelationColumn struct {
 // ($3) and modifiers ($4) of the table with OID $1, in the given order:
 // each column's type (format_type of the given type and modifier), NOT
 // NULL flag, number, generated flag and default or generation expression
-// (from the catalog, by name: none when the table has no such column any
-// more), the base type (domains resolved, to any depth) and its modifier,
+// and the value rows older than the column have (attmissingval, as a
+// literal cast to its type) (from the catalog, by name: none when the
+// table has no such column any more), the base type (domains resolved, to any depth) and its modifier,
 // and the element type (and the element domain's modifier) of an array.
 // A default is portable when it depends on no relation but its own table
 // and on no function that is not built in (built-in objects are pinned:
@@ -55,7 +59,8 @@ WITH RECURSIVE cols AS (
 		d.oid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_depend x
 			WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid
 			AND x.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass)
-			AND NOT (x.refclassid = 'pg_class'::regclass AND x.refobjid = d.adrelid)) AS portable
+			AND NOT (x.refclassid = 'pg_class'::regclass AND x.refobjid = d.adrelid)) AS portable,
+		CASE WHEN a.atthasmissing THEN quote_nullable((a.attmissingval::text::text[])[1]) || '::' || format_type(m.typ, m.mod) END AS backfill
 	FROM unnest($2::text[], $3::oid[], $4::int4[]) WITH ORDINALITY AS m(name, typ, mod, ord)
 	LEFT JOIN pg_attribute a ON a.attrelid = $1 AND a.attname = m.name AND a.attnum > 0 AND NOT a.attisdropped
 	LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -67,7 +72,7 @@ WITH RECURSIVE cols AS (
 	FROM base b JOIN pg_type t ON t.oid = b.typbasetype WHERE b.typtype = 'd'
 )
 SELECT c.name, c.native, c.notnull, b.typmod, bt.typname, bt.typcategory = 'A' AND bt.typelem <> 0,
-	coalesce(el.typname, ''), coalesce(el.typmod, -1), c.attnum, c.gen, c.expr, c.portable
+	coalesce(el.typname, ''), coalesce(el.typmod, -1), c.attnum, c.gen, c.expr, c.portable, coalesce(c.backfill, '')
 FROM cols c JOIN base b ON b.ord = c.ord AND b.typtype <> 'd'
 JOIN pg_type bt ON bt.oid = b.typ
 LEFT JOIN LATERAL (
@@ -189,7 +194,7 @@ func describe(ctx context.Context, q Querier, oid uint32, columns []RelationColu
 	var name string
 	var ti pgTypeInfo
 	_, err = pgx.ForEachRow(rows, []any{&name, &ti.name, &ti.notNull, &ti.typmod, &ti.base, &ti.array, &ti.elem, &ti.elemMod,
-		&ti.attnum, &ti.gen, &ti.expr, &ti.portable}, func() error {
+		&ti.attnum, &ti.gen, &ti.expr, &ti.portable, &ti.backfill}, func() error {
 		col := logicalType(ti)
 		col.Name = name
 		sc.Columns = append(sc.Columns, col)
@@ -238,9 +243,10 @@ var scalarTypes = map[string]protocol.ColumnType{
 // ranges, composites, ...) to string, which holds its text form exactly. A
 // domain is mapped as its base type. Native is always the column's type
 // as format_type renders it. The column's number becomes its ID, and its
-// expression its Generated one, or its Default when portable.
+// expression its Generated one, or its Default when portable; the value
+// that rows older than the column have its Backfill.
 func logicalType(ti pgTypeInfo) protocol.Column {
-	col := protocol.Column{Native: ti.name, NotNull: ti.notNull, ID: ti.attnum}
+	col := protocol.Column{Native: ti.name, NotNull: ti.notNull, ID: ti.attnum, Backfill: ti.backfill}
 	switch {
 	case ti.gen:
 		col.Generated = ti.expr
