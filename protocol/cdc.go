@@ -15,13 +15,23 @@ import (
 // Op is the operation of a change event.
 type Op string
 
-// The change operations. OpRead marks a row read by a snapshot, not a change.
+// The change operations. OpRead marks a row read by a snapshot, not a
+// change; OpSnapshot marks the start of a snapshot of a table.
 const (
 	OpInsert   Op = "insert"
 	OpUpdate   Op = "update"
 	OpDelete   Op = "delete"
 	OpTruncate Op = "truncate"
 	OpRead     Op = "read"
+	// OpSnapshot: a snapshot of the table begins, at the position LSN.
+	// The table's rows are from now on the read events of this snapshot
+	// (those of LSN at or after it) and the changes after them: a
+	// consumer keeping a copy of the table empties it, unless it took a
+	// snapshot event of the same or a later LSN already (the marker may
+	// come more than once); read events of an LSN before the last
+	// snapshot event's are left out (an earlier, failed attempt's).
+	// It has no rows.
+	OpSnapshot Op = "snapshot"
 )
 
 // Value is one column value of a change event, in PostgreSQL's text output
@@ -516,7 +526,7 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 		}
 	}
 	switch e.Op {
-	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead:
+	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead, OpSnapshot:
 	default:
 		return e, fmt.Errorf("decode change event: unknown op %q", e.Op)
 	}

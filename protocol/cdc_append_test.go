@@ -497,3 +497,20 @@ func BenchmarkCDCMsgID(b *testing.B) {
 		_ = CDCMsgID("sluice_bench_cdc_sluice_3", "5/B0BE81F8", 93)
 	}
 }
+
+func TestParseLSN(t *testing.T) {
+	for _, v := range []uint64{0, 1, 0x16B3748, 0x1_2345ABCD, 0xFFFFFFFF_FFFFFFFF} {
+		s := string(AppendLSN(nil, v))
+		if got, err := ParseLSN(s); err != nil || got != v {
+			t.Errorf("ParseLSN(%q) = %x, %v; want %x", s, got, err, v)
+		}
+	}
+	if got, err := ParseLSN("a/b"); err != nil || got != 0xa_0000000b {
+		t.Errorf("lower case: %x, %v", got, err)
+	}
+	for _, bad := range []string{"", "1", "/1", "1/", "x/1", "1/123456789", "1/2/3"} {
+		if _, err := ParseLSN(bad); err == nil {
+			t.Errorf("ParseLSN(%q): no error", bad)
+		}
+	}
+}

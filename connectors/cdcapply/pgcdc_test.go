@@ -249,3 +249,61 @@ func TestSchemaChangesMidStream(t *testing.T) {
 		t.Errorf("other table holds %q, want both rows", rows)
 	}
 }
+
+// TestFailedSnapshotRetried: a snapshot that failed part way, whose read
+// events a replica applied, is taken again on a new slot after rows were
+// deleted and changed (one table emptied): the second attempt's snapshot
+// events start each table over, a late read event of the first attempt is
+// left out, and the replica ends equal to the source.
+func TestFailedSnapshotRetried(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.a (id int PRIMARY KEY, v text);
+		CREATE TABLE %[1]s.b (id int PRIMARY KEY, v text);
+		INSERT INTO %[1]s.a SELECT g, 'a' || g FROM generate_series(1, 3000) g;
+		INSERT INTO %[1]s.b SELECT g, 'b' || g FROM generate_series(1, 300) g`, src))
+	slot, tables := src+"_slot", []string{src + ".a", src + ".b"}
+	scfg := pgcdc.SnapshotConfig{DSN: dsn, Tables: tables, Slot: slot, Publication: slot, TargetRows: 500, ReplaceSlot: true}
+	// The first attempt publishes every other chunk, then fails.
+	first := cdctest.SnapshotChunks(t, js, scfg, "up", func(i int) bool { return i%2 == 0 })
+	stale := cdctest.StreamEvents(t, js)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
+	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
+	last := cdctest.LastSeq(t, js)
+	cdctest.WaitFor(t, "the first attempt's events", done, func() bool { return r.Status().Applied == last })
+	if n, _ := pgtest.Checksum(t, conn, dst+".a", "id"); n == 0 {
+		t.Fatal("the first attempt left no rows on the replica")
+	}
+
+	pgtest.Exec(t, conn, fmt.Sprintf(`DELETE FROM %[1]s.a WHERE id %% 3 = 0; UPDATE %[1]s.a SET v = 'changed' WHERE id %% 5 = 0;
+		DELETE FROM %[1]s.b`, src))
+	second := cdctest.Snapshot(t, js, scfg, "up")
+	if first == second {
+		t.Fatalf("both attempts at %s", first)
+	}
+	// A late read event of the first attempt (a task of it still running).
+	var late protocol.ChangeEvent
+	for _, ev := range stale {
+		if ev.Op == protocol.OpRead && ev.Table == "a" {
+			late = ev.ChangeEvent
+			late.After = protocol.Row{"id": ev.After["id"], "v": T("from the failed attempt")}
+			late.Relation = nil
+		}
+	}
+	cdctest.Publish(t, js, late)
+	rd := cdctest.StartReader(t, js, pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: tables, Pipeline: "up"})
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.b VALUES (1, 'again'); DELETE FROM %[1]s.a WHERE id = 1`, src))
+	last = rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	for _, tb := range []string{"a", "b"} {
+		wn, wsum := pgtest.Checksum(t, conn, src+"."+tb, "id")
+		gn, gsum := pgtest.Checksum(t, conn, dst+"."+tb, "id")
+		if wn != gn || wsum != gsum {
+			t.Errorf("replica %s holds %d rows (md5 %s), the source %d (md5 %s)", tb, gn, gsum, wn, wsum)
+		}
+	}
+	if st := pg.TableStatus(); len(st) != 0 {
+		t.Errorf("stopped tables %+v", st)
+	}
+}

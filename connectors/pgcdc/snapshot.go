@@ -384,8 +384,9 @@ func shapeOf(ctx context.Context, conn *pgx.Conn, table string) (tableShape, err
 // batches of about 1 MiB, in the same order on every read. Each line is a
 // SnapshotRow: the row (column to text value or null, as protocol.Row) with
 // the table, key columns, consistent LSN, chunk and 1-based row number the
-// sluice_cdc sink needs to publish it as a read event. A chunk without rows
-// emits nothing. A snapshot that is gone (the run was released, or the
+// sluice_cdc sink needs to publish it as a read event; the first line is
+// the chunk's Begin line (a chunk without rows emits it alone). A snapshot
+// that is gone (the run was released, or the
 // leader that planned it stopped) fails with a permanent error wrapping
 // postgres.ErrSnapshotGone: the run must start again with a new slot. ctx
 // bounds the whole read.
@@ -416,6 +417,12 @@ func (s *SnapshotSource) Read(ctx context.Context, p protocol.Partition, emit co
 		n     int64 // rows read
 		first int64 = 1
 	)
+	// Every chunk starts with the table's Begin line, so the snapshot
+	// event precedes the table's read events whichever chunk is
+	// published first, an empty table's too.
+	buf = enc.appendBegin(make([]byte, 0, batchBytes+batchBytes/8))
+	sum.Add(buf)
+	buf = append(buf, '\n')
 	flush := func() error {
 		if len(buf) == 0 {
 			return nil
@@ -519,6 +526,11 @@ type SnapshotRow struct {
 	// Relation describes the table, on the first row of a chunk (see
 	// protocol.ChangeEvent.Relation).
 	Relation *protocol.Schema `json:"relation,omitempty"`
+	// Begin marks the line every chunk starts with, before its rows: the
+	// table's snapshot begins (an event of op snapshot, see
+	// protocol.OpSnapshot). N is 0 and Row nil. Like a row it is a line
+	// of its batch, and an event of the sink's output.
+	Begin bool `json:"begin,omitempty"`
 }
 
 // rowEncoder writes SnapshotRow lines of one chunk without reflection: the
@@ -550,6 +562,12 @@ func newRowEncoder(spec snapshotSpec) (*rowEncoder, error) {
 		}
 	}
 	return e, nil
+}
+
+// appendBegin appends the chunk's Begin line, without its newline.
+func (e *rowEncoder) appendBegin(buf []byte) []byte {
+	buf = append(buf, e.prefix...)
+	return append(buf, `0,"row":null,"begin":true}`...)
 }
 
 // append appends one line, without its newline.

@@ -109,12 +109,11 @@ type Applier struct {
 
 	conn *pgx.Conn
 	// Caches, valid for conn; dropped with it after a failed Apply.
-	tables  map[string]*targetTable // by target schema NUL table
-	sources map[string]*sourceState // by source schema NUL table
-	stages  map[string]bool         // staging tables created on conn
-	// stopped holds the stopped source tables (by schema NUL table), as
-	// TablesTable records them; nil until read on conn.
-	stopped map[string]*protocol.TableStatus
+	tables map[string]*targetTable // by target schema NUL table
+	stages map[string]bool         // staging tables created on conn
+	// sources holds the state of the source tables (by schema NUL table),
+	// as TablesTable records it; nil until read on conn.
+	sources map[string]*sourceState
 
 	mu     sync.Mutex
 	status []protocol.TableStatus // what TableStatus reports
@@ -174,9 +173,8 @@ func (p *Applier) connect(ctx context.Context) error {
 // forget empties the caches: what they hold may have been rolled back.
 func (p *Applier) forget() {
 	p.tables = map[string]*targetTable{}
-	p.sources = map[string]*sourceState{}
 	p.stages = map[string]bool{}
-	p.stopped = nil
+	p.sources = nil
 }
 
 // drop closes the connection and forgets what was known on it.
@@ -186,7 +184,7 @@ func (p *Applier) drop() {
 		p.conn.Close(ctx)
 		cancel()
 	}
-	p.conn, p.tables, p.sources, p.stages, p.stopped = nil, nil, nil, nil, nil
+	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
 }
 
 // Close closes the connection.
@@ -209,8 +207,8 @@ func (p *Applier) Applied(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read offset of %q: %w", p.cfg.Pipeline, err)
 	}
-	if p.stopped == nil {
-		if err := p.loadStopped(ctx, p.conn); err != nil {
+	if p.sources == nil {
+		if err := p.loadStates(ctx, p.conn); err != nil {
 			return 0, err
 		}
 		p.report()
@@ -287,7 +285,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 	if len(events) == 0 {
 		return tx.Commit(ctx)
 	}
-	if err := p.loadStopped(ctx, tx); err != nil {
+	if err := p.loadStates(ctx, tx); err != nil {
 		return err
 	}
 	for _, te := range stops {
@@ -295,13 +293,24 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 			return err
 		}
 	}
-	changes, err := collect(events, func(id string) bool { return p.stopped[id] != nil })
+	changes, err := collect(events, func(id string) tableFilter {
+		f := tableFilter{skip: stops[id] != nil}
+		if st := p.sources[id]; st != nil {
+			f.stopped, f.snapshot = st.stop != nil, st.snapshot
+		}
+		return f
+	})
 	if err != nil {
 		return err
 	}
 	var notes []schemaNote
 	uses := map[string]int{} // staging shape -> uses in this transaction
 	for _, t := range changes {
+		if t.snapshot != 0 {
+			if err := p.snapshotBegan(ctx, tx, t); err != nil {
+				return err
+			}
+		}
 		tg, n, err := p.prepare(ctx, tx, t)
 		if err != nil {
 			return t.fail(err)

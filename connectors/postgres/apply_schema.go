@@ -2,13 +2,11 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -44,85 +42,6 @@ type schemaNote struct {
 	args []any
 }
 
-// createStateTables creates the offsets table and the tables table in
-// schema when missing.
-func (p *Applier) createStateTables(ctx context.Context, schema string) error {
-	_, err := p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
-		pipeline text PRIMARY KEY,
-		seq bigint NOT NULL,
-		updated_at timestamptz NOT NULL DEFAULT now())`)
-	if err != nil {
-		return fmt.Errorf("create offsets table %s.%s: %w", schema, OffsetsTable, err)
-	}
-	_, err = p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.state.Sanitize()+` (
-		pipeline text NOT NULL,
-		source_schema text NOT NULL,
-		source_table text NOT NULL,
-		relation jsonb,
-		stopped_seq bigint,
-		stopped_error text,
-		stopped_at timestamptz,
-		updated_at timestamptz NOT NULL DEFAULT now(),
-		PRIMARY KEY (pipeline, source_schema, source_table))`)
-	if err == nil {
-		// Made by a build that kept less.
-		_, err = p.conn.Exec(ctx, `ALTER TABLE `+p.state.Sanitize()+` ADD COLUMN IF NOT EXISTS stopped_seq bigint,
-			ADD COLUMN IF NOT EXISTS stopped_error text, ADD COLUMN IF NOT EXISTS stopped_at timestamptz`)
-	}
-	if err != nil {
-		return fmt.Errorf("create tables table %s.%s: %w", schema, TablesTable, err)
-	}
-	return nil
-}
-
-// sourceState is what the Applier keeps of one source table in
-// TablesTable.
-type sourceState struct {
-	// relation is the source's description last applied; nil when none
-	// was.
-	relation *protocol.Schema
-}
-
-// source returns the state of a source table, reading it on first use.
-func (p *Applier) source(ctx context.Context, tx pgx.Tx, t *tableChanges) (*sourceState, error) {
-	id := t.schema + "\x00" + t.table
-	if st, ok := p.sources[id]; ok {
-		return st, nil
-	}
-	st := &sourceState{}
-	var rel []byte
-	err := tx.QueryRow(ctx, "SELECT relation FROM "+p.state.Sanitize()+" WHERE pipeline = $1 AND source_schema = $2 AND source_table = $3",
-		p.cfg.Pipeline, t.schema, t.table).Scan(&rel)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("read the state of source table %s: %w", t.name(), err)
-	}
-	if len(rel) > 0 {
-		if err := json.Unmarshal(rel, &st.relation); err != nil {
-			return nil, fmt.Errorf("read the state of source table %s: relation: %w", t.name(), err)
-		}
-	}
-	p.sources[id] = st
-	return st, nil
-}
-
-// storeRelation records rel as the last description of t's source table
-// applied, in the batch's transaction.
-func (p *Applier) storeRelation(ctx context.Context, tx pgx.Tx, t *tableChanges, st *sourceState, rel *protocol.Schema) error {
-	b, err := json.Marshal(rel)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO `+p.state.Sanitize()+` (pipeline, source_schema, source_table, relation, updated_at)
-		VALUES ($1, $2, $3, $4, now())
-		ON CONFLICT (pipeline, source_schema, source_table) DO UPDATE SET relation = EXCLUDED.relation, updated_at = EXCLUDED.updated_at`,
-		p.cfg.Pipeline, t.schema, t.table, b)
-	if err != nil {
-		return fmt.Errorf("store the description of source table %s: %w", t.name(), err)
-	}
-	st.relation = rel
-	return nil
-}
-
 // prepare returns the target of t, creating the table, or changing its
 // columns to follow the source's description, as needed, and checks it can
 // take t's changes. It returns a nil target for a truncate of a table that
@@ -151,13 +70,7 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 	if rel != nil && rel.Validate() != nil {
 		rel = nil // not a description DDL can follow: columns are added as text
 	}
-	var st *sourceState
-	if rel != nil {
-		var err error
-		if st, err = p.source(ctx, tx, t); err != nil {
-			return nil, nil, err
-		}
-	}
+	st := p.source(t.schema + "\x00" + t.table)
 	if tg == nil {
 		if !p.cfg.CreateTables {
 			return nil, nil, connectors.Permanent(fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name()))
@@ -517,110 +430,4 @@ func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTa
 		slices.Sort(u)
 	}
 	return tg, nil
-}
-
-// tableError is an error applying the events of one source table.
-type tableError struct {
-	schema, table string
-	// seq is the stream sequence of the table's first event in the batch:
-	// the first not applied when the table stops.
-	seq uint64
-	// permanent reports an error another attempt would not cure, which
-	// stops the table (see isPermanentApply).
-	permanent bool
-	err       error
-}
-
-func (e *tableError) Error() string { return fmt.Sprintf("source table %s: %v", e.name(), e.err) }
-func (e *tableError) Unwrap() error { return e.err }
-func (e *tableError) name() string  { return e.schema + "." + e.table }
-func (e *tableError) id() string    { return e.schema + "\x00" + e.table }
-
-// isPermanentApply reports whether an error applying a table's events
-// would come back on every attempt: one marked connectors.Permanent (the
-// applier's own checks), or an error of PostgreSQL of the classes data
-// exception (22), integrity constraint violation (23), syntax error or
-// access rule violation (42: a missing column, a type mismatch, no
-// privilege), cardinality violation (21), feature not supported (0A), WITH
-// CHECK OPTION violation (44), program limit exceeded (54) or raised by a
-// trigger's PL/pgSQL (P0). Lost connections, deadlocks, serialization
-// failures, cancellations and other errors are not.
-func isPermanentApply(err error) bool {
-	if connectors.IsPermanent(err) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || len(pgErr.Code) < 2 {
-		return false
-	}
-	switch pgErr.Code[:2] {
-	case "21", "22", "23", "42", "0A", "44", "54", "P0":
-		return true
-	}
-	return false
-}
-
-// loadStopped reads the stopped tables of the pipeline from TablesTable,
-// unless they were read on this connection already.
-func (p *Applier) loadStopped(ctx context.Context, q Querier) error {
-	if p.stopped != nil {
-		return nil
-	}
-	rows, err := q.Query(ctx, `SELECT source_schema, source_table, stopped_seq, coalesce(stopped_error, ''), coalesce(stopped_at, now())
-		FROM `+p.state.Sanitize()+` WHERE pipeline = $1 AND stopped_seq IS NOT NULL`, p.cfg.Pipeline)
-	if err != nil {
-		return fmt.Errorf("read the stopped tables: %w", err)
-	}
-	stopped := map[string]*protocol.TableStatus{}
-	var schema, table string
-	var ts protocol.TableStatus
-	var seq int64
-	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &seq, &ts.Error, &ts.Since}, func() error {
-		st := ts
-		st.Table, st.State, st.Seq, st.Since = schema+"."+table, protocol.TableStopped, uint64(seq), ts.Since.UTC()
-		stopped[schema+"\x00"+table] = &st
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read the stopped tables: %w", err)
-	}
-	p.stopped = stopped
-	return nil
-}
-
-// recordStop records in the transaction that the table of te stops at its
-// sequence.
-func (p *Applier) recordStop(ctx context.Context, tx pgx.Tx, te *tableError) error {
-	var at time.Time
-	err := tx.QueryRow(ctx, `INSERT INTO `+p.state.Sanitize()+` AS s (pipeline, source_schema, source_table, stopped_seq, stopped_error, stopped_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, now(), now())
-		ON CONFLICT (pipeline, source_schema, source_table) DO UPDATE SET stopped_seq = EXCLUDED.stopped_seq,
-			stopped_error = EXCLUDED.stopped_error, stopped_at = EXCLUDED.stopped_at, updated_at = EXCLUDED.updated_at
-		RETURNING stopped_at`, p.cfg.Pipeline, te.schema, te.table, int64(te.seq), te.err.Error()).Scan(&at)
-	if err != nil {
-		return fmt.Errorf("record the stop of source table %s: %w", te.name(), err)
-	}
-	p.stopped[te.id()] = &protocol.TableStatus{Table: te.name(), State: protocol.TableStopped, Error: te.err.Error(), Seq: te.seq, Since: at.UTC()}
-	return nil
-}
-
-// report publishes the stopped tables for TableStatus.
-func (p *Applier) report() {
-	out := make([]protocol.TableStatus, 0, len(p.stopped))
-	for _, st := range p.stopped {
-		out = append(out, *st)
-	}
-	slices.SortFunc(out, func(a, b protocol.TableStatus) int { return strings.Compare(a.Table, b.Table) })
-	p.mu.Lock()
-	p.status = out
-	p.mu.Unlock()
-}
-
-// TableStatus reports the source tables whose events the Applier no
-// longer applies (connectors.TableReporter). It may be called
-// concurrently with the other methods.
-func (p *Applier) TableStatus() []protocol.TableStatus {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.Clone(p.status)
 }

@@ -159,6 +159,13 @@
 // that changed the key, the row under the old key). It is never written as
 // NULL: when the target has no such row the batch fails with an error.
 //
+// Snapshots: a snapshot event of a table (protocol.OpSnapshot) of a later
+// position than the last one applied starts the table over: the target is
+// emptied and a stopped table goes on, in the batch's transaction, and the
+// position is kept in sluice_cdc_tables; read events of an earlier position
+// (an earlier, failed attempt's) are left out, and a snapshot event at or
+// before it changes nothing.
+//
 // Typed replicas: events carry, on the first event of a table after each
 // change of its shape, the source's description of the table
 // (protocol.ChangeEvent.Relation). A missing target table is created, only
