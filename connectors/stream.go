@@ -188,3 +188,14 @@ type HourCloser interface {
 type BatchSizer interface {
 	BatchSize() (events int, wait time.Duration)
 }
+
+// TableReporter is implemented by an Applier that stops applying one
+// source table after a permanent error on it while it goes on with the
+// others, and by a Stream that reports tables in another state than
+// streaming. TableStatus lists those tables; it is called from another
+// goroutine, concurrently with the other methods, and must not block on
+// them. The stream's Status carries them (protocol.StreamStatus.Tables),
+// and so `sluice cdc status` shows them.
+type TableReporter interface {
+	TableStatus() []protocol.TableStatus
+}

@@ -130,6 +130,31 @@ type StreamStatus struct {
 	// Error is the last error, while State is retrying.
 	Error string    `json:"error,omitempty"`
 	Time  time.Time `json:"time"`
+	// Tables lists the tables of the stream that are not simply
+	// streaming: stopped by a permanent error (cdc_apply), or being
+	// snapshotted (cdc).
+	Tables []TableStatus `json:"tables,omitempty"`
+}
+
+// Table states of a TableStatus.
+const (
+	// TableStopped: a cdc_apply pipeline no longer applies the table's
+	// events, after a permanent error; the other tables go on.
+	TableStopped = "stopped"
+)
+
+// TableStatus is the state of one source table of a stream.
+type TableStatus struct {
+	// Table is the source table, "schema.table".
+	Table string `json:"table"`
+	State string `json:"state"`
+	// Error says why the table stopped.
+	Error string `json:"error,omitempty"`
+	// Seq is, for a stopped table, the stream sequence of its first event
+	// not applied.
+	Seq uint64 `json:"seq,omitempty"`
+	// Since is when the table entered its state.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.

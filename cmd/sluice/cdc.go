@@ -121,6 +121,19 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		if s.Status.Error != "" {
 			notes = append(notes, s.Pipeline+" last error: "+s.Status.Error)
 		}
+		for _, tb := range s.Status.Tables {
+			line := "  table " + tb.Table + " " + tb.State
+			if tb.Seq > 0 {
+				line += fmt.Sprintf(" at seq %d", tb.Seq)
+			}
+			if !tb.Since.IsZero() {
+				line += " since " + tb.Since.UTC().Format(time.RFC3339)
+			}
+			if tb.Error != "" {
+				line += ": " + tb.Error
+			}
+			fmt.Fprintln(tw, line)
+		}
 	}
 	tw.Flush()
 	for _, n := range notes {

@@ -70,7 +70,11 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 		}
 	}
 	if !ok {
-		created, err := s.createTable(ctx, tx, target, stagedCols)
+		schema := req.Schema
+		if len(stagedCols) == 0 {
+			schema = nil // no rows: the table waits for a window that has some
+		}
+		created, err := s.createTable(ctx, tx, target, stagedCols, schema)
 		if err != nil {
 			return err
 		}
