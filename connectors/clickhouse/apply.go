@@ -1,0 +1,424 @@
+package clickhouse
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// OffsetsTable is the table in which an Applier records each batch it
+// makes durable: the pipeline, the stream sequence of the batch's last
+// message and the staging tables that hold its rows. It lies in
+// ApplierConfig.Database, or in default when that is empty.
+const OffsetsTable = "sluice_cdc_offsets"
+
+// ApplierConfig configures an Applier. As the sink of a cdc_apply
+// pipeline its configuration is {url, database, settings}
+// (ParseApplierConfig); the runner sets Pipeline and Log.
+type ApplierConfig struct {
+	// URL is the server's HTTP interface, as SinkConfig.URL.
+	URL string `json:"url"`
+	// Database holds every target table; empty puts each table in the
+	// database named after its source schema. Databases are created when
+	// missing.
+	Database string `json:"database,omitempty"`
+	// Settings are ClickHouse settings sent with every request.
+	Settings map[string]string `json:"settings,omitempty"`
+	// Pipeline is the cdc_apply pipeline's name: the key of its records in
+	// OffsetsTable.
+	Pipeline string `json:"-"`
+	// Log receives schema changes (created tables, added columns); nil
+	// discards them.
+	Log *slog.Logger `json:"-"`
+}
+
+// Validate checks the configuration without I/O.
+func (c ApplierConfig) Validate() error {
+	if err := validateURL(c.URL); err != nil {
+		return err
+	}
+	if c.Database != "" && !nameRE.MatchString(c.Database) {
+		return &connectors.FieldError{Field: "database", Msg: fmt.Sprintf("%q: names are letters, digits and '_'", c.Database)}
+	}
+	if err := validateSettings(c.Settings); err != nil {
+		return err
+	}
+	if !protocol.ValidName(c.Pipeline) {
+		return fmt.Errorf("pipeline %q is not a valid name", c.Pipeline)
+	}
+	return nil
+}
+
+// ParseApplierConfig decodes the sink configuration of a cdc_apply
+// pipeline and checks it without I/O; errors are *connectors.FieldError
+// naming the field.
+func ParseApplierConfig(config json.RawMessage) (ApplierConfig, error) {
+	var c ApplierConfig
+	if err := decodeStrict(config, &c); err != nil {
+		return c, err
+	}
+	check := c
+	check.Pipeline = "p" // the runner sets it
+	return c, check.Validate()
+}
+
+// ValidateApplier checks the sink configuration of a cdc_apply pipeline
+// without I/O.
+func ValidateApplier(config json.RawMessage) error {
+	_, err := ParseApplierConfig(config)
+	return err
+}
+
+// openApplier opens the Applier of a cdc_apply pipeline's sink.
+func openApplier(ctx context.Context, req connectors.StreamRequest) (connectors.Applier, error) {
+	c, err := ParseApplierConfig(req.Config)
+	if err != nil {
+		return nil, err
+	}
+	c.Pipeline, c.Log = req.Pipeline, req.Log
+	return NewApplier(ctx, c)
+}
+
+// Applier applies change events to ClickHouse tables that keep every
+// version of each row (see the package documentation, CDC apply): a batch
+// is written to staging tables, recorded in OffsetsTable (the commit), then
+// moved into the target tables. Its methods may be called concurrently;
+// the runner calls them one at a time.
+type Applier struct {
+	cfg       ApplierConfig
+	log       *slog.Logger
+	cl        *Client
+	offsets   string // OffsetsTable, quoted with its database
+	stagePref string // starts the names of the pipeline's staging tables
+
+	mu sync.Mutex
+	// recovered reports whether the last batch recorded was moved into its
+	// targets and leftover staging tables dropped, since the Applier was
+	// opened or a call failed.
+	recovered bool
+	// Caches, dropped after a failed Apply.
+	targets   map[string]*target // by database NUL table
+	databases map[string]bool    // created
+	// afterStage and afterCommit, when set, run once a batch's staging
+	// tables are filled and once its commit record is written: tests
+	// simulate crashes there.
+	afterStage, afterCommit func() error
+}
+
+var (
+	_ connectors.Applier    = (*Applier)(nil)
+	_ connectors.BatchSizer = (*Applier)(nil)
+)
+
+// stageMove is one staging table of a batch and the target its rows go to:
+// appended to (ATTACH PARTITION), or replacing its rows after a truncate
+// (REPLACE PARTITION).
+type stageMove struct {
+	DB      string `json:"db"`
+	Stage   string `json:"stage"`
+	Target  string `json:"target"`
+	Replace bool   `json:"replace,omitempty"`
+}
+
+// note is a schema change, logged once its batch is durable.
+type note struct {
+	msg  string
+	args []any
+}
+
+// commitTimeout bounds the commit of a batch and the moves after it, which
+// go on when the call's context ends (the batch is then durable, or
+// nothing of it is).
+const commitTimeout = time.Minute
+
+// NewApplier returns an Applier for a configuration, creating the offsets
+// table (and its database) when missing. ctx bounds the setup only.
+func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cdc apply clickhouse config: %w", err)
+	}
+	cl, err := NewClient(cfg.URL, cfg.Settings)
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	db := cfg.Database
+	if db == "" {
+		db = "default"
+	}
+	a := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), cl: cl, offsets: tableIdent(db, OffsetsTable),
+		stagePref: "sluice_cdc_" + hash6(db+"\x00"+cfg.Pipeline) + "_",
+		targets:   map[string]*target{}, databases: map[string]bool{}}
+	for _, q := range []string{
+		"CREATE DATABASE IF NOT EXISTS " + quoteIdent(db),
+		"CREATE TABLE IF NOT EXISTS " + a.offsets + ` (pipeline String, seq UInt64, moves String, at DateTime)
+			ENGINE = ReplacingMergeTree(seq) ORDER BY pipeline`,
+	} {
+		if err := cl.Exec(ctx, q); err != nil {
+			cl.Close()
+			return nil, fmt.Errorf("create offsets table %s.%s: %w", db, OffsetsTable, err)
+		}
+	}
+	return a, nil
+}
+
+// BatchSize asks the runner for batches of up to 10,000 events, filled
+// for up to a second: each batch costs a few statements per table and
+// makes a part in each table it touches, so fewer, larger batches keep
+// the server's merges ahead.
+func (a *Applier) BatchSize() (int, time.Duration) { return 10_000, time.Second }
+
+// Close releases the client's idle connections.
+func (a *Applier) Close() error {
+	a.cl.Close()
+	return nil
+}
+
+// Applied returns the stream sequence of the last batch recorded, after
+// moving that batch into its targets if a crash left it in its staging
+// tables.
+func (a *Applier) Applied(ctx context.Context) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.recover(ctx); err != nil {
+		return 0, err
+	}
+	seq, _, err := a.lastRecord(ctx)
+	return seq, err
+}
+
+// lastRecord reads the pipeline's last commit record: its sequence (0 when
+// there is none) and its moves.
+func (a *Applier) lastRecord(ctx context.Context) (uint64, []stageMove, error) {
+	rows, err := a.cl.Rows(ctx, "SELECT seq, moves FROM "+a.offsets+" WHERE pipeline = "+quoteString(a.cfg.Pipeline)+" ORDER BY seq DESC LIMIT 1")
+	if err != nil {
+		return 0, nil, fmt.Errorf("read offset of %q: %w", a.cfg.Pipeline, err)
+	}
+	if len(rows) == 0 {
+		return 0, nil, nil
+	}
+	if len(rows[0]) != 2 {
+		return 0, nil, fmt.Errorf("read offset of %q: a row of %d fields", a.cfg.Pipeline, len(rows[0]))
+	}
+	seq, err := strconv.ParseUint(string(rows[0][0]), 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read offset of %q: %w", a.cfg.Pipeline, err)
+	}
+	var moves []stageMove
+	if err := json.Unmarshal(rows[0][1], &moves); err != nil {
+		return 0, nil, fmt.Errorf("read offset of %q: moves: %w", a.cfg.Pipeline, err)
+	}
+	return seq, moves, nil
+}
+
+// recover finishes the last batch recorded (moves its staging tables that
+// are left into their targets) and drops every other staging table of the
+// pipeline: those of a batch that was never recorded.
+func (a *Applier) recover(ctx context.Context) error {
+	if a.recovered {
+		return nil
+	}
+	_, moves, err := a.lastRecord(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.move(ctx, moves); err != nil {
+		return err
+	}
+	left, err := a.cl.Rows(ctx, "SELECT database, name FROM system.tables WHERE startsWith(name, "+quoteString(a.stagePref)+")")
+	if err != nil {
+		return fmt.Errorf("list staging tables: %w", err)
+	}
+	for _, r := range left {
+		if err := a.cl.Exec(ctx, "DROP TABLE IF EXISTS "+tableIdent(string(r[0]), string(r[1]))); err != nil {
+			return fmt.Errorf("drop staging table of an unrecorded batch: %w", err)
+		}
+	}
+	if len(left) > 0 {
+		a.log.Info("cdc apply clickhouse: dropped the staging tables of a batch that was not recorded", "tables", len(left))
+	}
+	a.recovered = true
+	return nil
+}
+
+// move moves each staging table that still exists into its target, then
+// drops it. Repeated after a crash, a REPLACE gives the same rows again;
+// an ATTACH adds the same rows again, which the table's FINAL state does
+// not show (equal keys and versions).
+func (a *Applier) move(ctx context.Context, moves []stageMove) error {
+	for _, m := range moves {
+		stage := tableIdent(m.DB, m.Stage)
+		n, err := a.cl.Int(ctx, "EXISTS TABLE "+stage)
+		if err != nil {
+			return fmt.Errorf("move %s: %w", stage, err)
+		}
+		if n == 0 {
+			continue // moved before
+		}
+		verb := "ATTACH"
+		if m.Replace {
+			verb = "REPLACE"
+		}
+		if err := a.cl.Exec(ctx, "ALTER TABLE "+tableIdent(m.DB, m.Target)+" "+verb+" PARTITION tuple() FROM "+stage); err != nil {
+			return fmt.Errorf("move %s into %s.%s: %w", m.Stage, m.DB, m.Target, err)
+		}
+		if err := a.cl.Exec(ctx, "DROP TABLE IF EXISTS "+stage); err != nil {
+			return fmt.Errorf("drop %s: %w", stage, err)
+		}
+	}
+	return nil
+}
+
+// Apply makes the events after the last recorded batch durable: it writes
+// each table's rows to a staging table of its own, records the batch's last
+// sequence with the staging tables (the commit: one INSERT of one row),
+// then moves them into their targets. A failure before the record leaves
+// nothing of the batch; once the record is written, the batch is durable
+// and is finished by this call or, after a crash, by the next Applier's
+// first call. A context ending during the record or the moves does not
+// stop them.
+func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
+	if len(events) == 0 {
+		return nil
+	}
+	for i := 1; i < len(events); i++ {
+		if events[i].Seq < events[i-1].Seq {
+			return fmt.Errorf("events out of order: sequence %d after %d", events[i].Seq, events[i-1].Seq)
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	defer func() {
+		if err != nil {
+			a.recovered = false
+			a.targets = map[string]*target{}
+		}
+	}()
+	if err := a.recover(ctx); err != nil {
+		return err
+	}
+	applied, _, err := a.lastRecord(ctx)
+	if err != nil {
+		return err
+	}
+	i, _ := slices.BinarySearchFunc(events, applied+1, func(e connectors.Event, seq uint64) int {
+		switch {
+		case e.Seq < seq:
+			return -1
+		case e.Seq > seq:
+			return 1
+		}
+		return 0
+	})
+	events = events[i:]
+	if len(events) == 0 {
+		return nil
+	}
+	first, last := events[0].Seq, events[len(events)-1].Seq
+	tables, err := fold(events)
+	if err != nil {
+		return err
+	}
+
+	var moves []stageMove
+	recording := false
+	defer func() {
+		if err == nil || recording {
+			return // a batch being recorded keeps its staging tables: the next recovery decides
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		for _, m := range moves {
+			a.cl.Exec(dctx, "DROP TABLE IF EXISTS "+tableIdent(m.DB, m.Stage))
+		}
+	}()
+	var token [3]byte
+	rand.Read(token[:])
+	var notes []note
+	for i, t := range tables {
+		tg, err := a.prepare(ctx, t, &notes)
+		if err != nil {
+			return fmt.Errorf("apply to %s: %w", t.name(), err)
+		}
+		if tg == nil {
+			continue
+		}
+		body, err := a.rows(ctx, t, tg)
+		if err != nil {
+			return err
+		}
+		m := stageMove{DB: tg.db, Stage: fmt.Sprintf("%s%d_%s_%d", a.stagePref, last, hex.EncodeToString(token[:]), i), Target: tg.name, Replace: t.truncated}
+		if err := a.cl.Exec(ctx, "CREATE TABLE "+tableIdent(m.DB, m.Stage)+" AS "+tg.ident()); err != nil {
+			return fmt.Errorf("create staging table for %s: %w", tg, err)
+		}
+		moves = append(moves, m)
+		if len(body) == 0 {
+			continue // a truncate and nothing after it
+		}
+		names := make([]string, 0, len(tg.cols)+3)
+		for _, c := range tg.cols {
+			names = append(names, quoteIdent(c.name))
+		}
+		names = append(names, colVersion, colIndex, colDeleted)
+		q := "INSERT INTO " + tableIdent(m.DB, m.Stage) + " (" + strings.Join(names, ", ") + ") FORMAT TabSeparated"
+		if err := a.cl.Insert(ctx, q, bytes.NewReader(body), nil); err != nil {
+			return fmt.Errorf("stage %d rows of %s: %w", len(t.touched), tg, err)
+		}
+	}
+	if a.afterStage != nil {
+		if err := a.afterStage(); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err // the last point at which the batch stops whole
+	}
+
+	recording = true
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	list, err := json.Marshal(moves)
+	if err != nil {
+		return err
+	}
+	if moves == nil {
+		list = []byte("[]")
+	}
+	err = a.cl.Exec(cctx, fmt.Sprintf("INSERT INTO %s (pipeline, seq, moves, at) VALUES (%s, %d, %s, now())",
+		a.offsets, quoteString(a.cfg.Pipeline), last, quoteString(string(list))))
+	if err != nil {
+		// Whether the server wrote the record is unknown: the next
+		// Applied reads it, and recovery keeps or drops the staging
+		// tables accordingly.
+		return fmt.Errorf("record events %d-%d: %w", first, last, err)
+	}
+	if a.afterCommit != nil {
+		if err := a.afterCommit(); err != nil {
+			return err
+		}
+	}
+	for _, n := range notes {
+		a.log.Info(n.msg, n.args...)
+	}
+	if err := a.move(cctx, moves); err != nil {
+		// The batch is durable: the next call moves what is left.
+		a.recovered = false
+		a.log.Warn("cdc apply clickhouse: a recorded batch is not in its tables yet; the next call moves it", "last", last, "err", err)
+	}
+	return nil
+}
