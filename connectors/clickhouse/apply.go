@@ -122,14 +122,12 @@ var (
 	_ connectors.BatchSizer = (*Applier)(nil)
 )
 
-// stageMove is one staging table of a batch and the target its rows go to:
-// appended to (ATTACH PARTITION), or replacing its rows after a truncate
-// (REPLACE PARTITION).
+// stageMove is one staging table of a batch and the target its rows are
+// added to (ATTACH PARTITION).
 type stageMove struct {
-	DB      string `json:"db"`
-	Stage   string `json:"stage"`
-	Target  string `json:"target"`
-	Replace bool   `json:"replace,omitempty"`
+	DB     string `json:"db"`
+	Stage  string `json:"stage"`
+	Target string `json:"target"`
 }
 
 // note is a schema change, logged once its batch is durable.
@@ -257,9 +255,11 @@ func (a *Applier) recover(ctx context.Context) error {
 }
 
 // move moves each staging table that still exists into its target, then
-// drops it. Repeated after a crash, a REPLACE gives the same rows again;
-// an ATTACH adds the same rows again, which the table's FINAL state does
-// not show (equal keys and versions).
+// drops it. Repeated after a crash, an ATTACH adds the same rows again,
+// which the table's FINAL state does not show (equal keys and versions).
+// (A move never replaces a table's rows: REPLACE PARTITION on 18.x does
+// not stop a merge running in the partition, whose result then brings the
+// replaced rows back.)
 func (a *Applier) move(ctx context.Context, moves []stageMove) error {
 	for _, m := range moves {
 		stage := tableIdent(m.DB, m.Stage)
@@ -270,11 +270,7 @@ func (a *Applier) move(ctx context.Context, moves []stageMove) error {
 		if n == 0 {
 			continue // moved before
 		}
-		verb := "ATTACH"
-		if m.Replace {
-			verb = "REPLACE"
-		}
-		if err := a.cl.Exec(ctx, "ALTER TABLE "+tableIdent(m.DB, m.Target)+" "+verb+" PARTITION tuple() FROM "+stage); err != nil {
+		if err := a.cl.Exec(ctx, "ALTER TABLE "+tableIdent(m.DB, m.Target)+" ATTACH PARTITION tuple() FROM "+stage); err != nil {
 			return fmt.Errorf("move %s into %s.%s: %w", m.Stage, m.DB, m.Target, err)
 		}
 		if err := a.cl.Exec(ctx, "DROP TABLE IF EXISTS "+stage); err != nil {
@@ -362,22 +358,26 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		if err != nil {
 			return err
 		}
-		m := stageMove{DB: tg.db, Stage: fmt.Sprintf("%s%d_%s_%d", a.stagePref, last, hex.EncodeToString(token[:]), i), Target: tg.name, Replace: t.truncated}
+		m := stageMove{DB: tg.db, Stage: fmt.Sprintf("%s%d_%s_%d", a.stagePref, last, hex.EncodeToString(token[:]), i), Target: tg.name}
 		if err := a.cl.Exec(ctx, "CREATE TABLE "+tableIdent(m.DB, m.Stage)+" AS "+tg.ident()); err != nil {
 			return fmt.Errorf("create staging table for %s: %w", tg, err)
 		}
 		moves = append(moves, m)
-		if len(body) == 0 {
-			continue // a truncate and nothing after it
+		if len(body) > 0 {
+			names := make([]string, 0, len(tg.cols)+3)
+			for _, c := range tg.cols {
+				names = append(names, quoteIdent(c.name))
+			}
+			names = append(names, colVersion, colIndex, colDeleted)
+			q := "INSERT INTO " + tableIdent(m.DB, m.Stage) + " (" + strings.Join(names, ", ") + ") FORMAT TabSeparated"
+			if err := a.cl.Insert(ctx, q, bytes.NewReader(body), nil); err != nil {
+				return fmt.Errorf("stage %d rows of %s: %w", len(t.touched), tg, err)
+			}
 		}
-		names := make([]string, 0, len(tg.cols)+3)
-		for _, c := range tg.cols {
-			names = append(names, quoteIdent(c.name))
-		}
-		names = append(names, colVersion, colIndex, colDeleted)
-		q := "INSERT INTO " + tableIdent(m.DB, m.Stage) + " (" + strings.Join(names, ", ") + ") FORMAT TabSeparated"
-		if err := a.cl.Insert(ctx, q, bytes.NewReader(body), nil); err != nil {
-			return fmt.Errorf("stage %d rows of %s: %w", len(t.touched), tg, err)
+		if t.truncated {
+			if err := a.stageTruncate(ctx, t, tg, m.Stage, len(body) > 0); err != nil {
+				return err
+			}
 		}
 	}
 	if a.afterStage != nil {

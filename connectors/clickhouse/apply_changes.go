@@ -16,7 +16,12 @@ import (
 type batchTable struct {
 	schema, table string
 	key           []string
-	truncated     bool
+	// truncated reports a truncate in the batch; truncLSN and truncIndex
+	// are the position of the last one: the version of the deletions it
+	// makes of the rows the table held before.
+	truncated  bool
+	truncLSN   uint64
+	truncIndex int
 	// cols are the columns of the row images: the key, then the others in
 	// the order they first appear (each event's new ones by name).
 	cols []string
@@ -67,14 +72,14 @@ func fold(events []connectors.Event) ([]*batchTable, error) {
 
 // apply folds one event into the table's state.
 func (t *batchTable) apply(ev *connectors.Event) error {
-	if ev.Op == protocol.OpTruncate {
-		t.truncated = true
-		t.keys, t.touched = map[string]*keyState{}, nil
-		return nil
-	}
 	lsn, err := parseLSN(ev.CommitLSN)
 	if err != nil {
 		return err
+	}
+	if ev.Op == protocol.OpTruncate {
+		t.truncated, t.truncLSN, t.truncIndex = true, lsn, ev.Index
+		t.keys, t.touched = map[string]*keyState{}, nil
+		return nil
 	}
 	if len(ev.Key) == 0 {
 		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")

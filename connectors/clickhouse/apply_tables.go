@@ -398,6 +398,26 @@ func (a *Applier) rows(ctx context.Context, t *batchTable, tg *target) ([]byte, 
 	return buf, nil
 }
 
+// stageTruncate stages the deletion, at the truncate's version, of every
+// key the target holds that the batch does not write again after the
+// truncate (those rows are in the staging table already).
+func (a *Applier) stageTruncate(ctx context.Context, t *batchTable, tg *target, stage string, written bool) error {
+	keys := make([]string, len(tg.sorting)) // the key columns, also of a batch that only truncates
+	for i, k := range tg.sorting {
+		keys[i] = quoteIdent(k)
+	}
+	key := strings.Join(keys, ", ")
+	q := fmt.Sprintf("INSERT INTO %s (%s, %s, %s, %s) SELECT %s, %d, %d, 1 FROM %s FINAL WHERE %s = 0",
+		tableIdent(tg.db, stage), key, colVersion, colIndex, colDeleted, key, t.truncLSN, t.truncIndex, tg.ident(), colDeleted)
+	if written {
+		q += " AND tuple(" + key + ") NOT IN (SELECT " + key + " FROM " + tableIdent(tg.db, stage) + ")"
+	}
+	if err := a.cl.Exec(ctx, q); err != nil {
+		return fmt.Errorf("stage the truncate of %s: %w", tg, err)
+	}
+	return nil
+}
+
 // appendZero appends the value a deletion's row holds in a column that is
 // not part of the key: NULL, or the type's zero when it cannot be NULL.
 func appendZero(dst []byte, c *column) []byte {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
@@ -301,6 +302,62 @@ func TestApplierAcrossBatches(t *testing.T) {
 // The sink of a cdc_apply pipeline is {url, database, settings}: the url is
 // required, anything else is refused naming the field, and a password
 // never shows in an error; the kind is registered as a cdc target.
+// A truncate applied while the server merges the table's parts: the rows
+// the table held stay deleted once the merge ends. (ClickHouse 18.x's
+// REPLACE PARTITION, which would swap the rows out in one step, lets a
+// running merge bring the replaced rows back.)
+func TestApplierTruncateDuringMerge(t *testing.T) {
+	url, db := chtest.DB(t)
+	cl := testClient(t, url)
+	ctx := context.Background()
+	a := testApplier(t, url, db, "trunc")
+	ins := func(id string) protocol.ChangeEvent {
+		return cdctest.Change(protocol.OpInsert, "s", "big", nil, protocol.Row{"id": protocol.Text(id), "v": protocol.Text("v" + id)})
+	}
+	if err := a.Apply(ctx, events(1, ins("a"))); err != nil {
+		t.Fatal(err)
+	}
+	// Parts large enough that merging them takes a while (merges stopped
+	// until they are all in), older than any change (version 1).
+	if err := cl.Exec(ctx, "SYSTEM STOP MERGES "+db+".big"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		q := fmt.Sprintf("INSERT INTO %s.big (id, v, _sluice_version, _sluice_index, _sluice_deleted) SELECT toString(number + %d), concat(toString(rand64()), toString(rand64()), toString(rand64()), toString(rand64())), 1, 0, 0 FROM system.numbers LIMIT 200000", db, i*1000000)
+		if err := cl.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.Exec(ctx, "SYSTEM START MERGES "+db+".big"); err != nil {
+		t.Fatal(err)
+	}
+	merged := make(chan error, 1)
+	go func() { merged <- cl.Exec(ctx, "OPTIMIZE TABLE "+db+".big FINAL") }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		n, err := cl.Int(ctx, "SELECT count() FROM system.merges WHERE database = '"+db+"' AND table = 'big'")
+		if err == nil && n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no merge of the table started")
+		}
+	}
+	if err := a.Apply(ctx, events(2, cdctest.Change(protocol.OpTruncate, "s", "big", nil, nil), ins("after"))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-merged:
+		t.Error("the merge ended before the truncate was applied: the test did not apply it during a merge")
+	default:
+	}
+	if err := <-merged; err != nil {
+		t.Fatal(err)
+	}
+	if got := current(t, cl, db, "big", []string{"id", "v"}); !slices.Equal(got, []string{"after|vafter"}) {
+		t.Errorf("after the truncate and the merge big_current holds %d rows (%.3q), want the row written after the truncate", len(got), got[:min(len(got), 3)])
+	}
+}
+
 func TestParseApplierConfig(t *testing.T) {
 	reg := connectors.NewRegistry()
 	Register(reg)

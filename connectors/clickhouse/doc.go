@@ -115,25 +115,29 @@
 // Exactly once without transactions. The server has no transaction across
 // tables or statements; what it does atomically is one INSERT of one
 // block into an unpartitioned MergeTree table (one part, renamed into
-// place) and one ALTER TABLE ... ATTACH or REPLACE PARTITION ... FROM (the
-// parts of one table added or swapped together). So Apply (1) inserts each
-// table's rows into a staging table of its own, (2) inserts one row into
-// sluice_cdc_offsets holding the batch's last sequence and its staging
-// tables: this one-row insert is the commit, before which nothing of the
-// batch counts and after which all of it does, then (3) moves each staging
-// table into its target (ATTACH PARTITION; REPLACE PARTITION when the batch
-// truncated the table, which replaces the table's rows with the batch's
-// rows after the truncate in one step) and drops it. Applied is the
-// sequence of the last row; the first call of an Applier moves the staging
-// tables of the last batch recorded that are still there (a crash in step
-// 3) and drops the pipeline's other staging tables (a crash before step
-// 2). A move repeated after a crash gives the same state: REPLACE the same
-// rows, ATTACH the same rows twice, equal in key and version, which FINAL
-// and the merges collapse. A target table therefore only ever holds rows
-// of recorded batches, and a context cancelled after step 1 lets steps 2
-// and 3 finish. A failure while recording leaves it unknown whether the
-// row was written: the next Applied reads which. Durable means as durable
-// as the server makes an insert (18.x does not fsync parts).
+// place) and one ALTER TABLE ... ATTACH PARTITION ... FROM (the parts of
+// one table added together). So Apply (1) inserts each table's rows into a
+// staging table of its own, (2) inserts one row into sluice_cdc_offsets
+// holding the batch's last sequence and its staging tables: this one-row
+// insert is the commit, before which nothing of the batch counts and after
+// which all of it does, then (3) attaches each staging table to its target
+// and drops it. Applied is the sequence of the last row; the first call of
+// an Applier attaches the staging tables of the last batch recorded that
+// are still there (a crash in step 3) and drops the pipeline's other
+// staging tables (a crash before step 2). An attach repeated after a crash
+// adds the same rows twice, equal in key and version, which FINAL and the
+// merges collapse. A target table therefore only ever holds rows of
+// recorded batches, and a context cancelled after step 1 lets steps 2 and
+// 3 finish. A failure while recording leaves it unknown whether the row
+// was written: the next Applied reads which. Durable means as durable as
+// the server makes an insert (18.x does not fsync parts).
+//
+// A truncate is staged as the deletion, at the truncate's version, of every
+// key the target holds and the batch does not write again after it (one
+// INSERT ... SELECT ... FINAL into the staging table): a row per key, like
+// a DELETE of every row. Swapping the table's rows out with REPLACE
+// PARTITION would be one step, but on 18.x it does not stop a merge running
+// in the table, whose result then brings the replaced rows back.
 //
 // Reading. A batch becomes visible a table at a time during step 3; there
 // is no snapshot across tables. ReplacingMergeTree keeps the row of greatest
