@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
@@ -333,15 +332,7 @@ func TestApplierTruncateDuringMerge(t *testing.T) {
 	}
 	merged := make(chan error, 1)
 	go func() { merged <- cl.Exec(ctx, "OPTIMIZE TABLE "+db+".big FINAL") }()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		n, err := cl.Int(ctx, "SELECT count() FROM system.merges WHERE database = '"+db+"' AND table = 'big'")
-		if err == nil && n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no merge of the table started")
-		}
-	}
+	waitForMerge(t, cl, db, "big")
 	if err := a.Apply(ctx, events(2, cdctest.Change(protocol.OpTruncate, "s", "big", nil, nil), ins("after"))); err != nil {
 		t.Fatal(err)
 	}

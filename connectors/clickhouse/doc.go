@@ -80,9 +80,12 @@
 // the window touches, the commit builds the day anew (the table's rows of
 // that day outside the window, then the run's staged rows of that day)
 // and swaps it in with ALTER TABLE ... REPLACE PARTITION: a window inside
-// one day is replaced atomically, a longer one a day at a time. The run is
-// recorded in sluice_windows last; a commit repeated before gives the same
-// table again, one repeated after only tidies up.
+// one day is replaced atomically, a longer one a day at a time. The
+// table's merges are stopped around each swap (SYSTEM STOP MERGES, then
+// waiting for running ones to end): on 18.x a merge running in the
+// partition would bring the replaced rows back. The run is recorded in
+// sluice_windows last; a commit repeated before gives the same table
+// again, one repeated after only tidies up.
 //
 // # CDC apply
 //
