@@ -364,11 +364,7 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		}
 		moves = append(moves, m)
 		if len(body) > 0 {
-			names := make([]string, 0, len(tg.cols)+3)
-			for _, c := range tg.cols {
-				names = append(names, quoteIdent(c.name))
-			}
-			names = append(names, colVersion, colIndex, colDeleted)
+			names := append(tg.quotedCols(), colVersion, colIndex, colDeleted)
 			q := "INSERT INTO " + tableIdent(m.DB, m.Stage) + " (" + strings.Join(names, ", ") + ") FORMAT TabSeparated"
 			if err := a.cl.Insert(ctx, q, bytes.NewReader(body), nil); err != nil {
 				return fmt.Errorf("stage %d rows of %s: %w", len(t.touched), tg, err)

@@ -44,6 +44,16 @@ func (tg *target) ident() string { return tableIdent(tg.db, tg.name) }
 
 func (tg *target) String() string { return tg.db + "." + tg.name }
 
+// quotedCols returns the names of the source's columns in the table,
+// quoted, in the table's order.
+func (tg *target) quotedCols() []string {
+	out := make([]string, len(tg.cols))
+	for i, c := range tg.cols {
+		out[i] = quoteIdent(c.name)
+	}
+	return out
+}
+
 // cdcColumns returns the columns of a target table: typed from sc when the
 // events describe their table's columns (see mapColumns, a NULL array
 // stored as []), else holding the source's text, String for the key
@@ -201,10 +211,6 @@ func (a *Applier) create(ctx context.Context, db string, t *batchTable) (*target
 		defs = append(defs, quoteIdent(c.name)+" "+c.chType)
 	}
 	defs = append(defs, colVersion+" UInt64", colIndex+" UInt32", colDeleted+" UInt8")
-	keys := make([]string, len(t.key))
-	for i, k := range t.key {
-		keys[i] = quoteIdent(k)
-	}
 	if !a.databases[db] {
 		if err := a.cl.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+quoteIdent(db)); err != nil {
 			return nil, fmt.Errorf("create database %s: %w", db, err)
@@ -212,7 +218,7 @@ func (a *Applier) create(ctx context.Context, db string, t *batchTable) (*target
 		a.databases[db] = true
 	}
 	q := "CREATE TABLE IF NOT EXISTS " + tg.ident() + " (" + strings.Join(defs, ", ") + ") ENGINE = ReplacingMergeTree(" + colVersion +
-		") ORDER BY (" + strings.Join(keys, ", ") + ")"
+		") ORDER BY (" + strings.Join(quoteAll(t.key), ", ") + ")"
 	if err := a.cl.Exec(ctx, q); err != nil {
 		return nil, fmt.Errorf("create target table %s: %w", tg, err)
 	}
@@ -228,11 +234,7 @@ func (a *Applier) create(ctx context.Context, db string, t *batchTable) (*target
 // replaced in one RENAME of both, so readers never miss it.
 func (a *Applier) replaceView(ctx context.Context, tg *target) error {
 	name := tg.name + ViewSuffix
-	names := make([]string, len(tg.cols))
-	for i, c := range tg.cols {
-		names[i] = quoteIdent(c.name)
-	}
-	sel := "SELECT " + strings.Join(names, ", ") + " FROM " + tg.ident() + " FINAL WHERE " + colDeleted + " = 0"
+	sel := "SELECT " + strings.Join(tg.quotedCols(), ", ") + " FROM " + tg.ident() + " FINAL WHERE " + colDeleted + " = 0"
 	engines, err := a.cl.Strings(ctx, "SELECT engine FROM system.tables WHERE database = "+quoteString(tg.db)+" AND name = "+quoteString(name))
 	if err != nil {
 		return err
@@ -261,55 +263,74 @@ func (a *Applier) replaceView(ctx context.Context, tg *target) error {
 	return nil
 }
 
-// lookupChunk bounds the keys of one lookup query (a query is at most
-// 256 KiB on 18.x).
-const lookupChunk = 500
+// lookupBytes bounds the key values of one lookup query, which names them
+// twice: a query is at most 256 KiB on 18.x (max_query_size).
+const lookupBytes = 100 << 10
 
 // lookup reads the current rows of keys from the target (its latest
 // version of each, unless a deletion) and returns, by key (values joined
 // by NUL), the fields of cols as the server writes them in TabSeparated,
 // which it reads back as they are. A key without a current row is absent.
+//
+// The keys go into the query as one array literal of text per key column,
+// cast to the column's type as a whole (the server parses the values as
+// it parses inserted ones; a CAST per value would cost the 18.x analyzer
+// milliseconds each), zipped into tuples when the key has several columns.
 func (a *Applier) lookup(ctx context.Context, tg *target, keys [][]string, cols []string) (map[string][][]byte, error) {
 	out := map[string][][]byte{}
-	keyCols := make([]string, len(tg.key))
-	for i, k := range tg.key {
-		keyCols[i] = quoteIdent(k)
-	}
-	sel := make([]string, len(cols))
-	for i, c := range cols {
-		sel[i] = quoteIdent(c)
-	}
-	for start := 0; start < len(keys); start += lookupChunk {
-		chunk := keys[start:min(start+lookupChunk, len(keys))]
-		tuples := make([]string, len(chunk))
-		for i, vals := range chunk {
-			lits := make([]string, len(vals))
-			for j, v := range vals {
-				c := tg.cols[tg.byName[tg.key[j]]]
-				// The value as the server parses it from text, of the
-				// column's type: the tuples compare as the key does.
-				lit, err := c.enc.append(nil, []byte(v), false)
-				if err != nil {
-					return nil, fmt.Errorf("key column %q: %w", tg.key[j], err)
-				}
-				lits[j] = "CAST('" + string(lit) + "' AS " + c.chType + ")"
+	keyCols := quoteAll(tg.key)
+	lits := make([][]string, len(keys)) // each key's values as quoted literals
+	sizes := make([]int, len(keys))
+	for i, vals := range keys {
+		lits[i] = make([]string, len(vals))
+		for j, v := range vals {
+			// appendQuoted's escapes for text; digits and dates as they are.
+			b, err := tg.cols[tg.byName[tg.key[j]]].enc.append([]byte{'\''}, []byte(v), false)
+			if err != nil {
+				return nil, fmt.Errorf("key column %q: %w", tg.key[j], err)
 			}
-			tuples[i] = "tuple(" + strings.Join(lits, ", ") + ")"
+			lits[i][j] = string(append(b, '\''))
+			sizes[i] += len(b) + 3
 		}
-		set := strings.Join(tuples, ", ")
-		q := "SELECT indexOf([" + set + "], tuple(" + strings.Join(keyCols, ", ") + ")), " + strings.Join(sel, ", ") +
-			" FROM " + tg.ident() + " FINAL WHERE " + colDeleted + " = 0 AND tuple(" + strings.Join(keyCols, ", ") + ") IN (" + set + ")"
+	}
+	for start := 0; start < len(keys); {
+		end, size := start, 0
+		for end < len(keys) && (end == start || size+sizes[end] < lookupBytes) {
+			size += sizes[end]
+			end++
+		}
+		arrays := make([]string, len(tg.key))
+		for j := range tg.key {
+			vals := make([]string, end-start)
+			for i := range vals {
+				vals[i] = lits[start+i][j]
+			}
+			arrays[j] = "CAST([" + strings.Join(vals, ", ") + "] AS Array(" + tg.cols[tg.byName[tg.key[j]]].chType + "))"
+		}
+		set, key, in := arrays[0], keyCols[0], "SELECT arrayJoin("+arrays[0]+")"
+		if len(arrays) > 1 {
+			xs, parts := make([]string, len(arrays)), make([]string, len(arrays))
+			for j := range arrays {
+				xs[j], parts[j] = fmt.Sprintf("x%d", j+1), fmt.Sprintf("k.%d", j+1)
+			}
+			set = "arrayMap((" + strings.Join(xs, ", ") + ") -> tuple(" + strings.Join(xs, ", ") + "), " + strings.Join(arrays, ", ") + ")"
+			key = "tuple(" + strings.Join(keyCols, ", ") + ")"
+			in = "SELECT " + strings.Join(parts, ", ") + " FROM (SELECT arrayJoin(" + set + ") AS k)"
+		}
+		q := "SELECT indexOf(" + set + ", " + key + "), " + strings.Join(quoteAll(cols), ", ") +
+			" FROM " + tg.ident() + " FINAL WHERE " + colDeleted + " = 0 AND " + key + " IN (" + in + ")"
 		rows, err := a.cl.rawRows(ctx, q)
 		if err != nil {
 			return nil, fmt.Errorf("read current rows of %s: %w", tg, err)
 		}
 		for _, r := range rows {
 			i, err := strconv.Atoi(string(r[0]))
-			if err != nil || i < 1 || i > len(chunk) || len(r) != len(cols)+1 {
+			if err != nil || i < 1 || i > end-start || len(r) != len(cols)+1 {
 				return nil, fmt.Errorf("read current rows of %s: unexpected row %q", tg, r)
 			}
-			out[strings.Join(chunk[i-1], "\x00")] = r[1:]
+			out[strings.Join(keys[start+i-1], "\x00")] = r[1:]
 		}
+		start = end
 	}
 	return out, nil
 }
@@ -402,11 +423,7 @@ func (a *Applier) rows(ctx context.Context, t *batchTable, tg *target) ([]byte, 
 // key the target holds that the batch does not write again after the
 // truncate (those rows are in the staging table already).
 func (a *Applier) stageTruncate(ctx context.Context, t *batchTable, tg *target, stage string, written bool) error {
-	keys := make([]string, len(tg.sorting)) // the key columns, also of a batch that only truncates
-	for i, k := range tg.sorting {
-		keys[i] = quoteIdent(k)
-	}
-	key := strings.Join(keys, ", ")
+	key := strings.Join(quoteAll(tg.sorting), ", ") // the key columns, also of a batch that only truncates
 	q := fmt.Sprintf("INSERT INTO %s (%s, %s, %s, %s) SELECT %s, %d, %d, 1 FROM %s FINAL WHERE %s = 0",
 		tableIdent(tg.db, stage), key, colVersion, colIndex, colDeleted, key, t.truncLSN, t.truncIndex, tg.ident(), colDeleted)
 	if written {
@@ -416,6 +433,15 @@ func (a *Applier) stageTruncate(ctx context.Context, t *batchTable, tg *target, 
 		return fmt.Errorf("stage the truncate of %s: %w", tg, err)
 	}
 	return nil
+}
+
+// quoteAll quotes each name.
+func quoteAll(names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = quoteIdent(n)
+	}
+	return out
 }
 
 // appendZero appends the value a deletion's row holds in a column that is

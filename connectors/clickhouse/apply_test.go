@@ -301,6 +301,49 @@ func TestApplierAcrossBatches(t *testing.T) {
 // The sink of a cdc_apply pipeline is {url, database, settings}: the url is
 // required, anything else is refused naming the field, and a password
 // never shows in an error; the kind is registered as a cdc target.
+// Unchanged values of thousands of keys, more than one query can name, are
+// read from the target in several queries; also for a key of two columns.
+func TestApplierManyUnchanged(t *testing.T) {
+	url, db := chtest.DB(t)
+	cl := testClient(t, url)
+	a := testApplier(t, url, db, "many")
+	key := func(i int) protocol.Value {
+		return protocol.Text(fmt.Sprintf("key %04d %s", i, strings.Repeat("k", 40)))
+	}
+	var inserts, updates []protocol.ChangeEvent
+	var want []string
+	for i := range 4000 {
+		inserts = append(inserts, cdctest.Change(protocol.OpInsert, "s", "docs", nil, protocol.Row{"id": key(i), "v": protocol.Text("old"), "body": protocol.Text(fmt.Sprintf("body %d", i))}))
+		updates = append(updates, cdctest.Change(protocol.OpUpdate, "s", "docs", nil, protocol.Row{"id": key(i), "v": protocol.Text("new"), "body": protocol.UnchangedValue}))
+		want = append(want, fmt.Sprintf("%s|new|body %d", key(i).Text, i))
+	}
+	slices.Sort(want)
+	if err := a.Apply(context.Background(), events(1, inserts...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(context.Background(), events(4001, updates...)); err != nil {
+		t.Fatal(err)
+	}
+	if got := current(t, cl, db, "docs", []string{"id", "v", "body"}); !slices.Equal(got, want) {
+		t.Errorf("docs_current holds %d rows, want %d; first %q, want %q", len(got), len(want), got[:min(len(got), 1)], want[0])
+	}
+	// A key of two columns.
+	pair := func(op protocol.Op, a, b, v string, body protocol.Value) protocol.ChangeEvent {
+		e := cdctest.Change(op, "s", "pairs", nil, protocol.Row{"a": protocol.Text(a), "b": protocol.Text(b), "v": protocol.Text(v), "body": body})
+		e.Key = []string{"a", "b"}
+		return e
+	}
+	if err := a.Apply(context.Background(), events(8001, pair(protocol.OpInsert, "1", "x'", "old", protocol.Text("b1")), pair(protocol.OpInsert, "1", "y", "old", protocol.Text("b2")))); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(context.Background(), events(8003, pair(protocol.OpUpdate, "1", "x'", "new", protocol.UnchangedValue), pair(protocol.OpUpdate, "1", "y", "new", protocol.UnchangedValue))); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := current(t, cl, db, "pairs", []string{"a", "b", "v", "body"}), []string{"1|x'|new|b1", "1|y|new|b2"}; !slices.Equal(got, want) {
+		t.Errorf("pairs_current holds %q, want %q", got, want)
+	}
+}
+
 // A truncate applied while the server merges the table's parts: the rows
 // the table held stay deleted once the merge ends. (ClickHouse 18.x's
 // REPLACE PARTITION, which would swap the rows out in one step, lets a
