@@ -104,10 +104,15 @@ type Applier struct {
 	stagePref string // starts the names of the pipeline's staging tables
 
 	mu sync.Mutex
-	// recovered reports whether the last batch recorded was moved into its
-	// targets and leftover staging tables dropped, since the Applier was
-	// opened or a call failed.
-	recovered bool
+	// synced reports that seen is the last record and that the batch it
+	// records is in its targets, since the Applier was opened or a call
+	// failed.
+	synced bool
+	seen   uint64
+	// leftovers are staging tables of batches that were not recorded
+	// (yet) when they were listed, by name, with the last sequence of
+	// their batch; each is dropped once a record reaches past it.
+	leftovers map[string]leftover
 	// Caches, dropped after a failed Apply.
 	targets   map[string]*target // by database NUL table
 	databases map[string]bool    // created
@@ -121,6 +126,12 @@ var (
 	_ connectors.Applier    = (*Applier)(nil)
 	_ connectors.BatchSizer = (*Applier)(nil)
 )
+
+// leftover is a staging table of a batch that no record named.
+type leftover struct {
+	db  string
+	seq uint64
+}
 
 // stageMove is one staging table of a batch and the target its rows are
 // added to (ATTACH PARTITION).
@@ -161,7 +172,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	}
 	a := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), cl: cl, offsets: tableIdent(db, OffsetsTable),
 		stagePref: "sluice_cdc_" + hash6(db+"\x00"+cfg.Pipeline) + "_",
-		targets:   map[string]*target{}, databases: map[string]bool{}}
+		targets:   map[string]*target{}, databases: map[string]bool{}, leftovers: map[string]leftover{}}
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS " + quoteIdent(db),
 		"CREATE TABLE IF NOT EXISTS " + a.offsets + ` (pipeline String, seq UInt64, moves String, at DateTime)
@@ -193,11 +204,7 @@ func (a *Applier) Close() error {
 func (a *Applier) Applied(ctx context.Context) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.recover(ctx); err != nil {
-		return 0, err
-	}
-	seq, _, err := a.lastRecord(ctx)
-	return seq, err
+	return a.sync(ctx)
 }
 
 // lastRecord reads the pipeline's last commit record: its sequence (0 when
@@ -224,33 +231,62 @@ func (a *Applier) lastRecord(ctx context.Context) (uint64, []stageMove, error) {
 	return seq, moves, nil
 }
 
-// recover finishes the last batch recorded (moves its staging tables that
-// are left into their targets) and drops every other staging table of the
-// pipeline: those of a batch that was never recorded.
-func (a *Applier) recover(ctx context.Context) error {
-	if a.recovered {
-		return nil
-	}
-	_, moves, err := a.lastRecord(ctx)
+// sync returns the sequence of the last record. Opened, after a failed
+// call, or finding a record it did not write (another Applier of the
+// pipeline, such as the one of a worker that lost the stream's lease,
+// still finishing a batch), it first moves that record's staging tables
+// that are left into their targets, and lists the pipeline's other staging
+// tables: those of batches the record reaches are dropped, those of later
+// batches kept as leftovers, since a record may name them yet (a staging
+// table is dropped only once no record can name it).
+func (a *Applier) sync(ctx context.Context) (uint64, error) {
+	seq, moves, err := a.lastRecord(ctx)
 	if err != nil {
-		return err
+		return 0, err
+	}
+	if a.synced && seq == a.seen {
+		return seq, nil
 	}
 	if err := a.move(ctx, moves); err != nil {
-		return err
+		return 0, err
 	}
 	left, err := a.cl.Rows(ctx, "SELECT database, name FROM system.tables WHERE startsWith(name, "+quoteString(a.stagePref)+")")
 	if err != nil {
-		return fmt.Errorf("list staging tables: %w", err)
+		return 0, fmt.Errorf("list staging tables: %w", err)
 	}
+	a.leftovers = map[string]leftover{}
 	for _, r := range left {
-		if err := a.cl.Exec(ctx, "DROP TABLE IF EXISTS "+tableIdent(string(r[0]), string(r[1]))); err != nil {
-			return fmt.Errorf("drop staging table of an unrecorded batch: %w", err)
+		n, err := strconv.ParseUint(strings.SplitN(strings.TrimPrefix(string(r[1]), a.stagePref), "_", 2)[0], 10, 64)
+		if err != nil {
+			continue // not a name of ours
 		}
+		a.leftovers[string(r[1])] = leftover{db: string(r[0]), seq: n}
 	}
-	if len(left) > 0 {
-		a.log.Info("cdc apply clickhouse: dropped the staging tables of a batch that was not recorded", "tables", len(left))
+	if err := a.dropLeftovers(ctx, seq); err != nil {
+		return 0, err
 	}
-	a.recovered = true
+	a.synced, a.seen = true, seq
+	return seq, nil
+}
+
+// dropLeftovers drops the leftover staging tables of batches at or below
+// seq, the last record's sequence: their events are recorded, in other
+// staging tables.
+func (a *Applier) dropLeftovers(ctx context.Context, seq uint64) error {
+	dropped := 0
+	for name, l := range a.leftovers {
+		if l.seq > seq {
+			continue
+		}
+		if err := a.cl.Exec(ctx, "DROP TABLE IF EXISTS "+tableIdent(l.db, name)); err != nil {
+			return fmt.Errorf("drop the staging table of an unrecorded batch: %w", err)
+		}
+		delete(a.leftovers, name)
+		dropped++
+	}
+	if dropped > 0 {
+		a.log.Info("cdc apply clickhouse: dropped the staging tables of batches that were not recorded", "tables", dropped, "offset", seq)
+	}
 	return nil
 }
 
@@ -285,9 +321,9 @@ func (a *Applier) move(ctx context.Context, moves []stageMove) error {
 // sequence with the staging tables (the commit: one INSERT of one row),
 // then moves them into their targets. A failure before the record leaves
 // nothing of the batch; once the record is written, the batch is durable
-// and is finished by this call or, after a crash, by the next Applier's
-// first call. A context ending during the record or the moves does not
-// stop them.
+// and is finished by this call or, after a crash, by the next call of any
+// Applier of the pipeline. A context ending during the record or the moves
+// does not stop them.
 func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
 	if len(events) == 0 {
 		return nil
@@ -301,14 +337,11 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	defer a.mu.Unlock()
 	defer func() {
 		if err != nil {
-			a.recovered = false
+			a.synced = false
 			a.targets = map[string]*target{}
 		}
 	}()
-	if err := a.recover(ctx); err != nil {
-		return err
-	}
-	applied, _, err := a.lastRecord(ctx)
+	applied, err := a.sync(ctx)
 	if err != nil {
 		return err
 	}
@@ -403,6 +436,7 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		// tables accordingly.
 		return fmt.Errorf("record events %d-%d: %w", first, last, err)
 	}
+	a.seen = last
 	if a.afterCommit != nil {
 		if err := a.afterCommit(); err != nil {
 			return err
@@ -413,8 +447,12 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	}
 	if err := a.move(cctx, moves); err != nil {
 		// The batch is durable: the next call moves what is left.
-		a.recovered = false
+		a.synced = false
 		a.log.Warn("cdc apply clickhouse: a recorded batch is not in its tables yet; the next call moves it", "last", last, "err", err)
+		return nil
+	}
+	if err := a.dropLeftovers(cctx, last); err != nil {
+		a.log.Warn("cdc apply clickhouse: leftover staging tables stay", "err", err)
 	}
 	return nil
 }

@@ -233,6 +233,56 @@ func TestApplierFinishesRecordedBatch(t *testing.T) {
 	}
 }
 
+// Two Appliers of one pipeline at once, as when a worker that lost the
+// stream's lease finishes a batch while the new holder starts: the new
+// one keeps the old one's staging tables, whose batch may be recorded yet;
+// when the old one records its batch (past the new one's) and dies before
+// moving it in, the new one moves it in before going on. Every event
+// counts once.
+func TestApplierTwoHolders(t *testing.T) {
+	url, db := chtest.DB(t)
+	cl := testClient(t, url)
+	ctx := context.Background()
+	T := protocol.Text
+	ev := func(op protocol.Op, id, v string) protocol.ChangeEvent {
+		row := protocol.Row{"id": T(id), "v": T(v)}
+		if op == protocol.OpDelete {
+			return cdctest.Change(op, "s", "z", row, nil)
+		}
+		return cdctest.Change(op, "s", "z", nil, row)
+	}
+	all := events(1, ev(protocol.OpInsert, "1", "v1"), ev(protocol.OpInsert, "2", "v2"), ev(protocol.OpInsert, "3", "v3"), ev(protocol.OpInsert, "4", "v4"),
+		ev(protocol.OpUpdate, "1", "new"), ev(protocol.OpDelete, "2", ""), ev(protocol.OpInsert, "7", "v7"), ev(protocol.OpInsert, "8", "v8"))
+	old := testApplier(t, url, db, "two")
+	staged, release := make(chan struct{}), make(chan struct{})
+	old.afterStage = func() error { close(staged); <-release; return nil }
+	crash := errors.New("crash after the commit record")
+	old.afterCommit = func() error { return crash }
+	done := make(chan error, 1)
+	go func() { done <- old.Apply(ctx, all[:6]) }()
+	<-staged
+	holder := testApplier(t, url, db, "two")
+	if err := holder.Apply(ctx, all[:4]); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, crash) {
+		t.Fatalf("the old holder's Apply: %v, want the injected crash", err)
+	}
+	if err := holder.Apply(ctx, all[4:]); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := current(t, cl, db, "z", []string{"id", "v"}), []string{"1|new", "3|v3", "4|v4", "7|v7", "8|v8"}; !slices.Equal(got, want) {
+		t.Errorf("z_current holds %q, want %q", got, want)
+	}
+	if got := cdctest.Applied(t, holder); got != 8 {
+		t.Errorf("Applied %d, want 8", got)
+	}
+	if left := stagingTables(t, cl); len(left) != 0 {
+		t.Errorf("staging tables left: %v", left)
+	}
+}
+
 // Values an update leaves unchanged (TOAST) come from the target's current
 // row when the batch does not hold them, also across a key change; a
 // deletion hides the row; a column added at the source is added to the

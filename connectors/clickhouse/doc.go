@@ -124,12 +124,17 @@
 // holding the batch's last sequence and its staging tables: this one-row
 // insert is the commit, before which nothing of the batch counts and after
 // which all of it does, then (3) attaches each staging table to its target
-// and drops it. Applied is the sequence of the last row; the first call of
-// an Applier attaches the staging tables of the last batch recorded that
-// are still there (a crash in step 3) and drops the pipeline's other
-// staging tables (a crash before step 2). An attach repeated after a crash
-// adds the same rows twice, equal in key and version, which FINAL and the
-// merges collapse. A target table therefore only ever holds rows of
+// and drops it. Applied is the sequence of the last row. The first call of
+// an Applier, a call after a failed one, and a call that finds a record it
+// did not write (an Applier of a worker that lost the stream's lease,
+// finishing its batch) first attach the staging tables of the last batch
+// recorded that are still there (a crash in step 3). Other staging tables
+// of the pipeline are dropped once a record reaches past their batch (a
+// crash before step 2), never before: another Applier may record them yet.
+// An attach repeated after a crash adds the same rows twice, equal in key
+// and version, which FINAL and the merges collapse; and every row is a
+// version some change gave its key, so a batch applied twice under two
+// batchings, by two Appliers, leaves the same FINAL state. A target table therefore only ever holds rows of
 // recorded batches, and a context cancelled after step 1 lets steps 2 and
 // 3 finish. A failure while recording leaves it unknown whether the row
 // was written: the next Applied reads which. Durable means as durable as
