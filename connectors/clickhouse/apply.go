@@ -428,12 +428,29 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if moves == nil {
 		list = []byte("[]")
 	}
-	err = a.cl.Exec(cctx, fmt.Sprintf("INSERT INTO %s (pipeline, seq, moves, at) VALUES (%s, %d, %s, now())",
-		a.offsets, quoteString(a.cfg.Pipeline), last, quoteString(string(list))))
+	// The record is written only if the last one is still the one this
+	// batch follows: an Applier that lost the stream's lease cannot record
+	// over the new holder's records (short of both inserting at the same
+	// instant, which the lease keeps from happening).
+	pipe := quoteString(a.cfg.Pipeline)
+	err = a.cl.Exec(cctx, fmt.Sprintf("INSERT INTO %s (pipeline, seq, moves, at) SELECT %s, %d, %s, now() WHERE (SELECT max(seq) FROM %s WHERE pipeline = %s) = %d",
+		a.offsets, pipe, last, quoteString(string(list)), a.offsets, pipe, applied))
+	if err == nil {
+		var got uint64
+		var gotMoves []stageMove
+		if got, gotMoves, err = a.lastRecord(cctx); err == nil && (got != last || !slices.Equal(gotMoves, moves)) {
+			// Not this batch: another Applier recorded one after the
+			// same record, or just after this one. The staging tables
+			// stay: whoever reads the records next moves them if this
+			// batch was recorded, and drops them once a record passes
+			// them if not.
+			return fmt.Errorf("record events %d-%d: the pipeline's last record (up to %d) is another Applier's: two Appliers of pipeline %q run at once", first, last, got, a.cfg.Pipeline)
+		}
+	}
 	if err != nil {
 		// Whether the server wrote the record is unknown: the next
-		// Applied reads it, and recovery keeps or drops the staging
-		// tables accordingly.
+		// call reads it, and keeps or drops the staging tables
+		// accordingly.
 		return fmt.Errorf("record events %d-%d: %w", first, last, err)
 	}
 	a.seen = last

@@ -234,53 +234,87 @@ func TestApplierFinishesRecordedBatch(t *testing.T) {
 }
 
 // Two Appliers of one pipeline at once, as when a worker that lost the
-// stream's lease finishes a batch while the new holder starts: the new
-// one keeps the old one's staging tables, whose batch may be recorded yet;
-// when the old one records its batch (past the new one's) and dies before
-// moving it in, the new one moves it in before going on. Every event
+// stream's lease finishes a batch while the new holder starts. The new
+// holder keeps the old one's staging tables, whose batch may be recorded
+// yet: when the old one records it and dies before moving it in, the new
+// one moves it in before going on. When the new one records first, the old
+// one's record is refused (it follows a record that is no longer the last)
+// and its staging tables are dropped once a record passes them. Every event
 // counts once.
 func TestApplierTwoHolders(t *testing.T) {
 	url, db := chtest.DB(t)
 	cl := testClient(t, url)
 	ctx := context.Background()
 	T := protocol.Text
-	ev := func(op protocol.Op, id, v string) protocol.ChangeEvent {
+	ev := func(table string, op protocol.Op, id, v string) protocol.ChangeEvent {
 		row := protocol.Row{"id": T(id), "v": T(v)}
 		if op == protocol.OpDelete {
-			return cdctest.Change(op, "s", "z", row, nil)
+			return cdctest.Change(op, "s", table, row, nil)
 		}
-		return cdctest.Change(op, "s", "z", nil, row)
+		return cdctest.Change(op, "s", table, nil, row)
 	}
-	all := events(1, ev(protocol.OpInsert, "1", "v1"), ev(protocol.OpInsert, "2", "v2"), ev(protocol.OpInsert, "3", "v3"), ev(protocol.OpInsert, "4", "v4"),
-		ev(protocol.OpUpdate, "1", "new"), ev(protocol.OpDelete, "2", ""), ev(protocol.OpInsert, "7", "v7"), ev(protocol.OpInsert, "8", "v8"))
-	old := testApplier(t, url, db, "two")
-	staged, release := make(chan struct{}), make(chan struct{})
-	old.afterStage = func() error { close(staged); <-release; return nil }
+	workload := func(table string) []connectors.Event {
+		return events(1, ev(table, protocol.OpInsert, "1", "v1"), ev(table, protocol.OpInsert, "2", "v2"), ev(table, protocol.OpInsert, "3", "v3"),
+			ev(table, protocol.OpInsert, "4", "v4"), ev(table, protocol.OpUpdate, "1", "new"), ev(table, protocol.OpDelete, "2", ""),
+			ev(table, protocol.OpInsert, "7", "v7"), ev(table, protocol.OpInsert, "8", "v8"))
+	}
+	want := []string{"1|new", "3|v3", "4|v4", "7|v7", "8|v8"}
+	// old applies events 1-6 and stops after staging them, until release.
+	start := func(pipeline string, all []connectors.Event) (old *Applier, release func() error) {
+		old = testApplier(t, url, db, pipeline)
+		staged, proceed := make(chan struct{}), make(chan struct{})
+		old.afterStage = func() error { close(staged); <-proceed; return nil }
+		done := make(chan error, 1)
+		go func() { done <- old.Apply(ctx, all[:6]) }()
+		<-staged
+		return old, func() error { close(proceed); return <-done }
+	}
+	check := func(pipeline, table string) {
+		t.Helper()
+		if got := current(t, cl, db, table, []string{"id", "v"}); !slices.Equal(got, want) {
+			t.Errorf("%s: %s_current holds %q, want %q", pipeline, table, got, want)
+		}
+		if left := stagingTables(t, cl); len(left) != 0 {
+			t.Errorf("%s: staging tables left: %v", pipeline, left)
+		}
+	}
+
+	// The old holder records first and dies before moving its batch in.
+	all := workload("z1")
+	old, release := start("two1", all)
+	holder := testApplier(t, url, db, "two1")
+	if got := cdctest.Applied(t, holder); got != 0 {
+		t.Fatalf("Applied %d before any record, want 0", got)
+	}
 	crash := errors.New("crash after the commit record")
 	old.afterCommit = func() error { return crash }
-	done := make(chan error, 1)
-	go func() { done <- old.Apply(ctx, all[:6]) }()
-	<-staged
-	holder := testApplier(t, url, db, "two")
-	if err := holder.Apply(ctx, all[:4]); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	if err := <-done; !errors.Is(err, crash) {
+	if err := release(); !errors.Is(err, crash) {
 		t.Fatalf("the old holder's Apply: %v, want the injected crash", err)
 	}
-	if err := holder.Apply(ctx, all[4:]); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := current(t, cl, db, "z", []string{"id", "v"}), []string{"1|new", "3|v3", "4|v4", "7|v7", "8|v8"}; !slices.Equal(got, want) {
-		t.Errorf("z_current holds %q, want %q", got, want)
+	for _, b := range [][]connectors.Event{all[:4], all[4:]} {
+		if err := holder.Apply(ctx, b); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if got := cdctest.Applied(t, holder); got != 8 {
 		t.Errorf("Applied %d, want 8", got)
 	}
-	if left := stagingTables(t, cl); len(left) != 0 {
-		t.Errorf("staging tables left: %v", left)
+	check("old holder recording first", "z1")
+
+	// The new holder records first: the old holder's record is refused.
+	all = workload("z2")
+	_, release = start("two2", all)
+	holder = testApplier(t, url, db, "two2")
+	if err := holder.Apply(ctx, all[:4]); err != nil {
+		t.Fatal(err)
 	}
+	if err := release(); err == nil || !strings.Contains(err.Error(), "two Appliers") {
+		t.Fatalf("the old holder's Apply after the new one recorded: %v, want its record refused", err)
+	}
+	if err := holder.Apply(ctx, all[4:]); err != nil {
+		t.Fatal(err)
+	}
+	check("new holder recording first", "z2")
 }
 
 // Values an update leaves unchanged (TOAST) come from the target's current

@@ -124,7 +124,10 @@
 // holding the batch's last sequence and its staging tables: this one-row
 // insert is the commit, before which nothing of the batch counts and after
 // which all of it does, then (3) attaches each staging table to its target
-// and drops it. Applied is the sequence of the last row. The first call of
+// and drops it. The record is written only if the last record is still
+// the one the batch follows (INSERT ... SELECT ... WHERE max(seq) = the
+// applied sequence), so an Applier that lost the stream's lease cannot
+// record over the new holder's records. Applied is the sequence of the last row. The first call of
 // an Applier, a call after a failed one, and a call that finds a record it
 // did not write (an Applier of a worker that lost the stream's lease,
 // finishing its batch) first attach the staging tables of the last batch
