@@ -18,17 +18,19 @@ import (
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // CDC from PostgreSQL into ClickHouse through the cluster: three tables of
-// 3,000 rows snapshotted, then about 50,000 random inserts, updates (some
-// leaving a TOASTed value unchanged) and deletes, a column added, rows
-// moved to new keys with their TOASTed values unchanged, and one table
-// truncated and written again, applied by a cdc_apply pipeline whose worker
-// is killed while a batch is being applied (its staging tables exist).
-// At the end the FINAL state of each ClickHouse table (its documented
-// query) equals the source table, by row count and by a checksum of the
-// rows the test renders itself on both sides; no staging table is left.
+// 3,000 rows snapshotted, then, once the slot streams, about 50,000 random
+// inserts, updates (some leaving a TOASTed value unchanged) and deletes, a
+// column added, rows moved to new keys with their TOASTed values
+// unchanged, and one table truncated and written again, applied by a
+// cdc_apply pipeline whose worker is killed while a batch is being applied
+// (its staging tables exist). At the end the FINAL state of each
+// ClickHouse table (its documented query) equals the source table, by row
+// count and by a checksum of the rows the test renders itself on both
+// sides; no staging table is left.
 func TestClickHouseCDCThroughCluster(t *testing.T) {
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
@@ -86,10 +88,22 @@ func TestClickHouseCDCThroughCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 60*time.Second, "the snapshot's slot", func() bool {
-		var n int
-		_ = conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n)
-		return n == 1
+	// Changes start once the snapshot is done and the slot streams: a
+	// snapshot that fails (its leader lost) is taken again on a new slot,
+	// and rows deleted before that would stay in any target that applied
+	// the first attempt's rows (README, CDC, not handled yet), which is not
+	// what this test is about.
+	waitFor(t, 3*time.Minute, "the snapshot, then the slot streaming", func() bool {
+		st, err := c.client.CDCStatus(c.ctx())
+		if err != nil {
+			return false
+		}
+		for _, s := range st.Streams {
+			if s.Pipeline == "shop" && s.Worker != "" && s.Status.State == protocol.StreamStreaming {
+				return true
+			}
+		}
+		return false
 	})
 
 	const total = 50_000
