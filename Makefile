@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors/arrowconv -run '^$$' -fuzz FuzzAppend -fuzztime $(FUZZTIME)
 
 # BENCHES lists the benchmarks, one a line: bench-<name> runs bench/<name>
 # (go run ./bench/<name> -h lists its flags) at full size, beside its
@@ -46,6 +47,7 @@ fuzz:
 # "--reps 2" (make bench-fullload BENCH_FLAGS="--keep --only pg").
 BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
+BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))

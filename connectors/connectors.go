@@ -124,6 +124,13 @@ type Plan struct {
 	// them (a sink then takes the columns from the batches). It reaches
 	// every task (TaskRef.Schema) and the commit (CommitRequest.Schema).
 	Schema *Schema
+	// Holds is set by a RunHolder whose partitions can only be read while
+	// it holds what it planned them on (an exported snapshot). The leader
+	// records it with the plan: a leader that did not plan the run holds
+	// nothing for it, so it plans the run again, as a new attempt, rather
+	// than publish tasks that would fail. A RunHolder that holds nothing
+	// for this run (a configuration without a snapshot) leaves it unset.
+	Holds bool
 }
 
 // Schema describes the columns of a dataset as its source declares them.
@@ -160,9 +167,11 @@ type Source interface {
 // RunHolder is implemented by sources that hold something for a planned
 // run until it ends, such as a database snapshot that every task of the run
 // reads. The leader keeps such a source open after Plan and calls
-// ReleaseRun, then Close, once the run is committed or failed, or when it
-// loses leadership (the tasks of a run whose hold is gone fail, and the run
-// must be started again).
+// ReleaseRun, then Close, once the run is committed or failed, before it
+// plans the run again, or when it loses leadership. What a plan holds
+// (Plan.Holds) dies with the leader that planned it: the next leader plans
+// the run again as a new attempt, and a task that finds the hold gone
+// fails with a Replan error, which does the same.
 type RunHolder interface {
 	ReleaseRun(runID string) error
 }

@@ -53,10 +53,35 @@ func Permanent(err error) error {
 }
 
 // IsPermanent reports whether err, or an error it wraps, was marked
-// Permanent or is a *RowError or *FieldError.
+// Permanent or Replan, or is a *RowError or *FieldError.
 func IsPermanent(err error) bool {
 	var p permanent
 	var r *RowError
 	var f *FieldError
 	return errors.As(err, &p) || errors.As(err, &r) || errors.As(err, &f)
+}
+
+type replan struct{ err error }
+
+func (r replan) Error() string { return r.err.Error() }
+func (r replan) Unwrap() error { return r.err }
+
+// Replan marks err as one that no attempt of the task can cure but a new
+// plan of its run can: what the run was planned on is gone, such as the
+// snapshot a source exported for the run and held on the leader that
+// planned it (see RunHolder). Workers terminate such a task and report it
+// as protocol.ErrorReplan; the coordinator leader then plans the run again,
+// as a new attempt of the same run. A Replan error is permanent too
+// (IsPermanent): retrying the task would not help.
+func Replan(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanent{replan{err}}
+}
+
+// IsReplan reports whether err, or an error it wraps, was marked Replan.
+func IsReplan(err error) bool {
+	var r replan
+	return errors.As(err, &r)
 }

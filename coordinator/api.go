@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -436,7 +437,8 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 	s := protocol.RunStatus{RunID: r.ID, Pipeline: r.Pipeline, State: r.State, Tasks: len(r.Tasks),
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
-		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger}
+		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
+		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
 	if r.State == protocol.RunWaiting {
 		s.WaitingFor, s.WaitingSince = r.WaitingFor, r.WaitingSince
 		if r.ReadyTimeout > 0 {

@@ -30,6 +30,7 @@ const (
 	cmdCleanupDone    cmdType = 15
 	// A rollback's intent or its outcome.
 	cmdPipelineRollback cmdType = 16
+	cmdRunReplan        cmdType = 17
 )
 
 func (t cmdType) String() string {
@@ -66,6 +67,8 @@ func (t cmdType) String() string {
 		return "cleanup done"
 	case cmdPipelineRollback:
 		return "pipeline rollback"
+	case cmdRunReplan:
+		return "run replan"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -243,9 +246,35 @@ type runPlannedCmd struct {
 	Time       time.Time            `json:"time"`
 	// Schema is the plan's schema; nil when the source gave none.
 	Schema *protocol.Schema `json:"schema,omitempty"`
+	// Holds tells that the plan's partitions can only be read while the
+	// leader that planned them holds what they were planned on (the
+	// source's snapshot: connectors.Plan.Holds).
+	Holds bool `json:"holds,omitempty"`
 }
 
 func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }
+
+// runReplanCmd gives up attempt Attempt of a running run whose plan can
+// no longer be read (what it held is gone: Reason says how it was found
+// out). The run plans again as its next attempt, or fails once Limit
+// attempts were given up.
+type runReplanCmd struct {
+	Run     string    `json:"run"`
+	Attempt int       `json:"attempt"`
+	Reason  string    `json:"reason"`
+	Limit   int       `json:"limit"`
+	Keep    int       `json:"keep"`
+	Time    time.Time `json:"time"`
+}
+
+func (runReplanCmd) cmdType() cmdType { return cmdRunReplan }
+
+// runReplanReply is the run's attempt after the entry: the next one, or
+// the one given up when the run Failed.
+type runReplanReply struct {
+	Attempt int
+	Failed  bool
+}
 
 // runRef names a run, with the leader's time: the body of the commands
 // that need nothing more.

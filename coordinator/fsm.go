@@ -82,6 +82,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[cleanupDoneCmd](f.st, l)
 	case cmdPipelineRollback:
 		return dispatch[pipelineRollbackCmd](f.st, l)
+	case cmdRunReplan:
+		return dispatch[runReplanCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }

@@ -194,8 +194,23 @@ type RunStatus struct {
 	// Trigger is the context of the trigger that started the run (nil for
 	// a run started through the API).
 	Trigger *TriggerContext `json:"trigger,omitempty"`
+	// Attempt numbers the run's plans: 1, and one more each time the run
+	// was planned again because what its plan held was gone (the source's
+	// snapshot, held by a leader that stopped). Tasks and TaskList are the
+	// current attempt's. Replans says why each earlier attempt was given
+	// up, oldest first.
+	Attempt int      `json:"attempt,omitempty"`
+	Replans []Replan `json:"replans,omitempty"`
 	// TaskList is filled by run.get only.
 	TaskList []TaskStatus `json:"task_list,omitempty"`
+}
+
+// Replan is one attempt of a run given up and planned again: which
+// attempt, why and when.
+type Replan struct {
+	Attempt int       `json:"attempt"`
+	Reason  string    `json:"reason"`
+	Time    time.Time `json:"time"`
 }
 
 // TaskStatus is one task of a run.

@@ -105,6 +105,11 @@ const (
 	ErrorRetryable ErrorClass = "retryable"
 	// ErrorPermanent is a failure that will fail again (bad data, bad config).
 	ErrorPermanent ErrorClass = "permanent"
+	// ErrorReplan is a failure no attempt of the task can cure but a new
+	// plan of its run can: what the run was planned on is gone (the
+	// snapshot a source exported, held by the leader that planned the run).
+	// The coordinator plans the run again as a new attempt.
+	ErrorReplan ErrorClass = "replan"
 )
 
 // Result reports the outcome of one task attempt to the coordinator.

@@ -46,7 +46,7 @@ import (
 )
 
 // columns are the source table's columns.
-const columns = "id, customer, amount, created_at, quantity, paid, status"
+const columns = harness.OrdersColumns
 
 // Targets of issue 3 item 8 on a 2-core machine.
 const (
@@ -153,7 +153,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	began := time.Now()
 	hdr := harness.NewHeader("fullload", cfg.smoke,
 		fmt.Sprintf("shared, noisy machine: best of %d interleaved repetitions; trust the ratios more than the absolute figures", cfg.reps))
-	psql, err := findPSQL(cfg.psql)
+	psql, err := harness.FindPSQL(cfg.psql)
 	if err != nil {
 		return err
 	}

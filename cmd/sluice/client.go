@@ -275,8 +275,11 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {
 		note := r.Error
-		if r.WaitingFor != "" {
+		switch {
+		case r.WaitingFor != "":
 			note = "waiting for " + r.WaitingFor
+		case note == "" && r.Attempt > 1:
+			note = fmt.Sprintf("attempt %d (planned again)", r.Attempt)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%d\t%s\t%s\n", r.RunID, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes), r.Version,
 			r.Created.Local().Format(time.DateTime), dash(truncate(note, 60)))
@@ -317,6 +320,12 @@ func printRun(w io.Writer, r protocol.RunStatus) {
 		case tr.Subject != "":
 			fmt.Fprintf(w, "  trigger: %s msg %s\n", tr.Subject, dash(tr.MsgID))
 		}
+	}
+	for _, rp := range r.Replans {
+		fmt.Fprintf(w, "  attempt %d given up at %s: %s\n", rp.Attempt, rp.Time.Local().Format(time.DateTime), rp.Reason)
+	}
+	if r.Attempt > 1 {
+		fmt.Fprintf(w, "  attempt: %d, planned again (the tasks below are its own)\n", r.Attempt)
 	}
 	if r.Location != "" {
 		fmt.Fprintf(w, "  data:   %s (version %d)\n", r.Location, r.Version)

@@ -15,21 +15,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/connectors/clickhouse"
-	"github.com/sluicehq/sluice/connectors/files"
-	"github.com/sluicehq/sluice/connectors/pgcdc"
-	"github.com/sluicehq/sluice/connectors/postgres"
+	"github.com/sluicehq/sluice/connectors/builtin"
 )
 
 // newRegistry registers every connector this build has.
-func newRegistry() *connectors.Registry {
-	reg := connectors.NewRegistry()
-	files.Register(reg)
-	postgres.Register(reg)
-	pgcdc.Register(reg, nil) // snapshot sink publishes through each worker's connection
-	clickhouse.Register(reg)
-	return reg
-}
+func newRegistry() *connectors.Registry { return builtin.Registry() }
 
 // clientFlags are the flags of every command that talks to a cluster.
 type clientFlags struct {

@@ -199,6 +199,41 @@ func TestCommitMissingOutput(t *testing.T) {
 	}
 }
 
+// A run planned again (a new attempt, with new task IDs) commits only the
+// outputs its request lists: what a late attempt of the earlier attempt's
+// task staged after the run's staging was aborted is not in the version,
+// and the commit removes it with the staging directory.
+func TestCommitTakesOnlyListedTasks(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, _ := NewSink(SinkConfig{Path: root})
+	write := func(task, line string) connectors.TaskOutput {
+		t.Helper()
+		w, err := s.OpenTask(ctx, connectors.TaskRef{RunID: "run", TaskID: task, Attempt: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Write(ctx, jsonlBatch(line)); err != nil {
+			t.Fatal(err)
+		}
+		out, err := w.Close(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	write("t00000", `{"old":0}`)
+	if err := s.Abort(ctx, "run"); err != nil {
+		t.Fatal(err)
+	}
+	outs := []connectors.TaskOutput{write("a2-t00000", `{"new":0}`), write("a2-t00001", `{"new":1}`)}
+	write("t00001", `{"late":1}`)
+	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "run", Version: 1, Tasks: outs}); err != nil {
+		t.Fatal(err)
+	}
+	checkVersion(t, root, "v000001", sumOf(outs), true)
+}
+
 func TestPrune(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
