@@ -8,10 +8,10 @@
 //	(c) the same source and sink in this process, the plan's schema given
 //	    to every task (typed columns), chunks loaded concurrently
 //
-// It creates (or, with --keep, reuses) a table of --rows rows and the 7
-// columns of the full-load benchmark in the schema --schema
-// (sluice_bench_clickhouse) of the test database, and loads it into the
-// ClickHouse database of the same name, created anew. The baseline's
+// It creates (or, with --keep, reuses) a table of --rows rows of the
+// harness's orders (7 columns, as the full-load benchmark's) in the schema
+// --schema (sluice_bench_clickhouse) of the test database, and loads it
+// into the ClickHouse database of the same name, created anew. The baseline's
 // SELECT renders the values the way the sink stores them on a server
 // without DateTime64 (timestamptz as Int64 microseconds, boolean as 0 or
 // 1, NULL as \N), into a table of the same types. Each measurement runs
@@ -69,6 +69,7 @@ type config struct {
 	workers    int
 	slots      int
 	targetRows int64
+	psql       string
 }
 
 // srcTable is the source table.
@@ -91,6 +92,7 @@ func main() {
 	flag.IntVar(&cfg.workers, "workers", 2, "Sluice workers")
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows")
+	flag.StringVar(&cfg.psql, "psql", "", "psql binary of the baseline (default: from PATH, else /usr/lib/postgresql/15/bin/psql)")
 	flag.Parse()
 	if cfg.smoke {
 		err := harness.Smoke(flag.CommandLine, "clickhouse", map[string]string{
@@ -151,6 +153,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		"(a) psql \\copy of a SELECT rendering ClickHouse's values, piped into clickhouse-client FORMAT CSV; (b) Sluice through sluice dev's cluster "+
 			"(workers x slots, target_rows chunks); (c) Sluice's source and sink in one process with the plan's schema on every task (typed columns), workers x slots chunks at a time. "+
 			"Best of reps, interleaved; MergeTree merges after a load are not timed.")
+	psql, err := harness.FindPSQL(cfg.psql)
+	if err != nil {
+		return err
+	}
+	cfg.psql = psql
 	conn, err := pgx.Connect(ctx, cfg.dsn)
 	if err != nil {
 		return fmt.Errorf("connect to %s (run `make services`): %w", cfg.dsn, err)
@@ -176,10 +183,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	if !cfg.keep {
 		defer drop(conn, cfg.schema)
 	}
-	if err := ensureSource(ctx, conn, cfg, stdout); err != nil {
+	if err := harness.Orders(ctx, conn, cfg.schema, "clickhouse_src", cfg.rows, stdout); err != nil {
 		return err
 	}
-	want, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+cfg.srcTable())
+	want, err := postgres.TableChecksum(ctx, conn, "SELECT "+harness.OrdersColumns+" FROM "+cfg.srcTable())
 	if err != nil {
 		return err
 	}
@@ -321,8 +328,8 @@ func baseline(ctx context.Context, cfg config, cl *clickhouse.Client) error {
 	}
 	copySQL := `\copy (SELECT id, customer, amount, (extract(epoch FROM created_at) * 1000000)::bigint, quantity, paid::int, status FROM ` +
 		cfg.srcTable() + `) TO STDOUT WITH (FORMAT csv, NULL '\N')`
-	script := fmt.Sprintf("set -o pipefail; psql %q -X -q -c %q | clickhouse-client --query %q",
-		cfg.dsn, copySQL, "INSERT INTO "+chDB+".base FORMAT CSV")
+	script := fmt.Sprintf("set -o pipefail; %q %q -X -q -c %q | clickhouse-client --query %q",
+		cfg.psql, cfg.dsn, copySQL, "INSERT INTO "+chDB+".base FORMAT CSV")
 	out, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%v: %s", err, out)
@@ -399,43 +406,4 @@ func typedLoad(ctx context.Context, cfg config, rep int, want connectors.Checksu
 	}
 	_, err = sink.Commit(ctx, connectors.CommitRequest{RunID: runID, Version: int64(rep + 1), Tasks: outs, Schema: plan.Schema})
 	return err
-}
-
-// ensureSource creates the schema and the source table unless the table
-// exists with the wanted row count: the 7 columns of the full-load
-// benchmark.
-func ensureSource(ctx context.Context, conn *pgx.Conn, cfg config, stdout io.Writer) error {
-	src := cfg.srcTable()
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+cfg.schema); err != nil {
-		return err
-	}
-	var n int64 = -1
-	if err := conn.QueryRow(ctx, "SELECT CASE WHEN to_regclass($1) IS NULL THEN -1 ELSE (SELECT count(*) FROM "+src+") END", src).Scan(&n); err != nil {
-		// The subquery fails when the table is missing on some servers.
-		n = -1
-	}
-	if n == cfg.rows {
-		fmt.Fprintf(stdout, "source: reusing %s (%d rows)\n", src, n)
-		return nil
-	}
-	fmt.Fprintf(stdout, "source: creating %s with %d rows\n", src, cfg.rows)
-	for _, q := range []string{
-		"DROP TABLE IF EXISTS " + src,
-		`CREATE TABLE ` + src + ` (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL,
-			created_at timestamptz NOT NULL, quantity integer, paid boolean NOT NULL, status text NOT NULL)`,
-		`INSERT INTO ` + src + ` SELECT i,
-			CASE WHEN i % 10 = 0 THEN 'Smith, ' ELSE '' END || 'customer ' || substr(md5(i::text), 1, 12),
-			round((i % 100000) * 1.37 + (i % 97) / 100.0, 2),
-			timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
-			CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END,
-			i % 3 = 0,
-			(ARRAY['new', 'paid', 'shipped', 'returned', 'cancelled'])[1 + i % 5]
-		FROM generate_series(1, ` + strconv.FormatInt(cfg.rows, 10) + `) AS i`,
-		"VACUUM (FREEZE, ANALYZE) " + src,
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("create the source table: %w", err)
-		}
-	}
-	return nil
 }

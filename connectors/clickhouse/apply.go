@@ -66,7 +66,7 @@ func (c ApplierConfig) Validate() error {
 // naming the field.
 func ParseApplierConfig(config json.RawMessage) (ApplierConfig, error) {
 	var c ApplierConfig
-	if err := decodeStrict(config, &c); err != nil {
+	if err := connectors.DecodeConfig(config, &c); err != nil {
 		return c, err
 	}
 	check := c

@@ -1,9 +1,7 @@
 package clickhouse
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -133,35 +131,11 @@ func splitTable(s string) (db, name string, err error) {
 // ParseSinkConfig decodes and validates a sink configuration.
 func ParseSinkConfig(config json.RawMessage) (SinkConfig, error) {
 	var c SinkConfig
-	if err := decodeStrict(config, &c); err != nil {
+	if err := connectors.DecodeConfig(config, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
 }
-
-// decodeStrict decodes a configuration into v, refusing unknown fields;
-// errors are *connectors.FieldError naming the field.
-func decodeStrict(config json.RawMessage, v any) error {
-	if len(bytes.TrimSpace(config)) == 0 {
-		config = json.RawMessage("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(config))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not a JSON %s", te.Type, te.Value)}
-		}
-		field := ""
-		if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {
-			field = m[1]
-		}
-		return &connectors.FieldError{Field: field, Msg: err.Error()}
-	}
-	return nil
-}
-
-var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]*)"`)
 
 // ValidateSink checks a sink configuration without I/O.
 func ValidateSink(config json.RawMessage) error {
