@@ -52,12 +52,14 @@ var rules = []rule{
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
-		"connectors/files", "connectors/postgres", "connectors/pgcdc", "embednats"}},
+		"connectors/files", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
 	{pkg: "telemetry", allowed: []string{"protocol"}},
 	{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
 	{pkg: "embednats"},
+	{pkg: "objstore"},
+	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
@@ -70,9 +72,9 @@ var rules = []rule{
 }
 
 // connectorRule is the rule of a connector package, connectors/<kind>,
-// that has no rule of its own: it imports the contract and the wire types,
-// never another connector or the cluster's packages.
-var connectorRule = rule{allowed: []string{"protocol", "connectors"}}
+// that has no rule of its own: it imports the contract, the wire types and
+// object storage, never another connector or the cluster's packages.
+var connectorRule = rule{allowed: []string{"protocol", "connectors", "objstore"}}
 
 // effectiveRules returns rules plus connectorRule for each package of
 // pkgs (import paths) directly under connectors/ that has none.

@@ -58,6 +58,9 @@ type clusterConfig struct {
 	workers      int
 	slots        int
 	ackWait      time.Duration
+	// register, when set, adds connectors of the test's own to the
+	// registry before anything uses it.
+	register func(*connectors.Registry)
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -85,6 +88,9 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
 	builtin.Register(c.reg)
+	if cfg.register != nil {
+		cfg.register(c.reg)
+	}
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

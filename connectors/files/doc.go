@@ -1,5 +1,6 @@
 // Package files is the "files" connector: it reads and writes datasets of
-// JSONL, CSV or Parquet files under a local directory.
+// JSONL, CSV or Parquet files under a local directory or an S3 prefix
+// (s3://bucket/prefix, through objstore).
 //
 // As a source it plans a directory listing into partitions of whole files
 // (or byte ranges of large JSONL files), pins each file's size and
@@ -18,6 +19,32 @@
 // a run into a new version directory by renames, swaps the current symlink
 // atomically and writes the _SUCCESS marker last; every step can be repeated
 // after a crash.
+//
+// # Object storage
+//
+// On S3, which has no rename and no symlink, the dataset keeps the same
+// layout with a pointer object for the symlink:
+//
+//	<prefix>/_staging/<run>/part-<task>.<ext>   task outputs of a running run
+//	<prefix>/v000007/part-*.<ext>, _SUCCESS      committed versions
+//	<prefix>/current                             "v000007": the exposed version
+//
+// A task attempt uploads its output (a multipart upload, several parts at
+// once, for outputs of more than one part) to its staging key: the object
+// appears whole when the upload completes, replacing an earlier attempt's;
+// an attempt that dies leaves an upload nobody sees, which the run's
+// commit or abort aborts. Commit copies the outputs into v<N>/ on the
+// server, then writes current (one PUT replaces it atomically), then
+// v<N>/_SUCCESS, which lists the data files. Readers read current, then
+// v<N>/. An incremental window is window=<from>_<to>/run=<run>/ behind
+// the window's own current pointer. A source reads objects by ranged GETs
+// carrying If-Match with the ETag it planned, so a byte-range task reads
+// its range of a big object and a replaced object fails the task; inside
+// the tree it reads, a directory holding a current pointer contributes
+// only the directory it names. The change log Applier writes each file
+// with one PUT. Credentials, region and endpoint come from the standard AWS
+// environment; a configuration's s3 field may override the endpoint,
+// region and addressing style, never hold a secret.
 //
 // As the sink of a cdc_apply pipeline, an Applier writes the change events
 // of a cdc pipeline as a change log of JSON lines by table and hour,

@@ -31,32 +31,46 @@ type encoder interface {
 	finish() error
 }
 
+// attempt is what a task writer knows of its attempt's state: closed or
+// aborted, and the first write error, after which it can only abort.
+type attempt struct {
+	done bool
+	err  error
+}
+
+// usable returns why the attempt cannot take a batch (closing: be closed)
+// now: it ended, a write failed, or ctx ended.
+func (a *attempt) usable(ctx context.Context, closing bool) error {
+	switch {
+	case a.done && closing:
+		return errors.New("task output closed twice")
+	case a.done:
+		return errors.New("write to a closed task output")
+	case a.err != nil:
+		return a.err
+	}
+	return ctx.Err()
+}
+
 // taskWriter writes one task attempt to a temporary file in staging.
 type taskWriter struct {
+	attempt
 	tmp, final, location string
 	dir                  string
 	f                    *os.File
 	bw                   *bufio.Writer
 	// out, set at the first Write, writes f from a goroutine; bw then
 	// writes to out instead of f.
-	out  *fileOut
-	enc  encoder
-	sum  connectors.Checksum
-	done bool
-	err  error // first write error; the attempt cannot close
+	out *fileOut
+	enc encoder
+	sum connectors.Checksum
 }
 
 var _ connectors.TaskWriter = (*taskWriter)(nil)
 
 // Write writes one batch. After an error the attempt can only be aborted.
 func (w *taskWriter) Write(ctx context.Context, b connectors.Batch) error {
-	if w.done {
-		return errors.New("write to a closed task output")
-	}
-	if w.err != nil {
-		return w.err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := w.usable(ctx, false); err != nil {
 		return err
 	}
 	if w.out == nil {
@@ -76,13 +90,7 @@ func (w *taskWriter) Write(ctx context.Context, b connectors.Batch) error {
 // Close makes the output durable and renames it over the output of any
 // earlier attempt of the task.
 func (w *taskWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
-	if w.done {
-		return connectors.TaskOutput{}, errors.New("task output closed twice")
-	}
-	if w.err != nil {
-		return connectors.TaskOutput{}, w.err
-	}
-	if err := ctx.Err(); err != nil {
+	if err := w.usable(ctx, true); err != nil {
 		return connectors.TaskOutput{}, err
 	}
 	w.done = true
@@ -374,7 +382,13 @@ func (e *jsonlEncoder) write(b connectors.Batch) error {
 		}
 		return nil
 	case b.Format == connectors.FormatJSONL:
-		// Straight through: each non-blank line is one row.
+		// Straight through: each non-blank line is one row. A batch whose
+		// lines are canonical already (a files source's) is written in one
+		// piece once its rows are summed.
+		if canonicalJSONL(b.Raw, e.sum) {
+			_, err := e.w.Write(b.Raw)
+			return err
+		}
 		return forEachLine(b.Raw, func(_ int, line []byte) error { return e.line(line) })
 	case b.Format == connectors.FormatCSV:
 		keys := make([][]byte, len(b.Columns))
@@ -397,6 +411,28 @@ func (e *jsonlEncoder) write(b connectors.Batch) error {
 }
 
 func (e *jsonlEncoder) finish() error { return nil }
+
+// canonicalJSONL reports whether every line of raw is canonical (no blank
+// line, no surrounding blanks, no CR) and raw ends with a newline, and
+// then only adds each line to sum: raw is then exactly the lines the
+// encoder would write one by one.
+func canonicalJSONL(raw []byte, sum *connectors.Checksum) bool {
+	if len(raw) == 0 || raw[len(raw)-1] != '\n' {
+		return false
+	}
+	var batch connectors.Checksum
+	for rest := raw; len(rest) > 0; {
+		i := bytes.IndexByte(rest, '\n')
+		line := rest[:i]
+		rest = rest[i+1:]
+		if len(line) == 0 || len(normalizeLine(line)) != len(line) {
+			return false
+		}
+		batch.Add(line)
+	}
+	sum.Merge(batch)
+	return true
+}
 
 // csvEncoder writes CSV with a header line per file: CSV bytes with the
 // same columns pass through; JSONL objects and Arrow rows are encoded with
