@@ -37,6 +37,25 @@ func (b *bench) sluiceCSV(ctx context.Context, c *devcluster.Cluster) error {
 	return nil
 }
 
+// sluiceJSONL times (e), a run of the pipeline bench-pg-jsonl, and checks
+// the committed JSONL files: as many rows as the source, with the run's
+// checksum (of the lines written).
+func (b *bench) sluiceJSONL(ctx context.Context, c *devcluster.Cluster) error {
+	secs, cpu, st, err := timeRun(ctx, c, "bench-pg-jsonl", nil)
+	if err != nil {
+		return err
+	}
+	if err := verifyJSONL(b.jsonlOut, b.src, st); err != nil {
+		return err
+	}
+	m := b.ms["sluice_pg_to_jsonl"]
+	m.add(secs, cpu)
+	m.Tasks = st.Tasks
+	m.Verified = "row count of the committed JSONL files equals the source's; their checksum (files.ReadChecksum) is the run's"
+	fmt.Fprintf(b.stdout, ", sluice jsonl %.2fs", secs)
+	return nil
+}
+
 // sluicePG times (d), a run of the pipeline bench-pg-pg, and checks the
 // sink's view against the source.
 func (b *bench) sluicePG(ctx context.Context, c *devcluster.Cluster) error {
@@ -108,6 +127,26 @@ func verifyCSV(root string, src connectors.Checksum, st protocol.RunStatus) erro
 	}
 	if got != src || st.Rows != src.Rows {
 		return fmt.Errorf("verify CSV: %s holds %d rows %s (run reported %d), source %d rows %s", cur, got.Rows, got, st.Rows, src.Rows, src)
+	}
+	return nil
+}
+
+// verifyJSONL checks the committed JSONL dataset: the source's row count,
+// and the checksum the run reported, recomputed from the files.
+func verifyJSONL(root string, src connectors.Checksum, st protocol.RunStatus) error {
+	cur, err := files.Current(root)
+	if err != nil {
+		return err
+	}
+	if want := filepath.Join(root, fmt.Sprintf("v%06d", st.Version)); cur != want {
+		return fmt.Errorf("verify JSONL: current is %s, run %s committed %s", cur, st.RunID, want)
+	}
+	got, err := files.ReadChecksum(cur, "jsonl")
+	if err != nil {
+		return err
+	}
+	if got.Rows != src.Rows || st.Rows != src.Rows || got.String() != st.Checksum {
+		return fmt.Errorf("verify JSONL: %s holds %d rows %s; run %s reported %d rows %s; source %d rows", cur, got.Rows, got, st.RunID, st.Rows, st.Checksum, src.Rows)
 	}
 	return nil
 }
