@@ -3,7 +3,6 @@ package arrowconv
 import (
 	"encoding/csv"
 	"errors"
-	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -276,29 +275,9 @@ func FuzzAppend(f *testing.F) {
 // BenchmarkAppendCSV converts rows shaped like bench/fullload's table:
 // bigint, text, numeric(12,2), timestamptz, integer, boolean, text.
 func BenchmarkAppendCSV(b *testing.B) {
-	sc := &protocol.Schema{Columns: []protocol.Column{
-		{Name: "id", Type: protocol.TypeInt64, NotNull: true},
-		{Name: "customer", Type: protocol.TypeString, NotNull: true},
-		{Name: "amount", Type: protocol.TypeDecimal, Precision: 12, Scale: 2, NotNull: true},
-		{Name: "created_at", Type: protocol.TypeTimestampTZ, NotNull: true},
-		{Name: "quantity", Type: protocol.TypeInt32},
-		{Name: "paid", Type: protocol.TypeBool, NotNull: true},
-		{Name: "status", Type: protocol.TypeString, NotNull: true},
-	}}
-	var raw []byte
+	sc := orders
 	const rows = 10000
-	for i := 1; i <= rows; i++ {
-		cust := fmt.Sprintf("customer %012x", i*7919)
-		if i%10 == 0 {
-			cust = `"Smith, ` + cust + `"`
-		}
-		qty := fmt.Sprint(i * 7 % 1000)
-		if i%50 == 0 {
-			qty = ""
-		}
-		raw = fmt.Appendf(raw, "%d,%s,%d.%02d,2024-01-%02d %02d:%02d:%02d.%06d+00,%s,%c,%s\n",
-			i, cust, i%100000, i%97, 1+i%28, i%24, i%60, i%60, i%1000000, qty, "ft"[i%3/2], "shipped")
-	}
+	raw := ordersCSV(1, rows)
 	as, err := Schema(sc)
 	if err != nil {
 		b.Fatal(err)
