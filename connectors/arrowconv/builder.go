@@ -9,6 +9,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/extensions"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/sluicehq/sluice/connectors"
 )
 
 // Builder converts rows in text (CSV records, JSON objects) into Arrow
@@ -23,19 +24,19 @@ type Builder struct {
 	schema *arrow.Schema
 	rb     *array.RecordBuilder
 	cols   []*column
-	byName map[string]int
 	rows   int
 	bytes  int64 // the text bytes appended since the last record, roughly
 
-	// Scratch for one row.
-	field   []byte // a CSV field or a JSON key with escapes
-	str     []byte // a JSON string value with escapes
-	arrays  arrayScratch
-	present []bool
+	// csvCols maps the columns of the last CSV batch to the schema (and
+	// names the fields for JSON objects too).
+	csvCols columnMap
+	sum     *connectors.Checksum // of the CSV batch being appended
 
-	// The column order of the last CSV batch, mapped to the schema.
-	lastNames []string
-	mapping   []int
+	// Scratch for one row.
+	field  []byte // a CSV field or a JSON key with escapes
+	str    []byte // a JSON string value with escapes
+	arrays arrayScratch
+	seen   []bool // the fields a JSON object holds
 }
 
 // NewBuilder returns a Builder of records of schema. It supports fields of
@@ -45,22 +46,30 @@ type Builder struct {
 // without a time zone), the arrow.uuid extension, and Lists of those; a
 // field of another type is refused, naming it.
 func NewBuilder(mem memory.Allocator, schema *arrow.Schema) (*Builder, error) {
-	b := &Builder{schema: schema, byName: make(map[string]int, schema.NumFields())}
-	for i, f := range schema.Fields() {
-		if err := checkType(f.Type, true); err != nil {
-			return nil, fmt.Errorf("field %q (%s): %w", f.Name, f.Type, err)
-		}
-		if _, dup := b.byName[f.Name]; dup {
-			return nil, fmt.Errorf("field %q appears twice", f.Name)
-		}
-		b.byName[f.Name] = i
+	if err := checkSchema(schema); err != nil {
+		return nil, err
 	}
+	cm, err := newColumnMap(schema)
+	if err != nil {
+		return nil, err
+	}
+	b := &Builder{schema: schema, csvCols: cm, seen: make([]bool, schema.NumFields())}
 	b.rb = array.NewRecordBuilder(mem, schema)
 	for i, f := range schema.Fields() {
 		b.cols = append(b.cols, newColumn(f.Name, f.Nullable, f.Type, b.rb.Field(i)))
 	}
-	b.present = make([]bool, len(b.cols))
 	return b, nil
+}
+
+// checkSchema refuses a schema with a field of a type the conversion does
+// not support, naming it.
+func checkSchema(schema *arrow.Schema) error {
+	for _, f := range schema.Fields() {
+		if err := checkType(f.Type, true); err != nil {
+			return fmt.Errorf("field %q (%s): %w", f.Name, f.Type, err)
+		}
+	}
+	return nil
 }
 
 func checkType(t arrow.DataType, top bool) error {

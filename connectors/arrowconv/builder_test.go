@@ -255,10 +255,18 @@ func FuzzAppend(f *testing.F) {
 			b := newAwkward(t)
 			var n int64
 			var err error
+			var lines []byte
+			var lerr error
 			if jsonl {
 				n, err = b.AppendJSONL(raw, "fuzz", 1, nil)
 			} else {
 				n, err = b.AppendCSV(raw, awkward.Names(), "fuzz", 1, nil)
+				// Lines converts exactly what the Builder converts.
+				lines, _, lerr = newLines(t, awkward).AppendCSV(nil, raw, awkward.Names(), "fuzz", 1, nil)
+				var re, lre *connectors.RowError
+				if (err == nil) != (lerr == nil) || err != nil && (!errors.As(err, &re) || !errors.As(lerr, &lre) || re.Row != lre.Row || re.Field != lre.Field) {
+					t.Fatalf("the Builder: %v; Lines: %v", err, lerr)
+				}
 			}
 			if err != nil {
 				continue
@@ -266,6 +274,15 @@ func FuzzAppend(f *testing.F) {
 			rec := b.NewRecord()
 			if rec.NumRows() != n {
 				t.Errorf("record of %d rows, appended %d", rec.NumRows(), n)
+			}
+			if !jsonl {
+				want := strings.Join(renderRecord(rec), "\n")
+				if n > 0 {
+					want += "\n"
+				}
+				if string(lines) != want {
+					t.Errorf("Lines wrote\n%s\nthe record renders\n%s", lines, want)
+				}
 			}
 			rec.Release()
 		}

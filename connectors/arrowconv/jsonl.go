@@ -58,7 +58,7 @@ var errJSON = errors.New("malformed JSON")
 // appendObject appends one row from a JSON object; on error it returns
 // the column at fault, if any.
 func (b *Builder) appendObject(v []byte) (*column, error) {
-	clear(b.present)
+	clear(b.seen)
 	p := skipSpace(v, 0)
 	if p >= len(v) || v[p] != '{' {
 		return nil, fmt.Errorf("%w: a line is not a JSON object", errJSON)
@@ -75,14 +75,14 @@ func (b *Builder) appendObject(v []byte) (*column, error) {
 			if err != nil {
 				return nil, err
 			}
-			j, ok := b.byName[string(key)]
+			j, ok := b.csvCols.byName[string(key)]
 			if !ok {
 				return nil, fmt.Errorf("key %q is not a column of the target schema (%s)", clip(key), fieldNames(b.schema))
 			}
-			if b.present[j] {
+			if b.seen[j] {
 				return nil, fmt.Errorf("key %q appears twice", clip(key))
 			}
-			b.present[j] = true
+			b.seen[j] = true
 			p = skipSpace(v, np)
 			if p >= len(v) || v[p] != ':' {
 				return nil, fmt.Errorf("%w: want ':' after key %q", errJSON, clip(key))
@@ -107,7 +107,14 @@ func (b *Builder) appendObject(v []byte) (*column, error) {
 	if skipSpace(v, p) != len(v) {
 		return nil, fmt.Errorf("%w: text after the object at byte %d", errJSON, p+1)
 	}
-	return b.fillMissing()
+	for j, c := range b.cols {
+		if !b.seen[j] {
+			if err := c.appendNull(); err != nil {
+				return c, err
+			}
+		}
+	}
+	return nil, nil
 }
 
 // appendJSON appends the JSON value at p to column c and returns the
