@@ -2,8 +2,10 @@ package arrowconv
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 
@@ -240,11 +242,33 @@ func readField(raw []byte, p int, scratch *[]byte) ([]byte, bool, int, error) {
 			return buf, false, p, nil
 		}
 	}
-	q := p
-	for q < len(raw) && raw[q] != ',' && raw[q] != '\n' && raw[q] != '\r' {
-		q++
-	}
+	q := fieldEnd(raw, p)
 	return raw[p:q], q == p, q, nil
+}
+
+// fieldEnd returns the offset of the first ',', '\n' or '\r' at or after
+// p, or len(raw): eight bytes at a time, each tested for the three at
+// once (a byte equal to one of them is a zero byte of the value XORed
+// with it, which the carry of a subtraction finds).
+func fieldEnd(raw []byte, p int) int {
+	const (
+		ones   = 0x0101010101010101
+		highs  = 0x8080808080808080
+		commas = ',' * ones
+		lfs    = '\n' * ones
+		crs    = '\r' * ones
+	)
+	for ; p+8 <= len(raw); p += 8 {
+		v := binary.LittleEndian.Uint64(raw[p:])
+		a, b, c := v^commas, v^lfs, v^crs
+		if m := ((a-ones)&^a | (b-ones)&^b | (c-ones)&^c) & highs; m != 0 {
+			return p + bits.TrailingZeros64(m)/8
+		}
+	}
+	for p < len(raw) && raw[p] != ',' && raw[p] != '\n' && raw[p] != '\r' {
+		p++
+	}
+	return p
 }
 
 // fieldNames lists a schema's field names for a message.

@@ -131,6 +131,10 @@ func (l *Lines) AppendCSV(dst, raw []byte, columns []string, position string, fi
 	if err := l.csvCols.set(columns); err != nil {
 		return dst, 0, &connectors.RowError{Location: position, Row: firstRow, Err: err}
 	}
+	if need := len(raw) + len(raw)/2; cap(dst)-len(dst) < need {
+		// A JSON line is about half as long again as its CSV record.
+		dst = append(make([]byte, 0, len(dst)+need), dst...)
+	}
 	l.dst, l.start, l.sum = dst, len(dst), sum
 	rows, col, err := readCSV(raw, len(columns), &l.field, l)
 	dst, l.dst, l.sum = l.dst, nil, nil

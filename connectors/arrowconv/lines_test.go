@@ -336,3 +336,21 @@ func TestAppendJSONFloat(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLines converts rows shaped like bench/fullload's table into
+// JSON lines.
+func BenchmarkLines(b *testing.B) {
+	const rows = 10000
+	raw := ordersCSV(1, rows)
+	l := newLines(b, orders)
+	var dst []byte
+	var sum connectors.Checksum
+	b.SetBytes(int64(len(raw)))
+	for b.Loop() {
+		var err error
+		if dst, _, err = l.AppendCSV(dst[:0], raw, orders.Names(), "bench", 1, &sum); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
+}

@@ -154,7 +154,8 @@ func AppendDecimal(dst []byte, n decimal128.Num, scale int32) []byte {
 		if v < 0 {
 			u = -u
 		}
-		return appendScaled(dst, strconv.AppendUint(nil, u, 10), scale)
+		var buf [20]byte
+		return appendScaled(dst, strconv.AppendUint(buf[:0], u, 10), scale)
 	}
 	s := n.Abs().BigInt().String()
 	if n.Sign() < 0 {
@@ -288,21 +289,31 @@ func appendDate(dst []byte, days int64) []byte {
 // appendClock appends HH:MM:SS and a fraction of up to nine digits
 // without trailing zeros (none when zero) for nanoseconds into a day.
 func appendClock(dst []byte, ns int64) []byte {
-	secs := ns / 1e9
-	dst = append2(dst, int(secs/3600))
-	dst = append2(append(dst, ':'), int(secs/60%60))
-	dst = append2(append(dst, ':'), int(secs%60))
-	if frac := ns % 1e9; frac != 0 {
-		var digits [9]byte
-		for i := 8; i >= 0; i-- {
-			digits[i] = byte('0' + frac%10)
-			frac /= 10
-		}
-		n := 9
-		for digits[n-1] == '0' {
-			n--
-		}
-		dst = append(append(dst, '.'), digits[:n]...)
+	secs := int(ns / 1e9)
+	dst = append2(dst, secs/3600)
+	dst = append2(append(dst, ':'), secs/60%60)
+	dst = append2(append(dst, ':'), secs%60)
+	return appendFraction(dst, int(ns%1e9), 9)
+}
+
+// appendFraction appends '.' and the n digits of frac (a fraction of a
+// second in units of 10^-n s) without trailing zeros; nothing when zero.
+func appendFraction(dst []byte, frac, n int) []byte {
+	if frac == 0 {
+		return dst
+	}
+	for frac%10 == 0 {
+		frac /= 10
+		n--
+	}
+	dst = append(dst, '.')
+	start := len(dst)
+	for range n {
+		dst = append(dst, '0')
+	}
+	for i := len(dst) - 1; i >= start; i-- {
+		dst[i] = byte('0' + frac%10)
+		frac /= 10
 	}
 	return dst
 }
@@ -325,15 +336,22 @@ func appendTimestamp(dst []byte, us int64, utc bool) []byte {
 		days--
 		rem += microsPerDay
 	}
-	if y, _, _ := civil(days); y < 0 || y > 9999 {
+	y, m, d := civil(days)
+	if y < 0 || y > 9999 {
 		t := time.UnixMicro(us).UTC()
 		if utc {
 			return t.AppendFormat(dst, time.RFC3339Nano)
 		}
 		return t.AppendFormat(dst, "2006-01-02T15:04:05.999999999")
 	}
-	dst = appendDate(dst, days)
-	dst = appendClock(append(dst, 'T'), rem*1000)
+	secs := int(rem / 1e6)
+	dst = append2(append2(dst, int(y/100)), int(y%100))
+	dst = append2(append(dst, '-'), m)
+	dst = append2(append(dst, '-'), d)
+	dst = append2(append(dst, 'T'), secs/3600)
+	dst = append2(append(dst, ':'), secs/60%60)
+	dst = append2(append(dst, ':'), secs%60)
+	dst = appendFraction(dst, int(rem%1e6), 6)
 	if utc {
 		dst = append(dst, 'Z')
 	}
