@@ -133,6 +133,11 @@ func checkAwkward(t *testing.T, rec arrow.RecordBatch) {
 	}
 	for i, f := range rec.Schema().Fields() {
 		c := rec.Column(i)
+		if v, ok := c.(interface{ ValidateFull() error }); ok {
+			if err := v.ValidateFull(); err != nil {
+				t.Errorf("column %s is not a valid array: %v", f.Name, err)
+			}
+		}
 		switch {
 		case f.Name == "id":
 			if c.IsNull(1) || c.ValueStr(1) != "2" {

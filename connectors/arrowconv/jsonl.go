@@ -149,9 +149,9 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 		np := p + len(word)
 		switch c.kind {
 		case kBool:
-			c.boolB.Append(ch == 't')
+			c.st.putBit(ch == 't')
 		case kString:
-			c.binB.Append(v[p:np])
+			c.st.putBytes(v[p:np])
 		default:
 			return np, fmt.Errorf("a JSON boolean in a column of %s", c.kind)
 		}
@@ -175,7 +175,7 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 			if err != nil {
 				return np, err
 			}
-			c.binB.Append(v[p:np])
+			c.st.putBytes(v[p:np])
 			return np, nil
 		}
 		return p, fmt.Errorf("a JSON array in a column of %s", c.kind)
@@ -187,7 +187,7 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 		if err != nil {
 			return np, err
 		}
-		c.binB.Append(v[p:np])
+		c.st.putBytes(v[p:np])
 		return np, nil
 	}
 	return p, fmt.Errorf("%w at byte %d", errJSON, p+1)
@@ -195,9 +195,9 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 
 // appendJSONArray appends a JSON array at p as a list.
 func (b *Builder) appendJSONArray(c *column, v []byte, p int) (int, error) {
-	c.listB.Append(true)
 	p = skipSpace(v, p+1)
 	if p < len(v) && v[p] == ']' {
+		c.st.putList(c.elem.st.n)
 		return p + 1, nil
 	}
 	for i := 1; ; i++ {
@@ -214,6 +214,7 @@ func (b *Builder) appendJSONArray(c *column, v []byte, p int) (int, error) {
 			continue
 		}
 		if p < len(v) && v[p] == ']' {
+			c.st.putList(c.elem.st.n)
 			return p + 1, nil
 		}
 		return p, fmt.Errorf("%w: want ',' or ']' at byte %d", errJSON, p+1)
