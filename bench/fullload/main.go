@@ -149,6 +149,8 @@ type bench struct {
 	ms                        map[string]*measurement
 	// csvBytes is the size of the source as CSV, from (a).
 	csvBytes int64
+	// jsonlChecked is set once (e)'s values were read back.
+	jsonlChecked bool
 }
 
 // run sets up the benchmark (the source table, the output schema, an
