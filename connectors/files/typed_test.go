@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/arrowconv"
+	"github.com/sluicehq/sluice/objstore/s3test"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -75,8 +76,13 @@ func typedBatches() []connectors.Batch {
 // directory and the task's output.
 func loadTyped(t *testing.T, format string) (string, connectors.TaskOutput) {
 	t.Helper()
+	return loadTypedAt(t, t.TempDir(), format)
+}
+
+// loadTypedAt is loadTyped into the dataset at root.
+func loadTypedAt(t *testing.T, root, format string) (string, connectors.TaskOutput) {
+	t.Helper()
 	ctx := context.Background()
-	root := t.TempDir()
 	s, err := NewSink(SinkConfig{Path: root, Format: format})
 	if err != nil {
 		t.Fatal(err)
@@ -95,6 +101,9 @@ func loadTyped(t *testing.T, format string) (string, connectors.TaskOutput) {
 		t.Fatal(err)
 	}
 	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "r", Version: 1, Tasks: []connectors.TaskOutput{out}, Schema: typedSource}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	cur, err := Current(root)
@@ -221,5 +230,17 @@ func TestTypedRefused(t *testing.T) {
 			t.Errorf("%s: Write = %v, want a permanent RowError at src:7 row 2, column price", format, err)
 		}
 		w.Abort(ctx)
+	}
+}
+
+// On S3 the typed outputs are the same: the run's checksum is the
+// local one's and what the objects hold.
+func TestTypedS3(t *testing.T) {
+	for _, format := range []string{"jsonl", "parquet"} {
+		_, local := loadTyped(t, format)
+		_, remote := loadTypedAt(t, s3test.Env(t).Join("typed-"+format).String(), format)
+		if remote.Checksum != local.Checksum {
+			t.Errorf("%s on S3: checksum %s, on local disk %s", format, remote.Checksum, local.Checksum)
+		}
 	}
 }
