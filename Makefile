@@ -43,6 +43,8 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/arrowconv -run '^$$' -fuzz FuzzAppend -fuzztime $(FUZZTIME)
+	$(GO) test ./contract -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./contract -run '^$$' -fuzz FuzzWriter -fuzztime $(FUZZTIME)
 
 # BENCHES lists the benchmarks, one a line: bench-<name> runs bench/<name>
 # (go run ./bench/<name> -h lists its flags) at full size, beside its
