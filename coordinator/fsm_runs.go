@@ -92,6 +92,7 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		MaxAttempts:  p.Spec.Retry.MaxAttempts,
 		Backoff:      p.Spec.Retry.Backoff,
 		Trigger:      c.Trigger,
+		Contract:     p.Spec.Contract,
 	}
 	if c.Source != nil {
 		r.Source = *c.Source

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -47,6 +48,12 @@ type Spec struct {
 	// CDC configures a pipeline of pattern cdc; a cdc_apply pipeline may
 	// set its lease; refused for every other pattern.
 	CDC *CDC `json:"cdc,omitempty"`
+	// Contract is the pipeline's data contract: what its copy keeps of
+	// each column (kept, dropped, hashed, masked, nulled, truncated,
+	// tokenized), which rows it keeps, and whether a column it does not
+	// classify stops the pipeline (strict). Workers apply it between the
+	// read and the write. Nil copies everything as it is.
+	Contract *contract.Spec `json:"contract,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -275,8 +282,10 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Incremental = p.incremental(v)
 		case "cdc":
 			s.CDC = p.cdc(v)
+		case "contract":
+			s.Contract = p.contract(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc, contract)")
 		}
 	}
 	for _, f := range []string{"name", "pattern", "source", "sink"} {
@@ -367,6 +376,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
 	problems = append(problems, s.positionProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
+	problems = append(problems, s.contractProblems(lines, reg)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -909,8 +919,16 @@ func yamlLine(err error) int {
 
 // Load parses a spec and validates it against reg in one go, so that one
 // error lists every problem of the file: those of its shape and those of
-// its connector configurations.
+// its connector configurations. A contract file it names is refused (see
+// LoadFrom).
 func Load(data []byte, file string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
+	return LoadFrom(data, file, "", reg, lookup)
+}
+
+// LoadFrom is Load for a spec read from a file in directory dir, whose
+// contract file, if it names one, is read relative to dir into the spec
+// (ReadContractFile); dir "" refuses a contract file.
+func LoadFrom(data []byte, file, dir string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
 	s, err := Parse(data, file)
 	var pe *Error
 	if err != nil && !errors.As(err, &pe) {
@@ -919,6 +937,12 @@ func Load(data []byte, file string, reg *connectors.Registry, lookup func(string
 	var problems []Problem
 	if pe != nil {
 		problems = pe.Problems
+	} else if cerr := s.ReadContractFile(dir); cerr != nil {
+		var ce *Error
+		if !errors.As(cerr, &ce) {
+			return s, cerr
+		}
+		problems = ce.Problems
 	}
 	seen := map[string]bool{}
 	for _, p := range problems {
