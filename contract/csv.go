@@ -181,9 +181,9 @@ type rowError struct {
 
 func (e *rowError) Error() string {
 	if e.column != "" {
-		return fmt.Sprintf("row %d, column %q: %v", e.row, e.column, e.err)
+		return fmt.Sprintf("row %d of the batch, column %q: %v", e.row, e.column, e.err)
 	}
-	return fmt.Sprintf("row %d: %v", e.row, e.err)
+	return fmt.Sprintf("row %d of the batch: %v", e.row, e.err)
 }
 
 func (e *rowError) Unwrap() error { return e.err }

@@ -38,10 +38,8 @@ type writer struct {
 func (wr *writer) Write(ctx context.Context, b connectors.Batch) error {
 	out, err := wr.transform(b)
 	if err != nil {
-		var re *rowError
-		if errors.As(err, &re) {
-			return &connectors.RowError{Location: "batch at " + b.Position, Row: re.row, Field: re.column, Err: re.err}
-		}
+		// The caller adds the batch's position: rowError says which of
+		// its rows, and which column.
 		return connectors.Permanent(fmt.Errorf("contract: %w", err))
 	}
 	if out.Record != nil && out.Record != b.Record {
