@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+
+	"github.com/sluicehq/sluice/connectors"
 )
 
 // span is one field of a CSV record in the batch: raw[start:end], its
@@ -22,6 +24,28 @@ type csvRows struct {
 	scratch []byte // unquoted values
 	val     []byte // a transformed value
 	cur     []byte // the batch being transformed, for value
+	// grow is the last batch's output size over its input's, in
+	// sixteenths: the next output buffer is sized by it.
+	grow int
+	// sum is the checksum of the records written, as a sink computes it.
+	sum connectors.Checksum
+}
+
+// outBuffer returns a buffer for the output of the batch raw: the first
+// batch's is sized by the records' count (each hash adds its 64 digits),
+// the next ones' as the last one grew.
+func (t *csvRows) outBuffer(raw []byte) []byte {
+	n := len(raw)
+	if t.grow == 0 {
+		per := 8
+		for _, oc := range t.p.out {
+			if oc.fn.plain {
+				per += 2 * 32
+			}
+		}
+		return make([]byte, 0, n+bytes.Count(raw, []byte{'\n'})*per+64)
+	}
+	return make([]byte, 0, n*t.grow/16+n/32+64)
 }
 
 // transform appends the records of raw (RFC 4180 data rows of the plan's
@@ -31,12 +55,14 @@ type csvRows struct {
 // an error with its 1-based number in raw and, for a value, its column.
 func (t *csvRows) transform(dst, raw []byte) ([]byte, int64, error) {
 	n := len(t.p.in)
+	t.sum = connectors.Checksum{}
 	t.cur = raw
 	defer func() { t.cur = nil }()
 	var kept int64
 	row := int64(0)
 	for p := 0; p < len(raw); {
 		row++
+		start := len(dst)
 		var err error
 		t.fields, p, err = scanRecord(raw, p, n, t.fields[:0])
 		if err != nil {
@@ -58,14 +84,25 @@ func (t *csvRows) transform(dst, raw []byte) ([]byte, int64, error) {
 			if null || oc.fn.col.Action == Null {
 				continue // NULL: an unquoted empty field
 			}
+			if oc.fn.plain {
+				// Text that never needs quotes (a hash): straight in.
+				if dst, err = oc.fn.fn(dst, v); err != nil {
+					return dst, kept, &rowError{row: row, column: oc.fn.name, err: valueError(oc.fn, err)}
+				}
+				continue
+			}
 			t.val, err = oc.fn.fn(t.val[:0], v)
 			if err != nil {
 				return dst, kept, &rowError{row: row, column: oc.fn.name, err: valueError(oc.fn, err)}
 			}
 			dst = appendCSVField(dst, t.val)
 		}
+		t.sum.Add(dst[start:])
 		dst = append(dst, '\n')
 		kept++
+	}
+	if len(raw) > 0 {
+		t.grow = max(1, len(dst)*16/len(raw))
 	}
 	return dst, kept, nil
 }

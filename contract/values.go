@@ -23,6 +23,9 @@ type colFn struct {
 	name string
 	col  Column
 	fn   valueFunc // nil for keep, drop and null
+	// plain says fn's output is never empty and never holds a character
+	// CSV or JSON would quote or escape (hex digits).
+	plain bool
 }
 
 // keep reports whether the column's values are copied as they are.
@@ -42,7 +45,7 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 	switch c.Action {
 	case Hash:
 		h := &hasher{h: hmac.New(sha256.New, k.hash)}
-		f.fn = h.apply
+		f.fn, f.plain = newMemo(h.apply), true
 	case Mask:
 		if c.maskShape() == ShapeEmail {
 			f.fn = func(dst, v []byte) ([]byte, error) { return maskEmail(dst, v), nil }
@@ -64,9 +67,52 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 		}
 	case Tokenize:
 		t := newTokenizer(k.tok)
-		f.fn = t.encrypt
+		f.fn = newMemo(t.encrypt)
 	}
 	return f
+}
+
+// memo remembers what an expensive action (hash, tokenize) made of the
+// values a column repeats (a status, a country code), in the memory of the
+// task that transforms them: after memoProbe values, a column whose values
+// repeat less than half the time stops remembering.
+type memo struct {
+	fn            valueFunc
+	m             map[string]string
+	lookups, hits int
+}
+
+const (
+	memoMax   = 4096
+	memoProbe = 2048
+)
+
+func newMemo(fn valueFunc) valueFunc {
+	m := &memo{fn: fn, m: map[string]string{}}
+	return m.apply
+}
+
+func (m *memo) apply(dst, v []byte) ([]byte, error) {
+	if m.m == nil {
+		return m.fn(dst, v)
+	}
+	m.lookups++
+	if out, ok := m.m[string(v)]; ok {
+		m.hits++
+		return append(dst, out...), nil
+	}
+	start := len(dst)
+	dst, err := m.fn(dst, v)
+	if err != nil {
+		return dst, err
+	}
+	if len(m.m) < memoMax {
+		m.m[string(v)] = string(dst[start:])
+	}
+	if m.lookups == memoProbe && 2*m.hits < m.lookups {
+		m.m = nil
+	}
+	return dst, nil
 }
 
 // hasher computes the hash action: the lower-case hex of HMAC-SHA256.

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -152,5 +153,37 @@ func TestFilterConditions(t *testing.T) {
 		if got := c.test([]byte(tc.v), tc.null); got != tc.want {
 			t.Errorf("%s %v on %q (null %v) = %v, want %v", tc.c.Op, tc.c.Values, tc.v, tc.null, got, tc.want)
 		}
+	}
+}
+
+// A column's repeated values are hashed once; a column of distinct values
+// stops remembering them. Either way each value hashes as HashValue says.
+func TestMemo(t *testing.T) {
+	calls := 0
+	inner := func(dst, v []byte) ([]byte, error) {
+		calls++
+		return append(dst, HashValue(testKey, string(v))...), nil
+	}
+	fn := newMemo(inner)
+	for i := range 10000 {
+		v := []string{"new", "paid", "shipped"}[i%3]
+		out, err := fn(nil, []byte(v))
+		if err != nil || string(out) != HashValue(testKey, v) {
+			t.Fatalf("memo of %q = %q", v, out)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("3 distinct values hashed %d times", calls)
+	}
+	calls = 0
+	fn = newMemo(inner)
+	for i := range 10000 {
+		v := []byte(fmt.Sprintf("unique-%d", i))
+		if out, _ := fn(nil, v); string(out) != HashValue(testKey, string(v)) {
+			t.Fatalf("memo of %q = %q", v, out)
+		}
+	}
+	if calls != 10000 {
+		t.Fatalf("10000 distinct values hashed %d times", calls)
 	}
 }

@@ -81,11 +81,12 @@ func (wr *writer) transform(b connectors.Batch) (connectors.Batch, error) {
 		if wr.csv.p.same {
 			return b, nil
 		}
-		raw, rows, err := wr.csv.transform(make([]byte, 0, len(b.Raw)+len(b.Raw)/4), b.Raw)
+		raw, rows, err := wr.csv.transform(wr.csv.outBuffer(b.Raw), b.Raw)
 		if err != nil {
 			return b, err
 		}
-		return connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: wr.csv.p.names, Rows: rows, Position: b.Position}, nil
+		sum := wr.csv.sum // of exactly these records: the sink need not scan them again
+		return connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: wr.csv.p.names, Rows: rows, Position: b.Position, Checksum: &sum}, nil
 	case b.Format == connectors.FormatJSONL:
 		if r.passes() {
 			return b, nil
