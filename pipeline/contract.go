@@ -76,7 +76,7 @@ func (s Spec) contractProblems(lines lines, reg *connectors.Registry) []Problem 
 		if s.Pattern == protocol.PatternTransform {
 			add("contract", "is required for pattern transform: it says what the copy keeps of each column (see the README's contract reference)")
 		}
-		return nil
+		return out
 	}
 	for _, p := range c.Validate() {
 		add("contract."+p.Field, p.Msg)

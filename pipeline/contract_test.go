@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/contract"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // contractRegistry is streamRegistry plus "pg", a cdc source that applies
@@ -116,5 +117,41 @@ func TestContractFile(t *testing.T) {
 	_, err = LoadAllFrom([]byte(strings.Replace(spec, "people.contract.yaml", "bad.yaml", 1)), "people.yaml", dir, contractRegistry(), nil)
 	if err == nil || !strings.Contains(err.Error(), "line 5: contract.file:") || !strings.Contains(err.Error(), `line 3: columns.email.action: unknown action "obscure"`) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestTransformPattern: pattern transform is a load with a contract: its
+// runs load as a full load, or as an incremental load with an incremental
+// section (which then needs what an incremental pipeline needs); without
+// a contract it is refused.
+func TestTransformPattern(t *testing.T) {
+	reg := contractRegistry()
+	full := strings.Replace(loadWithContract, "pattern: full_load", "pattern: transform", 1)
+	s, err := Load([]byte(full), "people.yaml", reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Pattern != protocol.PatternTransform || s.RunPattern() != protocol.PatternFullLoad {
+		t.Fatalf("pattern %s runs as %s, want transform as full_load", s.Pattern, s.RunPattern())
+	}
+	inc := full + "incremental: {delta_column: updated_at, window: 1h, lag: 5m, start: 2026-01-01T00:00:00Z}\n"
+	s, err = Load([]byte(inc), "people.yaml", reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.RunPattern() != protocol.PatternIncremental || s.Incremental.DeltaColumn != "updated_at" {
+		t.Fatalf("with incremental: runs as %s, delta %+v", s.RunPattern(), s.Incremental)
+	}
+	for _, tc := range []struct{ name, spec, want string }{
+		{"no contract", full[:strings.Index(full, "contract:")], "contract: is required for pattern transform"},
+		{"incremental without a delta column", full + "incremental: {window: 1h}\n", "incremental.delta_column: is required"},
+		{"a cdc section", full + "cdc: {lease: 2s}\n", "cdc: is only for patterns cdc and cdc_apply, not transform"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load([]byte(tc.spec), "people.yaml", reg, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -150,6 +150,24 @@ type Incremental struct {
 // waiting run is ready when incremental.ready_check is not set.
 const DefaultReadyCheck = 5 * time.Second
 
+// RunPattern is how the pipeline's runs load: its pattern, but for a
+// Transformation Replicator (pattern transform), which loads as an
+// incremental loader with an incremental section and as a full loader
+// without, its contract applied to the rows.
+func (s Spec) RunPattern() protocol.Pattern {
+	if s.Pattern != protocol.PatternTransform {
+		return s.Pattern
+	}
+	if s.Incremental != nil {
+		return protocol.PatternIncremental
+	}
+	return protocol.PatternFullLoad
+}
+
+// incrementalOnly is the problem of an incremental section in a spec of
+// another pattern (the verb's argument).
+const incrementalOnly = "is only for patterns incremental and transform, not %s"
+
 // PartitionBased reports whether the pipeline's runs read whole time
 // partitions (no delta column, no position).
 func (inc *Incremental) PartitionBased() bool {
@@ -168,7 +186,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternCDC:         true,
 	protocol.PatternCDCApply:    true,
 	protocol.PatternPassthrough: false,
-	protocol.PatternTransform:   false,
+	protocol.PatternTransform:   true,
 	protocol.PatternCompact:     false,
 	protocol.PatternReadiness:   false,
 	protocol.PatternTrigger:     false,
@@ -296,11 +314,11 @@ func Parse(data []byte, file string) (Spec, error) {
 			p.add(f, 0, "is required")
 		}
 	}
-	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
+	if s.Incremental != nil && s.RunPattern() == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
 		p.add("incremental.delta_column", p.incLine, "is required (or lay the source out by time partitions: source.layout)")
 	}
-	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
-		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
+	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform {
+		p.add("incremental", k.Line, fmt.Sprintf(incrementalOnly, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
 		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start; or by: position)")
 	}
@@ -821,8 +839,8 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	switch {
 	case s.Pattern == protocol.PatternIncremental && inc == nil:
 		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start; or by: position)"}}
-	case s.Pattern != protocol.PatternIncremental && s.Pattern != "" && inc != nil:
-		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern)}}
+	case s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform && s.Pattern != "" && inc != nil:
+		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf(incrementalOnly, s.Pattern)}}
 	case inc == nil:
 		return nil
 	}
@@ -872,7 +890,7 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 // connectors: the source must keep a position it can be read by, and the
 // sink must append runs without a window.
 func (s Spec) positionProblems(lines lines, reg *connectors.Registry) []Problem {
-	if s.Pattern != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
+	if s.RunPattern() != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
 		return nil
 	}
 	var out []Problem
