@@ -58,6 +58,7 @@ var peopleColumns = []string{
 	`notes: {action: "null"}`,
 	"country: keep",
 	"salary: {action: truncate, bucket: 1000}",
+	"updated_at: keep",
 }
 
 // peopleContract is the strict contract of the people table, as the
@@ -84,7 +85,9 @@ func peopleContract(table string) string {
 // through every path a contract guards, on a cluster whose logs (at debug
 // level) and traces are captured: full loads into CSV files and into a
 // PostgreSQL table, a load whose contract cannot take a value (its task
-// dead-lettered), and a cdc pipeline (snapshot, then inserts, updates and
+// dead-lettered), the files load as a Transformation Replicator loading
+// incrementally by an updated_at column and the PostgreSQL one as a
+// Transformation Replicator loading in full, and a cdc pipeline (snapshot, then inserts, updates and
 // a row leaving the filter) applied to a PostgreSQL replica and to a
 // files change log (with a contract of its own), then a column added
 // mid-stream that the strict contract does not classify. Then every byte
@@ -110,15 +113,18 @@ func TestContractLeavesNoPII(t *testing.T) {
 		}
 	}
 	const rows = 300
+	// The rows' updated_at fall in the first hour an incremental run
+	// loads.
+	start := time.Now().UTC().Truncate(time.Hour).Add(-3 * time.Hour)
 	exec(fmt.Sprintf(`CREATE TABLE %[1]s.people (id bigint PRIMARY KEY, email text, name text, phone text, born date, card text,
-			notes text, country text, salary numeric(12,2));
+			notes text, country text, salary numeric(12,2), updated_at timestamptz);
 		INSERT INTO %[1]s.people SELECT g, 'PIIX' || g || '.mail@example.com', 'Piix Name ' || g, '+1 555 01' || lpad(g::text, 4, '0'),
 			date '1917-01-02' + (g %% 300), '4111 1111 ' || lpad((g * 7919)::text, 8, '0'), 'piix note ' || g,
-			(ARRAY['DE', 'FR', 'US'])[1 + g %% 3], g * 123.45
+			(ARRAY['DE', 'FR', 'US'])[1 + g %% 3], g * 123.45, %[3]s + g * interval '1 second'
 			FROM generate_series(1, %[2]d) g;
 		CREATE TABLE %[1]s.bad (id bigint PRIMARY KEY, email text, born text);
 		INSERT INTO %[1]s.bad VALUES (1, 'piix.bad@example.com', '1917-05-06'), (2, 'piix.worse@example.com', 'piix not a date');
-		CREATE SCHEMA %[1]s_out; CREATE SCHEMA %[1]s_r`, schema, rows))
+		CREATE SCHEMA %[1]s_out; CREATE SCHEMA %[1]s_r`, schema, rows, "'"+start.Format(time.RFC3339)+"'::timestamptz"))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -149,18 +155,22 @@ func TestContractLeavesNoPII(t *testing.T) {
 		}
 	}
 	loadContract := peopleContract("")
-	for _, p := range []struct{ name, sink string }{
-		{"people-files", fmt.Sprintf("{kind: files, path: %s, format: csv}", files)},
-		{"people-pg", fmt.Sprintf("{kind: postgres, dsn: %q, table: %s_out.people}", dsn, schema)},
+	for _, p := range []struct{ name, sink, incremental string }{
+		{"people-files", fmt.Sprintf("{kind: files, path: %s, format: csv}", files),
+			fmt.Sprintf("incremental: {delta_column: updated_at, window: 1h, lag: 5m, start: %s}\n", start.Format(time.RFC3339))},
+		{"people-pg", fmt.Sprintf("{kind: postgres, dsn: %q, table: %s_out.people}", dsn, schema), ""},
 	} {
-		apply(fmt.Sprintf("name: %s\npattern: full_load\nsource: {kind: postgres, dsn: %q, table: %s.people}\nsink: %s\npartitioning: {target_rows: 100}\n%s",
-			p.name, dsn, schema, p.sink, loadContract))
+		apply(fmt.Sprintf("name: %s\npattern: transform\nsource: {kind: postgres, dsn: %q, table: %s.people}\nsink: %s\npartitioning: {target_rows: 100}\n%s%s",
+			p.name, dsn, schema, p.sink, p.incremental, loadContract))
 	}
 	apply(fmt.Sprintf("name: bad\npattern: full_load\nsource: {kind: postgres, dsn: %q, table: %s.bad}\nsink: {kind: files, path: %s/bad, format: jsonl}\nretry: {max_attempts: 1}\ncontract:\n  strict: true\n  key: ${SLUICE_TEST_CONTRACT_KEY}\n  columns:\n    id: keep\n    email: hash\n    born: {action: truncate, to: month}\n",
 		dsn, schema, files))
 	for _, name := range []string{"people-files", "people-pg", "bad"} {
-		st := c.wait(c.run(name).RunID)
+		res := c.run(name)
+		st := c.wait(res.RunID)
 		switch {
+		case name == "people-files" && (res.Window == nil || !res.Window.From.Equal(start) || st.Rows != rows-rows/3):
+			t.Fatalf("incremental transform: window %v, %d rows; want [%s, +1h) and the %d rows the filter keeps", res.Window, st.Rows, start, rows-rows/3)
 		case name == "bad" && st.State != protocol.RunFailed:
 			t.Fatalf("run of bad: %s, want failed", st.State)
 		case name == "bad" && !strings.Contains(st.Error, `"born"`):
