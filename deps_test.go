@@ -68,6 +68,7 @@ var rules = []rule{
 	{pkg: "bench/harness", allowed: []string{"bench/measure"}},
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
+	{pkg: "bench/contract", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},

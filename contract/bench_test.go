@@ -3,21 +3,12 @@ package contract_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
-	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/connectors/files"
-	"github.com/sluicehq/sluice/connectors/postgres"
-	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/contract"
 )
 
@@ -97,135 +88,6 @@ func BenchmarkWriterCSV(b *testing.B) {
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(rows)/float64(b.N), "cpu-ns/row")
 		})
 	}
-}
-
-// BenchmarkContractOverhead times full loads of the benchmark table
-// (500,000 rows; SLUICE_BENCH_ROWS for another size) from PostgreSQL into
-// CSV files and into a PostgreSQL table, in process as a worker runs them
-// (8 chunks, 4 at a time: 2 workers x 2 slots), with and without a
-// contract of 3 hashed and 2 masked columns, interleaved: the loads
-// without it are the passthrough rate, which the contract may cost at
-// most 25% of. rows/s is the load's; cpu-s the CPU time of this process
-// per load (PostgreSQL's not counted). Run it with
-//
-//	go test -run '^$' -bench ContractOverhead -benchtime 3x ./contract
-func BenchmarkContractOverhead(b *testing.B) {
-	rows := int64(500_000)
-	if v, err := strconv.ParseInt(os.Getenv("SLUICE_BENCH_ROWS"), 10, 64); err == nil && v > 0 {
-		rows = v
-	}
-	b.Setenv("SLUICE_BENCH_CONTRACT_KEY", "benchmark contract key, 32 byte")
-	dsn, schema, conn := pgtest.DB(b)
-	ctx := context.Background()
-	if err := harness.Orders(ctx, conn, schema, "orders", rows, io.Discard); err != nil {
-		b.Fatal(err)
-	}
-	spec, problems := contract.Parse([]byte(overheadContract))
-	if len(problems) > 0 {
-		b.Fatal(problems)
-	}
-	ct, err := contract.Compile(spec, os.LookupEnv)
-	if err != nil {
-		b.Fatal(err)
-	}
-	out := b.TempDir()
-	// Each variant has a target of its own: the contract changes the
-	// columns' types.
-	sinks := []struct {
-		name string
-		open func(variant string) (connectors.Sink, error)
-	}{
-		{"csv", func(variant string) (connectors.Sink, error) {
-			return files.NewSink(files.SinkConfig{Path: out + "/" + variant, Format: "csv", KeepVersions: 1})
-		}},
-		{"pg", func(variant string) (connectors.Sink, error) {
-			return postgres.NewSink(postgres.SinkConfig{DSN: dsn, Table: schema + ".orders_" + variant, KeepVersions: 1})
-		}},
-	}
-	version := int64(0)
-	for _, s := range sinks {
-		for _, with := range []*contract.Contract{nil, ct} {
-			variant := "passthrough"
-			if with != nil {
-				variant = "3hash2mask"
-			}
-			b.Run(s.name+"/"+variant, func(b *testing.B) {
-				var cpu time.Duration
-				for b.Loop() {
-					version++
-					sink, err := s.open(variant)
-					if err != nil {
-						b.Fatal(err)
-					}
-					cpu0 := cpuTime()
-					err = load(ctx, dsn, schema+".orders", rows, sink, with, version)
-					cpu += cpuTime() - cpu0
-					sink.Close()
-					if err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
-				b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s")
-			})
-		}
-	}
-}
-
-// load runs one full load of table into sink, through c when it is not
-// nil, and commits it as version.
-func load(ctx context.Context, dsn, table string, rows int64, sink connectors.Sink, c *contract.Contract, version int64) error {
-	src, err := postgres.NewSource(postgres.SourceConfig{DSN: dsn, Table: table})
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	runID := fmt.Sprintf("overhead-%d", version)
-	plan, err := src.Plan(ctx, connectors.PlanRequest{RunID: runID, Partitioning: connectors.Partitioning{TargetRows: rows / 8}})
-	if err != nil {
-		return err
-	}
-	defer src.ReleaseRun(runID)
-	schema := plan.Schema
-	if c != nil {
-		if schema, err = c.Spec().Schema(plan.Schema); err != nil {
-			return err
-		}
-	}
-	outs := make([]connectors.TaskOutput, len(plan.Partitions))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(4)
-	for i, p := range plan.Partitions {
-		g.Go(func() error {
-			w, err := sink.OpenTask(gctx, connectors.TaskRef{RunID: runID, TaskID: fmt.Sprintf("t%05d", i), Attempt: 1, Schema: schema})
-			if err != nil {
-				return err
-			}
-			if c != nil {
-				if w, err = c.Writer(w); err != nil {
-					return err
-				}
-			}
-			if err := src.Read(gctx, p, w.Write); err != nil {
-				w.Abort(gctx)
-				return err
-			}
-			outs[i], err = w.Close(gctx)
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return err
-	}
-	var n int64
-	for _, o := range outs {
-		n += o.Rows
-	}
-	if n != rows {
-		return fmt.Errorf("loaded %d rows of %d", n, rows)
-	}
-	_, err = sink.Commit(ctx, connectors.CommitRequest{RunID: runID, Version: version, Tasks: outs, Schema: schema})
-	return err
 }
 
 // cpuTime is the CPU time this process used so far (user and system).
