@@ -155,3 +155,29 @@ func TestTransformPattern(t *testing.T) {
 		})
 	}
 }
+
+// TestTransformExample: the README's example of a Transformation
+// Replicator (examples/postgres-transform.yaml) reads its contract file
+// and is a strict, valid contract for a full load.
+func TestTransformExample(t *testing.T) {
+	const dir = "../examples"
+	data, err := os.ReadFile(filepath.Join(dir, "postgres-transform.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(data, "postgres-transform.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReadContractFile(dir); err != nil {
+		t.Fatal(err)
+	}
+	c := s.Contract
+	if s.RunPattern() != protocol.PatternFullLoad || c == nil || !c.Strict || c.File != "contracts/customers.yaml" ||
+		c.Columns["email"].Action != contract.Hash || c.Columns["card"].Action != contract.Tokenize || len(c.Filter) != 1 {
+		t.Fatalf("pattern %s, contract %+v", s.RunPattern(), c)
+	}
+	if p := c.Validate(); len(p) > 0 {
+		t.Fatal(p)
+	}
+}
