@@ -45,6 +45,9 @@ const (
 	RoleCDCSource Role = "cdc source"
 	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
 	RoleCDCTarget Role = "cdc target"
+	// RoleDataset is the dataset of a compact pipeline: the sink of a
+	// kind whose sinks compact what they write (Compactor).
+	RoleDataset Role = "compacted dataset"
 )
 
 // NewRegistry returns an empty registry.
@@ -77,6 +80,10 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// ValidateDataset, when set, says that the kind's sinks compact their
+	// datasets (they implement Compactor): a compact pipeline may name
+	// one as its dataset, a sink configuration this checks without I/O.
+	ValidateDataset Validator
 }
 
 // Register adds a connector, or parts of one to a kind registered before.
@@ -151,6 +158,10 @@ func (r *Registry) Register(c Connector) {
 		add(RoleCDCTarget, pick(target.Validate))
 		parts++
 	}
+	if c.ValidateDataset != nil {
+		add(RoleDataset, c.ValidateDataset)
+		parts++
+	}
 	if parts == 0 {
 		panic(fmt.Sprintf("connectors: kind %q registered without a source, sink or capability", c.Kind))
 	}
@@ -199,6 +210,9 @@ func (r *Registry) Has(kind string, role Role) bool {
 		return e.cdc != nil && e.cdc.Open != nil
 	case RoleCDCTarget:
 		return e.target != nil && e.target.Open != nil
+	case RoleDataset:
+		_, ok := e.validators[RoleDataset]
+		return ok && e.sink != nil
 	}
 	return false
 }

@@ -20,12 +20,14 @@ import (
 // Spec is one pipeline: what to move, from where, to where, how to bound
 // each task and when to run.
 type Spec struct {
-	Name        string                  `json:"name"`
-	Pattern     protocol.Pattern        `json:"pattern"`
-	Description string                  `json:"description,omitempty"`
-	Source      protocol.Endpoint       `json:"source"`
-	Sink        protocol.Endpoint       `json:"sink"`
-	Partition   connectors.Partitioning `json:"partitioning,omitzero"`
+	Name        string            `json:"name"`
+	Pattern     protocol.Pattern  `json:"pattern"`
+	Description string            `json:"description,omitempty"`
+	Source      protocol.Endpoint `json:"source"`
+	// Sink is where runs commit: for a compact pipeline the dataset it
+	// compacts (the spec's dataset field).
+	Sink      protocol.Endpoint       `json:"sink"`
+	Partition connectors.Partitioning `json:"partitioning,omitzero"`
 	// Schedule is a standard 5-field cron expression (minute hour
 	// day-of-month month day-of-week, UTC), a descriptor such as @hourly or
 	// @daily, or "@every <duration>"; empty means the pipeline runs only
@@ -44,6 +46,9 @@ type Spec struct {
 	// CDC configures a pipeline of pattern cdc; a cdc_apply pipeline may
 	// set its lease; refused for every other pattern.
 	CDC *CDC `json:"cdc,omitempty"`
+	// Compact holds the settings of a compact pipeline (compact section);
+	// refused for every other pattern.
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -143,7 +148,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternCDCApply:    true,
 	protocol.PatternPassthrough: false,
 	protocol.PatternTransform:   false,
-	protocol.PatternCompact:     false,
+	protocol.PatternCompact:     true,
 	protocol.PatternReadiness:   false,
 	protocol.PatternTrigger:     false,
 }
@@ -256,14 +261,28 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Incremental = p.incremental(v)
 		case "cdc":
 			s.CDC = p.cdc(v)
+		case datasetField:
+			s.Sink = p.endpoint(datasetField, v)
+		case "compact":
+			s.Compact = p.compact(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact)")
 		}
 	}
-	for _, f := range []string{"name", "pattern", "source", "sink"} {
-		if f == "sink" && s.Pattern == protocol.PatternCDC {
-			continue // the SLUICE_CDC stream
+	required := []string{"name", "pattern", "source", "sink"}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		required = required[:3] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		required = []string{"name", "pattern", datasetField}
+		if k, ok := seen["sink"]; ok {
+			p.add("sink", k.Line, "a compact pipeline names the dataset it compacts under dataset, not sink")
 		}
+	}
+	if k, ok := seen[datasetField]; ok && s.Pattern != "" && s.Pattern != protocol.PatternCompact {
+		p.add(datasetField, k.Line, fmt.Sprintf("is only for pattern %s, not %s (the target of a run is its sink)", protocol.PatternCompact, s.Pattern))
+	}
+	for _, f := range required {
 		if _, ok := seen[f]; !ok {
 			p.add(f, 0, "is required")
 		}
@@ -299,11 +318,19 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	if err := CheckPattern(s.Pattern); err != nil {
 		problems = append(problems, Problem{Field: "pattern", Line: lines["pattern"], Msg: err.Error()})
 	}
-	for _, side := range []struct {
+	sides := []struct {
 		name string
 		e    protocol.Endpoint
-	}{{"source", s.Source}, {"sink", s.Sink}} {
-		if side.e.Kind == "" && !(side.name == "sink" && s.Pattern == protocol.PatternCDC) {
+	}{{"source", s.Source}, {"sink", s.Sink}}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		sides = sides[:1] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		sides = sides[1:]
+		sides[0].name = datasetField
+	}
+	for _, side := range sides {
+		if side.e.Kind == "" {
 			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
 		}
 	}
@@ -336,6 +363,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("source", s.Source, connectors.RoleCDCSource)
 	case protocol.PatternCDCApply:
 		check("sink", s.Sink, connectors.RoleCDCTarget)
+	case protocol.PatternCompact:
+		check(datasetField, s.Sink, connectors.RoleDataset)
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -347,6 +376,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
 	problems = append(problems, s.triggerProblems(lines)...)
+	problems = append(problems, s.compactProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}

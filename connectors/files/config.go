@@ -264,5 +264,6 @@ func Register(reg *connectors.Registry) {
 		ValidateSink:     ValidateSink,
 		SourcePartitions: PartitionSize,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		ValidateDataset:  ValidateSink,
 	})
 }
