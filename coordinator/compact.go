@@ -206,9 +206,10 @@ func (t *leaderTerm) vacuum(ctx context.Context, log *slog.Logger, name string, 
 		Active: func(ctx context.Context) ([]string, error) { return t.activeRuns(ctx, log, sink, ep), nil }})
 }
 
-// activeRuns returns the IDs of the runs in flight that write the dataset
-// of sink (opened from ep): those whose sink is ep, or names the same
-// dataset.
+// activeRuns returns the IDs of the runs in flight that may write the
+// dataset of sink (opened from ep): those whose sink is ep, or names the
+// same dataset; for a sink that names none (no Compactor), every run in
+// flight of its kind.
 func (t *leaderTerm) activeRuns(ctx context.Context, log *slog.Logger, sink connectors.Sink, ep protocol.Endpoint) []string {
 	key := ""
 	if cp, ok := sink.(connectors.Compactor); ok {
@@ -221,6 +222,9 @@ func (t *leaderTerm) activeRuns(ctx context.Context, log *slog.Logger, sink conn
 			continue
 		}
 		if key == "" {
+			// A sink that names no dataset: any run of its kind may
+			// write there.
+			ids = append(ids, r.ID)
 			continue
 		}
 		other, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
