@@ -152,3 +152,39 @@ type VacuumReport struct {
 	Removed []VacuumItem
 	Kept    []Version
 }
+
+// PackGroups splits items of the given sizes, kept in order, into the
+// fewest groups of about target bytes each (ceil(total/target) groups),
+// balanced by size: item i goes to the group its position in the running
+// total falls in. A group holds at least one item; an item larger than
+// the target is a group of its own share. It returns the groups' item
+// indices.
+func PackGroups(sizes []int64, target int64) [][]int {
+	var total int64
+	for _, s := range sizes {
+		total += s
+	}
+	if len(sizes) == 0 {
+		return nil
+	}
+	n := int64(1)
+	if target > 0 && total > target {
+		n = (total + target - 1) / target
+	}
+	n = min(n, int64(len(sizes)))
+	groups := make([][]int, 0, n)
+	var before int64
+	for i, s := range sizes {
+		g := int64(0)
+		if total > 0 {
+			// The group of the item's middle byte.
+			g = min((before+s/2)*n/total, n-1)
+		}
+		for int64(len(groups)) <= g {
+			groups = append(groups, nil)
+		}
+		groups[len(groups)-1] = append(groups[len(groups)-1], i)
+		before += s
+	}
+	return groups
+}

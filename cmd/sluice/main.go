@@ -1,6 +1,6 @@
 // Command sluice is the one Sluice binary: an embedded all-in-one cluster
 // (dev, demo), the cluster's processes (coordinator, worker) and the client
-// commands (apply, run, status, rollback, pipelines).
+// commands (apply, run, status, rollback, compact, vacuum, pipelines).
 package main
 
 import (
@@ -41,6 +41,8 @@ func commands() []command {
 		{"status", "show pipelines, runs, tasks and workers", runStatus},
 		{"backfill", "load a time range of an incremental pipeline in windows: sluice backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace]", runBackfill},
 		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
+		{"compact", "rewrite a dataset's small files into fewer, larger ones: sluice compact <pipeline> [--dry-run]", runCompact},
+		{"vacuum", "remove what compactions replaced and failed runs left, outside the rollback window: sluice vacuum <pipeline> [--dry-run]", runVacuum},
 		{"pipelines", "show a pipeline's stored spec: sluice pipelines get <pipeline> [--json]", runPipelines},
 		{"delete", "delete a pipeline (a cdc pipeline's slot, publication and events go with it): sluice delete <pipeline>", runDelete},
 		{"cdc", "change data capture: sluice cdc status [pipeline] [--json]", runCDC},

@@ -424,7 +424,8 @@ func dataFiles(files []fileRef) []fileRef {
 }
 
 // groups returns the rewrite groups of u under settings, none when it
-// does not need compacting (see Compaction).
+// does not need compacting (see Compaction): its small files, in name
+// order, in the fewest groups of about the target size.
 func (u unit) groups(settings connectors.CompactSettings, now time.Time) []groupSpec {
 	if len(u.files) < 2 {
 		return nil
@@ -450,20 +451,20 @@ func (u unit) groups(settings connectors.CompactSettings, now time.Time) []group
 	if len(small) < max(settings.MinFiles, 2) {
 		return nil
 	}
-	var packs [][]fileRef
-	var cur []fileRef
-	var bytes int64
-	for _, f := range small {
-		if len(cur) > 0 && bytes+f.Size > target {
-			packs = append(packs, cur)
-			cur, bytes = nil, 0
-		}
-		cur = append(cur, f)
-		bytes += f.Size
+	sizes := make([]int64, len(small))
+	for i, f := range small {
+		sizes[i] = f.Size
 	}
-	packs = append(packs, cur)
-	if n := len(packs); n > 1 && len(packs[n-1]) == 1 {
-		packs = packs[:n-1] // one file alone gains nothing
+	var packs [][]fileRef
+	for _, idx := range connectors.PackGroups(sizes, target) {
+		if len(idx) < 2 {
+			continue // one file alone gains nothing
+		}
+		p := make([]fileRef, len(idx))
+		for j, i := range idx {
+			p[j] = small[i]
+		}
+		packs = append(packs, p)
 	}
 	rewritten := 0
 	for _, p := range packs {

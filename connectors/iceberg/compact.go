@@ -197,20 +197,20 @@ func (s *Sink) PlanCompaction(ctx context.Context, req connectors.CompactRequest
 			continue
 		}
 		slices.SortFunc(files, func(a, b iceberg.DataFile) int { return strings.Compare(a.FilePath(), b.FilePath()) })
-		var packs [][]iceberg.DataFile
-		var cur []iceberg.DataFile
-		var bytes int64
-		for _, f := range files {
-			if len(cur) > 0 && bytes+f.FileSizeBytes() > target {
-				packs = append(packs, cur)
-				cur, bytes = nil, 0
-			}
-			cur = append(cur, f)
-			bytes += f.FileSizeBytes()
+		sizes := make([]int64, len(files))
+		for i, f := range files {
+			sizes[i] = f.FileSizeBytes()
 		}
-		packs = append(packs, cur)
-		if n := len(packs); n > 1 && len(packs[n-1]) == 1 {
-			packs = packs[:n-1]
+		var packs [][]iceberg.DataFile
+		for _, idx := range connectors.PackGroups(sizes, target) {
+			if len(idx) < 2 {
+				continue // one file alone gains nothing
+			}
+			p := make([]iceberg.DataFile, len(idx))
+			for j, i := range idx {
+				p[j] = files[i]
+			}
+			packs = append(packs, p)
 		}
 		for i, p := range packs {
 			g := groupSpec{Snapshot: sn.SnapshotID, Window: w}
@@ -403,6 +403,9 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		}
 		props := s.compactProps(tbl, req, sum, windows)
 		base := tbl.CurrentSnapshot()
+		if s.beforeRewrite != nil {
+			s.beforeRewrite()
+		}
 		next, err := commitRewrite(ctx, tbl, olds, news, props)
 		if err == nil {
 			tbl = next
