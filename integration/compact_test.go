@@ -10,6 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/iceberg-go/table"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/objstore/s3test"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
@@ -217,4 +222,155 @@ compact:
 			t.Errorf("version 2 is read from %s, want its rewrite", name)
 		}
 	}
+}
+
+// An Iceberg table appended to every second by another writer while a
+// compaction of it runs through the cluster (planned, then rewritten while
+// appends land, then committed on top of them): at the end every row is
+// in the table exactly once, the appends after the plan among them.
+func TestCompactIcebergWhileAppending(t *testing.T) {
+	ctx := context.Background()
+	warehouse := t.TempDir()
+	cfg := iceberg.SinkConfig{Config: iceberg.Config{Table: "lake.events", Warehouse: warehouse}}
+	writer, err := iceberg.NewSink(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close()
+	schema := &protocol.Schema{Columns: []protocol.Column{
+		{Name: "id", Type: protocol.TypeInt64, NotNull: true},
+		{Name: "note", Type: protocol.TypeString},
+	}}
+	if err := writer.CheckSchema(ctx, schema); err != nil {
+		t.Fatal(err)
+	}
+	// appendWindow appends rows n*100 .. n*100+99 in two data files.
+	var mu sync.Mutex
+	appended := 0
+	appendWindow := func(n int) error {
+		run := fmt.Sprintf("append-%d", n)
+		var outs []connectors.TaskOutput
+		for half := range 2 {
+			w, err := writer.OpenTask(ctx, connectors.TaskRef{RunID: run, TaskID: fmt.Sprintf("t%d", half), Attempt: 1, Schema: schema})
+			if err != nil {
+				return err
+			}
+			var raw []byte
+			for id := n*100 + half*50; id < n*100+half*50+50; id++ {
+				raw = fmt.Appendf(raw, "%d,\"row %d, \"\"appended\"\"\"\n", id, id)
+			}
+			if err := w.Write(ctx, connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: []string{"id", "note"}, Rows: 50}); err != nil {
+				return err
+			}
+			out, err := w.Close(ctx)
+			if err != nil {
+				return err
+			}
+			outs = append(outs, out)
+		}
+		from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(n) * time.Hour)
+		_, err := writer.Commit(ctx, connectors.CommitRequest{RunID: run, Pipeline: "appender", Mode: connectors.ModeAppend,
+			Window: &connectors.Window{From: from, To: from.Add(time.Hour)}, Tasks: outs, Schema: schema})
+		if err == nil {
+			mu.Lock()
+			appended = n + 1
+			mu.Unlock()
+		}
+		return err
+	}
+	for n := range 20 {
+		if err := appendWindow(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c := newCluster(t, clusterConfig{workers: 0})
+	applyYAML(t, c, fmt.Sprintf(`name: events-compact
+pattern: compact
+dataset: {kind: iceberg, table: lake.events, warehouse: %s}
+compact: {target_file_size: 8KiB}
+`, warehouse))
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for n := 20; ; n++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-tick.C:
+			}
+			if err := appendWindow(n); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	// Planned with no worker: the appends land between the plan and the
+	// rewrite's commit.
+	res, err := c.client.Compact(c.ctx(), protocol.CompactRequest{Pipeline: "events-compact"})
+	if err != nil || len(res.Groups) < 2 {
+		t.Fatalf("compact: %+v, %v", res, err)
+	}
+	mu.Lock()
+	before := appended
+	mu.Unlock()
+	for {
+		mu.Lock()
+		n := appended
+		mu.Unlock()
+		if n >= before+2 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.addWorker()
+	st := c.wait(res.RunID)
+	time.Sleep(1500 * time.Millisecond) // one more append after the commit
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("appender: %v", err)
+	}
+	if st.State != protocol.RunCommitted {
+		t.Fatalf("compaction %s: %s (%s)", st.RunID, st.State, st.Error)
+	}
+	_, tbl := readIceberg(t, filepath.Join(warehouse, "catalog.db"), warehouse, "", "lake.events", 0)
+	scan := tbl.Scan()
+	defer scan.Close()
+	at, err := scan.ToArrowTable(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer at.Release()
+	seen := map[int64]int{}
+	tr := array.NewTableReader(at, 4096)
+	defer tr.Release()
+	for tr.Next() {
+		for _, id := range tr.RecordBatch().Column(0).(*array.Int64).Int64Values() {
+			seen[id]++
+		}
+	}
+	mu.Lock()
+	n := appended
+	mu.Unlock()
+	if len(seen) != n*100 {
+		t.Errorf("the table holds %d distinct ids, want %d (every appended row)", len(seen), n*100)
+	}
+	for id := range int64(n * 100) {
+		if seen[id] != 1 {
+			t.Fatalf("id %d is in the table %d times", id, seen[id])
+		}
+	}
+	var compaction *table.Snapshot
+	for _, sn := range tbl.Metadata().Snapshots() {
+		if sn.Summary != nil && sn.Summary.Properties["sluice.run"] == res.RunID {
+			compaction = &sn
+		}
+	}
+	if compaction == nil || compaction.Summary.Operation != table.OpReplace {
+		t.Fatalf("no replace snapshot of %s", res.RunID)
+	}
+	t.Logf("%d windows appended, %d after the plan; the compaction rewrote %d groups", n, n-before, len(res.Groups))
 }
