@@ -2,17 +2,20 @@ package files
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/objstore"
@@ -83,8 +86,12 @@ func (s *Sink) Rewrite(ctx context.Context, t connectors.TaskRef, group protocol
 	}
 	w := &groupWriter{s: &target, ref: t}
 	var read int64
+	var typed connectors.Checksum // of the Arrow rows read (Parquet)
 	err = src.Read(ctx, protocol.Partition{Key: group.Key, Spec: pspec}, func(ctx context.Context, b connectors.Batch) error {
 		read += b.Rows
+		if b.Record != nil {
+			addTypedRows(&typed, b.Record)
+		}
 		return w.write(ctx, b)
 	})
 	if err != nil {
@@ -99,22 +106,30 @@ func (s *Sink) Rewrite(ctx context.Context, t connectors.TaskRef, group protocol
 		return out, fmt.Errorf("rewrite group %s: %w", group.Key, err)
 	}
 	m := groupManifest{Run: t.RunID, Task: t.TaskID, Attempt: t.Attempt}
-	var sum connectors.Checksum
+	var sum, back connectors.Checksum
 	for _, o := range outs {
+		// Read back: JSONL and CSV by their lines' checksum, Parquet by
+		// each row's typed values (rendering every row again as the
+		// checksum's JSON would cost as much as the rewrite).
 		got, err := s.stagedChecksum(ctx, o.Location, spec.Format)
 		if err != nil {
 			return out, fmt.Errorf("rewrite group %s: read back %s: %w", group.Key, o.Location, err)
 		}
-		if got != o.Checksum {
+		if want := o.Checksum; spec.Format == "parquet" && got.Rows != want.Rows || spec.Format != "parquet" && got != want {
 			return out, fmt.Errorf("rewrite group %s: %s reads back as %d rows, checksum %s; %d rows, checksum %s were written",
 				group.Key, o.Location, got.Rows, got, o.Checksum.Rows, o.Checksum)
 		}
+		back.Merge(got)
 		sum.Merge(o.Checksum)
 		m.Files = append(m.Files, stagedFile{Name: path.Base(o.Location), Rows: o.Rows, Checksum: o.Checksum.String(), Bytes: o.Bytes})
 		out.Bytes += o.Bytes
 	}
 	if sum.Rows != read {
 		return out, connectors.Permanent(fmt.Errorf("rewrite group %s: %d rows read, %d written", group.Key, read, sum.Rows))
+	}
+	if spec.Format == "parquet" && back != typed {
+		return out, fmt.Errorf("rewrite group %s: the files written read back as %d rows (typed checksum %s); %d rows (typed checksum %s) were read",
+			group.Key, back.Rows, back, typed.Rows, typed)
 	}
 	m.Rows, m.Checksum = sum.Rows, sum.String()
 	loc, err := s.writeManifest(ctx, t, m)
@@ -188,10 +203,31 @@ func (w *groupWriter) abort(ctx context.Context) {
 const abortWait = 30 * time.Second
 
 // stagedChecksum reads a staged file (a location relative to the dataset)
-// back and sums its rows.
+// back and sums its rows: for JSONL and CSV their canonical checksum, for
+// Parquet their typed checksum (addTypedRows).
 func (s *Sink) stagedChecksum(ctx context.Context, loc, format string) (connectors.Checksum, error) {
+	read := func(f io.ReaderAt, size int64) (connectors.Checksum, error) {
+		if format != "parquet" {
+			return readerChecksum(f, size, format)
+		}
+		var sum connectors.Checksum
+		err := readParquet(ctx, f, fileRef{Path: loc, Size: size}, parquetBatchRows, func(_ context.Context, b connectors.Batch) error {
+			addTypedRows(&sum, b.Record)
+			return nil
+		})
+		return sum, err
+	}
 	if s.s3 == nil {
-		return fileChecksum(filepath.Join(s.root, filepath.FromSlash(loc)), format)
+		f, err := os.Open(filepath.Join(s.root, filepath.FromSlash(loc)))
+		if err != nil {
+			return connectors.Checksum{}, err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return connectors.Checksum{}, err
+		}
+		return read(f, st.Size())
 	}
 	obj, err := s.s3.b.Head(ctx, s.s3.key(loc))
 	if err != nil {
@@ -200,10 +236,66 @@ func (s *Sink) stagedChecksum(ctx context.Context, loc, format string) (connecto
 	var sum connectors.Checksum
 	err = s.s3.read(ctx, s.base(), fileRef{Path: loc, Size: obj.Size, ETag: obj.ETag}, func(f io.ReaderAt) error {
 		var err error
-		sum, err = readerChecksum(f, obj.Size, format)
+		sum, err = read(f, obj.Size)
 		return err
 	})
 	return sum, err
+}
+
+// addTypedRows adds to sum each row of rec by its typed values: a null
+// flag, then the value's bytes (integers and floats by their bits,
+// strings and bytes with their length, other types by their text), so
+// that a Parquet file read back can be checked against the rows written
+// into it without rendering them.
+func addTypedRows(sum *connectors.Checksum, rec arrow.RecordBatch) {
+	cols := rec.Columns()
+	var buf []byte
+	for r := 0; r < int(rec.NumRows()); r++ {
+		buf = buf[:0]
+		for _, c := range cols {
+			buf = appendTyped(buf, c, r)
+		}
+		sum.Add(buf)
+	}
+}
+
+func appendTyped(buf []byte, c arrow.Array, r int) []byte {
+	if c.IsNull(r) {
+		return append(buf, 0)
+	}
+	buf = append(buf, 1)
+	le := binary.LittleEndian
+	switch a := c.(type) {
+	case *array.Int64:
+		return le.AppendUint64(buf, uint64(a.Value(r)))
+	case *array.Int32:
+		return le.AppendUint32(buf, uint32(a.Value(r)))
+	case *array.Int16:
+		return le.AppendUint16(buf, uint16(a.Value(r)))
+	case *array.Int8:
+		return append(buf, byte(a.Value(r)))
+	case *array.Uint64:
+		return le.AppendUint64(buf, a.Value(r))
+	case *array.Float64:
+		return le.AppendUint64(buf, math.Float64bits(a.Value(r)))
+	case *array.Float32:
+		return le.AppendUint32(buf, math.Float32bits(a.Value(r)))
+	case *array.Boolean:
+		if a.Value(r) {
+			return append(buf, 1)
+		}
+		return append(buf, 0)
+	case *array.Timestamp:
+		return le.AppendUint64(buf, uint64(a.Value(r)))
+	case *array.Date32:
+		return le.AppendUint32(buf, uint32(a.Value(r)))
+	case *array.String:
+		return append(le.AppendUint32(buf, uint32(a.ValueLen(r))), a.Value(r)...)
+	case *array.Binary:
+		return append(le.AppendUint32(buf, uint32(a.ValueLen(r))), a.Value(r)...)
+	}
+	s := c.ValueStr(r)
+	return append(le.AppendUint32(buf, uint32(len(s))), s...)
 }
 
 // writeManifest writes a rewrite task's manifest, replacing an earlier
