@@ -69,6 +69,10 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		res.Partitions++
 		res.FilesBefore += out.before
 		res.FilesAfter += out.after
+		if units[name].specs[0].Kind == unitVersion {
+			// Readers find the version's rewrite there.
+			res.Location = s.describe(compactedName(mustVersion(name), req.RunID))
+		}
 	}
 	var err error
 	if s.s3 != nil {
@@ -80,6 +84,13 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		return res, fmt.Errorf("commit compaction %s: remove staging: %w", req.RunID, err)
 	}
 	return res, nil
+}
+
+// mustVersion is the version of a version directory's name (0 for
+// another name).
+func mustVersion(name string) int64 {
+	d, _ := parseVersionDir(name)
+	return d.v
 }
 
 // describe names rel for messages: a local path or an s3:// URL.
