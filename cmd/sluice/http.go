@@ -32,6 +32,8 @@ import (
 //	POST /v1/pipelines                 body: a pipeline spec in YAML
 //	GET  /v1/pipelines/{name}          the stored spec, ${ENV} references unexpanded
 //	POST /v1/pipelines/{name}/rollback  body: {"to":N} (optional); header Idempotency-Key rolls back once
+//	POST /v1/pipelines/{name}/compact[?dry_run=true]  a compaction of its dataset; header Idempotency-Key starts one
+//	POST /v1/pipelines/{name}/vacuum[?dry_run=true]
 //	POST /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional);
 //	                                   publishes a trigger; header Idempotency-Key is its message id
 //	POST /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
@@ -83,6 +85,15 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 			}
 		}
 		res, err := c.Rollback(r.Context(), protocol.RollbackRequest{Pipeline: r.PathValue("name"), To: body.To, RequestID: r.Header.Get("Idempotency-Key")})
+		reply(w, log, res, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/compact", func(w http.ResponseWriter, r *http.Request) {
+		res, err := c.Compact(r.Context(), protocol.CompactRequest{Pipeline: r.PathValue("name"),
+			DryRun: r.URL.Query().Get("dry_run") == "true", RequestID: r.Header.Get("Idempotency-Key")})
+		reply(w, log, res, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/vacuum", func(w http.ResponseWriter, r *http.Request) {
+		res, err := c.Vacuum(r.Context(), protocol.VacuumRequest{Pipeline: r.PathValue("name"), DryRun: r.URL.Query().Get("dry_run") == "true"})
 		reply(w, log, res, err)
 	})
 	mux.HandleFunc("DELETE /v1/pipelines/{name}", func(w http.ResponseWriter, r *http.Request) {
