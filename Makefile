@@ -24,8 +24,10 @@ vet:
 unit:
 	$(GO) test -short -count=1 ./protocol/... ./pipeline/... ./connectors/... ./coordinator/...
 
+# build stamps the commit into the binary (sluice version) where the tree
+# is a git checkout.
 build:
-	$(GO) build -o $(BIN)/sluice ./cmd/sluice
+	$(GO) build -buildvcs=auto -o $(BIN)/sluice ./cmd/sluice
 
 demo:
 	$(GO) run ./cmd/sluice demo
@@ -36,6 +38,7 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTask -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzSplitDocuments -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)

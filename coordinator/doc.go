@@ -60,6 +60,22 @@
 // rows are replaced. to must not pass now - lag. One backfill per pipeline
 // runs at a time.
 //
+// # Runs by position
+//
+// A pipeline with incremental.by reads a source that keeps a position of
+// its own (connectors.Positions: Kafka offsets, an Iceberg snapshot, the
+// files a directory received). Its runs have no window and are live: the
+// run-create entry records the pipeline's watermark as where the run
+// starts (runState.Since), the FSM refuses a second run while one is in
+// flight, the source's Plan gets that position and returns the one the
+// run reaches (recorded by the run-planned entry), and the commit appends
+// the run's output (connectors.ModeAppend without a Window: exactly once)
+// and moves the watermark in the run-committed entry. A run planned again
+// plans from the same position; a failed run leaves the watermark, so the
+// next run reads the same data. A run whose plan found nothing new
+// commits without asking the sink. Explicit windows and backfills are
+// refused.
+//
 // Sinks make windows idempotent: a commit in connectors.ModeAppend
 // replaces exactly the rows of its window. Delta-column loads never see
 // hard deletes (a deleted row simply stops appearing); use CDC for them.

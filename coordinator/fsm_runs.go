@@ -25,8 +25,17 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		return s.windowRun(p, c)
 	}
 	if c.Compact {
-		if c.Window != nil || c.Snapshot || p.Spec.Streamed() {
+		if c.Window != nil || c.Live || c.Snapshot || p.Spec.Streamed() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a compaction of a %s pipeline's dataset runs without a window or a snapshot", c.Pipeline, p.Spec.Pattern)
+		}
+	} else if p.Spec.Pattern == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
+		// A run by position plans from the watermark: one at a time, so
+		// that two runs never plan from the same position.
+		if c.Window != nil || !c.Live {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a run by position (incremental.by: %s) has no window and moves the watermark", c.Pipeline, p.Spec.Incremental.By)
+		}
+		if r := s.liveRun(c.Pipeline); r != nil {
+			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading: an incremental pipeline loads one run at a time (the next starts from the position it reaches)", r.ID, c.Pipeline)
 		}
 	} else if p.Spec.Pattern == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
@@ -109,6 +118,10 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 			settings = *p.Spec.Compact
 		}
 		r.Compact = &settings
+	} else if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
+		// A run by position: it plans from the watermark and its commit
+		// moves the watermark to where its plan reaches.
+		r.Live, r.Since = true, p.Watermark
 	}
 	if c.Window != nil {
 		w := *c.Window
@@ -318,6 +331,10 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 		// newer version.
 		if r.Version > p.Version {
 			p.Version = r.Version
+			// A run without a window moves the watermark to where its
+			// plan reached (a run by position, or a full load whose
+			// source keeps one); a run by position is the only one of
+			// its pipeline in flight, so its version is the newest.
 			if r.Window == nil && r.Watermark != "" {
 				p.Watermark = r.Watermark
 			}

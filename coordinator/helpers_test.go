@@ -123,8 +123,10 @@ type memConnectors struct {
 	released []string
 	// versions are the kept versions by path; events the commits and
 	// exposes of every path, in order ("commit 2", "expose 1").
-	versions   map[string][]connectors.Version
-	events     []string
+	versions map[string][]connectors.Version
+	events   []string
+	// records is how many records the log possrc reads holds.
+	records    int
 	exposeGate chan struct{}
 	exposing   chan int64
 }
@@ -165,7 +167,13 @@ func (m *memConnectors) registry() *connectors.Registry {
 		},
 	})
 	reg.Register(connectors.Connector{
-		Kind: "memsink",
+		Kind:      "possrc",
+		Source:    func(_ context.Context, cfg json.RawMessage) (connectors.Source, error) { return newPosSource(cfg, m) },
+		Positions: &connectors.Positions{Name: "offset"},
+	})
+	reg.Register(connectors.Connector{
+		Kind:        "memsink",
+		SinkAppends: true,
 		Sink: func(_ context.Context, cfg json.RawMessage) (connectors.Sink, error) {
 			var c memConfig
 			if err := json.Unmarshal(cfg, &c); err != nil {

@@ -41,12 +41,16 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
-	if ok {
+	switch {
+	case r.positioned():
+		// The position the run was created at: every attempt plans from it.
+		watermark = r.Since
+	case ok:
 		watermark = p.Watermark
 	}
 	req := connectors.PlanRequest{
 		RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
-		Watermark: watermark, Partitioning: r.Partitioning,
+		Watermark: watermark, ByPosition: r.positioned(), Partitioning: r.Partitioning,
 		Window: r.Window, DeltaColumn: r.DeltaColumn,
 	}
 	rctx := runContext(ctx, r)

@@ -235,6 +235,10 @@ type runState struct {
 	DeltaColumn string           `json:"delta_column,omitempty"`
 	Live        bool             `json:"live,omitempty"`
 	Backfill    string           `json:"backfill,omitempty"`
+	// Since is where a run by position (a live incremental run without a
+	// window) plans from: the pipeline's watermark when the run was
+	// created; Watermark is where its plan reaches.
+	Since string `json:"since,omitempty"`
 	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
 	// and ready_check. WaitingFor is what a waiting run waits for (a
 	// partition's path), WaitingSince when it started waiting: the ready
@@ -306,6 +310,12 @@ func (r *runState) checksum() connectors.Checksum {
 		sum.Merge(t.checksum())
 	}
 	return sum
+}
+
+// positioned reports whether r is a run by position: a live incremental
+// run without a window, planned from Since.
+func (r *runState) positioned() bool {
+	return r.Pattern == protocol.PatternIncremental && r.Window == nil && r.Live
 }
 
 // attempt returns the number of r's current attempt.

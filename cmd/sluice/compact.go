@@ -2,60 +2,87 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
-	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// runCompact compacts a dataset through the cluster: a run of a compact
+// newCompactCmd compacts a dataset through the cluster: a run of a compact
 // pipeline, or a compaction of the dataset another pipeline writes. With
 // --dry-run the leader only plans it and the groups are listed.
-func runCompact(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	flags := newFlagSet("compact", "compact <pipeline> [--dry-run] [--no-wait]", stderr)
-	var cf clientFlags
-	cf.register(flags)
-	dry := flags.Bool("dry-run", false, "list the rewrite groups the compaction would have, change nothing")
-	noWait := flags.Bool("no-wait", false, "return once the compaction is planned")
-	name, err := parseNamed(flags, args, "compact")
+func newCompactCmd() *cobra.Command {
+	var (
+		cf     clientFlags
+		dry    bool
+		noWait bool
+	)
+	cmd := &cobra.Command{
+		Use:   "compact <pipeline> [--dry-run] [--no-wait]",
+		Short: "rewrite a dataset's small files into fewer, larger ones",
+		Example: `  sluice compact events-compact --dry-run
+  sluice compact events-full`,
+		Args:              pipelineArg("pipeline"),
+		ValidArgsFunction: completePipelines(&cf),
+	}
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return runCompact(cmd.Context(), &cf, out, args[0], dry, noWait, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	}
+	fs := cmd.Flags()
+	cf.register(fs)
+	fs.BoolVar(&dry, "dry-run", false, "list the rewrite groups the compaction would have, change nothing")
+	fs.BoolVar(&noWait, "no-wait", false, "return once the compaction is planned")
+	return cmd
+}
+
+// runCompact asks for the compaction and, unless noWait, follows it to its
+// end. With -o json it prints the dry run's reply, or the run's last
+// status, as JSON (progress on stderr).
+func runCompact(ctx context.Context, cf *clientFlags, out *outputFlag, name string, dry, noWait bool, stdout, stderr io.Writer) error {
+	cl, err := cf.connect("sluice-compact", stderr)
 	if err != nil {
 		return err
 	}
-	nc, err := cf.connect("sluice-compact")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	c := coordinator.NewClient(nc)
+	defer cl.Close()
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	res, err := c.Compact(rctx, protocol.CompactRequest{Pipeline: name, DryRun: *dry})
+	res, err := cl.client.Compact(rctx, protocol.CompactRequest{Pipeline: name, DryRun: dry})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("compact %s: %w", name, err)
 	}
-	if *dry {
-		printGroups(stdout, res)
-		return nil
+	if dry || noWait || len(res.Groups) == 0 && res.RunID == "" {
+		return out.print(stdout, res, func(w io.Writer) {
+			if dry {
+				printGroups(w, res)
+			} else {
+				fmt.Fprintf(w, "compaction %s started: %d rewrite groups\n", res.RunID, len(res.Groups))
+			}
+		})
 	}
-	fmt.Fprintf(stdout, "compaction %s started: %d rewrite groups\n", res.RunID, len(res.Groups))
-	if *noWait || len(res.Groups) == 0 && res.RunID == "" {
-		return nil
+	progress := stdout
+	if out.isJSON() {
+		progress = stderr
 	}
-	p := newProgress(stdout)
-	st, err := c.WaitRun(ctx, res.RunID, 250*time.Millisecond, p.update)
-	p.done()
+	fmt.Fprintf(progress, "compaction %s started: %d rewrite groups\n", res.RunID, len(res.Groups))
+	st, err := followRun(ctx, cf, cl, res.RunID, progress)
 	if err != nil {
 		return err
 	}
+	if out.isJSON() {
+		if err := printJSON(stdout, redactRun(st)); err != nil {
+			return err
+		}
+	}
 	if st.State != protocol.RunCommitted {
 		return fmt.Errorf("compaction %s %s: %s", st.RunID, st.State, st.Error)
+	}
+	if out.isJSON() {
+		return nil
 	}
 	fmt.Fprintf(stdout, "compaction %s committed: %d groups, %d rows rewritten into %s\n  data: %s\n", st.RunID, st.Tasks, st.Rows, humanBytes(st.Bytes), st.Location)
 	return nil
@@ -82,36 +109,37 @@ func printGroups(w io.Writer, res protocol.CompactReply) {
 	tw.Flush()
 }
 
-// runVacuum asks the leader to vacuum a pipeline's dataset: what
+// newVacuumCmd asks the leader to vacuum a pipeline's dataset: what
 // compactions replaced and what failed runs left, beyond the retention and
 // outside the rollback window. --dry-run lists what would go, with sizes.
-func runVacuum(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	flags := newFlagSet("vacuum", "vacuum <pipeline> [--dry-run] [--json]", stderr)
-	var cf clientFlags
-	cf.register(flags)
-	dry := flags.Bool("dry-run", false, "list what would be removed, with sizes; remove nothing")
-	asJSON := flags.Bool("json", false, "print the reply as JSON")
-	cf.timeout = 10 * time.Minute
-	name, err := parseNamed(flags, args, "vacuum")
-	if err != nil {
-		return err
+func newVacuumCmd() *cobra.Command {
+	var (
+		cf  clientFlags
+		dry bool
+	)
+	cmd := &cobra.Command{
+		Use:               "vacuum <pipeline> [--dry-run]",
+		Short:             "remove what compactions replaced and failed runs left, outside the rollback window",
+		Args:              pipelineArg("pipeline"),
+		ValidArgsFunction: completePipelines(&cf),
 	}
-	nc, err := cf.connect("sluice-vacuum")
-	if err != nil {
-		return err
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+			res, err := cl.client.Vacuum(ctx, protocol.VacuumRequest{Pipeline: args[0], DryRun: dry})
+			if err != nil {
+				return fmt.Errorf("vacuum %s: %w", args[0], err)
+			}
+			return out.print(cmd.OutOrStdout(), res, func(w io.Writer) { printVacuum(w, res) })
+		})
 	}
-	defer nc.Close()
-	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	res, err := coordinator.NewClient(nc).Vacuum(rctx, protocol.VacuumRequest{Pipeline: name, DryRun: *dry})
-	if err != nil {
-		return fmt.Errorf("vacuum %s: %w", name, err)
-	}
-	if *asJSON {
-		return printJSON(stdout, res)
-	}
-	printVacuum(stdout, res)
-	return nil
+	fs := cmd.Flags()
+	cf.register(fs)
+	fs.BoolVar(&dry, "dry-run", false, "list what would be removed, with sizes; remove nothing")
+	// A vacuum of a large dataset lists and deletes for a while.
+	_ = fs.Set("timeout", "10m")
+	fs.Lookup("timeout").DefValue = "10m0s"
+	return cmd
 }
 
 // printVacuum lists what a vacuum removed, or would remove.
@@ -132,23 +160,4 @@ func printVacuum(w io.Writer, r protocol.VacuumReply) {
 	if len(r.Kept) > 0 {
 		fmt.Fprintf(w, "  rollback window (never removed): %s\n", connectors.DescribeKept(r.Kept))
 	}
-}
-
-// parseNamed parses the flags of a command that names one pipeline,
-// before or after its flags.
-func parseNamed(flags *flag.FlagSet, args []string, verb string) (string, error) {
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parse(flags, args); err != nil {
-		return "", err
-	}
-	if name == "" && flags.NArg() > 0 {
-		name = flags.Arg(0)
-	}
-	if name == "" {
-		return "", errors.New(verb + ": name the pipeline: sluice " + verb + " <pipeline>")
-	}
-	return name, nil
 }

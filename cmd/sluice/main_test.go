@@ -324,7 +324,7 @@ func TestApplyNamesEveryProblem(t *testing.T) {
 	if strings.Contains(err.Error(), "connect") {
 		t.Errorf("apply tried to connect before every spec was valid: %v", err)
 	}
-	specs, err := loadSpecs([]string{good}, newRegistry(), io.Discard)
+	specs, err := loadSpecs([]string{good}, newRegistry(), nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +341,7 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 	if err != nil || len(paths) < 3 {
 		t.Fatalf("examples: %v %v", paths, err)
 	}
-	if _, err := loadSpecs(paths, newRegistry(), io.Discard); err != nil {
+	if _, err := loadSpecs(paths, newRegistry(), nil, io.Discard); err != nil {
 		t.Fatalf("the examples do not load: %v", err)
 	}
 	dir := t.TempDir()
@@ -351,13 +351,17 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
-		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [files latest postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files latest postgres])`},
+		// The kinds of the cluster's own snapshot runs are neither offered
+		// nor taken.
+		{"name: a\npattern: full_load\nsource: {kind: postgres_cdc_snapshot}\nsink: {kind: files, path: out}\n", `source.kind: connector "postgres_cdc_snapshot" cannot be a source (kinds: [files iceberg postgres])`},
+		{"name: a\npattern: full_load\nsource: {kind: files, path: in}\nsink: {kind: nowhere}\n", `sink.kind: connector "nowhere" cannot be a sink (kinds: [clickhouse files iceberg postgres])`},
 	} {
 		p := filepath.Join(dir, "bad.yaml")
 		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := loadSpecs([]string{p}, newRegistry(), io.Discard)
+		_, err := loadSpecs([]string{p}, newRegistry(), nil, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
 		}

@@ -43,8 +43,8 @@ type stagedFile struct {
 	Bytes    int64  `json:"bytes"`
 }
 
-// manifestName names a rewrite task's manifest in the run's staging.
-func manifestName(task string) string { return "_" + task + ".group.json" }
+// groupManifestName names a rewrite task's manifest in the run's staging.
+func groupManifestName(task string) string { return "_" + task + ".group.json" }
 
 // Rewrite rewrites one group: it reads the group's files as the source
 // reads them and writes their rows, in their format, to the run's staging
@@ -305,7 +305,7 @@ func (s *Sink) writeManifest(ctx context.Context, t connectors.TaskRef, m groupM
 	if err != nil {
 		return "", err
 	}
-	rel := path.Join(stagingRel(t.RunID), manifestName(t.TaskID))
+	rel := path.Join(stagingRel(t.RunID), groupManifestName(t.TaskID))
 	if s.s3 != nil {
 		if err := s.s3.b.Put(ctx, s.s3.key(rel), data); err != nil {
 			return "", fmt.Errorf("write manifest: %w", err)
@@ -316,7 +316,7 @@ func (s *Sink) writeManifest(ctx context.Context, t connectors.TaskRef, m groupM
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("write manifest: %w", err)
 	}
-	if err := writeAtomic(dir, manifestName(t.TaskID), data); err != nil {
+	if err := writeAtomic(dir, groupManifestName(t.TaskID), data); err != nil {
 		return "", fmt.Errorf("write manifest: %w", err)
 	}
 	return rel, nil

@@ -58,6 +58,10 @@ type SourceConfig struct {
 	// S3 says how to reach the store of an s3:// path, where the standard
 	// AWS environment does not (see objstore.Config); never credentials.
 	S3 objstore.Config `json:"s3,omitzero"`
+	// ManifestDir is where a source read by arrival (incremental.by:
+	// modified) keeps its manifests, a directory per pipeline; empty means
+	// <Path>/_sluice/manifests (hidden from every listing).
+	ManifestDir string `json:"manifest_dir"`
 }
 
 // The readiness conventions of a partition-based source.
@@ -188,7 +192,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)}
+			return connectors.TypeError(te)
 		}
 		return &connectors.FieldError{Msg: err.Error()}
 	}
@@ -197,7 +201,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 
 func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := decodeStrict(raw, []string{"format", "glob", "layout", "path", "ready", "s3"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "glob", "layout", "manifest_dir", "path", "ready", "s3"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -262,8 +266,10 @@ func Register(reg *connectors.Registry) {
 		},
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
+		SinkAppends:      true,
 		SourcePartitions: PartitionSize,
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		ValidateDataset:  ValidateSink,
 	})
 }

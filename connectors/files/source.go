@@ -46,6 +46,8 @@ type Source struct {
 	// Batch sizes; tests make them small.
 	batchBytes int
 	batchRows  int64
+	// filesPerRun, when positive, replaces maxFilesPerRun (tests).
+	filesPerRun int
 }
 
 var _ connectors.Source = (*Source)(nil)
@@ -126,7 +128,9 @@ type fileRef struct {
 // with a window (an incremental run of a source with a layout) it lists
 // the window's time partition only; a partition directory that does not
 // exist (an hour without data, under the next-partition convention) plans
-// no task. ctx bounds the listing.
+// no task. A run by position (incremental.by: modified) lists the files
+// new or changed since its watermark, oldest first (see arrivals). ctx
+// bounds the listing.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	root := s.path()
 	if req.Window != nil {
@@ -147,6 +151,13 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	base, files, format, err := s.list(ctx, root)
 	if err != nil {
 		return connectors.Plan{}, err
+	}
+	var watermark string
+	if req.ByPosition {
+		// By arrival: the files new or changed since the watermark.
+		if files, watermark, err = s.arrivals(ctx, req, base, files); err != nil {
+			return connectors.Plan{}, err
+		}
 	}
 	target := req.Partitioning.TargetBytes
 	if target <= 0 {
@@ -203,7 +214,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	if err := flush(len(files)); err != nil {
 		return connectors.Plan{}, err
 	}
-	return connectors.Plan{Partitions: parts}, nil
+	return connectors.Plan{Partitions: parts, Watermark: watermark}, nil
 }
 
 // list returns the resolved base directory (or s3:// URL), the selected

@@ -18,6 +18,12 @@
 // (a tombstone: op delete, the key in before), with the header Sluice-Op.
 // A truncate purges the table's subjects. An update that changes the key
 // writes a tombstone on the old key's subject and the row on the new one.
+// A table's snapshot event (protocol.OpSnapshot at position L) of a later
+// position than the table's last one starts the table over: its subjects
+// are purged, and the snapshot's read events (at L) write its rows again;
+// the marker again (each chunk of a snapshot sends it), an earlier one, or
+// a read event of an earlier snapshot (a failed attempt's) change nothing.
+// Each table's last snapshot position is kept with the applied position.
 //
 // Subjects: each key column's value is one token (Token: letters, digits,
 // '-' and '_' as they are, every other byte as %XX; "%" the empty string,
@@ -29,8 +35,8 @@
 // columns cannot be compacted by key: its events fail the apply.
 //
 // Exactly once in effect: a batch's row messages are published (and
-// acknowledged) before its last stream sequence is written on the
-// _applied subject; a batch applied again after a crash publishes the
+// acknowledged) before its last stream sequence (and the tables' snapshot
+// positions, as JSON: position) is written on the _applied subject; a batch applied again after a crash publishes the
 // same rows again, in order, so the latest state ends the same (a reader
 // may meanwhile see a row go back to a state of the batch and forward
 // again).
@@ -42,7 +48,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -139,33 +144,51 @@ func NewApplier(ctx context.Context, js jetstream.JetStream, upstream, pipeline 
 	return &Applier{js: js, stream: s, upstream: upstream, pipeline: pipeline, log: log}, nil
 }
 
-// Applied returns the sequence on the pipeline's _applied subject.
-func (a *Applier) Applied(ctx context.Context) (uint64, error) {
+// position is the message on the pipeline's _applied subject: the last
+// stream sequence applied, and the position of each table's last snapshot
+// (by the table's subject, TableSubject).
+type position struct {
+	Applied   uint64            `json:"applied"`
+	Snapshots map[string]uint64 `json:"snapshots,omitempty"`
+}
+
+// position reads the pipeline's position; the zero one when none is
+// written.
+func (a *Applier) position(ctx context.Context) (position, error) {
+	var p position
 	m, err := a.stream.GetLastMsgForSubject(ctx, offsetSubject(a.upstream, a.pipeline))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+		return p, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("latest: read applied position: %w", err)
+		return p, fmt.Errorf("latest: read applied position: %w", err)
 	}
-	seq, err := strconv.ParseUint(strings.TrimSpace(string(m.Data)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("latest: applied position %q: %w", m.Data, err)
+	if err := json.Unmarshal(m.Data, &p); err != nil {
+		return p, fmt.Errorf("latest: applied position %q: %w", m.Data, err)
 	}
-	return seq, nil
+	return p, nil
+}
+
+// Applied returns the sequence on the pipeline's _applied subject.
+func (a *Applier) Applied(ctx context.Context) (uint64, error) {
+	p, err := a.position(ctx)
+	return p.Applied, err
 }
 
 // Apply writes the events after the applied position: each row's new
 // state (or tombstone) on its subject, in order, then the position.
 func (a *Applier) Apply(ctx context.Context, events []connectors.Event) error {
-	applied, err := a.Applied(ctx)
+	pos, err := a.position(ctx)
 	if err != nil {
 		return err
 	}
-	if events = connectors.EventsAfter(events, applied); len(events) == 0 {
+	if events = connectors.EventsAfter(events, pos.Applied); len(events) == 0 {
 		return nil
 	}
-	b := batch{a: a, rows: map[string]protocol.Row{}}
+	if pos.Snapshots == nil {
+		pos.Snapshots = map[string]uint64{}
+	}
+	b := batch{a: a, rows: map[string]protocol.Row{}, snapshots: pos.Snapshots}
 	for _, ev := range events {
 		if err := b.apply(ctx, ev.ChangeEvent); err != nil {
 			return fmt.Errorf("latest: event %d (%s %s.%s): %w", ev.Seq, ev.Op, ev.Schema, ev.Table, err)
@@ -174,9 +197,13 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) error {
 	if err := b.flush(ctx); err != nil {
 		return err
 	}
-	last := events[len(events)-1].Seq
-	if _, err := a.js.Publish(ctx, offsetSubject(a.upstream, a.pipeline), []byte(strconv.FormatUint(last, 10))); err != nil {
-		return fmt.Errorf("latest: write applied position %d: %w", last, err)
+	pos.Applied = events[len(events)-1].Seq
+	data, err := json.Marshal(pos)
+	if err != nil {
+		return err
+	}
+	if _, err := a.js.Publish(ctx, offsetSubject(a.upstream, a.pipeline), data); err != nil {
+		return fmt.Errorf("latest: write applied position %d: %w", pos.Applied, err)
 	}
 	return nil
 }
@@ -184,28 +211,38 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) error {
 // Close releases nothing: the JetStream connection is the worker's.
 func (a *Applier) Close() error { return nil }
 
-// batch is one Apply: the publications in flight, and the rows written
-// in it by subject (for an unchanged TOAST value of a later update).
+// batch is one Apply: the publications in flight, the rows written in it
+// by subject (for an unchanged TOAST value of a later update), and the
+// position of each table's last snapshot.
 type batch struct {
-	a        *Applier
-	inFlight []jetstream.PubAckFuture
-	rows     map[string]protocol.Row
+	a         *Applier
+	inFlight  []jetstream.PubAckFuture
+	rows      map[string]protocol.Row
+	snapshots map[string]uint64
 }
 
 func (b *batch) apply(ctx context.Context, ev protocol.ChangeEvent) error {
 	a := b.a
 	switch ev.Op {
 	case protocol.OpTruncate:
-		if err := b.flush(ctx); err != nil {
-			return err
+		return b.purge(ctx, ev)
+	case protocol.OpSnapshot, protocol.OpRead:
+		lsn, err := protocol.ParseLSN(ev.LSN)
+		if err != nil {
+			return connectors.Permanent(err)
 		}
-		prefix := TableSubject(a.upstream, ev.Schema, ev.Table)
-		for s := range b.rows {
-			if strings.HasPrefix(s, prefix+".") {
-				delete(b.rows, s)
+		table := TableSubject(a.upstream, ev.Schema, ev.Table)
+		last := b.snapshots[table]
+		if ev.Op == protocol.OpRead && lsn < last {
+			return nil // a row of an earlier, superseded snapshot
+		}
+		if ev.Op == protocol.OpSnapshot {
+			if lsn <= last {
+				return nil // the marker again, or an earlier snapshot's
 			}
+			b.snapshots[table] = lsn
+			return b.purge(ctx, ev)
 		}
-		return a.stream.Purge(ctx, jetstream.WithPurgeSubject(prefix+".>"))
 	case protocol.OpDelete:
 		subj, err := rowSubject(a.upstream, ev, ev.Before)
 		if err != nil {
@@ -213,7 +250,7 @@ func (b *batch) apply(ctx context.Context, ev protocol.ChangeEvent) error {
 		}
 		delete(b.rows, subj)
 		return b.publish(ctx, subj, ev)
-	case protocol.OpInsert, protocol.OpUpdate, protocol.OpRead:
+	case protocol.OpInsert, protocol.OpUpdate:
 	default:
 		return connectors.Permanent(fmt.Errorf("unknown operation %q", ev.Op))
 	}
@@ -253,6 +290,25 @@ func (b *batch) apply(ctx context.Context, ev protocol.ChangeEvent) error {
 	ev.After = row
 	b.rows[subj] = row
 	return b.publish(ctx, subj, ev)
+}
+
+// purge removes every row of the event's table: its subjects in the
+// stream, once the publications in flight are stored, and its rows of
+// the batch.
+func (b *batch) purge(ctx context.Context, ev protocol.ChangeEvent) error {
+	if err := b.flush(ctx); err != nil {
+		return err
+	}
+	prefix := TableSubject(b.a.upstream, ev.Schema, ev.Table)
+	for s := range b.rows {
+		if strings.HasPrefix(s, prefix+".") {
+			delete(b.rows, s)
+		}
+	}
+	if err := b.a.stream.Purge(ctx, jetstream.WithPurgeSubject(prefix+".>")); err != nil {
+		return fmt.Errorf("purge %s: %w", prefix, err)
+	}
+	return nil
 }
 
 // previous returns the latest state of the row on subj: written in this

@@ -170,6 +170,75 @@ func TestApplierKeepsLatestState(t *testing.T) {
 	}
 }
 
+// A table's snapshot starts it over: the rows it held before (a tombstone
+// too) go, the snapshot's rows stay, in whichever batches its marker and
+// rows come; its marker again, and reads of an earlier, failed attempt's
+// snapshot, change nothing; other tables keep their rows.
+func TestApplierSnapshot(t *testing.T) {
+	js := cdctest.StartJS(t)
+	ids := func(up, table string) []string {
+		var out []string
+		for subj, r := range state(t, js, up) {
+			if strings.HasPrefix(subj, TableSubject(up, "src", table)+".") {
+				out = append(out, r["id"].Text)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	events := conformance.ChangeEvents()
+	// One batch per message, and all in one: the same rows of b.
+	for _, batches := range [][][]connectors.Event{{events}, splitMessages(events)} {
+		up := fmt.Sprintf("up%d", len(batches))
+		a, err := NewApplier(t.Context(), js, up, "apply", Config{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range batches {
+			if err := a.Apply(t.Context(), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, want := ids(up, "b"), []string{"1", "10", "11", "12", "3", "6", "7", "8", "9"}; !slices.Equal(got, want) {
+			t.Errorf("%d batches: b holds %q, want %q (5, written before the snapshot, gone)", len(batches), got, want)
+		}
+		if got := state(t, js, up)[Subject(up, "src", "b", []protocol.Value{protocol.Text("1")})]["v"]; got != protocol.Text("snapshot") {
+			t.Errorf("%d batches: b's row 1 is %v, want the snapshot's", len(batches), got)
+		}
+		if got := ids(up, "a"); len(got) != 13 {
+			t.Errorf("%d batches: a holds %q, want 13 rows", len(batches), got)
+		}
+	}
+	// An earlier attempt's reads, and its marker, after the snapshot.
+	a, err := NewApplier(t.Context(), js, "up1", "apply", Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := events[len(events)-1].Seq
+	early := protocol.ChangeEvent{Pipeline: "up", Schema: "src", Table: "b", Key: []string{"id"}, LSN: "0/1", CommitLSN: "0/1",
+		Op: protocol.OpSnapshot}
+	read := early
+	read.Op, read.After = protocol.OpRead, protocol.Row{"id": protocol.Text("99"), "v": protocol.Text("old attempt")}
+	if err := a.Apply(t.Context(), []connectors.Event{{Seq: last + 1, ChangeEvent: early}, {Seq: last + 2, ChangeEvent: read}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids("up1", "b"); len(got) != 9 || slices.Contains(got, "99") {
+		t.Errorf("after an earlier attempt's marker and read b holds %q", got)
+	}
+}
+
+// splitMessages returns one batch per message (Seq) of events.
+func splitMessages(events []connectors.Event) [][]connectors.Event {
+	var out [][]connectors.Event
+	for i, e := range events {
+		if i == 0 || e.Seq != events[i-1].Seq {
+			out = append(out, nil)
+		}
+		out[len(out)-1] = append(out[len(out)-1], e)
+	}
+	return out
+}
+
 // The latest-state Applier passes the applier conformance suite: its dump
 // is every subject's message (a row's state or tombstone).
 func TestApplierConformance(t *testing.T) {

@@ -220,7 +220,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	plan := connectors.Plan{}
-	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	n := int64(len(specs))
@@ -905,7 +905,7 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
 	plan := connectors.Plan{}
-	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
 	n := int64(len(specs))
