@@ -8,7 +8,7 @@
 //	    commit (the rewrite swapped in as the exposed version)
 //	(b) the limit: read every file and write the same rows once, in one
 //	    goroutine, with the same libraries (arrow-go's Parquet reader and
-//	    pqarrow writer, zstd, the sink's writer settings)
+//	    pqarrow writer, the sink's writer settings: files.ParquetProperties)
 //	(c) a reader reading every row of the exposed version, before (the
 //	    small files) and after (the compacted files)
 //
@@ -40,8 +40,6 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/apache/arrow-go/v18/parquet"
-	"github.com/apache/arrow-go/v18/parquet/compress"
 	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"go.opentelemetry.io/otel/trace/noop"
@@ -347,7 +345,6 @@ func (b *bench) limit(context.Context, *devcluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	props := parquet.NewWriterProperties(parquet.WithCompression(compress.Codecs.Zstd), parquet.WithMaxRowGroupLength(1<<20))
 	var fw *pqarrow.FileWriter
 	var rows int64
 	for _, p := range paths {
@@ -355,7 +352,11 @@ func (b *bench) limit(context.Context, *devcluster.Cluster) error {
 			if fw == nil {
 				// The writer closes what it writes to: the file is synced
 				// and closed here, as the sink does.
-				if fw, err = pqarrow.NewFileWriter(rec.Schema(), struct{ io.Writer }{f}, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())); err != nil {
+				props, arrp, err := files.ParquetProperties(rec, nil)
+				if err != nil {
+					return err
+				}
+				if fw, err = pqarrow.NewFileWriter(rec.Schema(), struct{ io.Writer }{f}, props, arrp); err != nil {
 					return err
 				}
 			}
