@@ -23,8 +23,9 @@ import (
 // sluice compact and sluice vacuum on the dataset of a full load that
 // wrote one small file per task: the dry run lists the group and changes
 // nothing (as a table and as JSON); the compaction commits, and the
-// exposed version then holds the same rows in one file; the vacuum's dry
-// run keeps the rollback window; a missing pipeline name is a usage error.
+// exposed version then holds the same rows in one file; apply --check of a
+// compact pipeline checks its dataset; the vacuum's dry run keeps the
+// rollback window; a missing pipeline name is a usage error.
 func TestCompactAndVacuumCLI(t *testing.T) {
 	root := t.TempDir()
 	in := filepath.Join(root, "in")
@@ -109,6 +110,24 @@ func TestCompactAndVacuumCLI(t *testing.T) {
 		}
 		if cur == loaded || got != src || dataFiles(cur) != 1 {
 			t.Errorf("after the compaction %s holds %d files, %d rows %s; want one file of the source's %d rows %s", cur, dataFiles(cur), got.Rows, got, src.Rows, src)
+		}
+
+		// A compact pipeline of the dataset: apply --check looks at its
+		// dataset, and refuses one that is not a directory.
+		compactSpec := filepath.Join(root, "compact.yaml")
+		if err := os.WriteFile(compactSpec, fmt.Appendf(nil, "name: events-compact\npattern: compact\ndataset: {kind: files, path: %s, format: jsonl}\n", out), 0o644); err != nil {
+			return err
+		}
+		stdout, err = cli(ctx, c.NATSURL, "apply", "-f", compactSpec, "--check")
+		if err != nil || !strings.Contains(stdout, "events-compact: checked dataset: ") {
+			t.Errorf("apply --check of a compact pipeline: %v\n%s", err, stdout)
+		}
+		notDir := filepath.Join(root, "bad.yaml")
+		if err := os.WriteFile(notDir, fmt.Appendf(nil, "name: bad-compact\npattern: compact\ndataset: {kind: files, path: %s, format: jsonl}\n", specPath), 0o644); err != nil {
+			return err
+		}
+		if _, err := cli(ctx, c.NATSURL, "apply", "-f", notDir, "--check"); err == nil || !strings.Contains(err.Error(), "dataset") {
+			t.Errorf("apply --check of a compact pipeline whose dataset is a file: %v; want a problem naming dataset", err)
 		}
 
 		stdout, err = cli(ctx, c.NATSURL, "vacuum", "events", "--dry-run", "-o", "json")
