@@ -495,3 +495,43 @@ func TestCompactParquetSchemas(t *testing.T) {
 		t.Errorf("compacted: %d rows, %v", got.Rows, err)
 	}
 }
+
+// A dataset of runs appended without a window (runs by position): a
+// vacuum removes a commit's build of a run that is not in flight and keeps
+// one of a run in flight; the runs' directories are never removed, and a
+// compaction leaves them as they are.
+func TestVacuumAppendedRuns(t *testing.T) {
+	ctx := context.Background()
+	s := newSink(t, false, SinkConfig{})
+	outs, want := stageTasks(t, s, "pos-1", 3, func(i int) string { return jsonlRows(i*4, 4) })
+	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "pos-1", Mode: connectors.ModeAppend, Tasks: outs}); err != nil {
+		t.Fatal(err)
+	}
+	for _, run := range []string{"pos-2", "pos-3"} {
+		if err := os.MkdirAll(filepath.Join(s.root, "."+RunDir(run)+".building"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	active := func(context.Context) ([]string, error) { return []string{"pos-3"}, nil }
+	rep, err := s.Vacuum(ctx, connectors.VacuumRequest{Settings: connectors.CompactSettings{}.WithDefaults(), Now: time.Now(), Active: active})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var removed []string
+	for _, it := range rep.Removed {
+		removed = append(removed, filepath.Base(it.Path))
+	}
+	if want := []string{".run=pos-2.building"}; !slices.Equal(removed, want) {
+		t.Errorf("vacuum removed %v, want %v", removed, want)
+	}
+	if _, err := os.Stat(filepath.Join(s.root, ".run=pos-3.building")); err != nil {
+		t.Errorf("the build of the run in flight: %v", err)
+	}
+	plan, _ := compactNow(t, s, "compact-1", connectors.CompactSettings{}, time.Now())
+	if len(plan.Groups) != 0 {
+		t.Errorf("a compaction planned %d groups in appended runs", len(plan.Groups))
+	}
+	if got, err := ReadChecksum(filepath.Join(s.root, RunDir("pos-1")), "jsonl"); err != nil || got != want {
+		t.Errorf("the appended run after vacuum and compaction: %d rows %v, want %d", got.Rows, err, want.Rows)
+	}
+}

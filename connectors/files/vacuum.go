@@ -264,10 +264,14 @@ func (s *Sink) localLeftovers(ctx context.Context, dirs []string, old func(time.
 }
 
 // buildingRun returns the run whose commit builds the hidden directory
-// .<base>.building: a compaction's rewrite of a version (v<N>_<run>), or a
-// window's or an hour's (<name>.<run>: run names hold no dot); anyRun for
-// a version's commit, whose run is not in the name.
+// .<base>.building: a compaction's rewrite of a version (v<N>_<run>), a
+// window's or an hour's (<name>.<run>: run names hold no dot), or a run
+// appended without a window (run=<run>); anyRun for a version's commit,
+// whose run is not in the name.
 func buildingRun(base string) string {
+	if run, ok := parseRunDir(base); ok {
+		return run
+	}
 	if d, ok := parseVersionDir(base); ok {
 		if d.run == "" {
 			return anyRun
