@@ -269,7 +269,7 @@ func (s *Sink) localLeftovers(ctx context.Context, dirs []string, old func(time.
 // appended without a window (run=<run>); anyRun for a version's commit,
 // whose run is not in the name.
 func buildingRun(base string) string {
-	if run, ok := parseRunDir(base); ok {
+	if run, ok := parseRunDir(base); ok && !strings.Contains(run, ".") {
 		return run
 	}
 	if d, ok := parseVersionDir(base); ok {
