@@ -71,6 +71,7 @@ var rules = []rule{
 	{pkg: "bench/contract", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
+	{pkg: "bench/compact", wiring: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 

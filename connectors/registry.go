@@ -53,6 +53,9 @@ const (
 	RoleCDCSource Role = "cdc source"
 	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
 	RoleCDCTarget Role = "cdc target"
+	// RoleDataset is the dataset of a compact pipeline: the sink of a
+	// kind whose sinks compact what they write (Compactor).
+	RoleDataset Role = "compacted dataset"
 )
 
 // NewRegistry returns an empty registry.
@@ -104,6 +107,10 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// ValidateDataset, when set, says that the kind's sinks compact their
+	// datasets (they implement Compactor): a compact pipeline may name
+	// one as its dataset, a sink configuration this checks without I/O.
+	ValidateDataset Validator
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -191,6 +198,10 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.ValidateDataset != nil {
+		add(RoleDataset, c.ValidateDataset)
 		parts++
 	}
 	if parts == 0 {
@@ -305,6 +316,9 @@ func (r *Registry) Has(kind string, role Role) bool {
 		return e.cdc != nil && e.cdc.Open != nil
 	case RoleCDCTarget:
 		return e.target != nil && e.target.Open != nil
+	case RoleDataset:
+		_, ok := e.validators[RoleDataset]
+		return ok && e.sink != nil
 	}
 	return false
 }

@@ -200,6 +200,16 @@ type BatchSizer interface {
 	BatchSize() (events int, wait time.Duration)
 }
 
+// EventsAfter returns events without those of messages already applied:
+// the leading events with Seq <= applied (a batch delivered again, whole
+// or in part).
+func EventsAfter(events []Event, applied uint64) []Event {
+	for len(events) > 0 && events[0].Seq <= applied {
+		events = events[1:]
+	}
+	return events
+}
+
 // TableReporter is implemented by an Applier that stops applying one
 // source table after a permanent error on it while it goes on with the
 // others, and by a Stream that reports tables in another state than

@@ -72,7 +72,7 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	if _, err := c.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish run event: %w", err)
 	}
-	if r.State == protocol.RunCommitted {
+	if r.State == protocol.RunCommitted && !t.oneOffCompaction(r) {
 		if err := t.startDownstream(ctx, log, r); err != nil {
 			return err
 		}

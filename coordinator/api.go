@@ -95,6 +95,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiRollback(ctx, m.Data)
 	case protocol.VerbPipelineGet:
 		reply, err = t.apiPipelineGet(m.Data)
+	case protocol.VerbCompact:
+		reply, err = t.apiCompact(ctx, m.Data)
+	case protocol.VerbVacuum:
+		reply, err = t.apiVacuum(ctx, m.Data)
 	default:
 		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}

@@ -40,6 +40,9 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 		sides = []side{{"source", spec.Source, connectors.RoleCDCSource}}
 	case protocol.PatternCDCApply:
 		sides = []side{{"sink", spec.Sink, connectors.RoleCDCTarget}}
+	case protocol.PatternCompact:
+		// The dataset a compact pipeline rewrites in place: its sink.
+		sides = []side{{"dataset", spec.Sink, connectors.RoleSink}}
 	default:
 		sides = []side{{"source", spec.Source, connectors.RoleSource}, {"sink", spec.Sink, connectors.RoleSink}}
 	}

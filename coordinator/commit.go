@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -67,6 +68,10 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 					log.Warn("close sink after commit", "err", err)
 				}
 			}()
+			defer t.datasetLock(sink)()
+			if r.Pattern == protocol.PatternCompact {
+				return t.commitCompaction(cctx, log, r, sink)
+			}
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
@@ -74,6 +79,9 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 				return err
 			}
 			log.Info("run committed", "version", r.Version, "location", res.Location)
+			if r.Pattern == protocol.PatternCompact {
+				t.afterCompaction(ctx, log, r)
+			}
 			return nil
 		}
 		if ctx.Err() != nil {

@@ -24,7 +24,11 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if c.Backfill != "" {
 		return s.windowRun(p, c)
 	}
-	if p.Spec.RunPattern() == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
+	if c.Compact {
+		if c.Window != nil || c.Live || c.Snapshot || p.Spec.Streamed() {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a compaction of a %s pipeline's dataset runs without a window or a snapshot", c.Pipeline, p.Spec.Pattern)
+		}
+	} else if p.Spec.RunPattern() == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
 		// A run by position plans from the watermark: one at a time, so
 		// that two runs never plan from the same position.
 		if c.Window != nil || !c.Live {
@@ -106,7 +110,16 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	if r.Backoff == 0 {
 		r.Backoff = c.Backoff
 	}
-	if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
+	if c.Compact || p.Spec.Pattern == protocol.PatternCompact {
+		// A compaction rewrites its dataset (the pipeline's sink) in
+		// place; its settings are the spec's, as they were now.
+		r.Pattern, r.Source = protocol.PatternCompact, protocol.Endpoint{}
+		settings := protocol.CompactSettings{}
+		if p.Spec.Compact != nil && !c.Compact {
+			settings = *p.Spec.Compact
+		}
+		r.Compact = &settings
+	} else if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
 		// A run by position: it plans from the watermark and its commit
 		// moves the watermark to where its plan reaches.
 		r.Live, r.Since = true, p.Watermark
@@ -291,6 +304,12 @@ func (c runCommittingCmd) applyTo(s *state) (runCommittingReply, error) {
 	if !ok {
 		return runCommittingReply{}, refuse(refusedNotFound, "commit run %q: its pipeline %q is not found", c.Run, r.Pipeline)
 	}
+	if r.Pattern == protocol.PatternCompact {
+		// A compaction rewrites the dataset's files and makes no
+		// version of it.
+		r.State = protocol.RunCommitting
+		return runCommittingReply{}, nil
+	}
 	p.VersionSeq = max(p.VersionSeq, p.Version) + 1
 	r.Version = p.VersionSeq
 	r.State = protocol.RunCommitting
@@ -307,7 +326,7 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 	r.State = protocol.RunCommitted
 	r.Location, r.Marker = c.Location, c.Marker
 	r.Finished = c.Time
-	if p, ok := s.Pipelines[r.Pipeline]; ok {
+	if p, ok := s.Pipelines[r.Pipeline]; ok && r.Pattern != protocol.PatternCompact {
 		// The version and the watermark move in the same entry
 		// (DESIGN rule 4); a run committed out of order does not hide a
 		// newer version.

@@ -36,6 +36,9 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 			return false, err
 		}
 	}
+	if r.Pattern == protocol.PatternCompact {
+		return false, t.planCompaction(ctx, log, r)
+	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
 	switch {

@@ -254,6 +254,10 @@ type runState struct {
 	// Trigger is the context of the trigger that started the run; the FSM
 	// never changes it after creation.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
+	// Compact holds the settings of a compaction run (Pattern compact),
+	// as its pipeline's spec had them when it was created (defaults not
+	// filled in).
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 
 	Planned bool `json:"planned"`
 	// Attempt numbers the run's plans: 1 (0 in a run of an earlier

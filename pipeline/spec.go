@@ -24,12 +24,14 @@ import (
 // Spec is one pipeline: what to move, from where, to where, how to bound
 // each task and when to run.
 type Spec struct {
-	Name        string                  `json:"name"`
-	Pattern     protocol.Pattern        `json:"pattern"`
-	Description string                  `json:"description,omitempty"`
-	Source      protocol.Endpoint       `json:"source"`
-	Sink        protocol.Endpoint       `json:"sink"`
-	Partition   connectors.Partitioning `json:"partitioning,omitzero"`
+	Name        string            `json:"name"`
+	Pattern     protocol.Pattern  `json:"pattern"`
+	Description string            `json:"description,omitempty"`
+	Source      protocol.Endpoint `json:"source"`
+	// Sink is where runs commit: for a compact pipeline the dataset it
+	// compacts (the spec's dataset field).
+	Sink      protocol.Endpoint       `json:"sink"`
+	Partition connectors.Partitioning `json:"partitioning,omitzero"`
 	// Schedule is a standard 5-field cron expression (minute hour
 	// day-of-month month day-of-week, UTC), a descriptor such as @hourly or
 	// @daily, or "@every <duration>"; empty means the pipeline runs only
@@ -54,6 +56,9 @@ type Spec struct {
 	// classify stops the pipeline (strict). Workers apply it between the
 	// read and the write. Nil copies everything as it is.
 	Contract *contract.Spec `json:"contract,omitempty"`
+	// Compact holds the settings of a compact pipeline (compact section);
+	// refused for every other pattern.
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -187,7 +192,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternCDCApply:    true,
 	protocol.PatternPassthrough: false,
 	protocol.PatternTransform:   true,
-	protocol.PatternCompact:     false,
+	protocol.PatternCompact:     true,
 	protocol.PatternReadiness:   false,
 	protocol.PatternTrigger:     false,
 }
@@ -302,14 +307,28 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.CDC = p.cdc(v)
 		case "contract":
 			s.Contract = p.contract(v)
+		case datasetField:
+			s.Sink = p.endpoint(datasetField, v)
+		case "compact":
+			s.Compact = p.compact(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc, contract)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract)")
 		}
 	}
-	for _, f := range []string{"name", "pattern", "source", "sink"} {
-		if f == "sink" && s.Pattern == protocol.PatternCDC {
-			continue // the SLUICE_CDC stream
+	required := []string{"name", "pattern", "source", "sink"}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		required = required[:3] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		required = []string{"name", "pattern", datasetField}
+		if k, ok := seen["sink"]; ok {
+			p.add("sink", k.Line, "a compact pipeline names the dataset it compacts under dataset, not sink")
 		}
+	}
+	if k, ok := seen[datasetField]; ok && s.Pattern != "" && s.Pattern != protocol.PatternCompact {
+		p.add(datasetField, k.Line, fmt.Sprintf("is only for pattern %s, not %s (the target of a run is its sink)", protocol.PatternCompact, s.Pattern))
+	}
+	for _, f := range required {
 		if _, ok := seen[f]; !ok {
 			p.add(f, 0, "is required")
 		}
@@ -345,11 +364,19 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	if err := CheckPattern(s.Pattern); err != nil {
 		problems = append(problems, Problem{Field: "pattern", Line: lines["pattern"], Msg: err.Error()})
 	}
-	for _, side := range []struct {
+	sides := []struct {
 		name string
 		e    protocol.Endpoint
-	}{{"source", s.Source}, {"sink", s.Sink}} {
-		if side.e.Kind == "" && !(side.name == "sink" && s.Pattern == protocol.PatternCDC) {
+	}{{"source", s.Source}, {"sink", s.Sink}}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		sides = sides[:1] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		sides = sides[1:]
+		sides[0].name = datasetField
+	}
+	for _, side := range sides {
+		if side.e.Kind == "" {
 			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
 		}
 	}
@@ -382,6 +409,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("source", s.Source, connectors.RoleCDCSource)
 	case protocol.PatternCDCApply:
 		check("sink", s.Sink, connectors.RoleCDCTarget)
+	case protocol.PatternCompact:
+		check(datasetField, s.Sink, connectors.RoleDataset)
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -395,6 +424,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	problems = append(problems, s.positionProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
 	problems = append(problems, s.contractProblems(lines, reg)...)
+	problems = append(problems, s.compactProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}

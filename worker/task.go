@@ -153,6 +153,9 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		}
 	}()
 	ctx = connectors.WithJetStream(ctx, w.js)
+	if task.Pattern == protocol.PatternCompact {
+		return w.rewrite(ctx, task, attempt)
+	}
 	src, err := w.sources.get(ctx, task.Source.Kind, task.Source.Config)
 	if err != nil {
 		return out, err
@@ -322,4 +325,22 @@ func backoff(base time.Duration, attempt int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxBackoff)
+}
+
+// rewrite runs a task of a compaction: the dataset's sink rewrites the
+// task's group into the run's staging place.
+func (w *Worker) rewrite(ctx context.Context, task protocol.Task, attempt int) (connectors.TaskOutput, error) {
+	sink, err := w.sinks.get(ctx, task.Sink.Kind, task.Sink.Config)
+	if err != nil {
+		return connectors.TaskOutput{}, err
+	}
+	cp, ok := sink.(connectors.Compactor)
+	if !ok {
+		return connectors.TaskOutput{}, connectors.Permanent(fmt.Errorf("a %s sink does not compact its dataset", task.Sink.Kind))
+	}
+	out, err := cp.Rewrite(ctx, connectors.TaskRef{RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt}, task.Partition)
+	if err != nil {
+		return out, fmt.Errorf("rewrite %s group %s: %w", task.Sink.Kind, task.Partition.Key, err)
+	}
+	return out, nil
 }
