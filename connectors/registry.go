@@ -37,6 +37,8 @@ type entry struct {
 	internal   bool
 	positions  *Positions
 	appends    bool
+	// passthrough is what the kind registered of pattern passthrough.
+	passthrough *Passthrough
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -52,6 +54,11 @@ const (
 	RoleCDCSource Role = "cdc source"
 	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
 	RoleCDCTarget Role = "cdc target"
+	// RolePassthroughSource and RolePassthroughSink are the source and
+	// sink of a passthrough pipeline (Passthrough): opened by the kind's
+	// Source and Sink factories, checked by the Passthrough validators.
+	RolePassthroughSource Role = "passthrough source"
+	RolePassthroughSink   Role = "passthrough sink"
 )
 
 // NewRegistry returns an empty registry.
@@ -97,6 +104,9 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Passthrough, when set, makes the kind the source or the sink (or
+	// both) of passthrough pipelines, which copy its units as they are.
+	Passthrough *Passthrough
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -183,6 +193,20 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.Passthrough != nil {
+		if e.passthrough != nil {
+			dup("passthrough")
+		}
+		pt := *c.Passthrough
+		e.passthrough = &pt
+		if pt.Source {
+			add(RolePassthroughSource, pick(pt.ValidateSource))
+		}
+		if pt.Sink {
+			add(RolePassthroughSink, pick(pt.ValidateSink))
+		}
 		parts++
 	}
 	if parts == 0 {
@@ -282,6 +306,10 @@ func (r *Registry) Has(kind string, role Role) bool {
 		return e.cdc != nil && e.cdc.Open != nil
 	case RoleCDCTarget:
 		return e.target != nil && e.target.Open != nil
+	case RolePassthroughSource:
+		return e.passthrough != nil && e.passthrough.Source && e.source != nil
+	case RolePassthroughSink:
+		return e.passthrough != nil && e.passthrough.Sink && e.sink != nil
 	}
 	return false
 }
@@ -446,11 +474,11 @@ func (r *Registry) Check(ctx context.Context, kind string, role Role, config jso
 		fn = e.cdc.Check
 	case RoleCDCTarget:
 		fn = e.target.Check
-	case RoleSource, RoleSink:
+	case RoleSource, RoleSink, RolePassthroughSource, RolePassthroughSink:
 		fn = func(ctx context.Context, config json.RawMessage, req CheckRequest) (string, error) {
 			var c io.Closer
 			var chk Checker
-			if role == RoleSource {
+			if role == RoleSource || role == RolePassthroughSource {
 				src, err := e.source(ctx, config)
 				if err != nil {
 					return "", err

@@ -40,6 +40,8 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 		sides = []side{{"source", spec.Source, connectors.RoleCDCSource}}
 	case protocol.PatternCDCApply:
 		sides = []side{{"sink", spec.Sink, connectors.RoleCDCTarget}}
+	case protocol.PatternPassthrough:
+		sides = []side{{"source", spec.Source, connectors.RolePassthroughSource}, {"sink", spec.Sink, connectors.RolePassthroughSink}}
 	default:
 		sides = []side{{"source", spec.Source, connectors.RoleSource}, {"sink", spec.Sink, connectors.RoleSink}}
 	}

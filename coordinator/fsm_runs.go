@@ -51,6 +51,11 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		}
 	} else if c.Window != nil {
 		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for pattern incremental", c.Pipeline)
+	} else if p.Spec.Pattern == protocol.PatternPassthrough {
+		// Each run plans from what the previous one committed.
+		if r := s.liveRun(c.Pipeline); r != nil {
+			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still copying: a passthrough pipeline copies one run at a time (the next copies what is new or changed since it)", r.ID, c.Pipeline)
+		}
 	}
 	switch {
 	case c.Snapshot:
@@ -105,9 +110,10 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	if r.Backoff == 0 {
 		r.Backoff = c.Backoff
 	}
-	if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
-		// A run by position: it plans from the watermark and its commit
-		// moves the watermark to where its plan reaches.
+	if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() || p.Spec.Pattern == protocol.PatternPassthrough {
+		// A run by position, or of a passthrough: it plans from the
+		// watermark and its commit moves the watermark to where its plan
+		// reaches.
 		r.Live, r.Since = true, p.Watermark
 	}
 	if c.Window != nil {

@@ -160,7 +160,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternIncremental: true,
 	protocol.PatternCDC:         true,
 	protocol.PatternCDCApply:    true,
-	protocol.PatternPassthrough: false,
+	protocol.PatternPassthrough: true,
 	protocol.PatternTransform:   false,
 	protocol.PatternCompact:     false,
 	protocol.PatternReadiness:   false,
@@ -355,6 +355,10 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("source", s.Source, connectors.RoleCDCSource)
 	case protocol.PatternCDCApply:
 		check("sink", s.Sink, connectors.RoleCDCTarget)
+	case protocol.PatternPassthrough:
+		check("source", s.Source, connectors.RolePassthroughSource)
+		check("sink", s.Sink, connectors.RolePassthroughSink)
+		problems = append(problems, s.unitProblems(lines, reg)...)
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -856,6 +860,26 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 		add("incremental.ready_check", "must not be negative")
 	}
 	return out
+}
+
+// unitProblems checks that the source and the sink of a passthrough
+// pipeline exchange the same units (connectors.Passthrough.Units).
+func (s Spec) unitProblems(lines lines, reg *connectors.Registry) []Problem {
+	if !reg.Has(s.Source.Kind, connectors.RolePassthroughSource) || !reg.Has(s.Sink.Kind, connectors.RolePassthroughSink) {
+		return nil // reported by the role checks
+	}
+	src, sink := reg.UnitsOf(s.Source.Kind), reg.UnitsOf(s.Sink.Kind)
+	if src == sink {
+		return nil
+	}
+	var kinds []string
+	for _, k := range reg.KindsOf(connectors.RolePassthroughSink) {
+		if reg.UnitsOf(k) == src {
+			kinds = append(kinds, k)
+		}
+	}
+	return []Problem{{Field: "sink.kind", Line: lines.nearest("sink.kind"),
+		Msg: fmt.Sprintf("a %s sink writes %s, not the %s a %s source reads: a passthrough copies as it is (sinks that can: %v)", s.Sink.Kind, sink, src, s.Source.Kind, kinds)}}
 }
 
 // positionProblems checks an incremental pipeline by position against its
