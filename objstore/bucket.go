@@ -90,9 +90,6 @@ type Object struct {
 	// ETag identifies the object's content (quoted, as the store sends
 	// it); a replaced object has another.
 	ETag string
-	// Metadata is the object's user metadata (keys lower-case), as Head
-	// returns it; listings leave it nil.
-	Metadata map[string]string
 }
 
 // classify wraps err with fs.ErrNotExist for a missing object or bucket
@@ -121,8 +118,7 @@ func (b *Bucket) Head(ctx context.Context, key string) (Object, error) {
 	if err != nil {
 		return Object{}, fmt.Errorf("head %s: %w", b.URL(key), classify(err))
 	}
-	return Object{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified), ETag: aws.ToString(out.ETag),
-		Metadata: out.Metadata}, nil
+	return Object{Key: key, Size: aws.ToInt64(out.ContentLength), ModTime: aws.ToTime(out.LastModified), ETag: aws.ToString(out.ETag)}, nil
 }
 
 // Exists reports whether the object key exists.
@@ -152,13 +148,12 @@ func (b *Bucket) Get(ctx context.Context, key string) ([]byte, error) {
 // Put writes data as the object key in one request, replacing any object
 // of that key atomically: readers see the old content or the new one.
 func (b *Bucket) Put(ctx context.Context, key string, data []byte) error {
-	return b.put(ctx, key, data, nil, nil)
+	return b.put(ctx, key, data, nil)
 }
 
-// put writes data as the object key with metadata, and Content-MD5 when
-// md5 is set.
-func (b *Bucket) put(ctx context.Context, key string, data []byte, metadata map[string]string, md5 *string) error {
-	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.name, Key: &key, Metadata: metadata, ContentMD5: md5,
+// put writes data as the object key, with Content-MD5 when md5 is set.
+func (b *Bucket) put(ctx context.Context, key string, data []byte, md5 *string) error {
+	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.name, Key: &key, ContentMD5: md5,
 		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))})
 	if err != nil {
 		return fmt.Errorf("put %s: %w", b.URL(key), err)

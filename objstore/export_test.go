@@ -13,5 +13,5 @@ func Small(b *Bucket, partSize int, pageSize int32, maxCopy, copyPart int64) {
 // PutWithMD5 writes data as key in one request with the given
 // Content-MD5 (base64), as a Writer with ContentMD5 sends it.
 func PutWithMD5(b *Bucket, ctx context.Context, key string, data []byte, md5 string) error {
-	return b.put(ctx, key, data, nil, &md5)
+	return b.put(ctx, key, data, &md5)
 }

@@ -54,9 +54,6 @@ type Writer struct {
 
 // WriteOptions says what a Writer sends besides the bytes.
 type WriteOptions struct {
-	// Metadata is stored with the object as user metadata (x-amz-meta-*),
-	// which Head returns; keys are lower-case.
-	Metadata map[string]string
 	// ContentMD5 sends the MD5 digest of every request's bytes
 	// (Content-MD5), which the store checks before it stores them: a part
 	// or an object whose bytes were damaged on the way is refused, not
@@ -142,7 +139,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 // flushPart hands the full buffer to a background upload.
 func (w *Writer) flushPart() error {
 	if w.uploadID == nil {
-		out, err := w.b.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{Bucket: &w.b.name, Key: &w.key, Metadata: w.opts.Metadata})
+		out, err := w.b.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{Bucket: &w.b.name, Key: &w.key})
 		if err != nil {
 			return fmt.Errorf("start upload of %s: %w", w.b.URL(w.key), err)
 		}
@@ -199,7 +196,7 @@ func (w *Writer) Close(ctx context.Context) (int64, error) {
 		size := int64(len(w.buf))
 		err := w.failure()
 		if err == nil {
-			err = w.b.put(w.ctx, w.key, w.buf, w.opts.Metadata, w.contentMD5(w.buf))
+			err = w.b.put(w.ctx, w.key, w.buf, w.contentMD5(w.buf))
 		}
 		w.b.putBuf(w.buf)
 		w.buf = nil

@@ -35,6 +35,8 @@ type UnitsHarness struct {
 // the workers drive one (see RunUnits).
 type PassRun struct {
 	RunID string
+	// Version is the dataset version its commit makes.
+	Version int64
 	// Since is the watermark the run plans from; Watermark the one its
 	// commit records.
 	Since, Watermark string
@@ -43,11 +45,16 @@ type PassRun struct {
 	Result           connectors.CommitResult
 }
 
-// PlanUnits plans a passthrough run as the coordinator leader does: it
-// asks an Inventoried sink what its target holds as of since, then the
-// source's PlanUnits with it.
-func PlanUnits(ctx context.Context, src connectors.Source, sink connectors.Sink, runID, since string, part connectors.Partitioning) (PassRun, error) {
-	r := PassRun{RunID: runID, Since: since}
+// PlanUnits plans a passthrough run, the one after prev (nil for the
+// first), as the coordinator leader does: it asks an Inventoried sink
+// what its target holds as of prev's watermark, then the source's
+// PlanUnits with it. The run's version is the one after prev's.
+func PlanUnits(ctx context.Context, src connectors.Source, sink connectors.Sink, runID string, prev *PassRun, part connectors.Partitioning) (PassRun, error) {
+	r := PassRun{RunID: runID, Version: 1}
+	if prev != nil {
+		r.Since, r.Version = prev.Watermark, prev.Version+1
+	}
+	since := r.Since
 	us, ok := src.(connectors.UnitSource)
 	if !ok {
 		return r, fmt.Errorf("the source (%T) is no connectors.UnitSource", src)
@@ -92,7 +99,7 @@ func WriteTask(ctx context.Context, src connectors.Source, sink connectors.Sink,
 func (r *PassRun) Commit(ctx context.Context, sink connectors.Sink) error {
 	var err error
 	r.Result, err = sink.(connectors.UnitSink).CommitUnits(ctx, connectors.CommitRequest{RunID: r.RunID, Pipeline: "conformance",
-		Version: 1, Tasks: r.Outputs, Watermark: r.Watermark, Since: r.Since, Schema: r.Plan.Schema})
+		Version: r.Version, Tasks: r.Outputs, Watermark: r.Watermark, Since: r.Since, Schema: r.Plan.Schema})
 	if err != nil {
 		return fmt.Errorf("CommitUnits %s: %w", r.RunID, err)
 	}
@@ -113,16 +120,25 @@ func (r *PassRun) WriteTasks(ctx context.Context, src connectors.Source, sink co
 }
 
 // RunUnits plans, writes (each task once) and commits a passthrough run,
-// in-process, and returns it: its watermark is the next run's since.
-func RunUnits(ctx context.Context, src connectors.Source, sink connectors.Sink, runID, since string, part connectors.Partitioning) (PassRun, error) {
-	r, err := PlanUnits(ctx, src, sink, runID, since, part)
+// the one after prev (nil for the first), in-process, and releases what
+// the source holds for it, as the leader does.
+func RunUnits(ctx context.Context, src connectors.Source, sink connectors.Sink, runID string, prev *PassRun, part connectors.Partitioning) (PassRun, error) {
+	r, err := PlanUnits(ctx, src, sink, runID, prev, part)
 	if err != nil {
 		return r, err
 	}
+	defer releaseRun(src, runID)
 	if err := r.WriteTasks(ctx, src, sink); err != nil {
 		return r, err
 	}
 	return r, r.Commit(ctx, sink)
+}
+
+// releaseRun lets go of what a source holds for a run, if anything.
+func releaseRun(src connectors.Source, runID string) {
+	if h, ok := src.(connectors.RunHolder); ok {
+		h.ReleaseRun(runID)
+	}
 }
 
 // TestUnits checks a kind's passthrough end to end: a plan's partitions
@@ -138,8 +154,15 @@ func TestUnits(t *testing.T, h UnitsHarness) {
 	leaks := goleak.IgnoreCurrent()
 	ctx := t.Context()
 	src, sink := h.Source(t), h.Sink(t)
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			src.Close()
+			sink.Close()
+		}
+	})
 
-	r, err := PlanUnits(ctx, src, sink, "run-1", "", h.Partitioning)
+	r, err := PlanUnits(ctx, src, sink, "run-1", nil, h.Partitioning)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +226,7 @@ func TestUnits(t *testing.T, h UnitsHarness) {
 	if err := r.Commit(ctx, sink); err != nil {
 		t.Fatal(err)
 	}
+	releaseRun(src, r.RunID)
 	if err := h.Equal(t); err != nil {
 		t.Errorf("after run-1: %v", err)
 	}
@@ -221,13 +245,14 @@ func TestUnits(t *testing.T, h UnitsHarness) {
 
 	// Run 2 changes the source, writes, and is aborted: the target stays.
 	h.Change(t)
-	r2, err := PlanUnits(ctx, src, sink, "run-2", r.Watermark, h.Partitioning)
+	r2, err := PlanUnits(ctx, src, sink, "run-2", &r, h.Partitioning)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := r2.WriteTasks(ctx, src, sink); err != nil {
 		t.Fatal(err)
 	}
+	releaseRun(src, r2.RunID)
 	if err := sink.(connectors.UnitSink).AbortUnits(ctx, "run-2"); err != nil {
 		t.Fatalf("AbortUnits: %v", err)
 	}
@@ -236,12 +261,13 @@ func TestUnits(t *testing.T, h UnitsHarness) {
 	}
 
 	// Run 3 from run 1's watermark copies the changes.
-	if _, err := RunUnits(ctx, src, sink, "run-3", r.Watermark, h.Partitioning); err != nil {
+	if _, err := RunUnits(ctx, src, sink, "run-3", &r, h.Partitioning); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.Equal(t); err != nil {
 		t.Errorf("after run-3: %v", err)
 	}
+	closed = true
 	if err := errors.Join(src.Close(), sink.Close()); err != nil {
 		t.Errorf("Close: %v", err)
 	}

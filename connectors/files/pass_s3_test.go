@@ -75,7 +75,7 @@ func TestPassthroughS3RoundTrip(t *testing.T) {
 	makeTree(t, src, 64<<20+100<<10)
 	part := connectors.Partitioning{TargetBytes: 64 << 20}
 	mid := loc.Join("mid")
-	r, err := conformance.RunUnits(ctx, passSource(t, files.SourceConfig{Path: src}), passSink(t, files.SinkConfig{Path: mid.String()}), "up-1", "", part)
+	r, err := conformance.RunUnits(ctx, passSource(t, files.SourceConfig{Path: src}), passSink(t, files.SinkConfig{Path: mid.String()}), "up-1", nil, part)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,14 +96,14 @@ func TestPassthroughS3RoundTrip(t *testing.T) {
 
 	down := passSource(t, files.SourceConfig{Path: mid.String()})
 	sink := passSink(t, files.SinkConfig{Path: back})
-	r2, err := conformance.RunUnits(ctx, down, sink, "down-1", "", part)
+	r2, err := conformance.RunUnits(ctx, down, sink, "down-1", nil, part)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := treeSum(t, back), treeSum(t, src); got != want {
 		t.Errorf("copy back %s, source %s", got, want)
 	}
-	r3, err := conformance.RunUnits(ctx, down, sink, "down-2", r2.Watermark, part)
+	r3, err := conformance.RunUnits(ctx, down, sink, "down-2", &r2, part)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -184,7 +184,7 @@ func TestPassthroughTree(t *testing.T) {
 	sink := passSink(t, files.SinkConfig{Path: out, Mirror: true})
 	part := connectors.Partitioning{TargetBytes: 64 << 20}
 
-	r, err := conformance.RunUnits(ctx, source, sink, "run-1", "", part)
+	r, err := conformance.RunUnits(ctx, source, sink, "run-1", nil, part)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestPassthroughTree(t *testing.T) {
 		t.Errorf("manifest of run-1: %v (watermark %q)", err, r.Watermark)
 	}
 
-	r2, err := conformance.RunUnits(ctx, source, sink, "run-2", r.Watermark, part)
+	r2, err := conformance.RunUnits(ctx, source, sink, "run-2", &r, part)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestPassthroughTree(t *testing.T) {
 	}
 
 	changeTree(t, src)
-	r3, err := conformance.RunUnits(ctx, source, sink, "run-3", r2.Watermark, part)
+	r3, err := conformance.RunUnits(ctx, source, sink, "run-3", &r2, part)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestPassthroughExcludeNoMirror(t *testing.T) {
 	files.WriteFile(t, out, "keep.tmp", "the target's own")
 	source := passSource(t, files.SourceConfig{Path: src, Exclude: []string{"*.tmp", "/logs/2026", ".config"}})
 	sink := passSink(t, files.SinkConfig{Path: out})
-	r, err := conformance.RunUnits(ctx, source, sink, "run-1", "", connectors.Partitioning{})
+	r, err := conformance.RunUnits(ctx, source, sink, "run-1", nil, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func TestPassthroughExcludeNoMirror(t *testing.T) {
 		}
 	}
 	os.Remove(filepath.Join(src, ".hidden"))
-	if _, err := conformance.RunUnits(ctx, source, sink, "run-2", r.Watermark, connectors.Partitioning{}); err != nil {
+	if _, err := conformance.RunUnits(ctx, source, sink, "run-2", &r, connectors.Partitioning{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(out, ".hidden")); err != nil {
@@ -318,7 +318,7 @@ func TestPassthroughRetryReusesStaged(t *testing.T) {
 	var read int64
 	source := countingSource{Source: passSource(t, files.SourceConfig{Path: src}), n: &read}
 	sink := passSink(t, files.SinkConfig{Path: out})
-	r, err := conformance.PlanUnits(ctx, source, sink, "run-1", "", connectors.Partitioning{})
+	r, err := conformance.PlanUnits(ctx, source, sink, "run-1", nil, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +368,7 @@ func TestPassthroughChangedFileWaitsForNextRun(t *testing.T) {
 	files.WriteFile(t, src, "b", "two")
 	source := passSource(t, files.SourceConfig{Path: src})
 	sink := passSink(t, files.SinkConfig{Path: out})
-	r, err := conformance.PlanUnits(ctx, source, sink, "run-1", "", connectors.Partitioning{})
+	r, err := conformance.PlanUnits(ctx, source, sink, "run-1", nil, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestPassthroughChangedFileWaitsForNextRun(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "b")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("b, changed after planning, is in the target: %v", err)
 	}
-	if _, err := conformance.RunUnits(ctx, source, sink, "run-2", r.Watermark, connectors.Partitioning{}); err != nil {
+	if _, err := conformance.RunUnits(ctx, source, sink, "run-2", &r, connectors.Partitioning{}); err != nil {
 		t.Fatal(err)
 	}
 	sameTree(t, "after run-2", out, src)
@@ -397,13 +397,13 @@ func TestPassthroughTargetChangedBehindItsBack(t *testing.T) {
 	makeTree(t, src, 0)
 	source := passSource(t, files.SourceConfig{Path: src})
 	sink := passSink(t, files.SinkConfig{Path: out})
-	r, err := conformance.RunUnits(ctx, source, sink, "run-1", "", connectors.Partitioning{})
+	r, err := conformance.RunUnits(ctx, source, sink, "run-1", nil, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	files.WriteFile(t, out, ".hidden", "tampered")
 	os.Remove(filepath.Join(out, "_SUCCESS"))
-	r2, err := conformance.RunUnits(ctx, source, sink, "run-2", r.Watermark, connectors.Partitioning{})
+	r2, err := conformance.RunUnits(ctx, source, sink, "run-2", &r, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
 	}
