@@ -51,6 +51,7 @@ var rules = []rule{
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
+	{pkg: "connectors/files/filestest", stdOnly: true, testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
 		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},

@@ -2,8 +2,6 @@ package files_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -19,45 +16,19 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/files/filestest"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// treeSum is the SHA-256 of a tree's file names and bytes, every file
-// (hidden ones too), in name order, computed here and not by Sluice.
+// treeSum is the checksum of a tree's file names and bytes, every file
+// (hidden ones too), computed by filestest and not by Sluice.
 func treeSum(t testing.TB, dir string) string {
 	t.Helper()
-	h := sha256.New()
-	var names []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) && p == dir {
-				return filepath.SkipAll
-			}
-			return err
-		}
-		if d.Type().IsRegular() {
-			rel, _ := filepath.Rel(dir, p)
-			names = append(names, filepath.ToSlash(rel))
-		}
-		return nil
-	})
+	sum, err := filestest.SumTree(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		f, err := os.Open(filepath.Join(dir, filepath.FromSlash(n)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(h, "%s\x00", n)
-		if _, err := io.Copy(h, f); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		h.Write([]byte{0})
-	}
-	return hex.EncodeToString(h.Sum(nil)) + fmt.Sprintf(" (%d files)", len(names))
+	return sum.String()
 }
 
 // sameTree fails the test unless the trees out and src hold the same
