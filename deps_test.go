@@ -70,6 +70,7 @@ var rules = []rule{
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
+	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 
