@@ -11,16 +11,18 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/files/filestest"
 	"github.com/sluicehq/sluice/objstore"
 	"github.com/sluicehq/sluice/objstore/s3test"
 )
 
-// s3TreeSum is treeSum of the objects under loc (each read whole).
+// s3TreeSum is treeSum of the objects under loc (each read whole), in
+// the form of filestest.TreeSum.
 func s3TreeSum(t testing.TB, loc objstore.Location) string {
 	t.Helper()
 	b := s3test.Client(t)
 	h := sha256.New()
-	n := 0
+	var sum filestest.TreeSum
 	prefix := loc.Key + "/"
 	err := b.List(t.Context(), prefix, func(o objstore.Object) error {
 		data, err := b.Get(t.Context(), o.Key)
@@ -30,13 +32,15 @@ func s3TreeSum(t testing.TB, loc objstore.Location) string {
 		fmt.Fprintf(h, "%s\x00", strings.TrimPrefix(o.Key, prefix))
 		h.Write(data)
 		h.Write([]byte{0})
-		n++
+		sum.Files++
+		sum.Bytes += int64(len(data))
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return hex.EncodeToString(h.Sum(nil)) + fmt.Sprintf(" (%d files)", n)
+	sum.SHA = hex.EncodeToString(h.Sum(nil))
+	return sum.String()
 }
 
 // The passthrough conformance suite from a local tree into S3
