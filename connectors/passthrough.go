@@ -29,9 +29,10 @@ import (
 // its target holds (Inventoried) hands that to the plan, so that a run
 // copies only what is new or changed.
 //
-// On the worker, units go from ReadUnits's emit to WriteUnit: that is the
-// one place where a transform of a unit (a data contract's) runs, between
-// the read and the write.
+// On the worker, units go from ReadUnits's emit to WriteUnit undecoded. A
+// passthrough therefore takes no data contract (its spec is refused with
+// one, and a worker fails such a task): a copy with a contract is pattern
+// transform, which reads rows.
 
 // Unit is one piece of raw data a passthrough source hands its sink as it
 // is: the bytes of an object or of a byte range of one, a chunk of rows in

@@ -37,6 +37,7 @@ type entry struct {
 	internal   bool
 	positions  *Positions
 	appends    bool
+	contracts  bool // the sink applies contracts itself
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
 }
@@ -100,6 +101,12 @@ type Connector struct {
 	// Window: it appends the run's output exactly once (see
 	// CommitRequest.Mode), which runs by position need. It goes with Sink.
 	SinkAppends bool
+	// SinkAppliesContract says the sink applies a pipeline's data contract
+	// to each row itself (TaskRef.Contract), because its batches are not
+	// the rows of one dataset (the read events of a cdc pipeline's
+	// snapshot, rows of many tables): the worker then hands it the
+	// contract instead of transforming its batches. It goes with Sink.
+	SinkAppliesContract bool
 	// CDCSource, when set, makes the kind the source of cdc pipelines;
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
@@ -160,6 +167,7 @@ func (r *Registry) Register(c Connector) {
 		}
 		add(RoleSink, pick(c.ValidateSink))
 		e.appends = e.appends || c.SinkAppends
+		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
 	if c.SourcePartitions != nil {
@@ -259,6 +267,21 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 func (r *Registry) SinkAppends(kind string) bool {
 	e, ok := r.kinds[kind]
 	return ok && e.sink != nil && e.appends
+}
+
+// SinkAppliesContract reports whether a sink of the given kind applies a
+// pipeline's data contract itself (Connector.SinkAppliesContract).
+func (r *Registry) SinkAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.contracts
+}
+
+// CDCSourceAppliesContract reports whether the change reader of a cdc
+// source of the given kind applies a pipeline's data contract
+// (CDCSource.AppliesContract).
+func (r *Registry) CDCSourceAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.cdc != nil && e.cdc.AppliesContract
 }
 
 // Kinds lists the registered kinds a spec may name, sorted: internal ones

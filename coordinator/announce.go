@@ -124,7 +124,11 @@ func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
 }
 
 func (t *leaderTerm) deadLetter(ctx context.Context, r *runState, ts taskState, traceID string) error {
-	data, err := protocol.Encode(t.taskOf(r, ts))
+	task, err := t.taskOf(r, ts)
+	if err != nil {
+		return err
+	}
+	data, err := protocol.Encode(task)
 	if err != nil {
 		return err
 	}

@@ -273,7 +273,7 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if !ok {
 		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
-	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
 	}
 	if inc := p.Spec.Incremental; inc.Positioned() {

@@ -25,7 +25,7 @@ const checkTimeout = 20 * time.Second
 func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipeline.Spec) (found []string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	req := connectors.CheckRequest{Pipeline: spec.Name, Pattern: spec.Pattern, Settings: spec.StreamSettings()}
+	req := connectors.CheckRequest{Pipeline: spec.Name, Pattern: spec.RunPattern(), Settings: spec.StreamSettings()}
 	if spec.Incremental != nil {
 		req.DeltaColumn = spec.Incremental.DeltaColumn
 	}

@@ -27,7 +27,11 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	if _, err := t.finishRollback(ctx, log, r.Pipeline); err != nil && refusalOf(err) == nil {
 		return err
 	}
-	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
+	schema, err := r.sinkSchema()
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", r.ID, err)
+	}
+	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: schema}
 	switch {
 	case r.Window != nil:
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn

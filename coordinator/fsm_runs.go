@@ -24,7 +24,7 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if c.Backfill != "" {
 		return s.windowRun(p, c)
 	}
-	if p.Spec.Pattern == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
+	if p.Spec.RunPattern() == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
 		// A run by position plans from the watermark: one at a time, so
 		// that two runs never plan from the same position.
 		if c.Window != nil || !c.Live {
@@ -33,7 +33,7 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		if r := s.liveRun(c.Pipeline); r != nil {
 			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading: an incremental pipeline loads one run at a time (the next starts from the position it reaches)", r.ID, c.Pipeline)
 		}
-	} else if p.Spec.Pattern == protocol.PatternIncremental {
+	} else if p.Spec.RunPattern() == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
 		}
@@ -50,7 +50,7 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 			}
 		}
 	} else if c.Window != nil {
-		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for pattern incremental", c.Pipeline)
+		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for an incremental load (pattern incremental, or transform with an incremental section)", c.Pipeline)
 	} else if p.Spec.Pattern == protocol.PatternPassthrough {
 		// Each run plans from what the previous one committed.
 		if r := s.liveRun(c.Pipeline); r != nil {
@@ -90,13 +90,14 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		Created:      c.Time,
 		State:        protocol.RunPlanning,
 		Trace:        c.Trace,
-		Pattern:      p.Spec.Pattern,
+		Pattern:      p.Spec.RunPattern(),
 		Source:       p.Spec.Source,
 		Sink:         p.Spec.Sink,
 		Partitioning: p.Spec.Partition,
 		MaxAttempts:  p.Spec.Retry.MaxAttempts,
 		Backoff:      p.Spec.Retry.Backoff,
 		Trigger:      c.Trigger,
+		Contract:     p.Spec.Contract,
 	}
 	if c.Source != nil {
 		r.Source = *c.Source

@@ -83,7 +83,11 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
 		plan, err := t.planSource(sctx, r, src, req)
 		if err == nil {
-			err = t.checkSchema(sctx, r, plan.Schema)
+			var out *protocol.Schema
+			// The sink holds the rows the contract makes.
+			if out, err = r.Contract.Schema(plan.Schema); err == nil {
+				err = t.checkSchema(sctx, r, out)
+			}
 		}
 		if _, ok := src.(connectors.RunHolder); ok && err == nil {
 			// The source holds the run's snapshot until the run ends.

@@ -68,8 +68,10 @@ schedule: "@hourly"
 			"sink.format: unknown field"},
 		{"a passthrough field in a load", "name: x\npattern: full_load\nsource: {kind: tree, path: /a}\nsink: {kind: tree, path: /b, mirror: true}\n",
 			"sink.mirror: unknown field"},
+		{"a contract", "name: x\npattern: passthrough\nsource: {kind: db}\nsink: {kind: db}\ncontract: {columns: {id: keep}}\n",
+			"line 5: contract: a passthrough copies data as it is and cannot apply a data contract: use pattern transform"},
 		{"incremental", "name: x\npattern: passthrough\nsource: {kind: db}\nsink: {kind: db}\nincremental: {by: position}\n",
-			"line 5: incremental: is only for pattern incremental, not passthrough"},
+			"line 5: incremental: is only for patterns incremental and transform, not passthrough"},
 	} {
 		_, err := Load([]byte(tc.yaml), "x.yaml", passRegistry(), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -47,6 +48,12 @@ type Spec struct {
 	// CDC configures a pipeline of pattern cdc; a cdc_apply pipeline may
 	// set its lease; refused for every other pattern.
 	CDC *CDC `json:"cdc,omitempty"`
+	// Contract is the pipeline's data contract: what its copy keeps of
+	// each column (kept, dropped, hashed, masked, nulled, truncated,
+	// tokenized), which rows it keeps, and whether a column it does not
+	// classify stops the pipeline (strict). Workers apply it between the
+	// read and the write. Nil copies everything as it is.
+	Contract *contract.Spec `json:"contract,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -143,6 +150,24 @@ type Incremental struct {
 // waiting run is ready when incremental.ready_check is not set.
 const DefaultReadyCheck = 5 * time.Second
 
+// RunPattern is how the pipeline's runs load: its pattern, but for a
+// Transformation Replicator (pattern transform), which loads as an
+// incremental loader with an incremental section and as a full loader
+// without, its contract applied to the rows.
+func (s Spec) RunPattern() protocol.Pattern {
+	if s.Pattern != protocol.PatternTransform {
+		return s.Pattern
+	}
+	if s.Incremental != nil {
+		return protocol.PatternIncremental
+	}
+	return protocol.PatternFullLoad
+}
+
+// incrementalOnly is the problem of an incremental section in a spec of
+// another pattern (the verb's argument).
+const incrementalOnly = "is only for patterns incremental and transform, not %s"
+
 // PartitionBased reports whether the pipeline's runs read whole time
 // partitions (no delta column, no position).
 func (inc *Incremental) PartitionBased() bool {
@@ -161,7 +186,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternCDC:         true,
 	protocol.PatternCDCApply:    true,
 	protocol.PatternPassthrough: true,
-	protocol.PatternTransform:   false,
+	protocol.PatternTransform:   true,
 	protocol.PatternCompact:     false,
 	protocol.PatternReadiness:   false,
 	protocol.PatternTrigger:     false,
@@ -275,8 +300,10 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Incremental = p.incremental(v)
 		case "cdc":
 			s.CDC = p.cdc(v)
+		case "contract":
+			s.Contract = p.contract(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc, contract)")
 		}
 	}
 	for _, f := range []string{"name", "pattern", "source", "sink"} {
@@ -287,11 +314,11 @@ func Parse(data []byte, file string) (Spec, error) {
 			p.add(f, 0, "is required")
 		}
 	}
-	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
+	if s.Incremental != nil && s.RunPattern() == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
 		p.add("incremental.delta_column", p.incLine, "is required (or lay the source out by time partitions: source.layout)")
 	}
-	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
-		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
+	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform {
+		p.add("incremental", k.Line, fmt.Sprintf(incrementalOnly, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
 		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start; or by: position)")
 	}
@@ -359,6 +386,12 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("source", s.Source, connectors.RolePassthroughSource)
 		check("sink", s.Sink, connectors.RolePassthroughSink)
 		problems = append(problems, s.unitProblems(lines, reg)...)
+		if s.Contract != nil {
+			// Its units are not decoded: no column could be
+			// transformed, so none is copied with a contract.
+			problems = append(problems, Problem{Field: "contract", Line: lines.nearest("contract"),
+				Msg: "a passthrough copies data as it is and cannot apply a data contract: use pattern transform, a load with one"})
+		}
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -371,6 +404,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
 	problems = append(problems, s.positionProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
+	problems = append(problems, s.contractProblems(lines, reg)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -815,8 +849,8 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	switch {
 	case s.Pattern == protocol.PatternIncremental && inc == nil:
 		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start; or by: position)"}}
-	case s.Pattern != protocol.PatternIncremental && s.Pattern != "" && inc != nil:
-		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern)}}
+	case s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform && s.Pattern != "" && inc != nil:
+		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf(incrementalOnly, s.Pattern)}}
 	case inc == nil:
 		return nil
 	}
@@ -886,7 +920,7 @@ func (s Spec) unitProblems(lines lines, reg *connectors.Registry) []Problem {
 // connectors: the source must keep a position it can be read by, and the
 // sink must append runs without a window.
 func (s Spec) positionProblems(lines lines, reg *connectors.Registry) []Problem {
-	if s.Pattern != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
+	if s.RunPattern() != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
 		return nil
 	}
 	var out []Problem
@@ -933,8 +967,16 @@ func yamlLine(err error) int {
 
 // Load parses a spec and validates it against reg in one go, so that one
 // error lists every problem of the file: those of its shape and those of
-// its connector configurations.
+// its connector configurations. A contract file it names is refused (see
+// LoadFrom).
 func Load(data []byte, file string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
+	return LoadFrom(data, file, "", reg, lookup)
+}
+
+// LoadFrom is Load for a spec read from a file in directory dir, whose
+// contract file, if it names one, is read relative to dir into the spec
+// (ReadContractFile); dir "" refuses a contract file.
+func LoadFrom(data []byte, file, dir string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
 	s, err := Parse(data, file)
 	var pe *Error
 	if err != nil && !errors.As(err, &pe) {
@@ -943,6 +985,12 @@ func Load(data []byte, file string, reg *connectors.Registry, lookup func(string
 	var problems []Problem
 	if pe != nil {
 		problems = pe.Problems
+	} else if cerr := s.ReadContractFile(dir); cerr != nil {
+		var ce *Error
+		if !errors.As(cerr, &ce) {
+			return s, cerr
+		}
+		problems = ce.Problems
 	}
 	seen := map[string]bool{}
 	for _, p := range problems {

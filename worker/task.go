@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -161,13 +162,40 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		return out, err
 	}
 	if task.Pattern == protocol.PatternPassthrough {
+		if len(task.Contract) > 0 {
+			// Fail closed: a passthrough moves units undecoded, so
+			// a contract's columns could not be transformed.
+			return out, connectors.Permanent(errors.New("a passthrough copies data as it is and cannot apply a data contract: use pattern transform"))
+		}
 		return w.executeUnits(ctx, task, attempt, src, sink, log)
 	}
-	tw, err := sink.OpenTask(ctx, connectors.TaskRef{
+	ref := connectors.TaskRef{
 		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
-	})
+	}
+	// A data contract transforms the rows between the read and the write:
+	// here, or, for a sink whose batches are not rows of one dataset, in
+	// the sink itself.
+	var ct *contract.Contract
+	if len(task.Contract) > 0 {
+		if w.reg.SinkAppliesContract(task.Sink.Kind) {
+			ref.Contract = task.Contract
+		} else {
+			if ct, err = contract.Open(task.Contract); err != nil {
+				return out, connectors.Permanent(err)
+			}
+			if ref.Schema, err = ct.Spec().Schema(task.Schema); err != nil {
+				return out, connectors.Permanent(fmt.Errorf("contract: %w", err))
+			}
+		}
+	}
+	tw, err := sink.OpenTask(ctx, ref)
 	if err != nil {
 		return out, fmt.Errorf("open %s output of task: %w", task.Sink.Kind, err)
+	}
+	if ct != nil {
+		if tw, err = ct.Writer(tw); err != nil {
+			return out, err
+		}
 	}
 	var writeErr error
 	err = src.Read(ctx, task.Partition, func(ctx context.Context, b connectors.Batch) error {

@@ -15,8 +15,8 @@
 // (a') and (c') are the baselines finished as (b) and (d) are: cp -r then
 // sync -f of the target's file system (Sluice fsyncs every file), and the
 // piped COPY then the source's primary key built (Sluice's target has it).
-// The cost of a data contract on (d) is not measured here: see
-// measureContract.
+// A passthrough takes no data contract (it moves bytes undecoded); the
+// cost of one on a load is bench/contract's.
 //
 // It writes a tree of random bytes in nested directories (with a Delta log,
 // hidden files and _SUCCESS) into a work directory and creates (or, with
@@ -270,10 +270,6 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 				if err := b.sluicePG(ctx, c); err != nil {
 					return err
 				}
-				// measureContract: the cost of a data contract (3
-				// hashed and 2 masked columns) on this passthrough,
-				// beside (d), belongs here (issue 14 item 6); the
-				// contracts branch adds it.
 			}
 			fmt.Fprintln(stdout)
 		}
