@@ -54,6 +54,7 @@ BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and t
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
 BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
+BENCHES += replicate # passthrough of a 2 GiB tree of 1,000 files beside cp -r, and of a 2M-row PostgreSQL table to PostgreSQL beside a piped COPY (FORMAT binary), through an all-in-one cluster
 BENCHES += contract # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, pattern transform with a contract of 3 hashed and 2 masked columns beside full_load without it
 BENCHES += compact  # 1,000 small Parquet files (2M rows) of a files dataset compacted through an all-in-one cluster beside reading and writing the rows once; a reader before and after
 BENCH_FLAGS ?=

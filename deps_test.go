@@ -51,6 +51,7 @@ var rules = []rule{
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
+	{pkg: "connectors/files/filestest", stdOnly: true, testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
 		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "contract", "embednats", "objstore"}},
@@ -72,6 +73,7 @@ var rules = []rule{
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "bench/compact", wiring: true},
+	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 

@@ -38,6 +38,8 @@ type entry struct {
 	positions  *Positions
 	appends    bool
 	contracts  bool // the sink applies contracts itself
+	// passthrough is what the kind registered of pattern passthrough.
+	passthrough *Passthrough
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -56,6 +58,11 @@ const (
 	// RoleDataset is the dataset of a compact pipeline: the sink of a
 	// kind whose sinks compact what they write (Compactor).
 	RoleDataset Role = "compacted dataset"
+	// RolePassthroughSource and RolePassthroughSink are the source and
+	// sink of a passthrough pipeline (Passthrough): opened by the kind's
+	// Source and Sink factories, checked by the Passthrough validators.
+	RolePassthroughSource Role = "passthrough source"
+	RolePassthroughSink   Role = "passthrough sink"
 )
 
 // NewRegistry returns an empty registry.
@@ -111,6 +118,9 @@ type Connector struct {
 	// datasets (they implement Compactor): a compact pipeline may name
 	// one as its dataset, a sink configuration this checks without I/O.
 	ValidateDataset Validator
+	// Passthrough, when set, makes the kind the source or the sink (or
+	// both) of passthrough pipelines, which copy its units as they are.
+	Passthrough *Passthrough
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -202,6 +212,20 @@ func (r *Registry) Register(c Connector) {
 	}
 	if c.ValidateDataset != nil {
 		add(RoleDataset, c.ValidateDataset)
+		parts++
+	}
+	if c.Passthrough != nil {
+		if e.passthrough != nil {
+			dup("passthrough")
+		}
+		pt := *c.Passthrough
+		e.passthrough = &pt
+		if pt.Source {
+			add(RolePassthroughSource, pick(pt.ValidateSource))
+		}
+		if pt.Sink {
+			add(RolePassthroughSink, pick(pt.ValidateSink))
+		}
 		parts++
 	}
 	if parts == 0 {
@@ -319,6 +343,10 @@ func (r *Registry) Has(kind string, role Role) bool {
 	case RoleDataset:
 		_, ok := e.validators[RoleDataset]
 		return ok && e.sink != nil
+	case RolePassthroughSource:
+		return e.passthrough != nil && e.passthrough.Source && e.source != nil
+	case RolePassthroughSink:
+		return e.passthrough != nil && e.passthrough.Sink && e.sink != nil
 	}
 	return false
 }
@@ -483,11 +511,11 @@ func (r *Registry) Check(ctx context.Context, kind string, role Role, config jso
 		fn = e.cdc.Check
 	case RoleCDCTarget:
 		fn = e.target.Check
-	case RoleSource, RoleSink:
+	case RoleSource, RoleSink, RolePassthroughSource, RolePassthroughSink:
 		fn = func(ctx context.Context, config json.RawMessage, req CheckRequest) (string, error) {
 			var c io.Closer
 			var chk Checker
-			if role == RoleSource {
+			if role == RoleSource || role == RolePassthroughSource {
 				src, err := e.source(ctx, config)
 				if err != nil {
 					return "", err

@@ -115,6 +115,11 @@ func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
 		return err
 	}
 	defer sink.Close()
+	if r.passthrough() {
+		if us, ok := sink.(connectors.UnitSink); ok {
+			return us.AbortUnits(ctx, r.ID)
+		}
+	}
 	return sink.Abort(ctx, r.ID)
 }
 

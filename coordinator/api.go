@@ -460,7 +460,7 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
 		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
-	if r.positioned() {
+	if r.positioned() || r.passthrough() {
 		s.Since, s.Reaches = r.Since, r.Watermark
 	}
 	if r.State == protocol.RunWaiting {

@@ -43,6 +43,8 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 	case protocol.PatternCompact:
 		// The dataset a compact pipeline rewrites in place: its sink.
 		sides = []side{{"dataset", spec.Sink, connectors.RoleSink}}
+	case protocol.PatternPassthrough:
+		sides = []side{{"source", spec.Source, connectors.RolePassthroughSource}, {"sink", spec.Sink, connectors.RolePassthroughSink}}
 	default:
 		sides = []side{{"source", spec.Source, connectors.RoleSource}, {"sink", spec.Sink, connectors.RoleSink}}
 	}

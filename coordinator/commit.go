@@ -38,6 +38,8 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
 	case r.positioned():
 		req.Mode = connectors.ModeAppend
+	case r.passthrough():
+		req.Since = r.Since
 	}
 	for _, ts := range r.Tasks {
 		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: ts.checksum(), Location: ts.Location})
@@ -71,6 +73,13 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			defer t.datasetLock(sink)()
 			if r.Pattern == protocol.PatternCompact {
 				return t.commitCompaction(cctx, log, r, sink)
+			}
+			if r.passthrough() {
+				us, ok := sink.(connectors.UnitSink)
+				if !ok {
+					return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("a %s sink cannot be the sink of a passthrough", r.Sink.Kind))
+				}
+				return us.CommitUnits(cctx, req)
 			}
 			return sink.Commit(cctx, req)
 		}()

@@ -55,6 +55,11 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		}
 	} else if c.Window != nil {
 		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for an incremental load (pattern incremental, or transform with an incremental section)", c.Pipeline)
+	} else if p.Spec.Pattern == protocol.PatternPassthrough {
+		// Each run plans from what the previous one committed.
+		if r := s.liveRun(c.Pipeline); r != nil {
+			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still copying: a passthrough pipeline copies one run at a time (the next copies what is new or changed since it)", r.ID, c.Pipeline)
+		}
 	}
 	switch {
 	case c.Snapshot:
@@ -119,9 +124,10 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 			settings = *p.Spec.Compact
 		}
 		r.Compact = &settings
-	} else if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
-		// A run by position: it plans from the watermark and its commit
-		// moves the watermark to where its plan reaches.
+	} else if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() || p.Spec.Pattern == protocol.PatternPassthrough {
+		// A run by position, or of a passthrough: it plans from the
+		// watermark and its commit moves the watermark to where its plan
+		// reaches.
 		r.Live, r.Since = true, p.Watermark
 	}
 	if c.Window != nil {

@@ -330,6 +330,11 @@ func (r *runState) positioned() bool {
 	return r.Pattern == protocol.PatternIncremental && r.Window == nil && r.Live
 }
 
+// passthrough reports whether r is a run of a passthrough pipeline: live,
+// the only one of its pipeline in flight, planned from Since (what the
+// previous run committed) and reaching the position its plan says.
+func (r *runState) passthrough() bool { return r.Pattern == protocol.PatternPassthrough }
+
 // attempt returns the number of r's current attempt.
 func (r *runState) attempt() int { return max(r.Attempt, 1) }
 

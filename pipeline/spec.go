@@ -190,7 +190,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternIncremental: true,
 	protocol.PatternCDC:         true,
 	protocol.PatternCDCApply:    true,
-	protocol.PatternPassthrough: false,
+	protocol.PatternPassthrough: true,
 	protocol.PatternTransform:   true,
 	protocol.PatternCompact:     true,
 	protocol.PatternReadiness:   false,
@@ -411,6 +411,16 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("sink", s.Sink, connectors.RoleCDCTarget)
 	case protocol.PatternCompact:
 		check(datasetField, s.Sink, connectors.RoleDataset)
+	case protocol.PatternPassthrough:
+		check("source", s.Source, connectors.RolePassthroughSource)
+		check("sink", s.Sink, connectors.RolePassthroughSink)
+		problems = append(problems, s.unitProblems(lines, reg)...)
+		if s.Contract != nil {
+			// Its units are not decoded: no column could be
+			// transformed, so none is copied with a contract.
+			problems = append(problems, Problem{Field: "contract", Line: lines.nearest("contract"),
+				Msg: "a passthrough copies data as it is and cannot apply a data contract: use pattern transform, a load with one"})
+		}
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -914,6 +924,26 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 		add("incremental.ready_check", "must not be negative")
 	}
 	return out
+}
+
+// unitProblems checks that the source and the sink of a passthrough
+// pipeline exchange the same units (connectors.Passthrough.Units).
+func (s Spec) unitProblems(lines lines, reg *connectors.Registry) []Problem {
+	if !reg.Has(s.Source.Kind, connectors.RolePassthroughSource) || !reg.Has(s.Sink.Kind, connectors.RolePassthroughSink) {
+		return nil // reported by the role checks
+	}
+	src, sink := reg.UnitsOf(s.Source.Kind), reg.UnitsOf(s.Sink.Kind)
+	if src == sink {
+		return nil
+	}
+	var kinds []string
+	for _, k := range reg.KindsOf(connectors.RolePassthroughSink) {
+		if reg.UnitsOf(k) == src {
+			kinds = append(kinds, k)
+		}
+	}
+	return []Problem{{Field: "sink.kind", Line: lines.nearest("sink.kind"),
+		Msg: fmt.Sprintf("a %s sink writes %s, not the %s a %s source reads: a passthrough copies as it is (sinks that can: %v)", s.Sink.Kind, sink, src, s.Source.Kind, kinds)}}
 }
 
 // positionProblems checks an incremental pipeline by position against its

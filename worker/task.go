@@ -164,6 +164,14 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 	if err != nil {
 		return out, err
 	}
+	if task.Pattern == protocol.PatternPassthrough {
+		if len(task.Contract) > 0 {
+			// Fail closed: a passthrough moves units undecoded, so
+			// a contract's columns could not be transformed.
+			return out, connectors.Permanent(errors.New("a passthrough copies data as it is and cannot apply a data contract: use pattern transform"))
+		}
+		return w.executeUnits(ctx, task, attempt, src, sink, log)
+	}
 	ref := connectors.TaskRef{
 		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
 	}
@@ -203,22 +211,32 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		}
 		return nil
 	})
-	if err != nil {
+	return finishOutput(ctx, task, err, writeErr, tw, log)
+}
+
+// finishOutput ends the output of a task attempt after its read: when
+// the read failed (readErr; writeErr when the sink failed it), it aborts
+// the output and says which side failed, else it closes the output.
+func finishOutput(ctx context.Context, task protocol.Task, readErr, writeErr error, out interface {
+	Close(context.Context) (connectors.TaskOutput, error)
+	Abort(context.Context) error
+}, log *slog.Logger) (connectors.TaskOutput, error) {
+	if readErr != nil {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
-		if aerr := tw.Abort(actx); aerr != nil {
+		if aerr := out.Abort(actx); aerr != nil {
 			log.Warn("abort task output", "err", aerr)
 		}
 		if writeErr != nil {
-			return out, fmt.Errorf("write %s sink: %w", task.Sink.Kind, err)
+			return connectors.TaskOutput{}, fmt.Errorf("write %s sink: %w", task.Sink.Kind, readErr)
 		}
-		return out, fmt.Errorf("read %s source: %w", task.Source.Kind, err)
+		return connectors.TaskOutput{}, fmt.Errorf("read %s source: %w", task.Source.Kind, readErr)
 	}
-	out, err = tw.Close(ctx)
+	res, err := out.Close(ctx)
 	if err != nil {
-		return out, fmt.Errorf("close %s output of task: %w", task.Sink.Kind, err)
+		return res, fmt.Errorf("close %s output of task: %w", task.Sink.Kind, err)
 	}
-	return out, nil
+	return res, nil
 }
 
 // keepAlive sends in-progress acks every ProgressEvery until the returned
