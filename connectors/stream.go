@@ -112,6 +112,14 @@ type CDCSource struct {
 	// means the kind has no initial snapshot: its pipelines must set
 	// cdc.snapshot to never.
 	Snapshot func(req SnapshotRequest) (SnapshotEndpoints, error)
+	// Tables, when set, lists the tables a source configuration captures
+	// ("schema.table"; no I/O). The coordinator leader compares them with
+	// the tables the pipeline has a snapshot of, and asks the stream for
+	// an incremental snapshot of each table added to a streaming pipeline
+	// (StreamSettings.Snapshots); the stream reports each in its status
+	// (protocol.TableStatus with Snapshot set). Nil means the kind takes
+	// no incremental snapshots.
+	Tables func(config json.RawMessage) ([]string, error)
 }
 
 // CDCTarget is the capability of a connector kind to be the sink of a

@@ -13,10 +13,14 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// runCDC is `sluice cdc status [pipeline] [--json]`.
+// runCDC is `sluice cdc status [pipeline] [--json]` and `sluice cdc
+// resnapshot <pipeline> <table>`.
 func runCDC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "resnapshot" {
+		return runResnapshot(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "status" {
-		return errors.New("usage: sluice cdc status [pipeline] [--json]")
+		return errors.New("usage: sluice cdc status [pipeline] [--json] | sluice cdc resnapshot <pipeline> <table>")
 	}
 	args = args[1:]
 	fs := newFlagSet("cdc status", "cdc status [pipeline] [--json]", stderr)
@@ -57,6 +61,36 @@ func runCDC(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return printJSON(stdout, st)
 	}
 	printCDCStatus(stdout, st, time.Now())
+	return nil
+}
+
+// runResnapshot is `sluice cdc resnapshot <pipeline> <table>`.
+func runResnapshot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("cdc resnapshot", "cdc resnapshot <pipeline> <schema.table>", stderr)
+	var cf clientFlags
+	cf.register(fs)
+	var pos []string
+	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		pos, args = append(pos, args[0]), args[1:]
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return errors.New("usage: sluice cdc resnapshot <pipeline> <schema.table>")
+	}
+	nc, err := cf.connect("sluice-cdc-resnapshot")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	reply, err := coordinator.NewClient(nc).Resnapshot(ctx, pos[0], pos[1])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "snapshot %s of %s queued for %s (sluice cdc status shows its progress)\n", reply.Snapshot.ID, reply.Table, reply.Pipeline)
 	return nil
 }
 
@@ -102,18 +136,31 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		if s.Status.Error != "" {
 			fmt.Fprintf(tw, "  last error: %s\n", s.Status.Error)
 		}
+		reported := map[string]bool{}
 		for _, tb := range s.Status.Tables {
+			reported[tb.Snapshot] = tb.Snapshot != ""
 			line := "  table " + tb.Table + " " + tb.State
+			if tb.Snapshot != "" {
+				line += fmt.Sprintf(" (%s, %d rows)", tb.Snapshot, tb.Rows)
+			}
 			if tb.Seq > 0 {
 				line += fmt.Sprintf(" at seq %d", tb.Seq)
 			}
 			if !tb.Since.IsZero() {
 				line += " since " + tb.Since.UTC().Format(time.RFC3339)
 			}
+			if tb.Throttled > 0 {
+				line += fmt.Sprintf("; throttled %d times by cdc.max_lag, last at %s", tb.Throttled, tb.LastThrottled.UTC().Format(time.RFC3339))
+			}
 			if tb.Error != "" {
 				line += ": " + tb.Error
 			}
 			fmt.Fprintln(tw, line)
+		}
+		for _, ts := range s.Snapshots {
+			if !reported[ts.ID] {
+				fmt.Fprintf(tw, "  table %s %s (%s, %s)\n", ts.Table, protocol.TableSnapshotPending, ts.ID, ts.Reason)
+			}
 		}
 	}
 	tw.Flush()

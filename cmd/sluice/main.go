@@ -43,7 +43,7 @@ func commands() []command {
 		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
 		{"pipelines", "show a pipeline's stored spec: sluice pipelines get <pipeline> [--json]", runPipelines},
 		{"delete", "delete a pipeline (a cdc pipeline's slot, publication and events go with it): sluice delete <pipeline>", runDelete},
-		{"cdc", "change data capture: sluice cdc status [pipeline] [--json]", runCDC},
+		{"cdc", "change data capture: sluice cdc status [pipeline] [--json], sluice cdc resnapshot <pipeline> <table>", runCDC},
 		{"dlq", "dead letters: sluice dlq list | show <seq> | replay <seq> | purge (--all | <seq>)", runDLQ},
 	}
 }

@@ -296,7 +296,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 	changes, err := collect(events, func(id string) tableFilter {
 		f := tableFilter{skip: stops[id] != nil}
 		if st := p.sources[id]; st != nil {
-			f.stopped, f.snapshot = st.stop != nil, st.snapshot
+			f.stopped, f.snapshot, f.snapshotting = st.stop != nil, st.snapshot, st.snapshotting
 		}
 		return f
 	})
@@ -321,6 +321,13 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 		}
 		if err := p.applyTable(ctx, tx, t, tg, uses); err != nil {
 			return t.fail(fmt.Errorf("apply to %s: %w", tg.name, err))
+		}
+	}
+	for _, t := range changes {
+		if t.done {
+			if err := p.snapshotDone(ctx, tx, t); err != nil {
+				return err
+			}
 		}
 	}
 	last := events[len(events)-1].Seq
@@ -471,8 +478,13 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 		for j, i := range keyIdx {
 			keys = append(keys, fmt.Sprintf("COALESCE(s.o%d, s.c%d)", j+1, i))
 		}
-		checkUnchanged = b.Len()
-		b.Queue(fmt.Sprintf("SELECT ARRAY[%s] FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0 LIMIT 1", strings.Join(keys, ", "), stage))
+		if t.snapshotting {
+			// The row's chunk of the snapshot under way brings it later.
+			b.Queue(fmt.Sprintf("DELETE FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0", stage))
+		} else {
+			checkUnchanged = b.Len()
+			b.Queue(fmt.Sprintf("SELECT ARRAY[%s] FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0 LIMIT 1", strings.Join(keys, ", "), stage))
+		}
 	}
 	if len(absentCols) > 0 {
 		var set, on []string
