@@ -47,6 +47,7 @@ fuzz:
 BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
+BENCHES += replica  # a PostgreSQL replica kept by Sluice (reader, SLUICE_CDC, cdc_apply) beside native logical replication: 200k changes on 1 and 4 tables, backlog and live; commit-to-replica latency at 500 tx/s
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))
 .PHONY: $(BENCH_TARGETS) bench-smoke

@@ -161,7 +161,16 @@ func (p *Applier) connect(ctx context.Context) error {
 	if p.conn != nil && !p.conn.IsClosed() {
 		return nil
 	}
-	conn, err := pgx.Connect(ctx, p.cfg.DSN)
+	cfg, err := pgx.ParseConfig(p.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("connect to target: %w", err)
+	}
+	// A batch's rows and its offset commit together: a commit the server
+	// loses in a crash loses both, and the batch is applied again. So
+	// commits need not wait for the WAL flush (a subscription's apply
+	// worker commits the same way by default).
+	cfg.RuntimeParams["synchronous_commit"] = "off"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect to target: %w", err)
 	}
@@ -186,6 +195,19 @@ func (p *Applier) drop() {
 	}
 	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
 }
+
+// Batches of events (connectors.BatchSizer): up to applyBatchEvents, and
+// no longer than applyBatchWait to fill one. A larger batch spares
+// commits and round trips; a short wait keeps a replica close behind a
+// source that changes little at a time.
+const (
+	applyBatchEvents = 5000
+	applyBatchWait   = 10 * time.Millisecond
+)
+
+// BatchSize returns the batches the Applier works best with
+// (connectors.BatchSizer).
+func (p *Applier) BatchSize() (int, time.Duration) { return applyBatchEvents, applyBatchWait }
 
 // Close closes the connection.
 func (p *Applier) Close() error {
