@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
@@ -114,6 +115,10 @@ type Applier struct {
 	// sources holds the state of the source tables (by schema NUL table),
 	// as TablesTable records it; nil until read on conn.
 	sources map[string]*sourceState
+
+	// noDirect turns copyInserts off, for a batch applied again after it
+	// met a key the target holds.
+	noDirect bool
 
 	mu     sync.Mutex
 	status []protocol.TableStatus // what TableStatus reports
@@ -269,6 +274,13 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			return err
 		}
 		err := p.apply(ctx, events, stops)
+		if errors.Is(err, errDirectConflict) && !p.noDirect && ctx.Err() == nil {
+			// Again through staging, which takes rows the target holds.
+			p.forget()
+			p.noDirect = true
+			err = p.apply(ctx, events, stops)
+			p.noDirect = false
+		}
 		var te *tableError
 		if err == nil || !errors.As(err, &te) || !te.permanent || stops[te.id()] != nil || ctx.Err() != nil {
 			return err
@@ -380,6 +392,9 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 	}
 	if len(t.order) == 0 {
 		return nil
+	}
+	if !t.updated && !t.unchanged && !t.absent && !p.noDirect {
+		return p.copyInserts(ctx, tx, t, tg)
 	}
 	n, k := len(t.cols), len(t.key)
 	// A staging table per shape, reused across batches (ON COMMIT DELETE
@@ -564,6 +579,49 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 		}
 	}
 	return br.Close()
+}
+
+// errDirectConflict marks a direct COPY of inserts that found a key the
+// target holds already (a replica that diverged, a stream applied from
+// before the target's rows): the batch is applied again through staging.
+var errDirectConflict = errors.New("a direct copy of inserts met a key the target holds")
+
+// copyInserts applies a part of only new rows (inserts, none of them
+// leaving a value unchanged or absent) with one COPY straight into the
+// target: no staging table, no conflict check. A key the target holds
+// already fails it with errDirectConflict.
+func (p *Applier) copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable) error {
+	var buf bytes.Buffer
+	rows := 0
+	for _, rc := range t.order {
+		if rc.deleted {
+			continue
+		}
+		for i, c := range t.cols {
+			if i > 0 {
+				buf.WriteByte('\t')
+			}
+			if v := rc.row[c]; v.Null {
+				buf.WriteString(`\N`)
+			} else {
+				copyText(&buf, v.Text)
+			}
+		}
+		buf.WriteByte('\n')
+		rows++
+	}
+	if rows == 0 {
+		return nil
+	}
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, &buf, "COPY "+tg.ident.Sanitize()+" ("+idents(t.cols)+") FROM STDIN")
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return fmt.Errorf("%w: %v", errDirectConflict, err)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %d inserted rows: %w", rows, err)
+	}
+	return nil
 }
 
 // copyText writes s in COPY's text format.

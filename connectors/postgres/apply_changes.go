@@ -25,6 +25,9 @@ type tableChanges struct {
 	// snapshot is the position of the snapshot that begins with this part
 	// (protocol.OpSnapshot, with truncate set); 0 when none does.
 	snapshot uint64
+	// updated reports an event of the part other than an insert (and a
+	// truncate before them): its rows may exist in the target.
+	updated bool
 	// snapshotting reports that a snapshot of the table is under way in
 	// this part: an update whose unchanged TOAST value has no row to come
 	// from is left out, the row's chunk bringing it later. done reports
@@ -182,7 +185,11 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		t.truncate = true
 		t.rows = map[string]*rowChange{}
 		t.order = nil
+		t.updated = false
 		return nil
+	}
+	if ev.Op != protocol.OpInsert {
+		t.updated = true
 	}
 	if len(ev.Key) == 0 {
 		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")
