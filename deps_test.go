@@ -33,27 +33,34 @@ type rule struct {
 
 // rules are the import arrows of STYLE.md, one for every package of the
 // module: TestEveryPackageHasARule fails for a new package without one, so
-// that a new connector (connectors/kafka) says where it sits before it is
-// checked.
+// that it says where it sits before it is checked. A connector package
+// directly under connectors/ without a rule of its own takes connectorRule,
+// so adding a connector kind needs no line here.
 var rules = []rule{
 	{pkg: "", stdOnly: true}, // this test
 	{pkg: "protocol", stdOnly: true},
 	{pkg: "connectors", allowed: []string{"protocol"}},
 	{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
-	{pkg: "connectors/files", allowed: []string{"protocol", "connectors"}},
-	{pkg: "connectors/postgres", allowed: []string{"protocol", "connectors"}},
-	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors"}},
+	// connectors/postgres, connectors/arrowconv and any new
+	// connectors/<kind> take connectorRule.
+	{pkg: "connectors/files", allowed: []string{"protocol", "connectors", "connectors/arrowconv", "objstore"}},
+	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
+	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/iceberg/s3test", testSupport: true},
+	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
-		"connectors/files", "connectors/postgres", "connectors/pgcdc", "embednats"}},
+		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
 	{pkg: "telemetry", allowed: []string{"protocol"}},
 	{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
 	{pkg: "embednats"},
+	{pkg: "objstore"},
+	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
@@ -62,7 +69,43 @@ var rules = []rule{
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/replica", wiring: true, usesTestSupport: true},
+	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
+}
+
+// connectorRule is the rule of a connector package, connectors/<kind>,
+// that has no rule of its own: it imports the contract, the wire types and
+// object storage, never another connector or the cluster's packages.
+var connectorRule = rule{allowed: []string{"protocol", "connectors", "objstore"}}
+
+// effectiveRules returns rules plus connectorRule for each package of
+// pkgs (import paths) directly under connectors/ that has none.
+func effectiveRules(pkgs []string) []rule {
+	out := slices.Clone(rules)
+	have := map[string]bool{}
+	for _, r := range rules {
+		have[importPath(r.pkg)] = true
+	}
+	for _, p := range pkgs {
+		rel, ok := strings.CutPrefix(p, module+"/connectors/")
+		if !ok || have[p] || strings.Contains(rel, "/") {
+			continue
+		}
+		r := connectorRule
+		r.pkg = "connectors/" + rel
+		out = append(out, r)
+	}
+	return out
+}
+
+// modulePackages lists the module's packages (import paths).
+func modulePackages(t *testing.T) []string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "./...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list ./...: %v\n%s", err, out)
+	}
+	return strings.Fields(string(out))
 }
 
 func importPath(pkg string) string {
@@ -75,16 +118,13 @@ func importPath(pkg string) string {
 // TestEveryPackageHasARule: every package `go list ./...` finds has exactly
 // one rule, and every rule a package.
 func TestEveryPackageHasARule(t *testing.T) {
-	out, err := exec.Command("go", "list", "./...").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list ./...: %v\n%s", err, out)
-	}
+	pkgs := modulePackages(t)
 	have := map[string]int{}
-	for _, r := range rules {
+	for _, r := range effectiveRules(pkgs) {
 		have[importPath(r.pkg)]++
 	}
 	listed := map[string]bool{}
-	for _, p := range strings.Fields(string(out)) {
+	for _, p := range pkgs {
 		listed[p] = true
 		if have[p] != 1 {
 			t.Errorf("package %s has %d rules in deps_test.go, want 1: say what it may import", p, have[p])
@@ -100,13 +140,14 @@ func TestEveryPackageHasARule(t *testing.T) {
 // TestLayering enforces the import arrows of STYLE.md: what each package may
 // import from the project, so the layering holds by test, not by hope.
 func TestLayering(t *testing.T) {
+	all := effectiveRules(modulePackages(t))
 	support := map[string]bool{}
-	for _, r := range rules {
+	for _, r := range all {
 		if r.testSupport {
 			support[importPath(r.pkg)] = true
 		}
 	}
-	for _, r := range rules {
+	for _, r := range all {
 		t.Run(r.pkg, func(t *testing.T) {
 			self := importPath(r.pkg)
 			out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./"+r.pkg).CombinedOutput()
@@ -139,9 +180,10 @@ func TestLayering(t *testing.T) {
 // spell some of its kinds (nil: any kind), by path (a directory covers all
 // below it).
 var kindExemptions = map[string][]string{
-	// The demo's pipeline, which `sluice demo` prints for a new user to
-	// read, and its --files flag (a number of files, not the kind).
-	"cmd/sluice/demo.go": {"files"},
+	// The demo's pipelines, which `sluice demo` prints for a new user to
+	// read, its --files flag (a number of files, not the kind) and its
+	// --sink flag.
+	"cmd/sluice/demo.go": {"files", "iceberg"},
 	// Benchmarks measure particular connectors, and bench/measure reads
 	// the PostgreSQL server's processes by their name.
 	"bench": nil,

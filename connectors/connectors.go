@@ -61,8 +61,16 @@ type PlanRequest struct {
 	// LogicalTime is the run's logical time; zero when the pattern has none.
 	LogicalTime time.Time
 	// Watermark is the position the previous committed run reached, opaque
-	// to everyone but the source; empty for a first run.
+	// to everyone but the source; empty for a first run. For a run by
+	// position (ByPosition) it is where the run starts: the source plans
+	// what is new since it.
 	Watermark string
+	// ByPosition is set for a run by position, of a pipeline read by the
+	// source's own position (incremental.by; see Positions): Window is
+	// nil, and the source plans what is new since Watermark. Unset for
+	// every other run (a full load reads everything, whatever Watermark
+	// holds).
+	ByPosition bool
 	// Partitioning holds the pipeline's partitioning settings.
 	Partitioning Partitioning
 	// Window is set for a run of an incremental pipeline. With a
@@ -72,7 +80,7 @@ type PlanRequest struct {
 	// the hour directory date=2026-11-25/hour=07. The leader computed the
 	// window when it created the run and recorded it in Raft, so a plan
 	// repeated on another leader reads the same window. Nil for every
-	// other run.
+	// other run, and for an incremental run by position (see Positions).
 	Window *Window
 	// DeltaColumn is the column Window bounds (the spec's
 	// incremental.delta_column); empty when Window is nil or the source is
@@ -101,6 +109,49 @@ type Readiness interface {
 // Window is a half-open time range [From, To) of an incremental run.
 type Window = protocol.Window
 
+// Positions is the capability of a source kind that keeps a position of
+// its own instead of being read by windows of a delta column: Kafka's
+// per-partition offsets, an Iceberg table's last snapshot read, the
+// names, sizes and modification times of the files a landing directory
+// received. A kind declares it when it registers (Connector.Positions);
+// a pipeline of pattern incremental with incremental.by set to
+// "position" (or to Name) is refused at apply unless its source declares
+// it and its sink appends (Connector.SinkAppends).
+//
+// A run by position has no window. The coordinator leader creates at
+// most one run at a time per pipeline (the Raft state refuses a second
+// while one is in flight, so two runs never plan from the same
+// position), and calls Plan with PlanRequest.ByPosition set,
+// PlanRequest.Watermark set to the pipeline's watermark (empty before the
+// first commit) and Window nil.
+// Plan returns the bounded partitions of what is new since that position
+// (bounded per run, as the source's configuration says) and, in
+// Plan.Watermark, the position the run reaches; it must not move
+// anything another run plans from (consumer group offsets, markers): the
+// position moves in the Raft entry that commits the run, after the sink
+// appended its output (CommitRequest, ModeAppend without Window). A
+// position too large for a Raft entry is kept by the source outside the
+// cluster, written immutably at planning (a manifest named by its
+// content, say), the watermark naming it. A run that fails
+// leaves the watermark, so the next run plans from the same position and
+// reads the same data again. A run planned again (a new attempt) is
+// planned from the same watermark.
+type Positions struct {
+	// Name is how a spec may name the position in incremental.by besides
+	// "position" ("modified" for files by arrival), for the reader of the
+	// spec; empty when "position" is the only spelling.
+	Name string
+	// Check says whether a source configuration can be read by position
+	// (a files source laid out by time partitions is read by windows),
+	// with an error saying why not; nil accepts every configuration. It
+	// does no I/O and sees the configuration with ${ENV} unexpanded.
+	Check func(config json.RawMessage) error
+}
+
+// PositionBy is the generic spelling of incremental.by for every source
+// that keeps a position of its own (Positions).
+const PositionBy = "position"
+
 // Partitioning bounds each task of a run. Zero values mean the source's
 // defaults.
 type Partitioning struct {
@@ -117,13 +168,23 @@ type Partitioning struct {
 type Plan struct {
 	Partitions []protocol.Partition
 	// Watermark is stored with the commit of the run; empty for sources
-	// without one.
+	// without one. For a run by position it is the position the run
+	// reaches: the pipeline's watermark moves to it in the Raft entry that
+	// commits the run, and the next run starts there. Empty leaves the
+	// watermark where it is.
 	Watermark string
 	// Schema describes the columns every partition's batches carry, as the
 	// source's catalog declares them; nil when the source does not know
 	// them (a sink then takes the columns from the batches). It reaches
 	// every task (TaskRef.Schema) and the commit (CommitRequest.Schema).
 	Schema *Schema
+	// Holds is set by a RunHolder whose partitions can only be read while
+	// it holds what it planned them on (an exported snapshot). The leader
+	// records it with the plan: a leader that did not plan the run holds
+	// nothing for it, so it plans the run again, as a new attempt, rather
+	// than publish tasks that would fail. A RunHolder that holds nothing
+	// for this run (a configuration without a snapshot) leaves it unset.
+	Holds bool
 }
 
 // Schema describes the columns of a dataset as its source declares them.
@@ -141,6 +202,51 @@ type Column = protocol.Column
 type SchemaChecker interface {
 	CheckSchema(ctx context.Context, s *Schema) error
 }
+
+// CheckRequest says what a pipeline asks of one of its connectors, for a
+// Checker.
+type CheckRequest struct {
+	// Pipeline is the pipeline's name and Pattern its pattern.
+	Pipeline string
+	Pattern  protocol.Pattern
+	// Role is what the connector is in the pipeline.
+	Role Role
+	// DeltaColumn is the column an incremental pipeline's windows bound;
+	// empty for every other pipeline and for a partition-based one. A
+	// problem with it is a *FieldError of Field FieldDeltaColumn.
+	DeltaColumn string
+	// Settings are a streamed pipeline's settings (its slot, publication).
+	Settings StreamSettings
+}
+
+// FieldDeltaColumn is the Field of a Checker's *FieldError about the
+// pipeline's delta column, which the spec sets outside the connector's
+// configuration.
+const FieldDeltaColumn = "incremental.delta_column"
+
+// Checker is implemented by sources and sinks that can check, before a
+// pipeline is stored, that what their configuration names is there and
+// fits the pipeline: a table with its columns and key, a replica
+// identity, a directory. The coordinator leader calls Check for `sluice
+// apply --check`, on a connector opened for the check (its `${ENV}`
+// references expanded from the leader's environment) and closed after it;
+// checks of different pipelines may run concurrently. Check only looks: it
+// creates and changes nothing. ctx bounds the whole check.
+//
+// found says what was found, in a line for people ("table public.orders:
+// 3 columns, key id, about 300000 rows"). Each problem with the
+// configuration is a *FieldError naming its field ("table",
+// "columns[2]"), several joined with errors.Join; any other error means
+// the check could not be made (the server did not answer) and is shown as
+// it is.
+type Checker interface {
+	Check(ctx context.Context, req CheckRequest) (found string, err error)
+}
+
+// CheckFunc checks a configuration of a capability registered without an
+// opened connector (CDCSource, CDCTarget), as Checker.Check does; config
+// has its `${ENV}` references expanded.
+type CheckFunc func(ctx context.Context, config json.RawMessage, req CheckRequest) (found string, err error)
 
 // Source reads a system. Plan is called by the coordinator leader only,
 // once per run; Read is called by workers, concurrently for different
@@ -160,9 +266,11 @@ type Source interface {
 // RunHolder is implemented by sources that hold something for a planned
 // run until it ends, such as a database snapshot that every task of the run
 // reads. The leader keeps such a source open after Plan and calls
-// ReleaseRun, then Close, once the run is committed or failed, or when it
-// loses leadership (the tasks of a run whose hold is gone fail, and the run
-// must be started again).
+// ReleaseRun, then Close, once the run is committed or failed, before it
+// plans the run again, or when it loses leadership. What a plan holds
+// (Plan.Holds) dies with the leader that planned it: the next leader plans
+// the run again as a new attempt, and a task that finds the hold gone
+// fails with a Replan error, which does the same.
 type RunHolder interface {
 	ReleaseRun(runID string) error
 }
@@ -214,12 +322,18 @@ type CommitRequest struct {
 	Watermark string
 	// Mode says how the run's output joins the dataset. ModeReplace (the
 	// zero value, full loads): the run becomes a new version that replaces
-	// the whole dataset. ModeAppend (incremental runs): the run's output
-	// replaces exactly the rows of Window, by DeltaColumn, and leaves every
-	// other row as it is, so a window committed twice (a re-run, a
-	// backfill with --replace) holds its rows once.
+	// the whole dataset. ModeAppend (incremental runs) with a Window: the
+	// run's output replaces exactly the rows of Window, by DeltaColumn, and
+	// leaves every other row as it is, so a window committed twice (a
+	// re-run, a backfill with --replace) holds its rows once. ModeAppend
+	// without a Window (a run by position, see Positions): the run's output
+	// is appended to the dataset exactly once, beside every row committed
+	// before; a commit repeated with the same RunID (after a crash, by a
+	// new leader) appends nothing more. Only sinks registered with
+	// Connector.SinkAppends are asked for it.
 	Mode CommitMode
-	// Window is the run's window in ModeAppend; nil otherwise.
+	// Window is the run's window in ModeAppend; nil otherwise, and nil for
+	// a run by position.
 	Window *Window
 	// DeltaColumn is the column Window bounds, in ModeAppend; empty for a
 	// partition-based pipeline, whose rows carry no column the window

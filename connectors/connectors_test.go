@@ -72,3 +72,22 @@ func TestPermanentClassification(t *testing.T) {
 		t.Fatalf("row error: %v", re)
 	}
 }
+
+// A Replan error asks for a new plan of the run: it is permanent for the
+// task (no retry), survives wrapping, and keeps its cause and text; no
+// other error is one.
+func TestReplanClassification(t *testing.T) {
+	base := errors.New("snapshot gone")
+	err := fmt.Errorf("read chunk: %w", Replan(base))
+	if !IsReplan(err) || !IsPermanent(err) || !errors.Is(err, base) || err.Error() != "read chunk: snapshot gone" {
+		t.Fatalf("Replan wrapped: %v (replan %v, permanent %v)", err, IsReplan(err), IsPermanent(err))
+	}
+	for _, e := range []error{base, Permanent(base), &RowError{Location: "a", Row: 1, Err: base}, nil} {
+		if IsReplan(e) {
+			t.Errorf("%v is no Replan error", e)
+		}
+	}
+	if Replan(nil) != nil {
+		t.Error("Replan(nil) is not nil")
+	}
+}

@@ -7,7 +7,9 @@
 //
 // What differs between systems is an optional capability beside the
 // contract, never a switch on a kind name elsewhere: Readiness, RunHolder and
-// SchemaChecker for runs; for streamed pipelines (stream.go), CDCSource (the
+// SchemaChecker for runs; Positions (a source read by a position of its own,
+// incremental.by) and SinkAppends (a sink that appends a run without a
+// window), declared when a kind registers; for streamed pipelines (stream.go), CDCSource (the
 // change reader of a cdc pipeline and how its initial snapshot run is made)
 // and CDCTarget (the Applier of a cdc_apply pipeline, which connectors/cdcapply
 // runs).

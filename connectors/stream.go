@@ -120,6 +120,11 @@ type CDCSource struct {
 	// (protocol.TableStatus with Snapshot set). Nil means the kind takes
 	// no incremental snapshots.
 	Tables func(config json.RawMessage) ([]string, error)
+	// Check, when set, checks that the source can capture what the
+	// configuration names (the server's settings, the role's rights, each
+	// table and its replica identity), as Checker does; nil means the kind
+	// has no check.
+	Check CheckFunc
 }
 
 // CDCTarget is the capability of a connector kind to be the sink of a
@@ -131,6 +136,10 @@ type CDCTarget struct {
 	Validate Validator
 	// Open opens the Applier.
 	Open ApplierFactory
+	// Check, when set, checks that the target can take the events (a
+	// directory, a schema), as Checker does; nil means the kind has no
+	// check.
+	Check CheckFunc
 }
 
 // Event is a change event as an Applier receives it: the event and the

@@ -20,6 +20,9 @@ import (
 func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState) error {
 	c := t.c
 	t.release(log, r.ID)
+	t.mu.Lock()
+	delete(t.discarded, r.ID)
+	t.mu.Unlock()
 	if r.Backfill != "" {
 		// The run's end frees a window of its backfill for the next.
 		if _, err := t.startWindows(ctx, r.Backfill); err != nil && ctx.Err() == nil {

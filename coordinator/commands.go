@@ -30,7 +30,8 @@ const (
 	cmdCleanupDone    cmdType = 15
 	// A rollback's intent or its outcome.
 	cmdPipelineRollback cmdType = 16
-	// 17 to 19 are taken by other branches.
+	cmdRunReplan        cmdType = 17
+	// 18 and 19 are taken by other branches.
 	// The tables of a cdc pipeline and its incremental snapshots to take.
 	cmdStreamTables cmdType = 20
 	// An incremental snapshot the reader took.
@@ -75,6 +76,8 @@ func (t cmdType) String() string {
 		return "stream tables"
 	case cmdSnapshotDone:
 		return "snapshot done"
+	case cmdRunReplan:
+		return "run replan"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -252,9 +255,35 @@ type runPlannedCmd struct {
 	Time       time.Time            `json:"time"`
 	// Schema is the plan's schema; nil when the source gave none.
 	Schema *protocol.Schema `json:"schema,omitempty"`
+	// Holds tells that the plan's partitions can only be read while the
+	// leader that planned them holds what they were planned on (the
+	// source's snapshot: connectors.Plan.Holds).
+	Holds bool `json:"holds,omitempty"`
 }
 
 func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }
+
+// runReplanCmd gives up attempt Attempt of a running run whose plan can
+// no longer be read (what it held is gone: Reason says how it was found
+// out). The run plans again as its next attempt, or fails once Limit
+// attempts were given up.
+type runReplanCmd struct {
+	Run     string    `json:"run"`
+	Attempt int       `json:"attempt"`
+	Reason  string    `json:"reason"`
+	Limit   int       `json:"limit"`
+	Keep    int       `json:"keep"`
+	Time    time.Time `json:"time"`
+}
+
+func (runReplanCmd) cmdType() cmdType { return cmdRunReplan }
+
+// runReplanReply is the run's attempt after the entry: the next one, or
+// the one given up when the run Failed.
+type runReplanReply struct {
+	Attempt int
+	Failed  bool
+}
 
 // runRef names a run, with the leader's time: the body of the commands
 // that need nothing more.

@@ -27,8 +27,11 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		return err
 	}
 	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
-	if r.Window != nil {
+	switch {
+	case r.Window != nil:
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
+	case r.positioned():
+		req.Mode = connectors.ModeAppend
 	}
 	for _, ts := range r.Tasks {
 		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: ts.checksum(), Location: ts.Location})
@@ -37,6 +40,15 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),
 		telemetry.AttrVersion.Int64(r.Version), telemetry.AttrTasks.Int(len(r.Tasks))))
 	defer span.End()
+	if req.Mode == connectors.ModeAppend && req.Window == nil && len(req.Tasks) == 0 {
+		// A run by position that found nothing new appends nothing: only
+		// its watermark moves (a source may pass what it skips).
+		if _, err := apply(c, runCommittedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+			return err
+		}
+		log.Info("run committed: nothing new", "version", r.Version, "watermark", r.Watermark)
+		return nil
+	}
 	var lastErr error
 	backoff := 250 * time.Millisecond
 	for attempt := 1; attempt <= commitAttempts; attempt++ {

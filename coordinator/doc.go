@@ -8,6 +8,23 @@
 // streams, so no run is lost and none is committed twice. The coordinator
 // never holds data rows. Client is the control API's client.
 //
+// # Attempts of a run
+//
+// A plan may depend on something only the leader that made it holds (a
+// PostgreSQL source's exported snapshot: connectors.RunHolder and
+// connectors.Plan.Holds, recorded in the run-planned entry). It dies with
+// that leader's term. A leader that finds a running run whose plan holds
+// what it does not (proactively, as soon as it leads), or one whose task
+// reported the hold gone (protocol.ErrorReplan), gives up the run's attempt
+// in a run-replan entry and plans the run again as its next attempt, with
+// what the run was created with (its window) and task IDs of the new
+// attempt's own (a2-t00000), after purging the queued tasks and removing
+// the staging of the attempt given up. A late result of an earlier attempt
+// names a task the run no longer has and is ignored; a late staging write
+// is under a task ID no commit lists. A run fails once runAttempts attempts
+// were given up; the initial snapshot of a cdc pipeline fails at the first
+// and starts again as a new run on a new slot. See replan.go.
+//
 // # Incremental runs, watermarks and backfills
 //
 // A run of an incremental pipeline loads one window [lo, hi) of the
@@ -42,6 +59,22 @@
 // cover as skipped unless Replace is set, when they load again and their
 // rows are replaced. to must not pass now - lag. One backfill per pipeline
 // runs at a time.
+//
+// # Runs by position
+//
+// A pipeline with incremental.by reads a source that keeps a position of
+// its own (connectors.Positions: Kafka offsets, an Iceberg snapshot, the
+// files a directory received). Its runs have no window and are live: the
+// run-create entry records the pipeline's watermark as where the run
+// starts (runState.Since), the FSM refuses a second run while one is in
+// flight, the source's Plan gets that position and returns the one the
+// run reaches (recorded by the run-planned entry), and the commit appends
+// the run's output (connectors.ModeAppend without a Window: exactly once)
+// and moves the watermark in the run-committed entry. A run planned again
+// plans from the same position; a failed run leaves the watermark, so the
+// next run reads the same data. A run whose plan found nothing new
+// commits without asking the sink. Explicit windows and backfills are
+// refused.
 //
 // Sinks make windows idempotent: a commit in connectors.ModeAppend
 // replaces exactly the rows of its window. Delta-column loads never see

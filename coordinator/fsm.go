@@ -86,6 +86,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[streamTablesCmd](f.st, l)
 	case cmdSnapshotDone:
 		return dispatch[snapshotDoneCmd](f.st, l)
+	case cmdRunReplan:
+		return dispatch[runReplanCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -23,7 +24,16 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if c.Backfill != "" {
 		return s.windowRun(p, c)
 	}
-	if p.Spec.Pattern == protocol.PatternIncremental {
+	if p.Spec.Pattern == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
+		// A run by position plans from the watermark: one at a time, so
+		// that two runs never plan from the same position.
+		if c.Window != nil || !c.Live {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a run by position (incremental.by: %s) has no window and moves the watermark", c.Pipeline, p.Spec.Incremental.By)
+		}
+		if r := s.liveRun(c.Pipeline); r != nil {
+			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading: an incremental pipeline loads one run at a time (the next starts from the position it reaches)", r.ID, c.Pipeline)
+		}
+	} else if p.Spec.Pattern == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
 		}
@@ -95,6 +105,11 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	if r.Backoff == 0 {
 		r.Backoff = c.Backoff
 	}
+	if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
+		// A run by position: it plans from the watermark and its commit
+		// moves the watermark to where its plan reaches.
+		r.Live, r.Since = true, p.Watermark
+	}
 	if c.Window != nil {
 		w := *c.Window
 		r.Window = &w
@@ -139,10 +154,11 @@ func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
 	}
 	r.Tasks = make([]taskState, len(c.Partitions))
 	for i, p := range c.Partitions {
-		r.Tasks[i] = taskState{ID: fmt.Sprintf("t%05d", i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
+		r.Tasks[i] = taskState{ID: taskID(r.attempt(), i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
 	}
 	r.Planned = true
 	r.Schema = c.Schema
+	r.Holds = c.Holds
 	if r.Window == nil {
 		// An incremental run's position is its window, set at creation.
 		r.Watermark = c.Watermark
@@ -162,8 +178,11 @@ func (c runPublishedCmd) applyTo(s *state) (noReply, error) {
 }
 
 // applyTo records the result of a task attempt: a success, a failure the
-// worker retries, or the task's last failure, which fails the run. A
-// result for a task that is not pending is ignored (a task may run twice).
+// worker retries, a failure that asks for a new plan of the run (the
+// leader then gives up the run's attempt: runReplanCmd), or the task's
+// last failure, which fails the run. A result for a task that is not
+// pending is ignored (a task may run twice), as is one for a task of an
+// earlier attempt of the run (its ID is not the current attempt's).
 func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 	r, ok := s.Runs[c.Run]
 	if !ok || r.State != protocol.RunRunning {
@@ -181,17 +200,77 @@ func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 		return taskResultReply{Changed: true}, nil
 	}
 	t.Error = c.Error
+	if c.ErrorClass == protocol.ErrorReplan && !c.Final {
+		// No attempt of the task can succeed; a new plan of the run can.
+		if r.Replan == "" {
+			r.Replan = fmt.Sprintf("task %s (%s) found what the run was planned on gone: %s", t.ID, t.Partition.Key, c.Error)
+		}
+		return taskResultReply{Changed: true}, nil
+	}
 	if !c.Final && c.ErrorClass != protocol.ErrorPermanent && c.Attempt < r.MaxAttempts {
 		// The worker retries it.
 		return taskResultReply{Changed: true}, nil
 	}
 	t.State = protocol.TaskFailed
-	r.State = protocol.RunFailed
-	r.Error = fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error)
-	r.Finished = c.Time
-	s.runEnded(r, c.Time)
-	s.prune(r.Pipeline, 0)
+	s.failRun(r, fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error), 0, c.Time)
 	return taskResultReply{Changed: true, RunFailed: true}, nil
+}
+
+// applyTo gives up the current attempt of a running run: the run goes
+// back to planning as its next attempt, with what it was created with (its
+// window and the position it reaches, its trace), or fails once Limit
+// attempts were given up. The initial snapshot of a cdc pipeline fails at
+// once: it starts again as a new run, on a new slot (tendSnapshot). A
+// command for another attempt (an older leader's) or for a run whose tasks
+// all succeeded (it needs nothing held to commit) is refused.
+func (c runReplanCmd) applyTo(s *state) (runReplanReply, error) {
+	r, err := s.runIn(c.Run, protocol.RunRunning)
+	if err != nil {
+		return runReplanReply{}, err
+	}
+	attempt := r.attempt()
+	if c.Attempt != attempt {
+		return runReplanReply{}, refuse(refusedRunState, "plan run %q again: attempt %d is not the run's, %d", c.Run, c.Attempt, attempt)
+	}
+	if r.allSucceeded() {
+		return runReplanReply{}, refuse(refusedRunState, "plan run %q again: every task of attempt %d succeeded", c.Run, attempt)
+	}
+	r.Replans = append(slices.Clone(r.Replans), protocol.Replan{Attempt: attempt, Reason: c.Reason, Time: c.Time})
+	switch {
+	case s.snapshotRun(r):
+		s.failRun(r, c.Reason+" (an initial snapshot starts again as a new run, on a new slot)", c.Keep, c.Time)
+		return runReplanReply{Attempt: attempt, Failed: true}, nil
+	case attempt >= c.Limit:
+		s.failRun(r, fmt.Sprintf("given up after %d attempts: %s", attempt, c.Reason), c.Keep, c.Time)
+		return runReplanReply{Attempt: attempt, Failed: true}, nil
+	}
+	r.Attempt = attempt + 1
+	r.State = protocol.RunPlanning
+	r.Planned, r.Published, r.Holds = false, false, false
+	r.Tasks, r.Schema, r.Replan = nil, nil, ""
+	r.WaitingFor, r.WaitingSince = "", time.Time{}
+	if r.Window == nil {
+		// The position of a run without a window comes from its plan.
+		r.Watermark = ""
+	}
+	return runReplanReply{Attempt: r.Attempt}, nil
+}
+
+// snapshotRun reports whether r is the initial snapshot run of a cdc
+// pipeline.
+func (s *state) snapshotRun(r *runState) bool {
+	p, ok := s.Pipelines[r.Pipeline]
+	return ok && p.Stream != nil && p.Stream.SnapshotRun == r.ID
+}
+
+// failRun fails run r with msg at time t, keeping the newest keep
+// finished runs of its pipeline (keep <= 0: all).
+func (s *state) failRun(r *runState, msg string, keep int, t time.Time) {
+	r.State = protocol.RunFailed
+	r.Error = msg
+	r.Finished = t
+	s.runEnded(r, t)
+	s.prune(r.Pipeline, keep)
 }
 
 // applyTo assigns a run whose tasks all succeeded the next dataset
@@ -233,6 +312,10 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 		// newer version.
 		if r.Version > p.Version {
 			p.Version = r.Version
+			// A run without a window moves the watermark to where its
+			// plan reached (a run by position, or a full load whose
+			// source keeps one); a run by position is the only one of
+			// its pipeline in flight, so its version is the newest.
 			if r.Window == nil && r.Watermark != "" {
 				p.Watermark = r.Watermark
 			}
@@ -269,11 +352,7 @@ func (c runFailedCmd) applyTo(s *state) (noReply, error) {
 	if r.finished() {
 		return noReply{}, nil
 	}
-	r.State = protocol.RunFailed
-	r.Error = c.Error
-	r.Finished = c.Time
-	s.runEnded(r, c.Time)
-	s.prune(r.Pipeline, c.Keep)
+	s.failRun(r, c.Error, c.Keep, c.Time)
 	return noReply{}, nil
 }
 

@@ -356,6 +356,11 @@ func fullLog() []entry {
 	log = append(log, create("orders", "r2"), planned("orders-000002", 3, "wm2"), published("orders-000002"),
 		ok("orders-000002", "t00000", 4), failed("orders-000002", "t00001", protocol.ErrorRetryable, 1))
 	log = append(log, create("users", ""), runFailed("users-000001", 50))
+	// a run planned again, a task of its second attempt finding the hold
+	// gone
+	log = append(log, create("users", ""), heldPlan("users-000002", 2, "wm"), published("users-000002"),
+		replanCmd("users-000002", 1, "gone"), heldPlan("users-000002", 2, "wm"), published("users-000002"),
+		taskResultCmd{Run: "users-000002", Task: "a2-t00001", Attempt: 1, ErrorClass: protocol.ErrorReplan, Error: "gone", Time: t0})
 	// a deleted cdc pipeline, its cleanup pending
 	log = append(log, pipelinePutCmd{Spec: cdcSpec("gone"), Time: t0}, del("gone"))
 	// a rollback of orders recorded, not finished
@@ -430,7 +435,7 @@ func TestFSMUnknownCommandPanics(t *testing.T) {
 var allCommands = []commandBody{
 	pipelinePutCmd{}, runCreateCmd{}, runPlannedCmd{}, runPublishedCmd{}, taskResultCmd{}, runCommittingCmd{},
 	runCommittedCmd{}, runFailedCmd{}, runNotifiedCmd{}, backfillCmd{}, runWaitingCmd{}, scheduleTickCmd{},
-	leaseGrantCmd{}, pipelineDeleteCmd{}, cleanupDoneCmd{}, pipelineRollbackCmd{},
+	leaseGrantCmd{}, pipelineDeleteCmd{}, cleanupDoneCmd{}, pipelineRollbackCmd{}, runReplanCmd{},
 }
 
 // Every command body has its own type byte, with a name; the bytes run

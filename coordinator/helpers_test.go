@@ -104,7 +104,9 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // memConnectors is a test connector pair: "memsrc" plans {"parts": n}
-// partitions with the "schema" given (or fails with "fail_plan"),
+// partitions with the "schema" given (or fails with "fail_plan"), and with
+// "holds" holds each run's plan until ReleaseRun (a connectors.RunHolder
+// setting Plan.Holds); it records its plan requests and releases.
 // "memsink" needs a "path", records commits, aborts and schema checks, and
 // refuses a schema with the column named "refuse".
 //
@@ -113,14 +115,18 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // While exposeGate is not nil, Expose signals exposing and waits for the
 // gate to close (or its context to end).
 type memConnectors struct {
-	mu      sync.Mutex
-	commits []connectors.CommitRequest
-	aborts  []string
-	checks  []*protocol.Schema
+	mu       sync.Mutex
+	commits  []connectors.CommitRequest
+	aborts   []string
+	checks   []*protocol.Schema
+	plans    []connectors.PlanRequest
+	released []string
 	// versions are the kept versions by path; events the commits and
 	// exposes of every path, in order ("commit 2", "expose 1").
-	versions   map[string][]connectors.Version
-	events     []string
+	versions map[string][]connectors.Version
+	events   []string
+	// records is how many records the log possrc reads holds.
+	records    int
 	exposeGate chan struct{}
 	exposing   chan int64
 }
@@ -129,6 +135,7 @@ type memConfig struct {
 	Parts       int              `json:"parts"`
 	FailPlan    string           `json:"fail_plan"`
 	Schema      *protocol.Schema `json:"schema"`
+	Holds       bool             `json:"holds"`
 	Path        string           `json:"path"`
 	Refuse      string           `json:"refuse"`
 	Unversioned bool             `json:"unversioned"`
@@ -143,7 +150,10 @@ func (m *memConnectors) registry() *connectors.Registry {
 			if err := json.Unmarshal(cfg, &c); err != nil {
 				return nil, err
 			}
-			return memSource{c}, nil
+			if c.Holds {
+				return heldSource{memSource{c, m}}, nil
+			}
+			return memSource{c, m}, nil
 		},
 		Validate: func(cfg json.RawMessage) error {
 			var c memConfig
@@ -157,7 +167,13 @@ func (m *memConnectors) registry() *connectors.Registry {
 		},
 	})
 	reg.Register(connectors.Connector{
-		Kind: "memsink",
+		Kind:      "possrc",
+		Source:    func(_ context.Context, cfg json.RawMessage) (connectors.Source, error) { return newPosSource(cfg, m) },
+		Positions: &connectors.Positions{Name: "offset"},
+	})
+	reg.Register(connectors.Connector{
+		Kind:        "memsink",
+		SinkAppends: true,
 		Sink: func(_ context.Context, cfg json.RawMessage) (connectors.Sink, error) {
 			var c memConfig
 			if err := json.Unmarshal(cfg, &c); err != nil {
@@ -227,9 +243,28 @@ func (m *memConnectors) aborted() []string {
 	return append([]string(nil), m.aborts...)
 }
 
-type memSource struct{ c memConfig }
+// planned returns the plan requests of run id, in order.
+func (m *memConnectors) planned(id string) []connectors.PlanRequest {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []connectors.PlanRequest
+	for _, req := range m.plans {
+		if req.RunID == id {
+			out = append(out, req)
+		}
+	}
+	return out
+}
+
+type memSource struct {
+	c memConfig
+	m *memConnectors
+}
 
 func (s memSource) Plan(_ context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	s.m.mu.Lock()
+	s.m.plans = append(s.m.plans, req)
+	s.m.mu.Unlock()
 	if s.c.FailPlan != "" {
 		return connectors.Plan{}, errors.New(s.c.FailPlan)
 	}
@@ -239,6 +274,7 @@ func (s memSource) Plan(_ context.Context, req connectors.PlanRequest) (connecto
 	}
 	p.Watermark = "wm-" + req.RunID
 	p.Schema = s.c.Schema
+	p.Holds = s.c.Holds
 	return p, nil
 }
 
@@ -247,6 +283,16 @@ func (memSource) Read(context.Context, protocol.Partition, connectors.Emit) erro
 }
 
 func (memSource) Close() error { return nil }
+
+// heldSource is a memsrc that holds its runs' plans.
+type heldSource struct{ memSource }
+
+func (s heldSource) ReleaseRun(id string) error {
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	s.m.released = append(s.m.released, id)
+	return nil
+}
 
 type memSink struct {
 	m      *memConnectors

@@ -34,6 +34,9 @@ type leaderTerm struct {
 	commitMu map[string]*sync.Mutex
 	// held are the sources kept open for their runs (connectors.RunHolder).
 	held map[string]connectors.Source
+	// discarded maps a run planned again to the attempt whose
+	// predecessors' tasks and staging this term removed (discard).
+	discarded map[string]int
 	// checkAt is when the input of a waiting run is checked next;
 	// rechecking marks the waiting runs with a timer that kicks them then.
 	checkAt    map[string]time.Time
@@ -48,7 +51,7 @@ type leaderTerm struct {
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
 	ctx, cancel := context.WithCancel(parent)
 	t := &leaderTerm{c: c, cancel: cancel, done: make(chan struct{}), driving: map[string]bool{}, commitMu: map[string]*sync.Mutex{}, held: map[string]connectors.Source{},
-		checkAt: map[string]time.Time{}, rechecking: map[string]bool{}, leases: map[string]leaseSeen{}}
+		discarded: map[string]int{}, checkAt: map[string]time.Time{}, rechecking: map[string]bool{}, leases: map[string]leaseSeen{}}
 	go func() {
 		defer close(t.done)
 		t.lead(ctx)
@@ -265,7 +268,13 @@ func (t *leaderTerm) advance(ctx context.Context, id string) {
 			return
 		}
 		var err error
+		replan := ""
+		if r.State == protocol.RunRunning {
+			replan = t.replanReason(r)
+		}
 		switch {
+		case replan != "":
+			err = t.replan(log, r, replan)
 		case r.State == protocol.RunPlanning || r.State == protocol.RunWaiting:
 			var waiting bool
 			waiting, err = t.plan(ctx, log, r)

@@ -23,25 +23,37 @@ import (
 // kicks the run again after its ready check interval; waiting is true
 // then. A run waiting longer than its ready timeout fails, naming what it
 // waited for. A plan whose schema the run's sink cannot hold fails the run
-// before any task is recorded (checkSchema).
+// before any task is recorded (checkSchema). A run planned again first
+// loses what its given-up attempts left (discard). The plan records
+// whether it holds what the source kept for it (connectors.Plan.Holds).
 func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (waiting bool, err error) {
 	c := t.c
 	if t.notYet(r.ID) {
 		return true, nil
 	}
+	if r.attempt() > 1 {
+		if err := t.discard(ctx, log, r); err != nil {
+			return false, err
+		}
+	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
-	if ok {
+	switch {
+	case r.positioned():
+		// The position the run was created at: every attempt plans from it.
+		watermark = r.Since
+	case ok:
 		watermark = p.Watermark
 	}
 	req := connectors.PlanRequest{
 		RunID: r.ID, Pipeline: r.Pipeline, Params: r.Params, LogicalTime: r.LogicalTime,
-		Watermark: watermark, Partitioning: r.Partitioning,
+		Watermark: watermark, ByPosition: r.positioned(), Partitioning: r.Partitioning,
 		Window: r.Window, DeltaColumn: r.DeltaColumn,
 	}
 	rctx := runContext(ctx, r)
 	var span trace.Span
 	var what string
+	holds := false
 	plan, err := func() (connectors.Plan, error) {
 		src, err := c.reg.OpenSource(rctx, r.Source.Kind, r.Source.Config)
 		if err != nil {
@@ -68,16 +80,17 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		// no span per check.
 		var sctx context.Context
 		sctx, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
-			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
+			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
 		plan, err := src.Plan(sctx, req)
 		if err == nil {
 			err = t.checkSchema(sctx, r, plan.Schema)
 		}
-		if _, holds := src.(connectors.RunHolder); holds && err == nil {
+		if _, ok := src.(connectors.RunHolder); ok && err == nil {
 			// The source holds the run's snapshot until the run ends.
 			t.mu.Lock()
 			t.held[r.ID] = src
 			t.mu.Unlock()
+			holds = plan.Holds
 			return plan, nil
 		}
 		if cerr := src.Close(); cerr != nil {
@@ -94,7 +107,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		}
 		if span == nil { // failed before planning: opening or checking the source
 			_, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
-				telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID)))
+				telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
 			defer span.End()
 		}
 		span.RecordError(err)
@@ -107,10 +120,10 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	t.doneWaiting(r.ID)
 	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
-	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Time: now()}); err != nil {
+	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Holds: holds, Time: now()}); err != nil {
 		return false, err
 	}
-	log.Info("run planned", "tasks", len(plan.Partitions))
+	log.Info("run planned", "tasks", len(plan.Partitions), "attempt", r.attempt())
 	return false, nil
 }
 

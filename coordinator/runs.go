@@ -96,13 +96,14 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 		if err != nil {
 			return "", nil, err
 		}
-		if p.Spec.Pattern == protocol.PatternIncremental && win.Empty() {
+		windowed := p.Spec.Pattern == protocol.PatternIncremental && !p.Spec.Incremental.Positioned()
+		if windowed && win.Empty() {
 			// Nothing to load yet: no run. The next window opens once
 			// now - lag passes the watermark.
 			return "", &protocol.RunReply{UpToDate: true, Window: &win}, nil
 		}
 		var window *protocol.Window
-		if p.Spec.Pattern == protocol.PatternIncremental {
+		if windowed {
 			window = &win
 		}
 		tm := now()
@@ -128,7 +129,9 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 // live), or [lo, hi) with lo the watermark (incremental.start before the
 // first commit) and hi = min(now - lag, lo + window), truncated to the
 // second (live: its commit moves the watermark to hi). hi <= lo means the
-// pipeline is up to date. Other patterns have no window.
+// pipeline is up to date. A run by position has no window and is live
+// (its commit moves the watermark to the position its plan reaches).
+// Other patterns have no window.
 func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protocol.Window, bool, error) {
 	inc := p.Spec.Incremental
 	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil {
@@ -136,6 +139,12 @@ func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protoco
 			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for pattern incremental", p.Spec.Name, p.Spec.Pattern)
 		}
 		return protocol.Window{}, false, nil
+	}
+	if inc.Positioned() {
+		if asked != nil {
+			return protocol.Window{}, false, invalid("window: pipeline %s is read by its source's position (incremental.by: %s): its runs have no window; each loads what is new since the watermark", p.Spec.Name, inc.By)
+		}
+		return protocol.Window{}, true, nil
 	}
 	if asked != nil {
 		w := protocol.Window{From: asked.From.UTC(), To: asked.To.UTC()}

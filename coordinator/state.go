@@ -253,6 +253,10 @@ type runState struct {
 	DeltaColumn string           `json:"delta_column,omitempty"`
 	Live        bool             `json:"live,omitempty"`
 	Backfill    string           `json:"backfill,omitempty"`
+	// Since is where a run by position (a live incremental run without a
+	// window) plans from: the pipeline's watermark when the run was
+	// created; Watermark is where its plan reaches.
+	Since string `json:"since,omitempty"`
 	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
 	// and ready_check. WaitingFor is what a waiting run waits for (a
 	// partition's path), WaitingSince when it started waiting: the ready
@@ -265,8 +269,21 @@ type runState struct {
 	// never changes it after creation.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
 
-	Planned bool        `json:"planned"`
-	Tasks   []taskState `json:"tasks,omitempty"`
+	Planned bool `json:"planned"`
+	// Attempt numbers the run's plans: 1 (0 in a run of an earlier
+	// version's log) for the first, one more each time the run is planned
+	// again because its plan can no longer be read; Replans says why each
+	// earlier attempt was given up. Holds tells that the current plan can
+	// only be read while the leader that planned it holds what it was
+	// planned on (the source's snapshot), which dies with that leader.
+	// Replan is set once a task found it gone (protocol.ErrorReplan): the
+	// leader then plans the run again.
+	Attempt int               `json:"attempt,omitempty"`
+	Replans []protocol.Replan `json:"replans,omitempty"`
+	Holds   bool              `json:"holds,omitempty"`
+	Replan  string            `json:"replan,omitempty"`
+	// Tasks are the current attempt's.
+	Tasks []taskState `json:"tasks,omitempty"`
 	// Schema is the schema of the run's rows, from its plan: every task
 	// and the commit carry it. Nil when the source gave none.
 	Schema    *protocol.Schema `json:"schema,omitempty"`
@@ -309,6 +326,26 @@ func (r *runState) checksum() connectors.Checksum {
 	return sum
 }
 
+// positioned reports whether r is a run by position: a live incremental
+// run without a window, planned from Since.
+func (r *runState) positioned() bool {
+	return r.Pattern == protocol.PatternIncremental && r.Window == nil && r.Live
+}
+
+// attempt returns the number of r's current attempt.
+func (r *runState) attempt() int { return max(r.Attempt, 1) }
+
+// taskID names task i of attempt: t00000, t00001, ... for the first
+// attempt, a<N>-t00000, ... for attempt N, so that nothing an earlier
+// attempt left behind (a task message, a late result, a late staging
+// write) is ever taken for a task of a later one.
+func taskID(attempt, i int) string {
+	if attempt <= 1 {
+		return fmt.Sprintf("t%05d", i)
+	}
+	return fmt.Sprintf("a%d-t%05d", attempt, i)
+}
+
 func (r *runState) finished() bool {
 	return r.State == protocol.RunCommitted || r.State == protocol.RunFailed
 }
@@ -340,6 +377,7 @@ func (r *runState) task(id string) *taskState {
 func (r *runState) clone() *runState {
 	c := *r
 	c.Tasks = slices.Clone(r.Tasks)
+	c.Replans = slices.Clone(r.Replans)
 	c.Params = maps.Clone(r.Params)
 	c.Trace = maps.Clone(r.Trace)
 	return &c

@@ -296,7 +296,7 @@ func (t *leaderTerm) apiLeaseRenew(data []byte) (any, error) {
 	case p.Stream.Revision != p.Revision:
 		return protocol.LeaseRenewReply{Reason: fmt.Sprintf("pipeline revised (revision %d): the stream restarts with the new spec", p.Revision)}, nil
 	}
-	if reason, err := t.snapshotProgress(p, req.Status); err != nil || reason != "" {
+	if reason, err := t.recordSnapshots(p, req.Status); err != nil || reason != "" {
 		return protocol.LeaseRenewReply{Reason: reason}, err
 	}
 	req.Status.Time = now()
@@ -306,10 +306,10 @@ func (t *leaderTerm) apiLeaseRenew(data []byte) (any, error) {
 	return protocol.LeaseRenewReply{OK: true}, nil
 }
 
-// snapshotProgress records the incremental snapshots a renewal reports
+// recordSnapshots records the incremental snapshots a renewal reports
 // taken (or failed), and returns why the renewal is refused when the
 // stream does not know of a snapshot pending: it then restarts with them.
-func (t *leaderTerm) snapshotProgress(p *pipelineState, st protocol.StreamStatus) (string, error) {
+func (t *leaderTerm) recordSnapshots(p *pipelineState, st protocol.StreamStatus) (string, error) {
 	if p.Stream == nil || len(p.Stream.Snapshots) == 0 {
 		return "", nil
 	}
@@ -391,6 +391,30 @@ func (t *leaderTerm) apiCDCResnapshot(data []byte) (any, error) {
 	return reply, nil
 }
 
+// snapshotProgress is how far a snapshot run got: its chunk tasks, and its
+// tables (partition groups), each done when all its chunks are.
+func snapshotProgress(r *runState) *protocol.SnapshotProgress {
+	p := &protocol.SnapshotProgress{Run: r.ID, State: r.State, Chunks: len(r.Tasks)}
+	pending := map[string]bool{} // table -> a chunk of it is not done
+	for _, ts := range r.Tasks {
+		done := ts.State == protocol.TaskSucceeded
+		if done {
+			p.ChunksDone++
+		}
+		p.Rows += ts.Rows
+		if g := ts.Partition.Group; g != "" {
+			pending[g] = pending[g] || !done
+		}
+	}
+	p.Tables = len(pending)
+	for _, left := range pending {
+		if !left {
+			p.TablesDone++
+		}
+	}
+	return p
+}
+
 // apiCDCStatus lists the streams.
 func (t *leaderTerm) apiCDCStatus() (any, error) {
 	out := protocol.CDCStatusReply{Streams: []protocol.StreamInfo{}}
@@ -401,6 +425,9 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 		info := protocol.StreamInfo{Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Phase: "streaming"}
 		if p.Spec.Pattern == protocol.PatternCDC {
 			info.Slot = p.Spec.SlotName()
+		}
+		if p.Spec.Pattern == protocol.PatternCDCApply {
+			info.Upstream = p.Spec.ApplyUpstream()
 		}
 		if st := p.Stream; st != nil {
 			info.Worker, info.Epoch = st.Worker, st.Epoch
@@ -413,6 +440,9 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 				}
 				info.Snapshotted = append(info.Snapshotted, protocol.TableStatus{Table: done.Table, State: state, Error: done.Error,
 					Since: done.Done, Snapshot: done.ID, Rows: done.Rows, Throttled: done.Throttled})
+			}
+			if r, ok := t.c.fsm.run(st.SnapshotRun); ok {
+				info.Snapshot = snapshotProgress(r)
 			}
 		}
 		if p.Spec.InitialSnapshot() && (p.Stream == nil || !p.Stream.SnapshotDone) {

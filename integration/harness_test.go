@@ -17,10 +17,8 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/connectors/clickhouse"
+	"github.com/sluicehq/sluice/connectors/builtin"
 	"github.com/sluicehq/sluice/connectors/files"
-	"github.com/sluicehq/sluice/connectors/pgcdc"
-	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/pipeline"
@@ -60,6 +58,9 @@ type clusterConfig struct {
 	workers      int
 	slots        int
 	ackWait      time.Duration
+	// register, when set, adds connectors of the test's own to the
+	// registry before anything uses it.
+	register func(*connectors.Registry)
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -86,10 +87,10 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		t: t, url: ns.ClientURL(), reg: connectors.NewRegistry(), cfg: cfg,
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	}
-	files.Register(c.reg)
-	postgres.Register(c.reg)
-	pgcdc.Register(c.reg, nil)
-	clickhouse.Register(c.reg)
+	builtin.Register(c.reg)
+	if cfg.register != nil {
+		cfg.register(c.reg)
+	}
 
 	// Raft nodes on an in-memory transport, fully connected.
 	var transports []*raft.InmemTransport

@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/md5"
 	"fmt"
 	"maps"
 	"net"
@@ -18,9 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
@@ -717,4 +720,147 @@ func TestProcessWorkerSIGTERMDrains(t *testing.T) {
 	if t.Failed() {
 		t.Logf("task list: %+v", full.TaskList)
 	}
+}
+
+// The coordinator process that leads Raft killed with SIGKILL in the middle
+// of two PostgreSQL full loads, into PostgreSQL and into CSV files: the
+// snapshot the runs were planned on dies with it, the next leader plans
+// each run again as attempt 2 on a fresh snapshot (rows inserted meanwhile
+// are in it), and each run commits exactly once, equal to the source. The
+// workers are frozen (SIGSTOP) once the first run has a task done, so that
+// the kill lands mid-run however fast the machine, and thawed right after
+// it: their tasks of attempt 1 finish late or find the snapshot gone.
+func TestProcessLeaderKill9ReplansPostgresRuns(t *testing.T) {
+	t.Parallel()
+	dsn, schema, conn := pgtest.DB(t)
+	src, dst := schema+".orders", schema+".orders_copy"
+	createOrders(t, conn, src, 40000)
+	c := newProcCluster(t)
+	out := t.TempDir()
+	for name, sink := range map[string]string{
+		"pgpg":    fmt.Sprintf("  kind: postgres\n  dsn: %s\n  table: %s", dsn, dst),
+		"pgfiles": fmt.Sprintf("  kind: files\n  path: %s\n  format: csv", out),
+	} {
+		y := fmt.Sprintf("name: %s\npattern: full_load\nsource:\n  kind: postgres\n  dsn: %s\n  table: %s\nsink:\n%s\npartitioning:\n  target_rows: 2500\n", name, dsn, src, sink)
+		s, err := pipeline.Parse([]byte(y), name+".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.client.Apply(c.ctx(30*time.Second), s); err != nil {
+			t.Fatalf("apply %s: %v", name, err)
+		}
+	}
+	runs := []string{c.run("pgpg").RunID, c.run("pgfiles").RunID}
+
+	// The workers take the tasks in the order they were published: the
+	// first run's, then the second's.
+	ctx := c.ctx(60 * time.Second)
+	for {
+		st, err := c.client.GetRun(ctx, runs[0])
+		if err == nil && st.TasksDone >= 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("run %s made no progress: %v", runs[0], err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	for _, w := range c.workers {
+		w.signal(t, syscall.SIGSTOP)
+	}
+	for _, id := range runs {
+		st, err := c.client.GetRun(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TasksDone == st.Tasks {
+			t.Fatalf("run %s finished before the leader could be killed; make the table larger", id)
+		}
+		t.Logf("run %s: %d/%d tasks done when the workers froze", id, st.TasksDone, st.Tasks)
+	}
+	addOrders(t, conn, src, 40001, 41000)
+
+	st0, err := c.client.Status(ctx, protocol.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := c.coords[st0.Leader]
+	old.signal(t, syscall.SIGKILL)
+	<-old.done
+	for _, w := range c.workers {
+		w.signal(t, syscall.SIGCONT)
+	}
+	t.Logf("leader %s killed with SIGKILL mid-run", st0.Leader)
+
+	for _, id := range runs {
+		c.wait(id, 90*time.Second)
+		st, err := c.client.GetRun(c.ctx(10*time.Second), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkReplanned(t, st, "")
+		t.Logf("run %s: attempt 1 given up: %s", id, st.Replans[0].Reason)
+		if st.Rows != 41000 {
+			t.Errorf("run %s wrote %d rows, want the fresh snapshot's 41000", id, st.Rows)
+		}
+		// What `sluice status --run` shows.
+		sluice, _ := binaries(t)
+		view, err := exec.Command(sluice, "status", "--run", id, "--nats", c.natsURLs).CombinedOutput()
+		if err != nil {
+			t.Fatalf("sluice status --run %s: %v\n%s", id, err, view)
+		}
+		if !strings.Contains(string(view), "attempt: 2, planned again") || !strings.Contains(string(view), "attempt 1 given up at ") {
+			t.Errorf("sluice status --run %s does not show the attempts:\n%s", id, view)
+		}
+		expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject(st.Pipeline, "committed"), 1)
+	}
+	if got, want := rowsMD5(t, conn, dst), rowsMD5(t, conn, src); got != want {
+		t.Errorf("PostgreSQL target %s, source %s", got, want)
+	}
+	if got, want := csvLinesMD5(t, filepath.Join(out, "current")), sourceCSVMD5(t, conn, src); got != want {
+		t.Errorf("CSV files %s, source %s", got, want)
+	}
+	if versions, _ := filepath.Glob(filepath.Join(out, "v*")); len(versions) != 1 {
+		t.Errorf("versions on disk %v, want exactly one", versions)
+	}
+}
+
+// csvLinesMD5 is the count and md5 of the sorted data lines of the CSV
+// files in dir (each file's header line left out; the rows hold no line
+// breaks).
+func csvLinesMD5(t *testing.T, dir string) string {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(dir, "*.csv"))
+	if err != nil || len(paths) == 0 {
+		t.Fatalf("CSV files in %s: %v %v", dir, paths, err)
+	}
+	var lines []string
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		if ls[0] != "id,name,amount" {
+			t.Fatalf("%s: header %q", p, ls[0])
+		}
+		lines = append(lines, ls[1:]...)
+	}
+	return linesMD5(lines)
+}
+
+// sourceCSVMD5 is csvLinesMD5 of table's rows as PostgreSQL writes them
+// in CSV.
+func sourceCSVMD5(t *testing.T, conn *pgx.Conn, table string) string {
+	t.Helper()
+	var b bytes.Buffer
+	if _, err := conn.PgConn().CopyTo(context.Background(), &b, "COPY "+table+" TO STDOUT WITH (FORMAT csv)"); err != nil {
+		t.Fatal(err)
+	}
+	return linesMD5(strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n"))
+}
+
+func linesMD5(lines []string) string {
+	slices.Sort(lines)
+	return fmt.Sprintf("%d lines, md5 %x", len(lines), md5.Sum([]byte(strings.Join(lines, "\n"))))
 }

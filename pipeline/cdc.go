@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -182,12 +183,11 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 				out.Lease = d
 			}
 		case "target_rows":
-			var n int64
-			if err := val.Decode(&n); err != nil || n < 1 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a positive whole number", val.Value))
+			n, ok := p.integer(field, val, 1, math.MaxInt)
+			if !ok {
 				continue
 			}
-			out.TargetRows = n
+			out.TargetRows = int64(n)
 		case "max_lag":
 			n, err := ParseBytes(val.Value)
 			if err != nil || val.Kind != yaml.ScalarNode || n < 1 {
@@ -196,16 +196,14 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 			}
 			out.MaxLag = n
 		case "snapshot_chunk_rows":
-			var n int
-			if err := val.Decode(&n); err != nil || n < 1 || n > maxChunkRows {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to %d", val.Value, maxChunkRows))
+			n, ok := p.integer(field, val, 1, maxChunkRows)
+			if !ok {
 				continue
 			}
 			out.SnapshotChunkRows = n
 		case "message_events":
-			var n int
-			if err := val.Decode(&n); err != nil || n < 1 || n > maxMessageEvents {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to %d", val.Value, maxMessageEvents))
+			n, ok := p.integer(field, val, 1, maxMessageEvents)
+			if !ok {
 				continue
 			}
 			out.MessageEvents = n

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,7 +105,17 @@ type Retry struct {
 // now - Lag). A partition-based run waits on the coordinator until its
 // partition is ready (its _SUCCESS, or the next partition), checked every
 // ReadyCheck, and fails after ReadyTimeout.
+//
+// With By the source keeps a position of its own instead (Kafka offsets,
+// an Iceberg snapshot, the files a landing directory received): a run has
+// no window; it loads what is new since the pipeline's watermark, as the
+// source plans it, and its commit appends the run's output and moves the
+// watermark to the position the run reached. Only By may then be set.
 type Incremental struct {
+	// By, when set, makes the pipeline's runs read by the source's own
+	// position: "position", or the name the source gives its position
+	// ("modified" for files). Empty for runs by windows.
+	By string `json:"by,omitempty"`
 	// DeltaColumn is a timestamptz, timestamp or date column of the source
 	// that grows when a row is inserted or updated (updated_at). Rows whose
 	// DeltaColumn is NULL are never read. Empty for a partition-based
@@ -131,8 +144,14 @@ type Incremental struct {
 const DefaultReadyCheck = 5 * time.Second
 
 // PartitionBased reports whether the pipeline's runs read whole time
-// partitions (no delta column).
-func (inc *Incremental) PartitionBased() bool { return inc != nil && inc.DeltaColumn == "" }
+// partitions (no delta column, no position).
+func (inc *Incremental) PartitionBased() bool {
+	return inc != nil && inc.DeltaColumn == "" && inc.By == ""
+}
+
+// Positioned reports whether the pipeline's runs read by the source's own
+// position (By) rather than by windows.
+func (inc *Incremental) Positioned() bool { return inc != nil && inc.By != "" }
 
 // knownPatterns are the patterns of the design; available says which of
 // them this build can run.
@@ -155,9 +174,9 @@ func CheckPattern(p protocol.Pattern) error {
 	case p == "":
 		return errors.New("is required")
 	case !known:
-		return fmt.Errorf("unknown pattern %q (known: %s)", p, patternList(false))
+		return fmt.Errorf("unknown pattern %q (this build runs: %s)", p, patternList(true))
 	case !avail:
-		return fmt.Errorf("pattern %q is not available in this build yet (available: %s)", p, patternList(true))
+		return fmt.Errorf("pattern %q is not available in this build yet (this build runs: %s)", p, patternList(true))
 	}
 	return nil
 }
@@ -268,13 +287,13 @@ func Parse(data []byte, file string) (Spec, error) {
 			p.add(f, 0, "is required")
 		}
 	}
-	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !hasLayout(s.Source) {
+	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
 		p.add("incremental.delta_column", p.incLine, "is required (or lay the source out by time partitions: source.layout)")
 	}
 	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
 		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
-		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start)")
+		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start; or by: position)")
 	}
 	if s.Trigger != nil && s.Trigger.After != "" && s.Trigger.After == s.Name {
 		p.add("trigger.after", p.afterLine, fmt.Sprintf("%q is this pipeline: a pipeline cannot run after itself", s.Name))
@@ -311,7 +330,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		if e.Kind == "" {
 			return
 		}
-		if !reg.Has(e.Kind, role) {
+		if !reg.Has(e.Kind, role) || reg.Internal(e.Kind) {
 			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
 				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.KindsOf(role))})
 			return
@@ -346,6 +365,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
+	problems = append(problems, s.positionProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
@@ -358,7 +378,31 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 // named "path" or ending in "_path" or "_dir". Servers may run in another
 // directory than the one `sluice apply` runs in.
 func (s *Spec) ResolvePaths(dir string) error {
-	for _, e := range []*protocol.Endpoint{&s.Source, &s.Sink} {
+	return s.relativePaths(func(_, p string) (string, bool) { return filepath.Join(dir, p), true })
+}
+
+// RelativePaths lists the fields of both endpoints that hold a relative
+// filesystem path ResolvePaths would resolve, as dotted paths
+// ("source.path"), sorted. A spec sent without its file (the HTTP API) has
+// no directory to resolve them against.
+func (s Spec) RelativePaths() []string {
+	var out []string
+	_ = s.relativePaths(func(field, _ string) (string, bool) {
+		out = append(out, field)
+		return "", false
+	})
+	sort.Strings(out)
+	return out
+}
+
+// relativePaths calls visit for every field holding a relative path, and
+// replaces the value with the one visit returns when it says to.
+func (s *Spec) relativePaths(visit func(field, path string) (resolved string, replace bool)) error {
+	for _, side := range []struct {
+		name string
+		e    *protocol.Endpoint
+	}{{"source", &s.Source}, {"sink", &s.Sink}} {
+		e := side.e
 		if len(e.Config) == 0 {
 			continue
 		}
@@ -366,14 +410,21 @@ func (s *Spec) ResolvePaths(dir string) error {
 		if err := json.Unmarshal(e.Config, &m); err != nil {
 			return fmt.Errorf("resolve paths: %w", err)
 		}
+		changed := false
 		for k, v := range m {
 			str, ok := v.(string)
 			if !ok || str == "" || strings.Contains(str, "${") {
 				continue
 			}
 			if (k == "path" || strings.HasSuffix(k, "_path") || strings.HasSuffix(k, "_dir")) && !filepath.IsAbs(str) && !strings.Contains(str, "://") {
-				m[k] = filepath.Join(dir, str)
+				if resolved, replace := visit(side.name+"."+k, str); replace {
+					m[k] = resolved
+					changed = true
+				}
 			}
+		}
+		if !changed {
+			continue
 		}
 		b, err := json.Marshal(m)
 		if err != nil {
@@ -383,6 +434,11 @@ func (s *Spec) ResolvePaths(dir string) error {
 	}
 	return nil
 }
+
+// Line returns the line of the spec's text a field (a dotted path, such as
+// "source.table") or its closest parent was written on; 0 when the spec
+// has no text or the field is not in it.
+func (s Spec) Line(field string) int { return lineIndex(s.Text).nearest(field) }
 
 // lines maps dotted field paths to the line they were written on.
 type lines map[string]int
@@ -459,6 +515,21 @@ func hasLayout(e protocol.Endpoint) bool {
 
 func (p *parser) add(field string, line int, msg string) {
 	p.problems = append(p.problems, Problem{Field: field, Line: line, Msg: msg})
+}
+
+// integer reads an integer from lo to hi. YAML would turn 2.5 into 2 for
+// an int: only an integer as written is taken.
+func (p *parser) integer(field string, v *yaml.Node, lo, hi int) (int, bool) {
+	n, err := strconv.Atoi(strings.ReplaceAll(v.Value, "_", ""))
+	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || err != nil || n < lo || n > hi {
+		want := fmt.Sprintf("an integer from %d to %d", lo, hi)
+		if hi == math.MaxInt {
+			want = fmt.Sprintf("an integer of %d or more", lo)
+		}
+		p.add(field, v.Line, fmt.Sprintf("%q is not %s", v.Value, want))
+		return 0, false
+	}
+	return n, true
 }
 
 func (p *parser) str(field string, v *yaml.Node) string {
@@ -550,9 +621,8 @@ func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
 			}
 			out.TargetRows = n
 		case "max_files":
-			var n int
-			if err := val.Decode(&n); err != nil || n <= 0 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a positive whole number", val.Value))
+			n, ok := p.integer(field, val, 1, math.MaxInt)
+			if !ok {
 				continue
 			}
 			out.MaxFiles = n
@@ -622,9 +692,8 @@ func (p *parser) retry(v *yaml.Node) Retry {
 		field := "retry." + k.Value
 		switch k.Value {
 		case "max_attempts":
-			var n int
-			if err := val.Decode(&n); err != nil || n < 1 || n > 100 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to 100", val.Value))
+			n, ok := p.integer(field, val, 1, 100)
+			if !ok {
 				continue
 			}
 			out.MaxAttempts = n
@@ -658,6 +727,11 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 		}
 		has[k.Value] = true
 		switch k.Value {
+		case "by":
+			out.By = p.str(field, val)
+			if val.Kind == yaml.ScalarNode && strings.TrimSpace(out.By) == "" {
+				p.add(field, val.Line, "must name what the source keeps: position (or its own name, such as modified for files)")
+			}
 		case "delta_column":
 			out.DeltaColumn = p.str(field, val)
 			if val.Kind == yaml.ScalarNode && strings.TrimSpace(out.DeltaColumn) == "" {
@@ -702,7 +776,14 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 			p.add(field, k.Line, "unknown field (known: "+incrementalFields+")")
 		}
 	}
-	if !has["window"] {
+	if has["by"] {
+		// The source's position bounds each run: no window, column or clock.
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			if k := v.Content[i]; k.Value != "by" && slices.Contains(windowFields, k.Value) {
+				p.add("incremental."+k.Value, k.Line, fmt.Sprintf("is not used with by: %s: the source keeps its own position and plans each run from it", out.By))
+			}
+		}
+	} else if !has["window"] {
 		p.add("incremental.window", v.Line, "is required")
 	}
 	// delta_column is required unless the source is partition-based: Parse
@@ -711,7 +792,11 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 	return out
 }
 
-const incrementalFields = "delta_column, window, lag, start, ready_timeout, ready_check"
+const incrementalFields = "by, delta_column, window, lag, start, ready_timeout, ready_check"
+
+// windowFields are the fields of the incremental section that configure
+// runs by windows, which a run by position has none of.
+var windowFields = []string{"delta_column", "window", "lag", "start", "ready_timeout", "ready_check"}
 
 // ParseDuration parses a Go duration ("90m", "1h30m") or a whole number of
 // days ("1d", "7d"), as connectors.ParseDuration.
@@ -725,7 +810,7 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	inc := s.Incremental
 	switch {
 	case s.Pattern == protocol.PatternIncremental && inc == nil:
-		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start)"}}
+		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start; or by: position)"}}
 	case s.Pattern != protocol.PatternIncremental && s.Pattern != "" && inc != nil:
 		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern)}}
 	case inc == nil:
@@ -733,6 +818,19 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	}
 	add := func(field, msg string) {
 		out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: msg})
+	}
+	if inc.Positioned() {
+		if strings.TrimSpace(inc.By) == "" {
+			add("incremental.by", "must name what the source keeps: position (or its own name, such as modified for files)")
+		}
+		set := map[string]bool{"delta_column": inc.DeltaColumn != "", "window": inc.Window != 0, "lag": inc.Lag != 0, "start": !inc.Start.IsZero(),
+			"ready_timeout": inc.ReadyTimeout != 0, "ready_check": inc.ReadyCheck != 0}
+		for _, f := range windowFields {
+			if set[f] {
+				add("incremental."+f, fmt.Sprintf("is not used with by: %s: the source keeps its own position and plans each run from it", inc.By))
+			}
+		}
+		return out
 	}
 	switch {
 	case partition > 0 && inc.DeltaColumn != "":
@@ -756,6 +854,32 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	}
 	if inc.ReadyCheck < 0 {
 		add("incremental.ready_check", "must not be negative")
+	}
+	return out
+}
+
+// positionProblems checks an incremental pipeline by position against its
+// connectors: the source must keep a position it can be read by, and the
+// sink must append runs without a window.
+func (s Spec) positionProblems(lines lines, reg *connectors.Registry) []Problem {
+	if s.Pattern != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
+		return nil
+	}
+	var out []Problem
+	if s.Source.Kind != "" && reg.HasSource(s.Source.Kind) {
+		if err := reg.CheckPosition(s.Source.Kind, s.Source.Config, s.Incremental.By); err != nil {
+			out = append(out, Problem{Field: "incremental.by", Line: lines.nearest("incremental.by"), Msg: err.Error()})
+		}
+	}
+	if s.Sink.Kind != "" && reg.HasSink(s.Sink.Kind) && !reg.SinkAppends(s.Sink.Kind) {
+		var kinds []string
+		for _, k := range reg.KindsOf(connectors.RoleSink) {
+			if reg.SinkAppends(k) {
+				kinds = append(kinds, k)
+			}
+		}
+		out = append(out, Problem{Field: "sink.kind", Line: lines.nearest("sink.kind"),
+			Msg: fmt.Sprintf("a %s sink cannot append runs without a window, as incremental.by: %s needs (sinks that can: %v)", s.Sink.Kind, s.Incremental.By, kinds)})
 	}
 	return out
 }

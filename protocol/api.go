@@ -36,6 +36,17 @@ type APIError struct {
 // JSON (the coordinator validates it again).
 type ApplyRequest struct {
 	Spec json.RawMessage `json:"spec"`
+	// Check asks the leader to connect to the spec's source and sink and
+	// check what it names (tables, columns, keys, replica identity, paths)
+	// before storing it; a failed check stores nothing.
+	Check bool `json:"check,omitempty"`
+	// DryRun validates (and with Check, checks) the spec and stores
+	// nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+	// Along names the other pipelines of the same dry run, with their
+	// patterns: stored before this one when the whole batch is applied, a
+	// cdc pipeline among them may be this cdc_apply pipeline's upstream.
+	Along map[string]Pattern `json:"along,omitempty"`
 }
 
 // ApplyReply tells what was stored.
@@ -44,6 +55,11 @@ type ApplyReply struct {
 	// Revision counts how many times the pipeline was applied.
 	Revision int64 `json:"revision"`
 	Created  bool  `json:"created"`
+	// Checked says what a Check found, one line per connector checked
+	// (or not: a kind without a check says so).
+	Checked []string `json:"checked,omitempty"`
+	// DryRun: nothing was stored.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // DeleteRequest deletes a pipeline that has no run or backfill in
@@ -184,6 +200,12 @@ type RunStatus struct {
 	Window   *Window `json:"window,omitempty"`
 	Live     bool    `json:"live,omitempty"`
 	Backfill string  `json:"backfill,omitempty"`
+	// Since and Reaches are the positions a run by position (an
+	// incremental run of a source that keeps its own position) reads
+	// from and, once planned, reaches: its commit moves the pipeline's
+	// watermark from Since to Reaches. Since is empty for a first run.
+	Since   string `json:"since,omitempty"`
+	Reaches string `json:"reaches,omitempty"`
 	// WaitingFor names the source input a waiting run waits for (a
 	// partition's path), and WaitingSince when it started waiting; both
 	// are set in state waiting only. ReadyDeadline is when the run fails
@@ -194,8 +216,23 @@ type RunStatus struct {
 	// Trigger is the context of the trigger that started the run (nil for
 	// a run started through the API).
 	Trigger *TriggerContext `json:"trigger,omitempty"`
+	// Attempt numbers the run's plans: 1, and one more each time the run
+	// was planned again because what its plan held was gone (the source's
+	// snapshot, held by a leader that stopped). Tasks and TaskList are the
+	// current attempt's. Replans says why each earlier attempt was given
+	// up, oldest first.
+	Attempt int      `json:"attempt,omitempty"`
+	Replans []Replan `json:"replans,omitempty"`
 	// TaskList is filled by run.get only.
 	TaskList []TaskStatus `json:"task_list,omitempty"`
+}
+
+// Replan is one attempt of a run given up and planned again: which
+// attempt, why and when.
+type Replan struct {
+	Attempt int       `json:"attempt"`
+	Reason  string    `json:"reason"`
+	Time    time.Time `json:"time"`
 }
 
 // TaskStatus is one task of a run.

@@ -58,6 +58,10 @@ func (w Window) String() string {
 type Partition struct {
 	// Key identifies the partition within its run, for people: "files[0:4]".
 	Key string `json:"key"`
+	// Group names the part of the run's input the partition belongs to
+	// when a run reads several (the table of a cdc snapshot's chunk), for
+	// progress by part; empty otherwise.
+	Group string `json:"group,omitempty"`
 	// Spec is the connector-specific description of the bounds.
 	Spec json.RawMessage `json:"spec"`
 	// Rows and Bytes are the planner's estimates; zero when unknown.
@@ -105,6 +109,11 @@ const (
 	ErrorRetryable ErrorClass = "retryable"
 	// ErrorPermanent is a failure that will fail again (bad data, bad config).
 	ErrorPermanent ErrorClass = "permanent"
+	// ErrorReplan is a failure no attempt of the task can cure but a new
+	// plan of its run can: what the run was planned on is gone (the
+	// snapshot a source exported, held by the leader that planned the run).
+	// The coordinator plans the run again as a new attempt.
+	ErrorReplan ErrorClass = "replan"
 )
 
 // Result reports the outcome of one task attempt to the coordinator.

@@ -157,6 +157,11 @@ type StreamStatus struct {
 	ConfirmedLSN string `json:"confirmed_lsn,omitempty"`
 	ReceivedLSN  string `json:"received_lsn,omitempty"`
 	LagBytes     int64  `json:"lag_bytes"`
+	// SourceLSN is the source's WAL position when LagBytes was measured,
+	// at LagAt (the worker's clock): once ConfirmedLSN reaches it, every
+	// change committed before LagAt is in SLUICE_CDC.
+	SourceLSN string    `json:"source_lsn,omitempty"`
+	LagAt     time.Time `json:"lag_at,omitzero"`
 	// LagTime is how far behind the source the stream is: for a slot,
 	// the age of the oldest transaction received but not yet confirmed
 	// (0 when everything received is confirmed); for an apply, the age of
@@ -256,4 +261,22 @@ type StreamInfo struct {
 	// the last ones taken (or given up), the latest last.
 	Snapshots   []TableSnapshot `json:"snapshots,omitempty"`
 	Snapshotted []TableStatus   `json:"snapshotted,omitempty"`
+	// Snapshot is the progress of the initial snapshot run (SnapshotRun),
+	// while it runs and after; nil without one.
+	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`
+	// Upstream is the cdc pipeline a cdc_apply pipeline applies.
+	Upstream string `json:"upstream,omitempty"`
+}
+
+// SnapshotProgress is how far a cdc pipeline's initial snapshot run got:
+// its tables (a table is done when all its chunks are), chunk tasks and
+// the rows they published.
+type SnapshotProgress struct {
+	Run        string `json:"run"`
+	State      string `json:"state"`
+	Tables     int    `json:"tables"`
+	TablesDone int    `json:"tables_done"`
+	Chunks     int    `json:"chunks"`
+	ChunksDone int    `json:"chunks_done"`
+	Rows       int64  `json:"rows"`
 }

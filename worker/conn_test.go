@@ -31,6 +31,9 @@ type testConn struct {
 	failFirst int
 	// permanent fails every read with a *connectors.RowError at row 7.
 	permanent bool
+	// replan fails every read with a connectors.Replan error: what the
+	// run was planned on is gone.
+	replan bool
 	// gate, when set, holds reads number 1..gateReads of each partition (all
 	// reads when gateReads is 0) after their first batch until it is closed.
 	gate      chan struct{}
@@ -143,6 +146,9 @@ func (s testSource) Read(ctx context.Context, p protocol.Partition, emit connect
 	file := fmt.Sprintf("part-%d.jsonl", spec.Part)
 	if c.permanent {
 		return &connectors.RowError{Location: file, Row: 7, Field: "row", Err: errors.New("not a number")}
+	}
+	if c.replan {
+		return connectors.Replan(fmt.Errorf("%s: the run's snapshot is gone", file))
 	}
 	for start := 0; start < c.rows; start += c.batch {
 		var buf bytes.Buffer

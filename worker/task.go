@@ -116,6 +116,13 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 		maxAttempts = defaultMaxAttempts
 	}
 	switch {
+	case connectors.IsReplan(err):
+		// No attempt of this task can succeed: the leader plans the run
+		// again, with new tasks.
+		log.Warn("task's run must be planned again", "err", err)
+		res.ErrorClass = protocol.ErrorReplan
+		res.Error = err.Error()
+		w.fail(sctx, msg, res, task.Backoff, attempt, log)
 	case connectors.IsPermanent(err):
 		log.Error("task failed permanently", "err", err)
 		res.ErrorClass = protocol.ErrorPermanent

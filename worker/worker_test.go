@@ -586,34 +586,49 @@ func TestRetriesExhausted(t *testing.T) {
 	r.stop(t)
 }
 
-// TestPermanentFailure checks that a permanent failure is reported at once,
-// with the row position, and not retried.
-func TestPermanentFailure(t *testing.T) {
-	e := newEnv(t)
-	e.createStreams(30 * time.Second)
-	e.conn.permanent = true
-	task := e.task(3)
-	task.MaxAttempts = 5
-	e.publishTask(task, nil)
-	r := e.start(fastConfig(2), nil)
+// TestFailureNotRetried checks that a permanent failure is reported at
+// once, with the row position, and not retried; and that a task whose run
+// must be planned again (what the run was planned on is gone) is reported
+// at once as ErrorReplan, saying why, and not retried either. Both leave
+// the stream.
+func TestFailureNotRetried(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		set   func(*testConn)
+		class protocol.ErrorClass
+		says  string
+	}{
+		{"permanent", func(c *testConn) { c.permanent = true }, protocol.ErrorPermanent, "part-3.jsonl: row 7"},
+		{"replan", func(c *testConn) { c.replan = true }, protocol.ErrorReplan, "part-3.jsonl: the run's snapshot is gone"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.createStreams(30 * time.Second)
+			tt.set(e.conn)
+			task := e.task(3)
+			task.MaxAttempts = 5
+			e.publishTask(task, nil)
+			r := e.start(fastConfig(2), nil)
 
-	e.waitResults(1)
-	e.waitTasksGone()
-	rs := e.results()
-	if len(rs) != 1 {
-		t.Fatalf("%d results, want 1: %+v", len(rs), rs)
+			e.waitResults(1)
+			e.waitTasksGone()
+			rs := e.results()
+			if len(rs) != 1 {
+				t.Fatalf("%d results, want 1: %+v", len(rs), rs)
+			}
+			res := rs[0]
+			if res.ErrorClass != tt.class || res.Attempt != 1 || !strings.Contains(res.Error, tt.says) {
+				t.Errorf("result %+v: want a %s failure on attempt 1 saying %q", res, tt.class, tt.says)
+			}
+			if n := len(e.conn.readTimes("part-3")); n != 1 {
+				t.Errorf("%d reads, want 1", n)
+			}
+			if s := r.w.Stats(); s.Failed != 1 || s.Done != 0 {
+				t.Errorf("stats %+v, want 1 failed", s)
+			}
+			r.stop(t)
+		})
 	}
-	res := rs[0]
-	if res.ErrorClass != protocol.ErrorPermanent || res.Attempt != 1 || !strings.Contains(res.Error, "part-3.jsonl: row 7") {
-		t.Errorf("result %+v: want a permanent failure naming part-3.jsonl: row 7", res)
-	}
-	if n := len(e.conn.readTimes("part-3")); n != 1 {
-		t.Errorf("%d reads, want 1", n)
-	}
-	if s := r.w.Stats(); s.Failed != 1 || s.Done != 0 {
-		t.Errorf("stats %+v, want 1 failed", s)
-	}
-	r.stop(t)
 }
 
 // TestTaskSchemaReachesWriter checks that the sink's task writer is opened

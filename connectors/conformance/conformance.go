@@ -5,7 +5,8 @@
 // and leave the previous version exposed when a run fails (or, publishing
 // as it writes, publish a retried task's rows once); a sink that keeps
 // versions (connectors.Versioned) must list them and expose a kept one
-// again; the Applier of a cdc_apply target must apply each event exactly
+// again; a sink that appends runs without a window (a run by position)
+// must append each run once; the Applier of a cdc_apply target must apply each event exactly
 // once across repeated batches, reopens and cancellations. All must leave
 // no goroutine behind.
 package conformance
@@ -205,36 +206,13 @@ func TestSink(t *testing.T, h SinkHarness) {
 	release(all)
 	n := len(all)
 	half := n / 2
-	// batches returns fresh batches lo to hi, releasing the others.
-	batches := func(lo, hi int) []connectors.Batch {
-		bs := h.Batches()
-		release(bs[:lo])
-		release(bs[hi:])
-		return bs[lo:hi]
-	}
-
-	write := func(run, task string, attempt int, batches []connectors.Batch) connectors.TaskWriter {
+	tk := tasks{t: t, ctx: ctx, h: h, pipeline: pipeline}
+	batches := tk.batches
+	write := func(run, task string, attempt int, bs []connectors.Batch) connectors.TaskWriter {
 		t.Helper()
-		w, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: run, TaskID: task, Pipeline: pipeline, Attempt: attempt})
-		if err != nil {
-			t.Fatalf("OpenTask %s/%s#%d: %v", run, task, attempt, err)
-		}
-		defer release(batches)
-		for _, b := range batches {
-			if err := w.Write(ctx, b); err != nil {
-				t.Fatalf("Write %s/%s#%d: %v", run, task, attempt, err)
-			}
-		}
-		return w
+		return tk.write(sink, run, task, attempt, bs)
 	}
-	closeTask := func(w connectors.TaskWriter) connectors.TaskOutput {
-		t.Helper()
-		out, err := w.Close(ctx)
-		if err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		return out
-	}
+	closeTask := tk.close
 
 	// Run 1, task 1: two attempts that both close; the second replaces the first.
 	out1a := closeTask(write("run-1", "t00001", 1, batches(0, half)))
@@ -262,13 +240,7 @@ func TestSink(t *testing.T, h SinkHarness) {
 	}
 	checkCommitted := func(when string, want connectors.Checksum) {
 		t.Helper()
-		got, err := h.ReadCommitted(t, sink)
-		if err != nil {
-			t.Fatalf("ReadCommitted %s: %v", when, err)
-		}
-		if got != want {
-			t.Errorf("%s: committed rows %d checksum %s, want rows %d checksum %s", when, got.Rows, got, want.Rows, want)
-		}
+		tk.check(sink, when, want)
 	}
 	checkCommitted("after commit of run-1", run1)
 

@@ -49,25 +49,10 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	// Two runs, of different rows: run-1 the first half, run-2 all.
 	n := len(h.Batches())
 	half := max(n/2, 1)
+	tk := tasks{t: t, ctx: ctx, h: h, pipeline: pipeline}
 	commit := func(run string, version int64, lo, hi int) connectors.Checksum {
 		t.Helper()
-		w, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: run, TaskID: "t00001", Pipeline: pipeline, Attempt: 1})
-		if err != nil {
-			t.Fatalf("OpenTask %s: %v", run, err)
-		}
-		bs := h.Batches()
-		release(bs[:lo])
-		release(bs[hi:])
-		for _, b := range bs[lo:hi] {
-			if err := w.Write(ctx, b); err != nil {
-				t.Fatalf("Write %s: %v", run, err)
-			}
-		}
-		release(bs[lo:hi])
-		out, err := w.Close(ctx)
-		if err != nil {
-			t.Fatalf("Close %s: %v", run, err)
-		}
+		out := tk.close(tk.write(sink, run, "t00001", 1, tk.batches(lo, hi)))
 		if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: run, Pipeline: pipeline, Version: version, Tasks: []connectors.TaskOutput{out}}); err != nil {
 			t.Fatalf("Commit %s as version %d: %v", run, version, err)
 		}
@@ -75,13 +60,7 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	}
 	exposes := func(when string, want connectors.Checksum) {
 		t.Helper()
-		got, err := h.ReadCommitted(t, sink)
-		if err != nil {
-			t.Fatalf("ReadCommitted %s: %v", when, err)
-		}
-		if got != want {
-			t.Errorf("%s: readers see rows %d checksum %s, want rows %d checksum %s", when, got.Rows, got, want.Rows, want)
-		}
+		tk.check(sink, when, want)
 	}
 	// checkList checks the kept versions: exactly want (by number), with
 	// their runs and rows, exposed the one marked.

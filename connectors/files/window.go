@@ -53,8 +53,14 @@ func parseWindowDir(name string) (connectors.Window, bool) {
 // in place; one that overlaps it partially fails the commit before
 // anything changes, since its rows cannot be split. A commit repeated for
 // the same run finds its marker in place and only cleans up.
+//
+// A run without a window (a run by position) is appended as a directory
+// of its own (commitRun).
 func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
-	if req.Window == nil || req.Window.Empty() {
+	if req.Window == nil {
+		return s.commitRun(ctx, req)
+	}
+	if req.Window.Empty() {
 		return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("commit run %s: an append commit needs a non-empty window", req.RunID))
 	}
 	w := *req.Window

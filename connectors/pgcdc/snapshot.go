@@ -284,7 +284,7 @@ func (s *SnapshotSource) Plan(ctx context.Context, req connectors.PlanRequest) (
 			if err != nil {
 				return connectors.Plan{}, err
 			}
-			plan.Partitions = append(plan.Partitions, protocol.Partition{Key: t + " " + p.Key, Spec: spec, Rows: p.Rows, Bytes: p.Bytes})
+			plan.Partitions = append(plan.Partitions, protocol.Partition{Key: t + " " + p.Key, Group: t, Spec: spec, Rows: p.Rows, Bytes: p.Bytes})
 		}
 	}
 	s.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -106,9 +107,14 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 }
 
 // checkRun checks the staging of a run against the task outputs of its
-// commit: the task list of the staging table, when it exists, must match
-// them; when it does not, they must hold no rows. It returns whether the
-// staging table exists, and the run's row count and checksum.
+// commit. It locks the staging tables first (the task list, then the rows:
+// the order a task writer takes them in), so that no task attempt adds
+// output after the check, and removes what tasks the commit does not list
+// staged: late attempts of the tasks of an earlier attempt of the run,
+// which the coordinator planned again (their task IDs are not the new
+// attempt's). The task list must then match the outputs; without a staging
+// table they must hold no rows. It returns whether the staging table
+// exists, and the run's row count and checksum.
 func (s *Sink) checkRun(ctx context.Context, tx pgx.Tx, req connectors.CommitRequest) (staged bool, rows int64, sum connectors.Checksum, err error) {
 	rowsT, tasksT := s.staging(req.RunID)
 	staged, _, err = exists(ctx, tx, rowsT)
@@ -121,12 +127,46 @@ func (s *Sink) checkRun(ctx context.Context, tx pgx.Tx, req connectors.CommitReq
 		rows += t.Rows
 		sum.Merge(t.Checksum)
 	}
-	if staged {
-		err = checkStaged(ctx, tx, tasksT, want)
-	} else if rows != 0 {
-		err = connectors.Permanent(fmt.Errorf("the run's staging table %s is missing (aborted?)", rowsT.Sanitize()))
+	if !staged {
+		if rows != 0 {
+			err = connectors.Permanent(fmt.Errorf("the run's staging table %s is missing (aborted?)", rowsT.Sanitize()))
+		}
+		return false, rows, sum, err
 	}
-	return staged, rows, sum, err
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+tasksT.Sanitize()+", "+rowsT.Sanitize()+" IN SHARE ROW EXCLUSIVE MODE"); err != nil {
+		return true, rows, sum, err
+	}
+	if err := discardUnlisted(ctx, tx, rowsT, tasksT, want); err != nil {
+		return true, rows, sum, err
+	}
+	return true, rows, sum, checkStaged(ctx, tx, tasksT, want)
+}
+
+// discardUnlisted removes the staged output of every task the staging
+// table lists and want (location -> rows) does not.
+func discardUnlisted(ctx context.Context, tx pgx.Tx, rowsT, tasksT pgx.Identifier, want map[string]int64) error {
+	rows, err := tx.Query(ctx, "SELECT task FROM "+tasksT.Sanitize())
+	if err != nil {
+		return err
+	}
+	tasks, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	tasks = slices.DeleteFunc(tasks, func(task string) bool { _, ok := want[task]; return ok })
+	if len(tasks) == 0 {
+		return nil
+	}
+	legacy, err := legacyStaging(ctx, tx, tasksT)
+	if err != nil {
+		return err
+	}
+	for _, task := range tasks {
+		if err := dropTaskOutput(ctx, tx, rowsT, tasksT, task, legacy); err != nil {
+			return fmt.Errorf("discard the output of task %s, not in the commit: %w", task, err)
+		}
+	}
+	return nil
 }
 
 // checkStaged compares the tasks a staging table lists with the task

@@ -31,10 +31,12 @@
 // server through idle_in_transaction_session_timeout). Read imports the
 // snapshot (SET TRANSACTION SNAPSHOT) before its COPY, so every chunk, and
 // every retry of a chunk, sees the same rows; once the snapshot is gone a
-// Read fails with a permanent error wrapping ErrSnapshotGone, and the run
-// must be planned again. The coordinator must therefore keep the planning
-// Source open for the run's lifetime and release it when the run ends.
-// Snapshot "none" reads each chunk in its own, later snapshot instead.
+// Read fails with a connectors.Replan error wrapping ErrSnapshotGone, and
+// the run must be planned again (the coordinator does so, as a new attempt
+// of the run). The coordinator therefore keeps the planning Source open for
+// the run's lifetime and releases it when the run ends; the plan says so
+// with Holds. Snapshot "none" reads each chunk in its own, later snapshot
+// instead, and its plan holds nothing.
 //
 // Read runs `COPY (SELECT cols FROM t WHERE <bounds> [AND (where)]) TO
 // STDOUT WITH (FORMAT csv)` through pgconn's CopyTo and emits whole CSV
@@ -83,8 +85,11 @@
 // release, with a hidden _sluice_task column, is still staged that way.)
 //
 // Commit runs in one transaction, serialized per table by an advisory
-// lock: it checks every task's staged row count against its TaskOutput,
-// drops the _sluice_task column if any, renames the staging table to
+// lock: it locks the staging tables against task writers, removes the
+// rows of every task its request does not list (a late attempt of a task
+// of an earlier attempt of the run, which the coordinator planned again
+// with new task IDs), checks every listed task's staged row count against
+// its TaskOutput, drops the _sluice_task column if any, renames the staging table to
 // orders_v<N> (no rows are copied), points the view at it (CREATE OR
 // REPLACE VIEW, or DROP and CREATE when the columns changed), records the
 // version as current in sluice_versions and drops versions beyond

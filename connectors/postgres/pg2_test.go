@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
@@ -149,21 +150,7 @@ func TestSinkRetryReplacesOwnRows(t *testing.T) {
 	sink := newSink(t, map[string]any{"dsn": dsn, "table": schema + ".r"})
 	write := func(task string, attempt int, csv string) connectors.TaskOutput {
 		t.Helper()
-		tw, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: "run", TaskID: task, Attempt: attempt})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if csv != "" {
-			rows := int64(strings.Count(csv, "\n"))
-			if err := tw.Write(ctx, connectors.Batch{Raw: []byte(csv), Format: connectors.FormatCSV, Columns: []string{"k", "v"}, Rows: rows}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		out, err := tw.Close(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
+		return stageCSV(t, sink, "run", task, attempt, csv)
 	}
 	write("a", 1, "1,a\n")
 	b1 := write("b", 1, "2,b\n3,b\n")
@@ -227,5 +214,96 @@ func TestSinkLegacyStaging(t *testing.T) {
 	cols, err := tableColumns(ctx, conn, sink.versionTable(1))
 	if err != nil || !slices.Equal(cols, []string{"k", "v"}) {
 		t.Fatalf("version table columns %q (%v), want k, v", cols, err)
+	}
+}
+
+// stageCSV stages csv (rows of columns k, v) as the output of one task
+// attempt of run, and returns the output.
+func stageCSV(t *testing.T, sink *Sink, run, task string, attempt int, csv string) connectors.TaskOutput {
+	t.Helper()
+	ctx := context.Background()
+	tw, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: run, TaskID: task, Attempt: attempt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if csv != "" {
+		if err := tw.Write(ctx, kvBatch(csv)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := tw.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func kvBatch(csv string) connectors.Batch {
+	return connectors.Batch{Raw: []byte(csv), Format: connectors.FormatCSV, Columns: []string{"k", "v"}, Rows: int64(strings.Count(csv, "\n"))}
+}
+
+// A run planned again (a new attempt, with new task IDs) commits only the
+// tasks its request lists: what late attempts of the earlier attempt's
+// tasks staged, before or after the run's staging was aborted, and even
+// while the commit runs, is never exposed, for a full load and for an
+// incremental window alike.
+func TestSinkCommitTakesOnlyListedTasks(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	ctx := context.Background()
+	w := connectors.Window{From: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)}
+	for _, mode := range []connectors.CommitMode{connectors.ModeReplace, connectors.ModeAppend} {
+		t.Run(string(cmp.Or(mode, "replace")), func(t *testing.T) {
+			table := schema + ".l" + string(mode)
+			sink := newSink(t, map[string]any{"dsn": dsn, "table": table})
+			// Attempt 1 stages a task; the run is planned again and its
+			// staging aborted.
+			stageCSV(t, sink, "run", "t00000", 1, "1,old\n")
+			if err := sink.Abort(ctx, "run"); err != nil {
+				t.Fatal(err)
+			}
+			// Attempt 2's tasks stage; a late attempt of attempt 1's
+			// task t00001 stages beside them.
+			a := stageCSV(t, sink, "run", "a2-t00000", 1, "1,new\n2,new\n")
+			stageCSV(t, sink, "run", "t00001", 1, "8,late\n")
+			b := stageCSV(t, sink, "run", "a2-t00001", 1, "3,new\n")
+			// Another late one is still writing when the commit starts:
+			// the commit waits for it, then leaves its rows out.
+			late, err := sink.OpenTask(ctx, connectors.TaskRef{RunID: "run", TaskID: "t00002", Attempt: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := late.Write(ctx, kvBatch("9,late\n")); err != nil {
+				t.Fatal(err)
+			}
+			req := connectors.CommitRequest{RunID: "run", Version: 1, Tasks: []connectors.TaskOutput{a, b}}
+			if mode == connectors.ModeAppend {
+				req.Mode, req.Window = mode, &w
+				exec(t, conn, "CREATE TABLE "+table+" (k text, v text, at timestamptz DEFAULT '2026-01-01 12:00:00+00')")
+				req.DeltaColumn = "at"
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := sink.Commit(ctx, req)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				t.Fatalf("the commit did not wait for a task attempt writing its staging: %v", err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			if _, err := late.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			var got string
+			if err := conn.QueryRow(ctx, "SELECT string_agg(k || v, ' ' ORDER BY k) FROM "+table).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != "1new 2new 3new" {
+				t.Fatalf("%s holds %q, want the listed tasks' rows only: %q", table, got, "1new 2new 3new")
+			}
+		})
 	}
 }

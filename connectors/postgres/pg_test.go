@@ -163,6 +163,9 @@ func TestSourceFullLoad(t *testing.T) {
 	if len(plan.Partitions) < 5 {
 		t.Fatalf("planned %d chunks for 50000 rows of 8000, want about 7", len(plan.Partitions))
 	}
+	if !plan.Holds {
+		t.Fatal("a plan on an exported snapshot does not say it holds it")
+	}
 	for _, p := range plan.Partitions {
 		// A full load on an exported snapshot reads block ranges, even
 		// with an integer primary key.
@@ -179,6 +182,9 @@ func TestSourceFullLoad(t *testing.T) {
 		kplan, err := ksrc.Plan(ctx, connectors.PlanRequest{RunID: "k", Partitioning: connectors.Partitioning{TargetRows: 8000}})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if kplan.Holds != (cfg["snapshot"] == nil) {
+			t.Fatalf("%v: plan holds %v", cfg, kplan.Holds)
 		}
 		for _, p := range kplan.Partitions {
 			if !strings.HasPrefix(p.Key, "id[") {
@@ -208,7 +214,8 @@ func TestSourceFullLoad(t *testing.T) {
 		t.Fatalf("first chunk read twice: %d rows %s, then %d rows %s", first.Rows, first, again.Rows, again)
 	}
 
-	// Once the run is released, its chunks fail permanently and say why.
+	// Once the run is released, its chunks fail, say why, and ask for a
+	// new plan of the run.
 	if held := src.HeldRuns(); len(held) != 1 || held[0] != "r1" {
 		t.Fatalf("held runs %v, want [r1]", held)
 	}
@@ -216,8 +223,8 @@ func TestSourceFullLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = src.Read(ctx, plan.Partitions[0], func(context.Context, connectors.Batch) error { return nil })
-	if !errors.Is(err, ErrSnapshotGone) || !connectors.IsPermanent(err) {
-		t.Fatalf("read after release: %v; want a permanent ErrSnapshotGone", err)
+	if !errors.Is(err, ErrSnapshotGone) || !connectors.IsReplan(err) || !connectors.IsPermanent(err) {
+		t.Fatalf("read after release: %v; want a Replan (and permanent) ErrSnapshotGone", err)
 	}
 	if len(src.HeldRuns()) != 0 {
 		t.Fatalf("held runs after release: %v", src.HeldRuns())

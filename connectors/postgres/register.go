@@ -6,8 +6,8 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 )
 
-// Register adds the "postgres" connector to reg: source, sink, their
-// validators, and the Applier of cdc_apply pipelines (CDCTarget). The
+// Register adds the "postgres" connector to reg: source, sink (which
+// appends runs by position), their validators, and the Applier of cdc_apply pipelines (CDCTarget). The
 // source of cdc pipelines is added by connectors/pgcdc.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
@@ -16,7 +16,8 @@ func Register(reg *connectors.Registry) {
 		Sink:           openSink,
 		ValidateSource: ValidateSource,
 		ValidateSink:   ValidateSink,
-		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		SinkAppends:    true,
+		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }
 

@@ -186,8 +186,8 @@ func TestPlanSnapshotReadText(t *testing.T) {
 	// The exporting session ends: the snapshot is gone.
 	exec(t, exporter, "COMMIT")
 	err = src.ReadText(ctx, plan.Partitions[0], func([]string, [][]byte) error { return nil })
-	if !errors.Is(err, ErrSnapshotGone) || !connectors.IsPermanent(err) {
-		t.Fatalf("ReadText after the export ended: %v, want a permanent ErrSnapshotGone", err)
+	if !errors.Is(err, ErrSnapshotGone) || !connectors.IsReplan(err) || !connectors.IsPermanent(err) {
+		t.Fatalf("ReadText after the export ended: %v, want a Replan (and permanent) ErrSnapshotGone", err)
 	}
 	if _, err := src.PlanSnapshot(ctx, connectors.PlanRequest{RunID: "r4"}, snapshot); !errors.Is(err, ErrSnapshotGone) || !connectors.IsPermanent(err) {
 		t.Fatalf("PlanSnapshot after the export ended: %v, want a permanent ErrSnapshotGone", err)

@@ -36,10 +36,10 @@ const (
 	exactCountBelow = 5_000_000
 )
 
-// ErrSnapshotGone is wrapped (and marked permanent) by Read when the
-// snapshot its run was planned on no longer exists: the source that planned
-// the run closed, released it, or its session ended (a leader restart). The
-// run must be planned again.
+// ErrSnapshotGone is wrapped (and marked connectors.Replan) by Read when
+// the snapshot its run was planned on no longer exists: the source that
+// planned the run closed, released it, or its session ended (a leader
+// restart). The run must be planned again.
 var ErrSnapshotGone = errors.New("the run's exported snapshot is gone (the source that planned it was closed or restarted): the run must be re-planned")
 
 // Source reads one PostgreSQL table as a full load. See the package
@@ -181,9 +181,10 @@ type tableInfo struct {
 
 // Plan splits the table into chunks of about TargetRows rows (250000 by
 // default). With snapshot "export" it opens a REPEATABLE READ transaction,
-// exports its snapshot into every chunk, and keeps the transaction open
-// until ReleaseRun or Close. For an incremental run (req.Window set) every
-// chunk, and the count and key bounds that size them, is limited to
+// exports its snapshot into every chunk, keeps the transaction open until
+// ReleaseRun or Close, and sets the plan's Holds. For an incremental run
+// (req.Window set) every chunk, and the count and key bounds that size
+// them, is limited to
 // `delta_column >= from AND delta_column < to`. ctx bounds the planning
 // only. The plan's Schema describes the columns read, from the catalog
 // (see logicalType), with the primary key as its key.
@@ -241,6 +242,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		s.runs[req.RunID] = conn
 		s.mu.Unlock()
 		held = true
+		plan.Holds = true
 		if old != nil {
 			old.Close(context.Background())
 		}
@@ -562,8 +564,8 @@ var snapshotIDRE = regexp.MustCompile(`^[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+$`)
 // sink passing the bytes through need not scan them again). A chunk without rows emits one empty batch, so
 // that a sink still learns the columns. With an exported snapshot the read
 // sees exactly the rows of the run's snapshot, however often it is
-// repeated; a snapshot that is gone fails with a permanent error wrapping
-// ErrSnapshotGone. ctx bounds the whole read.
+// repeated; a snapshot that is gone fails with a connectors.Replan error
+// wrapping ErrSnapshotGone. ctx bounds the whole read.
 func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
 	c, err := s.chunk(p)
 	if err != nil {
@@ -598,17 +600,8 @@ func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connect
 	}
 	defer conn.Close(context.Background())
 	where := fmt.Sprintf("read %s %s", s.cfg.Table, key)
-	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
-		return classify(fmt.Errorf("%s: %w", where, err))
-	}
-	if c.Snapshot != "" {
-		if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+c.Snapshot+"'"); err != nil {
-			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && (pgErr.Code == "22023" || pgErr.Code == "0A000") {
-				return connectors.Permanent(fmt.Errorf("%s: snapshot %s of run %s: %w (%s)", where, c.Snapshot, c.Run, ErrSnapshotGone, pgErr.Message))
-			}
-			return classify(fmt.Errorf("%s: set snapshot: %w", where, err))
-		}
+	if err := beginInSnapshot(ctx, conn, c.Snapshot, c.Run, where); err != nil {
+		return err
 	}
 	bw := &batchWriter{
 		emit: emit, columns: c.Columns,
@@ -891,8 +884,9 @@ func classify(err error) error {
 // every chunk, and commits. It holds nothing: the session that exported
 // snapshot must stay open until every chunk is read (a chunk read after it
 // ended fails with ErrSnapshotGone), and ReleaseRun has nothing to release
-// for the run. A snapshot that is already gone fails with a permanent error
-// wrapping ErrSnapshotGone. ctx bounds the planning only.
+// for the run. A snapshot that is already gone fails with a
+// connectors.Replan error wrapping ErrSnapshotGone. ctx bounds the planning
+// only.
 func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, snapshot string) (connectors.Plan, error) {
 	where := "plan " + s.cfg.Table
 	if !snapshotIDRE.MatchString(snapshot) {
@@ -934,7 +928,7 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 }
 
 // beginInSnapshot starts a REPEATABLE READ READ ONLY transaction on
-// snapshot; a snapshot that is gone is a permanent error wrapping
+// snapshot; a snapshot that is gone is a connectors.Replan error wrapping
 // ErrSnapshotGone.
 func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot, run, where string) error {
 	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
@@ -946,7 +940,7 @@ func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot, run, where s
 	if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+snapshot+"'"); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && (pgErr.Code == "22023" || pgErr.Code == "0A000") {
-			return connectors.Permanent(fmt.Errorf("%s: snapshot %s of run %s: %w (%s)", where, snapshot, run, ErrSnapshotGone, pgErr.Message))
+			return connectors.Replan(fmt.Errorf("%s: snapshot %s of run %s: %w (%s)", where, snapshot, run, ErrSnapshotGone, pgErr.Message))
 		}
 		return classify(fmt.Errorf("%s: set snapshot: %w", where, err))
 	}
@@ -964,8 +958,8 @@ func beginInSnapshot(ctx context.Context, conn *pgx.Conn, snapshot, run, where s
 // block range or a one-chunk table (the read runs without parallel workers
 // or synchronized scans, which would change it), key order for a key range.
 // Like Read, it sees exactly the rows of the chunk's snapshot however often
-// it is repeated; a snapshot that is gone fails with a permanent error
-// wrapping ErrSnapshotGone. An error from fn stops the read and is returned
+// it is repeated; a snapshot that is gone fails with a connectors.Replan
+// error wrapping ErrSnapshotGone. An error from fn stops the read and is returned
 // wrapped. ctx bounds the whole read; ReadText returns ctx.Err() when it is
 // cancelled.
 func (s *Source) ReadText(ctx context.Context, p protocol.Partition, fn func(columns []string, values [][]byte) error) error {

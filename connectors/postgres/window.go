@@ -19,28 +19,21 @@ import (
 // drops the staging tables and records the run and its window in
 // sluice_windows. A window committed again thus replaces its rows, never
 // doubles them; a commit repeated for the same run finds it recorded and
-// does nothing. The target is created on the first commit when missing,
+// does nothing. A run without a window (a run by position) deletes
+// nothing: its rows are appended, and recorded with the position it
+// reached, once. The target is created on the first commit when missing,
 // like a full load's version table (configured columns, <table>_template,
 // or the staged columns as text).
 func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest) error {
-	if req.Window == nil || req.Window.Empty() || req.DeltaColumn == "" {
-		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
+	if req.Window != nil && (req.Window.Empty() || req.DeltaColumn == "") {
+		return connectors.Permanent(errors.New("an append commit of a window needs a non-empty window and a delta column"))
 	}
 	tx, err := s.lockTable(ctx, conn)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.windows().Sanitize()+` (
-			table_name text NOT NULL,
-			run text NOT NULL,
-			lo timestamptz NOT NULL,
-			hi timestamptz NOT NULL,
-			rows bigint NOT NULL,
-			deleted bigint NOT NULL,
-			checksum text NOT NULL DEFAULT '',
-			committed timestamptz NOT NULL DEFAULT now(),
-			PRIMARY KEY (table_name, run))`); err != nil {
+	if err := s.ensureWindows(ctx, tx); err != nil {
 		return err
 	}
 	var n int
@@ -88,7 +81,7 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 		ok = created
 	}
 	var deleted int64
-	if ok {
+	if ok && req.Window != nil {
 		deleted, err = s.deleteWindow(ctx, tx, target, req)
 		if err != nil {
 			return err
@@ -104,8 +97,12 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 			return err
 		}
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-		s.name, req.RunID, req.Window.From, req.Window.To, total, deleted, sum.String()); err != nil {
+	var lo, hi *time.Time
+	if w := req.Window; w != nil {
+		lo, hi = &w.From, &w.To
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum, watermark) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+		s.name, req.RunID, lo, hi, total, deleted, sum.String(), nullIfEmpty(req.Watermark)); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)

@@ -109,41 +109,57 @@ func (w *taskWriter) begin(ctx context.Context, columns []string) (bool, error) 
 	// A staging table made by an earlier release marks each row's task in
 	// a column whose default reads sluice.task, and its task list has no
 	// xid: keep staging such a run that way.
-	if err := w.conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'xid' AND attnum > 0 AND NOT attisdropped)",
-		tasksT.Sanitize()).Scan(&w.legacy); err != nil {
+	if w.legacy, err = legacyStaging(ctx, w.conn, tasksT); err != nil {
+		return false, err
+	}
+	if err := dropTaskOutput(ctx, w.conn, rowsT, tasksT, w.ref.TaskID, w.legacy); err != nil {
 		return false, err
 	}
 	if w.legacy {
-		tag, err := w.conn.Exec(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1", w.ref.TaskID)
-		if err != nil {
-			return false, err
-		}
-		if tag.RowsAffected() > 0 {
-			if _, err := w.conn.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE "+stagingTaskColumn+" = $1", taskNumber(w.ref.TaskID)); err != nil {
-				return false, err
-			}
-		}
 		_, err = w.conn.Exec(ctx, "SELECT set_config('sluice.task', $1, true)", strconv.FormatInt(taskNumber(w.ref.TaskID), 10))
 		return err == nil, err
 	}
-	var xids []int64
-	rows, err := w.conn.Query(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1 RETURNING xid", w.ref.TaskID)
-	if err != nil {
-		return false, err
+	return true, nil
+}
+
+// legacyStaging reports whether the staging of a run was made by an
+// earlier release: its rows carry their task in stagingTaskColumn, and
+// its task list has no xid column.
+func legacyStaging(ctx context.Context, q querier, tasksT pgx.Identifier) (bool, error) {
+	var legacy bool
+	err := q.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'xid' AND attnum > 0 AND NOT attisdropped)",
+		tasksT.Sanitize()).Scan(&legacy)
+	return legacy, err
+}
+
+// dropTaskOutput removes what attempts of task staged: its rows and its
+// entry in the task list.
+func dropTaskOutput(ctx context.Context, q querier, rowsT, tasksT pgx.Identifier, task string, legacy bool) error {
+	if legacy {
+		tag, err := q.Exec(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1", task)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		_, err = q.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE "+stagingTaskColumn+" = $1", taskNumber(task))
+		return err
 	}
-	if xids, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
-		return false, err
+	rows, err := q.Query(ctx, "DELETE FROM "+tasksT.Sanitize()+" WHERE task = $1 RETURNING xid", task)
+	if err != nil {
+		return err
+	}
+	xids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return err
 	}
 	for _, x := range xids {
-		// The rows of the earlier attempt are those its transaction
-		// inserted. xmin is the 32-bit transaction ID (kept as it is when
-		// a row is frozen); a staging table never lives through 2^32
-		// transactions.
-		if _, err := w.conn.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE xmin = $1::text::xid", strconv.FormatInt(x&0xffffffff, 10)); err != nil {
-			return false, err
+		// The rows of an attempt are those its transaction inserted. xmin
+		// is the 32-bit transaction ID (kept as it is when a row is
+		// frozen); a staging table never lives through 2^32 transactions.
+		if _, err := q.Exec(ctx, "DELETE FROM "+rowsT.Sanitize()+" WHERE xmin = $1::text::xid", strconv.FormatInt(x&0xffffffff, 10)); err != nil {
+			return err
 		}
 	}
-	return true, nil
+	return nil
 }
 
 // startCopy starts the COPY goroutine for the given columns.

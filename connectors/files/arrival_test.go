@@ -1,0 +1,147 @@
+package files
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// planArrivals plans a run by arrival of pipeline "land" from watermark
+// wm and returns the files its partitions read, in order, and the
+// watermark it reaches.
+func planArrivals(t *testing.T, src *Source, wm string) ([]string, string) {
+	t.Helper()
+	plan, err := src.Plan(context.Background(), connectors.PlanRequest{RunID: "r", Pipeline: "land", ByPosition: true, Watermark: wm})
+	if err != nil {
+		t.Fatalf("Plan from %q: %v", wm, err)
+	}
+	var got []string
+	for _, p := range plan.Partitions {
+		var spec partSpec
+		if err := json.Unmarshal(p.Spec, &spec); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range spec.Files {
+			got = append(got, f.Path)
+		}
+	}
+	return got, plan.Watermark
+}
+
+// touch sets the modification time of dir/rel to minute m of a fixed day.
+func touch(t *testing.T, dir, rel string, m int) {
+	t.Helper()
+	at := time.Date(2026, 11, 25, 10, m, 0, 0, time.UTC)
+	if err := os.Chtimes(filepath.Join(dir, rel), at, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A run by arrival loads the files new or changed since its watermark,
+// oldest first, each once per change; the watermark names a manifest kept
+// beside the data; a failed run's plan, repeated from the same
+// watermark, plans the same files to the same watermark; only the
+// manifests of the committed position and of the newest plan stay.
+func TestPlanByArrival(t *testing.T) {
+	dir := t.TempDir()
+	src, err := NewSource(SourceConfig{Path: dir, Format: "jsonl"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "b.jsonl", jsonlRows(0, 3))
+	writeFile(t, dir, "sub/a.jsonl", jsonlRows(3, 2))
+	writeFile(t, dir, ".incoming.jsonl", jsonlRows(5, 1)) // still being written: hidden
+	touch(t, dir, "b.jsonl", 1)
+	touch(t, dir, "sub/a.jsonl", 2)
+
+	got, wm1 := planArrivals(t, src, "")
+	if !slices.Equal(got, []string{"b.jsonl", "sub/a.jsonl"}) || !strings.HasPrefix(wm1, "files:2@") {
+		t.Fatalf("first run: %v to %q; want both files, oldest first, to a manifest of 2", got, wm1)
+	}
+	mdir := filepath.Join(dir, "_sluice", "manifests", "land")
+	if ms := dirNames(t, mdir); len(ms) != 1 {
+		t.Fatalf("manifests %v, want the one the watermark names", ms)
+	}
+	if got, wm := planArrivals(t, src, wm1); len(got) != 0 || wm != wm1 {
+		t.Fatalf("nothing new: %v to %q; want no file, the same watermark", got, wm)
+	}
+
+	// c arrives, b is rewritten (a change), a file arrives with an older
+	// modification time than anything loaded (moved in): all three are
+	// loaded, oldest first.
+	writeFile(t, dir, "c.jsonl", jsonlRows(10, 1))
+	writeFile(t, dir, "b.jsonl", jsonlRows(0, 4))
+	writeFile(t, dir, "old.jsonl", jsonlRows(20, 1))
+	touch(t, dir, "c.jsonl", 5)
+	touch(t, dir, "b.jsonl", 6)
+	touch(t, dir, "old.jsonl", 0)
+	got, wm2 := planArrivals(t, src, wm1)
+	if want := []string{"old.jsonl", "c.jsonl", "b.jsonl"}; !slices.Equal(got, want) || !strings.HasPrefix(wm2, "files:4@") {
+		t.Fatalf("second run: %v to %q; want %v to a manifest of 4", got, wm2, want)
+	}
+	// The run failed: planned again from wm1, it reads the same.
+	if again, wm := planArrivals(t, src, wm1); !slices.Equal(again, got) || wm != wm2 {
+		t.Fatalf("the run planned again: %v to %q; want %v to %q", again, wm, got, wm2)
+	}
+	if ms := dirNames(t, mdir); len(ms) != 2 {
+		t.Fatalf("manifests %v, want the committed one and the new plan's", ms)
+	}
+	// Committed: the next run from wm2 finds nothing; a deleted file
+	// leaves the manifest (its position shrinks), the older manifest is
+	// removed.
+	if err := os.Remove(filepath.Join(dir, "c.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	got, wm3 := planArrivals(t, src, wm2)
+	if len(got) != 0 || !strings.HasPrefix(wm3, "files:3@") {
+		t.Fatalf("after a delete: %v to %q; want no file, a manifest of 3", got, wm3)
+	}
+	if ms := dirNames(t, mdir); len(ms) != 2 {
+		t.Fatalf("manifests %v, want wm2's and wm3's", ms)
+	}
+	// c comes back as it was: new again.
+	writeFile(t, dir, "c.jsonl", jsonlRows(10, 1))
+	if got, _ := planArrivals(t, src, wm3); !slices.Equal(got, []string{"c.jsonl"}) {
+		t.Fatalf("a file that came back: %v", got)
+	}
+
+	// A run is bounded: the oldest files first, the rest next time.
+	src.filesPerRun = 1
+	writeFile(t, dir, "d.jsonl", jsonlRows(30, 1))
+	touch(t, dir, "d.jsonl", 9)
+	first, wm4 := planArrivals(t, src, wm3)
+	second, _ := planArrivals(t, src, wm4)
+	if len(first) != 1 || len(second) != 1 || first[0] == second[0] {
+		t.Fatalf("bounded runs: %v then %v; want c and d, one per run", first, second)
+	}
+
+	// A watermark whose manifest is gone, or that is not a manifest, is
+	// refused for good.
+	for _, wm := range []string{"files:3@0123456789abcdef", "2026-01-01T00:00:00Z"} {
+		_, err := src.Plan(context.Background(), connectors.PlanRequest{RunID: "r", Pipeline: "land", ByPosition: true, Watermark: wm})
+		if err == nil || !connectors.IsPermanent(err) {
+			t.Errorf("Plan from %q: %v, want a permanent error", wm, err)
+		}
+	}
+	// A full load reads every file, whatever the watermark.
+	plan, err := src.Plan(context.Background(), connectors.PlanRequest{RunID: "r", Pipeline: "land", Watermark: wm2})
+	if err != nil || plan.Watermark != "" {
+		t.Fatalf("full load: %+v, %v", plan, err)
+	}
+}
+
+func TestByModifiedRefusesLayout(t *testing.T) {
+	if err := checkByModified(json.RawMessage(`{"path":"/in","layout":"date={date}"}`)); err == nil {
+		t.Fatal("a source laid out by time was accepted by arrival")
+	}
+	if err := checkByModified(json.RawMessage(`{"path":"/in","manifest_dir":"/state"}`)); err != nil {
+		t.Fatalf("a landing directory: %v", err)
+	}
+}
