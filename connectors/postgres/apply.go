@@ -202,7 +202,7 @@ func (p *Applier) drop() {
 }
 
 // Batches of events (connectors.BatchSizer): up to applyBatchEvents, and
-// no longer than applyBatchWait to fill one. A larger batch spares
+// no longer than applyBatchWait to wait for one. A larger batch spares
 // commits and round trips; a short wait keeps a replica close behind a
 // source that changes little at a time.
 const (
@@ -213,6 +213,12 @@ const (
 // BatchSize returns the batches the Applier works best with
 // (connectors.BatchSizer).
 func (p *Applier) BatchSize() (int, time.Duration) { return applyBatchEvents, applyBatchWait }
+
+// ApplyEagerly reports that the Applier takes the messages waiting as a
+// batch at once rather than wait for a batch to fill (cdcapply's
+// EagerApplier): a batch is one transaction, and a backlog still comes in
+// full batches, so a replica follows its source without a wait.
+func (p *Applier) ApplyEagerly() bool { return true }
 
 // Close closes the connection.
 func (p *Applier) Close() error {
