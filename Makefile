@@ -57,6 +57,7 @@ BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside
 BENCHES += replicate # passthrough of a 2 GiB tree of 1,000 files beside cp -r, and of a 2M-row PostgreSQL table to PostgreSQL beside a piped COPY (FORMAT binary), through an all-in-one cluster
 BENCHES += contract # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, pattern transform with a contract of 3 hashed and 2 masked columns beside full_load without it
 BENCHES += compact  # 1,000 small Parquet files (2M rows) of a files dataset compacted through an all-in-one cluster beside reading and writing the rows once; a reader before and after
+BENCHES += replica  # a PostgreSQL replica kept by Sluice (reader, SLUICE_CDC, cdc_apply) beside native logical replication: 200k changes on 1 and 4 tables, backlog and live; commit-to-replica latency at 500 tx/s
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))
 .PHONY: $(BENCH_TARGETS) bench-smoke

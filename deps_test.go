@@ -71,6 +71,7 @@ var rules = []rule{
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/contract", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
+	{pkg: "bench/replica", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "bench/compact", wiring: true},
 	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},

@@ -465,6 +465,18 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 	return c, nil
 }
 
+// CDCTables lists the tables a cdc source configuration of the given kind
+// captures (see CDCSource.Tables); ok is false when the kind takes no
+// incremental snapshots. It does no I/O and expands nothing.
+func (r *Registry) CDCTables(kind string, config json.RawMessage) (tables []string, ok bool, err error) {
+	e, found := r.kinds[kind]
+	if !found || e.cdc == nil || e.cdc.Tables == nil {
+		return nil, false, nil
+	}
+	tables, err = e.cdc.Tables(config)
+	return tables, true, err
+}
+
 // InitialSnapshot returns the endpoints of the initial snapshot run of a
 // cdc pipeline whose source is of the given kind (see CDCSource.Snapshot).
 // It does no I/O and expands nothing.

@@ -117,6 +117,14 @@ type CDCSource struct {
 	// means the kind has no initial snapshot: its pipelines must set
 	// cdc.snapshot to never.
 	Snapshot func(req SnapshotRequest) (SnapshotEndpoints, error)
+	// Tables, when set, lists the tables a source configuration captures
+	// ("schema.table"; no I/O). The coordinator leader compares them with
+	// the tables the pipeline has a snapshot of, and asks the stream for
+	// an incremental snapshot of each table added to a streaming pipeline
+	// (StreamSettings.Snapshots); the stream reports each in its status
+	// (protocol.TableStatus with Snapshot set). Nil means the kind takes
+	// no incremental snapshots.
+	Tables func(config json.RawMessage) ([]string, error)
 	// Check, when set, checks that the source can capture what the
 	// configuration names (the server's settings, the role's rights, each
 	// table and its replica identity), as Checker does; nil means the kind

@@ -89,6 +89,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiLeaseRenew(m.Data)
 	case protocol.VerbCDCStatus:
 		reply, err = t.apiCDCStatus()
+	case protocol.VerbCDCResnapshot:
+		reply, err = t.apiCDCResnapshot(m.Data)
 	case protocol.VerbDelete:
 		reply, err = t.apiDelete(m.Data)
 	case protocol.VerbRollback:

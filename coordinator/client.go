@@ -257,6 +257,14 @@ func (c *Client) CDCStatus(ctx context.Context) (protocol.CDCStatusReply, error)
 	return reply, err
 }
 
+// Resnapshot asks a cdc pipeline's reader for an incremental snapshot of
+// one of its tables.
+func (c *Client) Resnapshot(ctx context.Context, pipeline, table string) (protocol.ResnapshotReply, error) {
+	var reply protocol.ResnapshotReply
+	err := c.call(ctx, protocol.VerbCDCResnapshot, protocol.ResnapshotRequest{Pipeline: pipeline, Table: table}, &reply, c.attempt)
+	return reply, err
+}
+
 // GetRun returns one run with its task list.
 func (c *Client) GetRun(ctx context.Context, runID string) (protocol.RunStatus, error) {
 	var reply protocol.RunStatus

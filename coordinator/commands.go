@@ -31,6 +31,11 @@ const (
 	// A rollback's intent or its outcome.
 	cmdPipelineRollback cmdType = 16
 	cmdRunReplan        cmdType = 17
+	// 18 and 19 are taken by other branches.
+	// The tables of a cdc pipeline and its incremental snapshots to take.
+	cmdStreamTables cmdType = 20
+	// An incremental snapshot the reader took.
+	cmdSnapshotDone cmdType = 21
 )
 
 func (t cmdType) String() string {
@@ -67,6 +72,10 @@ func (t cmdType) String() string {
 		return "cleanup done"
 	case cmdPipelineRollback:
 		return "pipeline rollback"
+	case cmdStreamTables:
+		return "stream tables"
+	case cmdSnapshotDone:
+		return "snapshot done"
 	case cmdRunReplan:
 		return "run replan"
 	}
@@ -404,3 +413,39 @@ type pipelineRollbackReply struct {
 	Version int64
 	Reused  bool
 }
+
+// streamTablesCmd records the tables a cdc pipeline captures with a
+// snapshot (when Tables is not nil) and adds incremental snapshots for its
+// reader to take (of tables added to it, or asked for again).
+type streamTablesCmd struct {
+	Pipeline string `json:"pipeline"`
+	// Tables, when not nil, replaces the tables recorded.
+	Tables []string `json:"tables,omitempty"`
+	// Add are snapshots to take; one of a table that has one pending
+	// already is left out.
+	Add  []protocol.TableSnapshot `json:"add,omitempty"`
+	Time time.Time                `json:"time"`
+}
+
+func (streamTablesCmd) cmdType() cmdType { return cmdStreamTables }
+
+// streamTablesReply is the pipeline's pending snapshots after the entry.
+type streamTablesReply struct {
+	Pending []protocol.TableSnapshot
+}
+
+// snapshotDoneCmd records that the reader of a cdc pipeline took the
+// incremental snapshot ID.
+type snapshotDoneCmd struct {
+	Pipeline string `json:"pipeline"`
+	ID       string `json:"id"`
+	Rows     int64  `json:"rows"`
+	// Error says why the reader could not take it (the snapshot is given
+	// up).
+	Error string `json:"error,omitempty"`
+	// Throttled counts the times cdc.max_lag held it back.
+	Throttled int       `json:"throttled,omitempty"`
+	Time      time.Time `json:"time"`
+}
+
+func (snapshotDoneCmd) cmdType() cmdType { return cmdSnapshotDone }

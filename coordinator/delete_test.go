@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -86,7 +87,7 @@ func TestFSMDeleteStreamedPipelines(t *testing.T) {
 	// Applied again, the cdc pipeline starts over: no lease, no snapshot,
 	// and the next lease has the next epoch.
 	applyAll(t, f, pipelinePutCmd{Spec: shop, Time: t0})
-	if p, _ := f.pipeline("shop"); p.Stream == nil || *p.Stream != (streamState{Epoch: 1}) {
+	if p, _ := f.pipeline("shop"); p.Stream == nil || !reflect.DeepEqual(*p.Stream, streamState{Epoch: 1}) {
 		t.Errorf("stream state after the delete: %+v, want only epoch 1", p.Stream)
 	}
 	if err, _ := applyAll(t, f, grant("shop", "w2", 1)).(error); !refused(err, refusedConflict) && !refused(err, refusedInvalid) {

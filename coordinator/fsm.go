@@ -82,6 +82,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[cleanupDoneCmd](f.st, l)
 	case cmdPipelineRollback:
 		return dispatch[pipelineRollbackCmd](f.st, l)
+	case cmdStreamTables:
+		return dispatch[streamTablesCmd](f.st, l)
+	case cmdSnapshotDone:
+		return dispatch[snapshotDoneCmd](f.st, l)
 	case cmdRunReplan:
 		return dispatch[runReplanCmd](f.st, l)
 	}

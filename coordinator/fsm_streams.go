@@ -1,5 +1,11 @@
 package coordinator
 
+import (
+	"slices"
+
+	"github.com/sluicehq/sluice/protocol"
+)
+
 // The stream state of cdc and cdc_apply pipelines: leases and the initial
 // snapshot.
 
@@ -49,4 +55,60 @@ func (s *state) checkSnapshotRun(p *pipelineState, c runCreateCmd) error {
 func (st *streamState) snapshotStarted(id string) {
 	st.SnapshotRun = id
 	st.SnapshotAttempts++
+}
+
+// maxSnapshotted bounds the incremental snapshots a stream's state keeps
+// after they were taken.
+const maxSnapshotted = 20
+
+// applyTo records the tables of a cdc pipeline and adds snapshots to take.
+func (c streamTablesCmd) applyTo(s *state) (streamTablesReply, error) {
+	p, ok := s.live(c.Pipeline)
+	if !ok {
+		return streamTablesReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
+	}
+	if p.Spec.Pattern != protocol.PatternCDC {
+		return streamTablesReply{}, refuse(refusedInvalid, "%q is a %s pipeline: only a cdc pipeline has tables to snapshot", c.Pipeline, p.Spec.Pattern)
+	}
+	st := p.stream()
+	if c.Tables != nil {
+		st.Tables = slices.Clone(c.Tables)
+		// A snapshot of a table no longer captured is dropped.
+		st.Snapshots = slices.DeleteFunc(slices.Clone(st.Snapshots), func(ts protocol.TableSnapshot) bool { return !slices.Contains(c.Tables, ts.Table) })
+	}
+	for _, a := range c.Add {
+		if a.ID == "" || slices.ContainsFunc(st.Snapshots, func(ts protocol.TableSnapshot) bool { return ts.Table == a.Table || ts.ID == a.ID }) {
+			continue
+		}
+		if a.Requested.IsZero() {
+			a.Requested = c.Time
+		}
+		st.Snapshots = append(slices.Clip(st.Snapshots), a)
+	}
+	if len(st.Snapshots) == 0 {
+		st.Snapshots = nil // as a restored state has it
+	}
+	return streamTablesReply{Pending: slices.Clone(st.Snapshots)}, nil
+}
+
+// applyTo moves an incremental snapshot from pending to taken.
+func (c snapshotDoneCmd) applyTo(s *state) (noReply, error) {
+	p, ok := s.live(c.Pipeline)
+	if !ok || p.Stream == nil {
+		return noReply{}, refuse(refusedNotFound, "pipeline %q has no stream", c.Pipeline)
+	}
+	st := p.Stream
+	i := slices.IndexFunc(st.Snapshots, func(ts protocol.TableSnapshot) bool { return ts.ID == c.ID })
+	if i < 0 {
+		return noReply{}, nil // recorded before
+	}
+	st.Snapshotted = append(slices.Clip(st.Snapshotted), snapshotTaken{TableSnapshot: st.Snapshots[i], Rows: c.Rows, Error: c.Error, Throttled: c.Throttled, Done: c.Time})
+	if n := len(st.Snapshotted); n > maxSnapshotted {
+		st.Snapshotted = slices.Clone(st.Snapshotted[n-maxSnapshotted:])
+	}
+	st.Snapshots = slices.Delete(slices.Clone(st.Snapshots), i, i+1)
+	if len(st.Snapshots) == 0 {
+		st.Snapshots = nil // as a restored state has it
+	}
+	return noReply{}, nil
 }

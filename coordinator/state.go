@@ -185,6 +185,24 @@ type streamState struct {
 	SnapshotAttempts int    `json:"snapshot_attempts,omitempty"`
 	SnapshotDone     bool   `json:"snapshot_done,omitempty"`
 	ConsistentLSN    string `json:"consistent_lsn,omitempty"`
+	// Tables are the tables of a cdc pipeline that have a snapshot (the
+	// initial one's, or an incremental one's, pending or taken), as
+	// "schema.table"; nil until recorded. A table of the spec not among
+	// them gets an incremental snapshot.
+	Tables []string `json:"tables,omitempty"`
+	// Snapshots are the incremental snapshots the reader is to take, in
+	// order; Snapshotted the last ones it took (at most maxSnapshotted).
+	Snapshots   []protocol.TableSnapshot `json:"snapshots,omitempty"`
+	Snapshotted []snapshotTaken          `json:"snapshotted,omitempty"`
+}
+
+// snapshotTaken is an incremental snapshot a reader took.
+type snapshotTaken struct {
+	protocol.TableSnapshot
+	Rows      int64     `json:"rows"`
+	Error     string    `json:"error,omitempty"`
+	Throttled int       `json:"throttled,omitempty"`
+	Done      time.Time `json:"done"`
 }
 
 // scheduleMark is the last handled tick of a schedule.
@@ -396,6 +414,9 @@ func (p *pipelineState) clone() *pipelineState {
 	}
 	if p.Stream != nil {
 		st := *p.Stream
+		st.Tables = slices.Clone(p.Stream.Tables)
+		st.Snapshots = slices.Clone(p.Stream.Snapshots)
+		st.Snapshotted = slices.Clone(p.Stream.Snapshotted)
 		c.Stream = &st
 	}
 	if p.Rollback != nil {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -75,6 +77,13 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	if p.Spec.InitialSnapshot() && (st == nil || !st.SnapshotDone) {
 		return t.tendSnapshot(ctx, log, p)
 	}
+	if err := t.tendTables(log, p); err != nil {
+		return err
+	}
+	if p, _ = t.c.fsm.pipeline(p.Spec.Name); p == nil {
+		return nil
+	}
+	st = p.Stream
 	seen := t.seen(p.Spec.Name)
 	lease := p.Spec.LeaseDuration()
 	if st != nil && st.Worker != "" && time.Since(seen.renewed) <= lease {
@@ -103,9 +112,13 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	if err != nil {
 		return err
 	}
+	settings := p.Spec.StreamSettings()
+	if p.Stream != nil {
+		settings.Snapshots = p.Stream.Snapshots
+	}
 	a := protocol.StreamAssignment{
 		Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision,
-		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: p.Spec.StreamSettings(), Lease: lease, Contract: ct,
+		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: settings, Lease: lease, Contract: ct,
 	}
 	data, err := protocol.Encode(a)
 	if err != nil {
@@ -182,6 +195,15 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 	if err != nil {
 		return err
 	}
+	// The tables the snapshot captures: a table added to the spec from now
+	// on gets an incremental snapshot once the pipeline streams.
+	if tables, ok, err := t.c.reg.CDCTables(p.Spec.Source.Kind, p.Spec.Source.Config); err != nil {
+		return fmt.Errorf("tables of %s: %w", p.Spec.Name, err)
+	} else if ok {
+		if _, err := apply(t.c, streamTablesCmd{Pipeline: p.Spec.Name, Tables: tables, Time: now()}); err != nil {
+			return fmt.Errorf("record the tables of the snapshot: %w", err)
+		}
+	}
 	_, err = t.createRun(ctx, runCreateCmd{
 		Pipeline: p.Spec.Name, Snapshot: true, Source: &src, Sink: &sink,
 		Params: map[string]string{"snapshot_attempt": fmt.Sprint(attempts + 1)},
@@ -193,6 +215,53 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 		return fmt.Errorf("create snapshot run: %w", err)
 	}
 	return nil
+}
+
+// tendTables compares the tables of a streaming cdc pipeline's spec with
+// those it has a snapshot of: the tables added get an incremental
+// snapshot (unless the pipeline takes no snapshots), which the reader
+// takes once the next lease, or the renewal that finds it missing,
+// restarts the stream; the tables removed are forgotten, so that one
+// added again gets a snapshot again.
+func (t *leaderTerm) tendTables(log *slog.Logger, p *pipelineState) error {
+	if p.Spec.Pattern != protocol.PatternCDC {
+		return nil
+	}
+	tables, ok, err := t.c.reg.CDCTables(p.Spec.Source.Kind, p.Spec.Source.Config)
+	if err != nil || !ok {
+		return err
+	}
+	cmd := streamTablesCmd{Pipeline: p.Spec.Name, Tables: tables, Time: now()}
+	if p.Stream != nil && p.Stream.Tables != nil {
+		known := p.Stream.Tables
+		var added []string
+		for _, tb := range tables {
+			if !slices.Contains(known, tb) {
+				added = append(added, tb)
+			}
+		}
+		if len(added) == 0 && !slices.ContainsFunc(known, func(tb string) bool { return !slices.Contains(tables, tb) }) {
+			return nil
+		}
+		if p.Spec.InitialSnapshot() {
+			for i, tb := range added {
+				cmd.Add = append(cmd.Add, protocol.TableSnapshot{ID: snapshotID(i), Table: tb, Reason: protocol.SnapshotAdded})
+			}
+		}
+		if len(added) > 0 {
+			log.Info("tables added to a streaming cdc pipeline", "tables", added, "incremental_snapshots", len(cmd.Add) > 0)
+		}
+	}
+	if _, err := apply(t.c, cmd); err != nil {
+		return fmt.Errorf("record the tables of %s: %w", p.Spec.Name, err)
+	}
+	return nil
+}
+
+// snapshotID names a new incremental snapshot: the leader's clock and i,
+// the place of the snapshot among those asked for at once.
+func snapshotID(i int) string {
+	return fmt.Sprintf("s%s-%d", strconv.FormatInt(time.Now().UnixNano(), 36), i)
 }
 
 // snapshotEndpoints asks the registry for the source and sink of the
@@ -231,11 +300,99 @@ func (t *leaderTerm) apiLeaseRenew(data []byte) (any, error) {
 	case p.Stream.Revision != p.Revision:
 		return protocol.LeaseRenewReply{Reason: fmt.Sprintf("pipeline revised (revision %d): the stream restarts with the new spec", p.Revision)}, nil
 	}
+	if reason, err := t.recordSnapshots(p, req.Status); err != nil || reason != "" {
+		return protocol.LeaseRenewReply{Reason: reason}, err
+	}
 	req.Status.Time = now()
 	t.leaseMu.Lock()
 	t.leases[req.Pipeline] = leaseSeen{renewed: time.Now(), status: req.Status}
 	t.leaseMu.Unlock()
 	return protocol.LeaseRenewReply{OK: true}, nil
+}
+
+// recordSnapshots records the incremental snapshots a renewal reports
+// taken (or failed), and returns why the renewal is refused when the
+// stream does not know of a snapshot pending: it then restarts with them.
+func (t *leaderTerm) recordSnapshots(p *pipelineState, st protocol.StreamStatus) (string, error) {
+	if p.Stream == nil || len(p.Stream.Snapshots) == 0 {
+		return "", nil
+	}
+	known := map[string]bool{}
+	for _, tb := range st.Tables {
+		if tb.Snapshot == "" {
+			continue
+		}
+		known[tb.Snapshot] = true
+		if tb.State != protocol.TableSnapshotted && tb.State != protocol.TableSnapshotFailed {
+			continue
+		}
+		if !slices.ContainsFunc(p.Stream.Snapshots, func(ts protocol.TableSnapshot) bool { return ts.ID == tb.Snapshot }) {
+			continue
+		}
+		if _, err := apply(t.c, snapshotDoneCmd{Pipeline: p.Spec.Name, ID: tb.Snapshot, Rows: tb.Rows, Error: tb.Error, Throttled: tb.Throttled, Time: now()}); err != nil {
+			return "", err
+		}
+		t.c.log.Info("incremental snapshot taken", "pipeline", p.Spec.Name, "table", tb.Table, "snapshot", tb.Snapshot, "rows", tb.Rows, "error", tb.Error)
+	}
+	if st.State != protocol.StreamStreaming {
+		return "", nil
+	}
+	p, ok := t.c.fsm.pipeline(p.Spec.Name)
+	if !ok || p.Stream == nil {
+		return "", nil
+	}
+	for _, ts := range p.Stream.Snapshots {
+		if !known[ts.ID] {
+			return fmt.Sprintf("incremental snapshot %s of %s requested: the stream restarts to take it", ts.ID, ts.Table), nil
+		}
+	}
+	return "", nil
+}
+
+// apiCDCResnapshot asks a cdc pipeline's reader for an incremental
+// snapshot of one of its tables (`sluice cdc resnapshot`).
+func (t *leaderTerm) apiCDCResnapshot(data []byte) (any, error) {
+	var req protocol.ResnapshotRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	p, ok := t.c.fsm.pipeline(req.Pipeline)
+	if !ok {
+		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
+	}
+	if p.Spec.Pattern != protocol.PatternCDC {
+		return nil, refuse(refusedInvalid, "%q is a %s pipeline: resnapshot a table of the cdc pipeline it applies (%s)", req.Pipeline, p.Spec.Pattern, p.Spec.ApplyUpstream())
+	}
+	tables, ok, err := t.c.reg.CDCTables(p.Spec.Source.Kind, p.Spec.Source.Config)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, refuse(refusedInvalid, "a cdc source of kind %q takes no incremental snapshots", p.Spec.Source.Kind)
+	}
+	if !slices.Contains(tables, req.Table) {
+		return nil, refuse(refusedInvalid, "table %q is not one of %s's tables (%s)", req.Table, req.Pipeline, strings.Join(tables, ", "))
+	}
+	if p.Spec.InitialSnapshot() && (p.Stream == nil || !p.Stream.SnapshotDone) {
+		return nil, refuse(refusedConflict, "%s is still taking its initial snapshot, which reads %s", req.Pipeline, req.Table)
+	}
+	if p.Stream == nil || p.Stream.Tables == nil {
+		if _, err := apply(t.c, streamTablesCmd{Pipeline: req.Pipeline, Tables: tables, Time: now()}); err != nil {
+			return nil, err
+		}
+	}
+	out, err := apply(t.c, streamTablesCmd{Pipeline: req.Pipeline, Time: now(),
+		Add: []protocol.TableSnapshot{{ID: snapshotID(0), Table: req.Table, Reason: protocol.SnapshotResnapshot}}})
+	if err != nil {
+		return nil, err
+	}
+	reply := protocol.ResnapshotReply{Pipeline: req.Pipeline, Table: req.Table}
+	for _, ts := range out.Pending {
+		if ts.Table == req.Table {
+			reply.Snapshot = ts
+		}
+	}
+	return reply, nil
 }
 
 // snapshotProgress is how far a snapshot run got: its chunk tasks, and its
@@ -279,6 +436,15 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 		if st := p.Stream; st != nil {
 			info.Worker, info.Epoch = st.Worker, st.Epoch
 			info.SnapshotRun, info.ConsistentLSN = st.SnapshotRun, st.ConsistentLSN
+			info.Snapshots = st.Snapshots
+			for _, done := range st.Snapshotted {
+				state := protocol.TableSnapshotted
+				if done.Error != "" {
+					state = protocol.TableSnapshotFailed
+				}
+				info.Snapshotted = append(info.Snapshotted, protocol.TableStatus{Table: done.Table, State: state, Error: done.Error,
+					Since: done.Done, Snapshot: done.ID, Rows: done.Rows, Throttled: done.Throttled})
+			}
 			if r, ok := t.c.fsm.run(st.SnapshotRun); ok {
 				info.Snapshot = snapshotProgress(r)
 			}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -204,7 +207,7 @@ func TestStreamLeases(t *testing.T) {
 	eventually(t, 10*time.Second, "the stream assigned to wa", func() bool { return len(a.assignments()) == 1 })
 	got := a.assignments()[0]
 	if got.Pipeline != "replica" || got.Pattern != protocol.PatternCDCApply || got.Epoch != 1 || got.Lease != lease || got.Revision != 1 ||
-		got.Sink.Kind != "memsink" || string(got.Sink.Config) != `{"path":"/tmp/x"}` || got.Source.Kind != pipeline.ApplySourceKind || got.Settings != (protocol.StreamSettings{Upstream: "shop"}) {
+		got.Sink.Kind != "memsink" || string(got.Sink.Config) != `{"path":"/tmp/x"}` || got.Source.Kind != pipeline.ApplySourceKind || !reflect.DeepEqual(got.Settings, protocol.StreamSettings{Upstream: "shop"}) {
 		t.Fatalf("assignment %+v", got)
 	}
 	if r := a.renew("replica", 1); !r.OK {
@@ -244,5 +247,63 @@ func TestStreamLeases(t *testing.T) {
 	}
 	if r := a.renew("replica", 2); r.OK || !strings.Contains(r.Reason, "lease lost") {
 		t.Fatalf("the old holder's renewal: %+v", r)
+	}
+}
+
+// The tables of a cdc pipeline and its incremental snapshots: snapshots of
+// tables are queued once per table, dropped with their table, and moved to
+// the ones taken when done (at most maxSnapshotted kept); only a live cdc
+// pipeline has them; the state round-trips through a snapshot.
+func TestFSMStreamTables(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, pipelinePutCmd{Spec: cdcSpec("shop"), Time: t0}, put("plain"))
+	snap := func(id, table string) protocol.TableSnapshot {
+		return protocol.TableSnapshot{ID: id, Table: table, Reason: protocol.SnapshotAdded}
+	}
+	if err, _ := applyAll(t, f, streamTablesCmd{Pipeline: "plain", Tables: []string{"s.a"}}).(error); !refused(err, refusedInvalid) {
+		t.Fatalf("tables of a full_load pipeline: %v", err)
+	}
+	out := applyAll(t, f, streamTablesCmd{Pipeline: "shop", Tables: []string{"s.a", "s.b", "s.c"},
+		Add: []protocol.TableSnapshot{snap("1", "s.b"), snap("2", "s.c"), snap("3", "s.b")}, Time: t0}).(streamTablesReply)
+	if len(out.Pending) != 2 || out.Pending[0].ID != "1" || out.Pending[1].ID != "2" || !out.Pending[0].Requested.Equal(t0) {
+		t.Fatalf("pending %+v, want 1 and 2", out.Pending)
+	}
+	// c is removed from the spec: its snapshot goes.
+	out = applyAll(t, f, streamTablesCmd{Pipeline: "shop", Tables: []string{"s.a", "s.b"}, Time: t0}).(streamTablesReply)
+	if len(out.Pending) != 1 || out.Pending[0].ID != "1" {
+		t.Fatalf("pending after c was removed %+v", out.Pending)
+	}
+	before, _ := f.pipeline("shop")
+	applyAll(t, f, snapshotDoneCmd{Pipeline: "shop", ID: "1", Rows: 42, Throttled: 2, Time: t0.Add(time.Minute)},
+		snapshotDoneCmd{Pipeline: "shop", ID: "1", Rows: 1, Time: t0.Add(2 * time.Minute)})
+	p, _ := f.pipeline("shop")
+	if len(p.Stream.Snapshots) != 0 || len(p.Stream.Snapshotted) != 1 || p.Stream.Snapshotted[0].Rows != 42 || p.Stream.Snapshotted[0].Throttled != 2 {
+		t.Fatalf("after done %+v", p.Stream)
+	}
+	if len(before.Stream.Snapshots) != 1 || before.Stream.Snapshots[0].ID != "1" {
+		t.Errorf("a copy taken before changed with the state: %+v", before.Stream.Snapshots)
+	}
+	for i := range maxSnapshotted + 5 {
+		id := fmt.Sprint("r", i)
+		applyAll(t, f, streamTablesCmd{Pipeline: "shop", Add: []protocol.TableSnapshot{snap(id, "s.a")}, Time: t0},
+			snapshotDoneCmd{Pipeline: "shop", ID: id, Time: t0})
+	}
+	p, _ = f.pipeline("shop")
+	if n := len(p.Stream.Snapshotted); n != maxSnapshotted || p.Stream.Snapshotted[n-1].ID != fmt.Sprint("r", maxSnapshotted+4) ||
+		!slices.Equal(p.Stream.Tables, []string{"s.a", "s.b"}) {
+		t.Fatalf("after many: %d taken, last %+v, tables %v", n, p.Stream.Snapshotted[n-1], p.Stream.Tables)
+	}
+	data, err := json.Marshal(f.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := json.Unmarshal(data, g.st); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.st.Pipelines["shop"].Stream, f.st.Pipelines["shop"].Stream) {
+		a, _ := json.Marshal(g.st.Pipelines["shop"].Stream)
+		b, _ := json.Marshal(f.st.Pipelines["shop"].Stream)
+		t.Errorf("stream state does not round-trip:\n%s\n%s", a, b)
 	}
 }

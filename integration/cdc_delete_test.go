@@ -10,10 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/coordinator"
-	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -26,11 +24,7 @@ import (
 func TestCDCDelete(t *testing.T) {
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
-	slot := strings.ToLower(schema)
-	if len(slot) > 50 {
-		slot = slot[:50]
-	}
-	slot += "_del"
+	slot := cdcSlot(t, dsn, schema, "_del")
 	for _, q := range []string{
 		fmt.Sprintf(`CREATE TABLE %s.items (id bigint PRIMARY KEY, v text)`, schema),
 		fmt.Sprintf(`INSERT INTO %s.items SELECT g, 'v' || g FROM generate_series(1, 500) g`, schema),
@@ -40,16 +34,6 @@ func TestCDCDelete(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	t.Cleanup(func() { // after the cluster stopped, in case the test failed
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		for range 50 {
-			if pgcdc.DropSlot(ctx, dsn, slot, slot) == nil {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	})
 	slotExists := func() bool {
 		var n int
 		if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1) + (SELECT count(*) FROM pg_publication WHERE pubname = $1)`, slot).Scan(&n); err != nil {
@@ -62,15 +46,7 @@ func TestCDCDelete(t *testing.T) {
 	cdcYAML := fmt.Sprintf("name: items\npattern: cdc\nsource:\n  kind: postgres\n  dsn: %s\n  tables: [%s.items]\ncdc:\n  slot: %s\n  publication: %s\n  lease: 2s\n",
 		dsn, schema, slot, slot)
 	applyYAML := fmt.Sprintf("name: items-replica\npattern: cdc_apply\nsource: {kind: cdc, pipeline: items}\nsink: {kind: postgres, dsn: %q, schema: %s_r, create_tables: true}\ncdc: {lease: 2s}\n", dsn, schema)
-	apply := func(y string) error {
-		t.Helper()
-		s, err := pipeline.Load([]byte(y), "spec.yaml", c.reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = c.client.Apply(c.ctx(), s)
-		return err
-	}
+	apply := c.tryApply
 	replicaRows := func() int {
 		var n int
 		_ = conn.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s_r.items`, schema)).Scan(&n)

@@ -89,16 +89,7 @@ func TestCDCFaults(t *testing.T) {
 	})
 
 	c := newCluster(t, clusterConfig{workers: 3})
-	applySpec := func(y string) {
-		t.Helper()
-		s, err := pipeline.Load([]byte(y), "spec.yaml", c.reg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.client.Apply(c.ctx(), s); err != nil {
-			t.Fatal(err)
-		}
-	}
+	applySpec := func(y string) { t.Helper(); c.applyYAML("spec", y) }
 	var tables []string
 	for _, tb := range cdcTables {
 		tables = append(tables, schema+"."+tb)
@@ -471,6 +462,41 @@ func (out *cdcCount) add(ev protocol.ChangeEvent, seen map[string]bool) {
 	if _, ok := ev.After["coupon"]; ok {
 		out.afterColumn++
 	}
+}
+
+// tryApply applies a pipeline spec given as YAML through the control API
+// and returns the API's error; a spec that does not load fails the test.
+func (c *cluster) tryApply(y string) error {
+	c.t.Helper()
+	s, err := pipeline.Load([]byte(y), "spec.yaml", c.reg, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	_, err = c.client.Apply(c.ctx(), s)
+	return err
+}
+
+// cdcSlot names the slot (and publication) of a test's cdc pipeline after
+// its schema, and drops them when the test ends, once the cluster stopped
+// streaming them (call it before the cluster starts).
+func cdcSlot(t *testing.T, dsn, schema, suffix string) string {
+	slot := strings.ToLower(schema)
+	if len(slot) > 50 {
+		slot = slot[:50]
+	}
+	slot += suffix
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for range 50 {
+			if pgcdc.DropSlot(ctx, dsn, slot, slot) == nil {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Errorf("slot %s left behind", slot)
+	})
+	return slot
 }
 
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {

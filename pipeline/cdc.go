@@ -44,6 +44,14 @@ type CDC struct {
 	// (consecutive changes of one table in one transaction, or rows of one
 	// snapshot chunk); 0 means 1000, 1 publishes every event alone.
 	MessageEvents int `json:"message_events,omitempty"`
+	// MaxLag bounds the WAL the slot may retain (in bytes) while the
+	// reader takes an incremental snapshot (of a table added to the
+	// pipeline, or asked for with `sluice cdc resnapshot`): past it the
+	// next chunk waits until the slot caught up. 0 means no bound.
+	MaxLag int64 `json:"max_lag,omitempty"`
+	// SnapshotChunkRows is the most rows of one chunk of an incremental
+	// snapshot, held in the reader's memory; 0 means 10000.
+	SnapshotChunkRows int `json:"snapshot_chunk_rows,omitempty"`
 }
 
 // Snapshot modes of a cdc pipeline.
@@ -119,6 +127,7 @@ func (s Spec) StreamSettings() protocol.StreamSettings {
 		out.Slot, out.Publication = s.SlotName(), s.PublicationName()
 		if c := s.CDC; c != nil {
 			out.Heartbeat, out.MessageEvents, out.TargetRows = c.Heartbeat, c.MessageEvents, c.TargetRows
+			out.MaxLagBytes, out.SnapshotChunkRows = c.MaxLag, c.SnapshotChunkRows
 		}
 	case protocol.PatternCDCApply:
 		out.Upstream = s.ApplyUpstream()
@@ -179,6 +188,19 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 				continue
 			}
 			out.TargetRows = int64(n)
+		case "max_lag":
+			n, err := ParseBytes(val.Value)
+			if err != nil || val.Kind != yaml.ScalarNode || n < 1 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive size (examples: 512MB, 2GiB)", val.Value))
+				continue
+			}
+			out.MaxLag = n
+		case "snapshot_chunk_rows":
+			n, ok := p.integer(field, val, 1, maxChunkRows)
+			if !ok {
+				continue
+			}
+			out.SnapshotChunkRows = n
 		case "message_events":
 			n, ok := p.integer(field, val, 1, maxMessageEvents)
 			if !ok {
@@ -192,10 +214,14 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 	return out
 }
 
-const cdcFields = "slot, publication, snapshot, heartbeat, lease, target_rows, message_events"
+const cdcFields = "slot, publication, snapshot, heartbeat, lease, target_rows, message_events, max_lag, snapshot_chunk_rows"
 
-// maxMessageEvents bounds cdc.message_events.
-const maxMessageEvents = 100_000
+// maxMessageEvents bounds cdc.message_events; maxChunkRows
+// cdc.snapshot_chunk_rows.
+const (
+	maxMessageEvents = 100_000
+	maxChunkRows     = 1_000_000
+)
 
 // streamProblems checks what the patterns cdc and cdc_apply require
 // beyond their connectors' configurations, which the registry's kinds check
@@ -211,8 +237,8 @@ func (s Spec) streamProblems(lines lines, reg *connectors.Registry) []Problem {
 		add("cdc", fmt.Sprintf("is only for patterns %s and %s, not %s", protocol.PatternCDC, protocol.PatternCDCApply, s.Pattern))
 	}
 	if c := s.CDC; c != nil && s.Pattern == protocol.PatternCDCApply &&
-		(c.Slot != "" || c.Publication != "" || c.Snapshot != "" || c.Heartbeat != 0 || c.TargetRows != 0 || c.MessageEvents != 0) {
-		add("cdc", "a cdc_apply pipeline takes only cdc.lease (slot, publication, snapshot, heartbeat, target_rows and message_events are the cdc pipeline's)")
+		(c.Slot != "" || c.Publication != "" || c.Snapshot != "" || c.Heartbeat != 0 || c.TargetRows != 0 || c.MessageEvents != 0 || c.MaxLag != 0 || c.SnapshotChunkRows != 0) {
+		add("cdc", "a cdc_apply pipeline takes only cdc.lease (slot, publication, snapshot, heartbeat, target_rows, message_events, max_lag and snapshot_chunk_rows are the cdc pipeline's)")
 	}
 	if s.Streamed() {
 		if s.Schedule != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,8 @@ cdc:
   lease: 6s
   target_rows: 1000
   message_events: 200
+  max_lag: 512MB
+  snapshot_chunk_rows: 5000
 `), "shop.yaml", streamRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -78,8 +81,9 @@ cdc:
 	if !spec.InitialSnapshot() || !spec.Streamed() || spec.LeaseDuration() != 6*time.Second || spec.CDC.Heartbeat != 5*time.Second || spec.CDC.TargetRows != 1000 || spec.CDC.MessageEvents != 200 {
 		t.Errorf("spec %+v cdc %+v", spec, spec.CDC)
 	}
-	want := protocol.StreamSettings{Slot: "sluice_shop_cdc", Publication: "sluice_shop_cdc", Heartbeat: 5 * time.Second, MessageEvents: 200, TargetRows: 1000}
-	if got := spec.StreamSettings(); got != want {
+	want := protocol.StreamSettings{Slot: "sluice_shop_cdc", Publication: "sluice_shop_cdc", Heartbeat: 5 * time.Second, MessageEvents: 200, TargetRows: 1000,
+		MaxLagBytes: 512_000_000, SnapshotChunkRows: 5000}
+	if got := spec.StreamSettings(); !reflect.DeepEqual(got, want) {
 		t.Errorf("stream settings %+v, want %+v", got, want)
 	}
 
@@ -94,7 +98,7 @@ sink: {kind: dir, path: /replica}
 	if apply.Pattern != protocol.PatternCDCApply || apply.LeaseDuration() != DefaultLease || apply.InitialSnapshot() {
 		t.Errorf("apply spec %+v", apply)
 	}
-	if got := apply.StreamSettings(); got != (protocol.StreamSettings{Upstream: "shop-cdc"}) {
+	if got := apply.StreamSettings(); !reflect.DeepEqual(got, protocol.StreamSettings{Upstream: "shop-cdc"}) {
 		t.Errorf("apply stream settings %+v", got)
 	}
 }
@@ -111,8 +115,9 @@ pattern: cdc
 source: {kind: db, dsn: "postgres://h/db"}
 sink: {kind: dir, path: /tmp/x}
 schedule: "@hourly"
-cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot, message_events: 0}
-`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not an integer from 1 to 100000`}},
+cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot, message_events: 0, max_lag: lots, snapshot_chunk_rows: 0}
+`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not an integer from 1 to 100000`,
+			`cdc.max_lag: "lots" is not a positive size`, `cdc.snapshot_chunk_rows: "0" is not an integer from 1 to`}},
 		{"cdc from a kind that is no cdc source", `name: a
 pattern: cdc
 source: {kind: dir, path: /x}

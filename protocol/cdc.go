@@ -32,6 +32,12 @@ const (
 	// snapshot event's are left out (an earlier, failed attempt's).
 	// It has no rows.
 	OpSnapshot Op = "snapshot"
+	// OpSnapshotDone: the snapshot of the table that began with the last
+	// snapshot event is complete (an incremental snapshot, whose chunks
+	// came between changes of the table, ends with it; the initial
+	// snapshot, whose rows all come before any change, has none). It has
+	// no rows.
+	OpSnapshotDone Op = "snapshot_done"
 )
 
 // Value is one column value of a change event, in PostgreSQL's text output
@@ -526,7 +532,7 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 		}
 	}
 	switch e.Op {
-	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead, OpSnapshot:
+	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead, OpSnapshot, OpSnapshotDone:
 	default:
 		return e, fmt.Errorf("decode change event: unknown op %q", e.Op)
 	}

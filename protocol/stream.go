@@ -19,7 +19,25 @@ import (
 const (
 	VerbLeaseRenew = "lease.renew"
 	VerbCDCStatus  = "cdc.status"
+	// VerbCDCResnapshot asks for an incremental snapshot of a table of a
+	// cdc pipeline (`sluice cdc resnapshot`).
+	VerbCDCResnapshot = "cdc.resnapshot"
 )
+
+// ResnapshotRequest asks for an incremental snapshot of Table, one of the
+// tables of the cdc pipeline Pipeline.
+type ResnapshotRequest struct {
+	Pipeline string `json:"pipeline"`
+	Table    string `json:"table"`
+}
+
+// ResnapshotReply is the snapshot queued (or the one pending already for
+// the table).
+type ResnapshotReply struct {
+	Pipeline string        `json:"pipeline"`
+	Table    string        `json:"table"`
+	Snapshot TableSnapshot `json:"snapshot"`
+}
 
 // WorkerStreamSubject is the core NATS subject a worker receives stream
 // assignments on.
@@ -75,7 +93,39 @@ type StreamSettings struct {
 	// Upstream is the cdc pipeline whose events a cdc_apply pipeline
 	// applies (its source.pipeline).
 	Upstream string `json:"upstream,omitempty"`
+	// Snapshots are the incremental snapshots a cdc pipeline's reader is
+	// to take, in order, interleaved with the stream: of tables added to
+	// the pipeline since it streams, and those asked for by `sluice cdc
+	// resnapshot`. The leader keeps them until the reader reports each
+	// done.
+	Snapshots []TableSnapshot `json:"snapshots,omitempty"`
+	// SnapshotChunkRows is the most rows of one chunk of an incremental
+	// snapshot (cdc.snapshot_chunk_rows).
+	SnapshotChunkRows int `json:"snapshot_chunk_rows,omitempty"`
+	// MaxLagBytes bounds the WAL a cdc pipeline's slot may retain while
+	// its reader takes an incremental snapshot: past it, the next chunk
+	// waits until the slot caught up (cdc.max_lag).
+	MaxLagBytes int64 `json:"max_lag_bytes,omitempty"`
 }
+
+// TableSnapshot asks a cdc pipeline's reader for an incremental snapshot
+// of one table.
+type TableSnapshot struct {
+	// ID names the request; the reader reports its progress under it.
+	ID string `json:"id"`
+	// Table is the table, "schema.table".
+	Table string `json:"table"`
+	// Reason is "added" (the table was added to the pipeline) or
+	// "resnapshot" (asked for).
+	Reason    string    `json:"reason,omitempty"`
+	Requested time.Time `json:"requested,omitzero"`
+}
+
+// Reasons of a TableSnapshot.
+const (
+	SnapshotAdded      = "added"
+	SnapshotResnapshot = "resnapshot"
+)
 
 // AssignReply is a worker's answer to a StreamAssignment.
 type AssignReply struct {
@@ -149,6 +199,15 @@ const (
 	// TableStopped: a cdc_apply pipeline no longer applies the table's
 	// events, after a permanent error; the other tables go on.
 	TableStopped = "stopped"
+	// TableSnapshotPending, TableSnapshotting and TableSnapshotted: a cdc
+	// pipeline's reader is to take, takes or took an incremental snapshot
+	// of the table (TableStatus.Snapshot).
+	TableSnapshotPending = "snapshot pending"
+	TableSnapshotting    = "snapshotting"
+	TableSnapshotted     = "snapshotted"
+	// TableSnapshotFailed: the reader cannot take the table's snapshot
+	// (TableStatus.Error says why); it streams the other tables.
+	TableSnapshotFailed = "snapshot failed"
 )
 
 // TableStatus is the state of one source table of a stream.
@@ -163,6 +222,14 @@ type TableStatus struct {
 	Seq uint64 `json:"seq,omitempty"`
 	// Since is when the table entered its state.
 	Since time.Time `json:"since,omitzero"`
+	// Snapshot is the ID of the incremental snapshot (TableSnapshot.ID)
+	// of a table in a snapshot state; Rows the rows it published so far.
+	Snapshot string `json:"snapshot,omitempty"`
+	Rows     int64  `json:"rows,omitempty"`
+	// Throttled counts the times the snapshot waited for the slot's lag
+	// to fall under cdc.max_lag; LastThrottled is when it last did.
+	Throttled     int       `json:"throttled,omitempty"`
+	LastThrottled time.Time `json:"last_throttled,omitzero"`
 }
 
 // CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.
@@ -197,6 +264,11 @@ type StreamInfo struct {
 	Epoch   uint64       `json:"epoch"`
 	Renewed time.Time    `json:"renewed,omitzero"`
 	Status  StreamStatus `json:"status"`
+	// Snapshots are a cdc pipeline's incremental snapshots still to take
+	// (its holder reports their progress in Status.Tables); Snapshotted
+	// the last ones taken (or given up), the latest last.
+	Snapshots   []TableSnapshot `json:"snapshots,omitempty"`
+	Snapshotted []TableStatus   `json:"snapshotted,omitempty"`
 	// Snapshot is the progress of the initial snapshot run (SnapshotRun),
 	// while it runs and after; nil without one.
 	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`

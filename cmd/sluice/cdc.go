@@ -18,7 +18,7 @@ func newCDCCmd() *cobra.Command {
 	cmd := group(&cobra.Command{
 		Use:   "cdc",
 		Short: "change data capture: the streams of cdc and cdc_apply pipelines",
-	}, newCDCStatusCmd(&cf), newCDCWaitCmd(&cf))
+	}, newCDCStatusCmd(&cf), newCDCWaitCmd(&cf), newCDCResnapshotCmd(&cf))
 	cf.register(cmd.PersistentFlags())
 	return cmd
 }
@@ -50,6 +50,36 @@ func newCDCStatusCmd(cf *clientFlags) *cobra.Command {
 		})
 	}
 	return cmd
+}
+
+// newCDCResnapshotCmd is `sluice cdc resnapshot <pipeline> <table>`.
+func newCDCResnapshotCmd(cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resnapshot <pipeline> <schema.table>",
+		Short: "take one table of a cdc pipeline again, in chunks interleaved with its stream (no new slot)",
+		Long: `Resnapshot asks a cdc pipeline's reader for an incremental snapshot of one
+of its tables: the table is read again in chunks between watermarks on the
+stream while the other tables keep streaming, and cdc_apply targets start the
+table over from it. sluice cdc status shows its progress.`,
+		Example: `  sluice cdc resnapshot shop public.orders`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return fmt.Errorf("name the pipeline and the table: %s", cmd.UseLine())
+			}
+			return nil
+		},
+		ValidArgsFunction: completePipelines(cf),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+				reply, err := cl.client.Resnapshot(ctx, args[0], args[1])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s of %s queued for %s (sluice cdc status shows its progress)\n", reply.Snapshot.ID, reply.Table, reply.Pipeline)
+				return nil
+			})
+		},
+	}
 }
 
 // describeSnapshot says how far an initial snapshot got.
@@ -121,18 +151,31 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		if s.Status.Error != "" {
 			notes = append(notes, s.Pipeline+" last error: "+s.Status.Error)
 		}
+		reported := map[string]bool{}
 		for _, tb := range s.Status.Tables {
+			reported[tb.Snapshot] = tb.Snapshot != ""
 			line := "  table " + tb.Table + " " + tb.State
+			if tb.Snapshot != "" {
+				line += fmt.Sprintf(" (%s, %d rows)", tb.Snapshot, tb.Rows)
+			}
 			if tb.Seq > 0 {
 				line += fmt.Sprintf(" at seq %d", tb.Seq)
 			}
 			if !tb.Since.IsZero() {
 				line += " since " + tb.Since.UTC().Format(time.RFC3339)
 			}
+			if tb.Throttled > 0 {
+				line += fmt.Sprintf("; throttled %d times by cdc.max_lag, last at %s", tb.Throttled, tb.LastThrottled.UTC().Format(time.RFC3339))
+			}
 			if tb.Error != "" {
 				line += ": " + tb.Error
 			}
 			fmt.Fprintln(tw, line)
+		}
+		for _, ts := range s.Snapshots {
+			if !reported[ts.ID] {
+				fmt.Fprintf(tw, "  table %s %s (%s, %s)\n", ts.Table, protocol.TableSnapshotPending, ts.ID, ts.Reason)
+			}
 		}
 	}
 	tw.Flush()

@@ -16,7 +16,8 @@ import (
 
 // Item 9: cdc status shows the snapshot's progress by table, chunk and
 // row; cdc wait returns once the replica holds what the source committed,
-// so a count right after it is the source's.
+// so a count right after it is the source's. cdc resnapshot repairs a
+// replica table that diverged.
 func TestCDCStatusAndWait(t *testing.T) {
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
@@ -112,6 +113,55 @@ cdc: {lease: 3s}
 		equal()
 		if n := count(replica + ".orders"); n != 4500 {
 			t.Errorf("replica orders after the deletes: %d rows, want 4500", n)
+		}
+
+		// A replica table that diverged (rows lost behind the stream's back)
+		// is repaired by sluice cdc resnapshot, which reads the table again
+		// while it streams.
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`DELETE FROM %[1]s.orders WHERE id <= 1000; UPDATE %[1]s.orders SET amount = 0 WHERE id > 4000`, replica)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := sluice(ctx, "cdc", "resnapshot", "cdc", schema+".nosuch", "--nats", url); err == nil || !strings.Contains(err.Error(), "not one of cdc's tables") {
+			t.Errorf("cdc resnapshot of a table the pipeline lacks: %v", err)
+		}
+		out, _, err = sluice(ctx, "cdc", "resnapshot", "cdc", schema+".orders", "--nats", url)
+		if err != nil || !strings.Contains(out, "queued for cdc") {
+			t.Fatalf("cdc resnapshot: %v\n%s", err, out)
+		}
+		id := strings.Fields(out)[1]
+		deadline := time.Now().Add(2 * time.Minute)
+		for taken := false; !taken; {
+			if time.Now().After(deadline) {
+				t.Fatalf("snapshot %s not taken within 2 minutes", id)
+			}
+			time.Sleep(200 * time.Millisecond)
+			st, _, err := sluice(ctx, "cdc", "status", "cdc", "-o", "json", "--nats", url)
+			var reply protocol.CDCStatusReply
+			if err != nil || json.Unmarshal([]byte(st), &reply) != nil || len(reply.Streams) != 1 {
+				t.Fatalf("cdc status -o json: %v\n%s", err, st)
+			}
+			for _, tb := range reply.Streams[0].Snapshotted {
+				if tb.Snapshot == id {
+					if tb.State != protocol.TableSnapshotted || tb.Rows != 4500 {
+						t.Fatalf("snapshot %s: %+v, want %s with 4500 rows", id, tb, protocol.TableSnapshotted)
+					}
+					taken = true
+				}
+			}
+		}
+		if out, _, err := sluice(ctx, "cdc", "wait", "replica", "--nats", url); err != nil {
+			t.Fatalf("cdc wait after the resnapshot: %v\n%s", err, out)
+		}
+		src, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+schema+".orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+replica+".orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if src != dst {
+			t.Errorf("replica orders after the resnapshot %+v, the source's %+v", dst, src)
 		}
 		if _, _, err := sluice(ctx, "cdc", "wait", "nosuch", "--nats", url); err == nil || !strings.Contains(err.Error(), `no cdc or cdc_apply pipeline "nosuch"`) {
 			t.Errorf("cdc wait nosuch: %v", err)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
@@ -305,5 +307,146 @@ func TestFailedSnapshotRetried(t *testing.T) {
 	}
 	if st := pg.TableStatus(); len(st) != 0 {
 		t.Errorf("stopped tables %+v", st)
+	}
+}
+
+// churn runs transactions of inserts (of keys from base on), updates (some
+// leaving a TOASTed value unchanged, some changing the key) and deletes on
+// the tables (id int key, v text, big text) until stop is called; stop
+// returns the first error.
+func churn(t *testing.T, dsn string, base int, tables ...string) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; ctx.Err() == nil; i++ {
+			tb := tables[i%len(tables)]
+			_, err := conn.Exec(ctx, fmt.Sprintf(`BEGIN;
+				INSERT INTO %[1]s (id, v, big) SELECT %[5]d + %[2]d * 10 + g, 'new', CASE WHEN g = 1 THEN repeat(md5(g::text), 300) END FROM generate_series(1, 5) g;
+				UPDATE %[1]s SET v = v || '+' WHERE id IN (SELECT id FROM %[1]s WHERE id %% 97 = %[3]d);
+				UPDATE %[1]s SET id = -id WHERE id = %[4]d;
+				DELETE FROM %[1]s WHERE id IN (SELECT id FROM %[1]s WHERE id %% 89 = %[3]d LIMIT 3);
+				COMMIT`, tb, i, i%89, 500+i, base))
+			if err != nil && ctx.Err() == nil {
+				done <- err
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		done <- nil
+	}()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
+// TestIncrementalSnapshot: a table added to a streaming reader is
+// snapshotted in chunks interleaved with the stream (watermarks), under
+// write load on it and on the table streaming before, without a new slot;
+// the replica of both equals the source. A replica table that diverged
+// is made equal again by a resnapshot, and a table stopped on the replica
+// goes on after one.
+func TestIncrementalSnapshot(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	for _, tb := range []string{"a", "b"} {
+		pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.%[2]s (id int PRIMARY KEY, v text, big text);
+			INSERT INTO %[1]s.%[2]s SELECT g, 'v' || g, CASE WHEN g %% 50 = 0 THEN repeat(md5(g::text), 300) END FROM generate_series(1, 10000) g`, src, tb))
+	}
+	slot := src + "_slot"
+	a, b := src+".a", src+".b"
+	cdctest.Snapshot(t, js, pgcdc.SnapshotConfig{DSN: dsn, Tables: []string{a}, Slot: slot, Publication: slot}, "up")
+	rcfg := pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: []string{a}, Pipeline: "up", ChunkRows: 2000}
+	rd := cdctest.StartReader(t, js, rcfg)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
+	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
+	stopChurn := churn(t, dsn, 100_000, a)
+	time.Sleep(300 * time.Millisecond)
+
+	// b is added: the reader restarts with its snapshot to take.
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopChurn()
+	stopChurn = churn(t, dsn, 10_000_000, a, b)
+	rcfg.Tables = []string{a, b}
+	rcfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: b, Reason: protocol.SnapshotAdded}}
+	rd = cdctest.StartReader(t, js, rcfg)
+	snapped := func(id string) bool {
+		for _, st := range rd.Status().Snapshots {
+			if st.Snapshot == id && st.State == protocol.TableSnapshotted {
+				return true
+			}
+		}
+		return false
+	}
+	cdctest.WaitFor(t, "the snapshot of b", done, func() bool { return snapped("s1") })
+	time.Sleep(200 * time.Millisecond)
+	if err := stopChurn(); err != nil {
+		t.Fatal(err)
+	}
+	last := rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	same := func(when string, tables ...string) {
+		t.Helper()
+		for _, tb := range tables {
+			wn, wsum := pgtest.Checksum(t, conn, src+"."+tb, "id")
+			gn, gsum := pgtest.Checksum(t, conn, dst+"."+tb, "id")
+			if wn != gn || wsum != gsum {
+				t.Errorf("%s: replica %s holds %d rows (md5 %s), the source %d (md5 %s)", when, tb, gn, gsum, wn, wsum)
+			}
+		}
+	}
+	same("after b was added", "a", "b")
+	var marks, dones, reads int
+	for _, ev := range cdctest.StreamEvents(t, js) {
+		if ev.Table != "b" {
+			continue
+		}
+		switch ev.Op {
+		case protocol.OpSnapshot:
+			marks++
+		case protocol.OpSnapshotDone:
+			dones++
+		case protocol.OpRead:
+			reads++
+		}
+	}
+	st := rd.Status().Snapshots[0]
+	if marks != 1 || dones != 1 || int64(reads) != st.Rows || reads < 8000 {
+		t.Errorf("b's events: %d snapshot, %d snapshot_done, %d read (the reader reports %d rows)", marks, dones, reads, st.Rows)
+	}
+	t.Logf("b: %d rows read in %d chunks beside %d changes", reads, (reads+1999)/2000, r.Status().Events)
+
+	// The replica of a diverges; a stops on the replica (a value its
+	// column refuses); a resnapshot of each makes them equal again.
+	pgtest.Exec(t, conn, fmt.Sprintf(`DELETE FROM %[1]s.a WHERE id %% 10 = 0; INSERT INTO %[1]s.a (id, v) VALUES (-999999, 'junk');
+		ALTER TABLE %[1]s.b ADD CONSTRAINT short CHECK (v <> 'much too long')`, dst))
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.b (id, v) VALUES (-12345, 'much too long')`, src))
+	last = rd.Published()
+	cdctest.WaitFor(t, "b stopped", done, func() bool { return r.Status().Applied == last })
+	if st := pg.TableStatus(); len(st) != 1 || st[0].Table != b {
+		t.Fatalf("stopped tables %+v, want %s", st, b)
+	}
+	pgtest.Exec(t, conn, fmt.Sprintf(`ALTER TABLE %[1]s.b DROP CONSTRAINT short`, dst))
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	rcfg.Snapshots = []protocol.TableSnapshot{{ID: "s2", Table: a, Reason: protocol.SnapshotResnapshot}, {ID: "s3", Table: b, Reason: protocol.SnapshotResnapshot}}
+	rd = cdctest.StartReader(t, js, rcfg)
+	cdctest.WaitFor(t, "the resnapshots", done, func() bool { return snapped("s2") && snapped("s3") })
+	last = rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	same("after the resnapshots", "a", "b")
+	if st := pg.TableStatus(); len(st) != 0 {
+		t.Errorf("stopped tables after the resnapshot %+v", st)
 	}
 }

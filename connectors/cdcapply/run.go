@@ -48,6 +48,25 @@ type Config struct {
 	// acknowledged without an Apply; its messages are delivered again
 	// after a restart, and left out again.
 	Transform func([]Event) ([]Event, error)
+	// Eager applies the messages waiting rather than wait up to BatchWait
+	// for a batch to fill: a fetch asks for as many messages as the
+	// consumer reported waiting at its last delivery (up to a batch), and
+	// when none were, for the next message alone, which it takes as soon
+	// as it comes (waiting at most BatchWait) along with any found
+	// waiting behind it. A batch then holds what arrived during the last
+	// Apply, at least one message: for an Applier whose cost per batch is
+	// small (one transaction), the time from the source's commit to the
+	// target's shrinks by up to BatchWait, while a backlog still goes in
+	// full batches. NewRunner sets it for an EagerApplier.
+	Eager bool
+}
+
+// EagerApplier is implemented by an Applier that would rather apply the
+// messages waiting at once than wait to fill a batch (Config.Eager): the
+// PostgreSQL applier, whose batch is one transaction. The runner calls
+// ApplyEagerly once, before the first Apply.
+type EagerApplier interface {
+	ApplyEagerly() bool
 }
 
 // Validate checks the configuration without I/O.
@@ -126,6 +145,9 @@ func NewRunner(js jetstream.JetStream, cfg Config, a Applier, log *slog.Logger) 
 	}
 	if bs, ok := a.(connectors.BatchSizer); ok && cfg.BatchSize == 0 && cfg.BatchWait == 0 {
 		cfg.BatchSize, cfg.BatchWait = bs.BatchSize()
+	}
+	if e, ok := a.(EagerApplier); ok && e.ApplyEagerly() {
+		cfg.Eager = true
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -262,7 +284,10 @@ const defaultMaxPayload = 1 << 20
 // size the server accepts). So the carry holds less than a batch of events
 // plus one fetch's bytes, at most BatchSize messages unacknowledged
 // (MaxAckPending allows twice that), and only one batch is decoded at a
-// time.
+// time. With Config.Eager a fetch asks for no more messages than the
+// consumer reported waiting at the last delivery, and for one when none
+// were (then at once for those its delivery reports behind it): BatchWait
+// is then the longest wait for a message, never for a batch to fill.
 type batcher struct {
 	r       *Runner
 	cons    jetstream.Consumer
@@ -284,6 +309,10 @@ type batcher struct {
 	fetchBytes, minFetchBytes int
 	// decoded is reused to decode each message.
 	decoded []protocol.ChangeEvent
+	// waiting is the number of messages the consumer had not delivered
+	// yet at the last delivery (its NumPending), or -1 when unknown (no
+	// delivery since the last reset); Config.Eager's fetches ask for them.
+	waiting int64
 }
 
 // held is a message fetched and not applied yet.
@@ -300,7 +329,7 @@ func newBatcher(r *Runner, cons jetstream.Consumer, applied uint64) *batcher {
 	if nc := r.js.Conn(); nc != nil && nc.MaxPayload() > 0 {
 		maxPayload = int(nc.MaxPayload())
 	}
-	b := &batcher{r: r, cons: cons, applied: applied, minFetchBytes: maxPayload + fetchOverhead}
+	b := &batcher{r: r, cons: cons, applied: applied, minFetchBytes: maxPayload + fetchOverhead, waiting: -1}
 	b.fetchBytes = max(r.cfg.BatchSize*fetchBytesPerEvent, b.minFetchBytes)
 	return b
 }
@@ -314,6 +343,7 @@ func (b *batcher) reset(ctx context.Context) error {
 		return fmt.Errorf("reset consumer %s to sequence %d: %w", name, b.applied+1, err)
 	}
 	b.nextDelivery = 1
+	b.waiting = -1
 	return nil
 }
 
@@ -354,9 +384,26 @@ func (b *batcher) next(ctx context.Context) error {
 		skipped jetstream.Msg // delivered again, applied before
 	)
 	if b.stop == nil && b.carryEvents < r.cfg.BatchSize {
+		count := r.cfg.BatchSize - b.carryEvents
+		if r.cfg.Eager {
+			// As many as were waiting; none, or not known yet: the next
+			// one as soon as it comes.
+			count = int(max(min(int64(count), b.waiting), 1))
+		}
 		var err error
-		if gap, skipped, err = b.fetch(); err != nil {
+		if gap, skipped, err = b.fetch(count); err != nil {
 			return err
+		}
+		if r.cfg.Eager && count == 1 && !gap && b.stop == nil && b.waiting > 0 && b.carryEvents < r.cfg.BatchSize {
+			// The one message came with others behind it: take them too.
+			var again jetstream.Msg
+			gap, again, err = b.fetch(int(min(int64(r.cfg.BatchSize-b.carryEvents), b.waiting)))
+			if err != nil {
+				return err
+			}
+			if again != nil {
+				skipped = again
+			}
 		}
 	}
 	n, events := b.take()
@@ -409,15 +456,15 @@ func (b *batcher) next(ctx context.Context) error {
 	return nil
 }
 
-// fetch adds the messages of one pull request to the carry. It reports a
-// gap in the delivery sequence (the messages from the gap on are left out),
-// and returns the last message delivered again that was applied before,
-// which has to be acknowledged. A message without metadata sets b.stop.
-func (b *batcher) fetch() (gap bool, skipped jetstream.Msg, err error) {
+// fetch adds the messages of one pull request for at most count messages
+// to the carry. It reports a gap in the delivery sequence (the messages
+// from the gap on are left out), and returns the last message delivered
+// again that was applied before, which has to be acknowledged. A message
+// without metadata sets b.stop.
+func (b *batcher) fetch(count int) (gap bool, skipped jetstream.Msg, err error) {
 	r := b.r
-	need := r.cfg.BatchSize - b.carryEvents
 	budget := max(b.fetchBytes-b.carryBytes, b.minFetchBytes)
-	batch, err := b.cons.Fetch(need, jetstream.FetchMaxWait(r.cfg.BatchWait), jetstream.FetchMaxBytes(budget))
+	batch, err := b.cons.Fetch(count, jetstream.FetchMaxWait(r.cfg.BatchWait), jetstream.FetchMaxBytes(budget))
 	if err != nil {
 		return false, nil, fmt.Errorf("fetch: %w", err)
 	}
@@ -440,6 +487,7 @@ func (b *batcher) fetch() (gap bool, skipped jetstream.Msg, err error) {
 			return true, skipped, nil
 		}
 		b.nextDelivery++
+		b.waiting = int64(md.NumPending)
 		seq := md.Sequence.Stream
 		if seq <= b.tail() {
 			// Delivered again after its ack wait ran out: applied

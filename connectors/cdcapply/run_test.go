@@ -450,3 +450,56 @@ func TestRunTransform(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 }
+
+// eager is an in-memory Applier that asks for eager batches.
+type eager struct{ *memory }
+
+func (eager) ApplyEagerly() bool { return true }
+
+// TestRunEager: an EagerApplier gets the messages waiting in one batch (a
+// backlog in full batches) and a message arriving while the runner is idle
+// at once, never after a wait for a batch to fill (BatchWait, here longer
+// than the test waits).
+func TestRunEager(t *testing.T) {
+	js := cdctest.StartJS(t)
+	one := func(id int) protocol.ChangeEvent {
+		return cdctest.Change(protocol.OpInsert, "s", "t", nil, protocol.Row{"id": T(fmt.Sprint(id))})
+	}
+	for i := 1; i <= 7; i++ {
+		cdctest.Publish(t, js, one(i))
+	}
+	m := &memory{}
+	cfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchSize: 5, BatchWait: 8 * time.Second}
+	r, stop, done := cdctest.Run(t, js, cfg, eager{m})
+	applied := func(what string, seq uint64) {
+		t.Helper()
+		deadline := time.Now().Add(4 * time.Second) // half of BatchWait
+		for r.Status().Applied != seq {
+			select {
+			case <-done:
+				t.Fatalf("%s: Run stopped: %v", what, stop())
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: applied %d after 4s, want %d", what, r.Status().Applied, seq)
+			}
+		}
+	}
+	applied("the backlog", 7)
+	m.mu.Lock()
+	batches := m.batches
+	m.mu.Unlock()
+	if batches != 2 {
+		t.Errorf("the backlog of 7 messages came in %d batches, want 2 (5 and 2)", batches)
+	}
+	cdctest.Publish(t, js, one(8))
+	applied("a message while idle", 8)
+	cdctest.Publish(t, js, one(9), one(10))
+	applied("two more", 10)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.seqs(); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
+		t.Errorf("applied %v, want 1..10 once each, in order", got)
+	}
+}

@@ -95,6 +95,8 @@ func (t *batchTable) apply(ev *connectors.Event) error {
 		return nil
 	case ev.Op == protocol.OpRead && lsn < t.snapLSN:
 		return nil // a row of an earlier, superseded snapshot
+	case ev.Op == protocol.OpSnapshotDone:
+		return nil // an incremental snapshot's end: its rows came before it
 	}
 	if len(ev.Key) == 0 {
 		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")

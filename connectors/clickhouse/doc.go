@@ -156,7 +156,15 @@
 // rows from before the snapshot, which it reads again at version L. Its
 // repeats delete nothing more (the rows it read are of version L), and
 // read events of an earlier snapshot are left out of the batch that
-// starts a later one. One of an earlier snapshot arriving in a later batch
+// starts a later one. An incremental snapshot (pgcdc's, of a table added to
+// a streaming pipeline or taken again) sends its marker once and reads its
+// chunks at later positions, between the table's changes: a change of a row
+// no chunk read yet is applied as it comes, and the chunk's row of a later
+// version replaces it; its snapshot_done event changes nothing. An update
+// leaving a TOAST value unchanged of a row the marker deleted and no chunk
+// read yet fails the batch (the target has no row to keep the value from),
+// where the PostgreSQL applier leaves it for the chunk to bring.
+// One of an earlier snapshot arriving in a later batch
 // (a task of a failed snapshot still publishing) would be applied: the
 // applier keeps no record of the table's last snapshot, as the PostgreSQL
 // applier does.

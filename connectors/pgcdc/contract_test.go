@@ -216,3 +216,54 @@ func TestContractSnapshotThenStream(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestContractIncrementalSnapshot: the rows an incremental snapshot (a
+// table added mid-stream, sluice cdc resnapshot) publishes pass through
+// the contract as the stream's changes do: hashed, masked, filtered, a
+// column dropped, and no original value in SLUICE_CDC.
+func TestContractIncrementalSnapshot(t *testing.T) {
+	t.Setenv("SLUICE_TEST_CONTRACT_KEY", testContractKey)
+	e := setup(t, "people")
+	s := e.schema
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %[1]s.people (id int PRIMARY KEY, email text, name text, phone text, born date, country text);
+		INSERT INTO %[1]s.people VALUES
+			(1, 'alice.smith@example.com', 'Alice Smith', '+1 555 0100 1234', '1984-07-19', 'DE'),
+			(2, 'bob.jones@example.com', 'Bob Jones', '+1 555 0100 5678', '1990-02-28', 'US'),
+			(3, 'carol.white@example.com', 'Carol White', NULL, NULL, 'FR')`, s))
+	_, e.cfg.Contract = contractFor(t, s, false)
+	e.cfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: s + ".people"}}
+	r, stop, done := e.start(t)
+	deadline := time.Now().Add(60 * time.Second)
+	var st protocol.TableStatus
+	for st.State != protocol.TableSnapshotted {
+		if sn := r.Status().Snapshots; len(sn) == 1 {
+			st = sn[0]
+		}
+		select {
+		case <-done:
+			t.Fatalf("reader stopped: %v", stop())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshot not taken in 60s: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st.Rows != 2 {
+		t.Errorf("snapshot published %d rows, want 2 (row 2 left out by the filter)", st.Rows)
+	}
+	stream := rawStream(t, e.js)
+	for _, v := range []string{"alice.smith@example.com", "Alice Smith", "+1 555 0100 1234", "1984-07-19", "carol.white@example.com", "Carol", "bob.jones", "Bob Jones"} {
+		if strings.Contains(stream, v) {
+			t.Fatalf("SLUICE_CDC holds %q:\n%s", v, stream)
+		}
+	}
+	for _, v := range []string{contract.HashValue([]byte(testContractKey), "alice.smith@example.com"), "+* *** **** 1234", "1984-07-01"} {
+		if !strings.Contains(stream, v) {
+			t.Errorf("SLUICE_CDC lacks the transformed value %q:\n%s", v, stream)
+		}
+	}
+}

@@ -71,6 +71,15 @@
 // position, tell a consumer to start the tables over and to leave out the
 // earlier attempt's read events.
 //
+// # Tables added, resnapshots
+//
+// A table added to a streaming pipeline, or asked to be read again, is
+// snapshotted by the Reader itself, interleaved with the stream on the same
+// slot (Config.Snapshots; see incremental.go for the watermarks): its
+// snapshot event, read events in key order chunk by chunk, then its
+// snapshot_done event (protocol.OpSnapshotDone). Config.MaxLagBytes holds a
+// chunk back while the slot lags. Reader.Status reports each snapshot.
+//
 // # The source of cdc pipelines
 //
 // Register adds the Reader to the postgres kind as its

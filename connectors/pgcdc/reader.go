@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,15 @@ type Config struct {
 	// AckTimeout bounds how long an event may wait for its JetStream ack
 	// before Run fails; 0 means 30s.
 	AckTimeout time.Duration
+	// Snapshots are the incremental snapshots to take, in order, while
+	// streaming (see incremental.go); each table must be one of Tables.
+	Snapshots []protocol.TableSnapshot
+	// ChunkRows is the most rows of one chunk of an incremental snapshot;
+	// 0 means DefaultChunkRows.
+	ChunkRows int
+	// MaxLagBytes, when positive, holds the next chunk of an incremental
+	// snapshot back while the slot retains more WAL than this.
+	MaxLagBytes int64
 }
 
 // DefaultMessageEvents is Config.MessageEvents' default: the most events of
@@ -92,8 +102,13 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("table %q: want schema.table", t))
 		}
 	}
-	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 || c.MessageEvents < 0 {
-		errs = append(errs, errors.New("max_in_flight, status_interval, ack_timeout and message_events must not be negative"))
+	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 || c.MessageEvents < 0 || c.ChunkRows < 0 || c.MaxLagBytes < 0 {
+		errs = append(errs, errors.New("max_in_flight, status_interval, ack_timeout, message_events, chunk_rows and max_lag_bytes must not be negative"))
+	}
+	for _, s := range c.Snapshots {
+		if _, _, err := splitTable(s.Table); err != nil || s.ID == "" {
+			errs = append(errs, fmt.Errorf("snapshot %q of table %q: want an id and a schema.table", s.ID, s.Table))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -114,6 +129,9 @@ func (c Config) withDefaults() Config {
 	if c.AckTimeout == 0 {
 		c.AckTimeout = 30 * time.Second
 	}
+	if c.ChunkRows == 0 {
+		c.ChunkRows = DefaultChunkRows
+	}
 	return c
 }
 
@@ -133,6 +151,8 @@ type Status struct {
 	OldestPending time.Time
 	// Events counts the events JetStream acknowledged since Run started.
 	Events int64
+	// Snapshots reports the incremental snapshots of Config.Snapshots.
+	Snapshots []protocol.TableStatus
 }
 
 // Reader streams one slot into SLUICE_CDC. Run may be called once at a
@@ -141,6 +161,8 @@ type Reader struct {
 	cfg Config
 	js  jetstream.JetStream
 	log *slog.Logger
+
+	snaps *snapshotter
 
 	mu     sync.Mutex
 	status Status
@@ -156,14 +178,16 @@ func NewReader(cfg Config, js jetstream.JetStream, log *slog.Logger) (*Reader, e
 		log = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
-	return &Reader{cfg: cfg, js: js, log: log.With("slot", cfg.Slot, "pipeline", cfg.Pipeline)}, nil
+	return &Reader{cfg: cfg, js: js, log: log.With("slot", cfg.Slot, "pipeline", cfg.Pipeline), snaps: newSnapshotter(cfg)}, nil
 }
 
 // Status returns the Reader's progress.
 func (r *Reader) Status() Status {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.status
+	st := r.status
+	r.mu.Unlock()
+	st.Snapshots = r.snaps.status()
+	return st
 }
 
 // Run creates the publication and the slot when missing, then streams the
@@ -236,6 +260,7 @@ type relation struct {
 	columns  *protocol.Columns
 	identity []bool
 	keys     []string
+	keyIdx   []int // the keys' places among the columns
 	subject  string
 	// fields are the encoded fields its events share.
 	fields *protocol.TableFields
@@ -359,6 +384,11 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 	for {
 		if err := r.reap(ctx, st, false); err != nil {
 			return err
+		}
+		if !st.inTx {
+			if err := r.snapshotStep(ctx, st); err != nil {
+				return err
+			}
 		}
 		now := time.Now()
 		if !now.Before(nextStatus) {
@@ -559,6 +589,7 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		case 'D':
 			op = protocol.OpDelete
 		}
+		r.onChange(rel, op, st.before, st.after)
 		return r.publish(ctx, st, rel, xld.WALStart, op, st.before, st.after)
 	}
 	msg, err := pglogrepl.Parse(xld.WALData)
@@ -577,6 +608,7 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 				rel.keys = append(rel.keys, c.Name)
 			}
 		}
+
 		rel.columns = protocol.NewColumns(names)
 		if m.ReplicaIdentity == 'f' {
 			// FULL flags every column as identity: the key is the primary key.
@@ -587,6 +619,9 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 			if len(keys) > 0 {
 				rel.keys = keys
 			}
+		}
+		for _, k := range rel.keys {
+			rel.keyIdx = append(rel.keyIdx, slices.Index(names, k))
 		}
 		rel.fields = protocol.NewTableFields(r.cfg.Pipeline, st.database, rel.schema, rel.table, rel.keys)
 		rel.description, rel.describe = r.describe(ctx, st, m, rel.keys), true
@@ -621,11 +656,15 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 			if err != nil {
 				return err
 			}
+			r.onChange(rel, protocol.OpTruncate, nil, nil)
 			if err := r.publish(ctx, st, rel, xld.WALStart, protocol.OpTruncate, nil, nil); err != nil {
 				return err
 			}
 		}
 	case *pglogrepl.LogicalDecodingMessage:
+		if ok, err := r.onWatermark(ctx, st, m); ok || err != nil {
+			return err
+		}
 		if !m.Transactional && !st.inTx {
 			// A heartbeat (ours or anyone's): every transaction committed
 			// before it was received, so it may be confirmed once they are.
@@ -640,7 +679,18 @@ func (r *Reader) catalog(ctx context.Context, st *streamState) (*pgx.Conn, error
 	if st.meta != nil && !st.meta.IsClosed() {
 		return st.meta, nil
 	}
-	c, err := pgx.Connect(ctx, r.cfg.DSN)
+	cfg, err := pgx.ParseConfig(r.cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("catalog connect: %w", err)
+	}
+	// The rows of incremental snapshots are read on it: rendered as the
+	// walsender renders changes.
+	for k, v := range postgres.SessionParams() {
+		if _, set := cfg.RuntimeParams[k]; !set || k != "application_name" {
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("catalog connect: %w", err)
 	}
@@ -773,16 +823,22 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 // flight leave room for its own (all of them when it alone exceeds
 // MaxInFlight).
 func (r *Reader) flush(ctx context.Context, st *streamState) error {
-	p := &st.pack
-	if p.n == 0 {
+	if st.pack.n == 0 {
 		return nil
 	}
+	return r.flushAs(ctx, st, protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, st.pack.first))
+}
+
+// flushAs publishes the message being packed, which holds at least one
+// event, under the Nats-Msg-Id id, adding its future to st.futs.
+func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error {
+	p := &st.pack
 	for st.inFlight > 0 && st.inFlight+p.n > r.cfg.MaxInFlight {
 		if err := r.waitOne(ctx, st); err != nil {
 			return err
 		}
 	}
-	msg := cdcMsg(p.subject, protocol.CDCMsgID(r.cfg.Slot, st.commitLSN, p.first), p.data, p.n)
+	msg := cdcMsg(p.subject, id, p.data, p.n)
 	f, err := publishAsync(ctx, r.js, msg, func() bool { return st.inFlight > 0 }, func(ctx context.Context) error { return r.waitOne(ctx, st) })
 	if err != nil {
 		return err

@@ -687,3 +687,49 @@ func TestKeylessTableRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIncrementalSnapshotThrottled: a reader asked for an incremental
+// snapshot while its slot is far behind (a backlog of writes) holds the
+// chunks back until the slot's lag is under MaxLagBytes, says so in its
+// status, and then takes the whole table.
+func TestIncrementalSnapshotThrottled(t *testing.T) {
+	e := setup(t, "a", "b")
+	s := e.schema
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %[1]s.a (id int PRIMARY KEY, v text);
+		CREATE TABLE %[1]s.b (id int PRIMARY KEY, v text);
+		INSERT INTO %[1]s.b SELECT g, 'b' || g FROM generate_series(1, 3000) g`, s))
+	_, stop, _ := e.start(t)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	// A backlog far over the bound.
+	e.exec(t, fmt.Sprintf(`INSERT INTO %[1]s.a SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g`, s))
+	e.cfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: s + ".b"}}
+	e.cfg.MaxLagBytes, e.cfg.ChunkRows = 100_000, 1000
+	r, stop, done := e.start(t)
+	deadline := time.Now().Add(60 * time.Second)
+	var st protocol.TableStatus
+	for {
+		if sn := r.Status().Snapshots; len(sn) == 1 {
+			st = sn[0]
+		}
+		if st.State == protocol.TableSnapshotted {
+			break
+		}
+		select {
+		case <-done:
+			t.Fatalf("reader stopped: %v", stop())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("snapshot not taken in 60s: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st.Throttled < 1 || st.LastThrottled.IsZero() || st.Rows != 3000 || st.Snapshot != "s1" {
+		t.Fatalf("snapshot status %+v, want it throttled at least once and 3000 rows", st)
+	}
+}

@@ -29,7 +29,7 @@ import (
 func Register(reg *connectors.Registry, js jetstream.JetStream) {
 	reg.Register(connectors.Connector{
 		Kind:      postgres.Kind,
-		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints, Check: checkSource, AppliesContract: true},
+		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints, Tables: sourceTables, Check: checkSource, AppliesContract: true},
 	})
 	reg.Register(connectors.Connector{
 		Kind: SnapshotKind,

@@ -92,6 +92,16 @@ func snapshotEndpoints(req connectors.SnapshotRequest) (connectors.SnapshotEndpo
 	}, nil
 }
 
+// sourceTables lists the tables of a cdc pipeline's source configuration
+// (connectors.CDCSource.Tables).
+func sourceTables(config json.RawMessage) ([]string, error) {
+	var src SourceConfig
+	if err := json.Unmarshal(config, &src); err != nil {
+		return nil, fmt.Errorf("cdc source: %w", err)
+	}
+	return src.Tables, nil
+}
+
 // openReader opens the change reader of a cdc pipeline
 // (connectors.CDCSource.Open): a Reader of the pipeline's slot publishing
 // through the worker's JetStream context. SLUICE_CDC is the coordinator
@@ -104,6 +114,7 @@ func openReader(_ context.Context, req connectors.StreamRequest) (connectors.Str
 	cfg := Config{
 		DSN: src.DSN, Slot: req.Settings.Slot, Publication: req.Settings.Publication, Tables: src.Tables,
 		Pipeline: req.Pipeline, Heartbeat: req.Settings.Heartbeat, MessageEvents: req.Settings.MessageEvents,
+		Snapshots: req.Settings.Snapshots, ChunkRows: req.Settings.SnapshotChunkRows, MaxLagBytes: req.Settings.MaxLagBytes,
 	}
 	if cfg.Contract, err = openContract(req.Contract); err != nil {
 		return nil, err
@@ -145,7 +156,7 @@ func (s *readerStream) Status(ctx context.Context) protocol.StreamStatus {
 	st := s.r.Status()
 	out := protocol.StreamStatus{
 		State: protocol.StreamStreaming, ConfirmedLSN: st.ConfirmedLSN, ReceivedLSN: st.ReceivedLSN,
-		LastCommit: st.AckedCommitTime, Events: st.Events, Time: time.Now().UTC(),
+		LastCommit: st.AckedCommitTime, Events: st.Events, Time: time.Now().UTC(), Tables: st.Snapshots,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

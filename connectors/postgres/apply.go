@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
@@ -115,6 +116,10 @@ type Applier struct {
 	// as TablesTable records it; nil until read on conn.
 	sources map[string]*sourceState
 
+	// noDirect turns copyInserts off, for a batch applied again after it
+	// met a key the target holds.
+	noDirect bool
+
 	mu     sync.Mutex
 	status []protocol.TableStatus // what TableStatus reports
 }
@@ -161,7 +166,16 @@ func (p *Applier) connect(ctx context.Context) error {
 	if p.conn != nil && !p.conn.IsClosed() {
 		return nil
 	}
-	conn, err := pgx.Connect(ctx, p.cfg.DSN)
+	cfg, err := pgx.ParseConfig(p.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("connect to target: %w", err)
+	}
+	// A batch's rows and its offset commit together: a commit the server
+	// loses in a crash loses both, and the batch is applied again. So
+	// commits need not wait for the WAL flush (a subscription's apply
+	// worker commits the same way by default).
+	cfg.RuntimeParams["synchronous_commit"] = "off"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("connect to target: %w", err)
 	}
@@ -186,6 +200,25 @@ func (p *Applier) drop() {
 	}
 	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
 }
+
+// Batches of events (connectors.BatchSizer): up to applyBatchEvents, and
+// no longer than applyBatchWait to wait for one. A larger batch spares
+// commits and round trips; a short wait keeps a replica close behind a
+// source that changes little at a time.
+const (
+	applyBatchEvents = 5000
+	applyBatchWait   = 10 * time.Millisecond
+)
+
+// BatchSize returns the batches the Applier works best with
+// (connectors.BatchSizer).
+func (p *Applier) BatchSize() (int, time.Duration) { return applyBatchEvents, applyBatchWait }
+
+// ApplyEagerly reports that the Applier takes the messages waiting as a
+// batch at once rather than wait for a batch to fill (cdcapply's
+// EagerApplier): a batch is one transaction, and a backlog still comes in
+// full batches, so a replica follows its source without a wait.
+func (p *Applier) ApplyEagerly() bool { return true }
 
 // Close closes the connection.
 func (p *Applier) Close() error {
@@ -247,6 +280,13 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			return err
 		}
 		err := p.apply(ctx, events, stops)
+		if errors.Is(err, errDirectConflict) && !p.noDirect && ctx.Err() == nil {
+			// Again through staging, which takes rows the target holds.
+			p.forget()
+			p.noDirect = true
+			err = p.apply(ctx, events, stops)
+			p.noDirect = false
+		}
 		var te *tableError
 		if err == nil || !errors.As(err, &te) || !te.permanent || stops[te.id()] != nil || ctx.Err() != nil {
 			return err
@@ -296,7 +336,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 	changes, err := collect(events, func(id string) tableFilter {
 		f := tableFilter{skip: stops[id] != nil}
 		if st := p.sources[id]; st != nil {
-			f.stopped, f.snapshot = st.stop != nil, st.snapshot
+			f.stopped, f.snapshot, f.snapshotting = st.stop != nil, st.snapshot, st.snapshotting
 		}
 		return f
 	})
@@ -321,6 +361,13 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 		}
 		if err := p.applyTable(ctx, tx, t, tg, uses); err != nil {
 			return t.fail(fmt.Errorf("apply to %s: %w", tg.name, err))
+		}
+	}
+	for _, t := range changes {
+		if t.done {
+			if err := p.snapshotDone(ctx, tx, t); err != nil {
+				return err
+			}
 		}
 	}
 	last := events[len(events)-1].Seq
@@ -351,6 +398,9 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 	}
 	if len(t.order) == 0 {
 		return nil
+	}
+	if !t.updated && !t.unchanged && !t.absent && !p.noDirect {
+		return p.copyInserts(ctx, tx, t, tg)
 	}
 	n, k := len(t.cols), len(t.key)
 	// A staging table per shape, reused across batches (ON COMMIT DELETE
@@ -471,8 +521,13 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 		for j, i := range keyIdx {
 			keys = append(keys, fmt.Sprintf("COALESCE(s.o%d, s.c%d)", j+1, i))
 		}
-		checkUnchanged = b.Len()
-		b.Queue(fmt.Sprintf("SELECT ARRAY[%s] FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0 LIMIT 1", strings.Join(keys, ", "), stage))
+		if t.snapshotting {
+			// The row's chunk of the snapshot under way brings it later.
+			b.Queue(fmt.Sprintf("DELETE FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0", stage))
+		} else {
+			checkUnchanged = b.Len()
+			b.Queue(fmt.Sprintf("SELECT ARRAY[%s] FROM %s AS s WHERE s._op = 'u' AND strpos(s._u, '1') > 0 LIMIT 1", strings.Join(keys, ", "), stage))
+		}
 	}
 	if len(absentCols) > 0 {
 		var set, on []string
@@ -530,6 +585,49 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 		}
 	}
 	return br.Close()
+}
+
+// errDirectConflict marks a direct COPY of inserts that found a key the
+// target holds already (a replica that diverged, a stream applied from
+// before the target's rows): the batch is applied again through staging.
+var errDirectConflict = errors.New("a direct copy of inserts met a key the target holds")
+
+// copyInserts applies a part of only new rows (inserts, none of them
+// leaving a value unchanged or absent) with one COPY straight into the
+// target: no staging table, no conflict check. A key the target holds
+// already fails it with errDirectConflict.
+func (p *Applier) copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable) error {
+	var buf bytes.Buffer
+	rows := 0
+	for _, rc := range t.order {
+		if rc.deleted {
+			continue
+		}
+		for i, c := range t.cols {
+			if i > 0 {
+				buf.WriteByte('\t')
+			}
+			if v := rc.row[c]; v.Null {
+				buf.WriteString(`\N`)
+			} else {
+				copyText(&buf, v.Text)
+			}
+		}
+		buf.WriteByte('\n')
+		rows++
+	}
+	if rows == 0 {
+		return nil
+	}
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, &buf, "COPY "+tg.ident.Sanitize()+" ("+idents(t.cols)+") FROM STDIN")
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return fmt.Errorf("%w: %v", errDirectConflict, err)
+	}
+	if err != nil {
+		return fmt.Errorf("copy %d inserted rows: %w", rows, err)
+	}
+	return nil
 }
 
 // copyText writes s in COPY's text format.

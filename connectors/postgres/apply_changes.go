@@ -25,8 +25,16 @@ type tableChanges struct {
 	// snapshot is the position of the snapshot that begins with this part
 	// (protocol.OpSnapshot, with truncate set); 0 when none does.
 	snapshot uint64
-	key      []string
-	truncate bool
+	// updated reports an event of the part other than an insert (and a
+	// truncate before them): its rows may exist in the target.
+	updated bool
+	// snapshotting reports that a snapshot of the table is under way in
+	// this part: an update whose unchanged TOAST value has no row to come
+	// from is left out, the row's chunk bringing it later. done reports
+	// that the part ends with the snapshot's snapshot_done event.
+	snapshotting, done bool
+	key                []string
+	truncate           bool
 	// cols lists every column of the row images, key columns first, then
 	// in order of first appearance.
 	cols   []string
@@ -68,6 +76,9 @@ type tableFilter struct {
 	// snapshot event at or before it and a read event before it are left
 	// out.
 	snapshot uint64
+	// snapshotting reports a snapshot under way: after a snapshot event,
+	// before its snapshot_done event.
+	snapshotting bool
 }
 
 // collect collapses a batch of events (in stream order) per table and key.
@@ -110,9 +121,14 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			if lsn <= f.snapshot {
 				continue // a repeated or an older snapshot's
 			}
-			f.snapshot, f.stopped = lsn, false
+			f.snapshot, f.stopped, f.snapshotting = lsn, false, true
 		case f.stopped, ev.Op == protocol.OpRead && lsn < f.snapshot:
 			continue
+		case ev.Op == protocol.OpSnapshotDone:
+			if !f.snapshotting {
+				continue
+			}
+			f.snapshotting = false
 		}
 		if _, ok := first[id]; !ok {
 			first[id] = ev.Seq
@@ -126,13 +142,19 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, snapshotting: f.snapshotting,
+				colSet: map[string]bool{}, rows: map[string]*rowChange{}}
 			byName[id] = t
 			out = append(out, t)
 		}
-		if ev.Op == protocol.OpSnapshot {
-			t.snapshot, t.truncate = lsn, true
+		switch ev.Op {
+		case protocol.OpSnapshot:
+			t.snapshot, t.truncate, t.snapshotting = lsn, true, true
 			t.rows, t.order = map[string]*rowChange{}, nil
+			continue
+		case protocol.OpSnapshotDone:
+			t.done = true
+			byName[id] = nil // the events after it: a new part
 			continue
 		}
 		if err := t.add(ev); err != nil {
@@ -163,7 +185,11 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		t.truncate = true
 		t.rows = map[string]*rowChange{}
 		t.order = nil
+		t.updated = false
 		return nil
+	}
+	if ev.Op != protocol.OpInsert {
+		t.updated = true
 	}
 	if len(ev.Key) == 0 {
 		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")

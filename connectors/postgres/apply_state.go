@@ -38,6 +38,7 @@ func (p *Applier) createStateTables(ctx context.Context, schema string) error {
 		source_table text NOT NULL,
 		relation jsonb,
 		snapshot_lsn text,
+		snapshotting boolean NOT NULL DEFAULT false,
 		stopped_seq bigint,
 		stopped_error text,
 		stopped_at timestamptz,
@@ -46,6 +47,7 @@ func (p *Applier) createStateTables(ctx context.Context, schema string) error {
 	if err == nil {
 		// Made by a build that kept less.
 		_, err = p.conn.Exec(ctx, `ALTER TABLE `+p.state.Sanitize()+` ADD COLUMN IF NOT EXISTS snapshot_lsn text,
+			ADD COLUMN IF NOT EXISTS snapshotting boolean NOT NULL DEFAULT false,
 			ADD COLUMN IF NOT EXISTS stopped_seq bigint, ADD COLUMN IF NOT EXISTS stopped_error text,
 			ADD COLUMN IF NOT EXISTS stopped_at timestamptz`)
 	}
@@ -65,6 +67,9 @@ type sourceState struct {
 	snapshot uint64
 	// stop is set while the table is stopped.
 	stop *protocol.TableStatus
+	// snapshotting reports a snapshot under way (after its snapshot
+	// event, before its snapshot_done event).
+	snapshotting bool
 }
 
 // loadStates reads the state of every source table of the pipeline,
@@ -73,7 +78,7 @@ func (p *Applier) loadStates(ctx context.Context, q Querier) error {
 	if p.sources != nil {
 		return nil
 	}
-	rows, err := q.Query(ctx, `SELECT source_schema, source_table, relation, coalesce(snapshot_lsn, ''),
+	rows, err := q.Query(ctx, `SELECT source_schema, source_table, relation, coalesce(snapshot_lsn, ''), snapshotting,
 		stopped_seq, coalesce(stopped_error, ''), coalesce(stopped_at, now())
 		FROM `+p.state.Sanitize()+` WHERE pipeline = $1`, p.cfg.Pipeline)
 	if err != nil {
@@ -85,9 +90,10 @@ func (p *Applier) loadStates(ctx context.Context, q Querier) error {
 		rel                         []byte
 		stopSeq                     *int64
 		stopAt                      time.Time
+		snapshotting                bool
 	)
-	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &rel, &lsn, &stopSeq, &stopErr, &stopAt}, func() error {
-		st := &sourceState{}
+	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &rel, &lsn, &snapshotting, &stopSeq, &stopErr, &stopAt}, func() error {
+		st := &sourceState{snapshotting: snapshotting}
 		if len(rel) > 0 {
 			if err := json.Unmarshal(rel, &st.relation); err != nil {
 				return fmt.Errorf("source table %s.%s: relation: %w", schema, table, err)
@@ -155,12 +161,23 @@ func (p *Applier) storeRelation(ctx context.Context, tx pgx.Tx, t *tableChanges,
 // earlier position are left out, and a stopped table goes on.
 func (p *Applier) snapshotBegan(ctx context.Context, tx pgx.Tx, t *tableChanges) error {
 	lsn := string(protocol.AppendLSN(nil, t.snapshot))
-	err := p.upsertState(ctx, tx, t.schema, t.table, "snapshot_lsn", "snapshot_lsn = $4, stopped_seq = NULL, stopped_error = NULL, stopped_at = NULL", lsn)
+	err := p.upsertState(ctx, tx, t.schema, t.table, "snapshot_lsn, snapshotting",
+		"snapshot_lsn = $4, snapshotting = true, stopped_seq = NULL, stopped_error = NULL, stopped_at = NULL", lsn, true)
 	if err != nil {
 		return fmt.Errorf("record the snapshot of source table %s: %w", t.name(), err)
 	}
 	st := p.source(t.schema + "\x00" + t.table)
-	st.snapshot, st.stop = t.snapshot, nil
+	st.snapshot, st.stop, st.snapshotting = t.snapshot, nil, true
+	return nil
+}
+
+// snapshotDone records, in the batch's transaction, that the snapshot of
+// t's source table under way is complete.
+func (p *Applier) snapshotDone(ctx context.Context, tx pgx.Tx, t *tableChanges) error {
+	if err := p.upsertState(ctx, tx, t.schema, t.table, "snapshotting", "snapshotting = $4", false); err != nil {
+		return fmt.Errorf("record the end of the snapshot of source table %s: %w", t.name(), err)
+	}
+	p.source(t.schema + "\x00" + t.table).snapshotting = false
 	return nil
 }
 

@@ -169,7 +169,11 @@
 // emptied and a stopped table goes on, in the batch's transaction, and the
 // position is kept in sluice_cdc_tables; read events of an earlier position
 // (an earlier, failed attempt's) are left out, and a snapshot event at or
-// before it changes nothing.
+// before it changes nothing. From a snapshot event to its snapshot_done
+// event (an incremental snapshot's chunks come between changes), an update
+// whose unchanged TOAST value has no target row is left out: the row's
+// chunk brings it later. An initial snapshot has no snapshot_done event
+// (its rows all come first): such a table keeps that rule.
 //
 // Typed replicas: events carry, on the first event of a table after each
 // change of its shape, the source's description of the table
