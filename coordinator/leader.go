@@ -121,7 +121,8 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		}
 	}
 	for {
-		err := EnsureStreams(ctx, c.js, StreamConfig{Replicas: c.cfg.StreamReplicas, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver})
+		err := EnsureStreams(ctx, c.js, StreamConfig{Replicas: c.cfg.StreamReplicas, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver,
+			MaxBytes: c.cfg.StreamMaxBytes, CDCMaxBytes: c.cfg.CDCMaxBytes, DLQMaxAge: c.cfg.DLQMaxAge})
 		if err == nil {
 			break
 		}
