@@ -358,6 +358,10 @@ func backfillStatus(b *backfillState) protocol.BackfillStatus {
 			s.Skipped++
 		}
 	}
+	if sum := b.Summary; sum != nil {
+		// trimmed: only some failed windows are left
+		s.Total, s.Committed, s.Failed, s.Skipped, s.Rows = sum.Total, sum.Committed, sum.Failed, sum.Skipped, sum.Rows
+	}
 	return s
 }
 

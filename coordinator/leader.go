@@ -208,6 +208,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	t.spawn(func() { t.schedule(ctx) })
 	t.spawn(func() { t.streams(ctx) })
 	t.spawn(func() { t.cleanUps(ctx) })
+	t.spawn(func() { t.trims(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {

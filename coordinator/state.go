@@ -27,6 +27,11 @@ type state struct {
 	Cleanups []cleanup `json:"cleanups,omitempty"`
 	// CleanupSeq numbers the cleanups.
 	CleanupSeq int64 `json:"cleanup_seq,omitempty"`
+	// Retired are the deleted pipelines a trim dropped, by name: only
+	// their numbers (run and version sequences, stream epoch, watermark)
+	// are kept, so that a pipeline applied again under the name goes on
+	// from them and never reuses a run's or a version's name.
+	Retired map[string]*pipelineState `json:"retired,omitempty"`
 }
 
 // cleanup is what a deleted streamed pipeline left behind: a cdc
@@ -70,11 +75,25 @@ type backfillState struct {
 	State       string                    `json:"state"`
 	Created     time.Time                 `json:"created"`
 	Finished    time.Time                 `json:"finished,omitzero"`
+	// Summary counts the windows of a finished backfill whose windows a
+	// trim dropped (all but the first maxKeptFailedWindows failed ones).
+	Summary *windowCounts `json:"summary,omitempty"`
 	// LeaderStarts is set when the leader creates the window runs, each
 	// through a run-create entry naming the backfill and its window. A
 	// backfill of an earlier version's log has it unset: Apply starts its
 	// windows (state.pump), as that version did.
 	LeaderStarts bool `json:"leader_starts,omitempty"`
+}
+
+// windowCounts counts a backfill's windows by state, and the rows of the
+// committed ones.
+type windowCounts struct {
+	Total     int   `json:"total"`
+	Committed int   `json:"committed,omitempty"`
+	Failed    int   `json:"failed,omitempty"`
+	Skipped   int   `json:"skipped,omitempty"`
+	Other     int   `json:"other,omitempty"`
+	Rows      int64 `json:"rows,omitempty"`
 }
 
 // running counts the windows of b that are running.
@@ -105,6 +124,10 @@ func (b *backfillState) nextWindow() (protocol.Window, bool) {
 func (b *backfillState) clone() *backfillState {
 	c := *b
 	c.Windows = slices.Clone(b.Windows)
+	if b.Summary != nil {
+		sum := *b.Summary
+		c.Summary = &sum
+	}
 	return &c
 }
 
