@@ -12,7 +12,8 @@ import (
 // (with their errors); the others are only counted.
 const maxKeptFailedWindows = 100
 
-// applyTo trims the state (see stateTrimCmd). Each step is independent of
+// applyTo trims the state (see stateTrimCmd). A deleted pipeline stays
+// while a run of it waits for its end to be announced. Each step is independent of
 // map order, so the same entry trims the same on every node.
 func (c stateTrimCmd) applyTo(s *state) (stateTrimReply, error) {
 	var reply stateTrimReply
@@ -27,7 +28,7 @@ func (c stateTrimCmd) applyTo(s *state) (stateTrimReply, error) {
 		})
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.Pipelines)) {
-		if p := s.Pipelines[name]; !p.Deleted.IsZero() && !s.cleaningUp(name) {
+		if p := s.Pipelines[name]; !p.Deleted.IsZero() && !s.cleaningUp(name) && !s.announcing(name) {
 			s.retire(name, p)
 			reply.Dropped = append(reply.Dropped, name)
 		}
@@ -49,6 +50,17 @@ func (c stateTrimCmd) applyTo(s *state) (stateTrimReply, error) {
 // cleaningUp reports whether a cleanup of pipeline name is pending.
 func (s *state) cleaningUp(name string) bool {
 	return slices.ContainsFunc(s.Cleanups, func(cl cleanup) bool { return cl.Pipeline == name })
+}
+
+// announcing reports whether a run of pipeline name ended and its end
+// is not announced yet (event, dead letters, the sink's abort).
+func (s *state) announcing(name string) bool {
+	for _, r := range s.Runs {
+		if r.Pipeline == name && !r.Notified {
+			return true
+		}
+	}
+	return false
 }
 
 // retire drops deleted pipeline p, its runs and backfills (and their

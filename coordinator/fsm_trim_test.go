@@ -27,8 +27,13 @@ func TestFSMTrim(t *testing.T) {
 	applyAll(t, f, del("users"), del("shop"))
 
 	got := applyAll(t, f, trim(0, t0.Add(2*time.Hour))).(stateTrimReply)
-	if len(got.Dropped) != 1 || got.Dropped[0] != "users" || len(got.Expired) != 0 || got.Runs != 1 {
-		t.Fatalf("trim: %+v, want users dropped (shop still cleaning up), 1 run stripped", got)
+	if len(got.Dropped) != 0 || len(got.Expired) != 0 || got.Runs != 1 {
+		t.Fatalf("trim: %+v, want 1 run stripped and users kept until the end of users-000001 is announced", got)
+	}
+	applyAll(t, f, notified("users-000001"))
+	got = applyAll(t, f, trim(0, t0.Add(2*time.Hour))).(stateTrimReply)
+	if len(got.Dropped) != 1 || got.Dropped[0] != "users" || len(got.Expired) != 0 {
+		t.Fatalf("trim: %+v, want users dropped (shop still cleaning up)", got)
 	}
 	for id, r := range f.st.Runs {
 		if r.Pipeline == "users" {
