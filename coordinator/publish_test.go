@@ -81,3 +81,23 @@ func TestPublishGivesUpWhenTasksFull(t *testing.T) {
 		t.Fatalf("a run that fits: %+v, %v", st, err)
 	}
 }
+
+// A run's status lists at most protocol.MaxTaskList tasks, its failed
+// ones first, however many tasks it has.
+func TestRunStatusTaskListBounded(t *testing.T) {
+	r := &runState{ID: "big-000001", Pipeline: "big", State: protocol.RunFailed, Planned: true}
+	for i := range 3000 {
+		ts := taskState{ID: taskID(1, i), Partition: protocol.Partition{Key: fmt.Sprintf("p%d", i)}, State: protocol.TaskSucceeded, Rows: 1}
+		if i == 2500 {
+			ts.State, ts.Error, ts.Rows = protocol.TaskFailed, "boom", 0
+		}
+		r.Tasks = append(r.Tasks, ts)
+	}
+	st := runStatus(r, true)
+	if len(st.TaskList) != protocol.MaxTaskList || st.Tasks != 3000 || st.Rows != 2999 || st.TasksFailed != 1 {
+		t.Fatalf("status of a run of 3000 tasks: %d listed, tasks %d, rows %d, failed %d", len(st.TaskList), st.Tasks, st.Rows, st.TasksFailed)
+	}
+	if ts := st.TaskList[0]; ts.State != protocol.TaskFailed || ts.Error != "boom" || st.TaskList[1].TaskID != "t00000" {
+		t.Errorf("task list starts %+v, %+v; want the failed task, then the first", ts, st.TaskList[1])
+	}
+}
