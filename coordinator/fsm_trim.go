@@ -97,7 +97,7 @@ func (s *state) retire(name string, p *pipelineState) {
 // announced; keys, counts and sizes stay. It reports whether there were
 // any.
 func (r *runState) stripPartitions() bool {
-	if !slices.ContainsFunc(r.Tasks, func(t taskState) bool { return t.Partition.Spec != nil }) {
+	if !slices.ContainsFunc(r.Tasks, func(t taskState) bool { return hasBounds(t.Partition) }) {
 		return false
 	}
 	tasks := slices.Clone(r.Tasks)
@@ -106,6 +106,12 @@ func (r *runState) stripPartitions() bool {
 	}
 	r.Tasks = tasks
 	return true
+}
+
+// hasBounds reports whether p has its connector-specific bounds (a
+// stripped partition restored from a snapshot has a JSON null).
+func hasBounds(p protocol.Partition) bool {
+	return len(p.Spec) > 0 && string(p.Spec) != "null"
 }
 
 // summarize counts the windows of a finished backfill and keeps only the

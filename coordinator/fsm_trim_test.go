@@ -1,7 +1,11 @@
 package coordinator
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
+	"reflect"
 	"testing"
 	"time"
 
@@ -196,5 +200,46 @@ func TestFSMSnapshotBounded(t *testing.T) {
 				t.Errorf("orders at run %d, want 10000", p.RunSeq)
 			}
 		}
+	}
+}
+
+// A trimmed state, retired pipelines and summarized backfills included,
+// restores from its snapshot as it was, and goes on the same.
+func TestFSMTrimmedSnapshotRestores(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, boundedLog(0, 600, true)...)
+	if len(f.st.Retired) == 0 {
+		t.Fatal("the log retired no pipeline")
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink bufSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := g.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	same := func() bool {
+		a, _ := json.Marshal(f.st)
+		b, _ := json.Marshal(g.st)
+		return bytes.Equal(a, b)
+	}
+	if !same() {
+		t.Fatal("the restored state differs")
+	}
+	// The same entries change both the same (a trim finds nothing more to
+	// strip in either).
+	at := t0.Add(24 * time.Hour)
+	if a, b := applyAll(t, f, trim(time.Hour, at)).(stateTrimReply), applyAll(t, g, trim(time.Hour, at)).(stateTrimReply); !reflect.DeepEqual(a, b) || a.Runs != 0 {
+		t.Errorf("trims after the restore: %+v and %+v", a, b)
+	}
+	applyAll(t, f, put("tmp000"))
+	applyAll(t, g, put("tmp000"))
+	if !same() || g.st.Pipelines["tmp000"].RunSeq != 20 {
+		t.Fatalf("a retired pipeline applied again after a restore: run seq %d, want 20", g.st.Pipelines["tmp000"].RunSeq)
 	}
 }
