@@ -86,6 +86,28 @@ type PlanRequest struct {
 	// incremental.delta_column); empty when Window is nil or the source is
 	// partition-based.
 	DeltaColumn string
+	// Trim is set for a live run of integer values (Window.Values): the
+	// window's high bound only caps the run. The source ends the window
+	// after the greatest value DeltaColumn holds when it plans, so a run
+	// never passes a value not written yet, and, when Trim.MaxRows is set,
+	// after at most that many rows from Trim.From (rows a lookback reads
+	// again, below it, do not count; the rows of one value stay together,
+	// so a value with more rows than that makes a window of its own), and
+	// a window that would hold no value past Trim.From is ended at Trim.From
+	// (or left empty, planning no partition). It returns the window it
+	// reads in Plan.Window (same
+	// low bound, high bound at most the cap), which the run's commit moves
+	// the watermark to. A source that cannot trim fails the plan.
+	Trim *Trim
+}
+
+// Trim says how a source ends the capped window of a live run of integer
+// values (PlanRequest.Trim).
+type Trim struct {
+	// From is where the values new to the pipeline start: its watermark.
+	From int64
+	// MaxRows, when positive, bounds the rows from From the window holds.
+	MaxRows int64
 }
 
 // Readiness is implemented by sources whose input for a run may not be
@@ -106,7 +128,8 @@ type Readiness interface {
 	Ready(ctx context.Context, req PlanRequest) (ready bool, what string, err error)
 }
 
-// Window is a half-open time range [From, To) of an incremental run.
+// Window is a half-open range of an incremental run's delta column: of
+// time [From, To), or of integer values [Lo, Hi) (Values).
 type Window = protocol.Window
 
 // Positions is the capability of a source kind that keeps a position of
@@ -178,6 +201,9 @@ type Plan struct {
 	// them (a sink then takes the columns from the batches). It reaches
 	// every task (TaskRef.Schema) and the commit (CommitRequest.Schema).
 	Schema *Schema
+	// Window is the window the plan reads when the request's was capped
+	// (PlanRequest.Trim); nil otherwise.
+	Window *Window
 	// Holds is set by a RunHolder whose partitions can only be read while
 	// it holds what it planned them on (an exported snapshot). The leader
 	// records it with the plan: a leader that did not plan the run holds

@@ -32,6 +32,8 @@ type entry struct {
 	partitions func(json.RawMessage) time.Duration
 	positions  *Positions
 	appends    bool
+	values     bool
+	merges     bool
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -82,6 +84,12 @@ type Connector struct {
 	// Window: it appends the run's output exactly once (see
 	// CommitRequest.Mode), which runs by position need. It goes with Sink.
 	SinkAppends bool
+	// SinkValueWindows says the sink commits windows of integer values
+	// (Window.Values: an id or sequence delta column); SinkMerges that it
+	// merges a window's rows by key (CommitRequest.Merge). They go with
+	// Sink.
+	SinkValueWindows bool
+	SinkMerges       bool
 	// CDCSource, when set, makes the kind the source of cdc pipelines;
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
@@ -134,6 +142,8 @@ func (r *Registry) Register(c Connector) {
 		}
 		add(RoleSink, pick(c.ValidateSink))
 		e.appends = e.appends || c.SinkAppends
+		e.values = e.values || c.SinkValueWindows
+		e.merges = e.merges || c.SinkMerges
 		parts++
 	}
 	if c.SourcePartitions != nil {
@@ -218,6 +228,20 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 func (r *Registry) SinkAppends(kind string) bool {
 	e, ok := r.kinds[kind]
 	return ok && e.sink != nil && e.appends
+}
+
+// SinkValueWindows reports whether a sink of the given kind commits
+// windows of integer values (Connector.SinkValueWindows).
+func (r *Registry) SinkValueWindows(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.values
+}
+
+// SinkMerges reports whether a sink of the given kind merges windows by
+// key (Connector.SinkMerges).
+func (r *Registry) SinkMerges(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.merges
 }
 
 // Kinds lists the registered kinds, sorted.

@@ -40,9 +40,10 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),
 		telemetry.AttrVersion.Int64(r.Version), telemetry.AttrTasks.Int(len(r.Tasks))))
 	defer span.End()
-	if req.Mode == connectors.ModeAppend && req.Window == nil && len(req.Tasks) == 0 {
-		// A run by position that found nothing new appends nothing: only
-		// its watermark moves (a source may pass what it skips).
+	if req.Mode == connectors.ModeAppend && (req.Window == nil || req.Window.Empty()) && len(req.Tasks) == 0 {
+		// A run by position, or of integer values, that found nothing
+		// new appends nothing: only its watermark moves (a source may
+		// pass what it skips).
 		if _, err := apply(c, runCommittedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
 			return err
 		}

@@ -243,10 +243,15 @@ type RunGetRequest struct {
 // pipeline (by a live run or an earlier backfill) are skipped unless
 // Replace is set, when they are loaded again and replace their rows.
 // Backfill runs never move the watermark.
+//
+// For a pipeline of integer windows, Range is the range of values [Lo,
+// Hi) to backfill (Values set), split into windows of its
+// incremental.window; From and To are then unused.
 type BackfillRequest struct {
 	Pipeline    string    `json:"pipeline"`
-	From        time.Time `json:"from"`
-	To          time.Time `json:"to"`
+	From        time.Time `json:"from,omitzero"`
+	To          time.Time `json:"to,omitzero"`
+	Range       *Window   `json:"range,omitempty"`
 	Concurrency int       `json:"concurrency,omitempty"`
 	Replace     bool      `json:"replace,omitempty"`
 	// RequestID makes the request idempotent: the same id gives the same
@@ -274,11 +279,15 @@ const (
 
 // BackfillStatus describes a backfill.
 type BackfillStatus struct {
-	ID          string           `json:"id"`
-	Pipeline    string           `json:"pipeline"`
-	From        time.Time        `json:"from"`
-	To          time.Time        `json:"to"`
-	Window      time.Duration    `json:"window"`
+	ID       string        `json:"id"`
+	Pipeline string        `json:"pipeline"`
+	From     time.Time     `json:"from,omitzero"`
+	To       time.Time     `json:"to,omitzero"`
+	Window   time.Duration `json:"window"`
+	// Range and Span are the range of values and the window size of a
+	// backfill of integer windows (From, To and Window then zero).
+	Range       *Window          `json:"range,omitempty"`
+	Span        int64            `json:"span,omitempty"`
 	Concurrency int              `json:"concurrency"`
 	Replace     bool             `json:"replace,omitempty"`
 	State       string           `json:"state"`

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,8 +21,8 @@ func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlagSet("backfill", "backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace] [--no-wait]", stderr)
 	var cf clientFlags
 	cf.register(fs)
-	fromS := fs.String("from", "", "start of the range, RFC 3339 (inclusive)")
-	toS := fs.String("to", "", "end of the range, RFC 3339 (exclusive)")
+	fromS := fs.String("from", "", "start of the range, RFC 3339 (inclusive), or an integer for integer windows")
+	toS := fs.String("to", "", "end of the range, RFC 3339 (exclusive), or an integer for integer windows")
 	conc := fs.Int("concurrency", 2, "windows loading at once (the leader enforces it)")
 	replace := fs.Bool("replace", false, "load windows committed before again, replacing their rows")
 	noWait := fs.Bool("no-wait", false, "start the backfill and return; follow it with 'sluice backfill --id ID'")
@@ -55,22 +56,29 @@ func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		if name == "" {
 			return errors.New("backfill: name the pipeline: sluice backfill <pipeline> --from T1 --to T2")
 		}
-		from, err := parseTimeFlag("from", *fromS)
-		if err != nil {
-			return err
-		}
-		to, err := parseTimeFlag("to", *toS)
-		if err != nil {
-			return err
+		req := protocol.BackfillRequest{Pipeline: name, Concurrency: *conc, Replace: *replace}
+		if w, ok := valueRange(*fromS, *toS); ok {
+			req.Range = &w // a pipeline of integer windows
+		} else {
+			if req.From, err = parseTimeFlag("from", *fromS); err != nil {
+				return err
+			}
+			if req.To, err = parseTimeFlag("to", *toS); err != nil {
+				return err
+			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		st, err = c.Backfill(rctx, protocol.BackfillRequest{Pipeline: name, From: from, To: to, Concurrency: *conc, Replace: *replace})
+		st, err = c.Backfill(rctx, req)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("backfill %s: %w", name, err)
 		}
-		fmt.Fprintf(stdout, "backfill %s of %s: [%s, %s) in %d windows of %s, %d at once\n", st.ID, st.Pipeline,
-			st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window, st.Concurrency)
+		if st.Range != nil {
+			fmt.Fprintf(stdout, "backfill %s of %s: %s in %d windows of %d values, %d at once\n", st.ID, st.Pipeline, st.Range, st.Total, st.Span, st.Concurrency)
+		} else {
+			fmt.Fprintf(stdout, "backfill %s of %s: [%s, %s) in %d windows of %s, %d at once\n", st.ID, st.Pipeline,
+				st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window, st.Concurrency)
+		}
 		printSkipped(stdout, st)
 	}
 	if *noWait {
@@ -83,6 +91,14 @@ func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	return printBackfillOutcome(stdout, st)
+}
+
+// valueRange returns the window [from, to) when both are integers: a
+// range of values of an integer delta column.
+func valueRange(from, to string) (protocol.Window, bool) {
+	lo, err1 := strconv.ParseInt(strings.TrimSpace(from), 10, 64)
+	hi, err2 := strconv.ParseInt(strings.TrimSpace(to), 10, 64)
+	return protocol.ValueWindow(lo, hi), err1 == nil && err2 == nil
 }
 
 func parseTimeFlag(name, v string) (time.Time, error) {

@@ -147,10 +147,13 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		a, b, ok := strings.Cut(*window, ",")
 		from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
 		to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
-		if !ok || err1 != nil || err2 != nil {
-			return fmt.Errorf("--window %q: want FROM,TO in RFC 3339", *window)
+		if w, values := valueRange(a, b); ok && values {
+			req.Window = &w
+		} else if !ok || err1 != nil || err2 != nil {
+			return fmt.Errorf("--window %q: want FROM,TO in RFC 3339, or two integers", *window)
+		} else {
+			req.Window = &protocol.Window{From: from, To: to}
 		}
-		req.Window = &protocol.Window{From: from, To: to}
 	}
 	nc, err := cf.connect("sluice-run")
 	if err != nil {

@@ -242,6 +242,7 @@ func Register(reg *connectors.Registry) {
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
 		SinkAppends:      true,
+		SinkValueWindows: true,
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},

@@ -11,13 +11,14 @@ import (
 // source of cdc pipelines is added by connectors/pgcdc.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
-		Kind:           Kind,
-		Source:         openSource,
-		Sink:           openSink,
-		ValidateSource: ValidateSource,
-		ValidateSink:   ValidateSink,
-		SinkAppends:    true,
-		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		Kind:             Kind,
+		Source:           openSource,
+		Sink:             openSink,
+		ValidateSource:   ValidateSource,
+		ValidateSink:     ValidateSink,
+		SinkAppends:      true,
+		SinkValueWindows: true,
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }
 

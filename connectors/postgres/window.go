@@ -94,47 +94,67 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 		}
 	}
 	var lo, hi *time.Time
-	if w := req.Window; w != nil {
+	var loV, hiV *int64
+	switch w := req.Window; {
+	case w == nil:
+	case w.Values:
+		loV, hiV = &w.Lo, &w.Hi
+	default:
 		lo, hi = &w.From, &w.To
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum, watermark) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-		s.name, req.RunID, lo, hi, total, deleted, sum.String(), nullIfEmpty(req.Watermark)); err != nil {
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, lo_value, hi_value, rows, deleted, checksum, watermark) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+		s.name, req.RunID, lo, hi, loV, hiV, total, deleted, sum.String(), nullIfEmpty(req.Watermark)); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
 }
 
 // deleteWindow deletes the target's rows whose delta column lies in the
-// window and returns how many. The bounds are literals of the column's
-// type (timestamptz; timestamp and date as UTC wall-clock time), so an
-// index on the column serves the delete; a text column is cast.
+// window and returns how many.
 func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifier, req connectors.CommitRequest) (int64, error) {
-	var typ string
-	err := tx.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
-		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), req.DeltaColumn).Scan(&typ)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), req.DeltaColumn))
-	}
+	cond, args, err := targetWindow(ctx, tx, target, req.DeltaColumn, *req.Window)
 	if err != nil {
 		return 0, err
 	}
-	k := pgx.Identifier{req.DeltaColumn}.Sanitize()
-	lo, hi := req.Window.From.UTC().Format(time.RFC3339Nano), req.Window.To.UTC().Format(time.RFC3339Nano)
-	var cond string
-	switch deltaTypes[typ] {
-	case "timestamptz":
-		cond = k + " >= $1::timestamptz AND " + k + " < $2::timestamptz"
-	case "timestamp":
-		cond = k + " >= $1::timestamp AND " + k + " < $2::timestamp"
-		lo, hi = req.Window.From.UTC().Format("2006-01-02 15:04:05.999999"), req.Window.To.UTC().Format("2006-01-02 15:04:05.999999")
-	default: // text as loaded without a typed target; the session is in UTC
-		cond = k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz"
-	}
-	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, lo, hi)
+	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, args...)
 	if err != nil {
 		return 0, fmt.Errorf("delete window rows: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// targetWindow returns the condition "the delta column of target lies in
+// w" and its arguments. The bounds are literals of the column's type
+// (timestamptz; timestamp and date as UTC wall-clock time; an integer
+// for a window of values), so an index on the column serves it; a text
+// column, as loaded without a typed target, is cast.
+func targetWindow(ctx context.Context, q querier, target pgx.Identifier, column string, w connectors.Window) (string, []any, error) {
+	var typ string
+	err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), column).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), column))
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	k := pgx.Identifier{column}.Sanitize()
+	if w.Values {
+		if intTypes[typ] {
+			return k + " >= $1::bigint AND " + k + " < $2::bigint", []any{w.Lo, w.Hi}, nil
+		}
+		return k + "::numeric >= $1::bigint AND " + k + "::numeric < $2::bigint", []any{w.Lo, w.Hi}, nil
+	}
+	lo, hi := w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano)
+	switch deltaTypes[typ] {
+	case "timestamptz":
+		return k + " >= $1::timestamptz AND " + k + " < $2::timestamptz", []any{lo, hi}, nil
+	case "timestamp":
+		lo, hi = w.From.UTC().Format("2006-01-02 15:04:05.999999"), w.To.UTC().Format("2006-01-02 15:04:05.999999")
+		return k + " >= $1::timestamp AND " + k + " < $2::timestamp", []any{lo, hi}, nil
+	}
+	// text as loaded without a typed target; the session is in UTC
+	return k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz", []any{lo, hi}, nil
 }
 
 // insertStaged copies the staged rows into the target, casting each
