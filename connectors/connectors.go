@@ -323,6 +323,24 @@ type CommitRequest struct {
 	DeltaColumn string
 	// Schema is the run's plan's schema; nil when the source gave none.
 	Schema *Schema
+	// Merge, in ModeAppend with a Window, merges the run's rows into the
+	// dataset by key instead of replacing the window's rows: for each key
+	// the row with the greatest DeltaColumn wins (the newest version, of
+	// the run's rows and the dataset's), a row whose Merge.Deleted column
+	// is true deletes its key instead, rows of other keys stay. A commit
+	// repeated with the same RunID changes nothing more. Only sinks
+	// registered with Connector.SinkMerges are asked for it.
+	Merge *Merge
+}
+
+// Merge configures the merge of an incremental pipeline's windows by key
+// (the spec's incremental.merge).
+type Merge struct {
+	// Key are the columns that identify a row.
+	Key []string `json:"key"`
+	// Deleted, when set, names a boolean column: a row whose value is
+	// true deletes its key from the target instead of being written.
+	Deleted string `json:"deleted,omitempty"`
 }
 
 // CommitMode tells a sink how a run's output joins the dataset.

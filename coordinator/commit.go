@@ -29,7 +29,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
 	switch {
 	case r.Window != nil:
-		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
+		req.Mode, req.Window, req.DeltaColumn, req.Merge = connectors.ModeAppend, r.Window, r.DeltaColumn, r.Merge
 	case r.positioned():
 		req.Mode = connectors.ModeAppend
 	}

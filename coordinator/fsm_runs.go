@@ -120,6 +120,7 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		if inc := p.Spec.Incremental; inc != nil {
 			r.DeltaColumn = inc.DeltaColumn
 			r.ReadyTimeout, r.ReadyCheck = inc.ReadyTimeout, inc.ReadyCheck
+			r.Merge = inc.Merge
 		}
 		if c.Live {
 			// The position this run reaches; stored with its commit.

@@ -252,6 +252,9 @@ type runState struct {
 	// Trim is set while the window of a live run of integer values is
 	// capped: its plan ends it where the delta column's values end.
 	Trim *trimState `json:"trim,omitempty"`
+	// Merge is the spec's incremental.merge when the run was created: its
+	// commit merges the window's rows by key.
+	Merge *connectors.Merge `json:"merge,omitempty"`
 	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
 	// and ready_check. WaitingFor is what a waiting run waits for (a
 	// partition's path), WaitingSince when it started waiting: the ready

@@ -12,7 +12,6 @@ import (
 
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
-	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -33,13 +32,7 @@ incremental:
   max_rows_per_run: %d
   lookback: %d
 `, name, dsn, src, dsn, target, span, maxRows, lookback)
-	s, err := pipeline.Load([]byte(y), name+".yaml", c.reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.client.Apply(c.ctx(), s); err != nil {
-		t.Fatal(err)
-	}
+	c.applyYAML(name, y)
 }
 
 // insertRows inserts rows into table from conn, in transactions of batch

@@ -165,13 +165,7 @@ type Incremental struct {
 // the target ends with one row per key, the one with the greatest
 // DeltaColumn (the newest version), as dbt's incremental models with a
 // unique_key or a MERGE do.
-type Merge struct {
-	// Key are the columns that identify a row.
-	Key []string `json:"key"`
-	// Deleted, when set, names a boolean column: a row whose value is
-	// true deletes its key from the target instead of being written.
-	Deleted string `json:"deleted,omitempty"`
-}
+type Merge = connectors.Merge
 
 // Values reports whether the pipeline's windows are ranges of integer
 // values (Span or MaxRows set) rather than of time.

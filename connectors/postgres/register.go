@@ -18,6 +18,7 @@ func Register(reg *connectors.Registry) {
 		ValidateSink:     ValidateSink,
 		SinkAppends:      true,
 		SinkValueWindows: true,
+		SinkMerges:       true,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }

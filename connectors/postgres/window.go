@@ -19,7 +19,9 @@ import (
 // drops the staging tables and records the run and its window in
 // sluice_windows. A window committed again thus replaces its rows, never
 // doubles them; a commit repeated for the same run finds it recorded and
-// does nothing. A run without a window (a run by position) deletes
+// does nothing. With Merge the window's rows are merged by key instead
+// (mergeStaged): nothing is deleted but the keys a row marks deleted. A
+// run without a window (a run by position) deletes
 // nothing: its rows are appended, and recorded with the position it
 // reached, once. The target is created on the first commit when missing,
 // like a full load's version table (configured columns, <table>_template,
@@ -69,22 +71,28 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 			}
 		}
 	}
+	created := false
 	if !ok {
-		created, err := s.createTable(ctx, tx, target, stagedCols)
-		if err != nil {
+		if created, err = s.createTable(ctx, tx, target, stagedCols); err != nil {
 			return err
 		}
 		ok = created
 	}
 	var deleted int64
-	if ok && req.Window != nil {
+	if ok && req.Window != nil && req.Merge == nil {
 		deleted, err = s.deleteWindow(ctx, tx, target, req)
 		if err != nil {
 			return err
 		}
 	}
 	if staged {
-		if total > 0 {
+		switch {
+		case total == 0:
+		case req.Merge != nil:
+			if deleted, err = s.mergeStaged(ctx, tx, target, rowsT, stagedCols, req, created); err != nil {
+				return err
+			}
+		default:
 			if err := s.insertStaged(ctx, tx, target, rowsT, stagedCols, total); err != nil {
 				return err
 			}
@@ -160,14 +168,8 @@ func targetWindow(ctx context.Context, q querier, target pgx.Identifier, column 
 // insertStaged copies the staged rows into the target, casting each
 // column to the target's type.
 func (s *Sink) insertStaged(ctx context.Context, tx pgx.Tx, target, rowsT pgx.Identifier, cols []string, want int64) error {
-	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, target.Sanitize())
+	types, err := columnTypes(ctx, tx, target)
 	if err != nil {
-		return err
-	}
-	types := map[string]string{}
-	var name, typ string
-	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error { types[name] = typ; return nil }); err != nil {
 		return err
 	}
 	names := make([]string, len(cols))
