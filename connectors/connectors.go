@@ -402,6 +402,43 @@ type Versioned interface {
 	Expose(ctx context.Context, v int64) error
 }
 
+// WindowSummer is implemented by sources and sinks that can count and
+// checksum their rows of one window of an incremental pipeline, for
+// `sluice check`: the coordinator leader asks the source, then the sink,
+// for each window of the range checked, and lists (or loads again) the
+// windows where they differ. It reads only; ctx bounds the one call; calls
+// may run concurrently.
+type WindowSummer interface {
+	// SumWindow returns the count and checksum of the rows whose
+	// req.DeltaColumn lies in req.Window (leaving out, with req.Deleted,
+	// the rows whose column of that name is true: the deleted marker of
+	// a merge). A source sums the columns it reads and says which; a sink
+	// sums req.Columns, in that order, and an error names a column it
+	// lacks.
+	SumWindow(ctx context.Context, req SumRequest) (WindowSum, error)
+}
+
+// SumRequest asks for the sum of one window's rows (WindowSummer).
+type SumRequest struct {
+	Window      Window
+	DeltaColumn string
+	// Deleted names the merge's deleted marker column, if any.
+	Deleted string
+	// Columns, for a sink, are the columns the source summed.
+	Columns []string
+}
+
+// WindowSum is the count and checksum of one window's rows.
+type WindowSum struct {
+	Checksum Checksum
+	// Form names how each row was hashed ("csv": the row as PostgreSQL's
+	// COPY CSV text, "jsonl": as the canonical JSON line): checksums of
+	// one form compare, of two forms only their counts do.
+	Form string
+	// Columns are the columns summed, in order.
+	Columns []string
+}
+
 // Version is one kept version of a dataset.
 type Version = protocol.DatasetVersion
 

@@ -95,6 +95,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiRollback(ctx, m.Data)
 	case protocol.VerbPipelineGet:
 		reply, err = t.apiPipelineGet(m.Data)
+	case protocol.VerbCheck:
+		reply, err = t.apiCheck(ctx, m.Data)
 	default:
 		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}

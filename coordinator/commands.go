@@ -229,6 +229,10 @@ type backfillCmd struct {
 	// Range is the range of values [Lo, Hi) of a backfill of integer
 	// windows (From and To zero).
 	Range *protocol.Window `json:"range,omitempty"`
+	// Windows, when set, are the windows to load (sorted, apart, inside
+	// the range), instead of all the range's: a repair of the windows
+	// sluice check found different.
+	Windows []protocol.Window `json:"windows,omitempty"`
 }
 
 func (backfillCmd) cmdType() cmdType { return cmdBackfill }

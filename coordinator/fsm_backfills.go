@@ -71,6 +71,22 @@ func backfillWindows(c backfillCmd, size time.Duration, span int64) ([]protocol.
 	if c.Concurrency < 1 {
 		return nil, refuse(refusedInvalid, "backfill %q: want a concurrency of at least 1", c.Pipeline)
 	}
+	all, err := splitRange(c, size, span)
+	if err != nil || len(c.Windows) == 0 {
+		return all, err
+	}
+	// Only the windows asked for, each one of the range's.
+	for _, w := range c.Windows {
+		if !slices.ContainsFunc(all, w.Equal) {
+			return nil, refuse(refusedInvalid, "backfill %q: %s is not one of the windows of its range", c.Pipeline, w)
+		}
+	}
+	return slices.DeleteFunc(all, func(w protocol.Window) bool { return !slices.ContainsFunc(c.Windows, w.Equal) }), nil
+}
+
+// splitRange splits the range of a backfill into windows of size (a time
+// range) or span (a range of values), the last one maybe shorter.
+func splitRange(c backfillCmd, size time.Duration, span int64) ([]protocol.Window, error) {
 	var out []protocol.Window
 	if span > 0 {
 		r := c.Range

@@ -146,3 +146,25 @@ func TestFSMLookback(t *testing.T) {
 		t.Fatalf("up to date with lookback: %v, want an empty window", w)
 	}
 }
+
+// A repair's backfill loads exactly the windows it names, each one of its
+// range's, replacing them even when loaded before.
+func TestFSMBackfillOfChosenWindows(t *testing.T) {
+	f := newFSM()
+	applyAll(t, f, putIncremental("ev"))
+	applyAll(t, f, createWindow("ev", win(0, 5), true))
+	applyAll(t, f, commitEntries("ev-000001", 1)...)
+	c := backfillEntry("ev", 0, 5, 2, true).(backfillCmd)
+	c.Windows = []protocol.Window{*win(1, 2), *win(3, 4)}
+	resp := applyAll(t, f, c)
+	b := f.st.Backfills[resp.(backfillReply).Backfill]
+	if len(b.Windows) != 2 || !b.Windows[0].Window.Equal(*win(1, 2)) || !b.Windows[1].Window.Equal(*win(3, 4)) || b.Windows[0].State != protocol.WindowQueued {
+		t.Fatalf("backfill windows %+v, want [1h, 2h) and [3h, 4h) queued", b.Windows)
+	}
+	g := newFSM()
+	applyAll(t, g, putIncremental("ev"))
+	c.Windows = []protocol.Window{{From: start.Add(90 * time.Minute), To: start.Add(2 * time.Hour)}}
+	if err, _ := applyAll(t, g, c).(error); !refused(err, refusedInvalid) {
+		t.Fatalf("a window that is not one of the range's: %v", err)
+	}
+}

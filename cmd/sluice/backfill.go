@@ -57,15 +57,8 @@ func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return errors.New("backfill: name the pipeline: sluice backfill <pipeline> --from T1 --to T2")
 		}
 		req := protocol.BackfillRequest{Pipeline: name, Concurrency: *conc, Replace: *replace}
-		if w, ok := valueRange(*fromS, *toS); ok {
-			req.Range = &w // a pipeline of integer windows
-		} else {
-			if req.From, err = parseTimeFlag("from", *fromS); err != nil {
-				return err
-			}
-			if req.To, err = parseTimeFlag("to", *toS); err != nil {
-				return err
-			}
+		if req.From, req.To, req.Range, err = parseRange(*fromS, *toS); err != nil {
+			return err
 		}
 		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
 		st, err = c.Backfill(rctx, req)
@@ -91,6 +84,19 @@ func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	return printBackfillOutcome(stdout, st)
+}
+
+// parseRange parses --from and --to: two RFC 3339 times, or two integers
+// (a range of values of an integer delta column).
+func parseRange(fromS, toS string) (from, to time.Time, values *protocol.Window, err error) {
+	if w, ok := valueRange(fromS, toS); ok {
+		return from, to, &w, nil
+	}
+	if from, err = parseTimeFlag("from", fromS); err != nil {
+		return from, to, nil, err
+	}
+	to, err = parseTimeFlag("to", toS)
+	return from, to, nil, err
 }
 
 // valueRange returns the window [from, to) when both are integers: a

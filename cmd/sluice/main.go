@@ -40,6 +40,7 @@ func commands() []command {
 		{"trigger", "publish a trigger that starts a run: sluice trigger <pipeline> [--param k=v] [--id MSGID]", runTrigger},
 		{"status", "show pipelines, runs, tasks and workers", runStatus},
 		{"backfill", "load a time range of an incremental pipeline in windows: sluice backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace]", runBackfill},
+		{"check", "compare an incremental pipeline's source and target window by window: sluice check <pipeline> --from T1 --to T2 [--repair]", runCheck},
 		{"rollback", "expose an earlier kept dataset version: sluice rollback <pipeline> [--to N]", runRollback},
 		{"pipelines", "show a pipeline's stored spec: sluice pipelines get <pipeline> [--json]", runPipelines},
 		{"delete", "delete a pipeline (a cdc pipeline's slot, publication and events go with it): sluice delete <pipeline>", runDelete},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,11 +121,11 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 // deleteWindow deletes the target's rows whose delta column lies in the
 // window and returns how many.
 func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifier, req connectors.CommitRequest) (int64, error) {
-	cond, args, err := targetWindow(ctx, tx, target, req.DeltaColumn, *req.Window)
+	cond, err := targetWindow(ctx, tx, target, req.DeltaColumn, *req.Window)
 	if err != nil {
 		return 0, err
 	}
-	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, args...)
+	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond)
 	if err != nil {
 		return 0, fmt.Errorf("delete window rows: %w", err)
 	}
@@ -132,37 +133,39 @@ func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifie
 }
 
 // targetWindow returns the condition "the delta column of target lies in
-// w" and its arguments. The bounds are literals of the column's type
-// (timestamptz; timestamp and date as UTC wall-clock time; an integer
-// for a window of values), so an index on the column serves it; a text
-// column, as loaded without a typed target, is cast.
-func targetWindow(ctx context.Context, q querier, target pgx.Identifier, column string, w connectors.Window) (string, []any, error) {
+// w". The bounds are literals of the column's type (timestamptz;
+// timestamp and date as UTC wall-clock time; an integer for a window of
+// values), so an index on the column serves it; a text column, as loaded
+// without a typed target, is cast.
+func targetWindow(ctx context.Context, q querier, target pgx.Identifier, column string, w connectors.Window) (string, error) {
 	var typ string
 	err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
 		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), column).Scan(&typ)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), column))
+		return "", connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), column))
 	}
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
 	k := pgx.Identifier{column}.Sanitize()
+	between := func(col, lo, hi string) string { return col + " >= " + lo + " AND " + col + " < " + hi }
 	if w.Values {
+		lo, hi := strconv.FormatInt(w.Lo, 10), strconv.FormatInt(w.Hi, 10)
 		if intTypes[typ] {
-			return k + " >= $1::bigint AND " + k + " < $2::bigint", []any{w.Lo, w.Hi}, nil
+			return between(k, lo, hi), nil
 		}
-		return k + "::numeric >= $1::bigint AND " + k + "::numeric < $2::bigint", []any{w.Lo, w.Hi}, nil
+		return between(k+"::numeric", lo, hi), nil
 	}
-	lo, hi := w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano)
+	lit := func(t time.Time, layout, cast string) string { return quoteLiteral(t.UTC().Format(layout)) + cast }
 	switch deltaTypes[typ] {
 	case "timestamptz":
-		return k + " >= $1::timestamptz AND " + k + " < $2::timestamptz", []any{lo, hi}, nil
+		return between(k, lit(w.From, time.RFC3339Nano, "::timestamptz"), lit(w.To, time.RFC3339Nano, "::timestamptz")), nil
 	case "timestamp":
-		lo, hi = w.From.UTC().Format("2006-01-02 15:04:05.999999"), w.To.UTC().Format("2006-01-02 15:04:05.999999")
-		return k + " >= $1::timestamp AND " + k + " < $2::timestamp", []any{lo, hi}, nil
+		const wall = "2006-01-02 15:04:05.999999"
+		return between(k, lit(w.From, wall, "::timestamp"), lit(w.To, wall, "::timestamp")), nil
 	}
 	// text as loaded without a typed target; the session is in UTC
-	return k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz", []any{lo, hi}, nil
+	return between(k+"::timestamptz", lit(w.From, time.RFC3339Nano, "::timestamptz"), lit(w.To, time.RFC3339Nano, "::timestamptz")), nil
 }
 
 // insertStaged copies the staged rows into the target, casting each
