@@ -58,10 +58,11 @@ var rules = []rule{
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
-	{pkg: "bench/harness", allowed: []string{"bench/measure"}},
+	{pkg: "bench/harness", allowed: []string{"bench/measure", "coordinator", "protocol", "connectors", "pipeline", "telemetry"}},
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
+	{pkg: "bench/incremental", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 

@@ -55,7 +55,7 @@ func (b *bench) psqlCopy(ctx context.Context) error {
 		return fmt.Errorf("psql wrote %d bytes, %d before", n, b.csvBytes)
 	}
 	m := b.ms["psql_copy_to_csv"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Verified = "row count (lines of the file)"
 	os.Remove(b.psqlOut)
 	fmt.Fprintf(b.stdout, " psql %.2fs", secs)
@@ -64,7 +64,7 @@ func (b *bench) psqlCopy(ctx context.Context) error {
 
 // timePSQL runs psql's \copy of table to a CSV file and returns its wall
 // time, the psql process's CPU, PostgreSQL's CPU and the file's size.
-func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuUse, int64, error) {
+func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, measure.Use, int64, error) {
 	os.Remove(file)
 	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn,
 		"-c", `\copy (SELECT `+columns+` FROM `+table+`) TO '`+file+`' csv`)
@@ -76,14 +76,14 @@ func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuU
 	secs := time.Since(start).Seconds()
 	srv1 := measure.ServerCPU()
 	if err != nil {
-		return 0, cpuUse{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return 0, measure.Use{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	st, err := os.Stat(file)
 	if err != nil {
-		return 0, cpuUse{}, 0, err
+		return 0, measure.Use{}, 0, err
 	}
 	client := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
-	return secs, cpuUse{client: client, server: srv1 - srv0}, st.Size(), nil
+	return secs, measure.Use{Client: client, Server: srv1 - srv0}, st.Size(), nil
 }
 
 // countLines counts the newlines of a file.
@@ -115,7 +115,7 @@ func (b *bench) pipedCopy(ctx context.Context) error {
 		return err
 	}
 	m := b.ms["piped_copy_pg_to_pg"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Verified = "row count (COPY FROM's)"
 	fmt.Fprintf(b.stdout, ", piped copy %.2fs", secs)
 	return nil
@@ -124,7 +124,7 @@ func (b *bench) pipedCopy(ctx context.Context) error {
 // timePipe copies the source into a fresh table through COPY TO STDOUT and
 // COPY FROM STDIN on two connections, the bytes piped between them through
 // a 256 KiB buffer (as a shell pipe between two psql would).
-func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
+func (b *bench) timePipe(ctx context.Context) (float64, measure.Use, error) {
 	conn, dsn, rows := b.conn, b.cfg.dsn, b.cfg.rows
 	srcTable, pipeTable := b.cfg.srcTable(), b.cfg.pipeTable()
 	for _, sql := range []string{
@@ -132,17 +132,17 @@ func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
 		"CREATE TABLE " + pipeTable + " (LIKE " + srcTable + ")",
 	} {
 		if _, err := conn.Exec(ctx, sql); err != nil {
-			return 0, cpuUse{}, err
+			return 0, measure.Use{}, err
 		}
 	}
 	src, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	defer src.Close(context.Background())
 	dst, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	defer dst.Close(context.Background())
 
@@ -166,15 +166,15 @@ func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
 		err = gerr
 	}
 	secs := time.Since(start).Seconds()
-	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
+	cpu := measure.Use{Client: measure.SelfCPU() - cpu0, Server: measure.ServerCPU() - srv0}
 	if err != nil {
-		return 0, cpuUse{}, fmt.Errorf("piped copy: %w", err)
+		return 0, measure.Use{}, fmt.Errorf("piped copy: %w", err)
 	}
 	if tag.RowsAffected() != rows {
-		return 0, cpuUse{}, fmt.Errorf("piped copy loaded %d rows, want %d", tag.RowsAffected(), rows)
+		return 0, measure.Use{}, fmt.Errorf("piped copy loaded %d rows, want %d", tag.RowsAffected(), rows)
 	}
 	if _, err := conn.Exec(ctx, "DROP TABLE "+pipeTable); err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	return secs, cpu, nil
 }

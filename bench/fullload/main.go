@@ -37,6 +37,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/bench/harness"
+	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -141,7 +142,7 @@ type bench struct {
 	src    connectors.Checksum
 	// psqlOut is the file of (a), csvOut the dataset of (b).
 	psqlOut, csvOut string
-	ms              map[string]*measurement
+	ms              map[string]*measure.Measurement
 	// csvBytes is the size of the source as CSV, from (a).
 	csvBytes int64
 }
@@ -205,11 +206,11 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	b.csvOut = filepath.Join(dir, "sluice-csv")
 	b.psqlOut = filepath.Join(dir, "psql.csv")
 
-	b.ms = map[string]*measurement{
-		"psql_copy_to_csv":    {Key: "psql_copy_to_csv", Label: `(a) psql \copy (select ...) to file csv`},
-		"sluice_pg_to_csv":    {Key: "sluice_pg_to_csv", Label: "(b) Sluice PG -> CSV files"},
-		"piped_copy_pg_to_pg": {Key: "piped_copy_pg_to_pg", Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
-		"sluice_pg_to_pg":     {Key: "sluice_pg_to_pg", Label: "(d) Sluice PG -> PG (versioned table + view)"},
+	b.ms = map[string]*measure.Measurement{
+		"psql_copy_to_csv":    {Label: `(a) psql \copy (select ...) to file csv`},
+		"sluice_pg_to_csv":    {Label: "(b) Sluice PG -> CSV files"},
+		"piped_copy_pg_to_pg": {Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
+		"sluice_pg_to_pg":     {Label: "(d) Sluice PG -> PG (versioned table + view)"},
 	}
 
 	reg := connectors.NewRegistry()

@@ -87,3 +87,35 @@ func stageRows(t *testing.T, sink *Sink, run, csv string) connectors.TaskOutput 
 	}
 	return out
 }
+
+// Without a deleted column the staged rows are upserted as they are; a key
+// staged twice (an append-only source of versions) falls back to the
+// newest of each key, in the same commit.
+func TestSinkMergeWithoutDeletes(t *testing.T) {
+	dsn, schema, conn := pgtest.DB(t)
+	ctx := context.Background()
+	table := schema + ".versions_of"
+	pgtest.Exec(t, conn, "CREATE TABLE "+table+" (id bigint PRIMARY KEY, v text, version bigint, gone boolean)")
+	sink, err := NewSink(SinkConfig{DSN: dsn, Table: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit := func(run, csv string, w protocol.Window) {
+		t.Helper()
+		out := stageRows(t, sink, run, csv)
+		if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: run, Version: 1, Tasks: []connectors.TaskOutput{out}, Mode: connectors.ModeAppend,
+			Window: &w, DeltaColumn: "version", Merge: &connectors.Merge{Key: []string{"id"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := func() string { return strings.Join(pgtest.Rows(t, conn, table, []string{"id", "v", "version"}), " ") }
+	commit("r1", "1,a,1,f\n2,b,2,f\n", protocol.ValueWindow(0, 10))
+	commit("r2", "2,b2,12,f\n3,c,13,f\n", protocol.ValueWindow(10, 20))
+	if got, want := rows(), "1|a|1 2|b2|12 3|c|13"; got != want {
+		t.Fatalf("unique keys: %s, want %s", got, want)
+	}
+	commit("r3", "1,x,21,f\n1,y,25,f\n1,z,22,f\n3,c0,3,f\n", protocol.ValueWindow(20, 30))
+	if got, want := rows(), "1|y|25 2|b2|12 3|c|13"; got != want {
+		t.Fatalf("a key staged three times, an older version of another: %s, want %s", got, want)
+	}
+}
