@@ -369,10 +369,17 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, req connectors.Plan
 	if err != nil {
 		return nil, info, 0, err
 	}
-	if req.Trim != nil && delta != nil && delta.Type == "integer" {
-		if err := s.trim(ctx, conn, delta, req.Trim); err != nil {
-			return nil, info, 0, err
+	if delta != nil && delta.Type == "integer" {
+		if req.Trim != nil {
+			if err := s.trim(ctx, conn, delta, req.Trim); err != nil {
+				return nil, info, 0, err
+			}
 		}
+		// A window of values is chunked by its own column: each chunk
+		// reads its part of the window through the column's index, so the
+		// chunks read the window once in all (chunks of another key would
+		// each go through all of it).
+		key = delta.Column
 	}
 	window := delta.cond()
 
