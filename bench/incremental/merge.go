@@ -30,7 +30,8 @@ func (b *bench) timeSluice(ctx context.Context, c *devcluster.Cluster, lo, hi in
 	}
 	b.sluice.Add(secs, use)
 	b.sluice.Tasks = st.Tasks
-	fmt.Fprintf(b.stdout, " sluice %.2fs", secs)
+	p := use.Phases
+	fmt.Fprintf(b.stdout, " sluice %.2fs (plan %.2f, tasks %.2f, commit %.2f)", secs, p.Plan, p.Tasks, p.Commit)
 	return nil
 }
 
