@@ -24,8 +24,10 @@ vet:
 unit:
 	$(GO) test -short -count=1 ./protocol/... ./pipeline/... ./connectors/... ./coordinator/...
 
+# build stamps the commit into the binary (sluice version) where the tree
+# is a git checkout.
 build:
-	$(GO) build -o $(BIN)/sluice ./cmd/sluice
+	$(GO) build -buildvcs=auto -o $(BIN)/sluice ./cmd/sluice
 
 demo:
 	$(GO) run ./cmd/sluice demo
@@ -36,9 +38,11 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTask -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzSplitDocuments -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors/arrowconv -run '^$$' -fuzz FuzzAppend -fuzztime $(FUZZTIME)
 
 # BENCHES lists the benchmarks, one a line: bench-<name> runs bench/<name>
 # (go run ./bench/<name> -h lists its flags) at full size, beside its
@@ -47,6 +51,7 @@ fuzz:
 BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
 BENCHES += incremental # a merge by key of 1M changed rows into a 10M-row PostgreSQL table through an all-in-one cluster beside a hand-written INSERT ... ON CONFLICT from a COPY-loaded staging table
+BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))

@@ -41,20 +41,26 @@ var rules = []rule{
 	{pkg: "protocol", stdOnly: true},
 	{pkg: "connectors", allowed: []string{"protocol"}},
 	{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
-	// connectors/files, connectors/postgres, connectors/clickhouse and any
-	// new connectors/<kind> take connectorRule.
+	// connectors/postgres, connectors/arrowconv and any new
+	// connectors/<kind> take connectorRule.
+	{pkg: "connectors/files", allowed: []string{"protocol", "connectors", "connectors/arrowconv", "objstore"}},
+	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
+	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/iceberg/s3test", testSupport: true},
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
-		"connectors/files", "connectors/postgres", "connectors/pgcdc", "embednats"}},
+		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
 	{pkg: "telemetry", allowed: []string{"protocol"}},
 	{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
 	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
 	{pkg: "embednats"},
+	{pkg: "objstore"},
+	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
@@ -63,13 +69,14 @@ var rules = []rule{
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/incremental", wiring: true, usesTestSupport: true},
+	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 
 // connectorRule is the rule of a connector package, connectors/<kind>,
-// that has no rule of its own: it imports the contract and the wire types,
-// never another connector or the cluster's packages.
-var connectorRule = rule{allowed: []string{"protocol", "connectors"}}
+// that has no rule of its own: it imports the contract, the wire types and
+// object storage, never another connector or the cluster's packages.
+var connectorRule = rule{allowed: []string{"protocol", "connectors", "objstore"}}
 
 // effectiveRules returns rules plus connectorRule for each package of
 // pkgs (import paths) directly under connectors/ that has none.
@@ -173,9 +180,10 @@ func TestLayering(t *testing.T) {
 // spell some of its kinds (nil: any kind), by path (a directory covers all
 // below it).
 var kindExemptions = map[string][]string{
-	// The demo's pipeline, which `sluice demo` prints for a new user to
-	// read, and its --files flag (a number of files, not the kind).
-	"cmd/sluice/demo.go": {"files"},
+	// The demo's pipelines, which `sluice demo` prints for a new user to
+	// read, its --files flag (a number of files, not the kind) and its
+	// --sink flag.
+	"cmd/sluice/demo.go": {"files", "iceberg"},
 	// Benchmarks measure particular connectors, and bench/measure reads
 	// the PostgreSQL server's processes by their name.
 	"bench": nil,

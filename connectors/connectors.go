@@ -229,6 +229,51 @@ type SchemaChecker interface {
 	CheckSchema(ctx context.Context, s *Schema) error
 }
 
+// CheckRequest says what a pipeline asks of one of its connectors, for a
+// Checker.
+type CheckRequest struct {
+	// Pipeline is the pipeline's name and Pattern its pattern.
+	Pipeline string
+	Pattern  protocol.Pattern
+	// Role is what the connector is in the pipeline.
+	Role Role
+	// DeltaColumn is the column an incremental pipeline's windows bound;
+	// empty for every other pipeline and for a partition-based one. A
+	// problem with it is a *FieldError of Field FieldDeltaColumn.
+	DeltaColumn string
+	// Settings are a streamed pipeline's settings (its slot, publication).
+	Settings StreamSettings
+}
+
+// FieldDeltaColumn is the Field of a Checker's *FieldError about the
+// pipeline's delta column, which the spec sets outside the connector's
+// configuration.
+const FieldDeltaColumn = "incremental.delta_column"
+
+// Checker is implemented by sources and sinks that can check, before a
+// pipeline is stored, that what their configuration names is there and
+// fits the pipeline: a table with its columns and key, a replica
+// identity, a directory. The coordinator leader calls Check for `sluice
+// apply --check`, on a connector opened for the check (its `${ENV}`
+// references expanded from the leader's environment) and closed after it;
+// checks of different pipelines may run concurrently. Check only looks: it
+// creates and changes nothing. ctx bounds the whole check.
+//
+// found says what was found, in a line for people ("table public.orders:
+// 3 columns, key id, about 300000 rows"). Each problem with the
+// configuration is a *FieldError naming its field ("table",
+// "columns[2]"), several joined with errors.Join; any other error means
+// the check could not be made (the server did not answer) and is shown as
+// it is.
+type Checker interface {
+	Check(ctx context.Context, req CheckRequest) (found string, err error)
+}
+
+// CheckFunc checks a configuration of a capability registered without an
+// opened connector (CDCSource, CDCTarget), as Checker.Check does; config
+// has its `${ENV}` references expanded.
+type CheckFunc func(ctx context.Context, config json.RawMessage, req CheckRequest) (found string, err error)
+
 // Source reads a system. Plan is called by the coordinator leader only,
 // once per run; Read is called by workers, concurrently for different
 // partitions of the same run, and more than once for one partition when a

@@ -1,8 +1,12 @@
 package connectors
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
+	"time"
 )
 
 // FieldError is a configuration error that names the field at fault, as a
@@ -84,4 +88,60 @@ func Replan(err error) error {
 func IsReplan(err error) bool {
 	var r replan
 	return errors.As(err, &r)
+}
+
+// TypeError turns a JSON decoding error of a value of the wrong type into
+// a *FieldError in the user's terms: "keep_versions: want an integer, not
+// a string", never Go's type names.
+func TypeError(te *json.UnmarshalTypeError) *FieldError {
+	return &FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not %s", DescribeType(te.Type), describeJSONValue(te.Value))}
+}
+
+// DescribeType names what a Go type holds in a user's terms: "an integer",
+// "a string", "a list".
+func DescribeType(t reflect.Type) string {
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t == nil {
+		return "a value"
+	}
+	if t == reflect.TypeFor[time.Time]() {
+		return "an RFC 3339 time"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer of 0 or more"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a mapping"
+	}
+	return "a value"
+}
+
+// describeJSONValue names the JSON value encoding/json reports ("number
+// 2.5", "string", "bool", "array", "object").
+func describeJSONValue(v string) string {
+	switch {
+	case strings.HasPrefix(v, "number "):
+		return "the number " + strings.TrimPrefix(v, "number ")
+	case v == "bool":
+		return "true or false"
+	case v == "array":
+		return "a list"
+	case v == "object":
+		return "a mapping"
+	case v == "":
+		return "that value"
+	}
+	return "a " + v
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"regexp"
@@ -20,6 +21,9 @@ import (
 // it through the registry, never by its name.
 type Registry struct {
 	kinds map[string]*entry
+	// process names the process whose environment `${ENV}` references are
+	// expanded from, for errors.
+	process string
 }
 
 // entry is what is registered of one kind, possibly by several packages.
@@ -30,6 +34,7 @@ type entry struct {
 	target     *CDCTarget
 	validators map[Role]Validator
 	partitions func(json.RawMessage) time.Duration
+	internal   bool
 	positions  *Positions
 	appends    bool
 	values     bool
@@ -55,6 +60,12 @@ const (
 func NewRegistry() *Registry {
 	return &Registry{kinds: map[string]*entry{}}
 }
+
+// SetProcess names the process the registry opens connectors in ("the
+// coordinator a", "sluice dev (pid 4711)"), so that a `${NAME}` reference
+// to a variable its environment lacks says whose environment that is.
+// main calls it once, before the registry is used.
+func (r *Registry) SetProcess(name string) { r.process = name }
 
 // Connector is what a connector package registers: a kind and the roles it
 // provides. A kind may be registered in parts, by several calls: a package
@@ -94,6 +105,11 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Internal marks a kind that serves runs the cluster makes itself (the
+	// initial snapshot run of a cdc pipeline) and that no spec names: the
+	// kinds a message lists leave it out, and a spec naming it is refused
+	// (see Internal).
+	Internal bool
 }
 
 // Register adds a connector, or parts of one to a kind registered before.
@@ -182,6 +198,7 @@ func (r *Registry) Register(c Connector) {
 	if parts == 0 {
 		panic(fmt.Sprintf("connectors: kind %q registered without a source, sink or capability", c.Kind))
 	}
+	e.internal = e.internal || c.Internal
 	r.kinds[c.Kind] = e
 }
 
@@ -244,12 +261,26 @@ func (r *Registry) SinkMerges(kind string) bool {
 	return ok && e.sink != nil && e.merges
 }
 
-// Kinds lists the registered kinds, sorted.
+// Kinds lists the registered kinds a spec may name, sorted: internal ones
+// are left out.
 func (r *Registry) Kinds() []string {
-	return slices.Sorted(maps.Keys(r.kinds))
+	var ks []string
+	for _, k := range slices.Sorted(maps.Keys(r.kinds)) {
+		if !r.kinds[k].internal {
+			ks = append(ks, k)
+		}
+	}
+	return ks
 }
 
-// KindsOf lists the kinds that have role, sorted.
+// Internal reports whether kind is registered as internal: only the
+// cluster itself opens it, for runs it makes.
+func (r *Registry) Internal(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.internal
+}
+
+// KindsOf lists the kinds a spec may name that have role, sorted.
 func (r *Registry) KindsOf(role Role) []string {
 	var ks []string
 	for _, k := range r.Kinds() {
@@ -382,7 +413,7 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 	if !r.Has(kind, role) {
 		return zero, Permanent(fmt.Errorf("open %s: kind %q cannot be a %s (kinds: %v)", role, kind, role, r.KindsOf(role)))
 	}
-	expanded, err := ExpandEnv(config, os.LookupEnv)
+	expanded, err := r.expand(config)
 	if err != nil {
 		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
 	}
@@ -404,6 +435,86 @@ func (r *Registry) InitialSnapshot(kind string, req SnapshotRequest) (SnapshotEn
 }
 
 var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expand expands the `${ENV}` references of config from the process
+// environment; an unset variable is a *FieldError naming the process.
+func (r *Registry) expand(config json.RawMessage) (json.RawMessage, error) {
+	process := r.process
+	if process == "" {
+		process = fmt.Sprintf("this process (pid %d)", os.Getpid())
+	}
+	var missing error
+	out, err := expandEnv(config, os.LookupEnv, func(field, name string) {
+		if missing == nil {
+			missing = &FieldError{Field: field, Msg: fmt.Sprintf("environment variable %s is not set in the environment of %s, which opens this connector: set it where that process starts", name, process)}
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, missing
+}
+
+// Check asks a connector of kind in role to check what config names (see
+// Checker), config's `${ENV}` references expanded from the process
+// environment. checked is false when the kind has no check in that role.
+func (r *Registry) Check(ctx context.Context, kind string, role Role, config json.RawMessage, req CheckRequest) (found string, checked bool, err error) {
+	e, ok := r.kinds[kind]
+	if !ok || !r.Has(kind, role) {
+		return "", false, &FieldError{Field: "kind", Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", kind, role, r.KindsOf(role))}
+	}
+	req.Role = role
+	var fn CheckFunc
+	switch role {
+	case RoleCDCSource:
+		fn = e.cdc.Check
+	case RoleCDCTarget:
+		fn = e.target.Check
+	case RoleSource, RoleSink:
+		fn = func(ctx context.Context, config json.RawMessage, req CheckRequest) (string, error) {
+			var c io.Closer
+			var chk Checker
+			if role == RoleSource {
+				src, err := e.source(ctx, config)
+				if err != nil {
+					return "", err
+				}
+				c, chk = src, asChecker(src)
+			} else {
+				sink, err := e.sink(ctx, config)
+				if err != nil {
+					return "", err
+				}
+				c, chk = sink, asChecker(sink)
+			}
+			defer c.Close()
+			if chk == nil {
+				return "", errNoCheck
+			}
+			return chk.Check(ctx, req)
+		}
+	}
+	if fn == nil {
+		return "", false, nil
+	}
+	expanded, err := r.expand(config)
+	if err != nil {
+		return "", true, err
+	}
+	found, err = fn(ctx, expanded, req)
+	if errors.Is(err, errNoCheck) {
+		return "", false, nil
+	}
+	return found, true, err
+}
+
+// errNoCheck: the opened connector is no Checker.
+var errNoCheck = errors.New("no check")
+
+func asChecker(v any) Checker {
+	c, _ := v.(Checker)
+	return c
+}
 
 // ExpandEnv replaces every `${NAME}` inside the string values of a JSON
 // configuration with the value lookup gives. An unset variable is an error

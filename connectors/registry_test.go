@@ -135,3 +135,64 @@ func TestRegistryRolesAndParts(t *testing.T) {
 		}()
 	}
 }
+
+// checkedSource is a source that checks its configuration.
+type checkedSource struct {
+	connectors.Source
+	table  string
+	closed *bool
+}
+
+func (s checkedSource) Check(_ context.Context, req connectors.CheckRequest) (string, error) {
+	if s.table == "missing" {
+		return "", &connectors.FieldError{Field: "table", Msg: "does not exist"}
+	}
+	return "table " + s.table + " for " + req.Pipeline + " as a " + string(req.Role), nil
+}
+
+func (s checkedSource) Close() error { *s.closed = true; return nil }
+
+// Check opens the connector in its role with ${ENV} expanded, asks it,
+// closes it; a kind without a check says so; an unset variable names the
+// process whose environment lacks it; internal kinds are offered nowhere.
+func TestRegistryCheck(t *testing.T) {
+	closed := false
+	reg := connectors.NewRegistry()
+	reg.SetProcess("the coordinator a")
+	reg.Register(connectors.Connector{
+		Kind: "db",
+		Source: func(_ context.Context, config json.RawMessage) (connectors.Source, error) {
+			var c struct{ Table string }
+			json.Unmarshal(config, &c)
+			return checkedSource{table: c.Table, closed: &closed}, nil
+		},
+		Sink: func(context.Context, json.RawMessage) (connectors.Sink, error) {
+			return nil, errors.New("no sink here")
+		},
+	})
+	reg.Register(connectors.Connector{Kind: "own", Source: func(context.Context, json.RawMessage) (connectors.Source, error) { return nil, nil }, Internal: true})
+	t.Setenv("SLUICE_REGISTRY_TEST_TABLE", "orders")
+	req := connectors.CheckRequest{Pipeline: "p"}
+	found, checked, err := reg.Check(context.Background(), "db", connectors.RoleSource, json.RawMessage(`{"table":"${SLUICE_REGISTRY_TEST_TABLE}"}`), req)
+	if err != nil || !checked || found != "table orders for p as a source" || !closed {
+		t.Errorf("Check = %q, %v, %v (closed %v)", found, checked, err, closed)
+	}
+	_, _, err = reg.Check(context.Background(), "db", connectors.RoleSource, json.RawMessage(`{"table":"missing"}`), req)
+	var fe *connectors.FieldError
+	if !errors.As(err, &fe) || fe.Field != "table" {
+		t.Errorf("Check of a missing table: %v", err)
+	}
+	_, _, err = reg.Check(context.Background(), "db", connectors.RoleSource, json.RawMessage(`{"table":"${SLUICE_REGISTRY_TEST_UNSET}"}`), req)
+	if err == nil || !strings.Contains(err.Error(), "SLUICE_REGISTRY_TEST_UNSET is not set in the environment of the coordinator a") {
+		t.Errorf("Check with an unset variable: %v", err)
+	}
+	if _, checked, err := reg.Check(context.Background(), "db", connectors.RoleCDCSource, nil, req); checked || err == nil {
+		t.Errorf("Check of a role the kind lacks: %v %v", checked, err)
+	}
+	if _, err := reg.OpenSource(context.Background(), "db", json.RawMessage(`{"table":"${SLUICE_REGISTRY_TEST_UNSET}"}`)); err == nil || !strings.Contains(err.Error(), "not set in the environment of the coordinator a") {
+		t.Errorf("OpenSource with an unset variable: %v", err)
+	}
+	if got := reg.Kinds(); !slices.Equal(got, []string{"db"}) || !reg.Internal("own") || !reg.HasSource("own") {
+		t.Errorf("Kinds = %v; the internal kind is left out but registered", got)
+	}
+}

@@ -112,6 +112,11 @@ type CDCSource struct {
 	// means the kind has no initial snapshot: its pipelines must set
 	// cdc.snapshot to never.
 	Snapshot func(req SnapshotRequest) (SnapshotEndpoints, error)
+	// Check, when set, checks that the source can capture what the
+	// configuration names (the server's settings, the role's rights, each
+	// table and its replica identity), as Checker does; nil means the kind
+	// has no check.
+	Check CheckFunc
 }
 
 // CDCTarget is the capability of a connector kind to be the sink of a
@@ -123,6 +128,10 @@ type CDCTarget struct {
 	Validate Validator
 	// Open opens the Applier.
 	Open ApplierFactory
+	// Check, when set, checks that the target can take the events (a
+	// directory, a schema), as Checker does; nil means the kind has no
+	// check.
+	Check CheckFunc
 }
 
 // Event is a change event as an Applier receives it: the event and the
@@ -178,4 +187,15 @@ type HourCloser interface {
 // first Apply; a zero value keeps the default.
 type BatchSizer interface {
 	BatchSize() (events int, wait time.Duration)
+}
+
+// TableReporter is implemented by an Applier that stops applying one
+// source table after a permanent error on it while it goes on with the
+// others, and by a Stream that reports tables in another state than
+// streaming. TableStatus lists those tables; it is called from another
+// goroutine, concurrently with the other methods, and must not block on
+// them. The stream's Status carries them (protocol.StreamStatus.Tables),
+// and so `sluice cdc status` shows them.
+type TableReporter interface {
+	TableStatus() []protocol.TableStatus
 }

@@ -72,7 +72,7 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 	var err error
 	switch verb {
 	case protocol.VerbApply:
-		reply, err = t.apiApply(m.Data)
+		reply, err = t.apiApply(ctx, m.Data)
 	case protocol.VerbRun:
 		reply, err = t.apiRun(ctx, m.Data)
 	case protocol.VerbStatus:
@@ -150,7 +150,10 @@ func checkSpec(spec pipeline.Spec, reg *connectors.Registry) error {
 	return nil
 }
 
-func (t *leaderTerm) apiApply(data []byte) (any, error) {
+// apiApply stores a spec, checked first against the connectors when the
+// request asks (nothing is stored when a check fails), or only checked for
+// a dry run.
+func (t *leaderTerm) apiApply(ctx context.Context, data []byte) (any, error) {
 	var req protocol.ApplyRequest
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
@@ -168,7 +171,7 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 	if spec.Pattern == protocol.PatternCDCApply {
 		// A misspelt upstream would apply nothing, silently, forever.
 		upstream := spec.ApplyUpstream()
-		if up, ok := t.c.fsm.pipeline(upstream); !ok || up.Spec.Pattern != protocol.PatternCDC {
+		if up, ok := t.c.fsm.pipeline(upstream); (!ok || up.Spec.Pattern != protocol.PatternCDC) && !(req.DryRun && req.Along[upstream] == protocol.PatternCDC) {
 			return nil, invalid("%s: source.pipeline: %q is not a cdc pipeline of this cluster (apply it first)", spec.Name, upstream)
 		}
 	}
@@ -178,12 +181,23 @@ func (t *leaderTerm) apiApply(data []byte) (any, error) {
 			return nil, refuse(refusedConflict, "%s: the deleted pipeline %s is still being cleaned up (%s); apply again once `sluice cdc status` no longer lists that", spec.Name, cl.Pipeline, cl.what())
 		}
 	}
+	var checked []string
+	if req.Check {
+		found, err := checkConnectors(ctx, t.c.reg, spec)
+		if err != nil {
+			return nil, invalid("%v", err)
+		}
+		checked = found
+	}
+	if req.DryRun {
+		return protocol.ApplyReply{Pipeline: spec.Name, Checked: checked, DryRun: true}, nil
+	}
 	out, err := apply(t.c, pipelinePutCmd{Spec: spec, Time: now()})
 	if err != nil {
 		return nil, err
 	}
 	t.c.log.Info("pipeline applied", "pipeline", spec.Name, "revision", out.Revision)
-	return protocol.ApplyReply{Pipeline: spec.Name, Revision: out.Revision, Created: out.Created}, nil
+	return protocol.ApplyReply{Pipeline: spec.Name, Revision: out.Revision, Created: out.Created, Checked: checked}, nil
 }
 
 func (t *leaderTerm) apiDelete(data []byte) (any, error) {

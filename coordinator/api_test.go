@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -35,14 +36,14 @@ func TestControlAPI(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	if want := (protocol.ApplyReply{Pipeline: "orders", Revision: 1, Created: true}); got != want {
+	if want := (protocol.ApplyReply{Pipeline: "orders", Revision: 1, Created: true}); !reflect.DeepEqual(got, want) {
 		t.Errorf("apply: %+v, want %+v", got, want)
 	}
 	got, err = cl.Apply(ctx, memSpec("orders", 3))
 	if err != nil {
 		t.Fatalf("apply again: %v", err)
 	}
-	if want := (protocol.ApplyReply{Pipeline: "orders", Revision: 2}); got != want {
+	if want := (protocol.ApplyReply{Pipeline: "orders", Revision: 2}); !reflect.DeepEqual(got, want) {
 		t.Errorf("apply again: %+v, want %+v", got, want)
 	}
 

@@ -124,12 +124,34 @@ func decodeReply(data []byte, reply any) (*APIError, error) {
 // Apply stores or replaces a pipeline. An invalid spec gives an error
 // matching ErrInvalid whose message names the fields at fault.
 func (c *Client) Apply(ctx context.Context, spec pipeline.Spec) (protocol.ApplyReply, error) {
+	return c.ApplyWith(ctx, spec, ApplyOptions{})
+}
+
+// ApplyOptions ask more of an apply than storing the spec.
+type ApplyOptions struct {
+	// Check has the leader connect to the spec's source and sink and check
+	// what it names before storing it (see protocol.ApplyRequest).
+	Check bool
+	// DryRun stores nothing.
+	DryRun bool
+	// Along are the other pipelines of the same dry run (see
+	// protocol.ApplyRequest).
+	Along map[string]protocol.Pattern
+}
+
+// ApplyWith applies a spec as opts ask. A failed check gives an error
+// matching ErrInvalid that names each problem.
+func (c *Client) ApplyWith(ctx context.Context, spec pipeline.Spec, opts ApplyOptions) (protocol.ApplyReply, error) {
 	var reply protocol.ApplyReply
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return reply, fmt.Errorf("apply: encode spec: %w", err)
 	}
-	err = c.call(ctx, protocol.VerbApply, protocol.ApplyRequest{Spec: b}, &reply, c.attempt)
+	attempt := c.attempt
+	if opts.Check {
+		attempt += checkTimeout // the leader connects to the source and sink
+	}
+	err = c.call(ctx, protocol.VerbApply, protocol.ApplyRequest{Spec: b, Check: opts.Check, DryRun: opts.DryRun, Along: opts.Along}, &reply, attempt)
 	return reply, err
 }
 

@@ -234,6 +234,30 @@ func (t *leaderTerm) apiLeaseRenew(data []byte) (any, error) {
 	return protocol.LeaseRenewReply{OK: true}, nil
 }
 
+// snapshotProgress is how far a snapshot run got: its chunk tasks, and its
+// tables (partition groups), each done when all its chunks are.
+func snapshotProgress(r *runState) *protocol.SnapshotProgress {
+	p := &protocol.SnapshotProgress{Run: r.ID, State: r.State, Chunks: len(r.Tasks)}
+	pending := map[string]bool{} // table -> a chunk of it is not done
+	for _, ts := range r.Tasks {
+		done := ts.State == protocol.TaskSucceeded
+		if done {
+			p.ChunksDone++
+		}
+		p.Rows += ts.Rows
+		if g := ts.Partition.Group; g != "" {
+			pending[g] = pending[g] || !done
+		}
+	}
+	p.Tables = len(pending)
+	for _, left := range pending {
+		if !left {
+			p.TablesDone++
+		}
+	}
+	return p
+}
+
 // apiCDCStatus lists the streams.
 func (t *leaderTerm) apiCDCStatus() (any, error) {
 	out := protocol.CDCStatusReply{Streams: []protocol.StreamInfo{}}
@@ -245,9 +269,15 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 		if p.Spec.Pattern == protocol.PatternCDC {
 			info.Slot = p.Spec.SlotName()
 		}
+		if p.Spec.Pattern == protocol.PatternCDCApply {
+			info.Upstream = p.Spec.ApplyUpstream()
+		}
 		if st := p.Stream; st != nil {
 			info.Worker, info.Epoch = st.Worker, st.Epoch
 			info.SnapshotRun, info.ConsistentLSN = st.SnapshotRun, st.ConsistentLSN
+			if r, ok := t.c.fsm.run(st.SnapshotRun); ok {
+				info.Snapshot = snapshotProgress(r)
+			}
 		}
 		if p.Spec.InitialSnapshot() && (p.Stream == nil || !p.Stream.SnapshotDone) {
 			info.Phase = "snapshot"

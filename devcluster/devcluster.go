@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
@@ -28,10 +29,21 @@ type Config struct {
 	NATSPort int
 	Workers  int
 	Slots    int
-	Log      *slog.Logger
-	Tracer   trace.TracerProvider
-	Registry *connectors.Registry
+	// DrainTimeout is how long the workers wait for their in-flight tasks
+	// when the cluster stops (0: the worker default).
+	DrainTimeout time.Duration
+	Log          *slog.Logger
+	Tracer       trace.TracerProvider
+	Registry     *connectors.Registry
+	// Lock is DataDir's lock when the caller took it (LockDir) before
+	// Run, and releases it after; nil: Run takes it and releases it.
+	Lock *DirLock
 }
+
+// URLFile is the file of the data directory that holds the NATS URL of a
+// running cluster, for the client commands: written once the cluster's
+// leader answers, removed when it stops.
+const URLFile = "nats.url"
 
 // Cluster is a running all-in-one cluster.
 type Cluster struct {
@@ -44,14 +56,27 @@ type Cluster struct {
 	Workers []*worker.Worker
 }
 
-// Run starts an embedded NATS server, a single-node coordinator and the
-// workers, calls body, and shuts everything down in order when body returns:
-// workers drain first, then the coordinator stops, then NATS. The server's
-// URL is written to <DataDir>/nats.url while it runs, for the client
-// commands.
+// Run locks the data directory (a second cluster on it gets a
+// *LockedError naming the process that has it), starts an embedded NATS
+// server, a single-node coordinator and the workers, waits for the
+// coordinator to lead, writes the server's URL to <DataDir>/nats.url for
+// the client commands, and calls body. When body returns it shuts
+// everything down in order: workers drain first, then the coordinator
+// stops, then NATS; nats.url is removed. When ctx ends before the leader
+// answers, Run stops without calling body and returns nil.
 func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Cluster) error) error {
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if cfg.Lock == nil {
+		lock, err := LockDir(cfg.DataDir)
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
+	}
+	// A file left by a process killed before it could remove it names a
+	// server that is gone.
+	urlFile := filepath.Join(cfg.DataDir, URLFile)
+	if err := os.Remove(urlFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove the stale %s: %w", urlFile, err)
 	}
 	ns, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: cfg.NATSPort})
 	if err != nil {
@@ -59,10 +84,6 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 	}
 	defer ns.Shutdown()
 	url := ns.ClientURL()
-	if err := os.WriteFile(filepath.Join(cfg.DataDir, "nats.url"), []byte(url+"\n"), 0o644); err != nil {
-		return fmt.Errorf("write nats.url: %w", err)
-	}
-	defer os.Remove(filepath.Join(cfg.DataDir, "nats.url"))
 
 	connect := func(name string) (*nats.Conn, error) {
 		nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
@@ -104,7 +125,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 			return err
 		}
 		workerNCs = append(workerNCs, nc)
-		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots}
+		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout}
 		w, err := worker.New(wcfg, nc, cfg.Registry,
 			cfg.Log.With("component", "worker"), cfg.Tracer)
 		if err != nil {
@@ -119,20 +140,64 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 	workCtx, stopWorkers := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWorkers()
 
-	var parts errgroup.Group
-	parts.Go(func() error { return coord.Run(coordCtx) })
+	coordDone := make(chan error, 1)
+	go func() { coordDone <- coord.Run(coordCtx) }()
 	var workers errgroup.Group
 	for _, w := range l.Workers {
 		workers.Go(func() error { return w.Run(workCtx) })
 	}
 
-	bodyErr := body(ctx, l)
+	var bodyErr error
+	var coordErr error
+	coordEnded := false
+	switch err := waitLeader(ctx, l.Client, coordDone); {
+	case errors.Is(err, errCoordinatorEnded):
+		coordErr, coordEnded = <-coordDone, true
+		if coordErr == nil {
+			coordErr = err
+		}
+	case err != nil: // ctx ended first
+	default:
+		if err := os.WriteFile(urlFile, []byte(url+"\n"), 0o644); err != nil {
+			bodyErr = fmt.Errorf("write %s: %w", urlFile, err)
+			break
+		}
+		bodyErr = body(ctx, l)
+		os.Remove(urlFile)
+	}
 
 	// Shutdown: stop taking work, drain the workers, then the
 	// coordinator; NATS stops last (deferred).
 	stopWorkers()
 	werr := workers.Wait()
 	stopCoord()
-	perr := parts.Wait()
-	return errors.Join(bodyErr, werr, perr)
+	if !coordEnded {
+		coordErr = <-coordDone
+	}
+	return errors.Join(bodyErr, werr, coordErr)
+}
+
+// errCoordinatorEnded: the coordinator stopped before it led.
+var errCoordinatorEnded = errors.New("the coordinator stopped before it became the leader")
+
+// waitLeader waits until the coordinator's leader answers the control API,
+// the coordinator ends (errCoordinatorEnded; its error stays in done for
+// the caller) or ctx ends.
+func waitLeader(ctx context.Context, c *coordinator.Client, done chan error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := c.Pipelines(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case err := <-done:
+			done <- err
+			return errCoordinatorEnded
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

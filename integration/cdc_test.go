@@ -208,8 +208,8 @@ func TestCDCFaults(t *testing.T) {
 	var changes int
 	for _, tb := range cdcTables {
 		key := schema + "." + tb
-		if got.reads[key] != initial {
-			t.Errorf("%s: %d read events, want %d (one per snapshot row)", tb, got.reads[key], initial)
+		if got.reads[key] != initial || got.snapshots[key] != 1 {
+			t.Errorf("%s: %d read events and %d snapshot events, want %d (one per snapshot row) and 1", tb, got.reads[key], got.snapshots[key], initial)
 		}
 		if got.changes[key] != expected[tb] {
 			t.Errorf("%s: %d change events in SLUICE_CDC, want %d committed changes", tb, got.changes[key], expected[tb])
@@ -398,6 +398,7 @@ func (c *cluster) workerByID(id string) *workerProc {
 
 type cdcCount struct {
 	reads, changes map[string]int // by schema.table
+	snapshots      map[string]int // snapshot events, by schema.table
 	dups           int
 	afterColumn    int // events carrying orders.coupon
 	msgs           int // messages holding them
@@ -416,7 +417,7 @@ func (c *cluster) cdcEvents(name string) cdcCount {
 		c.t.Fatal(err)
 	}
 	left := info.NumPending
-	out := cdcCount{reads: map[string]int{}, changes: map[string]int{}}
+	out := cdcCount{reads: map[string]int{}, changes: map[string]int{}, snapshots: map[string]int{}}
 	seen := map[string]bool{}
 	for left > 0 {
 		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
@@ -453,8 +454,12 @@ func (c *cluster) cdcEvents(name string) cdcCount {
 // counted.
 func (out *cdcCount) add(ev protocol.ChangeEvent, seen map[string]bool) {
 	key := ev.Schema + "." + ev.Table
-	if ev.Op == protocol.OpRead {
+	switch ev.Op {
+	case protocol.OpRead:
 		out.reads[key]++
+		return
+	case protocol.OpSnapshot:
+		out.snapshots[key]++
 		return
 	}
 	out.changes[key]++

@@ -58,8 +58,8 @@ type clusterConfig struct {
 	workers      int
 	slots        int
 	ackWait      time.Duration
-	// register, when set, adds connectors of a test's own to the
-	// cluster's registry, beside the built-in ones.
+	// register, when set, adds connectors of the test's own to the
+	// registry before anything uses it.
 	register func(*connectors.Registry)
 }
 

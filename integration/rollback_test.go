@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"hash/fnv"
@@ -237,6 +238,16 @@ func runRollbackScenario(t *testing.T, sc rollbackScenario) {
 	}
 }
 
+// versionFile is the file of rows each version of a files rollback
+// scenario adds to its source: 400 * v rows of its own.
+func versionFile(v int64) []byte {
+	var b bytes.Buffer
+	for i := range 400 * v {
+		fmt.Fprintf(&b, `{"id":%d,"v":%d,"name":"row %d of v%d"}`+"\n", i, v, i, v)
+	}
+	return b.Bytes()
+}
+
 // Rollback of a files dataset through the cluster: readers of current
 // see whole versions only.
 func TestRollbackThroughClusterFiles(t *testing.T) {
@@ -274,12 +285,7 @@ func TestRollbackThroughClusterFiles(t *testing.T) {
 	runRollbackScenario(t, rollbackScenario{
 		c: c, pipeline: "roll-files",
 		grow: func(t *testing.T, v int64) rowSig {
-			// Each version adds a file of its own rows.
-			var b strings.Builder
-			for i := range 400 * v {
-				fmt.Fprintf(&b, `{"id":%d,"v":%d,"name":"row %d of v%d"}`+"\n", i, v, i, v)
-			}
-			if err := os.WriteFile(filepath.Join(in, fmt.Sprintf("part-%d.jsonl", v)), []byte(b.String()), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(in, fmt.Sprintf("part-%d.jsonl", v)), versionFile(v), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			sig, err := linesOf(in)

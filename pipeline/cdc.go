@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -173,16 +174,14 @@ func (p *parser) cdc(v *yaml.Node) *CDC {
 				out.Lease = d
 			}
 		case "target_rows":
-			var n int64
-			if err := val.Decode(&n); err != nil || n < 1 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a positive whole number", val.Value))
+			n, ok := p.integer(field, val, 1, math.MaxInt)
+			if !ok {
 				continue
 			}
-			out.TargetRows = n
+			out.TargetRows = int64(n)
 		case "message_events":
-			var n int
-			if err := val.Decode(&n); err != nil || n < 1 || n > maxMessageEvents {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to %d", val.Value, maxMessageEvents))
+			n, ok := p.integer(field, val, 1, maxMessageEvents)
+			if !ok {
 				continue
 			}
 			out.MessageEvents = n

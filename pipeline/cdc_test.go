@@ -112,7 +112,7 @@ source: {kind: db, dsn: "postgres://h/db"}
 sink: {kind: dir, path: /tmp/x}
 schedule: "@hourly"
 cdc: {snapshot: sometimes, lease: 10ms, slot: Bad-Slot, message_events: 0}
-`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not a whole number from 1 to 100000`}},
+`, []string{"source.tables: is required", "sink: must be left out", "schedule: must be left out", `cdc.snapshot: "sometimes"`, `cdc.lease: "10ms"`, `cdc.slot: "Bad-Slot"`, `cdc.message_events: "0" is not an integer from 1 to 100000`}},
 		{"cdc from a kind that is no cdc source", `name: a
 pattern: cdc
 source: {kind: dir, path: /x}

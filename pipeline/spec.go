@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -206,9 +207,9 @@ func CheckPattern(p protocol.Pattern) error {
 	case p == "":
 		return errors.New("is required")
 	case !known:
-		return fmt.Errorf("unknown pattern %q (known: %s)", p, patternList(false))
+		return fmt.Errorf("unknown pattern %q (this build runs: %s)", p, patternList(true))
 	case !avail:
-		return fmt.Errorf("pattern %q is not available in this build yet (available: %s)", p, patternList(true))
+		return fmt.Errorf("pattern %q is not available in this build yet (this build runs: %s)", p, patternList(true))
 	}
 	return nil
 }
@@ -362,7 +363,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		if e.Kind == "" {
 			return
 		}
-		if !reg.Has(e.Kind, role) {
+		if !reg.Has(e.Kind, role) || reg.Internal(e.Kind) {
 			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
 				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.KindsOf(role))})
 			return
@@ -410,7 +411,31 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 // named "path" or ending in "_path" or "_dir". Servers may run in another
 // directory than the one `sluice apply` runs in.
 func (s *Spec) ResolvePaths(dir string) error {
-	for _, e := range []*protocol.Endpoint{&s.Source, &s.Sink} {
+	return s.relativePaths(func(_, p string) (string, bool) { return filepath.Join(dir, p), true })
+}
+
+// RelativePaths lists the fields of both endpoints that hold a relative
+// filesystem path ResolvePaths would resolve, as dotted paths
+// ("source.path"), sorted. A spec sent without its file (the HTTP API) has
+// no directory to resolve them against.
+func (s Spec) RelativePaths() []string {
+	var out []string
+	_ = s.relativePaths(func(field, _ string) (string, bool) {
+		out = append(out, field)
+		return "", false
+	})
+	sort.Strings(out)
+	return out
+}
+
+// relativePaths calls visit for every field holding a relative path, and
+// replaces the value with the one visit returns when it says to.
+func (s *Spec) relativePaths(visit func(field, path string) (resolved string, replace bool)) error {
+	for _, side := range []struct {
+		name string
+		e    *protocol.Endpoint
+	}{{"source", &s.Source}, {"sink", &s.Sink}} {
+		e := side.e
 		if len(e.Config) == 0 {
 			continue
 		}
@@ -418,14 +443,21 @@ func (s *Spec) ResolvePaths(dir string) error {
 		if err := json.Unmarshal(e.Config, &m); err != nil {
 			return fmt.Errorf("resolve paths: %w", err)
 		}
+		changed := false
 		for k, v := range m {
 			str, ok := v.(string)
 			if !ok || str == "" || strings.Contains(str, "${") {
 				continue
 			}
 			if (k == "path" || strings.HasSuffix(k, "_path") || strings.HasSuffix(k, "_dir")) && !filepath.IsAbs(str) && !strings.Contains(str, "://") {
-				m[k] = filepath.Join(dir, str)
+				if resolved, replace := visit(side.name+"."+k, str); replace {
+					m[k] = resolved
+					changed = true
+				}
 			}
+		}
+		if !changed {
+			continue
 		}
 		b, err := json.Marshal(m)
 		if err != nil {
@@ -435,6 +467,11 @@ func (s *Spec) ResolvePaths(dir string) error {
 	}
 	return nil
 }
+
+// Line returns the line of the spec's text a field (a dotted path, such as
+// "source.table") or its closest parent was written on; 0 when the spec
+// has no text or the field is not in it.
+func (s Spec) Line(field string) int { return lineIndex(s.Text).nearest(field) }
 
 // lines maps dotted field paths to the line they were written on.
 type lines map[string]int
@@ -511,6 +548,21 @@ func hasLayout(e protocol.Endpoint) bool {
 
 func (p *parser) add(field string, line int, msg string) {
 	p.problems = append(p.problems, Problem{Field: field, Line: line, Msg: msg})
+}
+
+// integer reads an integer from lo to hi. YAML would turn 2.5 into 2 for
+// an int: only an integer as written is taken.
+func (p *parser) integer(field string, v *yaml.Node, lo, hi int) (int, bool) {
+	n, err := strconv.Atoi(strings.ReplaceAll(v.Value, "_", ""))
+	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || err != nil || n < lo || n > hi {
+		want := fmt.Sprintf("an integer from %d to %d", lo, hi)
+		if hi == math.MaxInt {
+			want = fmt.Sprintf("an integer of %d or more", lo)
+		}
+		p.add(field, v.Line, fmt.Sprintf("%q is not %s", v.Value, want))
+		return 0, false
+	}
+	return n, true
 }
 
 func (p *parser) str(field string, v *yaml.Node) string {
@@ -602,9 +654,8 @@ func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
 			}
 			out.TargetRows = n
 		case "max_files":
-			var n int
-			if err := val.Decode(&n); err != nil || n <= 0 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a positive whole number", val.Value))
+			n, ok := p.integer(field, val, 1, math.MaxInt)
+			if !ok {
 				continue
 			}
 			out.MaxFiles = n
@@ -674,9 +725,8 @@ func (p *parser) retry(v *yaml.Node) Retry {
 		field := "retry." + k.Value
 		switch k.Value {
 		case "max_attempts":
-			var n int
-			if err := val.Decode(&n); err != nil || n < 1 || n > 100 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a whole number from 1 to 100", val.Value))
+			n, ok := p.integer(field, val, 1, 100)
+			if !ok {
 				continue
 			}
 			out.MaxAttempts = n

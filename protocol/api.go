@@ -36,6 +36,17 @@ type APIError struct {
 // JSON (the coordinator validates it again).
 type ApplyRequest struct {
 	Spec json.RawMessage `json:"spec"`
+	// Check asks the leader to connect to the spec's source and sink and
+	// check what it names (tables, columns, keys, replica identity, paths)
+	// before storing it; a failed check stores nothing.
+	Check bool `json:"check,omitempty"`
+	// DryRun validates (and with Check, checks) the spec and stores
+	// nothing.
+	DryRun bool `json:"dry_run,omitempty"`
+	// Along names the other pipelines of the same dry run, with their
+	// patterns: stored before this one when the whole batch is applied, a
+	// cdc pipeline among them may be this cdc_apply pipeline's upstream.
+	Along map[string]Pattern `json:"along,omitempty"`
 }
 
 // ApplyReply tells what was stored.
@@ -44,6 +55,11 @@ type ApplyReply struct {
 	// Revision counts how many times the pipeline was applied.
 	Revision int64 `json:"revision"`
 	Created  bool  `json:"created"`
+	// Checked says what a Check found, one line per connector checked
+	// (or not: a kind without a check says so).
+	Checked []string `json:"checked,omitempty"`
+	// DryRun: nothing was stored.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // DeleteRequest deletes a pipeline that has no run or backfill in

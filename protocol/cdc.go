@@ -15,13 +15,23 @@ import (
 // Op is the operation of a change event.
 type Op string
 
-// The change operations. OpRead marks a row read by a snapshot, not a change.
+// The change operations. OpRead marks a row read by a snapshot, not a
+// change; OpSnapshot marks the start of a snapshot of a table.
 const (
 	OpInsert   Op = "insert"
 	OpUpdate   Op = "update"
 	OpDelete   Op = "delete"
 	OpTruncate Op = "truncate"
 	OpRead     Op = "read"
+	// OpSnapshot: a snapshot of the table begins, at the position LSN.
+	// The table's rows are from now on the read events of this snapshot
+	// (those of LSN at or after it) and the changes after them: a
+	// consumer keeping a copy of the table empties it, unless it took a
+	// snapshot event of the same or a later LSN already (the marker may
+	// come more than once); read events of an LSN before the last
+	// snapshot event's are left out (an earlier, failed attempt's).
+	// It has no rows.
+	OpSnapshot Op = "snapshot"
 )
 
 // Value is one column value of a change event, in PostgreSQL's text output
@@ -146,6 +156,16 @@ type ChangeEvent struct {
 	Index      int       `json:"index"`
 	Xid        uint32    `json:"xid"`
 	CommitTime time.Time `json:"commit_time"`
+	// Relation describes the table's columns as the source's catalog does
+	// (types, NOT NULL, defaults, key, and the ID that tells a renamed
+	// column from a dropped and an added one). It is carried by the first
+	// event of a table after each change of the table's shape, and by the
+	// first read event of each snapshot message, not by every event: a
+	// consumer keeps the last one it saw per table. An applier creating
+	// its target tables takes their types from it, and one keeping a
+	// replica compares it with the last one to add, drop, rename and
+	// retype columns before applying the event. Nil on the other events.
+	Relation *Schema `json:"relation,omitempty"`
 }
 
 // Encode stamps e with the current version and encodes it: the bytes of
@@ -159,7 +179,7 @@ func (e ChangeEvent) Encode() ([]byte, error) {
 	if !ok {
 		return nil, e.timeError()
 	}
-	return b, nil
+	return e.appendRelation(b)
 }
 
 // AppendJSON appends e, stamped with the current version as Encode stamps
@@ -175,6 +195,7 @@ func (e ChangeEvent) AppendJSON(dst []byte) []byte {
 	dst = appendRow(dst, `,"before":`, e.Before)
 	dst = appendRow(dst, `,"after":`, e.After)
 	dst, _ = e.appendTail(dst)
+	dst, _ = e.appendRelation(dst)
 	return dst
 }
 
@@ -190,6 +211,7 @@ func (e ChangeEvent) AppendJSONCells(dst []byte, cols *Columns, before, after []
 	dst = cols.appendRow(dst, `,"before":`, before)
 	dst = cols.appendRow(dst, `,"after":`, after)
 	dst, _ = e.appendTail(dst)
+	dst, _ = e.appendRelation(dst)
 	return dst
 }
 
@@ -241,6 +263,29 @@ func (e *ChangeEvent) appendTail(dst []byte) (_ []byte, ok bool) {
 	dst = e.CommitTime.AppendFormat(dst, time.RFC3339Nano)
 	ok = validRFC3339(dst[n:])
 	return append(dst, `"}`...), ok
+}
+
+// appendRelation adds e.Relation, when set, to the event that ends dst
+// (its closing brace last).
+func (e *ChangeEvent) appendRelation(dst []byte) ([]byte, error) {
+	if e.Relation == nil {
+		return dst, nil
+	}
+	b, err := json.Marshal(e.Relation)
+	if err != nil {
+		return dst, fmt.Errorf("encode change event: relation: %w", err)
+	}
+	return AppendRelation(dst, b), nil
+}
+
+// AppendRelation adds the relation field to the event that ends dst, as
+// AppendChange or AppendJSON leave it (its closing brace last): relation
+// is the JSON of a *Schema (json.Marshal's). The event then reads as one
+// whose Relation is set.
+func AppendRelation(dst, relation []byte) []byte {
+	dst = append(dst[:len(dst)-1], `,"relation":`...)
+	dst = append(dst, relation...)
+	return append(dst, '}')
 }
 
 // validRFC3339 reports whether b, a time in time.RFC3339Nano, is one
@@ -481,7 +526,7 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 		}
 	}
 	switch e.Op {
-	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead:
+	case OpInsert, OpUpdate, OpDelete, OpTruncate, OpRead, OpSnapshot:
 	default:
 		return e, fmt.Errorf("decode change event: unknown op %q", e.Op)
 	}

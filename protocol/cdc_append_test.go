@@ -42,6 +42,7 @@ type refEvent struct {
 	Index      int                 `json:"index"`
 	Xid        uint32              `json:"xid"`
 	CommitTime time.Time           `json:"commit_time"`
+	Relation   *Schema             `json:"relation,omitempty"`
 }
 
 func refRow(r Row) map[string]refValue {
@@ -61,6 +62,7 @@ func refMarshal(e ChangeEvent) ([]byte, error) {
 		V: Version, Op: e.Op, Pipeline: e.Pipeline, Database: e.Database, Schema: e.Schema, Table: e.Table,
 		Key: e.Key, Before: refRow(e.Before), After: refRow(e.After),
 		LSN: e.LSN, CommitLSN: e.CommitLSN, Index: e.Index, Xid: e.Xid, CommitTime: e.CommitTime,
+		Relation: e.Relation,
 	})
 }
 
@@ -135,6 +137,13 @@ func TestAppendJSONMatchesEncodingJSON(t *testing.T) {
 		{"read", func(e *ChangeEvent) { e.Op, e.Before = OpRead, nil }},
 		{"delete", func(e *ChangeEvent) { e.Op, e.After = OpDelete, nil }},
 		{"odd op", func(e *ChangeEvent) { e.Op = `<op>"&` }},
+		{"relation", func(e *ChangeEvent) {
+			e.Relation = &Schema{System: "postgres", Key: []string{"id"}, Columns: []Column{
+				{Name: "id", Type: TypeInt64, NotNull: true, Native: "bigint", ID: 1},
+				{Name: "<tag>&", Type: TypeList, Elem: &Column{Name: "element", Type: TypeString}, Native: "text[]", Default: "'{}'::text[]", ID: 3},
+				{Name: "g", Type: TypeInt64, Native: "bigint", Generated: "(id * 2)", ID: 4},
+			}}
+		}},
 		{"empty vs NULL vs unchanged", func(e *ChangeEvent) {
 			e.After = row("empty", Text(""), "null", NullValue, "toast", UnchangedValue, "null text", Text("null"),
 				"object text", Text(`{"unchanged_toast":true}`))
@@ -262,6 +271,13 @@ func checkAppendChange(t *testing.T, name string, e ChangeEvent, names []string,
 	cols := NewColumns(names)
 	want := e.AppendJSONCells([]byte("pre"), cols, before, after)
 	got := AppendChange([]byte("pre"), e.Op, NewTableFields(e.Pipeline, e.Database, e.Schema, e.Table, e.Key), cols, before, after, lsn, e.Index, &tx)
+	if e.Relation != nil {
+		rel, err := json.Marshal(e.Relation)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = AppendRelation(got, rel)
+	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s: AppendChange\n got %s\nwant %s", name, got, want)
 	}
@@ -479,5 +495,22 @@ func BenchmarkCDCMsgID(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = CDCMsgID("sluice_bench_cdc_sluice_3", "5/B0BE81F8", 93)
+	}
+}
+
+func TestParseLSN(t *testing.T) {
+	for _, v := range []uint64{0, 1, 0x16B3748, 0x1_2345ABCD, 0xFFFFFFFF_FFFFFFFF} {
+		s := string(AppendLSN(nil, v))
+		if got, err := ParseLSN(s); err != nil || got != v {
+			t.Errorf("ParseLSN(%q) = %x, %v; want %x", s, got, err, v)
+		}
+	}
+	if got, err := ParseLSN("a/b"); err != nil || got != 0xa_0000000b {
+		t.Errorf("lower case: %x, %v", got, err)
+	}
+	for _, bad := range []string{"", "1", "/1", "1/", "x/1", "1/123456789", "1/2/3"} {
+		if _, err := ParseLSN(bad); err == nil {
+			t.Errorf("ParseLSN(%q): no error", bad)
+		}
 	}
 }

@@ -81,6 +81,9 @@ func decodeEventFast(data []byte) (e ChangeEvent, ok bool) {
 			n, ok = d.int(33)
 			ok = ok && n >= 0
 			e.Xid = uint32(n)
+		case "relation":
+			// Rare (see ChangeEvent.Relation): encoding/json decodes it.
+			return ChangeEvent{}, false
 		case "commit_time":
 			d.space()
 			start := d.i
@@ -133,6 +136,8 @@ func eventFieldBit(key []byte) (uint16, bool) {
 		n = 12
 	case "commit_time":
 		n = 13
+	case "relation":
+		n = 14
 	default:
 		return 0, false
 	}

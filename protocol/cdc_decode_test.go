@@ -43,6 +43,21 @@ func TestDecodeChangeEventsPacked(t *testing.T) {
 		}
 	}
 
+	// An event carrying its table's description decodes with it.
+	withRel := evs[0]
+	withRel.Relation = &Schema{System: "postgres", Key: []string{"id"}, Columns: []Column{
+		{Name: "id", Type: TypeInt64, NotNull: true, Native: "bigint", ID: 1},
+		{Name: "note", Type: TypeString, Native: "text", Default: "'n'::text", ID: 2},
+	}}
+	relMsg := withRel.AppendJSON(append(evs[1].AppendJSON(nil), '\n'))
+	back, err := DecodeChangeEvents(relMsg)
+	if err != nil || len(back) != 2 {
+		t.Fatalf("message with a relation: %v, %d events", err, len(back))
+	}
+	if !reflect.DeepEqual(back[1].Relation, withRel.Relation) || back[0].Relation != nil {
+		t.Errorf("relation decoded as %+v, want %+v", back[1].Relation, withRel.Relation)
+	}
+
 	one, err := DecodeChangeEvents(msg[:bytes.IndexByte(msg, '\n')])
 	if err != nil || len(one) != 1 || one[0].Index != 0 {
 		t.Fatalf("single-event message: %v %+v", err, one)

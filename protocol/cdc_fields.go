@@ -1,7 +1,9 @@
 package protocol
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -80,4 +82,22 @@ func appendUpperHex(dst []byte, v uint32) []byte {
 		}
 	}
 	return dst
+}
+
+// ParseLSN parses a PostgreSQL WAL position as AppendLSN writes it (%X/%X,
+// either case).
+func ParseLSN(s string) (uint64, error) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok || hi == "" || lo == "" || len(hi) > 8 || len(lo) > 8 {
+		return 0, fmt.Errorf("lsn %q: want %%X/%%X", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("lsn %q: want %%X/%%X", s)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("lsn %q: want %%X/%%X", s)
+	}
+	return h<<32 | l, nil
 }

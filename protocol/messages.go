@@ -148,6 +148,10 @@ func (w Window) Union(o Window) Window {
 type Partition struct {
 	// Key identifies the partition within its run, for people: "files[0:4]".
 	Key string `json:"key"`
+	// Group names the part of the run's input the partition belongs to
+	// when a run reads several (the table of a cdc snapshot's chunk), for
+	// progress by part; empty otherwise.
+	Group string `json:"group,omitempty"`
 	// Spec is the connector-specific description of the bounds.
 	Spec json.RawMessage `json:"spec"`
 	// Rows and Bytes are the planner's estimates; zero when unknown.

@@ -72,6 +72,28 @@ type Column struct {
 	// for a sink of the same system: "numeric(38,10)", "timestamp with time
 	// zone", "public.mood".
 	Native string `json:"native,omitempty"`
+	// Default is the column's default expression as the source system
+	// writes it ("'new'::text", "0"), for a sink of the same system; empty
+	// when the column has none, or when it refers to objects another
+	// database would lack (a sequence, a function the source defined).
+	Default string `json:"default,omitempty"`
+	// Backfill is, for a column added to a table that had rows, the value
+	// those rows took, as an expression of the source system (PostgreSQL:
+	// the "missing value" of a column added with a constant default,
+	// which stays when the default changes later); empty when they took
+	// NULL or the value is not known. A consumer adding the column to a
+	// copy of the table gives it to the copy's rows.
+	Backfill string `json:"backfill,omitempty"`
+	// Generated is the expression of a generated (computed) column as the
+	// source system writes it, for a sink of the same system. A generated
+	// column's values are computed by the database: batches and change
+	// events do not carry them.
+	Generated string `json:"generated,omitempty"`
+	// ID identifies the column within its table: it stays when the column
+	// is renamed and is never given to another column after a drop
+	// (PostgreSQL's attnum); 0 when unknown. It lets a consumer of change
+	// events tell a renamed column from a dropped one and an added one.
+	ID int `json:"id,omitempty"`
 }
 
 // String renders the column's logical type: "decimal(38,10)",

@@ -107,6 +107,11 @@ type StreamStatus struct {
 	ConfirmedLSN string `json:"confirmed_lsn,omitempty"`
 	ReceivedLSN  string `json:"received_lsn,omitempty"`
 	LagBytes     int64  `json:"lag_bytes"`
+	// SourceLSN is the source's WAL position when LagBytes was measured,
+	// at LagAt (the worker's clock): once ConfirmedLSN reaches it, every
+	// change committed before LagAt is in SLUICE_CDC.
+	SourceLSN string    `json:"source_lsn,omitempty"`
+	LagAt     time.Time `json:"lag_at,omitzero"`
 	// LagTime is how far behind the source the stream is: for a slot,
 	// the age of the oldest transaction received but not yet confirmed
 	// (0 when everything received is confirmed); for an apply, the age of
@@ -125,6 +130,31 @@ type StreamStatus struct {
 	// Error is the last error, while State is retrying.
 	Error string    `json:"error,omitempty"`
 	Time  time.Time `json:"time"`
+	// Tables lists the tables of the stream that are not simply
+	// streaming: stopped by a permanent error (cdc_apply), or being
+	// snapshotted (cdc).
+	Tables []TableStatus `json:"tables,omitempty"`
+}
+
+// Table states of a TableStatus.
+const (
+	// TableStopped: a cdc_apply pipeline no longer applies the table's
+	// events, after a permanent error; the other tables go on.
+	TableStopped = "stopped"
+)
+
+// TableStatus is the state of one source table of a stream.
+type TableStatus struct {
+	// Table is the source table, "schema.table".
+	Table string `json:"table"`
+	State string `json:"state"`
+	// Error says why the table stopped.
+	Error string `json:"error,omitempty"`
+	// Seq is, for a stopped table, the stream sequence of its first event
+	// not applied.
+	Seq uint64 `json:"seq,omitempty"`
+	// Since is when the table entered its state.
+	Since time.Time `json:"since,omitzero"`
 }
 
 // CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.
@@ -159,4 +189,22 @@ type StreamInfo struct {
 	Epoch   uint64       `json:"epoch"`
 	Renewed time.Time    `json:"renewed,omitzero"`
 	Status  StreamStatus `json:"status"`
+	// Snapshot is the progress of the initial snapshot run (SnapshotRun),
+	// while it runs and after; nil without one.
+	Snapshot *SnapshotProgress `json:"snapshot,omitempty"`
+	// Upstream is the cdc pipeline a cdc_apply pipeline applies.
+	Upstream string `json:"upstream,omitempty"`
+}
+
+// SnapshotProgress is how far a cdc pipeline's initial snapshot run got:
+// its tables (a table is done when all its chunks are), chunk tasks and
+// the rows they published.
+type SnapshotProgress struct {
+	Run        string `json:"run"`
+	State      string `json:"state"`
+	Tables     int    `json:"tables"`
+	TablesDone int    `json:"tables_done"`
+	Chunks     int    `json:"chunks"`
+	ChunksDone int    `json:"chunks_done"`
+	Rows       int64  `json:"rows"`
 }

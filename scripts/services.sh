@@ -170,3 +170,33 @@ if ! ch_ready >/dev/null; then
 fi
 ch_version=$(ch_ready) || { echo "services: ClickHouse did not become ready (see $ch_dir/log/)" >&2; exit 1; }
 echo "services: ClickHouse $ch_version ready on 127.0.0.1:8123 (HTTP) and :9000 (native), data in $ch_dir"
+
+# versitygw v1.8.0, a real S3 server in Go, for the S3 tests of the files and
+# iceberg connectors (SLUICE_TEST_S3, default http://127.0.0.1:7070). Built
+# from the module proxy into bin/; it serves each subdirectory of
+# /var/lib/sluice-versitygw/data as a bucket (the posix backend keeps object
+# metadata in extended attributes), on 127.0.0.1 only, with the root
+# credentials below: the tests pass them as AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY. A test server, never a product one.
+vgw_ver=v1.8.0
+vgw_dir=/var/lib/sluice-versitygw
+vgw_addr=127.0.0.1:7070
+vgw_access_key=sluice-test
+vgw_secret_key=sluice-test-secret
+vgw_have=$(go version -m "$bin/versitygw" 2>/dev/null | awk '$1 == "mod" { print $3 }' || true)
+if [ "$vgw_have" != "$vgw_ver" ]; then
+  echo "services: building versitygw $vgw_ver into bin/"
+  GOBIN="$bin" go install "github.com/versity/versitygw/cmd/versitygw@$vgw_ver"
+fi
+mkdir -p "$vgw_dir/data"
+# Any HTTP answer (an unsigned request gets 403) means the server is up.
+vgw_ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$vgw_addr/" 2>/dev/null)" != 000 ]; }
+if ! vgw_ready; then
+  echo "services: starting versitygw on $vgw_addr"
+  ROOT_ACCESS_KEY="$vgw_access_key" ROOT_SECRET_KEY="$vgw_secret_key" \
+    nohup "$bin/versitygw" --port "$vgw_addr" posix "$vgw_dir/data" >"$vgw_dir/versitygw.log" 2>&1 </dev/null &
+  echo $! >"$vgw_dir/versitygw.pid"
+  for _ in $(seq 1 100); do vgw_ready && break; sleep 0.1; done
+fi
+vgw_ready || { echo "services: versitygw did not become ready (see $vgw_dir/versitygw.log)" >&2; exit 1; }
+echo "services: versitygw $vgw_ver ready on http://$vgw_addr (access key $vgw_access_key), buckets in $vgw_dir/data"

@@ -127,10 +127,13 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 		}
 		return st
 	}
+	// opened asks for a renewal at once when a stream opened, so that its
+	// first status shows without waiting a third of a lease.
+	opened := make(chan struct{}, 1)
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		w.renewLoop(ctx, a, status, stop, log)
+		w.renewLoop(ctx, a, status, opened, stop, log)
 	}()
 	defer func() { <-renewed }()
 
@@ -140,6 +143,10 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 		s, err := w.openStream(ctx, a, log)
 		if err == nil {
 			set(s, nil)
+			select {
+			case opened <- struct{}{}:
+			default:
+			}
 			started := time.Now()
 			err = s.Run(ctx)
 			if time.Since(started) > time.Minute {
@@ -162,7 +169,7 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 	log.Info("stream lease given up", "reason", context.Cause(ctx))
 }
 
-func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, status func() protocol.StreamStatus, stop context.CancelCauseFunc, log *slog.Logger) {
+func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, status func() protocol.StreamStatus, opened <-chan struct{}, stop context.CancelCauseFunc, log *slog.Logger) {
 	every := a.Lease / 3
 	lastOK := time.Now()
 	t := time.NewTicker(every)
@@ -172,6 +179,7 @@ func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, sta
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-opened:
 		}
 		sent := time.Now()
 		ok, reason, err := w.renew(ctx, a, status())

@@ -19,21 +19,6 @@ import (
 	"github.com/sluicehq/sluice/bench/measure"
 )
 
-// findPSQL finds the psql binary.
-func findPSQL(flagValue string) (string, error) {
-	if flagValue != "" {
-		return flagValue, nil
-	}
-	if p, err := exec.LookPath("psql"); err == nil {
-		return p, nil
-	}
-	p := "/usr/lib/postgresql/15/bin/psql"
-	if _, err := os.Stat(p); err != nil {
-		return "", errors.New("psql not found: install postgresql-client or give --psql")
-	}
-	return p, nil
-}
-
 // psqlCopy times (a), psql's \copy of the source to a CSV file, and checks
 // the file: as many lines as the source has rows on the first repetition,
 // the same size on the others.

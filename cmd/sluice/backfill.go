@@ -7,83 +7,151 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"text/tabwriter"
 	"time"
 
-	"github.com/sluicehq/sluice/coordinator"
+	"github.com/spf13/cobra"
+
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// runBackfill starts a backfill of an incremental pipeline and follows it:
-// the leader splits [from, to) into the pipeline's windows and runs at
-// most --concurrency of them at once; windows committed before are
-// skipped (and listed) unless --replace.
-func runBackfill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("backfill", "backfill <pipeline> --from T1 --to T2 [--concurrency N] [--replace] [--no-wait]", stderr)
-	var cf clientFlags
+func newBackfillCmd() *cobra.Command {
+	var (
+		cf              clientFlags
+		fromS, toS, id  string
+		conc            int
+		replace, noWait bool
+	)
+	cmd := &cobra.Command{
+		Use:   "backfill <pipeline> --from T1 --to T2",
+		Short: "load a time range of an incremental pipeline in windows, and follow it",
+		Long: `Backfill loads [--from, --to) of an incremental pipeline: the leader splits it
+into the pipeline's windows and runs at most --concurrency of them at once.
+Windows committed before are skipped (and listed) unless --replace.`,
+		Example: `  sluice backfill events-incr --from 2026-11-01T00:00:00Z --to 2026-11-03T00:00:00Z --concurrency 4
+  sluice backfill status events-incr-bf0001 -o json`,
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completePipelines(&cf),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			stdout := cmd.OutOrStdout()
+			if id == "" && len(args) == 0 {
+				return &usageError{err: errors.New("name the pipeline: sluice backfill <pipeline> --from T1 --to T2"), path: cmd.CommandPath()}
+			}
+			cl, err := cf.connect("sluice-backfill", cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			ctx := cmd.Context()
+			var st protocol.BackfillStatus
+			if id != "" {
+				rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+				st, err = cl.client.GetBackfill(rctx, id)
+				cancel()
+				if err != nil {
+					return err
+				}
+			} else {
+				name := args[0]
+				req := protocol.BackfillRequest{Pipeline: name, Concurrency: conc, Replace: replace}
+				if req.From, req.To, req.Range, err = parseRange(fromS, toS); err != nil {
+					return err
+				}
+				rctx, cancel := context.WithTimeout(ctx, cf.timeout)
+				st, err = cl.client.Backfill(rctx, req)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("backfill %s: %w", name, err)
+				}
+				fmt.Fprintf(stdout, "backfill %s of %s: %s, %d at once\n", st.ID, st.Pipeline, backfillWindows(st), st.Concurrency)
+				printSkipped(stdout, st)
+			}
+			if noWait {
+				fmt.Fprintf(stdout, "follow it with: sluice backfill --id %s%s\n", st.ID, cf.again())
+				return nil
+			}
+			return followBackfill(ctx, cl, &cf, stdout, st)
+		},
+	}
+	fs := cmd.Flags()
 	cf.register(fs)
-	fromS := fs.String("from", "", "start of the range, RFC 3339 (inclusive), or an integer for integer windows")
-	toS := fs.String("to", "", "end of the range, RFC 3339 (exclusive), or an integer for integer windows")
-	conc := fs.Int("concurrency", 2, "windows loading at once (the leader enforces it)")
-	replace := fs.Bool("replace", false, "load windows committed before again, replacing their rows")
-	noWait := fs.Bool("no-wait", false, "start the backfill and return; follow it with 'sluice backfill --id ID'")
-	id := fs.String("id", "", "follow a backfill started before instead of starting one")
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
-	}
-	nc, err := cf.connect("sluice-backfill")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	c := coordinator.NewClient(nc)
+	fs.StringVar(&fromS, "from", "", "start of the range, RFC 3339 (inclusive), or an integer for integer windows")
+	fs.StringVar(&toS, "to", "", "end of the range, RFC 3339 (exclusive), or an integer for integer windows")
+	fs.IntVar(&conc, "concurrency", 2, "windows loading at once (the leader enforces it)")
+	fs.BoolVar(&replace, "replace", false, "load windows committed before again, replacing their rows")
+	fs.BoolVar(&noWait, "no-wait", false, "start the backfill and return; follow it with 'sluice backfill --id ID'")
+	fs.StringVar(&id, "id", "", "follow a backfill started before instead of starting one")
+	cmd.AddCommand(newBackfillStatusCmd())
+	return cmd
+}
 
-	var st protocol.BackfillStatus
-	if *id != "" {
-		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		st, err = c.GetBackfill(rctx, *id)
-		cancel()
-		if err != nil {
-			return err
-		}
-	} else {
-		if name == "" {
-			return errors.New("backfill: name the pipeline: sluice backfill <pipeline> --from T1 --to T2")
-		}
-		req := protocol.BackfillRequest{Pipeline: name, Concurrency: *conc, Replace: *replace}
-		if req.From, req.To, req.Range, err = parseRange(*fromS, *toS); err != nil {
-			return err
-		}
-		rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		st, err = c.Backfill(rctx, req)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("backfill %s: %w", name, err)
-		}
-		if st.Range != nil {
-			fmt.Fprintf(stdout, "backfill %s of %s: %s in %d windows of %d values, %d at once\n", st.ID, st.Pipeline, st.Range, st.Total, st.Span, st.Concurrency)
-		} else {
-			fmt.Fprintf(stdout, "backfill %s of %s: [%s, %s) in %d windows of %s, %d at once\n", st.ID, st.Pipeline,
-				st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window, st.Concurrency)
-		}
-		printSkipped(stdout, st)
+// newBackfillStatusCmd is `sluice backfill status <id>`: one backfill with
+// its windows.
+func newBackfillStatusCmd() *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "status <backfill-id>",
+		Short: "show a backfill and its windows",
+		Args:  pipelineArg("backfill id"),
 	}
-	if *noWait {
-		return nil
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+			st, err := cl.client.GetBackfill(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return out.print(cmd.OutOrStdout(), st, func(w io.Writer) { printBackfill(w, st) })
+		})
 	}
-	p := &backfillProgress{w: stdout, start: time.Now()}
-	st, err = c.WaitBackfill(ctx, st.ID, 500*time.Millisecond, p.update)
+	cf.register(cmd.Flags())
+	return cmd
+}
+
+// printBackfill shows a backfill and its windows.
+func printBackfill(w io.Writer, st protocol.BackfillStatus) {
+	replacing := ""
+	if st.Replace {
+		replacing = ", replacing committed windows"
+	}
+	fmt.Fprintf(w, "backfill %s of %s: %s, %s, %d at once%s\n", st.ID, st.Pipeline, st.State, backfillWindows(st), st.Concurrency, replacing)
+	fmt.Fprintf(w, "  %d committed (%d rows), %d running, %d queued, %d skipped, %d failed\n", st.Committed, st.Rows, st.Running, st.Queued, st.Skipped, st.Failed)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WINDOW\tSTATE\tRUN\tROWS\tERROR")
+	for _, win := range st.Windows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", win.Window, win.State, dash(win.Run), win.Rows, dash(truncate(win.Error, 80)))
+	}
+	tw.Flush()
+}
+
+// followBackfill follows backfill st to its end, showing its progress,
+// and prints its outcome.
+func followBackfill(ctx context.Context, cl *cluster, cf *clientFlags, stdout io.Writer, st protocol.BackfillStatus) error {
+	p := newBackfillProgress(stdout)
+	err := cl.follow(ctx, cf.lostAfter, 500*time.Millisecond, "backfill "+st.ID, "sluice backfill --id "+st.ID+cf.again(),
+		func(ctx context.Context) (bool, error) {
+			s, err := cl.client.GetBackfill(ctx, st.ID)
+			if err != nil {
+				return false, err
+			}
+			st = s
+			p.update(s)
+			return s.State == protocol.BackfillDone, nil
+		})
 	p.done()
 	if err != nil {
 		return err
 	}
 	return printBackfillOutcome(stdout, st)
+}
+
+// backfillWindows says which range a backfill loads and in how many
+// windows: of time, or of integer values.
+func backfillWindows(st protocol.BackfillStatus) string {
+	if st.Range != nil {
+		return fmt.Sprintf("%s in %d windows of %d values", st.Range, st.Total, st.Span)
+	}
+	return fmt.Sprintf("[%s, %s) in %d windows of %s", st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window)
 }
 
 // parseRange parses --from and --to: two RFC 3339 times, or two integers
@@ -159,31 +227,3 @@ func printBackfillOutcome(w io.Writer, st protocol.BackfillStatus) error {
 	}
 	return fmt.Errorf("backfill %s: %d window(s) failed; run the same backfill again to load them (committed windows are skipped)", st.ID, st.Failed)
 }
-
-// backfillProgress draws one line that updates in place.
-type backfillProgress struct {
-	w     io.Writer
-	start time.Time
-	last  int
-}
-
-func (p *backfillProgress) update(st protocol.BackfillStatus) {
-	const width = 24
-	todo := st.Total - st.Skipped
-	done := st.Committed + st.Failed
-	filled := width
-	if todo > 0 {
-		filled = width * done / todo
-	}
-	line := fmt.Sprintf("\r[%s%s] windows %d/%d done  %d running  %d queued  %d failed  %d rows  %.1fs",
-		strings.Repeat("#", filled), strings.Repeat(".", width-filled), done, todo, st.Running, st.Queued, st.Failed, st.Rows,
-		time.Since(p.start).Seconds())
-	pad := ""
-	if len(line) < p.last {
-		pad = strings.Repeat(" ", p.last-len(line))
-	}
-	p.last = len(line)
-	fmt.Fprint(p.w, line+pad)
-}
-
-func (p *backfillProgress) done() { fmt.Fprintln(p.w) }

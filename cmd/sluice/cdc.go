@@ -2,62 +2,77 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluicehq/sluice/coordinator"
+	"github.com/spf13/cobra"
+
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// runCDC is `sluice cdc status [pipeline] [--json]`.
-func runCDC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "status" {
-		return errors.New("usage: sluice cdc status [pipeline] [--json]")
-	}
-	args = args[1:]
-	fs := newFlagSet("cdc status", "cdc status [pipeline] [--json]", stderr)
+func newCDCCmd() *cobra.Command {
 	var cf clientFlags
-	cf.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
+	cmd := group(&cobra.Command{
+		Use:   "cdc",
+		Short: "change data capture: the streams of cdc and cdc_apply pipelines",
+	}, newCDCStatusCmd(&cf), newCDCWaitCmd(&cf))
+	cf.register(cmd.PersistentFlags())
+	return cmd
+}
+
+// newCDCStatusCmd is `sluice cdc status [pipeline]`.
+func newCDCStatusCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:               "status [pipeline]",
+		Short:             "each stream: its snapshot, holder, lease, position, lag and events",
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completePipelines(cf),
 	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	nc, err := cf.connect("sluice-cdc-status")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	st, err := coordinator.NewClient(nc).CDCStatus(ctx)
-	if err != nil {
-		return err
-	}
-	if name != "" {
-		kept := st.Streams[:0]
-		for _, s := range st.Streams {
-			if s.Pipeline == name {
-				kept = append(kept, s)
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+			st, err := cl.client.CDCStatus(ctx)
+			if err != nil {
+				return err
 			}
-		}
-		if len(kept) == 0 {
-			return fmt.Errorf("no cdc or cdc_apply pipeline %q", name)
-		}
-		st.Streams = kept
+			if len(args) > 0 {
+				if st.Streams = streamsOf(st.Streams, args[0]); len(st.Streams) == 0 {
+					return fmt.Errorf("no cdc or cdc_apply pipeline %q (sluice cdc status lists them)", args[0])
+				}
+			}
+			for i := range st.Streams {
+				st.Streams[i].Status.Error = connectors.Redact(st.Streams[i].Status.Error)
+			}
+			return out.print(cmd.OutOrStdout(), st, func(w io.Writer) { printCDCStatus(w, st, time.Now()) })
+		})
 	}
-	if *asJSON {
-		return printJSON(stdout, st)
+	return cmd
+}
+
+// describeSnapshot says how far an initial snapshot got.
+func describeSnapshot(sp *protocol.SnapshotProgress) string {
+	what := "snapshot"
+	switch sp.State {
+	case protocol.RunCommitted:
+		what += " done"
+	case protocol.RunFailed:
+		what += " failed (started again on a new slot)"
 	}
-	printCDCStatus(stdout, st, time.Now())
-	return nil
+	return fmt.Sprintf("%s: %d/%d tables, %d/%d chunks, %d rows (run %s)", what, sp.TablesDone, sp.Tables, sp.ChunksDone, sp.Chunks, sp.Rows, sp.Run)
+}
+
+// streamsOf keeps the stream of pipeline name.
+func streamsOf(streams []protocol.StreamInfo, name string) []protocol.StreamInfo {
+	var kept []protocol.StreamInfo
+	for _, s := range streams {
+		if s.Pipeline == name {
+			kept = append(kept, s)
+		}
+	}
+	return kept
 }
 
 func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
@@ -72,6 +87,7 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PIPELINE\tPATTERN\tPHASE\tWORKER (EPOCH)\tRENEWED\tSTATE\tCONFIRMED LSN\tLAG BYTES\tLAG TIME\tEVENTS\tLAST COMMIT")
+	var notes []string // below the table, which they would break
 	for _, s := range st.Streams {
 		holder, renewed := "-", "-"
 		if s.Worker != "" {
@@ -81,8 +97,8 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 			renewed = now.Sub(s.Renewed).Round(100*time.Millisecond).String() + " ago"
 		}
 		phase := s.Phase
-		if s.SnapshotRun != "" && s.Phase == "snapshot" {
-			phase += " (" + s.SnapshotRun + ")"
+		if sp := s.Snapshot; sp != nil && s.Phase == "snapshot" {
+			phase += fmt.Sprintf(" %d/%d", sp.ChunksDone, sp.Chunks)
 		}
 		state, confirmed, lagBytes, lagTime, last := dash(s.Status.State), "-", "-", "-", "-"
 		if s.Pattern == protocol.PatternCDC {
@@ -99,42 +115,55 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Pipeline, s.Pattern, phase, holder, renewed,
 			state, confirmed, lagBytes, lagTime, s.Status.Events, last)
+		if sp := s.Snapshot; sp != nil {
+			notes = append(notes, s.Pipeline+" "+describeSnapshot(sp))
+		}
 		if s.Status.Error != "" {
-			fmt.Fprintf(tw, "  last error: %s\n", s.Status.Error)
+			notes = append(notes, s.Pipeline+" last error: "+s.Status.Error)
+		}
+		for _, tb := range s.Status.Tables {
+			line := "  table " + tb.Table + " " + tb.State
+			if tb.Seq > 0 {
+				line += fmt.Sprintf(" at seq %d", tb.Seq)
+			}
+			if !tb.Since.IsZero() {
+				line += " since " + tb.Since.UTC().Format(time.RFC3339)
+			}
+			if tb.Error != "" {
+				line += ": " + tb.Error
+			}
+			fmt.Fprintln(tw, line)
 		}
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
 }
 
-// runDelete is `sluice delete <pipeline>`.
-func runDelete(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("delete", "delete <pipeline>", stderr)
+// newDeleteCmd is `sluice delete <pipeline>`.
+func newDeleteCmd() *cobra.Command {
 	var cf clientFlags
-	cf.register(fs)
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
+	cmd := &cobra.Command{
+		Use:               "delete <pipeline>",
+		Short:             "delete a pipeline (a cdc pipeline's slot, publication and events go with it); its data stays",
+		Args:              pipelineArg("pipeline"),
+		ValidArgsFunction: completePipelines(&cf),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+				reply, err := cl.client.Delete(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				stdout := cmd.OutOrStdout()
+				fmt.Fprintf(stdout, "pipeline %s deleted\n", reply.Pipeline)
+				if reply.Cleanup != "" {
+					fmt.Fprintf(stdout, "the leader removes the %s once the stream stopped (sluice cdc status shows it until then)\n", reply.Cleanup)
+				}
+				return nil
+			})
+		},
 	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if name == "" {
-		return errors.New("usage: sluice delete <pipeline>")
-	}
-	nc, err := cf.connect("sluice-delete")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	reply, err := coordinator.NewClient(nc).Delete(ctx, name)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "pipeline %s deleted\n", reply.Pipeline)
-	if reply.Cleanup != "" {
-		fmt.Fprintf(stdout, "the leader removes the %s once the stream stopped (sluice cdc status shows it until then)\n", reply.Cleanup)
-	}
-	return nil
+	cf.register(cmd.Flags())
+	return cmd
 }

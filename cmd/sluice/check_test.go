@@ -24,7 +24,7 @@ func TestParseRange(t *testing.T) {
 			t.Errorf("parseRange(%q, %q) accepted", bad[0], bad[1])
 		}
 	}
-	if err := runCheck(context.Background(), []string{"--from", "0", "--to", "1"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "name the pipeline") {
+	if err := run(context.Background(), []string{"check", "--from", "0", "--to", "1"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "name the pipeline") {
 		t.Errorf("check without a pipeline: %v", err)
 	}
 }

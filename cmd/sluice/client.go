@@ -2,173 +2,97 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/coordinator"
-	"github.com/sluicehq/sluice/pipeline"
+	"github.com/spf13/cobra"
+
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// stringList is a repeatable flag.
-type stringList []string
-
-func (s *stringList) String() string     { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
-
-func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("apply", "apply -f spec.yaml [-f more.yaml]", stderr)
-	var cf clientFlags
-	cf.register(fs)
-	var paths stringList
-	fs.Var(&paths, "f", "pipeline spec file (YAML); repeat for several")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if len(paths) == 0 {
-		return errors.New("apply: give at least one spec with -f")
-	}
-	specs, err := loadSpecs(paths, newRegistry(), stderr)
-	if err != nil {
-		return err
-	}
-	nc, err := cf.connect("sluice-apply")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	c := coordinator.NewClient(nc)
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	for _, s := range specs {
-		res, err := c.Apply(ctx, s)
-		if err != nil {
-			return fmt.Errorf("apply %s: %w", s.Name, err)
-		}
-		verb := "updated"
-		if res.Created {
-			verb = "created"
-		}
-		fmt.Fprintf(stdout, "pipeline %s %s (revision %d)\n", res.Pipeline, verb, res.Revision)
-	}
-	return nil
-}
-
-// loadSpecs parses and validates every file before anything is sent, so a
-// bad file changes nothing. Relative paths resolve against the spec's
-// directory.
-func loadSpecs(paths []string, reg *connectors.Registry, stderr io.Writer) ([]pipeline.Spec, error) {
-	var specs []pipeline.Spec
-	var errs []error
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		unset := map[string]bool{}
-		lookup := func(k string) (string, bool) {
-			v, ok := os.LookupEnv(k)
-			if !ok {
-				unset[k] = true
+func newRunCmd() *cobra.Command {
+	var (
+		cf      clientFlags
+		params  []string
+		wait    bool
+		logical string
+		window  string
+	)
+	cmd := &cobra.Command{
+		Use:   "run <pipeline>",
+		Short: "start a run of a pipeline; --wait follows it to its end",
+		Example: `  sluice run events-full --wait
+  sluice run events-incr --window 2026-11-01T00:00:00Z,2026-11-01T01:00:00Z --wait`,
+		Args:              pipelineArg("pipeline"),
+		ValidArgsFunction: completePipelines(&cf),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			req := protocol.RunRequest{Pipeline: name, Params: map[string]string{}}
+			if err := parseParams(params, req.Params); err != nil {
+				return err
 			}
-			return v, ok
-		}
-		s, err := pipeline.Load(data, p, reg, lookup)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, k := range sortedKeys(unset) {
-			fmt.Fprintf(stderr, "note: %s: %s is not set here, so the fields using it were not checked; it must be set where the coordinator and workers run\n", p, k)
-		}
-		abs, err := filepath.Abs(filepath.Dir(p))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := s.ResolvePaths(abs); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		specs = append(specs, s)
+			if logical != "" {
+				t, err := time.Parse(time.RFC3339, logical)
+				if err != nil {
+					return fmt.Errorf("--logical-time %q: want RFC 3339, such as 2026-01-01T00:00:00Z", logical)
+				}
+				req.LogicalTime = t
+			}
+			if window != "" {
+				a, b, ok := strings.Cut(window, ",")
+				from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
+				to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
+				if w, values := valueRange(a, b); ok && values {
+					req.Window = &w
+				} else if !ok || err1 != nil || err2 != nil {
+					return fmt.Errorf("--window %q: want FROM,TO in RFC 3339, or two integers", window)
+				} else {
+					req.Window = &protocol.Window{From: from, To: to}
+				}
+			}
+			return runRun(cmd.Context(), &cf, req, wait, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	return specs, errors.Join(errs...)
+	fs := cmd.Flags()
+	cf.register(fs)
+	fs.StringArrayVar(&params, "param", nil, "run parameter `k=v`; repeat for several")
+	fs.BoolVar(&wait, "wait", false, "wait for the run to end, showing progress")
+	fs.StringVar(&logical, "logical-time", "", "the run's logical time, RFC 3339 (windowed and partitioned patterns)")
+	fs.StringVar(&window, "window", "", "incremental pipelines: load exactly `FROM,TO` (RFC 3339, or two integers) again, replacing its rows; the watermark stays")
+	return cmd
 }
 
-func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run <pipeline> [--param k=v] [--wait]", stderr)
-	var cf clientFlags
-	cf.register(fs)
-	var params stringList
-	fs.Var(&params, "param", "run parameter k=v; repeat for several")
-	wait := fs.Bool("wait", false, "wait for the run to end, showing progress")
-	logical := fs.String("logical-time", "", "the run's logical time, RFC 3339 (windowed and partitioned patterns)")
-	window := fs.String("window", "", "incremental pipelines: load exactly FROM,TO (RFC 3339) again, replacing its rows; the watermark stays")
-	// Allow the pipeline name before the flags: sluice run orders --wait.
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if name == "" && fs.NArg() > 0 {
-		name = fs.Arg(0)
-	}
-	if name == "" {
-		return errors.New("run: name the pipeline: sluice run <pipeline>")
-	}
-	req := protocol.RunRequest{Pipeline: name, Params: map[string]string{}}
+// parseParams adds the k=v flags to m.
+func parseParams(params []string, m map[string]string) error {
 	for _, p := range params {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok || k == "" {
 			return fmt.Errorf("--param %q: want key=value", p)
 		}
-		req.Params[k] = v
+		m[k] = v
 	}
-	if *logical != "" {
-		t, err := time.Parse(time.RFC3339, *logical)
-		if err != nil {
-			return fmt.Errorf("--logical-time: %w", err)
-		}
-		req.LogicalTime = t
-	}
-	if *window != "" {
-		a, b, ok := strings.Cut(*window, ",")
-		from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
-		to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
-		if w, values := valueRange(a, b); ok && values {
-			req.Window = &w
-		} else if !ok || err1 != nil || err2 != nil {
-			return fmt.Errorf("--window %q: want FROM,TO in RFC 3339, or two integers", *window)
-		} else {
-			req.Window = &protocol.Window{From: from, To: to}
-		}
-	}
-	nc, err := cf.connect("sluice-run")
+	return nil
+}
+
+func runRun(ctx context.Context, cf *clientFlags, req protocol.RunRequest, wait bool, stdout, stderr io.Writer) error {
+	cl, err := cf.connect("sluice-run", stderr)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	c := coordinator.NewClient(nc)
+	defer cl.Close()
 	rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	res, err := c.Run(rctx, req)
+	res, err := cl.client.Run(rctx, req)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("run %s: %w", name, err)
+		return fmt.Errorf("run %s: %w", req.Pipeline, err)
 	}
 	if res.UpToDate {
-		fmt.Fprintf(stdout, "pipeline %s is up to date: the watermark %s has reached now - lag; no run\n", name, res.Window.From.Format(time.RFC3339Nano))
+		fmt.Fprintf(stdout, "pipeline %s is up to date: the watermark %s has reached now - lag; no run\n", req.Pipeline, res.Window.From.Format(time.RFC3339Nano))
 		return nil
 	}
 	if res.WaitingFor != "" {
@@ -178,21 +102,83 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	} else {
 		fmt.Fprintf(stdout, "run %s started: %d tasks\n", res.RunID, res.Tasks)
 	}
-	if !*wait {
+	if !wait {
 		return nil
 	}
-	p := newProgress(stdout)
-	st, err := c.WaitRun(ctx, res.RunID, 250*time.Millisecond, p.update)
-	p.done()
+	st, err := followRun(ctx, cf, cl, res.RunID, stdout)
 	if err != nil {
 		return err
 	}
 	return printOutcome(stdout, st)
 }
 
-func printOutcome(w io.Writer, st protocol.RunStatus) error {
+// followRun shows a run's progress on w until it ends and returns its last
+// status.
+func followRun(ctx context.Context, cf *clientFlags, cl *cluster, runID string, w io.Writer) (protocol.RunStatus, error) {
+	p := newProgress(w)
+	var st protocol.RunStatus
+	err := cl.follow(ctx, cf.lostAfter, 250*time.Millisecond, "run "+runID, "sluice status --run "+runID+" --wait"+cf.again(),
+		func(ctx context.Context) (bool, error) {
+			s, err := cl.client.GetRun(ctx, runID)
+			if err != nil {
+				return false, err
+			}
+			st = s
+			p.update(s)
+			return s.State == protocol.RunCommitted || s.State == protocol.RunFailed, nil
+		})
+	p.done()
+	return st, err
+}
+
+// runFailed is the error of a run that did not commit.
+func runFailed(st protocol.RunStatus) error {
 	if st.State != protocol.RunCommitted {
 		return fmt.Errorf("run %s %s: %s", st.RunID, st.State, st.Error)
+	}
+	return nil
+}
+
+// statusWait is `sluice status --run ID --wait`: it follows the run, then
+// shows it; a failed run is an error.
+func statusWait(cmd *cobra.Command, cf *clientFlags, out *outputFlag, runID string) error {
+	cl, err := cf.connect("sluice-status", cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	stdout, progress := cmd.OutOrStdout(), cmd.OutOrStdout()
+	if out.isJSON() {
+		progress = cmd.ErrOrStderr()
+	}
+	st, err := followRun(cmd.Context(), cf, cl, runID, progress)
+	if err != nil {
+		return err
+	}
+	if !out.isJSON() {
+		return printOutcome(stdout, st)
+	}
+	if err := printJSON(stdout, redactRun(st)); err != nil {
+		return err
+	}
+	return runFailed(st)
+}
+
+// again is the cluster flags to repeat in a command this one suggests.
+func (c *clientFlags) again() string {
+	s := ""
+	if c.natsURL != "" {
+		s += " --nats " + c.natsURL
+	}
+	if c.dataDir != ".sluice" && c.natsURL == "" {
+		s += " --data-dir " + c.dataDir
+	}
+	return s
+}
+
+func printOutcome(w io.Writer, st protocol.RunStatus) error {
+	if err := runFailed(st); err != nil {
+		return err
 	}
 	fmt.Fprintf(w, "run %s committed: %d rows, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, humanBytes(st.Bytes), st.Version, st.Location)
 	if st.Window != nil {
@@ -210,54 +196,59 @@ func printOutcome(w io.Writer, st protocol.RunStatus) error {
 	return nil
 }
 
-func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [pipeline] [--run ID] [--json]", stderr)
-	var cf clientFlags
+func newStatusCmd() *cobra.Command {
+	var (
+		cf    clientFlags
+		runID string
+		wait  bool
+		limit int
+	)
+	cmd := &cobra.Command{
+		Use:   "status [pipeline]",
+		Short: "show pipelines, runs and workers, or one run with its tasks (--run)",
+		Example: `  sluice status
+  sluice status events-full -o json
+  sluice status --run events-full-000001 --wait`,
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completePipelines(&cf),
+	}
+	out := addOutputFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if wait && runID == "" {
+			return &usageError{err: errors.New("--wait follows one run: give --run ID"), path: cmd.CommandPath()}
+		}
+		stdout := cmd.OutOrStdout()
+		if wait {
+			return statusWait(cmd, &cf, out, runID)
+		}
+		return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+			if runID != "" {
+				st, err := cl.client.GetRun(ctx, runID)
+				if err != nil {
+					return err
+				}
+				st = redactRun(st)
+				return out.print(stdout, st, func(w io.Writer) { printRun(w, st) })
+			}
+			req := protocol.StatusRequest{Limit: limit}
+			if len(args) > 0 {
+				req.Pipeline = args[0]
+			}
+			st, err := cl.client.Status(ctx, req)
+			if err != nil {
+				return err
+			}
+			st = redactStatus(st)
+			return out.print(stdout, st, func(w io.Writer) { printStatus(w, st) })
+		})
+	}
+	fs := cmd.Flags()
 	cf.register(fs)
-	runID := fs.String("run", "", "show one run with its tasks")
-	asJSON := fs.Bool("json", false, "print JSON")
-	limit := fs.Int("limit", 10, "runs to list")
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
-	}
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	nc, err := cf.connect("sluice-status")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	c := coordinator.NewClient(nc)
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	if *runID != "" {
-		st, err := c.GetRun(ctx, *runID)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return printJSON(stdout, st)
-		}
-		printRun(stdout, st)
-		return nil
-	}
-	st, err := c.Status(ctx, protocol.StatusRequest{Pipeline: name, Limit: *limit})
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return printJSON(stdout, st)
-	}
-	printStatus(stdout, st)
-	return nil
-}
-
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	fs.StringVar(&runID, "run", "", "show one run with its tasks")
+	fs.BoolVar(&wait, "wait", false, "with --run: follow the run until it ends, then show it")
+	fs.IntVar(&limit, "limit", 10, "runs to list")
+	_ = cmd.RegisterFlagCompletionFunc("run", completeRuns(&cf))
+	return cmd
 }
 
 func printStatus(w io.Writer, st protocol.StatusReply) {
@@ -398,45 +389,4 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-// progress draws one line that updates in place.
-type progress struct {
-	w     io.Writer
-	start time.Time
-	last  int
-}
-
-func newProgress(w io.Writer) *progress { return &progress{w: w, start: time.Now()} }
-
-func (p *progress) update(st protocol.RunStatus) {
-	const width = 24
-	filled := 0
-	if st.Tasks > 0 {
-		filled = width * st.TasksDone / st.Tasks
-	}
-	secs := time.Since(p.start).Seconds()
-	rate := 0.0
-	if secs > 0 {
-		rate = float64(st.Rows) / secs
-	}
-	line := fmt.Sprintf("\r[%s%s] %s %d/%d tasks  %d rows  %s  %.0f rows/s  %.1fs", strings.Repeat("#", filled), strings.Repeat(".", width-filled),
-		st.State, st.TasksDone, st.Tasks, st.Rows, humanBytes(st.Bytes), rate, secs)
-	pad := ""
-	if len(line) < p.last {
-		pad = strings.Repeat(" ", p.last-len(line))
-	}
-	p.last = len(line)
-	fmt.Fprint(p.w, line+pad)
-}
-
-func (p *progress) done() { fmt.Fprintln(p.w) }
-
-func sortedKeys(m map[string]bool) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, "${"+k+"}")
-	}
-	sort.Strings(ks)
-	return ks
 }

@@ -4,77 +4,106 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
 
-func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("coordinator", "coordinator --node-id a --raft-addr 127.0.0.1:7001 [--raft-peers a=host:7001,b=host:7002,c=host:7003 --bootstrap] --nats nats://...", stderr)
-	var cf clientFlags
-	cf.register(fs)
-	var lf logFlags
-	lf.register(fs)
-	nodeID := fs.String("node-id", "", "this node's id in the Raft cluster (required)")
-	raftDir := fs.String("raft-dir", "", "where Raft keeps its log and snapshots (default <data-dir>/raft-<node-id>)")
-	raftAddr := fs.String("raft-addr", "127.0.0.1:7001", "Raft transport address (host:port) other coordinators reach")
-	peers := fs.String("raft-peers", "", "the whole Raft cluster as id=host:port,... (empty: a single node)")
-	bootstrap := fs.Bool("bootstrap", false, "bootstrap a new cluster from --raft-peers (on exactly one node, once)")
-	replicas := fs.Int("replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
-	httpAddr := fs.String("http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
-	token := fs.String("api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires")
-	if err := parse(fs, args); err != nil {
-		return err
+// coordinatorOptions are the flags of `sluice coordinator`.
+type coordinatorOptions struct {
+	cf        clientFlags
+	lf        logFlags
+	nodeID    string
+	raftDir   string
+	raftAddr  string
+	peers     string
+	bootstrap bool
+	replicas  int
+	httpAddr  string
+	token     string
+}
+
+func newCoordinatorCmd() *cobra.Command {
+	var o coordinatorOptions
+	cmd := &cobra.Command{
+		Use:   "coordinator --node-id a --raft-addr 127.0.0.1:7001 [--raft-peers a=host:7001,b=host:7002,c=host:7003 --bootstrap]",
+		Short: "run one coordinator node (a Raft member; the leader plans and commits)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCoordinator(cmd.Context(), o, cmd.ErrOrStderr())
+		},
 	}
-	if *nodeID == "" {
-		return fmt.Errorf("--node-id is required")
-	}
-	log, err := lf.logger(stderr)
+	fs := cmd.Flags()
+	o.cf.registerServer(fs)
+	o.lf.register(fs)
+	fs.StringVar(&o.nodeID, "node-id", "", "this node's id in the Raft cluster (required)")
+	fs.StringVar(&o.raftDir, "raft-dir", "", "where Raft keeps its log and snapshots (default <data-dir>/raft-<node-id>)")
+	fs.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:7001", "Raft transport address (host:port) other coordinators reach")
+	fs.StringVar(&o.peers, "raft-peers", "", "the whole Raft cluster as id=host:port,... (empty: a single node)")
+	fs.BoolVar(&o.bootstrap, "bootstrap", false, "bootstrap a new cluster from --raft-peers (on exactly one node, once)")
+	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
+	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
+	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN)")
+	_ = cmd.MarkFlagRequired("node-id")
+	return cmd
+}
+
+func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer) error {
+	log, err := o.lf.logger(stderr)
 	if err != nil {
 		return err
 	}
-	ps, err := parsePeers(*peers)
+	ps, err := parsePeers(o.peers)
 	if err != nil {
 		return err
 	}
-	dir := *raftDir
+	dir := o.raftDir
 	if dir == "" {
-		dir = cf.dataDir + "/raft-" + *nodeID
+		dir = o.cf.dataDir + "/raft-" + o.nodeID
+	}
+	var ln net.Listener
+	if o.httpAddr != "" {
+		// Refuse a taken address before joining the cluster.
+		if ln, err = listenAPI(o.httpAddr); err != nil {
+			return err
+		}
+		defer ln.Close()
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	nc, err := nats.Connect(cf.url(), nats.Name("sluice-coordinator-"+*nodeID), nats.MaxReconnects(-1))
+	url, from := o.cf.serverURL()
+	nc, err := nats.Connect(url, nats.Name("sluice-coordinator-"+o.nodeID), nats.MaxReconnects(-1))
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", cf.url(), err)
+		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	defer nc.Close()
-	reg := newRegistry()
+	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
+	reg := newRegistryIn("the coordinator " + o.nodeID)
 	c, err := coordinator.New(coordinator.Config{
-		NodeID: *nodeID, DataDir: dir, RaftBind: *raftAddr, Peers: ps, Bootstrap: *bootstrap || len(ps) == 0,
-		StreamReplicas: *replicas,
+		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
+		StreamReplicas: o.replicas,
 	}, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}
-	if *httpAddr != "" {
+	if ln != nil {
 		js, err := jetstream.New(nc)
 		if err != nil {
 			return err
 		}
-		_, stop, err := serveAPI(ctx, *httpAddr, coordinator.NewClient(nc), js, reg, *token, log)
-		if err != nil {
-			return err
-		}
+		stop := serveAPI(ctx, ln, coordinator.NewClient(nc), js, reg, o.token, log)
 		defer stop()
 	}
 	return c.Run(ctx)
@@ -95,19 +124,36 @@ func parsePeers(s string) ([]coordinator.Peer, error) {
 	return ps, nil
 }
 
-func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("worker", "worker --nats nats://... [--slots N]", stderr)
-	var cf clientFlags
-	cf.register(fs)
-	var lf logFlags
-	lf.register(fs)
-	id := fs.String("id", "", "worker id (default host-pid-random)")
-	slots := fs.Int("slots", 2, "tasks run at once")
-	drain := fs.Duration("drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
-	if err := parse(fs, args); err != nil {
-		return err
+// workerOptions are the flags of `sluice worker`.
+type workerOptions struct {
+	cf    clientFlags
+	lf    logFlags
+	id    string
+	slots int
+	drain time.Duration
+}
+
+func newWorkerCmd() *cobra.Command {
+	var o workerOptions
+	cmd := &cobra.Command{
+		Use:   "worker [--slots N]",
+		Short: "run a worker that pulls tasks from JetStream and holds streams",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runWorker(cmd.Context(), o, cmd.ErrOrStderr())
+		},
 	}
-	log, err := lf.logger(stderr)
+	fs := cmd.Flags()
+	o.cf.registerServer(fs)
+	o.lf.register(fs)
+	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
+	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
+	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
+	return cmd
+}
+
+func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
+	log, err := o.lf.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -116,15 +162,18 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	nc, err := nats.Connect(cf.url(), nats.Name("sluice-worker"), nats.MaxReconnects(-1))
+	url, from := o.cf.serverURL()
+	nc, err := nats.Connect(url, nats.Name("sluice-worker"), nats.MaxReconnects(-1))
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", cf.url(), err)
+		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	defer nc.Close()
-	w, err := worker.New(worker.Config{ID: *id, Slots: *slots, DrainTimeout: *drain}, nc, newRegistry(), log, tp)
+	reg := newRegistryIn("a worker")
+	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}
-	log.Info("worker started", "id", w.ID(), "slots", *slots, "nats", cf.url())
+	reg.SetProcess(fmt.Sprintf("the worker %s (pid %d)", w.ID(), os.Getpid()))
+	log.Info("worker started", "id", w.ID(), "slots", o.slots, "nats", url, "nats_from", from)
 	return w.Run(ctx)
 }

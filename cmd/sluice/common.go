@@ -2,60 +2,36 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/builtin"
 )
 
 // newRegistry registers every connector this build has.
-func newRegistry() *connectors.Registry { return builtin.Registry() }
-
-// clientFlags are the flags of every command that talks to a cluster.
-type clientFlags struct {
-	natsURL string
-	dataDir string
-	timeout time.Duration
+func newRegistry() *connectors.Registry {
+	return newRegistryIn("")
 }
 
-func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.natsURL, "nats", "", "NATS server `URL`(s), comma-separated (default $SLUICE_NATS, then the URL a local sluice dev wrote in --data-dir, then nats://127.0.0.1:4222)")
-	fs.StringVar(&c.dataDir, "data-dir", ".sluice", "data `directory` of a local sluice dev, where it writes nats.url")
-	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for the cluster to answer")
-}
-
-// url finds the NATS URL: the flag, $SLUICE_NATS, the file a local dev
-// process wrote, or the NATS default.
-func (c *clientFlags) url() string {
-	if c.natsURL != "" {
-		return c.natsURL
+// newRegistryIn registers every connector this build has, for a process
+// that opens connectors: an unset `${NAME}` is said to be missing from the
+// environment of what (its pid added).
+func newRegistryIn(what string) *connectors.Registry {
+	reg := connectors.NewRegistry()
+	if what != "" {
+		reg.SetProcess(fmt.Sprintf("%s (pid %d)", what, os.Getpid()))
 	}
-	if u := os.Getenv("SLUICE_NATS"); u != "" {
-		return u
-	}
-	if b, err := os.ReadFile(filepath.Join(c.dataDir, "nats.url")); err == nil {
-		return strings.TrimSpace(string(b))
-	}
-	return nats.DefaultURL
-}
-
-func (c *clientFlags) connect(name string) (*nats.Conn, error) {
-	url := c.url()
-	nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(5*time.Second))
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s (is a cluster running? start one with `sluice dev`): %w", url, err)
-	}
-	return nc, nil
+	builtin.Register(reg)
+	return reg
 }
 
 // logFlags configure the process logger.
@@ -64,7 +40,7 @@ type logFlags struct {
 	format string
 }
 
-func (l *logFlags) register(fs *flag.FlagSet) {
+func (l *logFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
 }
@@ -72,7 +48,7 @@ func (l *logFlags) register(fs *flag.FlagSet) {
 func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(l.level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level: %q is not debug, info, warn or error", l.level)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
 	var h slog.Handler
@@ -87,23 +63,46 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return slog.New(h), nil
 }
 
-// parse parses flags, reporting -h as flag.ErrHelp after printing usage.
-func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
+// outputFlag is --output (-o) of a read command: a table for people or
+// JSON for programs. --json is kept as another name for -o json.
+type outputFlag struct {
+	format string
+	json   bool
+}
+
+// addOutputFlag adds --output to cmd, checked before cmd runs.
+func addOutputFlag(cmd *cobra.Command) *outputFlag {
+	o := &outputFlag{}
+	fs := cmd.Flags()
+	fs.StringVarP(&o.format, "output", "o", "table", "output format: table or json")
+	fs.BoolVar(&o.json, "json", false, "the same as --output json")
+	_ = fs.MarkHidden("json")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if o.format != "table" && o.format != "json" {
+			return &usageError{err: fmt.Errorf("--output %q: want table or json", o.format), path: cmd.CommandPath()}
+		}
+		return nil
 	}
+	return o
+}
+
+// isJSON reports whether JSON was asked for.
+func (o *outputFlag) isJSON() bool { return o.format == "json" || o.json }
+
+// print prints v as JSON when it was asked for, else calls table.
+func (o *outputFlag) print(w io.Writer, v any, table func(w io.Writer)) error {
+	if o.isJSON() {
+		return printJSON(w, v)
+	}
+	table(w)
 	return nil
 }
 
-// newFlagSet makes a flag set that prints to stderr and returns errors.
-func newFlagSet(name, usageLine string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: sluice %s\n\nFlags:\n", usageLine)
-		fs.PrintDefaults()
-	}
-	return fs
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // waitShutdown waits for fn with a deadline, for orderly shutdown steps.
@@ -114,4 +113,15 @@ func waitShutdown(ctx context.Context, d time.Duration, fn func(context.Context)
 		return err
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal, where a progress line may be
+// redrawn in place.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -13,12 +13,16 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
+// demoSpec is the pipeline sluice demo runs by default.
 const demoSpec = `# The pipeline sluice demo runs: a full load of a directory of JSONL files
 # into a versioned dataset directory, 4 files per task.
 name: demo-events
@@ -40,20 +44,76 @@ retry:
   backoff: 1s
 `
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "demo [flags]", stderr)
-	dir := fs.String("dir", ".sluice-demo", "where the demo writes its data, state and traces (emptied first)")
-	rows := fs.Int("rows", 240_000, "rows to generate")
-	nfiles := fs.Int("files", 48, "files to spread them over")
-	workers := fs.Int("workers", 2, "workers")
-	slots := fs.Int("slots", 2, "tasks per worker at once")
-	var lf logFlags
-	lf.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
+// demoIcebergSpec is the pipeline sluice demo --sink iceberg runs: the same
+// files into an Iceberg table of a local warehouse, its columns declared
+// (JSONL files do not describe theirs), with the SQLite catalog.
+const demoIcebergSpec = `# The pipeline sluice demo --sink iceberg runs: a full load of a directory of
+# JSONL files into an Apache Iceberg table (typed Parquet, zstd) in a local
+# warehouse with a SQLite catalog, 4 files per task.
+name: demo-events
+pattern: full_load
+description: copy the generated events into an Iceberg table
+source:
+  kind: files
+  path: in
+  format: jsonl
+sink:
+  kind: iceberg
+  table: demo.events
+  warehouse: %s
+  keep_versions: 3
+  columns:
+    - {name: id, type: int64, not_null: true}
+    - {name: user, type: string}
+    - {name: kind, type: string}
+    - {name: amount, type: decimal, precision: 12, scale: 2}
+    - {name: currency, type: string}
+    - {name: country, type: string}
+    - {name: tags, type: list, elem: {name: element, type: string}}
+    - {name: note, type: string}
+    - {name: at, type: timestamptz}
+partitioning:
+  max_files: 4
+retry:
+  max_attempts: 3
+  backoff: 1s
+`
+
+// demoOptions are the flags of `sluice demo`.
+type demoOptions struct {
+	dir, sink                   string
+	rows, files, workers, slots int
+	lf                          logFlags
+}
+
+func newDemoCmd() *cobra.Command {
+	var o demoOptions
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "load a generated 240k-row dataset on an embedded cluster and verify it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runDemo(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
 	}
-	if *rows < 1 || *nfiles < 1 || *workers < 1 || *slots < 1 {
+	fs := cmd.Flags()
+	fs.StringVar(&o.dir, "dir", ".sluice-demo", "where the demo writes its data, state and traces (emptied first)")
+	fs.StringVar(&o.sink, "sink", "files", "where the demo loads the events: files (a versioned JSONL dataset) or iceberg (an Iceberg table in a local warehouse)")
+	fs.IntVar(&o.rows, "rows", 240_000, "rows to generate")
+	fs.IntVar(&o.files, "files", 48, "files to spread them over")
+	fs.IntVar(&o.workers, "workers", 2, "workers")
+	fs.IntVar(&o.slots, "slots", 2, "tasks per worker at once")
+	o.lf.register(fs)
+	return cmd
+}
+
+func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error {
+	lf := o.lf
+	if o.rows < 1 || o.files < 1 || o.workers < 1 || o.slots < 1 {
 		return errors.New("demo: --rows, --files, --workers and --slots must be at least 1")
+	}
+	if o.sink != "files" && o.sink != "iceberg" {
+		return fmt.Errorf("demo: --sink %q: want files or iceberg", o.sink)
 	}
 	if lf.level == "info" {
 		lf.level = "warn" // the demo prints its own story; logs only for trouble
@@ -62,22 +122,30 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	root, err := filepath.Abs(*dir)
+	root, err := filepath.Abs(o.dir)
 	if err != nil {
 		return err
+	}
+	if pid, held := devcluster.LockHolder(filepath.Join(root, "cluster")); held {
+		return fmt.Errorf("demo: another demo (pid %d) runs in %s: wait for it, or give --dir another directory", pid, root)
 	}
 	if err := os.RemoveAll(root); err != nil {
 		return fmt.Errorf("empty %s: %w", root, err)
 	}
 	in := filepath.Join(root, "in")
-	fmt.Fprintf(stdout, "1/5 generating %d rows in %d JSONL files under %s\n", *rows, *nfiles, in)
-	genBytes, err := generateEvents(in, *rows, *nfiles)
+	fmt.Fprintf(stdout, "1/5 generating %d rows in %d JSONL files under %s\n", o.rows, o.files, in)
+	genBytes, err := generateEvents(in, o.rows, o.files)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "    %s written\n", humanBytes(genBytes))
 	specPath := filepath.Join(root, "demo.yaml")
-	if err := os.WriteFile(specPath, []byte(demoSpec), 0o644); err != nil {
+	spec := demoSpec
+	lake := filepath.Join(root, "lake")
+	if o.sink == "iceberg" {
+		spec = fmt.Sprintf(demoIcebergSpec, lake)
+	}
+	if err := os.WriteFile(specPath, []byte(spec), 0o644); err != nil {
 		return err
 	}
 
@@ -91,14 +159,14 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	reg := newRegistry()
+	reg := newRegistryIn("sluice demo")
 	var final protocol.RunStatus
 	err = devcluster.Run(ctx, devcluster.Config{
-		DataDir: filepath.Join(root, "cluster"), Workers: *workers, Slots: *slots,
+		DataDir: filepath.Join(root, "cluster"), Workers: o.workers, Slots: o.slots,
 		Log: log, Tracer: tp, Registry: reg,
 	}, func(ctx context.Context, l *devcluster.Cluster) error {
-		fmt.Fprintf(stdout, "2/5 embedded cluster up: NATS %s, 1 Raft coordinator, %d workers x %d slots\n", l.NATSURL, *workers, *slots)
-		specs, err := loadSpecs([]string{specPath}, reg, stderr)
+		fmt.Fprintf(stdout, "2/5 embedded cluster up: NATS %s, 1 Raft coordinator, %d workers x %d slots\n", l.NATSURL, o.workers, o.slots)
+		specs, err := loadSpecs([]string{specPath}, reg, nil, stderr)
 		if err != nil {
 			return err
 		}
@@ -128,6 +196,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "4/5 committed dataset version %d: %d rows, %s\n", final.Version, final.Rows, humanBytes(final.Bytes))
 
+	if o.sink == "iceberg" {
+		return verifyIcebergDemo(ctx, stdout, in, lake, final, traceFile, specPath)
+	}
 	out := filepath.Join(root, "out")
 	if err := verifyDemo(stdout, in, out, final); err != nil {
 		return err
@@ -136,7 +207,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cur, _ := files.Current(out)
 	fmt.Fprintf(stdout, "\nWhere things are:\n  data:    %s (-> %s), earlier versions kept beside it\n  marker:  %s (written after the commit)\n  trace:   %s, %d spans in %s\n  spec:    %s\n",
 		filepath.Join(out, "current"), filepath.Base(cur), final.Marker, final.TraceID, spans, traceFile, specPath)
-	fmt.Fprintf(stdout, "\nNext: `go run ./cmd/sluice dev` keeps a cluster running; in another shell `go run ./cmd/sluice apply -f %s`,\n`go run ./cmd/sluice run demo-events --wait` and `go run ./cmd/sluice status`.\n", specPath)
+	fmt.Fprintf(stdout, "\nNext: `make build`, then `bin/sluice dev` keeps a cluster running; in another shell, from the same directory,\n`bin/sluice apply -f %s`, `bin/sluice run demo-events --wait` and `bin/sluice status`.\n", specPath)
 	return nil
 }
 
@@ -161,6 +232,32 @@ func verifyDemo(stdout io.Writer, in, out string, st protocol.RunStatus) error {
 		return errors.New("verify: the output does not match the source")
 	}
 	fmt.Fprintln(stdout, "    OK: every source row is in the output exactly once")
+	return nil
+}
+
+// verifyIcebergDemo compares the Iceberg table with the source: the
+// current snapshot's row count, and the run's checksum (of the rows the
+// sink received) with the source files'.
+func verifyIcebergDemo(ctx context.Context, stdout io.Writer, in, lake string, st protocol.RunStatus, traceFile, specPath string) error {
+	src, err := files.ReadChecksum(in, "jsonl")
+	if err != nil {
+		return fmt.Errorf("verify: checksum source: %w", err)
+	}
+	cfg := iceberg.Config{Table: "demo.events", Warehouse: lake}
+	sn, err := iceberg.CurrentSnapshot(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	fmt.Fprintf(stdout, "5/5 verify: source %d rows checksum %s; table snapshot %d holds %d rows in %d Parquet files; run reported %d rows checksum %s\n",
+		src.Rows, src, sn.ID, sn.Rows, sn.Files, st.Rows, st.Checksum)
+	if sn.Rows != src.Rows || sn.Run != st.RunID || st.Rows != src.Rows || st.Checksum != src.String() {
+		return errors.New("verify: the table does not match the source")
+	}
+	fmt.Fprintln(stdout, "    OK: every source row is in the table exactly once")
+	spans, _ := countSpans(traceFile, st.TraceID)
+	fmt.Fprintf(stdout, "\nWhere things are:\n  table:   demo.events at %s (catalog %s)\n  trace:   %s, %d spans in %s\n  spec:    %s\n",
+		sn.Location, filepath.Join(lake, "catalog.db"), st.TraceID, spans, traceFile, specPath)
+	fmt.Fprintf(stdout, "\nRead it with DuckDB: INSTALL iceberg; LOAD iceberg; SELECT count(*) FROM iceberg_scan('%s');\n", sn.Metadata)
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
@@ -70,6 +71,29 @@ func TestDemo(t *testing.T) {
 	}
 	if n := bytes.Count(traces, []byte(`"Name":"task"`)); n < 8 {
 		t.Errorf("traces.jsonl has %d task spans, want at least 8", n)
+	}
+}
+
+// The demo into an Iceberg table: it loads, commits and verifies; the
+// table's snapshot holds the source's rows, read independently of the
+// demo's own check.
+func TestDemoIceberg(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	err := run(ctx, []string{"demo", "--sink", "iceberg", "--dir", dir, "--rows", "20000", "--files", "16"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())
+	}
+	for _, want := range []string{"split into 4 bounded tasks", "committed dataset version 1: 20000 rows", "OK: every source row is in the table exactly once", "iceberg_scan("} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	sn, err := iceberg.CurrentSnapshot(ctx, iceberg.Config{Table: "demo.events", Warehouse: filepath.Join(dir, "lake")})
+	if err != nil || sn.Rows != 20000 || sn.Files != 4 {
+		t.Fatalf("the table's snapshot: %+v %v, want 20000 rows in 4 files", sn, err)
 	}
 }
 
@@ -288,7 +312,7 @@ func TestApplyNamesEveryProblem(t *testing.T) {
 	if strings.Contains(err.Error(), "connect") {
 		t.Errorf("apply tried to connect before every spec was valid: %v", err)
 	}
-	specs, err := loadSpecs([]string{good}, newRegistry(), io.Discard)
+	specs, err := loadSpecs([]string{good}, newRegistry(), nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +329,7 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 	if err != nil || len(paths) < 3 {
 		t.Fatalf("examples: %v %v", paths, err)
 	}
-	if _, err := loadSpecs(paths, newRegistry(), io.Discard); err != nil {
+	if _, err := loadSpecs(paths, newRegistry(), nil, io.Discard); err != nil {
 		t.Fatalf("the examples do not load: %v", err)
 	}
 	dir := t.TempDir()
@@ -315,13 +339,17 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
-		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [files postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files postgres])`},
+		// The kinds of the cluster's own snapshot runs are neither offered
+		// nor taken.
+		{"name: a\npattern: full_load\nsource: {kind: postgres_cdc_snapshot}\nsink: {kind: files, path: out}\n", `source.kind: connector "postgres_cdc_snapshot" cannot be a source (kinds: [files iceberg postgres])`},
+		{"name: a\npattern: full_load\nsource: {kind: files, path: in}\nsink: {kind: nowhere}\n", `sink.kind: connector "nowhere" cannot be a sink (kinds: [clickhouse files iceberg postgres])`},
 	} {
 		p := filepath.Join(dir, "bad.yaml")
 		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		_, err := loadSpecs([]string{p}, newRegistry(), io.Discard)
+		_, err := loadSpecs([]string{p}, newRegistry(), nil, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
 		}

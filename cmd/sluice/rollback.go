@@ -2,58 +2,47 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// runRollback asks the cluster's leader to expose an earlier kept version
-// of a full load's dataset again. The leader serialises it with the
-// pipeline's commits and records it in Raft, so `sluice status` shows the
-// version at once.
-func runRollback(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	flags := newFlagSet("rollback", "rollback <pipeline> [--to N]", stderr)
-	var cf clientFlags
-	cf.register(flags)
-	to := flags.Int64("to", 0, "the kept version to expose (default: the newest kept version older than the exposed one)")
-	var name string
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		name, args = args[0], args[1:]
+// newRollbackCmd asks the cluster's leader to expose an earlier kept
+// version of a full load's dataset again. The leader serialises it with
+// the pipeline's commits and records it in Raft, so `sluice status` shows
+// the version at once.
+func newRollbackCmd() *cobra.Command {
+	var (
+		cf clientFlags
+		to int64
+	)
+	cmd := &cobra.Command{
+		Use:               "rollback <pipeline> [--to N]",
+		Short:             "expose an earlier kept dataset version again (default: the previous one)",
+		Args:              pipelineArg("pipeline"),
+		ValidArgsFunction: completePipelines(&cf),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("to") && to < 1 {
+				return &usageError{err: fmt.Errorf("--to %d: want a version number of at least 1", to), path: cmd.CommandPath()}
+			}
+			return cf.session(cmd, func(ctx context.Context, cl *cluster) error {
+				// The leader's refusals name the pipeline and the kept versions.
+				res, err := cl.client.Rollback(ctx, protocol.RollbackRequest{Pipeline: args[0], To: to})
+				if err != nil {
+					return err
+				}
+				printRollback(cmd.OutOrStdout(), res)
+				return nil
+			})
+		},
 	}
-	if err := parse(flags, args); err != nil {
-		return err
-	}
-	if name == "" && flags.NArg() > 0 {
-		name = flags.Arg(0)
-	}
-	if name == "" {
-		return errors.New("rollback: name the pipeline: sluice rollback <pipeline> [--to N]")
-	}
-	toGiven := false
-	flags.Visit(func(f *flag.Flag) { toGiven = toGiven || f.Name == "to" })
-	if *to < 0 || (*to == 0 && toGiven) {
-		return fmt.Errorf("rollback: --to %d: want a version number of at least 1", *to)
-	}
-	nc, err := cf.connect("sluice-rollback")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx, cancel := context.WithTimeout(ctx, cf.timeout)
-	defer cancel()
-	// The leader's refusals name the pipeline and the kept versions.
-	res, err := coordinator.NewClient(nc).Rollback(ctx, protocol.RollbackRequest{Pipeline: name, To: *to})
-	if err != nil {
-		return err
-	}
-	printRollback(stdout, res)
-	return nil
+	cf.register(cmd.Flags())
+	cmd.Flags().Int64Var(&to, "to", 0, "the kept version to expose (default: the newest kept version older than the exposed one)")
+	return cmd
 }
 
 // printRollback prints what a rollback exposed, where it lies, and the

@@ -9,6 +9,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 )
@@ -19,6 +20,7 @@ func Register(reg *connectors.Registry) {
 	postgres.Register(reg)
 	pgcdc.Register(reg, nil) // its snapshot sink publishes through each worker's own connection
 	clickhouse.Register(reg)
+	iceberg.Register(reg)
 }
 
 // Registry returns a new registry holding every built-in connector.

@@ -3,10 +3,10 @@ package cdcapply_test
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pglogrepl"
 
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
@@ -35,65 +35,10 @@ func TestPgcdcToPostgres(t *testing.T) {
 	pgtest.Exec(t, conn, fmt.Sprintf(`ALTER TABLE %s.orders REPLICA IDENTITY FULL`, src))
 	cols := append(append([]string{}, pgtest.TypesColumns...), "big")
 
-	cfg := pgcdc.Config{
-		DSN: dsn, Slot: src + "_slot", Publication: src + "_pub", Tables: []string{src + ".types", src + ".orders"},
-		Pipeline: "up", Heartbeat: 200 * time.Millisecond, StatusInterval: 100 * time.Millisecond,
-	}
-	t.Cleanup(func() { // after the Reader stops, before the schema is dropped
-		var err error
-		for range 50 { // the walsender may still be exiting
-			if err = pgcdc.DropSlot(context.Background(), dsn, cfg.Slot, cfg.Publication); err == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		t.Errorf("drop slot: %v", err)
+	rd := cdctest.StartReader(t, js, pgcdc.Config{
+		DSN: dsn, Slot: src + "_slot", Publication: src + "_pub", Tables: []string{src + ".types", src + ".orders"}, Pipeline: "up",
 	})
-	reader, err := pgcdc.NewReader(cfg, js, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, stopReader := context.WithCancel(ctx)
-	readerDone := make(chan error, 1)
-	go func() { readerDone <- reader.Run(rctx) }()
-	t.Cleanup(func() { stopReader(); <-readerDone })
-	deadline := time.Now().Add(30 * time.Second)
-	for reader.Status().ConfirmedLSN == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("reader did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	// published waits until the reader confirmed everything committed so
-	// far, and returns the stream's last sequence.
-	published := func() uint64 {
-		t.Helper()
-		var now string
-		if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&now); err != nil {
-			t.Fatal(err)
-		}
-		want, _ := pglogrepl.ParseLSN(now)
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			got, _ := pglogrepl.ParseLSN(reader.Status().ConfirmedLSN)
-			if got >= want {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("reader confirmed %s, not %s", reader.Status().ConfirmedLSN, now)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		st, err := js.Stream(ctx, protocol.StreamCDC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State.LastSeq
-	}
+	published := rd.Published
 
 	const bigSQL = "(SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 300) i)"
 	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.types SELECT g, g * 1000.000001, E'row ''%%s'' "q" \\ \n ü ' || g, jsonb_build_object('g', g, 'a', ARRAY[g, g+1]),
@@ -188,4 +133,177 @@ func TestPgcdcToPostgres(t *testing.T) {
 	}
 	n, sum := pgtest.Checksum(t, conn, dst+".types", "id")
 	t.Logf("%d events in %d messages (%d with an unchanged TOAST value, %d key changes); types %d rows md5 %s", events, last, unchanged, keyChanges, n, sum)
+}
+
+// TestTypedReplica: a table of awkward types (numeric with and without a
+// modifier, jsonb, arrays, bytea, timestamptz(3), an enum, interval,
+// varchar(n), NULLs, NOT NULL columns, constant defaults, a generated
+// column, a two-column key), snapshotted and streamed into SLUICE_CDC and
+// applied with create_tables, gets a replica with the source's definition
+// (equal by \d) holding the same rows (by a checksum of every column),
+// after the snapshot and after changes.
+func TestTypedReplica(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	pgtest.Exec(t, conn, fmt.Sprintf(pgtest.AwkwardDDL, src))
+	pgtest.Exec(t, conn, fmt.Sprintf(pgtest.AwkwardRows, src))
+	slot, tables := src+"_slot", []string{src + ".awkward"}
+	cdctest.Snapshot(t, js, pgcdc.SnapshotConfig{DSN: dsn, Tables: tables, Slot: slot, Publication: slot}, "up")
+	rd := cdctest.StartReader(t, js, pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: tables, Pipeline: "up"})
+	for _, sql := range []string{
+		`INSERT INTO %[1]s.awkward (region, id, n, j, ia, ta, b, ts, m, iv, vc) SELECT 3, g, g / 3.0, jsonb_build_object('g', g),
+			ARRAY[g, NULL], ARRAY['x' || g], decode(md5(g::text), 'hex'), '2026-01-01Z'::timestamptz + g * interval '1.5 ms', 'sad', g * interval '1 s', 'v' || g
+			FROM generate_series(1, 200) g`,
+		`UPDATE %[1]s.awkward SET n = NULL, m = 'happy', ta = ta || NULL::text WHERE id %% 3 = 0`,
+		`UPDATE %[1]s.awkward SET id = id + 1000 WHERE region = 3 AND id %% 10 = 0`,
+		`DELETE FROM %[1]s.awkward WHERE region = 3 AND id %% 7 = 0`,
+	} {
+		pgtest.Exec(t, conn, fmt.Sprintf(sql, src))
+	}
+	last := rd.Published()
+
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "typed", CreateTables: true})
+	r, stop, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "typed", Upstream: "up"}, pg)
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	want, got := pgtest.Describe(t, conn, src+".awkward"), pgtest.Describe(t, conn, dst+".awkward")
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("replica:\n%s\nwant the source's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	wn, wsum := pgtest.Checksum(t, conn, src+".awkward", "region, id")
+	gn, gsum := pgtest.Checksum(t, conn, dst+".awkward", "region, id")
+	if wn != gn || wsum != gsum || wn < 150 {
+		t.Errorf("replica holds %d rows (md5 %s), the source %d (md5 %s)", gn, gsum, wn, wsum)
+	}
+}
+
+// TestSchemaChangesMidStream: schema changes made on the source while it
+// streams reach a typed replica: a column added with a constant default
+// (PostgreSQL writes no row change for it: the replica's rows get the
+// default from the replica's own ALTER, even though the default changed
+// before the reader met the change), a column dropped, one renamed (its
+// values kept), one retyped, NOT NULL and a default set, all replayed as
+// a backlog; the replica ends equal to the source by \d and by a checksum
+// of every column. A
+// retype the replica's values cannot take then stops the table, naming
+// it and the column in sluice cdc status, while another table goes on.
+func TestSchemaChangesMidStream(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.t (id int PRIMARY KEY, a text, b int, c varchar(5));
+		CREATE TABLE %[1]s.other (id int PRIMARY KEY, v text);
+		INSERT INTO %[1]s.t SELECT g, 'a' || g, g, 'c' || g %% 100 FROM generate_series(1, 2000) g`, src))
+	slot, tables := src+"_slot", []string{src + ".t", src + ".other"}
+	cdctest.Snapshot(t, js, pgcdc.SnapshotConfig{DSN: dsn, Tables: tables, Slot: slot, Publication: slot}, "up")
+	rcfg := pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: tables, Pipeline: "up"}
+	rd := cdctest.StartReader(t, js, rcfg)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "shapes", CreateTables: true})
+	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "shapes", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
+	// The hardest case: the reader meets each change when the catalog has
+	// every later one already (it replays them as a backlog).
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		`ALTER TABLE %[1]s.t ADD COLUMN d text DEFAULT 'dflt'`,
+		`UPDATE %[1]s.t SET a = 'changed' WHERE id = 1`,
+		`ALTER TABLE %[1]s.t DROP COLUMN b`,
+		`INSERT INTO %[1]s.t (id, a, c) VALUES (5000, 'new', 'n')`,
+		`ALTER TABLE %[1]s.t RENAME COLUMN a TO a2`,
+		`UPDATE %[1]s.t SET a2 = a2 || '!' WHERE id %% 100 = 0`,
+		`ALTER TABLE %[1]s.t ALTER COLUMN c TYPE text`,
+		`UPDATE %[1]s.t SET c = 'longer than five' WHERE id = 2`,
+		`ALTER TABLE %[1]s.t ALTER COLUMN d SET NOT NULL, ALTER COLUMN d SET DEFAULT 'x2', ADD COLUMN e numeric(8,2) DEFAULT 1.5`,
+		`INSERT INTO %[1]s.t (id, a2, c) VALUES (5001, 'newer', 'n')`,
+		`INSERT INTO %[1]s.other VALUES (1, 'one')`,
+	} {
+		pgtest.Exec(t, conn, fmt.Sprintf(sql, src))
+	}
+	rd = cdctest.StartReader(t, js, rcfg)
+	last := rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	want, got := pgtest.Describe(t, conn, src+".t"), pgtest.Describe(t, conn, dst+".t")
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("replica:\n%s\nwant the source's:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	wn, wsum := pgtest.Checksum(t, conn, src+".t", "id")
+	gn, gsum := pgtest.Checksum(t, conn, dst+".t", "id")
+	if wn != gn || wsum != gsum {
+		t.Errorf("replica holds %d rows (md5 %s), the source %d (md5 %s)", gn, gsum, wn, wsum)
+	}
+
+	// A retype that the replica's values cannot take: the table stops.
+	pgtest.Exec(t, conn, fmt.Sprintf(`ALTER TABLE %[1]s.t ALTER COLUMN a2 TYPE int USING length(a2);
+		UPDATE %[1]s.t SET c = 'after' WHERE id = 3; INSERT INTO %[1]s.other VALUES (2, 'two')`, src))
+	last = rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	st := pg.TableStatus()
+	if len(st) != 1 || st[0].Table != src+".t" || !strings.Contains(st[0].Error, `column "a2"`) || !strings.Contains(st[0].Error, dst+".t") {
+		t.Fatalf("stopped tables %+v, want %s.t with an error naming %s.t and column a2", st, src, dst)
+	}
+	if rows := pgtest.Rows(t, conn, dst+".other", []string{"id"}); !reflect.DeepEqual(rows, []string{"1", "2"}) {
+		t.Errorf("other table holds %q, want both rows", rows)
+	}
+}
+
+// TestFailedSnapshotRetried: a snapshot that failed part way, whose read
+// events a replica applied, is taken again on a new slot after rows were
+// deleted and changed (one table emptied): the second attempt's snapshot
+// events start each table over, a late read event of the first attempt is
+// left out, and the replica ends equal to the source.
+func TestFailedSnapshotRetried(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.a (id int PRIMARY KEY, v text);
+		CREATE TABLE %[1]s.b (id int PRIMARY KEY, v text);
+		INSERT INTO %[1]s.a SELECT g, 'a' || g FROM generate_series(1, 3000) g;
+		INSERT INTO %[1]s.b SELECT g, 'b' || g FROM generate_series(1, 300) g`, src))
+	slot, tables := src+"_slot", []string{src + ".a", src + ".b"}
+	scfg := pgcdc.SnapshotConfig{DSN: dsn, Tables: tables, Slot: slot, Publication: slot, TargetRows: 500, ReplaceSlot: true}
+	// The first attempt publishes every other chunk, then fails.
+	first := cdctest.SnapshotChunks(t, js, scfg, "up", func(i int) bool { return i%2 == 0 })
+	stale := cdctest.StreamEvents(t, js)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
+	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
+	last := cdctest.LastSeq(t, js)
+	cdctest.WaitFor(t, "the first attempt's events", done, func() bool { return r.Status().Applied == last })
+	if n, _ := pgtest.Checksum(t, conn, dst+".a", "id"); n == 0 {
+		t.Fatal("the first attempt left no rows on the replica")
+	}
+
+	pgtest.Exec(t, conn, fmt.Sprintf(`DELETE FROM %[1]s.a WHERE id %% 3 = 0; UPDATE %[1]s.a SET v = 'changed' WHERE id %% 5 = 0;
+		DELETE FROM %[1]s.b`, src))
+	second := cdctest.Snapshot(t, js, scfg, "up")
+	if first == second {
+		t.Fatalf("both attempts at %s", first)
+	}
+	// A late read event of the first attempt (a task of it still running).
+	var late protocol.ChangeEvent
+	for _, ev := range stale {
+		if ev.Op == protocol.OpRead && ev.Table == "a" {
+			late = ev.ChangeEvent
+			late.After = protocol.Row{"id": ev.After["id"], "v": T("from the failed attempt")}
+			late.Relation = nil
+		}
+	}
+	cdctest.Publish(t, js, late)
+	rd := cdctest.StartReader(t, js, pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: tables, Pipeline: "up"})
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.b VALUES (1, 'again'); DELETE FROM %[1]s.a WHERE id = 1`, src))
+	last = rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	for _, tb := range []string{"a", "b"} {
+		wn, wsum := pgtest.Checksum(t, conn, src+"."+tb, "id")
+		gn, gsum := pgtest.Checksum(t, conn, dst+"."+tb, "id")
+		if wn != gn || wsum != gsum {
+			t.Errorf("replica %s holds %d rows (md5 %s), the source %d (md5 %s)", tb, gn, gsum, wn, wsum)
+		}
+	}
+	if st := pg.TableStatus(); len(st) != 0 {
+		t.Errorf("stopped tables %+v", st)
+	}
 }

@@ -354,3 +354,30 @@ func BenchmarkRunPostgres(b *testing.B) {
 	}
 	b.ReportMetric(float64(events)/total.Seconds(), "events/s")
 }
+
+// reporting is an Applier that reports a stopped table.
+type reporting struct{ memory }
+
+func (*reporting) TableStatus() []protocol.TableStatus {
+	return []protocol.TableStatus{{Table: "s.t", State: protocol.TableStopped, Seq: 7, Error: "bad value"}}
+}
+
+// The stream of an Applier that reports tables carries them in its status.
+func TestStreamStatusTables(t *testing.T) {
+	js := cdctest.StartJS(t)
+	s, err := cdcapply.NewStream(js, cdcapply.Config{Pipeline: "a", Upstream: "up"}, &reporting{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.Status(context.Background())
+	if len(st.Tables) != 1 || st.Tables[0].Table != "s.t" || st.Tables[0].Seq != 7 {
+		t.Errorf("status tables %+v, want the applier's", st.Tables)
+	}
+	plain, err := cdcapply.NewStream(js, cdcapply.Config{Pipeline: "b", Upstream: "up"}, &memory{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := plain.Status(context.Background()); st.Tables != nil {
+		t.Errorf("status tables %+v of an applier that reports none", st.Tables)
+	}
+}

@@ -39,8 +39,9 @@ func (s *Stream) Run(ctx context.Context) error {
 }
 
 // Status reports the stream sequence applied last, the messages pending,
-// the events applied, and the lag in time: the age of the last event
-// applied while events are pending.
+// the events applied, the lag in time (the age of the last event applied
+// while events are pending), and the tables an Applier that is a
+// connectors.TableReporter reports.
 func (s *Stream) Status(context.Context) protocol.StreamStatus {
 	st := s.r.Status()
 	out := protocol.StreamStatus{
@@ -49,6 +50,9 @@ func (s *Stream) Status(context.Context) protocol.StreamStatus {
 	}
 	if !st.CaughtUp && st.Pending > 0 && !st.CommitTime.IsZero() {
 		out.LagTime = time.Since(st.CommitTime)
+	}
+	if tr, ok := s.a.(connectors.TableReporter); ok {
+		out.Tables = tr.TableStatus()
 	}
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 )
 
 // rowEncoder turns CSV records as PostgreSQL's COPY writes them (NULL an
@@ -21,6 +22,7 @@ type rowEncoder struct {
 	field []byte // the current field, unquoted
 	elems [][]byte
 	isNul []bool
+	buf   []byte // the unescaped elements of an array
 }
 
 // errRecord is a malformed record; the caller adds its position.
@@ -192,10 +194,11 @@ func (en *valueEnc) append(dst, v []byte, inArray bool) ([]byte, error) {
 		dst = appendQuoted(dst[:n], raw)
 	case encDate:
 		var days int64
-		days, err = parseDate(v)
-		if err != nil {
+		var d int32
+		if d, err = arrowconv.ParseDate(v); err != nil {
 			return dst, err
 		}
+		days = int64(d)
 		if days < en.dateLo || days > en.dateHi {
 			return dst, fmt.Errorf("date %s is outside what this ClickHouse Date holds (%s to %s)", v, dayString(en.dateLo), dayString(en.dateHi))
 		}
@@ -240,8 +243,8 @@ func dayString(d int64) string {
 // appendList converts a PostgreSQL array literal ({a,"b c",NULL}) of one
 // dimension into a ClickHouse one (['a','b c',NULL]).
 func (e *rowEncoder) appendList(dst []byte, en *valueEnc, v []byte) ([]byte, error) {
-	elems, nulls, err := splitArray(v, e.elems[:0], e.isNul[:0])
-	e.elems, e.isNul = elems, nulls
+	elems, nulls, buf, err := arrowconv.SplitArray(v, e.elems[:0], e.isNul[:0], e.buf)
+	e.elems, e.isNul, e.buf = elems, nulls, buf
 	if err != nil {
 		return dst, err
 	}
@@ -264,61 +267,6 @@ func (e *rowEncoder) appendList(dst []byte, en *valueEnc, v []byte) ([]byte, err
 	return append(dst, ']'), nil
 }
 
-// splitArray splits a one-dimensional PostgreSQL array literal into its
-// elements (unquoted, unescaped) and which of them are NULL. A literal
-// with dimension bounds ([0:1]={...}) or of more dimensions is refused:
-// a ClickHouse array of the element type cannot hold it.
-func splitArray(v []byte, elems [][]byte, nulls []bool) ([][]byte, []bool, error) {
-	if len(v) < 2 || v[0] != '{' || v[len(v)-1] != '}' {
-		return elems, nulls, fmt.Errorf("%q is not a one-dimensional array literal {...}", truncate(v))
-	}
-	body := v[1 : len(v)-1]
-	if len(body) == 0 {
-		return elems, nulls, nil
-	}
-	for p := 0; ; {
-		var el []byte
-		null := false
-		switch {
-		case p < len(body) && body[p] == '"':
-			p++
-			for p < len(body) && body[p] != '"' {
-				if body[p] == '\\' && p+1 < len(body) {
-					p++
-				}
-				el = append(el, body[p])
-				p++
-			}
-			if p >= len(body) {
-				return elems, nulls, fmt.Errorf("an array element's quotes do not end")
-			}
-			p++
-			if el == nil {
-				el = []byte{}
-			}
-		case p < len(body) && body[p] == '{':
-			return elems, nulls, fmt.Errorf("multi-dimensional array %q: want one dimension", truncate(v))
-		default:
-			q := p
-			for q < len(body) && body[q] != ',' {
-				q++
-			}
-			el = body[p:q]
-			p = q
-			null = len(el) == 4 && (string(el) == "NULL" || bytes.EqualFold(el, []byte("null")))
-		}
-		elems = append(elems, el)
-		nulls = append(nulls, null)
-		if p == len(body) {
-			return elems, nulls, nil
-		}
-		if body[p] != ',' {
-			return elems, nulls, fmt.Errorf("bad array literal %q", truncate(v))
-		}
-		p++
-	}
-}
-
 func truncate(v []byte) string {
 	if len(v) > 60 {
 		return string(v[:60]) + "..."
@@ -326,24 +274,10 @@ func truncate(v []byte) string {
 	return string(v)
 }
 
-// parseDate parses PostgreSQL's ISO date (YYYY-MM-DD, optionally " BC")
-// into days since 1970-01-01.
-func parseDate(v []byte) (int64, error) {
-	y, m, d, rest, err := parseYMD(v)
-	if err != nil || len(rest) > 0 && string(rest) != " BC" {
-		return 0, fmt.Errorf("%q is not a date ClickHouse can hold", truncate(v))
-	}
-	if len(rest) > 0 {
-		y = 1 - y
-	}
-	return time.Date(y, time.Month(m), d, 0, 0, 0, 0, time.UTC).Unix() / 86400, nil
-}
-
-// parseTimestamp parses PostgreSQL's ISO timestamp, with or without a
-// UTC offset (timestamptz renders as +00 in UTC sessions), fractional
-// seconds and " BC", into microseconds since 1970-01-01 UTC. infinity and
-// -infinity become the largest and smallest Int64, as PostgreSQL stores
-// them.
+// parseTimestamp parses PostgreSQL's ISO timestamp (see
+// arrowconv.ParseTimestamp) into microseconds since 1970-01-01 UTC;
+// infinity and -infinity become the largest and smallest Int64, as
+// PostgreSQL stores them.
 func parseTimestamp(v []byte) (int64, error) {
 	switch string(v) {
 	case "infinity":
@@ -351,103 +285,7 @@ func parseTimestamp(v []byte) (int64, error) {
 	case "-infinity":
 		return math.MinInt64, nil
 	}
-	bad := func() (int64, error) { return 0, fmt.Errorf("%q is not a timestamp", truncate(v)) }
-	y, mo, d, rest, err := parseYMD(v)
-	if err != nil || len(rest) < 9 || rest[0] != ' ' || rest[3] != ':' || rest[6] != ':' {
-		return bad()
-	}
-	h, ok1 := num2(rest[1:3])
-	mi, ok2 := num2(rest[4:6])
-	s, ok3 := num2(rest[7:9])
-	if !ok1 || !ok2 || !ok3 {
-		return bad()
-	}
-	rest = rest[9:]
-	var us int64
-	if len(rest) > 0 && rest[0] == '.' {
-		n := 1
-		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
-			n++
-		}
-		digits := rest[1:n]
-		if len(digits) == 0 || len(digits) > 6 {
-			return bad()
-		}
-		for i := 0; i < 6; i++ {
-			us *= 10
-			if i < len(digits) {
-				us += int64(digits[i] - '0')
-			}
-		}
-		rest = rest[n:]
-	}
-	var off int64
-	if len(rest) > 0 && (rest[0] == '+' || rest[0] == '-') {
-		sign := int64(1)
-		if rest[0] == '-' {
-			sign = -1
-		}
-		rest = rest[1:]
-		parts := 0
-		for parts < 3 && len(rest) >= 2 {
-			n, ok := num2(rest[:2])
-			if !ok {
-				return bad()
-			}
-			off = off*60 + int64(n)
-			parts++
-			rest = rest[2:]
-			if len(rest) > 0 && rest[0] == ':' {
-				rest = rest[1:]
-			} else {
-				break
-			}
-		}
-		for ; parts < 3; parts++ {
-			off *= 60
-		}
-		off *= sign
-	}
-	if len(rest) > 0 {
-		if string(rest) != " BC" {
-			return bad()
-		}
-		y = 1 - y
-	}
-	secs := time.Date(y, time.Month(mo), d, h, mi, s, 0, time.UTC).Unix() - off
-	if secs > math.MaxInt64/1_000_000-1 || secs < math.MinInt64/1_000_000+1 {
-		return 0, fmt.Errorf("timestamp %q is beyond Int64 microseconds", truncate(v))
-	}
-	return secs*1e6 + us, nil
-}
-
-// parseYMD parses YYYY-MM-DD (four or more year digits) at the start of v.
-func parseYMD(v []byte) (y, m, d int, rest []byte, err error) {
-	i := 0
-	for i < len(v) && v[i] >= '0' && v[i] <= '9' {
-		y = y*10 + int(v[i]-'0')
-		i++
-		if i > 7 {
-			return 0, 0, 0, nil, errors.New("year too long")
-		}
-	}
-	if i < 4 || len(v) < i+6 || v[i] != '-' || v[i+3] != '-' {
-		return 0, 0, 0, nil, errors.New("not YYYY-MM-DD")
-	}
-	var ok1, ok2 bool
-	m, ok1 = num2(v[i+1 : i+3])
-	d, ok2 = num2(v[i+4 : i+6])
-	if !ok1 || !ok2 || m < 1 || m > 12 || d < 1 || d > 31 {
-		return 0, 0, 0, nil, errors.New("not YYYY-MM-DD")
-	}
-	return y, m, d, v[i+6:], nil
-}
-
-func num2(b []byte) (int, bool) {
-	if len(b) != 2 || b[0] < '0' || b[0] > '9' || b[1] < '0' || b[1] > '9' {
-		return 0, false
-	}
-	return int(b[0]-'0')*10 + int(b[1]-'0'), true
+	return arrowconv.ParseTimestamp(v)
 }
 
 // appendEscaped appends s escaped for a TabSeparated field: backslash,

@@ -9,7 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/objstore"
 )
 
 // Names of the bookkeeping files at the root of a change log (Applier) and
@@ -32,8 +33,12 @@ const (
 // its configuration is {path, close_after} (ParseApplierConfig); the runner
 // sets Log.
 type ApplierConfig struct {
-	// Path is the root directory; created when missing.
+	// Path is the root directory, created when missing, or
+	// s3://bucket/prefix.
 	Path string
+	// S3 says how to reach the store of an s3:// path, where the standard
+	// AWS environment does not; never credentials.
+	S3 objstore.Config
 	// CloseAfter is how long after its end an hour is closed (once the
 	// applier is caught up); 0 means 1 minute.
 	CloseAfter time.Duration
@@ -44,8 +49,8 @@ type ApplierConfig struct {
 // Validate checks the configuration without I/O.
 func (c ApplierConfig) Validate() error {
 	var errs []error
-	if c.Path == "" {
-		errs = append(errs, errors.New("path is required"))
+	if err := checkPath(c.Path, c.S3); err != nil {
+		errs = append(errs, err)
 	}
 	if c.CloseAfter < 0 {
 		errs = append(errs, errors.New("close_after must not be negative"))
@@ -54,19 +59,20 @@ func (c ApplierConfig) Validate() error {
 }
 
 // ParseApplierConfig decodes the sink configuration of a cdc_apply
-// pipeline, {path, close_after}, and checks it without I/O; errors are
-// *connectors.FieldError naming the field.
+// pipeline, {path, close_after, s3}, and checks it without I/O; errors
+// are *connectors.FieldError naming the field.
 func ParseApplierConfig(raw json.RawMessage) (ApplierConfig, error) {
 	var in struct {
-		Path       string `json:"path"`
-		CloseAfter string `json:"close_after"`
+		Path       string          `json:"path"`
+		CloseAfter string          `json:"close_after"`
+		S3         objstore.Config `json:"s3"`
 	}
-	if err := decodeStrict(raw, []string{"close_after", "path"}, &in); err != nil {
+	if err := decodeStrict(raw, []string{"close_after", "path", "s3"}, &in); err != nil {
 		return ApplierConfig{}, err
 	}
-	c := ApplierConfig{Path: in.Path}
-	if c.Path == "" {
-		return c, &connectors.FieldError{Field: "path", Msg: "is required"}
+	c := ApplierConfig{Path: in.Path, S3: in.S3}
+	if err := checkPath(c.Path, c.S3); err != nil {
+		return c, err
 	}
 	if in.CloseAfter != "" {
 		d, err := connectors.ParseDuration(in.CloseAfter)
@@ -96,7 +102,8 @@ func openApplier(_ context.Context, req connectors.StreamRequest) (connectors.Ap
 }
 
 // Applier writes the change events of a cdc_apply pipeline as a change log
-// of JSON lines, one file per table, hour and batch:
+// of JSON lines, one file per table, hour and batch, in a local directory
+// or under an S3 prefix:
 //
 //	<Path>/<schema>.<table>/date=YYYY-MM-DD/hour=HH/part-<seq>.jsonl
 //
@@ -106,10 +113,12 @@ func openApplier(_ context.Context, req connectors.StreamRequest) (connectors.Ap
 // message ("seq"): the events of one message share it, in change order
 // (their position is in "commit_lsn" and "index").
 //
-// Apply writes a batch in this order, each file to a temporary name, fsynced
-// and renamed, and each changed directory fsynced: the list of the batch's
-// part files (PendingFile), the part files, then the offset (OffsetFile).
-// The offset makes the batch count; until it is renamed into place the batch
+// Apply writes a batch in this order, each file whole (locally to a
+// temporary name, fsynced and renamed, and each changed directory fsynced;
+// on S3 in one PUT, which replaces an object atomically): the list of the
+// batch's part files (PendingFile), the part files, then the offset
+// (OffsetFile).
+// The offset makes the batch count; until it is in place the batch
 // does not exist, and the next Apply first removes the part files the
 // pending list names. Hence no event is ever written twice: a batch
 // re-applied after a crash between its parts and its offset starts at the
@@ -119,6 +128,10 @@ func openApplier(_ context.Context, req connectors.StreamRequest) (connectors.Ap
 // longer reaching an hour) is removed before anything is written. This
 // relies on batches of whole messages (see connectors.Applier): a later batch starts
 // after the offset, so it never reuses a part name of an earlier one.
+// An Apply that fails before the offset (its ctx ended between parts)
+// removes its parts at once; once every part is written, the offset is
+// written whatever ctx says: a call applies its batch whole or leaves the
+// log as it was.
 //
 // Closing hours: an hour is closed when the applier is caught up with the
 // stream (every event of the upstream in SLUICE_CDC is applied) and the hour
@@ -132,8 +145,9 @@ func openApplier(_ context.Context, req connectors.StreamRequest) (connectors.Ap
 // The methods of Applier may be called concurrently; the runner calls them
 // one at a time.
 type Applier struct {
-	cfg ApplierConfig
-	log *slog.Logger
+	cfg   ApplierConfig
+	log   *slog.Logger
+	store logStore
 
 	mu sync.Mutex
 	// recovered reports whether the pending list was checked since the
@@ -161,10 +175,24 @@ func NewApplier(cfg ApplierConfig) (*Applier, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(cfg.Path, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", cfg.Path, err)
+	var store logStore
+	if objstore.IsURL(cfg.Path) {
+		r, err := openS3Root(cfg.Path, cfg.S3)
+		if err != nil {
+			return nil, err
+		}
+		store = s3Log{r}
+	} else {
+		p, err := localPath(cfg.Path)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w", cfg.Path, err)
+		}
+		store = localLog(p)
 	}
-	return &Applier{cfg: cfg, log: log.With("path", cfg.Path), open: map[string]time.Time{}}, nil
+	return &Applier{cfg: cfg, log: log.With("path", cfg.Path), store: store, open: map[string]time.Time{}}, nil
 }
 
 // BatchSize asks the runner for batches of up to 10,000 events, filled
@@ -172,16 +200,17 @@ func NewApplier(cfg ApplierConfig) (*Applier, error) {
 // batches make fewer, larger part files.
 func (f *Applier) BatchSize() (int, time.Duration) { return 10_000, time.Second }
 
-// Close does nothing: an Applier holds no open file between calls.
-func (f *Applier) Close() error { return nil }
+// Close releases the idle connections of a change log on S3; one on disk
+// holds no open file between calls.
+func (f *Applier) Close() error { return f.store.close() }
 
 // Applied returns the sequence in the offset file (0 when there is none).
-func (f *Applier) Applied(context.Context) (uint64, error) {
-	return f.readOffset()
+func (f *Applier) Applied(ctx context.Context) (uint64, error) {
+	return f.readOffset(ctx)
 }
 
-func (f *Applier) readOffset() (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(f.cfg.Path, OffsetFile))
+func (f *Applier) readOffset(ctx context.Context) (uint64, error) {
+	b, err := f.store.read(ctx, OffsetFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -190,7 +219,7 @@ func (f *Applier) readOffset() (uint64, error) {
 	}
 	seq, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("offset file %s: %w", filepath.Join(f.cfg.Path, OffsetFile), err)
+		return 0, fmt.Errorf("offset file %s: %w", f.store.describe(OffsetFile), err)
 	}
 	return seq, nil
 }
@@ -202,11 +231,11 @@ type pending struct {
 }
 
 // recover removes the part files of a batch whose offset was not written.
-func (f *Applier) recover() error {
+func (f *Applier) recover(ctx context.Context) error {
 	if f.recovered {
 		return nil
 	}
-	b, err := os.ReadFile(filepath.Join(f.cfg.Path, PendingFile))
+	b, err := f.store.read(ctx, PendingFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		f.recovered = true
 		return nil
@@ -216,25 +245,15 @@ func (f *Applier) recover() error {
 	}
 	var p pending
 	if err := json.Unmarshal(b, &p); err != nil {
-		return fmt.Errorf("pending list %s: %w", filepath.Join(f.cfg.Path, PendingFile), err)
+		return fmt.Errorf("pending list %s: %w", f.store.describe(PendingFile), err)
 	}
-	applied, err := f.readOffset()
+	applied, err := f.readOffset(ctx)
 	if err != nil {
 		return err
 	}
 	if p.Last > applied {
-		dirs := map[string]bool{}
-		for _, rel := range p.Parts {
-			path := filepath.Join(f.cfg.Path, rel)
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("remove part of an unfinished batch: %w", err)
-			}
-			dirs[filepath.Dir(path)] = true
-		}
-		for d := range dirs {
-			if err := syncDir(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
+		if err := f.store.remove(ctx, p.Parts); err != nil {
+			return fmt.Errorf("remove parts of an unfinished batch: %w", err)
 		}
 		f.log.Info("cdc apply files: removed the parts of an unfinished batch", "parts", len(p.Parts), "last", p.Last, "offset", applied)
 	}
@@ -259,10 +278,10 @@ func (f *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			f.recovered = false // check the pending list again before the next batch
 		}
 	}()
-	if err := f.recover(); err != nil {
+	if err := f.recover(ctx); err != nil {
 		return err
 	}
-	applied, err := f.readOffset()
+	applied, err := f.readOffset(ctx)
 	if err != nil {
 		return err
 	}
@@ -290,8 +309,8 @@ func (f *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		}
 		t := ev.CommitTime.UTC()
 		start := t.Truncate(time.Hour)
-		hour := filepath.Join(table, "date="+t.Format("2006-01-02"), "hour="+t.Format("15"))
-		rel := filepath.Join(hour, fmt.Sprintf("part-%020d.jsonl", first[table]))
+		hour := path.Join(table, "date="+t.Format("2006-01-02"), "hour="+t.Format("15"))
+		rel := path.Join(hour, fmt.Sprintf("part-%020d.jsonl", first[table]))
 		p := byRel[rel]
 		if p == nil {
 			p = &part{rel: rel, hour: hour, hourStart: start}
@@ -315,45 +334,37 @@ func (f *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if err != nil {
 		return fmt.Errorf("encode pending list: %w", err)
 	}
-	if err := writeAtomic(f.cfg.Path, PendingFile, b); err != nil {
+	if err := f.store.write(ctx, []logFile{{PendingFile, b}}); err != nil {
 		return fmt.Errorf("write pending list: %w", err)
 	}
-	created := map[string]bool{}
-	dirs := map[string]bool{}
-	for _, p := range parts {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		dir := filepath.Join(f.cfg.Path, p.hour)
-		if !created[dir] {
-			if err := mkdirAllSync(f.cfg.Path, p.hour); err != nil {
-				return err
-			}
-			created[dir] = true
-		}
-		if err := writeFileSync(filepath.Join(f.cfg.Path, p.rel), p.buf.Bytes()); err != nil {
-			return fmt.Errorf("write part: %w", err)
-		}
-		dirs[dir] = true
+	files := make([]logFile, len(parts))
+	for i, p := range parts {
+		files[i] = logFile{p.rel, p.buf.Bytes()}
 	}
-	for d := range dirs {
-		if err := syncDir(d); err != nil {
-			return err
-		}
+	if err := f.store.write(ctx, files); err != nil {
+		// The offset was not written: the batch is not applied, and its
+		// parts go now, so that a failed call leaves the log as it was
+		// (should this fail too, the next Apply's recovery removes them).
+		f.store.remove(context.WithoutCancel(ctx), list.Parts)
+		return fmt.Errorf("write part: %w", err)
 	}
 	if f.beforeOffset != nil {
 		if err := f.beforeOffset(); err != nil {
 			return err
 		}
 	}
-	if err := writeAtomic(f.cfg.Path, OffsetFile, []byte(strconv.FormatUint(last, 10)+"\n")); err != nil {
+	// Every part is written: the offset is written whatever ctx says, so
+	// that a cancelled call leaves the batch whole. A failed write may
+	// still have been stored (a lost response): the next Apply's recovery
+	// reads the offset before it removes anything.
+	if err := f.store.write(context.WithoutCancel(ctx), []logFile{{OffsetFile, []byte(strconv.FormatUint(last, 10) + "\n")}}); err != nil {
 		return fmt.Errorf("write offset %d: %w", last, err)
 	}
 	for _, p := range parts {
 		if _, ok := f.open[p.hour]; ok {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(f.cfg.Path, p.hour, SuccessFile)); err == nil {
+		if f.store.exists(ctx, path.Join(p.hour, SuccessFile)) {
 			f.log.Warn("cdc apply files: late events for a closed hour", "hour", p.hour, "part", p.rel)
 			continue
 		}
@@ -373,7 +384,7 @@ func (f *Applier) CloseHours(ctx context.Context, now time.Time, caughtUp bool) 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.scanned {
-		if err := f.scan(); err != nil {
+		if err := f.scan(ctx); err != nil {
 			return err
 		}
 		f.scanned = true
@@ -389,12 +400,8 @@ func (f *Applier) CloseHours(ctx context.Context, now time.Time, caughtUp bool) 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		dir := filepath.Join(f.cfg.Path, hour)
-		if err := writeFileSync(filepath.Join(dir, SuccessFile), nil); err != nil {
+		if err := f.store.write(ctx, []logFile{{path.Join(hour, SuccessFile), nil}}); err != nil {
 			return fmt.Errorf("close hour %s: %w", hour, err)
-		}
-		if err := syncDir(dir); err != nil {
-			return err
 		}
 		delete(f.open, hour)
 		f.log.Debug("cdc apply files: hour closed", "hour", hour)
@@ -402,40 +409,37 @@ func (f *Applier) CloseHours(ctx context.Context, now time.Time, caughtUp bool) 
 	return nil
 }
 
-// scan adds the hour directories on disk without SuccessFile to f.open.
-func (f *Applier) scan() error {
-	tables, err := os.ReadDir(f.cfg.Path)
+// scan adds the hour directories without SuccessFile to f.open.
+func (f *Applier) scan(ctx context.Context) error {
+	tables, err := f.store.dirs(ctx, "")
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", f.cfg.Path, err)
 	}
 	for _, t := range tables {
-		if !t.IsDir() {
-			continue
-		}
-		dates, err := os.ReadDir(filepath.Join(f.cfg.Path, t.Name()))
+		dates, err := f.store.dirs(ctx, t)
 		if err != nil {
 			return fmt.Errorf("scan: %w", err)
 		}
 		for _, d := range dates {
-			day, ok := strings.CutPrefix(d.Name(), "date=")
-			if !d.IsDir() || !ok {
+			day, ok := strings.CutPrefix(d, "date=")
+			if !ok {
 				continue
 			}
-			hours, err := os.ReadDir(filepath.Join(f.cfg.Path, t.Name(), d.Name()))
+			hours, err := f.store.dirs(ctx, path.Join(t, d))
 			if err != nil {
 				return fmt.Errorf("scan: %w", err)
 			}
 			for _, h := range hours {
-				hh, ok := strings.CutPrefix(h.Name(), "hour=")
-				if !h.IsDir() || !ok {
+				hh, ok := strings.CutPrefix(h, "hour=")
+				if !ok {
 					continue
 				}
 				start, err := time.Parse("2006-01-02 15", day+" "+hh)
 				if err != nil {
 					continue // not ours
 				}
-				rel := filepath.Join(t.Name(), d.Name(), h.Name())
-				if _, err := os.Stat(filepath.Join(f.cfg.Path, rel, SuccessFile)); err == nil {
+				rel := path.Join(t, d, h)
+				if f.store.exists(ctx, path.Join(rel, SuccessFile)) {
 					continue
 				}
 				if _, ok := f.open[rel]; !ok {
@@ -459,63 +463,6 @@ func pathToken(s string) string {
 		return "_" + s
 	}
 	return s
-}
-
-// writeFileSync writes data to path through a temporary file that is
-// fsynced and renamed; the caller fsyncs the directory.
-func writeFileSync(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return nil
-}
-
-// writeAtomic replaces dir/name with data durably.
-func writeAtomic(dir, name string, data []byte) error {
-	if err := writeFileSync(filepath.Join(dir, name), data); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// mkdirAllSync creates root/rel and fsyncs the parent of every directory it
-// creates.
-func mkdirAllSync(root, rel string) error {
-	dir := root
-	for _, c := range strings.Split(rel, string(filepath.Separator)) {
-		parent := dir
-		dir = filepath.Join(dir, c)
-		err := os.Mkdir(dir, 0o755)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("create directory: %w", err)
-		}
-		if err := syncDir(parent); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 var (

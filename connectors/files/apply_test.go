@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"path"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -17,6 +19,8 @@ import (
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/objstore"
+	"github.com/sluicehq/sluice/objstore/s3test"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -169,6 +173,34 @@ func TestFilesCrashBeforeOffset(t *testing.T) {
 // hours on disk.
 func TestFilesCloseHours(t *testing.T) {
 	root := t.TempDir()
+	testCloseHours(t, root, func() []string {
+		_, c, _ := cdctest.ReadChangeLog(t, root)
+		return slices.Sorted(maps.Keys(c))
+	})
+}
+
+// The change log on S3 closes its hours the same way: _SUCCESS objects.
+func TestFilesCloseHoursS3(t *testing.T) {
+	loc := s3test.Env(t)
+	b := s3test.Client(t)
+	testCloseHours(t, loc.String(), func() []string {
+		var closed []string
+		err := b.List(t.Context(), loc.Key+"/", func(o objstore.Object) error {
+			if path.Base(o.Key) == files.SuccessFile {
+				closed = append(closed, path.Dir(strings.TrimPrefix(o.Key, loc.Key+"/")))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return closed
+	})
+}
+
+// testCloseHours: an hour is closed once it ended CloseAfter ago and the
+// applier is caught up; an applier opened again finds the open hours.
+func testCloseHours(t *testing.T, root string, closed func() []string) {
 	ctx := context.Background()
 	h10 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	a := cdctest.Change(protocol.OpInsert, "s", "a", nil, protocol.Row{"id": T("1")})
@@ -181,16 +213,6 @@ func TestFilesCloseHours(t *testing.T) {
 	}
 	if err := f.Apply(ctx, cdctest.Numbered(1, a, b)); err != nil {
 		t.Fatal(err)
-	}
-	closed := func() []string {
-		_, c, _ := cdctest.ReadChangeLog(t, root)
-		return slices.Sorted(func(yield func(string) bool) {
-			for d := range c {
-				if !yield(d) {
-					return
-				}
-			}
-		})
 	}
 	steps := []struct {
 		now      time.Time
@@ -285,11 +307,18 @@ func TestApplierConfig(t *testing.T) {
 			t.Errorf("ParseApplierConfig(%s) = %+v, %v", raw, c, err)
 		}
 	}
+	if c, err := files.ParseApplierConfig(json.RawMessage(`{"path":"s3://bucket/log","s3":{"endpoint":"http://127.0.0.1:7070"}}`)); err != nil ||
+		c.Path != "s3://bucket/log" || c.S3.Endpoint != "http://127.0.0.1:7070" {
+		t.Errorf("ParseApplierConfig of an S3 log = %+v, %v", c, err)
+	}
 	for raw, field := range map[string]string{
-		`{}`:                                 "path",
-		`{"path":"/x","close_after":"soon"}`: "close_after",
-		`{"path":"/x","close_after":"-1m"}`:  "close_after",
-		`{"path":"/x","format":"csv"}`:       "format",
+		`{}`:                                               "path",
+		`{"path":"/x","close_after":"soon"}`:               "close_after",
+		`{"path":"/x","close_after":"-1m"}`:                "close_after",
+		`{"path":"/x","format":"csv"}`:                     "format",
+		`{"path":"s3://B/x"}`:                              "path",
+		`{"path":"/x","s3":{"region":"r"}}`:                "s3",
+		`{"path":"s3://bucket/x","s3":{"access_key":"k"}}`: "s3.access_key",
 	} {
 		var fe *connectors.FieldError
 		if err := files.ValidateApplier(json.RawMessage(raw)); !errors.As(err, &fe) || fe.Field != field {

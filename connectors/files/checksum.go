@@ -16,6 +16,8 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
+	"github.com/sluicehq/sluice/objstore"
 )
 
 // ReadChecksum returns the checksum of every row of every data file of the
@@ -23,11 +25,16 @@ import (
 // computes it: JSONL lines as they are (CRLF normalized, blank lines
 // skipped), CSV records without their header and line ending, Parquet rows
 // rendered as canonical JSONL lines. Names starting with '_' or '.' are
-// skipped, as the source skips them.
+// skipped, as the source skips them. dir may be an s3:// URL (read with
+// the standard AWS environment, following current pointers as the source
+// does).
 func ReadChecksum(dir string, format string) (connectors.Checksum, error) {
 	var sum connectors.Checksum
 	if err := checkFormat(format); err != nil || format == "" {
 		return sum, fmt.Errorf("read checksum: unknown format %q", format)
+	}
+	if objstore.IsURL(dir) {
+		return readChecksumS3(dir, format)
 	}
 	var paths []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -60,27 +67,66 @@ func ReadChecksum(dir string, format string) (connectors.Checksum, error) {
 }
 
 func fileChecksum(p, format string) (connectors.Checksum, error) {
-	var sum connectors.Checksum
 	f, err := os.Open(p)
 	if err != nil {
-		return sum, err
+		return connectors.Checksum{}, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
+		return connectors.Checksum{}, err
+	}
+	return readerChecksum(f, st.Size(), format)
+}
+
+// readChecksumS3 is ReadChecksum of an s3:// directory.
+func readChecksumS3(dir, format string) (connectors.Checksum, error) {
+	var sum connectors.Checksum
+	ctx := context.Background()
+	r, err := openS3Root(dir, objstore.Config{})
+	if err != nil {
 		return sum, err
 	}
+	defer r.b.Close()
+	base, found, err := r.walk(ctx, dir)
+	if err != nil {
+		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
+	}
+	var rels []string
+	for rel := range found {
+		if formatOf(rel) == format {
+			rels = append(rels, rel)
+		}
+	}
+	sort.Strings(rels)
+	for _, rel := range rels {
+		err := r.read(ctx, base, found[rel], func(f io.ReaderAt) error {
+			c, err := readerChecksum(f, found[rel].Size, format)
+			sum.Merge(c)
+			return err
+		})
+		if err != nil {
+			return connectors.Checksum{}, fmt.Errorf("read checksum of %s: %w", joinPath(base, rel), err)
+		}
+	}
+	return sum, nil
+}
+
+// readerChecksum sums the rows of one file of size bytes read from f.
+func readerChecksum(f io.ReaderAt, size int64, format string) (connectors.Checksum, error) {
+	var sum connectors.Checksum
+	var err error
 	ctx := context.Background()
 	switch format {
 	case "jsonl":
-		err = scanRange(ctx, f, st.Size(), 0, st.Size(), func(line []byte, _ int64) error {
+		err = scanRange(ctx, f, size, 0, size, func(line []byte, _ int64) error {
 			if line = normalizeLine(line); len(line) > 0 {
 				sum.Add(line)
 			}
 			return nil
 		})
 	case "csv":
-		s := newLineScanner(f, 0, st.Size())
+		s := newLineScanner(io.NewSectionReader(f, 0, size), 0, size)
 		var rec []byte
 		quoted, first := false, true
 		for {
@@ -109,10 +155,10 @@ func fileChecksum(p, format string) (connectors.Checksum, error) {
 			sum.Add(bytes.TrimSuffix(rec, []byte{'\r'}))
 		}
 	case "parquet":
-		if st.Size() == 0 {
+		if size == 0 {
 			return sum, nil
 		}
-		pf, perr := file.NewParquetReader(io.NewSectionReader(f, 0, st.Size()))
+		pf, perr := file.NewParquetReader(io.NewSectionReader(f, 0, size))
 		if perr != nil {
 			return sum, perr
 		}
@@ -132,9 +178,9 @@ func fileChecksum(p, format string) (connectors.Checksum, error) {
 		var scratch []byte
 		for rr.Next() {
 			rec := rr.RecordBatch()
-			r := newRowRenderer(rec)
+			r := arrowconv.NewRowRenderer(rec)
 			for i := 0; i < int(rec.NumRows()); i++ {
-				scratch = r.appendRow(scratch[:0], i)
+				scratch = r.AppendRow(scratch[:0], i)
 				sum.Add(scratch)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/objstore"
 )
 
 // Kind is the connector kind this package registers.
@@ -27,8 +28,10 @@ const (
 
 // SourceConfig configures a files source.
 type SourceConfig struct {
-	// Path is the directory to read, or one file. A symlink (such as a
-	// dataset's "current") is resolved once, when the run is planned.
+	// Path is the directory to read, or one file: a local path (or a
+	// file:// URL), or s3://bucket/prefix. A symlink (such as a dataset's
+	// "current"), or on S3 a current pointer object, is resolved once,
+	// when the run is planned.
 	Path string `json:"path"`
 	// Format is jsonl, csv or parquet; empty means from the file extensions
 	// (.jsonl and .ndjson, .csv, .parquet), which must then agree.
@@ -52,6 +55,9 @@ type SourceConfig struct {
 	// "next_partition" when the next partition's directory exists, or
 	// it holds a _SUCCESS file.
 	Ready string `json:"ready"`
+	// S3 says how to reach the store of an s3:// path, where the standard
+	// AWS environment does not (see objstore.Config); never credentials.
+	S3 objstore.Config `json:"s3,omitzero"`
 	// ManifestDir is where a source read by arrival (incremental.by:
 	// modified) keeps its manifests, a directory per pipeline; empty means
 	// <Path>/_sluice/manifests (hidden from every listing).
@@ -66,15 +72,23 @@ const (
 
 // SinkConfig configures a files sink.
 type SinkConfig struct {
-	// Path is the dataset directory.
+	// Path is the dataset directory: a local path (or a file:// URL), or
+	// s3://bucket/prefix.
 	Path string `json:"path"`
 	// Format is jsonl (the default), csv or parquet.
 	Format string `json:"format"`
 	// KeepVersions is how many committed versions stay; 0 means 3.
 	KeepVersions int `json:"keep_versions"`
+	// S3 says how to reach the store of an s3:// path, where the standard
+	// AWS environment does not (see objstore.Config); never credentials.
+	S3 objstore.Config `json:"s3,omitzero"`
 }
 
 var formats = []string{"jsonl", "csv", "parquet"}
+
+// s3Fields are the fields of the s3 object of a configuration
+// (objstore.Config).
+var s3Fields = []string{"endpoint", "path_style", "region"}
 
 // extFormat maps file extensions to formats.
 var extFormat = map[string]string{".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -91,8 +105,8 @@ func checkFormat(f string) error {
 
 // Validate checks the configuration without I/O.
 func (c SourceConfig) Validate() error {
-	if c.Path == "" {
-		return &connectors.FieldError{Field: "path", Msg: "is required"}
+	if err := checkPath(c.Path, c.S3); err != nil {
+		return err
 	}
 	if err := checkFormat(c.Format); err != nil {
 		return err
@@ -120,8 +134,8 @@ func (c SourceConfig) Validate() error {
 
 // Validate checks the configuration without I/O.
 func (c SinkConfig) Validate() error {
-	if c.Path == "" {
-		return &connectors.FieldError{Field: "path", Msg: "is required"}
+	if err := checkPath(c.Path, c.S3); err != nil {
+		return err
 	}
 	if err := checkFormat(c.Format); err != nil {
 		return err
@@ -162,12 +176,23 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 			return &connectors.FieldError{Field: k, Msg: fmt.Sprintf("unknown field (known: %s)", strings.Join(known, ", "))}
 		}
 	}
+	if raw, ok := fields["s3"]; ok {
+		var s3 map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &s3); err != nil {
+			return &connectors.FieldError{Field: "s3", Msg: "want an object {endpoint, region, path_style}"}
+		}
+		for k := range s3 {
+			if !slices.Contains(s3Fields, k) {
+				return &connectors.FieldError{Field: "s3." + k, Msg: fmt.Sprintf("unknown field (known: %s; credentials come from the AWS environment, never from a spec)", strings.Join(s3Fields, ", "))}
+			}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want a %s, got a JSON %s", te.Type, te.Value)}
+			return connectors.TypeError(te)
 		}
 		return &connectors.FieldError{Msg: err.Error()}
 	}
@@ -176,7 +201,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 
 func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := decodeStrict(raw, []string{"format", "glob", "layout", "manifest_dir", "path", "ready"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "glob", "layout", "manifest_dir", "path", "ready", "s3"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -184,7 +209,7 @@ func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 
 func parseSinkConfig(raw json.RawMessage) (SinkConfig, error) {
 	var c SinkConfig
-	if err := decodeStrict(raw, []string{"format", "keep_versions", "path"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "keep_versions", "path", "s3"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -245,6 +270,6 @@ func Register(reg *connectors.Registry) {
 		SinkValueWindows: true,
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }

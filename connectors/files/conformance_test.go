@@ -75,61 +75,77 @@ func arrowBatches() []connectors.Batch {
 }
 
 func TestSinkConformance(t *testing.T) {
+	testSinkConformance(t, func(t *testing.T, name string) string { return filepath.Join(t.TempDir(), name) })
+}
+
+// testSinkConformance runs the sink conformance suite for every output
+// format and input, each on the dataset root(t, name) gives.
+func testSinkConformance(t *testing.T, root func(t *testing.T, name string) string) {
 	inputs := map[string]func() []connectors.Batch{"jsonl": rawJSONLBatches, "csv": rawCSVBatches, "arrow": arrowBatches}
 	for _, format := range []string{"jsonl", "csv", "parquet"} {
 		for _, in := range []string{"jsonl", "csv", "arrow"} {
 			t.Run(in+"_to_"+format, func(t *testing.T) {
-				dir := filepath.Join(t.TempDir(), "out")
+				out := root(t, in+"-"+format)
 				conformance.TestSink(t, conformance.SinkHarness{
-					Open: func(t *testing.T) connectors.Sink {
-						s, err := files.NewSink(files.SinkConfig{Path: dir, Format: format})
-						if err != nil {
-							t.Fatal(err)
-						}
-						return s
-					},
-					Batches: inputs[in],
-					ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
-						cur, err := files.Current(dir)
-						if err != nil {
-							return connectors.Checksum{}, err
-						}
-						return files.ReadChecksum(cur, format)
-					},
+					Open:          openSink(out, format),
+					Batches:       inputs[in],
+					ReadCommitted: readCurrent(out, format),
 				})
 			})
 		}
 	}
 }
 
+func openSink(root, format string) func(t *testing.T) connectors.Sink {
+	return func(t *testing.T) connectors.Sink {
+		s, err := files.NewSink(files.SinkConfig{Path: root, Format: format})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
+// readCurrent reads the checksum of the version the dataset at root
+// exposes, as a reader finds it.
+func readCurrent(root, format string) func(*testing.T, connectors.Sink) (connectors.Checksum, error) {
+	return func(*testing.T, connectors.Sink) (connectors.Checksum, error) {
+		cur, err := files.Current(root)
+		if err != nil {
+			return connectors.Checksum{}, err
+		}
+		return files.ReadChecksum(cur, format)
+	}
+}
+
 // The files sink keeps versions for rollback: v<N> directories behind
 // the current symlink.
 func TestVersionedConformance(t *testing.T) {
+	testVersionedConformance(t, func(t *testing.T, name string) string { return filepath.Join(t.TempDir(), name) })
+}
+
+func testVersionedConformance(t *testing.T, root func(t *testing.T, name string) string) {
 	for _, format := range []string{"jsonl", "parquet"} {
 		t.Run(format, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "out")
+			out := root(t, format)
 			conformance.TestVersioned(t, conformance.SinkHarness{
-				Open: func(t *testing.T) connectors.Sink {
-					s, err := files.NewSink(files.SinkConfig{Path: dir, Format: format})
-					if err != nil {
-						t.Fatal(err)
-					}
-					return s
-				},
-				Batches: rawJSONLBatches,
-				ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
-					cur, err := files.Current(dir)
-					if err != nil {
-						return connectors.Checksum{}, err
-					}
-					return files.ReadChecksum(cur, format)
-				},
+				Open:          openSink(out, format),
+				Batches:       rawJSONLBatches,
+				ReadCommitted: readCurrent(out, format),
 			})
 		})
 	}
 }
 
 func TestSourceConformance(t *testing.T) {
+	testSourceConformance(t, func(t *testing.T, dir, _ string) string { return dir })
+}
+
+// testSourceConformance runs the source conformance suite on JSONL (a
+// big file split into byte ranges), CSV, Parquet and an empty tree, each
+// written to a local directory and read from the path place(t, dir, name)
+// returns for it.
+func testSourceConformance(t *testing.T, place func(t *testing.T, dir, name string) string) {
 	t.Run("jsonl", func(t *testing.T) {
 		dir := t.TempDir()
 		var big bytes.Buffer
@@ -142,8 +158,9 @@ func TestSourceConformance(t *testing.T) {
 		files.WriteFile(t, dir, "_ignored.jsonl", "not json\n")
 		files.WriteFile(t, dir, ".hidden/c.jsonl", "not json\n")
 		files.WriteFile(t, dir, "notes.txt", "not json\n")
+		src := place(t, dir, "jsonl")
 		conformance.TestSource(t, conformance.SourceHarness{
-			Open:     func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: dir}) },
+			Open:     func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: src}) },
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 16 << 10}},
 			WantRows: 3000 + 3 + 2,
 		})
@@ -154,9 +171,10 @@ func TestSourceConformance(t *testing.T) {
 		files.WriteFile(t, dir, "b.csv", "\ufeff"+files.CSVRows(400, 10))
 		files.WriteFile(t, dir, "c.csv", "")
 		files.WriteFile(t, dir, "d/e.csv", "id,name,note\r\n1,x,y\r\n")
+		src := place(t, dir, "csv")
 		conformance.TestSource(t, conformance.SourceHarness{
 			Open: func(t *testing.T) connectors.Source {
-				return files.SmallBatches(t, files.SourceConfig{Path: dir, Format: "csv"})
+				return files.SmallBatches(t, files.SourceConfig{Path: src, Format: "csv"})
 			},
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{MaxFiles: 2}},
 			WantRows: 411, WantPartitions: 2,
@@ -166,18 +184,19 @@ func TestSourceConformance(t *testing.T) {
 		dir := t.TempDir()
 		files.WriteParquet(t, filepath.Join(dir, "a.parquet"), files.TestRecord(0, 100), files.TestRecord(100, 50), files.TestRecord(150, 7))
 		files.WriteParquet(t, filepath.Join(dir, "x/b.parquet"), files.TestRecord(0, 3))
+		src := place(t, dir, "parquet")
 		conformance.TestSource(t, conformance.SourceHarness{
 			Open: func(t *testing.T) connectors.Source {
-				return files.SmallBatches(t, files.SourceConfig{Path: dir, Glob: "*.parquet"})
+				return files.SmallBatches(t, files.SourceConfig{Path: src, Glob: "*.parquet"})
 			},
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 1}},
 			WantRows: 160, WantPartitions: 2,
 		})
 	})
 	t.Run("empty", func(t *testing.T) {
-		dir := t.TempDir()
+		src := place(t, t.TempDir(), "empty")
 		conformance.TestSource(t, conformance.SourceHarness{
-			Open: func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: dir}) },
+			Open: func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: src}) },
 		})
 	})
 }
@@ -206,9 +225,7 @@ func TestApplierConformance(t *testing.T) {
 					return err
 				}
 				rel, _ := filepath.Rel(dir(target), filepath.Dir(path))
-				for line := range strings.Lines(string(b)) {
-					out = append(out, rel+" "+line)
-				}
+				out = appendLines(out, rel, b)
 				return nil
 			})
 			if err != nil {
@@ -218,4 +235,13 @@ func TestApplierConformance(t *testing.T) {
 		},
 		Events: conformance.ChangeEvents(),
 	})
+}
+
+// appendLines appends each line of a change log's part file, prefixed
+// with its hour directory rel, to out.
+func appendLines(out []string, rel string, data []byte) []string {
+	for line := range strings.Lines(string(data)) {
+		out = append(out, rel+" "+line)
+	}
+	return out
 }

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -111,7 +110,7 @@ func PartitionPath(root, layoutText string, w connectors.Window) (string, error)
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(root, filepath.FromSlash(rel)), nil
+	return joinPath(root, rel), nil
 }
 
 // partition returns the relative path of the one partition the window w
@@ -132,7 +131,7 @@ func (s *Source) partitionDirs(w connectors.Window) (dir, next string, err error
 		return "", "", fmt.Errorf("source %s, layout %q: %w", s.cfg.Path, s.cfg.Layout, err)
 	}
 	nextRel := s.layout.render(w.From.Add(s.layout.size))
-	return filepath.Join(s.cfg.Path, filepath.FromSlash(rel)), filepath.Join(s.cfg.Path, filepath.FromSlash(nextRel)), nil
+	return joinPath(s.path(), rel), joinPath(s.path(), nextRel), nil
 }
 
 var _ connectors.Readiness = (*Source)(nil)
@@ -142,28 +141,42 @@ var _ connectors.Readiness = (*Source)(nil)
 // directory exists. what is the partition's directory. A source without a
 // layout, or a run without a window, is always ready. A window that is not
 // exactly one partition is a permanent error. ctx is not used: the check
-// is two stat calls.
-func (s *Source) Ready(_ context.Context, req connectors.PlanRequest) (bool, string, error) {
+// is two stat calls (on S3, two requests, which ctx bounds).
+func (s *Source) Ready(ctx context.Context, req connectors.PlanRequest) (bool, string, error) {
 	if s.layout == nil || req.Window == nil {
-		return true, s.cfg.Path, nil
+		return true, s.path(), nil
 	}
 	dir, next, err := s.partitionDirs(*req.Window)
 	if err != nil {
 		return false, "", err
 	}
-	ok, err := exists(filepath.Join(dir, SuccessFile), false)
+	ok, err := s.exists(ctx, joinPath(dir, SuccessFile), false)
 	if err != nil || ok {
 		return ok, dir, err
 	}
 	if s.cfg.Ready == ReadyNextPartition {
-		ok, err := exists(next, true)
+		ok, err := s.exists(ctx, next, true)
 		return ok, dir, err
 	}
 	return false, dir, nil
 }
 
-// exists reports whether p exists as a directory (dir) or a regular file.
-func exists(p string, dir bool) (bool, error) {
+// exists reports whether p exists as a directory (dir) or a regular file;
+// on S3, whether objects exist under the prefix p or the object p does.
+func (s *Source) exists(ctx context.Context, p string, dir bool) (bool, error) {
+	if s.s3 != nil {
+		ok, err := s.s3.exists(ctx, p, dir)
+		if err != nil {
+			return false, fmt.Errorf("check readiness: %w", err)
+		}
+		return ok, nil
+	}
+	return existsLocal(p, dir)
+}
+
+// existsLocal reports whether p exists as a directory (dir) or a regular
+// file.
+func existsLocal(p string, dir bool) (bool, error) {
 	st, err := os.Stat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -16,34 +16,60 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
+	"github.com/sluicehq/sluice/objstore"
 )
 
-// Sink writes a versioned dataset directory. It is safe for concurrent
-// use: tasks write distinct files; Commit and Abort are called by the
-// leader only.
+// Sink writes a versioned dataset directory, local or on S3. It is safe
+// for concurrent use: tasks write distinct files; Commit and Abort are
+// called by the leader only.
 type Sink struct {
-	cfg  SinkConfig
+	cfg SinkConfig
+	// root is the absolute local directory; empty on S3.
 	root string
-	now  func() time.Time
+	// s3 is the bucket of an s3:// path; nil for a local one.
+	s3  *s3Root
+	now func() time.Time
+	// mem holds the memory typed Parquet outputs convert and encode rows
+	// in, recycled from task to task.
+	mem *arrowconv.Allocator
 }
 
 var _ connectors.Sink = (*Sink)(nil)
 
-// NewSink returns a sink for cfg. It does no I/O.
+// NewSink returns a sink for cfg. It reaches no server (on S3 it reads the
+// AWS shared configuration files).
 func NewSink(cfg SinkConfig) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	root, err := filepath.Abs(cfg.Path)
+	if objstore.IsURL(cfg.Path) {
+		r, err := openS3Root(cfg.Path, cfg.S3)
+		if err != nil {
+			return nil, err
+		}
+		return &Sink{cfg: cfg, s3: r, now: time.Now, mem: new(arrowconv.Allocator)}, nil
+	}
+	p, err := localPath(cfg.Path)
 	if err != nil {
 		return nil, &connectors.FieldError{Field: "path", Msg: err.Error()}
 	}
-	return &Sink{cfg: cfg, root: root, now: time.Now}, nil
+	root, err := filepath.Abs(p)
+	if err != nil {
+		return nil, &connectors.FieldError{Field: "path", Msg: err.Error()}
+	}
+	return &Sink{cfg: cfg, root: root, now: time.Now, mem: new(arrowconv.Allocator)}, nil
 }
 
-// Close does nothing: a Sink holds no resources between calls.
-func (s *Sink) Close() error { return nil }
+// Close releases the idle connections of an S3 sink; a local one holds
+// nothing between calls.
+func (s *Sink) Close() error {
+	if s.s3 != nil {
+		return s.s3.b.Close()
+	}
+	return nil
+}
 
 // checkName rejects identifiers that cannot be one path element.
 func checkName(what, name string) error {
@@ -54,7 +80,8 @@ func checkName(what, name string) error {
 }
 
 // OpenTask starts the output of one task attempt in
-// _staging/<run>/.part-<task>.<attempt>.tmp.
+// _staging/<run>/.part-<task>.<attempt>.tmp, or on S3 an upload of
+// _staging/<run>/part-<task>.<ext> that Close completes.
 func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.TaskWriter, error) {
 	if err := checkName("run", t.RunID); err != nil {
 		return nil, err
@@ -64,6 +91,17 @@ func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.T
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	typed, err := typedSchema(t.Schema)
+	if err != nil {
+		return nil, connectors.Permanent(fmt.Errorf("open task %s: %w", t.TaskID, err))
+	}
+	if s.s3 != nil {
+		w, err := s.openTaskS3(t, typed)
+		if err != nil {
+			return nil, err
+		}
+		return w, nil
 	}
 	dir := stagingDir(s.root, t.RunID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -83,7 +121,11 @@ func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.T
 		f:        f,
 		bw:       bufio.NewWriterSize(f, 1<<20),
 	}
-	w.enc = newEncoder(s.cfg.Format, w.bw, &w.sum)
+	if w.enc, err = newEncoder(s.cfg.Format, w.bw, &w.sum, typed, s.mem); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, connectors.Permanent(fmt.Errorf("open task %s: %w", t.TaskID, err))
+	}
 	return w, nil
 }
 
@@ -112,6 +154,9 @@ type marker struct {
 	Time     time.Time `json:"time"`
 	// Window is the window of an incremental (append) commit.
 	Window *connectors.Window `json:"window,omitempty"`
+	// Files lists the data files beside the marker, on S3 (where a
+	// reader would otherwise list them).
+	Files []string `json:"files,omitempty"`
 }
 
 // Commit publishes the task outputs of a run as version req.Version:
@@ -125,6 +170,12 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	}
 	if req.Version < 0 {
 		return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("commit run %s: bad version %d", req.RunID, req.Version))
+	}
+	if s.s3 != nil {
+		if req.Mode == connectors.ModeAppend {
+			return s.commitWindowS3(ctx, req)
+		}
+		return s.commitS3(ctx, req)
 	}
 	if req.Mode == connectors.ModeAppend {
 		return s.commitWindow(ctx, req)
@@ -324,10 +375,17 @@ func (s *Sink) prune(current string) error {
 	return nil
 }
 
-// Abort removes the staging directory of a run; the current version stays.
+// Abort removes the staging directory of a run (on S3, its objects and
+// the uploads in progress under it); the current version stays.
 func (s *Sink) Abort(ctx context.Context, runID string) error {
 	if err := checkName("run", runID); err != nil {
 		return err
+	}
+	if s.s3 != nil {
+		if err := s.s3.b.DeletePrefix(ctx, s.s3.dir(stagingRel(runID))); err != nil {
+			return fmt.Errorf("abort run %s: %w", runID, err)
+		}
+		return nil
 	}
 	if err := os.RemoveAll(stagingDir(s.root, runID)); err != nil {
 		return fmt.Errorf("abort run %s: %w", runID, err)
@@ -336,9 +394,22 @@ func (s *Sink) Abort(ctx context.Context, runID string) error {
 }
 
 // Current returns the directory of the version a dataset exposes, root's
-// "current" symlink resolved. It wraps fs.ErrNotExist when no version was
-// committed.
+// "current" symlink resolved; for an s3:// root, the s3:// URL of the
+// directory its current pointer names (read with the standard AWS
+// environment). It wraps fs.ErrNotExist when no version was committed.
 func Current(root string) (string, error) {
+	if objstore.IsURL(root) {
+		r, err := openS3Root(root, objstore.Config{})
+		if err != nil {
+			return "", err
+		}
+		defer r.b.Close()
+		cur, err := r.readPointer(context.Background(), r.key(PointerFile))
+		if err != nil {
+			return "", fmt.Errorf("current version of %s: %w", root, err)
+		}
+		return r.url(cur), nil
+	}
 	target, err := os.Readlink(filepath.Join(root, "current"))
 	if err != nil {
 		return "", fmt.Errorf("current version of %s: %w", root, err)

@@ -11,11 +11,9 @@ import (
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/apache/arrow-go/v18/parquet/file"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 )
 
 // stage writes one task per batch list for run and returns the outputs.
@@ -85,16 +83,67 @@ func checkVersion(t *testing.T, root, name string, want connectors.Checksum, fin
 	}
 }
 
-func TestCommitCrashResume(t *testing.T) {
+// crashFunc leaves a dataset as a commit of req (version 2, after
+// version 1) interrupted at some step would.
+type crashFunc func(t *testing.T, s *Sink, req connectors.CommitRequest)
+
+// testCrashResume commits version 1, stages version 2 and crashes its
+// commit with each of crashes; until the commit resumes, version 1 stays
+// exposed (unless the crash's name mentions the marker or staging: the
+// pointer was swapped); then a new sink, as a new leader would open,
+// repeats the commit twice, each time completing it. open opens a sink
+// on the dataset named name; check is checkVersion or checkVersionS3.
+func testCrashResume(t *testing.T, crashes map[string]crashFunc, open func(t *testing.T, name string) *Sink,
+	check func(t *testing.T, s *Sink, name string, want connectors.Checksum, final bool)) {
 	ctx := context.Background()
 	batches := [][]connectors.Batch{
 		{jsonlBatch(`{"a":1}`, `{"a":2}`)},
 		{jsonlBatch(`{"b":1}`)},
 		{jsonlBatch(`{"c":1}`, `{"c":2}`, `{"c":3}`)},
 	}
+	for name, crash := range crashes {
+		t.Run(name, func(t *testing.T) {
+			dataset := strings.ReplaceAll(name, " ", "-")
+			s := open(t, dataset)
+			out1 := stage(t, s, "run-1", batches[0])
+			if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "run-1", Version: 1, Tasks: out1}); err != nil {
+				t.Fatal(err)
+			}
+			outs := stage(t, s, "run-2", batches...)
+			req := connectors.CommitRequest{RunID: "run-2", Version: 2, Tasks: outs}
+			crash(t, s, req)
+			if name != "none" && !strings.Contains(name, "marker") && !strings.Contains(name, "staging") {
+				check(t, s, "v000001", sumOf(out1), false)
+			}
+			s2 := open(t, dataset)
+			for range 2 {
+				res, err := s2.Commit(ctx, req)
+				if err != nil {
+					t.Fatalf("Commit: %v", err)
+				}
+				if loc := s2.location("v000002"); res.Location != loc || res.Marker != joinPath(loc, SuccessFile) {
+					t.Errorf("Commit = %+v, want location %s", res, loc)
+				}
+				check(t, s2, "v000002", sumOf(outs), true)
+			}
+		})
+	}
+}
+
+// location returns where the directory name of the dataset is: a local
+// path or an s3:// URL.
+func (s *Sink) location(name string) string {
+	if s.s3 != nil {
+		return s.s3.url(name)
+	}
+	return filepath.Join(s.root, name)
+}
+
+func TestCommitCrashResume(t *testing.T) {
+	ctx := context.Background()
 	// Each crash leaves the dataset as a commit interrupted at some step
 	// would, for version 2 after version 1 was committed.
-	crashes := map[string]func(t *testing.T, s *Sink, req connectors.CommitRequest){
+	crashes := map[string]crashFunc{
 		"none": func(*testing.T, *Sink, connectors.CommitRequest) {},
 		"building half filled": func(t *testing.T, s *Sink, req connectors.CommitRequest) {
 			b := filepath.Join(s.root, ".v000002.building")
@@ -134,35 +183,16 @@ func TestCommitCrashResume(t *testing.T) {
 			os.MkdirAll(stagingDir(s.root, req.RunID), 0o755)
 		},
 	}
-	for name, crash := range crashes {
-		t.Run(name, func(t *testing.T) {
-			root := filepath.Join(t.TempDir(), "ds")
-			s, _ := NewSink(SinkConfig{Path: root})
-			out1 := stage(t, s, "run-1", batches[0])
-			if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "run-1", Version: 1, Tasks: out1}); err != nil {
-				t.Fatal(err)
-			}
-			outs := stage(t, s, "run-2", batches...)
-			req := connectors.CommitRequest{RunID: "run-2", Version: 2, Tasks: outs}
-			crash(t, s, req)
-			if name != "none" && !strings.Contains(name, "marker") && !strings.Contains(name, "staging") {
-				// Until the commit resumes, version 1 stays exposed.
-				checkVersion(t, root, "v000001", sumOf(out1), false)
-			}
-			// A new sink, as a new leader would open, repeats the commit twice.
-			s2, _ := NewSink(SinkConfig{Path: root})
-			for range 2 {
-				res, err := s2.Commit(ctx, req)
-				if err != nil {
-					t.Fatalf("Commit: %v", err)
-				}
-				if res.Location != filepath.Join(s.root, "v000002") || res.Marker != filepath.Join(res.Location, "_SUCCESS") {
-					t.Errorf("Commit = %+v", res)
-				}
-				checkVersion(t, root, "v000002", sumOf(outs), true)
-			}
-		})
-	}
+	base := t.TempDir()
+	testCrashResume(t, crashes, func(t *testing.T, name string) *Sink {
+		s, err := NewSink(SinkConfig{Path: filepath.Join(base, name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, func(t *testing.T, s *Sink, name string, want connectors.Checksum, final bool) {
+		checkVersion(t, s.root, name, want, final)
+	})
 }
 
 func wantOf(req connectors.CommitRequest) map[string]string {
@@ -318,21 +348,13 @@ func TestJSONLToParquetChecksum(t *testing.T) {
 	}
 
 	// The inferred schema.
-	f, err := os.Open(filepath.Join(cur, "part-ta.parquet"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	pf, err := file.NewParquetReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fr, _ := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
-	sc, _ := fr.Schema()
+	tbl := readParquetTable(t, filepath.Join(cur, "part-ta.parquet"))
+	defer tbl.Release()
+	sc := tbl.Schema()
 	var types []string
 	for _, fd := range sc.Fields() {
 		s := fd.Name + ":" + fd.Type.String()
-		if isJSONField(fd) {
+		if arrowconv.IsJSONField(fd) {
 			s += "(json)"
 		}
 		types = append(types, s)
@@ -434,6 +456,17 @@ func TestValidate(t *testing.T) {
 		{`{"path":"/x","keep_versions":"3"}`, "keep_versions", true},
 		{`{"path":"/x","glob":"*"}`, "glob", true},
 		{`{"format":"parquet"}`, "path", true},
+		{`{"path":"file:///x"}`, "", false},
+		{`{"path":"file://host/x"}`, "path", false},
+		{`{"path":"s3://bucket/x/y"}`, "", false},
+		{`{"path":"s3://bucket"}`, "", true},
+		{`{"path":"s3://B/x"}`, "path", true},
+		{`{"path":"s3://bucket/a/../b"}`, "path", false},
+		{`{"path":"s3://bucket/x","s3":{"endpoint":"http://127.0.0.1:7070","region":"eu-west-1","path_style":true}}`, "", true},
+		{`{"path":"s3://bucket/x","s3":{"endpoint":"ftp://x"}}`, "s3", true},
+		{`{"path":"s3://bucket/x","s3":{"secret_access_key":"x"}}`, "s3.secret_access_key", false},
+		{`{"path":"s3://bucket/x","s3":{"path_style":"yes"}}`, "s3.path_style", true},
+		{`{"path":"/x","s3":{"region":"eu-west-1"}}`, "s3", true},
 	}
 	for _, c := range cases {
 		v := ValidateSource

@@ -22,6 +22,7 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/objstore"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -31,9 +32,15 @@ const (
 	parquetBatchRows = 64 << 10
 )
 
-// Source reads the files of a directory. It is safe for concurrent use.
+// Source reads the files of a directory, local or on S3. It is safe for
+// concurrent use.
 type Source struct {
 	cfg SourceConfig
+	// root is the local directory (or file) to read: cfg.Path, a file://
+	// URL's path; empty on S3.
+	root string
+	// s3 is the bucket of an s3:// path; nil for a local one.
+	s3 *s3Root
 	// layout is the parsed cfg.Layout; nil without one.
 	layout *layout
 	// Batch sizes; tests make them small.
@@ -45,13 +52,26 @@ type Source struct {
 
 var _ connectors.Source = (*Source)(nil)
 
-// NewSource returns a source for cfg. It does no I/O: a missing path is
-// reported by Plan.
+// NewSource returns a source for cfg. It reaches no server (on S3 it reads
+// the AWS shared configuration files): a missing path is reported by Plan.
 func NewSource(cfg SourceConfig) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	src := &Source{cfg: cfg, batchBytes: rawBatchBytes, batchRows: parquetBatchRows}
+	if objstore.IsURL(cfg.Path) {
+		r, err := openS3Root(cfg.Path, cfg.S3)
+		if err != nil {
+			return nil, err
+		}
+		src.s3 = r
+	} else {
+		root, err := localPath(cfg.Path)
+		if err != nil {
+			return nil, &connectors.FieldError{Field: "path", Msg: err.Error()}
+		}
+		src.root = root
+	}
 	if cfg.Layout != "" {
 		l, err := parseLayout(cfg.Layout)
 		if err != nil {
@@ -62,14 +82,28 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 	return src, nil
 }
 
-// Close does nothing: a Source holds no resources between calls.
-func (s *Source) Close() error { return nil }
+// Close releases the idle connections of an S3 source; a local one holds
+// nothing between calls.
+func (s *Source) Close() error {
+	if s.s3 != nil {
+		return s.s3.b.Close()
+	}
+	return nil
+}
+
+// path returns the root to read: a local path, or the s3:// URL.
+func (s *Source) path() string {
+	if s.s3 != nil {
+		return s.s3.url("")
+	}
+	return s.root
+}
 
 // partSpec is the Spec of a planned partition.
 type partSpec struct {
 	Format string `json:"format"`
 	// Base is the directory the paths are relative to, with symlinks
-	// resolved at planning time.
+	// resolved at planning time: a local path, or an s3:// URL.
 	Base  string    `json:"base"`
 	Files []fileRef `json:"files"`
 }
@@ -83,6 +117,9 @@ type fileRef struct {
 	// whole file.
 	Start int64 `json:"start,omitempty"`
 	End   int64 `json:"end,omitempty"`
+	// ETag is an S3 object's ETag when it was listed: every read asks for
+	// that content (If-Match).
+	ETag string `json:"etag,omitempty"`
 }
 
 // Plan lists the files (sorted by relative path) and groups consecutive
@@ -95,7 +132,7 @@ type fileRef struct {
 // new or changed since its watermark, oldest first (see arrivals). ctx
 // bounds the listing.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
-	root := s.cfg.Path
+	root := s.path()
 	if req.Window != nil {
 		if s.layout == nil {
 			return connectors.Plan{}, connectors.Permanent(fmt.Errorf("plan %s: a files source cannot read a delta-column window %v: lay the files out by time (layout) and leave incremental.delta_column out", s.cfg.Path, req.Window))
@@ -104,7 +141,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		if err != nil {
 			return connectors.Plan{}, fmt.Errorf("plan: %w", err)
 		}
-		if ok, err := exists(dir, true); err != nil {
+		if ok, err := s.exists(ctx, dir, true); err != nil {
 			return connectors.Plan{}, fmt.Errorf("plan %s: %w", dir, err)
 		} else if !ok {
 			return connectors.Plan{}, nil
@@ -180,72 +217,103 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	return connectors.Plan{Partitions: parts, Watermark: watermark}, nil
 }
 
-// list returns the resolved base directory, the selected files sorted by
-// relative path, and their format.
+// list returns the resolved base directory (or s3:// URL), the selected
+// files sorted by relative path, and their format.
 func (s *Source) list(ctx context.Context, root string) (string, []fileRef, string, error) {
-	base, err := filepath.EvalSymlinks(root)
+	var (
+		base  string
+		found map[string]fileRef
+		err   error
+	)
+	if s.s3 != nil {
+		base, found, err = s.s3.walk(ctx, root)
+	} else {
+		base, found, err = walkLocal(ctx, root)
+	}
 	if err != nil {
 		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
+	}
+	refs, format, err := s.selectFiles(found)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
+	}
+	return base, refs, format, nil
+}
+
+// walkLocal returns the directory root resolves to (symlinks followed,
+// absolute) and every regular file under it that is not hidden, by
+// slash-separated relative path; for a root that is a file, its directory
+// and the file.
+func walkLocal(ctx context.Context, root string) (string, map[string]fileRef, error) {
+	base, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		return "", nil, err
 	}
 	base, err = filepath.Abs(base)
 	if err != nil {
-		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
+		return "", nil, err
 	}
 	st, err := os.Stat(base)
 	if err != nil {
-		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
+		return "", nil, err
 	}
-	var rels []string
-	infos := map[string]fs.FileInfo{}
+	ref := func(rel string, info fs.FileInfo) fileRef {
+		return fileRef{Path: rel, Size: info.Size(), MTime: info.ModTime().UnixNano()}
+	}
+	found := map[string]fileRef{}
 	if !st.IsDir() {
 		rel := filepath.Base(base)
-		base = filepath.Dir(base)
-		rels, infos[rel] = []string{rel}, st
-	} else {
-		err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if p == base {
-				return nil
-			}
-			if hidden(d.Name()) {
-				if d.IsDir() {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if d.IsDir() {
-				return nil
-			}
-			info, err := os.Stat(p) // follows a symlink to a file
-			if err != nil {
-				return err
-			}
-			if !info.Mode().IsRegular() {
-				return nil
-			}
-			rel, err := filepath.Rel(base, p)
-			if err != nil {
-				return err
-			}
-			rel = filepath.ToSlash(rel)
-			rels = append(rels, rel)
-			infos[rel] = info
-			return nil
-		})
+		found[rel] = ref(rel, st)
+		return filepath.Dir(base), found, nil
+	}
+	err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			return "", nil, "", fmt.Errorf("list %s: %w", root, err)
+			return err
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if p == base {
+			return nil
+		}
+		if hidden(d.Name()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return nil
+		}
+		info, err := os.Stat(p) // follows a symlink to a file
+		if err != nil {
+			return err
+		}
+		if !info.Mode().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(base, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		found[rel] = ref(rel, info)
+		return nil
+	})
+	return base, found, err
+}
+
+// selectFiles picks the files of the configured format or glob among
+// found, sorted by relative path, and tells their format.
+func (s *Source) selectFiles(found map[string]fileRef) ([]fileRef, string, error) {
+	rels := make([]string, 0, len(found))
+	for rel := range found {
+		rels = append(rels, rel)
 	}
 	sort.Strings(rels)
-
 	format := s.cfg.Format
 	var selected []string
-	found := map[string]bool{}
+	formats := map[string]bool{}
 	for _, rel := range rels {
 		ff := formatOf(rel)
 		switch {
@@ -258,7 +326,7 @@ func (s *Source) list(ctx context.Context, root string) (string, []fileRef, stri
 				continue
 			}
 			if format == "" && ff == "" {
-				return "", nil, "", fmt.Errorf("list %s: cannot tell the format of %s from its extension: set format", root, rel)
+				return nil, "", fmt.Errorf("cannot tell the format of %s from its extension: set format", rel)
 			}
 		case format != "":
 			if ff != format {
@@ -269,17 +337,17 @@ func (s *Source) list(ctx context.Context, root string) (string, []fileRef, stri
 				continue
 			}
 		}
-		found[ff] = true
+		formats[ff] = true
 		selected = append(selected, rel)
 	}
 	if format == "" {
 		var fs []string
-		for f := range found {
+		for f := range formats {
 			fs = append(fs, f)
 		}
 		sort.Strings(fs)
 		if len(fs) > 1 {
-			return "", nil, "", fmt.Errorf("list %s: files of several formats (%s): set format or glob", root, strings.Join(fs, ", "))
+			return nil, "", fmt.Errorf("files of several formats (%s): set format or glob", strings.Join(fs, ", "))
 		}
 		if len(fs) == 1 {
 			format = fs[0]
@@ -287,10 +355,9 @@ func (s *Source) list(ctx context.Context, root string) (string, []fileRef, stri
 	}
 	refs := make([]fileRef, 0, len(selected))
 	for _, rel := range selected {
-		info := infos[rel]
-		refs = append(refs, fileRef{Path: rel, Size: info.Size(), MTime: info.ModTime().UnixNano()})
+		refs = append(refs, found[rel])
 	}
-	return base, refs, format, nil
+	return refs, format, nil
 }
 
 // hidden reports whether a file or directory name is skipped.
@@ -307,7 +374,14 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 	}
 	base := spec.Base
 	if base == "" {
-		base = s.cfg.Path
+		base = s.path()
+	}
+	open := func(ref fileRef, read func(f io.ReaderAt) error) error { return readFile(ctx, base, ref, read) }
+	if objstore.IsURL(base) {
+		if loc, err := objstore.ParseURL(base); err != nil || s.s3 == nil || loc.Bucket != s.s3.b.Name() {
+			return connectors.Permanent(fmt.Errorf("read partition %s: base %s is not in the bucket of the source's path %s", p.Key, base, s.cfg.Path))
+		}
+		open = func(ref fileRef, read func(f io.ReaderAt) error) error { return s.s3.read(ctx, base, ref, read) }
 	}
 	var csvHeader []string
 	for _, ref := range spec.Files {
@@ -320,17 +394,17 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 		var err error
 		switch spec.Format {
 		case "jsonl":
-			err = readFile(ctx, base, ref, func(f *os.File) error { return readJSONL(ctx, f, ref, s.batchBytes, emit) })
+			err = open(ref, func(f io.ReaderAt) error { return readJSONL(ctx, f, ref, s.batchBytes, emit) })
 		case "csv":
-			err = readFile(ctx, base, ref, func(f *os.File) error {
-				h, err := readCSV(ctx, f, ref, csvHeader, s.batchBytes, emit)
+			err = open(ref, func(f io.ReaderAt) error {
+				h, err := readCSV(ctx, io.NewSectionReader(f, 0, ref.Size), ref, csvHeader, s.batchBytes, emit)
 				if csvHeader == nil {
 					csvHeader = h
 				}
 				return err
 			})
 		case "parquet":
-			err = readFile(ctx, base, ref, func(f *os.File) error { return readParquet(ctx, f, ref, s.batchRows, emit) })
+			err = open(ref, func(f io.ReaderAt) error { return readParquet(ctx, f, ref, s.batchRows, emit) })
 		default:
 			return connectors.Permanent(fmt.Errorf("read partition %s: unknown format %q", p.Key, spec.Format))
 		}
@@ -346,7 +420,7 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 
 // readFile opens one file of a partition, checks it is the file that was
 // planned before and after read runs, and closes it.
-func readFile(ctx context.Context, base string, ref fileRef, read func(f *os.File) error) error {
+func readFile(ctx context.Context, base string, ref fileRef, read func(f io.ReaderAt) error) error {
 	f, err := os.Open(filepath.Join(base, filepath.FromSlash(ref.Path)))
 	if err != nil {
 		return fmt.Errorf("open %s: %w", ref.Path, err) // missing: retryable
@@ -374,7 +448,7 @@ func checkUnchanged(f *os.File, ref fileRef) error {
 }
 
 // readJSONL emits the lines of a JSONL file, or of its byte range.
-func readJSONL(ctx context.Context, f *os.File, ref fileRef, batchBytes int, emit connectors.Emit) error {
+func readJSONL(ctx context.Context, f io.ReaderAt, ref fileRef, batchBytes int, emit connectors.Emit) error {
 	start, end := ref.Start, ref.End
 	if end == 0 {
 		start, end = 0, ref.Size
@@ -461,7 +535,7 @@ var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 // readCSV emits the data records of a CSV file, re-encoded canonically. The
 // first record is the header; it must equal want when want is not nil. It
 // returns the file's header.
-func readCSV(ctx context.Context, f *os.File, ref fileRef, want []string, batchBytes int, emit connectors.Emit) ([]string, error) {
+func readCSV(ctx context.Context, f io.Reader, ref fileRef, want []string, batchBytes int, emit connectors.Emit) ([]string, error) {
 	br := bufio.NewReaderSize(f, 256<<10)
 	if b, err := br.Peek(3); err == nil && bytes.Equal(b, utf8BOM) {
 		br.Discard(3)
@@ -545,7 +619,7 @@ func readCSV(ctx context.Context, f *os.File, ref fileRef, want []string, batchB
 }
 
 // readParquet emits the rows of a Parquet file as Arrow records.
-func readParquet(ctx context.Context, f *os.File, ref fileRef, batchRows int64, emit connectors.Emit) error {
+func readParquet(ctx context.Context, f io.ReaderAt, ref fileRef, batchRows int64, emit connectors.Emit) error {
 	if ref.Size == 0 {
 		return nil
 	}

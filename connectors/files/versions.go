@@ -16,9 +16,12 @@ var _ connectors.Versioned = (*Sink)(nil)
 
 // Versions lists the complete versions of the dataset, oldest first: the
 // v<N> directories that hold their _SUCCESS marker, the one the current
-// symlink points at exposed. A directory without its marker (a commit
-// that did not complete) is not listed.
+// symlink (on S3, the current pointer) points at exposed. A directory
+// without its marker (a commit that did not complete) is not listed.
 func (s *Sink) Versions(ctx context.Context) ([]connectors.Version, error) {
+	if s.s3 != nil {
+		return s.versionsS3(ctx)
+	}
 	entries, err := os.ReadDir(s.root)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -54,26 +57,37 @@ func (s *Sink) Versions(ctx context.Context) ([]connectors.Version, error) {
 	return out, nil
 }
 
-// Expose points the current symlink at kept version v, atomically (the
-// swap of the sink's commit); it does nothing when current points there
-// already. A version without a complete directory is refused.
+// Expose points the current symlink (on S3, rewrites the current
+// pointer) at kept version v, atomically (the swap of the sink's commit);
+// it does nothing when current points there already. A version without a
+// complete directory is refused.
 func (s *Sink) Expose(ctx context.Context, v int64) error {
 	kept, err := s.Versions(ctx)
 	if err != nil {
 		return fmt.Errorf("expose version %d: %w", v, err)
 	}
+	if s.s3 != nil {
+		return s.exposeS3(ctx, v, kept)
+	}
 	if !slices.ContainsFunc(kept, func(k connectors.Version) bool { return k.Version == v }) {
 		dir := filepath.Join(s.root, versionName(v))
-		why := "was never committed"
-		if _, err := os.Stat(dir); err == nil && v > 0 {
-			why = "is incomplete: " + dir + " has no _SUCCESS marker"
-		} else if len(kept) > 0 && v > 0 && v < kept[len(kept)-1].Version {
-			why = "is not kept: pruned by keep_versions, or never committed"
-		}
-		return connectors.VersionNotKept(v, why, kept)
+		_, err := os.Stat(dir)
+		return notKept(v, kept, err == nil, dir)
 	}
 	if err := s.swapCurrent(versionName(v)); err != nil {
 		return fmt.Errorf("expose version %d: %w", v, err)
 	}
 	return nil
+}
+
+// notKept is the refusal to expose version v, which kept does not hold;
+// partial says its directory dir exists without a marker.
+func notKept(v int64, kept []connectors.Version, partial bool, dir string) error {
+	why := "was never committed"
+	if partial && v > 0 {
+		why = "is incomplete: " + dir + " has no _SUCCESS marker"
+	} else if len(kept) > 0 && v > 0 && v < kept[len(kept)-1].Version {
+		why = "is not kept: pruned by keep_versions, or never committed"
+	}
+	return connectors.VersionNotKept(v, why, kept)
 }

@@ -20,6 +20,13 @@
 // re-publishes the unconfirmed tail, and JetStream's duplicate window drops
 // what it already stored.
 //
+// A table joins the publication only if it has a primary key or a replica
+// identity (FULL, or USING INDEX): PostgreSQL refuses UPDATE and DELETE on
+// a published table that has neither, so the Reader and the snapshot
+// refuse such a table first, with a permanent error wrapping
+// ErrNoReplicaIdentity that names it and the fix, and leave the
+// publication as it was.
+//
 // Old values: with REPLICA IDENTITY DEFAULT PostgreSQL sends only the key
 // columns of the old row, on delete and on an update that changed the key;
 // with FULL it sends the whole old row on every update and delete. A TOASTed
@@ -53,10 +60,16 @@
 // by key, delete as a delete) rebuilds each table. A chunk retried within
 // the 2-minute duplicate window (DuplicateWindow) publishes nothing twice; a
 // chunk retried after it repeats identical read events, still before any
-// change event, which an upsert absorbs. A failed snapshot run leaves the
+// change event, which an upsert absorbs. Every chunk starts with its
+// table's Begin line, which the sink publishes as the table's snapshot
+// event (protocol.OpSnapshot, at the consistent LSN) under one id per table
+// and slot position (SnapshotBeginMsgID): JetStream keeps the first, so it
+// precedes every read event of the table. A failed snapshot run leaves the
 // read events it published in the stream (the sink's Commit and Abort do
 // nothing) and its slot behind: a snapshot starts only with its slot, so
-// the pipeline starts over by dropping the slot.
+// the next attempt replaces the slot, and its snapshot events, of a later
+// position, tell a consumer to start the tables over and to leave out the
+// earlier attempt's read events.
 //
 // # The source of cdc pipelines
 //

@@ -88,8 +88,18 @@ func SnapshotMsgID(slot, lsn, schema, table, chunk string, row int64) string {
 	return fmt.Sprintf("%s:snapshot:%s:%s.%s:%s:%d", slot, lsn, schema, table, chunk, row)
 }
 
+// SnapshotBeginMsgID is the Nats-Msg-Id of the snapshot event of a table
+// (protocol.OpSnapshot): <slot>:snapshot:<lsn>:<schema>.<table>:begin.
+// Every chunk of the table publishes it before its rows, under the same
+// id: JetStream stores the first and drops the others within its
+// duplicate window, so the event precedes every read event of the table.
+func SnapshotBeginMsgID(slot, lsn, schema, table string) string {
+	return fmt.Sprintf("%s:snapshot:%s:%s.%s:begin", slot, lsn, schema, table)
+}
+
 // EventsSink publishes the rows of a snapshot source (SnapshotRow lines) as
-// protocol.ChangeEvent{Op: read} into SLUICE_CDC. Its output goes straight
+// protocol.ChangeEvent{Op: read} into SLUICE_CDC, and each chunk's Begin
+// line as its table's snapshot event (protocol.OpSnapshot). Its output goes straight
 // to the stream: there is no staging place, and nothing to commit or roll
 // back. A snapshot run that fails leaves the read events it published
 // behind; the pipeline must then start over with a new slot, whose events
@@ -205,12 +215,18 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	if err := json.Unmarshal(line, &r); err != nil {
 		return &connectors.RowError{Location: position, Row: lineNo, Err: err}
 	}
+	if r.Begin {
+		if r.Schema == "" || r.Table == "" || r.LSN == "" || r.N != 0 || r.Row != nil {
+			return &connectors.RowError{Location: position, Row: lineNo, Err: errors.New("not a snapshot's begin line: schema, table and lsn are required, n and row must be left out")}
+		}
+		return w.begin(ctx, r, line)
+	}
 	if r.Schema == "" || r.Table == "" || r.Chunk == "" || r.LSN == "" || r.N <= 0 || r.Row == nil {
 		return &connectors.RowError{Location: position, Row: lineNo, Err: errors.New("not a snapshot row: schema, table, chunk, lsn, n and row are required")}
 	}
 	ev := protocol.ChangeEvent{
 		Op: protocol.OpRead, Pipeline: w.cfg.Pipeline, Database: r.Database, Schema: r.Schema, Table: r.Table,
-		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time,
+		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time, Relation: r.Relation,
 	}
 	data, err := ev.Encode()
 	if err != nil {
@@ -235,18 +251,49 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	return nil
 }
 
+// begin publishes the snapshot event of a table (protocol.OpSnapshot), as
+// a message of its own, after the message being packed.
+func (w *eventsWriter) begin(ctx context.Context, r SnapshotRow, line []byte) error {
+	if err := w.flush(ctx); err != nil {
+		return err
+	}
+	ev := protocol.ChangeEvent{
+		Op: protocol.OpSnapshot, Pipeline: w.cfg.Pipeline, Database: r.Database, Schema: r.Schema, Table: r.Table,
+		Key: r.Key, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time,
+	}
+	data, err := ev.Encode()
+	if err != nil {
+		return connectors.Permanent(err)
+	}
+	w.subject, w.data, w.n = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), data, 1
+	if err := w.publish(ctx, SnapshotBeginMsgID(w.cfg.Slot, r.LSN, r.Schema, r.Table)); err != nil {
+		return err
+	}
+	// The begin event is a marker, not a row of the table: the task's
+	// rows (and the snapshot's progress) count the table's rows only.
+	w.out.Bytes += int64(len(data))
+	w.out.Checksum.Add(line)
+	return nil
+}
+
 // flush publishes the message being packed, if it holds any row, once the
 // events in flight leave room for its own.
 func (w *eventsWriter) flush(ctx context.Context) error {
 	if w.n == 0 {
 		return nil
 	}
+	return w.publish(ctx, SnapshotMsgID(w.cfg.Slot, w.lsn, w.schema, w.table, w.chunk, w.first))
+}
+
+// publish publishes the message being packed under id, once the events in
+// flight leave room for its own.
+func (w *eventsWriter) publish(ctx context.Context, id string) error {
 	for w.inFlight > 0 && w.inFlight+w.n > w.cfg.MaxInFlight {
 		if err := w.waitOldest(ctx); err != nil {
 			return err
 		}
 	}
-	msg := cdcMsg(w.subject, SnapshotMsgID(w.cfg.Slot, w.lsn, w.schema, w.table, w.chunk, w.first), w.data, w.n)
+	msg := cdcMsg(w.subject, id, w.data, w.n)
 	f, err := publishAsync(ctx, w.js, msg, func() bool { return len(w.futs) > 0 }, w.waitOldest)
 	if err != nil {
 		return err

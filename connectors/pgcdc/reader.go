@@ -2,6 +2,7 @@ package pgcdc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -234,6 +235,12 @@ type relation struct {
 	subject  string
 	// fields are the encoded fields its events share.
 	fields *protocol.TableFields
+	// description is the JSON of the table's description (a
+	// protocol.Schema with keys as its key), attached to the relation's
+	// next event when describe is set; nil when the catalog could not
+	// describe it.
+	description []byte
+	describe    bool
 }
 
 // pending is a transaction (or a heartbeat) whose events were published and
@@ -575,6 +582,7 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 			}
 		}
 		rel.fields = protocol.NewTableFields(r.cfg.Pipeline, st.database, rel.schema, rel.table, rel.keys)
+		rel.description, rel.describe = r.describe(ctx, st, m, rel.keys), true
 		st.rels[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
 		st.inTx = true
@@ -617,17 +625,54 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 	return nil
 }
 
-// primaryKey looks up the primary key columns of a relation, in key order,
-// on a catalog connection opened on first use.
-func (r *Reader) primaryKey(ctx context.Context, st *streamState, relid uint32) ([]string, error) {
-	if st.meta == nil {
-		c, err := pgx.Connect(ctx, r.cfg.DSN)
-		if err != nil {
-			return nil, fmt.Errorf("catalog connect: %w", err)
-		}
-		st.meta = c
+// catalog returns the catalog connection, opened on first use.
+func (r *Reader) catalog(ctx context.Context, st *streamState) (*pgx.Conn, error) {
+	if st.meta != nil && !st.meta.IsClosed() {
+		return st.meta, nil
 	}
-	rows, err := st.meta.Query(ctx, `SELECT a.attname FROM pg_index i
+	c, err := pgx.Connect(ctx, r.cfg.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("catalog connect: %w", err)
+	}
+	st.meta = c
+	return c, nil
+}
+
+// describe returns the JSON of the description of a relation from its
+// Relation message and the catalog (postgres.DescribeRelation), with keys
+// as its key: what the relation's next event carries. A relation the
+// catalog cannot describe (it was dropped since) gets none: its events
+// still flow, and a warning is logged.
+func (r *Reader) describe(ctx context.Context, st *streamState, m *pglogrepl.RelationMessage, keys []string) []byte {
+	cols := make([]postgres.RelationColumn, len(m.Columns))
+	for i, c := range m.Columns {
+		cols[i] = postgres.RelationColumn{Name: c.Name, Type: c.DataType, TypeMod: c.TypeModifier}
+	}
+	conn, err := r.catalog(ctx, st)
+	var desc *protocol.Schema
+	if err == nil {
+		desc, err = postgres.DescribeRelation(ctx, conn, m.RelationID, cols)
+	}
+	var b []byte
+	if err == nil {
+		desc.Key = keys
+		b, err = json.Marshal(desc)
+	}
+	if err != nil {
+		r.log.Warn("cdc reader: no description of a table for its events", "table", m.Namespace+"."+m.RelationName, "err", err)
+		return nil
+	}
+	return b
+}
+
+// primaryKey looks up the primary key columns of a relation, in key order,
+// on the catalog connection.
+func (r *Reader) primaryKey(ctx context.Context, st *streamState, relid uint32) ([]string, error) {
+	conn, err := r.catalog(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, `SELECT a.attname FROM pg_index i
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
 		WHERE i.indrelid = $1 AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)`, relid)
 	if err != nil {
@@ -681,6 +726,12 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 		p.data = append(p.data, '\n')
 	}
 	p.data = protocol.AppendChange(p.data, op, rel.fields, rel.columns, before, after, uint64(lsn), index, &st.tx)
+	if rel.describe {
+		if rel.description != nil {
+			p.data = protocol.AppendRelation(p.data, rel.description)
+		}
+		rel.describe = false
+	}
 	p.n++
 	if p.n == 1 || len(p.data) <= st.maxBytes {
 		return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/embednats"
@@ -630,6 +631,58 @@ func TestMessagesBoundedByBytes(t *testing.T) {
 		t.Errorf("21 events in %d messages, want 3 of 10,000 characters a message", len(counts))
 	}
 	t.Logf("21 events in %d messages", len(counts))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeylessTableRefused: a table with neither a primary key nor a replica
+// identity is refused before it joins the publication, by the Reader and by
+// the snapshot alike, with a permanent error naming it and the fix; the
+// publication is left as it was, so the source application's UPDATE and
+// DELETE on the table keep working. A table with REPLICA IDENTITY FULL or
+// USING INDEX, and one whose identity index exists, are taken.
+func TestKeylessTableRefused(t *testing.T) {
+	e := setup(t, "keyed", "keyless")
+	s := e.schema
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %[1]s.keyed (id int PRIMARY KEY, v text);
+		CREATE TABLE %[1]s.keyless (id int, v text);
+		CREATE TABLE %[1]s.full_ident (id int, v text); ALTER TABLE %[1]s.full_ident REPLICA IDENTITY FULL;
+		CREATE TABLE %[1]s.by_index (id int NOT NULL, v text); CREATE UNIQUE INDEX by_index_id ON %[1]s.by_index (id);
+		ALTER TABLE %[1]s.by_index REPLICA IDENTITY USING INDEX by_index_id;
+		CREATE TABLE %[1]s.nothing (id int PRIMARY KEY, v text); ALTER TABLE %[1]s.nothing REPLICA IDENTITY NOTHING;
+		INSERT INTO %[1]s.keyless VALUES (1, 'a'), (2, 'b')`, s))
+	ctx := context.Background()
+	r, err := pgcdc.NewReader(e.cfg, e.js, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(ctx)
+	if !errors.Is(err, pgcdc.ErrNoReplicaIdentity) || !connectors.IsPermanent(err) || !strings.Contains(err.Error(), s+".keyless") ||
+		!strings.Contains(err.Error(), "REPLICA IDENTITY FULL") || strings.Contains(err.Error(), s+".keyed") {
+		t.Fatalf("Run with a keyless table: %v, want a permanent error naming it alone and the fix", err)
+	}
+	var pubs int
+	if err := e.conn.QueryRow(ctx, "SELECT count(*) FROM pg_publication WHERE pubname = $1", e.cfg.Publication).Scan(&pubs); err != nil || pubs != 0 {
+		t.Fatalf("publication created anyway (%d, %v)", pubs, err)
+	}
+	e.exec(t, fmt.Sprintf(`UPDATE %[1]s.keyless SET v = 'c' WHERE id = 1; DELETE FROM %[1]s.keyless WHERE id = 2`, s))
+
+	snap, err := pgcdc.NewSnapshotSource(pgcdc.SnapshotConfig{DSN: e.dsn, Tables: []string{s + ".nothing"}, Slot: e.cfg.Slot, Publication: e.cfg.Publication})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Close()
+	if _, err := snap.Plan(ctx, connectors.PlanRequest{RunID: "r"}); !errors.Is(err, pgcdc.ErrNoReplicaIdentity) || !connectors.IsPermanent(err) || !strings.Contains(err.Error(), s+".nothing") {
+		t.Fatalf("snapshot of a table with REPLICA IDENTITY NOTHING: %v, want a permanent refusal naming it", err)
+	}
+	var slots int
+	if err := e.conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", e.cfg.Slot).Scan(&slots); err != nil || slots != 0 {
+		t.Fatalf("the refused snapshot created its slot (%d, %v)", slots, err)
+	}
+
+	e.cfg.Tables = []string{s + ".keyed", s + ".full_ident", s + ".by_index"}
+	_, stop, _ := e.start(t)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

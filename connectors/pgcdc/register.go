@@ -29,7 +29,7 @@ import (
 func Register(reg *connectors.Registry, js jetstream.JetStream) {
 	reg.Register(connectors.Connector{
 		Kind:      postgres.Kind,
-		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints},
+		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints, Check: checkSource},
 	})
 	reg.Register(connectors.Connector{
 		Kind: SnapshotKind,
@@ -41,6 +41,7 @@ func Register(reg *connectors.Registry, js jetstream.JetStream) {
 			return NewSnapshotSource(cfg)
 		},
 		ValidateSource: ValidateSnapshotConfig,
+		Internal:       true,
 	})
 	reg.Register(connectors.Connector{
 		Kind: EventsKind,
@@ -56,6 +57,7 @@ func Register(reg *connectors.Registry, js jetstream.JetStream) {
 			return NewEventsSink(cfg, pub)
 		},
 		ValidateSink: ValidateEventsConfig,
+		Internal:     true,
 	})
 }
 
@@ -100,7 +102,7 @@ func decodeStrict(config json.RawMessage, v any) error {
 	if err := json.Unmarshal(config, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &connectors.FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not a JSON %s", te.Type, te.Value)}
+			return connectors.TypeError(te)
 		}
 		return &connectors.FieldError{Msg: fmt.Sprintf("config: %v", err)}
 	}

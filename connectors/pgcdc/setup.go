@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -53,9 +54,56 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	return nil
 }
 
+// ErrNoReplicaIdentity is wrapped by the error that refuses a table
+// without a primary key and without a replica identity: once such a table
+// is in a publication, PostgreSQL fails the source application's UPDATE
+// and DELETE on it.
+var ErrNoReplicaIdentity = errors.New("no primary key and no replica identity")
+
+// checkReplicaIdentity refuses, with a permanent error naming each of them
+// and the fix, the tables that have neither a primary key nor a replica
+// identity (REPLICA IDENTITY FULL, or USING INDEX of an index that
+// exists): PostgreSQL refuses UPDATE and DELETE on a table of a
+// publication that cannot identify its rows, so adding one would break
+// the source's writes. A missing table is left to the caller.
+func checkReplicaIdentity(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	var refused []string
+	for _, t := range tables {
+		var ident string
+		var pk, replident bool
+		err := conn.QueryRow(ctx, `SELECT c.relreplident::text,
+			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+			EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+			FROM pg_class c WHERE c.oid = to_regclass($1)`, quoteQualified(t)).Scan(&ident, &pk, &replident)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("look up the replica identity of %s: %w", t, err)
+		}
+		if ident == "f" || ident == "d" && pk || ident == "i" && replident {
+			continue
+		}
+		refused = append(refused, t)
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	fixes := make([]string, len(refused))
+	for i, t := range refused {
+		fixes[i] = "ALTER TABLE " + quoteQualified(t) + " REPLICA IDENTITY FULL"
+	}
+	return connectors.Permanent(fmt.Errorf("table %s: %w, so it is not added to the publication (PostgreSQL would then refuse UPDATE and DELETE on it): add a primary key, or give it a replica identity (%s; or USING INDEX of a unique index on NOT NULL columns), or remove it from the pipeline's tables",
+		strings.Join(refused, ", "), ErrNoReplicaIdentity, strings.Join(fixes, "; ")))
+}
+
 // ensurePublication creates the publication for cfg.Tables, or sets its
-// table list when it exists.
+// table list when it exists, after checking that every table can be
+// published (checkReplicaIdentity): nothing is changed when one cannot.
 func ensurePublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
+	if err := checkReplicaIdentity(ctx, conn, cfg.Tables); err != nil {
+		return err
+	}
 	tables := make([]string, len(cfg.Tables))
 	for i, t := range cfg.Tables {
 		tables[i] = quoteQualified(t)

@@ -195,6 +195,9 @@ type snapshotSpec struct {
 	// partition.
 	Chunk string          `json:"chunk"`
 	Inner json.RawMessage `json:"inner"`
+	// Relation describes the table from the catalog, with the key of its
+	// events; the first row of the chunk carries it.
+	Relation *protocol.Schema `json:"relation,omitempty"`
 }
 
 // Plan creates or updates the publication, creates the slot with an
@@ -276,12 +279,12 @@ func (s *SnapshotSource) Plan(ctx context.Context, req connectors.PlanRequest) (
 		for _, p := range inner.Partitions {
 			spec, err := json.Marshal(snapshotSpec{
 				V: 1, Database: database, Schema: schema, Table: table, Key: shapes[t].key,
-				LSN: slot.ConsistentLSN, Time: planned, Chunk: p.Key, Inner: p.Spec,
+				LSN: slot.ConsistentLSN, Time: planned, Chunk: p.Key, Inner: p.Spec, Relation: shapes[t].relation,
 			})
 			if err != nil {
 				return connectors.Plan{}, err
 			}
-			plan.Partitions = append(plan.Partitions, protocol.Partition{Key: t + " " + p.Key, Spec: spec, Rows: p.Rows, Bytes: p.Bytes})
+			plan.Partitions = append(plan.Partitions, protocol.Partition{Key: t + " " + p.Key, Group: t, Spec: spec, Rows: p.Rows, Bytes: p.Bytes})
 		}
 	}
 	s.mu.Lock()
@@ -324,6 +327,9 @@ type tableShape struct {
 	key []string
 	// columns lists the columns pgoutput sends: all but generated ones.
 	columns []string
+	// relation describes the table (every column, generated ones
+	// included) with key as its key: what the read events carry.
+	relation *protocol.Schema
 }
 
 // shapeOf looks up the key and the columns of table ("schema.table").
@@ -364,15 +370,23 @@ func shapeOf(ctx context.Context, conn *pgx.Conn, table string) (tableShape, err
 			sh.key = sh.columns
 		}
 	}
-	return sh, err
+	if err != nil {
+		return sh, err
+	}
+	if sh.relation, err = postgres.DescribeTable(ctx, conn, oid, nil); err != nil {
+		return sh, fmt.Errorf("describe %s: %w", table, err)
+	}
+	sh.relation.Key = sh.key
+	return sh, nil
 }
 
 // Read reads one chunk on the run's snapshot and emits its rows as JSONL
 // batches of about 1 MiB, in the same order on every read. Each line is a
 // SnapshotRow: the row (column to text value or null, as protocol.Row) with
 // the table, key columns, consistent LSN, chunk and 1-based row number the
-// sluice_cdc sink needs to publish it as a read event. A chunk without rows
-// emits nothing. A snapshot that is gone (the run was released, or the
+// sluice_cdc sink needs to publish it as a read event; the first line is
+// the chunk's Begin line (a chunk without rows emits it alone). A snapshot
+// that is gone (the run was released, or the
 // leader that planned it stopped) fails with a permanent error wrapping
 // postgres.ErrSnapshotGone: the run must start again with a new slot. ctx
 // bounds the whole read.
@@ -403,6 +417,12 @@ func (s *SnapshotSource) Read(ctx context.Context, p protocol.Partition, emit co
 		n     int64 // rows read
 		first int64 = 1
 	)
+	// Every chunk starts with the table's Begin line, so the snapshot
+	// event precedes the table's read events whichever chunk is
+	// published first, an empty table's too.
+	buf = enc.appendBegin(make([]byte, 0, batchBytes+batchBytes/8))
+	sum.Add(buf)
+	buf = append(buf, '\n')
 	flush := func() error {
 		if len(buf) == 0 {
 			return nil
@@ -503,14 +523,23 @@ type SnapshotRow struct {
 	N     int64  `json:"n"`
 	// Row maps every column to its text value or null.
 	Row protocol.Row `json:"row"`
+	// Relation describes the table, on the first row of a chunk (see
+	// protocol.ChangeEvent.Relation).
+	Relation *protocol.Schema `json:"relation,omitempty"`
+	// Begin marks the line every chunk starts with, before its rows: the
+	// table's snapshot begins (an event of op snapshot, see
+	// protocol.OpSnapshot). N is 0 and Row nil. Like a row it is a line
+	// of its batch, and an event of the sink's output.
+	Begin bool `json:"begin,omitempty"`
 }
 
 // rowEncoder writes SnapshotRow lines of one chunk without reflection: the
 // fields shared by the chunk's rows are encoded once.
 type rowEncoder struct {
-	prefix  []byte   // {"database":...,"chunk":"...","n":
-	columns []string // the columns names were encoded for
-	names   [][]byte // "name":
+	prefix   []byte   // {"database":...,"chunk":"...","n":
+	relation []byte   // the JSON of the chunk's relation, for its first row
+	columns  []string // the columns names were encoded for
+	names    [][]byte // "name":
 }
 
 func newRowEncoder(spec snapshotSpec) (*rowEncoder, error) {
@@ -526,7 +555,19 @@ func newRowEncoder(spec snapshotSpec) (*rowEncoder, error) {
 	if i < 0 {
 		return nil, errors.New("encode snapshot row: no \"n\" field")
 	}
-	return &rowEncoder{prefix: append(head[:i:i], `,"n":`...)}, nil
+	e := &rowEncoder{prefix: append(head[:i:i], `,"n":`...)}
+	if spec.Relation != nil {
+		if e.relation, err = json.Marshal(spec.Relation); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// appendBegin appends the chunk's Begin line, without its newline.
+func (e *rowEncoder) appendBegin(buf []byte) []byte {
+	buf = append(buf, e.prefix...)
+	return append(buf, `0,"row":null,"begin":true}`...)
 }
 
 // append appends one line, without its newline.
@@ -551,6 +592,11 @@ func (e *rowEncoder) append(buf []byte, n int64, columns []string, values [][]by
 		} else {
 			buf = protocol.AppendJSONString(buf, v)
 		}
+	}
+	if n == 1 && e.relation != nil {
+		buf = append(buf, `},"relation":`...)
+		buf = append(buf, e.relation...)
+		return append(buf, '}')
 	}
 	return append(buf, "}}"...)
 }

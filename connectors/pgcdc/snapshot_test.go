@@ -369,10 +369,12 @@ func TestSnapshotThenStream(t *testing.T) {
 	for _, o := range outs {
 		snapRows += o.Rows
 	}
+	// Every chunk published its table's snapshot event first, which the
+	// task's rows do not count; the stream keeps one per table.
 	t.Logf("snapshot: %d read events in %s", snapRows, time.Since(began).Round(time.Millisecond))
 	snapEvents, snapMsgs := streamEvents(t, e.js)
-	if snapEvents != uint64(snapRows) {
-		t.Fatalf("stream holds %d events after the snapshot tasks reported %d rows", snapEvents, snapRows)
+	if snapEvents != uint64(snapRows)+uint64(len(e.cfg.Tables)) {
+		t.Fatalf("stream holds %d events after the snapshot tasks reported %d rows and %d chunks of %d tables", snapEvents, snapRows, len(plan.Partitions), len(e.cfg.Tables))
 	}
 	t.Logf("%d read events in %d messages", snapEvents, snapMsgs)
 	// A chunk read again (a retried task) publishes nothing new.
@@ -383,8 +385,8 @@ func TestSnapshotThenStream(t *testing.T) {
 	if again.Rows == 0 {
 		t.Fatalf("chunk %s read no rows", plan.Partitions[1].Key)
 	}
-	if got, gotMsgs := streamEvents(t, e.js); got != uint64(snapRows) || gotMsgs != snapMsgs {
-		t.Fatalf("stream holds %d events in %d messages after a chunk was read again, want %d in %d", got, gotMsgs, snapRows, snapMsgs)
+	if got, gotMsgs := streamEvents(t, e.js); got != snapEvents || gotMsgs != snapMsgs {
+		t.Fatalf("stream holds %d events in %d messages after a chunk was read again, want %d in %d", got, gotMsgs, snapEvents, snapMsgs)
 	}
 	if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "snap1", Tasks: outs, Watermark: plan.Watermark}); err != nil {
 		t.Fatal(err)
@@ -440,13 +442,14 @@ func TestSnapshotThenStream(t *testing.T) {
 	totalEvents, _ := streamEvents(t, e.js)
 	total := int(totalEvents)
 	msgs := e.events(t, total)
-	checkIDs(t, e.cfg.Slot, slices.DeleteFunc(slices.Clone(msgs), func(s stored) bool { return s.ev.Op == protocol.OpRead }))
-	t.Logf("%d transactions by the writers; stream: %d read events then %d change events", n, snapRows, total-int(snapRows))
+	checkIDs(t, e.cfg.Slot, slices.DeleteFunc(slices.Clone(msgs), func(s stored) bool { return s.ev.Op == protocol.OpRead || s.ev.Op == protocol.OpSnapshot }))
+	t.Logf("%d transactions by the writers; stream: %d read events then %d change events", n, snapRows, total-int(snapEvents))
 
 	// Apply the stream in order.
 	rebuilt := map[string]map[string]protocol.Row{"a": {}, "b": {}, "c": {}}
 	read := map[string]map[string]protocol.Row{"a": {}, "b": {}, "c": {}}
 	changed := map[string]bool{}
+	begun := map[string]bool{}
 	ids := map[string]bool{}
 	reads, changes, readMsgs := 0, 0, 0
 	for i, m := range msgs {
@@ -464,8 +467,17 @@ func TestSnapshotThenStream(t *testing.T) {
 			t.Fatalf("message %d: %s event of %s with key %v, want %v", i, ev.Op, ev.Table, ev.Key, key)
 		}
 		switch ev.Op {
+		case protocol.OpSnapshot:
+			if begun[ev.Table] || changed[ev.Table] || len(read[ev.Table]) > 0 || lsn(t, ev.LSN) != consistent ||
+				m.id != pgcdc.SnapshotBeginMsgID(e.cfg.Slot, ev.LSN, s, ev.Table) {
+				t.Fatalf("message %d (%s): snapshot event of %s at %s, want one per table, before its rows, at %s", i, m.id, ev.Table, ev.LSN, plan.Watermark)
+			}
+			begun[ev.Table] = true
 		case protocol.OpRead:
 			reads++
+			if !begun[ev.Table] {
+				t.Fatalf("message %d: read event of %s before its snapshot event", i, ev.Table)
+			}
 			if changed[ev.Table] {
 				t.Fatalf("message %d: read event of %s after a change event of it", i, ev.Table)
 			}
@@ -503,7 +515,7 @@ func TestSnapshotThenStream(t *testing.T) {
 	if int64(reads) != snapRows || changes == 0 {
 		t.Fatalf("%d read events (the tasks reported %d) and %d change events", reads, snapRows, changes)
 	}
-	if readMsgs != int(snapMsgs) || readMsgs >= reads/10 {
+	if readMsgs+len(begun) != int(snapMsgs) || readMsgs >= reads/10 {
 		t.Errorf("%d read events in %d messages (%d before the stream): want rows of a chunk packed together", reads, readMsgs, snapMsgs)
 	}
 	for _, table := range []string{"a", "b", "c"} {

@@ -154,7 +154,7 @@ func (s *readerStream) Status(ctx context.Context) protocol.StreamStatus {
 			s.lag, s.lagAt = lag, time.Now()
 		}
 	}
-	out.LagBytes = s.lag.Bytes
+	out.LagBytes, out.SourceLSN, out.LagAt = s.lag.Bytes, s.lag.CurrentLSN, s.lagAt.UTC()
 	if !st.OldestPending.IsZero() {
 		out.LagTime = time.Since(st.OldestPending)
 	}

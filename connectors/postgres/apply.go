@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -34,12 +35,15 @@ type ApplierConfig struct {
 	Schema string `json:"schema,omitempty"`
 	// Pipeline is the cdc_apply pipeline's name: the key of its offset row.
 	Pipeline string `json:"-"`
-	// CreateTables creates a missing target table (every column text, the
-	// event's key as primary key) and a missing Schema; without it a
-	// missing table fails the batch.
+	// CreateTables creates a missing target table and a missing Schema;
+	// without it a missing table fails the batch. The table gets the
+	// source's column types, NOT NULL, defaults and generated columns,
+	// and the events' key as primary key, from the description of the
+	// source table the events carry (protocol.ChangeEvent.Relation); when
+	// they carry none, every column is text.
 	CreateTables bool `json:"create_tables,omitempty"`
-	// Log receives schema changes (added columns, created tables); nil
-	// discards them.
+	// Log receives schema changes (created tables, added, dropped,
+	// renamed and retyped columns); nil discards them.
 	Log *slog.Logger `json:"-"`
 }
 
@@ -100,26 +104,19 @@ func openApplier(ctx context.Context, req connectors.StreamRequest) (connectors.
 type Applier struct {
 	cfg     ApplierConfig
 	log     *slog.Logger
-	offsets pgx.Identifier
+	offsets pgx.Identifier // OffsetsTable
+	state   pgx.Identifier // TablesTable
 
 	conn *pgx.Conn
 	// Caches, valid for conn; dropped with it after a failed Apply.
-	tables map[string]*targetTable // by schema NUL table
+	tables map[string]*targetTable // by target schema NUL table
 	stages map[string]bool         // staging tables created on conn
-}
+	// sources holds the state of the source tables (by schema NUL table),
+	// as TablesTable records it; nil until read on conn.
+	sources map[string]*sourceState
 
-// targetTable is what Apply knows of a target table.
-type targetTable struct {
-	ident pgx.Identifier
-	name  string
-	// types maps each column to its type without modifier: values are cast
-	// to it, and an assignment applies the modifier (a too long varchar
-	// fails rather than being cut).
-	types     map[string]string
-	generated map[string]bool
-	// uniques lists the column sets (sorted) of the table's immediate,
-	// plain unique indexes.
-	uniques [][]string
+	mu     sync.Mutex
+	status []protocol.TableStatus // what TableStatus reports
 }
 
 // NewApplier connects to the target and creates the offsets table and the
@@ -136,7 +133,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if schema == "" {
 		schema = "public"
 	}
-	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}}
+	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}, state: pgx.Identifier{schema, TablesTable}}
 	if err := p.connect(ctx); err != nil {
 		return nil, err
 	}
@@ -146,16 +143,12 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 			return nil, fmt.Errorf("create schema %q: %w", schema, err)
 		}
 	}
-	_, err := p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
-		pipeline text PRIMARY KEY,
-		seq bigint NOT NULL,
-		updated_at timestamptz NOT NULL DEFAULT now())`)
-	if err != nil {
+	if err := p.createStateTables(ctx, schema); err != nil {
 		p.Close()
-		return nil, fmt.Errorf("create offsets table %s.%s: %w", schema, OffsetsTable, err)
+		return nil, err
 	}
 	// The row exists before the first batch, so Apply always locks it.
-	_, err = p.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
+	_, err := p.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
 		ON CONFLICT (pipeline) DO NOTHING`, cfg.Pipeline)
 	if err != nil {
 		p.Close()
@@ -173,9 +166,15 @@ func (p *Applier) connect(ctx context.Context) error {
 		return fmt.Errorf("connect to target: %w", err)
 	}
 	p.conn = conn
+	p.forget()
+	return nil
+}
+
+// forget empties the caches: what they hold may have been rolled back.
+func (p *Applier) forget() {
 	p.tables = map[string]*targetTable{}
 	p.stages = map[string]bool{}
-	return nil
+	p.sources = nil
 }
 
 // drop closes the connection and forgets what was known on it.
@@ -185,7 +184,7 @@ func (p *Applier) drop() {
 		p.conn.Close(ctx)
 		cancel()
 	}
-	p.conn, p.tables, p.stages = nil, nil, nil
+	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
 }
 
 // Close closes the connection.
@@ -208,14 +207,26 @@ func (p *Applier) Applied(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read offset of %q: %w", p.cfg.Pipeline, err)
 	}
+	if p.sources == nil {
+		if err := p.loadStates(ctx, p.conn); err != nil {
+			return 0, err
+		}
+		p.report()
+	}
 	return uint64(seq), nil
 }
 
 // Apply applies the events after the stored offset in one transaction that
 // also stores the last event's sequence. The events of one sequence (one
-// message) are applied together or skipped together. On error nothing of
-// the batch is applied and the connection is dropped (the next call
-// reconnects).
+// message) are applied together or skipped together. A permanent error on
+// one source table (a value its target column refuses, a change its
+// target cannot follow, an inconsistent stream of it) stops that table
+// only: the transaction is rolled back and the batch applied again without
+// the table's events, which from then on are skipped, while the table's
+// stop (the sequence of its first event not applied, and the error) is
+// recorded in TablesTable in the same transaction and reported by
+// TableStatus. On any other error nothing of the batch is applied and the
+// connection is dropped (the next call reconnects).
 func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err error) {
 	if len(events) == 0 {
 		return nil
@@ -225,14 +236,31 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			return fmt.Errorf("events out of order: sequence %d after %d", events[i].Seq, events[i-1].Seq)
 		}
 	}
-	if err := p.connect(ctx); err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
 			p.drop()
 		}
 	}()
+	stops := map[string]*tableError{}
+	for {
+		if err := p.connect(ctx); err != nil {
+			return err
+		}
+		err := p.apply(ctx, events, stops)
+		var te *tableError
+		if err == nil || !errors.As(err, &te) || !te.permanent || stops[te.id()] != nil || ctx.Err() != nil {
+			return err
+		}
+		// The transaction was rolled back: what it created is gone.
+		p.forget()
+		stops[te.id()] = te
+		p.log.Warn("cdc apply: stopping a table on a permanent error, the others go on", "table", te.name(), "seq", te.seq, "err", te.err)
+	}
+}
+
+// apply applies events in one transaction, skipping the tables stopped
+// before and those of stops, whose stops it records.
+func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops map[string]*tableError) error {
 	tx, err := p.conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -257,23 +285,42 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if len(events) == 0 {
 		return tx.Commit(ctx)
 	}
-	changes, err := collect(events)
+	if err := p.loadStates(ctx, tx); err != nil {
+		return err
+	}
+	for _, te := range stops {
+		if err := p.recordStop(ctx, tx, te); err != nil {
+			return err
+		}
+	}
+	changes, err := collect(events, func(id string) tableFilter {
+		f := tableFilter{skip: stops[id] != nil}
+		if st := p.sources[id]; st != nil {
+			f.stopped, f.snapshot = st.stop != nil, st.snapshot
+		}
+		return f
+	})
 	if err != nil {
 		return err
 	}
 	var notes []schemaNote
 	uses := map[string]int{} // staging shape -> uses in this transaction
 	for _, t := range changes {
+		if t.snapshot != 0 {
+			if err := p.snapshotBegan(ctx, tx, t); err != nil {
+				return err
+			}
+		}
 		tg, n, err := p.prepare(ctx, tx, t)
 		if err != nil {
-			return err
+			return t.fail(err)
 		}
 		notes = append(notes, n...)
 		if tg == nil {
 			continue // a truncate of a table that does not exist yet
 		}
 		if err := p.applyTable(ctx, tx, t, tg, uses); err != nil {
-			return fmt.Errorf("apply to %s: %w", tg.name, err)
+			return t.fail(fmt.Errorf("apply to %s: %w", tg.name, err))
 		}
 	}
 	last := events[len(events)-1].Seq
@@ -285,136 +332,11 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d-%d: %w", events[0].Seq, last, err)
 	}
+	p.report()
 	for _, n := range notes {
 		p.log.Info(n.msg, n.args...)
 	}
 	return nil
-}
-
-// schemaNote is a schema change to log once its transaction committed.
-type schemaNote struct {
-	msg  string
-	args []any
-}
-
-// prepare returns the target of t, creating the table or adding columns as
-// needed, and checks it can take t's changes. It returns a nil target for a
-// truncate of a table that does not exist when tables are created on demand.
-func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*targetTable, []schemaNote, error) {
-	schema := p.cfg.Schema
-	if schema == "" {
-		schema = t.schema
-	}
-	id := schema + "\x00" + t.table
-	tg := p.tables[id]
-	var notes []schemaNote
-	if tg == nil {
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-	}
-	name := schema + "." + t.table
-	if tg != nil && slices.ContainsFunc(t.cols, func(c string) bool { _, ok := tg.types[c]; return !ok }) {
-		// A column may have been added to the target since it was loaded.
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-	}
-	if tg == nil {
-		if !p.cfg.CreateTables {
-			return nil, nil, fmt.Errorf("target table %s (of source table %s) does not exist: create it, with a primary key on the source's key columns, or enable create_tables", name, t.name())
-		}
-		if len(t.order) == 0 {
-			return nil, nil, nil // only a truncate: nothing to do on a table that does not exist
-		}
-		ident := pgx.Identifier{schema, t.table}
-		var defs []string
-		for _, c := range t.cols {
-			defs = append(defs, pgx.Identifier{c}.Sanitize()+" text")
-		}
-		defs = append(defs, "PRIMARY KEY ("+idents(t.key)+")")
-		sql := "CREATE SCHEMA IF NOT EXISTS " + pgx.Identifier{schema}.Sanitize() + "; CREATE TABLE " + ident.Sanitize() + " (" + strings.Join(defs, ", ") + ")"
-		if _, err := tx.Exec(ctx, sql); err != nil {
-			return nil, nil, fmt.Errorf("create target table %s: %w", name, err)
-		}
-		notes = append(notes, schemaNote{"cdc apply: created target table (columns as text)", []any{"table", name, "primary_key", t.key}})
-		var err error
-		if tg, err = loadTarget(ctx, tx, schema, t.table); err != nil {
-			return nil, nil, err
-		}
-		if tg == nil {
-			return nil, nil, fmt.Errorf("target table %s vanished after creation", name)
-		}
-	}
-	p.tables[id] = tg
-	for _, c := range t.cols {
-		if _, ok := tg.types[c]; ok {
-			if tg.generated[c] {
-				return nil, nil, fmt.Errorf("column %q of target table %s is generated: it cannot take the source's values", c, name)
-			}
-			continue
-		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+tg.ident.Sanitize()+" ADD COLUMN IF NOT EXISTS "+pgx.Identifier{c}.Sanitize()+" text"); err != nil {
-			return nil, nil, fmt.Errorf("add column %q to target table %s: %w", c, name, err)
-		}
-		tg.types[c] = "text"
-		notes = append(notes, schemaNote{"cdc apply: added a column that appeared in the source's events (as text)", []any{"table", name, "column", c}})
-	}
-	if len(t.order) > 0 {
-		key := slices.Sorted(slices.Values(t.key))
-		if !slices.ContainsFunc(tg.uniques, func(u []string) bool { return slices.Equal(u, key) }) {
-			return nil, nil, fmt.Errorf("target table %s has no primary key or unique index on exactly the source's key columns %v: add one", name, t.key)
-		}
-	}
-	return tg, notes, nil
-}
-
-// loadTarget reads a table's columns and unique indexes; nil when the table
-// does not exist.
-func loadTarget(ctx context.Context, tx pgx.Tx, schema, table string) (*targetTable, error) {
-	name := schema + "." + table
-	var oid uint32
-	err := tx.QueryRow(ctx, `SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`, schema, table).Scan(&oid)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up target table %s: %w", name, err)
-	}
-	tg := &targetTable{ident: pgx.Identifier{schema, table}, name: name, types: map[string]string{}, generated: map[string]bool{}}
-	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, NULL), attgenerated <> '' FROM pg_attribute
-		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, oid)
-	if err != nil {
-		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
-	}
-	var col, typ string
-	var gen bool
-	_, err = pgx.ForEachRow(rows, []any{&col, &typ, &gen}, func() error {
-		tg.types[col], tg.generated[col] = typ, gen
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("columns of target table %s: %w", name, err)
-	}
-	rows, err = tx.Query(ctx, `SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_index i
-		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid
-			AND i.indpred IS NULL AND i.indexprs IS NULL
-		GROUP BY i.indexrelid`, oid)
-	if err != nil {
-		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
-	}
-	if tg.uniques, err = pgx.CollectRows(rows, pgx.RowTo[[]string]); err != nil {
-		return nil, fmt.Errorf("unique indexes of target table %s: %w", name, err)
-	}
-	for _, u := range tg.uniques {
-		// ORDER BY uses the column collation; Go's order is byte order.
-		slices.Sort(u)
-	}
-	return tg, nil
 }
 
 // applyTable applies one table's collapsed changes: the truncate, then one
@@ -593,8 +515,8 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 			err := br.QueryRow().Scan(&missing)
 			if err == nil {
 				br.Close()
-				return fmt.Errorf("an update leaves a value unchanged (TOAST) that is in no earlier image of the batch, and the target has no row with key %s to keep it from: the target is missing rows of the source (load a snapshot first)",
-					keyText(t.key, missing))
+				return connectors.Permanent(fmt.Errorf("an update leaves a value unchanged (TOAST) that is in no earlier image of the batch, and the target has no row with key %s to keep it from: the target is missing rows of the source (load a snapshot first)",
+					keyText(t.key, missing)))
 			}
 			if !errors.Is(err, pgx.ErrNoRows) {
 				br.Close()

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -9,13 +10,23 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// tableChanges is the net effect of one batch's events on one source table:
-// whether the table was truncated (everything before the last truncate is
-// discarded), then the final state of every key touched after it.
+// tableChanges is the net effect of consecutive events of one batch on one
+// source table, all of one shape of the table: whether the table was
+// truncated (everything before the last truncate is discarded), then the
+// final state of every key touched after it.
 type tableChanges struct {
 	schema, table string
-	key           []string
-	truncate      bool
+	// first is the stream sequence of the batch's first event of the
+	// table (of any of its parts).
+	first uint64
+	// relation is the source's description of the table that its events
+	// came with (the first event's Relation); nil when none did.
+	relation *protocol.Schema
+	// snapshot is the position of the snapshot that begins with this part
+	// (protocol.OpSnapshot, with truncate set); 0 when none does.
+	snapshot uint64
+	key      []string
+	truncate bool
 	// cols lists every column of the row images, key columns first, then
 	// in order of first appearance.
 	cols   []string
@@ -40,21 +51,92 @@ type rowChange struct {
 
 func (t *tableChanges) name() string { return t.schema + "." + t.table }
 
+// fail returns err as an error of t's table: permanent (see
+// isPermanentApply) or not.
+func (t *tableChanges) fail(err error) error {
+	return &tableError{schema: t.schema, table: t.table, seq: t.first, permanent: isPermanentApply(err), err: err}
+}
+
+// tableFilter says what collect leaves out of a source table's events.
+type tableFilter struct {
+	// skip leaves out every event.
+	skip bool
+	// stopped leaves out every event but a snapshot event after
+	// snapshot, which starts the table over.
+	stopped bool
+	// snapshot is the position of the last snapshot event applied: a
+	// snapshot event at or before it and a read event before it are left
+	// out.
+	snapshot uint64
+}
+
 // collect collapses a batch of events (in stream order) per table and key.
-// Tables come back in order of first appearance.
-func collect(events []connectors.Event) ([]*tableChanges, error) {
+// An event that carries another description of its table (Relation) than
+// the one its table's events came with so far starts a new part of that
+// table, applied after the earlier ones: the target follows the source's
+// shape between them; so does a snapshot event (protocol.OpSnapshot) after
+// the table's last one, whose part starts with the table emptied. Parts
+// come back in order of their first event. filter (given "schema NUL
+// table") says which events of a table are left out. An event the table's
+// changes cannot take (no key, an inconsistent stream) fails with a
+// permanent *tableError.
+func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*tableChanges, error) {
 	byName := map[string]*tableChanges{}
+	first := map[string]uint64{}
+	filters := map[string]*tableFilter{}
 	var out []*tableChanges
 	for _, ev := range events {
 		id := ev.Schema + "\x00" + ev.Table
+		f := filters[id]
+		if f == nil {
+			f = &tableFilter{}
+			if filter != nil {
+				*f = filter(id)
+			}
+			filters[id] = f
+		}
+		var lsn uint64
+		if ev.Op == protocol.OpSnapshot || ev.Op == protocol.OpRead {
+			var err error
+			if lsn, err = protocol.ParseLSN(ev.LSN); err != nil {
+				return nil, (&tableChanges{schema: ev.Schema, table: ev.Table, first: ev.Seq}).fail(
+					connectors.Permanent(fmt.Errorf("event at sequence %d (%s): %w", ev.Seq, ev.Op, err)))
+			}
+		}
+		switch {
+		case f.skip:
+			continue
+		case ev.Op == protocol.OpSnapshot:
+			if lsn <= f.snapshot {
+				continue // a repeated or an older snapshot's
+			}
+			f.snapshot, f.stopped = lsn, false
+		case f.stopped, ev.Op == protocol.OpRead && lsn < f.snapshot:
+			continue
+		}
+		if _, ok := first[id]; !ok {
+			first[id] = ev.Seq
+		}
 		t := byName[id]
+		if t != nil && (ev.Op == protocol.OpSnapshot || ev.Relation != nil && !reflect.DeepEqual(t.relation, ev.Relation)) {
+			if t.truncate || len(t.order) > 0 || t.snapshot != 0 {
+				t = nil // a new shape, or a new snapshot: a new part
+			} else if ev.Relation != nil {
+				t.relation = ev.Relation
+			}
+		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, colSet: map[string]bool{}, rows: map[string]*rowChange{}}
 			byName[id] = t
 			out = append(out, t)
 		}
+		if ev.Op == protocol.OpSnapshot {
+			t.snapshot, t.truncate = lsn, true
+			t.rows, t.order = map[string]*rowChange{}, nil
+			continue
+		}
 		if err := t.add(ev); err != nil {
-			return nil, fmt.Errorf("table %s, event at sequence %d (%s): %w", t.name(), ev.Seq, ev.Op, err)
+			return nil, t.fail(connectors.Permanent(fmt.Errorf("event at sequence %d (%s): %w", ev.Seq, ev.Op, err)))
 		}
 	}
 	for _, t := range out {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -120,6 +121,7 @@ func TestPostgresTOASTKeyChangeTruncate(t *testing.T) {
 	ctx := context.Background()
 	t.Cleanup(func() {
 		conn.Exec(context.Background(), "DELETE FROM public."+postgres.OffsetsTable+" WHERE pipeline = $1", s)
+		conn.Exec(context.Background(), "DELETE FROM public."+postgres.TablesTable+" WHERE pipeline = $1", s)
 	})
 	big := strings.Repeat("0123456789abcdef", 4000)
 	m := cdctest.Model{}
@@ -183,53 +185,142 @@ func TestPostgresTOASTKeyChangeTruncate(t *testing.T) {
 		t.Errorf("Applied = %d, want %d", got, seq-1)
 	}
 
-	// An unchanged value with no row to keep it from fails the whole batch.
-	err := p.Apply(ctx, cdctest.Numbered(seq,
-		cdctest.Change(I, s, "a", nil, protocol.Row{"id": T("40"), "v": T("w"), "big": T("b")}),
-		cdctest.Change(Up, s, "a", nil, protocol.Row{"id": T("99"), "v": T("w"), "big": U})))
-	if err == nil || !strings.Contains(err.Error(), `id="99"`) || !strings.Contains(err.Error(), "TOAST") {
-		t.Fatalf("unchanged value without a target row: %v", err)
-	}
-	if n2, sum2 := pgtest.Checksum(t, conn, s+".a", "id"); n2 != n || sum2 != sum {
-		t.Errorf("a failed batch changed a: %d rows, before %d", n2, n)
+	// A failed batch (here: cancelled) leaves nothing behind, and the
+	// applier reconnects after it.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := p.Apply(cctx, cdctest.Numbered(seq, cdctest.Change(I, s, "b", nil, protocol.Row{"id": T("77"), "v": T("w")}))); err == nil {
+		t.Fatal("a cancelled batch: no error")
 	}
 	if got := cdctest.Applied(t, p); got != seq-1 {
 		t.Errorf("after a failed batch Applied = %d, want %d", got, seq-1)
 	}
-	// The applier reconnects after a failure.
 	step("after a failure", cdctest.Change(I, s, "a", nil, protocol.Row{"id": T("40"), "v": T("w"), "big": T("b")}))
+	n, sum = pgtest.Checksum(t, conn, s+".a", "id")
+
+	// An unchanged value with no row to keep it from stops the table: none
+	// of its events of the batch is applied, the other tables' are.
+	if err := p.Apply(ctx, cdctest.Numbered(seq,
+		cdctest.Change(I, s, "a", nil, protocol.Row{"id": T("41"), "v": T("w"), "big": T("b")}),
+		cdctest.Change(I, s, "b", nil, protocol.Row{"id": T("41"), "v": T("w")}),
+		cdctest.Change(Up, s, "a", nil, protocol.Row{"id": T("99"), "v": T("w"), "big": U}))); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.TableStatus(); len(st) != 1 || st[0].Table != s+".a" || st[0].Seq != seq || !strings.Contains(st[0].Error, `id="99"`) || !strings.Contains(st[0].Error, "TOAST") {
+		t.Fatalf("unchanged value without a target row: stopped tables %+v, want %s.a at %d with an error naming the key", st, s, seq)
+	}
+	if n2, sum2 := pgtest.Checksum(t, conn, s+".a", "id"); n2 != n || sum2 != sum {
+		t.Errorf("a stopped table's batch changed it: %d rows, before %d", n2, n)
+	}
+	if got := pgtest.Rows(t, conn, s+".b", []string{"id"}); !slices.Contains(got, "41") {
+		t.Errorf("b holds %q, want 41 applied beside the stopped table", got)
+	}
 }
 
-// TestPostgresSchema: a missing table fails the batch naming it (or is
-// created on request), new columns are added as text, an image without a
-// newer column keeps the target's value, and tables the applier cannot key
-// fail with the table's name.
+// TestPostgresTableStops: a table whose events cannot be applied for good
+// (its target missing, without a key, refusing a value; events without a
+// key) stops alone: the batch applies the other tables, the stopped
+// tables' later events are skipped, and the stops, with the sequence of
+// the first event not applied and the error, are reported and kept across
+// a reopen.
+func TestPostgresTableStops(t *testing.T) {
+	dsn, s, conn := pgtest.DB(t)
+	ctx := context.Background()
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.c (id int PRIMARY KEY, v text); CREATE TABLE %[1]s.nopk (id int, v text);
+		CREATE TABLE %[1]s.num (id int PRIMARY KEY, v int)`, s))
+	cfg := postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "stops"}
+	p := cdctest.PostgresApplier(t, cfg)
+	I := protocol.OpInsert
+	row := func(id, v string) protocol.Row { return protocol.Row{"id": T(id), "v": T(v)} }
+	noKey := cdctest.Change(I, "src", "nokey", nil, row("1", "x"))
+	noKey.Key = nil
+	err := p.Apply(ctx, cdctest.Numbered(1,
+		cdctest.Change(I, "src", "c", nil, row("1", "ok")),
+		cdctest.Change(I, "src", "missing", nil, row("1", "x")),
+		cdctest.Change(I, "src", "nopk", nil, row("1", "x")),
+		cdctest.Change(I, "src", "num", nil, row("1", "7")),
+		cdctest.Change(I, "src", "num", nil, row("2", "not a number")),
+		noKey,
+		cdctest.Change(I, "src", "c", nil, row("2", "ok"))))
+	if err != nil {
+		t.Fatalf("a batch with tables that cannot be applied: %v, want the others applied", err)
+	}
+	want := map[string]struct {
+		seq  uint64
+		word string
+	}{
+		"src.missing": {2, "create_tables"}, "src.nopk": {3, "primary key"}, "src.num": {4, "invalid input syntax"}, "src.nokey": {6, "key"},
+	}
+	check := func(p *postgres.Applier, when string) {
+		t.Helper()
+		got := p.TableStatus()
+		if len(got) != len(want) {
+			t.Fatalf("%s: stopped tables %+v, want %d", when, got, len(want))
+		}
+		for _, st := range got {
+			w, ok := want[st.Table]
+			if !ok || st.State != protocol.TableStopped || st.Seq != w.seq || !strings.Contains(st.Error, w.word) || st.Since.IsZero() {
+				t.Errorf("%s: %+v, want %s stopped at %d with an error saying %q", when, st, st.Table, w.seq, w.word)
+			}
+		}
+	}
+	check(p, "after the batch")
+	if got, want := pgtest.Rows(t, conn, s+".c", []string{"id", "v"}), []string{"1|ok", "2|ok"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("c holds %q, want %q", got, want)
+	}
+	if rows := pgtest.Rows(t, conn, s+".num", []string{"id"}); len(rows) != 0 {
+		t.Errorf("the stopped table num holds %q: nothing of its batch may be applied", rows)
+	}
+	// Later events of stopped tables are skipped, even good ones.
+	if err := p.Apply(ctx, cdctest.Numbered(8,
+		cdctest.Change(I, "src", "num", nil, row("3", "3")),
+		cdctest.Change(I, "src", "c", nil, row("3", "ok")))); err != nil {
+		t.Fatal(err)
+	}
+	if rows := pgtest.Rows(t, conn, s+".num", []string{"id"}); len(rows) != 0 || cdctest.Applied(t, p) != 9 {
+		t.Errorf("num holds %q, offset %d: want nothing and 9", rows, cdctest.Applied(t, p))
+	}
+	// The stops are kept.
+	again := cdctest.PostgresApplier(t, cfg)
+	cdctest.Applied(t, again)
+	check(again, "reopened")
+
+	// A snapshot of a stopped table (a resnapshot) starts it over: empty,
+	// then its read events and changes; a read event of an earlier
+	// snapshot is left out, a repeated snapshot event changes nothing.
+	snap := func(lsn string) protocol.ChangeEvent {
+		e := cdctest.Change(protocol.OpSnapshot, "src", "num", nil, nil)
+		e.LSN, e.CommitLSN = lsn, lsn
+		return e
+	}
+	read := func(lsn, id, v string) protocol.ChangeEvent {
+		e := cdctest.Change(protocol.OpRead, "src", "num", nil, row(id, v))
+		e.LSN, e.CommitLSN = lsn, lsn
+		return e
+	}
+	if err := again.Apply(ctx, cdctest.Numbered(10, snap("1/0"), read("1/0", "5", "5"), read("0/FF", "6", "6"),
+		cdctest.Change(I, "src", "num", nil, row("7", "7")))); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Apply(ctx, cdctest.Numbered(14, snap("1/0"), read("1/0", "8", "8"))); err != nil {
+		t.Fatal(err)
+	}
+	if rows := pgtest.Rows(t, conn, s+".num", []string{"id", "v"}); !reflect.DeepEqual(rows, []string{"5|5", "7|7", "8|8"}) {
+		t.Errorf("num after its snapshot holds %q, want 5, 7 and 8", rows)
+	}
+	delete(want, "src.num")
+	check(again, "after the snapshot of num")
+}
+
+// TestPostgresSchema: new columns are added as text, an image without a
+// newer column keeps the target's value, and a missing table is created on
+// request.
 func TestPostgresSchema(t *testing.T) {
 	dsn, s, conn := pgtest.DB(t)
 	ctx := context.Background()
-	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.c (id int PRIMARY KEY, v text); CREATE TABLE %[1]s.nopk (id int, v text)`, s))
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.c (id int PRIMARY KEY, v text)`, s))
 	p := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "schema"})
 	I, Up := protocol.OpInsert, protocol.OpUpdate
-
-	err := p.Apply(ctx, cdctest.Numbered(1,
-		cdctest.Change(I, "src", "c", nil, protocol.Row{"id": T("1"), "v": T("ok")}),
-		cdctest.Change(I, "src", "missing", nil, protocol.Row{"id": T("1"), "v": T("x")})))
-	if err == nil || !strings.Contains(err.Error(), s+".missing") || !strings.Contains(err.Error(), "create") {
-		t.Fatalf("missing table: %v, want an error naming %s.missing and saying to create it", err, s)
-	}
-	if rows := pgtest.Rows(t, conn, s+".c", []string{"id"}); len(rows) != 0 || cdctest.Applied(t, p) != 0 {
-		t.Fatalf("a failed batch left rows %v, offset %d", rows, cdctest.Applied(t, p))
-	}
-
-	err = p.Apply(ctx, cdctest.Numbered(1, cdctest.Change(I, "src", "nopk", nil, protocol.Row{"id": T("1"), "v": T("x")})))
-	if err == nil || !strings.Contains(err.Error(), s+".nopk") || !strings.Contains(err.Error(), "primary key") {
-		t.Errorf("target without a key: %v", err)
-	}
-	noKey := cdctest.Change(I, "src", "c", nil, protocol.Row{"id": T("1")})
-	noKey.Key = nil
-	if err := p.Apply(ctx, cdctest.Numbered(1, noKey)); err == nil || !strings.Contains(err.Error(), "src.c") || !strings.Contains(err.Error(), "key") {
-		t.Errorf("event without key: %v", err)
-	}
 
 	// A new column is added; a later image without it keeps its value.
 	if err := p.Apply(ctx, cdctest.Numbered(1, cdctest.Change(I, "src", "c", nil, protocol.Row{"id": T("1"), "v": T("a"), "extra": T("E1")}))); err != nil {

@@ -82,7 +82,7 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 			}
 		}
 	} else {
-		ok, err := s.createTable(ctx, tx, vt, nil)
+		ok, err := s.createTable(ctx, tx, vt, nil, req.Schema)
 		if err != nil {
 			return err
 		}

@@ -261,24 +261,14 @@ func decodeStrict(config json.RawMessage, v any) error {
 		}
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			field = te.Field
+			return connectors.TypeError(te)
 		}
-		return &connectors.FieldError{Field: field, Msg: redactJSONError(err)}
+		return &connectors.FieldError{Field: field, Msg: err.Error()}
 	}
 	return nil
 }
 
 var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]*)"`)
-
-// redactJSONError returns the text of a JSON decoding error, which names
-// fields and types but never values.
-func redactJSONError(err error) string {
-	var t *json.UnmarshalTypeError
-	if errors.As(err, &t) {
-		return fmt.Sprintf("want %s, not a JSON %s", t.Type, t.Value)
-	}
-	return err.Error()
-}
 
 // ParseSourceConfig decodes and validates a source configuration.
 func ParseSourceConfig(config json.RawMessage) (SourceConfig, error) {

@@ -65,8 +65,11 @@
 //
 // Version tables take their columns from the configured columns, else from
 // the definition of a table orders_template (LIKE, with defaults,
-// constraints and indexes), else from the first batch's column names, all
-// as text (CSV text round-trips exactly through text columns).
+// constraints and indexes), else from the run's schema (the source's
+// description of its columns: typed DDL, see CreateTableSQL, with the
+// source's types, NOT NULL and defaults, and no primary key), else from the
+// first batch's column names, all as text (CSV text round-trips exactly
+// through text columns).
 //
 // A task attempt writes in one transaction: it takes an advisory lock for
 // its task (so concurrent attempts of one task run one after the other),
@@ -117,7 +120,8 @@
 // committed). A window committed again (a re-run, a backfill --replace)
 // thus holds its rows once; a commit repeated for the same run finds it
 // recorded and does nothing. A missing table is created like a version
-// table (configured columns, <table>_template, or text columns). Windows
+// table (configured columns, <table>_template, the run's schema, or text
+// columns). Windows
 // lists what was committed.
 //
 // Limits of delta-column loads: a row deleted on the source is never seen
@@ -142,7 +146,14 @@
 // offset row of the pipeline in sluice_cdc_offsets (in ApplierConfig.Schema,
 // or in public when Schema is empty) is updated in the same transaction. The
 // offset row is read under a row lock, so a batch delivered twice is applied
-// once. Values arrive in PostgreSQL's text output format and are converted by
+// once. A permanent error on one source table (see isPermanentApply: a
+// value the target refuses, a target without the key, a missing target
+// table, an inconsistent stream of the table) stops that table alone: the
+// batch is applied again without its events, the table's stop (the
+// sequence of its first event not applied, and the error) is recorded in
+// sluice_cdc_tables in the same transaction, its later events are
+// skipped, and Applier.TableStatus reports it (connectors.TableReporter).
+// Values arrive in PostgreSQL's text output format and are converted by
 // the target column type's input function (a cast of text to the type), so
 // numeric, jsonb, arrays, bytea and timestamptz round-trip exactly.
 //
@@ -153,21 +164,42 @@
 // that changed the key, the row under the old key). It is never written as
 // NULL: when the target has no such row the batch fails with an error.
 //
-// Schema changes: a column that appears in events but not in the target
-// table is added as text (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) in the
-// batch's transaction, and logged. A row image without a column the batch
-// knows (an event from before the column existed) keeps the target's value
-// of that column, or NULL for a new row; a target column that no event
-// carries is left alone (its default for a new row). A missing target table
-// is created (columns as text, the event key as primary key) only with
-// ApplierConfig.CreateTables; otherwise the batch fails with an error naming
-// the table. The target needs a unique index (the primary key) on exactly the
-// event's key columns.
+// Snapshots: a snapshot event of a table (protocol.OpSnapshot) of a later
+// position than the last one applied starts the table over: the target is
+// emptied and a stopped table goes on, in the batch's transaction, and the
+// position is kept in sluice_cdc_tables; read events of an earlier position
+// (an earlier, failed attempt's) are left out, and a snapshot event at or
+// before it changes nothing.
 //
-// Not handled: dropped or renamed source columns (the target column stays and
-// is no longer written), column type changes (values must still be valid
-// input for the target type), a change of a table's key columns within one
-// batch, tables without a primary key or replica identity (an error names the
+// Typed replicas: events carry, on the first event of a table after each
+// change of its shape, the source's description of the table
+// (protocol.ChangeEvent.Relation). A missing target table is created, only
+// with ApplierConfig.CreateTables (otherwise the batch fails with an error
+// naming the table), from that description (typed DDL: the source's types,
+// NOT NULL, defaults and generated columns, the event key as primary key),
+// or with text columns when the events carry none. The description last
+// applied to each source table is kept in sluice_cdc_tables, in the batch's
+// transaction.
+//
+// Schema changes: a batch's events of one table are applied in parts, one
+// per shape of the table; before a part whose description differs from the
+// one last applied, the target follows it (see alterTarget): dropped
+// columns are dropped, renamed ones (the same column ID) renamed, retyped
+// ones altered with a cast of their values, NOT NULL and defaults changed
+// (NOT NULL once the target's rows allow it), added ones added with their
+// type and default, the rows the target already has taking the column's
+// Backfill (the value the source's rows took: a constant default, even if
+// the default changed since). Each change is logged once its transaction
+// committed. A column that appears
+// in events without a description of it is added as text. A row image
+// without a column the batch knows (an event from before the column
+// existed) keeps the target's value of that column, or NULL for a new row;
+// a target column that no event carries is left alone (its default for a
+// new row). The target needs a unique index (the primary key) on exactly
+// the event's key columns.
+//
+// Not handled: a change of a table's key columns (the target's key stays),
+// tables without a primary key or replica identity (an error names the
 // table), foreign keys between target tables (tables are applied one after
 // the other, not in source order; within a table deletes go before upserts),
 // and several Runners of one pipeline at the same time (the offset row lock

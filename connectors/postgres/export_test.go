@@ -1,9 +1,14 @@
 package postgres
 
+import "github.com/sluicehq/sluice/connectors"
+
 // Collapse exposes collect for tests: per table "schema.table", whether it
 // was truncated and the final state of each key ("key -> deleted" or
 // "key -> image, origin").
-var Collapse = collect
+// MatchColumns exposes matchColumns for tests.
+var MatchColumns = matchColumns
+
+func Collapse(events []connectors.Event) ([]*TableChanges, error) { return collect(events, nil) }
 
 // TableChanges and RowChange expose the result of collect.
 type (

@@ -19,7 +19,7 @@ func Register(reg *connectors.Registry) {
 		SinkAppends:      true,
 		SinkValueWindows: true,
 		SinkMerges:       true,
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }
 

@@ -10,7 +10,7 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-// pgTypeInfo is what the catalog says of one column's type.
+// pgTypeInfo is what the catalog says of one column and its type.
 type pgTypeInfo struct {
 	name    string // the column's type as format_type renders it, with its modifier
 	base    string // the base type's name in pg_catalog (a domain resolved), such as "numeric" or "_int4"
@@ -19,26 +19,61 @@ type pgTypeInfo struct {
 	elem    string // the element type's name for an array (a domain resolved)
 	elemMod int32  // the element domain's modifier, -1 when none
 	notNull bool
+	attnum  int    // the column's number, 0 when the catalog no longer has a column of that name
+	gen     bool   // a generated column: expr is its expression
+	expr    string // the default or generation expression, as pg_get_expr renders it
+	// portable reports that the default refers to no sequence and no
+	// function of the database's own (only to built-in objects and types).
+	portable bool
+	// backfill is the value, as a literal cast to the column's type, that
+	// rows older than the column have (attmissingval), "" when none.
+	backfill string
 }
 
-// schemaSQL returns, for the given columns of a table in order, the
-// column's type, modifier, NOT NULL flag, and the base type (domains
-// resolved, to any depth) and its element type (and the element domain's
-// modifier) for arrays.
-const schemaSQL = `
+// RelationColumn is a table's column as logical replication describes it
+// (a column of pgoutput's Relation message): its name, type OID and type
+// modifier.
+type RelationColumn struct {
+	Name    string
+	Type    uint32
+	TypeMod int32
+}
+
+// describeSQL describes columns given as arrays of names ($2), type OIDs
+// ($3) and modifiers ($4) of the table with OID $1, in the given order:
+// each column's type (format_type of the given type and modifier), NOT
+// NULL flag, number, generated flag and default or generation expression
+// and the value rows older than the column have (attmissingval, as a
+// literal cast to its type) (from the catalog, by name: none when the
+// table has no such column any more), the base type (domains resolved, to any depth) and its modifier,
+// and the element type (and the element domain's modifier) of an array.
+// A default is portable when it depends on no relation but its own table
+// and on no function that is not built in (built-in objects are pinned:
+// pg_depend records no dependency on them).
+const describeSQL = `
 WITH RECURSIVE cols AS (
-	SELECT a.attname, a.attnum, a.atttypid, a.atttypmod, a.attnotnull, format_type(a.atttypid, a.atttypmod) AS native
-	FROM pg_attribute a WHERE a.attrelid = $1 AND a.attname = ANY ($2) AND a.attnum > 0 AND NOT a.attisdropped
+	SELECT m.ord, m.name, m.typ, m.mod, format_type(m.typ, m.mod) AS native,
+		coalesce(a.attnotnull, false) AS notnull, coalesce(a.attnum, 0)::int AS attnum,
+		coalesce(a.attgenerated = 's', false) AS gen,
+		coalesce(pg_get_expr(d.adbin, d.adrelid), '') AS expr,
+		d.oid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_depend x
+			WHERE x.classid = 'pg_attrdef'::regclass AND x.objid = d.oid
+			AND x.refclassid IN ('pg_class'::regclass, 'pg_proc'::regclass)
+			AND NOT (x.refclassid = 'pg_class'::regclass AND x.refobjid = d.adrelid)) AS portable,
+		CASE WHEN a.atthasmissing THEN quote_nullable((a.attmissingval::text::text[])[1]) || '::' || format_type(m.typ, m.mod) END AS backfill
+	FROM unnest($2::text[], $3::oid[], $4::int4[]) WITH ORDINALITY AS m(name, typ, mod, ord)
+	LEFT JOIN pg_attribute a ON a.attrelid = $1 AND a.attname = m.name AND a.attnum > 0 AND NOT a.attisdropped
+	LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 ), base AS (
-	SELECT c.attname, t.oid AS typ, c.atttypmod AS typmod, t.typtype, t.typbasetype, t.typtypmod, 0 AS depth
-	FROM cols c JOIN pg_type t ON t.oid = c.atttypid
+	SELECT c.ord, t.oid AS typ, c.mod AS typmod, t.typtype, t.typbasetype, t.typtypmod, 0 AS depth
+	FROM cols c JOIN pg_type t ON t.oid = c.typ
 	UNION ALL
-	SELECT b.attname, t.oid, CASE WHEN b.typmod = -1 THEN b.typtypmod ELSE b.typmod END, t.typtype, t.typbasetype, t.typtypmod, b.depth + 1
+	SELECT b.ord, t.oid, CASE WHEN b.typmod = -1 THEN b.typtypmod ELSE b.typmod END, t.typtype, t.typbasetype, t.typtypmod, b.depth + 1
 	FROM base b JOIN pg_type t ON t.oid = b.typbasetype WHERE b.typtype = 'd'
 )
-SELECT c.attname, c.native, c.attnotnull, b.typmod, bt.typname, bt.typcategory = 'A' AND bt.typelem <> 0,
-	coalesce(el.typname, ''), coalesce(el.typmod, -1)
-FROM cols c JOIN base b ON b.attname = c.attname AND b.typtype <> 'd'
+SELECT c.name, c.native, c.notnull, b.typmod, bt.typname, bt.typcategory = 'A' AND bt.typelem <> 0,
+	coalesce(el.typname, ''), coalesce(el.typmod, -1), c.attnum, c.gen, c.expr, c.portable, coalesce(c.backfill, '')
+FROM cols c JOIN base b ON b.ord = c.ord AND b.typtype <> 'd'
 JOIN pg_type bt ON bt.oid = b.typ
 LEFT JOIN LATERAL (
 	WITH RECURSIVE e AS (
@@ -47,38 +82,47 @@ LEFT JOIN LATERAL (
 		SELECT t.typname, t.typtype, t.typbasetype, CASE WHEN e.typmod = -1 THEN t.typtypmod ELSE e.typmod END
 		FROM e JOIN pg_type t ON t.oid = e.typbasetype WHERE e.typtype = 'd')
 	SELECT typname, typmod FROM e WHERE typtype <> 'd' LIMIT 1) el ON bt.typelem <> 0
-ORDER BY c.attnum`
+ORDER BY c.ord`
 
-// schema describes the given columns of the table oid, in the given order,
-// from the catalog: see logicalType for the mapping. The table's primary
-// key becomes the schema's key when every key column is among columns.
-func (s *Source) schema(ctx context.Context, conn *pgx.Conn, oid uint32, columns []string) (*protocol.Schema, error) {
-	rows, err := conn.Query(ctx, schemaSQL, oid, columns)
+// DescribeTable describes columns of the table with OID oid from the
+// catalog: every column in table order (generated ones included) when
+// columns is nil, else the given ones in the given order. Each column gets
+// its logical type (see logicalType), Native name, NotNull, ID (its
+// attnum), and its Default or Generated expression (a default that refers
+// to a sequence or to a function of the database's own is left out). The
+// table's primary key becomes the schema's Key when every key column is
+// among the columns. q is a connection or a transaction.
+func DescribeTable(ctx context.Context, q Querier, oid uint32, columns []string) (*protocol.Schema, error) {
+	rows, err := q.Query(ctx, `SELECT attname, atttypid, atttypmod FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND ($2::text[] IS NULL OR attname = ANY ($2))
+		ORDER BY attnum`, oid, columns)
 	if err != nil {
 		return nil, fmt.Errorf("describe columns: %w", err)
 	}
-	infos := map[string]pgTypeInfo{}
-	var name string
-	var ti pgTypeInfo
-	_, err = pgx.ForEachRow(rows, []any{&name, &ti.name, &ti.notNull, &ti.typmod, &ti.base, &ti.array, &ti.elem, &ti.elemMod}, func() error {
-		infos[name] = ti
-		return nil
-	})
-	if err != nil {
+	var rel []RelationColumn
+	var c RelationColumn
+	if _, err := pgx.ForEachRow(rows, []any{&c.Name, &c.Type, &c.TypeMod}, func() error { rel = append(rel, c); return nil }); err != nil {
 		return nil, fmt.Errorf("describe columns: %w", err)
 	}
-	sc := &protocol.Schema{System: Kind}
-	for _, c := range columns {
-		ti, ok := infos[c]
-		if !ok {
-			return nil, fmt.Errorf("describe columns: table %s has no column %q", s.cfg.Table, c)
+	if columns != nil {
+		byName := make(map[string]RelationColumn, len(rel))
+		for _, c := range rel {
+			byName[c.Name] = c
 		}
-		col := logicalType(ti)
-		col.Name = c
-		sc.Columns = append(sc.Columns, col)
+		rel = rel[:0]
+		for _, name := range columns {
+			c, ok := byName[name]
+			if !ok {
+				return nil, fmt.Errorf("describe columns: the table has no column %q", name)
+			}
+			rel = append(rel, c)
+		}
 	}
-
-	krows, err := conn.Query(ctx, `SELECT a.attname FROM pg_index i
+	sc, err := describe(ctx, q, oid, rel)
+	if err != nil {
+		return nil, err
+	}
+	krows, err := q.Query(ctx, `SELECT a.attname FROM pg_index i
 		CROSS JOIN LATERAL unnest(i.indkey[0:i.indnkeyatts-1]) WITH ORDINALITY AS k(attnum, n)
 		JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 		WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.n`, oid)
@@ -89,11 +133,78 @@ func (s *Source) schema(ctx context.Context, conn *pgx.Conn, oid uint32, columns
 	if err != nil {
 		return nil, fmt.Errorf("look up primary key: %w", err)
 	}
-	if len(key) > 0 && !slices.ContainsFunc(key, func(k string) bool { return !slices.Contains(columns, k) }) {
+	names := sc.Names()
+	if len(key) > 0 && !slices.ContainsFunc(key, func(k string) bool { return !slices.Contains(names, k) }) {
 		sc.Key = key
 	}
 	if err := sc.Validate(); err != nil {
 		return nil, fmt.Errorf("describe columns: %w", err)
+	}
+	return sc, nil
+}
+
+// DescribeRelation describes the columns of the table with OID oid as
+// logical replication gave them (a Relation message), in their order: the
+// type of each is the one given (format_type of its OID and modifier),
+// mapped to a logical type as DescribeTable does; NotNull, ID and Default
+// come from the catalog by name (a column the catalog no longer has under
+// that name gets none of them). The table's generated columns, which
+// logical replication does not send, are added from the catalog at their
+// place in table order, with Generated set. Key is left empty: the caller
+// knows the key its events use.
+func DescribeRelation(ctx context.Context, q Querier, oid uint32, columns []RelationColumn) (*protocol.Schema, error) {
+	sc, err := describe(ctx, q, oid, columns)
+	if err != nil {
+		return nil, err
+	}
+	gen, err := DescribeTable(ctx, q, oid, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range gen.Columns {
+		if g.Generated == "" || slices.ContainsFunc(sc.Columns, func(c protocol.Column) bool { return c.Name == g.Name }) {
+			continue
+		}
+		// Before the first column of a greater number.
+		i := slices.IndexFunc(sc.Columns, func(c protocol.Column) bool { return c.ID > g.ID })
+		if i < 0 {
+			i = len(sc.Columns)
+		}
+		sc.Columns = slices.Insert(sc.Columns, i, g)
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, fmt.Errorf("describe columns: %w", err)
+	}
+	return sc, nil
+}
+
+// describe runs describeSQL for the given columns of table oid.
+func describe(ctx context.Context, q Querier, oid uint32, columns []RelationColumn) (*protocol.Schema, error) {
+	names := make([]string, len(columns))
+	types := make([]uint32, len(columns))
+	mods := make([]int32, len(columns))
+	for i, c := range columns {
+		names[i], types[i], mods[i] = c.Name, c.Type, c.TypeMod
+	}
+	rows, err := q.Query(ctx, describeSQL, oid, names, types, mods)
+	if err != nil {
+		return nil, fmt.Errorf("describe columns: %w", err)
+	}
+	sc := &protocol.Schema{System: Kind}
+	var name string
+	var ti pgTypeInfo
+	_, err = pgx.ForEachRow(rows, []any{&name, &ti.name, &ti.notNull, &ti.typmod, &ti.base, &ti.array, &ti.elem, &ti.elemMod,
+		&ti.attnum, &ti.gen, &ti.expr, &ti.portable, &ti.backfill}, func() error {
+		col := logicalType(ti)
+		col.Name = name
+		sc.Columns = append(sc.Columns, col)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("describe columns: %w", err)
+	}
+	if len(sc.Columns) != len(columns) {
+		return nil, fmt.Errorf("describe columns: %d of %d columns have a type the catalog knows", len(sc.Columns), len(columns))
 	}
 	return sc, nil
 }
@@ -121,7 +232,7 @@ var scalarTypes = map[string]protocol.ColumnType{
 	"uuid":        protocol.TypeUUID,
 }
 
-// logicalType maps a column's type to a logical type: integers, floats,
+// logicalType describes a column: its type mapped to a logical type: integers, floats,
 // bool, bytea, date, time, timestamp, timestamptz, uuid to their own;
 // text, varchar, char and name to string; json and jsonb to json; numeric
 // to decimal with the modifier's precision and scale (precision 0 for a
@@ -131,9 +242,17 @@ var scalarTypes = map[string]protocol.ColumnType{
 // the elements); every other type (enums, inet, interval, money, timetz,
 // ranges, composites, ...) to string, which holds its text form exactly. A
 // domain is mapped as its base type. Native is always the column's type
-// as format_type renders it.
+// as format_type renders it. The column's number becomes its ID, and its
+// expression its Generated one, or its Default when portable; the value
+// that rows older than the column have its Backfill.
 func logicalType(ti pgTypeInfo) protocol.Column {
-	col := protocol.Column{Native: ti.name, NotNull: ti.notNull}
+	col := protocol.Column{Native: ti.name, NotNull: ti.notNull, ID: ti.attnum, Backfill: ti.backfill}
+	switch {
+	case ti.gen:
+		col.Generated = ti.expr
+	case ti.portable:
+		col.Default = ti.expr
+	}
 	if ti.array {
 		mod := ti.typmod
 		if mod == -1 {

@@ -112,7 +112,7 @@ func TestPlanSchema(t *testing.T) {
 		t.Fatalf("schema has %d columns, want %d: %v", len(got.Columns), len(want), got.Names())
 	}
 	for i, w := range want {
-		w.col.Name, w.col.Native = w.name, w.native
+		w.col.Name, w.col.Native, w.col.ID = w.name, w.native, i+1
 		g := got.Columns[i]
 		gj, _ := json.Marshal(g)
 		wj, _ := json.Marshal(w.col)

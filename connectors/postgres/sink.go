@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // Sink loads full loads into versioned tables behind one view. See the
@@ -211,11 +212,15 @@ func exists(ctx context.Context, q querier, t pgx.Identifier) (bool, string, err
 	return true, *kind, nil
 }
 
-type querier interface {
+// Querier is what the package's functions that take a database need of it:
+// a *pgx.Conn or a pgx.Tx.
+type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
+
+type querier = Querier
 
 // tableColumns lists the columns of a table in order.
 func tableColumns(ctx context.Context, q querier, t pgx.Identifier) ([]string, error) {
@@ -229,8 +234,11 @@ func tableColumns(ctx context.Context, q querier, t pgx.Identifier) ([]string, e
 
 // createTable creates a table with the data columns of a version: the
 // configured columns, else a copy of <table>_template's definition, else
-// the given columns as text. It returns false when none of these is known.
-func (s *Sink) createTable(ctx context.Context, q querier, t pgx.Identifier, columns []string) (bool, error) {
+// the given columns (all of the run's schema when none are given) with
+// their types in the run's schema (typed DDL, without a primary key: see
+// CreateTableSQL), else the given columns as text. It returns false when
+// none of these is known.
+func (s *Sink) createTable(ctx context.Context, q querier, t pgx.Identifier, columns []string, schema *protocol.Schema) (bool, error) {
 	var sql string
 	switch {
 	case len(s.cfg.Columns) > 0:
@@ -259,6 +267,12 @@ func (s *Sink) createTable(ctx context.Context, q querier, t pgx.Identifier, col
 			sql = "CREATE TABLE " + t.Sanitize() + " (LIKE " + s.view().Sanitize() + " INCLUDING DEFAULTS)"
 			break
 		}
+		if typed := schemaOf(schema, columns); typed != nil {
+			if err := CreateTable(ctx, q, t, typed, DDLOptions{}); err != nil {
+				return false, err
+			}
+			return true, nil
+		}
 		if len(columns) == 0 {
 			return false, nil
 		}
@@ -272,4 +286,25 @@ func (s *Sink) createTable(ctx context.Context, q querier, t pgx.Identifier, col
 		return false, fmt.Errorf("create %s: %w", t.Sanitize(), err)
 	}
 	return true, nil
+}
+
+// schemaOf is the part of a run's schema that describes columns, in their
+// order (all of its columns when columns is empty); nil when there is no
+// schema or it lacks one of columns.
+func schemaOf(schema *protocol.Schema, columns []string) *protocol.Schema {
+	if schema == nil || len(schema.Columns) == 0 {
+		return nil
+	}
+	if len(columns) == 0 {
+		return schema
+	}
+	out := &protocol.Schema{System: schema.System}
+	for _, name := range columns {
+		c, ok := schema.Column(name)
+		if !ok {
+			return nil
+		}
+		out.Columns = append(out.Columns, c)
+	}
+	return out
 }

@@ -295,7 +295,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	if d := specs[0].Delta; req.Trim != nil && d != nil {
 		plan.Window = &connectors.Window{Values: true, Lo: d.Lo, Hi: d.Hi}
 	}
-	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	if plan.Window != nil && plan.Window.Empty() {
@@ -998,7 +998,7 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 	if d := specs[0].Delta; req.Trim != nil && d != nil {
 		plan.Window = &connectors.Window{Values: true, Lo: d.Lo, Hi: d.Hi}
 	}
-	if plan.Schema, err = s.schema(ctx, conn, info.oid, specs[0].Columns); err != nil {
+	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
 	n := int64(len(specs))

@@ -74,7 +74,12 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 	}
 	created := false
 	if !ok {
-		if created, err = s.createTable(ctx, tx, target, stagedCols); err != nil {
+		schema := req.Schema
+		if len(stagedCols) == 0 {
+			schema = nil // no rows: the table waits for a window that has some
+		}
+		created, err = s.createTable(ctx, tx, target, stagedCols, schema)
+		if err != nil {
 			return err
 		}
 		ok = created

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // stagingTaskColumn is the column in which staging tables made by earlier
@@ -31,7 +32,7 @@ func taskNumber(taskID string) int64 {
 // ensureStaging creates the staging tables of a run unless they exist. It
 // returns false when the staging table does not exist and cannot be
 // created because no columns are known.
-func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, columns []string) (bool, error) {
+func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, columns []string, schema *protocol.Schema) (bool, error) {
 	rowsT, tasksT := s.staging(runID)
 	if ok, _, err := exists(ctx, conn, rowsT); err != nil || ok {
 		return ok, err
@@ -47,7 +48,7 @@ func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, 
 	if ok, _, err := exists(ctx, tx, rowsT); err != nil || ok {
 		return ok, err
 	}
-	ok, err := s.createTable(ctx, tx, rowsT, columns)
+	ok, err := s.createTable(ctx, tx, rowsT, columns, schema)
 	if err != nil || !ok {
 		return false, err
 	}
@@ -93,7 +94,7 @@ func (w *taskWriter) where() string {
 // transaction, removing an earlier attempt's output. It returns false when
 // there is no staging table and none can be made (no columns known).
 func (w *taskWriter) begin(ctx context.Context, columns []string) (bool, error) {
-	ok, err := w.s.ensureStaging(ctx, w.conn, w.ref.RunID, columns)
+	ok, err := w.s.ensureStaging(ctx, w.conn, w.ref.RunID, columns, w.ref.Schema)
 	if err != nil || !ok {
 		return false, err
 	}

@@ -92,3 +92,69 @@ func SameRows(t testing.TB, conn *pgx.Conn, a, b string, cols []string) {
 		t.Errorf("%s has %d rows (md5 %s), %s has %d (md5 %s)", a, na, sa, b, nb, sb)
 	}
 }
+
+// AwkwardDDL creates, in the schema it is formatted with (every %[1]s),
+// the enum type mood and the table awkward: a column of each awkward type
+// (numeric with and without a modifier, jsonb, arrays, bytea,
+// timestamptz, an enum, interval, varchar(n)), NOT NULL columns, constant
+// defaults, a generated column and a two-column primary key.
+// AwkwardColumns lists the columns a change event carries (all but the
+// generated one).
+const AwkwardDDL = `CREATE TYPE %[1]s.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE %[1]s.awkward (
+	region int NOT NULL,
+	id bigint NOT NULL,
+	n numeric(20,6) DEFAULT 0,
+	bare numeric,
+	j jsonb NOT NULL DEFAULT '{}',
+	ia int[],
+	ta text[] DEFAULT '{a,b}',
+	b bytea,
+	ts timestamptz(3),
+	m %[1]s.mood DEFAULT 'ok',
+	iv interval,
+	vc varchar(10) NOT NULL DEFAULT 'x',
+	"Odd ""name""" text,
+	twice bigint GENERATED ALWAYS AS (id * 2) STORED,
+	PRIMARY KEY (region, id))`
+
+// AwkwardColumns are the columns of AwkwardDDL's table that change events
+// carry.
+var AwkwardColumns = []string{"region", "id", "n", "bare", "j", "ia", "ta", "b", "ts", "m", "iv", "vc", `Odd "name"`}
+
+// AwkwardRows inserts rows into the table of AwkwardDDL in the schema it is
+// formatted with: values at the edges of their types, empty ones and NULLs.
+const AwkwardRows = `INSERT INTO %[1]s.awkward (region, id, n, bare, j, ia, ta, b, ts, m, iv, vc, "Odd ""name""") VALUES
+	(1, 1, 12345678901234.123456, 1e-30, '{"a": [1, 2.50, "x\"y"], "b": null}', '{1,NULL,3}', ARRAY['a,b', 'c"d', NULL, ''],
+	 '\x00ff10ab', '2024-05-01 10:30:00.123+02', 'happy', '1 year 2 mons 3 days 04:05:06.789', 'ten chars!', E'line\nbreak'),
+	(1, 2, NULL, NULL, '[]', NULL, NULL, NULL, NULL, NULL, NULL, '', NULL),
+	(2, 1, -0.000001, 'NaN', '{"big": "ü"}', '{}', '{}', ''::bytea, 'infinity', 'sad', '-1 days', 'v', ''),
+	(2, 2, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT, DEFAULT)`
+
+// Describe renders a table's definition as psql's \d shows it: one line
+// per column ("name type [not null] [default expr] [generated expr]", in
+// column order), then the primary key.
+func Describe(t testing.TB, conn *pgx.Conn, table string) []string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), `SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+		|| CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+		|| CASE WHEN d.oid IS NULL THEN ''
+			WHEN a.attgenerated = 's' THEN ' generated ' || pg_get_expr(d.adbin, d.adrelid)
+			ELSE ' default ' || pg_get_expr(d.adbin, d.adrelid) END
+		FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+		WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pk string
+	err = conn.QueryRow(context.Background(), `SELECT coalesce((SELECT pg_get_constraintdef(oid) FROM pg_constraint
+		WHERE conrelid = $1::regclass AND contype = 'p'), 'no primary key')`, table).Scan(&pk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, pk)
+}
