@@ -241,6 +241,10 @@ type CheckRequest struct {
 	// empty for every other pipeline and for a partition-based one. A
 	// problem with it is a *FieldError of Field FieldDeltaColumn.
 	DeltaColumn string
+	// DeltaValues says the windows are ranges of integer values
+	// (incremental.window a number of values): the delta column is then
+	// an integer column, not a time.
+	DeltaValues bool
 	// Settings are a streamed pipeline's settings (its slot, publication).
 	Settings StreamSettings
 }
