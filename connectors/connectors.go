@@ -312,7 +312,15 @@ type TaskRef struct {
 	Pipeline string
 	Attempt  int
 	// Schema is the run's plan's schema; nil when the source gave none.
+	// With a data contract it is the schema of the rows the contract
+	// makes (columns dropped, hashed ones text).
 	Schema *Schema
+	// Contract is the pipeline's data contract (see package contract, its
+	// JSON form, the key a ${NAME} reference), given only to a sink
+	// registered with Connector.SinkAppliesContract, which applies it to
+	// every row itself; nil for every other sink, whose batches the worker
+	// transforms before they reach it.
+	Contract json.RawMessage
 }
 
 // TaskOutput describes what a TaskWriter staged.

@@ -39,6 +39,7 @@ type entry struct {
 	appends    bool
 	values     bool
 	merges     bool
+	contracts  bool // the sink applies contracts itself
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -54,6 +55,9 @@ const (
 	RoleCDCSource Role = "cdc source"
 	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
 	RoleCDCTarget Role = "cdc target"
+	// RoleDataset is the dataset of a compact pipeline: the sink of a
+	// kind whose sinks compact what they write (Compactor).
+	RoleDataset Role = "compacted dataset"
 )
 
 // NewRegistry returns an empty registry.
@@ -101,10 +105,20 @@ type Connector struct {
 	// Sink.
 	SinkValueWindows bool
 	SinkMerges       bool
+	// SinkAppliesContract says the sink applies a pipeline's data contract
+	// to each row itself (TaskRef.Contract), because its batches are not
+	// the rows of one dataset (the read events of a cdc pipeline's
+	// snapshot, rows of many tables): the worker then hands it the
+	// contract instead of transforming its batches. It goes with Sink.
+	SinkAppliesContract bool
 	// CDCSource, when set, makes the kind the source of cdc pipelines;
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// ValidateDataset, when set, says that the kind's sinks compact their
+	// datasets (they implement Compactor): a compact pipeline may name
+	// one as its dataset, a sink configuration this checks without I/O.
+	ValidateDataset Validator
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -160,6 +174,7 @@ func (r *Registry) Register(c Connector) {
 		e.appends = e.appends || c.SinkAppends
 		e.values = e.values || c.SinkValueWindows
 		e.merges = e.merges || c.SinkMerges
+		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
 	if c.SourcePartitions != nil {
@@ -193,6 +208,10 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.ValidateDataset != nil {
+		add(RoleDataset, c.ValidateDataset)
 		parts++
 	}
 	if parts == 0 {
@@ -261,6 +280,21 @@ func (r *Registry) SinkMerges(kind string) bool {
 	return ok && e.sink != nil && e.merges
 }
 
+// SinkAppliesContract reports whether a sink of the given kind applies a
+// pipeline's data contract itself (Connector.SinkAppliesContract).
+func (r *Registry) SinkAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.contracts
+}
+
+// CDCSourceAppliesContract reports whether the change reader of a cdc
+// source of the given kind applies a pipeline's data contract
+// (CDCSource.AppliesContract).
+func (r *Registry) CDCSourceAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.cdc != nil && e.cdc.AppliesContract
+}
+
 // Kinds lists the registered kinds a spec may name, sorted: internal ones
 // are left out.
 func (r *Registry) Kinds() []string {
@@ -306,6 +340,9 @@ func (r *Registry) Has(kind string, role Role) bool {
 		return e.cdc != nil && e.cdc.Open != nil
 	case RoleCDCTarget:
 		return e.target != nil && e.target.Open != nil
+	case RoleDataset:
+		_, ok := e.validators[RoleDataset]
+		return ok && e.sink != nil
 	}
 	return false
 }

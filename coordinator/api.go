@@ -97,6 +97,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiPipelineGet(m.Data)
 	case protocol.VerbCheck:
 		reply, err = t.apiCheck(ctx, m.Data)
+	case protocol.VerbCompact:
+		reply, err = t.apiCompact(ctx, m.Data)
+	case protocol.VerbVacuum:
+		reply, err = t.apiVacuum(ctx, m.Data)
 	default:
 		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}
@@ -275,7 +279,7 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if !ok {
 		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
-	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
 	}
 	if inc := p.Spec.Incremental; inc.Positioned() {

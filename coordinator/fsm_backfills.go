@@ -24,7 +24,7 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 		return backfillReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
 	inc := p.Spec.Incremental
-	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil || inc.Window <= 0 && inc.Span <= 0 {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || inc == nil || inc.Window <= 0 && inc.Span <= 0 {
 		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline with a window can be backfilled", c.Pipeline)
 	}
 	windows, err := backfillWindows(c, inc.Window, inc.Span)

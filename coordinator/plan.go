@@ -36,6 +36,9 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 			return false, err
 		}
 	}
+	if r.Pattern == protocol.PatternCompact {
+		return false, t.planCompaction(ctx, log, r)
+	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
 	switch {
@@ -89,7 +92,11 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 			err = checkTrim(r, req, &plan)
 		}
 		if err == nil {
-			err = t.checkSchema(sctx, r, plan.Schema)
+			var out *protocol.Schema
+			// The sink holds the rows the contract makes.
+			if out, err = r.Contract.Schema(plan.Schema); err == nil {
+				err = t.checkSchema(sctx, r, out)
+			}
 		}
 		if _, ok := src.(connectors.RunHolder); ok && err == nil {
 			// The source holds the run's snapshot until the run ends.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -238,6 +239,9 @@ type runState struct {
 	Partitioning connectors.Partitioning `json:"partitioning,omitzero"`
 	MaxAttempts  int                     `json:"max_attempts"`
 	Backoff      time.Duration           `json:"backoff"`
+	// Contract is the pipeline's data contract, which every task carries
+	// to the worker that applies it; nil without one.
+	Contract *contract.Spec `json:"contract,omitempty"`
 	// Window is the window of an incremental run, DeltaColumn the column
 	// it bounds; Live tells that the commit moves the watermark to
 	// Window.To; Backfill names the backfill the run loads a window of.
@@ -266,6 +270,10 @@ type runState struct {
 	// Trigger is the context of the trigger that started the run; the FSM
 	// never changes it after creation.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
+	// Compact holds the settings of a compaction run (Pattern compact),
+	// as its pipeline's spec had them when it was created (defaults not
+	// filled in).
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 
 	Planned bool `json:"planned"`
 	// Attempt numbers the run's plans: 1 (0 in a run of an earlier
@@ -313,6 +321,14 @@ type taskState struct {
 // checksum is the checksum of the rows the task wrote.
 func (t taskState) checksum() connectors.Checksum {
 	return connectors.Checksum{Sum: uint64(t.Checksum), Rows: t.Rows}
+}
+
+// sinkSchema is the schema of the rows r writes: its plan's schema, with
+// r's data contract applied (columns dropped, hashed ones text). A strict
+// contract that does not classify a column of the plan is an error naming
+// it.
+func (r *runState) sinkSchema() (*protocol.Schema, error) {
+	return r.Contract.Schema(r.Schema)
 }
 
 // checksum is the checksum of the rows r's tasks wrote.

@@ -34,7 +34,7 @@ func (t *leaderTerm) apiCheck(ctx context.Context, data []byte) (any, error) {
 		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
 	inc := p.Spec.Incremental
-	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil || inc.Positioned() || inc.Window <= 0 && inc.Span <= 0 {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || inc == nil || inc.Positioned() || inc.Window <= 0 && inc.Span <= 0 {
 		return nil, invalid("pipeline %s has no windows to check: only an incremental pipeline with a window (a delta column or time partitions) has", req.Pipeline)
 	}
 	if p.Watermark == "" {

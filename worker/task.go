@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -152,6 +153,9 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		}
 	}()
 	ctx = connectors.WithJetStream(ctx, w.js)
+	if task.Pattern == protocol.PatternCompact {
+		return w.rewrite(ctx, task, attempt)
+	}
 	src, err := w.sources.get(ctx, task.Source.Kind, task.Source.Config)
 	if err != nil {
 		return out, err
@@ -160,11 +164,33 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 	if err != nil {
 		return out, err
 	}
-	tw, err := sink.OpenTask(ctx, connectors.TaskRef{
+	ref := connectors.TaskRef{
 		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
-	})
+	}
+	// A data contract transforms the rows between the read and the write:
+	// here, or, for a sink whose batches are not rows of one dataset, in
+	// the sink itself.
+	var ct *contract.Contract
+	if len(task.Contract) > 0 {
+		if w.reg.SinkAppliesContract(task.Sink.Kind) {
+			ref.Contract = task.Contract
+		} else {
+			if ct, err = contract.Open(task.Contract); err != nil {
+				return out, connectors.Permanent(err)
+			}
+			if ref.Schema, err = ct.Spec().Schema(task.Schema); err != nil {
+				return out, connectors.Permanent(fmt.Errorf("contract: %w", err))
+			}
+		}
+	}
+	tw, err := sink.OpenTask(ctx, ref)
 	if err != nil {
 		return out, fmt.Errorf("open %s output of task: %w", task.Sink.Kind, err)
+	}
+	if ct != nil {
+		if tw, err = ct.Writer(tw); err != nil {
+			return out, err
+		}
 	}
 	var writeErr error
 	err = src.Read(ctx, task.Partition, func(ctx context.Context, b connectors.Batch) error {
@@ -299,4 +325,22 @@ func backoff(base time.Duration, attempt int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxBackoff)
+}
+
+// rewrite runs a task of a compaction: the dataset's sink rewrites the
+// task's group into the run's staging place.
+func (w *Worker) rewrite(ctx context.Context, task protocol.Task, attempt int) (connectors.TaskOutput, error) {
+	sink, err := w.sinks.get(ctx, task.Sink.Kind, task.Sink.Config)
+	if err != nil {
+		return connectors.TaskOutput{}, err
+	}
+	cp, ok := sink.(connectors.Compactor)
+	if !ok {
+		return connectors.TaskOutput{}, connectors.Permanent(fmt.Errorf("a %s sink does not compact its dataset", task.Sink.Kind))
+	}
+	out, err := cp.Rewrite(ctx, connectors.TaskRef{RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt}, task.Partition)
+	if err != nil {
+		return out, fmt.Errorf("rewrite %s group %s: %w", task.Sink.Kind, task.Partition.Key, err)
+	}
+	return out, nil
 }

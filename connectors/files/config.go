@@ -273,5 +273,6 @@ func Register(reg *connectors.Registry) {
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
+		ValidateDataset:  ValidateSink,
 	})
 }
