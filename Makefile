@@ -52,6 +52,7 @@ fuzz:
 # "--reps 2" (make bench-fullload BENCH_FLAGS="--keep --only pg").
 BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
+BENCHES += incremental # a merge by key of 1M changed rows into a 10M-row PostgreSQL table through an all-in-one cluster beside a hand-written INSERT ... ON CONFLICT from a COPY-loaded staging table
 BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
 BENCHES += replicate # passthrough of a 2 GiB tree of 1,000 files beside cp -r, and of a 2M-row PostgreSQL table to PostgreSQL beside a piped COPY (FORMAT binary), through an all-in-one cluster

@@ -37,6 +37,8 @@ type entry struct {
 	internal   bool
 	positions  *Positions
 	appends    bool
+	values     bool
+	merges     bool
 	contracts  bool // the sink applies contracts itself
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
@@ -104,6 +106,12 @@ type Connector struct {
 	// Window: it appends the run's output exactly once (see
 	// CommitRequest.Mode), which runs by position need. It goes with Sink.
 	SinkAppends bool
+	// SinkValueWindows says the sink commits windows of integer values
+	// (Window.Values: an id or sequence delta column); SinkMerges that it
+	// merges a window's rows by key (CommitRequest.Merge). They go with
+	// Sink.
+	SinkValueWindows bool
+	SinkMerges       bool
 	// SinkAppliesContract says the sink applies a pipeline's data contract
 	// to each row itself (TaskRef.Contract), because its batches are not
 	// the rows of one dataset (the read events of a cdc pipeline's
@@ -174,6 +182,8 @@ func (r *Registry) Register(c Connector) {
 		}
 		add(RoleSink, pick(c.ValidateSink))
 		e.appends = e.appends || c.SinkAppends
+		e.values = e.values || c.SinkValueWindows
+		e.merges = e.merges || c.SinkMerges
 		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
@@ -278,6 +288,20 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 func (r *Registry) SinkAppends(kind string) bool {
 	e, ok := r.kinds[kind]
 	return ok && e.sink != nil && e.appends
+}
+
+// SinkValueWindows reports whether a sink of the given kind commits
+// windows of integer values (Connector.SinkValueWindows).
+func (r *Registry) SinkValueWindows(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.values
+}
+
+// SinkMerges reports whether a sink of the given kind merges windows by
+// key (Connector.SinkMerges).
+func (r *Registry) SinkMerges(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.merges
 }
 
 // SinkAppliesContract reports whether a sink of the given kind applies a

@@ -47,10 +47,13 @@ func newRunCmd() *cobra.Command {
 				a, b, ok := strings.Cut(window, ",")
 				from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
 				to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
-				if !ok || err1 != nil || err2 != nil {
-					return fmt.Errorf("--window %q: want FROM,TO in RFC 3339", window)
+				if w, values := valueRange(a, b); ok && values {
+					req.Window = &w
+				} else if !ok || err1 != nil || err2 != nil {
+					return fmt.Errorf("--window %q: want FROM,TO in RFC 3339, or two integers", window)
+				} else {
+					req.Window = &protocol.Window{From: from, To: to}
 				}
-				req.Window = &protocol.Window{From: from, To: to}
 			}
 			return runRun(cmd.Context(), &cf, req, wait, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -60,7 +63,7 @@ func newRunCmd() *cobra.Command {
 	fs.StringArrayVar(&params, "param", nil, "run parameter `k=v`; repeat for several")
 	fs.BoolVar(&wait, "wait", false, "wait for the run to end, showing progress")
 	fs.StringVar(&logical, "logical-time", "", "the run's logical time, RFC 3339 (windowed and partitioned patterns)")
-	fs.StringVar(&window, "window", "", "incremental pipelines: load exactly `FROM,TO` (RFC 3339) again, replacing its rows; the watermark stays")
+	fs.StringVar(&window, "window", "", "incremental pipelines: load exactly `FROM,TO` (RFC 3339, or two integers) again, replacing its rows; the watermark stays")
 	return cmd
 }
 
