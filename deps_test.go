@@ -47,6 +47,7 @@ var rules = []rule{
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/iceberg/s3test", testSupport: true},
+	{pkg: "connectors/kafka/kafkatest", allowed: []string{"protocol", "connectors", "connectors/kafka"}, testSupport: true},
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
