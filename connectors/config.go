@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"regexp"
 )
 
@@ -21,7 +20,7 @@ func DecodeConfig(config json.RawMessage, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return &FieldError{Field: te.Field, Msg: fmt.Sprintf("want %s, not a JSON %s", te.Type, te.Value)}
+			return TypeError(te)
 		}
 		field := ""
 		if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {

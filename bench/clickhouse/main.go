@@ -8,26 +8,33 @@
 //	(c) the same source and sink in this process, the plan's schema given
 //	    to every task (typed columns), chunks loaded concurrently
 //
-// The baseline's SELECT renders the values the way the sink stores them on
-// a server without DateTime64 (timestamptz as Int64 microseconds, boolean
-// as 0 or 1, NULL as \N), into a table of the same types. Each
-// measurement runs --reps times interleaved; the best counts. Every
-// output's row count is checked, and each Sluice run's checksum against the
-// source's. Figures go to --out. Run it with `make bench-clickhouse`;
-// --smoke loads 20,000 rows once, for a quick check.
+// It creates (or, with --keep, reuses) a table of --rows rows of the
+// harness's orders (7 columns, as the full-load benchmark's) in the schema
+// --schema (sluice_bench_clickhouse) of the test database, and loads it
+// into the ClickHouse database of the same name, created anew. The baseline's
+// SELECT renders the values the way the sink stores them on a server
+// without DateTime64 (timestamptz as Int64 microseconds, boolean as 0 or
+// 1, NULL as \N), into a table of the same types. Each measurement runs
+// --reps times interleaved; the best counts. Every output's row count is
+// checked, and each Sluice run's checksum against the source's. Figures go
+// to --out. The schema (unless --keep) and the ClickHouse database are
+// dropped at the end, also on error or Ctrl-C; a run waits for another on
+// the same schema and database to end. Run it with `make
+// bench-clickhouse`; --smoke runs it at a small size with the same checks
+// (`make bench-smoke`).
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/trace/noop"
@@ -35,6 +42,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse"
@@ -46,45 +54,68 @@ import (
 	"github.com/sluicehq/sluice/protocol"
 )
 
-const (
-	srcSchema = "sluice_bench"
-	srcTable  = srcSchema + ".clickhouse_src"
-	chDB      = "sluice_bench"
-	// target is the ratio of issue 16 item 6: Sluice vs the piped baseline.
-	target = 1.0
-)
+// target is the ratio of issue 16 item 6: Sluice vs the piped baseline.
+const target = 1.0
 
 type config struct {
+	smoke      bool
+	schema     string
 	rows       int64
 	reps       int
-	smoke      bool
+	keep       bool
 	out        string
 	dsn        string
 	url        string
 	workers    int
 	slots      int
 	targetRows int64
+	psql       string
 }
+
+// srcTable is the source table.
+func (c config) srcTable() string { return c.schema + ".clickhouse_src" }
+
+// chDB is the ClickHouse database the loads write into: named after the
+// schema, so the lock on the schema covers it too.
+func (c config) chDB() string { return c.schema }
 
 func main() {
 	var cfg config
+	flag.BoolVar(&cfg.smoke, "smoke", false, "a small run (make bench-smoke): 20k rows, 1 rep, 4 tasks a load, schema sluice_bench_smoke_clickhouse, results in a temporary file; flags given override it")
+	flag.StringVar(&cfg.schema, "schema", "sluice_bench_clickhouse", "the schema of the source table, which the benchmark creates (and drops unless --keep); the ClickHouse database of the same name is created and dropped")
 	flag.Int64Var(&cfg.rows, "rows", 2_000_000, "rows in the source table")
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions of each measurement; the best counts")
-	flag.BoolVar(&cfg.smoke, "smoke", false, "a quick check: 20,000 rows, one repetition, results not written unless --out is given")
-	flag.StringVar(&cfg.out, "out", "", "where to write the results (default bench/results/clickhouse.json; none with --smoke)")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep the source table for the next run (it is reused when its row count matches)")
+	flag.StringVar(&cfg.out, "out", "bench/results/clickhouse.json", "where to write the results (JSON)")
 	flag.StringVar(&cfg.dsn, "dsn", pgtest.DSN(), "PostgreSQL to read ($SLUICE_TEST_PG)")
 	flag.StringVar(&cfg.url, "url", chtest.URL(), "ClickHouse HTTP interface ($SLUICE_TEST_CLICKHOUSE)")
 	flag.IntVar(&cfg.workers, "workers", 2, "Sluice workers")
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows")
+	flag.StringVar(&cfg.psql, "psql", "", "psql binary of the baseline (default: from PATH, else /usr/lib/postgresql/15/bin/psql)")
 	flag.Parse()
 	if cfg.smoke {
-		cfg.rows, cfg.reps = 20_000, 1
-	} else if cfg.out == "" {
-		cfg.out = "bench/results/clickhouse.json"
+		err := harness.Smoke(flag.CommandLine, "clickhouse", map[string]string{
+			"schema": "sluice_bench_smoke_clickhouse", "rows": "20000", "reps": "1", "target-rows": "5000",
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "clickhouse:", err)
+			os.Exit(2)
+		}
 	}
-	if err := run(context.Background(), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "bench clickhouse:", err)
+	if err := harness.CheckSchema(cfg.schema); err != nil {
+		fmt.Fprintln(os.Stderr, "clickhouse: --schema:", err)
+		os.Exit(2)
+	}
+	if cfg.rows < 1 || cfg.reps < 1 || cfg.workers < 1 || cfg.slots < 1 || cfg.targetRows < 1 {
+		fmt.Fprintln(os.Stderr, "clickhouse: --rows, --reps, --workers, --slots and --target-rows must be at least 1")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, cfg, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clickhouse:", err)
 		os.Exit(1)
 	}
 }
@@ -99,69 +130,83 @@ type measurement struct {
 }
 
 func (m *measurement) finish(rows int64) {
-	m.BestSeconds = m.Seconds[0]
-	for _, s := range m.Seconds {
-		m.BestSeconds = min(m.BestSeconds, s)
-	}
+	m.BestSeconds = m.Seconds[measure.Best(m.Seconds)]
 	m.RowsPerSec = measure.Round(float64(rows)/m.BestSeconds, 0)
 }
 
+// results are what a run writes to --out.
 type results struct {
-	Benchmark    string                  `json:"benchmark"`
-	Date         time.Time               `json:"date"`
-	GoVersion    string                  `json:"go_version"`
-	NumCPU       int                     `json:"num_cpu"`
+	harness.Header
 	ClickHouse   string                  `json:"clickhouse"`
-	PostgreSQL   string                  `json:"postgresql"`
-	LoadAverage  [2]string               `json:"load_average_before_after"`
 	Rows         int64                   `json:"rows"`
 	Reps         int                     `json:"reps"`
-	Note         string                  `json:"note"`
 	Measurements map[string]*measurement `json:"measurements"`
 	Ratios       map[string]float64      `json:"ratios"`
 	Target       float64                 `json:"target_ratio"`
 	Met          bool                    `json:"met"`
+	TotalSeconds float64                 `json:"total_seconds"`
 }
 
-func run(ctx context.Context, cfg config) error {
+func run(ctx context.Context, cfg config, stdout io.Writer) error {
+	began := time.Now()
+	hdr := harness.NewHeader("clickhouse", cfg.smoke,
+		"(a) psql \\copy of a SELECT rendering ClickHouse's values, piped into clickhouse-client FORMAT CSV; (b) Sluice through sluice dev's cluster "+
+			"(workers x slots, target_rows chunks); (c) Sluice's source and sink in one process with the plan's schema on every task (typed columns), workers x slots chunks at a time. "+
+			"Best of reps, interleaved; MergeTree merges after a load are not timed.")
+	psql, err := harness.FindPSQL(cfg.psql)
+	if err != nil {
+		return err
+	}
+	cfg.psql = psql
 	conn, err := pgx.Connect(ctx, cfg.dsn)
 	if err != nil {
-		return fmt.Errorf("connect to PostgreSQL: %w", err)
+		return fmt.Errorf("connect to %s (run `make services`): %w", cfg.dsn, err)
 	}
-	defer conn.Close(ctx)
+	defer conn.Close(context.Background())
+	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&hdr.PostgreSQL); err != nil {
+		return err
+	}
+	if err := harness.Lock(ctx, conn, cfg.schema, stdout); err != nil {
+		return err
+	}
 	cl, err := clickhouse.NewClient(cfg.url, nil)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	res := results{Benchmark: "PostgreSQL -> ClickHouse full load", Date: time.Now().UTC(), GoVersion: runtime.Version(),
-		NumCPU: runtime.NumCPU(), Rows: cfg.rows, Reps: cfg.reps, Target: target, Measurements: map[string]*measurement{}, Ratios: map[string]float64{},
-		Note: "(a) psql \\copy of a SELECT rendering ClickHouse's values, piped into clickhouse-client FORMAT CSV; (b) Sluice through sluice dev's cluster " +
-			"(workers x slots, 250k-row chunks); (c) Sluice's source and sink in one process with the plan's schema on every task (typed columns), chunks 4 at a time. " +
-			"Best of reps, interleaved; MergeTree merges after a load are not timed."}
-	res.LoadAverage[0] = measure.LoadAverage()
 	v, err := cl.ServerVersion(ctx)
 	if err != nil {
 		return fmt.Errorf("ClickHouse at %s: %w (run `make services`)", cfg.url, err)
 	}
-	res.ClickHouse = v.String()
-	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&res.PostgreSQL); err != nil {
+	res := results{Header: hdr, ClickHouse: v.String(), Rows: cfg.rows, Reps: cfg.reps, Target: target,
+		Measurements: map[string]*measurement{}, Ratios: map[string]float64{}}
+	if !cfg.keep {
+		defer drop(conn, cfg.schema)
+	}
+	if err := harness.Orders(ctx, conn, cfg.schema, "clickhouse_src", cfg.rows, stdout); err != nil {
 		return err
 	}
-	if err := ensureSource(ctx, conn, cfg.rows); err != nil {
-		return err
-	}
-	want, err := postgres.TableChecksum(ctx, conn, "SELECT * FROM "+srcTable)
+	want, err := postgres.TableChecksum(ctx, conn, "SELECT "+harness.OrdersColumns+" FROM "+cfg.srcTable())
 	if err != nil {
 		return err
 	}
+	if want.Rows != cfg.rows {
+		return fmt.Errorf("source has %d rows, want %d", want.Rows, cfg.rows)
+	}
+	chDB := cfg.chDB()
 	if err := cl.Exec(ctx, "DROP DATABASE IF EXISTS "+chDB); err != nil {
 		return err
 	}
 	if err := cl.Exec(ctx, "CREATE DATABASE "+chDB); err != nil {
 		return err
 	}
-	defer cl.Exec(context.Background(), "DROP DATABASE IF EXISTS "+chDB)
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := cl.Exec(dctx, "DROP DATABASE IF EXISTS "+chDB); err != nil {
+			fmt.Fprintf(os.Stderr, "clickhouse: drop ClickHouse database %s: %v\n", chDB, err)
+		}
+	}()
 
 	a := &measurement{Label: "psql \\copy | clickhouse-client FORMAT CSV"}
 	b := &measurement{Label: "Sluice PG -> ClickHouse (cluster)"}
@@ -180,7 +225,7 @@ func run(ctx context.Context, cfg config) error {
 	err = devcluster.Run(ctx, devcluster.Config{DataDir: dir, Workers: cfg.workers, Slots: cfg.slots, Log: log, Tracer: noop.NewTracerProvider(), Registry: reg},
 		func(ctx context.Context, cluster *devcluster.Cluster) error {
 			y := fmt.Sprintf("name: bench-ch\npattern: full_load\nsource: {kind: postgres, dsn: %q, table: %s}\nsink: {kind: clickhouse, url: %q, table: %s.sluice, keep_versions: 1}\npartitioning: {target_rows: %d}\n",
-				cfg.dsn, srcTable, cfg.url, chDB, cfg.targetRows)
+				cfg.dsn, cfg.srcTable(), cfg.url, chDB, cfg.targetRows)
 			spec, err := pipeline.Load([]byte(y), "bench-ch.yaml", reg, nil)
 			if err != nil {
 				return err
@@ -189,7 +234,7 @@ func run(ctx context.Context, cfg config) error {
 				return err
 			}
 			for rep := range cfg.reps {
-				fmt.Printf("rep %d/%d\n", rep+1, cfg.reps)
+				fmt.Fprintf(stdout, "rep %d/%d\n", rep+1, cfg.reps)
 				if err := timeIt(a, func() error { return baseline(ctx, cfg, cl) }); err != nil {
 					return fmt.Errorf("baseline: %w", err)
 				}
@@ -222,20 +267,28 @@ func run(ctx context.Context, cfg config) error {
 	res.Ratios["b_vs_a"] = measure.Round(a.BestSeconds/b.BestSeconds, 2)
 	res.Ratios["c_vs_a"] = measure.Round(a.BestSeconds/c.BestSeconds, 2)
 	res.Met = res.Ratios["b_vs_a"] >= target
-	res.LoadAverage[1] = measure.LoadAverage()
+	res.Finish()
+	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	for _, k := range []string{"a_baseline", "b_sluice_cluster", "c_sluice_typed"} {
 		m := res.Measurements[k]
-		fmt.Printf("%-48s best %6.2fs  %9s rows/s  runs %v\n", m.Label, m.BestSeconds, measure.Thousands(m.RowsPerSec), m.Seconds)
+		fmt.Fprintf(stdout, "%-48s best %6.2fs  %9s rows/s  runs %v\n", m.Label, m.BestSeconds, measure.Thousands(m.RowsPerSec), m.Seconds)
 	}
-	fmt.Printf("ratios: cluster %.2fx, typed %.2fx of the baseline (target %.1fx)\n", res.Ratios["b_vs_a"], res.Ratios["c_vs_a"], target)
-	if cfg.out == "" {
-		return nil
-	}
-	out, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
+	fmt.Fprintf(stdout, "ratios: cluster %.2fx, typed %.2fx of the baseline (target %.1fx)\n", res.Ratios["b_vs_a"], res.Ratios["c_vs_a"], target)
+	if err := harness.WriteJSON(cfg.out, res); err != nil {
 		return err
 	}
-	return os.WriteFile(cfg.out, append(out, '\n'), 0o644)
+	fmt.Fprintf(stdout, "results: %s\n", cfg.out)
+	return nil
+}
+
+// drop drops the benchmark's schema with everything in it; a failure is
+// reported.
+func drop(conn *pgx.Conn, schema string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+		fmt.Fprintf(os.Stderr, "clickhouse: drop schema %s: %v\n", schema, err)
+	}
 }
 
 func timeIt(m *measurement, fn func() error) error {
@@ -264,6 +317,7 @@ func checkCount(ctx context.Context, cl *clickhouse.Client, table string, rows i
 // baseline pipes psql into clickhouse-client, into a fresh table of the
 // types the sink uses on a server without DateTime64.
 func baseline(ctx context.Context, cfg config, cl *clickhouse.Client) error {
+	chDB := cfg.chDB()
 	for _, q := range []string{
 		"DROP TABLE IF EXISTS " + chDB + ".base",
 		"CREATE TABLE " + chDB + ".base (id Int64, customer String, amount Decimal(12, 2), created_at Int64, quantity Nullable(Int32), paid UInt8, status String) ENGINE = MergeTree ORDER BY id",
@@ -273,9 +327,9 @@ func baseline(ctx context.Context, cfg config, cl *clickhouse.Client) error {
 		}
 	}
 	copySQL := `\copy (SELECT id, customer, amount, (extract(epoch FROM created_at) * 1000000)::bigint, quantity, paid::int, status FROM ` +
-		srcTable + `) TO STDOUT WITH (FORMAT csv, NULL '\N')`
-	script := fmt.Sprintf("set -o pipefail; psql %q -X -q -c %q | clickhouse-client --query %q",
-		cfg.dsn, copySQL, "INSERT INTO "+chDB+".base FORMAT CSV")
+		cfg.srcTable() + `) TO STDOUT WITH (FORMAT csv, NULL '\N')`
+	script := fmt.Sprintf("set -o pipefail; %q %q -X -q -c %q | clickhouse-client --query %q",
+		cfg.psql, cfg.dsn, copySQL, "INSERT INTO "+chDB+".base FORMAT CSV")
 	out, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("%v: %s", err, out)
@@ -301,15 +355,15 @@ func clusterLoad(ctx context.Context, cluster *devcluster.Cluster, want connecto
 	return nil
 }
 
-// typedLoad plans the source, loads its chunks 4 at a time through the
-// sink with the plan's schema, and commits.
+// typedLoad plans the source, loads its chunks workers x slots at a time
+// through the sink with the plan's schema, and commits.
 func typedLoad(ctx context.Context, cfg config, rep int, want connectors.Checksum) error {
-	src, err := postgres.NewSource(postgres.SourceConfig{DSN: cfg.dsn, Table: srcTable})
+	src, err := postgres.NewSource(postgres.SourceConfig{DSN: cfg.dsn, Table: cfg.srcTable()})
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	sink, err := clickhouse.NewSink(clickhouse.SinkConfig{URL: cfg.url, Table: chDB + ".typed", KeepVersions: 1})
+	sink, err := clickhouse.NewSink(clickhouse.SinkConfig{URL: cfg.url, Table: cfg.chDB() + ".typed", KeepVersions: 1})
 	if err != nil {
 		return err
 	}
@@ -352,41 +406,4 @@ func typedLoad(ctx context.Context, cfg config, rep int, want connectors.Checksu
 	}
 	_, err = sink.Commit(ctx, connectors.CommitRequest{RunID: runID, Version: int64(rep + 1), Tasks: outs, Schema: plan.Schema})
 	return err
-}
-
-// ensureSource creates the source table unless it exists with the wanted
-// row count: the 7 columns of the full-load benchmark.
-func ensureSource(ctx context.Context, conn *pgx.Conn, rows int64) error {
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+srcSchema); err != nil {
-		return err
-	}
-	var n int64 = -1
-	if err := conn.QueryRow(ctx, "SELECT CASE WHEN to_regclass($1) IS NULL THEN -1 ELSE (SELECT count(*) FROM "+srcTable+") END", srcTable).Scan(&n); err != nil {
-		// The subquery fails when the table is missing on some servers.
-		n = -1
-	}
-	if n == rows {
-		fmt.Printf("source: reusing %s (%d rows)\n", srcTable, n)
-		return nil
-	}
-	fmt.Printf("source: creating %s with %d rows\n", srcTable, rows)
-	for _, q := range []string{
-		"DROP TABLE IF EXISTS " + srcTable,
-		`CREATE TABLE ` + srcTable + ` (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL,
-			created_at timestamptz NOT NULL, quantity integer, paid boolean NOT NULL, status text NOT NULL)`,
-		`INSERT INTO ` + srcTable + ` SELECT i,
-			CASE WHEN i % 10 = 0 THEN 'Smith, ' ELSE '' END || 'customer ' || substr(md5(i::text), 1, 12),
-			round((i % 100000) * 1.37 + (i % 97) / 100.0, 2),
-			timestamptz '2024-01-01 00:00:00+00' + i * interval '15.123457 second',
-			CASE WHEN i % 50 = 0 THEN NULL ELSE (i * 7) % 1000 END,
-			i % 3 = 0,
-			(ARRAY['new', 'paid', 'shipped', 'returned', 'cancelled'])[1 + i % 5]
-		FROM generate_series(1, ` + strconv.FormatInt(rows, 10) + `) AS i`,
-		"VACUUM (FREEZE, ANALYZE) " + srcTable,
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("create the source table: %w", err)
-		}
-	}
-	return nil
 }

@@ -86,6 +86,7 @@ const (
 	codeTableExists    = 57
 	codeCannotParse    = 27
 	codeUnknownSetting = 115
+	codeColumnExists   = 44
 )
 
 // IsCode reports whether err is a server exception with one of the codes.
@@ -202,6 +203,19 @@ func (c *Client) Query(ctx context.Context, query string) ([]byte, error) {
 // field unescaped; "\N" (NULL) is returned as a nil field. The query must
 // not name a FORMAT.
 func (c *Client) Rows(ctx context.Context, query string) ([][][]byte, error) {
+	rows, err := c.rawRows(ctx, query)
+	for _, row := range rows {
+		for i, f := range row {
+			row[i] = unescapeTSV(f)
+		}
+	}
+	return rows, err
+}
+
+// rawRows runs a query and returns its rows in TabSeparated format, each
+// field as the server wrote it: escaped, as an INSERT ... FORMAT
+// TabSeparated reads it back. The query must not name a FORMAT.
+func (c *Client) rawRows(ctx context.Context, query string) ([][][]byte, error) {
 	b, err := c.Query(ctx, query+" FORMAT TabSeparated")
 	if err != nil {
 		return nil, err
@@ -214,11 +228,7 @@ func (c *Client) Rows(ctx context.Context, query string) ([][][]byte, error) {
 		}
 		line := b[:i]
 		b = b[min(i+1, len(b)):]
-		var row [][]byte
-		for _, f := range bytes.Split(line, []byte{'\t'}) {
-			row = append(row, unescapeTSV(f))
-		}
-		rows = append(rows, row)
+		rows = append(rows, bytes.Split(line, []byte{'\t'}))
 	}
 	return rows, nil
 }

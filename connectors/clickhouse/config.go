@@ -1,9 +1,7 @@
 package clickhouse
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -56,12 +54,8 @@ const maxName = 100
 
 // Validate checks the configuration without I/O.
 func (c SinkConfig) Validate() error {
-	if strings.TrimSpace(c.URL) == "" {
-		return &connectors.FieldError{Field: "url", Msg: "url is required (http://host:8123)"}
-	}
-	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return &connectors.FieldError{Field: "url", Msg: fmt.Sprintf("want http://[user[:password]@]host:port, not %s", redactURL(c.URL))}
+	if err := validateURL(c.URL); err != nil {
+		return err
 	}
 	if _, _, err := splitTable(c.Table); err != nil {
 		return err
@@ -74,7 +68,24 @@ func (c SinkConfig) Validate() error {
 	default:
 		return &connectors.FieldError{Field: "null_arrays", Msg: fmt.Sprintf("%q is not %s or %s", c.NullArrays, NullArraysRefuse, NullArraysEmpty)}
 	}
-	for k := range c.Settings {
+	return validateSettings(c.Settings)
+}
+
+// validateURL checks the url of a configuration: the server's HTTP
+// interface.
+func validateURL(addr string) error {
+	if strings.TrimSpace(addr) == "" {
+		return &connectors.FieldError{Field: "url", Msg: "url is required (http://host:8123)"}
+	}
+	u, err := url.Parse(addr)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return &connectors.FieldError{Field: "url", Msg: fmt.Sprintf("want http://[user[:password]@]host:port, not %s", redactURL(addr))}
+	}
+	return nil
+}
+
+func validateSettings(settings map[string]string) error {
+	for k := range settings {
 		if !nameRE.MatchString(k) {
 			return &connectors.FieldError{Field: "settings." + k, Msg: "not a setting name"}
 		}
@@ -120,26 +131,11 @@ func splitTable(s string) (db, name string, err error) {
 // ParseSinkConfig decodes and validates a sink configuration.
 func ParseSinkConfig(config json.RawMessage) (SinkConfig, error) {
 	var c SinkConfig
-	if len(bytes.TrimSpace(config)) == 0 {
-		config = json.RawMessage("{}")
-	}
-	dec := json.NewDecoder(bytes.NewReader(config))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return c, connectors.TypeError(te)
-		}
-		field := ""
-		if m := unknownFieldRE.FindStringSubmatch(err.Error()); m != nil {
-			field = m[1]
-		}
-		return c, &connectors.FieldError{Field: field, Msg: err.Error()}
+	if err := connectors.DecodeConfig(config, &c); err != nil {
+		return c, err
 	}
 	return c, c.Validate()
 }
-
-var unknownFieldRE = regexp.MustCompile(`unknown field "([^"]*)"`)
 
 // ValidateSink checks a sink configuration without I/O.
 func ValidateSink(config json.RawMessage) error {
@@ -147,7 +143,10 @@ func ValidateSink(config json.RawMessage) error {
 	return err
 }
 
-// Register adds the "clickhouse" connector (a sink) to reg.
+// Register adds the "clickhouse" connector to reg: the sink of full loads
+// and incremental windows, and the Applier of cdc_apply pipelines
+// (CDCTarget).
 func Register(reg *connectors.Registry) {
-	reg.Register(connectors.Connector{Kind: Kind, Sink: openSink, ValidateSink: ValidateSink})
+	reg.Register(connectors.Connector{Kind: Kind, Sink: openSink, ValidateSink: ValidateSink,
+		CDCTarget: &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier}})
 }

@@ -1,6 +1,8 @@
 // Package clickhouse is the "clickhouse" connector: a sink that exposes
 // each full load as a new version under one table name, swapped in
-// atomically, and replaces the rows of an incremental window exactly. It
+// atomically, and replaces the rows of an incremental window exactly; and
+// the Applier of cdc_apply pipelines, which keeps every version of the
+// source's rows with a view of their current state (see CDC apply). It
 // speaks ClickHouse's HTTP interface itself (Client): the Go driver
 // (clickhouse-go/v2 v2.51.0) cannot talk to the 18.16 server Debian ships
 // (its HTTP mode sends settings 18.16 does not know; its native mode
@@ -78,13 +80,95 @@
 // the window touches, the commit builds the day anew (the table's rows of
 // that day outside the window, then the run's staged rows of that day)
 // and swaps it in with ALTER TABLE ... REPLACE PARTITION: a window inside
-// one day is replaced atomically, a longer one a day at a time. The run is
-// recorded in sluice_windows last; a commit repeated before gives the same
-// table again, one repeated after only tidies up.
+// one day is replaced atomically, a longer one a day at a time. The
+// table's merges are stopped around each swap (SYSTEM STOP MERGES, then
+// waiting for running ones to end): on 18.x a merge running in the
+// partition would bring the replaced rows back. The run is recorded in
+// sluice_windows last; a commit repeated before gives the same table
+// again, one repeated after only tidies up.
+//
+// # CDC apply
+//
+// As the sink of a cdc_apply pipeline ({url, database, settings}), the
+// Applier keeps, for each source table orders, in database (or in the
+// database named after the source schema):
+//
+//	orders             every version of every row: the source's columns, then
+//	                   _sluice_version UInt64 (the change's commit LSN),
+//	                   _sluice_index UInt32 (its index in its transaction) and
+//	                   _sluice_deleted UInt8 (1: the key was deleted);
+//	                   ReplacingMergeTree(_sluice_version) ORDER BY the source's key
+//	orders_current     a view of the current state:
+//	                   SELECT <columns> FROM orders FINAL WHERE _sluice_deleted = 0
+//	sluice_cdc_offsets (in database, or default) one row per batch: the
+//	                   pipeline, the batch's last stream sequence, its staging tables
+//	sluice_cdc_<h>_<seq>_<r>_<i>  a batch's rows of one table, until moved in
+//
+// A batch is folded per table and key (the last state of each key it
+// touched, with the version of that key's last change); values an update
+// left unchanged (TOAST) come from an earlier change in the batch or from
+// the target's current row. Tables are created from the events' columns,
+// the key String and the others Nullable(String) holding PostgreSQL's text,
+// since the events carry text only; cdcColumns maps a protocol.Schema to
+// typed columns (those of full loads) for events that describe their
+// table. A column that appears in the events is added (Nullable(String))
+// and the view replaced in one RENAME; a column the events no longer carry
+// is NULL in the rows written after.
+//
+// Exactly once without transactions. The server has no transaction across
+// tables or statements; what it does atomically is one INSERT of one
+// block into an unpartitioned MergeTree table (one part, renamed into
+// place) and one ALTER TABLE ... ATTACH PARTITION ... FROM (the parts of
+// one table added together). So Apply (1) inserts each table's rows into a
+// staging table of its own, (2) inserts one row into sluice_cdc_offsets
+// holding the batch's last sequence and its staging tables: this one-row
+// insert is the commit, before which nothing of the batch counts and after
+// which all of it does, then (3) attaches each staging table to its target
+// and drops it. The record is written only if the last record is still
+// the one the batch follows (INSERT ... SELECT ... WHERE max(seq) = the
+// applied sequence), so an Applier that lost the stream's lease cannot
+// record over the new holder's records. Applied is the sequence of the last row. The first call of
+// an Applier, a call after a failed one, and a call that finds a record it
+// did not write (an Applier of a worker that lost the stream's lease,
+// finishing its batch) first attach the staging tables of the last batch
+// recorded that are still there (a crash in step 3). Other staging tables
+// of the pipeline are dropped once a record reaches past their batch (a
+// crash before step 2), never before: another Applier may record them yet.
+// An attach repeated after a crash adds the same rows twice, equal in key
+// and version, which FINAL and the merges collapse; and every row is a
+// version some change gave its key, so a batch applied twice under two
+// batchings, by two Appliers, leaves the same FINAL state. A target table therefore only ever holds rows of
+// recorded batches, and a context cancelled after step 1 lets steps 2 and
+// 3 finish. A failure while recording leaves it unknown whether the row
+// was written: the next Applied reads which. Durable means as durable as
+// the server makes an insert (18.x does not fsync parts).
+//
+// A truncate is staged as the deletion, at the truncate's version, of every
+// key the target holds and the batch does not write again after it (one
+// INSERT ... SELECT ... FINAL into the staging table): a row per key, like
+// a DELETE of every row. Swapping the table's rows out with REPLACE
+// PARTITION would be one step, but on 18.x it does not stop a merge running
+// in the table, whose result then brings the replaced rows back.
+//
+// Reading. A batch becomes visible a table at a time during step 3; there
+// is no snapshot across tables. ReplacingMergeTree keeps the row of greatest
+// version per key; 18.x takes one unsigned integer as version, so it is the
+// commit LSN, and rows of one key with equal versions (changes of one
+// transaction applied in different batches) keep the last inserted, which
+// is the later change: batches go in stream order and write one row per
+// key. argMax(column, (_sluice_version, _sluice_index)) grouped by the key
+// gives the same state without FINAL. Deletions stay as rows with
+// _sluice_deleted = 1: removing one before the older versions of its key
+// are merged away would show them again. The condition on _sluice_deleted
+// must apply after FINAL (18.16 never moves it into PREWHERE when FINAL is
+// used). A server of 23.2 or later would declare
+// ReplacingMergeTree(_sluice_version, _sluice_deleted): FINAL then hides
+// deleted keys by itself, and OPTIMIZE TABLE ... FINAL CLEANUP removes them.
 //
 // # Limits
 //
 // Only CSV batches (the postgres source's) are loaded; Arrow and JSONL
 // batches are refused. Two pipelines must not load the same table (the
-// leader serializes the commits of one pipeline only).
+// leader serializes the commits of one pipeline only). One Applier applies
+// a pipeline at a time (the stream's lease).
 package clickhouse

@@ -32,6 +32,9 @@ type Sink struct {
 	// atomicDB is set when the database's engine is Atomic, whose
 	// EXCHANGE TABLES swaps two tables in one step.
 	atomicDB bool
+	// beforeReplace, when set, runs before a window's day is replaced
+	// (tests start a merge there).
+	beforeReplace func()
 }
 
 var (

@@ -205,17 +205,61 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 		for _, t := range staged {
 			qs = append(qs, "INSERT INTO "+s.ident(build)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t)+" WHERE "+part+" = "+lit)
 		}
-		qs = append(qs, "ALTER TABLE "+s.ident(s.name)+" REPLACE PARTITION "+lit+" FROM "+s.ident(build), "DROP TABLE "+s.ident(build))
 		for _, q := range qs {
 			if err := s.cl.Exec(ctx, q); err != nil {
-				return fmt.Errorf("replace the day %s: %w", d.Format("2006-01-02"), err)
+				return fmt.Errorf("build the day %s: %w", d.Format("2006-01-02"), err)
 			}
+		}
+		if err := s.replacePartition(ctx, lit, build); err != nil {
+			return fmt.Errorf("replace the day %s: %w", d.Format("2006-01-02"), err)
+		}
+		if err := s.drop(ctx, build); err != nil {
+			return err
 		}
 	}
 	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
 		return err
 	}
 	return s.dropRunTables(ctx, req.RunID)
+}
+
+// replacePartition swaps the partition lit of the table for the rows of
+// build (ALTER TABLE ... REPLACE PARTITION, which readers see whole), with
+// the table's merges stopped and none running: on 18.x REPLACE PARTITION
+// does not stop a merge running in the partition, whose result would bring
+// the replaced parts back (later servers stop and wait for merges
+// themselves). The merges start again after it, also when it fails; a
+// crash in between leaves them stopped until the next window's commit (or
+// the server's restart).
+func (s *Sink) replacePartition(ctx context.Context, lit, build string) error {
+	if s.beforeReplace != nil {
+		s.beforeReplace()
+	}
+	if err := s.cl.Exec(ctx, "SYSTEM STOP MERGES "+s.ident(s.name)); err != nil {
+		return fmt.Errorf("stop merges: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		s.cl.Exec(sctx, "SYSTEM START MERGES "+s.ident(s.name))
+	}()
+	for {
+		// A merge told to stop ends within moments; none starts while
+		// merges are stopped.
+		n, err := s.cl.Int(ctx, "SELECT count() FROM system.merges WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
+		if err != nil {
+			return fmt.Errorf("wait for merges to stop: %w", err)
+		}
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return s.cl.Exec(ctx, "ALTER TABLE "+s.ident(s.name)+" REPLACE PARTITION "+lit+" FROM "+s.ident(build))
 }
 
 // createWindowTable creates the incremental table with the columns of a
