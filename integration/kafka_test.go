@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -10,10 +9,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/connectors/builtin"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/kafka/kafkatest"
-	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -180,22 +177,4 @@ func TestFilesToKafkaExactlyOnce(t *testing.T) {
 		t.Fatalf("topic out2: %d rows checksum %s; the files: %d rows checksum %s", got.Rows, got, want.Rows, want)
 	}
 	expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject("to-kafka2", "committed"), 1)
-}
-
-// The Kafka examples the README points to are valid specs.
-func TestKafkaExamplesLoad(t *testing.T) {
-	reg := builtin.Registry()
-	paths, _ := filepath.Glob("../examples/*kafka*.yaml")
-	if len(paths) < 2 {
-		t.Fatalf("examples: %v", paths)
-	}
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := pipeline.Load(data, p, reg, func(string) (string, bool) { return "127.0.0.1:9092", true }); err != nil {
-			t.Errorf("%s: %v", p, err)
-		}
-	}
 }

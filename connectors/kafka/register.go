@@ -30,6 +30,7 @@ func Register(reg *connectors.Registry) {
 		ValidateSink:   ValidateSink,
 		SinkAppends:    true,
 		Positions:      &connectors.Positions{},
+		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 	})
 }
 

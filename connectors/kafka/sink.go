@@ -378,24 +378,26 @@ func isAttempt(r *kgo.Record, attempt string) bool {
 // committed reports whether the marker group holds an offset of topic,
 // once no transaction that commits one is pending.
 func committed(ctx context.Context, adm *kadm.Client, group, topic string) (bool, error) {
+	off, err := groupOffset(ctx, adm, group, topic)
+	return off >= 0, err
+}
+
+// retryUnstable calls fetch until it returns no error that a wait cures:
+// an offset commit of a pending transaction, a retriable error. A group
+// that does not exist (kfake says so where Kafka answers with no offsets)
+// is no error.
+func retryUnstable(ctx context.Context, fetch func() error) error {
 	backoff := 100 * time.Millisecond
 	for {
-		resps, err := adm.FetchOffsets(kadm.RequireStable(ctx), group)
-		if err == nil {
-			err = resps.Error()
-		}
-		if err == nil {
-			_, ok := resps.Lookup(topic, 0)
-			return ok, nil
-		}
-		if errors.Is(err, kerr.GroupIDNotFound) {
-			return false, nil // no offset was ever committed for it
-		}
-		if !errors.Is(err, kerr.UnstableOffsetCommit) && !kerr.IsRetriable(err) {
-			return false, fmt.Errorf("fetch the offsets of %s: %w", group, err)
+		err := fetch()
+		switch {
+		case err == nil, errors.Is(err, kerr.GroupIDNotFound):
+			return nil
+		case !errors.Is(err, kerr.UnstableOffsetCommit) && !kerr.IsRetriable(err):
+			return err
 		}
 		if !sleepCtx(ctx, backoff) {
-			return false, ctx.Err()
+			return ctx.Err()
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
