@@ -37,6 +37,7 @@ type entry struct {
 	internal   bool
 	positions  *Positions
 	appends    bool
+	params     ParamsFunc
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -97,6 +98,9 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Params, when set, checks the run parameters a source of the kind
+	// takes (see ParamsFunc); it goes with Source.
+	Params ParamsFunc
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -183,6 +187,13 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.Params != nil {
+		if e.params != nil {
+			dup("params")
+		}
+		e.params = c.Params
 		parts++
 	}
 	if parts == 0 {

@@ -269,6 +269,7 @@ func Register(reg *connectors.Registry) {
 		SinkAppends:      true,
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
+		Params:           checkParams,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 	})
 }

@@ -176,3 +176,21 @@ func TestRunsByWindow(t *testing.T) {
 		t.Errorf("a window of another column = %v, want a permanent error", err)
 	}
 }
+
+// A run given the partition parameter reads that partition of the topic
+// alone; a run by position keeps the other partitions' positions.
+func TestPartitionParam(t *testing.T) {
+	c := kafkatest.Start(t)
+	c.CreateTopic(t, "events", 3)
+	cl := c.Client(t, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	produceN(t, c, cl, "events", 3, 0, 30)
+	src := openSource(t, sourceConfig(c, "events"))
+	defer src.Close()
+	p := plan(t, src, connectors.PlanRequest{ByPosition: true, Watermark: "events:0=2,1=3,2=4", Params: map[string]string{"partition": "1"}})
+	if got := readPlan(t, src, p); got.Rows != 7 || p.Watermark != "events:0=2,1=10,2=4" {
+		t.Errorf("partition 1 by position: %d rows to %q, want 7 to events:0=2,1=10,2=4", got.Rows, p.Watermark)
+	}
+	if _, err := src.Plan(t.Context(), connectors.PlanRequest{Params: map[string]string{"partition": "7"}}); !connectors.IsPermanent(err) {
+		t.Errorf("a partition the topic lacks = %v, want a permanent error", err)
+	}
+}

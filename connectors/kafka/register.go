@@ -31,6 +31,7 @@ func Register(reg *connectors.Registry) {
 		SinkAppends:    true,
 		Positions:      &connectors.Positions{},
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		Params:         checkParams,
 	})
 }
 

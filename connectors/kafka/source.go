@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,7 @@ func (s *Source) Close() error {
 // be the column carrying the record timestamp.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	topic := s.cfg.Topic
+	var keep map[int32]int64 // positions of partitions a run does not read
 	info, err := describeTopic(ctx, s.adm, topic)
 	if err != nil {
 		return connectors.Plan{}, err
@@ -75,6 +77,23 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		_, e := ends[p]
 		return !s || !e
 	})
+	if v, ok := req.Params[connectors.ParamPartition]; ok {
+		// One partition of the topic: the others keep their position.
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || !slices.Contains(info.partitions, int32(n)) {
+			return connectors.Plan{}, permanentf("params: partition %q is not a partition of %s (it has %d)", v, topic, len(info.partitions))
+		}
+		only := int32(n)
+		info.partitions = []int32{only}
+		if req.ByPosition {
+			wm, err := parseWatermark(req.Watermark, topic)
+			if err != nil {
+				return connectors.Plan{}, err
+			}
+			keep = wm
+			delete(keep, only)
+		}
+	}
 	from := map[int32]int64{}
 	to := map[int32]int64{}
 	for _, p := range info.partitions {
@@ -125,6 +144,9 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 			from[p] = off
 		}
 		for p, off := range wm {
+			if _, kept := keep[p]; kept {
+				continue
+			}
 			if _, ok := to[p]; !ok {
 				// Kafka never removes a partition; a topic deleted and
 				// created again has fewer, or an offset listing lagged.
@@ -139,7 +161,9 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 			limit = DefaultMaxRecordsPerRun
 		}
 		to = bound(from, to, limit)
-		watermark = formatWatermark(topic, to)
+		reached := maps.Clone(to)
+		maps.Copy(reached, keep)
+		watermark = formatWatermark(topic, reached)
 	default:
 		if from, err = s.startOffsets(ctx, starts, ends); err != nil {
 			return connectors.Plan{}, err
