@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzSplitDocuments -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzEvaluate -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)

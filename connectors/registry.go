@@ -38,6 +38,7 @@ type entry struct {
 	positions  *Positions
 	appends    bool
 	params     ParamsFunc
+	feed       *EventFeed
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -101,6 +102,9 @@ type Connector struct {
 	// Params, when set, checks the run parameters a source of the kind
 	// takes (see ParamsFunc); it goes with Source.
 	Params ParamsFunc
+	// Feed, when set, makes the kind deliver events that start runs
+	// (trigger: {<kind>: {...}}).
+	Feed *EventFeed
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -194,6 +198,14 @@ func (r *Registry) Register(c Connector) {
 			dup("params")
 		}
 		e.params = c.Params
+		parts++
+	}
+	if c.Feed != nil {
+		if e.feed != nil {
+			dup("feed")
+		}
+		feed := *c.Feed
+		e.feed = &feed
 		parts++
 	}
 	if parts == 0 {

@@ -300,6 +300,13 @@ func startsOn(p protocol.PipelineStatus) string {
 	if p.After != "" {
 		parts = append(parts, "after "+p.After)
 	}
+	if e := p.Events; e != nil {
+		s := fmt.Sprintf("%s (%d runs, %d filtered, %d dead-lettered)", e.Source, e.Runs, e.Filtered, e.DeadLettered)
+		if e.Error != "" {
+			s += ": " + e.Error
+		}
+		parts = append(parts, s)
+	}
 	return strings.Join(parts, ", ")
 }
 

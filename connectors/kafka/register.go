@@ -32,6 +32,7 @@ func Register(reg *connectors.Registry) {
 		Positions:      &connectors.Positions{},
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 		Params:         checkParams,
+		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
 	})
 }
 
