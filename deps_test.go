@@ -41,8 +41,9 @@ var rules = []rule{
 	{pkg: "protocol", stdOnly: true},
 	{pkg: "connectors", allowed: []string{"protocol"}},
 	{pkg: "connectors/cdcapply", allowed: []string{"protocol", "connectors"}},
-	// connectors/files, connectors/postgres, connectors/arrowconv and any
-	// new connectors/<kind> take connectorRule.
+	// connectors/postgres, connectors/arrowconv and any new
+	// connectors/<kind> take connectorRule.
+	{pkg: "connectors/files", allowed: []string{"protocol", "connectors", "connectors/arrowconv", "objstore"}},
 	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
@@ -53,7 +54,7 @@ var rules = []rule{
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
-		"connectors/files", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
+		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
 	{pkg: "telemetry", allowed: []string{"protocol"}},
 	{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},

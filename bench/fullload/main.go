@@ -6,6 +6,8 @@
 //	(c) COPY ... TO STDOUT | COPY ... FROM STDIN, piped between two
 //	    connections in Go                       baseline of (d)
 //	(d) Sluice PostgreSQL -> PostgreSQL         through the same cluster
+//	(e) Sluice PostgreSQL -> JSONL files        through the same cluster;
+//	    its baseline is (a)
 //
 // It creates (or, with --keep, reuses) a table of --rows rows and 7 mixed
 // columns in the schema --schema (sluice_bench_fullload) of the test
@@ -52,6 +54,8 @@ const columns = harness.OrdersColumns
 const (
 	targetCSV = 1.3 // Sluice PG -> CSV files vs one psql \copy
 	targetPG  = 0.9 // Sluice PG -> PG vs piped COPY
+	// targetJSONL keeps typed JSONL (issue 12) as fast as psql's CSV.
+	targetJSONL = 1.0 // Sluice PG -> JSONL files vs one psql \copy
 )
 
 type config struct {
@@ -99,8 +103,8 @@ func main() {
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows of the Sluice pipelines")
 	flag.StringVar(&cfg.psql, "psql", "", "psql binary (default: from PATH, else /usr/lib/postgresql/15/bin/psql)")
-	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.csv.pprof and FILE.pg.pprof")
-	flag.StringVar(&cfg.only, "only", "", `"csv" or "pg": time only that load and its baseline (for quick comparisons; a full run times both)`)
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.csv.pprof, FILE.jsonl.pprof and FILE.pg.pprof")
+	flag.StringVar(&cfg.only, "only", "", `"csv", "jsonl" or "pg": time only that load and its baseline (for quick comparisons; a full run times all three)`)
 	flag.Parse()
 	if cfg.smoke {
 		err := harness.Smoke(flag.CommandLine, "fullload", map[string]string{
@@ -115,8 +119,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fullload: --schema:", err)
 		os.Exit(2)
 	}
-	if cfg.only != "" && cfg.only != "csv" && cfg.only != "pg" {
-		fmt.Fprintln(os.Stderr, `fullload: --only must be "csv" or "pg"`)
+	if cfg.only != "" && cfg.only != "csv" && cfg.only != "jsonl" && cfg.only != "pg" {
+		fmt.Fprintln(os.Stderr, `fullload: --only must be "csv", "jsonl" or "pg"`)
 		os.Exit(2)
 	}
 	if cfg.rows < 1 || cfg.reps < 1 || cfg.workers < 1 || cfg.slots < 1 || cfg.targetRows < 1 {
@@ -139,11 +143,14 @@ type bench struct {
 	conn   *pgx.Conn // setup, the pipe's target, verification and cleanup
 	psql   string    // the psql binary
 	src    connectors.Checksum
-	// psqlOut is the file of (a), csvOut the dataset of (b).
-	psqlOut, csvOut string
-	ms              map[string]*measurement
+	// psqlOut is the file of (a), csvOut the dataset of (b), jsonlOut
+	// the dataset of (e).
+	psqlOut, csvOut, jsonlOut string
+	ms                        map[string]*measurement
 	// csvBytes is the size of the source as CSV, from (a).
 	csvBytes int64
+	// jsonlChecked is set once (e)'s values were read back.
+	jsonlChecked bool
 }
 
 // run sets up the benchmark (the source table, the output schema, an
@@ -203,6 +210,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		return err
 	}
 	b.csvOut = filepath.Join(dir, "sluice-csv")
+	b.jsonlOut = filepath.Join(dir, "sluice-jsonl")
 	b.psqlOut = filepath.Join(dir, "psql.csv")
 
 	b.ms = map[string]*measurement{
@@ -210,6 +218,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		"sluice_pg_to_csv":    {Key: "sluice_pg_to_csv", Label: "(b) Sluice PG -> CSV files"},
 		"piped_copy_pg_to_pg": {Key: "piped_copy_pg_to_pg", Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
 		"sluice_pg_to_pg":     {Key: "sluice_pg_to_pg", Label: "(d) Sluice PG -> PG (versioned table + view)"},
+		"sluice_pg_to_jsonl":  {Key: "sluice_pg_to_jsonl", Label: "(e) Sluice PG -> JSONL files"},
 	}
 
 	reg := connectors.NewRegistry()
@@ -224,6 +233,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 			cfg.dsn, cfg.srcTable(), cfg.targetRows)
 		for _, text := range []string{
 			"name: bench-pg-csv\n" + common + fmt.Sprintf("sink: {kind: files, path: %q, format: csv, keep_versions: 1}\n", b.csvOut),
+			"name: bench-pg-jsonl\n" + common + fmt.Sprintf("sink: {kind: files, path: %q, format: jsonl, keep_versions: 1}\n", b.jsonlOut),
 			"name: bench-pg-pg\n" + common + fmt.Sprintf("sink: {kind: postgres, dsn: %q, table: %s, keep_versions: 1}\n", cfg.dsn, cfg.copyTable()),
 		} {
 			spec, err := pipeline.Load([]byte(text), "bench", reg, os.LookupEnv)
@@ -242,11 +252,18 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 				if err := b.psqlCopy(ctx); err != nil {
 					return err
 				}
+			}
+			if cfg.only == "" || cfg.only == "csv" {
 				if err := b.sluiceCSV(ctx, c); err != nil {
 					return err
 				}
 			}
-			if cfg.only != "csv" {
+			if cfg.only == "" || cfg.only == "jsonl" {
+				if err := b.sluiceJSONL(ctx, c); err != nil {
+					return err
+				}
+			}
+			if cfg.only == "" || cfg.only == "pg" {
 				if err := b.pipedCopy(ctx); err != nil {
 					return err
 				}
@@ -263,6 +280,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		if cfg.cpuProfile != "" {
 			for _, p := range []struct{ pipeline, file string }{
 				{"bench-pg-csv", cfg.cpuProfile + ".csv.pprof"},
+				{"bench-pg-jsonl", cfg.cpuProfile + ".jsonl.pprof"},
 				{"bench-pg-pg", cfg.cpuProfile + ".pg.pprof"},
 			} {
 				if cfg.only != "" && !strings.HasSuffix(p.pipeline, "-"+cfg.only) {

@@ -109,6 +109,7 @@ func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[strin
 	for _, t := range []target{
 		{Name: "PG -> CSV files vs psql \\copy", Sluice: "sluice_pg_to_csv", Baseline: "psql_copy_to_csv", MinRatio: targetCSV},
 		{Name: "PG -> PG vs piped COPY", Sluice: "sluice_pg_to_pg", Baseline: "piped_copy_pg_to_pg", MinRatio: targetPG},
+		{Name: "PG -> JSONL files vs psql \\copy", Sluice: "sluice_pg_to_jsonl", Baseline: "psql_copy_to_csv", MinRatio: targetJSONL},
 	} {
 		if ms[t.Baseline] == nil || ms[t.Sluice] == nil {
 			continue
@@ -136,7 +137,7 @@ func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "%s; load average before and after: %s, %s\n\n", r.Note, r.LoadAverage[0], r.LoadAverage[1])
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "measurement\tbest s\trows/s\tMB/s\tclient CPU s\tserver CPU s\tall reps (s)\t")
-	for _, k := range []string{"psql_copy_to_csv", "sluice_pg_to_csv", "piped_copy_pg_to_pg", "sluice_pg_to_pg"} {
+	for _, k := range []string{"psql_copy_to_csv", "sluice_pg_to_csv", "sluice_pg_to_jsonl", "piped_copy_pg_to_pg", "sluice_pg_to_pg"} {
 		m := r.Measurements[k]
 		if m == nil {
 			continue
@@ -152,7 +153,7 @@ func report(w io.Writer, r results) {
 		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%.1f\t%.1f\t%s\t%s\t\n", m.Label, m.BestSeconds, measure.Thousands(m.RowsPerSec), m.MBPerSec, m.ClientCPU, server, strings.Join(reps, " "))
 	}
 	tw.Flush()
-	for _, k := range []string{"sluice_pg_to_csv", "sluice_pg_to_pg"} {
+	for _, k := range []string{"sluice_pg_to_csv", "sluice_pg_to_jsonl", "sluice_pg_to_pg"} {
 		if m := r.Measurements[k]; m != nil && m.Phases != nil {
 			p := m.Phases
 			fmt.Fprintf(w, "%s, best run: plan %.2fs, %d tasks %.2fs, commit %.2fs\n", r.Measurements[k].Label, p.Plan, r.Measurements[k].Tasks, p.Tasks, p.Commit)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -90,3 +91,17 @@ func FindPSQL(flagValue string) (string, error) {
 	}
 	return p, nil
 }
+
+// AppendPGCSV appends s as PostgreSQL's COPY writes a text value in CSV:
+// quoted (quotes doubled) when empty or holding a comma, a quote or a line
+// break, as is otherwise.
+func AppendPGCSV(dst []byte, s string) []byte {
+	if s != "" && !strings.ContainsAny(s, ",\"\n\r") {
+		return append(dst, s...)
+	}
+	return append(append(append(dst, '"'), strings.ReplaceAll(s, `"`, `""`)...), '"')
+}
+
+// PGTimestampTZ is the layout of a timestamptz as PostgreSQL writes it in
+// a UTC session, to the microsecond.
+const PGTimestampTZ = "2006-01-02 15:04:05.999999-07"

@@ -7,12 +7,12 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/iceberg"
@@ -159,18 +159,14 @@ func appendPGCSV(dst []byte, a arrow.Array, i int) []byte {
 	case *array.Decimal128:
 		return append(dst, c.Value(i).ToString(c.DataType().(*arrow.Decimal128Type).Scale)...)
 	case *array.Timestamp:
-		return time.UnixMicro(int64(c.Value(i))).UTC().AppendFormat(dst, "2006-01-02 15:04:05.999999-07")
+		return time.UnixMicro(int64(c.Value(i))).UTC().AppendFormat(dst, harness.PGTimestampTZ)
 	case *array.Boolean:
 		if c.Value(i) {
 			return append(dst, 't')
 		}
 		return append(dst, 'f')
 	case *array.String:
-		v := c.Value(i)
-		if v == "" || strings.ContainsAny(v, ",\"\n\r") {
-			return append(append(append(dst, '"'), strings.ReplaceAll(v, `"`, `""`)...), '"')
-		}
-		return append(dst, v...)
+		return harness.AppendPGCSV(dst, c.Value(i))
 	}
 	return append(dst, a.ValueStr(i)...)
 }

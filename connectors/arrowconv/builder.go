@@ -3,12 +3,14 @@ package arrowconv
 import (
 	"errors"
 	"fmt"
+	"math"
 	"unicode/utf8"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/extensions"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/sluicehq/sluice/connectors"
 )
 
 // Builder converts rows in text (CSV records, JSON objects) into Arrow
@@ -21,21 +23,20 @@ import (
 // partial row: release it.
 type Builder struct {
 	schema *arrow.Schema
-	rb     *array.RecordBuilder
 	cols   []*column
-	byName map[string]int
 	rows   int
 	bytes  int64 // the text bytes appended since the last record, roughly
 
-	// Scratch for one row.
-	field   []byte // a CSV field or a JSON key with escapes
-	str     []byte // a JSON string value with escapes
-	arrays  arrayScratch
-	present []bool
+	// csvCols maps the columns of the last CSV batch to the schema (and
+	// names the fields for JSON objects too).
+	csvCols columnMap
+	sum     *connectors.Checksum // of the CSV batch being appended
 
-	// The column order of the last CSV batch, mapped to the schema.
-	lastNames []string
-	mapping   []int
+	// Scratch for one row.
+	field  []byte // a CSV field or a JSON key with escapes
+	str    []byte // a JSON string value with escapes
+	arrays arrayScratch
+	seen   []bool // the fields a JSON object holds
 }
 
 // NewBuilder returns a Builder of records of schema. It supports fields of
@@ -45,22 +46,29 @@ type Builder struct {
 // without a time zone), the arrow.uuid extension, and Lists of those; a
 // field of another type is refused, naming it.
 func NewBuilder(mem memory.Allocator, schema *arrow.Schema) (*Builder, error) {
-	b := &Builder{schema: schema, byName: make(map[string]int, schema.NumFields())}
-	for i, f := range schema.Fields() {
-		if err := checkType(f.Type, true); err != nil {
-			return nil, fmt.Errorf("field %q (%s): %w", f.Name, f.Type, err)
-		}
-		if _, dup := b.byName[f.Name]; dup {
-			return nil, fmt.Errorf("field %q appears twice", f.Name)
-		}
-		b.byName[f.Name] = i
+	if err := checkSchema(schema); err != nil {
+		return nil, err
 	}
-	b.rb = array.NewRecordBuilder(mem, schema)
-	for i, f := range schema.Fields() {
-		b.cols = append(b.cols, newColumn(f.Name, f.Nullable, f.Type, b.rb.Field(i)))
+	cm, err := newColumnMap(schema)
+	if err != nil {
+		return nil, err
 	}
-	b.present = make([]bool, len(b.cols))
+	b := &Builder{schema: schema, csvCols: cm, seen: make([]bool, schema.NumFields())}
+	for _, f := range schema.Fields() {
+		b.cols = append(b.cols, newColumn(mem, f.Name, f.Nullable, f.Type))
+	}
 	return b, nil
+}
+
+// checkSchema refuses a schema with a field of a type the conversion does
+// not support, naming it.
+func checkSchema(schema *arrow.Schema) error {
+	for _, f := range schema.Fields() {
+		if err := checkType(f.Type, true); err != nil {
+			return fmt.Errorf("field %q (%s): %w", f.Name, f.Type, err)
+		}
+	}
+	return nil
 }
 
 func checkType(t arrow.DataType, top bool) error {
@@ -99,28 +107,28 @@ func (b *Builder) TextBytes() int64 { return b.bytes }
 // NewRecord returns the rows appended so far as a record (the caller
 // releases it) and starts a new one, its buffers reserved at this one's
 // sizes: records of a task are alike, and buffers grown by doubling cost
-// a copy and a clearing each time.
+// a copy each time.
 func (b *Builder) NewRecord() arrow.RecordBatch {
-	b.rows, b.bytes = 0, 0
-	rec := b.rb.NewRecordBatch()
-	n := int(rec.NumRows())
-	b.rb.Reserve(n)
+	cols := make([]arrow.Array, len(b.cols))
 	for i, c := range b.cols {
-		if c.binB == nil {
-			continue
-		}
-		switch a := rec.Column(i).(type) {
-		case *array.String:
-			c.binB.ReserveData(len(a.ValueBytes()))
-		case *array.Binary:
-			c.binB.ReserveData(len(a.ValueBytes()))
-		}
+		d := c.finish()
+		cols[i] = array.MakeFromData(d)
+		d.Release()
 	}
+	rec := array.NewRecordBatch(b.schema, cols, int64(b.rows))
+	for _, c := range cols {
+		c.Release()
+	}
+	b.rows, b.bytes = 0, 0
 	return rec
 }
 
-// Release releases the builders' memory.
-func (b *Builder) Release() { b.rb.Release() }
+// Release releases the memory of the rows not taken by NewRecord.
+func (b *Builder) Release() {
+	for _, c := range b.cols {
+		c.release()
+	}
+}
 
 // kind says how a column converts a value.
 type kind uint8
@@ -142,66 +150,65 @@ const (
 	kList
 )
 
-// column converts values into one field's builder.
+// column converts values into one field's buffers (a list's elements
+// into those of elem).
 type column struct {
 	name     string
 	nullable bool
 	kind     kind
-
-	boolB *array.BooleanBuilder
-	i16B  *array.Int16Builder
-	i32B  *array.Int32Builder
-	i64B  *array.Int64Builder
-	f32B  *array.Float32Builder
-	f64B  *array.Float64Builder
-	decB  *array.Decimal128Builder
-	binB  *array.BinaryBuilder // String and Binary
-	dateB *array.Date32Builder
-	timeB *array.Time64Builder
-	tsB   *array.TimestampBuilder
-	uuidB *extensions.UUIDBuilder
-	listB *array.ListBuilder
-	elem  *column
-	prec  int32
-	scale int32
-	buf   []byte
+	dt       arrow.DataType
+	st       store
+	elem     *column
+	prec     int32
+	scale    int32
+	buf      []byte
 }
 
-func newColumn(name string, nullable bool, t arrow.DataType, ab array.Builder) *column {
-	c := &column{name: name, nullable: nullable}
+func newColumn(mem memory.Allocator, name string, nullable bool, t arrow.DataType) *column {
+	c := &column{name: name, nullable: nullable, kind: kindOf(t), dt: t}
+	c.st.mem = mem
 	switch t := t.(type) {
-	case *arrow.BooleanType:
-		c.kind, c.boolB = kBool, ab.(*array.BooleanBuilder)
-	case *arrow.Int16Type:
-		c.kind, c.i16B = kInt16, ab.(*array.Int16Builder)
-	case *arrow.Int32Type:
-		c.kind, c.i32B = kInt32, ab.(*array.Int32Builder)
-	case *arrow.Int64Type:
-		c.kind, c.i64B = kInt64, ab.(*array.Int64Builder)
-	case *arrow.Float32Type:
-		c.kind, c.f32B = kFloat32, ab.(*array.Float32Builder)
-	case *arrow.Float64Type:
-		c.kind, c.f64B = kFloat64, ab.(*array.Float64Builder)
 	case *arrow.Decimal128Type:
-		c.kind, c.decB, c.prec, c.scale = kDecimal, ab.(*array.Decimal128Builder), t.Precision, t.Scale
-	case *arrow.StringType:
-		c.kind, c.binB = kString, ab.(*array.StringBuilder).BinaryBuilder
-	case *arrow.BinaryType:
-		c.kind, c.binB = kBinary, ab.(*array.BinaryBuilder)
-	case *arrow.Date32Type:
-		c.kind, c.dateB = kDate, ab.(*array.Date32Builder)
-	case *arrow.Time64Type:
-		c.kind, c.timeB = kTime, ab.(*array.Time64Builder)
-	case *arrow.TimestampType:
-		c.kind, c.tsB = kTimestamp, ab.(*array.TimestampBuilder)
-	case *extensions.UUIDType:
-		c.kind, c.uuidB = kUUID, ab.(*extensions.UUIDBuilder)
+		c.prec, c.scale = t.Precision, t.Scale
 	case *arrow.ListType:
-		c.kind, c.listB = kList, ab.(*array.ListBuilder)
 		ef := t.ElemField()
-		c.elem = newColumn(ef.Name, ef.Nullable, ef.Type, c.listB.ValueBuilder())
+		c.elem = newColumn(mem, ef.Name, ef.Nullable, ef.Type)
+	}
+	switch c.kind {
+	case kBool:
+		c.st.width = 0
+	case kInt16:
+		c.st.width = 2
+	case kInt32, kFloat32, kDate:
+		c.st.width = 4
+	case kInt64, kFloat64, kTime, kTimestamp:
+		c.st.width = 8
+	case kDecimal, kUUID:
+		c.st.width = 16
+	case kString, kBinary:
+		c.st.width = widthBinary
+	case kList:
+		c.st.width = widthList
 	}
 	return c
+}
+
+// finish returns the column's values as array data (the caller releases
+// it) and starts new buffers for the next record.
+func (c *column) finish() arrow.ArrayData {
+	var children []arrow.ArrayData
+	if c.elem != nil {
+		children = []arrow.ArrayData{c.elem.finish()}
+		defer children[0].Release()
+	}
+	return c.st.finish(c.dt, children)
+}
+
+func (c *column) release() {
+	c.st.release()
+	if c.elem != nil {
+		c.elem.release()
+	}
 }
 
 var errNotNull = errors.New("NULL in a column that cannot hold NULL")
@@ -210,34 +217,7 @@ func (c *column) appendNull() error {
 	if !c.nullable {
 		return errNotNull
 	}
-	switch c.kind {
-	case kBool:
-		c.boolB.AppendNull()
-	case kInt16:
-		c.i16B.AppendNull()
-	case kInt32:
-		c.i32B.AppendNull()
-	case kInt64:
-		c.i64B.AppendNull()
-	case kFloat32:
-		c.f32B.AppendNull()
-	case kFloat64:
-		c.f64B.AppendNull()
-	case kDecimal:
-		c.decB.AppendNull()
-	case kString, kBinary:
-		c.binB.AppendNull()
-	case kDate:
-		c.dateB.AppendNull()
-	case kTime:
-		c.timeB.AppendNull()
-	case kTimestamp:
-		c.tsB.AppendNull()
-	case kUUID:
-		c.uuidB.AppendNull()
-	case kList:
-		c.listB.AppendNull()
-	}
+	c.st.putNull()
 	return nil
 }
 
@@ -250,79 +230,79 @@ func (c *column) appendText(v []byte, s *arrayScratch) error {
 		if err != nil {
 			return err
 		}
-		c.boolB.Append(t)
+		c.st.putBit(t)
 	case kInt16:
 		n, err := parseInt(v, 16)
 		if err != nil {
 			return err
 		}
-		c.i16B.Append(int16(n))
+		c.st.put16(uint16(n))
 	case kInt32:
 		n, err := parseInt(v, 32)
 		if err != nil {
 			return err
 		}
-		c.i32B.Append(int32(n))
+		c.st.put32(uint32(n))
 	case kInt64:
 		n, err := parseInt(v, 64)
 		if err != nil {
 			return err
 		}
-		c.i64B.Append(n)
+		c.st.put64(uint64(n))
 	case kFloat32:
 		f, err := parseFloat(v, 32)
 		if err != nil {
 			return err
 		}
-		c.f32B.Append(float32(f))
+		c.st.put32(math.Float32bits(float32(f)))
 	case kFloat64:
 		f, err := parseFloat(v, 64)
 		if err != nil {
 			return err
 		}
-		c.f64B.Append(f)
+		c.st.put64(math.Float64bits(f))
 	case kDecimal:
 		n, err := parseDecimal(v, c.prec, c.scale)
 		if err != nil {
 			return err
 		}
-		c.decB.Append(n)
+		c.st.put128(n.LowBits(), uint64(n.HighBits()))
 	case kString:
 		if !utf8.Valid(v) {
 			return fmt.Errorf("%q is not valid UTF-8", clip(v))
 		}
-		c.binB.Append(v)
+		c.st.putBytes(v)
 	case kBinary:
 		var err error
 		c.buf, err = appendBytea(c.buf[:0], v)
 		if err != nil {
 			return err
 		}
-		c.binB.Append(c.buf)
+		c.st.putBytes(c.buf)
 	case kDate:
 		d, err := ParseDate(v)
 		if err != nil {
 			return err
 		}
-		c.dateB.Append(arrow.Date32(d))
+		c.st.put32(uint32(d))
 	case kTime:
 		t, err := parseTime(v)
 		if err != nil {
 			return err
 		}
-		c.timeB.Append(arrow.Time64(t))
+		c.st.put64(uint64(t))
 	case kTimestamp:
 		t, err := ParseTimestamp(v)
 		if err != nil {
 			return err
 		}
-		c.tsB.Append(arrow.Timestamp(t))
+		c.st.put64(uint64(t))
 	case kUUID:
 		u, err := parseUUID(v)
 		if err != nil {
 			return err
 		}
-		c.uuidB.AppendBytes(u)
+		c.st.putFixed(u[:])
 	case kList:
 		return c.appendArrayLiteral(v, s)
 	}
@@ -343,7 +323,6 @@ func (c *column) appendArrayLiteral(v []byte, s *arrayScratch) error {
 	if err != nil {
 		return err
 	}
-	c.listB.Append(true)
 	for i, el := range s.elems {
 		if s.nulls[i] {
 			err = c.elem.appendNull()
@@ -354,5 +333,6 @@ func (c *column) appendArrayLiteral(v []byte, s *arrayScratch) error {
 			return fmt.Errorf("element %d: %w", i+1, err)
 		}
 	}
+	c.st.putList(c.elem.st.n)
 	return nil
 }

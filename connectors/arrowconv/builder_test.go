@@ -3,7 +3,6 @@ package arrowconv
 import (
 	"encoding/csv"
 	"errors"
-	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -134,6 +133,11 @@ func checkAwkward(t *testing.T, rec arrow.RecordBatch) {
 	}
 	for i, f := range rec.Schema().Fields() {
 		c := rec.Column(i)
+		if v, ok := c.(interface{ ValidateFull() error }); ok {
+			if err := v.ValidateFull(); err != nil {
+				t.Errorf("column %s is not a valid array: %v", f.Name, err)
+			}
+		}
 		switch {
 		case f.Name == "id":
 			if c.IsNull(1) || c.ValueStr(1) != "2" {
@@ -256,10 +260,18 @@ func FuzzAppend(f *testing.F) {
 			b := newAwkward(t)
 			var n int64
 			var err error
+			var lines []byte
+			var lerr error
 			if jsonl {
 				n, err = b.AppendJSONL(raw, "fuzz", 1, nil)
 			} else {
 				n, err = b.AppendCSV(raw, awkward.Names(), "fuzz", 1, nil)
+				// Lines converts exactly what the Builder converts.
+				lines, _, lerr = newLines(t, awkward).AppendCSV(nil, raw, awkward.Names(), "fuzz", 1, nil)
+				var re, lre *connectors.RowError
+				if (err == nil) != (lerr == nil) || err != nil && (!errors.As(err, &re) || !errors.As(lerr, &lre) || re.Row != lre.Row || re.Field != lre.Field) {
+					t.Fatalf("the Builder: %v; Lines: %v", err, lerr)
+				}
 			}
 			if err != nil {
 				continue
@@ -267,6 +279,15 @@ func FuzzAppend(f *testing.F) {
 			rec := b.NewRecord()
 			if rec.NumRows() != n {
 				t.Errorf("record of %d rows, appended %d", rec.NumRows(), n)
+			}
+			if !jsonl {
+				want := strings.Join(renderRecord(rec), "\n")
+				if n > 0 {
+					want += "\n"
+				}
+				if string(lines) != want {
+					t.Errorf("Lines wrote\n%s\nthe record renders\n%s", lines, want)
+				}
 			}
 			rec.Release()
 		}
@@ -276,29 +297,9 @@ func FuzzAppend(f *testing.F) {
 // BenchmarkAppendCSV converts rows shaped like bench/fullload's table:
 // bigint, text, numeric(12,2), timestamptz, integer, boolean, text.
 func BenchmarkAppendCSV(b *testing.B) {
-	sc := &protocol.Schema{Columns: []protocol.Column{
-		{Name: "id", Type: protocol.TypeInt64, NotNull: true},
-		{Name: "customer", Type: protocol.TypeString, NotNull: true},
-		{Name: "amount", Type: protocol.TypeDecimal, Precision: 12, Scale: 2, NotNull: true},
-		{Name: "created_at", Type: protocol.TypeTimestampTZ, NotNull: true},
-		{Name: "quantity", Type: protocol.TypeInt32},
-		{Name: "paid", Type: protocol.TypeBool, NotNull: true},
-		{Name: "status", Type: protocol.TypeString, NotNull: true},
-	}}
-	var raw []byte
+	sc := orders
 	const rows = 10000
-	for i := 1; i <= rows; i++ {
-		cust := fmt.Sprintf("customer %012x", i*7919)
-		if i%10 == 0 {
-			cust = `"Smith, ` + cust + `"`
-		}
-		qty := fmt.Sprint(i * 7 % 1000)
-		if i%50 == 0 {
-			qty = ""
-		}
-		raw = fmt.Appendf(raw, "%d,%s,%d.%02d,2024-01-%02d %02d:%02d:%02d.%06d+00,%s,%c,%s\n",
-			i, cust, i%100000, i%97, 1+i%28, i%24, i%60, i%60, i%1000000, qty, "ft"[i%3/2], "shipped")
-	}
+	raw := ordersCSV(1, rows)
 	as, err := Schema(sc)
 	if err != nil {
 		b.Fatal(err)

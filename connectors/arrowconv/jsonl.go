@@ -58,7 +58,7 @@ var errJSON = errors.New("malformed JSON")
 // appendObject appends one row from a JSON object; on error it returns
 // the column at fault, if any.
 func (b *Builder) appendObject(v []byte) (*column, error) {
-	clear(b.present)
+	clear(b.seen)
 	p := skipSpace(v, 0)
 	if p >= len(v) || v[p] != '{' {
 		return nil, fmt.Errorf("%w: a line is not a JSON object", errJSON)
@@ -75,14 +75,14 @@ func (b *Builder) appendObject(v []byte) (*column, error) {
 			if err != nil {
 				return nil, err
 			}
-			j, ok := b.byName[string(key)]
+			j, ok := b.csvCols.byName[string(key)]
 			if !ok {
 				return nil, fmt.Errorf("key %q is not a column of the target schema (%s)", clip(key), fieldNames(b.schema))
 			}
-			if b.present[j] {
+			if b.seen[j] {
 				return nil, fmt.Errorf("key %q appears twice", clip(key))
 			}
-			b.present[j] = true
+			b.seen[j] = true
 			p = skipSpace(v, np)
 			if p >= len(v) || v[p] != ':' {
 				return nil, fmt.Errorf("%w: want ':' after key %q", errJSON, clip(key))
@@ -107,7 +107,14 @@ func (b *Builder) appendObject(v []byte) (*column, error) {
 	if skipSpace(v, p) != len(v) {
 		return nil, fmt.Errorf("%w: text after the object at byte %d", errJSON, p+1)
 	}
-	return b.fillMissing()
+	for j, c := range b.cols {
+		if !b.seen[j] {
+			if err := c.appendNull(); err != nil {
+				return c, err
+			}
+		}
+	}
+	return nil, nil
 }
 
 // appendJSON appends the JSON value at p to column c and returns the
@@ -142,9 +149,9 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 		np := p + len(word)
 		switch c.kind {
 		case kBool:
-			c.boolB.Append(ch == 't')
+			c.st.putBit(ch == 't')
 		case kString:
-			c.binB.Append(v[p:np])
+			c.st.putBytes(v[p:np])
 		default:
 			return np, fmt.Errorf("a JSON boolean in a column of %s", c.kind)
 		}
@@ -168,7 +175,7 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 			if err != nil {
 				return np, err
 			}
-			c.binB.Append(v[p:np])
+			c.st.putBytes(v[p:np])
 			return np, nil
 		}
 		return p, fmt.Errorf("a JSON array in a column of %s", c.kind)
@@ -180,7 +187,7 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 		if err != nil {
 			return np, err
 		}
-		c.binB.Append(v[p:np])
+		c.st.putBytes(v[p:np])
 		return np, nil
 	}
 	return p, fmt.Errorf("%w at byte %d", errJSON, p+1)
@@ -188,9 +195,9 @@ func (b *Builder) appendJSON(c *column, v []byte, p int) (int, error) {
 
 // appendJSONArray appends a JSON array at p as a list.
 func (b *Builder) appendJSONArray(c *column, v []byte, p int) (int, error) {
-	c.listB.Append(true)
 	p = skipSpace(v, p+1)
 	if p < len(v) && v[p] == ']' {
+		c.st.putList(c.elem.st.n)
 		return p + 1, nil
 	}
 	for i := 1; ; i++ {
@@ -207,6 +214,7 @@ func (b *Builder) appendJSONArray(c *column, v []byte, p int) (int, error) {
 			continue
 		}
 		if p < len(v) && v[p] == ']' {
+			c.st.putList(c.elem.st.n)
 			return p + 1, nil
 		}
 		return p, fmt.Errorf("%w: want ',' or ']' at byte %d", errJSON, p+1)

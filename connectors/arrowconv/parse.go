@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"unsafe"
 
 	"github.com/apache/arrow-go/v18/arrow/decimal128"
 )
@@ -66,7 +65,7 @@ func parseFloat(v []byte, bits int) (float64, error) {
 		return 0, errors.New("empty number")
 	}
 	// ParseFloat does not keep the string: no copy needed.
-	f, err := strconv.ParseFloat(unsafe.String(&v[0], len(v)), bits)
+	f, err := strconv.ParseFloat(unsafeString(v), bits)
 	if err != nil {
 		var ne *strconv.NumError
 		if errors.As(err, &ne) && ne.Err == strconv.ErrRange {

@@ -2,6 +2,7 @@ package arrowconv
 
 import (
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,31 @@ func TestBytesUUIDArrays(t *testing.T) {
 	for _, in := range []string{`{{1,2},{3,4}}`, `[0:1]={1,2}`, `{"a}`, `1,2`} {
 		if _, _, _, err := SplitArray([]byte(in), nil, nil, nil); err == nil {
 			t.Errorf("SplitArray(%q) succeeded", in)
+		}
+	}
+}
+
+func TestFieldEnd(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	alphabet := []byte("ab,\n\r\x00\xff\x2b\x2d\x0b\x0e")
+	for range 20000 {
+		raw := make([]byte, r.IntN(40))
+		for i := range raw {
+			raw[i] = alphabet[r.IntN(len(alphabet))]
+			if r.IntN(3) == 0 {
+				raw[i] = byte(r.IntN(256))
+			}
+		}
+		p := 0
+		if len(raw) > 0 {
+			p = r.IntN(len(raw) + 1)
+		}
+		want := p
+		for want < len(raw) && raw[want] != ',' && raw[want] != '\n' && raw[want] != '\r' {
+			want++
+		}
+		if got := fieldEnd(raw, p); got != want {
+			t.Fatalf("fieldEnd(%q, %d) = %d, want %d", raw, p, got, want)
 		}
 	}
 }

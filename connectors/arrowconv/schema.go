@@ -37,7 +37,8 @@ func Schema(s *protocol.Schema) (*arrow.Schema, error) {
 // microseconds; timestamp as Timestamp in microseconds without a time
 // zone, and timestamptz with the time zone "UTC"; uuid as the arrow.uuid
 // extension type; list as a List of the element's field, named "element".
-// A NOT NULL column is not nullable. An unbounded decimal (precision 0,
+// A json column (or element) is flagged with JSONMetadataKey. A NOT NULL
+// column is not nullable. An unbounded decimal (precision 0,
 // PostgreSQL's bare numeric) or one of more than 38 digits has no exact
 // Arrow form here: Field refuses it, naming the column.
 func Field(c protocol.Column) (arrow.Field, error) {
@@ -45,7 +46,16 @@ func Field(c protocol.Column) (arrow.Field, error) {
 	if err != nil {
 		return arrow.Field{}, fmt.Errorf("column %q (%s): %w", c.Name, Describe(c), err)
 	}
-	return arrow.Field{Name: c.Name, Type: t, Nullable: !c.NotNull}, nil
+	return arrow.Field{Name: c.Name, Type: t, Nullable: !c.NotNull, Metadata: metadata(c)}, nil
+}
+
+// metadata returns the metadata of a column's field: JSONMetadataKey for
+// json.
+func metadata(c protocol.Column) arrow.Metadata {
+	if c.Type == protocol.TypeJSON {
+		return arrow.NewMetadata([]string{JSONMetadataKey}, []string{"true"})
+	}
+	return arrow.Metadata{}
 }
 
 func dataType(c protocol.Column) (arrow.DataType, error) {
@@ -95,7 +105,7 @@ func dataType(c protocol.Column) (arrow.DataType, error) {
 		if err != nil {
 			return nil, fmt.Errorf("element: %w", err)
 		}
-		return arrow.ListOfField(arrow.Field{Name: ListElement, Type: et, Nullable: !c.Elem.NotNull}), nil
+		return arrow.ListOfField(arrow.Field{Name: ListElement, Type: et, Nullable: !c.Elem.NotNull, Metadata: metadata(*c.Elem)}), nil
 	}
 	return nil, fmt.Errorf("unknown type %q", c.Type)
 }

@@ -403,9 +403,16 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 				return fmt.Errorf("stage %d rows of %s: %w", len(t.touched), tg, err)
 			}
 		}
-		if t.truncated {
-			if err := a.stageTruncate(ctx, t, tg, m.Stage, len(body) > 0); err != nil {
-				return err
+		switch {
+		case t.truncated:
+			// Every row the target holds goes, also those of a snapshot
+			// begun in the batch (read before or after the truncate).
+			if err := a.stageDeletions(ctx, tg, m.Stage, len(body) > 0, t.truncLSN, t.truncIndex, 0); err != nil {
+				return fmt.Errorf("stage the truncate of %s: %w", tg, err)
+			}
+		case t.snapLSN > 0:
+			if err := a.stageDeletions(ctx, tg, m.Stage, len(body) > 0, t.snapLSN, 0, t.snapLSN); err != nil {
+				return fmt.Errorf("stage the snapshot of %s: %w", tg, err)
 			}
 		}
 	}

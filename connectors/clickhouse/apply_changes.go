@@ -22,6 +22,11 @@ type batchTable struct {
 	truncated  bool
 	truncLSN   uint64
 	truncIndex int
+	// snapLSN is the position of the last snapshot of the table the batch
+	// starts (protocol.OpSnapshot), 0 when none: the rows the target
+	// holds from before it (of a smaller version) are no longer the
+	// table's, and read events of an earlier snapshot are left out.
+	snapLSN uint64
 	// cols are the columns of the row images: the key, then the others in
 	// the order they first appear (each event's new ones by name).
 	cols []string
@@ -76,10 +81,20 @@ func (t *batchTable) apply(ev *connectors.Event) error {
 	if err != nil {
 		return err
 	}
-	if ev.Op == protocol.OpTruncate {
+	switch {
+	case ev.Op == protocol.OpTruncate:
 		t.truncated, t.truncLSN, t.truncIndex = true, lsn, ev.Index
 		t.keys, t.touched = map[string]*keyState{}, nil
 		return nil
+	case ev.Op == protocol.OpSnapshot:
+		if lsn <= t.snapLSN {
+			return nil // the marker again (every chunk of a snapshot sends it)
+		}
+		t.snapLSN = lsn
+		t.forgetBefore(lsn)
+		return nil
+	case ev.Op == protocol.OpRead && lsn < t.snapLSN:
+		return nil // a row of an earlier, superseded snapshot
 	}
 	if len(ev.Key) == 0 {
 		return fmt.Errorf("no key columns: applying changes needs a primary key or a replica identity on the source table")
@@ -157,6 +172,21 @@ func (t *batchTable) apply(ev *connectors.Event) error {
 	}
 	set(t.state(newKey), false, row, from)
 	return nil
+}
+
+// forgetBefore drops the state of the keys whose last change is older
+// than lsn: a snapshot of that position reads them again.
+func (t *batchTable) forgetBefore(lsn uint64) {
+	kept := t.touched[:0]
+	for _, s := range t.touched {
+		if s.lsn < lsn {
+			delete(t.keys, strings.Join(s.vals, "\x00"))
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(t.touched[len(kept):])
+	t.touched = kept
 }
 
 func (t *batchTable) addColumn(c string) {

@@ -135,8 +135,8 @@ func (a *Applier) loadTarget(ctx context.Context, db, name string) (*target, err
 }
 
 // prepare returns the target of t, creating the table (and its database
-// and view) or adding the columns it lacks; nil for a truncate of a table
-// that does not exist yet. Schema changes are logged through notes once the
+// and view) or adding the columns it lacks; nil for a truncate (or a
+// snapshot's start) of a table that does not exist yet. Schema changes are logged through notes once the
 // batch is durable.
 func (a *Applier) prepare(ctx context.Context, t *batchTable, notes *[]note) (*target, error) {
 	db := a.cfg.Database
@@ -153,7 +153,7 @@ func (a *Applier) prepare(ctx context.Context, t *batchTable, notes *[]note) (*t
 	}
 	if tg == nil {
 		if len(t.touched) == 0 {
-			return nil, nil // only a truncate: nothing to do on a table that does not exist
+			return nil, nil // only a truncate or a snapshot's start: nothing to do on a table that does not exist
 		}
 		if tg, err = a.create(ctx, db, t); err != nil {
 			return nil, err
@@ -162,7 +162,7 @@ func (a *Applier) prepare(ctx context.Context, t *batchTable, notes *[]note) (*t
 	}
 	a.targets[id] = tg
 	if len(t.touched) == 0 {
-		return tg, nil // only a truncate
+		return tg, nil // only a truncate or a snapshot's start
 	}
 	if want := slices.Sorted(slices.Values(t.key)); !slices.Equal(tg.sorting, want) {
 		return nil, fmt.Errorf("%s is ordered by %v, not by the source's key columns %v", tg, tg.sorting, t.key)
@@ -419,20 +419,22 @@ func (a *Applier) rows(ctx context.Context, t *batchTable, tg *target) ([]byte, 
 	return buf, nil
 }
 
-// stageTruncate stages the deletion, at the truncate's version, of every
-// key the target holds that the batch does not write again after the
-// truncate (those rows are in the staging table already).
-func (a *Applier) stageTruncate(ctx context.Context, t *batchTable, tg *target, stage string, written bool) error {
-	key := strings.Join(quoteAll(tg.sorting), ", ") // the key columns, also of a batch that only truncates
+// stageDeletions stages the deletion, at version lsn and index, of every
+// key the target holds (of a version below before, when not 0) that the
+// batch does not write (those rows are in the staging table already, if
+// written): a truncate deletes every row, a snapshot the rows from before
+// it, which it reads again.
+func (a *Applier) stageDeletions(ctx context.Context, tg *target, stage string, written bool, lsn uint64, index int, before uint64) error {
+	key := strings.Join(quoteAll(tg.sorting), ", ") // the key columns, also of a batch that writes no row
 	q := fmt.Sprintf("INSERT INTO %s (%s, %s, %s, %s) SELECT %s, %d, %d, 1 FROM %s FINAL WHERE %s = 0",
-		tableIdent(tg.db, stage), key, colVersion, colIndex, colDeleted, key, t.truncLSN, t.truncIndex, tg.ident(), colDeleted)
+		tableIdent(tg.db, stage), key, colVersion, colIndex, colDeleted, key, lsn, index, tg.ident(), colDeleted)
+	if before > 0 {
+		q += fmt.Sprintf(" AND %s < %d", colVersion, before)
+	}
 	if written {
 		q += " AND tuple(" + key + ") NOT IN (SELECT " + key + " FROM " + tableIdent(tg.db, stage) + ")"
 	}
-	if err := a.cl.Exec(ctx, q); err != nil {
-		return fmt.Errorf("stage the truncate of %s: %w", tg, err)
-	}
-	return nil
+	return a.cl.Exec(ctx, q)
 }
 
 // quoteAll quotes each name.

@@ -150,6 +150,17 @@
 // PARTITION would be one step, but on 18.x it does not stop a merge running
 // in the table, whose result then brings the replaced rows back.
 //
+// A snapshot of a table (protocol.OpSnapshot at position L, sent again by
+// each of its chunks) is staged as the deletion, at version L, of every key
+// the target holds at a version below L that the batch does not write: the
+// rows from before the snapshot, which it reads again at version L. Its
+// repeats delete nothing more (the rows it read are of version L), and
+// read events of an earlier snapshot are left out of the batch that
+// starts a later one. One of an earlier snapshot arriving in a later batch
+// (a task of a failed snapshot still publishing) would be applied: the
+// applier keeps no record of the table's last snapshot, as the PostgreSQL
+// applier does.
+//
 // Reading. A batch becomes visible a table at a time during step 3; there
 // is no snapshot across tables. ReplacingMergeTree keeps the row of greatest
 // version per key; 18.x takes one unsigned integer as version, so it is the

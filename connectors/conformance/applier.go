@@ -167,21 +167,23 @@ func flatten(msgs [][]connectors.Event) []connectors.Event {
 // w), committed a minute apart over two hours: inserts, updates (one
 // leaving w unchanged, as a TOASTed value), a key change, deletes, and
 // inserts after the deletes, as PostgreSQL logical replication sends them
-// with REPLICA IDENTITY DEFAULT.
+// with REPLICA IDENTITY DEFAULT; and a snapshot of src.b (its marker,
+// protocol.OpSnapshot, sent again by its second chunk, and read events at
+// its position) that leaves out a row b held before it.
 func ChangeEvents() []connectors.Event {
 	at := time.Date(2024, 5, 1, 10, 30, 0, 0, time.UTC)
 	var out []connectors.Event
 	seq := uint64(0)
-	msg := func(evs ...protocol.ChangeEvent) {
+	msgAt := func(lsn string, evs ...protocol.ChangeEvent) {
 		seq++
 		at = at.Add(7 * time.Minute)
-		lsn := fmt.Sprintf("0/%X", 0x1000*seq)
 		for i, e := range evs {
 			e.Pipeline, e.Database, e.Schema, e.Key = "up", "db", "src", []string{"id"}
 			e.CommitTime, e.CommitLSN, e.LSN, e.Index, e.Xid = at, lsn, lsn, i, uint32(seq)
 			out = append(out, connectors.Event{Seq: seq, ChangeEvent: e})
 		}
 	}
+	msg := func(evs ...protocol.ChangeEvent) { msgAt(fmt.Sprintf("0/%X", 0x1000*(seq+1)), evs...) }
 	row := func(id int, v string) protocol.Row {
 		return protocol.Row{"id": protocol.Text(fmt.Sprint(id)), "v": protocol.Text(v), "w": protocol.Text(fmt.Sprintf("w%d ünï \"q\"", id))}
 	}
@@ -200,6 +202,20 @@ func ChangeEvents() []connectors.Event {
 	msg(protocol.ChangeEvent{Op: protocol.OpDelete, Table: "a", Before: key(4)}, protocol.ChangeEvent{Op: protocol.OpDelete, Table: "b", Before: key(2)})
 	msg(ins("a", 4, "again"))
 	msg(protocol.ChangeEvent{Op: protocol.OpUpdate, Table: "b", After: protocol.Row{"id": protocol.Text("3"), "v": protocol.NullValue, "w": protocol.Text("")}})
+	// A snapshot of b: it starts b over at its position (row 5, which it
+	// does not read, goes), its rows come in two chunks, each sending the
+	// marker again, the second after a change to a.
+	msg(ins("b", 5, "before the snapshot"))
+	snap := fmt.Sprintf("0/%X", 0x1000*(seq+1))
+	read := func(id int, v string) protocol.ChangeEvent {
+		return protocol.ChangeEvent{Op: protocol.OpRead, Table: "b", After: row(id, v)}
+	}
+	marker := protocol.ChangeEvent{Op: protocol.OpSnapshot, Table: "b"}
+	msgAt(snap, marker)
+	msgAt(snap, read(1, "snapshot"), read(3, "snapshot"))
+	msg(ins("a", 50, "during the snapshot"))
+	msgAt(snap, marker)
+	msgAt(snap, read(6, "snapshot"))
 	for i := 7; i <= 12; i++ {
 		msg(ins("b", i, "late"))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 	"github.com/sluicehq/sluice/objstore"
 )
 
@@ -177,9 +178,9 @@ func readerChecksum(f io.ReaderAt, size int64, format string) (connectors.Checks
 		var scratch []byte
 		for rr.Next() {
 			rec := rr.RecordBatch()
-			r := newRowRenderer(rec)
+			r := arrowconv.NewRowRenderer(rec)
 			for i := 0; i < int(rec.NumRows()); i++ {
-				scratch = r.appendRow(scratch[:0], i)
+				scratch = r.AppendRow(scratch[:0], i)
 				sum.Add(scratch)
 			}
 		}

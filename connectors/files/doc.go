@@ -50,26 +50,45 @@
 // of a cdc pipeline as a change log of JSON lines by table and hour,
 // closing each hour with _SUCCESS once it is complete (see Applier).
 //
+// # Typed output
+//
+// When the run's plan has a schema (connectors.TaskRef.Schema: the postgres
+// source describes its table from the catalog), the JSONL and Parquet
+// outputs of CSV batches are typed by it, through arrowconv, never inferred
+// from text: Parquet columns get the Arrow types arrowconv.Field gives
+// (decimal(p,s), timestamp[us, UTC], date32, bool, binary, lists; json as a
+// string flagged "sluice.json"; a decimal without a fixed-size form, a bare
+// numeric or one of more than 38 digits, as a string holding every digit),
+// and a JSONL line holds each value in its JSON form (arrowconv.Lines, see
+// arrowconv's RowRenderer): numbers as numbers, decimals wider than 15
+// digits as strings, booleans, nested JSON documents, arrays, bytes in
+// base64, times in RFC 3339. A value its column cannot hold fails the task
+// with its row and column. CSV output is the source's records either way.
+// Without a schema, rows are converted as below (strings in JSONL, an
+// inferred Parquet schema).
+//
 // # Canonical rows and checksums
 //
 // Checksums (connectors.Checksum) are sums of one hash per row over the
-// row's canonical bytes: a JSONL line without its newline (CRLF normalized,
-// surrounding blanks trimmed), or a CSV record as encoding/csv writes it,
-// without its newline. A Parquet or Arrow row is rendered as the JSONL line
-// the jsonl writer produces: one object with the columns in schema order,
-// nulls written as null, integers and booleans as JSON literals, floats in
-// the shortest form that round-trips (as encoding/json writes them; NaN and
-// infinities as null), strings escaped minimally (only '"', '\\' and control
-// characters; invalid UTF-8 becomes U+FFFD), timestamps as RFC 3339 strings
-// in UTC, dates as "2006-01-02", and columns flagged as JSON (field metadata
-// "sluice.json") as their JSON text. JSONL input written in this canonical
-// form therefore gives the same checksum as its Parquet copy.
+// row's canonical bytes as written: a JSONL line without its newline (CRLF
+// normalized, surrounding blanks trimmed), or a CSV record as encoding/csv
+// writes it, without its newline. A Parquet or Arrow row is rendered as
+// the JSONL line the jsonl writer produces (arrowconv.RowRenderer): one
+// object with the columns in schema order, each value in its JSON form
+// (strings escaped minimally: only '"', '\\' and control characters;
+// invalid UTF-8 becomes U+FFFD; timestamps as RFC 3339 strings, in UTC with
+// a Z for those with a time zone). JSONL input written in this canonical
+// form therefore gives the same checksum as its Parquet copy, and a typed
+// JSONL output the same as a typed Parquet output of the same rows. A run's
+// checksum is thus always what ReadChecksum recomputes from the files;
+// for a CSV output of a postgres source it is also the source's.
 //
 // # Schema inference
 //
-// A sink writing Parquet from JSONL or CSV bytes infers the Arrow schema from
-// the first batch of each task; later batches must fit it. Columns appear in
-// the order their keys (or CSV header) first appear. For JSONL values:
+// Without a typed schema, a sink writing Parquet from JSONL or CSV bytes
+// infers the Arrow schema from the first batch of each task; later batches
+// must fit it. Columns appear in the order their keys (or CSV header) first
+// appear. For JSONL values:
 // integer literals that fit are int64, other numbers float64 (int64 widens to
 // float64), true/false are bool, strings that are RFC 3339 UTC timestamps
 // with a 'Z', at most microsecond precision and written exactly as

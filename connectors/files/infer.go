@@ -16,6 +16,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 )
 
 // kind is the inferred kind of a column's values.
@@ -230,7 +231,7 @@ func newRowDecoder(b connectors.Batch) (*rowDecoder, error) {
 			f.Type = timestampType
 		case kJSON:
 			f.Type = arrow.BinaryTypes.String
-			f.Metadata = arrow.NewMetadata([]string{jsonMetaKey}, []string{"true"})
+			f.Metadata = arrow.NewMetadata([]string{arrowconv.JSONMetadataKey}, []string{"true"})
 		default:
 			d.kinds[i] = kString
 			f.Type = arrow.BinaryTypes.String

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 	"github.com/sluicehq/sluice/objstore"
 )
 
@@ -29,6 +30,9 @@ type Sink struct {
 	// s3 is the bucket of an s3:// path; nil for a local one.
 	s3  *s3Root
 	now func() time.Time
+	// mem holds the memory typed Parquet outputs convert and encode rows
+	// in, recycled from task to task.
+	mem *arrowconv.Allocator
 }
 
 var _ connectors.Sink = (*Sink)(nil)
@@ -45,7 +49,7 @@ func NewSink(cfg SinkConfig) (*Sink, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &Sink{cfg: cfg, s3: r, now: time.Now}, nil
+		return &Sink{cfg: cfg, s3: r, now: time.Now, mem: new(arrowconv.Allocator)}, nil
 	}
 	p, err := localPath(cfg.Path)
 	if err != nil {
@@ -55,7 +59,7 @@ func NewSink(cfg SinkConfig) (*Sink, error) {
 	if err != nil {
 		return nil, &connectors.FieldError{Field: "path", Msg: err.Error()}
 	}
-	return &Sink{cfg: cfg, root: root, now: time.Now}, nil
+	return &Sink{cfg: cfg, root: root, now: time.Now, mem: new(arrowconv.Allocator)}, nil
 }
 
 // Close releases the idle connections of an S3 sink; a local one holds
@@ -88,8 +92,16 @@ func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.T
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	typed, err := typedSchema(t.Schema)
+	if err != nil {
+		return nil, connectors.Permanent(fmt.Errorf("open task %s: %w", t.TaskID, err))
+	}
 	if s.s3 != nil {
-		return s.openTaskS3(t), nil
+		w, err := s.openTaskS3(t, typed)
+		if err != nil {
+			return nil, err
+		}
+		return w, nil
 	}
 	dir := stagingDir(s.root, t.RunID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -109,7 +121,11 @@ func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.T
 		f:        f,
 		bw:       bufio.NewWriterSize(f, 1<<20),
 	}
-	w.enc = newEncoder(s.cfg.Format, w.bw, &w.sum)
+	if w.enc, err = newEncoder(s.cfg.Format, w.bw, &w.sum, typed, s.mem); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, connectors.Permanent(fmt.Errorf("open task %s: %w", t.TaskID, err))
+	}
 	return w, nil
 }
 

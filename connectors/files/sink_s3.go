@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/objstore"
 )
@@ -57,13 +58,18 @@ type s3TaskWriter struct {
 
 var _ connectors.TaskWriter = (*s3TaskWriter)(nil)
 
-func (s *Sink) openTaskS3(t connectors.TaskRef) *s3TaskWriter {
+func (s *Sink) openTaskS3(t connectors.TaskRef, typed *arrow.Schema) (*s3TaskWriter, error) {
 	name := taskFileName(t.TaskID, s.cfg.Format)
 	rel := path.Join(stagingRel(t.RunID), name)
-	w := &s3TaskWriter{obj: s.s3.b.NewWriter(s.s3.key(rel)), location: rel}
-	w.bw = bufio.NewWriterSize(w.obj, 64<<10)
-	w.enc = newEncoder(s.cfg.Format, w.bw, &w.sum)
-	return w
+	w := &s3TaskWriter{location: rel}
+	w.bw = bufio.NewWriterSize(nil, 64<<10)
+	enc, err := newEncoder(s.cfg.Format, w.bw, &w.sum, typed, s.mem)
+	if err != nil {
+		return nil, connectors.Permanent(fmt.Errorf("open task %s: %w", t.TaskID, err))
+	}
+	w.enc, w.obj = enc, s.s3.b.NewWriter(s.s3.key(rel))
+	w.bw.Reset(w.obj)
+	return w, nil
 }
 
 // Write encodes one batch into the upload; parts go out in the
@@ -93,6 +99,7 @@ func (w *s3TaskWriter) Close(ctx context.Context) (connectors.TaskOutput, error)
 	w.done = true
 	stop := context.AfterFunc(ctx, w.obj.Interrupt)
 	err := w.enc.finish()
+	w.enc.release()
 	if err == nil {
 		err = w.bw.Flush()
 	}
@@ -115,6 +122,7 @@ func (w *s3TaskWriter) Abort(ctx context.Context) error {
 		return nil
 	}
 	w.done = true
+	w.enc.release()
 	if err := w.obj.Abort(ctx); err != nil {
 		return fmt.Errorf("abort %s: %w", w.location, err)
 	}

@@ -11,11 +11,9 @@ import (
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/apache/arrow-go/v18/parquet/file"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 )
 
 // stage writes one task per batch list for run and returns the outputs.
@@ -350,21 +348,13 @@ func TestJSONLToParquetChecksum(t *testing.T) {
 	}
 
 	// The inferred schema.
-	f, err := os.Open(filepath.Join(cur, "part-ta.parquet"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	pf, err := file.NewParquetReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fr, _ := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, memory.DefaultAllocator)
-	sc, _ := fr.Schema()
+	tbl := readParquetTable(t, filepath.Join(cur, "part-ta.parquet"))
+	defer tbl.Release()
+	sc := tbl.Schema()
 	var types []string
 	for _, fd := range sc.Fields() {
 		s := fd.Name + ":" + fd.Type.String()
-		if isJSONField(fd) {
+		if arrowconv.IsJSONField(fd) {
 			s += "(json)"
 		}
 		types = append(types, s)

@@ -2,34 +2,17 @@ package files
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"syscall"
 	"unsafe"
 
-	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/apache/arrow-go/v18/parquet"
-	"github.com/apache/arrow-go/v18/parquet/compress"
-	"github.com/apache/arrow-go/v18/parquet/pqarrow"
-
 	"github.com/sluicehq/sluice/connectors"
 )
-
-// encoder writes batches in one output format and sums the checksum of the
-// rows it writes.
-type encoder interface {
-	write(b connectors.Batch) error
-	// finish writes what is buffered (a Parquet footer) to the writer.
-	finish() error
-}
 
 // attempt is what a task writer knows of its attempt's state: closed or
 // aborted, and the first write error, after which it can only abort.
@@ -95,6 +78,7 @@ func (w *taskWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
 	}
 	w.done = true
 	err := w.enc.finish()
+	w.enc.release()
 	if err == nil {
 		err = w.bw.Flush()
 	}
@@ -137,6 +121,7 @@ func (w *taskWriter) Abort(context.Context) error {
 		return nil
 	}
 	w.done = true
+	w.enc.release()
 	if w.out != nil {
 		w.out.abort()
 	}
@@ -342,312 +327,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
-}
-
-func newEncoder(format string, w *bufio.Writer, sum *connectors.Checksum) encoder {
-	switch format {
-	case "csv":
-		return &csvEncoder{w: w, sum: sum}
-	case "parquet":
-		return &parquetEncoder{w: w, sum: sum}
-	}
-	return &jsonlEncoder{w: w, sum: sum}
-}
-
-// jsonlEncoder writes JSONL: JSONL bytes pass through; CSV records become
-// objects of string values; Arrow rows are rendered canonically.
-type jsonlEncoder struct {
-	w       *bufio.Writer
-	sum     *connectors.Checksum
-	scratch []byte
-}
-
-func (e *jsonlEncoder) line(l []byte) error {
-	e.sum.Add(l)
-	if _, err := e.w.Write(l); err != nil {
-		return err
-	}
-	return e.w.WriteByte('\n')
-}
-
-func (e *jsonlEncoder) write(b connectors.Batch) error {
-	switch {
-	case b.Record != nil:
-		r := newRowRenderer(b.Record)
-		for i := 0; i < int(b.Record.NumRows()); i++ {
-			e.scratch = r.appendRow(e.scratch[:0], i)
-			if err := e.line(e.scratch); err != nil {
-				return err
-			}
-		}
-		return nil
-	case b.Format == connectors.FormatJSONL:
-		// Straight through: each non-blank line is one row. A batch whose
-		// lines are canonical already (a files source's) is written in one
-		// piece once its rows are summed.
-		if canonicalJSONL(b.Raw, e.sum) {
-			_, err := e.w.Write(b.Raw)
-			return err
-		}
-		return forEachLine(b.Raw, func(_ int, line []byte) error { return e.line(line) })
-	case b.Format == connectors.FormatCSV:
-		keys := make([][]byte, len(b.Columns))
-		for i, c := range b.Columns {
-			if i > 0 {
-				keys[i] = append(keys[i], ',')
-			}
-			keys[i] = append(appendJSONString(keys[i], c), ':')
-		}
-		return forEachCSV(b, func(_ int, rec []string) error {
-			e.scratch = append(e.scratch[:0], '{')
-			for i, s := range rec {
-				e.scratch = appendJSONString(append(e.scratch, keys[i]...), s)
-			}
-			e.scratch = append(e.scratch, '}')
-			return e.line(e.scratch)
-		})
-	}
-	return fmt.Errorf("cannot write %s batches as jsonl", b.Format)
-}
-
-func (e *jsonlEncoder) finish() error { return nil }
-
-// canonicalJSONL reports whether every line of raw is canonical (no blank
-// line, no surrounding blanks, no CR) and raw ends with a newline, and
-// then only adds each line to sum: raw is then exactly the lines the
-// encoder would write one by one.
-func canonicalJSONL(raw []byte, sum *connectors.Checksum) bool {
-	if len(raw) == 0 || raw[len(raw)-1] != '\n' {
-		return false
-	}
-	var batch connectors.Checksum
-	for rest := raw; len(rest) > 0; {
-		i := bytes.IndexByte(rest, '\n')
-		line := rest[:i]
-		rest = rest[i+1:]
-		if len(line) == 0 || len(normalizeLine(line)) != len(line) {
-			return false
-		}
-		batch.Add(line)
-	}
-	sum.Merge(batch)
-	return true
-}
-
-// csvEncoder writes CSV with a header line per file: CSV bytes with the
-// same columns pass through; JSONL objects and Arrow rows are encoded with
-// encoding/csv, nulls as empty fields and non-string values as their JSON
-// text.
-type csvEncoder struct {
-	w       *bufio.Writer
-	sum     *connectors.Checksum
-	columns []string
-	index   map[string]int
-	buf     bytes.Buffer
-	cw      *csv.Writer
-	fields  []string
-	scratch []byte
-}
-
-func (e *csvEncoder) start(columns []string) error {
-	if e.columns != nil {
-		if !slices.Equal(columns, e.columns) {
-			return fmt.Errorf("columns %q differ from the task's first batch %q", columns, e.columns)
-		}
-		return nil
-	}
-	e.columns = slices.Clone(columns)
-	e.index = map[string]int{}
-	for i, c := range e.columns {
-		e.index[c] = i
-	}
-	e.cw = csv.NewWriter(&e.buf)
-	e.fields = make([]string, len(columns))
-	if err := e.cw.Write(e.columns); err != nil {
-		return err
-	}
-	e.cw.Flush()
-	_, err := e.w.Write(e.buf.Bytes())
-	e.buf.Reset()
-	return err
-}
-
-// record encodes e.fields as one record.
-func (e *csvEncoder) record() error {
-	if err := e.cw.Write(e.fields); err != nil {
-		return err
-	}
-	e.cw.Flush()
-	if err := e.cw.Error(); err != nil {
-		return err
-	}
-	e.sum.Add(bytes.TrimSuffix(e.buf.Bytes(), []byte{'\n'}))
-	_, err := e.w.Write(e.buf.Bytes())
-	e.buf.Reset()
-	return err
-}
-
-func (e *csvEncoder) write(b connectors.Batch) error {
-	switch {
-	case b.Record != nil:
-		sc := b.Record.Schema()
-		names := make([]string, sc.NumFields())
-		renders := make([]valueRenderer, sc.NumFields())
-		for i, f := range sc.Fields() {
-			names[i] = f.Name
-			renders[i] = newValueRenderer(f, b.Record.Column(i))
-		}
-		if err := e.start(names); err != nil {
-			return err
-		}
-		for r := 0; r < int(b.Record.NumRows()); r++ {
-			for c := range names {
-				e.fields[c], e.scratch = csvText(renders[c], b.Record.Column(c), r, e.scratch)
-			}
-			if err := e.record(); err != nil {
-				return err
-			}
-		}
-		return nil
-	case b.Format == connectors.FormatCSV:
-		if err := e.start(b.Columns); err != nil {
-			return err
-		}
-		// Straight through; the source wrote canonical records. A source
-		// that summed them while splitting them saves a scan.
-		if b.Checksum != nil && b.Checksum.Rows == b.Rows {
-			e.sum.Merge(*b.Checksum)
-		} else if err := forEachCSVRecord(b.Raw, func(rec []byte) error {
-			e.sum.Add(rec)
-			return nil
-		}); err != nil {
-			return err
-		}
-		if _, err := e.w.Write(b.Raw); err != nil {
-			return err
-		}
-		if len(b.Raw) > 0 && b.Raw[len(b.Raw)-1] != '\n' {
-			return e.w.WriteByte('\n')
-		}
-		return nil
-	case b.Format == connectors.FormatJSONL:
-		return forEachLine(b.Raw, func(n int, line []byte) error {
-			ms, err := parseObject(line)
-			if err != nil {
-				return &connectors.RowError{Location: b.Position, Row: int64(n), Err: err}
-			}
-			if e.columns == nil {
-				keys := make([]string, len(ms))
-				for i, m := range ms {
-					keys[i] = m.key
-				}
-				if err := e.start(keys); err != nil {
-					return err
-				}
-			}
-			clear(e.fields)
-			for _, m := range ms {
-				i, ok := e.index[m.key]
-				if !ok {
-					return &connectors.RowError{Location: b.Position, Row: int64(n), Field: m.key,
-						Err: fmt.Errorf("field is not a column of the CSV header %q", e.columns)}
-				}
-				e.fields[i] = jsonFieldText(m.val)
-			}
-			return e.record()
-		})
-	}
-	return fmt.Errorf("cannot write %s batches as csv", b.Format)
-}
-
-// jsonFieldText is the CSV text of a JSON value: a string's contents, empty
-// for null, the JSON text of anything else.
-func jsonFieldText(raw []byte) string {
-	switch raw[0] {
-	case 'n':
-		return ""
-	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err == nil {
-			return s
-		}
-	}
-	return string(raw)
-}
-
-func (e *csvEncoder) finish() error { return nil }
-
-// parquetEncoder writes Parquet (zstd) through pqarrow. Arrow records are
-// written as they are; JSONL and CSV bytes are decoded with a schema
-// inferred from the task's first batch. The checksum is over each row
-// rendered as a canonical JSONL line.
-type parquetEncoder struct {
-	w       *bufio.Writer
-	sum     *connectors.Checksum
-	fw      *pqarrow.FileWriter
-	schema  *arrow.Schema
-	dec     *rowDecoder
-	scratch []byte
-}
-
-func parquetProps() (*parquet.WriterProperties, pqarrow.ArrowWriterProperties) {
-	return parquet.NewWriterProperties(
-			parquet.WithCompression(compress.Codecs.Zstd),
-			parquet.WithMaxRowGroupLength(1<<20),
-		),
-		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema())
-}
-
-func (e *parquetEncoder) open(sc *arrow.Schema) error {
-	props, aprops := parquetProps()
-	fw, err := pqarrow.NewFileWriter(sc, e.w, props, aprops)
-	if err != nil {
-		return fmt.Errorf("start parquet file: %w", err)
-	}
-	e.fw, e.schema = fw, sc
-	return nil
-}
-
-func (e *parquetEncoder) write(b connectors.Batch) error {
-	rec := b.Record
-	if rec == nil {
-		if e.dec == nil {
-			d, err := newRowDecoder(b)
-			if err != nil {
-				return err
-			}
-			e.dec = d
-		}
-		var err error
-		if rec, err = e.dec.decode(b); err != nil {
-			return err
-		}
-		defer rec.Release()
-	}
-	if e.fw == nil {
-		if err := e.open(rec.Schema()); err != nil {
-			return err
-		}
-	}
-	if !rec.Schema().Equal(e.schema) {
-		return fmt.Errorf("batch at %s has schema %s, the task started with %s", b.Position, rec.Schema(), e.schema)
-	}
-	r := newRowRenderer(rec)
-	for i := 0; i < int(rec.NumRows()); i++ {
-		e.scratch = r.appendRow(e.scratch[:0], i)
-		e.sum.Add(e.scratch)
-	}
-	return e.fw.WriteBuffered(rec)
-}
-
-func (e *parquetEncoder) finish() error {
-	if e.fw == nil {
-		// No rows: a valid Parquet file with no columns.
-		if err := e.open(arrow.NewSchema(nil, nil)); err != nil {
-			return err
-		}
-	}
-	return e.fw.Close()
 }
 
 // taskFileName returns the final name of a task's output.

@@ -45,7 +45,7 @@ func NewSink(cfg SinkConfig) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Sink{lazyLake: lazyLake{cfg: cfg.Config}, cfg: cfg, mem: memory.NewGoAllocator(),
+	return &Sink{lazyLake: lazyLake{cfg: cfg.Config}, cfg: cfg, mem: new(arrowconv.Allocator),
 		log: slog.Default().With("sink", Kind, "table", cfg.Table)}, nil
 }
 
@@ -169,16 +169,11 @@ func (s *Sink) OpenTask(ctx context.Context, t connectors.TaskRef) (connectors.T
 		return nil, connectors.Permanent(fmt.Errorf("open task %s of %s: %w", t.TaskID, s.cfg.Table, err))
 	}
 	arrp := pqarrow.NewArrowWriterProperties(pqarrow.WithAllocator(s.mem))
-	props, err := parquetProps(as, s.cfg.Compression, arrp)
-	if err != nil {
-		conv.Release()
-		return nil, fmt.Errorf("open task %s of %s: %w", t.TaskID, s.cfg.Table, err)
-	}
 	return &taskWriter{
 		s: s, ref: t, tbl: tbl, sc: sc, as: as, st: store{fs: fs},
 		dir:    runDir(tbl, t.RunID),
 		prefix: fmt.Sprintf("%s-a%d-%s", sanitize(t.TaskID), t.Attempt, randomHex(4)),
-		conv:   conv, props: props, arrp: arrp, mem: s.mem,
+		conv:   conv, pcfg: parquetConfig(s.cfg.Compression, s.mem), arrp: arrp, mem: s.mem,
 	}, nil
 }
 

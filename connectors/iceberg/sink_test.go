@@ -378,6 +378,7 @@ func BenchmarkTaskWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
+	var size int64
 	for i := 0; b.Loop(); i++ {
 		w, err := s.OpenTask(ctx, connectors.TaskRef{RunID: "bench", TaskID: fmt.Sprint(i), Attempt: 1, Schema: orders})
 		if err != nil {
@@ -388,11 +389,14 @@ func BenchmarkTaskWrite(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		if _, err := w.Close(ctx); err != nil {
+		out, err := w.Close(ctx)
+		if err != nil {
 			b.Fatal(err)
 		}
+		size = out.Bytes
 	}
 	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
+	b.ReportMetric(float64(size), "file-bytes")
 }
 
 // Full loads beyond keep_versions expire: their snapshots leave the

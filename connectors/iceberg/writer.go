@@ -68,7 +68,7 @@ type taskWriter struct {
 	dir    string // the run's data directory
 	prefix string // the attempt's file names start with it
 	conv   *arrowconv.Builder
-	props  *parquet.WriterProperties
+	pcfg   arrowconv.ParquetConfig
 	arrp   pqarrow.ArrowWriterProperties
 	mem    memory.Allocator
 
@@ -231,7 +231,7 @@ func (w *taskWriter) flush(ctx context.Context) error {
 // when none is), ending the row group and the file at their sizes.
 func (w *taskWriter) writeParquet(ctx context.Context, rec arrow.RecordBatch) error {
 	if w.file == nil {
-		if err := w.openFile(ctx); err != nil {
+		if err := w.openFileLike(ctx, rec); err != nil {
 			return err
 		}
 	}
@@ -249,14 +249,23 @@ func (w *taskWriter) writeParquet(ctx context.Context, rec arrow.RecordBatch) er
 	return nil
 }
 
-func (w *taskWriter) openFile(ctx context.Context) error {
+// openFile starts a data file.
+func (w *taskWriter) openFile(ctx context.Context) error { return w.openFileLike(ctx, nil) }
+
+// openFileLike starts a data file whose first record is first: its
+// encodings are chosen from first's values (when not nil).
+func (w *taskWriter) openFileLike(ctx context.Context, first arrow.RecordBatch) error {
 	path := fmt.Sprintf("%s/%s-%05d.parquet", w.dir, w.prefix, len(w.files))
+	props, err := arrowconv.WriterProperties(w.as, first, w.arrp, w.pcfg)
+	if err != nil {
+		return fmt.Errorf("%s: %w", w.where(), err)
+	}
 	ow, err := w.st.create(ctx, path)
 	if err != nil {
 		return fmt.Errorf("%s: %w", w.where(), err)
 	}
 	cw := &countingWriter{w: ow}
-	pw, err := pqarrow.NewFileWriter(w.as, cw, w.props, w.arrp)
+	pw, err := pqarrow.NewFileWriter(w.as, cw, props, w.arrp)
 	if err != nil {
 		ow.Abort()
 		return fmt.Errorf("%s: start %s: %w", w.where(), path, err)
@@ -409,31 +418,19 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// parquetProps returns the writer properties of the data files: the
-// compression (zstd at its fastest level by default), dictionaries that
-// fall back to plain encoding where they do not pay, statistics on.
-func parquetProps(as *arrow.Schema, compression string, arrp pqarrow.ArrowWriterProperties) (*parquet.WriterProperties, error) {
-	codec, level := compress.Codecs.Zstd, 1
+// parquetConfig returns how the data files are written: the
+// compression (zstd at its fastest level by default), row groups cut by
+// size rather than rows, the writer's buffers from mem.
+func parquetConfig(compression string, mem memory.Allocator) arrowconv.ParquetConfig {
+	cfg := arrowconv.ParquetConfig{Codec: compress.Codecs.Zstd, Level: 1, Mem: mem,
+		Extra: []parquet.WriterProperty{parquet.WithMaxRowGroupLength(8 << 20), parquet.WithCreatedBy("sluice")}}
 	switch compression {
 	case "snappy":
-		codec, level = compress.Codecs.Snappy, compress.DefaultCompressionLevel
+		cfg.Codec, cfg.Level = compress.Codecs.Snappy, compress.DefaultCompressionLevel
 	case "gzip":
-		codec, level = compress.Codecs.Gzip, compress.DefaultCompressionLevel
+		cfg.Codec, cfg.Level = compress.Codecs.Gzip, compress.DefaultCompressionLevel
 	case "none":
-		codec, level = compress.Codecs.Uncompressed, compress.DefaultCompressionLevel
+		cfg.Codec, cfg.Level = compress.Codecs.Uncompressed, compress.DefaultCompressionLevel
 	}
-	base := []parquet.WriterProperty{
-		parquet.WithCompression(codec), parquet.WithCompressionLevel(level),
-		parquet.WithDictionaryDefault(true), parquet.WithStats(true),
-		parquet.WithMaxRowGroupLength(8 << 20), parquet.WithCreatedBy("sluice"),
-		parquet.WithStoreDecimalAsInteger(true),
-	}
-	ps, err := pqarrow.ToParquet(as, parquet.NewWriterProperties(base...), arrp)
-	if err != nil {
-		return nil, err
-	}
-	for i := range ps.NumColumns() {
-		base = append(base, parquet.WithDictionaryCostFallbackFor(ps.Column(i).Path(), true))
-	}
-	return parquet.NewWriterProperties(base...), nil
+	return cfg
 }

@@ -72,7 +72,7 @@ func confHarness(dsn, view string, conn *pgx.Conn) conformance.SinkHarness {
 
 // The replica Applier passes the applier conformance suite, each target a
 // schema of its own with tables created on demand; its dump is every row
-// of every table but the offsets.
+// of every table but the offsets (and the time a table's state changed).
 func TestConformanceApplier(t *testing.T) {
 	dsn, base, conn := testDB(t)
 	schema := func(target string) string { return base + "_" + target }
@@ -101,7 +101,7 @@ func TestConformanceApplier(t *testing.T) {
 			}
 			var out []string
 			for _, tb := range tables {
-				rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT %[1]s || ' ' || to_jsonb(x)::text FROM %[2]s.%[3]s x ORDER BY 1`,
+				rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT %[1]s || ' ' || (to_jsonb(x) - 'updated_at')::text FROM %[2]s.%[3]s x ORDER BY 1`,
 					quoteLiteral(tb), pgx.Identifier{schema(target)}.Sanitize(), pgx.Identifier{tb}.Sanitize()))
 				if err != nil {
 					t.Fatal(err)
