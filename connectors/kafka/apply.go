@@ -130,7 +130,7 @@ type Applier struct {
 	applied   uint64
 	opened    bool
 	state     topicInfo
-	topics    map[string]bool             // topics known to exist
+	topics    map[string][]int32          // partitions of the topics known to exist
 	relations map[string]*protocol.Schema // table -> its last description
 	columns   map[string]map[string]protocol.Column
 }
@@ -150,12 +150,13 @@ func NewApplier(c ApplierConfig, pipeline, upstream string) (*Applier, error) {
 	}
 	timeout, _ := durationOr(c.TransactionTimeout, time.Minute)
 	txnID := "sluice.cdc." + pipeline
-	cl, err := c.newClient(kgo.TransactionalID(txnID), kgo.TransactionTimeout(timeout), kgo.ProducerLinger(2*time.Millisecond))
+	cl, err := c.newClient(kgo.TransactionalID(txnID), kgo.TransactionTimeout(timeout), kgo.ProducerLinger(2*time.Millisecond),
+		kgo.RecordPartitioner(keyOrManual{}))
 	if err != nil {
 		return nil, err
 	}
 	return &Applier{cfg: c, pipeline: pipeline, prefix: prefix, cl: cl, adm: kadm.NewClient(cl), txnID: txnID,
-		topics: map[string]bool{}, relations: map[string]*protocol.Schema{}, columns: map[string]map[string]protocol.Column{}}, nil
+		topics: map[string][]int32{}, relations: map[string]*protocol.Schema{}, columns: map[string]map[string]protocol.Column{}}, nil
 }
 
 // Close closes the client; a batch not committed is aborted by the next
@@ -270,14 +271,18 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) error {
 	// The topics first: creating one inside a transaction would hold it.
 	for _, e := range evs {
 		t := a.topicOf(e.Schema, e.Table)
-		if a.topics[t] {
+		if a.topics[t] != nil {
 			continue
 		}
 		parts := max(a.cfg.Partitions, 1)
 		if err := ensureTopic(ctx, a.adm, t, parts, a.cfg.Replication, nil); err != nil {
 			return err
 		}
-		a.topics[t] = true
+		info, err := describeTopic(ctx, a.adm, t)
+		if err != nil {
+			return err
+		}
+		a.topics[t] = info.partitions
 	}
 	if err := a.cl.BeginTransaction(); err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
@@ -413,6 +418,15 @@ func (a *Applier) records(e connectors.Event) ([]*kgo.Record, error) {
 			key = keyOf(e.After)
 		}
 		v := e.ChangeEvent.AppendJSON(nil)
+		if key == nil && (e.Op == protocol.OpTruncate || e.Op == protocol.OpSnapshot) {
+			// An event of the whole table goes to every partition, in
+			// order with the events of the keys each holds.
+			var out []*kgo.Record
+			for _, p := range a.topics[topic] {
+				out = append(out, &kgo.Record{Topic: topic, Partition: p, Value: v, Timestamp: ts})
+			}
+			return out, nil
+		}
 		return []*kgo.Record{{Topic: topic, Key: key, Value: v, Timestamp: ts}}, nil
 	}
 	tombstones := a.cfg.Tombstones == nil || *a.cfg.Tombstones
@@ -621,4 +635,25 @@ func parsePGTimestampTZ(s string) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// keyOrManual partitions a record with a key by the hash of its key, as
+// Kafka's default partitioner does (a key's events stay on one partition,
+// in order), and one without a key to the partition it names: the same
+// events always land on the same partitions, however they are batched.
+type keyOrManual struct{}
+
+func (keyOrManual) ForTopic(topic string) kgo.TopicPartitioner {
+	return keyOrManualTopic{key: kgo.StickyKeyPartitioner(nil).ForTopic(topic)}
+}
+
+type keyOrManualTopic struct{ key kgo.TopicPartitioner }
+
+func (keyOrManualTopic) RequiresConsistency(*kgo.Record) bool { return true }
+
+func (p keyOrManualTopic) Partition(r *kgo.Record, n int) int {
+	if r.Key == nil {
+		return int(r.Partition)
+	}
+	return p.key.Partition(r, n)
 }

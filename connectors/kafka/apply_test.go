@@ -69,6 +69,37 @@ func TestApplierConformance(t *testing.T) {
 	}
 }
 
+// In Sluice's envelope an event of a whole table (a snapshot's marker, a
+// truncate) goes to every partition of its topic, so a consumer of each
+// partition sees it in order with the events of the keys it holds; in
+// Debezium's envelope a snapshot is its read events alone.
+func TestTableEventsOnEveryPartition(t *testing.T) {
+	c := kafkatest.Start(t)
+	for _, env := range []string{kafka.EnvelopeSluice, kafka.EnvelopeDebezium} {
+		a, err := kafka.NewApplier(kafka.ApplierConfig{Cluster: c.Config(), TopicPrefix: env, Envelope: env, Partitions: 3}, "p-"+env, "up")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Apply(t.Context(), conformance.ChangeEvents()); err != nil {
+			t.Fatal(err)
+		}
+		a.Close()
+		markers := map[int32]int{}
+		for _, r := range c.Records(t, env+".src.b", true) {
+			if strings.Contains(string(r.Value), `"op":"snapshot"`) {
+				markers[r.Partition]++
+			}
+		}
+		want := map[int32]int{0: 2, 1: 2, 2: 2} // the marker was sent twice
+		if env == kafka.EnvelopeDebezium {
+			want = map[int32]int{}
+		}
+		if fmt.Sprint(markers) != fmt.Sprint(want) {
+			t.Errorf("%s envelope: snapshot markers by partition %v, want %v", env, markers, want)
+		}
+	}
+}
+
 // debeziumEvent is a Debezium change event value as consumers parse it.
 type debeziumEvent struct {
 	Before map[string]any `json:"before"`

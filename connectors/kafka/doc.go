@@ -17,6 +17,18 @@
 // commit copies them into the topic with a marker that makes a repeated
 // commit copy nothing.
 //
+// As the sink of a cdc_apply pipeline (see Applier) it writes each table's
+// change events to <prefix>.<schema>.<table>, keyed by primary key (a
+// key's events on one partition, in commit order), in Debezium's envelope
+// or Sluice's, each batch one Kafka transaction. An event of the whole
+// table has no key: in Sluice's envelope a snapshot's start
+// (protocol.OpSnapshot) and a truncate go to every partition, so each
+// partition's consumer sees them in order with its keys' events and can
+// drop the rows a snapshot did not read again; in Debezium's envelope a
+// snapshot is its read events ("op":"r") alone, as Debezium writes it,
+// and a truncate one "op":"t" on partition 0. Rows of a table without a
+// key go to partition 0.
+//
 // Connection settings come from the spec (brokers) and, for credentials,
 // from the environment of the process that opens the connector (see
 // Cluster).
