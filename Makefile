@@ -53,6 +53,7 @@ BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and t
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
 BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
+BENCHES += kafka    # a topic of 2M JSON records (kfake, 6 partitions) loaded into Parquet files beside a bare franz-go consume loop writing the same Parquet, and into another topic beside a bare consume-and-produce loop in one transaction
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))
 .PHONY: $(BENCH_TARGETS) bench-smoke
