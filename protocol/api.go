@@ -160,7 +160,7 @@ type PipelineStatus struct {
 // pipeline's external trigger since it leads.
 type TriggerEvents struct {
 	// Source names where the events come from ("subject s3.events",
-	// "kafka topic uploads").
+	// "kafka feed").
 	Source string `json:"source"`
 	// Runs counts the events that started a run (or found the run an
 	// earlier delivery started); Filtered those the filter rejected;
