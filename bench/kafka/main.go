@@ -33,6 +33,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -75,6 +76,7 @@ type config struct {
 	workers    int
 	slots      int
 	perTask    int64
+	cpuProfile string
 }
 
 func main() {
@@ -88,6 +90,7 @@ func main() {
 	flag.IntVar(&cfg.workers, "workers", 2, "Sluice workers")
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.perTask, "records-per-task", 250_000, "records_per_task of the Sluice source")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.parquet.pprof and FILE.kafka.pprof")
 	flag.Parse()
 	if cfg.smoke {
 		err := harness.Smoke(flag.CommandLine, "kafka", map[string]string{"records": "20000", "reps": "1", "records-per-task": "5000"})
@@ -197,7 +200,18 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 			fmt.Fprintln(stdout)
 		}
 		hdr.Finish()
-		return writeResults(cfg, stdout, hdr, b.ms, b.srcBytes)
+		if err := writeResults(cfg, stdout, hdr, b.ms, b.srcBytes); err != nil {
+			return err
+		}
+		if cfg.cpuProfile != "" {
+			for _, p := range []struct{ pipeline, file string }{{parquetPipeline, ".parquet.pprof"}, {kafkaPipeline, ".kafka.pprof"}} {
+				if err := profileRun(ctx, c, p.pipeline, cfg.cpuProfile+p.file); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "profile of one more %s run (not timed): %s\n", p.pipeline, cfg.cpuProfile+p.file)
+			}
+		}
+		return nil
 	})
 }
 
@@ -213,6 +227,21 @@ func timed(m *measurement, fn func() error) (float64, error) {
 	secs := time.Since(start).Seconds()
 	m.add(secs, measure.SelfCPU()-cpu0)
 	return secs, nil
+}
+
+// profileRun records a CPU profile of one run of a pipeline into path.
+func profileRun(ctx context.Context, c *devcluster.Cluster, name, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	_, err = runPipeline(ctx, c, name)
+	return err
 }
 
 // runPipeline runs a pipeline and waits for its commit.
