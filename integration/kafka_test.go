@@ -3,6 +3,8 @@ package integration
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/kafka/kafkatest"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -177,4 +180,46 @@ func TestFilesToKafkaExactlyOnce(t *testing.T) {
 		t.Fatalf("topic out2: %d rows checksum %s; the files: %d rows checksum %s", got.Rows, got, want.Rows, want)
 	}
 	expectMessages(t, c.js, protocol.StreamEvents, protocol.RunEventSubject("to-kafka2", "committed"), 1)
+}
+
+// A topic loaded into PostgreSQL by the cluster, the values' types
+// declared by the source's columns: the table holds each record's values
+// once, typed.
+func TestKafkaTopicToPostgres(t *testing.T) {
+	const n = 3000
+	k := kafkatest.Start(t)
+	k.CreateTopic(t, "orders", 3)
+	fillTopic(t, k, "orders", 3, n, time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
+	dsn, schema, conn := pgtest.DB(t)
+	c := newCluster(t, clusterConfig{workers: 1})
+	c.applyYAML("orders-pg", fmt.Sprintf(`name: orders-pg
+pattern: full_load
+source:
+  kind: kafka
+  brokers: [%s]
+  topic: orders
+  records_per_task: 1000
+  columns: [{name: id, type: int64}, {name: name, type: string}, {name: amount, type: decimal, precision: 12, scale: 2}, {name: ok, type: bool}]
+sink: {kind: postgres, dsn: %q, table: %s.orders}
+`, k.Brokers[0], dsn, schema))
+	st := c.wait(c.run("orders-pg").RunID)
+	if st.State != protocol.RunCommitted || st.Rows != n {
+		t.Fatalf("load: %s (%s), %d rows; want %d", st.State, st.Error, st.Rows, n)
+	}
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("%d|event %d ünï|%d.25|%s", i, i, i%1000, map[bool]string{true: "t", false: "f"}[i%3 == 0]))
+	}
+	slices.Sort(want)
+	got := pgtest.Rows(t, conn, schema+".orders", []string{"id", "name", "amount", "ok"})
+	if !slices.Equal(got, want) {
+		t.Fatalf("the table holds %d rows (first %q), want the topic's %d (first %q)", len(got), got[:min(1, len(got))], len(want), want[0])
+	}
+	var types string
+	if err := conn.QueryRow(t.Context(), `SELECT string_agg(data_type, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_schema = $1 AND table_name LIKE 'orders%' AND column_name IN ('id','name','amount','ok')`, schema).Scan(&types); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(types, "bigint,text,numeric,boolean") {
+		t.Errorf("column types %s, want bigint, text, numeric, boolean", types)
+	}
 }
