@@ -48,7 +48,8 @@ var rules = []rule{
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/iceberg/s3test", testSupport: true},
-	{pkg: "connectors/kafka/kafkatest", allowed: []string{"protocol", "connectors", "connectors/kafka"}, testSupport: true},
+	{pkg: "connectors/kafka", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/kafka/kafkatest", allowed: []string{"protocol", "connectors", "connectors/kafka", "connectors/arrowconv"}, testSupport: true},
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
@@ -70,6 +71,7 @@ var rules = []rule{
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
+	{pkg: "bench/kafka", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 

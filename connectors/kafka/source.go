@@ -9,10 +9,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/arrowconv"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -329,7 +331,14 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 		return permanentf("partition %s is of topic %s, not %s", p.Key, r.Topic, s.cfg.Topic)
 	}
 	enc := newRowEncoder(s.cfg)
-	err := readRange(ctx, s.cl, s.adm, r, s.cfg.committed(), func(recs []*kgo.Record) error {
+	typed, err := s.typedRows()
+	if err != nil {
+		return err
+	}
+	if typed != nil {
+		defer typed.Release()
+	}
+	err = readRange(ctx, s.cl, s.adm, r, s.cfg.committed(), func(recs []*kgo.Record) error {
 		// A batch's bytes are its own: a sink may keep them.
 		size := 0
 		for _, rec := range recs {
@@ -342,13 +351,41 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 				return err
 			}
 		}
-		return emit(ctx, connectors.Batch{
+		b := connectors.Batch{
 			Raw: buf, Format: connectors.FormatJSONL, Rows: int64(len(recs)),
 			Position: fmt.Sprintf("%s/%d@%d", r.Topic, r.Partition, recs[0].Offset),
-		})
+		}
+		if typed == nil {
+			return emit(ctx, b)
+		}
+		if _, err := typed.AppendJSONL(buf, b.Position, 1, nil); err != nil {
+			return connectors.Permanent(err)
+		}
+		rec := typed.NewRecord()
+		defer rec.Release()
+		return emit(ctx, connectors.Batch{Record: rec, Format: connectors.FormatArrow, Rows: rec.NumRows(), Position: b.Position})
 	})
 	if err != nil {
 		return fmt.Errorf("read %s: %w", r, err)
 	}
 	return nil
+}
+
+// typedRows returns the builder of the Arrow records a source of format
+// json with declared columns emits, its rows typed by them (any sink
+// takes them, PostgreSQL's too); nil for a source that emits JSON lines.
+func (s *Source) typedRows() (*arrowconv.Builder, error) {
+	sc := s.cfg.declared()
+	if sc == nil || s.cfg.format() != FormatJSON {
+		return nil, nil
+	}
+	as, err := arrowconv.Schema(sc)
+	if err != nil {
+		return nil, permanentf("columns: %v", err)
+	}
+	b, err := arrowconv.NewBuilder(memory.DefaultAllocator, as)
+	if err != nil {
+		return nil, permanentf("columns: %v", err)
+	}
+	return b, nil
 }
