@@ -2,6 +2,7 @@ package kafka_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/kafka"
 	"github.com/sluicehq/sluice/connectors/kafka/kafkatest"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // readLines plans a full load of cfg and returns its rows.
@@ -89,5 +91,49 @@ func TestRowFormats(t *testing.T) {
 	c.Produce(t, cl, &kgo.Record{Topic: "t", Key: []byte{0xff, 0xfe}, Value: []byte(`{"a":2}`)})
 	if _, err := readLines(t, rec); err == nil || !strings.Contains(err.Error(), "base64") {
 		t.Errorf("format record over a key that is not UTF-8 = %v, want an error suggesting base64", err)
+	}
+}
+
+// With declared columns the source emits typed rows: each column of its
+// declared type, a declared field a value lacks null; a value with a field
+// not declared fails the task, naming the record.
+func TestDeclaredColumnsTypedRows(t *testing.T) {
+	c := kafkatest.Start(t)
+	c.CreateTopic(t, "typed", 1)
+	cl := c.Client(t)
+	c.Produce(t, cl, &kgo.Record{Topic: "typed", Value: []byte(`{"id":7,"amount":"12.50","ok":true}`)},
+		&kgo.Record{Topic: "typed", Value: []byte(`{"id":8}`)})
+	cfg := sourceConfig(c, "typed")
+	cfg.Columns = []protocol.Column{{Name: "id", Type: protocol.TypeInt64}, {Name: "amount", Type: protocol.TypeDecimal, Precision: 12, Scale: 2},
+		{Name: "ok", Type: protocol.TypeBool}}
+	src := openSource(t, cfg)
+	defer src.Close()
+	p := plan(t, src, connectors.PlanRequest{})
+	var got []string
+	for _, part := range p.Partitions {
+		err := src.Read(t.Context(), part, func(_ context.Context, b connectors.Batch) error {
+			if b.Record == nil {
+				return fmt.Errorf("batch at %s is %s, want typed rows", b.Position, b.Format)
+			}
+			got = append(got, b.Record.Schema().String())
+			for i := range b.Record.NumCols() {
+				got = append(got, b.Record.Column(int(i)).String())
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"schema:\n  fields: 3\n    - id: type=int64, nullable\n    - amount: type=decimal(12, 2), nullable\n    - ok: type=bool, nullable", "[7 8]", "[12.5 (null)]", "[true (null)]"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("typed rows %q, want %q", got, want)
+	}
+
+	c.Produce(t, cl, &kgo.Record{Topic: "typed", Value: []byte(`{"id":9,"extra":1}`)})
+	p = plan(t, src, connectors.PlanRequest{})
+	err := src.Read(t.Context(), p.Partitions[0], func(context.Context, connectors.Batch) error { return nil })
+	if !connectors.IsPermanent(err) || !strings.Contains(err.Error(), "typed/0@0") || !strings.Contains(err.Error(), `"extra"`) {
+		t.Errorf("a value with a field not declared: %v, want a permanent error naming the record and the field", err)
 	}
 }
