@@ -287,7 +287,8 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 }
 
 // startsOn says what starts runs of p besides a trigger message: its
-// schedule (with its next tick) and the pipeline it runs after.
+// schedule (with its next tick), the pipeline it runs after, and the
+// events of an external trigger with what became of them.
 func startsOn(p protocol.PipelineStatus) string {
 	var parts []string
 	if p.Schedule != "" {
