@@ -45,7 +45,7 @@ var rules = []rule{
 	// connectors/<kind> take connectorRule.
 	{pkg: "connectors/files", allowed: []string{"protocol", "connectors", "connectors/arrowconv", "objstore"}},
 	{pkg: "connectors/clickhouse", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
-	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres"}},
+	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres", "contract"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/iceberg/s3test", testSupport: true},
 	{pkg: "connectors/kafka", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
@@ -53,25 +53,30 @@ var rules = []rule{
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
+	{pkg: "connectors/files/filestest", stdOnly: true, testSupport: true},
 	{pkg: "connectors/clickhouse/chtest", testSupport: true},
 	{pkg: "connectors/cdcapply/cdctest", testSupport: true, allowed: []string{"protocol", "connectors", "connectors/cdcapply",
-		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "embednats", "objstore"}},
+		"connectors/files", "connectors/arrowconv", "connectors/postgres", "connectors/pgcdc", "contract", "embednats", "objstore"}},
 	{pkg: "telemetry", allowed: []string{"protocol"}},
-	{pkg: "pipeline", allowed: []string{"protocol", "connectors"}},
-	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "pipeline", "telemetry"}},
-	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "telemetry"}},
+	{pkg: "contract", allowed: []string{"protocol", "connectors"}},
+	{pkg: "pipeline", allowed: []string{"protocol", "connectors", "contract"}},
+	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "contract", "pipeline", "telemetry"}},
+	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "telemetry"}},
 	{pkg: "embednats"},
 	{pkg: "objstore"},
 	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
-	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
+	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
 	{pkg: "bench/harness", allowed: []string{"bench/measure"}},
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
+	{pkg: "bench/contract", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
 	{pkg: "bench/kafka", wiring: true, usesTestSupport: true},
+	{pkg: "bench/compact", wiring: true},
+	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 
@@ -189,6 +194,9 @@ var kindExemptions = map[string][]string{
 	// Benchmarks measure particular connectors, and bench/measure reads
 	// the PostgreSQL server's processes by their name.
 	"bench": nil,
+	// Kafka's offset reset word latest (a source's or a trigger feed's
+	// start), not the kind.
+	"connectors/kafka/config.go": {"latest"},
 }
 
 // TestKindNames: a connector kind's name is known only to its package (which

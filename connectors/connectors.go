@@ -86,6 +86,10 @@ type PlanRequest struct {
 	// incremental.delta_column); empty when Window is nil or the source is
 	// partition-based.
 	DeltaColumn string
+	// Target is, for a run of a passthrough pipeline whose sink records
+	// what its target holds (Inventoried), what that is as of Watermark;
+	// nil otherwise. See UnitSource.PlanUnits.
+	Target Inventory
 }
 
 // Readiness is implemented by sources whose input for a run may not be
@@ -282,7 +286,15 @@ type TaskRef struct {
 	Pipeline string
 	Attempt  int
 	// Schema is the run's plan's schema; nil when the source gave none.
+	// With a data contract it is the schema of the rows the contract
+	// makes (columns dropped, hashed ones text).
 	Schema *Schema
+	// Contract is the pipeline's data contract (see package contract, its
+	// JSON form, the key a ${NAME} reference), given only to a sink
+	// registered with Connector.SinkAppliesContract, which applies it to
+	// every row itself; nil for every other sink, whose batches the worker
+	// transforms before they reach it.
+	Contract json.RawMessage
 }
 
 // TaskOutput describes what a TaskWriter staged.
@@ -320,6 +332,11 @@ type CommitRequest struct {
 	Tasks []TaskOutput
 	// Watermark is the position the run reaches, for sinks that record it.
 	Watermark string
+	// Since is, for a run of a passthrough pipeline, the position it was
+	// planned from: the watermark of the last committed run (empty before
+	// the first), for a sink that records what its target holds
+	// (Inventoried) and builds the new record on the last one.
+	Since string
 	// Mode says how the run's output joins the dataset. ModeReplace (the
 	// zero value, full loads): the run becomes a new version that replaces
 	// the whole dataset. ModeAppend (incremental runs) with a Window: the

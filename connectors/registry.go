@@ -39,6 +39,9 @@ type entry struct {
 	appends    bool
 	params     ParamsFunc
 	feed       *EventFeed
+	contracts  bool // the sink applies contracts itself
+	// passthrough is what the kind registered of pattern passthrough.
+	passthrough *Passthrough
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -54,6 +57,14 @@ const (
 	RoleCDCSource Role = "cdc source"
 	// RoleCDCTarget is the sink of a cdc_apply pipeline (CDCTarget).
 	RoleCDCTarget Role = "cdc target"
+	// RoleDataset is the dataset of a compact pipeline: the sink of a
+	// kind whose sinks compact what they write (Compactor).
+	RoleDataset Role = "compacted dataset"
+	// RolePassthroughSource and RolePassthroughSink are the source and
+	// sink of a passthrough pipeline (Passthrough): opened by the kind's
+	// Source and Sink factories, checked by the Passthrough validators.
+	RolePassthroughSource Role = "passthrough source"
+	RolePassthroughSink   Role = "passthrough sink"
 )
 
 // NewRegistry returns an empty registry.
@@ -95,6 +106,12 @@ type Connector struct {
 	// Window: it appends the run's output exactly once (see
 	// CommitRequest.Mode), which runs by position need. It goes with Sink.
 	SinkAppends bool
+	// SinkAppliesContract says the sink applies a pipeline's data contract
+	// to each row itself (TaskRef.Contract), because its batches are not
+	// the rows of one dataset (the read events of a cdc pipeline's
+	// snapshot, rows of many tables): the worker then hands it the
+	// contract instead of transforming its batches. It goes with Sink.
+	SinkAppliesContract bool
 	// CDCSource, when set, makes the kind the source of cdc pipelines;
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
@@ -105,6 +122,13 @@ type Connector struct {
 	// Feed, when set, makes the kind deliver events that start runs
 	// (trigger: {<kind>: {...}}).
 	Feed *EventFeed
+	// ValidateDataset, when set, says that the kind's sinks compact their
+	// datasets (they implement Compactor): a compact pipeline may name
+	// one as its dataset, a sink configuration this checks without I/O.
+	ValidateDataset Validator
+	// Passthrough, when set, makes the kind the source or the sink (or
+	// both) of passthrough pipelines, which copy its units as they are.
+	Passthrough *Passthrough
 	// Internal marks a kind that serves runs the cluster makes itself (the
 	// initial snapshot run of a cdc pipeline) and that no spec names: the
 	// kinds a message lists leave it out, and a spec naming it is refused
@@ -158,6 +182,7 @@ func (r *Registry) Register(c Connector) {
 		}
 		add(RoleSink, pick(c.ValidateSink))
 		e.appends = e.appends || c.SinkAppends
+		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
 	if c.SourcePartitions != nil {
@@ -206,6 +231,24 @@ func (r *Registry) Register(c Connector) {
 		}
 		feed := *c.Feed
 		e.feed = &feed
+		parts++
+	}
+	if c.ValidateDataset != nil {
+		add(RoleDataset, c.ValidateDataset)
+		parts++
+	}
+	if c.Passthrough != nil {
+		if e.passthrough != nil {
+			dup("passthrough")
+		}
+		pt := *c.Passthrough
+		e.passthrough = &pt
+		if pt.Source {
+			add(RolePassthroughSource, pick(pt.ValidateSource))
+		}
+		if pt.Sink {
+			add(RolePassthroughSink, pick(pt.ValidateSink))
+		}
 		parts++
 	}
 	if parts == 0 {
@@ -260,6 +303,21 @@ func (r *Registry) SinkAppends(kind string) bool {
 	return ok && e.sink != nil && e.appends
 }
 
+// SinkAppliesContract reports whether a sink of the given kind applies a
+// pipeline's data contract itself (Connector.SinkAppliesContract).
+func (r *Registry) SinkAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.contracts
+}
+
+// CDCSourceAppliesContract reports whether the change reader of a cdc
+// source of the given kind applies a pipeline's data contract
+// (CDCSource.AppliesContract).
+func (r *Registry) CDCSourceAppliesContract(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.cdc != nil && e.cdc.AppliesContract
+}
+
 // Kinds lists the registered kinds a spec may name, sorted: internal ones
 // are left out.
 func (r *Registry) Kinds() []string {
@@ -305,6 +363,13 @@ func (r *Registry) Has(kind string, role Role) bool {
 		return e.cdc != nil && e.cdc.Open != nil
 	case RoleCDCTarget:
 		return e.target != nil && e.target.Open != nil
+	case RoleDataset:
+		_, ok := e.validators[RoleDataset]
+		return ok && e.sink != nil
+	case RolePassthroughSource:
+		return e.passthrough != nil && e.passthrough.Source && e.source != nil
+	case RolePassthroughSink:
+		return e.passthrough != nil && e.passthrough.Sink && e.sink != nil
 	}
 	return false
 }
@@ -469,11 +534,11 @@ func (r *Registry) Check(ctx context.Context, kind string, role Role, config jso
 		fn = e.cdc.Check
 	case RoleCDCTarget:
 		fn = e.target.Check
-	case RoleSource, RoleSink:
+	case RoleSource, RoleSink, RolePassthroughSource, RolePassthroughSink:
 		fn = func(ctx context.Context, config json.RawMessage, req CheckRequest) (string, error) {
 			var c io.Closer
 			var chk Checker
-			if role == RoleSource {
+			if role == RoleSource || role == RolePassthroughSource {
 				src, err := e.source(ctx, config)
 				if err != nil {
 					return "", err

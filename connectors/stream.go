@@ -56,6 +56,11 @@ type StreamRequest struct {
 	JS jetstream.JetStream
 	// Log is the worker's logger, scoped to the pipeline.
 	Log *slog.Logger
+	// Contract is the pipeline's data contract (see package contract, its
+	// JSON form, the key a ${NAME} reference), which a CDC source
+	// registered with CDCSource.AppliesContract applies to every event
+	// before it is published; nil when the pipeline has none.
+	Contract json.RawMessage
 }
 
 // StreamFactory opens the change reader of a cdc pipeline. It is called by
@@ -117,6 +122,12 @@ type CDCSource struct {
 	// table and its replica identity), as Checker does; nil means the kind
 	// has no check.
 	Check CheckFunc
+	// AppliesContract says the change reader applies a pipeline's data
+	// contract (StreamRequest.Contract) to every event before it is
+	// published, and the snapshot's sink to every row (TaskRef.Contract):
+	// a cdc pipeline with a contract is refused for a source kind without
+	// it, since nothing else stands between its events and SLUICE_CDC.
+	AppliesContract bool
 }
 
 // CDCTarget is the capability of a connector kind to be the sink of a
@@ -187,6 +198,16 @@ type HourCloser interface {
 // first Apply; a zero value keeps the default.
 type BatchSizer interface {
 	BatchSize() (events int, wait time.Duration)
+}
+
+// EventsAfter returns events without those of messages already applied:
+// the leading events with Seq <= applied (a batch delivered again, whole
+// or in part).
+func EventsAfter(events []Event, applied uint64) []Event {
+	for len(events) > 0 && events[0].Seq <= applied {
+		events = events[1:]
+	}
+	return events
 }
 
 // TableReporter is implemented by an Applier that stops applying one

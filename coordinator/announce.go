@@ -72,7 +72,7 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	if _, err := c.js.PublishMsg(ctx, m); err != nil {
 		return fmt.Errorf("publish run event: %w", err)
 	}
-	if r.State == protocol.RunCommitted {
+	if r.State == protocol.RunCommitted && !t.oneOffCompaction(r) {
 		if err := t.startDownstream(ctx, log, r); err != nil {
 			return err
 		}
@@ -115,11 +115,20 @@ func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
 		return err
 	}
 	defer sink.Close()
+	if r.passthrough() {
+		if us, ok := sink.(connectors.UnitSink); ok {
+			return us.AbortUnits(ctx, r.ID)
+		}
+	}
 	return sink.Abort(ctx, r.ID)
 }
 
 func (t *leaderTerm) deadLetter(ctx context.Context, r *runState, ts taskState, traceID string) error {
-	data, err := protocol.Encode(t.taskOf(r, ts))
+	task, err := t.taskOf(r, ts)
+	if err != nil {
+		return err
+	}
+	data, err := protocol.Encode(task)
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiRollback(ctx, m.Data)
 	case protocol.VerbPipelineGet:
 		reply, err = t.apiPipelineGet(m.Data)
+	case protocol.VerbCompact:
+		reply, err = t.apiCompact(ctx, m.Data)
+	case protocol.VerbVacuum:
+		reply, err = t.apiVacuum(ctx, m.Data)
 	default:
 		err = refuse(refusedNotFound, "unknown API verb %q", verb)
 	}
@@ -273,7 +277,7 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if !ok {
 		return nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 	}
-	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || p.Spec.Incremental == nil {
 		return nil, invalid("pipeline %s is %s: only an incremental pipeline can be backfilled", req.Pipeline, p.Spec.Pattern)
 	}
 	if inc := p.Spec.Incremental; inc.Positioned() {
@@ -466,7 +470,7 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
 		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
-	if r.positioned() {
+	if r.positioned() || r.passthrough() {
 		s.Since, s.Reaches = r.Since, r.Watermark
 	}
 	if r.State == protocol.RunWaiting {

@@ -25,7 +25,7 @@ const checkTimeout = 20 * time.Second
 func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipeline.Spec) (found []string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	req := connectors.CheckRequest{Pipeline: spec.Name, Pattern: spec.Pattern, Settings: spec.StreamSettings()}
+	req := connectors.CheckRequest{Pipeline: spec.Name, Pattern: spec.RunPattern(), Settings: spec.StreamSettings()}
 	if spec.Incremental != nil {
 		req.DeltaColumn = spec.Incremental.DeltaColumn
 	}
@@ -40,6 +40,11 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 		sides = []side{{"source", spec.Source, connectors.RoleCDCSource}}
 	case protocol.PatternCDCApply:
 		sides = []side{{"sink", spec.Sink, connectors.RoleCDCTarget}}
+	case protocol.PatternCompact:
+		// The dataset a compact pipeline rewrites in place: its sink.
+		sides = []side{{"dataset", spec.Sink, connectors.RoleSink}}
+	case protocol.PatternPassthrough:
+		sides = []side{{"source", spec.Source, connectors.RolePassthroughSource}, {"sink", spec.Sink, connectors.RolePassthroughSink}}
 	default:
 		sides = []side{{"source", spec.Source, connectors.RoleSource}, {"sink", spec.Sink, connectors.RoleSink}}
 	}

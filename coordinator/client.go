@@ -301,3 +301,32 @@ func (c *Client) WaitRun(ctx context.Context, runID string, every time.Duration,
 		}
 	}
 }
+
+// Compact starts a compaction of a pipeline's dataset (see
+// protocol.CompactRequest) and returns once it is planned, with its
+// groups; with DryRun it only plans it. An empty RequestID is filled with
+// a random one, so a request retried after a lost reply gives the same
+// run. A pipeline whose dataset cannot be compacted gives an error
+// matching ErrInvalid.
+func (c *Client) Compact(ctx context.Context, req protocol.CompactRequest) (protocol.CompactReply, error) {
+	var reply protocol.CompactReply
+	if req.RequestID == "" && !req.DryRun {
+		req.RequestID = newRequestID()
+	}
+	err := c.call(ctx, protocol.VerbCompact, req, &reply, planWait+c.attempt)
+	return reply, err
+}
+
+// Vacuum vacuums a pipeline's dataset (see protocol.VacuumRequest) and
+// returns what it removed, or with DryRun would remove. The leader may
+// take a while (listing a dataset, waiting for a commit of it to end): one
+// request waits as long as ctx allows.
+func (c *Client) Vacuum(ctx context.Context, req protocol.VacuumRequest) (protocol.VacuumReply, error) {
+	var reply protocol.VacuumReply
+	attempt := 10 * time.Minute
+	if dl, ok := ctx.Deadline(); ok {
+		attempt = time.Until(dl)
+	}
+	err := c.call(ctx, protocol.VerbVacuum, req, &reply, attempt)
+	return reply, err
+}

@@ -172,6 +172,11 @@ type runCreateCmd struct {
 	// live): the window must be queued and fewer than the backfill's
 	// concurrency running; it is marked running in the same entry.
 	Backfill string `json:"backfill,omitempty"`
+	// Compact makes the run a compaction of the pipeline's dataset (its
+	// sink), with the default settings (`sluice compact` naming a pipeline
+	// that is not a compact pipeline). Every run of a compact pipeline is
+	// a compaction without it.
+	Compact bool `json:"compact,omitempty"`
 }
 
 func (runCreateCmd) cmdType() cmdType { return cmdRunCreate }

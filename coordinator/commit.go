@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -26,12 +28,18 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	if _, err := t.finishRollback(ctx, log, r.Pipeline); err != nil && refusalOf(err) == nil {
 		return err
 	}
-	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: r.Schema}
+	schema, err := r.sinkSchema()
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", r.ID, err)
+	}
+	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: schema}
 	switch {
 	case r.Window != nil:
 		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
 	case r.positioned():
 		req.Mode = connectors.ModeAppend
+	case r.passthrough():
+		req.Since = r.Since
 	}
 	for _, ts := range r.Tasks {
 		req.Tasks = append(req.Tasks, connectors.TaskOutput{Rows: ts.Rows, Bytes: ts.Bytes, Checksum: ts.checksum(), Location: ts.Location})
@@ -62,6 +70,17 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 					log.Warn("close sink after commit", "err", err)
 				}
 			}()
+			defer t.datasetLock(sink)()
+			if r.Pattern == protocol.PatternCompact {
+				return t.commitCompaction(cctx, log, r, sink)
+			}
+			if r.passthrough() {
+				us, ok := sink.(connectors.UnitSink)
+				if !ok {
+					return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("a %s sink cannot be the sink of a passthrough", r.Sink.Kind))
+				}
+				return us.CommitUnits(cctx, req)
+			}
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
@@ -69,6 +88,9 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 				return err
 			}
 			log.Info("run committed", "version", r.Version, "location", res.Location)
+			if r.Pattern == protocol.PatternCompact {
+				t.afterCompaction(ctx, log, r)
+			}
 			return nil
 		}
 		if ctx.Err() != nil {

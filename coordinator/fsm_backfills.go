@@ -23,7 +23,7 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	if !ok {
 		return backfillReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
-	if p.Spec.Pattern != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
 		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline can be backfilled", c.Pipeline)
 	}
 	if !c.From.Before(c.To) || c.Concurrency < 1 {

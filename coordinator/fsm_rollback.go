@@ -50,9 +50,9 @@ func (c pipelineRollbackCmd) applyTo(s *state) (pipelineRollbackReply, error) {
 // each run commits a new version of the whole dataset).
 func rollbackRefusal(spec pipeline.Spec) string {
 	switch {
-	case spec.Pattern == protocol.PatternFullLoad:
+	case spec.RunPattern() == protocol.PatternFullLoad:
 		return ""
-	case spec.Pattern == protocol.PatternIncremental:
+	case spec.RunPattern() == protocol.PatternIncremental:
 		return fmt.Sprintf("pipeline %s is incremental: each run replaces the rows of its window in one dataset, which keeps no versions to roll back to (load a window again with `sluice run %s --window FROM,TO`)", spec.Name, spec.Name)
 	case spec.Streamed():
 		return fmt.Sprintf("pipeline %s streams changes continuously (pattern %s): its target keeps no versions to roll back to", spec.Name, spec.Pattern)

@@ -24,7 +24,11 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 	if c.Backfill != "" {
 		return s.windowRun(p, c)
 	}
-	if p.Spec.Pattern == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
+	if c.Compact {
+		if c.Window != nil || c.Live || c.Snapshot || p.Spec.Streamed() {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a compaction of a %s pipeline's dataset runs without a window or a snapshot", c.Pipeline, p.Spec.Pattern)
+		}
+	} else if p.Spec.RunPattern() == protocol.PatternIncremental && p.Spec.Incremental.Positioned() {
 		// A run by position plans from the watermark: one at a time, so
 		// that two runs never plan from the same position.
 		if c.Window != nil || !c.Live {
@@ -33,7 +37,7 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		if r := s.liveRun(c.Pipeline); r != nil {
 			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading: an incremental pipeline loads one run at a time (the next starts from the position it reaches)", r.ID, c.Pipeline)
 		}
-	} else if p.Spec.Pattern == protocol.PatternIncremental {
+	} else if p.Spec.RunPattern() == protocol.PatternIncremental {
 		if c.Window == nil || c.Window.Empty() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
 		}
@@ -50,7 +54,12 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 			}
 		}
 	} else if c.Window != nil {
-		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for pattern incremental", c.Pipeline)
+		return runCreateReply{}, refuse(refusedInvalid, "create run of %q: a window is only for an incremental load (pattern incremental, or transform with an incremental section)", c.Pipeline)
+	} else if p.Spec.Pattern == protocol.PatternPassthrough {
+		// Each run plans from what the previous one committed.
+		if r := s.liveRun(c.Pipeline); r != nil {
+			return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still copying: a passthrough pipeline copies one run at a time (the next copies what is new or changed since it)", r.ID, c.Pipeline)
+		}
 	}
 	switch {
 	case c.Snapshot:
@@ -85,13 +94,14 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		Created:      c.Time,
 		State:        protocol.RunPlanning,
 		Trace:        c.Trace,
-		Pattern:      p.Spec.Pattern,
+		Pattern:      p.Spec.RunPattern(),
 		Source:       p.Spec.Source,
 		Sink:         p.Spec.Sink,
 		Partitioning: p.Spec.Partition,
 		MaxAttempts:  p.Spec.Retry.MaxAttempts,
 		Backoff:      p.Spec.Retry.Backoff,
 		Trigger:      c.Trigger,
+		Contract:     p.Spec.Contract,
 	}
 	if c.Source != nil {
 		r.Source = *c.Source
@@ -105,9 +115,19 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 	if r.Backoff == 0 {
 		r.Backoff = c.Backoff
 	}
-	if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() {
-		// A run by position: it plans from the watermark and its commit
-		// moves the watermark to where its plan reaches.
+	if c.Compact || p.Spec.Pattern == protocol.PatternCompact {
+		// A compaction rewrites its dataset (the pipeline's sink) in
+		// place; its settings are the spec's, as they were now.
+		r.Pattern, r.Source = protocol.PatternCompact, protocol.Endpoint{}
+		settings := protocol.CompactSettings{}
+		if p.Spec.Compact != nil && !c.Compact {
+			settings = *p.Spec.Compact
+		}
+		r.Compact = &settings
+	} else if c.Window == nil && c.Live && p.Spec.Incremental.Positioned() || p.Spec.Pattern == protocol.PatternPassthrough {
+		// A run by position, or of a passthrough: it plans from the
+		// watermark and its commit moves the watermark to where its plan
+		// reaches.
 		r.Live, r.Since = true, p.Watermark
 	}
 	if c.Window != nil {
@@ -290,6 +310,12 @@ func (c runCommittingCmd) applyTo(s *state) (runCommittingReply, error) {
 	if !ok {
 		return runCommittingReply{}, refuse(refusedNotFound, "commit run %q: its pipeline %q is not found", c.Run, r.Pipeline)
 	}
+	if r.Pattern == protocol.PatternCompact {
+		// A compaction rewrites the dataset's files and makes no
+		// version of it.
+		r.State = protocol.RunCommitting
+		return runCommittingReply{}, nil
+	}
 	p.VersionSeq = max(p.VersionSeq, p.Version) + 1
 	r.Version = p.VersionSeq
 	r.State = protocol.RunCommitting
@@ -306,7 +332,7 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 	r.State = protocol.RunCommitted
 	r.Location, r.Marker = c.Location, c.Marker
 	r.Finished = c.Time
-	if p, ok := s.Pipelines[r.Pipeline]; ok {
+	if p, ok := s.Pipelines[r.Pipeline]; ok && r.Pattern != protocol.PatternCompact {
 		// The version and the watermark move in the same entry
 		// (DESIGN rule 4); a run committed out of order does not hide a
 		// newer version.

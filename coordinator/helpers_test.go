@@ -210,6 +210,7 @@ func (m *memConnectors) registry() *connectors.Registry {
 			}, err
 		},
 	}})
+	m.registerPass(reg)
 	reg.Register(connectors.Connector{Kind: "memsink", CDCTarget: &connectors.CDCTarget{
 		Open: func(context.Context, connectors.StreamRequest) (connectors.Applier, error) {
 			return nil, errors.New("memsink does not apply")

@@ -30,8 +30,10 @@ type leaderTerm struct {
 	wg      sync.WaitGroup
 	// driving maps the runs being advanced to "kicked again meanwhile".
 	driving map[string]bool
-	// commitMu serialises sink commits per pipeline.
-	commitMu map[string]*sync.Mutex
+	// commitMu serialises sink commits per pipeline; datasetMu, made when
+	// first needed, what changes one dataset (datasetLock).
+	commitMu  map[string]*sync.Mutex
+	datasetMu map[string]*sync.Mutex
 	// held are the sources kept open for their runs (connectors.RunHolder).
 	held map[string]connectors.Source
 	// discarded maps a run planned again to the attempt whose

@@ -36,10 +36,13 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 			return false, err
 		}
 	}
+	if r.Pattern == protocol.PatternCompact {
+		return false, t.planCompaction(ctx, log, r)
+	}
 	p, ok := c.fsm.pipeline(r.Pipeline)
 	watermark := ""
 	switch {
-	case r.positioned():
+	case r.positioned() || r.passthrough():
 		// The position the run was created at: every attempt plans from it.
 		watermark = r.Since
 	case ok:
@@ -81,9 +84,13 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		var sctx context.Context
 		sctx, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
 			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
-		plan, err := src.Plan(sctx, req)
+		plan, err := t.planSource(sctx, r, src, req)
 		if err == nil {
-			err = t.checkSchema(sctx, r, plan.Schema)
+			var out *protocol.Schema
+			// The sink holds the rows the contract makes.
+			if out, err = r.Contract.Schema(plan.Schema); err == nil {
+				err = t.checkSchema(sctx, r, out)
+			}
 		}
 		if _, ok := src.(connectors.RunHolder); ok && err == nil {
 			// The source holds the run's snapshot until the run ends.
@@ -125,6 +132,37 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	log.Info("run planned", "tasks", len(plan.Partitions), "attempt", r.attempt())
 	return false, nil
+}
+
+// planSource asks src for the plan of r: Plan, or, for a run of a
+// passthrough pipeline, PlanUnits with what the run's sink says its
+// target holds (connectors.Inventoried), the plan then reaching the
+// watermark the sink's commit records.
+func (t *leaderTerm) planSource(ctx context.Context, r *runState, src connectors.Source, req connectors.PlanRequest) (connectors.Plan, error) {
+	if !r.passthrough() {
+		return src.Plan(ctx, req)
+	}
+	us, ok := src.(connectors.UnitSource)
+	if !ok {
+		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("a %s source cannot be the source of a passthrough", r.Source.Kind))
+	}
+	sink, err := t.c.reg.OpenSink(ctx, r.Sink.Kind, r.Sink.Config)
+	if err != nil {
+		return connectors.Plan{}, fmt.Errorf("ask the sink what its target holds: %w", err)
+	}
+	defer sink.Close()
+	next := ""
+	if inv, ok := sink.(connectors.Inventoried); ok {
+		req.Target, next, err = inv.Inventory(ctx, connectors.InventoryRequest{Pipeline: r.Pipeline, RunID: r.ID, Watermark: req.Watermark})
+		if err != nil {
+			return connectors.Plan{}, fmt.Errorf("sink %s: what its target holds: %w", r.Sink.Kind, err)
+		}
+	}
+	plan, err := us.PlanUnits(ctx, req)
+	if err == nil && plan.Watermark == "" {
+		plan.Watermark = next
+	}
+	return plan, err
 }
 
 // wait records that run r waits for what (once, or when what changed),

@@ -15,13 +15,14 @@ import (
 )
 
 // taskOf builds the task message of one task of r.
-func (t *leaderTerm) taskOf(r *runState, ts taskState) protocol.Task {
+func (t *leaderTerm) taskOf(r *runState, ts taskState) (protocol.Task, error) {
+	ct, err := r.Contract.JSON()
 	return protocol.Task{
 		RunID: r.ID, TaskID: ts.ID, Pipeline: r.Pipeline, Pattern: r.Pattern,
 		Source: r.Source, Sink: r.Sink, Partition: ts.Partition, Enqueue: ts.Enqueue,
 		Trace: r.Trace, Params: r.Params, LogicalTime: r.LogicalTime,
-		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema,
-	}
+		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema, Contract: ct,
+	}, err
 }
 
 // publish publishes every pending task of r with its msg id (a second
@@ -37,7 +38,11 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 				if ts.State != protocol.TaskPending {
 					continue
 				}
-				data, err := protocol.Encode(t.taskOf(r, ts))
+				task, err := t.taskOf(r, ts)
+				if err != nil {
+					return err
+				}
+				data, err := protocol.Encode(task)
 				if err != nil {
 					return err
 				}

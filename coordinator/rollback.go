@@ -177,6 +177,9 @@ func (t *leaderTerm) expose(ctx context.Context, log *slog.Logger, name string, 
 				return err
 			}
 			defer closeSink()
+			if sink, ok := vs.(connectors.Sink); ok {
+				defer t.datasetLock(sink)()
+			}
 			return vs.Expose(ctx, rb.To)
 		}()
 		if err == nil || connectors.IsPermanent(err) || ctx.Err() != nil || attempt == commitAttempts {

@@ -100,7 +100,7 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 		if err != nil {
 			return "", nil, err
 		}
-		windowed := p.Spec.Pattern == protocol.PatternIncremental && !p.Spec.Incremental.Positioned()
+		windowed := p.Spec.RunPattern() == protocol.PatternIncremental && !p.Spec.Incremental.Positioned()
 		if windowed && win.Empty() {
 			// Nothing to load yet: no run. The next window opens once
 			// now - lag passes the watermark.
@@ -138,9 +138,9 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 // Other patterns have no window.
 func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protocol.Window, bool, error) {
 	inc := p.Spec.Incremental
-	if p.Spec.Pattern != protocol.PatternIncremental || inc == nil {
+	if p.Spec.RunPattern() != protocol.PatternIncremental || inc == nil {
 		if asked != nil {
-			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for pattern incremental", p.Spec.Name, p.Spec.Pattern)
+			return protocol.Window{}, false, invalid("window: pipeline %s is %s; a window is only for an incremental load (pattern incremental, or transform with an incremental section)", p.Spec.Name, p.Spec.Pattern)
 		}
 		return protocol.Window{}, false, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -228,6 +229,9 @@ type runState struct {
 	Partitioning connectors.Partitioning `json:"partitioning,omitzero"`
 	MaxAttempts  int                     `json:"max_attempts"`
 	Backoff      time.Duration           `json:"backoff"`
+	// Contract is the pipeline's data contract, which every task carries
+	// to the worker that applies it; nil without one.
+	Contract *contract.Spec `json:"contract,omitempty"`
 	// Window is the window of an incremental run, DeltaColumn the column
 	// it bounds; Live tells that the commit moves the watermark to
 	// Window.To; Backfill names the backfill the run loads a window of.
@@ -250,6 +254,10 @@ type runState struct {
 	// Trigger is the context of the trigger that started the run; the FSM
 	// never changes it after creation.
 	Trigger *protocol.TriggerContext `json:"trigger,omitempty"`
+	// Compact holds the settings of a compaction run (Pattern compact),
+	// as its pipeline's spec had them when it was created (defaults not
+	// filled in).
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 
 	Planned bool `json:"planned"`
 	// Attempt numbers the run's plans: 1 (0 in a run of an earlier
@@ -299,6 +307,14 @@ func (t taskState) checksum() connectors.Checksum {
 	return connectors.Checksum{Sum: uint64(t.Checksum), Rows: t.Rows}
 }
 
+// sinkSchema is the schema of the rows r writes: its plan's schema, with
+// r's data contract applied (columns dropped, hashed ones text). A strict
+// contract that does not classify a column of the plan is an error naming
+// it.
+func (r *runState) sinkSchema() (*protocol.Schema, error) {
+	return r.Contract.Schema(r.Schema)
+}
+
 // checksum is the checksum of the rows r's tasks wrote.
 func (r *runState) checksum() connectors.Checksum {
 	var sum connectors.Checksum
@@ -313,6 +329,11 @@ func (r *runState) checksum() connectors.Checksum {
 func (r *runState) positioned() bool {
 	return r.Pattern == protocol.PatternIncremental && r.Window == nil && r.Live
 }
+
+// passthrough reports whether r is a run of a passthrough pipeline: live,
+// the only one of its pipeline in flight, planned from Since (what the
+// previous run committed) and reaching the position its plan says.
+func (r *runState) passthrough() bool { return r.Pattern == protocol.PatternPassthrough }
 
 // attempt returns the number of r's current attempt.
 func (r *runState) attempt() int { return max(r.Attempt, 1) }

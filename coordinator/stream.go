@@ -99,9 +99,13 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 		prev = st.Worker
 	}
 	log.Info("stream lease granted", "worker", w, "epoch", epoch, "previous", prev)
+	ct, err := p.Spec.ContractJSON()
+	if err != nil {
+		return err
+	}
 	a := protocol.StreamAssignment{
 		Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision,
-		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: p.Spec.StreamSettings(), Lease: lease,
+		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: p.Spec.StreamSettings(), Lease: lease, Contract: ct,
 	}
 	data, err := protocol.Encode(a)
 	if err != nil {

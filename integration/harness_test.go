@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -38,6 +40,9 @@ type cluster struct {
 	client  *coordinator.Client
 	js      jetstream.JetStream
 	cfg     clusterConfig
+	// dirs are where the cluster keeps its files: JetStream's store and
+	// the coordinators' data directories.
+	dirs []string
 }
 
 type node struct {
@@ -61,6 +66,10 @@ type clusterConfig struct {
 	// register, when set, adds connectors of the test's own to the
 	// registry before anything uses it.
 	register func(*connectors.Registry)
+	// logs, when set, receives every log line of the cluster, at debug
+	// level; tracer, when set, is the tracer provider of every process.
+	logs   io.Writer
+	tracer trace.TracerProvider
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -74,7 +83,8 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	if cfg.ackWait == 0 {
 		cfg.ackWait = 10 * time.Second
 	}
-	ns, err := embednats.Start(embednats.Config{StoreDir: t.TempDir()})
+	store := t.TempDir()
+	ns, err := embednats.Start(embednats.Config{StoreDir: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,9 +93,16 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	if os.Getenv("SLUICE_TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
+	var logs io.Writer = os.Stderr
+	if cfg.logs != nil {
+		logs, level = cfg.logs, slog.LevelDebug
+	}
+	if cfg.tracer == nil {
+		cfg.tracer = noop.NewTracerProvider()
+	}
 	c := &cluster{
 		t: t, url: ns.ClientURL(), reg: connectors.NewRegistry(), cfg: cfg,
-		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level})), dirs: []string{store},
 	}
 	builtin.Register(c.reg)
 	if cfg.register != nil {
@@ -109,11 +126,13 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 	}
 	for i := range cfg.coordinators {
 		nc := c.connect(fmt.Sprintf("coordinator-%d", i))
+		dataDir := t.TempDir()
+		c.dirs = append(c.dirs, dataDir)
 		co, err := coordinator.New(coordinator.Config{
-			NodeID: peers[i].ID, DataDir: t.TempDir(), Peers: peers, Bootstrap: i == 0,
+			NodeID: peers[i].ID, DataDir: dataDir, Peers: peers, Bootstrap: i == 0,
 			Transport: transports[i], InmemStore: true, AckWait: cfg.ackWait,
 			DefaultBackoff: 100 * time.Millisecond,
-		}, nc, c.reg, c.log.With("node", peers[i].ID), noop.NewTracerProvider())
+		}, nc, c.reg, c.log.With("node", peers[i].ID), cfg.tracer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +184,7 @@ func (c *cluster) addWorker() *workerProc {
 		c.t.Fatal(err)
 	}
 	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3},
-		nc, c.reg, c.log.With("worker", len(c.workers)), noop.NewTracerProvider())
+		nc, c.reg, c.log.With("worker", len(c.workers)), c.cfg.tracer)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -148,7 +148,12 @@ func (b *Bucket) Get(ctx context.Context, key string) ([]byte, error) {
 // Put writes data as the object key in one request, replacing any object
 // of that key atomically: readers see the old content or the new one.
 func (b *Bucket) Put(ctx context.Context, key string, data []byte) error {
-	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.name, Key: &key,
+	return b.put(ctx, key, data, nil)
+}
+
+// put writes data as the object key, with Content-MD5 when md5 is set.
+func (b *Bucket) put(ctx context.Context, key string, data []byte, md5 *string) error {
+	_, err := b.client.PutObject(ctx, &s3.PutObjectInput{Bucket: &b.name, Key: &key, ContentMD5: md5,
 		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data)))})
 	if err != nil {
 		return fmt.Errorf("put %s: %w", b.URL(key), err)
@@ -323,36 +328,83 @@ func (b *Bucket) copySource(key string) *string {
 // bucket, on the server: the bytes do not pass through this process.
 // Objects above 5 GiB are copied in parts, several at once.
 func (b *Bucket) Copy(ctx context.Context, src Object, dst string) error {
+	_, err := b.CopyETag(ctx, src, dst)
+	return err
+}
+
+// CopyETag copies as Copy does and returns the ETag of the copy.
+func (b *Bucket) CopyETag(ctx context.Context, src Object, dst string) (string, error) {
 	if src.Size <= b.maxCopy {
-		_, err := b.client.CopyObject(ctx, &s3.CopyObjectInput{Bucket: &b.name, Key: &dst,
+		out, err := b.client.CopyObject(ctx, &s3.CopyObjectInput{Bucket: &b.name, Key: &dst,
 			CopySource: b.copySource(src.Key), CopySourceIfMatch: nonEmpty(src.ETag)})
 		if err != nil {
-			return fmt.Errorf("copy %s to %s: %w", b.URL(src.Key), b.URL(dst), classify(err))
+			return "", fmt.Errorf("copy %s to %s: %w", b.URL(src.Key), b.URL(dst), classify(err))
 		}
-		return nil
+		etag := ""
+		if out.CopyObjectResult != nil {
+			etag = aws.ToString(out.CopyObjectResult.ETag)
+		}
+		return etag, nil
 	}
 	// Part copies check If-Match, but a store may check the range first.
 	if cur, err := b.Head(ctx, src.Key); err != nil {
-		return fmt.Errorf("copy %s: %w", b.URL(src.Key), err)
+		return "", fmt.Errorf("copy %s: %w", b.URL(src.Key), err)
 	} else if src.ETag != "" && cur.ETag != src.ETag {
-		return fmt.Errorf("copy %s: %w (ETag %s, listed as %s)", b.URL(src.Key), ErrChanged, cur.ETag, src.ETag)
+		return "", fmt.Errorf("copy %s: %w (ETag %s, listed as %s)", b.URL(src.Key), ErrChanged, cur.ETag, src.ETag)
 	}
+	var ranges []copyRange
+	for lo := int64(0); lo < src.Size; lo += b.copyPart {
+		ranges = append(ranges, copyRange{src: src, lo: lo, hi: min(lo+b.copyPart, src.Size) - 1})
+	}
+	etag, err := b.copyParts(ctx, dst, ranges)
+	if err != nil {
+		return "", fmt.Errorf("copy %s to %s in %d parts: %w", b.URL(src.Key), b.URL(dst), len(ranges), err)
+	}
+	return etag, nil
+}
+
+// Compose makes the object dst of the objects srcs one after the other, on
+// the server (a multipart upload whose parts are copies of srcs, each of
+// which must still have its ETag, and all but the last at least 5 MiB),
+// and returns its ETag. dst appears whole when the upload completes.
+func (b *Bucket) Compose(ctx context.Context, dst string, srcs []Object) (string, error) {
+	ranges := make([]copyRange, len(srcs))
+	for i, o := range srcs {
+		ranges[i] = copyRange{src: o, lo: -1}
+	}
+	etag, err := b.copyParts(ctx, dst, ranges)
+	if err != nil {
+		return "", fmt.Errorf("compose %s of %d objects: %w", b.URL(dst), len(srcs), err)
+	}
+	return etag, nil
+}
+
+// copyRange is bytes lo to hi (inclusive) of an object, or all of it when
+// lo is negative.
+type copyRange struct {
+	src    Object
+	lo, hi int64
+}
+
+// copyParts makes dst of the ranges, one part each, copied on the server
+// several at once, and returns its ETag; a failed copy aborts the upload.
+func (b *Bucket) copyParts(ctx context.Context, dst string, ranges []copyRange) (string, error) {
 	up, err := b.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.name, Key: &dst})
 	if err != nil {
-		return fmt.Errorf("copy %s to %s: %w", b.URL(src.Key), b.URL(dst), err)
+		return "", err
 	}
-	n := int((src.Size + b.copyPart - 1) / b.copyPart)
-	parts := make([]types.CompletedPart, n)
+	parts := make([]types.CompletedPart, len(ranges))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(b.uploads)
-	for i := range n {
+	for i, r := range ranges {
 		g.Go(func() error {
-			lo := int64(i) * b.copyPart
-			hi := min(lo+b.copyPart, src.Size) - 1
-			out, err := b.client.UploadPartCopy(gctx, &s3.UploadPartCopyInput{Bucket: &b.name, Key: &dst,
+			in := &s3.UploadPartCopyInput{Bucket: &b.name, Key: &dst,
 				UploadId: up.UploadId, PartNumber: aws.Int32(int32(i + 1)),
-				CopySource: b.copySource(src.Key), CopySourceIfMatch: nonEmpty(src.ETag),
-				CopySourceRange: aws.String(fmt.Sprintf("bytes=%d-%d", lo, hi))})
+				CopySource: b.copySource(r.src.Key), CopySourceIfMatch: nonEmpty(r.src.ETag)}
+			if r.lo >= 0 {
+				in.CopySourceRange = aws.String(fmt.Sprintf("bytes=%d-%d", r.lo, r.hi))
+			}
+			out, err := b.client.UploadPartCopy(gctx, in)
 			if err != nil {
 				return classify(err)
 			}
@@ -361,15 +413,16 @@ func (b *Bucket) Copy(ctx context.Context, src Object, dst string) error {
 		})
 	}
 	err = g.Wait()
+	var out *s3.CompleteMultipartUploadOutput
 	if err == nil {
-		_, err = b.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &b.name, Key: &dst,
+		out, err = b.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{Bucket: &b.name, Key: &dst,
 			UploadId: up.UploadId, MultipartUpload: &types.CompletedMultipartUpload{Parts: parts}})
 	}
 	if err != nil {
 		b.abortUpload(ctx, dst, up.UploadId)
-		return fmt.Errorf("copy %s to %s in %d parts: %w", b.URL(src.Key), b.URL(dst), n, err)
+		return "", err
 	}
-	return nil
+	return aws.ToString(out.ETag), nil
 }
 
 // abortUpload aborts a multipart upload, best effort, also when ctx has

@@ -290,3 +290,72 @@ func uploads(t *testing.T, b *objstore.Bucket, prefix string) []string {
 	}
 	return keys
 }
+
+// Compose makes one object of several, on the server, in order; its ETag
+// is the one Head gives; a source replaced since it was listed fails it
+// with ErrChanged and leaves no upload.
+func TestCompose(t *testing.T) {
+	b, prefix := bucket(t)
+	ctx := t.Context()
+	var srcs []objstore.Object
+	var want []byte
+	for i, size := range []int{5 << 20, 6 << 20, 1000} {
+		data := randomBytes(size, uint64(i+10))
+		key := fmt.Sprintf("%spart-%d", prefix, i)
+		if err := b.Put(ctx, key, data); err != nil {
+			t.Fatal(err)
+		}
+		obj, err := b.Head(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srcs = append(srcs, obj)
+		want = append(want, data...)
+	}
+	dst := prefix + "composed"
+	etag, err := b.Compose(ctx, dst, srcs)
+	if err != nil {
+		t.Fatalf("Compose: %v", err)
+	}
+	got, err := b.Get(ctx, dst)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("composed object: %d bytes, %v; want %d", len(got), err, len(want))
+	}
+	if obj, err := b.Head(ctx, dst); err != nil || obj.ETag != etag {
+		t.Errorf("Head ETag %q (%v), Compose gave %q", obj.ETag, err, etag)
+	}
+	if err := b.Put(ctx, srcs[1].Key, []byte("replaced")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Compose(ctx, prefix+"again", srcs); !errors.Is(err, objstore.ErrChanged) {
+		t.Errorf("Compose of a replaced source = %v, want ErrChanged", err)
+	}
+	if ups := uploads(t, b, prefix); len(ups) != 0 {
+		t.Errorf("uploads left: %v", ups)
+	}
+}
+
+// A Writer that sends Content-MD5 stores what it was given, in one request
+// or in parts; the store refuses bytes whose MD5 is not the one sent.
+func TestWriterContentMD5(t *testing.T) {
+	b, prefix := bucket(t)
+	ctx := t.Context()
+	for _, size := range []int{1000, 11 << 20} {
+		data := randomBytes(size, 3)
+		key := fmt.Sprintf("%smd5-%d", prefix, size)
+		w := b.NewWriterWith(key, objstore.WriteOptions{ContentMD5: true})
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := w.Close(ctx); err != nil || n != int64(size) {
+			t.Fatalf("Close = %d, %v", n, err)
+		}
+		if got, err := b.Get(ctx, key); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("read back %d bytes, %v", len(got), err)
+		}
+	}
+	wrong := "1B2M2Y8AsgTpgAmY7PhCfg==" // the MD5 of nothing
+	if err := objstore.PutWithMD5(b, ctx, prefix+"damaged", []byte("not nothing"), wrong); err == nil {
+		t.Errorf("a put whose bytes do not match its Content-MD5 was stored")
+	}
+}

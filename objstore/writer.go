@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/md5"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -45,16 +47,39 @@ type Writer struct {
 	mu    sync.Mutex
 	parts []types.CompletedPart
 	err   error // first background error
+	opts  WriteOptions
 
 	done bool
 }
 
+// WriteOptions says what a Writer sends besides the bytes.
+type WriteOptions struct {
+	// ContentMD5 sends the MD5 digest of every request's bytes
+	// (Content-MD5), which the store checks before it stores them: a part
+	// or an object whose bytes were damaged on the way is refused, not
+	// stored.
+	ContentMD5 bool
+}
+
 // NewWriter starts the upload of the object key. Nothing reaches the
 // store before a part is full or Close is called.
-func (b *Bucket) NewWriter(key string) *Writer {
+func (b *Bucket) NewWriter(key string) *Writer { return b.NewWriterWith(key, WriteOptions{}) }
+
+// NewWriterWith starts the upload of the object key, as NewWriter, with
+// the options o.
+func (b *Bucket) NewWriterWith(key string, o WriteOptions) *Writer {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Writer{b: b, key: key, ctx: ctx, cancel: cancel, partSize: b.partSize,
-		buf: b.getBuf(), next: 1, slots: make(chan struct{}, b.uploads)}
+		buf: b.getBuf(), next: 1, slots: make(chan struct{}, b.uploads), opts: o}
+}
+
+// contentMD5 returns the Content-MD5 of data when the writer sends it.
+func (w *Writer) contentMD5(data []byte) *string {
+	if !w.opts.ContentMD5 {
+		return nil
+	}
+	sum := md5.Sum(data)
+	return aws.String(base64.StdEncoding.EncodeToString(sum[:]))
 }
 
 func (b *Bucket) getBuf() []byte { return (*b.partBufs.Get().(*[]byte))[:0] }
@@ -144,7 +169,7 @@ func (w *Writer) flushPart() error {
 		defer w.b.putBuf(buf)
 		out, err := w.b.client.UploadPart(w.ctx, &s3.UploadPartInput{Bucket: &w.b.name, Key: &w.key,
 			UploadId: w.uploadID, PartNumber: aws.Int32(num), Body: bytes.NewReader(buf),
-			ContentLength: aws.Int64(int64(len(buf)))})
+			ContentLength: aws.Int64(int64(len(buf))), ContentMD5: w.contentMD5(buf)})
 		if err != nil {
 			w.fail(fmt.Errorf("upload part %d of %s: %w", num, w.b.URL(w.key), err))
 			return
@@ -171,7 +196,7 @@ func (w *Writer) Close(ctx context.Context) (int64, error) {
 		size := int64(len(w.buf))
 		err := w.failure()
 		if err == nil {
-			err = w.b.Put(w.ctx, w.key, w.buf)
+			err = w.b.put(w.ctx, w.key, w.buf, w.contentMD5(w.buf))
 		}
 		w.b.putBuf(w.buf)
 		w.buf = nil

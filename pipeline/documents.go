@@ -66,6 +66,12 @@ func SplitDocuments(data []byte) []Document {
 // lists every problem of every document, each with its line in the file.
 // A file whose documents name one pipeline twice is an error too.
 func LoadAll(data []byte, file string, reg *connectors.Registry, lookup func(string) (string, bool)) ([]Spec, error) {
+	return LoadAllFrom(data, file, "", reg, lookup)
+}
+
+// LoadAllFrom is LoadAll for a spec file in directory dir: contract files
+// are read relative to it (see LoadFrom).
+func LoadAllFrom(data []byte, file, dir string, reg *connectors.Registry, lookup func(string) (string, bool)) ([]Spec, error) {
 	docs := SplitDocuments(data)
 	if len(docs) == 0 {
 		return nil, &Error{File: file, Problems: []Problem{{Field: "(document)", Msg: "no pipeline spec in it (an empty file, or only comments)"}}}
@@ -78,7 +84,7 @@ func LoadAll(data []byte, file string, reg *connectors.Registry, lookup func(str
 		if len(docs) > 1 {
 			name = fmt.Sprintf("%s (document %d of %d, line %d)", file, i+1, len(docs), d.Line)
 		}
-		s, err := Load([]byte(d.Text), name, reg, lookup)
+		s, err := LoadFrom([]byte(d.Text), name, dir, reg, lookup)
 		if err != nil {
 			var pe *Error
 			if errors.As(err, &pe) {

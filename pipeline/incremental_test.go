@@ -43,7 +43,7 @@ func TestParseIncrementalProblems(t *testing.T) {
 	}{
 		{"required for the pattern", incrementalHead, []string{"incremental: is required for pattern incremental"}},
 		{"refused for other patterns", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nincremental:\n  delta_column: x\n  window: 1h\n",
-			[]string{"line 5: incremental: is only for pattern incremental, not full_load"}},
+			[]string{"line 5: incremental: is only for patterns incremental and transform, not full_load"}},
 		{"not a mapping", incrementalHead + "incremental: 1h\n", []string{"line 5: incremental: must be a mapping"}},
 		{"zero window", incrementalHead + "incremental:\n  delta_column: x\n  window: 0s\n", []string{`line 7: incremental.window: "0s" is not a positive duration`}},
 		{"negative window", incrementalHead + "incremental:\n  delta_column: x\n  window: -1h\n", []string{`line 7: incremental.window: "-1h" is not a positive duration`}},
@@ -86,7 +86,7 @@ func TestValidateIncremental(t *testing.T) {
 		{"zero window", Spec{Incremental: &Incremental{DeltaColumn: "u"}}, "incremental.window: must be a positive duration"},
 		{"negative lag", Spec{Incremental: &Incremental{DeltaColumn: "u", Window: time.Hour, Lag: -time.Second}}, "incremental.lag: must not be negative"},
 		{"no column", Spec{Incremental: &Incremental{Window: time.Hour}}, "incremental.delta_column: is required"},
-		{"other pattern", Spec{Pattern: "full_load", Incremental: &Incremental{DeltaColumn: "u", Window: time.Hour}}, "incremental: is only for pattern incremental"},
+		{"other pattern", Spec{Pattern: "full_load", Incremental: &Incremental{DeltaColumn: "u", Window: time.Hour}}, "incremental: is only for patterns incremental and transform, not full_load"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,18 +17,21 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // Spec is one pipeline: what to move, from where, to where, how to bound
 // each task and when to run.
 type Spec struct {
-	Name        string                  `json:"name"`
-	Pattern     protocol.Pattern        `json:"pattern"`
-	Description string                  `json:"description,omitempty"`
-	Source      protocol.Endpoint       `json:"source"`
-	Sink        protocol.Endpoint       `json:"sink"`
-	Partition   connectors.Partitioning `json:"partitioning,omitzero"`
+	Name        string            `json:"name"`
+	Pattern     protocol.Pattern  `json:"pattern"`
+	Description string            `json:"description,omitempty"`
+	Source      protocol.Endpoint `json:"source"`
+	// Sink is where runs commit: for a compact pipeline the dataset it
+	// compacts (the spec's dataset field).
+	Sink      protocol.Endpoint       `json:"sink"`
+	Partition connectors.Partitioning `json:"partitioning,omitzero"`
 	// Schedule is a standard 5-field cron expression (minute hour
 	// day-of-month month day-of-week, UTC), a descriptor such as @hourly or
 	// @daily, or "@every <duration>"; empty means the pipeline runs only
@@ -48,6 +51,15 @@ type Spec struct {
 	// CDC configures a pipeline of pattern cdc; a cdc_apply pipeline may
 	// set its lease; refused for every other pattern.
 	CDC *CDC `json:"cdc,omitempty"`
+	// Contract is the pipeline's data contract: what its copy keeps of
+	// each column (kept, dropped, hashed, masked, nulled, truncated,
+	// tokenized), which rows it keeps, and whether a column it does not
+	// classify stops the pipeline (strict). Workers apply it between the
+	// read and the write. Nil copies everything as it is.
+	Contract *contract.Spec `json:"contract,omitempty"`
+	// Compact holds the settings of a compact pipeline (compact section);
+	// refused for every other pattern.
+	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -136,6 +148,24 @@ type Incremental struct {
 // waiting run is ready when incremental.ready_check is not set.
 const DefaultReadyCheck = 5 * time.Second
 
+// RunPattern is how the pipeline's runs load: its pattern, but for a
+// Transformation Replicator (pattern transform), which loads as an
+// incremental loader with an incremental section and as a full loader
+// without, its contract applied to the rows.
+func (s Spec) RunPattern() protocol.Pattern {
+	if s.Pattern != protocol.PatternTransform {
+		return s.Pattern
+	}
+	if s.Incremental != nil {
+		return protocol.PatternIncremental
+	}
+	return protocol.PatternFullLoad
+}
+
+// incrementalOnly is the problem of an incremental section in a spec of
+// another pattern (the verb's argument).
+const incrementalOnly = "is only for patterns incremental and transform, not %s"
+
 // PartitionBased reports whether the pipeline's runs read whole time
 // partitions (no delta column, no position).
 func (inc *Incremental) PartitionBased() bool {
@@ -153,9 +183,9 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternIncremental: true,
 	protocol.PatternCDC:         true,
 	protocol.PatternCDCApply:    true,
-	protocol.PatternPassthrough: false,
-	protocol.PatternTransform:   false,
-	protocol.PatternCompact:     false,
+	protocol.PatternPassthrough: true,
+	protocol.PatternTransform:   true,
+	protocol.PatternCompact:     true,
 	protocol.PatternReadiness:   false,
 	protocol.PatternTrigger:     false,
 }
@@ -268,23 +298,39 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Incremental = p.incremental(v)
 		case "cdc":
 			s.CDC = p.cdc(v)
+		case "contract":
+			s.Contract = p.contract(v)
+		case datasetField:
+			s.Sink = p.endpoint(datasetField, v)
+		case "compact":
+			s.Compact = p.compact(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, partitioning, schedule, trigger, retry, incremental, cdc)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract)")
 		}
 	}
-	for _, f := range []string{"name", "pattern", "source", "sink"} {
-		if f == "sink" && s.Pattern == protocol.PatternCDC {
-			continue // the SLUICE_CDC stream
+	required := []string{"name", "pattern", "source", "sink"}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		required = required[:3] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		required = []string{"name", "pattern", datasetField}
+		if k, ok := seen["sink"]; ok {
+			p.add("sink", k.Line, "a compact pipeline names the dataset it compacts under dataset, not sink")
 		}
+	}
+	if k, ok := seen[datasetField]; ok && s.Pattern != "" && s.Pattern != protocol.PatternCompact {
+		p.add(datasetField, k.Line, fmt.Sprintf("is only for pattern %s, not %s (the target of a run is its sink)", protocol.PatternCompact, s.Pattern))
+	}
+	for _, f := range required {
 		if _, ok := seen[f]; !ok {
 			p.add(f, 0, "is required")
 		}
 	}
-	if s.Incremental != nil && s.Pattern == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
+	if s.Incremental != nil && s.RunPattern() == protocol.PatternIncremental && !p.hasDelta && !s.Incremental.Positioned() && !hasLayout(s.Source) {
 		p.add("incremental.delta_column", p.incLine, "is required (or lay the source out by time partitions: source.layout)")
 	}
-	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental {
-		p.add("incremental", k.Line, fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern))
+	if k, ok := seen["incremental"]; ok && s.Pattern != "" && s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform {
+		p.add("incremental", k.Line, fmt.Sprintf(incrementalOnly, s.Pattern))
 	} else if !ok && s.Pattern == protocol.PatternIncremental {
 		p.add("incremental", 0, "is required for pattern incremental (delta_column, window, lag, start; or by: position)")
 	}
@@ -311,11 +357,19 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	if err := CheckPattern(s.Pattern); err != nil {
 		problems = append(problems, Problem{Field: "pattern", Line: lines["pattern"], Msg: err.Error()})
 	}
-	for _, side := range []struct {
+	sides := []struct {
 		name string
 		e    protocol.Endpoint
-	}{{"source", s.Source}, {"sink", s.Sink}} {
-		if side.e.Kind == "" && !(side.name == "sink" && s.Pattern == protocol.PatternCDC) {
+	}{{"source", s.Source}, {"sink", s.Sink}}
+	switch s.Pattern {
+	case protocol.PatternCDC:
+		sides = sides[:1] // the sink is the SLUICE_CDC stream
+	case protocol.PatternCompact:
+		sides = sides[1:]
+		sides[0].name = datasetField
+	}
+	for _, side := range sides {
+		if side.e.Kind == "" {
 			problems = append(problems, Problem{Field: side.name + ".kind", Line: lines.nearest(side.name + ".kind"), Msg: "is required"})
 		}
 	}
@@ -348,6 +402,18 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("source", s.Source, connectors.RoleCDCSource)
 	case protocol.PatternCDCApply:
 		check("sink", s.Sink, connectors.RoleCDCTarget)
+	case protocol.PatternCompact:
+		check(datasetField, s.Sink, connectors.RoleDataset)
+	case protocol.PatternPassthrough:
+		check("source", s.Source, connectors.RolePassthroughSource)
+		check("sink", s.Sink, connectors.RolePassthroughSink)
+		problems = append(problems, s.unitProblems(lines, reg)...)
+		if s.Contract != nil {
+			// Its units are not decoded: no column could be
+			// transformed, so none is copied with a contract.
+			problems = append(problems, Problem{Field: "contract", Line: lines.nearest("contract"),
+				Msg: "a passthrough copies data as it is and cannot apply a data contract: use pattern transform, a load with one"})
+		}
 	default:
 		check("source", s.Source, connectors.RoleSource)
 		check("sink", s.Sink, connectors.RoleSink)
@@ -361,6 +427,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	problems = append(problems, s.positionProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
 	problems = append(problems, s.externalTriggerProblems(lines, reg)...)
+	problems = append(problems, s.contractProblems(lines, reg)...)
+	problems = append(problems, s.compactProblems(lines)...)
 	if len(problems) > 0 {
 		return &Error{File: s.Name, Problems: problems}
 	}
@@ -779,8 +847,8 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	switch {
 	case s.Pattern == protocol.PatternIncremental && inc == nil:
 		return []Problem{{Field: "incremental", Line: 0, Msg: "is required for pattern incremental (delta_column, window, lag, start; or by: position)"}}
-	case s.Pattern != protocol.PatternIncremental && s.Pattern != "" && inc != nil:
-		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf("is only for pattern %s, not %s", protocol.PatternIncremental, s.Pattern)}}
+	case s.Pattern != protocol.PatternIncremental && s.Pattern != protocol.PatternTransform && s.Pattern != "" && inc != nil:
+		return []Problem{{Field: "incremental", Line: lines["incremental"], Msg: fmt.Sprintf(incrementalOnly, s.Pattern)}}
 	case inc == nil:
 		return nil
 	}
@@ -826,11 +894,31 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	return out
 }
 
+// unitProblems checks that the source and the sink of a passthrough
+// pipeline exchange the same units (connectors.Passthrough.Units).
+func (s Spec) unitProblems(lines lines, reg *connectors.Registry) []Problem {
+	if !reg.Has(s.Source.Kind, connectors.RolePassthroughSource) || !reg.Has(s.Sink.Kind, connectors.RolePassthroughSink) {
+		return nil // reported by the role checks
+	}
+	src, sink := reg.UnitsOf(s.Source.Kind), reg.UnitsOf(s.Sink.Kind)
+	if src == sink {
+		return nil
+	}
+	var kinds []string
+	for _, k := range reg.KindsOf(connectors.RolePassthroughSink) {
+		if reg.UnitsOf(k) == src {
+			kinds = append(kinds, k)
+		}
+	}
+	return []Problem{{Field: "sink.kind", Line: lines.nearest("sink.kind"),
+		Msg: fmt.Sprintf("a %s sink writes %s, not the %s a %s source reads: a passthrough copies as it is (sinks that can: %v)", s.Sink.Kind, sink, src, s.Source.Kind, kinds)}}
+}
+
 // positionProblems checks an incremental pipeline by position against its
 // connectors: the source must keep a position it can be read by, and the
 // sink must append runs without a window.
 func (s Spec) positionProblems(lines lines, reg *connectors.Registry) []Problem {
-	if s.Pattern != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
+	if s.RunPattern() != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
 		return nil
 	}
 	var out []Problem
@@ -877,8 +965,16 @@ func yamlLine(err error) int {
 
 // Load parses a spec and validates it against reg in one go, so that one
 // error lists every problem of the file: those of its shape and those of
-// its connector configurations.
+// its connector configurations. A contract file it names is refused (see
+// LoadFrom).
 func Load(data []byte, file string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
+	return LoadFrom(data, file, "", reg, lookup)
+}
+
+// LoadFrom is Load for a spec read from a file in directory dir, whose
+// contract file, if it names one, is read relative to dir into the spec
+// (ReadContractFile); dir "" refuses a contract file.
+func LoadFrom(data []byte, file, dir string, reg *connectors.Registry, lookup func(string) (string, bool)) (Spec, error) {
 	s, err := Parse(data, file)
 	var pe *Error
 	if err != nil && !errors.As(err, &pe) {
@@ -887,6 +983,12 @@ func Load(data []byte, file string, reg *connectors.Registry, lookup func(string
 	var problems []Problem
 	if pe != nil {
 		problems = pe.Problems
+	} else if cerr := s.ReadContractFile(dir); cerr != nil {
+		var ce *Error
+		if !errors.As(cerr, &ce) {
+			return s, cerr
+		}
+		problems = ce.Problems
 	}
 	seen := map[string]bool{}
 	for _, p := range problems {

@@ -96,6 +96,10 @@ type Task struct {
 	// Schema is the run's plan's schema, for the sink; nil when the source
 	// gave none.
 	Schema *Schema `json:"schema,omitempty"`
+	// Contract is the pipeline's data contract (JSON of contract.Spec, its
+	// key a ${NAME} reference), which the worker applies to the rows
+	// between the read and the write; empty when it has none.
+	Contract json.RawMessage `json:"contract,omitempty"`
 }
 
 // ErrorClass tells how a failed task should be handled.

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 )
@@ -20,6 +21,12 @@ type Schema struct {
 	// (a connector kind, such as the one of a database), so a sink of the
 	// same system can recreate exact native types.
 	System string `json:"system,omitempty"`
+	// Native is the source system's own description of what the dataset
+	// has besides its columns (a table's indexes, constraints and the
+	// types its columns use), for a sink of the same system that
+	// recreates the dataset exactly, as a passthrough does; opaque to
+	// every other. Empty when the source gives none.
+	Native json.RawMessage `json:"native,omitempty"`
 }
 
 // ColumnType is a logical column type, independent of any one system.

@@ -1,6 +1,9 @@
 package protocol
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Streams are the long-running parts of the cdc and cdc_apply pipelines:
 // a slot streamed into SLUICE_CDC, or SLUICE_CDC applied to a target. Each
@@ -43,6 +46,11 @@ type StreamAssignment struct {
 	// Settings are the stream's settings beside its connectors'.
 	Settings StreamSettings `json:"settings,omitzero"`
 	Lease    time.Duration  `json:"lease"`
+	// Contract is the pipeline's data contract (JSON of contract.Spec, its
+	// key a ${NAME} reference), applied by the worker to every event
+	// before it is published (cdc) or applied (cdc_apply); empty when it
+	// has none.
+	Contract json.RawMessage `json:"contract,omitempty"`
 }
 
 // StreamSettings are the settings of a streamed pipeline that are not the

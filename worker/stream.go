@@ -13,6 +13,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -25,14 +26,29 @@ func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, lo
 	switch a.Pattern {
 	case protocol.PatternCDC:
 		req.Config = a.Source.Config
+		if len(a.Contract) > 0 {
+			if !w.reg.CDCSourceAppliesContract(a.Source.Kind) {
+				return nil, fmt.Errorf("stream %s: a cdc source of kind %q cannot apply the pipeline's contract", a.Pipeline, a.Source.Kind)
+			}
+			req.Contract = a.Contract
+		}
 		return w.reg.OpenCDCSource(ctx, a.Source.Kind, req)
 	case protocol.PatternCDCApply:
 		req.Config = a.Sink.Config
+		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream}
+		if len(a.Contract) > 0 {
+			// The events are transformed before the applier sees them.
+			ct, err := contract.Open(a.Contract)
+			if err != nil {
+				return nil, fmt.Errorf("stream %s: %w", a.Pipeline, err)
+			}
+			cfg.Transform = ct.Events().Apply
+		}
 		ap, err := w.reg.OpenApplier(ctx, a.Sink.Kind, req)
 		if err != nil {
 			return nil, err
 		}
-		return cdcapply.NewStream(w.js, cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream}, ap, log)
+		return cdcapply.NewStream(w.js, cfg, ap, log)
 	}
 	return nil, fmt.Errorf("stream %s: pattern %s does not stream", a.Pipeline, a.Pattern)
 }

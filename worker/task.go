@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -152,6 +153,9 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		}
 	}()
 	ctx = connectors.WithJetStream(ctx, w.js)
+	if task.Pattern == protocol.PatternCompact {
+		return w.rewrite(ctx, task, attempt)
+	}
 	src, err := w.sources.get(ctx, task.Source.Kind, task.Source.Config)
 	if err != nil {
 		return out, err
@@ -160,11 +164,41 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 	if err != nil {
 		return out, err
 	}
-	tw, err := sink.OpenTask(ctx, connectors.TaskRef{
+	if task.Pattern == protocol.PatternPassthrough {
+		if len(task.Contract) > 0 {
+			// Fail closed: a passthrough moves units undecoded, so
+			// a contract's columns could not be transformed.
+			return out, connectors.Permanent(errors.New("a passthrough copies data as it is and cannot apply a data contract: use pattern transform"))
+		}
+		return w.executeUnits(ctx, task, attempt, src, sink, log)
+	}
+	ref := connectors.TaskRef{
 		RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt, Schema: task.Schema,
-	})
+	}
+	// A data contract transforms the rows between the read and the write:
+	// here, or, for a sink whose batches are not rows of one dataset, in
+	// the sink itself.
+	var ct *contract.Contract
+	if len(task.Contract) > 0 {
+		if w.reg.SinkAppliesContract(task.Sink.Kind) {
+			ref.Contract = task.Contract
+		} else {
+			if ct, err = contract.Open(task.Contract); err != nil {
+				return out, connectors.Permanent(err)
+			}
+			if ref.Schema, err = ct.Spec().Schema(task.Schema); err != nil {
+				return out, connectors.Permanent(fmt.Errorf("contract: %w", err))
+			}
+		}
+	}
+	tw, err := sink.OpenTask(ctx, ref)
 	if err != nil {
 		return out, fmt.Errorf("open %s output of task: %w", task.Sink.Kind, err)
+	}
+	if ct != nil {
+		if tw, err = ct.Writer(tw); err != nil {
+			return out, err
+		}
 	}
 	var writeErr error
 	err = src.Read(ctx, task.Partition, func(ctx context.Context, b connectors.Batch) error {
@@ -177,22 +211,32 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 		}
 		return nil
 	})
-	if err != nil {
+	return finishOutput(ctx, task, err, writeErr, tw, log)
+}
+
+// finishOutput ends the output of a task attempt after its read: when
+// the read failed (readErr; writeErr when the sink failed it), it aborts
+// the output and says which side failed, else it closes the output.
+func finishOutput(ctx context.Context, task protocol.Task, readErr, writeErr error, out interface {
+	Close(context.Context) (connectors.TaskOutput, error)
+	Abort(context.Context) error
+}, log *slog.Logger) (connectors.TaskOutput, error) {
+	if readErr != nil {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		defer cancel()
-		if aerr := tw.Abort(actx); aerr != nil {
+		if aerr := out.Abort(actx); aerr != nil {
 			log.Warn("abort task output", "err", aerr)
 		}
 		if writeErr != nil {
-			return out, fmt.Errorf("write %s sink: %w", task.Sink.Kind, err)
+			return connectors.TaskOutput{}, fmt.Errorf("write %s sink: %w", task.Sink.Kind, readErr)
 		}
-		return out, fmt.Errorf("read %s source: %w", task.Source.Kind, err)
+		return connectors.TaskOutput{}, fmt.Errorf("read %s source: %w", task.Source.Kind, readErr)
 	}
-	out, err = tw.Close(ctx)
+	res, err := out.Close(ctx)
 	if err != nil {
-		return out, fmt.Errorf("close %s output of task: %w", task.Sink.Kind, err)
+		return res, fmt.Errorf("close %s output of task: %w", task.Sink.Kind, err)
 	}
-	return out, nil
+	return res, nil
 }
 
 // keepAlive sends in-progress acks every ProgressEvery until the returned
@@ -299,4 +343,22 @@ func backoff(base time.Duration, attempt int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxBackoff)
+}
+
+// rewrite runs a task of a compaction: the dataset's sink rewrites the
+// task's group into the run's staging place.
+func (w *Worker) rewrite(ctx context.Context, task protocol.Task, attempt int) (connectors.TaskOutput, error) {
+	sink, err := w.sinks.get(ctx, task.Sink.Kind, task.Sink.Config)
+	if err != nil {
+		return connectors.TaskOutput{}, err
+	}
+	cp, ok := sink.(connectors.Compactor)
+	if !ok {
+		return connectors.TaskOutput{}, connectors.Permanent(fmt.Errorf("a %s sink does not compact its dataset", task.Sink.Kind))
+	}
+	out, err := cp.Rewrite(ctx, connectors.TaskRef{RunID: task.RunID, TaskID: task.TaskID, Pipeline: task.Pipeline, Attempt: attempt}, task.Partition)
+	if err != nil {
+		return out, fmt.Errorf("rewrite %s group %s: %w", task.Sink.Kind, task.Partition.Key, err)
+	}
+	return out, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 )
 
@@ -134,29 +133,14 @@ func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
 	runtime.GC()
 	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
 	start := time.Now()
-	pr, pw := io.Pipe()
-	var g errgroup.Group
-	g.Go(func() error {
-		bw := bufio.NewWriterSize(pw, 256<<10)
-		_, err := src.PgConn().CopyTo(ctx, bw, "COPY (SELECT "+columns+" FROM "+srcTable+") TO STDOUT")
-		if err == nil {
-			err = bw.Flush()
-		}
-		pw.CloseWithError(err)
-		return err
-	})
-	tag, err := dst.PgConn().CopyFrom(ctx, pr, "COPY "+pipeTable+" ("+columns+") FROM STDIN")
-	pr.CloseWithError(errors.New("copy from ended"))
-	if gerr := g.Wait(); err == nil {
-		err = gerr
-	}
+	n, err := harness.PipeCopy(ctx, src, dst, "COPY (SELECT "+columns+" FROM "+srcTable+") TO STDOUT", "COPY "+pipeTable+" ("+columns+") FROM STDIN")
 	secs := time.Since(start).Seconds()
 	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
 	if err != nil {
-		return 0, cpuUse{}, fmt.Errorf("piped copy: %w", err)
+		return 0, cpuUse{}, err
 	}
-	if tag.RowsAffected() != rows {
-		return 0, cpuUse{}, fmt.Errorf("piped copy loaded %d rows, want %d", tag.RowsAffected(), rows)
+	if n != rows {
+		return 0, cpuUse{}, fmt.Errorf("piped copy loaded %d rows, want %d", n, rows)
 	}
 	if _, err := conn.Exec(ctx, "DROP TABLE "+pipeTable); err != nil {
 		return 0, cpuUse{}, err

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -105,3 +106,30 @@ func AppendPGCSV(dst []byte, s string) []byte {
 // PGTimestampTZ is the layout of a timestamptz as PostgreSQL writes it in
 // a UTC session, to the microsecond.
 const PGTimestampTZ = "2006-01-02 15:04:05.999999-07"
+
+// PipeCopy runs copyTo (a COPY ... TO STDOUT) on from and copyFrom (a COPY
+// ... FROM STDIN) on to, the bytes piped between them through a 256 KiB
+// buffer (as a shell pipe between two psql would), and returns the rows
+// COPY FROM loaded.
+func PipeCopy(ctx context.Context, from, to *pgx.Conn, copyTo, copyFrom string) (int64, error) {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		bw := bufio.NewWriterSize(pw, 256<<10)
+		_, err := from.PgConn().CopyTo(ctx, bw, copyTo)
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	tag, err := to.PgConn().CopyFrom(ctx, pr, copyFrom)
+	pr.CloseWithError(errors.New("copy from ended"))
+	if werr := <-done; err == nil {
+		err = werr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("piped copy: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -221,7 +221,7 @@ func loadSpecs(paths []string, reg *connectors.Registry, stdin io.Reader, stderr
 			}
 			return v, ok
 		}
-		loaded, err := pipeline.LoadAll(src.data, src.name, reg, lookup)
+		loaded, err := pipeline.LoadAllFrom(src.data, src.name, src.dir, reg, lookup)
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -59,6 +59,8 @@ type api struct {
 //	GET    /v1/pipelines/{name}          its status and stored spec, ${ENV} references unexpanded
 //	DELETE /v1/pipelines/{name}
 //	POST   /v1/pipelines/{name}/rollback  body: {"to":N} (optional); header Idempotency-Key rolls back once
+//	POST   /v1/pipelines/{name}/compact[?dry_run=true]  a compaction of its dataset; header Idempotency-Key starts one
+//	POST   /v1/pipelines/{name}/vacuum[?dry_run=true]
 //	POST   /v1/pipelines/{name}/runs     body: {"params":{...},"logical_time":"RFC 3339"} (optional);
 //	                                     publishes a trigger; header Idempotency-Key is its message id
 //	POST   /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
@@ -116,6 +118,22 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 		res, err := c.Rollback(r.Context(), protocol.RollbackRequest{Pipeline: r.PathValue("name"), To: body.To, RequestID: r.Header.Get("Idempotency-Key")})
 		a.reply(w, res, err)
 	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/compact", func(w http.ResponseWriter, r *http.Request) {
+		req := protocol.CompactRequest{Pipeline: r.PathValue("name"), RequestID: r.Header.Get("Idempotency-Key")}
+		if !queryBools(w, r, map[string]*bool{"dry_run": &req.DryRun}) {
+			return
+		}
+		res, err := c.Compact(r.Context(), req)
+		a.reply(w, res, err)
+	})
+	mux.HandleFunc("POST /v1/pipelines/{name}/vacuum", func(w http.ResponseWriter, r *http.Request) {
+		req := protocol.VacuumRequest{Pipeline: r.PathValue("name")}
+		if !queryBools(w, r, map[string]*bool{"dry_run": &req.DryRun}) {
+			return
+		}
+		res, err := c.Vacuum(r.Context(), req)
+		a.reply(w, res, err)
+	})
 	mux.HandleFunc("DELETE /v1/pipelines/{name}", func(w http.ResponseWriter, r *http.Request) {
 		res, err := c.Delete(r.Context(), r.PathValue("name"))
 		a.reply(w, res, err)
@@ -171,6 +189,23 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 	})
 }
 
+// queryBools sets each flag the request's query names to its value (true
+// or false). A value that is neither is answered 400, and it returns false.
+func queryBools(w http.ResponseWriter, r *http.Request, flags map[string]*bool) bool {
+	q := r.URL.Query()
+	for name, dst := range flags {
+		if v := q.Get(name); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, codeInvalid, fmt.Sprintf("%s: %q is not true or false", name, v))
+				return false
+			}
+			*dst = b
+		}
+	}
+	return true
+}
+
 // apply serves POST /v1/pipelines: one spec in YAML. Its paths must be
 // absolute: there is no spec file to resolve a relative one against.
 func (a *api) apply(w http.ResponseWriter, r *http.Request) {
@@ -178,20 +213,9 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q := r.URL.Query()
 	opts := coordinator.ApplyOptions{}
-	for _, f := range []struct {
-		name string
-		dst  *bool
-	}{{"check", &opts.Check}, {"dry_run", &opts.DryRun}} {
-		if v := q.Get(f.name); v != "" {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				writeError(w, http.StatusBadRequest, codeInvalid, fmt.Sprintf("%s: %q is not true or false", f.name, v))
-				return
-			}
-			*f.dst = b
-		}
+	if !queryBools(w, r, map[string]*bool{"check": &opts.Check, "dry_run": &opts.DryRun}) {
+		return
 	}
 	specs, err := pipeline.LoadAll(body, "request body", a.reg, nil)
 	if err != nil {

@@ -1,6 +1,6 @@
 // Command sluice is the one Sluice binary: an embedded all-in-one cluster
 // (dev, demo), the cluster's processes (coordinator, worker) and the client
-// commands (apply, run, status, rollback, pipelines, ...).
+// commands (apply, run, status, rollback, compact, vacuum, pipelines, ...).
 package main
 
 import (
@@ -129,7 +129,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 	}
 	add("start", newDemoCmd(), newDevCmd(), newCoordinatorCmd(), newWorkerCmd())
 	add("pipelines", newApplyCmd(), newRunCmd(), newTriggerCmd(), newStatusCmd(), newBackfillCmd(),
-		newRollbackCmd(), newPipelinesCmd(), newDeleteCmd())
+		newRollbackCmd(), newCompactCmd(), newVacuumCmd(), newPipelinesCmd(), newDeleteCmd())
 	add("streams", newCDCCmd(), newDLQCmd())
 	root.AddCommand(newVersionCmd())
 	wrapArgs(root)

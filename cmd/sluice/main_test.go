@@ -255,6 +255,18 @@ func TestHTTPAPI(t *testing.T) {
 		if code, rb := rollback("rb-1"); code != 200 || rb.From != 2 || rb.Version != 1 {
 			t.Errorf("rollback repeated with its key: %d %+v", code, rb)
 		}
+		// Compaction and vacuum of the pipeline's dataset.
+		var dry protocol.CompactReply
+		if code, body := call("POST", "/v1/pipelines/api/compact?dry_run=true", "s3cret", ""); code != 200 || json.Unmarshal(body, &dry) != nil || len(dry.Groups) != 1 || dry.RunID != "" {
+			t.Errorf("compact dry run: %d %s; want one group, no run", code, body)
+		}
+		var vac protocol.VacuumReply
+		if code, body := call("POST", "/v1/pipelines/api/vacuum?dry_run=true", "s3cret", ""); code != 200 || json.Unmarshal(body, &vac) != nil || !vac.DryRun || len(vac.Kept) != 2 {
+			t.Errorf("vacuum dry run: %d %s; want the two versions kept", code, body)
+		}
+		if code, body := call("POST", "/v1/pipelines/nope/vacuum", "s3cret", ""); code != http.StatusNotFound {
+			t.Errorf("vacuum of an unknown pipeline: %d %s; want 404", code, body)
+		}
 		if code, body := call("POST", "/v1/pipelines/api/backfills", "s3cret", `{"from":"yesterday"}`); code != http.StatusBadRequest {
 			t.Errorf("backfill with a bad body: %d %s; want 400", code, body)
 		}
@@ -339,7 +351,7 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
-		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files kafka postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files kafka latest postgres])`},
 		// The kinds of the cluster's own snapshot runs are neither offered
 		// nor taken.
 		{"name: a\npattern: full_load\nsource: {kind: postgres_cdc_snapshot}\nsink: {kind: files, path: out}\n", `source.kind: connector "postgres_cdc_snapshot" cannot be a source (kinds: [files iceberg kafka postgres])`},

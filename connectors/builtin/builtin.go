@@ -11,6 +11,7 @@ import (
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/connectors/kafka"
+	"github.com/sluicehq/sluice/connectors/latest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
 )
@@ -23,6 +24,7 @@ func Register(reg *connectors.Registry) {
 	clickhouse.Register(reg)
 	iceberg.Register(reg)
 	kafka.Register(reg)
+	latest.Register(reg)
 }
 
 // Registry returns a new registry holding every built-in connector.

@@ -41,6 +41,13 @@ type Config struct {
 	// CheckInterval is how often Run reads the consumer's pending count and
 	// calls CloseHours; 0 means 2s.
 	CheckInterval time.Duration
+	// Transform, when set, is applied to each batch before the Applier
+	// sees it (a pipeline's data contract): it returns the events to
+	// apply, which may be fewer (a filter) or changed, in stream order. An
+	// error stops Run as an Apply error does. A batch it leaves empty is
+	// acknowledged without an Apply; its messages are delivered again
+	// after a restart, and left out again.
+	Transform func([]Event) ([]Event, error)
 }
 
 // Validate checks the configuration without I/O.
@@ -355,8 +362,18 @@ func (b *batcher) next(ctx context.Context) error {
 	n, events := b.take()
 	var ack jetstream.Msg // the last message to acknowledge
 	if n > 0 {
-		if err := r.a.Apply(ctx, events); err != nil {
-			return fmt.Errorf("apply events %d-%d: %w", events[0].Seq, events[len(events)-1].Seq, err)
+		from, to := events[0].Seq, events[len(events)-1].Seq
+		commitTime := events[len(events)-1].CommitTime
+		if r.cfg.Transform != nil {
+			var err error
+			if events, err = r.cfg.Transform(events); err != nil {
+				return fmt.Errorf("apply events %d-%d: %w", from, to, err)
+			}
+		}
+		if len(events) > 0 {
+			if err := r.a.Apply(ctx, events); err != nil {
+				return fmt.Errorf("apply events %d-%d: %w", from, to, err)
+			}
 		}
 		last := b.carry[n-1]
 		b.applied, ack = last.seq, last.msg
@@ -364,9 +381,9 @@ func (b *batcher) next(ctx context.Context) error {
 		r.status.Applied = b.applied
 		r.status.Events += uint64(len(events))
 		r.status.Pending = last.pending
-		r.status.CommitTime = events[len(events)-1].CommitTime
+		r.status.CommitTime = commitTime
 		r.mu.Unlock()
-		r.log.Debug("cdc apply batch", "from", events[0].Seq, "to", b.applied, "messages", n, "events", len(events))
+		r.log.Debug("cdc apply batch", "from", from, "to", b.applied, "messages", n, "events", len(events))
 		b.remove(n)
 	} else if skipped != nil && len(b.carry) == 0 {
 		ack = skipped

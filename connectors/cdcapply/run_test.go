@@ -381,3 +381,72 @@ func TestStreamStatusTables(t *testing.T) {
 		t.Errorf("status tables %+v of an applier that reports none", st.Tables)
 	}
 }
+
+// TestRunTransform: a Transform (a pipeline's data contract) stands
+// between the stream and the Applier: the target holds what it makes of
+// the events, a batch it leaves empty is acknowledged without an Apply,
+// and its error stops Run.
+func TestRunTransform(t *testing.T) {
+	js := cdctest.StartJS(t)
+	dsn, s, conn := pgtest.DB(t)
+	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.r1 (id int PRIMARY KEY, v text)`, s))
+	var evs []protocol.ChangeEvent
+	for i := range 60 {
+		evs = append(evs, cdctest.Change(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T(fmt.Sprint(i)), "v": T(fmt.Sprintf("secret %d", i))}))
+	}
+	seqs := cdctest.Publish(t, js, evs...)
+	keep := func(e protocol.ChangeEvent) bool {
+		id := e.After["id"].Text
+		return id < "20" || id >= "40" || len(id) == 1
+	}
+	var kept []protocol.ChangeEvent
+	for _, e := range evs {
+		if keep(e) {
+			e.After = protocol.Row{"id": e.After["id"], "v": T("hidden")}
+			kept = append(kept, e)
+		}
+	}
+	m := cdctest.Model{}
+	m.Apply(t, kept...)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "apply1"})
+	f := &cdctest.Flaky{Applier: pg}
+	fail := false
+	cfg := cdcapply.Config{Pipeline: "apply1", Upstream: "up", BatchSize: 10, BatchWait: 50 * time.Millisecond, CheckInterval: 50 * time.Millisecond,
+		Transform: func(in []connectors.Event) ([]connectors.Event, error) {
+			if fail {
+				return nil, errors.New("column x is not classified")
+			}
+			out := in[:0]
+			for _, e := range in {
+				if keep(e.ChangeEvent) {
+					e.After = protocol.Row{"id": e.After["id"], "v": T("hidden")}
+					out = append(out, e)
+				}
+			}
+			return out, nil
+		}}
+	r, stop, done := cdctest.Run(t, js, cfg, f)
+	cdctest.WaitFor(t, "all events", done, func() bool { return r.Status().Applied == seqs[len(seqs)-1] })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := pgtest.Rows(t, conn, s+".r1", []string{"id", "v"}), m.Rows(s+".r1", []string{"id", "v"}); !reflect.DeepEqual(got, want) {
+		t.Fatalf("target holds %v, want %v", got, want)
+	}
+	for _, b := range f.LastBatches {
+		if len(b) == 0 {
+			t.Fatal("the Applier was given an empty batch")
+		}
+	}
+	fail = true
+	cdctest.Publish(t, js, cdctest.Change(protocol.OpInsert, s, "r1", nil, protocol.Row{"id": T("99"), "v": T("x")}))
+	_, stop, done = cdctest.Run(t, js, cfg, f)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a failing Transform did not stop Run")
+	}
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "not classified") {
+		t.Fatalf("Run = %v", err)
+	}
+}

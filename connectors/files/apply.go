@@ -285,10 +285,7 @@ func (f *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 	if err != nil {
 		return err
 	}
-	for len(events) > 0 && events[0].Seq <= applied {
-		events = events[1:]
-	}
-	if len(events) == 0 {
+	if events = connectors.EventsAfter(events, applied); len(events) == 0 {
 		return nil
 	}
 	var parts []*part

@@ -21,7 +21,10 @@ var (
 // Check looks at what the source reads (connectors.Checker): its path
 // must exist and, unless the source waits for time partitions (layout),
 // hold files it would read.
-func (s *Source) Check(ctx context.Context, _ connectors.CheckRequest) (string, error) {
+func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string, error) {
+	if req.Role == connectors.RolePassthroughSource {
+		return s.checkTree(ctx)
+	}
 	if remote(s.cfg.Path) {
 		return fmt.Sprintf("%s: not checked (not a local path)", s.cfg.Path), nil
 	}
@@ -56,7 +59,18 @@ func (s *Source) Check(ctx context.Context, _ connectors.CheckRequest) (string, 
 
 // Check looks at where the sink writes (connectors.Checker): its path must
 // be a directory, or not exist yet under one.
-func (s *Sink) Check(context.Context, connectors.CheckRequest) (string, error) {
+func (s *Sink) Check(_ context.Context, req connectors.CheckRequest) (string, error) {
+	if req.Role == connectors.RolePassthroughSink {
+		state, err := stateRoot(s.cfg)
+		if err != nil {
+			return "", err
+		}
+		found, err := checkTargetDir(s.cfg.Path)
+		if err != nil {
+			return "", err
+		}
+		return found + "; state (staging, manifests) in " + state, nil
+	}
 	return checkTargetDir(s.cfg.Path)
 }
 
@@ -94,3 +108,17 @@ func checkTargetDir(p string) (string, error) {
 
 // remote reports whether p names an object store rather than a local path.
 func remote(p string) bool { return strings.Contains(p, "://") }
+
+// checkTree looks at the tree a passthrough source copies: it must be a
+// directory (or an s3:// prefix); it says how many files it holds.
+func (s *Source) checkTree(ctx context.Context) (string, error) {
+	_, objs, err := s.listTree(ctx)
+	if err != nil {
+		return "", &connectors.FieldError{Field: "path", Msg: err.Error()}
+	}
+	var bytes int64
+	for _, o := range objs {
+		bytes += o.Size
+	}
+	return fmt.Sprintf("%s: %d files, %d bytes to copy", s.cfg.Path, len(objs), bytes), nil
+}

@@ -62,6 +62,9 @@ type SourceConfig struct {
 	// modified) keeps its manifests, a directory per pipeline; empty means
 	// <Path>/_sluice/manifests (hidden from every listing).
 	ManifestDir string `json:"manifest_dir"`
+	// Exclude lists the globs of the files a passthrough source leaves
+	// out (pattern passthrough only; see matchExclude).
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // The readiness conventions of a partition-based source.
@@ -82,6 +85,15 @@ type SinkConfig struct {
 	// S3 says how to reach the store of an s3:// path, where the standard
 	// AWS environment does not (see objstore.Config); never credentials.
 	S3 objstore.Config `json:"s3,omitzero"`
+	// Mirror makes a passthrough sink remove from the target what its
+	// source no longer has (pattern passthrough only).
+	Mirror bool `json:"mirror,omitempty"`
+	// StateDir is where a passthrough sink keeps its staging and its
+	// manifests: a local directory on the target's file system, or an
+	// s3:// prefix in the target's bucket; empty means the hidden
+	// directory .<name>.sluice beside the target (pattern passthrough
+	// only).
+	StateDir string `json:"state_dir,omitempty"`
 }
 
 var formats = []string{"jsonl", "csv", "parquet"}
@@ -201,7 +213,7 @@ func decodeStrict(raw json.RawMessage, known []string, v any) error {
 
 func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := decodeStrict(raw, []string{"format", "glob", "layout", "manifest_dir", "path", "ready", "s3"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"exclude", "format", "glob", "layout", "manifest_dir", "path", "ready", "s3"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -209,7 +221,7 @@ func parseSourceConfig(raw json.RawMessage) (SourceConfig, error) {
 
 func parseSinkConfig(raw json.RawMessage) (SinkConfig, error) {
 	var c SinkConfig
-	if err := decodeStrict(raw, []string{"format", "keep_versions", "path", "s3"}, &c); err != nil {
+	if err := decodeStrict(raw, []string{"format", "keep_versions", "mirror", "path", "s3", "state_dir"}, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -218,7 +230,10 @@ func parseSinkConfig(raw json.RawMessage) (SinkConfig, error) {
 // ValidateSource checks a source configuration without I/O. Errors are
 // *connectors.FieldError naming the field.
 func ValidateSource(raw json.RawMessage) error {
-	_, err := parseSourceConfig(raw)
+	c, err := parseSourceConfig(raw)
+	if err == nil && len(c.Exclude) > 0 {
+		err = &connectors.FieldError{Field: "exclude", Msg: "is only for pattern passthrough (a load reads the files glob selects)"}
+	}
 	return err
 }
 
@@ -240,8 +255,16 @@ func PartitionSize(raw json.RawMessage) time.Duration {
 // ValidateSink checks a sink configuration without I/O. Errors are
 // *connectors.FieldError naming the field.
 func ValidateSink(raw json.RawMessage) error {
-	_, err := parseSinkConfig(raw)
-	return err
+	c, err := parseSinkConfig(raw)
+	switch {
+	case err != nil:
+		return err
+	case c.Mirror:
+		return &connectors.FieldError{Field: "mirror", Msg: "is only for pattern passthrough"}
+	case c.StateDir != "":
+		return &connectors.FieldError{Field: "state_dir", Msg: "is only for pattern passthrough"}
+	}
+	return nil
 }
 
 // Register adds the "files" connector to reg: source and sink with their
@@ -271,5 +294,8 @@ func Register(reg *connectors.Registry) {
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
 		Params:           checkParams,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
+		ValidateDataset:  ValidateSink,
+		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
 }

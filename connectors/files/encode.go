@@ -360,13 +360,27 @@ type parquetEncoder struct {
 	scratch []byte
 }
 
-func (e *parquetEncoder) open(first arrow.RecordBatch) error {
-	sc := first.Schema()
-	arrp := pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(e.mem))
-	props, err := arrowconv.WriterProperties(sc, first, arrp, arrowconv.ParquetConfig{
-		Codec: compress.Codecs.Zstd, Level: 1, Mem: e.mem,
+// ParquetProperties returns the properties the sink writes a Parquet file
+// with whose first record is first (zstd level 1, row groups of up to 1M
+// rows, an encoding per column chosen by arrowconv.WriterProperties, the
+// Arrow schema stored), buffers from mem (nil: Go's allocator): for a
+// benchmark that writes as the sink does.
+func ParquetProperties(first arrow.RecordBatch, mem memory.Allocator) (*parquet.WriterProperties, pqarrow.ArrowWriterProperties, error) {
+	opts := []pqarrow.WriterOption{pqarrow.WithStoreSchema()}
+	if mem != nil {
+		opts = append(opts, pqarrow.WithAllocator(mem))
+	}
+	arrp := pqarrow.NewArrowWriterProperties(opts...)
+	props, err := arrowconv.WriterProperties(first.Schema(), first, arrp, arrowconv.ParquetConfig{
+		Codec: compress.Codecs.Zstd, Level: 1, Mem: mem,
 		Extra: []parquet.WriterProperty{parquet.WithMaxRowGroupLength(1 << 20)},
 	})
+	return props, arrp, err
+}
+
+func (e *parquetEncoder) open(first arrow.RecordBatch) error {
+	sc := first.Schema()
+	props, arrp, err := ParquetProperties(first, e.mem)
 	if err != nil {
 		return fmt.Errorf("start parquet file: %w", err)
 	}

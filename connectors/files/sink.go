@@ -157,6 +157,9 @@ type marker struct {
 	// Files lists the data files beside the marker, on S3 (where a
 	// reader would otherwise list them).
 	Files []string `json:"files,omitempty"`
+	// Compacted is set in a directory a compaction wrote: the rows are
+	// those of the directory it replaced, whose fields above it keeps.
+	Compacted *compaction `json:"compacted,omitempty"`
 }
 
 // Commit publishes the task outputs of a run as version req.Version:
@@ -192,6 +195,16 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	}
 	if err := ctx.Err(); err != nil {
 		return connectors.CommitResult{}, err
+	}
+	if cur, err := os.Readlink(filepath.Join(s.root, "current")); err == nil {
+		if d, ok := parseVersionDir(filepath.Base(cur)); ok && d.v == req.Version && d.run != "" {
+			// Committed before, and compacted since: only clean up.
+			if err := os.RemoveAll(stagingDir(s.root, req.RunID)); err != nil {
+				return fail(fmt.Errorf("remove staging: %w", err))
+			}
+			dir := filepath.Join(s.root, d.name)
+			return connectors.CommitResult{Location: dir, Marker: filepath.Join(dir, "_SUCCESS")}, nil
+		}
 	}
 
 	if _, err := os.Stat(vdir); errors.Is(err, fs.ErrNotExist) {
@@ -349,27 +362,16 @@ func writeMarker(vdir string, m marker) error {
 	return nil
 }
 
-// prune removes the versions older than the newest KeepVersions, never the
-// current one.
+// prune removes the versions older than the newest KeepVersions (every
+// directory of each), never the current one.
 func (s *Sink) prune(current string) error {
-	entries, err := os.ReadDir(s.root)
+	dirs, _, err := s.localVersionDirs()
 	if err != nil {
 		return fmt.Errorf("prune: %w", err)
 	}
-	var versions []int64
-	for _, e := range entries {
-		if v, ok := parseVersion(e.Name()); ok && e.IsDir() {
-			versions = append(versions, v)
-		}
-	}
-	sort.Slice(versions, func(i, j int) bool { return versions[i] > versions[j] })
-	for i, v := range versions {
-		name := versionName(v)
-		if i < s.cfg.KeepVersions || name == current {
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(s.root, name)); err != nil {
-			return fmt.Errorf("prune %s: %w", name, err)
+	for _, d := range pruned(dirs, current, s.cfg.KeepVersions) {
+		if err := os.RemoveAll(filepath.Join(s.root, d.name)); err != nil {
+			return fmt.Errorf("prune %s: %w", d.name, err)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package files
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -147,6 +148,15 @@ func (s *Sink) commitS3(ctx context.Context, req connectors.CommitRequest) (conn
 	if err := ctx.Err(); err != nil {
 		return connectors.CommitResult{}, err
 	}
+	if cur, err := s.s3.pointer(ctx, ""); err != nil {
+		return fail(err)
+	} else if d, ok := parseVersionDir(cur); ok && d.v == req.Version && d.run != "" {
+		// Committed before, and compacted since: only clean up.
+		if err := s.s3.b.DeletePrefix(ctx, s.s3.dir(stagingRel(req.RunID))); err != nil {
+			return fail(fmt.Errorf("remove staging: %w", err))
+		}
+		return connectors.CommitResult{Location: s.s3.url(cur), Marker: s.s3.url(path.Join(cur, SuccessFile))}, nil
+	}
 	markerRel := path.Join(name, SuccessFile)
 	_, err = s.s3.readMarker(ctx, name)
 	complete := err == nil
@@ -198,13 +208,28 @@ func (r *s3Root) fill(ctx context.Context, run, dir string, want map[string]stri
 	}); err != nil {
 		return err
 	}
+	objs := make(map[string]objstore.Object, len(want))
+	for base := range want {
+		objs[base] = staged[base]
+	}
+	return r.copyInto(ctx, dir, objs, func(base string) error {
+		return connectors.Permanent(fmt.Errorf("task output %s is missing", r.url(want[base])))
+	})
+}
+
+// copyInto makes the directory dir hold exactly the objects want, by
+// name, copied on the server: an object there already (copied by an
+// earlier, interrupted commit) stays; a wanted object without a source
+// (an empty Key) must be there already, else missing names the error;
+// anything else in dir but its marker is removed.
+func (r *s3Root) copyInto(ctx context.Context, dir string, want map[string]objstore.Object, missing func(name string) error) error {
 	have := map[string]bool{}
 	var stray []string
 	if err := r.b.List(ctx, r.dir(dir), func(o objstore.Object) error {
 		rel := strings.TrimPrefix(o.Key, r.dir(dir))
 		if _, ok := want[rel]; ok {
 			have[rel] = true
-		} else {
+		} else if rel != SuccessFile {
 			stray = append(stray, o.Key)
 		}
 		return nil
@@ -214,17 +239,28 @@ func (r *s3Root) fill(ctx context.Context, run, dir string, want map[string]stri
 	if err := r.b.Delete(ctx, stray...); err != nil {
 		return err
 	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	sort.Strings(names)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(copyConcurrency)
-	for _, base := range sortedNames(want) {
-		src, ok := staged[base]
-		if !ok {
-			if !have[base] {
-				return connectors.Permanent(fmt.Errorf("task output %s is missing", r.url(want[base])))
-			}
-			continue // copied by an earlier attempt, whose staging is gone
+	for _, name := range names {
+		src := want[name]
+		switch {
+		case have[name]:
+			continue
+		case src.Key == "":
+			return missing(name)
 		}
-		g.Go(func() error { return r.b.Copy(gctx, src, r.key(path.Join(dir, base))) })
+		g.Go(func() error {
+			err := r.b.Copy(gctx, src, r.key(path.Join(dir, name)))
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("%w: %w", missing(name), err)
+			}
+			return err
+		})
 	}
 	return g.Wait()
 }
@@ -282,80 +318,102 @@ func (r *s3Root) readMarker(ctx context.Context, dir string) (marker, error) {
 }
 
 // versionDirs lists the version directories of the dataset.
-func (r *s3Root) versionDirs(ctx context.Context) ([]int64, error) {
+func (r *s3Root) versionDirs(ctx context.Context) ([]versionDir, error) {
 	_, dirs, err := r.b.ListDir(ctx, r.dir(""))
 	if err != nil {
 		return nil, err
 	}
-	var vs []int64
+	var vs []versionDir
 	for _, d := range dirs {
-		if v, ok := parseVersion(d); ok {
+		if v, ok := parseVersionDir(d); ok {
 			vs = append(vs, v)
 		}
 	}
 	return vs, nil
 }
 
-// pruneS3 removes the versions older than the newest KeepVersions, never
-// the current one.
+// pruneS3 removes the versions older than the newest KeepVersions (every
+// directory of each), never the current one.
 func (s *Sink) pruneS3(ctx context.Context, current string) error {
-	versions, err := s.s3.versionDirs(ctx)
+	dirs, err := s.s3.versionDirs(ctx)
 	if err != nil {
 		return fmt.Errorf("prune: %w", err)
 	}
-	slices.SortFunc(versions, func(a, b int64) int { return int(b - a) })
-	for i, v := range versions {
-		name := versionName(v)
-		if i < s.cfg.KeepVersions || name == current {
-			continue
-		}
-		if err := s.s3.b.DeletePrefix(ctx, s.s3.dir(name)); err != nil {
-			return fmt.Errorf("prune %s: %w", name, err)
+	for _, d := range pruned(dirs, current, s.cfg.KeepVersions) {
+		if err := s.s3.b.DeletePrefix(ctx, s.s3.dir(d.name)); err != nil {
+			return fmt.Errorf("prune %s: %w", d.name, err)
 		}
 	}
 	return nil
 }
 
-// versionsS3 lists the complete versions: the v<N> directories that hold
-// their _SUCCESS marker, the one the current pointer names exposed.
-func (s *Sink) versionsS3(ctx context.Context) ([]connectors.Version, error) {
-	vs, err := s.s3.versionDirs(ctx)
+// pruned returns the directories of the versions beyond the newest keep,
+// except those of the version current names.
+func pruned(dirs []versionDir, current string, keep int) []versionDir {
+	var vs []int64
+	curV := int64(-1)
+	for _, d := range dirs {
+		if !slices.Contains(vs, d.v) {
+			vs = append(vs, d.v)
+		}
+		if d.name == current {
+			curV = d.v
+		}
+	}
+	slices.SortFunc(vs, func(a, b int64) int { return cmp.Compare(b, a) })
+	var out []versionDir
+	for _, d := range dirs {
+		if i := slices.Index(vs, d.v); i >= keep && d.v != curV {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// keptS3 returns the kept versions of the dataset (see keptVersions) and
+// the name the current pointer holds.
+func (s *Sink) keptS3(ctx context.Context) ([]keptVersion, string, error) {
+	dirs, err := s.s3.versionDirs(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list versions: %w", err)
+		return nil, "", err
 	}
 	cur, err := s.s3.pointer(ctx, "")
 	if err != nil {
-		return nil, fmt.Errorf("list versions: %w", err)
+		return nil, "", err
 	}
-	var out []connectors.Version
-	for _, v := range vs {
-		name := versionName(v)
-		m, err := s.s3.readMarker(ctx, name)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list versions: %w", err)
-		}
-		out = append(out, connectors.Version{Version: v, Run: m.Run, Rows: m.Rows, Location: s.s3.url(name), Time: m.Time,
-			Exposed: cur == name})
-	}
-	slices.SortFunc(out, func(a, b connectors.Version) int { return int(a.Version - b.Version) })
-	return out, nil
+	kept, err := keptVersions(dirs, cur, func(name string) (marker, error) { return s.s3.readMarker(ctx, name) })
+	return kept, cur, err
 }
 
-// exposeS3 points current at kept version v; a version without a
-// complete directory is refused.
-func (s *Sink) exposeS3(ctx context.Context, v int64, kept []connectors.Version) error {
-	name := versionName(v)
-	if !slices.ContainsFunc(kept, func(k connectors.Version) bool { return k.Version == v }) {
+// versionsS3 lists the complete versions: the version directories that
+// hold their _SUCCESS marker (one per version, see keptVersions), the one
+// the current pointer names exposed.
+func (s *Sink) versionsS3(ctx context.Context) ([]connectors.Version, error) {
+	kept, cur, err := s.keptS3(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list versions: %w", err)
+	}
+	return versionList(kept, cur, s.s3.url), nil
+}
+
+// exposeS3 points current at kept version v (its newest rewrite, if a
+// compaction made one); a version without a complete directory is
+// refused.
+func (s *Sink) exposeS3(ctx context.Context, v int64) error {
+	kept, cur, err := s.keptS3(ctx)
+	if err != nil {
+		return fmt.Errorf("expose version %d: %w", v, err)
+	}
+	i := slices.IndexFunc(kept, func(k keptVersion) bool { return k.dir.v == v })
+	if i < 0 {
+		name := versionName(v)
 		partial, err := s.s3.b.HasObjects(ctx, s.s3.dir(name))
 		if err != nil {
 			return fmt.Errorf("expose version %d: %w", v, err)
 		}
-		return notKept(v, kept, partial, s.s3.url(name))
+		return notKept(v, versionList(kept, cur, s.s3.url), partial, s.s3.url(name))
 	}
-	if err := s.s3.point(ctx, "", name); err != nil {
+	if err := s.s3.point(ctx, "", kept[i].dir.name); err != nil {
 		return fmt.Errorf("expose version %d: %w", v, err)
 	}
 	return nil

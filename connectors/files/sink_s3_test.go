@@ -240,9 +240,13 @@ func TestPruneS3(t *testing.T) {
 		}
 	}
 	versions := func() []int64 {
-		vs, err := s.s3.versionDirs(ctx)
+		dirs, err := s.s3.versionDirs(ctx)
 		if err != nil {
 			t.Fatal(err)
+		}
+		var vs []int64
+		for _, d := range dirs {
+			vs = append(vs, d.v)
 		}
 		return vs
 	}

@@ -163,14 +163,7 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 			return connectors.Plan{}, err
 		}
 	}
-	target := req.Partitioning.TargetBytes
-	if target <= 0 {
-		target = DefaultTargetBytes
-	}
-	maxFiles := req.Partitioning.MaxFiles
-	if maxFiles <= 0 {
-		maxFiles = DefaultMaxFiles
-	}
+	target, maxFiles := taskBounds(req.Partitioning)
 	var parts []protocol.Partition
 	add := func(key string, refs []fileRef, bytes int64) error {
 		spec, err := json.Marshal(partSpec{Format: format, Base: base, Files: refs})
@@ -180,42 +173,22 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		parts = append(parts, protocol.Partition{Key: key, Spec: spec, Bytes: bytes})
 		return nil
 	}
-	var group []fileRef
-	var groupBytes int64
-	first := 0
-	flush := func(next int) error {
-		if len(group) == 0 {
-			first = next
-			return nil
-		}
-		err := add(fmt.Sprintf("files[%d:%d]", first, first+len(group)), group, groupBytes)
-		group, groupBytes, first = nil, 0, next
-		return err
-	}
-	for i, f := range files {
-		if format == "jsonl" && f.Size > target {
-			if err := flush(i); err != nil {
-				return connectors.Plan{}, err
+	err = planGroups(len(files), func(i int) int64 { return files[i].Size },
+		func(int) int64 {
+			if format == "jsonl" {
+				return target
 			}
-			for start := int64(0); start < f.Size; start += target {
-				r := f
-				r.Start, r.End = start, min(start+target, f.Size)
-				if err := add(fmt.Sprintf("%s@%d+%d", f.Path, r.Start, r.End-r.Start), []fileRef{r}, r.End-r.Start); err != nil {
-					return connectors.Plan{}, err
-				}
-			}
-			first = i + 1
-			continue
-		}
-		if len(group) > 0 && (groupBytes+f.Size > target || len(group) >= maxFiles) {
-			if err := flush(i); err != nil {
-				return connectors.Plan{}, err
-			}
-		}
-		group = append(group, f)
-		groupBytes += f.Size
-	}
-	if err := flush(len(files)); err != nil {
+			return 0
+		}, target, maxFiles,
+		func(i, j int, bytes int64) error {
+			return add(fmt.Sprintf("files[%d:%d]", i, j), files[i:j], bytes)
+		},
+		func(i int, off, n int64) error {
+			r := files[i]
+			r.Start, r.End = off, off+n
+			return add(fmt.Sprintf("%s@%d+%d", r.Path, off, n), []fileRef{r}, n)
+		})
+	if err != nil {
 		return connectors.Plan{}, err
 	}
 	return connectors.Plan{Partitions: parts, Watermark: watermark}, nil
@@ -261,49 +234,16 @@ func walkLocal(ctx context.Context, root string) (string, map[string]fileRef, er
 	if err != nil {
 		return "", nil, err
 	}
-	ref := func(rel string, info fs.FileInfo) fileRef {
-		return fileRef{Path: rel, Size: info.Size(), MTime: info.ModTime().UnixNano()}
-	}
 	found := map[string]fileRef{}
 	if !st.IsDir() {
 		rel := filepath.Base(base)
-		found[rel] = ref(rel, st)
+		found[rel] = fileRef{Path: rel, Size: st.Size(), MTime: st.ModTime().UnixNano()}
 		return filepath.Dir(base), found, nil
 	}
-	err = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if p == base {
-			return nil
-		}
-		if hidden(d.Name()) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() {
-			return nil
-		}
-		info, err := os.Stat(p) // follows a symlink to a file
-		if err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		rel, err := filepath.Rel(base, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		found[rel] = ref(rel, info)
-		return nil
-	})
+	_, objs, err := listLocalTree(ctx, base, func(rel string) bool { return hidden(path.Base(rel)) }, false)
+	for _, o := range objs {
+		found[o.Path] = fileRef{Path: o.Path, Size: o.Size, MTime: o.MTime}
+	}
 	return base, found, err
 }
 
@@ -362,6 +302,58 @@ func (s *Source) selectFiles(found map[string]fileRef) ([]fileRef, string, error
 		refs = append(refs, found[rel])
 	}
 	return refs, format, nil
+}
+
+// planGroups plans n files in order: each file that rangeOf splits (it
+// returns a range size below the file's size; 0 never splits) becomes a
+// partition per byte range (part), and the others go in runs of
+// consecutive files [i, j) of about target bytes and at most maxFiles
+// files (whole).
+func planGroups(n int, sizeOf, rangeOf func(i int) int64, target int64, maxFiles int,
+	whole func(i, j int, bytes int64) error, part func(i int, off, n int64) error) error {
+	first, bytes := 0, int64(0)
+	flush := func(next int) error {
+		defer func() { first, bytes = next, 0 }()
+		if next == first {
+			return nil
+		}
+		return whole(first, next, bytes)
+	}
+	for i := range n {
+		size := sizeOf(i)
+		if r := rangeOf(i); r > 0 && size > r {
+			if err := flush(i); err != nil {
+				return err
+			}
+			for off := int64(0); off < size; off += r {
+				if err := part(i, off, min(r, size-off)); err != nil {
+					return err
+				}
+			}
+			first = i + 1
+			continue
+		}
+		if i > first && (bytes+size > target || i-first >= maxFiles) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		}
+		bytes += size
+	}
+	return flush(n)
+}
+
+// taskBounds are the bytes and the files a task takes at most, as the
+// run's partitioning says or by default.
+func taskBounds(p connectors.Partitioning) (int64, int) {
+	target, maxFiles := p.TargetBytes, p.MaxFiles
+	if target <= 0 {
+		target = DefaultTargetBytes
+	}
+	if maxFiles <= 0 {
+		maxFiles = DefaultMaxFiles
+	}
+	return target, maxFiles
 }
 
 // hidden reports whether a file or directory name is skipped.

@@ -27,6 +27,10 @@ const (
 	propWindow   = "sluice.window"
 	propRows     = "sluice.rows"
 	propChecksum = "sluice.checksum"
+	// propDelta is the delta column a window was committed by: its rows
+	// are told apart by their values, so a compaction may mix them with
+	// other windows' (a window without one is replaced by its files).
+	propDelta = "sluice.delta_column"
 )
 
 const (
@@ -183,6 +187,9 @@ func snapshotProps(req connectors.CommitRequest) iceberg.Properties {
 	if req.Mode == connectors.ModeAppend {
 		props[propMode] = modeAppend
 		props[propWindow] = req.Window.From.UTC().Format(time.RFC3339Nano) + "/" + req.Window.To.UTC().Format(time.RFC3339Nano)
+		if req.DeltaColumn != "" {
+			props[propDelta] = req.DeltaColumn
+		}
 	} else {
 		props[propVersion] = strconv.FormatInt(req.Version, 10)
 	}
@@ -364,18 +371,43 @@ func snapshotFiles(ctx context.Context, tbl *table.Table, sn *table.Snapshot, ke
 	return out, nil
 }
 
-// windowFiles returns the live data files that commits of a window added.
+// windowFiles returns the live data files that commits of a window
+// added, and those a compaction wrote for it.
 func windowFiles(ctx context.Context, tbl *table.Table, window string) ([]iceberg.DataFile, error) {
 	ids := map[int64]bool{}
+	compacted := map[string]bool{}
 	for _, sn := range tbl.Metadata().Snapshots() {
 		if sn.Summary != nil && sn.Summary.Properties[propWindow] == window {
 			ids[sn.SnapshotID] = true
+		}
+		for f, w := range compactedWindows(&sn) {
+			if w == window {
+				ids[sn.SnapshotID] = true
+				compacted[f] = true
+			}
 		}
 	}
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	return liveFiles(ctx, tbl, func(id int64) bool { return ids[id] })
+	files, err := liveFiles(ctx, tbl, func(id int64) bool { return ids[id] })
+	if err != nil || len(compacted) == 0 {
+		return files, err
+	}
+	// A compaction's snapshot added the files of other windows too.
+	orig, err := origins(ctx, tbl, tbl.CurrentSnapshot())
+	if err != nil {
+		return nil, err
+	}
+	out := files[:0]
+	for _, f := range files {
+		p := normPath(f.FilePath())
+		by := tbl.SnapshotByID(orig[p].addedBy)
+		if compacted[p] || by == nil || by.Summary == nil || by.Summary.Properties[propMode] != modeCompact {
+			out = append(out, f)
+		}
+	}
+	return out, nil
 }
 
 // runFiles returns the paths of the data files a run's snapshots added.

@@ -382,5 +382,6 @@ func Register(reg *connectors.Registry) {
 			_, err := ParseSinkConfig(config)
 			return err
 		},
+		ValidateDataset: validateDataset,
 	})
 }

@@ -31,6 +31,9 @@ type Sink struct {
 	// retries counts the commits that another writer beat and that were
 	// reloaded and tried again.
 	retries atomic.Int64
+	// beforeRewrite, when set (by tests), runs before a compaction's
+	// commit is sent: another writer may commit first.
+	beforeRewrite func()
 }
 
 var (

@@ -201,6 +201,13 @@ func (s *Source) read(ctx context.Context, key string, spec readSpec, emit conne
 	if err != nil {
 		return err
 	}
+	return readFiles(ctx, tbl, s.cfg.Table+" "+key, spec, emit)
+}
+
+// readFiles reads the data files of spec at its snapshot (deletes
+// applied) and emits their rows as Arrow records; where names them in
+// the batches' positions.
+func readFiles(ctx context.Context, tbl *table.Table, where string, spec readSpec, emit connectors.Emit) error {
 	if tbl.SnapshotByID(spec.Snapshot) == nil {
 		return connectors.Permanent(fmt.Errorf("snapshot %d is no longer in the table", spec.Snapshot))
 	}
@@ -238,7 +245,7 @@ func (s *Source) read(ctx context.Context, key string, spec readSpec, emit conne
 			return err
 		}
 		n := rec.NumRows()
-		err := emit(ctx, connectors.Batch{Record: rec, Rows: n, Position: fmt.Sprintf("%s %s row %d", s.cfg.Table, key, rows+1)})
+		err := emit(ctx, connectors.Batch{Record: rec, Rows: n, Position: fmt.Sprintf("%s row %d", where, rows+1)})
 		rec.Release()
 		if err != nil {
 			return err

@@ -53,10 +53,24 @@ func versions(tbl *table.Table, name string) []version {
 			continue
 		}
 		rows, _ := strconv.ParseInt(sn.Summary.Properties[propRows], 10, 64)
-		out = append(out, version{v: connectors.Version{
+		k := version{v: connectors.Version{
 			Version: v, Run: sn.Summary.Properties[propRun], Rows: rows,
 			Location: fmt.Sprintf("%s@%d", name, sn.SnapshotID), Time: time.UnixMilli(sn.TimestampMs).UTC(),
-		}, snapshot: sn.SnapshotID})
+		}, snapshot: sn.SnapshotID}
+		// A version compacted is its compaction's snapshot, the newest;
+		// it keeps the run that loaded it.
+		i := slices.IndexFunc(out, func(o version) bool { return o.v.Version == v })
+		switch {
+		case i < 0:
+			out = append(out, k)
+		case newer(tbl.SnapshotByID(sn.SnapshotID), tbl.SnapshotByID(out[i].snapshot)):
+			if sn.Summary.Properties[propMode] == modeCompact {
+				k.v.Run, k.v.Time = out[i].v.Run, out[i].v.Time
+			}
+			out[i] = k
+		case tbl.SnapshotByID(out[i].snapshot).Summary.Properties[propMode] == modeCompact:
+			out[i].v.Run, out[i].v.Time = k.v.Run, k.v.Time
+		}
 	}
 	slices.SortFunc(out, func(a, b version) int { return cmp.Compare(a.v.Version, b.v.Version) })
 	if exposed, ok := exposedVersion(tbl); ok {
@@ -67,9 +81,23 @@ func versions(tbl *table.Table, name string) []version {
 	return out
 }
 
-// versionOf returns the version a full load's snapshot is.
+// newer reports whether snapshot a came after b.
+func newer(a, b *table.Snapshot) bool {
+	if a.SequenceNumber != b.SequenceNumber {
+		return a.SequenceNumber > b.SequenceNumber
+	}
+	return a.TimestampMs > b.TimestampMs
+}
+
+// versionOf returns the version a snapshot is: a full load's, or a
+// compaction's of a full load's data.
 func versionOf(sn *table.Snapshot) (int64, bool) {
-	if sn.Summary == nil || sn.Summary.Properties[propMode] != modeReplace {
+	if sn.Summary == nil {
+		return 0, false
+	}
+	switch sn.Summary.Properties[propMode] {
+	case modeReplace, modeCompact:
+	default:
 		return 0, false
 	}
 	v, err := strconv.ParseInt(sn.Summary.Properties[propVersion], 10, 64)
@@ -153,10 +181,15 @@ func (s *Sink) prune(ctx context.Context, tbl *table.Table) (*table.Table, error
 		return tbl, nil
 	}
 	cur := tbl.CurrentSnapshot()
-	var drop []int64
+	pruned := map[int64]bool{}
 	for _, k := range kept[:len(kept)-keep] {
-		if cur == nil || k.snapshot != cur.SnapshotID {
-			drop = append(drop, k.snapshot)
+		pruned[k.v.Version] = true
+	}
+	var drop []int64
+	for _, sn := range tbl.Metadata().Snapshots() {
+		// Every snapshot of a version pruned: as loaded, and compacted.
+		if v, ok := versionOf(&sn); ok && pruned[v] && (cur == nil || sn.SnapshotID != cur.SnapshotID) {
+			drop = append(drop, sn.SnapshotID)
 		}
 	}
 	if len(drop) == 0 {
@@ -166,8 +199,16 @@ func (s *Sink) prune(ctx context.Context, tbl *table.Table) (*table.Table, error
 	if err != nil {
 		return tbl, err
 	}
+	return expire(ctx, l, tbl, drop)
+}
+
+// expire removes snapshots drop in one catalog commit, asserting the main
+// branch, then deletes the files only they referenced; files already gone
+// (those an earlier expiry deleted, which a later snapshot lists as
+// deleted) are no error. It returns the table as it is afterwards.
+func expire(ctx context.Context, l *lake, tbl *table.Table, drop []int64) (*table.Table, error) {
 	var reqs []table.Requirement
-	if cur != nil {
+	if cur := tbl.CurrentSnapshot(); cur != nil {
 		id := cur.SnapshotID
 		reqs = append(reqs, table.AssertRefSnapshotID(table.MainBranch, &id))
 	}
@@ -179,9 +220,6 @@ func (s *Sink) prune(ctx context.Context, tbl *table.Table) (*table.Table, error
 	if err != nil || post == nil {
 		return tbl, err
 	}
-	// The files only the expired snapshots referenced; files already
-	// gone (those an earlier expiry deleted, which a later snapshot lists
-	// as deleted) are no error.
 	if err := u.PostCommit(ctx, tbl, post); err != nil && !allNotExist(err) {
 		return post, err
 	}

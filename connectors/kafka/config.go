@@ -270,11 +270,18 @@ type start struct {
 	at     time.Time // zero: earliest
 }
 
+// The words of Kafka's offset reset that a source's and a trigger feed's
+// start take besides a time.
+const (
+	startEarliest = "earliest"
+	startLatest   = "latest"
+)
+
 func parseStart(s string) (start, error) {
 	switch s {
-	case "", "earliest":
+	case "", startEarliest:
 		return start{}, nil
-	case "latest":
+	case startLatest:
 		return start{latest: true}, nil
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)

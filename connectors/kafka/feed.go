@@ -32,7 +32,7 @@ func (c FeedConfig) Validate() error {
 		return err
 	}
 	switch c.Start {
-	case "", "latest", "earliest":
+	case "", startLatest, startEarliest:
 	default:
 		return &connectors.FieldError{Field: "start", Msg: fmt.Sprintf("%q is not latest or earliest", c.Start)}
 	}
@@ -67,7 +67,7 @@ func openFeed(_ context.Context, raw json.RawMessage, name string) (connectors.F
 		return nil, err
 	}
 	reset := kgo.NewOffset().AtEnd()
-	if c.Start == "earliest" {
+	if c.Start == startEarliest {
 		reset = kgo.NewOffset().AtStart()
 	}
 	cl, err := c.newClient(kgo.ConsumerGroup(name), kgo.ConsumeTopics(c.Topic), kgo.DisableAutoCommit(),

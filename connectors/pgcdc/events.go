@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -134,6 +135,13 @@ func (s *EventsSink) OpenTask(_ context.Context, t connectors.TaskRef) (connecto
 		return nil, fmt.Errorf("%s sink of task %s: this process registered the sink without a JetStream connection (it plans only); run the task on a worker", EventsKind, t.TaskID)
 	}
 	w := &eventsWriter{cfg: s.cfg, js: s.js, maxBytes: MaxMessageBytes}
+	if len(t.Contract) > 0 {
+		ct, err := openContract(t.Contract)
+		if err != nil {
+			return nil, connectors.Permanent(err)
+		}
+		w.contract = ct.Events()
+	}
 	if nc := s.js.Conn(); nc != nil {
 		if mp := int(nc.MaxPayload()); mp > 0 && mp/2 < w.maxBytes {
 			w.maxBytes = mp / 2
@@ -173,6 +181,13 @@ type eventsWriter struct {
 	futs     []flight // unacknowledged, oldest first
 	inFlight int      // events in futs
 	out      connectors.TaskOutput
+	// contract is the pipeline's data contract, applied to every row
+	// before its event is encoded; nil without one.
+	contract *contract.Events
+	// skipped counts the rows the contract's filter left out since the
+	// first row of the message being packed, which stays one run of
+	// the chunk's rows.
+	skipped int64
 
 	// the message being packed: rows of one chunk from row first on
 	subject, lsn, schema, table, chunk string
@@ -228,11 +243,23 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 		Op: protocol.OpRead, Pipeline: w.cfg.Pipeline, Database: r.Database, Schema: r.Schema, Table: r.Table,
 		Key: r.Key, After: r.Row, LSN: r.LSN, CommitLSN: r.LSN, CommitTime: r.Time, Relation: r.Relation,
 	}
+	if w.contract != nil {
+		keep, err := w.contract.Event(&ev)
+		if err != nil {
+			return &connectors.RowError{Location: position, Row: lineNo, Err: fmt.Errorf("contract: %w", err)}
+		}
+		if !keep {
+			if w.n > 0 && r.N == w.first+int64(w.n)+w.skipped {
+				w.skipped++
+			}
+			return nil
+		}
+	}
 	data, err := ev.Encode()
 	if err != nil {
 		return connectors.Permanent(err)
 	}
-	if w.n > 0 && (w.lsn != r.LSN || w.schema != r.Schema || w.table != r.Table || w.chunk != r.Chunk || r.N != w.first+int64(w.n) ||
+	if w.n > 0 && (w.lsn != r.LSN || w.schema != r.Schema || w.table != r.Table || w.chunk != r.Chunk || r.N != w.first+int64(w.n)+w.skipped ||
 		w.n >= w.cfg.MessageEvents || len(w.data)+1+len(data) > w.maxBytes) {
 		if err := w.flush(ctx); err != nil {
 			return err
@@ -240,6 +267,7 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	}
 	if w.n == 0 {
 		w.subject, w.lsn, w.schema, w.table, w.chunk, w.first = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), r.LSN, r.Schema, r.Table, r.Chunk, r.N
+		w.skipped = 0
 	} else {
 		w.data = append(w.data, '\n')
 	}
@@ -247,7 +275,11 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 	w.n++
 	w.out.Rows++
 	w.out.Bytes += int64(len(data))
-	w.out.Checksum.Add(line)
+	if w.contract != nil {
+		w.out.Checksum.Add(data) // never a sum over values the contract hides
+	} else {
+		w.out.Checksum.Add(line)
+	}
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/sluicehq/sluice/connectors/postgres"
+	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -33,6 +34,9 @@ type Config struct {
 	Publication string
 	// Tables lists the captured tables as "schema.table".
 	Tables []string
+	// Contract, when set, is the pipeline's data contract, applied to
+	// every change before its event is encoded (see contract.go).
+	Contract *contract.Contract
 	// Pipeline names the CDC pipeline: the subject token of its events.
 	Pipeline string
 	// Heartbeat is the interval of pg_logical_emit_message calls that let
@@ -241,6 +245,9 @@ type relation struct {
 	// describe it.
 	description []byte
 	describe    bool
+	// contract is the pipeline's data contract for the table; nil
+	// without one.
+	contract *contract.StreamTable
 }
 
 // pending is a transaction (or a heartbeat) whose events were published and
@@ -583,6 +590,9 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 		}
 		rel.fields = protocol.NewTableFields(r.cfg.Pipeline, st.database, rel.schema, rel.table, rel.keys)
 		rel.description, rel.describe = r.describe(ctx, st, m, rel.keys), true
+		if err := r.applyContract(rel, names); err != nil {
+			return err
+		}
 		st.rels[m.RelationID] = rel
 	case *pglogrepl.BeginMessage:
 		st.inTx = true
@@ -709,6 +719,16 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 	}
 	if st.timeErr != nil {
 		return st.timeErr
+	}
+	if rel.contract != nil {
+		keep := false
+		var err error
+		if op, before, after, keep, err = rel.contract.Change(op, before, after); err != nil || !keep {
+			if err != nil {
+				return fmt.Errorf("contract: %s at %s: %w", op, lsn, err)
+			}
+			return nil
+		}
 	}
 	p := &st.pack
 	if p.n > 0 && (p.subject != rel.subject || p.n >= r.cfg.MessageEvents) {

@@ -29,7 +29,7 @@ import (
 func Register(reg *connectors.Registry, js jetstream.JetStream) {
 	reg.Register(connectors.Connector{
 		Kind:      postgres.Kind,
-		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints, Check: checkSource},
+		CDCSource: &connectors.CDCSource{Validate: ValidateSource, Open: openReader, Snapshot: snapshotEndpoints, Check: checkSource, AppliesContract: true},
 	})
 	reg.Register(connectors.Connector{
 		Kind: SnapshotKind,
@@ -56,8 +56,9 @@ func Register(reg *connectors.Registry, js jetstream.JetStream) {
 			}
 			return NewEventsSink(cfg, pub)
 		},
-		ValidateSink: ValidateEventsConfig,
-		Internal:     true,
+		ValidateSink:        ValidateEventsConfig,
+		SinkAppliesContract: true,
+		Internal:            true,
 	})
 }
 

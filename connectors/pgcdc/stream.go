@@ -105,6 +105,9 @@ func openReader(_ context.Context, req connectors.StreamRequest) (connectors.Str
 		DSN: src.DSN, Slot: req.Settings.Slot, Publication: req.Settings.Publication, Tables: src.Tables,
 		Pipeline: req.Pipeline, Heartbeat: req.Settings.Heartbeat, MessageEvents: req.Settings.MessageEvents,
 	}
+	if cfg.Contract, err = openContract(req.Contract); err != nil {
+		return nil, err
+	}
 	log := req.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

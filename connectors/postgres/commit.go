@@ -45,8 +45,11 @@ func (s *Sink) lockTable(ctx context.Context, conn *pgx.Conn) (pgx.Tx, error) {
 	return tx, nil
 }
 
-// commit publishes a full load as version req.Version (see Commit).
-func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest) error {
+// commit publishes a full load as version req.Version (see Commit); a
+// passthrough's (pass) gets the source's table definition first: the
+// staging table its constraints, indexes and identity columns, or, when
+// the run has no rows, a table made from it.
+func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.CommitRequest, pass bool) error {
 	tx, err := s.lockTable(ctx, conn)
 	if err != nil {
 		return err
@@ -70,6 +73,26 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 	if err != nil {
 		return err
 	}
+	var finish []string
+	if pass {
+		def, err := DecodeTableDef(req.Schema)
+		if err != nil {
+			return connectors.Permanent(err)
+		}
+		table := rowsT
+		if !staged {
+			if err := createPassTable(ctx, tx, vt, req.Schema); err != nil {
+				return err
+			}
+			table = vt
+		}
+		finish = def.FinishSQL(table, vt[len(vt)-1])
+	}
+	for _, sql := range finish {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("%s: %w", sql, err)
+		}
+	}
 	if staged {
 		for _, sql := range []string{
 			// Staged by an earlier release (see taskWriter.begin).
@@ -81,7 +104,7 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 				return err
 			}
 		}
-	} else {
+	} else if !pass {
 		ok, err := s.createTable(ctx, tx, vt, nil, req.Schema)
 		if err != nil {
 			return err

@@ -2,9 +2,13 @@ package postgres
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -37,6 +41,10 @@ type DDLOptions struct {
 	// (UnknownTypes): such a column takes the type of its logical type,
 	// and no default.
 	Unknown map[string]bool
+	// Collations gives, by column name, the collation of a column of its
+	// native type whose collation is not its type's default, as an SQL
+	// name (pg_catalog."C"): see TableDef.
+	Collations map[string]string
 }
 
 // LogicalColumnType is the PostgreSQL type of a logical column type:
@@ -120,6 +128,9 @@ func ColumnSQL(c protocol.Column, system string, o DDLOptions) (string, error) {
 	b.WriteString(pgx.Identifier{c.Name}.Sanitize())
 	b.WriteByte(' ')
 	b.WriteString(typ)
+	if coll, ok := o.Collations[c.Name]; ok && native {
+		b.WriteString(" COLLATE " + coll)
+	}
 	if native && c.Generated != "" && o.Generated {
 		b.WriteString(" GENERATED ALWAYS AS (" + c.Generated + ") STORED")
 	}
@@ -217,4 +228,143 @@ func CreateTable(ctx context.Context, q Querier, t pgx.Identifier, s *protocol.S
 		return fmt.Errorf("create table %s: %w", t.Sanitize(), err)
 	}
 	return nil
+}
+
+// TableDef is what recreating a table exactly needs besides what a
+// protocol.Schema says of its columns (native types, NOT NULL, defaults,
+// generation expressions, primary key columns): the enum types its
+// columns use, their collations, its constraints (primary key, unique,
+// exclusion and check constraints) and the indexes that back none, and
+// its identity columns. DescribeTableDef reads it from a source's
+// catalog; a passthrough carries it in Schema.Native to the target, which
+// creates the enums and the table first (CreateTypes, CreateTableSQL with
+// the collations) and the rest once the rows are in (FinishSQL). Foreign
+// keys, triggers, policies, comments and storage settings are not part
+// of it.
+type TableDef struct {
+	Enums       []EnumDef         `json:"enums,omitempty"`
+	Collations  map[string]string `json:"collations,omitempty"`
+	Constraints []ConstraintDef   `json:"constraints,omitempty"`
+	Indexes     []IndexDef        `json:"indexes,omitempty"`
+	Identity    []IdentityDef     `json:"identity,omitempty"`
+}
+
+// EnumDef is an enum type: its schema, name and labels in order.
+type EnumDef struct {
+	Schema string   `json:"schema"`
+	Name   string   `json:"name"`
+	Labels []string `json:"labels"`
+}
+
+// ConstraintDef is a table constraint: its name and its definition as
+// pg_get_constraintdef writes it ("PRIMARY KEY (id)", "UNIQUE (a, b)
+// DEFERRABLE", "CHECK ((n > 0))", "EXCLUDE USING gist (r WITH &&)").
+// Indexed marks a constraint backed by an index (primary key, unique,
+// exclusion), whose name, the index's, must be unique in its schema.
+type ConstraintDef struct {
+	Name    string `json:"name"`
+	Def     string `json:"def"`
+	Indexed bool   `json:"indexed,omitempty"`
+}
+
+// IndexDef is an index that backs no constraint: its name and its
+// definition after its table, as pg_get_indexdef writes it ("USING btree
+// (lower(email)) WHERE (active)").
+type IndexDef struct {
+	Name   string `json:"name"`
+	Unique bool   `json:"unique,omitempty"`
+	Def    string `json:"def"`
+}
+
+// IdentityDef is an identity column: GENERATED ALWAYS (Always) or BY
+// DEFAULT, its sequence going on from Start.
+type IdentityDef struct {
+	Column string `json:"column"`
+	Always bool   `json:"always,omitempty"`
+	Start  int64  `json:"start"`
+}
+
+// DecodeTableDef decodes the TableDef a schema of this system carries in
+// Native; an empty one when it carries none.
+func DecodeTableDef(s *protocol.Schema) (TableDef, error) {
+	var d TableDef
+	if s == nil || s.System != Kind || len(s.Native) == 0 {
+		return d, nil
+	}
+	if err := json.Unmarshal(s.Native, &d); err != nil {
+		return d, fmt.Errorf("the schema's table definition: %w", err)
+	}
+	return d, nil
+}
+
+// CreateTypesSQL returns the statements that create, on q, the enum types
+// of d the database lacks (in the same schemas, with the same labels).
+func (d TableDef) CreateTypesSQL(ctx context.Context, q Querier) ([]string, error) {
+	var out []string
+	for _, e := range d.Enums {
+		name := pgx.Identifier{e.Schema, e.Name}.Sanitize()
+		var exists bool
+		if err := q.QueryRow(ctx, "SELECT to_regtype($1) IS NOT NULL", name).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("look up type %s: %w", name, err)
+		}
+		if exists {
+			continue
+		}
+		labels := make([]string, len(e.Labels))
+		for i, l := range e.Labels {
+			labels[i] = quoteLiteral(l)
+		}
+		out = append(out, "CREATE TYPE "+name+" AS ENUM ("+strings.Join(labels, ", ")+")")
+	}
+	return out, nil
+}
+
+// FinishSQL returns the statements that give table t, once its rows are
+// in, the constraints, indexes and identity columns of d. An index (and
+// an indexed constraint) is named after base, the name of the table it
+// ends up on (IndexName), so that the tables of one schema never share
+// one; a check constraint keeps its name.
+func (d TableDef) FinishSQL(t pgx.Identifier, base string) []string {
+	var out []string
+	table := t.Sanitize()
+	for _, c := range d.Constraints {
+		name := c.Name
+		if c.Indexed {
+			name = IndexName(base, c.Name)
+		}
+		out = append(out, "ALTER TABLE "+table+" ADD CONSTRAINT "+pgx.Identifier{name}.Sanitize()+" "+c.Def)
+	}
+	for _, ix := range d.Indexes {
+		unique := ""
+		if ix.Unique {
+			unique = "UNIQUE "
+		}
+		out = append(out, "CREATE "+unique+"INDEX "+pgx.Identifier{IndexName(base, ix.Name)}.Sanitize()+" ON "+table+" "+ix.Def)
+	}
+	for _, id := range d.Identity {
+		kind := "BY DEFAULT"
+		if id.Always {
+			kind = "ALWAYS"
+		}
+		out = append(out, fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s ADD GENERATED %s AS IDENTITY (START WITH %d)",
+			table, pgx.Identifier{id.Column}.Sanitize(), kind, id.Start))
+	}
+	return out
+}
+
+// IndexName is the name of the index (or indexed constraint) src of the
+// source on the table named base: "<base>_<src>", cut to PostgreSQL's 63
+// bytes with a hash of the whole kept at its end.
+func IndexName(base, src string) string {
+	name := base + "_" + src
+	if len(name) <= 63 {
+		return name
+	}
+	h := sha256.Sum256([]byte(name))
+	suffix := "_" + hex.EncodeToString(h[:4])
+	cut := name[:63-len(suffix)]
+	for !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return cut + suffix
 }

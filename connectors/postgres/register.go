@@ -18,7 +18,45 @@ func Register(reg *connectors.Registry) {
 		ValidateSink:   ValidateSink,
 		SinkAppends:    true,
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
+		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
+}
+
+// Units are what the postgres connector exchanges in a passthrough
+// (connectors.Passthrough.Units): chunks of a table's rows in COPY's
+// format.
+const Units = "postgres-copy"
+
+// ValidatePassthroughSource checks the configuration of a passthrough
+// source without I/O: a table is copied whole, every column as it is.
+func ValidatePassthroughSource(config json.RawMessage) error {
+	c, err := ParseSourceConfig(config)
+	switch {
+	case err != nil:
+		return err
+	case len(c.Columns) > 0:
+		return passOnly("columns", "it copies every column (a data contract leaves columns out)")
+	case c.Where != "":
+		return passOnly("where", "it copies every row")
+	case c.Format != "":
+		return passOnly("format", "it moves rows in COPY's binary format")
+	}
+	return nil
+}
+
+// ValidatePassthroughSink checks the configuration of a passthrough sink
+// without I/O: the versioned tables take the source's definition.
+func ValidatePassthroughSink(config json.RawMessage) error {
+	c, err := ParseSinkConfig(config)
+	if err == nil && len(c.Columns) > 0 {
+		return passOnly("columns", "the target takes the source table's definition")
+	}
+	return err
+}
+
+func passOnly(field, why string) error {
+	return &connectors.FieldError{Field: field, Msg: "is not used by pattern passthrough: " + why}
 }
 
 // ValidateSource checks a source configuration without I/O.

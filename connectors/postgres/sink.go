@@ -104,6 +104,12 @@ func (s *Sink) committedRun(ctx context.Context, q querier, runID string) (bool,
 // TaskOutput. A commit repeated with the same run finds it recorded and
 // changes nothing.
 func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
+	return s.commitRun(ctx, req, false)
+}
+
+// commitRun commits a run (see Commit); a passthrough's (pass) as a
+// version with the source's table definition.
+func (s *Sink) commitRun(ctx context.Context, req connectors.CommitRequest, pass bool) (connectors.CommitResult, error) {
 	res := connectors.CommitResult{Location: s.cfg.Table}
 	if req.Version <= 0 && req.Mode != connectors.ModeAppend {
 		return res, connectors.Permanent(fmt.Errorf("commit run %s to %s: version %d is not positive", req.RunID, s.cfg.Table, req.Version))
@@ -113,13 +119,13 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 		return res, err
 	}
 	defer conn.Close(context.Background())
-	if req.Mode == connectors.ModeAppend {
+	if req.Mode == connectors.ModeAppend && !pass {
 		if err := s.commitWindow(ctx, conn, req); err != nil {
 			return res, classify(fmt.Errorf("commit run %s to %s for window %v: %w", req.RunID, s.cfg.Table, req.Window, err))
 		}
 		return res, nil
 	}
-	if err := s.commit(ctx, conn, req); err != nil {
+	if err := s.commit(ctx, conn, req, pass); err != nil {
 		return res, classify(fmt.Errorf("commit run %s to %s as version %d: %w", req.RunID, s.cfg.Table, req.Version, err))
 	}
 	return res, nil

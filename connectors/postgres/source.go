@@ -93,6 +93,9 @@ type chunkSpec struct {
 	BlockHi *int64 `json:"block_hi,omitempty"`
 	// Delta bounds every chunk of an incremental run to its window.
 	Delta *deltaSpec `json:"delta,omitempty"`
+	// Format is the COPY format of a passthrough's chunk (formatBinary or
+	// formatText); empty for a load's, which reads CSV.
+	Format string `json:"format,omitempty"`
 }
 
 // deltaSpec is the window of an incremental run on its delta column.
@@ -189,6 +192,16 @@ type tableInfo struct {
 // only. The plan's Schema describes the columns read, from the catalog
 // (see logicalType), with the primary key as its key.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	return s.plan(ctx, req, func(ctx context.Context, conn *pgx.Conn, oid uint32, specs []chunkSpec) (*protocol.Schema, error) {
+		return DescribeTable(ctx, conn, oid, specs[0].Columns)
+	})
+}
+
+// plan plans the table's chunks (see Plan) and asks describe, inside the
+// planning transaction, for the plan's schema; describe may change the
+// chunks' columns and format.
+func (s *Source) plan(ctx context.Context, req connectors.PlanRequest,
+	describe func(ctx context.Context, conn *pgx.Conn, oid uint32, specs []chunkSpec) (*protocol.Schema, error)) (connectors.Plan, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
 		return connectors.Plan{}, err
@@ -220,21 +233,11 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	plan := connectors.Plan{}
-	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
+	if plan.Schema, err = describe(ctx, conn, info.oid, specs); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
-	n := int64(len(specs))
-	for _, c := range specs {
-		c.V = 1
-		c.Run = req.RunID
-		c.Snapshot = snapshot
-		spec, err := json.Marshal(c)
-		if err != nil {
-			return connectors.Plan{}, err
-		}
-		plan.Partitions = append(plan.Partitions, protocol.Partition{
-			Key: c.key(), Spec: spec, Rows: rows / n, Bytes: info.bytes / n,
-		})
+	if plan.Partitions, err = partitions(specs, req.RunID, snapshot, rows, info.bytes); err != nil {
+		return connectors.Plan{}, err
 	}
 	if export {
 		s.mu.Lock()
@@ -250,6 +253,24 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	return plan, nil
+}
+
+// partitions are the partitions of a run's chunks, on snapshot, each with
+// its share of the table's rows and bytes.
+func partitions(specs []chunkSpec, run, snapshot string, rows, bytes int64) ([]protocol.Partition, error) {
+	n := int64(len(specs))
+	var out []protocol.Partition
+	for _, c := range specs {
+		c.V = 1
+		c.Run = run
+		c.Snapshot = snapshot
+		spec, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, protocol.Partition{Key: c.key(), Spec: spec, Rows: rows / n, Bytes: bytes / n})
+	}
+	return out, nil
 }
 
 // chunks computes the chunk bounds inside the planning transaction.
@@ -593,16 +614,33 @@ func (s *Source) chunk(p protocol.Partition) (chunkSpec, error) {
 	return c, nil
 }
 
-func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connectors.Emit) error {
+// hijackChunk connects, begins the transaction of chunk c on its
+// snapshot and takes the idle connection from pgx, for a COPY read
+// straight off it (see copyOut). The caller closes the connection.
+func (s *Source) hijackChunk(ctx context.Context, c chunkSpec, where string) (net.Conn, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer conn.Close(context.Background())
-	where := fmt.Sprintf("read %s %s", s.cfg.Table, key)
+	fail := func(err error) (net.Conn, error) {
+		conn.Close(context.Background())
+		return nil, err
+	}
 	if err := beginInSnapshot(ctx, conn, c.Snapshot, c.Run, where); err != nil {
-		return err
+		return fail(err)
 	}
+	if err := conn.PgConn().SyncConn(ctx); err != nil {
+		return fail(classify(fmt.Errorf("%s: %w", where, err)))
+	}
+	hc, err := conn.PgConn().Hijack()
+	if err != nil {
+		return fail(fmt.Errorf("%s: %w", where, err))
+	}
+	return hc.Conn, nil
+}
+
+func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connectors.Emit) error {
+	where := fmt.Sprintf("read %s %s", s.cfg.Table, key)
 	bw := &batchWriter{
 		emit: emit, columns: c.Columns,
 		split:    newRecordSplitter(batchBytes + rawReadBuffer + batchBytes/8),
@@ -611,15 +649,12 @@ func (s *Source) read(ctx context.Context, c chunkSpec, key string, emit connect
 	// The COPY and the COMMIT go in one simple query, read straight off
 	// the connection (see copyOut).
 	sql := "COPY (" + s.query(c) + ") TO STDOUT WITH (FORMAT csv); COMMIT"
-	if err := conn.PgConn().SyncConn(ctx); err != nil {
-		return classify(fmt.Errorf("%s: %w", where, err))
-	}
-	hc, err := conn.PgConn().Hijack()
+	conn, err := s.hijackChunk(ctx, c, where)
 	if err != nil {
-		return fmt.Errorf("%s: %w", where, err)
+		return err
 	}
-	defer hc.Conn.Close()
-	copied, err := copyOut(ctx, hc.Conn, sql, bw)
+	defer conn.Close()
+	copied, err := copyOut(ctx, conn, sql, bw)
 	if err != nil {
 		if bw.emitErr != nil {
 			return fmt.Errorf("%s: %w", where, bw.emitErr)
@@ -908,18 +943,8 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
-	n := int64(len(specs))
-	for _, c := range specs {
-		c.V = 1
-		c.Run = req.RunID
-		c.Snapshot = snapshot
-		spec, err := json.Marshal(c)
-		if err != nil {
-			return connectors.Plan{}, err
-		}
-		plan.Partitions = append(plan.Partitions, protocol.Partition{
-			Key: c.key(), Spec: spec, Rows: rows / n, Bytes: info.bytes / n,
-		})
+	if plan.Partitions, err = partitions(specs, req.RunID, snapshot, rows, info.bytes); err != nil {
+		return connectors.Plan{}, err
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))

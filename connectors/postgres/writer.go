@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sluicehq/sluice/connectors"
-	"github.com/sluicehq/sluice/protocol"
 )
 
 // stagingTaskColumn is the column in which staging tables made by earlier
@@ -29,10 +28,10 @@ func taskNumber(taskID string) int64 {
 	return int64(h.Sum64())
 }
 
-// ensureStaging creates the staging tables of a run unless they exist. It
-// returns false when the staging table does not exist and cannot be
-// created because no columns are known.
-func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, columns []string, schema *protocol.Schema) (bool, error) {
+// ensureStaging creates the staging tables of a run unless they exist,
+// the rows' table with create. It returns false when the staging table
+// does not exist and create cannot make it (no columns are known).
+func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, create func(ctx context.Context, q querier, t pgx.Identifier) (bool, error)) (bool, error) {
 	rowsT, tasksT := s.staging(runID)
 	if ok, _, err := exists(ctx, conn, rowsT); err != nil || ok {
 		return ok, err
@@ -48,7 +47,7 @@ func (s *Sink) ensureStaging(ctx context.Context, conn *pgx.Conn, runID string, 
 	if ok, _, err := exists(ctx, tx, rowsT); err != nil || ok {
 		return ok, err
 	}
-	ok, err := s.createTable(ctx, tx, rowsT, columns, schema)
+	ok, err := create(ctx, tx, rowsT)
 	if err != nil || !ok {
 		return false, err
 	}
@@ -84,6 +83,9 @@ type taskWriter struct {
 	enc     arrowCSV
 	ended   bool
 	failed  error // the first Write error; Close returns it
+	// passthrough makes the staging table from the source's table
+	// definition (createPassTable), for the units of a passthrough.
+	passthrough bool
 }
 
 func (w *taskWriter) where() string {
@@ -94,7 +96,15 @@ func (w *taskWriter) where() string {
 // transaction, removing an earlier attempt's output. It returns false when
 // there is no staging table and none can be made (no columns known).
 func (w *taskWriter) begin(ctx context.Context, columns []string) (bool, error) {
-	ok, err := w.s.ensureStaging(ctx, w.conn, w.ref.RunID, columns, w.ref.Schema)
+	create := func(ctx context.Context, q querier, t pgx.Identifier) (bool, error) {
+		return w.s.createTable(ctx, q, t, columns, w.ref.Schema)
+	}
+	if w.passthrough {
+		create = func(ctx context.Context, q querier, t pgx.Identifier) (bool, error) {
+			return true, createPassTable(ctx, q, t, w.ref.Schema)
+		}
+	}
+	ok, err := w.s.ensureStaging(ctx, w.conn, w.ref.RunID, create)
 	if err != nil || !ok {
 		return false, err
 	}

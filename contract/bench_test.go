@@ -1,0 +1,100 @@
+package contract_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/contract"
+)
+
+// overheadContract hashes three and masks two of the seven columns of the
+// benchmark table (bench/harness.Orders).
+const overheadContract = `key: ${SLUICE_BENCH_CONTRACT_KEY}
+columns:
+  id: keep
+  customer: {pii: name, action: hash}
+  created_at: {action: hash}
+  status: {action: hash}
+  amount: {action: mask}
+  quantity: {action: mask}
+  paid: keep
+`
+
+// ordersCSV returns n rows shaped like bench/harness.Orders', as a
+// PostgreSQL source's CSV batch.
+func ordersCSV(n int) []byte {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		customer := fmt.Sprintf("customer %012x", i*2654435761)
+		if i%10 == 0 {
+			customer = `"Smith, ` + customer + `"`
+		}
+		qty := fmt.Sprint(i * 7 % 1000)
+		if i%50 == 0 {
+			qty = ""
+		}
+		fmt.Fprintf(&b, "%d,%s,%d.%02d,2024-01-%02d 10:%02d:%02d.123457+00,%s,%s,%s\n", i, customer, i%100000, i%97, 1+i%28, i%60, i%60, qty,
+			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5])
+	}
+	return []byte(b.String())
+}
+
+type discard struct{ rows int64 }
+
+func (d *discard) Write(_ context.Context, b connectors.Batch) error { d.rows += b.Rows; return nil }
+func (d *discard) Close(context.Context) (connectors.TaskOutput, error) {
+	return connectors.TaskOutput{Rows: d.rows}, nil
+}
+func (d *discard) Abort(context.Context) error { return nil }
+
+// BenchmarkWriterCSV is the contract's own cost: 3 hashed and 2 masked
+// columns of 7, on CSV batches of 10,000 rows (about 1 MiB, as a
+// PostgreSQL source's), beside the same batches passed through.
+func BenchmarkWriterCSV(b *testing.B) {
+	const rows = 10_000
+	raw := ordersCSV(rows)
+	cols := []string{"id", "customer", "amount", "created_at", "quantity", "paid", "status"}
+	for _, tc := range []struct {
+		name string
+		y    string
+	}{{"passthrough", "columns: {id: keep}\n"}, {"3hash2mask", overheadContract}} {
+		b.Run(tc.name, func(b *testing.B) {
+			spec, problems := contract.Parse([]byte(tc.y))
+			if len(problems) > 0 {
+				b.Fatal(problems)
+			}
+			c, err := contract.Compile(spec, func(string) (string, bool) { return "benchmark contract key, 32 byte", true })
+			if err != nil {
+				b.Fatal(err)
+			}
+			w, err := c.Writer(&discard{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(raw)))
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				if err := w.Write(context.Background(), connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: cols, Rows: rows}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(rows)/float64(b.N), "cpu-ns/row")
+		})
+	}
+}
+
+// cpuTime is the CPU time this process used so far (user and system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
