@@ -39,6 +39,8 @@ type entry struct {
 	appends    bool
 	values     bool
 	merges     bool
+	params     ParamsFunc
+	feed       *EventFeed
 	contracts  bool // the sink applies contracts itself
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
@@ -122,6 +124,12 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Params, when set, checks the run parameters a source of the kind
+	// takes (see ParamsFunc); it goes with Source.
+	Params ParamsFunc
+	// Feed, when set, makes the kind deliver events that start runs
+	// (trigger: {<kind>: {...}}).
+	Feed *EventFeed
 	// ValidateDataset, when set, says that the kind's sinks compact their
 	// datasets (they implement Compactor): a compact pipeline may name
 	// one as its dataset, a sink configuration this checks without I/O.
@@ -218,6 +226,21 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.Params != nil {
+		if e.params != nil {
+			dup("params")
+		}
+		e.params = c.Params
+		parts++
+	}
+	if c.Feed != nil {
+		if e.feed != nil {
+			dup("feed")
+		}
+		feed := *c.Feed
+		e.feed = &feed
 		parts++
 	}
 	if c.ValidateDataset != nil {

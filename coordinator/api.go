@@ -394,7 +394,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 	}
 	for _, p := range c.fsm.pipelines() {
 		if req.Pipeline == "" || p.Spec.Name == req.Pipeline {
-			reply.Pipelines = append(reply.Pipelines, pipelineStatus(p))
+			reply.Pipelines = append(reply.Pipelines, t.pipelineStatus(p))
 		}
 	}
 	if req.Pipeline != "" && len(reply.Pipelines) == 0 {
@@ -425,7 +425,7 @@ func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
 func (t *leaderTerm) apiPipelines() (any, error) {
 	out := []protocol.PipelineStatus{}
 	for _, p := range t.c.fsm.pipelines() {
-		out = append(out, pipelineStatus(p))
+		out = append(out, t.pipelineStatus(p))
 	}
 	return out, nil
 }
@@ -446,7 +446,17 @@ func (t *leaderTerm) apiPipelineGet(data []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode the spec of %s: %w", req.Pipeline, err)
 	}
-	return protocol.PipelineGetReply{Status: pipelineStatus(p), Spec: spec}, nil
+	return protocol.PipelineGetReply{Status: t.pipelineStatus(p), Spec: spec}, nil
+}
+
+// pipelineStatus is p's status with what this term counted of its
+// external trigger's events.
+func (t *leaderTerm) pipelineStatus(p *pipelineState) protocol.PipelineStatus {
+	s := pipelineStatus(p)
+	if p.Spec.Trigger.External() {
+		s.Events = t.ext.get(p.Spec.Name)
+	}
+	return s
 }
 
 func pipelineStatus(p *pipelineState) protocol.PipelineStatus {

@@ -93,6 +93,10 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 		if !ok {
 			return "", nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 		}
+		req, err := t.runParams(p, req)
+		if err != nil {
+			return "", nil, err
+		}
 		win, live, err := runWindow(p, req.Window, now())
 		if err != nil {
 			return "", nil, err

@@ -40,7 +40,8 @@ type Spec struct {
 	Schedule string `json:"schedule,omitempty"`
 	// Trigger starts runs on events other than a message on the
 	// pipeline's trigger subject: After starts a run each time a run of
-	// another pipeline commits.
+	// another pipeline commits; Subject and Feed on events of other
+	// systems (see Trigger).
 	Trigger *Trigger `json:"trigger,omitempty"`
 	Retry   Retry    `json:"retry,omitzero"`
 	// Incremental configures the delta-column windows of a pipeline of
@@ -61,14 +62,6 @@ type Spec struct {
 	Compact *protocol.CompactSettings `json:"compact,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
-}
-
-// Trigger is the trigger section of a spec.
-type Trigger struct {
-	// After names the upstream pipeline: each committed run of it starts
-	// one run of this pipeline, whose trigger context names the upstream
-	// run, its dataset location and version.
-	After string `json:"after,omitempty"`
 }
 
 // ParseSchedule parses a schedule as the coordinator does: a standard
@@ -466,6 +459,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
 	problems = append(problems, s.connectorProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
+	problems = append(problems, s.externalTriggerProblems(lines, reg)...)
 	problems = append(problems, s.contractProblems(lines, reg)...)
 	problems = append(problems, s.compactProblems(lines)...)
 	if len(problems) > 0 {
@@ -734,32 +728,6 @@ func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
 	return out
 }
 
-func (p *parser) trigger(v *yaml.Node) *Trigger {
-	out := &Trigger{}
-	if v.Kind != yaml.MappingNode {
-		p.add("trigger", v.Line, "must be a mapping (after)")
-		return out
-	}
-	for i := 0; i+1 < len(v.Content); i += 2 {
-		k, val := v.Content[i], v.Content[i+1]
-		field := "trigger." + k.Value
-		switch k.Value {
-		case "after":
-			out.After = p.str(field, val)
-			p.afterLine = val.Line
-			if val.Kind == yaml.ScalarNode && !protocol.ValidName(out.After) {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a valid pipeline name: use lower-case letters, digits, '_' and '-', at most 63", out.After))
-			}
-		default:
-			p.add(field, k.Line, "unknown field (known: after)")
-		}
-	}
-	if out.After == "" && len(v.Content) == 0 {
-		p.add("trigger.after", v.Line, "is required")
-	}
-	return out
-}
-
 // triggerProblems checks the schedule and the trigger section of a spec
 // that may not come from Parse.
 func (s Spec) triggerProblems(lines lines) []Problem {
@@ -769,7 +737,7 @@ func (s Spec) triggerProblems(lines lines) []Problem {
 			out = append(out, Problem{Field: "schedule", Line: lines["schedule"], Msg: msg})
 		}
 	}
-	if tr := s.Trigger; tr != nil {
+	if tr := s.Trigger; tr != nil && !tr.External() {
 		switch {
 		case !protocol.ValidName(tr.After):
 			out = append(out, Problem{Field: "trigger.after", Line: lines.nearest("trigger.after"),

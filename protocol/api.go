@@ -151,6 +151,26 @@ type PipelineStatus struct {
 	// exposes (0: none pending); the leader finishes it before it commits
 	// anything of the pipeline.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
+	// Events counts the events of an external trigger (a subject of
+	// another system, a feed) that the current leader handled.
+	Events *TriggerEvents `json:"events,omitempty"`
+}
+
+// TriggerEvents counts what the leader did with the events of a
+// pipeline's external trigger since it leads.
+type TriggerEvents struct {
+	// Source names where the events come from ("subject s3.events",
+	// "kafka feed").
+	Source string `json:"source"`
+	// Runs counts the events that started a run (or found the run an
+	// earlier delivery started); Filtered those the filter rejected;
+	// DeadLettered those dead-lettered with their reason.
+	Runs         int64     `json:"runs"`
+	Filtered     int64     `json:"filtered"`
+	DeadLettered int64     `json:"dead_lettered"`
+	Last         time.Time `json:"last,omitzero"`
+	// Error is the last error reading the events, if they cannot be read.
+	Error string `json:"error,omitempty"`
 }
 
 // Run states. A run is waiting (between planning and running) while its

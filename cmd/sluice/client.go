@@ -290,7 +290,8 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 }
 
 // startsOn says what starts runs of p besides a trigger message: its
-// schedule (with its next tick) and the pipeline it runs after.
+// schedule (with its next tick), the pipeline it runs after, and the
+// events of an external trigger with what became of them.
 func startsOn(p protocol.PipelineStatus) string {
 	var parts []string
 	if p.Schedule != "" {
@@ -302,6 +303,13 @@ func startsOn(p protocol.PipelineStatus) string {
 	}
 	if p.After != "" {
 		parts = append(parts, "after "+p.After)
+	}
+	if e := p.Events; e != nil {
+		s := fmt.Sprintf("%s (%d runs, %d filtered, %d dead-lettered)", e.Source, e.Runs, e.Filtered, e.DeadLettered)
+		if e.Error != "" {
+			s += ": " + e.Error
+		}
+		parts = append(parts, s)
 	}
 	return strings.Join(parts, ", ")
 }

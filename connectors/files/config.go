@@ -295,6 +295,7 @@ func Register(reg *connectors.Registry) {
 		SinkValueWindows: true,
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
+		Params:           checkParams,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		ValidateDataset:  ValidateSink,
 		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
