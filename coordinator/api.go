@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -371,6 +372,10 @@ func backfillStatus(b *backfillState) protocol.BackfillStatus {
 			s.Skipped++
 		}
 	}
+	if sum := b.Summary; sum != nil {
+		// trimmed: only some failed windows are left
+		s.Total, s.Committed, s.Failed, s.Skipped, s.Rows = sum.Total, sum.Committed, sum.Failed, sum.Skipped, sum.Rows
+	}
 	return s
 }
 
@@ -383,6 +388,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 	if req.Limit <= 0 {
 		req.Limit = 20
 	}
+	req.Limit = min(req.Limit, protocol.MaxStatusRuns)
 	reply := protocol.StatusReply{Leader: c.LeaderID(), Pipelines: []protocol.PipelineStatus{}, Runs: []protocol.RunStatus{}, Workers: c.liveWorkers()}
 	if r := c.raftNode(); r != nil {
 		if f := r.GetConfiguration(); f.Error() == nil {
@@ -507,6 +513,17 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 			s.TaskList = append(s.TaskList, protocol.TaskStatus{TaskID: ts.ID, Partition: ts.Partition.Key, State: ts.State,
 				Attempts: ts.Attempts, Worker: ts.Worker, Rows: ts.Rows, Bytes: ts.Bytes, Error: ts.Error})
 		}
+	}
+	if len(s.TaskList) > protocol.MaxTaskList {
+		// the failed tasks first: they say why the run failed
+		failedFirst := func(t protocol.TaskStatus) int {
+			if t.State == protocol.TaskFailed {
+				return 0
+			}
+			return 1
+		}
+		slices.SortStableFunc(s.TaskList, func(a, b protocol.TaskStatus) int { return cmp.Compare(failedFirst(a), failedFirst(b)) })
+		s.TaskList = slices.Clip(s.TaskList[:protocol.MaxTaskList])
 	}
 	if s.TasksDone > 0 {
 		s.Checksum = r.checksum().String()

@@ -86,6 +86,42 @@ func (t *leaderTerm) cleanUp(ctx context.Context, log *slog.Logger) {
 	}
 }
 
+// trimEvery is how often the leader trims the state (stateTrimCmd).
+const trimEvery = time.Minute
+
+// trims trims the state every trimEvery while leading.
+func (t *leaderTerm) trims(ctx context.Context) {
+	log := t.c.log.With("role", "leader")
+	tick := time.NewTicker(trimEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t.trim(log)
+	}
+}
+
+// trim applies one stateTrimCmd and logs what it dropped; a cleanup given
+// up is a warning naming what is left to remove by hand.
+func (t *leaderTerm) trim(log *slog.Logger) {
+	out, err := apply(t.c, stateTrimCmd{CleanupExpiry: t.c.cfg.CleanupExpiry, Time: now()})
+	if err != nil {
+		log.Warn("trim state", "err", err)
+		return
+	}
+	for _, cl := range out.Expired {
+		log.Warn("cleanup of a deleted pipeline given up: remove what is left by hand", "pipeline", cl.Pipeline,
+			"left", cl.what(), "deleted", cl.Created, "expiry", t.c.cfg.CleanupExpiry)
+	}
+	if out.changed() {
+		log.Info("state trimmed", "dropped_pipelines", out.Dropped, "expired_cleanups", len(out.Expired),
+			"runs_stripped", out.Runs, "backfills_stripped", out.Backfills)
+	}
+}
+
 func (t *leaderTerm) cleanUpOne(ctx context.Context, cl cleanup) error {
 	if wait := cl.Lease - time.Since(cl.Created); wait > 0 {
 		return fmt.Errorf("waiting %s for the holder of the lease to stop", wait.Round(time.Millisecond))

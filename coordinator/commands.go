@@ -36,6 +36,8 @@ const (
 	cmdStreamTables cmdType = 20
 	// An incremental snapshot the reader took.
 	cmdSnapshotDone cmdType = 21
+	// The leader's periodic trim of what the state no longer needs.
+	cmdStateTrim cmdType = 40
 )
 
 func (t cmdType) String() string {
@@ -78,6 +80,8 @@ func (t cmdType) String() string {
 		return "snapshot done"
 	case cmdRunReplan:
 		return "run replan"
+	case cmdStateTrim:
+		return "state trim"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }
@@ -146,6 +150,34 @@ type cleanupDoneCmd struct {
 }
 
 func (cleanupDoneCmd) cmdType() cmdType { return cmdCleanupDone }
+
+// stateTrimCmd drops from the state what nothing needs any more, so that
+// it stays bounded however many runs and pipelines come and go: the
+// deleted pipelines whose cleanup is over (keeping only their numbers),
+// the partitions of the finished runs whose end was announced, the windows
+// of finished backfills (counted, the failed ones kept), and the cleanups
+// pending since before Time - CleanupExpiry (given up; 0: none).
+type stateTrimCmd struct {
+	CleanupExpiry time.Duration `json:"cleanup_expiry,omitempty"`
+	Time          time.Time     `json:"time"`
+}
+
+func (stateTrimCmd) cmdType() cmdType { return cmdStateTrim }
+
+// stateTrimReply says what a trim dropped: the deleted pipelines, the
+// cleanups given up (for the leader to log what is left to remove), and
+// how many runs and backfills it stripped.
+type stateTrimReply struct {
+	Dropped   []string  `json:"dropped,omitempty"`
+	Expired   []cleanup `json:"expired,omitempty"`
+	Runs      int       `json:"runs,omitempty"`
+	Backfills int       `json:"backfills,omitempty"`
+}
+
+// changed reports whether the trim dropped anything.
+func (r stateTrimReply) changed() bool {
+	return len(r.Dropped)+len(r.Expired)+r.Runs+r.Backfills > 0
+}
 
 // runCreateCmd creates a run; the leader sends it through createRun only.
 type runCreateCmd struct {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // Peer is one coordinator node of the Raft cluster.
@@ -64,6 +66,17 @@ type Config struct {
 	// KeepRuns is how many finished runs per pipeline the FSM keeps;
 	// default 50.
 	KeepRuns int
+	// StreamMaxBytes caps each Sluice stream but SLUICE_CDC (default
+	// DefaultStreamMaxBytes), CDCMaxBytes SLUICE_CDC (default
+	// protocol.CDCMaxBytes); DLQMaxAge is how long SLUICE_DLQ keeps a dead
+	// letter (default DefaultDLQMaxAge).
+	StreamMaxBytes int64
+	CDCMaxBytes    int64
+	DLQMaxAge      time.Duration
+	// CleanupExpiry is how long the leader tries the cleanup of a deleted
+	// pipeline before it gives up (and says what is left to remove by
+	// hand); default 7 days.
+	CleanupExpiry time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -86,6 +99,14 @@ func (c Config) withDefaults() Config {
 	defInt(&c.MaxDeliver, 10)
 	defInt(&c.DefaultMaxAttempts, 3)
 	defInt(&c.KeepRuns, 50)
+	def(&c.DLQMaxAge, DefaultDLQMaxAge)
+	def(&c.CleanupExpiry, 7*24*time.Hour)
+	if c.StreamMaxBytes == 0 {
+		c.StreamMaxBytes = DefaultStreamMaxBytes
+	}
+	if c.CDCMaxBytes == 0 {
+		c.CDCMaxBytes = protocol.CDCMaxBytes
+	}
 	return c
 }
 
@@ -114,6 +135,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"HeartbeatTimeout": c.HeartbeatTimeout, "ElectionTimeout": c.ElectionTimeout,
 		"LeaderLeaseTimeout": c.LeaderLeaseTimeout, "AckWait": c.AckWait, "DefaultBackoff": c.DefaultBackoff,
+		"DLQMaxAge": c.DLQMaxAge, "CleanupExpiry": c.CleanupExpiry,
 	} {
 		if d < 0 {
 			bad("%s %v is negative", name, d)
@@ -130,6 +152,9 @@ func (c Config) Validate() error {
 	}
 	if c.DefaultMaxAttempts < 1 {
 		bad("DefaultMaxAttempts %d is not positive", c.DefaultMaxAttempts)
+	}
+	if c.StreamMaxBytes < 0 || c.CDCMaxBytes < 0 {
+		bad("StreamMaxBytes %d or CDCMaxBytes %d is negative", c.StreamMaxBytes, c.CDCMaxBytes)
 	}
 	if c.KeepRuns < 1 {
 		bad("KeepRuns %d is not positive", c.KeepRuns)

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -180,12 +181,16 @@ func (t *leaderTerm) ensureExternalStream(ctx context.Context, want map[string]*
 		Description: "Events of other systems that start Sluice runs (pipelines' trigger subjects), and replayed trigger events.",
 		Subjects:    subjects,
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      7 * 24 * time.Hour,
+		MaxAge:      triggersMaxAge,
 		Duplicates:  2 * time.Minute,
 		Replicas:    max(t.c.cfg.StreamReplicas, 1),
+		// Full, it refuses new events, as SLUICE_TRIGGERS does: the
+		// other system's publisher gets the error, no event is dropped.
+		MaxBytes: cmp.Or(t.c.cfg.StreamMaxBytes, DefaultStreamMaxBytes),
+		Discard:  jetstream.DiscardNew,
 	}
 	if s, err := js.Stream(ctx, protocol.StreamExternal); err == nil {
-		if slices.Equal(s.CachedInfo().Config.Subjects, subjects) {
+		if have := s.CachedInfo().Config; slices.Equal(have.Subjects, subjects) && have.MaxBytes == cfg.MaxBytes && have.Discard == cfg.Discard {
 			return nil
 		}
 	}

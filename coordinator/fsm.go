@@ -88,6 +88,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[snapshotDoneCmd](f.st, l)
 	case cmdRunReplan:
 		return dispatch[runReplanCmd](f.st, l)
+	case cmdStateTrim:
+		return dispatch[stateTrimCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }

@@ -12,6 +12,12 @@ import (
 // applyTo creates or revises a pipeline.
 func (c pipelinePutCmd) applyTo(s *state) (pipelinePutReply, error) {
 	p, ok := s.Pipelines[c.Spec.Name]
+	if old, retired := s.Retired[c.Spec.Name]; !ok && retired {
+		// dropped by a trim after its delete: it goes on from its numbers
+		p, ok = old, true
+		delete(s.Retired, c.Spec.Name)
+		s.Pipelines[c.Spec.Name] = p
+	}
 	if !ok {
 		p = &pipelineState{Created: c.Time}
 		s.Pipelines[c.Spec.Name] = p

@@ -123,7 +123,8 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		}
 	}
 	for {
-		err := EnsureStreams(ctx, c.js, StreamConfig{Replicas: c.cfg.StreamReplicas, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver})
+		err := EnsureStreams(ctx, c.js, StreamConfig{Replicas: c.cfg.StreamReplicas, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver,
+			MaxBytes: c.cfg.StreamMaxBytes, CDCMaxBytes: c.cfg.CDCMaxBytes, DLQMaxAge: c.cfg.DLQMaxAge})
 		if err == nil {
 			break
 		}
@@ -209,6 +210,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	t.spawn(func() { t.schedule(ctx) })
 	t.spawn(func() { t.streams(ctx) })
 	t.spawn(func() { t.cleanUps(ctx) })
+	t.spawn(func() { t.trims(ctx) })
 	t.spawn(func() { t.externalTriggers(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()

@@ -2,9 +2,11 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,9 +27,31 @@ func (t *leaderTerm) taskOf(r *runState, ts taskState) (protocol.Task, error) {
 	}, err
 }
 
+// errTaskEncode is wrapped by the error of a task that cannot be encoded.
+var errTaskEncode = errors.New("encode task")
+
+// permanentPublish reports whether a publication that failed with err can
+// never succeed as it is: a task that does not encode, a message larger
+// than the server or SLUICE_TASKS takes, or a SLUICE_TASKS that is full
+// (it refuses new tasks rather than drop some: see EnsureStreams).
+func permanentPublish(err error) bool {
+	if errors.Is(err, errTaskEncode) || errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum ||
+		strings.Contains(apiErr.Description, "maximum bytes exceeded") ||
+		strings.Contains(apiErr.Description, "maximum messages exceeded")
+}
+
 // publish publishes every pending task of r with its msg id (a second
 // publication inside the duplicate window is dropped), waits for all acks
-// and records that the run is published. It retries until ctx ends.
+// and records that the run is published. It retries until ctx ends, but
+// for a permanent error (permanentPublish): then it fails the run, saying
+// why.
 func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState) error {
 	c := t.c
 	tctx := runContext(ctx, r)
@@ -40,11 +64,11 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 				}
 				task, err := t.taskOf(r, ts)
 				if err != nil {
-					return err
+					return fmt.Errorf("%w %s: %w", errTaskEncode, ts.ID, err)
 				}
 				data, err := protocol.Encode(task)
 				if err != nil {
-					return err
+					return fmt.Errorf("%w %s: %w", errTaskEncode, ts.ID, err)
 				}
 				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline, r.ID))
 				m.Data = data
@@ -75,6 +99,10 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if permanentPublish(err) {
+			log.Warn("publish tasks: giving up the run", "attempt", attempt+1, "err", err)
+			return t.failRun(r, fmt.Sprintf("publish tasks: %v", err))
 		}
 		log.Warn("publish tasks", "attempt", attempt+1, "err", err)
 		if !sleep(ctx, min(time.Duration(attempt+1)*500*time.Millisecond, 5*time.Second)) {

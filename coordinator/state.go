@@ -29,6 +29,11 @@ type state struct {
 	Cleanups []cleanup `json:"cleanups,omitempty"`
 	// CleanupSeq numbers the cleanups.
 	CleanupSeq int64 `json:"cleanup_seq,omitempty"`
+	// Retired are the deleted pipelines a trim dropped, by name: only
+	// their numbers (run and version sequences, stream epoch, watermark)
+	// are kept, so that a pipeline applied again under the name goes on
+	// from them and never reuses a run's or a version's name.
+	Retired map[string]*pipelineState `json:"retired,omitempty"`
 }
 
 // cleanup is what a deleted streamed pipeline left behind: a cdc
@@ -72,6 +77,9 @@ type backfillState struct {
 	State       string                    `json:"state"`
 	Created     time.Time                 `json:"created"`
 	Finished    time.Time                 `json:"finished,omitzero"`
+	// Summary counts the windows of a finished backfill whose windows a
+	// trim dropped (all but the first maxKeptFailedWindows failed ones).
+	Summary *windowCounts `json:"summary,omitempty"`
 	// LeaderStarts is set when the leader creates the window runs, each
 	// through a run-create entry naming the backfill and its window. A
 	// backfill of an earlier version's log has it unset: Apply starts its
@@ -81,6 +89,17 @@ type backfillState struct {
 	// backfill of integer windows (From, To and Window then zero).
 	Range *protocol.Window `json:"range,omitempty"`
 	Span  int64            `json:"span,omitempty"`
+}
+
+// windowCounts counts a backfill's windows by state, and the rows of the
+// committed ones.
+type windowCounts struct {
+	Total     int   `json:"total"`
+	Committed int   `json:"committed,omitempty"`
+	Failed    int   `json:"failed,omitempty"`
+	Skipped   int   `json:"skipped,omitempty"`
+	Other     int   `json:"other,omitempty"`
+	Rows      int64 `json:"rows,omitempty"`
 }
 
 // running counts the windows of b that are running.
@@ -111,6 +130,10 @@ func (b *backfillState) nextWindow() (protocol.Window, bool) {
 func (b *backfillState) clone() *backfillState {
 	c := *b
 	c.Windows = slices.Clone(b.Windows)
+	if b.Summary != nil {
+		sum := *b.Summary
+		c.Summary = &sum
+	}
 	if b.Range != nil {
 		r := *b.Range
 		c.Range = &r

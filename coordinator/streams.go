@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -18,7 +19,27 @@ type StreamConfig struct {
 	AckWait time.Duration
 	// MaxDeliver caps deliveries of one task message; 0 means 10.
 	MaxDeliver int
+	// MaxBytes caps each of SLUICE_TASKS, SLUICE_RESULTS, SLUICE_EVENTS,
+	// SLUICE_TRIGGERS and SLUICE_DLQ; 0 means DefaultStreamMaxBytes.
+	MaxBytes int64
+	// CDCMaxBytes caps SLUICE_CDC; 0 means protocol.CDCMaxBytes.
+	CDCMaxBytes int64
+	// DLQMaxAge is how long SLUICE_DLQ keeps a dead letter; 0 means
+	// DefaultDLQMaxAge.
+	DLQMaxAge time.Duration
 }
+
+// The default caps of the Sluice streams. What a full stream does is
+// chosen per stream (EnsureStreams): a stream whose loss would go unseen
+// refuses new messages, so that the publisher gets an error.
+const (
+	DefaultStreamMaxBytes int64 = 256 << 20
+	DefaultDLQMaxAge            = 30 * 24 * time.Hour
+	// eventsMaxAge and triggersMaxAge are how long run events and
+	// triggers (handled or not) are kept.
+	eventsMaxAge   = 7 * 24 * time.Hour
+	triggersMaxAge = 7 * 24 * time.Hour
+)
 
 // resultsAckWait bounds how long a result the leader took but did not ack
 // (it lost leadership meanwhile) waits before the next leader gets it.
@@ -43,38 +64,60 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 	if cfg.MaxDeliver == 0 {
 		cfg.MaxDeliver = 10
 	}
+	cfg.MaxBytes = cmp.Or(cfg.MaxBytes, DefaultStreamMaxBytes)
+	cfg.CDCMaxBytes = cmp.Or(cfg.CDCMaxBytes, protocol.CDCMaxBytes)
+	cfg.DLQMaxAge = cmp.Or(cfg.DLQMaxAge, DefaultDLQMaxAge)
+	// Tasks and results have no age limit (a task waiting for a free
+	// worker must not expire) and refuse new messages when full: the
+	// leader's publication fails and the run with it, a worker's result
+	// is retried; neither is dropped unseen. Events and dead letters drop
+	// their oldest: they are records, the newest matter most. Triggers
+	// refuse new ones when full (the publisher gets the error), and
+	// SLUICE_CDC too: its reader stops and the source keeps the changes
+	// (the replication slot) until appliers catch up or the cap is raised.
 	streams := []jetstream.StreamConfig{{
 		Name:        protocol.StreamTasks,
 		Description: "Sluice tasks; all workers pull from the sluice-workers consumer.",
 		Subjects:    []string{protocol.SubjectTasksAll},
 		Retention:   jetstream.WorkQueuePolicy,
 		Duplicates:  2 * time.Minute,
+		MaxBytes:    cfg.MaxBytes,
+		Discard:     jetstream.DiscardNew,
 	}, {
 		Name:        protocol.StreamResults,
 		Description: "Sluice task results, consumed by the coordinator leader.",
 		Subjects:    []string{protocol.SubjectResultsAll},
 		Retention:   jetstream.WorkQueuePolicy,
 		Duplicates:  2 * time.Minute,
+		MaxBytes:    cfg.MaxBytes,
+		Discard:     jetstream.DiscardNew,
 	}, {
 		Name:        protocol.StreamEvents,
 		Description: "Sluice run events.",
 		Subjects:    []string{protocol.SubjectEventsAll},
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      7 * 24 * time.Hour,
+		MaxAge:      eventsMaxAge,
 		Duplicates:  2 * time.Minute,
+		MaxBytes:    cfg.MaxBytes,
+		Discard:     jetstream.DiscardOld,
 	}, {
 		Name:        protocol.StreamDLQ,
 		Description: "Sluice dead letters: tasks and triggers that could not be processed.",
 		Subjects:    []string{protocol.SubjectDLQAll},
 		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      cfg.DLQMaxAge,
 		Duplicates:  2 * time.Minute,
+		MaxBytes:    cfg.MaxBytes,
+		Discard:     jetstream.DiscardOld,
 	}, {
 		Name:        protocol.StreamTriggers,
 		Description: "Sluice trigger events that start runs.",
 		Subjects:    []string{protocol.SubjectTriggersAll},
 		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      7 * 24 * time.Hour,
+		MaxAge:      triggersMaxAge,
 		Duplicates:  2 * time.Minute,
+		MaxBytes:    cfg.MaxBytes,
+		Discard:     jetstream.DiscardNew,
 	}, {
 		// The central change stream: created here, with the cluster's
 		// replicas, before any stream lease is granted.
@@ -84,6 +127,8 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		Retention:   jetstream.LimitsPolicy,
 		MaxAge:      protocol.CDCRetention,
 		Duplicates:  protocol.CDCDuplicateWindow,
+		MaxBytes:    cfg.CDCMaxBytes,
+		Discard:     jetstream.DiscardNew,
 	}}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage

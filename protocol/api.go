@@ -107,10 +107,19 @@ type RunReply struct {
 	WaitingFor string  `json:"waiting_for,omitempty"`
 }
 
+// MaxStatusRuns caps the runs a status lists; MaxTaskList the tasks a
+// run.get lists: a status polled often stays small however many runs and
+// tasks there are.
+const (
+	MaxStatusRuns = 1000
+	MaxTaskList   = 1000
+)
+
 // StatusRequest filters a status reply; empty fields mean all.
 type StatusRequest struct {
 	Pipeline string `json:"pipeline,omitempty"`
-	// Limit caps the number of runs listed, newest first (default 20).
+	// Limit caps the number of runs listed, newest first (default 20, at
+	// most MaxStatusRuns).
 	Limit int `json:"limit,omitempty"`
 }
 
@@ -243,7 +252,9 @@ type RunStatus struct {
 	// up, oldest first.
 	Attempt int      `json:"attempt,omitempty"`
 	Replans []Replan `json:"replans,omitempty"`
-	// TaskList is filled by run.get only.
+	// TaskList is filled by run.get only, with at most MaxTaskList tasks:
+	// the failed ones first, then in task order (fewer than Tasks when
+	// cut).
 	TaskList []TaskStatus `json:"task_list,omitempty"`
 }
 

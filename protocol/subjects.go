@@ -32,9 +32,13 @@ const (
 // within it re-publishes the unconfirmed tail of its slot without
 // duplicates. CDCRetention is how long SLUICE_CDC keeps an event: a
 // cdc_apply pipeline stopped for longer misses what expired.
+// CDCMaxBytes is the default cap of SLUICE_CDC: full, it refuses new
+// events (its readers stop and the sources keep the changes) rather than
+// drop events an applier has not read.
 const (
-	CDCDuplicateWindow = 2 * time.Minute
-	CDCRetention       = 7 * 24 * time.Hour
+	CDCDuplicateWindow       = 2 * time.Minute
+	CDCRetention             = 7 * 24 * time.Hour
+	CDCMaxBytes        int64 = 4 << 30
 )
 
 // Subject wildcards captured by the streams.

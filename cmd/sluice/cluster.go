@@ -12,8 +12,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
@@ -30,6 +32,34 @@ type coordinatorOptions struct {
 	replicas  int
 	httpAddr  string
 	token     string
+	limits    streamLimits
+}
+
+// streamLimits are the coordinator's flags that bound the Sluice streams
+// and the deleted pipelines' cleanups.
+type streamLimits struct {
+	maxBytes, cdcMaxBytes string
+	dlqMaxAge, cleanupTTL time.Duration
+}
+
+func (l *streamLimits) register(fs *pflag.FlagSet) {
+	fs.StringVar(&l.maxBytes, "stream-max-bytes", "256MiB", "cap of each Sluice stream but SLUICE_CDC (tasks and results refuse new messages when full; see the README's Bounded state)")
+	fs.StringVar(&l.cdcMaxBytes, "cdc-max-bytes", "4GiB", "cap of SLUICE_CDC (full, it refuses new events: the readers stop and the sources keep the changes)")
+	fs.DurationVar(&l.dlqMaxAge, "dlq-max-age", coordinator.DefaultDLQMaxAge, "how long SLUICE_DLQ keeps a dead letter")
+	fs.DurationVar(&l.cleanupTTL, "cleanup-expiry", 7*24*time.Hour, "how long the leader tries to clean up after a deleted cdc pipeline before it gives up and logs what is left")
+}
+
+// apply sets the limits on cfg.
+func (l streamLimits) apply(cfg *coordinator.Config) error {
+	var err error
+	if cfg.StreamMaxBytes, err = pipeline.ParseBytes(l.maxBytes); err != nil {
+		return fmt.Errorf("--stream-max-bytes: %w", err)
+	}
+	if cfg.CDCMaxBytes, err = pipeline.ParseBytes(l.cdcMaxBytes); err != nil {
+		return fmt.Errorf("--cdc-max-bytes: %w", err)
+	}
+	cfg.DLQMaxAge, cfg.CleanupExpiry = l.dlqMaxAge, l.cleanupTTL
+	return nil
 }
 
 func newCoordinatorCmd() *cobra.Command {
@@ -53,6 +83,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
 	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN)")
+	o.limits.register(fs)
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -91,10 +122,14 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
 	reg := newRegistryIn("the coordinator " + o.nodeID)
-	c, err := coordinator.New(coordinator.Config{
+	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
 		StreamReplicas: o.replicas,
-	}, nc, reg, log, tp)
+	}
+	if err := o.limits.apply(&cfg); err != nil {
+		return err
+	}
+	c, err := coordinator.New(cfg, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}

@@ -43,6 +43,7 @@
 package latest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,11 +68,18 @@ const HeaderOp = "Sluice-Op"
 const maxInFlight = 4096
 
 // Config configures the latest-state stream: the sink of a cdc_apply
-// pipeline, {kind: latest, replicas: N}.
+// pipeline, {kind: latest, replicas: N, max_bytes: N}.
 type Config struct {
 	// Replicas of the stream; 0 means 1 (3 in a NATS cluster of three).
 	Replicas int `json:"replicas,omitempty"`
+	// MaxBytes caps the stream; 0 means DefaultMaxBytes. A full stream
+	// refuses new rows: the pipeline's apply fails and says so, no row's
+	// state is dropped.
+	MaxBytes int64 `json:"max_bytes,omitempty"`
 }
+
+// DefaultMaxBytes is the default cap of a latest-state stream.
+const DefaultMaxBytes int64 = 1 << 30
 
 // ParseConfig decodes and checks a configuration without I/O.
 func ParseConfig(raw json.RawMessage) (Config, error) {
@@ -81,6 +89,9 @@ func ParseConfig(raw json.RawMessage) (Config, error) {
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return c, &connectors.FieldError{Field: "replicas", Msg: fmt.Sprintf("want 1 to 5, not %d", c.Replicas)}
+	}
+	if c.MaxBytes < 0 {
+		return c, &connectors.FieldError{Field: "max_bytes", Msg: fmt.Sprintf("want a number of bytes, not %d", c.MaxBytes)}
 	}
 	return c, nil
 }
@@ -136,7 +147,10 @@ func NewApplier(ctx context.Context, js jetstream.JetStream, upstream, pipeline 
 		MaxMsgsPerSubject: 1,
 		Storage:           jetstream.FileStorage,
 		Replicas:          max(cfg.Replicas, 1),
-		Discard:           jetstream.DiscardOld,
+		MaxBytes:          cmp.Or(cfg.MaxBytes, DefaultMaxBytes),
+		// A row's older state is replaced (MaxMsgsPerSubject); a full
+		// stream refuses new rows rather than drop another row's state.
+		Discard: jetstream.DiscardNew,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("latest: create stream %s: %w", StreamName(upstream), err)

@@ -1,6 +1,7 @@
 package pgcdc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,9 @@ type StreamConfig struct {
 	// MaxAge bounds how long events are kept; 0 keeps them until limits
 	// are reached.
 	MaxAge time.Duration
+	// MaxBytes caps the stream; 0 means protocol.CDCMaxBytes. Full, it
+	// refuses new events: the reader stops and the source keeps them.
+	MaxBytes int64
 }
 
 // DuplicateWindow is the SLUICE_CDC dedupe window: a Reader restarted within
@@ -46,6 +50,8 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		Storage:     jetstream.FileStorage,
 		Duplicates:  DuplicateWindow,
 		MaxAge:      cfg.MaxAge,
+		MaxBytes:    cmp.Or(cfg.MaxBytes, protocol.CDCMaxBytes),
+		Discard:     jetstream.DiscardNew,
 		Replicas:    cfg.Replicas,
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
