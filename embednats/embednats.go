@@ -58,6 +58,12 @@ func Start(cfg Config) (*Server, error) {
 		NoSigs:     true,
 		// Large enough for a task or result with a long file list.
 		MaxPayload: 8 << 20,
+		// JetStream reserves each capped stream's MaxBytes out of this
+		// when the stream is created; the default (75% of the disk's free
+		// space at start) refuses Sluice's streams on a disk with a few
+		// GiB free, though they hold little. The disk bounds what is
+		// written.
+		JetStreamMaxStore: 1 << 40,
 	}
 	if cfg.MaxPayload > 0 {
 		opts.MaxPayload = cfg.MaxPayload

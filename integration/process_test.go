@@ -241,7 +241,14 @@ func newProcCluster(t *testing.T) *procCluster {
 	for i := range 3 {
 		name := fmt.Sprintf("n%d", i+1)
 		store := filepath.Join(c.dir, "nats-"+name)
-		c.start(name, natsServer, "-n", name, "-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]),
+		// JetStream reserves each capped stream's bytes out of
+		// max_file_store (by default 75% of the disk's free space): a
+		// nearly full test disk would refuse Sluice's streams.
+		conf := filepath.Join(c.dir, "nats-"+name+".conf")
+		if err := os.WriteFile(conf, []byte("jetstream {\n  max_file_store: 1TB\n}\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.start(name, natsServer, "-c", conf, "-n", name, "-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]),
 			"-js", "-sd", store, "--cluster_name", "sluice",
 			"--cluster", routes[i], "--routes", strings.Join(routes, ","))
 	}
