@@ -36,6 +36,11 @@ const (
 	cmdStreamTables cmdType = 20
 	// An incremental snapshot the reader took.
 	cmdSnapshotDone cmdType = 21
+	// 22 to 43 are taken by other branches.
+	// A partition a readiness pipeline watches found complete, then
+	// announced.
+	cmdReadyFound     cmdType = 44
+	cmdReadyAnnounced cmdType = 45
 )
 
 func (t cmdType) String() string {
@@ -78,6 +83,10 @@ func (t cmdType) String() string {
 		return "snapshot done"
 	case cmdRunReplan:
 		return "run replan"
+	case cmdReadyFound:
+		return "ready found"
+	case cmdReadyAnnounced:
+		return "ready announced"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }

@@ -88,6 +88,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[snapshotDoneCmd](f.st, l)
 	case cmdRunReplan:
 		return dispatch[runReplanCmd](f.st, l)
+	case cmdReadyFound:
+		return dispatch[readyFoundCmd](f.st, l)
+	case cmdReadyAnnounced:
+		return dispatch[readyAnnouncedCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }
