@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -27,12 +29,18 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.client.Apply(c.ctx(), s); err != nil {
-		t.Fatalf("apply: %v", err)
+	// apply --check looks at the source only: there is no sink.
+	reply, err := c.client.ApplyWith(c.ctx(), s, coordinator.ApplyOptions{Check: true})
+	if err != nil || len(reply.Checked) != 1 || !strings.HasPrefix(reply.Checked[0], "source: ") {
+		t.Fatalf("apply --check: %+v, %v", reply, err)
 	}
 	in := writeDataset(t, 2, 50)
 	out := t.TempDir()
 	c.apply("after-ready", in, out, 1, "trigger:\n  after: events-ready\n")
+	// An hourly loader of the watched dataset, from the same start: each
+	// partition announced starts the run of its window.
+	hourly := filepath.Join(t.TempDir(), "hourly")
+	applyPartitioned(t, c, "hourly", src.root, hourly, src.start, "", "trigger: {after: events-ready}\n")
 
 	subject := protocol.ReadyEventSubject("events-ready")
 	// Partitions 0 and 1 hold files but no _SUCCESS: nothing is ready.
@@ -69,6 +77,18 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 		t.Fatalf("trigger context of the run after the partition: %+v", tr)
 	}
 	assertSameRows(t, in, out)
+	hourlyHas := func(h int) {
+		t.Helper()
+		runs := c.runsOf("hourly", h+1)
+		st := c.wait(runs[0].RunID)
+		if st.State != protocol.RunCommitted || st.Window == nil || *st.Window != src.window(h) {
+			t.Fatalf("hourly run after partition %d: %s, window %v (%s)", h, st.State, st.Window, st.Error)
+		}
+		if got, want := checksumOf(t, filepath.Join(hourly, files.WindowDir(src.window(h)))), checksumOf(t, src.dir(h)); got != want {
+			t.Fatalf("hourly window %d holds %s, its partition %s", h, got, want)
+		}
+	}
+	hourlyHas(0)
 
 	// Still one event and one run a few checks later: partition 1 is open.
 	time.Sleep(2 * time.Second)
@@ -85,6 +105,7 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 	if ev, err = protocol.Decode[protocol.ReadyEvent](m.Data); err != nil || ev.Partition != src.dir(1) || ev.Seq != 2 {
 		t.Fatalf("second ready event %+v, %v", ev, err)
 	}
+	hourlyHas(1)
 
 	// A readiness pipeline has no runs to start.
 	if _, err := c.client.Run(c.ctx(), protocol.RunRequest{Pipeline: "events-ready"}); err == nil || !strings.Contains(err.Error(), "no runs to start") {

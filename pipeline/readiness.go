@@ -106,9 +106,12 @@ func (s Spec) readinessProblems(lines lines, reg *connectors.Registry, partition
 		return nil
 	}
 	var out []Problem
+	if partition <= 0 && hasLayout(s.Source) {
+		return nil // the layout's own problem is reported with the source
+	}
 	if partition <= 0 {
 		return append(out, Problem{Field: "source", Line: lines.nearest("source"),
-			Msg: fmt.Sprintf("a readiness pipeline watches time partitions: lay the %s source out by them (layout, with ready: success or next_partition)", s.Source.Kind)})
+			Msg: fmt.Sprintf("a readiness pipeline watches time partitions: this %s source is not laid out by them (a files source with layout, and ready: success_file or next_partition)", s.Source.Kind)})
 	}
 	if r := s.Readiness; r != nil && !r.Start.IsZero() && !r.Start.UTC().Truncate(partition).Equal(r.Start) {
 		out = append(out, Problem{Field: "readiness.start", Line: lines.nearest("readiness.start"),
