@@ -3,6 +3,8 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -70,6 +72,28 @@ func TestFSMReadiness(t *testing.T) {
 	// A readiness pipeline has no runs.
 	if err, _ := applyAll(t, f, create("ready", "")).(error); !refused(err, refusedInvalid) {
 		t.Fatalf("run of a readiness pipeline: %v", err)
+	}
+	// A new leader restored from a snapshot goes on where it was: one
+	// partition announced, the next pending.
+	applyAll(t, f, found(2))
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink bufSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := g.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.st, f.st) {
+		t.Fatal("restored state differs")
+	}
+	p, _ = g.pipeline("ready")
+	if r := p.Ready; r.Pending == nil || r.Pending.Seq != 3 || r.Last.Seq != 2 {
+		t.Fatalf("restored readiness: %+v", r)
 	}
 }
 
