@@ -106,6 +106,13 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 		t.Fatalf("second ready event %+v, %v", ev, err)
 	}
 	hourlyHas(1)
+	st2, err := c.client.Status(c.ctx(), protocol.StatusRequest{Pipeline: "events-ready"})
+	if err != nil || len(st2.Pipelines) != 1 {
+		t.Fatalf("status: %+v, %v", st2, err)
+	}
+	if ps := st2.Pipelines[0]; ps.Ready == nil || ps.Ready.Announced != 2 || ps.Ready.Last != src.dir(1) || ps.Ready.Pending != "" || ps.Watermark != src.hour(2).Format(time.RFC3339) {
+		t.Fatalf("status of the readiness pipeline: %+v %+v", ps, ps.Ready)
+	}
 
 	// A readiness pipeline has no runs to start.
 	if _, err := c.client.Run(c.ctx(), protocol.RunRequest{Pipeline: "events-ready"}); err == nil || !strings.Contains(err.Error(), "no runs to start") {
