@@ -474,6 +474,18 @@ func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	if p.Rollback.pending() {
 		s.RollbackTo = p.Rollback.To
 	}
+	if p.Spec.Pattern == protocol.PatternReadiness {
+		s.Ready, s.Watermark = &protocol.ReadyStatus{}, p.readyNext().Format(time.RFC3339)
+		if r := p.Ready; r != nil {
+			s.Ready.Announced = r.Seq
+			if r.Last != nil {
+				s.Ready.Last, s.Ready.LastTime = r.Last.Partition, r.Last.Announced
+			}
+			if r.Pending != nil {
+				s.Ready.Pending = r.Pending.Partition
+			}
+		}
+	}
 	if p.Spec.Schedule != "" {
 		if m := p.Scheduled; m != nil && m.Schedule == p.Spec.Schedule {
 			s.LastTick = m.Tick

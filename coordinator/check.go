@@ -45,6 +45,9 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 		sides = []side{{"dataset", spec.Sink, connectors.RoleSink}}
 	case protocol.PatternPassthrough:
 		sides = []side{{"source", spec.Source, connectors.RolePassthroughSource}, {"sink", spec.Sink, connectors.RolePassthroughSink}}
+	case protocol.PatternReadiness:
+		// It watches its source and writes nowhere.
+		sides = []side{{"source", spec.Source, connectors.RoleSource}}
 	default:
 		sides = []side{{"source", spec.Source, connectors.RoleSource}, {"sink", spec.Sink, connectors.RoleSink}}
 	}

@@ -31,13 +31,16 @@ const (
 	// A rollback's intent or its outcome.
 	cmdPipelineRollback cmdType = 16
 	cmdRunReplan        cmdType = 17
-	// 18 and 19 are taken by other branches.
 	// The tables of a cdc pipeline and its incremental snapshots to take.
 	cmdStreamTables cmdType = 20
 	// An incremental snapshot the reader took.
 	cmdSnapshotDone cmdType = 21
 	// The leader's periodic trim of what the state no longer needs.
 	cmdStateTrim cmdType = 40
+	// A partition a readiness pipeline watches found complete, then
+	// announced.
+	cmdReadyFound     cmdType = 44
+	cmdReadyAnnounced cmdType = 45
 )
 
 func (t cmdType) String() string {
@@ -82,6 +85,10 @@ func (t cmdType) String() string {
 		return "run replan"
 	case cmdStateTrim:
 		return "state trim"
+	case cmdReadyFound:
+		return "ready found"
+	case cmdReadyAnnounced:
+		return "ready announced"
 	}
 	return fmt.Sprintf("command %d", byte(t))
 }

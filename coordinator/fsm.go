@@ -90,6 +90,10 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return dispatch[runReplanCmd](f.st, l)
 	case cmdStateTrim:
 		return dispatch[stateTrimCmd](f.st, l)
+	case cmdReadyFound:
+		return dispatch[readyFoundCmd](f.st, l)
+	case cmdReadyAnnounced:
+		return dispatch[readyAnnouncedCmd](f.st, l)
 	}
 	panic(fmt.Sprintf("coordinator fsm: unknown command type %d at index %d", byte(t), l.Index))
 }

@@ -71,6 +71,8 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		}
 	case p.Spec.Streamed():
 		return runCreateReply{}, refuse(refusedInvalid, "pipeline %q of pattern %s streams continuously: it has no runs to start (see sluice cdc status)", c.Pipeline, p.Spec.Pattern)
+	case p.Spec.Pattern == protocol.PatternReadiness:
+		return runCreateReply{}, refuse(refusedInvalid, "pipeline %q of pattern readiness watches a dataset: it has no runs to start (its ready events are on %s)", c.Pipeline, protocol.ReadyEventSubject(c.Pipeline))
 	}
 	r := s.newRun(p, c)
 	if c.Snapshot {

@@ -212,6 +212,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	t.spawn(func() { t.cleanUps(ctx) })
 	t.spawn(func() { t.trims(ctx) })
 	t.spawn(func() { t.externalTriggers(ctx) })
+	t.spawn(func() { t.readiness(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {

@@ -8,12 +8,19 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // cluster starts three coordinators on InmemTransport with in-memory
 // stores; node 0 bootstraps the configuration.
 func cluster(t *testing.T, url string, mem *memConnectors) ([]*node, []*raft.InmemTransport) {
+	t.Helper()
+	return clusterWith(t, url, mem.registry())
+}
+
+// clusterWith starts three coordinators as cluster does, with registry reg.
+func clusterWith(t *testing.T, url string, reg *connectors.Registry) ([]*node, []*raft.InmemTransport) {
 	t.Helper()
 	var trans []*raft.InmemTransport
 	var peers []Peer
@@ -32,7 +39,7 @@ func cluster(t *testing.T, url string, mem *memConnectors) ([]*node, []*raft.Inm
 	var nodes []*node
 	for i := range 3 {
 		nodes = append(nodes, startNode(t, Config{NodeID: peers[i].ID, Peers: peers, Bootstrap: i == 0,
-			Transport: trans[i], InmemStore: true}, url, mem.registry(), nil))
+			Transport: trans[i], InmemStore: true}, url, reg, nil))
 	}
 	return nodes, trans
 }

@@ -181,6 +181,8 @@ type pipelineState struct {
 	// Rollback is the pipeline's last rollback, pending from its intent
 	// entry until its outcome entry.
 	Rollback *rollbackState `json:"rollback,omitempty"`
+	// Ready is what a readiness pipeline announced and has still to.
+	Ready *readyState `json:"ready,omitempty"`
 }
 
 // rollbackState is a rollback of a pipeline's dataset to version To.
@@ -473,6 +475,9 @@ func (p *pipelineState) clone() *pipelineState {
 	if p.Rollback != nil {
 		rb := *p.Rollback
 		c.Rollback = &rb
+	}
+	if p.Ready != nil {
+		c.Ready = p.Ready.clone()
 	}
 	return &c
 }

@@ -211,19 +211,26 @@ func afterRequestID(runID, downstream string) string {
 // date) is logged and skipped; a transient error is returned, and the
 // announcement is tried again.
 func (t *leaderTerm) startDownstream(ctx context.Context, log *slog.Logger, r *runState) error {
+	return t.startAfter(ctx, log, r.Pipeline, r.ID, protocol.TriggerContext{
+		Subject: protocol.RunEventSubject(r.Pipeline, r.State), MsgID: "event:" + r.ID,
+		Source: "after:" + r.Pipeline, EventTime: r.Finished,
+		After: &protocol.UpstreamRun{Pipeline: r.Pipeline, RunID: r.ID, Location: r.Location, Version: r.Version},
+	})
+}
+
+// startAfter starts a run of every pipeline whose trigger.after names
+// upstream, each with the trigger context trig and a request id made of
+// key (afterRequestID), so that starting them again finds the same runs.
+func (t *leaderTerm) startAfter(ctx context.Context, log *slog.Logger, upstream, key string, trig protocol.TriggerContext) error {
 	c := t.c
 	for _, p := range c.fsm.pipelines() {
-		if p.Spec.Trigger == nil || p.Spec.Trigger.After != r.Pipeline || p.Spec.Name == r.Pipeline {
+		if p.Spec.Trigger == nil || p.Spec.Trigger.After != upstream || p.Spec.Name == upstream {
 			continue
 		}
 		name := p.Spec.Name
-		trig := &protocol.TriggerContext{
-			Subject: protocol.RunEventSubject(r.Pipeline, r.State), MsgID: "event:" + r.ID,
-			Source: "after:" + r.Pipeline, EventTime: r.Finished,
-			After: &protocol.UpstreamRun{Pipeline: r.Pipeline, RunID: r.ID, Location: r.Location, Version: r.Version},
-		}
-		req := protocol.RunRequest{Pipeline: name, RequestID: afterRequestID(r.ID, name)}
-		id, upToDate, err := t.startRun(ctx, req, trig)
+		tc := trig
+		req := protocol.RunRequest{Pipeline: name, RequestID: afterRequestID(key, name)}
+		id, upToDate, err := t.startRun(ctx, req, &tc)
 		if err != nil {
 			if refused(err, refusedInvalid, refusedNotFound) {
 				log.Warn("downstream run not started", "downstream", name, "err", err)

@@ -60,6 +60,9 @@ type Spec struct {
 	// Compact holds the settings of a compact pipeline (compact section);
 	// refused for every other pattern.
 	Compact *protocol.CompactSettings `json:"compact,omitempty"`
+	// Readiness holds the settings of a readiness pipeline (readiness
+	// section); required for that pattern and refused for every other.
+	Readiness *Readiness `json:"readiness,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -210,7 +213,9 @@ func (inc *Incremental) PartitionBased() bool {
 func (inc *Incremental) Positioned() bool { return inc != nil && inc.By != "" }
 
 // knownPatterns are the patterns of the design; available says which of
-// them this build can run.
+// them this build can run. The External Trigger is no pattern of its own:
+// it is how a run starts (a pipeline's trigger section), not what a run
+// does, so "trigger" is refused as a pattern with that hint.
 var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternFullLoad:    true,
 	protocol.PatternIncremental: true,
@@ -219,8 +224,7 @@ var knownPatterns = map[protocol.Pattern]bool{
 	protocol.PatternPassthrough: true,
 	protocol.PatternTransform:   true,
 	protocol.PatternCompact:     true,
-	protocol.PatternReadiness:   false,
-	protocol.PatternTrigger:     false,
+	protocol.PatternReadiness:   true,
 }
 
 // CheckPattern says whether this build can run pattern p.
@@ -229,6 +233,8 @@ func CheckPattern(p protocol.Pattern) error {
 	switch {
 	case p == "":
 		return errors.New("is required")
+	case p == "trigger":
+		return fmt.Errorf("unknown pattern %q: a trigger starts the runs of the pipeline that loads; give that pipeline a trigger section (after, subject or a feed), or watch a dataset with pattern readiness (this build runs: %s)", p, patternList(true))
 	case !known:
 		return fmt.Errorf("unknown pattern %q (this build runs: %s)", p, patternList(true))
 	case !avail:
@@ -337,8 +343,10 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Sink = p.endpoint(datasetField, v)
 		case "compact":
 			s.Compact = p.compact(v)
+		case readinessField:
+			s.Readiness = p.readiness(v)
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract, readiness)")
 		}
 	}
 	required := []string{"name", "pattern", "source", "sink"}
@@ -350,8 +358,11 @@ func Parse(data []byte, file string) (Spec, error) {
 		if k, ok := seen["sink"]; ok {
 			p.add("sink", k.Line, "a compact pipeline names the dataset it compacts under dataset, not sink")
 		}
+	case protocol.PatternReadiness:
+		required = required[:3] // it watches its source and loads nothing
 	}
-	if k, ok := seen[datasetField]; ok && s.Pattern != "" && s.Pattern != protocol.PatternCompact {
+	p.readinessShape(s, seen)
+	if k, ok := seen[datasetField]; ok && s.Pattern != "" && s.Pattern != protocol.PatternCompact && s.Pattern != protocol.PatternReadiness {
 		p.add(datasetField, k.Line, fmt.Sprintf("is only for pattern %s, not %s (the target of a run is its sink)", protocol.PatternCompact, s.Pattern))
 	}
 	for _, f := range required {
@@ -400,6 +411,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 	case protocol.PatternCompact:
 		sides = sides[1:]
 		sides[0].name = datasetField
+	case protocol.PatternReadiness:
+		sides = sides[:1] // it loads nothing
 	}
 	for _, side := range sides {
 		if side.e.Kind == "" {
@@ -437,6 +450,8 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		check("sink", s.Sink, connectors.RoleCDCTarget)
 	case protocol.PatternCompact:
 		check(datasetField, s.Sink, connectors.RoleDataset)
+	case protocol.PatternReadiness:
+		check("source", s.Source, connectors.RoleSource)
 	case protocol.PatternPassthrough:
 		check("source", s.Source, connectors.RolePassthroughSource)
 		check("sink", s.Sink, connectors.RolePassthroughSink)
@@ -457,6 +472,7 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
+	problems = append(problems, s.readinessProblems(lines, reg, partition)...)
 	problems = append(problems, s.connectorProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
 	problems = append(problems, s.externalTriggerProblems(lines, reg)...)

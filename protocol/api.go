@@ -163,6 +163,20 @@ type PipelineStatus struct {
 	// Events counts the events of an external trigger (a subject of
 	// another system, a feed) that the current leader handled.
 	Events *TriggerEvents `json:"events,omitempty"`
+	// Ready is where a readiness pipeline is; its Watermark is then where
+	// the next partition it checks starts.
+	Ready *ReadyStatus `json:"ready,omitempty"`
+}
+
+// ReadyStatus is what a readiness pipeline announced.
+type ReadyStatus struct {
+	// Announced counts the partitions announced; Last is the last one.
+	Announced int64     `json:"announced"`
+	Last      string    `json:"last,omitempty"`
+	LastTime  time.Time `json:"last_time,omitzero"`
+	// Pending is a partition found complete whose announcement the leader
+	// has not recorded yet.
+	Pending string `json:"pending,omitempty"`
 }
 
 // TriggerEvents counts what the leader did with the events of a

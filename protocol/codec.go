@@ -12,7 +12,7 @@ var ErrVersion = errors.New("unsupported protocol version")
 
 // Message is any wire message: it can report and set its version.
 type Message interface {
-	Task | Result | Trigger | RunEvent | Heartbeat | StreamAssignment
+	Task | Result | Trigger | RunEvent | Heartbeat | StreamAssignment | ReadyEvent
 }
 
 // Encode stamps msg with the current version and encodes it.
@@ -29,6 +29,8 @@ func Encode[M Message](msg M) ([]byte, error) {
 	case *Heartbeat:
 		m.V = Version
 	case *StreamAssignment:
+		m.V = Version
+	case *ReadyEvent:
 		m.V = Version
 	}
 	b, err := json.Marshal(msg)
@@ -81,6 +83,13 @@ func check(msg any) error {
 			return errors.New(`field "run" is empty`)
 		case m.TaskID == "":
 			return errors.New(`field "task" is empty`)
+		}
+	case ReadyEvent:
+		switch {
+		case m.Pipeline == "":
+			return errors.New(`field "pipeline" is empty`)
+		case m.Partition == "":
+			return errors.New(`field "partition" is empty`)
 		}
 	case Trigger:
 		if m.Pipeline != "" && !ValidName(m.Pipeline) {

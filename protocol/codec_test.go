@@ -92,6 +92,29 @@ func TestStreamAssignmentRoundTrip(t *testing.T) {
 	}
 }
 
+func TestReadyEventRoundTrip(t *testing.T) {
+	from := time.Date(2026, 11, 25, 3, 0, 0, 0, time.UTC)
+	want := ReadyEvent{Pipeline: "events-ready", Partition: "/data/events/date=2026-11-25/hour=03",
+		Window: Window{From: from, To: from.Add(time.Hour)}, Source: "files", Seq: 4, Time: from.Add(70 * time.Minute)}
+	b, err := Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode[ReadyEvent](b)
+	want.V = Version
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip: %v\n got %+v\nwant %+v", err, got, want)
+	}
+	for _, in := range []string{`{"v":1,"partition":"p"}`, `{"v":1,"pipeline":"p"}`} {
+		if _, err := Decode[ReadyEvent]([]byte(in)); err == nil {
+			t.Errorf("decoded %s", in)
+		}
+	}
+	if got := ReadyMsgID("events-ready", from.In(time.FixedZone("x", 3600))); got != "ready:events-ready:2026-11-25T03:00:00Z" {
+		t.Errorf("ReadyMsgID = %q", got)
+	}
+}
+
 // A checksum travels as 16 hex digits, as it did when it was a string:
 // a result from a worker of either form decodes to the same sum, and a
 // zero sum (or none) is left out.

@@ -336,6 +336,33 @@ type RunEvent struct {
 	Trigger *TriggerContext `json:"trigger,omitempty"`
 }
 
+// ReadyEvent is published by the leader on ReadyEventSubject once per
+// partition a readiness pipeline finds complete, in partition order. Its
+// JetStream message id is ReadyMsgID: a leader that takes over between
+// finding a partition and recording its announcement publishes the same
+// event again, which the stream drops as a duplicate.
+type ReadyEvent struct {
+	V        int    `json:"v"`
+	Pipeline string `json:"pipeline"`
+	// Partition names the partition as its source shows it: its directory
+	// or S3 prefix.
+	Partition string `json:"partition"`
+	// Window is the time range the partition holds.
+	Window Window `json:"window"`
+	// Source is the kind of the source watched.
+	Source string `json:"source"`
+	// Seq numbers the pipeline's ready events from 1.
+	Seq int64 `json:"seq"`
+	// Time is when the leader found the partition complete.
+	Time time.Time `json:"time"`
+}
+
+// ReadyMsgID is the JetStream message id of the ready event of the
+// partition of pipeline starting at from.
+func ReadyMsgID(pipeline string, from time.Time) string {
+	return "ready:" + pipeline + ":" + from.UTC().Format(time.RFC3339Nano)
+}
+
 // Heartbeat is published by each worker every few seconds on
 // SubjectHeartbeat so that `sluice status` can list the live workers.
 type Heartbeat struct {

@@ -156,6 +156,10 @@ func RunEventSubject(pipeline, outcome string) string {
 	return "sluice.events.run." + pipeline + "." + outcome
 }
 
+// ReadyEventSubject is the subject of the ready events of a readiness
+// pipeline: one per partition it found complete.
+func ReadyEventSubject(pipeline string) string { return "sluice.events.ready." + pipeline }
+
 // DLQSubject is the subject a dead letter from the named origin stream goes to.
 func DLQSubject(kind, pipeline string) string { return "sluice.dlq." + kind + "." + pipeline }
 
