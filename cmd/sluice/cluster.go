@@ -22,6 +22,7 @@ import (
 type coordinatorOptions struct {
 	cf        clientFlags
 	lf        logFlags
+	ef        envFlags
 	nodeID    string
 	raftDir   string
 	raftAddr  string
@@ -45,6 +46,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs := cmd.Flags()
 	o.cf.registerServer(fs)
 	o.lf.register(fs)
+	o.ef.register(fs)
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's id in the Raft cluster (required)")
 	fs.StringVar(&o.raftDir, "raft-dir", "", "where Raft keeps its log and snapshots (default <data-dir>/raft-<node-id>)")
 	fs.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:7001", "Raft transport address (host:port) other coordinators reach")
@@ -90,7 +92,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	}
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
-	reg := newRegistryIn("the coordinator " + o.nodeID)
+	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	c, err := coordinator.New(coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
 		StreamReplicas: o.replicas,
@@ -128,6 +130,7 @@ func parsePeers(s string) ([]coordinator.Peer, error) {
 type workerOptions struct {
 	cf    clientFlags
 	lf    logFlags
+	ef    envFlags
 	id    string
 	slots int
 	drain time.Duration
@@ -146,6 +149,7 @@ func newWorkerCmd() *cobra.Command {
 	fs := cmd.Flags()
 	o.cf.registerServer(fs)
 	o.lf.register(fs)
+	o.ef.register(fs)
 	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
 	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
@@ -168,7 +172,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	defer nc.Close()
-	reg := newRegistryIn("a worker")
+	reg, log := o.ef.registry("a worker", log)
 	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
 	if err != nil {
 		return err

@@ -31,6 +31,7 @@ type devOptions struct {
 	token    string
 	drain    time.Duration
 	lf       logFlags
+	ef       envFlags
 }
 
 func newDevCmd() *cobra.Command {
@@ -64,6 +65,7 @@ kill %1 stops sluice itself.`,
 	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN; empty: none)")
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long stopping may take: workers drain in-flight tasks for this less 5s, then the coordinator and NATS stop; the process exits by then in any case")
 	o.lf.register(fs)
+	o.ef.register(fs)
 	return cmd
 }
 
@@ -106,11 +108,12 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
+	reg, log := o.ef.registry("sluice dev", log)
 	done := make(chan error, 1)
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: newRegistryIn("sluice dev"), Lock: lock},
+				Log: log, Tracer: tp, Registry: reg, Lock: lock},
 			Listener: ln, APIToken: o.token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))
