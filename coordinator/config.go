@@ -3,9 +3,13 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // Peer is one coordinator node of the Raft cluster.
@@ -64,6 +68,19 @@ type Config struct {
 	// KeepRuns is how many finished runs per pipeline the FSM keeps;
 	// default 50.
 	KeepRuns int
+	// TriggerHeaders names the headers of a trigger message (case
+	// insensitive) its run's trigger context records besides Nats-Msg-Id;
+	// the others are not kept: a header may carry a producer's credentials.
+	TriggerHeaders []string
+}
+
+// recordsHeader reports whether a trigger's header named k is recorded in
+// its run's trigger context (TriggerHeaders).
+func (c Config) recordsHeader(k string) bool {
+	if strings.EqualFold(k, protocol.HeaderMsgID) {
+		return true
+	}
+	return slices.ContainsFunc(c.TriggerHeaders, func(h string) bool { return strings.EqualFold(h, k) })
 }
 
 func (c Config) withDefaults() Config {

@@ -31,6 +31,7 @@ type coordinatorOptions struct {
 	replicas  int
 	httpAddr  string
 	token     string
+	headers   []string
 }
 
 func newCoordinatorCmd() *cobra.Command {
@@ -55,6 +56,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
 	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN)")
+	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -95,7 +97,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	c, err := coordinator.New(coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers,
 	}, nc, reg, log, tp)
 	if err != nil {
 		return err

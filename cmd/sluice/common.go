@@ -32,9 +32,21 @@ func newRegistryIn(what string) *connectors.Registry {
 	if what != "" {
 		reg.SetProcess(fmt.Sprintf("%s (pid %d)", what, os.Getpid()))
 	}
-	reg.AllowEnv(strings.Split(os.Getenv("SLUICE_ALLOW_ENV"), ",")...)
+	reg.AllowEnv(splitEnvList("SLUICE_ALLOW_ENV")...)
 	builtin.Register(reg)
 	return reg
+}
+
+// splitEnvList returns the comma-separated names of environment variable
+// v, empty ones left out.
+func splitEnvList(v string) []string {
+	var out []string
+	for _, n := range strings.Split(os.Getenv(v), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // envFlags say which environment variables specs may refer to, in a

@@ -32,6 +32,7 @@ type devOptions struct {
 	drain    time.Duration
 	lf       logFlags
 	ef       envFlags
+	headers  []string
 }
 
 func newDevCmd() *cobra.Command {
@@ -66,6 +67,7 @@ kill %1 stops sluice itself.`,
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long stopping may take: workers drain in-flight tasks for this less 5s, then the coordinator and NATS stop; the process exits by then in any case")
 	o.lf.register(fs)
 	o.ef.register(fs)
+	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	return cmd
 }
 
@@ -113,7 +115,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: reg, Lock: lock},
+				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers},
 			Listener: ln, APIToken: o.token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,7 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/sluicehq/sluice/devcluster"
+	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/telemetry"
 )
@@ -159,5 +165,60 @@ func TestPlantedSecretNeverEchoes(t *testing.T) {
 		if !strings.Contains(text, "SLUICE_TEST_SECRET_OUT") || !strings.Contains(text, "SLUICE_TEST_SECRET_MISSING") {
 			t.Errorf("the %s do not show the failures by reference:\n%s", what, text)
 		}
+	}
+}
+
+// Issue 18 item 4: a run records only the trigger headers the cluster
+// allows (--trigger-headers) besides Nats-Msg-Id; a producer's credentials
+// in another header are not kept.
+func TestTriggerHeadersAllowList(t *testing.T) {
+	root := t.TempDir()
+	in := filepath.Join(root, "in")
+	if _, err := generateEvents(in, 100, 1); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := runLocal(ctx, localConfig{
+		Config: devcluster.Config{DataDir: filepath.Join(root, "cluster"), Workers: 1, Slots: 2,
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Registry: newRegistry(),
+			TriggerHeaders: []string{"x-request-id"}},
+	}, func(ctx context.Context, l *local) error {
+		spec, err := pipeline.Load([]byte(filesSpec("hdr", in, filepath.Join(root, "out"))), "hdr.yaml", newRegistry(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Client.Apply(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		js, err := jetstream.New(l.NC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(protocol.TriggerSubject("hdr"))
+		m.Header.Set(protocol.HeaderMsgID, "h-1")
+		m.Header.Set("X-Request-Id", "req-7")
+		m.Header.Set("Authorization", "Bearer producer-credential")
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		var st protocol.RunStatus
+		for deadline := time.Now().Add(30 * time.Second); st.Trigger == nil; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no triggered run")
+			}
+			reply, err := l.Client.Status(ctx, protocol.StatusRequest{Pipeline: "hdr"})
+			if err == nil && len(reply.Runs) > 0 {
+				st = reply.Runs[0]
+			}
+		}
+		want := map[string]string{protocol.HeaderMsgID: "h-1", "X-Request-Id": "req-7"}
+		if !maps.Equal(st.Trigger.Headers, want) {
+			t.Errorf("recorded headers %v, want %v", st.Trigger.Headers, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
