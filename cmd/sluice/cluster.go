@@ -30,7 +30,7 @@ type coordinatorOptions struct {
 	bootstrap bool
 	replicas  int
 	httpAddr  string
-	token     string
+	tf        tokenFlags
 	headers   []string
 }
 
@@ -55,7 +55,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.BoolVar(&o.bootstrap, "bootstrap", false, "bootstrap a new cluster from --raft-peers (on exactly one node, once)")
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
-	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN)")
+	o.tf.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
@@ -75,12 +75,20 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		dir = o.cf.dataDir + "/raft-" + o.nodeID
 	}
 	var ln net.Listener
+	var token string
 	if o.httpAddr != "" {
-		// Refuse a taken address before joining the cluster.
+		if token, err = o.tf.token(); err != nil {
+			return err
+		}
+		// Refuse a taken address, or an open one, before joining the
+		// cluster.
 		if ln, err = listenAPI(o.httpAddr); err != nil {
 			return err
 		}
 		defer ln.Close()
+		if err := checkAPIBind(ln, token); err != nil {
+			return err
+		}
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
@@ -107,7 +115,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		if err != nil {
 			return err
 		}
-		stop := serveAPI(ctx, ln, coordinator.NewClient(nc), js, reg, o.token, log)
+		stop := serveAPI(ctx, ln, coordinator.NewClient(nc), js, reg, token, log)
 		defer stop()
 	}
 	return c.Run(ctx)

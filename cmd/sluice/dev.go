@@ -28,7 +28,7 @@ type devOptions struct {
 	workers  int
 	slots    int
 	httpAddr string
-	token    string
+	tf       tokenFlags
 	drain    time.Duration
 	lf       logFlags
 	ef       envFlags
@@ -63,7 +63,7 @@ kill %1 stops sluice itself.`,
 	fs.IntVar(&o.workers, "workers", 2, "workers to run in this process")
 	fs.IntVar(&o.slots, "slots", 2, "tasks each worker runs at once")
 	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:8089", "HTTP API address (127.0.0.1:0: any free port; empty: off); a taken one is an error")
-	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN; empty: none)")
+	o.tf.register(fs)
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long stopping may take: workers drain in-flight tasks for this less 5s, then the coordinator and NATS stop; the process exits by then in any case")
 	o.lf.register(fs)
 	o.ef.register(fs)
@@ -99,11 +99,18 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		return fmt.Errorf("remove the stale %s: %w", httpURLFile, err)
 	}
 	var ln net.Listener
+	var token string
 	if o.httpAddr != "" {
+		if token, err = o.tf.token(); err != nil {
+			return err
+		}
 		if ln, err = listenAPI(o.httpAddr); err != nil {
 			return err
 		}
 		defer ln.Close()
+		if err := checkAPIBind(ln, token); err != nil {
+			return err
+		}
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-dev"})
 	if err != nil {
@@ -116,7 +123,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
 				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers},
-			Listener: ln, APIToken: o.token,
+			Listener: ln, APIToken: token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))
 			if l.HTTPURL != "" {
