@@ -46,10 +46,19 @@ func (r *Registry) EnvAllowed(name string) bool {
 	return r.allowEnv[name]
 }
 
+// CheckEnv returns an error naming the variable (never its value) when
+// specs may not refer to it (EnvAllowed), nil when they may.
+func (r *Registry) CheckEnv(name string) error {
+	if r.EnvAllowed(name) {
+		return nil
+	}
+	return fmt.Errorf("${%s}: environment variable %s cannot be used in a spec: only %s* variables and those named by --allow-env or SLUICE_ALLOW_ENV are expanded", name, name, EnvPrefix)
+}
+
 // notAllowed is the error on a field referring to a variable the process
-// does not let specs expand. It names the variable, never its value.
-func notAllowed(field, name string) *FieldError {
-	return &FieldError{Field: field, Msg: fmt.Sprintf("${%s}: environment variable %s cannot be used in a spec: only %s* variables and those named by --allow-env or SLUICE_ALLOW_ENV are expanded", name, name, EnvPrefix)}
+// does not let specs expand.
+func (r *Registry) notAllowed(field, name string) *FieldError {
+	return &FieldError{Field: field, Msg: r.CheckEnv(name).Error()}
 }
 
 // Scrub returns text with every value a `${NAME}` reference expanded to

@@ -400,7 +400,7 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 	expanded, err := expandEnv(config, r.allowed(lookup, seen), func(field, name string) {
 		if !r.EnvAllowed(name) {
 			if denied == nil {
-				denied = notAllowed(field, name)
+				denied = r.notAllowed(field, name)
 			}
 			return
 		}
@@ -544,7 +544,7 @@ func (r *Registry) expand(config json.RawMessage) (json.RawMessage, error) {
 		switch {
 		case missing != nil:
 		case !r.EnvAllowed(name):
-			missing = notAllowed(field, name)
+			missing = r.notAllowed(field, name)
 		default:
 			missing = &FieldError{Field: field, Msg: fmt.Sprintf("environment variable %s is not set in the environment of %s, which opens this connector: set it where that process starts", name, process)}
 		}
