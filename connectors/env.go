@@ -74,12 +74,12 @@ func (r *Registry) Scrub(text string) string {
 // unwraps to err, so errors.Is and errors.As still see what err is. Nil
 // stays nil.
 func (r *Registry) ScrubError(err error) error {
+	err = r.secrets.scrubErr(err)
 	if err == nil {
 		return nil
 	}
-	msg := err.Error()
-	if s := r.Scrub(msg); s != msg {
-		return &scrubbedError{err: err, msg: s}
+	if msg := Redact(err.Error()); msg != err.Error() {
+		return &scrubbedError{err: err, msg: msg}
 	}
 	return err
 }
@@ -148,20 +148,29 @@ func (s *scrubber) scrub(text string) string {
 	return text
 }
 
-// scrubErr returns err with the remembered values of its message replaced,
-// a *FieldError staying one.
+// scrubErr returns err with the remembered values of its message replaced.
+// The errors joined in err are scrubbed one by one and joined again, and
+// the message of the *FieldError err wraps is scrubbed in place (it is the
+// error a connector made for this call), so that what errors.As finds in
+// the result is scrubbed too.
 func (s *scrubber) scrubErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs := j.Unwrap()
+		out := make([]error, len(errs))
+		for i, e := range errs {
+			out[i] = s.scrubErr(e)
+		}
+		return errors.Join(out...)
+	}
 	var fe *FieldError
 	if errors.As(err, &fe) {
-		if msg := s.scrub(fe.Msg); msg != fe.Msg {
-			return &FieldError{Field: fe.Field, Msg: msg}
-		}
-		return err
+		fe.Msg = s.scrub(fe.Msg)
 	}
-	if err != nil {
-		if msg := s.scrub(err.Error()); msg != err.Error() {
-			return &scrubbedError{err: err, msg: msg}
-		}
+	if msg := s.scrub(err.Error()); msg != err.Error() {
+		return &scrubbedError{err: err, msg: msg}
 	}
 	return err
 }

@@ -72,14 +72,24 @@ func TestExpandedValuesNeverEcho(t *testing.T) {
 		t.Fatalf("validation error = %v, want the reference quoted and not the value", err)
 	}
 
+	// The fake source's open error quotes its configuration: opening
+	// scrubs it.
 	t.Setenv("SLUICE_TEST_SECRET_DSN", "postgres://u:"+secret+"@h/db")
 	_, err = reg.OpenSource(context.Background(), "f", json.RawMessage(`{"dsn":"${SLUICE_TEST_SECRET_DSN}"}`))
-	if err == nil || !strings.Contains(err.Error(), secret) {
-		t.Fatalf("the fake source's open error %v should quote its configuration", err)
+	if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "connect with {\"dsn\":\"${SLUICE_TEST_SECRET_DSN}\"}") {
+		t.Fatalf("open error %v", err)
 	}
-	scrubbed := reg.ScrubError(err)
-	if strings.Contains(scrubbed.Error(), secret) || !strings.Contains(scrubbed.Error(), "${SLUICE_TEST_SECRET_DSN}") || connectors.IsPermanent(scrubbed) != connectors.IsPermanent(err) {
+	// Any later error is scrubbed by ScrubError, keeping what it wraps.
+	later := connectors.Permanent(&connectors.FieldError{Field: "dsn", Msg: "cannot reach postgres://u:" + secret + "@h/db"})
+	scrubbed := reg.ScrubError(later)
+	fe = nil
+	if strings.Contains(scrubbed.Error(), secret) || !strings.Contains(scrubbed.Error(), "${SLUICE_TEST_SECRET_DSN}") ||
+		!connectors.IsPermanent(scrubbed) || !errors.As(scrubbed, &fe) || strings.Contains(fe.Msg, secret) {
 		t.Fatalf("scrubbed = %v", scrubbed)
+	}
+	joined := reg.ScrubError(errors.Join(errors.New("a "+secret), &connectors.FieldError{Field: "x", Msg: secret}))
+	if strings.Contains(joined.Error(), secret) {
+		t.Fatalf("joined errors scrubbed = %v", joined)
 	}
 	// The password alone, quoted, is replaced as well.
 	for _, text := range []string{"auth failed for " + secret, fmt.Sprintf("bad %q", "a\t"+secret)} {

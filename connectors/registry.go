@@ -501,7 +501,7 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 	}
 	c, err := f(ctx, expanded)
 	if err != nil {
-		return zero, fmt.Errorf("open %s %s: %w", kind, role, err)
+		return zero, fmt.Errorf("open %s %s: %w", kind, role, r.ScrubError(err))
 	}
 	return c, nil
 }
@@ -605,7 +605,10 @@ func (r *Registry) Check(ctx context.Context, kind string, role Role, config jso
 	if errors.Is(err, errNoCheck) {
 		return "", false, nil
 	}
-	return found, true, err
+	// What a check refused goes back to whoever applied the spec:
+	// scrubbed. What it found names tables and paths, which stay, a
+	// password Redact finds aside.
+	return Redact(found), true, r.ScrubError(err)
 }
 
 // errNoCheck: the opened connector is no Checker.
