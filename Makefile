@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTrigger -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./pipeline -run '^$$' -fuzz FuzzSplitDocuments -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzEvaluate -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzAppendJSON -fuzztime $(FUZZTIME)
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeChangeEvent -fuzztime $(FUZZTIME)
 	$(GO) test ./connectors/pgcdc -run '^$$' -fuzz FuzzDecodeChange -fuzztime $(FUZZTIME)
@@ -52,8 +53,10 @@ fuzz:
 # "--reps 2" (make bench-fullload BENCH_FLAGS="--keep --only pg").
 BENCHES += fullload # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, beside psql \copy and a piped COPY
 BENCHES += clickhouse # a full load of a 2M-row PostgreSQL table into ClickHouse through an all-in-one cluster beside psql \copy piped into clickhouse-client
+BENCHES += incremental # a merge by key of 1M changed rows into a 10M-row PostgreSQL table through an all-in-one cluster beside a hand-written INSERT ... ON CONFLICT from a COPY-loaded staging table
 BENCHES += lake     # a full load of a 2M-row PostgreSQL table into Iceberg tables (local disk and versitygw) through an all-in-one cluster beside psql \copy; the sink's S3 upload beside a bare multipart upload
 BENCHES += cdc      # the CDC Reader decoding 200k changes into JetStream beside a bare pglogrepl loop on the same WAL; COMMIT-to-stored latency at 500 inserts/s
+BENCHES += kafka    # a topic of 2M JSON records (kfake, 6 partitions) loaded into Parquet files beside a bare franz-go consume loop writing the same Parquet, and into another topic beside a bare consume-and-produce loop in one transaction
 BENCHES += replicate # passthrough of a 2 GiB tree of 1,000 files beside cp -r, and of a 2M-row PostgreSQL table to PostgreSQL beside a piped COPY (FORMAT binary), through an all-in-one cluster
 BENCHES += contract # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, pattern transform with a contract of 3 hashed and 2 masked columns beside full_load without it
 BENCHES += compact  # 1,000 small Parquet files (2M rows) of a files dataset compacted through an all-in-one cluster beside reading and writing the rows once; a reader before and after

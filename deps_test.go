@@ -48,6 +48,8 @@ var rules = []rule{
 	{pkg: "connectors/pgcdc", allowed: []string{"protocol", "connectors", "connectors/postgres", "contract"}},
 	{pkg: "connectors/iceberg", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
 	{pkg: "connectors/iceberg/s3test", testSupport: true},
+	{pkg: "connectors/kafka", allowed: []string{"protocol", "connectors", "connectors/arrowconv"}},
+	{pkg: "connectors/kafka/kafkatest", allowed: []string{"protocol", "connectors", "connectors/kafka", "connectors/arrowconv"}, testSupport: true},
 	{pkg: "connectors/builtin", wiring: true},
 	{pkg: "connectors/conformance", allowed: []string{"protocol", "connectors"}, testSupport: true},
 	{pkg: "connectors/postgres/pgtest", testSupport: true},
@@ -66,13 +68,15 @@ var rules = []rule{
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},
 	{pkg: "cmd/sluice", wiring: true},
 	{pkg: "bench/measure", stdOnly: true},
-	{pkg: "bench/harness", allowed: []string{"bench/measure"}},
+	{pkg: "bench/harness", allowed: []string{"bench/measure", "coordinator", "protocol", "connectors", "pipeline", "contract", "telemetry"}},
 	{pkg: "bench/cdc", wiring: true, usesTestSupport: true},
 	{pkg: "bench/clickhouse", wiring: true, usesTestSupport: true},
 	{pkg: "bench/contract", wiring: true, usesTestSupport: true},
 	{pkg: "bench/fullload", wiring: true, usesTestSupport: true},
 	{pkg: "bench/replica", wiring: true, usesTestSupport: true},
+	{pkg: "bench/incremental", wiring: true, usesTestSupport: true},
 	{pkg: "bench/lake", wiring: true, usesTestSupport: true},
+	{pkg: "bench/kafka", wiring: true, usesTestSupport: true},
 	{pkg: "bench/compact", wiring: true},
 	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
@@ -192,6 +196,9 @@ var kindExemptions = map[string][]string{
 	// Benchmarks measure particular connectors, and bench/measure reads
 	// the PostgreSQL server's processes by their name.
 	"bench": nil,
+	// Kafka's offset reset word latest (a source's or a trigger feed's
+	// start), not the kind.
+	"connectors/kafka/config.go": {"latest"},
 }
 
 // TestKindNames: a connector kind's name is known only to its package (which

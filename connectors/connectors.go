@@ -90,6 +90,28 @@ type PlanRequest struct {
 	// what its target holds (Inventoried), what that is as of Watermark;
 	// nil otherwise. See UnitSource.PlanUnits.
 	Target Inventory
+	// Trim is set for a live run of integer values (Window.Values): the
+	// window's high bound only caps the run. The source ends the window
+	// after the greatest value DeltaColumn holds when it plans, so a run
+	// never passes a value not written yet, and, when Trim.MaxRows is set,
+	// after at most that many rows from Trim.From (rows a lookback reads
+	// again, below it, do not count; the rows of one value stay together,
+	// so a value with more rows than that makes a window of its own), and
+	// a window that would hold no value past Trim.From is ended at Trim.From
+	// (or left empty, planning no partition). It returns the window it
+	// reads in Plan.Window (same
+	// low bound, high bound at most the cap), which the run's commit moves
+	// the watermark to. A source that cannot trim fails the plan.
+	Trim *Trim
+}
+
+// Trim says how a source ends the capped window of a live run of integer
+// values (PlanRequest.Trim).
+type Trim struct {
+	// From is where the values new to the pipeline start: its watermark.
+	From int64
+	// MaxRows, when positive, bounds the rows from From the window holds.
+	MaxRows int64
 }
 
 // Readiness is implemented by sources whose input for a run may not be
@@ -110,7 +132,8 @@ type Readiness interface {
 	Ready(ctx context.Context, req PlanRequest) (ready bool, what string, err error)
 }
 
-// Window is a half-open time range [From, To) of an incremental run.
+// Window is a half-open range of an incremental run's delta column: of
+// time [From, To), or of integer values [Lo, Hi) (Values).
 type Window = protocol.Window
 
 // Positions is the capability of a source kind that keeps a position of
@@ -182,6 +205,9 @@ type Plan struct {
 	// them (a sink then takes the columns from the batches). It reaches
 	// every task (TaskRef.Schema) and the commit (CommitRequest.Schema).
 	Schema *Schema
+	// Window is the window the plan reads when the request's was capped
+	// (PlanRequest.Trim); nil otherwise.
+	Window *Window
 	// Holds is set by a RunHolder whose partitions can only be read while
 	// it holds what it planned them on (an exported snapshot). The leader
 	// records it with the plan: a leader that did not plan the run holds
@@ -219,6 +245,10 @@ type CheckRequest struct {
 	// empty for every other pipeline and for a partition-based one. A
 	// problem with it is a *FieldError of Field FieldDeltaColumn.
 	DeltaColumn string
+	// DeltaValues says the windows are ranges of integer values
+	// (incremental.window a number of values): the delta column is then
+	// an integer column, not a time.
+	DeltaValues bool
 	// Settings are a streamed pipeline's settings (its slot, publication).
 	Settings StreamSettings
 }
@@ -359,6 +389,24 @@ type CommitRequest struct {
 	DeltaColumn string
 	// Schema is the run's plan's schema; nil when the source gave none.
 	Schema *Schema
+	// Merge, in ModeAppend with a Window, merges the run's rows into the
+	// dataset by key instead of replacing the window's rows: for each key
+	// the row with the greatest DeltaColumn wins (the newest version, of
+	// the run's rows and the dataset's), a row whose Merge.Deleted column
+	// is true deletes its key instead, rows of other keys stay. A commit
+	// repeated with the same RunID changes nothing more. Only sinks
+	// registered with Connector.SinkMerges are asked for it.
+	Merge *Merge
+}
+
+// Merge configures the merge of an incremental pipeline's windows by key
+// (the spec's incremental.merge).
+type Merge struct {
+	// Key are the columns that identify a row.
+	Key []string `json:"key"`
+	// Deleted, when set, names a boolean column: a row whose value is
+	// true deletes its key from the target instead of being written.
+	Deleted string `json:"deleted,omitempty"`
 }
 
 // CommitMode tells a sink how a run's output joins the dataset.
@@ -418,6 +466,43 @@ type Versioned interface {
 	// committed, pruned, incomplete) is refused with a permanent error
 	// naming the kept versions (VersionNotKept); the exposed version stays.
 	Expose(ctx context.Context, v int64) error
+}
+
+// WindowSummer is implemented by sources and sinks that can count and
+// checksum their rows of one window of an incremental pipeline, for
+// `sluice check`: the coordinator leader asks the source, then the sink,
+// for each window of the range checked, and lists (or loads again) the
+// windows where they differ. It reads only; ctx bounds the one call; calls
+// may run concurrently.
+type WindowSummer interface {
+	// SumWindow returns the count and checksum of the rows whose
+	// req.DeltaColumn lies in req.Window (leaving out, with req.Deleted,
+	// the rows whose column of that name is true: the deleted marker of
+	// a merge). A source sums the columns it reads and says which; a sink
+	// sums req.Columns, in that order, and an error names a column it
+	// lacks.
+	SumWindow(ctx context.Context, req SumRequest) (WindowSum, error)
+}
+
+// SumRequest asks for the sum of one window's rows (WindowSummer).
+type SumRequest struct {
+	Window      Window
+	DeltaColumn string
+	// Deleted names the merge's deleted marker column, if any.
+	Deleted string
+	// Columns, for a sink, are the columns the source summed.
+	Columns []string
+}
+
+// WindowSum is the count and checksum of one window's rows.
+type WindowSum struct {
+	Checksum Checksum
+	// Form names how each row was hashed ("csv": the row as PostgreSQL's
+	// COPY CSV text, "jsonl": as the canonical JSON line): checksums of
+	// one form compare, of two forms only their counts do.
+	Form string
+	// Columns are the columns summed, in order.
+	Columns []string
 }
 
 // Version is one kept version of a dataset.

@@ -45,6 +45,10 @@ type entry struct {
 	internal   bool
 	positions  *Positions
 	appends    bool
+	values     bool
+	merges     bool
+	params     ParamsFunc
+	feed       *EventFeed
 	contracts  bool // the sink applies contracts itself
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
@@ -112,6 +116,12 @@ type Connector struct {
 	// Window: it appends the run's output exactly once (see
 	// CommitRequest.Mode), which runs by position need. It goes with Sink.
 	SinkAppends bool
+	// SinkValueWindows says the sink commits windows of integer values
+	// (Window.Values: an id or sequence delta column); SinkMerges that it
+	// merges a window's rows by key (CommitRequest.Merge). They go with
+	// Sink.
+	SinkValueWindows bool
+	SinkMerges       bool
 	// SinkAppliesContract says the sink applies a pipeline's data contract
 	// to each row itself (TaskRef.Contract), because its batches are not
 	// the rows of one dataset (the read events of a cdc pipeline's
@@ -122,6 +132,12 @@ type Connector struct {
 	// CDCTarget the sink of cdc_apply pipelines.
 	CDCSource *CDCSource
 	CDCTarget *CDCTarget
+	// Params, when set, checks the run parameters a source of the kind
+	// takes (see ParamsFunc); it goes with Source.
+	Params ParamsFunc
+	// Feed, when set, makes the kind deliver events that start runs
+	// (trigger: {<kind>: {...}}).
+	Feed *EventFeed
 	// ValidateDataset, when set, says that the kind's sinks compact their
 	// datasets (they implement Compactor): a compact pipeline may name
 	// one as its dataset, a sink configuration this checks without I/O.
@@ -182,6 +198,8 @@ func (r *Registry) Register(c Connector) {
 		}
 		add(RoleSink, pick(c.ValidateSink))
 		e.appends = e.appends || c.SinkAppends
+		e.values = e.values || c.SinkValueWindows
+		e.merges = e.merges || c.SinkMerges
 		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
@@ -216,6 +234,21 @@ func (r *Registry) Register(c Connector) {
 		target := *c.CDCTarget
 		e.target = &target
 		add(RoleCDCTarget, pick(target.Validate))
+		parts++
+	}
+	if c.Params != nil {
+		if e.params != nil {
+			dup("params")
+		}
+		e.params = c.Params
+		parts++
+	}
+	if c.Feed != nil {
+		if e.feed != nil {
+			dup("feed")
+		}
+		feed := *c.Feed
+		e.feed = &feed
 		parts++
 	}
 	if c.ValidateDataset != nil {
@@ -286,6 +319,20 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 func (r *Registry) SinkAppends(kind string) bool {
 	e, ok := r.kinds[kind]
 	return ok && e.sink != nil && e.appends
+}
+
+// SinkValueWindows reports whether a sink of the given kind commits
+// windows of integer values (Connector.SinkValueWindows).
+func (r *Registry) SinkValueWindows(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.values
+}
+
+// SinkMerges reports whether a sink of the given kind merges windows by
+// key (Connector.SinkMerges).
+func (r *Registry) SinkMerges(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.sink != nil && e.merges
 }
 
 // SinkAppliesContract reports whether a sink of the given kind applies a

@@ -97,6 +97,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiRollback(ctx, m.Data)
 	case protocol.VerbPipelineGet:
 		reply, err = t.apiPipelineGet(m.Data)
+	case protocol.VerbCheck:
+		reply, err = t.apiCheck(ctx, m.Data)
 	case protocol.VerbCompact:
 		reply, err = t.apiCompact(ctx, m.Data)
 	case protocol.VerbVacuum:
@@ -285,17 +287,31 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if inc := p.Spec.Incremental; inc.Positioned() {
 		return nil, invalid("pipeline %s is read by its source's position (incremental.by: %s): it has no windows to backfill; each run loads what is new since the watermark", req.Pipeline, inc.By)
 	}
-	from, to := req.From.UTC(), req.To.UTC()
-	if from.IsZero() || !from.Before(to) {
-		return nil, invalid("from and to: want from < to, not [%s, %s)", formatWatermark(from), formatWatermark(to))
-	}
-	if limit := now().Add(-p.Spec.Incremental.Lag); to.After(limit) {
-		return nil, invalid("to: %s is past now - lag (%s): the windows there may still receive rows; let live runs load them",
-			formatWatermark(to), formatWatermark(limit))
-	}
-	if inc := p.Spec.Incremental; inc.PartitionBased() && (!onPartition(from, inc.Window) || !onPartition(to, inc.Window)) {
-		return nil, invalid("from and to: [%s, %s) does not start and end on partitions of %s: the source of %s is partition-based (one partition per window)",
-			formatWatermark(from), formatWatermark(to), inc.Window, req.Pipeline)
+	cmd := backfillCmd{Pipeline: req.Pipeline, Replace: req.Replace, RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts,
+		Backoff: c.cfg.DefaultBackoff, LeaderStarts: true}
+	if inc := p.Spec.Incremental; inc.Values() {
+		switch r := req.Range; {
+		case inc.Span <= 0:
+			return nil, invalid("pipeline %s has no window of values to split a backfill by: set incremental.window (a number of values)", req.Pipeline)
+		case r == nil || !r.Values || r.Empty():
+			return nil, invalid("range: want integer bounds lo < hi (the delta column of %s holds integers), not %v", req.Pipeline, r)
+		}
+		rg := protocol.ValueWindow(req.Range.Lo, req.Range.Hi)
+		cmd.Range = &rg
+	} else {
+		from, to := req.From.UTC(), req.To.UTC()
+		if req.Range != nil || from.IsZero() || !from.Before(to) {
+			return nil, invalid("from and to: want times from < to, not [%s, %s)", formatWatermark(from), formatWatermark(to))
+		}
+		if limit := now().Add(-inc.Lag); to.After(limit) {
+			return nil, invalid("to: %s is past now - lag (%s): the windows there may still receive rows; let live runs load them",
+				formatWatermark(to), formatWatermark(limit))
+		}
+		if inc.PartitionBased() && (!onPartition(from, inc.Window) || !onPartition(to, inc.Window)) {
+			return nil, invalid("from and to: [%s, %s) does not start and end on partitions of %s: the source of %s is partition-based (one partition per window)",
+				formatWatermark(from), formatWatermark(to), inc.Window, req.Pipeline)
+		}
+		cmd.From, cmd.To = from, to
 	}
 	if req.Concurrency == 0 {
 		req.Concurrency = defaultBackfillConcurrency
@@ -303,11 +319,8 @@ func (t *leaderTerm) apiBackfill(ctx context.Context, data []byte) (any, error) 
 	if req.Concurrency < 1 || req.Concurrency > maxBackfillConcurrency {
 		return nil, invalid("concurrency: want 1 to %d, not %d", maxBackfillConcurrency, req.Concurrency)
 	}
-	out, err := apply(c, backfillCmd{
-		Pipeline: req.Pipeline, From: from, To: to, Concurrency: req.Concurrency, Replace: req.Replace,
-		RequestID: req.RequestID, MaxAttempts: c.cfg.DefaultMaxAttempts, Backoff: c.cfg.DefaultBackoff, Time: now(),
-		LeaderStarts: true,
-	})
+	cmd.Concurrency, cmd.Time = req.Concurrency, now()
+	out, err := apply(c, cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +353,7 @@ func (t *leaderTerm) apiBackfillGet(data []byte) (any, error) {
 }
 
 func backfillStatus(b *backfillState) protocol.BackfillStatus {
-	s := protocol.BackfillStatus{ID: b.ID, Pipeline: b.Pipeline, From: b.From, To: b.To, Window: b.Window,
+	s := protocol.BackfillStatus{ID: b.ID, Pipeline: b.Pipeline, From: b.From, To: b.To, Window: b.Window, Range: b.Range, Span: b.Span,
 		Concurrency: b.Concurrency, Replace: b.Replace, State: b.State, Windows: b.Windows,
 		Total: len(b.Windows), Created: b.Created, Finished: b.Finished}
 	for _, w := range b.Windows {
@@ -381,7 +394,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 	}
 	for _, p := range c.fsm.pipelines() {
 		if req.Pipeline == "" || p.Spec.Name == req.Pipeline {
-			reply.Pipelines = append(reply.Pipelines, pipelineStatus(p))
+			reply.Pipelines = append(reply.Pipelines, t.pipelineStatus(p))
 		}
 	}
 	if req.Pipeline != "" && len(reply.Pipelines) == 0 {
@@ -412,7 +425,7 @@ func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
 func (t *leaderTerm) apiPipelines() (any, error) {
 	out := []protocol.PipelineStatus{}
 	for _, p := range t.c.fsm.pipelines() {
-		out = append(out, pipelineStatus(p))
+		out = append(out, t.pipelineStatus(p))
 	}
 	return out, nil
 }
@@ -433,7 +446,17 @@ func (t *leaderTerm) apiPipelineGet(data []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode the spec of %s: %w", req.Pipeline, err)
 	}
-	return protocol.PipelineGetReply{Status: pipelineStatus(p), Spec: spec}, nil
+	return protocol.PipelineGetReply{Status: t.pipelineStatus(p), Spec: spec}, nil
+}
+
+// pipelineStatus is p's status with what this term counted of its
+// external trigger's events.
+func (t *leaderTerm) pipelineStatus(p *pipelineState) protocol.PipelineStatus {
+	s := pipelineStatus(p)
+	if p.Spec.Trigger.External() {
+		s.Events = t.ext.get(p.Spec.Name)
+	}
+	return s
 }
 
 func pipelineStatus(p *pipelineState) protocol.PipelineStatus {

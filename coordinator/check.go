@@ -27,7 +27,7 @@ func checkConnectors(ctx context.Context, reg *connectors.Registry, spec pipelin
 	defer cancel()
 	req := connectors.CheckRequest{Pipeline: spec.Name, Pattern: spec.RunPattern(), Settings: spec.StreamSettings()}
 	if spec.Incremental != nil {
-		req.DeltaColumn = spec.Incremental.DeltaColumn
+		req.DeltaColumn, req.DeltaValues = spec.Incremental.DeltaColumn, spec.Incremental.Values()
 	}
 	type side struct {
 		name string

@@ -181,6 +181,15 @@ func (c *Client) Backfill(ctx context.Context, req protocol.BackfillRequest) (pr
 	return reply, err
 }
 
+// Check compares an incremental pipeline's source and target window by
+// window (see protocol.CheckRequest); with req.Repair it starts a backfill
+// of the windows that differ, named in the reply.
+func (c *Client) Check(ctx context.Context, req protocol.CheckRequest) (protocol.CheckReply, error) {
+	var reply protocol.CheckReply
+	err := c.call(ctx, protocol.VerbCheck, req, &reply, checkWait+c.attempt)
+	return reply, err
+}
+
 // newRequestID returns a random request id.
 func newRequestID() string {
 	var b [12]byte

@@ -240,6 +240,13 @@ type backfillCmd struct {
 	Time        time.Time     `json:"time"`
 	// LeaderStarts is set by this version's leader: it starts the windows.
 	LeaderStarts bool `json:"leader_starts,omitempty"`
+	// Range is the range of values [Lo, Hi) of a backfill of integer
+	// windows (From and To zero).
+	Range *protocol.Window `json:"range,omitempty"`
+	// Windows, when set, are the windows to load (sorted, apart, inside
+	// the range), instead of all the range's: a repair of the windows
+	// sluice check found different.
+	Windows []protocol.Window `json:"windows,omitempty"`
 }
 
 func (backfillCmd) cmdType() cmdType { return cmdBackfill }
@@ -264,6 +271,9 @@ type runPlannedCmd struct {
 	// leader that planned them holds what they were planned on (the
 	// source's snapshot: connectors.Plan.Holds).
 	Holds bool `json:"holds,omitempty"`
+	// Window is the window a run of integer values was planned for: its
+	// capped window ended where the column's values end (Plan.Window).
+	Window *protocol.Window `json:"window,omitempty"`
 }
 
 func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }

@@ -35,7 +35,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 	req := connectors.CommitRequest{RunID: r.ID, Pipeline: r.Pipeline, Version: r.Version, Watermark: r.Watermark, Schema: schema}
 	switch {
 	case r.Window != nil:
-		req.Mode, req.Window, req.DeltaColumn = connectors.ModeAppend, r.Window, r.DeltaColumn
+		req.Mode, req.Window, req.DeltaColumn, req.Merge = connectors.ModeAppend, r.Window, r.DeltaColumn, r.Merge
 	case r.positioned():
 		req.Mode = connectors.ModeAppend
 	case r.passthrough():
@@ -48,9 +48,10 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID),
 		telemetry.AttrVersion.Int64(r.Version), telemetry.AttrTasks.Int(len(r.Tasks))))
 	defer span.End()
-	if req.Mode == connectors.ModeAppend && req.Window == nil && len(req.Tasks) == 0 {
-		// A run by position that found nothing new appends nothing: only
-		// its watermark moves (a source may pass what it skips).
+	if req.Mode == connectors.ModeAppend && (req.Window == nil || req.Window.Empty()) && len(req.Tasks) == 0 {
+		// A run by position, or of integer values, that found nothing
+		// new appends nothing: only its watermark moves (a source may
+		// pass what it skips).
 		if _, err := apply(c, runCommittedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
 			return err
 		}

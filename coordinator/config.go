@@ -83,6 +83,18 @@ func (c Config) recordsHeader(k string) bool {
 	return slices.ContainsFunc(c.TriggerHeaders, func(h string) bool { return strings.EqualFold(h, k) })
 }
 
+// recordedHeaders returns the headers of h a run's trigger context records
+// (recordsHeader).
+func (c Config) recordedHeaders(h map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		if c.recordsHeader(k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 func (c Config) withDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

@@ -60,6 +60,28 @@
 // rows are replaced. to must not pass now - lag. One backfill per pipeline
 // runs at a time.
 //
+// # Windows of integer values, lookback, merge and checks
+//
+// A pipeline whose incremental.window is a number of values (Span) has
+// windows of an integer delta column (protocol.Window with Values). The
+// leader creates a live run with the window [watermark, watermark + span)
+// (or up to the largest integer, with max_rows_per_run only): a cap, not
+// a promise, since the values past the greatest one written do not exist
+// yet. The run records how its plan must end it (runState.Trim); the
+// source ends the window where the column's values end in its snapshot
+// (connectors.PlanRequest.Trim) and the run-planned entry records the
+// window read, so a new attempt or a new leader reads the same one; the
+// commit moves the watermark (an integer) to its end, only forward. With
+// incremental.lookback a live window, of values or of time, starts that
+// many windows before the watermark (never before incremental.start): the
+// FSM checks that start (state.liveStart). A run's commit carries the
+// spec's incremental.merge as it was when the run was created
+// (runState.Merge), and the sink merges the window's rows by key instead
+// of replacing them. `sluice check` (apiCheck) asks the source and the
+// sink (connectors.WindowSummer) to count and checksum each window of a
+// range below the watermark and, to repair, starts a backfill of exactly
+// the windows that differ (backfillCmd.Windows).
+//
 // # Runs by position
 //
 // A pipeline with incremental.by reads a source that keeps a position of

@@ -23,16 +23,13 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	if !ok {
 		return backfillReply{}, refuse(refusedNotFound, "pipeline %q not found", c.Pipeline)
 	}
-	if p.Spec.RunPattern() != protocol.PatternIncremental || p.Spec.Incremental == nil || p.Spec.Incremental.Window <= 0 {
-		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline can be backfilled", c.Pipeline)
+	inc := p.Spec.Incremental
+	if p.Spec.RunPattern() != protocol.PatternIncremental || inc == nil || inc.Window <= 0 && inc.Span <= 0 {
+		return backfillReply{}, refuse(refusedInvalid, "backfill %q: only an incremental pipeline with a window can be backfilled", c.Pipeline)
 	}
-	if !c.From.Before(c.To) || c.Concurrency < 1 {
-		return backfillReply{}, refuse(refusedInvalid, "backfill %q: want from < to and a concurrency of at least 1", c.Pipeline)
-	}
-	size := p.Spec.Incremental.Window
-	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
-		return backfillReply{}, refuse(refusedInvalid, "backfill %q: [%s, %s) makes more than %d windows of %s", c.Pipeline,
-			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size)
+	windows, err := backfillWindows(c, inc.Window, inc.Span)
+	if err != nil {
+		return backfillReply{}, err
 	}
 	for _, b := range s.Backfills {
 		if b.Pipeline == c.Pipeline && b.State == protocol.BackfillRunning {
@@ -42,21 +39,22 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	p.BackfillSeq++
 	b := &backfillState{
 		ID: fmt.Sprintf("%s-bf%04d", c.Pipeline, p.BackfillSeq), Pipeline: c.Pipeline, Seq: p.BackfillSeq,
-		From: c.From.UTC(), To: c.To.UTC(), Window: size, Concurrency: c.Concurrency, Replace: c.Replace,
+		Concurrency: c.Concurrency, Replace: c.Replace,
 		RequestID: c.RequestID, MaxAttempts: c.MaxAttempts, Backoff: c.Backoff, LeaderStarts: c.LeaderStarts,
 		State: protocol.BackfillRunning, Created: c.Time,
 	}
-	for lo := b.From; lo.Before(b.To); {
-		hi := lo.Add(size)
-		if hi.After(b.To) {
-			hi = b.To
-		}
-		w := protocol.BackfillWindow{Window: protocol.Window{From: lo, To: hi}, State: protocol.WindowQueued}
+	if c.Range != nil {
+		r := *c.Range
+		b.Range, b.Span = &r, inc.Span
+	} else {
+		b.From, b.To, b.Window = c.From.UTC(), c.To.UTC(), inc.Window
+	}
+	for _, win := range windows {
+		w := protocol.BackfillWindow{Window: win, State: protocol.WindowQueued}
 		if !c.Replace && covered(p.Loaded, w.Window) {
 			w.State = protocol.WindowSkipped
 		}
 		b.Windows = append(b.Windows, w)
-		lo = hi
 	}
 	s.Backfills[b.ID] = b
 	if c.RequestID != "" {
@@ -65,6 +63,66 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 	s.pruneBackfills(c.Pipeline)
 	s.pump(b, c.Time)
 	return backfillReply{Backfill: b.ID}, nil
+}
+
+// backfillWindows splits the range of a backfill into windows of size (a
+// time range) or span (a range of values), the last one maybe shorter.
+func backfillWindows(c backfillCmd, size time.Duration, span int64) ([]protocol.Window, error) {
+	if c.Concurrency < 1 {
+		return nil, refuse(refusedInvalid, "backfill %q: want a concurrency of at least 1", c.Pipeline)
+	}
+	all, err := splitRange(c, size, span)
+	if err != nil || len(c.Windows) == 0 {
+		return all, err
+	}
+	// Only the windows asked for, each one of the range's.
+	for _, w := range c.Windows {
+		if !slices.ContainsFunc(all, w.Equal) {
+			return nil, refuse(refusedInvalid, "backfill %q: %s is not one of the windows of its range", c.Pipeline, w)
+		}
+	}
+	return slices.DeleteFunc(all, func(w protocol.Window) bool { return !slices.ContainsFunc(c.Windows, w.Equal) }), nil
+}
+
+// splitRange splits the range of a backfill into windows of size (a time
+// range) or span (a range of values), the last one maybe shorter.
+func splitRange(c backfillCmd, size time.Duration, span int64) ([]protocol.Window, error) {
+	var out []protocol.Window
+	if span > 0 {
+		r := c.Range
+		if r == nil || !r.Values || r.Empty() {
+			return nil, refuse(refusedInvalid, "backfill %q: want a range of integer values lo < hi (its delta column holds integers)", c.Pipeline)
+		}
+		if n := (uint64(r.Hi) - uint64(r.Lo)) / uint64(span); n >= maxBackfillWindows {
+			return nil, refuse(refusedInvalid, "backfill %q: %s makes more than %d windows of %d values", c.Pipeline, r, maxBackfillWindows, span)
+		}
+		for lo := r.Lo; lo < r.Hi; {
+			hi := r.Hi
+			if lo <= r.Hi-span {
+				hi = lo + span
+			}
+			out = append(out, protocol.ValueWindow(lo, hi))
+			lo = hi
+		}
+		return out, nil
+	}
+	if c.Range != nil || !c.From.Before(c.To) {
+		return nil, refuse(refusedInvalid, "backfill %q: want a time range from < to (its delta column is a time)", c.Pipeline)
+	}
+	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
+		return nil, refuse(refusedInvalid, "backfill %q: [%s, %s) makes more than %d windows of %s", c.Pipeline,
+			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size)
+	}
+	from, to := c.From.UTC(), c.To.UTC()
+	for lo := from; lo.Before(to); {
+		hi := lo.Add(size)
+		if hi.After(to) {
+			hi = to
+		}
+		out = append(out, protocol.Window{From: lo, To: hi})
+		lo = hi
+	}
+	return out, nil
 }
 
 // windowRun creates the run of window c.Window of backfill c.Backfill: the
@@ -84,9 +142,7 @@ func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, err
 	if c.Window == nil || c.Live {
 		return runCreateReply{}, refuse(refusedInvalid, "create run of backfill %s: want one of its windows, not live", b.ID)
 	}
-	i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool {
-		return w.Window.From.Equal(c.Window.From) && w.Window.To.Equal(c.Window.To)
-	})
+	i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.Window.Equal(*c.Window) })
 	if i < 0 {
 		return runCreateReply{}, refuse(refusedInvalid, "backfill %s has no window %s", b.ID, c.Window)
 	}

@@ -41,13 +41,16 @@ func (c runCreateCmd) applyTo(s *state) (runCreateReply, error) {
 		if c.Window == nil || c.Window.Empty() {
 			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: an incremental run needs a non-empty window", c.Pipeline)
 		}
+		if c.Window.Values != p.Spec.Incremental.Values() {
+			return runCreateReply{}, refuse(refusedInvalid, "create run of %q: window %s is not of the kind of its delta column", c.Pipeline, c.Window)
+		}
 		if c.Live {
-			from, err := p.nextFrom()
+			start, err := p.liveStart()
 			if err != nil {
 				return runCreateReply{}, refuse(refusedInvalid, "create run: %v", err)
 			}
-			if !from.Equal(c.Window.From) {
-				return runCreateReply{}, refuse(refusedConflict, "create run of %q: window %s does not start at the watermark %s", c.Pipeline, c.Window, formatWatermark(from))
+			if !startsAt(*c.Window, start) {
+				return runCreateReply{}, refuse(refusedConflict, "create run of %q: window %s does not start at the watermark (less lookback) %s", c.Pipeline, c.Window, start)
 			}
 			if r := s.liveRun(c.Pipeline); r != nil {
 				return runCreateReply{}, refuse(refusedConflict, "run %s of %q is still loading window %s: an incremental pipeline loads one live window at a time", r.ID, c.Pipeline, r.Window)
@@ -137,10 +140,17 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		if inc := p.Spec.Incremental; inc != nil {
 			r.DeltaColumn = inc.DeltaColumn
 			r.ReadyTimeout, r.ReadyCheck = inc.ReadyTimeout, inc.ReadyCheck
+			r.Merge = inc.Merge
 		}
 		if c.Live {
 			// The position this run reaches; stored with its commit.
-			r.Watermark = formatWatermark(w.To)
+			r.Watermark = watermarkOf(w)
+			if inc := p.Spec.Incremental; w.Values && inc != nil {
+				// The window's high bound caps the run: its plan ends it
+				// where the column's values end.
+				from, _ := p.nextValue()
+				r.Trim = &trimState{From: from, MaxRows: inc.MaxRows}
+			}
 		}
 	}
 	s.Runs[r.ID] = r
@@ -175,6 +185,20 @@ func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
 	r.Tasks = make([]taskState, len(c.Partitions))
 	for i, p := range c.Partitions {
 		r.Tasks[i] = taskState{ID: taskID(r.attempt(), i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
+	}
+	switch {
+	case r.Trim != nil:
+		// The plan ends the capped window where the column's values end.
+		if w := c.Window; w == nil || !w.Values || w.Lo != r.Window.Lo || w.Hi > r.Window.Hi || w.Hi < w.Lo {
+			return noReply{}, refuse(refusedInvalid, "plan of run %q: window %v does not end the capped window %s", c.Run, c.Window, r.Window)
+		}
+		w := *c.Window
+		r.Window, r.Trim = &w, nil
+		if r.Live {
+			r.Watermark = watermarkOf(w)
+		}
+	case c.Window != nil:
+		return noReply{}, refuse(refusedInvalid, "plan of run %q: window %s given, the run's %v was not capped", c.Run, c.Window, r.Window)
 	}
 	r.Planned = true
 	r.Schema = c.Schema
@@ -350,9 +374,7 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 			p.Loaded = addLoaded(p.Loaded, *r.Window)
 			// Only a live window moves the watermark, and only forward.
 			if r.Live {
-				if cur, err := p.nextFrom(); err != nil || r.Window.To.After(cur) || p.Watermark == "" {
-					p.Watermark = formatWatermark(r.Window.To)
-				}
+				p.advance(*r.Window)
 			}
 		}
 		if st := p.Stream; st != nil && st.SnapshotRun == r.ID {

@@ -48,6 +48,8 @@ type leaderTerm struct {
 	leases  map[string]leaseSeen
 	// windowsMu serialises the starts of backfill windows.
 	windowsMu sync.Mutex
+	// ext counts the events of external triggers (external.go).
+	ext externalStats
 }
 
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {
@@ -207,6 +209,7 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	t.spawn(func() { t.schedule(ctx) })
 	t.spawn(func() { t.streams(ctx) })
 	t.spawn(func() { t.cleanUps(ctx) })
+	t.spawn(func() { t.externalTriggers(ctx) })
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
 	for {

@@ -53,6 +53,9 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		Watermark: watermark, ByPosition: r.positioned(), Partitioning: r.Partitioning,
 		Window: r.Window, DeltaColumn: r.DeltaColumn,
 	}
+	if r.Trim != nil {
+		req.Trim = &connectors.Trim{From: r.Trim.From, MaxRows: r.Trim.MaxRows}
+	}
 	rctx := runContext(ctx, r)
 	var span trace.Span
 	var what string
@@ -85,6 +88,9 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 		sctx, span = c.tracer.Start(rctx, telemetry.SpanPlan, trace.WithAttributes(
 			telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
 		plan, err := t.planSource(sctx, r, src, req)
+		if err == nil {
+			err = checkTrim(r, req, &plan)
+		}
 		if err == nil {
 			var out *protocol.Schema
 			// The sink holds the rows the contract makes.
@@ -128,7 +134,8 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 	}
 	t.doneWaiting(r.ID)
 	span.SetAttributes(telemetry.AttrTasks.Int(len(plan.Partitions)))
-	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Holds: holds, Time: now()}); err != nil {
+	if _, err := apply(c, runPlannedCmd{Run: r.ID, Partitions: plan.Partitions, Watermark: plan.Watermark, Schema: plan.Schema, Holds: holds,
+		Window: plan.Window, Time: now()}); err != nil {
 		return false, err
 	}
 	log.Info("run planned", "tasks", len(plan.Partitions), "attempt", r.attempt())
@@ -253,6 +260,22 @@ func (t *leaderTerm) doneWaiting(id string) {
 	t.mu.Lock()
 	delete(t.checkAt, id)
 	t.mu.Unlock()
+}
+
+// checkTrim checks the window a plan read for a capped window of integer
+// values (connectors.PlanRequest.Trim): the same low bound and a high
+// bound within the cap. A plan for a window that was not capped keeps the
+// run's window.
+func checkTrim(r *runState, req connectors.PlanRequest, plan *connectors.Plan) error {
+	if req.Trim == nil {
+		plan.Window = nil
+		return nil
+	}
+	w := plan.Window
+	if w == nil || !w.Values || w.Lo != req.Window.Lo || w.Hi > req.Window.Hi || w.Hi < w.Lo {
+		return connectors.Permanent(fmt.Errorf("source %s did not end the capped window %s where its values end (its plan says %v): it cannot read windows of integer values", r.Source.Kind, req.Window, w))
+	}
+	return nil
 }
 
 // checkSchema checks the schema of r's plan before any task is published:

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -92,6 +93,10 @@ func (t *leaderTerm) startRun(ctx context.Context, req protocol.RunRequest, trig
 		if !ok {
 			return "", nil, refuse(refusedNotFound, "pipeline %q not found", req.Pipeline)
 		}
+		req, err := t.runParams(p, req)
+		if err != nil {
+			return "", nil, err
+		}
 		win, live, err := runWindow(p, req.Window, now())
 		if err != nil {
 			return "", nil, err
@@ -146,7 +151,13 @@ func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protoco
 		}
 		return protocol.Window{}, true, nil
 	}
+	if inc.Values() {
+		return valueWindow(p, asked)
+	}
 	if asked != nil {
+		if asked.Values {
+			return protocol.Window{}, false, invalid("window: %s is a range of integer values; the delta column of %s is a time (want RFC 3339 bounds)", asked, p.Spec.Name)
+		}
 		w := protocol.Window{From: asked.From.UTC(), To: asked.To.UTC()}
 		if w.From.IsZero() || w.Empty() {
 			return w, false, invalid("window: %s is empty: want from < to", w)
@@ -169,7 +180,46 @@ func runWindow(p *pipelineState, asked *protocol.Window, now time.Time) (protoco
 		// more): until then the pipeline is up to date.
 		hi = from
 	}
-	return protocol.Window{From: from, To: hi}, true, nil
+	w := protocol.Window{From: from, To: hi}
+	if inc.Lookback > 0 && !w.Empty() {
+		// The closed windows before the watermark are read again.
+		start, err := p.liveStart()
+		if err != nil {
+			return protocol.Window{}, false, invalid("%v", err)
+		}
+		w.From = start.From
+	}
+	return w, true, nil
+}
+
+// valueWindow is runWindow for a pipeline of integer windows: the asked
+// window (a re-run), or [lo, lo + span) with lo the watermark
+// (incremental.start before the first commit) less lookback windows,
+// live. Its high bound only caps the run: the source ends the window
+// where the column's values end when it plans the run (Trim), and the
+// run's commit moves the watermark there. Without a span the cap is the
+// largest integer (the run is bounded by max_rows_per_run).
+func valueWindow(p *pipelineState, asked *protocol.Window) (protocol.Window, bool, error) {
+	inc := p.Spec.Incremental
+	if asked != nil {
+		if !asked.Values || asked.Empty() {
+			return protocol.Window{}, false, invalid("window: %s of pipeline %s: want integer bounds [lo, hi) with lo < hi (its delta column holds integer values)", asked, p.Spec.Name)
+		}
+		return protocol.ValueWindow(asked.Lo, asked.Hi), false, nil
+	}
+	lo, err := p.nextValue()
+	if err != nil {
+		return protocol.Window{}, false, invalid("%v", err)
+	}
+	hi := int64(math.MaxInt64)
+	if inc.Span > 0 && lo <= math.MaxInt64-inc.Span {
+		hi = lo + inc.Span
+	}
+	start, err := p.liveStart()
+	if err != nil {
+		return protocol.Window{}, false, invalid("%v", err)
+	}
+	return protocol.ValueWindow(start.Lo, hi), true, nil
 }
 
 // onPartition reports whether t is where a partition of size starts

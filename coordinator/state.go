@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -58,8 +60,8 @@ type backfillState struct {
 	ID          string                    `json:"id"`
 	Pipeline    string                    `json:"pipeline"`
 	Seq         int64                     `json:"seq"`
-	From        time.Time                 `json:"from"`
-	To          time.Time                 `json:"to"`
+	From        time.Time                 `json:"from,omitzero"`
+	To          time.Time                 `json:"to,omitzero"`
 	Window      time.Duration             `json:"window"`
 	Concurrency int                       `json:"concurrency"`
 	Replace     bool                      `json:"replace,omitempty"`
@@ -75,6 +77,10 @@ type backfillState struct {
 	// backfill of an earlier version's log has it unset: Apply starts its
 	// windows (state.pump), as that version did.
 	LeaderStarts bool `json:"leader_starts,omitempty"`
+	// Range and Span are the range of values and the window size of a
+	// backfill of integer windows (From, To and Window then zero).
+	Range *protocol.Window `json:"range,omitempty"`
+	Span  int64            `json:"span,omitempty"`
 }
 
 // running counts the windows of b that are running.
@@ -105,6 +111,10 @@ func (b *backfillState) nextWindow() (protocol.Window, bool) {
 func (b *backfillState) clone() *backfillState {
 	c := *b
 	c.Windows = slices.Clone(b.Windows)
+	if b.Range != nil {
+		r := *b.Range
+		c.Range = &r
+	}
 	return &c
 }
 
@@ -261,6 +271,12 @@ type runState struct {
 	// window) plans from: the pipeline's watermark when the run was
 	// created; Watermark is where its plan reaches.
 	Since string `json:"since,omitempty"`
+	// Trim is set while the window of a live run of integer values is
+	// capped: its plan ends it where the delta column's values end.
+	Trim *trimState `json:"trim,omitempty"`
+	// Merge is the spec's incremental.merge when the run was created: its
+	// commit merges the window's rows by key.
+	Merge *connectors.Merge `json:"merge,omitempty"`
 	// ReadyTimeout and ReadyCheck are the spec's incremental.ready_timeout
 	// and ready_check. WaitingFor is what a waiting run waits for (a
 	// partition's path), WaitingSince when it started waiting: the ready
@@ -342,6 +358,14 @@ func (r *runState) checksum() connectors.Checksum {
 	return sum
 }
 
+// trimState is how the plan of a live run of integer values ends its
+// capped window: after the greatest value, and after MaxRows rows from
+// From (the watermark) when MaxRows is set.
+type trimState struct {
+	From    int64 `json:"from"`
+	MaxRows int64 `json:"max_rows,omitempty"`
+}
+
 // positioned reports whether r is a run by position: a live incremental
 // run without a window, planned from Since.
 func (r *runState) positioned() bool {
@@ -401,6 +425,10 @@ func (r *runState) clone() *runState {
 	c.Replans = slices.Clone(r.Replans)
 	c.Params = maps.Clone(r.Params)
 	c.Trace = maps.Clone(r.Trace)
+	if r.Trim != nil {
+		t := *r.Trim
+		c.Trim = &t
+	}
 	return &c
 }
 
@@ -442,38 +470,116 @@ func (p *pipelineState) nextFrom() (time.Time, error) {
 	return p.Spec.Incremental.Start.UTC(), nil
 }
 
+// nextValue returns where the next live window of integer values
+// starts: the pipeline's watermark, or incremental.start before the first
+// commit.
+func (p *pipelineState) nextValue() (int64, error) {
+	if p.Watermark != "" {
+		n, err := strconv.ParseInt(p.Watermark, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("pipeline %s: watermark %q is not an integer (was its delta column a time before?)", p.Spec.Name, p.Watermark)
+		}
+		return n, nil
+	}
+	if p.Spec.Incremental == nil || p.Spec.Incremental.StartValue == nil {
+		return 0, fmt.Errorf("pipeline %s has no watermark yet: set incremental.start", p.Spec.Name)
+	}
+	return *p.Spec.Incremental.StartValue, nil
+}
+
+// liveStart returns where the next live window of p starts, as the empty
+// window at that point: the watermark (incremental.start before the
+// first commit), less incremental.lookback windows, never before
+// incremental.start. With lookback a live run reads that many closed
+// windows again.
+func (p *pipelineState) liveStart() (protocol.Window, error) {
+	inc := p.Spec.Incremental
+	if inc.Values() {
+		lo, err := p.nextValue()
+		if err != nil {
+			return protocol.Window{}, err
+		}
+		if back := int64(inc.Lookback) * inc.Span; back > 0 {
+			if lo > math.MinInt64+back {
+				lo -= back
+			} else {
+				lo = math.MinInt64
+			}
+			if inc.StartValue != nil {
+				lo = max(lo, *inc.StartValue)
+			}
+		}
+		return protocol.ValueWindow(lo, lo), nil
+	}
+	from, err := p.nextFrom()
+	if err != nil {
+		return protocol.Window{}, err
+	}
+	if inc.Lookback > 0 {
+		from = from.Add(-time.Duration(inc.Lookback) * inc.Window)
+		if !inc.Start.IsZero() && from.Before(inc.Start) {
+			from = inc.Start.UTC()
+		}
+	}
+	return protocol.Window{From: from, To: from}, nil
+}
+
+// startsAt reports whether w starts where the empty window at does.
+func startsAt(w, at protocol.Window) bool {
+	if w.Values || at.Values {
+		return w.Values == at.Values && w.Lo == at.Lo
+	}
+	return w.From.Equal(at.From)
+}
+
+// advance moves p's watermark to the end of the live window w, only
+// forward.
+func (p *pipelineState) advance(w protocol.Window) {
+	if w.Values {
+		if cur, err := p.nextValue(); err != nil || w.Hi > cur || p.Watermark == "" {
+			p.Watermark = strconv.FormatInt(w.Hi, 10)
+		}
+		return
+	}
+	if cur, err := p.nextFrom(); err != nil || w.To.After(cur) || p.Watermark == "" {
+		p.Watermark = formatWatermark(w.To)
+	}
+}
+
+// watermarkOf renders the position the end of window w is.
+func watermarkOf(w protocol.Window) string {
+	if w.Values {
+		return strconv.FormatInt(w.Hi, 10)
+	}
+	return formatWatermark(w.To)
+}
+
 // formatWatermark renders an incremental watermark.
 func formatWatermark(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 
-// addLoaded merges w into the sorted, disjoint ranges of loaded.
+// addLoaded merges w into the sorted, disjoint ranges of loaded (ranges of
+// another kind, left by an earlier spec of the pipeline, stay apart). An
+// empty window adds nothing.
 func addLoaded(loaded []protocol.Window, w protocol.Window) []protocol.Window {
+	if w.Empty() {
+		return loaded
+	}
 	out := make([]protocol.Window, 0, len(loaded)+1)
 	for _, l := range loaded {
-		switch {
-		case l.To.Before(w.From) || w.To.Before(l.From):
-			out = append(out, l)
-		default: // overlapping or touching: absorb
-			if l.From.Before(w.From) {
-				w.From = l.From
-			}
-			if l.To.After(w.To) {
-				w.To = l.To
-			}
+		if l.Touches(w) {
+			w = w.Union(l) // overlapping or touching: absorb
+			continue
 		}
+		out = append(out, l)
 	}
 	out = append(out, w)
-	slices.SortFunc(out, func(a, b protocol.Window) int { return a.From.Compare(b.From) })
+	slices.SortFunc(out, protocol.Window.Compare)
 	return out
 }
 
 // covered reports whether loaded covers all of w.
 func covered(loaded []protocol.Window, w protocol.Window) bool {
-	for _, l := range loaded {
-		if !l.From.After(w.From) && !l.To.Before(w.To) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(loaded, func(l protocol.Window) bool { return l.Covers(w) })
 }
 
 // live returns the pipeline name unless it is missing or deleted.

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors/files"
-	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -44,13 +43,7 @@ func TestFilesByArrival(t *testing.T) {
 	c := newCluster(t, clusterConfig{workers: 2})
 	land, ledger, out := t.TempDir(), t.TempDir(), filepath.Join(t.TempDir(), "out")
 	y := fmt.Sprintf("name: landing\npattern: incremental\nsource: {kind: files, path: %s, format: jsonl}\nsink: {kind: files, path: %s, format: jsonl}\npartitioning: {max_files: 3}\nincremental: {by: modified}\n", land, out)
-	s, err := pipeline.Parse([]byte(y), "landing.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.client.Apply(c.ctx(), s); err != nil {
-		t.Fatal(err)
-	}
+	c.applyYAML("landing", y)
 	run := func() protocol.RunStatus {
 		t.Helper()
 		st := c.wait(c.run("landing").RunID)

@@ -127,13 +127,7 @@ func TestPositionedRunsAppendOnce(t *testing.T) {
 	apply := func(name, sink string) {
 		t.Helper()
 		y := fmt.Sprintf("name: %s\npattern: incremental\nsource: {kind: seqlog, path: %s, max: 4}\nsink: %s\nincremental: {by: offset}\n", name, logDir, sink)
-		s, err := pipeline.Parse([]byte(y), name+".yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.client.Apply(c.ctx(), s); err != nil {
-			t.Fatalf("apply %s: %v", name, err)
-		}
+		c.applyYAML(name, y)
 	}
 	apply("log-files", fmt.Sprintf("{kind: files, path: %s, format: csv}", out))
 	apply("log-pg", fmt.Sprintf("{kind: postgres, dsn: %q, table: %s}", dsn, table))

@@ -40,7 +40,8 @@ type Spec struct {
 	Schedule string `json:"schedule,omitempty"`
 	// Trigger starts runs on events other than a message on the
 	// pipeline's trigger subject: After starts a run each time a run of
-	// another pipeline commits.
+	// another pipeline commits; Subject and Feed on events of other
+	// systems (see Trigger).
 	Trigger *Trigger `json:"trigger,omitempty"`
 	Retry   Retry    `json:"retry,omitzero"`
 	// Incremental configures the delta-column windows of a pipeline of
@@ -67,14 +68,6 @@ type Spec struct {
 	AllowLiteralSecrets bool `json:"allow_literal_secrets,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
-}
-
-// Trigger is the trigger section of a spec.
-type Trigger struct {
-	// After names the upstream pipeline: each committed run of it starts
-	// one run of this pipeline, whose trigger context names the upstream
-	// run, its dataset location and version.
-	After string `json:"after,omitempty"`
 }
 
 // ParseSchedule parses a schedule as the coordinator does: a standard
@@ -155,7 +148,40 @@ type Incremental struct {
 	// ReadyCheck is how often the leader checks a waiting run's input;
 	// 0 means DefaultReadyCheck.
 	ReadyCheck time.Duration `json:"ready_check,omitempty"`
+
+	// Span, set instead of Window, makes the windows ranges of integer
+	// values of DeltaColumn (an id, a sequence, a version counter): a live
+	// run covers [lo, lo + Span), ended where the column's values end when
+	// the run is planned (never past a value the source does not hold
+	// yet). Written in YAML as window: 1000000.
+	Span int64 `json:"span,omitempty"`
+	// StartValue is where the first run of integer windows starts (YAML
+	// start: 0), required until the pipeline has a watermark.
+	StartValue *int64 `json:"start_value,omitempty"`
+	// MaxRows, for integer windows, bounds the rows of one live run: the
+	// run ends its window after that many rows (all rows of one value
+	// stay together). With it Span may be left out: each run loads what is
+	// new, up to MaxRows rows.
+	MaxRows int64 `json:"max_rows_per_run,omitempty"`
+	// Lookback makes each live run read that many closed windows before
+	// its own again (its window starts Lookback windows before the
+	// watermark), so rows written late into them are found: replaced
+	// with the window, or merged. The watermark moves as without it.
+	Lookback int `json:"lookback,omitempty"`
+	// Merge, when set, merges each window's rows into the target by key
+	// instead of replacing the window's rows.
+	Merge *Merge `json:"merge,omitempty"`
 }
+
+// Merge configures the merge of an incremental pipeline's windows by key:
+// the target ends with one row per key, the one with the greatest
+// DeltaColumn (the newest version), as dbt's incremental models with a
+// unique_key or a MERGE do.
+type Merge = connectors.Merge
+
+// Values reports whether the pipeline's windows are ranges of integer
+// values (Span or MaxRows set) rather than of time.
+func (inc *Incremental) Values() bool { return inc != nil && (inc.Span > 0 || inc.MaxRows > 0) }
 
 // DefaultReadyCheck is how often the leader checks whether the input of a
 // waiting run is ready when incremental.ready_check is not set.
@@ -450,8 +476,9 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 		partition = reg.PartitionSize(s.Source.Kind, s.Source.Config)
 	}
 	problems = append(problems, s.incrementalProblems(lines, partition)...)
-	problems = append(problems, s.positionProblems(lines, reg)...)
+	problems = append(problems, s.connectorProblems(lines, reg)...)
 	problems = append(problems, s.triggerProblems(lines)...)
+	problems = append(problems, s.externalTriggerProblems(lines, reg)...)
 	problems = append(problems, s.contractProblems(lines, reg)...)
 	problems = append(problems, s.compactProblems(lines)...)
 	if len(problems) > 0 {
@@ -720,32 +747,6 @@ func (p *parser) partitioning(v *yaml.Node) connectors.Partitioning {
 	return out
 }
 
-func (p *parser) trigger(v *yaml.Node) *Trigger {
-	out := &Trigger{}
-	if v.Kind != yaml.MappingNode {
-		p.add("trigger", v.Line, "must be a mapping (after)")
-		return out
-	}
-	for i := 0; i+1 < len(v.Content); i += 2 {
-		k, val := v.Content[i], v.Content[i+1]
-		field := "trigger." + k.Value
-		switch k.Value {
-		case "after":
-			out.After = p.str(field, val)
-			p.afterLine = val.Line
-			if val.Kind == yaml.ScalarNode && !protocol.ValidName(out.After) {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a valid pipeline name: use lower-case letters, digits, '_' and '-', at most 63", out.After))
-			}
-		default:
-			p.add(field, k.Line, "unknown field (known: after)")
-		}
-	}
-	if out.After == "" && len(v.Content) == 0 {
-		p.add("trigger.after", v.Line, "is required")
-	}
-	return out
-}
-
 // triggerProblems checks the schedule and the trigger section of a spec
 // that may not come from Parse.
 func (s Spec) triggerProblems(lines lines) []Problem {
@@ -755,7 +756,7 @@ func (s Spec) triggerProblems(lines lines) []Problem {
 			out = append(out, Problem{Field: "schedule", Line: lines["schedule"], Msg: msg})
 		}
 	}
-	if tr := s.Trigger; tr != nil {
+	if tr := s.Trigger; tr != nil && !tr.External() {
 		switch {
 		case !protocol.ValidName(tr.After):
 			out = append(out, Problem{Field: "trigger.after", Line: lines.nearest("trigger.after"),
@@ -825,9 +826,17 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 				p.add(field, val.Line, "must name a column")
 			}
 		case "window":
+			if n, ok := wholeNumber(val); ok {
+				if n <= 0 {
+					p.add(field, val.Line, fmt.Sprintf("%q is not a positive number of values", val.Value))
+					continue
+				}
+				out.Span = n
+				continue
+			}
 			d, err := ParseDuration(val.Value)
 			if err != nil || val.Kind != yaml.ScalarNode || d <= 0 {
-				p.add(field, val.Line, fmt.Sprintf("%q is not a positive duration (examples: 1h, 15m, 1d)", val.Value))
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive duration (examples: 1h, 15m, 1d) or number of values (1000000)", val.Value))
 				continue
 			}
 			out.Window = d
@@ -839,6 +848,10 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 			}
 			out.Lag = d
 		case "start":
+			if n, ok := wholeNumber(val); ok {
+				out.StartValue = &n
+				continue
+			}
 			t, err := time.Parse(time.RFC3339Nano, val.Value)
 			if err != nil || val.Kind != yaml.ScalarNode {
 				p.add(field, val.Line, fmt.Sprintf("%q is not an RFC 3339 time (example: 2026-01-01T00:00:00Z)", val.Value))
@@ -859,6 +872,22 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 				continue
 			}
 			out.ReadyCheck = d
+		case "max_rows_per_run":
+			n, err := ParseBytes(val.Value) // same suffixes: 100k, 1M
+			if err != nil || val.Kind != yaml.ScalarNode || n <= 0 {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a positive row count (examples: 100000, 500k)", val.Value))
+				continue
+			}
+			out.MaxRows = n
+		case "lookback":
+			n, ok := wholeNumber(val)
+			if !ok || n < 0 || n > maxLookback {
+				p.add(field, val.Line, fmt.Sprintf("%q is not a number of windows from 0 to %d", val.Value, maxLookback))
+				continue
+			}
+			out.Lookback = int(n)
+		case "merge":
+			out.Merge = p.merge(val)
 		default:
 			p.add(field, k.Line, "unknown field (known: "+incrementalFields+")")
 		}
@@ -870,7 +899,7 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 				p.add("incremental."+k.Value, k.Line, fmt.Sprintf("is not used with by: %s: the source keeps its own position and plans each run from it", out.By))
 			}
 		}
-	} else if !has["window"] {
+	} else if !has["window"] && !has["max_rows_per_run"] {
 		p.add("incremental.window", v.Line, "is required")
 	}
 	// delta_column is required unless the source is partition-based: Parse
@@ -879,11 +908,56 @@ func (p *parser) incremental(v *yaml.Node) *Incremental {
 	return out
 }
 
-const incrementalFields = "by, delta_column, window, lag, start, ready_timeout, ready_check"
+const incrementalFields = "by, delta_column, window, lag, start, ready_timeout, ready_check, max_rows_per_run, lookback, merge"
 
 // windowFields are the fields of the incremental section that configure
 // runs by windows, which a run by position has none of.
-var windowFields = []string{"delta_column", "window", "lag", "start", "ready_timeout", "ready_check"}
+var windowFields = []string{"delta_column", "window", "lag", "start", "ready_timeout", "ready_check", "max_rows_per_run", "lookback", "merge"}
+
+// maxLookback bounds incremental.lookback.
+const maxLookback = 1000
+
+// wholeNumber returns the integer a YAML scalar is written as (1000000,
+// 1_000_000), or false for anything else (a duration, a time).
+func wholeNumber(v *yaml.Node) (int64, bool) {
+	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.ReplaceAll(v.Value, "_", ""), 10, 64)
+	return n, err == nil
+}
+
+// merge parses incremental.merge: {key: [col, ...], deleted: col}; key
+// may be one column's name.
+func (p *parser) merge(v *yaml.Node) *Merge {
+	out := &Merge{}
+	if v.Kind != yaml.MappingNode {
+		p.add("incremental.merge", v.Line, "must be a mapping (key, deleted)")
+		return out
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		k, val := v.Content[i], v.Content[i+1]
+		field := "incremental.merge." + k.Value
+		switch k.Value {
+		case "key":
+			switch val.Kind {
+			case yaml.ScalarNode:
+				out.Key = []string{val.Value}
+			case yaml.SequenceNode:
+				for _, c := range val.Content {
+					out.Key = append(out.Key, p.str(field, c))
+				}
+			default:
+				p.add(field, val.Line, "must be a column or a list of columns")
+			}
+		case "deleted":
+			out.Deleted = p.str(field, val)
+		default:
+			p.add(field, k.Line, "unknown field (known: key, deleted)")
+		}
+	}
+	return out
+}
 
 // ParseDuration parses a Go duration ("90m", "1h30m") or a whole number of
 // days ("1d", "7d"), as connectors.ParseDuration.
@@ -910,8 +984,9 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 		if strings.TrimSpace(inc.By) == "" {
 			add("incremental.by", "must name what the source keeps: position (or its own name, such as modified for files)")
 		}
-		set := map[string]bool{"delta_column": inc.DeltaColumn != "", "window": inc.Window != 0, "lag": inc.Lag != 0, "start": !inc.Start.IsZero(),
-			"ready_timeout": inc.ReadyTimeout != 0, "ready_check": inc.ReadyCheck != 0}
+		set := map[string]bool{"delta_column": inc.DeltaColumn != "", "window": inc.Window != 0 || inc.Span != 0, "lag": inc.Lag != 0,
+			"start": !inc.Start.IsZero() || inc.StartValue != nil, "ready_timeout": inc.ReadyTimeout != 0, "ready_check": inc.ReadyCheck != 0,
+			"max_rows_per_run": inc.MaxRows != 0, "lookback": inc.Lookback != 0, "merge": inc.Merge != nil}
 		for _, f := range windowFields {
 			if set[f] {
 				add("incremental."+f, fmt.Sprintf("is not used with by: %s: the source keeps its own position and plans each run from it", inc.By))
@@ -925,10 +1000,32 @@ func (s Spec) incrementalProblems(lines lines, partition time.Duration) []Proble
 	case partition == 0 && strings.TrimSpace(inc.DeltaColumn) == "":
 		add("incremental.delta_column", "is required (or lay the source out by time partitions: source.layout)")
 	}
-	if inc.Window <= 0 {
-		add("incremental.window", "must be a positive duration")
+	if inc.Values() {
+		out = append(out, s.valueProblems(lines, partition)...)
+	} else if inc.Window <= 0 {
+		add("incremental.window", "must be a positive duration, or a number of values for an integer delta column")
 	} else if partition > 0 && inc.Window != partition {
 		add("incremental.window", fmt.Sprintf("%s must equal the size of the source's partitions, %s (source.layout): one partition per run", inc.Window, partition))
+	}
+	if !inc.Values() && inc.StartValue != nil {
+		add("incremental.start", "an integer start goes with a window of integer values (window: 1000000)")
+	}
+	if inc.Lookback < 0 || inc.Lookback > maxLookback {
+		add("incremental.lookback", fmt.Sprintf("%d is not a number of windows from 0 to %d", inc.Lookback, maxLookback))
+	} else if inc.Lookback > 0 && partition > 0 {
+		add("incremental.lookback", "a partition-based pipeline reads one whole partition per run: re-run a partition with sluice run --window or a backfill")
+	}
+	if m := inc.Merge; m != nil {
+		switch {
+		case partition > 0:
+			add("incremental.merge", "needs a delta column, whose greatest value wins: a partition-based pipeline has none")
+		case len(m.Key) == 0:
+			add("incremental.merge.key", "is required: the columns that identify a row")
+		case slices.ContainsFunc(m.Key, func(k string) bool { return strings.TrimSpace(k) == "" }):
+			add("incremental.merge.key", "must name columns")
+		case slices.Contains(m.Key, inc.DeltaColumn):
+			add("incremental.merge.key", fmt.Sprintf("must not hold the delta column %q: each key keeps the row with its greatest delta value", inc.DeltaColumn))
+		}
 	}
 	if partition > 0 && !inc.Start.IsZero() && !inc.Start.UTC().Truncate(partition).Equal(inc.Start) {
 		add("incremental.start", fmt.Sprintf("%s is not where a partition of %s starts (every %s from midnight UTC)", inc.Start.UTC().Format(time.RFC3339Nano), partition, partition))
@@ -965,29 +1062,78 @@ func (s Spec) unitProblems(lines lines, reg *connectors.Registry) []Problem {
 		Msg: fmt.Sprintf("a %s sink writes %s, not the %s a %s source reads: a passthrough copies as it is (sinks that can: %v)", s.Sink.Kind, sink, src, s.Source.Kind, kinds)}}
 }
 
-// positionProblems checks an incremental pipeline by position against its
-// connectors: the source must keep a position it can be read by, and the
-// sink must append runs without a window.
-func (s Spec) positionProblems(lines lines, reg *connectors.Registry) []Problem {
-	if s.RunPattern() != protocol.PatternIncremental || !s.Incremental.Positioned() || strings.TrimSpace(s.Incremental.By) == "" {
+// valueProblems checks the incremental section of integer windows.
+func (s Spec) valueProblems(lines lines, partition time.Duration) []Problem {
+	var out []Problem
+	inc := s.Incremental
+	add := func(field, msg string) {
+		out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: msg})
+	}
+	if partition > 0 {
+		add("incremental.window", "a source laid out by time partitions is read by time windows, not by integer values")
+	}
+	switch {
+	case inc.Window != 0 && inc.Span == 0:
+		add("incremental.max_rows_per_run", "is for windows of integer values (window: 1000000), not time windows")
+	case inc.Window != 0:
+		add("incremental.window", "set a duration or a number of values, not both")
+	}
+	if inc.Span < 0 {
+		add("incremental.window", "must be a positive number of values")
+	}
+	if inc.MaxRows < 0 {
+		add("incremental.max_rows_per_run", "must be a positive row count")
+	}
+	if !inc.Start.IsZero() {
+		add("incremental.start", "a window of integer values starts at an integer (start: 0)")
+	}
+	if inc.Lag != 0 {
+		add("incremental.lag", "is for time windows: a window of integer values ends where the column's values end when its run is planned (lookback finds values committed late)")
+	}
+	if inc.Lookback > 0 && inc.Span <= 0 {
+		add("incremental.lookback", "needs a window of values to look back by (window: 1000000)")
+	}
+	return out
+}
+
+// connectorProblems checks an incremental pipeline against its
+// connectors: a source read by position must keep a position, and the
+// sink must do what the pipeline's commits ask (append runs without a
+// window, windows of integer values, merges by key).
+func (s Spec) connectorProblems(lines lines, reg *connectors.Registry) []Problem {
+	inc := s.Incremental
+	if s.RunPattern() != protocol.PatternIncremental || inc == nil {
 		return nil
 	}
 	var out []Problem
+	sink := func(can func(string) bool, what string) {
+		if s.Sink.Kind == "" || !reg.HasSink(s.Sink.Kind) || can(s.Sink.Kind) {
+			return
+		}
+		var kinds []string
+		for _, k := range reg.KindsOf(connectors.RoleSink) {
+			if can(k) {
+				kinds = append(kinds, k)
+			}
+		}
+		out = append(out, Problem{Field: "sink.kind", Line: lines.nearest("sink.kind"),
+			Msg: fmt.Sprintf("a %s sink cannot %s (sinks that can: %v)", s.Sink.Kind, what, kinds)})
+	}
+	if inc.Values() {
+		sink(reg.SinkValueWindows, "commit windows of integer values")
+	}
+	if inc.Merge != nil {
+		sink(reg.SinkMerges, "merge windows by key")
+	}
+	if !inc.Positioned() || strings.TrimSpace(inc.By) == "" {
+		return out
+	}
 	if s.Source.Kind != "" && reg.HasSource(s.Source.Kind) {
 		if err := reg.CheckPosition(s.Source.Kind, s.Source.Config, s.Incremental.By); err != nil {
 			out = append(out, Problem{Field: "incremental.by", Line: lines.nearest("incremental.by"), Msg: err.Error()})
 		}
 	}
-	if s.Sink.Kind != "" && reg.HasSink(s.Sink.Kind) && !reg.SinkAppends(s.Sink.Kind) {
-		var kinds []string
-		for _, k := range reg.KindsOf(connectors.RoleSink) {
-			if reg.SinkAppends(k) {
-				kinds = append(kinds, k)
-			}
-		}
-		out = append(out, Problem{Field: "sink.kind", Line: lines.nearest("sink.kind"),
-			Msg: fmt.Sprintf("a %s sink cannot append runs without a window, as incremental.by: %s needs (sinks that can: %v)", s.Sink.Kind, s.Incremental.By, kinds)})
-	}
+	sink(reg.SinkAppends, fmt.Sprintf("append runs without a window, as incremental.by: %s needs", inc.By))
 	return out
 }
 

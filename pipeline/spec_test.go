@@ -82,7 +82,7 @@ func TestParseProblemsNameFieldAndLine(t *testing.T) {
 		{"sub-second every", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\nschedule: \"@every 100ms\"\n", []string{"line 5: schedule:", "at least 1s"}},
 		{"after itself", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  after: a\n", []string{`line 6: trigger.after: "a" is this pipeline`}},
 		{"after bad name", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  after: Up.Stream\n", []string{`line 6: trigger.after: "Up.Stream" is not a valid pipeline name`}},
-		{"trigger unknown field", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  before: b\n", []string{"line 6: trigger.before: unknown field (known: after)"}},
+		{"trigger unknown field", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger:\n  before: b\n", []string{"line 6: trigger.before: unknown field (known: after, subject, filter, params, id, event_time;"}},
 		{"trigger not a mapping", "name: a\npattern: full_load\nsource: {kind: files}\nsink: {kind: files}\ntrigger: b\n", []string{"line 5: trigger: must be a mapping"}},
 	}
 	for _, tt := range tests {

@@ -151,6 +151,26 @@ type PipelineStatus struct {
 	// exposes (0: none pending); the leader finishes it before it commits
 	// anything of the pipeline.
 	RollbackTo int64 `json:"rollback_to,omitempty"`
+	// Events counts the events of an external trigger (a subject of
+	// another system, a feed) that the current leader handled.
+	Events *TriggerEvents `json:"events,omitempty"`
+}
+
+// TriggerEvents counts what the leader did with the events of a
+// pipeline's external trigger since it leads.
+type TriggerEvents struct {
+	// Source names where the events come from ("subject s3.events",
+	// "kafka feed").
+	Source string `json:"source"`
+	// Runs counts the events that started a run (or found the run an
+	// earlier delivery started); Filtered those the filter rejected;
+	// DeadLettered those dead-lettered with their reason.
+	Runs         int64     `json:"runs"`
+	Filtered     int64     `json:"filtered"`
+	DeadLettered int64     `json:"dead_lettered"`
+	Last         time.Time `json:"last,omitzero"`
+	// Error is the last error reading the events, if they cannot be read.
+	Error string `json:"error,omitempty"`
 }
 
 // Run states. A run is waiting (between planning and running) while its
@@ -259,10 +279,15 @@ type RunGetRequest struct {
 // pipeline (by a live run or an earlier backfill) are skipped unless
 // Replace is set, when they are loaded again and replace their rows.
 // Backfill runs never move the watermark.
+//
+// For a pipeline of integer windows, Range is the range of values [Lo,
+// Hi) to backfill (Values set), split into windows of its
+// incremental.window; From and To are then unused.
 type BackfillRequest struct {
 	Pipeline    string    `json:"pipeline"`
-	From        time.Time `json:"from"`
-	To          time.Time `json:"to"`
+	From        time.Time `json:"from,omitzero"`
+	To          time.Time `json:"to,omitzero"`
+	Range       *Window   `json:"range,omitempty"`
 	Concurrency int       `json:"concurrency,omitempty"`
 	Replace     bool      `json:"replace,omitempty"`
 	// RequestID makes the request idempotent: the same id gives the same
@@ -290,11 +315,15 @@ const (
 
 // BackfillStatus describes a backfill.
 type BackfillStatus struct {
-	ID          string           `json:"id"`
-	Pipeline    string           `json:"pipeline"`
-	From        time.Time        `json:"from"`
-	To          time.Time        `json:"to"`
-	Window      time.Duration    `json:"window"`
+	ID       string        `json:"id"`
+	Pipeline string        `json:"pipeline"`
+	From     time.Time     `json:"from,omitzero"`
+	To       time.Time     `json:"to,omitzero"`
+	Window   time.Duration `json:"window"`
+	// Range and Span are the range of values and the window size of a
+	// backfill of integer windows (From, To and Window then zero).
+	Range       *Window          `json:"range,omitempty"`
+	Span        int64            `json:"span,omitempty"`
 	Concurrency int              `json:"concurrency"`
 	Replace     bool             `json:"replace,omitempty"`
 	State       string           `json:"state"`
@@ -377,4 +406,46 @@ type PipelineGetRequest struct {
 type PipelineGetReply struct {
 	Status PipelineStatus  `json:"status"`
 	Spec   json.RawMessage `json:"spec"`
+}
+
+// VerbCheck compares an incremental pipeline's source and target window by
+// window (sluice check).
+const VerbCheck = "check"
+
+// CheckRequest asks the leader to count and checksum, for each window of
+// [From, To) (or of Range, for integer windows) split as a backfill would
+// be, the source's rows and the target's, and to list the windows where
+// they differ. With Repair those windows are loaded again by a backfill
+// that replaces (or merges) them, Concurrency at once.
+type CheckRequest struct {
+	Pipeline    string    `json:"pipeline"`
+	From        time.Time `json:"from,omitzero"`
+	To          time.Time `json:"to,omitzero"`
+	Range       *Window   `json:"range,omitempty"`
+	Repair      bool      `json:"repair,omitempty"`
+	Concurrency int       `json:"concurrency,omitempty"`
+}
+
+// CheckReply lists the windows checked.
+type CheckReply struct {
+	Pipeline string        `json:"pipeline"`
+	Windows  []CheckWindow `json:"windows"`
+	// Differ counts the windows whose source and target differ.
+	Differ int `json:"differ"`
+	// Backfill is the backfill that loads them again (Repair).
+	Backfill string `json:"backfill,omitempty"`
+}
+
+// CheckWindow is one window checked: the rows and checksum of the source
+// and of the target. Checksums of two forms (a PostgreSQL source, a JSONL
+// dataset) do not compare: then only the counts do (ChecksumsCompared
+// false).
+type CheckWindow struct {
+	Window
+	SourceRows        int64  `json:"source_rows"`
+	SourceChecksum    string `json:"source_checksum"`
+	TargetRows        int64  `json:"target_rows"`
+	TargetChecksum    string `json:"target_checksum"`
+	ChecksumsCompared bool   `json:"checksums_compared"`
+	Same              bool   `json:"same"`
 }

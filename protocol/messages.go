@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -37,19 +38,108 @@ type Endpoint struct {
 	Config json.RawMessage `json:"config,omitempty"`
 }
 
-// Window is a half-open time range [From, To) of an incremental run: the
-// run reads the rows whose delta column is >= From and < To.
+// Window is a half-open range of an incremental run's delta column: the
+// run reads the rows whose delta column is >= the window's low bound and
+// < its high bound. A window of a time column is [From, To); a window of
+// an integer column (an id, a sequence, a version counter) has Values set
+// and is [Lo, Hi), From and To zero.
 type Window struct {
-	From time.Time `json:"from"`
-	To   time.Time `json:"to"`
+	From time.Time `json:"from,omitzero"`
+	To   time.Time `json:"to,omitzero"`
+	// Values marks a window of integer values [Lo, Hi).
+	Values bool  `json:"values,omitempty"`
+	Lo     int64 `json:"lo,omitempty"`
+	Hi     int64 `json:"hi,omitempty"`
 }
 
-// Empty reports whether the window holds no instant.
-func (w Window) Empty() bool { return !w.From.Before(w.To) }
+// ValueWindow returns the window [lo, hi) of an integer delta column.
+func ValueWindow(lo, hi int64) Window { return Window{Values: true, Lo: lo, Hi: hi} }
 
-// String renders the window as "[from, to)" in RFC 3339, UTC.
+// Empty reports whether the window holds no value.
+func (w Window) Empty() bool {
+	if w.Values {
+		return w.Lo >= w.Hi
+	}
+	return !w.From.Before(w.To)
+}
+
+// String renders the window as "[from, to)": times in RFC 3339, UTC.
 func (w Window) String() string {
+	if w.Values {
+		return "[" + strconv.FormatInt(w.Lo, 10) + ", " + strconv.FormatInt(w.Hi, 10) + ")"
+	}
 	return "[" + w.From.UTC().Format(time.RFC3339Nano) + ", " + w.To.UTC().Format(time.RFC3339Nano) + ")"
+}
+
+// Equal reports whether w and o are the same range.
+func (w Window) Equal(o Window) bool {
+	if w.Values || o.Values {
+		return w.Values == o.Values && w.Lo == o.Lo && w.Hi == o.Hi
+	}
+	return w.From.Equal(o.From) && w.To.Equal(o.To)
+}
+
+// Compare orders windows of one kind by their low bounds, then their high
+// bounds; a time window comes before a window of values.
+func (w Window) Compare(o Window) int {
+	switch {
+	case w.Values != o.Values:
+		if w.Values {
+			return 1
+		}
+		return -1
+	case w.Values:
+		return cmp.Or(cmp.Compare(w.Lo, o.Lo), cmp.Compare(w.Hi, o.Hi))
+	}
+	return cmp.Or(w.From.Compare(o.From), w.To.Compare(o.To))
+}
+
+// Covers reports whether w holds every value of o (of the same kind).
+func (w Window) Covers(o Window) bool {
+	if w.Values != o.Values {
+		return false
+	}
+	if w.Values {
+		return w.Lo <= o.Lo && o.Hi <= w.Hi
+	}
+	return !w.From.After(o.From) && !w.To.Before(o.To)
+}
+
+// Touches reports whether w and o (of the same kind) overlap or meet, so
+// that their union is one range.
+func (w Window) Touches(o Window) bool {
+	if w.Values != o.Values {
+		return false
+	}
+	if w.Values {
+		return w.Lo <= o.Hi && o.Lo <= w.Hi
+	}
+	return !w.To.Before(o.From) && !o.To.Before(w.From)
+}
+
+// Overlaps reports whether w and o (of the same kind) share a value.
+func (w Window) Overlaps(o Window) bool {
+	if w.Values != o.Values {
+		return false
+	}
+	if w.Values {
+		return w.Lo < o.Hi && o.Lo < w.Hi
+	}
+	return w.From.Before(o.To) && o.From.Before(w.To)
+}
+
+// Union returns the smallest range holding w and o (of the same kind).
+func (w Window) Union(o Window) Window {
+	if w.Values {
+		return ValueWindow(min(w.Lo, o.Lo), max(w.Hi, o.Hi))
+	}
+	if o.From.Before(w.From) {
+		w.From = o.From
+	}
+	if o.To.After(w.To) {
+		w.To = o.To
+	}
+	return w
 }
 
 // Partition is one bounded piece of a run's input: a file set, a byte range,

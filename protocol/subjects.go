@@ -21,6 +21,11 @@ const (
 	StreamDLQ = "SLUICE_DLQ"
 	// StreamCDC is the central change stream.
 	StreamCDC = "SLUICE_CDC"
+	// StreamExternal captures the foreign subjects that pipelines'
+	// triggers name (those no other stream captures) and
+	// sluice.external.<pipeline>, where the dead-lettered events of a
+	// trigger feed are replayed.
+	StreamExternal = "SLUICE_EXTERNAL"
 )
 
 // CDCDuplicateWindow is the SLUICE_CDC dedupe window: a reader restarted
@@ -47,6 +52,20 @@ const (
 	// coordinator leader: sluice.api.<verb>.
 	SubjectAPIPrefix = "sluice.api."
 )
+
+// SubjectExternalAll is the subject of the events replayed to pipelines
+// triggered from outside Sluice.
+const SubjectExternalAll = "sluice.external.>"
+
+// ExternalSubject is where an event of a pipeline's external trigger is
+// published again (a dead letter replayed): the leader treats it as an
+// event of the pipeline's trigger.
+func ExternalSubject(pipeline string) string { return "sluice.external." + pipeline }
+
+// ExternalConsumer is the leader's durable consumer of the events of a
+// pipeline's external trigger on the stream that captures its subject;
+// the consumer of its replayed events adds "-replay".
+func ExternalConsumer(pipeline string) string { return "sluice-ext-" + pipeline }
 
 // CDCApplyConsumer is the durable SLUICE_CDC consumer of a cdc_apply
 // pipeline.

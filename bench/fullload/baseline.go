@@ -39,7 +39,7 @@ func (b *bench) psqlCopy(ctx context.Context) error {
 		return fmt.Errorf("psql wrote %d bytes, %d before", n, b.csvBytes)
 	}
 	m := b.ms["psql_copy_to_csv"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Verified = "row count (lines of the file)"
 	os.Remove(b.psqlOut)
 	fmt.Fprintf(b.stdout, " psql %.2fs", secs)
@@ -48,7 +48,7 @@ func (b *bench) psqlCopy(ctx context.Context) error {
 
 // timePSQL runs psql's \copy of table to a CSV file and returns its wall
 // time, the psql process's CPU, PostgreSQL's CPU and the file's size.
-func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuUse, int64, error) {
+func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, measure.Use, int64, error) {
 	os.Remove(file)
 	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn,
 		"-c", `\copy (SELECT `+columns+` FROM `+table+`) TO '`+file+`' csv`)
@@ -60,14 +60,14 @@ func timePSQL(ctx context.Context, psql, dsn, table, file string) (float64, cpuU
 	secs := time.Since(start).Seconds()
 	srv1 := measure.ServerCPU()
 	if err != nil {
-		return 0, cpuUse{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
+		return 0, measure.Use{}, 0, fmt.Errorf("psql \\copy: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	st, err := os.Stat(file)
 	if err != nil {
-		return 0, cpuUse{}, 0, err
+		return 0, measure.Use{}, 0, err
 	}
 	client := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
-	return secs, cpuUse{client: client, server: srv1 - srv0}, st.Size(), nil
+	return secs, measure.Use{Client: client, Server: srv1 - srv0}, st.Size(), nil
 }
 
 // countLines counts the newlines of a file.
@@ -99,7 +99,7 @@ func (b *bench) pipedCopy(ctx context.Context) error {
 		return err
 	}
 	m := b.ms["piped_copy_pg_to_pg"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Verified = "row count (COPY FROM's)"
 	fmt.Fprintf(b.stdout, ", piped copy %.2fs", secs)
 	return nil
@@ -108,7 +108,7 @@ func (b *bench) pipedCopy(ctx context.Context) error {
 // timePipe copies the source into a fresh table through COPY TO STDOUT and
 // COPY FROM STDIN on two connections, the bytes piped between them through
 // a 256 KiB buffer (as a shell pipe between two psql would).
-func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
+func (b *bench) timePipe(ctx context.Context) (float64, measure.Use, error) {
 	conn, dsn, rows := b.conn, b.cfg.dsn, b.cfg.rows
 	srcTable, pipeTable := b.cfg.srcTable(), b.cfg.pipeTable()
 	for _, sql := range []string{
@@ -116,17 +116,17 @@ func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
 		"CREATE TABLE " + pipeTable + " (LIKE " + srcTable + ")",
 	} {
 		if _, err := conn.Exec(ctx, sql); err != nil {
-			return 0, cpuUse{}, err
+			return 0, measure.Use{}, err
 		}
 	}
 	src, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	defer src.Close(context.Background())
 	dst, err := pgx.Connect(ctx, dsn)
 	if err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	defer dst.Close(context.Background())
 
@@ -135,15 +135,15 @@ func (b *bench) timePipe(ctx context.Context) (float64, cpuUse, error) {
 	start := time.Now()
 	n, err := harness.PipeCopy(ctx, src, dst, "COPY (SELECT "+columns+" FROM "+srcTable+") TO STDOUT", "COPY "+pipeTable+" ("+columns+") FROM STDIN")
 	secs := time.Since(start).Seconds()
-	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0}
+	cpu := measure.Use{Client: measure.SelfCPU() - cpu0, Server: measure.ServerCPU() - srv0}
 	if err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, fmt.Errorf("piped copy: %w", err)
 	}
 	if n != rows {
-		return 0, cpuUse{}, fmt.Errorf("piped copy loaded %d rows, want %d", n, rows)
+		return 0, measure.Use{}, fmt.Errorf("piped copy loaded %d rows, want %d", n, rows)
 	}
 	if _, err := conn.Exec(ctx, "DROP TABLE "+pipeTable); err != nil {
-		return 0, cpuUse{}, err
+		return 0, measure.Use{}, err
 	}
 	return secs, cpu, nil
 }

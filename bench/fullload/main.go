@@ -39,6 +39,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/sluicehq/sluice/bench/harness"
+	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -146,7 +147,7 @@ type bench struct {
 	// psqlOut is the file of (a), csvOut the dataset of (b), jsonlOut
 	// the dataset of (e).
 	psqlOut, csvOut, jsonlOut string
-	ms                        map[string]*measurement
+	ms                        map[string]*measure.Measurement
 	// csvBytes is the size of the source as CSV, from (a).
 	csvBytes int64
 	// jsonlChecked is set once (e)'s values were read back.
@@ -213,12 +214,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	b.jsonlOut = filepath.Join(dir, "sluice-jsonl")
 	b.psqlOut = filepath.Join(dir, "psql.csv")
 
-	b.ms = map[string]*measurement{
-		"psql_copy_to_csv":    {Key: "psql_copy_to_csv", Label: `(a) psql \copy (select ...) to file csv`},
-		"sluice_pg_to_csv":    {Key: "sluice_pg_to_csv", Label: "(b) Sluice PG -> CSV files"},
-		"piped_copy_pg_to_pg": {Key: "piped_copy_pg_to_pg", Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
-		"sluice_pg_to_pg":     {Key: "sluice_pg_to_pg", Label: "(d) Sluice PG -> PG (versioned table + view)"},
-		"sluice_pg_to_jsonl":  {Key: "sluice_pg_to_jsonl", Label: "(e) Sluice PG -> JSONL files"},
+	b.ms = map[string]*measure.Measurement{
+		"psql_copy_to_csv":    {Label: `(a) psql \copy (select ...) to file csv`},
+		"sluice_pg_to_csv":    {Label: "(b) Sluice PG -> CSV files"},
+		"piped_copy_pg_to_pg": {Label: "(c) COPY TO STDOUT | COPY FROM STDIN (Go, 2 conns)"},
+		"sluice_pg_to_pg":     {Label: "(d) Sluice PG -> PG (versioned table + view)"},
+		"sluice_pg_to_jsonl":  {Label: "(e) Sluice PG -> JSONL files"},
 	}
 
 	reg := connectors.NewRegistry()

@@ -11,59 +11,6 @@ import (
 	"github.com/sluicehq/sluice/bench/measure"
 )
 
-// measurement is one timed thing, repeated.
-type measurement struct {
-	Key   string `json:"-"`
-	Label string `json:"label"`
-	// Seconds are the wall times of each repetition.
-	Seconds     []float64 `json:"seconds"`
-	BestSeconds float64   `json:"best_seconds"`
-	RowsPerSec  float64   `json:"rows_per_sec"`
-	MBPerSec    float64   `json:"mb_per_sec"`
-	// ClientCPU is the CPU time of the client side in the best
-	// repetition: the psql process, or this process (the whole Sluice
-	// cluster, or the Go pipe); ServerCPU is PostgreSQL's, when readable
-	// from /proc: every server process, so other sessions on a shared
-	// server count too.
-	ClientCPU float64 `json:"client_cpu_seconds"`
-	ServerCPU float64 `json:"server_cpu_seconds,omitempty"`
-	Tasks     int     `json:"tasks,omitempty"`
-	// Phases splits the best repetition of a Sluice run: plan (until the
-	// run request returned), tasks (until every task had succeeded, as
-	// polled every 20 ms) and commit (until the run was committed).
-	Phases   *phases `json:"phases_seconds,omitempty"`
-	Verified string  `json:"verified"`
-	cpu      []cpuUse
-}
-
-// cpuUse is what one repetition used.
-type cpuUse struct {
-	client, server float64
-	phases         *phases
-}
-
-// phases splits a Sluice run (see measurement.Phases).
-type phases struct {
-	Plan   float64 `json:"plan"`
-	Tasks  float64 `json:"tasks"`
-	Commit float64 `json:"commit"`
-}
-
-// add records a repetition.
-func (m *measurement) add(secs float64, cpu cpuUse) {
-	m.Seconds = append(m.Seconds, measure.Round(secs, 3))
-	m.cpu = append(m.cpu, cpu)
-}
-
-// finish computes the figures of the best repetition.
-func (m *measurement) finish(rows, csvBytes int64) {
-	i := measure.Best(m.Seconds)
-	m.BestSeconds = m.Seconds[i]
-	m.RowsPerSec = measure.Round(float64(rows)/m.BestSeconds, 0)
-	m.MBPerSec = measure.Round(float64(csvBytes)/1e6/m.BestSeconds, 2)
-	m.ClientCPU, m.ServerCPU, m.Phases = measure.Round(m.cpu[i].client, 2), measure.Round(m.cpu[i].server, 2), m.cpu[i].phases
-}
-
 // target is one of the benchmark's targets and whether this run met it.
 type target struct {
 	Name     string  `json:"name"`
@@ -77,26 +24,26 @@ type target struct {
 // results are what a run writes to --out.
 type results struct {
 	harness.Header
-	Rows           int64                   `json:"rows"`
-	Columns        int                     `json:"columns"`
-	SourceCSVBytes int64                   `json:"source_csv_bytes"`
-	Reps           int                     `json:"reps"`
-	Cluster        map[string]any          `json:"cluster"`
-	Measurements   map[string]*measurement `json:"measurements"`
-	Ratios         map[string]float64      `json:"ratios"`
-	Targets        []target                `json:"targets"`
-	TotalSeconds   float64                 `json:"total_seconds"`
+	Rows           int64                           `json:"rows"`
+	Columns        int                             `json:"columns"`
+	SourceCSVBytes int64                           `json:"source_csv_bytes"`
+	Reps           int                             `json:"reps"`
+	Cluster        map[string]any                  `json:"cluster"`
+	Measurements   map[string]*measure.Measurement `json:"measurements"`
+	Ratios         map[string]float64              `json:"ratios"`
+	Targets        []target                        `json:"targets"`
+	TotalSeconds   float64                         `json:"total_seconds"`
 }
 
 // writeResults computes the best figures and ratios, prints them and
 // writes them to cfg.out.
-func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[string]*measurement, csvBytes int64, began time.Time) error {
+func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[string]*measure.Measurement, csvBytes int64, began time.Time) error {
 	for k, m := range ms {
 		if len(m.Seconds) == 0 {
 			delete(ms, k) // not timed (--only)
 			continue
 		}
-		m.finish(cfg.rows, csvBytes)
+		m.Finish(cfg.rows, csvBytes)
 	}
 	res := results{
 		Header: hdr,

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -36,7 +35,7 @@ func (b *bench) sluiceCSV(ctx context.Context, c *devcluster.Cluster) error {
 		return err
 	}
 	m := b.ms["sluice_pg_to_csv"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Tasks = st.Tasks
 	m.Verified = "row count and checksum of the committed CSV files (files.ReadChecksum) equal the source's"
 	fmt.Fprintf(b.stdout, ", sluice csv %.2fs", secs)
@@ -62,7 +61,7 @@ func (b *bench) sluiceJSONL(ctx context.Context, c *devcluster.Cluster) error {
 		b.jsonlChecked = true
 	}
 	m := b.ms["sluice_pg_to_jsonl"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Tasks = st.Tasks
 	m.Verified = "row count of the committed JSONL files equals the source's; their checksum (files.ReadChecksum) is the run's; " +
 		"(first repetition) every line decoded with encoding/json, its typed values rendered as PostgreSQL's CSV, checksums like the source"
@@ -81,7 +80,7 @@ func (b *bench) sluicePG(ctx context.Context, c *devcluster.Cluster) error {
 		return err
 	}
 	m := b.ms["sluice_pg_to_pg"]
-	m.add(secs, cpu)
+	m.Add(secs, cpu)
 	m.Tasks = st.Tasks
 	m.Verified = "row count and checksum of the view (postgres.TableChecksum) equal the source's"
 	fmt.Fprintf(b.stdout, ", sluice pg %.2fs", secs)
@@ -90,40 +89,14 @@ func (b *bench) sluicePG(ctx context.Context, c *devcluster.Cluster) error {
 
 // timeRun runs a pipeline on the cluster and waits for its commit. With
 // profile set, it records a CPU profile of the run into it.
-func timeRun(ctx context.Context, c *devcluster.Cluster, name string, profile io.Writer) (float64, cpuUse, protocol.RunStatus, error) {
+func timeRun(ctx context.Context, c *devcluster.Cluster, name string, profile io.Writer) (float64, measure.Use, protocol.RunStatus, error) {
 	if profile != nil {
 		if err := pprof.StartCPUProfile(profile); err != nil {
-			return 0, cpuUse{}, protocol.RunStatus{}, err
+			return 0, measure.Use{}, protocol.RunStatus{}, err
 		}
 		defer pprof.StopCPUProfile()
 	}
-	runtime.GC()
-	cpu0, srv0 := measure.SelfCPU(), measure.ServerCPU()
-	start := time.Now()
-	res, err := c.Client.Run(ctx, protocol.RunRequest{Pipeline: name})
-	if err != nil {
-		return 0, cpuUse{}, protocol.RunStatus{}, fmt.Errorf("run %s: %w", name, err)
-	}
-	planned := time.Since(start).Seconds()
-	tasksDone := 0.0
-	st, err := c.Client.WaitRun(ctx, res.RunID, 20*time.Millisecond, func(st protocol.RunStatus) {
-		if tasksDone == 0 && st.Tasks > 0 && st.TasksDone == st.Tasks {
-			tasksDone = time.Since(start).Seconds()
-		}
-	})
-	secs := time.Since(start).Seconds()
-	if tasksDone == 0 {
-		tasksDone = secs
-	}
-	cpu := cpuUse{client: measure.SelfCPU() - cpu0, server: measure.ServerCPU() - srv0,
-		phases: &phases{Plan: measure.Round(planned, 3), Tasks: measure.Round(tasksDone-planned, 3), Commit: measure.Round(secs-tasksDone, 3)}}
-	if err != nil {
-		return 0, cpuUse{}, st, err
-	}
-	if st.State != protocol.RunCommitted {
-		return 0, cpuUse{}, st, fmt.Errorf("run %s %s: %s", st.RunID, st.State, st.Error)
-	}
-	return secs, cpu, st, nil
+	return harness.TimeRun(ctx, c.Client, name)
 }
 
 // verifyCSV compares the committed CSV dataset with the source.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -51,50 +53,30 @@ Windows committed before are skipped (and listed) unless --replace.`,
 				}
 			} else {
 				name := args[0]
-				from, err := parseTimeFlag("from", fromS)
-				if err != nil {
-					return err
-				}
-				to, err := parseTimeFlag("to", toS)
-				if err != nil {
+				req := protocol.BackfillRequest{Pipeline: name, Concurrency: conc, Replace: replace}
+				if req.From, req.To, req.Range, err = parseRange(fromS, toS); err != nil {
 					return err
 				}
 				rctx, cancel := context.WithTimeout(ctx, cf.timeout)
-				st, err = cl.client.Backfill(rctx, protocol.BackfillRequest{Pipeline: name, From: from, To: to, Concurrency: conc, Replace: replace})
+				st, err = cl.client.Backfill(rctx, req)
 				cancel()
 				if err != nil {
 					return fmt.Errorf("backfill %s: %w", name, err)
 				}
-				fmt.Fprintf(stdout, "backfill %s of %s: [%s, %s) in %d windows of %s, %d at once\n", st.ID, st.Pipeline,
-					st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window, st.Concurrency)
+				fmt.Fprintf(stdout, "backfill %s of %s: %s, %d at once\n", st.ID, st.Pipeline, backfillWindows(st), st.Concurrency)
 				printSkipped(stdout, st)
 			}
 			if noWait {
 				fmt.Fprintf(stdout, "follow it with: sluice backfill --id %s%s\n", st.ID, cf.again())
 				return nil
 			}
-			p := newBackfillProgress(stdout)
-			err = cl.follow(ctx, cf.lostAfter, 500*time.Millisecond, "backfill "+st.ID, "sluice backfill --id "+st.ID+cf.again(),
-				func(ctx context.Context) (bool, error) {
-					s, err := cl.client.GetBackfill(ctx, st.ID)
-					if err != nil {
-						return false, err
-					}
-					st = s
-					p.update(s)
-					return s.State == protocol.BackfillDone, nil
-				})
-			p.done()
-			if err != nil {
-				return err
-			}
-			return printBackfillOutcome(stdout, st)
+			return followBackfill(ctx, cl, &cf, stdout, st)
 		},
 	}
 	fs := cmd.Flags()
 	cf.register(fs)
-	fs.StringVar(&fromS, "from", "", "start of the range, RFC 3339 (inclusive)")
-	fs.StringVar(&toS, "to", "", "end of the range, RFC 3339 (exclusive)")
+	fs.StringVar(&fromS, "from", "", "start of the range, RFC 3339 (inclusive), or an integer for integer windows")
+	fs.StringVar(&toS, "to", "", "end of the range, RFC 3339 (exclusive), or an integer for integer windows")
 	fs.IntVar(&conc, "concurrency", 2, "windows loading at once (the leader enforces it)")
 	fs.BoolVar(&replace, "replace", false, "load windows committed before again, replacing their rows")
 	fs.BoolVar(&noWait, "no-wait", false, "start the backfill and return; follow it with 'sluice backfill --id ID'")
@@ -132,8 +114,7 @@ func printBackfill(w io.Writer, st protocol.BackfillStatus) {
 	if st.Replace {
 		replacing = ", replacing committed windows"
 	}
-	fmt.Fprintf(w, "backfill %s of %s: %s, [%s, %s) in %d windows of %s, %d at once%s\n", st.ID, st.Pipeline, st.State,
-		st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window, st.Concurrency, replacing)
+	fmt.Fprintf(w, "backfill %s of %s: %s, %s, %d at once%s\n", st.ID, st.Pipeline, st.State, backfillWindows(st), st.Concurrency, replacing)
 	fmt.Fprintf(w, "  %d committed (%d rows), %d running, %d queued, %d skipped, %d failed\n", st.Committed, st.Rows, st.Running, st.Queued, st.Skipped, st.Failed)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WINDOW\tSTATE\tRUN\tROWS\tERROR")
@@ -141,6 +122,57 @@ func printBackfill(w io.Writer, st protocol.BackfillStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", win.Window, win.State, dash(win.Run), win.Rows, dash(truncate(win.Error, 80)))
 	}
 	tw.Flush()
+}
+
+// followBackfill follows backfill st to its end, showing its progress,
+// and prints its outcome.
+func followBackfill(ctx context.Context, cl *cluster, cf *clientFlags, stdout io.Writer, st protocol.BackfillStatus) error {
+	p := newBackfillProgress(stdout)
+	err := cl.follow(ctx, cf.lostAfter, 500*time.Millisecond, "backfill "+st.ID, "sluice backfill --id "+st.ID+cf.again(),
+		func(ctx context.Context) (bool, error) {
+			s, err := cl.client.GetBackfill(ctx, st.ID)
+			if err != nil {
+				return false, err
+			}
+			st = s
+			p.update(s)
+			return s.State == protocol.BackfillDone, nil
+		})
+	p.done()
+	if err != nil {
+		return err
+	}
+	return printBackfillOutcome(stdout, st)
+}
+
+// backfillWindows says which range a backfill loads and in how many
+// windows: of time, or of integer values.
+func backfillWindows(st protocol.BackfillStatus) string {
+	if st.Range != nil {
+		return fmt.Sprintf("%s in %d windows of %d values", st.Range, st.Total, st.Span)
+	}
+	return fmt.Sprintf("[%s, %s) in %d windows of %s", st.From.Format(time.RFC3339), st.To.Format(time.RFC3339), st.Total, st.Window)
+}
+
+// parseRange parses --from and --to: two RFC 3339 times, or two integers
+// (a range of values of an integer delta column).
+func parseRange(fromS, toS string) (from, to time.Time, values *protocol.Window, err error) {
+	if w, ok := valueRange(fromS, toS); ok {
+		return from, to, &w, nil
+	}
+	if from, err = parseTimeFlag("from", fromS); err != nil {
+		return from, to, nil, err
+	}
+	to, err = parseTimeFlag("to", toS)
+	return from, to, nil, err
+}
+
+// valueRange returns the window [from, to) when both are integers: a
+// range of values of an integer delta column.
+func valueRange(from, to string) (protocol.Window, bool) {
+	lo, err1 := strconv.ParseInt(strings.TrimSpace(from), 10, 64)
+	hi, err2 := strconv.ParseInt(strings.TrimSpace(to), 10, 64)
+	return protocol.ValueWindow(lo, hi), err1 == nil && err2 == nil
 }
 
 func parseTimeFlag(name, v string) (time.Time, error) {

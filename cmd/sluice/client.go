@@ -47,10 +47,13 @@ func newRunCmd() *cobra.Command {
 				a, b, ok := strings.Cut(window, ",")
 				from, err1 := time.Parse(time.RFC3339Nano, strings.TrimSpace(a))
 				to, err2 := time.Parse(time.RFC3339Nano, strings.TrimSpace(b))
-				if !ok || err1 != nil || err2 != nil {
-					return fmt.Errorf("--window %q: want FROM,TO in RFC 3339", window)
+				if w, values := valueRange(a, b); ok && values {
+					req.Window = &w
+				} else if !ok || err1 != nil || err2 != nil {
+					return fmt.Errorf("--window %q: want FROM,TO in RFC 3339, or two integers", window)
+				} else {
+					req.Window = &protocol.Window{From: from, To: to}
 				}
-				req.Window = &protocol.Window{From: from, To: to}
 			}
 			return runRun(cmd.Context(), &cf, req, wait, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -60,7 +63,7 @@ func newRunCmd() *cobra.Command {
 	fs.StringArrayVar(&params, "param", nil, "run parameter `k=v`; repeat for several")
 	fs.BoolVar(&wait, "wait", false, "wait for the run to end, showing progress")
 	fs.StringVar(&logical, "logical-time", "", "the run's logical time, RFC 3339 (windowed and partitioned patterns)")
-	fs.StringVar(&window, "window", "", "incremental pipelines: load exactly `FROM,TO` (RFC 3339) again, replacing its rows; the watermark stays")
+	fs.StringVar(&window, "window", "", "incremental pipelines: load exactly `FROM,TO` (RFC 3339, or two integers) again, replacing its rows; the watermark stays")
 	return cmd
 }
 
@@ -287,7 +290,8 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 }
 
 // startsOn says what starts runs of p besides a trigger message: its
-// schedule (with its next tick) and the pipeline it runs after.
+// schedule (with its next tick), the pipeline it runs after, and the
+// events of an external trigger with what became of them.
 func startsOn(p protocol.PipelineStatus) string {
 	var parts []string
 	if p.Schedule != "" {
@@ -299,6 +303,13 @@ func startsOn(p protocol.PipelineStatus) string {
 	}
 	if p.After != "" {
 		parts = append(parts, "after "+p.After)
+	}
+	if e := p.Events; e != nil {
+		s := fmt.Sprintf("%s (%d runs, %d filtered, %d dead-lettered)", e.Source, e.Runs, e.Filtered, e.DeadLettered)
+		if e.Error != "" {
+			s += ": " + e.Error
+		}
+		parts = append(parts, s)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -33,3 +33,16 @@ func TestPrintRunShowsAttempts(t *testing.T) {
 		t.Errorf("status lacks the run's attempt:\n%s", b.String())
 	}
 }
+
+// `sluice status` shows where an external trigger's events come from and
+// what became of them, and why they cannot be read.
+func TestStartsOnShowsTriggerEvents(t *testing.T) {
+	p := protocol.PipelineStatus{Name: "uploads", Events: &protocol.TriggerEvents{Source: "subject s3.events.landing", Runs: 2, Filtered: 1, DeadLettered: 3}}
+	if got, want := startsOn(p), "subject s3.events.landing (2 runs, 1 filtered, 3 dead-lettered)"; got != want {
+		t.Errorf("startsOn = %q, want %q", got, want)
+	}
+	p.Events.Error = "open the kafka feed: no brokers"
+	if got := startsOn(p); !strings.HasSuffix(got, "dead-lettered): open the kafka feed: no brokers") {
+		t.Errorf("startsOn with a read error = %q", got)
+	}
+}

@@ -128,7 +128,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 		}
 	}
 	add("start", newDemoCmd(), newDevCmd(), newCoordinatorCmd(), newWorkerCmd())
-	add("pipelines", newApplyCmd(), newRunCmd(), newTriggerCmd(), newStatusCmd(), newBackfillCmd(),
+	add("pipelines", newApplyCmd(), newRunCmd(), newTriggerCmd(), newStatusCmd(), newBackfillCmd(), newCheckCmd(),
 		newRollbackCmd(), newCompactCmd(), newVacuumCmd(), newPipelinesCmd(), newDeleteCmd())
 	add("streams", newCDCCmd(), newDLQCmd())
 	root.AddCommand(newVersionCmd())

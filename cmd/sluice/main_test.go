@@ -351,11 +351,11 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres, dsn: \"postgres://h/db\", schemaa: x}\n", "sink.schemaa"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres}\n", "sink.dsn: dsn is required"},
 		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: files, path: out, close_after: soon}\n", `sink.close_after: "soon" is not a duration`},
-		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files latest postgres])`},
+		{"name: a\npattern: cdc_apply\nsource: {kind: cdc, pipeline: up}\nsink: {kind: postgres_cdc_snapshot}\n", `sink.kind: connector "postgres_cdc_snapshot" cannot be a cdc target (kinds: [clickhouse files kafka latest postgres])`},
 		// The kinds of the cluster's own snapshot runs are neither offered
 		// nor taken.
-		{"name: a\npattern: full_load\nsource: {kind: postgres_cdc_snapshot}\nsink: {kind: files, path: out}\n", `source.kind: connector "postgres_cdc_snapshot" cannot be a source (kinds: [files iceberg postgres])`},
-		{"name: a\npattern: full_load\nsource: {kind: files, path: in}\nsink: {kind: nowhere}\n", `sink.kind: connector "nowhere" cannot be a sink (kinds: [clickhouse files iceberg postgres])`},
+		{"name: a\npattern: full_load\nsource: {kind: postgres_cdc_snapshot}\nsink: {kind: files, path: out}\n", `source.kind: connector "postgres_cdc_snapshot" cannot be a source (kinds: [files iceberg kafka postgres])`},
+		{"name: a\npattern: full_load\nsource: {kind: files, path: in}\nsink: {kind: nowhere}\n", `sink.kind: connector "nowhere" cannot be a sink (kinds: [clickhouse files iceberg kafka postgres])`},
 	} {
 		p := filepath.Join(dir, "bad.yaml")
 		if err := os.WriteFile(p, []byte(c.yaml), 0o644); err != nil {

@@ -46,11 +46,17 @@ func TestApplyCheckAndSecrets(t *testing.T) {
 			return fmt.Sprintf("name: %s\npattern: full_load\nsource: {kind: postgres, dsn: '${SLUICE_CLI_TEST_DSN}', table: %s.%s}\nsink: {kind: postgres, dsn: '${SLUICE_CLI_TEST_DSN}', table: %s.%s}\n", name, schema, table, schema, sinkTable)
 		}
 		incr := fmt.Sprintf("name: incr\npattern: incremental\nsource: {kind: postgres, dsn: '${SLUICE_CLI_TEST_DSN}', table: %s.orders}\nsink: {kind: files, path: %s}\nincremental: {delta_column: updated_at, window: 1h, start: 2026-01-01T00:00:00Z}\n", schema, filepath.Join(root, "out"))
+		byID := func(name, column, window string) string {
+			return fmt.Sprintf("name: %s\npattern: incremental\nsource: {kind: postgres, dsn: '${SLUICE_CLI_TEST_DSN}', table: %s.orders}\nsink: {kind: files, path: %s}\nincremental: {delta_column: %s, %s}\n",
+				name, schema, filepath.Join(root, "out"), column, window)
+		}
 		cdc := fmt.Sprintf("name: cdcx\npattern: cdc\nsource: {kind: postgres, dsn: '${SLUICE_CLI_TEST_DSN}', tables: [%s.orders, %s.nokey]}\ncdc: {slot: %s_x, publication: %s_x}\n", schema, schema, schema, schema)
 		files := fmt.Sprintf("name: filesx\npattern: full_load\nsource: {kind: files, path: %s, format: jsonl}\nsink: {kind: files, path: %s}\n", filepath.Join(root, "missing"), filepath.Join(root, "out"))
 		for _, c := range []struct{ spec, want string }{
 			{full("orderz", "orderz", "copy"), fmt.Sprintf("line 3: source.table: table %s.orderz does not exist", schema)},
 			{incr, `incremental.delta_column: table ` + schema + `.orders has no column "updated_at"`},
+			{byID("idtime", "id", "window: 1h, start: 2026-01-01T00:00:00Z"), `incremental.delta_column: column "id" of ` + schema + `.orders is bigint; want timestamptz, timestamp or date (for an integer column, give incremental.window as a number of values)`},
+			{byID("atvalues", "at", "window: 1000, start: 1"), `incremental.delta_column: column "at" of ` + schema + `.orders is timestamp with time zone; windows of integer values (window: N) want smallint, integer, bigint or numeric without scale`},
 			{cdc, fmt.Sprintf("source.tables[1]: table %s.nokey has no primary key (REPLICA IDENTITY DEFAULT)", schema)},
 			{files, "source.path: " + filepath.Join(root, "missing") + " does not exist"},
 			{full("tonokey", "orders", "nokey"), fmt.Sprintf("sink.table: %s.nokey exists and is not a view", schema)},
@@ -65,6 +71,10 @@ func TestApplyCheckAndSecrets(t *testing.T) {
 		out, _, err := sluice(ctx, "apply", "-f", good, "--dry-run", "--nats", url)
 		if err != nil || !strings.Contains(out, fmt.Sprintf("orders: checked source: table %s.orders: 3 columns, key id", schema)) || !strings.Contains(out, "nothing stored") {
 			t.Errorf("apply --dry-run: %v\n%s", err, out)
+		}
+		ids := writeSpec(t, root, "ids.yaml", byID("ids", "id", "window: 1000, start: 1, max_rows_per_run: 10"))
+		if out, _, err := sluice(ctx, "apply", "-f", ids, "--dry-run", "--nats", url); err != nil || !strings.Contains(out, "ids: checked source") {
+			t.Errorf("apply --dry-run of windows of integer values: %v\n%s", err, out)
 		}
 		if ps, err := l.Client.Pipelines(ctx); err != nil || len(ps) != 0 {
 			t.Fatalf("pipelines after the checks: %+v %v; want none stored", ps, err)

@@ -10,6 +10,7 @@ import (
 	"github.com/sluicehq/sluice/connectors/clickhouse"
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/connectors/iceberg"
+	"github.com/sluicehq/sluice/connectors/kafka"
 	"github.com/sluicehq/sluice/connectors/latest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres"
@@ -22,6 +23,7 @@ func Register(reg *connectors.Registry) {
 	pgcdc.Register(reg, nil) // its snapshot sink publishes through each worker's own connection
 	clickhouse.Register(reg)
 	iceberg.Register(reg)
+	kafka.Register(reg)
 	latest.Register(reg)
 }
 

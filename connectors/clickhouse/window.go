@@ -108,6 +108,10 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 	if req.Window == nil || req.Window.Empty() || req.DeltaColumn == "" {
 		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
 	}
+	if req.Window.Values {
+		// Its tables are partitioned by the day of a time.
+		return connectors.Permanent(fmt.Errorf("window %s: the clickhouse sink commits windows of time, not of integer values", req.Window))
+	}
 	w := *req.Window
 	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
 	if err != nil {

@@ -19,11 +19,12 @@ import (
 	"strings"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/objstore"
 )
 
 // ByModified is how a spec names the position of a files source read by
 // arrival: incremental: {by: modified}. Each run loads the files that are
-// new or changed (another size or modification time) since the last
+// new or changed (another size, modification time or S3 ETag) since the last
 // committed run, every file once per change.
 const ByModified = "modified"
 
@@ -55,15 +56,18 @@ func checkByModified(raw json.RawMessage) error {
 // failed run's manifest is never named and is removed by the next plan,
 // which keeps only the committed one and its own.
 
-// manifestEntry is one file of a manifest.
+// manifestEntry is one file of a manifest. On S3 it holds the object's
+// ETag too: a modification time there counts whole seconds, so an object
+// rewritten within the second at the same size differs only by its ETag.
 type manifestEntry struct {
 	Path  string `json:"p"`
 	Size  int64  `json:"s"`
 	MTime int64  `json:"m"`
+	ETag  string `json:"e,omitempty"`
 }
 
 func entryOf(f fileRef) manifestEntry {
-	return manifestEntry{Path: f.Path, Size: f.Size, MTime: f.MTime}
+	return manifestEntry{Path: f.Path, Size: f.Size, MTime: f.MTime, ETag: f.ETag}
 }
 
 const manifestPrefix, manifestExt = "_manifest-", ".jsonl"
@@ -133,17 +137,59 @@ func (m localManifests) remove(_ context.Context, name string) error {
 	return nil
 }
 
+// s3Manifests keeps manifests under a prefix (ending in '/') of a
+// bucket. A PUT replaces an object whole, so a manifest is written in one.
+type s3Manifests struct {
+	b      *objstore.Bucket
+	prefix string
+}
+
+func (m s3Manifests) read(ctx context.Context, name string) ([]byte, error) {
+	return m.b.Get(ctx, m.prefix+name)
+}
+
+func (m s3Manifests) write(ctx context.Context, name string, data []byte) error {
+	return m.b.Put(ctx, m.prefix+name, data)
+}
+
+func (m s3Manifests) names(ctx context.Context) ([]string, error) {
+	objs, _, err := m.b.ListDir(ctx, m.prefix)
+	var out []string
+	for _, o := range objs {
+		if name := strings.TrimPrefix(o.Key, m.prefix); strings.HasPrefix(name, manifestPrefix) {
+			out = append(out, name)
+		}
+	}
+	return out, err
+}
+
+func (m s3Manifests) remove(ctx context.Context, name string) error {
+	return m.b.Delete(ctx, m.prefix+name)
+}
+
 // manifests returns the store of the manifests of pipeline, for a source
-// whose listing resolved to base.
+// whose listing resolved to base: a local directory, or a prefix of the
+// source's bucket (manifest_dir may name another prefix of that bucket,
+// or a local directory).
 func (s *Source) manifests(base, pipeline string) (manifestStore, error) {
 	if err := checkName("pipeline", pipeline); err != nil {
 		return nil, err
 	}
 	dir := s.cfg.ManifestDir
 	if dir == "" {
-		dir = filepath.Join(base, "_sluice", "manifests")
+		dir = joinPath(base, "_sluice/manifests")
 	}
-	return localManifests{dir: filepath.Join(dir, pipeline)}, nil
+	if !objstore.IsURL(dir) {
+		return localManifests{dir: filepath.Join(dir, pipeline)}, nil
+	}
+	loc, err := objstore.ParseURL(dir)
+	if err != nil {
+		return nil, connectors.Permanent(fmt.Errorf("manifest_dir: %w", err))
+	}
+	if s.s3 == nil || loc.Bucket != s.s3.b.Name() {
+		return nil, connectors.Permanent(fmt.Errorf("manifest_dir %s: manifests on S3 are kept in the bucket of the source's path", dir))
+	}
+	return s3Manifests{b: s.s3.b, prefix: loc.Join(pipeline).Key + "/"}, nil
 }
 
 // parseArrivalWatermark returns the manifest name and file count a

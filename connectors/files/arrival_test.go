@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/objstore"
+	"github.com/sluicehq/sluice/objstore/s3test"
 )
 
 // planArrivals plans a run by arrival of pipeline "land" from watermark
@@ -143,5 +145,72 @@ func TestByModifiedRefusesLayout(t *testing.T) {
 	}
 	if err := checkByModified(json.RawMessage(`{"path":"/in","manifest_dir":"/state"}`)); err != nil {
 		t.Fatalf("a landing directory: %v", err)
+	}
+}
+
+// On S3 (versitygw) a run by arrival keeps its manifests under the
+// source's prefix and tells a rewritten object by its ETag, even within
+// the second of its modification time and at the same size.
+func TestPlanByArrivalOnS3(t *testing.T) {
+	loc := s3test.Env(t)
+	b := s3test.Client(t)
+	ctx := context.Background()
+	put := func(rel, data string) {
+		t.Helper()
+		if err := b.Put(ctx, loc.Join(rel).Key, []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("land/a.jsonl", jsonlRows(0, 2))
+	put("land/sub/b.jsonl", jsonlRows(2, 3))
+	put("land/_incoming.jsonl", jsonlRows(5, 1)) // hidden
+	src, err := NewSource(SourceConfig{Path: loc.Join("land").String(), Format: "jsonl"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	got, wm1 := planArrivals(t, src, "")
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"a.jsonl", "sub/b.jsonl"}) || !strings.HasPrefix(wm1, "files:2@") {
+		t.Fatalf("first run: %v to %q; want both objects to a manifest of 2", got, wm1)
+	}
+	manifests := func() []string {
+		t.Helper()
+		var keys []string
+		prefix := loc.Join("land/_sluice/manifests/land").Key + "/"
+		if err := b.List(ctx, prefix, func(o objstore.Object) error { keys = append(keys, strings.TrimPrefix(o.Key, prefix)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	if ms := manifests(); len(ms) != 1 || !strings.Contains(wm1, strings.TrimSuffix(strings.TrimPrefix(ms[0], manifestPrefix), manifestExt)) {
+		t.Fatalf("manifests %v, want the one %s names", ms, wm1)
+	}
+	if got, wm := planArrivals(t, src, wm1); len(got) != 0 || wm != wm1 {
+		t.Fatalf("nothing new: %v to %q", got, wm)
+	}
+	// a rewritten at once with other rows of the same size; c arrives.
+	put("land/a.jsonl", strings.Replace(jsonlRows(0, 2), "name", "nime", 1))
+	put("land/c.jsonl", jsonlRows(7, 1))
+	got, wm2 := planArrivals(t, src, wm1)
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"a.jsonl", "c.jsonl"}) || !strings.HasPrefix(wm2, "files:3@") {
+		t.Fatalf("second run: %v to %q; want the rewritten a and the new c to a manifest of 3", got, wm2)
+	}
+	if ms := manifests(); len(ms) != 2 {
+		t.Fatalf("manifests %v, want the committed one and the new plan's", ms)
+	}
+	if got, wm := planArrivals(t, src, wm2); len(got) != 0 || wm != wm2 {
+		t.Fatalf("after the second run: %v to %q", got, wm)
+	}
+
+	// Manifests on S3 stay in the source's bucket.
+	other, err := NewSource(SourceConfig{Path: loc.Join("land").String(), Format: "jsonl", ManifestDir: "s3://another-bucket/state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Plan(ctx, connectors.PlanRequest{RunID: "r", Pipeline: "land", ByPosition: true}); err == nil || !connectors.IsPermanent(err) {
+		t.Fatalf("manifest_dir in another bucket: %v, want a permanent error", err)
 	}
 }

@@ -60,7 +60,9 @@ type SourceConfig struct {
 	S3 objstore.Config `json:"s3,omitzero"`
 	// ManifestDir is where a source read by arrival (incremental.by:
 	// modified) keeps its manifests, a directory per pipeline; empty means
-	// <Path>/_sluice/manifests (hidden from every listing).
+	// <Path>/_sluice/manifests (hidden from every listing). For a source
+	// on S3 it may be an s3:// prefix of the source's bucket, or a local
+	// directory.
 	ManifestDir string `json:"manifest_dir"`
 	// Exclude lists the globs of the files a passthrough source leaves
 	// out (pattern passthrough only; see matchExclude).
@@ -290,8 +292,10 @@ func Register(reg *connectors.Registry) {
 		ValidateSource:   ValidateSource,
 		ValidateSink:     ValidateSink,
 		SinkAppends:      true,
+		SinkValueWindows: true,
 		SourcePartitions: PartitionSize,
 		Positions:        &connectors.Positions{Name: ByModified, Check: checkByModified},
+		Params:           checkParams,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		ValidateDataset:  ValidateSink,
 		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,

@@ -133,6 +133,7 @@ type fileRef struct {
 // bounds the listing.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	root := s.path()
+	var err error
 	if req.Window != nil {
 		if s.layout == nil {
 			return connectors.Plan{}, connectors.Permanent(fmt.Errorf("plan %s: a files source cannot read a delta-column window %v: lay the files out by time (layout) and leave incremental.delta_column out", s.cfg.Path, req.Window))
@@ -147,6 +148,9 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 			return connectors.Plan{}, nil
 		}
 		root = dir
+	}
+	if root, err = s.paramRoot(root, req.Params); err != nil {
+		return connectors.Plan{}, err
 	}
 	base, files, format, err := s.list(ctx, root)
 	if err != nil {

@@ -8,10 +8,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // windowTime is how a window bound is written in a directory name: UTC,
@@ -19,8 +21,12 @@ import (
 const windowTime = "20060102T150405.999999999Z"
 
 // WindowDir returns the directory name of an incremental window:
-// "window=<from>_<to>", such as window=20260101T000000Z_20260101T010000Z.
+// "window=<from>_<to>", such as window=20260101T000000Z_20260101T010000Z,
+// or window=1000000_2000000 for a window of integer values.
 func WindowDir(w connectors.Window) string {
+	if w.Values {
+		return "window=" + strconv.FormatInt(w.Lo, 10) + "_" + strconv.FormatInt(w.Hi, 10)
+	}
 	return "window=" + w.From.UTC().Format(windowTime) + "_" + w.To.UTC().Format(windowTime)
 }
 
@@ -36,10 +42,15 @@ func parseWindowDir(name string) (connectors.Window, bool) {
 	}
 	from, err1 := time.Parse(windowTime, a)
 	to, err2 := time.Parse(windowTime, b)
-	if err1 != nil || err2 != nil || !from.Before(to) {
-		return connectors.Window{}, false
+	if err1 == nil && err2 == nil && from.Before(to) {
+		return connectors.Window{From: from, To: to}, true
 	}
-	return connectors.Window{From: from, To: to}, true
+	lo, err1 := strconv.ParseInt(a, 10, 64)
+	hi, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 == nil && err2 == nil && lo < hi {
+		return protocol.ValueWindow(lo, hi), true
+	}
+	return connectors.Window{}, false
 }
 
 // commitWindow commits an incremental run (ModeAppend) as the directory
@@ -85,10 +96,10 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) (
 	}
 	for _, e := range entries {
 		o, ok := parseWindowDir(e.Name())
-		if !ok || e.Name() == name || !o.From.Before(w.To) || !w.From.Before(o.To) {
+		if !ok || e.Name() == name || !o.Overlaps(w) {
 			continue
 		}
-		if o.From.Before(w.From) || o.To.After(w.To) {
+		if !w.Covers(o) {
 			return fail(connectors.Permanent(fmt.Errorf("committed window %s overlaps %s partially: its rows cannot be replaced exactly", e.Name(), name)))
 		}
 	}
@@ -136,7 +147,7 @@ func (s *Sink) cleanWindow(runID, building string, w connectors.Window, name str
 	}
 	for _, e := range entries {
 		o, ok := parseWindowDir(e.Name())
-		if ok && e.Name() != name && !o.From.Before(w.From) && !o.To.After(w.To) {
+		if ok && e.Name() != name && w.Covers(o) {
 			if err := os.RemoveAll(filepath.Join(s.root, e.Name())); err != nil {
 				return err
 			}

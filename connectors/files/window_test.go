@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 func appendReq(run string, w connectors.Window, outs []connectors.TaskOutput) connectors.CommitRequest {
@@ -120,5 +121,32 @@ func TestWindowDirRoundTrip(t *testing.T) {
 		if _, ok := parseWindowDir(bad); ok {
 			t.Errorf("parseWindowDir(%q) accepted", bad)
 		}
+	}
+}
+
+// Windows of integer values land in window=<lo>_<hi> directories and are
+// replaced like windows of time.
+func TestSinkCommitValueWindow(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	s, err := NewSink(SinkConfig{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := protocol.ValueWindow(-5, 1000)
+	outs := stage(t, s, "r1", []connectors.Batch{jsonlBatch(`{"id":1}`)})
+	res, err := s.Commit(ctx, appendReq("r1", w, outs))
+	if err != nil || res.Location != filepath.Join(root, "window=-5_1000") {
+		t.Fatalf("commit: %+v, %v", res, err)
+	}
+	if got, ok := parseWindowDir("window=-5_1000"); !ok || got != w {
+		t.Fatalf("parsed %v %v, want %v", got, ok, w)
+	}
+	outs = stage(t, s, "r2", []connectors.Batch{jsonlBatch(`{"id":1}`, `{"id":2}`)})
+	if _, err := s.Commit(ctx, appendReq("r2", protocol.ValueWindow(-10, 2000), outs)); err != nil {
+		t.Fatal(err)
+	}
+	if names := dirNames(t, root); !slices.Equal(names, []string{"_staging", "window=-10_2000"}) && !slices.Equal(names, []string{"window=-10_2000"}) {
+		t.Fatalf("dataset %v: the wider window replaced the one it covers", names)
 	}
 }

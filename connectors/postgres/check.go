@@ -21,7 +21,8 @@ var (
 // Check looks at the table the source reads (connectors.Checker): that it
 // exists and the role may read it, that the configured columns, key and
 // filter fit it, and that an incremental pipeline's delta column is a
-// timestamptz, timestamp or date column of it.
+// column of it of a type its windows take: timestamptz, timestamp or date,
+// or for windows of integer values an integer type.
 func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
@@ -54,16 +55,22 @@ func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string
 		problems = append(problems, err)
 	}
 	if req.DeltaColumn != "" {
-		var typ string
-		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
-			WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, req.DeltaColumn).Scan(&typ)
+		var typ, full string
+		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL), format_type(atttypid, atttypmod) FROM pg_attribute
+			WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, req.DeltaColumn).Scan(&typ, &full)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			problems = append(problems, &connectors.FieldError{Field: connectors.FieldDeltaColumn, Msg: fmt.Sprintf("table %s has no column %q", s.cfg.Table, req.DeltaColumn)})
 		case err != nil:
 			return "", fmt.Errorf("look up column %q: %w", req.DeltaColumn, err)
-		case deltaTypes[typ] == "":
-			problems = append(problems, &connectors.FieldError{Field: connectors.FieldDeltaColumn, Msg: fmt.Sprintf("column %q of %s is %s; want timestamptz, timestamp or date", req.DeltaColumn, s.cfg.Table, typ)})
+		case req.DeltaValues && !integerType(full):
+			problems = append(problems, &connectors.FieldError{Field: connectors.FieldDeltaColumn, Msg: fmt.Sprintf("column %q of %s is %s; windows of integer values (window: N) want smallint, integer, bigint or numeric without scale", req.DeltaColumn, s.cfg.Table, full)})
+		case !req.DeltaValues && deltaTypes[typ] == "":
+			hint := ""
+			if integerType(full) {
+				hint = " (for an integer column, give incremental.window as a number of values)"
+			}
+			problems = append(problems, &connectors.FieldError{Field: connectors.FieldDeltaColumn, Msg: fmt.Sprintf("column %q of %s is %s; want timestamptz, timestamp or date%s", req.DeltaColumn, s.cfg.Table, full, hint)})
 		}
 	}
 	if s.cfg.Where != "" {

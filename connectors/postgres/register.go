@@ -11,13 +11,15 @@ import (
 // source of cdc pipelines is added by connectors/pgcdc.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
-		Kind:           Kind,
-		Source:         openSource,
-		Sink:           openSink,
-		ValidateSource: ValidateSource,
-		ValidateSink:   ValidateSink,
-		SinkAppends:    true,
-		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
+		Kind:             Kind,
+		Source:           openSource,
+		Sink:             openSink,
+		ValidateSource:   ValidateSource,
+		ValidateSink:     ValidateSink,
+		SinkAppends:      true,
+		SinkValueWindows: true,
+		SinkMerges:       true,
+		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
 			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})

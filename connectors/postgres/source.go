@@ -103,10 +103,13 @@ type deltaSpec struct {
 	Column string `json:"column"`
 	// Type is "timestamptz" for a timestamptz column, "timestamp" for a
 	// timestamp or date column (compared with the window's bounds as UTC
-	// wall-clock times).
+	// wall-clock times), "integer" for an integer column (a window of
+	// values [Lo, Hi)).
 	Type string    `json:"type"`
-	From time.Time `json:"from"`
-	To   time.Time `json:"to"`
+	From time.Time `json:"from,omitzero"`
+	To   time.Time `json:"to,omitzero"`
+	Lo   int64     `json:"lo,omitempty"`
+	Hi   int64     `json:"hi,omitempty"`
 }
 
 // cond is the SQL condition `col >= from AND col < to`, with the bounds
@@ -117,6 +120,9 @@ func (d *deltaSpec) cond() string {
 		return ""
 	}
 	k := pgx.Identifier{d.Column}.Sanitize()
+	if d.Type == "integer" {
+		return fmt.Sprintf("%s >= %d AND %s < %d", k, d.Lo, k, d.Hi)
+	}
 	lit := func(t time.Time) string {
 		if d.Type == "timestamptz" {
 			return quoteLiteral(t.UTC().Format(time.RFC3339Nano)) + "::timestamptz"
@@ -133,7 +139,18 @@ var deltaTypes = map[string]string{
 	"date":                        "timestamp",
 }
 
-// deltaColumn looks up the delta column of an incremental run.
+// intTypes are the types of an integer delta column (and numeric without
+// scale, named with its precision, such as numeric(20,0)).
+var intTypes = map[string]bool{"smallint": true, "integer": true, "bigint": true}
+
+// integerType reports whether a column of type typ (format_type with its
+// modifier) holds integers.
+func integerType(typ string) bool {
+	return intTypes[typ] || strings.HasPrefix(typ, "numeric(") && strings.HasSuffix(typ, ",0)")
+}
+
+// deltaColumn looks up the delta column of an incremental run: a time for
+// a time window, an integer for a window of values.
 func (s *Source) deltaColumn(ctx context.Context, conn *pgx.Conn, oid uint32, req connectors.PlanRequest) (*deltaSpec, error) {
 	if req.Window == nil {
 		return nil, nil
@@ -141,20 +158,75 @@ func (s *Source) deltaColumn(ctx context.Context, conn *pgx.Conn, oid uint32, re
 	if req.DeltaColumn == "" {
 		return nil, connectors.Permanent(errors.New("an incremental run needs a delta column"))
 	}
-	var typ string
-	err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
-		WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, req.DeltaColumn).Scan(&typ)
+	var typ, full string
+	err := conn.QueryRow(ctx, `SELECT format_type(atttypid, NULL), format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped`, oid, req.DeltaColumn).Scan(&typ, &full)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: table %s has no column %q", s.cfg.Table, req.DeltaColumn))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up delta column: %w", err)
 	}
+	w := req.Window
+	if w.Values {
+		if !integerType(full) {
+			return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: column %q of %s is %s; a window of integer values (window: N) wants smallint, integer, bigint or numeric without scale", req.DeltaColumn, s.cfg.Table, full))
+		}
+		return &deltaSpec{Column: req.DeltaColumn, Type: "integer", Lo: w.Lo, Hi: w.Hi}, nil
+	}
 	t, ok := deltaTypes[typ]
 	if !ok {
-		return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: column %q of %s is %s; want timestamptz, timestamp or date", req.DeltaColumn, s.cfg.Table, typ))
+		hint := ""
+		if integerType(full) {
+			hint = " (for an integer column, give incremental.window as a number of values)"
+		}
+		return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: column %q of %s is %s; want timestamptz, timestamp or date%s", req.DeltaColumn, s.cfg.Table, full, hint))
 	}
-	return &deltaSpec{Column: req.DeltaColumn, Type: t, From: req.Window.From.UTC(), To: req.Window.To.UTC()}, nil
+	return &deltaSpec{Column: req.DeltaColumn, Type: t, From: w.From.UTC(), To: w.To.UTC()}, nil
+}
+
+// trim ends the capped window of integer values of a live run where the
+// delta column's values end (connectors.PlanRequest.Trim): after the
+// greatest value below the cap, never below the watermark (tr.From), and,
+// with tr.MaxRows, after that many rows from the watermark, the rows of
+// one value kept together. It reads in the planning transaction, so the
+// window ends where the run's snapshot does.
+func (s *Source) trim(ctx context.Context, conn *pgx.Conn, d *deltaSpec, tr *connectors.Trim) error {
+	k := pgx.Identifier{d.Column}.Sanitize()
+	value := func(sql string) (*int64, error) {
+		var v *string
+		if err := conn.QueryRow(ctx, sql).Scan(&v); errors.Is(err, pgx.ErrNoRows) || err == nil && v == nil {
+			return nil, nil
+		} else if err != nil {
+			return nil, err
+		}
+		n, err := strconv.ParseInt(*v, 10, 64)
+		if err != nil {
+			return nil, connectors.Permanent(fmt.Errorf("incremental.delta_column: value %s of %q does not fit in 64 bits", *v, d.Column))
+		}
+		return &n, nil
+	}
+	top, err := value("SELECT max(" + k + ")::text FROM " + s.table.Sanitize() + s.whereClause(d.cond()))
+	if err != nil {
+		return fmt.Errorf("find the greatest value of %s: %w", d.Column, err)
+	}
+	hi := min(max(d.Lo, tr.From), d.Hi) // nothing new: end at the watermark
+	if top != nil && *top+1 > hi {
+		hi = *top + 1
+	}
+	from := max(d.Lo, tr.From)
+	if tr.MaxRows > 0 && from < hi {
+		after, err := value(fmt.Sprintf("SELECT %s::text AS v FROM %s%s ORDER BY %s OFFSET %d LIMIT 1", k, s.table.Sanitize(),
+			s.whereClause(fmt.Sprintf("%s >= %d AND %s < %d", k, from, k, hi)), k, tr.MaxRows))
+		if err != nil {
+			return fmt.Errorf("bound the rows of the run: %w", err)
+		}
+		if after != nil {
+			hi = min(hi, max(*after, from+1))
+		}
+	}
+	d.Hi = hi
+	return nil
 }
 
 func (c chunkSpec) key() string {
@@ -233,8 +305,14 @@ func (s *Source) plan(ctx context.Context, req connectors.PlanRequest,
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
 	}
 	plan := connectors.Plan{}
+	if d := specs[0].Delta; req.Trim != nil && d != nil {
+		plan.Window = &connectors.Window{Values: true, Lo: d.Lo, Hi: d.Hi}
+	}
 	if plan.Schema, err = describe(ctx, conn, info.oid, specs); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("plan %s: %w", s.cfg.Table, err))
+	}
+	if plan.Window != nil && plan.Window.Empty() {
+		specs = nil // nothing new: no task
 	}
 	if plan.Partitions, err = partitions(specs, req.RunID, snapshot, rows, info.bytes); err != nil {
 		return connectors.Plan{}, err
@@ -311,6 +389,18 @@ func (s *Source) chunks(ctx context.Context, conn *pgx.Conn, req connectors.Plan
 	delta, err := s.deltaColumn(ctx, conn, info.oid, req)
 	if err != nil {
 		return nil, info, 0, err
+	}
+	if delta != nil && delta.Type == "integer" {
+		if req.Trim != nil {
+			if err := s.trim(ctx, conn, delta, req.Trim); err != nil {
+				return nil, info, 0, err
+			}
+		}
+		// A window of values is chunked by its own column: each chunk
+		// reads its part of the window through the column's index, so the
+		// chunks read the window once in all (chunks of another key would
+		// each go through all of it).
+		key = delta.Column
 	}
 	window := delta.cond()
 
@@ -940,6 +1030,9 @@ func (s *Source) PlanSnapshot(ctx context.Context, req connectors.PlanRequest, s
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}
 	plan := connectors.Plan{}
+	if d := specs[0].Delta; req.Trim != nil && d != nil {
+		plan.Window = &connectors.Window{Values: true, Lo: d.Lo, Hi: d.Hi}
+	}
 	if plan.Schema, err = DescribeTable(ctx, conn, info.oid, specs[0].Columns); err != nil {
 		return connectors.Plan{}, classify(fmt.Errorf("%s: %w", where, err))
 	}

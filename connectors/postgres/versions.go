@@ -154,11 +154,16 @@ func (s *Sink) expose(ctx context.Context, conn *pgx.Conn, to int64) error {
 	return tx.Commit(ctx)
 }
 
-// Window is one committed window of an incremental table.
+// Window is one committed window of an incremental table: of time [From,
+// To), of integer values [Lo, Hi) (Values), or none for a run by position,
+// which records the Watermark it reached.
 type Window struct {
-	Run      string
-	From, To time.Time
-	Rows     int64
+	Run       string
+	From, To  time.Time
+	Values    bool
+	Lo, Hi    int64
+	Watermark string
+	Rows      int64
 	// Deleted counts the rows the commit replaced (a re-run of the window).
 	Deleted  int64
 	Checksum string
@@ -186,14 +191,30 @@ func (s *Sink) listWindows(ctx context.Context, q querier) ([]Window, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	rows, err := q.Query(ctx, "SELECT run, lo, hi, rows, deleted, checksum FROM "+s.windows().Sanitize()+
+	current, err := s.windowsShaped(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	cols := "lo_value, hi_value, coalesce(watermark, '')"
+	if !current { // written by an earlier release: windows of time only
+		cols = "NULL::bigint, NULL::bigint, ''"
+	}
+	rows, err := q.Query(ctx, "SELECT run, lo, hi, "+cols+", rows, deleted, checksum FROM "+s.windows().Sanitize()+
 		" WHERE table_name = $1 ORDER BY committed, lo", s.name)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Window, error) {
 		var w Window
-		err := r.Scan(&w.Run, &w.From, &w.To, &w.Rows, &w.Deleted, &w.Checksum)
+		var from, to *time.Time
+		var lo, hi *int64
+		err := r.Scan(&w.Run, &from, &to, &lo, &hi, &w.Watermark, &w.Rows, &w.Deleted, &w.Checksum)
+		if from != nil && to != nil {
+			w.From, w.To = *from, *to
+		}
+		if lo != nil && hi != nil {
+			w.Values, w.Lo, w.Hi = true, *lo, *hi
+		}
 		return w, err
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,7 +20,9 @@ import (
 // drops the staging tables and records the run and its window in
 // sluice_windows. A window committed again thus replaces its rows, never
 // doubles them; a commit repeated for the same run finds it recorded and
-// does nothing. A run without a window (a run by position) deletes
+// does nothing. With Merge the window's rows are merged by key instead
+// (mergeStaged): nothing is deleted but the keys a row marks deleted. A
+// run without a window (a run by position) deletes
 // nothing: its rows are appended, and recorded with the position it
 // reached, once. The target is created on the first commit when missing,
 // like a full load's version table (configured columns, <table>_template,
@@ -69,26 +72,33 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 			}
 		}
 	}
+	created := false
 	if !ok {
 		schema := req.Schema
 		if len(stagedCols) == 0 {
 			schema = nil // no rows: the table waits for a window that has some
 		}
-		created, err := s.createTable(ctx, tx, target, stagedCols, schema)
+		created, err = s.createTable(ctx, tx, target, stagedCols, schema)
 		if err != nil {
 			return err
 		}
 		ok = created
 	}
 	var deleted int64
-	if ok && req.Window != nil {
+	if ok && req.Window != nil && req.Merge == nil {
 		deleted, err = s.deleteWindow(ctx, tx, target, req)
 		if err != nil {
 			return err
 		}
 	}
 	if staged {
-		if total > 0 {
+		switch {
+		case total == 0:
+		case req.Merge != nil:
+			if deleted, err = s.mergeStaged(ctx, tx, target, rowsT, stagedCols, req, created); err != nil {
+				return err
+			}
+		default:
 			if err := s.insertStaged(ctx, tx, target, rowsT, stagedCols, total); err != nil {
 				return err
 			}
@@ -98,60 +108,76 @@ func (s *Sink) commitWindow(ctx context.Context, conn *pgx.Conn, req connectors.
 		}
 	}
 	var lo, hi *time.Time
-	if w := req.Window; w != nil {
+	var loV, hiV *int64
+	switch w := req.Window; {
+	case w == nil:
+	case w.Values:
+		loV, hiV = &w.Lo, &w.Hi
+	default:
 		lo, hi = &w.From, &w.To
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, rows, deleted, checksum, watermark) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-		s.name, req.RunID, lo, hi, total, deleted, sum.String(), nullIfEmpty(req.Watermark)); err != nil {
+	if _, err := tx.Exec(ctx, "INSERT INTO "+s.windows().Sanitize()+" (table_name, run, lo, hi, lo_value, hi_value, rows, deleted, checksum, watermark) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+		s.name, req.RunID, lo, hi, loV, hiV, total, deleted, sum.String(), nullIfEmpty(req.Watermark)); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
 }
 
 // deleteWindow deletes the target's rows whose delta column lies in the
-// window and returns how many. The bounds are literals of the column's
-// type (timestamptz; timestamp and date as UTC wall-clock time), so an
-// index on the column serves the delete; a text column is cast.
+// window and returns how many.
 func (s *Sink) deleteWindow(ctx context.Context, tx pgx.Tx, target pgx.Identifier, req connectors.CommitRequest) (int64, error) {
-	var typ string
-	err := tx.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
-		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), req.DeltaColumn).Scan(&typ)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), req.DeltaColumn))
-	}
+	cond, err := targetWindow(ctx, tx, target, req.DeltaColumn, *req.Window)
 	if err != nil {
 		return 0, err
 	}
-	k := pgx.Identifier{req.DeltaColumn}.Sanitize()
-	lo, hi := req.Window.From.UTC().Format(time.RFC3339Nano), req.Window.To.UTC().Format(time.RFC3339Nano)
-	var cond string
-	switch deltaTypes[typ] {
-	case "timestamptz":
-		cond = k + " >= $1::timestamptz AND " + k + " < $2::timestamptz"
-	case "timestamp":
-		cond = k + " >= $1::timestamp AND " + k + " < $2::timestamp"
-		lo, hi = req.Window.From.UTC().Format("2006-01-02 15:04:05.999999"), req.Window.To.UTC().Format("2006-01-02 15:04:05.999999")
-	default: // text as loaded without a typed target; the session is in UTC
-		cond = k + "::timestamptz >= $1::timestamptz AND " + k + "::timestamptz < $2::timestamptz"
-	}
-	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond, lo, hi)
+	tag, err := tx.Exec(ctx, "DELETE FROM "+target.Sanitize()+" WHERE "+cond)
 	if err != nil {
 		return 0, fmt.Errorf("delete window rows: %w", err)
 	}
 	return tag.RowsAffected(), nil
 }
 
+// targetWindow returns the condition "the delta column of target lies in
+// w". The bounds are literals of the column's type (timestamptz;
+// timestamp and date as UTC wall-clock time; an integer for a window of
+// values), so an index on the column serves it; a text column, as loaded
+// without a typed target, is cast.
+func targetWindow(ctx context.Context, q querier, target pgx.Identifier, column string, w connectors.Window) (string, error) {
+	var typ string
+	err := q.QueryRow(ctx, `SELECT format_type(atttypid, NULL) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`, target.Sanitize(), column).Scan(&typ)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", connectors.Permanent(fmt.Errorf("%s has no delta column %q", target.Sanitize(), column))
+	}
+	if err != nil {
+		return "", err
+	}
+	k := pgx.Identifier{column}.Sanitize()
+	between := func(col, lo, hi string) string { return col + " >= " + lo + " AND " + col + " < " + hi }
+	if w.Values {
+		lo, hi := strconv.FormatInt(w.Lo, 10), strconv.FormatInt(w.Hi, 10)
+		if intTypes[typ] {
+			return between(k, lo, hi), nil
+		}
+		return between(k+"::numeric", lo, hi), nil
+	}
+	lit := func(t time.Time, layout, cast string) string { return quoteLiteral(t.UTC().Format(layout)) + cast }
+	switch deltaTypes[typ] {
+	case "timestamptz":
+		return between(k, lit(w.From, time.RFC3339Nano, "::timestamptz"), lit(w.To, time.RFC3339Nano, "::timestamptz")), nil
+	case "timestamp":
+		const wall = "2006-01-02 15:04:05.999999"
+		return between(k, lit(w.From, wall, "::timestamp"), lit(w.To, wall, "::timestamp")), nil
+	}
+	// text as loaded without a typed target; the session is in UTC
+	return between(k+"::timestamptz", lit(w.From, time.RFC3339Nano, "::timestamptz"), lit(w.To, time.RFC3339Nano, "::timestamptz")), nil
+}
+
 // insertStaged copies the staged rows into the target, casting each
 // column to the target's type.
 func (s *Sink) insertStaged(ctx context.Context, tx pgx.Tx, target, rowsT pgx.Identifier, cols []string, want int64) error {
-	rows, err := tx.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, target.Sanitize())
+	types, err := columnTypes(ctx, tx, target)
 	if err != nil {
-		return err
-	}
-	types := map[string]string{}
-	var name, typ string
-	if _, err := pgx.ForEachRow(rows, []any{&name, &typ}, func() error { types[name] = typ; return nil }); err != nil {
 		return err
 	}
 	names := make([]string, len(cols))

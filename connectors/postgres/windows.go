@@ -8,9 +8,10 @@ import (
 
 // ensureWindows creates the bookkeeping table of the incremental loads of
 // the schema (sluice_windows: one row per committed run) unless it
-// exists, and brings one made by an earlier release to this shape: a run
-// by position has no window (lo and hi NULL) and records the position it
-// reached (watermark). It runs inside a commit's transaction, under its
+// exists, and brings one made by an earlier release to this shape: a
+// window of integer values is [lo_value, hi_value) (lo and hi NULL), a run
+// by position has no window and records the position it reached
+// (watermark). It runs inside a commit's transaction, under its
 // lock.
 func (s *Sink) ensureWindows(ctx context.Context, tx pgx.Tx) error {
 	t := s.windows().Sanitize()
@@ -19,6 +20,8 @@ func (s *Sink) ensureWindows(ctx context.Context, tx pgx.Tx) error {
 			run text NOT NULL,
 			lo timestamptz,
 			hi timestamptz,
+			lo_value bigint,
+			hi_value bigint,
 			rows bigint NOT NULL,
 			deleted bigint NOT NULL,
 			checksum text NOT NULL DEFAULT '',
@@ -27,12 +30,27 @@ func (s *Sink) ensureWindows(ctx context.Context, tx pgx.Tx) error {
 			PRIMARY KEY (table_name, run))`); err != nil {
 		return err
 	}
-	var current bool
-	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'watermark' AND NOT attisdropped)", t).Scan(&current); err != nil || current {
+	return s.ensureWindowsShape(ctx, tx)
+}
+
+// ensureWindowsShape brings a sluice_windows table made by an earlier
+// release to this release's shape.
+func (s *Sink) ensureWindowsShape(ctx context.Context, q querier) error {
+	if current, err := s.windowsShaped(ctx, q); err != nil || current {
 		return err
 	}
-	_, err := tx.Exec(ctx, "ALTER TABLE "+t+" ALTER COLUMN lo DROP NOT NULL, ALTER COLUMN hi DROP NOT NULL, ADD COLUMN watermark text")
+	_, err := q.Exec(ctx, "ALTER TABLE "+s.windows().Sanitize()+" ALTER COLUMN lo DROP NOT NULL, ALTER COLUMN hi DROP NOT NULL, "+
+		"ADD COLUMN IF NOT EXISTS lo_value bigint, ADD COLUMN IF NOT EXISTS hi_value bigint, ADD COLUMN IF NOT EXISTS watermark text")
 	return err
+}
+
+// windowsShaped reports whether the existing sluice_windows table has this
+// release's shape.
+func (s *Sink) windowsShaped(ctx context.Context, q querier) (bool, error) {
+	var current bool
+	err := q.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'hi_value' AND NOT attisdropped)",
+		s.windows().Sanitize()).Scan(&current)
+	return current, err
 }
 
 // nullIfEmpty is nil for "", else s: a text column's NULL for nothing.

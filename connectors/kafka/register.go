@@ -1,0 +1,40 @@
+package kafka
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/sluicehq/sluice/connectors"
+)
+
+// Register adds the kafka connector to reg: a source read by position or
+// by windows of time, a sink appending each run in one transaction.
+func Register(reg *connectors.Registry) {
+	reg.Register(connectors.Connector{
+		Kind: Kind,
+		Source: func(_ context.Context, raw json.RawMessage) (connectors.Source, error) {
+			c, err := parseSourceConfig(raw)
+			if err != nil {
+				return nil, err
+			}
+			return NewSource(c)
+		},
+		Sink: func(_ context.Context, raw json.RawMessage) (connectors.Sink, error) {
+			c, err := parseSinkConfig(raw)
+			if err != nil {
+				return nil, err
+			}
+			return NewSink(c)
+		},
+		ValidateSource: ValidateSource,
+		ValidateSink:   ValidateSink,
+		SinkAppends:    true,
+		Positions:      &connectors.Positions{},
+		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
+		Params:         checkParams,
+		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
+	})
+}
+
+// permanent marks err as one no retry cures.
+func permanent(err error) error { return connectors.Permanent(err) }
