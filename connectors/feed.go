@@ -74,5 +74,6 @@ func (r *Registry) OpenFeed(ctx context.Context, kind string, config json.RawMes
 	if err != nil {
 		return nil, Permanent(err)
 	}
-	return r.kinds[kind].feed.Open(ctx, expanded, name)
+	f, err := r.kinds[kind].feed.Open(ctx, expanded, name)
+	return f, r.ScrubError(err)
 }

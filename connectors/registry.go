@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -24,6 +25,13 @@ type Registry struct {
 	// process names the process whose environment `${ENV}` references are
 	// expanded from, for errors.
 	process string
+	// mu guards allowEnv, the variables besides SLUICE_* specs may
+	// refer to (AllowEnv).
+	mu       sync.Mutex
+	allowEnv map[string]bool
+	// secrets remembers what references expanded to when connectors
+	// opened, for Scrub.
+	secrets *scrubber
 }
 
 // entry is what is registered of one kind, possibly by several packages.
@@ -71,7 +79,7 @@ const (
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{kinds: map[string]*entry{}}
+	return &Registry{kinds: map[string]*entry{}, secrets: &scrubber{min: minScrubLen}}
 }
 
 // SetProcess names the process the registry opens connectors in ("the
@@ -416,6 +424,9 @@ func (r *Registry) HasInitialSnapshot(kind string) bool {
 // set). A field whose value refers to a variable lookup does not know
 // cannot be judged here, where the variable may be unset while it is set
 // where the connector runs: an error on such a field is not reported.
+// A reference to a variable specs may not name (EnvAllowed) is an error
+// naming it; the validator's errors quote a reference as written, never
+// the value it expanded to.
 func (r *Registry) Validate(kind string, role Role, config json.RawMessage, lookup func(string) (string, bool)) error {
 	e, ok := r.kinds[kind]
 	if !ok {
@@ -428,10 +439,25 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 	if lookup == nil {
 		lookup = func(string) (string, bool) { return "", false }
 	}
+	// The values expanded here are replaced by their references in the
+	// validator's errors: an error quotes what the user wrote.
+	seen := &scrubber{min: 1}
 	var unset []string
-	expanded, err := expandEnv(config, lookup, func(field, _ string) { unset = append(unset, field) })
+	var denied error
+	expanded, err := expandEnv(config, r.allowed(lookup, seen), func(field, name string) {
+		if !r.EnvAllowed(name) {
+			if denied == nil {
+				denied = r.notAllowed(field, name)
+			}
+			return
+		}
+		unset = append(unset, field)
+	})
 	if err != nil {
 		return err
+	}
+	if denied != nil {
+		return denied
 	}
 	err = v(expanded)
 	var fe *FieldError
@@ -442,7 +468,22 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 			}
 		}
 	}
-	return err
+	return seen.scrubErr(err)
+}
+
+// allowed wraps lookup: a variable specs may not refer to is not found,
+// and each value found is remembered in seen.
+func (r *Registry) allowed(lookup func(string) (string, bool), seen *scrubber) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		if !r.EnvAllowed(name) {
+			return "", false
+		}
+		v, ok := lookup(name)
+		if ok {
+			seen.add(name, v)
+		}
+		return v, ok
+	}
 }
 
 // OpenSource expands `${ENV}` references from the process environment and
@@ -507,7 +548,7 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 	}
 	c, err := f(ctx, expanded)
 	if err != nil {
-		return zero, fmt.Errorf("open %s %s: %w", kind, role, err)
+		return zero, fmt.Errorf("open %s %s: %w", kind, role, r.ScrubError(err))
 	}
 	return c, nil
 }
@@ -537,15 +578,21 @@ func (r *Registry) InitialSnapshot(kind string, req SnapshotRequest) (SnapshotEn
 var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // expand expands the `${ENV}` references of config from the process
-// environment; an unset variable is a *FieldError naming the process.
+// environment; an unset variable is a *FieldError naming the process, a
+// variable specs may not refer to (EnvAllowed) one naming the variable.
+// The values are remembered for Scrub.
 func (r *Registry) expand(config json.RawMessage) (json.RawMessage, error) {
 	process := r.process
 	if process == "" {
 		process = fmt.Sprintf("this process (pid %d)", os.Getpid())
 	}
 	var missing error
-	out, err := expandEnv(config, os.LookupEnv, func(field, name string) {
-		if missing == nil {
+	out, err := expandEnv(config, r.allowed(os.LookupEnv, r.secrets), func(field, name string) {
+		switch {
+		case missing != nil:
+		case !r.EnvAllowed(name):
+			missing = r.notAllowed(field, name)
+		default:
 			missing = &FieldError{Field: field, Msg: fmt.Sprintf("environment variable %s is not set in the environment of %s, which opens this connector: set it where that process starts", name, process)}
 		}
 	})
@@ -605,7 +652,10 @@ func (r *Registry) Check(ctx context.Context, kind string, role Role, config jso
 	if errors.Is(err, errNoCheck) {
 		return "", false, nil
 	}
-	return found, true, err
+	// What a check refused goes back to whoever applied the spec:
+	// scrubbed. What it found names tables and paths, which stay, a
+	// password Redact finds aside.
+	return Redact(found), true, r.ScrubError(err)
 }
 
 // errNoCheck: the opened connector is no Checker.

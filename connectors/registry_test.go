@@ -87,7 +87,7 @@ func TestRegistryRolesAndParts(t *testing.T) {
 	if err := reg.Validate("db", connectors.RoleCDCSource, json.RawMessage(`{}`), nil); !errors.As(err, &fe) || fe.Field != "dsn" {
 		t.Errorf("Validate cdc source without dsn = %v", err)
 	}
-	if err := reg.Validate("db", connectors.RoleCDCSource, json.RawMessage(`{"dsn":"${UNSET_DSN}"}`), nil); err != nil {
+	if err := reg.Validate("db", connectors.RoleCDCSource, json.RawMessage(`{"dsn":"${SLUICE_UNSET_DSN}"}`), nil); err != nil {
 		t.Errorf("Validate with an unset variable = %v", err)
 	}
 	if err := reg.Validate("dir", connectors.RoleCDCSource, json.RawMessage(`{}`), nil); err == nil || !strings.Contains(err.Error(), `"dir" cannot be a cdc source (kinds: [db])`) {

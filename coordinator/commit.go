@@ -97,8 +97,8 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		lastErr = err
-		log.Warn("commit", "attempt", attempt, "err", err)
+		lastErr = t.c.reg.ScrubError(err)
+		log.Warn("commit", "attempt", attempt, "err", lastErr)
 		if connectors.IsPermanent(err) || attempt == commitAttempts {
 			break
 		}

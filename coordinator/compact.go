@@ -96,6 +96,7 @@ func (t *leaderTerm) planCompaction(ctx context.Context, log *slog.Logger, r *ru
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		err = c.reg.ScrubError(err)
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		log.Warn("plan failed", "err", err)

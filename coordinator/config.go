@@ -3,6 +3,8 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -77,6 +79,31 @@ type Config struct {
 	// pipeline before it gives up (and says what is left to remove by
 	// hand); default 7 days.
 	CleanupExpiry time.Duration
+	// TriggerHeaders names the headers of a trigger message (case
+	// insensitive) its run's trigger context records besides Nats-Msg-Id;
+	// the others are not kept: a header may carry a producer's credentials.
+	TriggerHeaders []string
+}
+
+// recordsHeader reports whether a trigger's header named k is recorded in
+// its run's trigger context (TriggerHeaders).
+func (c Config) recordsHeader(k string) bool {
+	if strings.EqualFold(k, protocol.HeaderMsgID) {
+		return true
+	}
+	return slices.ContainsFunc(c.TriggerHeaders, func(h string) bool { return strings.EqualFold(h, k) })
+}
+
+// recordedHeaders returns the headers of h a run's trigger context records
+// (recordsHeader).
+func (c Config) recordedHeaders(h map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		if c.recordsHeader(k) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func (c Config) withDefaults() Config {

@@ -18,7 +18,7 @@ func del(name string) entry {
 func applySpecOf(name, upstream string) pipeline.Spec {
 	return pipeline.Spec{Name: name, Pattern: protocol.PatternCDCApply,
 		Source: protocol.Endpoint{Kind: pipeline.ApplySourceKind, Config: json.RawMessage(`{"pipeline":"` + upstream + `"}`)},
-		Sink:   protocol.Endpoint{Kind: "memsink", Config: json.RawMessage(`{"path":"${OUT}"}`)}}
+		Sink:   protocol.Endpoint{Kind: "memsink", Config: json.RawMessage(`{"path":"${SLUICE_OUT}"}`)}}
 }
 
 // A pipeline is deleted only when nothing of it is in progress; a deleted

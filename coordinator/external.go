@@ -413,7 +413,7 @@ func (t *leaderTerm) handleExternal(ctx context.Context, log *slog.Logger, spec 
 		id = "id:" + out.ID
 	}
 	trig := &protocol.TriggerContext{
-		Subject: ev.Subject, MsgID: ev.ID, StreamSeq: ev.Seq, Headers: ev.Headers,
+		Subject: ev.Subject, MsgID: ev.ID, StreamSeq: ev.Seq, Headers: t.c.cfg.recordedHeaders(ev.Headers),
 		Source: "trigger of " + spec.Name, EventTime: out.Time, PublishTime: ev.Published, Deliveries: ev.Deliveries,
 	}
 	for _, k := range []string{"traceparent", "tracestate"} {

@@ -319,8 +319,9 @@ func runContext(ctx context.Context, r *runState) context.Context {
 	return telemetry.ExtractMap(ctx, r.Trace)
 }
 
-// failRun fails run r with msg; its announcement follows.
+// failRun fails run r with msg, scrubbed of expanded `${NAME}` values; its
+// announcement follows.
 func (t *leaderTerm) failRun(r *runState, msg string) error {
-	_, err := apply(t.c, runFailedCmd{Run: r.ID, Error: msg, Keep: t.c.cfg.KeepRuns, Time: now()})
+	_, err := apply(t.c, runFailedCmd{Run: r.ID, Error: t.c.reg.Scrub(msg), Keep: t.c.cfg.KeepRuns, Time: now()})
 	return err
 }

@@ -123,6 +123,7 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 				telemetry.AttrPipeline.String(r.Pipeline), telemetry.AttrRun.String(r.ID), telemetry.AttrAttempt.Int(r.attempt())))
 			defer span.End()
 		}
+		err = c.reg.ScrubError(err)
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		log.Warn("plan failed", "err", err)

@@ -152,7 +152,7 @@ func (t *leaderTerm) finishRollback(ctx context.Context, log *slog.Logger, name 
 	}
 	cmd := pipelineRollbackCmd{Pipeline: name, To: rb.To, Done: true, Time: now()}
 	if err != nil {
-		cmd.Error = err.Error()
+		cmd.Error = t.c.reg.Scrub(err.Error())
 	}
 	if _, aerr := apply(t.c, cmd); aerr != nil {
 		return rb, aerr

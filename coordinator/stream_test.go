@@ -20,7 +20,7 @@ import (
 
 func cdcSpec(name string) pipeline.Spec {
 	return pipeline.Spec{Name: name, Pattern: protocol.PatternCDC,
-		Source: protocol.Endpoint{Kind: "memcdc", Config: json.RawMessage(`{"parts":2,"path":"${DSN}"}`)},
+		Source: protocol.Endpoint{Kind: "memcdc", Config: json.RawMessage(`{"parts":2,"path":"${SLUICE_DSN}"}`)},
 		CDC:    &pipeline.CDC{TargetRows: 500}}
 }
 

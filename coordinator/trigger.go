@@ -107,7 +107,7 @@ func (t *leaderTerm) handleTrigger(ctx context.Context, m jetstream.Msg, seq uin
 		trig.PublishTime = md.Timestamp.UTC()
 	}
 	for k, v := range h {
-		if len(v) > 0 {
+		if len(v) > 0 && c.cfg.recordsHeader(k) {
 			trig.Headers[k] = v[0]
 		}
 	}

@@ -35,6 +35,9 @@ type Config struct {
 	Log          *slog.Logger
 	Tracer       trace.TracerProvider
 	Registry     *connectors.Registry
+	// TriggerHeaders are the trigger headers runs record
+	// (coordinator.Config.TriggerHeaders).
+	TriggerHeaders []string
 	// Lock is DataDir's lock when the caller took it (LockDir) before
 	// Run, and releases it after; nil: Run takes it and releases it.
 	Lock *DirLock
@@ -101,7 +104,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		NodeID:    "dev",
 		DataDir:   filepath.Join(cfg.DataDir, "raft"),
 		RaftBind:  "127.0.0.1:0",
-		Bootstrap: true,
+		Bootstrap: true, TriggerHeaders: cfg.TriggerHeaders,
 	}, coordNC, cfg.Registry, cfg.Log.With("component", "coordinator"), cfg.Tracer)
 	if err != nil {
 		return err

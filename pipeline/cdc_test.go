@@ -62,7 +62,7 @@ func TestCDCSpec(t *testing.T) {
 pattern: cdc
 source:
   kind: db
-  dsn: ${SHOP_DSN}
+  dsn: ${SLUICE_SHOP_DSN}
   tables: [public.orders, public.customers]
 cdc:
   heartbeat: 5s

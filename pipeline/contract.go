@@ -84,6 +84,13 @@ func (s Spec) contractProblems(lines lines, reg *connectors.Registry) []Problem 
 	if len(out) > 0 {
 		return out
 	}
+	// The key is expanded by the workers under the same rule as the
+	// connectors' `${NAME}` references.
+	if c.Key != "" {
+		if err := reg.CheckEnv(c.Key[2 : len(c.Key)-1]); err != nil {
+			add("contract.key", err.Error())
+		}
+	}
 	switch {
 	case s.Streamed() && !c.Streams():
 		add("contract.columns", fmt.Sprintf("a %s pipeline's contract classifies the columns of each of its tables: tables: {schema.table: {columns: ...}}", s.Pattern))

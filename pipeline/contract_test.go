@@ -67,6 +67,8 @@ func TestContractProblems(t *testing.T) {
 			[]string{`line 10: contract.columns.email.action: unknown action "hide"`}},
 		{"literal key", strings.Replace(loadWithContract, "${SLUICE_CONTRACT_KEY}", "letmeinletmeinletmein", 1),
 			[]string{"line 7: contract.key: must be a reference to an environment variable"}},
+		{"key in a variable specs may not name", strings.Replace(loadWithContract, "${SLUICE_CONTRACT_KEY}", "${HOME_KEY}", 1),
+			[]string{"line 7: contract.key: ${HOME_KEY}: environment variable HOME_KEY cannot be used in a spec"}},
 		{"tables in a load", "name: a\npattern: full_load\nsource: {kind: db, dsn: x, tables: [a.b]}\nsink: {kind: dir, path: /o}\ncontract:\n  tables:\n    public.t: {columns: {a: keep}}\n",
 			[]string{"line 6: contract.tables: a full_load pipeline's contract classifies the columns of its rows"}},
 		{"columns in a cdc", "name: a\npattern: cdc\nsource: {kind: pg}\ncontract:\n  columns: {a: keep}\n",

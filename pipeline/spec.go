@@ -63,6 +63,12 @@ type Spec struct {
 	// Readiness holds the settings of a readiness pipeline (readiness
 	// section); required for that pattern and refused for every other.
 	Readiness *Readiness `json:"readiness,omitempty"`
+	// AllowLiteralSecrets lets the connector configurations hold a
+	// password as written (postgres://user:pass@..., password: ...);
+	// without it Validate refuses one, naming the field: it would be
+	// stored in the cluster's state and sent with every task, where a
+	// `${SLUICE_...}` reference is expanded only where a connector opens.
+	AllowLiteralSecrets bool `json:"allow_literal_secrets,omitempty"`
 	// Text is the YAML the spec was parsed from, as the user wrote it.
 	Text string `json:"text,omitempty"`
 }
@@ -345,8 +351,14 @@ func Parse(data []byte, file string) (Spec, error) {
 			s.Compact = p.compact(v)
 		case readinessField:
 			s.Readiness = p.readiness(v)
+		case "allow_literal_secrets":
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
+				p.add(k.Value, v.Line, fmt.Sprintf("%q is not true or false", v.Value))
+			} else {
+				s.AllowLiteralSecrets = v.Value == "true"
+			}
 		default:
-			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract, readiness)")
+			p.add(k.Value, k.Line, "unknown field (known: name, pattern, description, source, sink, dataset, partitioning, schedule, trigger, retry, incremental, cdc, compact, contract, readiness, allow_literal_secrets)")
 		}
 	}
 	required := []string{"name", "pattern", "source", "sink"}
@@ -427,6 +439,13 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 			problems = append(problems, Problem{Field: side + ".kind", Line: lines[side+".kind"],
 				Msg: fmt.Sprintf("connector %q cannot be a %s (kinds: %v)", e.Kind, role, reg.KindsOf(role))})
 			return
+		}
+		if !s.AllowLiteralSecrets {
+			for _, f := range connectors.LiteralSecrets(e.Config) {
+				field := side + "." + f
+				problems = append(problems, Problem{Field: field, Line: lines.nearest(field),
+					Msg: "holds a password as written, which would be stored in the cluster and sent with every task: write a reference such as ${SLUICE_PG_DSN} and set that variable where the coordinator and workers run, or set allow_literal_secrets: true"})
+			}
 		}
 		if err := reg.Validate(e.Kind, role, e.Config, lookup); err != nil {
 			var fe *connectors.FieldError

@@ -67,7 +67,7 @@ func (w *Worker) onAssign(base context.Context, m *nats.Msg) {
 	reply := func(err error) {
 		r := protocol.AssignReply{OK: err == nil}
 		if err != nil {
-			r.Error = err.Error()
+			r.Error = w.reg.Scrub(err.Error())
 		}
 		b, _ := json.Marshal(r)
 		_ = m.Respond(b)
@@ -124,7 +124,7 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 		if s != nil {
 			cur = s
 		}
-		lastErr = err
+		lastErr = w.reg.ScrubError(err)
 	}
 	status := func() protocol.StreamStatus {
 		mu.Lock()

@@ -72,6 +72,9 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 	out, err := w.execute(ctx, task, attempt, log)
 	stopProgress()
 	finished := time.Now()
+	// What leaves the worker (result, trace, log) never shows a value a
+	// ${NAME} reference expanded to.
+	err = w.reg.ScrubError(err)
 
 	if w.killed.Load() {
 		return // a crash settles nothing

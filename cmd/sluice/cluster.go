@@ -24,6 +24,7 @@ import (
 type coordinatorOptions struct {
 	cf        clientFlags
 	lf        logFlags
+	ef        envFlags
 	nodeID    string
 	raftDir   string
 	raftAddr  string
@@ -31,7 +32,8 @@ type coordinatorOptions struct {
 	bootstrap bool
 	replicas  int
 	httpAddr  string
-	token     string
+	tf        tokenFlags
+	headers   []string
 	limits    streamLimits
 }
 
@@ -75,6 +77,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs := cmd.Flags()
 	o.cf.registerServer(fs)
 	o.lf.register(fs)
+	o.ef.register(fs)
 	fs.StringVar(&o.nodeID, "node-id", "", "this node's id in the Raft cluster (required)")
 	fs.StringVar(&o.raftDir, "raft-dir", "", "where Raft keeps its log and snapshots (default <data-dir>/raft-<node-id>)")
 	fs.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:7001", "Raft transport address (host:port) other coordinators reach")
@@ -82,7 +85,8 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.BoolVar(&o.bootstrap, "bootstrap", false, "bootstrap a new cluster from --raft-peers (on exactly one node, once)")
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
-	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN)")
+	o.tf.register(fs)
+	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	o.limits.register(fs)
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
@@ -102,12 +106,20 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		dir = o.cf.dataDir + "/raft-" + o.nodeID
 	}
 	var ln net.Listener
+	var token string
 	if o.httpAddr != "" {
-		// Refuse a taken address before joining the cluster.
+		if token, err = o.tf.token(); err != nil {
+			return err
+		}
+		// Refuse a taken address, or an open one, before joining the
+		// cluster.
 		if ln, err = listenAPI(o.httpAddr); err != nil {
 			return err
 		}
 		defer ln.Close()
+		if err := checkAPIBind(ln, token); err != nil {
+			return err
+		}
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
@@ -121,10 +133,10 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	}
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
-	reg := newRegistryIn("the coordinator " + o.nodeID)
+	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
@@ -138,7 +150,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		if err != nil {
 			return err
 		}
-		stop := serveAPI(ctx, ln, coordinator.NewClient(nc), js, reg, o.token, log)
+		stop := serveAPI(ctx, ln, coordinator.NewClient(nc), js, reg, token, log)
 		defer stop()
 	}
 	return c.Run(ctx)
@@ -163,6 +175,7 @@ func parsePeers(s string) ([]coordinator.Peer, error) {
 type workerOptions struct {
 	cf    clientFlags
 	lf    logFlags
+	ef    envFlags
 	id    string
 	slots int
 	drain time.Duration
@@ -181,6 +194,7 @@ func newWorkerCmd() *cobra.Command {
 	fs := cmd.Flags()
 	o.cf.registerServer(fs)
 	o.lf.register(fs)
+	o.ef.register(fs)
 	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
 	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
@@ -203,7 +217,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	defer nc.Close()
-	reg := newRegistryIn("a worker")
+	reg, log := o.ef.registry("a worker", log)
 	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,14 +25,45 @@ func newRegistry() *connectors.Registry {
 
 // newRegistryIn registers every connector this build has, for a process
 // that opens connectors: an unset `${NAME}` is said to be missing from the
-// environment of what (its pid added).
+// environment of what (its pid added). Specs may refer to the variables
+// SLUICE_ALLOW_ENV names besides SLUICE_*.
 func newRegistryIn(what string) *connectors.Registry {
 	reg := connectors.NewRegistry()
 	if what != "" {
 		reg.SetProcess(fmt.Sprintf("%s (pid %d)", what, os.Getpid()))
 	}
+	reg.AllowEnv(splitEnvList("SLUICE_ALLOW_ENV")...)
 	builtin.Register(reg)
 	return reg
+}
+
+// splitEnvList returns the comma-separated names of environment variable
+// v, empty ones left out.
+func splitEnvList(v string) []string {
+	var out []string
+	for _, n := range strings.Split(os.Getenv(v), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// envFlags say which environment variables specs may refer to, in a
+// process that opens connectors.
+type envFlags struct{ allow []string }
+
+func (e *envFlags) register(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&e.allow, "allow-env", nil, "environment variables specs may refer to as ${NAME} besides SLUICE_* (comma-separated; added to $SLUICE_ALLOW_ENV)")
+}
+
+// registry returns the registry of a process named what that opens
+// connectors, and log scrubbed of the values its `${NAME}` references
+// expand to.
+func (e *envFlags) registry(what string, log *slog.Logger) (*connectors.Registry, *slog.Logger) {
+	reg := newRegistryIn(what)
+	reg.AllowEnv(e.allow...)
+	return reg, slog.New(reg.LogHandler(log.Handler()))
 }
 
 // logFlags configure the process logger.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -160,6 +161,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	reg := newRegistryIn("sluice demo")
+	log = slog.New(reg.LogHandler(log.Handler()))
 	var final protocol.RunStatus
 	err = devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(root, "cluster"), Workers: o.workers, Slots: o.slots,

@@ -28,9 +28,11 @@ type devOptions struct {
 	workers  int
 	slots    int
 	httpAddr string
-	token    string
+	tf       tokenFlags
 	drain    time.Duration
 	lf       logFlags
+	ef       envFlags
+	headers  []string
 }
 
 func newDevCmd() *cobra.Command {
@@ -61,9 +63,11 @@ kill %1 stops sluice itself.`,
 	fs.IntVar(&o.workers, "workers", 2, "workers to run in this process")
 	fs.IntVar(&o.slots, "slots", 2, "tasks each worker runs at once")
 	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:8089", "HTTP API address (127.0.0.1:0: any free port; empty: off); a taken one is an error")
-	fs.StringVar(&o.token, "api-token", os.Getenv("SLUICE_API_TOKEN"), "bearer token the HTTP API requires (default $SLUICE_API_TOKEN; empty: none)")
+	o.tf.register(fs)
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long stopping may take: workers drain in-flight tasks for this less 5s, then the coordinator and NATS stop; the process exits by then in any case")
 	o.lf.register(fs)
+	o.ef.register(fs)
+	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	return cmd
 }
 
@@ -95,23 +99,31 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		return fmt.Errorf("remove the stale %s: %w", httpURLFile, err)
 	}
 	var ln net.Listener
+	var token string
 	if o.httpAddr != "" {
+		if token, err = o.tf.token(); err != nil {
+			return err
+		}
 		if ln, err = listenAPI(o.httpAddr); err != nil {
 			return err
 		}
 		defer ln.Close()
+		if err := checkAPIBind(ln, token); err != nil {
+			return err
+		}
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-dev"})
 	if err != nil {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
+	reg, log := o.ef.registry("sluice dev", log)
 	done := make(chan error, 1)
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: newRegistryIn("sluice dev"), Lock: lock},
-			Listener: ln, APIToken: o.token,
+				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers},
+			Listener: ln, APIToken: token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))
 			if l.HTTPURL != "" {

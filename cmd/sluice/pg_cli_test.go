@@ -83,10 +83,20 @@ func TestApplyCheckAndSecrets(t *testing.T) {
 			t.Errorf("apply --check of a good spec: %v\n%s", err, out)
 		}
 
-		// A password as written: warned of at apply, never shown.
+		// A password as written: refused unless the spec allows it, then
+		// warned of at apply, never shown.
 		literal := strings.Replace(dsn, "sluice@", "sluice:hunter2@", 1)
-		secret := writeSpec(t, root, "secret.yaml", strings.ReplaceAll(full("secret", "orders", "orders_s"), "'${SLUICE_CLI_TEST_DSN}'", "'"+literal+"'"))
+		text := strings.ReplaceAll(full("secret", "orders", "orders_s"), "'${SLUICE_CLI_TEST_DSN}'", "'"+literal+"'")
+		secret := writeSpec(t, root, "secret.yaml", text)
 		_, errOut, err := sluice(ctx, "apply", "-f", secret, "--nats", url)
+		if err == nil || !strings.Contains(err.Error(), "source.dsn: holds a password as written") || strings.Contains(err.Error()+errOut, "hunter2") {
+			t.Errorf("apply of a spec with a password: %v; stderr %q; want it refused naming source.dsn", err, errOut)
+		}
+		if ps, err := l.Client.Pipelines(ctx); err != nil || len(ps) != 1 {
+			t.Fatalf("pipelines after the refused spec: %+v %v; want only orders", ps, err)
+		}
+		secret = writeSpec(t, root, "secret.yaml", strings.TrimRight(text, "\n")+"\nallow_literal_secrets: true\n")
+		_, errOut, err = sluice(ctx, "apply", "-f", secret, "--nats", url)
 		if err != nil || !strings.Contains(errOut, "source.dsn holds a password as written") || !strings.Contains(errOut, "${SLUICE_PG_DSN}") {
 			t.Errorf("apply of a spec with a password: %v; stderr %q", err, errOut)
 		}

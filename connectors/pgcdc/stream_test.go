@@ -48,7 +48,7 @@ func TestCDCSourceRegistered(t *testing.T) {
 	}
 	ep, err := reg.InitialSnapshot(postgres.Kind, connectors.SnapshotRequest{
 		Pipeline: "shop-cdc",
-		Config:   json.RawMessage(`{"dsn":"${SHOP_DSN}","tables":["public.orders"]}`),
+		Config:   json.RawMessage(`{"dsn":"${SLUICE_SHOP_DSN}","tables":["public.orders"]}`),
 		Settings: connectors.StreamSettings{Slot: "sluice_shop", Publication: "sluice_pub", TargetRows: 500, MessageEvents: 20, Heartbeat: time.Second},
 	})
 	if err != nil {
@@ -57,7 +57,7 @@ func TestCDCSourceRegistered(t *testing.T) {
 	if ep.Source.Kind != pgcdc.SnapshotKind || ep.Sink.Kind != pgcdc.EventsKind {
 		t.Fatalf("endpoints %+v", ep)
 	}
-	lookup := func(name string) (string, bool) { return "postgres://u@h/db", name == "SHOP_DSN" }
+	lookup := func(name string) (string, bool) { return "postgres://u@h/db", name == "SLUICE_SHOP_DSN" }
 	if err := reg.Validate(ep.Source.Kind, connectors.RoleSource, ep.Source.Config, lookup); err != nil {
 		t.Errorf("snapshot source %s: %v", ep.Source.Config, err)
 	}
@@ -72,7 +72,7 @@ func TestCDCSourceRegistered(t *testing.T) {
 	if err := json.Unmarshal(ep.Sink.Config, &sink); err != nil {
 		t.Fatal(err)
 	}
-	wantSrc := pgcdc.SnapshotConfig{DSN: "${SHOP_DSN}", Tables: []string{"public.orders"}, Slot: "sluice_shop", Publication: "sluice_pub", TargetRows: 500, ReplaceSlot: true}
+	wantSrc := pgcdc.SnapshotConfig{DSN: "${SLUICE_SHOP_DSN}", Tables: []string{"public.orders"}, Slot: "sluice_shop", Publication: "sluice_pub", TargetRows: 500, ReplaceSlot: true}
 	if fmt.Sprint(src) != fmt.Sprint(wantSrc) {
 		t.Errorf("snapshot source %+v, want %+v", src, wantSrc)
 	}
