@@ -317,6 +317,11 @@ type SinkConfig struct {
 	// 5m. Brokers refuse more than their transaction.max.timeout.ms (15m
 	// by default).
 	TransactionTimeout string `json:"transaction_timeout,omitempty"`
+	// ConsumerGroup, for the sink of a passthrough whose source topic is
+	// on the same cluster, is the consumer group whose offsets each
+	// commit moves to the offsets the run read, in the run's transaction,
+	// so that the group's lag is the pipeline's; empty commits none.
+	ConsumerGroup string `json:"consumer_group,omitempty"`
 }
 
 // Validate checks the configuration without I/O.

@@ -8,7 +8,8 @@ import (
 )
 
 // Register adds the kafka connector to reg: a source read by position or
-// by windows of time, a sink appending each run in one transaction.
+// by windows of time, a sink appending each run in one transaction, both
+// the sides of a passthrough of records from topic to topic.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
 		Kind: Kind,
@@ -33,6 +34,8 @@ func Register(reg *connectors.Registry) {
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 		Params:         checkParams,
 		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
+		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+			ValidateSource: ValidateSource, ValidateSink: ValidateSink},
 	})
 }
 

@@ -323,12 +323,9 @@ func parseWatermark(wm, topic string) (map[int32]int64, error) {
 // Read reads one task's offset range and emits its records as JSONL rows,
 // a batch per fetch.
 func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
-	var r offsetRange
-	if err := json.Unmarshal(p.Spec, &r); err != nil {
-		return permanentf("partition %s: bad spec: %v", p.Key, err)
-	}
-	if r.Topic != s.cfg.Topic {
-		return permanentf("partition %s is of topic %s, not %s", p.Key, r.Topic, s.cfg.Topic)
+	r, err := s.taskRange(p)
+	if err != nil {
+		return err
 	}
 	enc := newRowEncoder(s.cfg)
 	typed, err := s.typedRows()
@@ -369,6 +366,18 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 		return fmt.Errorf("read %s: %w", r, err)
 	}
 	return nil
+}
+
+// taskRange returns the offset range task partition p reads.
+func (s *Source) taskRange(p protocol.Partition) (offsetRange, error) {
+	var r offsetRange
+	if err := json.Unmarshal(p.Spec, &r); err != nil {
+		return r, permanentf("partition %s: bad spec: %v", p.Key, err)
+	}
+	if r.Topic != s.cfg.Topic {
+		return r, permanentf("partition %s is of topic %s, not %s", p.Key, r.Topic, s.cfg.Topic)
+	}
+	return r, nil
 }
 
 // typedRows returns the builder of the Arrow records a source of format
