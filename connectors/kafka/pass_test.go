@@ -1,102 +1,13 @@
 package kafka_test
 
 import (
-	"bytes"
-	"fmt"
-	"slices"
 	"testing"
-	"time"
-
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
 	"github.com/sluicehq/sluice/connectors/kafka"
 	"github.com/sluicehq/sluice/connectors/kafka/kafkatest"
 )
-
-// fillRecords produces n records to topic, round robin over its
-// partitions: keys (some null), values (some null, some empty), headers
-// (none, several, repeated names, null values, and the names the sink
-// stages with), and timestamps of their own that do not grow with the
-// offset. Every fifth batch goes through a transaction that aborts.
-func fillRecords(t *testing.T, c *kafkatest.Cluster, topic string, partitions int32, from, n int) {
-	t.Helper()
-	plain := c.Client(t, kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	txn := c.Client(t, kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.TransactionalID("fill-"+topic))
-	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	const batch = 40
-	for b := from / batch; b*batch < from+n; b++ {
-		var recs []*kgo.Record
-		for i := max(from, b*batch); i < min(from+n, (b+1)*batch); i++ {
-			r := &kgo.Record{Topic: topic, Partition: int32(i) % partitions,
-				Timestamp: base.Add(time.Duration((i*7919)%1000) * time.Second)}
-			if i%9 != 0 {
-				r.Key = fmt.Appendf(nil, "k%d", i)
-			}
-			switch i % 13 {
-			case 0: // null value: a tombstone
-			case 1:
-				r.Value = []byte{}
-			default:
-				r.Value = fmt.Appendf(nil, `{"i":%d,"bin":"%x"}`, i, []byte{byte(i), 0, 0xff})
-			}
-			switch i % 4 {
-			case 1:
-				r.Headers = []kgo.RecordHeader{{Key: "h", Value: fmt.Append(nil, i)}}
-			case 2:
-				r.Headers = []kgo.RecordHeader{{Key: "dup", Value: []byte("a")}, {Key: "dup", Value: []byte("b")}, {Key: "nil"}}
-			case 3:
-				r.Headers = []kgo.RecordHeader{{Key: "sluice-partition", Value: []byte("99")}, {Key: "sluice-attempt", Value: []byte("x")}}
-			}
-			recs = append(recs, r)
-		}
-		if b%5 == 4 {
-			inTxn(t, txn, recs, kgo.TryAbort)
-			continue
-		}
-		c.Produce(t, plain, recs...)
-	}
-}
-
-// samePartitions reports how the committed records of topic dst differ
-// from those of src: partition by partition, the same records in the same
-// order, each with its key, value, headers and timestamp.
-func samePartitions(t *testing.T, c *kafkatest.Cluster, src, dst string) error {
-	t.Helper()
-	byPart := func(topic string) map[int32][]*kgo.Record {
-		out := map[int32][]*kgo.Record{}
-		for _, r := range c.Records(t, topic, true) {
-			out[r.Partition] = append(out[r.Partition], r)
-		}
-		return out
-	}
-	want, got := byPart(src), byPart(dst)
-	for p, ws := range want {
-		gs := got[p]
-		if len(gs) != len(ws) {
-			return fmt.Errorf("partition %d: %d records in %s, %d in %s", p, len(ws), src, len(gs), dst)
-		}
-		for i, w := range ws {
-			g := gs[i]
-			if !bytes.Equal(g.Key, w.Key) || (g.Key == nil) != (w.Key == nil) ||
-				!bytes.Equal(g.Value, w.Value) || (g.Value == nil) != (w.Value == nil) ||
-				!g.Timestamp.Equal(w.Timestamp) || !slices.EqualFunc(g.Headers, w.Headers, func(a, b kgo.RecordHeader) bool {
-				return a.Key == b.Key && bytes.Equal(a.Value, b.Value) && (a.Value == nil) == (b.Value == nil)
-			}) {
-				return fmt.Errorf("partition %d record %d: %s has %q=%q %v %v, %s has %q=%q %v %v", p, i,
-					src, w.Key, w.Value, w.Headers, w.Timestamp, dst, g.Key, g.Value, g.Headers, g.Timestamp)
-			}
-		}
-	}
-	for p, gs := range got {
-		if _, ok := want[p]; !ok && len(gs) > 0 {
-			return fmt.Errorf("partition %d of %s holds %d records, %s has no such partition", p, dst, len(gs), src)
-		}
-	}
-	return nil
-}
 
 // A passthrough copies a topic record for record, partition to partition:
 // keys, values, headers and timestamps as they are, in order, aborted
@@ -109,7 +20,7 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 	c := kafkatest.Start(t)
 	const parts = 4
 	c.CreateTopic(t, "src", parts)
-	fillRecords(t, c, "src", parts, 0, 600)
+	c.FillRecords(t, "src", parts, 0, 600)
 	ctx := t.Context()
 	srcCfg := sourceConfig(c, "src")
 	srcCfg.RecordsPerTask = 50
@@ -151,10 +62,12 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 	if err := r.Commit(ctx, sink); err != nil {
 		t.Fatal(err)
 	}
-	if err := samePartitions(t, c, "src", "dst"); err != nil {
+	if err := c.Compare(t, "src", "dst"); err != nil {
 		t.Fatalf("after run-1: %v", err)
 	}
-	checkGroup(t, c, "mirror", "src")
+	if lag := c.Lag(t, "mirror", "src"); lag != 0 {
+		t.Errorf("the consumer group lags %d records", lag)
+	}
 	if err := r.Commit(ctx, sink); err != nil {
 		t.Fatalf("repeated commit: %v", err)
 	}
@@ -163,12 +76,12 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 		t.Fatalf("commit repeated by a new sink: %v", err)
 	}
 	other.Close()
-	if err := samePartitions(t, c, "src", "dst"); err != nil {
+	if err := c.Compare(t, "src", "dst"); err != nil {
 		t.Fatalf("after run-1's commit was repeated: %v", err)
 	}
 
 	// Run 2 stages the new records and aborts: the target keeps run 1's.
-	fillRecords(t, c, "src", parts, 600, 300)
+	c.FillRecords(t, "src", parts, 600, 300)
 	r2, err := conformance.PlanUnits(ctx, src, sink, "run-2", &r, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)
@@ -179,41 +92,18 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 	if err := sink.AbortUnits(ctx, "run-2"); err != nil {
 		t.Fatal(err)
 	}
-	if samePartitions(t, c, "src", "dst") == nil {
+	if c.Compare(t, "src", "dst") == nil {
 		t.Fatal("after run-2 aborted the target holds the new records")
 	}
 	// Run 3, from run 1's watermark, copies them.
 	if _, err := conformance.RunUnits(ctx, src, sink, "run-3", &r, connectors.Partitioning{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := samePartitions(t, c, "src", "dst"); err != nil {
+	if err := c.Compare(t, "src", "dst"); err != nil {
 		t.Fatalf("after run-3: %v", err)
 	}
-	checkGroup(t, c, "mirror", "src")
-}
-
-// checkGroup checks that group's committed offsets of topic are at the
-// end of each partition.
-func checkGroup(t *testing.T, c *kafkatest.Cluster, group, topic string) {
-	t.Helper()
-	adm := kadm.NewClient(c.Client(t))
-	lag, err := adm.Lag(t.Context(), group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gl := lag[group]
-	if gl.Error() != nil {
-		t.Fatal(gl.Error())
-	}
-	n := 0
-	for _, l := range gl.Lag[topic] {
-		n++
-		if l.Err != nil || l.Lag != 0 {
-			t.Errorf("group %s lags %d on %s/%d (%v)", group, l.Lag, topic, l.Partition, l.Err)
-		}
-	}
-	if n == 0 {
-		t.Errorf("group %s has no offsets of %s", group, topic)
+	if lag := c.Lag(t, "mirror", "src"); lag != 0 {
+		t.Errorf("the consumer group lags %d records", lag)
 	}
 }
 
@@ -222,7 +112,7 @@ func checkGroup(t *testing.T, c *kafkatest.Cluster, group, topic string) {
 func TestPassthroughFewerPartitions(t *testing.T) {
 	c := kafkatest.Start(t)
 	c.CreateTopic(t, "src", 3)
-	fillRecords(t, c, "src", 3, 0, 60)
+	c.FillRecords(t, "src", 3, 0, 60)
 	src := openSource(t, sourceConfig(c, "src"))
 	defer src.Close()
 	sink := openSink(t, kafka.SinkConfig{Cluster: c.Config(), Topic: "dst", Partitions: 2})
