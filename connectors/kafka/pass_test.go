@@ -82,6 +82,12 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 
 	// Run 2 stages the new records and aborts: the target keeps run 1's.
 	c.FillRecords(t, "src", parts, 600, 300)
+	if lag, err := src.Lag(ctx, r.Watermark); err != nil || lag != c.Lag(t, "mirror", "src") || lag == 0 {
+		t.Errorf("the source's lag past run-1's watermark is %d (%v), the consumer group's %d", lag, err, c.Lag(t, "mirror", "src"))
+	}
+	if lag, err := src.Lag(ctx, ""); err != nil || lag < 900 {
+		t.Errorf("the source's lag before any run is %d (%v), want every offset", lag, err)
+	}
 	r2, err := conformance.PlanUnits(ctx, src, sink, "run-2", &r, connectors.Partitioning{})
 	if err != nil {
 		t.Fatal(err)

@@ -196,6 +196,40 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	return plan, nil
 }
 
+// Lag counts the offsets of the topic past watermark, up to each
+// partition's end (its last stable offset under read_committed), from
+// its first offset for a partition the watermark does not name (all of
+// them for an empty watermark): what runs by position, and passthrough
+// runs, have yet to read, as a consumer group's lag counts it.
+func (s *Source) Lag(ctx context.Context, watermark string) (int64, error) {
+	wm, err := parseWatermark(watermark, s.cfg.Topic)
+	if err != nil {
+		return 0, err
+	}
+	starts, err := s.listOffsets(ctx, "start", func() (kadm.ListedOffsets, error) { return s.adm.ListStartOffsets(ctx, s.cfg.Topic) })
+	if err != nil {
+		return 0, err
+	}
+	ends, err := s.listOffsets(ctx, "end", func() (kadm.ListedOffsets, error) {
+		if s.cfg.committed() {
+			return s.adm.ListCommittedOffsets(ctx, s.cfg.Topic)
+		}
+		return s.adm.ListEndOffsets(ctx, s.cfg.Topic)
+	})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for p, end := range ends {
+		from, ok := wm[p]
+		if !ok || from < starts[p] {
+			from = starts[p]
+		}
+		n += max(end-from, 0)
+	}
+	return n, nil
+}
+
 func timestampHint(c SourceConfig) string {
 	if c.format() == FormatRecord {
 		return "timestamp"
