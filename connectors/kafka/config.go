@@ -439,4 +439,38 @@ func ValidateSink(raw json.RawMessage) error {
 	return err
 }
 
+// ValidatePassthroughSource checks the configuration of a passthrough
+// source without I/O: it copies records as they are, so the fields that
+// make rows of them are refused.
+func ValidatePassthroughSource(raw json.RawMessage) error {
+	c, err := parseSourceConfig(raw)
+	switch {
+	case err != nil:
+		return err
+	case c.Format != "":
+		return passOnly("format", "it copies records as they are, not rows")
+	case c.Metadata:
+		return passOnly("metadata", "it copies records as they are, not rows")
+	case c.Encoding != "":
+		return passOnly("encoding", "it copies keys, values and headers as bytes")
+	case len(c.Columns) > 0:
+		return passOnly("columns", "it copies values as they are")
+	}
+	return nil
+}
+
+// ValidatePassthroughSink checks the configuration of a passthrough sink
+// without I/O: each record goes to the partition of its source's number.
+func ValidatePassthroughSink(raw json.RawMessage) error {
+	c, err := parseSinkConfig(raw)
+	if err == nil && len(c.Key) > 0 {
+		return passOnly("key", "records keep their keys and partitions")
+	}
+	return err
+}
+
+func passOnly(field, why string) error {
+	return &connectors.FieldError{Field: field, Msg: "is not used by pattern passthrough: " + why}
+}
+
 var errNoBrokers = errors.New("no brokers: set brokers, or the environment variable <auth_env>_BROKERS")

@@ -1,6 +1,8 @@
 package kafka_test
 
 import (
+	"encoding/json"
+	"errors"
 	"testing"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -110,6 +112,32 @@ func TestPassthroughKafkaToKafka(t *testing.T) {
 	}
 	if lag := c.Lag(t, "mirror", "src"); lag != 0 {
 		t.Errorf("the consumer group lags %d records", lag)
+	}
+}
+
+// A passthrough spec takes only the fields that mean something for a copy
+// of records.
+func TestPassthroughConfig(t *testing.T) {
+	for _, tc := range []struct {
+		validate func(json.RawMessage) error
+		config   string
+		field    string
+	}{
+		{kafka.ValidatePassthroughSource, `{"brokers":["b:9092"],"topic":"t","records_per_task":10}`, ""},
+		{kafka.ValidatePassthroughSource, `{"brokers":["b:9092"],"topic":"t","format":"record"}`, "format"},
+		{kafka.ValidatePassthroughSource, `{"brokers":["b:9092"],"topic":"t","metadata":true}`, "metadata"},
+		{kafka.ValidatePassthroughSource, `{"brokers":["b:9092"],"topic":"t","columns":[{"name":"id","type":"int64"}]}`, "columns"},
+		{kafka.ValidatePassthroughSink, `{"brokers":["b:9092"],"topic":"t","partitions":3,"consumer_group":"g"}`, ""},
+		{kafka.ValidatePassthroughSink, `{"brokers":["b:9092"],"topic":"t","key":["id"]}`, "key"},
+	} {
+		err := tc.validate(json.RawMessage(tc.config))
+		var fe *connectors.FieldError
+		switch {
+		case tc.field == "" && err != nil:
+			t.Errorf("%s: %v", tc.config, err)
+		case tc.field != "" && (!errors.As(err, &fe) || fe.Field != tc.field):
+			t.Errorf("%s: %v, want an error naming %s", tc.config, err, tc.field)
+		}
 	}
 }
 

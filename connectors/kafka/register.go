@@ -35,7 +35,7 @@ func Register(reg *connectors.Registry) {
 		Params:         checkParams,
 		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
 		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
-			ValidateSource: ValidateSource, ValidateSink: ValidateSink},
+			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
 }
 
