@@ -173,6 +173,11 @@ type Positions struct {
 	// with an error saying why not; nil accepts every configuration. It
 	// does no I/O and sees the configuration with ${ENV} unexpanded.
 	Check func(config json.RawMessage) error
+	// Lag, when set, counts what a source of the configuration holds past
+	// the position watermark (all it holds for an empty one): the records
+	// the next runs have to read. ctx bounds the call, which asks the
+	// source; sluice status shows the count.
+	Lag func(ctx context.Context, config json.RawMessage, watermark string) (int64, error)
 }
 
 // PositionBy is the generic spelling of incremental.by for every source

@@ -314,6 +314,21 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 	return nil
 }
 
+// Lag counts what a source of the given kind and configuration holds
+// past watermark (Positions.Lag); ok is false for a kind that cannot say.
+func (r *Registry) Lag(ctx context.Context, kind string, config json.RawMessage, watermark string) (n int64, ok bool, err error) {
+	e, found := r.kinds[kind]
+	if !found || e.positions == nil || e.positions.Lag == nil {
+		return 0, false, nil
+	}
+	cfg, err := r.expand(config)
+	if err != nil {
+		return 0, true, err
+	}
+	n, err = e.positions.Lag(ctx, cfg, watermark)
+	return n, true, err
+}
+
 // SinkAppends reports whether a sink of the given kind appends runs
 // without a window (Connector.SinkAppends).
 func (r *Registry) SinkAppends(kind string) bool {

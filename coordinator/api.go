@@ -462,8 +462,22 @@ func (t *leaderTerm) pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	if p.Spec.Trigger.External() {
 		s.Events = t.ext.get(p.Spec.Name)
 	}
+	if p.Spec.Pattern == protocol.PatternPassthrough || p.Spec.Incremental.Positioned() {
+		ctx, cancel := context.WithTimeout(context.Background(), lagTimeout)
+		defer cancel()
+		n, ok, err := t.c.reg.Lag(ctx, p.Spec.Source.Kind, p.Spec.Source.Config, p.Watermark)
+		switch {
+		case err != nil:
+			s.LagError = err.Error()
+		case ok:
+			s.Lag = &n
+		}
+	}
 	return s
 }
+
+// lagTimeout bounds asking a source for a pipeline's lag in a status.
+const lagTimeout = 3 * time.Second
 
 func pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	s := protocol.PipelineStatus{Name: p.Spec.Name, Pattern: p.Spec.Pattern, Revision: p.Revision,

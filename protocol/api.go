@@ -156,6 +156,12 @@ type PipelineStatus struct {
 	Version   int64  `json:"version"`
 	LastRun   string `json:"last_run,omitempty"`
 	Watermark string `json:"watermark,omitempty"`
+	// Lag counts what the source of a pipeline read by position (or of a
+	// passthrough) holds past the watermark, for sources that can say
+	// (Kafka: the records not copied yet, as a consumer group's lag);
+	// LagError says why it could not be counted.
+	Lag      *int64 `json:"lag,omitempty"`
+	LagError string `json:"lag_error,omitempty"`
 	// RollbackTo is the version a rollback recorded but not finished yet
 	// exposes (0: none pending); the leader finishes it before it commits
 	// anything of the pipeline.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors/files"
 	"github.com/sluicehq/sluice/devcluster"
+	"github.com/sluicehq/sluice/pipeline"
 )
 
 // columnsYAML declares the values' columns to the Sluice source, as the
@@ -290,14 +291,36 @@ func (b *bench) bareProduceLoop(ctx context.Context, _ *devcluster.Cluster) erro
 
 // sluiceToKafka is (d), checked like (c).
 func (b *bench) sluiceToKafka(ctx context.Context, c *devcluster.Cluster) error {
-	m := b.ms["sluice_kafka_to_kafka"]
-	before, err := b.endOffsets(ctx, sluiceOutTopic)
+	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_to_kafka"], kafkaPipeline, sluiceOutTopic, "(d)", "sluice kafka")
+}
+
+// sluicePassthrough is (e), checked like (c): a new passthrough pipeline
+// copies the whole topic into passOutTopic, partition to partition.
+func (b *bench) sluicePassthrough(ctx context.Context, c *devcluster.Cluster) error {
+	b.passes++
+	name := fmt.Sprintf("%s-%d", passPipeline, b.passes)
+	text := fmt.Sprintf("name: %s\npattern: passthrough\nsource: {kind: kafka, brokers: [%q], topic: %s, records_per_task: %d}\nsink: {kind: kafka, brokers: [%q], topic: %s}\n",
+		name, b.brokers[0], srcTopic, b.cfg.perTask, b.brokers[0], passOutTopic)
+	spec, err := pipeline.Load([]byte(text), "bench", b.reg, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Client.Apply(ctx, spec); err != nil {
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_passthrough"], name, passOutTopic, "(e)", "sluice passthrough")
+}
+
+// runIntoTopic times a run of pipeline name into topic as m, checking it
+// like (c).
+func (b *bench) runIntoTopic(ctx context.Context, c *devcluster.Cluster, m *measurement, name, topic, label, short string) error {
+	before, err := b.endOffsets(ctx, topic)
 	if err != nil {
 		return err
 	}
 	var tasks int
 	secs, err := timed(m, func() error {
-		st, err := runPipeline(ctx, c, kafkaPipeline)
+		st, err := runPipeline(ctx, c, name)
 		tasks = st.Tasks
 		if err == nil && st.Rows != b.cfg.records {
 			err = fmt.Errorf("run %s: %d rows, want %d", st.RunID, st.Rows, b.cfg.records)
@@ -305,14 +328,14 @@ func (b *bench) sluiceToKafka(ctx context.Context, c *devcluster.Cluster) error 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("(d): %w", err)
+		return fmt.Errorf("%s: %w", label, err)
 	}
-	if err := b.checkAppended(ctx, sluiceOutTopic, before); err != nil {
-		return fmt.Errorf("(d): %w", err)
+	if err := b.checkAppended(ctx, topic, before); err != nil {
+		return fmt.Errorf("%s: %w", label, err)
 	}
 	m.Tasks = tasks
 	m.Verified = "the target topic grew by the source's records and one commit marker a partition, no transaction left open"
-	fmt.Fprintf(b.stdout, ", sluice kafka %.2fs", secs)
+	fmt.Fprintf(b.stdout, ", %s %.2fs", short, secs)
 	return nil
 }
 

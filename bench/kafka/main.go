@@ -10,6 +10,10 @@
 //	    topic in one transaction                     baseline of (d)
 //	(d) Sluice Kafka -> Kafka                        a full load, the sink's
 //	                                                 run in one transaction
+//	(e) Sluice Kafka -> Kafka passthrough            records as they are,
+//	                                                 partition to partition,
+//	                                                 the run in one
+//	                                                 transaction; baseline (c)
 //
 // The topic holds --records JSON records over --partitions partitions. Each
 // measurement runs --reps times interleaved and the best time counts; every
@@ -63,8 +67,10 @@ const (
 	srcTopic        = "bench-src"
 	bareOutTopic    = "bench-bare-out"
 	sluiceOutTopic  = "bench-sluice-out"
+	passOutTopic    = "bench-pass-out"
 	parquetPipeline = "bench-kafka-parquet"
 	kafkaPipeline   = "bench-kafka-kafka"
+	passPipeline    = "bench-kafka-pass"
 )
 
 type config struct {
@@ -124,12 +130,16 @@ type bench struct {
 	srcBytes int64
 	// bareParquet is the file of (a), sluiceParquet the dataset of (b).
 	bareParquet, sluiceParquet string
+	// passes counts the passthrough pipelines of (e): each rep applies a
+	// new one, as a passthrough copies only what is new since its last run.
+	passes int
+	reg    *connectors.Registry
 }
 
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	hdr := harness.NewHeader("kafka", cfg.smoke,
 		fmt.Sprintf("shared, noisy machine (2 cores, other builds and tests running): best of %d interleaved repetitions; kfake in process, so every figure includes the broker's CPU on the same cores; trust the ratios more than the absolute figures", cfg.reps))
-	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(cfg.partitions), srcTopic, bareOutTopic, sluiceOutTopic))
+	kc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(cfg.partitions), srcTopic, bareOutTopic, sluiceOutTopic, passOutTopic))
 	if err != nil {
 		return fmt.Errorf("start kfake: %w", err)
 	}
@@ -160,15 +170,17 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	b.bareParquet = filepath.Join(dir, "bare.parquet")
 	b.sluiceParquet = filepath.Join(dir, "sluice-parquet")
 	b.ms = map[string]*measurement{
-		"bare_consume_to_parquet": {Key: "bare_consume_to_parquet", Label: "(a) franz-go consume loop -> one Parquet file (pqarrow, zstd)"},
-		"sluice_kafka_to_parquet": {Key: "sluice_kafka_to_parquet", Label: "(b) Sluice Kafka -> Parquet files (full load)", Baseline: "bare_consume_to_parquet", Target: targetParquet},
-		"bare_consume_produce":    {Key: "bare_consume_produce", Label: "(c) franz-go consume loop -> produce, one transaction"},
-		"sluice_kafka_to_kafka":   {Key: "sluice_kafka_to_kafka", Label: "(d) Sluice Kafka -> Kafka (full load, one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
+		"bare_consume_to_parquet":  {Key: "bare_consume_to_parquet", Label: "(a) franz-go consume loop -> one Parquet file (pqarrow, zstd)"},
+		"sluice_kafka_to_parquet":  {Key: "sluice_kafka_to_parquet", Label: "(b) Sluice Kafka -> Parquet files (full load)", Baseline: "bare_consume_to_parquet", Target: targetParquet},
+		"bare_consume_produce":     {Key: "bare_consume_produce", Label: "(c) franz-go consume loop -> produce, one transaction"},
+		"sluice_kafka_to_kafka":    {Key: "sluice_kafka_to_kafka", Label: "(d) Sluice Kafka -> Kafka (full load, one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
+		"sluice_kafka_passthrough": {Key: "sluice_kafka_passthrough", Label: "(e) Sluice Kafka -> Kafka passthrough (one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
 	}
 
 	reg := connectors.NewRegistry()
 	files.Register(reg)
 	kafka.Register(reg)
+	b.reg = reg
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	return devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(dir, "cluster"), Workers: cfg.workers, Slots: cfg.slots,
@@ -196,7 +208,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "cluster: embedded NATS, 1 coordinator, %d workers x %d slots; %d records a task\n", cfg.workers, cfg.slots, cfg.perTask)
 		for rep := 1; rep <= cfg.reps; rep++ {
 			fmt.Fprintf(stdout, "rep %d/%d:", rep, cfg.reps)
-			for _, step := range []func(context.Context, *devcluster.Cluster) error{b.bareParquetLoop, b.sluiceToParquet, b.bareProduceLoop, b.sluiceToKafka} {
+			for _, step := range []func(context.Context, *devcluster.Cluster) error{b.bareParquetLoop, b.sluiceToParquet, b.bareProduceLoop, b.sluiceToKafka, b.sluicePassthrough} {
 				if err := step(ctx, c); err != nil {
 					return err
 				}

@@ -58,7 +58,7 @@ type results struct {
 // writeResults computes each measurement's figures, prints them and
 // writes them to cfg.out.
 func writeResults(cfg config, w io.Writer, hdr harness.Header, ms map[string]*measurement, srcBytes int64) error {
-	order := []string{"bare_consume_to_parquet", "sluice_kafka_to_parquet", "bare_consume_produce", "sluice_kafka_to_kafka"}
+	order := []string{"bare_consume_to_parquet", "sluice_kafka_to_parquet", "bare_consume_produce", "sluice_kafka_to_kafka", "sluice_kafka_passthrough"}
 	for _, k := range order {
 		m := ms[k]
 		i := measure.Best(m.Seconds)

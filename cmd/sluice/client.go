@@ -261,13 +261,20 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 		fmt.Fprintf(w, "  node %s %s %s%s\n", n.ID, n.Address, n.Suffrage, mark)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSTARTS ON\tWATERMARK")
+	fmt.Fprintln(tw, "\nPIPELINE\tPATTERN\tREVISION\tVERSION\tLAST RUN\tSTARTS ON\tWATERMARK\tLAG")
 	for _, p := range st.Pipelines {
 		version := fmt.Sprint(p.Version)
 		if p.RollbackTo != 0 {
 			version += fmt.Sprintf(" (rolling back to %d)", p.RollbackTo)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, version, dash(p.LastRun), dash(startsOn(p)), dash(truncate(p.Watermark, 40)))
+		lag := ""
+		switch {
+		case p.Lag != nil:
+			lag = fmt.Sprint(*p.Lag)
+		case p.LagError != "":
+			lag = "? (" + truncate(p.LagError, 40) + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.Pattern, p.Revision, version, dash(p.LastRun), dash(startsOn(p)), dash(truncate(p.Watermark, 40)), dash(lag))
 	}
 	fmt.Fprintln(tw, "\nRUN\tSTATE\tTASKS\tROWS\tBYTES\tVERSION\tCREATED\tERROR")
 	for _, r := range st.Runs {

@@ -317,6 +317,11 @@ type SinkConfig struct {
 	// 5m. Brokers refuse more than their transaction.max.timeout.ms (15m
 	// by default).
 	TransactionTimeout string `json:"transaction_timeout,omitempty"`
+	// ConsumerGroup, for the sink of a passthrough whose source topic is
+	// on the same cluster, is the consumer group whose offsets each
+	// commit moves to the offsets the run read, in the run's transaction,
+	// so that the group's lag is the pipeline's; empty commits none.
+	ConsumerGroup string `json:"consumer_group,omitempty"`
 }
 
 // Validate checks the configuration without I/O.
@@ -432,6 +437,40 @@ func ValidateSource(raw json.RawMessage) error {
 func ValidateSink(raw json.RawMessage) error {
 	_, err := parseSinkConfig(raw)
 	return err
+}
+
+// ValidatePassthroughSource checks the configuration of a passthrough
+// source without I/O: it copies records as they are, so the fields that
+// make rows of them are refused.
+func ValidatePassthroughSource(raw json.RawMessage) error {
+	c, err := parseSourceConfig(raw)
+	switch {
+	case err != nil:
+		return err
+	case c.Format != "":
+		return passOnly("format", "it copies records as they are, not rows")
+	case c.Metadata:
+		return passOnly("metadata", "it copies records as they are, not rows")
+	case c.Encoding != "":
+		return passOnly("encoding", "it copies keys, values and headers as bytes")
+	case len(c.Columns) > 0:
+		return passOnly("columns", "it copies values as they are")
+	}
+	return nil
+}
+
+// ValidatePassthroughSink checks the configuration of a passthrough sink
+// without I/O: each record goes to the partition of its source's number.
+func ValidatePassthroughSink(raw json.RawMessage) error {
+	c, err := parseSinkConfig(raw)
+	if err == nil && len(c.Key) > 0 {
+		return passOnly("key", "records keep their keys and partitions")
+	}
+	return err
+}
+
+func passOnly(field, why string) error {
+	return &connectors.FieldError{Field: field, Msg: "is not used by pattern passthrough: " + why}
 }
 
 var errNoBrokers = errors.New("no brokers: set brokers, or the environment variable <auth_env>_BROKERS")

@@ -8,7 +8,8 @@ import (
 )
 
 // Register adds the kafka connector to reg: a source read by position or
-// by windows of time, a sink appending each run in one transaction.
+// by windows of time, a sink appending each run in one transaction, both
+// the sides of a passthrough of records from topic to topic.
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
 		Kind: Kind,
@@ -29,11 +30,27 @@ func Register(reg *connectors.Registry) {
 		ValidateSource: ValidateSource,
 		ValidateSink:   ValidateSink,
 		SinkAppends:    true,
-		Positions:      &connectors.Positions{},
+		Positions:      &connectors.Positions{Lag: lag},
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 		Params:         checkParams,
 		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
+		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
+}
+
+// lag counts the records of the configured topic past watermark.
+func lag(ctx context.Context, raw json.RawMessage, watermark string) (int64, error) {
+	c, err := parseSourceConfig(raw)
+	if err != nil {
+		return 0, err
+	}
+	s, err := NewSource(c)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	return s.Lag(ctx, watermark)
 }
 
 // permanent marks err as one no retry cures.

@@ -233,6 +233,22 @@ func transactionalID(pipeline string) string { return "sluice." + pipeline }
 // Commit copies the records the run's tasks staged into the topic in one
 // transaction, unless a marker says an earlier commit did.
 func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
+	return s.commit(ctx, req, nil)
+}
+
+// consumed is what a passthrough run read: offsets of the partitions of a
+// topic of the sink's cluster, committed for a consumer group in the
+// run's transaction.
+type consumed struct {
+	group   string
+	topic   topicInfo
+	name    string
+	offsets map[int32]int64
+}
+
+// commit is Commit, committing also the offsets of c (when set) in the
+// transaction.
+func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest, c *consumed) (connectors.CommitResult, error) {
 	res := connectors.CommitResult{Location: s.cfg.Topic}
 	var outs []staged
 	for i, t := range req.Tasks {
@@ -277,6 +293,9 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	if err == nil {
 		err = commitMarker(ctx, txn, transactionalID(req.Pipeline), markerGroup(req.RunID), s.cfg.Topic, info.id, copied, req.RunID)
 	}
+	if err == nil && c != nil {
+		err = commitOffsets(ctx, txn, transactionalID(req.Pipeline), c.group, c.name, c.topic.id, c.offsets, req.RunID)
+	}
 	if err != nil {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -315,24 +334,19 @@ func (s *Sink) copyStaged(ctx context.Context, txn *kgo.Client, info topicInfo, 
 		found := int64(0)
 		err := readRange(ctx, txn, s.adm, st.offsetRange, false, func(recs []*kgo.Record) error {
 			for _, r := range recs {
-				if !isAttempt(r, st.Attempt) {
+				attempt, user, partition, ok := stagedHeaders(r)
+				if !ok || attempt != st.Attempt {
 					continue
 				}
 				found++
-				out := &kgo.Record{Topic: s.cfg.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp}
+				out := &kgo.Record{Topic: s.cfg.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp, Headers: user}
 				part := -1
-				for _, h := range r.Headers {
-					switch h.Key {
-					case headerAttempt:
-					case headerPartition:
-						p, err := strconv.Atoi(string(h.Value))
-						if err != nil || p < 0 || p >= parts {
-							return permanentf("staged record %s/%d@%d names partition %q of %s, which has %d", r.Topic, r.Partition, r.Offset, h.Value, s.cfg.Topic, parts)
-						}
-						part = p
-					default:
-						out.Headers = append(out.Headers, h)
+				if partition != nil {
+					p, err := strconv.Atoi(string(partition))
+					if err != nil || p < 0 || p >= parts {
+						return permanentf("staged record %s/%d@%d names partition %q of %s, which has %d", r.Topic, r.Partition, r.Offset, partition, s.cfg.Topic, parts)
 					}
+					part = p
 				}
 				switch {
 				case part >= 0:
@@ -366,13 +380,21 @@ func (s *Sink) copyStaged(ctx context.Context, txn *kgo.Client, info topicInfo, 
 	return n, nil
 }
 
-func isAttempt(r *kgo.Record, attempt string) bool {
-	for _, h := range r.Headers {
-		if h.Key == headerAttempt {
-			return string(h.Value) == attempt
-		}
+// stagedHeaders splits the headers of a staged record: the attempt that
+// staged it (the last header), the partition of the target it goes to
+// (the one before, when there is one), and the record's own headers
+// before them, which may have any names. ok is false for a record of no
+// attempt.
+func stagedHeaders(r *kgo.Record) (attempt string, user []kgo.RecordHeader, partition []byte, ok bool) {
+	hs := r.Headers
+	if len(hs) == 0 || hs[len(hs)-1].Key != headerAttempt {
+		return "", nil, nil, false
 	}
-	return false
+	attempt, hs = string(hs[len(hs)-1].Value), hs[:len(hs)-1]
+	if len(hs) > 0 && hs[len(hs)-1].Key == headerPartition {
+		partition, hs = hs[len(hs)-1].Value, hs[:len(hs)-1]
+	}
+	return attempt, hs, partition, true
 }
 
 // committed reports whether the marker group holds an offset of topic,
@@ -407,6 +429,12 @@ func retryUnstable(ctx context.Context, fetch func() error) error {
 // within txn's open transaction: the marker that the transaction
 // happened. Its metadata names what committed it.
 func commitMarker(ctx context.Context, txn *kgo.Client, txnID, group, topic string, topicID [16]byte, offset int64, metadata string) error {
+	return commitOffsets(ctx, txn, txnID, group, topic, topicID, map[int32]int64{0: offset}, metadata)
+}
+
+// commitOffsets commits offsets of the partitions of topic for group
+// within txn's open transaction.
+func commitOffsets(ctx context.Context, txn *kgo.Client, txnID, group, topic string, topicID [16]byte, offsets map[int32]int64, metadata string) error {
 	id, epoch, err := txn.ProducerID(ctx)
 	if err != nil {
 		return fmt.Errorf("producer id: %w", err)
@@ -425,9 +453,11 @@ func commitMarker(ctx context.Context, txn *kgo.Client, txnID, group, topic stri
 	req.Generation, req.MemberID = -1, ""
 	t := kmsg.NewTxnOffsetCommitRequestTopic()
 	t.Topic, t.TopicID = topic, topicID
-	p := kmsg.NewTxnOffsetCommitRequestTopicPartition()
-	p.Partition, p.Offset, p.LeaderEpoch, p.Metadata = 0, offset, -1, &metadata
-	t.Partitions = append(t.Partitions, p)
+	for part, offset := range offsets {
+		p := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+		p.Partition, p.Offset, p.LeaderEpoch, p.Metadata = part, offset, -1, &metadata
+		t.Partitions = append(t.Partitions, p)
+	}
 	req.Topics = append(req.Topics, t)
 	resp, err := req.RequestWith(ctx, txn)
 	if err != nil {

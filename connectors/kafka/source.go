@@ -196,6 +196,40 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 	return plan, nil
 }
 
+// Lag counts the offsets of the topic past watermark, up to each
+// partition's end (its last stable offset under read_committed), from
+// its first offset for a partition the watermark does not name (all of
+// them for an empty watermark): what runs by position, and passthrough
+// runs, have yet to read, as a consumer group's lag counts it.
+func (s *Source) Lag(ctx context.Context, watermark string) (int64, error) {
+	wm, err := parseWatermark(watermark, s.cfg.Topic)
+	if err != nil {
+		return 0, err
+	}
+	starts, err := s.listOffsets(ctx, "start", func() (kadm.ListedOffsets, error) { return s.adm.ListStartOffsets(ctx, s.cfg.Topic) })
+	if err != nil {
+		return 0, err
+	}
+	ends, err := s.listOffsets(ctx, "end", func() (kadm.ListedOffsets, error) {
+		if s.cfg.committed() {
+			return s.adm.ListCommittedOffsets(ctx, s.cfg.Topic)
+		}
+		return s.adm.ListEndOffsets(ctx, s.cfg.Topic)
+	})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for p, end := range ends {
+		from, ok := wm[p]
+		if !ok || from < starts[p] {
+			from = starts[p]
+		}
+		n += max(end-from, 0)
+	}
+	return n, nil
+}
+
 func timestampHint(c SourceConfig) string {
 	if c.format() == FormatRecord {
 		return "timestamp"
@@ -323,12 +357,9 @@ func parseWatermark(wm, topic string) (map[int32]int64, error) {
 // Read reads one task's offset range and emits its records as JSONL rows,
 // a batch per fetch.
 func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors.Emit) error {
-	var r offsetRange
-	if err := json.Unmarshal(p.Spec, &r); err != nil {
-		return permanentf("partition %s: bad spec: %v", p.Key, err)
-	}
-	if r.Topic != s.cfg.Topic {
-		return permanentf("partition %s is of topic %s, not %s", p.Key, r.Topic, s.cfg.Topic)
+	r, err := s.taskRange(p)
+	if err != nil {
+		return err
 	}
 	enc := newRowEncoder(s.cfg)
 	typed, err := s.typedRows()
@@ -369,6 +400,18 @@ func (s *Source) Read(ctx context.Context, p protocol.Partition, emit connectors
 		return fmt.Errorf("read %s: %w", r, err)
 	}
 	return nil
+}
+
+// taskRange returns the offset range task partition p reads.
+func (s *Source) taskRange(p protocol.Partition) (offsetRange, error) {
+	var r offsetRange
+	if err := json.Unmarshal(p.Spec, &r); err != nil {
+		return r, permanentf("partition %s: bad spec: %v", p.Key, err)
+	}
+	if r.Topic != s.cfg.Topic {
+		return r, permanentf("partition %s is of topic %s, not %s", p.Key, r.Topic, s.cfg.Topic)
+	}
+	return r, nil
 }
 
 // typedRows returns the builder of the Arrow records a source of format
