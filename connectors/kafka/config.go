@@ -60,6 +60,11 @@ func (c Cluster) Validate() error {
 	if c.AuthEnv != "" && !envNameRE(c.AuthEnv) {
 		return &connectors.FieldError{Field: "auth_env", Msg: fmt.Sprintf("%q is not the prefix of environment variable names (letters, digits and '_')", c.AuthEnv)}
 	}
+	if c.AuthEnv != "" && !strings.HasPrefix(c.AuthEnv, "SLUICE_") {
+		// The spec names the prefix: any other would let it hand another
+		// service's password (say AWS_..._PASSWORD) to brokers it names.
+		return &connectors.FieldError{Field: "auth_env", Msg: fmt.Sprintf("%q must start with SLUICE_: a spec reaches only the SLUICE_ variables of a process (say SLUICE_KAFKA_EU)", c.AuthEnv)}
+	}
 	return nil
 }
 

@@ -29,6 +29,7 @@ func TestValidate(t *testing.T) {
 		{cfg: `{"topic":"t","start":"yesterday"}`, field: "start"},
 		{cfg: `{"topic":"t","isolation":"dirty"}`, field: "isolation"},
 		{cfg: `{"topic":"t","auth_env":"my-env"}`, field: "auth_env"},
+		{cfg: `{"topic":"t","auth_env":"AWS"}`, field: "auth_env"},
 		{cfg: `{"topic":"t","brokers":["a b"]}`, field: "brokers[0]"},
 		{cfg: `{"topic":"t","password":"x"}`, field: "password"},
 		{cfg: `{"topic":"t","columns":[{"name":"a","type":"varchar"}]}`, field: "columns"},
@@ -65,39 +66,39 @@ func TestSASLFromEnvironment(t *testing.T) {
 	admin := c.Client(t, kafkatest.SASL("SCRAM-SHA-256", "admin", "s3cret"))
 	c.CreateTopicWith(t, admin, "events", 2)
 	for _, tc := range []struct{ mech, user, pass string }{{"SCRAM-SHA-256", "admin", "s3cret"}, {"PLAIN", "plain", "p1ain"}} {
-		t.Setenv("KAFKA_A_SASL_MECHANISM", tc.mech)
-		t.Setenv("KAFKA_A_USERNAME", tc.user)
-		t.Setenv("KAFKA_A_PASSWORD", tc.pass)
-		cfg := kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "KAFKA_A"}, Topic: "events"}
+		t.Setenv("SLUICE_KAFKA_A_SASL_MECHANISM", tc.mech)
+		t.Setenv("SLUICE_KAFKA_A_USERNAME", tc.user)
+		t.Setenv("SLUICE_KAFKA_A_PASSWORD", tc.pass)
+		cfg := kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "SLUICE_KAFKA_A"}, Topic: "events"}
 		src := openSource(t, cfg)
 		if found, err := src.Check(t.Context(), connectors.CheckRequest{}); err != nil || !strings.Contains(found, "2 partitions") {
 			t.Errorf("%s: check = %q, %v", tc.mech, found, err)
 		}
 		src.Close()
 	}
-	t.Setenv("KAFKA_A_PASSWORD", "wrong")
-	wrong := openSource(t, kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "KAFKA_A"}, Topic: "events"})
+	t.Setenv("SLUICE_KAFKA_A_PASSWORD", "wrong")
+	wrong := openSource(t, kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "SLUICE_KAFKA_A"}, Topic: "events"})
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	if _, err := wrong.Check(ctx, connectors.CheckRequest{}); err == nil {
 		t.Errorf("a wrong password reached the cluster")
 	}
 	cancel()
 	wrong.Close()
-	t.Setenv("KAFKA_A_PASSWORD", "")
-	if _, err := kafka.NewSource(kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "KAFKA_A"}, Topic: "events"}); err == nil || !strings.Contains(err.Error(), "KAFKA_A_PASSWORD") {
-		t.Errorf("without a password: %v, want an error naming KAFKA_A_PASSWORD", err)
+	t.Setenv("SLUICE_KAFKA_A_PASSWORD", "")
+	if _, err := kafka.NewSource(kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "SLUICE_KAFKA_A"}, Topic: "events"}); err == nil || !strings.Contains(err.Error(), "SLUICE_KAFKA_A_PASSWORD") {
+		t.Errorf("without a password: %v, want an error naming SLUICE_KAFKA_A_PASSWORD", err)
 	}
-	t.Setenv("KAFKA_A_SASL_MECHANISM", "GSSAPI")
-	t.Setenv("KAFKA_A_PASSWORD", "p1ain")
-	if _, err := kafka.NewSource(kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "KAFKA_A"}, Topic: "events"}); err == nil || !strings.Contains(err.Error(), "KAFKA_A_SASL_MECHANISM") || strings.Contains(err.Error(), "p1ain") {
+	t.Setenv("SLUICE_KAFKA_A_SASL_MECHANISM", "GSSAPI")
+	t.Setenv("SLUICE_KAFKA_A_PASSWORD", "p1ain")
+	if _, err := kafka.NewSource(kafka.SourceConfig{Cluster: kafka.Cluster{Brokers: c.Brokers, AuthEnv: "SLUICE_KAFKA_A"}, Topic: "events"}); err == nil || !strings.Contains(err.Error(), "SLUICE_KAFKA_A_SASL_MECHANISM") || strings.Contains(err.Error(), "p1ain") {
 		t.Errorf("an unknown mechanism: %v, want an error naming the variable, not the password", err)
 	}
-	t.Setenv("KAFKA_A_BROKERS", strings.Join(c.Brokers, ","))
-	t.Setenv("KAFKA_A_SASL_MECHANISM", "PLAIN")
-	t.Setenv("KAFKA_A_USERNAME", "plain")
-	src := openSource(t, kafka.SourceConfig{Cluster: kafka.Cluster{AuthEnv: "KAFKA_A"}, Topic: "events"})
+	t.Setenv("SLUICE_KAFKA_A_BROKERS", strings.Join(c.Brokers, ","))
+	t.Setenv("SLUICE_KAFKA_A_SASL_MECHANISM", "PLAIN")
+	t.Setenv("SLUICE_KAFKA_A_USERNAME", "plain")
+	src := openSource(t, kafka.SourceConfig{Cluster: kafka.Cluster{AuthEnv: "SLUICE_KAFKA_A"}, Topic: "events"})
 	defer src.Close()
 	if _, err := src.Check(t.Context(), connectors.CheckRequest{}); err != nil {
-		t.Errorf("brokers from KAFKA_A_BROKERS: %v", err)
+		t.Errorf("brokers from SLUICE_KAFKA_A_BROKERS: %v", err)
 	}
 }
