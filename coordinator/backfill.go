@@ -20,19 +20,21 @@ func (t *leaderTerm) startWindows(ctx context.Context, id string) (started int, 
 	t.windowsMu.Lock()
 	defer t.windowsMu.Unlock()
 	for ctx.Err() == nil {
-		b, ok := t.c.fsm.backfillByID(id)
-		if !ok {
+		// Only the next window is read: a backfill may have 100,000.
+		b, win, ok, found := t.c.fsm.nextWindow(id)
+		if !found {
 			return started, nil
 		}
 		if !b.LeaderStarts {
-			for _, w := range b.Windows {
-				if w.State == protocol.WindowRunning {
-					t.kick(ctx, w.Run)
+			if b, ok := t.c.fsm.backfillByID(id); ok {
+				for _, w := range b.Windows {
+					if w.State == protocol.WindowRunning {
+						t.kick(ctx, w.Run)
+					}
 				}
 			}
 			return started, nil
 		}
-		win, ok := b.nextWindow()
 		if !ok {
 			return started, nil
 		}

@@ -83,6 +83,11 @@ type Config struct {
 	// insensitive) its run's trigger context records besides Nats-Msg-Id;
 	// the others are not kept: a header may carry a producer's credentials.
 	TriggerHeaders []string
+	// SnapshotInterval is how often Raft checks whether to snapshot the
+	// state, and SnapshotThreshold how many log entries since the last
+	// snapshot make it take one; defaults 2m and 8192 (hashicorp/raft's).
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
 }
 
 // recordsHeader reports whether a trigger's header named k is recorded in
@@ -128,6 +133,10 @@ func (c Config) withDefaults() Config {
 	defInt(&c.KeepRuns, 50)
 	def(&c.DLQMaxAge, DefaultDLQMaxAge)
 	def(&c.CleanupExpiry, 7*24*time.Hour)
+	def(&c.SnapshotInterval, 2*time.Minute)
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
 	if c.StreamMaxBytes == 0 {
 		c.StreamMaxBytes = DefaultStreamMaxBytes
 	}
@@ -162,7 +171,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"HeartbeatTimeout": c.HeartbeatTimeout, "ElectionTimeout": c.ElectionTimeout,
 		"LeaderLeaseTimeout": c.LeaderLeaseTimeout, "AckWait": c.AckWait, "DefaultBackoff": c.DefaultBackoff,
-		"DLQMaxAge": c.DLQMaxAge, "CleanupExpiry": c.CleanupExpiry,
+		"DLQMaxAge": c.DLQMaxAge, "CleanupExpiry": c.CleanupExpiry, "SnapshotInterval": c.SnapshotInterval,
 	} {
 		if d < 0 {
 			bad("%s %v is negative", name, d)

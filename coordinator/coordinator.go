@@ -231,6 +231,8 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	rc.HeartbeatTimeout = c.cfg.HeartbeatTimeout
 	rc.ElectionTimeout = c.cfg.ElectionTimeout
 	rc.LeaderLeaseTimeout = c.cfg.LeaderLeaseTimeout
+	rc.SnapshotInterval = c.cfg.SnapshotInterval
+	rc.SnapshotThreshold = c.cfg.SnapshotThreshold
 	rc.NotifyCh = notify
 	rc.Logger = hlog
 	if err := raft.ValidateConfig(rc); err != nil {

@@ -36,6 +36,33 @@ func encodeCmd(c commandBody) ([]byte, error) {
 // or a body that does not decode panics: diverging state is worse than a
 // crash.
 func (f *fsm) Apply(l *raft.Log) any {
+	f.mu.Lock()
+	defer f.applied()
+	return f.apply(l)
+}
+
+// ApplyBatch applies the entries Raft committed together, as Apply would
+// one by one, under one hold of the lock (raft.BatchingFSM): the leader
+// commits the results of many tasks at once.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	out := make([]any, len(logs))
+	f.mu.Lock()
+	defer f.applied()
+	for i, l := range logs {
+		out[i] = f.apply(l)
+	}
+	return out
+}
+
+// applied tells the watchers that entries were applied, and unlocks.
+func (f *fsm) applied() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+}
+
+// apply applies entry l; the caller holds f.mu.
+func (f *fsm) apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
@@ -43,12 +70,6 @@ func (f *fsm) Apply(l *raft.Log) any {
 		panic(fmt.Sprintf("coordinator fsm: empty log entry at index %d", l.Index))
 	}
 	t := cmdType(l.Data[0])
-	f.mu.Lock()
-	defer func() {
-		close(f.changed)
-		f.changed = make(chan struct{})
-		f.mu.Unlock()
-	}()
 	switch t {
 	case cmdPipelinePut:
 		return dispatch[pipelinePutCmd](f.st, l)

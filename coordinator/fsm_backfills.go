@@ -56,6 +56,7 @@ func (c backfillCmd) applyTo(s *state) (backfillReply, error) {
 		}
 		b.Windows = append(b.Windows, w)
 	}
+	b.recount()
 	s.Backfills[b.ID] = b
 	if c.RequestID != "" {
 		s.Requests["backfill:"+c.RequestID] = b.ID
@@ -142,7 +143,7 @@ func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, err
 	if c.Window == nil || c.Live {
 		return runCreateReply{}, refuse(refusedInvalid, "create run of backfill %s: want one of its windows, not live", b.ID)
 	}
-	i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.Window.Equal(*c.Window) })
+	i := b.windowAt(*c.Window)
 	if i < 0 {
 		return runCreateReply{}, refuse(refusedInvalid, "backfill %s has no window %s", b.ID, c.Window)
 	}
@@ -156,6 +157,7 @@ func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, err
 	r := s.newRun(p, c)
 	r.Backfill = b.ID
 	w.State, w.Run = protocol.WindowRunning, r.ID
+	b.started()
 	return runCreateReply{RunID: r.ID}, nil
 }
 
@@ -167,7 +169,7 @@ func (s *state) windowRun(p *pipelineState, c runCreateCmd) (runCreateReply, err
 func (s *state) pump(b *backfillState, t time.Time) {
 	p, ok := s.live(b.Pipeline)
 	for running := b.running(); ok && !b.LeaderStarts && running < b.Concurrency; running++ {
-		i := slices.IndexFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued })
+		i := b.firstQueued()
 		if i < 0 {
 			break
 		}
@@ -176,6 +178,7 @@ func (s *state) pump(b *backfillState, t time.Time) {
 		r := s.newRun(p, runCreateCmd{Pipeline: b.Pipeline, Window: &win, MaxAttempts: b.MaxAttempts, Backoff: b.Backoff, Time: t})
 		r.Backfill = b.ID
 		w.State, w.Run = protocol.WindowRunning, r.ID
+		b.started()
 	}
 	s.settle(b, t)
 }
@@ -187,7 +190,7 @@ func (s *state) settle(b *backfillState, t time.Time) {
 		return
 	}
 	_, live := s.live(b.Pipeline)
-	if !live || !slices.ContainsFunc(b.Windows, func(w protocol.BackfillWindow) bool { return w.State == protocol.WindowQueued }) {
+	if !live || b.firstQueued() < 0 {
 		b.State = protocol.BackfillDone
 		b.Finished = t
 	}
@@ -204,11 +207,8 @@ func (s *state) runEnded(r *runState, t time.Time) {
 	if !ok {
 		return
 	}
-	for i := range b.Windows {
-		w := &b.Windows[i]
-		if w.Run != r.ID || w.State != protocol.WindowRunning {
-			continue
-		}
+	end := func(w *protocol.BackfillWindow) {
+		b.active--
 		if r.State == protocol.RunCommitted {
 			w.State = protocol.WindowCommitted
 			for _, ts := range r.Tasks {
@@ -217,6 +217,13 @@ func (s *state) runEnded(r *runState, t time.Time) {
 		} else {
 			w.State = protocol.WindowFailed
 			w.Error = r.Error
+		}
+	}
+	// The run's window is found where it lies; a window is ended only by
+	// its running run.
+	if r.Window != nil {
+		if i := b.windowAt(*r.Window); i >= 0 && b.Windows[i].Run == r.ID && b.Windows[i].State == protocol.WindowRunning {
+			end(&b.Windows[i])
 		}
 	}
 	s.pump(b, t)

@@ -56,6 +56,60 @@ func (f *fsm) run(id string) (*runState, bool) {
 	return r.clone(), true
 }
 
+// runHead returns run id as runState.head copies it: without its tasks.
+func (f *fsm) runHead(id string) (*runState, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.st.Runs[id]
+	if !ok {
+		return nil, false
+	}
+	return r.head(), true
+}
+
+// taskPending reports whether task taskID of run runID waits for its
+// result: the run is running and the task pending.
+func (f *fsm) taskPending(runID, taskID string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.st.Runs[runID]
+	if !ok || r.State != protocol.RunRunning {
+		return false
+	}
+	t := r.task(taskID)
+	return t != nil && t.State == protocol.TaskPending
+}
+
+// runIDs lists the ids of the runs that keep returns true for, sorted.
+func (f *fsm) runIDs(keep func(*runState) bool) []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []string
+	for id, r := range f.st.Runs {
+		if keep(r) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nextWindow returns what the leader needs to start the next window of
+// backfill id: its pipeline and settings, and the window (ok false when
+// none is to start now). found is false when there is no such backfill.
+func (f *fsm) nextWindow(id string) (b backfillState, win protocol.Window, ok, found bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	bf, found := f.st.Backfills[id]
+	if !found {
+		return b, win, false, false
+	}
+	b = *bf
+	b.Windows, b.Summary, b.Range = nil, nil, nil
+	win, ok = bf.nextWindow()
+	return b, win, ok, true
+}
+
 func (f *fsm) requestRun(requestID string) (string, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

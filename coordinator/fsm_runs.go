@@ -184,10 +184,11 @@ func (c runPlannedCmd) applyTo(s *state) (noReply, error) {
 	if err != nil {
 		return noReply{}, err
 	}
-	r.Tasks = make([]taskState, len(c.Partitions))
+	tasks := make([]taskState, len(c.Partitions))
 	for i, p := range c.Partitions {
-		r.Tasks[i] = taskState{ID: taskID(r.attempt(), i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
+		tasks[i] = taskState{ID: taskID(r.attempt(), i), Partition: p, Enqueue: 1, State: protocol.TaskPending}
 	}
+	r.setTasks(tasks)
 	switch {
 	case r.Trim != nil:
 		// The plan ends the capped window where the column's values end.
@@ -242,6 +243,7 @@ func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 	t.Worker = c.Worker
 	if c.ErrorClass == protocol.ErrorNone && c.Error == "" && !c.Final {
 		t.State = protocol.TaskSucceeded
+		r.succeeded++
 		t.Rows, t.Bytes, t.Checksum, t.Location, t.Error = c.Rows, c.Bytes, c.Checksum, c.Location, ""
 		return taskResultReply{Changed: true}, nil
 	}
@@ -293,7 +295,8 @@ func (c runReplanCmd) applyTo(s *state) (runReplanReply, error) {
 	r.Attempt = attempt + 1
 	r.State = protocol.RunPlanning
 	r.Planned, r.Published, r.Holds = false, false, false
-	r.Tasks, r.Schema, r.Replan = nil, nil, ""
+	r.setTasks(nil)
+	r.Schema, r.Replan = nil, ""
 	r.WaitingFor, r.WaitingSince = "", time.Time{}
 	if r.Window == nil {
 		// The position of a run without a window comes from its plan.

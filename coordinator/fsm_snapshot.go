@@ -39,6 +39,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if st.Backfills == nil {
 		st.Backfills = map[string]*backfillState{}
 	}
+	st.recount()
 	f.mu.Lock()
 	f.st = st
 	close(f.changed)

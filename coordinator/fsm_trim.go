@@ -136,4 +136,5 @@ func (b *backfillState) summarize() {
 		}
 	}
 	b.Windows, b.Summary = kept, sum
+	b.recount()
 }

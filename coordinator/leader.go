@@ -16,6 +16,8 @@ import (
 const (
 	sweepEvery     = 5 * time.Second
 	commitAttempts = 5
+	// resultWorkers is how many task results the leader records at once.
+	resultWorkers = 64
 )
 
 // leaderTerm is the work of one leadership term. Its goroutines stop when
@@ -154,11 +156,33 @@ func (t *leaderTerm) lead(ctx context.Context) {
 		defer advSub.Unsubscribe()
 	}
 
+	// Results are recorded by resultWorkers goroutines at once: Raft
+	// writes the entries of the results that arrive together in one
+	// append (and the FSM applies them in one batch), where, one at a
+	// time, each result would wait for a disk write of its own.
+	results := make(chan jetstream.Msg)
+	for range resultWorkers {
+		t.spawn(func() {
+			for {
+				select {
+				case m := <-results:
+					t.onResult(ctx, m)
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
 	var cc jetstream.ConsumeContext
 	for cc == nil {
 		cons, err := c.js.Consumer(ctx, protocol.StreamResults, protocol.ConsumerLeader)
 		if err == nil {
-			cc, err = cons.Consume(func(m jetstream.Msg) { t.onResult(ctx, m) },
+			cc, err = cons.Consume(func(m jetstream.Msg) {
+				select {
+				case results <- m:
+				case <-ctx.Done(): // not acked: the next leader gets it
+				}
+			},
 				jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 					log.Debug("consume results", "err", err)
 				}))
@@ -218,8 +242,8 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	for {
 		// Recovery: every run not finished, or whose end was not
 		// announced, is advanced from where the FSM says it is.
-		for _, r := range c.fsm.runs(func(r *runState) bool { return !r.finished() || !r.Notified }) {
-			t.kick(ctx, r.ID)
+		for _, id := range c.fsm.runIDs(func(r *runState) bool { return !r.finished() || !r.Notified }) {
+			t.kick(ctx, id)
 		}
 		// Backfills go on from the windows the FSM has queued.
 		t.spawn(func() { t.startAllWindows(ctx) })
@@ -271,6 +295,24 @@ func (t *leaderTerm) advance(ctx context.Context, id string) {
 	c := t.c
 	log := c.log.With("run", id)
 	for ctx.Err() == nil {
+		// A running run waiting for results is looked at without its
+		// tasks (a run may have many): it is looked at on each result.
+		head, ok := c.fsm.runHead(id)
+		if !ok {
+			return
+		}
+		if head.State == protocol.RunRunning && head.Published && t.replanReason(head) == "" {
+			if !head.allSucceeded() {
+				return // waiting for results
+			}
+			if _, err := apply(c, runCommittingCmd{Run: id, Time: now()}); err != nil {
+				if ctx.Err() == nil {
+					log.Warn("advance run", "state", head.State, "err", err)
+				}
+				return
+			}
+			continue
+		}
 		r, ok := c.fsm.run(id)
 		if !ok {
 			return

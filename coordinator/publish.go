@@ -27,6 +27,10 @@ func (t *leaderTerm) taskOf(r *runState, ts taskState) (protocol.Task, error) {
 	}, err
 }
 
+// maxPublishing bounds the task publications in flight (below
+// jetstream's default of 4,000 pending asynchronous publications).
+const maxPublishing = 2048
+
 // errTaskEncode is wrapped by the error of a task that cannot be encoded.
 var errTaskEncode = errors.New("encode task")
 
@@ -58,6 +62,21 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 	for attempt := 0; ; attempt++ {
 		err := func() error {
 			var futs []jetstream.PubAckFuture
+			waited := 0
+			// wait waits for the acks of futs up to n.
+			wait := func(n int) error {
+				for ; waited < n; waited++ {
+					f := futs[waited]
+					select {
+					case <-f.Ok():
+					case err := <-f.Err():
+						return fmt.Errorf("publish task %s: %w", f.Msg().Header.Get(protocol.HeaderTask), err)
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				return nil
+			}
 			for _, ts := range r.Tasks {
 				if ts.State != protocol.TaskPending {
 					continue
@@ -82,17 +101,16 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 					return fmt.Errorf("publish task %s: %w", ts.ID, err)
 				}
 				futs = append(futs, f)
-			}
-			for _, f := range futs {
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					return fmt.Errorf("publish task %s: %w", f.Msg().Header.Get(protocol.HeaderTask), err)
-				case <-ctx.Done():
-					return ctx.Err()
+				// A run of many tasks is published maxPublishing at
+				// most in flight: past the client's limit of pending
+				// publications a publish fails.
+				if len(futs)-waited >= maxPublishing {
+					if err := wait(len(futs) - maxPublishing/2); err != nil {
+						return err
+					}
 				}
 			}
-			return nil
+			return wait(len(futs))
 		}()
 		if err == nil {
 			break

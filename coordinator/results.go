@@ -29,7 +29,7 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 	// A result the FSM would ignore (unknown or finished run, task already
 	// done: a task may run twice) needs no log entry. The leader's FSM is
 	// current: the term started with a barrier.
-	if r, ok := c.fsm.run(res.RunID); !ok || r.State != protocol.RunRunning || !taskPending(r, res.TaskID) {
+	if !c.fsm.taskPending(res.RunID, res.TaskID) {
 		c.log.Debug("ignore result", "run", res.RunID, "task", res.TaskID)
 		if err := m.Ack(); err != nil {
 			c.log.Warn("ack result", "run", res.RunID, "task", res.TaskID, "err", err)
@@ -102,9 +102,4 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	if err := stream.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		c.log.Warn("max deliveries: delete task message", "seq", adv.StreamSeq, "err", err)
 	}
-}
-
-func taskPending(r *runState, taskID string) bool {
-	t := r.task(taskID)
-	return t != nil && t.State == protocol.TaskPending
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -89,6 +90,68 @@ type backfillState struct {
 	// backfill of integer windows (From, To and Window then zero).
 	Range *protocol.Window `json:"range,omitempty"`
 	Span  int64            `json:"span,omitempty"`
+
+	// active counts the windows running, and queuedFrom is the index of
+	// the first window that may be queued (a window leaves queued, never
+	// to return), so that starting and ending a window does not scan
+	// 100,000 of them. Kept by the handlers that change Windows, not
+	// stored: a restore counts them again (state.recount).
+	active     int
+	queuedFrom int
+}
+
+// recount counts again what the handlers keep beside the stored state:
+// the succeeded tasks of each run, the running windows of each backfill
+// and where its queued windows start.
+func (s *state) recount() {
+	for _, r := range s.Runs {
+		r.setTasks(r.Tasks)
+	}
+	for _, b := range s.Backfills {
+		b.recount()
+	}
+}
+
+// recount counts b's running windows and finds its first queued one.
+func (b *backfillState) recount() {
+	b.active, b.queuedFrom = 0, len(b.Windows)
+	for i, w := range b.Windows {
+		switch w.State {
+		case protocol.WindowRunning:
+			b.active++
+		case protocol.WindowQueued:
+			b.queuedFrom = min(b.queuedFrom, i)
+		}
+	}
+}
+
+// started counts a window of b that was queued and now runs.
+func (b *backfillState) started() {
+	b.active++
+	b.firstQueued()
+}
+
+// firstQueued returns the index of b's first queued window, or -1.
+func (b *backfillState) firstQueued() int {
+	for b.queuedFrom < len(b.Windows) && b.Windows[b.queuedFrom].State != protocol.WindowQueued {
+		b.queuedFrom++
+	}
+	if b.queuedFrom < len(b.Windows) {
+		return b.queuedFrom
+	}
+	return -1
+}
+
+// windowAt returns the index of window w in b, or -1. The windows of a
+// backfill are sorted and apart (splitRange), so it is searched for.
+func (b *backfillState) windowAt(w protocol.Window) int {
+	i, _ := slices.BinarySearchFunc(b.Windows, w, func(bw protocol.BackfillWindow, w protocol.Window) int {
+		return bw.Window.Compare(w)
+	})
+	if i < len(b.Windows) && b.Windows[i].Window.Equal(w) {
+		return i
+	}
+	return slices.IndexFunc(b.Windows, func(bw protocol.BackfillWindow) bool { return bw.Window.Equal(w) })
 }
 
 // windowCounts counts a backfill's windows by state, and the rows of the
@@ -103,15 +166,7 @@ type windowCounts struct {
 }
 
 // running counts the windows of b that are running.
-func (b *backfillState) running() int {
-	n := 0
-	for _, w := range b.Windows {
-		if w.State == protocol.WindowRunning {
-			n++
-		}
-	}
-	return n
-}
+func (b *backfillState) running() int { return b.active }
 
 // nextWindow returns the first queued window of b, while fewer than its
 // concurrency run; false when none is to start now.
@@ -119,10 +174,8 @@ func (b *backfillState) nextWindow() (protocol.Window, bool) {
 	if b.State != protocol.BackfillRunning || b.running() >= b.Concurrency {
 		return protocol.Window{}, false
 	}
-	for _, w := range b.Windows {
-		if w.State == protocol.WindowQueued {
-			return w.Window, true
-		}
+	if i := b.firstQueued(); i >= 0 {
+		return b.Windows[i].Window, true
 	}
 	return protocol.Window{}, false
 }
@@ -345,6 +398,12 @@ type runState struct {
 	// Notified is set once the leader published the run's end (event, dead
 	// letters, sink abort).
 	Notified bool `json:"notified"`
+
+	// succeeded counts the Tasks that succeeded, so that a result's
+	// entry and the leader's look at a run do not scan its tasks. It is
+	// kept by the handlers that change Tasks and is not stored: a restore
+	// counts it again (state.recount).
+	succeeded int
 }
 
 type taskState struct {
@@ -422,18 +481,29 @@ func (r *runState) finished() bool {
 
 // allSucceeded reports whether every task of a planned run succeeded.
 func (r *runState) allSucceeded() bool {
-	if !r.Planned {
-		return false
-	}
-	for _, t := range r.Tasks {
-		if t.State != protocol.TaskSucceeded {
-			return false
-		}
-	}
-	return true
+	return r.Planned && r.succeeded == len(r.Tasks)
 }
 
+// setTasks replaces r's tasks and counts the succeeded ones.
+func (r *runState) setTasks(tasks []taskState) {
+	r.Tasks, r.succeeded = tasks, 0
+	for _, t := range tasks {
+		if t.State == protocol.TaskSucceeded {
+			r.succeeded++
+		}
+	}
+}
+
+// task returns r's task id, or nil. Task i of a run is named taskID(attempt,
+// i) (runPlannedCmd), so the number in id says where it is; an id of
+// another form is looked for.
 func (r *runState) task(id string) *taskState {
+	if i, ok := taskIndex(id); ok {
+		if i < len(r.Tasks) && r.Tasks[i].ID == id {
+			return &r.Tasks[i]
+		}
+		return nil
+	}
 	for i := range r.Tasks {
 		if r.Tasks[i].ID == id {
 			return &r.Tasks[i]
@@ -442,11 +512,45 @@ func (r *runState) task(id string) *taskState {
 	return nil
 }
 
+// taskIndex returns i of a task id made by taskID(attempt, i); false for
+// an id of another form.
+func taskIndex(id string) (int, bool) {
+	if attempt, rest, ok := strings.Cut(id, "-"); ok {
+		n, err := strconv.Atoi(strings.TrimPrefix(attempt, "a"))
+		if !strings.HasPrefix(attempt, "a") || err != nil || n < 2 {
+			return 0, false
+		}
+		id = rest
+	}
+	num, ok := strings.CutPrefix(id, "t")
+	if !ok || len(num) < 5 || num[0] == '+' || num[0] == '-' {
+		return 0, false
+	}
+	i, err := strconv.Atoi(num)
+	if err != nil || i < 0 {
+		return 0, false
+	}
+	return i, true
+}
+
 // clone copies r deeply enough that the copy can be read without the FSM
 // lock (the FSM replaces, never mutates in place, maps and partitions).
 func (r *runState) clone() *runState {
+	c := r.head()
+	c.Tasks, c.succeeded = slices.Clone(r.Tasks), r.succeeded
+	return c
+}
+
+// head copies r as clone does but for its tasks, which a run may have by
+// the hundred thousand: the copy's Tasks is nil, and only its
+// allSucceeded tells of them (what r's tells). The leader reads a run
+// this way on each of its results.
+func (r *runState) head() *runState {
 	c := *r
-	c.Tasks = slices.Clone(r.Tasks)
+	c.Tasks, c.succeeded = nil, 0
+	if !r.allSucceeded() {
+		c.succeeded = -1 // never len(nil)
+	}
 	c.Replans = slices.Clone(r.Replans)
 	c.Params = maps.Clone(r.Params)
 	c.Trace = maps.Clone(r.Trace)
