@@ -376,6 +376,30 @@ func backfillStatus(b *backfillState) protocol.BackfillStatus {
 		// trimmed: only some failed windows are left
 		s.Total, s.Committed, s.Failed, s.Skipped, s.Rows = sum.Total, sum.Committed, sum.Failed, sum.Skipped, sum.Rows
 	}
+	if len(s.Windows) > protocol.MaxWindowList {
+		// the failed and running windows first: what to look at
+		rank := func(w protocol.BackfillWindow) int {
+			switch w.State {
+			case protocol.WindowFailed, protocol.WindowRunning:
+				return 0
+			case protocol.WindowQueued:
+				return 1
+			}
+			return 2
+		}
+		var listed []protocol.BackfillWindow
+		for r := 0; r < 3 && len(listed) < protocol.MaxWindowList; r++ {
+			for _, w := range b.Windows {
+				if rank(w) == r {
+					if listed = append(listed, w); len(listed) == protocol.MaxWindowList {
+						break
+					}
+				}
+			}
+		}
+		slices.SortFunc(listed, func(a, b protocol.BackfillWindow) int { return a.Window.Compare(b.Window) })
+		s.Windows = listed
+	}
 	return s
 }
 

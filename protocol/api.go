@@ -108,11 +108,13 @@ type RunReply struct {
 }
 
 // MaxStatusRuns caps the runs a status lists; MaxTaskList the tasks a
-// run.get lists: a status polled often stays small however many runs and
-// tasks there are.
+// run.get lists; MaxWindowList the windows a backfill's status lists: a
+// status polled often stays small however many runs, tasks and windows
+// there are.
 const (
 	MaxStatusRuns = 1000
 	MaxTaskList   = 1000
+	MaxWindowList = 1000
 )
 
 // StatusRequest filters a status reply; empty fields mean all.
@@ -357,8 +359,11 @@ type BackfillStatus struct {
 	Span        int64            `json:"span,omitempty"`
 	Concurrency int              `json:"concurrency"`
 	Replace     bool             `json:"replace,omitempty"`
-	State       string           `json:"state"`
-	Windows     []BackfillWindow `json:"windows"`
+	State string `json:"state"`
+	// Windows lists at most MaxWindowList windows, in order: the failed
+	// and running ones first, then the queued ones, then the others; the
+	// counts are of all of them.
+	Windows []BackfillWindow `json:"windows"`
 	// Counts of Windows by state, and the rows of committed windows.
 	Total     int       `json:"total"`
 	Queued    int       `json:"queued"`

@@ -92,6 +92,9 @@ func controlPlane(ctx context.Context, cfg config, dir string, stdout io.Writer)
 		if err := c.startWorkers(ctx, w); err != nil {
 			return nil, err
 		}
+		if err := c.warm(ctx, w*cfg.slots*4); err != nil {
+			return nil, err
+		}
 		s, err := measureOne(w, cfg.tasks)
 		if err2 := c.stopWorkers(); err == nil {
 			err = err2
@@ -102,6 +105,9 @@ func controlPlane(ctx context.Context, cfg config, dir string, stdout io.Writer)
 		out.ByWorkers = append(out.ByWorkers, s)
 	}
 	if err := c.startWorkers(ctx, cfg.sizeWorkers); err != nil {
+		return nil, err
+	}
+	if err := c.warm(ctx, cfg.sizeWorkers*cfg.slots*4); err != nil {
 		return nil, err
 	}
 	for _, n := range cfg.sizeCounts {
@@ -126,6 +132,17 @@ func controlPlane(ctx context.Context, cfg config, dir string, stdout io.Writer)
 		out.Spread = measure.Round((hi-lo)/hi, 3)
 	}
 	return out, nil
+}
+
+// warm runs tasks no-op tasks on the workers started, untimed: the first
+// run on new worker processes pays for their first connections.
+func (c *cluster) warm(ctx context.Context, tasks int) error {
+	name := fmt.Sprintf("warm-%d", tasks)
+	if err := c.apply(ctx, fmt.Sprintf(noopSpec, name, tasks)); err != nil {
+		return err
+	}
+	_, err := c.timeRun(ctx, name, tasks)
+	return err
 }
 
 // dataResults are the figures of (b).
@@ -186,6 +203,9 @@ func dataPlane(ctx context.Context, cfg config, dir string, stdout io.Writer) (*
 	var one float64
 	for _, w := range cfg.workerCounts {
 		if err := c.startWorkers(ctx, w); err != nil {
+			return nil, err
+		}
+		if err := c.warm(ctx, w*cfg.ioSlots); err != nil {
 			return nil, err
 		}
 		s, err := c.timeRun(ctx, name, cfg.ioTasks)

@@ -122,6 +122,9 @@ func printBackfill(w io.Writer, st protocol.BackfillStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", win.Window, win.State, dash(win.Run), win.Rows, dash(truncate(win.Error, 80)))
 	}
 	tw.Flush()
+	if len(st.Windows) < st.Total {
+		fmt.Fprintf(w, "  %d of %d windows listed (the failed and running ones first)\n", len(st.Windows), st.Total)
+	}
 }
 
 // followBackfill follows backfill st to its end, showing its progress,
