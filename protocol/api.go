@@ -355,11 +355,11 @@ type BackfillStatus struct {
 	Window   time.Duration `json:"window"`
 	// Range and Span are the range of values and the window size of a
 	// backfill of integer windows (From, To and Window then zero).
-	Range       *Window          `json:"range,omitempty"`
-	Span        int64            `json:"span,omitempty"`
-	Concurrency int              `json:"concurrency"`
-	Replace     bool             `json:"replace,omitempty"`
-	State string `json:"state"`
+	Range       *Window `json:"range,omitempty"`
+	Span        int64   `json:"span,omitempty"`
+	Concurrency int     `json:"concurrency"`
+	Replace     bool    `json:"replace,omitempty"`
+	State       string  `json:"state"`
 	// Windows lists at most MaxWindowList windows, in order: the failed
 	// and running ones first, then the queued ones, then the others; the
 	// counts are of all of them.
