@@ -61,6 +61,7 @@ BENCHES += replicate # passthrough of a 2 GiB tree of 1,000 files beside cp -r, 
 BENCHES += contract # full loads of a 2M-row PostgreSQL table to CSV files and to PostgreSQL through an all-in-one cluster, pattern transform with a contract of 3 hashed and 2 masked columns beside full_load without it
 BENCHES += compact  # 1,000 small Parquet files (2M rows) of a files dataset compacted through an all-in-one cluster beside reading and writing the rows once; a reader before and after
 BENCHES += replica  # a PostgreSQL replica kept by Sluice (reader, SLUICE_CDC, cdc_apply) beside native logical replication: 200k changes on 1 and 4 tables, backlog and live; commit-to-replica latency at 500 tx/s
+BENCHES += scale    # no-op tasks dispatched and committed per second on 1 to 8 worker processes and in runs of 1,000 to 100,000 tasks beside JetStream's publish+consume of the same messages; I/O-bound tasks' speed-up on 1, 2, 4, 8 workers; a backfill of 100,000 windows (coordinator memory, Raft snapshot size)
 BENCH_FLAGS ?=
 BENCH_TARGETS := $(addprefix bench-,$(BENCHES))
 .PHONY: $(BENCH_TARGETS) bench-smoke

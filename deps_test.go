@@ -79,6 +79,7 @@ var rules = []rule{
 	{pkg: "bench/kafka", wiring: true, usesTestSupport: true},
 	{pkg: "bench/compact", wiring: true},
 	{pkg: "bench/replicate", wiring: true, usesTestSupport: true},
+	{pkg: "bench/scale", wiring: true},
 	{pkg: "integration", wiring: true, usesTestSupport: true},
 }
 
