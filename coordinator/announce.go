@@ -77,7 +77,7 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 			return err
 		}
 	}
-	if _, err := apply(c, runNotifiedCmd{Run: r.ID, Time: now()}); err != nil {
+	if _, err := apply(c, runNotifiedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
 		return err
 	}
 	c.endSpan(r.ID)

@@ -322,12 +322,14 @@ func (runPlannedCmd) cmdType() cmdType { return cmdRunPlanned }
 // out). The run plans again as its next attempt, or fails once Limit
 // attempts were given up.
 type runReplanCmd struct {
-	Run     string    `json:"run"`
-	Attempt int       `json:"attempt"`
-	Reason  string    `json:"reason"`
-	Limit   int       `json:"limit"`
-	Keep    int       `json:"keep"`
-	Time    time.Time `json:"time"`
+	Run     string `json:"run"`
+	Attempt int    `json:"attempt"`
+	Reason  string `json:"reason"`
+	Limit   int    `json:"limit"`
+	Keep    int    `json:"keep"`
+	// KeepUnannounced is runCommittedCmd's.
+	KeepUnannounced bool      `json:"keep_unannounced,omitempty"`
+	Time            time.Time `json:"time"`
 }
 
 func (runReplanCmd) cmdType() cmdType { return cmdRunReplan }
@@ -362,8 +364,14 @@ type runCommittingReply struct {
 	Version int64
 }
 
-// runNotifiedCmd records that the leader announced a run's end.
-type runNotifiedCmd runRef
+// runNotifiedCmd records that the leader announced a run's end, keeping
+// the newest Keep finished runs of its pipeline whose end was announced
+// (0, in an entry of an earlier version: all).
+type runNotifiedCmd struct {
+	Run  string    `json:"run"`
+	Keep int       `json:"keep,omitempty"`
+	Time time.Time `json:"time"`
+}
 
 func (runNotifiedCmd) cmdType() cmdType { return cmdRunNotified }
 
@@ -415,21 +423,28 @@ type taskResultReply struct {
 // runCommittedCmd records that the run's sink committed it, keeping the
 // newest Keep finished runs and versions of its pipeline.
 type runCommittedCmd struct {
-	Run      string    `json:"run"`
-	Location string    `json:"location,omitempty"`
-	Marker   string    `json:"marker,omitempty"`
-	Keep     int       `json:"keep"`
-	Time     time.Time `json:"time"`
+	Run      string `json:"run"`
+	Location string `json:"location,omitempty"`
+	Marker   string `json:"marker,omitempty"`
+	Keep     int    `json:"keep"`
+	// KeepUnannounced keeps, beyond Keep, the finished runs whose end the
+	// leader has not announced yet (its run-notified entry prunes them):
+	// a run that ends while more than Keep others end is announced all the
+	// same. Unset in an entry of an earlier version.
+	KeepUnannounced bool      `json:"keep_unannounced,omitempty"`
+	Time            time.Time `json:"time"`
 }
 
 func (runCommittedCmd) cmdType() cmdType { return cmdRunCommitted }
 
 // runFailedCmd fails a run with Error.
 type runFailedCmd struct {
-	Run   string    `json:"run"`
-	Error string    `json:"error"`
-	Keep  int       `json:"keep"`
-	Time  time.Time `json:"time"`
+	Run   string `json:"run"`
+	Error string `json:"error"`
+	Keep  int    `json:"keep"`
+	// KeepUnannounced is runCommittedCmd's.
+	KeepUnannounced bool      `json:"keep_unannounced,omitempty"`
+	Time            time.Time `json:"time"`
 }
 
 func (runFailedCmd) cmdType() cmdType { return cmdRunFailed }

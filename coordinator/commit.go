@@ -52,7 +52,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		// A run by position, or of integer values, that found nothing
 		// new appends nothing: only its watermark moves (a source may
 		// pass what it skips).
-		if _, err := apply(c, runCommittedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+		if _, err := apply(c, runCommittedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, KeepUnannounced: true, Time: now()}); err != nil {
 			return err
 		}
 		log.Info("run committed: nothing new", "version", r.Version, "watermark", r.Watermark)
@@ -85,7 +85,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			return sink.Commit(cctx, req)
 		}()
 		if err == nil {
-			if _, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
+			if _, err := apply(c, runCommittedCmd{Run: r.ID, Location: res.Location, Marker: res.Marker, Keep: c.cfg.KeepRuns, KeepUnannounced: true, Time: now()}); err != nil {
 				return err
 			}
 			log.Info("run committed", "version", r.Version, "location", res.Location)

@@ -152,3 +152,48 @@ func TestFSMApplyBatch(t *testing.T) {
 		t.Error("the state after a batch differs from the state after the same entries one by one")
 	}
 }
+
+// TestFSMKeepsUnannouncedRuns checks that a run that ends while more than
+// KeepRuns others end is kept until its end is announced (its run event,
+// its downstream runs, its backfill's next window depend on it), then
+// pruned with the others; an entry of an earlier version (no
+// keep_unannounced) prunes as that version did.
+func TestFSMKeepsUnannouncedRuns(t *testing.T) {
+	runs := func(f *fsm) []string {
+		var out []string
+		for id := range f.st.Runs {
+			out = append(out, id)
+		}
+		return out
+	}
+	for _, keepUnannounced := range []bool{true, false} {
+		f := newFSM()
+		applyAll(t, f, put("orders"))
+		for i := 1; i <= 4; i++ {
+			run := fmt.Sprintf("orders-%06d", i)
+			applyAll(t, f, create("orders", ""), planned(run, 1, ""), published(run), ok(run, "t00000", 1), committing(run),
+				runCommittedCmd{Run: run, Keep: 2, KeepUnannounced: keepUnannounced, Time: t0})
+		}
+		applyAll(t, f, create("orders", ""), runFailedCmd{Run: "orders-000005", Error: "x", Keep: 2, KeepUnannounced: keepUnannounced, Time: t0})
+		want := []string{"orders-000001", "orders-000002", "orders-000003", "orders-000004", "orders-000005"}
+		if !keepUnannounced {
+			want = want[3:]
+		}
+		if got := runs(f); !equalSet(got, want) {
+			t.Fatalf("keep_unannounced %v: runs %v before their ends were announced, want %v", keepUnannounced, got, want)
+		}
+		if !keepUnannounced {
+			continue
+		}
+		applyAll(t, f, runNotifiedCmd{Run: "orders-000002", Keep: 2, Time: t0}, runNotifiedCmd{Run: "orders-000004", Keep: 2, Time: t0})
+		if got, want := runs(f), []string{"orders-000001", "orders-000002", "orders-000003", "orders-000004", "orders-000005"}; !equalSet(got, want) {
+			t.Errorf("runs %v after 2 of 5 announced (keep 2), want %v", got, want)
+		}
+		for _, r := range []string{"orders-000001", "orders-000003", "orders-000005"} {
+			applyAll(t, f, runNotifiedCmd{Run: r, Keep: 2, Time: t0})
+		}
+		if got, want := runs(f), []string{"orders-000004", "orders-000005"}; !equalSet(got, want) {
+			t.Errorf("runs %v after all announced (keep 2), want %v", got, want)
+		}
+	}
+}

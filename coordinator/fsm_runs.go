@@ -260,7 +260,7 @@ func (c taskResultCmd) applyTo(s *state) (taskResultReply, error) {
 		return taskResultReply{Changed: true}, nil
 	}
 	t.State = protocol.TaskFailed
-	s.failRun(r, fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error), 0, c.Time)
+	s.failRun(r, fmt.Sprintf("task %s (%s) failed after %d attempt(s): %s", t.ID, t.Partition.Key, t.Attempts, c.Error), 0, false, c.Time)
 	return taskResultReply{Changed: true, RunFailed: true}, nil
 }
 
@@ -286,10 +286,10 @@ func (c runReplanCmd) applyTo(s *state) (runReplanReply, error) {
 	r.Replans = append(slices.Clone(r.Replans), protocol.Replan{Attempt: attempt, Reason: c.Reason, Time: c.Time})
 	switch {
 	case s.snapshotRun(r):
-		s.failRun(r, c.Reason+" (an initial snapshot starts again as a new run, on a new slot)", c.Keep, c.Time)
+		s.failRun(r, c.Reason+" (an initial snapshot starts again as a new run, on a new slot)", c.Keep, c.KeepUnannounced, c.Time)
 		return runReplanReply{Attempt: attempt, Failed: true}, nil
 	case attempt >= c.Limit:
-		s.failRun(r, fmt.Sprintf("given up after %d attempts: %s", attempt, c.Reason), c.Keep, c.Time)
+		s.failRun(r, fmt.Sprintf("given up after %d attempts: %s", attempt, c.Reason), c.Keep, c.KeepUnannounced, c.Time)
 		return runReplanReply{Attempt: attempt, Failed: true}, nil
 	}
 	r.Attempt = attempt + 1
@@ -313,13 +313,14 @@ func (s *state) snapshotRun(r *runState) bool {
 }
 
 // failRun fails run r with msg at time t, keeping the newest keep
-// finished runs of its pipeline (keep <= 0: all).
-func (s *state) failRun(r *runState, msg string, keep int, t time.Time) {
+// finished runs of its pipeline (keep <= 0: all), and with
+// keepUnannounced those whose end was not announced.
+func (s *state) failRun(r *runState, msg string, keep int, keepUnannounced bool, t time.Time) {
 	r.State = protocol.RunFailed
 	r.Error = msg
 	r.Finished = t
 	s.runEnded(r, t)
-	s.prune(r.Pipeline, keep)
+	s.prune(r.Pipeline, keep, keepUnannounced)
 }
 
 // applyTo assigns a run whose tasks all succeeded the next dataset
@@ -392,7 +393,7 @@ func (c runCommittedCmd) applyTo(s *state) (noReply, error) {
 		}
 	}
 	s.runEnded(r, c.Time)
-	s.prune(r.Pipeline, c.Keep)
+	s.prune(r.Pipeline, c.Keep, c.KeepUnannounced)
 	return noReply{}, nil
 }
 
@@ -405,7 +406,7 @@ func (c runFailedCmd) applyTo(s *state) (noReply, error) {
 	if r.finished() {
 		return noReply{}, nil
 	}
-	s.failRun(r, c.Error, c.Keep, c.Time)
+	s.failRun(r, c.Error, c.Keep, c.KeepUnannounced, c.Time)
 	return noReply{}, nil
 }
 
@@ -417,18 +418,20 @@ func (c runNotifiedCmd) applyTo(s *state) (noReply, error) {
 		return noReply{}, nil
 	}
 	r.Notified = true
+	s.prune(r.Pipeline, c.Keep, true)
 	return noReply{}, nil
 }
 
 // prune keeps the newest keep finished runs of a pipeline (by run
-// sequence); keep <= 0 changes nothing.
-func (s *state) prune(pipelineName string, keep int) {
+// sequence), and with keepUnannounced every one whose end was not
+// announced yet; keep <= 0 changes nothing.
+func (s *state) prune(pipelineName string, keep int, keepUnannounced bool) {
 	if keep <= 0 {
 		return
 	}
 	var done []*runState
 	for _, r := range s.Runs {
-		if r.Pipeline == pipelineName && r.finished() {
+		if r.Pipeline == pipelineName && r.finished() && (r.Notified || !keepUnannounced) {
 			done = append(done, r)
 		}
 	}

@@ -364,6 +364,6 @@ func runContext(ctx context.Context, r *runState) context.Context {
 // failRun fails run r with msg, scrubbed of expanded `${NAME}` values; its
 // announcement follows.
 func (t *leaderTerm) failRun(r *runState, msg string) error {
-	_, err := apply(t.c, runFailedCmd{Run: r.ID, Error: t.c.reg.Scrub(msg), Keep: t.c.cfg.KeepRuns, Time: now()})
+	_, err := apply(t.c, runFailedCmd{Run: r.ID, Error: t.c.reg.Scrub(msg), Keep: t.c.cfg.KeepRuns, KeepUnannounced: true, Time: now()})
 	return err
 }

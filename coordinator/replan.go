@@ -57,7 +57,7 @@ func (t *leaderTerm) holds(id string) bool {
 // entry that overtook this one (another attempt, every task done) leaves
 // the run to advance's next look.
 func (t *leaderTerm) replan(log *slog.Logger, r *runState, reason string) error {
-	out, err := apply(t.c, runReplanCmd{Run: r.ID, Attempt: r.attempt(), Reason: reason, Limit: runAttempts, Keep: t.c.cfg.KeepRuns, Time: now()})
+	out, err := apply(t.c, runReplanCmd{Run: r.ID, Attempt: r.attempt(), Reason: reason, Limit: runAttempts, Keep: t.c.cfg.KeepRuns, KeepUnannounced: true, Time: now()})
 	if refused(err, refusedRunState) {
 		return nil
 	}
