@@ -74,6 +74,7 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 					case <-ctx.Done():
 						return ctx.Err()
 					}
+					futs[waited] = nil // its message is stored: let it go
 				}
 				return nil
 			}
