@@ -197,3 +197,36 @@ func TestFSMKeepsUnannouncedRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestBackfillStatusListsWindowsToLookAt checks that the status of a
+// backfill of many windows lists MaxWindowList of them, its failed and
+// running ones among them, in order, and counts all of them.
+func TestBackfillStatusListsWindowsToLookAt(t *testing.T) {
+	b := &backfillState{ID: "ev-bf0001", State: protocol.BackfillRunning}
+	n := protocol.MaxWindowList + 500
+	for i := range n {
+		w := protocol.BackfillWindow{Window: protocol.ValueWindow(int64(i), int64(i+1)), State: protocol.WindowCommitted, Rows: 1}
+		switch {
+		case i == n-1:
+			w.State = protocol.WindowFailed
+		case i >= n-3:
+			w.State = protocol.WindowRunning
+		case i >= n-10:
+			w.State = protocol.WindowQueued
+		}
+		b.Windows = append(b.Windows, w)
+	}
+	st := backfillStatus(b)
+	if len(st.Windows) != protocol.MaxWindowList || st.Total != n || st.Committed != n-10 || st.Failed != 1 || st.Running != 2 || st.Queued != 7 || st.Rows != int64(n-10) {
+		t.Fatalf("status lists %d windows; total %d, committed %d, failed %d, running %d, queued %d, rows %d",
+			len(st.Windows), st.Total, st.Committed, st.Failed, st.Running, st.Queued, st.Rows)
+	}
+	for i := 1; i < len(st.Windows); i++ {
+		if st.Windows[i-1].Window.Compare(st.Windows[i].Window) >= 0 {
+			t.Fatalf("windows listed out of order at %d", i)
+		}
+	}
+	if last := st.Windows[len(st.Windows)-10:]; last[9].State != protocol.WindowFailed || last[7].State != protocol.WindowRunning || last[0].State != protocol.WindowQueued {
+		t.Errorf("the last windows listed are %v, want the queued, running and failed ones", last)
+	}
+}
