@@ -222,6 +222,12 @@ cdc: {slot: %[5]s, publication: %[5]s, target_rows: 1000, lease: 3s}
 		if bf, err = l.Client.WaitBackfill(cctx, bf.ID, 100*time.Millisecond, nil); err != nil || bf.Committed != 3 || bf.Rows != 900 {
 			t.Fatalf("backfill %+v: %v; want 3 windows committed, 900 rows", bf, err)
 		}
+		// Changes after the snapshot stream through the slot.
+		for _, q := range []string{"INSERT INTO %[1]s.orders SELECT g, now(), 1 FROM generate_series(1001, 1300) g", "UPDATE %[1]s.orders SET amount = 2 WHERE id > 1200"} {
+			if _, err := conn.Exec(bg, fmt.Sprintf(q, schema)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if out, _, err := sluice(cctx, "cdc", "wait", "orders_cdc", "--nats", url); err != nil {
 			t.Fatalf("cdc wait: %v\n%s", err, out)
 		}

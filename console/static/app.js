@@ -132,21 +132,27 @@ async function renderRun(id) {
     el("td", {}, t.worker || ""), el("td", {}, num(t.rows)), el("td", {}, bytes(t.bytes)), el("td", { class: "error" }, t.error || ""))), "no tasks (not planned yet)");
 }
 
-// spark draws samples of one value as an SVG polyline.
-function spark(samples, key, label) {
+// spark draws samples of one value as an SVG line, labelled with its newest
+// value.
+function spark(samples, key, label, fmt) {
   const w = 160, h = 32, ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("class", "spark");
   svg.dataset.samples = samples.length;
-  const max = Math.max(1, ...samples.map((s) => s[key]));
-  const pts = samples.map((s, i) => `${samples.length > 1 ? (i * w) / (samples.length - 1) : w},${h - 2 - ((h - 4) * s[key]) / max}`);
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", pts.join(" "));
+  const top = Math.max(0, ...samples.map((s) => s[key]));
+  const max = top || 1;
+  const x = (i) => (samples.length > 1 ? (i * w) / (samples.length - 1) : w - 2);
+  const y = (v) => h - 2 - ((h - 14) * v) / max;
+  const line = document.createElementNS(ns, samples.length > 1 ? "polyline" : "circle");
+  if (samples.length > 1) line.setAttribute("points", samples.map((s, i) => `${x(i)},${y(s[key])}`).join(" "));
+  else if (samples.length) { line.setAttribute("cx", x(0)); line.setAttribute("cy", y(samples[0][key])); line.setAttribute("r", 2); }
   svg.append(line);
-  const title = document.createElementNS(ns, "title");
-  title.textContent = `${label}: max ${key === "lag_bytes" ? bytes(max) : max.toFixed(1) + " s"} over ${samples.length} samples`;
-  svg.append(title);
+  const text = document.createElementNS(ns, "text");
+  text.setAttribute("x", 3);
+  text.setAttribute("y", 10);
+  text.textContent = samples.length ? `${label} ${fmt(samples[samples.length - 1][key])} (max ${fmt(top)})` : `${label}: no samples yet`;
+  svg.append(text);
   return svg;
 }
 
@@ -158,7 +164,7 @@ async function renderCDC() {
       el("td", {}, s.pipeline), el("td", {}, s.pattern), el("td", {}, s.phase), el("td", {}, badge(s.status.state || "unassigned")),
       el("td", {}, s.worker || ""), el("td", {}, bytes(s.status.lag_bytes)), el("td", {}, dur(nsToMs(s.status.lag_time))),
       el("td", {}, num(s.status.events)), el("td", {}, when(s.status.last_commit)),
-      el("td", {}, spark(samples, "lag_bytes", "lag bytes"), spark(samples, "lag_seconds", "lag seconds"),
+      el("td", {}, spark(samples, "lag_bytes", "bytes", bytes), spark(samples, "lag_seconds", "seconds", (v) => v.toFixed(1)),
         s.status.error ? el("div", { class: "error" }, s.status.error) : null));
   }), "no cdc or cdc_apply pipelines");
 }
