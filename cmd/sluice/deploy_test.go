@@ -158,12 +158,14 @@ type k8sContainer struct {
 		Name          string `yaml:"name"`
 		ContainerPort int    `yaml:"containerPort"`
 	} `yaml:"ports"`
-	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
-	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
-	VolumeMounts   []struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-	} `yaml:"volumeMounts"`
+	ReadinessProbe *k8sProbe  `yaml:"readinessProbe"`
+	LivenessProbe  *k8sProbe  `yaml:"livenessProbe"`
+	VolumeMounts   []k8sMount `yaml:"volumeMounts"`
+}
+
+type k8sMount struct {
+	Name      string `yaml:"name"`
+	MountPath string `yaml:"mountPath"`
 }
 
 type k8sProbe struct {
@@ -226,19 +228,27 @@ type k8sService struct {
 type k8sPolicy struct {
 	PodSelector labelSelector `yaml:"podSelector"`
 	Ingress     []struct {
-		From []struct {
-			PodSelector *labelSelector `yaml:"podSelector"`
-		} `yaml:"from"`
-		Ports []struct {
-			Port int `yaml:"port"`
-		} `yaml:"ports"`
+		From  []k8sPeer       `yaml:"from"`
+		Ports []k8sPolicyPort `yaml:"ports"`
 	} `yaml:"ingress"`
+}
+
+type k8sPeer struct {
+	PodSelector *labelSelector `yaml:"podSelector"`
+}
+
+type k8sPolicyPort struct {
+	Port int `yaml:"port"`
 }
 
 type k8sPDB struct {
 	MaxUnavailable any           `yaml:"maxUnavailable"`
 	MinAvailable   any           `yaml:"minAvailable"`
 	Selector       labelSelector `yaml:"selector"`
+}
+
+type k8sImage struct {
+	Name string `yaml:"name"`
 }
 
 const k8sDir = "../../deploy/kubernetes"
@@ -297,11 +307,9 @@ func decodeSpec[T any](t *testing.T, o k8sObject) T {
 func TestKubernetesManifests(t *testing.T) {
 	objs := loadManifests(t)
 	var kust struct {
-		Namespace string   `yaml:"namespace"`
-		Resources []string `yaml:"resources"`
-		Images    []struct {
-			Name string `yaml:"name"`
-		} `yaml:"images"`
+		Namespace string     `yaml:"namespace"`
+		Resources []string   `yaml:"resources"`
+		Images    []k8sImage `yaml:"images"`
 	}
 	b, err := os.ReadFile(filepath.Join(k8sDir, "kustomization.yaml"))
 	if err != nil || yaml.Unmarshal(b, &kust) != nil {
@@ -362,7 +370,10 @@ func TestKubernetesManifests(t *testing.T) {
 		if len(w.Selector.MatchLabels) == 0 || !w.Selector.selects(labels) {
 			t.Errorf("%s: selector %v does not select its pods %v", w.name, w.Selector.MatchLabels, labels)
 		}
-		if !slices.ContainsFunc(pdbs, func(p k8sPDB) bool { return p.Selector.selects(labels) && (p.MaxUnavailable != nil || p.MinAvailable != nil) }) {
+		covered := func(p k8sPDB) bool {
+			return p.Selector.selects(labels) && (p.MaxUnavailable != nil || p.MinAvailable != nil)
+		}
+		if !slices.ContainsFunc(pdbs, covered) {
 			t.Errorf("%s: no PodDisruptionBudget", w.name)
 		}
 		if w.kind == "StatefulSet" {
@@ -490,12 +501,7 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("nats.conf: port %d, cluster %d, monitor %d, jetstream %v, server name %q; the container declares %d, %d, %d",
 			opts.Port, opts.Cluster.Port, opts.HTTPPort, opts.JetStream, opts.ServerName, clientPort, clusterPort, monitorPort)
 	}
-	if !slices.ContainsFunc(nc.VolumeMounts, func(m struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-	}) bool {
-		return m.Name == "data" && m.MountPath == opts.StoreDir
-	}) {
+	if !slices.ContainsFunc(nc.VolumeMounts, func(m k8sMount) bool { return m.Name == "data" && m.MountPath == opts.StoreDir }) {
 		t.Errorf("nats.conf: JetStream stores in %s, not on the data volume", opts.StoreDir)
 	}
 	var routes []string
@@ -596,16 +602,8 @@ func TestKubernetesManifests(t *testing.T) {
 				continue
 			}
 			for _, in := range p.Ingress {
-				okPort := len(in.Ports) == 0 || slices.ContainsFunc(in.Ports, func(x struct {
-					Port int `yaml:"port"`
-				}) bool {
-					return x.Port == port
-				})
-				okFrom := len(in.From) == 0 || slices.ContainsFunc(in.From, func(f struct {
-					PodSelector *labelSelector `yaml:"podSelector"`
-				}) bool {
-					return f.PodSelector != nil && f.PodSelector.selects(from)
-				})
+				okPort := len(in.Ports) == 0 || slices.ContainsFunc(in.Ports, func(x k8sPolicyPort) bool { return x.Port == port })
+				okFrom := len(in.From) == 0 || slices.ContainsFunc(in.From, func(f k8sPeer) bool { return f.PodSelector != nil && f.PodSelector.selects(from) })
 				if okPort && okFrom {
 					return true
 				}
@@ -637,11 +635,7 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	for _, w := range workloads {
 		for _, c := range w.Template.Spec.Containers {
-			if c.Image == "sluice" && !slices.ContainsFunc(kust.Images, func(i struct {
-				Name string `yaml:"name"`
-			}) bool {
-				return i.Name == "sluice"
-			}) {
+			if c.Image == "sluice" && !slices.ContainsFunc(kust.Images, func(i k8sImage) bool { return i.Name == "sluice" }) {
 				t.Errorf("%s: image sluice is not set in kustomization.yaml", w.name)
 			}
 		}
