@@ -108,7 +108,7 @@ async function renderStatus(st) {
       onclick: () => { location.hash = "#runs/" + encodeURIComponent(r.run); } },
     el("td", {}, r.run), el("td", {}, r.pipeline), el("td", {}, badge(r.state)),
     el("td", {}, bar(r.tasks_done, r.tasks_failed, r.tasks), ` ${r.tasks_done}/${r.tasks}` + (r.tasks_failed ? `, ${r.tasks_failed} failed` : "")),
-    el("td", {}, num(r.rows)), el("td", {}, bytes(r.bytes)), el("td", {}, when(r.created)),
+    el("td", {}, num(r.rows) + (r.unit ? " " + r.unit : "")), el("td", {}, bytes(r.bytes)), el("td", {}, when(r.created)),
     el("td", {}, dur(end - new Date(r.created))));
   }), "no runs yet");
 }
@@ -122,7 +122,7 @@ async function renderRun(id) {
   box.dataset.state = r.state;
   document.getElementById("run-id").textContent = r.run;
   const facts = [["pipeline", r.pipeline], ["state", badge(r.state)], ["tasks", `${r.tasks_done} done, ${r.tasks_failed} failed of ${r.tasks}`],
-    ["rows", num(r.rows)], ["bytes", bytes(r.bytes)], ["version", r.version || ""], ["checksum", r.checksum || ""],
+    [r.unit || "rows", num(r.rows)], ["bytes", bytes(r.bytes)], ["version", r.version || ""], ["checksum", r.checksum || ""],
     ["location", r.location || ""], ["trace", r.trace_id || ""], ["attempt", r.attempt || ""],
     ["trigger", r.trigger ? `${r.trigger.source || ""} ${r.trigger.subject || ""} ${r.trigger.msg_id || ""}`.trim() : ""]];
   document.getElementById("run-facts").replaceChildren(...facts.filter(([, v]) => v !== "").flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
