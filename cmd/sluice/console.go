@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,7 @@ func (a *api) routeConsole(mux *http.ServeMux) {
 // console's page and assets, which hold no data (the page asks for the
 // token when the API answers 401), and the redirect to them.
 func consolePublic(path string) bool {
-	return path == "/" || len(path) >= len(consolePrefix) && path[:len(consolePrefix)] == consolePrefix
+	return path == "/" || strings.HasPrefix(path, consolePrefix)
 }
 
 // queryLimit parses ?limit=N (N >= 1); def when absent.
