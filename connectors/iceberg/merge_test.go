@@ -230,4 +230,3 @@ func lose(t *testing.T, cfg SinkConfig, path string) {
 		t.Fatal(err)
 	}
 }
-
