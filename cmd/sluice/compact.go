@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -39,9 +41,9 @@ through the cluster: the run of a compact pipeline, or a compaction of the
 dataset another pipeline loads (with the default settings).
 
 A dataset that no pipeline names is given by --dataset, a YAML mapping as
-a compact pipeline's dataset field ('{kind: iceberg, table: sales.orders,
+a compact pipeline's dataset field ('{kind: ` + iceberg.Kind + `, table: sales.orders,
 warehouse: s3://lake/wh, catalog: ${SLUICE_ICEBERG_CATALOG}}'), or by a
-path or s3:// URL as the argument, which means {kind: files, path: ARG}.
+path or s3:// URL as the argument, which means {kind: ` + files.Kind + `, path: ARG}.
 sluice then applies a compact pipeline for it, named compact-<hash of
 the dataset> (printed; the same dataset gives the same pipeline, whose
 runs, status and vacuum work as any pipeline's, and sluice delete removes
@@ -49,7 +51,7 @@ it), and runs it.`,
 		Example: `  sluice compact events-compact --dry-run
   sluice compact events-full
   sluice compact /data/.sluice/datasets/events
-  sluice compact --dataset '{kind: iceberg, table: sales.orders, warehouse: /data/lake}'`,
+  sluice compact --dataset '{kind: ` + iceberg.Kind + `, table: sales.orders, warehouse: /data/lake}'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if dataset != "" {
 				if len(args) > 0 {
@@ -99,7 +101,7 @@ func datasetArg(arg, flag string) (string, bool) {
 		}
 	}
 	b, _ := json.Marshal(arg) // a JSON string is a YAML scalar
-	return "{kind: files, path: " + string(b) + "}", true
+	return "{kind: " + files.Kind + ", path: " + string(b) + "}", true
 }
 
 // applyDatasetPipeline applies the compact pipeline of a dataset given by
