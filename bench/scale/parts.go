@@ -268,7 +268,7 @@ source: {kind: scale_bench}
 sink: {kind: scale_bench}
 incremental:
   delta_column: id
-  window: 1
+  window: 2
   start: 0
 `
 
@@ -305,7 +305,10 @@ func backfill(ctx context.Context, cfg config, dir string, stdout io.Writer) (*b
 	pid := c.coord.cmd.Process.Pid
 	cpu0 := cpuOf(pid)
 	start := time.Now()
-	st, err := c.client.Backfill(ctx, protocol.BackfillRequest{Pipeline: name, Range: &protocol.Window{Values: true, Lo: 0, Hi: int64(cfg.windows)}, Concurrency: cfg.concurrency})
+	// Windows of 2 values over [0, 2 x windows - 1): the last one of 1
+	// value (the FSM takes at most 99,999 whole windows and a part).
+	rg := protocol.ValueWindow(0, 2*int64(cfg.windows)-1)
+	st, err := c.client.Backfill(ctx, protocol.BackfillRequest{Pipeline: name, Range: &rg, Concurrency: cfg.concurrency})
 	if err != nil {
 		return nil, err
 	}
