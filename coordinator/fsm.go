@@ -18,6 +18,9 @@ type fsm struct {
 	changed chan struct{}
 }
 
+// The FSM takes the entries Raft commits together as one batch.
+var _ raft.BatchingFSM = (*fsm)(nil)
+
 func newFSM() *fsm { return &fsm{st: newState(), changed: make(chan struct{})} }
 
 // encodeCmd builds the log entry of a command: its type byte, then its
