@@ -342,7 +342,22 @@ func cdcScenario(t *testing.T, c *procCluster, conn *pgx.Conn, dsn, schema, pref
 		return got == want
 	}) {
 		st, _ := c.client.CDCStatus(c.ctx(10 * time.Second))
-		t.Fatalf("replica %s, source %s\nstreams: %+v", got, want, st)
+		t.Errorf("replica %s, source %s\nstreams: %+v", got, want, st)
+		var diff []string
+		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT s.id, s.v, r.v, s.note = r.note FROM %s s FULL JOIN %s.acct r USING (id)
+			WHERE r.id IS NULL OR s.id IS NULL OR s.v <> r.v OR s.note IS DISTINCT FROM r.note ORDER BY 1 LIMIT 10`, src.table, replica))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var id, sv, rv *int64
+			var same *bool
+			if err := rows.Scan(&id, &sv, &rv, &same); err != nil {
+				t.Fatal(err)
+			}
+			diff = append(diff, fmt.Sprintf("id %v: source v %v, replica v %v, same note %v", deref(id), deref(sv), deref(rv), deref(same)))
+		}
+		t.Errorf("rows that differ: %s", strings.Join(diff, "; "))
 	}
 	t.Logf("%s: replica = source = %s after %d changes", apply, want, changes)
 	s, _ := c.streamOf(cdc)
@@ -568,4 +583,11 @@ func TestFaultMatrixNATSKill9(t *testing.T) {
 			return func() { t.Logf("applying: NATS node %s killed, %s led SLUICE_CDC after", node, next) }
 		},
 	})
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
