@@ -345,13 +345,23 @@ func checkCDCStream(t *testing.T, js jetstream.JetStream, conn *pgx.Conn, name s
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, protocol.StreamCDC, jetstream.OrderedConsumerConfig{FilterSubjects: []string{protocol.CDCSubjectPrefix(name) + ">"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// The JetStream API of a loaded cluster may not answer at once (no
+	// responders while its meta leader moves): tried for a while.
+	var cons jetstream.Consumer
+	var info *jetstream.ConsumerInfo
+	var err error
+	for try := 0; ; try++ {
+		cons, err = js.OrderedConsumer(ctx, protocol.StreamCDC, jetstream.OrderedConsumerConfig{FilterSubjects: []string{protocol.CDCSubjectPrefix(name) + ">"}})
+		if err == nil {
+			info, err = cons.Info(ctx)
+		}
+		if err == nil {
+			break
+		}
+		if try == 50 {
+			t.Fatalf("read %s's events in %s: %v", name, protocol.StreamCDC, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	reads := map[string]int{}
 	lastV := map[string]int64{} // by key: the v of its last event
