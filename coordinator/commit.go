@@ -58,6 +58,8 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 		log.Info("run committed: nothing new", "version", r.Version, "watermark", r.Watermark)
 		return nil
 	}
+	// The fault tests kill the leader once this line is out.
+	log.Debug("commit started", "version", r.Version, "tasks", len(r.Tasks))
 	var lastErr error
 	backoff := 250 * time.Millisecond
 	for attempt := 1; attempt <= commitAttempts; attempt++ {

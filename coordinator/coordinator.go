@@ -129,11 +129,15 @@ func (c *Coordinator) LeaderID() string {
 	return string(id)
 }
 
-// Kill stops the node abruptly, for fault tests: Raft shuts down without
-// handing leadership over and the leader work stops; Run returns. Kill
-// waits for Run to return when Run was started.
+// Kill stops the node abruptly, for fault tests, as a crash would: it
+// closes the node's NATS connection first (its subscriptions, pull
+// requests and unacked messages go with it, and nothing more is acked,
+// published or answered), then Raft shuts down without handing leadership
+// over and the leader work stops; Run returns. Kill waits for Run to
+// return when Run was started. The connection given to New is closed.
 func (c *Coordinator) Kill() {
 	c.kill.Do(func() {
+		c.nc.Close()
 		close(c.killed)
 		if r := c.raftNode(); r != nil {
 			if err := r.Shutdown().Error(); err != nil {

@@ -214,12 +214,32 @@ type procCluster struct {
 	procs    []*proc
 	coords   map[string]*proc // by Raft node id
 	workers  map[string]*proc // by worker id
-	client   *coordinator.Client
-	js       jetstream.JetStream
+	// workerArgs are added to the command line of every worker started.
+	workerArgs []string
+	client     *coordinator.Client
+	js         jetstream.JetStream
 }
 
 func newProcCluster(t *testing.T) *procCluster {
 	t.Helper()
+	return newProcClusterWith(t, procOptions{})
+}
+
+// procOptions change a process cluster from the default: three
+// coordinators and the workers w1 and w2, with the product's timings.
+type procOptions struct {
+	// workers are the ids of the workers started (default w1, w2).
+	workers []string
+	// coordArgs and workerArgs are added to every coordinator's and
+	// worker's command line.
+	coordArgs, workerArgs []string
+}
+
+func newProcClusterWith(t *testing.T, o procOptions) *procCluster {
+	t.Helper()
+	if len(o.workers) == 0 {
+		o.workers = []string{"w1", "w2"}
+	}
 	sluice, natsServer := binaries(t)
 	c := &procCluster{
 		t: t, dir: t.TempDir(),
@@ -286,11 +306,11 @@ func newProcCluster(t *testing.T) *procCluster {
 		if i == 0 {
 			args = append(args, "--bootstrap")
 		}
-		c.coords[id] = c.start("coordinator-"+id, sluice, args...)
+		c.coords[id] = c.start("coordinator-"+id, sluice, append(args, o.coordArgs...)...)
 	}
-	for _, id := range []string{"w1", "w2"} {
-		c.workers[id] = c.start("worker-"+id, sluice, "worker", "--id", id, "--slots", "2",
-			"--drain-timeout", drainTimeout.String(), "--nats", c.natsURLs, "--log-level", "debug")
+	c.workerArgs = o.workerArgs
+	for _, id := range o.workers {
+		c.startWorker(id)
 	}
 
 	// Ready: a leader answers and both workers are heard from.
@@ -298,7 +318,7 @@ func newProcCluster(t *testing.T) *procCluster {
 	defer cancel()
 	for {
 		st, err := c.client.Status(ctx, protocol.StatusRequest{})
-		if err == nil && st.Leader != "" && len(st.Workers) == 2 && st.Workers[0].Worker == "w1" && st.Workers[1].Worker == "w2" {
+		if err == nil && st.Leader != "" && slices.Equal(heardFrom(st.Workers), slices.Sorted(slices.Values(o.workers))) {
 			break
 		}
 		if ctx.Err() != nil {
@@ -307,6 +327,27 @@ func newProcCluster(t *testing.T) *procCluster {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return c
+}
+
+// heardFrom returns the ids of the workers of a status, sorted.
+func heardFrom(hbs []protocol.Heartbeat) []string {
+	var ids []string
+	for _, hb := range hbs {
+		ids = append(ids, hb.Worker)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// startWorker starts the worker process id, with 2 slots.
+func (c *procCluster) startWorker(id string) *proc {
+	c.t.Helper()
+	sluice, _ := binaries(c.t)
+	args := []string{"worker", "--id", id, "--slots", "2",
+		"--drain-timeout", drainTimeout.String(), "--nats", c.natsURLs, "--log-level", "debug"}
+	p := c.start("worker-"+id, sluice, append(args, c.workerArgs...)...)
+	c.workers[id] = p
+	return p
 }
 
 // start starts a process of the cluster with its output in a log file.

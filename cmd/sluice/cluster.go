@@ -35,6 +35,7 @@ type coordinatorOptions struct {
 	tf        tokenFlags
 	headers   []string
 	limits    streamLimits
+	ackWait   time.Duration
 }
 
 // streamLimits are the coordinator's flags that bound the Sluice streams
@@ -88,6 +89,11 @@ func newCoordinatorCmd() *cobra.Command {
 	o.tf.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	o.limits.register(fs)
+	// For fault tests: a crashed worker's task comes back after the
+	// workers' ack wait (30s); a test sets it short, with the workers'
+	// --progress-every below it.
+	fs.DurationVar(&o.ackWait, "ack-wait", 0, "ack wait of the workers' task consumer (default 30s; for tests)")
+	_ = fs.MarkHidden("ack-wait")
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -136,7 +142,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas, TriggerHeaders: o.headers,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers, AckWait: o.ackWait,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
@@ -179,6 +185,9 @@ type workerOptions struct {
 	id    string
 	slots int
 	drain time.Duration
+	// progress is the interval of in-progress acks (hidden, for tests
+	// that set the coordinator's --ack-wait short).
+	progress time.Duration
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -198,6 +207,8 @@ func newWorkerCmd() *cobra.Command {
 	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
 	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
+	fs.DurationVar(&o.progress, "progress-every", 0, "interval of in-progress acks of a running task (default 5s; below the coordinator's --ack-wait; for tests)")
+	_ = fs.MarkHidden("progress-every")
 	return cmd
 }
 
@@ -218,7 +229,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)
-	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
+	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, ProgressEvery: o.progress}, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}

@@ -205,6 +205,13 @@ func (r *Runner) run(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		// The batcher holds at most BatchSize messages unacknowledged.
 		MaxAckPending: 2 * r.cfg.BatchSize,
+		// One replica: a replicated consumer sends a pull request's
+		// closing status (409 Batch Completed, or Message Size Exceeds
+		// MaxBytes) before the messages it holds back until their delivery
+		// is replicated, and the fetch ends on the status with those
+		// messages lost, every time. Its state is disposable: every start
+		// positions it after the target's applied offset.
+		Replicas: 1,
 	})
 	if err != nil {
 		return fmt.Errorf("create consumer %s on %s: %w", name, protocol.StreamCDC, err)
@@ -234,6 +241,11 @@ func (r *Runner) run(ctx context.Context) error {
 
 	b := newBatcher(r, cons, applied)
 	if err := b.reset(ctx); err != nil {
+		// The consumer's one replica may be on a NATS server that is
+		// gone: delete it, the next start creates it on a live one.
+		if derr := r.js.DeleteConsumer(ctx, protocol.StreamCDC, name); derr != nil {
+			r.log.Warn("cdc apply: delete consumer", "consumer", name, "err", derr)
+		}
 		return err
 	}
 	closer, _ := r.a.(HourCloser)
