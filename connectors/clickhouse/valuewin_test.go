@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/clickhouse/chtest"
@@ -145,6 +147,10 @@ func TestValueWindowsReplace(t *testing.T) {
 	if len(ws) != 5 || !ws[4].Values || ws[4].Lo != 101 || ws[4].Hi != 201 || ws[4].Rows != int64(len(inWin(101, 201))) || ws[3].Deleted != 100 {
 		t.Fatalf("windows %+v", ws)
 	}
+	// Window sums for `sluice check`: the source's count of each window.
+	for _, w := range [][2]int64{{1, 101}, {101, 201}, {201, 301}, {1, 301}, {301, 401}} {
+		checkSum(t, s, protocol.ValueWindow(w[0], w[1]), "id", "", int64(len(inWin(w[0], w[1]))))
+	}
 	if n := count(t, s, "SELECT count() FROM system.tables WHERE database = '"+db+"' AND name LIKE 'byid\\\\_\\\\_%'"); n != 0 {
 		t.Errorf("%d staging or build tables left after the commits", n)
 	}
@@ -204,5 +210,62 @@ func TestValueWindowsMerge(t *testing.T) {
 	checkIDTable(t, s, table, "after the second window merged again", current())
 	if n := count(t, s, "SELECT count() - uniqExact(id) FROM "+table); n != 0 {
 		t.Fatalf("%d duplicate ids", n)
+	}
+	for _, w := range [][2]int64{{0, 1000}, {1000, 2000}} {
+		var want int64
+		for _, r := range current() {
+			if r.ver >= w[0] && r.ver < w[1] {
+				want++
+			}
+		}
+		checkSum(t, s, protocol.ValueWindow(w[0], w[1]), "ver", "", want)
+	}
+}
+
+// checkSum asks the sink for a window's sum and compares its count.
+func checkSum(t *testing.T, s *Sink, w protocol.Window, delta, deleted string, want int64) {
+	t.Helper()
+	got, err := s.SumWindow(context.Background(), connectors.SumRequest{Window: w, DeltaColumn: delta, Deleted: deleted, Columns: []string{"id", delta}})
+	if err != nil {
+		t.Fatalf("sum window %s: %v", w, err)
+	}
+	if got.Checksum.Rows != want || got.Form != formCount {
+		t.Fatalf("sum window %s: %d rows (form %q), the source has %d", w, got.Checksum.Rows, got.Form, want)
+	}
+}
+
+// Window sums of a time window, rows marked deleted left out (the rows a
+// window replaced in, markers and all), and of a table not created yet;
+// a column the table lacks is an error naming it.
+func TestSumWindowTime(t *testing.T) {
+	url, db := chtest.DB(t)
+	ctx := context.Background()
+	s := testSink(t, url, db, "sumtime", nil)
+	defer s.Close()
+	t0 := time.Date(2026, 3, 1, 22, 0, 0, 0, time.UTC)
+	hour := connectors.Window{From: t0, To: t0.Add(time.Hour)}
+	checkSum(t, s, hour, "updated_at", "gone", 0)
+	var rows []srcRow
+	for id := range int64(120) {
+		rows = append(rows, srcRow{id, fmt.Sprintf("a%d", id), t0.Add(time.Duration(id) * time.Minute), id%7 == 0})
+	}
+	in := func(w connectors.Window, deleted bool) (n int64) {
+		for _, r := range rows {
+			if !r.at.Before(w.From) && r.at.Before(w.To) && !(deleted && r.gone) {
+				n++
+			}
+		}
+		return n
+	}
+	two := connectors.Window{From: t0, To: t0.Add(2 * time.Hour)}
+	out := writeRows(t, s, "r1", "t0", rows)
+	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "r1", Mode: connectors.ModeAppend, Window: &two, DeltaColumn: "updated_at", Tasks: []connectors.TaskOutput{out}, Schema: versioned}); err != nil {
+		t.Fatal(err)
+	}
+	checkSum(t, s, hour, "updated_at", "gone", in(hour, true))
+	checkSum(t, s, hour, "updated_at", "", in(hour, false))
+	checkSum(t, s, two, "updated_at", "gone", in(two, true))
+	if _, err := s.SumWindow(ctx, connectors.SumRequest{Window: hour, DeltaColumn: "updated_at", Columns: []string{"id", "nope"}}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("a sum over a missing column: %v", err)
 	}
 }
