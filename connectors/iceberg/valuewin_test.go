@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/array"
 
@@ -133,6 +135,61 @@ func TestValueWindowsReplace(t *testing.T) {
 	}
 	commit("across", 150, 250)
 	checkIDTable(t, cfg.Config, "after a window across two", all())
+	// Window sums for `sluice check`: the source's count of each window
+	// (windows cutting through data files too).
+	for _, w := range [][2]int64{{0, 100}, {100, 200}, {200, 300}, {0, 300}, {120, 180}, {300, 400}} {
+		checkSum(t, s, protocol.ValueWindow(w[0], w[1]), "id", "", int64(len(inWin(w[0], w[1]))))
+	}
+}
+
+// checkSum asks the sink for a window's sum and compares its count.
+func checkSum(t *testing.T, s *Sink, w protocol.Window, delta, deleted string, want int64) {
+	t.Helper()
+	got, err := s.SumWindow(context.Background(), connectors.SumRequest{Window: w, DeltaColumn: delta, Deleted: deleted, Columns: []string{"id", delta}})
+	if err != nil {
+		t.Fatalf("sum window %s: %v", w, err)
+	}
+	if got.Checksum.Rows != want || got.Form != formCount {
+		t.Fatalf("sum window %s: %d rows (form %q), the source has %d", w, got.Checksum.Rows, got.Form, want)
+	}
+}
+
+// Window sums of time windows, rows marked deleted left out (the rows a
+// window replaced in, markers and all), and of a table not created yet;
+// a column the table lacks is an error naming it.
+func TestSumWindowTime(t *testing.T) {
+	ctx := context.Background()
+	cfg := localConfig(t, "sumtime")
+	s := newSink(t, cfg)
+	defer s.Close()
+	hour := connectors.Window{From: t0, To: t0.Add(time.Hour)}
+	checkSum(t, s, hour, "updated_at", "gone", 0)
+	if err := s.CheckSchema(ctx, versioned); err != nil {
+		t.Fatal(err)
+	}
+	var rows []srcRow
+	for id := range int64(120) {
+		rows = append(rows, srcRow{id, fmt.Sprintf("a%d", id), t0.Add(time.Duration(id) * time.Minute), id%7 == 0})
+	}
+	in := func(w connectors.Window, deleted bool) (n int64) {
+		for _, r := range rows {
+			if !r.at.Before(w.From) && r.at.Before(w.To) && !(deleted && r.gone) {
+				n++
+			}
+		}
+		return n
+	}
+	two := connectors.Window{From: t0, To: t0.Add(2 * time.Hour)}
+	out := write(t, s, "r1", "t0", 1, versioned, []connectors.Batch{csvRows(rows)})
+	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "r1", Mode: connectors.ModeAppend, Window: &two, DeltaColumn: "updated_at", Tasks: []connectors.TaskOutput{out}, Schema: versioned}); err != nil {
+		t.Fatal(err)
+	}
+	checkSum(t, s, hour, "updated_at", "gone", in(hour, true))
+	checkSum(t, s, hour, "updated_at", "", in(hour, false))
+	checkSum(t, s, two, "updated_at", "gone", in(two, true))
+	if _, err := s.SumWindow(ctx, connectors.SumRequest{Window: hour, DeltaColumn: "updated_at", Columns: []string{"id", "nope"}}); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("a sum over a missing column: %v", err)
+	}
 }
 
 // Windows of integer values of the delta column ver merged by key: the
@@ -189,4 +246,13 @@ func TestValueWindowsMerge(t *testing.T) {
 	checkIDTable(t, cfg.Config, "after the second window", current())
 	commit("m2-again", 1000, 2000)
 	checkIDTable(t, cfg.Config, "after the second window merged again", current())
+	for _, w := range [][2]int64{{0, 1000}, {1000, 2000}} {
+		var want int64
+		for _, r := range current() {
+			if r.ver >= w[0] && r.ver < w[1] {
+				want++
+			}
+		}
+		checkSum(t, s, protocol.ValueWindow(w[0], w[1]), "ver", "", want)
+	}
 }
