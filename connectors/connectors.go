@@ -503,8 +503,9 @@ type SumRequest struct {
 type WindowSum struct {
 	Checksum Checksum
 	// Form names how each row was hashed ("csv": the row as PostgreSQL's
-	// COPY CSV text, "jsonl": as the canonical JSON line): checksums of
-	// one form compare, of two forms only their counts do.
+	// COPY CSV text, "jsonl": as the canonical JSON line, "count": not
+	// hashed, the count alone): checksums of one form compare, of two
+	// forms only their counts do.
 	Form string
 	// Columns are the columns summed, in order.
 	Columns []string

@@ -103,11 +103,7 @@ func (s *Sink) commitMerge(ctx context.Context, req connectors.CommitRequest) er
 	}
 	gone := "0"
 	if d := req.Merge.Deleted; d != "" {
-		if strings.Contains(types[d], "String") {
-			gone = "lower(ifNull(" + quoteIdent(d) + ", '')) IN ('t', 'true', '1')"
-		} else {
-			gone = "ifNull(toUInt8(" + quoteIdent(d) + "), 0) != 0"
-		}
+		gone = deletedExpr(d, types[d])
 	}
 	build, win, old := s.buildTable(req.RunID), s.buildTable(req.RunID)+"_w", s.buildTable(req.RunID)+"_o"
 	for _, t := range []string{build, win, old} {

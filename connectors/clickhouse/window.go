@@ -109,8 +109,7 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 		return connectors.Permanent(errors.New("an append commit needs a non-empty window and a delta column"))
 	}
 	if req.Window.Values {
-		// Its tables are partitioned by the day of a time.
-		return connectors.Permanent(fmt.Errorf("window %s: the clickhouse sink commits windows of time, not of integer values", req.Window))
+		return s.commitValueWindow(ctx, req)
 	}
 	w := *req.Window
 	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
@@ -281,7 +280,12 @@ func (s *Sink) createWindowTable(ctx context.Context, like string, req connector
 		if string(r[0]) == req.DeltaColumn {
 			cols[len(cols)-1].chType = strings.TrimSuffix(strings.TrimPrefix(string(r[1]), "Nullable("), ")")
 			cols[len(cols)-1].nullable = false
-			if kind, err = deltaKindOf(string(r[1])); err != nil {
+			if req.Window != nil && req.Window.Values {
+				err = integerDelta(string(r[1]))
+			} else {
+				kind, err = deltaKindOf(string(r[1]))
+			}
+			if err != nil {
 				return connectors.Permanent(err)
 			}
 			found = true
@@ -294,21 +298,171 @@ func (s *Sink) createWindowTable(ctx context.Context, like string, req connector
 	for i, c := range cols {
 		defs[i] = quoteIdent(c.name) + " " + c.chType
 	}
-	return s.cl.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.ident(s.name)+" ("+strings.Join(defs, ", ")+") ENGINE = MergeTree PARTITION BY "+
-		partitionExpr(req.DeltaColumn, kind)+" ORDER BY "+orderBy(req.Schema, cols))
+	part := " PARTITION BY " + partitionExpr(req.DeltaColumn, kind)
+	if req.Window != nil && req.Window.Values {
+		// Windows of values are replaced by a swap of the whole table
+		// (commitValueWindow): no partitions.
+		part = ""
+	}
+	return s.cl.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+s.ident(s.name)+" ("+strings.Join(defs, ", ")+") ENGINE = MergeTree"+
+		part+" ORDER BY "+orderBy(req.Schema, cols))
+}
+
+// integerDelta checks that a column of type chType can bound a window of
+// integer values.
+func integerDelta(chType string) error {
+	t := strings.TrimSuffix(strings.TrimPrefix(chType, "Nullable("), ")")
+	if strings.HasPrefix(t, "Int") || strings.HasPrefix(t, "UInt") {
+		return nil
+	}
+	return fmt.Errorf("a delta column of type %s cannot bound a window of integer values (want an integer)", chType)
+}
+
+// inValues is the condition "the delta column lies in [lo, hi)".
+func inValues(col string, w connectors.Window) string {
+	c := quoteIdent(col)
+	return fmt.Sprintf("%s >= %d AND %s < %d", c, w.Lo, c, w.Hi)
+}
+
+// commitValueWindow commits an incremental run over a window of integer
+// values [lo, hi) of the delta column (an id, a sequence): it builds the
+// table's next state beside it, in <table>__b_<run> (the table's rows
+// outside the window and the run's staged rows), and exposes it under the
+// table's name in one swap, as a merge by key does. Readers see the table
+// before the window or after it, whole. The run is recorded in
+// sluice_windows last: a commit repeated before that replaces the window
+// again (same table), one repeated after finds it recorded and only tidies
+// up. The table is read and written whole by each window: the cost grows
+// with the table, not the window.
+func (s *Sink) commitValueWindow(ctx context.Context, req connectors.CommitRequest) error {
+	w := *req.Window
+	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return s.dropRunTables(ctx, req.RunID) // committed before
+	}
+	var total int64
+	var sum connectors.Checksum
+	var staged []string
+	for _, t := range req.Tasks {
+		total += t.Rows
+		sum.Merge(t.Checksum)
+		ok, err := s.exists(ctx, t.Location)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ok:
+			staged = append(staged, t.Location)
+		case t.Rows != 0:
+			return connectors.Permanent(fmt.Errorf("the staging table %s of %d rows is missing (aborted?)", t.Location, t.Rows))
+		}
+	}
+	in := inValues(req.DeltaColumn, w)
+	var got int64
+	for _, t := range staged {
+		out, err := s.cl.Int(ctx, "SELECT countIf(NOT ifNull("+in+", 0)) FROM "+s.ident(t))
+		if err != nil {
+			return err
+		}
+		if out > 0 {
+			return connectors.Permanent(fmt.Errorf("the staging table %s holds %d rows outside the window %v", t, out, w))
+		}
+		c, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(t))
+		if err != nil {
+			return err
+		}
+		got += c
+	}
+	if got != total {
+		return connectors.Permanent(fmt.Errorf("the staging tables hold %d rows, the tasks' outputs say %d", got, total))
+	}
+	present, err := s.exists(ctx, s.name)
+	if err != nil {
+		return err
+	}
+	if !present {
+		if len(staged) == 0 {
+			return s.recordWindow(ctx, req, 0, 0, sum)
+		}
+		if err := s.createWindowTable(ctx, staged[0], req); err != nil {
+			return err
+		}
+	}
+	colRows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
+	if err != nil {
+		return err
+	}
+	var names []string
+	found := false
+	for _, r := range colRows {
+		names = append(names, quoteIdent(string(r[0])))
+		if string(r[0]) == req.DeltaColumn {
+			if err := integerDelta(string(r[1])); err != nil {
+				return connectors.Permanent(err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return connectors.Permanent(fmt.Errorf("%s has no delta column %q", s.ident(s.name), req.DeltaColumn))
+	}
+	tbl := s.ident(s.name)
+	deleted, err := s.cl.Int(ctx, "SELECT count() FROM "+tbl+" WHERE "+in)
+	if err != nil {
+		return err
+	}
+	build, old := s.buildTable(req.RunID), s.buildTable(req.RunID)+"_o"
+	for _, t := range []string{build, old} {
+		if err := s.drop(ctx, t); err != nil {
+			return err
+		}
+	}
+	cols := strings.Join(names, ", ")
+	qs := []string{
+		"CREATE TABLE " + s.ident(build) + " AS " + tbl,
+		"INSERT INTO " + s.ident(build) + " (" + cols + ") SELECT " + cols + " FROM " + tbl + " WHERE NOT ifNull(" + in + ", 0)",
+	}
+	for _, t := range staged {
+		qs = append(qs, "INSERT INTO "+s.ident(build)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t))
+	}
+	for _, q := range qs {
+		if err := s.cl.Exec(ctx, q); err != nil {
+			return fmt.Errorf("build the table with the window %v: %w", w, err)
+		}
+	}
+	if s.beforeReplace != nil {
+		s.beforeReplace()
+	}
+	if err := s.swap(ctx, build, s.name, old); err != nil {
+		return fmt.Errorf("expose the table with the window %v: %w", w, err)
+	}
+	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
+		return err
+	}
+	return s.dropRunTables(ctx, req.RunID)
 }
 
 func (s *Sink) recordWindow(ctx context.Context, req connectors.CommitRequest, rows, deleted int64, sum connectors.Checksum) error {
+	lo, hi := req.Window.From.UTC().Format(time.RFC3339Nano), req.Window.To.UTC().Format(time.RFC3339Nano)
+	if req.Window.Values {
+		lo, hi = strconv.FormatInt(req.Window.Lo, 10), strconv.FormatInt(req.Window.Hi, 10)
+	}
 	return s.cl.Exec(ctx, fmt.Sprintf("INSERT INTO %s (table_name, run, lo, hi, rows, deleted, checksum, at, seq) VALUES (%s, %s, %s, %s, %d, %d, %s, now(), %d)",
-		s.ident(windowsTable), quoteString(s.name), quoteString(req.RunID), quoteString(req.Window.From.UTC().Format(time.RFC3339Nano)),
-		quoteString(req.Window.To.UTC().Format(time.RFC3339Nano)), rows, deleted, quoteString(sum.String()), time.Now().UnixNano()))
+		s.ident(windowsTable), quoteString(s.name), quoteString(req.RunID), quoteString(lo),
+		quoteString(hi), rows, deleted, quoteString(sum.String()), time.Now().UnixNano()))
 }
 
 // Window is one committed window of an incremental table.
 type Window struct {
 	Run      string
 	From, To time.Time
-	Rows     int64
+	// Values marks a window of integer values [Lo, Hi).
+	Values bool
+	Lo, Hi int64
+	Rows   int64
 	// Deleted counts the rows the commit replaced (a re-run of the window).
 	Deleted  int64
 	Checksum string
@@ -334,8 +488,14 @@ func Windows(ctx context.Context, cfg SinkConfig) ([]Window, error) {
 	for _, r := range rows {
 		var w Window
 		w.Run = string(r[0])
-		w.From, _ = time.Parse(time.RFC3339Nano, string(r[1]))
-		w.To, _ = time.Parse(time.RFC3339Nano, string(r[2]))
+		lo, errLo := strconv.ParseInt(string(r[1]), 10, 64)
+		hi, errHi := strconv.ParseInt(string(r[2]), 10, 64)
+		if errLo == nil && errHi == nil {
+			w.Values, w.Lo, w.Hi = true, lo, hi
+		} else {
+			w.From, _ = time.Parse(time.RFC3339Nano, string(r[1]))
+			w.To, _ = time.Parse(time.RFC3339Nano, string(r[2]))
+		}
 		w.Rows, _ = strconv.ParseInt(string(r[3]), 10, 64)
 		w.Deleted, _ = strconv.ParseInt(string(r[4]), 10, 64)
 		w.Checksum = string(r[5])

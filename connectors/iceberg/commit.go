@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -204,7 +205,11 @@ func snapshotProps(req connectors.CommitRequest) iceberg.Properties {
 	}
 	if req.Mode == connectors.ModeAppend {
 		props[propMode] = modeAppend
-		props[propWindow] = req.Window.From.UTC().Format(time.RFC3339Nano) + "/" + req.Window.To.UTC().Format(time.RFC3339Nano)
+		if req.Window.Values {
+			props[propWindow] = strconv.FormatInt(req.Window.Lo, 10) + "/" + strconv.FormatInt(req.Window.Hi, 10)
+		} else {
+			props[propWindow] = req.Window.From.UTC().Format(time.RFC3339Nano) + "/" + req.Window.To.UTC().Format(time.RFC3339Nano)
+		}
 		if req.DeltaColumn != "" {
 			props[propDelta] = req.DeltaColumn
 		}
@@ -215,13 +220,34 @@ func snapshotProps(req connectors.CommitRequest) iceberg.Properties {
 }
 
 // windowFilter selects the rows of a window by the delta column, a date
-// or a timestamp.
+// or a timestamp, or an integer for a window of values.
 func windowFilter(sc *iceberg.Schema, col string, w connectors.Window) (iceberg.BooleanExpression, error) {
 	f, ok := sc.FindFieldByName(col)
 	if !ok {
 		return nil, connectors.Permanent(fmt.Errorf("the table has no delta column %q", col))
 	}
 	ref := iceberg.Reference(col)
+	if w.Values {
+		switch f.Type.(type) {
+		case iceberg.Int64Type:
+			return iceberg.NewAnd(iceberg.GreaterThanEqual(ref, w.Lo), iceberg.LessThan(ref, w.Hi)), nil
+		case iceberg.Int32Type:
+			// Bounds beyond int32 are clamped: every value lies inside them.
+			lo, hi := max(w.Lo, math.MinInt32), min(w.Hi, math.MaxInt32+1)
+			if lo >= hi {
+				return iceberg.AlwaysFalse{}, nil
+			}
+			ge := iceberg.BooleanExpression(iceberg.GreaterThanEqual(ref, int32(lo)))
+			if lo == math.MinInt32 {
+				ge = iceberg.AlwaysTrue{}
+			}
+			if hi == math.MaxInt32+1 {
+				return ge, nil
+			}
+			return iceberg.NewAnd(ge, iceberg.LessThan(ref, int32(hi))), nil
+		}
+		return nil, connectors.Permanent(fmt.Errorf("delta column %q is %s: a window of integer values needs an int or long column", col, f.Type))
+	}
 	switch f.Type.(type) {
 	case iceberg.TimestampType, iceberg.TimestampTzType:
 		return iceberg.NewAnd(

@@ -382,7 +382,8 @@ func Register(reg *connectors.Registry) {
 			_, err := ParseSinkConfig(config)
 			return err
 		},
-		ValidateDataset: validateDataset,
-		SinkMerges:      true,
+		ValidateDataset:  validateDataset,
+		SinkMerges:       true,
+		SinkValueWindows: true,
 	})
 }
