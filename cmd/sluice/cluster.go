@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/natsauth"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
@@ -126,10 +127,9 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-coordinator-"+o.nodeID), nats.MaxReconnects(-1))
+	nc, url, from, err := o.cf.connectServer("sluice-coordinator-" + o.nodeID)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+		return err
 	}
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
@@ -154,6 +154,23 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		defer stop()
 	}
 	return c.Run(ctx)
+}
+
+// connectServer connects a cluster process to NATS with the credentials
+// and TLS its flags and environment say; url is the server's URL with any
+// password in it redacted, for logs.
+func (c *clientFlags) connectServer(name string) (nc *nats.Conn, url, from string, err error) {
+	raw, from := c.serverURL()
+	url = natsauth.RedactURL(raw)
+	opts, err := c.natsOptions(from)
+	if err != nil {
+		return nil, url, from, err
+	}
+	nc, err = nats.Connect(raw, append(opts, nats.Name(name), nats.MaxReconnects(-1))...)
+	if err != nil {
+		return nil, url, from, fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+	}
+	return nc, url, from, nil
 }
 
 func parsePeers(s string) ([]coordinator.Peer, error) {
@@ -211,10 +228,9 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-worker"), nats.MaxReconnects(-1))
+	nc, url, from, err := o.cf.connectServer("sluice-worker")
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+		return err
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)

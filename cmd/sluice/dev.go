@@ -122,7 +122,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers},
+				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers, Roles: true},
 			Listener: ln, APIToken: token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))

@@ -120,6 +120,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 		&cobra.Group{ID: "start", Title: "Try it and run a cluster:"},
 		&cobra.Group{ID: "pipelines", Title: "Pipelines and runs:"},
 		&cobra.Group{ID: "streams", Title: "Change data capture and dead letters:"},
+		&cobra.Group{ID: "security", Title: "Security:"},
 	)
 	add := func(group string, cmds ...*cobra.Command) {
 		for _, c := range cmds {
@@ -131,6 +132,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 	add("pipelines", newApplyCmd(), newRunCmd(), newTriggerCmd(), newStatusCmd(), newBackfillCmd(), newCheckCmd(),
 		newRollbackCmd(), newCompactCmd(), newVacuumCmd(), newPipelinesCmd(), newDeleteCmd())
 	add("streams", newCDCCmd(), newDLQCmd())
+	add("security", newSecurityCmd())
 	root.AddCommand(newVersionCmd())
 	wrapArgs(root)
 	return root
