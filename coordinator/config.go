@@ -1,6 +1,10 @@
 package coordinator
 
 import (
+	"crypto/tls"
+
+	"github.com/sluicehq/sluice/signing"
+
 	"errors"
 	"fmt"
 	"slices"
@@ -23,6 +27,10 @@ type Peer struct {
 // Config configures one coordinator node. Zero values take the defaults
 // documented on each field.
 type Config struct {
+	// Signer signs what only the leader issues (tasks, stream
+	// assignments, lease grants) and makes the tokens results must carry
+	// back; nil: nothing is signed and results are not checked.
+	Signer *signing.Signer
 	// NodeID is this node's Raft server id; required.
 	NodeID string
 	// DataDir holds raft.db (BoltDB) and the file snapshots; required unless
@@ -40,6 +48,9 @@ type Config struct {
 	// Bootstrap bootstraps the cluster configuration when there is no
 	// existing Raft state. Only one node of a new cluster sets it.
 	Bootstrap bool
+	// RaftTLS, when set, carries Raft over mutual TLS (raftls.Config):
+	// peers must show a certificate of its CA.
+	RaftTLS *tls.Config
 	// Transport replaces the TCP transport (tests pass a raft.InmemTransport).
 	Transport raft.Transport
 	// InmemStore keeps the log, the stable store and the snapshots in memory

@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"github.com/sluicehq/sluice/raftls"
+
 	"bufio"
 	"bytes"
 	"cmp"
@@ -58,6 +60,8 @@ type Coordinator struct {
 
 	hbMu    sync.Mutex
 	workers map[string]heartbeatSeen
+
+	forged forgedCounts
 
 	// spans holds the run spans this node started as leader, ended when
 	// the run ends.
@@ -188,6 +192,14 @@ func (c *Coordinator) openTransport(hlog hclog.Logger) (raft.Transport, func() e
 			return nil, nil, fmt.Errorf("resolve raft advertise address %q: %w", c.cfg.RaftAdvertise, err)
 		}
 		adv = a
+	}
+	if c.cfg.RaftTLS != nil {
+		l, err := raftls.Listen(c.cfg.RaftBind, adv, c.cfg.RaftTLS)
+		if err != nil {
+			return nil, nil, err
+		}
+		t := raft.NewNetworkTransportWithLogger(l, 3, 10*time.Second, hlog)
+		return t, t.Close, nil
 	}
 	t, err := raft.NewTCPTransportWithLogger(c.cfg.RaftBind, adv, 3, 10*time.Second, hlog)
 	if err != nil {

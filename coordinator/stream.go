@@ -1,6 +1,9 @@
 package coordinator
 
 import (
+	"github.com/nats-io/nats.go"
+	"github.com/sluicehq/sluice/signing"
+
 	"cmp"
 	"context"
 	"encoding/json"
@@ -128,7 +131,10 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	// then the stream goes to another.
 	actx, cancel := context.WithTimeout(ctx, assignTimeout)
 	defer cancel()
-	msg, err := t.c.nc.RequestWithContext(actx, protocol.WorkerStreamSubject(w), data)
+	req := nats.NewMsg(protocol.WorkerStreamSubject(w))
+	req.Data = data
+	t.c.sign(signing.KindAssign, req)
+	msg, err := t.c.nc.RequestMsgWithContext(actx, req)
 	if err != nil {
 		return fmt.Errorf("assign stream to worker %s: %w", w, err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/natsauth"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/worker"
 )
 
@@ -46,6 +47,10 @@ type Config struct {
 	// from the same directory uses the admin key. False: no
 	// authentication.
 	Roles bool
+	// Sign makes the coordinator sign tasks, stream assignments and lease
+	// grants with a cluster key kept in <DataDir>/cluster-key (made once)
+	// and the workers refuse what it did not sign.
+	Sign bool
 	// Lock is DataDir's lock when the caller took it (LockDir) before
 	// Run, and releases it after; nil: Run takes it and releases it.
 	Lock *DirLock
@@ -59,6 +64,30 @@ const URLFile = "nats.url"
 // KeyDir is the directory of the data directory that holds the nkey seeds
 // of a cluster run with Roles, one per role (natsauth.SeedFile).
 const KeyDir = "nats-keys"
+
+// KeyDirCluster is the directory of the data directory that holds the
+// cluster key of a cluster run with Sign.
+const KeyDirCluster = "cluster-key"
+
+// clusterKey reads the cluster's signing key from dataDir, making it
+// the first time.
+func clusterKey(dataDir string) (*signing.Signer, error) {
+	dir := filepath.Join(dataDir, KeyDirCluster)
+	s, err := signing.LoadSigner(filepath.Join(dir, signing.PrivateFile))
+	if err == nil {
+		return s, nil
+	}
+	if _, serr := os.Stat(filepath.Join(dir, signing.PrivateFile)); serr == nil {
+		return nil, err
+	}
+	if s, err = signing.Generate(); err != nil {
+		return nil, err
+	}
+	if err := s.WriteFiles(dir); err != nil {
+		return nil, fmt.Errorf("write the cluster key: %w", err)
+	}
+	return s, nil
+}
 
 // roleConfig writes the embedded server's configuration for Sluice's
 // roles, each a user with an nkey kept in dataDir/KeyDir, and returns its
@@ -85,6 +114,8 @@ type Cluster struct {
 	// Client talks to the coordinator.
 	Client  *coordinator.Client
 	Workers []*worker.Worker
+	// Coordinator is the cluster's coordinator, for tests.
+	Coordinator *coordinator.Coordinator
 }
 
 // Run locks the data directory (a second cluster on it gets a
@@ -144,7 +175,16 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		return err
 	}
 	defer coordNC.Close()
+	var signer *signing.Signer
+	var verifier *signing.Verifier
+	if cfg.Sign {
+		if signer, err = clusterKey(cfg.DataDir); err != nil {
+			return err
+		}
+		verifier = signer.Verifier()
+	}
 	coord, err := coordinator.New(coordinator.Config{
+		Signer:    signer,
 		NodeID:    "dev",
 		DataDir:   filepath.Join(cfg.DataDir, "raft"),
 		RaftBind:  "127.0.0.1:0",
@@ -158,7 +198,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		return err
 	}
 	defer clientNC.Close()
-	l := &Cluster{NATSURL: url, NC: clientNC, Client: coordinator.NewClient(clientNC)}
+	l := &Cluster{NATSURL: url, NC: clientNC, Client: coordinator.NewClient(clientNC), Coordinator: coord}
 
 	var workerNCs []*nats.Conn
 	defer func() {
@@ -172,7 +212,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 			return err
 		}
 		workerNCs = append(workerNCs, nc)
-		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout}
+		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout, Verifier: verifier}
 		w, err := worker.New(wcfg, nc, cfg.Registry,
 			cfg.Log.With("component", "worker"), cfg.Tracer)
 		if err != nil {

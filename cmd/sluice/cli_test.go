@@ -51,7 +51,7 @@ func runCluster(t *testing.T, reg *connectors.Registry, workers int, body func(c
 	t.Setenv("SLUICE_NATS_NKEY", natsauth.SeedFile(filepath.Join(root, ".sluice", devcluster.KeyDir), natsauth.RoleAdmin))
 	err := runLocal(ctx, localConfig{
 		Config: devcluster.Config{DataDir: filepath.Join(root, ".sluice"), Workers: workers, Slots: 2,
-			Log: log, Tracer: noop.NewTracerProvider(), Registry: reg, Roles: true},
+			Log: log, Tracer: noop.NewTracerProvider(), Registry: reg, Roles: true, Sign: true},
 		HTTPAddr: "127.0.0.1:0",
 	}, func(ctx context.Context, l *local) error {
 		body(ctx, l, root)

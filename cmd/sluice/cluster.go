@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/natsauth"
 	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
@@ -36,6 +37,9 @@ type coordinatorOptions struct {
 	tf        tokenFlags
 	headers   []string
 	limits    streamLimits
+	keyFile   string
+	htls      apiTLSFlags
+	rtls      raftTLSFlags
 }
 
 // streamLimits are the coordinator's flags that bound the Sluice streams
@@ -87,8 +91,11 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
 	o.tf.register(fs)
+	o.htls.register(fs)
+	o.rtls.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	o.limits.register(fs)
+	fs.StringVar(&o.keyFile, "cluster-key", os.Getenv("SLUICE_CLUSTER_KEY"), "`file` of the cluster's private signing key (sluice security cluster-key): tasks, stream assignments and lease grants are signed with it and results must carry their task's token (default $SLUICE_CLUSTER_KEY; empty: nothing signed)")
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -121,6 +128,13 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		if err := checkAPIBind(ln, token); err != nil {
 			return err
 		}
+		if ln, err = o.htls.wrap(ln); err != nil {
+			return err
+		}
+	}
+	raftTLS, err := o.rtls.config()
+	if err != nil {
+		return err
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
@@ -136,10 +150,17 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas, TriggerHeaders: o.headers,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers, RaftTLS: raftTLS,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
+	}
+	if o.keyFile != "" {
+		if cfg.Signer, err = signing.LoadSigner(o.keyFile); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --cluster-key: tasks, stream assignments and lease grants are not signed (see the README's Security section)")
 	}
 	c, err := coordinator.New(cfg, nc, reg, log, tp)
 	if err != nil {
@@ -196,6 +217,7 @@ type workerOptions struct {
 	id    string
 	slots int
 	drain time.Duration
+	pub   string
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -215,6 +237,7 @@ func newWorkerCmd() *cobra.Command {
 	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
 	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
+	fs.StringVar(&o.pub, "cluster-pub", os.Getenv("SLUICE_CLUSTER_PUB"), "`file` of the cluster's public signing key: tasks, stream assignments and lease grants it did not sign are refused unread (default $SLUICE_CLUSTER_PUB; empty: nothing checked)")
 	return cmd
 }
 
@@ -234,7 +257,15 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)
-	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
+	wcfg := worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}
+	if o.pub != "" {
+		if wcfg.Verifier, err = signing.LoadVerifier(o.pub); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --cluster-pub: tasks, stream assignments and lease grants are taken unchecked (see the README's Security section)")
+	}
+	w, err := worker.New(wcfg, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}
