@@ -67,6 +67,7 @@ var rules = []rule{
 	{pkg: "signing", stdOnly: true},
 	{pkg: "raftls", allowed: []string{"devcerts"}},
 	{pkg: "devcerts", stdOnly: true},
+	{pkg: "console", stdOnly: true},
 	{pkg: "objstore"},
 	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "pipeline", "telemetry", "coordinator", "worker", "embednats", "natsauth", "signing", "raftls", "devcerts"}},

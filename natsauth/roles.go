@@ -57,7 +57,7 @@ type Permissions struct {
 // ReadOnlyVerbs are the control API verbs that change nothing.
 var ReadOnlyVerbs = []string{
 	protocol.VerbStatus, protocol.VerbRunStatus, protocol.VerbPipelines,
-	protocol.VerbBackfillGet, protocol.VerbPipelineGet, protocol.VerbCDCStatus,
+	protocol.VerbBackfillGet, protocol.VerbBackfills, protocol.VerbPipelineGet, protocol.VerbCDCStatus,
 }
 
 // coreStreams are the streams only the coordinator may delete, purge,
