@@ -2,9 +2,6 @@ package coordinator
 
 import (
 	"crypto/tls"
-
-	"github.com/sluicehq/sluice/signing"
-
 	"errors"
 	"fmt"
 	"slices"
@@ -14,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 // Peer is one coordinator node of the Raft cluster.

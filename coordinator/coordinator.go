@@ -1,8 +1,6 @@
 package coordinator
 
 import (
-	"github.com/sluicehq/sluice/raftls"
-
 	"bufio"
 	"bytes"
 	"cmp"
@@ -28,6 +26,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/raftls"
 	"github.com/sluicehq/sluice/telemetry"
 )
 

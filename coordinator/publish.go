@@ -1,8 +1,6 @@
 package coordinator
 
 import (
-	"github.com/sluicehq/sluice/signing"
-
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 )
 

@@ -1,9 +1,6 @@
 package coordinator
 
 import (
-	"github.com/nats-io/nats.go"
-	"github.com/sluicehq/sluice/signing"
-
 	"cmp"
 	"context"
 	"encoding/json"
@@ -14,9 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 const (

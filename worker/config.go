@@ -1,8 +1,6 @@
 package worker
 
 import (
-	"github.com/sluicehq/sluice/signing"
-
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -10,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/signing"
 )
 
 // Defaults of Config.

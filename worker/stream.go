@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/sluicehq/sluice/signing"
 	"log/slog"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 // openStream opens the stream of an assignment through the registry: the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/sluicehq/sluice/signing"
 	"log/slog"
 	"runtime/debug"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
