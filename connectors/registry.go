@@ -32,6 +32,7 @@ type Registry struct {
 	// secrets remembers what references expanded to when connectors
 	// opened, for Scrub.
 	secrets *scrubber
+	rawSQL  rawSQLGate
 }
 
 // entry is what is registered of one kind, possibly by several packages.
@@ -52,6 +53,7 @@ type entry struct {
 	contracts  bool // the sink applies contracts itself
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
+	rawSQL      RawSQLFunc
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -150,6 +152,10 @@ type Connector struct {
 	// kinds a message lists leave it out, and a spec naming it is refused
 	// (see Internal).
 	Internal bool
+	// RawSQL, when set, names the fields of a configuration whose text
+	// reaches SQL unquoted; a registry that refuses raw SQL
+	// (RefuseRawSQL) refuses a configuration that sets one.
+	RawSQL RawSQLFunc
 }
 
 // Register adds a connector, or parts of one to a kind registered before.
@@ -177,6 +183,9 @@ func (r *Registry) Register(c Connector) {
 			dup(string(role))
 		}
 		e.validators[role] = v
+	}
+	if c.RawSQL != nil {
+		e.rawSQL = c.RawSQL
 	}
 	parts := 0
 	if c.Source != nil || c.ValidateSource != nil {
@@ -474,6 +483,9 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 	if denied != nil {
 		return denied
 	}
+	if err := r.checkRawSQL(e, expanded); err != nil {
+		return err
+	}
 	err = v(expanded)
 	var fe *FieldError
 	if errors.As(err, &fe) {
@@ -559,6 +571,9 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 	}
 	expanded, err := r.expand(config)
 	if err != nil {
+		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
+	}
+	if err := r.checkRawSQL(r.kinds[kind], expanded); err != nil {
 		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
 	}
 	c, err := f(ctx, expanded)

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 // Peer is one coordinator node of the Raft cluster.
@@ -23,6 +25,10 @@ type Peer struct {
 // Config configures one coordinator node. Zero values take the defaults
 // documented on each field.
 type Config struct {
+	// Signer signs what only the leader issues (tasks, stream
+	// assignments, lease grants) and makes the tokens results must carry
+	// back; nil: nothing is signed and results are not checked.
+	Signer *signing.Signer
 	// NodeID is this node's Raft server id; required.
 	NodeID string
 	// DataDir holds raft.db (BoltDB) and the file snapshots; required unless
@@ -40,6 +46,9 @@ type Config struct {
 	// Bootstrap bootstraps the cluster configuration when there is no
 	// existing Raft state. Only one node of a new cluster sets it.
 	Bootstrap bool
+	// RaftTLS, when set, carries Raft over mutual TLS (raftls.Config):
+	// peers must show a certificate of its CA.
+	RaftTLS *tls.Config
 	// Transport replaces the TCP transport (tests pass a raft.InmemTransport).
 	Transport raft.Transport
 	// InmemStore keeps the log, the stable store and the snapshots in memory

@@ -26,6 +26,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/raftls"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -58,6 +59,8 @@ type Coordinator struct {
 
 	hbMu    sync.Mutex
 	workers map[string]heartbeatSeen
+
+	forged forgedCounts
 
 	// spans holds the run spans this node started as leader, ended when
 	// the run ends.
@@ -192,6 +195,14 @@ func (c *Coordinator) openTransport(hlog hclog.Logger) (raft.Transport, func() e
 			return nil, nil, fmt.Errorf("resolve raft advertise address %q: %w", c.cfg.RaftAdvertise, err)
 		}
 		adv = a
+	}
+	if c.cfg.RaftTLS != nil {
+		l, err := raftls.Listen(c.cfg.RaftBind, adv, c.cfg.RaftTLS)
+		if err != nil {
+			return nil, nil, err
+		}
+		t := raft.NewNetworkTransportWithLogger(l, 3, 10*time.Second, hlog)
+		return t, t.Close, nil
 	}
 	t, err := raft.NewTCPTransportWithLogger(c.cfg.RaftBind, adv, 3, 10*time.Second, hlog)
 	if err != nil {

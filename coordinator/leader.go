@@ -137,7 +137,11 @@ func (t *leaderTerm) lead(ctx context.Context) {
 	}
 
 	apiSub, err := c.nc.QueueSubscribe(protocol.SubjectAPIPrefix+">", protocol.QueueLeader, func(m *nats.Msg) {
-		if !t.spawn(func() { t.serveAPI(ctx, m) }) {
+		serve := func() { t.serveAPI(ctx, m) }
+		if isLeaseRenew(m.Subject) {
+			serve = func() { t.serveLeaseRenew(m) }
+		}
+		if !t.spawn(serve) {
 			respondError(m, "not_leader", "this coordinator is stepping down")
 		}
 	})

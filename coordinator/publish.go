@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -86,12 +87,14 @@ func (t *leaderTerm) publish(ctx context.Context, log *slog.Logger, r *runState)
 				if err != nil {
 					return fmt.Errorf("%w %s: %w", errTaskEncode, ts.ID, err)
 				}
+				c.signTask(&task)
 				data, err := protocol.Encode(task)
 				if err != nil {
 					return fmt.Errorf("%w %s: %w", errTaskEncode, ts.ID, err)
 				}
 				m := nats.NewMsg(protocol.TaskSubject(r.Pipeline, r.ID))
 				m.Data = data
+				c.sign(signing.KindTask, m)
 				m.Header.Set(protocol.HeaderMsgID, protocol.TaskMsgID(r.ID, ts.ID, ts.Enqueue))
 				m.Header.Set(protocol.HeaderRun, r.ID)
 				m.Header.Set(protocol.HeaderTask, ts.ID)

@@ -26,6 +26,13 @@ func (t *leaderTerm) onResult(ctx context.Context, m jetstream.Msg) {
 		m.Term()
 		return
 	}
+	// A result without its task's token was not made by a worker that
+	// read the task: it is dropped, counted, and changes nothing.
+	if c.resultForged(res) {
+		c.log.Warn("drop forged result", "run", res.RunID, "task", res.TaskID, "attempt", res.Attempt, "worker", res.Worker)
+		m.Term()
+		return
+	}
 	// A result the FSM would ignore (unknown or finished run, task already
 	// done: a task may run twice) needs no log entry. The leader's FSM is
 	// current: the term started with a barrier.
@@ -79,6 +86,13 @@ func (t *leaderTerm) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 		if !errors.Is(err, jetstream.ErrMsgNotFound) {
 			c.log.Warn("max deliveries: get task message", "seq", adv.StreamSeq, "err", err)
 		}
+		return
+	}
+	// Only the server publishes advisories (no role may: natsauth); one
+	// claiming fewer deliveries than the consumer allows is forged.
+	if adv.Deliveries < c.cfg.MaxDeliver {
+		c.forged.advisories.Add(1)
+		c.log.Warn("drop forged max-deliveries advisory", "seq", adv.StreamSeq, "deliveries", adv.Deliveries)
 		return
 	}
 	task, err := protocol.Decode[protocol.Task](raw.Data)

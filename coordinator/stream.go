@@ -11,9 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 const (
@@ -128,7 +131,10 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	// then the stream goes to another.
 	actx, cancel := context.WithTimeout(ctx, assignTimeout)
 	defer cancel()
-	msg, err := t.c.nc.RequestWithContext(actx, protocol.WorkerStreamSubject(w), data)
+	req := nats.NewMsg(protocol.WorkerStreamSubject(w))
+	req.Data = data
+	t.c.sign(signing.KindAssign, req)
+	msg, err := t.c.nc.RequestMsgWithContext(actx, req)
 	if err != nil {
 		return fmt.Errorf("assign stream to worker %s: %w", w, err)
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/embednats"
+	"github.com/sluicehq/sluice/natsauth"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/worker"
 )
 
@@ -38,6 +40,17 @@ type Config struct {
 	// TriggerHeaders are the trigger headers runs record
 	// (coordinator.Config.TriggerHeaders).
 	TriggerHeaders []string
+	// Roles makes the embedded server require a user of Sluice's roles
+	// (natsauth): the coordinator, the workers and the cluster's own client
+	// (the admin role) each connect with the nkey of their role, kept in
+	// <DataDir>/nats-keys (made once, mode 0600). A client command run
+	// from the same directory uses the admin key. False: no
+	// authentication.
+	Roles bool
+	// Sign makes the coordinator sign tasks, stream assignments and lease
+	// grants with a cluster key kept in <DataDir>/cluster-key (made once)
+	// and the workers refuse what it did not sign.
+	Sign bool
 	// Lock is DataDir's lock when the caller took it (LockDir) before
 	// Run, and releases it after; nil: Run takes it and releases it.
 	Lock *DirLock
@@ -48,6 +61,50 @@ type Config struct {
 // leader answers, removed when it stops.
 const URLFile = "nats.url"
 
+// KeyDir is the directory of the data directory that holds the nkey seeds
+// of a cluster run with Roles, one per role (natsauth.SeedFile).
+const KeyDir = "nats-keys"
+
+// KeyDirCluster is the directory of the data directory that holds the
+// cluster key of a cluster run with Sign.
+const KeyDirCluster = "cluster-key"
+
+// clusterKey reads the cluster's signing key from dataDir, making it
+// the first time.
+func clusterKey(dataDir string) (*signing.Signer, error) {
+	dir := filepath.Join(dataDir, KeyDirCluster)
+	s, err := signing.LoadSigner(filepath.Join(dir, signing.PrivateFile))
+	if err == nil {
+		return s, nil
+	}
+	if _, serr := os.Stat(filepath.Join(dir, signing.PrivateFile)); serr == nil {
+		return nil, err
+	}
+	if s, err = signing.Generate(); err != nil {
+		return nil, err
+	}
+	if err := s.WriteFiles(dir); err != nil {
+		return nil, fmt.Errorf("write the cluster key: %w", err)
+	}
+	return s, nil
+}
+
+// roleConfig writes the embedded server's configuration for Sluice's
+// roles, each a user with an nkey kept in dataDir/KeyDir, and returns its
+// path and the key directory.
+func roleConfig(dataDir string) (conf, keys string, err error) {
+	keys = filepath.Join(dataDir, KeyDir)
+	users, err := natsauth.EnsureKeys(keys, natsauth.Roles)
+	if err != nil {
+		return "", "", err
+	}
+	conf = filepath.Join(dataDir, "nats.conf")
+	if err := os.WriteFile(conf, []byte(natsauth.ServerConfig{Users: users}.Text()), 0o600); err != nil {
+		return "", "", fmt.Errorf("write %s: %w", conf, err)
+	}
+	return conf, keys, nil
+}
+
 // Cluster is a running all-in-one cluster.
 type Cluster struct {
 	// NATSURL is the embedded server's client URL.
@@ -57,6 +114,8 @@ type Cluster struct {
 	// Client talks to the coordinator.
 	Client  *coordinator.Client
 	Workers []*worker.Worker
+	// Coordinator is the cluster's coordinator, for tests.
+	Coordinator *coordinator.Coordinator
 }
 
 // Run locks the data directory (a second cluster on it gets a
@@ -81,26 +140,51 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 	if err := os.Remove(urlFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove the stale %s: %w", urlFile, err)
 	}
-	ns, err := embednats.Start(embednats.Config{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: cfg.NATSPort})
+	ncfg := embednats.Config{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: cfg.NATSPort}
+	var keys string
+	if cfg.Roles {
+		var err error
+		if ncfg.ConfigFile, keys, err = roleConfig(cfg.DataDir); err != nil {
+			return err
+		}
+	}
+	ns, err := embednats.Start(ncfg)
 	if err != nil {
 		return err
 	}
 	defer ns.Shutdown()
 	url := ns.ClientURL()
 
-	connect := func(name string) (*nats.Conn, error) {
-		nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
+	connect := func(name string, role natsauth.Role) (*nats.Conn, error) {
+		opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1)}
+		if keys != "" {
+			opt, err := natsauth.NKeyOption(natsauth.SeedFile(keys, role))
+			if err != nil {
+				return nil, err
+			}
+			opts = append(opts, opt)
+		}
+		nc, err := nats.Connect(url, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("connect %s to embedded NATS: %w", name, err)
 		}
 		return nc, nil
 	}
-	coordNC, err := connect("sluice-coordinator")
+	coordNC, err := connect("sluice-coordinator", natsauth.RoleCoordinator)
 	if err != nil {
 		return err
 	}
 	defer coordNC.Close()
+	var signer *signing.Signer
+	var verifier *signing.Verifier
+	if cfg.Sign {
+		if signer, err = clusterKey(cfg.DataDir); err != nil {
+			return err
+		}
+		verifier = signer.Verifier()
+	}
 	coord, err := coordinator.New(coordinator.Config{
+		Signer:    signer,
 		NodeID:    "dev",
 		DataDir:   filepath.Join(cfg.DataDir, "raft"),
 		RaftBind:  "127.0.0.1:0",
@@ -109,12 +193,12 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 	if err != nil {
 		return err
 	}
-	clientNC, err := connect("sluice-client")
+	clientNC, err := connect("sluice-client", natsauth.RoleAdmin)
 	if err != nil {
 		return err
 	}
 	defer clientNC.Close()
-	l := &Cluster{NATSURL: url, NC: clientNC, Client: coordinator.NewClient(clientNC)}
+	l := &Cluster{NATSURL: url, NC: clientNC, Client: coordinator.NewClient(clientNC), Coordinator: coord}
 
 	var workerNCs []*nats.Conn
 	defer func() {
@@ -123,12 +207,12 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		}
 	}()
 	for i := range cfg.Workers {
-		nc, err := connect(fmt.Sprintf("sluice-worker-%d", i+1))
+		nc, err := connect(fmt.Sprintf("sluice-worker-%d", i+1), natsauth.RoleWorker)
 		if err != nil {
 			return err
 		}
 		workerNCs = append(workerNCs, nc)
-		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout}
+		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout, Verifier: verifier}
 		w, err := worker.New(wcfg, nc, cfg.Registry,
 			cfg.Log.With("component", "worker"), cfg.Tracer)
 		if err != nil {

@@ -24,6 +24,11 @@ type Config struct {
 	Log bool
 	// MaxPayload is the largest message the server accepts; 0 means 8 MiB.
 	MaxPayload int32
+	// ConfigFile is a nats-server configuration file whose accounts,
+	// users, permissions and TLS the server takes (natsauth writes one
+	// with Sluice's roles); the fields above override its listen address,
+	// store and limits. Empty: no authentication.
+	ConfigFile string
 }
 
 // Server is a running embedded NATS server.
@@ -48,23 +53,27 @@ func Start(cfg Config) (*Server, error) {
 	if name == "" {
 		name = "sluice-dev"
 	}
-	opts := &server.Options{
-		ServerName: name,
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoLog:      !cfg.Log,
-		NoSigs:     true,
-		// Large enough for a task or result with a long file list.
-		MaxPayload: 8 << 20,
-		// JetStream reserves each capped stream's MaxBytes out of this
-		// when the stream is created; the default (75% of the disk's free
-		// space at start) refuses Sluice's streams on a disk with a few
-		// GiB free, though they hold little. The disk bounds what is
-		// written.
-		JetStreamMaxStore: 1 << 40,
+	opts := &server.Options{}
+	if cfg.ConfigFile != "" {
+		var err error
+		if opts, err = server.ProcessConfigFile(cfg.ConfigFile); err != nil {
+			return nil, fmt.Errorf("embedded nats: %w", err)
+		}
 	}
+	opts.ServerName = name
+	opts.Host = host
+	opts.Port = port
+	opts.JetStream = true
+	opts.StoreDir = cfg.StoreDir
+	opts.NoLog = !cfg.Log
+	opts.NoSigs = true
+	// Large enough for a task or result with a long file list.
+	opts.MaxPayload = 8 << 20
+	// JetStream reserves each capped stream's MaxBytes out of this when
+	// the stream is created; the default (75% of the disk's free space at
+	// start) refuses Sluice's streams on a disk with a few GiB free,
+	// though they hold little. The disk bounds what is written.
+	opts.JetStreamMaxStore = 1 << 40
 	if cfg.MaxPayload > 0 {
 		opts.MaxPayload = cfg.MaxPayload
 	}

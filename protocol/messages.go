@@ -190,6 +190,9 @@ type Task struct {
 	// key a ${NAME} reference), which the worker applies to the rows
 	// between the read and the write; empty when it has none.
 	Contract json.RawMessage `json:"contract,omitempty"`
+	// Token is the task's token from the cluster's key, which its result
+	// carries back; empty when the cluster signs nothing.
+	Token string `json:"token,omitempty"`
 }
 
 // ErrorClass tells how a failed task should be handled.
@@ -230,6 +233,8 @@ type Result struct {
 	Error      string     `json:"error,omitempty"`
 	Started    time.Time  `json:"started,omitzero"`
 	Finished   time.Time  `json:"finished,omitzero"`
+	// Token is the token of the task (Task.Token).
+	Token string `json:"token,omitempty"`
 }
 
 // Sum is the sum of an order-independent checksum of rows: the sum,

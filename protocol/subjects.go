@@ -104,6 +104,9 @@ const (
 	// HeaderEvents is the number of change events a SLUICE_CDC message
 	// holds (see DecodeChangeEvents).
 	HeaderEvents = "Sluice-Events"
+	// HeaderSignature is the leader's signature of a task, stream
+	// assignment or lease grant (package signing).
+	HeaderSignature = "Sluice-Sig"
 )
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/signing"
 )
 
 // Defaults of Config.
@@ -33,6 +35,11 @@ type Config struct {
 	DrainTimeout time.Duration
 	// HeartbeatEvery is the interval of heartbeats; default 2s.
 	HeartbeatEvery time.Duration
+	// Verifier checks that the tasks, stream assignments and lease grants
+	// the worker receives were signed by the cluster's key; one that was
+	// not is refused unread and counted (Worker.Forged). Nil: nothing is
+	// checked.
+	Verifier *signing.Verifier
 }
 
 // Validate checks the configuration without I/O.

@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 )
 
 // openStream opens the stream of an assignment through the registry: the
@@ -71,6 +72,11 @@ func (w *Worker) onAssign(base context.Context, m *nats.Msg) {
 		}
 		b, _ := json.Marshal(r)
 		_ = m.Respond(b)
+	}
+	if err := w.verify(signing.KindAssign, m.Subject, m.Data, m.Header, &w.forged.assignments); err != nil {
+		w.log.Warn("refuse forged stream assignment", "err", err)
+		reply(err)
+		return
 	}
 	a, err := protocol.Decode[protocol.StreamAssignment](m.Data)
 	if err != nil {
@@ -224,6 +230,10 @@ func (w *Worker) renew(ctx context.Context, a protocol.StreamAssignment, st prot
 	defer cancel()
 	m, err := w.nc.RequestWithContext(rctx, protocol.SubjectAPIPrefix+protocol.VerbLeaseRenew, data)
 	if err != nil {
+		return false, "", err
+	}
+	if err := w.verifyLease(data, m); err != nil {
+		w.log.Warn("ignore forged lease reply", "pipeline", a.Pipeline, "err", err)
 		return false, "", err
 	}
 	var apiErr protocol.APIError

@@ -16,6 +16,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 )
 
@@ -30,6 +31,14 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 		return
 	}
 	seq := meta.Sequence.Stream
+	if err := w.verify(signing.KindTask, msg.Subject(), msg.Data(), msg.Headers(), &w.forged.tasks); err != nil {
+		// Not issued by the leader: terminated unread, nothing opened.
+		w.log.Warn("terminate forged task message", "stream_seq", seq, "subject", msg.Subject(), "err", err)
+		if terr := msg.TermWithReason("forged task: " + err.Error()); terr != nil && !w.killed.Load() {
+			w.log.Warn("terminate forged task message", "stream_seq", seq, "err", terr)
+		}
+		return
+	}
 	task, err := protocol.Decode[protocol.Task](msg.Data())
 	if err != nil {
 		w.log.Error("terminate undecodable task message", "stream_seq", seq, "subject", msg.Subject(), "err", err)
@@ -90,6 +99,7 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 		Pipeline: task.Pipeline,
 		Attempt:  attempt,
 		Worker:   w.cfg.ID,
+		Token:    task.Token,
 		Started:  started,
 		Finished: finished,
 	}

@@ -68,6 +68,7 @@ type Worker struct {
 
 	done   atomic.Int64
 	failed atomic.Int64
+	forged forgedCounts
 	ran    atomic.Bool
 	killed atomic.Bool
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/devcluster"
+	"github.com/sluicehq/sluice/natsauth"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -45,9 +46,12 @@ func runCluster(t *testing.T, reg *connectors.Registry, workers int, body func(c
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The cluster's server requires a user of a role: the commands the
+	// test runs connect as its admin.
+	t.Setenv("SLUICE_NATS_NKEY", natsauth.SeedFile(filepath.Join(root, ".sluice", devcluster.KeyDir), natsauth.RoleAdmin))
 	err := runLocal(ctx, localConfig{
 		Config: devcluster.Config{DataDir: filepath.Join(root, ".sluice"), Workers: workers, Slots: 2,
-			Log: log, Tracer: noop.NewTracerProvider(), Registry: reg},
+			Log: log, Tracer: noop.NewTracerProvider(), Registry: reg, Roles: true, Sign: true},
 		HTTPAddr: "127.0.0.1:0",
 	}, func(ctx context.Context, l *local) error {
 		body(ctx, l, root)
@@ -231,15 +235,25 @@ func TestClientSaysWhichCluster(t *testing.T) {
 	}
 	withCluster(t, func(ctx context.Context, l *local, root string) {
 		dataDir := filepath.Join(root, ".sluice")
+		// A client without credentials of its own, run against the dev
+		// of its data directory, uses the dev's admin key.
+		seed := os.Getenv("SLUICE_NATS_NKEY")
+		t.Setenv("SLUICE_NATS_NKEY", "")
 		_, errOut, err := sluice(ctx, "status", "--data-dir", dataDir)
 		want := fmt.Sprintf("using %s from %s\n", l.NATSURL, filepath.Join(dataDir, "nats.url"))
 		if err != nil || errOut != want {
 			t.Errorf("status from the dev's nats.url: %v; stderr %q, want %q", err, errOut, want)
 		}
+		t.Setenv("SLUICE_NATS_NKEY", seed)
 		if _, errOut, err := sluice(ctx, "status", "--data-dir", dataDir, "--nats", l.NATSURL); err != nil || errOut != "" {
 			t.Errorf("status --nats: %v; stderr %q, want nothing", err, errOut)
 		}
 		t.Setenv("SLUICE_NATS", l.NATSURL)
+		t.Setenv("SLUICE_NATS_NKEY", "")
+		if _, _, err := sluice(ctx, "status", "--data-dir", empty); err == nil {
+			t.Error("status without credentials was let in")
+		}
+		t.Setenv("SLUICE_NATS_NKEY", seed)
 		if _, errOut, err := sluice(ctx, "status", "--data-dir", empty); err != nil || errOut != "" {
 			t.Errorf("status with $SLUICE_NATS: %v; stderr %q, want nothing", err, errOut)
 		}

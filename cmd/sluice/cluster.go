@@ -15,7 +15,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sluicehq/sluice/coordinator"
+	"github.com/sluicehq/sluice/natsauth"
 	"github.com/sluicehq/sluice/pipeline"
+	"github.com/sluicehq/sluice/signing"
 	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
@@ -36,6 +38,9 @@ type coordinatorOptions struct {
 	headers   []string
 	limits    streamLimits
 	ackWait   time.Duration
+	keyFile   string
+	htls      apiTLSFlags
+	rtls      raftTLSFlags
 }
 
 // streamLimits are the coordinator's flags that bound the Sluice streams
@@ -87,6 +92,8 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the Sluice streams (3 on a 3-node NATS cluster)")
 	fs.StringVar(&o.httpAddr, "http", "", "HTTP API address, e.g. 127.0.0.1:8089 (empty: off)")
 	o.tf.register(fs)
+	o.htls.register(fs)
+	o.rtls.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	o.limits.register(fs)
 	// For fault tests: a crashed worker's task comes back after the
@@ -94,6 +101,7 @@ func newCoordinatorCmd() *cobra.Command {
 	// --progress-every below it.
 	fs.DurationVar(&o.ackWait, "ack-wait", 0, "ack wait of the workers' task consumer (default 30s; for tests)")
 	_ = fs.MarkHidden("ack-wait")
+	fs.StringVar(&o.keyFile, "cluster-key", os.Getenv("SLUICE_CLUSTER_KEY"), "`file` of the cluster's private signing key (sluice security cluster-key): tasks, stream assignments and lease grants are signed with it and results must carry their task's token (default $SLUICE_CLUSTER_KEY; empty: nothing signed)")
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -126,26 +134,39 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		if err := checkAPIBind(ln, token); err != nil {
 			return err
 		}
+		if ln, err = o.htls.wrap(ln); err != nil {
+			return err
+		}
+	}
+	raftTLS, err := o.rtls.config()
+	if err != nil {
+		return err
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-coordinator-"+o.nodeID), nats.MaxReconnects(-1))
+	nc, url, from, err := o.cf.connectServer("sluice-coordinator-" + o.nodeID)
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+		return err
 	}
 	defer nc.Close()
 	log.Info("coordinator starting", "node", o.nodeID, "nats", url, "nats_from", from)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas, TriggerHeaders: o.headers, AckWait: o.ackWait,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers, AckWait: o.ackWait, RaftTLS: raftTLS,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
+	}
+	if o.keyFile != "" {
+		if cfg.Signer, err = signing.LoadSigner(o.keyFile); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --cluster-key: tasks, stream assignments and lease grants are not signed (see the README's Security section)")
 	}
 	c, err := coordinator.New(cfg, nc, reg, log, tp)
 	if err != nil {
@@ -160,6 +181,23 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		defer stop()
 	}
 	return c.Run(ctx)
+}
+
+// connectServer connects a cluster process to NATS with the credentials
+// and TLS its flags and environment say; url is the server's URL with any
+// password in it redacted, for logs.
+func (c *clientFlags) connectServer(name string) (nc *nats.Conn, url, from string, err error) {
+	raw, from := c.serverURL()
+	url = natsauth.RedactURL(raw)
+	opts, err := c.natsOptions(from)
+	if err != nil {
+		return nil, url, from, err
+	}
+	nc, err = nats.Connect(raw, append(opts, nats.Name(name), nats.MaxReconnects(-1))...)
+	if err != nil {
+		return nil, url, from, fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+	}
+	return nc, url, from, nil
 }
 
 func parsePeers(s string) ([]coordinator.Peer, error) {
@@ -188,6 +226,7 @@ type workerOptions struct {
 	// progress is the interval of in-progress acks (hidden, for tests
 	// that set the coordinator's --ack-wait short).
 	progress time.Duration
+	pub   string
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -209,6 +248,7 @@ func newWorkerCmd() *cobra.Command {
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
 	fs.DurationVar(&o.progress, "progress-every", 0, "interval of in-progress acks of a running task (default 5s; below the coordinator's --ack-wait; for tests)")
 	_ = fs.MarkHidden("progress-every")
+	fs.StringVar(&o.pub, "cluster-pub", os.Getenv("SLUICE_CLUSTER_PUB"), "`file` of the cluster's public signing key: tasks, stream assignments and lease grants it did not sign are refused unread (default $SLUICE_CLUSTER_PUB; empty: nothing checked)")
 	return cmd
 }
 
@@ -222,14 +262,21 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-worker"), nats.MaxReconnects(-1))
+	nc, url, from, err := o.cf.connectServer("sluice-worker")
 	if err != nil {
-		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
+		return err
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)
-	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, ProgressEvery: o.progress}, nc, reg, log, tp)
+	wcfg := worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, ProgressEvery: o.progress}
+	if o.pub != "" {
+		if wcfg.Verifier, err = signing.LoadVerifier(o.pub); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --cluster-pub: tasks, stream assignments and lease grants are taken unchecked (see the README's Security section)")
+	}
+	w, err := worker.New(wcfg, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +34,8 @@ func newRegistryIn(what string) *connectors.Registry {
 		reg.SetProcess(fmt.Sprintf("%s (pid %d)", what, os.Getpid()))
 	}
 	reg.AllowEnv(splitEnvList("SLUICE_ALLOW_ENV")...)
+	allow, _ := strconv.ParseBool(os.Getenv("SLUICE_ALLOW_RAW_SQL"))
+	reg.RefuseRawSQL(!allow)
 	builtin.Register(reg)
 	return reg
 }
@@ -51,10 +54,14 @@ func splitEnvList(v string) []string {
 
 // envFlags say which environment variables specs may refer to, in a
 // process that opens connectors.
-type envFlags struct{ allow []string }
+type envFlags struct {
+	allow  []string
+	rawSQL bool
+}
 
 func (e *envFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&e.allow, "allow-env", nil, "environment variables specs may refer to as ${NAME} besides SLUICE_* (comma-separated; added to $SLUICE_ALLOW_ENV)")
+	fs.BoolVar(&e.rawSQL, "allow-raw-sql", false, "accept spec fields that reach SQL unquoted (a postgres source's where, a sink's column types; default $SLUICE_ALLOW_RAW_SQL)")
 }
 
 // registry returns the registry of a process named what that opens
@@ -63,6 +70,9 @@ func (e *envFlags) register(fs *pflag.FlagSet) {
 func (e *envFlags) registry(what string, log *slog.Logger) (*connectors.Registry, *slog.Logger) {
 	reg := newRegistryIn(what)
 	reg.AllowEnv(e.allow...)
+	if e.rawSQL {
+		reg.RefuseRawSQL(false)
+	}
 	return reg, slog.New(reg.LogHandler(log.Handler()))
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/coordinator"
 	"github.com/sluicehq/sluice/devcluster"
+	"github.com/sluicehq/sluice/natsauth"
 )
 
 // disconnectGrace is how long a waiting command lets a lost NATS
@@ -29,6 +30,7 @@ type clientFlags struct {
 	dataDir   string
 	timeout   time.Duration
 	lostAfter time.Duration
+	auth      natsAuthFlags
 }
 
 func (c *clientFlags) register(fs *pflag.FlagSet) {
@@ -36,6 +38,7 @@ func (c *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", ".sluice", "data `directory` of a sluice dev running here, where it writes nats.url")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "how long to wait for the cluster to answer a request")
 	fs.DurationVar(&c.lostAfter, "lost-after", 10*time.Second, "waiting commands: give up when no leader answered for this long (a lost NATS connection: after 3s); what was started goes on")
+	c.auth.register(fs)
 }
 
 // registerServer registers the flags a cluster process (coordinator,
@@ -43,6 +46,18 @@ func (c *clientFlags) register(fs *pflag.FlagSet) {
 func (c *clientFlags) registerServer(fs *pflag.FlagSet) {
 	fs.StringVar(&c.natsURL, "nats", "", "NATS server `URL`(s), comma-separated (default $SLUICE_NATS, then <data-dir>/nats.url, then nats://127.0.0.1:4222)")
 	fs.StringVar(&c.dataDir, "data-dir", ".sluice", "data `directory`")
+	c.auth.register(fs)
+}
+
+// natsOptions are the options that authenticate a connection to the NATS
+// server at a URL that came from from (a local dev's nats.url lends its
+// admin key to a client without credentials).
+func (c *clientFlags) natsOptions(from string) ([]nats.Option, error) {
+	devDir := ""
+	if from == filepath.Join(c.dataDir, devcluster.URLFile) {
+		devDir = c.dataDir
+	}
+	return c.auth.options(devDir)
 }
 
 // serverURL is the NATS URL of a cluster process and where it came from:
@@ -105,12 +120,16 @@ func (c *clientFlags) connect(name string, stderr io.Writer) (*cluster, error) {
 		return nil, err
 	}
 	if stderr != nil && !c.named() {
-		fmt.Fprintf(stderr, "using %s from %s\n", url, from)
+		fmt.Fprintf(stderr, "using %s from %s\n", natsauth.RedactURL(url), from)
 	}
-	cl := &cluster{url: url}
+	auth, err := c.natsOptions(from)
+	if err != nil {
+		return nil, err
+	}
+	cl := &cluster{url: natsauth.RedactURL(url)}
 	cl.gone, cl.markGone = context.WithCancelCause(context.Background())
 	var timer *time.Timer
-	nc, err := nats.Connect(url, nats.Name(name), nats.Timeout(5*time.Second),
+	nc, err := nats.Connect(url, append(auth, nats.Name(name), nats.Timeout(5*time.Second),
 		nats.MaxReconnects(-1), nats.ReconnectWait(500*time.Millisecond),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			cause := "connection lost"
@@ -128,7 +147,7 @@ func (c *clientFlags) connect(name string, stderr io.Writer) (*cluster, error) {
 				timer.Stop()
 			}
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { cl.markGone(errors.New("connection closed")) }))
+		nats.ClosedHandler(func(*nats.Conn) { cl.markGone(errors.New("connection closed")) }))...)
 	if err != nil {
 		hint := "is a cluster running there?"
 		if !c.named() {
@@ -136,7 +155,7 @@ func (c *clientFlags) connect(name string, stderr io.Writer) (*cluster, error) {
 				hint = fmt.Sprintf("the sluice dev that wrote %s is no longer running: start it again with `sluice dev`", from)
 			}
 		}
-		return nil, fmt.Errorf("connect to NATS at %s (%s): %w", url, hint, err)
+		return nil, fmt.Errorf("connect to NATS at %s (%s): %w", natsauth.RedactURL(url), hint, err)
 	}
 	cl.nc = nc
 	cl.client = coordinator.NewClient(nc)

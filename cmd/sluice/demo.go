@@ -165,7 +165,7 @@ func runDemo(ctx context.Context, o demoOptions, stdout, stderr io.Writer) error
 	var final protocol.RunStatus
 	err = devcluster.Run(ctx, devcluster.Config{
 		DataDir: filepath.Join(root, "cluster"), Workers: o.workers, Slots: o.slots,
-		Log: log, Tracer: tp, Registry: reg,
+		Log: log, Tracer: tp, Registry: reg, Roles: true, Sign: true,
 	}, func(ctx context.Context, l *devcluster.Cluster) error {
 		fmt.Fprintf(stdout, "2/5 embedded cluster up: NATS %s, 1 Raft coordinator, %d workers x %d slots\n", l.NATSURL, o.workers, o.slots)
 		specs, err := loadSpecs([]string{specPath}, reg, nil, stderr)

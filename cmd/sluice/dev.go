@@ -29,6 +29,7 @@ type devOptions struct {
 	slots    int
 	httpAddr string
 	tf       tokenFlags
+	htls     apiTLSFlags
 	drain    time.Duration
 	lf       logFlags
 	ef       envFlags
@@ -64,6 +65,7 @@ kill %1 stops sluice itself.`,
 	fs.IntVar(&o.slots, "slots", 2, "tasks each worker runs at once")
 	fs.StringVar(&o.httpAddr, "http", "127.0.0.1:8089", "HTTP API address (127.0.0.1:0: any free port; empty: off); a taken one is an error")
 	o.tf.register(fs)
+	o.htls.register(fs)
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "how long stopping may take: workers drain in-flight tasks for this less 5s, then the coordinator and NATS stop; the process exits by then in any case")
 	o.lf.register(fs)
 	o.ef.register(fs)
@@ -111,6 +113,9 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		if err := checkAPIBind(ln, token); err != nil {
 			return err
 		}
+		if ln, err = o.htls.wrap(ln); err != nil {
+			return err
+		}
 	}
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-dev"})
 	if err != nil {
@@ -122,7 +127,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers},
+				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers, Roles: true, Sign: true},
 			Listener: ln, APIToken: token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))
@@ -187,7 +192,7 @@ func runLocal(ctx context.Context, cfg localConfig, body func(ctx context.Contex
 			}
 			stop := serveAPI(ctx, ln, c.Client, js, cfg.Registry, cfg.APIToken, cfg.Log)
 			defer stop()
-			l.HTTPURL = "http://" + ln.Addr().String()
+			l.HTTPURL = apiURL(ln)
 			urlFile := filepath.Join(cfg.DataDir, httpURLFile)
 			if err := os.WriteFile(urlFile, []byte(l.HTTPURL+"\n"), 0o644); err != nil {
 				return fmt.Errorf("write %s: %w", urlFile, err)

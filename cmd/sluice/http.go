@@ -534,7 +534,7 @@ func serveAPI(ctx context.Context, ln net.Listener, c *coordinator.Client, js je
 			log.Error("http api stopped", "err", err)
 		}
 	}()
-	log.Info("http api listening", "url", "http://"+ln.Addr().String())
+	log.Info("http api listening", "url", apiURL(ln))
 	return func() {
 		stopLag()
 		_ = waitShutdown(ctx, 5*time.Second, srv.Shutdown)

@@ -20,6 +20,10 @@ import (
 )
 
 func main() {
+	if err := setUmask(); err != nil {
+		fmt.Fprintln(os.Stderr, "sluice:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signalContext()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -120,6 +124,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 		&cobra.Group{ID: "start", Title: "Try it and run a cluster:"},
 		&cobra.Group{ID: "pipelines", Title: "Pipelines and runs:"},
 		&cobra.Group{ID: "streams", Title: "Change data capture and dead letters:"},
+		&cobra.Group{ID: "security", Title: "Security:"},
 	)
 	add := func(group string, cmds ...*cobra.Command) {
 		for _, c := range cmds {
@@ -131,6 +136,7 @@ and talk to it from the same directory with 'sluice apply', 'sluice run',
 	add("pipelines", newApplyCmd(), newRunCmd(), newTriggerCmd(), newStatusCmd(), newBackfillCmd(), newCheckCmd(),
 		newRollbackCmd(), newCompactCmd(), newVacuumCmd(), newPipelinesCmd(), newDeleteCmd())
 	add("streams", newCDCCmd(), newDLQCmd())
+	add("security", newSecurityCmd())
 	root.AddCommand(newVersionCmd())
 	wrapArgs(root)
 	return root

@@ -19,7 +19,10 @@ func Register(reg *connectors.Registry) {
 		SinkAppends:      true,
 		SinkValueWindows: true,
 		SinkMerges:       true,
-		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
+		// A source's filter and a sink's column types are SQL as
+		// written.
+		RawSQL:    connectors.RawSQLFields([]string{"where"}, []string{"columns"}),
+		CDCTarget: &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
 			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
