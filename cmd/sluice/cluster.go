@@ -226,7 +226,7 @@ type workerOptions struct {
 	// progress is the interval of in-progress acks (hidden, for tests
 	// that set the coordinator's --ack-wait short).
 	progress time.Duration
-	pub   string
+	pub      string
 }
 
 func newWorkerCmd() *cobra.Command {
