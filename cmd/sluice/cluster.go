@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -127,7 +128,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
 	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-coordinator-"+o.nodeID), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, serverConnOptions("sluice-coordinator-"+o.nodeID, log)...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
@@ -154,6 +155,33 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		defer stop()
 	}
 	return c.Run(ctx)
+}
+
+// Coordinators and workers ping their NATS server every natsPingInterval
+// and leave it for another server of the cluster after natsMaxPingsOut
+// unanswered pings. The client's default (2 minutes, 2 pings) would keep
+// a process on a server cut off by the network for minutes: a leader would
+// consume no results, a worker would publish none, and its tasks would wait
+// for their AckWait.
+const (
+	natsPingInterval = 2 * time.Second
+	natsMaxPingsOut  = 3
+)
+
+// serverConnOptions are the NATS options of the long-running processes:
+// reconnect forever, detect a silent server within seconds, and log
+// losing and regaining the connection.
+func serverConnOptions(name string, log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.Name(name), nats.MaxReconnects(-1),
+		nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			log.Warn("NATS connection lost", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+	}
 }
 
 func parsePeers(s string) ([]coordinator.Peer, error) {
@@ -212,7 +240,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
 	url, from := o.cf.serverURL()
-	nc, err := nats.Connect(url, nats.Name("sluice-worker"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(url, serverConnOptions("sluice-worker", log)...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
