@@ -153,6 +153,13 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 		t.Fatalf("run %s with %s cut off: %s (%s)", st.RunID, victim, st.State, st.Error)
 	}
 	t.Logf("run committed %v after the cut", time.Since(cut).Round(time.Millisecond))
+	if full, err := c.client.GetRun(c.ctx(10*time.Second), res.RunID); err == nil {
+		for _, task := range full.TaskList {
+			if task.Attempts > 1 {
+				t.Logf("task %s ran %d times (last by %s): its delivery was lost with the cut", task.TaskID, task.Attempts, task.Worker)
+			}
+		}
+	}
 	res2 := c.run("nsplit2")
 	st2 := c.wait(res2.RunID, 2*time.Minute)
 	if st2.State != protocol.RunCommitted {
@@ -160,6 +167,20 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 	}
 	t.Logf("second run committed %v after the cut", time.Since(cut).Round(time.Millisecond))
 
+	// The processes that were on the cut-off server left it for another.
+	moved := 0
+	for _, p := range c.procs {
+		lost := len(logLines(t, p, `msg="NATS connection lost"`))
+		back := len(logLines(t, p, `msg="NATS reconnected"`))
+		if lost > 0 {
+			moved++
+			t.Logf("%s left the cut-off server: %s", p.name, logLines(t, p, `msg="NATS reconnected"`))
+		}
+		if back < lost {
+			t.Errorf("%s lost its NATS connection %d times and reconnected %d times", p.name, lost, back)
+		}
+	}
+	t.Logf("%d processes moved to another NATS server", moved)
 	c.lab.heal(victim, "data")
 	for _, o := range []struct{ pipeline, dir string }{{"nsplit1", out1}, {"nsplit2", out2}} {
 		if versions, _ := filepath.Glob(filepath.Join(o.dir, "v*")); len(versions) != 1 {
