@@ -159,13 +159,17 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 
 // Coordinators and workers ping their NATS server every natsPingInterval
 // and leave it for another server of the cluster after natsMaxPingsOut
-// unanswered pings. The client's default (2 minutes, 2 pings) would keep
-// a process on a server cut off by the network for minutes: a leader would
-// consume no results, a worker would publish none, and its tasks would wait
-// for their AckWait.
+// unanswered pings, or when a write to it has not gone through within
+// natsWriteTimeout. The client's defaults (pings every 2 minutes, writes
+// bounded by a minute) would keep a process on a server cut off by the
+// network for minutes: a leader would consume no results, a worker would
+// publish none, and a worker streaming a CDC slot, its writes stuck on a
+// full socket with the connection's lock held, could neither renew nor
+// give up its lease, and kept the slot from the worker the lease passed to.
 const (
 	natsPingInterval = 2 * time.Second
 	natsMaxPingsOut  = 3
+	natsWriteTimeout = 5 * time.Second
 )
 
 // serverConnOptions are the NATS options of the long-running processes:
@@ -175,6 +179,7 @@ func serverConnOptions(name string, log *slog.Logger) []nats.Option {
 	return []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1),
 		nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut),
+		nats.FlusherTimeout(natsWriteTimeout),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
 			log.Warn("NATS connection lost", "err", err)
 		}),
