@@ -200,3 +200,14 @@ if ! vgw_ready; then
 fi
 vgw_ready || { echo "services: versitygw did not become ready (see $vgw_dir/versitygw.log)" >&2; exit 1; }
 echo "services: versitygw $vgw_ver ready on http://$vgw_addr (access key $vgw_access_key), buckets in $vgw_dir/data"
+
+# iproute2 for the partition tests (integration/netsplit_test.go), which run
+# every process in a network namespace of its own (`ip netns`, veth pairs,
+# bridges) and need root.
+if ! command -v ip >/dev/null || ! ip netns list >/dev/null 2>&1; then
+  echo "services: installing iproute2"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iproute2 >/dev/null
+fi
+echo "services: $(ip -V) ready for the partition tests"
