@@ -311,15 +311,19 @@ func TestPartitionCDCWorkerCutFromNATS(t *testing.T) {
 	}
 	var got map[int][]int
 	var n int
-	if !waitForOK(60*time.Second, func() bool {
-		got, n = c.changesByKey("nscdc")
-		return n >= total
-	}) {
-		t.Fatalf("SLUICE_CDC holds %d change events, want %d", n, total)
+	var rerr error
+	read := func() bool {
+		got, n, rerr = c.changesByKey("nscdc")
+		return rerr == nil
+	}
+	if !waitForOK(60*time.Second, func() bool { return read() && n >= total }) {
+		t.Fatalf("SLUICE_CDC holds %d change events, want %d (%v)", n, total, rerr)
 	}
 	// Late writes of the cut-off worker may still be on their way.
 	time.Sleep(3 * time.Second)
-	got, n = c.changesByKey("nscdc")
+	if !waitForOK(30*time.Second, read) {
+		t.Fatalf("read SLUICE_CDC: %v", rerr)
+	}
 	t.Logf("SLUICE_CDC: %d change events of %d keys for %d committed changes", n, len(got), total)
 	bad := 0
 	for id, v := range want {
@@ -369,24 +373,25 @@ func (c *netCluster) cdcHolder(pipeline, not string) string {
 
 // changesByKey reads pipeline's change events in SLUICE_CDC, in stream
 // order, and returns the values of column v each key's inserts and updates
-// set, and how many there were.
-func (c *netCluster) changesByKey(pipeline string) (map[int][]int, int) {
+// set, and how many there were. An error of JetStream (the cluster may be
+// settling after a heal) is returned, for the caller to try again.
+func (c *netCluster) changesByKey(pipeline string) (map[int][]int, int, error) {
 	c.t.Helper()
 	ctx := c.ctx(60 * time.Second)
 	cons, err := c.js.OrderedConsumer(ctx, protocol.StreamCDC, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"sluice.cdc." + pipeline + ".>"}})
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, 0, err
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, 0, err
 	}
 	out := map[int][]int{}
 	n := 0
 	for left := info.NumPending; left > 0; {
 		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
-			c.t.Fatal(err)
+			return nil, 0, err
 		}
 		got := 0
 		for m := range batch.Messages() {
@@ -409,12 +414,12 @@ func (c *netCluster) changesByKey(pipeline string) (map[int][]int, int) {
 			}
 		}
 		if err := batch.Error(); err != nil {
-			c.t.Fatal(err)
+			return nil, 0, err
 		}
 		if got == 0 {
-			c.t.Fatalf("SLUICE_CDC stopped delivering with %d messages left", left)
+			return nil, 0, fmt.Errorf("SLUICE_CDC stopped delivering with %d messages left", left)
 		}
 		left -= uint64(got)
 	}
-	return out, n
+	return out, n, nil
 }
