@@ -34,6 +34,7 @@ const maxBody = 1 << 20
 // not_found, conflict, not_leader, internal).
 const (
 	codeUnauthorized     = "unauthorized"
+	codeForbidden        = "forbidden"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeTooLarge         = "too_large"
 	codeUnavailable      = "unavailable"
@@ -177,7 +178,15 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 		st, err := c.GetRun(r.Context(), r.PathValue("id"))
 		a.reply(w, redactRun(st), err)
 	})
-	h := jsonMisses(mux)
+	// A browser's cross-site request that changes something (a POST from
+	// another site's page to a dev cluster on loopback, which has no
+	// token) is refused: net/http's CSRF protection, by Sec-Fetch-Site or
+	// Origin. Programs (curl, the CLI) send neither and are let through.
+	csrf := http.NewCrossOriginProtection()
+	csrf.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusForbidden, codeForbidden, "cross-origin request refused: the API takes requests that change something only from its own origin (the console) or from programs")
+	}))
+	h := csrf.Handler(jsonMisses(mux))
 	if token == "" {
 		return h
 	}
