@@ -181,7 +181,6 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 		}
 	}
 	t.Logf("%d processes moved to another NATS server", moved)
-	c.lab.heal(victim, "data")
 	for _, o := range []struct{ pipeline, dir string }{{"nsplit1", out1}, {"nsplit2", out2}} {
 		if versions, _ := filepath.Glob(filepath.Join(o.dir, "v*")); len(versions) != 1 {
 			t.Errorf("%s: versions on disk %v, want exactly one", o.pipeline, versions)
@@ -201,6 +200,9 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 		t.Logf("%s: commit event in SLUICE_EVENTS %v after the cut", o.pipeline, time.Since(cut).Round(time.Millisecond))
 		expectMessages(t, c.js, protocol.StreamEvents, subj, 1)
 	}
+	// Healed (after the checks: a healed server may answer a stream's
+	// info from its stale state for a moment).
+	c.lab.heal(victim, "data")
 	// The healed server catches up: the tasks stream has its three
 	// replicas current again.
 	waitFor(t, 60*time.Second, victim+" current again in "+protocol.StreamTasks, func() bool {
