@@ -33,6 +33,14 @@ import (
 // applyTimeout bounds one Raft apply.
 const applyTimeout = 10 * time.Second
 
+// publishAckTimeout bounds the wait for the ack of an asynchronous publish
+// (a task). An ack can be lost, not refused: a publish routed to a stream
+// leader that a network partition has just cut off gets no answer at all,
+// and without a bound the run would wait for it forever. The publish is
+// then retried under the same Nats-Msg-Id, which JetStream deduplicates.
+// It exceeds a stream leader election (5-9 s).
+const publishAckTimeout = 15 * time.Second
+
 // workerTTL is how long a worker counts as live after its last heartbeat.
 const workerTTL = 10 * time.Second
 
@@ -87,7 +95,7 @@ func New(cfg Config, nc *nats.Conn, reg *connectors.Registry, log *slog.Logger, 
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishAckTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: jetstream: %w", err)
 	}

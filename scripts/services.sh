@@ -212,3 +212,14 @@ if ! command -v chromium >/dev/null; then
   apt-get install -y -qq chromium >/dev/null
 fi
 echo "services: $(chromium --version 2>/dev/null | head -1) ready for the console test"
+
+# iproute2 for the partition tests (integration/netsplit_test.go), which run
+# every process in a network namespace of its own (`ip netns`, veth pairs,
+# bridges) and need root.
+if ! command -v ip >/dev/null || ! ip netns list >/dev/null 2>&1; then
+  echo "services: installing iproute2"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq iproute2 >/dev/null
+fi
+echo "services: $(ip -V) ready for the partition tests"

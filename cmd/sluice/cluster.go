@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -147,7 +148,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	nc, url, from, err := o.cf.connectServer("sluice-coordinator-" + o.nodeID)
+	nc, url, from, err := o.cf.connectServer("sluice-coordinator-"+o.nodeID, log)
 	if err != nil {
 		return err
 	}
@@ -186,18 +187,50 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 // connectServer connects a cluster process to NATS with the credentials
 // and TLS its flags and environment say; url is the server's URL with any
 // password in it redacted, for logs.
-func (c *clientFlags) connectServer(name string) (nc *nats.Conn, url, from string, err error) {
+func (c *clientFlags) connectServer(name string, log *slog.Logger) (nc *nats.Conn, url, from string, err error) {
 	raw, from := c.serverURL()
 	url = natsauth.RedactURL(raw)
 	opts, err := c.natsOptions(from)
 	if err != nil {
 		return nil, url, from, err
 	}
-	nc, err = nats.Connect(raw, append(opts, nats.Name(name), nats.MaxReconnects(-1))...)
+	nc, err = nats.Connect(raw, append(opts, serverConnOptions(name, log)...)...)
 	if err != nil {
 		return nil, url, from, fmt.Errorf("connect to NATS at %s (from %s): %w", url, from, err)
 	}
 	return nc, url, from, nil
+}
+
+// Coordinators and workers ping their NATS server every natsPingInterval
+// and leave it for another server of the cluster after natsMaxPingsOut
+// unanswered pings, or when a write to it has not gone through within
+// natsWriteTimeout. The client's defaults (pings every 2 minutes, writes
+// bounded by a minute) would keep a process on a server cut off by the
+// network for minutes: a leader would consume no results, a worker would
+// publish none, and a worker streaming a CDC slot, its writes stuck on a
+// full socket with the connection's lock held, could neither renew nor
+// give up its lease, and kept the slot from the worker the lease passed to.
+const (
+	natsPingInterval = 2 * time.Second
+	natsMaxPingsOut  = 3
+	natsWriteTimeout = 5 * time.Second
+)
+
+// serverConnOptions are the NATS options of the long-running processes:
+// reconnect forever, detect a silent server within seconds, and log
+// losing and regaining the connection.
+func serverConnOptions(name string, log *slog.Logger) []nats.Option {
+	return []nats.Option{
+		nats.Name(name), nats.MaxReconnects(-1),
+		nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut),
+		nats.FlusherTimeout(natsWriteTimeout),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			log.Warn("NATS connection lost", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+	}
 }
 
 func parsePeers(s string) ([]coordinator.Peer, error) {
@@ -262,7 +295,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 		return err
 	}
 	defer waitShutdown(ctx, 5*time.Second, tp.Shutdown)
-	nc, url, from, err := o.cf.connectServer("sluice-worker")
+	nc, url, from, err := o.cf.connectServer("sluice-worker", log)
 	if err != nil {
 		return err
 	}
