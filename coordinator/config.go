@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Peer is one coordinator node of the Raft cluster.
@@ -83,6 +84,10 @@ type Config struct {
 	// insensitive) its run's trigger context records besides Nats-Msg-Id;
 	// the others are not kept: a header may carry a producer's credentials.
 	TriggerHeaders []string
+	// Metrics, when set, receives the node's metrics (runs, Raft commits
+	// and leader changes, and the cluster's state at each scrape); one
+	// coordinator per Metrics.
+	Metrics *telemetry.Metrics
 }
 
 // recordsHeader reports whether a trigger's header named k is recorded in

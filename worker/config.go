@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Defaults of Config.
@@ -33,6 +35,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// HeartbeatEvery is the interval of heartbeats; default 2s.
 	HeartbeatEvery time.Duration
+	// Metrics, when set, receives the worker's metrics: task attempts,
+	// slots, and the lag of the streams it holds. Workers of one process
+	// may share one.
+	Metrics *telemetry.Metrics
 }
 
 // Validate checks the configuration without I/O.

@@ -188,6 +188,8 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, status func() protocol.StreamStatus, opened <-chan struct{}, stop context.CancelCauseFunc, log *slog.Logger) {
 	every := a.Lease / 3
 	lastOK := time.Now()
+	rec := w.streamMetrics(a)
+	defer rec.forget()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -198,7 +200,9 @@ func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, sta
 		case <-opened:
 		}
 		sent := time.Now()
-		ok, reason, err := w.renew(ctx, a, status())
+		st := status()
+		rec.record(st)
+		ok, reason, err := w.renew(ctx, a, st)
 		switch {
 		case err != nil:
 			log.Warn("renew stream lease", "err", err)

@@ -35,6 +35,7 @@ type coordinatorOptions struct {
 	tf        tokenFlags
 	headers   []string
 	limits    streamLimits
+	mf        metricsFlags
 }
 
 // streamLimits are the coordinator's flags that bound the Sluice streams
@@ -88,6 +89,7 @@ func newCoordinatorCmd() *cobra.Command {
 	o.tf.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
 	o.limits.register(fs)
+	o.mf.register(fs)
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -121,6 +123,11 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 			return err
 		}
 	}
+	m, stopMetrics, err := o.mf.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
 		return err
@@ -136,7 +143,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas, TriggerHeaders: o.headers,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers, Metrics: m,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
@@ -179,6 +186,7 @@ type workerOptions struct {
 	id    string
 	slots int
 	drain time.Duration
+	mf    metricsFlags
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -198,6 +206,7 @@ func newWorkerCmd() *cobra.Command {
 	fs.StringVar(&o.id, "id", "", "worker id (default host-pid-random)")
 	fs.IntVar(&o.slots, "slots", 2, "tasks run at once")
 	fs.DurationVar(&o.drain, "drain-timeout", 60*time.Second, "how long SIGTERM waits for in-flight tasks")
+	o.mf.register(fs)
 	return cmd
 }
 
@@ -206,6 +215,11 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	m, stopMetrics, err := o.mf.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-worker"})
 	if err != nil {
 		return err
@@ -218,7 +232,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)
-	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain}, nc, reg, log, tp)
+	w, err := worker.New(worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, Metrics: m}, nc, reg, log, tp)
 	if err != nil {
 		return err
 	}
