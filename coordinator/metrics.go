@@ -126,3 +126,24 @@ func (c *Coordinator) upstreamLink(ctx context.Context, trig *protocol.TriggerCo
 	return trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{
 		telemetry.AttrLink.String(telemetry.LinkUpstream), telemetry.AttrPipeline.String(up.Pipeline), telemetry.AttrRun.String(up.ID)}}, true
 }
+
+// snapshotTrace is the trace context of the snapshot run of cdc pipeline
+// p (for a cdc_apply pipeline, of its upstream's), which the spans of the
+// stream's batches link to; nil when the FSM holds no such run.
+func (c *Coordinator) snapshotTrace(p *pipelineState) map[string]string {
+	if p.Spec.Pattern == protocol.PatternCDCApply {
+		up, ok := c.fsm.pipeline(p.Spec.StreamSettings().Upstream)
+		if !ok {
+			return nil
+		}
+		p = up
+	}
+	if p.Stream == nil || p.Stream.SnapshotRun == "" {
+		return nil
+	}
+	r, ok := c.fsm.run(p.Stream.SnapshotRun)
+	if !ok {
+		return nil
+	}
+	return r.Trace
+}

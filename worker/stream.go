@@ -22,7 +22,7 @@ import (
 // cdc_apply pipeline's sink kind run by the generic runner. ctx bounds the
 // opening only.
 func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (connectors.Stream, error) {
-	req := connectors.StreamRequest{Pipeline: a.Pipeline, Settings: a.Settings, JS: w.js, Log: log}
+	req := connectors.StreamRequest{Pipeline: a.Pipeline, Settings: a.Settings, JS: w.js, Log: log, Trace: w.batchTrace(a)}
 	switch a.Pattern {
 	case protocol.PatternCDC:
 		req.Config = a.Source.Config
@@ -35,7 +35,7 @@ func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, lo
 		return w.reg.OpenCDCSource(ctx, a.Source.Kind, req)
 	case protocol.PatternCDCApply:
 		req.Config = a.Sink.Config
-		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream}
+		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream, Trace: req.Trace}
 		if len(a.Contract) > 0 {
 			// The events are transformed before the applier sees them.
 			ct, err := contract.Open(a.Contract)
