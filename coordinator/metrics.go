@@ -37,15 +37,12 @@ func (c *Coordinator) clusterState(ctx context.Context) telemetry.ClusterState {
 	}
 	s.Streams = map[string]uint64{}
 	for _, name := range []string{protocol.StreamTasks, protocol.StreamResults, protocol.StreamDLQ, protocol.StreamTriggers, protocol.StreamCDC} {
+		// Looking a stream up fetches its info.
 		st, err := c.js.Stream(ctx, name)
 		if err != nil {
 			continue
 		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			continue
-		}
-		s.Streams[name] = info.State.Msgs
+		s.Streams[name] = st.CachedInfo().State.Msgs
 	}
 	s.ActiveRuns = c.fsm.activeRuns()
 	for _, w := range c.liveWorkers() {

@@ -233,8 +233,8 @@ func TestMetricsAndLinks(t *testing.T) {
 		expect(p+" runs failed", 0, sum("sluice_runs_total", "pipeline", p, "outcome", "failed"))
 	}
 	expect("cdc snapshot runs committed", 1, sum("sluice_runs_total", "pipeline", "items", "outcome", "committed"))
-	expect("pgload tasks ended", float64(tasks), sum("sluice_task_attempts_count", "pipeline", "pgload"))
-	expect("pgload tasks done at the first attempt", float64(tasks), sum("sluice_task_attempts_bucket", "pipeline", "pgload", "le", "1"))
+	expect("pgload tasks ended", float64(tasks), sum("sluice_run_task_attempts_count", "pipeline", "pgload"))
+	expect("pgload tasks done at the first attempt", float64(tasks), sum("sluice_run_task_attempts_bucket", "pipeline", "pgload", "le", "1"))
 	expect("dead letters", 1, onLeader("sluice_stream_messages", "stream", protocol.StreamDLQ))
 	expect("tasks queued", 0, onLeader("sluice_stream_messages", "stream", protocol.StreamTasks))
 	expect("live workers", 2, onLeader("sluice_workers"))

@@ -92,7 +92,7 @@ func NewMetrics() *Metrics {
 	m.runDuration = histogram("sluice_run_duration_seconds", "Time from a run's creation to its end, by outcome.", durationBuckets, LabelPipeline, LabelOutcome)
 	m.runRows = counter("sluice_run_rows_total", "Rows (units for a passthrough) written by the tasks of committed runs: each task counted once, however many attempts it took.", LabelPipeline)
 	m.runBytes = counter("sluice_run_bytes_total", "Bytes written by the tasks of committed runs, each task counted once.", LabelPipeline)
-	m.taskAttempts = histogram("sluice_task_attempts", "Attempts each task of a finished run took (1: no retry).", []float64{1, 2, 3, 5, 10}, LabelPipeline)
+	m.taskAttempts = histogram("sluice_run_task_attempts", "Attempts each task of a finished run took (1: no retry).", []float64{1, 2, 3, 5, 10}, LabelPipeline)
 
 	m.raftCommit = histogram("sluice_raft_commit_seconds", "Time from handing a command to Raft to its commit and application by the leader's FSM.",
 		prometheus.ExponentialBuckets(0.0005, 2, 14), LabelCommand)

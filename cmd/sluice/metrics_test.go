@@ -96,7 +96,7 @@ func TestDevMetricsFlag(t *testing.T) {
 		`sluice_raft_commit_seconds_bucket{command="run committed",le="+Inf"}`:   1,
 		`sluice_run_duration_seconds_count{outcome="committed",pipeline="met"}`:  1,
 		`sluice_task_duration_seconds_count{outcome="succeeded",pipeline="met"}`: files,
-		`sluice_task_attempts_count{pipeline="met"}`:                             files,
+		`sluice_run_task_attempts_count{pipeline="met"}`:                         files,
 		`sluice_raft_leader_changes_total`:                                       1,
 		`sluice_cluster_slots`:                                                   2,
 		`sluice_run_bytes_total{pipeline="met"}`:                                 -1, // present
