@@ -86,6 +86,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiBackfill(ctx, m.Data)
 	case protocol.VerbBackfillGet:
 		reply, err = t.apiBackfillGet(m.Data)
+	case protocol.VerbBackfills:
+		reply, err = t.apiBackfills(m.Data)
 	case protocol.VerbLeaseRenew:
 		reply, err = t.apiLeaseRenew(m.Data)
 	case protocol.VerbCDCStatus:
