@@ -19,7 +19,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no node id", func(c *Config) { c.NodeID = "" }, "NodeID"},
 		{"no data dir", func(c *Config) { c.DataDir = "" }, "DataDir"},
 		{"no bind", func(c *Config) { c.RaftBind = "" }, "RaftBind"},
-		{"lease above heartbeat", func(c *Config) { c.LeaderLeaseTimeout = time.Second }, "LeaderLeaseTimeout"},
+		{"lease above heartbeat", func(c *Config) { c.LeaderLeaseTimeout = 2 * time.Second }, "LeaderLeaseTimeout"},
 		{"peers without self", func(c *Config) { c.Peers = []Peer{{ID: "n2", Addr: "a:1"}} }, "does not include"},
 		{"duplicate peer", func(c *Config) { c.Peers = []Peer{{ID: "n1", Addr: "a:1"}, {ID: "n1", Addr: "b:1"}} }, "twice"},
 		{"negative keep", func(c *Config) { c.KeepRuns = -1 }, "KeepRuns"},
