@@ -61,6 +61,34 @@ type StreamRequest struct {
 	// registered with CDCSource.AppliesContract applies to every event
 	// before it is published; nil when the pipeline has none.
 	Contract json.RawMessage
+	// Trace, when set, traces the stream's batches (see BatchTrace).
+	Trace BatchTrace
+}
+
+// BatchTrace is called by a stream around each batch of change events it
+// publishes (a cdc reader: one message) or applies (the cdc_apply runner:
+// one Apply), from the goroutine of its Run. It returns the context the
+// batch's work runs in and the function the stream calls once with the
+// batch's outcome. A nil BatchTrace traces nothing (see StartBatch).
+type BatchTrace func(ctx context.Context, b BatchInfo) (context.Context, func(err error))
+
+// BatchInfo describes one batch of a stream.
+type BatchInfo struct {
+	// Events is the number of events in the batch.
+	Events int
+	// Subject and MsgID are a published batch's subject and Nats-Msg-Id.
+	Subject, MsgID string
+	// From and To are the SLUICE_CDC stream sequences of the first and the
+	// last message of an applied batch.
+	From, To uint64
+}
+
+// StartBatch starts tracing a batch with t, or does nothing when t is nil.
+func (t BatchTrace) StartBatch(ctx context.Context, b BatchInfo) (context.Context, func(err error)) {
+	if t == nil {
+		return ctx, func(error) {}
+	}
+	return t(ctx, b)
 }
 
 // StreamFactory opens the change reader of a cdc pipeline. It is called by

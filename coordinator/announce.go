@@ -80,6 +80,7 @@ func (t *leaderTerm) announce(ctx context.Context, log *slog.Logger, r *runState
 	if _, err := apply(c, runNotifiedCmd{Run: r.ID, Keep: c.cfg.KeepRuns, Time: now()}); err != nil {
 		return err
 	}
+	c.observeRun(r)
 	c.endSpan(r.ID)
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/protocol"
 	"github.com/sluicehq/sluice/signing"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Peer is one coordinator node of the Raft cluster.
@@ -98,6 +99,10 @@ type Config struct {
 	// snapshot make it take one; defaults 2m and 8192 (hashicorp/raft's).
 	SnapshotInterval  time.Duration
 	SnapshotThreshold uint64
+	// Metrics, when set, receives the node's metrics (runs, Raft commits
+	// and leader changes, and the cluster's state at each scrape); one
+	// coordinator per Metrics.
+	Metrics *telemetry.Metrics
 }
 
 // recordsHeader reports whether a trigger's header named k is recorded in

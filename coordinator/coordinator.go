@@ -283,6 +283,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	c.mu.Lock()
 	c.raft = r
 	c.mu.Unlock()
+	defer c.observeLeader(r)()
 	select {
 	case <-c.killed:
 		// Kill ran before the raft node existed.
@@ -292,6 +293,9 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	}
 	close(c.ready)
 	c.log.Info("raft started", "bootstrap", c.cfg.Bootstrap)
+	if err := c.cfg.Metrics.ObserveCluster(c.clusterState); err != nil {
+		c.log.Warn("metrics", "err", err)
+	}
 
 	hbSub, err := c.nc.Subscribe(protocol.SubjectHeartbeat, c.onHeartbeat)
 	if err != nil {
@@ -392,6 +396,7 @@ func apply[R any](c *Coordinator, cmd command[R]) (R, error) {
 	if err != nil {
 		return zero, err
 	}
+	start := time.Now()
 	f := r.Apply(b, applyTimeout)
 	// hashicorp/raft answers an entry it took only from its leader loop:
 	// one taken just as Kill shut the node down is never answered (its
@@ -407,6 +412,7 @@ func apply[R any](c *Coordinator, cmd command[R]) (R, error) {
 	if err != nil {
 		return zero, fmt.Errorf("raft apply %s: %w", t, err)
 	}
+	c.cfg.Metrics.RaftCommitted(t.String(), time.Since(start))
 	switch v := f.Response().(type) {
 	case error:
 		return zero, fmt.Errorf("apply %s: %w", t, v)

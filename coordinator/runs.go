@@ -27,6 +27,9 @@ func (t *leaderTerm) createRun(ctx context.Context, cmd runCreateCmd) (runCreate
 	if cmd.Trigger != nil && len(cmd.Trigger.Trace) > 0 {
 		pctx, opts = telemetry.ExtractMap(ctx, cmd.Trigger.Trace), opts[1:]
 	}
+	if l, ok := c.upstreamLink(ctx, cmd.Trigger); ok {
+		opts = append(opts, trace.WithLinks(l))
+	}
 	sctx, span := c.tracer.Start(pctx, telemetry.SpanRun, opts...)
 	cmd.Trace = telemetry.InjectMap(sctx)
 	if cmd.MaxAttempts == 0 {

@@ -122,6 +122,7 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	a := protocol.StreamAssignment{
 		Pipeline: p.Spec.Name, Pattern: p.Spec.Pattern, Epoch: epoch, Revision: p.Revision,
 		Source: p.Spec.Source, Sink: p.Spec.Sink, Settings: settings, Lease: lease, Contract: ct,
+		Trace: t.c.snapshotTrace(p),
 	}
 	data, err := protocol.Encode(a)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/natsauth"
 	"github.com/sluicehq/sluice/signing"
+	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
 
@@ -51,6 +52,9 @@ type Config struct {
 	// grants with a cluster key kept in <DataDir>/cluster-key (made once)
 	// and the workers refuse what it did not sign.
 	Sign bool
+	// Metrics, when set, receives the metrics of the coordinator and of
+	// every worker.
+	Metrics *telemetry.Metrics
 	// Lock is DataDir's lock when the caller took it (LockDir) before
 	// Run, and releases it after; nil: Run takes it and releases it.
 	Lock *DirLock
@@ -188,7 +192,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 		NodeID:    "dev",
 		DataDir:   filepath.Join(cfg.DataDir, "raft"),
 		RaftBind:  "127.0.0.1:0",
-		Bootstrap: true, TriggerHeaders: cfg.TriggerHeaders,
+		Bootstrap: true, TriggerHeaders: cfg.TriggerHeaders, Metrics: cfg.Metrics,
 	}, coordNC, cfg.Registry, cfg.Log.With("component", "coordinator"), cfg.Tracer)
 	if err != nil {
 		return err
@@ -212,7 +216,7 @@ func Run(ctx context.Context, cfg Config, body func(ctx context.Context, c *Clus
 			return err
 		}
 		workerNCs = append(workerNCs, nc)
-		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout, Verifier: verifier}
+		wcfg := worker.Config{ID: fmt.Sprintf("dev-worker-%d", i+1), Slots: cfg.Slots, DrainTimeout: cfg.DrainTimeout, Verifier: verifier, Metrics: cfg.Metrics}
 		w, err := worker.New(wcfg, nc, cfg.Registry,
 			cfg.Log.With("component", "worker"), cfg.Tracer)
 		if err != nil {

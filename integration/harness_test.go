@@ -25,6 +25,7 @@ import (
 	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
+	"github.com/sluicehq/sluice/telemetry"
 	"github.com/sluicehq/sluice/worker"
 )
 
@@ -43,6 +44,10 @@ type cluster struct {
 	// dirs are where the cluster keeps its files: JetStream's store and
 	// the coordinators' data directories.
 	dirs []string
+	// workerMetrics are the workers' metrics (one process's), served at
+	// workerMetricsURL, with clusterConfig.metrics.
+	workerMetrics    *telemetry.Metrics
+	workerMetricsURL string
 }
 
 type node struct {
@@ -50,6 +55,8 @@ type node struct {
 	cancel context.CancelFunc
 	done   chan error
 	killed bool
+	// metricsURL serves the node's metrics, with clusterConfig.metrics.
+	metricsURL string
 }
 
 type workerProc struct {
@@ -70,6 +77,9 @@ type clusterConfig struct {
 	// level; tracer, when set, is the tracer provider of every process.
 	logs   io.Writer
 	tracer trace.TracerProvider
+	// metrics gives each coordinator, and the workers together, Prometheus
+	// metrics served over HTTP (metrics_test.go).
+	metrics bool
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -128,16 +138,17 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		nc := c.connect(fmt.Sprintf("coordinator-%d", i))
 		dataDir := t.TempDir()
 		c.dirs = append(c.dirs, dataDir)
+		m, murl := c.newMetrics()
 		co, err := coordinator.New(coordinator.Config{
 			NodeID: peers[i].ID, DataDir: dataDir, Peers: peers, Bootstrap: i == 0,
 			Transport: transports[i], InmemStore: true, AckWait: cfg.ackWait,
-			DefaultBackoff: 100 * time.Millisecond,
+			DefaultBackoff: 100 * time.Millisecond, Metrics: m,
 		}, nc, c.reg, c.log.With("node", peers[i].ID), cfg.tracer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		n := &node{c: co, cancel: cancel, done: make(chan error, 1)}
+		n := &node{c: co, cancel: cancel, done: make(chan error, 1), metricsURL: murl}
 		go func() { n.done <- co.Run(ctx) }()
 		c.coords = append(c.coords, n)
 	}
@@ -159,6 +170,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		t.Fatal(err)
 	}
 	c.js = js
+	c.workerMetrics, c.workerMetricsURL = c.newMetrics()
 	for range cfg.workers {
 		c.addWorker()
 	}
@@ -183,7 +195,7 @@ func (c *cluster) addWorker() *workerProc {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3},
+	w, err := worker.New(worker.Config{ID: fmt.Sprintf("w%d", len(c.workers)), Slots: c.cfg.slots, ProgressEvery: c.cfg.ackWait / 3, Metrics: c.workerMetrics},
 		nc, c.reg, c.log.With("worker", len(c.workers)), c.cfg.tracer)
 	if err != nil {
 		c.t.Fatal(err)

@@ -69,6 +69,10 @@ type StreamAssignment struct {
 	// before it is published (cdc) or applied (cdc_apply); empty when it
 	// has none.
 	Contract json.RawMessage `json:"contract,omitempty"`
+	// Trace is the W3C trace context of the snapshot run of the cdc
+	// pipeline (for a cdc_apply pipeline, of its upstream's), which the
+	// spans of the stream's batches link to; empty when there is none.
+	Trace map[string]string `json:"trace,omitempty"`
 }
 
 // StreamSettings are the settings of a streamed pipeline that are not the

@@ -26,6 +26,20 @@ const (
 	SpanPlan   = "plan"
 	SpanTask   = "task"
 	SpanCommit = "commit"
+	// SpanCDCBatch is one batch of change events a cdc pipeline's reader
+	// published to SLUICE_CDC; SpanApplyBatch one batch a cdc_apply
+	// pipeline applied. Both link to the trace of the cdc pipeline's
+	// snapshot run.
+	SpanCDCBatch   = "cdc_batch"
+	SpanApplyBatch = "apply_batch"
+)
+
+// Link kinds (the AttrLink attribute of a span link).
+const (
+	// LinkUpstream links a run started by `after:` to its upstream run.
+	LinkUpstream = "upstream"
+	// LinkSnapshot links a CDC batch to the snapshot run of its pipeline.
+	LinkSnapshot = "snapshot"
 )
 
 // Attribute keys, in one place.
@@ -40,6 +54,10 @@ var (
 	AttrBytes     = attribute.Key("sluice.bytes")
 	AttrTasks     = attribute.Key("sluice.tasks")
 	AttrVersion   = attribute.Key("sluice.dataset_version")
+	AttrLink      = attribute.Key("sluice.link")
+	AttrEvents    = attribute.Key("sluice.events")
+	AttrSlot      = attribute.Key("sluice.slot")
+	AttrSeq       = attribute.Key("sluice.stream_seq")
 )
 
 // Propagator is the W3C trace-context propagator Sluice uses everywhere.

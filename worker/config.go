@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/signing"
+	"github.com/sluicehq/sluice/telemetry"
 )
 
 // Defaults of Config.
@@ -40,6 +41,10 @@ type Config struct {
 	// not is refused unread and counted (Worker.Forged). Nil: nothing is
 	// checked.
 	Verifier *signing.Verifier
+	// Metrics, when set, receives the worker's metrics: task attempts,
+	// slots, and the lag of the streams it holds. Workers of one process
+	// may share one.
+	Metrics *telemetry.Metrics
 }
 
 // Validate checks the configuration without I/O.

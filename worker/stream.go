@@ -23,7 +23,7 @@ import (
 // cdc_apply pipeline's sink kind run by the generic runner. ctx bounds the
 // opening only.
 func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, log *slog.Logger) (connectors.Stream, error) {
-	req := connectors.StreamRequest{Pipeline: a.Pipeline, Settings: a.Settings, JS: w.js, Log: log}
+	req := connectors.StreamRequest{Pipeline: a.Pipeline, Settings: a.Settings, JS: w.js, Log: log, Trace: w.batchTrace(a)}
 	switch a.Pattern {
 	case protocol.PatternCDC:
 		req.Config = a.Source.Config
@@ -36,7 +36,7 @@ func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, lo
 		return w.reg.OpenCDCSource(ctx, a.Source.Kind, req)
 	case protocol.PatternCDCApply:
 		req.Config = a.Sink.Config
-		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream}
+		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream, Trace: req.Trace}
 		if len(a.Contract) > 0 {
 			// The events are transformed before the applier sees them.
 			ct, err := contract.Open(a.Contract)
@@ -194,6 +194,8 @@ func (w *Worker) hold(ctx context.Context, a protocol.StreamAssignment) {
 func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, status func() protocol.StreamStatus, opened <-chan struct{}, stop context.CancelCauseFunc, log *slog.Logger) {
 	every := a.Lease / 3
 	lastOK := time.Now()
+	rec := w.streamMetrics(a)
+	defer rec.forget()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -204,7 +206,9 @@ func (w *Worker) renewLoop(ctx context.Context, a protocol.StreamAssignment, sta
 		case <-opened:
 		}
 		sent := time.Now()
-		ok, reason, err := w.renew(ctx, a, status())
+		st := status()
+		rec.record(st)
+		ok, reason, err := w.renew(ctx, a, st)
 		switch {
 		case err != nil:
 			log.Warn("renew stream lease", "err", err)

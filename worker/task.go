@@ -68,10 +68,12 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 
 	w.mu.Lock()
 	w.running[seq] = task.RunID + "/" + task.TaskID
+	w.cfg.Metrics.WorkerSlots(w.cfg.ID, w.cfg.Slots, len(w.running))
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
 		delete(w.running, seq)
+		w.cfg.Metrics.WorkerSlots(w.cfg.ID, w.cfg.Slots, len(w.running))
 		w.mu.Unlock()
 	}()
 
@@ -104,6 +106,7 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 		Finished: finished,
 	}
 	if err == nil {
+		w.cfg.Metrics.TaskAttempt(task.Pipeline, telemetry.TaskSucceeded, finished.Sub(started), out.Rows, out.Bytes)
 		span.SetAttributes(telemetry.AttrRows.Int64(out.Rows), telemetry.AttrBytes.Int64(out.Bytes))
 		res.Rows, res.Bytes = out.Rows, out.Bytes
 		res.Checksum = protocol.Sum(out.Checksum.Sum)
@@ -115,6 +118,7 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 	if taskCtx.Err() != nil {
 		// Shutdown cut the task short: not a failure of the task.
 		log.Info("task interrupted by shutdown; handing it back", "err", err)
+		w.cfg.Metrics.TaskAttempt(task.Pipeline, telemetry.TaskInterrupted, finished.Sub(started), 0, 0)
 		span.SetStatus(codes.Error, "interrupted by shutdown")
 		if nerr := msg.NakWithDelay(requeueDelay); nerr != nil {
 			log.Warn("hand back interrupted task", "err", nerr)
@@ -129,6 +133,11 @@ func (w *Worker) handle(taskCtx, base context.Context, msg jetstream.Msg) {
 	if maxAttempts <= 0 {
 		maxAttempts = defaultMaxAttempts
 	}
+	outcome := telemetry.TaskFailed
+	if !connectors.IsReplan(err) && !connectors.IsPermanent(err) && attempt < maxAttempts {
+		outcome = telemetry.TaskRetried
+	}
+	w.cfg.Metrics.TaskAttempt(task.Pipeline, outcome, finished.Sub(started), 0, 0)
 	switch {
 	case connectors.IsReplan(err):
 		// No attempt of this task can succeed: the leader plans the run

@@ -171,6 +171,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer assignSub.Unsubscribe()
 
 	w.log.Info("worker starting", "slots", w.cfg.Slots)
+	w.cfg.Metrics.WorkerSlots(w.cfg.ID, w.cfg.Slots, 0)
+	defer w.cfg.Metrics.WorkerGone(w.cfg.ID)
 	var aux errgroup.Group
 	slotsDone := make(chan struct{})
 	aux.Go(func() error { w.heartbeats(base, slotsDone); return nil })

@@ -42,6 +42,7 @@ type coordinatorOptions struct {
 	keyFile   string
 	htls      apiTLSFlags
 	rtls      raftTLSFlags
+	mf        metricsFlags
 }
 
 // streamLimits are the coordinator's flags that bound the Sluice streams
@@ -103,6 +104,7 @@ func newCoordinatorCmd() *cobra.Command {
 	fs.DurationVar(&o.ackWait, "ack-wait", 0, "ack wait of the workers' task consumer (default 30s; for tests)")
 	_ = fs.MarkHidden("ack-wait")
 	fs.StringVar(&o.keyFile, "cluster-key", os.Getenv("SLUICE_CLUSTER_KEY"), "`file` of the cluster's private signing key (sluice security cluster-key): tasks, stream assignments and lease grants are signed with it and results must carry their task's token (default $SLUICE_CLUSTER_KEY; empty: nothing signed)")
+	o.mf.register(fs)
 	_ = cmd.MarkFlagRequired("node-id")
 	return cmd
 }
@@ -143,6 +145,11 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	m, stopMetrics, err := o.mf.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-coordinator"})
 	if err != nil {
 		return err
@@ -157,7 +164,7 @@ func runCoordinator(ctx context.Context, o coordinatorOptions, stderr io.Writer)
 	reg, log := o.ef.registry("the coordinator "+o.nodeID, log)
 	cfg := coordinator.Config{
 		NodeID: o.nodeID, DataDir: dir, RaftBind: o.raftAddr, Peers: ps, Bootstrap: o.bootstrap || len(ps) == 0,
-		StreamReplicas: o.replicas, TriggerHeaders: o.headers, AckWait: o.ackWait, RaftTLS: raftTLS,
+		StreamReplicas: o.replicas, TriggerHeaders: o.headers, AckWait: o.ackWait, RaftTLS: raftTLS, Metrics: m,
 	}
 	if err := o.limits.apply(&cfg); err != nil {
 		return err
@@ -260,6 +267,7 @@ type workerOptions struct {
 	// that set the coordinator's --ack-wait short).
 	progress time.Duration
 	pub      string
+	mf       metricsFlags
 }
 
 func newWorkerCmd() *cobra.Command {
@@ -282,6 +290,7 @@ func newWorkerCmd() *cobra.Command {
 	fs.DurationVar(&o.progress, "progress-every", 0, "interval of in-progress acks of a running task (default 5s; below the coordinator's --ack-wait; for tests)")
 	_ = fs.MarkHidden("progress-every")
 	fs.StringVar(&o.pub, "cluster-pub", os.Getenv("SLUICE_CLUSTER_PUB"), "`file` of the cluster's public signing key: tasks, stream assignments and lease grants it did not sign are refused unread (default $SLUICE_CLUSTER_PUB; empty: nothing checked)")
+	o.mf.register(fs)
 	return cmd
 }
 
@@ -290,6 +299,11 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	m, stopMetrics, err := o.mf.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-worker"})
 	if err != nil {
 		return err
@@ -301,7 +315,7 @@ func runWorker(ctx context.Context, o workerOptions, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	reg, log := o.ef.registry("a worker", log)
-	wcfg := worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, ProgressEvery: o.progress}
+	wcfg := worker.Config{ID: o.id, Slots: o.slots, DrainTimeout: o.drain, ProgressEvery: o.progress, Metrics: m}
 	if o.pub != "" {
 		if wcfg.Verifier, err = signing.LoadVerifier(o.pub); err != nil {
 			return err

@@ -34,6 +34,7 @@ type devOptions struct {
 	lf       logFlags
 	ef       envFlags
 	headers  []string
+	mf       metricsFlags
 }
 
 func newDevCmd() *cobra.Command {
@@ -70,6 +71,7 @@ kill %1 stops sluice itself.`,
 	o.lf.register(fs)
 	o.ef.register(fs)
 	fs.StringSliceVar(&o.headers, "trigger-headers", splitEnvList("SLUICE_TRIGGER_HEADERS"), "trigger message headers a run records besides Nats-Msg-Id (comma-separated; default $SLUICE_TRIGGER_HEADERS)")
+	o.mf.register(fs)
 	return cmd
 }
 
@@ -117,6 +119,11 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	m, stopMetrics, err := o.mf.serve(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	tp, err := telemetry.Setup(ctx, telemetry.Config{Service: "sluice-dev"})
 	if err != nil {
 		return err
@@ -127,7 +134,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 	go func() {
 		done <- runLocal(ctx, localConfig{
 			Config: devcluster.Config{DataDir: abs, NATSPort: o.port, Workers: o.workers, Slots: o.slots, DrainTimeout: workerDrain(o.drain),
-				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers, Roles: true, Sign: true},
+				Log: log, Tracer: tp, Registry: reg, Lock: lock, TriggerHeaders: o.headers, Roles: true, Sign: true, Metrics: m},
 			Listener: ln, APIToken: token,
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))

@@ -48,6 +48,8 @@ type Config struct {
 	// acknowledged without an Apply; its messages are delivered again
 	// after a restart, and left out again.
 	Transform func([]Event) ([]Event, error)
+	// Trace, when set, traces each batch applied.
+	Trace connectors.BatchTrace
 	// Eager applies the messages waiting rather than wait up to BatchWait
 	// for a batch to fill: a fetch asks for as many messages as the
 	// consumer reported waiting at its last delivery (up to a batch), and
@@ -430,7 +432,10 @@ func (b *batcher) next(ctx context.Context) error {
 			}
 		}
 		if len(events) > 0 {
-			if err := r.a.Apply(ctx, events); err != nil {
+			actx, end := r.cfg.Trace.StartBatch(ctx, connectors.BatchInfo{Events: len(events), From: from, To: to})
+			err := r.a.Apply(actx, events)
+			end(err)
+			if err != nil {
 				return fmt.Errorf("apply events %d-%d: %w", from, to, err)
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/postgres"
 	"github.com/sluicehq/sluice/contract"
 	"github.com/sluicehq/sluice/protocol"
@@ -64,6 +65,8 @@ type Config struct {
 	// MaxLagBytes, when positive, holds the next chunk of an incremental
 	// snapshot back while the slot retains more WAL than this.
 	MaxLagBytes int64
+	// Trace, when set, traces each message published (a span per batch).
+	Trace connectors.BatchTrace
 }
 
 // DefaultMessageEvents is Config.MessageEvents' default: the most events of
@@ -839,7 +842,9 @@ func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error 
 		}
 	}
 	msg := cdcMsg(p.subject, id, p.data, p.n)
+	_, end := r.cfg.Trace.StartBatch(ctx, connectors.BatchInfo{Events: p.n, Subject: p.subject, MsgID: id})
 	f, err := publishAsync(ctx, r.js, msg, func() bool { return st.inFlight > 0 }, func(ctx context.Context) error { return r.waitOne(ctx, st) })
+	end(err)
 	if err != nil {
 		return err
 	}

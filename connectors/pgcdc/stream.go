@@ -115,6 +115,7 @@ func openReader(_ context.Context, req connectors.StreamRequest) (connectors.Str
 		DSN: src.DSN, Slot: req.Settings.Slot, Publication: req.Settings.Publication, Tables: src.Tables,
 		Pipeline: req.Pipeline, Heartbeat: req.Settings.Heartbeat, MessageEvents: req.Settings.MessageEvents,
 		Snapshots: req.Settings.Snapshots, ChunkRows: req.Settings.SnapshotChunkRows, MaxLagBytes: req.Settings.MaxLagBytes,
+		Trace: req.Trace,
 	}
 	if cfg.Contract, err = openContract(req.Contract); err != nil {
 		return nil, err
