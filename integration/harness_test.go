@@ -46,10 +46,13 @@ type cluster struct {
 }
 
 type node struct {
-	c      *coordinator.Coordinator
-	cancel context.CancelFunc
-	done   chan error
-	killed bool
+	c *coordinator.Coordinator
+	// transport is the node's Raft transport: DisconnectAll cuts the
+	// node's messages to its peers.
+	transport *raft.InmemTransport
+	cancel    context.CancelFunc
+	done      chan error
+	killed    bool
 }
 
 type workerProc struct {
@@ -70,6 +73,9 @@ type clusterConfig struct {
 	// level; tracer, when set, is the tracer provider of every process.
 	logs   io.Writer
 	tracer trace.TracerProvider
+	// raftTimeout, when set, is every coordinator's Raft heartbeat,
+	// election and leader lease timeout (default: the coordinator's).
+	raftTimeout time.Duration
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -131,13 +137,14 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 		co, err := coordinator.New(coordinator.Config{
 			NodeID: peers[i].ID, DataDir: dataDir, Peers: peers, Bootstrap: i == 0,
 			Transport: transports[i], InmemStore: true, AckWait: cfg.ackWait,
-			DefaultBackoff: 100 * time.Millisecond,
+			DefaultBackoff:   100 * time.Millisecond,
+			HeartbeatTimeout: cfg.raftTimeout, ElectionTimeout: cfg.raftTimeout, LeaderLeaseTimeout: cfg.raftTimeout,
 		}, nc, c.reg, c.log.With("node", peers[i].ID), cfg.tracer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		n := &node{c: co, cancel: cancel, done: make(chan error, 1)}
+		n := &node{c: co, transport: transports[i], cancel: cancel, done: make(chan error, 1)}
 		go func() { n.done <- co.Run(ctx) }()
 		c.coords = append(c.coords, n)
 	}
