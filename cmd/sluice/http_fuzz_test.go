@@ -46,7 +46,7 @@ func (nullSource) Plan(context.Context, connectors.PlanRequest) (connectors.Plan
 	return connectors.Plan{Partitions: []protocol.Partition{{Key: "all"}}}, nil
 }
 func (nullSource) Read(context.Context, protocol.Partition, connectors.Emit) error { return nil }
-func (nullSource) Close() error                                                  { return nil }
+func (nullSource) Close() error                                                    { return nil }
 
 type nullSink struct{}
 
