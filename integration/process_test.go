@@ -90,7 +90,7 @@ func binaries(t *testing.T) (sluice, natsServer string) {
 	natsServer = filepath.Join(root, "bin", "nats-server")
 	if _, err := os.Stat(natsServer); err != nil {
 		msg := fmt.Sprintf("%s is missing: run make services (%v)", natsServer, err)
-		if os.Getenv("CI") != "" {
+		if os.Getenv("CI") != "" || os.Getenv("SLUICE_CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
@@ -121,7 +121,7 @@ func binaries(t *testing.T) (sluice, natsServer string) {
 // the race detector: always in CI, elsewhere when SLUICE_TEST_RACE is set
 // (a race build takes longer and its processes run slower).
 func raceBuild() bool {
-	return os.Getenv("CI") != "" || os.Getenv("SLUICE_TEST_RACE") != ""
+	return os.Getenv("CI") != "" || os.Getenv("SLUICE_CI") != "" || os.Getenv("SLUICE_TEST_RACE") != ""
 }
 
 // processDataset returns a fresh directory holding the shared source dataset

@@ -161,8 +161,27 @@ func TestTriggerMalformedPayloadDeadLettered(t *testing.T) {
 		t.Fatalf("dead letter lost the trigger: data %q headers %v attempts %d", d.Data, d.Header, d.Attempts)
 	}
 	c.runsOf("bad", 0)
-	// Terminated: not delivered again.
-	time.Sleep(3 * time.Second)
+	// Terminated: acked as far as JetStream goes (the ack floor passed it),
+	// nothing waits for a redelivery, and it was delivered once.
+	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		info, err := cons.Info(c.ctx())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.AckFloor.Stream >= seq && info.NumAckPending == 0 && info.NumPending == 0 {
+			if info.NumRedelivered != 0 || info.Delivered.Consumer != 1 {
+				t.Fatalf("the malformed trigger was delivered %d times (%d redelivered), want once", info.Delivered.Consumer, info.NumRedelivered)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the malformed trigger (seq %d) is not settled: ack floor %+v, %d unacked, %d pending", seq, info.AckFloor, info.NumAckPending, info.NumPending)
+		}
+	}
 	expectMessages(t, c.js, protocol.StreamDLQ, protocol.DLQSubject("trigger", "bad"), 1)
 }
 
