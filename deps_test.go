@@ -63,6 +63,7 @@ var rules = []rule{
 	{pkg: "coordinator", allowed: []string{"protocol", "connectors", "contract", "pipeline", "telemetry"}},
 	{pkg: "worker", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "telemetry"}},
 	{pkg: "embednats"},
+	{pkg: "console", stdOnly: true},
 	{pkg: "objstore"},
 	{pkg: "objstore/s3test", allowed: []string{"objstore"}, testSupport: true},
 	{pkg: "devcluster", allowed: []string{"protocol", "connectors", "connectors/cdcapply", "contract", "pipeline", "telemetry", "coordinator", "worker", "embednats"}},

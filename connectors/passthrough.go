@@ -192,6 +192,9 @@ type Passthrough struct {
 	// table's rows in COPY's format): a pipeline's source and sink must
 	// name the same.
 	Units string
+	// Noun is what a run's status calls the units it counts (plural:
+	// "files", "records"); empty for rows.
+	Noun string
 	// Source and Sink say which roles the kind plays.
 	Source, Sink bool
 	// ValidateSource and ValidateSink check a configuration of the role
@@ -199,6 +202,15 @@ type Passthrough struct {
 	// accepts every configuration.
 	ValidateSource Validator
 	ValidateSink   Validator
+}
+
+// UnitNoun is what a run's status calls the units of a passthrough
+// pipeline whose source is of kind: "" for rows (or no passthrough).
+func (r *Registry) UnitNoun(kind string) string {
+	if e, ok := r.kinds[kind]; ok && e.passthrough != nil {
+		return e.passthrough.Noun
+	}
+	return ""
 }
 
 // UnitsOf names the units of a kind's passthrough source or sink: "" when

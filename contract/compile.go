@@ -64,10 +64,10 @@ func Compile(s *Spec, lookup func(string) (string, bool)) (*Contract, error) {
 		}
 	}
 	if len(s.Columns) > 0 {
-		c.dataset = &rules{what: "the rows", field: "contract.columns", strict: s.Strict, cols: s.Columns, filter: s.Filter}
+		c.dataset = &rules{what: "the rows", field: s.where("columns"), strict: s.Strict, cols: s.Columns, filter: s.Filter}
 	}
 	for name, t := range s.Tables {
-		c.tables[name] = &rules{what: "table " + name, field: "contract.tables." + name + ".columns", strict: s.Strict, cols: t.Columns, filter: t.Filter}
+		c.tables[name] = &rules{what: "table " + name, field: s.where("tables." + name + ".columns"), strict: s.Strict, cols: t.Columns, filter: t.Filter}
 	}
 	return c, nil
 }
@@ -106,6 +106,16 @@ func readKey(s *Spec, lookup func(string) (string, bool)) ([]byte, error) {
 	return key, nil
 }
 
+// where names a field of s as a user finds it: in the spec's contract, or
+// in the contract file the spec names (File), where the contract's fields
+// are at the top.
+func (s *Spec) where(field string) string {
+	if s.File != "" {
+		return field + " of contract file " + s.File
+	}
+	return "contract." + field
+}
+
 // Spec returns the contract's spec.
 func (c *Contract) Spec() *Spec { return c.spec }
 
@@ -119,7 +129,7 @@ func (c *Contract) table(name string) *rules {
 	if r, ok := c.tables[name]; ok {
 		return r
 	}
-	return &rules{what: "table " + name, field: "contract.tables." + name + ".columns", strict: c.spec.Strict}
+	return &rules{what: "table " + name, field: c.spec.where("tables." + name + ".columns"), strict: c.spec.Strict}
 }
 
 // column returns the action of a column of r: its classification, or
@@ -137,7 +147,7 @@ func (r *rules) column(k *keys, name string) (*colFn, error) {
 }
 
 func (r *rules) unclassified(name string) error {
-	return fmt.Errorf("column %q of %s is %w (strict: true): classify it in %s.%s (keep, drop, hash, mask, null, truncate or tokenize) and apply the spec again; nothing of it was copied",
+	return fmt.Errorf("column %q of %s is %w (strict: true): classify it under %s (%s: keep, drop, hash, mask, null, truncate or tokenize) and apply the spec again; nothing of it was copied",
 		name, r.what, errUnclassified, r.field, name)
 }
 

@@ -18,7 +18,7 @@ func (s *Spec) Schema(in *protocol.Schema) (*protocol.Schema, error) {
 	if s == nil || in == nil || len(s.Columns) == 0 {
 		return in, nil
 	}
-	r := &rules{what: "the rows", field: "contract.columns", strict: s.Strict, cols: s.Columns, filter: s.Filter}
+	r := &rules{what: "the rows", field: s.where("columns"), strict: s.Strict, cols: s.Columns, filter: s.Filter}
 	return r.schema(in, false)
 }
 

@@ -86,6 +86,8 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiBackfill(ctx, m.Data)
 	case protocol.VerbBackfillGet:
 		reply, err = t.apiBackfillGet(m.Data)
+	case protocol.VerbBackfills:
+		reply, err = t.apiBackfills(m.Data)
 	case protocol.VerbLeaseRenew:
 		reply, err = t.apiLeaseRenew(m.Data)
 	case protocol.VerbCDCStatus:
@@ -411,7 +413,7 @@ func (t *leaderTerm) apiStatus(data []byte) (any, error) {
 		if i == req.Limit {
 			break
 		}
-		reply.Runs = append(reply.Runs, runStatus(r, false))
+		reply.Runs = append(reply.Runs, t.c.withUnit(runStatus(r, false), r))
 	}
 	return reply, nil
 }
@@ -425,7 +427,16 @@ func (t *leaderTerm) apiRunGet(data []byte) (any, error) {
 	if !ok {
 		return nil, refuse(refusedNotFound, "run %q not found", req.RunID)
 	}
-	return runStatus(r, true), nil
+	return t.c.withUnit(runStatus(r, true), r), nil
+}
+
+// withUnit names what s.Rows counts when a passthrough run's units are
+// not rows (files, records), as the source's kind calls them.
+func (c *Coordinator) withUnit(s protocol.RunStatus, r *runState) protocol.RunStatus {
+	if r.passthrough() {
+		s.Unit = c.reg.UnitNoun(r.Source.Kind)
+	}
+	return s
 }
 
 func (t *leaderTerm) apiPipelines() (any, error) {

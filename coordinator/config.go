@@ -46,8 +46,9 @@ type Config struct {
 	// (tests).
 	InmemStore bool
 	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout are the Raft
-	// timeouts; defaults 500ms, 500ms, 250ms. LeaderLeaseTimeout must not
-	// exceed HeartbeatTimeout.
+	// timeouts; defaults 1s, 1s, 500ms (hashicorp/raft's own: shorter ones
+	// made a loaded 2-core machine elect a new leader every few seconds).
+	// LeaderLeaseTimeout must not exceed HeartbeatTimeout.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
@@ -117,9 +118,9 @@ func (c Config) withDefaults() Config {
 			*n = v
 		}
 	}
-	def(&c.HeartbeatTimeout, 500*time.Millisecond)
-	def(&c.ElectionTimeout, 500*time.Millisecond)
-	def(&c.LeaderLeaseTimeout, 250*time.Millisecond)
+	def(&c.HeartbeatTimeout, time.Second)
+	def(&c.ElectionTimeout, time.Second)
+	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
 	def(&c.AckWait, 30*time.Second)
 	def(&c.DefaultBackoff, time.Second)
 	defInt(&c.StreamReplicas, 1)

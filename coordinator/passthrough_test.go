@@ -30,7 +30,7 @@ func (m *memConnectors) registerPass(reg *connectors.Registry) {
 			}
 			return passSource{memSource{c, m}}, nil
 		},
-		Passthrough: &connectors.Passthrough{Units: "toys", Source: true},
+		Passthrough: &connectors.Passthrough{Units: "toys", Noun: "toys", Source: true},
 	})
 	reg.Register(connectors.Connector{
 		Kind: "passsink",
@@ -160,8 +160,8 @@ func TestPassthroughRunsThroughLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := commitRun(t, ctx, cl, "cp")
-	if st.Since != "" || st.Reaches != "inv-"+st.RunID || st.Tasks != 3 {
-		t.Fatalf("first run %+v: want from nothing to inv-<run>, 3 tasks", st)
+	if st.Since != "" || st.Reaches != "inv-"+st.RunID || st.Tasks != 3 || st.Unit != "toys" {
+		t.Fatalf("first run %+v: want from nothing to inv-<run>, 3 tasks, counting toys", st)
 	}
 	st2 := commitRun(t, ctx, cl, "cp")
 	if st2.Since != "inv-"+st.RunID || st2.Reaches != "inv-"+st2.RunID {

@@ -228,18 +228,21 @@ type RunStatus struct {
 	State    string `json:"state"`
 	Tasks    int    `json:"tasks"`
 	// TasksDone counts succeeded tasks, TasksFailed dead ones.
-	TasksDone   int       `json:"tasks_done"`
-	TasksFailed int       `json:"tasks_failed"`
-	Rows        int64     `json:"rows"`
-	Bytes       int64     `json:"bytes"`
-	Checksum    string    `json:"checksum,omitempty"`
-	Version     int64     `json:"version,omitempty"`
-	Location    string    `json:"location,omitempty"`
-	Marker      string    `json:"marker,omitempty"`
-	Error       string    `json:"error,omitempty"`
-	TraceID     string    `json:"trace_id,omitempty"`
-	Created     time.Time `json:"created"`
-	Finished    time.Time `json:"finished,omitzero"`
+	TasksDone   int `json:"tasks_done"`
+	TasksFailed int `json:"tasks_failed"`
+	// Rows counts the rows written, or, where Unit is set, those units
+	// (a passthrough run's "files" or "records").
+	Rows     int64     `json:"rows"`
+	Unit     string    `json:"unit,omitempty"`
+	Bytes    int64     `json:"bytes"`
+	Checksum string    `json:"checksum,omitempty"`
+	Version  int64     `json:"version,omitempty"`
+	Location string    `json:"location,omitempty"`
+	Marker   string    `json:"marker,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	TraceID  string    `json:"trace_id,omitempty"`
+	Created  time.Time `json:"created"`
+	Finished time.Time `json:"finished,omitzero"`
 	// LogicalTime is the run's logical time (a scheduled run's tick).
 	LogicalTime time.Time `json:"logical_time,omitzero"`
 	// Window is the window of an incremental run; Live tells whether the

@@ -200,3 +200,15 @@ if ! vgw_ready; then
 fi
 vgw_ready || { echo "services: versitygw did not become ready (see $vgw_dir/versitygw.log)" >&2; exit 1; }
 echo "services: versitygw $vgw_ver ready on http://$vgw_addr (access key $vgw_access_key), buckets in $vgw_dir/data"
+
+# Chromium from Debian for the web console's browser test (cmd/sluice
+# TestConsoleInBrowser, driven with chromedp). The test finds it on PATH
+# (or at SLUICE_TEST_CHROMIUM) and starts it headless itself; nothing runs
+# here.
+if ! command -v chromium >/dev/null; then
+  echo "services: installing chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+echo "services: $(chromium --version 2>/dev/null | head -1) ready for the console test"

@@ -127,10 +127,21 @@ func printBackfill(w io.Writer, st protocol.BackfillStatus) {
 // followBackfill follows backfill st to its end, showing its progress,
 // and prints its outcome.
 func followBackfill(ctx context.Context, cl *cluster, cf *clientFlags, stdout io.Writer, st protocol.BackfillStatus) error {
-	p := newBackfillProgress(stdout)
-	err := cl.follow(ctx, cf.lostAfter, 500*time.Millisecond, "backfill "+st.ID, "sluice backfill --id "+st.ID+cf.again(),
+	st, err := waitBackfill(ctx, cl, cf, stdout, st.ID)
+	if err != nil {
+		return err
+	}
+	return printBackfillOutcome(stdout, st)
+}
+
+// waitBackfill waits for backfill id to be done, showing its progress on
+// w, and returns how it ended.
+func waitBackfill(ctx context.Context, cl *cluster, cf *clientFlags, w io.Writer, id string) (protocol.BackfillStatus, error) {
+	st := protocol.BackfillStatus{ID: id}
+	p := newBackfillProgress(w)
+	err := cl.follow(ctx, cf.lostAfter, 500*time.Millisecond, "backfill "+id, "sluice backfill --id "+id+cf.again(),
 		func(ctx context.Context) (bool, error) {
-			s, err := cl.client.GetBackfill(ctx, st.ID)
+			s, err := cl.client.GetBackfill(ctx, id)
 			if err != nil {
 				return false, err
 			}
@@ -139,10 +150,7 @@ func followBackfill(ctx context.Context, cl *cluster, cf *clientFlags, stdout io
 			return s.State == protocol.BackfillDone, nil
 		})
 	p.done()
-	if err != nil {
-		return err
-	}
-	return printBackfillOutcome(stdout, st)
+	return st, err
 }
 
 // backfillWindows says which range a backfill loads and in how many

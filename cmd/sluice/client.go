@@ -180,7 +180,7 @@ func printOutcome(w io.Writer, st protocol.RunStatus) error {
 	if err := runFailed(st); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "run %s committed: %d rows, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, humanBytes(st.Bytes), st.Version, st.Location)
+	fmt.Fprintf(w, "run %s committed: %d %s, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, unitOf(st), humanBytes(st.Bytes), st.Version, st.Location)
 	if st.Window != nil {
 		fmt.Fprintf(w, "  window: %s\n", st.Window)
 	}
@@ -285,7 +285,11 @@ func printStatus(w io.Writer, st protocol.StatusReply) {
 		case note == "" && r.Attempt > 1:
 			note = fmt.Sprintf("attempt %d (planned again)", r.Attempt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%s\t%d\t%s\t%s\n", r.RunID, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes), r.Version,
+		rows := fmt.Sprint(r.Rows)
+		if r.Unit != "" {
+			rows += " " + r.Unit
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%s\t%s\t%d\t%s\t%s\n", r.RunID, r.State, r.TasksDone, r.Tasks, rows, humanBytes(r.Bytes), r.Version,
 			r.Created.Local().Format(time.DateTime), dash(truncate(note, 60)))
 	}
 	fmt.Fprintln(tw, "\nWORKER\tHOST\tBUSY\tDONE\tFAILED\tLAST SEEN")
@@ -322,7 +326,7 @@ func startsOn(p protocol.PipelineStatus) string {
 }
 
 func printRun(w io.Writer, r protocol.RunStatus) {
-	fmt.Fprintf(w, "run %s (%s): %s, %d/%d tasks, %d rows, %s\n", r.RunID, r.Pipeline, r.State, r.TasksDone, r.Tasks, r.Rows, humanBytes(r.Bytes))
+	fmt.Fprintf(w, "run %s (%s): %s, %d/%d tasks, %d %s, %s\n", r.RunID, r.Pipeline, r.State, r.TasksDone, r.Tasks, r.Rows, unitOf(r), humanBytes(r.Bytes))
 	if tr := r.Trigger; tr != nil {
 		switch {
 		case tr.After != nil:

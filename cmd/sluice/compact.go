@@ -2,42 +2,155 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/connectors/iceberg"
+	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // newCompactCmd compacts a dataset through the cluster: a run of a compact
-// pipeline, or a compaction of the dataset another pipeline writes. With
-// --dry-run the leader only plans it and the groups are listed.
+// pipeline, or a compaction of the dataset another pipeline writes, or of
+// a dataset no pipeline names (--dataset, or a path as the argument),
+// through a compact pipeline applied for it. With --dry-run the leader
+// only plans it and the groups are listed.
 func newCompactCmd() *cobra.Command {
 	var (
-		cf     clientFlags
-		dry    bool
-		noWait bool
+		cf      clientFlags
+		dry     bool
+		noWait  bool
+		dataset string
 	)
 	cmd := &cobra.Command{
-		Use:   "compact <pipeline> [--dry-run] [--no-wait]",
+		Use:   "compact <pipeline | path> [--dataset MAPPING] [--dry-run] [--no-wait]",
 		Short: "rewrite a dataset's small files into fewer, larger ones",
+		Long: `compact rewrites a dataset's small files into fewer, larger ones, as a run
+through the cluster: the run of a compact pipeline, or a compaction of the
+dataset another pipeline loads (with the default settings).
+
+A dataset that no pipeline names is given by --dataset, a YAML mapping as
+a compact pipeline's dataset field ('{kind: ` + iceberg.Kind + `, table: sales.orders,
+warehouse: s3://lake/wh, catalog: ${SLUICE_ICEBERG_CATALOG}}'), or by a
+path or s3:// URL as the argument, which means {kind: ` + files.Kind + `, path: ARG}.
+sluice then applies a compact pipeline for it, named compact-<hash of
+the dataset> (printed; the same dataset gives the same pipeline, whose
+runs, status and vacuum work as any pipeline's, and sluice delete removes
+it), and runs it.`,
 		Example: `  sluice compact events-compact --dry-run
-  sluice compact events-full`,
-		Args:              pipelineArg("pipeline"),
+  sluice compact events-full
+  sluice compact /data/.sluice/datasets/events
+  sluice compact --dataset '{kind: ` + iceberg.Kind + `, table: sales.orders, warehouse: /data/lake}'`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if dataset != "" {
+				if len(args) > 0 {
+					return fmt.Errorf("name the pipeline or path, or give --dataset, not both: %s", cmd.UseLine())
+				}
+				return nil
+			}
+			return pipelineArg("pipeline or path")(cmd, args)
+		},
 		ValidArgsFunction: completePipelines(&cf),
 	}
 	out := addOutputFlag(cmd)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		return runCompact(cmd.Context(), &cf, out, args[0], dry, noWait, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		name := ""
+		if len(args) == 1 {
+			name = args[0]
+		}
+		if ds, ok := datasetArg(name, dataset); ok {
+			var err error
+			if name, err = applyDatasetPipeline(cmd.Context(), &cf, ds, cmd.OutOrStdout(), cmd.ErrOrStderr(), out.isJSON()); err != nil {
+				return err
+			}
+		}
+		return runCompact(cmd.Context(), &cf, out, name, dry, noWait, cmd.OutOrStdout(), cmd.ErrOrStderr())
 	}
 	fs := cmd.Flags()
 	cf.register(fs)
 	fs.BoolVar(&dry, "dry-run", false, "list the rewrite groups the compaction would have, change nothing")
 	fs.BoolVar(&noWait, "no-wait", false, "return once the compaction is planned")
+	fs.StringVar(&dataset, "dataset", "", "compact a dataset no pipeline names: a YAML `mapping` as a compact pipeline's dataset field")
 	return cmd
+}
+
+// datasetArg returns the dataset mapping the compact command names: the
+// --dataset flag, or a path (or URL) given as the argument, which a
+// pipeline name never is.
+func datasetArg(arg, flag string) (string, bool) {
+	if flag != "" {
+		return flag, true
+	}
+	if arg == "" || protocol.ValidName(arg) {
+		return "", false
+	}
+	if !strings.Contains(arg, "://") {
+		if abs, err := filepath.Abs(arg); err == nil {
+			arg = abs
+		}
+	}
+	b, _ := json.Marshal(arg) // a JSON string is a YAML scalar
+	return "{kind: " + files.Kind + ", path: " + string(b) + "}", true
+}
+
+// applyDatasetPipeline applies the compact pipeline of a dataset given by
+// its mapping, named after a hash of the mapping as parsed, and returns
+// its name.
+func applyDatasetPipeline(ctx context.Context, cf *clientFlags, mapping string, stdout, stderr io.Writer, quiet bool) (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	reg := newRegistry()
+	doc := func(name string) []byte {
+		return []byte("name: " + name + "\npattern: compact\ndataset: " + mapping + "\n")
+	}
+	specs, err := pipeline.LoadAllFrom(doc("compact-dataset"), "--dataset", wd, reg, os.LookupEnv)
+	if err != nil {
+		return "", fmt.Errorf("compact --dataset: %w", err)
+	}
+	spec := specs[0]
+	if err := spec.ResolvePaths(wd); err != nil {
+		return "", fmt.Errorf("compact --dataset: %w", err)
+	}
+	key, err := json.Marshal(spec.Sink)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(key)
+	spec.Name = "compact-" + hex.EncodeToString(sum[:4])
+	cl, err := cf.connect("sluice-compact", stderr)
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	actx, cancel := context.WithTimeout(ctx, cf.timeout)
+	defer cancel()
+	res, err := cl.client.Apply(actx, spec)
+	if err != nil {
+		return "", fmt.Errorf("compact: apply the compact pipeline of %s: %w", mapping, err)
+	}
+	w := stdout
+	if quiet {
+		w = stderr
+	}
+	verb := "applied"
+	if res.Created {
+		verb = "created"
+	}
+	fmt.Fprintf(w, "dataset %s: compact pipeline %s %s (sluice delete %s removes it)\n", spec.Sink.Kind, spec.Name, verb, spec.Name)
+	return spec.Name, nil
 }
 
 // runCompact asks for the compaction and, unless noWait, follows it to its

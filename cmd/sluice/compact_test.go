@@ -154,6 +154,48 @@ func TestCompactAndVacuumCLI(t *testing.T) {
 		if _, err := os.Stat(loaded); err != nil {
 			t.Errorf("the vacuum removed the replaced directory within the retention: %v", err)
 		}
+
+		// A dataset no pipeline names: the path as the argument, or
+		// --dataset, applies a compact pipeline for it (the same one for
+		// both) and runs it.
+		if _, err := runCommitted(ctx, c, "events"); err != nil {
+			return err
+		}
+		loaded, err = files.Current(out)
+		if err != nil {
+			return err
+		}
+		stdout, err = cli(ctx, c.NATSURL, "compact", out, "--dry-run")
+		if err != nil {
+			return err
+		}
+		name := ""
+		if _, rest, ok := strings.Cut(stdout, "dataset files: compact pipeline "); ok {
+			name, _, _ = strings.Cut(rest, " ")
+		}
+		if !strings.HasPrefix(name, "compact-") || !strings.Contains(stdout, name+": 1 rewrite groups in ") || !strings.Contains(stdout, ", 6 files, ") {
+			t.Errorf("compact <path> --dry-run printed %q; want the pipeline applied and one group of 6 files", stdout)
+		}
+		if cur, err := files.Current(out); err != nil || cur != loaded {
+			t.Fatalf("a dry run changed the exposed directory: %s, %v", cur, err)
+		}
+		stdout, err = cli(ctx, c.NATSURL, "compact", "--dataset", fmt.Sprintf("{kind: files, path: %q}", out))
+		if err != nil {
+			return err
+		}
+		cur, err = files.Current(out)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(stdout, "compact pipeline "+name+" ") || !strings.Contains(stdout, "committed: 1 groups, 3000 rows") {
+			t.Errorf("compact --dataset printed %q; want pipeline %s's compaction committed", stdout, name)
+		}
+		if got, err := files.ReadChecksum(cur, "jsonl"); err != nil || cur == loaded || got != src || dataFiles(cur) != 1 {
+			t.Errorf("after compact --dataset %s holds %d files, %d rows %s (%v); want one file of the source's %d rows %s", cur, dataFiles(cur), got.Rows, got, err, src.Rows, src)
+		}
+		if _, err := cli(ctx, c.NATSURL, "compact", "events", "--dataset", "{kind: files, path: /x}"); !isUsage(err) {
+			t.Errorf("compact with a pipeline and --dataset: %v; want a usage error", err)
+		}
 		return nil
 	})
 	if err != nil {

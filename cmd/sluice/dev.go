@@ -127,7 +127,7 @@ func runDev(ctx context.Context, o devOptions, stdout, stderr io.Writer) error {
 		}, func(ctx context.Context, l *local) error {
 			fmt.Fprintf(stdout, "sluice dev is running (pid %d)\n  NATS:      %s (in %s)\n", os.Getpid(), l.NATSURL, filepath.Join(abs, devcluster.URLFile))
 			if l.HTTPURL != "" {
-				fmt.Fprintf(stdout, "  HTTP API:  %s/v1/status (in %s)\n", l.HTTPURL, filepath.Join(abs, httpURLFile))
+				fmt.Fprintf(stdout, "  HTTP API:  %s/v1/status (in %s)\n  console:   %s%s\n", l.HTTPURL, filepath.Join(abs, httpURLFile), l.HTTPURL, consolePrefix)
 			}
 			fmt.Fprintf(stdout, "  workers:   %d x %d slots\n  data dir:  %s\n\nIn another shell, from this directory:\n  sluice apply -f pipeline.yaml\n  sluice run <pipeline> --wait\n  sluice status\nCtrl-C or SIGTERM stops it (in-flight tasks drain first, at most %s).\n", o.workers, o.slots, abs, o.drain)
 			<-ctx.Done()

@@ -34,6 +34,7 @@ const maxBody = 1 << 20
 // not_found, conflict, not_leader, internal).
 const (
 	codeUnauthorized     = "unauthorized"
+	codeForbidden        = "forbidden"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeTooLarge         = "too_large"
 	codeUnavailable      = "unavailable"
@@ -45,6 +46,7 @@ type api struct {
 	c   *coordinator.Client
 	js  jetstream.JetStream
 	reg *connectors.Registry
+	lag *lagHistory
 	log *slog.Logger
 }
 
@@ -66,9 +68,13 @@ type api struct {
 //	POST   /v1/pipelines/{name}/backfills  body: {"from":"RFC 3339","to":"RFC 3339","concurrency":N,"replace":false}
 //	GET    /v1/backfills/{id}
 //	GET    /v1/runs/{id}
-func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, log *slog.Logger) http.Handler {
-	a := &api{c: c, js: js, reg: reg, log: log}
+//
+// and the web console with its endpoints (routeConsole); lag holds the
+// CDC lag samples the console charts.
+func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, lag *lagHistory, log *slog.Logger) http.Handler {
+	a := &api{c: c, js: js, reg: reg, lag: lag, log: log}
 	mux := http.NewServeMux()
+	a.routeConsole(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -172,12 +178,20 @@ func newAPIHandler(c *coordinator.Client, js jetstream.JetStream, reg *connector
 		st, err := c.GetRun(r.Context(), r.PathValue("id"))
 		a.reply(w, redactRun(st), err)
 	})
-	h := jsonMisses(mux)
+	// A browser's cross-site request that changes something (a POST from
+	// another site's page to a dev cluster on loopback, which has no
+	// token) is refused: net/http's CSRF protection, by Sec-Fetch-Site or
+	// Origin. Programs (curl, the CLI) send neither and are let through.
+	csrf := http.NewCrossOriginProtection()
+	csrf.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusForbidden, codeForbidden, "cross-origin request refused: the API takes requests that change something only from its own origin (the console) or from programs")
+	}))
+	h := csrf.Handler(jsonMisses(mux))
 	if token == "" {
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/healthz" {
+		if r.URL.Path != "/healthz" && !consolePublic(r.URL.Path) {
 			got := r.Header.Get("Authorization")
 			if subtle.ConstantTimeCompare([]byte(got), []byte("Bearer "+token)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
@@ -433,7 +447,7 @@ func jsonMisses(mux *http.ServeMux) http.Handler {
 		h.ServeHTTP(rec, r)
 		switch rec.status {
 		case http.StatusNotFound:
-			writeError(w, http.StatusNotFound, codeNotFound, fmt.Sprintf("no such endpoint: %s %s (the API is under /v1: status, cdc, pipelines, runs, backfills)", r.Method, r.URL.Path))
+			writeError(w, http.StatusNotFound, codeNotFound, fmt.Sprintf("no such endpoint: %s %s (the API is under /v1: status, cdc, pipelines, runs, backfills, dlq; the console under /console/)", r.Method, r.URL.Path))
 		case http.StatusMethodNotAllowed:
 			allow := rec.header.Get("Allow")
 			w.Header().Set("Allow", allow)
@@ -505,7 +519,14 @@ func listenAPI(addr string) (net.Listener, error) {
 
 // serveAPI serves the HTTP API on ln until the returned stop is called.
 func serveAPI(ctx context.Context, ln net.Listener, c *coordinator.Client, js jetstream.JetStream, reg *connectors.Registry, token string, log *slog.Logger) (stop func()) {
-	srv := &http.Server{Handler: newAPIHandler(c, js, reg, token, log), ReadHeaderTimeout: 10 * time.Second}
+	lag := newLagHistory(lagKeep)
+	srv := &http.Server{Handler: newAPIHandler(c, js, reg, token, lag, log), ReadHeaderTimeout: 10 * time.Second}
+	lctx, stopLag := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		lag.run(lctx, c, lagEvery, log)
+	}()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -515,8 +536,10 @@ func serveAPI(ctx context.Context, ln net.Listener, c *coordinator.Client, js je
 	}()
 	log.Info("http api listening", "url", "http://"+ln.Addr().String())
 	return func() {
+		stopLag()
 		_ = waitShutdown(ctx, 5*time.Second, srv.Shutdown)
 		<-done
+		<-sampled
 	}
 }
 

@@ -76,14 +76,24 @@ func (p *progress) update(st protocol.RunStatus) {
 	if secs > 0 {
 		rate = float64(st.Rows) / secs
 	}
-	line := fmt.Sprintf("%s %s %d/%d tasks  %d rows  %s  %.0f rows/s  %.1fs", bar(st.TasksDone, st.Tasks),
-		st.State, st.TasksDone, st.Tasks, st.Rows, humanBytes(st.Bytes), rate, secs)
+	unit := unitOf(st)
+	line := fmt.Sprintf("%s %s %d/%d tasks  %d %s  %s  %.0f %s/s  %.1fs", bar(st.TasksDone, st.Tasks),
+		st.State, st.TasksDone, st.Tasks, st.Rows, unit, humanBytes(st.Bytes), rate, unit, secs)
 	// A change of state is worth a line of its own in a log.
 	p.line.show(line, st.State != p.state)
 	p.state = st.State
 }
 
 func (p *progress) done() { p.line.end() }
+
+// unitOf is what a run's Rows counts: rows, or the units of a passthrough
+// run (files, records).
+func unitOf(st protocol.RunStatus) string {
+	if st.Unit != "" {
+		return st.Unit
+	}
+	return "rows"
+}
 
 // backfillProgress shows a backfill's progress.
 type backfillProgress struct {

@@ -147,6 +147,6 @@ func ValidateSink(config json.RawMessage) error {
 // and incremental windows, and the Applier of cdc_apply pipelines
 // (CDCTarget).
 func Register(reg *connectors.Registry) {
-	reg.Register(connectors.Connector{Kind: Kind, Sink: openSink, ValidateSink: ValidateSink,
+	reg.Register(connectors.Connector{Kind: Kind, Sink: openSink, ValidateSink: ValidateSink, SinkMerges: true,
 		CDCTarget: &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier}})
 }

@@ -493,6 +493,12 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	if err := s.ensureMeta(ctx); err != nil {
 		return res, fmt.Errorf("commit run %s to %s: %w", req.RunID, s.cfg.Table, err)
 	}
+	if req.Mode == connectors.ModeAppend && req.Merge != nil {
+		if err := s.commitMerge(ctx, req); err != nil {
+			return res, fmt.Errorf("commit run %s to %s for window %v, merged by key: %w", req.RunID, s.cfg.Table, req.Window, err)
+		}
+		return res, nil
+	}
 	if req.Mode == connectors.ModeAppend {
 		if err := s.commitWindow(ctx, req); err != nil {
 			return res, fmt.Errorf("commit run %s to %s for window %v: %w", req.RunID, s.cfg.Table, req.Window, err)

@@ -29,10 +29,15 @@ type unitOutcome struct {
 	before, after int64
 }
 
-// CommitCompaction swaps each partition's rewrite in (see Compaction),
-// partition by partition, then removes the run's staging. A commit
-// repeated after a crash finds the partitions swapped already and only
-// finishes what was left.
+// CommitCompaction commits the rewrites of all partitions of a run
+// together (see Compaction): first it builds every partition's rewrite
+// beside the partition, unexposed, with every check; only when all are
+// built does it record, in the run's staging, that the run is swapping
+// (_swapping), and swap them in one after another (renames and pointer
+// writes, no copying). A commit that fails before the record exposes
+// nothing of the run; one repeated after a crash once the record exists
+// swaps in every partition the crash left out (it rolls forward). Then
+// it removes the run's staging.
 func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommit) (connectors.CompactResult, error) {
 	res := connectors.CompactResult{Location: s.base()}
 	if err := checkName("run", req.RunID); err != nil {
@@ -54,17 +59,25 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		u.specs = append(u.specs, spec)
 		u.groups = append(u.groups, g)
 	}
+	swapping, err := s.swapping(ctx, req.RunID)
+	if err != nil {
+		return res, fmt.Errorf("commit compaction %s: %w", req.RunID, err)
+	}
+	var built []*rewrite
 	for _, name := range order {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		out, err := s.commitUnit(ctx, req.RunID, units[name])
+		rw, out, err := s.prepareUnit(ctx, req.RunID, units[name], swapping)
 		if err != nil {
 			return res, fmt.Errorf("commit compaction %s of %s: %w", req.RunID, s.describe(name), err)
 		}
 		if out.skipped != "" {
 			res.Skipped = append(res.Skipped, name+": "+out.skipped)
 			continue
+		}
+		if rw != nil {
+			built = append(built, rw)
 		}
 		res.Partitions++
 		res.FilesBefore += out.before
@@ -74,7 +87,21 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 			res.Location = s.describe(compactedName(mustVersion(name), req.RunID))
 		}
 	}
-	var err error
+	if len(built) > 0 {
+		if err := s.markSwapping(ctx, req.RunID); err != nil {
+			return res, fmt.Errorf("commit compaction %s: %w", req.RunID, err)
+		}
+		for _, rw := range built {
+			if s.beforeSwap != nil {
+				if err := s.beforeSwap(rw.spec.Unit); err != nil {
+					return res, err
+				}
+			}
+			if err := s.swapUnit(ctx, req.RunID, rw); err != nil {
+				return res, fmt.Errorf("commit compaction %s of %s: %w", req.RunID, s.describe(rw.spec.Unit), err)
+			}
+		}
+	}
 	if s.s3 != nil {
 		err = s.s3.b.DeletePrefix(ctx, s.s3.dir(stagingRel(req.RunID)))
 	} else {
@@ -84,6 +111,38 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		return res, fmt.Errorf("commit compaction %s: remove staging: %w", req.RunID, err)
 	}
 	return res, nil
+}
+
+// swappingFile, in a compaction run's staging, records that every
+// partition's rewrite is built and the swaps have begun.
+const swappingFile = "_swapping"
+
+// swapping reports whether a compaction run began to swap its rewrites in.
+func (s *Sink) swapping(ctx context.Context, runID string) (bool, error) {
+	if s.s3 != nil {
+		return s.s3.b.Exists(ctx, s.s3.key(path.Join(stagingRel(runID), swappingFile)))
+	}
+	_, err := os.Stat(filepath.Join(stagingDir(s.root, runID), swappingFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// markSwapping records that a compaction run begins to swap its rewrites
+// in.
+func (s *Sink) markSwapping(ctx context.Context, runID string) error {
+	if s.s3 != nil {
+		return s.s3.b.Put(ctx, s.s3.key(path.Join(stagingRel(runID), swappingFile)), []byte(runID+"\n"))
+	}
+	dir := stagingDir(s.root, runID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, swappingFile), []byte(runID+"\n"), 0o644); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
 // mustVersion is the version of a version directory's name (0 for
@@ -118,10 +177,15 @@ type rewrite struct {
 	outputs map[string]string
 	sizes   map[string]int64
 	m       marker
+	// deferred says the rewrite's copy on S3 waits for the swap
+	// (prepareS3).
+	deferred bool
 }
 
-// commitUnit commits the rewrite of one partition.
-func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (unitOutcome, error) {
+// prepareUnit builds the rewrite of one partition beside it, unexposed,
+// and returns it for swapUnit; nil when the partition's rewrite is in
+// place already (a commit repeated).
+func (s *Sink) prepareUnit(ctx context.Context, runID string, u *unitGroups, swapping bool) (*rewrite, unitOutcome, error) {
 	t := s.tree()
 	spec := u.specs[0]
 	rw := &rewrite{spec: spec, planned: map[string]fileRef{}, outputs: map[string]string{}, sizes: map[string]int64{}}
@@ -129,7 +193,7 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 	case spec.Kind == unitVersion:
 		d, ok := parseVersionDir(spec.Unit)
 		if !ok {
-			return unitOutcome{}, connectors.Permanent(fmt.Errorf("%q is not a version directory", spec.Unit))
+			return nil, unitOutcome{}, connectors.Permanent(fmt.Errorf("%q is not a version directory", spec.Unit))
 		}
 		rw.newDir = compactedName(d.v, runID)
 	case s.s3 != nil:
@@ -137,22 +201,25 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 	default:
 		rw.newDir = spec.Unit
 	}
-	if done, err := s.committed(ctx, t, runID, rw); err != nil || done {
-		return unitOutcome{}, err
+	switch st, err := s.committed(ctx, t, runID, rw, swapping); {
+	case err != nil || st == unitSwapped:
+		return nil, unitOutcome{}, err
+	case st == unitPrepared:
+		return rw, unitOutcome{}, nil
 	}
 	// The partition as it is now: the pointer as planned, every planned
 	// file unchanged; files that came since go along unchanged.
 	switch ptr, err := t.pointer(ctx, pointerDir(spec)); {
 	case err != nil:
-		return unitOutcome{}, err
+		return nil, unitOutcome{}, err
 	case spec.Kind == unitVersion && ptr != spec.Unit:
-		return unitOutcome{skipped: fmt.Sprintf("version no longer exposed (current: %s)", dashIfEmpty(ptr))}, nil
+		return nil, unitOutcome{skipped: fmt.Sprintf("version no longer exposed (current: %s)", dashIfEmpty(ptr))}, nil
 	case spec.Kind != unitVersion && spec.Dir != spec.Unit && ptr != path.Base(spec.Dir):
-		return unitOutcome{skipped: fmt.Sprintf("rewritten meanwhile (current: %s)", dashIfEmpty(ptr))}, nil
+		return nil, unitOutcome{skipped: fmt.Sprintf("rewritten meanwhile (current: %s)", dashIfEmpty(ptr))}, nil
 	}
 	now, err := loadUnit(ctx, t, spec.Kind, spec.Unit, spec.Dir)
 	if err != nil {
-		return unitOutcome{}, err
+		return nil, unitOutcome{}, err
 	}
 	present := map[string]fileRef{}
 	for _, f := range now.files {
@@ -162,7 +229,7 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 		for _, f := range sp.Files {
 			p, ok := present[f.Path]
 			if !ok || p.Size != f.Size || (s.s3 == nil && p.MTime != f.MTime) || p.ETag != f.ETag {
-				return unitOutcome{skipped: f.Path + " changed or went since the plan"}, nil
+				return nil, unitOutcome{skipped: f.Path + " changed or went since the plan"}, nil
 			}
 			rw.planned[f.Path] = f
 		}
@@ -176,7 +243,7 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 	for _, g := range u.groups {
 		m, err := s.readManifest(ctx, runID, g.Output)
 		if err != nil {
-			return unitOutcome{}, err
+			return nil, unitOutcome{}, err
 		}
 		total.Merge(g.Output.Checksum)
 		for _, f := range m.Files {
@@ -188,10 +255,10 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 	if whole && spec.Kind != unitHour && now.m != nil && (now.m.Rows != 0 || now.m.Checksum != "") {
 		want, err := connectors.ParseChecksum(now.m.Checksum, now.m.Rows)
 		if err != nil {
-			return unitOutcome{}, connectors.Permanent(err)
+			return nil, unitOutcome{}, connectors.Permanent(err)
 		}
 		if total != want {
-			return unitOutcome{}, connectors.Permanent(fmt.Errorf("the rewrite holds %d rows, checksum %s; the partition's marker says %d rows, checksum %s",
+			return nil, unitOutcome{}, connectors.Permanent(fmt.Errorf("the rewrite holds %d rows, checksum %s; the partition's marker says %d rows, checksum %s",
 				total.Rows, total, want.Rows, want))
 		}
 	}
@@ -215,14 +282,14 @@ func (s *Sink) commitUnit(ctx context.Context, runID string, u *unitGroups) (uni
 	slices.Sort(rw.m.Compacted.Replaced)
 	rw.m.Compacted.Replaced = slices.Compact(rw.m.Compacted.Replaced)
 	if s.s3 != nil {
-		err = s.swapS3(ctx, runID, rw)
+		err = s.prepareS3(ctx, runID, rw)
 	} else {
-		err = s.swapLocal(ctx, runID, rw)
+		err = s.prepareLocal(ctx, runID, rw)
 	}
 	if err != nil {
-		return unitOutcome{}, err
+		return nil, unitOutcome{}, err
 	}
-	return unitOutcome{before: int64(len(now.files)), after: int64(rw.m.Compacted.Files)}, nil
+	return rw, unitOutcome{before: int64(len(now.files)), after: int64(rw.m.Compacted.Files)}, nil
 }
 
 // pointerDir is the directory whose pointer names a partition's files:
@@ -241,18 +308,28 @@ func dashIfEmpty(s string) string {
 	return s
 }
 
-// committed reports whether the rewrite of rw's partition by run is in
-// place already (a commit repeated after a crash), and finishes what that
-// commit left: the swap of current, the files written meanwhile.
-func (s *Sink) committed(ctx context.Context, t tree, runID string, rw *rewrite) (bool, error) {
+// unitState is where the rewrite of a partition by a run stands.
+type unitState int
+
+const (
+	unitFresh    unitState = iota // not built (or its build to be finished)
+	unitPrepared                  // built beside the partition, not exposed
+	unitSwapped                   // exposed (or superseded since)
+)
+
+// committed tells where the rewrite of rw's partition by run stands (a
+// commit repeated after a crash), and finishes what that commit left of a
+// swap: the swap of current, once the run is swapping, and the files
+// written meanwhile.
+func (s *Sink) committed(ctx context.Context, t tree, runID string, rw *rewrite, swapping bool) (unitState, error) {
 	spec := rw.spec
 	if s.s3 == nil && spec.Kind != unitVersion {
 		m, err := t.marker(ctx, spec.Unit)
 		if errors.Is(err, fs.ErrNotExist) || err == nil && (m.Compacted == nil || m.Compacted.Run != runID) {
-			return false, nil
+			return unitFresh, nil
 		}
 		if err != nil {
-			return false, err
+			return unitFresh, err
 		}
 		// Swapped: the directory it replaced may still be where the
 		// exchange left it.
@@ -261,38 +338,44 @@ func (s *Sink) committed(ctx context.Context, t tree, runID string, rw *rewrite)
 		building := filepath.Join(s.root, filepath.FromSlash(dir), "."+base+"."+runID+".building")
 		if _, err := os.Stat(building); err == nil {
 			if err := os.Rename(building, replaced); err != nil {
-				return true, err
+				return unitSwapped, err
 			}
 		}
-		return true, s.rescueLocal(filepath.Join(s.root, filepath.FromSlash(spec.Unit)), replaced, replacedNames(m))
+		return unitSwapped, s.rescueLocal(filepath.Join(s.root, filepath.FromSlash(spec.Unit)), replaced, replacedNames(m))
 	}
 	m, err := t.marker(ctx, rw.newDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return unitFresh, nil
 	}
 	if err != nil {
-		return false, err
+		return unitFresh, err
 	}
 	if m.Compacted == nil || m.Compacted.Run != runID {
-		return false, connectors.Permanent(fmt.Errorf("%s exists and is not the rewrite of run %s", s.describe(rw.newDir), runID))
+		return unitFresh, connectors.Permanent(fmt.Errorf("%s exists and is not the rewrite of run %s", s.describe(rw.newDir), runID))
 	}
 	ptr, err := t.pointer(ctx, pointerDir(spec))
 	if err != nil {
-		return false, err
-	}
-	if spec.Kind == unitVersion {
-		if ptr == spec.Unit {
-			return true, s.point(ctx, rw.newDir)
-		}
-		return true, nil
+		return unitFresh, err
 	}
 	rw.m = m
+	if spec.Kind == unitVersion {
+		switch {
+		case ptr != spec.Unit:
+			return unitSwapped, nil
+		case swapping:
+			return unitSwapped, s.point(ctx, rw.newDir)
+		}
+		return unitPrepared, nil
+	}
 	if ptr != path.Base(rw.newDir) {
+		if !swapping {
+			return unitPrepared, nil
+		}
 		if err := s.s3.point(ctx, spec.Unit, path.Base(rw.newDir)); err != nil {
-			return true, err
+			return unitSwapped, err
 		}
 	}
-	return true, s.rescueS3(ctx, rw)
+	return unitSwapped, s.rescueS3(ctx, rw)
 }
 
 // point makes the dataset's current name version directory name.
@@ -310,19 +393,11 @@ func (s *Sink) replacedDir(unit, runID string) string {
 	return filepath.Join(s.root, filepath.FromSlash(dir), "."+base+".replaced."+runID)
 }
 
-// swapLocal builds the rewrite in a hidden directory (the kept files
-// hard-linked, the outputs moved out of staging, the marker last) and
-// swaps it in: a version's with a rename and the current symlink, a
-// window's or an hour's with an atomic exchange with the partition, whose
-// old directory is kept hidden until a vacuum; files written into it
-// meanwhile are moved into the rewrite.
-func (s *Sink) swapLocal(ctx context.Context, runID string, rw *rewrite) error {
-	dir, base := path.Split(rw.spec.Unit)
-	parent := filepath.Join(s.root, filepath.FromSlash(dir))
-	building := filepath.Join(parent, "."+base+"."+runID+".building")
-	if rw.spec.Kind == unitVersion {
-		building = filepath.Join(s.root, "."+rw.newDir+".building")
-	}
+// prepareLocal builds the rewrite in a hidden directory (the kept files
+// hard-linked, the outputs moved out of staging, the marker last); a
+// version's is then renamed to its own name, unexposed.
+func (s *Sink) prepareLocal(ctx context.Context, runID string, rw *rewrite) error {
+	building := s.buildingDir(runID, rw)
 	links := map[string]string{}
 	for _, f := range rw.passed {
 		links[path.Base(f.Path)] = filepath.Join(s.root, filepath.FromSlash(f.Path))
@@ -334,11 +409,44 @@ func (s *Sink) swapLocal(ctx context.Context, runID string, rw *rewrite) error {
 		if err := os.Rename(building, filepath.Join(s.root, rw.newDir)); err != nil {
 			return err
 		}
-		if err := syncDir(s.root); err != nil {
+		return syncDir(s.root)
+	}
+	return nil
+}
+
+// buildingDir is where, locally, the rewrite of rw's partition is built.
+func (s *Sink) buildingDir(runID string, rw *rewrite) string {
+	if rw.spec.Kind == unitVersion {
+		return filepath.Join(s.root, "."+rw.newDir+".building")
+	}
+	dir, base := path.Split(rw.spec.Unit)
+	return filepath.Join(s.root, filepath.FromSlash(dir), "."+base+"."+runID+".building")
+}
+
+// swapUnit exposes a rewrite prepareUnit built: locally a version's with
+// the current symlink, a window's or an hour's with an atomic exchange
+// with the partition, whose old directory is kept hidden until a vacuum
+// (files written into it meanwhile are moved into the rewrite); on S3 by
+// the version's or the partition's current pointer.
+func (s *Sink) swapUnit(ctx context.Context, runID string, rw *rewrite) error {
+	if s.s3 != nil {
+		if rw.spec.Kind == unitVersion {
+			return s.s3.point(ctx, "", rw.newDir)
+		}
+		if rw.deferred {
+			if err := s.prepareS3(ctx, runID, rw); err != nil {
+				return err
+			}
+		}
+		if err := s.s3.point(ctx, rw.spec.Unit, path.Base(rw.newDir)); err != nil {
 			return err
 		}
+		return s.rescueS3(ctx, rw)
+	}
+	if rw.spec.Kind == unitVersion {
 		return s.swapCurrent(rw.newDir)
 	}
+	building := s.buildingDir(runID, rw)
 	final := filepath.Join(s.root, filepath.FromSlash(rw.spec.Unit))
 	replaced := s.replacedDir(rw.spec.Unit, runID)
 	if err := exchange(building, final); err != nil {
@@ -351,7 +459,7 @@ func (s *Sink) swapLocal(ctx context.Context, runID string, rw *rewrite) error {
 	if err := os.Chtimes(replaced, tm, tm); err != nil {
 		return err
 	}
-	if err := syncDir(parent); err != nil {
+	if err := syncDir(filepath.Dir(final)); err != nil {
 		return err
 	}
 	return s.rescueLocal(final, replaced, replacedNames(rw.m))
@@ -455,12 +563,34 @@ func (s *Sink) rescueLocal(dir, replaced string, accounted map[string]bool) erro
 	return nil
 }
 
-// swapS3 copies the rewrite into its directory on the server (the kept
-// files and the staged outputs), writes its marker, points the version's
-// or the partition's current pointer at it, and copies in the files
-// written beside the partition meanwhile.
-func (s *Sink) swapS3(ctx context.Context, runID string, rw *rewrite) error {
+// prepareS3 copies the rewrite into its directory on the server (the
+// kept files and the staged outputs) and writes its marker, unexposed: a
+// version's beside the versions, a partition's inside it where the
+// partition has a current pointer already (readers follow the pointer).
+// A partition without one would show the copy to readers beside its
+// files: its copy waits for the swap (deferred), and the staged outputs
+// are only checked to be there.
+func (s *Sink) prepareS3(ctx context.Context, runID string, rw *rewrite) error {
 	r := s.s3
+	if rw.spec.Kind != unitVersion && !rw.deferred {
+		ptr, err := r.pointer(ctx, rw.spec.Unit)
+		if err != nil {
+			return err
+		}
+		if ptr == "" {
+			for name, staged := range rw.outputs {
+				if ok, err := r.b.Exists(ctx, r.key(path.Join(stagingRel(runID), staged))); err != nil || !ok {
+					if err == nil {
+						err = connectors.Permanent(fmt.Errorf("%s of the rewrite of %s is missing", name, r.url(rw.spec.Unit)))
+					}
+					return err
+				}
+			}
+			rw.deferred = true
+			return nil
+		}
+	}
+	rw.deferred = false
 	want := map[string]objstore.Object{}
 	for _, f := range rw.passed {
 		want[path.Base(f.Path)] = objstore.Object{Key: r.key(f.Path), Size: f.Size, ETag: f.ETag}
@@ -474,16 +604,7 @@ func (s *Sink) swapS3(ctx context.Context, runID string, rw *rewrite) error {
 		return err
 	}
 	rw.m.Files = sortedKeys(want)
-	if err := r.writeMarker(ctx, rw.newDir, rw.m); err != nil {
-		return err
-	}
-	if rw.spec.Kind == unitVersion {
-		return r.point(ctx, "", rw.newDir)
-	}
-	if err := r.point(ctx, rw.spec.Unit, path.Base(rw.newDir)); err != nil {
-		return err
-	}
-	return s.rescueS3(ctx, rw)
+	return r.writeMarker(ctx, rw.newDir, rw.m)
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -2,6 +2,7 @@ package files
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -533,5 +534,133 @@ func TestVacuumAppendedRuns(t *testing.T) {
 	}
 	if got, err := ReadChecksum(filepath.Join(s.root, RunDir("pos-1")), "jsonl"); err != nil || got != want {
 		t.Errorf("the appended run after vacuum and compaction: %d rows %v, want %d", got.Rows, err, want.Rows)
+	}
+}
+
+func TestCompactRunAllPartitions(t *testing.T)   { testCompactRunAll(t, false) }
+func TestCompactRunAllPartitionsS3(t *testing.T) { testCompactRunAll(t, true) }
+
+// testCompactRunAll compacts three closed hours of a change log in one
+// run: a commit that fails while building the last hour's rewrite swaps
+// none of them in; a commit that stops after swapping the first (a crash
+// in the swaps) is finished by the commit repeated, which swaps in the
+// others; each hour then holds its rows once, in one file.
+func testCompactRunAll(t *testing.T, s3 bool) {
+	ctx := context.Background()
+	s := newSink(t, s3, SinkConfig{})
+	a, err := NewApplier(ApplierConfig{Path: s.cfg.Path, CloseAfter: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	h0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	seq := uint64(0)
+	for h := range 3 {
+		for i := range 10 {
+			var evs []connectors.Event
+			for range 3 {
+				seq++
+				evs = append(evs, connectors.Event{Seq: seq, ChangeEvent: protocol.ChangeEvent{Op: "insert", Schema: "public", Table: "t",
+					After: protocol.Row{"id": protocol.Text(fmt.Sprint(seq))}, CommitTime: h0.Add(time.Duration(h)*time.Hour + time.Duration(i)*time.Second)}})
+			}
+			if err := a.Apply(ctx, evs); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := a.CloseHours(ctx, h0.Add(4*time.Hour), true); err != nil {
+		t.Fatal(err)
+	}
+	hours := []string{"public.t/date=2026-11-25/hour=07", "public.t/date=2026-11-25/hour=08", "public.t/date=2026-11-25/hour=09"}
+	sums := map[string]connectors.Checksum{}
+	names := map[string][]string{}
+	for _, h := range hours {
+		sum, err := ReadChecksum(joinPath(s.base(), h), "jsonl")
+		if err != nil || sum.Rows != 30 {
+			t.Fatalf("%s holds %d rows (%v) before compaction, want 30", h, sum.Rows, err)
+		}
+		sums[h], names[h] = sum, dataNames(t, s, h)
+	}
+	// compacted reports which hours hold their rewrite (one file), and
+	// checks every hour holds its rows once.
+	compacted := func(step string) []bool {
+		t.Helper()
+		var out []bool
+		for _, h := range hours {
+			sum, err := ReadChecksum(joinPath(s.base(), h), "jsonl")
+			if err != nil || sum != sums[h] {
+				t.Fatalf("%s: %s holds %d rows, checksum %s (%v); want %d, %s", step, h, sum.Rows, sum, err, sums[h].Rows, sums[h])
+			}
+			dir := h
+			if s3 {
+				// The old files stay until a vacuum; readers follow the
+				// hour's pointer.
+				ptr, err := s.s3.pointer(ctx, h)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ptr != "" {
+					dir = h + "/" + ptr
+				}
+			}
+			got := dataNames(t, s, dir)
+			switch {
+			case len(got) == 1:
+				out = append(out, true)
+			case slices.Equal(got, names[h]):
+				out = append(out, false)
+			default:
+				t.Fatalf("%s: %s holds %v, neither its files nor one rewrite", step, h, got)
+			}
+		}
+		return out
+	}
+	settings := connectors.CompactSettings{}.WithDefaults()
+	plan, err := s.PlanCompaction(ctx, connectors.CompactRequest{RunID: "c-1", Settings: settings, Now: time.Now()})
+	if err != nil || len(plan.Groups) != 3 {
+		t.Fatalf("plan: %d groups, %v; want one per hour", len(plan.Groups), err)
+	}
+	var groups []connectors.CompactedGroup
+	for i, g := range plan.Groups {
+		out, err := s.Rewrite(ctx, connectors.TaskRef{RunID: "c-1", TaskID: fmt.Sprintf("t%05d", i), Attempt: 1}, g)
+		if err != nil {
+			t.Fatalf("rewrite %s: %v", g.Key, err)
+		}
+		groups = append(groups, connectors.CompactedGroup{Group: g, Output: out})
+	}
+	commit := func() error {
+		_, err := s.CommitCompaction(ctx, connectors.CompactCommit{RunID: "c-1", Groups: groups, Settings: settings})
+		return err
+	}
+	// The last hour's output is lost: nothing is swapped in.
+	good := groups[2].Output
+	groups[2].Output.Location += ".lost"
+	if err := commit(); err == nil {
+		t.Fatal("a commit whose last output is missing succeeded")
+	}
+	if got := compacted("after a commit that failed building"); slices.Contains(got, true) {
+		t.Fatalf("a commit that failed building its last rewrite swapped in %v", got)
+	}
+	groups[2].Output = good
+	// A crash after the first swap: the commit repeated swaps the rest.
+	crash := errors.New("crash")
+	s.beforeSwap = func(unit string) error {
+		if unit != hours[0] {
+			return crash
+		}
+		return nil
+	}
+	if err := commit(); !errors.Is(err, crash) {
+		t.Fatalf("commit: %v, want the crash", err)
+	}
+	if got := compacted("after a crash in the swaps"); !slices.Equal(got, []bool{true, false, false}) {
+		t.Fatalf("after a crash after the first swap the hours' rewrites are in: %v", got)
+	}
+	s.beforeSwap = nil
+	if err := commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got := compacted("after the commit repeated"); !slices.Equal(got, []bool{true, true, true}) {
+		t.Fatalf("after the commit repeated the hours' rewrites are in: %v", got)
 	}
 }

@@ -298,7 +298,7 @@ func Register(reg *connectors.Registry) {
 		Params:           checkParams,
 		CDCTarget:        &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
 		ValidateDataset:  ValidateSink,
-		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+		Passthrough: &connectors.Passthrough{Units: Units, Noun: "files", Source: true, Sink: true,
 			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
 }

@@ -33,6 +33,9 @@ type Sink struct {
 	// mem holds the memory typed Parquet outputs convert and encode rows
 	// in, recycled from task to task.
 	mem *arrowconv.Allocator
+	// beforeSwap, in tests, runs before a compaction swaps each
+	// partition's rewrite in; an error it returns ends the commit there.
+	beforeSwap func(unit string) error
 }
 
 var _ connectors.Sink = (*Sink)(nil)

@@ -31,6 +31,9 @@ const (
 	// are told apart by their values, so a compaction may mix them with
 	// other windows' (a window without one is replaced by its files).
 	propDelta = "sluice.delta_column"
+	// propDeleted counts the table's rows a merge removed for delete
+	// markers.
+	propDeleted = "sluice.deleted"
 )
 
 const (
@@ -83,9 +86,9 @@ func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest) error {
 	}
 	for attempt := 1; ; attempt++ {
 		base := tbl.CurrentSnapshot()
-		next, err := s.commitOnce(ctx, tbl, req, files)
+		next, added, err := s.commitOnce(ctx, tbl, req, files)
 		if err == nil {
-			return s.afterCommit(ctx, next, req, files)
+			return s.afterCommit(ctx, next, req, added)
 		}
 		// Whether the commit lost a race, failed, or succeeded without
 		// saying so, the table tells.
@@ -94,7 +97,7 @@ func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest) error {
 			return err
 		}
 		if len(runSnapshots(fresh, req.RunID)) > 0 {
-			return s.afterCommit(ctx, fresh, req, files)
+			return s.afterCommit(ctx, fresh, req, nil)
 		}
 		if now := fresh.CurrentSnapshot(); sameSnapshot(base, now) || connectors.IsPermanent(err) {
 			return err
@@ -121,11 +124,12 @@ func sameSnapshot(a, b *table.Snapshot) bool {
 }
 
 // commitOnce tries the run's transaction on tbl as loaded, asserting that
-// the main branch has not moved since.
-func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.CommitRequest, files []iceberg.DataFile) (*table.Table, error) {
+// the main branch has not moved since. It returns the data files the
+// snapshot added.
+func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.CommitRequest, files []iceberg.DataFile) (*table.Table, []iceberg.DataFile, error) {
 	txn := tbl.NewTransaction()
 	if err := txn.AssertRefSnapshotID(table.MainBranch); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	props := snapshotProps(req)
 	var err error
@@ -133,13 +137,13 @@ func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.
 	case req.Mode == connectors.ModeReplace:
 		var current []iceberg.DataFile
 		if current, err = liveFiles(ctx, tbl, nil); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(files) == 0 {
 			// A full load of no rows is still a version: one empty file.
 			var f iceberg.DataFile
 			if f, err = s.emptyFile(ctx, tbl, req.RunID); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			files = []iceberg.DataFile{f}
 		}
@@ -148,10 +152,23 @@ func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.
 		} else {
 			err = txn.ReplaceDataFilesWithDataFiles(ctx, current, files, props)
 		}
+	case req.Merge != nil:
+		if req.DeltaColumn == "" {
+			return nil, nil, connectors.Permanent(fmt.Errorf("a merge by key needs a delta column"))
+		}
+		var olds []iceberg.DataFile
+		var deleted int64
+		if olds, files, deleted, err = s.mergeFiles(ctx, tbl, req, files); err != nil {
+			return nil, nil, err
+		}
+		props[propDeleted] = strconv.FormatInt(deleted, 10)
+		if len(olds) > 0 || len(files) > 0 {
+			err = txn.ReplaceDataFilesWithDataFiles(ctx, olds, files, props)
+		}
 	case req.DeltaColumn != "":
 		var filter iceberg.BooleanExpression
 		if filter, err = windowFilter(tbl.Schema(), req.DeltaColumn, *req.Window); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err = txn.Delete(ctx, filter, props); err == nil && len(files) > 0 {
 			err = txn.AddDataFiles(ctx, files, props)
@@ -159,7 +176,7 @@ func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.
 	default:
 		var old []iceberg.DataFile
 		if old, err = windowFiles(ctx, tbl, props[propWindow]); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		switch {
 		case len(old) > 0:
@@ -169,9 +186,10 @@ func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return txn.Commit(ctx)
+	next, err := txn.Commit(ctx)
+	return next, files, err
 }
 
 func snapshotProps(req connectors.CommitRequest) iceberg.Properties {

@@ -383,5 +383,6 @@ func Register(reg *connectors.Registry) {
 			return err
 		},
 		ValidateDataset: validateDataset,
+		SinkMerges:      true,
 	})
 }

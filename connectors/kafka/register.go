@@ -34,7 +34,7 @@ func Register(reg *connectors.Registry) {
 		CDCTarget:      &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier},
 		Params:         checkParams,
 		Feed:           &connectors.EventFeed{Validate: ValidateFeed, Open: openFeed},
-		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+		Passthrough: &connectors.Passthrough{Units: Units, Noun: "records", Source: true, Sink: true,
 			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
 }
