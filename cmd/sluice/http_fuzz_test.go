@@ -114,7 +114,7 @@ func FuzzHTTPAPI(f *testing.F) {
 			if err != nil {
 				return err
 			}
-			ready <- newAPIHandler(l.Client, js, reg, token, log)
+			ready <- newAPIHandler(l.Client, js, reg, token, newLagHistory(10), log)
 			<-ctx.Done()
 			return nil
 		})
