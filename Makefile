@@ -32,7 +32,8 @@ build:
 demo:
 	$(GO) run ./cmd/sluice demo
 
-# fuzz runs each fuzz target for a while (not part of make test).
+# fuzz runs each fuzz target for a while (not part of make test); every
+# func Fuzz of the tree is listed (TestFuzzTargetsInMakefile checks).
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeTask -fuzztime $(FUZZTIME)
@@ -46,6 +47,14 @@ fuzz:
 	$(GO) test ./connectors/arrowconv -run '^$$' -fuzz FuzzAppend -fuzztime $(FUZZTIME)
 	$(GO) test ./contract -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
 	$(GO) test ./contract -run '^$$' -fuzz FuzzWriter -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzParseTrigger -fuzztime $(FUZZTIME)
+	$(GO) test ./protocol -run '^$$' -fuzz FuzzDecodeResult -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors/files -run '^$$' -fuzz FuzzScanRange -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors/postgres -run '^$$' -fuzz FuzzRecordSplitter -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors -run '^$$' -fuzz FuzzExpandEnv -fuzztime $(FUZZTIME)
+	$(GO) test ./connectors/builtin -run '^$$' -fuzz FuzzValidate -fuzztime $(FUZZTIME)
+	$(GO) test ./pipeline -run '^$$' -fuzz FuzzResolvePaths -fuzztime $(FUZZTIME)
+	$(GO) test ./cmd/sluice -run '^$$' -fuzz FuzzHTTPAPI -fuzztime $(FUZZTIME)
 
 # BENCHES lists the benchmarks, one a line: bench-<name> runs bench/<name>
 # (go run ./bench/<name> -h lists its flags) at full size, beside its

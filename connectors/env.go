@@ -1,6 +1,7 @@
 package connectors
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -109,16 +110,18 @@ func (s *scrubber) add(name, value string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	forms := []string{value}
-	if q := strconv.Quote(value); q[1:len(q)-1] != value {
-		forms = append(forms, q[1:len(q)-1]) // as %q writes it
+	// The value as is, as %q writes it, as JSON writes it (a message may
+	// quote a configuration marshalled again), and that quoted by %q.
+	forms := []string{value, quoted(value)}
+	if j, err := json.Marshal(value); err == nil {
+		forms = append(forms, string(j[1:len(j)-1]), quoted(string(j[1:len(j)-1])))
 	}
 	// The password of a URL may be quoted without the rest.
 	for _, m := range urlPasswordRE.FindAllStringSubmatch(value, -1) {
 		forms = append(forms, m[2])
 	}
 	for _, v := range forms {
-		if len(v) < s.min {
+		if len(v) < s.min || v == "" {
 			continue
 		}
 		if _, ok := s.refs[v]; ok {
@@ -131,6 +134,12 @@ func (s *scrubber) add(name, value string) {
 		s.values = append(s.values, v)
 	}
 	slices.SortFunc(s.values, func(a, b string) int { return len(b) - len(a) })
+}
+
+// quoted is s as %q writes it, without the quotes.
+func quoted(s string) string {
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 // scrub replaces every remembered value in text by its reference.

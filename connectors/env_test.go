@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -100,4 +102,66 @@ func TestExpandedValuesNeverEcho(t *testing.T) {
 	if reg.ScrubError(nil) != nil {
 		t.Error("ScrubError(nil) is not nil")
 	}
+}
+
+// FuzzExpandEnv: `${NAME}` expansion of any configuration with any value.
+// An expanded value never shows in a validation error, even from a
+// validator that quotes the whole expanded configuration; a variable specs
+// may not name is never looked up; ExpandEnv gives JSON, and leaves a
+// configuration without references as it was.
+func FuzzExpandEnv(f *testing.F) {
+	f.Add(`{"dsn":"postgres://u:${SLUICE_PW}@h/db","format":"${SLUICE_FMT}"}`, "hunter2-planted-secret")
+	f.Add(`{"a":["${SLUICE_A}x${SLUICE_A}",{"b":"$${SLUICE_A}"}],"n":1}`, `p"w\d`)
+	f.Add(`{"path":"${HOME}/x","k":"${SLUICE_K}"}`, "s3cr3t\u00e9\n")
+	f.Add(`{"x":"${SLUICE_}${}${1A}${A-B}"}`, "abcd")
+	f.Add(`["${SLUICE_A}"]`, "abcd")
+	f.Add(`"${SLUICE_A}"`, "abcd")
+	f.Add(`{"a":"plain","b":[1,2.5,true,null]}`, "value")
+	f.Add(`{"a":"${SLUICE_A}"}`, "a<b>&c")
+	reg := connectors.NewRegistry()
+	reg.Register(connectors.Connector{Kind: "echo",
+		Validate: func(config json.RawMessage) error {
+			return &connectors.FieldError{Field: "config", Msg: fmt.Sprintf("refused %s (%q)", config, config)}
+		},
+		Source: func(context.Context, json.RawMessage) (connectors.Source, error) { return nil, errors.New("no source") },
+	})
+	reg.AllowEnv("ALSO_ALLOWED")
+	f.Fuzz(func(t *testing.T, config, value string) {
+		// Marked, the value cannot be a word of an error by chance.
+		secret := "§" + value + "§"
+		lookup := func(name string) (string, bool) {
+			if !reg.EnvAllowed(name) {
+				t.Fatalf("looked up %s, which specs may not name", name)
+			}
+			return secret, !strings.HasSuffix(name, "_UNSET")
+		}
+		err := reg.Validate("echo", connectors.RoleSource, json.RawMessage(config), lookup)
+		// A value written in the configuration itself, or holding a part of
+		// a reference, is not a secret this can see.
+		if err != nil && !strings.Contains(config, secret) && !strings.ContainsAny(value, "${}") && containsAnyForm(err.Error(), secret) {
+			t.Fatalf("validation error echoes the expanded value %q: %v", secret, err)
+		}
+
+		out, err := connectors.ExpandEnv(json.RawMessage(config), func(name string) (string, bool) { return secret, true })
+		if err != nil || len(config) == 0 && len(out) == 0 {
+			return
+		}
+		if !json.Valid(out) {
+			t.Fatalf("ExpandEnv(%s) = %s: not JSON", config, out)
+		}
+		if !strings.Contains(config, "${") {
+			var a, b any
+			if json.Unmarshal([]byte(config), &a) != nil || json.Unmarshal(out, &b) != nil || !reflect.DeepEqual(a, b) {
+				t.Fatalf("ExpandEnv changed a configuration without references: %s -> %s", config, out)
+			}
+		}
+	})
+}
+
+// containsAnyForm reports whether text holds value as is, as %q writes it
+// or as JSON writes it.
+func containsAnyForm(text, value string) bool {
+	q := strconv.Quote(value)
+	j, _ := json.Marshal(value)
+	return strings.Contains(text, value) || strings.Contains(text, q[1:len(q)-1]) || strings.Contains(text, string(j[1:len(j)-1]))
 }

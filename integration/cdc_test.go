@@ -43,7 +43,7 @@ var cdcTables = []string{"accounts", "orders", "events"}
 func TestCDCFaults(t *testing.T) {
 	restart := os.Getenv(pgRestartEnv) == "1"
 	if !restart {
-		if os.Getenv("CI") != "" {
+		if os.Getenv("CI") != "" || os.Getenv("SLUICE_CI") != "" {
 			t.Fatalf("%s needs %s=1 (make test runs it alone with it)", t.Name(), pgRestartEnv)
 		}
 		t.Skipf("restarts PostgreSQL: run it alone with %s=1 (make test does)", pgRestartEnv)
@@ -209,6 +209,9 @@ func TestCDCFaults(t *testing.T) {
 	}
 	if got.dups > 0 {
 		t.Errorf("%d change events appear twice (same commit LSN and index)", got.dups)
+	}
+	if got.reordered > 0 {
+		t.Errorf("%d change events of a key come after a later change of it in SLUICE_CDC; first: %s", got.reordered, got.first)
 	}
 	if changes < total {
 		t.Errorf("only %d changes committed, want at least %d", changes, total)
@@ -393,6 +396,13 @@ type cdcCount struct {
 	dups           int
 	afterColumn    int // events carrying orders.coupon
 	msgs           int // messages holding them
+	// last is the position (commit LSN, index) of the last change event
+	// of each row key (schema.table and key values); reordered counts the
+	// change events of a key that come after a later one of it in the
+	// stream, first the first of them.
+	last      map[string][2]uint64
+	reordered int
+	first     string
 }
 
 // cdcEvents reads every event of a cdc pipeline in SLUICE_CDC.
@@ -408,7 +418,7 @@ func (c *cluster) cdcEvents(name string) cdcCount {
 		c.t.Fatal(err)
 	}
 	left := info.NumPending
-	out := cdcCount{reads: map[string]int{}, changes: map[string]int{}, snapshots: map[string]int{}}
+	out := cdcCount{reads: map[string]int{}, changes: map[string]int{}, snapshots: map[string]int{}, last: map[string][2]uint64{}}
 	seen := map[string]bool{}
 	for left > 0 {
 		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(5*time.Second))
@@ -457,8 +467,33 @@ func (out *cdcCount) add(ev protocol.ChangeEvent, seen map[string]bool) {
 	id := fmt.Sprintf("%s:%d", ev.CommitLSN, ev.Index)
 	if seen[id] {
 		out.dups++
+		return
 	}
 	seen[id] = true
+	// Per key, changes come in commit order: the key the row had before
+	// the change and the one it has after.
+	commit, err := protocol.ParseLSN(ev.CommitLSN)
+	if err != nil {
+		out.reordered++
+		out.first = fmt.Sprintf("event %s: commit LSN: %v", id, err)
+	}
+	pos := [2]uint64{commit, uint64(ev.Index)}
+	for _, row := range []protocol.Row{ev.Before, ev.After} {
+		if row == nil || len(ev.Key) == 0 {
+			continue
+		}
+		k := key
+		for _, col := range ev.Key {
+			k += fmt.Sprintf("|%v", row[col])
+		}
+		if prev, ok := out.last[k]; ok && (pos[0] < prev[0] || pos[0] == prev[0] && pos[1] < prev[1]) {
+			out.reordered++
+			if out.first == "" {
+				out.first = fmt.Sprintf("key %s: change %s comes after %X/%d", k, id, prev[0], prev[1])
+			}
+		}
+		out.last[k] = pos
+	}
 	if _, ok := ev.After["coupon"]; ok {
 		out.afterColumn++
 	}

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,10 +53,13 @@ type cluster struct {
 }
 
 type node struct {
-	c      *coordinator.Coordinator
-	cancel context.CancelFunc
-	done   chan error
-	killed bool
+	c *coordinator.Coordinator
+	// transport is the node's Raft transport: DisconnectAll cuts the
+	// node's messages to its peers.
+	transport *raft.InmemTransport
+	cancel    context.CancelFunc
+	done      chan error
+	killed    bool
 	// metricsURL serves the node's metrics, with clusterConfig.metrics.
 	metricsURL string
 }
@@ -80,6 +85,9 @@ type clusterConfig struct {
 	// metrics gives each coordinator, and the workers together, Prometheus
 	// metrics served over HTTP (metrics_test.go).
 	metrics bool
+	// raftTimeout, when set, is every coordinator's Raft heartbeat,
+	// election and leader lease timeout (default: the coordinator's).
+	raftTimeout time.Duration
 }
 
 func newCluster(t *testing.T, cfg clusterConfig) *cluster {
@@ -143,12 +151,13 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 			NodeID: peers[i].ID, DataDir: dataDir, Peers: peers, Bootstrap: i == 0,
 			Transport: transports[i], InmemStore: true, AckWait: cfg.ackWait,
 			DefaultBackoff: 100 * time.Millisecond, Metrics: m,
+			HeartbeatTimeout: cfg.raftTimeout, ElectionTimeout: cfg.raftTimeout, LeaderLeaseTimeout: cfg.raftTimeout,
 		}, nc, c.reg, c.log.With("node", peers[i].ID), cfg.tracer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		n := &node{c: co, cancel: cancel, done: make(chan error, 1), metricsURL: murl}
+		n := &node{c: co, transport: transports[i], cancel: cancel, done: make(chan error, 1), metricsURL: murl}
 		go func() { n.done <- co.Run(ctx) }()
 		c.coords = append(c.coords, n)
 	}
@@ -342,7 +351,114 @@ func assertSameRows(t *testing.T, in, out string) connectors.Checksum {
 	if got != want {
 		t.Fatalf("output %s has %d rows checksum %s; source has %d rows checksum %s", cur, got.Rows, got, want.Rows, want)
 	}
+	assertRowsInOrder(t, in, cur)
 	return got
+}
+
+// assertRowsInOrder checks, without the code under test, that the JSONL
+// files under out hold exactly the rows of the JSONL files under in (every
+// column compared, each row as many times as in the source) and that the
+// rows of one source file keep their order within each output file.
+func assertRowsInOrder(t *testing.T, in, out string) {
+	t.Helper()
+	// A row is its line, or its canonical JSON (keys sorted, numbers as
+	// written) when the sink wrote it another way.
+	type pos struct{ file, line int }
+	byLine := map[string][]pos{}
+	var canon map[string][]pos
+	srcFiles := jsonlFiles(t, in)
+	total := 0
+	for fi, p := range srcFiles {
+		for li, line := range jsonlLines(t, p) {
+			byLine[line] = append(byLine[line], pos{fi, li})
+			total++
+		}
+	}
+	canonical := func(line string) string {
+		d := json.NewDecoder(strings.NewReader(line))
+		d.UseNumber()
+		var v any
+		if err := d.Decode(&v); err != nil {
+			t.Fatalf("row %q: %v", line, err)
+		}
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	seen := 0
+	for _, p := range jsonlFiles(t, out) {
+		last := map[int]int{} // source file -> its last line seen in this output file
+		for _, line := range jsonlLines(t, p) {
+			key, m := line, byLine
+			if canon == nil && len(byLine[line]) == 0 {
+				// From here on rows are matched by their canonical form,
+				// against what is left of the source.
+				canon = map[string][]pos{}
+				for l, ps := range byLine {
+					c := canonical(l)
+					canon[c] = append(canon[c], ps...)
+				}
+			}
+			if canon != nil {
+				key, m = canonical(line), canon
+			}
+			ps := m[key]
+			if len(ps) == 0 {
+				t.Fatalf("%s holds a row the source does not (or holds it more often): %s", p, line)
+			}
+			at := ps[0]
+			m[key] = ps[1:]
+			seen++
+			if prev, ok := last[at.file]; ok && at.line < prev {
+				t.Fatalf("%s: line %d of %s comes after its line %d: the source's order is lost", p, at.line+1, srcFiles[at.file], prev+1)
+			}
+			last[at.file] = at.line
+		}
+	}
+	if seen != total {
+		t.Fatalf("%s holds %d rows, the source %d", out, seen, total)
+	}
+}
+
+// jsonlFiles lists the JSONL files under dir, hidden ones (staging,
+// markers) left out, sorted.
+func jsonlFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && (strings.HasPrefix(d.Name(), "_") || strings.HasPrefix(d.Name(), ".")) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.IsDir() && strings.HasSuffix(d.Name(), ".jsonl") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// jsonlLines returns the non-empty lines of a file.
+func jsonlLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if line = strings.TrimSuffix(line, "\r"); line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return lines
 }
 
 // killWhenBusy waits until worker i runs a task, then kills it (no ack, no

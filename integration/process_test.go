@@ -81,14 +81,16 @@ func moduleRoot(t *testing.T) string {
 
 // binaries returns the sluice binary, built once per test binary run, and the
 // nats-server binary of `make services`. Without nats-server the test is
-// skipped, or fails when $CI is set.
+// skipped, or fails when $CI is set. In CI (or with SLUICE_TEST_RACE set) the
+// binary is built with -race, and killAll fails the test when a process
+// reported a data race.
 func binaries(t *testing.T) (sluice, natsServer string) {
 	t.Helper()
 	root := moduleRoot(t)
 	natsServer = filepath.Join(root, "bin", "nats-server")
 	if _, err := os.Stat(natsServer); err != nil {
 		msg := fmt.Sprintf("%s is missing: run make services (%v)", natsServer, err)
-		if os.Getenv("CI") != "" {
+		if os.Getenv("CI") != "" || os.Getenv("SLUICE_CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
@@ -99,16 +101,27 @@ func binaries(t *testing.T) (sluice, natsServer string) {
 			return
 		}
 		sluiceBin = filepath.Join(buildDir, "sluice")
-		cmd := exec.Command("go", "build", "-o", sluiceBin, "./cmd/sluice")
+		args := []string{"build", "-o", sluiceBin}
+		if raceBuild() {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/sluice")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/sluice: %v\n%s", err, out)
+			buildErr = fmt.Errorf("go %s ./cmd/sluice: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
 	return sluiceBin, natsServer
+}
+
+// raceBuild says whether the process tests' sluice binary is built with
+// the race detector: always in CI, elsewhere when SLUICE_TEST_RACE is set
+// (a race build takes longer and its processes run slower).
+func raceBuild() bool {
+	return os.Getenv("CI") != "" || os.Getenv("SLUICE_CI") != "" || os.Getenv("SLUICE_TEST_RACE") != ""
 }
 
 // processDataset returns a fresh directory holding the shared source dataset
@@ -402,6 +415,23 @@ func (c *procCluster) killAll() {
 	for _, p := range c.procs {
 		<-p.done
 	}
+	// A race-built process prints its report when it detects a race and
+	// goes on; the report is in its log.
+	for _, p := range c.procs {
+		b, err := os.ReadFile(p.log)
+		if err == nil && bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+			c.t.Errorf("%s reported a data race (log %s):\n%s", p.name, p.log, raceReport(b))
+		}
+	}
+}
+
+// raceReport returns the first race report in a process's output.
+func raceReport(b []byte) string {
+	b = b[bytes.Index(b, []byte("WARNING: DATA RACE")):]
+	if j := bytes.Index(b, []byte("\n==================")); j >= 0 {
+		b = b[:j]
+	}
+	return string(b)
 }
 
 func (c *procCluster) dumpLogsOnFailure() {

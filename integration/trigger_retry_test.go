@@ -31,7 +31,7 @@ func TestTriggerRetriedUntilDeadThenReplayed(t *testing.T) {
 	}
 
 	started := time.Now()
-	if _, err := coordinator.PublishTrigger(c.ctx(), c.js, "ev", protocol.Trigger{Params: map[string]string{"why": "poison"}}, "evt-busy"); err != nil {
+	if _, err := coordinator.PublishTrigger(c.ctx(), c.js, "ev", protocol.Trigger{Params: map[string]string{"why": "poison"}, Source: "retry-test"}, "evt-busy"); err != nil {
 		t.Fatal(err)
 	}
 	// The consumer's backoff spreads the deliveries over about 30 s.
@@ -67,7 +67,8 @@ func TestTriggerRetriedUntilDeadThenReplayed(t *testing.T) {
 	if st := c.wait(first.RunID); st.State != protocol.RunCommitted || st.Rows != 30 {
 		t.Fatalf("first run: %s, %d rows (%s)", st.State, st.Rows, st.Error)
 	}
-	if _, err := coordinator.ReplayDLQ(c.ctx(), c.js, c.client, d.Seq); err != nil {
+	replayed, err := coordinator.ReplayDLQ(c.ctx(), c.js, c.client, d.Seq)
+	if err != nil {
 		t.Fatal(err)
 	}
 	runs := c.runsOf("ev", 2)
@@ -75,7 +76,11 @@ func TestTriggerRetriedUntilDeadThenReplayed(t *testing.T) {
 	if st.State != protocol.RunCommitted || st.Rows != 20 || st.Window == nil || *st.Window != src.window(1) {
 		t.Fatalf("replayed run %s: %s, %d rows, window %v (%s); want hour 1's 20 rows", st.RunID, st.State, st.Rows, st.Window, st.Error)
 	}
-	if st.Trigger == nil || st.Trigger.Source != "" && st.Trigger.Subject != protocol.TriggerSubject("ev") {
-		t.Fatalf("replayed run's trigger context %+v", st.Trigger)
+	// The replayed run keeps the dead trigger's context: its subject, its
+	// payload's source, and the replay's message id.
+	if tr := st.Trigger; tr == nil || tr.Subject != protocol.TriggerSubject("ev") || tr.Source != "retry-test" ||
+		tr.MsgID != replayed.MsgID || tr.StreamSeq != replayed.Seq {
+		t.Fatalf("replayed run's trigger context %+v; want subject %s, source retry-test, msg id %s, seq %d",
+			st.Trigger, protocol.TriggerSubject("ev"), replayed.MsgID, replayed.Seq)
 	}
 }

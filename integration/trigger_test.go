@@ -161,8 +161,27 @@ func TestTriggerMalformedPayloadDeadLettered(t *testing.T) {
 		t.Fatalf("dead letter lost the trigger: data %q headers %v attempts %d", d.Data, d.Header, d.Attempts)
 	}
 	c.runsOf("bad", 0)
-	// Terminated: not delivered again.
-	time.Sleep(3 * time.Second)
+	// Terminated: acked as far as JetStream goes (the ack floor passed it),
+	// nothing waits for a redelivery, and it was delivered once.
+	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		info, err := cons.Info(c.ctx())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.AckFloor.Stream >= seq && info.NumAckPending == 0 && info.NumPending == 0 {
+			if info.NumRedelivered != 0 || info.Delivered.Consumer != 1 {
+				t.Fatalf("the malformed trigger was delivered %d times (%d redelivered), want once", info.Delivered.Consumer, info.NumRedelivered)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the malformed trigger (seq %d) is not settled: ack floor %+v, %d unacked, %d pending", seq, info.AckFloor, info.NumAckPending, info.NumPending)
+		}
+	}
 	expectMessages(t, c.js, protocol.StreamDLQ, protocol.DLQSubject("trigger", "bad"), 1)
 }
 
@@ -206,19 +225,49 @@ func TestTriggerPoisonReplayedAfterApply(t *testing.T) {
 	}
 }
 
-// The leader stopped right after a trigger was published: the trigger,
-// unacked, goes to the next leader, and exactly one run commits.
+// The leader stopped while it held a trigger unacked: the trigger goes to
+// the next leader, and exactly one run commits. The leader's Raft messages
+// are cut first, so it cannot record the run nor ack the trigger: the test
+// sees the trigger delivered and unacked, then stops the leader.
 func TestTriggerLeaderStoppedOneRun(t *testing.T) {
-	c := newCluster(t, clusterConfig{workers: 1})
+	// Raft timeouts long enough that the cut-off leader stays leader
+	// (its lease) while the test looks at the trigger consumer.
+	c := newCluster(t, clusterConfig{workers: 1, raftTimeout: 3 * time.Second})
 	in := writeDataset(t, 2, 50)
 	out := t.TempDir()
 	c.apply("failover", in, out, 1, "")
 	old := c.leader()
-	if _, err := coordinator.PublishTrigger(c.ctx(), c.js, "failover", protocol.Trigger{}, "once"); err != nil {
+	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)
+	if err != nil {
 		t.Fatal(err)
+	}
+	old.transport.DisconnectAll()
+	ack, err := coordinator.PublishTrigger(c.ctx(), c.js, "failover", protocol.Trigger{}, "once")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// unacked reports whether the trigger was delivered and is not acked.
+	unacked := func() (bool, *jetstream.ConsumerInfo) {
+		info, err := cons.Info(c.ctx())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Delivered.Stream >= ack.Sequence && info.AckFloor.Stream < ack.Sequence && info.NumAckPending > 0, info
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if ok, _ := unacked(); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, info := unacked()
+			t.Fatalf("trigger (seq %d) not delivered unacked to the cut-off leader: delivered %+v, ack floor %+v", ack.Sequence, info.Delivered, info.AckFloor)
+		}
 	}
 	old.c.Kill()
 	old.killed = true
+	if ok, info := unacked(); !ok {
+		t.Fatalf("the trigger (seq %d) was acked before the leader stopped: delivered %+v, ack floor %+v", ack.Sequence, info.Delivered, info.AckFloor)
+	}
 	if next := c.leader(); next == old {
 		t.Fatal("the killed node is still leader")
 	}
@@ -228,13 +277,7 @@ func TestTriggerLeaderStoppedOneRun(t *testing.T) {
 		t.Fatalf("run %s: %s version %d (%s)", st.RunID, st.State, st.Version, st.Error)
 	}
 	assertSameRows(t, in, out)
-	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The killed leader may have created the run without acking the
-	// trigger: it comes back after its ack wait, and the new leader acks it
-	// as the run its request id already made.
+	// The next leader acks the trigger: nothing pending, nothing unacked.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
@@ -242,7 +285,7 @@ func TestTriggerLeaderStoppedOneRun(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if info.NumAckPending == 0 && info.NumPending == 0 {
+		if info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream >= ack.Sequence {
 			t.Logf("trigger delivered %d time(s) over the failover", info.Delivered.Consumer)
 			break
 		}
@@ -253,6 +296,9 @@ func TestTriggerLeaderStoppedOneRun(t *testing.T) {
 	}
 	if runs := c.runsOf("failover", 1); runs[0].RunID != st.RunID {
 		t.Fatalf("the trigger's redelivery started run %s besides %s", runs[0].RunID, st.RunID)
+	}
+	if st.Trigger == nil || st.Trigger.MsgID != "once" || st.Trigger.StreamSeq != ack.Sequence {
+		t.Fatalf("run's trigger context %+v, want msg id once, seq %d", st.Trigger, ack.Sequence)
 	}
 }
 

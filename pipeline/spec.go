@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/robfig/cron/v3"
 	"gopkg.in/yaml.v3"
@@ -506,8 +507,14 @@ func (s Spec) Validate(reg *connectors.Registry, lookup func(string) (string, bo
 // ResolvePaths makes relative filesystem paths in both endpoints absolute,
 // relative to dir (the directory of the spec file): every string field
 // named "path" or ending in "_path" or "_dir". Servers may run in another
-// directory than the one `sluice apply` runs in.
+// directory than the one `sluice apply` runs in. A dir that is not valid
+// UTF-8 is an error.
 func (s *Spec) ResolvePaths(dir string) error {
+	// A configuration is JSON, which holds UTF-8 only: a directory named
+	// otherwise would turn into another one.
+	if !utf8.ValidString(dir) {
+		return fmt.Errorf("resolve paths: the spec's directory %q is not valid UTF-8", dir)
+	}
 	return s.relativePaths(func(_, p string) (string, bool) { return filepath.Join(dir, p), true })
 }
 

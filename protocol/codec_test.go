@@ -269,3 +269,40 @@ func FuzzParseTrigger(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeResult: a result is what a worker says it did; whatever
+// decodes has a run and a task, and survives a round trip unchanged.
+func FuzzDecodeResult(f *testing.F) {
+	b, _ := Encode(Result{RunID: "r", TaskID: "t", Pipeline: "p", Attempt: 2, Rows: 10, Bytes: 100, Checksum: 0xdeadbeef,
+		Location: "/out/_staging/r/t", Started: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)})
+	f.Add(b)
+	f.Add([]byte(`{"v":1,"run":"r","task":"t","checksum":""}`))
+	f.Add([]byte(`{"v":1,"run":"r","task":"t","checksum":"ffffffffffffffff","error_class":"retryable","error":"x"}`))
+	f.Add([]byte(`{"v":1,"run":"r","task":"t","checksum":"1ffffffffffffffff"}`))
+	f.Add([]byte(`{"v":1,"run":"r","task":"t","rows":-1,"finished":"2026-01-01T00:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := Decode[Result](data)
+		if err != nil {
+			return
+		}
+		if r.RunID == "" || r.TaskID == "" {
+			t.Fatalf("decoded a result without its identity: %+v", r)
+		}
+		again, err := Encode(r)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		back, err := Decode[Result](again)
+		if err != nil {
+			t.Fatalf("decode of re-encoded result %s: %v", again, err)
+		}
+		third, err := Encode(back)
+		if err != nil {
+			t.Fatalf("re-encode: %v", err)
+		}
+		if string(third) != string(again) || !r.Started.Equal(back.Started) || !r.Finished.Equal(back.Finished) ||
+			r.Checksum != back.Checksum || r.Rows != back.Rows || r.ErrorClass != back.ErrorClass || r.Failed() != back.Failed() {
+			t.Fatalf("round trip changed the result:\n%s\n%s", again, third)
+		}
+	})
+}

@@ -852,7 +852,8 @@ func TestWaitsForConsumer(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	hb, err := e.nc.SubscribeSync(protocol.SubjectHeartbeat)
+	// The worker's lookups of the task consumer, seen on the JetStream API.
+	lookups, err := e.nc.SubscribeSync("$JS.API.CONSUMER.INFO." + protocol.StreamTasks + "." + protocol.ConsumerWorkers)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -868,8 +869,17 @@ func TestWaitsForConsumer(t *testing.T) {
 		}
 		r.leaks = append(r.leaks, goleak.IgnoreAnyFunction("github.com/nats-io/nats-server/v2/"+f))
 	}
-	if _, err := hb.NextMsg(waitTimeout); err != nil {
-		t.Fatalf("no heartbeat: %v", err)
+	// Two lookups before the stream exists: the first found nothing, and
+	// the worker waited and looked again instead of failing.
+	for i := range 2 {
+		if _, err := lookups.NextMsg(waitTimeout); err != nil {
+			t.Fatalf("lookup %d of the task consumer: %v", i+1, err)
+		}
+	}
+	select {
+	case err := <-r.done:
+		t.Fatalf("the worker stopped while the consumer was missing: %v", err)
+	default:
 	}
 	if _, err := e.js.CreateStream(ctx, jetstream.StreamConfig{
 		Name: protocol.StreamTasks, Subjects: []string{protocol.SubjectTasksAll},

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,6 +200,15 @@ func TestHTTPAPI(t *testing.T) {
 		if st.Rows != 3000 || len(st.TaskList) != 3 {
 			t.Fatalf("committed run: %d rows, %d tasks; want 3000 and 3", st.Rows, len(st.TaskList))
 		}
+		// The exposed version holds the source's rows, every column,
+		// compared here row by row.
+		cur, err := files.Current(filepath.Join(root, "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := jsonlRows(t, cur), jsonlRows(t, in); !slices.Equal(got, want) || len(got) != 3000 {
+			t.Fatalf("the exposed version holds %d rows, the source %d, or other rows", len(got), len(want))
+		}
 		if st.Trigger == nil || st.Trigger.Source != "http" || st.Trigger.Subject != "sluice.trigger.api" {
 			t.Fatalf("run's trigger context %+v; want source http on sluice.trigger.api", st.Trigger)
 		}
@@ -366,4 +377,48 @@ func TestExamplesAndStreamedSpecs(t *testing.T) {
 			t.Errorf("%s: %v, want an error containing %q", c.yaml, err, c.want)
 		}
 	}
+}
+
+// jsonlRows returns the rows of the JSONL files under dir (hidden files
+// and directories left out) in a canonical form (keys sorted, numbers as
+// written), sorted: two datasets with the same rows give equal lists.
+func jsonlRows(t *testing.T, dir string) []string {
+	t.Helper()
+	var rows []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir && (strings.HasPrefix(d.Name(), "_") || strings.HasPrefix(d.Name(), ".")) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".jsonl") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		for {
+			var v any
+			if err := dec.Decode(&v); err == io.EOF {
+				break
+			} else if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			c, _ := json.Marshal(v)
+			rows = append(rows, string(c))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(rows)
+	return rows
 }

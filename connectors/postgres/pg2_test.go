@@ -12,6 +12,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -100,7 +101,9 @@ func TestSinkConcurrentAttempts(t *testing.T) {
 		_, err := second.Close(ctx)
 		done <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // the second attempt waits on the first
+	// The second attempt waits on the first's lock: a server process of
+	// this test's schema waits for a lock.
+	waitLockWaiter(t, conn, schema, done)
 	out, err := first.Close(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +118,33 @@ func TestSinkConcurrentAttempts(t *testing.T) {
 	conn.QueryRow(ctx, "SELECT count(*) FROM "+schema+".c").Scan(&n)
 	if n != 2 {
 		t.Fatalf("view holds %d rows, want 2", n)
+	}
+}
+
+// waitLockWaiter waits until a server process runs a statement naming
+// schema and waits for a lock; it fails the test if done (the waiting
+// side's end) is ready first.
+func waitLockWaiter(t *testing.T, conn *pgx.Conn, schema string, done <-chan error) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var n int
+		if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid() AND position($1 in query) > 0`, schema).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the second attempt ended (%v) without waiting for the first", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no server process of the test waits for a lock after a minute")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -286,11 +316,8 @@ func TestSinkCommitTakesOnlyListedTasks(t *testing.T) {
 				_, err := sink.Commit(ctx, req)
 				done <- err
 			}()
-			select {
-			case err := <-done:
-				t.Fatalf("the commit did not wait for a task attempt writing its staging: %v", err)
-			case <-time.After(300 * time.Millisecond):
-			}
+			// The commit waits for the late attempt's lock.
+			waitLockWaiter(t, conn, schema, done)
 			if _, err := late.Close(ctx); err != nil {
 				t.Fatal(err)
 			}

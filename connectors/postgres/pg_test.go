@@ -451,6 +451,10 @@ func TestSinkFullLoader(t *testing.T) {
 	counts := map[int64]int{}
 	var stop atomic.Bool
 	reader := make(chan error, 1)
+	// The reader says when it has counted run 1's version a few times,
+	// then run 2's: the commit lands between reads, not before the first
+	// or after the last.
+	sawOld, sawNew := make(chan struct{}), make(chan struct{})
 	go func() {
 		rc, err := pgx.Connect(ctx, dsn)
 		if err != nil {
@@ -465,14 +469,30 @@ func TestSinkFullLoader(t *testing.T) {
 				return
 			}
 			counts[n]++
+			if n == sum1.Rows && counts[n] == 3 {
+				close(sawOld)
+			}
+			if n == sum2.Rows && counts[n] == 3 {
+				close(sawNew)
+			}
 		}
 		reader <- nil
 	}()
-	time.Sleep(200 * time.Millisecond)
+	waitReader := func(what string, ch chan struct{}) {
+		t.Helper()
+		select {
+		case <-ch:
+		case err := <-reader:
+			t.Fatalf("reader stopped before it saw %s: %v", what, err)
+		case <-time.After(time.Minute):
+			t.Fatalf("reader did not see %s within a minute", what)
+		}
+	}
+	waitReader("run 1's version", sawOld)
 	if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "run-2", Version: 2, Tasks: outs2}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitReader("run 2's version", sawNew)
 	stop.Store(true)
 	if err := <-reader; err != nil {
 		t.Fatalf("reader: %v", err)
