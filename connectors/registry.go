@@ -33,6 +33,8 @@ type Registry struct {
 	// opened, for Scrub.
 	secrets *scrubber
 	rawSQL  rawSQLGate
+	// paths are the roots connectors' local paths are confined to.
+	paths pathRoots
 }
 
 // entry is what is registered of one kind, possibly by several packages.
@@ -54,6 +56,7 @@ type entry struct {
 	// passthrough is what the kind registered of pattern passthrough.
 	passthrough *Passthrough
 	rawSQL      RawSQLFunc
+	paths       PathsFunc
 }
 
 // Role says what a connector kind is used as in a pipeline.
@@ -156,6 +159,10 @@ type Connector struct {
 	// reaches SQL unquoted; a registry that refuses raw SQL
 	// (RefuseRawSQL) refuses a configuration that sets one.
 	RawSQL RawSQLFunc
+	// Paths, when set, names the local paths of a configuration; a
+	// registry that confines paths (ConfinePaths) refuses one outside its
+	// roots.
+	Paths PathsFunc
 }
 
 // Register adds a connector, or parts of one to a kind registered before.
@@ -183,6 +190,9 @@ func (r *Registry) Register(c Connector) {
 			dup(string(role))
 		}
 		e.validators[role] = v
+	}
+	if c.Paths != nil {
+		e.paths = c.Paths
 	}
 	if c.RawSQL != nil {
 		e.rawSQL = c.RawSQL
@@ -486,6 +496,9 @@ func (r *Registry) Validate(kind string, role Role, config json.RawMessage, look
 	if err := r.checkRawSQL(e, expanded); err != nil {
 		return err
 	}
+	if err := r.checkPaths(e, expanded); err != nil {
+		return err
+	}
 	err = v(expanded)
 	var fe *FieldError
 	if errors.As(err, &fe) {
@@ -574,6 +587,9 @@ func open[T any, F ~func(context.Context, json.RawMessage) (T, error)](ctx conte
 		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
 	}
 	if err := r.checkRawSQL(r.kinds[kind], expanded); err != nil {
+		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
+	}
+	if err := r.checkPaths(r.kinds[kind], expanded); err != nil {
 		return zero, Permanent(fmt.Errorf("open %s %s: %w", kind, role, err))
 	}
 	c, err := f(ctx, expanded)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,7 @@ func newRegistryIn(what string) *connectors.Registry {
 	reg.AllowEnv(splitEnvList("SLUICE_ALLOW_ENV")...)
 	allow, _ := strconv.ParseBool(os.Getenv("SLUICE_ALLOW_RAW_SQL"))
 	reg.RefuseRawSQL(!allow)
+	confinePaths(reg, splitEnvList("SLUICE_PATH_ROOTS"))
 	builtin.Register(reg)
 	return reg
 }
@@ -57,10 +59,12 @@ func splitEnvList(v string) []string {
 type envFlags struct {
 	allow  []string
 	rawSQL bool
+	roots  []string
 }
 
 func (e *envFlags) register(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&e.allow, "allow-env", nil, "environment variables specs may refer to as ${NAME} besides SLUICE_* (comma-separated; added to $SLUICE_ALLOW_ENV)")
+	fs.StringSliceVar(&e.roots, "path-roots", nil, "directories the local paths of specs and trigger parameters must be in, symlinks resolved (comma-separated; default $SLUICE_PATH_ROOTS; none: any path)")
 	fs.BoolVar(&e.rawSQL, "allow-raw-sql", false, "accept spec fields that reach SQL unquoted (a postgres source's where, a sink's column types; default $SLUICE_ALLOW_RAW_SQL)")
 }
 
@@ -72,6 +76,9 @@ func (e *envFlags) registry(what string, log *slog.Logger) (*connectors.Registry
 	reg.AllowEnv(e.allow...)
 	if e.rawSQL {
 		reg.RefuseRawSQL(false)
+	}
+	if len(e.roots) > 0 {
+		confinePaths(reg, e.roots)
 	}
 	return reg, slog.New(reg.LogHandler(log.Handler()))
 }
@@ -166,4 +173,16 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// confinePaths confines the local paths of reg's connectors to roots
+// (relative ones taken from the working directory); none: no confinement.
+func confinePaths(reg *connectors.Registry, roots []string) {
+	abs := make([]string, 0, len(roots))
+	for _, r := range roots {
+		if a, err := filepath.Abs(r); err == nil {
+			abs = append(abs, a)
+		}
+	}
+	_ = reg.ConfinePaths(abs...) // absolute: never refused
 }

@@ -274,7 +274,8 @@ func ValidateSink(raw json.RawMessage) error {
 // (CDCTarget).
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
-		Kind: Kind,
+		Kind:  Kind,
+		Paths: connectors.PathFields("path", "manifest_dir", "state_dir"),
 		Source: func(_ context.Context, raw json.RawMessage) (connectors.Source, error) {
 			c, err := parseSourceConfig(raw)
 			if err != nil {

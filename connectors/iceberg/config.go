@@ -372,6 +372,7 @@ func ParseSourceConfig(config json.RawMessage) (SourceConfig, error) {
 func Register(reg *connectors.Registry) {
 	reg.Register(connectors.Connector{
 		Kind:   Kind,
+		Paths:  connectors.PathFields("warehouse", "catalog"),
 		Source: openSource,
 		Sink:   openSink,
 		ValidateSource: func(config json.RawMessage) error {
