@@ -63,10 +63,12 @@ func TestWindowDuringMerge(t *testing.T) {
 		exec(fmt.Sprintf("INSERT INTO %s (id, at) SELECT number + %d, %d + number %% 3600000000 FROM system.numbers LIMIT 200000",
 			table, 10_000_000+i*200000, day.Add(23*time.Hour).UnixMicro()))
 	}
-	exec("SYSTEM START MERGES " + table)
-	// The merge starts right before the commit replaces the day.
+	// The merge starts right before the commit replaces the day: merges
+	// stay stopped until then, so that the server has not merged the
+	// parts already (an OPTIMIZE of one part merges nothing).
 	merged := make(chan error, 1)
 	s.beforeReplace = func() {
+		exec("SYSTEM START MERGES " + table)
 		go func() {
 			merged <- s.cl.Exec(ctx, fmt.Sprintf("OPTIMIZE TABLE %s PARTITION %s FINAL", table, partitionLiteral(day, deltaMicros)))
 		}()
