@@ -5,7 +5,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -570,22 +569,13 @@ func TestFaultMatrixNATSKill9(t *testing.T) {
 	}
 }
 
-// knownBugsEnv runs the fault cells that fail today on a bug not fixed
-// yet (see each test's comment).
-const knownBugsEnv = "SLUICE_TEST_KNOWN_BUGS"
-
 // A NATS node killed with SIGKILL: the one leading SLUICE_CDC during the
 // snapshot, while the slot streams, and while cdc_apply applies (each
-// restarted before the next kill). It fails today, in 2 of 3 runs on a
-// machine at load 20-30 (it passed at a lower load): every change reaches
-// SLUICE_CDC once, but some land out of their key's commit order (the
-// reader's asynchronous publishes in flight across the stream leader's
-// failover: a later message stored before an earlier one retried), and
-// cdc_apply, applying in stream order, leaves older values in the replica.
+// restarted before the next kill). Every change reaches SLUICE_CDC once and
+// in its key's commit order (the reader has one message in flight at a
+// time, so none is stored before an earlier one published again after the
+// failover), and cdc_apply leaves the replica equal to the source.
 func TestFaultMatrixNATSKill9CDC(t *testing.T) {
-	if os.Getenv(knownBugsEnv) == "" {
-		t.Skipf("fails today (per-key order in SLUICE_CDC lost on a NATS failover); run with %s=1", knownBugsEnv)
-	}
 	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	c := newFaultCluster(t, "w1", "w2", "w3")

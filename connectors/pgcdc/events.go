@@ -284,7 +284,10 @@ func (w *eventsWriter) add(ctx context.Context, line []byte, position string, li
 }
 
 // begin publishes the snapshot event of a table (protocol.OpSnapshot), as
-// a message of its own, after the message being packed.
+// a message of its own, after the message being packed, and waits for its
+// ack: the rows that follow are published only once it is stored, so that
+// it precedes them even when its first publish is lost with the stream's
+// leader and published again (by the task's next attempt).
 func (w *eventsWriter) begin(ctx context.Context, r SnapshotRow, line []byte) error {
 	if err := w.flush(ctx); err != nil {
 		return err
@@ -300,6 +303,11 @@ func (w *eventsWriter) begin(ctx context.Context, r SnapshotRow, line []byte) er
 	w.subject, w.data, w.n = protocol.CDCSubject(w.cfg.Pipeline, r.Schema, r.Table), data, 1
 	if err := w.publish(ctx, SnapshotBeginMsgID(w.cfg.Slot, r.LSN, r.Schema, r.Table)); err != nil {
 		return err
+	}
+	for len(w.futs) > 0 {
+		if err := w.waitOldest(ctx); err != nil {
+			return err
+		}
 	}
 	// The begin event is a marker, not a row of the table: the task's
 	// rows (and the snapshot's progress) count the table's rows only.

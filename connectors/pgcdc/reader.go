@@ -822,9 +822,8 @@ func (r *Reader) publish(ctx context.Context, st *streamState, rel *relation, ls
 }
 
 // flush publishes the message being packed, if it holds any event, with
-// the Nats-Msg-Id of its first event. It first waits until the events in
-// flight leave room for its own (all of them when it alone exceeds
-// MaxInFlight).
+// the Nats-Msg-Id of its first event, once every earlier message is
+// acknowledged (see flushAs).
 func (r *Reader) flush(ctx context.Context, st *streamState) error {
 	if st.pack.n == 0 {
 		return nil
@@ -834,9 +833,21 @@ func (r *Reader) flush(ctx context.Context, st *streamState) error {
 
 // flushAs publishes the message being packed, which holds at least one
 // event, under the Nats-Msg-Id id, adding its future to st.futs.
+//
+// It first waits until every earlier message of the slot is acknowledged:
+// one message in flight at a time is what keeps the slot's messages in
+// SLUICE_CDC in WAL order across a failover of the stream's leader. With
+// several in flight, an earlier one can be lost with the leader while a
+// later one is stored by the next leader; publishing the lost one again
+// (at a restart from the confirmed position) would then store it after
+// the later one. With one in flight, a message is published only once its
+// predecessor is stored, and a message whose publish failed is published
+// again, under the same Nats-Msg-Id, before any later one: JetStream's
+// duplicate window drops it if the first attempt was stored after all.
+// The decoding of the next message overlaps the wait for this one's ack.
 func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error {
 	p := &st.pack
-	for st.inFlight > 0 && st.inFlight+p.n > r.cfg.MaxInFlight {
+	for st.inFlight > 0 {
 		if err := r.waitOne(ctx, st); err != nil {
 			return err
 		}

@@ -1,0 +1,347 @@
+package pgcdc_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
+	"github.com/sluicehq/sluice/protocol"
+)
+
+// TestReaderOrderAcrossLeaderFailover: a Reader streams single-row updates
+// of a few keys into SLUICE_CDC replicated on a 3-node JetStream cluster
+// (in this process) while the node leading the stream is shut down.
+// Publishes in flight to it fail; the Reader stops and a supervisor starts
+// it again, as a worker does. Per key, the stream must hold every update
+// once, in commit order: the value counts the key's updates, so the test
+// knows the order from the source itself.
+func TestReaderOrderAcrossLeaderFailover(t *testing.T) {
+	t.Parallel()
+	dsn, schema, conn := pgtest.DB(t)
+	c := startCluster(t, 3)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.ClientURL())
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for { // the cluster elects its meta leader first
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		err := pgcdc.EnsureStream(actx, js, pgcdc.StreamConfig{Replicas: 3})
+		acancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("ensure stream: %v", err)
+		}
+		t.Logf("ensure stream: %v", err)
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	const keys = 8
+	e := &env{dsn: dsn, schema: schema, conn: conn, js: js}
+	e.cfg = pgcdc.Config{
+		DSN: dsn, Slot: schema + "_slot", Publication: schema + "_pub", Tables: []string{schema + ".k"}, Pipeline: "p1",
+		Heartbeat: 200 * time.Millisecond, StatusInterval: 100 * time.Millisecond, AckTimeout: 3 * time.Second,
+	}
+	e.cleanupSlot(t)
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.k (id int PRIMARY KEY, n int NOT NULL)`, schema))
+	e.exec(t, fmt.Sprintf(`INSERT INTO %s.k SELECT g, 0 FROM generate_series(1, %d) g`, schema, keys))
+
+	// The supervisor: Run again after every error, as a worker does.
+	rctx, stopReaders := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	streaming := make(chan struct{})
+	var restarts int
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var once sync.Once
+		for rctx.Err() == nil {
+			r, err := pgcdc.NewReader(e.cfg, js, nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			done := make(chan error, 1)
+			go func() { done <- r.Run(rctx) }()
+		wait:
+			for {
+				select {
+				case err = <-done:
+					break wait
+				case <-time.After(20 * time.Millisecond):
+					if r.Status().ConfirmedLSN != "" {
+						once.Do(func() { close(streaming) })
+					}
+				}
+			}
+			if err != nil && rctx.Err() == nil {
+				restarts++
+				t.Logf("reader stopped (restarting): %v", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	}()
+	defer func() { stopReaders(); wg.Wait() }()
+	select {
+	case <-streaming:
+	case <-ctx.Done():
+		t.Fatal("the reader did not start streaming")
+	}
+
+	// Single-row updates from two connections (the keys split between
+	// them) until the stream's leader was shut down and the next one
+	// stored more.
+	wctx, stopWriters := context.WithCancel(ctx)
+	var writers sync.WaitGroup
+	var updates atomic.Int64
+	errc := make(chan error, 2)
+	for w := range 2 {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			c, err := pgx.Connect(ctx, dsn)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close(context.Background())
+			for i := 0; wctx.Err() == nil; i++ {
+				id := w + 1 + 2*(i%(keys/2))
+				if _, err := c.Exec(ctx, fmt.Sprintf(`UPDATE %s.k SET n = n + 1 WHERE id = $1`, schema), id); err != nil {
+					errc <- err
+					return
+				}
+				updates.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	for updates.Load() < 200 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	leader := streamLeader(ctx, t, js)
+	t.Logf("shutting down %s, the leader of %s, after %d updates", leader, protocol.StreamCDC, updates.Load())
+	i := c.stop(leader)
+	if i < 0 {
+		t.Fatalf("no node named %s", leader)
+	}
+	c.start(t, i)              // as a supervisor would
+	waitStored(ctx, t, js, 50) // the next leader stores again
+	stopWriters()
+	writers.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	want := map[string]int{}
+	total := 0
+	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT id::text, n FROM %s.k`, schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = n
+		total += n
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every update, once, in commit order per key.
+	evs := readStream(ctx, t, js, total)
+	next := map[string]int{}
+	for i, ev := range evs {
+		if ev.Op != protocol.OpUpdate {
+			t.Fatalf("event %d: %s, want update", i, ev.Op)
+		}
+		id, n := ev.After["id"].Text, ev.After["n"].Text
+		w := next[id] + 1
+		if n != strconv.Itoa(w) {
+			t.Fatalf("event %d: key %s has n=%s after %d updates in the stream, want n=%d (out of order, lost or doubled)", i, id, n, w-1, w)
+		}
+		next[id] = w
+	}
+	for id, n := range want {
+		if next[id] != n {
+			t.Errorf("key %s: %d updates in the stream, want %d", id, next[id], n)
+		}
+	}
+	t.Logf("%d updates of %d keys in order across a leader failover; the reader restarted %d times", len(evs), keys, restarts)
+}
+
+// cluster is n JetStream servers in this process, routed into one
+// cluster.
+type cluster struct {
+	dir   string
+	ports []int // of the routes
+	nodes []*server.Server
+}
+
+func startCluster(t *testing.T, n int) *cluster {
+	t.Helper()
+	c := &cluster{dir: t.TempDir(), ports: make([]int, n), nodes: make([]*server.Server, n)}
+	for i := range c.ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.ports[i] = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	for i := range c.nodes {
+		c.start(t, i)
+	}
+	return c
+}
+
+// start starts node i, with the store it had if it ran before.
+func (c *cluster) start(t *testing.T, i int) {
+	t.Helper()
+	var routes []string
+	for _, p := range c.ports {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	opts := &server.Options{
+		ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1, NoLog: os.Getenv("SLUICE_TEST_NATS_LOG") == "", NoSigs: true, Debug: false,
+		JetStream: true, StoreDir: fmt.Sprintf("%s/n%d", c.dir, i+1), JetStreamMaxStore: 1 << 40,
+		Cluster: server.ClusterOpts{Name: "sluice-test", Host: "127.0.0.1", Port: c.ports[i]},
+		Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opts.NoLog {
+		s.ConfigureLogger()
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("server %s not ready", opts.ServerName)
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	c.nodes[i] = s
+}
+
+// stop shuts the node named name down and returns its index.
+func (c *cluster) stop(name string) int {
+	for i, n := range c.nodes {
+		if n.Name() == name {
+			n.Shutdown()
+			n.WaitForShutdown()
+			return i
+		}
+	}
+	return -1
+}
+
+// waitStored waits until SLUICE_CDC stored n more messages than it holds
+// when called.
+func waitStored(ctx context.Context, t *testing.T, js jetstream.JetStream, n uint64) {
+	t.Helper()
+	var from uint64
+	for {
+		if s, err := js.Stream(ctx, protocol.StreamCDC); err == nil {
+			if info, err := s.Info(ctx); err == nil {
+				if from == 0 {
+					from = info.State.LastSeq + 1
+				} else if info.State.LastSeq >= from-1+n {
+					return
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s stored less than %d messages more", protocol.StreamCDC, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// streamLeader waits until SLUICE_CDC has a leader and returns its name.
+func streamLeader(ctx context.Context, t *testing.T, js jetstream.JetStream) string {
+	t.Helper()
+	for {
+		s, err := js.Stream(ctx, protocol.StreamCDC)
+		if err == nil {
+			var info *jetstream.StreamInfo
+			if info, err = s.Info(ctx); err == nil && info.Cluster != nil && info.Cluster.Leader != "" {
+				return info.Cluster.Leader
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no leader of %s: %v", protocol.StreamCDC, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readStream waits until SLUICE_CDC holds n events and returns them in
+// stream order; it fails when the stream holds more.
+func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) []protocol.ChangeEvent {
+	t.Helper()
+	var out []protocol.ChangeEvent
+	var last uint64
+	for len(out) < n {
+		if ctx.Err() != nil {
+			t.Fatalf("stream holds %d events, want %d", len(out), n)
+		}
+		s, err := js.Stream(ctx, protocol.StreamCDC)
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		m, err := s.GetMsg(ctx, last+1)
+		if err != nil { // not stored yet (jetstream.ErrMsgNotFound), or no leader now
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		evs, err := protocol.DecodeChangeEvents(m.Data)
+		if err != nil {
+			t.Fatalf("message %d: %v", m.Sequence, err)
+		}
+		out = append(out, evs...)
+		last = m.Sequence
+	}
+	s, err := js.Stream(ctx, protocol.StreamCDC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != n || info.State.LastSeq != last {
+		t.Fatalf("stream holds %d events or more (last sequence %d, read to %d), want %d", len(out), info.State.LastSeq, last, n)
+	}
+	return out
+}
