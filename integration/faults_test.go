@@ -291,7 +291,14 @@ func cdcScenario(t *testing.T, c *procCluster, conn *pgx.Conn, dsn, schema, pref
 		t.Errorf("slot %s left behind", slot)
 	})
 	replica := schema + "_replica"
-	for _, q := range []string{"CREATE SCHEMA " + replica, fmt.Sprintf("CREATE TABLE %s.acct (LIKE %s INCLUDING ALL)", replica, src.table)} {
+	// applied logs every row cdc_apply writes, in the order it writes
+	// them: per key, v (the source's own update counter) must never go
+	// back, whatever the batches, retries and faults.
+	for _, q := range []string{"CREATE SCHEMA " + replica, fmt.Sprintf("CREATE TABLE %s.acct (LIKE %s INCLUDING ALL)", replica, src.table),
+		fmt.Sprintf("CREATE TABLE %s.applied (seq bigserial PRIMARY KEY, id bigint NOT NULL, v bigint NOT NULL)", replica),
+		fmt.Sprintf("CREATE FUNCTION %[1]s.log_applied() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO %[1]s.applied (id, v) VALUES (NEW.id, NEW.v); RETURN NULL; END$$", replica),
+		fmt.Sprintf("CREATE TRIGGER applied AFTER INSERT OR UPDATE ON %[1]s.acct FOR EACH ROW EXECUTE FUNCTION %[1]s.log_applied()", replica),
+	} {
 		if _, err := conn.Exec(ctx, q); err != nil {
 			t.Fatal(err)
 		}
@@ -360,6 +367,7 @@ func cdcScenario(t *testing.T, c *procCluster, conn *pgx.Conn, dsn, schema, pref
 		t.Errorf("rows that differ: %s", strings.Join(diff, "; "))
 	}
 	t.Logf("%s: replica = source = %s after %d changes", apply, want, changes)
+	checkAppliedOrder(t, conn, replica+".applied")
 	s, _ := c.streamOf(cdc)
 	if s.SnapshotRun != snap.SnapshotRun {
 		t.Logf("%s: the snapshot run %s failed; %s took it again on a new slot", cdc, snap.SnapshotRun, s.SnapshotRun)
@@ -372,6 +380,23 @@ func cdcScenario(t *testing.T, c *procCluster, conn *pgx.Conn, dsn, schema, pref
 
 // A worker killed with SIGKILL running a snapshot chunk task, then the
 // worker streaming the slot, then the worker holding cdc_apply's stream.
+// checkAppliedOrder checks the log of the rows an applier wrote (seq, id,
+// v): per id, v, the source's update counter, never goes back.
+func checkAppliedOrder(t *testing.T, conn *pgx.Conn, log string) {
+	t.Helper()
+	var n, back int64
+	var example string
+	err := conn.QueryRow(context.Background(), fmt.Sprintf(`SELECT count(*), count(*) FILTER (WHERE v < prev),
+		coalesce(min(CASE WHEN v < prev THEN 'id ' || id || ': v ' || prev || ' then ' || v END), '')
+		FROM (SELECT id, v, lag(v) OVER (PARTITION BY id ORDER BY seq) AS prev FROM %s) l`, log)).Scan(&n, &back, &example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 || back > 0 {
+		t.Errorf("%s: %d rows applied, %d of them older than the key's row applied before (%s)", log, n, back, example)
+	}
+}
+
 func TestFaultMatrixWorkerKill9CDC(t *testing.T) {
 	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)

@@ -128,9 +128,10 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 	var evs []event
 	var keys []string
 	var parts []int32
+	var offs []int64
 	want := initial + changes
 	ok := waitForOK(2*time.Minute, func() bool {
-		evs, keys, parts = nil, nil, nil
+		evs, keys, parts, offs = nil, nil, nil, nil
 		recs, err := kafka.ReadAll(ctx, k.Config(), "shop."+schema+".accounts", true)
 		if err != nil {
 			return false // not created yet
@@ -143,7 +144,7 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 			if err := json.Unmarshal(r.Value, &e); err != nil {
 				t.Fatalf("value %s: %v", r.Value, err)
 			}
-			evs, keys, parts = append(evs, e), append(keys, string(r.Key)), append(parts, r.Partition)
+			evs, keys, parts, offs = append(evs, e), append(keys, string(r.Key)), append(parts, r.Partition), append(offs, r.Offset)
 		}
 		return len(evs) >= want
 	})
@@ -154,7 +155,17 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 	partOf := map[string]int32{}
 	state := map[string]map[string]any{}
 	reads := 0
+	// Per key, in offset order (one partition), the source's positions:
+	// the read event first, then every change at a later WAL position.
+	lastLSN := map[string]int64{}
+	lastOff := map[string]int64{}
 	for i, e := range evs {
+		if prev, ok := lastLSN[keys[i]]; ok {
+			if offs[i] <= lastOff[keys[i]] || e.Op == "r" || e.Source.LSN <= prev {
+				t.Fatalf("key %s: %s at LSN %d offset %d after an event at LSN %d offset %d: not in commit order", keys[i], e.Op, e.Source.LSN, offs[i], prev, lastOff[keys[i]])
+			}
+		}
+		lastLSN[keys[i]], lastOff[keys[i]] = e.Source.LSN, offs[i]
 		if e.Op == "r" {
 			reads++
 		} else {

@@ -11,9 +11,13 @@
 // MaxMessageBytes; its Nats-Msg-Id is <slot>:<commit LSN>:<index in
 // transaction of its first event> and its Sluice-Events header the count.
 // The packing depends only on the WAL and those two bounds, so a
-// transaction published again gets the same messages and ids. At most
-// MaxInFlight events await their ack, even within one transaction larger
-// than that. The slot's confirmed flush LSN advances only to the end
+// transaction published again gets the same messages and ids. One message
+// at a time awaits its ack, the next being decoded meanwhile: a message is
+// published only once every earlier one of the slot is stored, so a
+// failover of the stream's leader, which loses what was in flight to it,
+// can never leave a later message stored before an earlier one published
+// again; per slot (and so per key) the stream holds the changes in WAL
+// order. The slot's confirmed flush LSN advances only to the end
 // of a transaction whose every event JetStream acknowledged (or to a
 // heartbeat message that follows only acknowledged transactions), so a
 // Reader stopped at any point and started again on the same slot

@@ -46,8 +46,10 @@ type Config struct {
 	Heartbeat time.Duration
 	// StatusInterval is the interval of standby status updates; 0 means 10s.
 	StatusInterval time.Duration
-	// MaxInFlight bounds the events published but not yet acknowledged,
-	// within one transaction too; 0 means 10000.
+	// MaxInFlight bounded the events published but not yet acknowledged.
+	// The Reader now has one message (at most MessageEvents events) in
+	// flight at a time, which keeps its slot's order across a failover of
+	// the stream's leader (see flushAs): it is accepted and has no effect.
 	MaxInFlight int
 	// MessageEvents is the most events packed into one message; 0 means
 	// DefaultMessageEvents, 1 publishes every event alone. A message holds
