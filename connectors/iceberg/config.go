@@ -2,6 +2,7 @@ package iceberg
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -386,5 +387,21 @@ func Register(reg *connectors.Registry) {
 		ValidateDataset:  validateDataset,
 		SinkMerges:       true,
 		SinkValueWindows: true,
+		Positions:        &connectors.Positions{Check: checkByPosition},
 	})
+}
+
+// checkByPosition accepts a source read by position (incremental.by)
+// only with read: appended: its position is the snapshot the previous run
+// reached, and each run reads the data files appended since; a run of
+// read: snapshot would read the whole table again every time. It reads
+// only that field: the rest may hold ${ENV} references, not expanded here.
+func checkByPosition(config json.RawMessage) error {
+	var c struct {
+		Read string `json:"read"`
+	}
+	if err := json.Unmarshal(config, &c); err == nil && c.Read != ReadAppended {
+		return errors.New("an iceberg source read by position reads the data files appended since the previous run: set read: appended")
+	}
+	return nil
 }
