@@ -410,6 +410,7 @@ func Register(reg *connectors.Registry) {
 		ValidateDataset:  validateDataset,
 		SinkMerges:       true,
 		SinkValueWindows: true,
+		SinkAppends:      true,
 		Positions:        &connectors.Positions{Check: checkByPosition},
 	})
 }
