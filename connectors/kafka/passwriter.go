@@ -216,9 +216,6 @@ func (w *passWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
 				return fmt.Errorf("begin transaction: %w", err)
 			}
 		}
-		out := &kgo.Record{Topic: w.s.cfg.Topic, Partition: w.part, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp}
-		w.txn.Produce(ctx, out, w.done)
-		w.inTxn++
 		w.mark.Rows++
 		w.mark.Sum += connectors.RowHash(r.Value)
 		n := int64(len(r.Key) + len(r.Value))
@@ -226,6 +223,11 @@ func (w *passWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
 			n += int64(len(h.Key) + len(h.Value))
 		}
 		w.mark.Bytes += n
+		// The record is produced as it was fetched (key, value, headers,
+		// timestamp), to the target; the producer sets the rest.
+		*r = kgo.Record{Topic: w.s.cfg.Topic, Partition: w.part, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp}
+		w.txn.Produce(ctx, r, w.done)
+		w.inTxn++
 	}
 	w.mu.Lock()
 	err = w.perr
@@ -237,7 +239,8 @@ func (w *passWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
 }
 
 // unitRecords returns the records of u: the source's own when it comes
-// from a kafka source in this process, else decoded from its bytes.
+// from a kafka source in this process, else decoded from its bytes. The
+// writer takes them: the source hands a fetch's records over once.
 func unitRecords(u connectors.Unit) ([]*kgo.Record, error) {
 	if b, ok := u.Body.(*recordsBody); ok {
 		return b.recs, nil
