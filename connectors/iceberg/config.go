@@ -384,6 +384,7 @@ func Register(reg *connectors.Registry) {
 			return err
 		},
 		ValidateDataset:  validateDataset,
+		SourceSnapshots:  true,
 		SinkMerges:       true,
 		SinkValueWindows: true,
 	})
