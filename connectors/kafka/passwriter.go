@@ -134,6 +134,7 @@ func (w *passWriter) open(ctx context.Context, u connectors.Unit) error {
 		kgo.TransactionTimeout(s.cfg.transactionTimeout()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(maxBuffered), kgo.MaxBufferedBytes(maxBufferedBytes),
 	)
 	if err != nil {
 		return err

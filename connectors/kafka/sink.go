@@ -21,6 +21,15 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 )
 
+// maxBuffered and maxBufferedBytes bound the records a producer of the
+// sink holds before the brokers acknowledge them (franz-go's default is
+// 10,000 records): a fetch of 8 MiB holds more, and a producer that
+// blocks stops the fetch.
+const (
+	maxBuffered      = 1 << 17
+	maxBufferedBytes = 64 << 20
+)
+
 // headerAttempt is the header of a staged record naming the attempt
 // that wrote it; the commit drops it.
 const headerAttempt = "sluice-attempt"
@@ -56,7 +65,7 @@ func NewSink(c SinkConfig) (*Sink, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	cl, err := c.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond))
+	cl, err := c.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(maxBuffered), kgo.MaxBufferedBytes(maxBufferedBytes))
 	if err != nil {
 		return nil, err
 	}
@@ -252,6 +261,7 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 		kgo.TransactionTimeout(s.cfg.transactionTimeout()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(maxBuffered), kgo.MaxBufferedBytes(maxBufferedBytes),
 	)
 	if err != nil {
 		return res, err
