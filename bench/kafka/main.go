@@ -179,7 +179,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		"sluice_kafka_to_parquet":  {Key: "sluice_kafka_to_parquet", Label: "(b) Sluice Kafka -> Parquet files (full load)", Baseline: "bare_consume_to_parquet", Target: targetParquet},
 		"bare_consume_produce":     {Key: "bare_consume_produce", Label: "(c) franz-go consume loop -> produce, one transaction"},
 		"sluice_kafka_to_kafka":    {Key: "sluice_kafka_to_kafka", Label: "(d) Sluice Kafka -> Kafka (full load, one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
-		"sluice_kafka_passthrough": {Key: "sluice_kafka_passthrough", Label: "(e) Sluice Kafka -> Kafka passthrough (a transaction per partition and records-per-task, offsets in it)", Baseline: "bare_consume_produce", Target: targetKafka},
+		"sluice_kafka_passthrough": {Key: "sluice_kafka_passthrough", Label: "(e) Sluice Kafka -> Kafka passthrough (transactions per partition, offsets in them)", Baseline: "bare_consume_produce", Target: targetKafka},
 	}
 
 	reg := connectors.NewRegistry()
