@@ -105,6 +105,9 @@ type tree interface {
 	marker(ctx context.Context, dir string) (marker, error)
 	// exists reports whether the file rel exists.
 	exists(ctx context.Context, rel string) (bool, error)
+	// read returns the content of the file rel, an error wrapping
+	// fs.ErrNotExist without one.
+	read(ctx context.Context, rel string) ([]byte, error)
 }
 
 // localTree is a dataset on a local disk.
@@ -170,6 +173,10 @@ func (t localTree) exists(_ context.Context, rel string) (bool, error) {
 	return err == nil, err
 }
 
+func (t localTree) read(_ context.Context, rel string) ([]byte, error) {
+	return os.ReadFile(t.path(rel))
+}
+
 // s3Tree is a dataset under an S3 prefix.
 type s3Tree struct{ r *s3Root }
 
@@ -204,6 +211,10 @@ func (t s3Tree) marker(ctx context.Context, dir string) (marker, error) {
 
 func (t s3Tree) exists(ctx context.Context, rel string) (bool, error) {
 	return t.r.b.Exists(ctx, t.r.key(rel))
+}
+
+func (t s3Tree) read(ctx context.Context, rel string) ([]byte, error) {
+	return t.r.b.Get(ctx, t.r.key(rel))
 }
 
 // decodeMarker decodes a _SUCCESS marker; an empty one (a change log

@@ -203,9 +203,9 @@ func (s *Source) list(ctx context.Context, root string) (string, []fileRef, stri
 		err   error
 	)
 	if s.s3 != nil {
-		base, found, err = s.s3.walk(ctx, root)
+		base, found, err = followSwitch(ctx, s3TreeAt(s.s3), s.s3.walker(root))
 	} else {
-		base, found, err = walkLocal(ctx, root)
+		base, found, err = followSwitch(ctx, localTreeAt, localWalker(root))
 	}
 	if err != nil {
 		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
@@ -245,6 +245,18 @@ func walkLocal(ctx context.Context, root string) (string, map[string]fileRef, er
 		found[o.Path] = fileRef{Path: o.Path, Size: o.Size, MTime: o.MTime}
 	}
 	return base, found, err
+}
+
+// localWalker walks the local directory root (or reads the file root).
+func localWalker(root string) walker {
+	return func(ctx context.Context) (string, map[string]fileRef, bool, error) {
+		base, found, err := walkLocal(ctx, root)
+		if err != nil {
+			return "", nil, false, err
+		}
+		st, err := os.Stat(root)
+		return base, found, err == nil && !st.IsDir(), err
+	}
 }
 
 // selectFiles picks the files of the configured format or glob among
