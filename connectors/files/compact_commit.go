@@ -554,8 +554,9 @@ func replacedNames(m marker) map[string]bool {
 
 // fillRewrite makes the directory building hold the rewrite: links to
 // the kept files, the outputs moved out of the run's staging (found in
-// building when an interrupted commit moved them), the marker; anything
-// else in it is removed.
+// building when an interrupted commit moved them), the marker (replaced
+// in one rename: readers of the switch manifest may read a rewrite a
+// commit repeated fills again); anything else in it is removed.
 func (s *Sink) fillRewrite(ctx context.Context, building, runID string, links map[string]string, rw *rewrite) error {
 	if err := os.MkdirAll(building, 0o755); err != nil {
 		return err
@@ -565,8 +566,8 @@ func (s *Sink) fillRewrite(ctx context.Context, building, runID string, links ma
 		return err
 	}
 	for _, e := range entries {
-		if _, ok := links[e.Name()]; ok {
-			continue
+		if _, ok := links[e.Name()]; ok || e.Name() == SuccessFile {
+			continue // the marker is replaced below, never missing
 		}
 		if _, ok := rw.outputs[e.Name()]; ok {
 			continue
