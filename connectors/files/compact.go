@@ -46,7 +46,9 @@ import (
 // groups against the marker; builds the rewrite (the partition's other
 // files linked, or copied on the server, beside the groups' outputs, and
 // a marker that keeps the partition's run, rows and checksum and records
-// the compaction); and swaps it in. A partition whose files changed since
+// the compaction); once every partition's rewrite is built, switches them
+// all in with one write of the dataset's switch manifest (see switch.go),
+// then swaps each in its own place. A partition whose files changed since
 // the plan is left out. Files written beside a partition's files while it
 // was compacted (a change log's late events) are moved into the rewrite.
 

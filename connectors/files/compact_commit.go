@@ -33,8 +33,11 @@ type unitOutcome struct {
 // together (see Compaction): first it builds every partition's rewrite
 // beside the partition, unexposed, with every check; only when all are
 // built does it record, in the run's staging, that the run is swapping
-// (_swapping), and swap them in one after another (renames and pointer
-// writes, no copying). A commit that fails before the record exposes
+// (_swapping), write the dataset's switch manifest naming every
+// partition's rewrite (readers that follow it see them all at once), and
+// swap them in one after another for the others (exchanges of hard-linked
+// copies, pointer writes; on S3 a partition without a pointer has its
+// rewrite copied in first). A commit that fails before the record exposes
 // nothing of the run; one repeated after a crash once the record exists
 // swaps in every partition the crash left out (it rolls forward). Then
 // it removes the run's staging.
