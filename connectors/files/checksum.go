@@ -35,7 +35,7 @@ func ReadChecksum(dir string, format string) (connectors.Checksum, error) {
 	if objstore.IsURL(dir) {
 		return readChecksumS3(dir, format)
 	}
-	base, found, err := followSwitch(context.Background(), localTreeAt, localWalker(dir))
+	base, found, _, err := followSwitch(context.Background(), localTreeAt, localWalker(dir))
 	if err != nil {
 		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
 	}
@@ -78,7 +78,7 @@ func readChecksumS3(dir, format string) (connectors.Checksum, error) {
 		return sum, err
 	}
 	defer r.b.Close()
-	base, found, err := followSwitch(ctx, s3TreeAt(r), r.walker(dir))
+	base, found, _, err := followSwitch(ctx, s3TreeAt(r), r.walker(dir))
 	if err != nil {
 		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
 	}

@@ -201,36 +201,51 @@ type walker func(ctx context.Context) (base string, found map[string]fileRef, fi
 // under it (paths relative to base); the switch manifest of the dataset
 // at or above base then replaces the files of the partitions it names
 // (see the switch above). It returns the base the paths are relative to,
-// which is the dataset's when the manifest changed what was listed. A
-// reader of one file reads that file.
-func followSwitch(ctx context.Context, open treeAt, walk walker) (string, map[string]fileRef, error) {
+// which is the dataset's when the manifest changed what was listed, and
+// then where the directory listed lies in it (within; see logicalRel).
+// A reader of one file reads that file.
+func followSwitch(ctx context.Context, open treeAt, walk walker) (base string, found map[string]fileRef, within string, err error) {
 	for attempt := 0; ; attempt++ {
 		base, found, file, err := walk(ctx)
 		if err != nil || file {
-			return base, found, err
+			return base, found, "", err
 		}
 		root, within, t, m, err := findSwitch(ctx, open, base)
 		if err != nil || m == nil {
-			return base, found, err
+			return base, found, "", err
 		}
 		out, changed, err := applySwitch(ctx, t, within, m, found)
 		if err != nil {
-			return "", nil, fmt.Errorf("follow the switch manifest of %s: %w", root, err)
+			return "", nil, "", fmt.Errorf("follow the switch manifest of %s: %w", root, err)
 		}
 		again, err := readSwitch(ctx, t)
 		if err != nil {
-			return "", nil, fmt.Errorf("follow the switch manifest of %s: %w", root, err)
+			return "", nil, "", fmt.Errorf("follow the switch manifest of %s: %w", root, err)
 		}
 		if again != nil && again.Run == m.Run {
 			if !changed {
-				return base, found, nil
+				return base, found, "", nil
 			}
-			return root, out, nil
+			return root, out, within, nil
 		}
 		if attempt >= 4 {
-			return "", nil, fmt.Errorf("follow the switch manifest of %s: compactions switched it %d times while it was listed", root, attempt+1)
+			return "", nil, "", fmt.Errorf("follow the switch manifest of %s: compactions switched it %d times while it was listed", root, attempt+1)
 		}
 	}
+}
+
+// logicalRel is where a file followSwitch listed (rel, relative to the
+// base it returned) lies for the reader that listed the directory within
+// it: a rewrite's file under _compacted/<run>/ in its partition, relative
+// to that directory.
+func logicalRel(rel, within string) string {
+	if rest, ok := strings.CutPrefix(rel, compactedDir+"/"); ok {
+		_, rel, _ = strings.Cut(rest, "/")
+	}
+	if within != "" {
+		rel = strings.TrimPrefix(rel, within+"/")
+	}
+	return rel
 }
 
 // findSwitch looks for the switch manifest of the dataset at base or up
