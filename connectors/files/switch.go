@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/sluicehq/sluice/objstore"
 )
 
@@ -284,63 +286,113 @@ func findSwitch(ctx context.Context, open treeAt, base string) (string, string, 
 	return "", "", nil, nil, nil
 }
 
+// switchLookups bounds the partitions applySwitch looks at at once (on
+// S3 each costs a few requests).
+const switchLookups = 16
+
+// switchedUnit is what a reader reads of one partition a manifest names:
+// the rewrite's data files and the partition's files it did not replace;
+// ok false when the partition is read as listed.
+type switchedUnit struct {
+	ok    bool
+	files []fileRef
+}
+
+// lookupSwitched tells what a reader reads of the partition of entry e
+// of the dataset t.
+func lookupSwitched(ctx context.Context, t tree, e switchEntry) (switchedUnit, error) {
+	state, err := unitIdentity(ctx, t, e.Unit)
+	if err != nil {
+		return switchedUnit{}, err
+	}
+	if state != e.From && state != e.Swapped {
+		return switchedUnit{}, nil // replaced since by another writer
+	}
+	// The rewrite is listed before its marker is read: a vacuum removes
+	// the marker first, so a listing followed by a marker is whole.
+	files, _, err := t.list(ctx, e.To)
+	if err != nil {
+		return switchedUnit{}, err
+	}
+	loose, _, err := t.list(ctx, e.Unit)
+	if err != nil {
+		return switchedUnit{}, err
+	}
+	rewrite, err := t.marker(ctx, e.To)
+	if errors.Is(err, fs.ErrNotExist) {
+		return switchedUnit{}, nil // removed by a vacuum: the partition's own files
+	}
+	if err != nil {
+		return switchedUnit{}, err
+	}
+	u := switchedUnit{ok: true}
+	names := map[string]bool{}
+	for _, f := range dataFiles(files) {
+		names[path.Base(f.Path)] = true
+		u.files = append(u.files, f)
+	}
+	var replaced []string
+	if rewrite.Compacted != nil {
+		replaced = rewrite.Compacted.Replaced
+	}
+	for _, f := range dataFiles(loose) {
+		if !names[path.Base(f.Path)] && !slices.Contains(replaced, f.Path) {
+			u.files = append(u.files, f)
+		}
+	}
+	return u, nil
+}
+
 // applySwitch applies manifest m of the dataset t to found, the files a
 // reader listed under the dataset's directory within. It returns the
 // files relative to the dataset, and whether any partition was replaced.
 func applySwitch(ctx context.Context, t tree, within string, m *switchManifest, found map[string]fileRef) (map[string]fileRef, bool, error) {
+	var entries []switchEntry
+	for _, e := range m.Partitions {
+		if within == "" || e.Unit == within || strings.HasPrefix(e.Unit, within+"/") {
+			entries = append(entries, e) // inside what is read
+		}
+	}
+	units := make([]switchedUnit, len(entries))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(switchLookups)
+	for i, e := range entries {
+		g.Go(func() error {
+			var err error
+			units[i], err = lookupSwitched(gctx, t, e)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, false, err
+	}
 	out := make(map[string]fileRef, len(found))
 	for rel, f := range found {
 		rel = joinRel(within, rel)
 		f.Path = rel
 		out[rel] = f
 	}
-	changed := false
-	for _, e := range m.Partitions {
-		if within != "" && e.Unit != within && !strings.HasPrefix(e.Unit, within+"/") {
-			continue // outside what is read
+	drop := map[string]bool{}
+	for i, e := range entries {
+		if units[i].ok {
+			drop[e.Unit] = true
 		}
-		state, err := unitIdentity(ctx, t, e.Unit)
-		if err != nil {
-			return nil, false, err
-		}
-		if state != e.From && state != e.Swapped {
-			continue // replaced since by another writer
-		}
-		rewrite, err := t.marker(ctx, e.To)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed by a vacuum: the partition's own files
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		files, _, err := t.list(ctx, e.To)
-		if err != nil {
-			return nil, false, err
-		}
-		loose, _, err := t.list(ctx, e.Unit)
-		if err != nil {
-			return nil, false, err
-		}
-		for rel := range out {
-			if strings.HasPrefix(rel, e.Unit+"/") {
+	}
+	if len(drop) == 0 {
+		return out, false, nil
+	}
+	for rel := range out {
+		for d := dirOf(rel); d != ""; d = dirOf(d) {
+			if drop[d] {
 				delete(out, rel)
+				break
 			}
 		}
-		names := map[string]bool{}
-		for _, f := range dataFiles(files) {
-			names[path.Base(f.Path)] = true
+	}
+	for i := range entries {
+		for _, f := range units[i].files {
 			out[f.Path] = f
 		}
-		var replaced []string
-		if rewrite.Compacted != nil {
-			replaced = rewrite.Compacted.Replaced
-		}
-		for _, f := range dataFiles(loose) {
-			if !names[path.Base(f.Path)] && !slices.Contains(replaced, f.Path) {
-				out[f.Path] = f
-			}
-		}
-		changed = true
 	}
-	return out, changed, nil
+	return out, true, nil
 }

@@ -28,6 +28,11 @@ type vacuumItem struct {
 	files []string
 	why   string
 	run   string
+	// markersFirst removes the directory's _SUCCESS markers before its
+	// other files (locally: renames it out of the way first), so that a
+	// reader never finds a marker beside a part of its files (a switch's
+	// rewrites: see lookupSwitched).
+	markersFirst bool
 }
 
 // anyRun marks what a run in flight, whichever, may still use.
@@ -222,10 +227,10 @@ func switchLeftovers(ctx context.Context, t tree, old func(time.Time) bool, now 
 		rel := joinRel(compactedDir, run)
 		switch {
 		case m == nil:
-			items = append(items, vacuumItem{rel: rel, dir: true, run: run, why: fmt.Sprintf("rewrites of compaction %s, never switched in", run)})
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true, why: fmt.Sprintf("rewrites of compaction %s, never switched in", run)})
 		case !old(m.Time):
 		case run != m.Run:
-			items = append(items, vacuumItem{rel: rel, dir: true, run: run,
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
 				why: fmt.Sprintf("rewrites of compaction %s, superseded by compaction %s %s ago", run, m.Run, now.Sub(m.Time).Round(time.Second))})
 		default:
 			pending := false
@@ -237,7 +242,7 @@ func switchLeftovers(ctx context.Context, t tree, old func(time.Time) bool, now 
 				pending = pending || state == e.From
 			}
 			if !pending {
-				items = append(items, vacuumItem{rel: rel, dir: true, run: run,
+				items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
 					why: fmt.Sprintf("rewrites of compaction %s as the switch manifest named them, swapped in %s ago", run, now.Sub(m.Time).Round(time.Second))})
 			}
 		}
@@ -434,6 +439,20 @@ func (s *Sink) remove(ctx context.Context, it vacuumItem) error {
 			}
 			return s.s3.b.Delete(ctx, keys...)
 		}
+		if it.markersFirst {
+			var markers []string
+			if err := s.s3.b.List(ctx, s.s3.dir(it.rel), func(o objstore.Object) error {
+				if path.Base(o.Key) == SuccessFile {
+					markers = append(markers, o.Key)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			if err := s.s3.b.Delete(ctx, markers...); err != nil {
+				return err
+			}
+		}
 		return s.s3.b.DeletePrefix(ctx, s.s3.dir(it.rel))
 	}
 	if !it.dir {
@@ -444,5 +463,13 @@ func (s *Sink) remove(ctx context.Context, it vacuumItem) error {
 		}
 		return nil
 	}
-	return os.RemoveAll(filepath.Join(s.root, filepath.FromSlash(it.rel)))
+	dir := filepath.Join(s.root, filepath.FromSlash(it.rel))
+	if it.markersFirst {
+		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".removing")
+		if err := os.Rename(dir, gone); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		dir = gone
+	}
+	return os.RemoveAll(dir)
 }
