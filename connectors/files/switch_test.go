@@ -217,6 +217,7 @@ func testCompactSwitch(t *testing.T, s3 bool) {
 			r, err := readDataset(ctx, root)
 			if err != nil {
 				failed++
+				time.Sleep(5 * time.Millisecond)
 				continue
 			}
 			reads++
