@@ -120,8 +120,9 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 }
 
 // switchTo writes the dataset's switch manifest naming the rewrites of
-// the run's partitions (not a version's: current switches it alone),
-// unless it names the run already (a commit repeated).
+// the run's partitions (not a version's: current switches it alone), and
+// the partitions of the manifest it replaces still waiting for their
+// swap, unless it names the run already (a commit repeated).
 func (s *Sink) switchTo(ctx context.Context, runID string, built []*rewrite) error {
 	m := switchManifest{Run: runID, Time: s.now().UTC()}
 	for _, rw := range built {
@@ -137,9 +138,30 @@ func (s *Sink) switchTo(ctx context.Context, runID string, built []*rewrite) err
 	if len(m.Partitions) == 0 {
 		return nil
 	}
-	cur, err := readSwitch(ctx, s.tree())
+	t := s.tree()
+	cur, err := readSwitch(ctx, t)
 	if err != nil || cur != nil && cur.Run == runID {
 		return err
+	}
+	if cur != nil {
+		// A partition an earlier switch named that is still waiting for
+		// its swap (its commit failed after the switch) stays switched.
+		have := map[string]bool{}
+		for _, e := range m.Partitions {
+			have[e.Unit] = true
+		}
+		for _, e := range cur.Partitions {
+			if have[e.Unit] {
+				continue
+			}
+			state, err := unitIdentity(ctx, t, e.Unit)
+			if err != nil {
+				return err
+			}
+			if state == e.From {
+				m.Partitions = append(m.Partitions, e)
+			}
+		}
 	}
 	return s.writeSwitch(ctx, m)
 }

@@ -207,12 +207,11 @@ func (s *Sink) vacuumItems(ctx context.Context, t tree, now time.Time, retention
 }
 
 // switchLeftovers lists the rewrites under _compacted/<run>/ that no
-// reader of the switch manifest needs any more: those of the run the
-// manifest names once every partition of it is swapped in and the switch
-// is older than the retention (old); those of other runs (an earlier
-// switch, a commit that never switched) once the manifest is older than
-// the retention, or at once without a manifest. A run in flight keeps
-// its own.
+// reader of the switch manifest needs any more: never those the manifest
+// names for a partition still waiting for its swap; those of the run the
+// manifest names, and of other runs (an earlier switch, a commit that
+// never switched), once the manifest is older than the retention (old),
+// or at once without a manifest. A run in flight keeps its own.
 func switchLeftovers(ctx context.Context, t tree, old func(time.Time) bool, now time.Time) ([]vacuumItem, error) {
 	_, runs, err := t.list(ctx, compactedDir)
 	if err != nil || len(runs) == 0 {
@@ -222,29 +221,37 @@ func switchLeftovers(ctx context.Context, t tree, old func(time.Time) bool, now 
 	if err != nil {
 		return nil, err
 	}
+	pending := map[string]bool{}
+	if m != nil {
+		for _, e := range m.Partitions {
+			rest, ok := strings.CutPrefix(e.To, compactedDir+"/")
+			if !ok {
+				continue
+			}
+			state, err := unitIdentity(ctx, t, e.Unit)
+			if err != nil {
+				return nil, err
+			}
+			if state == e.From {
+				run, _, _ := strings.Cut(rest, "/")
+				pending[run] = true
+			}
+		}
+	}
 	var items []vacuumItem
 	for _, run := range runs {
 		rel := joinRel(compactedDir, run)
 		switch {
+		case pending[run]:
 		case m == nil:
 			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true, why: fmt.Sprintf("rewrites of compaction %s, never switched in", run)})
 		case !old(m.Time):
-		case run != m.Run:
+		case run == m.Run:
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
+				why: fmt.Sprintf("rewrites of compaction %s as the switch manifest named them, swapped in %s ago", run, now.Sub(m.Time).Round(time.Second))})
+		default:
 			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
 				why: fmt.Sprintf("rewrites of compaction %s, superseded by compaction %s %s ago", run, m.Run, now.Sub(m.Time).Round(time.Second))})
-		default:
-			pending := false
-			for _, e := range m.Partitions {
-				state, err := unitIdentity(ctx, t, e.Unit)
-				if err != nil {
-					return nil, err
-				}
-				pending = pending || state == e.From
-			}
-			if !pending {
-				items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
-					why: fmt.Sprintf("rewrites of compaction %s as the switch manifest named them, swapped in %s ago", run, now.Sub(m.Time).Round(time.Second))})
-			}
 		}
 	}
 	return items, nil
