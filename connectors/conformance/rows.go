@@ -36,7 +36,7 @@ const Null = "\x00null"
 // (strconv.FormatFloat with 'g', -1 and 32 or 64); a bool true or false;
 // a time in RFC 3339 with nanoseconds, in UTC; a decimal at its scale;
 // bytes in standard base64; a JSON number as its literal; a JSON object
-// or array as its compact JSON text.
+// or array as its JSON text from json.Marshal (compact, keys sorted).
 type Table struct {
 	Columns []string
 	Rows    [][]string
@@ -76,6 +76,23 @@ func Concat(ts ...Table) Table {
 			r = append(r, Null)
 		}
 		out.Rows[i] = r
+	}
+	return out
+}
+
+// Project returns t with only the columns named, in that order (Null
+// where t has no such column).
+func (t Table) Project(columns ...string) Table {
+	out := Table{Columns: columns}
+	for _, r := range t.Rows {
+		row := make([]string, len(columns))
+		for j, c := range columns {
+			row[j] = Null
+			if k := slices.Index(t.Columns, c); k >= 0 {
+				row[j] = value(r, k)
+			}
+		}
+		out.Rows = append(out.Rows, row)
 	}
 	return out
 }
@@ -290,9 +307,15 @@ func jsonText(raw json.RawMessage) (string, error) {
 		err := json.Unmarshal(raw, &s)
 		return s, err
 	case '{', '[':
-		var b bytes.Buffer
-		err := json.Compact(&b, raw)
-		return b.String(), err
+		// Keys sorted, numbers as their literals.
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return "", err
+		}
+		b, err := json.Marshal(v)
+		return string(b), err
 	}
 	return string(raw), nil // a number's literal, true, false
 }
