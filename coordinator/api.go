@@ -497,6 +497,9 @@ func (t *leaderTerm) pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	if p.Spec.Trigger.External() {
 		s.Events = t.ext.get(p.Spec.Name)
 	}
+	if s.Ready != nil {
+		s.Ready.Checks, s.Ready.Checked = t.checks.get(p.Spec.Name)
+	}
 	if p.Spec.Pattern == protocol.PatternPassthrough || p.Spec.Incremental.Positioned() {
 		ctx, cancel := context.WithTimeout(context.Background(), lagTimeout)
 		defer cancel()

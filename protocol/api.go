@@ -185,6 +185,11 @@ type ReadyStatus struct {
 	// Pending is a partition found complete whose announcement the leader
 	// has not recorded yet.
 	Pending string `json:"pending,omitempty"`
+	// Checks counts the checks of the pipeline's next partitions the
+	// leader completed since it leads; Checked is when the last one
+	// started. A check started after a change to the source has seen it.
+	Checks  int64     `json:"checks"`
+	Checked time.Time `json:"checked,omitzero"`
 }
 
 // TriggerEvents counts what the leader did with the events of a
