@@ -554,7 +554,7 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
-		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
+		Attempt: r.attempt(), Replans: slices.Clone(r.Replans), Notified: r.Notified}
 	if r.positioned() || r.passthrough() {
 		s.Since, s.Reaches = r.Since, r.Watermark
 	}

@@ -102,7 +102,7 @@ func TestScheduleEverySecondAcrossLeaderKill(t *testing.T) {
 	}
 	assertSameRows(t, in, out)
 	// No schedule any more: no more runs, also after another pass of the
-	// scheduler (pacer's next runs).
+	// scheduler (pacer's next run).
 	n := len(runs)
 	st, err := c.client.Status(c.ctx(), protocol.StatusRequest{Pipeline: "pacer", Limit: 100})
 	if err != nil {

@@ -250,6 +250,10 @@ type RunStatus struct {
 	TraceID  string    `json:"trace_id,omitempty"`
 	Created  time.Time `json:"created"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Notified tells that the leader has published the end of the run
+	// (its event on SLUICE_EVENTS) and started the runs of the pipelines
+	// that run after it.
+	Notified bool `json:"notified,omitempty"`
 	// LogicalTime is the run's logical time (a scheduled run's tick).
 	LogicalTime time.Time `json:"logical_time,omitzero"`
 	// Window is the window of an incremental run; Live tells whether the
