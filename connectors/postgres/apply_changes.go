@@ -230,6 +230,33 @@ func (t *tableChanges) add(ev connectors.Event) error {
 	}
 	base := t.rows[keyString(oldKey)]
 	t.addCols(ev.After)
+	// The new row as it is, unless it leaves a value unchanged: then a
+	// copy with what earlier images of the batch say of it. Rows are
+	// never changed in place (a batch may be collected again).
+	img := ev.After
+	if hasUnchanged(ev.After) {
+		img = t.resolve(ev, base)
+	}
+	origin := oldKey
+	if base != nil && !base.deleted {
+		origin = base.origin
+	}
+	if base != nil && base.deleted && hasUnchanged(img) {
+		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
+	}
+	if !slices.Equal(oldKey, newKey) {
+		old := t.row(oldKey)
+		old.deleted, old.row, old.origin = true, nil, nil
+	}
+	rc := t.row(newKey)
+	rc.deleted, rc.row, rc.origin = false, img, origin
+	return nil
+}
+
+// resolve returns a copy of ev's new row with each unchanged value taken
+// from base, the row's state earlier in the batch, or else from the old
+// row the event carries (REPLICA IDENTITY FULL), where they have it.
+func (t *tableChanges) resolve(ev connectors.Event, base *rowChange) protocol.Row {
 	img := make(protocol.Row, len(ev.After))
 	for c, v := range ev.After {
 		if v.Unchanged {
@@ -246,20 +273,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		}
 		img[c] = v
 	}
-	origin := oldKey
-	if base != nil && !base.deleted {
-		origin = base.origin
-	}
-	if base != nil && base.deleted && hasUnchanged(img) {
-		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
-	}
-	if !slices.Equal(oldKey, newKey) {
-		old := t.row(oldKey)
-		old.deleted, old.row, old.origin = true, nil, nil
-	}
-	rc := t.row(newKey)
-	rc.deleted, rc.row, rc.origin = false, img, origin
-	return nil
+	return img
 }
 
 // addCols adds the columns of r that are new, in name order (a batch's
