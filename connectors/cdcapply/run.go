@@ -336,6 +336,10 @@ type held struct {
 	pending uint64 // the consumer's undelivered messages at its delivery
 	events  int
 	bytes   int
+	// decoded holds the message's events when they were decoded ahead
+	// (while the batch before was applied); nil when not, or when
+	// decoding failed (take decodes it again, which reports the error).
+	decoded []protocol.ChangeEvent
 }
 
 func newBatcher(r *Runner, cons jetstream.Consumer, applied uint64) *batcher {
@@ -421,6 +425,10 @@ func (b *batcher) next(ctx context.Context) error {
 		}
 	}
 	n, events := b.take()
+	// The next batch is decoded while this one is applied: decoding is
+	// the runner's own work, applying mostly the target's.
+	ahead := b.decodeAhead(n)
+	defer ahead()
 	var ack jetstream.Msg // the last message to acknowledge
 	if n > 0 {
 		from, to := events[0].Seq, events[len(events)-1].Seq
@@ -448,6 +456,7 @@ func (b *batcher) next(ctx context.Context) error {
 		r.status.CommitTime = commitTime
 		r.mu.Unlock()
 		r.log.Debug("cdc apply batch", "from", from, "to", b.applied, "messages", n, "events", len(events))
+		ahead()
 		b.remove(n)
 	} else if skipped != nil && len(b.carry) == 0 {
 		ack = skipped
@@ -523,6 +532,45 @@ func (b *batcher) fetch(count int) (gap bool, skipped jetstream.Msg, err error) 
 	return false, skipped, nil
 }
 
+// decodeAhead decodes, in a goroutine, the messages of the carry after
+// its first n that the next batch takes, and returns the function that
+// waits for it and keeps their events in the carry: it must be called
+// before the carry changes, and may be called more than once.
+func (b *batcher) decodeAhead(n int) (wait func()) {
+	var datas [][]byte
+	size := 0
+	for _, h := range b.carry[n:] {
+		if len(datas) > 0 && size+h.events > b.r.cfg.BatchSize {
+			break
+		}
+		size += h.events
+		datas = append(datas, h.msg.Data())
+	}
+	if len(datas) == 0 || n == 0 {
+		return func() {}
+	}
+	done := make(chan [][]protocol.ChangeEvent, 1)
+	go func() {
+		out := make([][]protocol.ChangeEvent, len(datas))
+		for i, data := range datas {
+			evs, err := protocol.AppendChangeEvents(nil, data)
+			if err == nil {
+				out[i] = evs
+			}
+		}
+		done <- out
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			out := <-done
+			for i, evs := range out {
+				b.carry[n+i].decoded = evs
+			}
+		})
+	}
+}
+
 // take decodes the batch at the head of the carry: whole messages up to
 // BatchSize events, and at least one message. n is the number of messages
 // taken. A malformed message sets b.stop and is dropped from the carry with
@@ -539,14 +587,18 @@ func (b *batcher) take() (n int, events []Event) {
 	events = make([]Event, 0, size)
 	defer func() { clear(b.decoded[:cap(b.decoded)]) }() // keep no rows alive
 	for i, h := range b.carry[:n] {
-		var err error
-		b.decoded, err = protocol.AppendChangeEvents(b.decoded[:0], h.msg.Data())
-		if err != nil {
-			b.stop = fmt.Errorf("malformed message at stream sequence %d on %s: %w", h.seq, h.msg.Subject(), err)
-			b.drop(i)
-			return i, events
+		decoded := h.decoded
+		if decoded == nil {
+			var err error
+			b.decoded, err = protocol.AppendChangeEvents(b.decoded[:0], h.msg.Data())
+			if err != nil {
+				b.stop = fmt.Errorf("malformed message at stream sequence %d on %s: %w", h.seq, h.msg.Subject(), err)
+				b.drop(i)
+				return i, events
+			}
+			decoded = b.decoded
 		}
-		for _, ev := range b.decoded {
+		for _, ev := range decoded {
 			events = append(events, Event{Seq: h.seq, ChangeEvent: ev})
 		}
 	}
