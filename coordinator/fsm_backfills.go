@@ -85,6 +85,15 @@ func backfillWindows(c backfillCmd, size time.Duration, span int64) ([]protocol.
 	return slices.DeleteFunc(all, func(w protocol.Window) bool { return !slices.ContainsFunc(c.Windows, w.Equal) }), nil
 }
 
+// ceilDiv is the number of windows of size d makes of a range of n.
+func ceilDiv(n, d uint64) uint64 {
+	q := n / d
+	if n%d != 0 {
+		q++
+	}
+	return q
+}
+
 // splitRange splits the range of a backfill into windows of size (a time
 // range) or span (a range of values), the last one maybe shorter.
 func splitRange(c backfillCmd, size time.Duration, span int64) ([]protocol.Window, error) {
@@ -94,7 +103,7 @@ func splitRange(c backfillCmd, size time.Duration, span int64) ([]protocol.Windo
 		if r == nil || !r.Values || r.Empty() {
 			return nil, refuse(refusedInvalid, "backfill %q: want a range of integer values lo < hi (its delta column holds integers)", c.Pipeline)
 		}
-		if n := (uint64(r.Hi) - uint64(r.Lo)) / uint64(span); n >= maxBackfillWindows {
+		if n := ceilDiv(uint64(r.Hi)-uint64(r.Lo), uint64(span)); n > maxBackfillWindows {
 			return nil, refuse(refusedInvalid, "backfill %q: %s makes more than %d windows of %d values", c.Pipeline, r, maxBackfillWindows, span)
 		}
 		for lo := r.Lo; lo < r.Hi; {
@@ -110,7 +119,7 @@ func splitRange(c backfillCmd, size time.Duration, span int64) ([]protocol.Windo
 	if c.Range != nil || !c.From.Before(c.To) {
 		return nil, refuse(refusedInvalid, "backfill %q: want a time range from < to (its delta column is a time)", c.Pipeline)
 	}
-	if n := c.To.Sub(c.From) / size; n >= maxBackfillWindows {
+	if n := ceilDiv(uint64(c.To.Sub(c.From)), uint64(size)); n > maxBackfillWindows {
 		return nil, refuse(refusedInvalid, "backfill %q: [%s, %s) makes more than %d windows of %s", c.Pipeline,
 			formatWatermark(c.From), formatWatermark(c.To), maxBackfillWindows, size)
 	}

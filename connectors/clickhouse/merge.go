@@ -28,62 +28,13 @@ func (s *Sink) commitMerge(ctx context.Context, req connectors.CommitRequest) er
 	if req.Window == nil || req.DeltaColumn == "" {
 		return connectors.Permanent(errors.New("a merge by key needs a window and a delta column"))
 	}
-	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
-	if err != nil {
+	st, done, err := s.staged(ctx, req)
+	if err != nil || done {
 		return err
 	}
-	if n > 0 {
-		return s.dropRunTables(ctx, req.RunID) // committed before
-	}
-	var total int64
-	var sum connectors.Checksum
-	var staged []string
-	for _, t := range req.Tasks {
-		total += t.Rows
-		sum.Merge(t.Checksum)
-		ok, err := s.exists(ctx, t.Location)
-		if err != nil {
-			return err
-		}
-		switch {
-		case ok:
-			staged = append(staged, t.Location)
-		case t.Rows != 0:
-			return connectors.Permanent(fmt.Errorf("the staging table %s of %d rows is missing (aborted?)", t.Location, t.Rows))
-		}
-	}
-	var got int64
-	for _, t := range staged {
-		c, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(t))
-		if err != nil {
-			return err
-		}
-		got += c
-	}
-	if got != total {
-		return connectors.Permanent(fmt.Errorf("the staging tables hold %d rows, the tasks' outputs say %d", got, total))
-	}
-	present, err := s.exists(ctx, s.name)
-	if err != nil {
+	names, types, ok, err := s.windowTable(ctx, req, st)
+	if err != nil || !ok {
 		return err
-	}
-	if !present {
-		if len(staged) == 0 {
-			return s.recordWindow(ctx, req, 0, 0, sum)
-		}
-		if err := s.createWindowTable(ctx, staged[0], req); err != nil {
-			return err
-		}
-	}
-	colRows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
-	if err != nil {
-		return err
-	}
-	types := map[string]string{}
-	var names []string
-	for _, r := range colRows {
-		types[string(r[0])] = string(r[1])
-		names = append(names, quoteIdent(string(r[0])))
 	}
 	var keys []string
 	for _, c := range append(append([]string{}, req.Merge.Key...), req.DeltaColumn, req.Merge.Deleted) {
@@ -118,7 +69,7 @@ func (s *Sink) commitMerge(ctx context.Context, req connectors.CommitRequest) er
 		"CREATE TABLE " + s.ident(win) + " AS " + tbl,
 		"CREATE TABLE " + s.ident(build) + " AS " + tbl,
 	}
-	for _, t := range staged {
+	for _, t := range st.tables {
 		qs = append(qs, "INSERT INTO "+s.ident(win)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t))
 	}
 	inWin := key + " IN (SELECT " + strings.Join(keys, ", ") + " FROM " + s.ident(win) + ")"
@@ -146,7 +97,7 @@ func (s *Sink) commitMerge(ctx context.Context, req connectors.CommitRequest) er
 	if err := s.swap(ctx, build, s.name, old); err != nil {
 		return fmt.Errorf("expose the merged table: %w", err)
 	}
-	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
+	if err := s.recordWindow(ctx, req, st.rows, deleted, st.sum); err != nil {
 		return err
 	}
 	return s.dropRunTables(ctx, req.RunID)

@@ -112,80 +112,25 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 		return s.commitValueWindow(ctx, req)
 	}
 	w := *req.Window
-	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
-	if err != nil {
+	st, done, err := s.staged(ctx, req)
+	if err != nil || done {
 		return err
 	}
-	if n > 0 {
-		return s.dropRunTables(ctx, req.RunID) // committed before
-	}
-	var total int64
-	var sum connectors.Checksum
-	var staged []string
-	for _, t := range req.Tasks {
-		total += t.Rows
-		sum.Merge(t.Checksum)
-		ok, err := s.exists(ctx, t.Location)
-		if err != nil {
-			return err
-		}
-		switch {
-		case ok:
-			staged = append(staged, t.Location)
-		case t.Rows != 0:
-			return connectors.Permanent(fmt.Errorf("the staging table %s of %d rows is missing (aborted?)", t.Location, t.Rows))
-		}
-	}
-	present, err := s.exists(ctx, s.name)
-	if err != nil {
+	names, types, ok, err := s.windowTable(ctx, req, st)
+	if err != nil || !ok {
 		return err
 	}
-	if !present {
-		if len(staged) == 0 {
-			// Nothing to add and nothing to replace.
-			return s.recordWindow(ctx, req, 0, 0, sum)
-		}
-		if err := s.createWindowTable(ctx, staged[0], req); err != nil {
-			return err
-		}
-	}
-	colRows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
-	if err != nil {
-		return err
-	}
-	var names []string
-	var kind deltaKind
-	found := false
-	for _, r := range colRows {
-		names = append(names, quoteIdent(string(r[0])))
-		if string(r[0]) == req.DeltaColumn {
-			if kind, err = deltaKindOf(string(r[1])); err != nil {
-				return connectors.Permanent(err)
-			}
-			found = true
-		}
-	}
+	typ, found := types[req.DeltaColumn]
 	if !found {
 		return connectors.Permanent(fmt.Errorf("%s has no delta column %q", s.ident(s.name), req.DeltaColumn))
 	}
-	in := inWindow(req.DeltaColumn, kind, w)
-	var got int64
-	for _, t := range staged {
-		out, err := s.cl.Int(ctx, "SELECT countIf(NOT ifNull("+in+", 0)) FROM "+s.ident(t))
-		if err != nil {
-			return err
-		}
-		if out > 0 {
-			return connectors.Permanent(fmt.Errorf("the staging table %s holds %d rows outside the window %v", t, out, w))
-		}
-		c, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(t))
-		if err != nil {
-			return err
-		}
-		got += c
+	kind, err := deltaKindOf(typ)
+	if err != nil {
+		return connectors.Permanent(err)
 	}
-	if got != total {
-		return connectors.Permanent(fmt.Errorf("the staging tables hold %d rows, the tasks' outputs say %d", got, total))
+	in := inWindow(req.DeltaColumn, kind, w)
+	if err := s.inside(ctx, st, in, w); err != nil {
+		return err
 	}
 	deleted, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(s.name)+" WHERE "+in)
 	if err != nil {
@@ -205,7 +150,7 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 			"INSERT INTO " + s.ident(build) + " (" + cols + ") SELECT " + cols + " FROM " + s.ident(s.name) +
 				" WHERE " + part + " = " + lit + " AND NOT ifNull(" + in + ", 0)",
 		}
-		for _, t := range staged {
+		for _, t := range st.tables {
 			qs = append(qs, "INSERT INTO "+s.ident(build)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t)+" WHERE "+part+" = "+lit)
 		}
 		for _, q := range qs {
@@ -220,7 +165,7 @@ func (s *Sink) commitWindow(ctx context.Context, req connectors.CommitRequest) e
 			return err
 		}
 	}
-	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
+	if err := s.recordWindow(ctx, req, st.rows, deleted, st.sum); err != nil {
 		return err
 	}
 	return s.dropRunTables(ctx, req.RunID)
@@ -336,78 +281,24 @@ func inValues(col string, w connectors.Window) string {
 // with the table, not the window.
 func (s *Sink) commitValueWindow(ctx context.Context, req connectors.CommitRequest) error {
 	w := *req.Window
-	n, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(windowsTable)+" WHERE table_name = "+quoteString(s.name)+" AND run = "+quoteString(req.RunID))
-	if err != nil {
+	st, done, err := s.staged(ctx, req)
+	if err != nil || done {
 		return err
-	}
-	if n > 0 {
-		return s.dropRunTables(ctx, req.RunID) // committed before
-	}
-	var total int64
-	var sum connectors.Checksum
-	var staged []string
-	for _, t := range req.Tasks {
-		total += t.Rows
-		sum.Merge(t.Checksum)
-		ok, err := s.exists(ctx, t.Location)
-		if err != nil {
-			return err
-		}
-		switch {
-		case ok:
-			staged = append(staged, t.Location)
-		case t.Rows != 0:
-			return connectors.Permanent(fmt.Errorf("the staging table %s of %d rows is missing (aborted?)", t.Location, t.Rows))
-		}
 	}
 	in := inValues(req.DeltaColumn, w)
-	var got int64
-	for _, t := range staged {
-		out, err := s.cl.Int(ctx, "SELECT countIf(NOT ifNull("+in+", 0)) FROM "+s.ident(t))
-		if err != nil {
-			return err
-		}
-		if out > 0 {
-			return connectors.Permanent(fmt.Errorf("the staging table %s holds %d rows outside the window %v", t, out, w))
-		}
-		c, err := s.cl.Int(ctx, "SELECT count() FROM "+s.ident(t))
-		if err != nil {
-			return err
-		}
-		got += c
-	}
-	if got != total {
-		return connectors.Permanent(fmt.Errorf("the staging tables hold %d rows, the tasks' outputs say %d", got, total))
-	}
-	present, err := s.exists(ctx, s.name)
-	if err != nil {
+	if err := s.inside(ctx, st, in, w); err != nil {
 		return err
 	}
-	if !present {
-		if len(staged) == 0 {
-			return s.recordWindow(ctx, req, 0, 0, sum)
-		}
-		if err := s.createWindowTable(ctx, staged[0], req); err != nil {
-			return err
-		}
-	}
-	colRows, err := s.cl.Rows(ctx, "SELECT name, type FROM system.columns WHERE database = "+quoteString(s.db)+" AND table = "+quoteString(s.name))
-	if err != nil {
+	names, types, ok, err := s.windowTable(ctx, req, st)
+	if err != nil || !ok {
 		return err
 	}
-	var names []string
-	found := false
-	for _, r := range colRows {
-		names = append(names, quoteIdent(string(r[0])))
-		if string(r[0]) == req.DeltaColumn {
-			if err := integerDelta(string(r[1])); err != nil {
-				return connectors.Permanent(err)
-			}
-			found = true
-		}
-	}
+	typ, found := types[req.DeltaColumn]
 	if !found {
 		return connectors.Permanent(fmt.Errorf("%s has no delta column %q", s.ident(s.name), req.DeltaColumn))
+	}
+	if err := integerDelta(typ); err != nil {
+		return connectors.Permanent(err)
 	}
 	tbl := s.ident(s.name)
 	deleted, err := s.cl.Int(ctx, "SELECT count() FROM "+tbl+" WHERE "+in)
@@ -425,7 +316,7 @@ func (s *Sink) commitValueWindow(ctx context.Context, req connectors.CommitReque
 		"CREATE TABLE " + s.ident(build) + " AS " + tbl,
 		"INSERT INTO " + s.ident(build) + " (" + cols + ") SELECT " + cols + " FROM " + tbl + " WHERE NOT ifNull(" + in + ", 0)",
 	}
-	for _, t := range staged {
+	for _, t := range st.tables {
 		qs = append(qs, "INSERT INTO "+s.ident(build)+" ("+cols+") SELECT "+cols+" FROM "+s.ident(t))
 	}
 	for _, q := range qs {
@@ -439,7 +330,7 @@ func (s *Sink) commitValueWindow(ctx context.Context, req connectors.CommitReque
 	if err := s.swap(ctx, build, s.name, old); err != nil {
 		return fmt.Errorf("expose the table with the window %v: %w", w, err)
 	}
-	if err := s.recordWindow(ctx, req, total, deleted, sum); err != nil {
+	if err := s.recordWindow(ctx, req, st.rows, deleted, st.sum); err != nil {
 		return err
 	}
 	return s.dropRunTables(ctx, req.RunID)
