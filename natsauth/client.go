@@ -21,7 +21,7 @@ type Client struct {
 	// CredsFile is a credentials file (a user JWT and its nkey seed), as
 	// nsc writes them for an operator-mode server.
 	CredsFile string
-	// NKeyFile holds a user's nkey seed (SU...), as `sluice nats-config`
+	// NKeyFile holds a user's nkey seed (SU...), as `sluice security nats-config`
 	// writes them.
 	NKeyFile string
 	// User and Password authenticate by name.

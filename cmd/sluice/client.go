@@ -180,7 +180,7 @@ func printOutcome(w io.Writer, st protocol.RunStatus) error {
 	if err := runFailed(st); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "run %s committed: %d %s, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, unitOf(st), humanBytes(st.Bytes), st.Version, st.Location)
+	fmt.Fprintf(w, "run %s committed: %d %s, %s, dataset version %d\n  data:   %s\n", st.RunID, st.Rows, unitOf(st), humanBytes(st.Bytes), st.Version, dash(st.Location))
 	if st.Window != nil {
 		fmt.Fprintf(w, "  window: %s\n", st.Window)
 	}

@@ -22,7 +22,7 @@ type natsAuthFlags struct {
 
 func (f *natsAuthFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.c.CredsFile, "nats-creds", "", "NATS credentials `file` (user JWT and seed; default $SLUICE_NATS_CREDS)")
-	fs.StringVar(&f.c.NKeyFile, "nats-nkey", "", "`file` holding this process's NATS nkey seed, as `sluice nats-config` writes them (default $SLUICE_NATS_NKEY)")
+	fs.StringVar(&f.c.NKeyFile, "nats-nkey", "", "`file` holding this process's NATS nkey seed, as `sluice security nats-config` writes them (default $SLUICE_NATS_NKEY)")
 	fs.StringVar(&f.c.User, "nats-user", "", "NATS user name (default $SLUICE_NATS_USER; the password from --nats-password-file, $SLUICE_NATS_PASSWORD_FILE or $SLUICE_NATS_PASSWORD)")
 	fs.StringVar(&f.passwordFile, "nats-password-file", "", "`file` holding the NATS user's password")
 	fs.StringVar(&f.c.CAFile, "nats-ca", "", "CA `file` that signed the NATS server's certificate (default $SLUICE_NATS_CA; with it the connection uses TLS)")

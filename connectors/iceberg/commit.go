@@ -44,7 +44,8 @@ const (
 
 // Commit publishes a run as one Iceberg transaction on the table's main
 // branch: a full load (ModeReplace) as an overwrite snapshot whose data
-// files are exactly the run's; an incremental run (ModeAppend) deletes the
+// files are exactly the run's; a run by position (ModeAppend without a
+// window) as an append of its files; an incremental run (ModeAppend) deletes the
 // rows of its window (by the delta column: files wholly inside are
 // dropped, files partly inside rewritten without those rows) and appends
 // the run's files, or, without a delta column, replaces the files an
@@ -58,9 +59,6 @@ func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connec
 	res := connectors.CommitResult{Location: s.cfg.Table}
 	if req.Mode == connectors.ModeReplace && req.Version <= 0 {
 		return res, connectors.Permanent(fmt.Errorf("commit run %s to %s: version %d is not positive", req.RunID, s.cfg.Table, req.Version))
-	}
-	if req.Mode == connectors.ModeAppend && req.Window == nil {
-		return res, connectors.Permanent(fmt.Errorf("commit run %s to %s: an incremental commit without a window", req.RunID, s.cfg.Table))
 	}
 	if err := s.commit(ctx, req); err != nil {
 		return res, fmt.Errorf("commit run %s to %s: %w", req.RunID, s.cfg.Table, err)
@@ -166,6 +164,13 @@ func (s *Sink) commitOnce(ctx context.Context, tbl *table.Table, req connectors.
 		if len(olds) > 0 || len(files) > 0 {
 			err = txn.ReplaceDataFilesWithDataFiles(ctx, olds, files, props)
 		}
+	case req.Window == nil:
+		// A run by position (incremental.by): its files are appended to
+		// the table's; a run that read nothing changes nothing.
+		if len(files) == 0 {
+			return tbl, files, nil
+		}
+		err = txn.AddDataFiles(ctx, files, props)
 	case req.DeltaColumn != "":
 		var filter iceberg.BooleanExpression
 		if filter, err = windowFilter(tbl.Schema(), req.DeltaColumn, *req.Window); err != nil {
@@ -205,9 +210,11 @@ func snapshotProps(req connectors.CommitRequest) iceberg.Properties {
 	}
 	if req.Mode == connectors.ModeAppend {
 		props[propMode] = modeAppend
-		if req.Window.Values {
+		switch {
+		case req.Window == nil:
+		case req.Window.Values:
 			props[propWindow] = strconv.FormatInt(req.Window.Lo, 10) + "/" + strconv.FormatInt(req.Window.Hi, 10)
-		} else {
+		default:
 			props[propWindow] = req.Window.From.UTC().Format(time.RFC3339Nano) + "/" + req.Window.To.UTC().Format(time.RFC3339Nano)
 		}
 		if req.DeltaColumn != "" {

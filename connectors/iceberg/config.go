@@ -2,11 +2,14 @@ package iceberg
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/sluicehq/sluice/connectors"
@@ -353,16 +356,37 @@ func (c SourceConfig) targetBytes() int64 {
 // ParseSinkConfig decodes and validates a sink configuration.
 func ParseSinkConfig(config json.RawMessage) (SinkConfig, error) {
 	var c SinkConfig
-	if err := connectors.DecodeConfig(config, &c); err != nil {
+	if err := decodeConfig(config, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
 }
 
+// s3Fields are the keys an s3 mapping may hold.
+var s3Fields = []string{"endpoint", "path_style", "region"}
+
+// decodeConfig decodes a configuration, refusing unknown fields; an
+// unknown key under s3 (a credential, say) is named with its path and
+// told where credentials come from.
+func decodeConfig(config json.RawMessage, v any) error {
+	var top struct {
+		S3 map[string]json.RawMessage `json:"s3"`
+	}
+	if json.Unmarshal(config, &top) == nil {
+		keys := slices.Sorted(maps.Keys(top.S3))
+		for _, k := range keys {
+			if !slices.Contains(s3Fields, k) {
+				return &connectors.FieldError{Field: "s3." + k, Msg: fmt.Sprintf("unknown field (known: %s; credentials come from the AWS environment, never from a spec)", strings.Join(s3Fields, ", "))}
+			}
+		}
+	}
+	return connectors.DecodeConfig(config, v)
+}
+
 // ParseSourceConfig decodes and validates a source configuration.
 func ParseSourceConfig(config json.RawMessage) (SourceConfig, error) {
 	var c SourceConfig
-	if err := connectors.DecodeConfig(config, &c); err != nil {
+	if err := decodeConfig(config, &c); err != nil {
 		return c, err
 	}
 	return c, c.Validate()
@@ -386,5 +410,22 @@ func Register(reg *connectors.Registry) {
 		ValidateDataset:  validateDataset,
 		SinkMerges:       true,
 		SinkValueWindows: true,
+		SinkAppends:      true,
+		Positions:        &connectors.Positions{Check: checkByPosition},
 	})
+}
+
+// checkByPosition accepts a source read by position (incremental.by)
+// only with read: appended: its position is the snapshot the previous run
+// reached, and each run reads the data files appended since; a run of
+// read: snapshot would read the whole table again every time. It reads
+// only that field: the rest may hold ${ENV} references, not expanded here.
+func checkByPosition(config json.RawMessage) error {
+	var c struct {
+		Read string `json:"read"`
+	}
+	if err := json.Unmarshal(config, &c); err == nil && c.Read != ReadAppended {
+		return errors.New("an iceberg source read by position reads the data files appended since the previous run: set read: appended")
+	}
+	return nil
 }

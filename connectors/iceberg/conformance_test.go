@@ -33,6 +33,11 @@ func TestConformanceSinkS3(t *testing.T) {
 	conformance.TestSink(t, conformanceHarness(cfg))
 }
 
+// A run by position (incremental.by) is appended to the table.
+func TestConformanceAppend(t *testing.T) {
+	conformance.TestAppend(t, conformanceHarness(localConfig(t, "append")))
+}
+
 func TestConformanceVersioned(t *testing.T) {
 	conformance.TestVersioned(t, conformanceHarness(localConfig(t, "versions")))
 }
