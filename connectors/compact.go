@@ -54,9 +54,11 @@ type Compactor interface {
 	// one staged. ctx bounds the rewrite.
 	Rewrite(ctx context.Context, t TaskRef, group protocol.Partition) (TaskOutput, error)
 	// CommitCompaction swaps the rewritten groups in for the files they
-	// replace, atomically for each partition of the dataset (for a table
-	// format, all groups in one commit): a reader sees the partition's old
-	// files or its new ones, never both nor a part. It checks, before the
+	// replace, atomically for each partition of the dataset, and for all
+	// partitions in one step where the format allows it (for a table
+	// format, all groups in one commit; for a files dataset, one switch
+	// manifest): a reader sees the partition's old files or its new ones,
+	// never both nor a part. It checks, before the
 	// swap, that each partition's rewritten rows are the rows it replaces
 	// (count and checksum). A group that can no longer be swapped in (its
 	// files were replaced meanwhile by another writer) is left out, its

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,24 +35,15 @@ func ReadChecksum(dir string, format string) (connectors.Checksum, error) {
 	if objstore.IsURL(dir) {
 		return readChecksumS3(dir, format)
 	}
-	var paths []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != dir && hidden(d.Name()) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !d.IsDir() && formatOf(d.Name()) == format {
-			paths = append(paths, p)
-		}
-		return nil
-	})
+	base, found, _, err := followSwitch(context.Background(), localTreeAt, localWalker(dir))
 	if err != nil {
 		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
+	}
+	var paths []string
+	for rel := range found {
+		if formatOf(rel) == format {
+			paths = append(paths, filepath.Join(base, filepath.FromSlash(rel)))
+		}
 	}
 	sort.Strings(paths)
 	for _, p := range paths {
@@ -88,7 +78,7 @@ func readChecksumS3(dir, format string) (connectors.Checksum, error) {
 		return sum, err
 	}
 	defer r.b.Close()
-	base, found, err := r.walk(ctx, dir)
+	base, found, _, err := followSwitch(ctx, s3TreeAt(r), r.walker(dir))
 	if err != nil {
 		return sum, fmt.Errorf("read checksum of %s: %w", dir, err)
 	}

@@ -46,7 +46,9 @@ import (
 // groups against the marker; builds the rewrite (the partition's other
 // files linked, or copied on the server, beside the groups' outputs, and
 // a marker that keeps the partition's run, rows and checksum and records
-// the compaction); and swaps it in. A partition whose files changed since
+// the compaction); once every partition's rewrite is built, switches them
+// all in with one write of the dataset's switch manifest (see switch.go),
+// then swaps each in its own place. A partition whose files changed since
 // the plan is left out. Files written beside a partition's files while it
 // was compacted (a change log's late events) are moved into the rewrite.
 
@@ -105,6 +107,9 @@ type tree interface {
 	marker(ctx context.Context, dir string) (marker, error)
 	// exists reports whether the file rel exists.
 	exists(ctx context.Context, rel string) (bool, error)
+	// read returns the content of the file rel, an error wrapping
+	// fs.ErrNotExist without one.
+	read(ctx context.Context, rel string) ([]byte, error)
 }
 
 // localTree is a dataset on a local disk.
@@ -170,6 +175,10 @@ func (t localTree) exists(_ context.Context, rel string) (bool, error) {
 	return err == nil, err
 }
 
+func (t localTree) read(_ context.Context, rel string) ([]byte, error) {
+	return os.ReadFile(t.path(rel))
+}
+
 // s3Tree is a dataset under an S3 prefix.
 type s3Tree struct{ r *s3Root }
 
@@ -204,6 +213,10 @@ func (t s3Tree) marker(ctx context.Context, dir string) (marker, error) {
 
 func (t s3Tree) exists(ctx context.Context, rel string) (bool, error) {
 	return t.r.b.Exists(ctx, t.r.key(rel))
+}
+
+func (t s3Tree) read(ctx context.Context, rel string) ([]byte, error) {
+	return t.r.b.Get(ctx, t.r.key(rel))
 }
 
 // decodeMarker decodes a _SUCCESS marker; an empty one (a change log

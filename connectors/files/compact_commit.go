@@ -33,8 +33,11 @@ type unitOutcome struct {
 // together (see Compaction): first it builds every partition's rewrite
 // beside the partition, unexposed, with every check; only when all are
 // built does it record, in the run's staging, that the run is swapping
-// (_swapping), and swap them in one after another (renames and pointer
-// writes, no copying). A commit that fails before the record exposes
+// (_swapping), write the dataset's switch manifest naming every
+// partition's rewrite (readers that follow it see them all at once), and
+// swap them in one after another for the others (exchanges of hard-linked
+// copies, pointer writes; on S3 a partition without a pointer has its
+// rewrite copied in first). A commit that fails before the record exposes
 // nothing of the run; one repeated after a crash once the record exists
 // swaps in every partition the crash left out (it rolls forward). Then
 // it removes the run's staging.
@@ -91,6 +94,9 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		if err := s.markSwapping(ctx, req.RunID); err != nil {
 			return res, fmt.Errorf("commit compaction %s: %w", req.RunID, err)
 		}
+		if err := s.switchTo(ctx, req.RunID, built); err != nil {
+			return res, fmt.Errorf("commit compaction %s: write the switch manifest: %w", req.RunID, err)
+		}
 		for _, rw := range built {
 			if s.beforeSwap != nil {
 				if err := s.beforeSwap(rw.spec.Unit); err != nil {
@@ -111,6 +117,53 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 		return res, fmt.Errorf("commit compaction %s: remove staging: %w", req.RunID, err)
 	}
 	return res, nil
+}
+
+// switchTo writes the dataset's switch manifest naming the rewrites of
+// the run's partitions (not a version's: current switches it alone), and
+// the partitions of the manifest it replaces still waiting for their
+// swap, unless it names the run already (a commit repeated).
+func (s *Sink) switchTo(ctx context.Context, runID string, built []*rewrite) error {
+	m := switchManifest{Run: runID, Time: s.now().UTC()}
+	for _, rw := range built {
+		if rw.spec.Kind == unitVersion {
+			continue
+		}
+		swapped := path.Base(rw.newDir)
+		if s.s3 == nil {
+			swapped = markerIdentity(rw.m)
+		}
+		m.Partitions = append(m.Partitions, switchEntry{Unit: rw.spec.Unit, From: rw.from, Swapped: swapped, To: rw.readDir})
+	}
+	if len(m.Partitions) == 0 {
+		return nil
+	}
+	t := s.tree()
+	cur, err := readSwitch(ctx, t)
+	if err != nil || cur != nil && cur.Run == runID {
+		return err
+	}
+	if cur != nil {
+		// A partition an earlier switch named that is still waiting for
+		// its swap (its commit failed after the switch) stays switched.
+		have := map[string]bool{}
+		for _, e := range m.Partitions {
+			have[e.Unit] = true
+		}
+		for _, e := range cur.Partitions {
+			if have[e.Unit] {
+				continue
+			}
+			state, err := unitIdentity(ctx, t, e.Unit)
+			if err != nil {
+				return err
+			}
+			if state == e.From {
+				m.Partitions = append(m.Partitions, e)
+			}
+		}
+	}
+	return s.writeSwitch(ctx, m)
 }
 
 // swappingFile, in a compaction run's staging, records that every
@@ -164,10 +217,17 @@ func (s *Sink) describe(rel string) string {
 // where it goes.
 type rewrite struct {
 	spec groupSpec
-	// newDir is the directory the rewrite is built as: v<N>_<run>; on S3
-	// <unit>/run=<run>; locally for a window or an hour, the partition
+	// newDir is the directory the rewrite is exposed as: v<N>_<run>; on
+	// S3 <unit>/run=<run>; locally for a window or an hour, the partition
 	// itself (swapped by exchange).
 	newDir string
+	// readDir is where the rewrite is built, and where readers of the
+	// switch manifest read it until its swap: newDir for a version and on
+	// S3 for a partition with a current pointer; else
+	// _compacted/<run>/<unit> (see the switch).
+	readDir string
+	// from is the partition's identity before the swap (unitIdentity).
+	from string
 	// passed are the partition's files the groups do not rewrite, kept
 	// as they are; planned the files the groups rewrite.
 	passed  []fileRef
@@ -177,9 +237,6 @@ type rewrite struct {
 	outputs map[string]string
 	sizes   map[string]int64
 	m       marker
-	// deferred says the rewrite's copy on S3 waits for the swap
-	// (prepareS3).
-	deferred bool
 }
 
 // prepareUnit builds the rewrite of one partition beside it, unexposed,
@@ -201,6 +258,7 @@ func (s *Sink) prepareUnit(ctx context.Context, runID string, u *unitGroups, swa
 	default:
 		rw.newDir = spec.Unit
 	}
+	rw.readDir = rw.newDir
 	switch st, err := s.committed(ctx, t, runID, rw, swapping); {
 	case err != nil || st == unitSwapped:
 		return nil, unitOutcome{}, err
@@ -281,6 +339,14 @@ func (s *Sink) prepareUnit(ctx context.Context, runID string, u *unitGroups, swa
 	}
 	slices.Sort(rw.m.Compacted.Replaced)
 	rw.m.Compacted.Replaced = slices.Compact(rw.m.Compacted.Replaced)
+	if spec.Kind != unitVersion {
+		if rw.from, err = unitIdentity(ctx, t, spec.Unit); err != nil {
+			return nil, unitOutcome{}, err
+		}
+		if s.s3 == nil || rw.from == "" {
+			rw.readDir = switchRewriteDir(runID, spec.Unit)
+		}
+	}
 	if s.s3 != nil {
 		err = s.prepareS3(ctx, runID, rw)
 	} else {
@@ -369,6 +435,7 @@ func (s *Sink) committed(ctx context.Context, t tree, runID string, rw *rewrite,
 	}
 	if ptr != path.Base(rw.newDir) {
 		if !swapping {
+			rw.from = ptr
 			return unitPrepared, nil
 		}
 		if err := s.s3.point(ctx, spec.Unit, path.Base(rw.newDir)); err != nil {
@@ -394,10 +461,15 @@ func (s *Sink) replacedDir(unit, runID string) string {
 }
 
 // prepareLocal builds the rewrite in a hidden directory (the kept files
-// hard-linked, the outputs moved out of staging, the marker last); a
-// version's is then renamed to its own name, unexposed.
+// hard-linked, the outputs moved out of staging, the marker last): a
+// version's is then renamed to its own name, unexposed; a window's or an
+// hour's is built in its readDir, which the swap links into the
+// partition.
 func (s *Sink) prepareLocal(ctx context.Context, runID string, rw *rewrite) error {
 	building := s.buildingDir(runID, rw)
+	if rw.spec.Kind != unitVersion {
+		building = filepath.Join(s.root, filepath.FromSlash(rw.readDir))
+	}
 	links := map[string]string{}
 	for _, f := range rw.passed {
 		links[path.Base(f.Path)] = filepath.Join(s.root, filepath.FromSlash(f.Path))
@@ -433,8 +505,8 @@ func (s *Sink) swapUnit(ctx context.Context, runID string, rw *rewrite) error {
 		if rw.spec.Kind == unitVersion {
 			return s.s3.point(ctx, "", rw.newDir)
 		}
-		if rw.deferred {
-			if err := s.prepareS3(ctx, runID, rw); err != nil {
+		if rw.readDir != rw.newDir {
+			if err := s.copyRewrite(ctx, rw); err != nil {
 				return err
 			}
 		}
@@ -447,6 +519,9 @@ func (s *Sink) swapUnit(ctx context.Context, runID string, rw *rewrite) error {
 		return s.swapCurrent(rw.newDir)
 	}
 	building := s.buildingDir(runID, rw)
+	if err := linkTree(filepath.Join(s.root, filepath.FromSlash(rw.readDir)), building); err != nil {
+		return fmt.Errorf("link the rewrite of %s: %w", rw.spec.Unit, err)
+	}
 	final := filepath.Join(s.root, filepath.FromSlash(rw.spec.Unit))
 	replaced := s.replacedDir(rw.spec.Unit, runID)
 	if err := exchange(building, final); err != nil {
@@ -465,6 +540,31 @@ func (s *Sink) swapUnit(ctx context.Context, runID string, rw *rewrite) error {
 	return s.rescueLocal(final, replaced, replacedNames(rw.m))
 }
 
+// linkTree makes the directory dst hold hard links to the files of the
+// directory src (a rewrite, which holds no directories), replacing what
+// dst held.
+func linkTree(src, dst string) error {
+	if err := os.RemoveAll(dst); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if err := os.Link(filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())); err != nil {
+			return err
+		}
+	}
+	return syncDir(dst)
+}
+
 // replacedNames are the names of the files a rewrite's marker says it
 // replaced.
 func replacedNames(m marker) map[string]bool {
@@ -479,8 +579,9 @@ func replacedNames(m marker) map[string]bool {
 
 // fillRewrite makes the directory building hold the rewrite: links to
 // the kept files, the outputs moved out of the run's staging (found in
-// building when an interrupted commit moved them), the marker; anything
-// else in it is removed.
+// building when an interrupted commit moved them), the marker (replaced
+// in one rename: readers of the switch manifest may read a rewrite a
+// commit repeated fills again); anything else in it is removed.
 func (s *Sink) fillRewrite(ctx context.Context, building, runID string, links map[string]string, rw *rewrite) error {
 	if err := os.MkdirAll(building, 0o755); err != nil {
 		return err
@@ -490,8 +591,8 @@ func (s *Sink) fillRewrite(ctx context.Context, building, runID string, links ma
 		return err
 	}
 	for _, e := range entries {
-		if _, ok := links[e.Name()]; ok {
-			continue
+		if _, ok := links[e.Name()]; ok || e.Name() == SuccessFile {
+			continue // the marker is replaced below, never missing
 		}
 		if _, ok := rw.outputs[e.Name()]; ok {
 			continue
@@ -563,34 +664,15 @@ func (s *Sink) rescueLocal(dir, replaced string, accounted map[string]bool) erro
 	return nil
 }
 
-// prepareS3 copies the rewrite into its directory on the server (the
-// kept files and the staged outputs) and writes its marker, unexposed: a
+// prepareS3 copies the rewrite into its readDir on the server (the kept
+// files and the staged outputs) and writes its marker, unexposed: a
 // version's beside the versions, a partition's inside it where the
-// partition has a current pointer already (readers follow the pointer).
-// A partition without one would show the copy to readers beside its
-// files: its copy waits for the swap (deferred), and the staged outputs
-// are only checked to be there.
+// partition has a current pointer already (readers follow the pointer),
+// else under _compacted/ (a copy inside the partition would show to its
+// readers beside its files until the pointer), from where its swap
+// copies it in (copyRewrite).
 func (s *Sink) prepareS3(ctx context.Context, runID string, rw *rewrite) error {
 	r := s.s3
-	if rw.spec.Kind != unitVersion && !rw.deferred {
-		ptr, err := r.pointer(ctx, rw.spec.Unit)
-		if err != nil {
-			return err
-		}
-		if ptr == "" {
-			for name, staged := range rw.outputs {
-				if ok, err := r.b.Exists(ctx, r.key(path.Join(stagingRel(runID), staged))); err != nil || !ok {
-					if err == nil {
-						err = connectors.Permanent(fmt.Errorf("%s of the rewrite of %s is missing", name, r.url(rw.spec.Unit)))
-					}
-					return err
-				}
-			}
-			rw.deferred = true
-			return nil
-		}
-	}
-	rw.deferred = false
 	want := map[string]objstore.Object{}
 	for _, f := range rw.passed {
 		want[path.Base(f.Path)] = objstore.Object{Key: r.key(f.Path), Size: f.Size, ETag: f.ETag}
@@ -598,12 +680,32 @@ func (s *Sink) prepareS3(ctx context.Context, runID string, rw *rewrite) error {
 	for name, staged := range rw.outputs {
 		want[name] = objstore.Object{Key: r.key(path.Join(stagingRel(runID), staged)), Size: rw.sizes[name]}
 	}
-	if err := r.copyInto(ctx, rw.newDir, want, func(name string) error {
+	if err := r.copyInto(ctx, rw.readDir, want, func(name string) error {
 		return connectors.Permanent(fmt.Errorf("%s of the rewrite of %s is missing", name, r.url(rw.spec.Unit)))
 	}); err != nil {
 		return err
 	}
 	rw.m.Files = sortedKeys(want)
+	return r.writeMarker(ctx, rw.readDir, rw.m)
+}
+
+// copyRewrite copies, on S3, the rewrite of a partition without a
+// pointer from its readDir into the partition (newDir), marker last.
+func (s *Sink) copyRewrite(ctx context.Context, rw *rewrite) error {
+	r := s.s3
+	files, _, err := s3Tree{r}.list(ctx, rw.readDir)
+	if err != nil {
+		return err
+	}
+	want := map[string]objstore.Object{}
+	for _, f := range dataFiles(files) {
+		want[path.Base(f.Path)] = objstore.Object{Key: r.key(f.Path), Size: f.Size, ETag: f.ETag}
+	}
+	if err := r.copyInto(ctx, rw.newDir, want, func(name string) error {
+		return connectors.Permanent(fmt.Errorf("%s of the rewrite of %s is missing", name, r.url(rw.readDir)))
+	}); err != nil {
+		return err
+	}
 	return r.writeMarker(ctx, rw.newDir, rw.m)
 }
 

@@ -303,9 +303,15 @@ func testCompactChangeLog(t *testing.T, s3 bool) {
 	}
 }
 
-func TestCompactWindowThenRerun(t *testing.T) {
+func TestCompactWindowThenRerun(t *testing.T)   { testCompactWindowThenRerun(t, false) }
+func TestCompactWindowThenRerunS3(t *testing.T) { testCompactWindowThenRerun(t, true) }
+
+// testCompactWindowThenRerun compacts a window, then loads it again:
+// readers (who follow the switch manifest) read the window's new rows,
+// not the rewrite the manifest names.
+func testCompactWindowThenRerun(t *testing.T, s3 bool) {
 	ctx := context.Background()
-	s := newSink(t, false, SinkConfig{})
+	s := newSink(t, s3, SinkConfig{})
 	w := connectors.Window{From: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), To: time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC)}
 	outs, want := stageTasks(t, s, "w-1", 40, func(i int) string { return jsonlRows(i*5, 5) })
 	if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: "w-1", Mode: connectors.ModeAppend, Window: &w, Tasks: outs}); err != nil {
@@ -315,11 +321,18 @@ func TestCompactWindowThenRerun(t *testing.T) {
 	if res.Partitions != 1 || res.FilesAfter != 1 {
 		t.Fatalf("result %+v", res)
 	}
-	dir := filepath.Join(s.root, WindowDir(w))
+	dir := joinPath(s.base(), WindowDir(w))
 	if got, err := ReadChecksum(dir, "jsonl"); err != nil || got != want {
 		t.Fatalf("window after compaction: %d rows, %v", got.Rows, err)
 	}
-	m, err := readMarker(dir)
+	if got, err := ReadChecksum(s.base(), "jsonl"); err != nil || got != want {
+		t.Fatalf("dataset after compaction: %d rows, %v", got.Rows, err)
+	}
+	mdir := WindowDir(w)
+	if s3 {
+		mdir += "/" + runDirPrefix + "c-1"
+	}
+	m, err := s.tree().marker(ctx, mdir)
 	if err != nil || m.Run != "w-1" || m.Compacted == nil || m.Compacted.Run != "c-1" || m.Rows != want.Rows {
 		t.Errorf("marker %+v, %v", m, err)
 	}
@@ -330,6 +343,9 @@ func TestCompactWindowThenRerun(t *testing.T) {
 	}
 	if got, err := ReadChecksum(dir, "jsonl"); err != nil || got != want {
 		t.Errorf("window re-run after compaction: %d rows, want %d (%v)", got.Rows, want.Rows, err)
+	}
+	if got, err := ReadChecksum(s.base(), "jsonl"); err != nil || got != want {
+		t.Errorf("dataset after the window's re-run: %d rows, want %d (%v)", got.Rows, want.Rows, err)
 	}
 }
 

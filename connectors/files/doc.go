@@ -120,6 +120,15 @@
 // A files source cannot read delta-column windows; it reads time
 // partitions.
 //
+// # Compaction
+//
+// A Sink compacts its dataset (connectors.Compactor; see compact.go): the
+// exposed version, the windows, the closed hours of a change log. The
+// rewrites of a run's partitions are switched in together by one write of
+// the dataset's switch manifest, _compacted/manifest.json, which the
+// source follows (see switch.go), then swapped in each partition's own
+// place for readers that do not read it.
+//
 // # Time partitions
 //
 // A source with a layout (SourceConfig.Layout, such as

@@ -202,15 +202,16 @@ func (s *Source) list(ctx context.Context, root string) (string, []fileRef, stri
 		found map[string]fileRef
 		err   error
 	)
+	var within string
 	if s.s3 != nil {
-		base, found, err = s.s3.walk(ctx, root)
+		base, found, within, err = followSwitch(ctx, s3TreeAt(s.s3), s.s3.walker(root))
 	} else {
-		base, found, err = walkLocal(ctx, root)
+		base, found, within, err = followSwitch(ctx, localTreeAt, localWalker(root))
 	}
 	if err != nil {
 		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 	}
-	refs, format, err := s.selectFiles(found)
+	refs, format, err := s.selectFiles(found, within)
 	if err != nil {
 		return "", nil, "", fmt.Errorf("list %s: %w", root, err)
 	}
@@ -247,9 +248,23 @@ func walkLocal(ctx context.Context, root string) (string, map[string]fileRef, er
 	return base, found, err
 }
 
+// localWalker walks the local directory root (or reads the file root).
+func localWalker(root string) walker {
+	return func(ctx context.Context) (string, map[string]fileRef, bool, error) {
+		base, found, err := walkLocal(ctx, root)
+		if err != nil {
+			return "", nil, false, err
+		}
+		st, err := os.Stat(root)
+		return base, found, err == nil && !st.IsDir(), err
+	}
+}
+
 // selectFiles picks the files of the configured format or glob among
-// found, sorted by relative path, and tells their format.
-func (s *Source) selectFiles(found map[string]fileRef) ([]fileRef, string, error) {
+// found, sorted by relative path, and tells their format. A glob applies
+// to where a file lies in the directory read (logicalRel; within is
+// where that directory lies under the base found is relative to).
+func (s *Source) selectFiles(found map[string]fileRef, within string) ([]fileRef, string, error) {
 	rels := make([]string, 0, len(found))
 	for rel := range found {
 		rels = append(rels, rel)
@@ -262,7 +277,7 @@ func (s *Source) selectFiles(found map[string]fileRef) ([]fileRef, string, error
 		ff := formatOf(rel)
 		switch {
 		case s.cfg.Glob != "":
-			target := rel
+			target := logicalRel(rel, within)
 			if !strings.Contains(s.cfg.Glob, "/") {
 				target = path.Base(rel)
 			}

@@ -124,6 +124,21 @@ func (r *s3Root) walk(ctx context.Context, root string) (string, map[string]file
 	return s3URL(loc.Bucket, loc.Key), found, nil
 }
 
+// walker walks root (see walk); what was asked for is one file when root
+// is an object that is not a pointer.
+func (r *s3Root) walker(root string) walker {
+	return func(ctx context.Context) (string, map[string]fileRef, bool, error) {
+		base, found, err := r.walk(ctx, root)
+		if err != nil || len(found) != 1 {
+			return base, found, false, err
+		}
+		for rel := range found {
+			return base, found, strings.TrimSuffix(joinPath(base, rel), "/") == strings.TrimSuffix(root, "/"), nil
+		}
+		return base, found, false, nil
+	}
+}
+
 // hasPrefix reports whether a path of found starts with prefix.
 func hasPrefix(found map[string]fileRef, prefix string) bool {
 	for rel := range found {

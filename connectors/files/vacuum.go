@@ -28,6 +28,11 @@ type vacuumItem struct {
 	files []string
 	why   string
 	run   string
+	// markersFirst removes the directory's _SUCCESS markers before its
+	// other files (locally: renames it out of the way first), so that a
+	// reader never finds a marker beside a part of its files (a switch's
+	// rewrites: see lookupSwitched).
+	markersFirst bool
 }
 
 // anyRun marks what a run in flight, whichever, may still use.
@@ -192,8 +197,64 @@ func (s *Sink) vacuumItems(ctx context.Context, t tree, now time.Time, retention
 			items = append(items, more...)
 		}
 	}
+	more, err := switchLeftovers(ctx, t, old, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	items = append(items, more...)
 	slices.SortFunc(items, func(a, b vacuumItem) int { return strings.Compare(a.rel, b.rel) })
 	return items, versionList(kept, cur, s.describe), nil
+}
+
+// switchLeftovers lists the rewrites under _compacted/<run>/ that no
+// reader of the switch manifest needs any more: never those the manifest
+// names for a partition still waiting for its swap; those of the run the
+// manifest names, and of other runs (an earlier switch, a commit that
+// never switched), once the manifest is older than the retention (old),
+// or at once without a manifest. A run in flight keeps its own.
+func switchLeftovers(ctx context.Context, t tree, old func(time.Time) bool, now time.Time) ([]vacuumItem, error) {
+	_, runs, err := t.list(ctx, compactedDir)
+	if err != nil || len(runs) == 0 {
+		return nil, err
+	}
+	m, err := readSwitch(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	pending := map[string]bool{}
+	if m != nil {
+		for _, e := range m.Partitions {
+			rest, ok := strings.CutPrefix(e.To, compactedDir+"/")
+			if !ok {
+				continue
+			}
+			state, err := unitIdentity(ctx, t, e.Unit)
+			if err != nil {
+				return nil, err
+			}
+			if state == e.From {
+				run, _, _ := strings.Cut(rest, "/")
+				pending[run] = true
+			}
+		}
+	}
+	var items []vacuumItem
+	for _, run := range runs {
+		rel := joinRel(compactedDir, run)
+		switch {
+		case pending[run]:
+		case m == nil:
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true, why: fmt.Sprintf("rewrites of compaction %s, never switched in", run)})
+		case !old(m.Time):
+		case run == m.Run:
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
+				why: fmt.Sprintf("rewrites of compaction %s as the switch manifest named them, swapped in %s ago", run, now.Sub(m.Time).Round(time.Second))})
+		default:
+			items = append(items, vacuumItem{rel: rel, dir: true, run: run, markersFirst: true,
+				why: fmt.Sprintf("rewrites of compaction %s, superseded by compaction %s %s ago", run, m.Run, now.Sub(m.Time).Round(time.Second))})
+		}
+	}
+	return items, nil
 }
 
 // localLeftovers lists, on a local disk, the hidden building directories
@@ -385,6 +446,20 @@ func (s *Sink) remove(ctx context.Context, it vacuumItem) error {
 			}
 			return s.s3.b.Delete(ctx, keys...)
 		}
+		if it.markersFirst {
+			var markers []string
+			if err := s.s3.b.List(ctx, s.s3.dir(it.rel), func(o objstore.Object) error {
+				if path.Base(o.Key) == SuccessFile {
+					markers = append(markers, o.Key)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			if err := s.s3.b.Delete(ctx, markers...); err != nil {
+				return err
+			}
+		}
 		return s.s3.b.DeletePrefix(ctx, s.s3.dir(it.rel))
 	}
 	if !it.dir {
@@ -395,5 +470,13 @@ func (s *Sink) remove(ctx context.Context, it vacuumItem) error {
 		}
 		return nil
 	}
-	return os.RemoveAll(filepath.Join(s.root, filepath.FromSlash(it.rel)))
+	dir := filepath.Join(s.root, filepath.FromSlash(it.rel))
+	if it.markersFirst {
+		gone := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".removing")
+		if err := os.Rename(dir, gone); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		dir = gone
+	}
+	return os.RemoveAll(dir)
 }
