@@ -137,6 +137,32 @@ type Readiness interface {
 	Ready(ctx context.Context, req PlanRequest) (ready bool, what string, err error)
 }
 
+// Snapshots is implemented by sources of tables whose commits make their
+// data visible at once, so that each commit is a readiness marker (an
+// Iceberg table's snapshots); the kind says so when it registers
+// (Connector.SourceSnapshots). The coordinator leader of a readiness
+// pipeline on such a source calls SnapshotsAfter every readiness.check
+// and announces each snapshot it returns, in order. It only looks (no
+// writes); ctx bounds the one call.
+type Snapshots interface {
+	// SnapshotsAfter returns the snapshots of the table's current lineage
+	// (the current snapshot and its ancestors) committed after the
+	// snapshot last, oldest first: walking back from the current
+	// snapshot, it stops at last, or at the first snapshot committed
+	// before since (last is empty before the first announced; a last
+	// that is no longer an ancestor, after a rollback or an expiry, stops
+	// the walk by since, the time of last). At most limit, the oldest.
+	SnapshotsAfter(ctx context.Context, last string, since time.Time, limit int) ([]Snapshot, error)
+}
+
+// Snapshot is one commit of a table: its id, when it was committed, and
+// the table format's summary of it (operation, files and rows added).
+type Snapshot struct {
+	ID      string
+	Time    time.Time
+	Summary map[string]string
+}
+
 // Window is a half-open range of an incremental run's delta column: of
 // time [From, To), or of integer values [Lo, Hi) (Values).
 type Window = protocol.Window

@@ -45,6 +45,7 @@ type entry struct {
 	target     *CDCTarget
 	validators map[Role]Validator
 	partitions func(json.RawMessage) time.Duration
+	snapshots  bool
 	internal   bool
 	positions  *Positions
 	appends    bool
@@ -114,6 +115,10 @@ type Connector struct {
 	// source that is not laid out by time (or a configuration that is not
 	// valid). Nil means never. It does no I/O.
 	SourcePartitions func(config json.RawMessage) time.Duration
+	// SourceSnapshots says the kind's source is a table whose commits
+	// are its readiness markers (its Source implements Snapshots): a
+	// readiness pipeline on it announces each new snapshot.
+	SourceSnapshots bool
 	// Positions, when set, says the source keeps a position of its own
 	// and can be read by it (incremental.by: position; see Positions).
 	Positions *Positions
@@ -222,6 +227,10 @@ func (r *Registry) Register(c Connector) {
 		e.contracts = e.contracts || c.SinkAppliesContract
 		parts++
 	}
+	if c.SourceSnapshots {
+		e.snapshots = true
+		parts++
+	}
 	if c.SourcePartitions != nil {
 		if e.partitions != nil {
 			dup("source partitions")
@@ -293,6 +302,13 @@ func (r *Registry) Register(c Connector) {
 	}
 	e.internal = e.internal || c.Internal
 	r.kinds[c.Kind] = e
+}
+
+// WatchesSnapshots says whether a readiness pipeline on a source of kind
+// announces the table's new snapshots (Connector.SourceSnapshots).
+func (r *Registry) WatchesSnapshots(kind string) bool {
+	e, ok := r.kinds[kind]
+	return ok && e.snapshots
 }
 
 // PartitionSize returns the size of the time partitions a source of the

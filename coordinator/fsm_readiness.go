@@ -30,6 +30,30 @@ type readyPartition struct {
 	Seq       int64     `json:"seq"`
 	Found     time.Time `json:"found"`
 	Announced time.Time `json:"announced,omitzero"`
+	// Snapshot, for a pipeline watching a table's snapshots, is the
+	// snapshot's id (Window.From its commit time), Summary its summary.
+	Snapshot string            `json:"snapshot,omitempty"`
+	Summary  map[string]string `json:"summary,omitempty"`
+}
+
+// msgID is the message id of the partition's ready event.
+func (r readyPartition) msgID(pipeline string) string {
+	if r.Snapshot != "" {
+		return protocol.ReadySnapshotMsgID(pipeline, r.Snapshot)
+	}
+	return protocol.ReadyMsgID(pipeline, r.Window.From)
+}
+
+// is reports whether r is the partition from (a time partition), or the
+// snapshot id.
+func (r *readyPartition) is(from time.Time, snapshot string) bool {
+	if r == nil {
+		return false
+	}
+	if snapshot != "" || r.Snapshot != "" {
+		return r.Snapshot == snapshot
+	}
+	return r.Window.From.Equal(from)
 }
 
 func (r *readyState) clone() *readyState {
@@ -58,12 +82,17 @@ func (p *pipelineState) readyNext() time.Time {
 }
 
 // readyFoundCmd records that the partition Window of readiness pipeline
-// Pipeline is complete: the next one to check, found at Time.
+// Pipeline is complete: the next one to check, found at Time. With
+// Snapshot set, it records instead that the table the pipeline watches
+// has the new snapshot Snapshot, committed at Window.From, the next to
+// announce.
 type readyFoundCmd struct {
-	Pipeline  string          `json:"pipeline"`
-	Window    protocol.Window `json:"window"`
-	Partition string          `json:"partition"`
-	Time      time.Time       `json:"time"`
+	Pipeline  string            `json:"pipeline"`
+	Window    protocol.Window   `json:"window"`
+	Partition string            `json:"partition"`
+	Time      time.Time         `json:"time"`
+	Snapshot  string            `json:"snapshot,omitempty"`
+	Summary   map[string]string `json:"summary,omitempty"`
 }
 
 func (readyFoundCmd) cmdType() cmdType { return cmdReadyFound }
@@ -80,10 +109,26 @@ func (c readyFoundCmd) applyTo(s *state) (noReply, error) {
 		return noReply{}, refuse(refusedInvalid, "pipeline %q is of pattern %s: only a readiness pipeline announces partitions", c.Pipeline, p.Spec.Pattern)
 	}
 	if p.Ready != nil && p.Ready.Pending != nil {
-		if p.Ready.Pending.Window.From.Equal(c.Window.From) {
+		if p.Ready.Pending.is(c.Window.From, c.Snapshot) {
 			return noReply{}, nil
 		}
-		return noReply{}, refuse(refusedConflict, "pipeline %q: partition %s is still to be announced", c.Pipeline, p.Ready.Pending.Window)
+		return noReply{}, refuse(refusedConflict, "pipeline %q: partition %s is still to be announced", c.Pipeline, p.Ready.Pending.Partition)
+	}
+	if c.Snapshot != "" {
+		// Snapshots come in the order of the table's lineage, each once.
+		if p.Ready != nil && p.Ready.Last.is(c.Window.From, c.Snapshot) {
+			return noReply{}, nil
+		}
+		if next := p.readyNext(); c.Window.From.Before(next) {
+			return noReply{}, refuse(refusedConflict, "pipeline %q: snapshot %s was committed at %s, before the last announced (%s)", c.Pipeline, c.Snapshot, c.Window.From.Format(time.RFC3339Nano), next.Format(time.RFC3339Nano))
+		}
+		if p.Ready == nil {
+			p.Ready = &readyState{}
+		}
+		p.Ready.Pending = &readyPartition{Window: c.Window, Partition: c.Partition, Seq: p.Ready.Seq + 1, Found: c.Time,
+			Snapshot: c.Snapshot, Summary: c.Summary}
+		p.Ready.Next = c.Window.From
+		return noReply{}, nil
 	}
 	if next := p.readyNext(); !c.Window.From.Equal(next) {
 		return noReply{}, refuse(refusedConflict, "pipeline %q: partition %s is not the next to announce (from %s)", c.Pipeline, c.Window, next.Format(time.RFC3339Nano))
@@ -97,11 +142,13 @@ func (c readyFoundCmd) applyTo(s *state) (noReply, error) {
 }
 
 // readyAnnouncedCmd records that the ready event of the pending partition
-// starting at From is published.
+// starting at From (the pending snapshot Snapshot, when set) is
+// published.
 type readyAnnouncedCmd struct {
 	Pipeline string    `json:"pipeline"`
 	From     time.Time `json:"from"`
 	Time     time.Time `json:"time"`
+	Snapshot string    `json:"snapshot,omitempty"`
 }
 
 func (readyAnnouncedCmd) cmdType() cmdType { return cmdReadyAnnounced }
@@ -115,8 +162,8 @@ func (c readyAnnouncedCmd) applyTo(s *state) (noReply, error) {
 	}
 	r := p.Ready
 	switch {
-	case r != nil && r.Pending != nil && r.Pending.Window.From.Equal(c.From):
-	case r != nil && r.Last != nil && r.Last.Window.From.Equal(c.From):
+	case r != nil && r.Pending.is(c.From, c.Snapshot):
+	case r != nil && r.Last.is(c.From, c.Snapshot):
 		return noReply{}, nil
 	default:
 		return noReply{}, refuse(refusedConflict, "pipeline %q: no partition from %s is pending", c.Pipeline, c.From.Format(time.RFC3339Nano))

@@ -24,7 +24,8 @@ const maxReadyPerCheck = 100
 
 // readiness runs the readiness pipelines while the term lasts: every
 // readiness.check each one's next partition is checked with its source's
-// Readiness capability, on the leader, and each partition found complete
+// Readiness capability (or its table's new snapshots listed with its
+// Snapshots capability), on the leader, and each partition found complete
 // is recorded (readyFoundCmd), announced on sluice.events.ready.<pipeline>,
 // starts the pipelines that run after it, and is recorded as announced
 // (readyAnnouncedCmd). No task is published and no worker slot is held.
@@ -61,6 +62,9 @@ func (t *leaderTerm) watch(ctx context.Context, log *slog.Logger, p *pipelineSta
 		if err := t.announceReady(ctx, log, p, *p.Ready.Pending); err != nil {
 			return err
 		}
+	}
+	if c.reg.WatchesSnapshots(p.Spec.Source.Kind) {
+		return t.watchSnapshots(ctx, log, p)
 	}
 	size := c.reg.PartitionSize(p.Spec.Source.Kind, p.Spec.Source.Config)
 	if size <= 0 {
@@ -107,6 +111,57 @@ func (t *leaderTerm) watch(ctx context.Context, log *slog.Logger, p *pipelineSta
 	return nil
 }
 
+// watchSnapshots announces the snapshots committed to the table p watches
+// since the last announced (since readiness.start before the first), in
+// the order of the table's lineage, up to maxReadyPerCheck; p's pending
+// snapshot, if any, is announced already (watch).
+func (t *leaderTerm) watchSnapshots(ctx context.Context, log *slog.Logger, p *pipelineState) error {
+	c := t.c
+	name := p.Spec.Name
+	src, err := c.reg.OpenSource(ctx, p.Spec.Source.Kind, p.Spec.Source.Config)
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	defer func() {
+		if err := src.Close(); err != nil {
+			log.Warn("close source after readiness check", "err", err)
+		}
+	}()
+	sw, ok := src.(connectors.Snapshots)
+	if !ok {
+		return fmt.Errorf("source %s cannot list its snapshots", p.Spec.Source.Kind)
+	}
+	cur, ok := c.fsm.pipeline(name)
+	if !ok || cur.Spec.Pattern != protocol.PatternReadiness {
+		return nil
+	}
+	var last string
+	if cur.Ready != nil && cur.Ready.Last != nil {
+		last = cur.Ready.Last.Snapshot
+	}
+	snaps, err := sw.SnapshotsAfter(ctx, last, cur.readyNext(), maxReadyPerCheck)
+	if err != nil {
+		return fmt.Errorf("list the snapshots after %q: %w", last, err)
+	}
+	for _, sn := range snaps {
+		w := protocol.Window{From: sn.Time, To: sn.Time}
+		if _, err := apply(c, readyFoundCmd{Pipeline: name, Window: w, Partition: sn.ID, Time: now(), Snapshot: sn.ID, Summary: sn.Summary}); err != nil {
+			return fmt.Errorf("record snapshot %s found: %w", sn.ID, err)
+		}
+		cur, ok := c.fsm.pipeline(name)
+		if !ok || cur.Spec.Pattern != protocol.PatternReadiness {
+			return nil // deleted or changed meanwhile
+		}
+		if cur.Ready == nil || cur.Ready.Pending == nil {
+			continue // announced already
+		}
+		if err := t.announceReady(ctx, log, cur, *cur.Ready.Pending); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // announceReady publishes the ready event of part, a partition p found
 // complete, unless the last event on the pipeline's subject is already
 // this one (a leader that published it and stopped before recording it:
@@ -117,14 +172,14 @@ func (t *leaderTerm) announceReady(ctx context.Context, log *slog.Logger, p *pip
 	c := t.c
 	name := p.Spec.Name
 	subject := protocol.ReadyEventSubject(name)
-	msgID := protocol.ReadyMsgID(name, part.Window.From)
+	msgID := part.msgID(name)
 	published, err := t.lastEventIs(ctx, subject, msgID)
 	if err != nil {
 		return err
 	}
 	if !published {
 		data, err := protocol.Encode(protocol.ReadyEvent{Pipeline: name, Partition: part.Partition, Window: part.Window,
-			Source: p.Spec.Source.Kind, Seq: part.Seq, Time: part.Found})
+			Source: p.Spec.Source.Kind, Seq: part.Seq, Time: part.Found, Snapshot: part.Snapshot, Summary: part.Summary})
 		if err != nil {
 			return err
 		}
@@ -141,7 +196,7 @@ func (t *leaderTerm) announceReady(ctx context.Context, log *slog.Logger, p *pip
 	}); err != nil {
 		return err
 	}
-	if _, err := apply(c, readyAnnouncedCmd{Pipeline: name, From: part.Window.From, Time: now()}); err != nil {
+	if _, err := apply(c, readyAnnouncedCmd{Pipeline: name, From: part.Window.From, Time: now(), Snapshot: part.Snapshot}); err != nil {
 		return fmt.Errorf("record partition %s announced: %w", part.Partition, err)
 	}
 	log.Info("partition ready", "partition", part.Partition, "seq", part.Seq)

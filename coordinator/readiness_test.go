@@ -97,6 +97,51 @@ func TestFSMReadiness(t *testing.T) {
 	}
 }
 
+// A readiness pipeline on a table's snapshots records each new snapshot
+// pending, then announced, in commit order: the same snapshot found again
+// (pending or announced) changes nothing, one committed before the last
+// announced is refused, and two snapshots of the same millisecond are two.
+func TestFSMReadinessSnapshots(t *testing.T) {
+	f := newFSM()
+	at := func(ms int) protocol.Window {
+		tm := t0.Add(time.Duration(ms) * time.Millisecond)
+		return protocol.Window{From: tm, To: tm}
+	}
+	found := func(id string, ms int) readyFoundCmd {
+		return readyFoundCmd{Pipeline: "ready", Window: at(ms), Partition: id, Time: t0, Snapshot: id, Summary: map[string]string{"operation": "append"}}
+	}
+	announced := func(id string, ms int) readyAnnouncedCmd {
+		return readyAnnouncedCmd{Pipeline: "ready", From: at(ms).From, Time: t0, Snapshot: id}
+	}
+	applyAll(t, f, pipelinePutCmd{Spec: readySpec("ready"), Time: t0})
+	if err, _ := applyAll(t, f, found("11", 5), found("11", 5)).(error); err != nil {
+		t.Fatalf("found twice: %v", err)
+	}
+	if err, _ := applyAll(t, f, found("12", 5)).(error); !refused(err, refusedConflict) {
+		t.Fatalf("a second snapshot found while one is pending: %v", err)
+	}
+	if err, _ := applyAll(t, f, announced("12", 5)).(error); !refused(err, refusedConflict) {
+		t.Fatalf("a snapshot announced that is not pending: %v", err)
+	}
+	if err, _ := applyAll(t, f, announced("11", 5), announced("11", 5), found("11", 5)).(error); err != nil {
+		t.Fatalf("announce: %v", err)
+	}
+	p, _ := f.pipeline("ready")
+	if r := p.Ready; r.Pending != nil || r.Last == nil || r.Last.Snapshot != "11" || r.Seq != 1 || r.Last.Summary["operation"] != "append" {
+		t.Fatalf("after the first snapshot: %+v %+v", r, r.Last)
+	}
+	if err, _ := applyAll(t, f, found("10", 4)).(error); !refused(err, refusedConflict) {
+		t.Fatalf("a snapshot committed before the last announced: %v", err)
+	}
+	if err, _ := applyAll(t, f, found("12", 5), announced("12", 5)).(error); err != nil {
+		t.Fatalf("a second snapshot of the same millisecond: %v", err)
+	}
+	p, _ = f.pipeline("ready")
+	if r := p.Ready; r.Last.Snapshot != "12" || r.Seq != 2 || r.Last.msgID("ready") == (readyPartition{Snapshot: "11"}).msgID("ready") {
+		t.Fatalf("after the second snapshot: %+v %+v", r, r.Last)
+	}
+}
+
 // readySource is a "readysrc" source laid out by hours whose partitions
 // are complete once marked; it counts its checks.
 type readySource struct {

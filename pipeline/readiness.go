@@ -14,14 +14,19 @@ import (
 // does not load: its source is laid out by time partitions (the files
 // source's layout, with its ready convention: a _SUCCESS file or the next
 // partition), and the coordinator leader announces each partition once it
-// is complete, in order from Start, on sluice.events.ready.<pipeline>.
+// is complete, in order from Start, on sluice.events.ready.<pipeline>; or
+// its source is a table whose commits are its markers (an Iceberg table,
+// connectors.Snapshots), and the leader announces each new snapshot of
+// the table's lineage committed at or after Start, in order.
 // It has no sink and no runs; pipelines with trigger.after naming it run
 // once per partition announced.
 
 // Readiness holds the settings of a readiness pipeline.
 type Readiness struct {
 	// Start is where the first partition watched starts; it must lie on
-	// a partition boundary of the source's layout.
+	// a partition boundary of the source's layout. For a table's
+	// snapshots, the first snapshot announced is the first committed at
+	// or after Start.
 	Start time.Time `json:"start"`
 	// Check is how often the leader looks at the next partition; 0 means
 	// DefaultReadyCheck.
@@ -106,12 +111,15 @@ func (s Spec) readinessProblems(lines lines, reg *connectors.Registry, partition
 		return nil
 	}
 	var out []Problem
+	if reg.WatchesSnapshots(s.Source.Kind) {
+		return nil // any time: the first snapshot committed since
+	}
 	if partition <= 0 && hasLayout(s.Source) {
 		return nil // the layout's own problem is reported with the source
 	}
 	if partition <= 0 {
 		return append(out, Problem{Field: "source", Line: lines.nearest("source"),
-			Msg: fmt.Sprintf("a readiness pipeline watches time partitions: this %s source is not laid out by them (a files source with layout, and ready: success_file or next_partition)", s.Source.Kind)})
+			Msg: fmt.Sprintf("a readiness pipeline watches time partitions or a table's snapshots: this %s source is neither (a files source with layout, and ready: success_file or next_partition; an iceberg table)", s.Source.Kind)})
 	}
 	if r := s.Readiness; r != nil && !r.Start.IsZero() && !r.Start.UTC().Truncate(partition).Equal(r.Start) {
 		out = append(out, Problem{Field: "readiness.start", Line: lines.nearest("readiness.start"),

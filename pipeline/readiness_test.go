@@ -44,7 +44,7 @@ func TestLoadReadinessProblems(t *testing.T) {
 		{"sink and trigger refused", readinessHead + "readiness: {start: 2026-11-25T00:00:00Z}\nsink: {kind: files, path: /out}\ntrigger: {after: up}\nschedule: '@hourly'\n",
 			[]string{"sink: a readiness pipeline watches a dataset and loads nothing", "trigger: a readiness pipeline", "schedule: a readiness pipeline"}},
 		{"no layout", "name: r\npattern: readiness\nsource: {kind: files, path: /data/events}\nreadiness: {start: 2026-11-25T00:00:00Z}\n",
-			[]string{"source: a readiness pipeline watches time partitions: this files source is not laid out by them"}},
+			[]string{"source: a readiness pipeline watches time partitions or a table's snapshots: this files source is neither"}},
 		{"section on another pattern", partitionHead + "incremental: {window: 1h, start: 2026-11-25T00:00:00Z}\nreadiness: {start: 2026-11-25T00:00:00Z}\n",
 			[]string{"readiness: is only for pattern readiness, not incremental"}},
 	}

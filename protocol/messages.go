@@ -355,10 +355,16 @@ type ReadyEvent struct {
 	V        int    `json:"v"`
 	Pipeline string `json:"pipeline"`
 	// Partition names the partition as its source shows it: its directory
-	// or S3 prefix.
+	// or S3 prefix; for a table's snapshot, the snapshot id.
 	Partition string `json:"partition"`
-	// Window is the time range the partition holds.
+	// Window is the time range the partition holds; for a snapshot, From
+	// and To are both when it was committed.
 	Window Window `json:"window"`
+	// Snapshot, for a readiness pipeline watching a table's snapshots, is
+	// the id of the snapshot announced, and Summary the table format's
+	// summary of it (its "operation", files and rows added).
+	Snapshot string            `json:"snapshot,omitempty"`
+	Summary  map[string]string `json:"summary,omitempty"`
 	// Source is the kind of the source watched.
 	Source string `json:"source"`
 	// Seq numbers the pipeline's ready events from 1.
@@ -371,6 +377,12 @@ type ReadyEvent struct {
 // partition of pipeline starting at from.
 func ReadyMsgID(pipeline string, from time.Time) string {
 	return "ready:" + pipeline + ":" + from.UTC().Format(time.RFC3339Nano)
+}
+
+// ReadySnapshotMsgID is the JetStream message id of the ready event of
+// snapshot id of the table pipeline watches.
+func ReadySnapshotMsgID(pipeline, id string) string {
+	return "ready:" + pipeline + ":snapshot:" + id
 }
 
 // Heartbeat is published by each worker every few seconds on

@@ -281,7 +281,7 @@ func (b *bench) bareProduceLoop(ctx context.Context, _ *devcluster.Cluster) erro
 	if err != nil {
 		return fmt.Errorf("(c): %w", err)
 	}
-	if err := b.checkAppended(ctx, bareOutTopic, before); err != nil {
+	if err := b.checkAppended(ctx, bareOutTopic, before, int64(b.cfg.partitions)); err != nil {
 		return fmt.Errorf("(c): %w", err)
 	}
 	m.Verified = "the target topic grew by the source's records and one commit marker a partition, no transaction left open"
@@ -291,12 +291,19 @@ func (b *bench) bareProduceLoop(ctx context.Context, _ *devcluster.Cluster) erro
 
 // sluiceToKafka is (d), checked like (c).
 func (b *bench) sluiceToKafka(ctx context.Context, c *devcluster.Cluster) error {
-	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_to_kafka"], kafkaPipeline, sluiceOutTopic, "(d)", "sluice kafka")
+	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_to_kafka"], kafkaPipeline, sluiceOutTopic, "(d)", "sluice kafka", int64(b.cfg.partitions))
 }
 
 // sluicePassthrough is (e), checked like (c): a new passthrough pipeline
-// copies the whole topic into passOutTopic, partition to partition.
+// copies the whole topic into passOutTopic, partition to partition, in
+// transactions of at most records-per-task records of one partition each.
 func (b *bench) sluicePassthrough(ctx context.Context, c *devcluster.Cluster) error {
+	ends, err := kadm.NewClient(b.cl).ListEndOffsets(ctx, srcTopic)
+	if err != nil {
+		return err
+	}
+	var txns int64
+	ends.Each(func(o kadm.ListedOffset) { txns += (o.Offset + b.cfg.perTask - 1) / b.cfg.perTask })
 	b.passes++
 	name := fmt.Sprintf("%s-%d", passPipeline, b.passes)
 	text := fmt.Sprintf("name: %s\npattern: passthrough\nsource: {kind: kafka, brokers: [%q], topic: %s, records_per_task: %d}\nsink: {kind: kafka, brokers: [%q], topic: %s}\n",
@@ -308,12 +315,12 @@ func (b *bench) sluicePassthrough(ctx context.Context, c *devcluster.Cluster) er
 	if _, err := c.Client.Apply(ctx, spec); err != nil {
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
-	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_passthrough"], name, passOutTopic, "(e)", "sluice passthrough")
+	return b.runIntoTopic(ctx, c, b.ms["sluice_kafka_passthrough"], name, passOutTopic, "(e)", "sluice passthrough", txns)
 }
 
 // runIntoTopic times a run of pipeline name into topic as m, checking it
-// like (c).
-func (b *bench) runIntoTopic(ctx context.Context, c *devcluster.Cluster, m *measurement, name, topic, label, short string) error {
+// like (c), with markers transaction markers.
+func (b *bench) runIntoTopic(ctx context.Context, c *devcluster.Cluster, m *measurement, name, topic, label, short string, markers int64) error {
 	before, err := b.endOffsets(ctx, topic)
 	if err != nil {
 		return err
@@ -330,25 +337,25 @@ func (b *bench) runIntoTopic(ctx context.Context, c *devcluster.Cluster, m *meas
 	if err != nil {
 		return fmt.Errorf("%s: %w", label, err)
 	}
-	if err := b.checkAppended(ctx, topic, before); err != nil {
+	if err := b.checkAppended(ctx, topic, before, markers); err != nil {
 		return fmt.Errorf("%s: %w", label, err)
 	}
 	m.Tasks = tasks
-	m.Verified = "the target topic grew by the source's records and one commit marker a partition, no transaction left open"
+	m.Verified = "the target topic grew by the source's records and one commit marker a transaction, no transaction left open"
 	fmt.Fprintf(b.stdout, ", %s %.2fs", short, secs)
 	return nil
 }
 
-// checkAppended checks that topic grew by the source's records and one
-// commit marker a partition (one transaction that touched each), all of
-// it committed: the last stable offset of every partition is its end.
-func (b *bench) checkAppended(ctx context.Context, topic string, before int64) error {
+// checkAppended checks that topic grew by the source's records and
+// markers commit markers (one a partition of each transaction), all of it
+// committed: the last stable offset of every partition is its end.
+func (b *bench) checkAppended(ctx context.Context, topic string, before, markers int64) error {
 	after, err := b.endOffsets(ctx, topic)
 	if err != nil {
 		return err
 	}
-	if want := b.cfg.records + int64(b.cfg.partitions); after-before != want {
-		return fmt.Errorf("%s grew by %d offsets, want %d records and %d commit markers (one transaction)", topic, after-before, b.cfg.records, b.cfg.partitions)
+	if want := b.cfg.records + markers; after-before != want {
+		return fmt.Errorf("%s grew by %d offsets, want %d records and %d commit markers", topic, after-before, b.cfg.records, markers)
 	}
 	return nil
 }

@@ -12,8 +12,11 @@
 //	                                                 run in one transaction
 //	(e) Sluice Kafka -> Kafka passthrough            records as they are,
 //	                                                 partition to partition,
-//	                                                 the run in one
-//	                                                 transaction; baseline (c)
+//	                                                 a task a partition, in
+//	                                                 transactions of
+//	                                                 --records-per-task with
+//	                                                 the source offsets;
+//	                                                 baseline (c)
 //
 // The topic holds --records JSON records over --partitions partitions. Each
 // measurement runs --reps times interleaved and the best time counts; every
@@ -84,6 +87,7 @@ type config struct {
 	slots      int
 	perTask    int64
 	cpuProfile string
+	only       string
 }
 
 func main() {
@@ -97,7 +101,8 @@ func main() {
 	flag.IntVar(&cfg.workers, "workers", 2, "Sluice workers")
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.perTask, "records-per-task", 250_000, "records_per_task of the Sluice source")
-	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.parquet.pprof and FILE.kafka.pprof")
+	flag.StringVar(&cfg.only, "only", "", "run only these measurements, by letter (\"c,e\": the bare consume-and-produce loop and the passthrough); default all")
+	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more run of each Sluice load into FILE.parquet.pprof, FILE.kafka.pprof and FILE.pass.pprof")
 	flag.Parse()
 	if cfg.smoke {
 		err := harness.Smoke(flag.CommandLine, "kafka", map[string]string{"records": "20000", "reps": "1", "records-per-task": "5000"})
@@ -174,7 +179,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		"sluice_kafka_to_parquet":  {Key: "sluice_kafka_to_parquet", Label: "(b) Sluice Kafka -> Parquet files (full load)", Baseline: "bare_consume_to_parquet", Target: targetParquet},
 		"bare_consume_produce":     {Key: "bare_consume_produce", Label: "(c) franz-go consume loop -> produce, one transaction"},
 		"sluice_kafka_to_kafka":    {Key: "sluice_kafka_to_kafka", Label: "(d) Sluice Kafka -> Kafka (full load, one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
-		"sluice_kafka_passthrough": {Key: "sluice_kafka_passthrough", Label: "(e) Sluice Kafka -> Kafka passthrough (one transaction)", Baseline: "bare_consume_produce", Target: targetKafka},
+		"sluice_kafka_passthrough": {Key: "sluice_kafka_passthrough", Label: "(e) Sluice Kafka -> Kafka passthrough (transactions per partition, offsets in them)", Baseline: "bare_consume_produce", Target: targetKafka},
 	}
 
 	reg := connectors.NewRegistry()
@@ -208,7 +213,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "cluster: embedded NATS, 1 coordinator, %d workers x %d slots; %d records a task\n", cfg.workers, cfg.slots, cfg.perTask)
 		for rep := 1; rep <= cfg.reps; rep++ {
 			fmt.Fprintf(stdout, "rep %d/%d:", rep, cfg.reps)
-			for _, step := range []func(context.Context, *devcluster.Cluster) error{b.bareParquetLoop, b.sluiceToParquet, b.bareProduceLoop, b.sluiceToKafka, b.sluicePassthrough} {
+			for i, step := range []func(context.Context, *devcluster.Cluster) error{b.bareParquetLoop, b.sluiceToParquet, b.bareProduceLoop, b.sluiceToKafka, b.sluicePassthrough} {
+				if cfg.only != "" && !strings.Contains(cfg.only, string(rune('a'+i))) {
+					continue
+				}
 				if err := step(ctx, c); err != nil {
 					return err
 				}
@@ -226,6 +234,10 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 				}
 				fmt.Fprintf(stdout, "profile of one more %s run (not timed): %s\n", p.pipeline, cfg.cpuProfile+p.file)
 			}
+			if err := profile(cfg.cpuProfile+".pass.pprof", func() error { return b.sluicePassthrough(ctx, c) }); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "\nprofile of one more passthrough run (not timed): %s\n", cfg.cpuProfile+".pass.pprof")
 		}
 		return nil
 	})
@@ -247,6 +259,14 @@ func timed(m *measurement, fn func() error) (float64, error) {
 
 // profileRun records a CPU profile of one run of a pipeline into path.
 func profileRun(ctx context.Context, c *devcluster.Cluster, name, path string) error {
+	return profile(path, func() error {
+		_, err := runPipeline(ctx, c, name)
+		return err
+	})
+}
+
+// profile records a CPU profile of fn into path.
+func profile(path string, fn func() error) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return err
@@ -256,8 +276,7 @@ func profileRun(ctx context.Context, c *devcluster.Cluster, name, path string) e
 		return err
 	}
 	defer pprof.StopCPUProfile()
-	_, err = runPipeline(ctx, c, name)
-	return err
+	return fn()
 }
 
 // runPipeline runs a pipeline and waits for its commit.

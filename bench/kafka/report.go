@@ -58,7 +58,14 @@ type results struct {
 // writeResults computes each measurement's figures, prints them and
 // writes them to cfg.out.
 func writeResults(cfg config, w io.Writer, hdr harness.Header, ms map[string]*measurement, srcBytes int64) error {
-	order := []string{"bare_consume_to_parquet", "sluice_kafka_to_parquet", "bare_consume_produce", "sluice_kafka_to_kafka", "sluice_kafka_passthrough"}
+	var order []string
+	for _, k := range []string{"bare_consume_to_parquet", "sluice_kafka_to_parquet", "bare_consume_produce", "sluice_kafka_to_kafka", "sluice_kafka_passthrough"} {
+		if len(ms[k].Seconds) == 0 {
+			delete(ms, k) // not run (--only)
+			continue
+		}
+		order = append(order, k)
+	}
 	for _, k := range order {
 		m := ms[k]
 		i := measure.Best(m.Seconds)
@@ -76,7 +83,7 @@ func writeResults(cfg config, w io.Writer, hdr harness.Header, ms map[string]*me
 		m := ms[k]
 		ratio := ""
 		target := ""
-		if m.Baseline != "" {
+		if ms[m.Baseline] != nil {
 			m.Ratio = measure.Round(ms[m.Baseline].BestSeconds/m.BestSeconds, 2)
 			met := m.Ratio >= m.Target
 			m.Met = &met

@@ -408,6 +408,7 @@ func Register(reg *connectors.Registry) {
 			return err
 		},
 		ValidateDataset:  validateDataset,
+		SourceSnapshots:  true,
 		SinkMerges:       true,
 		SinkValueWindows: true,
 		SinkAppends:      true,

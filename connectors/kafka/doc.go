@@ -15,7 +15,10 @@
 // As a sink it appends each run to a topic in one Kafka transaction (see
 // Sink): tasks stage their records in a staging topic, and the leader's
 // commit copies them into the topic with a marker that makes a repeated
-// commit copy nothing.
+// commit copy nothing. As the sink of a passthrough from a kafka source
+// it writes each record once, straight into the partition of its source's
+// number, in transactions that commit the source offsets they reach (see
+// pass.go): atomic per transaction, not per run.
 //
 // As the sink of a cdc_apply pipeline (see Applier) it writes each table's
 // change events to <prefix>.<schema>.<table>, keyed by primary key (a

@@ -19,6 +19,9 @@ type offsetRange struct {
 	Partition int32  `json:"partition"`
 	From      int64  `json:"from"`
 	To        int64  `json:"to"`
+	// Of is, in the task of a passthrough, how many partitions the topic
+	// has: the target must have as many.
+	Of int32 `json:"of,omitempty"`
 }
 
 func (r offsetRange) String() string {

@@ -5,10 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -29,26 +26,45 @@ const metaPartition = "partition"
 
 // A passthrough from Kafka to Kafka copies each partition of the source
 // topic to the partition of the same number of the target topic, record
-// for record. The source plans a run as a run by position does (Plan with
-// ByPosition): tasks of one partition's offset range, from the
-// pipeline's watermark, the offset vector that moves in the Raft entry
-// committing the run. The sink stages a task's records in its staging
-// topic, each marked with the attempt and the partition it goes to, and
-// the leader's commit copies the kept attempts' records, in task order,
-// into the target in one transaction with the run's marker (see Sink), so
-// a worker killed mid-task leaves records no commit copies, a retried
-// task counts once, and a commit repeated after a leader's crash copies
-// nothing again. The same transaction commits the offsets the run
-// reached to a consumer group when the source topic
-// is on the sink's cluster and the sink names the group (consumer_group),
-// so that the group's lag is the pipeline's.
+// for record, each record written once. The source plans a run as a run by
+// position does (Plan with ByPosition), from the pipeline's watermark, the
+// offset vector that moves in the Raft entry committing the run, but as
+// one task per partition: a task copies its partition's new records in
+// order, so that the partitions spread over the workers and no two tasks
+// write to one partition. The sink's task writes the records straight
+// into the target in Kafka transactions of at most records_per_task
+// records (see passWriter), each committing, in the same transaction, the
+// source offset it reached as a marker (and, when the sink names
+// consumer_group, as that group's offset of the source topic): a
+// transactional ID per pipeline and partition fences an earlier attempt
+// of the task, and the marker says where the copy stands, so a worker
+// killed mid-transaction leaves an aborted transaction, a retried task
+// goes on from the marker, and no record is copied twice, nor lost.
+//
+// Read_committed consumers therefore see a partition's records arrive
+// transaction by transaction, in order, never a part of one, rather than a
+// whole run at once: a passthrough's unit of atomicity is the
+// transaction, not the run (Kafka's own exactly-once copy, as a
+// consume-transform-produce loop does it). A run that fails keeps what
+// its committed transactions copied; the next one goes on from the
+// markers. The run's commit on the leader writes nothing to Kafka.
 
 // PlanUnits plans a passthrough run: the records new since the watermark,
-// as a run by position plans them.
+// as a run by position plans them, one task per partition.
 func (s *Source) PlanUnits(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
 	req.ByPosition, req.Window, req.Target = true, nil, nil
-	return s.Plan(ctx, req)
+	return s.plan(ctx, req, true)
 }
+
+// Meta entries of a unit of Units besides metaPartition: the source
+// topic and its number of partitions, the end of the task's range, and
+// the records a transaction takes.
+const (
+	metaTopic      = "topic"
+	metaPartitions = "partitions"
+	metaTo         = "to"
+	metaBatch      = "records_per_transaction"
+)
 
 // ReadUnits reads one task's offset range and emits the records of each
 // fetch as one unit.
@@ -57,12 +73,18 @@ func (s *Source) ReadUnits(ctx context.Context, p protocol.Partition, emit conne
 	if err != nil {
 		return err
 	}
-	meta := map[string]string{metaPartition: strconv.Itoa(int(r.Partition))}
+	per := s.cfg.RecordsPerTask
+	if per <= 0 {
+		per = DefaultRecordsPerTask
+	}
+	meta := map[string]string{
+		metaTopic: r.Topic, metaPartition: strconv.Itoa(int(r.Partition)), metaPartitions: strconv.Itoa(int(r.Of)),
+		metaTo: strconv.FormatInt(r.To, 10), metaBatch: strconv.FormatInt(per, 10),
+	}
 	err = readRange(ctx, s.cl, s.adm, r, s.cfg.committed(), func(recs []*kgo.Record) error {
-		body := appendRecords(nil, recs)
 		return emit(ctx, connectors.Unit{
-			Offset: 0, Length: int64(len(body)), Size: int64(len(body)), Format: Units, Meta: meta,
-			Body: bytes.NewReader(body), Position: fmt.Sprintf("%s/%d@%d", r.Topic, r.Partition, recs[0].Offset),
+			Offset: 0, Length: -1, Size: -1, Format: Units, Meta: meta,
+			Body: &recordsBody{recs: recs}, Position: fmt.Sprintf("%s/%d@%d", r.Topic, r.Partition, recs[0].Offset),
 		})
 	})
 	if err != nil {
@@ -71,11 +93,28 @@ func (s *Source) ReadUnits(ctx context.Context, p protocol.Partition, emit conne
 	return nil
 }
 
-// appendRecords appends the encoding of recs to buf: per record its key
-// and value (length+1, 0 for null), its timestamp in milliseconds, and
-// its headers (count, then each key and value, a value's length+1).
+// recordsBody is the Body of a unit of Units: the encoding of its records
+// (appendRecords), made when it is first read. A kafka sink takes the
+// records themselves instead, as they came from the fetch.
+type recordsBody struct {
+	recs []*kgo.Record
+	r    *bytes.Reader
+}
+
+func (b *recordsBody) Read(p []byte) (int, error) {
+	if b.r == nil {
+		b.r = bytes.NewReader(appendRecords(nil, b.recs))
+	}
+	return b.r.Read(p)
+}
+
+// appendRecords appends the encoding of recs to buf: per record its
+// offset, its key and value (length+1, 0 for null), its timestamp in
+// milliseconds, and its headers (count, then each key and value, a
+// value's length+1).
 func appendRecords(buf []byte, recs []*kgo.Record) []byte {
 	for _, r := range recs {
+		buf = binary.AppendVarint(buf, r.Offset)
 		buf = appendNullable(buf, r.Key)
 		buf = appendNullable(buf, r.Value)
 		buf = binary.AppendVarint(buf, r.Timestamp.UnixMilli())
@@ -143,7 +182,13 @@ func (d *recordReader) next() *kgo.Record {
 	if len(d.b) == 0 || d.err != nil {
 		return nil
 	}
-	r := &kgo.Record{Key: d.nullable(), Value: d.nullable()}
+	off, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return nil
+	}
+	d.b = d.b[n:]
+	r := &kgo.Record{Offset: off, Key: d.nullable(), Value: d.nullable()}
 	ts, n := binary.Varint(d.b)
 	if n <= 0 {
 		d.fail()
@@ -165,86 +210,3 @@ func (d *recordReader) next() *kgo.Record {
 	}
 	return r
 }
-
-// OpenUnits starts a task attempt of a passthrough run: its records are
-// staged as OpenTask stages rows, each marked with the partition it goes
-// to.
-func (s *Sink) OpenUnits(ctx context.Context, t connectors.TaskRef) (connectors.UnitWriter, error) {
-	tw, err := s.OpenTask(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	return &unitWriter{taskWriter: tw.(*taskWriter)}, nil
-}
-
-// unitWriter stages the records of a passthrough task attempt.
-type unitWriter struct{ *taskWriter }
-
-// WriteUnit stages the records of u, in order, for the partition of the
-// target of the number of the one they were read from.
-func (w *unitWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
-	if u.Format != Units || u.Remove {
-		return permanentf("unit %s is not of %s (format %q): a kafka sink copies only a kafka source's records", u.Position, Units, u.Format)
-	}
-	part := u.Meta[metaPartition]
-	if _, err := strconv.ParseUint(part, 10, 31); err != nil {
-		return permanentf("unit %s names no partition (%q)", u.Position, part)
-	}
-	if err := w.failed(); err != nil {
-		return fmt.Errorf("stage records: %w", err)
-	}
-	body, err := io.ReadAll(u.Body)
-	if err != nil {
-		return fmt.Errorf("read unit %s: %w", u.Position, err)
-	}
-	w.bytes += int64(len(body))
-	d := recordReader{b: body}
-	for r := d.next(); r != nil; r = d.next() {
-		w.sum.Add(r.Value)
-		w.rows++
-		r.Headers = append(r.Headers, kgo.RecordHeader{Key: headerPartition, Value: []byte(part)})
-		w.produce(ctx, r)
-	}
-	return d.err
-}
-
-// CommitUnits copies the run's staged records into the target in one
-// transaction, as Commit does.
-func (s *Sink) CommitUnits(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
-	c, err := s.consumed(ctx, req)
-	if err != nil {
-		return connectors.CommitResult{Location: s.cfg.Topic}, err
-	}
-	return s.commit(ctx, req, c)
-}
-
-// consumed returns the offsets the run reaches in its source topic (its
-// watermark), to commit for the consumer group ConsumerGroup names; nil
-// when it names none.
-func (s *Sink) consumed(ctx context.Context, req connectors.CommitRequest) (*consumed, error) {
-	if s.cfg.ConsumerGroup == "" {
-		return nil, nil
-	}
-	topic, _, ok := strings.Cut(req.Watermark, ":")
-	if !ok {
-		return nil, permanentf("consumer_group: the watermark %q is no position in a kafka topic: is the source a kafka topic?", req.Watermark)
-	}
-	offs, err := parseWatermark(req.Watermark, topic)
-	if err != nil {
-		return nil, err
-	}
-	info, err := describeTopic(ctx, s.adm, topic)
-	if err != nil {
-		return nil, fmt.Errorf("consumer_group: the source topic on the sink's cluster: %w", err)
-	}
-	for p := range offs {
-		if !slices.Contains(info.partitions, p) {
-			return nil, permanentf("consumer_group: topic %s of the sink's cluster has no partition %d: is the source on another cluster?", topic, p)
-		}
-	}
-	return &consumed{group: s.cfg.ConsumerGroup, topic: info, name: topic, offsets: offs}, nil
-}
-
-// AbortUnits leaves a failed run's staged records to the staging topic's
-// retention, as Abort does.
-func (s *Sink) AbortUnits(ctx context.Context, runID string) error { return s.Abort(ctx, runID) }

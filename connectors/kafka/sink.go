@@ -21,13 +21,18 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 )
 
-// Headers of staged records: the attempt that wrote a record, and the
-// partition of the target it goes to when it must go to one (a
-// passthrough keeps partitions); the commit drops them.
+// maxBuffered and maxBufferedBytes bound the records a producer of the
+// sink holds before the brokers acknowledge them (franz-go's default is
+// 10,000 records): a fetch of 8 MiB holds more, and a producer that
+// blocks stops the fetch.
 const (
-	headerAttempt   = "sluice-attempt"
-	headerPartition = "sluice-partition"
+	maxBuffered      = 1 << 17
+	maxBufferedBytes = 64 << 20
 )
+
+// headerAttempt is the header of a staged record naming the attempt
+// that wrote it; the commit drops it.
+const headerAttempt = "sluice-attempt"
 
 // Sink commits the records of a run to a topic in one Kafka transaction:
 // read_committed consumers see a run whole or not at all.
@@ -60,7 +65,7 @@ func NewSink(c SinkConfig) (*Sink, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	cl, err := c.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond))
+	cl, err := c.newClient(kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(maxBuffered), kgo.MaxBufferedBytes(maxBufferedBytes))
 	if err != nil {
 		return nil, err
 	}
@@ -233,22 +238,6 @@ func transactionalID(pipeline string) string { return "sluice." + pipeline }
 // Commit copies the records the run's tasks staged into the topic in one
 // transaction, unless a marker says an earlier commit did.
 func (s *Sink) Commit(ctx context.Context, req connectors.CommitRequest) (connectors.CommitResult, error) {
-	return s.commit(ctx, req, nil)
-}
-
-// consumed is what a passthrough run read: offsets of the partitions of a
-// topic of the sink's cluster, committed for a consumer group in the
-// run's transaction.
-type consumed struct {
-	group   string
-	topic   topicInfo
-	name    string
-	offsets map[int32]int64
-}
-
-// commit is Commit, committing also the offsets of c (when set) in the
-// transaction.
-func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest, c *consumed) (connectors.CommitResult, error) {
 	res := connectors.CommitResult{Location: s.cfg.Topic}
 	var outs []staged
 	for i, t := range req.Tasks {
@@ -272,6 +261,7 @@ func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest, c *cons
 		kgo.TransactionTimeout(s.cfg.transactionTimeout()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(maxBuffered), kgo.MaxBufferedBytes(maxBufferedBytes),
 	)
 	if err != nil {
 		return res, err
@@ -292,9 +282,6 @@ func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest, c *cons
 	copied, err := s.copyStaged(ctx, txn, info, outs)
 	if err == nil {
 		err = commitMarker(ctx, txn, transactionalID(req.Pipeline), markerGroup(req.RunID), s.cfg.Topic, info.id, copied, req.RunID)
-	}
-	if err == nil && c != nil {
-		err = commitOffsets(ctx, txn, transactionalID(req.Pipeline), c.group, c.name, c.topic.id, c.offsets, req.RunID)
 	}
 	if err != nil {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -334,22 +321,14 @@ func (s *Sink) copyStaged(ctx context.Context, txn *kgo.Client, info topicInfo, 
 		found := int64(0)
 		err := readRange(ctx, txn, s.adm, st.offsetRange, false, func(recs []*kgo.Record) error {
 			for _, r := range recs {
-				attempt, user, partition, ok := stagedHeaders(r)
+				attempt, user, ok := stagedHeaders(r)
 				if !ok || attempt != st.Attempt {
 					continue
 				}
 				found++
 				out := &kgo.Record{Topic: s.cfg.Topic, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp, Headers: user}
-				part := -1
-				if partition != nil {
-					p, err := strconv.Atoi(string(partition))
-					if err != nil || p < 0 || p >= parts {
-						return permanentf("staged record %s/%d@%d names partition %q of %s, which has %d", r.Topic, r.Partition, r.Offset, partition, s.cfg.Topic, parts)
-					}
-					part = p
-				}
+				var part int
 				switch {
-				case part >= 0:
 				case r.Key != nil:
 					part = keyPart.Partition(out, parts)
 				default:
@@ -381,20 +360,14 @@ func (s *Sink) copyStaged(ctx context.Context, txn *kgo.Client, info topicInfo, 
 }
 
 // stagedHeaders splits the headers of a staged record: the attempt that
-// staged it (the last header), the partition of the target it goes to
-// (the one before, when there is one), and the record's own headers
-// before them, which may have any names. ok is false for a record of no
-// attempt.
-func stagedHeaders(r *kgo.Record) (attempt string, user []kgo.RecordHeader, partition []byte, ok bool) {
+// staged it (the last header) and the record's own headers before it.
+// ok is false for a record of no attempt.
+func stagedHeaders(r *kgo.Record) (attempt string, user []kgo.RecordHeader, ok bool) {
 	hs := r.Headers
 	if len(hs) == 0 || hs[len(hs)-1].Key != headerAttempt {
-		return "", nil, nil, false
+		return "", nil, false
 	}
-	attempt, hs = string(hs[len(hs)-1].Value), hs[:len(hs)-1]
-	if len(hs) > 0 && hs[len(hs)-1].Key == headerPartition {
-		partition, hs = hs[len(hs)-1].Value, hs[:len(hs)-1]
-	}
-	return attempt, hs, partition, true
+	return string(hs[len(hs)-1].Value), hs[:len(hs)-1], true
 }
 
 // committed reports whether the marker group holds an offset of topic,

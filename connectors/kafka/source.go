@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,12 +54,20 @@ func (s *Source) Close() error {
 // whose timestamps lie in it, which needs the pipeline's delta column to
 // be the column carrying the record timestamp.
 func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connectors.Plan, error) {
+	return s.plan(ctx, req, false)
+}
+
+// plan is Plan; with whole set, each partition is one task, whatever its
+// range holds (a passthrough's: see PlanUnits), and each task's spec
+// names how many partitions the topic has.
+func (s *Source) plan(ctx context.Context, req connectors.PlanRequest, whole bool) (connectors.Plan, error) {
 	topic := s.cfg.Topic
 	var keep map[int32]int64 // positions of partitions a run does not read
 	info, err := describeTopic(ctx, s.adm, topic)
 	if err != nil {
 		return connectors.Plan{}, err
 	}
+	all := int32(len(info.partitions))
 	starts, err := s.listOffsets(ctx, "start", func() (kadm.ListedOffsets, error) { return s.adm.ListStartOffsets(ctx, topic) })
 	if err != nil {
 		return connectors.Plan{}, err
@@ -180,9 +189,18 @@ func (s *Source) Plan(ctx context.Context, req connectors.PlanRequest) (connecto
 		per = DefaultRecordsPerTask
 	}
 	plan := connectors.Plan{Watermark: watermark, Schema: s.cfg.schema()}
+	var of int32
+	if whole {
+		per = math.MaxInt64
+		of = all
+	}
 	for _, p := range info.partitions {
-		for lo := from[p]; lo < to[p]; lo += per {
-			r := offsetRange{Topic: topic, Partition: p, From: lo, To: min(lo+per, to[p])}
+		for lo, hi := from[p], from[p]; lo < to[p]; lo = hi {
+			hi = to[p]
+			if hi-lo > per {
+				hi = lo + per
+			}
+			r := offsetRange{Topic: topic, Partition: p, From: lo, To: hi, Of: of}
 			spec, err := json.Marshal(r)
 			if err != nil {
 				return connectors.Plan{}, err
