@@ -497,6 +497,9 @@ func (t *leaderTerm) pipelineStatus(p *pipelineState) protocol.PipelineStatus {
 	if p.Spec.Trigger.External() {
 		s.Events = t.ext.get(p.Spec.Name)
 	}
+	if s.Ready != nil {
+		s.Ready.Checks, s.Ready.Checked = t.checks.get(p.Spec.Name)
+	}
 	if p.Spec.Pattern == protocol.PatternPassthrough || p.Spec.Incremental.Positioned() {
 		ctx, cancel := context.WithTimeout(context.Background(), lagTimeout)
 		defer cancel()
@@ -551,7 +554,7 @@ func runStatus(r *runState, tasks bool) protocol.RunStatus {
 		Version: r.Version, Location: r.Location, Marker: r.Marker, Error: r.Error,
 		TraceID: telemetry.TraceID(r.Trace), Created: r.Created, Finished: r.Finished, LogicalTime: r.LogicalTime,
 		Window: r.Window, Live: r.Live, Backfill: r.Backfill, Trigger: r.Trigger,
-		Attempt: r.attempt(), Replans: slices.Clone(r.Replans)}
+		Attempt: r.attempt(), Replans: slices.Clone(r.Replans), Notified: r.Notified}
 	if r.positioned() || r.passthrough() {
 		s.Since, s.Reaches = r.Since, r.Watermark
 	}

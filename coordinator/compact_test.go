@@ -185,7 +185,19 @@ func TestCompactionThroughLeader(t *testing.T) {
 		st, _ := cl.Status(ctx, protocol.StatusRequest{Pipeline: "after-orders"})
 		return len(st.Runs) >= 2
 	})
-	time.Sleep(300 * time.Millisecond)
+	// Every run of orders announced: the runs after them are started.
+	eventually(t, 20*time.Second, "the runs of orders announced", func() bool {
+		st, err := cl.Status(ctx, protocol.StatusRequest{Pipeline: "orders"})
+		if err != nil {
+			return false
+		}
+		for _, r := range st.Runs {
+			if r.State != protocol.RunCommitted && r.State != protocol.RunFailed || !r.Notified {
+				return false
+			}
+		}
+		return true
+	})
 	if st, _ := cl.Status(ctx, protocol.StatusRequest{Pipeline: "after-orders"}); len(st.Runs) != 2 {
 		t.Errorf("%d downstream runs after 2 loads and a compaction of their dataset, want 2", len(st.Runs))
 	}

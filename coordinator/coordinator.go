@@ -346,6 +346,8 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 			c.log.Info("leadership lost")
 			stopTerm()
 			c.endSpans()
+			// Nothing of the term runs any more: no commit, no publish.
+			c.log.Info("leader term ended")
 		}
 	}
 }

@@ -52,6 +52,8 @@ type leaderTerm struct {
 	windowsMu sync.Mutex
 	// ext counts the events of external triggers (external.go).
 	ext externalStats
+	// checks counts the readiness checks (readiness.go).
+	checks readyChecks
 }
 
 func (c *Coordinator) startTerm(parent context.Context) *leaderTerm {

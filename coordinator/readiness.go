@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,9 +40,14 @@ func (t *leaderTerm) readiness(ctx context.Context) {
 			if p.Spec.Pattern != protocol.PatternReadiness || now().Before(due[p.Spec.Name]) {
 				continue
 			}
-			due[p.Spec.Name] = now().Add(p.Spec.Readiness.CheckEvery())
-			if err := t.watch(ctx, log.With("pipeline", p.Spec.Name), p); err != nil && ctx.Err() == nil {
-				log.Warn("check readiness", "pipeline", p.Spec.Name, "err", err)
+			started := now()
+			due[p.Spec.Name] = started.Add(p.Spec.Readiness.CheckEvery())
+			if err := t.watch(ctx, log.With("pipeline", p.Spec.Name), p); err != nil {
+				if ctx.Err() == nil {
+					log.Warn("check readiness", "pipeline", p.Spec.Name, "err", err)
+				}
+			} else {
+				t.checks.done(p.Spec.Name, started)
 			}
 		}
 		select {
@@ -50,6 +56,36 @@ func (t *leaderTerm) readiness(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// readyChecks counts the readiness checks a term completed, by pipeline.
+type readyChecks struct {
+	mu sync.Mutex
+	by map[string]readyCount
+}
+
+type readyCount struct {
+	n       int64
+	started time.Time
+}
+
+// done counts a check of pipeline that started at started and completed.
+func (c *readyChecks) done(pipeline string, started time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.by == nil {
+		c.by = map[string]readyCount{}
+	}
+	n := c.by[pipeline]
+	c.by[pipeline] = readyCount{n: n.n + 1, started: started}
+}
+
+// get returns the checks of pipeline completed and when the last started.
+func (c *readyChecks) get(pipeline string) (int64, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.by[pipeline]
+	return n.n, n.started
 }
 
 // watch announces the partition p has pending, then checks the partitions

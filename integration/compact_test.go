@@ -328,7 +328,21 @@ compact: {target_file_size: 8KiB}
 	}
 	c.addWorker()
 	st := c.wait(res.RunID)
-	time.Sleep(1500 * time.Millisecond) // one more append after the commit
+	// One more append after the commit.
+	mu.Lock()
+	atCommit := appended
+	mu.Unlock()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		mu.Lock()
+		n := appended
+		mu.Unlock()
+		if n > atCommit {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no append after the rewrite's commit in 30s")
+		}
+	}
 	close(stop)
 	if err := <-done; err != nil {
 		t.Fatalf("appender: %v", err)

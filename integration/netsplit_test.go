@@ -79,14 +79,17 @@ func TestPartitionRaftLeaderCutOff(t *testing.T) {
 		t.Errorf("the cut-off leader %s never stepped down", old)
 	}
 
-	// Healed, the old leader rejoins as a follower; a leader it would
-	// still act as would commit the run a second time within seconds.
+	// The old leader's term has ended: none of its work (a commit, a
+	// publish) is still running.
+	waitFor(t, 30*time.Second, "the cut-off leader's term ended", func() bool {
+		return len(logLines(t, c.coords[old], `msg="leader term ended"`)) > 0
+	})
+	// Healed, the old leader rejoins as a follower, and never committed.
 	c.lab.heal("c"+old, "raft")
 	waitFor(t, 30*time.Second, "a leader after the heal", func() bool {
 		st, err := c.client.Status(c.ctx(2*time.Second), protocol.StatusRequest{})
 		return err == nil && st.Leader != ""
 	})
-	time.Sleep(3 * time.Second)
 	if lines := logLines(t, c.coords[old], `msg="run committed"`); len(lines) > 0 {
 		t.Errorf("the cut-off leader %s committed: %q", old, lines)
 	}

@@ -43,8 +43,9 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 	applyPartitioned(t, c, "hourly", src.root, hourly, src.start, "", "trigger: {after: events-ready}\n")
 
 	subject := protocol.ReadyEventSubject("events-ready")
-	// Partitions 0 and 1 hold files but no _SUCCESS: nothing is ready.
-	time.Sleep(3 * time.Second)
+	// Partitions 0 and 1 hold files but no _SUCCESS: nothing is ready,
+	// once a check started after they were written has completed.
+	c.readyChecked("events-ready")
 	expectMessages(t, c.js, protocol.StreamEvents, subject, 0)
 	c.runsOf("after-ready", 0)
 
@@ -90,8 +91,9 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 	}
 	hourlyHas(0)
 
-	// Still one event and one run a few checks later: partition 1 is open.
-	time.Sleep(2 * time.Second)
+	// Still one event and one run after a check that started now:
+	// partition 1 is open.
+	c.readyChecked("events-ready")
 	expectMessages(t, c.js, protocol.StreamEvents, subject, 1)
 	c.runsOf("after-ready", 1)
 
@@ -117,5 +119,28 @@ func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
 	// A readiness pipeline has no runs to start.
 	if _, err := c.client.Run(c.ctx(), protocol.RunRequest{Pipeline: "events-ready"}); err == nil || !strings.Contains(err.Error(), "no runs to start") {
 		t.Fatalf("run of a readiness pipeline: %v", err)
+	}
+}
+
+// readyChecked waits until the leader has completed a check of the
+// readiness pipeline that started after this call: whatever the source
+// held when it was called, the leader has seen it (announced it, or
+// found it incomplete). The count is the leader's since it leads; the
+// test does not change leaders while it waits.
+func (c *cluster) readyChecked(pipeline string) {
+	c.t.Helper()
+	checks := func() int64 {
+		st, err := c.client.Status(c.ctx(), protocol.StatusRequest{Pipeline: pipeline})
+		if err != nil || len(st.Pipelines) != 1 || st.Pipelines[0].Ready == nil {
+			c.t.Fatalf("status of %s: %+v, %v", pipeline, st, err)
+		}
+		return st.Pipelines[0].Ready.Checks
+	}
+	// The check after the one that may be running now started after it.
+	want := checks() + 2
+	for deadline := time.Now().Add(60 * time.Second); checks() < want; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the leader completed no check of %s in 60s", pipeline)
+		}
 	}
 }

@@ -46,9 +46,30 @@ func TestScheduleEverySecondAcrossLeaderKill(t *testing.T) {
 	}
 	waitRuns(before + 3)
 
-	// Stop the schedule (apply it without one) and let the runs finish.
+	// Stop the schedule (apply it without one). A tick the scheduler was
+	// starting meanwhile may still add its run: a pipeline scheduled
+	// after the change ("pacer") gets its first run from a later pass of
+	// the scheduler (one goroutine, one pass over the pipelines after
+	// another, each pass over those it read when it began), and then no
+	// tick of "ticking" is in flight any more.
 	c.apply("ticking", in, out, 1, "")
-	time.Sleep(time.Second)
+	c.apply("pacer", in, t.TempDir(), 1, "schedule: \"@every 1s\"\n")
+	pacer := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			st, err := c.client.Status(c.ctx(), protocol.StatusRequest{Pipeline: "pacer", Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.Runs) >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pacer has %d scheduled runs after 30s, want %d", len(st.Runs), n)
+			}
+		}
+	}
+	pacer(1)
 	runs := list()
 	perTick := map[time.Time][]string{}
 	for _, r := range runs {
@@ -80,9 +101,14 @@ func TestScheduleEverySecondAcrossLeaderKill(t *testing.T) {
 		}
 	}
 	assertSameRows(t, in, out)
-	// No schedule any more: no more runs.
+	// No schedule any more: no more runs, also after another pass of the
+	// scheduler (pacer's next run).
 	n := len(runs)
-	time.Sleep(2 * time.Second)
+	st, err := c.client.Status(c.ctx(), protocol.StatusRequest{Pipeline: "pacer", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pacer(len(st.Runs) + 1)
 	if got := len(list()); got != n {
 		t.Fatalf("%d runs after the schedule was removed, want %d", got, n)
 	}

@@ -16,7 +16,8 @@ import (
 )
 
 // runsOf waits until pipeline has want runs (or the deadline passes),
-// then checks that no more appear, and returns them.
+// then checks that no more appear once what starts runs has settled
+// (c.settled), and returns them.
 func (c *cluster) runsOf(pipeline string, want int) []protocol.RunStatus {
 	c.t.Helper()
 	list := func() []protocol.RunStatus {
@@ -33,13 +34,48 @@ func (c *cluster) runsOf(pipeline string, want int) []protocol.RunStatus {
 		runs = list()
 	}
 	if len(runs) == want {
-		time.Sleep(time.Second)
+		c.settled()
 		runs = list()
 	}
 	if len(runs) != want {
 		c.t.Fatalf("pipeline %s has %d runs, want %d: %+v", pipeline, len(runs), want, runs)
 	}
 	return runs
+}
+
+// settled waits until every trigger published so far has been handled
+// (the leader's trigger consumer has none pending or unacked: a trigger
+// is acked after its run is created, or dead-lettered) and every run that
+// ended has been announced (its event published and the runs after it
+// started): no run those could start is still to come.
+func (c *cluster) settled() {
+	c.t.Helper()
+	cons, err := c.js.Consumer(c.ctx(), protocol.StreamTriggers, protocol.ConsumerTriggers)
+	if err != nil {
+		c.t.Fatalf("trigger consumer: %v", err)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		info, err := cons.Info(c.ctx())
+		if err != nil {
+			c.t.Fatalf("trigger consumer: %v", err)
+		}
+		st, err := c.client.Status(c.ctx(), protocol.StatusRequest{Limit: protocol.MaxStatusRuns})
+		if err != nil {
+			c.t.Fatalf("status: %v", err)
+		}
+		unannounced := 0
+		for _, r := range st.Runs {
+			if (r.State == protocol.RunCommitted || r.State == protocol.RunFailed) && !r.Notified {
+				unannounced++
+			}
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 && unannounced == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("not settled after 60s: %d triggers pending, %d unacked, %d ended runs not announced", info.NumPending, info.NumAckPending, unannounced)
+		}
+	}
 }
 
 func (c *cluster) publish(m *nats.Msg) uint64 {

@@ -185,6 +185,11 @@ type ReadyStatus struct {
 	// Pending is a partition found complete whose announcement the leader
 	// has not recorded yet.
 	Pending string `json:"pending,omitempty"`
+	// Checks counts the checks of the pipeline's next partitions the
+	// leader completed since it leads; Checked is when the last one
+	// started. A check started after a change to the source has seen it.
+	Checks  int64     `json:"checks"`
+	Checked time.Time `json:"checked,omitzero"`
 }
 
 // TriggerEvents counts what the leader did with the events of a
@@ -245,6 +250,10 @@ type RunStatus struct {
 	TraceID  string    `json:"trace_id,omitempty"`
 	Created  time.Time `json:"created"`
 	Finished time.Time `json:"finished,omitzero"`
+	// Notified tells that the leader has published the end of the run
+	// (its event on SLUICE_EVENTS) and started the runs of the pipelines
+	// that run after it.
+	Notified bool `json:"notified,omitempty"`
 	// LogicalTime is the run's logical time (a scheduled run's tick).
 	LogicalTime time.Time `json:"logical_time,omitzero"`
 	// Window is the window of an incremental run; Live tells whether the

@@ -369,7 +369,9 @@ func TestIncrementalSnapshot(t *testing.T) {
 	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
 	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
 	stopChurn := churn(t, dsn, 100_000, a)
-	time.Sleep(300 * time.Millisecond)
+	// Churn reaches the stream before the reader stops.
+	first := cdctest.LastSeq(t, js)
+	cdctest.WaitFor(t, "churn in the stream", done, func() bool { return cdctest.LastSeq(t, js) >= first+20 })
 
 	// b is added: the reader restarts with its snapshot to take.
 	if err := rd.Stop(); err != nil {
@@ -389,7 +391,9 @@ func TestIncrementalSnapshot(t *testing.T) {
 		return false
 	}
 	cdctest.WaitFor(t, "the snapshot of b", done, func() bool { return snapped("s1") })
-	time.Sleep(200 * time.Millisecond)
+	// Churn on both tables after the snapshot.
+	after := cdctest.LastSeq(t, js)
+	cdctest.WaitFor(t, "churn after the snapshot", done, func() bool { return cdctest.LastSeq(t, js) >= after+20 })
 	if err := stopChurn(); err != nil {
 		t.Fatal(err)
 	}

@@ -298,8 +298,9 @@ func TestRunDeliveryGap(t *testing.T) {
 // while idle.
 func TestRunStopsOnContext(t *testing.T) {
 	js := cdctest.StartJS(t)
-	_, stop, _ := cdctest.Run(t, js, cdcapply.Config{Pipeline: "apply1", Upstream: "up"}, &memory{})
-	time.Sleep(100 * time.Millisecond)
+	r, stop, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "apply1", Upstream: "up"}, &memory{})
+	// Idle: it found nothing to apply and waits for more.
+	cdctest.WaitFor(t, "the runner caught up", done, func() bool { return r.Status().CaughtUp })
 	start := time.Now()
 	if err := stop(); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)

@@ -47,6 +47,24 @@ func confHarness(url, db string) conformance.SinkHarness {
 			}
 			return bs
 		},
+		// Each batch: a text with a newline and a comma, a NULL (an
+		// unquoted empty field) and an empty text (a quoted one).
+		Want: func() []conformance.Table {
+			var ts []conformance.Table
+			for i := range 6 {
+				ts = append(ts, conformance.Table{Columns: []string{"id", "v"}, Rows: [][]string{
+					{fmt.Sprint(3 * i), fmt.Sprintf("multi\nline, %d", i)}, {fmt.Sprint(3*i + 1), conformance.Null}, {fmt.Sprint(3*i + 2), ""}}})
+			}
+			return ts
+		},
+		// Read back over plain HTTP, as JSON lines.
+		ReadBack: func(t *testing.T) (conformance.Table, error) {
+			out, err := chtest.Exec(t.Context(), url, "SELECT id, v FROM "+db+".conf FORMAT JSONEachRow")
+			if err != nil {
+				return conformance.Table{}, err
+			}
+			return conformance.JSONLRows([]byte(out))
+		},
 		ReadCommitted: func(t *testing.T, s connectors.Sink) (connectors.Checksum, error) {
 			return TextChecksum(context.Background(), s.(*Sink).cl, "SELECT id, v FROM "+db+".conf")
 		},

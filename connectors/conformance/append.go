@@ -22,6 +22,7 @@ func TestAppend(t *testing.T, h SinkHarness) {
 	t.Helper()
 	leaks := goleak.IgnoreCurrent()
 	ctx := t.Context()
+	checkHarness(t, h)
 	sink := h.Open(t)
 	const pipeline = "conformance"
 	n := len(h.Batches())
@@ -41,9 +42,9 @@ func TestAppend(t *testing.T, h SinkHarness) {
 			t.Fatalf("Commit %s (append without a window): %v", run, err)
 		}
 	}
-	check := func(when string, want connectors.Checksum) {
+	check := func(when string, want connectors.Checksum, ranges ...[2]int) {
 		t.Helper()
-		tk.check(sink, when, want)
+		tk.check(sink, when, want, ranges...)
 	}
 
 	closeTask(write("run-1", "t00001", 1, batches(0, half)))
@@ -56,27 +57,27 @@ func TestAppend(t *testing.T, h SinkHarness) {
 	run1.Merge(out1.Checksum)
 	run1.Merge(out2.Checksum)
 	commit(sink, "run-1", 1, out1, out2)
-	check("after run-1 appended", run1)
+	check("after run-1 appended", run1, [2]int{0, n})
 	commit(sink, "run-1", 1, out1, out2)
 	other := h.Open(t)
 	commit(other, "run-1", 1, out1, out2)
 	if err := other.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	check("after the commit of run-1 was repeated", run1)
+	check("after the commit of run-1 was repeated", run1, [2]int{0, n})
 
 	closeTask(write("run-2", "t00001", 1, batches(0, n)))
 	if err := sink.Abort(ctx, "run-2"); err != nil {
 		t.Fatalf("Abort run-2: %v", err)
 	}
-	check("after run-2 failed", run1)
+	check("after run-2 failed", run1, [2]int{0, n})
 
 	out3 := closeTask(write("run-3", "t00001", 1, batches(0, half)))
 	commit(sink, "run-3", 2, out3)
 	commit(sink, "run-3", 2, out3)
 	both := run1
 	both.Merge(out3.Checksum)
-	check("after run-3 appended (twice)", both)
+	check("after run-3 appended (twice)", both, [2]int{0, n}, [2]int{0, half})
 
 	if err := sink.Close(); err != nil {
 		t.Errorf("Close: %v", err)

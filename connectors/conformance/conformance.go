@@ -9,6 +9,12 @@
 // must append each run once; the Applier of a cdc_apply target must apply each event exactly
 // once across repeated batches, reopens and cancellations. All must leave
 // no goroutine behind.
+//
+// Expected values come from the test, not from the code under test: a
+// source harness gives the rows it put in the source, a sink harness the
+// rows it generated and a reader of the target of its own (Table, and the
+// decoders JSONLRows, CSVRows, ParquetRows, RecordRows); the suite
+// compares them column by column (Compare).
 package conformance
 
 import (
@@ -33,6 +39,16 @@ type SourceHarness struct {
 	Request connectors.PlanRequest
 	// WantRows is the number of rows the whole run reads.
 	WantRows int64
+	// Want returns the rows the run reads, as the test put them in the
+	// source (built by the test from the values it generated, or read
+	// back with its own code such as a SELECT: never through the source
+	// under test), in the text forms of Table. The rows the source emits,
+	// decoded by BatchRows, must equal them column by column.
+	Want func(t *testing.T) Table
+	// Columns, when set, are the columns compared with Want: for a
+	// source that adds columns of its own the test cannot know (a slot's
+	// position, the time of the plan).
+	Columns []string
 	// WantPartitions, when positive, is the number of partitions the plan
 	// must have.
 	WantPartitions int
@@ -41,6 +57,7 @@ type SourceHarness struct {
 // readResult is what one read of a partition produced.
 type readResult struct {
 	sum     connectors.Checksum
+	rows    Table
 	batches int
 	err     error
 }
@@ -77,7 +94,12 @@ func TestSource(t *testing.T, h SourceHarness) {
 			if err != nil {
 				return fmt.Errorf("batch at %s: %w", b.Position, err)
 			}
+			rows, err := BatchRows(b)
+			if err != nil {
+				return fmt.Errorf("decode batch at %s: %w", b.Position, err)
+			}
 			r.sum.Merge(c)
+			r.rows = Concat(r.rows, rows)
 			r.batches++
 			return nil
 		})
@@ -95,6 +117,7 @@ func TestSource(t *testing.T, h SourceHarness) {
 	wg.Wait()
 
 	var total connectors.Checksum
+	var rows []Table
 	for i, p := range plan.Partitions {
 		a, b := first[i], second[i]
 		if a.err != nil || b.err != nil {
@@ -105,9 +128,20 @@ func TestSource(t *testing.T, h SourceHarness) {
 			t.Errorf("Read %s twice: rows %d checksum %s, then rows %d checksum %s", p.Key, a.sum.Rows, a.sum, b.sum.Rows, b.sum)
 		}
 		total.Merge(a.sum)
+		rows = append(rows, a.rows)
 	}
 	if total.Rows != h.WantRows {
 		t.Errorf("read %d rows in all, want %d", total.Rows, h.WantRows)
+	}
+	if h.Want == nil {
+		t.Fatalf("the harness has no Want: the rows the test put in the source")
+	}
+	got := Concat(rows...)
+	if h.Columns != nil {
+		got = got.Project(h.Columns...)
+	}
+	if err := Compare(got, h.Want(t)); err != nil {
+		t.Errorf("the rows read differ from the rows the test put in the source: %v", err)
 	}
 
 	if len(plan.Partitions) > 0 {
@@ -167,8 +201,20 @@ type SinkHarness struct {
 	Batches func() []connectors.Batch
 	// ReadCommitted returns the checksum of the exposed version, computed
 	// the way the sink computes its task checksums, or an error when
-	// nothing is exposed.
+	// nothing is exposed: the suite checks the checksums the sink reports
+	// for its tasks (which the coordinator records) against it.
 	ReadCommitted func(t *testing.T, s connectors.Sink) (connectors.Checksum, error)
+	// Want returns the rows of each batch Batches returns (Want()[i]
+	// those of Batches()[i]), built by the test from the values it
+	// generated with its own code, in the text forms of Table and as the
+	// target keeps them (Table.Map).
+	Want func() []Table
+	// ReadBack reads every row readers see in the destination now with
+	// the test's own code (the decoders of this package, the standard
+	// library, a SELECT: never the sink under test), or returns an error
+	// when nothing is exposed. The rows must equal those of Want the
+	// suite expects, column by column.
+	ReadBack func(t *testing.T) (Table, error)
 	// Published says the sink's output is visible as soon as a task wrote
 	// it, as in a stream (the SLUICE_CDC events of a snapshot): there is
 	// no staging place and no version, Commit and Abort change nothing, and
@@ -192,10 +238,16 @@ func TestSink(t *testing.T, h SinkHarness) {
 	sink := h.Open(t)
 	const pipeline = "conformance"
 
+	checkHarness(t, h)
 	if got, err := h.ReadCommitted(t, sink); h.Published && (err != nil || got.Rows != 0) {
 		t.Errorf("ReadCommitted before any task = %d rows, %v; want none", got.Rows, err)
 	} else if !h.Published && err == nil {
 		t.Errorf("ReadCommitted before any commit succeeded, want an error")
+	}
+	if got, err := h.ReadBack(t); h.Published && (err != nil || got.Len() != 0) {
+		t.Errorf("ReadBack before any task = %d rows, %v; want none", got.Len(), err)
+	} else if !h.Published && err == nil {
+		t.Errorf("ReadBack before any commit succeeded, want an error")
 	}
 
 	all := h.Batches()
@@ -238,11 +290,11 @@ func TestSink(t *testing.T, h SinkHarness) {
 	if err != nil {
 		t.Fatalf("Commit run-1: %v", err)
 	}
-	checkCommitted := func(when string, want connectors.Checksum) {
+	checkCommitted := func(when string, want connectors.Checksum, ranges ...[2]int) {
 		t.Helper()
-		tk.check(sink, when, want)
+		tk.check(sink, when, want, ranges...)
 	}
-	checkCommitted("after commit of run-1", run1)
+	checkCommitted("after commit of run-1", run1, [2]int{0, n})
 
 	// The same commit again, as a new leader would repeat it.
 	res2, err := sink.Commit(ctx, req)
@@ -259,7 +311,7 @@ func TestSink(t *testing.T, h SinkHarness) {
 	if err := other.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	checkCommitted("after repeated commits of run-1", run1)
+	checkCommitted("after repeated commits of run-1", run1, [2]int{0, n})
 
 	// Run 2 writes, then fails: run 1 stays exposed. (A published sink
 	// keeps what a failed run wrote: run 2 writes nothing there.)
@@ -273,7 +325,7 @@ func TestSink(t *testing.T, h SinkHarness) {
 	if err := sink.Abort(ctx, "run-2"); err != nil {
 		t.Fatalf("Abort run-2: %v", err)
 	}
-	checkCommitted("after run-2 failed", run1)
+	checkCommitted("after run-2 failed", run1, [2]int{0, n})
 	if err := sink.Abort(ctx, "run-2"); err != nil {
 		t.Errorf("repeated Abort run-2: %v", err)
 	}
@@ -285,7 +337,7 @@ func TestSink(t *testing.T, h SinkHarness) {
 		if _, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "run-3", Pipeline: pipeline, Version: 2, Tasks: []connectors.TaskOutput{out3}}); err != nil {
 			t.Fatalf("Commit run-3: %v", err)
 		}
-		checkCommitted("after commit of run-3", out3.Checksum)
+		checkCommitted("after commit of run-3", out3.Checksum, [2]int{0, half})
 	}
 
 	if err := sink.Close(); err != nil {

@@ -52,14 +52,54 @@ func (w tasks) close(tw connectors.TaskWriter) connectors.TaskOutput {
 	return out
 }
 
-// check compares what the harness reads from sink with want.
-func (w tasks) check(sink connectors.Sink, when string, want connectors.Checksum) {
+// check compares what the harness reads from sink with the rows of the
+// batch ranges given, [lo, hi) each, as the test generated them, and
+// with want, the checksums the sink reported for the tasks that wrote
+// them.
+func (w tasks) check(sink connectors.Sink, when string, want connectors.Checksum, ranges ...[2]int) {
 	w.t.Helper()
+	rows, err := w.h.ReadBack(w.t)
+	if err != nil {
+		w.t.Fatalf("ReadBack %s: %v", when, err)
+	}
+	if err := Compare(rows, w.rows(ranges...)); err != nil {
+		w.t.Errorf("%s: readers see other rows than the test wrote: %v", when, err)
+	}
 	got, err := w.h.ReadCommitted(w.t, sink)
 	if err != nil {
 		w.t.Fatalf("ReadCommitted %s: %v", when, err)
 	}
 	if got != want {
-		w.t.Errorf("%s: readers see %d rows checksum %s, want %d rows checksum %s", when, got.Rows, got, want.Rows, want)
+		w.t.Errorf("%s: readers see %d rows checksum %s, the task outputs say %d rows checksum %s", when, got.Rows, got, want.Rows, want)
+	}
+}
+
+// rows returns the rows the test generated for the batch ranges given.
+func (w tasks) rows(ranges ...[2]int) Table {
+	w.t.Helper()
+	all := w.h.Want()
+	var out []Table
+	for _, r := range ranges {
+		out = append(out, all[r[0]:r[1]]...)
+	}
+	return Concat(out...)
+}
+
+// checkHarness checks the harness's Want against its Batches: one Table
+// a batch, with the batch's number of rows.
+func checkHarness(t *testing.T, h SinkHarness) {
+	t.Helper()
+	if h.Want == nil || h.ReadBack == nil {
+		t.Fatalf("the harness needs Want and ReadBack: the rows the test generated, and its own reader of the target")
+	}
+	bs, want := h.Batches(), h.Want()
+	defer release(bs)
+	if len(bs) != len(want) {
+		t.Fatalf("the harness has %d batches and %d tables of rows they hold", len(bs), len(want))
+	}
+	for i, b := range bs {
+		if int64(want[i].Len()) != rowsOf(b) {
+			t.Fatalf("batch %d holds %d rows, the harness's Want %d", i, rowsOf(b), want[i].Len())
+		}
 	}
 }

@@ -24,6 +24,7 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	t.Helper()
 	leaks := goleak.IgnoreCurrent()
 	ctx := t.Context()
+	checkHarness(t, h)
 	sink := h.Open(t)
 	vs, ok := sink.(connectors.Versioned)
 	if !ok {
@@ -58,9 +59,9 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 		}
 		return out.Checksum
 	}
-	exposes := func(when string, want connectors.Checksum) {
+	exposes := func(when string, want connectors.Checksum, ranges ...[2]int) {
 		t.Helper()
-		tk.check(sink, when, want)
+		tk.check(sink, when, want, ranges...)
 	}
 	// checkList checks the kept versions: exactly want (by number), with
 	// their runs and rows, exposed the one marked.
@@ -83,18 +84,18 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	sum1 := commit("run-1", 1, 0, half)
 	sum2 := commit("run-2", 2, 0, n)
 	want := map[int64]connectors.Version{1: {Run: "run-1", Rows: sum1.Rows}, 2: {Run: "run-2", Rows: sum2.Rows}}
-	exposes("after two commits", sum2)
+	exposes("after two commits", sum2, [2]int{0, n})
 	checkList("after two commits", list(vs, "after two commits"), want, 2)
 
 	if err := vs.Expose(ctx, 1); err != nil {
 		t.Fatalf("Expose(1): %v", err)
 	}
-	exposes("after Expose(1)", sum1)
+	exposes("after Expose(1)", sum1, [2]int{0, half})
 	checkList("after Expose(1)", list(vs, "after Expose(1)"), want, 1)
 	if err := vs.Expose(ctx, 1); err != nil {
 		t.Errorf("Expose(1) again: %v", err)
 	}
-	exposes("after Expose(1) again", sum1)
+	exposes("after Expose(1) again", sum1, [2]int{0, half})
 	checkList("after Expose(1) again", list(vs, "after Expose(1) again"), want, 1)
 
 	for _, v := range []int64{3, 99, 0} {
@@ -102,7 +103,7 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 		if err == nil || !connectors.IsPermanent(err) || !strings.Contains(err.Error(), "kept: 1, 2") {
 			t.Errorf("Expose(%d) of a version never committed = %v, want a permanent error listing the kept versions (kept: 1, 2)", v, err)
 		}
-		exposes("after a refused Expose", sum1)
+		exposes("after a refused Expose", sum1, [2]int{0, half})
 	}
 	other := h.Open(t)
 	checkList("by a new sink", list(other.(connectors.Versioned), "by a new sink"), want, 1)
@@ -114,13 +115,13 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	if err := vs.Expose(ctx, 2); err != nil {
 		t.Fatalf("Expose(2): %v", err)
 	}
-	exposes("after Expose(2)", sum2)
+	exposes("after Expose(2)", sum2, [2]int{0, n})
 	if err := vs.Expose(ctx, 1); err != nil {
 		t.Fatalf("Expose(1): %v", err)
 	}
 	sum3 := commit("run-3", 3, half, n)
 	want[3] = connectors.Version{Run: "run-3", Rows: sum3.Rows}
-	exposes("after a commit following a rollback", sum3)
+	exposes("after a commit following a rollback", sum3, [2]int{half, n})
 	checkList("after a commit following a rollback", list(vs, "after a commit following a rollback"), want, 3)
 
 	if err := sink.Close(); err != nil {

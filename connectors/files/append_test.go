@@ -24,6 +24,10 @@ func TestAppendConformance(t *testing.T) {
 					return s
 				},
 				Batches: rawJSONLBatches,
+				Want:    jsonlWant,
+				ReadBack: func(t *testing.T) (conformance.Table, error) {
+					return readDataset(t, dir, format, false)
+				},
 				ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
 					return files.ReadChecksum(dir, format)
 				},

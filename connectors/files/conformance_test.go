@@ -82,6 +82,7 @@ func TestSinkConformance(t *testing.T) {
 // format and input, each on the dataset root(t, name) gives.
 func testSinkConformance(t *testing.T, root func(t *testing.T, name string) string) {
 	inputs := map[string]func() []connectors.Batch{"jsonl": rawJSONLBatches, "csv": rawCSVBatches, "arrow": arrowBatches}
+	wants := map[string]func() []conformance.Table{"jsonl": jsonlWant, "csv": csvWant, "arrow": arrowWant}
 	for _, format := range []string{"jsonl", "csv", "parquet"} {
 		for _, in := range []string{"jsonl", "csv", "arrow"} {
 			t.Run(in+"_to_"+format, func(t *testing.T) {
@@ -89,6 +90,8 @@ func testSinkConformance(t *testing.T, root func(t *testing.T, name string) stri
 				conformance.TestSink(t, conformance.SinkHarness{
 					Open:          openSink(out, format),
 					Batches:       inputs[in],
+					Want:          keptIn(format, in, wants[in]),
+					ReadBack:      func(t *testing.T) (conformance.Table, error) { return readDataset(t, out, format, true) },
 					ReadCommitted: readCurrent(out, format),
 				})
 			})
@@ -131,6 +134,8 @@ func testVersionedConformance(t *testing.T, root func(t *testing.T, name string)
 			conformance.TestVersioned(t, conformance.SinkHarness{
 				Open:          openSink(out, format),
 				Batches:       rawJSONLBatches,
+				Want:          jsonlWant,
+				ReadBack:      func(t *testing.T) (conformance.Table, error) { return readDataset(t, out, format, true) },
 				ReadCommitted: readCurrent(out, format),
 			})
 		})
@@ -152,9 +157,10 @@ func testSourceConformance(t *testing.T, place func(t *testing.T, dir, name stri
 		for i := 0; i < 3000; i++ {
 			fmt.Fprintf(&big, `{"i":%d,"pad":"%s"}`+"\n", i, bytes.Repeat([]byte{'x'}, i%50))
 		}
-		files.WriteFile(t, dir, "big.jsonl", big.String())
-		files.WriteFile(t, dir, "a.jsonl", "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}")
-		files.WriteFile(t, dir, "sub/b.ndjson", "{\"b\":1}\r\n  {\"b\":2}  \r\n\r\n")
+		read := map[string]string{"big.jsonl": big.String(), "a.jsonl": "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}", "sub/b.ndjson": "{\"b\":1}\r\n  {\"b\":2}  \r\n\r\n"}
+		for name, content := range read {
+			files.WriteFile(t, dir, name, content)
+		}
 		files.WriteFile(t, dir, "_ignored.jsonl", "not json\n")
 		files.WriteFile(t, dir, ".hidden/c.jsonl", "not json\n")
 		files.WriteFile(t, dir, "notes.txt", "not json\n")
@@ -163,14 +169,15 @@ func testSourceConformance(t *testing.T, place func(t *testing.T, dir, name stri
 			Open:     func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: src}) },
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 16 << 10}},
 			WantRows: 3000 + 3 + 2,
+			Want:     wantFiles(read, conformance.JSONLRows),
 		})
 	})
 	t.Run("csv", func(t *testing.T) {
 		dir := t.TempDir()
-		files.WriteFile(t, dir, "a.csv", files.CSVRows(0, 400))
-		files.WriteFile(t, dir, "b.csv", "\ufeff"+files.CSVRows(400, 10))
-		files.WriteFile(t, dir, "c.csv", "")
-		files.WriteFile(t, dir, "d/e.csv", "id,name,note\r\n1,x,y\r\n")
+		read := map[string]string{"a.csv": files.CSVRows(0, 400), "b.csv": "\ufeff" + files.CSVRows(400, 10), "c.csv": "", "d/e.csv": "id,name,note\r\n1,x,y\r\n"}
+		for name, content := range read {
+			files.WriteFile(t, dir, name, content)
+		}
 		src := place(t, dir, "csv")
 		conformance.TestSource(t, conformance.SourceHarness{
 			Open: func(t *testing.T) connectors.Source {
@@ -178,6 +185,7 @@ func testSourceConformance(t *testing.T, place func(t *testing.T, dir, name stri
 			},
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{MaxFiles: 2}},
 			WantRows: 411, WantPartitions: 2,
+			Want: wantFiles(read, func(data []byte) (conformance.Table, error) { return conformance.CSVRows(data, true) }),
 		})
 	})
 	t.Run("parquet", func(t *testing.T) {
@@ -191,14 +199,40 @@ func testSourceConformance(t *testing.T, place func(t *testing.T, dir, name stri
 			},
 			Request:  connectors.PlanRequest{RunID: "r", Partitioning: connectors.Partitioning{TargetBytes: 1}},
 			WantRows: 160, WantPartitions: 2,
+			Want: func(*testing.T) conformance.Table {
+				var ts []conformance.Table
+				for _, r := range [][2]int{{0, 100}, {100, 50}, {150, 7}, {0, 3}} {
+					rec := files.TestRecord(r[0], r[1])
+					ts = append(ts, conformance.RecordRows(rec))
+					rec.Release()
+				}
+				return conformance.Concat(ts...)
+			},
 		})
 	})
 	t.Run("empty", func(t *testing.T) {
 		src := place(t, t.TempDir(), "empty")
 		conformance.TestSource(t, conformance.SourceHarness{
 			Open: func(t *testing.T) connectors.Source { return files.SmallBatches(t, files.SourceConfig{Path: src}) },
+			Want: func(*testing.T) conformance.Table { return conformance.Table{} },
 		})
 	})
+}
+
+// wantFiles returns the rows of the files the test wrote (name to
+// content), each decoded by decode.
+func wantFiles(written map[string]string, decode func([]byte) (conformance.Table, error)) func(*testing.T) conformance.Table {
+	return func(t *testing.T) conformance.Table {
+		var ts []conformance.Table
+		for name, content := range written {
+			tb, err := decode([]byte(content))
+			if err != nil {
+				t.Fatalf("the test's own %s: %v", name, err)
+			}
+			ts = append(ts, tb)
+		}
+		return conformance.Concat(ts...)
+	}
 }
 
 // The change log Applier passes the applier conformance suite: its dump is

@@ -20,6 +20,8 @@ func conformanceHarness(cfg SinkConfig) conformance.SinkHarness {
 			return s
 		},
 		Batches:       func() []connectors.Batch { return idvBatches(6) },
+		Want:          func() []conformance.Table { return idvWant(6) },
+		ReadBack:      readTable(cfg.Config),
 		ReadCommitted: readCommitted(cfg.Config),
 	}
 }
@@ -64,5 +66,6 @@ func TestConformanceSource(t *testing.T) {
 		Request:        connectors.PlanRequest{RunID: "read-1", Partitioning: connectors.Partitioning{MaxFiles: 1}},
 		WantRows:       27,
 		WantPartitions: 3,
+		Want:           func(*testing.T) conformance.Table { return conformance.Concat(idvWant(9)...) },
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/apache/iceberg-go/table"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/conformance"
 	"github.com/sluicehq/sluice/connectors/iceberg/s3test"
 	"github.com/sluicehq/sluice/protocol"
 )
@@ -166,5 +167,35 @@ func commit(t *testing.T, s *Sink, run string, v int64, outs ...connectors.TaskO
 	t.Helper()
 	if _, err := s.Commit(context.Background(), connectors.CommitRequest{RunID: run, Pipeline: "p", Version: v, Tasks: outs, Schema: idv}); err != nil {
 		t.Fatalf("Commit %s: %v", run, err)
+	}
+}
+
+// idvWant is the rows of idvBatches(n), batch by batch, from the values
+// the test writes: a text with a newline and a comma, a NULL, an empty
+// text.
+func idvWant(n int) []conformance.Table {
+	var ts []conformance.Table
+	for i := range n {
+		ts = append(ts, conformance.Table{Columns: []string{"id", "v"}, Rows: [][]string{
+			{fmt.Sprint(3 * i), fmt.Sprintf("multi\nline, %d", i)}, {fmt.Sprint(3*i + 1), conformance.Null}, {fmt.Sprint(3*i + 2), ""}}})
+	}
+	return ts
+}
+
+// readTable reads every row of the table's current snapshot with
+// iceberg-go's own scan, or fails when the table has none.
+func readTable(cfg Config) func(t *testing.T) (conformance.Table, error) {
+	return func(t *testing.T) (conformance.Table, error) {
+		tbl := load(t, cfg)
+		if tbl == nil || tbl.CurrentSnapshot() == nil {
+			return conformance.Table{}, fmt.Errorf("table %s has no snapshot", cfg.Table)
+		}
+		tr := array.NewTableReader(scanRecords(t, tbl, 0), 1024)
+		defer tr.Release()
+		var ts []conformance.Table
+		for tr.Next() {
+			ts = append(ts, conformance.RecordRows(tr.RecordBatch()))
+		}
+		return conformance.Concat(ts...), nil
 	}
 }

@@ -3,10 +3,12 @@ package kafka_test
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/kafka"
@@ -33,10 +35,22 @@ func TestFeed(t *testing.T) {
 		}
 		return f
 	}
+	// The feed's first fetch comes once its group joined and its start
+	// (the end of the topic) is resolved: produce then.
+	fetching := make(chan struct{})
+	var once sync.Once
+	c.ControlKey(int16(kmsg.Fetch), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		once.Do(func() { close(fetching) })
+		return nil, nil, false
+	})
 	f := open()
-	// The group joins on the first poll; produce once it polls.
 	go func() {
-		time.Sleep(time.Second)
+		select {
+		case <-fetching:
+		case <-ctx.Done():
+			return
+		}
 		c.Produce(t, cl, &kgo.Record{Topic: "uploads", Value: []byte(`{"n":1}`), Headers: []kgo.RecordHeader{{Key: "h", Value: []byte("v")}}},
 			&kgo.Record{Topic: "uploads", Value: []byte(`{"n":2}`)})
 	}()

@@ -40,6 +40,34 @@ func jsonlBatches() []connectors.Batch {
 	return bs
 }
 
+// jsonlWant is the rows of jsonlBatches, batch by batch, from the values
+// the test writes.
+func jsonlWant() []conformance.Table {
+	var ts []conformance.Table
+	id := 0
+	for n := range 3 {
+		t := conformance.Table{Columns: []string{"id", "v", "n"}}
+		for range 10 + n*7 {
+			t.Rows = append(t.Rows, []string{fmt.Sprint(id), fmt.Sprintf("x%d", id), conformance.Null})
+			id++
+		}
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+// readValues decodes the values read_committed consumers see in topic,
+// each a JSON object.
+func readValues(c *kafkatest.Cluster, topic string) func(*testing.T) (conformance.Table, error) {
+	return func(t *testing.T) (conformance.Table, error) {
+		var lines []byte
+		for _, r := range c.Records(t, topic, true) {
+			lines = append(append(lines, r.Value...), '\n')
+		}
+		return conformance.JSONLRows(lines)
+	}
+}
+
 // readTopic returns the checksum of the values read_committed consumers
 // see in topic.
 func readTopic(c *kafkatest.Cluster, topic string) func(*testing.T, connectors.Sink) (connectors.Checksum, error) {
@@ -64,6 +92,8 @@ func TestAppendConformance(t *testing.T) {
 		conformance.TestAppend(t, conformance.SinkHarness{
 			Open:          func(t *testing.T) connectors.Sink { return openSink(t, cfg) },
 			Batches:       jsonlBatches,
+			Want:          jsonlWant,
+			ReadBack:      readValues(c, topic),
 			ReadCommitted: readTopic(c, topic),
 		})
 	}

@@ -2,6 +2,8 @@ package kafka_test
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -20,7 +22,20 @@ func TestSourceConformance(t *testing.T) {
 		Open:     func(t *testing.T) connectors.Source { return openSource(t, cfg) },
 		Request:  connectors.PlanRequest{RunID: "r"},
 		WantRows: want.Rows,
+		Want:     func(*testing.T) conformance.Table { return filled(1000) },
 	})
+}
+
+// filled is the rows fill(…, n) commits, from the values it writes: each
+// batch of 50 but every fourth (aborted).
+func filled(n int) conformance.Table {
+	t := conformance.Table{Columns: []string{"id", "name", "x"}}
+	for i := range n {
+		if (i/50)%4 != 3 {
+			t.Rows = append(t.Rows, []string{strconv.Itoa(i), fmt.Sprintf("n%d", i), fmt.Sprintf("%d.5", i%7)})
+		}
+	}
+	return t
 }
 
 // A full load reads exactly the committed records, each once: records of

@@ -15,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -41,6 +42,36 @@ func TestConformanceSnapshotSource(t *testing.T) {
 		// The rows and each chunk's begin line: 3000 rows a table, in
 		// 5 chunks of about 700.
 		WantRows: 6000 + 10,
+		// The rows as a SELECT reads them, each chunk's begin line; not
+		// the slot's position, the time or the chunks' names.
+		Columns: []string{"schema", "table", "key", "row", "begin"},
+		Want: func(t *testing.T) conformance.Table {
+			want := conformance.Table{Columns: []string{"schema", "table", "key", "row", "begin"}}
+			for _, tb := range []string{"a", "b"} {
+				cols, rows, err := pgtest.Select(t.Context(), e.conn, fmt.Sprintf("SELECT id, v, n FROM %s.%s", e.schema, tb), conformance.Null)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range rows {
+					obj := map[string]any{}
+					for j, c := range cols {
+						obj[c] = r[j]
+						if r[j] == conformance.Null {
+							obj[c] = nil
+						}
+					}
+					row, err := json.Marshal(obj)
+					if err != nil {
+						t.Fatal(err)
+					}
+					want.Rows = append(want.Rows, []string{e.schema, tb, `["id"]`, string(row), conformance.Null})
+				}
+				for range 5 {
+					want.Rows = append(want.Rows, []string{e.schema, tb, `["id"]`, conformance.Null, "true"})
+				}
+			}
+			return want
+		},
 	})
 }
 
@@ -95,10 +126,65 @@ func TestConformanceEventsSink(t *testing.T) {
 			}
 			return bs
 		},
+		// Each row a read event of s.t at the snapshot's position.
+		Want: func() []conformance.Table {
+			var ts []conformance.Table
+			for c := range 6 {
+				tb := conformance.Table{Columns: []string{"op", "database", "table", "key", "lsn", "commit_time", "after"}}
+				for n := 1; n <= 3; n++ {
+					tb.Rows = append(tb.Rows, []string{string(protocol.OpRead), "db", "s.t", `["id"]`, lsn, at.Format(time.RFC3339Nano),
+						fmt.Sprintf(`{"id":"%d","n":null,"v":"ü \"q\"\n"}`, 10*c+n)})
+				}
+				ts = append(ts, tb)
+			}
+			return ts
+		},
+		ReadBack: func(t *testing.T) (conformance.Table, error) { return publishedEvents(ctx, stream) },
 		ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
 			return publishedRows(ctx, stream, slot)
 		},
 	})
+}
+
+// publishedEvents reads every event of SLUICE_CDC with the protocol's
+// decoder.
+func publishedEvents(ctx context.Context, stream jetstream.Stream) (conformance.Table, error) {
+	tb := conformance.Table{Columns: []string{"op", "database", "table", "key", "lsn", "commit_time", "after"}}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return tb, err
+	}
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			return tb, fmt.Errorf("message %d: %w", seq, err)
+		}
+		evs, err := protocol.DecodeChangeEvents(m.Data)
+		if err != nil {
+			return tb, fmt.Errorf("message %d: %w", seq, err)
+		}
+		for _, ev := range evs {
+			key, err := json.Marshal(ev.Key)
+			if err != nil {
+				return tb, err
+			}
+			after, err := json.Marshal(ev.After)
+			if err != nil {
+				return tb, err
+			}
+			// The row's JSON in the Table's form: keys sorted.
+			var obj map[string]any
+			if err := json.Unmarshal(after, &obj); err != nil {
+				return tb, err
+			}
+			if after, err = json.Marshal(obj); err != nil {
+				return tb, err
+			}
+			tb.Rows = append(tb.Rows, []string{string(ev.Op), ev.Database, ev.Schema + "." + ev.Table, string(key), ev.LSN,
+				ev.CommitTime.UTC().Format(time.RFC3339Nano), string(after)})
+		}
+	}
+	return tb, nil
 }
 
 // publishedRows reads every message of SLUICE_CDC back into the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/conformance"
+	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
 )
 
 func TestConformanceSource(t *testing.T) {
@@ -29,6 +30,7 @@ func TestConformanceSource(t *testing.T) {
 				},
 				Request:  connectors.PlanRequest{RunID: "conf", Partitioning: connectors.Partitioning{TargetRows: 4000}},
 				WantRows: 20_000,
+				Want:     func(t *testing.T) conformance.Table { return selectTable(t, conn, "SELECT * FROM "+tc.table) },
 			})
 		})
 	}
@@ -64,10 +66,35 @@ func confHarness(dsn, view string, conn *pgx.Conn) conformance.SinkHarness {
 			}
 			return bs
 		},
+		// Each batch: a text with a newline and a comma, a NULL (an
+		// unquoted empty field) and an empty text (a quoted one).
+		Want: func() []conformance.Table {
+			var ts []conformance.Table
+			for i := range 6 {
+				ts = append(ts, conformance.Table{Columns: []string{"id", "v"}, Rows: [][]string{
+					{fmt.Sprint(3 * i), fmt.Sprintf("multi\nline, %d", i)}, {fmt.Sprint(3*i + 1), conformance.Null}, {fmt.Sprint(3*i + 2), ""}}})
+			}
+			return ts
+		},
+		ReadBack: func(t *testing.T) (conformance.Table, error) {
+			cols, rows, err := pgtest.Select(t.Context(), conn, "SELECT id, v FROM "+view, conformance.Null)
+			return conformance.Table{Columns: cols, Rows: rows}, err
+		},
 		ReadCommitted: func(t *testing.T, _ connectors.Sink) (connectors.Checksum, error) {
 			return TableChecksum(context.Background(), conn, "SELECT id, v FROM "+view)
 		},
 	}
+}
+
+// selectTable reads the rows of query with the test's own code, every
+// value in the server's text form.
+func selectTable(t *testing.T, conn *pgx.Conn, query string) conformance.Table {
+	t.Helper()
+	cols, rows, err := pgtest.Select(t.Context(), conn, query, conformance.Null)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conformance.Table{Columns: cols, Rows: rows}
 }
 
 // The replica Applier passes the applier conformance suite, each target a

@@ -87,3 +87,36 @@ func redact(dsn string) string {
 	}
 	return u.String()
 }
+
+// Select runs query on conn over the simple protocol, so that every value
+// comes back in the server's text form (the form COPY ... CSV writes), and
+// returns the column names and each row's values as text, null for a
+// NULL. Tests use it to read a table back with their own code.
+func Select(ctx context.Context, conn *pgx.Conn, query, null string) ([]string, [][]string, error) {
+	rows, err := conn.Query(ctx, query, pgx.QueryExecModeSimpleProtocol)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", query, err)
+	}
+	defer rows.Close()
+	var cols []string
+	for _, f := range rows.FieldDescriptions() {
+		cols = append(cols, f.Name)
+	}
+	var out [][]string
+	for rows.Next() {
+		raw := rows.RawValues()
+		row := make([]string, len(raw))
+		for i, v := range raw {
+			if v == nil {
+				row[i] = null
+			} else {
+				row[i] = string(v)
+			}
+		}
+		out = append(out, row)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", query, err)
+	}
+	return cols, out, nil
+}
