@@ -507,9 +507,11 @@ type snapshotDoneCmd struct {
 	// Error says why the reader could not take it (the snapshot is given
 	// up).
 	Error string `json:"error,omitempty"`
-	// Throttled counts the times cdc.max_lag held it back.
-	Throttled int       `json:"throttled,omitempty"`
-	Time      time.Time `json:"time"`
+	// Throttled counts the times cdc.max_lag held it back, and
+	// ThrottledSeconds for how long in all.
+	Throttled        int       `json:"throttled,omitempty"`
+	ThrottledSeconds float64   `json:"throttled_seconds,omitempty"`
+	Time             time.Time `json:"time"`
 }
 
 func (snapshotDoneCmd) cmdType() cmdType { return cmdSnapshotDone }

@@ -102,7 +102,7 @@ func (c snapshotDoneCmd) applyTo(s *state) (noReply, error) {
 	if i < 0 {
 		return noReply{}, nil // recorded before
 	}
-	st.Snapshotted = append(slices.Clip(st.Snapshotted), snapshotTaken{TableSnapshot: st.Snapshots[i], Rows: c.Rows, Error: c.Error, Throttled: c.Throttled, Done: c.Time})
+	st.Snapshotted = append(slices.Clip(st.Snapshotted), snapshotTaken{TableSnapshot: st.Snapshots[i], Rows: c.Rows, Error: c.Error, Throttled: c.Throttled, ThrottledSeconds: c.ThrottledSeconds, Done: c.Time})
 	if n := len(st.Snapshotted); n > maxSnapshotted {
 		st.Snapshotted = slices.Clone(st.Snapshotted[n-maxSnapshotted:])
 	}

@@ -287,10 +287,11 @@ type streamState struct {
 // snapshotTaken is an incremental snapshot a reader took.
 type snapshotTaken struct {
 	protocol.TableSnapshot
-	Rows      int64     `json:"rows"`
-	Error     string    `json:"error,omitempty"`
-	Throttled int       `json:"throttled,omitempty"`
-	Done      time.Time `json:"done"`
+	Rows             int64     `json:"rows"`
+	Error            string    `json:"error,omitempty"`
+	Throttled        int       `json:"throttled,omitempty"`
+	ThrottledSeconds float64   `json:"throttled_seconds,omitempty"`
+	Done             time.Time `json:"done"`
 }
 
 // scheduleMark is the last handled tick of a schedule.

@@ -336,7 +336,7 @@ func (t *leaderTerm) recordSnapshots(p *pipelineState, st protocol.StreamStatus)
 		if !slices.ContainsFunc(p.Stream.Snapshots, func(ts protocol.TableSnapshot) bool { return ts.ID == tb.Snapshot }) {
 			continue
 		}
-		if _, err := apply(t.c, snapshotDoneCmd{Pipeline: p.Spec.Name, ID: tb.Snapshot, Rows: tb.Rows, Error: tb.Error, Throttled: tb.Throttled, Time: now()}); err != nil {
+		if _, err := apply(t.c, snapshotDoneCmd{Pipeline: p.Spec.Name, ID: tb.Snapshot, Rows: tb.Rows, Error: tb.Error, Throttled: tb.Throttled, ThrottledSeconds: tb.ThrottledSeconds, Time: now()}); err != nil {
 			return "", err
 		}
 		t.c.log.Info("incremental snapshot taken", "pipeline", p.Spec.Name, "table", tb.Table, "snapshot", tb.Snapshot, "rows", tb.Rows, "error", tb.Error)
@@ -450,7 +450,7 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 					state = protocol.TableSnapshotFailed
 				}
 				info.Snapshotted = append(info.Snapshotted, protocol.TableStatus{Table: done.Table, State: state, Error: done.Error,
-					Since: done.Done, Snapshot: done.ID, Rows: done.Rows, Throttled: done.Throttled})
+					Since: done.Done, Snapshot: done.ID, Rows: done.Rows, Throttled: done.Throttled, ThrottledSeconds: done.ThrottledSeconds})
 			}
 			if r, ok := t.c.fsm.run(st.SnapshotRun); ok {
 				info.Snapshot = snapshotProgress(r)

@@ -274,10 +274,10 @@ func TestFSMStreamTables(t *testing.T) {
 		t.Fatalf("pending after c was removed %+v", out.Pending)
 	}
 	before, _ := f.pipeline("shop")
-	applyAll(t, f, snapshotDoneCmd{Pipeline: "shop", ID: "1", Rows: 42, Throttled: 2, Time: t0.Add(time.Minute)},
+	applyAll(t, f, snapshotDoneCmd{Pipeline: "shop", ID: "1", Rows: 42, Throttled: 2, ThrottledSeconds: 3.5, Time: t0.Add(time.Minute)},
 		snapshotDoneCmd{Pipeline: "shop", ID: "1", Rows: 1, Time: t0.Add(2 * time.Minute)})
 	p, _ := f.pipeline("shop")
-	if len(p.Stream.Snapshots) != 0 || len(p.Stream.Snapshotted) != 1 || p.Stream.Snapshotted[0].Rows != 42 || p.Stream.Snapshotted[0].Throttled != 2 {
+	if len(p.Stream.Snapshots) != 0 || len(p.Stream.Snapshotted) != 1 || p.Stream.Snapshotted[0].Rows != 42 || p.Stream.Snapshotted[0].Throttled != 2 || p.Stream.Snapshotted[0].ThrottledSeconds != 3.5 {
 		t.Fatalf("after done %+v", p.Stream)
 	}
 	if len(before.Stream.Snapshots) != 1 || before.Stream.Snapshots[0].ID != "1" {

@@ -47,7 +47,8 @@ type CDC struct {
 	// MaxLag bounds the WAL the slot may retain (in bytes) while the
 	// reader takes an incremental snapshot (of a table added to the
 	// pipeline, or asked for with `sluice cdc resnapshot`): past it the
-	// next chunk waits until the slot caught up. 0 means no bound.
+	// next chunk waits until the slot caught up. 0 means 1GiB
+	// (pgcdc.DefaultMaxLagBytes).
 	MaxLag int64 `json:"max_lag,omitempty"`
 	// SnapshotChunkRows is the most rows of one chunk of an incremental
 	// snapshot, held in the reader's memory; 0 means 10000.

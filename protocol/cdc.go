@@ -524,7 +524,13 @@ func AppendJSONString[T string | []byte](dst []byte, s T) []byte {
 
 // DecodeChangeEvent decodes a change event and checks its version and op.
 func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
-	e, ok := decodeEventFast(data)
+	return decodeChangeEventIn(data, "")
+}
+
+// decodeChangeEventIn is DecodeChangeEvent of data whose bytes text holds
+// too, when not empty (see decodeEventFastIn).
+func decodeChangeEventIn(data []byte, text string) (ChangeEvent, error) {
+	e, ok := decodeEventFastIn(data, text)
 	if !ok {
 		var err error
 		if e, err = decodeEventJSON(data); err != nil {
@@ -579,9 +585,13 @@ func DecodeChangeEvents(data []byte) ([]ChangeEvent, error) {
 
 // AppendChangeEvents is DecodeChangeEvents appending to dst.
 func AppendChangeEvents(dst []ChangeEvent, data []byte) ([]ChangeEvent, error) {
+	// One copy of the message as a string: the events' strings are
+	// substrings of it rather than an allocation each.
+	text := string(data)
 	for n := 1; ; n++ {
 		line, rest, more := bytes.Cut(data, []byte{'\n'})
-		ev, err := DecodeChangeEvent(line)
+		ev, err := decodeChangeEventIn(line, text[:len(line)])
+		text = text[min(len(line)+1, len(text)):]
 		if err != nil {
 			if n == 1 && !more {
 				return dst, err

@@ -15,7 +15,15 @@ import (
 // version...): the caller then decodes data with encoding/json, which also
 // words the error.
 func decodeEventFast(data []byte) (e ChangeEvent, ok bool) {
-	d := eventScanner{b: data}
+	return decodeEventFastIn(data, "")
+}
+
+// decodeEventFastIn is decodeEventFast over data whose text is also in
+// text (the same bytes as a string) or, when text is empty, not: every
+// string decoded without an escape is then a substring of text, with no
+// allocation of its own (and text stays alive as long as one of them).
+func decodeEventFastIn(data []byte, text string) (e ChangeEvent, ok bool) {
+	d := eventScanner{b: data, s: text}
 	if !d.consume('{') {
 		return e, false
 	}
@@ -146,7 +154,10 @@ func eventFieldBit(key []byte) (uint16, bool) {
 
 // eventScanner reads JSON from b at i.
 type eventScanner struct {
-	b   []byte
+	b []byte
+	// s, when not empty, holds b's bytes as a string: the strings read
+	// are substrings of it.
+	s   string
 	i   int
 	buf []byte // unescaped text of the last escaped string
 }
@@ -263,7 +274,14 @@ func (d *eventScanner) escaped(start, i int) ([]byte, bool) {
 }
 
 func (d *eventScanner) string() (string, bool) {
+	d.space()
+	start := d.i + 1
 	s, ok := d.stringBytes()
+	if ok && d.s != "" && len(s) == d.i-1-start {
+		// No escape (an escape always decodes shorter than it is
+		// written): the text as it is in the input.
+		return d.s[start : d.i-1], true
+	}
 	return string(s), ok
 }
 

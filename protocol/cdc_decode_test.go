@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +118,11 @@ func FuzzDecodeChangeEvent(f *testing.F) {
 			if !reflect.DeepEqual(fast, slow) {
 				t.Fatalf("%s\nfast %#v\nslow %#v", data, fast, slow)
 			}
+			// Its strings as substrings of the input: the same event.
+			in, ok := decodeEventFastIn(data, string(data))
+			if !ok || !reflect.DeepEqual(in, fast) {
+				t.Fatalf("%s\nover a string %#v (%v)\nover bytes %#v", data, in, ok, fast)
+			}
 		}
 		check(data, false)
 		ev := ChangeEvent{Op: Op(s1), Pipeline: s2, Database: s1, Schema: s2, Table: s1, Key: []string{s1, s2},
@@ -124,4 +130,31 @@ func FuzzDecodeChangeEvent(f *testing.F) {
 			LSN: s1, CommitLSN: s2, Index: len(s1) - 5, Xid: uint32(len(s2)), CommitTime: time.Unix(int64(len(s1))*1e8, int64(len(s2))).UTC()}
 		check(ev.AppendJSON(nil), true)
 	})
+}
+
+// BenchmarkAppendChangeEvents decodes a message of 100 events, as a
+// runner does for every message it applies.
+func BenchmarkAppendChangeEvents(b *testing.B) {
+	e, _, _ := benchEvent()
+	var msg []byte
+	for i := range 100 {
+		e.After["id"] = Text(strconv.Itoa(i))
+		data, err := e.Encode()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i > 0 {
+			msg = append(msg, '\n')
+		}
+		msg = append(msg, data...)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	var dst []ChangeEvent
+	for b.Loop() {
+		var err error
+		if dst, err = AppendChangeEvents(dst[:0], msg); err != nil || len(dst) != 100 {
+			b.Fatal(err)
+		}
+	}
 }

@@ -231,9 +231,13 @@ type TableStatus struct {
 	Snapshot string `json:"snapshot,omitempty"`
 	Rows     int64  `json:"rows,omitempty"`
 	// Throttled counts the times the snapshot waited for the slot's lag
-	// to fall under cdc.max_lag; LastThrottled is when it last did.
-	Throttled     int       `json:"throttled,omitempty"`
-	LastThrottled time.Time `json:"last_throttled,omitzero"`
+	// to fall under cdc.max_lag; LastThrottled is when it last did,
+	// ThrottledSeconds how long it waited in all, and Throttling reports
+	// that it waits now.
+	Throttled        int       `json:"throttled,omitempty"`
+	LastThrottled    time.Time `json:"last_throttled,omitzero"`
+	ThrottledSeconds float64   `json:"throttled_seconds,omitempty"`
+	Throttling       bool      `json:"throttling,omitempty"`
 }
 
 // CDCStatusReply lists the streams of every cdc and cdc_apply pipeline.

@@ -165,7 +165,7 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 				line += " since " + tb.Since.UTC().Format(time.RFC3339)
 			}
 			if tb.Throttled > 0 {
-				line += fmt.Sprintf("; throttled %d times by cdc.max_lag, last at %s", tb.Throttled, tb.LastThrottled.UTC().Format(time.RFC3339))
+				line += "; " + throttledText(tb)
 			}
 			if tb.Error != "" {
 				line += ": " + tb.Error
@@ -182,6 +182,20 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
+}
+
+// throttledText says how often and how long cdc.max_lag held an
+// incremental snapshot back.
+func throttledText(tb protocol.TableStatus) string {
+	held := time.Duration(tb.ThrottledSeconds * float64(time.Second)).Round(100 * time.Millisecond)
+	s := fmt.Sprintf("throttled %d times for %s in all by cdc.max_lag", tb.Throttled, held)
+	if tb.Throttling {
+		return s + ", held back now"
+	}
+	if !tb.LastThrottled.IsZero() {
+		s += ", last at " + tb.LastThrottled.UTC().Format(time.RFC3339)
+	}
+	return s
 }
 
 // newDeleteCmd is `sluice delete <pipeline>`.

@@ -173,3 +173,20 @@ cdc: {lease: 3s}
 		}
 	})
 }
+
+// TestThrottledText: cdc status says how often and how long cdc.max_lag
+// held a snapshot back, and whether it still does.
+func TestThrottledText(t *testing.T) {
+	at := time.Date(2026, 12, 6, 1, 2, 3, 0, time.UTC)
+	for _, c := range []struct {
+		tb   protocol.TableStatus
+		want string
+	}{
+		{protocol.TableStatus{Throttled: 2, ThrottledSeconds: 12.43, LastThrottled: at}, "throttled 2 times for 12.4s in all by cdc.max_lag, last at 2026-12-06T01:02:03Z"},
+		{protocol.TableStatus{Throttled: 1, ThrottledSeconds: 0.5, LastThrottled: at, Throttling: true}, "throttled 1 times for 500ms in all by cdc.max_lag, held back now"},
+	} {
+		if got := throttledText(c.tb); got != c.want {
+			t.Errorf("throttledText(%+v) = %q, want %q", c.tb, got, c.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -453,4 +454,119 @@ func TestIncrementalSnapshot(t *testing.T) {
 	if st := pg.TableStatus(); len(st) != 0 {
 		t.Errorf("stopped tables after the resnapshot %+v", st)
 	}
+}
+
+// TestIncrementalSnapshotThrottled: a table added while its reader is
+// held back (stopped while a writer filled the slot with a backlog far
+// over the lag bound) is snapshotted only once the reader caught up: the
+// snapshot waits, with the writer still writing, then resumes on its own;
+// its status counts the wait and how long it lasted, and the replica of
+// both tables equals the source.
+func TestIncrementalSnapshotThrottled(t *testing.T) {
+	dsn, src, conn := pgtest.DB(t)
+	_, dst, _ := pgtest.DB(t)
+	js := cdctest.StartJS(t)
+	for _, tb := range []string{"a", "b"} {
+		pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.%[2]s (id int PRIMARY KEY, v text, big text);
+			INSERT INTO %[1]s.%[2]s SELECT g, 'v' || g, NULL FROM generate_series(1, 5000) g`, src, tb))
+	}
+	slot := src + "_slot"
+	a, b := src+".a", src+".b"
+	cdctest.Snapshot(t, js, pgcdc.SnapshotConfig{DSN: dsn, Tables: []string{a}, Slot: slot, Publication: slot}, "up")
+	const maxLag = 1 << 20
+	rcfg := pgcdc.Config{DSN: dsn, Slot: slot, Publication: slot, Tables: []string{a}, Pipeline: "up", ChunkRows: 1000, MaxLagBytes: maxLag}
+	rd := cdctest.StartReader(t, js, rcfg)
+	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
+	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
+	if err := rd.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Held back: the reader is stopped while about 4 MB of WAL is written.
+	pgtest.Exec(t, conn, fmt.Sprintf(`INSERT INTO %[1]s.a (id, v) SELECT 1000000 + g, md5(g::text) || md5((-g)::text) FROM generate_series(1, 25000) g`, src))
+	var lag int64
+	if err := conn.QueryRow(context.Background(), `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag); err != nil || lag <= maxLag {
+		t.Fatalf("the slot lags %d bytes (%v), want over %d", lag, err, maxLag)
+	}
+	stopChurn := trickle(t, dsn, a)
+	rcfg.Tables = []string{a, b}
+	rcfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: b, Reason: protocol.SnapshotAdded}}
+	rd = cdctest.StartReader(t, js, rcfg)
+	var st protocol.TableStatus
+	var heldRows int64 = -1 // rows published while seen held back
+	cdctest.WaitFor(t, "the snapshot of b", done, func() bool {
+		sn := rd.Status().Snapshots
+		if len(sn) != 1 {
+			return false
+		}
+		st = sn[0]
+		if st.Throttling && heldRows < 0 {
+			heldRows = st.Rows
+		}
+		return st.State == protocol.TableSnapshotted
+	})
+	if err := stopChurn(); err != nil {
+		t.Fatal(err)
+	}
+	last := rd.Published()
+	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
+	for _, tb := range []string{"a", "b"} {
+		wn, wsum := pgtest.Checksum(t, conn, src+"."+tb, "id")
+		gn, gsum := pgtest.Checksum(t, conn, dst+"."+tb, "id")
+		if wn != gn || wsum != gsum {
+			t.Errorf("replica %s holds %d rows (md5 %s), the source %d (md5 %s)", tb, gn, gsum, wn, wsum)
+		}
+	}
+	if st.Throttled < 1 || st.ThrottledSeconds <= 0 || st.LastThrottled.IsZero() || st.Throttling || st.Rows != 5000 {
+		t.Errorf("snapshot status %+v: want it throttled at least once, for some time, resumed, and 5000 rows", st)
+	}
+	if heldRows < 0 {
+		t.Error("the snapshot was never seen held back")
+	} else if heldRows > 1000 {
+		t.Errorf("%d rows published before the snapshot was first seen held back, want at most one chunk", heldRows)
+	}
+	t.Logf("b: %d rows; held back %d times for %.1fs in all beside %d applied events", st.Rows, st.Throttled, st.ThrottledSeconds, r.Status().Events)
+}
+
+// trickle writes a small transaction to table (id int PRIMARY KEY, v
+// text) every 20 ms until stop is called: an insert, an update and a
+// delete, a few hundred bytes of WAL, so that a reader catches up with it
+// even on a loaded machine.
+func trickle(t *testing.T, dsn, table string) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		for i := 0; ctx.Err() == nil; i++ {
+			_, err := conn.Exec(ctx, fmt.Sprintf(`BEGIN;
+				INSERT INTO %[1]s (id, v) VALUES (%[2]d, 'w');
+				UPDATE %[1]s SET v = v || '+' WHERE id = %[3]d;
+				DELETE FROM %[1]s WHERE id = %[4]d;
+				COMMIT`, table, 20_000_000+i, i%5000+1, 1_000_000+i+1))
+			if err != nil && ctx.Err() == nil {
+				done <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		done <- nil
+	}()
+	var once sync.Once
+	var result error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			result = <-done
+		})
+		return result
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }

@@ -295,10 +295,12 @@ const defaultMaxPayload = 1 << 20
 // fill a batch, and asks for no more messages than events are missing from
 // it (each message holds at least one) and for about the bytes of a full
 // batch, less what the carry holds (but room for one message of the largest
-// size the server accepts). So the carry holds less than a batch of events
-// plus one fetch's bytes, at most BatchSize messages unacknowledged
-// (MaxAckPending allows twice that), and only one batch is decoded at a
-// time. With Config.Eager a fetch asks for no more messages than the
+// size the server accepts). While a batch is applied, a goroutine fetches
+// the next one (when the consumer reported a backlog and the carry after
+// the batch holds less) and decodes it (see ahead). So the carry holds
+// less than two batches of events plus one fetch's bytes, at most twice
+// BatchSize messages unacknowledged (MaxAckPending), and two batches are
+// decoded at a time at most. With Config.Eager a fetch asks for no more messages than the
 // consumer reported waiting at the last delivery, and for one when none
 // were (then at once for those its delivery reports behind it): BatchWait
 // is then the longest wait for a message, never for a batch to fill.
@@ -336,6 +338,10 @@ type held struct {
 	pending uint64 // the consumer's undelivered messages at its delivery
 	events  int
 	bytes   int
+	// decoded holds the message's events when they were decoded ahead
+	// (while the batch before was applied); nil when not, or when
+	// decoding failed (take decodes it again, which reports the error).
+	decoded []protocol.ChangeEvent
 }
 
 func newBatcher(r *Runner, cons jetstream.Consumer, applied uint64) *batcher {
@@ -397,7 +403,8 @@ func (b *batcher) next(ctx context.Context) error {
 		gap     bool
 		skipped jetstream.Msg // delivered again, applied before
 	)
-	if b.stop == nil && b.carryEvents < r.cfg.BatchSize {
+	// Eager, messages held and none waiting behind them: apply them now.
+	if b.stop == nil && b.carryEvents < r.cfg.BatchSize && !(r.cfg.Eager && len(b.carry) > 0 && b.waiting == 0) {
 		count := r.cfg.BatchSize - b.carryEvents
 		if r.cfg.Eager {
 			// As many as were waiting; none, or not known yet: the next
@@ -421,6 +428,12 @@ func (b *batcher) next(ctx context.Context) error {
 		}
 	}
 	n, events := b.take()
+	// The next batch is fetched (when a backlog waits) and decoded while
+	// this one is applied: that is the runner's own work, applying mostly
+	// the target's. Until ahead returns, the batcher is the goroutine's.
+	ahead := b.ahead(n, !gap)
+	defer func() { ahead() }()
+	var aheadErr error    // a fetch ahead that failed: Run stops after this batch
 	var ack jetstream.Msg // the last message to acknowledge
 	if n > 0 {
 		from, to := events[0].Seq, events[len(events)-1].Seq
@@ -439,6 +452,9 @@ func (b *batcher) next(ctx context.Context) error {
 				return fmt.Errorf("apply events %d-%d: %w", from, to, err)
 			}
 		}
+		var gapAhead bool
+		gapAhead, aheadErr = ahead()
+		gap = gap || gapAhead
 		last := b.carry[n-1]
 		b.applied, ack = last.seq, last.msg
 		r.mu.Lock()
@@ -463,6 +479,9 @@ func (b *batcher) next(ctx context.Context) error {
 		if err := ack.DoubleAck(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("cdc apply: ack", "err", err)
 		}
+	}
+	if aheadErr != nil {
+		return aheadErr
 	}
 	if b.stop != nil && len(b.carry) == 0 {
 		return b.stop
@@ -523,6 +542,60 @@ func (b *batcher) fetch(count int) (gap bool, skipped jetstream.Msg, err error) 
 	return false, skipped, nil
 }
 
+// ahead prepares the next batch in a goroutine while the batch of the
+// carry's first n messages is applied: when the consumer reported a
+// backlog at its last delivery and the carry after them holds less than a
+// batch, it fetches unless fetchOK is false (a gap, or a message without metadata, is handled as
+// after any fetch: it ends the carry); then it decodes the messages after
+// the first n that the next batch takes, and keeps their events in the
+// carry. It returns the function that waits for the goroutine and reports
+// a gap and a fetch error: until it is called, the goroutine owns the
+// batcher (only the events already taken may be used). It may be called
+// more than once.
+func (b *batcher) ahead(n int, fetchOK bool) (wait func() (gap bool, err error)) {
+	if n == 0 {
+		return func() (bool, error) { return false, nil }
+	}
+	rest := b.carryEvents
+	for _, h := range b.carry[:n] {
+		rest -= h.events
+	}
+	fetch := fetchOK && b.stop == nil && b.waiting > 0 && rest < b.r.cfg.BatchSize
+	count := int(min(int64(b.r.cfg.BatchSize-rest), b.waiting))
+	type result struct {
+		gap bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		if fetch {
+			res.gap, _, res.err = b.fetch(count)
+		}
+		size := 0
+		for i := n; i < len(b.carry); i++ {
+			h := &b.carry[i]
+			if i > n && size+h.events > b.r.cfg.BatchSize {
+				break
+			}
+			size += h.events
+			if h.decoded == nil {
+				// On an error take decodes it again, and stops there.
+				if evs, err := protocol.AppendChangeEvents(nil, h.msg.Data()); err == nil {
+					h.decoded = evs
+				}
+			}
+		}
+		done <- res
+	}()
+	var once sync.Once
+	var res result
+	return func() (bool, error) {
+		once.Do(func() { res = <-done })
+		return res.gap, res.err
+	}
+}
+
 // take decodes the batch at the head of the carry: whole messages up to
 // BatchSize events, and at least one message. n is the number of messages
 // taken. A malformed message sets b.stop and is dropped from the carry with
@@ -539,14 +612,18 @@ func (b *batcher) take() (n int, events []Event) {
 	events = make([]Event, 0, size)
 	defer func() { clear(b.decoded[:cap(b.decoded)]) }() // keep no rows alive
 	for i, h := range b.carry[:n] {
-		var err error
-		b.decoded, err = protocol.AppendChangeEvents(b.decoded[:0], h.msg.Data())
-		if err != nil {
-			b.stop = fmt.Errorf("malformed message at stream sequence %d on %s: %w", h.seq, h.msg.Subject(), err)
-			b.drop(i)
-			return i, events
+		decoded := h.decoded
+		if decoded == nil {
+			var err error
+			b.decoded, err = protocol.AppendChangeEvents(b.decoded[:0], h.msg.Data())
+			if err != nil {
+				b.stop = fmt.Errorf("malformed message at stream sequence %d on %s: %w", h.seq, h.msg.Subject(), err)
+				b.drop(i)
+				return i, events
+			}
+			decoded = b.decoded
 		}
-		for _, ev := range b.decoded {
+		for _, ev := range decoded {
 			events = append(events, Event{Seq: h.seq, ChangeEvent: ev})
 		}
 	}

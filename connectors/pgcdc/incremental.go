@@ -84,12 +84,18 @@ type snapJob struct {
 	published int64
 	began     bool
 
-	// status, guarded by the snapshotter's mu
+	// status, guarded by the snapshotter's mu: throttled counts the
+	// times the slot's lag held a chunk back, lastThrottled is when it
+	// last did, throttledFor how long it did in all, not counting the
+	// time since throttledAt while it still does (throttledAt is then
+	// set).
 	state         string
 	err           string
 	since         time.Time
 	throttled     int
 	lastThrottled time.Time
+	throttledFor  time.Duration
+	throttledAt   time.Time
 }
 
 // snapshotter runs a Reader's incremental snapshots, one table after the
@@ -144,10 +150,15 @@ func (s *snapshotter) status() []protocol.TableStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]protocol.TableStatus, 0, len(s.jobs))
+	now := time.Now()
 	for _, j := range s.jobs {
+		held := j.throttledFor
+		if !j.throttledAt.IsZero() {
+			held += now.Sub(j.throttledAt)
+		}
 		out = append(out, protocol.TableStatus{
 			Table: j.req.Table, State: j.state, Error: j.err, Since: j.since, Snapshot: j.req.ID, Rows: j.published,
-			Throttled: j.throttled, LastThrottled: j.lastThrottled,
+			Throttled: j.throttled, LastThrottled: j.lastThrottled, ThrottledSeconds: held.Seconds(), Throttling: !j.throttledAt.IsZero(),
 		})
 	}
 	return out
@@ -242,7 +253,7 @@ func (r *Reader) snapshotStep(ctx context.Context, st *streamState) error {
 
 // lagOver reports whether the slot retains more WAL than
 // Config.MaxLagBytes, asking the server at most every lagEvery; the job's
-// status counts the times it held a chunk back.
+// status counts the times it held a chunk back and for how long.
 func (r *Reader) lagOver(ctx context.Context, st *streamState, j *snapJob) (bool, error) {
 	s := r.snaps
 	if r.cfg.MaxLagBytes <= 0 {
@@ -262,17 +273,27 @@ func (r *Reader) lagOver(ctx context.Context, st *streamState, j *snapJob) (bool
 		return false, fmt.Errorf("slot lag of %q: %w", r.cfg.Slot, err)
 	}
 	was := s.throttled
-	s.lagAt, s.throttled = time.Now(), lag > r.cfg.MaxLagBytes
+	now := time.Now()
+	s.lagAt, s.throttled = now, lag > r.cfg.MaxLagBytes
+	s.mu.Lock()
+	switch {
+	case s.throttled && !was:
+		j.throttled++
+		j.throttledAt = now
+	case !s.throttled && was && !j.throttledAt.IsZero():
+		j.throttledFor += now.Sub(j.throttledAt)
+		j.throttledAt = time.Time{}
+	}
 	if s.throttled {
-		s.mu.Lock()
-		if !was {
-			j.throttled++
-		}
-		j.lastThrottled = time.Now().UTC()
-		s.mu.Unlock()
-		if !was {
-			r.log.Info("incremental snapshot throttled: the slot's lag is over cdc.max_lag", "table", j.req.Table, "lag_bytes", lag, "max_lag_bytes", r.cfg.MaxLagBytes)
-		}
+		j.lastThrottled = now.UTC()
+	}
+	held := j.throttledFor
+	s.mu.Unlock()
+	switch {
+	case s.throttled && !was:
+		r.log.Info("incremental snapshot throttled: the slot's lag is over cdc.max_lag", "table", j.req.Table, "lag_bytes", lag, "max_lag_bytes", r.cfg.MaxLagBytes)
+	case !s.throttled && was:
+		r.log.Info("incremental snapshot resumed: the slot's lag is under cdc.max_lag", "table", j.req.Table, "lag_bytes", lag, "throttled_for", held.String())
 	}
 	return s.throttled, nil
 }

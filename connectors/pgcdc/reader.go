@@ -62,12 +62,17 @@ type Config struct {
 	// ChunkRows is the most rows of one chunk of an incremental snapshot;
 	// 0 means DefaultChunkRows.
 	ChunkRows int
-	// MaxLagBytes, when positive, holds the next chunk of an incremental
-	// snapshot back while the slot retains more WAL than this.
+	// MaxLagBytes holds the next chunk of an incremental snapshot back
+	// while the slot retains more WAL than this (pg_current_wal_lsn() -
+	// confirmed_flush_lsn); 0 means DefaultMaxLagBytes, negative no bound.
 	MaxLagBytes int64
 	// Trace, when set, traces each message published (a span per batch).
 	Trace connectors.BatchTrace
 }
+
+// DefaultMaxLagBytes is Config.MaxLagBytes' default: an incremental
+// snapshot starts no chunk while the slot retains more than 1 GiB of WAL.
+const DefaultMaxLagBytes = 1 << 30
 
 // DefaultMessageEvents is Config.MessageEvents' default: the most events of
 // one table and one transaction packed into one SLUICE_CDC message.
@@ -105,8 +110,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("table %q: want schema.table", t))
 		}
 	}
-	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 || c.MessageEvents < 0 || c.ChunkRows < 0 || c.MaxLagBytes < 0 {
-		errs = append(errs, errors.New("max_in_flight, status_interval, ack_timeout, message_events, chunk_rows and max_lag_bytes must not be negative"))
+	if c.MaxInFlight < 0 || c.StatusInterval < 0 || c.AckTimeout < 0 || c.MessageEvents < 0 || c.ChunkRows < 0 {
+		errs = append(errs, errors.New("max_in_flight, status_interval, ack_timeout, message_events and chunk_rows must not be negative"))
 	}
 	for _, s := range c.Snapshots {
 		if _, _, err := splitTable(s.Table); err != nil || s.ID == "" {
@@ -134,6 +139,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ChunkRows == 0 {
 		c.ChunkRows = DefaultChunkRows
+	}
+	if c.MaxLagBytes == 0 {
+		c.MaxLagBytes = DefaultMaxLagBytes
 	}
 	return c
 }

@@ -44,6 +44,8 @@ type tableChanges struct {
 	// unchanged and absent report whether some image has an unchanged
 	// (TOAST) value or lacks a column of cols.
 	unchanged, absent bool
+	// newKey and oldKey are scratch slices of an event's key values.
+	newKey, oldKey []string
 }
 
 // rowChange is the final state of one key after a batch.
@@ -204,10 +206,11 @@ func (t *tableChanges) add(ev connectors.Event) error {
 	}
 	switch ev.Op {
 	case protocol.OpDelete:
-		keyVals, err := t.keyValues(ev.Before, "old row")
+		keyVals, err := t.keyValues(t.oldKey, ev.Before, "old row")
 		if err != nil {
 			return err
 		}
+		t.oldKey = keyVals
 		rc := t.row(keyVals)
 		rc.deleted, rc.row, rc.origin = true, nil, nil
 		return nil
@@ -218,18 +221,55 @@ func (t *tableChanges) add(ev connectors.Event) error {
 	if ev.After == nil {
 		return fmt.Errorf("no new row")
 	}
-	newKey, err := t.keyValues(ev.After, "new row")
+	newKey, err := t.keyValues(t.newKey, ev.After, "new row")
 	if err != nil {
 		return err
 	}
+	t.newKey = newKey
 	oldKey := newKey
 	if ev.Op == protocol.OpUpdate && hasKey(ev.Before, t.key) {
-		if oldKey, err = t.keyValues(ev.Before, "old row"); err != nil {
+		if oldKey, err = t.keyValues(t.oldKey, ev.Before, "old row"); err != nil {
 			return err
 		}
+		t.oldKey = oldKey
 	}
 	base := t.rows[keyString(oldKey)]
 	t.addCols(ev.After)
+	// The new row as it is, unless it leaves a value unchanged: then a
+	// copy with what earlier images of the batch say of it. Rows are
+	// never changed in place (a batch may be collected again).
+	img := ev.After
+	if hasUnchanged(ev.After) {
+		img = t.resolve(ev, base)
+	}
+	origin := oldKey // the scratch: kept only as a copy
+	fromBase := base != nil && !base.deleted
+	if fromBase {
+		origin = base.origin
+	}
+	if base != nil && base.deleted && hasUnchanged(img) {
+		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
+	}
+	if !slices.Equal(oldKey, newKey) {
+		old := t.row(oldKey)
+		old.deleted, old.row, old.origin = true, nil, nil
+	}
+	rc := t.row(newKey)
+	if !fromBase {
+		if slices.Equal(origin, rc.keyVals) {
+			origin = rc.keyVals
+		} else {
+			origin = slices.Clone(origin)
+		}
+	}
+	rc.deleted, rc.row, rc.origin = false, img, origin
+	return nil
+}
+
+// resolve returns a copy of ev's new row with each unchanged value taken
+// from base, the row's state earlier in the batch, or else from the old
+// row the event carries (REPLICA IDENTITY FULL), where they have it.
+func (t *tableChanges) resolve(ev connectors.Event, base *rowChange) protocol.Row {
 	img := make(protocol.Row, len(ev.After))
 	for c, v := range ev.After {
 		if v.Unchanged {
@@ -246,20 +286,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		}
 		img[c] = v
 	}
-	origin := oldKey
-	if base != nil && !base.deleted {
-		origin = base.origin
-	}
-	if base != nil && base.deleted && hasUnchanged(img) {
-		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
-	}
-	if !slices.Equal(oldKey, newKey) {
-		old := t.row(oldKey)
-		old.deleted, old.row, old.origin = true, nil, nil
-	}
-	rc := t.row(newKey)
-	rc.deleted, rc.row, rc.origin = false, img, origin
-	return nil
+	return img
 }
 
 // addCols adds the columns of r that are new, in name order (a batch's
@@ -284,23 +311,25 @@ func (t *tableChanges) addCol(c string) {
 	}
 }
 
-// row returns the state of a key, adding it when new.
+// row returns the state of a key, adding it (with a copy of keyVals) when
+// new.
 func (t *tableChanges) row(keyVals []string) *rowChange {
 	k := keyString(keyVals)
 	rc := t.rows[k]
 	if rc == nil {
-		rc = &rowChange{keyVals: keyVals}
+		rc = &rowChange{keyVals: slices.Clone(keyVals)}
 		t.rows[k] = rc
 		t.order = append(t.order, rc)
 	}
 	return rc
 }
 
-// keyValues returns the key column values of a row; each must be a value
-// (not NULL, not unchanged).
-func (t *tableChanges) keyValues(r protocol.Row, which string) ([]string, error) {
-	out := make([]string, len(t.key))
-	for i, k := range t.key {
+// keyValues appends the key column values of a row to out (a scratch
+// slice of t: t.row copies what it keeps); each must be a value (not NULL,
+// not unchanged).
+func (t *tableChanges) keyValues(out []string, r protocol.Row, which string) ([]string, error) {
+	out = out[:0]
+	for _, k := range t.key {
 		v, ok := r[k]
 		switch {
 		case !ok:
@@ -308,7 +337,7 @@ func (t *tableChanges) keyValues(r protocol.Row, which string) ([]string, error)
 		case v.Null || v.Unchanged:
 			return nil, fmt.Errorf("key column %q of the %s is NULL or unchanged", k, which)
 		}
-		out[i] = v.Text
+		out = append(out, v.Text)
 	}
 	return out, nil
 }

@@ -108,3 +108,31 @@ func TestCollapse(t *testing.T) {
 		t.Errorf("event without key columns: %v, want an error naming s.nokey", err)
 	}
 }
+
+// BenchmarkCollapse collapses a batch of 5,000 events as the replica
+// benchmark's workload makes them: inserts, then updates, then deletes of
+// six-column rows in transactions of 100 rows.
+func BenchmarkCollapse(b *testing.B) {
+	I, Up, D := protocol.OpInsert, protocol.OpUpdate, protocol.OpDelete
+	var evs []protocol.ChangeEvent
+	row := func(i int, v string) protocol.Row {
+		return protocol.Row{"id": T(fmt.Sprint(i)), "customer": T("customer 4ab9f2c81d07"), "amount": T("69221.77"),
+			"created_at": T("2024-01-22 12:22:31.457252+00"), "attrs": T(`{"ref": "e10adc3949ba59abbe56e057f20f883e", "tier": 1}`), "quantity": T(v)}
+	}
+	for i := range 3000 {
+		evs = append(evs, cdctest.Change(I, "s", "a", nil, row(i, "1")))
+	}
+	for i := range 1250 {
+		evs = append(evs, cdctest.Change(Up, "s", "a", nil, row(i, "2")))
+	}
+	for i := range 750 {
+		evs = append(evs, cdctest.Change(D, "s", "a", protocol.Row{"id": T(fmt.Sprint(3000 + i))}, nil))
+	}
+	batch := cdctest.Numbered(1, evs...)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := postgres.Collapse(batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
