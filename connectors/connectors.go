@@ -90,6 +90,11 @@ type PlanRequest struct {
 	// what its target holds (Inventoried), what that is as of Watermark;
 	// nil otherwise. See UnitSource.PlanUnits.
 	Target Inventory
+	// Transform is set for a run of a transform pipeline planned in units
+	// (Registry.TransformsUnits) whose contract changes the rows: the
+	// workers transform the units, so the source plans them in the form
+	// a contract reads (Passthrough.Rows), not an undecodable binary one.
+	Transform bool
 	// Trim is set for a live run of integer values (Window.Values): the
 	// window's high bound only caps the run. The source ends the window
 	// after the greatest value DeltaColumn holds when it plans, so a run

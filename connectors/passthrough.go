@@ -197,6 +197,13 @@ type Passthrough struct {
 	Noun string
 	// Source and Sink say which roles the kind plays.
 	Source, Sink bool
+	// Rows says the units are rows a data contract can transform on the
+	// worker (contract.CopyText: PostgreSQL COPY's text format, which
+	// the source reads when PlanRequest.Transform asks for it): a
+	// transform pipeline whose source and sink both say so, without an
+	// incremental section, runs as a passthrough with its contract
+	// applied to the units (TransformsUnits).
+	Rows bool
 	// ValidateSource and ValidateSink check a configuration of the role
 	// without I/O, as the kind's Source and Sink factories take it; nil
 	// accepts every configuration.
@@ -211,6 +218,29 @@ func (r *Registry) UnitNoun(kind string) string {
 		return e.passthrough.Noun
 	}
 	return ""
+}
+
+// TransformsUnits reports whether a transform pipeline (without an
+// incremental section) from source to sink runs in units, as a
+// passthrough with its data contract applied to them on the workers:
+// both kinds exchange the same units of rows (Passthrough.Rows), and
+// both configurations are ones a passthrough takes.
+func (r *Registry) TransformsUnits(source, sink protocol.Endpoint) bool {
+	s, ok := r.kinds[source.Kind]
+	if !ok || s.passthrough == nil || !s.passthrough.Rows || !r.Has(source.Kind, RolePassthroughSource) {
+		return false
+	}
+	k, ok := r.kinds[sink.Kind]
+	if !ok || k.passthrough == nil || !k.passthrough.Rows || !r.Has(sink.Kind, RolePassthroughSink) || s.passthrough.Units != k.passthrough.Units {
+		return false
+	}
+	if v := s.passthrough.ValidateSource; v != nil && v(source.Config) != nil {
+		return false
+	}
+	if v := k.passthrough.ValidateSink; v != nil && v(sink.Config) != nil {
+		return false
+	}
+	return true
 }
 
 // UnitsOf names the units of a kind's passthrough source or sink: "" when

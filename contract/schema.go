@@ -26,7 +26,10 @@ func (s *Spec) Schema(in *protocol.Schema) (*protocol.Schema, error) {
 // (stream) a key column whose action would merge distinct keys is an
 // error: a replica applies changes by key.
 func (r *rules) schema(in *protocol.Schema, stream bool) (*protocol.Schema, error) {
-	out := &protocol.Schema{System: in.System}
+	// Native, the source's own description of the rest of the dataset,
+	// stays: a sink of that system leaves out what it says of the columns
+	// dropped or Transformed.
+	out := &protocol.Schema{System: in.System, Native: in.Native}
 	for _, c := range in.Columns {
 		col, ok := r.cols[c.Name]
 		if !ok {
@@ -64,13 +67,15 @@ func outColumn(c protocol.Column, col Column) protocol.Column {
 	case Keep:
 		return c
 	case Hash, Mask, Tokenize:
-		return protocol.Column{Name: c.Name, Type: protocol.TypeString, NotNull: c.NotNull, Native: "text", ID: c.ID}
+		return protocol.Column{Name: c.Name, Type: protocol.TypeString, NotNull: c.NotNull, Native: "text", ID: c.ID, Transformed: string(col.Action)}
 	case Null:
 		c.NotNull, c.Default, c.Backfill, c.Generated = false, "", "", ""
+		c.Transformed = string(col.Action)
 		return c
 	}
 	// Truncate keeps the type.
 	c.Default, c.Backfill, c.Generated = "", "", ""
+	c.Transformed = string(col.Action)
 	return c
 }
 

@@ -231,6 +231,24 @@ func (s *Spec) Validate() []Problem {
 	return out
 }
 
+// Changes reports whether a load's contract may change its rows: a
+// filter, or a column it classifies with another action than keep. nil
+// changes nothing.
+func (s *Spec) Changes() bool {
+	if s == nil {
+		return false
+	}
+	if len(s.Filter) > 0 {
+		return true
+	}
+	for _, c := range s.Columns {
+		if c.Action != Keep {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Spec) needsKey() bool {
 	need := func(cols map[string]Column) bool {
 		for _, c := range cols {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -185,5 +186,19 @@ func TestMemo(t *testing.T) {
 	}
 	if calls != 10000 {
 		t.Fatalf("10000 distinct values hashed %d times", calls)
+	}
+}
+
+// TestHashValueIsHMAC: the hash action is HMAC-SHA256 as crypto/hmac
+// computes it, for keys shorter and longer than SHA-256's block.
+func TestHashValueIsHMAC(t *testing.T) {
+	for _, key := range []string{"sixteen byte key", strings.Repeat("long key ", 20)} {
+		for _, v := range []string{"", "a", "alice@example.com", strings.Repeat("x", 200)} {
+			m := hmac.New(sha256.New, []byte(key))
+			m.Write([]byte(v))
+			if got, want := HashValue([]byte(key), v), hex.EncodeToString(m.Sum(nil)); got != want {
+				t.Fatalf("key %d bytes, value %q: %s, want %s", len(key), v, got, want)
+			}
+		}
 	}
 }

@@ -116,7 +116,7 @@ func (t *leaderTerm) abort(ctx context.Context, r *runState) error {
 		return err
 	}
 	defer sink.Close()
-	if r.passthrough() {
+	if t.c.inUnits(r) {
 		if us, ok := sink.(connectors.UnitSink); ok {
 			return us.AbortUnits(ctx, r.ID)
 		}

@@ -77,7 +77,7 @@ func (t *leaderTerm) commit(ctx context.Context, log *slog.Logger, r *runState) 
 			if r.Pattern == protocol.PatternCompact {
 				return t.commitCompaction(cctx, log, r, sink)
 			}
-			if r.passthrough() {
+			if c.inUnits(r) {
 				us, ok := sink.(connectors.UnitSink)
 				if !ok {
 					return connectors.CommitResult{}, connectors.Permanent(fmt.Errorf("a %s sink cannot be the sink of a passthrough", r.Sink.Kind))

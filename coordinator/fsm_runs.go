@@ -100,6 +100,7 @@ func (s *state) newRun(p *pipelineState, c runCreateCmd) *runState {
 		State:        protocol.RunPlanning,
 		Trace:        c.Trace,
 		Pattern:      p.Spec.RunPattern(),
+		Transform:    p.Spec.Pattern == protocol.PatternTransform,
 		Source:       p.Spec.Source,
 		Sink:         p.Spec.Sink,
 		Partitioning: p.Spec.Partition,

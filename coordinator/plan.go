@@ -147,9 +147,11 @@ func (t *leaderTerm) plan(ctx context.Context, log *slog.Logger, r *runState) (w
 // target holds (connectors.Inventoried), the plan then reaching the
 // watermark the sink's commit records.
 func (t *leaderTerm) planSource(ctx context.Context, r *runState, src connectors.Source, req connectors.PlanRequest) (connectors.Plan, error) {
-	if !r.passthrough() {
+	if !t.c.inUnits(r) {
 		return src.Plan(ctx, req)
 	}
+	// A transform's units go through its contract on the workers.
+	req.Transform = r.Transform && r.Contract.Changes()
 	us, ok := src.(connectors.UnitSource)
 	if !ok {
 		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("a %s source cannot be the source of a passthrough", r.Source.Kind))

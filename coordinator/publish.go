@@ -24,7 +24,7 @@ func (t *leaderTerm) taskOf(r *runState, ts taskState) (protocol.Task, error) {
 		RunID: r.ID, TaskID: ts.ID, Pipeline: r.Pipeline, Pattern: r.Pattern,
 		Source: r.Source, Sink: r.Sink, Partition: ts.Partition, Enqueue: ts.Enqueue,
 		Trace: r.Trace, Params: r.Params, LogicalTime: r.LogicalTime,
-		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema, Contract: ct,
+		MaxAttempts: r.MaxAttempts, Backoff: r.Backoff, Schema: r.Schema, Contract: ct, Units: t.c.inUnits(r),
 	}, err
 }
 

@@ -339,6 +339,9 @@ type runState struct {
 	// Contract is the pipeline's data contract, which every task carries
 	// to the worker that applies it; nil without one.
 	Contract *contract.Spec `json:"contract,omitempty"`
+	// Transform marks a run of a Transformation Replicator (pattern
+	// transform), which Pattern names by how it loads.
+	Transform bool `json:"transform,omitempty"`
 	// Window is the window of an incremental run, DeltaColumn the column
 	// it bounds; Live tells that the commit moves the watermark to
 	// Window.To; Backfill names the backfill the run loads a window of.
@@ -461,6 +464,16 @@ func (r *runState) positioned() bool {
 // the only one of its pipeline in flight, planned from Since (what the
 // previous run committed) and reaching the position its plan says.
 func (r *runState) passthrough() bool { return r.Pattern == protocol.PatternPassthrough }
+
+// inUnits reports whether r runs in units: a passthrough's run, or a
+// transform's without an incremental section whose source and sink
+// exchange units of rows (connectors.Registry.TransformsUnits). It is
+// planned with PlanUnits, its tasks read and write units (the contract
+// applied to them on the workers) and it commits with CommitUnits.
+func (c *Coordinator) inUnits(r *runState) bool {
+	return r.passthrough() || r.Transform && r.Window == nil && !r.Live &&
+		c.reg.TransformsUnits(r.Source, r.Sink)
+}
 
 // attempt returns the number of r's current attempt.
 func (r *runState) attempt() int { return max(r.Attempt, 1) }

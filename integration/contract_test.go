@@ -122,6 +122,10 @@ func TestContractLeavesNoPII(t *testing.T) {
 			date '1917-01-02' + (g %% 300), '4111 1111 ' || lpad((g * 7919)::text, 8, '0'), 'piix note ' || g,
 			(ARRAY['DE', 'FR', 'US'])[1 + g %% 3], g * 123.45, %[3]s + g * interval '1 second'
 			FROM generate_series(1, %[2]d) g;
+		CREATE INDEX people_country ON %[1]s.people (country);
+		CREATE UNIQUE INDEX people_email ON %[1]s.people (email);
+		CREATE INDEX people_name ON %[1]s.people (lower(name)) WHERE country <> 'US';
+		ALTER TABLE %[1]s.people ADD CONSTRAINT people_salary CHECK (salary > 0);
 		CREATE TABLE %[1]s.bad (id bigint PRIMARY KEY, email text, born text);
 		INSERT INTO %[1]s.bad VALUES (1, 'piix.bad@example.com', '1917-05-06'), (2, 'piix.worse@example.com', 'piix not a date');
 		CREATE SCHEMA %[1]s_out; CREATE SCHEMA %[1]s_r`, schema, rows, "'"+start.Format(time.RFC3339)+"'::timestamptz"))
@@ -239,6 +243,22 @@ func TestContractLeavesNoPII(t *testing.T) {
 	}
 	if email != h || phone != "+* *** **0004" || born != "1917-01-01" || notes != nil || len(card) != len("4111 1111 00031676") {
 		t.Fatalf("row 4 in the PostgreSQL copy: %q %q %q %q %v", email, phone, born, card, notes)
+	}
+	// The PostgreSQL copy is a Transformation Replicator over a table
+	// passthrough: the source's definition, less what refers to a column
+	// the contract changed or dropped.
+	var def string
+	if err := conn.QueryRow(ctx, `SELECT string_agg(format('%s %s', a.attname, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum)
+		|| ' / ' || coalesce((SELECT string_agg(pg_get_constraintdef(k.oid), ', ' ORDER BY k.conname) FROM pg_constraint k WHERE k.conrelid = c.oid), '')
+		|| ' / ' || coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY 1) FROM pg_index i WHERE i.indrelid = c.oid AND NOT i.indisprimary), '')
+		FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+		WHERE c.oid = ($1 || '_out.people_v1')::regclass GROUP BY c.oid`, schema).Scan(&def); err != nil {
+		t.Fatal(err)
+	}
+	wantDef := "id bigint, email text, phone text, born date, card text, notes text, country text, salary numeric(12,2), updated_at timestamp with time zone" +
+		" / PRIMARY KEY (id) / CREATE INDEX people_v1_people_country ON " + schema + "_out.people_v1 USING btree (country)"
+	if !strings.EqualFold(def, wantDef) {
+		t.Fatalf("the PostgreSQL copy's definition:\n%s\nwant\n%s", def, wantDef)
 	}
 	var rEmail string
 	if err := conn.QueryRow(ctx, fmt.Sprintf(`SELECT email FROM %s_r.people WHERE id = 4`, schema)).Scan(&rEmail); err != nil || rEmail != h {

@@ -190,6 +190,11 @@ type Task struct {
 	// key a ${NAME} reference), which the worker applies to the rows
 	// between the read and the write; empty when it has none.
 	Contract json.RawMessage `json:"contract,omitempty"`
+	// Units is set for a task of a run planned in units (a passthrough's,
+	// and a transform's whose source and sink exchange units of rows a
+	// contract can transform): the worker reads and writes its partition
+	// as units, applying Contract to them.
+	Units bool `json:"units,omitempty"`
 	// Token is the task's token from the cluster's key, which its result
 	// carries back; empty when the cluster signs nothing.
 	Token string `json:"token,omitempty"`

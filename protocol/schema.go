@@ -101,6 +101,12 @@ type Column struct {
 	// (PostgreSQL's attnum); 0 when unknown. It lets a consumer of change
 	// events tell a renamed column from a dropped one and an added one.
 	ID int `json:"id,omitempty"`
+	// Transformed names the data contract's action that changed the
+	// column's values ("hash", "mask", "tokenize", "null", "truncate");
+	// empty when they are the source's. A sink that recreates what the
+	// source said of the column's values (Schema.Native: its constraints,
+	// indexes, collation) leaves that out for such a column.
+	Transformed string `json:"transformed,omitempty"`
 }
 
 // String renders the column's logical type: "decimal(38,10)",

@@ -186,6 +186,10 @@ func (w *Worker) execute(ctx context.Context, task protocol.Task, attempt int, l
 	if err != nil {
 		return out, err
 	}
+	if task.Units && task.Pattern != protocol.PatternPassthrough {
+		// A transform planned in units: its contract applies to them.
+		return w.executeUnits(ctx, task, attempt, src, sink, log)
+	}
 	if task.Pattern == protocol.PatternPassthrough {
 		if len(task.Contract) > 0 {
 			// Fail closed: a passthrough moves units undecoded, so

@@ -85,7 +85,8 @@ func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms []*measur
 	}
 	for _, t := range []target{
 		{Name: "PG -> CSV files: transform vs full_load", Transform: ms[1].Key, Baseline: ms[0].Key},
-		{Name: "PG -> PG: transform vs full_load", Transform: ms[3].Key, Baseline: ms[2].Key},
+		{Name: "PG -> PG: transform vs full_load", Transform: ms[4].Key, Baseline: ms[2].Key},
+		{Name: "PG -> PG: transform vs passthrough", Transform: ms[4].Key, Baseline: ms[3].Key},
 	} {
 		t.MinRatio = minRatio
 		t.Ratio = measure.Round(res.Measurements[t.Baseline].BestSeconds/res.Measurements[t.Transform].BestSeconds, 3)

@@ -265,6 +265,9 @@ type ConstraintDef struct {
 	Name    string `json:"name"`
 	Def     string `json:"def"`
 	Indexed bool   `json:"indexed,omitempty"`
+	// Columns names the columns it refers to; nil when not known (a
+	// definition described by an earlier release).
+	Columns []string `json:"columns,omitempty"`
 }
 
 // IndexDef is an index that backs no constraint: its name and its
@@ -274,6 +277,9 @@ type IndexDef struct {
 	Name   string `json:"name"`
 	Unique bool   `json:"unique,omitempty"`
 	Def    string `json:"def"`
+	// Columns names the columns it refers to (keys, expressions,
+	// predicate); nil when not known.
+	Columns []string `json:"columns,omitempty"`
 }
 
 // IdentityDef is an identity column: GENERATED ALWAYS (Always) or BY
@@ -285,7 +291,8 @@ type IdentityDef struct {
 }
 
 // DecodeTableDef decodes the TableDef a schema of this system carries in
-// Native; an empty one when it carries none.
+// Native, for the columns the schema describes (see TableDef.For); an
+// empty one when it carries none.
 func DecodeTableDef(s *protocol.Schema) (TableDef, error) {
 	var d TableDef
 	if s == nil || s.System != Kind || len(s.Native) == 0 {
@@ -294,7 +301,72 @@ func DecodeTableDef(s *protocol.Schema) (TableDef, error) {
 	if err := json.Unmarshal(s.Native, &d); err != nil {
 		return d, fmt.Errorf("the schema's table definition: %w", err)
 	}
-	return d, nil
+	return d.For(s), nil
+}
+
+// For returns d for a table of the columns s describes, which may be
+// fewer than the source's or changed by a data contract (a dropped column
+// is not in s; a hashed, masked, tokenized, nulled or truncated one is
+// protocol.Column.Transformed): a constraint or an index that refers to
+// such a column is left out (its values may no longer meet it: masked
+// values repeat, truncated ones too), as are such a column's collation and
+// identity, and the enum types no column of s uses any more. A
+// constraint or an index whose columns are not known (described by an
+// earlier release) is kept when no column of s is Transformed.
+func (d TableDef) For(s *protocol.Schema) TableDef {
+	cols := map[string]bool{} // present and unchanged
+	changed := false
+	for _, c := range s.Columns {
+		if c.Transformed != "" {
+			changed = true
+			continue
+		}
+		cols[c.Name] = true
+	}
+	ok := func(names []string) bool {
+		if names == nil {
+			return !changed
+		}
+		for _, n := range names {
+			if !cols[n] {
+				return false
+			}
+		}
+		return true
+	}
+	out := TableDef{}
+	for _, e := range d.Enums {
+		for _, c := range s.Columns {
+			if c.Transformed == "" && strings.Contains(c.Native, e.Name) {
+				out.Enums = append(out.Enums, e)
+				break
+			}
+		}
+	}
+	for col, coll := range d.Collations {
+		if cols[col] {
+			if out.Collations == nil {
+				out.Collations = map[string]string{}
+			}
+			out.Collations[col] = coll
+		}
+	}
+	for _, c := range d.Constraints {
+		if ok(c.Columns) {
+			out.Constraints = append(out.Constraints, c)
+		}
+	}
+	for _, ix := range d.Indexes {
+		if ok(ix.Columns) {
+			out.Indexes = append(out.Indexes, ix)
+		}
+	}
+	for _, id := range d.Identity {
+		if cols[id.Column] {
+			out.Identity = append(out.Identity, id)
+		}
+	}
+	return out
 }
 
 // CreateTypesSQL returns the statements that create, on q, the enum types

@@ -168,3 +168,36 @@ func TestSinkTypedFromSchema(t *testing.T) {
 		t.Errorf("empty version table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestTableDefFor: what a table definition says of a column a contract
+// dropped or transformed is left out of the target's; the rest stays, and
+// a definition of unknown columns stays only when nothing is transformed.
+func TestTableDefFor(t *testing.T) {
+	d := TableDef{
+		Enums:       []EnumDef{{Schema: "public", Name: "mood", Labels: []string{"a"}}, {Schema: "public", Name: "tier", Labels: []string{"b"}}},
+		Collations:  map[string]string{"name": `pg_catalog."C"`, "email": `pg_catalog."C"`},
+		Constraints: []ConstraintDef{{Name: "pk", Def: "PRIMARY KEY (id)", Indexed: true, Columns: []string{"id"}}, {Name: "ck", Def: "CHECK ((salary > 0))", Columns: []string{"salary"}}, {Name: "old", Def: "CHECK (true)"}},
+		Indexes:     []IndexDef{{Name: "by_email", Def: "USING btree (email)", Columns: []string{"email"}}, {Name: "by_name", Def: "USING btree (lower(name))", Columns: []string{"name"}}, {Name: "by_mood", Def: "USING btree (mood)", Columns: []string{"mood"}}},
+		Identity:    []IdentityDef{{Column: "id", Start: 7}, {Column: "salary", Start: 1}},
+	}
+	s := &protocol.Schema{System: Kind, Columns: []protocol.Column{
+		{Name: "id", Native: "bigint"}, {Name: "email", Native: "text", Transformed: "hash"},
+		{Name: "mood", Native: "public.mood"}, {Name: "tier", Native: "text", Transformed: "mask"},
+		{Name: "salary", Native: "numeric", Transformed: "truncate"},
+	}} // name dropped
+	got := d.For(s)
+	want := TableDef{
+		Enums:       []EnumDef{{Schema: "public", Name: "mood", Labels: []string{"a"}}},
+		Constraints: []ConstraintDef{{Name: "pk", Def: "PRIMARY KEY (id)", Indexed: true, Columns: []string{"id"}}},
+		Indexes:     []IndexDef{{Name: "by_mood", Def: "USING btree (mood)", Columns: []string{"mood"}}},
+		Identity:    []IdentityDef{{Column: "id", Start: 7}},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+	// Nothing transformed (a passthrough): everything stays.
+	all := &protocol.Schema{System: Kind, Columns: []protocol.Column{{Name: "id"}, {Name: "email"}, {Name: "name"}, {Name: "mood", Native: "public.mood"}, {Name: "tier", Native: "public.tier"}, {Name: "salary"}}}
+	if got := d.For(all); !reflect.DeepEqual(got, d) {
+		t.Fatalf("passthrough: got %+v\nwant %+v", got, d)
+	}
+}

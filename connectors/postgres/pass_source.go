@@ -31,7 +31,9 @@ const (
 // on one exported snapshot (Holds), each read with COPY ... TO STDOUT in
 // the binary format, or in the text format when the binary form of a
 // column would not read the same in another database (an array of an
-// enum of the database's own; see binaryCopySafe). Generated columns are
+// enum of the database's own; see binaryCopySafe), and for a transform
+// whose contract changes the rows (req.Transform), whose workers read the
+// text format. Generated columns are
 // not read: the target computes them. The plan's Schema describes every
 // column (generated ones included) with its native type qualified by its
 // schema where it is not built in, and carries in Native the table's
@@ -54,10 +56,11 @@ func (s *Source) PlanUnits(ctx context.Context, req connectors.PlanRequest) (con
 		if sc.Native, err = json.Marshal(def); err != nil {
 			return nil, err
 		}
+		// A transform's contract reads the text format (contract.CopyText).
 		format := formatText
 		if ok, err := binaryCopySafe(ctx, conn, oid); err != nil {
 			return nil, err
-		} else if ok {
+		} else if ok && !req.Transform {
 			format = formatBinary
 		}
 		var cols []string

@@ -23,7 +23,7 @@ func Register(reg *connectors.Registry) {
 		// written.
 		RawSQL:    connectors.RawSQLFields([]string{"where"}, []string{"columns"}),
 		CDCTarget: &connectors.CDCTarget{Validate: ValidateApplier, Open: openApplier, Check: checkApplier},
-		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true,
+		Passthrough: &connectors.Passthrough{Units: Units, Source: true, Sink: true, Rows: true,
 			ValidateSource: ValidatePassthroughSource, ValidateSink: ValidatePassthroughSink},
 	})
 }

@@ -53,14 +53,21 @@ func DescribeTableDef(ctx context.Context, q Querier, oid uint32) (TableDef, err
 		return d, fmt.Errorf("describe collations: %w", err)
 	}
 
-	rows, err = q.Query(ctx, `SELECT conname, pg_get_constraintdef(oid), contype IN ('p', 'u', 'x')
-		FROM pg_constraint WHERE conrelid = $1 AND contype IN ('p', 'u', 'x', 'c')
-		ORDER BY contype <> 'p', contype = 'c', conname`, oid)
+	// The columns a constraint or an index refers to: its key columns
+	// and those its expressions and predicate use (pg_depend).
+	rows, err = q.Query(ctx, `SELECT k.conname, pg_get_constraintdef(k.oid), k.contype IN ('p', 'u', 'x'),
+			array(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = k.conrelid AND a.attnum > 0
+				AND (a.attnum = ANY(k.conkey) OR EXISTS (SELECT FROM pg_depend d
+					WHERE d.classid IN ('pg_constraint'::regclass, 'pg_class'::regclass) AND d.objid IN (k.oid, k.conindid)
+					AND d.refclassid = 'pg_class'::regclass AND d.refobjid = k.conrelid AND d.refobjsubid = a.attnum))
+				ORDER BY a.attnum)
+		FROM pg_constraint k WHERE k.conrelid = $1 AND k.contype IN ('p', 'u', 'x', 'c')
+		ORDER BY k.contype <> 'p', k.contype = 'c', k.conname`, oid)
 	if err != nil {
 		return d, fmt.Errorf("describe constraints: %w", err)
 	}
 	var c ConstraintDef
-	if _, err := pgx.ForEachRow(rows, []any{&c.Name, &c.Def, &c.Indexed}, func() error { d.Constraints = append(d.Constraints, c); return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&c.Name, &c.Def, &c.Indexed, &c.Columns}, func() error { d.Constraints = append(d.Constraints, c); return nil }); err != nil {
 		return d, fmt.Errorf("describe constraints: %w", err)
 	}
 
@@ -69,7 +76,12 @@ func DescribeTableDef(ctx context.Context, q Querier, oid uint32) (TableDef, err
 	rows, err = q.Query(ctx, `SELECT ic.relname, i.indisunique, pg_get_indexdef(i.indexrelid),
 			format('CREATE %sINDEX %s ON %s USING %s (', CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END,
 				quote_ident(ic.relname), quote_ident(n.nspname) || '.' || quote_ident(c.relname), quote_ident(am.amname)),
-			quote_ident(am.amname)
+			quote_ident(am.amname),
+			array(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum > 0
+				AND (a.attnum = ANY(i.indkey::int2[]) OR EXISTS (SELECT FROM pg_depend d
+					WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+					AND d.refclassid = 'pg_class'::regclass AND d.refobjid = i.indrelid AND d.refobjsubid = a.attnum))
+				ORDER BY a.attnum)
 		FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class c ON c.oid = i.indrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = ic.relam
 		WHERE i.indrelid = $1 AND i.indisvalid
@@ -80,7 +92,7 @@ func DescribeTableDef(ctx context.Context, q Querier, oid uint32) (TableDef, err
 	}
 	var ix IndexDef
 	var full, prefix, am string
-	if _, err := pgx.ForEachRow(rows, []any{&ix.Name, &ix.Unique, &full, &prefix, &am}, func() error {
+	if _, err := pgx.ForEachRow(rows, []any{&ix.Name, &ix.Unique, &full, &prefix, &am, &ix.Columns}, func() error {
 		rest, ok := strings.CutPrefix(full, prefix)
 		if !ok {
 			return fmt.Errorf("index %s: its definition %q does not start as expected (%q)", ix.Name, full, prefix)
