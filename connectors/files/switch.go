@@ -141,25 +141,7 @@ func (s *Sink) writeSwitch(ctx context.Context, m switchManifest) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, ".manifest.json.tmp")
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.root, filepath.FromSlash(switchFile)))
-	}
-	if err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return writeAtomic(dir, path.Base(switchFile), data)
 }
 
 // treeAt opens the tree of a directory (a local path or an s3:// URL) of
