@@ -204,6 +204,14 @@ type Positions struct {
 	// with an error saying why not; nil accepts every configuration. It
 	// does no I/O and sees the configuration with ${ENV} unexpanded.
 	Check func(config json.RawMessage) error
+	// Only, when set, says whether a source configuration can be read
+	// only by position (an Iceberg source's read: appended, which reads
+	// what was appended since the watermark): a *FieldError naming the
+	// field, which a pipeline whose runs do not go by position (a full
+	// load, windows) refuses at apply; nil when the configuration reads
+	// whole. It does no I/O and sees the configuration with ${ENV}
+	// unexpanded.
+	Only func(config json.RawMessage) *FieldError
 	// Lag, when set, counts what a source of the configuration holds past
 	// the position watermark (all it holds for an empty one): the records
 	// the next runs have to read. ctx bounds the call, which asks the

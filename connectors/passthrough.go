@@ -234,13 +234,12 @@ func (r *Registry) TransformsUnits(source, sink protocol.Endpoint) bool {
 	if !ok || k.passthrough == nil || !k.passthrough.Rows || !r.Has(sink.Kind, RolePassthroughSink) || s.passthrough.Units != k.passthrough.Units {
 		return false
 	}
-	if v := s.passthrough.ValidateSource; v != nil && v(source.Config) != nil {
-		return false
-	}
-	if v := k.passthrough.ValidateSink; v != nil && v(sink.Config) != nil {
-		return false
-	}
-	return true
+	// As apply validates them: a field holding a ${ENV} reference (a
+	// DSN) is not judged by the text of the reference, so that the
+	// decision is the same wherever it is made, whatever the process
+	// environment holds.
+	return r.Validate(source.Kind, RolePassthroughSource, source.Config, nil) == nil &&
+		r.Validate(sink.Kind, RolePassthroughSink, sink.Config, nil) == nil
 }
 
 // UnitsOf names the units of a kind's passthrough source or sink: "" when

@@ -349,6 +349,17 @@ func (r *Registry) CheckPosition(kind string, config json.RawMessage, by string)
 	return nil
 }
 
+// PositionOnly says whether a source of the given kind and
+// configuration can be read only by position (Positions.Only): a
+// *FieldError naming the field, nil when it reads whole. It does no I/O.
+func (r *Registry) PositionOnly(kind string, config json.RawMessage) *FieldError {
+	e, ok := r.kinds[kind]
+	if !ok || e.positions == nil || e.positions.Only == nil {
+		return nil
+	}
+	return e.positions.Only(config)
+}
+
 // Lag counts what a source of the given kind and configuration holds
 // past watermark (Positions.Lag); ok is false for a kind that cannot say.
 func (r *Registry) Lag(ctx context.Context, kind string, config json.RawMessage, watermark string) (n int64, ok bool, err error) {

@@ -487,8 +487,13 @@ type streamTablesCmd struct {
 	Tables []string `json:"tables,omitempty"`
 	// Add are snapshots to take; one of a table that has one pending
 	// already is left out.
-	Add  []protocol.TableSnapshot `json:"add,omitempty"`
-	Time time.Time                `json:"time"`
+	Add []protocol.TableSnapshot `json:"add,omitempty"`
+	// Unread are tables added to a pipeline that takes no snapshots
+	// (cdc.snapshot: never, Reason protocol.SnapshotNever): recorded
+	// among the snapshots taken, as none taken, so that the status says
+	// their rows from before were not read.
+	Unread []protocol.TableSnapshot `json:"unread,omitempty"`
+	Time   time.Time                `json:"time"`
 }
 
 func (streamTablesCmd) cmdType() cmdType { return cmdStreamTables }

@@ -85,6 +85,15 @@ func (c streamTablesCmd) applyTo(s *state) (streamTablesReply, error) {
 		}
 		st.Snapshots = append(slices.Clip(st.Snapshots), a)
 	}
+	for _, a := range c.Unread {
+		if a.Requested.IsZero() {
+			a.Requested = c.Time
+		}
+		st.Snapshotted = append(slices.Clip(st.Snapshotted), snapshotTaken{TableSnapshot: a, Done: c.Time})
+		if n := len(st.Snapshotted); n > maxSnapshotted {
+			st.Snapshotted = slices.Clone(st.Snapshotted[n-maxSnapshotted:])
+		}
+	}
 	if len(st.Snapshots) == 0 {
 		st.Snapshots = nil // as a restored state has it
 	}

@@ -226,7 +226,8 @@ func (t *leaderTerm) tendSnapshot(ctx context.Context, log *slog.Logger, p *pipe
 
 // tendTables compares the tables of a streaming cdc pipeline's spec with
 // those it has a snapshot of: the tables added get an incremental
-// snapshot (unless the pipeline takes no snapshots), which the reader
+// snapshot (a pipeline that takes no snapshots records them as not
+// snapshotted, for the status to say so), which the reader
 // takes once the next lease, or the renewal that finds it missing,
 // restarts the stream; the tables removed are forgotten, so that one
 // added again gets a snapshot again.
@@ -250,10 +251,16 @@ func (t *leaderTerm) tendTables(log *slog.Logger, p *pipelineState) error {
 		if len(added) == 0 && !slices.ContainsFunc(known, func(tb string) bool { return !slices.Contains(tables, tb) }) {
 			return nil
 		}
-		if p.Spec.InitialSnapshot() {
-			for i, tb := range added {
-				cmd.Add = append(cmd.Add, protocol.TableSnapshot{ID: snapshotID(i), Table: tb, Reason: protocol.SnapshotAdded})
+		for i, tb := range added {
+			ts := protocol.TableSnapshot{ID: snapshotID(i), Table: tb, Reason: protocol.SnapshotAdded}
+			if !p.Spec.InitialSnapshot() {
+				// cdc.snapshot: never holds for the tables added too:
+				// streamed from now on, their rows from before unread.
+				ts.Reason = protocol.SnapshotNever
+				cmd.Unread = append(cmd.Unread, ts)
+				continue
 			}
+			cmd.Add = append(cmd.Add, ts)
 		}
 		if len(added) > 0 {
 			log.Info("tables added to a streaming cdc pipeline", "tables", added, "incremental_snapshots", len(cmd.Add) > 0)
@@ -446,7 +453,10 @@ func (t *leaderTerm) apiCDCStatus() (any, error) {
 			info.Snapshots = st.Snapshots
 			for _, done := range st.Snapshotted {
 				state := protocol.TableSnapshotted
-				if done.Error != "" {
+				switch {
+				case done.Reason == protocol.SnapshotNever:
+					state = protocol.TableNotSnapshotted
+				case done.Error != "":
 					state = protocol.TableSnapshotFailed
 				}
 				info.Snapshotted = append(info.Snapshotted, protocol.TableStatus{Table: done.Table, State: state, Error: done.Error,

@@ -307,3 +307,37 @@ func TestFSMStreamTables(t *testing.T) {
 		t.Errorf("stream state does not round-trip:\n%s\n%s", a, b)
 	}
 }
+
+// A table added to a cdc pipeline that takes no snapshots is recorded as
+// not snapshotted (among the snapshots taken, none pending), and the
+// status says so; the record round-trips through a snapshot of the state.
+func TestFSMStreamTablesUnread(t *testing.T) {
+	f := newFSM()
+	spec := cdcSpec("shop")
+	spec.CDC.Snapshot = pipeline.SnapshotNever
+	applyAll(t, f, pipelinePutCmd{Spec: spec, Time: t0})
+	applyAll(t, f, streamTablesCmd{Pipeline: "shop", Tables: []string{"s.a"}, Time: t0},
+		streamTablesCmd{Pipeline: "shop", Tables: []string{"s.a", "s.b"}, Time: t0.Add(time.Minute),
+			Unread: []protocol.TableSnapshot{{ID: "n1", Table: "s.b", Reason: protocol.SnapshotNever}}})
+	p, _ := f.pipeline("shop")
+	if len(p.Stream.Snapshots) != 0 || len(p.Stream.Snapshotted) != 1 {
+		t.Fatalf("stream after a table added: %+v", p.Stream)
+	}
+	if got := p.Stream.Snapshotted[0]; got.Table != "s.b" || got.Reason != protocol.SnapshotNever || !got.Done.Equal(t0.Add(time.Minute)) || !got.Requested.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("recorded %+v", got)
+	}
+	if !slices.Equal(p.Stream.Tables, []string{"s.a", "s.b"}) {
+		t.Fatalf("tables %v", p.Stream.Tables)
+	}
+	data, err := json.Marshal(f.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM()
+	if err := json.Unmarshal(data, g.st); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.st.Pipelines["shop"].Stream, f.st.Pipelines["shop"].Stream) {
+		t.Errorf("stream state does not round-trip")
+	}
+}

@@ -11,7 +11,8 @@ import (
 )
 
 // positionRegistry has a source "log" that keeps a position named
-// "offset" (refused for a configuration with "layout"), a sink "out" that
+// "offset" (refused for a configuration with "layout"; a configuration
+// with "tail" reads only by it), a sink "out" that
 // appends runs without a window, and a sink "table" that does not.
 func positionRegistry() *connectors.Registry {
 	reg := connectors.NewRegistry()
@@ -21,6 +22,12 @@ func positionRegistry() *connectors.Registry {
 		Check: func(raw json.RawMessage) error {
 			if strings.Contains(string(raw), "layout") {
 				return errors.New("a log laid out by time is read by windows")
+			}
+			return nil
+		},
+		Only: func(raw json.RawMessage) *connectors.FieldError {
+			if strings.Contains(string(raw), "tail") {
+				return &connectors.FieldError{Field: "read", Msg: "tail reads only what came since the previous run"}
 			}
 			return nil
 		}}})
@@ -87,5 +94,29 @@ func TestValidatePositioned(t *testing.T) {
 	s.Incremental = &Incremental{By: "offset", Lag: 5}
 	if err := s.Validate(reg, nil); err == nil || !strings.Contains(err.Error(), "incremental.lag: is not used with by: offset") {
 		t.Fatalf("Validate with a lag: %v", err)
+	}
+}
+
+// A source configuration that only a run by position reads (an Iceberg
+// source's read: appended) is refused, naming its field, in a full load,
+// a transform without windows and an incremental pipeline by windows; a
+// pipeline read by position takes it.
+func TestLoadPositionOnly(t *testing.T) {
+	reg := positionRegistry()
+	src := "source: {kind: log, read: tail}\n"
+	if _, err := Load([]byte(positionHead+src+"sink: {kind: out}\nincremental: {by: offset}\n"), "a.yaml", reg, nil); err != nil {
+		t.Fatalf("by position: %v", err)
+	}
+	for _, in := range []string{
+		"name: a\npattern: full_load\n" + src + "sink: {kind: out}\n",
+		positionHead + src + "sink: {kind: out}\nincremental: {delta_column: at, window: 1h, start: 2026-01-01T00:00:00Z}\n",
+	} {
+		_, err := Load([]byte(in), "a.yaml", reg, nil)
+		if err == nil || !strings.Contains(err.Error(), "line 3: source.read: tail reads only what came since the previous run") {
+			t.Errorf("Load of\n%s: %v; want source.read refused", in, err)
+		}
+	}
+	if _, err := Load([]byte("name: a\npattern: full_load\nsource: {kind: log}\nsink: {kind: out}\n"), "a.yaml", reg, nil); err != nil {
+		t.Errorf("full load reading whole: %v", err)
 	}
 }

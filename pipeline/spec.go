@@ -1119,16 +1119,28 @@ func (s Spec) valueProblems(lines lines, partition time.Duration) []Problem {
 	return out
 }
 
-// connectorProblems checks an incremental pipeline against its
-// connectors: a source read by position must keep a position, and the
+// connectorProblems checks a load against its connectors: a source
+// configuration that only a run by position reads (Positions.Only) is
+// refused in a pipeline whose runs do not go by position; in an
+// incremental pipeline a source read by position must keep one, and the
 // sink must do what the pipeline's commits ask (append runs without a
 // window, windows of integer values, merges by key).
 func (s Spec) connectorProblems(lines lines, reg *connectors.Registry) []Problem {
 	inc := s.Incremental
-	if s.RunPattern() != protocol.PatternIncremental || inc == nil {
-		return nil
-	}
 	var out []Problem
+	switch s.RunPattern() {
+	case protocol.PatternFullLoad, protocol.PatternIncremental:
+		// A source configuration that only a run by position reads.
+		if !inc.Positioned() && s.Source.Kind != "" && reg.HasSource(s.Source.Kind) {
+			if fe := reg.PositionOnly(s.Source.Kind, s.Source.Config); fe != nil {
+				field := "source." + fe.Field
+				out = append(out, Problem{Field: field, Line: lines.nearest(field), Msg: fe.Msg})
+			}
+		}
+	}
+	if s.RunPattern() != protocol.PatternIncremental || inc == nil {
+		return out
+	}
 	sink := func(can func(string) bool, what string) {
 		if s.Sink.Kind == "" || !reg.HasSink(s.Sink.Kind) || can(s.Sink.Kind) {
 			return

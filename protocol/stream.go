@@ -119,8 +119,9 @@ type TableSnapshot struct {
 	ID string `json:"id"`
 	// Table is the table, "schema.table".
 	Table string `json:"table"`
-	// Reason is "added" (the table was added to the pipeline) or
-	// "resnapshot" (asked for).
+	// Reason is "added" (the table was added to the pipeline),
+	// "resnapshot" (asked for) or "never" (the table was added to a
+	// pipeline that takes no snapshots: none is taken).
 	Reason    string    `json:"reason,omitempty"`
 	Requested time.Time `json:"requested,omitzero"`
 }
@@ -129,6 +130,10 @@ type TableSnapshot struct {
 const (
 	SnapshotAdded      = "added"
 	SnapshotResnapshot = "resnapshot"
+	// SnapshotNever marks a table added to a cdc pipeline of
+	// cdc.snapshot: never: it is streamed from when the reader takes it
+	// up, and its rows from before are not read (TableNotSnapshotted).
+	SnapshotNever = "never"
 )
 
 // AssignReply is a worker's answer to a StreamAssignment.
@@ -212,6 +217,9 @@ const (
 	// TableSnapshotFailed: the reader cannot take the table's snapshot
 	// (TableStatus.Error says why); it streams the other tables.
 	TableSnapshotFailed = "snapshot failed"
+	// TableNotSnapshotted: the table was added to a cdc pipeline of
+	// cdc.snapshot: never; its rows from before are not in the stream.
+	TableNotSnapshotted = "not snapshotted"
 )
 
 // TableStatus is the state of one source table of a stream.

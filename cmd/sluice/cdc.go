@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -151,9 +152,10 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 		if s.Status.Error != "" {
 			notes = append(notes, s.Pipeline+" last error: "+s.Status.Error)
 		}
-		reported := map[string]bool{}
+		reported, reportedTable := map[string]bool{}, map[string]bool{}
 		for _, tb := range s.Status.Tables {
 			reported[tb.Snapshot] = tb.Snapshot != ""
+			reportedTable[tb.Table] = true
 			line := "  table " + tb.Table + " " + tb.State
 			if tb.Snapshot != "" {
 				line += fmt.Sprintf(" (%s, %d rows)", tb.Snapshot, tb.Rows)
@@ -164,6 +166,29 @@ func printCDCStatus(w io.Writer, st protocol.CDCStatusReply, now time.Time) {
 			if !tb.Since.IsZero() {
 				line += " since " + tb.Since.UTC().Format(time.RFC3339)
 			}
+			if tb.Throttled > 0 {
+				line += "; " + throttledText(tb)
+			}
+			if tb.Error != "" {
+				line += ": " + tb.Error
+			}
+			fmt.Fprintln(tw, line)
+		}
+		// The last snapshot taken of each table that the holder no
+		// longer reports (it restarted since), as the leader recorded it.
+		for i, tb := range s.Snapshotted {
+			if reportedTable[tb.Table] || slices.ContainsFunc(s.Snapshotted[i+1:], func(o protocol.TableStatus) bool { return o.Table == tb.Table }) {
+				continue
+			}
+			if tb.State == protocol.TableNotSnapshotted {
+				if slices.ContainsFunc(s.Snapshots, func(o protocol.TableSnapshot) bool { return o.Table == tb.Table }) {
+					continue // a resnapshot is pending
+				}
+				fmt.Fprintf(tw, "  table %s %s: added %s to a pipeline of cdc.snapshot: never, streamed from then on without its rows from before (sluice cdc resnapshot %s %s reads them)\n",
+					tb.Table, tb.State, tb.Since.UTC().Format(time.RFC3339), s.Pipeline, tb.Table)
+				continue
+			}
+			line := fmt.Sprintf("  table %s %s (%s, %d rows) at %s", tb.Table, tb.State, tb.Snapshot, tb.Rows, tb.Since.UTC().Format(time.RFC3339))
 			if tb.Throttled > 0 {
 				line += "; " + throttledText(tb)
 			}

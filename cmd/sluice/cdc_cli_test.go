@@ -190,3 +190,41 @@ func TestThrottledText(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintCDCStatusTaken: cdc status shows the last snapshot taken of
+// each table that the stream's holder no longer reports (it restarted),
+// with its throttling, and a table added to a pipeline of snapshot: never
+// as not snapshotted, saying how to read its rows, until a resnapshot of
+// it is asked for.
+func TestPrintCDCStatusTaken(t *testing.T) {
+	at := time.Date(2026, 12, 6, 1, 2, 3, 0, time.UTC)
+	st := protocol.CDCStatusReply{Streams: []protocol.StreamInfo{{Pipeline: "shop", Pattern: protocol.PatternCDC, Phase: "streaming",
+		Snapshotted: []protocol.TableStatus{
+			{Table: "s.b", State: protocol.TableSnapshotted, Snapshot: "x0", Rows: 7, Since: at},
+			{Table: "s.b", State: protocol.TableSnapshotted, Snapshot: "x1", Rows: 42, Since: at, Throttled: 2, ThrottledSeconds: 3, LastThrottled: at},
+			{Table: "s.c", State: protocol.TableNotSnapshotted, Snapshot: "n1", Since: at},
+			{Table: "s.d", State: protocol.TableSnapshotted, Snapshot: "x2", Rows: 5, Since: at},
+		},
+		Status: protocol.StreamStatus{Tables: []protocol.TableStatus{{Table: "s.d", State: protocol.TableSnapshotted, Snapshot: "x2", Rows: 5}}},
+	}}}
+	var b strings.Builder
+	printCDCStatus(&b, st, at)
+	out := b.String()
+	for _, want := range []string{
+		"table s.b snapshotted (x1, 42 rows) at 2026-12-06T01:02:03Z; throttled 2 times for 3s in all by cdc.max_lag, last at 2026-12-06T01:02:03Z",
+		"table s.c not snapshotted: added 2026-12-06T01:02:03Z to a pipeline of cdc.snapshot: never, streamed from then on without its rows from before (sluice cdc resnapshot shop s.c reads them)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "x0") || strings.Count(out, "s.d") != 1 {
+		t.Errorf("status shows an earlier snapshot of s.b, or s.d twice:\n%s", out)
+	}
+	st.Streams[0].Snapshots = []protocol.TableSnapshot{{ID: "r1", Table: "s.c", Reason: protocol.SnapshotResnapshot}}
+	b.Reset()
+	printCDCStatus(&b, st, at)
+	if out := b.String(); strings.Contains(out, "not snapshotted") || !strings.Contains(out, "table s.c snapshot pending (r1, resnapshot)") {
+		t.Errorf("status with a resnapshot of s.c pending:\n%s", out)
+	}
+}

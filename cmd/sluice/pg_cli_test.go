@@ -36,7 +36,8 @@ func TestApplyCheckAndSecrets(t *testing.T) {
 	ctx := context.Background()
 	if _, err := conn.Exec(ctx, fmt.Sprintf(`CREATE TABLE %[1]s.orders (id bigint PRIMARY KEY, at timestamptz, note text);
 		INSERT INTO %[1]s.orders SELECT g, now(), 'n' FROM generate_series(1, 50) g;
-		CREATE TABLE %[1]s.nokey (id bigint, note text)`, schema)); err != nil {
+		CREATE TABLE %[1]s.nokey (id bigint, note text);
+		CREATE VIEW %[1]s.userview AS SELECT id FROM %[1]s.orders`, schema)); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("SLUICE_CLI_TEST_DSN", dsn)
@@ -60,6 +61,9 @@ func TestApplyCheckAndSecrets(t *testing.T) {
 			{cdc, fmt.Sprintf("source.tables[1]: table %s.nokey has no primary key (REPLICA IDENTITY DEFAULT)", schema)},
 			{files, "source.path: " + filepath.Join(root, "missing") + " does not exist"},
 			{full("tonokey", "orders", "nokey"), fmt.Sprintf("sink.table: %s.nokey exists and is not a view", schema)},
+			// A view of the user's would be replaced by the commit.
+			{full("touserview", "orders", "userview"), fmt.Sprintf("sink.table: %s.userview is a view that no load made", schema)},
+			{strings.Replace(full("passnokey", "orders", "nokey"), "full_load", "passthrough", 1), fmt.Sprintf("sink.table: %s.nokey exists and is not a view", schema)},
 		} {
 			p := writeSpec(t, root, "check.yaml", c.spec)
 			_, _, err := sluice(ctx, "apply", "--check", "-f", p, "--nats", url)

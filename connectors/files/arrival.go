@@ -253,6 +253,9 @@ func manifestName(data []byte) string {
 // the watermark. Manifests of the pipeline other than these two are
 // removed.
 func (s *Source) arrivals(ctx context.Context, req connectors.PlanRequest, base string, files []fileRef) ([]fileRef, string, error) {
+	if err := s.notCompacted(ctx, base); err != nil {
+		return nil, "", err
+	}
 	store, err := s.manifests(base, req.Pipeline)
 	if err != nil {
 		return nil, "", err
@@ -316,4 +319,24 @@ func (s *Source) arrivals(ctx context.Context, req connectors.PlanRequest, base 
 		}
 	}
 	return fresh, wm, nil
+}
+
+// notCompacted refuses to read by arrival a dataset that a compaction
+// rewrites (a switch manifest at base or above it): a rewrite's files are
+// new files to a run by arrival, and hold the rows of files it loaded
+// already, which it would load again.
+func (s *Source) notCompacted(ctx context.Context, base string) error {
+	open := treeAt(localTreeAt)
+	if s.s3 != nil {
+		open = s3TreeAt(s.s3)
+	}
+	root, _, _, m, err := findSwitch(ctx, open, base)
+	if err != nil {
+		return fmt.Errorf("plan files by arrival: %w", err)
+	}
+	if m != nil {
+		return connectors.Permanent(fmt.Errorf("plan files by arrival: %s is a dataset a compaction rewrites (%s, run %s): its rewrites would be new files to a run by arrival, holding rows loaded before; load it by windows (a source layout) or by its writer's runs, or do not compact it",
+			root, joinPath(root, switchFile), m.Run))
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package files
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -212,5 +213,35 @@ func TestPlanByArrivalOnS3(t *testing.T) {
 	defer other.Close()
 	if _, err := other.Plan(ctx, connectors.PlanRequest{RunID: "r", Pipeline: "land", ByPosition: true}); err == nil || !connectors.IsPermanent(err) {
 		t.Fatalf("manifest_dir in another bucket: %v, want a permanent error", err)
+	}
+}
+
+// A dataset a compaction rewrote is refused by a run by arrival, which
+// would load the rewrite's files, holding the rows of files it loaded
+// before, as new: before the compaction its windows' files are planned
+// once each, after it the plan fails permanently naming the manifest.
+func TestPlanByArrivalRefusesCompacted(t *testing.T) {
+	ctx := context.Background()
+	s := newSink(t, false, SinkConfig{})
+	for h := range 2 {
+		w := connectors.Window{From: time.Date(2026, 1, 1, h, 0, 0, 0, time.UTC), To: time.Date(2026, 1, 1, h+1, 0, 0, 0, time.UTC)}
+		run := fmt.Sprint("w-", h)
+		outs, _ := stageTasks(t, s, run, 3, func(i int) string { return jsonlRows(h*100+i*5, 5) })
+		if _, err := s.Commit(ctx, connectors.CommitRequest{RunID: run, Mode: connectors.ModeAppend, Window: &w, Tasks: outs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src, err := NewSource(SourceConfig{Path: s.base(), Format: "jsonl"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, wm := planArrivals(t, src, "")
+	if len(got) != 6 {
+		t.Fatalf("before the compaction: planned %v, want the 6 files of the 2 windows", got)
+	}
+	compactNow(t, s, "c-1", connectors.CompactSettings{}, time.Now())
+	_, err = src.Plan(ctx, connectors.PlanRequest{RunID: "r2", Pipeline: "land", ByPosition: true, Watermark: wm})
+	if !connectors.IsPermanent(err) || !strings.Contains(err.Error(), "a compaction rewrites") || !strings.Contains(err.Error(), "_compacted/manifest.json") {
+		t.Fatalf("plan by arrival after the compaction: %v; want a permanent refusal naming the manifest", err)
 	}
 }

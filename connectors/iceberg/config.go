@@ -412,7 +412,7 @@ func Register(reg *connectors.Registry) {
 		SinkMerges:       true,
 		SinkValueWindows: true,
 		SinkAppends:      true,
-		Positions:        &connectors.Positions{Check: checkByPosition},
+		Positions:        &connectors.Positions{Check: checkByPosition, Only: appendedOnly},
 	})
 }
 
@@ -429,4 +429,19 @@ func checkByPosition(config json.RawMessage) error {
 		return errors.New("an iceberg source read by position reads the data files appended since the previous run: set read: appended")
 	}
 	return nil
+}
+
+// appendedOnly refuses read: appended outside a pipeline read by
+// position: only such a pipeline keeps the snapshot the previous run
+// reached. In a full load the second run would read only the files
+// appended since the first and replace the target with them; windows
+// keep a time, not a snapshot. It reads only that field.
+func appendedOnly(config json.RawMessage) *connectors.FieldError {
+	var c struct {
+		Read string `json:"read"`
+	}
+	if err := json.Unmarshal(config, &c); err != nil || c.Read != ReadAppended {
+		return nil
+	}
+	return &connectors.FieldError{Field: "read", Msg: "appended reads the data files appended since the previous run, which only a pipeline read by position keeps (pattern incremental with incremental: {by: position}); a full load or a window reads the whole snapshot: leave read out"}
 }

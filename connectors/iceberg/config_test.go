@@ -45,3 +45,21 @@ func TestConfigS3Fields(t *testing.T) {
 		}
 	}
 }
+
+// read: appended reads only by position: appendedOnly names the field for
+// every other pipeline to refuse; a source that reads whole passes.
+func TestAppendedOnly(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"table":"a.b","read":"appended"}`: "read",
+		`{"table":"a.b","read":"snapshot"}`: "",
+		`{"table":"a.b"}`:                   "",
+	} {
+		got := ""
+		if fe := appendedOnly(json.RawMessage(in)); fe != nil {
+			got = fe.Field
+		}
+		if got != want {
+			t.Errorf("appendedOnly(%s) names %q, want %q", in, got, want)
+		}
+	}
+}

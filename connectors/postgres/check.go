@@ -94,8 +94,10 @@ func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string
 
 // Check looks at where the sink loads (connectors.Checker): that the
 // schema exists and the role may create tables in it, and, for a full
-// load, that the name readers query is free or a view (the sink exposes
-// each version through a view of that name).
+// load or a passthrough, that the name readers query is free or the view
+// of an earlier load into it (the sink exposes each version through a
+// view of that name, which a commit replaces: a view of the user's is
+// refused).
 func (s *Sink) Check(ctx context.Context, req connectors.CheckRequest) (string, error) {
 	conn, err := connect(ctx, s.cfg.DSN)
 	if err != nil {
@@ -106,17 +108,26 @@ func (s *Sink) Check(ctx context.Context, req connectors.CheckRequest) (string, 
 	if err != nil {
 		return "", err
 	}
-	if req.Pattern != protocol.PatternFullLoad {
+	if req.Pattern != protocol.PatternFullLoad && req.Pattern != protocol.PatternPassthrough {
 		return found, nil
 	}
 	ok, kind, err := exists(ctx, conn, s.view())
-	switch {
-	case err != nil:
+	if err != nil {
 		return "", fmt.Errorf("look up %s: %w", s.cfg.Table, err)
+	}
+	made := false
+	if ok && kind == "v" {
+		if made, err = s.madeView(ctx, conn); err != nil {
+			return "", fmt.Errorf("look up the versions of %s: %w", s.cfg.Table, err)
+		}
+	}
+	switch {
 	case ok && kind != "v":
 		return "", &connectors.FieldError{Field: "table", Msg: fmt.Sprintf("%s exists and is not a view: this sink exposes each version through a view of that name; drop it or name another", s.cfg.Table)}
+	case ok && !made:
+		return "", &connectors.FieldError{Field: "table", Msg: notMadeView(s.cfg.Table)}
 	case ok:
-		found += fmt.Sprintf("; view %s exists", s.cfg.Table)
+		found += fmt.Sprintf("; view %s exists, made by an earlier load", s.cfg.Table)
 	default:
 		found += fmt.Sprintf("; view %s: created by the first commit", s.cfg.Table)
 	}

@@ -225,7 +225,8 @@ func checkStaged(ctx context.Context, tx pgx.Tx, tasksT pgx.Identifier, want map
 // pointView makes the view select every column of the version table t:
 // CREATE OR REPLACE VIEW, or DROP and CREATE when the columns changed in a
 // way that REPLACE refuses. Both happen inside the caller's transaction, so
-// readers see the old view or the new one.
+// readers see the old view or the new one. A view of that name that no
+// load made (madeView) is the user's: it is refused, never replaced.
 func (s *Sink) pointView(ctx context.Context, tx pgx.Tx, t pgx.Identifier) error {
 	ok, kind, err := exists(ctx, tx, s.view())
 	if err != nil {
@@ -233,6 +234,15 @@ func (s *Sink) pointView(ctx context.Context, tx pgx.Tx, t pgx.Identifier) error
 	}
 	if ok && kind != "v" {
 		return connectors.Permanent(fmt.Errorf("%s exists and is not a view", s.view().Sanitize()))
+	}
+	if ok {
+		made, err := s.madeView(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if !made {
+			return connectors.Permanent(errors.New(notMadeView(s.view().Sanitize())))
+		}
 	}
 	cols, err := tableColumns(ctx, tx, t)
 	if err != nil {
@@ -257,6 +267,24 @@ func (s *Sink) pointView(ctx context.Context, tx pgx.Tx, t pgx.Identifier) error
 	}
 	_, err = tx.Exec(ctx, "CREATE VIEW "+s.view().Sanitize()+body)
 	return err
+}
+
+// madeView reports whether the view of the sink's name is one its loads
+// made: sluice_versions records a version of it (the first commit creates
+// the view and records its version in one transaction).
+func (s *Sink) madeView(ctx context.Context, q querier) (bool, error) {
+	ok, _, err := exists(ctx, q, s.versions())
+	if err != nil || !ok {
+		return false, err
+	}
+	var made bool
+	err = q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+s.versions().Sanitize()+" WHERE table_name = $1)", s.name).Scan(&made)
+	return made, err
+}
+
+// notMadeView says why a view of the user's is not loaded into.
+func notMadeView(view string) string {
+	return fmt.Sprintf("%s is a view that no load made (%s records no version of it): this sink exposes each version through a view of that name and would replace it; drop it or name another table", view, versionsTable)
 }
 
 // prune drops the versions beyond keep_versions, newest kept, the current

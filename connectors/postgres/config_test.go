@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 const okDSN = "postgres://u:secret@127.0.0.1:5432/db"
@@ -118,6 +119,31 @@ func TestRedactDSN(t *testing.T) {
 	for _, tt := range tests {
 		if got := RedactDSN(tt.in); got != tt.want {
 			t.Errorf("RedactDSN(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// A transform of a table into PostgreSQL runs as a table passthrough with
+// its contract (TransformsUnits) when its DSNs are ${ENV} references, as
+// in the README's example, just as with DSNs written out; a source or
+// sink field a passthrough does not take sends it through the load path.
+func TestTransformsUnitsWithEnvDSN(t *testing.T) {
+	reg := connectors.NewRegistry()
+	Register(reg)
+	ep := func(config string) protocol.Endpoint {
+		return protocol.Endpoint{Kind: Kind, Config: json.RawMessage(config)}
+	}
+	for _, c := range []struct {
+		source, sink string
+		want         bool
+	}{
+		{`{"dsn":"${SLUICE_PG_DSN}","table":"public.customers"}`, `{"dsn":"${SLUICE_PG_TARGET_DSN}","table":"public.customers_shared","keep_versions":3}`, true},
+		{`{"dsn":"` + okDSN + `","table":"public.customers"}`, `{"dsn":"` + okDSN + `","table":"public.customers_shared"}`, true},
+		{`{"dsn":"${SLUICE_PG_DSN}","table":"public.customers","where":"id > 5"}`, `{"dsn":"${SLUICE_PG_TARGET_DSN}","table":"public.customers_shared"}`, false},
+		{`{"dsn":"${SLUICE_PG_DSN}","table":"public.customers"}`, `{"dsn":"${SLUICE_PG_TARGET_DSN}","table":"public.c","columns":[{"name":"id","type":"bigint"}]}`, false},
+	} {
+		if got := reg.TransformsUnits(ep(c.source), ep(c.sink)); got != c.want {
+			t.Errorf("TransformsUnits(%s, %s) = %v, want %v", c.source, c.sink, got, c.want)
 		}
 	}
 }

@@ -633,3 +633,39 @@ func TestSinkTextColumnsAndEmptyRun(t *testing.T) {
 		t.Fatalf("commit with a wrong row count: %v, want a permanent error", err)
 	}
 }
+
+// A view of the user's of the sink's name is never replaced: the commit
+// is refused (permanently) and the view keeps its definition; the view a
+// load made is replaced by the next load's.
+func TestSinkRefusesUsersView(t *testing.T) {
+	dsn, schema, conn := testDB(t)
+	ctx := context.Background()
+	srcTable := schema + ".src"
+	createAllTypes(t, conn, srcTable, 100, true)
+	exec(t, conn, "CREATE VIEW "+schema+".mine AS SELECT 42 AS answer")
+	src := newSource(t, map[string]any{"dsn": dsn, "table": srcTable})
+	sink := newSink(t, map[string]any{"dsn": dsn, "table": schema + ".mine"})
+	outs := load(t, src, sink, "r1", 1000)
+	_, err := sink.Commit(ctx, connectors.CommitRequest{RunID: "r1", Version: 1, Tasks: outs})
+	if !connectors.IsPermanent(err) || !strings.Contains(err.Error(), "is a view that no load made") {
+		t.Fatalf("commit onto a view of the user's: %v; want a permanent refusal", err)
+	}
+	var answer int
+	if err := conn.QueryRow(ctx, "SELECT answer FROM "+schema+".mine").Scan(&answer); err != nil || answer != 42 {
+		t.Fatalf("the user's view after the refused commit: %d, %v; want 42", answer, err)
+	}
+	sink.Abort(ctx, "r1")
+
+	// A view a load made is the sink's own: the next load replaces it.
+	own := newSink(t, map[string]any{"dsn": dsn, "table": schema + ".copy"})
+	for i, run := range []string{"c1", "c2"} {
+		outs := load(t, src, own, run, 1000)
+		if _, err := own.Commit(ctx, connectors.CommitRequest{RunID: run, Version: int64(i + 1), Tasks: outs}); err != nil {
+			t.Fatalf("commit %s: %v", run, err)
+		}
+	}
+	want := checksumOf(t, conn, "SELECT "+allTypesColumns+" FROM "+srcTable)
+	if got := checksumOf(t, conn, "SELECT "+allTypesColumns+" FROM "+schema+".copy"); got != want {
+		t.Fatalf("copy after two loads: %d rows %s, want %d rows %s", got.Rows, got, want.Rows, want)
+	}
+}

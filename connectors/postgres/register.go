@@ -36,27 +36,31 @@ const Units = "postgres-copy"
 // ValidatePassthroughSource checks the configuration of a passthrough
 // source without I/O: a table is copied whole, every column as it is.
 func ValidatePassthroughSource(config json.RawMessage) error {
-	c, err := ParseSourceConfig(config)
-	switch {
-	case err != nil:
-		return err
-	case len(c.Columns) > 0:
-		return passOnly("columns", "it copies every column (a data contract leaves columns out)")
-	case c.Where != "":
-		return passOnly("where", "it copies every row")
-	case c.Format != "":
-		return passOnly("format", "it moves rows in COPY's binary format")
+	// The fields a passthrough refuses first, whatever the rest holds (a
+	// DSN that is still a ${ENV} reference).
+	var c SourceConfig
+	if json.Unmarshal(config, &c) == nil {
+		switch {
+		case len(c.Columns) > 0:
+			return passOnly("columns", "it copies every column (a data contract leaves columns out)")
+		case c.Where != "":
+			return passOnly("where", "it copies every row")
+		case c.Format != "":
+			return passOnly("format", "it moves rows in COPY's binary format")
+		}
 	}
-	return nil
+	_, err := ParseSourceConfig(config)
+	return err
 }
 
 // ValidatePassthroughSink checks the configuration of a passthrough sink
 // without I/O: the versioned tables take the source's definition.
 func ValidatePassthroughSink(config json.RawMessage) error {
-	c, err := ParseSinkConfig(config)
-	if err == nil && len(c.Columns) > 0 {
+	var c SinkConfig
+	if json.Unmarshal(config, &c) == nil && len(c.Columns) > 0 {
 		return passOnly("columns", "the target takes the source table's definition")
 	}
+	_, err := ParseSinkConfig(config)
 	return err
 }
 
