@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 var (
@@ -21,12 +22,17 @@ var (
 )
 
 // Check looks at the table a source reads (connectors.Checker): the
-// catalog must hold it, and snapshot_id, when set, must be one of its
-// snapshots.
-func (s *Source) Check(ctx context.Context, _ connectors.CheckRequest) (string, error) {
+// catalog must hold it (a readiness pipeline may watch a table not
+// created yet), and snapshot_id, when set, must be one of its snapshots.
+func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string, error) {
 	tbl, err := checkTable(ctx, &s.lazyLake)
 	if err != nil {
 		return "", err
+	}
+	if tbl == nil && req.Pattern == protocol.PatternReadiness {
+		// A readiness pipeline watches for the table's commits, the
+		// first ones included.
+		return fmt.Sprintf("table %s: not in the catalog yet; its snapshots are announced once it has some", s.cfg.Table), nil
 	}
 	if tbl == nil {
 		return "", &connectors.FieldError{Field: "table", Msg: fmt.Sprintf("table %s is not in the catalog", s.cfg.Table)}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // sluice apply --check on Iceberg: a sink's table is created by the first
@@ -42,6 +43,10 @@ func TestCheck(t *testing.T) {
 	defer src.Close()
 	_, err = src.Check(ctx, req)
 	fieldErr(err, "table", "table test.check is not in the catalog")
+	// A readiness pipeline may watch a table that is not created yet.
+	if found, err := src.Check(ctx, connectors.CheckRequest{Pipeline: "p", Pattern: protocol.PatternReadiness}); err != nil || !strings.Contains(found, "not in the catalog yet") {
+		t.Errorf("readiness check of a table not created yet: %q %v", found, err)
+	}
 
 	if err := s.CheckSchema(ctx, idv); err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func (s *Source) Check(ctx context.Context, req connectors.CheckRequest) (string
 
 // Check says whether the sink's topic exists, or will be created, and
 // its staging topic (connectors.Checker).
-func (s *Sink) Check(ctx context.Context, _ connectors.CheckRequest) (string, error) {
+func (s *Sink) Check(ctx context.Context, req connectors.CheckRequest) (string, error) {
 	found := ""
 	info, err := describeTopic(ctx, s.adm, s.cfg.Topic)
 	switch {
@@ -54,6 +54,11 @@ func (s *Sink) Check(ctx context.Context, _ connectors.CheckRequest) (string, er
 		return "", &connectors.FieldError{Field: "topic", Msg: err.Error() + " (set partitions to have the sink create it)"}
 	default:
 		return "", err
+	}
+	if req.Role == connectors.RolePassthroughSink {
+		// A passthrough's tasks write straight into the topic, in
+		// transactions of their own: it stages nothing.
+		return found, nil
 	}
 	staging := s.cfg.stagingTopic()
 	if si, err := describeTopic(ctx, s.adm, staging); err == nil {

@@ -88,7 +88,11 @@ func TestCheck(t *testing.T) {
 	cfg.Partitions = 2
 	create := openSink(t, cfg)
 	defer create.Close()
-	if found, err := create.Check(t.Context(), connectors.CheckRequest{}); err != nil || !strings.Contains(found, "created with 2 partitions") {
+	if found, err := create.Check(t.Context(), connectors.CheckRequest{}); err != nil || !strings.Contains(found, "created with 2 partitions") || !strings.Contains(found, "staging topic") {
 		t.Errorf("sink check of a topic it creates = %q, %v", found, err)
+	}
+	// A passthrough writes straight into the topic: no staging topic.
+	if found, err := create.Check(t.Context(), connectors.CheckRequest{Role: connectors.RolePassthroughSink}); err != nil || strings.Contains(found, "staging") {
+		t.Errorf("passthrough sink check = %q, %v; want no staging topic named", found, err)
 	}
 }
