@@ -505,7 +505,7 @@ func (p *Applier) apply(ctx context.Context, s *session, events []connectors.Eve
 	last := events[len(events)-1].Seq
 	if lane != nil {
 		last = lane.last
-		if err := p.storeTables(ctx, tx, lane.ids, last); err != nil {
+		if err := p.storeTables(ctx, tx, lane.ids, last, lane.offset); err != nil {
 			return err
 		}
 	} else {

@@ -22,7 +22,8 @@ import (
 // the batch's last sequence as the applied sequence of each of its tables.
 // Once every lane committed, the pipeline's offset (OffsetsTable) moves to
 // the batch's last sequence, outside any transaction of rows: it only
-// says where the runner resumes. A crash between the lanes' commits, or
+// says where the runner resumes (a batch of one lane moves it in that
+// lane's transaction). A crash between the lanes' commits, or
 // before the offset moved, leaves some tables ahead of the offset; the
 // batch is delivered again, and each table skips what it applied. So each
 // event is applied exactly once and each table's events in stream order,
@@ -36,6 +37,9 @@ type laneBatch struct {
 	// last is the stream sequence of the batch's last event.
 	last   uint64
 	events []connectors.Event
+	// offset moves the pipeline's offset to last in the lane's
+	// transaction: the lane holds the whole batch.
+	offset bool
 }
 
 // applyParallel applies a batch on the lanes, then moves the pipeline's
@@ -70,6 +74,26 @@ func (p *Applier) applyParallel(ctx context.Context, events []connectors.Event) 
 		}
 		prev = id
 		b.events = append(b.events, ev)
+	}
+	busy := 0
+	for _, b := range parts {
+		if b != nil {
+			busy++
+		}
+	}
+	if busy == 1 {
+		// One lane holds the batch (as often when a replica follows its
+		// source): its transaction moves the offset too, a round trip
+		// and a commit fewer.
+		for i, b := range parts {
+			if b != nil {
+				b.offset = true
+				slices.Sort(b.ids)
+				err := p.applyOn(ctx, p.lanes[i], b.events, b)
+				p.report()
+				return err
+			}
+		}
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, b := range parts {
@@ -147,13 +171,18 @@ func (p *Applier) lockTables(ctx context.Context, tx pgx.Tx, ids []string) (map[
 }
 
 // storeTables stores in tx that the events of source tables ids are
-// applied up to last.
-func (p *Applier) storeTables(ctx context.Context, tx pgx.Tx, ids []string, last uint64) error {
+// applied up to last, and when offset is set moves the pipeline's offset
+// there too.
+func (p *Applier) storeTables(ctx context.Context, tx pgx.Tx, ids []string, last uint64, offset bool) error {
 	schemas, tables := splitIDs(ids)
-	_, err := tx.Exec(ctx, `UPDATE `+p.state.Sanitize()+` SET applied_seq = greatest(coalesce(applied_seq, 0), $4), updated_at = now()
+	b := &pgx.Batch{}
+	b.Queue(`UPDATE `+p.state.Sanitize()+` SET applied_seq = greatest(coalesce(applied_seq, 0), $4), updated_at = now()
 		WHERE pipeline = $1 AND (source_schema, source_table) IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
 		p.cfg.Pipeline, schemas, tables, int64(last))
-	if err != nil {
+	if offset {
+		b.Queue(`UPDATE `+p.offsets.Sanitize()+` SET seq = greatest(seq, $2), updated_at = now() WHERE pipeline = $1`, p.cfg.Pipeline, int64(last))
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("store the applied sequence %d of the source tables: %w", last, err)
 	}
 	return nil
