@@ -82,6 +82,7 @@ func (b *bench) copyTree(ctx context.Context) error {
 		if err := os.RemoveAll(dst); err != nil {
 			return err
 		}
+		b.coldCache()
 		cmds := [][]string{{"cp", "-r", b.srcTree, dst}}
 		if k == "cp_r_sync" {
 			cmds = append(cmds, []string{"sync", "-f", dst})
@@ -138,6 +139,7 @@ func (b *bench) sluiceFiles(ctx context.Context, c *devcluster.Cluster, rep int,
 	if err != nil {
 		return err
 	}
+	b.coldCache()
 	secs, cpu, st, err := timeRun(ctx, c, name)
 	if err != nil {
 		return err
