@@ -14,10 +14,6 @@ func SmallBatches(t *testing.T, cfg SourceConfig) *Source {
 }
 
 var WriteFile = writeFile
-
-// MaxUnsettled is how many staged files a task attempt leaves unsettled.
-const MaxUnsettled = maxUnsettled
-
 var CSVRows = csvRows
 var TestRecord = testRecord
 var WriteParquet = writeParquet

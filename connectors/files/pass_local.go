@@ -41,19 +41,14 @@ func (l *localPass) listTarget(ctx context.Context) ([]passObject, error) {
 	return objs, err
 }
 
-// stage writes a whole file into a temporary file, a range into the
-// staged file its ranges share, at its offset, summing the bytes as they
-// are copied, and starts the device's write of them without waiting for
-// it. What it returns settles the unit later, a few units behind
-// (passWriter), so that the device writes one file while the next are
-// copied: it syncs the file, reads the unit's bytes back and compares
-// their digests with the source's, and for a whole file gives it the
-// source's mode and modification time and renames it into the run's
-// staging.
-func (l *localPass) stage(ctx context.Context, run string, ref connectors.TaskRef, u connectors.Unit, buf []byte) (blocks []string, pending *unsettled, err error) {
+// stage writes a whole file into a temporary file, syncs it, reads it
+// back, gives it the source's mode and modification time and renames it
+// into the run's staging; a range goes into the staged file its ranges
+// share, at its offset, synced and read back.
+func (l *localPass) stage(ctx context.Context, run string, ref connectors.TaskRef, u connectors.Unit, buf []byte) (blocks []string, err error) {
 	dst := l.stagedPath(run, u.Name)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	var f *os.File
 	var w io.Writer
@@ -61,80 +56,72 @@ func (l *localPass) stage(ctx context.Context, run string, ref connectors.TaskRe
 	if whole {
 		tmp := l.statePath(path.Join(passStagingRel(run), "tmp"))
 		if err := os.MkdirAll(tmp, 0o755); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if f, err = os.CreateTemp(tmp, ref.TaskID+"-"+strconv.Itoa(ref.Attempt)+"-*"); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
+		defer func() {
+			if err != nil {
+				f.Close()
+				os.Remove(f.Name())
+			}
+		}()
 		w = f
 	} else {
 		if f, err = os.OpenFile(dst, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
+		defer f.Close()
 		st, err := f.Stat()
 		if err != nil {
-			f.Close()
-			return nil, nil, err
+			return nil, err
 		}
 		if st.Size() < u.Size {
 			// Every range's task sets the size; none shrinks it.
 			if err := f.Truncate(u.Size); err != nil {
-				f.Close()
-				return nil, nil, err
+				return nil, err
 			}
 		}
 		w = io.NewOffsetWriter(f, u.Offset)
 	}
-	discard := func() {
-		f.Close()
-		if whole {
-			os.Remove(f.Name())
-		}
-	}
 	blocks, n, err := copyHashed(ctx, w, u.Body, u.Offset, buf)
-	if err == nil && n != u.Length {
-		err = fmt.Errorf("%s: the source gave %d bytes, want %d", u.Position, n, u.Length)
-	}
 	if err != nil {
-		discard()
-		return nil, nil, err
+		return nil, err
 	}
-	startWriteback(f, u.Offset, n)
-	settle := func(buf []byte) (err error) {
-		defer func() {
-			if err != nil {
-				discard()
-			}
-		}()
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("%s: sync: %w", u.Position, err)
-		}
-		// A whole file's bytes are at 0 (its offset), a range's at its
-		// offset in the file its ranges share.
-		back, err := sumReader(io.NewSectionReader(f, u.Offset, n), u.Offset, n, buf)
-		if err != nil {
-			return fmt.Errorf("%s: read back: %w", u.Position, err)
-		}
-		if !slices.Equal(back, blocks) {
-			return fmt.Errorf("%s: the staged bytes read back differ from those written", u.Position)
-		}
-		if !whole {
-			return f.Close()
-		}
-		if err := f.Chmod(fileMode(u)); err != nil {
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
-		if mt, ok := mtimeOf(u); ok {
-			if err := os.Chtimes(f.Name(), mt, mt); err != nil {
-				return err
-			}
-		}
-		return os.Rename(f.Name(), dst)
+	if n != u.Length {
+		return nil, fmt.Errorf("%s: the source gave %d bytes, want %d", u.Position, n, u.Length)
 	}
-	return blocks, &unsettled{bytes: n, settle: settle, discard: discard}, nil
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("%s: sync: %w", u.Position, err)
+	}
+	// A whole file's bytes are at 0 (its offset), a range's at its
+	// offset in the file its ranges share.
+	back, err := sumReader(io.NewSectionReader(f, u.Offset, n), u.Offset, n, buf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: read back: %w", u.Position, err)
+	}
+	if !slices.Equal(back, blocks) {
+		return nil, fmt.Errorf("%s: the staged bytes read back differ from those written", u.Position)
+	}
+	if !whole {
+		return blocks, nil
+	}
+	if err := f.Chmod(fileMode(u)); err != nil {
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if mt, ok := mtimeOf(u); ok {
+		if err := os.Chtimes(f.Name(), mt, mt); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return nil, err
+	}
+	return blocks, nil
 }
 
 // fileMode is the mode a staged file takes: the source's permission bits,

@@ -33,7 +33,7 @@ func (p *s3Pass) listTarget(ctx context.Context) ([]passObject, error) {
 
 // stage uploads the unit to its staged key, every request carrying the
 // MD5 of its bytes, which the store checks.
-func (p *s3Pass) stage(ctx context.Context, run string, _ connectors.TaskRef, u connectors.Unit, buf []byte) ([]string, *unsettled, error) {
+func (p *s3Pass) stage(ctx context.Context, run string, _ connectors.TaskRef, u connectors.Unit, buf []byte) ([]string, error) {
 	w := p.state.b.NewWriterWith(p.stagedKey(run, u.Name, u.Offset, u.Offset == 0 && u.Length == u.Size), objstore.WriteOptions{ContentMD5: true})
 	stop := context.AfterFunc(ctx, w.Interrupt)
 	defer stop()
@@ -45,16 +45,16 @@ func (p *s3Pass) stage(ctx context.Context, run string, _ connectors.TaskRef, u 
 		if aerr := w.Abort(context.WithoutCancel(ctx)); aerr != nil {
 			err = errors.Join(err, aerr)
 		}
-		return nil, nil, err
+		return nil, err
 	}
 	size, err := w.Close(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if size != n {
-		return nil, nil, fmt.Errorf("%s: uploaded %d bytes, want %d", u.Position, size, n)
+		return nil, fmt.Errorf("%s: uploaded %d bytes, want %d", u.Position, size, n)
 	}
-	return blocks, nil, nil
+	return blocks, nil
 }
 
 // reuse takes nothing an earlier attempt staged on S3: a retried task

@@ -41,11 +41,8 @@ var (
 //
 // A task stages each file, or range of one, whole: on a file system it
 // writes a temporary file (a range into the file shared by the ranges),
-// summing the bytes as it copies them and starting the device's write;
-// then, a few files behind (maxUnsettled) and at the latest before the
-// task's record is written, it syncs each, reads it back and compares the
-// block digests of what it read with those of what the source gave, and
-// renames a whole file into the run's staging; on S3 every request carries the
+// syncs it, reads it back and compares the block digests of what it read
+// with those of what the source gave; on S3 every request carries the
 // bytes' MD5 (Content-MD5), which the store checks. A retried task takes
 // the whole files an earlier attempt staged on a file system as they are,
 // once they read back to the same size. The commit puts each file into
@@ -108,11 +105,9 @@ type passStore interface {
 	// listTarget lists the files of the target, with their versions
 	// there.
 	listTarget(ctx context.Context) ([]passObject, error)
-	// stage stages unit u of a task attempt and returns the digests of
-	// its blocks (those of the source's bytes), verified, or with what
-	// verifies it later: the caller settles it (unsettled) before the
-	// task's record names it.
-	stage(ctx context.Context, run string, ref connectors.TaskRef, u connectors.Unit, buf []byte) ([]string, *unsettled, error)
+	// stage stages unit u of a task attempt, verified, and returns the
+	// digests of its blocks.
+	stage(ctx context.Context, run string, ref connectors.TaskRef, u connectors.Unit, buf []byte) ([]string, error)
 	// reuse returns the digests of a whole file u an earlier attempt of
 	// the run staged, or false.
 	reuse(ctx context.Context, run string, u connectors.Unit, buf []byte) ([]string, bool, error)
@@ -137,25 +132,6 @@ type passStore interface {
 	// placeConcurrency is how many files a commit puts in place at once.
 	placeConcurrency() int
 }
-
-// unsettled is a unit a store staged and has still to make durable and
-// verify (on a file system: sync, read back and compare, rename into the
-// staging). The writer of the task attempt settles it, or discards it
-// when the attempt ends otherwise; it holds an open file until then.
-type unsettled struct {
-	bytes   int64
-	settle  func(buf []byte) error // on failure it discards the unit
-	discard func()
-}
-
-// The units a task attempt leaves unsettled at most, oldest settled
-// first: the device writes them while the next are copied, so that a
-// sync rarely waits, and a retry after a crash copies again only these
-// (a whole file an attempt settled is taken as it is).
-const (
-	maxUnsettled      = 4
-	maxUnsettledBytes = 64 << 20
-)
 
 // passStore returns the store of the sink's target and state.
 func (s *Sink) passStore() (passStore, error) {
@@ -299,35 +275,6 @@ type passWriter struct {
 	bytes int64
 	sum   connectors.Checksum
 	ended bool
-	// pending are the units staged and not settled yet, pendingBytes
-	// their bytes.
-	pending      []*unsettled
-	pendingBytes int64
-}
-
-// settle settles the oldest units staged until at most keep units and
-// keepBytes bytes are left unsettled; after a failure it discards the
-// others.
-func (w *passWriter) settle(keep int, keepBytes int64) error {
-	for len(w.pending) > keep || len(w.pending) > 0 && w.pendingBytes > keepBytes {
-		p := w.pending[0]
-		w.pending[0] = nil
-		w.pending = w.pending[1:]
-		w.pendingBytes -= p.bytes
-		if err := p.settle(w.buf); err != nil {
-			w.discard()
-			return err
-		}
-	}
-	return nil
-}
-
-// discard discards the units staged and not settled.
-func (w *passWriter) discard() {
-	for _, p := range w.pending {
-		p.discard()
-	}
-	w.pending, w.pendingBytes = nil, 0
 }
 
 func (w *passWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
@@ -363,18 +310,8 @@ func (w *passWriter) WriteUnit(ctx context.Context, u connectors.Unit) error {
 	}
 	if !reused { // else staged by an earlier attempt: the source's bytes are not read
 		var err error
-		var p *unsettled
-		if blocks, p, err = w.st.stage(ctx, w.ref.RunID, w.ref, u, w.buf); err != nil {
-			// What was staged before counts for a retry.
-			w.settle(0, 0)
+		if blocks, err = w.st.stage(ctx, w.ref.RunID, w.ref, u, w.buf); err != nil {
 			return err
-		}
-		if p != nil {
-			w.pending = append(w.pending, p)
-			w.pendingBytes += p.bytes
-			if err := w.settle(maxUnsettled, maxUnsettledBytes); err != nil {
-				return err
-			}
 		}
 	}
 	su.Blocks = blocks
@@ -397,10 +334,6 @@ func (w *passWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
 		return connectors.TaskOutput{}, errors.New("close after close or abort")
 	}
 	w.ended = true
-	// What the record names is durable and verified first.
-	if err := w.settle(0, 0); err != nil {
-		return connectors.TaskOutput{}, err
-	}
 	data, err := json.Marshal(w.units)
 	if err != nil {
 		return connectors.TaskOutput{}, err
@@ -412,11 +345,10 @@ func (w *passWriter) Close(ctx context.Context) (connectors.TaskOutput, error) {
 	return connectors.TaskOutput{Rows: w.sum.Rows, Bytes: w.bytes, Checksum: w.sum, Location: rel}, nil
 }
 
-// Abort leaves what the attempt staged, settled: a retry takes the whole
-// files it staged as they are, and the run's commit or abort removes the rest.
+// Abort leaves what the attempt staged: a retry takes the whole files it
+// staged as they are, and the run's commit or abort removes the rest.
 func (w *passWriter) Abort(context.Context) error {
 	w.ended = true
-	w.settle(0, 0) // what fails to settle is discarded
 	return nil
 }
 
