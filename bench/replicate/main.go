@@ -18,6 +18,11 @@
 // A passthrough takes no data contract (it moves bytes undecoded); the
 // cost of one on a load is bench/contract's.
 //
+// Before each of (a), (a') and (b) it syncs and drops the page cache (as
+// root; --drop-caches), so that each reads the source tree from the disk;
+// where it cannot, each reads it from the page cache, and the results say
+// which.
+//
 // It writes a tree of random bytes in nested directories (with a Delta log,
 // hidden files and _SUCCESS) into a work directory and creates (or, with
 // --keep, reuses) a table of --rows rows and 7 mixed columns in the schema
@@ -81,6 +86,7 @@ type config struct {
 	targetBytes int64
 	only        string
 	dropCaches  bool
+	profile     string
 }
 
 // srcTable is the source table.
@@ -113,6 +119,7 @@ func main() {
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows of the table passthrough")
 	flag.Int64Var(&cfg.targetBytes, "target-bytes", 128<<20, "partitioning.target_bytes of the files passthrough")
 	flag.BoolVar(&cfg.dropCaches, "drop-caches", true, "before each files measurement, sync and drop the page cache (/proc/sys/vm/drop_caches, as root) so that cp -r, cp -r + sync and Sluice all read the source tree from the disk; where it cannot, all read it from the page cache")
+	flag.StringVar(&cfg.profile, "cpuprofile", "", "profile the CPU of the last repetition of each Sluice passthrough (the whole cluster's, in this process) into FILE.<measurement>.pprof")
 	flag.StringVar(&cfg.only, "only", "", `"files" or "pg": time only that passthrough and its baselines`)
 	flag.Parse()
 	if cfg.smoke {
