@@ -269,6 +269,7 @@ func checkVersionOrder(t *testing.T, cl *clickhouse.Client, db, table, counter s
 	}
 	if bad > 0 || pairs == 0 {
 		t.Errorf("%s.%s: %d of %d versions out of the source's order (%d keys, %d rows stored)", db, table, bad, pairs, keys, len(rows))
+		return
 	}
 	t.Logf("%s: per key, %d versions after the key's version before follow the source's order (%d keys, %d rows stored)", table, pairs, keys, len(rows))
 }
