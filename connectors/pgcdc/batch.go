@@ -31,16 +31,26 @@ const (
 	maxBatchBytes    = 4 << 20
 )
 
+// probeLastSeq is the Nats-Expected-Last-Sequence of a probe: no stream
+// reaches it, so JetStream refuses a probe unless its Nats-Msg-Id is a
+// duplicate, which it checks first.
+const probeLastSeq = "4611686018427387904"
+
+// errProbeRefused reports that a probe's message is not stored yet.
+var errProbeRefused = errors.New("probe refused: the message is not stored")
+
 // ack is the acknowledgement of one publish to SLUICE_CDC: of a message
 // alone, or of an atomic batch of messages (the ack of its commit),
 // shared by the flights of every message it covers. f is nil while the
-// batch is gathered and not sent yet.
+// batch is gathered and not sent yet. With probe set, f is the ack of a
+// probe of the last of those messages (see sendGathered).
 type ack struct {
-	f   jetstream.PubAckFuture
-	id  string // the Nats-Msg-Id of its (first) message, for errors
-	ok  bool
-	dup bool // stored before: JetStream dropped this copy (Nats-Msg-Id)
-	err error
+	f     jetstream.PubAckFuture
+	probe []*nats.Msg
+	id    string // the Nats-Msg-Id of its (first) message, for errors
+	ok    bool
+	dup   bool // stored before: JetStream dropped this copy (Nats-Msg-Id)
+	err   error
 }
 
 // poll reports without blocking whether the ack arrived; err when the
@@ -58,11 +68,22 @@ func (a *ack) poll() (bool, error) {
 	}
 	select {
 	case err := <-a.f.Err():
-		a.err = fmt.Errorf("publish %s: %w", a.id, err)
-		return false, a.err
+		return false, a.failed(err)
 	default:
 		return false, nil
 	}
+}
+
+// failed records the error of a publish, or returns errProbeRefused when
+// a probe was refused because its message is not stored.
+func (a *ack) failed(err error) error {
+	var api *jetstream.APIError
+	if a.probe != nil && errors.As(err, &api) &&
+		(api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return errProbeRefused
+	}
+	a.err = fmt.Errorf("publish %s: %w", a.id, err)
+	return a.err
 }
 
 // wait waits until the ack arrives, the publish fails or ctx ends; the
@@ -77,8 +98,7 @@ func (a *ack) wait(ctx context.Context, timeout time.Duration) error {
 		a.ok, a.dup = true, pa.Duplicate
 		return nil
 	case err := <-a.f.Err():
-		a.err = fmt.Errorf("publish %s: %w", a.id, err)
-		return a.err
+		return a.failed(err)
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) && timeout > 0 {
 			return fmt.Errorf("publish %s: no ack after %s", a.id, timeout)
@@ -117,12 +137,14 @@ func (r *Reader) atomicBatches(ctx context.Context) bool {
 
 // settled notes an ack that arrived: the first message of this Run that
 // JetStream stored (not a duplicate of one an earlier Run published)
-// lets the Reader gather messages into batches from then on. Until then
-// it republishes, one at a time, what an earlier Run may have stored
-// already: an atomic batch holding such a message would be refused whole.
-// The messages of a slot in SLUICE_CDC are always a prefix of what it
-// published (one publish in flight at a time, a batch stored whole or not
-// at all), so every message after one that was new is new too.
+// lets the Reader publish atomic batches from then on. Until then it
+// republishes what an earlier Run may have stored already, and an atomic
+// batch holding such a message would be refused whole: the messages
+// gathered meanwhile are probed instead (see sendGathered). The messages
+// of a slot in SLUICE_CDC are always a prefix of what it published (one
+// publish in flight at a time, a batch stored whole or not at all), so
+// every message after one that was new is new too, and every message
+// before one that was stored is stored.
 func (st *streamState) settled(a *ack) {
 	if st.batchable && !a.dup {
 		st.batching = true
@@ -162,7 +184,7 @@ func (r *Reader) pump(ctx context.Context, st *streamState) error {
 		return nil
 	}
 	if st.flying != nil {
-		done, err := st.flying.poll()
+		done, err := r.check(ctx, st, st.flying)
 		if err != nil {
 			return err
 		}
@@ -174,14 +196,66 @@ func (r *Reader) pump(ctx context.Context, st *streamState) error {
 	return r.sendGathered(ctx, st)
 }
 
+// check reports without blocking whether a's publish is acknowledged; a
+// probe refused first publishes its messages (publishRefused, which
+// blocks).
+func (r *Reader) check(ctx context.Context, st *streamState, a *ack) (bool, error) {
+	ok, err := a.poll()
+	if errors.Is(err, errProbeRefused) {
+		if err := r.publishRefused(ctx, st, a); err != nil {
+			return false, err
+		}
+		return a.poll()
+	}
+	return ok, err
+}
+
+// await waits, at most AckTimeout, until a's publish is acknowledged; a
+// probe refused first publishes its messages (publishRefused).
+func (r *Reader) await(ctx context.Context, st *streamState, a *ack) error {
+	wctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
+	err := a.wait(wctx, r.cfg.AckTimeout)
+	cancel()
+	if errors.Is(err, errProbeRefused) {
+		if err := r.publishRefused(ctx, st, a); err != nil {
+			return err
+		}
+		return r.await(ctx, st, a)
+	}
+	return err
+}
+
+// publishRefused publishes the messages of a refused probe: they are not
+// all stored. One at a time, each awaited, until JetStream stores one it
+// did not hold (those before it were stored); the rest go as one atomic
+// batch, under a.
+func (r *Reader) publishRefused(ctx context.Context, st *streamState, a *ack) error {
+	msgs := a.probe
+	a.probe, a.f = nil, nil
+	for i, m := range msgs {
+		if st.batching {
+			return r.publishMsgs(ctx, st, a, msgs[i:])
+		}
+		f, err := publishAsync(ctx, r.js, m, func() bool { return false }, nil)
+		if err != nil {
+			return err
+		}
+		one := &ack{f: f, id: m.Header.Get(jetstream.MsgIDHeader)}
+		if err := r.await(ctx, st, one); err != nil {
+			return err
+		}
+		st.settled(one)
+	}
+	a.ok = true
+	return nil
+}
+
 // waitFlying waits, at most AckTimeout, for the publish in flight.
 func (r *Reader) waitFlying(ctx context.Context, st *streamState) error {
 	if st.flying == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.AckTimeout)
-	defer cancel()
-	if err := st.flying.wait(ctx, r.cfg.AckTimeout); err != nil {
+	if err := r.await(ctx, st, st.flying); err != nil {
 		return err
 	}
 	st.flying = nil
@@ -189,14 +263,41 @@ func (r *Reader) waitFlying(ctx context.Context, st *streamState) error {
 }
 
 // sendGathered publishes the gathered messages, no publish being in
-// flight: one alone as it is, several as one atomic batch whose commit's
-// ack acknowledges them all. Only the commit asks for a reply: a message
-// before it that is lost (a stream leader changing) makes the server
-// refuse the batch.
+// flight (see publishMsgs). Before this Run stored a new message (see
+// settled), several are probed instead: their last one alone, empty,
+// under its Nats-Msg-Id and a Nats-Expected-Last-Sequence no stream
+// reaches. JetStream acks a duplicate, and then every one of them is
+// stored; else it refuses the probe, stores nothing, and they are
+// published (publishRefused). A Run restarted on an unconfirmed tail
+// gets through it at one round trip per batch, not per message.
 func (r *Reader) sendGathered(ctx context.Context, st *streamState) error {
 	g := &st.gather
 	msgs, a := g.msgs, g.a
 	*g = gathered{}
+	if st.batching || len(msgs) == 1 {
+		return r.publishMsgs(ctx, st, a, msgs)
+	}
+	last := msgs[len(msgs)-1]
+	probe := &nats.Msg{Subject: last.Subject, Header: nats.Header{
+		jetstream.MsgIDHeader:           last.Header[jetstream.MsgIDHeader],
+		jetstream.ExpectedStreamHeader:  []string{protocol.StreamCDC},
+		jetstream.ExpectedLastSeqHeader: []string{probeLastSeq},
+	}}
+	f, err := publishAsync(ctx, r.js, probe, func() bool { return false }, nil)
+	if err != nil {
+		return err
+	}
+	a.f, a.probe = f, msgs
+	st.flying = a
+	return nil
+}
+
+// publishMsgs publishes msgs under a, no publish being in flight: one
+// alone as it is, several as one atomic batch whose commit's ack
+// acknowledges them all. Only the commit asks for a reply: a message
+// before it that is lost (a stream leader changing) makes the server
+// refuse the batch.
+func (r *Reader) publishMsgs(ctx context.Context, st *streamState, a *ack, msgs []*nats.Msg) error {
 	none := func() bool { return false }
 	bid := ""
 	if len(msgs) > 1 {
@@ -231,6 +332,7 @@ func (r *Reader) sendGathered(ctx context.Context, st *streamState) error {
 			return err
 		}
 	}
+	a.id = msgs[0].Header.Get(jetstream.MsgIDHeader)
 	if len(msgs) > 1 {
 		a.id = fmt.Sprintf("%s (the first of an atomic batch of %d messages)", a.id, len(msgs))
 	}

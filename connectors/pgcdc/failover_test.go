@@ -244,7 +244,7 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	}
 	streamLeader(ctx, t, js)
 
-	const keys, txs = 8, 6000
+	const keys, txs = 8, 3000
 	e := &env{dsn: dsn, schema: schema, conn: conn, js: js}
 	e.cfg = pgcdc.Config{
 		DSN: dsn, Slot: schema + "_slot", Publication: schema + "_pub", Tables: []string{schema + ".k"}, Pipeline: "p1",
@@ -277,21 +277,22 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	e.exec(t, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, e.cfg.Slot)
 	<-done1
 	t.Logf("first reader stopped after %d events: %v", r1.Status().Events, stop1())
-	info, err := streamInfo(ctx, js)
-	if err != nil {
-		t.Fatal(err)
+	select { // what it had in flight is stored or refused
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("the first reader's last publish got no answer")
 	}
-	before := info.State.Msgs
-	_, batchedBefore := readStream(ctx, t, js, int(before))
+	before, batchedBefore := countBatched(ctx, t, js)
 	if batchedBefore == 0 {
 		t.Errorf("the first reader stored %d messages, none in an atomic batch", before)
 	}
 
 	r2, stop2, _ := e.start(t)
-	evs, batched := readStream(ctx, t, js, txs)
+	evs := e.events(t, txs)
 	if err := stop2(); err != nil {
 		t.Fatal(err)
 	}
+	_, batched := countBatched(ctx, t, js)
 	if republished := r2.Status().Events - int64(txs-int(before)); republished <= 0 {
 		t.Errorf("the second reader published %d events, %d were not stored: it republished none of the first one's", r2.Status().Events, txs-int(before))
 	}
@@ -299,7 +300,8 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 		t.Errorf("the second reader stored no message in an atomic batch")
 	}
 	next := map[string]int{}
-	for i, ev := range evs {
+	for i, s := range evs {
+		ev := s.ev
 		id, n := ev.After["id"].Text, ev.After["n"].Text
 		w := next[id] + 1
 		if ev.Op != protocol.OpUpdate || n != strconv.Itoa(w) {
@@ -314,6 +316,43 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	}
 	t.Logf("%d updates in order; %d of %d messages stored by atomic batches (%d by the first reader); the second republished %d events",
 		len(evs), batched, txs, batchedBefore, r2.Status().Events-int64(txs-int(before)))
+}
+
+// countBatched returns how many messages SLUICE_CDC holds, and how many
+// of them an atomic batch stored.
+func countBatched(ctx context.Context, t *testing.T, js jetstream.JetStream) (msgs uint64, batched int) {
+	t.Helper()
+	info, err := streamInfo(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, protocol.StreamCDC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for read := uint64(0); read < info.State.Msgs; {
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of the %d messages of %s", read, info.State.Msgs, protocol.StreamCDC)
+		}
+		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(200*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			read++
+			if m.Headers().Get("Nats-Batch-Id") != "" {
+				batched++
+			}
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return info.State.Msgs, batched
 }
 
 // cluster is n JetStream servers in this process, routed into one

@@ -340,11 +340,12 @@ type streamState struct {
 
 	queue    []*pending
 	inFlight int // events, published or gathered, not acknowledged yet
-	// batchable: SLUICE_CDC is replicated and allows atomic batches;
-	// batching: batchable, and this Run stored a new message (settled).
+	// batchable: SLUICE_CDC is replicated and allows atomic batches, and
+	// the messages are gathered (gather); batching: batchable, and this
+	// Run stored a new message (settled).
 	batchable, batching bool
-	// flying is the publish in flight (of a message or a batch) while
-	// batching; gather the messages packed meanwhile.
+	// flying is the publish in flight (of a message, a batch or a probe);
+	// gather the messages packed meanwhile.
 	flying   *ack
 	gather   gathered
 	acked    pglogrepl.LSN
@@ -556,11 +557,11 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 						return err
 					}
 				}
-				if err := a.wait(ctx, 0); err != nil {
+				if err := r.await(ctx, st, a); err != nil {
 					return err
 				}
 			} else {
-				ok, err := a.poll()
+				ok, err := r.check(ctx, st, a)
 				if err != nil {
 					return err
 				}
@@ -895,7 +896,7 @@ func (r *Reader) flush(ctx context.Context, st *streamState) error {
 // same way, and the Reader is not held to one message per replication
 // round trip when many small transactions come.
 func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error {
-	if st.batching {
+	if st.batchable {
 		return r.gather(ctx, st, id)
 	}
 	p := &st.pack
@@ -903,9 +904,6 @@ func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error 
 		if err := r.waitOne(ctx, st); err != nil {
 			return err
 		}
-	}
-	if st.batching { // the ack just awaited was the first of a new message
-		return r.gather(ctx, st, id)
 	}
 	msg := cdcMsg(p.subject, id, p.data, p.n)
 	_, end := r.cfg.Trace.StartBatch(ctx, connectors.BatchInfo{Events: p.n, Subject: p.subject, MsgID: id})
@@ -945,7 +943,7 @@ func (r *Reader) waitCurrent(ctx context.Context, st *streamState) error {
 		return fmt.Errorf("%d events in flight, none of them in a queued or the current transaction", st.inFlight)
 	}
 	a, n := st.futs[0].a, st.futs[0].n
-	if err := a.wait(ctx, r.cfg.AckTimeout); err != nil {
+	if err := r.await(ctx, st, a); err != nil {
 		return err
 	}
 	st.settled(a)
