@@ -32,7 +32,12 @@
 // and (c) stops when the headers of the stored messages, followed by a
 // headers-only consumer, add up to the workload's change count; after each
 // run every message is read back and checked: every change of every
-// transaction exactly once. It prints changes/s, MB/s of WAL, CPU per
+// transaction exactly once. --replicas 3 runs three JetStream servers in
+// this process, clustered on loopback, with SLUICE_CDC replicated on them
+// (each publish then waits for a round trip between servers); --no-batches
+// makes the Reader publish one message at a time there, as it did before
+// it gathered messages into atomic batches: with --tx-rows 1 the pair
+// shows what batching lifts. It prints changes/s, MB/s of WAL, CPU per
 // change, messages and events per message, the ratios and the latency
 // percentiles, and writes every figure to --out. Slots, the publication
 // and the schema are dropped at the end, also on error; a run waits for
