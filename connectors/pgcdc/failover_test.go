@@ -206,11 +206,11 @@ func TestReaderOrderAcrossLeaderFailover(t *testing.T) {
 // servers, a Reader gathers the single-row transactions of a backlog into
 // atomic batches (it is not held to one message per replication round
 // trip). A first Reader is stopped mid-backlog without confirming what it
-// published (its walsender is terminated); the next one republishes that
-// tail from the slot's confirmed position, one message at a time while
-// JetStream reports them as duplicates, then batches again. Per key, the
-// stream must hold every update once, in commit order, and messages of
-// atomic batches stored by both Readers.
+// published (its walsender is terminated); a second backlog is written;
+// the next Reader republishes the first one's tail from the slot's
+// confirmed position (probes, JetStream reporting duplicates), then
+// batches again. Per key, the stream must hold every update once, in
+// commit order, and messages of atomic batches stored by both Readers.
 func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
@@ -244,7 +244,8 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	}
 	streamLeader(ctx, t, js)
 
-	const keys, txs = 8, 3000
+	const keys, txs1, txs2 = 8, 2000, 1000
+	const txs = txs1 + txs2
 	e := &env{dsn: dsn, schema: schema, conn: conn, js: js}
 	e.cfg = pgcdc.Config{
 		DSN: dsn, Slot: schema + "_slot", Publication: schema + "_pub", Tables: []string{schema + ".k"}, Pipeline: "p1",
@@ -261,11 +262,11 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	}
 	e.exec(t, fmt.Sprintf(`CREATE PROCEDURE %[1]s.bump(txs int) LANGUAGE plpgsql AS $$
 		BEGIN FOR i IN 1..txs LOOP UPDATE %[1]s.k SET n = n + 1 WHERE id = i %% %[2]d + 1; COMMIT; END LOOP; END $$`, schema, keys))
-	e.exec(t, fmt.Sprintf(`CALL %s.bump(%d)`, schema, txs)) // one transaction per update
+	e.exec(t, fmt.Sprintf(`CALL %s.bump(%d)`, schema, txs1)) // one transaction per update
 	r1, stop1, done1 := e.start(t)
 
 	// Stop the first Reader mid-backlog, without a confirmation.
-	for r1.Status().Events < txs/4 {
+	for r1.Status().Events < txs1/10 {
 		select {
 		case <-done1:
 			t.Fatalf("the first reader stopped: %v", stop1())
@@ -282,17 +283,21 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first reader's last publish got no answer")
 	}
-	before, batchedBefore := countBatched(ctx, t, js)
+	before, batchedBefore, _ := readBatched(ctx, t, js)
 	if batchedBefore == 0 {
 		t.Errorf("the first reader stored %d messages, none in an atomic batch", before)
 	}
+	e.exec(t, fmt.Sprintf(`CALL %s.bump(%d)`, schema, txs2))
 
 	r2, stop2, _ := e.start(t)
-	evs := e.events(t, txs)
+	waitEvents(ctx, t, js, txs)
 	if err := stop2(); err != nil {
 		t.Fatal(err)
 	}
-	_, batched := countBatched(ctx, t, js)
+	msgs, batched, evs := readBatched(ctx, t, js)
+	if msgs != txs || len(evs) != txs {
+		t.Fatalf("%s holds %d events in %d messages, want %d", protocol.StreamCDC, len(evs), msgs, txs)
+	}
 	if republished := r2.Status().Events - int64(txs-int(before)); republished <= 0 {
 		t.Errorf("the second reader published %d events, %d were not stored: it republished none of the first one's", r2.Status().Events, txs-int(before))
 	}
@@ -300,8 +305,7 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 		t.Errorf("the second reader stored no message in an atomic batch")
 	}
 	next := map[string]int{}
-	for i, s := range evs {
-		ev := s.ev
+	for i, ev := range evs {
 		id, n := ev.After["id"].Text, ev.After["n"].Text
 		w := next[id] + 1
 		if ev.Op != protocol.OpUpdate || n != strconv.Itoa(w) {
@@ -318,41 +322,78 @@ func TestReaderBatchesOnReplicatedStream(t *testing.T) {
 		len(evs), batched, txs, batchedBefore, r2.Status().Events-int64(txs-int(before)))
 }
 
-// countBatched returns how many messages SLUICE_CDC holds, and how many
-// of them an atomic batch stored.
-func countBatched(ctx context.Context, t *testing.T, js jetstream.JetStream) (msgs uint64, batched int) {
+// waitEvents waits until the messages of SLUICE_CDC hold n events.
+func waitEvents(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) {
 	t.Helper()
+	for {
+		if _, _, evs, err := readAll(ctx, js); err == nil && len(evs) >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s does not hold %d events", protocol.StreamCDC, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readBatched returns how many messages SLUICE_CDC holds, how many of them
+// an atomic batch stored, and their events in stream order. It reads
+// again after an error: a request to a loaded cluster may find no leader.
+func readBatched(ctx context.Context, t *testing.T, js jetstream.JetStream) (msgs uint64, batched int, evs []protocol.ChangeEvent) {
+	t.Helper()
+	for {
+		msgs, batched, evs, err := readAll(ctx, js)
+		if err == nil {
+			return msgs, batched, evs
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read %s: %v", protocol.StreamCDC, err)
+		}
+		t.Logf("read %s (again): %v", protocol.StreamCDC, err)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readAll reads every message SLUICE_CDC holds with an ordered consumer.
+func readAll(ctx context.Context, js jetstream.JetStream) (msgs uint64, batched int, evs []protocol.ChangeEvent, err error) {
 	info, err := streamInfo(ctx, js)
 	if err != nil {
-		t.Fatal(err)
+		return 0, 0, nil, err
 	}
-	s, err := js.Stream(ctx, protocol.StreamCDC)
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	s, err := js.Stream(rctx, protocol.StreamCDC)
 	if err != nil {
-		t.Fatal(err)
+		return 0, 0, nil, err
 	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	cons, err := s.OrderedConsumer(rctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
-		t.Fatal(err)
+		return 0, 0, nil, err
 	}
-	for read := uint64(0); read < info.State.Msgs; {
-		if ctx.Err() != nil {
-			t.Fatalf("read %d of the %d messages of %s", read, info.State.Msgs, protocol.StreamCDC)
+	for msgs < info.State.Msgs {
+		if err := rctx.Err(); err != nil {
+			return 0, 0, nil, fmt.Errorf("read %d of %d messages: %w", msgs, info.State.Msgs, err)
 		}
 		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(200*time.Millisecond))
 		if err != nil {
-			t.Fatal(err)
+			return 0, 0, nil, err
 		}
 		for m := range batch.Messages() {
-			read++
+			msgs++
 			if m.Headers().Get("Nats-Batch-Id") != "" {
 				batched++
 			}
+			got, err := protocol.DecodeChangeEvents(m.Data())
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			evs = append(evs, got...)
 		}
 		if err := batch.Error(); err != nil {
-			t.Fatal(err)
+			return 0, 0, nil, err
 		}
 	}
-	return info.State.Msgs, batched
+	return msgs, batched, evs, nil
 }
 
 // cluster is n JetStream servers in this process, routed into one
