@@ -285,9 +285,13 @@ func TestCompactIcebergWhileAppending(t *testing.T) {
 	}
 
 	c := newCluster(t, clusterConfig{workers: 0})
+	// The appender commits every second while the rewrite's commit is
+	// tried: on a loaded machine an attempt can take longer than that,
+	// and lose several times before one wins (the attempts' bound is not
+	// what this test is about).
 	applyYAML(t, c, fmt.Sprintf(`name: events-compact
 pattern: compact
-dataset: {kind: iceberg, table: lake.events, warehouse: %s}
+dataset: {kind: iceberg, table: lake.events, warehouse: %s, commit_attempts: 50}
 compact: {target_file_size: 8KiB}
 `, warehouse))
 	stop := make(chan struct{})

@@ -149,7 +149,8 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 		return len(evs) >= want
 	})
 	if !ok || len(evs) != want {
-		t.Fatalf("%d events in the topic, want %d snapshot rows and %d changes", len(evs), initial, changes)
+		st, err := c.client.CDCStatus(c.ctx())
+		t.Fatalf("%d events in the topic, want %d snapshot rows and %d changes; streams: %+v (%v)", len(evs), initial, changes, st.Streams, err)
 	}
 	seen := map[string]bool{}
 	partOf := map[string]int32{}
