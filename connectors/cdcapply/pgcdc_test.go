@@ -487,7 +487,7 @@ func checkKeyOrder(t *testing.T, evs []connectors.Event) {
 	last := map[string]state{}
 	bad := 0
 	check := func(k string, ev connectors.Event, n int, gone bool) {
-		if p, ok := last[k]; ok && (p.gone && !gone || n < p.n) {
+		if p, ok := last[k]; ok && !gone && (p.gone || n < p.n) {
 			if bad++; bad <= 5 {
 				t.Errorf("key %s: %s event (seq %d, v of %d bytes) after its %s event (seq %d, v of %d bytes, gone %v): the stream went back",
 					k, ev.Op, ev.Seq, n, p.op, p.seq, p.n, p.gone)
