@@ -317,8 +317,11 @@ func TestFailedSnapshotRetried(t *testing.T) {
 // the tables (id int key, v text, big text) until stop is called; stop
 // returns the first error. Each transaction runs to its end: when stop
 // returns, none is left to commit later (a cancelled query's transaction
-// may still commit on the server after its client gave up).
-func churn(t *testing.T, dsn string, base int, tables ...string) (stop func() error) {
+// may still commit on the server after its client gave up). It waits
+// while slot is more than 1 MB behind, so that its reader keeps up
+// however loaded the machine (a chunk of an incremental snapshot needs
+// the stream to reach its watermarks).
+func churn(t *testing.T, dsn, slot string, base int, tables ...string) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -342,6 +345,18 @@ func churn(t *testing.T, dsn string, base int, tables ...string) (stop func() er
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
+			for ctx.Err() == nil {
+				var lag int64
+				if err := conn.QueryRow(context.Background(), `SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+					FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag); err != nil {
+					done <- err
+					return
+				}
+				if lag < 1<<20 {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 		done <- nil
 	}()
@@ -379,7 +394,7 @@ func TestIncrementalSnapshot(t *testing.T) {
 	rd := cdctest.StartReader(t, js, rcfg)
 	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
 	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
-	stopChurn := churn(t, dsn, 100_000, a)
+	stopChurn := churn(t, dsn, slot, 100_000, a)
 	// Churn reaches the stream before the reader stops.
 	first := cdctest.LastSeq(t, js)
 	cdctest.WaitFor(t, "churn in the stream", done, func() bool { return cdctest.LastSeq(t, js) >= first+20 })
@@ -389,7 +404,7 @@ func TestIncrementalSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopChurn()
-	stopChurn = churn(t, dsn, 10_000_000, a, b)
+	stopChurn = churn(t, dsn, slot, 10_000_000, a, b)
 	rcfg.Tables = []string{a, b}
 	rcfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: b, Reason: protocol.SnapshotAdded}}
 	rd = cdctest.StartReader(t, js, rcfg)
