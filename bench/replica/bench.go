@@ -106,7 +106,7 @@ func run(ctx context.Context, cfg config) error {
 	for rep := range cfg.reps {
 		for _, n := range cfg.tables {
 			for _, live := range []bool{false, true} {
-				for _, r := range b.replicators() {
+				for _, r := range b.replicators(n) {
 					m, err := b.throughput(ctx, r, n, live)
 					if err != nil {
 						return fmt.Errorf("%s, %d tables, %s: %w", r.name(), n, mode(live), err)
@@ -118,7 +118,7 @@ func run(ctx context.Context, cfg config) error {
 			}
 		}
 	}
-	for _, r := range b.replicators() {
+	for _, r := range b.replicators(1) {
 		l, err := b.latency(ctx, r)
 		if err != nil {
 			return fmt.Errorf("%s, latency: %w", r.name(), err)
@@ -149,13 +149,19 @@ func mode(live bool) string {
 	return "backlog"
 }
 
-func (b *bench) replicators() []replicator {
-	var out []replicator
-	if b.cfg.only != "sluice" {
-		out = append(out, &native{b: b})
+// replicators are the replicators of a workload of n tables: native,
+// Sluice, and on more than one table Sluice with parallel: tables; --only
+// keeps native, or those whose name starts with its value.
+func (b *bench) replicators(n int) []replicator {
+	all := []replicator{&native{b: b}, &sluice{b: b}}
+	if n > 1 {
+		all = append(all, &sluice{b: b, parallel: true})
 	}
-	if b.cfg.only != "native" {
-		out = append(out, &sluice{b: b})
+	var out []replicator
+	for _, r := range all {
+		if b.cfg.only == "" || strings.HasPrefix(r.name(), b.cfg.only) {
+			out = append(out, r)
+		}
 	}
 	return out
 }

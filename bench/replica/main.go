@@ -18,6 +18,10 @@
 //     --duration, each row's time from its COMMIT's return to its first
 //     sight on the replica (polled every 2 ms), as percentiles.
 //
+// On more than one table Sluice runs twice: as by default (a batch in one
+// transaction) and with parallel: tables (each table on a connection of
+// its own), the row "sluice-parallel".
+//
 // Each measurement has tables of its own (recreated in the schema --schema
 // of the source database and of the target database --target-db, which the
 // run creates), its own slot and its own publication; the subscription is
@@ -74,7 +78,7 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 20*time.Second, "latency: how long to insert")
 	flag.DurationVar(&cfg.timeout, "timeout", 10*time.Minute, "bound of each measurement")
 	flag.StringVar(&cfg.out, "out", "bench/results/replica.json", "where to write the results (JSON)")
-	flag.StringVar(&cfg.only, "only", "", "run only native or sluice")
+	flag.StringVar(&cfg.only, "only", "", "run only native, sluice (both Sluice rows) or sluice-parallel")
 	flag.IntVar(&cfg.reps, "reps", 3, "repetitions of each throughput measurement, native and Sluice interleaved; the best counts")
 	flag.StringVar(&cfg.profile, "cpuprofile", "", "write a CPU profile of this process over the whole run to FILE")
 	flag.Parse()
@@ -101,8 +105,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "replica: --target-db:", err)
 		os.Exit(2)
 	}
-	if cfg.changes < 100 || cfg.txRows < 1 || cfg.rate < 1 || cfg.reps < 1 || cfg.duration <= 0 || cfg.only != "" && cfg.only != "native" && cfg.only != "sluice" {
-		fmt.Fprintln(os.Stderr, "replica: --changes must be at least 100, --tx-rows, --reps, --rate and --duration positive, --only native or sluice")
+	if cfg.changes < 100 || cfg.txRows < 1 || cfg.rate < 1 || cfg.reps < 1 || cfg.duration <= 0 || cfg.only != "" && cfg.only != "native" && cfg.only != "sluice" && cfg.only != "sluice-parallel" {
+		fmt.Fprintln(os.Stderr, "replica: --changes must be at least 100, --tx-rows, --reps, --rate and --duration positive, --only native, sluice or sluice-parallel")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

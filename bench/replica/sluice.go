@@ -16,16 +16,23 @@ import (
 // sluice is Sluice's replica: the pgcdc Reader publishing into SLUICE_CDC
 // and the cdc_apply runner applying the events with the PostgreSQL
 // applier (create_tables: typed tables), both in this process, as a
-// worker runs them.
+// worker runs them; parallel applies each table on a connection of its own
+// (parallel: tables).
 type sluice struct {
 	b        *bench
+	parallel bool
 	pipeline string
 	cfg      pgcdc.Config
 	cancel   context.CancelFunc
 	done     chan error
 }
 
-func (s *sluice) name() string { return "sluice" }
+func (s *sluice) name() string {
+	if s.parallel {
+		return "sluice-parallel"
+	}
+	return "sluice"
+}
 
 // prepare creates the publication and the slot, so that the workload is
 // in the slot's WAL as for native replication.
@@ -51,7 +58,11 @@ func (s *sluice) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{DSN: b.targetDSN, Schema: b.cfg.schema + "_s", Pipeline: s.pipeline, CreateTables: true, Log: b.log})
+	acfg := postgres.ApplierConfig{DSN: b.targetDSN, Schema: b.cfg.schema + "_s", Pipeline: s.pipeline, CreateTables: true, Log: b.log}
+	if s.parallel {
+		acfg.Parallel = postgres.ParallelTables
+	}
+	applier, err := postgres.NewApplier(ctx, acfg)
 	if err != nil {
 		return err
 	}

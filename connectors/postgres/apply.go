@@ -25,8 +25,8 @@ import (
 const OffsetsTable = "sluice_cdc_offsets"
 
 // ApplierConfig configures an Applier. As the sink of a cdc_apply
-// pipeline its configuration is {dsn, schema, create_tables}
-// (ParseApplierConfig); the runner sets Pipeline and Log.
+// pipeline its configuration is {dsn, schema, create_tables, parallel,
+// connections} (ParseApplierConfig); the runner sets Pipeline and Log.
 type ApplierConfig struct {
 	// DSN of the target database.
 	DSN string `json:"dsn"`
@@ -43,9 +43,37 @@ type ApplierConfig struct {
 	// source table the events carry (protocol.ChangeEvent.Relation); when
 	// they carry none, every column is text.
 	CreateTables bool `json:"create_tables,omitempty"`
+	// Parallel is "tables" to apply each source table's events on a
+	// connection of its own (up to Connections), in a transaction of its
+	// own that also stores the table's applied sequence in TablesTable:
+	// the tables of a batch are applied at once, each exactly once and in
+	// stream order, but a reader of the target may see one table ahead of
+	// another (no transaction spans tables, so a foreign key between
+	// tables needs the default). Empty (the default) applies a batch in
+	// one transaction, in the source's commit order across tables.
+	Parallel string `json:"parallel,omitempty"`
+	// Connections bounds the connections of a Parallel applier (besides
+	// the one that keeps the pipeline's offset); 0 means 4. Tables share
+	// a connection when there are more of them.
+	Connections int `json:"connections,omitempty"`
 	// Log receives schema changes (created tables, added, dropped,
 	// renamed and retyped columns); nil discards them.
 	Log *slog.Logger `json:"-"`
+}
+
+// ParallelTables is the value of ApplierConfig.Parallel that applies each
+// source table on its own connection.
+const ParallelTables = "tables"
+
+// defaultConnections is the number of connections of a Parallel applier
+// when ApplierConfig.Connections is 0.
+const defaultConnections = 4
+
+func (c ApplierConfig) connections() int {
+	if c.Connections > 0 {
+		return c.Connections
+	}
+	return defaultConnections
 }
 
 // Validate checks the configuration without I/O.
@@ -58,6 +86,9 @@ func (c ApplierConfig) Validate() error {
 	}
 	if !protocol.ValidName(c.Pipeline) {
 		errs = append(errs, fmt.Errorf("pipeline %q is not a valid name", c.Pipeline))
+	}
+	if err := c.checkParallel(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -78,7 +109,23 @@ func ParseApplierConfig(config json.RawMessage) (ApplierConfig, error) {
 			return c, err
 		}
 	}
+	if err := c.checkParallel(); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// checkParallel checks Parallel and Connections.
+func (c ApplierConfig) checkParallel() error {
+	switch {
+	case c.Parallel != "" && c.Parallel != ParallelTables:
+		return &connectors.FieldError{Field: "parallel", Msg: fmt.Sprintf("want %q or nothing, not %q", ParallelTables, c.Parallel)}
+	case c.Connections < 0 || c.Connections > 64:
+		return &connectors.FieldError{Field: "connections", Msg: fmt.Sprintf("want 1 to 64, not %d", c.Connections)}
+	case c.Connections != 0 && c.Parallel == "":
+		return &connectors.FieldError{Field: "connections", Msg: `only with parallel: tables`}
+	}
+	return nil
 }
 
 // ValidateApplier checks the sink configuration of a cdc_apply pipeline
@@ -99,29 +146,48 @@ func openApplier(ctx context.Context, req connectors.StreamRequest) (connectors.
 }
 
 // Applier applies change events to a PostgreSQL database, one transaction
-// per batch together with the pipeline's offset row. It holds one
-// connection. Its methods must not be called concurrently (Run calls them
-// one at a time).
+// per batch together with the pipeline's offset row; with
+// ApplierConfig.Parallel, one transaction per connection, each applying
+// its tables' events with their applied sequence (see applyParallel). It
+// holds one connection, and a Parallel one one more per lane. Its methods
+// must not be called concurrently (Run calls them one at a time).
 type Applier struct {
 	cfg     ApplierConfig
 	log     *slog.Logger
 	offsets pgx.Identifier // OffsetsTable
 	state   pgx.Identifier // TablesTable
 
+	// main is the connection of the pipeline's offset, and the one that
+	// applies batches unless Parallel.
+	main *session
+	// sources holds the state of the source tables (by schema NUL table),
+	// as TablesTable records it; nil until read. Lanes change the entries
+	// of their own tables only, never the map.
+	sources map[string]*sourceState
+
+	// lanes are the connections of a Parallel applier, and laneOf the
+	// lane of each source table (by schema NUL table), kept for good.
+	lanes  []*session
+	laneOf map[string]int
+
+	mu     sync.Mutex
+	status []protocol.TableStatus // what TableStatus reports
+}
+
+// session is a connection of an Applier with what is known on it.
+type session struct {
 	conn *pgx.Conn
 	// Caches, valid for conn; dropped with it after a failed Apply.
 	tables map[string]*targetTable // by target schema NUL table
 	stages map[string]bool         // staging tables created on conn
-	// sources holds the state of the source tables (by schema NUL table),
-	// as TablesTable records it; nil until read on conn.
-	sources map[string]*sourceState
-
+	// stale reports that the states of the lane's source tables may
+	// differ from what the Applier holds (a rolled back transaction).
+	stale bool
 	// noDirect turns copyInserts off, for a batch applied again after it
 	// met a key the target holds.
 	noDirect bool
-
-	mu     sync.Mutex
-	status []protocol.TableStatus // what TableStatus reports
+	// n counts the source tables of a lane.
+	n int
 }
 
 // NewApplier connects to the target and creates the offsets table and the
@@ -138,12 +204,18 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if schema == "" {
 		schema = "public"
 	}
-	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}, state: pgx.Identifier{schema, TablesTable}}
-	if err := p.connect(ctx); err != nil {
+	p := &Applier{cfg: cfg, log: log.With("pipeline", cfg.Pipeline), offsets: pgx.Identifier{schema, OffsetsTable}, state: pgx.Identifier{schema, TablesTable},
+		main: &session{}, laneOf: map[string]int{}}
+	if cfg.Parallel == ParallelTables {
+		for range cfg.connections() {
+			p.lanes = append(p.lanes, &session{})
+		}
+	}
+	if err := p.connect(ctx, p.main); err != nil {
 		return nil, err
 	}
 	if cfg.CreateTables {
-		if _, err := p.conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+		if _, err := p.main.conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
 			p.Close()
 			return nil, fmt.Errorf("create schema %q: %w", schema, err)
 		}
@@ -153,7 +225,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		return nil, err
 	}
 	// The row exists before the first batch, so Apply always locks it.
-	_, err := p.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
+	_, err := p.main.conn.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, 0, now())
 		ON CONFLICT (pipeline) DO NOTHING`, cfg.Pipeline)
 	if err != nil {
 		p.Close()
@@ -162,8 +234,9 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	return p, nil
 }
 
-func (p *Applier) connect(ctx context.Context) error {
-	if p.conn != nil && !p.conn.IsClosed() {
+// connect connects s unless it is connected.
+func (p *Applier) connect(ctx context.Context, s *session) error {
+	if s.conn != nil && !s.conn.IsClosed() {
 		return nil
 	}
 	cfg, err := pgx.ParseConfig(p.cfg.DSN)
@@ -179,26 +252,38 @@ func (p *Applier) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to target: %w", err)
 	}
-	p.conn = conn
-	p.forget()
+	s.conn = conn
+	s.forget()
+	if s == p.main {
+		p.sources = nil
+	}
 	return nil
 }
 
 // forget empties the caches: what they hold may have been rolled back.
-func (p *Applier) forget() {
-	p.tables = map[string]*targetTable{}
-	p.stages = map[string]bool{}
-	p.sources = nil
+func (s *session) forget() {
+	s.tables = map[string]*targetTable{}
+	s.stages = map[string]bool{}
+	s.stale = true
 }
 
-// drop closes the connection and forgets what was known on it.
-func (p *Applier) drop() {
-	if p.conn != nil {
+// close closes the connection and forgets what was known on it.
+func (s *session) close() {
+	if s.conn != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		p.conn.Close(ctx)
+		s.conn.Close(ctx)
 		cancel()
 	}
-	p.conn, p.tables, p.sources, p.stages = nil, nil, nil, nil
+	s.conn, s.tables, s.stages = nil, nil, nil
+}
+
+// drop closes every connection and forgets what was known on them.
+func (p *Applier) drop() {
+	p.main.close()
+	for _, l := range p.lanes {
+		l.close()
+	}
+	p.sources = nil
 }
 
 // Batches of events (connectors.BatchSizer): up to applyBatchEvents, and
@@ -212,7 +297,14 @@ const (
 
 // BatchSize returns the batches the Applier works best with
 // (connectors.BatchSizer).
-func (p *Applier) BatchSize() (int, time.Duration) { return applyBatchEvents, applyBatchWait }
+// A Parallel applier takes batches of applyBatchEvents per lane, up to
+// four lanes' worth.
+func (p *Applier) BatchSize() (int, time.Duration) {
+	if len(p.lanes) > 0 {
+		return applyBatchEvents * min(len(p.lanes), 4), applyBatchWait
+	}
+	return applyBatchEvents, applyBatchWait
+}
 
 // ApplyEagerly reports that the Applier takes the messages waiting as a
 // batch at once rather than wait for a batch to fill (cdcapply's
@@ -229,11 +321,11 @@ func (p *Applier) Close() error {
 // Applied returns the pipeline's offset: the stream sequence of the last
 // event applied.
 func (p *Applier) Applied(ctx context.Context) (uint64, error) {
-	if err := p.connect(ctx); err != nil {
+	if err := p.connect(ctx, p.main); err != nil {
 		return 0, err
 	}
 	var seq int64
-	err := p.conn.QueryRow(ctx, "SELECT seq FROM "+p.offsets.Sanitize()+" WHERE pipeline = $1", p.cfg.Pipeline).Scan(&seq)
+	err := p.main.conn.QueryRow(ctx, "SELECT seq FROM "+p.offsets.Sanitize()+" WHERE pipeline = $1", p.cfg.Pipeline).Scan(&seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
@@ -241,7 +333,7 @@ func (p *Applier) Applied(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("read offset of %q: %w", p.cfg.Pipeline, err)
 	}
 	if p.sources == nil {
-		if err := p.loadStates(ctx, p.conn); err != nil {
+		if err := p.loadStates(ctx, p.main.conn); err != nil {
 			return 0, err
 		}
 		p.report()
@@ -274,59 +366,96 @@ func (p *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 			p.drop()
 		}
 	}()
+	if len(p.lanes) > 0 {
+		return p.applyParallel(ctx, events)
+	}
+	return p.applyOn(ctx, p.main, events, nil)
+}
+
+// applyOn applies events on s in one transaction (see apply), again
+// without the events of a table that met a permanent error.
+func (p *Applier) applyOn(ctx context.Context, s *session, events []connectors.Event, lane *laneBatch) error {
 	stops := map[string]*tableError{}
 	for {
-		if err := p.connect(ctx); err != nil {
+		if err := p.connect(ctx, s); err != nil {
 			return err
 		}
-		err := p.apply(ctx, events, stops)
-		if errors.Is(err, errDirectConflict) && !p.noDirect && ctx.Err() == nil {
+		err := p.apply(ctx, s, events, stops, lane)
+		if errors.Is(err, errDirectConflict) && !s.noDirect && ctx.Err() == nil {
 			// Again through staging, which takes rows the target holds.
-			p.forget()
-			p.noDirect = true
-			err = p.apply(ctx, events, stops)
-			p.noDirect = false
+			p.forget(s)
+			s.noDirect = true
+			err = p.apply(ctx, s, events, stops, lane)
+			s.noDirect = false
 		}
 		var te *tableError
 		if err == nil || !errors.As(err, &te) || !te.permanent || stops[te.id()] != nil || ctx.Err() != nil {
 			return err
 		}
 		// The transaction was rolled back: what it created is gone.
-		p.forget()
+		p.forget(s)
 		stops[te.id()] = te
 		p.log.Warn("cdc apply: stopping a table on a permanent error, the others go on", "table", te.name(), "seq", te.seq, "err", te.err)
 	}
 }
 
-// apply applies events in one transaction, skipping the tables stopped
-// before and those of stops, whose stops it records.
-func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops map[string]*tableError) error {
-	tx, err := p.conn.Begin(ctx)
+// forget forgets what s knows after a transaction on it rolled back: its
+// caches, and the states of the source tables it applies (all of them on
+// main).
+func (p *Applier) forget(s *session) {
+	s.forget()
+	if s == p.main {
+		p.sources = nil
+	}
+}
+
+// apply applies events in one transaction on s, skipping the tables
+// stopped before and those of stops, whose stops it records. Without a
+// lane it locks the pipeline's offset row, applies the events after it and
+// stores the last one's sequence there; with one, it locks the state rows
+// of the lane's tables, applies each table's events after its own applied
+// sequence (or the pipeline's offset, when further) and stores the
+// batch's last sequence as every one of them's.
+func (p *Applier) apply(ctx context.Context, s *session, events []connectors.Event, stops map[string]*tableError, lane *laneBatch) error {
+	tx, err := s.conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op after Commit
-	var applied int64
-	err = tx.QueryRow(ctx, "SELECT seq FROM "+p.offsets.Sanitize()+" WHERE pipeline = $1 FOR UPDATE", p.cfg.Pipeline).Scan(&applied)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("lock offset of %q: %w", p.cfg.Pipeline, err)
-	}
-	// The first event after the offset (Seq never decreases).
-	i, _ := slices.BinarySearchFunc(events, uint64(applied)+1, func(e connectors.Event, s uint64) int {
-		switch {
-		case e.Seq < s:
-			return -1
-		case e.Seq > s:
-			return 1
+	var floors map[string]uint64
+	if lane != nil {
+		if floors, err = p.lockTables(ctx, tx, lane.ids); err != nil {
+			return err
 		}
-		return 0
-	})
-	events = events[i:]
-	if len(events) == 0 {
-		return tx.Commit(ctx)
-	}
-	if err := p.loadStates(ctx, tx); err != nil {
-		return err
+		if s.stale {
+			if err := p.reloadStates(ctx, tx, lane.ids); err != nil {
+				return err
+			}
+			s.stale = false
+		}
+	} else {
+		var applied int64
+		err = tx.QueryRow(ctx, "SELECT seq FROM "+p.offsets.Sanitize()+" WHERE pipeline = $1 FOR UPDATE", p.cfg.Pipeline).Scan(&applied)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("lock offset of %q: %w", p.cfg.Pipeline, err)
+		}
+		// The first event after the offset (Seq never decreases).
+		i, _ := slices.BinarySearchFunc(events, uint64(applied)+1, func(e connectors.Event, s uint64) int {
+			switch {
+			case e.Seq < s:
+				return -1
+			case e.Seq > s:
+				return 1
+			}
+			return 0
+		})
+		events = events[i:]
+		if len(events) == 0 {
+			return tx.Commit(ctx)
+		}
+		if err := p.loadStates(ctx, tx); err != nil {
+			return err
+		}
 	}
 	for _, te := range stops {
 		if err := p.recordStop(ctx, tx, te); err != nil {
@@ -336,7 +465,10 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 	changes, err := collect(events, func(id string) tableFilter {
 		f := tableFilter{skip: stops[id] != nil}
 		if st := p.sources[id]; st != nil {
-			f.stopped, f.snapshot, f.snapshotting = st.stop != nil, st.snapshot, st.snapshotting
+			f.stopped, f.snapshot, f.snapshotting, f.applied = st.stop != nil, st.snapshot, st.snapshotting, st.applied
+		}
+		if lane != nil {
+			f.applied = floors[id]
 		}
 		return f
 	})
@@ -351,7 +483,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 				return err
 			}
 		}
-		tg, n, err := p.prepare(ctx, tx, t)
+		tg, n, err := p.prepare(ctx, tx, s, t)
 		if err != nil {
 			return t.fail(err)
 		}
@@ -359,7 +491,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 		if tg == nil {
 			continue // a truncate of a table that does not exist yet
 		}
-		if err := p.applyTable(ctx, tx, t, tg, uses); err != nil {
+		if err := p.applyTable(ctx, tx, s, t, tg, uses); err != nil {
 			return t.fail(fmt.Errorf("apply to %s: %w", tg.name, err))
 		}
 	}
@@ -371,15 +503,24 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 		}
 	}
 	last := events[len(events)-1].Seq
-	_, err = tx.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, $2, now())
+	if lane != nil {
+		last = lane.last
+		if err := p.storeTables(ctx, tx, lane.ids, last, lane.offset); err != nil {
+			return err
+		}
+	} else {
+		_, err = tx.Exec(ctx, `INSERT INTO `+p.offsets.Sanitize()+` (pipeline, seq, updated_at) VALUES ($1, $2, now())
 		ON CONFLICT (pipeline) DO UPDATE SET seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at`, p.cfg.Pipeline, int64(last))
-	if err != nil {
-		return fmt.Errorf("store offset %d: %w", last, err)
+		if err != nil {
+			return fmt.Errorf("store offset %d: %w", last, err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit events %d-%d: %w", events[0].Seq, last, err)
 	}
-	p.report()
+	if lane == nil {
+		p.report() // a Parallel applier reports once every lane is done
+	}
 	for _, n := range notes {
 		p.log.Info(n.msg, n.args...)
 	}
@@ -390,7 +531,7 @@ func (p *Applier) apply(ctx context.Context, events []connectors.Event, stops ma
 // COPY of the final rows and keys into a staging table, then set-based
 // statements in one round trip: fill unchanged (TOAST) and absent values
 // from the target, delete the deleted keys, upsert the rest.
-func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable, uses map[string]int) error {
+func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, s *session, t *tableChanges, tg *targetTable, uses map[string]int) error {
 	if t.truncate {
 		if _, err := tx.Exec(ctx, "TRUNCATE "+tg.ident.Sanitize()); err != nil {
 			return fmt.Errorf("truncate: %w", err)
@@ -399,8 +540,8 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 	if len(t.order) == 0 {
 		return nil
 	}
-	if !t.updated && !t.unchanged && !t.absent && !p.noDirect {
-		return p.copyInserts(ctx, tx, t, tg)
+	if !t.updated && !t.unchanged && !t.absent && !s.noDirect {
+		return copyInserts(ctx, tx, t, tg)
 	}
 	n, k := len(t.cols), len(t.key)
 	// A staging table per shape, reused across batches (ON COMMIT DELETE
@@ -409,7 +550,7 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 	shape := fmt.Sprintf("%d_%d", n, k)
 	stage := fmt.Sprintf("sluice_stage_%s_%d", shape, uses[shape])
 	uses[shape]++
-	if !p.stages[stage] {
+	if !s.stages[stage] {
 		var defs []string
 		for i := 1; i <= n; i++ {
 			defs = append(defs, fmt.Sprintf("c%d text", i))
@@ -421,7 +562,7 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, t *tableChanges, tg
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("create staging table: %w", err)
 		}
-		p.stages[stage] = true
+		s.stages[stage] = true
 	}
 	stage = "pg_temp." + stage
 
@@ -596,7 +737,7 @@ var errDirectConflict = errors.New("a direct copy of inserts met a key the targe
 // leaving a value unchanged or absent) with one COPY straight into the
 // target: no staging table, no conflict check. A key the target holds
 // already fails it with errDirectConflict.
-func (p *Applier) copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable) error {
+func copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTable) error {
 	var buf bytes.Buffer
 	rows := 0
 	for _, rc := range t.order {
@@ -630,22 +771,33 @@ func (p *Applier) copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, t
 	return nil
 }
 
-// copyText writes s in COPY's text format.
+// copyText writes s in COPY's text format: the runs of bytes that need no
+// escape written whole.
 func copyText(b *bytes.Buffer, s string) {
+	start := 0
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\':
-			b.WriteString(`\\`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\r':
-			b.WriteString(`\r`)
-		case '\t':
-			b.WriteString(`\t`)
-		default:
-			b.WriteByte(c)
+		c := s[i]
+		if c > '\\' || c > '\r' && c != '\\' {
+			continue
 		}
+		var esc string
+		switch c {
+		case '\\':
+			esc = `\\`
+		case '\n':
+			esc = `\n`
+		case '\r':
+			esc = `\r`
+		case '\t':
+			esc = `\t`
+		default:
+			continue
+		}
+		b.WriteString(s[start:i])
+		b.WriteString(esc)
+		start = i + 1
 	}
+	b.WriteString(s[start:])
 }
 
 func idents(names []string) string {

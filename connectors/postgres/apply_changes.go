@@ -81,6 +81,10 @@ type tableFilter struct {
 	// snapshotting reports a snapshot under way: after a snapshot event,
 	// before its snapshot_done event.
 	snapshotting bool
+	// applied leaves out every event at or below this stream sequence:
+	// the table's events applied already (a Parallel applier's table
+	// ahead of the pipeline's offset).
+	applied uint64
 }
 
 // collect collapses a batch of events (in stream order) per table and key.
@@ -98,8 +102,11 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 	first := map[string]uint64{}
 	filters := map[string]*tableFilter{}
 	var out []*tableChanges
-	for _, ev := range events {
-		id := ev.Schema + "\x00" + ev.Table
+	var id, schema, table string // the id of the last event's table
+	for i, ev := range events {
+		if i == 0 || ev.Schema != schema || ev.Table != table {
+			id, schema, table = ev.Schema+"\x00"+ev.Table, ev.Schema, ev.Table
+		}
 		f := filters[id]
 		if f == nil {
 			f = &tableFilter{}
@@ -117,7 +124,7 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 		}
 		switch {
-		case f.skip:
+		case f.skip, ev.Seq <= f.applied:
 			continue
 		case ev.Op == protocol.OpSnapshot:
 			if lsn <= f.snapshot {

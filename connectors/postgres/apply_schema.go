@@ -46,14 +46,14 @@ type schemaNote struct {
 // columns to follow the source's description, as needed, and checks it can
 // take t's changes. It returns a nil target for a truncate of a table that
 // does not exist when tables are created on demand.
-func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*targetTable, []schemaNote, error) {
+func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, s *session, t *tableChanges) (*targetTable, []schemaNote, error) {
 	schema := p.cfg.Schema
 	if schema == "" {
 		schema = t.schema
 	}
 	id := schema + "\x00" + t.table
 	name := schema + "." + t.table
-	tg := p.tables[id]
+	tg := s.tables[id]
 	var notes []schemaNote
 	if tg == nil {
 		var err error
@@ -79,6 +79,11 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 			return nil, nil, nil // only a truncate: nothing to do on a table that does not exist
 		}
 		ident := pgx.Identifier{schema, t.table}
+		// Lanes of a Parallel applier may create the schema at once: one
+		// at a time, or the second fails on the first's catalog row.
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('sluice_cdc_apply_schema'), hashtext($1))", schema); err != nil {
+			return nil, nil, fmt.Errorf("lock schema %q: %w", schema, err)
+		}
 		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
 			return nil, nil, fmt.Errorf("create schema %q: %w", schema, err)
 		}
@@ -133,7 +138,7 @@ func (p *Applier) prepare(ctx context.Context, tx pgx.Tx, t *tableChanges) (*tar
 			return nil, nil, connectors.Permanent(fmt.Errorf("target table %s (of source table %s) was dropped", name, t.name()))
 		}
 	}
-	p.tables[id] = tg
+	s.tables[id] = tg
 	for _, c := range t.cols {
 		if _, ok := tg.types[c]; ok {
 			if tg.generated[c] {

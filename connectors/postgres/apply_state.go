@@ -18,21 +18,22 @@ import (
 
 // What an Applier keeps of each source table, in TablesTable beside
 // OffsetsTable: the source's description it last applied, the position of
-// the last snapshot of the table it applied, and whether the table
-// stopped. It is changed in the transactions of the batches, read once per
+// the last snapshot of the table it applied, whether the table stopped,
+// and (a Parallel applier) the stream sequence up to which its events are
+// applied. It is changed in the transactions of the batches, read once per
 // connection.
 
 // createStateTables creates the offsets table and the tables table in
 // schema when missing.
 func (p *Applier) createStateTables(ctx context.Context, schema string) error {
-	_, err := p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
+	_, err := p.main.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.offsets.Sanitize()+` (
 		pipeline text PRIMARY KEY,
 		seq bigint NOT NULL,
 		updated_at timestamptz NOT NULL DEFAULT now())`)
 	if err != nil {
 		return fmt.Errorf("create offsets table %s.%s: %w", schema, OffsetsTable, err)
 	}
-	_, err = p.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.state.Sanitize()+` (
+	_, err = p.main.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+p.state.Sanitize()+` (
 		pipeline text NOT NULL,
 		source_schema text NOT NULL,
 		source_table text NOT NULL,
@@ -42,14 +43,15 @@ func (p *Applier) createStateTables(ctx context.Context, schema string) error {
 		stopped_seq bigint,
 		stopped_error text,
 		stopped_at timestamptz,
+		applied_seq bigint,
 		updated_at timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (pipeline, source_schema, source_table))`)
 	if err == nil {
 		// Made by a build that kept less.
-		_, err = p.conn.Exec(ctx, `ALTER TABLE `+p.state.Sanitize()+` ADD COLUMN IF NOT EXISTS snapshot_lsn text,
+		_, err = p.main.conn.Exec(ctx, `ALTER TABLE `+p.state.Sanitize()+` ADD COLUMN IF NOT EXISTS snapshot_lsn text,
 			ADD COLUMN IF NOT EXISTS snapshotting boolean NOT NULL DEFAULT false,
 			ADD COLUMN IF NOT EXISTS stopped_seq bigint, ADD COLUMN IF NOT EXISTS stopped_error text,
-			ADD COLUMN IF NOT EXISTS stopped_at timestamptz`)
+			ADD COLUMN IF NOT EXISTS stopped_at timestamptz, ADD COLUMN IF NOT EXISTS applied_seq bigint`)
 	}
 	if err != nil {
 		return fmt.Errorf("create tables table %s.%s: %w", schema, TablesTable, err)
@@ -70,6 +72,10 @@ type sourceState struct {
 	// snapshotting reports a snapshot under way (after its snapshot
 	// event, before its snapshot_done event).
 	snapshotting bool
+	// applied is the stream sequence up to which a Parallel applier
+	// applied the table's events (TablesTable's applied_seq; 0: none).
+	// The table's events up to the pipeline's offset are applied too.
+	applied uint64
 }
 
 // loadStates reads the state of every source table of the pipeline,
@@ -78,11 +84,38 @@ func (p *Applier) loadStates(ctx context.Context, q Querier) error {
 	if p.sources != nil {
 		return nil
 	}
+	sources, err := p.readStates(ctx, q)
+	if err != nil {
+		return err
+	}
+	p.sources = sources
+	return nil
+}
+
+// reloadStates reads again the states of the source tables ids (schema
+// NUL table), into their entries of p.sources, which exist.
+func (p *Applier) reloadStates(ctx context.Context, q Querier, ids []string) error {
+	sources, err := p.readStates(ctx, q)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		st := sources[id]
+		if st == nil {
+			st = &sourceState{}
+		}
+		*p.sources[id] = *st
+	}
+	return nil
+}
+
+// readStates reads the state of every source table of the pipeline.
+func (p *Applier) readStates(ctx context.Context, q Querier) (map[string]*sourceState, error) {
 	rows, err := q.Query(ctx, `SELECT source_schema, source_table, relation, coalesce(snapshot_lsn, ''), snapshotting,
-		stopped_seq, coalesce(stopped_error, ''), coalesce(stopped_at, now())
+		stopped_seq, coalesce(stopped_error, ''), coalesce(stopped_at, now()), coalesce(applied_seq, 0)
 		FROM `+p.state.Sanitize()+` WHERE pipeline = $1`, p.cfg.Pipeline)
 	if err != nil {
-		return fmt.Errorf("read the state of the source tables: %w", err)
+		return nil, fmt.Errorf("read the state of the source tables: %w", err)
 	}
 	sources := map[string]*sourceState{}
 	var (
@@ -91,9 +124,10 @@ func (p *Applier) loadStates(ctx context.Context, q Querier) error {
 		stopSeq                     *int64
 		stopAt                      time.Time
 		snapshotting                bool
+		applied                     int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &rel, &lsn, &snapshotting, &stopSeq, &stopErr, &stopAt}, func() error {
-		st := &sourceState{snapshotting: snapshotting}
+	_, err = pgx.ForEachRow(rows, []any{&schema, &table, &rel, &lsn, &snapshotting, &stopSeq, &stopErr, &stopAt, &applied}, func() error {
+		st := &sourceState{snapshotting: snapshotting, applied: uint64(applied)}
 		if len(rel) > 0 {
 			if err := json.Unmarshal(rel, &st.relation); err != nil {
 				return fmt.Errorf("source table %s.%s: relation: %w", schema, table, err)
@@ -112,10 +146,9 @@ func (p *Applier) loadStates(ctx context.Context, q Querier) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("read the state of the source tables: %w", err)
+		return nil, fmt.Errorf("read the state of the source tables: %w", err)
 	}
-	p.sources = sources
-	return nil
+	return sources, nil
 }
 
 // source returns the state of a source table ("schema NUL table").

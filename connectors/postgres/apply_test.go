@@ -223,12 +223,22 @@ func TestPostgresTOASTKeyChangeTruncate(t *testing.T) {
 // tables' later events are skipped, and the stops, with the sequence of
 // the first event not applied and the error, are reported and kept across
 // a reopen.
+// The same holds with parallel: tables (5 tables on 2 connections).
 func TestPostgresTableStops(t *testing.T) {
+	for _, parallel := range []string{"", postgres.ParallelTables} {
+		t.Run("parallel="+parallel, func(t *testing.T) { testTableStops(t, parallel) })
+	}
+}
+
+func testTableStops(t *testing.T, parallel string) {
 	dsn, s, conn := pgtest.DB(t)
 	ctx := context.Background()
 	pgtest.Exec(t, conn, fmt.Sprintf(`CREATE TABLE %[1]s.c (id int PRIMARY KEY, v text); CREATE TABLE %[1]s.nopk (id int, v text);
 		CREATE TABLE %[1]s.num (id int PRIMARY KEY, v int)`, s))
-	cfg := postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "stops"}
+	cfg := postgres.ApplierConfig{DSN: dsn, Schema: s, Pipeline: "stops", Parallel: parallel}
+	if parallel != "" {
+		cfg.Connections = 2
+	}
 	p := cdctest.PostgresApplier(t, cfg)
 	I := protocol.OpInsert
 	row := func(id, v string) protocol.Row { return protocol.Row{"id": T(id), "v": T(v)} }
@@ -405,7 +415,8 @@ func BenchmarkPostgresApply(b *testing.B) {
 	b.ReportMetric(float64(seq)/b.Elapsed().Seconds(), "events/s")
 }
 
-// The sink of a cdc_apply pipeline is {dsn, schema, create_tables}: the
+// The sink of a cdc_apply pipeline is {dsn, schema, create_tables,
+// parallel, connections}: the
 // dsn is required, anything else is refused naming the field; the kind is
 // registered as a cdc target.
 func TestApplierConfig(t *testing.T) {
@@ -421,9 +432,13 @@ func TestApplierConfig(t *testing.T) {
 	}
 	for raw, field := range map[string]string{
 		`{}`: "dsn",
-		`{"dsn":"postgres://u@h/db","schemaa":"x"}`:         "schemaa",
-		`{"dsn":"postgres://u@h/db","create_tables":"yes"}`: "create_tables",
-		`{"dsn":"postgres://u@h/db","schema":""}`:           "",
+		`{"dsn":"postgres://u@h/db","schemaa":"x"}`:                        "schemaa",
+		`{"dsn":"postgres://u@h/db","create_tables":"yes"}`:                "create_tables",
+		`{"dsn":"postgres://u@h/db","schema":""}`:                          "",
+		`{"dsn":"postgres://u@h/db","parallel":"tables","connections":8}`:  "",
+		`{"dsn":"postgres://u@h/db","parallel":"rows"}`:                    "parallel",
+		`{"dsn":"postgres://u@h/db","connections":2}`:                      "connections",
+		`{"dsn":"postgres://u@h/db","parallel":"tables","connections":-1}`: "connections",
 	} {
 		err := postgres.ValidateApplier(json.RawMessage(raw))
 		var fe *connectors.FieldError

@@ -153,6 +153,15 @@
 // sequence of its first event not applied, and the error) is recorded in
 // sluice_cdc_tables in the same transaction, its later events are
 // skipped, and Applier.TableStatus reports it (connectors.TableReporter).
+// With ApplierConfig.Parallel "tables" a batch is split by source table
+// and each table is applied on a connection of its own (a lane: at most
+// ApplierConfig.Connections, tables sharing them beyond), each lane in one
+// transaction that locks its tables' rows of sluice_cdc_tables, skips each
+// table's events at or below its applied_seq (or the pipeline's offset,
+// when further) and stores the batch's last sequence as their applied_seq;
+// the offset row moves once every lane committed (see apply_parallel.go).
+// Each table's events are applied once and in order; the tables of a
+// batch are not applied in one transaction.
 // Values arrive in PostgreSQL's text output format and are converted by
 // the target column type's input function (a cast of text to the type), so
 // numeric, jsonb, arrays, bytea and timestamptz round-trip exactly.

@@ -1,0 +1,21 @@
+package postgres
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestCopyText: a value in COPY's text format escapes backslash, newline,
+// carriage return and tab, and nothing else, wherever they are.
+func TestCopyText(t *testing.T) {
+	escape := strings.NewReplacer(`\`, `\\`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+	for _, s := range []string{"", "plain", `\`, "\n", "a\tb", "\r\n", `end\`, "\x00\x01\x0b\x0c\x0e]^_|~\x7f", "ü 日本 \\x\\", strings.Repeat("ab\tc\\", 50)} {
+		var b bytes.Buffer
+		b.WriteString("prefix|")
+		copyText(&b, s)
+		if got, want := b.String(), "prefix|"+escape.Replace(s); got != want {
+			t.Errorf("copyText(%q) = %q, want %q", s, got, want)
+		}
+	}
+}
