@@ -95,6 +95,14 @@ type PlanRequest struct {
 	// workers transform the units, so the source plans them in the form
 	// a contract reads (Passthrough.Rows), not an undecodable binary one.
 	Transform bool
+	// Binary is set for a Transform whose contract takes rows in a
+	// source's binary form (contract.Spec.TextColumns): a source that can
+	// read the columns TextColumns names in their text form and the
+	// others in their binary one plans its units so, sparing the decoding
+	// and encoding of every kept column; one that cannot plans them as
+	// for a Transform without it.
+	Binary      bool
+	TextColumns []string
 	// Trim is set for a live run of integer values (Window.Values): the
 	// window's high bound only caps the run. The source ends the window
 	// after the greatest value DeltaColumn holds when it plans, so a run

@@ -59,6 +59,11 @@ type Unit struct {
 	// Format names the encoding of a unit of rows ("binary" for COPY's
 	// binary format, "text"); empty for bytes of an object.
 	Format string
+	// TextColumns names the columns of a unit of rows in a binary format
+	// whose values are in their text form, as the text format would have
+	// them unescaped (PlanRequest.TextColumns); the others' are in their
+	// binary form.
+	TextColumns []string
 	// Meta holds what else the sink may keep beside the bytes, by the
 	// names the kind documents (a file's "mode").
 	Meta map[string]string

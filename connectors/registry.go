@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Registry maps connector kinds to their code: the only place that does.
@@ -588,6 +590,27 @@ func (r *Registry) OpenApplier(ctx context.Context, kind string, req StreamReque
 		req.Config = config
 		return f(ctx, req)
 	})
+}
+
+// TargetStream returns the configuration of the JetStream stream a
+// cdc_apply target of the given kind keeps (CDCTarget.Stream), req.Config's
+// `${ENV}` references expanded from the process environment; ok is false
+// when the kind keeps none. It does no other I/O.
+func (r *Registry) TargetStream(kind string, req StreamRequest) (cfg jetstream.StreamConfig, ok bool, err error) {
+	e, found := r.kinds[kind]
+	if !found || e.target == nil || e.target.Stream == nil {
+		return cfg, false, nil
+	}
+	expanded, err := r.expand(req.Config)
+	if err != nil {
+		return cfg, true, fmt.Errorf("%s %s stream: %w", kind, RoleCDCTarget, err)
+	}
+	req.Config = expanded
+	cfg, err = e.target.Stream(req)
+	if err != nil {
+		return cfg, true, fmt.Errorf("%s %s stream: %w", kind, RoleCDCTarget, r.ScrubError(err))
+	}
+	return cfg, true, nil
 }
 
 // open opens a connector of kind in role with f, after expanding `${ENV}`

@@ -3,6 +3,8 @@ package connectors
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -63,6 +65,53 @@ type StreamRequest struct {
 	Contract json.RawMessage
 	// Trace, when set, traces the stream's batches (see BatchTrace).
 	Trace BatchTrace
+	// Purge, when set, has the coordinator leader purge the messages on
+	// subject (a subject filter within the target's CDCTarget.Stream) from
+	// the target's stream, and returns once they are gone: a worker may
+	// not purge a stream itself. Nil where the process may (a test with
+	// its own server): the target then purges through JS. ctx bounds the
+	// call.
+	Purge func(ctx context.Context, subject string) error
+}
+
+// CDCApplyConsumer is the configuration of the durable pull consumer on
+// SLUICE_CDC through which cdc_apply pipeline pipeline applies upstream's
+// events, holding at most maxAckPending messages unacknowledged. The
+// coordinator leader creates it when the worker holding the pipeline's
+// lease asks (a worker may not create a consumer: one delivering to a
+// subject of its choosing would publish there on its behalf).
+func CDCApplyConsumer(pipeline, upstream string, maxAckPending int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       protocol.CDCApplyConsumer(pipeline),
+		Description:   "Sluice cdc_apply " + pipeline + " of " + upstream,
+		FilterSubject: protocol.CDCSubjectPrefix(upstream) + ">",
+		AckPolicy:     jetstream.AckAllPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: maxAckPending,
+		// One replica: a replicated consumer sends a pull request's
+		// closing status (409 Batch Completed, or Message Size Exceeds
+		// MaxBytes) before the messages it holds back until their delivery
+		// is replicated, and the fetch ends on the status with those
+		// messages lost, every time. Its state is disposable: every start
+		// positions it after the target's applied offset.
+		Replicas: 1,
+	}
+}
+
+// EnsureCDCApplyConsumer creates or updates the consumer of cdc_apply
+// pipeline pipeline on SLUICE_CDC (CDCApplyConsumer), deleting it first
+// when recreate is set.
+func EnsureCDCApplyConsumer(ctx context.Context, js jetstream.JetStream, pipeline, upstream string, maxAckPending int, recreate bool) error {
+	cfg := CDCApplyConsumer(pipeline, upstream, maxAckPending)
+	if recreate {
+		if err := js.DeleteConsumer(ctx, protocol.StreamCDC, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("delete consumer %s: %w", cfg.Durable, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, protocol.StreamCDC, cfg); err != nil {
+		return fmt.Errorf("create consumer %s: %w", cfg.Durable, err)
+	}
+	return nil
 }
 
 // BatchTrace is called by a stream around each batch of change events it
@@ -175,6 +224,14 @@ type CDCTarget struct {
 	Validate Validator
 	// Open opens the Applier.
 	Open ApplierFactory
+	// Stream, when set, returns the configuration of the JetStream stream
+	// the target writes into, for a cdc_apply pipeline with req's
+	// Pipeline, Config (its `${ENV}` references expanded) and Settings; it
+	// does no I/O. A worker may not create, update or purge a stream: the
+	// coordinator leader creates or updates this one before it grants the
+	// pipeline's lease, and purges subjects of it when the Applier asks
+	// (StreamRequest.Purge). Nil means the target keeps no stream.
+	Stream func(req StreamRequest) (jetstream.StreamConfig, error)
 	// Check, when set, checks that the target can take the events (a
 	// directory, a schema), as Checker does; nil means the kind has no
 	// check.

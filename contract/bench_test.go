@@ -1,8 +1,11 @@
 package contract_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,4 +100,85 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkHash is the hash action's cost per value: HMAC-SHA256 of a
+// value of 22 bytes, in lower-case hex (two SHA-256 compressions).
+func BenchmarkHash(b *testing.B) {
+	fn := contract.HashFunc([]byte("benchmark contract key, 32 byte"))
+	v := []byte("customer 00009e3779b1")
+	dst := make([]byte, 0, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		dst, _ = fn(dst[:0], v)
+	}
+}
+
+// ordersCopy returns the rows of ordersCSV in COPY's text format and in
+// its binary format with the contract's columns as text (the id and paid
+// in their binary forms), as a table passthrough's transform reads them.
+func ordersCopy(n int) (text, bin []byte) {
+	bin = append([]byte("PGCOPY\n\xff\r\n\x00"), 0, 0, 0, 0, 0, 0, 0, 0)
+	for i := 1; i <= n; i++ {
+		f := []string{fmt.Sprint(i), fmt.Sprintf("customer %012x", i*2654435761), fmt.Sprintf("%d.%02d", i%100000, i%97),
+			fmt.Sprintf("2024-01-%02d 10:%02d:%02d.123457+00", 1+i%28, i%60, i%60), fmt.Sprint(i * 7 % 1000),
+			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5]}
+		text = append(text, strings.Join(f, "\t")+"\n"...)
+		bin = binary.BigEndian.AppendUint16(bin, 7)
+		for j, v := range f {
+			b := []byte(v)
+			switch j {
+			case 0:
+				b = binary.BigEndian.AppendUint64(nil, uint64(i))
+			case 5:
+				b = []byte{map[bool]byte{true: 1, false: 0}[i%3 == 0]}
+			}
+			bin = binary.BigEndian.AppendUint32(bin, uint32(len(b)))
+			bin = append(bin, b...)
+		}
+	}
+	return text, append(bin, 0xff, 0xff)
+}
+
+// BenchmarkCopy is the contract's cost on a table passthrough's units:
+// COPY's text format (contract.CopyText) beside its binary format with
+// the transformed columns as text (contract.CopyBinary).
+func BenchmarkCopy(b *testing.B) {
+	const rows = 10_000
+	text, bin := ordersCopy(rows)
+	cols := []string{"id", "customer", "amount", "created_at", "quantity", "paid", "status"}
+	spec, problems := contract.Parse([]byte(overheadContract))
+	if len(problems) > 0 {
+		b.Fatal(problems)
+	}
+	c, err := contract.Compile(spec, func(string) (string, bool) { return "benchmark contract key, 32 byte", true })
+	if err != nil {
+		b.Fatal(err)
+	}
+	textCols, _ := spec.TextColumns()
+	for _, format := range []string{"text", "binary"} {
+		b.Run(format, func(b *testing.B) {
+			cpu0 := cpuTime()
+			for b.Loop() {
+				var r io.Reader
+				if format == "text" {
+					t, err := c.CopyText(cols)
+					if err != nil {
+						b.Fatal(err)
+					}
+					r = t.Reader(bytes.NewReader(text))
+				} else {
+					t, err := c.CopyBinary(cols, textCols)
+					if err != nil {
+						b.Fatal(err)
+					}
+					r = t.Reader(bytes.NewReader(bin))
+				}
+				if _, err := io.Copy(io.Discard, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(rows)/float64(b.N), "cpu-ns/row")
+		})
+	}
 }

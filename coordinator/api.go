@@ -92,6 +92,10 @@ func (t *leaderTerm) serveAPI(ctx context.Context, m *nats.Msg) {
 		reply, err = t.apiLeaseRenew(m.Data)
 	case protocol.VerbCDCStatus:
 		reply, err = t.apiCDCStatus()
+	case protocol.VerbStreamPurge:
+		reply, err = t.apiStreamPurge(ctx, m.Data)
+	case protocol.VerbStreamConsumer:
+		reply, err = t.apiStreamConsumer(ctx, m.Data)
 	case protocol.VerbCDCResnapshot:
 		reply, err = t.apiCDCResnapshot(m.Data)
 	case protocol.VerbDelete:

@@ -152,6 +152,9 @@ func (t *leaderTerm) planSource(ctx context.Context, r *runState, src connectors
 	}
 	// A transform's units go through its contract on the workers.
 	req.Transform = r.Transform && r.Contract.Changes()
+	if req.Transform {
+		req.TextColumns, req.Binary = r.Contract.TextColumns()
+	}
 	us, ok := src.(connectors.UnitSource)
 	if !ok {
 		return connectors.Plan{}, connectors.Permanent(fmt.Errorf("a %s source cannot be the source of a passthrough", r.Source.Kind))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/pipeline"
@@ -96,6 +97,9 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 	if !ok {
 		return nil // no live worker: try again next tick
 	}
+	if err := t.ensureTargetStream(ctx, p); err != nil {
+		return err
+	}
 	epoch := uint64(1)
 	if st != nil {
 		epoch = st.Epoch + 1
@@ -144,6 +148,124 @@ func (t *leaderTerm) tendStream(ctx context.Context, log *slog.Logger, p *pipeli
 		return fmt.Errorf("worker %s refused the stream: %s", w, cmp.Or(reply.Error, fmt.Sprint(err)))
 	}
 	return nil
+}
+
+// targetStream returns the configuration of the JetStream stream the
+// target of cdc_apply pipeline p keeps (connectors.CDCTarget.Stream); ok
+// is false when it keeps none.
+func (t *leaderTerm) targetStream(p *pipelineState) (jetstream.StreamConfig, bool, error) {
+	if p.Spec.Pattern != protocol.PatternCDCApply {
+		return jetstream.StreamConfig{}, false, nil
+	}
+	return t.c.reg.TargetStream(p.Spec.Sink.Kind, connectors.StreamRequest{
+		Pipeline: p.Spec.Name, Config: p.Spec.Sink.Config, Settings: p.Spec.StreamSettings()})
+}
+
+// ensureTargetStream creates or updates the stream the target of a
+// cdc_apply pipeline keeps, before its lease is granted: a worker may
+// only write into it.
+func (t *leaderTerm) ensureTargetStream(ctx context.Context, p *pipelineState) error {
+	cfg, ok, err := t.targetStream(p)
+	if err != nil || !ok {
+		return err
+	}
+	if _, err := t.c.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("create stream %s: %w", cfg.Name, err)
+	}
+	return nil
+}
+
+// leaseHolder returns cdc_apply pipeline name when worker holds its lease
+// at epoch, or why not.
+func (t *leaderTerm) leaseHolder(name, worker string, epoch uint64) (*pipelineState, string) {
+	p, ok := t.c.fsm.pipeline(name)
+	switch {
+	case !ok:
+		return nil, fmt.Sprintf("pipeline %q not found", name)
+	case p.Spec.Pattern != protocol.PatternCDCApply:
+		return nil, fmt.Sprintf("%s is not a cdc_apply pipeline", name)
+	case p.Stream == nil || p.Stream.Epoch != epoch || p.Stream.Worker != worker:
+		return nil, fmt.Sprintf("%s does not hold the lease of %s at epoch %d", worker, name, epoch)
+	}
+	return p, ""
+}
+
+// maxConsumerAckPending bounds the messages a cdc_apply consumer holds
+// unacknowledged.
+const maxConsumerAckPending = 1 << 20
+
+// apiStreamConsumer creates the consumer on SLUICE_CDC of a cdc_apply
+// pipeline, for the worker holding the pipeline's lease.
+func (t *leaderTerm) apiStreamConsumer(ctx context.Context, data []byte) (any, error) {
+	var req protocol.StreamConsumerRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	p, why := t.leaseHolder(req.Pipeline, req.Worker, req.Epoch)
+	if p == nil {
+		return protocol.StreamOpReply{Reason: why}, nil
+	}
+	if req.MaxAckPending < 1 || req.MaxAckPending > maxConsumerAckPending {
+		return nil, invalid("max_ack_pending: want 1 to %d, not %d", maxConsumerAckPending, req.MaxAckPending)
+	}
+	if err := connectors.EnsureCDCApplyConsumer(ctx, t.c.js, p.Spec.Name, p.Spec.ApplyUpstream(), req.MaxAckPending, req.Recreate); err != nil {
+		return nil, err
+	}
+	return protocol.StreamOpReply{OK: true}, nil
+}
+
+// apiStreamPurge purges subjects of the stream a cdc_apply pipeline's
+// target keeps, for the worker holding the pipeline's lease.
+func (t *leaderTerm) apiStreamPurge(ctx context.Context, data []byte) (any, error) {
+	var req protocol.StreamPurgeRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	p, why := t.leaseHolder(req.Pipeline, req.Worker, req.Epoch)
+	if p == nil {
+		return protocol.StreamOpReply{Reason: why}, nil
+	}
+	cfg, ok, err := t.targetStream(p)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return protocol.StreamOpReply{Reason: fmt.Sprintf("the target of %s keeps no stream", req.Pipeline)}, nil
+	}
+	if !slices.ContainsFunc(cfg.Subjects, func(s string) bool { return subjectWithin(req.Subject, s) }) {
+		return protocol.StreamOpReply{Reason: fmt.Sprintf("%q is not a subject of stream %s", req.Subject, cfg.Name)}, nil
+	}
+	s, err := t.c.js.Stream(ctx, cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSubject(req.Subject)); err != nil {
+		return nil, fmt.Errorf("purge %s of %s: %w", req.Subject, cfg.Name, err)
+	}
+	t.c.log.Debug("stream purged", "pipeline", req.Pipeline, "worker", req.Worker, "stream", cfg.Name, "subject", req.Subject)
+	return protocol.StreamOpReply{OK: true}, nil
+}
+
+// subjectWithin reports whether every subject filter matches is one
+// pattern matches too: each token of filter is the same as pattern's, or
+// pattern has a wildcard there ('*' one token, '>' one or more).
+func subjectWithin(filter, pattern string) bool {
+	f, p := strings.Split(filter, "."), strings.Split(pattern, ".")
+	for i, pt := range p {
+		switch {
+		case pt == ">":
+			return len(f) > i
+		case i >= len(f):
+			return false
+		case pt == "*":
+			if f[i] == ">" {
+				return false
+			}
+		case f[i] != pt:
+			return false
+		}
+	}
+	return len(f) == len(p)
 }
 
 // pickWorker chooses the live worker holding the fewest streams, avoiding

@@ -129,6 +129,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamConfig
 		Duplicates:  protocol.CDCDuplicateWindow,
 		MaxBytes:    cfg.CDCMaxBytes,
 		Discard:     jetstream.DiscardNew,
+		// A CDC reader gathers its messages into atomic batches on a
+		// replicated stream (pgcdc.Reader's gather).
+		AllowAtomicPublish: true,
 	}}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage

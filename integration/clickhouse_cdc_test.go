@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,10 @@ import (
 // (its staging tables exist). At the end the FINAL state of each
 // ClickHouse table (its documented query) equals the source table, by row
 // count and by a checksum of the rows the test renders itself on both
-// sides; no staging table is left.
+// sides; no staging table is left. Per key, the versions the tables store
+// (their merges stopped, so that every version stays) follow the source's
+// commit order, told by a value each update of the workload makes grow
+// (checkVersionOrder).
 func TestClickHouseCDCThroughCluster(t *testing.T) {
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
@@ -105,6 +109,19 @@ func TestClickHouseCDCThroughCluster(t *testing.T) {
 		}
 		return false
 	})
+
+	// The targets' merges stop once the applier made them (the
+	// snapshot's rows): every version applied from then on stays, for
+	// checkVersionOrder.
+	waitFor(t, 3*time.Minute, "the target tables", func() bool {
+		n, err := cl.Int(ctx, "SELECT count() FROM system.tables WHERE database = '"+db+"' AND name IN ('accounts', 'orders', 'events')")
+		return err == nil && n == 3
+	})
+	for _, tb := range cdcTables {
+		if err := cl.Exec(ctx, "SYSTEM STOP MERGES "+db+"."+tb); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	const total = 50_000
 	var done atomic.Int64
@@ -192,6 +209,69 @@ func TestClickHouseCDCThroughCluster(t *testing.T) {
 	if err != nil || len(left) > 0 {
 		t.Errorf("staging tables left: %v %v", left, err)
 	}
+	// Each update of the workload makes a value of the row grow: balance
+	// by 1, note and kind by a letter.
+	for tb, counter := range map[string]string{"accounts": "balance", "orders": "note", "events": "kind"} {
+		checkVersionOrder(t, cl, db, tb, counter)
+	}
+}
+
+// checkVersionOrder reads every version of every key that a ClickHouse
+// target of cdc_apply stores (not FINAL: FINAL keeps the highest) and
+// fails the test unless, per key, ordered by version as the table orders
+// them, the source's own update counter grows: counter is a column each
+// update of the source makes larger (a number, or a text by its length),
+// so a version holding an older row than a lower version is out of the
+// source's commit order. Rows of one version are equal (a batch moved in
+// twice); a deletion is the key's last version (keys are not reused).
+func checkVersionOrder(t *testing.T, cl *clickhouse.Client, db, table, counter string) {
+	t.Helper()
+	rows, err := cl.Rows(context.Background(), fmt.Sprintf("SELECT toString(id), %s, _sluice_version, _sluice_index, _sluice_deleted FROM %s.%s ORDER BY id, _sluice_version, _sluice_index",
+		counter, db, table))
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(b []byte) float64 {
+		if n, err := strconv.ParseFloat(string(b), 64); err == nil {
+			return n
+		}
+		return float64(len(b)) // a text that grows; NULL is empty
+	}
+	keys, pairs, bad := 0, 0, 0
+	for i, r := range rows {
+		id, ver, deleted := string(r[0]), string(r[2])+"/"+string(r[3]), string(r[4]) == "1"
+		if i == 0 || string(rows[i-1][0]) != id {
+			keys++
+			continue
+		}
+		prev := rows[i-1]
+		prevVer, prevDeleted := string(prev[2])+"/"+string(prev[3]), string(prev[4]) == "1"
+		var why string
+		switch {
+		case ver == prevVer:
+			if string(r[1]) != string(prev[1]) || deleted != prevDeleted {
+				why = "another row at the same version"
+			}
+		case prevDeleted && !deleted:
+			why = "a row after the key's deletion"
+		case !deleted && value(r[1]) <= value(prev[1]):
+			why = fmt.Sprintf("%s %q after %q", counter, r[1], prev[1])
+		}
+		if ver != prevVer {
+			pairs++
+		}
+		if why != "" {
+			if bad++; bad <= 5 {
+				t.Errorf("%s.%s key %s: version %s holds %q (deleted %v) after version %s (deleted %v): %s",
+					db, table, id, ver, r[1], deleted, prevVer, prevDeleted, why)
+			}
+		}
+	}
+	if bad > 0 || pairs == 0 {
+		t.Errorf("%s.%s: %d of %d versions out of the source's order (%d keys, %d rows stored)", db, table, bad, pairs, keys, len(rows))
+		return
+	}
+	t.Logf("%s: per key, %d versions after the key's version before follow the source's order (%d keys, %d rows stored)", table, pairs, keys, len(rows))
 }
 
 // rowLine renders one row: each value quoted, NULL as a marker no quoted

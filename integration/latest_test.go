@@ -4,25 +4,66 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/sluicehq/sluice/connectors"
+	"github.com/sluicehq/sluice/connectors/builtin"
 	"github.com/sluicehq/sluice/connectors/latest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
+	"github.com/sluicehq/sluice/devcluster"
 	"github.com/sluicehq/sluice/pipeline"
 	"github.com/sluicehq/sluice/protocol"
 )
 
 // A latest-state stream through the cluster: a cdc pipeline's snapshot and
-// then inserts, updates (one changing the key) and deletes, kept by a
-// cdc_apply pipeline of kind latest; a consumer reading one message per
-// subject rebuilds exactly the table's current rows.
+// then inserts, updates (one changing the key), deletes and a truncate,
+// kept by a cdc_apply pipeline of kind latest; a consumer reading one
+// message per subject rebuilds exactly the table's current rows.
 func TestCDCLatestState(t *testing.T) {
+	c := newCluster(t, clusterConfig{workers: 2})
+	testLatestState(t, c.reg, c.js, func(s pipeline.Spec) error {
+		_, err := c.client.Apply(c.ctx(), s)
+		return err
+	})
+}
+
+// The same on a cluster whose NATS users have Sluice's roles and whose
+// leader signs what it issues: the workers, which may neither create nor
+// purge a stream, keep the latest state in the stream the leader created,
+// the snapshot's and the truncate's purges made by the leader.
+func TestCDCLatestStateSecured(t *testing.T) {
+	reg := builtin.Registry()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cfg := devcluster.Config{DataDir: filepath.Join(t.TempDir(), "dev"), Workers: 2, Slots: 2,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Tracer: noop.NewTracerProvider(), Registry: reg, Roles: true, Sign: true}
+	err := devcluster.Run(ctx, cfg, func(ctx context.Context, l *devcluster.Cluster) error {
+		js, err := jetstream.New(l.NC) // the admin's
+		if err != nil {
+			return err
+		}
+		testLatestState(t, reg, js, func(s pipeline.Spec) error {
+			_, err := l.Client.Apply(ctx, s)
+			return err
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testLatestState(t *testing.T, reg *connectors.Registry, js jetstream.JetStream, apply func(pipeline.Spec) error) {
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := strings.ToLower(schema)
@@ -48,22 +89,21 @@ func TestCDCLatestState(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	})
-	c := newCluster(t, clusterConfig{workers: 2})
 	for _, y := range []string{
 		fmt.Sprintf("name: items\npattern: cdc\nsource:\n  kind: postgres\n  dsn: %s\n  tables: [%s.items]\ncdc:\n  slot: %s\n  publication: %s\n  lease: 2s\n", dsn, schema, slot, slot),
 		"name: items-latest\npattern: cdc_apply\nsource: {kind: cdc, pipeline: items}\nsink: {kind: latest}\ncdc: {lease: 2s}\n",
 	} {
-		s, err := pipeline.Load([]byte(y), "spec.yaml", c.reg, nil)
+		s, err := pipeline.Load([]byte(y), "spec.yaml", reg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.client.Apply(c.ctx(), s); err != nil {
+		if err := apply(s); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// state rebuilds the rows from the stream: id -> v.
 	state := func() (map[string]string, error) {
-		s, err := c.js.Stream(ctx, latest.StreamName("items"))
+		s, err := js.Stream(ctx, latest.StreamName("items"))
 		if err != nil {
 			return nil, err
 		}
@@ -122,5 +162,24 @@ func TestCDCLatestState(t *testing.T) {
 	got, _ := state()
 	if len(got) != len(table()) || got["1001"] != "v1" || got["1"] != "" {
 		t.Errorf("rebuilt %d rows; row 1001 %q, row 1 %q", len(got), got["1001"], got["1"])
+	}
+	// A truncate purges the table's subjects; the rows inserted after it
+	// are the whole state.
+	for _, q := range []string{`TRUNCATE %s.items`, `INSERT INTO %s.items SELECT g, 'after ' || g FROM generate_series(1, 20) g`} {
+		if _, err := conn.Exec(ctx, fmt.Sprintf(q, schema)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, "the truncate in the latest-state stream", same)
+	s, err := js.Stream(ctx, latest.StreamName("items"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(latest.TableSubject("items", schema, "items")+".>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.State.Subjects) != 20 {
+		t.Errorf("after the truncate the table has %d subjects, want the 20 rows inserted after it", len(info.State.Subjects))
 	}
 }

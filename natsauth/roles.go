@@ -17,8 +17,11 @@ const (
 	// publishes tasks, answers the control API and reads every stream.
 	RoleCoordinator Role = "coordinator"
 	// RoleWorker runs `sluice worker`: it pulls tasks, publishes results
-	// and heartbeats, renews stream leases and writes change events. It
-	// cannot publish a task, a trigger or any other API request.
+	// and heartbeats, renews stream leases, writes change events and
+	// latest-state rows, and consumes SLUICE_CDC. It cannot publish a
+	// task, a trigger or another API request, nor create, update, delete
+	// or purge a stream, nor create or delete a consumer (see
+	// workerPublish).
 	RoleWorker Role = "worker"
 	// RoleTrigger publishes trigger events (sluice.trigger.<pipeline>)
 	// and nothing else.
@@ -28,7 +31,8 @@ const (
 	RoleObserver Role = "observer"
 	// RoleAdmin runs the client commands that change the cluster (apply,
 	// run, delete, rollback, backfill, dlq replay): every API verb but
-	// the workers' lease renewals, triggers, and JetStream's API.
+	// the workers' (lease renewals, stream requests), triggers, and
+	// JetStream's API.
 	RoleAdmin Role = "admin"
 )
 
@@ -60,30 +64,65 @@ var ReadOnlyVerbs = []string{
 	protocol.VerbBackfillGet, protocol.VerbBackfills, protocol.VerbPipelineGet, protocol.VerbCDCStatus,
 }
 
-// coreStreams are the streams only the coordinator may delete, purge,
-// update or delete messages of.
+// coreStreams are Sluice's own streams, which the coordinator creates.
 var coreStreams = []string{
 	protocol.StreamTasks, protocol.StreamResults, protocol.StreamTriggers,
 	protocol.StreamEvents, protocol.StreamDLQ, protocol.StreamExternal, protocol.StreamCDC,
 }
 
-// jsDestructive are the JetStream API subjects that delete or rewrite a
-// core stream or the workers' task consumer.
-func jsDestructive() []string {
+// workerPublish is what a worker publishes: its messages, and the
+// JetStream API requests it makes, each on the streams it needs. NATS
+// matches whole tokens, so a stream or consumer name of the pattern is
+// exact or any ('*'):
+//
+//   - tasks: the shared consumer's information and pulls, and the acks
+//     (ack, nak, in progress, term) of its deliveries;
+//   - results, heartbeats, change events (sluice.cdc.>), latest-state
+//     rows (sluice.latest.>): plain or JetStream publications;
+//   - the control API's lease renewals, and the requests that have the
+//     leader do for the holder of a cdc_apply lease what a worker may not:
+//     create its consumer on SLUICE_CDC (a consumer's creator chooses
+//     where a push consumer delivers: the server would publish there on
+//     its behalf, a control API request for one), purge subjects of its
+//     target's stream;
+//   - cdc_apply: its consumer on SLUICE_CDC looked up, pulled and reset to
+//     a sequence, its deliveries acknowledged; SLUICE_CDC's information;
+//   - the latest-state applier: a stream's information (it looks its
+//     stream up) and the last message of a subject (STREAM.MSG.GET, to
+//     which workerDeny denies Sluice's own streams).
+//
+// Streams are made, changed, purged and deleted by the coordinator.
+func workerPublish() []string {
+	tasks := protocol.StreamTasks + "." + protocol.ConsumerWorkers
+	cdc := protocol.StreamCDC
+	return []string{
+		protocol.SubjectResultsAll,
+		protocol.SubjectHeartbeat,
+		protocol.SubjectCDCAll,
+		"sluice.latest.>",
+		protocol.APISubject(protocol.VerbLeaseRenew),
+		protocol.APISubject(protocol.VerbStreamConsumer),
+		protocol.APISubject(protocol.VerbStreamPurge),
+		"$JS.API.CONSUMER.INFO." + tasks,
+		"$JS.API.CONSUMER.MSG.NEXT." + tasks,
+		"$JS.ACK." + tasks + ".>",
+		"$JS.API.CONSUMER.INFO." + cdc + ".*",
+		"$JS.API.CONSUMER.MSG.NEXT." + cdc + ".*",
+		"$JS.API.CONSUMER.RESET." + cdc + ".*",
+		"$JS.ACK." + cdc + ".>",
+		"$JS.API.STREAM.INFO.*",
+		"$JS.API.STREAM.MSG.GET.*",
+	}
+}
+
+// workerDeny narrows workerPublish: no message of a Sluice stream is read
+// by its sequence or subject (tasks come through the consumer).
+func workerDeny() []string {
 	var s []string
 	for _, st := range coreStreams {
-		s = append(s,
-			"$JS.API.STREAM.DELETE."+st,
-			"$JS.API.STREAM.PURGE."+st,
-			"$JS.API.STREAM.UPDATE."+st,
-			"$JS.API.STREAM.MSG.DELETE."+st,
-		)
+		s = append(s, "$JS.API.STREAM.MSG.GET."+st)
 	}
-	return append(s,
-		"$JS.API.CONSUMER.DELETE."+protocol.StreamTasks+".>",
-		"$JS.API.CONSUMER.DELETE."+protocol.StreamResults+".>",
-		"$JS.API.CONSUMER.DELETE."+protocol.StreamTriggers+".>",
-	)
+	return s
 }
 
 // noForgery is what no client but the server itself may publish: the
@@ -103,17 +142,8 @@ func PermissionsOf(role Role) Permissions {
 		}
 	case RoleWorker:
 		return Permissions{
-			PublishAllow: []string{
-				protocol.SubjectResultsAll,
-				protocol.SubjectHeartbeat,
-				protocol.APISubject(protocol.VerbLeaseRenew),
-				protocol.SubjectCDCAll,
-				"sluice.latest.>",
-				"$JS.API.>",
-				"$JS.ACK.>",
-				"$JS.FC.>",
-			},
-			PublishDeny:    append(slices.Clone(noForgery), jsDestructive()...),
+			PublishAllow:   workerPublish(),
+			PublishDeny:    append(slices.Clone(noForgery), workerDeny()...),
 			SubscribeAllow: []string{"_INBOX.>", "sluice.workers.*.stream"},
 			AllowResponses: true,
 		}
@@ -143,7 +173,8 @@ func PermissionsOf(role Role) Permissions {
 				"$JS.API.>",
 				"$JS.ACK.>",
 			},
-			PublishDeny:    append(slices.Clone(noForgery), protocol.APISubject(protocol.VerbLeaseRenew)),
+			PublishDeny: append(slices.Clone(noForgery), protocol.APISubject(protocol.VerbLeaseRenew),
+				protocol.APISubject(protocol.VerbStreamConsumer), protocol.APISubject(protocol.VerbStreamPurge)),
 			SubscribeAllow: []string{"_INBOX.>", protocol.SubjectEventsAll},
 		}
 	}

@@ -22,6 +22,13 @@ const (
 	// VerbCDCResnapshot asks for an incremental snapshot of a table of a
 	// cdc pipeline (`sluice cdc resnapshot`).
 	VerbCDCResnapshot = "cdc.resnapshot"
+	// VerbStreamPurge asks the leader to purge subjects of the JetStream
+	// stream a cdc_apply pipeline's target keeps (StreamPurgeRequest);
+	// VerbStreamConsumer to create a cdc_apply pipeline's consumer on
+	// SLUICE_CDC (StreamConsumerRequest). Workers may neither purge a
+	// stream nor create a consumer themselves.
+	VerbStreamPurge    = "stream.purge"
+	VerbStreamConsumer = "stream.consumer"
 )
 
 // ResnapshotRequest asks for an incremental snapshot of Table, one of the
@@ -148,6 +155,37 @@ type LeaseRenewRequest struct {
 // LeaseRenewReply answers a renewal. A refused renewal (OK false) means the
 // worker must stop the stream now.
 type LeaseRenewReply struct {
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// StreamPurgeRequest asks the leader to purge the messages on Subject (a
+// subject filter) from the stream the target of cdc_apply pipeline
+// Pipeline keeps. The leader purges only for the holder of the pipeline's
+// lease (Worker at Epoch) and only subjects of that stream.
+type StreamPurgeRequest struct {
+	Pipeline string `json:"pipeline"`
+	Worker   string `json:"worker"`
+	Epoch    uint64 `json:"epoch"`
+	Subject  string `json:"subject"`
+}
+
+// StreamConsumerRequest asks the leader to create the durable consumer on
+// SLUICE_CDC of cdc_apply pipeline Pipeline, holding at most MaxAckPending
+// messages unacknowledged, after deleting it when Recreate is set. The
+// leader does it only for the holder of the pipeline's lease (Worker at
+// Epoch), and chooses the rest of the consumer's configuration.
+type StreamConsumerRequest struct {
+	Pipeline      string `json:"pipeline"`
+	Worker        string `json:"worker"`
+	Epoch         uint64 `json:"epoch"`
+	MaxAckPending int    `json:"max_ack_pending"`
+	Recreate      bool   `json:"recreate,omitempty"`
+}
+
+// StreamOpReply answers a StreamPurgeRequest or a StreamConsumerRequest:
+// OK once it is done, or why it was not.
+type StreamOpReply struct {
 	OK     bool   `json:"ok"`
 	Reason string `json:"reason,omitempty"`
 }

@@ -45,7 +45,7 @@ func (w *Worker) executeUnits(ctx context.Context, task protocol.Task, attempt i
 	err = us.ReadUnits(ctx, task.Partition, func(ctx context.Context, u connectors.Unit) error {
 		// Between the read and the write: the contract's transform, so
 		// that nothing it removes leaves the worker.
-		var tr *contract.CopyTextReader
+		var tr interface{ Err() error }
 		if uc != nil {
 			var err error
 			if u, tr, err = uc.apply(u); err != nil {
@@ -77,9 +77,12 @@ type unitsContract struct {
 	// generated names the source's generated columns, which a unit does
 	// not carry: the target computes them from the copied columns.
 	generated map[string]bool
-	// text is the contract compiled for the columns of the last unit.
+	// text is the contract compiled for the columns of the last unit in
+	// the text format, bin for those of the last in the binary one.
 	text        *contract.CopyText
 	textColumns []string
+	bin         *contract.CopyBinary
+	binColumns  [2][]string // the unit's Columns and TextColumns
 }
 
 // unitContract compiles the contract of a task of a transform planned in
@@ -118,8 +121,26 @@ var errBinaryUnit = errors.New("the unit is in a binary format the contract cann
 
 // apply returns u with the contract applied: its Body transformed as it
 // is read, its Columns the ones the contract keeps. A unit the contract
-// leaves as it is passes unchanged, whatever its format.
-func (uc *unitsContract) apply(u connectors.Unit) (connectors.Unit, *contract.CopyTextReader, error) {
+// leaves as it is passes unchanged, whatever its format. A unit in the
+// binary format goes through contract.CopyBinary, which takes the values
+// of the columns the source read as text (TextColumns), the others' bytes
+// passing undecoded.
+func (uc *unitsContract) apply(u connectors.Unit) (connectors.Unit, interface{ Err() error }, error) {
+	if u.Format == "binary" {
+		if uc.bin == nil || !slices.Equal(uc.binColumns[0], u.Columns) || !slices.Equal(uc.binColumns[1], u.TextColumns) {
+			t, err := uc.c.CopyBinary(u.Columns, u.TextColumns)
+			if err != nil {
+				return u, nil, err
+			}
+			uc.bin, uc.binColumns = t, [2][]string{u.Columns, u.TextColumns}
+		}
+		if uc.bin.Same() {
+			return u, nil, nil
+		}
+		tr := uc.bin.Reader(u.Body)
+		u.Body, u.Columns, u.TextColumns = tr, uc.bin.Columns(), nil
+		return u, tr, nil
+	}
 	if uc.text == nil || !slices.Equal(uc.textColumns, u.Columns) {
 		t, err := uc.c.CopyText(u.Columns)
 		if err != nil {

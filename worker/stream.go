@@ -36,7 +36,11 @@ func (w *Worker) openStream(ctx context.Context, a protocol.StreamAssignment, lo
 		return w.reg.OpenCDCSource(ctx, a.Source.Kind, req)
 	case protocol.PatternCDCApply:
 		req.Config = a.Sink.Config
-		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream, Trace: req.Trace}
+		req.Purge = func(ctx context.Context, subject string) error { return w.purge(ctx, a, subject) }
+		cfg := cdcapply.Config{Pipeline: a.Pipeline, Upstream: a.Settings.Upstream, Trace: req.Trace,
+			Consumer: func(ctx context.Context, maxAckPending int, recreate bool) error {
+				return w.consumer(ctx, a, maxAckPending, recreate)
+			}}
 		if len(a.Contract) > 0 {
 			// The events are transformed before the applier sees them.
 			ct, err := contract.Open(a.Contract)
@@ -250,6 +254,67 @@ func (w *Worker) renew(ctx context.Context, a protocol.StreamAssignment, st prot
 	}
 	return r.OK, r.Reason, nil
 }
+
+// purge has the coordinator leader purge subject from the stream the
+// target of a's cdc_apply pipeline keeps: the worker's NATS user may not
+// purge a stream.
+func (w *Worker) purge(ctx context.Context, a protocol.StreamAssignment, subject string) error {
+	err := w.askLeader(ctx, protocol.VerbStreamPurge, protocol.StreamPurgeRequest{Pipeline: a.Pipeline, Worker: w.cfg.ID, Epoch: a.Epoch, Subject: subject})
+	if err != nil {
+		return fmt.Errorf("purge %s: %w", subject, err)
+	}
+	return nil
+}
+
+// consumer has the coordinator leader create the consumer on SLUICE_CDC
+// of a's cdc_apply pipeline (again when recreate is set): the worker's
+// NATS user may not create or delete a consumer.
+func (w *Worker) consumer(ctx context.Context, a protocol.StreamAssignment, maxAckPending int, recreate bool) error {
+	return w.askLeader(ctx, protocol.VerbStreamConsumer, protocol.StreamConsumerRequest{Pipeline: a.Pipeline, Worker: w.cfg.ID, Epoch: a.Epoch,
+		MaxAckPending: maxAckPending, Recreate: recreate})
+}
+
+// askLeader sends the leader a request about a stream this worker holds
+// (the leader does it only for the holder of the lease) and waits for it
+// to be done, asking again while no leader answers.
+func (w *Worker) askLeader(ctx context.Context, verb string, req any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	delay := 100 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, leaderRequestTimeout)
+		m, err := w.nc.RequestWithContext(rctx, protocol.APISubject(verb), data)
+		cancel()
+		if err == nil {
+			var apiErr protocol.APIError
+			if json.Unmarshal(m.Data, &apiErr) == nil && apiErr.Code != "" {
+				err = fmt.Errorf("%s: %s", apiErr.Code, apiErr.Error)
+				if apiErr.Code != "not_leader" {
+					return err
+				}
+			} else {
+				var r protocol.StreamOpReply
+				if err := json.Unmarshal(m.Data, &r); err != nil {
+					return fmt.Errorf("%s reply: %w", verb, err)
+				}
+				if !r.OK {
+					return fmt.Errorf("refused: %s", r.Reason)
+				}
+				return nil
+			}
+		}
+		// No leader now (an election), or it is stepping down: again.
+		if ctx.Err() != nil || errors.Is(err, nats.ErrConnectionClosed) || !sleep(ctx, delay) {
+			return err
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// leaderRequestTimeout bounds one request to the leader.
+const leaderRequestTimeout = 30 * time.Second
 
 // stopStreams stops every held stream and waits for them.
 func (w *Worker) stopStreams() {

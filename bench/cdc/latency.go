@@ -56,6 +56,10 @@ type latency struct {
 	PublishedMissing int         `json:"published_missing"`
 	// Commit is how long each INSERT (autocommit) took at the client.
 	Commit percentiles `json:"commit_duration"`
+	// ReaderLagMaxMs is the most time.Since(Status().OldestPending) seen
+	// while the inserts ran (sampled every 50 ms): how far behind its
+	// source the Reader fell.
+	ReaderLagMaxMs float64 `json:"reader_lag_max_ms"`
 	// BareDecode: COMMIT returned -> the change decoded by a bare pglogrepl
 	// loop on its own slot, under the same load just after: what
 	// PostgreSQL and the machine cost without Sluice or JetStream.
@@ -201,7 +205,7 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 
 	r, err := pgcdc.NewReader(pgcdc.Config{
 		DSN: cfg.dsn, Slot: slot, Publication: cfg.publication(), Tables: []string{cfg.srcTable()}, Pipeline: pipelineLatency,
-		MaxInFlight: cfg.maxInFlight, MessageEvents: cfg.messageEvents,
+		MaxInFlight: cfg.maxInFlight, MessageEvents: cfg.messageEvents, NoBatches: cfg.noBatches,
 	}, b.js, b.log)
 	if err != nil {
 		return err
@@ -217,7 +221,27 @@ func (b *bench) latencySluice(ctx context.Context, lat *latency, n int) error {
 		return err
 	}
 	fmt.Fprintf(b.stdout, "%.1fs; %d single-row INSERT transactions at %d/s from %d connections ... ", time.Since(began).Seconds(), n, cfg.rate, cfg.conns)
+	sampling := make(chan struct{})
+	lagDone := make(chan time.Duration, 1)
+	go func() {
+		var most time.Duration
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sampling:
+				lagDone <- most
+				return
+			case <-tick.C:
+			}
+			if p := r.Status().OldestPending; !p.IsZero() {
+				most = max(most, time.Since(p))
+			}
+		}
+	}()
 	committed, durs, secs, err := b.paced(ctx, base, n)
+	close(sampling)
+	lat.ReaderLagMaxMs = measure.Round(float64(<-lagDone)/float64(time.Millisecond), 1)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,12 @@
 // and (c) stops when the headers of the stored messages, followed by a
 // headers-only consumer, add up to the workload's change count; after each
 // run every message is read back and checked: every change of every
-// transaction exactly once. It prints changes/s, MB/s of WAL, CPU per
+// transaction exactly once. --replicas 3 runs three JetStream servers in
+// this process, clustered on loopback, with SLUICE_CDC replicated on them
+// (each publish then waits for a round trip between servers); --no-batches
+// makes the Reader publish one message at a time there, as it did before
+// it gathered messages into atomic batches: with --tx-rows 1 the pair
+// shows what batching lifts. It prints changes/s, MB/s of WAL, CPU per
 // change, messages and events per message, the ratios and the latency
 // percentiles, and writes every figure to --out. Slots, the publication
 // and the schema are dropped at the end, also on error; a run waits for
@@ -60,7 +65,6 @@ import (
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
 	"github.com/sluicehq/sluice/connectors/postgres/pgtest"
-	"github.com/sluicehq/sluice/embednats"
 	"github.com/sluicehq/sluice/protocol"
 )
 
@@ -98,6 +102,8 @@ type config struct {
 	skipUnpacked              bool
 	maxInFlight               int
 	messageEvents             int
+	replicas                  int
+	noBatches                 bool
 }
 
 // srcTable is the source table, schema-qualified.
@@ -139,6 +145,8 @@ func main() {
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "after the timed runs, profile one more (untimed) Reader decode of the workload into FILE")
 	flag.IntVar(&cfg.maxInFlight, "max-in-flight", 0, "the Readers' MaxInFlight (0: the Reader's default)")
 	flag.IntVar(&cfg.messageEvents, "message-events", 0, "the Readers' MessageEvents, and the most changes of a message in (c) (0: the Reader's default, 1000)")
+	flag.IntVar(&cfg.replicas, "replicas", 1, "NATS servers, clustered in this process, and SLUICE_CDC's replicas (1: one embedded server)")
+	flag.BoolVar(&cfg.noBatches, "no-batches", false, "the Readers' NoBatches: one message at a time also on a replicated SLUICE_CDC (the Reader before atomic batches)")
 	flag.BoolVar(&cfg.skipLatency, "no-latency", false, "skip the latency measurement")
 	flag.BoolVar(&cfg.skipLatencyBaseline, "no-latency-baseline", false, "skip the latency of the bare pglogrepl loop")
 	flag.BoolVar(&cfg.skipThroughput, "no-throughput", false, "skip the throughput measurements")
@@ -159,7 +167,7 @@ func main() {
 		os.Exit(2)
 	}
 	if cfg.inserts < 1 || cfg.updates < 0 || cfg.deletes < 0 || cfg.updates > cfg.inserts || cfg.deletes > cfg.inserts ||
-		cfg.txRows < 1 || cfg.reps < 1 || cfg.rate < 1 || cfg.conns < 1 || cfg.duration <= 0 || cfg.messageEvents < 0 {
+		cfg.txRows < 1 || cfg.reps < 1 || cfg.rate < 1 || cfg.conns < 1 || cfg.duration <= 0 || cfg.messageEvents < 0 || cfg.replicas < 1 {
 		fmt.Fprintln(os.Stderr, "cdc: --inserts, --tx-rows, --reps, --rate, --conns and --duration must be positive; --updates and --deletes between 0 and --inserts; --message-events not negative")
 		os.Exit(2)
 	}
@@ -218,12 +226,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, err := embednats.Start(embednats.Config{StoreDir: dir, Name: "sluice-bench-cdc"})
+	srv, err := startNATS(dir, cfg.replicas)
 	if err != nil {
 		return err
 	}
 	defer srv.Shutdown()
-	nc, err := nats.Connect(srv.ClientURL())
+	nc, err := nats.Connect(srv.URL())
 	if err != nil {
 		return err
 	}
@@ -231,13 +239,13 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	if b.js, err = jetstream.New(nc); err != nil {
 		return err
 	}
-	if err := pgcdc.EnsureStream(ctx, b.js, pgcdc.StreamConfig{}); err != nil {
+	if err := ensureStream(ctx, b.js, cfg.replicas); err != nil {
 		return err
 	}
 	if b.stream, err = b.js.Stream(ctx, protocol.StreamCDC); err != nil {
 		return err
 	}
-	monNC, err := nats.Connect(srv.ClientURL())
+	monNC, err := nats.Connect(srv.URL())
 	if err != nil {
 		return err
 	}
@@ -252,8 +260,8 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 
 	res := results{
 		Header: hdr, Reps: cfg.reps, MaxInFlight: cfg.maxInFlight,
-		NATS: map[string]any{"server": "embedded (embednats), in this process", "stream": protocol.StreamCDC,
-			"storage": "file", "replicas": 1},
+		NATS: map[string]any{"server": natsDescription(cfg.replicas), "stream": protocol.StreamCDC,
+			"storage": "file", "replicas": cfg.replicas, "reader_batches": !cfg.noBatches && cfg.replicas > 1},
 		Packing: map[string]any{
 			"unit":       "one transaction's consecutive changes of one table, in change order",
 			"max_events": cfg.msgEvents(), "max_bytes": pgcdc.MaxMessageBytes,
@@ -278,4 +286,12 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 	res.Finish()
 	res.TotalSeconds = measure.Round(time.Since(began).Seconds(), 1)
 	return writeResults(cfg, stdout, res)
+}
+
+// natsDescription says what NATS servers a run used.
+func natsDescription(replicas int) string {
+	if replicas <= 1 {
+		return "embedded (embednats), in this process"
+	}
+	return fmt.Sprintf("%d JetStream servers in this process, clustered on loopback", replicas)
 }

@@ -29,7 +29,7 @@ func (b *bench) sluiceDecode(ctx context.Context, slot string, wl *workload, end
 	}
 	r, err := pgcdc.NewReader(pgcdc.Config{
 		DSN: b.cfg.dsn, Slot: slot, Publication: b.cfg.publication(), Tables: []string{b.cfg.srcTable()}, Pipeline: pipelineThroughput,
-		MaxInFlight: b.cfg.maxInFlight, MessageEvents: b.cfg.messageEvents,
+		MaxInFlight: b.cfg.maxInFlight, MessageEvents: b.cfg.messageEvents, NoBatches: b.cfg.noBatches,
 	}, b.js, b.log)
 	if err != nil {
 		return decodeResult{}, err

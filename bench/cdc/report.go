@@ -122,6 +122,7 @@ func report(w io.Writer, r results) {
 		}
 		row("(INSERT + COMMIT round trip at the client)", l.Commit, "-")
 		tw.Flush()
+		fmt.Fprintf(w, "the Reader's lag while the inserts ran (time since the commit of its oldest transaction not acknowledged, sampled every 50 ms): at most %.1f ms\n", l.ReaderLagMaxMs)
 		if l.Stored.Negative > 0 || l.Published.Negative > 0 || l.BareDecode.Negative > 0 {
 			fmt.Fprintf(w, "changes that arrived before their COMMIT returned to the client (counted with their negative latency): %d stored, %d published, %d bare\n",
 				l.Stored.Negative, l.Published.Negative, l.BareDecode.Negative)

@@ -36,6 +36,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -92,6 +93,7 @@ type config struct {
 	workers    int
 	slots      int
 	targetRows int64
+	profile    string
 }
 
 // srcTable is the source table.
@@ -115,6 +117,7 @@ func main() {
 	flag.IntVar(&cfg.workers, "workers", 2, "Sluice workers")
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows of the pipelines")
+	flag.StringVar(&cfg.profile, "cpuprofile", "", "profile the CPU of each load's last repetition (the whole cluster's, in this process) into FILE.<load>.pprof")
 	flag.Parse()
 	if cfg.smoke {
 		err := harness.Smoke(flag.CommandLine, "contract", map[string]string{
@@ -266,7 +269,16 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		for rep := 1; rep <= cfg.reps; rep++ {
 			fmt.Fprintf(stdout, "rep %d/%d:", rep, cfg.reps)
 			for _, l := range loads {
+				stop := func() {}
+				if cfg.profile != "" && rep == cfg.reps {
+					s, err := startProfile(cfg.profile + "." + l.m.Key + ".pprof")
+					if err != nil {
+						return err
+					}
+					stop = s
+				}
 				secs, cpu, st, err := timeRun(ctx, c, l.pipeline)
+				stop()
 				if err != nil {
 					return err
 				}
@@ -284,6 +296,23 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		}
 		return writeResults(cfg, stdout, hdr, ms, began)
 	})
+}
+
+// startProfile starts profiling the CPU into the file path; the function
+// it returns stops it.
+func startProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // timeRun runs a pipeline on the cluster and waits for its commit: the

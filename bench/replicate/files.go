@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -82,6 +83,7 @@ func (b *bench) copyTree(ctx context.Context) error {
 		if err := os.RemoveAll(dst); err != nil {
 			return err
 		}
+		b.coldCache()
 		cmds := [][]string{{"cp", "-r", b.srcTree, dst}}
 		if k == "cp_r_sync" {
 			cmds = append(cmds, []string{"sync", "-f", dst})
@@ -115,6 +117,27 @@ func (b *bench) copyTree(ctx context.Context) error {
 	return nil
 }
 
+// startProfile profiles the CPU of repetition rep of measurement key
+// into --cpuprofile's file when rep is the last; the function it returns
+// stops it.
+func (b *bench) startProfile(key string, rep int) (func(), error) {
+	if b.cfg.profile == "" || rep != b.cfg.reps {
+		return func() {}, nil
+	}
+	f, err := os.Create(b.cfg.profile + "." + key + ".pprof")
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 // checkTree compares a copy of the source tree with the source.
 func (b *bench) checkTree(what, dir string) error {
 	got, err := filestest.SumTree(dir)
@@ -138,7 +161,13 @@ func (b *bench) sluiceFiles(ctx context.Context, c *devcluster.Cluster, rep int,
 	if err != nil {
 		return err
 	}
+	b.coldCache()
+	stop, err := b.startProfile("sluice_files", rep)
+	if err != nil {
+		return err
+	}
 	secs, cpu, st, err := timeRun(ctx, c, name)
+	stop()
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,11 @@
 // A passthrough takes no data contract (it moves bytes undecoded); the
 // cost of one on a load is bench/contract's.
 //
+// Before each of (a), (a') and (b) it syncs and drops the page cache (as
+// root; --drop-caches), so that each reads the source tree from the disk;
+// where it cannot, each reads it from the page cache, and the results say
+// which.
+//
 // It writes a tree of random bytes in nested directories (with a Delta log,
 // hidden files and _SUCCESS) into a work directory and creates (or, with
 // --keep, reuses) a table of --rows rows and 7 mixed columns in the schema
@@ -80,6 +85,8 @@ type config struct {
 	targetRows  int64
 	targetBytes int64
 	only        string
+	dropCaches  bool
+	profile     string
 }
 
 // srcTable is the source table.
@@ -111,6 +118,8 @@ func main() {
 	flag.IntVar(&cfg.slots, "slots", 2, "task slots per worker")
 	flag.Int64Var(&cfg.targetRows, "target-rows", 250_000, "partitioning.target_rows of the table passthrough")
 	flag.Int64Var(&cfg.targetBytes, "target-bytes", 128<<20, "partitioning.target_bytes of the files passthrough")
+	flag.BoolVar(&cfg.dropCaches, "drop-caches", true, "before each files measurement, sync and drop the page cache (/proc/sys/vm/drop_caches, as root) so that cp -r, cp -r + sync and Sluice all read the source tree from the disk; where it cannot, all read it from the page cache")
+	flag.StringVar(&cfg.profile, "cpuprofile", "", "profile the CPU of the last repetition of each Sluice passthrough (the whole cluster's, in this process) into FILE.<measurement>.pprof")
 	flag.StringVar(&cfg.only, "only", "", `"files" or "pg": time only that passthrough and its baselines`)
 	flag.Parse()
 	if cfg.smoke {
@@ -156,6 +165,29 @@ type bench struct {
 	// src is the source table's checksum.
 	src connectors.Checksum
 	ms  map[string]*measurement
+	// pageCache says what the files measurements found in the page
+	// cache (see coldCache).
+	pageCache string
+}
+
+// coldCache drops the page cache before a files measurement, after a sync
+// (not timed), so that each reads the source tree from the disk; where it
+// cannot (not root, --drop-caches=false), every files measurement reads
+// the tree from the page cache, where writing it left it.
+func (b *bench) coldCache() {
+	if !b.cfg.dropCaches {
+		if b.pageCache == "" {
+			b.pageCache = "not dropped (--drop-caches=false): every files measurement read the source tree from the page cache"
+		}
+		return
+	}
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		b.cfg.dropCaches = false
+		b.pageCache = fmt.Sprintf("not dropped (%v): every files measurement read the source tree from the page cache", err)
+		return
+	}
+	b.pageCache = "synced and dropped (/proc/sys/vm/drop_caches) before each files measurement: each read the source tree from the disk"
 }
 
 // run sets up the benchmark (the source tree and table, the output schema,
@@ -273,7 +305,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 			}
 			fmt.Fprintln(stdout)
 		}
-		return writeResults(cfg, stdout, hdr, b.ms, b.treeSum, began)
+		return writeResults(cfg, stdout, hdr, b.ms, b.treeSum, b.pageCache, began)
 	})
 }
 

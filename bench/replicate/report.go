@@ -85,6 +85,7 @@ type target struct {
 type results struct {
 	harness.Header
 	Tree         filestest.TreeSum       `json:"tree"`
+	PageCache    string                  `json:"page_cache,omitempty"`
 	Rows         int64                   `json:"rows"`
 	Reps         int                     `json:"reps"`
 	Cluster      map[string]any          `json:"cluster"`
@@ -101,7 +102,7 @@ var order = []string{"cp_r", "cp_r_sync", "sluice_files", "piped_copy_binary", "
 
 // writeResults computes the best figures and ratios, prints them and
 // writes them to cfg.out.
-func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[string]*measurement, tree filestest.TreeSum, began time.Time) error {
+func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[string]*measurement, tree filestest.TreeSum, pageCache string, began time.Time) error {
 	for k, m := range ms {
 		switch {
 		case len(m.Seconds) == 0:
@@ -113,7 +114,7 @@ func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[strin
 		}
 	}
 	res := results{
-		Header: hdr, Tree: tree, Rows: cfg.rows, Reps: cfg.reps,
+		Header: hdr, Tree: tree, PageCache: pageCache, Rows: cfg.rows, Reps: cfg.reps,
 		Cluster: map[string]any{"nats": "embedded", "coordinators": 1, "workers": cfg.workers, "slots": cfg.slots,
 			"target_bytes": cfg.targetBytes, "target_rows": cfg.targetRows},
 		Measurements: ms,
@@ -153,7 +154,11 @@ func writeResults(cfg config, stdout io.Writer, hdr harness.Header, ms map[strin
 func report(w io.Writer, r results) {
 	fmt.Fprintf(w, "\nreplicate: a tree of %s; a table of %d rows; %d CPUs, %s, PostgreSQL %s, %s\n",
 		r.Tree, r.Rows, r.NumCPU, r.GoVersion, r.PostgreSQL, r.Date.Format(time.RFC3339))
-	fmt.Fprintf(w, "%s; load average before and after: %s, %s\n\n", r.Note, r.LoadAverage[0], r.LoadAverage[1])
+	fmt.Fprintf(w, "%s; load average before and after: %s, %s\n", r.Note, r.LoadAverage[0], r.LoadAverage[1])
+	if r.PageCache != "" {
+		fmt.Fprintf(w, "page cache: %s\n", r.PageCache)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "measurement\tbest s\trate\tMB/s\tclient CPU s\tserver CPU s\tall reps (s)\t")
 	for _, k := range order {

@@ -50,6 +50,13 @@ type Config struct {
 	Transform func([]Event) ([]Event, error)
 	// Trace, when set, traces each batch applied.
 	Trace connectors.BatchTrace
+	// Consumer, when set, has the coordinator leader create the
+	// pipeline's consumer (connectors.CDCApplyConsumer) with
+	// maxAckPending, after deleting it when recreate is set, and returns
+	// once it exists: a worker may not create or delete a consumer. Nil
+	// where the process may (a test with its own server): the runner then
+	// does it through its JetStream context.
+	Consumer func(ctx context.Context, maxAckPending int, recreate bool) error
 	// Eager applies the messages waiting rather than wait up to BatchWait
 	// for a batch to fill: a fetch asks for as many messages as the
 	// consumer reported waiting at its last delivery (up to a batch), and
@@ -199,24 +206,14 @@ func (r *Runner) Run(ctx context.Context) error {
 
 func (r *Runner) run(ctx context.Context) error {
 	name := ConsumerName(r.cfg.Pipeline)
-	cons, err := r.js.CreateOrUpdateConsumer(ctx, protocol.StreamCDC, jetstream.ConsumerConfig{
-		Durable:       name,
-		Description:   "Sluice cdc_apply " + r.cfg.Pipeline + " of " + r.cfg.Upstream,
-		FilterSubject: FilterSubject(r.cfg.Upstream),
-		AckPolicy:     jetstream.AckAllPolicy,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		// The batcher holds at most BatchSize messages unacknowledged.
-		MaxAckPending: 2 * r.cfg.BatchSize,
-		// One replica: a replicated consumer sends a pull request's
-		// closing status (409 Batch Completed, or Message Size Exceeds
-		// MaxBytes) before the messages it holds back until their delivery
-		// is replicated, and the fetch ends on the status with those
-		// messages lost, every time. Its state is disposable: every start
-		// positions it after the target's applied offset.
-		Replicas: 1,
-	})
-	if err != nil {
+	// The batcher holds at most BatchSize messages unacknowledged.
+	maxAckPending := 2 * r.cfg.BatchSize
+	if err := r.ensureConsumer(ctx, maxAckPending, false); err != nil {
 		return fmt.Errorf("create consumer %s on %s: %w", name, protocol.StreamCDC, err)
+	}
+	cons, err := r.js.Consumer(ctx, protocol.StreamCDC, name)
+	if err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", name, protocol.StreamCDC, err)
 	}
 	applied, err := r.a.Applied(ctx)
 	if err != nil {
@@ -244,9 +241,9 @@ func (r *Runner) run(ctx context.Context) error {
 	b := newBatcher(r, cons, applied)
 	if err := b.reset(ctx); err != nil {
 		// The consumer's one replica may be on a NATS server that is
-		// gone: delete it, the next start creates it on a live one.
-		if derr := r.js.DeleteConsumer(ctx, protocol.StreamCDC, name); derr != nil {
-			r.log.Warn("cdc apply: delete consumer", "consumer", name, "err", derr)
+		// gone: make it again, on a live one.
+		if derr := r.ensureConsumer(ctx, maxAckPending, true); derr != nil {
+			r.log.Warn("cdc apply: recreate consumer", "consumer", name, "err", derr)
 		}
 		return err
 	}
@@ -266,6 +263,16 @@ func (r *Runner) run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// ensureConsumer creates the pipeline's consumer, deleting it first when
+// recreate is set: through Config.Consumer when set, else through the
+// runner's JetStream context.
+func (r *Runner) ensureConsumer(ctx context.Context, maxAckPending int, recreate bool) error {
+	if r.cfg.Consumer != nil {
+		return r.cfg.Consumer(ctx, maxAckPending, recreate)
+	}
+	return connectors.EnsureCDCApplyConsumer(ctx, r.js, r.cfg.Pipeline, r.cfg.Upstream, maxAckPending, recreate)
 }
 
 // fetchBytesPerEvent sizes the byte budget of a fetch: a full batch of

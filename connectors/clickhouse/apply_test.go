@@ -123,12 +123,19 @@ func TestApplierPackedRuns(t *testing.T) {
 	p := cdctest.PublishWorkload(t, js, "s", 160, 7, 5)
 	m := p.Model(t)
 	crash := errors.New("crash between the staging tables and the commit record")
+	stopped := map[string]bool{}
 	p.RunPacked(t, js, cdctest.PackedCase{
 		Name: "clickhouse",
 		Open: func(t *testing.T) connectors.Applier {
 			a := testApplier(t, url, db, "apply_ch")
 			calls := 0
 			a.afterStage = func() error {
+				// A target made by this batch holds no row yet: its
+				// merges stop before any, so that every version the
+				// applier stores stays for checkVersions.
+				if err := stopMerges(cl, db, stopped); err != nil {
+					return err
+				}
 				if calls++; calls == 5 {
 					return crash
 				}
@@ -148,6 +155,14 @@ func TestApplierPackedRuns(t *testing.T) {
 				}
 			}
 			check("after the restarts")
+			pairs := 0
+			for _, tb := range []string{"p1", "p2", "p3"} {
+				pairs += checkVersions(t, cl, db, tb, p.Want)
+			}
+			if pairs == 0 {
+				t.Error("no key holds two versions: the order check checked nothing")
+			}
+			t.Logf("per key order: %d stored versions checked against the key's version before", pairs)
 			if left := stagingTables(t, cl); len(left) > 0 {
 				t.Errorf("staging tables left: %v", left)
 			}
@@ -160,6 +175,102 @@ func TestApplierPackedRuns(t *testing.T) {
 			check("after every batch applied again")
 		},
 	})
+}
+
+// stopMerges stops the merges of the workload's tables in db that exist
+// and are not in stopped yet.
+func stopMerges(cl *Client, db string, stopped map[string]bool) error {
+	names, err := cl.Strings(context.Background(), "SELECT name FROM system.tables WHERE database = "+quoteString(db)+" AND name IN ('p1', 'p2', 'p3')")
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !stopped[n] {
+			if err := cl.Exec(context.Background(), "SYSTEM STOP MERGES "+tableIdent(db, n)); err != nil {
+				return err
+			}
+			stopped[n] = true
+		}
+	}
+	return nil
+}
+
+// checkVersions reads every row the target table of source table s.<table>
+// stores (every version of every key, not FINAL) and fails the test
+// unless each is labelled with the position in the source of the change
+// that made it: its version and index are the commit LSN and index of an
+// event of want on its key (a truncate of the table for any key), and it
+// holds that event's row (a deletion for a delete, the old key of a key
+// change or a truncate). The versions of a key, ordered as the table
+// orders them (FINAL keeps the highest), then follow the source's commit
+// order. It returns how many stored versions followed an earlier one of
+// their key.
+func checkVersions(t *testing.T, cl *Client, db, table string, want []connectors.Event) int {
+	t.Helper()
+	type state struct {
+		deleted bool
+		v       string
+	}
+	at := map[string]state{} // id NUL version NUL index
+	truncates := map[string]bool{}
+	pos := func(e connectors.Event) string {
+		lsn, err := parseLSN(e.CommitLSN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%d\x00%d", lsn, e.Index)
+	}
+	for _, e := range want {
+		if e.Schema != "s" || e.Table != table {
+			continue
+		}
+		switch {
+		case e.Op == protocol.OpTruncate:
+			truncates[pos(e)] = true
+		case e.After != nil:
+			v := e.After["v"].Text
+			if e.After["v"].Null {
+				v = `\N`
+			}
+			at[e.After["id"].Text+"\x00"+pos(e)] = state{false, v}
+			if e.Before != nil && e.Before["id"].Text != e.After["id"].Text {
+				at[e.Before["id"].Text+"\x00"+pos(e)] = state{deleted: true}
+			}
+		default:
+			at[e.Before["id"].Text+"\x00"+pos(e)] = state{deleted: true}
+		}
+	}
+	rows, err := cl.Rows(context.Background(), "SELECT id, v, _sluice_version, _sluice_index, _sluice_deleted FROM "+tableIdent(db, table)+
+		" ORDER BY id, _sluice_version, _sluice_index")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs, bad := 0, 0
+	for i, r := range rows {
+		id, p := string(r[0]), string(r[2])+"\x00"+string(r[3])
+		got := state{deleted: string(r[4]) == "1", v: string(r[1])}
+		if r[1] == nil {
+			got.v = `\N`
+		}
+		w, ok := at[id+"\x00"+p]
+		switch {
+		case !ok && got.deleted && truncates[p]:
+		case !ok:
+			bad++
+			t.Errorf("%s: key %s stored at version %s/%s, the position of no change of the key", table, id, r[2], r[3])
+		case got.deleted != w.deleted || !got.deleted && got.v != w.v:
+			bad++
+			t.Errorf("%s: key %s at version %s/%s holds (deleted %v, v %q); the source's change there made (deleted %v, v %q)",
+				table, id, r[2], r[3], got.deleted, got.v, w.deleted, w.v)
+		}
+		if i > 0 && string(rows[i-1][0]) == id {
+			pairs++
+		}
+		if bad > 5 {
+			t.Fatalf("%s: more than 5 stored versions are not their source change's", table)
+		}
+	}
+	return pairs
 }
 
 func stagingTables(t *testing.T, cl *Client) []string {

@@ -248,8 +248,9 @@ func testCloseHours(t *testing.T, root string, closed func() []string) {
 // a batch holds, applied to a change log by Runs that fail before and after
 // a batch is durable, crash between the part files and the offset, and are
 // stopped in the middle of an Apply: every event is written exactly once,
-// in order (see cdctest.Packed.RunPacked); applied again by a new Applier,
-// nothing changes.
+// in order (see cdctest.Packed.RunPacked), and per key in the workload's
+// commit order read hour by hour, part by part (cdctest.KeyOrder); applied
+// again by a new Applier, nothing changes.
 func TestApplierPackedRuns(t *testing.T) {
 	js := cdctest.StartJS(t)
 	p := cdctest.PublishWorkload(t, js, "s", 160, 7, 5)
@@ -275,6 +276,14 @@ func TestApplierPackedRuns(t *testing.T) {
 		Check: func(t *testing.T, _ connectors.Applier, _ [][]connectors.Event) {
 			lines, _, contents := cdctest.ReadChangeLog(t, root)
 			cdctest.SameEvents(t, lines, cdctest.ByHour(p.Want))
+			// Per key, the log read in order (hours, parts, lines)
+			// follows the workload's commit positions, also across parts
+			// and hours.
+			if pairs, across := cdctest.KeyOrder(t, lines); pairs == 0 || across == 0 {
+				t.Errorf("the order check compared %d events with their key's previous one, %d across hours: the workload does not exercise it", pairs, across)
+			} else {
+				t.Logf("per key order: %d events checked against their key's previous one, %d of them across hours", pairs, across)
+			}
 			if got := contents[files.OffsetFile]; got != fmt.Sprintf("%d\n", p.Last) {
 				t.Errorf("offset file %q, want %d", got, p.Last)
 			}

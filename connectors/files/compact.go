@@ -464,20 +464,44 @@ func (u unit) groups(settings connectors.CompactSettings, now time.Time) []group
 	if len(small) < max(settings.MinFiles, 2) {
 		return nil
 	}
-	sizes := make([]int64, len(small))
-	for i, f := range small {
-		sizes[i] = f.Size
+	// Runs of small files, packed each on its own: in a change log's
+	// hour a group never spans a file it leaves, so that the rewrite,
+	// named after its first file (outputName), keeps the hour's files in
+	// stream order.
+	runs := [][]fileRef{small}
+	if u.kind == unitHour {
+		runs = nil
+		var run []fileRef
+		for _, f := range u.files {
+			if f.Size < target/2 {
+				run = append(run, f)
+				continue
+			}
+			if len(run) > 0 {
+				runs = append(runs, run)
+			}
+			run = nil
+		}
+		if len(run) > 0 {
+			runs = append(runs, run)
+		}
 	}
 	var packs [][]fileRef
-	for _, idx := range connectors.PackGroups(sizes, target) {
-		if len(idx) < 2 {
-			continue // one file alone gains nothing
+	for _, run := range runs {
+		sizes := make([]int64, len(run))
+		for i, f := range run {
+			sizes[i] = f.Size
 		}
-		p := make([]fileRef, len(idx))
-		for j, i := range idx {
-			p[j] = small[i]
+		for _, idx := range connectors.PackGroups(sizes, target) {
+			if len(idx) < 2 {
+				continue // one file alone gains nothing
+			}
+			p := make([]fileRef, len(idx))
+			for j, i := range idx {
+				p[j] = run[i]
+			}
+			packs = append(packs, p)
 		}
-		packs = append(packs, p)
 	}
 	rewritten := 0
 	for _, p := range packs {

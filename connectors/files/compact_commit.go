@@ -304,8 +304,12 @@ func (s *Sink) prepareUnit(ctx context.Context, runID string, u *unitGroups, swa
 			return nil, unitOutcome{}, err
 		}
 		total.Merge(g.Output.Checksum)
+		var sp groupSpec
+		if err := json.Unmarshal(g.Group.Spec, &sp); err != nil {
+			return nil, unitOutcome{}, connectors.Permanent(fmt.Errorf("group %s: bad spec: %w", g.Group.Key, err))
+		}
 		for _, f := range m.Files {
-			name := outputName(runID, f.Name)
+			name := outputName(runID, f.Name, sp)
 			rw.outputs[name], rw.sizes[name] = f.Name, f.Bytes
 		}
 	}

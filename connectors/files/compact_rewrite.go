@@ -12,6 +12,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -349,8 +350,36 @@ func (s *Sink) readManifest(ctx context.Context, runID string, out connectors.Ta
 	return m, nil
 }
 
-// outputName is the name a staged output takes in the rewrite: unique to
-// the run, so that it never takes the name of a file it replaces.
-func outputName(runID, staged string) string {
-	return "part-" + runID + "-" + staged[len("part-"):]
+// outputName is the name a staged output of group g takes in the
+// rewrite: unique to the run, so that it never takes the name of a file it
+// replaces. In a change log's hour it starts as the group's first file
+// does, part-<seq> (of the applier's part, or of an earlier rewrite), so
+// that the hour's files in name order still hold its events in stream
+// order: the group's files are contiguous in name order, and a late
+// event's part (a later sequence) sorts after them.
+func outputName(runID, staged string, g groupSpec) string {
+	name := "part-" + runID + "-" + staged[len("part-"):]
+	if g.Kind != unitHour || len(g.Files) == 0 {
+		return name
+	}
+	if seq, ok := partSeq(path.Base(g.Files[0].Path)); ok {
+		return "part-" + seq + "-" + name[len("part-"):]
+	}
+	return name
+}
+
+// partSeq returns the sequence that starts the name of a change log's
+// part, part-<20 digits>.jsonl or a rewrite's part-<20 digits>-...
+func partSeq(name string) (string, bool) {
+	const n = len("part-") + 20
+	if len(name) <= n || !strings.HasPrefix(name, "part-") || name[n] != '.' && name[n] != '-' {
+		return "", false
+	}
+	seq := name[len("part-"):n]
+	for _, c := range seq {
+		if c < '0' || c > '9' {
+			return "", false
+		}
+	}
+	return seq, true
 }

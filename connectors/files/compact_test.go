@@ -2,6 +2,7 @@ package files
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -92,6 +93,60 @@ func dataNames(t *testing.T, s *Sink, rel string) []string {
 		out = append(out, path.Base(f.Path))
 	}
 	return out
+}
+
+// hourKeyOrder reads the data files of a change log's hour in name
+// order, lines as written, as a reader of the hour meets its events, and
+// fails the test unless each key's events follow their commit positions
+// (commit LSN, then index). It returns how many events it checked against
+// their key's previous one.
+func hourKeyOrder(t *testing.T, s *Sink, hour string) int {
+	t.Helper()
+	ctx := context.Background()
+	files, _, err := s.tree().list(ctx, hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := dataFiles(files)
+	slices.SortFunc(data, func(a, b fileRef) int { return strings.Compare(a.Path, b.Path) })
+	type pos struct {
+		lsn        uint64
+		text, file string
+		index      int
+	}
+	last := map[string]pos{}
+	pairs, bad := 0, 0
+	for _, f := range data {
+		b, err := s.tree().read(ctx, f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+			var e connectors.Event
+			if err := json.Unmarshal([]byte(l), &e); err != nil {
+				t.Fatalf("%s: %v", f.Path, err)
+			}
+			lsn, err := protocol.ParseLSN(e.CommitLSN)
+			if err != nil {
+				t.Fatalf("%s: event %d: %v", f.Path, e.Seq, err)
+			}
+			k := e.After["id"].Text
+			p := pos{lsn, e.CommitLSN, path.Base(f.Path), e.Index}
+			if prev, ok := last[k]; ok {
+				pairs++
+				if p.lsn < prev.lsn || p.lsn == prev.lsn && p.index <= prev.index {
+					if bad++; bad <= 5 {
+						t.Errorf("%s: key %s: the event at %s/%d (in %s) comes after the key's event at %s/%d (in %s)", hour, k, e.CommitLSN, e.Index, p.file, prev.text, prev.index, prev.file)
+					}
+				}
+			}
+			last[k] = p
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%s: %d of %d events read after a later event of their key; files in name order: %v", hour, bad, pairs, dataNames(t, s, hour))
+	}
+	return pairs
 }
 
 // newSink opens a sink on a fresh local directory, or, with s3, a fresh
@@ -209,7 +264,11 @@ func TestCompactChangeLogHoursS3(t *testing.T) { testCompactChangeLog(t, true) }
 
 // testCompactChangeLog compacts the closed hour of a change log written
 // in many small batches, leaves the open hour alone, and takes in late
-// events for the closed hour.
+// events for the closed hour. The events are changes of 40 keys, each at
+// a commit position the test gives it: read in order (parts by name, lines
+// as written), each key's events follow those positions before and after
+// each compaction, also once a late event for a key is written beside the
+// compacted hour.
 func testCompactChangeLog(t *testing.T, s3 bool) {
 	ctx := context.Background()
 	s := newSink(t, s3, SinkConfig{})
@@ -226,11 +285,23 @@ func testCompactChangeLog(t *testing.T, s3 bool) {
 		var evs []connectors.Event
 		for range n {
 			seq++
-			evs = append(evs, connectors.Event{Seq: seq, ChangeEvent: protocol.ChangeEvent{Op: "insert", Schema: "public", Table: "t",
-				After: protocol.Row{"id": protocol.Text(fmt.Sprint(seq))}, CommitTime: at}})
+			evs = append(evs, connectors.Event{Seq: seq, ChangeEvent: protocol.ChangeEvent{Op: "update", Schema: "public", Table: "t", Key: []string{"id"},
+				After: protocol.Row{"id": protocol.Text(fmt.Sprint(seq % 40)), "n": protocol.Text(fmt.Sprint(seq))}, CommitTime: at,
+				CommitLSN: fmt.Sprintf("0/%X", seq*0x100)}})
 		}
 		if err := a.Apply(ctx, evs); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// order checks the closed hour as a reader lists it (locally; on S3
+	// readers follow the hour's pointer, and a late event reaches it with
+	// the next compaction).
+	order := func(step string) {
+		t.Helper()
+		if !s3 {
+			if pairs := hourKeyOrder(t, s, "public.t/date=2026-11-25/hour=07"); pairs == 0 {
+				t.Errorf("%s: no key has two events in the hour", step)
+			}
 		}
 	}
 	batches := 60
@@ -263,18 +334,21 @@ func testCompactChangeLog(t *testing.T, s3 bool) {
 	if got := hourSum(closed); got != want {
 		t.Errorf("closed hour after compaction: %d rows, checksum %s; want %d, %s", got.Rows, got, want.Rows, want)
 	}
+	order("after the compaction")
 	if got := dataNames(t, s, open); !slices.Equal(got, openBefore) {
 		t.Errorf("the open hour changed: %v, was %v", got, openBefore)
 	}
 	// A late event for the closed hour, then the next compaction: read
 	// with the rest.
-	apply(h0.Add(30*time.Minute), 1)
+	apply(h0.Add(30*time.Minute), 1) // key 23, whose earlier events are in the compacted file
 	want.Rows++
+	order("after a late event")
 	plan, _ = compactNow(t, s, "c-2", connectors.CompactSettings{}, time.Now())
 	got := hourSum(closed)
 	if got.Rows != want.Rows {
 		t.Errorf("closed hour after a late event and a compaction: %d rows, want %d (plan %v)", got.Rows, want.Rows, plan.Files)
 	}
+	order("after the late event's compaction")
 	if !s3 {
 		// The replaced directories stay, hidden, until a vacuum.
 		entries, _ := os.ReadDir(filepath.Join(s.root, "public.t", "date=2026-11-25"))
@@ -300,6 +374,72 @@ func testCompactChangeLog(t *testing.T, s3 bool) {
 	}
 	if got := hourSum(open); got.Rows != 2 {
 		t.Errorf("open hour after vacuum: %d rows", got.Rows)
+	}
+}
+
+// TestCompactChangeLogHourOrder: a closed hour whose small parts lie
+// before and after a part too large to rewrite is compacted into groups
+// that do not span the large part, each named where its first part was:
+// the hour read in name order holds each key's events in commit order.
+func TestCompactChangeLogHourOrder(t *testing.T) {
+	ctx := context.Background()
+	s := newSink(t, false, SinkConfig{})
+	a, err := NewApplier(ApplierConfig{Path: s.cfg.Path, CloseAfter: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	h0 := time.Date(2026, 11, 25, 7, 0, 0, 0, time.UTC)
+	seq := uint64(0)
+	apply := func(n int) {
+		t.Helper()
+		var evs []connectors.Event
+		for range n {
+			seq++
+			evs = append(evs, connectors.Event{Seq: seq, ChangeEvent: protocol.ChangeEvent{Op: "update", Schema: "public", Table: "t", Key: []string{"id"},
+				After: protocol.Row{"id": protocol.Text(fmt.Sprint(seq % 7)), "n": protocol.Text(fmt.Sprint(seq))}, CommitTime: h0.Add(time.Duration(seq) * time.Second),
+				CommitLSN: fmt.Sprintf("0/%X", seq*0x100)}})
+		}
+		if err := a.Apply(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		if i == 4 {
+			apply(100) // the large part
+		}
+		apply(3)
+	}
+	if err := a.CloseHours(ctx, h0.Add(2*time.Hour), true); err != nil {
+		t.Fatal(err)
+	}
+	hour := "public.t/date=2026-11-25/hour=07"
+	before := dataNames(t, s, hour)
+	var small, large int64
+	files, _, err := s.tree().list(ctx, hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range dataFiles(files) {
+		if path.Base(f.Path) == before[4] {
+			large = f.Size
+		} else {
+			small += f.Size
+		}
+	}
+	// One group would hold every small part; the large part is at least
+	// half the target, so it stays.
+	target := max(small+1, large*2-1)
+	plan, _ := compactNow(t, s, "c-1", connectors.CompactSettings{TargetFileBytes: target}, time.Now())
+	if !slices.Equal(plan.Files, []int{4, 16}) {
+		t.Errorf("groups of %v parts, want 4 and 16 (the runs beside the large part %s)", plan.Files, before[4])
+	}
+	after := dataNames(t, s, hour)
+	if len(after) != 3 || after[1] != before[4] {
+		t.Errorf("after compaction the hour holds %v, want the large part %s between two rewrites", after, before[4])
+	}
+	if pairs := hourKeyOrder(t, s, hour); pairs == 0 {
+		t.Error("no key has two events in the hour")
 	}
 }
 

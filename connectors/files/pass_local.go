@@ -26,6 +26,28 @@ type localPass struct {
 
 	mu    sync.Mutex
 	dirty map[string]bool // directories a rename changed, to sync
+	made  map[string]bool // directories known to exist (mkdirAll)
+}
+
+// mkdirAll makes dir and its parents, once for the store: a task's files
+// share few directories, and each MkdirAll costs system calls.
+func (l *localPass) mkdirAll(dir string) error {
+	l.mu.Lock()
+	made := l.made[dir]
+	l.mu.Unlock()
+	if made {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	if l.made == nil {
+		l.made = map[string]bool{}
+	}
+	l.made[dir] = true
+	l.mu.Unlock()
+	return nil
 }
 
 func (l *localPass) statePath(rel string) string {
@@ -47,7 +69,7 @@ func (l *localPass) listTarget(ctx context.Context) ([]passObject, error) {
 // share, at its offset, synced and read back.
 func (l *localPass) stage(ctx context.Context, run string, ref connectors.TaskRef, u connectors.Unit, buf []byte) (blocks []string, err error) {
 	dst := l.stagedPath(run, u.Name)
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+	if err := l.mkdirAll(filepath.Dir(dst)); err != nil {
 		return nil, err
 	}
 	var f *os.File
@@ -55,7 +77,7 @@ func (l *localPass) stage(ctx context.Context, run string, ref connectors.TaskRe
 	whole := u.Offset == 0 && u.Length == u.Size
 	if whole {
 		tmp := l.statePath(path.Join(passStagingRel(run), "tmp"))
-		if err := os.MkdirAll(tmp, 0o755); err != nil {
+		if err := l.mkdirAll(tmp); err != nil {
 			return nil, err
 		}
 		if f, err = os.CreateTemp(tmp, ref.TaskID+"-"+strconv.Itoa(ref.Attempt)+"-*"); err != nil {

@@ -6,8 +6,10 @@
 // reading the stream's messages (one per live row, plus tombstones of
 // deleted ones) instead of replaying the whole history of SLUICE_CDC.
 //
-// The stream of cdc pipeline <cdc> is SLUICE_LATEST_<CDC> (StreamName),
-// on the subjects
+// The stream of cdc pipeline <cdc> is SLUICE_LATEST_<CDC> (StreamName,
+// StreamConfig), which the coordinator leader creates or updates before it
+// grants the cdc_apply pipeline's lease, and purges subjects of when the
+// Applier asks (a worker may only write into it), on the subjects
 //
 //	sluice.latest.<cdc>.<schema>.<table>.<key token>...   one per row
 //	sluice.latest.<cdc>._applied.<cdc_apply pipeline>      the applier's progress
@@ -104,43 +106,24 @@ func Register(reg *connectors.Registry) {
 			return err
 		},
 		Open: open,
+		Stream: func(req connectors.StreamRequest) (jetstream.StreamConfig, error) {
+			cfg, err := ParseConfig(req.Config)
+			if err != nil {
+				return jetstream.StreamConfig{}, err
+			}
+			if up := req.Settings.Upstream; !protocol.ValidName(up) {
+				return jetstream.StreamConfig{}, fmt.Errorf("latest: upstream %q is not a pipeline name", up)
+			}
+			return StreamConfig(req.Settings.Upstream, cfg), nil
+		},
 	}})
 }
 
-func open(ctx context.Context, req connectors.StreamRequest) (connectors.Applier, error) {
-	cfg, err := ParseConfig(req.Config)
-	if err != nil {
-		return nil, err
-	}
-	up := req.Settings.Upstream
-	if !protocol.ValidName(up) || !protocol.ValidName(req.Pipeline) {
-		return nil, connectors.Permanent(fmt.Errorf("latest: upstream %q or pipeline %q is not a pipeline name", up, req.Pipeline))
-	}
-	if req.JS == nil {
-		return nil, connectors.Permanent(errors.New("latest: no JetStream connection"))
-	}
-	return NewApplier(ctx, req.JS, up, req.Pipeline, cfg, req.Log)
-}
-
-// Applier writes the latest state of the rows of cdc pipeline upstream's
-// tables into its latest-state stream (see the package documentation).
-type Applier struct {
-	js       jetstream.JetStream
-	stream   jetstream.Stream
-	upstream string
-	pipeline string
-	log      *slog.Logger
-}
-
-var _ connectors.Applier = (*Applier)(nil)
-
-// NewApplier creates or updates the latest-state stream of upstream and
-// returns the Applier of cdc_apply pipeline pipeline into it.
-func NewApplier(ctx context.Context, js jetstream.JetStream, upstream, pipeline string, cfg Config, log *slog.Logger) (*Applier, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// StreamConfig is the configuration of the latest-state stream of cdc
+// pipeline upstream. The coordinator leader creates or updates the stream
+// (CDCTarget.Stream): the Applier only writes into it.
+func StreamConfig(upstream string, cfg Config) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:              StreamName(upstream),
 		Description:       "Sluice: the latest state of every row of cdc pipeline " + upstream,
 		Subjects:          []string{SubjectPrefix + upstream + ".>"},
@@ -151,9 +134,58 @@ func NewApplier(ctx context.Context, js jetstream.JetStream, upstream, pipeline 
 		// A row's older state is replaced (MaxMsgsPerSubject); a full
 		// stream refuses new rows rather than drop another row's state.
 		Discard: jetstream.DiscardNew,
-	})
+	}
+}
+
+func open(ctx context.Context, req connectors.StreamRequest) (connectors.Applier, error) {
+	if _, err := ParseConfig(req.Config); err != nil {
+		return nil, err
+	}
+	up := req.Settings.Upstream
+	if !protocol.ValidName(up) || !protocol.ValidName(req.Pipeline) {
+		return nil, connectors.Permanent(fmt.Errorf("latest: upstream %q or pipeline %q is not a pipeline name", up, req.Pipeline))
+	}
+	if req.JS == nil {
+		return nil, connectors.Permanent(errors.New("latest: no JetStream connection"))
+	}
+	a, err := NewApplier(ctx, req.JS, up, req.Pipeline, req.Log)
 	if err != nil {
-		return nil, fmt.Errorf("latest: create stream %s: %w", StreamName(upstream), err)
+		return nil, err
+	}
+	a.purge = req.Purge
+	return a, nil
+}
+
+// Applier writes the latest state of the rows of cdc pipeline upstream's
+// tables into its latest-state stream (see the package documentation).
+type Applier struct {
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	upstream string
+	pipeline string
+	log      *slog.Logger
+	// purge, when set, purges subjects of the stream through the
+	// coordinator leader (connectors.StreamRequest.Purge).
+	purge func(ctx context.Context, subject string) error
+}
+
+var _ connectors.Applier = (*Applier)(nil)
+
+// NewApplier returns the Applier of cdc_apply pipeline pipeline into the
+// latest-state stream of upstream, which must exist (StreamConfig: the
+// coordinator leader creates it before it grants the pipeline's lease). It
+// purges through js.
+func NewApplier(ctx context.Context, js jetstream.JetStream, upstream, pipeline string, log *slog.Logger) (*Applier, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	name := StreamName(upstream)
+	s, err := js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("latest: stream %s not found: the coordinator leader creates it when it grants the pipeline's lease", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("latest: look up stream %s: %w", name, err)
 	}
 	return &Applier{js: js, stream: s, upstream: upstream, pipeline: pipeline, log: log}, nil
 }
@@ -319,7 +351,13 @@ func (b *batch) purge(ctx context.Context, ev protocol.ChangeEvent) error {
 			delete(b.rows, s)
 		}
 	}
-	if err := b.a.stream.Purge(ctx, jetstream.WithPurgeSubject(prefix+".>")); err != nil {
+	purge := func(ctx context.Context, subject string) error {
+		return b.a.stream.Purge(ctx, jetstream.WithPurgeSubject(subject))
+	}
+	if b.a.purge != nil {
+		purge = b.a.purge
+	}
+	if err := purge(ctx, prefix+".>"); err != nil {
 		return fmt.Errorf("purge %s: %w", prefix, err)
 	}
 	return nil

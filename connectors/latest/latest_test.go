@@ -81,7 +81,25 @@ func state(t *testing.T, js jetstream.JetStream, upstream string) map[string]pro
 func TestApplierKeepsLatestState(t *testing.T) {
 	ctx := context.Background()
 	js := cdctest.StartJS(t)
-	a, err := open(ctx, connectors.StreamRequest{Pipeline: "shop-latest", Settings: protocol.StreamSettings{Upstream: "shop"}, JS: js})
+	req := connectors.StreamRequest{Pipeline: "shop-latest", Settings: protocol.StreamSettings{Upstream: "shop"}, JS: js}
+	if _, err := open(ctx, req); err == nil {
+		t.Fatal("an Applier opened without its stream")
+	}
+	createStream(t, js, req)
+	// Purges go through the hook (the coordinator leader's, on a worker).
+	purged := 0
+	req.Purge = func(ctx context.Context, subject string) error {
+		if subject != TableSubject("shop", "public", "orders")+".>" {
+			t.Errorf("purge %q", subject)
+		}
+		purged++
+		s, err := js.Stream(ctx, StreamName("shop"))
+		if err != nil {
+			return err
+		}
+		return s.Purge(ctx, jetstream.WithPurgeSubject(subject))
+	}
+	a, err := open(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +153,9 @@ func TestApplierKeepsLatestState(t *testing.T) {
 	}
 	if got, err := a.Applied(ctx); err != nil || got != seq {
 		t.Fatalf("applied %d, %v; want %d", got, err, seq)
+	}
+	if purged != 1 { // the truncate, applied once
+		t.Errorf("%d purges through the hook, want 1", purged)
 	}
 	got := state(t, js, "shop")
 	if len(got) != len(want) {
@@ -190,7 +211,7 @@ func TestApplierSnapshot(t *testing.T) {
 	// One batch per message, and all in one: the same rows of b.
 	for _, batches := range [][][]connectors.Event{{events}, splitMessages(events)} {
 		up := fmt.Sprintf("up%d", len(batches))
-		a, err := NewApplier(t.Context(), js, up, "apply", Config{}, nil)
+		a, err := newApplier(t, js, up)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -210,7 +231,7 @@ func TestApplierSnapshot(t *testing.T) {
 		}
 	}
 	// An earlier attempt's reads, and its marker, after the snapshot.
-	a, err := NewApplier(t.Context(), js, "up1", "apply", Config{}, nil)
+	a, err := newApplier(t, js, "up1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,6 +246,29 @@ func TestApplierSnapshot(t *testing.T) {
 	if got := ids("up1", "b"); len(got) != 9 || slices.Contains(got, "99") {
 		t.Errorf("after an earlier attempt's marker and read b holds %q", got)
 	}
+}
+
+// createStream creates the stream of the target of req, as the
+// coordinator leader does (CDCTarget.Stream).
+func createStream(t *testing.T, js jetstream.JetStream, req connectors.StreamRequest) {
+	t.Helper()
+	reg := connectors.NewRegistry()
+	Register(reg)
+	cfg, ok, err := reg.TargetStream(Kind, req)
+	if err != nil || !ok {
+		t.Fatalf("target stream: %v, %v", ok, err)
+	}
+	if _, err := js.CreateOrUpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newApplier creates the latest-state stream of upstream and opens an
+// Applier into it that purges through js.
+func newApplier(t *testing.T, js jetstream.JetStream, upstream string) (*Applier, error) {
+	t.Helper()
+	createStream(t, js, connectors.StreamRequest{Settings: protocol.StreamSettings{Upstream: upstream}, Config: json.RawMessage(`{}`)})
+	return NewApplier(t.Context(), js, upstream, "apply", nil)
 }
 
 // splitMessages returns one batch per message (Seq) of events.
@@ -247,7 +291,7 @@ func TestApplierConformance(t *testing.T) {
 	// the replies to asynchronous publications: start them before the
 	// suite looks for goroutines left behind.
 	for _, target := range []string{"ref", "a", "cancel"} {
-		if _, err := NewApplier(t.Context(), js, "up-"+target, "apply", Config{}, nil); err != nil {
+		if _, err := newApplier(t, js, "up-"+target); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -260,7 +304,7 @@ func TestApplierConformance(t *testing.T) {
 		// batch may show in part until it is applied again.
 		Partial: true,
 		Open: func(t *testing.T, target string) connectors.Applier {
-			a, err := NewApplier(t.Context(), js, "up-"+target, "apply", Config{}, nil)
+			a, err := newApplier(t, js, "up-"+target)
 			if err != nil {
 				t.Fatal(err)
 			}

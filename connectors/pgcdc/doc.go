@@ -17,7 +17,14 @@
 // failover of the stream's leader, which loses what was in flight to it,
 // can never leave a later message stored before an earlier one published
 // again; per slot (and so per key) the stream holds the changes in WAL
-// order. The slot's confirmed flush LSN advances only to the end
+// order. On a replicated SLUICE_CDC, where each publish waits for a round
+// trip between its servers, the messages packed while one publish is in
+// flight are sent together, when it is acknowledged, as one JetStream
+// atomic batch (stored whole or not at all), so a slot of many small
+// transactions is not held to one message per round trip; after a restart
+// the Reader publishes one message at a time until JetStream stores one
+// that it did not hold yet (an atomic batch holding a duplicate would be
+// refused whole). The slot's confirmed flush LSN advances only to the end
 // of a transaction whose every event JetStream acknowledged (or to a
 // heartbeat message that follows only acknowledged transactions), so a
 // Reader stopped at any point and started again on the same slot

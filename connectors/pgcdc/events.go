@@ -338,7 +338,7 @@ func (w *eventsWriter) publish(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	w.futs = append(w.futs, flight{f: f, n: w.n})
+	w.futs = append(w.futs, flight{a: &ack{f: f, id: id}, n: w.n})
 	w.inFlight += w.n
 	w.data = make([]byte, 0, min(cap(w.data), w.maxBytes+w.maxBytes/8))
 	w.n = 0
@@ -347,7 +347,7 @@ func (w *eventsWriter) publish(ctx context.Context, id string) error {
 
 // waitOldest waits for the oldest unacknowledged message's ack.
 func (w *eventsWriter) waitOldest(ctx context.Context) error {
-	f := w.futs[0].f
+	f := w.futs[0].a.f
 	t := time.NewTimer(eventsAckTimeout)
 	defer t.Stop()
 	select {

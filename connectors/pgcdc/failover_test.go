@@ -181,7 +181,7 @@ func TestReaderOrderAcrossLeaderFailover(t *testing.T) {
 	}
 
 	// Every update, once, in commit order per key.
-	evs := readStream(ctx, t, js, total)
+	evs, _ := readStream(ctx, t, js, total)
 	next := map[string]int{}
 	for i, ev := range evs {
 		if ev.Op != protocol.OpUpdate {
@@ -200,6 +200,200 @@ func TestReaderOrderAcrossLeaderFailover(t *testing.T) {
 		}
 	}
 	t.Logf("%d updates of %d keys in order across three leader changes; the reader restarted %d times", len(evs), keys, restarts.Load())
+}
+
+// TestReaderBatchesOnReplicatedStream: on SLUICE_CDC replicated on three
+// servers, a Reader gathers the single-row transactions of a backlog into
+// atomic batches (it is not held to one message per replication round
+// trip). A first Reader is stopped mid-backlog without confirming what it
+// published (its walsender is terminated); a second backlog is written;
+// the next Reader republishes the first one's tail from the slot's
+// confirmed position (probes, JetStream reporting duplicates), then
+// batches again. Per key, the stream must hold every update once, in
+// commit order, and messages of atomic batches stored by both Readers.
+func TestReaderBatchesOnReplicatedStream(t *testing.T) {
+	t.Parallel()
+	dsn, schema, conn := pgtest.DB(t)
+	c := startCluster(t, 3)
+	var urls []string
+	for _, n := range c.nodes {
+		urls = append(urls, n.ClientURL())
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for { // the cluster elects its meta leader first
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		err := pgcdc.EnsureStream(actx, js, pgcdc.StreamConfig{Replicas: 3})
+		acancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("ensure stream: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	streamLeader(ctx, t, js)
+
+	const keys, txs1, txs2 = 8, 2000, 1000
+	const txs = txs1 + txs2
+	e := &env{dsn: dsn, schema: schema, conn: conn, js: js}
+	e.cfg = pgcdc.Config{
+		DSN: dsn, Slot: schema + "_slot", Publication: schema + "_pub", Tables: []string{schema + ".k"}, Pipeline: "p1",
+		// Confirmed only at the end of an idle moment: the first Reader
+		// leaves what it published unconfirmed.
+		Heartbeat: -1, StatusInterval: time.Hour, AckTimeout: 10 * time.Second,
+	}
+	e.cleanupSlot(t)
+	e.exec(t, fmt.Sprintf(`CREATE TABLE %s.k (id int PRIMARY KEY, n int NOT NULL)`, schema))
+	e.exec(t, fmt.Sprintf(`INSERT INTO %s.k SELECT g, 0 FROM generate_series(1, %d) g`, schema, keys))
+	_, stop0, _ := e.start(t) // creates the slot
+	if err := stop0(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, fmt.Sprintf(`CREATE PROCEDURE %[1]s.bump(txs int) LANGUAGE plpgsql AS $$
+		BEGIN FOR i IN 1..txs LOOP UPDATE %[1]s.k SET n = n + 1 WHERE id = i %% %[2]d + 1; COMMIT; END LOOP; END $$`, schema, keys))
+	e.exec(t, fmt.Sprintf(`CALL %s.bump(%d)`, schema, txs1)) // one transaction per update
+	r1, stop1, done1 := e.start(t)
+
+	// Stop the first Reader mid-backlog, without a confirmation.
+	for r1.Status().Events < txs1/10 {
+		select {
+		case <-done1:
+			t.Fatalf("the first reader stopped: %v", stop1())
+		case <-ctx.Done():
+			t.Fatalf("the first reader published %d events", r1.Status().Events)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	e.exec(t, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL`, e.cfg.Slot)
+	<-done1
+	t.Logf("first reader stopped after %d events: %v", r1.Status().Events, stop1())
+	select { // what it had in flight is stored or refused
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("the first reader's last publish got no answer")
+	}
+	before, batchedBefore, _ := readBatched(ctx, t, js)
+	if batchedBefore == 0 {
+		t.Errorf("the first reader stored %d messages, none in an atomic batch", before)
+	}
+	e.exec(t, fmt.Sprintf(`CALL %s.bump(%d)`, schema, txs2))
+
+	r2, stop2, _ := e.start(t)
+	waitEvents(ctx, t, js, txs)
+	if err := stop2(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, batched, evs := readBatched(ctx, t, js)
+	if msgs != txs || len(evs) != txs {
+		t.Fatalf("%s holds %d events in %d messages, want %d", protocol.StreamCDC, len(evs), msgs, txs)
+	}
+	if republished := r2.Status().Events - int64(txs-int(before)); republished <= 0 {
+		t.Errorf("the second reader published %d events, %d were not stored: it republished none of the first one's", r2.Status().Events, txs-int(before))
+	}
+	if batched == batchedBefore {
+		t.Errorf("the second reader stored no message in an atomic batch")
+	}
+	next := map[string]int{}
+	for i, ev := range evs {
+		id, n := ev.After["id"].Text, ev.After["n"].Text
+		w := next[id] + 1
+		if ev.Op != protocol.OpUpdate || n != strconv.Itoa(w) {
+			t.Fatalf("event %d: %s of key %s with n=%s after %d updates in the stream, want the update to n=%d (out of order, lost or doubled)", i, ev.Op, id, n, w-1, w)
+		}
+		next[id] = w
+	}
+	for id := 1; id <= keys; id++ {
+		if got := next[strconv.Itoa(id)]; got != txs/keys {
+			t.Errorf("key %d: %d updates in the stream, want %d", id, got, txs/keys)
+		}
+	}
+	t.Logf("%d updates in order; %d of %d messages stored by atomic batches (%d by the first reader); the second republished %d events",
+		len(evs), batched, txs, batchedBefore, r2.Status().Events-int64(txs-int(before)))
+}
+
+// waitEvents waits until the messages of SLUICE_CDC hold n events.
+func waitEvents(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) {
+	t.Helper()
+	for {
+		if _, _, evs, err := readAll(ctx, js); err == nil && len(evs) >= n {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s does not hold %d events", protocol.StreamCDC, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readBatched returns how many messages SLUICE_CDC holds, how many of them
+// an atomic batch stored, and their events in stream order. It reads
+// again after an error: a request to a loaded cluster may find no leader.
+func readBatched(ctx context.Context, t *testing.T, js jetstream.JetStream) (msgs uint64, batched int, evs []protocol.ChangeEvent) {
+	t.Helper()
+	for {
+		msgs, batched, evs, err := readAll(ctx, js)
+		if err == nil {
+			return msgs, batched, evs
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read %s: %v", protocol.StreamCDC, err)
+		}
+		t.Logf("read %s (again): %v", protocol.StreamCDC, err)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// readAll reads every message SLUICE_CDC holds with an ordered consumer.
+func readAll(ctx context.Context, js jetstream.JetStream) (msgs uint64, batched int, evs []protocol.ChangeEvent, err error) {
+	info, err := streamInfo(ctx, js)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	s, err := js.Stream(rctx, protocol.StreamCDC)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	cons, err := s.OrderedConsumer(rctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	for msgs < info.State.Msgs {
+		if err := rctx.Err(); err != nil {
+			return 0, 0, nil, fmt.Errorf("read %d of %d messages: %w", msgs, info.State.Msgs, err)
+		}
+		batch, err := cons.Fetch(5000, jetstream.FetchMaxWait(200*time.Millisecond))
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		for m := range batch.Messages() {
+			msgs++
+			if m.Headers().Get("Nats-Batch-Id") != "" {
+				batched++
+			}
+			got, err := protocol.DecodeChangeEvents(m.Data())
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			evs = append(evs, got...)
+		}
+		if err := batch.Error(); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	return msgs, batched, evs, nil
 }
 
 // cluster is n JetStream servers in this process, routed into one
@@ -308,11 +502,13 @@ func streamLeader(ctx context.Context, t *testing.T, js jetstream.JetStream) str
 }
 
 // readStream waits until SLUICE_CDC holds n events and returns them in
-// stream order; it fails when the stream holds more.
-func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) []protocol.ChangeEvent {
+// stream order, and how many of its messages an atomic batch stored; it
+// fails when the stream holds more.
+func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, n int) ([]protocol.ChangeEvent, int) {
 	t.Helper()
 	var out []protocol.ChangeEvent
 	var last uint64
+	batched := 0
 	for len(out) < n {
 		if ctx.Err() != nil {
 			t.Fatalf("stream holds %d events, want %d", len(out), n)
@@ -334,6 +530,9 @@ func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, n int
 		}
 		out = append(out, evs...)
 		last = m.Sequence
+		if m.Header.Get("Nats-Batch-Id") != "" {
+			batched++
+		}
 	}
 	info, err := streamInfo(ctx, js)
 	if err != nil {
@@ -342,5 +541,5 @@ func readStream(ctx context.Context, t *testing.T, js jetstream.JetStream, n int
 	if len(out) != n || info.State.LastSeq != last {
 		t.Fatalf("stream holds %d events or more (last sequence %d, read to %d), want %d", len(out), info.State.LastSeq, last, n)
 	}
-	return out
+	return out, batched
 }

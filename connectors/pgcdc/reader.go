@@ -55,6 +55,11 @@ type Config struct {
 	// DefaultMessageEvents, 1 publishes every event alone. A message holds
 	// consecutive events of one table in one transaction.
 	MessageEvents int
+	// NoBatches publishes one message at a time also to a replicated
+	// SLUICE_CDC, where the Reader otherwise gathers the messages packed
+	// while one publish is in flight into one atomic batch (see gather):
+	// for comparisons.
+	NoBatches bool
 	// AckTimeout bounds how long an event may wait for its JetStream ack
 	// before Run fails; 0 means 30s.
 	AckTimeout time.Duration
@@ -302,9 +307,10 @@ type pending struct {
 	since      time.Time
 }
 
-// flight is one published message awaiting its ack, and its event count.
+// flight is one published (or gathered) message awaiting its ack, and
+// its event count.
 type flight struct {
-	f jetstream.PubAckFuture
+	a *ack
 	n int
 }
 
@@ -337,7 +343,15 @@ type streamState struct {
 	maxBytes int
 
 	queue    []*pending
-	inFlight int // events
+	inFlight int // events, published or gathered, not acknowledged yet
+	// batchable: SLUICE_CDC is replicated and allows atomic batches, and
+	// the messages are gathered (gather); batching: batchable, and this
+	// Run stored a new message (settled).
+	batchable, batching bool
+	// flying is the publish in flight (of a message, a batch or a probe);
+	// gather the messages packed meanwhile.
+	flying   *ack
+	gather   gathered
 	acked    pglogrepl.LSN
 	received pglogrepl.LSN
 	events   int64 // acknowledged
@@ -369,13 +383,14 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		return fmt.Errorf("replication connect: %w", err)
 	}
 	defer rc.Close(context.WithoutCancel(ctx))
+	batchable := r.atomicBatches(ctx)
 	err = pglogrepl.StartReplication(ctx, rc, r.cfg.Slot, start, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + r.cfg.Publication + "'", "messages 'true'"},
 	})
 	if err != nil {
 		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
 	}
-	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, maxBytes: MaxMessageBytes}
+	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, maxBytes: MaxMessageBytes, batchable: batchable}
 	for _, x := range r.seeded {
 		st.delivered[st.next%deliveredRing] = x
 		st.next++
@@ -410,6 +425,9 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 	var rdeadline time.Time
 	defer func() { rcancel() }()
 	for {
+		if err := r.pump(ctx, st); err != nil {
+			return err
+		}
 		if err := r.reap(ctx, st, false); err != nil {
 			return err
 		}
@@ -426,11 +444,18 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 			nextStatus = now.Add(r.cfg.StatusInterval)
 		}
 		deadline := nextStatus
-		if len(st.queue) > 0 || st.acked != confirmed {
+		var wait time.Duration
+		switch {
+		case len(st.gather.msgs) > 0:
+			// gathered messages wait for the publish in flight: when no
+			// more changes come, they go once it is acknowledged.
+			wait = time.Millisecond
+		case len(st.queue) > 0 || st.acked != confirmed:
 			// acks are pending: look at them again soon.
-			if d := now.Add(20 * time.Millisecond); d.Before(deadline) {
-				deadline = d
-			}
+			wait = 20 * time.Millisecond
+		}
+		if d := now.Add(wait); wait > 0 && d.Before(deadline) {
+			deadline = d
 		}
 		if rctx == nil || rctx.Err() != nil || deadline.Before(rdeadline) {
 			c, cancel := context.WithDeadline(ctx, deadline)
@@ -445,6 +470,14 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 				return r.shutdown(st, rc)
 			}
 			if pgconn.Timeout(err) {
+				if len(st.gather.msgs) > 0 {
+					if err := r.waitFlying(ctx, st); err != nil {
+						return err
+					}
+					if err := r.sendGathered(ctx, st); err != nil {
+						return err
+					}
+				}
 				if st.acked != confirmed && len(st.queue) == 0 {
 					// everything is acked: confirm it without waiting for the interval.
 					if err := sendStatus(ctx); err != nil {
@@ -528,32 +561,33 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 	for len(st.queue) > 0 {
 		p := st.queue[0]
 		for p.next < len(p.futs) {
-			f := p.futs[p.next].f
+			a := p.futs[p.next].a
 			if wait {
-				select {
-				case <-f.Ok():
-				case err := <-f.Err():
-					return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-			} else {
-				// Err only when not acknowledged: Ok and Err each take the
-				// publisher's lock and make a channel on first use.
-				select {
-				case <-f.Ok():
-				default:
-					select {
-					case err := <-f.Err():
-						return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
-					default:
-						if time.Since(p.since) > r.cfg.AckTimeout {
-							return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
-						}
-						return nil
+				if a.f == nil {
+					// gathered: send it first.
+					if err := r.waitFlying(ctx, st); err != nil {
+						return err
+					}
+					if err := r.sendGathered(ctx, st); err != nil {
+						return err
 					}
 				}
+				if err := r.await(ctx, st, a); err != nil {
+					return err
+				}
+			} else {
+				ok, err := r.check(ctx, st, a)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					if a.f != nil && time.Since(p.since) > r.cfg.AckTimeout {
+						return fmt.Errorf("publish %s: no ack after %s", a.id, r.cfg.AckTimeout)
+					}
+					return nil
+				}
 			}
+			st.settled(a)
 			n := p.futs[p.next].n
 			p.futs[p.next] = flight{}
 			p.next++
@@ -873,7 +907,16 @@ func (r *Reader) flush(ctx context.Context, st *streamState) error {
 // again, under the same Nats-Msg-Id, before any later one: JetStream's
 // duplicate window drops it if the first attempt was stored after all.
 // The decoding of the next message overlaps the wait for this one's ack.
+//
+// On a replicated SLUICE_CDC (see settled) the messages packed while a
+// publish is in flight are gathered instead and sent together as one
+// atomic batch once it is acknowledged (gather): the order is kept the
+// same way, and the Reader is not held to one message per replication
+// round trip when many small transactions come.
 func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error {
+	if st.batchable {
+		return r.gather(ctx, st, id)
+	}
 	p := &st.pack
 	for st.inFlight > 0 {
 		if err := r.waitOne(ctx, st); err != nil {
@@ -887,7 +930,8 @@ func (r *Reader) flushAs(ctx context.Context, st *streamState, id string) error 
 	if err != nil {
 		return err
 	}
-	st.futs = append(st.futs, flight{f: f, n: p.n})
+	st.flying = &ack{f: f, id: id}
+	st.futs = append(st.futs, flight{a: st.flying, n: p.n})
 	st.inFlight += p.n
 	// The next message gets a buffer of its own, sized like this one.
 	p.data = make([]byte, 0, min(cap(p.data), st.maxBytes+st.maxBytes/8))
@@ -916,17 +960,11 @@ func (r *Reader) waitCurrent(ctx context.Context, st *streamState) error {
 	if len(st.futs) == 0 {
 		return fmt.Errorf("%d events in flight, none of them in a queued or the current transaction", st.inFlight)
 	}
-	f, n := st.futs[0].f, st.futs[0].n
-	select {
-	case <-f.Ok():
-	case err := <-f.Err():
-		return fmt.Errorf("publish %s: %w", f.Msg().Header.Get(jetstream.MsgIDHeader), err)
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return fmt.Errorf("publish %s: no ack after %s", f.Msg().Header.Get(jetstream.MsgIDHeader), r.cfg.AckTimeout)
-		}
-		return ctx.Err()
+	a, n := st.futs[0].a, st.futs[0].n
+	if err := r.await(ctx, st, a); err != nil {
+		return err
 	}
+	st.settled(a)
 	st.futs[0] = flight{}
 	st.futs = st.futs[1:]
 	st.inFlight -= n

@@ -53,6 +53,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxBytes:    cmp.Or(cfg.MaxBytes, protocol.CDCMaxBytes),
 		Discard:     jetstream.DiscardNew,
 		Replicas:    cfg.Replicas,
+		// A Reader gathers its messages into atomic batches on a
+		// replicated stream (see Reader.gather).
+		AllowAtomicPublish: true,
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", sc.Name, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,7 +34,10 @@ const (
 // column would not read the same in another database (an array of an
 // enum of the database's own; see binaryCopySafe), and for a transform
 // whose contract changes the rows (req.Transform), whose workers read the
-// text format. Generated columns are
+// text format, unless the contract takes the binary one (req.Binary): the
+// columns it transforms (req.TextColumns) are then read in their text
+// form (the output function's, as COPY's text format has them), the
+// others in their binary one. Generated columns are
 // not read: the target computes them. The plan's Schema describes every
 // column (generated ones included) with its native type qualified by its
 // schema where it is not built in, and carries in Native the table's
@@ -56,21 +60,35 @@ func (s *Source) PlanUnits(ctx context.Context, req connectors.PlanRequest) (con
 		if sc.Native, err = json.Marshal(def); err != nil {
 			return nil, err
 		}
-		// A transform's contract reads the text format (contract.CopyText).
+		// A transform's contract reads the text format (contract.CopyText),
+		// or the binary one with the columns its actions take as text
+		// (contract.CopyBinary).
 		format := formatText
 		if ok, err := binaryCopySafe(ctx, conn, oid); err != nil {
 			return nil, err
-		} else if ok && !req.Transform {
+		} else if ok && (!req.Transform || req.Binary) {
 			format = formatBinary
 		}
-		var cols []string
+		var cols, text, formatted []string
+		var differs map[string]bool
+		if format == formatBinary && req.Transform && len(req.TextColumns) > 0 {
+			if differs, err = textCastDiffers(ctx, conn, oid); err != nil {
+				return nil, err
+			}
+		}
 		for _, c := range sc.Columns {
 			if c.Generated == "" {
 				cols = append(cols, c.Name)
+				if format == formatBinary && req.Transform && slices.Contains(req.TextColumns, c.Name) {
+					text = append(text, c.Name)
+					if differs[c.Name] {
+						formatted = append(formatted, c.Name)
+					}
+				}
 			}
 		}
 		for i := range specs {
-			specs[i].Columns, specs[i].Format = cols, format
+			specs[i].Columns, specs[i].Format, specs[i].Text, specs[i].Formatted = cols, format, text, formatted
 		}
 		return sc, nil
 	})
@@ -110,7 +128,7 @@ func (s *Source) readUnit(ctx context.Context, c chunkSpec, key string, emit con
 	}
 	defer st.stop()
 	err = emit(ctx, connectors.Unit{Name: s.cfg.Table, Length: -1, Size: -1, Columns: c.Columns, Format: c.Format,
-		Body: st, Position: s.cfg.Table + " " + key})
+		TextColumns: c.Text, Body: st, Position: s.cfg.Table + " " + key})
 	if serr := st.failure(); serr != nil {
 		return classify(fmt.Errorf("%s: copy: %w", where, serr))
 	}

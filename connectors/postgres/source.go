@@ -96,6 +96,12 @@ type chunkSpec struct {
 	// Format is the COPY format of a passthrough's chunk (formatBinary or
 	// formatText); empty for a load's, which reads CSV.
 	Format string `json:"format,omitempty"`
+	// Text names the columns of a binary chunk read in their text form
+	// (a transform's, connectors.PlanRequest.TextColumns); Formatted
+	// those of them whose cast to text is not their type's output
+	// function (a boolean's gives true, not t: see textCastDiffers).
+	Text      []string `json:"text,omitempty"`
+	Formatted []string `json:"formatted,omitempty"`
 }
 
 // deltaSpec is the window of an incremental run on its delta column.
@@ -627,6 +633,16 @@ func (s *Source) query(c chunkSpec) string {
 	cols := make([]string, len(c.Columns))
 	for i, col := range c.Columns {
 		cols[i] = pgx.Identifier{col}.Sanitize()
+		switch {
+		case slices.Contains(c.Formatted, col):
+			// The text the text format holds: format's %s is the
+			// type's output function, as COPY's.
+			cols[i] = "CASE WHEN " + cols[i] + " IS NULL THEN NULL ELSE pg_catalog.format('%s', " + cols[i] + ") END"
+		case slices.Contains(c.Text, col):
+			// A cast through the output function, or between types
+			// of the same text.
+			cols[i] += "::pg_catalog.text"
+		}
 	}
 	var conds []string
 	switch {

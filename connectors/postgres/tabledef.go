@@ -120,6 +120,34 @@ func DescribeTableDef(ctx context.Context, q Querier, oid uint32) (TableDef, err
 	return d, nil
 }
 
+// textCastDiffers names the columns of the table oid whose cast to text
+// is a function of its own rather than the type's output function (or,
+// for a domain, its base type's): a boolean's (true, not t), a
+// character(n)'s (trailing blanks trimmed), an inet's or a cidr's (the
+// netmask always shown), a name's or a "char"'s, a user's cast. A cast of
+// any other type to text gives the text COPY's text format holds.
+func textCastDiffers(ctx context.Context, q Querier, oid uint32) (map[string]bool, error) {
+	rows, err := q.Query(ctx, `WITH RECURSIVE base AS (
+			SELECT a.attname, a.atttypid AS t FROM pg_attribute a
+			WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+			UNION ALL
+			SELECT b.attname, ty.typbasetype FROM base b JOIN pg_type ty ON ty.oid = b.t WHERE ty.typtype = 'd')
+		SELECT DISTINCT b.attname::text FROM base b JOIN pg_cast c ON c.castsource = b.t
+		WHERE c.casttarget = 'pg_catalog.text'::pg_catalog.regtype AND c.castmethod <> 'b'`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("look up the columns' casts to text: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("look up the columns' casts to text: %w", err)
+	}
+	out := map[string]bool{}
+	for _, n := range names {
+		out[n] = true
+	}
+	return out, nil
+}
+
 // binaryCopySafe reports whether COPY's binary format of the table's
 // columns (its generated ones left out) reads the same in another
 // database: not when a column's type (a domain's base type) embeds type

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/files"
+	"github.com/sluicehq/sluice/protocol"
 )
 
 // HourDir is the directory of a table's hour, relative to the root.
@@ -126,4 +128,78 @@ func SameEvents(t testing.TB, got, want map[string][]connectors.Event) {
 			}
 		}
 	}
+}
+
+// KeyOrder fails the test unless each key's events in a change log read
+// as a reader meets them (lines, from ReadChangeLog: a table's hours in
+// time order, parts in name order, lines in file order) follow the
+// source's commit order: the events' commit LSN, then their index in the
+// transaction, each later than the key's event before. A key's events are
+// those whose old or new row holds it. It returns the number of events
+// that followed an earlier event of their key (the pairs checked) and how
+// many of those followed one in an earlier hour, which a caller asserts
+// are not zero.
+func KeyOrder(t testing.TB, lines map[string][]connectors.Event) (pairs, acrossHours int) {
+	t.Helper()
+	type pos struct {
+		lsn   uint64
+		text  string
+		index int
+		seq   uint64
+		dir   string
+	}
+	last := map[string]pos{}
+	bad := 0
+	for _, d := range slices.Sorted(maps.Keys(lines)) {
+		for _, e := range lines[d] {
+			if len(e.Key) == 0 {
+				continue // a truncate, a snapshot marker: no key
+			}
+			lsn, err := protocol.ParseLSN(e.CommitLSN)
+			if err != nil {
+				t.Fatalf("%s: event %d has no commit position to order by: %v", d, e.Seq, err)
+			}
+			p := pos{lsn, e.CommitLSN, e.Index, e.Seq, d}
+			for _, r := range []protocol.Row{e.Before, e.After} {
+				vals, ok := keyOf(r, e.Key)
+				if !ok {
+					continue
+				}
+				k := e.Schema + "." + e.Table + "\x00" + vals
+				if prev, ok := last[k]; ok {
+					pairs++
+					if prev.dir != d {
+						acrossHours++
+					}
+					if p.lsn < prev.lsn || p.lsn == prev.lsn && p.index <= prev.index {
+						if bad++; bad <= 5 {
+							t.Errorf("%s: key %s.%s %q: event at %s/%d (seq %d) after the key's event at %s/%d (seq %d)",
+								d, e.Schema, e.Table, vals, e.CommitLSN, e.Index, e.Seq, prev.text, prev.index, prev.seq)
+						}
+					}
+				}
+				last[k] = p
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d events out of their key's commit order (of %d checked)", bad, pairs)
+	}
+	return pairs, acrossHours
+}
+
+// keyOf returns the key values of r joined, false when r lacks one.
+func keyOf(r protocol.Row, key []string) (string, bool) {
+	if r == nil {
+		return "", false
+	}
+	vals := make([]string, len(key))
+	for i, k := range key {
+		v, ok := r[k]
+		if !ok || v.Null || v.Unchanged {
+			return "", false
+		}
+		vals[i] = v.Text
+	}
+	return strings.Join(vals, "\x00"), true
 }
