@@ -239,7 +239,9 @@ func TestStreamLeases(t *testing.T) {
 	b := newSimWorker(t, url, "wb")
 	began := time.Now()
 	eventually(t, 5*lease, "the stream moved to wb", func() bool { return len(b.assignments()) == 1 })
-	if d := time.Since(began); d > lease+time.Second {
+	// Within the lease and a margin for a loaded machine: well under the
+	// workers' 10s heartbeat TTL, so it is the lease that moved it.
+	if d := time.Since(began); d > lease+3*time.Second {
 		t.Errorf("stream moved after %s, lease %s", d, lease)
 	}
 	if e := b.assignments()[0].Epoch; e != 3 {

@@ -98,13 +98,9 @@ func TestCDCFaults(t *testing.T) {
 		dsn, strings.Join(tables, ", "), slot, slot))
 	applySpec(fmt.Sprintf("name: replica\npattern: cdc_apply\nsource: {kind: cdc, pipeline: shop}\nsink: {kind: postgres, dsn: %q, schema: %s}\n", dsn, target))
 
-	// Changes start once the slot exists: every one of them is then after
-	// the snapshot's consistent point, and is expected in the stream.
-	waitFor(t, 60*time.Second, "the snapshot's slot", func() bool {
-		var n int
-		_ = conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n)
-		return n == 1
-	})
+	// Changes start once the snapshot is planned: every one of them is
+	// then after its consistent point, and is expected in the stream.
+	c.snapshotPlanned("shop")
 
 	const total = 50_000
 	var done atomic.Int64
@@ -377,6 +373,29 @@ func (c *cluster) streamHolder(name string) string {
 		return false
 	})
 	return holder
+}
+
+// snapshotPlanned waits until the initial snapshot of cdc pipeline name
+// is planned, on its slot's exported snapshot. Changes committed from then
+// on are streamed; the slot alone is not enough: it is listed in
+// pg_replication_slots while it waits for the transactions running to end,
+// and one of the test's own that ends then is in the snapshot instead
+// (never in the stream).
+func (c *cluster) snapshotPlanned(name string) {
+	c.t.Helper()
+	waitFor(c.t, 2*time.Minute, "the snapshot of "+name+" planned", func() bool {
+		st, err := c.client.CDCStatus(c.ctx())
+		if err != nil {
+			return false
+		}
+		for _, s := range st.Streams {
+			if s.Pipeline == name && s.SnapshotRun != "" {
+				run, err := c.client.GetRun(c.ctx(), s.SnapshotRun)
+				return err == nil && run.Tasks > 0
+			}
+		}
+		return false
+	})
 }
 
 func (c *cluster) workerByID(id string) *workerProc {

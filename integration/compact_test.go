@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,7 +228,9 @@ compact:
 // An Iceberg table appended to every second by another writer while a
 // compaction of it runs through the cluster (planned, then rewritten while
 // appends land, then committed on top of them): at the end every row is
-// in the table exactly once, the appends after the plan among them.
+// in the table exactly once, the appends after the plan among them. The
+// appender stops three windows after the rewrite starts, until the run
+// ends, so that the rewrite's commit wins however long an attempt takes.
 func TestCompactIcebergWhileAppending(t *testing.T) {
 	ctx := context.Background()
 	warehouse := t.TempDir()
@@ -285,27 +288,39 @@ func TestCompactIcebergWhileAppending(t *testing.T) {
 	}
 
 	c := newCluster(t, clusterConfig{workers: 0})
+	// The appender commits every second while the rewrite's commit is
+	// tried: on a loaded machine an attempt can take longer than that,
+	// and lose several times before one wins (the attempts' bound is not
+	// what this test is about).
 	applyYAML(t, c, fmt.Sprintf(`name: events-compact
 pattern: compact
-dataset: {kind: iceberg, table: lake.events, warehouse: %s}
+dataset: {kind: iceberg, table: lake.events, warehouse: %s, commit_attempts: 50}
 compact: {target_file_size: 8KiB}
 `, warehouse))
 	stop := make(chan struct{})
 	done := make(chan error, 1)
+	// upTo, when set, holds the appender before that window: a rewrite
+	// whose commit attempt takes longer than a second (a loaded machine)
+	// would otherwise lose to the appends for ever.
+	var upTo atomic.Int64
 	go func() {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
-		for n := 20; ; n++ {
+		for n := 20; ; {
 			select {
 			case <-stop:
 				done <- nil
 				return
 			case <-tick.C:
 			}
+			if u := upTo.Load(); u > 0 && int64(n) >= u {
+				continue
+			}
 			if err := appendWindow(n); err != nil {
 				done <- err
 				return
 			}
+			n++
 		}
 	}()
 	// Planned with no worker: the appends land between the plan and the
@@ -326,8 +341,14 @@ compact: {target_file_size: 8KiB}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Three more windows while the rewrite runs and its commit is tried,
+	// then none until it ends.
+	mu.Lock()
+	upTo.Store(int64(appended + 3))
+	mu.Unlock()
 	c.addWorker()
 	st := c.wait(res.RunID)
+	upTo.Store(0)
 	// One more append after the commit.
 	mu.Lock()
 	atCommit := appended

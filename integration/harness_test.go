@@ -276,27 +276,35 @@ func (c *cluster) wait(runID string) protocol.RunStatus {
 
 // expectMessages waits until stream holds want messages on subject (they
 // are published after the Raft entry that ends a run, so they may lag the
-// run's state a little), then checks that no more arrive.
+// run's state a little), then checks that no more arrive. The stream's
+// info is asked again while it fails: on a NATS cluster being faulted a
+// request may find no responders, or time out, while the meta or the
+// stream leader moves.
 func expectMessages(t testing.TB, js jetstream.JetStream, stream, subject string, want int) {
 	t.Helper()
+	deadline := time.Now().Add(time.Minute)
 	count := func() int {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, err := js.Stream(ctx, stream)
-		if err != nil {
-			t.Fatalf("stream %s: %v", stream, err)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s, err := js.Stream(ctx, stream)
+			var info *jetstream.StreamInfo
+			if err == nil {
+				info, err = s.Info(ctx, jetstream.WithSubjectFilter(subject))
+			}
+			cancel()
+			if err == nil {
+				var n uint64
+				for _, v := range info.State.Subjects {
+					n += v
+				}
+				return int(n)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("info of stream %s: %v", stream, err)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(subject))
-		if err != nil {
-			t.Fatalf("stream %s info: %v", stream, err)
-		}
-		var n uint64
-		for _, v := range info.State.Subjects {
-			n += v
-		}
-		return int(n)
 	}
-	deadline := time.Now().Add(15 * time.Second)
 	n := count()
 	for n < want && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

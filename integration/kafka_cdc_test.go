@@ -51,11 +51,9 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 	c := newCluster(t, clusterConfig{workers: 3})
 	c.applyYAML("shop", fmt.Sprintf("name: shop\npattern: cdc\nsource:\n  kind: postgres\n  dsn: %s\n  tables: [%s.accounts]\ncdc:\n  slot: %s\n  publication: %s\n  heartbeat: 1s\n  lease: 3s\n", dsn, schema, slot, slot))
 	c.applyYAML("to-kafka", fmt.Sprintf("name: to-kafka\npattern: cdc_apply\nsource: {kind: cdc, pipeline: shop}\nsink: {kind: kafka, brokers: [%s], topic_prefix: shop, partitions: 3}\ncdc: {lease: 3s}\n", k.Brokers[0]))
-	waitFor(t, 60*time.Second, "the snapshot's slot", func() bool {
-		var n int
-		_ = conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&n)
-		return n == 1
-	})
+	// Transactions start once the snapshot is planned: each is then in the
+	// stream, none in the snapshot.
+	c.snapshotPlanned("shop")
 
 	// Transactions of an insert, an update and a delete each.
 	const txs = 600
@@ -149,7 +147,8 @@ func TestCDCToKafkaExactlyOnce(t *testing.T) {
 		return len(evs) >= want
 	})
 	if !ok || len(evs) != want {
-		t.Fatalf("%d events in the topic, want %d snapshot rows and %d changes", len(evs), initial, changes)
+		st, err := c.client.CDCStatus(c.ctx())
+		t.Errorf("%d events in the topic, want %d snapshot rows and %d changes; streams: %+v (%v)", len(evs), initial, changes, st.Streams, err)
 	}
 	seen := map[string]bool{}
 	partOf := map[string]int32{}

@@ -118,14 +118,21 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 	res := c.run("nsplit1")
 
 	ctx := c.ctx(60 * time.Second)
-	info, err := c.js.Stream(ctx, protocol.StreamTasks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	si, err := info.Info(ctx)
-	if err != nil || si.Cluster == nil || si.Cluster.Leader == "" {
-		t.Fatalf("%s has no cluster leader: %+v %v", protocol.StreamTasks, si, err)
-	}
+	// Asked until it answers with a leader (a loaded cluster's JetStream
+	// API may time out or find no responders for a moment).
+	var info jetstream.Stream
+	var si *jetstream.StreamInfo
+	waitFor(t, 60*time.Second, "a leader of "+protocol.StreamTasks, func() bool {
+		var err error
+		if info == nil {
+			if info, err = c.js.Stream(c.ctx(5*time.Second), protocol.StreamTasks); err != nil {
+				info = nil
+				return false
+			}
+		}
+		si, err = info.Info(c.ctx(5 * time.Second))
+		return err == nil && si.Cluster != nil && si.Cluster.Leader != ""
+	})
 	victim := si.Cluster.Leader
 	if c.ns[victim] == "" {
 		t.Fatalf("stream leader %q is not one of the NATS servers", victim)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/sluicehq/sluice/connectors"
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
 	"github.com/sluicehq/sluice/connectors/pgcdc"
@@ -314,13 +315,18 @@ func TestFailedSnapshotRetried(t *testing.T) {
 // churn runs transactions of inserts (of keys from base on), updates (some
 // leaving a TOASTed value unchanged, some changing the key) and deletes on
 // the tables (id int key, v text, big text) until stop is called; stop
-// returns the first error.
-func churn(t *testing.T, dsn string, base int, tables ...string) (stop func() error) {
+// returns the first error. Each transaction runs to its end: when stop
+// returns, none is left to commit later (a cancelled query's transaction
+// may still commit on the server after its client gave up). It waits
+// while slot is more than 1 MB behind, so that its reader keeps up
+// however loaded the machine (a chunk of an incremental snapshot needs
+// the stream to reach its watermarks).
+func churn(t *testing.T, dsn, slot string, base int, tables ...string) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		conn, err := pgx.Connect(ctx, dsn)
+		conn, err := pgx.Connect(context.Background(), dsn)
 		if err != nil {
 			done <- err
 			return
@@ -328,24 +334,43 @@ func churn(t *testing.T, dsn string, base int, tables ...string) (stop func() er
 		defer conn.Close(context.Background())
 		for i := 0; ctx.Err() == nil; i++ {
 			tb := tables[i%len(tables)]
-			_, err := conn.Exec(ctx, fmt.Sprintf(`BEGIN;
+			_, err := conn.Exec(context.Background(), fmt.Sprintf(`BEGIN;
 				INSERT INTO %[1]s (id, v, big) SELECT %[5]d + %[2]d * 10 + g, 'new', CASE WHEN g = 1 THEN repeat(md5(g::text), 300) END FROM generate_series(1, 5) g;
 				UPDATE %[1]s SET v = v || '+' WHERE id IN (SELECT id FROM %[1]s WHERE id %% 97 = %[3]d);
 				UPDATE %[1]s SET id = -id WHERE id = %[4]d;
 				DELETE FROM %[1]s WHERE id IN (SELECT id FROM %[1]s WHERE id %% 89 = %[3]d LIMIT 3);
 				COMMIT`, tb, i, i%89, 500+i, base))
-			if err != nil && ctx.Err() == nil {
+			if err != nil {
 				done <- err
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
+			for ctx.Err() == nil {
+				var lag int64
+				if err := conn.QueryRow(context.Background(), `SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint
+					FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&lag); err != nil {
+					done <- err
+					return
+				}
+				if lag < 1<<20 {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		}
 		done <- nil
 	}()
-	return func() error {
-		cancel()
-		return <-done
+	var once sync.Once
+	var result error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			result = <-done
+		})
+		return result
 	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // TestIncrementalSnapshot: a table added to a streaming reader is
@@ -369,7 +394,7 @@ func TestIncrementalSnapshot(t *testing.T) {
 	rd := cdctest.StartReader(t, js, rcfg)
 	pg := cdctest.PostgresApplier(t, postgres.ApplierConfig{DSN: dsn, Schema: dst, Pipeline: "rep", CreateTables: true})
 	r, _, done := cdctest.Run(t, js, cdcapply.Config{Pipeline: "rep", Upstream: "up", BatchWait: 20 * time.Millisecond}, pg)
-	stopChurn := churn(t, dsn, 100_000, a)
+	stopChurn := churn(t, dsn, slot, 100_000, a)
 	// Churn reaches the stream before the reader stops.
 	first := cdctest.LastSeq(t, js)
 	cdctest.WaitFor(t, "churn in the stream", done, func() bool { return cdctest.LastSeq(t, js) >= first+20 })
@@ -379,7 +404,7 @@ func TestIncrementalSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopChurn()
-	stopChurn = churn(t, dsn, 10_000_000, a, b)
+	stopChurn = churn(t, dsn, slot, 10_000_000, a, b)
 	rcfg.Tables = []string{a, b}
 	rcfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: b, Reason: protocol.SnapshotAdded}}
 	rd = cdctest.StartReader(t, js, rcfg)
@@ -406,13 +431,16 @@ func TestIncrementalSnapshot(t *testing.T) {
 			wn, wsum := pgtest.Checksum(t, conn, src+"."+tb, "id")
 			gn, gsum := pgtest.Checksum(t, conn, dst+"."+tb, "id")
 			if wn != gn || wsum != gsum {
-				t.Errorf("%s: replica %s holds %d rows (md5 %s), the source %d (md5 %s)", when, tb, gn, gsum, wn, wsum)
+				t.Errorf("%s: replica %s holds %d rows (md5 %s), the source %d (md5 %s); rows that differ: %s",
+					when, tb, gn, gsum, wn, wsum, rowDiff(t, conn, src+"."+tb, dst+"."+tb))
 			}
 		}
 	}
 	same("after b was added", "a", "b")
+	evs := cdctest.StreamEvents(t, js)
+	checkKeyOrder(t, evs)
 	var marks, dones, reads int
-	for _, ev := range cdctest.StreamEvents(t, js) {
+	for _, ev := range evs {
 		if ev.Table != "b" {
 			continue
 		}
@@ -451,9 +479,83 @@ func TestIncrementalSnapshot(t *testing.T) {
 	last = rd.Published()
 	cdctest.WaitFor(t, "every event", done, func() bool { return r.Status().Applied == last })
 	same("after the resnapshots", "a", "b")
+	checkKeyOrder(t, cdctest.StreamEvents(t, js))
 	if st := pg.TableStatus(); len(st) != 0 {
 		t.Errorf("stopped tables after the resnapshot %+v", st)
 	}
+}
+
+// checkKeyOrder checks the events of churn's tables in stream order: per
+// key, v never gets shorter (churn only appends to it) and nothing but
+// the same again follows the key's delete or its move to another key. A chunk of an incremental
+// snapshot that read a row older than a change published before it (its
+// select missing a transaction the stream had delivered) breaks it, even
+// when a later change repairs the replica.
+func checkKeyOrder(t *testing.T, evs []connectors.Event) {
+	t.Helper()
+	type state struct {
+		n    int // v's length
+		gone bool
+		seq  uint64
+		op   protocol.Op
+	}
+	last := map[string]state{}
+	bad := 0
+	check := func(k string, ev connectors.Event, n int, gone bool) {
+		if p, ok := last[k]; ok && !gone && (p.gone || n < p.n) {
+			if bad++; bad <= 5 {
+				t.Errorf("key %s: %s event (seq %d, v of %d bytes) after its %s event (seq %d, v of %d bytes, gone %v): the stream went back",
+					k, ev.Op, ev.Seq, n, p.op, p.seq, p.n, p.gone)
+			}
+		}
+		last[k] = state{n: n, gone: gone, seq: ev.Seq, op: ev.Op}
+	}
+	for _, ev := range evs {
+		tb := ev.Schema + "." + ev.Table + " "
+		switch ev.Op {
+		case protocol.OpDelete:
+			check(tb+ev.Before["id"].Text, ev, 0, true)
+		case protocol.OpInsert, protocol.OpUpdate, protocol.OpRead:
+			if old, ok := ev.Before["id"]; ok && old.Text != ev.After["id"].Text {
+				check(tb+old.Text, ev, 0, true)
+			}
+			check(tb+ev.After["id"].Text, ev, len(ev.After["v"].Text), false)
+		case protocol.OpTruncate:
+			t.Fatalf("a truncate in the stream (seq %d): churn never truncates", ev.Seq)
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d events out of their key's order", bad)
+	}
+}
+
+// rowDiff lists up to 5 rows (id, v and big's md5) that differ between two
+// tables (id, v, big).
+func rowDiff(t *testing.T, conn *pgx.Conn, a, b string) string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), fmt.Sprintf(`SELECT coalesce(x.id, y.id), x.v, y.v, md5(x.big), md5(y.big)
+		FROM %s x FULL JOIN %s y ON x.id = y.id
+		WHERE x.id IS NULL OR y.id IS NULL OR x.v IS DISTINCT FROM y.v OR x.big IS DISTINCT FROM y.big ORDER BY 1 LIMIT 5`, a, b))
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id int
+		var xv, yv, xb, yb *string
+		if err := rows.Scan(&id, &xv, &yv, &xb, &yb); err != nil {
+			return err.Error()
+		}
+		show := func(p *string) string {
+			if p == nil {
+				return "NULL"
+			}
+			return fmt.Sprintf("%q", *p)
+		}
+		out = append(out, fmt.Sprintf("id %d: source v %s big %s, replica v %s big %s", id, show(xv), show(xb), show(yv), show(yb)))
+	}
+	return strings.Join(out, "; ")
 }
 
 // TestIncrementalSnapshotThrottled: a table added while its reader is
@@ -532,25 +634,26 @@ func TestIncrementalSnapshotThrottled(t *testing.T) {
 // trickle writes a small transaction to table (id int PRIMARY KEY, v
 // text) every 20 ms until stop is called: an insert, an update and a
 // delete, a few hundred bytes of WAL, so that a reader catches up with it
-// even on a loaded machine.
+// even on a loaded machine. Like churn's, each transaction runs to its
+// end.
 func trickle(t *testing.T, dsn, table string) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		conn, err := pgx.Connect(ctx, dsn)
+		conn, err := pgx.Connect(context.Background(), dsn)
 		if err != nil {
 			done <- err
 			return
 		}
 		defer conn.Close(context.Background())
 		for i := 0; ctx.Err() == nil; i++ {
-			_, err := conn.Exec(ctx, fmt.Sprintf(`BEGIN;
+			_, err := conn.Exec(context.Background(), fmt.Sprintf(`BEGIN;
 				INSERT INTO %[1]s (id, v) VALUES (%[2]d, 'w');
 				UPDATE %[1]s SET v = v || '+' WHERE id = %[3]d;
 				DELETE FROM %[1]s WHERE id = %[4]d;
 				COMMIT`, table, 20_000_000+i, i%5000+1, 1_000_000+i+1))
-			if err != nil && ctx.Err() == nil {
+			if err != nil {
 				done <- err
 				return
 			}

@@ -111,6 +111,11 @@ func (s *Sink) commit(ctx context.Context, req connectors.CommitRequest) error {
 			return ctx.Err()
 		case <-time.After(wait):
 		}
+		// Tried on the table as the wait left it: a writer that commits
+		// more often than the wait would otherwise win every time.
+		if again, err := l.load(ctx); err == nil && again != nil {
+			fresh = again
+		}
 		tbl = fresh
 	}
 }

@@ -432,6 +432,11 @@ func (s *Sink) CommitCompaction(ctx context.Context, req connectors.CompactCommi
 			return res, ctx.Err()
 		case <-time.After(wait):
 		}
+		// Tried on the table as the wait left it: a writer that commits
+		// more often than the wait would otherwise win every time.
+		if again, err := l.load(ctx); err == nil && again != nil {
+			fresh = again
+		}
 		tbl = fresh
 	}
 	if len(runSnapshots(tbl, req.RunID)) > 0 {

@@ -76,6 +76,7 @@ type snapJob struct {
 
 	phase     int
 	chunk     int
+	tries     int                 // the chunk's low watermarks written before this one (see onLow)
 	low, high string              // the payloads of the chunk's watermarks
 	next      []string            // key values after which the next chunk starts; nil before the first
 	full      bool                // the chunk read as many rows as it may: more may follow
@@ -242,13 +243,63 @@ func (r *Reader) snapshotStep(ctx context.Context, st *streamState) error {
 		r.snaps.set(j, protocol.TableSnapshotting, "")
 	}
 	j.chunk++
-	j.low = fmt.Sprintf("%s %s %s %d low", r.cfg.Slot, r.snaps.nonce, j.req.ID, j.chunk)
-	j.high = strings.TrimSuffix(j.low, "low") + "high"
+	j.tries = 0
+	return r.writeLow(ctx, st, j)
+}
+
+// writeLow writes the low watermark of the job's chunk, tried for the
+// (tries+1)th time.
+func (r *Reader) writeLow(ctx context.Context, st *streamState, j *snapJob) error {
+	mark := fmt.Sprintf("%s %s %s %d", r.cfg.Slot, r.snaps.nonce, j.req.ID, j.chunk)
+	if j.tries > 0 {
+		mark += "." + strconv.Itoa(j.tries)
+	}
+	j.low, j.high = mark+" low", mark+" high"
 	if err := r.watermark(ctx, st, j.low); err != nil {
 		return err
 	}
 	j.phase = phaseLow
 	return nil
+}
+
+// deliveredRing is how many of the last transactions delivered by the
+// stream a Reader remembers, for onLow's check.
+const deliveredRing = 4096
+
+// invisible returns a transaction of delivered that a snapshot does not
+// see: one in progress in it (its xip list) or not begun for it (at or
+// past its xmax). snap is pg_current_snapshot() as text, xmin:xmax:xip,...
+// of 64-bit transaction ids; delivered are the 32-bit ids the stream
+// carries, recent ones, placed in xmax's epoch.
+func invisible(snap string, delivered []uint32) (uint32, bool, error) {
+	parts := strings.Split(snap, ":")
+	if len(parts) != 3 {
+		return 0, false, fmt.Errorf("snapshot %q is not xmin:xmax:xip", snap)
+	}
+	xmax, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("snapshot %q: xmax: %w", snap, err)
+	}
+	running := map[uint32]bool{}
+	if parts[2] != "" {
+		for f := range strings.SplitSeq(parts[2], ",") {
+			x, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				return 0, false, fmt.Errorf("snapshot %q: xip: %w", snap, err)
+			}
+			running[uint32(x)] = true
+		}
+	}
+	for _, x := range delivered {
+		full := xmax&^0xffffffff | uint64(x)
+		if full > xmax && full-xmax > 1<<31 && full >= 1<<32 {
+			full -= 1 << 32 // of the epoch before xmax's
+		}
+		if running[x] || full >= xmax {
+			return x, true, nil
+		}
+	}
+	return 0, false, nil
 }
 
 // lagOver reports whether the slot retains more WAL than
@@ -328,7 +379,45 @@ func (r *Reader) onWatermark(ctx context.Context, st *streamState, m *pglogrepl.
 
 // onLow selects the chunk (publishing the table's snapshot event first,
 // at the first chunk) and writes its high watermark.
+//
+// The select must see every transaction whose commit the stream delivered
+// before the low watermark: their changes were published before it, and a
+// row read older than them would be published after them. PostgreSQL
+// makes a transaction visible a moment after its commit record is
+// flushed, and so streamable: a backend descheduled in between (a loaded
+// machine) leaves its transaction delivered and still in progress for a
+// new snapshot. So the chunk is read in a repeatable-read transaction
+// whose snapshot is checked against the transactions the stream
+// delivered last; when it misses one, the chunk starts again at a new low
+// watermark.
 func (r *Reader) onLow(ctx context.Context, st *streamState, j *snapJob, lsn pglogrepl.LSN) error {
+	conn, err := r.catalog(ctx, st)
+	if err != nil {
+		return err
+	}
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("incremental snapshot of %s: chunk %d: %w", j.req.Table, j.chunk, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) // nothing to undo after Commit
+	var snap string
+	if err := tx.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snap); err != nil {
+		return fmt.Errorf("incremental snapshot of %s: chunk %d: %w", j.req.Table, j.chunk, err)
+	}
+	xid, missed, err := invisible(snap, st.delivered[:min(st.next, deliveredRing)])
+	if err != nil {
+		return fmt.Errorf("incremental snapshot of %s: chunk %d: %w", j.req.Table, j.chunk, err)
+	}
+	if missed {
+		if err := tx.Rollback(ctx); err != nil {
+			return fmt.Errorf("incremental snapshot of %s: chunk %d: %w", j.req.Table, j.chunk, err)
+		}
+		if j.tries++; j.tries == 1 || j.tries%100 == 0 {
+			r.log.Info("incremental snapshot: a transaction the stream delivered is not visible yet; the chunk starts again at a new low watermark",
+				"table", j.req.Table, "chunk", j.chunk, "xid", xid, "tries", j.tries)
+		}
+		return r.writeLow(ctx, st, j)
+	}
 	if !j.began {
 		ev := protocol.ChangeEvent{Op: protocol.OpSnapshot, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: j.schema, Table: j.table,
 			Key: j.key, LSN: formatLSN(lsn), CommitLSN: formatLSN(lsn), CommitTime: time.Now().UTC()}
@@ -336,10 +425,6 @@ func (r *Reader) onLow(ctx context.Context, st *streamState, j *snapJob, lsn pgl
 			return err
 		}
 		j.began = true
-	}
-	conn, err := r.catalog(ctx, st)
-	if err != nil {
-		return err
 	}
 	cols := make([]string, len(j.cols))
 	for i, c := range j.cols {
@@ -383,6 +468,9 @@ func (r *Reader) onLow(ctx context.Context, st *streamState, j *snapJob, lsn pgl
 		n++
 	}
 	if _, err := rr.Close(); err != nil {
+		return fmt.Errorf("incremental snapshot of %s: select chunk %d: %w", j.req.Table, j.chunk, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("incremental snapshot of %s: select chunk %d: %w", j.req.Table, j.chunk, err)
 	}
 	if n > 0 {

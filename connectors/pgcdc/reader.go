@@ -181,6 +181,9 @@ type Reader struct {
 	log *slog.Logger
 
 	snaps *snapshotter
+	// seeded, set by tests only, are transactions each stream starts as
+	// delivered.
+	seeded []uint32
 
 	mu     sync.Mutex
 	status Status
@@ -327,6 +330,7 @@ type streamState struct {
 	// the transaction being received
 	inTx      bool
 	commitLSN string
+	xid       uint32
 	tx        protocol.TxFields // commit LSN, xid and commit time, encoded
 	timeErr   error             // tx.Set's error: a commit time JSON cannot carry
 	index     int
@@ -351,6 +355,13 @@ type streamState struct {
 	acked    pglogrepl.LSN
 	received pglogrepl.LSN
 	events   int64 // acknowledged
+
+	// delivered holds the ids of the last transactions whose commit the
+	// stream delivered, a ring (next is where the next one goes): an
+	// incremental snapshot's chunk is read on a snapshot that sees them
+	// all (see onLow).
+	delivered [deliveredRing]uint32
+	next      int
 }
 
 func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LSN) error {
@@ -380,6 +391,10 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		return fmt.Errorf("start replication on slot %q at %s: %w", r.cfg.Slot, start, err)
 	}
 	st := &streamState{database: database, rels: map[uint32]*relation{}, acked: start, received: start, maxBytes: MaxMessageBytes, batchable: batchable}
+	for _, x := range r.seeded {
+		st.delivered[st.next%deliveredRing] = x
+		st.next++
+	}
 	if nc := r.js.Conn(); nc != nil {
 		if mp := int(nc.MaxPayload()); mp > 0 && mp/2 < st.maxBytes {
 			st.maxBytes = mp / 2
@@ -679,6 +694,7 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 	case *pglogrepl.BeginMessage:
 		st.inTx = true
 		st.commitLSN = formatLSN(m.FinalLSN)
+		st.xid = m.Xid
 		// A commit time JSON cannot carry fails every event of the
 		// transaction, as Encode would.
 		st.timeErr = st.tx.Set(st.commitLSN, m.Xid, m.CommitTime)
@@ -692,6 +708,8 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 			return err
 		}
 		st.queue = append(st.queue, &pending{end: m.TransactionEndLSN, commitTime: m.CommitTime, futs: st.futs, since: time.Now()})
+		st.delivered[st.next%deliveredRing] = st.xid
+		st.next++
 		st.inTx = false
 		st.futs = nil
 		if len(st.queue) <= 2 {

@@ -124,6 +124,13 @@ func (e *env) start(t *testing.T) (r *pgcdc.Reader, stop func() error, done <-ch
 	if err != nil {
 		t.Fatal(err)
 	}
+	stop, done = e.run(t, r)
+	return r, stop, done
+}
+
+// run runs r as start does.
+func (e *env) run(t *testing.T, r *pgcdc.Reader) (stop func() error, done <-chan struct{}) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan struct{})
 	var result error
@@ -146,7 +153,7 @@ func (e *env) start(t *testing.T) (r *pgcdc.Reader, stop func() error, done <-ch
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return r, stop, ch
+	return stop, ch
 }
 
 // stored is one event of the stream and the message that carried it.

@@ -3,6 +3,7 @@ package cdctest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 
@@ -103,6 +104,7 @@ func StartReader(t *testing.T, js jetstream.JetStream, cfg pgcdc.Config) *Reader
 		cfg.StatusInterval = 100 * time.Millisecond
 	}
 	DropSlotAtEnd(t, cfg.DSN, cfg.Slot, cfg.Publication)
+	waitSlotFree(t, cfg.DSN, cfg.Slot)
 	r, err := pgcdc.NewReader(cfg, js, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +126,33 @@ func StartReader(t *testing.T, js jetstream.JetStream, cfg pgcdc.Config) *Reader
 		time.Sleep(20 * time.Millisecond)
 	}
 	return rd
+}
+
+// waitSlotFree waits until no walsender streams slot (the one of a
+// Reader stopped just before may still be exiting on a loaded machine).
+func waitSlotFree(t *testing.T, dsn, slot string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var active bool
+		err := conn.QueryRow(ctx, "SELECT active FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&active)
+		if errors.Is(err, pgx.ErrNoRows) || err == nil && !active {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot %s still streamed after 60s", slot)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Stop stops the Reader and returns Run's error; it may be called more

@@ -117,10 +117,11 @@ func Run(t *testing.T, js jetstream.JetStream, cfg cdcapply.Config, a connectors
 }
 
 // WaitFor polls cond until it holds; it fails when done closes first or
-// after 30s.
+// after 90s (a bound for a loaded machine: what it waits for takes
+// seconds).
 func WaitFor(t *testing.T, what string, done <-chan struct{}, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for !cond() {
 		select {
 		case <-done:
