@@ -501,12 +501,28 @@ func rowKey(row [][]byte, keyIdx []int) string {
 // place, is as new as the chunk's row or newer. A truncate empties the
 // chunk.
 func (r *Reader) onChange(rel *relation, op protocol.Op, before, after []protocol.Cell) {
-	j := r.snaps.current()
-	if j == nil || j.phase != phaseWindow || rel.schema != j.schema || rel.table != j.table {
+	if j := r.snaps.current(); j != nil {
+		j.onChange(rel, op, before, after)
+	}
+}
+
+// onChange: see Reader.onChange. An update that leaves a value unchanged
+// (TOAST, not sent) cannot stand for the row: an applier without the row
+// has no value to keep and leaves the update out, counting on the chunk.
+// Its key's row, when the chunk has it, is then kept, with the values the
+// update sent written over it: a value left unchanged is the chunk's, the
+// same before and after the update (or sent whole by a change after it in
+// the window, written over it in turn), so at the high watermark the row
+// is as new as the window's last change of it.
+func (j *snapJob) onChange(rel *relation, op protocol.Op, before, after []protocol.Cell) {
+	if j.phase != phaseWindow || rel.schema != j.schema || rel.table != j.table {
 		return
 	}
 	if op == protocol.OpTruncate {
 		clear(j.rows)
+		return
+	}
+	if op == protocol.OpUpdate && j.patch(rel, before, after) {
 		return
 	}
 	for _, cells := range [2][]protocol.Cell{before, after} {
@@ -514,6 +530,43 @@ func (r *Reader) onChange(rel *relation, op protocol.Op, before, after []protoco
 			delete(j.rows, k)
 		}
 	}
+}
+
+// patch writes an update that leaves a value unchanged over its key's row
+// in the chunk (see snapJob.onChange); false when the update sends every
+// value, moves the row to another key, or names a column the chunk did
+// not read, or the chunk has no row of the key.
+func (j *snapJob) patch(rel *relation, before, after []protocol.Cell) bool {
+	if !slices.ContainsFunc(after, func(c protocol.Cell) bool { return c.Kind == protocol.CellUnchanged }) {
+		return false
+	}
+	k, ok := cellsKey(after, rel.keyIdx)
+	if !ok {
+		return false
+	}
+	if bk, ok := cellsKey(before, rel.keyIdx); ok && bk != k {
+		return false
+	}
+	row, ok := j.rows[k]
+	if !ok || len(rel.names) != len(after) {
+		return false
+	}
+	at := make([]int, len(after))
+	for i, name := range rel.names {
+		if at[i] = slices.Index(j.cols, name); at[i] < 0 && after[i].Kind != protocol.CellUnchanged && after[i].Kind != protocol.CellAbsent {
+			return false
+		}
+	}
+	for i, c := range after {
+		switch {
+		case at[i] < 0:
+		case c.Kind == protocol.CellText:
+			row[at[i]] = append([]byte{}, c.Text...) // never nil: nil is NULL
+		case c.Kind == protocol.CellNull:
+			row[at[i]] = nil
+		}
+	}
+	return true
 }
 
 // cellsKey joins the key values of a row of cells; ok is false when the

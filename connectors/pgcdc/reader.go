@@ -279,6 +279,7 @@ type relation struct {
 	// columns names the columns, identity flags those of the replica
 	// identity (the key), both in table order.
 	columns  *protocol.Columns
+	names    []string // the columns' names, in table order
 	identity []bool
 	keys     []string
 	keyIdx   []int // the keys' places among the columns
@@ -671,7 +672,7 @@ func (r *Reader) handle(ctx context.Context, st *streamState, xld pglogrepl.XLog
 			}
 		}
 
-		rel.columns = protocol.NewColumns(names)
+		rel.columns, rel.names = protocol.NewColumns(names), names
 		if m.ReplicaIdentity == 'f' {
 			// FULL flags every column as identity: the key is the primary key.
 			keys, err := r.primaryKey(ctx, st, m.RelationID)
