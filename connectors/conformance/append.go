@@ -82,5 +82,5 @@ func TestAppend(t *testing.T, h SinkHarness) {
 	if err := sink.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	goleak.VerifyNone(t, leaks)
+	verifyNoLeaks(t, leaks)
 }

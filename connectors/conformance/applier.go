@@ -145,7 +145,7 @@ func TestApplier(t *testing.T, h ApplierHarness) {
 		t.Errorf("after cancelled calls the target differs from one that took every event at once:\n got %q\nwant %q", got, want)
 	}
 	closeApplier(c)
-	goleak.VerifyNone(t, leaks)
+	verifyNoLeaks(t, leaks)
 }
 
 // messages splits events into their messages, by Seq.

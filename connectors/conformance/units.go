@@ -271,7 +271,7 @@ func TestUnits(t *testing.T, h UnitsHarness) {
 	if err := errors.Join(src.Close(), sink.Close()); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	goleak.VerifyNone(t, leaks)
+	verifyNoLeaks(t, leaks)
 }
 
 // readUnits reads a partition and describes its units: name, range,

@@ -127,7 +127,7 @@ func TestVersioned(t *testing.T, h SinkHarness) {
 	if err := sink.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	goleak.VerifyNone(t, leaks)
+	verifyNoLeaks(t, leaks)
 }
 
 func keys(m map[int64]connectors.Version) []int64 { return slices.Sorted(maps.Keys(m)) }
