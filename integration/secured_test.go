@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -30,7 +31,12 @@ func TestProcessSecuredCluster(t *testing.T) {
 	dir := c.dir
 	run := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(sluice, args...)
+		// Bounded: `run --wait` follows a run as long as the cluster
+		// answers; a run that never ends fails the test, with the
+		// processes' logs, instead of the package's timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, sluice, args...)
 		cmd.Dir = dir
 		out, err := cmd.CombinedOutput()
 		if err != nil {
