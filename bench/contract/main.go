@@ -36,7 +36,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -271,7 +270,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 			for _, l := range loads {
 				stop := func() {}
 				if cfg.profile != "" && rep == cfg.reps {
-					s, err := startProfile(cfg.profile + "." + l.m.Key + ".pprof")
+					s, err := harness.StartCPUProfile(cfg.profile + "." + l.m.Key + ".pprof")
 					if err != nil {
 						return err
 					}
@@ -296,23 +295,6 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		}
 		return writeResults(cfg, stdout, hdr, ms, began)
 	})
-}
-
-// startProfile starts profiling the CPU into the file path; the function
-// it returns stops it.
-func startProfile(path string) (func(), error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
 }
 
 // timeRun runs a pipeline on the cluster and waits for its commit: the

@@ -9,10 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/bench/harness"
 	"github.com/sluicehq/sluice/bench/measure"
 	"github.com/sluicehq/sluice/connectors/files/filestest"
 	"github.com/sluicehq/sluice/devcluster"
@@ -124,18 +124,7 @@ func (b *bench) startProfile(key string, rep int) (func(), error) {
 	if b.cfg.profile == "" || rep != b.cfg.reps {
 		return func() {}, nil
 	}
-	f, err := os.Create(b.cfg.profile + "." + key + ".pprof")
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
-	}, nil
+	return harness.StartCPUProfile(b.cfg.profile + "." + key + ".pprof")
 }
 
 // checkTree compares a copy of the source tree with the source.
