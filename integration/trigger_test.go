@@ -124,17 +124,22 @@ func TestTriggerSameMsgIDOneRun(t *testing.T) {
 	// Published again once JetStream's duplicate window has passed (made
 	// short here): JetStream stores it again, and only the coordinator's
 	// request-id map keeps it to one run.
-	shortWindow := func() {
+	// shortWindow sets the stream's duplicate window to w. The server
+	// resets its purge timer on such an update, but the timer may fire
+	// before the update has set the new window and then wait out the old
+	// one (2 min): each attempt below sets a window different from the
+	// last, so every attempt purges again with a short window.
+	shortWindow := func(w time.Duration) {
 		t.Helper()
 		s, err := c.js.Stream(c.ctx(), protocol.StreamTriggers)
 		if err != nil {
 			t.Fatal(err)
 		}
 		scfg := s.CachedInfo().Config
-		if scfg.Duplicates == time.Second {
+		if scfg.Duplicates == w {
 			return
 		}
-		scfg.Duplicates = time.Second
+		scfg.Duplicates = w
 		if _, err := c.js.UpdateStream(c.ctx(), scfg); err != nil {
 			t.Fatal(err)
 		}
@@ -145,9 +150,9 @@ func TestTriggerSameMsgIDOneRun(t *testing.T) {
 	// loaded machine) sets the stream's configuration back to Sluice's:
 	// the window is made short again.
 	var ack *jetstream.PubAck
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		shortWindow()
-		time.Sleep(500 * time.Millisecond)
+	for i, deadline := 0, time.Now().Add(30*time.Second); ; i++ {
+		shortWindow(time.Second + time.Duration(i%2)*100*time.Millisecond)
+		time.Sleep(1200 * time.Millisecond)
 		m := nats.NewMsg(protocol.TriggerSubject("trig"))
 		m.Header.Set(protocol.HeaderMsgID, "order-42")
 		var err error
