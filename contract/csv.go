@@ -2,8 +2,10 @@ package contract
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -154,11 +156,9 @@ func scanRecord(raw []byte, p, n int, fields []span) ([]span, int, error) {
 			}
 			p = j
 		} else {
-			for p < len(raw) && raw[p] != ',' && raw[p] != '\n' && raw[p] != '\r' {
-				if raw[p] == '"' {
-					return fields, p, fmt.Errorf("%w: a quote inside an unquoted field", errCSV)
-				}
-				p++
+			p = csvFieldEnd(raw, p)
+			if p < len(raw) && raw[p] == '"' {
+				return fields, p, fmt.Errorf("%w: a quote inside an unquoted field", errCSV)
 			}
 		}
 		f.end = p
@@ -180,6 +180,35 @@ func scanRecord(raw []byte, p, n int, fields []span) ([]span, int, error) {
 		p++
 	}
 	return fields, p, nil
+}
+
+// csvFieldEnd returns the position of the first delimiter, quote or line
+// ending in raw at p or after it, len(raw) when there is none. It looks at
+// eight bytes at a time: each byte of the word that equals one of those
+// four gets its high bit set in special's result (a byte above a match
+// may get one too, never a byte below it, so the lowest is exact).
+func csvFieldEnd(raw []byte, p int) int {
+	for ; len(raw)-p >= 8; p += 8 {
+		if m := csvSpecial(binary.LittleEndian.Uint64(raw[p:])); m != 0 {
+			return p + bits.TrailingZeros64(m)/8
+		}
+	}
+	for p < len(raw) && raw[p] != ',' && raw[p] != '"' && raw[p] != '\n' && raw[p] != '\r' {
+		p++
+	}
+	return p
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// csvSpecial marks the bytes of w that are ',', '"', '\n' or '\r' (see
+// csvFieldEnd).
+func csvSpecial(w uint64) uint64 {
+	a, b, c, d := w^(ones*','), w^(ones*'"'), w^(ones*'\n'), w^(ones*'\r')
+	return ((a-ones)&^a | (b-ones)&^b | (c-ones)&^c | (d-ones)&^d) & highs
 }
 
 // appendCSVField appends v as a CSV field that is not NULL: quoted when

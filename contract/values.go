@@ -2,11 +2,7 @@ package contract
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding"
-	"encoding/hex"
 	"errors"
-	"hash"
 	"math/big"
 	"strconv"
 	"unicode"
@@ -113,65 +109,6 @@ func (m *memo) apply(dst, v []byte) ([]byte, error) {
 		m.m = nil
 	}
 	return dst, nil
-}
-
-// hasher computes the hash action: the lower-case hex of HMAC-SHA256
-// (RFC 2104), from the states of SHA-256 after the key's inner and outer
-// pads, computed once: a value costs the two compressions HMAC needs and
-// no more (crypto/hmac does the same with more bookkeeping per value).
-type hasher struct {
-	inner, outer   hash.Hash
-	innerU, outerU encoding.BinaryUnmarshaler
-	// innerS and outerS are the marshaled states after the pads.
-	innerS, outerS []byte
-	sum            [sha256.Size]byte
-}
-
-func newHasher(key []byte) *hasher {
-	if len(key) > sha256.BlockSize {
-		k := sha256.Sum256(key)
-		key = k[:]
-	}
-	var ipad, opad [sha256.BlockSize]byte
-	copy(ipad[:], key)
-	copy(opad[:], key)
-	for i := range ipad {
-		ipad[i] ^= 0x36
-		opad[i] ^= 0x5c
-	}
-	h := &hasher{inner: sha256.New(), outer: sha256.New()}
-	h.inner.Write(ipad[:])
-	h.outer.Write(opad[:])
-	var err error
-	if h.innerS, err = h.inner.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
-		panic(err) // crypto/sha256 always marshals
-	}
-	if h.outerS, err = h.outer.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
-		panic(err)
-	}
-	h.innerU, h.outerU = h.inner.(encoding.BinaryUnmarshaler), h.outer.(encoding.BinaryUnmarshaler)
-	return h
-}
-
-func (h *hasher) apply(dst, v []byte) ([]byte, error) {
-	if err := h.innerU.UnmarshalBinary(h.innerS); err != nil {
-		return dst, err
-	}
-	h.inner.Write(v)
-	s := h.inner.Sum(h.sum[:0])
-	if err := h.outerU.UnmarshalBinary(h.outerS); err != nil {
-		return dst, err
-	}
-	h.outer.Write(s)
-	return hex.AppendEncode(dst, h.outer.Sum(h.sum[:0])), nil
-}
-
-// HashValue returns what the hash action makes of value under key: the
-// lower-case hex of HMAC-SHA256(key, value). Anyone holding the key can
-// compute it, to find a row by a value they know.
-func HashValue(key []byte, value string) string {
-	out, _ := newHasher(key).apply(nil, []byte(value))
-	return string(out)
 }
 
 func isASCIIAlnum(c byte) bool {
