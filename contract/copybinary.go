@@ -186,7 +186,9 @@ func (t *CopyBinary) tuple(dst, in []byte) (out []byte, used int, end bool, err 
 // makes Read fail with an error naming the row (its 1-based number in r)
 // and the column, never the value; Err returns it afterwards.
 func (t *CopyBinary) Reader(r io.Reader) *CopyBinaryReader {
-	return &CopyBinaryReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer)}
+	// The output of a fill of the input is larger than it when values
+	// are hashed: made big enough for a few hashes a row once.
+	return &CopyBinaryReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer), out: make([]byte, 0, 3*copyTextBuffer)}
 }
 
 // CopyBinaryReader is the reader CopyBinary.Reader returns.

@@ -31,13 +31,20 @@ type csvRows struct {
 	grow int
 	// sum is the checksum of the records written, as a sink computes it.
 	sum connectors.Checksum
+	// out is the last batch's output, whose memory the next batch reuses:
+	// a sink does not retain a batch's Raw after its Write returns.
+	out []byte
 }
 
 // outBuffer returns a buffer for the output of the batch raw: the first
 // batch's is sized by the records' count (each hash adds its 64 digits),
-// the next ones' as the last one grew.
+// the next ones' as the last one grew: the last output's memory when it
+// is large enough.
 func (t *csvRows) outBuffer(raw []byte) []byte {
 	n := len(raw)
+	if want := n*t.grow/16 + n/32 + 64; t.grow > 0 && cap(t.out) >= want {
+		return t.out[:0]
+	}
 	if t.grow == 0 {
 		per := 8
 		for _, oc := range t.p.out {

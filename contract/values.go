@@ -71,42 +71,62 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 // memo remembers what an expensive action (hash, tokenize) made of the
 // values a column repeats (a status, a country code), in the memory of the
 // task that transforms them: after memoProbe values, a column whose values
-// repeat less than half the time stops remembering.
+// repeat less than half the time stops remembering. The first memoFew
+// values it remembers are looked up by comparing bytes, cheaper than a
+// map's hash for a column of a few values; the next ones in a map.
 type memo struct {
 	fn            valueFunc
+	few           []memoEntry
 	m             map[string]string
+	off           bool
 	lookups, hits int
 }
+
+type memoEntry struct{ in, out []byte }
 
 const (
 	memoMax   = 4096
 	memoProbe = 2048
+	memoFew   = 8
 )
 
 func newMemo(fn valueFunc) valueFunc {
-	m := &memo{fn: fn, m: map[string]string{}}
+	m := &memo{fn: fn}
 	return m.apply
 }
 
 func (m *memo) apply(dst, v []byte) ([]byte, error) {
-	if m.m == nil {
+	if m.off {
 		return m.fn(dst, v)
 	}
 	m.lookups++
-	if out, ok := m.m[string(v)]; ok {
-		m.hits++
-		return append(dst, out...), nil
+	for i := range m.few {
+		if e := &m.few[i]; bytes.Equal(e.in, v) {
+			m.hits++
+			return append(dst, e.out...), nil
+		}
+	}
+	if m.m != nil {
+		if out, ok := m.m[string(v)]; ok {
+			m.hits++
+			return append(dst, out...), nil
+		}
 	}
 	start := len(dst)
 	dst, err := m.fn(dst, v)
 	if err != nil {
 		return dst, err
 	}
-	if len(m.m) < memoMax {
+	switch {
+	case len(m.few) < memoFew:
+		m.few = append(m.few, memoEntry{in: bytes.Clone(v), out: bytes.Clone(dst[start:])})
+	case m.m == nil:
+		m.m = map[string]string{string(v): string(dst[start:])}
+	case len(m.m) < memoMax-memoFew:
 		m.m[string(v)] = string(dst[start:])
 	}
 	if m.lookups == memoProbe && 2*m.hits < m.lookups {
-		m.m = nil
+		m.off, m.few, m.m = true, nil, nil
 	}
 	return dst, nil
 }

@@ -176,6 +176,22 @@ func TestMemo(t *testing.T) {
 	if calls != 3 {
 		t.Fatalf("3 distinct values hashed %d times", calls)
 	}
+	// More values than the few compared byte by byte: the rest in the map.
+	calls = 0
+	fn = newMemo(inner)
+	for i := range 10000 {
+		v := fmt.Sprintf("country-%d", i%100)
+		if i%7 == 0 {
+			v = ""
+		}
+		out, err := fn([]byte("x"), []byte(v))
+		if err != nil || string(out) != "x"+HashValue(testKey, v) {
+			t.Fatalf("memo of %q = %q", v, out)
+		}
+	}
+	if calls != 101 {
+		t.Fatalf("101 distinct values hashed %d times", calls)
+	}
 	calls = 0
 	fn = newMemo(inner)
 	for i := range 10000 {
