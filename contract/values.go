@@ -132,7 +132,9 @@ func (m *memo) apply(dst, v []byte) ([]byte, error) {
 }
 
 func isASCIIAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+	// Unsigned: c-'0' wraps around above 9 for what is below '0'; c|0x20
+	// is the lower case of a letter.
+	return c-'0' < 10 || (c|0x20)-'a' < 26
 }
 
 // alnumRune reports whether r counts as a letter or digit for masking;
@@ -141,29 +143,23 @@ func alnumRune(r rune) bool {
 	return r == utf8.RuneError || unicode.IsLetter(r) || unicode.IsDigit(r)
 }
 
-func ascii(v []byte) bool {
-	for _, c := range v {
-		if c >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}
-
 // maskChars appends v with every letter and digit replaced by '*' but the
 // first `first` and the last `last` of them; other characters stay. When
 // the kept ones would be more than half of the letters and digits (a
 // short value), every one is masked.
 func maskChars(dst, v []byte, first, last int) []byte {
-	isASCII := ascii(v)
-	n := 0
-	if isASCII {
-		for _, c := range v {
-			if isASCIIAlnum(c) {
-				n++
-			}
+	isASCII, n := true, 0
+	for _, c := range v {
+		if c >= utf8.RuneSelf {
+			isASCII = false
+			break
 		}
-	} else {
+		if isASCIIAlnum(c) {
+			n++
+		}
+	}
+	if !isASCII {
+		n = 0
 		for i := 0; i < len(v); {
 			r, w := utf8.DecodeRune(v[i:])
 			if alnumRune(r) {
@@ -177,14 +173,17 @@ func maskChars(dst, v []byte, first, last int) []byte {
 	}
 	k := 0 // letters and digits seen
 	if isASCII {
-		for _, c := range v {
+		// Copied whole, then the masked ones overwritten in place.
+		start := len(dst)
+		dst = append(dst, v...)
+		out := dst[start:]
+		for i, c := range out {
 			if isASCIIAlnum(c) {
 				if k >= first && k < n-last {
-					c = '*'
+					out[i] = '*'
 				}
 				k++
 			}
-			dst = append(dst, c)
 		}
 		return dst
 	}

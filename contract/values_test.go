@@ -218,3 +218,14 @@ func TestHashValueIsHMAC(t *testing.T) {
 		}
 	}
 }
+
+// TestIsASCIIAlnum: the arithmetic test is the plain one for every byte.
+func TestIsASCIIAlnum(t *testing.T) {
+	for c := range 256 {
+		b := byte(c)
+		want := b >= '0' && b <= '9' || b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z'
+		if got := isASCIIAlnum(b); got != want {
+			t.Fatalf("isASCIIAlnum(%q) = %v", b, got)
+		}
+	}
+}
