@@ -1,7 +1,9 @@
 package contract
 
 // HashFunc is the hash action without its memo, for benchmarks.
-func HashFunc(key []byte) func(dst, v []byte) ([]byte, error) { return newHasher(key).apply }
+func HashFunc(key []byte) func(dst, v []byte) ([]byte, error) {
+	return newHasher(newHMACKey(key)).apply
+}
 
 // ActionFunc is the action of column v of the contract y (its key given),
 // memo included, for benchmarks.

@@ -17,7 +17,7 @@ import (
 // on a block boundary, and reads the digest from the state the hash
 // marshals (AppendBinary) instead of asking for a Sum, which copies the
 // state and pads it again on every call. The marshaled state's layout is
-// checked against crypto/hmac when the hasher is made; a hash whose state
+// checked against crypto/hmac once per key (hmacKey); a hash whose state
 // does not read as expected computes each value with Sum (slow).
 type hasher struct {
 	inner, outer   hash.Hash
@@ -40,7 +40,16 @@ const (
 	stateSize  = len(stateMagic) + sha256.Size + sha256.BlockSize + 8
 )
 
-func newHasher(key []byte) *hasher {
+// hmacKey is what a hasher needs of the contract's key, computed once
+// per contract: the marshaled states of SHA-256 after the key's inner and
+// outer pads, and whether the fast path computes HMAC-SHA256 on this Go.
+// It is immutable.
+type hmacKey struct {
+	innerS, outerS []byte
+	fast           bool
+}
+
+func newHMACKey(key []byte) *hmacKey {
 	if len(key) > sha256.BlockSize {
 		k := sha256.Sum256(key)
 		key = k[:]
@@ -52,33 +61,42 @@ func newHasher(key []byte) *hasher {
 		ipad[i] ^= 0x36
 		opad[i] ^= 0x5c
 	}
-	h := &hasher{inner: sha256.New(), outer: sha256.New(), state: make([]byte, 0, stateSize)}
-	h.inner.Write(ipad[:])
-	h.outer.Write(opad[:])
+	inner, outer := sha256.New(), sha256.New()
+	inner.Write(ipad[:])
+	outer.Write(opad[:])
+	k := &hmacKey{}
 	var err error
-	if h.innerS, err = h.inner.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+	if k.innerS, err = inner.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 		panic(err) // crypto/sha256 always marshals
 	}
-	if h.outerS, err = h.outer.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+	if k.outerS, err = outer.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 		panic(err)
 	}
+	if len(k.innerS) == stateSize && string(k.innerS[:len(stateMagic)]) == stateMagic {
+		k.fast = true
+		if h := newHasher(k); !h.fast || !h.check(key) {
+			k.fast = false
+		}
+	}
+	return k
+}
+
+// newHasher returns a hasher of the key k, for one goroutine.
+func newHasher(k *hmacKey) *hasher {
+	h := &hasher{inner: sha256.New(), outer: sha256.New(), innerS: k.innerS, outerS: k.outerS, state: make([]byte, 0, stateSize)}
 	h.innerU, h.outerU = h.inner.(encoding.BinaryUnmarshaler), h.outer.(encoding.BinaryUnmarshaler)
-	var ok bool
-	h.innerA, ok = h.inner.(encoding.BinaryAppender)
-	if a, ok2 := h.outer.(encoding.BinaryAppender); ok && ok2 {
-		h.outerA = a
-		h.fast = h.check(key)
+	a, ok := h.inner.(encoding.BinaryAppender)
+	b, ok2 := h.outer.(encoding.BinaryAppender)
+	if k.fast && ok && ok2 {
+		h.innerA, h.outerA, h.fast = a, b, true
 	}
 	return h
 }
 
-// check reports whether the fast path computes HMAC-SHA256 as crypto/hmac
-// does, for values that end in one block, in two, and after whole blocks.
+// check reports whether the fast path computes HMAC-SHA256 of key as
+// crypto/hmac does, for values that end in one block, in two, and after
+// whole blocks.
 func (h *hasher) check(key []byte) bool {
-	if len(h.innerS) != stateSize || string(h.innerS[:len(stateMagic)]) != stateMagic {
-		return false
-	}
-	h.fast = true
 	var v [3*sha256.BlockSize + 7]byte
 	for i := range v {
 		v[i] = byte(i*7 + 1)
@@ -188,6 +206,6 @@ func appendHex32(dst []byte, d *[sha256.Size]byte) []byte {
 // lower-case hex of HMAC-SHA256(key, value). Anyone holding the key can
 // compute it, to find a row by a value they know.
 func HashValue(key []byte, value string) string {
-	out, _ := newHasher(key).apply(nil, []byte(value))
+	out, _ := newHasher(newHMACKey(key)).apply(nil, []byte(value))
 	return string(out)
 }

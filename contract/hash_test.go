@@ -10,14 +10,17 @@ import (
 // TestHasherFastPath: the hasher takes its fast path (padding the
 // messages itself and reading the digest from the marshaled state) on
 // this Go, and gives crypto/hmac's HMAC-SHA256 for values of every length
-// around SHA-256's block boundaries, the same with a new hasher and with
-// one reused for every value.
+// around SHA-256's block boundaries, the same with a new hasher, with one
+// reused for every value, and with the fallback through Sum.
 func TestHasherFastPath(t *testing.T) {
 	key := []byte("a contract key of some length")
-	reused := newHasher(key)
+	k := newHMACKey(key)
+	reused := newHasher(k)
 	if !reused.fast {
 		t.Fatal("the hasher fell back to Sum: crypto/sha256's marshaled state is not what it expects")
 	}
+	// The fallback, for a Go whose state it could not read.
+	slow := newHasher(&hmacKey{innerS: k.innerS, outerS: k.outerS})
 	v := make([]byte, 300)
 	for i := range v {
 		v[i] = byte(i*131 + 7)
@@ -29,6 +32,9 @@ func TestHasherFastPath(t *testing.T) {
 		got, err := reused.apply(nil, v[:n])
 		if err != nil || string(got) != want {
 			t.Fatalf("%d bytes, reused hasher: %s, %v; want %s", n, got, err, want)
+		}
+		if got, err := slow.apply(nil, v[:n]); err != nil || string(got) != want {
+			t.Fatalf("%d bytes, fallback: %s, %v; want %s", n, got, err, want)
 		}
 		if got := HashValue(key, string(v[:n])); got != want {
 			t.Fatalf("%d bytes, HashValue: %s; want %s", n, got, want)

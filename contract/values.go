@@ -40,7 +40,11 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 	f := &colFn{name: name, col: c}
 	switch c.Action {
 	case Hash:
-		h := newHasher(k.hash)
+		hk := k.hmac
+		if hk == nil {
+			hk = newHMACKey(k.hash)
+		}
+		h := newHasher(hk)
 		f.fn, f.plain = newMemo(h.apply), true
 	case Mask:
 		if c.maskShape() == ShapeEmail {
