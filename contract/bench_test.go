@@ -28,7 +28,8 @@ columns:
   paid: keep
 `
 
-// ordersCSV returns n rows shaped like bench/harness.Orders', as a
+// ordersCSV returns n rows shaped like bench/harness.Orders' (customer
+// and created_at distinct in every row, status of 5 values), as a
 // PostgreSQL source's CSV batch.
 func ordersCSV(n int) []byte {
 	var b strings.Builder
@@ -41,10 +42,17 @@ func ordersCSV(n int) []byte {
 		if i%50 == 0 {
 			qty = ""
 		}
-		fmt.Fprintf(&b, "%d,%s,%d.%02d,2024-01-%02d 10:%02d:%02d.123457+00,%s,%s,%s\n", i, customer, i%100000, i%97, 1+i%28, i%60, i%60, qty,
+		fmt.Fprintf(&b, "%d,%s,%d.%02d,%s,%s,%s,%s\n", i, customer, i%100000, i%97, ordersCreatedAt(i), qty,
 			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5])
 	}
 	return []byte(b.String())
+}
+
+// ordersCreatedAt is row i's created_at as PostgreSQL's text has it
+// (bench/harness.Orders': 15.123457 s apart, distinct in every row).
+func ordersCreatedAt(i int) string {
+	t := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 15123457 * time.Microsecond)
+	return t.Format("2006-01-02 15:04:05.999999") + "+00"
 }
 
 type discard struct{ rows int64 }
@@ -124,7 +132,7 @@ func BenchmarkActions(b *testing.B) {
 	statuses := make([][]byte, n)
 	for i := range n {
 		distinct[i] = fmt.Appendf(nil, "customer %012x", i*2654435761)
-		stamps[i] = fmt.Appendf(nil, "2024-01-%02d 10:%02d:%02d.123457+00", 1+i%28, i%60, i%60)
+		stamps[i] = []byte(ordersCreatedAt(i))
 		statuses[i] = []byte([]string{"new", "paid", "shipped", "returned", "cancelled"}[i%5])
 	}
 	for _, tc := range []struct {
@@ -163,7 +171,7 @@ func ordersCopy(n int) (text, bin []byte) {
 	bin = append([]byte("PGCOPY\n\xff\r\n\x00"), 0, 0, 0, 0, 0, 0, 0, 0)
 	for i := 1; i <= n; i++ {
 		f := []string{fmt.Sprint(i), fmt.Sprintf("customer %012x", i*2654435761), fmt.Sprintf("%d.%02d", i%100000, i%97),
-			fmt.Sprintf("2024-01-%02d 10:%02d:%02d.123457+00", 1+i%28, i%60, i%60), fmt.Sprint(i * 7 % 1000),
+			ordersCreatedAt(i), fmt.Sprint(i * 7 % 1000),
 			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5]}
 		text = append(text, strings.Join(f, "\t")+"\n"...)
 		bin = binary.BigEndian.AppendUint16(bin, 7)
