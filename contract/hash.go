@@ -7,6 +7,7 @@ import (
 	"encoding"
 	"encoding/binary"
 	"hash"
+	"slices"
 )
 
 // hasher computes the hash action: the lower-case hex of HMAC-SHA256
@@ -107,7 +108,7 @@ func (h *hasher) check(key []byte) bool {
 		m.Write(v[:n])
 		want := m.Sum(nil)
 		got, err := h.digest(v[:n])
-		if err != nil || !bytes.Equal(got[:], want) {
+		if err != nil || !bytes.Equal(got, want) {
 			return false
 		}
 	}
@@ -122,8 +123,8 @@ func (h *hasher) apply(dst, v []byte) ([]byte, error) {
 	return appendHex32(dst, d), nil
 }
 
-// digest returns HMAC-SHA256 of v.
-func (h *hasher) digest(v []byte) (*[sha256.Size]byte, error) {
+// digest returns HMAC-SHA256 of v, valid until the next call.
+func (h *hasher) digest(v []byte) ([]byte, error) {
 	if !h.fast {
 		if err := h.innerU.UnmarshalBinary(h.innerS); err != nil {
 			return nil, err
@@ -134,8 +135,7 @@ func (h *hasher) digest(v []byte) (*[sha256.Size]byte, error) {
 			return nil, err
 		}
 		h.outer.Write(s)
-		h.outer.Sum(h.sum[:0])
-		return &h.sum, nil
+		return h.outer.Sum(h.sum[:0]), nil
 	}
 	// Inner: the key's inner pad (already in the state), v, then SHA-256's
 	// padding: 0x80, zeros up to 56 bytes into a block, and the length in
@@ -156,41 +156,42 @@ func (h *hasher) digest(v []byte) (*[sha256.Size]byte, error) {
 	clear(h.tail[n+1 : end-8])
 	binary.BigEndian.PutUint64(h.tail[end-8:], uint64(sha256.BlockSize+len(v))*8)
 	h.inner.Write(h.tail[:end])
-	if err := h.read(h.innerA); err != nil {
+	d, err := h.read(h.innerA)
+	if err != nil {
 		return nil, err
 	}
 	// Outer: the key's outer pad, the inner digest, padded to one block.
+	copy(h.tail[:sha256.Size], d)
 	if err := h.outerU.UnmarshalBinary(h.outerS); err != nil {
 		return nil, err
 	}
-	copy(h.tail[:], h.sum[:])
 	h.tail[sha256.Size] = 0x80
 	clear(h.tail[sha256.Size+1 : sha256.BlockSize-8])
 	binary.BigEndian.PutUint64(h.tail[sha256.BlockSize-8:], uint64(sha256.BlockSize+sha256.Size)*8)
 	h.outer.Write(h.tail[:sha256.BlockSize])
-	if err := h.read(h.outerA); err != nil {
-		return nil, err
-	}
-	return &h.sum, nil
+	return h.read(h.outerA)
 }
 
-// read puts the state of a hash that ended on a block boundary, which is
-// the digest of what it hashed, in sum.
-func (h *hasher) read(a encoding.BinaryAppender) error {
+// read returns the state of a hash that ended on a block boundary, which
+// is the digest of what it hashed (in h.state, valid until the next
+// read).
+func (h *hasher) read(a encoding.BinaryAppender) ([]byte, error) {
 	s, err := a.AppendBinary(h.state[:0])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	h.state = s
-	copy(h.sum[:], s[len(stateMagic):])
-	return nil
+	return s[len(stateMagic) : len(stateMagic)+sha256.Size], nil
 }
 
-// appendHex32 appends the lower-case hex of d, four bytes at a time:
-// their eight nibbles spread into the bytes of a word, then made digits
-// ('0' + n, plus 'a'-'0'-10 where n > 9) all at once.
-func appendHex32(dst []byte, d *[sha256.Size]byte) []byte {
-	var out [2 * sha256.Size]byte
+// appendHex32 appends the lower-case hex of d, a digest, four bytes at a
+// time: their eight nibbles spread into the bytes of a word, then made
+// digits ('0' + n, plus 'a'-'0'-10 where n > 9) all at once, written in
+// place.
+func appendHex32(dst, d []byte) []byte {
+	n := len(dst)
+	dst = slices.Grow(dst, 2*sha256.Size)[:n+2*sha256.Size]
+	out, d := dst[n:n+2*sha256.Size], d[:sha256.Size]
 	for i := 0; i < sha256.Size; i += 4 {
 		x := uint64(binary.BigEndian.Uint32(d[i:]))
 		x = (x | x<<16) & 0x0000ffff0000ffff
@@ -199,7 +200,7 @@ func appendHex32(dst []byte, d *[sha256.Size]byte) []byte {
 		letters := (x + 0x0606060606060606) >> 4 & 0x0101010101010101
 		binary.BigEndian.PutUint64(out[2*i:], x+0x3030303030303030+letters*('a'-'0'-10))
 	}
-	return append(dst, out[:]...)
+	return dst
 }
 
 // HashValue returns what the hash action makes of value under key: the

@@ -49,7 +49,7 @@ func TestAppendHex32(t *testing.T) {
 		for j := range d {
 			d[j] = byte(i + j*97)
 		}
-		if got, want := string(appendHex32([]byte("x"), &d)), "x"+hex.EncodeToString(d[:]); got != want {
+		if got, want := string(appendHex32([]byte("x"), d[:])), "x"+hex.EncodeToString(d[:]); got != want {
 			t.Fatalf("%s, want %s", got, want)
 		}
 	}
