@@ -73,11 +73,11 @@ func (t *CopyText) row(dst, line []byte) (out []byte, kept bool, err error) {
 			dst = append(dst, '\t')
 		}
 		f := line[t.fields[oc.in][0]:t.fields[oc.in][1]]
-		if oc.fn.keep() {
+		if oc.keep {
 			dst = append(dst, f...)
 			continue
 		}
-		if isCopyNull(f) || oc.fn.col.Action == Null {
+		if isCopyNull(f) || oc.null {
 			dst = append(dst, '\\', 'N')
 			continue
 		}

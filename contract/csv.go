@@ -85,12 +85,12 @@ func (t *csvRows) transform(dst, raw []byte) ([]byte, int64, error) {
 				dst = append(dst, ',')
 			}
 			f := t.fields[oc.in]
-			if oc.fn.keep() {
+			if oc.keep {
 				dst = append(dst, raw[f.start:f.end]...)
 				continue
 			}
 			v, null := t.field(raw, f)
-			if null || oc.fn.col.Action == Null {
+			if null || oc.null {
 				continue // NULL: an unquoted empty field
 			}
 			if oc.fn.plain {
