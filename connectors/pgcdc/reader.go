@@ -226,6 +226,11 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&database); err != nil {
 		return fmt.Errorf("current database: %w", err)
 	}
+	// The snapshots' begin marks go into the WAL before their tables join
+	// the publication: the stream meets each before the table's changes.
+	if err := r.beginMarks(ctx, conn); err != nil {
+		return err
+	}
 	if err := ensurePublication(ctx, conn, r.cfg); err != nil {
 		return err
 	}
