@@ -3,6 +3,7 @@ package pgcdc_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -47,55 +48,70 @@ func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 	if err := first(); err != nil {
 		t.Fatal(err)
 	}
-	hold, err := pgx.Connect(ctx, e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close(ctx)
-	tx, err := hold.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var xid int64
-	if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&xid); err != nil {
-		t.Fatal(err)
-	}
 	e.cfg.Tables = []string{a, b}
 	e.cfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: b, Reason: protocol.SnapshotAdded}}
 	e.cfg.ChunkRows = 70
-	r, err := pgcdc.NewReader(e.cfg, e.js, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pgcdc.SeedDelivered(r, uint32(xid))
-	stop, _ := e.run(t, r)
-	defer stop()
-
-	// Written to while its first chunk is held back: updates that leave
-	// big unchanged, of rows no chunk read yet, an insert and a delete.
-	for i := range 5 {
-		e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '+' WHERE id %% 5 = %[2]d;
-			INSERT INTO %[1]s VALUES (%[3]d, 'new', repeat('x', 3000));
-			DELETE FROM %[1]s WHERE id = %[4]d;
-			UPDATE %[5]s SET v = v || '+' WHERE id %% 7 = %[2]d`, b, i, 1000+i, 10+i, a))
-	}
-	applied := func(what string) {
+	applied := func(r *pgcdc.Reader, what string) {
 		t.Helper()
 		last := published(t, e, r)
 		cdctest.WaitFor(t, what, done, func() bool { return run.Status().Applied == last })
 	}
-	applied("the changes before b's first chunk")
-	if st := r.Status().Snapshots; len(st) != 1 || st[0].Rows != 0 {
-		t.Fatalf("snapshot status %+v: want no row read yet (the first chunk held back)", st)
+	// held runs a Reader of b's snapshot whose first chunk is held back
+	// while b is written to (updates that leave big unchanged, of rows no
+	// chunk read yet, an insert and a delete), and checks that no table
+	// stopped on the replica; then it lets the chunks be read.
+	held := func(r *pgcdc.Reader, round int) (stop func() error) {
+		t.Helper()
+		hold, err := pgx.Connect(ctx, e.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hold.Close(ctx)
+		tx, err := hold.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var xid int64
+		if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&xid); err != nil {
+			t.Fatal(err)
+		}
+		pgcdc.SeedDelivered(r, uint32(xid))
+		stop, _ = e.run(t, r)
+		for i := range 5 {
+			e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '+' WHERE id %% 5 = %[2]d;
+				INSERT INTO %[1]s VALUES (%[3]d, 'new', repeat('x', 3000));
+				DELETE FROM %[1]s WHERE id = %[4]d;
+				UPDATE %[5]s SET v = v || '+' WHERE id %% 7 = %[2]d`, b, i, 1000*round+i, 10*round+i, a))
+		}
+		applied(r, fmt.Sprintf("the changes before b's first chunk (round %d)", round))
+		if st := r.Status().Snapshots; len(st) != 1 || st[0].Rows != 0 {
+			t.Fatalf("round %d: snapshot status %+v: want no row read yet (the first chunk held back)", round, st)
+		}
+		if st := pg.TableStatus(); len(st) != 0 {
+			t.Fatalf("round %d: tables stopped on the replica by changes before b's first chunk: %+v", round, st)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return stop
 	}
-	if st := pg.TableStatus(); len(st) != 0 {
-		t.Fatalf("tables stopped on the replica by changes before b's first chunk: %+v", st)
-	}
-
-	// Released: b is read, while written to.
-	if err := tx.Rollback(ctx); err != nil {
+	r, err := pgcdc.NewReader(e.cfg, e.js, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
+	stop := held(r, 1)
+	// Stopped once a chunk was read, and written to meanwhile: the next
+	// Reader takes the snapshot again from its start.
+	cdctest.WaitFor(t, "a chunk of b", done, func() bool { return r.Status().Snapshots[0].Rows > 0 })
+	e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '-' WHERE id %% 3 = 0`, b))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '~' WHERE id %% 3 = 1`, b))
+	if r, err = pgcdc.NewReader(e.cfg, e.js, nil); err != nil {
+		t.Fatal(err)
+	}
+	held(r, 2)
 	for i := range 3 {
 		e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '*' WHERE id %% 3 = %[2]d`, b, i))
 	}
@@ -104,7 +120,7 @@ func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 		return len(st) == 1 && st[0].State == protocol.TableSnapshotted
 	})
 	e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '!' WHERE id %% 4 = 0`, b))
-	applied("every change")
+	applied(r, "every change")
 	for _, tb := range []string{"a", "b"} {
 		wn, wsum := pgtest.Checksum(t, e.conn, e.schema+"."+tb, "id")
 		gn, gsum := pgtest.Checksum(t, e.conn, dst+"."+tb, "id")
@@ -117,6 +133,30 @@ func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 	}
 	if st := pg.TableStatus(); len(st) != 0 {
 		t.Errorf("tables stopped on the replica: %+v", st)
+	}
+	// b's first event in the stream is its snapshot event; each Reader
+	// published one (the second may also have published the first's
+	// again, dropped by JetStream as a duplicate), and the first may have
+	// ended its snapshot before it was stopped.
+	var head protocol.Op
+	var marks []protocol.Op
+	for _, ev := range cdctest.StreamEvents(t, e.js) {
+		if ev.Table != "b" {
+			continue
+		}
+		if head == "" {
+			head = ev.Op
+		}
+		if ev.Op == protocol.OpSnapshot || ev.Op == protocol.OpSnapshotDone {
+			marks = append(marks, ev.Op)
+		}
+	}
+	want := []protocol.Op{protocol.OpSnapshot, protocol.OpSnapshot, protocol.OpSnapshotDone}
+	if len(marks) == 4 {
+		want = slices.Insert(want, 1, protocol.OpSnapshotDone)
+	}
+	if head != protocol.OpSnapshot || !slices.Equal(marks, want) {
+		t.Errorf("b's first event is a %s event, its snapshot events are %v; want a snapshot event first, and %v", head, marks, want)
 	}
 }
 
