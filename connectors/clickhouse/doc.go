@@ -157,8 +157,10 @@
 // repeats delete nothing more (the rows it read are of version L), and
 // read events of an earlier snapshot are left out of the batch that
 // starts a later one. An incremental snapshot (pgcdc's, of a table added to
-// a streaming pipeline or taken again) sends its marker once and reads its
-// chunks at later positions, between the table's changes: a change of a row
+// a streaming pipeline or taken again) sends its marker once, before any
+// change of the table the reader streams (so before its first chunk, also
+// while it waits its turn behind another table's), and reads its chunks at
+// later positions, between the table's changes: a change of a row
 // no chunk read yet is applied as it comes, and the chunk's row of a later
 // version replaces it; its snapshot_done event changes nothing. An update
 // leaving a TOAST value unchanged of a row the marker deleted and no chunk
