@@ -740,8 +740,13 @@ func (r *Reader) onHigh(ctx context.Context, st *streamState, j *snapJob, lsn pg
 		return err
 	}
 	j.phase = phaseDone
-	r.snaps.set(j, protocol.TableSnapshotted, "")
-	r.log.Info("incremental snapshot done", "table", j.req.Table, "snapshot", j.req.ID, "rows", j.published, "chunks", j.chunk)
+	// Reported taken (and so dropped from the snapshots to take) only
+	// once JetStream holds every message of it: a Reader stopped before
+	// would leave the next one without the job, and the rows unread.
+	st.queue[len(st.queue)-1].acked = func() {
+		r.snaps.set(j, protocol.TableSnapshotted, "")
+		r.log.Info("incremental snapshot done", "table", j.req.Table, "snapshot", j.req.ID, "rows", j.published, "chunks", j.chunk)
+	}
 	return nil
 }
 

@@ -311,6 +311,9 @@ type pending struct {
 	futs       []flight
 	next       int // futs[:next] are acknowledged
 	since      time.Time
+	// acked, when set, is called once every entry up to this one is
+	// acknowledged.
+	acked func()
 }
 
 // flight is one published (or gathered) message awaiting its ack, and
@@ -604,6 +607,9 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 		st.queue = st.queue[1:]
 		if p.end > st.acked {
 			st.acked = p.end
+		}
+		if p.acked != nil {
+			p.acked()
 		}
 		if !p.commitTime.IsZero() {
 			commitTime = p.commitTime
