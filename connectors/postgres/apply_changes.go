@@ -37,7 +37,8 @@ type tableChanges struct {
 	truncate           bool
 	// cols lists every column of the row images, key columns first, then
 	// in order of first appearance.
-	cols   []string
+	cols []string
+	// colSet holds the names of cols once they are more than smallCols.
 	colSet map[string]bool
 	rows   map[string]*rowChange
 	order  []*rowChange // rows in order of first touch
@@ -57,6 +58,8 @@ type rowChange struct {
 	// target row with key origin (the row's key before a key change).
 	row    protocol.Row
 	origin []string
+	// unchanged reports an Unchanged value in row.
+	unchanged bool
 }
 
 func (t *tableChanges) name() string { return t.schema + "." + t.table }
@@ -86,6 +89,10 @@ type tableFilter struct {
 	// ahead of the pipeline's offset).
 	applied uint64
 }
+
+// maxRowsHint bounds the size a table's map of rows is made with: the
+// events left in the batch.
+const maxRowsHint = 4096
 
 // collect collapses a batch of events (in stream order) per table and key.
 // An event that carries another description of its table (Relation) than
@@ -152,7 +159,7 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 		}
 		if t == nil {
 			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, snapshotting: f.snapshotting,
-				colSet: map[string]bool{}, rows: map[string]*rowChange{}}
+				rows: make(map[string]*rowChange, min(len(events)-i, maxRowsHint))}
 			byName[id] = t
 			out = append(out, t)
 		}
@@ -172,17 +179,10 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 	}
 	for _, t := range out {
 		for _, rc := range t.order {
-			if rc.deleted {
-				continue
-			}
-			for _, c := range t.cols {
-				v, ok := rc.row[c]
-				switch {
-				case !ok:
-					t.absent = true
-				case v.Unchanged:
-					t.unchanged = true
-				}
+			// A row's columns are all in t.cols: fewer leave some out.
+			if !rc.deleted {
+				t.absent = t.absent || len(rc.row) < len(t.cols)
+				t.unchanged = t.unchanged || rc.unchanged
 			}
 		}
 	}
@@ -219,7 +219,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		}
 		t.oldKey = keyVals
 		rc := t.row(keyVals)
-		rc.deleted, rc.row, rc.origin = true, nil, nil
+		rc.deleted, rc.row, rc.origin, rc.unchanged = true, nil, nil, false
 		return nil
 	case protocol.OpInsert, protocol.OpRead, protocol.OpUpdate:
 	default:
@@ -241,25 +241,26 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		t.oldKey = oldKey
 	}
 	base := t.rows[keyString(oldKey)]
-	t.addCols(ev.After)
+	unchanged := t.addCols(ev.After)
 	// The new row as it is, unless it leaves a value unchanged: then a
 	// copy with what earlier images of the batch say of it. Rows are
 	// never changed in place (a batch may be collected again).
 	img := ev.After
-	if hasUnchanged(ev.After) {
+	if unchanged {
 		img = t.resolve(ev, base)
+		unchanged = hasUnchanged(img)
 	}
 	origin := oldKey // the scratch: kept only as a copy
 	fromBase := base != nil && !base.deleted
 	if fromBase {
 		origin = base.origin
 	}
-	if base != nil && base.deleted && hasUnchanged(img) {
+	if base != nil && base.deleted && unchanged {
 		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
 	}
 	if !slices.Equal(oldKey, newKey) {
 		old := t.row(oldKey)
-		old.deleted, old.row, old.origin = true, nil, nil
+		old.deleted, old.row, old.origin, old.unchanged = true, nil, nil, false
 	}
 	rc := t.row(newKey)
 	if !fromBase {
@@ -269,7 +270,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 			origin = slices.Clone(origin)
 		}
 	}
-	rc.deleted, rc.row, rc.origin = false, img, origin
+	rc.deleted, rc.row, rc.origin, rc.unchanged = false, img, origin, unchanged
 	return nil
 }
 
@@ -297,11 +298,13 @@ func (t *tableChanges) resolve(ev connectors.Event, base *rowChange) protocol.Ro
 }
 
 // addCols adds the columns of r that are new, in name order (a batch's
-// column order, and with it its statements, does not depend on map order).
-func (t *tableChanges) addCols(r protocol.Row) {
+// column order, and with it its statements, does not depend on map order),
+// and reports whether r has an Unchanged value.
+func (t *tableChanges) addCols(r protocol.Row) (unchanged bool) {
 	var added []string
-	for c := range r {
-		if !t.colSet[c] {
+	for c, v := range r {
+		unchanged = unchanged || v.Unchanged
+		if !t.hasCol(c) {
 			added = append(added, c)
 		}
 	}
@@ -309,12 +312,33 @@ func (t *tableChanges) addCols(r protocol.Row) {
 	for _, c := range added {
 		t.addCol(c)
 	}
+	return unchanged
+}
+
+// smallCols is the most columns looked up by a scan of t.cols rather than
+// in t.colSet (which then stays nil).
+const smallCols = 16
+
+func (t *tableChanges) hasCol(c string) bool {
+	if t.colSet != nil {
+		return t.colSet[c]
+	}
+	return slices.Contains(t.cols, c)
 }
 
 func (t *tableChanges) addCol(c string) {
-	if !t.colSet[c] {
+	if t.hasCol(c) {
+		return
+	}
+	t.cols = append(t.cols, c)
+	switch {
+	case t.colSet != nil:
 		t.colSet[c] = true
-		t.cols = append(t.cols, c)
+	case len(t.cols) > smallCols:
+		t.colSet = make(map[string]bool, len(t.cols))
+		for _, c := range t.cols {
+			t.colSet[c] = true
+		}
 	}
 }
 
