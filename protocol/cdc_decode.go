@@ -37,6 +37,7 @@ type shared struct {
 	timeText []byte // the commit_time JSON string, quotes included
 	time     time.Time
 	scratch  []string
+	buf      []byte // eventScanner.buf
 }
 
 // decodeEventShared is decodeEventFastIn taking from sh, when not nil,
@@ -44,6 +45,10 @@ type shared struct {
 // there what it decodes.
 func decodeEventShared(data []byte, text string, sh *shared) (e ChangeEvent, ok bool) {
 	d := eventScanner{b: data, s: text, sh: sh}
+	if sh != nil {
+		d.buf = sh.buf
+		defer func() { sh.buf = d.buf[:0] }()
+	}
 	if !d.consume('{') {
 		return e, false
 	}
