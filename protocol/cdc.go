@@ -584,7 +584,8 @@ func decodeEventJSON(data []byte) (ChangeEvent, error) {
 // one or more encoded ChangeEvents, one per line ('\n' between them, none
 // after the last). Every event of a message belongs to the same table and
 // the same transaction, in change order. An error names the event's
-// 1-based place in the message.
+// 1-based place in the message. Events with the same key columns share
+// one Key slice: a caller that changes it must copy it first.
 func DecodeChangeEvents(data []byte) ([]ChangeEvent, error) {
 	return AppendChangeEvents(nil, data)
 }
