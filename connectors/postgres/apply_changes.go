@@ -105,23 +105,31 @@ const maxRowsHint = 4096
 // changes cannot take (no key, an inconsistent stream) fails with a
 // permanent *tableError.
 func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*tableChanges, error) {
-	byName := map[string]*tableChanges{}
-	first := map[string]uint64{}
-	filters := map[string]*tableFilter{}
+	// What collect keeps of a source table: its filter, the sequence of
+	// its first event taken, and its part being filled (nil: none).
+	type source struct {
+		filter   tableFilter
+		first    uint64
+		hasFirst bool
+		part     *tableChanges
+	}
+	sources := map[string]*source{}
 	var out []*tableChanges
-	var id, schema, table string // the id of the last event's table
+	var src *source          // the last event's table
+	var schema, table string // its names
 	for i, ev := range events {
 		if i == 0 || ev.Schema != schema || ev.Table != table {
-			id, schema, table = ev.Schema+"\x00"+ev.Table, ev.Schema, ev.Table
-		}
-		f := filters[id]
-		if f == nil {
-			f = &tableFilter{}
-			if filter != nil {
-				*f = filter(id)
+			id := ev.Schema + "\x00" + ev.Table
+			schema, table = ev.Schema, ev.Table
+			if src = sources[id]; src == nil {
+				src = &source{}
+				if filter != nil {
+					src.filter = filter(id)
+				}
+				sources[id] = src
 			}
-			filters[id] = f
 		}
+		f := &src.filter
 		var lsn uint64
 		if ev.Op == protocol.OpSnapshot || ev.Op == protocol.OpRead {
 			var err error
@@ -146,10 +154,10 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 			f.snapshotting = false
 		}
-		if _, ok := first[id]; !ok {
-			first[id] = ev.Seq
+		if !src.hasFirst {
+			src.first, src.hasFirst = ev.Seq, true
 		}
-		t := byName[id]
+		t := src.part
 		if t != nil && (ev.Op == protocol.OpSnapshot || ev.Relation != nil && !reflect.DeepEqual(t.relation, ev.Relation)) {
 			if t.truncate || len(t.order) > 0 || t.snapshot != 0 {
 				t = nil // a new shape, or a new snapshot: a new part
@@ -158,9 +166,9 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, snapshotting: f.snapshotting,
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: src.first, relation: ev.Relation, snapshotting: f.snapshotting,
 				rows: make(map[string]*rowChange, min(len(events)-i, maxRowsHint))}
-			byName[id] = t
+			src.part = t
 			out = append(out, t)
 		}
 		switch ev.Op {
@@ -170,7 +178,7 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			continue
 		case protocol.OpSnapshotDone:
 			t.done = true
-			byName[id] = nil // the events after it: a new part
+			src.part = nil // the events after it: a new part
 			continue
 		}
 		if err := t.add(ev); err != nil {
