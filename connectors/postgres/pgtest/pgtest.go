@@ -44,14 +44,10 @@ func DB(t testing.TB) (dsn, schema string, conn *pgx.Conn) {
 		}
 		t.Skip(msg)
 	}
-	// A test killed mid-way leaves its replication slots behind, holding
-	// WAL: drop the inactive ones of test schemas that are gone.
-	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots s
-		WHERE NOT active AND slot_name LIKE 'sluice\_t\_%'
-		AND NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE s.slot_name LIKE n.nspname || '%')`); err != nil {
-		t.Logf("drop stale test slots: %v", err)
-	}
-	schema = fmt.Sprintf("sluice_t_%d_%d", time.Now().UnixNano()%1e9, rand.IntN(1000))
+	dropStale(ctx, t, conn, time.Now().Add(-staleAfter))
+	// The schema's name starts with its creation time (Unix seconds), so
+	// that a later test can tell a schema left behind by a killed test.
+	schema = fmt.Sprintf("sluice_t_%d_%d", time.Now().Unix(), rand.IntN(1e6))
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +71,50 @@ func DB(t testing.TB) (dsn, schema string, conn *pgx.Conn) {
 		}
 	})
 	return dsn, schema, conn
+}
+
+// staleAfter is the age past which a test schema, and the inactive
+// replication slots named after it, belong to a test that was killed: no
+// test package runs that long.
+const staleAfter = 2 * time.Hour
+
+// dropStale drops what killed tests left behind: inactive replication
+// slots of test schemas that are gone or older than before (a slot holds
+// WAL for ever; two left by killed tests once held 44 GB and filled the
+// disk), then those schemas.
+func dropStale(ctx context.Context, t testing.TB, conn *pgx.Conn, before time.Time) {
+	t.Helper()
+	// A schema's third part, when it is ten digits, is its creation time.
+	const created = `(CASE WHEN split_part(%[1]s, '_', 3) ~ '^[0-9]{10}$' THEN split_part(%[1]s, '_', 3)::bigint END)`
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots s
+		WHERE NOT active AND slot_name LIKE 'sluice\_t\_%'
+		AND (NOT EXISTS (SELECT 1 FROM pg_namespace n WHERE s.slot_name LIKE n.nspname || '%')
+			OR `+fmt.Sprintf(created, "slot_name")+` < $1)`, before.Unix()); err != nil {
+		t.Logf("drop stale test slots: %v", err)
+	}
+	rows, err := conn.Query(ctx, `SELECT nspname FROM pg_namespace
+		WHERE nspname LIKE 'sluice\_t\_%' AND `+fmt.Sprintf(created, "nspname")+` < $1`, before.Unix())
+	if err != nil {
+		t.Logf("list stale test schemas: %v", err)
+		return
+	}
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Logf("list stale test schemas: %v", err)
+		return
+	}
+	for _, s := range stale {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '2s'"); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{s}.Sanitize()+" CASCADE")
+			return err
+		})
+		if err != nil {
+			t.Logf("drop stale test schema %s: %v", s, err)
+		}
+	}
 }
 
 func redact(dsn string) string {
