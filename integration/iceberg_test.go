@@ -216,6 +216,7 @@ func applyYAML(t *testing.T, c *cluster, y string) {
 // nothing else of the run. A second version, then a rollback to the first
 // through the cluster; then the Iceberg source reads the table back.
 func TestIcebergFullLoadS3ThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	endpoint, bucket := s3test.Bucket(t)
 	ctx := context.Background()
@@ -340,6 +341,7 @@ func liveKeys(t *testing.T, tbl *table.Table, bucket string) []string {
 // SQL catalog in PostgreSQL: each window lands once, a re-run of a window
 // with late rows in it replaces exactly that window's rows.
 func TestIcebergIncrementalThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	endpoint, bucket := s3test.Bucket(t)
 	ctx := context.Background()
@@ -442,6 +444,7 @@ func icebergTableIDs(t *testing.T, catalogDSN, name string) ([]int64, error) {
 // exactly the rows of the one committed last, and both snapshots are in
 // its history.
 func TestIcebergConcurrentRunsThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	for _, tb := range []string{"a", "b"} {
