@@ -76,7 +76,6 @@ func TestCompactFilesThroughCluster(t *testing.T) {
 }
 
 func TestCompactFilesThroughClusterS3(t *testing.T) {
-	t.Parallel()
 	loc := s3test.Env(t)
 	b := s3test.Client(t)
 	files := 200

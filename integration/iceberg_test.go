@@ -216,7 +216,6 @@ func applyYAML(t *testing.T, c *cluster, y string) {
 // nothing else of the run. A second version, then a rollback to the first
 // through the cluster; then the Iceberg source reads the table back.
 func TestIcebergFullLoadS3ThroughCluster(t *testing.T) {
-	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	endpoint, bucket := s3test.Bucket(t)
 	ctx := context.Background()
@@ -341,7 +340,6 @@ func liveKeys(t *testing.T, tbl *table.Table, bucket string) []string {
 // SQL catalog in PostgreSQL: each window lands once, a re-run of a window
 // with late rows in it replaces exactly that window's rows.
 func TestIcebergIncrementalThroughCluster(t *testing.T) {
-	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	endpoint, bucket := s3test.Bucket(t)
 	ctx := context.Background()

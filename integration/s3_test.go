@@ -92,7 +92,6 @@ func readS3Version(ctx context.Context, b *objstore.Bucket, dataset string) (str
 // the test computes itself from the rows it wrote; then S3 -> local, from
 // the dataset's current pointer, holds them too.
 func TestS3FullLoadByteRanges(t *testing.T) {
-	t.Parallel()
 	loc := s3test.Env(t)
 	b := s3test.Client(t)
 	c := newCluster(t, clusterConfig{workers: 2, slots: 2})
@@ -237,7 +236,6 @@ func (w *dyingWriter) Abort(ctx context.Context) error {
 // object replaces whatever the first attempt had; the exposed version
 // holds every source row once, and the commit aborts the dead upload.
 func TestS3WorkerKilledMidUpload(t *testing.T) {
-	t.Parallel()
 	loc := s3test.Env(t)
 	b := s3test.Client(t)
 	dying := &death{dying: make(chan string, 1)}
@@ -311,7 +309,6 @@ partitioning: {target_bytes: 14MiB}
 // current pointer see whole versions only (the scenario of
 // TestRollbackThroughClusterFiles).
 func TestRollbackThroughClusterFilesS3(t *testing.T) {
-	t.Parallel()
 	loc := s3test.Env(t)
 	b := s3test.Client(t)
 	c := newCluster(t, clusterConfig{workers: 1})
