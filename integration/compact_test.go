@@ -76,7 +76,8 @@ func TestCompactFilesThroughCluster(t *testing.T) {
 }
 
 func TestCompactFilesThroughClusterS3(t *testing.T) {
-	loc := s3test.Env(t)
+	t.Parallel()
+	loc := s3test.SharedEnv(t)
 	b := s3test.Client(t)
 	files := 200
 	if testing.Short() {

@@ -14,10 +14,10 @@ import (
 // spend most of their time waiting (leases, ack waits, elections,
 // processes starting), not computing, so more of them run at once than
 // the machine has cores (go test's default -parallel).
-// The tests that point the AWS environment at the S3 test server
-// (objstore/s3test.Env, iceberg's s3test.Bucket: t.Setenv) and
-// TestCDCFaults (it restarts PostgreSQL) are not parallel: they run one
-// at a time, before the others.
+// The tests on the S3 server point the AWS environment at it for the
+// whole binary (s3test.SharedEnv, SharedBucket: t.Setenv cannot be used
+// in a parallel test). TestCDCFaults, which restarts PostgreSQL, is not
+// parallel.
 const defaultParallel = 4
 
 // setParallel sets -test.parallel to defaultParallel unless the command
