@@ -130,6 +130,26 @@ func (c *Coordinator) IsLeader() bool {
 	return r != nil && r.State() == raft.Leader
 }
 
+// stillLeader reports whether this node is the leader, confirmed by a
+// quorum now (a node that lost leadership may not have noticed yet).
+func (c *Coordinator) stillLeader() bool {
+	r := c.raftNode()
+	if r == nil || r.State() != raft.Leader {
+		return false
+	}
+	f := r.VerifyLeader()
+	errc := make(chan error, 1)
+	go func() { errc <- f.Error() }()
+	select {
+	case err := <-errc:
+		return err == nil
+	case <-c.killed:
+		return false
+	case <-time.After(applyTimeout):
+		return false
+	}
+}
+
 // LeaderID is the Raft id of the leader this node knows, or "".
 func (c *Coordinator) LeaderID() string {
 	r := c.raftNode()

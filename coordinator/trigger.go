@@ -95,6 +95,11 @@ func (t *leaderTerm) handleTrigger(ctx context.Context, m jetstream.Msg, seq uin
 		return "", &permanentError{fmt.Sprintf("payload: pipeline: %q differs from the subject's pipeline %q", tr.Pipeline, name)}
 	}
 	if _, ok := c.fsm.pipeline(name); !ok {
+		// A node that lost leadership may not hold a pipeline the new
+		// leader stored: the trigger is delivered again, to the leader.
+		if !c.stillLeader() {
+			return "", fmt.Errorf("pipeline %q unknown to this node, which no longer leads", name)
+		}
 		return "", &permanentError{fmt.Sprintf("pipeline %q not found", name)}
 	}
 	h := m.Headers()

@@ -40,6 +40,7 @@ func landFile(t *testing.T, dir, ledger, name string, v, rows int) {
 // loaded again (its new version once), and the target ends holding every
 // version that landed, each once.
 func TestFilesByArrival(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 2})
 	land, ledger, out := t.TempDir(), t.TempDir(), filepath.Join(t.TempDir(), "out")
 	y := fmt.Sprintf("name: landing\npattern: incremental\nsource: {kind: files, path: %s, format: jsonl}\nsink: {kind: files, path: %s, format: jsonl}\npartitioning: {max_files: 3}\nincremental: {by: modified}\n", land, out)

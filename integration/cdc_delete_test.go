@@ -22,6 +22,8 @@ import (
 // longer retains WAL); the pipeline applied again starts over with a new
 // snapshot.
 func TestCDCDelete(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := cdcSlot(t, dsn, schema, "_del")

@@ -22,6 +22,8 @@ import (
 // made equal again with a resnapshot asked for through the control API,
 // and cdc status shows the snapshots taken.
 func TestCDCTablesAdded(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := cdcSlot(t, dsn, schema, "_add")

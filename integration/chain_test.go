@@ -13,6 +13,7 @@ import (
 // names the upstream run, its location and version. A second run of the
 // first starts a second run of the second, no more.
 func TestChainAfterUpstream(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in := writeDataset(t, 3, 100)
 	mid, out := t.TempDir(), t.TempDir()

@@ -18,6 +18,7 @@ import (
 // of the two windows before its watermark on its next live run, without
 // a check.
 func TestLateDataCheckAndLookback(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	start := time.Now().UTC().Truncate(time.Hour).Add(-72 * time.Hour)

@@ -36,6 +36,8 @@ import (
 // commit order, told by a value each update of the workload makes grow
 // (checkVersionOrder).
 func TestClickHouseCDCThroughCluster(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
 	ctx := context.Background()
@@ -205,7 +207,7 @@ func TestClickHouseCDCThroughCluster(t *testing.T) {
 			t.Errorf("%s: %d (%v)", q, n, err)
 		}
 	}
-	left, err := cl.Strings(ctx, "SELECT name FROM system.tables WHERE startsWith(name, 'sluice_cdc_') AND name != '"+clickhouse.OffsetsTable+"'")
+	left, err := cl.Strings(ctx, "SELECT name FROM system.tables WHERE database = '"+db+"' AND startsWith(name, 'sluice_cdc_') AND name != '"+clickhouse.OffsetsTable+"'")
 	if err != nil || len(left) > 0 {
 		t.Errorf("staging tables left: %v %v", left, err)
 	}

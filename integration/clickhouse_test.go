@@ -131,6 +131,7 @@ func applyCH(t *testing.T, c *cluster, name, dsn, src, url, target, extra string
 // the source's; a later run that fails leaves that version exposed and no
 // staging table behind.
 func TestClickHouseFullLoadThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
 	ctx := context.Background()
@@ -196,6 +197,7 @@ func TestClickHouseFullLoadThroughCluster(t *testing.T) {
 // lands once, a re-run of a window with new rows in it replaces exactly
 // that window's rows.
 func TestClickHouseIncrementalThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
 	ctx := context.Background()

@@ -15,6 +15,7 @@ import (
 // A 50-task full load through 3 coordinators and 2 workers commits an output
 // equal to the source.
 func TestFiftyTaskLoadEqualsSource(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 2})
 	in := writeDataset(t, 50, 2000)
 	out := t.TempDir()
@@ -43,6 +44,7 @@ func TestFiftyTaskLoadEqualsSource(t *testing.T) {
 // The Raft leader stopped mid-run: a new leader continues the run, which
 // commits exactly once with an output equal to the source.
 func TestLeaderStoppedMidRunCommitsOnce(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 2, slots: 1})
 	in := writeDataset(t, 50, 4000)
 	out := t.TempDir()
@@ -92,6 +94,7 @@ func TestLeaderStoppedMidRunCommitsOnce(t *testing.T) {
 // A worker stopped mid-task without acking: its task is redelivered to the
 // other worker after AckWait, and the committed output has no duplicate row.
 func TestWorkerKilledMidTaskNoDuplicates(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 2, slots: 2, ackWait: 2 * time.Second})
 	in := writeDataset(t, 12, 20000)
 	out := t.TempDir()
@@ -111,6 +114,7 @@ func TestWorkerKilledMidTaskNoDuplicates(t *testing.T) {
 // fails, the task lands in the dead-letter stream, and the dataset's
 // previous version stays exposed, untouched.
 func TestFailingTaskRetriedThenDeadKeepsPreviousVersion(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in := writeDataset(t, 6, 500)
 	out := t.TempDir()

@@ -63,6 +63,7 @@ type compactScenario struct {
 }
 
 func TestCompactFilesThroughCluster(t *testing.T) {
+	t.Parallel()
 	in, out := t.TempDir(), t.TempDir()
 	runCompactScenario(t, compactScenario{in: in, out: out, files: 500,
 		put: func(t *testing.T, rel string, data []byte) {
@@ -75,7 +76,8 @@ func TestCompactFilesThroughCluster(t *testing.T) {
 }
 
 func TestCompactFilesThroughClusterS3(t *testing.T) {
-	loc := s3test.Env(t)
+	t.Parallel()
+	loc := s3test.SharedEnv(t)
 	b := s3test.Client(t)
 	files := 200
 	if testing.Short() {
@@ -232,6 +234,7 @@ compact:
 // appender stops three windows after the rewrite starts, until the run
 // ends, so that the rewrite's commit wins however long an attempt takes.
 func TestCompactIcebergWhileAppending(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	warehouse := t.TempDir()
 	cfg := iceberg.SinkConfig{Config: iceberg.Config{Table: "lake.events", Warehouse: warehouse}}

@@ -59,8 +59,8 @@ const nullValue = "\x00NULL"
 // patterns match; the binary path's boolean hashes as the text form t or
 // f, not true or false.
 func TestContractSameOnEveryPath(t *testing.T) {
-	const key = "integration contract key: 32 b."
-	t.Setenv("SLUICE_TEST_CONTRACT_KEY", key)
+	t.Parallel()
+	key := setContractKey()
 	ctx := t.Context()
 	dsn, schema, conn := pgtest.DB(t)
 	table := schema + ".kinds"

@@ -97,8 +97,9 @@ func peopleContract(table string) string {
 // coordinators' data, the logs and the traces. None is found, and the
 // copies hold what the contract makes of the rows.
 func TestContractLeavesNoPII(t *testing.T) {
-	const key = "integration contract key: 32 b."
-	t.Setenv("SLUICE_TEST_CONTRACT_KEY", key)
+	t.Parallel()
+	holdSlot(t)
+	key := setContractKey()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := strings.ToLower(schema)

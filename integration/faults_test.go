@@ -399,6 +399,7 @@ func checkAppliedOrder(t *testing.T, conn *pgx.Conn, log string) {
 
 func TestFaultMatrixWorkerKill9CDC(t *testing.T) {
 	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	c := newFaultCluster(t, "w1", "w2", "w3")
 	cdcScenario(t, c, conn, dsn, schema, "wk", cdcFaults{
@@ -438,6 +439,7 @@ func TestFaultMatrixWorkerKill9CDC(t *testing.T) {
 // the leases outlive the leader).
 func TestFaultMatrixLeaderKill9CDC(t *testing.T) {
 	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	c := newFaultCluster(t, "w1", "w2")
 	cdcScenario(t, c, conn, dsn, schema, "lk", cdcFaults{
@@ -602,6 +604,7 @@ func TestFaultMatrixNATSKill9(t *testing.T) {
 // failover), and cdc_apply leaves the replica equal to the source.
 func TestFaultMatrixNATSKill9CDC(t *testing.T) {
 	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	c := newFaultCluster(t, "w1", "w2", "w3")
 	cdcScenario(t, c, conn, dsn, schema, "nk", cdcFaults{

@@ -37,6 +37,7 @@ import (
 // or the server's permissions), nothing is read or written for them, the
 // run commits only the real tasks' rows once a real worker runs them.
 func TestForgedMessagesRefused(t *testing.T) {
+	t.Parallel()
 	in := writeDataset(t, 4, 50)
 	root := t.TempDir()
 	out, evil := filepath.Join(root, "out"), filepath.Join(root, "evil")

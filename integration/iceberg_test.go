@@ -216,8 +216,9 @@ func applyYAML(t *testing.T, c *cluster, y string) {
 // nothing else of the run. A second version, then a rollback to the first
 // through the cluster; then the Iceberg source reads the table back.
 func TestIcebergFullLoadS3ThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
-	endpoint, bucket := s3test.Bucket(t)
+	endpoint, bucket := s3test.SharedBucket(t)
 	ctx := context.Background()
 	src := schema + ".awk"
 	iceSource(t, conn, src, 20_000)
@@ -340,8 +341,9 @@ func liveKeys(t *testing.T, tbl *table.Table, bucket string) []string {
 // SQL catalog in PostgreSQL: each window lands once, a re-run of a window
 // with late rows in it replaces exactly that window's rows.
 func TestIcebergIncrementalThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
-	endpoint, bucket := s3test.Bucket(t)
+	endpoint, bucket := s3test.SharedBucket(t)
 	ctx := context.Background()
 	start := time.Date(2026, 3, 1, 22, 0, 0, 0, time.UTC)
 	src := incrementalSource(t, conn, schema, start)
@@ -442,6 +444,7 @@ func icebergTableIDs(t *testing.T, catalogDSN, name string) ([]int64, error) {
 // exactly the rows of the one committed last, and both snapshots are in
 // its history.
 func TestIcebergConcurrentRunsThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	for _, tb := range []string{"a", "b"} {

@@ -107,6 +107,7 @@ func watermark(t *testing.T, c *cluster, name string) string {
 // the second and the third, and the third starts where the second ended.
 // A re-run of a window replaces its rows, never doubles them.
 func TestIncrementalWindowsThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	start := time.Now().UTC().Truncate(time.Hour).Add(-72 * time.Hour)
@@ -176,6 +177,7 @@ func TestIncrementalWindowsThroughCluster(t *testing.T) {
 // now - lag; a pipeline whose next window would start after now - lag is
 // up to date: no run.
 func TestIncrementalUpToDateAndOneLiveRun(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	start := time.Now().UTC().Add(-90 * time.Minute).Truncate(time.Minute)
 	src := incrementalSource(t, conn, schema, start)
@@ -209,6 +211,7 @@ func TestIncrementalUpToDateAndOneLiveRun(t *testing.T) {
 // (the second skips every window, the third replaces every window) ends
 // with exactly the source rows; it never moves the live watermark.
 func TestIncrementalBackfill(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	start := time.Now().UTC().Truncate(time.Hour).Add(-72 * time.Hour)

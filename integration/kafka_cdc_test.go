@@ -24,6 +24,8 @@ import (
 // LSN), each key's events on one partition in commit order, and replaying
 // them gives the table as it ends.
 func TestCDCToKafkaExactlyOnce(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := strings.ToLower(schema)[:min(len(schema), 40)] + "_kslot"

@@ -16,6 +16,7 @@ import (
 // nor does sluice status, and both show the same lag once records arrive;
 // a second run copies only those.
 func TestKafkaPassthroughThroughCluster(t *testing.T) {
+	t.Parallel()
 	k := kafkatest.Start(t)
 	const parts = 4
 	k.CreateTopic(t, "orders", parts)

@@ -43,7 +43,9 @@ func fillTopic(t *testing.T, k *kafkatest.Cluster, topic string, partitions int3
 // records' timestamps, one re-run, exact; and runs by position, each
 // record once.
 func TestKafkaTopicToFiles(t *testing.T) {
-	n := 1_000_000
+	t.Parallel()
+	// 20,000 records a partition: two tasks each in the full load.
+	n := 120_000
 	if testing.Short() {
 		n = 60_000
 	}
@@ -55,7 +57,7 @@ func TestKafkaTopicToFiles(t *testing.T) {
 	brokers := fmt.Sprintf("[%s]", k.Brokers[0])
 
 	full := filepath.Join(t.TempDir(), "full")
-	c.applyYAML("events-full", fmt.Sprintf("name: events-full\npattern: full_load\nsource: {kind: kafka, brokers: %s, topic: events, records_per_task: 100000}\nsink: {kind: files, path: %s, format: jsonl}\n", brokers, full))
+	c.applyYAML("events-full", fmt.Sprintf("name: events-full\npattern: full_load\nsource: {kind: kafka, brokers: %s, topic: events, records_per_task: 10000}\nsink: {kind: files, path: %s, format: jsonl}\n", brokers, full))
 	st := c.wait(c.run("events-full").RunID)
 	if st.State != protocol.RunCommitted {
 		t.Fatalf("full load: %s (%s)", st.State, st.Error)
@@ -127,9 +129,10 @@ func topicChecksum(t *testing.T, k *kafkatest.Cluster, topic string) connectors.
 // transaction: a worker killed mid-task, and the Raft leader killed
 // mid-run, and each topic holds the files' rows exactly once.
 func TestFilesToKafkaExactlyOnce(t *testing.T) {
+	t.Parallel()
 	k := kafkatest.Start(t)
 	c := newCluster(t, clusterConfig{workers: 2, slots: 2, ackWait: 2 * time.Second})
-	in := writeDataset(t, 12, 20000)
+	in := writeDataset(t, 12, 5000)
 	want, err := files.ReadChecksum(in, "jsonl")
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +153,7 @@ func TestFilesToKafkaExactlyOnce(t *testing.T) {
 	}
 
 	c.addWorker()
-	in = writeDataset(t, 60, 3000)
+	in = writeDataset(t, 60, 1000)
 	if want, err = files.ReadChecksum(in, "jsonl"); err != nil {
 		t.Fatal(err)
 	}
@@ -186,6 +189,7 @@ func TestFilesToKafkaExactlyOnce(t *testing.T) {
 // declared by the source's columns: the table holds each record's values
 // once, typed.
 func TestKafkaTopicToPostgres(t *testing.T) {
+	t.Parallel()
 	const n = 3000
 	k := kafkatest.Start(t)
 	k.CreateTopic(t, "orders", 3)

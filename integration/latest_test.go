@@ -30,6 +30,8 @@ import (
 // kept by a cdc_apply pipeline of kind latest; a consumer reading one
 // message per subject rebuilds exactly the table's current rows.
 func TestCDCLatestState(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	c := newCluster(t, clusterConfig{workers: 2})
 	testLatestState(t, c.reg, c.js, func(s pipeline.Spec) error {
 		_, err := c.client.Apply(c.ctx(), s)
@@ -42,6 +44,8 @@ func TestCDCLatestState(t *testing.T) {
 // purge a stream, keep the latest state in the stream the leader created,
 // the snapshot's and the truncate's purges made by the leader.
 func TestCDCLatestStateSecured(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	reg := builtin.Registry()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

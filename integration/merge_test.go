@@ -18,6 +18,7 @@ import (
 // window), deletes arrive as flags; after every run the target equals the
 // source's current state: one row per live id, by count and checksum.
 func TestMergeByKeyThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	src, target := schema+".accounts", schema+".accounts_cur"

@@ -131,6 +131,8 @@ func eventuallyMetric(t *testing.T, url string, want float64, name string, label
 // CDC batches link to the snapshot run, and a run started by after: to
 // its upstream run.
 func TestMetricsAndLinks(t *testing.T) {
+	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	slot := cdcSlot(t, dsn, schema, "_met")

@@ -239,6 +239,7 @@ func TestPartitionNATSNodeCutOff(t *testing.T) {
 // twice.
 func TestPartitionCDCWorkerCutFromNATS(t *testing.T) {
 	t.Parallel()
+	holdSlot(t)
 	dsn, schema, conn := pgtest.DB(t)
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {

@@ -128,6 +128,7 @@ func (c *cluster) taskStreamSeq() uint64 {
 // the source rows, and a backfill replacing all three hours keeps them
 // exact.
 func TestPartitionedIncrementalWaitsForReadyPartition(t *testing.T) {
+	t.Parallel()
 	src := &hourlySource{t: t, root: filepath.Join(t.TempDir(), "events"), start: time.Now().UTC().Truncate(time.Hour).Add(-72 * time.Hour)}
 	out := filepath.Join(t.TempDir(), "out")
 	src.write(0, "part-a.jsonl", 70)
@@ -276,6 +277,7 @@ func TestPartitionedIncrementalWaitsForReadyPartition(t *testing.T) {
 // with an error naming the partition, and leaves the watermark: the next
 // run loads that hour once it is ready.
 func TestPartitionedReadyTimeoutAndNextPartition(t *testing.T) {
+	t.Parallel()
 	src := &hourlySource{t: t, root: filepath.Join(t.TempDir(), "events"), start: time.Now().UTC().Truncate(time.Hour).Add(-48 * time.Hour)}
 	out := filepath.Join(t.TempDir(), "out")
 	src.write(0, "part-a.jsonl", 30)

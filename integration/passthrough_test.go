@@ -19,6 +19,7 @@ import (
 // primary key, and its rows by a checksum of every column,
 // and a second run replaces them with the source's new rows.
 func TestPostgresPassthroughThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	src := schema + ".awkward"

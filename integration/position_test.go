@@ -120,6 +120,7 @@ func appendLog(t *testing.T, dir string, lo, hi int) {
 // appends nothing; a failed run leaves the watermark and the next run
 // loads its lines; every line ends up in each target exactly once.
 func TestPositionedRunsAppendOnce(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	c := newCluster(t, clusterConfig{workers: 2, register: registerSeqLog})
 	logDir, out := t.TempDir(), filepath.Join(t.TempDir(), "out")

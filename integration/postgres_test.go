@@ -19,6 +19,7 @@ import (
 // to CSV files and to a versioned PostgreSQL table behind a view. Both
 // targets hold exactly the source rows.
 func TestPostgresFullLoadThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	src := schema + ".orders"
@@ -109,6 +110,7 @@ func TestPostgresFullLoadThroughCluster(t *testing.T) {
 // redelivered, read again on the run's snapshot, and the committed table
 // holds every source row exactly once.
 func TestPostgresWorkerKilledMidChunk(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	src := schema + ".big"

@@ -51,8 +51,10 @@ const (
 	datasetRows  = 30000 // per file: one task reads 2.5 MB
 )
 
-// TestMain removes the sluice binary built by the process tests.
+// TestMain runs the tests defaultParallel at once (unless -parallel says
+// otherwise), then removes the sluice binary built by the process tests.
 func TestMain(m *testing.M) {
+	setParallel()
 	code := m.Run()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)

@@ -24,6 +24,7 @@ import (
 // after two announcements: the next leader announces only the snapshot
 // appended since, as the third.
 func TestReadinessIcebergSnapshots(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	warehouse := t.TempDir()
 	cfg := iceberg.SinkConfig{Config: iceberg.Config{Table: "lake.orders", Warehouse: warehouse}}

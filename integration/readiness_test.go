@@ -19,6 +19,7 @@ import (
 // trigger context; the next partition follows when it is complete. The
 // readiness pipeline itself has no runs.
 func TestReadinessPipelineAnnouncesPartitionOnce(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	src := &hourlySource{t: t, root: filepath.Join(t.TempDir(), "events"), start: time.Now().UTC().Truncate(time.Hour).Add(-48 * time.Hour)}
 	src.write(0, "a.jsonl", 10)

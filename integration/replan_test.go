@@ -114,6 +114,7 @@ func (c *cluster) getRun(id string) protocol.RunStatus {
 // arriving after the new plan, change nothing: the run commits once and
 // the target equals the source.
 func TestPostgresRunReplannedAfterLeaderDies(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src, dst := schema+".orders", schema+".orders_copy"
 	createOrders(t, conn, src, 20000)
@@ -194,6 +195,7 @@ func (c *cluster) queuedTasks(name, id string) int {
 // tasks that find it gone report it, the leader plans the run again, and
 // the run commits once, equal to the source.
 func TestPostgresRunReplannedWhenTaskFindsSnapshotGone(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src, out := schema+".orders", t.TempDir()
 	createOrders(t, conn, src, 20000)
@@ -228,6 +230,7 @@ func TestPostgresRunReplannedWhenTaskFindsSnapshotGone(t *testing.T) {
 // directory: the run, still running in the Raft log, is planned again and
 // commits once.
 func TestDevRestartMidRunReplans(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src, dst := schema+".orders", schema+".orders_copy"
 	createOrders(t, conn, src, 20000)

@@ -251,6 +251,7 @@ func versionFile(v int64) []byte {
 // Rollback of a files dataset through the cluster: readers of current
 // see whole versions only.
 func TestRollbackThroughClusterFiles(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in, out := t.TempDir(), t.TempDir()
 	c.apply("roll-files", in, out, 2, "")
@@ -362,6 +363,7 @@ func (c *cluster) applyYAML(name, y string) {
 // the view makes the swap wait): the next leader finishes it, readers of
 // the view see whole versions only, and run 3 commits after it.
 func TestRollbackThroughClusterPostgres(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src, view := schema+".roll_src", schema+".roll_view"
 	grow := pgSource(t, conn, src)
@@ -401,6 +403,7 @@ func TestRollbackThroughClusterPostgres(t *testing.T) {
 // Rollback of a ClickHouse table through the cluster: readers of the
 // table see whole versions only.
 func TestRollbackThroughClusterClickHouse(t *testing.T) {
+	t.Parallel()
 	url, db := chtest.DB(t)
 	dsn, schema, conn := pgtest.DB(t)
 	src := schema + ".roll_src"

@@ -92,7 +92,8 @@ func readS3Version(ctx context.Context, b *objstore.Bucket, dataset string) (str
 // the test computes itself from the rows it wrote; then S3 -> local, from
 // the dataset's current pointer, holds them too.
 func TestS3FullLoadByteRanges(t *testing.T) {
-	loc := s3test.Env(t)
+	t.Parallel()
+	loc := s3test.SharedEnv(t)
 	b := s3test.Client(t)
 	c := newCluster(t, clusterConfig{workers: 2, slots: 2})
 	big, want := bigJSONL(0, 20<<20)
@@ -236,7 +237,8 @@ func (w *dyingWriter) Abort(ctx context.Context) error {
 // object replaces whatever the first attempt had; the exposed version
 // holds every source row once, and the commit aborts the dead upload.
 func TestS3WorkerKilledMidUpload(t *testing.T) {
-	loc := s3test.Env(t)
+	t.Parallel()
+	loc := s3test.SharedEnv(t)
 	b := s3test.Client(t)
 	dying := &death{dying: make(chan string, 1)}
 	c := newCluster(t, clusterConfig{workers: 1, slots: 2, ackWait: 2 * time.Second, register: func(reg *connectors.Registry) {
@@ -309,7 +311,8 @@ partitioning: {target_bytes: 14MiB}
 // current pointer see whole versions only (the scenario of
 // TestRollbackThroughClusterFiles).
 func TestRollbackThroughClusterFilesS3(t *testing.T) {
-	loc := s3test.Env(t)
+	t.Parallel()
+	loc := s3test.SharedEnv(t)
 	b := s3test.Client(t)
 	c := newCluster(t, clusterConfig{workers: 1})
 	c.apply("roll-s3", loc.Join("in").String(), loc.Join("out").String(), 2, "")

@@ -12,6 +12,7 @@ import (
 // one tick, across the kill of the leader: the new leader goes on from the
 // last tick recorded in Raft and catches up the latest missed one.
 func TestScheduleEverySecondAcrossLeaderKill(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in := writeDataset(t, 1, 20)
 	out := t.TempDir()

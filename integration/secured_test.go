@@ -24,6 +24,7 @@ import (
 // the token; a client without a certificate, or without a key, is refused
 // by the server.
 func TestProcessSecuredCluster(t *testing.T) {
+	t.Parallel()
 	sluice, natsServer := binaries(t)
 	c := &procCluster{t: t, dir: t.TempDir(), coords: map[string]*proc{}, workers: map[string]*proc{}}
 	t.Cleanup(c.dumpLogsOnFailure)

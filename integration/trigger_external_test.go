@@ -50,6 +50,7 @@ func (c *cluster) waitEvents(pipeline string, what string, cond func(protocol.Tr
 // counted and ignored; an event naming a file outside the source's path,
 // and a payload that is not JSON, are dead-lettered with the reason.
 func TestTriggerForeignSubjectLoadsTheFile(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in := t.TempDir()
 	writeFile(t, in, "events/a.jsonl", "{\"id\":1}\n{\"id\":2}\n")
@@ -123,6 +124,7 @@ trigger:
 // naming a time partition of an incremental pipeline: the run loads that
 // partition's window.
 func TestTriggerKafkaTopicStartsRunOfPartition(t *testing.T) {
+	t.Parallel()
 	k := kafkatest.Start(t)
 	k.CreateTopic(t, "ready", 1)
 	c := newCluster(t, clusterConfig{workers: 1})

@@ -17,6 +17,7 @@ import (
 // the first run is through, replaying the dead letter gives a run that
 // commits the next partition.
 func TestTriggerRetriedUntilDeadThenReplayed(t *testing.T) {
+	t.Parallel()
 	src := &hourlySource{t: t, root: filepath.Join(t.TempDir(), "events"), start: time.Now().UTC().Truncate(time.Hour).Add(-48 * time.Hour)}
 	out := filepath.Join(t.TempDir(), "out")
 	src.write(0, "part-a.jsonl", 30) // hour 0 without _SUCCESS: its run waits

@@ -90,6 +90,7 @@ func (c *cluster) publish(m *nats.Msg) uint64 {
 // The same trigger message id published twice starts one run, which keeps
 // the trigger's context and commits.
 func TestTriggerSameMsgIDOneRun(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	in := writeDataset(t, 3, 100)
 	out := t.TempDir()
@@ -180,6 +181,7 @@ func TestTriggerSameMsgIDOneRun(t *testing.T) {
 // A malformed payload is dead-lettered at once with a reason naming the
 // field, its original payload and headers; no run starts.
 func TestTriggerMalformedPayloadDeadLettered(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	c.apply("bad", writeDataset(t, 1, 10), t.TempDir(), 1, "")
 	payload := []byte(`{"params":{"file_to_load":"x.csv"},"logical_time":"x"}`)
@@ -229,6 +231,7 @@ func TestTriggerMalformedPayloadDeadLettered(t *testing.T) {
 // A trigger of a pipeline that does not exist yet is dead-lettered; once
 // the pipeline is applied, its replay gives a committed run.
 func TestTriggerPoisonReplayedAfterApply(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, clusterConfig{workers: 1})
 	if _, err := coordinator.PublishTrigger(c.ctx(), c.js, "later", protocol.Trigger{Params: map[string]string{"k": "v"}}, "evt-1"); err != nil {
 		t.Fatal(err)
@@ -271,6 +274,7 @@ func TestTriggerPoisonReplayedAfterApply(t *testing.T) {
 // are cut first, so it cannot record the run nor ack the trigger: the test
 // sees the trigger delivered and unacked, then stops the leader.
 func TestTriggerLeaderStoppedOneRun(t *testing.T) {
+	t.Parallel()
 	// Raft timeouts long enough that the cut-off leader stays leader
 	// (its lease) while the test looks at the trigger consumer.
 	c := newCluster(t, clusterConfig{workers: 1, raftTimeout: 3 * time.Second})

@@ -123,6 +123,7 @@ func typedRows(t *testing.T, conn *pgx.Conn, table string) map[string][]*string 
 // booleans, nested documents and arrays. Each run's checksum is what its
 // files hold, and the two outputs' checksums are equal.
 func TestTypedFilesFromPostgres(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src := schema + ".typed"
 	const rows = 3000

@@ -62,6 +62,7 @@ func insertRows(t *testing.T, conn *pgx.Conn, table string, batch int, stop <-ch
 // commit after a greater one was loaded, which lookback finds: the second
 // pipeline re-reads 3 windows each run and also ends equal to the source.
 func TestValueWindowsUnderLoad(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	ctx := context.Background()
 	c := newCluster(t, clusterConfig{workers: 2})

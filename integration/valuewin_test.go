@@ -21,6 +21,7 @@ import (
 // counts), --repair replaces that window, and the target then holds the
 // source's ids exactly once.
 func TestClickHouseValueWindowsThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	url, db := chtest.DB(t)
 	ctx := context.Background()
@@ -101,6 +102,7 @@ incremental: {delta_column: id, window: 100, start: 1}
 // replaces that window: the table then holds the source's rows once
 // each, read with iceberg-go's own catalog.
 func TestIcebergValueWindowsThroughCluster(t *testing.T) {
+	t.Parallel()
 	dsn, schema, conn := pgtest.DB(t)
 	src := schema + ".ice_ids"
 	iceSource(t, conn, src, 300)

@@ -47,6 +47,22 @@ func Endpoint() string {
 // server is not reachable, or fails it in CI.
 func Env(t testing.TB) objstore.Location {
 	t.Helper()
+	return env(t, func(k, v string) { t.Setenv(k, v) })
+}
+
+// SharedEnv is Env for tests that run in parallel, where t.Setenv cannot
+// be used: it sets the same environment for the rest of the test binary's
+// run (every test of the binary then finds the test server as AWS),
+// and returns an s3:// location that is the test's alone.
+func SharedEnv(t testing.TB) objstore.Location {
+	t.Helper()
+	// The values are the same on every call: a test reading the
+	// environment while another sets it finds them either way.
+	return env(t, func(k, v string) { os.Setenv(k, v) })
+}
+
+func env(t testing.TB, setenv func(k, v string)) objstore.Location {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("needs the S3 test server; skipped with -short")
 	}
@@ -71,7 +87,7 @@ func Env(t testing.TB) objstore.Location {
 		"AWS_CONFIG_FILE": os.DevNull, "AWS_SHARED_CREDENTIALS_FILE": os.DevNull,
 		"AWS_EC2_METADATA_DISABLED": "true",
 	} {
-		t.Setenv(k, v)
+		setenv(k, v)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

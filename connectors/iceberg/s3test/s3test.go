@@ -47,16 +47,38 @@ func Client() *s3.Client {
 // credentials and region, for the test (t.Setenv), as a user would.
 func Env(t testing.TB) {
 	t.Helper()
-	t.Setenv("AWS_ACCESS_KEY_ID", AccessKey)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", SecretKey)
-	t.Setenv("AWS_REGION", Region)
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	for k, v := range envVars {
+		t.Setenv(k, v)
+	}
+}
+
+// envVars is the environment Env sets.
+var envVars = map[string]string{
+	"AWS_ACCESS_KEY_ID": AccessKey, "AWS_SECRET_ACCESS_KEY": SecretKey,
+	"AWS_REGION": Region, "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 // Bucket creates a bucket for the test, emptied and removed when the test
 // ends, sets the AWS environment (Env) and returns the server's endpoint
 // and the bucket's name.
 func Bucket(t testing.TB) (endpoint, bucket string) {
+	t.Helper()
+	return newBucket(t, Env)
+}
+
+// SharedBucket is Bucket for tests that run in parallel, where t.Setenv
+// cannot be used: it sets the AWS environment of Env for the rest of the
+// test binary's run (the same values on every call).
+func SharedBucket(t testing.TB) (endpoint, bucket string) {
+	t.Helper()
+	return newBucket(t, func(testing.TB) {
+		for k, v := range envVars {
+			os.Setenv(k, v)
+		}
+	})
+}
+
+func newBucket(t testing.TB, env func(testing.TB)) (endpoint, bucket string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs the S3 server; skipped with -short")
@@ -76,7 +98,7 @@ func Bucket(t testing.TB) (endpoint, bucket string) {
 	if _, err := cl.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		t.Fatalf("create bucket %s: %v", bucket, err)
 	}
-	Env(t)
+	env(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
