@@ -116,6 +116,13 @@ type Applier struct {
 	// Caches, dropped after a failed Apply.
 	targets   map[string]*target // by database NUL table
 	databases map[string]bool    // created
+	// snapshotting holds the source tables (schema NUL table) whose
+	// snapshot event this Applier applied and their snapshot_done event
+	// not yet: an update leaving a TOAST value unchanged of a row the
+	// target lacks is left to the snapshot's chunk (see rows). Not kept
+	// anywhere else: an Applier opened since, or after a failed Apply,
+	// stops on such an update.
+	snapshotting map[string]bool
 	// afterStage and afterCommit, when set, run once a batch's staging
 	// tables are filled and once its commit record is written: tests
 	// simulate crashes there.
@@ -339,6 +346,7 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		if err != nil {
 			a.synced = false
 			a.targets = map[string]*target{}
+			a.snapshotting = nil
 		}
 	}()
 	applied, err := a.sync(ctx)
@@ -359,7 +367,7 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		return nil
 	}
 	first, last := events[0].Seq, events[len(events)-1].Seq
-	tables, err := fold(events)
+	tables, err := fold(events, a.snapshotting)
 	if err != nil {
 		return err
 	}
@@ -461,6 +469,18 @@ func (a *Applier) Apply(ctx context.Context, events []connectors.Event) (err err
 		return fmt.Errorf("record events %d-%d: %w", first, last, err)
 	}
 	a.seen = last
+	for _, t := range tables {
+		id := t.schema + "\x00" + t.table
+		switch {
+		case t.snapshotting:
+			if a.snapshotting == nil {
+				a.snapshotting = map[string]bool{}
+			}
+			a.snapshotting[id] = true
+		case a.snapshotting[id]:
+			delete(a.snapshotting, id)
+		}
+	}
 	if a.afterCommit != nil {
 		if err := a.afterCommit(); err != nil {
 			return err

@@ -27,6 +27,10 @@ type batchTable struct {
 	// holds from before it (of a smaller version) are no longer the
 	// table's, and read events of an earlier snapshot are left out.
 	snapLSN uint64
+	// snapshotting reports a snapshot of the table under way, after its
+	// snapshot event (in this batch, or an earlier one the Applier
+	// applied) and before its snapshot_done event.
+	snapshotting bool
 	// cols are the columns of the row images: the key, then the others in
 	// the order they first appear (each event's new ones by name).
 	cols []string
@@ -50,13 +54,18 @@ type keyState struct {
 	// from row is taken from there too, or is NULL when there is none.
 	row  protocol.Row
 	from []string // nil: no row before the batch counts (truncated, or deleted in the batch)
+	// inSnap reports that the key's last change came while a snapshot of
+	// the table was under way: a value it left unchanged (TOAST) that
+	// the target lacks comes with the snapshot's chunk of the row.
+	inSnap bool
 }
 
 func (t *batchTable) name() string { return t.schema + "." + t.table }
 
 // fold reduces a batch of events (in stream order) to what it does to each
-// table, tables in the order they first appear.
-func fold(events []connectors.Event) ([]*batchTable, error) {
+// table, tables in the order they first appear. snapshotting holds the
+// tables (schema NUL table) with a snapshot under way before the batch.
+func fold(events []connectors.Event, snapshotting map[string]bool) ([]*batchTable, error) {
 	byName := map[string]*batchTable{}
 	var out []*batchTable
 	for i := range events {
@@ -64,7 +73,7 @@ func fold(events []connectors.Event) ([]*batchTable, error) {
 		id := ev.Schema + "\x00" + ev.Table
 		t := byName[id]
 		if t == nil {
-			t = &batchTable{schema: ev.Schema, table: ev.Table, has: map[string]bool{}, keys: map[string]*keyState{}}
+			t = &batchTable{schema: ev.Schema, table: ev.Table, has: map[string]bool{}, keys: map[string]*keyState{}, snapshotting: snapshotting[id]}
 			byName[id] = t
 			out = append(out, t)
 		}
@@ -90,12 +99,13 @@ func (t *batchTable) apply(ev *connectors.Event) error {
 		if lsn <= t.snapLSN {
 			return nil // the marker again (every chunk of a snapshot sends it)
 		}
-		t.snapLSN = lsn
+		t.snapLSN, t.snapshotting = lsn, true
 		t.forgetBefore(lsn)
 		return nil
 	case ev.Op == protocol.OpRead && lsn < t.snapLSN:
 		return nil // a row of an earlier, superseded snapshot
 	case ev.Op == protocol.OpSnapshotDone:
+		t.snapshotting = false
 		return nil // an incremental snapshot's end: its rows came before it
 	}
 	if len(ev.Key) == 0 {
@@ -110,7 +120,7 @@ func (t *batchTable) apply(ev *connectors.Event) error {
 		return fmt.Errorf("the key columns changed from %v to %v within one batch: not handled", t.key, ev.Key)
 	}
 	set := func(s *keyState, gone bool, row protocol.Row, from []string) {
-		s.lsn, s.index, s.gone, s.row, s.from = lsn, ev.Index, gone, row, from
+		s.lsn, s.index, s.gone, s.row, s.from, s.inSnap = lsn, ev.Index, gone, row, from, t.snapshotting
 	}
 	switch ev.Op {
 	case protocol.OpDelete:

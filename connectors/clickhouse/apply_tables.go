@@ -379,6 +379,11 @@ func (a *Applier) rows(ctx context.Context, t *batchTable, tg *target) ([]byte, 
 		if s.from != nil {
 			old = found[strings.Join(s.from, "\x00")]
 		}
+		if old == nil && s.inSnap && !s.gone && slices.ContainsFunc(tg.cols, func(c column) bool { v, ok := s.row[c.name]; return ok && v.Unchanged }) {
+			// A snapshot is under way and its chunk of the row, of a
+			// later version, brings the value: the row is left to it.
+			continue
+		}
 		for i := range tg.cols {
 			c := &tg.cols[i]
 			if i > 0 {

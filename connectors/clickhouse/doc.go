@@ -157,13 +157,19 @@
 // repeats delete nothing more (the rows it read are of version L), and
 // read events of an earlier snapshot are left out of the batch that
 // starts a later one. An incremental snapshot (pgcdc's, of a table added to
-// a streaming pipeline or taken again) sends its marker once and reads its
-// chunks at later positions, between the table's changes: a change of a row
+// a streaming pipeline or taken again) sends its marker once, before any
+// change of the table the reader streams (so before its first chunk, also
+// while it waits its turn behind another table's), and reads its chunks at
+// later positions, between the table's changes: a change of a row
 // no chunk read yet is applied as it comes, and the chunk's row of a later
-// version replaces it; its snapshot_done event changes nothing. An update
-// leaving a TOAST value unchanged of a row the marker deleted and no chunk
-// read yet fails the batch (the target has no row to keep the value from),
-// where the PostgreSQL applier leaves it for the chunk to bring.
+// version replaces it; its snapshot_done event ends the snapshot. An
+// update leaving a TOAST value unchanged of a row the target lacks (the
+// marker deleted it, or the table was added) while the snapshot is under
+// way is left out: the chunk brings the row. The Applier knows a snapshot
+// under way from having applied its marker and not its snapshot_done
+// event, in memory only: one opened since (or after a failed Apply) fails
+// the batch on such an update, the target having no row to keep the value
+// from, as it does outside a snapshot.
 // One of an earlier snapshot arriving in a later batch
 // (a task of a failed snapshot still publishing) would be applied: the
 // applier keeps no record of the table's last snapshot, as the PostgreSQL

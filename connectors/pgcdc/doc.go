@@ -87,8 +87,10 @@
 // A table added to a streaming pipeline, or asked to be read again, is
 // snapshotted by the Reader itself, interleaved with the stream on the same
 // slot (Config.Snapshots; see incremental.go for the watermarks): its
-// snapshot event, read events in key order chunk by chunk, then its
-// snapshot_done event (protocol.OpSnapshotDone). Config.MaxLagBytes holds a
+// snapshot event, before any change of the table (at a begin mark the
+// Reader writes into the WAL before the table joins the publication),
+// read events in key order chunk by chunk, then its snapshot_done event
+// (protocol.OpSnapshotDone). Config.MaxLagBytes holds a
 // chunk back while the slot lags. Reader.Status reports each snapshot.
 //
 // # The source of cdc pipelines

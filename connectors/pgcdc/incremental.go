@@ -31,13 +31,26 @@ import (
 // reaches the stream, no row is published older than a change of it
 // before it, and the other tables' changes flow in between.
 //
-// The first chunk's low watermark is where the table's snapshot event
-// (protocol.OpSnapshot) is published: a consumer starts the table over
-// there; the last chunk's high watermark is where its snapshot_done event
-// is. A Reader that stops during a snapshot starts the table over when it
-// runs again. Only a table whose event key is NOT NULL (a primary key, or
-// a replica identity index) can be read in key order; another fails its
-// snapshot, which the status reports, while the stream goes on.
+// The table's snapshot event (protocol.OpSnapshot) is published before
+// any change of the table: a Reader that runs with snapshots to take
+// first writes a begin mark of each into the WAL, before it adds their
+// tables to the publication, and publishes the snapshot event where its
+// stream reaches the mark (beginMarks). A consumer starts the table over
+// there, and knows a snapshot under way from then on: an update whose
+// unchanged TOAST value has no row yet (the table written to while its
+// snapshot waits its turn behind another table's, or its first chunk)
+// is left to the chunk that brings the row. The last chunk's high
+// watermark is where its snapshot_done event is. A Reader that stops
+// during a snapshot starts the table over when it runs again, at a begin
+// mark of its own; one that meets an earlier Run's begin mark of the same
+// snapshot publishes its snapshot event there too, under the same
+// Nats-Msg-Id as that Run did (of the mark's position), so the messages
+// it publishes again are the same (a Run on a slot it made itself, after
+// its marks, begins a snapshot at its first chunk's low watermark).
+//
+// Only a table whose event key is NOT NULL (a primary key, or a replica
+// identity index) can be read in key order; another fails its snapshot,
+// which the status reports, while the stream goes on.
 
 // DefaultChunkRows is Config.ChunkRows' default: the most rows of one
 // chunk of an incremental snapshot, held in memory between its watermarks.
@@ -361,11 +374,78 @@ func (r *Reader) watermark(ctx context.Context, st *streamState, payload string)
 	return nil
 }
 
+// beginMark is the payload of the begin mark of a snapshot, written by a
+// Run whose nonce is nonce.
+func beginMark(slot, nonce, id string) string {
+	return slot + " " + nonce + " " + id + " begin"
+}
+
+// beginMarks writes a begin mark of each snapshot to take into the WAL,
+// on conn, before the publication is set (see the comment at the top):
+// the stream reaches it before any change of the table, and its snapshot
+// event is published there (onBegin).
+func (r *Reader) beginMarks(ctx context.Context, conn *pgx.Conn) error {
+	for _, j := range r.snaps.jobs {
+		if j.phase == phaseDone || !slices.Contains(r.cfg.Tables, j.req.Table) {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "SELECT pg_logical_emit_message(false, $1, $2::text)", watermarkPrefix, beginMark(r.cfg.Slot, r.snaps.nonce, j.req.ID)); err != nil {
+			return fmt.Errorf("incremental snapshot of %s: write its begin mark: %w", j.req.Table, err)
+		}
+	}
+	return nil
+}
+
+// onBegin publishes the snapshot event of the job whose begin mark (of
+// this Run or an earlier one) m is, at the mark's position; it reports
+// whether m was one. A job that cannot be taken (see prepareSnapshot)
+// publishes none.
+func (r *Reader) onBegin(ctx context.Context, st *streamState, m *pglogrepl.LogicalDecodingMessage) (bool, error) {
+	f := strings.Fields(string(m.Content))
+	if len(f) != 4 || f[0] != r.cfg.Slot || f[3] != "begin" {
+		return false, nil
+	}
+	i := slices.IndexFunc(r.snaps.jobs, func(j *snapJob) bool { return j.req.ID == f[2] })
+	if i < 0 {
+		return true, nil // a snapshot taken (or dropped) since
+	}
+	j := r.snaps.jobs[i]
+	// Each Run writes its marks before it streams, so they come before
+	// its first chunk is read; a snapshot event after a chunk would
+	// empty the table of the chunk's rows.
+	if j.phase == phaseDone || j.chunk > 1 || j.chunk == 1 && j.phase != phaseLow {
+		return true, nil
+	}
+	if j.cols == nil {
+		if err := r.prepareSnapshot(ctx, st, j); err != nil || j.phase == phaseDone {
+			return true, err
+		}
+	}
+	return true, r.publishBegin(ctx, st, j, m.LSN)
+}
+
+// publishBegin publishes the job's snapshot event at lsn.
+func (r *Reader) publishBegin(ctx context.Context, st *streamState, j *snapJob, lsn pglogrepl.LSN) error {
+	ev := protocol.ChangeEvent{Op: protocol.OpSnapshot, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: j.schema, Table: j.table,
+		Key: j.key, LSN: formatLSN(lsn), CommitLSN: formatLSN(lsn), CommitTime: time.Now().UTC()}
+	if err := r.publishMarker(ctx, st, j, ev, lsn, "begin"); err != nil {
+		return err
+	}
+	j.began = true
+	return nil
+}
+
 // onWatermark handles a logical message that may be one of the job's
-// watermarks; it reports whether it was.
+// watermarks, or a snapshot's begin mark; it reports whether it was.
 func (r *Reader) onWatermark(ctx context.Context, st *streamState, m *pglogrepl.LogicalDecodingMessage) (bool, error) {
+	if m.Prefix != watermarkPrefix || m.Transactional {
+		return false, nil
+	}
+	if ok, err := r.onBegin(ctx, st, m); ok || err != nil {
+		return ok, err
+	}
 	j := r.snaps.current()
-	if j == nil || m.Prefix != watermarkPrefix || m.Transactional {
+	if j == nil {
 		return false, nil
 	}
 	switch {
@@ -377,8 +457,7 @@ func (r *Reader) onWatermark(ctx context.Context, st *streamState, m *pglogrepl.
 	return false, nil
 }
 
-// onLow selects the chunk (publishing the table's snapshot event first,
-// at the first chunk) and writes its high watermark.
+// onLow selects the chunk and writes its high watermark.
 //
 // The select must see every transaction whose commit the stream delivered
 // before the low watermark: their changes were published before it, and a
@@ -419,12 +498,11 @@ func (r *Reader) onLow(ctx context.Context, st *streamState, j *snapJob, lsn pgl
 		return r.writeLow(ctx, st, j)
 	}
 	if !j.began {
-		ev := protocol.ChangeEvent{Op: protocol.OpSnapshot, Pipeline: r.cfg.Pipeline, Database: st.database, Schema: j.schema, Table: j.table,
-			Key: j.key, LSN: formatLSN(lsn), CommitLSN: formatLSN(lsn), CommitTime: time.Now().UTC()}
-		if err := r.publishMarker(ctx, st, j, ev, lsn, "begin"); err != nil {
+		// No begin mark of the snapshot was met (the slot was made by
+		// this Run, after the marks): it begins at its first chunk.
+		if err := r.publishBegin(ctx, st, j, lsn); err != nil {
 			return err
 		}
-		j.began = true
 	}
 	cols := make([]string, len(j.cols))
 	for i, c := range j.cols {
@@ -662,8 +740,13 @@ func (r *Reader) onHigh(ctx context.Context, st *streamState, j *snapJob, lsn pg
 		return err
 	}
 	j.phase = phaseDone
-	r.snaps.set(j, protocol.TableSnapshotted, "")
-	r.log.Info("incremental snapshot done", "table", j.req.Table, "snapshot", j.req.ID, "rows", j.published, "chunks", j.chunk)
+	// Reported taken (and so dropped from the snapshots to take) only
+	// once JetStream holds every message of it: a Reader stopped before
+	// would leave the next one without the job, and the rows unread.
+	st.queue[len(st.queue)-1].acked = func() {
+		r.snaps.set(j, protocol.TableSnapshotted, "")
+		r.log.Info("incremental snapshot done", "table", j.req.Table, "snapshot", j.req.ID, "rows", j.published, "chunks", j.chunk)
+	}
 	return nil
 }
 

@@ -226,6 +226,11 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&database); err != nil {
 		return fmt.Errorf("current database: %w", err)
 	}
+	// The snapshots' begin marks go into the WAL before their tables join
+	// the publication: the stream meets each before the table's changes.
+	if err := r.beginMarks(ctx, conn); err != nil {
+		return err
+	}
 	if err := ensurePublication(ctx, conn, r.cfg); err != nil {
 		return err
 	}
@@ -306,6 +311,9 @@ type pending struct {
 	futs       []flight
 	next       int // futs[:next] are acknowledged
 	since      time.Time
+	// acked, when set, is called once every entry up to this one is
+	// acknowledged.
+	acked func()
 }
 
 // flight is one published (or gathered) message awaiting its ack, and
@@ -599,6 +607,9 @@ func (r *Reader) reap(ctx context.Context, st *streamState, wait bool) error {
 		st.queue = st.queue[1:]
 		if p.end > st.acked {
 			st.acked = p.end
+		}
+		if p.acked != nil {
+			p.acked()
 		}
 		if !p.commitTime.IsZero() {
 			commitTime = p.commitTime
