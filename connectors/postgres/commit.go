@@ -55,7 +55,7 @@ func (s *Sink) lockTable(ctx context.Context, conn *pgx.Conn) (pgx.Tx, error) {
 // 32MB of it. On 2 cores, the primary key of 2M rows (a bigint) took 0.44
 // CPU-s in memory without workers, 0.62 with two, against 0.72-0.80 with
 // 64MB (one worker, sorting on disk); a benchmarked passthrough's commit
-// took 1.3 s against 1.85 s (medians under load). A build takes only what
+// took 1.5 s against 1.8 s (medians under load). A build takes only what
 // it needs of it, and only in the commit's transaction.
 const indexBuildMemory = "262144"
 
