@@ -29,6 +29,8 @@ type Batch struct {
 	Record arrow.RecordBatch
 	// Raw holds whole rows encoded in Format: for JSONL one object per line,
 	// each line ending in '\n'; for CSV data rows only (no header), RFC 4180.
+	// The sink does not retain it after Write returns: a writer may reuse
+	// its memory for the next batch.
 	Raw    []byte
 	Format Format
 	// Columns names the columns of a CSV Raw batch, in order.

@@ -28,7 +28,8 @@ columns:
   paid: keep
 `
 
-// ordersCSV returns n rows shaped like bench/harness.Orders', as a
+// ordersCSV returns n rows shaped like bench/harness.Orders' (customer
+// and created_at distinct in every row, status of 5 values), as a
 // PostgreSQL source's CSV batch.
 func ordersCSV(n int) []byte {
 	var b strings.Builder
@@ -41,10 +42,17 @@ func ordersCSV(n int) []byte {
 		if i%50 == 0 {
 			qty = ""
 		}
-		fmt.Fprintf(&b, "%d,%s,%d.%02d,2024-01-%02d 10:%02d:%02d.123457+00,%s,%s,%s\n", i, customer, i%100000, i%97, 1+i%28, i%60, i%60, qty,
+		fmt.Fprintf(&b, "%d,%s,%d.%02d,%s,%s,%s,%s\n", i, customer, i%100000, i%97, ordersCreatedAt(i), qty,
 			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5])
 	}
 	return []byte(b.String())
+}
+
+// ordersCreatedAt is row i's created_at as PostgreSQL's text has it
+// (bench/harness.Orders': 15.123457 s apart, distinct in every row).
+func ordersCreatedAt(i int) string {
+	t := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 15123457 * time.Microsecond)
+	return t.Format("2006-01-02 15:04:05.999999") + "+00"
 }
 
 type discard struct{ rows int64 }
@@ -114,6 +122,48 @@ func BenchmarkHash(b *testing.B) {
 	}
 }
 
+// BenchmarkActions is each action's cost per value, on values of the
+// benchmark table's shapes: a column of distinct values (the memo of hash
+// and tokenize gives up on it) and, for hash, one of 5 values repeated.
+func BenchmarkActions(b *testing.B) {
+	const n = 4096
+	distinct := make([][]byte, n)
+	stamps := make([][]byte, n)
+	statuses := make([][]byte, n)
+	for i := range n {
+		distinct[i] = fmt.Appendf(nil, "customer %012x", i*2654435761)
+		stamps[i] = []byte(ordersCreatedAt(i))
+		statuses[i] = []byte([]string{"new", "paid", "shipped", "returned", "cancelled"}[i%5])
+	}
+	for _, tc := range []struct {
+		name, action string
+		values       [][]byte
+	}{
+		{"hash", "hash", distinct},
+		{"hash-5-values", "hash", statuses},
+		{"mask", "mask", distinct},
+		{"mask-email", "{action: mask, shape: email}", [][]byte{[]byte("alice.smith@example.com")}},
+		{"truncate-day", "{action: truncate, to: day}", stamps},
+		{"tokenize", "tokenize", distinct},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			fn, err := contract.ActionFunc([]byte("key: ${K}\ncolumns:\n  v: "+tc.action+"\n"), []byte("benchmark contract key, 32 byte"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dst := make([]byte, 0, 256)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if dst, err = fn(dst[:0], tc.values[i%len(tc.values)]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}
+
 // ordersCopy returns the rows of ordersCSV in COPY's text format and in
 // its binary format with the contract's columns as text (the id and paid
 // in their binary forms), as a table passthrough's transform reads them.
@@ -121,7 +171,7 @@ func ordersCopy(n int) (text, bin []byte) {
 	bin = append([]byte("PGCOPY\n\xff\r\n\x00"), 0, 0, 0, 0, 0, 0, 0, 0)
 	for i := 1; i <= n; i++ {
 		f := []string{fmt.Sprint(i), fmt.Sprintf("customer %012x", i*2654435761), fmt.Sprintf("%d.%02d", i%100000, i%97),
-			fmt.Sprintf("2024-01-%02d 10:%02d:%02d.123457+00", 1+i%28, i%60, i%60), fmt.Sprint(i * 7 % 1000),
+			ordersCreatedAt(i), fmt.Sprint(i * 7 % 1000),
 			map[bool]string{true: "t", false: "f"}[i%3 == 0], []string{"new", "paid", "shipped", "returned", "cancelled"}[i%5]}
 		text = append(text, strings.Join(f, "\t")+"\n"...)
 		bin = binary.BigEndian.AppendUint16(bin, 7)
@@ -158,21 +208,23 @@ func BenchmarkCopy(b *testing.B) {
 	textCols, _ := spec.TextColumns()
 	for _, format := range []string{"text", "binary"} {
 		b.Run(format, func(b *testing.B) {
+			// Compiled once, as a task does for its unit (a chunk of
+			// 250,000 rows or so, of which each op is a part).
+			ct, err := c.CopyText(cols)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cb, err := c.CopyBinary(cols, textCols)
+			if err != nil {
+				b.Fatal(err)
+			}
 			cpu0 := cpuTime()
 			for b.Loop() {
 				var r io.Reader
 				if format == "text" {
-					t, err := c.CopyText(cols)
-					if err != nil {
-						b.Fatal(err)
-					}
-					r = t.Reader(bytes.NewReader(text))
+					r = ct.Reader(bytes.NewReader(text))
 				} else {
-					t, err := c.CopyBinary(cols, textCols)
-					if err != nil {
-						b.Fatal(err)
-					}
-					r = t.Reader(bytes.NewReader(bin))
+					r = cb.Reader(bytes.NewReader(bin))
 				}
 				if _, err := io.Copy(io.Discard, r); err != nil {
 					b.Fatal(err)

@@ -15,6 +15,7 @@ const minKeyLen = 16
 // keys are a compiled contract's secrets.
 type keys struct {
 	hash []byte       // the HMAC key of hash: the contract's key
+	hmac *hmacKey     // what hash's hashers need of it
 	tok  cipher.Block // the AES-256 cipher of tokenize
 }
 
@@ -58,7 +59,7 @@ func Compile(s *Spec, lookup func(string) (string, bool)) (*Contract, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.keys.hash = key
+		c.keys.hash, c.keys.hmac = key, newHMACKey(key)
 		if c.keys.tok, err = newTokenBlock(key); err != nil {
 			return nil, fmt.Errorf("contract key: %w", err)
 		}

@@ -139,8 +139,11 @@ func (t *CopyBinary) tuple(dst, in []byte) (out []byte, used int, end bool, err 
 		return dst, 0, false, fmt.Errorf("%w: %d fields, want %d", errCopyBinary, n, len(t.p.in))
 	}
 	pos := 2
-	t.fields = t.fields[:0]
-	for range n {
+	if cap(t.fields) < n {
+		t.fields = make([][2]int, n)
+	}
+	fields := t.fields[:n]
+	for i := range fields {
 		if len(in)-pos < 4 {
 			return dst, 0, false, nil
 		}
@@ -148,25 +151,25 @@ func (t *CopyBinary) tuple(dst, in []byte) (out []byte, used int, end bool, err 
 		pos += 4
 		switch {
 		case l == -1:
-			t.fields = append(t.fields, [2]int{-1, -1})
+			fields[i] = [2]int{-1, -1}
 			continue
 		case l < 0:
 			return dst, 0, false, fmt.Errorf("%w: a field of %d bytes", errCopyBinary, l)
 		case len(in)-pos < l:
 			return dst, 0, false, nil
 		}
-		t.fields = append(t.fields, [2]int{pos, pos + l})
+		fields[i] = [2]int{pos, pos + l}
 		pos += l
 	}
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(t.p.out)))
 	for _, oc := range t.p.out {
-		f := t.fields[oc.in]
-		if f[0] < 0 || oc.fn.col.Action == Null {
+		f := fields[oc.in]
+		if f[0] < 0 || oc.null {
 			dst = append(dst, 0xff, 0xff, 0xff, 0xff)
 			continue
 		}
 		v := in[f[0]:f[1]]
-		if oc.fn.keep() {
+		if oc.keep {
 			dst = binary.BigEndian.AppendUint32(dst, uint32(len(v)))
 			dst = append(dst, v...)
 			continue
@@ -186,7 +189,9 @@ func (t *CopyBinary) tuple(dst, in []byte) (out []byte, used int, end bool, err 
 // makes Read fail with an error naming the row (its 1-based number in r)
 // and the column, never the value; Err returns it afterwards.
 func (t *CopyBinary) Reader(r io.Reader) *CopyBinaryReader {
-	return &CopyBinaryReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer)}
+	// The output of a fill of the input is larger than it when values
+	// are hashed: made big enough for a few hashes a row once.
+	return &CopyBinaryReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer), out: make([]byte, 0, 3*copyTextBuffer)}
 }
 
 // CopyBinaryReader is the reader CopyBinary.Reader returns.

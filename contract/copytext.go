@@ -73,11 +73,11 @@ func (t *CopyText) row(dst, line []byte) (out []byte, kept bool, err error) {
 			dst = append(dst, '\t')
 		}
 		f := line[t.fields[oc.in][0]:t.fields[oc.in][1]]
-		if oc.fn.keep() {
+		if oc.keep {
 			dst = append(dst, f...)
 			continue
 		}
-		if isCopyNull(f) || oc.fn.col.Action == Null {
+		if isCopyNull(f) || oc.null {
 			dst = append(dst, '\\', 'N')
 			continue
 		}
@@ -210,7 +210,8 @@ func appendCopyText(dst, v []byte) []byte {
 // Read fail with an error naming the row (its 1-based number in r) and
 // the column, never the value; Err returns it afterwards.
 func (t *CopyText) Reader(r io.Reader) *CopyTextReader {
-	return &CopyTextReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer)}
+	// See CopyBinary.Reader.
+	return &CopyTextReader{t: t, r: r, in: make([]byte, 0, copyTextBuffer), out: make([]byte, 0, 3*copyTextBuffer)}
 }
 
 const copyTextBuffer = 256 << 10

@@ -2,8 +2,10 @@ package contract
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 
 	"github.com/sluicehq/sluice/connectors"
 )
@@ -29,13 +31,20 @@ type csvRows struct {
 	grow int
 	// sum is the checksum of the records written, as a sink computes it.
 	sum connectors.Checksum
+	// out is the last batch's output, whose memory the next batch reuses:
+	// a sink does not retain a batch's Raw after its Write returns.
+	out []byte
 }
 
 // outBuffer returns a buffer for the output of the batch raw: the first
 // batch's is sized by the records' count (each hash adds its 64 digits),
-// the next ones' as the last one grew.
+// the next ones' as the last one grew: the last output's memory when it
+// is large enough.
 func (t *csvRows) outBuffer(raw []byte) []byte {
 	n := len(raw)
+	if want := n*t.grow/16 + n/32 + 64; t.grow > 0 && cap(t.out) >= want {
+		return t.out[:0]
+	}
 	if t.grow == 0 {
 		per := 8
 		for _, oc := range t.p.out {
@@ -76,12 +85,12 @@ func (t *csvRows) transform(dst, raw []byte) ([]byte, int64, error) {
 				dst = append(dst, ',')
 			}
 			f := t.fields[oc.in]
-			if oc.fn.keep() {
+			if oc.keep {
 				dst = append(dst, raw[f.start:f.end]...)
 				continue
 			}
 			v, null := t.field(raw, f)
-			if null || oc.fn.col.Action == Null {
+			if null || oc.null {
 				continue // NULL: an unquoted empty field
 			}
 			if oc.fn.plain {
@@ -154,11 +163,9 @@ func scanRecord(raw []byte, p, n int, fields []span) ([]span, int, error) {
 			}
 			p = j
 		} else {
-			for p < len(raw) && raw[p] != ',' && raw[p] != '\n' && raw[p] != '\r' {
-				if raw[p] == '"' {
-					return fields, p, fmt.Errorf("%w: a quote inside an unquoted field", errCSV)
-				}
-				p++
+			p = csvFieldEnd(raw, p)
+			if p < len(raw) && raw[p] == '"' {
+				return fields, p, fmt.Errorf("%w: a quote inside an unquoted field", errCSV)
 			}
 		}
 		f.end = p
@@ -180,6 +187,35 @@ func scanRecord(raw []byte, p, n int, fields []span) ([]span, int, error) {
 		p++
 	}
 	return fields, p, nil
+}
+
+// csvFieldEnd returns the position of the first delimiter, quote or line
+// ending in raw at p or after it, len(raw) when there is none. It looks at
+// eight bytes at a time: each byte of the word that equals one of those
+// four gets its high bit set in special's result (a byte above a match
+// may get one too, never a byte below it, so the lowest is exact).
+func csvFieldEnd(raw []byte, p int) int {
+	for ; len(raw)-p >= 8; p += 8 {
+		if m := csvSpecial(binary.LittleEndian.Uint64(raw[p:])); m != 0 {
+			return p + bits.TrailingZeros64(m)/8
+		}
+	}
+	for p < len(raw) && raw[p] != ',' && raw[p] != '"' && raw[p] != '\n' && raw[p] != '\r' {
+		p++
+	}
+	return p
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// csvSpecial marks the bytes of w that are ',', '"', '\n' or '\r' (see
+// csvFieldEnd).
+func csvSpecial(w uint64) uint64 {
+	a, b, c, d := w^(ones*','), w^(ones*'"'), w^(ones*'\n'), w^(ones*'\r')
+	return ((a-ones)&^a | (b-ones)&^b | (c-ones)&^c | (d-ones)&^d) & highs
 }
 
 // appendCSVField appends v as a CSV field that is not NULL: quoted when

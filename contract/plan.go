@@ -20,6 +20,9 @@ type plan struct {
 type outCol struct {
 	in int    // the input column
 	fn *colFn // its action; keep when fn.keep()
+	// keep and null say fn.keep() and that fn nulls, for the loops over
+	// every value.
+	keep, null bool
 }
 
 type planCond struct {
@@ -43,7 +46,7 @@ func planFor(r *rules, k *keys, cols []string) (*plan, error) {
 		if !fn.keep() {
 			p.same = false
 		}
-		p.out = append(p.out, outCol{in: i, fn: fn})
+		p.out = append(p.out, outCol{in: i, fn: fn, keep: fn.keep(), null: fn.col.Action == Null})
 		p.names = append(p.names, name)
 	}
 	for _, c := range compileFilter(r.filter) {

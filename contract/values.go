@@ -2,11 +2,7 @@ package contract
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding"
-	"encoding/hex"
 	"errors"
-	"hash"
 	"math/big"
 	"strconv"
 	"unicode"
@@ -44,7 +40,11 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 	f := &colFn{name: name, col: c}
 	switch c.Action {
 	case Hash:
-		h := newHasher(k.hash)
+		hk := k.hmac
+		if hk == nil {
+			hk = newHMACKey(k.hash)
+		}
+		h := newHasher(hk)
 		f.fn, f.plain = newMemo(h.apply), true
 	case Mask:
 		if c.maskShape() == ShapeEmail {
@@ -75,107 +75,70 @@ func (k *keys) newColFn(name string, c Column) *colFn {
 // memo remembers what an expensive action (hash, tokenize) made of the
 // values a column repeats (a status, a country code), in the memory of the
 // task that transforms them: after memoProbe values, a column whose values
-// repeat less than half the time stops remembering.
+// repeat less than half the time stops remembering. The first memoFew
+// values it remembers are looked up by comparing bytes, cheaper than a
+// map's hash for a column of a few values; the next ones in a map.
 type memo struct {
 	fn            valueFunc
+	few           []memoEntry
 	m             map[string]string
+	off           bool
 	lookups, hits int
 }
+
+type memoEntry struct{ in, out []byte }
 
 const (
 	memoMax   = 4096
 	memoProbe = 2048
+	memoFew   = 8
 )
 
 func newMemo(fn valueFunc) valueFunc {
-	m := &memo{fn: fn, m: map[string]string{}}
+	m := &memo{fn: fn}
 	return m.apply
 }
 
 func (m *memo) apply(dst, v []byte) ([]byte, error) {
-	if m.m == nil {
+	if m.off {
 		return m.fn(dst, v)
 	}
 	m.lookups++
-	if out, ok := m.m[string(v)]; ok {
-		m.hits++
-		return append(dst, out...), nil
+	for i := range m.few {
+		if e := &m.few[i]; bytes.Equal(e.in, v) {
+			m.hits++
+			return append(dst, e.out...), nil
+		}
+	}
+	if m.m != nil {
+		if out, ok := m.m[string(v)]; ok {
+			m.hits++
+			return append(dst, out...), nil
+		}
 	}
 	start := len(dst)
 	dst, err := m.fn(dst, v)
 	if err != nil {
 		return dst, err
 	}
-	if len(m.m) < memoMax {
+	switch {
+	case len(m.few) < memoFew:
+		m.few = append(m.few, memoEntry{in: bytes.Clone(v), out: bytes.Clone(dst[start:])})
+	case m.m == nil:
+		m.m = map[string]string{string(v): string(dst[start:])}
+	case len(m.m) < memoMax-memoFew:
 		m.m[string(v)] = string(dst[start:])
 	}
 	if m.lookups == memoProbe && 2*m.hits < m.lookups {
-		m.m = nil
+		m.off, m.few, m.m = true, nil, nil
 	}
 	return dst, nil
 }
 
-// hasher computes the hash action: the lower-case hex of HMAC-SHA256
-// (RFC 2104), from the states of SHA-256 after the key's inner and outer
-// pads, computed once: a value costs the two compressions HMAC needs and
-// no more (crypto/hmac does the same with more bookkeeping per value).
-type hasher struct {
-	inner, outer   hash.Hash
-	innerU, outerU encoding.BinaryUnmarshaler
-	// innerS and outerS are the marshaled states after the pads.
-	innerS, outerS []byte
-	sum            [sha256.Size]byte
-}
-
-func newHasher(key []byte) *hasher {
-	if len(key) > sha256.BlockSize {
-		k := sha256.Sum256(key)
-		key = k[:]
-	}
-	var ipad, opad [sha256.BlockSize]byte
-	copy(ipad[:], key)
-	copy(opad[:], key)
-	for i := range ipad {
-		ipad[i] ^= 0x36
-		opad[i] ^= 0x5c
-	}
-	h := &hasher{inner: sha256.New(), outer: sha256.New()}
-	h.inner.Write(ipad[:])
-	h.outer.Write(opad[:])
-	var err error
-	if h.innerS, err = h.inner.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
-		panic(err) // crypto/sha256 always marshals
-	}
-	if h.outerS, err = h.outer.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
-		panic(err)
-	}
-	h.innerU, h.outerU = h.inner.(encoding.BinaryUnmarshaler), h.outer.(encoding.BinaryUnmarshaler)
-	return h
-}
-
-func (h *hasher) apply(dst, v []byte) ([]byte, error) {
-	if err := h.innerU.UnmarshalBinary(h.innerS); err != nil {
-		return dst, err
-	}
-	h.inner.Write(v)
-	s := h.inner.Sum(h.sum[:0])
-	if err := h.outerU.UnmarshalBinary(h.outerS); err != nil {
-		return dst, err
-	}
-	h.outer.Write(s)
-	return hex.AppendEncode(dst, h.outer.Sum(h.sum[:0])), nil
-}
-
-// HashValue returns what the hash action makes of value under key: the
-// lower-case hex of HMAC-SHA256(key, value). Anyone holding the key can
-// compute it, to find a row by a value they know.
-func HashValue(key []byte, value string) string {
-	out, _ := newHasher(key).apply(nil, []byte(value))
-	return string(out)
-}
-
 func isASCIIAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+	// Unsigned: c-'0' wraps around above 9 for what is below '0'; c|0x20
+	// is the lower case of a letter.
+	return c-'0' < 10 || (c|0x20)-'a' < 26
 }
 
 // alnumRune reports whether r counts as a letter or digit for masking;
@@ -184,29 +147,23 @@ func alnumRune(r rune) bool {
 	return r == utf8.RuneError || unicode.IsLetter(r) || unicode.IsDigit(r)
 }
 
-func ascii(v []byte) bool {
-	for _, c := range v {
-		if c >= utf8.RuneSelf {
-			return false
-		}
-	}
-	return true
-}
-
 // maskChars appends v with every letter and digit replaced by '*' but the
 // first `first` and the last `last` of them; other characters stay. When
 // the kept ones would be more than half of the letters and digits (a
 // short value), every one is masked.
 func maskChars(dst, v []byte, first, last int) []byte {
-	isASCII := ascii(v)
-	n := 0
-	if isASCII {
-		for _, c := range v {
-			if isASCIIAlnum(c) {
-				n++
-			}
+	isASCII, n := true, 0
+	for _, c := range v {
+		if c >= utf8.RuneSelf {
+			isASCII = false
+			break
 		}
-	} else {
+		if isASCIIAlnum(c) {
+			n++
+		}
+	}
+	if !isASCII {
+		n = 0
 		for i := 0; i < len(v); {
 			r, w := utf8.DecodeRune(v[i:])
 			if alnumRune(r) {
@@ -220,14 +177,17 @@ func maskChars(dst, v []byte, first, last int) []byte {
 	}
 	k := 0 // letters and digits seen
 	if isASCII {
-		for _, c := range v {
+		// Copied whole, then the masked ones overwritten in place.
+		start := len(dst)
+		dst = append(dst, v...)
+		out := dst[start:]
+		for i, c := range out {
 			if isASCIIAlnum(c) {
 				if k >= first && k < n-last {
-					c = '*'
+					out[i] = '*'
 				}
 				k++
 			}
-			dst = append(dst, c)
 		}
 		return dst
 	}

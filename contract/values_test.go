@@ -176,6 +176,22 @@ func TestMemo(t *testing.T) {
 	if calls != 3 {
 		t.Fatalf("3 distinct values hashed %d times", calls)
 	}
+	// More values than the few compared byte by byte: the rest in the map.
+	calls = 0
+	fn = newMemo(inner)
+	for i := range 10000 {
+		v := fmt.Sprintf("country-%d", i%100)
+		if i%7 == 0 {
+			v = ""
+		}
+		out, err := fn([]byte("x"), []byte(v))
+		if err != nil || string(out) != "x"+HashValue(testKey, v) {
+			t.Fatalf("memo of %q = %q", v, out)
+		}
+	}
+	if calls != 101 {
+		t.Fatalf("101 distinct values hashed %d times", calls)
+	}
 	calls = 0
 	fn = newMemo(inner)
 	for i := range 10000 {
@@ -199,6 +215,17 @@ func TestHashValueIsHMAC(t *testing.T) {
 			if got, want := HashValue([]byte(key), v), hex.EncodeToString(m.Sum(nil)); got != want {
 				t.Fatalf("key %d bytes, value %q: %s, want %s", len(key), v, got, want)
 			}
+		}
+	}
+}
+
+// TestIsASCIIAlnum: the arithmetic test is the plain one for every byte.
+func TestIsASCIIAlnum(t *testing.T) {
+	for c := range 256 {
+		b := byte(c)
+		want := b >= '0' && b <= '9' || b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z'
+		if got := isASCIIAlnum(b); got != want {
+			t.Fatalf("isASCIIAlnum(%q) = %v", b, got)
 		}
 	}
 }

@@ -85,6 +85,7 @@ func (wr *writer) transform(b connectors.Batch) (connectors.Batch, error) {
 		if err != nil {
 			return b, err
 		}
+		wr.csv.out = raw
 		sum := wr.csv.sum // of exactly these records: the sink need not scan them again
 		return connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: wr.csv.p.names, Rows: rows, Position: b.Position, Checksum: &sum}, nil
 	case b.Format == connectors.FormatJSONL:

@@ -3,6 +3,7 @@ package contract
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -207,6 +208,45 @@ func TestWriterStrictNamesTheColumnNotTheValue(t *testing.T) {
 		Columns: []string{"id", "country", "born"}, Rows: 1, Position: "t.csv:7"})
 	if !connectors.IsPermanent(err) || !strings.Contains(err.Error(), `row 1 of the batch, column "born": truncate:`) || strings.Contains(err.Error(), "not-a-date-1984") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestWriterCSVBatchesInTurn: batches of different sizes written one
+// after the other (the writer reuses its output's memory) each come out as
+// a writer of their own makes them, with the checksum of their records.
+func TestWriterCSVBatchesInTurn(t *testing.T) {
+	c := compileYAML(t, "key: ${TEST_CONTRACT_KEY}\ncolumns:\n  id: keep\n  name: hash\n  status: hash\n")
+	cols := []string{"id", "name", "status"}
+	batch := func(first, n int) []byte {
+		var b []byte
+		for i := first; i < first+n; i++ {
+			b = fmt.Appendf(b, "%d,\"name, %d\",%s\n", i, i, []string{"new", "paid"}[i%2])
+		}
+		return b
+	}
+	var got captured
+	w, _ := c.Writer(&got)
+	for k, n := range []int{50, 3, 400, 1, 0, 200} {
+		raw := batch(k*1000, n)
+		if err := w.Write(context.Background(), connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: cols, Rows: int64(n)}); err != nil {
+			t.Fatal(err)
+		}
+		var alone captured
+		w1, _ := c.Writer(&alone)
+		if err := w1.Write(context.Background(), connectors.Batch{Raw: raw, Format: connectors.FormatCSV, Columns: cols, Rows: int64(n)}); err != nil {
+			t.Fatal(err)
+		}
+		last := got.batches[len(got.batches)-1]
+		if got.texts[len(got.texts)-1] != alone.texts[0] {
+			t.Fatalf("batch %d of %d rows:\n got %q\nwant %q", k, n, got.texts[len(got.texts)-1], alone.texts[0])
+		}
+		var sum connectors.Checksum
+		for line := range strings.Lines(alone.texts[0]) {
+			sum.Add([]byte(strings.TrimSuffix(line, "\n")))
+		}
+		if last.Rows != int64(n) || *last.Checksum != sum {
+			t.Fatalf("batch %d: %d rows, checksum %v; want %d, %v", k, last.Rows, *last.Checksum, n, sum)
+		}
 	}
 }
 

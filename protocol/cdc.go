@@ -530,7 +530,13 @@ func DecodeChangeEvent(data []byte) (ChangeEvent, error) {
 // decodeChangeEventIn is DecodeChangeEvent of data whose bytes text holds
 // too, when not empty (see decodeEventFastIn).
 func decodeChangeEventIn(data []byte, text string) (ChangeEvent, error) {
-	e, ok := decodeEventFastIn(data, text)
+	return decodeChangeEventShared(data, text, nil)
+}
+
+// decodeChangeEventShared is decodeChangeEventIn sharing with the events
+// decoded before it (see decodeEventShared).
+func decodeChangeEventShared(data []byte, text string, sh *shared) (ChangeEvent, error) {
+	e, ok := decodeEventShared(data, text, sh)
 	if !ok {
 		var err error
 		if e, err = decodeEventJSON(data); err != nil {
@@ -578,7 +584,8 @@ func decodeEventJSON(data []byte) (ChangeEvent, error) {
 // one or more encoded ChangeEvents, one per line ('\n' between them, none
 // after the last). Every event of a message belongs to the same table and
 // the same transaction, in change order. An error names the event's
-// 1-based place in the message.
+// 1-based place in the message. Events with the same key columns share
+// one Key slice: a caller that changes it must copy it first.
 func DecodeChangeEvents(data []byte) ([]ChangeEvent, error) {
 	return AppendChangeEvents(nil, data)
 }
@@ -588,9 +595,10 @@ func AppendChangeEvents(dst []ChangeEvent, data []byte) ([]ChangeEvent, error) {
 	// One copy of the message as a string: the events' strings are
 	// substrings of it rather than an allocation each.
 	text := string(data)
+	var sh shared
 	for n := 1; ; n++ {
 		line, rest, more := bytes.Cut(data, []byte{'\n'})
-		ev, err := decodeChangeEventIn(line, text[:len(line)])
+		ev, err := decodeChangeEventShared(line, text[:len(line)], &sh)
 		text = text[min(len(line)+1, len(text)):]
 		if err != nil {
 			if n == 1 && !more {

@@ -1,7 +1,10 @@
 package protocol
 
 import (
+	"bytes"
+	"slices"
 	"strconv"
+	"time"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -23,7 +26,29 @@ func decodeEventFast(data []byte) (e ChangeEvent, ok bool) {
 // string decoded without an escape is then a substring of text, with no
 // allocation of its own (and text stays alive as long as one of them).
 func decodeEventFastIn(data []byte, text string) (e ChangeEvent, ok bool) {
-	d := eventScanner{b: data, s: text}
+	return decodeEventShared(data, text, nil)
+}
+
+// shared holds what an event decoded last shares with the next ones of
+// its message, which mostly repeat it: the key columns and the commit
+// time. The events of a message then share one Key slice.
+type shared struct {
+	key      []string
+	timeText []byte // the commit_time JSON string, quotes included
+	time     time.Time
+	scratch  []string
+	buf      []byte // eventScanner.buf
+}
+
+// decodeEventShared is decodeEventFastIn taking from sh, when not nil,
+// what the event decoded before it has in common with it, and keeping
+// there what it decodes.
+func decodeEventShared(data []byte, text string, sh *shared) (e ChangeEvent, ok bool) {
+	d := eventScanner{b: data, s: text, sh: sh}
+	if sh != nil {
+		d.buf = sh.buf
+		defer func() { sh.buf = d.buf[:0] }()
+	}
 	if !d.consume('{') {
 		return e, false
 	}
@@ -96,8 +121,16 @@ func decodeEventFastIn(data []byte, text string) (e ChangeEvent, ok bool) {
 			d.space()
 			start := d.i
 			if _, ok = d.stringBytes(); ok {
-				// what encoding/json does: the quoted text to the Unmarshaler
-				ok = e.CommitTime.UnmarshalJSON(d.b[start:d.i]) == nil
+				raw := d.b[start:d.i]
+				switch {
+				case sh != nil && sh.timeText != nil && bytes.Equal(raw, sh.timeText):
+					e.CommitTime = sh.time
+				default:
+					// what encoding/json does: the quoted text to the Unmarshaler
+					if ok = e.CommitTime.UnmarshalJSON(raw) == nil; ok && sh != nil {
+						sh.timeText, sh.time = raw, e.CommitTime
+					}
+				}
 			}
 		}
 		if !ok {
@@ -160,6 +193,7 @@ type eventScanner struct {
 	s   string
 	i   int
 	buf []byte // unescaped text of the last escaped string
+	sh  *shared
 }
 
 func (d *eventScanner) space() {
@@ -202,42 +236,31 @@ func (d *eventScanner) stringBytes() ([]byte, bool) {
 		return nil, false
 	}
 	start := d.i + 1
-	i := start
-	for i < len(d.b) {
-		c := d.b[i]
-		switch {
-		case c == '"':
-			d.i = i + 1
-			s := d.b[start:i]
-			return s, utf8.Valid(s)
-		case c == '\\':
-			return d.escaped(start, i)
-		case c < 0x20:
-			return nil, false
-		}
-		i++
+	i, ascii := jsonPlainEnd(d.b, start)
+	switch {
+	case i >= len(d.b):
+		return nil, false
+	case d.b[i] == '"':
+		d.i = i + 1
+		s := d.b[start:i]
+		return s, ascii || utf8.Valid(s)
+	case d.b[i] == '\\':
+		return d.escaped(start, i, ascii)
 	}
-	return nil, false
+	return nil, false // a control character
 }
 
 // escaped reads the rest of a string whose text starts at start and whose
-// first escape is at i.
-func (d *eventScanner) escaped(start, i int) ([]byte, bool) {
+// first escape is at i; ascii reports that the text before it is ASCII.
+func (d *eventScanner) escaped(start, i int, ascii bool) ([]byte, bool) {
+	if !ascii && !utf8.Valid(d.b[start:i]) {
+		return nil, false
+	}
 	out := append(d.buf[:0], d.b[start:i]...)
 	for i < len(d.b) {
-		c := d.b[i]
-		switch {
-		case c == '"':
-			d.i = i + 1
-			d.buf = out
-			return out, utf8.Valid(out)
-		case c < 0x20:
-			return nil, false
-		case c != '\\':
-			out = append(out, c)
-			i++
-			continue
-		}
+		// d.b[i] is a backslash: an escape. The text it decodes to is
+		// valid UTF-8, and so is the whole when every run of text
+		// between escapes is (a run ends at an ASCII byte).
 		if i+1 >= len(d.b) {
 			return nil, false
 		}
@@ -263,12 +286,27 @@ func (d *eventScanner) escaped(start, i int) ([]byte, bool) {
 				return nil, false
 			}
 			out = utf8.AppendRune(out, rune(r))
-			i += 6
-			continue
+			i += 4
 		default:
 			return nil, false
 		}
 		i += 2
+		j, ascii := jsonPlainEnd(d.b, i)
+		if !ascii && !utf8.Valid(d.b[i:j]) {
+			return nil, false
+		}
+		out = append(out, d.b[i:j]...)
+		switch {
+		case j >= len(d.b):
+			return nil, false
+		case d.b[j] == '"':
+			d.i = j + 1
+			d.buf = out
+			return out, true
+		case d.b[j] != '\\':
+			return nil, false // a control character
+		}
+		i = j
 	}
 	return nil, false
 }
@@ -310,7 +348,8 @@ func (d *eventScanner) int(bits int) (int64, bool) {
 	return v, err == nil
 }
 
-// strings reads an array of strings, or null (nil).
+// strings reads an array of strings, or null (nil). With d.sh set, an
+// array equal to the last one read is that same slice.
 func (d *eventScanner) strings() ([]string, bool) {
 	if d.null() {
 		return nil, true
@@ -318,9 +357,12 @@ func (d *eventScanner) strings() ([]string, bool) {
 	if !d.consume('[') {
 		return nil, false
 	}
-	out := []string{}
 	if d.consume(']') {
-		return out, true
+		return []string{}, true
+	}
+	var out []string
+	if d.sh != nil {
+		out = d.sh.scratch[:0]
 	}
 	for {
 		s, ok := d.string()
@@ -329,12 +371,20 @@ func (d *eventScanner) strings() ([]string, bool) {
 		}
 		out = append(out, s)
 		if d.consume(']') {
-			return out, true
+			break
 		}
 		if !d.consume(',') {
 			return nil, false
 		}
 	}
+	if d.sh == nil {
+		return out, true
+	}
+	d.sh.scratch = out
+	if !slices.Equal(out, d.sh.key) {
+		d.sh.key = slices.Clip(slices.Clone(out))
+	}
+	return d.sh.key, true
 }
 
 // row reads an object of Values, or null (nil).

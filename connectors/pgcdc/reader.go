@@ -427,12 +427,14 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		return nil
 	}
 	nextStatus := time.Now().Add(r.cfg.StatusInterval)
-	// A receive context is reused while it is live and ends no later than
-	// the wanted deadline: one per message would cost a timer each.
-	var rctx context.Context
-	rcancel := context.CancelFunc(func() {})
+	// Messages are received without a context: pgconn would watch one
+	// for every message (a context.AfterFunc each). A read deadline on
+	// the connection bounds the wait instead, kept while it is ahead and
+	// no later than the wanted one, and the end of ctx moves it to now.
+	conn := rc.Conn()
 	var rdeadline time.Time
-	defer func() { rcancel() }()
+	stopWatch := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
+	defer stopWatch()
 	for {
 		if err := r.pump(ctx, st); err != nil {
 			return err
@@ -466,15 +468,19 @@ func (r *Reader) stream(ctx context.Context, database string, start pglogrepl.LS
 		if d := now.Add(wait); wait > 0 && d.Before(deadline) {
 			deadline = d
 		}
-		if rctx == nil || rctx.Err() != nil || deadline.Before(rdeadline) {
-			c, cancel := context.WithDeadline(ctx, deadline)
-			rcancel()
-			rctx, rcancel, rdeadline = c, cancel, deadline
+		if !now.Before(rdeadline) || deadline.Before(rdeadline) {
+			if err := conn.SetReadDeadline(deadline); err != nil {
+				return fmt.Errorf("receive: set deadline: %w", err)
+			}
+			rdeadline = deadline
 		}
-		raw, err := rc.ReceiveMessage(rctx)
+		// After the deadline is set: an end of ctx from now on moves it.
+		if ctx.Err() != nil {
+			return r.shutdown(st, rc)
+		}
+		raw, err := rc.ReceiveMessage(context.Background())
 		if err != nil {
-			// Checked first: pgconn reports a context that was already done
-			// as a timeout.
+			// Checked first: the end of ctx shows as a timeout.
 			if ctx.Err() != nil {
 				return r.shutdown(st, rc)
 			}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -628,7 +629,7 @@ func (p *Applier) applyTable(ctx context.Context, tx pgx.Tx, s *session, t *tabl
 		sameOrigin := slices.Equal(rc.origin, rc.keyVals)
 		for j := range k {
 			buf.WriteByte('\t')
-			if sameOrigin || !hasUnchanged(rc.row) {
+			if sameOrigin || !rc.unchanged {
 				buf.WriteString(`\N`)
 			} else {
 				copyText(&buf, rc.origin[j])
@@ -776,6 +777,10 @@ func copyInserts(ctx context.Context, tx pgx.Tx, t *tableChanges, tg *targetTabl
 func copyText(b *bytes.Buffer, s string) {
 	start := 0
 	for i := 0; i < len(s); i++ {
+		i = copyPlain(s, i)
+		if i == len(s) {
+			break
+		}
 		c := s[i]
 		if c > '\\' || c > '\r' && c != '\\' {
 			continue
@@ -798,6 +803,30 @@ func copyText(b *bytes.Buffer, s string) {
 		start = i + 1
 	}
 	b.WriteString(s[start:])
+}
+
+// copyPlain returns the index in s, from i on, of the first byte that may
+// need an escape in COPY's text format: a byte up to '\r' or a '\\';
+// len(s) when there is none. It looks at eight bytes at a time: for bytes
+// below n, (x - n per byte) &^ x flags the lowest one exactly (a borrow
+// only runs upwards from it), and so for a byte equal to '\\' after an
+// exclusive or.
+func copyPlain(s string, i int) int {
+	const ones, high = 0x0101010101010101, 0x8080808080808080
+	for ; i+8 <= len(s); i += 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		y := x ^ ones*'\\'
+		if m := ((x-ones*('\r'+1))&^x | (y-ones)&^y) & high; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c <= '\r' || c == '\\' {
+			return i
+		}
+	}
+	return i
 }
 
 func idents(names []string) string {

@@ -37,7 +37,8 @@ type tableChanges struct {
 	truncate           bool
 	// cols lists every column of the row images, key columns first, then
 	// in order of first appearance.
-	cols   []string
+	cols []string
+	// colSet holds the names of cols once they are more than smallCols.
 	colSet map[string]bool
 	rows   map[string]*rowChange
 	order  []*rowChange // rows in order of first touch
@@ -57,6 +58,8 @@ type rowChange struct {
 	// target row with key origin (the row's key before a key change).
 	row    protocol.Row
 	origin []string
+	// unchanged reports an Unchanged value in row.
+	unchanged bool
 }
 
 func (t *tableChanges) name() string { return t.schema + "." + t.table }
@@ -87,6 +90,10 @@ type tableFilter struct {
 	applied uint64
 }
 
+// maxRowsHint bounds the size a table's map of rows is made with: the
+// events left in the batch.
+const maxRowsHint = 4096
+
 // collect collapses a batch of events (in stream order) per table and key.
 // An event that carries another description of its table (Relation) than
 // the one its table's events came with so far starts a new part of that
@@ -98,23 +105,31 @@ type tableFilter struct {
 // changes cannot take (no key, an inconsistent stream) fails with a
 // permanent *tableError.
 func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*tableChanges, error) {
-	byName := map[string]*tableChanges{}
-	first := map[string]uint64{}
-	filters := map[string]*tableFilter{}
+	// What collect keeps of a source table: its filter, the sequence of
+	// its first event taken, and its part being filled (nil: none).
+	type source struct {
+		filter   tableFilter
+		first    uint64
+		hasFirst bool
+		part     *tableChanges
+	}
+	sources := map[string]*source{}
 	var out []*tableChanges
-	var id, schema, table string // the id of the last event's table
+	var src *source          // the last event's table
+	var schema, table string // its names
 	for i, ev := range events {
 		if i == 0 || ev.Schema != schema || ev.Table != table {
-			id, schema, table = ev.Schema+"\x00"+ev.Table, ev.Schema, ev.Table
-		}
-		f := filters[id]
-		if f == nil {
-			f = &tableFilter{}
-			if filter != nil {
-				*f = filter(id)
+			id := ev.Schema + "\x00" + ev.Table
+			schema, table = ev.Schema, ev.Table
+			if src = sources[id]; src == nil {
+				src = &source{}
+				if filter != nil {
+					src.filter = filter(id)
+				}
+				sources[id] = src
 			}
-			filters[id] = f
 		}
+		f := &src.filter
 		var lsn uint64
 		if ev.Op == protocol.OpSnapshot || ev.Op == protocol.OpRead {
 			var err error
@@ -139,10 +154,10 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 			f.snapshotting = false
 		}
-		if _, ok := first[id]; !ok {
-			first[id] = ev.Seq
+		if !src.hasFirst {
+			src.first, src.hasFirst = ev.Seq, true
 		}
-		t := byName[id]
+		t := src.part
 		if t != nil && (ev.Op == protocol.OpSnapshot || ev.Relation != nil && !reflect.DeepEqual(t.relation, ev.Relation)) {
 			if t.truncate || len(t.order) > 0 || t.snapshot != 0 {
 				t = nil // a new shape, or a new snapshot: a new part
@@ -151,9 +166,9 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			}
 		}
 		if t == nil {
-			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: first[id], relation: ev.Relation, snapshotting: f.snapshotting,
-				colSet: map[string]bool{}, rows: map[string]*rowChange{}}
-			byName[id] = t
+			t = &tableChanges{schema: ev.Schema, table: ev.Table, first: src.first, relation: ev.Relation, snapshotting: f.snapshotting,
+				rows: make(map[string]*rowChange, min(len(events)-i, maxRowsHint))}
+			src.part = t
 			out = append(out, t)
 		}
 		switch ev.Op {
@@ -163,7 +178,7 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 			continue
 		case protocol.OpSnapshotDone:
 			t.done = true
-			byName[id] = nil // the events after it: a new part
+			src.part = nil // the events after it: a new part
 			continue
 		}
 		if err := t.add(ev); err != nil {
@@ -172,17 +187,10 @@ func collect(events []connectors.Event, filter func(id string) tableFilter) ([]*
 	}
 	for _, t := range out {
 		for _, rc := range t.order {
-			if rc.deleted {
-				continue
-			}
-			for _, c := range t.cols {
-				v, ok := rc.row[c]
-				switch {
-				case !ok:
-					t.absent = true
-				case v.Unchanged:
-					t.unchanged = true
-				}
+			// A row's columns are all in t.cols: fewer leave some out.
+			if !rc.deleted {
+				t.absent = t.absent || len(rc.row) < len(t.cols)
+				t.unchanged = t.unchanged || rc.unchanged
 			}
 		}
 	}
@@ -219,7 +227,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		}
 		t.oldKey = keyVals
 		rc := t.row(keyVals)
-		rc.deleted, rc.row, rc.origin = true, nil, nil
+		rc.deleted, rc.row, rc.origin, rc.unchanged = true, nil, nil, false
 		return nil
 	case protocol.OpInsert, protocol.OpRead, protocol.OpUpdate:
 	default:
@@ -241,25 +249,26 @@ func (t *tableChanges) add(ev connectors.Event) error {
 		t.oldKey = oldKey
 	}
 	base := t.rows[keyString(oldKey)]
-	t.addCols(ev.After)
+	unchanged := t.addCols(ev.After)
 	// The new row as it is, unless it leaves a value unchanged: then a
 	// copy with what earlier images of the batch say of it. Rows are
 	// never changed in place (a batch may be collected again).
 	img := ev.After
-	if hasUnchanged(ev.After) {
+	if unchanged {
 		img = t.resolve(ev, base)
+		unchanged = hasUnchanged(img)
 	}
 	origin := oldKey // the scratch: kept only as a copy
 	fromBase := base != nil && !base.deleted
 	if fromBase {
 		origin = base.origin
 	}
-	if base != nil && base.deleted && hasUnchanged(img) {
+	if base != nil && base.deleted && unchanged {
 		return fmt.Errorf("update of key %v, deleted earlier in the batch, leaves a value unchanged (TOAST): the stream is inconsistent", oldKey)
 	}
 	if !slices.Equal(oldKey, newKey) {
 		old := t.row(oldKey)
-		old.deleted, old.row, old.origin = true, nil, nil
+		old.deleted, old.row, old.origin, old.unchanged = true, nil, nil, false
 	}
 	rc := t.row(newKey)
 	if !fromBase {
@@ -269,7 +278,7 @@ func (t *tableChanges) add(ev connectors.Event) error {
 			origin = slices.Clone(origin)
 		}
 	}
-	rc.deleted, rc.row, rc.origin = false, img, origin
+	rc.deleted, rc.row, rc.origin, rc.unchanged = false, img, origin, unchanged
 	return nil
 }
 
@@ -297,11 +306,13 @@ func (t *tableChanges) resolve(ev connectors.Event, base *rowChange) protocol.Ro
 }
 
 // addCols adds the columns of r that are new, in name order (a batch's
-// column order, and with it its statements, does not depend on map order).
-func (t *tableChanges) addCols(r protocol.Row) {
+// column order, and with it its statements, does not depend on map order),
+// and reports whether r has an Unchanged value.
+func (t *tableChanges) addCols(r protocol.Row) (unchanged bool) {
 	var added []string
-	for c := range r {
-		if !t.colSet[c] {
+	for c, v := range r {
+		unchanged = unchanged || v.Unchanged
+		if !t.hasCol(c) {
 			added = append(added, c)
 		}
 	}
@@ -309,12 +320,33 @@ func (t *tableChanges) addCols(r protocol.Row) {
 	for _, c := range added {
 		t.addCol(c)
 	}
+	return unchanged
+}
+
+// smallCols is the most columns looked up by a scan of t.cols rather than
+// in t.colSet (which then stays nil).
+const smallCols = 16
+
+func (t *tableChanges) hasCol(c string) bool {
+	if t.colSet != nil {
+		return t.colSet[c]
+	}
+	return slices.Contains(t.cols, c)
 }
 
 func (t *tableChanges) addCol(c string) {
-	if !t.colSet[c] {
+	if t.hasCol(c) {
+		return
+	}
+	t.cols = append(t.cols, c)
+	switch {
+	case t.colSet != nil:
 		t.colSet[c] = true
-		t.cols = append(t.cols, c)
+	case len(t.cols) > smallCols:
+		t.colSet = make(map[string]bool, len(t.cols))
+		for _, c := range t.cols {
+			t.colSet[c] = true
+		}
 	}
 }
 

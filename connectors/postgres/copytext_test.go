@@ -19,3 +19,24 @@ func TestCopyText(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyTextEveryByte: every byte value at every place of a word and of
+// the tail (copyText skips eight bytes at a time).
+func TestCopyTextEveryByte(t *testing.T) {
+	escape := strings.NewReplacer(`\`, `\\`, "\n", `\n`, "\r", `\r`, "\t", `\t`)
+	for _, fill := range []byte{'a', 0x0e, 0xff} {
+		for n := 1; n <= 19; n++ {
+			for at := range n {
+				for c := range 256 {
+					s := []byte(strings.Repeat(string(fill), n))
+					s[at] = byte(c)
+					var b bytes.Buffer
+					copyText(&b, string(s))
+					if got, want := b.String(), escape.Replace(string(s)); got != want {
+						t.Fatalf("copyText(%q) = %q, want %q", s, got, want)
+					}
+				}
+			}
+		}
+	}
+}
