@@ -45,6 +45,25 @@ func (s *Sink) lockTable(ctx context.Context, conn *pgx.Conn) (pgx.Tx, error) {
 	return tx, nil
 }
 
+// indexBuildMemory is the maintenance_work_mem, in kB (256MB), with
+// which the commit of a passthrough builds the target's indexes (primary
+// key, unique and exclusion constraints, indexes) once the rows are in,
+// when the server's setting is lower (PostgreSQL's default is 64MB): the
+// sort of a few million keys then stays in memory instead of spilling to
+// temporary files, and a parallel build (up to the server's
+// max_parallel_maintenance_workers) gets its workers, each of which needs
+// 32MB of it. On 2 cores, the primary key of 2M rows (a bigint) took 0.44
+// CPU-s in memory without workers, 0.62 with two, against 0.72-0.80 with
+// 64MB (one worker, sorting on disk); a benchmarked passthrough's commit
+// took 1.5 s against 1.8 s (medians under load). A build takes only what
+// it needs of it, and only in the commit's transaction.
+const indexBuildMemory = "262144"
+
+// indexBuildMemorySQL raises maintenance_work_mem to indexBuildMemory for
+// the rest of the transaction, unless it is set higher.
+const indexBuildMemorySQL = "SELECT set_config('maintenance_work_mem', '" + indexBuildMemory + "kB', true)" +
+	" FROM pg_settings WHERE name = 'maintenance_work_mem' AND setting::bigint < " + indexBuildMemory
+
 // commit publishes a full load as version req.Version (see Commit); a
 // passthrough's (pass) gets the source's table definition first: the
 // staging table its constraints, indexes and identity columns, or, when
@@ -87,6 +106,9 @@ func (s *Sink) commit(ctx context.Context, conn *pgx.Conn, req connectors.Commit
 			table = vt
 		}
 		finish = def.FinishSQL(table, vt[len(vt)-1])
+		if def.indexed() {
+			finish = append([]string{indexBuildMemorySQL}, finish...)
+		}
 	}
 	for _, sql := range finish {
 		if _, err := tx.Exec(ctx, sql); err != nil {

@@ -424,6 +424,15 @@ func (d TableDef) FinishSQL(t pgx.Identifier, base string) []string {
 	return out
 }
 
+// indexed reports whether FinishSQL builds an index: d has an index, or
+// a constraint backed by one.
+func (d TableDef) indexed() bool {
+	if len(d.Indexes) > 0 {
+		return true
+	}
+	return slices.ContainsFunc(d.Constraints, func(c ConstraintDef) bool { return c.Indexed })
+}
+
 // IndexName is the name of the index (or indexed constraint) src of the
 // source on the table named base: "<base>_<src>", cut to PostgreSQL's 63
 // bytes with a hash of the whole kept at its end.

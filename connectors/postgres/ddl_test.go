@@ -201,3 +201,52 @@ func TestTableDefFor(t *testing.T) {
 		t.Fatalf("passthrough: got %+v\nwant %+v", got, d)
 	}
 }
+
+// A passthrough's commit raises maintenance_work_mem for its index builds
+// only when it has an index to build, only in its transaction, and never
+// lowers a higher setting.
+func TestIndexBuildMemory(t *testing.T) {
+	for _, c := range []struct {
+		d    TableDef
+		want bool
+	}{
+		{TableDef{}, false},
+		{TableDef{Constraints: []ConstraintDef{{Name: "ck", Def: "CHECK ((n > 0))"}}}, false},
+		{TableDef{Constraints: []ConstraintDef{{Name: "ck", Def: "CHECK ((n > 0))"}, {Name: "pk", Def: "PRIMARY KEY (id)", Indexed: true}}}, true},
+		{TableDef{Indexes: []IndexDef{{Name: "by_n", Def: "USING btree (n)"}}}, true},
+	} {
+		if got := c.d.indexed(); got != c.want {
+			t.Errorf("%+v: indexed %v, want %v", c.d, got, c.want)
+		}
+	}
+	_, _, conn := pgtest.DB(t)
+	ctx := context.Background()
+	for _, c := range []struct{ session, want string }{{"64MB", "256MB"}, {"1GB", "1GB"}} {
+		if _, err := conn.Exec(ctx, "SET maintenance_work_mem = '"+c.session+"'"); err != nil {
+			t.Fatal(err)
+		}
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if _, err := tx.Exec(ctx, indexBuildMemorySQL); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SHOW maintenance_work_mem").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("session %s: in the transaction %s, want %s", c.session, got, c.want)
+		}
+		if err := conn.QueryRow(ctx, "SHOW maintenance_work_mem").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.session {
+			t.Errorf("session %s: after the transaction %s", c.session, got)
+		}
+	}
+}
