@@ -49,9 +49,9 @@ func setContractKey() string {
 
 // slotHolders bounds the tests that hold a PostgreSQL replication slot (a
 // cdc pipeline) at once: the shared server has max_replication_slots and
-// max_wal_senders of 10 (scripts/services.sh), which the other packages'
+// max_wal_senders of 20 (scripts/services.sh), which the other packages'
 // tests use too.
-var slotHolders = make(chan struct{}, 3)
+var slotHolders = make(chan struct{}, 5)
 
 // holdSlot waits until fewer than cap(slotHolders) tests of this package
 // hold a replication slot, and counts this one until it ends (its slot

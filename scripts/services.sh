@@ -39,8 +39,8 @@ pg_dropin="$pg_etc/conf.d/sluice.conf"
 pg_want="# Written by sluice scripts/services.sh.
 wal_level = logical
 listen_addresses = '127.0.0.1'
-max_replication_slots = 10
-max_wal_senders = 10"
+max_replication_slots = 20
+max_wal_senders = 20"
 if [ "$(cat "$pg_dropin" 2>/dev/null)" != "$pg_want" ]; then
   printf '%s\n' "$pg_want" >"$pg_dropin"
   pg_conf_changed=1
@@ -80,8 +80,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 || { echo "services: PostgreSQL did not become ready" >&2; exit 1; }
-if [ "$(pg_psql -c 'show wal_level')" != logical ]; then
-  echo "services: restarting PostgreSQL $pg_ver for wal_level = logical"
+# wal_level and the slot and sender counts take effect on a restart only
+# (the test packages run beside each other, each holding a few slots).
+if [ "$(pg_psql -c 'show wal_level')" != logical ] || [ "$(pg_psql -c 'show max_replication_slots')" != 20 ] ||
+  [ "$(pg_psql -c 'show max_wal_senders')" != 20 ]; then
+  echo "services: restarting PostgreSQL $pg_ver for wal_level = logical, max_replication_slots = 20, max_wal_senders = 20"
   pg_ctlcluster "$pg_ver" main restart
   for _ in $(seq 1 100); do "$pg_bin/pg_isready" -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
 fi
