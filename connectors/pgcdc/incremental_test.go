@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sluicehq/sluice/connectors/pgcdc"
@@ -56,19 +55,7 @@ func TestIncrementalSnapshotSeesDeliveredTransactions(t *testing.T) {
 	if err := first(); err != nil {
 		t.Fatal(err)
 	}
-	hold, err := pgx.Connect(ctx, e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close(ctx)
-	tx, err := hold.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var xid int64
-	if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&xid); err != nil {
-		t.Fatal(err)
-	}
+	xid, endHeld := e.holdTx(t)
 	e.cfg.Snapshots = []protocol.TableSnapshot{{ID: "s1", Table: e.schema + ".a", Reason: protocol.SnapshotAdded}}
 	e.cfg.ChunkRows = 40
 	var logs lockedBuffer
@@ -76,7 +63,7 @@ func TestIncrementalSnapshotSeesDeliveredTransactions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pgcdc.SeedDelivered(r, uint32(xid))
+	pgcdc.SeedDelivered(r, xid)
 	stop, done := e.run(t, r)
 
 	// The chunk tried again and again: a hundred low watermarks.
@@ -108,9 +95,7 @@ func TestIncrementalSnapshotSeesDeliveredTransactions(t *testing.T) {
 		t.Fatalf("snapshot status %+v while the transaction is open", st)
 	}
 
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	endHeld()
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if st := r.Status().Snapshots; len(st) == 1 && st[0].State == protocol.TableSnapshotted {
 			if st[0].Rows != 100 {

@@ -116,6 +116,33 @@ func (e *env) exec(t *testing.T, sql string, args ...any) {
 	}
 }
 
+// holdTx opens a transaction on a connection of its own and returns its
+// id, for a Reader told it delivered its commit (SeedDelivered) while it is
+// still invisible; end rolls it back. The connection closes with the test.
+func (e *env) holdTx(t *testing.T) (xid uint32, end func()) {
+	t.Helper()
+	ctx := context.Background()
+	hold, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hold.Close(context.Background()) })
+	tx, err := hold.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return uint32(id), func() {
+		t.Helper()
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // start runs a Reader until the returned stop is called; stop returns Run's
 // error. done is closed when Run returns. start returns once the slot streams.
 func (e *env) start(t *testing.T) (r *pgcdc.Reader, stop func() error, done <-chan struct{}) {

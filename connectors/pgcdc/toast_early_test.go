@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/sluicehq/sluice/connectors/cdcapply"
 	"github.com/sluicehq/sluice/connectors/cdcapply/cdctest"
@@ -30,7 +29,6 @@ import (
 // column, with no table stopped.
 func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 	e := setup(t, "a")
-	ctx := context.Background()
 	_, dst, _ := pgtest.DB(t)
 	// big is stored out of line, uncompressed: an update of v leaves it
 	// unchanged (TOAST) in the stream.
@@ -62,20 +60,8 @@ func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 	// stopped on the replica; then it lets the chunks be read.
 	held := func(r *pgcdc.Reader, round int) (stop func() error) {
 		t.Helper()
-		hold, err := pgx.Connect(ctx, e.dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer hold.Close(ctx)
-		tx, err := hold.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var xid int64
-		if err := tx.QueryRow(ctx, "SELECT txid_current()").Scan(&xid); err != nil {
-			t.Fatal(err)
-		}
-		pgcdc.SeedDelivered(r, uint32(xid))
+		xid, endHeld := e.holdTx(t)
+		pgcdc.SeedDelivered(r, xid)
 		stop, _ = e.run(t, r)
 		for i := range 5 {
 			e.exec(t, fmt.Sprintf(`UPDATE %[1]s SET v = v || '+' WHERE id %% 5 = %[2]d;
@@ -90,9 +76,7 @@ func TestIncrementalSnapshotTOASTBeforeFirstChunk(t *testing.T) {
 		if st := pg.TableStatus(); len(st) != 0 {
 			t.Fatalf("round %d: tables stopped on the replica by changes before b's first chunk: %+v", round, st)
 		}
-		if err := tx.Rollback(ctx); err != nil {
-			t.Fatal(err)
-		}
+		endHeld()
 		return stop
 	}
 	r, err := pgcdc.NewReader(e.cfg, e.js, nil)
